@@ -1,0 +1,68 @@
+"""Compiling a workflow to a Celery canvas.
+
+Sequential steps become a chain, parallel branches a group (a chord before the
+next step), a fan-out the ``flowkit.fan_out`` task that replaces itself with a
+group at run time, and every canvas ends with ``flowkit.finish``. Each step's
+signature carries only the run id, its step key, the run's generation and (when
+configured away from the component's defaults) its policy: run state lives in
+Redis, so any generation of the canvas can be rebuilt from the workflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Signature, chain, group
+
+from .celery_app import get_app
+from .component import Component, lookup
+from .nodes import FanOut, Node, Parallel, Sequence, Step
+
+
+def _policy_payload(comp: Component) -> dict | None:
+    base = lookup(comp.name)
+    return None if comp.policy == base.policy else comp.policy.to_dict()
+
+
+def step_signature(
+    component: str, run_id: str, key: str, gen: int, policy: dict | None, args: tuple = ()
+) -> Signature:
+    kwargs: dict[str, Any] = {"run_id": run_id, "key": key, "gen": gen}
+    if policy:
+        kwargs["policy"] = policy
+    queue = (policy or {}).get("queue") or lookup(component).policy.queue
+    options = {"queue": queue} if queue else {}
+    return get_app().signature(lookup(component).task_name, args=args, kwargs=kwargs, **options)
+
+
+def compile_node(node: Node, path: str, run_id: str, gen: int) -> Signature:
+    if isinstance(node, Step):
+        comp = node.component
+        return step_signature(comp.name, run_id, f"{path}:{comp.name}", gen, _policy_payload(comp))
+    if isinstance(node, FanOut):
+        comp = node.component
+        kwargs = {
+            "run_id": run_id,
+            "key": f"{path}:{comp.name}",
+            "gen": gen,
+            "component": comp.name,
+            "policy": _policy_payload(comp),
+        }
+        return get_app().signature("flowkit.fan_out", kwargs=kwargs)
+    if isinstance(node, Parallel):
+        return group(
+            compile_node(branch, f"{path}.{i}", run_id, gen) for i, branch in enumerate(node.branches)
+        )
+    if isinstance(node, Sequence):
+        prefix = f"{path}." if path else ""
+        return chain(
+            compile_node(child, f"{prefix}{i}", run_id, gen) for i, child in enumerate(node.steps)
+        )
+    raise TypeError(f"cannot compile {node!r}")
+
+
+def compile_run(root: Sequence, workflow: str, run_id: str, gen: int) -> Signature:
+    finish = get_app().signature(
+        "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow}
+    )
+    return chain(compile_node(root, "", run_id, gen), finish)

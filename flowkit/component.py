@@ -1,0 +1,167 @@
+"""Components: plain functions made durable.
+
+``@component`` registers a function under a stable name and a Celery task
+``flowkit.step.<name>``. Fluent methods return a new, configured component and
+leave the original untouched. Called outside a run, a component simply runs
+(with its retry and timeout policy); called inside a step, the call is a
+durable sub-step, checkpointed under ``<step>/<call index>:<name>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, overload
+
+from celery import shared_task
+
+from .errors import ConfigError, NotFound
+from .policy import Backoff, Policy
+
+TASK_PREFIX = "flowkit.step."
+_registry: dict[str, Component] = {}
+
+
+class Component:
+    """A durable function. Create with :func:`component`."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, version: str, policy: Policy) -> None:
+        self.fn = fn
+        self.name = name
+        self.version = version
+        self.policy = policy
+        functools.update_wrapper(self, fn)
+
+    @property
+    def task_name(self) -> str:
+        return TASK_PREFIX + self.name
+
+    def _configured(self, **changes: Any) -> Component:
+        clone = copy.copy(self)
+        clone.policy = replace(self.policy, **changes)
+        return clone
+
+    def retry(
+        self,
+        attempts: int = 3,
+        backoff: Backoff | None = None,
+        jitter: bool | float = True,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Component:
+        """Retry failed attempts: ``attempts`` in all, waiting per ``backoff`` (+ jitter).
+
+        A provider's ``Retry-After`` (``exc.retry_after`` or the response header) wins
+        over the backoff.
+        """
+        clone = copy.copy(self)
+        clone.policy = self.policy.with_retry(attempts, backoff, jitter, tuple(retry_on))
+        return clone
+
+    def cache(self, ttl: float, version: str | None = None) -> Component:
+        """Reuse the output of an earlier call with the same input (any run) for ``ttl`` s."""
+        if ttl <= 0:
+            raise ConfigError("cache(ttl=...) must be a positive number of seconds.")
+        return self._configured(cache_ttl=float(ttl), cache_version=version or self.version)
+
+    def timeout(self, seconds: float) -> Component:
+        """Fail an attempt that runs longer than ``seconds`` (then the retry policy applies)."""
+        if seconds <= 0:
+            raise ConfigError("timeout(seconds) must be positive.")
+        return self._configured(timeout=float(seconds))
+
+    def queue(self, name: str) -> Component:
+        """Run this component's steps on the Celery queue ``name``."""
+        return self._configured(queue=name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from . import executor
+
+        return executor.call(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Component {self.name} {self.policy}>"
+
+
+def _task_body(name: str) -> Callable[..., Any]:
+    def run(task, value=None, *, run_id: str, key: str, gen: int, policy: dict | None = None):
+        from . import executor
+
+        return executor.run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy)
+
+    run.__name__ = run.__qualname__ = f"step_{name.replace('.', '_')}"
+    return run
+
+
+def _register(comp: Component) -> None:
+    existing = _registry.get(comp.name)
+    if existing is not None and existing.fn is not comp.fn:
+        same_place = (existing.fn.__module__, existing.fn.__qualname__) == (
+            comp.fn.__module__,
+            comp.fn.__qualname__,
+        )
+        if not same_place:
+            raise ConfigError(
+                f"Two components are named {comp.name!r} ({existing.fn.__module__}."
+                f"{existing.fn.__qualname__} and {comp.fn.__module__}.{comp.fn.__qualname__}); "
+                "give one of them another name=."
+            )
+    if existing is None:
+        shared_task(name=comp.task_name, bind=True)(_task_body(comp.name))
+    _registry[comp.name] = comp
+
+
+@dataclass(frozen=True)
+class _Options:
+    name: str | None = None
+    version: str = "1"
+
+
+@overload
+def component(fn: Callable[..., Any]) -> Component: ...
+@overload
+def component(*, name: str | None = None, version: str = "1") -> Callable[[Callable], Component]: ...
+
+
+def component(fn=None, *, name=None, version="1"):
+    """Make ``fn`` a component: ``@component``, ``@component(name=..., version=...)``."""
+
+    def make(f: Callable[..., Any]) -> Component:
+        if not callable(f) or inspect.isclass(f):
+            raise ConfigError("@component decorates a function.")
+        comp = Component(f, name or f"{f.__module__}.{f.__qualname__}", str(version), Policy())
+        _register(comp)
+        return comp
+
+    return make(fn) if fn is not None else make
+
+
+def lookup(name: str) -> Component:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise NotFound(
+            f"No component named {name!r} in this process; import the module that defines "
+            "it in the worker (Celery 'imports' or FLOWKIT_IMPORTS)."
+        ) from None
+
+
+def registered() -> dict[str, Component]:
+    return dict(_registry)
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Returned by a step to decide at run time what runs next (an agent loop)."""
+
+    component: Component
+    input: Any
+
+
+def continue_with(next_component: Component, input: Any) -> Continue:
+    """End this step by handing ``input`` to ``next_component``, which runs as the next step."""
+    if not isinstance(next_component, Component):
+        raise ConfigError("continue_with() takes a component (a function decorated with @component).")
+    return Continue(next_component, input)

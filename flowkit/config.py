@@ -1,0 +1,118 @@
+"""Settings: the values of :mod:`flowkit.defaults`, overridden by ``FLOWKIT_*`` env vars.
+
+``get_settings()`` is what every part of flowkit reads; ``configure(...)`` replaces
+values for this process (tests and host apps use it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from . import defaults
+from .errors import ConfigError
+
+ENV_PREFIX = "FLOWKIT_"
+
+
+def _default(name: str) -> Any:
+    return field(default=getattr(defaults, name.upper()))
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = _default("redis_url")
+    broker_url: str = _default("broker_url")
+    result_backend: str = _default("result_backend")
+    key_prefix: str = _default("key_prefix")
+    retention_seconds: int = _default("retention_seconds")
+    max_payload_bytes: int = _default("max_payload_bytes")
+    heartbeat_interval: float = _default("heartbeat_interval")
+    heartbeat_lapse: float = _default("heartbeat_lapse")
+    reaper_interval: float = _default("reaper_interval")
+    max_restarts: int = _default("max_restarts")
+    queued_timeout: float = _default("queued_timeout")
+    stall_timeout: float = _default("stall_timeout")
+    visibility_timeout: int = _default("visibility_timeout")
+    default_queue: str = _default("default_queue")
+    max_continuations: int = _default("max_continuations")
+    retry_attempts: int = _default("retry_attempts")
+    retry_initial: float = _default("retry_initial")
+    retry_maximum: float = _default("retry_maximum")
+    drain_grace: float = _default("drain_grace")
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend or self.broker
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.name, raw, type(f.default))
+        return cls(**values).checked()
+
+    def replace(self, **changes: Any) -> Settings:
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"Unknown flowkit setting(s): {', '.join(sorted(unknown))}.")
+        return replace(self, **changes).checked()
+
+    def checked(self) -> Settings:
+        if self.heartbeat_lapse <= self.heartbeat_interval:
+            raise ConfigError(
+                f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s) must be longer than "
+                f"FLOWKIT_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s), or every run "
+                "would look lost between two heartbeats."
+            )
+        if self.max_payload_bytes <= 0 or self.retention_seconds <= 0:
+            raise ConfigError("FLOWKIT_MAX_PAYLOAD_BYTES and FLOWKIT_RETENTION_SECONDS must be > 0.")
+        return self
+
+
+def _coerce(name: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}; "
+            f"unset it or give a value like {getattr(defaults, name.upper())!r}."
+        ) from None
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def configure(**changes: Any) -> Settings:
+    """Override settings for this process; returns the new settings."""
+    global _settings
+    _settings = get_settings().replace(**changes)
+    from . import store  # settings decide the Redis connection: drop the cached one
+
+    store.reset()
+    return _settings
+
+
+def reset() -> None:
+    """Forget overrides and re-read the environment on next use."""
+    global _settings
+    _settings = None
+    from . import store
+
+    store.reset()

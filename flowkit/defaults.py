@@ -1,0 +1,47 @@
+"""Every tunable of flowkit, in one place.
+
+Each name here can be overridden by an environment variable with the ``FLOWKIT_``
+prefix (``FLOWKIT_HEARTBEAT_INTERVAL=2``) or by ``flowkit.configure(...)``.
+"""
+
+#: Redis holding runs, checkpoints, event streams, heartbeats and the cache.
+REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Celery broker; empty means "the same Redis as REDIS_URL".
+BROKER_URL = ""
+#: Celery result backend (chords need one); empty means BROKER_URL.
+RESULT_BACKEND = ""
+#: Prefix of every Redis key flowkit writes, so several apps can share one Redis.
+KEY_PREFIX = "flowkit"
+
+#: How long run records, event streams and checkpoints live after their last write.
+RETENTION_SECONDS = 7 * 24 * 3600
+#: Largest workflow input, step output or event payload accepted, in bytes.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+#: Seconds between two heartbeats of a worker running a step.
+HEARTBEAT_INTERVAL = 2.0
+#: A run whose step heartbeat is older than this is considered lost.
+HEARTBEAT_LAPSE = 8.0
+#: How often beat runs the reaper, in seconds.
+REAPER_INTERVAL = 3.0
+#: Restarts of one run before the reaper gives up and fails it.
+MAX_RESTARTS = 3
+#: A run still ``queued`` after this many seconds is enqueued again (message lost).
+QUEUED_TIMEOUT = 300.0
+#: A running run with no step in flight and no activity for this long is re-driven.
+STALL_TIMEOUT = 900.0
+
+#: Redis visibility timeout of the Celery broker; must exceed every step timeout.
+VISIBILITY_TIMEOUT = 3600
+#: Celery queue of steps that name none.
+DEFAULT_QUEUE = "flowkit"
+#: Longest agent loop (chain of continuations) before the run fails.
+MAX_CONTINUATIONS = 200
+
+#: Default retry policy of a component: one attempt, no retry.
+RETRY_ATTEMPTS = 1
+RETRY_INITIAL = 1.0
+RETRY_MAXIMUM = 30.0
+
+#: Seconds a worker waits for running steps on SIGTERM before handing them over.
+DRAIN_GRACE = 30.0

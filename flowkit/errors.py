@@ -1,0 +1,79 @@
+"""flowkit's exceptions.
+
+Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
+
+    FlowkitError
+    ├── ConfigError          bad settings or a worker that must refuse to start
+    ├── ValidationError      workflow input rejected (carries marshmallow's field messages)
+    ├── PayloadTooLarge      an input, output or event over MAX_PAYLOAD_BYTES
+    ├── NotFound
+    │   ├── WorkflowNotFound
+    │   └── RunNotFound
+    ├── InvalidState         e.g. retrying a run that has not failed
+    ├── IdempotencyConflict  an idempotency key reused with another input
+    ├── StepError            a step failed after its retries (raised by Run.result())
+    ├── RunCancelled         raised inside a step whose run was cancelled or superseded
+    └── StepTimeout          one attempt of a step ran longer than its timeout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FlowkitError(Exception):
+    """Root of flowkit's exceptions."""
+
+
+class ConfigError(FlowkitError):
+    """Settings are inconsistent; the message says which one to change."""
+
+
+class ValidationError(FlowkitError):
+    """Workflow input failed its schema. ``fields`` maps each field to its messages."""
+
+    def __init__(self, fields: dict[str, Any], message: str = "Invalid workflow input.") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class PayloadTooLarge(FlowkitError):
+    """A JSON payload is larger than the configured limit."""
+
+
+class NotFound(FlowkitError):
+    """Something looked up by name or id does not exist (or has expired)."""
+
+
+class WorkflowNotFound(NotFound):
+    pass
+
+
+class RunNotFound(NotFound):
+    pass
+
+
+class InvalidState(FlowkitError):
+    """The run is not in a state that allows this operation."""
+
+
+class IdempotencyConflict(FlowkitError):
+    """The idempotency key already names a run started with a different input."""
+
+
+class StepError(FlowkitError):
+    """A run failed: ``step`` failed with ``error`` after ``attempts``."""
+
+    def __init__(self, message: str, step: str | None = None, attempts: list | None = None):
+        super().__init__(message)
+        self.step = step
+        self.attempts = attempts or []
+
+
+class RunCancelled(FlowkitError):
+    """The run of the current step was cancelled (or restarted elsewhere): stop working."""
+
+
+class StepTimeout(FlowkitError, TimeoutError):
+    """One attempt of a step exceeded the component's timeout."""

@@ -1,0 +1,256 @@
+"""Running steps: the body of every flowkit Celery task.
+
+A step task is idempotent: ``begin_step`` (one atomic script) either hands back
+the step's checkpoint, tells a stale or duplicate message to stop, or takes the
+step's lease and opens a new attempt. Attempts follow the component's retry
+policy; the first checkpoint written wins and is what the chain carries on with.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from celery import group, shared_task
+from celery.exceptions import Ignore
+
+from . import cache, events
+from .component import Component, Continue, lookup
+from .config import get_settings
+from .context import StepContext, activate, current, deactivate
+from .errors import RunCancelled, StepTimeout
+from .heartbeat import heartbeat, worker_id
+from .policy import Policy
+from .serialization import dumps_bounded, loads
+from .store import Store, get_store
+
+log = logging.getLogger(__name__)
+CONTINUE = "$continue"
+
+
+# -- calling a component directly -------------------------------------------------
+
+
+def call(comp: Component, args: tuple, kwargs: dict) -> Any:
+    """``component(...)``: plain call outside a run, durable sub-step inside one."""
+    ctx = current()
+    if ctx is None:
+        for attempt in comp.policy.retrying():
+            with attempt:
+                return _invoke(comp.fn, args, kwargs, comp.policy.timeout, None)
+    key = ctx.next_call_key(comp.name)
+    stored = ctx.store.checkpoint(ctx.run_id, key)
+    if stored is not None:
+        return loads(stored)
+    for attempt in comp.policy.retrying():
+        with attempt:
+            value = _invoke(comp.fn, args, kwargs, comp.policy.timeout, ctx)
+    return loads(ctx.store.save_checkpoint(ctx.run_id, key, dumps_bounded(value, f"output of {key}")))
+
+
+def _invoke(fn, args: tuple, kwargs: dict, timeout: float | None, ctx: StepContext | None) -> Any:
+    """Call ``fn``; with a timeout, in a helper thread abandoned when time runs out."""
+    if timeout is None:
+        return fn(*args, **kwargs)
+    outcome: dict[str, Any] = {}
+    run_in_context = contextvars.copy_context().run
+
+    def target() -> None:
+        try:
+            outcome["value"] = run_in_context(fn, *args, **kwargs)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="flowkit-step", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if ctx is not None:
+            ctx.abandoned = True  # its further events raise RunCancelled in that thread
+        raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# -- running a step in a worker -------------------------------------------------------
+
+
+def run_step(
+    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None
+) -> Any:
+    store = get_store()
+    comp = lookup(name)
+    pol = Policy.from_dict(policy) if policy else comp.policy
+    token = uuid.uuid4().hex
+    begin = store.begin_step(run_id, key, gen, token, worker_id(), time.time(), name)
+    if begin.status == "checkpoint":
+        output = loads(begin.checkpoint)
+    elif begin.status == "run":
+        output = _run_attempts(store, comp, pol, value, run_id, key, gen, token, begin.attempt)
+    else:
+        log.info("flowkit: step %s of run %s not run (%s)", key, run_id, begin.status)
+        raise Ignore()
+    if isinstance(output, dict) and CONTINUE in output:
+        return _continue(task, store, output[CONTINUE], run_id, key, gen)
+    return output
+
+
+def _run_attempts(
+    store: Store, comp: Component, pol: Policy, value: Any,
+    run_id: str, key: str, gen: int, token: str, attempt: int,
+) -> Any:
+    history: list[dict[str, Any]] = []
+    started = time.monotonic()
+    state = {"attempt": attempt}
+
+    def before_sleep(retry_state) -> None:
+        exc = retry_state.outcome.exception()
+        failed = state["attempt"]
+        history.append({"attempt": failed, "error": _describe(exc), "at": time.time()})
+        delay = round(retry_state.upcoming_sleep, 3)
+        event = events.make(
+            events.STEP_RETRYING, run_id, step=key, attempt=failed,
+            error=_describe(exc), delay=delay, next_attempt=failed + 1,
+        )
+        nxt = store.retrying(run_id, key, gen, token, event, time.time())
+        if nxt is None:
+            raise RunCancelled(f"run {run_id} stopped while step {key} was retrying")
+        state["attempt"] = nxt
+
+    heartbeat.track(run_id, key, token)
+    cache_key = None
+    try:
+        cached = None
+        if pol.cache_ttl:
+            cache_key = cache.cache_key(store, comp.name, pol.cache_version, value)
+            cached = cache.get(store, cache_key)
+        if cached is not None:
+            output_json = cached
+        else:
+            for attempt_state in pol.retrying(before_sleep=before_sleep):
+                with attempt_state:
+                    ctx = StepContext(run_id, key, gen, state["attempt"], token, comp.name, store)
+                    reset = activate(ctx)
+                    try:
+                        result = _invoke(comp.fn, (value,), {}, pol.timeout, ctx)
+                    finally:
+                        deactivate(reset)
+            if isinstance(result, Continue):
+                result = {CONTINUE: _continuation_spec(result)}
+            output_json = dumps_bounded(result, f"the output of step {key}")
+            if cache_key:
+                cache.put(store, cache_key, output_json, pol.cache_ttl)
+    except RunCancelled:
+        log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
+        raise Ignore() from None
+    except Exception as exc:
+        history.append({"attempt": state["attempt"], "error": _describe(exc), "at": time.time()})
+        _fail(store, run_id, gen, key, token, state["attempt"], exc, history)
+        raise Ignore() from None
+    finally:
+        heartbeat.untrack(run_id, key)
+    completed = events.make(
+        events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
+        duration=round(time.monotonic() - started, 4), cached=bool(cache_key and cached) or None,
+        output=loads(output_json),
+    )
+    return loads(store.complete_step(run_id, key, token, output_json, time.time(), completed))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(
+    store: Store, run_id: str, gen: int, key: str, token: str, attempt: int,
+    exc: BaseException, history: list[dict[str, Any]],
+) -> None:
+    error = {"type": type(exc).__name__, "message": str(exc), "step": key, "attempts": history}
+    step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
+    run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
+    store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event)
+    log.warning("flowkit: run %s failed at step %s: %s", run_id, key, _describe(exc))
+
+
+def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:
+    """Fail a run for a reason found outside a component (bad fan-out input, loop limit)."""
+    error = {"type": kind, "message": message, "step": key, "attempts": []}
+    run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
+    get_store().fail(run_id, gen, key, "", time.time(), error, None, run_event)
+
+
+# -- canvas continuations -------------------------------------------------------------
+
+
+def _continuation_spec(cont: Continue) -> dict[str, Any]:
+    base = lookup(cont.component.name)
+    spec = {"component": cont.component.name, "input": cont.input}
+    if cont.component.policy != base.policy:
+        spec["policy"] = cont.component.policy.to_dict()
+    return spec
+
+
+def continuation_key(key: str, component: str) -> tuple[str, int]:
+    """``2:agent`` -> ``2+1:search``; ``2+1:search`` -> ``2+2:<component>``."""
+    path = key.partition(":")[0]
+    base, _, n = path.partition("+")
+    depth = int(n or 0) + 1
+    return f"{base}+{depth}:{component}", depth
+
+
+def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -> Any:
+    from .canvas import step_signature
+
+    next_key, depth = continuation_key(key, spec["component"])
+    limit = get_settings().max_continuations
+    if depth > limit:
+        fail_run(
+            run_id, gen, key,
+            f"agent loop ran {limit} continuations; end the loop sooner or raise "
+            "FLOWKIT_MAX_CONTINUATIONS",
+        )
+        raise Ignore()
+    sig = step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"), (spec["input"],))
+    return task.replace(sig)
+
+
+@shared_task(name="flowkit.fan_out", bind=True)
+def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str,
+            policy: dict | None = None):
+    """Replace itself with one step per item of the list the previous step produced."""
+    from .canvas import step_signature
+
+    if not isinstance(items, list):
+        fail_run(run_id, gen, key, f"fan_out over {component} needs a list, got {type(items).__name__}")
+        raise Ignore()
+    if not items:
+        return []
+    base = key.partition(":")[0]
+    return task.replace(
+        group(
+            step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,))
+            for i, item in enumerate(items)
+        )
+    )
+
+
+@shared_task(name="flowkit.finish", bind=True)
+def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
+    """Last task of every run: validate the output and mark the run succeeded."""
+    from .workflow import get_workflow
+
+    try:
+        wf = get_workflow(workflow)
+        output = wf.check_output(output)
+        output_json = dumps_bounded(output, "the run's output")
+    except Exception as exc:  # a bad output fails the run with a reason, never hangs it
+        fail_run(run_id, gen, "", f"output rejected: {exc}", kind=type(exc).__name__)
+        raise Ignore() from None
+    event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
+    get_store().finish(run_id, gen, time.time(), output_json, event)
+    return None

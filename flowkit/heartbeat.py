@@ -1,0 +1,71 @@
+"""Heartbeats: one daemon thread per worker process keeps the leases of its running steps.
+
+A thread (not the task) beats, so a step blocked in I/O or a C call still
+heartbeats; the reaper only acts when the whole process is gone or frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from .config import get_settings
+from .store import get_store
+
+log = logging.getLogger(__name__)
+
+#: This worker's node name (Celery's ``celery@host``), set when the worker starts.
+node_name: str = f"flowkit@{socket.gethostname()}"
+
+
+def worker_id() -> str:
+    return f"{node_name}:{os.getpid()}"
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._wake = threading.Event()
+
+    def track(self, run_id: str, step: str, token: str) -> None:
+        with self._lock:
+            self._entries[(run_id, step)] = token
+        self.ensure_running()
+
+    def untrack(self, run_id: str, step: str) -> None:
+        with self._lock:
+            self._entries.pop((run_id, step), None)
+
+    def active(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return [(run, step, token) for (run, step), token in self._entries.items()]
+
+    def ensure_running(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's entries are not ours
+                self._entries.clear()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="flowkit-heartbeat", daemon=True)
+            self._thread.start()
+
+    def beat(self) -> None:
+        get_store().heartbeat(self.active(), worker_id(), time.time())
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception:  # Redis away: keep trying, the reaper judges lapses
+                log.warning("flowkit heartbeat failed", exc_info=True)
+            self._wake.wait(get_settings().heartbeat_interval)
+
+
+heartbeat = Heartbeat()

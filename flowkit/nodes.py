@@ -1,0 +1,84 @@
+"""The shapes a workflow is composed of: steps, sequences, parallel branches, fan-outs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .component import Component
+from .errors import ConfigError
+
+
+class Node:
+    def components(self) -> Iterator[Component]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Step(Node):
+    component: Component
+
+    def components(self) -> Iterator[Component]:
+        yield self.component
+
+
+@dataclass(frozen=True)
+class Sequence(Node):
+    """Each step receives the previous step's output."""
+
+    steps: tuple[Node, ...]
+
+    def components(self) -> Iterator[Component]:
+        for step in self.steps:
+            yield from step.components()
+
+
+@dataclass(frozen=True)
+class Parallel(Node):
+    """Every branch receives the same input; the output is the list of branch outputs."""
+
+    branches: tuple[Node, ...]
+
+    def components(self) -> Iterator[Component]:
+        for branch in self.branches:
+            yield from branch.components()
+
+
+@dataclass(frozen=True)
+class FanOut(Node):
+    """One step per item of the list received; the output is the list of their outputs."""
+
+    component: Component
+
+    def components(self) -> Iterator[Component]:
+        yield self.component
+
+
+def as_node(item: Any) -> Node:
+    """A component, a list (a sequence) or a node, as a node."""
+    if isinstance(item, Node):
+        return item
+    if isinstance(item, Component):
+        return Step(item)
+    if isinstance(item, (list, tuple)):
+        if not item:
+            raise ConfigError("A sequence of steps cannot be empty.")
+        return Sequence(tuple(as_node(i) for i in item))
+    raise ConfigError(
+        f"{item!r} is not a step: use a @component, a list of steps, parallel(...) or fan_out(...)."
+    )
+
+
+def parallel(*branches: Any) -> Parallel:
+    """Run ``branches`` (components or lists of steps) at the same time."""
+    if len(branches) < 1:
+        raise ConfigError("parallel() needs at least one branch.")
+    return Parallel(tuple(as_node(b) for b in branches))
+
+
+def fan_out(comp: Component) -> FanOut:
+    """Run ``comp`` once per item of the list the previous step returns, in parallel."""
+    if not isinstance(comp, Component):
+        raise ConfigError("fan_out() takes a component.")
+    return FanOut(comp)

@@ -1,0 +1,153 @@
+"""A component's policies (retry, cache, timeout, queue) and their tenacity form.
+
+Policies travel inside task messages as JSON (``Policy.to_dict``), so exception
+classes named in ``retry_on`` must be importable module-level classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+import tenacity
+
+from .config import get_settings
+from .errors import ConfigError, RunCancelled
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``initial`` seconds, doubling, capped at ``maximum``."""
+
+    initial: float = 1.0
+    maximum: float = 30.0
+
+
+def exponential(initial: float = 1.0, maximum: float = 30.0) -> Backoff:
+    if initial < 0 or maximum < initial:
+        raise ConfigError("exponential() needs 0 <= initial <= maximum.")
+    return Backoff(initial, maximum)
+
+
+def _qualname(cls: type[BaseException]) -> str:
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        raise ConfigError(f"retry_on takes exception classes, got {cls!r}.")
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if "<locals>" in name or _resolve(name) is not cls:
+        raise ConfigError(
+            f"retry_on class {name} must be defined at module level so workers can import it."
+        )
+    return name
+
+
+@lru_cache(maxsize=256)
+def _resolve(name: str) -> Any:
+    module, _, attr = name.rpartition(".")
+    while module:
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except (ImportError, AttributeError):
+            module, _, head = module.rpartition(".")
+            attr = f"{head}.{attr}"
+    raise ConfigError(f"Cannot import {name} named in a retry policy.")
+
+
+@dataclass(frozen=True)
+class Policy:
+    attempts: int = field(default_factory=lambda: get_settings().retry_attempts)
+    backoff: Backoff = field(
+        default_factory=lambda: Backoff(get_settings().retry_initial, get_settings().retry_maximum)
+    )
+    #: True: full jitter; a number: up to that many seconds added; False: none.
+    jitter: bool | float = True
+    retry_on: tuple[str, ...] = ("builtins.Exception",)
+    timeout: float | None = None
+    cache_ttl: float | None = None
+    cache_version: str = "1"
+    queue: str | None = None
+
+    def with_retry(
+        self,
+        attempts: int,
+        backoff: Backoff | None,
+        jitter: bool | float,
+        retry_on: tuple[type[BaseException], ...],
+    ) -> Policy:
+        if attempts < 1:
+            raise ConfigError("retry(attempts=...) must be at least 1 (1 means no retry).")
+        return replace(
+            self,
+            attempts=attempts,
+            backoff=backoff or self.backoff,
+            jitter=jitter,
+            retry_on=tuple(_qualname(c) for c in retry_on),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["retry_on"] = list(self.retry_on)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        data = dict(data)
+        data["backoff"] = Backoff(**data["backoff"])
+        data["retry_on"] = tuple(data["retry_on"])
+        return cls(**data)
+
+    def exception_types(self) -> tuple[type[BaseException], ...]:
+        return tuple(_resolve(name) for name in self.retry_on)
+
+    def wait(self) -> tenacity.wait.wait_base:
+        b = self.backoff
+        if self.jitter is True:
+            base = tenacity.wait_random_exponential(multiplier=b.initial, max=b.maximum)
+        elif self.jitter:
+            base = tenacity.wait_exponential_jitter(
+                initial=b.initial, max=b.maximum, jitter=float(self.jitter)
+            )
+        else:
+            base = tenacity.wait_exponential(multiplier=b.initial, max=b.maximum)
+        return wait_retry_after(base)
+
+    def retrying(self, **hooks: Any) -> tenacity.Retrying:
+        """A tenacity ``Retrying`` applying this policy (``reraise`` keeps the real error)."""
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=self.wait(),
+            retry=tenacity.retry_if_exception_type(self.exception_types())
+            & tenacity.retry_if_not_exception_type(RunCancelled),
+            reraise=True,
+            **hooks,
+        )
+
+
+class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801 - tenacity's naming
+    """Honour a ``retry_after`` (seconds) carried by the exception, else fall back."""
+
+    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        hint = retry_after_of(exc) if exc else None
+        return hint if hint is not None else self.fallback(retry_state)
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds a provider asked us to wait (``retry_after`` attribute or a Retry-After header)."""
+    value = getattr(exc, "retry_after", None)
+    if value is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,32 @@
+"""JSON in and out: the only wire format flowkit uses (never pickle)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .config import get_settings
+from .errors import PayloadTooLarge
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)
+
+
+def dumps_bounded(value: Any, what: str) -> str:
+    """Serialise ``value``; refuse it when over FLOWKIT_MAX_PAYLOAD_BYTES or not JSON."""
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
+    limit = get_settings().max_payload_bytes
+    if len(text.encode()) > limit:
+        raise PayloadTooLarge(
+            f"{what} is {len(text.encode())} bytes, over the {limit}-byte limit "
+            "(FLOWKIT_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference."
+        )
+    return text

@@ -1,0 +1,97 @@
+"""Helpers for testing flowkit apps with real processes: Redis and Celery workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from .local import LocalRedis
+
+__all__ = ["LocalRedis", "WorkerProcess"]
+
+
+class WorkerProcess:
+    """A real ``celery worker`` process; ``start()`` returns once it logged that it is ready."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        name: str = "worker",
+        queues: Sequence[str] = ("flowkit",),
+        pool: str = "threads",
+        concurrency: int = 4,
+        env: Mapping[str, str] | None = None,
+        extra: Sequence[str] = (),
+        cwd: str | None = None,
+    ) -> None:
+        self.name = name
+        self.args = [
+            sys.executable, "-m", "celery", "-A", app, "worker",
+            "--pool", pool, "--concurrency", str(concurrency),
+            "--queues", ",".join(queues), "--hostname", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--loglevel", "INFO", *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self.lines: deque[str] = deque(maxlen=2000)
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        self._ready.clear()
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"worker {self.name} not ready in {timeout}s:\n{self.output()}")
+        return self
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip())
+            if " ready." in line:
+                self._ready.set()
+        self._ready.set()  # exited: unblock start(), which then reports the output
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children: a crash, no cleanup at all."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (warm shutdown) and wait for the exit code."""
+        if not self.alive():
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.terminate(20)

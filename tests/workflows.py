@@ -1,0 +1,187 @@
+"""Components and workflows used by the integration tests.
+
+Side effects go to Redis (``count:<run>:<step>``) so tests can count executions
+across worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from marshmallow import fields
+
+import flowkit
+from flowkit import component, continue_with, fan_out, parallel
+from flowkit.store import get_store
+
+
+class Flaky(Exception):
+    pass
+
+
+def _redis():
+    return get_store().redis
+
+
+def count(name: str) -> int:
+    ctx = flowkit.context()
+    return _redis().incr(f"count:{ctx.run_id}:{name}")
+
+
+def wait_for_gate(name: str, timeout: float = 60.0) -> None:
+    """Block until the test opens ``gate:<run>:<name>`` (a list it pushes to)."""
+    ctx = flowkit.context()
+    _redis().set(f"waiting:{ctx.run_id}:{name}", 1)
+    if _redis().blpop(f"gate:{ctx.run_id}:{name}", timeout=timeout) is None:
+        raise TimeoutError(f"gate {name} never opened")
+
+
+@component(name="t.add_one")
+def add_one(data: dict) -> dict:
+    count("add_one")
+    return {"n": data["n"] + 1}
+
+
+@component(name="t.double")
+def double(data: dict) -> dict:
+    count("double")
+    return {"n": data["n"] * 2}
+
+
+@component(name="t.gated")
+def gated(data: dict) -> dict:
+    count("gated")
+    wait_for_gate("gated")
+    return {"n": data["n"] + 100}
+
+
+@component(name="t.talker")
+def talker(data: dict) -> dict:
+    count("talker")
+    for i, word in enumerate(["alpha", "beta", "gamma"]):
+        flowkit.progress(f"word {i + 1}/3", fraction=(i + 1) / 3)
+        flowkit.emit(word)
+    return {"n": data["n"], "words": 3}
+
+
+@component(name="t.flaky")
+def flaky(data: dict) -> dict:
+    """Fails until it has been called ``data['fail_times'] + 1`` times in this run."""
+    calls = count("flaky")
+    if calls <= data.get("fail_times", 2):
+        flowkit.emit(f"partial output of attempt {calls}")
+        raise Flaky(f"flaky failure {calls}")
+    return {"n": data["n"], "calls": calls}
+
+
+@component(name="t.switch")
+def switch(data: dict) -> dict:
+    """Fails while the test holds ``fail:<run>``."""
+    count("switch")
+    ctx = flowkit.context()
+    if _redis().get(f"fail:{ctx.run_id}"):
+        raise RuntimeError("switch is off")
+    return data
+
+
+@component(name="t.split")
+def split(data: dict) -> list:
+    count("split")
+    return list(range(data["n"]))
+
+
+@component(name="t.square")
+def square(x: int) -> int:
+    count(f"square{x}")
+    return x * x
+
+
+@component(name="t.total")
+def total(values: list) -> dict:
+    count("total")
+    return {"total": sum(values)}
+
+
+@component(name="t.left")
+def left(data: dict) -> str:
+    count("left")
+    return f"L{data['n']}"
+
+
+@component(name="t.right")
+def right(data: dict) -> str:
+    count("right")
+    return f"R{data['n']}"
+
+
+@component(name="t.join")
+def join(parts: list) -> dict:
+    count("join")
+    return {"parts": parts}
+
+
+@component(name="t.agent")
+def agent(state: dict) -> object:
+    """An agent loop: calls the tool until it has three observations, then answers."""
+    count("agent")
+    observations = state.get("observations", [])
+    if len(observations) < 3:
+        return continue_with(tool, {"observations": observations, "query": len(observations)})
+    return {"answer": sum(observations)}
+
+
+@component(name="t.tool")
+def tool(state: dict) -> object:
+    count("tool")
+    observations = state["observations"] + [state["query"] * 10]
+    return continue_with(agent, {"observations": observations})
+
+
+@component(name="t.sleepy")
+def sleepy(data: dict) -> dict:
+    count("sleepy")
+    time.sleep(data.get("sleep", 5))
+    return data
+
+
+@component(name="t.cached")
+def cached(data: dict) -> dict:
+    _redis().incr(f"cached-calls:{data['key']}")
+    return {"key": data["key"], "value": data["key"].upper()}
+
+
+@component(name="t.with_inline")
+def with_inline(data: dict) -> dict:
+    count("with_inline")
+    a = add_one(data)  # a durable sub-step inside this step
+    wait_for_gate("with_inline")
+    return double(a)
+
+
+
+
+number_schema = {"n": fields.Integer(required=True), "fail_times": fields.Integer(load_default=2)}
+
+chain3 = flowkit.Workflow("chain3", [add_one, gated, double], input_schema=number_schema)
+simple = flowkit.Workflow("simple", [add_one, double], input_schema=number_schema)
+chatty = flowkit.Workflow("chatty", [talker], input_schema=number_schema)
+retrying = flowkit.Workflow(
+    "retrying",
+    [add_one, flaky.retry(attempts=3, backoff=flowkit.exponential(0.1, 0.2), jitter=False), double],
+    input_schema=number_schema,
+)
+exhausted = flowkit.Workflow(
+    "exhausted",
+    [add_one, flaky.retry(attempts=2, backoff=flowkit.exponential(0.05, 0.1), jitter=False)],
+    input_schema={**number_schema, "fail_times": fields.Integer(load_default=99)},
+)
+resumable = flowkit.Workflow("resumable", [add_one, switch, double], input_schema=number_schema)
+fanned = flowkit.Workflow("fanned", [split, fan_out(square), total], input_schema=number_schema)
+branches = flowkit.Workflow("branches", [add_one, parallel(left, [double, right]), join],
+                            input_schema=number_schema)
+looping = flowkit.Workflow("looping", [agent])
+timing_out = flowkit.Workflow(
+    "timing_out", [sleepy.timeout(0.5).retry(attempts=2, backoff=flowkit.exponential(0.05, 0.05))]
+)
+caching = flowkit.Workflow("caching", [cached.cache(ttl=60)])
+inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
