@@ -18,7 +18,7 @@ from typing import Any
 from celery import group, shared_task
 from celery.exceptions import Ignore
 
-from . import cache, events
+from . import cache, events, hooks, notify
 from .component import Component, Continue, lookup
 from .config import get_settings
 from .context import StepContext, activate, current, deactivate
@@ -135,11 +135,7 @@ def _run_attempts(
             for attempt_state in pol.retrying(before_sleep=before_sleep):
                 with attempt_state:
                     ctx = StepContext(run_id, key, gen, state["attempt"], token, comp.name, store)
-                    reset = activate(ctx)
-                    try:
-                        result = _invoke(comp.fn, (value,), {}, pol.timeout, ctx)
-                    finally:
-                        deactivate(reset)
+                    result = _attempt(comp, pol, value, ctx)
             if isinstance(result, Continue):
                 result = {CONTINUE: _continuation_spec(result)}
             output_json = dumps_bounded(result, f"the output of step {key}")
@@ -162,6 +158,22 @@ def _run_attempts(
     return loads(store.complete_step(run_id, key, token, output_json, time.time(), completed))
 
 
+def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
+    reset = activate(ctx)
+    hooks.call(hooks.attempt_started, ctx, value)
+    began = time.monotonic()
+    try:
+        result = _invoke(comp.fn, (value,), {}, pol.timeout, ctx)
+    except BaseException as exc:
+        hooks.call(hooks.attempt_finished, ctx, value, None, exc, time.monotonic() - began)
+        raise
+    else:
+        hooks.call(hooks.attempt_finished, ctx, value, result, None, time.monotonic() - began)
+        return result
+    finally:
+        deactivate(reset)
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -173,7 +185,8 @@ def _fail(
     error = {"type": type(exc).__name__, "message": str(exc), "step": key, "attempts": history}
     step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
-    store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event)
+    if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
+        notify.run_failed(run_id)
     log.warning("flowkit: run %s failed at step %s: %s", run_id, key, _describe(exc))
 
 
@@ -181,7 +194,8 @@ def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "Workflo
     """Fail a run for a reason found outside a component (bad fan-out input, loop limit)."""
     error = {"type": kind, "message": message, "step": key, "attempts": []}
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
-    get_store().fail(run_id, gen, key, "", time.time(), error, None, run_event)
+    if get_store().fail(run_id, gen, key, "", time.time(), error, None, run_event):
+        notify.run_failed(run_id)
 
 
 # -- canvas continuations -------------------------------------------------------------

@@ -31,7 +31,7 @@ def count(name: str) -> int:
 def wait_for_gate(name: str, timeout: float = 60.0) -> None:
     """Block until the test opens ``gate:<run>:<name>`` (a list it pushes to)."""
     ctx = flowkit.context()
-    _redis().set(f"waiting:{ctx.run_id}:{name}", 1)
+    _redis().rpush(f"waiting:{ctx.run_id}:{name}", ctx.attempt)
     if _redis().blpop(f"gate:{ctx.run_id}:{name}", timeout=timeout) is None:
         raise TimeoutError(f"gate {name} never opened")
 

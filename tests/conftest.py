@@ -1,0 +1,125 @@
+"""Shared fixtures: a real redis-server per session, real celery worker processes.
+
+flowkit's own data lives in Redis db 1 and is flushed before every test; the
+Celery broker and result backend use db 0, so workers keep their queues. A
+leftover message from an earlier test finds its run gone and does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+import flowkit
+from flowkit import config
+from flowkit.store import get_store
+from flowkit.testing import LocalRedis, WorkerProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Tight reaper settings so crash tests finish in seconds.
+FAST = {
+    "FLOWKIT_HEARTBEAT_INTERVAL": "0.5",
+    "FLOWKIT_HEARTBEAT_LAPSE": "2",
+    "FLOWKIT_REAPER_INTERVAL": "0.5",
+}
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing on CI: `apt-get install redis-server`.")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def flowkit_env(redis_server) -> dict[str, str]:
+    """Environment of every process of the test deployment (workers, servers)."""
+    env = {
+        "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/1",
+        "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+        **FAST,
+        "PYTHONPATH": ROOT,
+    }
+    os.environ.update(env)
+    config.reset()
+    import tests.app  # noqa: F401 - the same Celery app the workers run
+
+    return env
+
+
+@pytest.fixture
+def store(flowkit_env):
+    """flowkit's store on a clean database."""
+    s = get_store()
+    s.redis.flushdb()
+    yield s
+
+
+@pytest.fixture(scope="session")
+def worker(flowkit_env):
+    """One real worker process (threads pool) for the whole session."""
+    with WorkerProcess("tests.app", name="main", env=flowkit_env, cwd=ROOT) as proc:
+        yield proc
+
+
+@pytest.fixture
+def start_worker(flowkit_env):
+    """Start extra worker processes for one test; all are stopped after it."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str, **kwargs) -> WorkerProcess:
+        proc = WorkerProcess("tests.app", name=name, env=flowkit_env, cwd=ROOT, **kwargs)
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_configuration():
+    """A test that changes settings in this process must undo it."""
+    before = config.get_settings() if config._settings is not None else None
+    yield
+    after = config._settings
+    if before is not None and after is not None and after != before:
+        config._settings = before
+        pytest.fail("test left flowkit settings changed; use monkeypatch or restore them")
+
+
+def wait_until(predicate, timeout: float = 10.0, message: str = "condition"):
+    """Poll Redis-backed state until ``predicate()`` is truthy (state has no push channel)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.02)
+
+
+def counts(run: flowkit.Run) -> dict[str, int]:
+    """Executions of each component in ``run``, counted by the test components."""
+    r = get_store().redis
+    prefix = f"count:{run.id}:"
+    return {k[len(prefix):]: int(r.get(k)) for k in r.scan_iter(f"{prefix}*")}
+
+
+def reached_gate(run: flowkit.Run, name: str, timeout: float = 20.0) -> int:
+    """Block until step ``name`` of ``run`` waits at its gate; returns its attempt number."""
+    got = get_store().redis.blpop(f"waiting:{run.id}:{name}", timeout=timeout)
+    assert got is not None, f"step {name} of run {run.id} never reached its gate"
+    return int(got[1])
+
+
+def open_gate(run: flowkit.Run, name: str) -> None:
+    get_store().redis.rpush(f"gate:{run.id}:{name}", 1)
