@@ -1,0 +1,44 @@
+"""The ``flowkit`` command line. Each subcommand lives in ``flowkit.commands``.
+
+A command module has ``register(subparsers)``, adding its parser with
+``set_defaults(func=...)``; ``func(args)`` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Modules of ``flowkit.commands`` whose commands the CLI offers.
+COMMAND_MODULES = ["runs"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="flowkit", description="Durable AI workflows on Celery.")
+    subs = root.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"flowkit.commands.{name}").register(subs)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import FlowkitError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except FlowkitError as exc:
+        print(f"flowkit {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``flowkit`` CLI, one module each (see ``flowkit.cli``)."""
