@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+
 from . import hooks
 from .run import Run
 from .store import get_store

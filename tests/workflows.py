@@ -150,6 +150,12 @@ def cached(data: dict) -> dict:
     return {"key": data["key"], "value": data["key"].upper()}
 
 
+@component(name="t.ctx_reader")
+def ctx_reader(data: dict) -> dict:
+    ctx = flowkit.context()
+    return {"input": ctx.input, "first": ctx.output_of("t.add_one"), "step": ctx.step}
+
+
 @component(name="t.with_inline")
 def with_inline(data: dict) -> dict:
     count("with_inline")
@@ -185,3 +191,4 @@ timing_out = flowkit.Workflow(
 )
 caching = flowkit.Workflow("caching", [cached.cache(ttl=60)])
 inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
+reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number_schema)

@@ -1,0 +1,168 @@
+"""Components and workflows used directly, in-process: no Redis, no worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import tenacity
+from marshmallow import fields
+
+import flowkit
+from flowkit import ConfigError, ValidationError, component, continue_with, exponential
+from flowkit.executor import continuation_key
+from flowkit.policy import Policy
+
+
+class Boom(Exception):
+    pass
+
+
+@component(name="unit.add")
+def add(data: dict) -> int:
+    return data["a"] + data["b"]
+
+
+calls: list[int] = []
+
+
+@component(name="unit.flaky")
+def flaky(n: int) -> int:
+    calls.append(n)
+    if len(calls) < 3:
+        raise Boom("not yet")
+    return n
+
+
+@component(name="unit.slow")
+def slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_component_called_outside_a_run_just_runs():
+    assert add({"a": 2, "b": 3}) == 5
+    assert add.__name__ == "add" and add.name == "unit.add"
+
+
+def test_fluent_configuration_returns_a_new_component_and_leaves_the_original():
+    configured = add.retry(attempts=4, backoff=exponential(0.5, 8), jitter=False).timeout(10)
+    configured = configured.cache(ttl=60).queue("cpu")
+    assert configured is not add
+    assert add.policy == Policy()
+    p = configured.policy
+    assert (p.attempts, p.backoff.initial, p.backoff.maximum, p.jitter) == (4, 0.5, 8, False)
+    assert (p.timeout, p.cache_ttl, p.queue) == (10, 60, "cpu")
+    assert configured.task_name == add.task_name == "flowkit.step.unit.add"
+
+
+def test_retry_policy_applies_outside_a_run():
+    calls.clear()
+    assert flaky.retry(attempts=3, backoff=exponential(0, 0), jitter=False)(7) == 7
+    assert len(calls) == 3
+
+
+def test_retries_stop_after_the_configured_attempts():
+    calls.clear()
+    with pytest.raises(Boom):
+        flaky.retry(attempts=2, backoff=exponential(0, 0), jitter=False)(1)
+    assert len(calls) == 2
+
+
+def test_only_the_listed_errors_retry():
+    calls.clear()
+    with pytest.raises(Boom):
+        flaky.retry(attempts=5, backoff=exponential(0, 0), retry_on=(KeyError,))(1)
+    assert len(calls) == 1
+
+
+def test_timeout_fails_the_attempt():
+    with pytest.raises(flowkit.StepTimeout):
+        slow.timeout(0.05)(1.0)
+    assert slow.timeout(1)(0.01) == 0.01
+
+
+def test_retry_after_hint_wins_over_backoff():
+    class Limited(Exception):
+        retry_after = 0.25
+
+    wait = Policy(backoff=exponential(5, 5), jitter=False).wait()
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.set_exception((Limited, Limited(), None))
+    assert wait(state) == 0.25
+
+
+def test_policy_survives_a_json_round_trip():
+    p = add.retry(attempts=3, retry_on=(Boom, KeyError)).timeout(2).policy
+    assert Policy.from_dict(p.to_dict()) == p
+    assert p.exception_types() == (Boom, KeyError)
+
+
+def test_bad_configuration_says_what_to_do():
+    with pytest.raises(ConfigError, match="at least 1"):
+        add.retry(attempts=0)
+    with pytest.raises(ConfigError, match="positive"):
+        add.timeout(0)
+
+    class Local(Exception):
+        pass
+
+    with pytest.raises(ConfigError, match="module level"):
+        add.retry(retry_on=(Local,))
+    with pytest.raises(ConfigError, match="another name"):
+
+        @component(name="unit.add")
+        def other(x):
+            return x
+
+
+def test_continuation_keys_count_up_from_the_step():
+    assert continuation_key("2:agent", "tool") == ("2+1:tool", 1)
+    assert continuation_key("2+1:tool", "agent") == ("2+2:agent", 2)
+    decision = continue_with(add, {"a": 1, "b": 1})
+    assert decision.component is add
+
+
+def test_workflow_input_is_validated_with_field_messages():
+    wf = flowkit.Workflow(
+        "unit-validate", [add], input_schema={"a": fields.Integer(required=True), "b": fields.Integer()}
+    )
+    with pytest.raises(ValidationError) as err:
+        wf.validate({"b": "x", "zzz": 1})
+    assert set(err.value.fields) == {"a", "b", "zzz"}
+    assert err.value.fields["a"] == ["Missing data for required field."]
+    assert wf.validate({"a": 1, "b": 2}) == {"a": 1, "b": 2}
+    with pytest.raises(ValidationError):
+        wf.validate(["not", "an", "object"])
+
+
+def test_workflow_composition_errors_are_clear():
+    with pytest.raises(ConfigError, match="not a step"):
+        flowkit.Workflow("unit-bad", [add, "nope"])
+    with pytest.raises(ConfigError, match="name"):
+        flowkit.Workflow("bad/name", [add])
+
+
+def test_settings_come_from_flowkit_env_vars():
+    s = flowkit.Settings.from_env({"FLOWKIT_HEARTBEAT_INTERVAL": "1.5", "FLOWKIT_MAX_RESTARTS": "7"})
+    assert s.heartbeat_interval == 1.5 and s.max_restarts == 7
+    with pytest.raises(ConfigError, match="FLOWKIT_MAX_RESTARTS='lots'"):
+        flowkit.Settings.from_env({"FLOWKIT_MAX_RESTARTS": "lots"})
+    with pytest.raises(ConfigError, match="HEARTBEAT_LAPSE"):
+        flowkit.Settings.from_env({"FLOWKIT_HEARTBEAT_LAPSE": "1", "FLOWKIT_HEARTBEAT_INTERVAL": "2"})
+
+
+def test_celery_is_configured_for_long_work_and_json_only():
+    conf = flowkit.celery_app.celery_config(flowkit.Settings())
+    assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["broker_transport_options"]["visibility_timeout"] == 3600
+
+
+def test_visibility_timeout_must_exceed_the_longest_step():
+    flowkit.Workflow("unit-long", [slow.timeout(600).retry(attempts=3, backoff=exponential(1, 10))])
+    with pytest.raises(ConfigError, match="FLOWKIT_VISIBILITY_TIMEOUT above 1821"):
+        flowkit.celery_app.check_visibility_timeout(flowkit.Settings(visibility_timeout=1800))
+    flowkit.celery_app.check_visibility_timeout(flowkit.Settings(visibility_timeout=3600))

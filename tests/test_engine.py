@@ -1,0 +1,251 @@
+"""The core engine's guarantees, with a real redis-server and a real celery worker."""
+
+from __future__ import annotations
+
+import pytest
+
+import flowkit
+from flowkit import events
+from flowkit.store import get_store
+from tests import workflows as wf
+from tests.conftest import counts, open_gate, reached_gate
+
+pytestmark = pytest.mark.integration
+WAIT = 20
+
+
+@pytest.fixture(autouse=True)
+def _deployment(store, worker):
+    """Every test here runs against a clean store and the session's worker."""
+
+
+def types(run) -> list[str]:
+    return [e.type for e in run.events()]
+
+
+def test_a_chain_runs_and_its_stream_holds_the_documented_events():
+    run = wf.simple.start({"n": 3})
+    assert run.state == "queued"
+    assert run.result(WAIT) == {"n": 8}
+    assert types(run) == [
+        "run.queued", "run.started",
+        "step.started", "step.completed", "step.started", "step.completed",
+        "run.succeeded",
+    ]
+    evs = run.events()
+    assert [e.id for e in evs] == sorted(e.id for e in evs)
+    started = evs[2].data
+    assert started["step"] == "0:t.add_one" and started["attempt"] == 1 and started["ts"] > 0
+    assert evs[3].data["output"] == {"n": 4} and evs[3].data["duration"] >= 0
+    assert evs[-1].data["output"] == {"n": 8}
+    record = run.refresh()
+    assert record.state == "succeeded" and record.output == {"n": 8}
+    assert record.created_at <= record.started_at <= record.finished_at
+    assert counts(run) == {"add_one": 1, "double": 1}
+
+
+def test_a_redelivered_canvas_skips_checkpointed_steps():
+    run = wf.chain3.start({"n": 1})
+    reached_gate(run, "gated")
+    # the same canvas delivered again (as after a broker redelivery), while step 2 runs
+    wf.chain3.enqueue(run.id, 0, run.input)
+    open_gate(run, "gated")
+    assert run.result(WAIT) == {"n": 204}
+    assert counts(run) == {"add_one": 1, "gated": 1, "double": 1}
+
+
+def test_a_restarted_run_resumes_from_its_checkpoints():
+    run = wf.chain3.start({"n": 1})
+    assert reached_gate(run, "gated") == 1
+    store = get_store()
+    gen, _ = store.restart(run.id, expected_state="running", reason="test restart", now=1e12)
+    wf.chain3.enqueue(run.id, gen, run.input)
+    assert reached_gate(run, "gated") == 2  # the in-flight step runs again, as attempt 2
+    open_gate(run, "gated")
+    open_gate(run, "gated")
+    assert run.result(WAIT) == {"n": 204}
+    # the checkpointed first step never ran again; the step in flight ran once per attempt
+    assert counts(run) == {"add_one": 1, "gated": 2, "double": 1}
+    restarted = [e for e in run.events() if e.type == "run.restarted"][0]
+    assert restarted.data["superseded"][0]["step"] == "1:t.gated"
+    assert restarted.data["superseded"][0]["attempt"] == 1
+    assert events.superseded_attempts(run.events()) == {("1:t.gated", 1)}
+
+
+def test_a_step_retries_with_backoff_and_the_run_succeeds():
+    run = wf.retrying.start({"n": 1, "fail_times": 2})
+    assert run.result(WAIT) == {"n": 4}
+    evs = run.events()
+    retrying = [e.data for e in evs if e.type == "step.retrying"]
+    assert [(r["attempt"], r["delay"]) for r in retrying] == [(1, 0.1), (2, 0.2)]
+    assert retrying[0]["error"] == "Flaky: flaky failure 1"
+    assert retrying[0]["step"] == "1:t.flaky"
+    chunks = [(e.data["attempt"], e.data["chunk"]) for e in evs if e.type == "step.output"]
+    assert chunks == [(1, "partial output of attempt 1"), (2, "partial output of attempt 2")]
+    # a client drops chunks of the attempts reported as retried
+    assert events.superseded_attempts(evs) == {("1:t.flaky", 1), ("1:t.flaky", 2)}
+    completed = [e.data for e in evs if e.type == "step.completed" and e.data["step"] == "1:t.flaky"]
+    assert completed[0]["attempt"] == 3
+    assert counts(run) == {"add_one": 1, "flaky": 3, "double": 1}
+
+
+def test_when_retries_run_out_the_run_fails_with_step_error_and_history():
+    run = wf.exhausted.start({"n": 1})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert err.value.step == "1:t.flaky"
+    record = run.refresh()
+    assert record.state == "failed" and record.failed_step == "1:t.flaky"
+    assert record.error["message"] == "flaky failure 2" and record.error["type"] == "Flaky"
+    assert [a["attempt"] for a in record.error["attempts"]] == [1, 2]
+    assert types(run)[-2:] == ["step.failed", "run.failed"]
+    assert get_store().checkpoint(run.id, "0:t.add_one") == '{"n":2}'
+
+
+def test_retrying_a_failed_run_resumes_from_the_failed_step():
+    r = get_store().redis
+    run = wf.resumable.start({"n": 5})
+    r.set(f"fail:{run.id}", 1)  # before the worker reaches the step: it is slower than this
+    with pytest.raises(flowkit.StepError):
+        run.result(WAIT)
+    r.delete(f"fail:{run.id}")
+    assert flowkit.retry(run.id).state == "queued"
+    assert run.result(WAIT) == {"n": 12}
+    assert counts(run) == {"add_one": 1, "switch": 2, "double": 1}
+    with pytest.raises(flowkit.InvalidState):
+        flowkit.retry(run.id)
+
+
+def test_same_idempotency_key_returns_the_same_run_enqueued_once():
+    first = wf.simple.start({"n": 1}, idempotency_key="order-42")
+    second = wf.simple.start({"n": 1}, idempotency_key="order-42")
+    assert second.id == first.id and first.created and not second.created
+    assert first.result(WAIT) == {"n": 4}
+    assert counts(first) == {"add_one": 1, "double": 1}
+    assert len(flowkit.list_runs()) == 1
+    with pytest.raises(flowkit.IdempotencyConflict):
+        wf.simple.start({"n": 2}, idempotency_key="order-42")
+
+
+def test_bad_input_raises_field_errors_and_creates_no_run():
+    with pytest.raises(flowkit.ValidationError) as err:
+        wf.simple.start({"n": "three"})
+    assert err.value.fields == {"n": ["Not a valid integer."]}
+    assert flowkit.list_runs() == []
+    assert get_store().redis.dbsize() == 0
+
+
+def test_fan_out_runs_one_step_per_item_and_gathers_in_order():
+    run = wf.fanned.start({"n": 4})
+    assert run.result(WAIT) == {"total": 0 + 1 + 4 + 9}
+    keys = {e.data["step"] for e in run.events() if e.type == "step.completed"}
+    assert {"1[0]:t.square", "1[3]:t.square", "0:t.split", "2:t.total"} <= keys
+    assert counts(run) == {"split": 1, "square0": 1, "square1": 1, "square2": 1, "square3": 1,
+                           "total": 1}
+
+
+def test_fan_out_over_an_empty_list_gives_an_empty_list():
+    assert wf.fanned.start({"n": 0}).result(WAIT) == {"total": 0}
+
+
+def test_parallel_branches_each_get_the_input_and_join_in_order():
+    run = wf.branches.start({"n": 1})
+    assert run.result(WAIT) == {"parts": ["L2", "R4"]}
+    keys = [e.data["step"] for e in run.events() if e.type == "step.completed"]
+    assert set(keys) == {"0:t.add_one", "1.0:t.left", "1.1.0:t.double", "1.1.1:t.right", "2:t.join"}
+
+
+def test_an_agent_loop_decides_at_run_time_what_runs_next():
+    run = wf.looping.start({})
+    assert run.result(WAIT) == {"answer": 0 + 10 + 20}
+    keys = [e.data["step"] for e in run.events() if e.type == "step.completed"]
+    assert keys == ["0:t.agent", "0+1:t.tool", "0+2:t.agent", "0+3:t.tool", "0+4:t.agent",
+                    "0+5:t.tool", "0+6:t.agent"]
+
+
+def test_progress_and_output_chunks_reach_the_stream_in_order():
+    run = wf.chatty.start({"n": 1})
+    run.result(WAIT)
+    evs = [e.data for e in run.events() if e.type in ("step.progress", "step.output")]
+    assert [e.get("chunk") or e["message"] for e in evs] == [
+        "word 1/3", "alpha", "word 2/3", "beta", "word 3/3", "gamma",
+    ]
+    assert [e["fraction"] for e in evs if e["type"] == "step.progress"] == [1 / 3, 2 / 3, 1.0]
+    assert all(e["step"] == "0:t.talker" and e["attempt"] == 1 for e in evs)
+
+
+def test_a_step_reads_the_run_context():
+    run = wf.reading.start({"n": 7})
+    assert run.result(WAIT) == {"input": {"n": 7, "fail_times": 2}, "first": {"n": 8},
+                                "step": "1:t.ctx_reader"}
+
+
+def test_cached_components_reuse_results_across_runs():
+    r = get_store().redis
+    first = wf.caching.start({"key": "abc"})
+    assert first.result(WAIT) == {"key": "abc", "value": "ABC"}
+    second = wf.caching.start({"key": "abc"})
+    assert second.result(WAIT) == {"key": "abc", "value": "ABC"}
+    assert r.get("cached-calls:abc") == "1"
+    done = [e.data for e in second.events() if e.type == "step.completed"][0]
+    assert done["cached"] is True
+    wf.caching.start({"key": "xyz"}).result(WAIT)
+    assert r.get("cached-calls:xyz") == "1"
+
+
+def test_a_component_called_inside_a_step_is_a_checkpointed_sub_step():
+    run = wf.inline.start({"n": 1})
+    reached_gate(run, "with_inline")
+    gen, _ = get_store().restart(run.id, expected_state="running", reason="test", now=1e12)
+    wf.inline.enqueue(run.id, gen, run.input)
+    reached_gate(run, "with_inline")
+    open_gate(run, "with_inline")
+    open_gate(run, "with_inline")
+    assert run.result(WAIT) == {"n": 4}
+    c = counts(run)
+    assert c["with_inline"] == 2 and c["add_one"] == 1  # the inline call was not repeated
+    assert get_store().checkpoint(run.id, "0:t.with_inline/0:t.add_one") == '{"n":2}'
+
+
+def test_a_step_over_its_timeout_fails_its_attempts():
+    run = wf.timing_out.start({"sleep": 3})
+    with pytest.raises(flowkit.StepError, match="0.5s timeout"):
+        run.result(WAIT)
+    assert [e.data["attempt"] for e in run.events() if e.type == "step.retrying"] == [1]
+
+
+def test_cancel_stops_the_run_at_the_next_step_boundary():
+    run = wf.chain3.start({"n": 1})
+    reached_gate(run, "gated")
+    assert flowkit.cancel(run.id).state == "cancelled"
+    open_gate(run, "gated")
+    assert run.wait(WAIT).state == "cancelled"
+    assert types(run)[-1] == "run.cancelled"
+    assert "double" not in counts(run)
+    with pytest.raises(flowkit.InvalidState):
+        flowkit.cancel(run.id)
+
+
+def test_records_and_streams_expire_after_the_retention():
+    run = wf.simple.start({"n": 1})
+    run.result(WAIT)
+    store = get_store()
+    retention = flowkit.get_settings().retention_seconds
+    for key in (store.keys.run(run.id), store.keys.events(run.id), store.keys.checkpoints(run.id)):
+        assert 0 < store.redis.ttl(key) <= retention, key
+
+
+def test_unknown_runs_say_so():
+    with pytest.raises(flowkit.RunNotFound):
+        flowkit.get_run("01NOPE")
+
+
+def test_the_worker_refuses_pickled_messages(worker):
+    from tests.app import app
+
+    app.send_task("flowkit.step.t.add_one", args=({"n": 1},), serializer="pickle",
+                  kwargs={"run_id": "x", "key": "0:t.add_one", "gen": 0})
+    # the worker logs the refusal; a marker task after it proves the log line is flushed
+    marker = wf.simple.start({"n": 0})
+    marker.result(WAIT)
+    assert "untrusted content of type pickle" in worker.output()
