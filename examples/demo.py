@@ -1,0 +1,169 @@
+"""The demo: everything flowkit runs, on this machine, for one content-generation run.
+
+Starts a private redis-server (unless FLOWKIT_REDIS_URL is set), a worker, beat
+and the web app, starts the ``content`` workflow and prints its events live as
+they arrive, then stops everything it started. ``python -m examples.demo --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Services:
+    """The processes of the demo deployment; ``stop()`` ends all that were started."""
+
+    def __init__(self) -> None:
+        self.redis = None
+        self.worker = None
+        self.procs: list[subprocess.Popen] = []
+        self.tmp = tempfile.mkdtemp(prefix="flowkit-demo-")
+        self.web_url: str | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        from flowkit import config
+        from flowkit.local import LocalRedis, free_port
+        from flowkit.testing import WorkerProcess
+
+        if not env.get("FLOWKIT_REDIS_URL"):
+            self.redis = LocalRedis().start()
+            env["FLOWKIT_REDIS_URL"] = self.redis.url
+            say(f"redis    private redis-server at {self.redis.url}")
+        else:
+            say(f"redis    using FLOWKIT_REDIS_URL={env['FLOWKIT_REDIS_URL']}")
+        os.environ.update(env)
+        config.reset()  # settings read before the private Redis existed are stale
+        self.worker = WorkerProcess(
+            "workers.celery_app", name="demo", env=env, cwd=str(ROOT), concurrency=8
+        ).start()
+        say(f"worker   celery worker pid {self.worker.pid} (threads pool, 8 slots)")
+        beat = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+                "--schedule", f"{self.tmp}/beat-schedule", "--loglevel", "WARNING"]
+        self.procs.append(self._spawn(beat, env, "beat"))
+        say(f"beat     celery beat pid {self.procs[-1].pid} (the reaper, every "
+            f"{os.environ.get('FLOWKIT_REAPER_INTERVAL', '3')}s)")
+        if (ROOT / "api" / "app.py").exists():
+            port = free_port()
+            web = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "api" / "gunicorn.conf.py"),
+                   "--bind", f"127.0.0.1:{port}", "api.app:app"]
+            self.procs.append(self._spawn(web, env, "web"))
+            self.web_url = f"http://127.0.0.1:{port}"
+            wait_http(self.web_url + "/healthz")
+            say(f"web      gunicorn pid {self.procs[-1].pid} at {self.web_url}")
+
+    def _spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
+        log = open(f"{self.tmp}/{name}.log", "w")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.worker:
+            self.worker.terminate(30)
+        if self.redis:
+            self.redis.close()
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)  # the server is still binding its port
+    raise SystemExit(f"flowkit demo: the web app did not answer at {url} within {timeout}s")
+
+
+def say(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+def show(event: dict, t0: float, lines: dict[str, str]) -> None:
+    """Print one event. Output chunks gather into a line per step, printed when full."""
+    kind = event["type"]
+    step = event.get("step", "")
+    if kind == "step.output":
+        lines[step] = lines.get(step, "") + str(event["chunk"])
+        if len(lines[step]) >= 72:
+            print(f"             {step:24} > {lines.pop(step).strip()}", flush=True)
+        return
+    if step in lines and kind in ("step.completed", "step.retrying", "step.failed"):
+        print(f"             {step:24} > {lines.pop(step).strip()}", flush=True)
+    stamp = f"[{time.monotonic() - t0:6.2f}s]"
+    detail = {
+        "step.started": lambda: f"attempt {event.get('attempt')} on {event.get('worker', '?')}",
+        "step.progress": lambda: f"{event.get('message')} {fraction(event)}",
+        "step.retrying": lambda: f"attempt {event.get('attempt')} failed: {event.get('error')}",
+        "step.completed": lambda: f"in {event.get('duration')}s",
+        "run.restarted": lambda: event.get("reason", ""),
+        "run.failed": lambda: event.get("error", {}).get("message", ""),
+    }.get(kind, lambda: "")()
+    print(f"  {stamp} {kind:15} {step} {detail}".rstrip(), flush=True)
+
+
+def fraction(event: dict) -> str:
+    f = event.get("fraction")
+    return f"({f:.0%})" if f is not None else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--topic", default="durable AI workflows")
+    parser.add_argument("--sections", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the services running until Ctrl-C")
+    args = parser.parse_args(argv)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    print("flowkit demo: starting a local deployment", flush=True)
+    services = Services()
+    try:
+        services.start(env)
+        import flowkit
+        from flowkit import events
+
+        import examples  # noqa: F401 - registers the content workflow
+
+        brief = {"topic": args.topic, "sections": args.sections}
+        run = flowkit.get_workflow("content").start(brief)
+        print(f"\nflowkit demo: run {run.id} of workflow 'content' with {brief}\n", flush=True)
+        t0, lines = time.monotonic(), {}
+        for event in events.follow(run.id):
+            show(event.data, t0, lines)
+        final = run.refresh()
+        print(f"\nflowkit demo: run {final.state}", flush=True)
+        if final.state == "succeeded":
+            article = final.output["article"]
+            print(f"  {final.output['sections']} sections, {final.output['words']} words:\n")
+            print("    " + article[:400].replace("\n", "\n    ") + " ...\n")
+        if args.keep:
+            print("services keep running; Ctrl-C stops them", flush=True)
+            signal.pause()
+        return 0 if final.state == "succeeded" else 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        print("flowkit demo: stopping everything it started", flush=True)
+        services.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
