@@ -137,10 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     services = Services()
     try:
         services.start(env)
+        import examples  # noqa: F401 - registers the content workflow
         import flowkit
         from flowkit import events
-
-        import examples  # noqa: F401 - registers the content workflow
 
         brief = {"topic": args.topic, "sections": args.sections}
         run = flowkit.get_workflow("content").start(brief)

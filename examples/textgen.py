@@ -7,10 +7,7 @@ import random
 import time
 from collections.abc import Iterator
 
-WORDS = (
-    "durable workflows keep long running agents honest across crashes deploys and flaky "
-    "providers while users watch every step arrive live and resume after a refresh"
-).split()
+WORDS = ["durable", "workflows", "keep", "long", "running", "agents", "honest", "across", "crashes", "deploys", "and", "flaky", "providers", "while", "users", "watch", "every", "step", "arrive", "live", "and", "resume", "after", "a", "refresh"]
 
 
 def generate(prompt: str, words: int = 40, delay: float = 0.01) -> Iterator[str]:
