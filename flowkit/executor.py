@@ -108,14 +108,16 @@ def _run_attempts(
     started = time.monotonic()
     state = {"attempt": attempt}
 
+    def new_context() -> StepContext:
+        return StepContext(run_id, key, gen, state["attempt"], token, comp.name, store)
+
     def before_sleep(retry_state) -> None:
         exc = retry_state.outcome.exception()
         failed = state["attempt"]
         history.append({"attempt": failed, "error": _describe(exc), "at": time.time()})
-        delay = round(retry_state.upcoming_sleep, 3)
         event = events.make(
-            events.STEP_RETRYING, run_id, step=key, attempt=failed,
-            error=_describe(exc), delay=delay, next_attempt=failed + 1,
+            events.STEP_RETRYING, run_id, step=key, attempt=failed, error=_describe(exc),
+            delay=round(retry_state.upcoming_sleep, 3), next_attempt=failed + 1,
         )
         nxt = store.retrying(run_id, key, gen, token, event, time.time())
         if nxt is None:
@@ -123,24 +125,8 @@ def _run_attempts(
         state["attempt"] = nxt
 
     heartbeat.track(run_id, key, token)
-    cache_key = None
     try:
-        cached = None
-        if pol.cache_ttl:
-            cache_key = cache.cache_key(store, comp.name, pol.cache_version, value)
-            cached = cache.get(store, cache_key)
-        if cached is not None:
-            output_json = cached
-        else:
-            for attempt_state in pol.retrying(before_sleep=before_sleep):
-                with attempt_state:
-                    ctx = StepContext(run_id, key, gen, state["attempt"], token, comp.name, store)
-                    result = _attempt(comp, pol, value, ctx)
-            if isinstance(result, Continue):
-                result = {CONTINUE: _continuation_spec(result)}
-            output_json = dumps_bounded(result, f"the output of step {key}")
-            if cache_key:
-                cache.put(store, cache_key, output_json, pol.cache_ttl)
+        output_json, cached = _produce(store, comp, pol, value, new_context, before_sleep, key)
     except RunCancelled:
         log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
         raise Ignore() from None
@@ -152,10 +138,31 @@ def _run_attempts(
         heartbeat.untrack(run_id, key)
     completed = events.make(
         events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
-        duration=round(time.monotonic() - started, 4), cached=bool(cache_key and cached) or None,
+        duration=round(time.monotonic() - started, 4), cached=cached or None,
         output=loads(output_json),
     )
     return loads(store.complete_step(run_id, key, token, output_json, time.time(), completed))
+
+
+def _produce(
+    store: Store, comp: Component, pol: Policy, value: Any, new_context, before_sleep, key: str
+) -> tuple[str, bool]:
+    """The step's output as JSON, and whether it came from the cache."""
+    cache_key = cache.cache_key(store, comp.name, pol.cache_version, value) if pol.cache_ttl else None
+    if cache_key and (hit := cache.get(store, cache_key)) is not None:
+        return hit, True
+    if pol.attempts == 1:  # the common case: no retry machinery on the hot path
+        result = _attempt(comp, pol, value, new_context())
+    else:
+        for attempt_state in pol.retrying(before_sleep=before_sleep):
+            with attempt_state:
+                result = _attempt(comp, pol, value, new_context())
+    if isinstance(result, Continue):
+        result = {CONTINUE: _continuation_spec(result)}
+    output_json = dumps_bounded(result, f"the output of step {key}")
+    if cache_key:
+        cache.put(store, cache_key, output_json, pol.cache_ttl)
+    return output_json, False
 
 
 def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
