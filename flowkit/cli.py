@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import redis
+
+    from .config import get_settings
     from .errors import FlowkitError
 
     parser = build_parser()
@@ -35,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args) or 0
     except FlowkitError as exc:
         print(f"flowkit {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except redis.exceptions.ConnectionError:
+        url = get_settings().redis_url
+        print(f"flowkit {args.command}: cannot reach Redis at {url}; start it, or point "
+              "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
