@@ -53,6 +53,10 @@ class WorkerProcess:
         if not self._ready.wait(timeout):
             self.kill()
             raise RuntimeError(f"worker {self.name} not ready in {timeout}s:\n{self.output()}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"worker {self.name} exited with {self.proc.returncode}:\n{self.output()}"
+            )
         return self
 
     def _pump(self, proc: subprocess.Popen) -> None:

@@ -74,10 +74,12 @@ def start_worker(flowkit_env):
     """Start extra worker processes for one test; all are stopped after it."""
     started: list[WorkerProcess] = []
 
-    def start(name: str, **kwargs) -> WorkerProcess:
-        proc = WorkerProcess("tests.app", name=name, env=flowkit_env, cwd=ROOT, **kwargs)
-        started.append(proc.start())
-        return proc
+    def start(name: str, app: str = "tests.app", env_overrides: dict | None = None,
+              **kwargs) -> WorkerProcess:
+        env = {**flowkit_env, **(env_overrides or {})}
+        proc = WorkerProcess(app, name=name, env=env, cwd=ROOT, **kwargs)
+        started.append(proc)
+        return proc.start()
 
     yield start
     for proc in started:

@@ -249,3 +249,10 @@ def test_the_worker_refuses_pickled_messages(worker):
     marker = wf.simple.start({"n": 0})
     marker.result(WAIT)
     assert "untrusted content of type pickle" in worker.output()
+
+
+def test_a_worker_refuses_to_start_when_a_step_can_outlive_the_visibility_timeout(start_worker):
+    with pytest.raises(RuntimeError) as err:
+        start_worker("short-visibility", env_overrides={"FLOWKIT_VISIBILITY_TIMEOUT": "1"})
+    assert "flowkit: worker refuses to start: A step may run for 1.05s" in str(err.value)
+    assert "Set FLOWKIT_VISIBILITY_TIMEOUT above 2" in str(err.value)
