@@ -1,5 +1,6 @@
 """flowkit: long-running, resilient AI workflows on Celery and Redis."""
 
+from .api import FlowKit, create_blueprint
 from .celery_app import create_celery_app, get_app
 from .component import Component, component, continue_with
 from .config import Settings, configure, get_settings
@@ -30,6 +31,7 @@ __all__ = [
     "Component",
     "ConfigError",
     "Event",
+    "FlowKit",
     "FlowkitError",
     "IdempotencyConflict",
     "InvalidState",
@@ -50,6 +52,7 @@ __all__ = [
     "configure",
     "context",
     "continue_with",
+    "create_blueprint",
     "create_celery_app",
     "emit",
     "exponential",

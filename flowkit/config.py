@@ -42,6 +42,18 @@ class Settings:
     retry_initial: float = _default("retry_initial")
     retry_maximum: float = _default("retry_maximum")
     drain_grace: float = _default("drain_grace")
+    api_keys: str = _default("api_keys")
+    api_open: bool = _default("api_open")
+    api_secret: str = _default("api_secret")
+    api_token_ttl: int = _default("api_token_ttl")
+    api_url_prefix: str = _default("api_url_prefix")
+    api_max_body_bytes: int = _default("api_max_body_bytes")
+    api_max_wait: float = _default("api_max_wait")
+    api_ping_interval: float = _default("api_ping_interval")
+    api_page_size: int = _default("api_page_size")
+    api_max_page_size: int = _default("api_max_page_size")
+    api_events_page: int = _default("api_events_page")
+    api_subscriber_buffer: int = _default("api_subscriber_buffer")
 
     @property
     def broker(self) -> str:
@@ -80,6 +92,12 @@ class Settings:
 
 
 def _coerce(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:  # bool("false") is True: read the usual spellings instead
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean; use true or false.")
     try:
         return kind(raw)
     except ValueError:

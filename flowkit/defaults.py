@@ -45,3 +45,28 @@ RETRY_MAXIMUM = 30.0
 
 #: Seconds a worker waits for running steps on SIGTERM before handing them over.
 DRAIN_GRACE = 30.0
+
+# -- API plane (flowkit.api) ----------------------------------------------------
+#: Bearer API keys that may use every endpoint, comma-separated. Empty: none.
+API_KEYS = ""
+#: Open the API to requests without credentials. For local development only.
+API_OPEN = False
+#: Secret that signs run-scoped tokens; empty falls back to the Flask app's SECRET_KEY.
+API_SECRET = ""
+#: Lifetime of a run-scoped token, in seconds.
+API_TOKEN_TTL = 24 * 3600
+#: URL prefix of the blueprint mounted by ``FlowKit(app)``.
+API_URL_PREFIX = ""
+#: Largest request body the API reads, in bytes (a larger one gets 413).
+API_MAX_BODY_BYTES = 1024 * 1024
+#: Longest synchronous invocation (``?wait=`` / ``Prefer: wait=``), in seconds.
+API_MAX_WAIT = 60.0
+#: Seconds between keep-alive pings on idle WebSocket and SSE connections.
+API_PING_INTERVAL = 20.0
+#: Runs per page of ``GET /runs`` when the client names none, and the most it may ask.
+API_PAGE_SIZE = 50
+API_MAX_PAGE_SIZE = 500
+#: Most events per page of ``GET /runs/<id>/events`` (and per history read of the relay).
+API_EVENTS_PAGE = 1000
+#: Events a relay subscriber may have queued before it catches up from Redis instead.
+API_SUBSCRIBER_BUFFER = 10000

@@ -1,0 +1,6 @@
+"""flowkit's API plane: REST over workflows and runs, live streams over WebSocket and SSE."""
+
+from .blueprint import create_blueprint
+from .extension import FlowKit
+
+__all__ = ["FlowKit", "create_blueprint"]

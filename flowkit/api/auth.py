@@ -1,0 +1,121 @@
+"""Who may call the API: API keys, a host-app callback, run-scoped tokens, or nobody.
+
+Credentials are required unless the host app sets ``FLOWKIT_API_OPEN`` on purpose.
+In order, a request is let in by:
+
+1. ``Authorization: Bearer <key>`` with one of ``FLOWKIT_API_KEYS``: everything;
+2. a run-scoped token (bearer, or ``?token=`` because browsers' ``EventSource`` and
+   ``WebSocket`` cannot send headers): signed and expiring, it reads one run's
+   record, output, events and stream, and nothing else;
+3. the host app's ``authorize(request)`` callback: ``True`` for everything, or an
+   owner string that scopes the caller to the runs it started;
+4. ``FLOWKIT_API_OPEN``: everything, without credentials (local development).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+
+from flask import Request
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from .errors import ApiError
+from .options import ApiOptions
+
+log = logging.getLogger(__name__)
+
+KEY, APP, OPEN, RUN = "key", "app", "open", "run"
+_TOKEN_SALT = "flowkit.run-token"
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the caller of this request may do."""
+
+    kind: str
+    #: The one run a run-scoped token may read.
+    run_id: str | None = None
+    #: Owner/tenant tag given by the authorize callback: the caller sees only its runs.
+    owner: str | None = None
+
+    def require_full(self) -> None:
+        """Endpoints beyond one run's reads (start, list, cancel, retry...)."""
+        if self.kind == RUN:
+            raise ApiError(403, "forbidden", "A run token only reads its own run.")
+
+    def require_run(self, run_id: str, run_owner: str = "", write: bool = False) -> None:
+        if self.kind == RUN:
+            if write or run_id != self.run_id:
+                raise ApiError(403, "forbidden", "This token is for another run, or read-only.")
+        elif self.owner is not None and run_owner != self.owner:
+            raise ApiError(403, "forbidden", "This run belongs to another owner.")
+
+
+def _unauthorized(message: str, code: str = "unauthorized") -> ApiError:
+    return ApiError(401, code, message, headers={"WWW-Authenticate": 'Bearer realm="flowkit"'})
+
+
+class Authenticator:
+    def __init__(self, options: ApiOptions, app_secret: str | None) -> None:
+        self.options = options
+        self.tokens = URLSafeTimedSerializer(self._secret(options, app_secret), salt=_TOKEN_SALT)
+
+    @staticmethod
+    def _secret(options: ApiOptions, app_secret: str | None) -> str:
+        if options.secret or app_secret:
+            return options.secret or str(app_secret)
+        if options.keys:  # every process sharing these keys can verify each other's tokens
+            return hashlib.sha256("\n".join(sorted(options.keys)).encode()).hexdigest()
+        if not options.open:
+            log.warning(
+                "flowkit API: no FLOWKIT_API_SECRET, SECRET_KEY or API keys: run tokens are "
+                "signed with a random secret and only verify in this process."
+            )
+        return secrets.token_hex(32)
+
+    def issue(self, run_id: str) -> str:
+        return self.tokens.dumps({"run": run_id})
+
+    def _run_of(self, token: str) -> str | None:
+        try:
+            data = self.tokens.loads(token, max_age=self.options.token_ttl)
+        except SignatureExpired:
+            raise _unauthorized("This run token has expired.", "token_expired") from None
+        except BadSignature:
+            return None
+        return data.get("run") if isinstance(data, dict) else None
+
+    def _is_key(self, bearer: str) -> bool:
+        given = bearer.encode()
+        return any(hmac.compare_digest(given, key.encode()) for key in self.options.keys)
+
+    def authenticate(self, request: Request) -> Access:
+        bearer = _bearer(request)
+        if bearer and self._is_key(bearer):
+            return Access(KEY)
+        token = bearer or request.args.get("token")
+        if token:
+            run_id = self._run_of(token)
+            if run_id:
+                return Access(RUN, run_id=run_id)
+        if self.options.authorize is not None:
+            granted = self.options.authorize(request)
+            if granted:
+                return Access(APP, owner=granted if isinstance(granted, str) else None)
+        if self.options.open:
+            return Access(OPEN)
+        if token:
+            raise _unauthorized("Invalid API key or run token.")
+        raise _unauthorized("Credentials required: send 'Authorization: Bearer <API key>'.")
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None

@@ -1,0 +1,76 @@
+"""One JSON error shape for every error the API answers: ``{"error": {code, message, fields}}``.
+
+flowkit's exceptions map to their status here, werkzeug's HTTP exceptions (404, 405,
+413, ...) keep theirs, and anything unexpected becomes a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..errors import (
+    IdempotencyConflict,
+    InvalidState,
+    NotFound,
+    PayloadTooLarge,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered as-is: ``status``, a stable ``code`` and a message for people."""
+
+    def __init__(
+        self, status: int, code: str, message: str, fields: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or {}
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, fields: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _code(exc: HTTPException) -> str:
+    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+def to_response(exc: BaseException) -> Response:
+    """The JSON error response for ``exc`` (any exception)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
+    if isinstance(exc, ValidationError):
+        return error_response(400, "validation_error", exc.message, exc.fields)
+    if isinstance(exc, NotFound):
+        return error_response(404, "not_found", str(exc))
+    if isinstance(exc, IdempotencyConflict):
+        return error_response(409, "idempotency_conflict", str(exc))
+    if isinstance(exc, InvalidState):
+        return error_response(409, "invalid_state", str(exc))
+    if isinstance(exc, PayloadTooLarge):
+        return error_response(413, "payload_too_large", str(exc))
+    if isinstance(exc, HTTPException):
+        headers = {}
+        if exc.code == 405 and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return error_response(exc.code or 500, _code(exc), exc.description or exc.name, None, headers)
+    log.exception("flowkit API: unexpected error", exc_info=exc)
+    return error_response(500, "internal_error", "The server failed to handle this request.")

@@ -1,0 +1,88 @@
+"""The API plane's settings for one app: ``FLOWKIT_*`` keys of ``app.config`` over flowkit's.
+
+Each setting of :mod:`flowkit.defaults` named ``API_*`` can be set three ways, the first
+found wins: a keyword of ``FlowKit(app, ...)``/``create_blueprint(...)``, the Flask
+config key ``FLOWKIT_API_*``, then flowkit's settings (env ``FLOWKIT_API_*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..config import ENV_PREFIX, Settings, get_settings
+from ..errors import ConfigError
+
+#: ``authorize(request)`` -> falsy (deny), True (full access) or an owner/tenant string.
+Authorize = Callable[[Any], Any]
+
+
+def _split_keys(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(k.strip() for k in value or () if k and k.strip())
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    keys: tuple[str, ...] = ()
+    open: bool = False
+    secret: str = ""
+    token_ttl: int = 0
+    url_prefix: str = ""
+    max_body_bytes: int = 0
+    max_wait: float = 0.0
+    ping_interval: float = 0.0
+    page_size: int = 0
+    max_page_size: int = 0
+    events_page: int = 0
+    subscriber_buffer: int = 0
+    #: Names of the workflows served; None serves every registered workflow.
+    workflows: frozenset[str] | None = None
+    authorize: Authorize | None = field(default=None, compare=False)
+
+    @classmethod
+    def resolve(
+        cls,
+        config: Mapping[str, Any] | None = None,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> ApiOptions:
+        config = config or {}
+        settings = settings or get_settings()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in ("workflows", "authorize"):
+                continue
+            key = f"{ENV_PREFIX}API_{f.name.upper()}"
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+            elif key in config:
+                values[f.name] = config[key]
+            else:
+                values[f.name] = getattr(settings, f"api_{f.name}")
+        values["keys"] = _split_keys(values["keys"])
+        values["open"] = _as_bool(values["open"])
+        values["url_prefix"] = (values["url_prefix"] or "").rstrip("/")
+        selected = overrides.get("workflows", config.get(f"{ENV_PREFIX}API_WORKFLOWS"))
+        if isinstance(selected, str):
+            selected = [w.strip() for w in selected.split(",") if w.strip()]
+        values["workflows"] = frozenset(selected) if selected is not None else None
+        values["authorize"] = overrides.get("authorize")
+        options = cls(**values)
+        if options.max_wait < 0 or options.page_size < 1 or options.max_page_size < options.page_size:
+            raise ConfigError(
+                "FLOWKIT_API_MAX_WAIT must be >= 0 and 1 <= FLOWKIT_API_PAGE_SIZE <= "
+                "FLOWKIT_API_MAX_PAGE_SIZE."
+            )
+        return options
+
+    def serves(self, workflow: str) -> bool:
+        return self.workflows is None or workflow in self.workflows
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

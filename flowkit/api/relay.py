@@ -1,0 +1,299 @@
+"""The stream relay: one reader per web process multiplexes every subscriber of every run.
+
+A subscriber (a WebSocket, an SSE response, a synchronous invocation) asks for a
+run's events after a cursor. It first registers with the :class:`Hub`, then reads
+the history after its cursor with ``XRANGE`` itself, then takes the live events
+the hub hands it, dropping any whose id is not past its cursor. That cursor-based
+handoff has no gap (the hub delivers everything after the stream's last id at
+registration; the history read happens after registration) and no duplicate (ids
+are compared with the cursor). A subscriber too slow to keep up loses its buffered
+events and catches up from Redis the same way, so the hub never waits for a client.
+
+The hub itself is one thread and one Redis connection blocked in a multi-key
+``XREAD`` over the streams that have subscribers, woken through a private stream
+when the set of runs changes. 1,000 clients of one run cost one ``XREAD``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+import redis
+
+from ..events import TERMINAL
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+_CURSOR = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+START = "0-0"
+#: How long the hub's XREAD blocks before it looks again at the set of runs.
+_BLOCK_MS = 5_000
+#: Longest pause after a Redis error before the hub reads again.
+_MAX_BACKOFF = 2.0
+
+
+def parse_cursor(value: str | None) -> str | None:
+    """A valid stream id (``<ms>-<seq>``, or ``0``) normalised; None if it is not one."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("0", ""):
+        return START
+    return value if _CURSOR.match(value) else None
+
+
+def _order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RelayEvent:
+    """One stream entry, pre-encoded once for every subscriber: ``json`` is ``{"id", ...event}``."""
+
+    __slots__ = ("id", "order", "type", "json")
+
+    def __init__(self, event_id: str, raw: str) -> None:
+        self.id = event_id
+        self.order = _order(event_id)
+        doc = json.loads(raw)
+        self.type = doc.get("type", "") if isinstance(doc, dict) else ""
+        body = raw.strip()
+        self.json = f'{{"id":"{event_id}",{body[1:]}' if body not in ("{}", "") else f'{{"id":"{event_id}"}}'
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL
+
+
+def parse(entries: list) -> list[RelayEvent]:
+    return [RelayEvent(entry_id, fields["e"]) for entry_id, fields in entries]
+
+
+class Subscriber:
+    """One client's view of one run: ``next_batch()`` returns the events after its cursor."""
+
+    def __init__(self, hub: Hub, run_id: str, after: str) -> None:
+        self.hub = hub
+        self.run_id = run_id
+        self.cursor = after
+        self._order = _order(after)
+        self._pending: deque[RelayEvent] = deque()
+        self._cond = threading.Condition()
+        self._catch_up = True  # the history after the cursor comes first
+        self.done = False
+        self.closed = False
+
+    # -- hub side ----------------------------------------------------------------
+
+    def _push(self, batch: list[RelayEvent]) -> None:
+        with self._cond:
+            if len(self._pending) + len(batch) > self.hub.buffer:
+                self._pending.clear()  # too slow: catch up from Redis instead
+                self._catch_up = True
+            else:
+                self._pending.extend(batch)
+            self._cond.notify()
+
+    # -- client side -------------------------------------------------------------
+
+    def resume(self, after: str) -> None:
+        """Start again after ``after`` (a client's resume message)."""
+        with self._cond:
+            self.cursor, self._order, self.done = after, _order(after), False
+            self._pending.clear()
+            self._catch_up = True
+            self._cond.notify()
+
+    def next_batch(self, timeout: float | None) -> list[RelayEvent]:
+        """Events after the cursor, oldest first; [] when ``timeout`` passes or after the end."""
+        if self.done:
+            return []
+        with self._cond:
+            from_history = self._catch_up
+            self._catch_up = False
+            if not from_history:
+                if not self._pending:
+                    self._cond.wait(timeout)
+                batch = list(self._pending)
+                self._pending.clear()
+        if from_history:
+            batch = self.hub.history(self.run_id, self.cursor)
+            if len(batch) >= self.hub.page:
+                with self._cond:
+                    self._catch_up = True  # more history to read before the live tail
+        return self._advance(batch)
+
+    def _advance(self, batch: list[RelayEvent]) -> list[RelayEvent]:
+        fresh: list[RelayEvent] = []
+        for event in batch:
+            if event.order <= self._order:
+                continue  # already delivered (read from history and from the hub)
+            fresh.append(event)
+            self._order, self.cursor = event.order, event.id
+            if event.terminal:
+                self.done = True
+                break
+        return fresh
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub.unsubscribe(self)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Tracked:
+    __slots__ = ("cursor", "subscribers")
+
+    def __init__(self, cursor: str) -> None:
+        self.cursor = cursor
+        self.subscribers: set[Subscriber] = set()
+
+
+class Hub:
+    """This process's reader of run streams for one app (started on first use, per process)."""
+
+    def __init__(self, store: Callable[[], Store], page: int, buffer: int) -> None:
+        self._store_factory = store
+        self.page = page
+        self.buffer = buffer
+        self._lock = threading.Condition()
+        self._runs: dict[str, _Tracked] = {}
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._stopped = threading.Event()
+        self._wake_key = ""
+
+    @property
+    def store(self) -> Store:
+        return self._store_factory()
+
+    def subscribers(self) -> int:
+        with self._lock:
+            return sum(len(t.subscribers) for t in self._runs.values())
+
+    # -- subscribing -------------------------------------------------------------
+
+    def subscribe(self, run_id: str, after: str = START) -> Subscriber:
+        self._ensure_running()
+        store = self.store
+        sub = Subscriber(self, run_id, after)
+        with self._lock:
+            tracked = self._runs.get(run_id)
+            if tracked is not None:
+                tracked.subscribers.add(sub)
+                return sub
+        # A new run: the hub reads everything after the stream's last id from now on.
+        last = store.redis.xrevrange(store.keys.events(run_id), count=1)
+        with self._lock:
+            tracked = self._runs.get(run_id)
+            added = tracked is None
+            if added:
+                tracked = self._runs[run_id] = _Tracked(last[0][0] if last else START)
+            tracked.subscribers.add(sub)
+            self._lock.notify()
+        if added:
+            self._wake(store)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            tracked = self._runs.get(sub.run_id)
+            if tracked is not None:
+                tracked.subscribers.discard(sub)
+                if not tracked.subscribers:
+                    del self._runs[sub.run_id]
+
+    def history(self, run_id: str, after: str) -> list[RelayEvent]:
+        store = self.store
+        entries = store.redis.xrange(store.keys.events(run_id), min=f"({after}", count=self.page)
+        return parse(entries)
+
+    # -- the reader --------------------------------------------------------------
+
+    def _wake(self, store: Store) -> None:
+        """Make a blocked XREAD return so it reads the new run's stream too."""
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+        pipe.expire(self._wake_key, 24 * 3600)
+        pipe.execute()
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+                return
+            if self._pid != os.getpid():  # forked: the parent's subscribers are not ours
+                self._runs.clear()
+            self._pid = os.getpid()
+            store = self.store
+            self._wake_key = f"{store.keys.prefix}:relay:wake:{uuid.uuid4().hex}"
+            self._stopped.clear()
+            self._thread = threading.Thread(target=self._loop, name="flowkit-relay", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not None and self._thread.is_alive():
+            with contextlib.suppress(redis.RedisError):
+                self._wake(self.store)
+            self._thread.join(5)
+        self._thread = None
+
+    def _loop(self) -> None:
+        settings = self.store.settings
+        # Its own connection: a blocked XREAD must not hold one of the request pool's.
+        conn = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=_BLOCK_MS / 1000 + 5
+        )
+        wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
+        backoff = 0.05
+        while not self._stopped.is_set():
+            with self._lock:
+                while not self._runs and not self._stopped.is_set():
+                    self._lock.wait()
+                streams = {self.store.keys.events(r): t.cursor for r, t in self._runs.items()}
+                runs_by_key = {self.store.keys.events(r): r for r in self._runs}
+            streams[self._wake_key] = wake_cursor
+            try:
+                reply = conn.xread(streams, count=self.page, block=_BLOCK_MS)
+                backoff = 0.05
+            except redis.RedisError:
+                log.warning("flowkit relay: reading streams failed; retrying", exc_info=True)
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            for key, entries in reply or ():
+                if key == self._wake_key:
+                    wake_cursor = entries[-1][0]
+                    continue
+                self._dispatch(runs_by_key[key], entries)
+        conn.close()
+
+    def _dispatch(self, run_id: str, entries: list) -> None:
+        batch = parse(entries)
+        with self._lock:
+            tracked = self._runs.get(run_id)
+            if tracked is None:
+                return
+            tracked.cursor = entries[-1][0]
+            subscribers = list(tracked.subscribers)
+        for sub in subscribers:
+            sub._push(batch)

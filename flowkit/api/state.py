@@ -1,0 +1,44 @@
+"""What one Flask app's flowkit API holds: its options, authenticator and stream hub.
+
+Kept in ``app.extensions["flowkit"]`` so two apps in one process share nothing.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from ..store import get_store
+from ..workflow import Workflow, get_workflow, workflows
+from .errors import ApiError
+from .options import ApiOptions
+from .relay import Hub
+
+EXTENSION = "flowkit"
+
+
+class ApiState:
+    def __init__(self, app: Flask, options: ApiOptions, url_prefix: str, blueprint: str) -> None:
+        from .auth import Authenticator
+
+        self.options = options
+        self.url_prefix = url_prefix.rstrip("/")
+        self.blueprint = blueprint
+        self.auth = Authenticator(options, app.config.get("SECRET_KEY"))
+        self.hub = Hub(get_store, page=options.events_page, buffer=options.subscriber_buffer)
+
+    def owns(self, path: str) -> bool:
+        """Whether a request path falls under this API (for 404/405 outside any view)."""
+        return not self.url_prefix or path == self.url_prefix or path.startswith(self.url_prefix + "/")
+
+    def workflows(self) -> list[Workflow]:
+        return [wf for name, wf in sorted(workflows().items()) if self.options.serves(name)]
+
+    def workflow(self, name: str) -> Workflow:
+        if not self.options.serves(name):
+            raise ApiError(404, "not_found", f"No workflow named {name!r}.")
+        return get_workflow(name)
+
+
+def state() -> ApiState:
+    """The API state of the current app."""
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,51 @@
+"""Server-Sent Events and NDJSON responses that follow one run through the relay.
+
+Both send the history after the cursor, then the live tail, and end after the
+terminal event. Idle connections get a keep-alive (an SSE comment, an empty NDJSON
+line) every ping interval, which is also how a vanished client is noticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Response, stream_with_context
+
+from .relay import RelayEvent, Subscriber
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+_RECONNECT_MS = 2000
+
+
+def _sse(batch: list[RelayEvent]) -> str:
+    return "".join(f"id: {e.id}\ndata: {e.json}\n\n" for e in batch)
+
+
+def _ndjson(batch: list[RelayEvent]) -> str:
+    return "".join(f"{e.json}\n" for e in batch)
+
+
+def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[str]:
+    encode, ping = (_sse, ": ping\n\n") if kind == SSE else (_ndjson, "\n")
+    try:
+        if kind == SSE:
+            yield f"retry: {_RECONNECT_MS}\n\n"
+        while not sub.done:
+            batch = sub.next_batch(timeout=ping_interval)
+            yield encode(batch) if batch else ping
+    finally:
+        sub.close()
+
+
+def stream_response(
+    sub: Subscriber, ping_interval: float, kind: str, status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = Response(
+        stream_with_context(_follow(sub, ping_interval, kind)),
+        status=status,
+        mimetype=kind,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+    )
+    return response
