@@ -40,7 +40,12 @@ def celery_config(settings: Settings) -> dict:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_send_sent_event": False,
         "beat_schedule": {
-            "flowkit-reaper": {"task": "flowkit.reaper", "schedule": settings.reaper_interval},
+            # a sweep nobody ran in time is worthless: the next one supersedes it
+            "flowkit-reaper": {
+                "task": "flowkit.reaper",
+                "schedule": settings.reaper_interval,
+                "options": {"expires": max(settings.reaper_interval * 2, 1.0)},
+            },
             "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0},
         },
     }
@@ -56,7 +61,7 @@ def create_celery_app(
     app.conf.update(celery_config(settings))
     app.conf.imports = list(imports)
     # flowkit's own tasks (step bodies, fan-out, finish, reaper) register on every app
-    from . import executor, reaper  # noqa: F401
+    from . import executor, reaper, trace  # noqa: F401 - trace registers its step hooks
 
     _app = app
     return app
@@ -102,6 +107,15 @@ def _refuse_bad_config(sender=None, **_):
     except ConfigError as exc:
         print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@signals.celeryd_after_setup.connect
+def _name_worker(sender=None, **_):
+    # before the pool forks, so prefork children's leases also carry the node name
+    from . import heartbeat
+
+    if sender:
+        heartbeat.node_name = str(sender)
 
 
 @signals.worker_ready.connect

@@ -42,6 +42,8 @@ class Settings:
     retry_initial: float = _default("retry_initial")
     retry_maximum: float = _default("retry_maximum")
     drain_grace: float = _default("drain_grace")
+    failure_webhook: str = _default("failure_webhook")
+    failure_webhook_timeout: float = _default("failure_webhook_timeout")
     api_keys: str = _default("api_keys")
     api_open: bool = _default("api_open")
     api_secret: str = _default("api_secret")

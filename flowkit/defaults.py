@@ -45,6 +45,10 @@ RETRY_MAXIMUM = 30.0
 
 #: Seconds a worker waits for running steps on SIGTERM before handing them over.
 DRAIN_GRACE = 30.0
+#: URL that receives a JSON POST once per failed run (a step gave up, or the reaper did).
+FAILURE_WEBHOOK = ""
+#: Seconds the failure webhook may take to answer before it counts as failed (logged).
+FAILURE_WEBHOOK_TIMEOUT = 5.0
 
 # -- API plane (flowkit.api) ----------------------------------------------------
 #: Bearer API keys that may use every endpoint, comma-separated. Empty: none.

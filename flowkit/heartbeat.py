@@ -29,6 +29,7 @@ class Heartbeat:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._wake = threading.Event()
@@ -41,6 +42,13 @@ class Heartbeat:
     def untrack(self, run_id: str, step: str) -> None:
         with self._lock:
             self._entries.pop((run_id, step), None)
+            if not self._entries:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no step of this process is running (True) or ``timeout`` s pass (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._entries, timeout)
 
     def active(self) -> list[tuple[str, str, str]]:
         with self._lock:

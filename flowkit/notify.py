@@ -1,11 +1,22 @@
-"""Failure notifications: ``hooks.run_failed`` callables, once per failed run."""
+"""Failure notifications, once per failed run: ``hooks.run_failed`` callables and a webhook.
+
+Whoever fails a run (a worker whose step gave up, the reaper giving up) calls
+:func:`run_failed`; a claim in Redis makes the notification happen once even when
+several processes race. FLOWKIT_FAILURE_WEBHOOK, when set, receives a JSON POST
+(:func:`webhook_payload`); a webhook that is down is logged, not retried.
+"""
 
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.request
+from typing import Any
 
 from . import hooks
+from .config import get_settings
 from .run import Run
+from .serialization import dumps
 from .store import get_store
 
 log = logging.getLogger(__name__)
@@ -16,4 +27,37 @@ def run_failed(run_id: str) -> None:
     if not store.redis.set(store.keys.lock(f"notified:{run_id}"), 1, nx=True,
                            ex=store.settings.retention_seconds):
         return
-    hooks.call(hooks.run_failed, Run.load(run_id, store))
+    run = Run.load(run_id, store)
+    hooks.call(hooks.run_failed, run)
+    url = get_settings().failure_webhook
+    if url:
+        post_webhook(url, webhook_payload(run))
+
+
+def webhook_payload(run: Run) -> dict[str, Any]:
+    """What the webhook receives: the failure, never the run's input or output."""
+    return {
+        "type": "run.failed",
+        "run_id": run.id,
+        "workflow": run.workflow,
+        "version": run.version,
+        "state": run.state,
+        "failed_step": run.failed_step,
+        "error": run.error,
+        "restarts": run.restarts,
+        "finished_at": run.finished_at,
+    }
+
+
+def post_webhook(url: str, payload: dict[str, Any]) -> bool:
+    """POST ``payload`` as JSON; True on a 2xx answer. Never raises: failing a run must go on."""
+    request = urllib.request.Request(
+        url, data=dumps(payload).encode(), method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "flowkit"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=get_settings().failure_webhook_timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.warning("flowkit: failure webhook %s for run %s failed: %s", url, payload["run_id"], exc)
+        return False

@@ -27,7 +27,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     now = time.time() if now is None else now
     report: dict[str, list[str]] = {"restarted": [], "gave_up": []}
 
-    def restart(run_id: str, state: str, reason: str, condition: str) -> None:
+    def restart(run_id: str, state: str, reason: str, condition: str, cause: str) -> None:
         gen, why = store.restart(
             run_id,
             expected_state=state,
@@ -35,14 +35,15 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
             now=now,
             max_restarts=settings.max_restarts,
             condition=condition,
+            # the store appends " during step <key>" when a step was in flight
             give_up_error={
                 "type": "WorkerLost",
-                "message": f"gave up after {settings.max_restarts} restarts; last: {reason}",
+                "message": f"gave up after {settings.max_restarts} restarts; last: {cause}",
                 "attempts": [],
             },
         )
         if gen:
-            _enqueue(run_id, gen)
+            resume(run_id, gen)
             report["restarted"].append(run_id)
             log.warning("flowkit reaper: restarted run %s (%s)", run_id, reason)
         elif why == "gave_up":
@@ -51,22 +52,23 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
             _notify(run_id)
 
     lapse = settings.heartbeat_lapse
+    lost = f"worker lost (no heartbeat for {lapse:g}s)"
     for lease in store.redis.zrangebyscore(store.keys.leases, "-inf", now, start=0, num=BATCH):
         run_id, _, step = lease.partition(" ")
-        restart(run_id, RUNNING, f"worker lost: no heartbeat for {lapse:g}s during step {step}",
-                f"lease:{step}")
+        restart(run_id, RUNNING, f"{lost} during step {step}", f"lease:{step}", lost)
     limit = now - settings.queued_timeout
+    queued = f"still queued after {settings.queued_timeout:g}s (message lost?)"
     for run_id in store.redis.zrangebyscore(store.keys.queued, "-inf", limit, start=0, num=BATCH):
-        restart(run_id, QUEUED, f"still queued after {settings.queued_timeout:g}s (message lost?)",
-                f"queued:{limit}")
+        restart(run_id, QUEUED, queued, f"queued:{limit}", queued)
     limit = now - settings.stall_timeout
+    stalled = f"no step in flight for {settings.stall_timeout:g}s"
     for run_id in store.redis.zrangebyscore(store.keys.running, "-inf", limit, start=0, num=BATCH):
-        restart(run_id, RUNNING, f"no step in flight for {settings.stall_timeout:g}s",
-                f"stalled:{limit}")
+        restart(run_id, RUNNING, stalled, f"stalled:{limit}", stalled)
     return report
 
 
-def _enqueue(run_id: str, gen: int) -> None:
+def resume(run_id: str, gen: int) -> None:
+    """Enqueue generation ``gen`` of a run's canvas (checkpointed steps return their output)."""
     from .workflow import get_workflow
 
     run = Run.load(run_id)

@@ -1,0 +1,175 @@
+"""Fixtures of the crash tests: their own worker processes (queue ``chaos``), beat, sweepers.
+
+The crash tests run workers of ``tests.chaos.app`` on their own queue, so the
+session's ``tests.app`` worker never sees their messages; the test process enqueues
+through an equivalent app (``chaos_app``), put back to the session's app afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+import flowkit
+from flowkit import celery_app, config
+from flowkit import store as store_module
+from flowkit.events import Event
+from flowkit.serialization import loads
+from flowkit.store import get_store
+from flowkit.testing import LocalRedis, WorkerProcess
+from tests.chaos.workflows import QUEUE
+from tests.conftest import ROOT
+
+
+def pytest_collection_modifyitems(items):
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.chaos)
+
+
+def _use_app(settings: flowkit.Settings):
+    """Make the test process enqueue like the chaos workers; returns the app to restore."""
+    previous = celery_app._app
+    flowkit.create_celery_app(
+        "flowkit-chaos", settings=settings.replace(default_queue=QUEUE),
+        imports=["tests.chaos.workflows"],
+    )
+    return previous
+
+
+def _restore_app(previous) -> None:
+    celery_app._app = previous
+    if previous is not None:
+        previous.set_current()
+
+
+@pytest.fixture
+def chaos_env(flowkit_env) -> dict[str, str]:
+    return {**flowkit_env, "FLOWKIT_DEFAULT_QUEUE": QUEUE}
+
+
+@pytest.fixture
+def chaos_app(store, chaos_env):
+    previous = _use_app(config.get_settings())
+    yield
+    _restore_app(previous)
+
+
+class Deployment:
+    """Worker and beat processes of one test, all stopped (SIGKILL) after it."""
+
+    def __init__(self, env: dict[str, str], tmp_path) -> None:
+        self.env = env
+        self.tmp_path = tmp_path
+        self.workers: list[WorkerProcess] = []
+        self.beats: list[subprocess.Popen] = []
+
+    def worker(self, name: str, concurrency: int = 4, start: bool = True, **env: str) -> WorkerProcess:
+        proc = WorkerProcess(
+            "tests.chaos.app", name=name, queues=(QUEUE,), concurrency=concurrency,
+            env={**self.env, **env}, cwd=ROOT,
+        )
+        self.workers.append(proc)
+        return proc.start() if start else proc
+
+    def beat(self, **env: str) -> subprocess.Popen:
+        """The reaper as production runs it: ``celery beat`` sending ``flowkit.reaper``."""
+        log = open(self.tmp_path / f"beat{len(self.beats)}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.chaos.app", "beat", "--loglevel", "INFO",
+             "--schedule", str(self.tmp_path / f"beat{len(self.beats)}-schedule")],
+            env={**os.environ, **self.env, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.beats.append(proc)
+        return proc
+
+    def sweepers(self, count: int, **env: str) -> list[dict]:
+        """``count`` reapers in separate processes, released at the same instant; their reports."""
+        go = f"chaos:sweep-go:{time.time_ns()}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.chaos.sweeper", go],
+                env={**os.environ, **self.env, **env}, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            )
+            for _ in range(count)
+        ]
+        r = get_store().redis
+        for _ in range(count):  # each says it is ready to sweep; then all go at once
+            assert r.blpop(f"{go}:ready", timeout=30) is not None, "a sweeper did not start"
+        r.rpush(go, *range(count))
+        return [json.loads(p.communicate(timeout=30)[0].strip().splitlines()[-1]) for p in procs]
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            proc.kill()
+        for beat in self.beats:
+            if beat.poll() is None:
+                os.killpg(beat.pid, 9)
+                beat.wait(10)
+
+
+@pytest.fixture
+def deployment(chaos_env, tmp_path):
+    dep = Deployment(chaos_env, tmp_path)
+    yield dep
+    dep.stop()
+
+
+@pytest.fixture
+def private_redis(flowkit_env, tmp_path, monkeypatch):
+    """A Redis of this test only, with AOF on, as the README tells production to run it."""
+    with LocalRedis(appendonly=True) as server:
+        settings = config.get_settings().replace(
+            redis_url=f"redis://127.0.0.1:{server.port}/1",
+            broker_url=f"redis://127.0.0.1:{server.port}/0",
+        )
+        monkeypatch.setattr(config, "_settings", settings)
+        store_module.reset()
+        previous = _use_app(settings)
+        yield server
+        _restore_app(previous)
+    store_module.reset()
+
+
+# -- what the tests read back ---------------------------------------------------------
+
+
+def waiting(run: flowkit.Run, timeout: float = 20.0) -> dict:
+    """Block until the ``hold`` step of ``run`` runs (again); its attempt and worker."""
+    got = get_store().redis.blpop(f"chaos:waiting:{run.id}", timeout=timeout)
+    assert got is not None, f"the hold step of run {run.id} did not run within {timeout}s"
+    return loads(got[1])
+
+
+def open_gate(run: flowkit.Run) -> None:
+    get_store().redis.rpush(f"chaos:gate:{run.id}", 1)
+
+
+def side_effects(run: flowkit.Run, what: str) -> dict[str, int]:
+    """Bodies of each step of ``run`` that ``started`` or ``finished``, counted in Redis."""
+    r = get_store().redis
+    prefix = f"chaos:{what}:{run.id}:"
+    return {k[len(prefix):]: int(r.get(k)) for k in r.scan_iter(f"{prefix}*")}
+
+
+def reruns(run: flowkit.Run) -> int:
+    """Bodies that began although their step was already checkpointed."""
+    return int(get_store().redis.get(f"chaos:rerun:{run.id}") or 0)
+
+
+def of_type(events: list[Event], type_: str) -> list[Event]:
+    return [e for e in events if e.type == type_]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, message: str):
+    from tests.conftest import wait_until
+
+    return wait_until(predicate, timeout, message)
