@@ -192,3 +192,33 @@ timing_out = flowkit.Workflow(
 caching = flowkit.Workflow("caching", [cached.cache(ttl=60)])
 inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
 reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number_schema)
+
+
+# -- API plane (tests/api) ------------------------------------------------------
+
+
+@component(name="t.streamer")
+def streamer(data: dict) -> dict:
+    """Emits ``before`` chunks, waits at its gate, then emits ``after`` chunks."""
+    for i in range(data["before"]):
+        flowkit.emit(f"a{i}")
+    wait_for_gate("streamer")
+    for i in range(data["after"]):
+        flowkit.emit(f"b{i}")
+    return {"emitted": data["before"] + data["after"]}
+
+
+@component(name="t.nap")
+def nap(data: dict) -> dict:
+    """Sleeps ``seconds``: a run that takes a few seconds, for synchronous invocation."""
+    time.sleep(data["seconds"])
+    return {"slept": data["seconds"]}
+
+
+streaming = flowkit.Workflow(
+    "streaming", [streamer],
+    input_schema={"before": fields.Integer(load_default=5), "after": fields.Integer(load_default=5)},
+)
+napping = flowkit.Workflow(
+    "napping", [nap], input_schema={"seconds": fields.Float(required=True)}
+)
