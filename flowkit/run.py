@@ -42,6 +42,8 @@ class Run:
     idempotency_key: str = ""
     heartbeat_at: float | None = None
     worker: str | None = None
+    #: Attempts started per step key (retries and restarts included); None in listings.
+    attempts: dict[str, int] | None = None
     #: False when ``start`` found an existing run for the idempotency key.
     created: bool = field(default=True, compare=False)
 
@@ -70,10 +72,16 @@ class Run:
 
     @classmethod
     def load(cls, run_id: str, store: Store | None = None) -> Run:
-        record = (store or get_store()).get_run(run_id)
+        store = store or get_store()
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.hgetall(store.keys.run(run_id))
+        pipe.hgetall(store.keys.attempts(run_id))
+        record, attempts = pipe.execute()
         if not record:
             raise RunNotFound(f"No run {run_id!r} (unknown, or expired after its retention).")
-        return cls.from_record(record)
+        run = cls.from_record(record)
+        run.attempts = {step: int(n) for step, n in attempts.items()}
+        return run
 
     @property
     def done(self) -> bool:
@@ -88,10 +96,6 @@ class Run:
 
     def events(self, after: str = events.START, limit: int | None = None) -> list[events.Event]:
         return events.history(self.id, after, limit)
-
-    def attempts(self) -> dict[str, int]:
-        store = get_store()
-        return {k: int(v) for k, v in store.redis.hgetall(store.keys.attempts(self.id)).items()}
 
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run is terminal (or ``timeout`` s pass) and return its record."""

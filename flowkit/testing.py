@@ -42,9 +42,11 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
         self.lines: deque[str] = deque(maxlen=2000)
         self._ready = threading.Event()
+        self._saw_ready = False
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         self._ready.clear()
+        self._saw_ready = False
         self.proc = subprocess.Popen(
             self.args, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -53,10 +55,9 @@ class WorkerProcess:
         if not self._ready.wait(timeout):
             self.kill()
             raise RuntimeError(f"worker {self.name} not ready in {timeout}s:\n{self.output()}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(
-                f"worker {self.name} exited with {self.proc.returncode}:\n{self.output()}"
-            )
+        if not self._saw_ready:  # its output ended first: the worker exited
+            code = self.proc.wait(10)
+            raise RuntimeError(f"worker {self.name} exited with {code}:\n{self.output()}")
         return self
 
     def _pump(self, proc: subprocess.Popen) -> None:
@@ -64,6 +65,7 @@ class WorkerProcess:
         for line in proc.stdout:
             self.lines.append(line.rstrip())
             if " ready." in line:
+                self._saw_ready = True
                 self._ready.set()
         self._ready.set()  # exited: unblock start(), which then reports the output
 

@@ -87,6 +87,7 @@ def test_a_step_retries_with_backoff_and_the_run_succeeds():
     completed = [e.data for e in evs if e.type == "step.completed" and e.data["step"] == "1:t.flaky"]
     assert completed[0]["attempt"] == 3
     assert counts(run) == {"add_one": 1, "flaky": 3, "double": 1}
+    assert run.refresh().attempts == {"0:t.add_one": 1, "1:t.flaky": 3, "2:t.double": 1}
 
 
 def test_when_retries_run_out_the_run_fails_with_step_error_and_history():
