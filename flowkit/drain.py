@@ -54,6 +54,16 @@ return 1
 
 #: True when steps run in the worker's main process (threads, solo, gevent, eventlet pools).
 _in_process_pool = True
+_draining = threading.Event()
+
+
+def draining() -> bool:
+    """True once this worker began shutting down: a step it receives now goes back to the queue.
+
+    Celery's blocking consumer loop (threads pool) still takes messages for up to two
+    seconds after SIGTERM; the step task refuses them through this flag.
+    """
+    return _draining.is_set()
 
 
 def held_by(node: str) -> list[tuple[str, str, str]]:
@@ -133,7 +143,8 @@ def _remember_pool(sender=None, **_) -> None:
 
 @signals.worker_shutting_down.connect
 def _on_shutting_down(sig=None, how=None, **_) -> None:
-    # Runs inside Celery's signal handler: only start a thread here.
+    # Runs inside Celery's signal handler: only set a flag and start a thread here.
+    _draining.set()
     if how == "Warm":
         grace = get_settings().drain_grace
         threading.Thread(target=drain, args=(grace,), name="flowkit-drain", daemon=True).start()

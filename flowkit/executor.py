@@ -16,12 +16,13 @@ import uuid
 from typing import Any
 
 from celery import group, shared_task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from . import cache, events, hooks, notify
 from .component import Component, Continue, lookup
 from .config import get_settings
 from .context import StepContext, activate, current, deactivate
+from .drain import draining
 from .errors import RunCancelled, StepTimeout
 from .heartbeat import heartbeat, worker_id
 from .policy import Policy
@@ -83,6 +84,8 @@ def _invoke(fn, args: tuple, kwargs: dict, timeout: float | None, ctx: StepConte
 def run_step(
     task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None
 ) -> Any:
+    if draining():  # received after SIGTERM: another worker takes it (flowkit.drain)
+        raise Reject("worker is draining", requeue=True)
     store = get_store()
     comp = lookup(name)
     pol = Policy.from_dict(policy) if policy else comp.policy

@@ -1,0 +1,74 @@
+"""SIGTERM drains a worker: running steps finish within the grace, longer ones are handed over."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.chaos.conftest import of_type, open_gate, side_effects, wait_for, waiting
+from tests.chaos.workflows import held
+
+HOLD = "1:chaos.hold"
+
+
+def sigterm(worker) -> dict:
+    """Send SIGTERM without blocking; the result dict gets the exit code and when it came."""
+    result: dict = {}
+
+    def stop() -> None:
+        result["code"] = worker.terminate(timeout=60)
+        result["at"] = time.monotonic()
+
+    threading.Thread(target=stop, daemon=True).start()
+    wait_for(lambda: any("Warm shutdown" in line for line in list(worker.lines)), 10,
+             f"worker {worker.name} to begin its warm shutdown")
+    return result
+
+
+def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, deployment):
+    a = deployment.worker("a", FLOWKIT_DRAIN_GRACE="20")
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    assert waiting(run)["worker"].startswith("a@")
+    deployment.worker("b")
+
+    asked = time.monotonic()
+    stopped = sigterm(a)
+    open_gate(run)  # the step finishes after the worker was asked to stop
+    done = run.wait(30)
+    wait_for(lambda: "code" in stopped, 20, "worker a to exit")
+
+    assert done.state == "succeeded" and done.output["n"] == 3
+    assert stopped["code"] == 0 and stopped["at"] - asked < 20
+    history = run.events()
+    assert not of_type(history, "run.restarted")
+    started = {e.data["step"]: e.data["worker"] for e in of_type(history, "step.started")}
+    assert started[HOLD].startswith("a@")
+    assert started["2:chaos.work"].startswith("b@"), "a draining worker took a new step"
+    assert side_effects(run, "started")[HOLD] == 1
+
+
+def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployment):
+    # a lapse of a minute and no reaper: only the handover can resume the step quickly
+    slow_lapse = {"FLOWKIT_HEARTBEAT_LAPSE": "60", "FLOWKIT_DRAIN_GRACE": "1.5"}
+    a = deployment.worker("a", **slow_lapse)
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    first = waiting(run)
+    assert first["worker"].startswith("a@")
+    deployment.worker("b", **slow_lapse)
+
+    asked = time.monotonic()
+    stopped = sigterm(a)
+    second = waiting(run, timeout=20)
+    resumed_after = time.monotonic() - asked
+
+    assert second["attempt"] == 2 and second["worker"].startswith("b@")
+    assert 1.5 <= resumed_after < 1.5 + 5, f"resumed {resumed_after:.1f}s after SIGTERM"
+    wait_for(lambda: "code" in stopped, 10, "worker a to exit after the handover")
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded" and done.output["n"] == 3
+    assert done.restarts == 0, "a deliberate handover must not count as a crash"
+    [restarted] = of_type(run.events(), "run.restarted")
+    assert "drained" in restarted.data["reason"] and HOLD in restarted.data["reason"]
+    assert restarted.data["superseded"] == [{"step": HOLD, "attempt": 1, "worker": first["worker"]}]
+    assert side_effects(run, "finished") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
