@@ -76,6 +76,10 @@ class Component:
         """Run this component's steps on the Celery queue ``name``."""
         return self._configured(queue=name)
 
+    def secret(self, *field_names: str) -> Component:
+        """Mark input/output fields (dict keys, at any depth) as secret: traces redact them."""
+        return self._configured(secret_fields=tuple(sorted({*self.policy.secret_fields, *field_names})))
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from . import executor
 

@@ -74,3 +74,34 @@ API_MAX_PAGE_SIZE = 500
 API_EVENTS_PAGE = 1000
 #: Events a relay subscriber may have queued before it catches up from Redis instead.
 API_SUBSCRIBER_BUFFER = 10000
+
+# -- LLM client and traces (flowkit.llm, flowkit.trace) --------------------------
+#: Attempts of one LLM call on one provider before failing over to the next.
+LLM_RETRY_ATTEMPTS = 4
+#: Exponential backoff (with full jitter) between those attempts, in seconds.
+LLM_RETRY_INITIAL = 0.5
+LLM_RETRY_MAXIMUM = 20.0
+#: Longest provider ``Retry-After`` waited out; a longer one fails over at once.
+LLM_MAX_RETRY_AFTER = 60.0
+#: Timeout of one HTTP request to a provider, in seconds.
+LLM_TIMEOUT = 120.0
+#: Longest wait for a shared rate-limit budget before the provider counts as saturated.
+LLM_RATE_MAX_WAIT = 300.0
+#: Completion tokens assumed for the rate limiter when a request sets no max_tokens.
+LLM_COMPLETION_ESTIMATE = 256
+#: Streamed tokens are sent to the run's stream in chunks of this many characters...
+LLM_STREAM_FLUSH_CHARS = 64
+#: ...or after this many seconds, whichever comes first.
+LLM_STREAM_FLUSH_SECONDS = 0.1
+#: The LLM the demo and ``flowkit.llm.client_from_env()`` use when OPENAI_API_KEY is unset.
+LLM_FAKE_URL = "http://127.0.0.1:8765/v1"
+#: Model used when a caller names none (``client_from_env``).
+LLM_MODEL = "gpt-4o-mini"
+#: USD per million tokens, ``{"model": [input, output]}`` as JSON, for a call's estimated cost.
+LLM_PRICES = (
+    '{"gpt-4o-mini": [0.15, 0.6], "gpt-4o": [2.5, 10.0], "gpt-4.1-mini": [0.4, 1.6],'
+    ' "gpt-4.1": [2.0, 8.0], "text-embedding-3-small": [0.02, 0.0],'
+    ' "text-embedding-3-large": [0.13, 0.0]}'
+)
+#: Longest text kept for one field (input, output, prompt) of a trace span.
+TRACE_MAX_FIELD_CHARS = 4000

@@ -70,6 +70,8 @@ class Policy:
     cache_ttl: float | None = None
     cache_version: str = "1"
     queue: str | None = None
+    #: Input/output fields kept out of traces (``Component.secret``).
+    secret_fields: tuple[str, ...] = ()
 
     def with_retry(
         self,
@@ -98,6 +100,7 @@ class Policy:
         data = dict(data)
         data["backoff"] = Backoff(**data["backoff"])
         data["retry_on"] = tuple(data["retry_on"])
+        data["secret_fields"] = tuple(data.get("secret_fields", ()))
         return cls(**data)
 
     def exception_types(self) -> tuple[type[BaseException], ...]:

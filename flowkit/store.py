@@ -41,6 +41,10 @@ class Keys:
     def inflight(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}:inflight"
 
+    def trace(self, run_id: str) -> str:
+        """Stream of the run's trace spans (append-only; see flowkit.trace)."""
+        return f"{self.prefix}:run:{{{run_id}}}:trace"
+
     def per_run(self, run_id: str) -> list[str]:
         return [
             self.run(run_id),
@@ -85,6 +89,10 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
+
+    def llm_rate(self, provider: str, model: str) -> str:
+        """Hash of the shared rate-limit buckets of one provider and model (flowkit.llm)."""
+        return f"{self.prefix}:llm:rate:{provider}:{model}"
 
 
 # -- Lua ----------------------------------------------------------------------

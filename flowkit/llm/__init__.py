@@ -1,0 +1,34 @@
+"""flowkit's LLM client: the OpenAI SDK's surface with retries, failover, shared rate limits,
+token streaming into the run's stream, caching and a trace span per call.
+
+    from flowkit.llm import OpenAI            # instead of: from openai import OpenAI
+    client = OpenAI()                          # or flowkit.llm.wrap(openai.OpenAI(...))
+    client.chat.completions.create(model="gpt-4o-mini", messages=[...], stream=True)
+
+The local OpenAI-compatible server for demos and tests is
+:class:`flowkit.llm.fake_server.FakeLLMServer` (needs aiohttp).
+"""
+
+from .client import FAKE_API_KEY, OpenAI, client_from_env, default_model, estimate_tokens, wrap
+from .pricing import cost, set_prices
+from .providers import Provider, RateLimit
+from .ratelimit import WAITING_MESSAGE, RateLimiter, RateLimitWait
+from .retries import RetryPolicy, is_retryable
+
+__all__ = [
+    "FAKE_API_KEY",
+    "OpenAI",
+    "Provider",
+    "RateLimit",
+    "RateLimitWait",
+    "RateLimiter",
+    "RetryPolicy",
+    "WAITING_MESSAGE",
+    "client_from_env",
+    "cost",
+    "default_model",
+    "estimate_tokens",
+    "is_retryable",
+    "set_prices",
+    "wrap",
+]

@@ -1,0 +1,91 @@
+"""Providers: OpenAI-compatible endpoints tried in order, each with its model names and budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import openai
+
+from .. import trace
+from ..config import get_settings
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A shared budget: requests and tokens per minute; ``burst`` requests may go at once."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    #: Largest burst of requests (default: one second's worth, at least 1).
+    burst: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm", "burst"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"RateLimit({name}=...) must be positive, got {value!r}.")
+        if self.rpm is None and self.tpm is None:
+            raise ConfigError("RateLimit needs rpm=..., tpm=... or both.")
+
+    @property
+    def request_capacity(self) -> float:
+        return self.burst or max(1.0, (self.rpm or 0) / 60)
+
+    @property
+    def token_capacity(self) -> float:
+        # a token bucket holding one second's worth (scaled like the request burst)
+        scale = self.request_capacity / max(1.0, (self.rpm or 60) / 60)
+        return max(1.0, (self.tpm or 0) / 60 * scale)
+
+
+@dataclass
+class Provider:
+    """One OpenAI-compatible endpoint.
+
+    ``models`` maps the model a caller asks for to this provider's name for it
+    (unmapped names pass through). ``rate_limits`` maps a model (as sent to this
+    provider, or ``"*"`` for any) to its shared :class:`RateLimit`.
+    """
+
+    name: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    models: dict[str, str] = field(default_factory=dict)
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
+    timeout: float | None = None
+    #: Extra keyword arguments for ``openai.OpenAI(...)`` (organization, default_headers, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: A ready SDK client (``flowkit.llm.wrap``); its own retries are turned off.
+    client: openai.OpenAI | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or ":" in self.name:
+            raise ConfigError(f"Provider name {self.name!r} must be non-empty, without ':'.")
+        if self.client is None:
+            self.client = openai.OpenAI(
+                api_key=self.api_key, base_url=self.base_url, max_retries=0,
+                timeout=self.timeout or get_settings().llm_timeout, **self.options,
+            )
+        else:
+            # one logical call must never multiply into the SDK's retries times ours
+            self.client = self.client.with_options(max_retries=0)
+        key = self.client.api_key
+        trace.remember_secret(key if isinstance(key, str) else None)
+        trace.remember_secret(self.api_key)
+
+    @classmethod
+    def from_client(cls, client: openai.OpenAI, name: str | None = None, **kwargs: Any) -> Provider:
+        return cls(name or host_of(str(client.base_url)), client=client, **kwargs)
+
+    def model_for(self, requested: str) -> str:
+        return self.models.get(requested, requested)
+
+    def limit_for(self, model: str) -> RateLimit | None:
+        return self.rate_limits.get(model) or self.rate_limits.get("*")
+
+
+def host_of(url: str) -> str:
+    return (urlparse(url).hostname or "openai").replace(":", "_")

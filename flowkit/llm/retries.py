@@ -1,0 +1,75 @@
+"""Which provider errors are worth retrying, and the tenacity policy that retries them.
+
+Transient failures (connection errors, timeouts, 408, 409, 429, 5xx) are retried
+with exponential backoff and full jitter, a provider's ``Retry-After`` winning
+over the backoff. Anything else (400, 401, 403, 404, 422) fails at once with the
+provider's message. A ``Retry-After`` longer than ``LLM_MAX_RETRY_AFTER`` is not
+waited out: the provider counts as saturated and the call fails over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import tenacity
+
+from ..config import get_settings
+from ..errors import ConfigError, RunCancelled
+from ..policy import retry_after_of, wait_retry_after
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, RunCancelled):
+        return False
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+    return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts per provider, backoff bounds, and the longest ``Retry-After`` honoured."""
+
+    attempts: int | None = None
+    initial: float | None = None
+    maximum: float | None = None
+    max_retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts is not None and self.attempts < 1:
+            raise ConfigError("RetryPolicy(attempts=...) must be at least 1.")
+
+    def resolved(self) -> RetryPolicy:
+        s = get_settings()
+        return RetryPolicy(
+            attempts=self.attempts or s.llm_retry_attempts,
+            initial=s.llm_retry_initial if self.initial is None else self.initial,
+            maximum=s.llm_retry_maximum if self.maximum is None else self.maximum,
+            max_retry_after=(
+                s.llm_max_retry_after if self.max_retry_after is None else self.max_retry_after
+            ),
+        )
+
+    def retrying(self, before_sleep: Callable[[tenacity.RetryCallState], Any]) -> tenacity.Retrying:
+        p = self.resolved()
+
+        def worth_another_try(exc: BaseException) -> bool:
+            if not is_retryable(exc):
+                return False
+            hint = retry_after_of(exc)
+            return hint is None or hint <= p.max_retry_after
+
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(p.attempts),
+            wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=p.initial, max=p.maximum)),
+            retry=tenacity.retry_if_exception(worth_another_try),
+            before_sleep=before_sleep,
+            reraise=True,
+        )

@@ -1,0 +1,116 @@
+"""Token streaming: chunks go to the run's stream in batches while the caller iterates.
+
+A batch is flushed once it holds ``LLM_STREAM_FLUSH_CHARS`` characters or its
+first token is ``LLM_STREAM_FLUSH_SECONDS`` old, so a reader sees text appear
+smoothly without one Redis write per token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..config import get_settings
+from ..context import StepContext
+
+
+class ChunkBatcher:
+    """Collects text and sends it as ``step.output`` chunks of the running step."""
+
+    def __init__(self, ctx: StepContext | None) -> None:
+        settings = get_settings()
+        self.ctx = ctx
+        self.max_chars = settings.llm_stream_flush_chars
+        self.max_delay = settings.llm_stream_flush_seconds
+        self._parts: list[str] = []
+        self._size = 0
+        self._since = 0.0
+
+    def add(self, text: str) -> None:
+        if not text or self.ctx is None:
+            return
+        if not self._parts:
+            self._since = time.monotonic()
+        self._parts.append(text)
+        self._size += len(text)
+        if self._size >= self.max_chars or time.monotonic() - self._since >= self.max_delay:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts and self.ctx is not None:
+            text = "".join(self._parts)
+            self._parts, self._size = [], 0
+            self.ctx.emit(text)
+
+
+class TracedStream:
+    """The SDK's stream, passed through chunk by chunk, teeing text to the run's stream.
+
+    ``on_done(summary, error)`` runs once, when the stream ends, fails or is closed.
+    Usage-only chunks the caller did not ask for (``include_usage``) are hidden.
+    """
+
+    def __init__(
+        self, stream: Any, ctx: StepContext | None, started: float, hide_usage_chunk: bool,
+        on_done: Callable[[dict[str, Any], BaseException | None], None],
+    ) -> None:
+        self._stream = stream
+        self._it: Iterator[Any] = iter(stream)
+        self._batcher = ChunkBatcher(ctx)
+        self._started = started
+        self._hide_usage = hide_usage_chunk
+        self._on_done = on_done
+        self._done = False
+        self.text_parts: list[str] = []
+        self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
+
+    def __iter__(self) -> TracedStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                chunk = next(self._it)
+            except StopIteration:
+                self._finish(None)
+                raise
+            except BaseException as exc:
+                self._finish(exc)
+                raise
+            if getattr(chunk, "usage", None) is not None:
+                self.summary["usage"] = chunk.usage
+            for choice in chunk.choices or ():
+                content = getattr(choice.delta, "content", None)
+                if content:
+                    if self.summary["ttft"] is None:
+                        self.summary["ttft"] = time.monotonic() - self._started
+                    self.text_parts.append(content)
+                    self._batcher.add(content)
+                if choice.finish_reason:
+                    self.summary["finish_reason"] = choice.finish_reason
+            if chunk.choices or not self._hide_usage:
+                return chunk
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._batcher.flush()
+        finally:
+            self.summary["text"] = "".join(self.text_parts)
+            self._on_done(self.summary, error)
+
+    def close(self) -> None:
+        self._stream.close()
+        self._finish(None)
+
+    def __enter__(self) -> TracedStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:  # .response and the rest of the SDK stream
+        return getattr(self._stream, name)

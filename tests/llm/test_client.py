@@ -1,0 +1,177 @@
+"""The LLM client outside a run, against the fake server over real HTTP, through the real SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+
+import flowkit.llm
+from flowkit.errors import ConfigError
+from flowkit.llm import OpenAI, Provider, RateLimit, RateLimiter, RetryPolicy
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+QUICK = RetryPolicy(attempts=4, initial=0.01, maximum=0.02)
+
+
+def statuses(server) -> list:
+    return [r["status"] for r in server.stats.requests]
+
+
+def test_transient_failures_are_retried_and_retry_after_is_honoured(servers):
+    primary, _ = servers
+    primary.configure(script=(429, 500, "drop"), retry_after=0.6)
+    client = OpenAI(api_key="sk-test-retries", base_url=primary.base_url, retry=QUICK)
+
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert reply.choices[0].message.content
+    assert statuses(primary) == [429, 500, "drop", 200]
+    times = [r["t"] for r in primary.stats.requests]
+    assert times[1] - times[0] >= 0.55, "the 429's Retry-After (0.6 s) was not waited out"
+    assert times[2] - times[1] < 0.5, "a 500 without Retry-After should use the short backoff"
+
+
+def test_one_logical_call_is_one_request_when_retries_are_exhausted(servers):
+    primary, _ = servers
+    primary.configure(script=(503,))
+    # the wrapped SDK client would retry twice on its own; flowkit turns that off
+    client = flowkit.llm.wrap(openai.OpenAI(api_key="sk-wrapped-key", base_url=primary.base_url,
+                                            max_retries=5), retry=RetryPolicy(attempts=1))
+
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert statuses(primary) == [503]
+
+
+@pytest.mark.parametrize(
+    ("configure", "model", "error", "message"),
+    [
+        ({"script": (400,)}, "gpt-4o-mini", openai.BadRequestError, "Invalid request"),
+        ({"api_key": "sk-the-right-key"}, "gpt-4o-mini", openai.AuthenticationError, "Incorrect API key"),
+        ({"models": ("gpt-4o-mini",)}, "no-such-model", openai.NotFoundError, "does not exist"),
+    ],
+)
+def test_non_retryable_errors_fail_at_once_with_the_providers_message(
+    servers, configure, model, error, message
+):
+    primary, backup = servers
+    primary.configure(**configure)
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-wrong-key"),
+                               Provider("backup", base_url=backup.base_url, api_key="sk-other-key")],
+                    retry=QUICK)
+
+    with pytest.raises(error, match=message):
+        client.chat.completions.create(model=model, messages=MESSAGES)
+    assert len(primary.stats.requests) == 1
+    assert backup.stats.requests == [], "a non-retryable error must not fail over"
+
+
+def test_failover_moves_to_the_next_provider_with_its_model_name(servers):
+    primary, backup = servers
+    primary.set_down(True)
+    client = OpenAI(providers=[
+        Provider("primary", base_url=primary.base_url, api_key="sk-primary-key"),
+        Provider("backup", base_url=backup.base_url, api_key="sk-backup-key",
+                 models={"gpt-4o-mini": "backup-model"}),
+    ], retry=QUICK)
+
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert reply.model == "backup-model"
+    assert [r["model"] for r in backup.stats.requests] == ["backup-model"]
+
+
+def test_a_retry_after_beyond_patience_fails_over_at_once(servers):
+    primary, backup = servers
+    primary.configure(rate_429=1.0, retry_after=120)
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-primary-key"),
+                               Provider("backup", base_url=backup.base_url, api_key="sk-backup-key")],
+                    retry=RetryPolicy(attempts=5, max_retry_after=30))
+    started = time.monotonic()
+
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert time.monotonic() - started < 5
+    assert statuses(primary) == [429]
+    assert statuses(backup) == [200]
+
+
+def test_every_provider_failing_raises_the_last_error(servers):
+    primary, backup = servers
+    primary.set_down(True)
+    backup.configure(rate_500=1.0)
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-a-test-key"),
+                               Provider("backup", base_url=backup.base_url, api_key="sk-b-test-key")],
+                    retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.01))
+
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert statuses(backup) == [500, 500]
+
+
+def test_streaming_tools_response_format_and_embeddings_keep_the_sdk_types(servers):
+    primary, _ = servers
+    client = OpenAI(api_key="sk-test-surface", base_url=primary.base_url)
+
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, stream=True))
+    assert all(isinstance(c, openai.types.chat.ChatCompletionChunk) for c in chunks)
+    assert all(c.choices for c in chunks), "the usage chunk flowkit asked for must stay hidden"
+    assert len("".join(c.choices[0].delta.content or "" for c in chunks).split()) == 5
+
+    tools = [{"type": "function", "function": {"name": "search", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string"}}}}}]
+    called = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=tools)
+    assert called.choices[0].finish_reason == "tool_calls"
+    assert called.choices[0].message.tool_calls[0].function.name == "search"
+
+    schema = {"type": "object", "properties": {"title": {"type": "string"}}}
+    structured = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES,
+        response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    assert "title" in json.loads(structured.choices[0].message.content)
+
+    vectors = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert isinstance(vectors, openai.types.CreateEmbeddingResponse)
+    assert len(vectors.data) == 2 and vectors.usage.prompt_tokens == 2
+
+
+def test_deterministic_calls_are_served_from_the_cache(store, servers):
+    primary, _ = servers
+    client = OpenAI(api_key="sk-test-cache", base_url=primary.base_url, cache_ttl=60)
+    ask = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0}
+
+    first = client.chat.completions.create(**ask)
+    second = client.chat.completions.create(**ask)
+    client.chat.completions.create(**{**ask, "temperature": 0.7})
+    client.chat.completions.create(**{**ask, "temperature": 0.7})
+
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert second.id == first.id
+    assert len(primary.stats.requests) == 3, "only the temperature=0 repeat is cached"
+
+
+def test_rate_limiter_hands_out_a_burst_then_asks_to_wait(store):
+    limiter = RateLimiter()
+    limit = RateLimit(rpm=60, burst=2, tpm=6000)
+
+    assert limiter.try_acquire("p", "m", limit, tokens=10) == 0
+    assert limiter.try_acquire("p", "m", limit, tokens=10) == 0
+    wait = limiter.try_acquire("p", "m", limit, tokens=10)
+    assert 0.5 < wait <= 1.0, "one request a second: the third waits about a second"
+    # a request bigger than the token bucket still goes once the bucket is full
+    big = RateLimit(tpm=600)
+    assert limiter.try_acquire("p", "big", big, tokens=5000) == 0
+    assert limiter.try_acquire("p", "big", big, tokens=1) > 1, "it left the bucket in debt"
+
+
+def test_bad_configuration_is_refused_clearly():
+    with pytest.raises(ConfigError, match="rpm"):
+        RateLimit()
+    with pytest.raises(ConfigError, match="not both"):
+        OpenAI(api_key="x", providers=[Provider("a", api_key="sk-x")])
+    with pytest.raises(ConfigError, match="unique"):
+        OpenAI(providers=[Provider("a", api_key="sk-x"), Provider("a", api_key="sk-y")])

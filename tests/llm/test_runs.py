@@ -1,0 +1,147 @@
+"""The LLM client inside runs on real worker processes: streaming, traces, secrets, failover, budgets."""
+
+from __future__ import annotations
+
+import json
+
+import flowkit
+from flowkit import events, trace
+from tests.llm import workflows as wf
+
+
+def outputs(run: flowkit.Run) -> list[events.Event]:
+    return [e for e in run.events() if e.type == events.STEP_OUTPUT]
+
+
+def llm_spans(run: flowkit.Run) -> list[dict]:
+    return [s for s in trace.read(run.id) if s["kind"] == "llm"]
+
+
+def test_streamed_tokens_reach_the_run_stream_in_order_and_the_component_gets_the_text(llm):
+    primary, _ = llm
+    primary.configure(token_latency=0.01)
+
+    run = wf.streaming.start({"prompt": "tell me a story", "max_tokens": 30})
+    result = run.result(timeout=30)
+
+    chunks = outputs(run)
+    streamed = "".join(e.data["chunk"] for e in chunks)
+    assert streamed == result["text"]
+    assert len(result["text"].split()) == 30
+    assert result["chunk_types"] == ["ChatCompletionChunk"], "the component iterates the SDK's stream"
+    assert 2 < len(chunks) < 30, "tokens are batched, yet arrive as several chunks"
+    assert [e.id for e in chunks] == sorted(e.id for e in chunks)
+    assert all(e.data["step"] == "0:llmtest.stream" for e in chunks)
+
+
+def test_the_trace_records_each_call_with_tokens_and_latency(llm):
+    primary, _ = llm
+    primary.configure(latency=0.1, token_latency=0.01)
+
+    run = wf.traced.start({"prompt": "summarise the quarter"})
+    out = run.result(timeout=30)
+    spans = trace.read(run.id)
+
+    workflow, step = spans[0], spans[1]
+    assert workflow["kind"] == "workflow" and workflow["name"] == "llmtest_both"
+    assert workflow["status"] == "ok" and workflow["duration"] > 0
+    assert step["kind"] == "step" and step["name"] == "llmtest.both" and step["parent"] == "run"
+    assert step["input"] == {"prompt": "summarise the quarter", "client": "plain", "max_tokens": 8}
+    assert step["output"] == out and step["status"] == "ok" and step["attempt"] == 1
+    assert step["worker"].startswith(("llm-a@", "llm-b@")) and step["duration"] > 0.2
+
+    plain, streamed, embedded = llm_spans(run)
+    served = [r for r in primary.stats.requests if r["status"] == 200]
+    assert len(served) == 3
+    for span in (plain, streamed, embedded):
+        assert span["parent"] == step["id"] and span["provider"] == "primary"
+        assert span["latency"] >= 0.1 and span["status"] == "ok"
+        assert span["start"] >= step["start"] and span["end"] <= step["end"]
+    assert plain["operation"] == "chat.completions" and plain["model"] == "gpt-4o-mini"
+    assert plain["completion_tokens"] == 5 and plain["prompt_tokens"] == 6
+    assert plain["finish_reason"] == "stop" and plain["output"] == out["first"]
+    assert plain["request"]["max_tokens"] == 5
+    assert plain["messages"] == [{"role": "user", "content": "summarise the quarter"}]
+    assert plain["cost"] == (6 * 0.15 + 5 * 0.6) / 1e6
+    assert streamed["stream"] is True and streamed["completion_tokens"] == 12
+    assert 0.1 <= streamed["ttft"] < streamed["latency"]
+    assert streamed["output"] == out["second"]
+    assert embedded["operation"] == "embeddings" and embedded["prompt_tokens"] == 3
+
+
+def test_secrets_never_appear_in_a_trace_or_an_event(llm):
+    primary, _ = llm
+    primary.configure(api_key=wf.PROVIDER_KEY, script=(500,))  # one retried failure too
+    token = "cust-token-7f3a9c1e55"
+
+    run = wf.secret.start({"customer_token": token, "topic": "renewal"})
+    run.result(timeout=30)
+
+    spans = trace.read(run.id)
+    everything = json.dumps(spans) + json.dumps([e.to_dict() for e in run.events()])
+    assert token not in everything
+    assert wf.PROVIDER_KEY not in everything
+    step = next(s for s in spans if s["kind"] == "step")
+    assert step["input"] == {"customer_token": "[redacted]", "topic": "renewal"}
+    (call,) = llm_spans(run)
+    assert call["messages"][0]["content"] == "Write to customer [redacted] about renewal"
+    assert call["retries"] == 1
+    # the secret did reach the provider: redaction is in the trace, not in the call
+    assert primary.stats.requests[-1]["status"] == 200
+
+
+def test_a_run_fails_over_when_the_first_provider_is_down_and_the_trace_says_who_served(llm):
+    primary, backup = llm
+    primary.set_down(True)
+
+    run = wf.asking.start({"prompt": "hello", "client": "failover"})
+    out = run.result(timeout=30)
+
+    assert out["model"] == "backup-model"
+    (call,) = llm_spans(run)
+    assert call["provider"] == "backup" and call["model"] == "backup-model"
+    assert call["requested_model"] == "gpt-4o-mini"
+    assert call["failovers"][0]["provider"] == "primary"
+    assert "APIConnectionError" in call["failovers"][0]["error"]
+    assert [r["model"] for r in backup.stats.requests] == ["backup-model"]
+
+
+def test_a_rate_limit_shared_by_two_workers_keeps_the_observed_rate_within_budget(llm):
+    primary, _ = llm
+    primary.configure(latency=0.02)
+    calls = 30
+    rate, burst = wf.LIMIT.rpm / 60, wf.LIMIT.burst
+
+    run = wf.fanned.start({"n": calls, "client": "limited"})
+    assert run.result(timeout=60)["answers"] == calls
+
+    times = sorted(r["t"] for r in primary.stats.requests)
+    assert len(times) == calls and all(r["status"] == 200 for r in primary.stats.requests)
+    # in any window, at most the burst plus what the budget refilled (+1 for timing jitter)
+    for i in range(calls):
+        for j in range(i + 1, calls):
+            assert j - i + 1 <= burst + rate * (times[j] - times[i]) + 1, (i, j, times[j] - times[i])
+    assert times[-1] - times[0] >= (calls - burst) / rate * 0.9
+    workers = {s["worker"].split("@")[0] for s in trace.read(run.id) if s["kind"] == "step"}
+    assert workers == {"llm-a", "llm-b"}, "both worker processes made calls"
+    waiting = [e for e in run.events() if e.type == events.STEP_PROGRESS]
+    assert any(e.data["message"] == flowkit.llm.WAITING_MESSAGE for e in waiting)
+
+
+def test_a_stored_trace_exports_to_opentelemetry(llm):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    run = wf.traced.start({"prompt": "export me"})
+    run.result(timeout=30)
+    exporter = InMemorySpanExporter()
+
+    assert trace.export_run(run.id, exporter) == 5
+    finished = exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in finished}) == 1
+    (root,) = [s for s in finished if s.name == "workflow llmtest_both"]
+    (step,) = [s for s in finished if s.name == "step 0:llmtest.both"]
+    assert root.parent is None and step.parent.span_id == root.context.span_id
+    chats = [s for s in finished if s.name == "llm chat.completions gpt-4o-mini"]
+    assert all(c.parent.span_id == step.context.span_id for c in chats)
+    assert sorted(c.attributes["flowkit.completion_tokens"] for c in chats) == [5, 12]
+    assert all(c.end_time > c.start_time for c in chats)

@@ -1,0 +1,123 @@
+"""Components and workflows of the LLM tests; they call the fake servers the tests start.
+
+Every component runs on its own queue (``llm-tests``), served only by the LLM
+test workers, so the session's main worker (which does not import this module)
+never receives these steps. The workers' default queue is the same, so the
+fan-out and finish tasks they send stay there too.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from marshmallow import fields
+
+import flowkit
+from flowkit import component, fan_out
+from flowkit.llm import OpenAI, Provider, RateLimit, RetryPolicy
+
+QUEUE = "llm-tests"
+MODEL = "gpt-4o-mini"
+#: The key the "secured" provider requires; it must never show up in a trace or event.
+PROVIDER_KEY = "sk-test-provider-key-do-not-leak-0042"
+#: The rate budget the two workers share in test_rate_limit_across_workers.
+LIMIT = RateLimit(rpm=600, burst=2)
+
+FAST_RETRY = RetryPolicy(attempts=3, initial=0.02, maximum=0.05)
+
+
+@cache
+def client(profile: str) -> OpenAI:
+    primary, backup = os.environ["TEST_LLM_PRIMARY"], os.environ["TEST_LLM_BACKUP"]
+    if profile == "plain":
+        return OpenAI(api_key="sk-plain-test-key", base_url=primary, name="primary", retry=FAST_RETRY)
+    if profile == "secured":
+        return OpenAI(api_key=PROVIDER_KEY, base_url=primary, name="primary", retry=FAST_RETRY)
+    if profile == "failover":
+        return OpenAI(providers=[
+            Provider("primary", base_url=primary, api_key="sk-primary-test-key"),
+            Provider("backup", base_url=backup, api_key="sk-backup-test-key",
+                     models={MODEL: "backup-model"}),
+        ], retry=FAST_RETRY)
+    if profile == "limited":
+        return OpenAI(api_key="sk-limited-test-key", base_url=primary, name="limited",
+                      rate_limits={MODEL: LIMIT}, retry=FAST_RETRY)
+    raise ValueError(f"unknown client profile {profile!r}")
+
+
+def _ask(profile: str, prompt: str, **kwargs) -> object:
+    return client(profile).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], **kwargs
+    )
+
+
+@component(name="llmtest.ask")
+def ask(data: dict) -> dict:
+    reply = _ask(data.get("client", "plain"), data["prompt"], max_tokens=data.get("max_tokens", 8))
+    return {"text": reply.choices[0].message.content, "model": reply.model}
+
+
+@component(name="llmtest.stream")
+def stream(data: dict) -> dict:
+    chunks = _ask("plain", data["prompt"], max_tokens=data["max_tokens"], stream=True)
+    kinds = set()
+    parts = []
+    for chunk in chunks:
+        kinds.add(type(chunk).__name__)
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+    return {"text": "".join(parts), "chunk_types": sorted(kinds)}
+
+
+@component(name="llmtest.both")
+def both(data: dict) -> dict:
+    """One plain and one streamed call, and an embedding: three spans in the trace."""
+    first = _ask("plain", data["prompt"], max_tokens=5)
+    parts = [
+        c.choices[0].delta.content or ""
+        for c in _ask("plain", data["prompt"], max_tokens=12, stream=True)
+        if c.choices
+    ]
+    vectors = client("plain").embeddings.create(model="text-embedding-3-small", input=[data["prompt"]])
+    return {"first": first.choices[0].message.content, "second": "".join(parts),
+            "dims": len(vectors.data[0].embedding)}
+
+
+@component(name="llmtest.secretive")
+def secretive(data: dict) -> dict:
+    """Uses a secret input field in its prompt, through a provider with a secret key."""
+    reply = _ask("secured", f"Write to customer {data['customer_token']} about {data['topic']}",
+                 max_tokens=6, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+    return {"summary": text}
+
+
+@component(name="llmtest.prompts")
+def prompts(data: dict) -> list:
+    return [{"client": data["client"], "prompt": f"question {i}"} for i in range(data["n"])]
+
+
+@component(name="llmtest.collect")
+def collect(answers: list) -> dict:
+    return {"answers": len(answers), "models": sorted({a["model"] for a in answers})}
+
+
+def _q(comp):
+    return comp.queue(QUEUE)
+
+
+prompt_schema = {"prompt": fields.String(required=True), "client": fields.String(load_default="plain"),
+                 "max_tokens": fields.Integer(load_default=8)}
+
+asking = flowkit.Workflow("llmtest_ask", [_q(ask)], input_schema=prompt_schema)
+streaming = flowkit.Workflow("llmtest_stream", [_q(stream)], input_schema=prompt_schema)
+traced = flowkit.Workflow("llmtest_both", [_q(both)], input_schema=prompt_schema)
+secret = flowkit.Workflow(
+    "llmtest_secret", [_q(secretive).secret("customer_token")],
+    input_schema={"customer_token": fields.String(required=True), "topic": fields.String(required=True)},
+)
+fanned = flowkit.Workflow(
+    "llmtest_fanned", [_q(prompts), fan_out(_q(ask)), _q(collect)],
+    input_schema={"n": fields.Integer(required=True), "client": fields.String(required=True)},
+)
