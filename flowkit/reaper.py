@@ -43,7 +43,10 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
             },
         )
         if gen:
-            resume(run_id, gen)
+            try:
+                resume(run_id, gen)
+            except Exception:  # one unknown workflow must not stop the sweep; queued_timeout re-drives it
+                log.exception("flowkit reaper: restarted run %s but could not enqueue it", run_id)
             report["restarted"].append(run_id)
             log.warning("flowkit reaper: restarted run %s (%s)", run_id, reason)
         elif why == "gave_up":

@@ -8,7 +8,8 @@ report as JSON.
 import json
 import sys
 
-import tests.chaos.app  # noqa: F401 - the workflows a restart re-enqueues
+import tests.chaos.app  # noqa: F401 - the Celery app a restart enqueues on
+import tests.chaos.workflows  # noqa: F401 - the workflows a restart re-enqueues
 from flowkit.reaper import sweep
 from flowkit.store import get_store
 

@@ -48,8 +48,10 @@ def hold(data: dict) -> dict:
     ctx = _began()
     r = get_store().redis
     r.rpush(f"chaos:waiting:{ctx.run_id}", dumps({"attempt": ctx.attempt, "worker": worker_id()}))
-    if r.blpop(f"chaos:gate:{ctx.run_id}", timeout=120) is None:
-        raise TimeoutError("the test never opened the gate")
+    deadline = time.monotonic() + 120
+    while r.blpop(f"chaos:gate:{ctx.run_id}", timeout=1) is None:  # under the socket timeout
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never opened the gate")
     _finished(ctx)
     return {**data, "n": data["n"] + 1}
 
