@@ -49,7 +49,13 @@ def error_response(
     return response
 
 
+#: Codes that flowkit's own errors also use, so one status has one code.
+_CODES = {413: "payload_too_large"}
+
+
 def _code(exc: HTTPException) -> str:
+    if exc.code in _CODES:
+        return _CODES[exc.code]
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -115,22 +116,28 @@ class Subscriber:
 
     def next_batch(self, timeout: float | None) -> list[RelayEvent]:
         """Events after the cursor, oldest first; [] when ``timeout`` passes or after the end."""
-        if self.done:
-            return []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            fresh = self._advance(self._take(deadline))
+            if fresh or (deadline is not None and time.monotonic() >= deadline):
+                return fresh
+        return []
+
+    def _take(self, deadline: float | None) -> list[RelayEvent]:
         with self._cond:
             from_history = self._catch_up
             self._catch_up = False
             if not from_history:
                 if not self._pending:
-                    self._cond.wait(timeout)
+                    self._cond.wait(None if deadline is None else max(0, deadline - time.monotonic()))
                 batch = list(self._pending)
                 self._pending.clear()
-        if from_history:
-            batch = self.hub.history(self.run_id, self.cursor)
-            if len(batch) >= self.hub.page:
-                with self._cond:
-                    self._catch_up = True  # more history to read before the live tail
-        return self._advance(batch)
+                return batch
+        batch = self.hub.history(self.run_id, self.cursor)
+        if len(batch) >= self.hub.page:
+            with self._cond:
+                self._catch_up = True  # more history to read before the live tail
+        return batch
 
     def _advance(self, batch: list[RelayEvent]) -> list[RelayEvent]:
         fresh: list[RelayEvent] = []

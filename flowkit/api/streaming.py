@@ -15,7 +15,6 @@ from .relay import RelayEvent, Subscriber
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
-_RECONNECT_MS = 2000
 
 
 def _sse(batch: list[RelayEvent]) -> str:
@@ -29,8 +28,6 @@ def _ndjson(batch: list[RelayEvent]) -> str:
 def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[str]:
     encode, ping = (_sse, ": ping\n\n") if kind == SSE else (_ndjson, "\n")
     try:
-        if kind == SSE:
-            yield f"retry: {_RECONNECT_MS}\n\n"
         while not sub.done:
             batch = sub.next_batch(timeout=ping_interval)
             yield encode(batch) if batch else ping

@@ -1,0 +1,68 @@
+"""Every error is JSON in one shape, with the right status; nothing a client sends is a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"] and isinstance(error["fields"], dict)
+    return error
+
+
+def test_invalid_input_is_400_with_field_messages_and_no_run(client, store):
+    error = assert_error(client.post("/workflows/simple/runs", json={"n": "many"}), 400,
+                         "validation_error")
+    assert error["fields"] == {"n": ["Not a valid integer."]}
+    missing = assert_error(client.post("/workflows/simple/runs", json={}), 400, "validation_error")
+    assert "n" in missing["fields"]
+    assert client.get("/runs").json()["runs"] == []
+
+
+def test_body_that_is_not_json_is_400(client):
+    response = client.post("/workflows/simple/runs", content=b"{nope",
+                           headers={"Content-Type": "application/json"})
+    assert_error(response, 400, "invalid_json")
+
+
+def test_non_object_input_is_400(client):
+    error = assert_error(client.post("/workflows/simple/runs", json=[1, 2]), 400, "validation_error")
+    assert "_schema" in error["fields"]
+
+
+def test_unknown_workflow_and_run_are_404(client):
+    assert_error(client.post("/workflows/nope/runs", json={}), 404, "not_found")
+    assert_error(client.get("/workflows/nope"), 404, "not_found")
+    assert_error(client.get("/runs/01J00000000000000000000000"), 404, "not_found")
+    assert_error(client.get("/runs/unknown/events"), 404, "not_found")
+    assert_error(client.get("/no/such/path"), 404, "not_found")
+
+
+def test_wrong_method_is_405_with_allow(client):
+    assert_error(client.delete("/workflows"), 405, "method_not_allowed")
+    assert "GET" in client.put("/runs").headers["Allow"]
+
+
+def test_body_over_the_limit_is_413(client):
+    big = {"n": 1, "padding": "x" * 100_000}
+    assert_error(client.post("/workflows/simple/runs", json=big), 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("params", [{"state": "weird"}, {"limit": "0"}, {"limit": "x"},
+                                    {"limit": "100000"}])
+def test_bad_query_parameters_are_400_with_fields(client, params):
+    error = assert_error(client.get("/runs", params=params), 400, "validation_error")
+    assert set(error["fields"]) <= {"state", "limit"} and error["fields"]
+
+
+def test_bad_cursor_and_bad_idempotency_key_are_400(client):
+    run = client.post("/workflows/simple/runs", json={"n": 1}).json()
+    error = assert_error(client.get(f"/runs/{run['id']}/events", params={"after": "yesterday"}),
+                         400, "validation_error")
+    assert "after" in error["fields"]
+    response = client.post("/workflows/simple/runs", json={"n": 1},
+                           headers={"Idempotency-Key": "has space"})
+    assert_error(response, 400, "validation_error")

@@ -1,0 +1,111 @@
+"""REST endpoints against a real server and a real worker."""
+
+from __future__ import annotations
+
+import flowkit
+from tests.api.helpers import start
+from tests.conftest import open_gate, reached_gate, wait_until
+
+
+def test_workflows_are_listed_with_their_input_schema_as_json_schema(client):
+    listed = client.get("/workflows").json()["workflows"]
+    simple = next(w for w in listed if w["name"] == "simple")
+    assert simple["input_schema"]["properties"]["n"] == {"type": "integer"}
+    assert simple["input_schema"]["required"] == ["n"]
+    assert client.get("/workflows/simple").json() == simple
+    assert simple["runs_url"] == "/workflows/simple/runs"
+
+
+def test_start_answers_202_with_urls_and_the_run_completes(client):
+    body = client.post("/workflows/simple/runs", json={"n": 4})
+    assert body.status_code == 202
+    run = body.json()
+    assert run["state"] == "queued" and run["created"] is True
+    assert body.headers["Location"] == f"/runs/{run['id']}"
+    assert run["urls"]["events"] == f"/runs/{run['id']}/events"
+    assert run["urls"]["stream"] == f"/runs/{run['id']}/stream"
+    assert flowkit.get_run(run["id"]).wait(20).state == "succeeded"
+    assert client.get(f"/runs/{run['id']}").json()["state"] == "succeeded"
+    assert client.get(run["urls"]["output"]).json() == {"output": {"n": 10}}
+
+
+def test_idempotency_key_returns_the_same_run_with_200(client):
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/workflows/simple/runs", json={"n": 1}, headers=headers)
+    again = client.post("/workflows/simple/runs", json={"n": 1}, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"] and again.json()["created"] is False
+    other = client.post("/workflows/simple/runs", json={"n": 2}, headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
+
+
+def test_runs_are_listed_newest_first_filtered_and_paginated(client):
+    ids = [start(client, "simple", {"n": i})["id"] for i in range(3)]
+    other = start(client, "chatty", {"n": 1})["id"]
+    for run_id in [*ids, other]:
+        flowkit.get_run(run_id).wait(20)
+    page = client.get("/runs", params={"workflow": "simple", "limit": 2}).json()
+    assert [r["id"] for r in page["runs"]] == [ids[2], ids[1]]
+    rest = client.get("/runs", params={"workflow": "simple", "limit": 2, "before": page["next"]})
+    assert [r["id"] for r in rest.json()["runs"]] == [ids[0]] and rest.json()["next"] is None
+    everything = client.get("/runs", params={"state": "succeeded"}).json()["runs"]
+    assert {r["id"] for r in everything} == {*ids, other}
+    assert client.get("/runs", params={"state": "failed"}).json()["runs"] == []
+
+
+def test_events_history_pages_with_after_and_limit(client):
+    run = start(client, "chatty", {"n": 1})
+    flowkit.get_run(run["id"]).wait(20)
+    full = client.get(f"/runs/{run['id']}/events").json()
+    assert full["done"] is True and full["events"][-1]["type"] == "run.succeeded"
+    chunks = [e["chunk"] for e in full["events"] if e["type"] == "step.output"]
+    assert chunks == ["alpha", "beta", "gamma"]
+    first = client.get(f"/runs/{run['id']}/events", params={"limit": 3}).json()
+    second = client.get(f"/runs/{run['id']}/events", params={"after": first["next"]}).json()
+    assert first["events"] + second["events"] == full["events"]
+    assert first["done"] is False
+
+
+def test_output_of_a_run_still_running_is_a_409(client):
+    run = start(client, "chain3", {"n": 1})
+    reached_gate(flowkit.get_run(run["id"]), "gated")
+    response = client.get(f"/runs/{run['id']}/output")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "no_output"
+    open_gate(flowkit.get_run(run["id"]), "gated")
+    assert flowkit.get_run(run["id"]).wait(20).output == {"n": 204}
+
+
+def test_cancel_a_running_run_then_cancel_again_is_409(client):
+    run = start(client, "chain3", {"n": 1})
+    reached_gate(flowkit.get_run(run["id"]), "gated")
+    cancelled = client.post(f"/runs/{run['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    again = client.post(f"/runs/{run['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+    open_gate(flowkit.get_run(run["id"]), "gated")
+
+
+def test_retry_resumes_a_failed_run_from_its_failed_step(client):
+    run = start(client, "exhausted", {"n": 1, "fail_times": 2})
+    assert flowkit.get_run(run["id"]).wait(20).state == "failed"
+    retried = client.post(f"/runs/{run['id']}/retry")
+    assert retried.status_code == 202 and retried.json()["state"] == "queued"
+    done = flowkit.get_run(run["id"]).wait(20)
+    assert done.state == "succeeded" and done.output == {"n": 2, "calls": 3}
+    again = client.post(f"/runs/{run['id']}/retry")
+    assert again.status_code == 409
+
+
+def test_trace_endpoint_answers_for_a_known_run(client):
+    run = start(client, "simple", {"n": 1})
+    response = client.get(f"/runs/{run['id']}/trace")
+    assert response.status_code == 200 and isinstance(response.json()["spans"], list)
+
+
+def test_healthz_counts_workers_that_beat_recently(api, store):
+    # the store fixture flushed the workers' presence: await the next heartbeat
+    wait_until(lambda: store.redis.zcard(store.keys.workers), message="a worker heartbeat")
+    with api.client(key=None) as anonymous:
+        health = anonymous.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["redis"] is True and health.json()["workers"] >= 1

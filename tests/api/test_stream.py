@@ -1,0 +1,136 @@
+"""Live streams over WebSocket and SSE: history then the live tail, resumable, gapless."""
+
+from __future__ import annotations
+
+import json
+
+import flowkit
+from flowkit.events import history
+from tests.api.conftest import API_KEY
+from tests.api.helpers import TERMINAL, sse_read, start, ws_connect, ws_read
+from tests.conftest import open_gate, reached_gate
+
+
+def full_history(run_id: str) -> list[str]:
+    return [e.id for e in history(run_id)]
+
+
+def chunks(events: list[dict]) -> list[str]:
+    return [e["chunk"] for e in events if e["type"] == "step.output"]
+
+
+def test_websocket_resume_after_a_disconnect_is_gapless_and_duplicate_free(api, client):
+    run = start(client, "streaming", {"before": 20, "after": 3000})
+    handle = flowkit.get_run(run["id"])
+    url = f"{api.ws_url}/runs/{run['id']}/stream"
+
+    first = ws_connect(url, token=run["token"])
+    seen = ws_read(first, stop=lambda got: len(chunks(got)) == 20)  # read up to the gate
+    first.close()
+    reached_gate(handle, "streamer")
+    open_gate(handle, "streamer")  # the run goes on while nobody listens
+
+    second = ws_connect(url, token=run["token"], after=seen[-1]["id"])
+    # leave again in the middle of the live tail
+    seen += ws_read(second, stop=lambda got: len(chunks(got)) >= 500)
+    second.close()
+    third = ws_connect(url, token=run["token"], after=seen[-1]["id"])
+    seen += ws_read(third)
+
+    assert seen[-1]["type"] == "run.succeeded"
+    ids = [e["id"] for e in seen]
+    assert ids == full_history(run["id"])  # exactly the history: no gap, no duplicate, in order
+    assert chunks(seen) == [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(3000)]
+
+
+def test_websocket_client_can_send_a_resume_message(api, client):
+    run = start(client, "streaming", {"before": 5, "after": 5})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", key=API_KEY)
+    before_gate = ws_read(sock, stop=lambda got: len(chunks(got)) == 5)
+    reached_gate(handle, "streamer")  # nothing new is emitted while the step waits here
+    sock.send(json.dumps({"resume": before_gate[1]["id"]}))  # "serve me again from there"
+    replayed = ws_read(sock, stop=lambda got: len(got) == len(before_gate) - 2)
+    assert replayed == before_gate[2:]
+    open_gate(handle, "streamer")
+    rest = ws_read(sock)
+    assert [e["id"] for e in before_gate + rest] == full_history(run["id"])
+
+
+def test_sse_resume_with_last_event_id_is_gapless(api, client):
+    run = start(client, "streaming", {"before": 10, "after": 2000})
+    handle = flowkit.get_run(run["id"])
+    path = f"/runs/{run['id']}/events"
+    sse = {"Accept": "text/event-stream"}
+
+    seen = sse_read(client, path, sse, stop=lambda got: len(chunks(got)) == 10)
+    reached_gate(handle, "streamer")
+    open_gate(handle, "streamer")
+    seen += sse_read(client, path, {**sse, "Last-Event-ID": seen[-1]["id"]},
+                     stop=lambda got: len(chunks(got)) >= 300)
+    seen += sse_read(client, f"{path}?after={seen[-1]['id']}", sse)  # the query cursor works too
+
+    assert seen[-1]["type"] == "run.succeeded"
+    assert [e["id"] for e in seen] == full_history(run["id"])
+
+
+def test_streams_of_a_finished_run_replay_history_then_close(api, client):
+    run = start(client, "chatty", {"n": 1})
+    flowkit.get_run(run["id"]).wait(20)
+    via_sse = sse_read(client, f"/runs/{run['id']}/events", {"Accept": "text/event-stream"})
+    via_ws = ws_read(ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", key=API_KEY))
+    assert [e["id"] for e in via_sse] == [e["id"] for e in via_ws] == full_history(run["id"])
+    assert via_ws[-1]["type"] in TERMINAL
+
+
+def test_post_with_accept_ndjson_streams_the_run(client):
+    with client.stream("POST", "/workflows/chatty/runs", json={"n": 2},
+                       headers={"Accept": "application/x-ndjson"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        run_id = response.headers["X-Flowkit-Run"]
+        lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    assert lines[0]["type"] == "run.queued" and lines[-1]["type"] == "run.succeeded"
+    assert [e["id"] for e in lines] == full_history(run_id)
+    assert chunks(lines) == ["alpha", "beta", "gamma"]
+
+
+def test_post_with_accept_event_stream_streams_sse(client):
+    with client.stream("POST", "/workflows/chatty/runs", json={"n": 2},
+                       headers={"Accept": "text/event-stream"}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = response.read().decode()
+    data = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+    assert data[-1]["type"] == "run.succeeded" and chunks(data) == ["alpha", "beta", "gamma"]
+
+
+def test_sync_invocation_returns_the_output_of_a_run_taking_seconds(client):
+    response = client.post("/workflows/napping/runs?wait=20", json={"seconds": 2})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "succeeded"
+    assert response.json()["output"] == {"slept": 2.0}
+    assert response.headers["Preference-Applied"] == "wait=20"
+
+
+def test_sync_invocation_that_runs_out_answers_202_with_urls(client):
+    response = client.post("/workflows/napping/runs", json={"seconds": 3},
+                           headers={"Prefer": "wait=0.5"})
+    assert response.status_code == 202
+    run = response.json()
+    assert run["state"] in ("queued", "running") and run["urls"]["self"] == f"/runs/{run['id']}"
+    assert flowkit.get_run(run["id"]).wait(20).state == "succeeded"
+
+
+def test_many_subscribers_of_one_run_each_get_every_event(api, client):
+    run = start(client, "streaming", {"before": 0, "after": 200})
+    handle = flowkit.get_run(run["id"])
+    url = f"{api.ws_url}/runs/{run['id']}/stream"
+    socks = [ws_connect(url, token=run["token"]) for _ in range(20)]
+    reached_gate(handle, "streamer")
+    open_gate(handle, "streamer")
+    expected = None
+    for sock in socks:
+        ids = [e["id"] for e in ws_read(sock)]
+        expected = expected or full_history(run["id"])
+        assert ids == expected
+    assert api.app.extensions["flowkit"].hub.subscribers() == 0  # all unsubscribed
