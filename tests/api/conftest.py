@@ -17,6 +17,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 import flowkit
+import tests.workflows  # noqa: F401 - the workflows the worker runs, served by every test app
 
 API_KEY = "test-api-key"
 
@@ -30,9 +31,9 @@ class Served:
     def ws_url(self) -> str:
         return "ws" + self.url[len("http"):]
 
-    def client(self, key: str | None = API_KEY, **kwargs) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+    def client(self, key: str | None = API_KEY, headers: dict | None = None) -> httpx.Client:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers={**auth, **(headers or {})}, timeout=30)
 
 
 def make_app(**options) -> Flask:
@@ -57,8 +58,6 @@ def serve(app: Flask) -> Iterator[Served]:
 @pytest.fixture(scope="session")
 def api(flowkit_env, worker) -> Iterator[Served]:
     """The API with every test workflow, an API key, and a 64 KiB body limit."""
-    import tests.workflows  # noqa: F401 - the workflows the worker runs
-
     yield from serve(make_app(max_body_bytes=64 * 1024))
 
 

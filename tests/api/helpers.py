@@ -54,7 +54,7 @@ def sse_read(client: httpx.Client, path: str, headers: dict | None = None, stop=
     return got
 
 
-def start(client: httpx.Client, workflow: str, body: dict, **kwargs) -> dict:
-    response = client.post(f"/workflows/{workflow}/runs", json=body, **kwargs)
+def start(client: httpx.Client, workflow: str, body: dict, prefix: str = "", **kwargs) -> dict:
+    response = client.post(f"{prefix}/workflows/{workflow}/runs", json=body, **kwargs)
     assert response.status_code in (200, 202), response.text
     return response.json()

@@ -1,0 +1,114 @@
+"""Credentials are required; run tokens read only their run; API keys work everywhere."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import websocket
+from flask import Flask
+
+import flowkit
+from tests.api.conftest import make_app, serve
+from tests.api.helpers import start, ws_connect, ws_read
+
+
+@pytest.fixture(scope="module")
+def callback_api(flowkit_env, worker):
+    """An app authorising with its own callback: header X-Tenant names the caller's tenant."""
+
+    def authorize(request):
+        return request.headers.get("X-Tenant") or False
+
+    yield from serve(make_app(keys=[], authorize=authorize))
+
+
+def test_no_credentials_is_401_everywhere_but_healthz(api, store):
+    anonymous = api.client(key=None)
+    run = start(api.client(), "simple", {"n": 1})
+    for method, path in [("GET", "/workflows"), ("POST", "/workflows/simple/runs"),
+                         ("GET", "/runs"), ("GET", f"/runs/{run['id']}"),
+                         ("GET", f"/runs/{run['id']}/events"), ("POST", f"/runs/{run['id']}/cancel"),
+                         ("GET", "/openapi.json")]:
+        response = anonymous.request(method, path)
+        assert response.status_code == 401, (method, path)
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert anonymous.get("/healthz").status_code == 200
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws_connect(f"{api.ws_url}/runs/{run['id']}/stream")
+    assert refused.value.status_code == 401
+
+
+def test_wrong_key_is_401(api, store):
+    assert api.client(key="not-a-key").get("/runs").status_code == 401
+
+
+def test_run_token_reads_its_run_and_nothing_else(api, store):
+    admin = api.client()
+    a = start(admin, "chatty", {"n": 1})
+    b = start(admin, "chatty", {"n": 2})
+    flowkit.get_run(a["id"]).wait(20)
+    as_a = api.client(key=a["token"])
+
+    assert as_a.get(f"/runs/{a['id']}").json()["id"] == a["id"]
+    assert as_a.get(f"/runs/{a['id']}/output").status_code == 200
+    assert as_a.get(f"/runs/{a['id']}/events").status_code == 200
+    assert api.client(key=None).get(f"/runs/{a['id']}", params={"token": a["token"]}).status_code == 200
+    assert ws_read(ws_connect(f"{api.ws_url}/runs/{a['id']}/stream", token=a["token"]))
+
+    for path in (f"/runs/{b['id']}", f"/runs/{b['id']}/events", f"/runs/{b['id']}/output"):
+        response = as_a.get(path)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws_connect(f"{api.ws_url}/runs/{b['id']}/stream", token=a["token"])
+    assert refused.value.status_code == 403
+    for method, path in [("GET", "/runs"), ("GET", "/workflows"),
+                         ("POST", "/workflows/simple/runs"), ("POST", f"/runs/{a['id']}/cancel"),
+                         ("POST", f"/runs/{a['id']}/retry")]:
+        assert as_a.request(method, path, json={"n": 1}).status_code == 403, (method, path)
+
+
+def test_expired_run_token_is_401(flowkit_env, worker, store):
+    for served in serve(make_app(token_ttl=-1)):
+        run = start(served.client(), "simple", {"n": 1})
+        response = served.client(key=run["token"]).get(f"/runs/{run['id']}")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "token_expired"
+
+
+def test_a_token_signed_by_another_secret_is_refused(api, store):
+    other = Flask("other")
+    other.config["FLOWKIT_API_SECRET"] = "another-secret"
+    flowkit.FlowKit(other, keys=["x"])
+    run = start(api.client(), "simple", {"n": 1})
+    forged = other.extensions["flowkit"].auth.issue(run["id"])
+    assert api.client(key=forged).get(f"/runs/{run['id']}").status_code == 401
+
+
+def test_api_key_works_everywhere(api, client):
+    run = start(client, "chain3", {"n": 1})
+    for path in ("/workflows", "/runs", f"/runs/{run['id']}", f"/runs/{run['id']}/events",
+                 f"/runs/{run['id']}/trace", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", key="test-api-key")
+    assert client.post(f"/runs/{run['id']}/cancel").status_code == 200
+    assert ws_read(sock)[-1]["type"] == "run.cancelled"
+
+
+def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store):
+    acme = callback_api.client(key=None, headers={"X-Tenant": "acme"})
+    globex = callback_api.client(key=None, headers={"X-Tenant": "globex"})
+    run = start(acme, "simple", {"n": 1})
+    assert flowkit.get_run(run["id"]).owner == "acme"
+    assert acme.get(f"/runs/{run['id']}").status_code == 200
+    assert globex.get(f"/runs/{run['id']}").status_code == 403
+    assert [r["id"] for r in acme.get("/runs").json()["runs"]] == [run["id"]]
+    assert globex.get("/runs").json()["runs"] == []
+    assert callback_api.client(key=None).get("/runs").status_code == 401
+
+
+def test_open_setting_lets_anyone_in(flowkit_env, worker, store):
+    for served in serve(make_app(keys=[], open=True)):
+        with httpx.Client(base_url=served.url) as anonymous:
+            assert anonymous.get("/workflows").status_code == 200
+            assert anonymous.post("/workflows/simple/runs", json={"n": 1}).status_code == 202

@@ -1,0 +1,70 @@
+"""Mounting: FlowKit(app) / init_app / create_blueprint, prefixes, and per-app state."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+import flowkit
+from tests.api.conftest import serve
+from tests.api.helpers import start
+
+
+def host_app(**config) -> Flask:
+    app = Flask("host")
+    app.config.update(FLOWKIT_API_SECRET="s", **config)
+
+    @app.get("/")
+    def home():
+        return "host home"
+
+    return app
+
+
+def test_init_app_reads_flowkit_config_keys_and_mounts_under_a_prefix(flowkit_env, worker, store):
+    app = host_app(FLOWKIT_API_KEYS="k1, k2", FLOWKIT_API_URL_PREFIX="/flowkit/")
+    kit = flowkit.FlowKit()
+    kit.init_app(app)
+    state = app.extensions["flowkit"]
+    assert state.options.keys == ("k1", "k2") and state.url_prefix == "/flowkit"
+    for served in serve(app):
+        with served.client(key="k2") as c:
+            run = start(c, "simple", {"n": 1}, prefix="/flowkit")
+            assert run["urls"]["self"] == f"/flowkit/runs/{run['id']}"
+            assert c.get(run["urls"]["self"]).status_code == 200
+            assert c.get("/flowkit/nope").json()["error"]["code"] == "not_found"
+            # the host's own pages and 404s stay the host's
+            assert c.get("/").text == "host home"
+            outside = c.get("/elsewhere")
+            assert outside.status_code == 404 and "error" not in outside.text[:20]
+            assert "/flowkit/runs" in c.get("/flowkit/openapi.json").json()["paths"]
+
+
+def test_create_blueprint_for_apps_that_mount_it_themselves(flowkit_env, worker, store):
+    app = host_app()
+    app.register_blueprint(flowkit.create_blueprint(keys=["k"]), url_prefix="/api/v1")
+    for served in serve(app):
+        with served.client(key="k") as c:
+            assert c.get("/api/v1/workflows").status_code == 200
+            assert c.get("/api/v1/workflows").json()["workflows"]
+
+
+def test_two_apps_in_one_process_share_no_state(flowkit_env, worker, store):
+    first, second = host_app(), host_app()
+    flowkit.FlowKit(first, keys=["first"], workflows=["simple"])
+    flowkit.FlowKit(second, keys=["second"])
+    a, b = first.extensions["flowkit"], second.extensions["flowkit"]
+    assert a is not b and a.hub is not b.hub and a.auth is not b.auth
+    for one in serve(first):
+        for two in serve(second):
+            assert one.client(key="second").get("/workflows").status_code == 401
+            assert [w["name"] for w in one.client(key="first").get("/workflows").json()["workflows"]] == ["simple"]
+            assert two.client(key="second").get("/workflows/chatty").status_code == 200
+            assert one.client(key="first").get("/workflows/chatty").status_code == 404
+
+
+def test_mounting_twice_on_one_app_is_refused():
+    app = host_app()
+    flowkit.FlowKit(app, keys=["k"])
+    with pytest.raises(ValueError, match="already mounted"):
+        app.register_blueprint(flowkit.create_blueprint(name="again", keys=["k"]))
