@@ -40,11 +40,11 @@ def celery_config(settings: Settings) -> dict:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_send_sent_event": False,
         "beat_schedule": {
-            # a sweep nobody ran in time is worthless: the next one supersedes it
+            # sweeps stuck behind a backlog of steps need not all run: later ones supersede them
             "flowkit-reaper": {
                 "task": "flowkit.reaper",
                 "schedule": settings.reaper_interval,
-                "options": {"expires": max(settings.reaper_interval * 2, 1.0)},
+                "options": {"expires": max(settings.reaper_interval * 10, 30.0)},
             },
             "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0},
         },
