@@ -1,0 +1,51 @@
+"""Redis restarted under running workflows (AOF on, fsync always): runs continue, nothing lost."""
+
+from __future__ import annotations
+
+from flowkit.store import get_store
+from tests.chaos.conftest import Deployment, reruns, side_effects, wait_for
+from tests.chaos.workflows import ten
+from tests.conftest import FAST, ROOT
+
+RUNS = 8
+
+
+def test_runs_in_flight_continue_after_redis_restarts(private_redis, tmp_path):
+    env = {
+        "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/1",
+        "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/0",
+        "FLOWKIT_STALL_TIMEOUT": "10",
+        "FLOWKIT_QUEUED_TIMEOUT": "10",
+    }
+    deployment = Deployment({**FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos", **env},
+                            tmp_path)
+    try:
+        deployment.worker("a")
+        deployment.worker("b")
+        deployment.beat()
+        runs = [ten.start({"n": 0, "chunks": 2, "pause": 0.2}) for _ in range(RUNS)]
+        store = get_store()
+        wait_for(lambda: sum(store.redis.hlen(store.keys.checkpoints(r.id)) for r in runs) >= RUNS * 3,
+                 30, "the runs to be under way")
+        done_before = {r.id: store.checkpoints(r.id) for r in runs}
+        assert sum(len(c) < 10 for c in done_before.values()) >= RUNS // 2, "too late to matter"
+
+        private_redis.stop(kill=True)  # a crash: only what the AOF holds comes back
+        private_redis.start()
+
+        finished = [run.wait(120) for run in runs]
+    finally:
+        deployment.stop()
+    assert [r.state for r in finished] == ["succeeded"] * RUNS, [
+        (r.id, r.state, r.error) for r in finished if r.state != "succeeded"
+    ]
+    for run in runs:
+        assert run.refresh().output["n"] == 10
+        after = store.checkpoints(run.id)
+        assert all(after[step] == out for step, out in done_before[run.id].items()), "a checkpoint changed"
+        assert reruns(run) == 0
+        assert set(side_effects(run, "finished")) == {f"{i}:chaos.work" for i in range(10)}
+        history = run.events()
+        assert [e.terminal for e in history].count(True) == 1 and history[-1].type == "run.succeeded"
+        ids = [tuple(map(int, e.id.split("-"))) for e in history]
+        assert ids == sorted(set(ids))
