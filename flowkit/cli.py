@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules of ``flowkit.commands`` whose commands the CLI offers.
-COMMAND_MODULES = ["runs"]
+COMMAND_MODULES = ["runs", "workers"]
 
 
 def build_parser() -> argparse.ArgumentParser:

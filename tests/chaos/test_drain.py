@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 from tests.chaos.conftest import of_type, open_gate, side_effects, wait_for, waiting
 from tests.chaos.workflows import held
+from tests.conftest import ROOT
 
 HOLD = "1:chaos.hold"
 
@@ -72,3 +77,39 @@ def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployme
     assert "drained" in restarted.data["reason"] and HOLD in restarted.data["reason"]
     assert restarted.data["superseded"] == [{"step": HOLD, "attempt": 1, "worker": first["worker"]}]
     assert side_effects(run, "finished") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
+
+
+def test_flowkit_drain_stops_a_named_worker_and_hands_over_what_outlives_the_grace(
+    chaos_app, deployment, chaos_env
+):
+    a = deployment.worker("a")
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    first = waiting(run)
+    node = first["worker"].rpartition(":")[0]
+    deployment.worker("b")
+
+    drained = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "drain", node, "--app", "tests.chaos.app",
+         "--grace", "1.5", "--shutdown"],
+        env={**os.environ, **chaos_env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert drained.returncode == 0, drained.stderr
+    assert json.loads(drained.stdout) == {"workers": [node], "idle": True, "handed_over": [run.id]}
+    second = waiting(run)
+    assert second["attempt"] == 2 and second["worker"].startswith("b@")
+    assert a.proc.wait(20) == 0
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded" and done.restarts == 0
+    assert side_effects(run, "finished") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
+    assert {e.data["worker"].partition("@")[0] for e in run.events()
+            if e.type == "step.started" and e.data["step"] == "2:chaos.work"} == {"b"}
+
+
+def test_flowkit_drain_names_workers_that_do_not_answer(chaos_app, chaos_env):
+    drained = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "drain", "nobody@nowhere", "--app", "tests.chaos.app"],
+        env={**os.environ, **chaos_env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert drained.returncode == 1
+    assert "no answer from worker(s) nobody@nowhere" in drained.stderr

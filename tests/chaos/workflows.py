@@ -50,6 +50,8 @@ def hold(data: dict) -> dict:
     r.rpush(f"chaos:waiting:{ctx.run_id}", dumps({"attempt": ctx.attempt, "worker": worker_id()}))
     deadline = time.monotonic() + 120
     while r.blpop(f"chaos:gate:{ctx.run_id}", timeout=1) is None:  # under the socket timeout
+        if flowkit.is_cancelled():  # cooperative: handed over, restarted or cancelled
+            raise flowkit.RunCancelled("stopped waiting")
         if time.monotonic() > deadline:
             raise TimeoutError("the test never opened the gate")
     _finished(ctx)
