@@ -1,0 +1,48 @@
+"""The reference web process (api/app.py under gunicorn gthread) serves REST and WebSocket."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from flowkit.local import free_port
+from tests.api.helpers import start, ws_connect, ws_read
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def gunicorn_web(flowkit_env, worker):
+    port = free_port()
+    env = {**os.environ, **flowkit_env, "FLOWKIT_WEB_BIND": f"127.0.0.1:{port}",
+           "FLOWKIT_WEB_THREADS": "16", "FLOWKIT_API_KEYS": "deploy-key",
+           "FLOWKIT_API_SECRET": "deploy-secret", "FLOWKIT_WORKFLOW_MODULES": "tests.workflows"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "api/gunicorn.conf.py",
+                             "api.app:app"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start: {proc.stderr.read()}") from None
+            time.sleep(0.1)  # still binding its port; nothing to await on
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_gunicorn_serves_the_api_and_relays_a_run_over_websocket(gunicorn_web, store):
+    with httpx.Client(base_url=gunicorn_web, headers={"Authorization": "Bearer deploy-key"}) as c:
+        assert c.get("/runs").status_code == 200
+        assert httpx.get(f"{gunicorn_web}/runs").status_code == 401
+        run = start(c, "chatty", {"n": 1})
+    events = ws_read(ws_connect(f"ws{gunicorn_web[4:]}/runs/{run['id']}/stream", token=run["token"]))
+    assert events[-1]["type"] == "run.succeeded"
+    assert [e["chunk"] for e in events if e["type"] == "step.output"] == ["alpha", "beta", "gamma"]
