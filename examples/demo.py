@@ -8,6 +8,7 @@ they arrive, then stops everything it started. ``python -m examples.demo --help`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -133,35 +134,67 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Local development only: the demo's API takes requests without credentials.
+    env.setdefault("FLOWKIT_API_OPEN", "true")
     print("flowkit demo: starting a local deployment", flush=True)
     services = Services()
     try:
         services.start(env)
-        import examples  # noqa: F401 - registers the content workflow
-        import flowkit
-        from flowkit import events
-
+        if env["FLOWKIT_API_OPEN"] == "true":
+            say("note     FLOWKIT_API_OPEN=true: the demo's API needs no credentials "
+                "(never in production)")
         brief = {"topic": args.topic, "sections": args.sections}
-        run = flowkit.get_workflow("content").start(brief)
-        print(f"\nflowkit demo: run {run.id} of workflow 'content' with {brief}\n", flush=True)
-        t0, lines = time.monotonic(), {}
-        for event in events.follow(run.id):
-            show(event.data, t0, lines)
-        final = run.refresh()
-        print(f"\nflowkit demo: run {final.state}", flush=True)
-        if final.state == "succeeded":
-            article = final.output["article"]
-            print(f"  {final.output['sections']} sections, {final.output['words']} words:\n")
-            print("    " + article[:400].replace("\n", "\n    ") + " ...\n")
+        final = follow_over_http(services.web_url, brief)
+        print(f"\nflowkit demo: run {final['state']}", flush=True)
+        if final["state"] == "succeeded":
+            output = final["output"]
+            print(f"  {output['sections']} sections, {output['words']} words:\n")
+            print("    " + output["article"][:400].replace("\n", "\n    ") + " ...\n")
         if args.keep:
-            print("services keep running; Ctrl-C stops them", flush=True)
+            print(f"services keep running; watch page: {services.web_url}{final['watch']}; "
+                  "Ctrl-C stops them", flush=True)
             signal.pause()
-        return 0 if final.state == "succeeded" else 1
+        return 0 if final["state"] == "succeeded" else 1
     except KeyboardInterrupt:
         return 130
     finally:
         print("flowkit demo: stopping everything it started", flush=True)
         services.stop()
+
+
+def follow_over_http(web: str, brief: dict) -> dict:
+    """Start the run with POST, follow it over WebSocket, drop the socket once mid-run and
+    resume from the last event id, as a browser does after a refresh."""
+    import httpx
+    import websocket
+
+    created = httpx.post(f"{web}/workflows/content/runs", json=brief, timeout=10)
+    created.raise_for_status()
+    run = created.json()
+    token = run["token"]
+    print(f"\nflowkit demo: POST /workflows/content/runs -> {created.status_code}, run {run['id']}")
+    print(f"  watch it in a browser: {web}{run['urls']['watch']}?token={token}\n", flush=True)
+    ws_url = web.replace("http://", "ws://") + run["urls"]["stream"]
+    t0, lines, cursor, dropped = time.monotonic(), {}, None, False
+    while True:
+        url = ws_url + (f"?after={cursor}" if cursor else "")
+        sock = websocket.create_connection(url, timeout=60, header=[f"Authorization: Bearer {token}"])
+        try:
+            for message in iter(sock.recv, ""):
+                event = json.loads(message)
+                cursor = event["id"]
+                show(event, t0, lines)
+                if event["type"] in ("run.succeeded", "run.failed", "run.cancelled"):
+                    record = httpx.get(f"{web}{run['urls']['self']}", timeout=10,
+                                       headers={"Authorization": f"Bearer {token}"}).json()
+                    return {**record, "watch": run["urls"]["watch"] + f"?token={token}"}
+                if not dropped and event["type"] == "step.completed":
+                    dropped = True
+                    print(f"  -- demo: dropping the WebSocket; resuming after event {cursor} --",
+                          flush=True)
+                    break
+        finally:
+            sock.close()
 
 
 if __name__ == "__main__":
