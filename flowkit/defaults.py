@@ -10,6 +10,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 BROKER_URL = ""
 #: Celery result backend (chords need one); empty means BROKER_URL.
 RESULT_BACKEND = ""
+#: Seconds a Redis command may block before the connection is deemed dead
+#: (must exceed the longest blocking read: flowkit blocks for at most a few seconds).
+REDIS_SOCKET_TIMEOUT = 60.0
 #: Prefix of every Redis key flowkit writes, so several apps can share one Redis.
 KEY_PREFIX = "flowkit"
 
@@ -85,6 +88,9 @@ LLM_RETRY_MAXIMUM = 20.0
 LLM_MAX_RETRY_AFTER = 60.0
 #: Timeout of one HTTP request to a provider, in seconds.
 LLM_TIMEOUT = 120.0
+#: HTTP connection pools per provider and process, used in turn (one pool slows
+#: down quadratically with hundreds of concurrent calls).
+LLM_CONNECTION_POOLS = 32
 #: Longest wait for a shared rate-limit budget before the provider counts as saturated.
 LLM_RATE_MAX_WAIT = 300.0
 #: Completion tokens assumed for the rate limiter when a request sets no max_tokens.

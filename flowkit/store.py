@@ -341,7 +341,12 @@ class Store:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.redis: redis.Redis = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, health_check_interval=30
+            settings.redis_url,
+            decode_responses=True,
+            health_check_interval=30,
+            # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK, BLPOP) short
+            socket_timeout=settings.redis_socket_timeout,
+            socket_connect_timeout=5,
         )
         s = self.redis.register_script
         self._create = s(_LUA_HELPERS + _CREATE)

@@ -28,7 +28,7 @@ def count(name: str) -> int:
     return _redis().incr(f"count:{ctx.run_id}:{name}")
 
 
-def wait_for_gate(name: str, timeout: float = 60.0) -> None:
+def wait_for_gate(name: str, timeout: float = 30.0) -> None:
     """Block until the test opens ``gate:<run>:<name>`` (a list it pushes to)."""
     ctx = flowkit.context()
     _redis().rpush(f"waiting:{ctx.run_id}:{name}", ctx.attempt)
