@@ -29,7 +29,7 @@ def main() -> int:
         config.reset()
         from celery import chain
 
-        from bench.overhead_app import STEPS, app, chain_workflow, raw_noop
+        from bench.overhead_app import STEPS, chain_workflow, raw_noop
 
         worker = WorkerProcess("bench.overhead_app", name="bench", env=env, cwd=str(ROOT),
                                pool="threads", concurrency=1)
