@@ -48,7 +48,7 @@ def resuming_reader(run_id: str, seed: int, out: dict) -> None:
 def test_every_run_succeeds_while_workers_are_killed_for_a_minute(chaos_app, deployment):
     workers = [deployment.worker(f"w{i}", **SETTINGS) for i in range(3)]
     deployment.beat(**SETTINGS)
-    runs = [ten.start({"n": 0, "chunks": CHUNKS, "pause": 0.2}) for _ in range(RUNS)]
+    runs = [ten.start({"n": 0, "chunks": CHUNKS, "pause": 0.25}) for _ in range(RUNS)]
     read: dict[str, list[events.Event]] = {}
     readers = [
         threading.Thread(target=resuming_reader, args=(run.id, i, read), daemon=True)
