@@ -25,20 +25,24 @@ def _policy_payload(comp: Component) -> dict | None:
 
 
 def step_signature(
-    component: str, run_id: str, key: str, gen: int, policy: dict | None, args: tuple = ()
+    component: str, run_id: str, key: str, gen: int, policy: dict | None, args: tuple = (),
+    run_queue: str | None = None,
 ) -> Signature:
+    """A step's signature; it goes to the component's queue, else to the run's queue."""
     kwargs: dict[str, Any] = {"run_id": run_id, "key": key, "gen": gen}
     if policy:
         kwargs["policy"] = policy
-    queue = (policy or {}).get("queue") or lookup(component).policy.queue
+    queue = (policy or {}).get("queue") or lookup(component).policy.queue or run_queue
     options = {"queue": queue} if queue else {}
     return get_app().signature(lookup(component).task_name, args=args, kwargs=kwargs, **options)
 
 
-def compile_node(node: Node, path: str, run_id: str, gen: int) -> Signature:
+def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None) -> Signature:
     if isinstance(node, Step):
         comp = node.component
-        return step_signature(comp.name, run_id, f"{path}:{comp.name}", gen, _policy_payload(comp))
+        return step_signature(
+            comp.name, run_id, f"{path}:{comp.name}", gen, _policy_payload(comp), run_queue=queue
+        )
     if isinstance(node, FanOut):
         comp = node.component
         kwargs = {
@@ -48,21 +52,32 @@ def compile_node(node: Node, path: str, run_id: str, gen: int) -> Signature:
             "component": comp.name,
             "policy": _policy_payload(comp),
         }
-        return get_app().signature("flowkit.fan_out", kwargs=kwargs)
+        return get_app().signature("flowkit.fan_out", kwargs=kwargs, **_routed(queue))
     if isinstance(node, Parallel):
         return group(
-            compile_node(branch, f"{path}.{i}", run_id, gen) for i, branch in enumerate(node.branches)
+            compile_node(branch, f"{path}.{i}", run_id, gen, queue)
+            for i, branch in enumerate(node.branches)
         )
     if isinstance(node, Sequence):
         prefix = f"{path}." if path else ""
         return chain(
-            compile_node(child, f"{prefix}{i}", run_id, gen) for i, child in enumerate(node.steps)
+            compile_node(child, f"{prefix}{i}", run_id, gen, queue)
+            for i, child in enumerate(node.steps)
         )
     raise TypeError(f"cannot compile {node!r}")
 
 
-def compile_run(root: Sequence, workflow: str, run_id: str, gen: int) -> Signature:
+def _routed(queue: str | None) -> dict[str, str]:
+    return {"queue": queue} if queue else {}
+
+
+def compile_run(
+    root: Sequence, workflow: str, run_id: str, gen: int, queue: str | None = None
+) -> Signature:
+    """The canvas of generation ``gen`` of a run; every task goes to ``queue`` unless its
+    component names another, so a run stays on the deployment (colour) that started it."""
     finish = get_app().signature(
-        "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow}
+        "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
+        **_routed(queue),
     )
-    return chain(compile_node(root, "", run_id, gen), finish)
+    return chain(compile_node(root, "", run_id, gen, queue), finish)

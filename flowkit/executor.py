@@ -144,7 +144,9 @@ def _run_attempts(
         duration=round(time.monotonic() - started, 4), cached=cached or None,
         output=loads(output_json),
     )
-    return loads(store.complete_step(run_id, key, token, output_json, time.time(), completed))
+    return loads(
+        store.complete_step(run_id, key, token, output_json, time.time(), completed, worker_id())
+    )
 
 
 def _produce(
@@ -239,7 +241,8 @@ def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -
             "FLOWKIT_MAX_CONTINUATIONS",
         )
         raise Ignore()
-    sig = step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"), (spec["input"],))
+    sig = step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"),
+                         (spec["input"],), run_queue=store.run_queue(run_id))
     return task.replace(sig)
 
 
@@ -254,10 +257,13 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
         raise Ignore()
     if not items:
         return []
-    base = key.partition(":")[0]
+    store = get_store()
+    store.touch(run_id, worker_id(), time.time())
+    base, queue = key.partition(":")[0], store.run_queue(run_id)
     return task.replace(
         group(
-            step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,))
+            step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,),
+                           run_queue=queue)
             for i, item in enumerate(items)
         )
     )
@@ -268,6 +274,7 @@ def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
     """Last task of every run: validate the output and mark the run succeeded."""
     from .workflow import workflows
 
+    get_store().touch(run_id, worker_id(), time.time())
     try:
         wf = workflows().get(workflow)  # a worker may import only the components
         if wf is not None:
@@ -278,4 +285,26 @@ def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
         raise Ignore() from None
     event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
     get_store().finish(run_id, gen, time.time(), output_json, event)
+    return None
+
+
+@shared_task(name="flowkit.resume", bind=True)
+def resume(task, *, run_id: str, gen: int):
+    """Enqueue generation ``gen`` of a run's canvas, built by a worker of the run's own
+    deployment (its queue), so a restarted run continues on the code that started it."""
+    from .run import Run
+    from .workflow import get_workflow
+
+    run = Run.load(run_id)
+    if run.gen != gen or run.done:
+        return None  # restarted again, or finished, since this was sent
+    wf = get_workflow(run.workflow)
+    if wf.version != run.version:
+        fail_run(
+            run_id, gen, "",
+            f"run started with {run.workflow} version {run.version}, but this worker has version "
+            f"{wf.version}; give each version its own queue (FLOWKIT_DEFAULT_QUEUE) and workers",
+        )
+        raise Ignore()
+    wf.enqueue(run_id, gen, run.input, run.queue)
     return None

@@ -14,7 +14,7 @@ import time
 from celery import shared_task
 
 from .config import get_settings
-from .run import QUEUED, RUNNING, Run
+from .run import QUEUED, RUNNING, Run, send_resume
 from .store import get_store
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     queued = f"still queued after {settings.queued_timeout:g}s (message lost?)"
     for run_id in store.redis.zrangebyscore(store.keys.queued, "-inf", limit, start=0, num=BATCH):
         restart(run_id, QUEUED, queued, f"queued:{limit}", queued)
+    limit = now - lapse
+    orphaned = "worker lost between steps (it stopped beating before sending the next one)"
+    for run_id in store.redis.zrangebyscore(store.keys.running, "-inf", limit, start=0, num=BATCH):
+        restart(run_id, RUNNING, orphaned, f"orphaned:{limit}", orphaned)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
     for run_id in store.redis.zrangebyscore(store.keys.running, "-inf", limit, start=0, num=BATCH):
@@ -71,11 +75,9 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
 
 
 def resume(run_id: str, gen: int) -> None:
-    """Enqueue generation ``gen`` of a run's canvas (checkpointed steps return their output)."""
-    from .workflow import get_workflow
-
-    run = Run.load(run_id)
-    get_workflow(run.workflow).enqueue(run_id, gen, run.input)
+    """Have generation ``gen`` of a run's canvas enqueued by a worker of its own queue
+    (checkpointed steps return their stored output)."""
+    send_resume(Run.load(run_id), gen)
 
 
 def _notify(run_id: str) -> None:

@@ -42,6 +42,8 @@ class Run:
     idempotency_key: str = ""
     heartbeat_at: float | None = None
     worker: str | None = None
+    #: Celery queue of the run's tasks (the deployment that started it).
+    queue: str | None = None
     #: Attempts started per step key (retries and restarts included); None in listings.
     attempts: dict[str, int] | None = None
     #: False when ``start`` found an existing run for the idempotency key.
@@ -68,6 +70,7 @@ class Run:
             idempotency_key=h.get("idempotency_key", ""),
             heartbeat_at=_num(h.get("heartbeat_at")),
             worker=h.get("worker") or None,
+            queue=h.get("queue") or None,
         )
 
     @classmethod
@@ -189,17 +192,22 @@ def cancel(run_id: str) -> Run:
 
 def retry(run_id: str) -> Run:
     """Resume a failed run from its failed step; completed steps keep their checkpoints."""
-    from .workflow import get_workflow
-
     store = get_store()
     run = Run.load(run_id, store)
     if run.state != FAILED:
         raise InvalidState(f"Run {run_id} is {run.state}; only failed runs can be retried.")
-    wf = get_workflow(run.workflow)
     gen, why = store.restart(
         run_id, expected_state=FAILED, reason="retry requested", now=time.time()
     )
     if not gen:
         raise InvalidState(f"Run {run_id} could not be retried ({why}).")
-    wf.enqueue(run_id, gen, run.input)
+    send_resume(run, gen)
     return Run.load(run_id, store)
+
+
+def send_resume(run: Run, gen: int) -> None:
+    """Ask a worker of the run's own queue to enqueue generation ``gen`` of its canvas
+    (it has the workflow version the run started with; this process may not)."""
+    from .celery_app import get_app
+
+    get_app().send_task("flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue)

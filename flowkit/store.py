@@ -97,11 +97,11 @@ class Keys:
 
 # -- Lua ----------------------------------------------------------------------
 # Per-run KEYS are always, in order: run, events, ckpt, attempts, inflight, then
-# the global running, queued and leases sets. Events are JSON documents in field "e".
+# the global running, queued, leases and workers sets. Events are JSON documents in field "e".
 
 _LUA_HELPERS = """
-local run, events, ckpt, attempts, inflight, running, queued, leases =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local run, events, ckpt, attempts, inflight, running, queued, leases, workers =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local function member(step) return ARGV[1] .. ' ' .. step end
 local function release(step, token)
   local held = redis.call('HGET', inflight, step)
@@ -169,13 +169,15 @@ touch(ARGV[8])
 return {'run', tostring(attempt)}
 """
 
-# ARGV: run_id, step, token, output_json, now, retention, event_json
+# ARGV: run_id, step, token, output_json, now, retention, event_json, worker
+# The worker is recorded: until the next step begins, the run's progress depends on
+# that worker publishing the next message (the reaper checks it is still alive).
 _COMPLETE = """
 local added = redis.call('HSETNX', ckpt, ARGV[2], ARGV[4])
 release(ARGV[2], ARGV[3])
 if added == 1 and redis.call('HGET', run, 'state') == 'running' then
   redis.call('XADD', events, '*', 'e', ARGV[7])
-  redis.call('HSET', run, 'updated_at', ARGV[5])
+  redis.call('HSET', run, 'updated_at', ARGV[5], 'worker', ARGV[8])
   redis.call('ZADD', running, 'XX', ARGV[5], ARGV[1])
 end
 touch(ARGV[6])
@@ -253,7 +255,8 @@ return 1
 # reason, max_restarts (-1: a retry by request, not counted), condition, give_up_json.
 # condition: '' (none) | 'lease:<step>' (that step's lease has lapsed) |
 # 'queued:<before>' (queued since before then) | 'stalled:<before>' (nothing in flight,
-# no activity since then). Returns {new_gen} or {0, why}.
+# no activity since then) | 'orphaned:<before>' (stalled since then, and the worker that
+# last held the run has not beaten since then either). Returns {new_gen} or {0, why}.
 _RESTART = """
 local state = redis.call('HGET', run, 'state')
 if not state then return {0, 'gone'} end
@@ -269,6 +272,17 @@ elseif state ~= ARGV[2] then
 elseif cond:sub(1, 7) == 'queued:' then
   local since = redis.call('ZSCORE', queued, ARGV[1])
   if not since or tonumber(since) > tonumber(cond:sub(8)) then return {0, 'alive'} end
+elseif cond:sub(1, 9) == 'orphaned:' then
+  -- nothing in flight, no activity since <before>, and the worker that last held the
+  -- run (and had to send its next message) has not been seen since <before> either
+  local before = tonumber(cond:sub(10))
+  local seen = redis.call('ZSCORE', running, ARGV[1])
+  if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > before then
+    return {0, 'alive'}
+  end
+  local holder = redis.call('HGET', run, 'worker')
+  local beat = holder and redis.call('ZSCORE', workers, holder)
+  if beat and tonumber(beat) > before then return {0, 'alive'} end
 elseif cond:sub(1, 8) == 'stalled:' then
   local seen = redis.call('ZSCORE', running, ARGV[1])
   if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > tonumber(cond:sub(9)) then
@@ -362,7 +376,7 @@ class Store:
 
     def run_keys(self, run_id: str) -> list[str]:
         k = self.keys
-        return k.per_run(run_id) + [k.running, k.queued, k.leases]
+        return k.per_run(run_id) + [k.running, k.queued, k.leases, k.workers]
 
     # -- runs ------------------------------------------------------------------
 
@@ -439,13 +453,27 @@ class Store:
         return Begin(status)
 
     def complete_step(
-        self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict
+        self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
+        worker: str = "",
     ) -> str:
         """Checkpoint a step; returns the checkpoint that won (the first one written)."""
         return self._complete(
             keys=self.run_keys(run_id),
-            args=[run_id, step, token, output_json, now, self.settings.retention_seconds, dumps(event)],
+            args=[
+                run_id, step, token, output_json, now, self.settings.retention_seconds,
+                dumps(event), worker,
+            ],
         )
+
+    def run_queue(self, run_id: str) -> str | None:
+        return self.redis.hget(self.keys.run(run_id), "queue") or None
+
+    def touch(self, run_id: str, worker: str, now: float) -> None:
+        """A task without a lease (fan-out, finish) holds the run: record who, for the reaper."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.run(run_id), mapping={"worker": worker, "updated_at": now})
+        pipe.zadd(self.keys.running, {run_id: now}, xx=True)
+        pipe.execute()
 
     def emit(self, run_id: str, gen: int, event: dict[str, Any]) -> str | None:
         """Append an event from inside a step; None when the run stopped (or moved on)."""

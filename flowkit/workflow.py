@@ -9,6 +9,7 @@ import marshmallow
 from ulid import ULID
 
 from . import events
+from .celery_app import get_app
 from .errors import ConfigError, IdempotencyConflict, ValidationError, WorkflowNotFound
 from .nodes import Sequence, as_node
 from .run import Run
@@ -48,6 +49,7 @@ class Workflow:
         output_schema: SchemaLike = None,
         version: str = "1",
         description: str = "",
+        queue: str | None = None,
     ) -> None:
         if not name or "/" in name or ":" in name:
             raise ConfigError(f"Workflow name {name!r} must be non-empty, without '/' or ':'.")
@@ -59,6 +61,8 @@ class Workflow:
         self.output_schema = _schema(output_schema, f"{name}Output")
         self.version = str(version)
         self.description = description
+        #: Queue of this workflow's runs; None: the default queue of the app starting it.
+        self.queue = queue
         _workflows[name] = self
 
     def __repr__(self) -> str:
@@ -110,6 +114,7 @@ class Workflow:
             "restarts": 0,
             "owner": owner or "",
             "idempotency_key": idempotency_key or "",
+            "queue": self.queue or get_app().conf.task_default_queue,
         }
         queued = events.make(events.RUN_QUEUED, run_id, workflow=self.name, version=self.version)
         winner = store.create_run(record, queued, idempotency_key)
@@ -122,13 +127,15 @@ class Workflow:
                 )
             existing.created = False
             return existing
-        self.enqueue(run_id, 0, payload)
+        self.enqueue(run_id, 0, payload, record["queue"])
         return Run.load(run_id)
 
-    def enqueue(self, run_id: str, gen: int, payload: Any) -> None:
+    def enqueue(self, run_id: str, gen: int, payload: Any, queue: str | None = None) -> None:
+        """Send generation ``gen`` of the run's canvas (to ``queue``, else the run's queue)."""
         from .canvas import compile_run
 
-        compile_run(self.root, self.name, run_id, gen).apply_async(args=(payload,))
+        queue = queue or get_store().run_queue(run_id)
+        compile_run(self.root, self.name, run_id, gen, queue).apply_async(args=(payload,))
 
     def components(self):
         return list(self.root.components())

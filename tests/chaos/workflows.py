@@ -7,7 +7,11 @@ already checkpointed (the one thing that must never happen).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+
+from celery import signals
 
 import flowkit
 from flowkit import component
@@ -67,3 +71,35 @@ def broken(data: dict) -> dict:
 ten = flowkit.Workflow("chaos.ten", [work] * 10)
 held = flowkit.Workflow("chaos.held", [work, hold, work])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
+
+
+# -- a worker lost between two steps ------------------------------------------------
+
+
+@component(name="chaos.handed_on")
+def handed_on(data: dict) -> dict:
+    ctx = _began()
+    _finished(ctx)
+    return {**data, "n": data["n"] + 1}
+
+
+handoff = flowkit.Workflow("chaos.handoff", [work, handed_on])
+
+
+@signals.before_task_publish.connect
+def _die_before_handing_on(sender=None, body=None, **_):
+    """SIGKILL this worker as it is about to send a run's next step, when the test asks:
+    the previous step is checkpointed, the next message never leaves."""
+    if sender != handed_on.task_name or not isinstance(body, (list, tuple)):
+        return
+    run_id = body[1].get("run_id")
+    if run_id and get_store().redis.delete(f"chaos:die-before-publish:{run_id}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- blue/green: the same workflow at two versions, one queue each -------------------
+
+#: Set per worker process (CHAOS_VERSION) to play the code of one deployment colour.
+colour = flowkit.Workflow(
+    "chaos.colour", [work, hold, work], version=os.environ.get("CHAOS_VERSION", "1")
+)
