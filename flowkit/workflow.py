@@ -127,8 +127,9 @@ class Workflow:
                 )
             existing.created = False
             return existing
+        run = Run.load(run_id)  # as created: queued (a worker may start it at once)
         self.enqueue(run_id, 0, payload, record["queue"])
-        return Run.load(run_id)
+        return run
 
     def enqueue(self, run_id: str, gen: int, payload: Any, queue: str | None = None) -> None:
         """Send generation ``gen`` of the run's canvas (to ``queue``, else the run's queue)."""
