@@ -7,12 +7,15 @@ is False, so components stay plain, unit-testable functions.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from . import events
-from .errors import FlowkitError, NotFound, RunCancelled
+from .errors import FlowkitError, NotFound, RunCancelled, StoreUnavailable
 from .serialization import dumps_bounded, loads
 from .store import Store
 
@@ -66,7 +69,8 @@ class StepContext:
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
         event = events.make(type_, self.run_id, step=self.step, attempt=self.attempt, **fields)
         dumps_bounded(event, f"a {type_} event")
-        event_id = self.store.emit(self.run_id, self.gen, event)
+        with unavailable_store():
+            event_id = self.store.emit(self.run_id, self.gen, event)
         if event_id is None:
             raise RunCancelled(f"Run {self.run_id} was cancelled or restarted; stop step {self.step}.")
         return event_id
@@ -83,8 +87,18 @@ class StepContext:
         return self.send(events.STEP_OUTPUT, chunk=chunk)
 
     def is_cancelled(self) -> bool:
-        state, gen = self.store.redis.hmget(self.store.keys.run(self.run_id), "state", "gen")
+        with unavailable_store():
+            state, gen = self.store.redis.hmget(self.store.keys.run(self.run_id), "state", "gen")
         return state not in ("queued", "running") or gen != str(self.gen)
+
+
+@contextmanager
+def unavailable_store():
+    """Turn Redis connection failures inside a step into StoreUnavailable."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
 
 
 def current() -> StepContext | None:

@@ -13,6 +13,9 @@ RESULT_BACKEND = ""
 #: Seconds a Redis command may block before the connection is deemed dead
 #: (must exceed the longest blocking read: flowkit blocks for at most a few seconds).
 REDIS_SOCKET_TIMEOUT = 60.0
+#: How long a Redis command keeps being retried while Redis is unreachable (a restart),
+#: in seconds, before flowkit gives up on it.
+REDIS_RETRY_SECONDS = 30.0
 #: Prefix of every Redis key flowkit writes, so several apps can share one Redis.
 KEY_PREFIX = "flowkit"
 

@@ -13,6 +13,7 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     ├── IdempotencyConflict  an idempotency key reused with another input
     ├── StepError            a step failed after its retries (raised by Run.result())
     ├── RunCancelled         raised inside a step whose run was cancelled or superseded
+    ├── StoreUnavailable     flowkit's Redis stayed unreachable past FLOWKIT_REDIS_RETRY_SECONDS
     └── StepTimeout          one attempt of a step ran longer than its timeout
 """
 
@@ -73,6 +74,13 @@ class StepError(FlowkitError):
 
 class RunCancelled(FlowkitError):
     """The run of the current step was cancelled (or restarted elsewhere): stop working."""
+
+
+class StoreUnavailable(FlowkitError):
+    """flowkit's Redis is unreachable: an infrastructure failure, not the step's own error.
+
+    The attempt is abandoned without failing the run; the reaper restarts the run once
+    Redis is back (or the task's message is redelivered)."""
 
 
 class StepTimeout(FlowkitError, TimeoutError):

@@ -15,15 +15,16 @@ import time
 import uuid
 from typing import Any
 
+import redis
 from celery import group, shared_task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Reject
 
 from . import cache, events, hooks, notify
 from .component import Component, Continue, lookup
 from .config import get_settings
 from .context import StepContext, activate, current, deactivate
 from .drain import draining
-from .errors import RunCancelled, StepTimeout
+from .errors import RunCancelled, StepTimeout, StoreUnavailable
 from .heartbeat import heartbeat, worker_id
 from .policy import Policy
 from .serialization import dumps_bounded, loads
@@ -84,6 +85,18 @@ def _invoke(fn, args: tuple, kwargs: dict, timeout: float | None, ctx: StepConte
 def run_step(
     task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None
 ) -> Any:
+    try:
+        return _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Redis stayed away past FLOWKIT_REDIS_RETRY_SECONDS: hand the message back rather
+        # than lose it; begin_step makes its redelivery harmless
+        log.warning("flowkit: Redis unreachable in step %s of run %s; requeued", key, run_id)
+        raise Reject(exc, requeue=True) from exc
+
+
+def _run_step(
+    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None
+) -> Any:
     if draining():  # received after SIGTERM: another worker takes it (flowkit.drain)
         raise Reject("worker is draining", requeue=True)
     store = get_store()
@@ -132,6 +145,10 @@ def _run_attempts(
         output_json, cached = _produce(store, comp, pol, value, new_context, before_sleep, key)
     except RunCancelled:
         log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
+        raise Ignore() from None
+    except StoreUnavailable as exc:
+        # not the step's fault: its lease lapses and the reaper restarts the run
+        log.warning("flowkit: step %s of run %s abandoned: %s", key, run_id, exc)
         raise Ignore() from None
     except Exception as exc:
         history.append({"attempt": state["attempt"], "error": _describe(exc), "at": time.time()})

@@ -14,7 +14,7 @@ from typing import Any
 import tenacity
 
 from .config import get_settings
-from .errors import ConfigError, RunCancelled
+from .errors import ConfigError, RunCancelled, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class Policy:
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self.wait(),
             retry=tenacity.retry_if_exception_type(self.exception_types())
-            & tenacity.retry_if_not_exception_type(RunCancelled),
+            & tenacity.retry_if_not_exception_type((RunCancelled, StoreUnavailable)),
             reraise=True,
             **hooks,
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .config import Settings, get_settings
 from .serialization import dumps
@@ -361,6 +363,10 @@ class Store:
             # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK, BLPOP) short
             socket_timeout=settings.redis_socket_timeout,
             socket_connect_timeout=5,
+            # ride out a Redis restart: commands wait for it instead of failing steps
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05),
+                        retries=int(settings.redis_retry_seconds) + 5),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         s = self.redis.register_script
         self._create = s(_LUA_HELPERS + _CREATE)
