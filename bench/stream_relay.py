@@ -28,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ GATE = "bench:gate:{}"
 TERMINAL = ("run.succeeded", "run.failed", "run.cancelled")
 #: Subscribers of one measurement are spread over this many client processes.
 CLIENT_PROCESSES = 2
+#: Subscribers of one client process connecting at the same time.
+CONNECTING = 20
 #: Each latency and throughput figure is the median of this many rounds.
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
@@ -102,26 +105,37 @@ class Tally:
             self.latencies.append((now - sent_at) * 1000)
 
 
-async def follow_websocket(session, url: str, tally: Tally) -> int:
-    """One WebSocket subscriber until the run's terminal event; returns the chunks it got."""
+async def follow_websocket(session, url: str, tally: Tally, ramp: asyncio.Semaphore) -> int:
+    """One WebSocket subscriber until the run's terminal event; returns the chunks it got.
+
+    At most ``ramp``'s worth of subscribers are connecting at once: a burst of 1,000
+    handshakes exhausts the web process's Redis pool (see the README's api section)."""
     import aiohttp
 
     chunks, following = 0, False
-    async with session.ws_connect(url, headers={"Authorization": f"Bearer {API_KEY}"},
-                                  max_msg_size=0) as ws:
-        async for message in ws:
-            if message.type is not aiohttp.WSMsgType.TEXT:
-                break
-            event = json.loads(message.data)
-            if not following:  # the run's first event: this subscriber is registered
-                following = True
-                tally.ready()
-            if event["type"] == "step.output":
-                chunks += 1
-                chunk = event["chunk"]
-                tally.received(chunk.get("t") if isinstance(chunk, dict) else None)
-            elif event["type"] in TERMINAL:
-                break
+    await ramp.acquire()
+    try:
+        async with session.ws_connect(url, headers={"Authorization": f"Bearer {API_KEY}"},
+                                      max_msg_size=0) as ws:
+            async for message in ws:
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                event = json.loads(message.data)
+                if not following:  # the run's first event: this subscriber is registered
+                    following = True
+                    ramp.release()
+                    tally.ready()
+                if event["type"] == "step.output":
+                    chunks += 1
+                    chunk = event["chunk"]
+                    tally.received(chunk.get("t") if isinstance(chunk, dict) else None)
+                elif event["type"] in TERMINAL:
+                    break
+    except (TimeoutError, aiohttp.ClientError) as exc:  # counts as a subscriber not held
+        print(f"subscriber error: {exc!r}", file=sys.stderr, flush=True)
+        if not following:
+            ramp.release()
+            tally.ready()  # it never will be: the others must not wait for it
     return chunks
 
 
@@ -152,9 +166,10 @@ async def run_clients(kind: str, target: str, subscribers: int, expect: int) -> 
 
     tally = Tally(subscribers)
     if kind == "ws":
+        ramp = asyncio.Semaphore(CONNECTING)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             counts = await asyncio.gather(
-                *(follow_websocket(session, target, tally) for _ in range(subscribers)),
+                *(follow_websocket(session, target, tally, ramp) for _ in range(subscribers)),
                 return_exceptions=True)
     else:
         url, _, key = target.rpartition("#")
@@ -223,9 +238,11 @@ class Web:
     def __enter__(self) -> Web:
         import httpx
 
+        # Its log goes to a file: a pipe nobody reads would stall it once full.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-web-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn.conf.py", "api.app:app"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -233,12 +250,17 @@ class Web:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)  # gunicorn is still binding; nothing to await on
-        raise RuntimeError(f"web process did not start: {self.proc.stderr.read()}")
+        raise RuntimeError(f"web process did not start; see {self.log.name}")
 
     def __exit__(self, *exc) -> None:
         assert self.proc is not None
         self.proc.terminate()
         self.proc.wait(30)
+        self.log.close()
+        if "Traceback" in Path(self.log.name).read_text():
+            print(f"the web process logged errors: see {self.log.name}", flush=True)
+        else:
+            os.unlink(self.log.name)
 
 
 def start_run(web: Web, workflow: str, body: dict) -> str:

@@ -12,6 +12,14 @@ events and catches up from Redis the same way, so the hub never waits for a clie
 The hub itself is one thread and one Redis connection blocked in a multi-key
 ``XREAD`` over the streams that have subscribers, woken through a private stream
 when the set of runs changes. 1,000 clients of one run cost one ``XREAD``.
+
+A subscriber with a :class:`Sink` (a WebSocket) is written to by the hub itself
+while it is caught up and its own thread is idle: the hub hands the sink the new
+events, which it writes without blocking. Waking one thread per subscriber per
+event is what made fan-out slow; the subscriber's thread now only wakes to send
+what its socket did not take at once, to read history, or to end. The hub and the
+subscriber's thread never write at the same time: the hub writes only while the
+thread is parked, under the subscriber's lock.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import redis
 
@@ -58,12 +67,14 @@ def _order(event_id: str) -> tuple[int, int]:
 
 
 class RelayEvent:
-    """One stream entry, pre-encoded once for every subscriber: ``json`` is ``{"id", ...event}``."""
+    """One stream entry, pre-encoded once for every subscriber: ``json`` is ``{"id", ...event}``;
+    ``frame`` caches the WebSocket frame of that text, the same bytes for every plain socket."""
 
-    __slots__ = ("id", "order", "type", "json")
+    __slots__ = ("id", "order", "type", "json", "frame")
 
     def __init__(self, event_id: str, raw: str) -> None:
         self.id = event_id
+        self.frame: bytes | None = None
         self.order = _order(event_id)
         doc = json.loads(raw)
         self.type = doc.get("type", "") if isinstance(doc, dict) else ""
@@ -79,6 +90,16 @@ def parse(entries: list) -> list[RelayEvent]:
     return [RelayEvent(entry_id, fields["e"]) for entry_id, fields in entries]
 
 
+class Sink(Protocol):
+    """Where the hub writes a caught-up subscriber's events itself (a WebSocket)."""
+
+    def try_send(self, events: list[RelayEvent]) -> bool:
+        """Write without blocking; False when part is left for :meth:`flush`; raises if gone."""
+
+    def flush(self) -> None:
+        """Write, blocking, what :meth:`try_send` left (from the subscriber's own thread)."""
+
+
 class Subscriber:
     """One client's view of one run: ``next_batch()`` returns the events after its cursor."""
 
@@ -90,18 +111,43 @@ class Subscriber:
         self._pending: deque[RelayEvent] = deque()
         self._cond = threading.Condition()
         self._catch_up = True  # the history after the cursor comes first
+        self._sink: Sink | None = None
+        self._parked = False  # the client thread waits with nothing to do: the hub may write
+        self._stalled = False  # the sink holds a remainder the client thread must flush first
+        self._error: Exception | None = None  # the hub's write failed: raised in the client's thread
         self.done = False
         self.closed = False
+
+    def attach(self, sink: Sink) -> None:
+        """Let the hub write caught-up events straight to ``sink`` (from the client's thread)."""
+        with self._cond:
+            self._sink = sink
 
     # -- hub side ----------------------------------------------------------------
 
     def _push(self, batch: list[RelayEvent]) -> None:
         with self._cond:
+            if self._sink is not None and self._parked and not (
+                    self._pending or self._stalled or self._catch_up or self.done):
+                self._send_direct(batch)
+                return
             if len(self._pending) + len(batch) > self.hub.buffer:
                 self._pending.clear()  # too slow: catch up from Redis instead
                 self._catch_up = True
             else:
                 self._pending.extend(batch)
+            self._cond.notify()
+
+    def _send_direct(self, batch: list[RelayEvent]) -> None:
+        """The hub's write while the client thread is parked (the caller holds the lock)."""
+        fresh = self._advance(batch)
+        if not fresh:
+            return
+        try:
+            self._stalled = not self._sink.try_send(fresh)
+        except Exception as exc:  # the client is gone; the hub goes on, the client's thread ends
+            self._error, self._sink = exc, None
+        if self._stalled or self._error or self.done:
             self._cond.notify()
 
     # -- client side -------------------------------------------------------------
@@ -115,21 +161,40 @@ class Subscriber:
             self._cond.notify()
 
     def next_batch(self, timeout: float | None) -> list[RelayEvent]:
-        """Events after the cursor, oldest first; [] when ``timeout`` passes or after the end."""
+        """Events after the cursor, oldest first; [] when ``timeout`` passes or after the end.
+
+        With a sink attached, events the hub wrote itself are not returned (they are sent).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done:
+        while True:
+            self._flush()
+            if self.done:
+                return []
             fresh = self._advance(self._take(deadline))
             if fresh or (deadline is not None and time.monotonic() >= deadline):
                 return fresh
-        return []
+
+    def _flush(self) -> None:
+        """Send what the hub's write left over (we are not parked: the hub does not write)."""
+        if self._error is not None:
+            raise self._error
+        if self._stalled:
+            self._stalled = False
+            if self._sink is not None:
+                self._sink.flush()
 
     def _take(self, deadline: float | None) -> list[RelayEvent]:
         with self._cond:
             from_history = self._catch_up
             self._catch_up = False
             if not from_history:
-                if not self._pending:
-                    self._cond.wait(None if deadline is None else max(0, deadline - time.monotonic()))
+                if not (self._pending or self._stalled or self._error or self.done):
+                    self._parked = True
+                    try:
+                        self._cond.wait(
+                            None if deadline is None else max(0, deadline - time.monotonic()))
+                    finally:
+                        self._parked = False
                 batch = list(self._pending)
                 self._pending.clear()
                 return batch
@@ -153,7 +218,8 @@ class Subscriber:
 
     def close(self) -> None:
         if not self.closed:
-            self.closed = True
+            with self._cond:  # the hub must not write to a socket that is being closed
+                self.closed, self._sink = True, None
             self.hub.unsubscribe(self)
 
     def __enter__(self) -> Subscriber:
