@@ -2,8 +2,10 @@
 
 gthread: every WebSocket or SSE client holds one thread while it follows a run
 (plus simple-websocket's reader thread), and the relay hub multiplexes them all onto
-one Redis reader per process, so a thread per client is cheap. bench/stream_relay.py
-measured 1,000 subscribers in one process this way; see the README's bench table.
+one Redis reader per process; once a WebSocket client is caught up the hub writes its
+frames itself, so its thread sleeps and a thread per client is cheap.
+bench/stream_relay.py measured 1,000 subscribers in one process this way; see the
+README's bench table.
 """
 
 import os
