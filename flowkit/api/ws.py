@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 
 from flask import request
 from simple_websocket import ConnectionClosed
@@ -55,15 +56,23 @@ class FrameSink:
     its frames go through its own wsproto connection; every other client gets the shared
     frame bytes. ``try_send`` (the hub's thread) never blocks: it sends with
     ``MSG_DONTWAIT`` on the blocking socket and keeps what did not fit for ``flush``.
+
+    Every write to the socket holds ``lock``, simple-websocket's own (pings, pongs, the
+    close frame) included, through :class:`_SerialSocket`: a ping sent while a frame is
+    half written would corrupt the stream. The hub only ever tries the lock.
     """
 
     def __init__(self, ws) -> None:
         self.ws = ws
+        self.sock: socket.socket = ws.sock
         offered = request.headers.get("Sec-WebSocket-Extensions", "")
         self.compressed = "permessage-deflate" in offered.lower()
         # A socket with a timeout would make even a MSG_DONTWAIT send wait for room.
-        self.direct = isinstance(ws.sock, socket.socket) and ws.sock.gettimeout() is None
-        self._rest = b""
+        self.direct = isinstance(self.sock, socket.socket) and self.sock.gettimeout() is None
+        self.lock = threading.Lock()
+        self._rest = b""  # the unsent tail of a frame: goes out before anything else
+        self._unwritten = b""  # whole frames the hub could not start (the lock was taken)
+        ws.sock = _SerialSocket(self)
 
     def frames(self, events: list[RelayEvent]) -> bytes:
         if not self.ws.connected:
@@ -77,21 +86,53 @@ class FrameSink:
 
     def try_send(self, events: list[RelayEvent]) -> bool:
         data = self.frames(events)
+        if not self.lock.acquire(blocking=False):
+            self._unwritten = data  # simple-websocket is writing: the client's thread will
+            return False
         try:
-            sent = self.ws.sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        self._rest = data[sent:]
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            self._rest = data[sent:]
+        finally:
+            self.lock.release()
         return not self._rest
 
     def flush(self) -> None:
-        rest, self._rest = self._rest, b""
-        if rest:
-            self.ws.sock.sendall(rest)
+        with self.lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        data, self._rest, self._unwritten = self._rest + self._unwritten, b"", b""
+        if data:
+            self.sock.sendall(data)
 
     def send_all(self, events: list[RelayEvent]) -> None:
         """All frames in one blocking write: one ``sendall`` per batch, not one per event."""
-        self.ws.sock.sendall(self.frames(events))
+        data = self.frames(events)
+        with self.lock:
+            self._flush_locked()
+            self.sock.sendall(data)
+
+
+class _SerialSocket:
+    """The socket as simple-websocket sees it once a sink is attached: its writes wait for the
+    sink's lock and the tail of a half-written frame; everything else is the socket's."""
+
+    def __init__(self, sink: FrameSink) -> None:
+        self._sink = sink
+
+    def send(self, data: bytes, *flags: int) -> int:
+        with self._sink.lock:
+            if self._sink._rest:
+                rest, self._sink._rest = self._sink._rest, b""
+                self._sink.sock.sendall(rest)
+            self._sink.sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sink.sock, name)
 
 
 def relay(ws, sub: Subscriber) -> None:
