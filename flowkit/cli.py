@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,11 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import redis
 
-    from .config import get_settings
+    from .config import configure, get_settings
     from .errors import FlowkitError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if "FLOWKIT_REDIS_RETRY_SECONDS" not in os.environ:
+        configure(redis_retry_seconds=2)  # a person waits at a shell: say it is down quickly
     if not args.command:
         parser.print_help()
         return 2
