@@ -134,7 +134,7 @@ class OpenAI:
         model = provider.model_for(call.requested)
         limit = provider.limit_for(model)
         call.estimate = estimate_tokens(call.operation, call.kwargs) if limit and limit.tpm else 0
-        send = _method(provider.client, call.operation)
+        send = _method(provider.sdk_client(), call.operation)
         params = {**call.kwargs, "model": model}
         if call.stream and not call.user_wants_usage:
             params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -72,6 +73,14 @@ class Provider:
         else:
             # one logical call must never multiply into the SDK's retries times ours
             self.client = self.client.with_options(max_retries=0)
+        # The HTTP connection pool scans all its connections on every request and
+        # response: hundreds of concurrent calls through one pool cost O(n^2). A few
+        # pools, taken in turn, keep each one small.
+        pools = max(1, get_settings().llm_connection_pools)
+        self._clients = [self.client] + [
+            self.client.with_options(http_client=openai.DefaultHttpxClient()) for _ in range(pools - 1)
+        ]
+        self._turn = itertools.count()
         key = self.client.api_key
         trace.remember_secret(key if isinstance(key, str) else None)
         trace.remember_secret(self.api_key)
@@ -79,6 +88,10 @@ class Provider:
     @classmethod
     def from_client(cls, client: openai.OpenAI, name: str | None = None, **kwargs: Any) -> Provider:
         return cls(name or host_of(str(client.base_url)), client=client, **kwargs)
+
+    def sdk_client(self) -> openai.OpenAI:
+        """The SDK client for the next request (one of the provider's connection pools)."""
+        return self._clients[next(self._turn) % len(self._clients)]
 
     def model_for(self, requested: str) -> str:
         return self.models.get(requested, requested)

@@ -29,7 +29,6 @@ def llm_env(flowkit_env, llm_servers, tmp_path_factory) -> dict[str, str]:
         **flowkit_env,
         "TEST_LLM_PRIMARY": primary.base_url,
         "TEST_LLM_BACKUP": backup.base_url,
-        "FLOWKIT_DEFAULT_QUEUE": "llm-tests",
         # small batches so a short test reply still streams as several chunks
         "FLOWKIT_LLM_STREAM_FLUSH_CHARS": "12",
     }

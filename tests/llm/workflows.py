@@ -1,9 +1,8 @@
 """Components and workflows of the LLM tests; they call the fake servers the tests start.
 
-Every component runs on its own queue (``llm-tests``), served only by the LLM
+Every workflow runs on its own queue (``llm-tests``), served only by the LLM
 test workers, so the session's main worker (which does not import this module)
-never receives these steps. The workers' default queue is the same, so the
-fan-out and finish tasks they send stay there too.
+never receives these steps, nor their fan-out and finish tasks.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from functools import cache
 from marshmallow import fields
 
 import flowkit
-from flowkit import component, fan_out
+from flowkit import component
 from flowkit.llm import OpenAI, Provider, RateLimit, RetryPolicy
 
 QUEUE = "llm-tests"
@@ -93,31 +92,14 @@ def secretive(data: dict) -> dict:
     return {"summary": text}
 
 
-@component(name="llmtest.prompts")
-def prompts(data: dict) -> list:
-    return [{"client": data["client"], "prompt": f"question {i}"} for i in range(data["n"])]
-
-
-@component(name="llmtest.collect")
-def collect(answers: list) -> dict:
-    return {"answers": len(answers), "models": sorted({a["model"] for a in answers})}
-
-
-def _q(comp):
-    return comp.queue(QUEUE)
-
-
 prompt_schema = {"prompt": fields.String(required=True), "client": fields.String(load_default="plain"),
                  "max_tokens": fields.Integer(load_default=8)}
 
-asking = flowkit.Workflow("llmtest_ask", [_q(ask)], input_schema=prompt_schema)
-streaming = flowkit.Workflow("llmtest_stream", [_q(stream)], input_schema=prompt_schema)
-traced = flowkit.Workflow("llmtest_both", [_q(both)], input_schema=prompt_schema)
+asking = flowkit.Workflow("llmtest_ask", [ask], input_schema=prompt_schema, queue=QUEUE)
+streaming = flowkit.Workflow("llmtest_stream", [stream], input_schema=prompt_schema, queue=QUEUE)
+traced = flowkit.Workflow("llmtest_both", [both], input_schema=prompt_schema, queue=QUEUE)
 secret = flowkit.Workflow(
-    "llmtest_secret", [_q(secretive).secret("customer_token")],
+    "llmtest_secret", [secretive.secret("customer_token")],
     input_schema={"customer_token": fields.String(required=True), "topic": fields.String(required=True)},
-)
-fanned = flowkit.Workflow(
-    "llmtest_fanned", [_q(prompts), fan_out(_q(ask)), _q(collect)],
-    input_schema={"n": fields.Integer(required=True), "client": fields.String(required=True)},
+    queue=QUEUE,
 )

@@ -1,0 +1,243 @@
+"""Benchmark: a workflow fanning out 1,000 LLM calls of 1 s simulated latency each.
+
+Everything is private to the run: a redis-server (flowkit.local.LocalRedis), the
+fake OpenAI-compatible server (its own process, 1 s before each answer) and the
+Celery workers. Three figures, measured in the same run:
+
+- ``wall``: the fan-out on the I/O pool flowkit recommends for LLM steps
+  (gevent, see ``--pool``), from ``Workflow.start`` to the run's end;
+- ``ideal``: the simulated latency (1 s), the floor of any schedule;
+- ``raw``: the same 1,000 calls made straight through the openai SDK from
+  1,000 greenlets in one process, no flowkit, no Celery (the raw baseline);
+- ``prefork``: a default prefork Celery worker (one process per core) running
+  the same workflow. It serves 2 calls a second here, so it runs a sample of
+  ``--prefork-calls`` and the figure for 1,000 calls is extrapolated from it
+  (the schedule is throughput-bound: time grows linearly with the calls).
+
+    .venv/bin/python bench/llm_fanout.py [--calls 1000] [--pool gevent] [--procs 2]
+
+The last line is machine-readable:
+``RESULT calls=1000 wall_s=<> ideal_s=<> prefork_s=<>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import flowkit
+import flowkit.llm
+from flowkit import component, fan_out
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = "bench.llm_fanout"
+LATENCY = 1.0
+POOLS = flowkit.get_settings().llm_connection_pools
+
+
+
+def make_app():
+    """flowkit's Celery app, with a broker connection pool sized for a 1,000-greenlet worker.
+
+    kombu's Redis transport allows 10 connections per process by default; a gevent
+    worker acking hundreds of tasks at once runs out ("Too many connections").
+    """
+    celery = flowkit.create_celery_app("flowkit-bench-llm", imports=[MODULE])
+    celery.conf.broker_transport_options = {
+        **celery.conf.broker_transport_options, "max_connections": 2000,
+    }
+    return celery
+
+
+app = make_app()
+_client = None
+
+
+def client() -> flowkit.llm.OpenAI:
+    """One client per worker process (its connection pool is shared by all the greenlets)."""
+    global _client
+    if _client is None:
+        _client = flowkit.llm.client_from_env()
+    return _client
+
+
+@component(name="bench.prompts")
+def prompts(data: dict) -> list:
+    return [f"question {i}" for i in range(data["n"])]
+
+
+@component(name="bench.ask")
+def ask(prompt: str) -> int:
+    reply = client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], max_tokens=4
+    )
+    return reply.usage.completion_tokens
+
+
+@component(name="bench.nap")
+def nap(prompt: str) -> int:
+    """The same step without the LLM call: 1 s of sleep (what flowkit and Celery cost alone)."""
+    time.sleep(LATENCY)
+    return 4
+
+
+@component(name="bench.total")
+def total(tokens: list) -> dict:
+    return {"calls": len(tokens), "tokens": sum(tokens)}
+
+
+fanout = flowkit.Workflow("bench_llm_fanout", [prompts, fan_out(ask), total])
+napping = flowkit.Workflow("bench_nap_fanout", [prompts, fan_out(nap), total])
+
+
+# -- the harness ---------------------------------------------------------------------------
+
+
+def start_fake_server(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowkit.llm.fake_server", "--port", str(port),
+         "--latency", str(LATENCY), "--completion-tokens", "4"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # it prints its URL once it listens
+    if "listening" not in line:
+        raise RuntimeError(f"fake LLM server did not start: {line!r}")
+    return proc
+
+
+def server_stats(port: int) -> dict:
+    import json
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/stats", timeout=10) as resp:
+        return json.load(resp)
+
+
+def run_workflow(calls: int, timeout: float, workflow: flowkit.Workflow | None = None) -> float:
+    started = time.perf_counter()
+    run = (workflow or fanout).start({"n": calls})
+    result = run.result(timeout=timeout)
+    elapsed = time.perf_counter() - started
+    if result["calls"] != calls:
+        raise RuntimeError(f"expected {calls} answers, got {result}")
+    if os.environ.get("BENCH_TIMELINE"):
+        timeline(run)
+    return elapsed
+
+
+def timeline(run) -> None:
+    """Where the time went: first and last event of each kind, relative to the run's creation."""
+    evs = run.events()
+    t0 = evs[0].data["ts"]
+    seen: dict[str, list[float]] = {}
+    for e in evs:
+        kind = f"{e.type} {e.data.get('step', '').split('[')[0]}"
+        seen.setdefault(kind, []).append(e.data["ts"] - t0)
+    for kind, ts in sorted(seen.items(), key=lambda kv: kv[1][0]):
+        print(f"  {kind:45s} n={len(ts):5d} first={ts[0]:.3f} last={ts[-1]:.3f}")
+
+
+def with_workers(env: dict, pool: str, procs: int, concurrency: int, calls: int, timeout: float) -> float:
+    from flowkit.testing import WorkerProcess
+
+    workers = [
+        WorkerProcess(MODULE, name=f"bench-{pool}-{i}", pool=pool, concurrency=concurrency,
+                      env=env, cwd=ROOT)
+        for i in range(procs)
+    ]
+    try:
+        for w in workers:
+            w.start(timeout=60)
+        run_workflow(min(calls, 4 * procs), timeout)  # warm-up: connections, imports
+        wall = run_workflow(calls, timeout)
+        if os.environ.get("BENCH_NAP"):  # where the time goes: the same fan-out without the SDK
+            print(f"  same fan-out, sleep instead of LLM call: {run_workflow(calls, timeout, napping):.2f} s")
+        return wall
+    except BaseException:
+        for w in workers:
+            print(f"--- last output of {w.name}:\n" + "\n".join(list(w.lines)[-30:]), file=sys.stderr)
+        raise
+    finally:
+        for w in workers:
+            w.terminate(30)
+
+
+def raw_baseline(calls: int, url: str) -> float:
+    """The same calls through the openai SDK from greenlets in a child process (no flowkit)."""
+    code = f"""
+from gevent import monkey; monkey.patch_all()
+import time, gevent, openai
+# as many connection pools as flowkit uses: one pool slows down quadratically
+cs = [openai.OpenAI(api_key="fake", base_url={url!r}, max_retries=0) for _ in range({POOLS})]
+def one(i):
+    cs[i % len(cs)].chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": str(i)}}], max_tokens=4)
+gevent.joinall([gevent.spawn(one, i) for i in range(8)])
+t = time.perf_counter()
+gevent.joinall([gevent.spawn(one, i) for i in range({calls})], raise_error=True)
+print(time.perf_counter() - t)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--pool", default="gevent", choices=["gevent", "threads"])
+    parser.add_argument("--procs", type=int, default=2, help="I/O worker processes (one per core)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="greenlets/threads per I/O worker (default: all the calls)")
+    parser.add_argument("--prefork-calls", type=int, default=20)
+    parser.add_argument("--skip-prefork", action="store_true")
+    args = parser.parse_args()
+
+    from flowkit.local import LocalRedis, free_port
+
+    with LocalRedis() as redis_server:
+        port = free_port()
+        env = {
+            "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/1",
+            "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+            "FLOWKIT_LLM_FAKE_URL": f"http://127.0.0.1:{port}/v1",
+            "OPENAI_API_KEY": "",
+            "PYTHONPATH": ROOT,
+        }
+        os.environ.update(env)
+        flowkit.config.reset()
+        global app
+        app = make_app()  # again, now on the private Redis
+        server = start_fake_server(port)
+        try:
+            raw = raw_baseline(args.calls, env["FLOWKIT_LLM_FAKE_URL"])
+            print(f"raw: {args.calls} calls from greenlets via the openai SDK: {raw:.2f} s", flush=True)
+            # room for every call in every process: a worker whose slots are all taken
+            # stops polling the broker and notices the next step up to a second late
+            per_proc = args.concurrency or args.calls
+            wall = with_workers(env, args.pool, args.procs, per_proc, args.calls, timeout=300)
+            print(f"flowkit: {args.calls} calls on {args.procs} {args.pool} worker(s) "
+                  f"x {per_proc}: {wall:.2f} s", flush=True)
+            prefork = float("nan")
+            if not args.skip_prefork:
+                cores = os.cpu_count() or 2
+                sample = with_workers(env, "prefork", 1, cores, args.prefork_calls, timeout=300)
+                prefork = sample * args.calls / args.prefork_calls
+                print(f"prefork: {args.prefork_calls} calls on the default prefork worker "
+                      f"(concurrency {cores}): {sample:.2f} s -> {prefork:.0f} s for {args.calls} "
+                      "(extrapolated)", flush=True)
+            stats = server_stats(port)
+            print(f"fake server: {stats}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(10)
+
+    print(f"ratio: wall / ideal = {wall / LATENCY:.2f}; wall / raw = {wall / raw:.2f}; "
+          f"prefork / wall = {prefork / wall:.0f}x")
+    print(f"RESULT calls={args.calls} wall_s={wall:.2f} ideal_s={LATENCY:.2f} prefork_s={prefork:.1f}")
+
+
+if __name__ == "__main__":
+    main()
