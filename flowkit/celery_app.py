@@ -33,7 +33,14 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": settings.default_queue,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # an I/O pool (gevent, threads) runs hundreds of tasks that all publish: kombu's
+        # default of 10 connections per process runs out ("Too many connections")
+        "broker_pool_limit": settings.connection_pool_size,
+        "redis_max_connections": settings.connection_pool_size,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "max_connections": settings.connection_pool_size,
+        },
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "result_expires": min(settings.retention_seconds, 24 * 3600),
         "broker_connection_retry_on_startup": True,

@@ -39,6 +39,7 @@ class Settings:
     stall_timeout: float = _default("stall_timeout")
     visibility_timeout: int = _default("visibility_timeout")
     default_queue: str = _default("default_queue")
+    connection_pool_size: int = _default("connection_pool_size")
     max_continuations: int = _default("max_continuations")
     retry_attempts: int = _default("retry_attempts")
     retry_initial: float = _default("retry_initial")

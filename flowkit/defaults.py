@@ -39,6 +39,9 @@ STALL_TIMEOUT = 900.0
 
 #: Redis visibility timeout of the Celery broker; must exceed every step timeout.
 VISIBILITY_TIMEOUT = 3600
+#: Broker and result-backend connections a worker process may open (an I/O pool of
+#: N slots needs about N).
+CONNECTION_POOL_SIZE = 1000
 #: Celery queue of steps that name none.
 DEFAULT_QUEUE = "flowkit"
 #: Longest agent loop (chain of continuations) before the run fails.

@@ -16,8 +16,8 @@ import uuid
 from typing import Any
 
 import redis
-from celery import group, shared_task
-from celery.exceptions import Ignore, Reject, Reject
+from celery import chord, group, shared_task
+from celery.exceptions import Ignore, Reject
 
 from . import cache, events, hooks, notify
 from .component import Component, Continue, lookup
@@ -277,13 +277,16 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
     store = get_store()
     store.touch(run_id, worker_id(), time.time())
     base, queue = key.partition(":")[0], store.run_queue(run_id)
-    return task.replace(
-        group(
-            step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,),
-                           run_queue=queue)
-            for i, item in enumerate(items)
-        )
+    header = group(
+        step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,),
+                       run_queue=queue)
+        for i, item in enumerate(items)
     )
+    # Replacing with a bare group would join through celery.accumulate on the worker's
+    # default queue, which a worker serving only the run's queue never consumes.
+    join = task.app.signature("celery.accumulate", kwargs={"index": 0},
+                              **({"queue": queue} if queue else {}))
+    return task.replace(chord(header, join))
 
 
 @shared_task(name="flowkit.finish", bind=True)

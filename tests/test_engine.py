@@ -257,3 +257,20 @@ def test_a_worker_refuses_to_start_when_a_step_can_outlive_the_visibility_timeou
         start_worker("short-visibility", env_overrides={"FLOWKIT_VISIBILITY_TIMEOUT": "1"})
     assert "flowkit: worker refuses to start: A step may run for 1.05s" in str(err.value)
     assert "Set FLOWKIT_VISIBILITY_TIMEOUT above 2" in str(err.value)
+
+
+def test_a_run_on_a_queue_of_its_own_fans_out_and_joins_there(start_worker):
+    """Workers that consume only the run's queue complete every hop, the fan-out's join too."""
+    from flowkit import celery_app
+
+    start_worker("own-queue", queues=("own-queue",))
+    previous = celery_app._app
+    try:
+        flowkit.create_celery_app(
+            "starter", flowkit.get_settings().replace(default_queue="own-queue"))
+        run = wf.fanned.start({"n": 3})
+    finally:
+        celery_app._app = previous
+        previous.set_current()
+    assert run.queue == "own-queue"
+    assert run.result(WAIT) == {"total": 0 + 1 + 4}
