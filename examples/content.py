@@ -1,6 +1,8 @@
 """Content generation: research -> outline -> sections in parallel -> assemble.
 
-Each section streams its text into the run's event stream as it is written.
+The text comes from an LLM through ``flowkit.llm`` (OpenAI when OPENAI_API_KEY is
+set, else the local OpenAI-compatible server the demo starts); each call streams
+its tokens into the run's event stream as they arrive.
 """
 
 from __future__ import annotations
@@ -8,24 +10,36 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 import flowkit
+import flowkit.llm
 from flowkit import component, fan_out
 
-from .textgen import generate
+_client: flowkit.llm.OpenAI | None = None
 
 
-def write(prompt: str, words: int) -> str:
-    """Stream generated text to the run's stream and return all of it."""
-    parts = []
-    for token in generate(prompt, words):
-        flowkit.emit(token)
-        parts.append(token)
-    return "".join(parts).strip()
+def llm() -> flowkit.llm.OpenAI:
+    """One client per process, built on first use so it reads the worker's environment."""
+    global _client
+    if _client is None:
+        _client = flowkit.llm.client_from_env()
+    return _client
+
+
+def write(instructions: str, prompt: str, max_tokens: int) -> str:
+    """Ask the LLM, streaming its answer to the run's stream; returns the whole text."""
+    stream = llm().chat.completions.create(
+        model=flowkit.llm.default_model(),
+        messages=[{"role": "system", "content": instructions}, {"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        stream=True,
+    )
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices).strip()
 
 
 @component(name="content.research")
 def research(brief: dict) -> dict:
     flowkit.progress(f"researching {brief['topic']}", fraction=0.0)
-    notes = write(f"research notes on {brief['topic']} for {brief['audience']}", 30)
+    notes = write("You are a careful researcher. Answer with terse notes.",
+                  f"Research notes on {brief['topic']} for {brief['audience']}.", 60)
     flowkit.progress("research done", fraction=1.0)
     return {**brief, "notes": notes}
 
@@ -39,7 +53,11 @@ def outline(research: dict) -> list:
 @component(name="content.write_section")
 def write_section(section: dict) -> dict:
     flowkit.progress(f"writing '{section['title']}'")
-    text = write(f"{section['title']} for {section['audience']}: {section['notes']}", 60)
+    text = write(
+        f"You write one section of an article for {section['audience']}.",
+        f"Write the section '{section['title']}' from these notes: {section['notes']}",
+        120,
+    )
     return {"title": section["title"], "text": text}
 
 
@@ -58,9 +76,9 @@ class ContentInput(Schema):
 content = flowkit.Workflow(
     "content",
     [
-        research.retry(attempts=3, backoff=flowkit.exponential(1, 10)),
+        research.retry(attempts=3, backoff=flowkit.exponential(1, 10)).queue("llm"),
         outline,
-        fan_out(write_section.retry(attempts=3, backoff=flowkit.exponential(1, 10))),
+        fan_out(write_section.retry(attempts=3, backoff=flowkit.exponential(1, 10)).queue("llm")),
         assemble,
     ],
     input_schema=ContentInput,

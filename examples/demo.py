@@ -1,8 +1,10 @@
 """The demo: everything flowkit runs, on this machine, for one content-generation run.
 
-Starts a private redis-server (unless FLOWKIT_REDIS_URL is set), a worker, beat
-and the web app, starts the ``content`` workflow and prints its events live as
-they arrive, then stops everything it started. ``python -m examples.demo --help``.
+Starts a private redis-server (unless FLOWKIT_REDIS_URL is set), a local
+OpenAI-compatible server (unless OPENAI_API_KEY is set), a worker, beat and the
+web app; starts the ``content`` workflow over HTTP and prints its events live from
+a WebSocket (dropping it once and resuming from the last event id), then stops
+everything it started. ``python -m examples.demo --help``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Services:
 
     def __init__(self) -> None:
         self.redis = None
+        self.llm = None
         self.worker = None
         self.procs: list[subprocess.Popen] = []
         self.tmp = tempfile.mkdtemp(prefix="flowkit-demo-")
@@ -41,10 +44,20 @@ class Services:
             say(f"redis    private redis-server at {self.redis.url}")
         else:
             say(f"redis    using FLOWKIT_REDIS_URL={env['FLOWKIT_REDIS_URL']}")
+        if env.get("OPENAI_API_KEY"):
+            say(f"llm      OpenAI (model {env.get('FLOWKIT_LLM_MODEL') or 'default'})")
+        else:
+            from flowkit.llm.fake_server import FakeLLMServer
+
+            self.llm = FakeLLMServer(latency=0.2, token_latency=0.02).start()
+            env["FLOWKIT_LLM_FAKE_URL"] = self.llm.base_url
+            say(f"llm      local OpenAI-compatible server at {self.llm.base_url} "
+                "(set OPENAI_API_KEY to use OpenAI)")
         os.environ.update(env)
         config.reset()  # settings read before the private Redis existed are stale
         self.worker = WorkerProcess(
-            "workers.celery_app", name="demo", env=env, cwd=str(ROOT), concurrency=8
+            "workers.celery_app", name="demo", env=env, cwd=str(ROOT), concurrency=8,
+            queues=("flowkit", "llm"),
         ).start()
         say(f"worker   celery worker pid {self.worker.pid} (threads pool, 8 slots)")
         beat = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
@@ -79,6 +92,8 @@ class Services:
             self.worker.terminate(30)
         if self.redis:
             self.redis.close()
+        if self.llm:
+            self.llm.stop()
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
