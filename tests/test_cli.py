@@ -37,11 +37,12 @@ def test_status_and_events_of_a_run(env):
     assert len(followed.stdout.splitlines()) == len(lines) - 1
 
 
-def test_unknown_run_is_a_clear_message_not_a_traceback(env):
-    result = flowkit_cli("status", "01UNKNOWN", env=env)
+@pytest.mark.parametrize("command", [["status"], ["events"], ["events", "-f"], ["cancel"]])
+def test_unknown_run_is_a_clear_message_not_a_traceback(env, command):
+    result = flowkit_cli(*command, "01UNKNOWN", env=env)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "flowkit status: No run '01UNKNOWN' (unknown, or expired after its retention)."
+        f"flowkit {command[0]}: No run '01UNKNOWN' (unknown, or expired after its retention)."
     )
 
 

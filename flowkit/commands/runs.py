@@ -27,6 +27,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def events(args: argparse.Namespace) -> int:
+    runs.get_run(args.run_id)  # an unknown run says so instead of waiting forever
     stream = ev.follow(args.run_id, args.after) if args.follow else ev.history(args.run_id, args.after)
     for event in stream:
         print(json.dumps(event.to_dict(), default=str), flush=True)
