@@ -81,7 +81,7 @@ class Run:
         pipe.hgetall(store.keys.attempts(run_id))
         record, attempts = pipe.execute()
         if not record:
-            raise RunNotFound(f"No run {run_id!r} (unknown, or expired after its retention).")
+            raise not_found(run_id)
         run = cls.from_record(record)
         run.attempts = {step: int(n) for step, n in attempts.items()}
         return run
@@ -121,6 +121,10 @@ class Run:
 
     def retry(self) -> Run:
         return retry(self.id)
+
+
+def not_found(run_id: str) -> RunNotFound:
+    return RunNotFound(f"No run {run_id!r} (unknown, or expired after its retention).")
 
 
 def get_run(run_id: str) -> Run:
@@ -183,7 +187,7 @@ def cancel(run_id: str) -> Run:
     store = get_store()
     result = store.cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
     if result < 0:
-        raise RunNotFound(f"No run {run_id!r}.")
+        raise not_found(run_id)
     run = Run.load(run_id, store)
     if result == 0:
         raise InvalidState(f"Run {run_id} already {run.state}; only queued or running runs cancel.")
