@@ -356,8 +356,12 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis: redis.Redis = redis.Redis.from_url(
+        # A blocking pool: a burst of clients (a reconnect storm after a deploy) waits for
+        # a connection instead of failing with MaxConnectionsError.
+        pool = redis.BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=settings.connection_pool_size,
+            timeout=settings.redis_socket_timeout,
             decode_responses=True,
             health_check_interval=30,
             # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK, BLPOP) short
@@ -368,6 +372,7 @@ class Store:
                         retries=int(settings.redis_retry_seconds) + 5),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
+        self.redis: redis.Redis = redis.Redis(connection_pool=pool)
         s = self.redis.register_script
         self._create = s(_LUA_HELPERS + _CREATE)
         self._begin = s(_LUA_HELPERS + _BEGIN)

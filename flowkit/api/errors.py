@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -17,6 +18,7 @@ from ..errors import (
     InvalidState,
     NotFound,
     PayloadTooLarge,
+    StoreUnavailable,
     ValidationError,
 )
 
@@ -73,6 +75,11 @@ def to_response(exc: BaseException) -> Response:
         return error_response(409, "invalid_state", str(exc))
     if isinstance(exc, PayloadTooLarge):
         return error_response(413, "payload_too_large", str(exc))
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, StoreUnavailable)):
+        log.warning("flowkit API: Redis unavailable: %s", exc)
+        return error_response(503, "store_unavailable",
+                              "flowkit's Redis is unavailable; retry shortly.", None,
+                              {"Retry-After": "2"})
     if isinstance(exc, HTTPException):
         headers = {}
         if exc.code == 405 and exc.valid_methods:
