@@ -20,3 +20,20 @@ timeout = 60
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-" if os.environ.get("FLOWKIT_WEB_ACCESS_LOG") else None
+
+
+def post_worker_init(worker):
+    """On SIGTERM (a deploy, a scale-down) end every stream first: WebSocket clients get
+    close code 1012 and SSE streams end, so they reconnect with their last event id to a
+    process that stays, and this one exits without waiting out graceful_timeout."""
+    import signal
+
+    from flowkit import FlowKit
+
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def end_streams_then_stop(signum, frame):
+        FlowKit.end_streams(worker.wsgi)
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, end_streams_then_stop)

@@ -33,6 +33,14 @@ class FlowKit:
     def state(app: Flask) -> ApiState:
         return app.extensions[EXTENSION]
 
+    @staticmethod
+    def end_streams(app: Flask) -> int:
+        """End every WebSocket/SSE stream this process serves for ``app`` (call it when the
+        process is told to stop): clients reconnect at once, with their last event id, to a
+        process that stays, instead of holding the shutdown open. Returns how many ended."""
+        state = app.extensions.get(EXTENSION)
+        return state.hub.end_all() if state is not None else 0
+
     def authorizer(self, fn):
         """Decorator: ``fn(request)`` authorises requests of apps initialised after this."""
         self.options["authorize"] = fn

@@ -117,6 +117,8 @@ class Subscriber:
         self._error: Exception | None = None  # the hub's write failed: raised in the client's thread
         self.done = False
         self.closed = False
+        #: Ended because this process shuts down: the client should reconnect elsewhere.
+        self.shutting_down = False
 
     def attach(self, sink: Sink) -> None:
         """Let the hub write caught-up events straight to ``sink`` (from the client's thread)."""
@@ -216,6 +218,13 @@ class Subscriber:
                 break
         return fresh
 
+    def end(self) -> None:
+        """Stop following now (the process shuts down); the client resumes from its cursor."""
+        with self._cond:
+            self.done = self.shutting_down = True
+            self._sink = None
+            self._cond.notify_all()
+
     def close(self) -> None:
         if not self.closed:
             with self._cond:  # the hub must not write to a socket that is being closed
@@ -282,6 +291,14 @@ class Hub:
         if added:
             self._wake(store)
         return sub
+
+    def end_all(self) -> int:
+        """End every stream of this process (graceful shutdown); returns how many."""
+        with self._lock:
+            subs = [sub for tracked in self._runs.values() for sub in tracked.subscribers]
+        for sub in subs:
+            sub.end()
+        return len(subs)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:

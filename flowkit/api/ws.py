@@ -146,6 +146,8 @@ def relay(ws, sub: Subscriber) -> None:
             if batch:
                 sink.send_all(batch)
             if sub.done:
+                if sub.shutting_down:  # 1012 Service Restart: reconnect with the last id
+                    ws.close(1012, "server restarting; reconnect with your last event id")
                 return
             cursor = _resume_cursor(ws.receive(timeout=0))
             if cursor is not None:
