@@ -16,6 +16,7 @@ from .errors import (
     RunNotFound,
     StepError,
     StepTimeout,
+    StoreUnavailable,
     ValidationError,
     WorkflowNotFound,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "StepContext",
     "StepError",
     "StepTimeout",
+    "StoreUnavailable",
     "ValidationError",
     "Workflow",
     "WorkflowNotFound",
