@@ -192,6 +192,10 @@ def test_cached_components_reuse_results_across_runs():
     assert done["cached"] is True
     wf.caching.start({"key": "xyz"}).result(WAIT)
     assert r.get("cached-calls:xyz") == "1"
+    wf.caching_v2.start({"key": "abc"}).result(WAIT)  # a bumped version is a new cache
+    assert r.get("cached-calls:abc") == "2"
+    wf.caching_v2.start({"key": "abc"}).result(WAIT)
+    assert r.get("cached-calls:abc") == "2"
 
 
 def test_a_component_called_inside_a_step_is_a_checkpointed_sub_step():

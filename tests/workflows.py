@@ -190,6 +190,7 @@ timing_out = flowkit.Workflow(
     "timing_out", [sleepy.timeout(0.5).retry(attempts=2, backoff=flowkit.exponential(0.05, 0.05))]
 )
 caching = flowkit.Workflow("caching", [cached.cache(ttl=60)])
+caching_v2 = flowkit.Workflow("caching_v2", [cached.cache(ttl=60, version="2")])
 inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
 reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number_schema)
 
