@@ -23,11 +23,16 @@ The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+
+from celery import signals
 
 import flowkit
 import flowkit.llm
@@ -39,18 +44,17 @@ LATENCY = 1.0
 POOLS = flowkit.get_settings().llm_connection_pools
 
 
-
 def make_app():
-    """flowkit's Celery app, with a broker connection pool sized for a 1,000-greenlet worker.
+    """flowkit's Celery app (its broker pool sized by FLOWKIT_CONNECTION_POOL_SIZE for I/O pools)."""
+    return flowkit.create_celery_app("flowkit-bench-llm", imports=[MODULE])
 
-    kombu's Redis transport allows 10 connections per process by default; a gevent
-    worker acking hundreds of tasks at once runs out ("Too many connections").
-    """
-    celery = flowkit.create_celery_app("flowkit-bench-llm", imports=[MODULE])
-    celery.conf.broker_transport_options = {
-        **celery.conf.broker_transport_options, "max_connections": 2000,
-    }
-    return celery
+
+@signals.after_setup_logger.connect
+def quiet_task_logs(**_) -> None:
+    """Celery logs two INFO lines per task (received, succeeded): 2,000 lines per fan-out.
+    The I/O workers keep warnings and errors (the README's Procfile runs them this way)."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 app = make_app()
@@ -141,7 +145,12 @@ def timeline(run) -> None:
         print(f"  {kind:45s} n={len(ts):5d} first={ts[0]:.3f} last={ts[-1]:.3f}")
 
 
-def with_workers(env: dict, pool: str, procs: int, concurrency: int, calls: int, timeout: float) -> float:
+def with_workers(
+    env: dict, pool: str, procs: int, concurrency: int, calls: int, timeout: float,
+    server_pid: int, rounds: int = 1, warmup: int = 0,
+) -> list[float]:
+    """Wall times of ``rounds`` fan-outs of ``calls`` on fresh workers, after a warm-up
+    fan-out of ``warmup`` calls (imports, first connections)."""
     from flowkit.testing import WorkerProcess
 
     workers = [
@@ -152,11 +161,19 @@ def with_workers(env: dict, pool: str, procs: int, concurrency: int, calls: int,
     try:
         for w in workers:
             w.start(timeout=60)
-        run_workflow(min(calls, 4 * procs), timeout)  # warm-up: connections, imports
-        wall = run_workflow(calls, timeout)
+        run_workflow(warmup or min(calls, 4 * procs), timeout)
+        walls = []
+        for _ in range(rounds):
+            profilers = profile(workers, pool)
+            detail = Detail({w.name: w.pid for w in workers} | {"llm server": server_pid})
+            walls.append(run_workflow(calls, timeout))
+            detail.report(calls)
+            for p in profilers:
+                p.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+                p.wait(30)
         if os.environ.get("BENCH_NAP"):  # where the time goes: the same fan-out without the SDK
             print(f"  same fan-out, sleep instead of LLM call: {run_workflow(calls, timeout, napping):.2f} s")
-        return wall
+        return walls
     except BaseException:
         for w in workers:
             print(f"--- last output of {w.name}:\n" + "\n".join(list(w.lines)[-30:]), file=sys.stderr)
@@ -166,8 +183,59 @@ def with_workers(env: dict, pool: str, procs: int, concurrency: int, calls: int,
             w.terminate(30)
 
 
-def raw_baseline(calls: int, url: str) -> float:
-    """The same calls through the openai SDK from greenlets in a child process (no flowkit)."""
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+class Detail:
+    """With BENCH_DETAIL=1: CPU time per process and the Redis commands of the measured run."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.on = bool(os.environ.get("BENCH_DETAIL"))
+        self.pids = pids
+        if self.on:
+            import redis
+
+            self.r = redis.Redis.from_url(os.environ["FLOWKIT_REDIS_URL"])
+            self.pids["redis"] = int(self.r.info("server")["process_id"])
+            self.r.config_resetstat()
+            self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def report(self, calls: int) -> None:
+        if not self.on:
+            return
+        for name, pid in self.pids.items():
+            used = cpu_seconds(pid) - self.cpu[name]
+            print(f"  cpu {name:16s} {used:6.2f} s ({used / calls * 1000:.2f} ms per call)")
+        stats = self.r.info("commandstats")
+        total = sum(v["calls"] for v in stats.values())
+        print(f"  redis commands: {total / calls:.1f} per call")
+        for name, v in sorted(stats.items(), key=lambda kv: -kv[1]["calls"])[:15]:
+            print(f"    {name.partition('_')[2]:20s} {v['calls'] / calls:6.2f}/call  "
+                  f"{v['usec_per_call']:.1f} us")
+
+
+def profile(workers: list, pool: str) -> list[subprocess.Popen]:
+    """With BENCH_PROFILE=<dir>, py-spy samples each worker during the measured run
+    (``pip install py-spy``; raw collapsed stacks, one file per worker)."""
+    out = os.environ.get("BENCH_PROFILE")
+    if not out:
+        return []
+    os.makedirs(out, exist_ok=True)
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return [
+        subprocess.Popen([spy, "record", "--pid", str(w.pid), "--rate", "250", "--format", "raw",
+                          "--nonblocking", "-o", os.path.join(out, f"{pool}-{i}.txt")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for i, w in enumerate(workers)
+    ]
+
+
+def raw_baseline(calls: int, url: str, rounds: int, warmup: int) -> list[float]:
+    """The same calls through the openai SDK from greenlets in a child process (no flowkit),
+    ``rounds`` times after the same warm-up as the workers get."""
     code = f"""
 from gevent import monkey; monkey.patch_all()
 import time, gevent, openai
@@ -175,13 +243,14 @@ import time, gevent, openai
 cs = [openai.OpenAI(api_key="fake", base_url={url!r}, max_retries=0) for _ in range({POOLS})]
 def one(i):
     cs[i % len(cs)].chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": str(i)}}], max_tokens=4)
-gevent.joinall([gevent.spawn(one, i) for i in range(8)])
-t = time.perf_counter()
-gevent.joinall([gevent.spawn(one, i) for i in range({calls})], raise_error=True)
-print(time.perf_counter() - t)
+gevent.joinall([gevent.spawn(one, i) for i in range({warmup})], raise_error=True)
+for _ in range({rounds}):
+    t = time.perf_counter()
+    gevent.joinall([gevent.spawn(one, i) for i in range({calls})], raise_error=True)
+    print(time.perf_counter() - t)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return [float(line) for line in out.stdout.split()]
 
 
 def main() -> None:
@@ -193,6 +262,10 @@ def main() -> None:
                         help="greenlets/threads per I/O worker (default: all the calls)")
     parser.add_argument("--prefork-calls", type=int, default=20)
     parser.add_argument("--skip-prefork", action="store_true")
+    parser.add_argument("--skip-raw", action="store_true", help="(for quick experiments)")
+    parser.add_argument("--rounds", type=int, default=3, help="fan-outs measured; medians reported")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="calls in the warm-up fan-out (default: 4 per process)")
     args = parser.parse_args()
 
     from flowkit.local import LocalRedis, free_port
@@ -212,18 +285,26 @@ def main() -> None:
         app = make_app()  # again, now on the private Redis
         server = start_fake_server(port)
         try:
-            raw = raw_baseline(args.calls, env["FLOWKIT_LLM_FAKE_URL"])
-            print(f"raw: {args.calls} calls from greenlets via the openai SDK: {raw:.2f} s", flush=True)
+            warmup = args.warmup or 4 * args.procs
+            raw = float("nan")
+            if not args.skip_raw:
+                raws = raw_baseline(args.calls, env["FLOWKIT_LLM_FAKE_URL"], args.rounds, warmup)
+                raw = statistics.median(raws)
+                print(f"raw: {args.calls} calls from greenlets via the openai SDK: median {raw:.2f} s "
+                      f"({', '.join(f'{r:.2f}' for r in raws)})", flush=True)
             # room for every call in every process: a worker whose slots are all taken
             # stops polling the broker and notices the next step up to a second late
             per_proc = args.concurrency or args.calls
-            wall = with_workers(env, args.pool, args.procs, per_proc, args.calls, timeout=300)
+            walls = with_workers(env, args.pool, args.procs, per_proc, args.calls, 300, server.pid,
+                                 args.rounds, warmup)
+            wall = statistics.median(walls)
             print(f"flowkit: {args.calls} calls on {args.procs} {args.pool} worker(s) "
-                  f"x {per_proc}: {wall:.2f} s", flush=True)
+                  f"x {per_proc}: median {wall:.2f} s ({', '.join(f'{w:.2f}' for w in walls)})",
+                  flush=True)
             prefork = float("nan")
             if not args.skip_prefork:
                 cores = os.cpu_count() or 2
-                sample = with_workers(env, "prefork", 1, cores, args.prefork_calls, timeout=300)
+                sample = with_workers(env, "prefork", 1, cores, args.prefork_calls, 300, server.pid)[0]
                 prefork = sample * args.calls / args.prefork_calls
                 print(f"prefork: {args.prefork_calls} calls on the default prefork worker "
                       f"(concurrency {cores}): {sample:.2f} s -> {prefork:.0f} s for {args.calls} "

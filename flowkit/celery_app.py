@@ -42,6 +42,10 @@ def celery_config(settings: Settings) -> dict:
             "max_connections": settings.connection_pool_size,
         },
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # one result backend (and Redis connection pool) per process: by default Celery
+        # makes one per thread, and under gevent every task is a new greenlet, so each
+        # step built a backend and opened a fresh Redis connection to store its result
+        "result_backend_thread_safe": True,
         "result_expires": min(settings.retention_seconds, 24 * 3600),
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,

@@ -61,6 +61,7 @@ class Settings:
     llm_model: str = _default("llm_model")
     llm_prices: str = _default("llm_prices")
     trace_max_field_chars: int = _default("trace_max_field_chars")
+    trace_flush_seconds: float = _default("trace_flush_seconds")
     api_keys: str = _default("api_keys")
     api_open: bool = _default("api_open")
     api_secret: str = _default("api_secret")

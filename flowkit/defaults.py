@@ -117,3 +117,6 @@ LLM_PRICES = (
 )
 #: Longest text kept for one field (input, output, prompt) of a trace span.
 TRACE_MAX_FIELD_CHARS = 4000
+#: Longest a running step's trace records (its opening record, its LLM calls) wait to be
+#: written in a batch; a step's closing record is written at once, with all that waits.
+TRACE_FLUSH_SECONDS = 0.2

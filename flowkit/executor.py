@@ -277,9 +277,12 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
     store = get_store()
     store.touch(run_id, worker_id(), time.time())
     base, queue = key.partition(":")[0], store.run_queue(run_id)
+    # Members hand their outputs to the join through the chord's own list
+    # (on_chord_part_return), which runs whether or not a task stores its result: the
+    # per-task result (a GET, then SET + PUBLISH) is read by no one, two round trips a member.
     header = group(
         step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,),
-                       run_queue=queue)
+                       run_queue=queue).set(ignore_result=True)
         for i, item in enumerate(items)
     )
     # Replacing with a bare group would join through celery.accumulate on the worker's

@@ -6,6 +6,14 @@ starts and a closing one when it ends, and :func:`read` merges the records of
 each span id. The workflow span is read from the run record itself. The trace
 expires with the run's retention.
 
+Records are written in batches (group commit, one pipeline per batch and
+process): a running attempt's records (its opening record, its calls) wait at
+most ``TRACE_FLUSH_SECONDS``, and an attempt's closing record is written, with
+everything waiting, before the hook returns, so a finished step's trace is
+complete before its checkpoint is. A thousand concurrent LLM steps in one worker
+then cost a few trace writes a second, not three round trips each. A process
+that dies loses at most its last ``TRACE_FLUSH_SECONDS`` of records.
+
 Secrets never reach a trace: values under secret keys (``api_key``,
 ``authorization``, ... and the fields a component marks with ``.secret(...)``)
 are replaced, and so is every occurrence of a provider API key or of a secret
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -44,8 +53,7 @@ MIN_SECRET_LENGTH = 8
 WORKFLOW_SPAN = "run"
 
 _known_secrets: set[str] = set()
-_attempt_secrets: dict[tuple[str, str, int], frozenset[str]] = {}
-_open_spans: dict[tuple[str, str, int], dict[str, Any]] = {}
+_attempts: dict[tuple[str, str, int], _Attempt] = {}
 _secret_fields: dict[str, frozenset[str]] = {}
 _processors: list[Any] = []
 _lock = threading.Lock()
@@ -136,16 +144,94 @@ def bounded(value: Any) -> Any:
 # -- storage ------------------------------------------------------------------------------
 
 
-def record(run_id: str, span: dict[str, Any], store: Store | None = None) -> None:
-    """Append one span record to the run's trace (and export it when it is finished)."""
-    store = store or get_store()
-    key = store.keys.trace(run_id)
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.xadd(key, {"s": dumps(span)})
-    pipe.expire(key, store.settings.retention_seconds)
-    pipe.execute()
+class _Writer:
+    """Trace records of this process waiting to be written, flushed in order in batches.
+
+    Each record gets a sequence number; ``flush(upto)`` returns once every record up
+    to it is written. One batch is in flight at a time (so records reach each run's
+    stream in the order they were made), and whoever flushes takes everything waiting:
+    concurrent closing records share one round trip.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # guards pending and seq
+        self.flushing = threading.Lock()  # one batch in flight
+        self.pending: list[tuple[Store, str, str]] = []
+        self.seq = 0
+        self.written = 0
+        self.wake = threading.Event()
+        self.pid = 0
+
+    def add(self, store: Store, run_id: str, doc: str) -> int:
+        with self.lock:
+            self.pending.append((store, run_id, doc))
+            self.seq += 1
+            seq = self.seq
+            start = self.pid != os.getpid()  # first record in this process (or after a fork)
+            self.pid = os.getpid()
+        if start:
+            threading.Thread(target=self._background, name="flowkit-trace", daemon=True).start()
+        self.wake.set()
+        return seq
+
+    def flush(self, upto: int | None = None) -> None:
+        with self.flushing:
+            with self.lock:
+                if upto is not None and self.written >= upto:
+                    return  # another flush wrote it while we waited
+                batch, self.pending = self.pending, []
+                last = self.seq
+            try:
+                _write(batch)
+            finally:
+                self.written = last
+
+    def _background(self) -> None:
+        pid = os.getpid()
+        while self.pid == pid:
+            self.wake.wait()
+            self.wake.clear()
+            time.sleep(get_settings().trace_flush_seconds)
+            try:
+                self.flush()
+            except Exception:  # observability must never take the worker down
+                log.exception("flowkit: could not write trace records")
+
+
+def _write(batch: list[tuple[Store, str, str]]) -> None:
+    by_store: dict[int, list[tuple[Store, str, str]]] = {}
+    for item in batch:
+        by_store.setdefault(id(item[0]), []).append(item)
+    for items in by_store.values():
+        store = items[0][0]
+        pipe = store.redis.pipeline(transaction=False)
+        keys = {}
+        for _, run_id, doc in items:
+            key = keys.setdefault(run_id, store.keys.trace(run_id))
+            pipe.xadd(key, {"s": doc})
+        for key in keys.values():
+            pipe.expire(key, store.settings.retention_seconds)
+        pipe.execute()
+
+
+_writer = _Writer()
+
+
+def record(run_id: str, span: dict[str, Any], store: Store | None = None, wait: bool = True) -> None:
+    """Append one span record to the run's trace (and export it when it is finished).
+
+    ``wait=False`` leaves it to the next batch (at most TRACE_FLUSH_SECONDS away).
+    """
+    seq = _writer.add(store or get_store(), run_id, dumps(span))
+    if wait:
+        _writer.flush(seq)
     if _processors and span.get("end") is not None and "start" in span:
         _export(run_id, span)
+
+
+def flush() -> None:
+    """Write every trace record this process still holds."""
+    _writer.flush()
 
 
 def read(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
@@ -187,6 +273,17 @@ def _attempt_key(ctx: StepContext) -> tuple[str, str, int]:
     return (ctx.run_id, ctx.step, ctx.attempt)
 
 
+class _Attempt:
+    """A running attempt: its secrets, its opening record, and the latest end of its calls."""
+
+    __slots__ = ("values", "span", "last_end")
+
+    def __init__(self, values: frozenset[str], span: dict[str, Any]) -> None:
+        self.values = values
+        self.span = span
+        self.last_end = span["start"]
+
+
 def _on_attempt_started(ctx: StepContext, value: Any) -> None:
     from .heartbeat import worker_id
 
@@ -198,10 +295,8 @@ def _on_attempt_started(ctx: StepContext, value: Any) -> None:
         "status": "running", "input": bounded(redact(value, fields, values)),
     }
     with _lock:
-        _attempt_secrets[_attempt_key(ctx)] = values
-        if _processors:
-            _open_spans[_attempt_key(ctx)] = span
-    record(ctx.run_id, span, ctx.store)
+        _attempts[_attempt_key(ctx)] = _Attempt(values, span)
+    record(ctx.run_id, span, ctx.store, wait=False)
 
 
 def _on_attempt_finished(
@@ -209,15 +304,19 @@ def _on_attempt_finished(
 ) -> None:
     from .errors import RunCancelled
 
-    key = _attempt_key(ctx)
     with _lock:
-        values = _attempt_secrets.pop(key, frozenset())
-        opened = _open_spans.pop(key, {})
+        state = _attempts.pop(_attempt_key(ctx), None)
     fields = secret_fields_of(ctx.component)
     end = time.time()
+    values, opened = (state.values, state.span) if state else (frozenset(), {})
+    # the opening record's start, and an end after every call's: the step span encloses
+    # its calls by construction, whatever the clock did meanwhile
+    start = opened.get("start", end - duration)
+    if state is not None:
+        end = max(end, state.last_end)
     span: dict[str, Any] = {
-        **opened, "id": attempt_span_id(ctx), "start": opened.get("start", end - duration),
-        "end": end, "duration": round(duration, 6),
+        **opened, "id": attempt_span_id(ctx), "start": start, "end": end,
+        "duration": round(duration, 6),
     }
     if error is None:
         span.update(status="ok", output=bounded(redact(output, fields, values)))
@@ -244,11 +343,21 @@ def record_call(span: dict[str, Any]) -> bool:
     if ctx is None:
         return False
     with _lock:
-        values = _attempt_secrets.get(_attempt_key(ctx), frozenset())
+        state = _attempts.get(_attempt_key(ctx))
+        if state is not None:
+            # a call starts after its step and ends before it (time.time() may step back)
+            opened = state.span["start"]
+            if "start" in span and span["start"] < opened:
+                span = {**span, "start": opened}
+            if span.get("end") is not None:
+                state.last_end = max(state.last_end, span["end"], span.get("start", 0))
+    values = state.values if state is not None else frozenset()
     doc = redact(span, secret_fields_of(ctx.component), values)
     doc.update(parent=attempt_span_id(ctx), step=ctx.step, attempt=ctx.attempt)
     try:
-        record(ctx.run_id, doc, ctx.store)
+        # written with the step's closing record at the latest; a call of a step
+        # abandoned by its timeout (no attempt open any more) is written at once
+        record(ctx.run_id, doc, ctx.store, wait=state is None)
     except Exception:  # observability must never fail the call it observes
         log.exception("flowkit: could not record a trace span")
     return True
