@@ -51,9 +51,10 @@ def make_app():
 
 @signals.after_setup_logger.connect
 def quiet_task_logs(**_) -> None:
-    """Celery logs two INFO lines per task (received, succeeded): 2,000 lines per fan-out.
-    The I/O workers keep warnings and errors (the README's Procfile runs them this way)."""
-    for name in ("celery.app.trace", "celery.worker.strategy"):
+    """Per-call INFO lines (Celery: task received, succeeded; httpx: one per request) cost
+    3,000 log lines per fan-out. The harness runs workers at INFO to see them get ready;
+    the Procfile's I/O worker runs at Celery's default level, WARNING, which drops these."""
+    for name in ("celery.app.trace", "celery.worker.strategy", "httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -6,6 +6,7 @@ import json
 
 import flowkit
 from flowkit import events, trace
+from tests.conftest import open_gate, reached_gate, wait_until
 from tests.llm import workflows as wf
 
 
@@ -67,6 +68,28 @@ def test_the_trace_records_each_call_with_tokens_and_latency(llm):
     assert 0.1 <= streamed["ttft"] < streamed["latency"]
     assert streamed["output"] == out["second"]
     assert embedded["operation"] == "embeddings" and embedded["prompt_tokens"] == 3
+
+
+def test_a_running_step_and_its_finished_calls_are_in_the_trace_before_the_step_ends(llm):
+    # trace records are written in batches: a running step's records wait at most
+    # FLOWKIT_TRACE_FLUSH_SECONDS, never until its end
+    run = wf.waiting.start({"prompt": "still thinking"})
+    reached_gate(run, "ask_then_wait")
+
+    def step_and_call() -> list[dict] | None:
+        spans = trace.read(run.id)
+        return spans if {s["kind"] for s in spans} >= {"step", "llm"} else None
+
+    spans = wait_until(step_and_call, timeout=5, message="the running step's spans")
+    step = next(s for s in spans if s["kind"] == "step")
+    (call,) = [s for s in spans if s["kind"] == "llm"]
+    assert step["status"] == "running" and step.get("end") is None
+    assert call["status"] == "ok" and call["parent"] == step["id"] and call["start"] >= step["start"]
+
+    open_gate(run, "ask_then_wait")
+    run.result(timeout=30)
+    step = next(s for s in trace.read(run.id) if s["kind"] == "step")
+    assert step["status"] == "ok" and step["start"] <= call["start"] <= call["end"] <= step["end"]
 
 
 def test_secrets_never_appear_in_a_trace_or_an_event(llm):

@@ -15,6 +15,7 @@ from marshmallow import fields
 import flowkit
 from flowkit import component
 from flowkit.llm import OpenAI, Provider, RateLimit, RetryPolicy
+from flowkit.store import get_store
 
 QUEUE = "llm-tests"
 MODEL = "gpt-4o-mini"
@@ -92,12 +93,25 @@ def secretive(data: dict) -> dict:
     return {"summary": text}
 
 
+@component(name="llmtest.ask_then_wait")
+def ask_then_wait(data: dict) -> dict:
+    """One call, then a wait at the test's gate: the step is still running when the test looks."""
+    reply = _ask("plain", data["prompt"], max_tokens=4)
+    ctx = flowkit.context()
+    redis = get_store().redis
+    redis.rpush(f"waiting:{ctx.run_id}:ask_then_wait", ctx.attempt)
+    if redis.blpop(f"gate:{ctx.run_id}:ask_then_wait", timeout=30) is None:
+        raise TimeoutError("gate ask_then_wait never opened")
+    return {"text": reply.choices[0].message.content}
+
+
 prompt_schema = {"prompt": fields.String(required=True), "client": fields.String(load_default="plain"),
                  "max_tokens": fields.Integer(load_default=8)}
 
 asking = flowkit.Workflow("llmtest_ask", [ask], input_schema=prompt_schema, queue=QUEUE)
 streaming = flowkit.Workflow("llmtest_stream", [stream], input_schema=prompt_schema, queue=QUEUE)
 traced = flowkit.Workflow("llmtest_both", [both], input_schema=prompt_schema, queue=QUEUE)
+waiting = flowkit.Workflow("llmtest_wait", [ask_then_wait], input_schema=prompt_schema, queue=QUEUE)
 secret = flowkit.Workflow(
     "llmtest_secret", [secretive.secret("customer_token")],
     input_schema={"customer_token": fields.String(required=True), "topic": fields.String(required=True)},
