@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import openai
-import tenacity
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
@@ -139,11 +138,10 @@ class OpenAI:
         if call.stream and not call.user_wants_usage:
             params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
 
-        def count_retry(state: tenacity.RetryCallState) -> None:
-            call.retries += 1
-
-        for attempt in self.retry.retrying(before_sleep=count_retry):
+        for attempt in self.retry.retrying():
             with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    call.retries += 1  # tenacity slept before this one
                 if limit is not None:
                     call.rate_wait += self.limiter.acquire(
                         provider.name, model, limit, call.estimate, get_settings().llm_rate_max_wait

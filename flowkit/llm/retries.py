@@ -9,6 +9,7 @@ waited out: the provider counts as saturated and the call fails over.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,19 +58,35 @@ class RetryPolicy:
             ),
         )
 
-    def retrying(self, before_sleep: Callable[[tenacity.RetryCallState], Any]) -> tenacity.Retrying:
-        p = self.resolved()
+    def retrying(
+        self, before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None
+    ) -> tenacity.Retrying:
+        """The tenacity policy; without ``before_sleep``, one shared instance per policy
+        (tenacity keeps each run's state thread- or greenlet-local), since building one
+        per call cost as much as a Redis round trip."""
+        if before_sleep is None:
+            return _shared(self.resolved())
+        return _build(self.resolved(), before_sleep)
 
-        def worth_another_try(exc: BaseException) -> bool:
-            if not is_retryable(exc):
-                return False
-            hint = retry_after_of(exc)
-            return hint is None or hint <= p.max_retry_after
 
-        return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(p.attempts),
-            wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=p.initial, max=p.maximum)),
-            retry=tenacity.retry_if_exception(worth_another_try),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+@functools.lru_cache(maxsize=256)
+def _shared(p: RetryPolicy) -> tenacity.Retrying:
+    return _build(p, None)
+
+
+def _build(
+    p: RetryPolicy, before_sleep: Callable[[tenacity.RetryCallState], Any] | None
+) -> tenacity.Retrying:
+    def worth_another_try(exc: BaseException) -> bool:
+        if not is_retryable(exc):
+            return False
+        hint = retry_after_of(exc)
+        return hint is None or hint <= p.max_retry_after
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(p.attempts),
+        wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=p.initial, max=p.maximum)),
+        retry=tenacity.retry_if_exception(worth_another_try),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
