@@ -14,7 +14,14 @@ Celery workers. Three figures, measured in the same run:
   ``--prefork-calls`` and the figure for 1,000 calls is extrapolated from it
   (the schedule is throughput-bound: time grows linearly with the calls).
 
-    .venv/bin/python bench/llm_fanout.py [--calls 1000] [--pool gevent] [--procs 2]
+Each figure is the median of ``--rounds`` fan-outs (raw: as many rounds, same warm-up).
+
+    .venv/bin/python bench/llm_fanout.py [--calls 1000] [--pool gevent] [--procs 2] [--rounds 3]
+
+Where the time goes: ``BENCH_DETAIL=1`` prints the CPU seconds of each worker, the LLM
+server and Redis, and the Redis commands per call; ``BENCH_PROFILE=<dir>`` records py-spy
+profiles of the workers during the measured fan-outs; ``BENCH_TIMELINE=1`` prints when
+the steps started and completed.
 
 The last line is machine-readable:
 ``RESULT calls=1000 wall_s=<> ideal_s=<> prefork_s=<>``.
