@@ -20,7 +20,7 @@ from celery import chord, group, shared_task
 from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore, Reject
 
-from . import cache, events, hooks, notify
+from . import cache, events, hooks, notify, trace
 from .component import Component, Continue, lookup
 from .config import get_settings
 from .context import StepContext, activate, current, deactivate
@@ -160,11 +160,18 @@ def _run_attempts(
     completed = events.make(
         events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
         duration=round(time.monotonic() - started, 4), cached=cached or None,
-        output=loads(output_json),
+        output=_shown(loads(output_json), value, pol),
     )
     return loads(
         store.complete_step(run_id, key, token, output_json, time.time(), completed, worker_id())
     )
+
+
+def _shown(output: Any, value: Any, pol: Policy) -> Any:
+    """The output as events show it: secret fields and known secrets (API keys) redacted.
+    The checkpoint keeps the real value, which the next step needs."""
+    fields = frozenset(pol.secret_fields)
+    return trace.redact(output, fields, trace.secret_values(value, fields) if fields else frozenset())
 
 
 def _produce(

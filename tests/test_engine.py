@@ -198,6 +198,14 @@ def test_cached_components_reuse_results_across_runs():
     assert r.get("cached-calls:abc") == "2"
 
 
+def test_secret_fields_never_reach_the_stream_but_the_next_step_gets_them():
+    run = wf.signing_in.start({"user": "ada", "password": "hunter2-very-secret"})
+    assert run.result(WAIT) == {"user": "ada", "token_length": len("tok-hunter2-very-secret-issued")}
+    shown = [e.data["output"] for e in run.events() if e.type == "step.completed"][0]
+    assert shown == {"user": "ada", "token": "[redacted]"}
+    assert "hunter2-very-secret" not in repr([e.to_dict() for e in run.events()])
+
+
 def test_a_component_called_inside_a_step_is_a_checkpointed_sub_step():
     run = wf.inline.start({"n": 1})
     reached_gate(run, "with_inline")

@@ -156,6 +156,16 @@ def ctx_reader(data: dict) -> dict:
     return {"input": ctx.input, "first": ctx.output_of("t.add_one"), "step": ctx.step}
 
 
+@component(name="t.sign_in")
+def sign_in(data: dict) -> dict:
+    return {"user": data["user"], "token": f"tok-{data['password']}-issued"}
+
+
+@component(name="t.use_token")
+def use_token(session: dict) -> dict:
+    return {"user": session["user"], "token_length": len(session["token"])}
+
+
 @component(name="t.with_inline")
 def with_inline(data: dict) -> dict:
     count("with_inline")
@@ -192,6 +202,7 @@ timing_out = flowkit.Workflow(
 caching = flowkit.Workflow("caching", [cached.cache(ttl=60)])
 caching_v2 = flowkit.Workflow("caching_v2", [cached.cache(ttl=60, version="2")])
 inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
+signing_in = flowkit.Workflow("signing_in", [sign_in.secret("token", "password"), use_token])
 reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number_schema)
 
 
