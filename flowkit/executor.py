@@ -162,9 +162,13 @@ def _run_attempts(
         duration=round(time.monotonic() - started, 4), cached=cached or None,
         output=_shown(loads(output_json), value, pol),
     )
-    return loads(
-        store.complete_step(run_id, key, token, output_json, time.time(), completed, worker_id())
-    )
+    now, worker = time.time(), worker_id()
+    try:  # the attempt's trace records and the checkpoint in one round trip
+        [won] = trace.flush_with(store, lambda pipe: store.complete_step(
+            run_id, key, token, output_json, now, completed, worker, client=pipe))
+    except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
+        won = store.complete_step(run_id, key, token, output_json, now, completed, worker)
+    return loads(won)
 
 
 def _shown(output: Any, value: Any, pol: Policy) -> Any:
@@ -222,6 +226,7 @@ def _fail(
     error = {"type": type(exc).__name__, "message": str(exc), "step": key, "attempts": history}
     step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
+    trace.flush()  # the failed attempt's span before the run's failure
     if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
         notify.run_failed(run_id)
     log.warning("flowkit: run %s failed at step %s: %s", run_id, key, _describe(exc))

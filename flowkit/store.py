@@ -465,16 +465,19 @@ class Store:
 
     def complete_step(
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
-        worker: str = "",
+        worker: str = "", client: Any = None,
     ) -> str:
-        """Checkpoint a step; returns the checkpoint that won (the first one written)."""
-        return self._complete(
-            keys=self.run_keys(run_id),
-            args=[
-                run_id, step, token, output_json, now, self.settings.retention_seconds,
-                dumps(event), worker,
-            ],
-        )
+        """Checkpoint a step; returns the checkpoint that won (the first one written).
+
+        With a pipeline as ``client`` the script is queued by its SHA (redis-py would add a
+        SCRIPT EXISTS round trip to every such pipeline); the pipeline raises NoScriptError
+        if Redis restarted and forgot it: call again without ``client``, which loads it."""
+        keys = self.run_keys(run_id)
+        args = [run_id, step, token, output_json, now, self.settings.retention_seconds,
+                dumps(event), worker]
+        if client is not None:
+            return client.evalsha(self._complete.sha, len(keys), *keys, *args)
+        return self._complete(keys=keys, args=args)
 
     def run_queue(self, run_id: str) -> str | None:
         return self.redis.hget(self.keys.run(run_id), "queue") or None

@@ -32,6 +32,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from . import hooks
@@ -174,15 +175,17 @@ class _Writer:
         self.wake.set()
         return seq
 
-    def flush(self, upto: int | None = None) -> None:
+    def flush(self, upto: int | None = None, extra: _Extra | None = None) -> list[Any]:
+        """Write what waits (in order); with ``extra``, its commands share the round trip
+        (after the records) and their results are returned."""
         with self.flushing:
             with self.lock:
-                if upto is not None and self.written >= upto:
-                    return  # another flush wrote it while we waited
+                if extra is None and upto is not None and self.written >= upto:
+                    return []  # another flush wrote it while we waited
                 batch, self.pending = self.pending, []
                 last = self.seq
             try:
-                _write(batch)
+                return _write(batch, extra)
             finally:
                 self.written = last
 
@@ -198,12 +201,22 @@ class _Writer:
                 log.exception("flowkit: could not write trace records")
 
 
-def _write(batch: list[tuple[Store, str, str]]) -> None:
+#: (store, fn): ``fn(pipeline)`` queues more commands on that store's pipeline.
+_Extra = tuple[Store, Callable[[Any], None]]
+
+
+def _write(batch: list[tuple[Store, str, str]], extra: _Extra | None = None) -> list[Any]:
     by_store: dict[int, list[tuple[Store, str, str]]] = {}
+    stores: dict[int, Store] = {}
     for item in batch:
         by_store.setdefault(id(item[0]), []).append(item)
-    for items in by_store.values():
-        store = items[0][0]
+        stores[id(item[0])] = item[0]
+    if extra is not None:
+        by_store.setdefault(id(extra[0]), [])
+        stores[id(extra[0])] = extra[0]
+    extra_results: list[Any] = []
+    for sid, items in by_store.items():
+        store = stores[sid]
         pipe = store.redis.pipeline(transaction=False)
         keys = {}
         for _, run_id, doc in items:
@@ -211,7 +224,11 @@ def _write(batch: list[tuple[Store, str, str]]) -> None:
             pipe.xadd(key, {"s": doc})
         for key in keys.values():
             pipe.expire(key, store.settings.retention_seconds)
-        pipe.execute()
+        queued = len(pipe.command_stack)
+        if extra is not None and extra[0] is store:
+            extra[1](pipe)
+        extra_results = pipe.execute()[queued:] or extra_results
+    return extra_results
 
 
 _writer = _Writer()
@@ -232,6 +249,13 @@ def record(run_id: str, span: dict[str, Any], store: Store | None = None, wait: 
 def flush() -> None:
     """Write every trace record this process still holds."""
     _writer.flush()
+
+
+def flush_with(store: Store, commands: Callable[[Any], None]) -> list[Any]:
+    """Write every waiting record, then ``commands(pipeline)``, in one round trip; returns
+    the results of ``commands``. A step's checkpoint goes this way, so its trace is
+    complete before its checkpoint, at no extra round trip."""
+    return _writer.flush(extra=(store, commands))
 
 
 def read(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
@@ -323,7 +347,8 @@ def _on_attempt_finished(
     else:
         span["status"] = "cancelled" if isinstance(error, RunCancelled) else "error"
         span["error"] = redact(f"{type(error).__name__}: {error}", fields, values)
-    record(ctx.run_id, span, ctx.store)
+    # written with the step's checkpoint (or its failure) by the executor, in one round trip
+    record(ctx.run_id, span, ctx.store, wait=False)
 
 
 hooks.attempt_started.append(_on_attempt_started)
