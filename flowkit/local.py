@@ -44,7 +44,9 @@ class LocalRedis:
             "--appendfsync", "always", "--protected-mode", "yes", "--loglevel", "warning",
             "--maxclients", "10000",
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # a log file, not a pipe: an unread pipe fills up and stalls the server
+        args += ["--logfile", str(self.dir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._wait_ready()
         return self
 
@@ -52,7 +54,8 @@ class LocalRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                log = self.dir / "redis.log"
+                err = log.read_text() if log.exists() else ""
                 raise ConfigError(f"redis-server exited at start: {err.strip()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:

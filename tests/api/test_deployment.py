@@ -17,13 +17,15 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def gunicorn_web(flowkit_env, worker):
+def gunicorn_web(flowkit_env, worker, tmp_path_factory):
     port = free_port()
+    # to a file: an unread pipe fills up and blocks gunicorn's logging (and its shutdown)
+    log = open(tmp_path_factory.mktemp("gunicorn") / "web.log", "w+")  # noqa: SIM115
     env = {**os.environ, **flowkit_env, "FLOWKIT_WEB_BIND": f"127.0.0.1:{port}",
            "FLOWKIT_WEB_THREADS": "16", "FLOWKIT_API_KEYS": "deploy-key",
            "FLOWKIT_API_SECRET": "deploy-secret", "FLOWKIT_WORKFLOW_MODULES": "tests.workflows"}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "api/gunicorn.conf.py",
-                             "api.app:app"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+                             "api.app:app"], cwd=ROOT, env=env, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -32,11 +34,13 @@ def gunicorn_web(flowkit_env, worker):
             break
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start: {proc.stderr.read()}") from None
+                log.seek(0)
+                raise RuntimeError(f"gunicorn did not start: {log.read()}") from None
             time.sleep(0.1)  # still binding its port; nothing to await on
     yield url
     proc.terminate()
     proc.wait(30)
+    log.close()
 
 
 def test_gunicorn_serves_the_api_and_relays_a_run_over_websocket(gunicorn_web, store):
