@@ -7,6 +7,7 @@ nothing here runs a step or talks to a worker.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 
@@ -37,6 +38,12 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
 
 
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
 def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     """The API as a blueprint; options are those of :class:`ApiOptions` (``keys``, ``open``,
     ``authorize``, ``workflows``, ...). Register it with ``app.register_blueprint(bp,
@@ -52,6 +59,12 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         prefix = setup.url_prefix or ""
         app.extensions[EXTENSION] = ApiState(app, resolved, prefix, bp.name)
         app.register_error_handler(HTTPException, _routing_error)
+        # flask-sock reads these for every WebSocket (the host app's own settings win):
+        # protocol pings keep idle sockets alive through proxies, and simple-websocket's
+        # reader thread must not keep a stopping process alive after its socket closed
+        sock_options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
+        sock_options.setdefault("ping_interval", resolved.ping_interval or None)
+        sock_options.setdefault("thread_class", _DaemonThread)
 
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)

@@ -134,3 +134,26 @@ def test_many_subscribers_of_one_run_each_get_every_event(api, client):
         expected = expected or full_history(run["id"])
         assert ids == expected
     assert api.app.extensions["flowkit"].hub.subscribers() == 0  # all unsubscribed
+
+
+def test_an_idle_websocket_gets_keep_alive_pings(flowkit_env, worker, store):
+    """A run that emits nothing for a while still pings its followers, so proxies keep the
+    socket open."""
+    import websocket
+
+    from tests.api.conftest import make_app, serve
+
+    for served in serve(make_app(ping_interval=0.3)):
+        with served.client() as c:
+            run = start(c, "streaming", {"before": 0, "after": 1})
+        reached_gate(flowkit.get_run(run["id"]), "streamer")
+        sock = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", token=run["token"])
+        try:
+            kinds = []
+            while websocket.ABNF.OPCODE_PING not in kinds:
+                opcode, _ = sock.recv_data(control_frame=True)  # times out (fails) after 20 s
+                kinds.append(opcode)
+            assert set(kinds) <= {websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_PING}
+        finally:
+            sock.close()
+            open_gate(flowkit.get_run(run["id"]), "streamer")
