@@ -4,54 +4,19 @@ every client reconnects with its last event id and misses nothing."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
-import httpx
 import pytest
 import websocket
 
 from flowkit import events
-from flowkit.local import free_port
-from tests.conftest import ROOT, open_gate, reached_gate
+from tests.api.helpers import Gunicorn
+from tests.conftest import open_gate, reached_gate
 from tests.workflows import streaming
 
 RUNS = 6
 BEFORE, AFTER = 30, 300
-
-
-class Web:
-    """gunicorn serving api.app on a fixed port, restartable."""
-
-    def __init__(self, env: dict[str, str], port: int) -> None:
-        self.env = {**os.environ, **env, "FLOWKIT_WEB_BIND": f"127.0.0.1:{port}",
-                    "FLOWKIT_WEB_THREADS": "64", "FLOWKIT_API_OPEN": "true",
-                    "FLOWKIT_WORKFLOW_MODULES": "tests.workflows"}
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn.conf.py", "api.app:app"],
-            cwd=ROOT, env=self.env, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "web did not start"
-            time.sleep(0.05)  # gunicorn is still binding its port
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
 
 
 class Follower(threading.Thread):
@@ -89,9 +54,9 @@ class Follower(threading.Thread):
 
 
 @pytest.fixture
-def web(flowkit_env, store):
-    server = Web(flowkit_env, free_port())
-    server.start()
+def web(flowkit_env, store, tmp_path):
+    server = Gunicorn(flowkit_env, tmp_path / "web.log", FLOWKIT_WEB_THREADS="64",
+                      FLOWKIT_API_OPEN="true").start()
     yield server
     if server.proc.poll() is None:
         server.kill()
