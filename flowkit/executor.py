@@ -41,18 +41,25 @@ CONTINUE = "$continue"
 def call(comp: Component, args: tuple, kwargs: dict) -> Any:
     """``component(...)``: plain call outside a run, durable sub-step inside one."""
     ctx = current()
+    pol = comp.policy
     if ctx is None:
-        for attempt in comp.policy.retrying():
-            with attempt:
-                return _invoke(comp.fn, args, kwargs, comp.policy.timeout, None)
+        return _retried(pol, lambda: _invoke(comp.fn, args, kwargs, pol.timeout, None))
     key = ctx.next_call_key(comp.name)
     stored = ctx.store.checkpoint(ctx.run_id, key)
     if stored is not None:
         return loads(stored)
-    for attempt in comp.policy.retrying():
-        with attempt:
-            value = _invoke(comp.fn, args, kwargs, comp.policy.timeout, ctx)
+    value = _retried(pol, lambda: _invoke(comp.fn, args, kwargs, pol.timeout, ctx))
     return loads(ctx.store.save_checkpoint(ctx.run_id, key, dumps_bounded(value, f"output of {key}")))
+
+
+def _retried(pol: Policy, attempt, **hooks: Any) -> Any:
+    """``attempt()`` under ``pol``'s retry policy (no retry machinery for a single attempt)."""
+    if pol.attempts == 1:
+        return attempt()
+    for state in pol.retrying(**hooks):
+        with state:
+            result = attempt()
+    return result
 
 
 def _invoke(fn, args: tuple, kwargs: dict, timeout: float | None, ctx: StepContext | None) -> Any:
@@ -185,12 +192,8 @@ def _produce(
     cache_key = cache.cache_key(store, comp.name, pol.cache_version, value) if pol.cache_ttl else None
     if cache_key and (hit := cache.get(store, cache_key)) is not None:
         return hit, True
-    if pol.attempts == 1:  # the common case: no retry machinery on the hot path
-        result = _attempt(comp, pol, value, new_context())
-    else:
-        for attempt_state in pol.retrying(before_sleep=before_sleep):
-            with attempt_state:
-                result = _attempt(comp, pol, value, new_context())
+    result = _retried(pol, lambda: _attempt(comp, pol, value, new_context()),
+                      before_sleep=before_sleep)
     if isinstance(result, Continue):
         result = {CONTINUE: _continuation_spec(result)}
     output_json = dumps_bounded(result, f"the output of step {key}")
@@ -312,7 +315,8 @@ def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
     """Last task of every run: validate the output and mark the run succeeded."""
     from .workflow import workflows
 
-    get_store().touch(run_id, worker_id(), time.time())
+    store = get_store()
+    store.touch(run_id, worker_id(), time.time())
     try:
         wf = workflows().get(workflow)  # a worker may import only the components
         if wf is not None:
@@ -322,7 +326,7 @@ def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
         fail_run(run_id, gen, "", f"output rejected: {exc}", kind=type(exc).__name__)
         raise Ignore() from None
     event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
-    get_store().finish(run_id, gen, time.time(), output_json, event)
+    store.finish(run_id, gen, time.time(), output_json, event)
     return None
 
 
