@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Signature, chain, group
+from celery.backends.redis import RedisBackend
 
 from .celery_app import get_app
 from .component import Component, lookup
@@ -33,8 +34,20 @@ def step_signature(
     if policy:
         kwargs["policy"] = policy
     queue = (policy or {}).get("queue") or lookup(component).policy.queue or run_queue
-    options = {"queue": queue} if queue else {}
+    options = {**_routed(queue), **result_options()}
     return get_app().signature(lookup(component).task_name, args=args, kwargs=kwargs, **options)
+
+
+def result_options() -> dict[str, bool]:
+    """Celery options that skip storing a flowkit task's result in the result backend.
+
+    A step's output is its checkpoint and a run's output is in its record, so the
+    per-task result (a SET + PUBLISH per step) is read by no one. Chords still join:
+    with the Redis backend, members hand their outputs to the join through the chord's
+    own list (on_chord_part_return), whether or not they store a result. Other backends
+    join by reading the members' results: keep them there.
+    """
+    return {"ignore_result": True} if isinstance(get_app().backend, RedisBackend) else {}
 
 
 def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None) -> Signature:
@@ -78,6 +91,6 @@ def compile_run(
     component names another, so a run stays on the deployment (colour) that started it."""
     finish = get_app().signature(
         "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
-        **_routed(queue),
+        **_routed(queue), **result_options(),
     )
     return chain(compile_node(root, "", run_id, gen, queue), finish)

@@ -17,7 +17,6 @@ from typing import Any
 
 import redis
 from celery import chord, group, shared_task
-from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore, Reject
 
 from . import cache, events, hooks, notify, trace
@@ -293,14 +292,9 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
     store = get_store()
     store.touch(run_id, worker_id(), time.time())
     base, queue = key.partition(":")[0], store.run_queue(run_id)
-    # With the Redis result backend, members hand their outputs to the join through the
-    # chord's own list (on_chord_part_return), which runs whether or not a task stores its
-    # result: the per-task result (a GET, then SET + PUBLISH) is read by no one, two round
-    # trips a member. Other backends join by reading the members' results: keep them.
-    options = {"ignore_result": True} if isinstance(task.app.backend, RedisBackend) else {}
     header = group(
         step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,),
-                       run_queue=queue).set(**options)
+                       run_queue=queue)
         for i, item in enumerate(items)
     )
     # Replacing with a bare group would join through celery.accumulate on the worker's
