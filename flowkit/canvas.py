@@ -39,15 +39,17 @@ def step_signature(
 
 
 def result_options() -> dict[str, bool]:
-    """Celery options that skip storing a flowkit task's result in the result backend.
+    """Celery options that bring back result storage where a join needs it.
 
-    A step's output is its checkpoint and a run's output is in its record, so the
-    per-task result (a SET + PUBLISH per step) is read by no one. Chords still join:
-    with the Redis backend, members hand their outputs to the join through the chord's
-    own list (on_chord_part_return), whether or not they store a result. Other backends
-    join by reading the members' results: keep them there.
+    Step and finish tasks are declared ``ignore_result=True``: a step's output is its
+    checkpoint and a run's output is in its record, so the per-task result (a SET +
+    PUBLISH per step) is read by no one. It is a task attribute rather than a signature
+    option because the rest of a chain travels in every message. Chords still join: with
+    the Redis backend, members hand their outputs to the join through the chord's own
+    list (on_chord_part_return) whether or not they store a result. Other backends join
+    by reading the members' results, so there every signature stores its result.
     """
-    return {"ignore_result": True} if isinstance(get_app().backend, RedisBackend) else {}
+    return {} if isinstance(get_app().backend, RedisBackend) else {"ignore_result": False}
 
 
 def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None) -> Signature:

@@ -113,7 +113,7 @@ def _register(comp: Component) -> None:
                 "give one of them another name=."
             )
     if existing is None:
-        shared_task(name=comp.task_name, bind=True)(_task_body(comp.name))
+        shared_task(name=comp.task_name, bind=True, ignore_result=True)(_task_body(comp.name))
     _registry[comp.name] = comp
 
 

@@ -304,7 +304,7 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
     return task.replace(chord(header, join))
 
 
-@shared_task(name="flowkit.finish", bind=True)
+@shared_task(name="flowkit.finish", bind=True, ignore_result=True)
 def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
     """Last task of every run: validate the output and mark the run succeeded."""
     from .workflow import workflows

@@ -116,9 +116,7 @@ local function emit(doc)
   return redis.call('XADD', events, '*', 'e', cjson.encode(doc))
 end
 local function touch(retention)
-  for i = 1, 5 do
-    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], retention) end
-  end
+  for i = 1, 5 do redis.call('EXPIRE', KEYS[i], retention) end  -- a no-op on a missing key
 end
 local function live(state)
   return state == 'queued' or state == 'running'

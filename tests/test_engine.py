@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import flowkit
@@ -251,6 +253,19 @@ def test_records_and_streams_expire_after_the_retention():
 def test_unknown_runs_say_so():
     with pytest.raises(flowkit.RunNotFound):
         flowkit.get_run("01NOPE")
+
+
+def test_steps_leave_no_celery_results_behind(redis_server):
+    """Checkpoints and the run record hold every output: the result backend stays unused,
+    and chords (parallel branches, fan-out) still join without it."""
+    import redis
+
+    backend = redis.Redis(port=redis_server.port, db=0)
+    before = set(backend.scan_iter("celery-task-meta-*"))
+    for run in (wf.simple.start({"n": 1}), wf.branches.start({"n": 1}), wf.looping.start({})):
+        assert run.wait(WAIT).state == "succeeded"
+    new = set(backend.scan_iter("celery-task-meta-*")) - before
+    assert [json.loads(backend.get(k))["result"] for k in new] == []
 
 
 def test_the_worker_refuses_pickled_messages(worker):
