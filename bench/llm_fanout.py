@@ -2,15 +2,18 @@
 
 Everything is private to the run: a redis-server (flowkit.local.LocalRedis), the
 fake OpenAI-compatible server (its own process, 1 s before each answer) and the
-Celery workers. Three figures, measured in the same run:
+Celery workers. The figures, measured in the same run:
 
-- ``wall``: the fan-out on the I/O pool flowkit recommends for LLM steps
-  (gevent, see ``--pool``), from ``Workflow.start`` to the run's end;
+- ``wall``: the fan-out as flowkit recommends it for LLM calls, on the I/O pool
+  (gevent, see ``--pool``) with ``fan_out(ask, batch=50)`` (env ``BENCH_BATCH``): 50 calls
+  per Celery task, each call still its own checkpointed step. From ``Workflow.start``
+  to the run's end;
+- ``per_item``: the same with one Celery task per call (``fan_out(ask)``);
 - ``ideal``: the simulated latency (1 s), the floor of any schedule;
 - ``raw``: the same 1,000 calls made straight through the openai SDK from
   1,000 greenlets in one process, no flowkit, no Celery (the raw baseline);
 - ``prefork``: a default prefork Celery worker (one process per core) running
-  the same workflow. It serves 2 calls a second here, so it runs a sample of
+  the same calls, one task each. It serves 2 calls a second here, so it runs a sample of
   ``--prefork-calls`` and the figure for 1,000 calls is extrapolated from it
   (the schedule is throughput-bound: time grows linearly with the calls).
 
@@ -24,7 +27,7 @@ profiles of the workers during the measured fan-outs; ``BENCH_TIMELINE=1`` print
 the steps started and completed.
 
 The last line is machine-readable:
-``RESULT calls=1000 wall_s=<> ideal_s=<> prefork_s=<>``.
+``RESULT calls=1000 wall_s=<> ideal_s=<> prefork_s=<> per_item_s=<>``.
 """
 
 from __future__ import annotations
@@ -102,6 +105,8 @@ def total(tokens: list) -> dict:
     return {"calls": len(tokens), "tokens": sum(tokens)}
 
 
+BATCH = int(os.environ.get("BENCH_BATCH", "50"))
+batched = flowkit.Workflow("bench_llm_batched", [prompts, fan_out(ask, batch=BATCH), total])
 fanout = flowkit.Workflow("bench_llm_fanout", [prompts, fan_out(ask), total])
 napping = flowkit.Workflow("bench_nap_fanout", [prompts, fan_out(nap), total])
 
@@ -129,9 +134,9 @@ def server_stats(port: int) -> dict:
         return json.load(resp)
 
 
-def run_workflow(calls: int, timeout: float, workflow: flowkit.Workflow | None = None) -> float:
+def run_workflow(calls: int, timeout: float, workflow: flowkit.Workflow) -> float:
     started = time.perf_counter()
-    run = (workflow or fanout).start({"n": calls})
+    run = workflow.start({"n": calls})
     result = run.result(timeout=timeout)
     elapsed = time.perf_counter() - started
     if result["calls"] != calls:
@@ -155,10 +160,10 @@ def timeline(run) -> None:
 
 def with_workers(
     env: dict, pool: str, procs: int, concurrency: int, calls: int, timeout: float,
-    server_pid: int, rounds: int = 1, warmup: int = 0,
-) -> list[float]:
-    """Wall times of ``rounds`` fan-outs of ``calls`` on fresh workers, after a warm-up
-    fan-out of ``warmup`` calls (imports, first connections)."""
+    server_pid: int, workflows: list[flowkit.Workflow], rounds: int = 1, warmup: int = 0,
+) -> dict[str, list[float]]:
+    """Wall times of ``rounds`` fan-outs of ``calls`` by each workflow (interleaved) on
+    fresh workers, after a warm-up fan-out of ``warmup`` calls (imports, first connections)."""
     from flowkit.testing import WorkerProcess
 
     workers = [
@@ -169,18 +174,21 @@ def with_workers(
     try:
         for w in workers:
             w.start(timeout=60)
-        run_workflow(warmup or min(calls, 4 * procs), timeout)
-        walls = []
+        for workflow in workflows:
+            run_workflow(warmup or min(calls, 4 * procs), timeout, workflow)
+        walls: dict[str, list[float]] = {wf.name: [] for wf in workflows}
         for _ in range(rounds):
-            profilers = profile(workers, pool)
-            detail = Detail({w.name: w.pid for w in workers} | {"llm server": server_pid})
-            walls.append(run_workflow(calls, timeout))
-            detail.report(calls)
-            for p in profilers:
-                p.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-                p.wait(30)
+            for workflow in workflows:
+                profilers = profile(workers, f"{pool}-{workflow.name}")
+                detail = Detail({w.name: w.pid for w in workers} | {"llm server": server_pid})
+                walls[workflow.name].append(run_workflow(calls, timeout, workflow))
+                detail.report(calls)
+                for p in profilers:
+                    p.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+                    p.wait(30)
         if os.environ.get("BENCH_NAP"):  # where the time goes: the same fan-out without the SDK
-            print(f"  same fan-out, sleep instead of LLM call: {run_workflow(calls, timeout, napping):.2f} s")
+            nap = run_workflow(calls, timeout, napping)
+            print(f"  one task per call, sleep instead of LLM call: {nap:.2f} s")
         return walls
     except BaseException:
         for w in workers:
@@ -281,6 +289,7 @@ def main() -> None:
     parser.add_argument("--prefork-calls", type=int, default=20)
     parser.add_argument("--skip-prefork", action="store_true")
     parser.add_argument("--skip-raw", action="store_true", help="(for quick experiments)")
+    parser.add_argument("--skip-per-item", action="store_true", help="(for quick experiments)")
     parser.add_argument("--rounds", type=int, default=3, help="fan-outs measured; medians reported")
     parser.add_argument("--warmup", type=int, default=0,
                         help="calls in the warm-up fan-out (default: 4 per process)")
@@ -313,16 +322,22 @@ def main() -> None:
             # room for every call in every process: a worker whose slots are all taken
             # stops polling the broker and notices the next step up to a second late
             per_proc = args.concurrency or args.calls
+            measured = [batched] if args.skip_per_item else [batched, fanout]
             walls = with_workers(env, args.pool, args.procs, per_proc, args.calls, 300, server.pid,
-                                 args.rounds, warmup)
-            wall = statistics.median(walls)
-            print(f"flowkit: {args.calls} calls on {args.procs} {args.pool} worker(s) "
-                  f"x {per_proc}: median {wall:.2f} s ({', '.join(f'{w:.2f}' for w in walls)})",
-                  flush=True)
+                                 measured, args.rounds, warmup)
+            wall = statistics.median(walls[batched.name])
+            per_item = statistics.median(walls[fanout.name]) if not args.skip_per_item else float("nan")
+            for workflow, label in ((batched, f"batch={BATCH}"), (fanout, "one task per call")):
+                if workflow.name in walls:
+                    times = walls[workflow.name]
+                    print(f"flowkit, {label}: {args.calls} calls on {args.procs} {args.pool} "
+                          f"worker(s) x {per_proc}: median {statistics.median(times):.2f} s "
+                          f"({', '.join(f'{w:.2f}' for w in times)})", flush=True)
             prefork = float("nan")
             if not args.skip_prefork:
                 cores = os.cpu_count() or 2
-                sample = with_workers(env, "prefork", 1, cores, args.prefork_calls, 300, server.pid)[0]
+                sample = with_workers(env, "prefork", 1, cores, args.prefork_calls, 300, server.pid,
+                                      [fanout])[fanout.name][0]
                 prefork = sample * args.calls / args.prefork_calls
                 print(f"prefork: {args.prefork_calls} calls on the default prefork worker "
                       f"(concurrency {cores}): {sample:.2f} s -> {prefork:.0f} s for {args.calls} "
@@ -335,7 +350,8 @@ def main() -> None:
 
     print(f"ratio: wall / ideal = {wall / LATENCY:.2f}; wall / raw = {wall / raw:.2f}; "
           f"prefork / wall = {prefork / wall:.0f}x")
-    print(f"RESULT calls={args.calls} wall_s={wall:.2f} ideal_s={LATENCY:.2f} prefork_s={prefork:.1f}")
+    print(f"RESULT calls={args.calls} wall_s={wall:.2f} ideal_s={LATENCY:.2f} prefork_s={prefork:.1f} "
+          f"per_item_s={per_item:.2f}")
 
 
 if __name__ == "__main__":

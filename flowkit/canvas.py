@@ -2,7 +2,7 @@
 
 Sequential steps become a chain, parallel branches a group (a chord before the
 next step), a fan-out the ``flowkit.fan_out`` task that replaces itself with a
-group at run time, and every canvas ends with ``flowkit.finish``. Each step's
+group at run time (flowkit.fanout), and every canvas ends with ``flowkit.finish``. Each step's
 signature carries only the run id, its step key, the run's generation and (when
 configured away from the component's defaults) its policy: run state lives in
 Redis, so any generation of the canvas can be rebuilt from the workflow.
@@ -33,9 +33,13 @@ def step_signature(
     kwargs: dict[str, Any] = {"run_id": run_id, "key": key, "gen": gen}
     if policy:
         kwargs["policy"] = policy
-    queue = (policy or {}).get("queue") or lookup(component).policy.queue or run_queue
-    options = {**_routed(queue), **result_options()}
+    options = {**_routed(step_queue(component, policy, run_queue)), **result_options()}
     return get_app().signature(lookup(component).task_name, args=args, kwargs=kwargs, **options)
+
+
+def step_queue(component: str, policy: dict | None, run_queue: str | None) -> str | None:
+    """The queue of a step: its policy's, else its component's, else the run's."""
+    return (policy or {}).get("queue") or lookup(component).policy.queue or run_queue
 
 
 def result_options() -> dict[str, bool]:
@@ -67,6 +71,8 @@ def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None
             "component": comp.name,
             "policy": _policy_payload(comp),
         }
+        if node.batch > 1:
+            kwargs["batch"] = node.batch
         return get_app().signature("flowkit.fan_out", kwargs=kwargs, **_routed(queue))
     if isinstance(node, Parallel):
         return group(

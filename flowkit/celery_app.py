@@ -72,7 +72,7 @@ def create_celery_app(
     app.conf.update(celery_config(settings))
     app.conf.imports = list(imports)
     # flowkit's own tasks (step bodies, fan-out, finish, reaper) register on every app
-    from . import executor, reaper, trace  # noqa: F401 - trace registers its step hooks
+    from . import executor, fanout, reaper, trace  # noqa: F401 - trace registers its step hooks
 
     _app = app
     return app

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import redis
-from celery import chord, group, shared_task
+from celery import shared_task
 from celery.exceptions import Ignore, Reject
 
 from . import cache, events, hooks, notify, trace
@@ -28,7 +28,7 @@ from .errors import RunCancelled, StepTimeout, StoreUnavailable
 from .heartbeat import heartbeat, worker_id
 from .policy import Policy
 from .serialization import dumps_bounded, loads
-from .store import Store, get_store
+from .store import Begin, Store, get_store
 
 log = logging.getLogger(__name__)
 CONTINUE = "$continue"
@@ -90,10 +90,14 @@ def _invoke(fn, args: tuple, kwargs: dict, timeout: float | None, ctx: StepConte
 
 
 def run_step(
-    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None
+    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None,
+    begun: tuple[str, Begin] | None = None,
 ) -> Any:
+    """The body of a step's task. An item of a batched fan-out has no ``task`` of its own
+    and comes ``begun``: its lease token and what ``begin_step`` decided for it."""
     try:
-        return _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy)
+        return _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy,
+                         begun=begun)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Redis stayed away past FLOWKIT_REDIS_RETRY_SECONDS: hand the message back rather
         # than lose it; begin_step makes its redelivery harmless
@@ -102,15 +106,19 @@ def run_step(
 
 
 def _run_step(
-    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None
+    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None,
+    begun: tuple[str, Begin] | None,
 ) -> Any:
-    if draining():  # received after SIGTERM: another worker takes it (flowkit.drain)
-        raise Reject("worker is draining", requeue=True)
     store = get_store()
     comp = lookup(name)
     pol = Policy.from_dict(policy) if policy else comp.policy
-    token = uuid.uuid4().hex
-    begin = store.begin_step(run_id, key, gen, token, worker_id(), time.time(), name)
+    if begun is None:
+        if draining():  # received after SIGTERM: another worker takes it (flowkit.drain)
+            raise Reject("worker is draining", requeue=True)
+        token = uuid.uuid4().hex
+        begin = store.begin_step(run_id, key, gen, token, worker_id(), time.time(), name)
+    else:
+        token, begin = begun
     if begin.status == "checkpoint":
         output = loads(begin.checkpoint)
     elif begin.status == "run":
@@ -119,6 +127,10 @@ def _run_step(
         log.info("flowkit: step %s of run %s not run (%s)", key, run_id, begin.status)
         raise Ignore()
     if isinstance(output, dict) and CONTINUE in output:
+        if task is None:
+            fail_run(run_id, gen, key, f"{name} continues with another step, which an item of a "
+                     "batched fan_out cannot do: fan it out with batch=1")
+            raise Ignore()
         return _continue(task, store, output[CONTINUE], run_id, key, gen)
     return output
 
@@ -276,32 +288,6 @@ def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -
     sig = step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"),
                          (spec["input"],), run_queue=store.run_queue(run_id))
     return task.replace(sig)
-
-
-@shared_task(name="flowkit.fan_out", bind=True)
-def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str,
-            policy: dict | None = None):
-    """Replace itself with one step per item of the list the previous step produced."""
-    from .canvas import step_signature
-
-    if not isinstance(items, list):
-        fail_run(run_id, gen, key, f"fan_out over {component} needs a list, got {type(items).__name__}")
-        raise Ignore()
-    if not items:
-        return []
-    store = get_store()
-    store.touch(run_id, worker_id(), time.time())
-    base, queue = key.partition(":")[0], store.run_queue(run_id)
-    header = group(
-        step_signature(component, run_id, f"{base}[{i}]:{component}", gen, policy, (item,),
-                       run_queue=queue)
-        for i, item in enumerate(items)
-    )
-    # Replacing with a bare group would join through celery.accumulate on the worker's
-    # default queue, which a worker serving only the run's queue never consumes.
-    join = task.app.signature("celery.accumulate", kwargs={"index": 0},
-                              **({"queue": queue} if queue else {}))
-    return task.replace(chord(header, join))
 
 
 @shared_task(name="flowkit.finish", bind=True, ignore_result=True)

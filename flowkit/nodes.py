@@ -47,9 +47,11 @@ class Parallel(Node):
 
 @dataclass(frozen=True)
 class FanOut(Node):
-    """One step per item of the list received; the output is the list of their outputs."""
+    """One step per item of the list received; the output is the list of their outputs.
+    ``batch`` items share a Celery task (see flowkit.fanout)."""
 
     component: Component
+    batch: int = 1
 
     def components(self) -> Iterator[Component]:
         yield self.component
@@ -77,8 +79,15 @@ def parallel(*branches: Any) -> Parallel:
     return Parallel(tuple(as_node(b) for b in branches))
 
 
-def fan_out(comp: Component) -> FanOut:
-    """Run ``comp`` once per item of the list the previous step returns, in parallel."""
+def fan_out(comp: Component, *, batch: int = 1) -> FanOut:
+    """Run ``comp`` once per item of the list the previous step returns, in parallel.
+
+    ``batch=n`` runs n items per Celery task, concurrently (threads, or greenlets on a
+    gevent worker), each still its own checkpointed step: for many short I/O-bound
+    items, such as LLM calls, where one task per item would cost more than the item.
+    """
     if not isinstance(comp, Component):
         raise ConfigError("fan_out() takes a component.")
-    return FanOut(comp)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"fan_out(batch=...) takes a whole number of items >= 1, not {batch!r}.")
+    return FanOut(comp, batch)

@@ -447,13 +447,35 @@ class Store:
     def begin_step(
         self, run_id: str, step: str, gen: int, token: str, worker: str, now: float, component: str
     ) -> Begin:
-        result = self._begin(
-            keys=self.run_keys(run_id),
-            args=[
-                run_id, step, gen, token, worker, now,
-                self.settings.heartbeat_lapse, self.settings.retention_seconds, component,
-            ],
-        )
+        return self._begun(self._begin(keys=self.run_keys(run_id),
+                                       args=self._begin_args(run_id, step, gen, token, worker, now,
+                                                             component)))
+
+    def begin_steps(
+        self, run_id: str, steps: list[tuple[str, str]], gen: int, worker: str, now: float,
+        component: str,
+    ) -> list[Begin]:
+        """``begin_step`` for each ``(step, token)``, in one round trip (a batched fan-out)."""
+        keys = self.run_keys(run_id)
+        for _ in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for step, token in steps:
+                pipe.evalsha(self._begin.sha, len(keys), *keys,
+                             *self._begin_args(run_id, step, gen, token, worker, now, component))
+            try:
+                return [self._begun(result) for result in pipe.execute()]
+            except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
+                self.redis.script_load(self._begin.script)
+        raise redis.exceptions.NoScriptError("Redis keeps forgetting flowkit's scripts")
+
+    def _begin_args(
+        self, run_id: str, step: str, gen: int, token: str, worker: str, now: float, component: str
+    ) -> list[Any]:
+        return [run_id, step, gen, token, worker, now, self.settings.heartbeat_lapse,
+                self.settings.retention_seconds, component]
+
+    @staticmethod
+    def _begun(result: list) -> Begin:
         status = result[0]
         if status == "run":
             return Begin("run", attempt=int(result[1]))

@@ -175,6 +175,26 @@ def with_inline(data: dict) -> dict:
 
 
 
+@component(name="t.meeting")
+def meeting(x: int) -> int:
+    """Waits at its gate: the items of a batch reach it together only if they run at once."""
+    count(f"meeting{x}")
+    wait_for_gate("meeting")
+    return x + 1
+
+
+@component(name="t.breaks_once")
+def breaks_once(x: int) -> int:
+    """Item 3 fails the first time it runs in a run, then works."""
+    if count(f"item{x}") == 1 and x == 3:
+        raise RuntimeError("item 3 breaks the first time")
+    return x * 10
+
+
+@component(name="t.hands_over")
+def hands_over(x: int) -> object:
+    return continue_with(square, x)
+
 
 number_schema = {"n": fields.Integer(required=True), "fail_times": fields.Integer(load_default=2)}
 
@@ -193,6 +213,15 @@ exhausted = flowkit.Workflow(
 )
 resumable = flowkit.Workflow("resumable", [add_one, switch, double], input_schema=number_schema)
 fanned = flowkit.Workflow("fanned", [split, fan_out(square), total], input_schema=number_schema)
+batched = flowkit.Workflow("batched", [split, fan_out(square, batch=2), total],
+                          input_schema=number_schema)
+meeting_in_batches = flowkit.Workflow("meeting_in_batches", [split, fan_out(meeting, batch=3)],
+                                      input_schema=number_schema)
+breaking_in_batches = flowkit.Workflow("breaking_in_batches", [split, fan_out(breaks_once, batch=2)],
+                                       input_schema=number_schema)
+handing_over_in_batches = flowkit.Workflow("handing_over_in_batches",
+                                           [split, fan_out(hands_over, batch=2)],
+                                           input_schema=number_schema)
 branches = flowkit.Workflow("branches", [add_one, parallel(left, [double, right]), join],
                             input_schema=number_schema)
 looping = flowkit.Workflow("looping", [agent])
