@@ -292,7 +292,8 @@ def main() -> None:
     parser.add_argument("--skip-per-item", action="store_true", help="(for quick experiments)")
     parser.add_argument("--rounds", type=int, default=3, help="fan-outs measured; medians reported")
     parser.add_argument("--warmup", type=int, default=0,
-                        help="calls in the warm-up fan-out (default: 4 per process)")
+                        help="calls in the warm-up fan-out (default: --calls, so every HTTP and "
+                             "Redis connection pool has grown to its steady size)")
     args = parser.parse_args()
 
     from flowkit.local import LocalRedis, free_port
@@ -312,7 +313,7 @@ def main() -> None:
         app = make_app()  # again, now on the private Redis
         server = start_fake_server(port)
         try:
-            warmup = args.warmup or 4 * args.procs
+            warmup = args.warmup or args.calls
             raw = float("nan")
             if not args.skip_raw:
                 raws = raw_baseline(args.calls, env["FLOWKIT_LLM_FAKE_URL"], args.rounds, warmup)

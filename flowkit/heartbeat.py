@@ -31,11 +31,14 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
-        self._pid: int | None = None
+        self._pid = os.getpid()
         self._wake = threading.Event()
 
     def track(self, run_id: str, step: str, token: str) -> None:
         with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's steps and thread are not ours
+                self._entries.clear()
+                self._pid, self._thread = os.getpid(), None
             self._entries[(run_id, step)] = token
         self.ensure_running()
 
@@ -54,13 +57,15 @@ class Heartbeat:
         with self._lock:
             return [(run, step, token) for (run, step), token in self._entries.items()]
 
+    def _running(self) -> bool:
+        return self._thread is not None and self._pid == os.getpid() and self._thread.is_alive()
+
     def ensure_running(self) -> None:
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+        if self._running():
             return
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's entries are not ours
-                self._entries.clear()
-            self._pid = os.getpid()
+            if self._running():  # another step started it while this one waited for the lock
+                return
             self._thread = threading.Thread(target=self._loop, name="flowkit-heartbeat", daemon=True)
             self._thread.start()
 
