@@ -65,8 +65,8 @@ def test_a_failed_item_fails_the_run_and_a_retry_runs_only_that_item():
     with pytest.raises(flowkit.StepError, match="item 3 breaks") as err:
         run.result(WAIT)
     assert err.value.step == item_key("1", 3, "t.breaks_once")
-    wait_until(lambda: len([k for k in completed_steps(run) if "[" in k]) == 4, WAIT,
-               "the other items to complete")
+    # items that completed keep their checkpoints; those not begun when the run failed
+    # wait for the retry: either way, each of the others runs exactly once
     assert flowkit.retry(run.id).state == "queued"
     assert run.result(WAIT) == [0, 10, 20, 30, 40]
     assert counts(run) == {"split": 1, "item0": 1, "item1": 1, "item2": 1, "item3": 2, "item4": 1}
