@@ -19,7 +19,7 @@ Celery workers. The figures, measured in the same run:
 
 Each figure is the median of ``--rounds`` fan-outs (raw: as many rounds, same warm-up).
 
-    .venv/bin/python bench/llm_fanout.py [--calls 1000] [--pool gevent] [--procs 2] [--rounds 3]
+    .venv/bin/python bench/llm_fanout.py [--calls 1000] [--pool gevent] [--procs 2] [--rounds 5]
 
 Where the time goes: ``BENCH_DETAIL=1`` prints the CPU seconds of each worker, the LLM
 server and Redis, and the Redis commands per call; ``BENCH_PROFILE=<dir>`` records py-spy
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--skip-prefork", action="store_true")
     parser.add_argument("--skip-raw", action="store_true", help="(for quick experiments)")
     parser.add_argument("--skip-per-item", action="store_true", help="(for quick experiments)")
-    parser.add_argument("--rounds", type=int, default=3, help="fan-outs measured; medians reported")
+    parser.add_argument("--rounds", type=int, default=5, help="fan-outs measured; medians reported")
     parser.add_argument("--warmup", type=int, default=0,
                         help="calls in the warm-up fan-out (default: --calls, so every HTTP and "
                              "Redis connection pool has grown to its steady size)")

@@ -141,6 +141,9 @@ def test_workflow_composition_errors_are_clear():
         flowkit.Workflow("unit-bad", [add, "nope"])
     with pytest.raises(ConfigError, match="name"):
         flowkit.Workflow("bad/name", [add])
+    for batch in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="batch"):
+            flowkit.fan_out(add, batch=batch)
 
 
 def test_settings_come_from_flowkit_env_vars():
