@@ -14,7 +14,7 @@ import time
 from celery import signals
 
 import flowkit
-from flowkit import component
+from flowkit import component, fan_out
 from flowkit.heartbeat import worker_id
 from flowkit.serialization import dumps
 from flowkit.store import get_store
@@ -50,6 +50,12 @@ def work(data: dict) -> dict:
 def hold(data: dict) -> dict:
     """A long step: says where it runs, then blocks in I/O (BLPOP) until the test opens its gate."""
     ctx = _began()
+    _hold(ctx)
+    _finished(ctx)
+    return {**data, "n": data["n"] + 1}
+
+
+def _hold(ctx: flowkit.StepContext) -> None:
     r = get_store().redis
     r.rpush(f"chaos:waiting:{ctx.run_id}", dumps({"attempt": ctx.attempt, "worker": worker_id()}))
     deadline = time.monotonic() + 120
@@ -58,8 +64,6 @@ def hold(data: dict) -> dict:
             raise flowkit.RunCancelled("stopped waiting")
         if time.monotonic() > deadline:
             raise TimeoutError("the test never opened the gate")
-    _finished(ctx)
-    return {**data, "n": data["n"] + 1}
 
 
 @component(name="chaos.broken")
@@ -68,7 +72,25 @@ def broken(data: dict) -> dict:
     raise RuntimeError("the model returned nonsense")
 
 
+@component(name="chaos.items")
+def items(data: dict) -> list:
+    ctx = _began()
+    _finished(ctx)
+    return list(range(data["n"]))
+
+
+@component(name="chaos.item")
+def item(x: int) -> int:
+    """Items 0 and 1 return at once; the others hold like ``chaos.hold``."""
+    ctx = _began()
+    if x >= 2:
+        _hold(ctx)
+    _finished(ctx)
+    return x * 10
+
+
 ten = flowkit.Workflow("chaos.ten", [work] * 10)
+batch_held = flowkit.Workflow("chaos.batch_held", [items, fan_out(item, batch=4)])
 held = flowkit.Workflow("chaos.held", [work, hold, work])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
 
