@@ -149,7 +149,9 @@ local now = tonumber(ARGV[6])
 local held = redis.call('HGET', inflight, ARGV[2])
 if held then
   local lease = cjson.decode(held)
-  if lease.token ~= ARGV[4] and lease.expires > now then return {'leased'} end
+  -- the same token: this call again, resent after its reply was lost; it already began
+  if lease.token == ARGV[4] then return {'run', tostring(lease.attempt)} end
+  if lease.expires > now then return {'leased'} end
 end
 local attempt = redis.call('HINCRBY', attempts, ARGV[2], 1)
 redis.call('HSET', inflight, ARGV[2], cjson.encode({
@@ -194,11 +196,14 @@ redis.call('EXPIRE', events, ARGV[3])
 return id
 """
 
-# A failed attempt that will be retried. ARGV: run_id, step, gen, token, event_json, now, lapse
-# Returns the next attempt number, or false when the run is no longer live.
+# A failed attempt that will be retried. ARGV: run_id, step, gen, token, event_json, now, lapse,
+# failed attempt. Returns the next attempt number, or false when the run is no longer live.
 _RETRYING = """
 local state = redis.call('HGET', run, 'state')
 if not live(state) or redis.call('HGET', run, 'gen') ~= ARGV[3] then return false end
+local recorded = tonumber(redis.call('HGET', attempts, ARGV[2]) or '0')
+-- already past the failed attempt: this call again, resent after its reply was lost
+if recorded > tonumber(ARGV[8]) then return recorded end
 local attempt = redis.call('HINCRBY', attempts, ARGV[2], 1)
 redis.call('HSET', inflight, ARGV[2], cjson.encode({
   token = ARGV[4], worker = redis.call('HGET', run, 'worker'), attempt = attempt,
@@ -521,7 +526,8 @@ class Store:
         """Record a failed attempt about to be retried; returns the next attempt number."""
         attempt = self._retrying(
             keys=self.run_keys(run_id),
-            args=[run_id, step, gen, token, dumps(event), now, self.settings.heartbeat_lapse],
+            args=[run_id, step, gen, token, dumps(event), now, self.settings.heartbeat_lapse,
+                  event["attempt"]],
         )
         return int(attempt) if attempt else None
 
