@@ -2,8 +2,8 @@
 
 Sequential steps become a chain, parallel branches a group (a chord before the
 next step), a fan-out the ``flowkit.fan_out`` task that replaces itself with a
-group at run time (flowkit.fanout), and every canvas ends with ``flowkit.finish``. Each step's
-signature carries only the run id, its step key, the run's generation and (when
+group at run time (flowkit.fanout), and every canvas ends with ``flowkit.finish``.
+Each step's signature carries only the run id, its step key, the run's generation and (when
 configured away from the component's defaults) its policy: run state lives in
 Redis, so any generation of the canvas can be rebuilt from the workflow.
 """
@@ -33,7 +33,7 @@ def step_signature(
     kwargs: dict[str, Any] = {"run_id": run_id, "key": key, "gen": gen}
     if policy:
         kwargs["policy"] = policy
-    options = {**_routed(step_queue(component, policy, run_queue)), **result_options()}
+    options = {**routed(step_queue(component, policy, run_queue)), **result_options()}
     return get_app().signature(lookup(component).task_name, args=args, kwargs=kwargs, **options)
 
 
@@ -73,7 +73,7 @@ def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None
         }
         if node.batch > 1:
             kwargs["batch"] = node.batch
-        return get_app().signature("flowkit.fan_out", kwargs=kwargs, **_routed(queue))
+        return get_app().signature("flowkit.fan_out", kwargs=kwargs, **routed(queue))
     if isinstance(node, Parallel):
         return group(
             compile_node(branch, f"{path}.{i}", run_id, gen, queue)
@@ -88,7 +88,8 @@ def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None
     raise TypeError(f"cannot compile {node!r}")
 
 
-def _routed(queue: str | None) -> dict[str, str]:
+def routed(queue: str | None) -> dict[str, str]:
+    """Signature options sending a task to ``queue`` (none: the app's default queue)."""
     return {"queue": queue} if queue else {}
 
 
@@ -99,6 +100,6 @@ def compile_run(
     component names another, so a run stays on the deployment (colour) that started it."""
     finish = get_app().signature(
         "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
-        **_routed(queue), **result_options(),
+        **routed(queue), **result_options(),
     )
     return chain(compile_node(root, "", run_id, gen, queue), finish)

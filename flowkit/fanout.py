@@ -19,7 +19,7 @@ import redis
 from celery import chord, group, shared_task
 from celery.exceptions import Ignore, Reject
 
-from .canvas import result_options, step_queue, step_signature
+from .canvas import result_options, routed, step_queue, step_signature
 from .drain import draining
 from .executor import fail_run, run_step
 from .heartbeat import worker_id
@@ -43,7 +43,6 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
     store = get_store()
     store.touch(run_id, worker_id(), time.time())
     base, queue = key.partition(":")[0], store.run_queue(run_id)
-    routed = {"queue": queue} if queue else {}
     if batch <= 1:
         header = group(
             step_signature(component, run_id, item_key(base, i, component), gen, policy, (item,),
@@ -52,7 +51,7 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
         )
         # Replacing with a bare group would join through celery.accumulate on the worker's
         # default queue, which a worker serving only the run's queue never consumes.
-        join = task.app.signature("celery.accumulate", kwargs={"index": 0}, **routed)
+        join = task.app.signature("celery.accumulate", kwargs={"index": 0}, **routed(queue))
     else:
         header = group(
             task.app.signature(
@@ -63,7 +62,7 @@ def fan_out(task, items=None, *, run_id: str, key: str, gen: int, component: str
             )
             for first in range(0, len(items), batch)
         )
-        join = task.app.signature("flowkit.gather", **routed, **result_options())
+        join = task.app.signature("flowkit.gather", **routed(queue), **result_options())
     return task.replace(chord(header, join))
 
 
