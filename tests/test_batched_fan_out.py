@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import flowkit
+from flowkit import trace
 from flowkit.fanout import item_key
 from flowkit.store import get_store
 from tests import workflows as wf
@@ -31,6 +32,10 @@ def test_a_batched_fan_out_runs_each_item_as_its_own_step_and_gathers_in_order()
     started = [e.data for e in run.events() if e.type == "step.started" and "[" in e.data["step"]]
     assert sorted(e["step"] for e in started) == sorted(items)
     assert all(e["attempt"] == 1 for e in started)
+    spans = {s["step"]: s for s in trace.read(run.id) if s["kind"] == "step" and "[" in s["step"]}
+    assert sorted(spans) == sorted(items)
+    assert {s["status"] for s in spans.values()} == {"ok"}
+    assert spans[item_key("1", 3, "t.square")]["input"] == 3
     assert counts(run) == {"split": 1, **{f"square{i}": 1 for i in range(5)}, "total": 1}
 
 
