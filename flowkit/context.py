@@ -38,6 +38,9 @@ class StepContext:
     abandoned: bool = False
     _calls: int = field(default=0, repr=False)
     _input: Any = field(default=None, repr=False)
+    #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
+    #: ``completion``, ``total``); ``step.completed`` reports them.
+    tokens: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def input(self) -> Any:

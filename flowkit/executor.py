@@ -142,9 +142,11 @@ def _run_attempts(
     history: list[dict[str, Any]] = []
     started = time.monotonic()
     state = {"attempt": attempt}
+    tokens: dict[str, int] = {}  # shared by the attempts: the step's LLM usage
 
     def new_context() -> StepContext:
-        return StepContext(run_id, key, gen, state["attempt"], token, comp.name, store)
+        return StepContext(run_id, key, gen, state["attempt"], token, comp.name, store,
+                           tokens=tokens)
 
     def before_sleep(retry_state) -> None:
         exc = retry_state.outcome.exception()
@@ -178,7 +180,7 @@ def _run_attempts(
     completed = events.make(
         events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
         duration=round(time.monotonic() - started, 4), cached=cached or None,
-        output=_shown(loads(output_json), value, pol),
+        tokens=tokens or None, output=_shown(loads(output_json), value, pol),
     )
     now, worker = time.time(), worker_id()
     try:  # the attempt's trace records and the checkpoint in one round trip

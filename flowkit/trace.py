@@ -376,6 +376,7 @@ def record_call(span: dict[str, Any]) -> bool:
                 span = {**span, "start": opened}
             if span.get("end") is not None:
                 state.last_end = max(state.last_end, span["end"], span.get("start", 0))
+        _count_tokens(ctx.tokens, span)
     values = state.values if state is not None else frozenset()
     doc = redact(span, secret_fields_of(ctx.component), values)
     doc.update(parent=attempt_span_id(ctx), step=ctx.step, attempt=ctx.attempt)
@@ -386,6 +387,16 @@ def record_call(span: dict[str, Any]) -> bool:
     except Exception:  # observability must never fail the call it observes
         log.exception("flowkit: could not record a trace span")
     return True
+
+
+def _count_tokens(tokens: dict[str, int], span: dict[str, Any]) -> None:
+    if span.get("cached"):  # answered from the cache: no tokens spent
+        return
+    for kind in ("prompt", "completion"):
+        used = span.get(f"{kind}_tokens") or 0
+        if used:
+            tokens[kind] = tokens.get(kind, 0) + used
+            tokens["total"] = tokens.get("total", 0) + used
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------------

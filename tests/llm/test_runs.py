@@ -69,6 +69,10 @@ def test_the_trace_records_each_call_with_tokens_and_latency(llm):
     assert streamed["output"] == out["second"]
     assert embedded["operation"] == "embeddings" and embedded["prompt_tokens"] == 3
 
+    [completed] = [e for e in run.events() if e.type == "step.completed"]
+    prompt = sum(s["prompt_tokens"] for s in (plain, streamed, embedded))
+    assert completed.data["tokens"] == {"prompt": prompt, "completion": 5 + 12, "total": prompt + 17}
+
 
 def test_a_running_step_and_its_finished_calls_are_in_the_trace_before_the_step_ends(llm):
     # trace records are written in batches: a running step's records wait at most
