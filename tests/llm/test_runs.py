@@ -74,6 +74,17 @@ def test_the_trace_records_each_call_with_tokens_and_latency(llm):
     assert completed.data["tokens"] == {"prompt": prompt, "completion": 5 + 12, "total": prompt + 17}
 
 
+def test_a_step_counts_no_tokens_for_an_answer_from_the_cache(llm):
+    run = wf.asked_twice.start({"prompt": "the same question twice"})
+    out = run.result(timeout=30)
+    assert out["texts"][0] == out["texts"][1]
+    first, second = llm_spans(run)
+    assert second["cached"] is True and not first.get("cached")
+    [completed] = [e for e in run.events() if e.type == "step.completed"]
+    assert completed.data["tokens"] == {"prompt": first["prompt_tokens"], "completion": 5,
+                                        "total": first["prompt_tokens"] + 5}
+
+
 def test_a_running_step_and_its_finished_calls_are_in_the_trace_before_the_step_ends(llm):
     # trace records are written in batches: a running step's records wait at most
     # FLOWKIT_TRACE_FLUSH_SECONDS, never until its end

@@ -40,6 +40,9 @@ def client(profile: str) -> OpenAI:
             Provider("backup", base_url=backup, api_key="sk-backup-test-key",
                      models={MODEL: "backup-model"}),
         ], retry=FAST_RETRY)
+    if profile == "cached":
+        return OpenAI(api_key="sk-cached-test-key", base_url=primary, name="primary", cache_ttl=60,
+                      retry=FAST_RETRY)
     if profile == "limited":
         return OpenAI(api_key="sk-limited-test-key", base_url=primary, name="limited",
                       rate_limits={MODEL: LIMIT}, retry=FAST_RETRY)
@@ -68,6 +71,13 @@ def stream(data: dict) -> dict:
         if chunk.choices and chunk.choices[0].delta.content:
             parts.append(chunk.choices[0].delta.content)
     return {"text": "".join(parts), "chunk_types": sorted(kinds)}
+
+
+@component(name="llmtest.twice")
+def twice(data: dict) -> dict:
+    """The same deterministic call twice: the second is answered from the cache."""
+    replies = [_ask("cached", data["prompt"], max_tokens=5, temperature=0) for _ in range(2)]
+    return {"texts": [r.choices[0].message.content for r in replies]}
 
 
 @component(name="llmtest.both")
@@ -111,6 +121,7 @@ prompt_schema = {"prompt": fields.String(required=True), "client": fields.String
 asking = flowkit.Workflow("llmtest_ask", [ask], input_schema=prompt_schema, queue=QUEUE)
 streaming = flowkit.Workflow("llmtest_stream", [stream], input_schema=prompt_schema, queue=QUEUE)
 traced = flowkit.Workflow("llmtest_both", [both], input_schema=prompt_schema, queue=QUEUE)
+asked_twice = flowkit.Workflow("llmtest_twice", [twice], input_schema=prompt_schema, queue=QUEUE)
 waiting = flowkit.Workflow("llmtest_wait", [ask_then_wait], input_schema=prompt_schema, queue=QUEUE)
 secret = flowkit.Workflow(
     "llmtest_secret", [secretive.secret("customer_token")],
