@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,10 @@ end
 local function live(state)
   return state == 'queued' or state == 'running'
 end
+-- whether the run was ended by call <id>: this call again, resent after its reply was lost
+local function ended_by(id)
+  return id ~= '' and redis.call('HGET', run, 'ended_by') == id
+end
 """
 
 # ARGV: run_id, idem_key ('' = none), now, retention, event_json, then field/value pairs
@@ -213,13 +218,15 @@ redis.call('XADD', events, '*', 'e', ARGV[5])
 return attempt
 """
 
-# ARGV: run_id, gen, step ('' for none), token, now, error_json, retention, step_event ('' = none), run_event
+# ARGV: run_id, gen, step ('' for none), token, now, error_json, retention, step_event ('' = none),
+# run_event, call_id
 _FAIL = """
 if ARGV[3] ~= '' then release(ARGV[3], ARGV[4]) end
 local state = redis.call('HGET', run, 'state')
+if ended_by(ARGV[10]) then return 1 end
 if not live(state) or redis.call('HGET', run, 'gen') ~= ARGV[2] then return 0 end
 redis.call('HSET', run, 'state', 'failed', 'error', ARGV[6], 'failed_step', ARGV[3],
-           'finished_at', ARGV[5], 'updated_at', ARGV[5])
+           'finished_at', ARGV[5], 'updated_at', ARGV[5], 'ended_by', ARGV[10])
 redis.call('ZREM', running, ARGV[1])
 redis.call('ZREM', queued, ARGV[1])
 if ARGV[8] ~= '' then redis.call('XADD', events, '*', 'e', ARGV[8]) end
@@ -228,12 +235,13 @@ touch(ARGV[7])
 return 1
 """
 
-# ARGV: run_id, gen, now, output_json, retention, event_json
+# ARGV: run_id, gen, now, output_json, retention, event_json, call_id
 _FINISH = """
 local state = redis.call('HGET', run, 'state')
+if ended_by(ARGV[7]) then return 1 end
 if not live(state) or redis.call('HGET', run, 'gen') ~= ARGV[2] then return 0 end
 redis.call('HSET', run, 'state', 'succeeded', 'output', ARGV[4], 'finished_at', ARGV[3],
-           'updated_at', ARGV[3])
+           'updated_at', ARGV[3], 'ended_by', ARGV[7])
 redis.call('HSETNX', run, 'started_at', ARGV[3])
 redis.call('ZREM', running, ARGV[1])
 redis.call('ZREM', queued, ARGV[1])
@@ -242,12 +250,14 @@ touch(ARGV[5])
 return 1
 """
 
-# ARGV: run_id, now, retention, event_json
+# ARGV: run_id, now, retention, event_json, call_id
 _CANCEL = """
 local state = redis.call('HGET', run, 'state')
 if not state then return -1 end
+if ended_by(ARGV[5]) then return 1 end
 if not live(state) then return 0 end
-redis.call('HSET', run, 'state', 'cancelled', 'finished_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('HSET', run, 'state', 'cancelled', 'finished_at', ARGV[2], 'updated_at', ARGV[2],
+           'ended_by', ARGV[5])
 redis.call('ZREM', running, ARGV[1])
 redis.call('ZREM', queued, ARGV[1])
 redis.call('XADD', events, '*', 'e', ARGV[4])
@@ -319,7 +329,7 @@ end
 local new_gen = redis.call('HINCRBY', run, 'gen', 1)
 if ARGV[6] ~= '-1' then redis.call('HINCRBY', run, 'restarts', 1) end
 redis.call('HSET', run, 'state', 'queued', 'updated_at', ARGV[3], 'error', '', 'failed_step', '')
-redis.call('HDEL', run, 'finished_at')
+redis.call('HDEL', run, 'finished_at', 'ended_by')
 redis.call('ZREM', running, ARGV[1])
 redis.call('ZADD', queued, now, ARGV[1])
 local doc = {type = 'run.restarted', ts = now, run = ARGV[1], reason = ARGV[5], gen = new_gen}
@@ -416,11 +426,16 @@ class Store:
     def get_run(self, run_id: str) -> dict[str, str]:
         return self.redis.hgetall(self.keys.run(run_id))
 
-    def cancel(self, run_id: str, now: float, event: dict[str, Any]) -> int:
+    def cancel(
+        self, run_id: str, now: float, event: dict[str, Any], call_id: str | None = None
+    ) -> int:
+        """1 cancelled, 0 already ended, -1 unknown. ``call_id`` (default: a fresh one) names
+        this call, so a resend after a lost reply answers 1 again (as do fail and finish)."""
         return int(
             self._cancel(
                 keys=self.run_keys(run_id),
-                args=[run_id, now, self.settings.retention_seconds, dumps(event)],
+                args=[run_id, now, self.settings.retention_seconds, dumps(event),
+                      call_id or uuid.uuid4().hex],
             )
         )
 
@@ -541,22 +556,30 @@ class Store:
         error: dict[str, Any],
         step_event: dict[str, Any] | None,
         run_event: dict[str, Any],
+        call_id: str | None = None,
     ) -> bool:
+        """Whether this call failed the run (it was live, in generation ``gen``)."""
         return bool(
             self._fail(
                 keys=self.run_keys(run_id),
                 args=[
                     run_id, gen, step, token, now, dumps(error), self.settings.retention_seconds,
                     dumps(step_event) if step_event else "", dumps(run_event),
+                    call_id or uuid.uuid4().hex,
                 ],
             )
         )
 
-    def finish(self, run_id: str, gen: int, now: float, output_json: str, event: dict) -> bool:
+    def finish(
+        self, run_id: str, gen: int, now: float, output_json: str, event: dict,
+        call_id: str | None = None,
+    ) -> bool:
+        """Whether this call ended the run as succeeded (it was live, in generation ``gen``)."""
         return bool(
             self._finish(
                 keys=self.run_keys(run_id),
-                args=[run_id, gen, now, output_json, self.settings.retention_seconds, dumps(event)],
+                args=[run_id, gen, now, output_json, self.settings.retention_seconds, dumps(event),
+                      call_id or uuid.uuid4().hex],
             )
         )
 

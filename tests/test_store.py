@@ -40,3 +40,31 @@ def test_retrying_resent_records_the_failed_attempt_once(store, run_id):
     assert store.retrying(run_id, "0:c", 0, "token-a", event, time.time()) == 2
     assert store.retrying(run_id, "0:c", 0, "token-a", event, time.time()) == 2
     assert step_events(store, run_id) == [("step.started", 1), ("step.retrying", 1)]
+
+
+def test_fail_resent_says_it_failed_the_run_and_adds_no_event(store, run_id):
+    store.begin_step(run_id, "0:c", 0, "token-a", "w1", time.time(), "c")
+    error = {"type": "RuntimeError", "message": "boom", "step": "0:c", "attempts": []}
+    failed = events.make(events.RUN_FAILED, run_id, step="0:c", error=error)
+    args = (run_id, 0, "0:c", "token-a", time.time(), error, None, failed)
+    assert store.fail(*args, call_id="call-1") is True
+    assert store.fail(*args, call_id="call-1") is True  # so its caller still notifies
+    assert store.fail(*args, call_id="call-2") is False  # another call finds it ended
+    assert [e.type for e in events.history(run_id, store=store)].count("run.failed") == 1
+
+
+def test_cancel_resent_says_it_cancelled_the_run(store, run_id):
+    cancelled = events.make(events.RUN_CANCELLED, run_id)
+    assert store.cancel(run_id, time.time(), cancelled, call_id="call-1") == 1
+    assert store.cancel(run_id, time.time(), cancelled, call_id="call-1") == 1
+    assert store.cancel(run_id, time.time(), cancelled, call_id="call-2") == 0
+    assert [e.type for e in events.history(run_id, store=store)].count("run.cancelled") == 1
+
+
+def test_finish_resent_says_it_finished_the_run(store, run_id):
+    store.begin_step(run_id, "0:c", 0, "token-a", "w1", time.time(), "c")
+    done = events.make(events.RUN_SUCCEEDED, run_id, output=1)
+    assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-1") is True
+    assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-1") is True
+    assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-2") is False
+    assert [e.type for e in events.history(run_id, store=store)].count("run.succeeded") == 1
