@@ -71,10 +71,11 @@ class Deployment:
         self.workers: list[WorkerProcess] = []
         self.beats: list[subprocess.Popen] = []
 
-    def worker(self, name: str, concurrency: int = 4, start: bool = True, **env: str) -> WorkerProcess:
+    def worker(self, name: str, concurrency: int = 4, start: bool = True, pool: str = "threads",
+               **env: str) -> WorkerProcess:
         proc = WorkerProcess(
             "tests.chaos.app", name=name, queues=(QUEUE,), concurrency=concurrency,
-            env={**self.env, **env}, cwd=ROOT,
+            env={**self.env, **env}, cwd=ROOT, pool=pool,
         )
         self.workers.append(proc)
         return proc.start() if start else proc

@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from tests.chaos.conftest import of_type, open_gate, side_effects, wait_for, waiting
 from tests.chaos.workflows import held
 from tests.conftest import ROOT
@@ -52,13 +54,17 @@ def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, d
     assert side_effects(run, "started")[HOLD] == 1
 
 
-def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployment):
-    # a lapse of a minute and no reaper: only the handover can resume the step quickly
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployment, pool):
+    # a lapse of a minute and no reaper: only the handover can resume the step quickly.
+    # prefork: the step runs in a child process; the parent finds it through its lease
     slow_lapse = {"FLOWKIT_HEARTBEAT_LAPSE": "60", "FLOWKIT_DRAIN_GRACE": "1.5"}
-    a = deployment.worker("a", **slow_lapse)
+    a = deployment.worker("a", pool=pool, concurrency=2, **slow_lapse)
     run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
     first = waiting(run)
     assert first["worker"].startswith("a@")
+    in_child = not first["worker"].endswith(f":{a.pid}")
+    assert in_child == (pool == "prefork")
     deployment.worker("b", **slow_lapse)
 
     asked = time.monotonic()
