@@ -44,6 +44,10 @@ class Keys:
     def inflight(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}:inflight"
 
+    def emits(self, run_id: str) -> str:
+        """HASH step -> "<emit id> <stream id>" of the last event sent from inside the step."""
+        return f"{self.prefix}:run:{{{run_id}}}:emits"
+
     def trace(self, run_id: str) -> str:
         """Stream of the run's trace spans (append-only; see flowkit.trace)."""
         return f"{self.prefix}:run:{{{run_id}}}:trace"
@@ -191,13 +195,21 @@ touch(ARGV[6])
 return redis.call('HGET', ckpt, ARGV[2])
 """
 
-# An event from inside a step. ARGV: gen, event_json, retention
+# An event from inside a step. KEYS[10]: the run's emits hash.
+# ARGV: gen, event_json, retention, step, emit_id.
 # Returns the stream id, or false when the run is no longer live in this generation.
 _EMIT = """
 local state = redis.call('HGET', run, 'state')
 if not live(state) or redis.call('HGET', run, 'gen') ~= ARGV[1] then return false end
+local last = redis.call('HGET', KEYS[10], ARGV[4])
+if last then  -- this emit again, resent after its reply was lost: it is in the stream
+  local sep = string.find(last, ' ', 1, true)
+  if string.sub(last, 1, sep - 1) == ARGV[5] then return string.sub(last, sep + 1) end
+end
 local id = redis.call('XADD', events, '*', 'e', ARGV[2])
+redis.call('HSET', KEYS[10], ARGV[4], ARGV[5] .. ' ' .. id)
 redis.call('EXPIRE', events, ARGV[3])
+redis.call('EXPIRE', KEYS[10], ARGV[3])
 return id
 """
 
@@ -529,10 +541,16 @@ class Store:
         pipe.zadd(self.keys.running, {run_id: now}, xx=True)
         pipe.execute()
 
-    def emit(self, run_id: str, gen: int, event: dict[str, Any]) -> str | None:
-        """Append an event from inside a step; None when the run stopped (or moved on)."""
+    def emit(
+        self, run_id: str, gen: int, event: dict[str, Any], emit_id: str | None = None
+    ) -> str | None:
+        """Append an event from inside a step; None when the run stopped (or moved on).
+        ``emit_id`` (default: a fresh one) names this call: resent after a lost reply,
+        it returns the stream id of its first run instead of appending the event again."""
         return self._emit(
-            keys=self.run_keys(run_id), args=[gen, dumps(event), self.settings.retention_seconds]
+            keys=[*self.run_keys(run_id), self.keys.emits(run_id)],
+            args=[gen, dumps(event), self.settings.retention_seconds, event["step"],
+                  emit_id or uuid.uuid4().hex],
         ) or None
 
     def retrying(

@@ -68,3 +68,13 @@ def test_finish_resent_says_it_finished_the_run(store, run_id):
     assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-1") is True
     assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-2") is False
     assert [e.type for e in events.history(run_id, store=store)].count("run.succeeded") == 1
+
+
+def test_emit_resent_appends_its_event_once(store, run_id):
+    store.begin_step(run_id, "0:c", 0, "token-a", "w1", time.time(), "c")
+    chunk = events.make(events.STEP_OUTPUT, run_id, step="0:c", attempt=1, chunk="hello")
+    first = store.emit(run_id, 0, chunk, emit_id="emit-1")
+    assert store.emit(run_id, 0, chunk, emit_id="emit-1") == first
+    second = store.emit(run_id, 0, chunk, emit_id="emit-2")  # the same text, sent again on purpose
+    outputs = [e.id for e in events.history(run_id, store=store) if e.type == "step.output"]
+    assert outputs == [first, second]
