@@ -115,6 +115,16 @@ def ask_then_wait(data: dict) -> dict:
     return {"text": reply.choices[0].message.content}
 
 
+@component(name="llmtest.questions")
+def questions(data: dict) -> list:
+    return [f"question {i}" for i in range(data["n"])]
+
+
+@component(name="llmtest.answer")
+def answer(prompt: str) -> str:
+    return _ask("plain", prompt, max_tokens=3).choices[0].message.content
+
+
 prompt_schema = {"prompt": fields.String(required=True), "client": fields.String(load_default="plain"),
                  "max_tokens": fields.Integer(load_default=8)}
 
@@ -127,4 +137,11 @@ secret = flowkit.Workflow(
     "llmtest_secret", [secretive.secret("customer_token")],
     input_schema={"customer_token": fields.String(required=True), "topic": fields.String(required=True)},
     queue=QUEUE,
+)
+
+#: Served only by the gevent worker of tests/llm/test_gevent.py.
+GEVENT_QUEUE = "llm-gevent"
+fanned_on_gevent = flowkit.Workflow(
+    "llmtest_gevent_fan_out", [questions, flowkit.fan_out(answer, batch=10)],
+    input_schema={"n": fields.Integer(required=True)}, queue=GEVENT_QUEUE,
 )

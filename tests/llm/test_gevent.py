@@ -1,0 +1,35 @@
+"""LLM steps on the I/O pool the Procfile recommends: a real gevent worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowkit.fanout import item_key
+from flowkit.testing import WorkerProcess
+from tests.conftest import ROOT
+from tests.llm import workflows as wf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gevent_worker(llm_env):
+    with WorkerProcess("tests.llm.app", name="llm-gevent", queues=(wf.GEVENT_QUEUE,), pool="gevent",
+                       concurrency=20, env=llm_env, cwd=ROOT) as proc:
+        yield proc
+
+
+def test_a_batched_fan_out_of_llm_calls_runs_its_items_at_once_on_gevent(llm, gevent_worker):
+    primary, _ = llm
+    primary.configure(latency=0.5)
+    run = wf.fanned_on_gevent.start({"n": 20})  # two batches of ten
+    answers = run.result(timeout=30)
+
+    assert len(answers) == 20 and all(isinstance(a, str) and a for a in answers)
+    # a batch's items wait for the server together: greenlets, not one call after another
+    assert primary.stats.peak_in_flight >= 10
+    completed = {e.data["step"]: e.data for e in run.events() if e.type == "step.completed"}
+    items = [item_key("1", i, "llmtest.answer") for i in range(20)]
+    assert set(items) <= set(completed)
+    assert all(completed[k]["tokens"]["completion"] == 3 for k in items)
+    assert len([r for r in primary.stats.requests if r["status"] == 200]) == 20
