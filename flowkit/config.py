@@ -28,6 +28,7 @@ class Settings:
     result_backend: str = _default("result_backend")
     redis_socket_timeout: float = _default("redis_socket_timeout")
     redis_retry_seconds: float = _default("redis_retry_seconds")
+    wait_recheck_seconds: float = _default("wait_recheck_seconds")
     key_prefix: str = _default("key_prefix")
     retention_seconds: int = _default("retention_seconds")
     max_payload_bytes: int = _default("max_payload_bytes")

@@ -16,6 +16,9 @@ REDIS_SOCKET_TIMEOUT = 60.0
 #: How long a Redis command keeps being retried while Redis is unreachable (a restart),
 #: in seconds, before flowkit gives up on it.
 REDIS_RETRY_SECONDS = 30.0
+#: ``flowkit.wait()`` is woken when its run ends (a message on the run's done channel);
+#: it also re-reads the run this often, in seconds, in case that message was lost.
+WAIT_RECHECK_SECONDS = 5.0
 #: Prefix of every Redis key flowkit writes, so several apps can share one Redis.
 KEY_PREFIX = "flowkit"
 

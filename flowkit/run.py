@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events
+from .config import get_settings
 from .errors import InvalidState, RunCancelled, RunNotFound, StepError
 from .serialization import loads
 from .store import Store, get_store
@@ -132,22 +133,28 @@ def get_run(run_id: str) -> Run:
 
 
 def wait(run_id: str, timeout: float | None = None) -> Run:
+    """Block until the run is terminal (or ``timeout`` s pass) and return its record.
+
+    It sleeps on the run's done channel, woken once when the run ends rather than by
+    each of its events (a token stream has thousands), and re-reads the run every
+    FLOWKIT_WAIT_RECHECK_SECONDS in case the message was lost (Redis restarted).
+    """
     store = get_store()
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = store.redis.xrevrange(store.keys.events(run_id), count=1)
-    cursor = last[0][0] if last else events.START
-    run = Run.load(run_id, store)
-    while not run.done:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return run
-        block = 1000 if left is None else max(1, int(min(left, 1.0) * 1000))
-        batch = events.read_new(run_id, cursor, block, store)
-        if batch:
-            cursor = batch[-1].id
-        if not batch or any(e.terminal for e in batch):
+    recheck = get_settings().wait_recheck_seconds
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(store.keys.done(run_id))
+        run = Run.load(run_id, store)  # read after subscribing: no end can slip between
+        while not run.done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return run
+            pubsub.get_message(timeout=recheck if left is None else min(left, recheck))
             run = Run.load(run_id, store)
-    return run
+        return run
+    finally:
+        pubsub.close()
 
 
 def list_runs(

@@ -48,6 +48,10 @@ class Keys:
         """HASH step -> "<emit id> <stream id>" of the last event sent from inside the step."""
         return f"{self.prefix}:run:{{{run_id}}}:emits"
 
+    def done(self, run_id: str) -> str:
+        """Pub/sub channel told the run's terminal state when it ends (``flowkit.wait``)."""
+        return f"{self.run(run_id)}:done"
+
     def trace(self, run_id: str) -> str:
         """Stream of the run's trace spans (append-only; see flowkit.trace)."""
         return f"{self.prefix}:run:{{{run_id}}}:trace"
@@ -126,6 +130,8 @@ end
 local function live(state)
   return state == 'queued' or state == 'running'
 end
+-- tell flowkit.wait() callers that the run ended (channel: Keys.done)
+local function ended(state) redis.call('PUBLISH', run .. ':done', state) end
 -- whether the run was ended by call <id>: this call again, resent after its reply was lost
 local function ended_by(id)
   return id ~= '' and redis.call('HGET', run, 'ended_by') == id
@@ -244,6 +250,7 @@ redis.call('ZREM', queued, ARGV[1])
 if ARGV[8] ~= '' then redis.call('XADD', events, '*', 'e', ARGV[8]) end
 redis.call('XADD', events, '*', 'e', ARGV[9])
 touch(ARGV[7])
+ended('failed')
 return 1
 """
 
@@ -259,6 +266,7 @@ redis.call('ZREM', running, ARGV[1])
 redis.call('ZREM', queued, ARGV[1])
 redis.call('XADD', events, '*', 'e', ARGV[6])
 touch(ARGV[5])
+ended('succeeded')
 return 1
 """
 
@@ -274,6 +282,7 @@ redis.call('ZREM', running, ARGV[1])
 redis.call('ZREM', queued, ARGV[1])
 redis.call('XADD', events, '*', 'e', ARGV[4])
 touch(ARGV[3])
+ended('cancelled')
 return 1
 """
 
@@ -336,6 +345,7 @@ if ARGV[6] ~= '-1' and restarts >= tonumber(ARGV[6]) then
   redis.call('ZREM', queued, ARGV[1])
   emit({type = 'run.failed', ts = now, run = ARGV[1], step = step, error = err})
   touch(ARGV[4])
+  ended('failed')
   return {0, 'gave_up'}
 end
 local new_gen = redis.call('HINCRBY', run, 'gen', 1)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
 import flowkit
-from flowkit import events
+from flowkit import config, events
 from flowkit.store import get_store
 from tests import workflows as wf
-from tests.conftest import counts, open_gate, reached_gate
+from tests.conftest import counts, open_gate, reached_gate, wait_until
 
 pytestmark = pytest.mark.integration
 WAIT = 20
@@ -253,6 +254,21 @@ def test_records_and_streams_expire_after_the_retention():
 def test_unknown_runs_say_so():
     with pytest.raises(flowkit.RunNotFound):
         flowkit.get_run("01NOPE")
+
+
+def test_wait_is_woken_by_the_end_of_the_run(monkeypatch):
+    # re-reads only every 2 minutes: returning in time means the end itself woke it
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(wait_recheck_seconds=120))
+    run = wf.chain3.start({"n": 1})
+    reached_gate(run, "gated")
+    ended: dict = {}
+    waiter = threading.Thread(target=lambda: ended.update(run=flowkit.wait(run.id, timeout=60)))
+    waiter.start()
+    channel = get_store().keys.done(run.id)
+    wait_until(lambda: get_store().redis.pubsub_numsub(channel)[0][1] == 1, 10, "the waiter to listen")
+    open_gate(run, "gated")
+    waiter.join(WAIT)
+    assert ended["run"].state == "succeeded" and ended["run"].output == {"n": 204}
 
 
 def test_steps_leave_no_celery_results_behind(redis_server):

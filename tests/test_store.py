@@ -78,3 +78,15 @@ def test_emit_resent_appends_its_event_once(store, run_id):
     second = store.emit(run_id, 0, chunk, emit_id="emit-2")  # the same text, sent again on purpose
     outputs = [e.id for e in events.history(run_id, store=store) if e.type == "step.output"]
     assert outputs == [first, second]
+
+
+def test_a_run_that_ends_says_so_on_its_done_channel(store, run_id):
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.keys.done(run_id))
+    try:
+        assert pubsub.get_message(timeout=1) is None  # the subscription itself
+        store.cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
+        message = pubsub.get_message(timeout=5)
+        assert message is not None and message["data"] == "cancelled"
+    finally:
+        pubsub.close()
