@@ -489,9 +489,8 @@ class Store:
     def begin_step(
         self, run_id: str, step: str, gen: int, token: str, worker: str, now: float, component: str
     ) -> Begin:
-        return self._begun(self._begin(keys=self.run_keys(run_id),
-                                       args=self._begin_args(run_id, step, gen, token, worker, now,
-                                                             component)))
+        args = self._begin_args(run_id, step, gen, token, worker, now, component)
+        return self._begun(self._begin(keys=self.run_keys(run_id), args=args))
 
     def begin_steps(
         self, run_id: str, steps: list[tuple[str, str]], gen: int, worker: str, now: float,
@@ -499,16 +498,15 @@ class Store:
     ) -> list[Begin]:
         """``begin_step`` for each ``(step, token)``, in one round trip (a batched fan-out)."""
         keys = self.run_keys(run_id)
-        for _ in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for step, token in steps:
-                pipe.evalsha(self._begin.sha, len(keys), *keys,
-                             *self._begin_args(run_id, step, gen, token, worker, now, component))
-            try:
-                return [self._begun(result) for result in pipe.execute()]
-            except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
-                self.redis.script_load(self._begin.script)
-        raise redis.exceptions.NoScriptError("Redis keeps forgetting flowkit's scripts")
+        pipe = self.redis.pipeline(transaction=False)
+        for step, token in steps:  # queued by SHA, as complete_step does in a pipeline
+            pipe.evalsha(self._begin.sha, len(keys), *keys,
+                         *self._begin_args(run_id, step, gen, token, worker, now, component))
+        try:
+            return [self._begun(result) for result in pipe.execute()]
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: none ran
+            return [self.begin_step(run_id, step, gen, token, worker, now, component)
+                    for step, token in steps]
 
     def _begin_args(
         self, run_id: str, step: str, gen: int, token: str, worker: str, now: float, component: str
