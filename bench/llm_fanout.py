@@ -1,6 +1,6 @@
 """Benchmark: a workflow fanning out 1,000 LLM calls of 1 s simulated latency each.
 
-Everything is private to the run: a redis-server (flowkit.local.LocalRedis), the
+Everything is private to the run: a redis-server (flowkit.testing.LocalRedis), the
 fake OpenAI-compatible server (its own process, 1 s before each answer) and the
 Celery workers. The figures, measured in the same run:
 
@@ -116,7 +116,7 @@ napping = flowkit.Workflow("bench_nap_fanout", [prompts, fan_out(nap), total])
 
 def start_fake_server(port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowkit.llm.fake_server", "--port", str(port),
+        [sys.executable, "-m", "flowkit.testing.fake_openai", "--port", str(port),
          "--latency", str(LATENCY), "--completion-tokens", "4"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
@@ -296,7 +296,7 @@ def main() -> None:
                              "Redis connection pool has grown to its steady size)")
     args = parser.parse_args()
 
-    from flowkit.local import LocalRedis, free_port
+    from flowkit.testing import LocalRedis, free_port
 
     with LocalRedis() as redis_server:
         port = free_port()

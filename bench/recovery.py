@@ -87,7 +87,7 @@ class Trial:
             # let it finish before the next trial, or a half-done run would come back in it
             assert pop(redis, f"bench:done:{key}", 30), "the released step did not finish"
             if with_beat:
-                from flowkit.run import Run
+                from flowkit.engine.control import Run
 
                 assert Run.load(key).wait(30).state == "succeeded"
             return started - killed
@@ -102,7 +102,7 @@ class Trial:
 
 def main() -> int:
     from flowkit import config
-    from flowkit.local import LocalRedis
+    from flowkit.testing import LocalRedis
 
     results: dict[str, list[float]] = {"default": [], "tight": [], "celery": []}
     with LocalRedis() as server, tempfile.TemporaryDirectory() as tmp:

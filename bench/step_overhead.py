@@ -20,8 +20,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 
 def main() -> int:
     from flowkit import config
-    from flowkit.local import LocalRedis
-    from flowkit.testing import WorkerProcess
+    from flowkit.testing import LocalRedis, WorkerProcess
 
     with LocalRedis() as redis_server:
         env = {"FLOWKIT_REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT)}

@@ -228,7 +228,7 @@ class Web:
     """The reference web process: gunicorn with api/gunicorn.conf.py, serving this module."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        from flowkit.local import free_port
+        from flowkit.testing import free_port
 
         self.port = free_port()
         self.env = {**os.environ, **env, "FLOWKIT_WEB_BIND": f"127.0.0.1:{self.port}",
@@ -351,8 +351,7 @@ def raw_throughput(redis_url: str, events: int) -> float:
 
 def main() -> int:
     from flowkit import config
-    from flowkit.local import LocalRedis
-    from flowkit.testing import WorkerProcess
+    from flowkit.testing import LocalRedis, WorkerProcess
 
     quick = bool(os.environ.get("QUICK"))
     plan = ((1, 200, 0.01), (100, 100, 0.02)) + (() if quick else ((1000, 30, 0.1),))

@@ -35,8 +35,7 @@ class Services:
 
     def start(self, env: dict[str, str]) -> None:
         from flowkit import config
-        from flowkit.local import LocalRedis, free_port
-        from flowkit.testing import WorkerProcess
+        from flowkit.testing import LocalRedis, WorkerProcess, free_port
 
         if not env.get("FLOWKIT_REDIS_URL"):
             self.redis = LocalRedis().start()
@@ -47,7 +46,7 @@ class Services:
         if env.get("OPENAI_API_KEY"):
             say(f"llm      OpenAI (model {env.get('FLOWKIT_LLM_MODEL') or 'default'})")
         else:
-            from flowkit.llm.fake_server import FakeLLMServer
+            from flowkit.testing import FakeLLMServer
 
             self.llm = FakeLLMServer(latency=0.2, token_latency=0.02).start()
             env["FLOWKIT_LLM_FAKE_URL"] = self.llm.base_url

@@ -1,10 +1,34 @@
-"""flowkit: long-running, resilient AI workflows on Celery and Redis."""
+"""flowkit: long-running, resilient AI workflows on Celery and Redis.
 
-from .api import FlowKit, create_blueprint
-from .celery_app import create_celery_app, get_app
+This module is the facade: it re-exports the public API (pinned by
+``tests/test_public_api.py``) and wires the layers together. The layers, whose imports
+only point down (checked by import-linter, see ``setup.cfg``)::
+
+    worker | api | cli | llm    entry planes (the Celery app and tasks; the Flask blueprint;
+        |                      the command line; the LLM client)
+    engine                     executor, canvas, heartbeat, reaper, drain, trace;
+        |                      control: the one door that starts, cancels and retries runs
+    store                      the only code that talks to Redis
+        |
+    definitions                the modules of this folder: component, policy, nodes,
+                               workflow, events, states, errors, config, context, hooks
+
+``import flowkit`` loads no Flask: ``FlowKit`` and ``create_blueprint`` are imported
+from :mod:`flowkit.api` when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import workflow as _workflow
 from .component import Component, component, continue_with
 from .config import Settings, configure, get_settings
-from .context import StepContext, context, emit, is_cancelled, progress
+from .context import context, emit, is_cancelled, progress
+from .engine import control as _control
+from .engine.broker import get_app
+from .engine.control import Run, cancel, follow, get_run, history, list_runs, retry, wait
+from .engine.step import StepContext
 from .errors import (
     ConfigError,
     FlowkitError,
@@ -23,10 +47,15 @@ from .errors import (
 from .events import Event
 from .nodes import fan_out, parallel
 from .policy import exponential
-from .run import Run, cancel, get_run, list_runs, retry, wait
+from .version import __version__ as __version__
+from .worker import create_celery_app
 from .workflow import Workflow, get_workflow, workflows
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from .api import FlowKit, create_blueprint
+
+# Workflow.start (a definition) hands its runs to the engine's door.
+_workflow.install_launcher(_control)
 
 __all__ = [
     "Component",
@@ -59,10 +88,12 @@ __all__ = [
     "emit",
     "exponential",
     "fan_out",
+    "follow",
     "get_app",
     "get_run",
     "get_settings",
     "get_workflow",
+    "history",
     "is_cancelled",
     "list_runs",
     "parallel",
@@ -71,3 +102,14 @@ __all__ = [
     "wait",
     "workflows",
 ]
+
+_FROM_API = {"FlowKit", "create_blueprint"}
+
+
+def __getattr__(name: str) -> Any:
+    # The host app's side: Flask is loaded when it asks for it, never by a worker.
+    if name in _FROM_API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'flowkit' has no attribute {name!r}")

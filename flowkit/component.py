@@ -1,10 +1,11 @@
 """Components: plain functions made durable.
 
-``@component`` registers a function under a stable name and a Celery task
-``flowkit.step.<name>``. Fluent methods return a new, configured component and
-leave the original untouched. Called outside a run, a component simply runs
-(with its retry and timeout policy); called inside a step, the call is a
-durable sub-step, checkpointed under ``<step>/<call index>:<name>``.
+``@component`` registers a function under a stable name; every Celery app flowkit
+makes registers a task ``flowkit.step.<name>`` for it (:mod:`flowkit.worker.tasks`
+listens to :data:`registered_hooks`). Fluent methods return a new, configured
+component and leave the original untouched. Called outside a run, a component simply
+runs (with its retry and timeout policy); called inside a step, the call is a durable
+sub-step, checkpointed under ``<step>/<call index>:<name>``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, overload
 
-from celery import shared_task
-
+from .context import current
 from .errors import ConfigError, NotFound
-from .policy import Backoff, Policy
+from .policy import Backoff, Policy, call_with_timeout
 
 TASK_PREFIX = "flowkit.step."
 _registry: dict[str, Component] = {}
+#: Called with each component registered from now on (a Celery app registers its task).
+registered_hooks: list[Callable[[Component], None]] = []
 
 
 class Component:
@@ -81,22 +83,14 @@ class Component:
         return self._configured(secret_fields=tuple(sorted({*self.policy.secret_fields, *field_names})))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from . import executor
-
-        return executor.call(self, args, kwargs)
+        step = current()
+        if step is not None:
+            return step.call(self, args, kwargs)
+        pol = self.policy
+        return pol.call(lambda: call_with_timeout(self.fn, args, kwargs, pol.timeout))
 
     def __repr__(self) -> str:
         return f"<Component {self.name} {self.policy}>"
-
-
-def _task_body(name: str) -> Callable[..., Any]:
-    def run(task, value=None, *, run_id: str, key: str, gen: int, policy: dict | None = None):
-        from . import executor
-
-        return executor.run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy)
-
-    run.__name__ = run.__qualname__ = f"step_{name.replace('.', '_')}"
-    return run
 
 
 def _register(comp: Component) -> None:
@@ -112,9 +106,10 @@ def _register(comp: Component) -> None:
                 f"{existing.fn.__qualname__} and {comp.fn.__module__}.{comp.fn.__qualname__}); "
                 "give one of them another name=."
             )
-    if existing is None:
-        shared_task(name=comp.task_name, bind=True, ignore_result=True)(_task_body(comp.name))
     _registry[comp.name] = comp
+    if existing is None:
+        for hook in list(registered_hooks):
+            hook(comp)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Settings: the values of :mod:`flowkit.defaults`, overridden by ``FLOWKIT_*`` env vars.
 
 ``get_settings()`` is what every part of flowkit reads; ``configure(...)`` replaces
-values for this process (tests and host apps use it).
+values for this process (tests and host apps use it). Settings are immutable: a part
+that derives state from them (the store's connections) keeps the object it was built
+from and rebuilds when ``get_settings()`` returns another.
 """
 
 from __future__ import annotations
@@ -112,13 +114,24 @@ class Settings:
         return self
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    """A setting's boolean: a bool, or one of the usual spellings (bool("false") is True)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; use true or false.")
+
+
 def _coerce(name: str, raw: str, kind: type) -> Any:
-    if kind is bool:  # bool("false") is True: read the usual spellings instead
-        if raw.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.strip().lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean; use true or false.")
+    if kind is bool:
+        return parse_bool(raw, ENV_PREFIX + name.upper())
     try:
         return kind(raw)
     except ValueError:
@@ -142,9 +155,6 @@ def configure(**changes: Any) -> Settings:
     """Override settings for this process; returns the new settings."""
     global _settings
     _settings = get_settings().replace(**changes)
-    from . import store  # settings decide the Redis connection: drop the cached one
-
-    store.reset()
     return _settings
 
 
@@ -152,6 +162,3 @@ def reset() -> None:
     """Forget overrides and re-read the environment on next use."""
     global _settings
     _settings = None
-    from . import store
-
-    store.reset()

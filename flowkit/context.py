@@ -1,116 +1,43 @@
-"""The run context of the step executing now, and the calls a component makes on it.
+"""The step running now, as a component's code sees it.
 
-Outside a run, :func:`progress` and :func:`emit` do nothing and :func:`is_cancelled`
-is False, so components stay plain, unit-testable functions.
+Inside a run, the engine makes each attempt of a step the current step of its thread
+(a :class:`flowkit.StepContext`, see :mod:`flowkit.engine.step`); the functions here
+talk to it. Outside a run, :func:`progress` and :func:`emit` do nothing and
+:func:`is_cancelled` is False, so components stay plain, unit-testable functions.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from contextvars import ContextVar, Token
+from typing import Any, Protocol
 
-import redis
-
-from . import events
-from .errors import FlowkitError, NotFound, RunCancelled, StoreUnavailable
-from .serialization import dumps_bounded, loads
-from .store import Store
-
-_current: ContextVar[StepContext | None] = ContextVar("flowkit_step", default=None)
+from .errors import FlowkitError
 
 
-@dataclass
-class StepContext:
-    """What a running step knows about its run. Read it with :func:`context`."""
+class RunningStep(Protocol):
+    """What the engine's step context offers the definitions layer."""
 
-    run_id: str
-    step: str
-    gen: int
-    attempt: int
-    token: str
-    component: str
-    store: Store = field(repr=False)
-    started: float = field(default_factory=time.monotonic)
-    #: Set when this attempt timed out: whatever it still sends is refused.
-    abandoned: bool = False
-    _calls: int = field(default=0, repr=False)
-    _input: Any = field(default=None, repr=False)
-    #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
-    #: ``completion``, ``total``); ``step.completed`` reports them.
-    tokens: dict[str, int] = field(default_factory=dict, repr=False)
+    def progress(self, message: str, fraction: float | None, eta: float | None) -> str: ...
 
-    @property
-    def input(self) -> Any:
-        """The run's validated input."""
-        if self._input is None:
-            raw = self.store.redis.hget(self.store.keys.run(self.run_id), "input")
-            self._input = loads(raw) if raw else None
-        return self._input
+    def emit(self, chunk: Any) -> str: ...
 
-    def output_of(self, step: str) -> Any:
-        """Output of an earlier step, by step key (``"0:research"``) or component name."""
-        checkpoints = self.store.checkpoints(self.run_id)
-        if step in checkpoints:
-            return loads(checkpoints[step])
-        matches = [k for k in checkpoints if k.partition(":")[2] == step]
-        if len(matches) == 1:
-            return loads(checkpoints[matches[0]])
-        if matches:
-            raise FlowkitError(f"{step!r} ran as several steps ({', '.join(matches)}); use a step key.")
-        raise NotFound(f"No completed step {step!r} in run {self.run_id}.")
+    def is_cancelled(self) -> bool: ...
 
-    def next_call_key(self, component: str) -> str:
-        key = f"{self.step}/{self._calls}:{component}"
-        self._calls += 1
-        return key
-
-    def send(self, type_: str, **fields: Any) -> str:
-        if self.abandoned:
-            raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
-        event = events.make(type_, self.run_id, step=self.step, attempt=self.attempt, **fields)
-        dumps_bounded(event, f"a {type_} event")
-        with unavailable_store():
-            event_id = self.store.emit(self.run_id, self.gen, event)
-        if event_id is None:
-            raise RunCancelled(f"Run {self.run_id} was cancelled or restarted; stop step {self.step}.")
-        return event_id
-
-    def progress(self, message: str, fraction: float | None = None, eta: float | None = None) -> str:
-        if fraction is not None:
-            fraction = min(1.0, max(0.0, float(fraction)))
-            if eta is None and fraction > 0:
-                elapsed = time.monotonic() - self.started
-                eta = round(elapsed * (1 - fraction) / fraction, 3)
-        return self.send(events.STEP_PROGRESS, message=message, fraction=fraction, eta=eta)
-
-    def emit(self, chunk: Any) -> str:
-        return self.send(events.STEP_OUTPUT, chunk=chunk)
-
-    def is_cancelled(self) -> bool:
-        with unavailable_store():
-            state, gen = self.store.redis.hmget(self.store.keys.run(self.run_id), "state", "gen")
-        return state not in ("queued", "running") or gen != str(self.gen)
+    def call(self, component: Any, args: tuple, kwargs: dict) -> Any:
+        """A component called inside this step: a checkpointed sub-step."""
+        ...
 
 
-@contextmanager
-def unavailable_store():
-    """Turn Redis connection failures inside a step into StoreUnavailable."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
+_current: ContextVar[Any] = ContextVar("flowkit_step", default=None)
 
 
-def current() -> StepContext | None:
-    """The step running in this thread, or None outside a run."""
+def current() -> Any:
+    """The step running in this thread (a :class:`flowkit.StepContext`), or None."""
     return _current.get()
 
 
-def context() -> StepContext:
-    """The running step's context; raises outside a run."""
+def context() -> Any:
+    """The running step's context (a :class:`flowkit.StepContext`); raises outside a run."""
     ctx = _current.get()
     if ctx is None:
         raise FlowkitError("flowkit.context() is only available inside a step of a run.")
@@ -137,9 +64,9 @@ def is_cancelled() -> bool:
     return ctx.is_cancelled() if ctx is not None else False
 
 
-def activate(ctx: StepContext | None):
-    return _current.set(ctx)
+def activate(step: RunningStep | None) -> Token:
+    return _current.set(step)
 
 
-def deactivate(token) -> None:
+def deactivate(token: Token) -> None:
     _current.reset(token)

@@ -14,7 +14,13 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     ├── StepError            a step failed after its retries (raised by Run.result())
     ├── RunCancelled         raised inside a step whose run was cancelled or superseded
     ├── StoreUnavailable     flowkit's Redis stayed unreachable past FLOWKIT_REDIS_RETRY_SECONDS
-    └── StepTimeout          one attempt of a step ran longer than its timeout
+    ├── StepTimeout          one attempt of a step ran longer than its timeout (also a TimeoutError)
+    ├── RateLimitWait        a shared rate-limit budget did not free up in time (flowkit.llm
+    │                        fails over to the next provider)
+    └── ApiError             (flowkit.api.errors) an HTTP error the API answers as it is
+
+Anything else that escapes flowkit is a bug, or an error of the code it runs (a
+component's own exception is the step's error, recorded in the run).
 """
 
 from __future__ import annotations
@@ -85,3 +91,12 @@ class StoreUnavailable(FlowkitError):
 
 class StepTimeout(FlowkitError, TimeoutError):
     """One attempt of a step exceeded the component's timeout."""
+
+
+class RateLimitWait(FlowkitError):
+    """The shared budget did not free up in time; the caller fails over to the next provider."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeError: message"``: how events and traces name an error."""
+    return f"{type(exc).__name__}: {exc}"

@@ -5,16 +5,19 @@ concerns a step. The Redis stream id is the event id and the resume cursor.
 Chunks (``step.output``) of an attempt later reported by ``step.retrying`` or
 listed in ``run.restarted``'s ``superseded`` belong to an abandoned attempt: a
 client drops them (:func:`superseded_attempts` does the bookkeeping).
+
+This module is the contract alone; reading a run's stream is ``flowkit.history`` and
+``flowkit.follow`` (:mod:`flowkit.engine.control`), or the API's relay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from .serialization import loads
-from .store import Store, get_store
 
 RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
@@ -33,8 +36,29 @@ TYPES = (
     RUN_QUEUED, RUN_STARTED, STEP_STARTED, STEP_PROGRESS, STEP_OUTPUT, STEP_RETRYING,
     STEP_COMPLETED, STEP_FAILED, RUN_RESTARTED, RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED,
 )
-TERMINAL = (RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED)
+TERMINAL = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED})
+
+#: The cursor before a stream's first event.
 START = "0-0"
+#: A stream id as clients send it: ``<ms>-<seq>`` (or ``0``, the start).
+CURSOR_PATTERN = r"^(0|\d{1,20}-\d{1,20})$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
+def parse_cursor(value: str | None) -> str | None:
+    """A client's resume cursor normalised (``0`` and "" are the start); None if invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("0", ""):
+        return START
+    return value if _CURSOR.match(value) else None
+
+
+def cursor_order(event_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair: ids compare by (milliseconds, sequence)."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True)
@@ -54,40 +78,9 @@ class Event:
         return {"id": self.id, **self.data}
 
 
-def _parse(entries: list) -> list[Event]:
-    return [Event(entry_id, loads(fields["e"])) for entry_id, fields in entries]
-
-
-def history(
-    run_id: str, after: str = START, limit: int | None = None, store: Store | None = None
-) -> list[Event]:
-    """Events after ``after`` (exclusive), oldest first."""
-    store = store or get_store()
-    entries = store.redis.xrange(store.keys.events(run_id), min=f"({after}", count=limit)
-    return _parse(entries)
-
-
-def read_new(
-    run_id: str, after: str, block_ms: int, store: Store | None = None, count: int = 500
-) -> list[Event]:
-    """Events after ``after``, waiting up to ``block_ms`` for the first one."""
-    store = store or get_store()
-    result = store.redis.xread({store.keys.events(run_id): after}, count=count, block=block_ms)
-    return _parse(result[0][1]) if result else []
-
-
-def follow(
-    run_id: str, after: str = START, block_ms: int = 1000, store: Store | None = None
-) -> Iterator[Event]:
-    """Every event after ``after``: history first, then the live tail; ends after a terminal event."""
-    cursor = after
-    while True:
-        batch = read_new(run_id, cursor, block_ms, store)
-        for event in batch:
-            yield event
-            cursor = event.id
-            if event.terminal:
-                return
+def parse(entries: list[tuple[str, str]]) -> list[Event]:
+    """Stream entries (id, JSON) as events."""
+    return [Event(entry_id, loads(raw)) for entry_id, raw in entries]
 
 
 def superseded_attempts(events: list[Event]) -> set[tuple[str, int]]:
@@ -104,8 +97,6 @@ def superseded_attempts(events: list[Event]) -> set[tuple[str, int]]:
 
 def make(type_: str, run_id: str, **fields: Any) -> dict[str, Any]:
     """An event document; ``None`` fields are left out."""
-    import time
-
     doc = {"type": type_, "ts": time.time(), "run": run_id}
     doc.update({k: v for k, v in fields.items() if v is not None})
     return doc

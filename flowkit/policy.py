@@ -6,7 +6,10 @@ classes named in ``retry_on`` must be importable module-level classes.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import tenacity
 
 from .config import get_settings
-from .errors import ConfigError, RunCancelled, StoreUnavailable
+from .errors import ConfigError, RunCancelled, StepTimeout, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,16 @@ class Policy:
             base = tenacity.wait_exponential(multiplier=b.initial, max=b.maximum)
         return wait_retry_after(base)
 
+    def call(self, attempt: Callable[[], Any], **hooks: Any) -> Any:
+        """``attempt()`` under this retry policy (no retry machinery for a single attempt);
+        ``hooks`` go to tenacity (``before_sleep``)."""
+        if self.attempts == 1:
+            return attempt()
+        for state in self.retrying(**hooks):
+            with state:
+                result = attempt()
+        return result
+
     def retrying(self, **hooks: Any) -> tenacity.Retrying:
         """A tenacity ``Retrying`` applying this policy (``reraise`` keeps the real error)."""
         return tenacity.Retrying(
@@ -154,3 +167,33 @@ def retry_after_of(exc: BaseException) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def call_with_timeout(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, timeout: float | None,
+    on_timeout: Callable[[], None] | None = None,
+) -> Any:
+    """``fn(*args, **kwargs)``; with a timeout, in a helper thread abandoned when time runs
+    out (``on_timeout`` is told, then StepTimeout raised). Python cannot stop a thread:
+    the abandoned call runs on until it returns, and whatever it sends is refused."""
+    if timeout is None:
+        return fn(*args, **kwargs)
+    outcome: dict[str, Any] = {}
+    run_in_context = contextvars.copy_context().run
+
+    def target() -> None:
+        try:
+            outcome["value"] = run_in_context(fn, *args, **kwargs)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="flowkit-step", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if on_timeout is not None:
+            on_timeout()
+        raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

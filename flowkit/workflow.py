@@ -1,20 +1,23 @@
-"""Workflows: a named composition of components with a marshmallow input schema."""
+"""Workflows: a named composition of components with a marshmallow input schema.
+
+A workflow is a definition: it validates input and output and names its steps, and
+touches neither Redis nor Celery. Starting a run is the engine's job
+(:func:`flowkit.engine.control.start`); ``Workflow.start`` hands the call to the
+:class:`Launcher` that ``import flowkit`` installs, so the dependency points from the
+engine to the definitions and never back.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import marshmallow
-from ulid import ULID
 
-from . import events
-from .celery_app import get_app
-from .errors import ConfigError, IdempotencyConflict, ValidationError, WorkflowNotFound
+from .errors import ConfigError, ValidationError, WorkflowNotFound
 from .nodes import Sequence, as_node
-from .run import Run
-from .serialization import dumps, dumps_bounded
-from .store import get_store
+
+if TYPE_CHECKING:
+    from .engine.control import Run
 
 _workflows: dict[str, Workflow] = {}
 
@@ -90,53 +93,17 @@ class Workflow:
             raise ValidationError(exc.messages, "Workflow output failed its schema.") from None
 
     def start(
-        self, input: Any = None, *, idempotency_key: str | None = None, owner: str | None = None
+        self, input: Any = None, *, idempotency_key: str | None = None, owner: str | None = None,
+        **options: Any,
     ) -> Run:
         """Validate ``input``, store a queued run and enqueue its canvas.
 
         With ``idempotency_key``, a second start with the same key returns the
         first run (``run.created`` is False) and enqueues nothing.
         """
-        payload = self.validate(input)
-        input_json = dumps_bounded(payload, "the workflow input")
-        store = get_store()
-        run_id = str(ULID())
-        now = time.time()
-        record = {
-            "id": run_id,
-            "workflow": self.name,
-            "version": self.version,
-            "state": "queued",
-            "input": input_json,
-            "created_at": now,
-            "updated_at": now,
-            "gen": 0,
-            "restarts": 0,
-            "owner": owner or "",
-            "idempotency_key": idempotency_key or "",
-            "queue": self.queue or get_app().conf.task_default_queue,
-        }
-        queued = events.make(events.RUN_QUEUED, run_id, workflow=self.name, version=self.version)
-        winner = store.create_run(record, queued, idempotency_key)
-        if winner != run_id:
-            existing = Run.load(winner)
-            if dumps(existing.input) != dumps(payload):
-                raise IdempotencyConflict(
-                    f"Idempotency key {idempotency_key!r} was used for run {winner} with "
-                    "another input; use a new key for a new run."
-                )
-            existing.created = False
-            return existing
-        run = Run.load(run_id)  # as created: queued (a worker may start it at once)
-        self.enqueue(run_id, 0, payload, record["queue"])
-        return run
-
-    def enqueue(self, run_id: str, gen: int, payload: Any, queue: str | None = None) -> None:
-        """Send generation ``gen`` of the run's canvas (to ``queue``, else the run's queue)."""
-        from .canvas import compile_run
-
-        queue = queue or get_store().run_queue(run_id)
-        compile_run(self.root, self.name, run_id, gen, queue).apply_async(args=(payload,))
+        if _launcher is None:
+            raise ConfigError("No launcher installed: `import flowkit` installs the engine's.")
+        return _launcher.start(self, input, idempotency_key=idempotency_key, owner=owner, **options)
 
     def components(self):
         return list(self.root.components())
@@ -151,3 +118,21 @@ def get_workflow(name: str) -> Workflow:
 
 def workflows() -> dict[str, Workflow]:
     return dict(_workflows)
+
+
+class Launcher(Protocol):
+    """What starts runs (:mod:`flowkit.engine.control`)."""
+
+    def start(
+        self, workflow: Workflow, input: Any, *, idempotency_key: str | None, owner: str | None,
+        **options: Any,
+    ) -> Run: ...
+
+
+_launcher: Launcher | None = None
+
+
+def install_launcher(launcher: Launcher) -> None:
+    """Make ``launcher`` start the runs of ``Workflow.start`` (``import flowkit`` does)."""
+    global _launcher
+    _launcher = launcher

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import flowkit
-from flowkit import trace
-from flowkit.fanout import item_key
+from flowkit.engine import trace
+from flowkit.engine.fanout import item_key
 from flowkit.store import get_store
 from tests import workflows as wf
 from tests.conftest import counts, open_gate, wait_until

@@ -61,7 +61,7 @@ def test_no_command_prints_usage():
 
 
 def test_unreachable_redis_says_what_to_do(env):
-    from flowkit.local import free_port
+    from flowkit.testing import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = flowkit_cli("status", "01X", env={**env, "FLOWKIT_REDIS_URL": url})

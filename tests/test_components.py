@@ -10,8 +10,10 @@ from marshmallow import fields
 
 import flowkit
 from flowkit import ConfigError, ValidationError, component, continue_with, exponential
-from flowkit.executor import continuation_key
+from flowkit.engine import broker
+from flowkit.engine.executor import continuation_key
 from flowkit.policy import Policy
+from flowkit.worker import checks
 
 
 class Boom(Exception):
@@ -156,7 +158,7 @@ def test_settings_come_from_flowkit_env_vars():
 
 
 def test_celery_is_configured_for_long_work_and_json_only():
-    conf = flowkit.celery_app.celery_config(flowkit.Settings())
+    conf = broker.celery_config(flowkit.Settings())
     assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
     assert conf["task_serializer"] == conf["result_serializer"] == "json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
@@ -167,5 +169,5 @@ def test_celery_is_configured_for_long_work_and_json_only():
 def test_visibility_timeout_must_exceed_the_longest_step():
     flowkit.Workflow("unit-long", [slow.timeout(600).retry(attempts=3, backoff=exponential(1, 10))])
     with pytest.raises(ConfigError, match="FLOWKIT_VISIBILITY_TIMEOUT above 1821"):
-        flowkit.celery_app.check_visibility_timeout(flowkit.Settings(visibility_timeout=1800))
-    flowkit.celery_app.check_visibility_timeout(flowkit.Settings(visibility_timeout=3600))
+        checks.check_visibility_timeout(flowkit.Settings(visibility_timeout=1800))
+    checks.check_visibility_timeout(flowkit.Settings(visibility_timeout=3600))

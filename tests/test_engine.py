@@ -9,6 +9,7 @@ import pytest
 
 import flowkit
 from flowkit import config, events
+from flowkit.engine import broker, canvas
 from flowkit.store import get_store
 from tests import workflows as wf
 from tests.conftest import counts, open_gate, reached_gate, wait_until
@@ -51,7 +52,7 @@ def test_a_redelivered_canvas_skips_checkpointed_steps():
     run = wf.chain3.start({"n": 1})
     reached_gate(run, "gated")
     # the same canvas delivered again (as after a broker redelivery), while step 2 runs
-    wf.chain3.enqueue(run.id, 0, run.input)
+    canvas.enqueue(wf.chain3, run.id, 0, run.input, run.queue)
     open_gate(run, "gated")
     assert run.result(WAIT) == {"n": 204}
     assert counts(run) == {"add_one": 1, "gated": 1, "double": 1}
@@ -62,7 +63,7 @@ def test_a_restarted_run_resumes_from_its_checkpoints():
     assert reached_gate(run, "gated") == 1
     store = get_store()
     gen, _ = store.restart(run.id, expected_state="running", reason="test restart", now=1e12)
-    wf.chain3.enqueue(run.id, gen, run.input)
+    canvas.enqueue(wf.chain3, run.id, gen, run.input, run.queue)
     assert reached_gate(run, "gated") == 2  # the in-flight step runs again, as attempt 2
     open_gate(run, "gated")
     open_gate(run, "gated")
@@ -213,7 +214,7 @@ def test_a_component_called_inside_a_step_is_a_checkpointed_sub_step():
     run = wf.inline.start({"n": 1})
     reached_gate(run, "with_inline")
     gen, _ = get_store().restart(run.id, expected_state="running", reason="test", now=1e12)
-    wf.inline.enqueue(run.id, gen, run.input)
+    canvas.enqueue(wf.inline, run.id, gen, run.input, run.queue)
     reached_gate(run, "with_inline")
     open_gate(run, "with_inline")
     open_gate(run, "with_inline")
@@ -304,16 +305,14 @@ def test_a_worker_refuses_to_start_when_a_step_can_outlive_the_visibility_timeou
 
 def test_a_run_on_a_queue_of_its_own_fans_out_and_joins_there(start_worker):
     """Workers that consume only the run's queue complete every hop, the fan-out's join too."""
-    from flowkit import celery_app
-
     start_worker("own-queue", queues=("own-queue",))
-    previous = celery_app._app
+    previous = broker._app
     try:
         flowkit.create_celery_app(
             "starter", flowkit.get_settings().replace(default_queue="own-queue"))
         run = wf.fanned.start({"n": 3})
     finally:
-        celery_app._app = previous
+        broker._app = previous
         previous.set_current()
     assert run.queue == "own-queue"
     assert run.result(WAIT) == {"total": 0 + 1 + 4}

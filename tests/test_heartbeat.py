@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from flowkit.heartbeat import Heartbeat
+from flowkit.engine.heartbeat import Heartbeat
 
 
 def test_steps_starting_at_once_share_one_heartbeat_thread(monkeypatch):

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+
 import flowkit
 import flowkit.api
 import flowkit.llm
@@ -13,6 +19,7 @@ CORE = {
     "context", "StepContext", "progress", "emit", "is_cancelled",
     # runs
     "Run", "Event", "get_run", "list_runs", "wait", "cancel", "retry", "get_workflow", "workflows",
+    "history", "follow",
     # deployment and settings
     "create_celery_app", "get_app", "Settings", "configure", "get_settings",
     "FlowKit", "create_blueprint",
@@ -41,3 +48,31 @@ def test_every_error_derives_from_the_root():
     assert len(errors) == 13
     assert all(issubclass(e, flowkit.FlowkitError) for e in errors)
     assert issubclass(flowkit.StepTimeout, TimeoutError)
+
+
+def every_module():
+    for info in pkgutil.walk_packages(flowkit.__path__, "flowkit."):
+        if info.name.endswith("__main__"):
+            continue  # running it is the CLI
+        yield importlib.import_module(info.name)
+
+
+def test_every_exception_class_in_the_package_derives_from_the_root():
+    """Not only the exported ones: every exception a flowkit module defines."""
+    defined = [
+        cls for module in every_module() for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, BaseException) and cls.__module__ == module.__name__
+    ]
+    assert {c.__name__ for c in defined} >= {"ApiError", "RateLimitWait", "StepTimeout"}
+    strays = [f"{c.__module__}.{c.__qualname__}" for c in defined
+              if not issubclass(c, flowkit.FlowkitError)]
+    assert strays == []
+
+
+def test_import_flowkit_loads_no_flask():
+    """A worker imports flowkit; the web stack stays out of it until the host app asks."""
+    code = ("import sys, flowkit; "
+            "web = [m for m in ('flask', 'flask_sock', 'wsproto', 'simple_websocket') "
+            "if m in sys.modules]; "
+            "assert not web, web; flowkit.FlowKit; assert 'flask' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,11 +16,11 @@ pytestmark = pytest.mark.integration
 def run_id(store) -> str:
     record = {"id": "run-1", "workflow": "w", "version": "1", "state": "queued", "input": "{}",
               "created_at": time.time(), "updated_at": time.time(), "gen": 0, "restarts": 0}
-    return store.create_run(record, events.make(events.RUN_QUEUED, "run-1"), None)
+    return store.create_run(record, events.make(events.RUN_QUEUED, "run-1"), None)[0]
 
 
 def step_events(store, run_id: str) -> list[tuple[str, int]]:
-    return [(e.type, e.data["attempt"]) for e in events.history(run_id, store=store)
+    return [(e.type, e.data["attempt"]) for e in events.parse(store.history(run_id, events.START))
             if e.type.startswith("step.")]
 
 
@@ -50,7 +50,7 @@ def test_fail_resent_says_it_failed_the_run_and_adds_no_event(store, run_id):
     assert store.fail(*args, call_id="call-1") is True
     assert store.fail(*args, call_id="call-1") is True  # so its caller still notifies
     assert store.fail(*args, call_id="call-2") is False  # another call finds it ended
-    assert [e.type for e in events.history(run_id, store=store)].count("run.failed") == 1
+    assert [e.type for e in events.parse(store.history(run_id, events.START))].count("run.failed") == 1
 
 
 def test_cancel_resent_says_it_cancelled_the_run(store, run_id):
@@ -58,7 +58,7 @@ def test_cancel_resent_says_it_cancelled_the_run(store, run_id):
     assert store.cancel(run_id, time.time(), cancelled, call_id="call-1") == 1
     assert store.cancel(run_id, time.time(), cancelled, call_id="call-1") == 1
     assert store.cancel(run_id, time.time(), cancelled, call_id="call-2") == 0
-    assert [e.type for e in events.history(run_id, store=store)].count("run.cancelled") == 1
+    assert [e.type for e in events.parse(store.history(run_id, events.START))].count("run.cancelled") == 1
 
 
 def test_finish_resent_says_it_finished_the_run(store, run_id):
@@ -67,7 +67,7 @@ def test_finish_resent_says_it_finished_the_run(store, run_id):
     assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-1") is True
     assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-1") is True
     assert store.finish(run_id, 0, time.time(), "1", done, call_id="call-2") is False
-    assert [e.type for e in events.history(run_id, store=store)].count("run.succeeded") == 1
+    assert [e.type for e in events.parse(store.history(run_id, events.START))].count("run.succeeded") == 1
 
 
 def test_emit_resent_appends_its_event_once(store, run_id):
@@ -76,7 +76,7 @@ def test_emit_resent_appends_its_event_once(store, run_id):
     first = store.emit(run_id, 0, chunk, emit_id="emit-1")
     assert store.emit(run_id, 0, chunk, emit_id="emit-1") == first
     second = store.emit(run_id, 0, chunk, emit_id="emit-2")  # the same text, sent again on purpose
-    outputs = [e.id for e in events.history(run_id, store=store) if e.type == "step.output"]
+    outputs = [e.id for e in events.parse(store.history(run_id, events.START)) if e.type == "step.output"]
     assert outputs == [first, second]
 
 

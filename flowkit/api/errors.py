@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from flask import Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
+    FlowkitError,
     IdempotencyConflict,
     InvalidState,
     NotFound,
@@ -25,7 +25,7 @@ from ..errors import (
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(FlowkitError):
     """An error answered as-is: ``status``, a stable ``code`` and a message for people."""
 
     def __init__(
@@ -75,7 +75,7 @@ def to_response(exc: BaseException) -> Response:
         return error_response(409, "invalid_state", str(exc))
     if isinstance(exc, PayloadTooLarge):
         return error_response(413, "payload_too_large", str(exc))
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, StoreUnavailable)):
+    if isinstance(exc, StoreUnavailable):
         log.warning("flowkit API: Redis unavailable: %s", exc)
         return error_response(503, "store_unavailable",
                               "flowkit's Redis is unavailable; retry shortly.", None,

@@ -14,8 +14,9 @@ import marshmallow
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from .. import __version__
-from ..run import STATES
+from ..events import CURSOR_PATTERN
+from ..states import RunState
+from ..version import __version__
 from . import schemas
 from .state import ApiState
 
@@ -29,7 +30,7 @@ _ERRORS = {
     409: "The run is not in a state that allows this.",
     413: "Request body over the configured limit.",
 }
-_CURSOR = {"type": "string", "pattern": r"^(0|\d{1,20}-\d{1,20})$", "example": "1700000000000-0"}
+_CURSOR = {"type": "string", "pattern": CURSOR_PATTERN, "example": "1700000000000-0"}
 
 
 def _plugin() -> tuple[APISpec, MarshmallowPlugin]:
@@ -138,7 +139,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         "summary": "Runs, newest first.",
         "parameters": [
             _query("workflow", {"type": "string", "minLength": 1, "maxLength": 200}),
-            _query("state", {"type": "string", "enum": list(STATES)}),
+            _query("state", {"type": "string", "enum": [s.value for s in RunState]}),
             _query("limit", {"type": "integer", "minimum": 1, "maximum": opts.max_page_size}),
             _query("before", {"type": "string", "minLength": 1, "maxLength": 64},
                    "The `next` of the previous page."),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..config import ENV_PREFIX, Settings, get_settings
+from ..config import ENV_PREFIX, Settings, get_settings, parse_bool
 from ..errors import ConfigError
 
 #: ``authorize(request)`` -> falsy (deny), True (full access) or an owner/tenant string.
@@ -63,7 +63,7 @@ class ApiOptions:
             else:
                 values[f.name] = getattr(settings, f"api_{f.name}")
         values["keys"] = _split_keys(values["keys"])
-        values["open"] = _as_bool(values["open"])
+        values["open"] = parse_bool(values["open"], f"{ENV_PREFIX}API_OPEN")
         values["url_prefix"] = (values["url_prefix"] or "").rstrip("/")
         selected = overrides.get("workflows", config.get(f"{ENV_PREFIX}API_WORKFLOWS"))
         if isinstance(selected, str):
@@ -80,9 +80,3 @@ class ApiOptions:
 
     def serves(self, workflow: str) -> bool:
         return self.workflows is None or workflow in self.workflows
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

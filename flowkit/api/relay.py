@@ -28,42 +28,23 @@ import contextlib
 import json
 import logging
 import os
-import re
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-import redis
-
-from ..events import TERMINAL
-from ..store import Store
+from ..errors import StoreUnavailable
+from ..events import START, TERMINAL
+from ..events import cursor_order as _order
+from ..store import Entry, Store, StreamReader
 
 log = logging.getLogger(__name__)
 
-_CURSOR = re.compile(r"^(\d{1,20})-(\d{1,20})$")
-START = "0-0"
 #: How long the hub's XREAD blocks before it looks again at the set of runs.
 _BLOCK_MS = 5_000
 #: Longest pause after a Redis error before the hub reads again.
 _MAX_BACKOFF = 2.0
-
-
-def parse_cursor(value: str | None) -> str | None:
-    """A valid stream id (``<ms>-<seq>``, or ``0``) normalised; None if it is not one."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value in ("0", ""):
-        return START
-    return value if _CURSOR.match(value) else None
-
-
-def _order(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RelayEvent:
@@ -86,8 +67,8 @@ class RelayEvent:
         return self.type in TERMINAL
 
 
-def parse(entries: list) -> list[RelayEvent]:
-    return [RelayEvent(entry_id, fields["e"]) for entry_id, fields in entries]
+def parse(entries: list[Entry]) -> list[RelayEvent]:
+    return [RelayEvent(entry_id, raw) for entry_id, raw in entries]
 
 
 class Sink(Protocol):
@@ -258,7 +239,7 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._stopped = threading.Event()
-        self._wake_key = ""
+        self._reader: StreamReader | None = None
 
     @property
     def store(self) -> Store:
@@ -280,16 +261,16 @@ class Hub:
                 tracked.subscribers.add(sub)
                 return sub
         # A new run: the hub reads everything after the stream's last id from now on.
-        last = store.redis.xrevrange(store.keys.events(run_id), count=1)
+        last = store.last_event_id(run_id)
         with self._lock:
             tracked = self._runs.get(run_id)
             added = tracked is None
             if added:
-                tracked = self._runs[run_id] = _Tracked(last[0][0] if last else START)
+                tracked = self._runs[run_id] = _Tracked(last or START)
             tracked.subscribers.add(sub)
             self._lock.notify()
         if added:
-            self._wake(store)
+            self._wake()
         return sub
 
     def end_all(self) -> int:
@@ -309,18 +290,14 @@ class Hub:
                     del self._runs[sub.run_id]
 
     def history(self, run_id: str, after: str) -> list[RelayEvent]:
-        store = self.store
-        entries = store.redis.xrange(store.keys.events(run_id), min=f"({after}", count=self.page)
-        return parse(entries)
+        return parse(self.store.history(run_id, after, self.page))
 
     # -- the reader --------------------------------------------------------------
 
-    def _wake(self, store: Store) -> None:
+    def _wake(self) -> None:
         """Make a blocked XREAD return so it reads the new run's stream too."""
-        pipe = store.redis.pipeline(transaction=False)
-        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-        pipe.expire(self._wake_key, 24 * 3600)
-        pipe.execute()
+        if self._reader is not None:
+            self._reader.wake()
 
     def _ensure_running(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
@@ -331,8 +308,8 @@ class Hub:
             if self._pid != os.getpid():  # forked: the parent's subscribers are not ours
                 self._runs.clear()
             self._pid = os.getpid()
-            store = self.store
-            self._wake_key = f"{store.keys.prefix}:relay:wake:{uuid.uuid4().hex}"
+            # Its own connection: a blocked XREAD must not hold one of the request pool's.
+            self._reader = self.store.stream_reader(_BLOCK_MS / 1000)
             self._stopped.clear()
             self._thread = threading.Thread(target=self._loop, name="flowkit-relay", daemon=True)
             self._thread.start()
@@ -342,42 +319,33 @@ class Hub:
         with self._lock:
             self._lock.notify_all()
         if self._thread is not None and self._thread.is_alive():
-            with contextlib.suppress(redis.RedisError):
-                self._wake(self.store)
+            with contextlib.suppress(StoreUnavailable):
+                self._wake()
             self._thread.join(5)
         self._thread = None
 
     def _loop(self) -> None:
-        settings = self.store.settings
-        # Its own connection: a blocked XREAD must not hold one of the request pool's.
-        conn = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=_BLOCK_MS / 1000 + 5
-        )
-        wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
+        reader = self._reader
+        assert reader is not None
         backoff = 0.05
         while not self._stopped.is_set():
             with self._lock:
                 while not self._runs and not self._stopped.is_set():
                     self._lock.wait()
-                streams = {self.store.keys.events(r): t.cursor for r, t in self._runs.items()}
-                runs_by_key = {self.store.keys.events(r): r for r in self._runs}
-            streams[self._wake_key] = wake_cursor
+                cursors = {run_id: t.cursor for run_id, t in self._runs.items()}
             try:
-                reply = conn.xread(streams, count=self.page, block=_BLOCK_MS)
+                found = reader.read(cursors, count=self.page, block_ms=_BLOCK_MS)
                 backoff = 0.05
-            except redis.RedisError:
+            except StoreUnavailable:
                 log.warning("flowkit relay: reading streams failed; retrying", exc_info=True)
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
-            for key, entries in reply or ():
-                if key == self._wake_key:
-                    wake_cursor = entries[-1][0]
-                    continue
-                self._dispatch(runs_by_key[key], entries)
-        conn.close()
+            for run_id, entries in found.items():
+                self._dispatch(run_id, entries)
+        reader.close()
 
-    def _dispatch(self, run_id: str, entries: list) -> None:
+    def _dispatch(self, run_id: str, entries: list[Entry]) -> None:
         batch = parse(entries)
         with self._lock:
             tracked = self._runs.get(run_id)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from ..run import STATES
+from ..engine.control import Run as RunRecord
+from ..events import CURSOR_PATTERN
+from ..states import RunState
 
-_CURSOR = validate.Regexp(r"^(0|\d{1,20}-\d{1,20})$", error="Not a stream event id like 1700000000000-0.")
+STATES = [s.value for s in RunState]
+_CURSOR = validate.Regexp(CURSOR_PATTERN, error="Not a stream event id like 1700000000000-0.")
 
 
 class ListRunsArgs(Schema):
@@ -52,29 +57,30 @@ class RunUrls(Schema):
     watch = fields.String(required=True)
 
 
-class Run(Schema):
+#: The response field of each annotation of :class:`flowkit.engine.control.Run`.
+_RUN_FIELD_TYPES = {
+    "str": lambda: fields.String(required=True),
+    "str | None": lambda: fields.String(allow_none=True),
+    "float": lambda: fields.Float(required=True),
+    "float | None": lambda: fields.Float(allow_none=True),
+    "int": lambda: fields.Integer(required=True),
+    "Any": lambda: fields.Raw(allow_none=True),
+    "RunState": lambda: fields.String(required=True, validate=validate.OneOf(STATES)),
+    "dict[str, Any] | None": lambda: fields.Dict(allow_none=True),
+    "dict[str, int] | None": lambda: fields.Dict(keys=fields.String(), values=fields.Integer(),
+                                                 allow_none=True),
+}
+
+
+def _run_fields() -> dict[str, fields.Field]:
+    """The run record's fields, read off the Run dataclass (its shape is written once)."""
+    return {f.name: _RUN_FIELD_TYPES[str(f.type)]() for f in dataclasses.fields(RunRecord)
+            if f.name != "created"}
+
+
+class Run(Schema.from_dict({**_run_fields(), "urls": fields.Nested(RunUrls, required=True)})):
     class Meta:
         unknown = INCLUDE
-
-    id = fields.String(required=True)
-    workflow = fields.String(required=True)
-    version = fields.String(required=True)
-    state = fields.String(required=True, validate=validate.OneOf(STATES))
-    input = fields.Raw(allow_none=True)
-    output = fields.Raw(allow_none=True)
-    error = fields.Dict(allow_none=True)
-    failed_step = fields.String(allow_none=True)
-    created_at = fields.Float(required=True)
-    updated_at = fields.Float(allow_none=True)
-    started_at = fields.Float(allow_none=True)
-    finished_at = fields.Float(allow_none=True)
-    gen = fields.Integer()
-    restarts = fields.Integer()
-    owner = fields.String()
-    idempotency_key = fields.String()
-    heartbeat_at = fields.Float(allow_none=True)
-    worker = fields.String(allow_none=True)
-    urls = fields.Nested(RunUrls, required=True)
 
 
 class StartedRun(Run):

@@ -9,6 +9,7 @@ from flask import Flask, current_app
 
 from ..store import get_store
 from ..workflow import Workflow, get_workflow, workflows
+from .auth import Authenticator
 from .errors import ApiError
 from .options import ApiOptions
 from .relay import Hub
@@ -18,8 +19,6 @@ EXTENSION = "flowkit"
 
 class ApiState:
     def __init__(self, app: Flask, options: ApiOptions, url_prefix: str, blueprint: str) -> None:
-        from .auth import Authenticator
-
         self.options = options
         self.url_prefix = url_prefix.rstrip("/")
         self.blueprint = blueprint

@@ -23,7 +23,8 @@ from wsproto.events import TextMessage
 from wsproto.frame_protocol import FrameProtocol
 from wsproto.utilities import LocalProtocolError
 
-from .relay import RelayEvent, Subscriber, parse_cursor
+from ..events import parse_cursor
+from .relay import RelayEvent, Subscriber
 
 #: Seconds between two looks at the client's messages while no event arrives.
 _POLL = 1.0

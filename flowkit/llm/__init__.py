@@ -6,13 +6,14 @@ token streaming into the run's stream, caching and a trace span per call.
     client.chat.completions.create(model="gpt-4o-mini", messages=[...], stream=True)
 
 The local OpenAI-compatible server for demos and tests is
-:class:`flowkit.llm.fake_server.FakeLLMServer` (needs aiohttp).
+:class:`flowkit.testing.FakeLLMServer` (``python -m flowkit.testing.fake_openai``).
 """
 
+from ..errors import RateLimitWait
 from .client import FAKE_API_KEY, OpenAI, client_from_env, default_model, estimate_tokens, wrap
 from .pricing import cost, set_prices
 from .providers import Provider, RateLimit
-from .ratelimit import WAITING_MESSAGE, RateLimiter, RateLimitWait
+from .ratelimit import WAITING_MESSAGE, RateLimiter
 from .retries import RetryPolicy, is_retryable
 
 __all__ = [

@@ -23,14 +23,14 @@ import openai
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
-from .. import cache, trace
 from ..config import get_settings
 from ..context import current
-from ..errors import ConfigError
+from ..engine import cache, trace
+from ..errors import ConfigError, RateLimitWait, describe_error
 from ..store import get_store
 from . import pricing
 from .providers import Provider, RateLimit, host_of
-from .ratelimit import RateLimiter, RateLimitWait
+from .ratelimit import RateLimiter
 from .retries import RetryPolicy, is_retryable
 from .streaming import TracedStream
 
@@ -115,7 +115,7 @@ class OpenAI:
                 if not isinstance(exc, RateLimitWait) and not is_retryable(exc):
                     call.fail(provider, exc)
                     raise
-                call.failures.append({"provider": provider.name, "error": _describe(exc)})
+                call.failures.append({"provider": provider.name, "error": describe_error(exc)})
                 last = exc
                 continue
             if call.stream:
@@ -167,7 +167,7 @@ class OpenAI:
             return None
         if operation == CHAT and kwargs.get("temperature") != 0:
             return None  # only a deterministic request has one right answer to store
-        return cache.cache_key(get_store(), f"flowkit.llm.{operation}", "1", kwargs)
+        return cache.key(f"flowkit.llm.{operation}", "1", kwargs)
 
 
 class _Chat:
@@ -196,9 +196,6 @@ class _Embeddings:
 def _method(client: openai.OpenAI, operation: str) -> Any:
     return client.chat.completions.create if operation == CHAT else client.embeddings.create
 
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def estimate_tokens(operation: str, kwargs: dict[str, Any]) -> int:
@@ -275,13 +272,13 @@ class _Call:
             **_usage_fields(summary.get("usage")),
         )
         if error is not None:
-            span["error"] = _describe(error)
+            span["error"] = describe_error(error)
         self._cost(span, provider)
         trace.record_call(span)
 
     def fail(self, provider: Provider | None, error: BaseException) -> None:
         span = self._span(provider)
-        span.update(status="error", error=_describe(error))
+        span.update(status="error", error=describe_error(error))
         trace.record_call(span)
 
     def _cost(self, span: dict[str, Any], provider: Provider | None) -> None:

@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 
 import openai
 
-from .. import trace
 from ..config import get_settings
+from ..engine import trace
 from ..errors import ConfigError
 
 

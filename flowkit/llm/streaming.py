@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..config import get_settings
-from ..context import StepContext
+from ..engine.step import StepContext
 
 
 class ChunkBatcher:

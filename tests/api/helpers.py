@@ -71,7 +71,7 @@ class Gunicorn:
     port, serving the test workflows; it logs to a file (an unread pipe would stall it)."""
 
     def __init__(self, env: dict[str, str], log_path, port: int | None = None, **settings: str):
-        from flowkit.local import free_port
+        from flowkit.testing import free_port
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -70,22 +70,18 @@ def test_bad_cursor_and_bad_idempotency_key_are_400(client):
 
 def test_redis_down_is_a_503_that_says_to_retry(flowkit_env, monkeypatch):
     """Whatever the API cannot read because Redis is away answers 503, never 500."""
-    from flowkit import config, store
-    from flowkit.local import free_port
+    from flowkit import config
+    from flowkit.testing import free_port
     from tests.api.conftest import make_app, serve
 
     dead = config.get_settings().replace(
         redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retry_seconds=0)
     monkeypatch.setattr(config, "_settings", dead)
-    store.reset()
-    try:
-        for served in serve(make_app()):
-            with served.client() as c:
-                for method, path in (("GET", "/runs"), ("GET", "/runs/01ANY"),
-                                     ("POST", "/workflows/simple/runs")):
-                    response = c.request(method, path, json={"n": 1})
-                    assert response.status_code == 503, (path, response.text)
-                    assert response.json()["error"]["code"] == "store_unavailable"
-                    assert response.headers["Retry-After"] == "2"
-    finally:
-        store.reset()
+    for served in serve(make_app()):
+        with served.client() as c:
+            for method, path in (("GET", "/runs"), ("GET", "/runs/01ANY"),
+                                 ("POST", "/workflows/simple/runs")):
+                response = c.request(method, path, json={"n": 1})
+                assert response.status_code == 503, (path, response.text)
+                assert response.json()["error"]["code"] == "store_unavailable"
+                assert response.headers["Retry-After"] == "2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import flowkit
-from flowkit.events import history
+from flowkit import history
 from tests.api.conftest import API_KEY
 from tests.api.helpers import TERMINAL, sse_read, start, ws_connect, ws_read
 from tests.conftest import open_gate, reached_gate

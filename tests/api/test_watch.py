@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 import flowkit
-from flowkit.events import history
+from flowkit import history
 from tests.api.helpers import start
 from tests.conftest import open_gate, reached_gate
 

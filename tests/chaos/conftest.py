@@ -17,8 +17,8 @@ from collections.abc import Callable
 import pytest
 
 import flowkit
-from flowkit import celery_app, config
-from flowkit import store as store_module
+from flowkit import config
+from flowkit.engine import broker
 from flowkit.events import Event
 from flowkit.serialization import loads
 from flowkit.store import get_store
@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(items):
 
 def _use_app(settings: flowkit.Settings):
     """Make the test process enqueue like the chaos workers; returns the app to restore."""
-    previous = celery_app._app
+    previous = broker._app
     flowkit.create_celery_app(
         "flowkit-chaos", settings=settings.replace(default_queue=QUEUE),
         imports=["tests.chaos.workflows"],
@@ -45,7 +45,7 @@ def _use_app(settings: flowkit.Settings):
 
 
 def _restore_app(previous) -> None:
-    celery_app._app = previous
+    broker._app = previous
     if previous is not None:
         previous.set_current()
 
@@ -133,11 +133,9 @@ def private_redis(flowkit_env, tmp_path, monkeypatch):
             broker_url=f"redis://127.0.0.1:{server.port}/0",
         )
         monkeypatch.setattr(config, "_settings", settings)
-        store_module.reset()
         previous = _use_app(settings)
         yield server
         _restore_app(previous)
-    store_module.reset()
 
 
 # -- what the tests read back ---------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 
 import tests.chaos.app  # noqa: F401 - the Celery app a restart enqueues on
 import tests.chaos.workflows  # noqa: F401 - the workflows a restart re-enqueues
-from flowkit.reaper import sweep
+from flowkit.engine.reaper import sweep
 from flowkit.store import get_store
 
 go = sys.argv[1]

@@ -4,7 +4,8 @@ reaper restarts them; new runs go to the new colour."""
 from __future__ import annotations
 
 import flowkit
-from flowkit import celery_app, config
+from flowkit import config
+from flowkit.engine import broker
 from tests.chaos.conftest import _restore_app, open_gate, waiting
 from tests.chaos.workflows import colour
 
@@ -20,7 +21,7 @@ def test_runs_finish_on_their_own_colour_across_a_crash(store, chaos_env, deploy
     green.start()
     deployment.beat(**blue_env)  # one beat for both colours: restarts go to each run's queue
 
-    previous = celery_app._app
+    previous = broker._app
     try:
         settings = config.get_settings()
         flowkit.create_celery_app("starter", settings.replace(default_queue="blue"))

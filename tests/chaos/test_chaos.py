@@ -36,7 +36,7 @@ def resuming_reader(run_id: str, seed: int, out: dict) -> None:
     cursor = events.START
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        batch = events.read_new(run_id, cursor, 1000, count=rng.randint(1, 6))
+        batch = events.parse(get_store().read_new(run_id, cursor, 1000, count=rng.randint(1, 6)))
         got.extend(batch)
         if batch:
             cursor = batch[-1].id
@@ -61,7 +61,7 @@ def test_every_run_succeeds_while_workers_are_killed_for_a_minute(chaos_app, dep
     kills = 0
     chaos_ends = time.monotonic() + CHAOS_SECONDS
     store = get_store()
-    while time.monotonic() < chaos_ends and store.redis.zcard(store.keys.running) + store.redis.zcard(store.keys.queued):
+    while time.monotonic() < chaos_ends and store.active_runs():
         time.sleep(rng.uniform(1.5, 4.0))  # the pace of the chaos, not a synchronisation
         slot = rng.randrange(len(workers))
         workers[slot].kill()

@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from flowkit import config, events, notify
+from flowkit import config, events
+from flowkit.engine import notify
 from flowkit.store import get_store
+from flowkit.store.keys import shard_of
 from tests.chaos.conftest import of_type, open_gate, side_effects, waiting
 from tests.chaos.workflows import doomed, held
 
@@ -46,7 +48,7 @@ def lapsed_run(deployment):
     holder = waiting(run)["worker"]
     a.kill()
     store = get_store()
-    lapses = store.redis.zscore(store.keys.leases, f"{run.id} {HOLD}")
+    lapses = store.redis.zscore(store.keys.leases(shard_of(run.id)), f"{run.id} {HOLD}")
     time.sleep(max(0.0, lapses - time.time()) + 0.05)  # a lease lapses by the clock, not an event
     return run, holder
 
@@ -119,7 +121,7 @@ def test_a_slow_step_with_a_fresh_heartbeat_is_never_restarted(chaos_app, deploy
     cursor = run.events()[-1].id
     deadline = time.monotonic() + 3 * settings.heartbeat_lapse
     while (left := deadline - time.monotonic()) > 0:
-        for event in events.read_new(run.id, cursor, int(min(left, 1.0) * 1000) + 1):
+        for event in events.parse(get_store().read_new(run.id, cursor, int(min(left, 1.0) * 1000) + 1)):
             cursor = event.id
             assert event.type != "run.restarted", f"a live step was restarted: {event.data}"
 

@@ -15,7 +15,7 @@ from celery import signals
 
 import flowkit
 from flowkit import component, fan_out
-from flowkit.heartbeat import worker_id
+from flowkit.engine.heartbeat import worker_id
 from flowkit.serialization import dumps
 from flowkit.store import get_store
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowkit.llm.fake_server import FakeLLMServer
-from flowkit.testing import WorkerProcess
+from flowkit.testing import FakeLLMServer, WorkerProcess
 from tests.conftest import ROOT
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import flowkit
-from flowkit import events, trace
+from flowkit import events
+from flowkit.engine import trace
 from tests.conftest import open_gate, reached_gate, wait_until
 from tests.llm import workflows as wf
 

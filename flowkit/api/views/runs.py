@@ -1,0 +1,74 @@
+"""``/runs``: listing runs, one run's record, output and trace, cancelling and retrying."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask_sock import Sock
+
+from ...engine import control
+from ...states import RunState
+from .. import schemas
+from ..errors import ApiError
+from ..representations import run_json
+from ..requests import access, query
+from ..state import state
+
+
+def register(bp: Blueprint, sock: Sock) -> None:
+    bp.get("/runs")(list_runs)
+    bp.get("/runs/<run_id>")(get_run)
+    bp.get("/runs/<run_id>/output")(get_output)
+    bp.get("/runs/<run_id>/trace")(get_trace)
+    bp.post("/runs/<run_id>/cancel")(cancel_run)
+    bp.post("/runs/<run_id>/retry")(retry_run)
+
+
+def load_run(run_id: str, write: bool = False) -> control.Run:
+    """The run, if the caller may see it (or change it, with ``write``)."""
+    run = control.get_run(run_id)
+    access().require_run(run.id, run.owner, write=write)
+    return run
+
+
+def list_runs():
+    current, who = state(), access()
+    who.require_full()
+    args = query(schemas.ListRunsArgs)
+    limit = args.get("limit", current.options.page_size)
+    if limit > current.options.max_page_size:
+        raise ApiError(400, "validation_error", "Invalid query parameters.",
+                       {"limit": [f"At most {current.options.max_page_size}."]})
+    page = control.list_runs(args.get("workflow"), args.get("state"), limit, args.get("before"))
+    cursor = page[-1].id if len(page) == limit else None
+    if who.owner is not None:
+        page = [r for r in page if r.owner == who.owner]
+    return {"runs": [run_json(r) for r in page], "next": cursor}
+
+
+def get_run(run_id: str):
+    return run_json(load_run(run_id))
+
+
+def get_output(run_id: str):
+    run = load_run(run_id)
+    if run.state != RunState.SUCCEEDED:
+        detail = f": {run.error.get('message')}" if run.error else ""
+        raise ApiError(409, "no_output", f"Run {run.id} is {run.state}{detail}; "
+                       "only a succeeded run has an output.")
+    return {"output": run.output}
+
+
+def get_trace(run_id: str):
+    load_run(run_id)
+    return {"spans": control.trace(run_id)}
+
+
+def cancel_run(run_id: str):
+    load_run(run_id, write=True)
+    return run_json(control.cancel(run_id))
+
+
+def retry_run(run_id: str):
+    run = load_run(run_id, write=True)
+    state().workflow(run.workflow)
+    return run_json(control.retry(run_id)), 202

@@ -1,0 +1,76 @@
+"""``/workflows``: the served workflows, and starting runs of them."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from flask import Blueprint, jsonify, request, url_for
+from flask_sock import Sock
+
+from ...engine import control
+from ...events import START
+from .. import schemas
+from ..errors import ApiError
+from ..relay import Subscriber
+from ..representations import run_json, workflow_json
+from ..requests import access, json_body, negotiated_stream, query, wait_seconds
+from ..state import state
+from ..streaming import stream_response
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def register(bp: Blueprint, sock: Sock) -> None:
+    bp.get("/workflows")(list_workflows)
+    bp.get("/workflows/<name>")(get_workflow)
+    bp.post("/workflows/<name>/runs")(start_run)
+
+
+def list_workflows():
+    access().require_full()
+    return {"workflows": [workflow_json(wf) for wf in state().workflows()]}
+
+
+def get_workflow(name: str):
+    access().require_full()
+    return workflow_json(state().workflow(name))
+
+
+def start_run(name: str):
+    current, who = state(), access()
+    who.require_full()
+    wf = current.workflow(name)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "validation_error", "Invalid Idempotency-Key header.", {
+            "Idempotency-Key": ["1 to 255 visible ASCII characters."]})
+    wait = wait_seconds(query(schemas.StartArgs).get("wait"))
+    kind = negotiated_stream()
+    run = control.start(wf, json_body(), idempotency_key=key, owner=who.owner)
+    who.require_run(run.id, run.owner)  # an idempotency key of another owner's run
+    token = current.auth.issue(run.id)
+    headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
+               "X-Flowkit-Run": run.id, "X-Flowkit-Token": token}
+    if kind is not None:
+        return stream_response(current.hub.subscribe(run.id, START),
+                               current.options.ping_interval, kind, headers=headers)
+    if wait:
+        _await_end(current.hub.subscribe(run.id, START), wait)
+        run = control.get_run(run.id)
+        headers["Preference-Applied"] = f"wait={wait:g}"
+    body = {**run_json(run), "created": run.created, "token": token,
+            "token_expires_in": current.options.token_ttl}
+    status = 200 if run.done or not run.created else 202
+    return jsonify(body), status, headers
+
+
+def _await_end(sub: Subscriber, seconds: float) -> None:
+    """Read the run's stream until its terminal event or until ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    with sub:
+        while not sub.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sub.next_batch(timeout=left)

@@ -1,0 +1,66 @@
+"""``flowkit status|events|cancel|retry``: inspect and control runs from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+from .. import events as ev
+from ..engine import control as runs
+
+
+def _with_app(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-A", "--app", default="workers.celery_app",
+        help="module that imports your workflows (default: workers.celery_app)",
+    )
+
+
+def _print(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def status(args: argparse.Namespace) -> int:
+    _print(runs.get_run(args.run_id).to_dict())
+    return 0
+
+
+def events(args: argparse.Namespace) -> int:
+    runs.get_run(args.run_id)  # an unknown run says so instead of waiting forever
+    stream = runs.follow(args.run_id, args.after) if args.follow else runs.history(args.run_id, args.after)
+    for event in stream:
+        print(json.dumps(event.to_dict(), default=str), flush=True)
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    _print(runs.cancel(args.run_id).to_dict())
+    return 0
+
+
+def retry(args: argparse.Namespace) -> int:
+    importlib.import_module(args.app)
+    _print(runs.retry(args.run_id).to_dict())
+    return 0
+
+
+def register(subs) -> None:
+    p = subs.add_parser("status", help="print a run's record as JSON")
+    p.add_argument("run_id")
+    p.set_defaults(func=status)
+
+    p = subs.add_parser("events", help="print a run's events as JSON lines")
+    p.add_argument("run_id")
+    p.add_argument("--after", default=ev.START, help="event id to resume after")
+    p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
+    p.set_defaults(func=events)
+
+    p = subs.add_parser("cancel", help="cancel a queued or running run")
+    p.add_argument("run_id")
+    p.set_defaults(func=cancel)
+
+    p = subs.add_parser("retry", help="resume a failed run from its failed step")
+    p.add_argument("run_id")
+    _with_app(p)
+    p.set_defaults(func=retry)

@@ -1,1 +1,0 @@
-"""Subcommands of the ``flowkit`` CLI, one module each (see ``flowkit.cli``)."""

@@ -1,0 +1,84 @@
+"""The Celery app that carries flowkit's messages: its configuration, and this process's app.
+
+JSON only (no pickle is accepted anywhere), late acks, requeue on worker loss, one
+prefetched message per process, and a broker visibility timeout that must exceed the
+longest step a component can take (a worker refuses to start otherwise, see
+:mod:`flowkit.worker.checks`).
+
+A worker's app comes from :func:`flowkit.worker.create_celery_app`, which makes it this
+process's app. A process that only sends (the web app, the CLI, a script starting runs)
+gets one made from the settings on first use: messages go by task name, so a producer
+needs none of the tasks registered.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+
+from ..config import Settings, get_settings
+
+_app: Celery | None = None
+_lock = threading.Lock()
+
+
+def celery_config(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.broker,
+        "result_backend": settings.backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": settings.default_queue,
+        # an I/O pool (gevent, threads) runs hundreds of tasks that all publish: kombu's
+        # default of 10 connections per process runs out ("Too many connections")
+        "broker_pool_limit": settings.connection_pool_size,
+        "redis_max_connections": settings.connection_pool_size,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "max_connections": settings.connection_pool_size,
+        },
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # one result backend (and Redis connection pool) per process: by default Celery
+        # makes one per thread, and under gevent every task is a new greenlet, so each
+        # step built a backend and opened a fresh Redis connection to store its result
+        "result_backend_thread_safe": True,
+        "result_expires": min(settings.retention_seconds, 24 * 3600),
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_send_sent_event": False,
+        "beat_schedule": {
+            # sweeps stuck behind a backlog of steps need not all run: later ones supersede them
+            "flowkit-reaper": {
+                "task": "flowkit.reaper",
+                "schedule": settings.reaper_interval,
+                "options": {"expires": max(settings.reaper_interval * 10, 30.0)},
+            },
+            "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0},
+        },
+    }
+
+
+def use_app(app: Celery) -> Celery:
+    """Make ``app`` the one this process sends flowkit's messages with."""
+    global _app
+    _app = app
+    return app
+
+
+def get_app() -> Celery:
+    """This process's app (``create_celery_app``'s), or a producer app made from settings."""
+    if _app is None:
+        with _lock:
+            if _app is None:
+                app = Celery("flowkit", set_as_current=False)
+                app.conf.update(celery_config(get_settings()))
+                use_app(app)
+    assert _app is not None
+    return _app

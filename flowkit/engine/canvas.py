@@ -1,0 +1,111 @@
+"""Compiling a workflow to a Celery canvas.
+
+Sequential steps become a chain, parallel branches a group (a chord before the
+next step), a fan-out the ``flowkit.fan_out`` task that replaces itself with a
+group at run time (flowkit.engine.fanout), and every canvas ends with ``flowkit.finish``.
+Each step's signature carries only the run id, its step key, the run's generation and (when
+configured away from the component's defaults) its policy: run state lives in
+Redis, so any generation of the canvas can be rebuilt from the workflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Signature, chain, group
+from celery.backends.redis import RedisBackend
+
+from ..component import Component, lookup
+from ..nodes import FanOut, Node, Parallel, Sequence, Step
+from ..workflow import Workflow
+from .broker import get_app
+
+
+def _policy_payload(comp: Component) -> dict | None:
+    base = lookup(comp.name)
+    return None if comp.policy == base.policy else comp.policy.to_dict()
+
+
+def step_signature(
+    component: str, run_id: str, key: str, gen: int, policy: dict | None, args: tuple = (),
+    run_queue: str | None = None,
+) -> Signature:
+    """A step's signature; it goes to the component's queue, else to the run's queue."""
+    kwargs: dict[str, Any] = {"run_id": run_id, "key": key, "gen": gen}
+    if policy:
+        kwargs["policy"] = policy
+    options = {**routed(step_queue(component, policy, run_queue)), **result_options()}
+    return get_app().signature(lookup(component).task_name, args=args, kwargs=kwargs, **options)
+
+
+def step_queue(component: str, policy: dict | None, run_queue: str | None) -> str | None:
+    """The queue of a step: its policy's, else its component's, else the run's."""
+    return (policy or {}).get("queue") or lookup(component).policy.queue or run_queue
+
+
+def result_options() -> dict[str, bool]:
+    """Celery options that bring back result storage where a join needs it.
+
+    Step and finish tasks are declared ``ignore_result=True``: a step's output is its
+    checkpoint and a run's output is in its record, so the per-task result (a SET +
+    PUBLISH per step) is read by no one. It is a task attribute rather than a signature
+    option because the rest of a chain travels in every message. Chords still join: with
+    the Redis backend, members hand their outputs to the join through the chord's own
+    list (on_chord_part_return) whether or not they store a result. Other backends join
+    by reading the members' results, so there every signature stores its result.
+    """
+    return {} if isinstance(get_app().backend, RedisBackend) else {"ignore_result": False}
+
+
+def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None) -> Signature:
+    if isinstance(node, Step):
+        comp = node.component
+        return step_signature(
+            comp.name, run_id, f"{path}:{comp.name}", gen, _policy_payload(comp), run_queue=queue
+        )
+    if isinstance(node, FanOut):
+        comp = node.component
+        kwargs = {
+            "run_id": run_id,
+            "key": f"{path}:{comp.name}",
+            "gen": gen,
+            "component": comp.name,
+            "policy": _policy_payload(comp),
+        }
+        if node.batch > 1:
+            kwargs["batch"] = node.batch
+        return get_app().signature("flowkit.fan_out", kwargs=kwargs, **routed(queue))
+    if isinstance(node, Parallel):
+        return group(
+            compile_node(branch, f"{path}.{i}", run_id, gen, queue)
+            for i, branch in enumerate(node.branches)
+        )
+    if isinstance(node, Sequence):
+        prefix = f"{path}." if path else ""
+        return chain(
+            compile_node(child, f"{prefix}{i}", run_id, gen, queue)
+            for i, child in enumerate(node.steps)
+        )
+    raise TypeError(f"cannot compile {node!r}")
+
+
+def routed(queue: str | None) -> dict[str, str]:
+    """Signature options sending a task to ``queue`` (none: the app's default queue)."""
+    return {"queue": queue} if queue else {}
+
+
+def compile_run(
+    root: Sequence, workflow: str, run_id: str, gen: int, queue: str | None = None
+) -> Signature:
+    """The canvas of generation ``gen`` of a run; every task goes to ``queue`` unless its
+    component names another, so a run stays on the deployment (colour) that started it."""
+    finish = get_app().signature(
+        "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
+        **routed(queue), **result_options(),
+    )
+    return chain(compile_node(root, "", run_id, gen, queue), finish)
+
+
+def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None) -> None:
+    """Send generation ``gen`` of the run's canvas, its first step receiving ``payload``."""
+    compile_run(workflow.root, workflow.name, run_id, gen, queue).apply_async(args=(payload,))

@@ -1,0 +1,273 @@
+"""The door to runs from outside a worker: start, cancel, retry and resume them, and read them.
+
+The API, the CLI and Python callers use this module and nothing else of the engine; it
+is the only code outside the worker that sends Celery messages. A :class:`Run` is a
+snapshot of a run's record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ulid import ULID
+
+from .. import events
+from ..config import get_settings
+from ..errors import IdempotencyConflict, InvalidState, RunCancelled, RunNotFound, StepError
+from ..serialization import dumps, dumps_bounded, loads
+from ..states import RunState
+from ..store import get_store
+from ..workflow import Workflow
+from . import canvas
+from . import trace as traces
+from .broker import get_app
+
+
+def _num(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+@dataclass
+class Run:
+    """A snapshot of a run's record: the one place its shape is written down.
+    ``refresh()`` reads it again."""
+
+    id: str
+    workflow: str
+    version: str
+    state: RunState
+    input: Any
+    created_at: float
+    updated_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    failed_step: str | None = None
+    gen: int = 0
+    restarts: int = 0
+    owner: str = ""
+    idempotency_key: str = ""
+    heartbeat_at: float | None = None
+    worker: str | None = None
+    #: Celery queue of the run's tasks (the deployment that started it).
+    queue: str | None = None
+    #: Attempts started per step key (retries and restarts included); None in listings.
+    attempts: dict[str, int] | None = None
+    #: False when ``start`` found an existing run for the idempotency key.
+    created: bool = field(default=True, compare=False)
+
+    @classmethod
+    def from_record(cls, h: dict[str, str]) -> Run:
+        return cls(
+            id=h["id"],
+            workflow=h["workflow"],
+            version=h.get("version", "1"),
+            state=RunState(h["state"]),
+            input=loads(h["input"]) if h.get("input") else None,
+            created_at=float(h["created_at"]),
+            updated_at=_num(h.get("updated_at")),
+            started_at=_num(h.get("started_at")),
+            finished_at=_num(h.get("finished_at")),
+            output=loads(h["output"]) if h.get("output") else None,
+            error=loads(h["error"]) if h.get("error") else None,
+            failed_step=h.get("failed_step") or None,
+            gen=int(h.get("gen", 0)),
+            restarts=int(h.get("restarts", 0)),
+            owner=h.get("owner", ""),
+            idempotency_key=h.get("idempotency_key", ""),
+            heartbeat_at=_num(h.get("heartbeat_at")),
+            worker=h.get("worker") or None,
+            queue=h.get("queue") or None,
+        )
+
+    @staticmethod
+    def new_record(
+        run_id: str, workflow: Workflow, input_json: str, now: float, owner: str | None,
+        idempotency_key: str | None, queue: str,
+    ) -> dict[str, Any]:
+        """The record a new run is stored with (queued, generation 0)."""
+        return {
+            "id": run_id, "workflow": workflow.name, "version": workflow.version,
+            "state": RunState.QUEUED.value, "input": input_json, "created_at": now,
+            "updated_at": now, "gen": 0, "restarts": 0, "owner": owner or "",
+            "idempotency_key": idempotency_key or "", "queue": queue,
+        }
+
+    @classmethod
+    def load(cls, run_id: str) -> Run:
+        record, attempts = get_store().load_run(run_id)
+        if not record:
+            raise not_found(run_id)
+        run = cls.from_record(record)
+        run.attempts = {step: int(n) for step, n in attempts.items()}
+        return run
+
+    @property
+    def done(self) -> bool:
+        return self.state.terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "created"}
+
+    def refresh(self) -> Run:
+        return Run.load(self.id)
+
+    def events(self, after: str = events.START, limit: int | None = None) -> list[events.Event]:
+        return history(self.id, after, limit)
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run is terminal (or ``timeout`` s pass) and return its record."""
+        return wait(self.id, timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The run's output; raises StepError if it failed, RunCancelled if cancelled."""
+        run = self.wait(timeout)
+        if run.state == RunState.SUCCEEDED:
+            return run.output
+        if run.state == RunState.FAILED:
+            err = run.error or {}
+            raise StepError(err.get("message", "run failed"), err.get("step"), err.get("attempts"))
+        if run.state == RunState.CANCELLED:
+            raise RunCancelled(f"Run {run.id} was cancelled.")
+        raise TimeoutError(f"Run {run.id} is still {run.state} after {timeout}s.")
+
+    def cancel(self) -> Run:
+        return cancel(self.id)
+
+    def retry(self) -> Run:
+        return retry(self.id)
+
+
+def not_found(run_id: str) -> RunNotFound:
+    return RunNotFound(f"No run {run_id!r} (unknown, or expired after its retention).")
+
+
+# -- starting ------------------------------------------------------------------------
+
+
+def start(
+    workflow: Workflow, input: Any = None, *, idempotency_key: str | None = None,
+    owner: str | None = None,
+) -> Run:
+    """Validate ``input``, store a queued run and enqueue its canvas (``Workflow.start``).
+
+    With ``idempotency_key``, a second start with the same key returns the first run
+    (``run.created`` is False) and enqueues nothing.
+    """
+    payload = workflow.validate(input)
+    input_json = dumps_bounded(payload, "the workflow input")
+    queue = workflow.queue or get_app().conf.task_default_queue
+    run_id = str(ULID())
+    record = Run.new_record(run_id, workflow, input_json, time.time(), owner, idempotency_key,
+                            queue)
+    queued = events.make(events.RUN_QUEUED, run_id, workflow=workflow.name,
+                         version=workflow.version)
+    winner, created = get_store().create_run(record, queued, idempotency_key)
+    if not created:
+        existing = Run.load(winner)
+        if dumps(existing.input) != dumps(payload):
+            raise IdempotencyConflict(
+                f"Idempotency key {idempotency_key!r} was used for run {winner} with "
+                "another input; use a new key for a new run."
+            )
+        existing.created = False
+        return existing
+    run = Run.load(winner)  # as created: queued (a worker may start it at once)
+    canvas.enqueue(workflow, winner, 0, payload, queue)
+    return run
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def get_run(run_id: str) -> Run:
+    return Run.load(run_id)
+
+
+def list_runs(
+    workflow: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    before: str | None = None,
+) -> list[Run]:
+    """Runs newest first, optionally of one workflow and in one state; ``before`` a run id."""
+    return [Run.from_record(r) for r in get_store().list_runs(workflow, state, limit, before)]
+
+
+def wait(run_id: str, timeout: float | None = None) -> Run:
+    """Block until the run is terminal (or ``timeout`` s pass) and return its record.
+
+    It sleeps on the run's end (a message when it ends), woken once rather than by each
+    of its events (a token stream has thousands), and re-reads the run every
+    FLOWKIT_WAIT_RECHECK_SECONDS in case the message was lost (Redis restarted).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    recheck = get_settings().wait_recheck_seconds
+    with get_store().watch_end(run_id) as watch:
+        run = Run.load(run_id)  # read after subscribing: no end can slip between
+        while not run.done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return run
+            watch.wait(recheck if left is None else min(left, recheck))
+            run = Run.load(run_id)
+        return run
+
+
+def history(run_id: str, after: str = events.START, limit: int | None = None) -> list[events.Event]:
+    """The run's events after ``after`` (exclusive), oldest first."""
+    return events.parse(get_store().history(run_id, after, limit))
+
+
+def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iterator[events.Event]:
+    """Every event after ``after``: history first, then the live tail; ends after a terminal event."""
+    store, cursor = get_store(), after
+    while True:
+        for event in events.parse(store.read_new(run_id, cursor, block_ms)):
+            yield event
+            cursor = event.id
+            if event.terminal:
+                return
+
+
+def trace(run_id: str) -> list[dict[str, Any]]:
+    """The run's trace: the workflow span first, then every span recorded, oldest first."""
+    return traces.read(run_id)
+
+
+# -- changing ---------------------------------------------------------------------------
+
+
+def cancel(run_id: str) -> Run:
+    """Cancel a queued or running run; a running step sees it at its next event or check."""
+    result = get_store().cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
+    if result < 0:
+        raise not_found(run_id)
+    run = Run.load(run_id)
+    if result == 0:
+        raise InvalidState(f"Run {run_id} already {run.state}; only queued or running runs cancel.")
+    return run
+
+
+def retry(run_id: str) -> Run:
+    """Resume a failed run from its failed step; completed steps keep their checkpoints."""
+    run = Run.load(run_id)
+    if run.state != RunState.FAILED:
+        raise InvalidState(f"Run {run_id} is {run.state}; only failed runs can be retried.")
+    gen, why = get_store().restart(
+        run_id, expected_state=RunState.FAILED, reason="retry requested", now=time.time()
+    )
+    if not gen:
+        raise InvalidState(f"Run {run_id} could not be retried ({why}).")
+    resume(run, gen)
+    return Run.load(run_id)
+
+
+def resume(run: Run, gen: int) -> None:
+    """Ask a worker of the run's own queue to enqueue generation ``gen`` of its canvas
+    (it has the workflow version the run started with; this process may not)."""
+    get_app().send_task("flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue)

@@ -1,0 +1,118 @@
+"""Draining a worker: finish running steps within a grace period, hand the rest over at once.
+
+On SIGTERM Celery's warm shutdown stops consuming right away and then waits for the
+running tasks without any limit. flowkit bounds that wait: once this worker is idle
+it exits normally; if steps still run after FLOWKIT_DRAIN_GRACE seconds, each one is
+handed over: its lease is revoked (so this process can no longer refresh it) and its
+run restarted from its checkpoints on another worker immediately, and the process
+exits. Nothing waits for the heartbeat lapse or the broker's visibility timeout.
+
+Celery's own soft shutdown (``worker_soft_shutdown_timeout``, on SIGQUIT) is not used
+for this: it sleeps the whole timeout even when the tasks are done, and it requeues
+messages whose step lease is still held, which another worker would then drop as a
+duplicate until the lease lapses.
+
+``flowkit drain`` (:mod:`flowkit.cli.workers`) uses :func:`held_by` and
+:func:`hand_over` to drain named workers remotely. The worker's signals
+(:mod:`flowkit.worker.signals`) call :func:`pool_runs_in_process` and :func:`begin`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from ..config import get_settings
+from ..states import RestartCause, RunState
+from ..store import HANDED_OVER, get_store
+from . import heartbeat as hb
+from .control import Run, resume
+
+log = logging.getLogger(__name__)
+
+#: True when steps run in the worker's main process (threads, solo, gevent, eventlet pools).
+_in_process_pool = True
+_draining = threading.Event()
+
+
+def draining() -> bool:
+    """True once this worker began shutting down: a step it receives now goes back to the queue.
+
+    Celery's blocking consumer loop (threads pool) still takes messages for up to two
+    seconds after SIGTERM; the step task refuses them through this flag.
+    """
+    return _draining.is_set()
+
+
+def pool_runs_in_process(in_process: bool) -> None:
+    """Told once the worker is ready: whether its steps run in this process (not prefork)."""
+    global _in_process_pool
+    _in_process_pool = in_process
+
+
+def begin(how: str | None) -> None:
+    """The worker is shutting down (called from Celery's signal handler: only set a flag
+    and start a thread). A warm shutdown drains for FLOWKIT_DRAIN_GRACE seconds."""
+    _draining.set()
+    if how == "Warm":
+        grace = get_settings().drain_grace
+        threading.Thread(target=drain, args=(grace,), name="flowkit-drain", daemon=True).start()
+
+
+def held_by(node: str) -> list[tuple[str, str, str]]:
+    """(run id, step, token) of every step whose lease a process of Celery node ``node`` holds."""
+    return [
+        (run_id, step, lease["token"])
+        for run_id, step, lease in get_store().leases()
+        if str(lease.get("worker", "")).rpartition(":")[0] == node and lease["token"] != HANDED_OVER
+    ]
+
+
+def hand_over(entries: list[tuple[str, str, str]], reason: str) -> list[str]:
+    """Revoke these leases and restart their runs from checkpoints now; returns the run ids.
+
+    A handover is deliberate, not a crash: it does not count toward FLOWKIT_MAX_RESTARTS.
+    """
+    store = get_store()
+    restarted: list[str] = []
+    for run_id, step, token in entries:
+        now = time.time()
+        if not store.revoke_lease(run_id, step, token, now):
+            continue  # finished meanwhile, or already restarted
+        gen, _ = store.restart(
+            run_id, expected_state=RunState.RUNNING, reason=f"{reason} during step {step}",
+            now=now, cause=RestartCause.LEASE_LAPSED, step=step,
+        )
+        if gen:
+            resume(Run.load(run_id), gen)
+            restarted.append(run_id)
+    return restarted
+
+
+def drain(grace: float) -> None:
+    """Wait up to ``grace`` s for this worker's steps, then hand the rest over and exit."""
+    node = hb.node_name
+    if _in_process_pool:
+        idle = hb.heartbeat.wait_idle(grace)
+    else:  # prefork: steps run in child processes, their leases say which node holds them
+        deadline = time.monotonic() + grace
+        while (busy := held_by(node)) and time.monotonic() < deadline:
+            time.sleep(0.2)  # children report nothing to this process; Redis is the only view
+        idle = not busy
+    if idle:
+        log.info("flowkit drain: %s is idle; shutting down", node)
+        return
+    entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
+    moved = hand_over(entries, f"worker {node} drained: grace of {grace:g}s ran out")
+    log.warning("flowkit drain: handed over %d run(s) after %gs: %s", len(moved), grace, moved)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    if _in_process_pool:
+        # The handed-over attempts still run in this process's threads; ending the process
+        # is the only way to stop them running in parallel with their successors.
+        os._exit(0)
+    os.kill(os.getpid(), signal.SIGQUIT)  # Celery's cold shutdown terminates the pool children

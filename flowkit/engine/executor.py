@@ -1,0 +1,278 @@
+"""Running steps: the bodies of flowkit's Celery tasks (registered in flowkit.worker.tasks).
+
+A step task is idempotent: ``begin_step`` (one atomic script) either hands back
+the step's checkpoint, tells a stale or duplicate message to stop, or takes the
+step's lease and opens a new attempt. Attempts follow the component's retry
+policy; the first checkpoint written wins and is what the chain carries on with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery.exceptions import Ignore, Reject
+
+from .. import events, hooks
+from ..component import Component, Continue, lookup
+from ..config import get_settings
+from ..context import activate, deactivate
+from ..errors import RunCancelled, StoreUnavailable, describe_error
+from ..policy import Policy, call_with_timeout
+from ..serialization import dumps_bounded, loads
+from ..states import StepStart
+from ..store import Begin, Store, get_store
+from ..workflow import get_workflow, workflows
+from . import cache, canvas, notify
+from .control import Run
+from .drain import draining
+from .heartbeat import heartbeat, worker_id
+from .step import StepContext
+from .trace import redaction, spans
+from .trace.writer import writer
+
+log = logging.getLogger(__name__)
+CONTINUE = "$continue"
+
+
+def run_step(
+    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None,
+    begun: tuple[str, Begin] | None = None,
+) -> Any:
+    """The body of a step's task. An item of a batched fan-out has no ``task`` of its own
+    and comes ``begun``: its lease token and what ``begin_step`` decided for it."""
+    try:
+        return _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy,
+                         begun=begun)
+    except StoreUnavailable as exc:
+        # Redis stayed away past FLOWKIT_REDIS_RETRY_SECONDS: hand the message back rather
+        # than lose it; begin_step makes its redelivery harmless
+        log.warning("flowkit: Redis unreachable in step %s of run %s; requeued", key, run_id)
+        raise Reject(exc, requeue=True) from exc
+
+
+def _run_step(
+    task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None,
+    begun: tuple[str, Begin] | None,
+) -> Any:
+    store = get_store()
+    comp = lookup(name)
+    pol = Policy.from_dict(policy) if policy else comp.policy
+    if begun is None:
+        if draining():  # received after SIGTERM: another worker takes it (engine.drain)
+            raise Reject("worker is draining", requeue=True)
+        token = uuid.uuid4().hex
+        begin = store.begin_step(run_id, key, gen, token, worker_id(), time.time(), name)
+    else:
+        token, begin = begun
+    if begin.status == StepStart.CHECKPOINT:
+        output = loads(begin.checkpoint)
+    elif begin.status == StepStart.RUN:
+        output = _run_attempts(store, comp, pol, value, run_id, key, gen, token, begin.attempt)
+    else:
+        log.info("flowkit: step %s of run %s not run (%s)", key, run_id, begin.status)
+        raise Ignore()
+    if isinstance(output, dict) and CONTINUE in output:
+        if task is None:
+            fail_run(run_id, gen, key, f"{name} continues with another step, which an item of a "
+                     "batched fan_out cannot do: fan it out with batch=1")
+            raise Ignore()
+        return _continue(task, store, output[CONTINUE], run_id, key, gen)
+    return output
+
+
+def _run_attempts(
+    store: Store, comp: Component, pol: Policy, value: Any,
+    run_id: str, key: str, gen: int, token: str, attempt: int,
+) -> Any:
+    history: list[dict[str, Any]] = []
+    started = time.monotonic()
+    state = {"attempt": attempt}
+    tokens: dict[str, int] = {}  # shared by the attempts: the step's LLM usage
+    worker = worker_id()
+
+    def new_context() -> StepContext:
+        return StepContext(run_id, key, gen, state["attempt"], token, comp.name, store,
+                           worker=worker, tokens=tokens)
+
+    def before_sleep(retry_state) -> None:
+        exc = retry_state.outcome.exception()
+        failed = state["attempt"]
+        history.append({"attempt": failed, "error": describe_error(exc), "at": time.time()})
+        event = events.make(
+            events.STEP_RETRYING, run_id, step=key, attempt=failed, error=describe_error(exc),
+            delay=round(retry_state.upcoming_sleep, 3), next_attempt=failed + 1,
+        )
+        nxt = store.retrying(run_id, key, gen, token, event, time.time())
+        if nxt is None:
+            raise RunCancelled(f"run {run_id} stopped while step {key} was retrying")
+        state["attempt"] = nxt
+
+    heartbeat.track(run_id, key, token)
+    try:
+        output_json, cached = _produce(store, comp, pol, value, new_context, before_sleep, key)
+    except RunCancelled:
+        log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
+        raise Ignore() from None
+    except StoreUnavailable as exc:
+        # not the step's fault: its lease lapses and the reaper restarts the run
+        log.warning("flowkit: step %s of run %s abandoned: %s", key, run_id, exc)
+        raise Ignore() from None
+    except Exception as exc:
+        history.append({"attempt": state["attempt"], "error": describe_error(exc),
+                        "at": time.time()})
+        _fail(store, run_id, gen, key, token, state["attempt"], exc, history)
+        raise Ignore() from None
+    finally:
+        heartbeat.untrack(run_id, key)
+    completed = events.make(
+        events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
+        duration=round(time.monotonic() - started, 4), cached=cached or None,
+        tokens=tokens or None, output=_shown(loads(output_json), value, pol),
+    )
+    now = time.time()
+    # the attempt's trace records and the checkpoint in one round trip
+    won = writer.flush_with(store, lambda records: store.complete_step(
+        run_id, key, token, output_json, now, completed, worker, trace=records))
+    return loads(won)
+
+
+def _shown(output: Any, value: Any, pol: Policy) -> Any:
+    """The output as events show it: secret fields and known secrets (API keys) redacted.
+    The checkpoint keeps the real value, which the next step needs."""
+    fields = frozenset(pol.secret_fields)
+    values = redaction.secret_values(value, fields) if fields else frozenset()
+    return redaction.redact(output, fields, values)
+
+
+def _produce(
+    store: Store, comp: Component, pol: Policy, value: Any, new_context, before_sleep, key: str
+) -> tuple[str, bool]:
+    """The step's output as JSON, and whether it came from the cache."""
+    cache_key = cache.key(comp.name, pol.cache_version, value) if pol.cache_ttl else None
+    if cache_key and (hit := cache.get(store, cache_key)) is not None:
+        return hit, True
+    result = pol.call(lambda: _attempt(comp, pol, value, new_context()), before_sleep=before_sleep)
+    if isinstance(result, Continue):
+        result = {CONTINUE: _continuation_spec(result)}
+    output_json = dumps_bounded(result, f"the output of step {key}")
+    if cache_key:
+        cache.put(store, cache_key, output_json, pol.cache_ttl)
+    return output_json, False
+
+
+def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
+    reset = activate(ctx)
+    _observe(spans.attempt_started, hooks.attempt_started, ctx, value)
+    began = time.monotonic()
+    try:
+        result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
+    except BaseException as exc:
+        _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
+                 time.monotonic() - began)
+        raise
+    else:
+        _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
+                 time.monotonic() - began)
+        return result
+    finally:
+        deactivate(reset)
+
+
+def _observe(traced, user_hooks: list, *args: Any) -> None:
+    """The trace's record of an attempt, then the user's hooks: neither may fail the step."""
+    hooks.call([traced, *user_hooks], *args)
+
+
+def _fail(
+    store: Store, run_id: str, gen: int, key: str, token: str, attempt: int,
+    exc: BaseException, history: list[dict[str, Any]],
+) -> None:
+    error = {"type": type(exc).__name__, "message": str(exc), "step": key, "attempts": history}
+    step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
+    run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
+    writer.flush()  # the failed attempt's span before the run's failure
+    if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
+        notify.run_failed(run_id)
+    log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc))
+
+
+def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:
+    """Fail a run for a reason found outside a component (bad fan-out input, loop limit)."""
+    error = {"type": kind, "message": message, "step": key, "attempts": []}
+    run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
+    if get_store().fail(run_id, gen, key, "", time.time(), error, None, run_event):
+        notify.run_failed(run_id)
+
+
+# -- agent loops -------------------------------------------------------------------------
+
+
+def _continuation_spec(cont: Continue) -> dict[str, Any]:
+    base = lookup(cont.component.name)
+    spec = {"component": cont.component.name, "input": cont.input}
+    if cont.component.policy != base.policy:
+        spec["policy"] = cont.component.policy.to_dict()
+    return spec
+
+
+def continuation_key(key: str, component: str) -> tuple[str, int]:
+    """``2:agent`` -> ``2+1:search``; ``2+1:search`` -> ``2+2:<component>``."""
+    path = key.partition(":")[0]
+    base, _, n = path.partition("+")
+    depth = int(n or 0) + 1
+    return f"{base}+{depth}:{component}", depth
+
+
+def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -> Any:
+    next_key, depth = continuation_key(key, spec["component"])
+    limit = get_settings().max_continuations
+    if depth > limit:
+        fail_run(
+            run_id, gen, key,
+            f"agent loop ran {limit} continuations; end the loop sooner or raise "
+            "FLOWKIT_MAX_CONTINUATIONS",
+        )
+        raise Ignore()
+    [queue] = store.run_fields(run_id, "queue")
+    sig = canvas.step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"),
+                                (spec["input"],), run_queue=queue or None)
+    return task.replace(sig)
+
+
+# -- the ends of a canvas ---------------------------------------------------------------------
+
+
+def finish_run(output: Any, *, run_id: str, gen: int, workflow: str) -> None:
+    """Last task of every run: validate the output and mark the run succeeded."""
+    store = get_store()
+    store.touch(run_id, worker_id(), time.time())
+    try:
+        wf = workflows().get(workflow)  # a worker may import only the components
+        if wf is not None:
+            output = wf.check_output(output)
+        output_json = dumps_bounded(output, "the run's output")
+    except Exception as exc:  # a bad output fails the run with a reason, never hangs it
+        fail_run(run_id, gen, "", f"output rejected: {exc}", kind=type(exc).__name__)
+        raise Ignore() from None
+    event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
+    store.finish(run_id, gen, time.time(), output_json, event)
+
+
+def resume_run(*, run_id: str, gen: int) -> None:
+    """Enqueue generation ``gen`` of a run's canvas, built by a worker of the run's own
+    deployment (its queue), so a restarted run continues on the code that started it."""
+    run = Run.load(run_id)
+    if run.gen != gen or run.done:
+        return  # restarted again, or finished, since this was sent
+    wf = get_workflow(run.workflow)
+    if wf.version != run.version:
+        fail_run(
+            run_id, gen, "",
+            f"run started with {run.workflow} version {run.version}, but this worker has version "
+            f"{wf.version}; give each version its own queue (FLOWKIT_DEFAULT_QUEUE) and workers",
+        )
+        raise Ignore()
+    canvas.enqueue(wf, run_id, gen, run.input, run.queue)

@@ -1,0 +1,84 @@
+"""Heartbeats: one daemon thread per worker process keeps the leases of its running steps.
+
+A thread (not the task) beats, so a step blocked in I/O or a C call still
+heartbeats; the reaper only acts when the whole process is gone or frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from ..config import get_settings
+from ..store import get_store
+
+log = logging.getLogger(__name__)
+
+#: This worker's node name (Celery's ``celery@host``), set when the worker starts.
+node_name: str = f"flowkit@{socket.gethostname()}"
+
+
+def worker_id() -> str:
+    return f"{node_name}:{os.getpid()}"
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._wake = threading.Event()
+
+    def track(self, run_id: str, step: str, token: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's steps and thread are not ours
+                self._entries.clear()
+                self._pid, self._thread = os.getpid(), None
+            self._entries[(run_id, step)] = token
+        self.ensure_running()
+
+    def untrack(self, run_id: str, step: str) -> None:
+        with self._lock:
+            self._entries.pop((run_id, step), None)
+            if not self._entries:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no step of this process is running (True) or ``timeout`` s pass (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._entries, timeout)
+
+    def active(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return [(run, step, token) for (run, step), token in self._entries.items()]
+
+    def _running(self) -> bool:
+        return self._thread is not None and self._pid == os.getpid() and self._thread.is_alive()
+
+    def ensure_running(self) -> None:
+        if self._running():
+            return
+        with self._lock:
+            if self._running():  # another step started it while this one waited for the lock
+                return
+            self._thread = threading.Thread(target=self._loop, name="flowkit-heartbeat", daemon=True)
+            self._thread.start()
+
+    def beat(self) -> None:
+        get_store().heartbeat(self.active(), worker_id(), time.time())
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception:  # Redis away: keep trying, the reaper judges lapses
+                log.warning("flowkit heartbeat failed", exc_info=True)
+            self._wake.wait(get_settings().heartbeat_interval)
+
+
+heartbeat = Heartbeat()

@@ -1,0 +1,77 @@
+"""The reaper: beat's task that makes every run reach a terminal state.
+
+It restarts runs whose step lease lapsed (the worker died or froze), re-drives
+runs stuck in ``queued`` (their message was lost) or running with nothing in
+flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS restarts. Every
+decision is an atomic claim in Redis (restart.lua), so two reapers never restart a
+run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..config import get_settings
+from ..states import RestartCause, RestartRefusal, RunState
+from ..store import get_store
+from . import notify
+from .control import Run, resume
+
+log = logging.getLogger(__name__)
+
+
+def sweep(now: float | None = None) -> dict[str, list[str]]:
+    """One pass; returns the run ids restarted and given up, for logs and tests."""
+    store, settings = get_store(), get_settings()
+    now = time.time() if now is None else now
+    report: dict[str, list[str]] = {"restarted": [], "gave_up": []}
+
+    def restart(run_id: str, state: RunState, reason: str, cause: RestartCause, what: str,
+                step: str = "", before: float = 0.0) -> None:
+        gen, refusal = store.restart(
+            run_id, expected_state=state, reason=reason, now=now, cause=cause, step=step,
+            before=before, max_restarts=settings.max_restarts,
+            # the store appends " during step <key>" when a step was in flight
+            give_up_error={
+                "type": "WorkerLost",
+                "message": f"gave up after {settings.max_restarts} restarts; last: {what}",
+                "attempts": [],
+            },
+        )
+        if gen:
+            try:
+                resume(Run.load(run_id), gen)
+            except Exception:  # one unknown workflow must not stop the sweep; queued_timeout re-drives it
+                log.exception("flowkit reaper: restarted run %s but could not enqueue it", run_id)
+            report["restarted"].append(run_id)
+            log.warning("flowkit reaper: restarted run %s (%s)", run_id, reason)
+        elif refusal == RestartRefusal.GAVE_UP:
+            report["gave_up"].append(run_id)
+            log.error("flowkit reaper: gave up run %s (%s)", run_id, reason)
+            notify.run_failed(run_id)
+
+    lapse = settings.heartbeat_lapse
+    lost = f"worker lost (no heartbeat for {lapse:g}s)"
+    for run_id, step in store.lapsed_leases(now):
+        restart(run_id, RunState.RUNNING, f"{lost} during step {step}", RestartCause.LEASE_LAPSED,
+                lost, step=step)
+    limit = now - settings.queued_timeout
+    queued = f"still queued after {settings.queued_timeout:g}s (message lost?)"
+    for run_id in store.queued_before(limit):
+        restart(run_id, RunState.QUEUED, queued, RestartCause.QUEUED_TOO_LONG, queued, before=limit)
+    limit = now - lapse
+    orphaned = "worker lost between steps (it stopped beating before sending the next one)"
+    for run_id in store.quiet_since(limit):
+        restart(run_id, RunState.RUNNING, orphaned, RestartCause.ORPHANED, orphaned, before=limit)
+    limit = now - settings.stall_timeout
+    stalled = f"no step in flight for {settings.stall_timeout:g}s"
+    for run_id in store.quiet_since(limit):
+        restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
+    return report
+
+
+def trim_indexes(now: float | None = None) -> int:
+    """Drop ids of runs past their retention from the run indexes."""
+    cutoff = (time.time() if now is None else now) - get_settings().retention_seconds
+    return get_store().trim_indexes(cutoff)

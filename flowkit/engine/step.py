@@ -1,0 +1,108 @@
+"""The context of one attempt of a step: what the running component can read and send.
+
+The executor makes it the current step of the attempt's thread
+(:func:`flowkit.context.activate`); ``flowkit.progress``, ``emit``, ``is_cancelled``
+and components called inside the step reach it from there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import events
+from ..errors import FlowkitError, NotFound, RunCancelled
+from ..policy import call_with_timeout
+from ..serialization import dumps_bounded, loads
+from ..states import LIVE_STATES
+from ..store import Store
+
+
+@dataclass
+class StepContext:
+    """What a running step knows about its run. Read it with :func:`flowkit.context`."""
+
+    run_id: str
+    step: str
+    gen: int
+    attempt: int
+    token: str
+    component: str
+    store: Store = field(repr=False)
+    #: The worker process running it (``celery-node:pid``).
+    worker: str = ""
+    started: float = field(default_factory=time.monotonic)
+    #: Set when this attempt timed out: whatever it still sends is refused.
+    abandoned: bool = False
+    _calls: int = field(default=0, repr=False)
+    _input: Any = field(default=None, repr=False)
+    #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
+    #: ``completion``, ``total``); ``step.completed`` reports them.
+    tokens: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def input(self) -> Any:
+        """The run's validated input."""
+        if self._input is None:
+            [raw] = self.store.run_fields(self.run_id, "input")
+            self._input = loads(raw) if raw else None
+        return self._input
+
+    def output_of(self, step: str) -> Any:
+        """Output of an earlier step, by step key (``"0:research"``) or component name."""
+        checkpoints = self.store.checkpoints(self.run_id)
+        if step in checkpoints:
+            return loads(checkpoints[step])
+        matches = [k for k in checkpoints if k.partition(":")[2] == step]
+        if len(matches) == 1:
+            return loads(checkpoints[matches[0]])
+        if matches:
+            raise FlowkitError(f"{step!r} ran as several steps ({', '.join(matches)}); use a step key.")
+        raise NotFound(f"No completed step {step!r} in run {self.run_id}.")
+
+    def send(self, type_: str, **fields: Any) -> str:
+        if self.abandoned:
+            raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
+        event = events.make(type_, self.run_id, step=self.step, attempt=self.attempt, **fields)
+        dumps_bounded(event, f"a {type_} event")
+        event_id = self.store.emit(self.run_id, self.gen, event)
+        if event_id is None:
+            raise RunCancelled(f"Run {self.run_id} was cancelled or restarted; stop step {self.step}.")
+        return event_id
+
+    def progress(self, message: str, fraction: float | None = None, eta: float | None = None) -> str:
+        if fraction is not None:
+            fraction = min(1.0, max(0.0, float(fraction)))
+            if eta is None and fraction > 0:
+                elapsed = time.monotonic() - self.started
+                eta = round(elapsed * (1 - fraction) / fraction, 3)
+        return self.send(events.STEP_PROGRESS, message=message, fraction=fraction, eta=eta)
+
+    def emit(self, chunk: Any) -> str:
+        return self.send(events.STEP_OUTPUT, chunk=chunk)
+
+    def is_cancelled(self) -> bool:
+        state, gen = self.store.run_fields(self.run_id, "state", "gen")
+        return state not in LIVE_STATES or gen != str(self.gen)
+
+    def call(self, component: Any, args: tuple, kwargs: dict) -> Any:
+        """A component called inside this step: a durable sub-step, checkpointed under
+        ``<step>/<call index>:<name>`` (a restarted step replays it from there)."""
+        key = f"{self.step}/{self._calls}:{component.name}"
+        self._calls += 1
+        stored = self.store.checkpoint(self.run_id, key)
+        if stored is not None:
+            return loads(stored)
+        pol = component.policy
+
+        def attempt() -> Any:
+            return call_with_timeout(component.fn, args, kwargs, pol.timeout, self.abandon)
+
+        value = pol.call(attempt)
+        output = dumps_bounded(value, f"output of {key}")
+        return loads(self.store.save_checkpoint(self.run_id, key, output))
+
+    def abandon(self) -> None:
+        """This attempt timed out: its further events raise RunCancelled in its thread."""
+        self.abandoned = True

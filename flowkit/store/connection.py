@@ -1,0 +1,44 @@
+"""Redis clients for flowkit's store, configured to ride out a Redis restart.
+
+Commands go through a blocking pool: a burst of clients (a reconnect storm after a
+deploy) waits for a connection instead of failing with MaxConnectionsError, and a
+command whose connection broke is resent for ``FLOWKIT_REDIS_RETRY_SECONDS`` (the
+scripts that count recognise their own resend, see ``lua/``). Blocking reads (the
+relay's ``XREAD``) get a connection of their own so they never hold one of the pool's.
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..config import Settings
+
+#: redis-py's errors that mean "Redis is unreachable" (not a bad command).
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def client(settings: Settings) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.connection_pool_size,
+        timeout=settings.redis_socket_timeout,
+        decode_responses=True,
+        health_check_interval=30,
+        # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK) short
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05),
+                    retries=int(settings.redis_retry_seconds) + 5),
+        retry_on_error=list(UNREACHABLE),
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def blocking_client(settings: Settings, block_seconds: float) -> redis.Redis:
+    """A client of one connection for reads that block up to ``block_seconds``."""
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=block_seconds + 5,
+        socket_connect_timeout=5,
+    )

@@ -1,0 +1,123 @@
+"""Names of flowkit's Redis keys, laid out so the store can later spread over Redis Cluster.
+
+Every run belongs to one of ``SHARDS`` shards (a hash of its id). Its keys and its
+shard's indexes (``running``, ``queued``, ``leases``) carry the shard's hash tag, so
+every key one run script touches hashes to the same Cluster slot::
+
+    flowkit:{s07}:run:<id>              HASH    the run record
+    flowkit:{s07}:run:<id>:events       STREAM  its events (the stream ids are the resume cursors)
+    flowkit:{s07}:run:<id>:ckpt         HASH    step key -> output JSON (the checkpoints)
+    flowkit:{s07}:run:<id>:attempts     HASH    step key -> attempts started
+    flowkit:{s07}:run:<id>:inflight     HASH    step key -> lease JSON {token, worker, attempt, expires}
+    flowkit:{s07}:run:<id>:emits        HASH    step key -> "<emit id> <stream id>" of its last emit
+    flowkit:{s07}:run:<id>:trace        STREAM  trace span records
+    flowkit:{s07}:run:<id>:notified     STRING  the failure notification's claim
+    flowkit:{s07}:running               ZSET    run id -> last sign of life
+    flowkit:{s07}:queued                ZSET    run id -> when it was (re)queued
+    flowkit:{s07}:leases                ZSET    "<run id> <step>" -> when the lease lapses
+
+Keys that no run script touches live outside the shards, each a single-key operation:
+``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
+(idempotency claims), ``flowkit:workers`` (worker presence), ``flowkit:cache:...``,
+``flowkit:llm:rate:...`` and the relay's wake streams.
+
+``SHARDS`` is part of the data layout: changing it moves every run to other keys.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+#: Shards of the run keyspace (each one Redis Cluster slot). Fixed: see the module doc.
+SHARDS = 16
+
+
+def shard_of(run_id: str) -> int:
+    return zlib.crc32(run_id.encode()) % SHARDS
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    # -- one run ------------------------------------------------------------------
+
+    def tag(self, shard: int) -> str:
+        return f"{self.prefix}:{{s{shard:02d}}}"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.tag(shard_of(run_id))}:run:{run_id}"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:events"
+
+    def checkpoints(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:ckpt"
+
+    def attempts(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:attempts"
+
+    def inflight(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:inflight"
+
+    def emits(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:emits"
+
+    def trace(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:trace"
+
+    def notified(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:notified"
+
+    def done(self, run_id: str) -> str:
+        """Pub/sub channel told the run's terminal state when it ends (lib.lua's end_run)."""
+        return f"{self.run(run_id)}:done"
+
+    # -- a shard's indexes -----------------------------------------------------------
+
+    def running(self, shard: int) -> str:
+        return f"{self.tag(shard)}:running"
+
+    def queued(self, shard: int) -> str:
+        return f"{self.tag(shard)}:queued"
+
+    def leases(self, shard: int) -> str:
+        return f"{self.tag(shard)}:leases"
+
+    def script_keys(self, run_id: str) -> list[str]:
+        """The KEYS every run script receives, in lib.lua's order."""
+        shard = shard_of(run_id)
+        run = self.run(run_id)
+        return [
+            run, f"{run}:events", f"{run}:ckpt", f"{run}:attempts", f"{run}:inflight",
+            f"{run}:emits", self.running(shard), self.queued(shard), self.leases(shard),
+        ]
+
+    # -- outside the shards ----------------------------------------------------------------
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}:runs"
+
+    def runs_of(self, workflow: str) -> str:
+        return f"{self.prefix}:runs:wf:{workflow}"
+
+    def idempotency(self, workflow: str, key: str) -> str:
+        return f"{self.prefix}:idem:{workflow}:{key}"
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker id -> last heartbeat of the worker process."""
+        return f"{self.prefix}:workers"
+
+    def cache(self, component: str, version: str, digest: str) -> str:
+        return f"{self.prefix}:cache:{component}:{version}:{digest}"
+
+    def llm_rate(self, provider: str, model: str) -> str:
+        """Hash of the shared rate-limit buckets of one provider and model (flowkit.llm)."""
+        return f"{self.prefix}:llm:rate:{provider}:{model}"
+
+    def relay_wake(self, name: str) -> str:
+        """A relay hub's private stream: an entry wakes its blocked XREAD."""
+        return f"{self.prefix}:relay:wake:{name}"

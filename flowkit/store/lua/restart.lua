@@ -1,0 +1,83 @@
+-- restart.lua: open a new generation of a run when `cause` holds (flowkit.states.RestartCause):
+-- its in-flight leases are dropped (their attempts are superseded), it is queued again and
+-- run.restarted says why; the caller then has its canvas enqueued, and checkpointed steps
+-- return their stored output. A run that used up its restarts is failed instead.
+-- KEYS: the run's keys (lib.lua)
+-- ARGV[1] run_id     ARGV[2] expected (the state the caller saw)   ARGV[3] now
+-- ARGV[4] retention  ARGV[5] reason (for run.restarted)
+-- ARGV[6] max_restarts  restarts allowed before giving up; -1: not counted (a request)
+-- ARGV[7] cause      a RestartCause
+-- ARGV[8] step       CAUSE_LEASE_LAPSED: the step whose lease lapsed
+-- ARGV[9] before     QUEUED_TOO_LONG, ORPHANED, STALLED: no sign of life since then
+-- ARGV[10] holder    ORPHANED: the worker that last held the run, as the caller read it
+-- ARGV[11] holder_beat  ORPHANED: that worker's last heartbeat ('' for none)
+-- ARGV[12] give_up   the error (JSON) of a run that used up its restarts
+-- ARGV[13] call_id   names this call: resent after a lost reply, it answers as it did
+-- Returns {new_gen} or {0, refusal} (flowkit.states.RestartRefusal).
+local run_id, expected, now, retention = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local reason, max_restarts, cause, step = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local before, holder, holder_beat = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local give_up, call_id = ARGV[12], ARGV[13]
+
+local state = redis.call('HGET', run, 'state')
+if not state then return {0, REFUSED_GONE} end
+if ended_by(call_id) then return {0, REFUSED_GAVE_UP} end
+if redis.call('HGET', run, 'restarted_by') == call_id then
+  return {tonumber(redis.call('HGET', run, 'gen'))}
+end
+
+if cause == CAUSE_LEASE_LAPSED then
+  local lapses = redis.call('ZSCORE', leases, lease_member(run_id, step))
+  if not lapses or tonumber(lapses) > now then return {0, REFUSED_ALIVE} end
+  if state ~= expected then release(run_id, step, nil) return {0, REFUSED_STATE} end
+elseif state ~= expected then
+  return {0, REFUSED_STATE}
+elseif cause == CAUSE_QUEUED_TOO_LONG then
+  local since = redis.call('ZSCORE', queued, run_id)
+  if not since or tonumber(since) > before then return {0, REFUSED_ALIVE} end
+elseif cause == CAUSE_ORPHANED or cause == CAUSE_STALLED then
+  local seen = redis.call('ZSCORE', running, run_id)
+  if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > before then
+    return {0, REFUSED_ALIVE}
+  end
+  -- orphaned: the worker that had to send the next message has not been seen either
+  if cause == CAUSE_ORPHANED then
+    if (redis.call('HGET', run, 'worker') or '') ~= holder then return {0, REFUSED_ALIVE} end
+    if holder_beat ~= '' and tonumber(holder_beat) > before then return {0, REFUSED_ALIVE} end
+  end
+end
+
+local superseded = {}
+local entries = redis.call('HGETALL', inflight)
+for i = 1, #entries, 2 do
+  local lease = cjson.decode(entries[i + 1])
+  table.insert(superseded, {step = entries[i], attempt = lease.attempt, worker = lease.worker})
+  redis.call('ZREM', leases, lease_member(run_id, entries[i]))
+end
+redis.call('DEL', inflight)
+
+local restarts = tonumber(redis.call('HGET', run, 'restarts') or '0')
+if max_restarts ~= -1 and restarts >= max_restarts then
+  local err = cjson.decode(give_up)
+  local failed_step = superseded[1] and superseded[1].step or ''
+  err.step = failed_step
+  if failed_step ~= '' then err.message = err.message .. ' during step ' .. failed_step end
+  end_run(run_id, STATE_FAILED, ARGV[3], retention, call_id,
+          {'error', cjson.encode(err), 'failed_step', failed_step},
+          cjson.encode({type = 'run.failed', ts = now, run = run_id, step = failed_step,
+                        error = err}))
+  return {0, REFUSED_GAVE_UP}
+end
+
+local new_gen = redis.call('HINCRBY', run, 'gen', 1)
+if max_restarts ~= -1 then redis.call('HINCRBY', run, 'restarts', 1) end
+redis.call('HSET', run, 'state', STATE_QUEUED, 'updated_at', ARGV[3], 'error', '',
+           'failed_step', '', 'restarted_by', call_id)
+redis.call('HDEL', run, 'finished_at', 'ended_by')
+redis.call('ZREM', running, run_id)
+redis.call('ZADD', queued, now, run_id)
+local doc = {type = 'run.restarted', ts = now, run = run_id, reason = reason, gen = new_gen}
+if #superseded > 0 then doc.superseded = superseded end
+append(cjson.encode(doc))
+touch(retention)
+return {new_gen}

@@ -1,0 +1,558 @@
+"""The store: the one class that reads and writes flowkit's Redis.
+
+Every read and every transition of a run is a named method here; nothing else in the
+library talks to Redis. Each transition that reads-then-writes is one Lua script
+(``lua/``), so it is atomic (two reapers, a redelivered message and a live worker can
+race without corrupting a run) and costs one round trip on the hot path of a step.
+
+Redis being unreachable (past the retries of :mod:`.connection`) surfaces as
+:class:`flowkit.errors.StoreUnavailable` from every method, never as a redis-py error.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from ..config import Settings
+from ..errors import StoreUnavailable
+from ..serialization import dumps, loads
+from ..states import RestartCause, RestartRefusal, StepStart
+from . import connection, scripts
+from .keys import SHARDS, Keys, shard_of
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The token a revoked lease carries: it matches no attempt, so no heartbeat renews it.
+HANDED_OVER = "handed-over"
+#: Most ids one index scan returns (the reaper's batch).
+SCAN_BATCH = 500
+
+#: A stream entry as the store returns it: (stream id, the event's JSON).
+Entry = tuple[str, str]
+
+
+def _op(fn: Callable[P, R]) -> Callable[P, R]:
+    """A store operation: Redis out of reach raises StoreUnavailable, not redis-py's error."""
+
+    @functools.wraps(fn)
+    def operation(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except connection.UNREACHABLE as exc:
+            raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
+
+    return operation
+
+
+def _new_call() -> str:
+    return uuid.uuid4().hex
+
+
+def _entries(raw: list) -> list[Entry]:
+    return [(entry_id, fields["e"]) for entry_id, fields in raw]
+
+
+@dataclass(frozen=True)
+class Begin:
+    """What ``begin_step`` decided for one delivery of a step's message."""
+
+    status: StepStart
+    attempt: int = 0
+    checkpoint: str | None = None
+
+
+class Store:
+    """A connection to flowkit's Redis and every operation on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        #: The raw client: for tests and tools only; the library goes through methods.
+        self.redis: redis.Redis = connection.client(settings)
+        self._scripts = {
+            name: self.redis.register_script(scripts.source(name))
+            for name in (*scripts.RUN_SCRIPTS, *scripts.STANDALONE_SCRIPTS)
+        }
+
+    def _run_script(self, name: str, run_id: str, args: list[Any], client: Any = None) -> Any:
+        keys = self.keys.script_keys(run_id)
+        if client is not None:  # a pipeline: queued by SHA (see complete_step)
+            return client.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        return self._scripts[name](keys=keys, args=args)
+
+    # -- runs ------------------------------------------------------------------------
+
+    @_op
+    def create_run(
+        self, record: dict[str, Any], event: dict[str, Any], idempotency_key: str | None
+    ) -> tuple[str, bool]:
+        """Store a new run; returns (its id, True). With ``idempotency_key``, a key already
+        claimed returns (the run holding it, False) and stores nothing."""
+        run_id, retention = record["id"], self.settings.retention_seconds
+        if idempotency_key:
+            claim = self.keys.idempotency(record["workflow"], idempotency_key)
+            if not self.redis.set(claim, run_id, nx=True, ex=retention):
+                winner = self.redis.get(claim)
+                if winner and self.redis.exists(self.keys.run(winner)):
+                    return winner, False
+                # the claim's maker stopped before creating its run: create it under that id
+                run_id = winner or run_id
+                record = {**record, "id": run_id}
+        created = self._run_script("create", run_id, [
+            run_id, record["created_at"], retention, dumps(event),
+            *(x for pair in record.items() for x in pair),
+        ])
+        if not created:
+            return run_id, False
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.runs, {run_id: record["created_at"]})
+        pipe.zadd(self.keys.runs_of(record["workflow"]), {run_id: record["created_at"]})
+        pipe.execute()
+        return run_id, True
+
+    @_op
+    def get_run(self, run_id: str) -> dict[str, str]:
+        """The run's record ({} when unknown)."""
+        return self.redis.hgetall(self.keys.run(run_id))
+
+    @_op
+    def load_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The run's record and its attempts per step, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.hgetall(self.keys.attempts(run_id))
+        record, attempts = pipe.execute()
+        return record, attempts
+
+    @_op
+    def run_fields(self, run_id: str, *names: str) -> list[str | None]:
+        return self.redis.hmget(self.keys.run(run_id), list(names))
+
+    @_op
+    def list_runs(
+        self, workflow: str | None, state: str | None, limit: int, before: str | None
+    ) -> list[dict[str, str]]:
+        """Records newest first, of one workflow and in one state when given; ``before`` is
+        a run id: only runs older than it."""
+        index = self.keys.runs_of(workflow) if workflow else self.keys.runs
+        bound = "+inf"
+        if before:
+            score = self.redis.zscore(index, before)
+            bound = f"({score}" if score is not None else "+inf"
+        found: list[dict[str, str]] = []
+        start, page = 0, max(limit * 2, 50)
+        while len(found) < limit:
+            ids = self.redis.zrevrangebyscore(index, bound, "-inf", start=start, num=page)
+            if not ids:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in ids:
+                pipe.hgetall(self.keys.run(run_id))
+            for record in pipe.execute():
+                if record and (state is None or record.get("state") == state):
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+            start += page
+        return found
+
+    @_op
+    def cancel(
+        self, run_id: str, now: float, event: dict[str, Any], call_id: str | None = None
+    ) -> int:
+        """1 cancelled, 0 already ended, -1 unknown. ``call_id`` (default: a fresh one) names
+        this call, so a resend after a lost reply answers 1 again (as do fail and finish)."""
+        return int(self._run_script("cancel", run_id, [
+            run_id, now, self.settings.retention_seconds, dumps(event), call_id or _new_call(),
+        ]))
+
+    @_op
+    def restart(
+        self,
+        run_id: str,
+        *,
+        expected_state: str,
+        reason: str,
+        now: float,
+        cause: RestartCause = RestartCause.REQUESTED,
+        step: str = "",
+        before: float = 0.0,
+        max_restarts: int = -1,
+        give_up_error: dict[str, Any] | None = None,
+        call_id: str | None = None,
+    ) -> tuple[int, RestartRefusal | None]:
+        """Open a new generation of the run when ``cause`` holds (restart.lua); returns
+        (new_gen, None) or (0, why not). ``max_restarts`` -1: a request, not counted."""
+        holder, holder_beat = "", ""
+        if cause == RestartCause.ORPHANED:
+            holder = self.redis.hget(self.keys.run(run_id), "worker") or ""
+            beat = self.redis.zscore(self.keys.workers, holder) if holder else None
+            holder_beat = "" if beat is None else repr(beat)
+        result = self._run_script("restart", run_id, [
+            run_id, expected_state, now, self.settings.retention_seconds, reason, max_restarts,
+            cause, step, before, holder, holder_beat, dumps(give_up_error or {}),
+            call_id or _new_call(),
+        ])
+        if int(result[0]):
+            return int(result[0]), None
+        return 0, RestartRefusal(result[1])
+
+    @_op
+    def fail(
+        self, run_id: str, gen: int, step: str, token: str, now: float, error: dict[str, Any],
+        step_event: dict[str, Any] | None, run_event: dict[str, Any], call_id: str | None = None,
+    ) -> bool:
+        """Whether this call failed the run (it was live, in generation ``gen``)."""
+        return bool(self._run_script("fail", run_id, [
+            run_id, gen, step, token, now, dumps(error), self.settings.retention_seconds,
+            dumps(step_event) if step_event else "", dumps(run_event), call_id or _new_call(),
+        ]))
+
+    @_op
+    def finish(
+        self, run_id: str, gen: int, now: float, output_json: str, event: dict,
+        call_id: str | None = None,
+    ) -> bool:
+        """Whether this call ended the run as succeeded (it was live, in generation ``gen``)."""
+        return bool(self._run_script("finish", run_id, [
+            run_id, gen, now, output_json, self.settings.retention_seconds, dumps(event),
+            call_id or _new_call(),
+        ]))
+
+    @_op
+    def watch_end(self, run_id: str) -> EndWatch:
+        """Listen for the run's end (lib.lua's end_run publishes it). Subscribe first, then
+        read the run: no end can slip between."""
+        return EndWatch(self, run_id)
+
+    @_op
+    def claim_failure_notice(self, run_id: str) -> bool:
+        """True for the first caller only: the one that notifies the run's failure."""
+        return bool(self.redis.set(self.keys.notified(run_id), 1, nx=True,
+                                   ex=self.settings.retention_seconds))
+
+    # -- steps ------------------------------------------------------------------------
+
+    @_op
+    def begin_step(
+        self, run_id: str, step: str, gen: int, token: str, worker: str, now: float, component: str
+    ) -> Begin:
+        args = self._begin_args(run_id, step, gen, token, worker, now, component)
+        return self._begun(self._run_script("begin", run_id, args))
+
+    @_op
+    def begin_steps(
+        self, run_id: str, steps: list[tuple[str, str]], gen: int, worker: str, now: float,
+        component: str,
+    ) -> list[Begin]:
+        """``begin_step`` for each ``(step, token)``, in one round trip (a batched fan-out)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for step, token in steps:
+            self._run_script("begin", run_id,
+                             self._begin_args(run_id, step, gen, token, worker, now, component),
+                             client=pipe)
+        try:
+            return [self._begun(result) for result in pipe.execute()]
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: none ran
+            return [self.begin_step(run_id, step, gen, token, worker, now, component)
+                    for step, token in steps]
+
+    def _begin_args(
+        self, run_id: str, step: str, gen: int, token: str, worker: str, now: float, component: str
+    ) -> list[Any]:
+        return [run_id, step, gen, token, worker, now, self.settings.heartbeat_lapse,
+                self.settings.retention_seconds, component]
+
+    @staticmethod
+    def _begun(result: list) -> Begin:
+        status = StepStart(result[0])
+        if status == StepStart.RUN:
+            return Begin(status, attempt=int(result[1]))
+        if status == StepStart.CHECKPOINT:
+            return Begin(status, checkpoint=result[1])
+        return Begin(status)
+
+    @_op
+    def complete_step(
+        self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
+        worker: str = "", trace: Iterable[tuple[str, str]] = (),
+    ) -> str:
+        """Checkpoint a step; returns the checkpoint that won (the first one written).
+
+        ``trace`` records (``(run_id, span JSON)``) are written
+        first, in the same round trip, so a finished step's trace is complete before its
+        checkpoint is. The script is queued by its SHA (redis-py would add a SCRIPT EXISTS
+        round trip to a pipeline carrying a Script); if Redis restarted and forgot it, the
+        call is made again on its own, which loads it."""
+        args = [run_id, step, token, output_json, now, self.settings.retention_seconds,
+                dumps(event), worker]
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_trace(pipe, trace)
+        self._run_script("complete", run_id, args, client=pipe)
+        try:
+            return pipe.execute()[-1]
+        except redis.exceptions.NoScriptError:
+            return self._run_script("complete", run_id, args)
+
+    @_op
+    def checkpoint(self, run_id: str, step: str) -> str | None:
+        return self.redis.hget(self.keys.checkpoints(run_id), step)
+
+    @_op
+    def checkpoints(self, run_id: str) -> dict[str, str]:
+        return self.redis.hgetall(self.keys.checkpoints(run_id))
+
+    @_op
+    def save_checkpoint(self, run_id: str, step: str, output_json: str) -> str:
+        """Checkpoint an inline call (a component called inside a step); first write wins."""
+        key = self.keys.checkpoints(run_id)
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, step, output_json)
+        pipe.hget(key, step)
+        pipe.expire(key, self.settings.retention_seconds)
+        return pipe.execute()[1]
+
+    @_op
+    def retrying(
+        self, run_id: str, step: str, gen: int, token: str, event: dict, now: float
+    ) -> int | None:
+        """Record a failed attempt about to be retried; returns the next attempt number."""
+        attempt = self._run_script("retrying", run_id, [
+            run_id, step, gen, token, dumps(event), now, self.settings.heartbeat_lapse,
+            event["attempt"],
+        ])
+        return int(attempt) if attempt else None
+
+    @_op
+    def emit(
+        self, run_id: str, gen: int, event: dict[str, Any], emit_id: str | None = None
+    ) -> str | None:
+        """Append an event from inside a step; None when the run stopped (or moved on).
+        ``emit_id`` (default: a fresh one) names this call: resent after a lost reply,
+        it returns the stream id of its first run instead of appending the event again."""
+        return self._run_script("emit", run_id, [
+            gen, dumps(event), self.settings.retention_seconds, event["step"],
+            emit_id or _new_call(),
+        ]) or None
+
+    @_op
+    def touch(self, run_id: str, worker: str, now: float) -> None:
+        """A task without a lease (fan-out, finish) holds the run: record who, for the reaper."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.run(run_id), mapping={"worker": worker, "updated_at": now})
+        pipe.zadd(self.keys.running(shard_of(run_id)), {run_id: now}, xx=True)
+        pipe.execute()
+
+    @_op
+    def heartbeat(self, entries: list[tuple[str, str, str]], worker: str, now: float) -> None:
+        """Renew the leases of the steps this process runs, and the worker's presence."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, step, token in entries:
+            self._run_script("heartbeat", run_id, [
+                run_id, step, token, now, self.settings.heartbeat_lapse, worker,
+            ], client=pipe)
+        pipe.zadd(self.keys.workers, {worker: now})
+        try:
+            pipe.execute()
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: load it
+            for run_id, step, token in entries:
+                self._run_script("heartbeat", run_id, [
+                    run_id, step, token, now, self.settings.heartbeat_lapse, worker])
+            self.redis.zadd(self.keys.workers, {worker: now})
+
+    # -- leases and indexes (the reaper, draining) --------------------------------------
+
+    @_op
+    def leases(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(run id, step, lease) of every step that holds a lease now."""
+        found = []
+        for shard in range(SHARDS):
+            for member in self.redis.zrange(self.keys.leases(shard), 0, -1):
+                run_id, _, step = member.partition(" ")
+                raw = self.redis.hget(self.keys.inflight(run_id), step)
+                if raw:
+                    found.append((run_id, step, loads(raw)))
+        return found
+
+    @_op
+    def revoke_lease(self, run_id: str, step: str, token: str, now: float) -> bool:
+        """Hand a step over: its lease lapses now if ``token`` still holds it (revoke.lua)."""
+        return bool(self._run_script("revoke", run_id, [run_id, step, token, now, HANDED_OVER]))
+
+    def _scan(self, index: Callable[[int], str], upto: float) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zrangebyscore(index(shard), "-inf", upto, start=0, num=SCAN_BATCH)
+        return [member for members in pipe.execute() for member in members]
+
+    @_op
+    def lapsed_leases(self, now: float) -> list[tuple[str, str]]:
+        """(run id, step) of leases that lapsed by ``now``."""
+        return [(m.partition(" ")[0], m.partition(" ")[2]) for m in self._scan(self.keys.leases, now)]
+
+    @_op
+    def queued_before(self, before: float) -> list[str]:
+        """Runs (re)queued before ``before`` and not started since."""
+        return self._scan(self.keys.queued, before)
+
+    @_op
+    def quiet_since(self, before: float) -> list[str]:
+        """Running runs with no sign of life (step boundary, heartbeat) since ``before``."""
+        return self._scan(self.keys.running, before)
+
+    @_op
+    def active_runs(self) -> int:
+        """How many runs are queued or running now."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zcard(self.keys.running(shard))
+            pipe.zcard(self.keys.queued(shard))
+        return sum(pipe.execute())
+
+    @_op
+    def trim_indexes(self, cutoff: float) -> int:
+        """Drop runs created before ``cutoff`` from the listing indexes, and workers not seen
+        since; returns how many run entries went."""
+        removed = self.redis.zremrangebyscore(self.keys.runs, "-inf", cutoff)
+        for key in self.redis.scan_iter(match=self.keys.runs_of("*"), count=200):
+            removed += self.redis.zremrangebyscore(key, "-inf", cutoff)
+        self.redis.zremrangebyscore(self.keys.workers, "-inf", cutoff)
+        return removed
+
+    @_op
+    def workers_seen_since(self, since: float) -> list[tuple[str, float]]:
+        """(worker id, last heartbeat) of every worker process seen since ``since``."""
+        return self.redis.zrangebyscore(self.keys.workers, since, "+inf", withscores=True)
+
+    # -- events ------------------------------------------------------------------------
+
+    @_op
+    def history(self, run_id: str, after: str, count: int | None = None) -> list[Entry]:
+        """Events after ``after`` (exclusive), oldest first."""
+        return _entries(self.redis.xrange(self.keys.events(run_id), min=f"({after}", count=count))
+
+    @_op
+    def read_new(self, run_id: str, after: str, block_ms: int, count: int = 500) -> list[Entry]:
+        """Events after ``after``, waiting up to ``block_ms`` for the first one."""
+        reply = self.redis.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
+        return _entries(reply[0][1]) if reply else []
+
+    @_op
+    def last_event_id(self, run_id: str) -> str | None:
+        last = self.redis.xrevrange(self.keys.events(run_id), count=1)
+        return last[0][0] if last else None
+
+    def stream_reader(self, block_seconds: float) -> StreamReader:
+        """A reader of many runs' streams on a connection of its own (the relay hub)."""
+        return StreamReader(self, block_seconds)
+
+    # -- traces ----------------------------------------------------------------------------
+
+    def _queue_trace(self, pipe: Any, records: Iterable[tuple[str, str]]) -> None:
+        touched = set()
+        for run_id, doc in records:
+            pipe.xadd(self.keys.trace(run_id), {"s": doc})
+            touched.add(run_id)
+        for run_id in touched:
+            pipe.expire(self.keys.trace(run_id), self.settings.retention_seconds)
+
+    @_op
+    def append_trace(self, records: Iterable[tuple[str, str]]) -> None:
+        """Append span records (``(run_id, span JSON)``) to their runs' traces."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_trace(pipe, records)
+        pipe.execute()
+
+    @_op
+    def read_trace(self, run_id: str) -> list[str]:
+        """The run's span records (JSON), oldest first."""
+        return [fields["s"] for _, fields in self.redis.xrange(self.keys.trace(run_id))]
+
+    # -- the component cache and rate limits ---------------------------------------------
+
+    @_op
+    def cache_get(self, component: str, version: str, digest: str) -> str | None:
+        return self.redis.get(self.keys.cache(component, version, digest))
+
+    @_op
+    def cache_put(self, component: str, version: str, digest: str, value: str, ttl: float) -> None:
+        self.redis.set(self.keys.cache(component, version, digest), value, px=int(ttl * 1000))
+
+    @_op
+    def take_rate(self, provider: str, model: str, budget: list[float]) -> float:
+        """Take a call's cost from a shared bucket (rate_acquire.lua's ARGV); returns 0, or
+        the seconds to wait before asking again."""
+        waited_ms = self._scripts["rate_acquire"](
+            keys=[self.keys.llm_rate(provider, model)], args=budget)
+        return int(waited_ms) / 1000
+
+    @_op
+    def settle_rate(self, provider: str, model: str, delta: int) -> None:
+        """Give back ``delta`` tokens (negative: take more) once a call's real cost is known."""
+        self._scripts["rate_settle"](keys=[self.keys.llm_rate(provider, model)], args=[delta])
+
+
+class EndWatch:
+    """A subscription to one run's end; ``wait(seconds)`` returns when a message came or
+    the time passed. Close it (or use it as a context manager)."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self._pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(store.keys.done(run_id))
+
+    @_op
+    def wait(self, seconds: float) -> bool:
+        return self._pubsub.get_message(timeout=seconds) is not None
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> EndWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamReader:
+    """Blocking reads over many runs' streams at once, on a connection of its own, with a
+    private wake stream: :meth:`wake` (from any thread) makes a blocked :meth:`read` return
+    so the caller can read a new set of runs."""
+
+    def __init__(self, store: Store, block_seconds: float) -> None:
+        self._store = store
+        self._conn = connection.blocking_client(store.settings, block_seconds)
+        self._wake_key = store.keys.relay_wake(uuid.uuid4().hex)
+        self._wake_cursor = "0-0"  # the wake stream is new: every entry in it is a wake-up
+
+    @_op
+    def wake(self) -> None:
+        pipe = self._store.redis.pipeline(transaction=False)
+        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+        pipe.expire(self._wake_key, 24 * 3600)
+        pipe.execute()
+
+    @_op
+    def read(self, cursors: dict[str, str], count: int, block_ms: int) -> dict[str, list[Entry]]:
+        """New events of each run after its cursor ({run id: cursor}), waiting up to
+        ``block_ms`` for the first; {} on a wake-up or when nothing came."""
+        keys = {self._store.keys.events(run_id): run_id for run_id in cursors}
+        streams = {key: cursors[run_id] for key, run_id in keys.items()}
+        streams[self._wake_key] = self._wake_cursor
+        found: dict[str, list[Entry]] = {}
+        for key, raw in self._conn.xread(streams, count=count, block=block_ms) or ():
+            if key == self._wake_key:
+                self._wake_cursor = raw[-1][0]
+            else:
+                found[keys[key]] = _entries(raw)
+        return found
+
+    def close(self) -> None:
+        self._conn.close()

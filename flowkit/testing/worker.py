@@ -1,0 +1,147 @@
+"""Celery workers for tests: a real ``celery worker`` process, or a worker in this process.
+
+A :class:`WorkerProcess` is what crash tests kill. An :class:`InThreadWorker` runs
+Celery's own embedded test worker (``celery.contrib.testing.worker``) in threads of the
+test process, consuming the real broker: no process start, no import of the app in a
+child, so fast tests stay fast; it is not a place to test crashes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+
+class WorkerProcess:
+    """A real ``celery worker`` process; ``start()`` returns once it logged that it is ready."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        name: str = "worker",
+        queues: Sequence[str] = ("flowkit",),
+        pool: str = "threads",
+        concurrency: int = 4,
+        env: Mapping[str, str] | None = None,
+        extra: Sequence[str] = (),
+        cwd: str | None = None,
+    ) -> None:
+        self.name = name
+        self.args = [
+            sys.executable, "-m", "celery", "-A", app, "worker",
+            "--pool", pool, "--concurrency", str(concurrency),
+            "--queues", ",".join(queues), "--hostname", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--loglevel", "INFO", *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self.lines: deque[str] = deque(maxlen=2000)
+        self._ready = threading.Event()
+        self._saw_ready = False
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        self._ready.clear()
+        self._saw_ready = False
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"worker {self.name} not ready in {timeout}s:\n{self.output()}")
+        if not self._saw_ready:  # its output ended first: the worker exited
+            code = self.proc.wait(10)
+            raise RuntimeError(f"worker {self.name} exited with {code}:\n{self.output()}")
+        return self
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip())
+            if " ready." in line:
+                self._saw_ready = True
+                self._ready.set()
+        self._ready.set()  # exited: unblock start(), which then reports the output
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children: a crash, no cleanup at all."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (warm shutdown) and wait for the exit code."""
+        if not self.alive():
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.terminate(20)
+
+
+class InThreadWorker:
+    """A Celery worker in this process's threads, on the app's real broker.
+
+    ``start()`` returns once it consumes; ``stop()`` waits for its running tasks (up to
+    ``shutdown_timeout``). The app must be flowkit's (``create_celery_app``): the worker
+    runs the same code and settings as the test.
+    """
+
+    def __init__(
+        self, app: Celery, *, queues: Sequence[str] = ("flowkit",), pool: str = "threads",
+        concurrency: int = 4, name: str = "inthread", shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.app = app
+        self.options: dict[str, Any] = {
+            "pool": pool, "concurrency": concurrency, "queues": list(queues),
+            "hostname": f"{name}@{os.uname().nodename}", "perform_ping_check": False,
+            "shutdown_timeout": shutdown_timeout, "loglevel": "WARNING",
+        }
+        self._running: AbstractContextManager | None = None
+
+    def start(self) -> InThreadWorker:
+        self._running = start_worker(self.app, **self.options)
+        self._running.__enter__()
+        return self
+
+    def stop(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.__exit__(None, None, None)
+
+    def __enter__(self) -> InThreadWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,55 @@
+"""The worker's signals: refuse bad settings, name the worker, start heartbeats, drain.
+
+Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery import signals
+from celery.concurrency.prefork import TaskPool as Prefork
+
+from ..config import get_settings
+from ..engine import drain, heartbeat
+from ..errors import ConfigError
+from .checks import check_visibility_timeout
+
+
+def refuse_bad_config(sender=None, **_) -> None:
+    try:
+        check_visibility_timeout(get_settings())
+    except ConfigError as exc:
+        print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def name_worker(sender=None, **_) -> None:
+    # before the pool forks, so prefork children's leases also carry the node name
+    if sender:
+        heartbeat.node_name = str(sender)
+
+
+def worker_ready(sender=None, **_) -> None:
+    if sender is not None and getattr(sender, "hostname", None):
+        heartbeat.node_name = sender.hostname
+    drain.pool_runs_in_process(not isinstance(getattr(sender, "pool", None), Prefork))
+    heartbeat.heartbeat.ensure_running()
+
+
+def child_started(**_) -> None:
+    heartbeat.heartbeat.ensure_running()
+
+
+def shutting_down(sig=None, how=None, **_) -> None:
+    # inside Celery's signal handler: drain.begin only sets a flag and starts a thread
+    drain.begin(how)
+
+
+def connect() -> None:
+    """Connect the handlers (the dispatch uids keep a second call from adding them twice)."""
+    signals.worker_init.connect(refuse_bad_config, dispatch_uid="flowkit.refuse_bad_config")
+    signals.celeryd_after_setup.connect(name_worker, dispatch_uid="flowkit.name_worker")
+    signals.worker_ready.connect(worker_ready, dispatch_uid="flowkit.worker_ready")
+    signals.worker_process_init.connect(child_started, dispatch_uid="flowkit.child_started")
+    signals.worker_shutting_down.connect(shutting_down, dispatch_uid="flowkit.shutting_down")

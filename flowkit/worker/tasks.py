@@ -1,0 +1,70 @@
+"""flowkit's Celery tasks, registered on an app by :func:`register` (as Celery's builtins are).
+
+Their bodies live in the engine; here they only get their names and options:
+
+- ``flowkit.step.<component>``: one per component, registered as components are
+  (also those defined after the app, e.g. in modules the worker imports at start)
+- ``flowkit.fan_out``, ``flowkit.fan_out_batch``, ``flowkit.gather``: fan-outs
+- ``flowkit.finish``: the last task of every canvas; ``flowkit.resume``: a restarted run
+- ``flowkit.reaper``, ``flowkit.retention``: beat's periodic tasks
+
+Step, finish, batch and gather tasks ignore their results: checkpoints and the run
+record hold the outputs (see :func:`flowkit.engine.canvas.result_options`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from ..component import Component, registered, registered_hooks
+from ..engine import executor, fanout, reaper
+
+
+def register(app: Celery) -> None:
+    """Define flowkit's tasks on ``app``, and a step task for every component, now and later."""
+
+    @app.task(name="flowkit.finish", bind=True, ignore_result=True, shared=False)
+    def finish(task, output=None, *, run_id: str, gen: int, workflow: str):
+        executor.finish_run(output, run_id=run_id, gen=gen, workflow=workflow)
+
+    @app.task(name="flowkit.resume", bind=True, shared=False)
+    def resume(task, *, run_id: str, gen: int):
+        executor.resume_run(run_id=run_id, gen=gen)
+
+    @app.task(name="flowkit.fan_out", bind=True, shared=False)
+    def fan_out(task, items=None, **kwargs: Any):
+        return fanout.fan_out(task, items, **kwargs)
+
+    @app.task(name="flowkit.fan_out_batch", ignore_result=True, shared=False)
+    def fan_out_batch(items: list, **kwargs: Any) -> list:
+        return fanout.fan_out_batch(items, **kwargs)
+
+    @app.task(name="flowkit.gather", ignore_result=True, shared=False)
+    def gather(batches: list) -> list:
+        return fanout.gather(batches)
+
+    @app.task(name="flowkit.reaper", ignore_result=True, shared=False)
+    def reap() -> dict[str, list[str]]:
+        return reaper.sweep()
+
+    @app.task(name="flowkit.retention", ignore_result=True, shared=False)
+    def retention() -> int:
+        return reaper.trim_indexes()
+
+    def register_step(comp: Component) -> None:
+        app.task(name=comp.task_name, bind=True, ignore_result=True, shared=False)(
+            _step_body(comp.name))
+
+    for comp in registered().values():
+        register_step(comp)
+    registered_hooks.append(register_step)
+
+
+def _step_body(name: str):
+    def run(task, value=None, *, run_id: str, key: str, gen: int, policy: dict | None = None):
+        return executor.run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy)
+
+    run.__name__ = run.__qualname__ = f"step_{name.replace('.', '_')}"
+    return run
