@@ -9,15 +9,12 @@ engine to the definitions and never back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import marshmallow
 
 from .errors import ConfigError, ValidationError, WorkflowNotFound
 from .nodes import Sequence, as_node
-
-if TYPE_CHECKING:
-    from .engine.control import Run
 
 _workflows: dict[str, Workflow] = {}
 
@@ -95,8 +92,9 @@ class Workflow:
     def start(
         self, input: Any = None, *, idempotency_key: str | None = None, owner: str | None = None,
         **options: Any,
-    ) -> Run:
-        """Validate ``input``, store a queued run and enqueue its canvas.
+    ) -> Any:
+        """Validate ``input``, store a queued run and enqueue its canvas; returns the
+        :class:`flowkit.Run` (a snapshot of its record).
 
         With ``idempotency_key``, a second start with the same key returns the
         first run (``run.created`` is False) and enqueues nothing.
@@ -126,7 +124,7 @@ class Launcher(Protocol):
     def start(
         self, workflow: Workflow, input: Any, *, idempotency_key: str | None, owner: str | None,
         **options: Any,
-    ) -> Run: ...
+    ) -> Any: ...
 
 
 _launcher: Launcher | None = None

@@ -16,7 +16,7 @@ import pytest
 import flowkit
 from flowkit import config
 from flowkit.store import get_store
-from flowkit.testing import LocalRedis, WorkerProcess
+from flowkit.testing import InThreadWorker, LocalRedis, WorkerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,9 +64,12 @@ def store(flowkit_env):
 
 @pytest.fixture(scope="session")
 def worker(flowkit_env):
-    """One real worker process (threads pool) for the whole session."""
-    with WorkerProcess("tests.app", name="main", env=flowkit_env, cwd=ROOT) as proc:
-        yield proc
+    """The fast tier's worker for the whole session: Celery's embedded worker in threads of
+    the test process, on the real Redis broker (tests that kill workers start processes)."""
+    from tests.app import app
+
+    with InThreadWorker(app, name="main", pool="threads", concurrency=4) as embedded:
+        yield embedded
 
 
 @pytest.fixture

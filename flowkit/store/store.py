@@ -21,6 +21,7 @@ import redis
 
 from ..config import Settings
 from ..errors import StoreUnavailable
+from ..events import START
 from ..serialization import dumps, loads
 from ..states import RestartCause, RestartRefusal, StepStart
 from . import connection, scripts
@@ -105,6 +106,7 @@ class Store:
                 # the claim's maker stopped before creating its run: create it under that id
                 run_id = winner or run_id
                 record = {**record, "id": run_id}
+                event = {**event, "run": run_id}
         created = self._run_script("create", run_id, [
             run_id, record["created_at"], retention, dumps(event),
             *(x for pair in record.items() for x in pair),
@@ -530,7 +532,7 @@ class StreamReader:
         self._store = store
         self._conn = connection.blocking_client(store.settings, block_seconds)
         self._wake_key = store.keys.relay_wake(uuid.uuid4().hex)
-        self._wake_cursor = "0-0"  # the wake stream is new: every entry in it is a wake-up
+        self._wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
 
     @_op
     def wake(self) -> None:

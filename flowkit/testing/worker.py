@@ -18,8 +18,17 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from celery import Celery
-from celery.contrib.testing.worker import start_worker
+from celery import Celery, signals
+from celery.contrib.testing.worker import TestWorkController, start_worker
+
+
+class _Controller(TestWorkController):
+    """Celery's embedded test worker, announcing that it is ready as a real worker does
+    (``worker_ready``: flowkit starts the heartbeat and learns the node's name)."""
+
+    def on_consumer_ready(self, consumer) -> None:
+        signals.worker_ready.send(sender=consumer)
+        super().on_consumer_ready(consumer)
 
 
 class WorkerProcess:
@@ -127,6 +136,7 @@ class InThreadWorker:
             "pool": pool, "concurrency": concurrency, "queues": list(queues),
             "hostname": f"{name}@{os.uname().nodename}", "perform_ping_check": False,
             "shutdown_timeout": shutdown_timeout, "loglevel": "WARNING",
+            "WorkController": _Controller,
         }
         self._running: AbstractContextManager | None = None
 

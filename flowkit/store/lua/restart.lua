@@ -47,6 +47,10 @@ elseif cause == CAUSE_ORPHANED or cause == CAUSE_STALLED then
   end
 end
 
+-- decoded before any write: a script that fails half-way keeps what it wrote
+local err = cjson.decode(give_up)
+if type(err.message) ~= 'string' then err.message = 'gave up after ' .. max_restarts .. ' restarts' end
+
 local superseded = {}
 local entries = redis.call('HGETALL', inflight)
 for i = 1, #entries, 2 do
@@ -58,7 +62,6 @@ redis.call('DEL', inflight)
 
 local restarts = tonumber(redis.call('HGET', run, 'restarts') or '0')
 if max_restarts ~= -1 and restarts >= max_restarts then
-  local err = cjson.decode(give_up)
   local failed_step = superseded[1] and superseded[1].step or ''
   err.step = failed_step
   if failed_step ~= '' then err.message = err.message .. ' during step ' .. failed_step end

@@ -1,0 +1,761 @@
+"""Every Lua transition of the store, table by table, on a real Redis with no worker.
+
+Time is ours: every call gets an explicit ``now`` (the rate buckets excepted: they read
+Redis's clock, so their budgets are small enough that no test's duration matters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import product
+from typing import Any
+
+import pytest
+
+from flowkit import events
+from flowkit.serialization import loads
+from flowkit.states import RestartCause, RestartRefusal, RunState, StepStart
+from flowkit.store import HANDED_OVER
+from flowkit.store.keys import shard_of
+
+pytestmark = pytest.mark.integration
+
+T = 1000.0  # the tests' clock starts here
+RUN = "run-1"
+STEP = "0:a"
+TOKEN = "tok-1"
+WORKER = "w1"
+ERROR = {"type": "RuntimeError", "message": "boom", "step": STEP, "attempts": []}
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def lapse(store) -> float:
+    return store.settings.heartbeat_lapse
+
+
+def record(run_id: str = RUN, restarts: int = 0) -> dict[str, Any]:
+    return {"id": run_id, "workflow": "wf", "version": "1", "state": "queued", "input": "{}",
+            "created_at": T, "updated_at": T, "gen": 0, "restarts": restarts}
+
+
+def queued_event(run_id: str = RUN) -> dict[str, Any]:
+    return events.make(events.RUN_QUEUED, run_id, workflow="wf", version="1")
+
+
+def begin(store, run_id: str = RUN, *, token: str = TOKEN, now: float = T, gen: int = 0,
+          step: str = STEP, worker: str = WORKER):
+    return store.begin_step(run_id, step, gen, token, worker, now, "comp")
+
+
+def complete(store, run_id: str = RUN, *, token: str = TOKEN, output: str = '"out"',
+             now: float = T + 1, step: str = STEP) -> str:
+    done = events.make(events.STEP_COMPLETED, run_id, step=step, attempt=1)
+    return store.complete_step(run_id, step, token, output, now, done, worker=WORKER)
+
+
+def fail(store, run_id: str = RUN, *, call_id: str | None = None, now: float = T + 1,
+         gen: int = 0) -> bool:
+    step_failed = events.make(events.STEP_FAILED, run_id, step=STEP, attempt=1, error=ERROR)
+    run_failed = events.make(events.RUN_FAILED, run_id, step=STEP, error=ERROR)
+    return store.fail(run_id, gen, STEP, TOKEN, now, ERROR, step_failed, run_failed,
+                      call_id=call_id)
+
+
+def finish(store, run_id: str = RUN, *, call_id: str | None = None, now: float = T + 1,
+           gen: int = 0) -> bool:
+    done = events.make(events.RUN_SUCCEEDED, run_id, output="out")
+    return store.finish(run_id, gen, now, '"out"', done, call_id=call_id)
+
+
+def cancel(store, run_id: str = RUN, *, call_id: str | None = None, now: float = T + 1,
+           gen: int = 0) -> int:
+    return store.cancel(run_id, now, events.make(events.RUN_CANCELLED, run_id), call_id=call_id)
+
+
+def make_run(store, state: RunState = RunState.QUEUED, *, run_id: str = RUN,
+             restarts: int = 0) -> str:
+    """A run created at T; past queued, step STEP began at T (TOKEN, WORKER, attempt 1)."""
+    assert store.create_run(record(run_id, restarts), queued_event(run_id), None) == (run_id, True)
+    if state == RunState.CANCELLED:
+        assert cancel(store, run_id) == 1
+    elif state != RunState.QUEUED:
+        assert begin(store, run_id).status == StepStart.RUN
+        if state == RunState.SUCCEEDED:
+            complete(store, run_id)
+            assert finish(store, run_id)
+        elif state == RunState.FAILED:
+            assert fail(store, run_id)
+    assert store.get_run(run_id)["state"] == state
+    return run_id
+
+
+def history(store, run_id: str = RUN) -> list[events.Event]:
+    return events.parse(store.history(run_id, events.START))
+
+
+def types(store, run_id: str = RUN) -> list[str]:
+    return [e.type for e in history(store, run_id)]
+
+
+def of_type(store, type_: str, run_id: str = RUN) -> list[dict[str, Any]]:
+    return [e.data for e in history(store, run_id) if e.type == type_]
+
+
+def score(store, index: Callable[[int], str], run_id: str = RUN) -> float | None:
+    return store.redis.zscore(index(shard_of(run_id)), run_id)
+
+
+def lease_lapses(store, run_id: str = RUN, step: str = STEP) -> float | None:
+    return store.redis.zscore(store.keys.leases(shard_of(run_id)), f"{run_id} {step}")
+
+
+def lease(store, run_id: str = RUN, step: str = STEP) -> dict[str, Any] | None:
+    raw = store.redis.hget(store.keys.inflight(run_id), step)
+    return None if raw is None else loads(raw)
+
+
+def leases_of(store, run_id: str = RUN) -> list[str]:
+    members = store.redis.zrange(store.keys.leases(shard_of(run_id)), 0, -1)
+    return [m for m in members if m.startswith(f"{run_id} ")]
+
+
+@contextmanager
+def done_channel(store, run_id: str = RUN) -> Iterator[Callable[[], str | None]]:
+    """Subscribed (and confirmed) to the run's done channel; yields ``next_message()``."""
+    pubsub = store.redis.pubsub()
+    pubsub.subscribe(store.keys.done(run_id))
+    try:
+        confirmed = pubsub.get_message(timeout=5)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+
+        def next_message() -> str | None:
+            message = pubsub.get_message(timeout=5)
+            return None if message is None else message["data"]
+
+        yield next_message
+    finally:
+        pubsub.close()
+
+
+def mark_end_of_channel(store, run_id: str = RUN) -> None:
+    """Publish a marker: a subscriber reading it next got nothing from the calls before."""
+    store.redis.publish(store.keys.done(run_id), "marker")
+
+
+# -- create -------------------------------------------------------------------------------
+
+
+def test_create_stores_a_new_queued_run(store):
+    assert store.create_run(record(), queued_event(), None) == (RUN, True)
+    assert store.get_run(RUN)["state"] == RunState.QUEUED
+    assert types(store) == [events.RUN_QUEUED]
+    assert score(store, store.keys.queued) == T
+    assert score(store, store.keys.running) is None
+    assert store.redis.zscore(store.keys.runs, RUN) == T
+    assert store.redis.zscore(store.keys.runs_of("wf"), RUN) == T
+
+
+def test_create_again_returns_false_and_appends_nothing(store):
+    make_run(store)
+    assert store.create_run(record(), queued_event(), None) == (RUN, False)
+    assert types(store) == [events.RUN_QUEUED]
+
+
+def test_create_with_a_used_idempotency_key_returns_the_first_run(store):
+    assert store.create_run(record("run-1"), queued_event("run-1"), "key") == ("run-1", True)
+    assert store.create_run(record("run-2"), queued_event("run-2"), "key") == ("run-1", False)
+    assert store.get_run("run-2") == {}
+    assert types(store, "run-1") == [events.RUN_QUEUED]
+    assert types(store, "run-2") == []
+
+
+def test_create_under_a_claimed_key_without_a_run_creates_the_claimed_id(store):
+    store.redis.set(store.keys.idempotency("wf", "key"), "claimed")
+    assert store.create_run(record("run-2"), queued_event("run-2"), "key") == ("claimed", True)
+    assert store.get_run("claimed")["id"] == "claimed"
+    assert store.get_run("run-2") == {}
+    assert types(store, "claimed") == [events.RUN_QUEUED]
+    assert score(store, store.keys.queued, "claimed") == T
+
+
+def test_create_under_a_claimed_key_names_the_claimed_run_in_its_queued_event(store):
+    store.redis.set(store.keys.idempotency("wf", "key"), "claimed")
+    store.create_run(record("run-2"), queued_event("run-2"), "key")
+    assert [e["run"] for e in of_type(store, events.RUN_QUEUED, "claimed")] == ["claimed"]
+
+
+# -- begin_step -------------------------------------------------------------------------
+
+
+def _gone(store):
+    return "unknown", {}
+
+
+def _ended(state: RunState):
+    def setup(store):
+        return make_run(store, state), {"token": "tok-2", "now": T + 2}
+    return setup
+
+
+def _stale(store):
+    make_run(store, RunState.RUNNING)
+    assert store.restart(RUN, expected_state=RunState.RUNNING, reason="r", now=T + 1)[0] == 1
+    return RUN, {"token": "tok-2", "now": T + 2, "gen": 0}
+
+
+def _checkpointed(store):
+    make_run(store, RunState.RUNNING)
+    complete(store)
+    return RUN, {"token": "tok-2", "now": T + 2}
+
+
+def _leased(store):
+    make_run(store, RunState.RUNNING)
+    return RUN, {"token": "tok-2", "now": T + lapse(store) / 2}
+
+
+@pytest.mark.parametrize(("setup", "status"), [
+    pytest.param(_gone, StepStart.GONE, id="gone"),
+    pytest.param(_ended(RunState.SUCCEEDED), StepStart.TERMINAL, id="terminal-succeeded"),
+    pytest.param(_ended(RunState.FAILED), StepStart.TERMINAL, id="terminal-failed"),
+    pytest.param(_ended(RunState.CANCELLED), StepStart.TERMINAL, id="terminal-cancelled"),
+    pytest.param(_stale, StepStart.STALE, id="stale"),
+    pytest.param(_checkpointed, StepStart.CHECKPOINT, id="checkpoint"),
+    pytest.param(_leased, StepStart.LEASED, id="leased"),
+])
+def test_begin_step_refuses_to_run(store, setup, status):
+    run_id, kwargs = setup(store)
+    attempts_before = store.redis.hget(store.keys.attempts(run_id), STEP)
+    events_before = types(store, run_id)
+    begun = begin(store, run_id, **kwargs)
+    assert begun.status == status
+    assert begun.checkpoint == ('"out"' if status == StepStart.CHECKPOINT else None)
+    assert store.redis.hget(store.keys.attempts(run_id), STEP) == attempts_before
+    assert types(store, run_id) == events_before
+
+
+def test_begin_step_on_a_queued_run_starts_it_once(store):
+    make_run(store)
+    first = begin(store)
+    assert (first.status, first.attempt) == (StepStart.RUN, 1)
+    run = store.get_run(RUN)
+    assert run["state"] == RunState.RUNNING
+    assert float(run["started_at"]) == T and run["worker"] == WORKER
+    assert score(store, store.keys.queued) is None
+    assert score(store, store.keys.running) == T
+    assert lease_lapses(store) == T + lapse(store)
+    assert lease(store) == {"token": TOKEN, "worker": WORKER, "attempt": 1,
+                            "expires": T + lapse(store)}
+    other = begin(store, step="1:b", token="tok-2", now=T + 1)
+    assert (other.status, other.attempt) == (StepStart.RUN, 1)
+    assert float(store.get_run(RUN)["started_at"]) == T
+    assert types(store) == [events.RUN_QUEUED, events.RUN_STARTED, events.STEP_STARTED,
+                            events.STEP_STARTED]
+
+
+def test_begin_step_resent_with_the_same_token_is_the_same_attempt(store):
+    make_run(store)
+    first = begin(store)
+    again = begin(store, now=T + 1)
+    assert (again.status, again.attempt) == (first.status, first.attempt) == (StepStart.RUN, 1)
+    assert [e["attempt"] for e in of_type(store, events.STEP_STARTED)] == [1]
+    assert len(of_type(store, events.RUN_STARTED)) == 1
+
+
+def test_begin_step_after_another_tokens_lease_lapsed_is_the_next_attempt(store):
+    make_run(store, RunState.RUNNING)
+    later = T + lapse(store) + 1
+    begun = begin(store, token="tok-2", worker="w2", now=later)
+    assert (begun.status, begun.attempt) == (StepStart.RUN, 2)
+    assert lease(store)["token"] == "tok-2"
+    assert lease_lapses(store) == later + lapse(store)
+    assert [e["attempt"] for e in of_type(store, events.STEP_STARTED)] == [1, 2]
+
+
+# -- complete_step ------------------------------------------------------------------------
+
+
+def test_complete_step_first_checkpoint_wins_and_releases_the_lease(store):
+    make_run(store, RunState.RUNNING)
+    assert complete(store, output='"first"') == '"first"'
+    assert lease(store) is None and lease_lapses(store) is None
+    assert complete(store, token="tok-2", output='"second"', now=T + 2) == '"first"'
+    assert store.checkpoint(RUN, STEP) == '"first"'
+    assert len(of_type(store, events.STEP_COMPLETED)) == 1
+
+
+# -- emit ------------------------------------------------------------------------------------
+
+
+def chunk(text: str = "hi") -> dict[str, Any]:
+    return events.make(events.STEP_OUTPUT, RUN, step=STEP, attempt=1, chunk=text)
+
+
+def test_emit_on_a_live_run_appends_and_returns_the_stream_id(store):
+    make_run(store, RunState.RUNNING)
+    stream_id = store.emit(RUN, 0, chunk(), emit_id="e-1")
+    assert stream_id is not None
+    assert [e.id for e in history(store) if e.type == events.STEP_OUTPUT] == [stream_id]
+
+
+def test_emit_resent_returns_the_same_id_and_appends_once(store):
+    make_run(store, RunState.RUNNING)
+    first = store.emit(RUN, 0, chunk(), emit_id="e-1")
+    assert store.emit(RUN, 0, chunk(), emit_id="e-1") == first
+    assert len(of_type(store, events.STEP_OUTPUT)) == 1
+
+
+@pytest.mark.parametrize(("state", "gen"), [
+    pytest.param(RunState.RUNNING, 1, id="wrong-gen"),
+    pytest.param(RunState.SUCCEEDED, 0, id="succeeded"),
+    pytest.param(RunState.CANCELLED, 0, id="cancelled"),
+])
+def test_emit_outside_its_live_generation_returns_none(store, state, gen):
+    make_run(store, state)
+    assert store.emit(RUN, gen, chunk(), emit_id="e-1") is None
+    assert of_type(store, events.STEP_OUTPUT) == []
+
+
+# -- retrying -----------------------------------------------------------------------------
+
+
+def retrying_event(failed: int = 1) -> dict[str, Any]:
+    return events.make(events.STEP_RETRYING, RUN, step=STEP, attempt=failed, error="boom",
+                       delay=0.1, next_attempt=failed + 1)
+
+
+def test_retrying_returns_the_next_attempt_and_renews_the_lease(store):
+    make_run(store, RunState.RUNNING)
+    assert store.retrying(RUN, STEP, 0, TOKEN, retrying_event(), T + 1) == 2
+    assert store.redis.hget(store.keys.attempts(RUN), STEP) == "2"
+    assert lease(store)["attempt"] == 2
+    assert lease_lapses(store) == T + 1 + lapse(store)
+
+
+def test_retrying_resent_returns_the_same_attempt_and_records_it_once(store):
+    make_run(store, RunState.RUNNING)
+    assert store.retrying(RUN, STEP, 0, TOKEN, retrying_event(), T + 1) == 2
+    assert store.retrying(RUN, STEP, 0, TOKEN, retrying_event(), T + 1) == 2
+    assert store.redis.hget(store.keys.attempts(RUN), STEP) == "2"
+    assert [e["attempt"] for e in of_type(store, events.STEP_RETRYING)] == [1]
+
+
+@pytest.mark.parametrize(("state", "gen"), [
+    pytest.param(RunState.RUNNING, 1, id="wrong-gen"),
+    pytest.param(RunState.FAILED, 0, id="failed"),
+    pytest.param(RunState.CANCELLED, 0, id="cancelled"),
+])
+def test_retrying_outside_its_live_generation_returns_none(store, state, gen):
+    make_run(store, state)
+    assert store.retrying(RUN, STEP, gen, TOKEN, retrying_event(), T + 2) is None
+    assert of_type(store, events.STEP_RETRYING) == []
+
+
+# -- fail / finish / cancel -----------------------------------------------------------------
+
+ENDINGS = [
+    pytest.param(fail, RunState.FAILED, events.RUN_FAILED, (True, True, False),
+                 {"failed_step": STEP}, id="fail"),
+    pytest.param(finish, RunState.SUCCEEDED, events.RUN_SUCCEEDED, (True, True, False),
+                 {"output": '"out"'}, id="finish"),
+    pytest.param(cancel, RunState.CANCELLED, events.RUN_CANCELLED, (1, 1, 0), {}, id="cancel"),
+]
+ENDING_ARGS = ("end", "state", "event_type", "answers", "fields")
+
+
+@pytest.mark.parametrize(ENDING_ARGS, ENDINGS)
+def test_ending_a_live_run(store, end, state, event_type, answers, fields):
+    make_run(store, RunState.RUNNING)
+    with done_channel(store) as next_message:
+        assert end(store, call_id="call-1", now=T + 5) == answers[0]
+        assert next_message() == state
+    run = store.get_run(RUN)
+    assert run["state"] == state and run["ended_by"] == "call-1"
+    assert float(run["finished_at"]) == T + 5
+    assert {name: run[name] for name in fields} == fields
+    assert len(of_type(store, event_type)) == 1 and types(store)[-1] == event_type
+    assert score(store, store.keys.running) is None and score(store, store.keys.queued) is None
+
+
+@pytest.mark.parametrize(ENDING_ARGS, ENDINGS)
+def test_ending_resent_answers_as_the_first_time_and_appends_nothing(
+    store, end, state, event_type, answers, fields,
+):
+    make_run(store, RunState.RUNNING)
+    end(store, call_id="call-1", now=T + 5)
+    with done_channel(store) as next_message:
+        assert end(store, call_id="call-1", now=T + 6) == answers[1]
+        mark_end_of_channel(store)
+        assert next_message() == "marker"  # the resend published nothing
+    assert len(of_type(store, event_type)) == 1
+    assert float(store.get_run(RUN)["finished_at"]) == T + 5
+
+
+@pytest.mark.parametrize(ENDING_ARGS, ENDINGS)
+def test_ending_an_ended_run_answers_no(store, end, state, event_type, answers, fields):
+    make_run(store, RunState.RUNNING)
+    end(store, call_id="call-1", now=T + 5)
+    with done_channel(store) as next_message:
+        assert end(store, call_id="call-2", now=T + 6) == answers[2]
+        mark_end_of_channel(store)
+        assert next_message() == "marker"
+    assert store.get_run(RUN)["ended_by"] == "call-1"
+    assert len(of_type(store, event_type)) == 1
+
+
+@pytest.mark.parametrize(("end", "answer"), [
+    pytest.param(fail, False, id="fail"),
+    pytest.param(finish, False, id="finish"),
+    pytest.param(cancel, -1, id="cancel"),
+])
+def test_ending_an_unknown_run(store, end, answer):
+    assert end(store, call_id="call-1") == answer
+    assert store.get_run(RUN) == {}
+
+
+@pytest.mark.parametrize("end", [fail, finish])
+def test_ending_in_another_generation_answers_no(store, end):
+    make_run(store, RunState.RUNNING)
+    assert end(store, call_id="call-1", gen=1) is False
+    assert store.get_run(RUN)["state"] == RunState.RUNNING
+    assert not set(types(store)) & events.TERMINAL
+
+
+def test_fail_releases_the_failing_steps_lease_and_records_step_failed(store):
+    make_run(store, RunState.RUNNING)
+    assert fail(store, call_id="call-1")
+    assert loads(store.get_run(RUN)["error"]) == ERROR
+    assert lease(store) is None and lease_lapses(store) is None
+    assert types(store)[-2:] == [events.STEP_FAILED, events.RUN_FAILED]
+
+
+# -- restart -----------------------------------------------------------------------------------
+
+#: a state the caller may have seen instead of the run's actual one
+OTHER_STATE = {RunState.RUNNING: RunState.QUEUED, RunState.QUEUED: RunState.RUNNING,
+               RunState.FAILED: RunState.RUNNING}
+SUPERSEDED = [{"step": STEP, "attempt": 1, "worker": WORKER}]
+
+
+def _lease_case(store, holds: bool):
+    """Step STEP's lease (lapsing at T + lapse) has lapsed by ``now``, or not."""
+    make_run(store, RunState.RUNNING)
+    now = T + lapse(store) + 1 if holds else T + lapse(store) / 2
+    return RunState.RUNNING, {"now": now, "step": STEP}, SUPERSEDED
+
+
+def _queued_case(store, holds: bool):
+    """Queued at T: since before ``before``, or not."""
+    make_run(store)
+    return RunState.QUEUED, {"now": T + 100, "before": T + 50 if holds else T - 50}, []
+
+
+def _orphaned_case(store, holds: bool):
+    """Between steps since T + 1; the holder (WORKER) beat last at T + 2, or after ``before``."""
+    make_run(store, RunState.RUNNING)
+    complete(store, now=T + 1)
+    store.heartbeat([], WORKER, T + 2 if holds else T + 80)
+    return RunState.RUNNING, {"now": T + 100, "before": T + 50}, []
+
+
+def _stalled_case(store, holds: bool):
+    """Between steps since T + 1: quiet since before ``before``, or not."""
+    make_run(store, RunState.RUNNING)
+    complete(store, now=T + 1)
+    return RunState.RUNNING, {"now": T + 100, "before": T + 50 if holds else T}, []
+
+
+def _requested_case(store, holds: bool):
+    make_run(store, RunState.FAILED)
+    return RunState.FAILED, {"now": T + 100}, []
+
+
+RESTART_CASES = {
+    RestartCause.LEASE_LAPSED: _lease_case,
+    RestartCause.QUEUED_TOO_LONG: _queued_case,
+    RestartCause.ORPHANED: _orphaned_case,
+    RestartCause.STALLED: _stalled_case,
+    RestartCause.REQUESTED: _requested_case,
+}
+
+
+def _expected_refusal(cause: RestartCause, holds: bool, state_ok: bool) -> RestartRefusal | None:
+    if cause == RestartCause.LEASE_LAPSED and not holds:
+        return RestartRefusal.ALIVE  # the lease is checked before the state
+    if not state_ok:
+        return RestartRefusal.STATE
+    return None if holds else RestartRefusal.ALIVE
+
+
+def _restart_table() -> list:
+    table = []
+    for cause, holds, state_ok in product(RESTART_CASES, (True, False), (True, False)):
+        if cause == RestartCause.REQUESTED and not holds:
+            continue  # a request has no condition beyond the state
+        condition = "holds" if holds else "not-holds"
+        state = "state-expected" if state_ok else "state-not-expected"
+        table.append(pytest.param(cause, holds, state_ok,
+                                  _expected_refusal(cause, holds, state_ok),
+                                  id=f"{cause}-{condition}-{state}"))
+    return table
+
+
+def assert_restarted(store, gen: int, *, now: float, reason: str, superseded: list) -> None:
+    assert gen == 1
+    run = store.get_run(RUN)
+    assert (run["gen"], run["state"]) == ("1", RunState.QUEUED)
+    assert run["error"] == run["failed_step"] == "" and "ended_by" not in run
+    (restarted,) = of_type(store, events.RUN_RESTARTED)
+    assert (restarted["reason"], restarted["gen"]) == (reason, 1)
+    assert sorted(restarted.get("superseded", []), key=lambda s: s["step"]) == superseded
+    assert store.redis.hlen(store.keys.inflight(RUN)) == 0 and leases_of(store) == []
+    assert score(store, store.keys.queued) == now and score(store, store.keys.running) is None
+
+
+@pytest.mark.parametrize(("cause", "holds", "state_ok", "refusal"), _restart_table())
+def test_restart(store, cause, holds, state_ok, refusal):
+    actual, kwargs, superseded = RESTART_CASES[cause](store, holds)
+    expected = actual if state_ok else OTHER_STATE[actual]
+    leases_before = leases_of(store)
+    gen, why = store.restart(RUN, expected_state=expected, reason="why", cause=cause,
+                             max_restarts=5, **kwargs)
+    assert why == refusal
+    if refusal is None:
+        assert_restarted(store, gen, now=kwargs["now"], reason="why", superseded=superseded)
+        assert store.get_run(RUN)["restarts"] == "1"
+        return
+    assert gen == 0
+    run = store.get_run(RUN)
+    assert (run["gen"], run["state"], run["restarts"]) == ("0", actual, "0")
+    assert of_type(store, events.RUN_RESTARTED) == []
+    if cause == RestartCause.LEASE_LAPSED and refusal == RestartRefusal.STATE:
+        assert lease(store) is None and leases_of(store) == []  # released: not asked again
+    else:
+        assert leases_of(store) == leases_before
+
+
+@pytest.mark.parametrize("cause", list(RestartCause))
+def test_restart_of_an_unknown_run_is_gone(store, cause):
+    assert store.restart("unknown", expected_state=RunState.RUNNING, reason="why", now=T,
+                         cause=cause, step=STEP, before=T) == (0, RestartRefusal.GONE)
+
+
+def test_restart_lease_lapsed_of_a_cancelled_run_releases_the_lease(store):
+    make_run(store, RunState.RUNNING)
+    assert cancel(store, now=T + 1) == 1  # a cancel leaves the step's lease in place
+    gen, why = store.restart(RUN, expected_state=RunState.RUNNING, reason="why",
+                             now=T + lapse(store) + 1, cause=RestartCause.LEASE_LAPSED, step=STEP)
+    assert (gen, why) == (0, RestartRefusal.STATE)
+    assert lease(store) is None and store.lapsed_leases(T + 1000) == []
+    assert store.get_run(RUN)["state"] == RunState.CANCELLED
+
+
+@pytest.mark.parametrize(("holder_beat", "refusal"), [
+    pytest.param(None, None, id="holder-never-seen"),
+    pytest.param(T + 2, None, id="holder-silent"),
+    pytest.param(T + 80, RestartRefusal.ALIVE, id="holder-beating"),
+])
+def test_restart_orphaned_depends_on_the_holders_heartbeat(store, holder_beat, refusal):
+    make_run(store, RunState.RUNNING)
+    complete(store, now=T + 1)
+    if holder_beat is not None:
+        store.heartbeat([], WORKER, holder_beat)
+    gen, why = store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=T + 100,
+                             cause=RestartCause.ORPHANED, before=T + 50)
+    assert why == refusal and (gen == 1) == (refusal is None)
+
+
+@pytest.mark.parametrize("cause", [RestartCause.ORPHANED, RestartCause.STALLED])
+def test_restart_between_steps_is_refused_while_a_step_is_in_flight(store, cause):
+    make_run(store, RunState.RUNNING)  # quiet since T, but STEP holds a lease
+    gen, why = store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=T + 100,
+                             cause=cause, before=T + 50)
+    assert (gen, why) == (0, RestartRefusal.ALIVE)
+    assert lease(store) is not None
+
+
+def test_restart_with_steps_in_flight_supersedes_each_attempt(store):
+    make_run(store, RunState.RUNNING)
+    begin(store, step="1:b", token="tok-2", worker="w2", now=T + 1)
+    gen, why = store.restart(RUN, expected_state=RunState.RUNNING, reason="handover", now=T + 2)
+    assert why is None
+    assert_restarted(store, gen, now=T + 2, reason="handover", superseded=[
+        {"step": STEP, "attempt": 1, "worker": WORKER},
+        {"step": "1:b", "attempt": 1, "worker": "w2"}])
+
+
+def test_restart_counts_restarts_up_to_max(store):
+    make_run(store, RunState.RUNNING)
+    for gen in (1, 2):
+        now = T + 100 * gen
+        assert store.restart(RUN, expected_state=RunState.QUEUED if gen > 1 else RunState.RUNNING,
+                             reason="why", now=now, max_restarts=2) == (gen, None)
+        assert store.get_run(RUN)["restarts"] == str(gen)
+    assert store.restart(RUN, expected_state=RunState.QUEUED, reason="why", now=T + 300,
+                         max_restarts=2) == (0, RestartRefusal.GAVE_UP)
+
+
+def give_up_error() -> dict[str, Any]:
+    return {"type": "WorkerLost", "message": "gave up", "attempts": []}
+
+
+@pytest.mark.parametrize("restarts", [0, 2])
+def test_restart_past_max_restarts_fails_the_run_during_its_step(store, restarts):
+    make_run(store, RunState.RUNNING, restarts=restarts)
+    now = T + lapse(store) + 1
+    with done_channel(store) as next_message:
+        result = store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=now,
+                               cause=RestartCause.LEASE_LAPSED, step=STEP,
+                               max_restarts=restarts, give_up_error=give_up_error(),
+                               call_id="call-1")
+        assert result == (0, RestartRefusal.GAVE_UP)
+        assert next_message() == RunState.FAILED
+    run = store.get_run(RUN)
+    assert (run["state"], run["ended_by"], run["failed_step"]) == (RunState.FAILED, "call-1", STEP)
+    assert float(run["finished_at"]) == now and run["gen"] == "0"
+    (failed,) = of_type(store, events.RUN_FAILED)
+    assert failed["step"] == STEP and failed["error"]["step"] == STEP
+    assert failed["error"]["message"] == f"gave up during step {STEP}"
+    assert loads(run["error"])["message"] == f"gave up during step {STEP}"
+    assert lease(store) is None and leases_of(store) == []
+    assert score(store, store.keys.running) is None and score(store, store.keys.queued) is None
+    assert of_type(store, events.RUN_RESTARTED) == []
+
+
+def test_restart_past_max_restarts_with_no_step_in_flight_keeps_the_message(store):
+    make_run(store, restarts=1)
+    result = store.restart(RUN, expected_state=RunState.QUEUED, reason="why", now=T + 100,
+                           cause=RestartCause.QUEUED_TOO_LONG, before=T + 50, max_restarts=1,
+                           give_up_error=give_up_error(), call_id="call-1")
+    assert result == (0, RestartRefusal.GAVE_UP)
+    (failed,) = of_type(store, events.RUN_FAILED)
+    assert failed["error"]["message"] == "gave up" and failed["step"] == ""
+    assert store.get_run(RUN)["failed_step"] == ""
+
+
+def test_restart_past_max_restarts_without_a_give_up_error_still_fails_the_run(store):
+    make_run(store, RunState.RUNNING)
+    result = store.restart(RUN, expected_state=RunState.RUNNING, reason="why",
+                           now=T + lapse(store) + 1, cause=RestartCause.LEASE_LAPSED, step=STEP,
+                           max_restarts=0)
+    assert result == (0, RestartRefusal.GAVE_UP)
+    assert store.get_run(RUN)["state"] == RunState.FAILED
+
+
+def test_restart_give_up_resent_answers_gave_up_and_appends_nothing(store):
+    make_run(store, RunState.RUNNING, restarts=1)
+    kwargs = {"expected_state": RunState.RUNNING, "reason": "why", "now": T + lapse(store) + 1,
+              "cause": RestartCause.LEASE_LAPSED, "step": STEP, "max_restarts": 1,
+              "give_up_error": give_up_error(), "call_id": "call-1"}
+    assert store.restart(RUN, **kwargs) == (0, RestartRefusal.GAVE_UP)
+    with done_channel(store) as next_message:
+        assert store.restart(RUN, **kwargs) == (0, RestartRefusal.GAVE_UP)
+        mark_end_of_channel(store)
+        assert next_message() == "marker"
+    assert len(of_type(store, events.RUN_FAILED)) == 1
+
+
+def test_restart_resent_returns_the_same_generation_once(store):
+    make_run(store, RunState.RUNNING)
+    kwargs = {"expected_state": RunState.RUNNING, "reason": "why", "now": T + lapse(store) + 1,
+              "cause": RestartCause.LEASE_LAPSED, "step": STEP, "max_restarts": 3,
+              "call_id": "call-1"}
+    assert store.restart(RUN, **kwargs) == (1, None)
+    assert store.restart(RUN, **kwargs) == (1, None)
+    run = store.get_run(RUN)
+    assert (run["gen"], run["restarts"], run["state"]) == ("1", "1", RunState.QUEUED)
+    assert len(of_type(store, events.RUN_RESTARTED)) == 1
+
+
+def test_restart_requested_is_not_counted(store):
+    make_run(store, RunState.FAILED, restarts=3)
+    assert store.restart(RUN, expected_state=RunState.FAILED, reason="retry", now=T + 2,
+                         max_restarts=-1) == (1, None)
+    assert store.get_run(RUN)["restarts"] == "3"
+
+
+# -- heartbeat ------------------------------------------------------------------------------
+
+
+def test_heartbeat_renews_its_tokens_lease_and_records_the_worker(store):
+    make_run(store, RunState.RUNNING)
+    store.heartbeat([(RUN, STEP, TOKEN)], WORKER, T + 1)
+    assert lease_lapses(store) == T + 1 + lapse(store)
+    assert lease(store)["expires"] == T + 1 + lapse(store)
+    assert store.redis.zscore(store.keys.workers, WORKER) == T + 1
+    assert float(store.get_run(RUN)["heartbeat_at"]) == T + 1
+
+
+def test_heartbeat_with_another_token_renews_nothing(store):
+    make_run(store, RunState.RUNNING)
+    before = lease(store)
+    store.heartbeat([(RUN, STEP, "tok-2")], "w2", T + 1)
+    assert lease(store) == before
+    assert lease_lapses(store) == T + lapse(store)
+    assert float(store.get_run(RUN)["heartbeat_at"]) == T
+    assert store.redis.zscore(store.keys.workers, "w2") == T + 1  # the process itself lives
+
+
+# -- revoke_lease ---------------------------------------------------------------------------
+
+
+def test_revoke_lease_by_its_holder_hands_it_over_now(store):
+    make_run(store, RunState.RUNNING)
+    assert store.revoke_lease(RUN, STEP, TOKEN, T + 1) is True
+    assert lease(store)["token"] == HANDED_OVER and lease(store)["expires"] == T + 1
+    assert lease_lapses(store) == T + 1
+    store.heartbeat([(RUN, STEP, TOKEN)], WORKER, T + 1.5)  # no heartbeat renews it
+    assert lease_lapses(store) == T + 1
+    assert store.lapsed_leases(T + 1) == [(RUN, STEP)]
+
+
+@pytest.mark.parametrize(("step", "token"), [
+    pytest.param(STEP, "tok-2", id="wrong-token"),
+    pytest.param("9:z", TOKEN, id="no-lease"),
+])
+def test_revoke_lease_without_holding_it_changes_nothing(store, step, token):
+    make_run(store, RunState.RUNNING)
+    before = lease(store)
+    assert store.revoke_lease(RUN, step, token, T + 1) is False
+    assert lease(store) == before and lease_lapses(store) == T + lapse(store)
+    assert leases_of(store) == [f"{RUN} {STEP}"]
+
+
+# -- rate buckets ---------------------------------------------------------------------------
+
+#: [req_rate, req_cap, tok_rate, tok_cap, cost, ttl]: refills far slower than any test runs
+REQUESTS = [0.001, 1, 0, 0, 0, 60]   # one request per 1000 s
+TOKENS = [0, 0, 0.001, 10, 10, 60]   # 10 tokens per 10000 s, 10 a call
+
+
+@pytest.mark.parametrize(("budget", "longest"), [
+    pytest.param(REQUESTS, 1000, id="requests"),
+    pytest.param(TOKENS, 10000, id="tokens"),
+])
+def test_take_rate_empties_the_bucket_then_says_how_long_to_wait(store, budget, longest):
+    assert store.take_rate("p", "m", budget) == 0
+    wait = store.take_rate("p", "m", budget)
+    assert 0 < wait <= longest
+    assert longest * 0.9 < wait  # in seconds, not milliseconds
+
+
+def test_settle_rate_gives_tokens_back(store):
+    assert store.take_rate("p", "m", TOKENS) == 0
+    assert store.take_rate("p", "m", TOKENS) > 0
+    store.settle_rate("p", "m", 10)
+    assert store.take_rate("p", "m", TOKENS) == 0
+
+
+def test_settle_rate_with_a_negative_delta_takes_more(store):
+    half = [0, 0, 0.001, 10, 5, 60]
+    assert store.take_rate("p", "m", half) == 0  # 5 left
+    store.settle_rate("p", "m", -5)
+    assert store.take_rate("p", "m", half) > 0
+
+
+def test_settle_rate_on_a_forgotten_bucket_does_nothing(store):
+    store.settle_rate("p", "m", 10)
+    assert store.redis.exists(store.keys.llm_rate("p", "m")) == 0
