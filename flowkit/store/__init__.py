@@ -12,7 +12,8 @@ import os
 import threading
 
 from ..config import get_settings
-from .store import HANDED_OVER, Begin, EndWatch, Entry, Store, StreamReader
+from .store import HANDED_OVER, Begin, Store
+from .streams import EndWatch, Entry, StreamReader
 
 __all__ = ["HANDED_OVER", "Begin", "EndWatch", "Entry", "Store", "StreamReader", "get_store"]
 

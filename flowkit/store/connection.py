@@ -9,14 +9,35 @@ relay's ``XREAD``) get a connection of their own so they never hold one of the p
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..config import Settings
+from ..errors import StoreUnavailable
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """A store operation: Redis out of reach raises StoreUnavailable, not redis-py's error."""
+
+    @functools.wraps(fn)
+    def operation(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except UNREACHABLE as exc:
+            raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
+
+    return operation
 
 
 def client(settings: Settings) -> redis.Redis:

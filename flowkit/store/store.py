@@ -11,53 +11,29 @@ Redis being unreachable (past the retries of :mod:`.connection`) surfaces as
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis
 
 from ..config import Settings
-from ..errors import StoreUnavailable
-from ..events import START
 from ..serialization import dumps, loads
 from ..states import RestartCause, RestartRefusal, StepStart
 from . import connection, scripts
+from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from .streams import EndWatch, Entry, StreamReader
+from .streams import entries as _entries
 
 #: The token a revoked lease carries: it matches no attempt, so no heartbeat renews it.
 HANDED_OVER = "handed-over"
 #: Most ids one index scan returns (the reaper's batch).
 SCAN_BATCH = 500
 
-#: A stream entry as the store returns it: (stream id, the event's JSON).
-Entry = tuple[str, str]
-
-
-def _op(fn: Callable[P, R]) -> Callable[P, R]:
-    """A store operation: Redis out of reach raises StoreUnavailable, not redis-py's error."""
-
-    @functools.wraps(fn)
-    def operation(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except connection.UNREACHABLE as exc:
-            raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
-
-    return operation
-
-
 def _new_call() -> str:
     return uuid.uuid4().hex
-
-
-def _entries(raw: list) -> list[Entry]:
-    return [(entry_id, fields["e"]) for entry_id, fields in raw]
 
 
 @dataclass(frozen=True)
@@ -232,7 +208,7 @@ class Store:
     def watch_end(self, run_id: str) -> EndWatch:
         """Listen for the run's end (lib.lua's end_run publishes it). Subscribe first, then
         read the run: no end can slip between."""
-        return EndWatch(self, run_id)
+        return EndWatch(self.redis, self.keys.done(run_id))
 
     @_op
     def claim_failure_notice(self, run_id: str) -> bool:
@@ -453,7 +429,7 @@ class Store:
 
     def stream_reader(self, block_seconds: float) -> StreamReader:
         """A reader of many runs' streams on a connection of its own (the relay hub)."""
-        return StreamReader(self, block_seconds)
+        return StreamReader(self.redis, self.keys, self.settings, block_seconds)
 
     # -- traces ----------------------------------------------------------------------------
 
@@ -499,62 +475,3 @@ class Store:
     def settle_rate(self, provider: str, model: str, delta: int) -> None:
         """Give back ``delta`` tokens (negative: take more) once a call's real cost is known."""
         self._scripts["rate_settle"](keys=[self.keys.llm_rate(provider, model)], args=[delta])
-
-
-class EndWatch:
-    """A subscription to one run's end; ``wait(seconds)`` returns when a message came or
-    the time passed. Close it (or use it as a context manager)."""
-
-    def __init__(self, store: Store, run_id: str) -> None:
-        self._pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(store.keys.done(run_id))
-
-    @_op
-    def wait(self, seconds: float) -> bool:
-        return self._pubsub.get_message(timeout=seconds) is not None
-
-    def close(self) -> None:
-        self._pubsub.close()
-
-    def __enter__(self) -> EndWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class StreamReader:
-    """Blocking reads over many runs' streams at once, on a connection of its own, with a
-    private wake stream: :meth:`wake` (from any thread) makes a blocked :meth:`read` return
-    so the caller can read a new set of runs."""
-
-    def __init__(self, store: Store, block_seconds: float) -> None:
-        self._store = store
-        self._conn = connection.blocking_client(store.settings, block_seconds)
-        self._wake_key = store.keys.relay_wake(uuid.uuid4().hex)
-        self._wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
-
-    @_op
-    def wake(self) -> None:
-        pipe = self._store.redis.pipeline(transaction=False)
-        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-        pipe.expire(self._wake_key, 24 * 3600)
-        pipe.execute()
-
-    @_op
-    def read(self, cursors: dict[str, str], count: int, block_ms: int) -> dict[str, list[Entry]]:
-        """New events of each run after its cursor ({run id: cursor}), waiting up to
-        ``block_ms`` for the first; {} on a wake-up or when nothing came."""
-        keys = {self._store.keys.events(run_id): run_id for run_id in cursors}
-        streams = {key: cursors[run_id] for key, run_id in keys.items()}
-        streams[self._wake_key] = self._wake_cursor
-        found: dict[str, list[Entry]] = {}
-        for key, raw in self._conn.xread(streams, count=count, block=block_ms) or ():
-            if key == self._wake_key:
-                self._wake_cursor = raw[-1][0]
-            else:
-                found[keys[key]] = _entries(raw)
-        return found
-
-    def close(self) -> None:
-        self._conn.close()

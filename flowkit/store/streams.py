@@ -1,0 +1,86 @@
+"""Listening to runs: a run's end (pub/sub), and many runs' streams at once (the relay).
+
+Both hold a connection of their own while they wait, so they never pin one of the
+store's pool.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from ..config import Settings
+from ..events import START
+from . import connection
+from .connection import guarded
+from .keys import Keys
+
+#: A stream entry as the store returns it: (stream id, the event's JSON).
+Entry = tuple[str, str]
+
+
+def entries(raw: list) -> list[Entry]:
+    return [(entry_id, fields["e"]) for entry_id, fields in raw]
+
+
+class EndWatch:
+    """A subscription to one run's end; ``wait(seconds)`` returns when a message came or
+    the time passed. Close it (or use it as a context manager)."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+
+    @guarded
+    def wait(self, seconds: float) -> bool:
+        return self._pubsub.get_message(timeout=seconds) is not None
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> EndWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamReader:
+    """Blocking reads over many runs' streams at once, on a connection of its own, with a
+    private wake stream: :meth:`wake` (from any thread) makes a blocked :meth:`read` return
+    so the caller can read a new set of runs."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, settings: Settings, block_seconds: float
+    ) -> None:
+        self._client = client  # the store's pool: a wake-up is a short write
+        self._keys = keys
+        self._conn = connection.blocking_client(settings, block_seconds)
+        self._wake_key = keys.relay_wake(uuid.uuid4().hex)
+        self._wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
+
+    @guarded
+    def wake(self) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+        pipe.expire(self._wake_key, 24 * 3600)
+        pipe.execute()
+
+    @guarded
+    def read(self, cursors: dict[str, str], count: int, block_ms: int) -> dict[str, list[Entry]]:
+        """New events of each run after its cursor ({run id: cursor}), waiting up to
+        ``block_ms`` for the first; {} on a wake-up or when nothing came."""
+        keys = {self._keys.events(run_id): run_id for run_id in cursors}
+        streams = {key: cursors[run_id] for key, run_id in keys.items()}
+        streams[self._wake_key] = self._wake_cursor
+        found: dict[str, list[Entry]] = {}
+        for key, raw in self._conn.xread(streams, count=count, block=block_ms) or ():
+            if key == self._wake_key:
+                self._wake_cursor = raw[-1][0]
+            else:
+                found[keys[key]] = entries(raw)
+        return found
+
+    def close(self) -> None:
+        self._conn.close()
