@@ -83,6 +83,21 @@ def parse(entries: list[tuple[str, str]]) -> list[Event]:
     return [Event(entry_id, loads(raw)) for entry_id, raw in entries]
 
 
+def stream_ends(last_delivered_terminal: bool, more_may_follow: bool) -> bool:
+    """Whether a reader that just delivered ``event`` has reached the end of the stream.
+
+    The rule for every reader (the relay's WebSocket, SSE and NDJSON streams, ``follow``):
+    a stream ends at the run's *latest* terminal event only. A run that was retried holds
+    ``run.failed``, then ``run.restarted`` ... ``run.succeeded``: an earlier terminal event
+    is followed by more events, and the reader goes on. A reader ends when the last event
+    it delivered is terminal and the read that returned it reached the stream's end
+    (``more_may_follow`` is False: it did not stop at its count). A reader live when a run
+    fails therefore ends there; resuming later with its last id gets what came after (a
+    retry), or ends at once when nothing did.
+    """
+    return last_delivered_terminal and not more_may_follow
+
+
 def superseded_attempts(events: list[Event]) -> set[tuple[str, int]]:
     """(step, attempt) pairs whose ``step.output`` chunks a client should discard."""
     dropped: set[tuple[str, int]] = set()

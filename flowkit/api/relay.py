@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..errors import StoreUnavailable
-from ..events import START, TERMINAL
+from ..events import START, TERMINAL, stream_ends
 from ..events import cursor_order as _order
 from ..store import Entry, Store, StreamReader
 
@@ -90,6 +90,10 @@ class Subscriber:
         self.cursor = after
         self._order = _order(after)
         self._pending: deque[RelayEvent] = deque()
+        #: False when the hub's read that pushed the pending events hit its count.
+        self._pending_complete = True
+        #: The last event delivered was terminal: the stream ends there unless more follows.
+        self._delivered_terminal = False
         self._cond = threading.Condition()
         self._catch_up = True  # the history after the cursor comes first
         self._sink: Sink | None = None
@@ -108,29 +112,31 @@ class Subscriber:
 
     # -- hub side ----------------------------------------------------------------
 
-    def _push(self, batch: list[RelayEvent]) -> None:
+    def _push(self, batch: list[RelayEvent], complete: bool) -> None:
+        """New events from the hub; ``complete``: its read did not stop at its count."""
         with self._cond:
             if self._sink is not None and self._parked and not (
                     self._pending or self._stalled or self._catch_up or self.done):
-                self._send_direct(batch)
+                self._send_direct(batch, complete)
                 return
             if len(self._pending) + len(batch) > self.hub.buffer:
                 self._pending.clear()  # too slow: catch up from Redis instead
                 self._catch_up = True
             else:
                 self._pending.extend(batch)
+                self._pending_complete = complete
             self._cond.notify()
 
-    def _send_direct(self, batch: list[RelayEvent]) -> None:
+    def _send_direct(self, batch: list[RelayEvent], complete: bool) -> None:
         """The hub's write while the client thread is parked (the caller holds the lock)."""
-        fresh = self._advance(batch)
+        fresh = self._advance(batch, complete)
         if not fresh:
             return
         try:
             self._stalled = not self._sink.try_send(fresh)
         except Exception as exc:  # the client is gone; the hub goes on, the client's thread ends
             self._error, self._sink = exc, None
-        if self._stalled or self._error or self.done:
+        if self._stalled or self._error or self.done or self._catch_up:
             self._cond.notify()
 
     # -- client side -------------------------------------------------------------
@@ -140,6 +146,7 @@ class Subscriber:
         with self._cond:
             self.cursor, self._order, self.done = after, _order(after), False
             self._pending.clear()
+            self._delivered_terminal = False
             self._catch_up = True
             self._cond.notify()
 
@@ -153,7 +160,7 @@ class Subscriber:
             self._flush()
             if self.done:
                 return []
-            fresh = self._advance(self._take(deadline))
+            fresh = self._advance(*self._take(deadline))
             if fresh or (deadline is not None and time.monotonic() >= deadline):
                 return fresh
 
@@ -166,7 +173,9 @@ class Subscriber:
             if self._sink is not None:
                 self._sink.flush()
 
-    def _take(self, deadline: float | None) -> list[RelayEvent]:
+    def _take(self, deadline: float | None) -> tuple[list[RelayEvent], bool]:
+        """The next events: the history after the cursor, else what the hub pushed; and
+        whether the read that produced them reached the stream's end."""
         with self._cond:
             from_history = self._catch_up
             self._catch_up = False
@@ -180,23 +189,34 @@ class Subscriber:
                         self._parked = False
                 batch = list(self._pending)
                 self._pending.clear()
-                return batch
+                return batch, self._pending_complete
         batch = self.hub.history(self.run_id, self.cursor)
         if len(batch) >= self.hub.page:
             with self._cond:
                 self._catch_up = True  # more history to read before the live tail
-        return batch
+            return batch, False
+        if not batch and not self._delivered_terminal:
+            # nothing after the cursor: a cursor at the run's final terminal event ends here
+            last = self.hub.last_event(self.run_id)
+            self._delivered_terminal = (
+                last is not None and last.terminal and last.order <= self._order)
+        return batch, True
 
-    def _advance(self, batch: list[RelayEvent]) -> list[RelayEvent]:
+    def _advance(self, batch: list[RelayEvent], complete: bool) -> list[RelayEvent]:
+        """Deliver the events past the cursor; the stream ends at the run's latest terminal
+        event only (:func:`flowkit.events.stream_ends`)."""
         fresh: list[RelayEvent] = []
         for event in batch:
             if event.order <= self._order:
                 continue  # already delivered (read from history and from the hub)
             fresh.append(event)
             self._order, self.cursor = event.order, event.id
-            if event.terminal:
-                self.done = True
-                break
+        if fresh:
+            self._delivered_terminal = fresh[-1].terminal
+        if stream_ends(self._delivered_terminal, more_may_follow=not complete):
+            self.done = True
+        elif self._delivered_terminal:
+            self._catch_up = True  # the read stopped short: the history says what follows
         return fresh
 
     def end(self) -> None:
@@ -261,12 +281,12 @@ class Hub:
                 tracked.subscribers.add(sub)
                 return sub
         # A new run: the hub reads everything after the stream's last id from now on.
-        last = store.last_event_id(run_id)
+        last = store.last_event(run_id)
         with self._lock:
             tracked = self._runs.get(run_id)
             added = tracked is None
             if added:
-                tracked = self._runs[run_id] = _Tracked(last or START)
+                tracked = self._runs[run_id] = _Tracked(last[0] if last else START)
             tracked.subscribers.add(sub)
             self._lock.notify()
         if added:
@@ -291,6 +311,10 @@ class Hub:
 
     def history(self, run_id: str, after: str) -> list[RelayEvent]:
         return parse(self.store.history(run_id, after, self.page))
+
+    def last_event(self, run_id: str) -> RelayEvent | None:
+        last = self.store.last_event(run_id)
+        return RelayEvent(*last) if last else None
 
     # -- the reader --------------------------------------------------------------
 
@@ -353,5 +377,6 @@ class Hub:
                 return
             tracked.cursor = entries[-1][0]
             subscribers = list(tracked.subscribers)
+        complete = len(entries) < self.page
         for sub in subscribers:
-            sub._push(batch)
+            sub._push(batch, complete)

@@ -1,7 +1,7 @@
 """Server-Sent Events and NDJSON responses that follow one run through the relay.
 
-Both send the history after the cursor, then the live tail, and end after the
-terminal event. Idle connections get a keep-alive (an SSE comment, an empty NDJSON
+Both send the history after the cursor, then the live tail, and end after the run's
+latest terminal event (:func:`flowkit.events.stream_ends`). Idle connections get a keep-alive (an SSE comment, an empty NDJSON
 line) every ping interval, which is also how a vanished client is noticed.
 """
 
@@ -30,7 +30,10 @@ def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[str]:
     try:
         while not sub.done:
             batch = sub.next_batch(timeout=ping_interval)
-            yield encode(batch) if batch else ping
+            if batch:
+                yield encode(batch)
+            elif not sub.done:
+                yield ping
     finally:
         sub.close()
 

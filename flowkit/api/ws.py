@@ -28,6 +28,8 @@ from .relay import RelayEvent, Subscriber
 
 #: Seconds between two looks at the client's messages while no event arrives.
 _POLL = 1.0
+#: Longest wait for the client's answer to our close frame.
+_CLOSE_WAIT = 2.0
 
 
 def _resume_cursor(message: str | bytes | None) -> str | None:
@@ -148,7 +150,9 @@ def relay(ws, sub: Subscriber) -> None:
                 sink.send_all(batch)
             if sub.done:
                 if sub.shutting_down:  # 1012 Service Restart: reconnect with the last id
-                    ws.close(1012, "server restarting; reconnect with your last event id")
+                    close(ws, 1012, "server restarting; reconnect with your last event id")
+                else:
+                    close(ws, 1000, "run ended")
                 return
             cursor = _resume_cursor(ws.receive(timeout=0))
             if cursor is not None:
@@ -157,3 +161,14 @@ def relay(ws, sub: Subscriber) -> None:
         return  # the client went away (ConnectionClosed is flask-sock's to handle)
     finally:
         sub.close()
+
+
+def close(ws, code: int, message: str) -> None:
+    """Close with a close frame, then wait briefly for the client's answer. Closing the TCP
+    connection before that answer arrives makes the kernel reply to it with a reset, and a
+    reset can destroy frames the client has received but not yet read: the last events."""
+    try:
+        ws.close(code, message)
+    except ConnectionClosed:
+        return
+    ws.thread.join(_CLOSE_WAIT)  # simple-websocket's reader ends when the answer arrives

@@ -224,14 +224,21 @@ def history(run_id: str, after: str = events.START, limit: int | None = None) ->
 
 
 def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iterator[events.Event]:
-    """Every event after ``after``: history first, then the live tail; ends after a terminal event."""
-    store, cursor = get_store(), after
-    while True:
-        for event in events.parse(store.read_new(run_id, cursor, block_ms)):
+    """Every event after ``after``: history first, then the live tail. Ends at the run's
+    latest terminal event (:func:`flowkit.events.stream_ends`): a retried run's earlier
+    ``run.failed`` is followed by the rest; a cursor at the final one ends at once."""
+    store, cursor, count = get_store(), after, 500
+    tail = store.last_event(run_id)
+    done = tail is not None and events.cursor_order(tail[0]) <= events.cursor_order(after) \
+        and events.parse([tail])[0].terminal
+    while not done:
+        batch = events.parse(store.read_new(run_id, cursor, block_ms, count=count))
+        for event in batch:
             yield event
             cursor = event.id
-            if event.terminal:
-                return
+        if batch and batch[-1].terminal:
+            done = events.stream_ends(True, more_may_follow=len(batch) == count) \
+                or not store.history(run_id, cursor, 1)
 
 
 def trace(run_id: str) -> list[dict[str, Any]]:

@@ -423,9 +423,10 @@ class Store:
         return _entries(reply[0][1]) if reply else []
 
     @_op
-    def last_event_id(self, run_id: str) -> str | None:
-        last = self.redis.xrevrange(self.keys.events(run_id), count=1)
-        return last[0][0] if last else None
+    def last_event(self, run_id: str) -> Entry | None:
+        """The newest event of the run's stream, or None for an empty (or unknown) stream."""
+        last = _entries(self.redis.xrevrange(self.keys.events(run_id), count=1))
+        return last[0] if last else None
 
     def stream_reader(self, block_seconds: float) -> StreamReader:
         """A reader of many runs' streams on a connection of its own (the relay hub)."""

@@ -1,6 +1,9 @@
 // Follows one run over the WebSocket relay. The last event id is kept in
 // sessionStorage with the events seen, so a dropped socket or a page refresh
-// resumes with ?after=<last id>: no event is shown twice or skipped.
+// resumes with ?after=<last id>: no event is shown twice or skipped. The server
+// ends the stream at the run's latest terminal event only (a retried run's
+// run.failed is followed by the rest), so the page always reconnects once on
+// load: the server closes at once when nothing came after what it saw.
 (function () {
   "use strict";
   var parts = location.pathname.split("/");
@@ -43,6 +46,7 @@
     if (event.type === "run.failed") setState("failed");
     if (event.type === "run.cancelled") setState("cancelled");
     if (/^run\.(succeeded|failed|cancelled)$/.test(event.type)) state.done = true;
+    if (event.type === "run.restarted") state.done = false;
   }
 
   function discard(attempt) {
@@ -71,14 +75,15 @@
       state.last = event.id;
       save();
     };
-    socket.onclose = function () {
-      if (state.done) { $("connection").textContent = "ended"; return; }
+    socket.onclose = function (close) {
+      // a clean close after a terminal event is the end; anything else reconnects
+      if (state.done && close.code !== 1012) { $("connection").textContent = "ended"; return; }
       $("connection").textContent = "reconnecting";
       setTimeout(connect, 1000);
     };
   }
 
   saved.events.forEach(show);
-  if (!state.done) connect();
+  connect();
   window.flowkitWatch = state;
 })();
