@@ -13,8 +13,9 @@ from flask import Blueprint, Flask, g, request
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
-from .errors import ApiError, to_response
+from .errors import to_response
 from .options import ApiOptions
+from .requests import check_body_size
 from .state import EXTENSION, ApiState, state
 from .views import docs, events, health, runs, workflows
 
@@ -70,9 +71,7 @@ def _routing_error(exc: HTTPException):
 def _before() -> None:
     current = state()
     request.max_content_length = current.options.max_body_bytes
-    if request.content_length and request.content_length > current.options.max_body_bytes:
-        raise ApiError(413, "payload_too_large",
-                       f"Request body over {current.options.max_body_bytes} bytes.")
+    check_body_size(current.options.max_body_bytes)
     if request.endpoint and request.endpoint.rpartition(".")[2] in PUBLIC:
         return
     g.flowkit_access = current.auth.authenticate(request)

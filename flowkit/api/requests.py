@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import marshmallow
 from flask import g, request
-from werkzeug.exceptions import HTTPException
 
 from .auth import Access
 from .errors import ApiError
@@ -15,6 +15,10 @@ from .state import state
 from .streaming import NDJSON, SSE
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
+#: How much of a too large chunked body is read and dropped to keep the connection; past
+#: it the connection is closed instead.
+DRAIN_FACTOR = 16
+_READ = 64 * 1024
 
 
 def access() -> Access:
@@ -52,13 +56,65 @@ def wait_seconds(query_wait: float | None) -> float | None:
     return None if wait is None else min(wait, state().options.max_wait)
 
 
+def check_body_size(limit: int) -> None:
+    """Refuse a body over ``limit`` bytes however it is framed (413, before any view runs).
+
+    A body with a Content-Length over the limit is refused at once. A chunked body has
+    none, and the WSGI layer would only cut it at the limit, silently: it is read here, up
+    to one byte past the limit, and kept for the view. One past the limit, the rest is read
+    and dropped, so the connection can carry the next request (past ``DRAIN_FACTOR`` times
+    the limit the connection is closed instead)."""
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise _too_large(limit)
+        return
+    if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        return
+    stream = request.environ["wsgi.input"]  # the server de-chunks it and ends it
+    body = _read(stream, limit + 1)
+    if len(body) <= limit:
+        g.flowkit_body = body
+        return
+    drained = _drain(stream, DRAIN_FACTOR * limit)
+    raise _too_large(limit, close=not drained)
+
+
+def _read(stream: Any, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        piece = stream.read(min(_READ, size - got))
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def _drain(stream: Any, budget: int) -> bool:
+    """Read and drop the rest of the body; False when it goes on past ``budget`` bytes."""
+    while budget > 0:
+        piece = stream.read(min(_READ, budget))
+        if not piece:
+            return True
+        budget -= len(piece)
+    return False
+
+
+def _too_large(limit: int, close: bool = False) -> ApiError:
+    return ApiError(413, "payload_too_large",
+                    f"Request body over {limit} bytes (FLOWKIT_API_MAX_BODY_BYTES); send "
+                    "less, or store large data elsewhere and pass a reference.",
+                    headers={"Connection": "close"} if close else None)
+
+
 def json_body() -> Any:
     """The request's JSON body ({} when empty); 400 when it is not JSON."""
-    if not request.get_data(cache=True):
+    raw = g.get("flowkit_body")
+    if raw is None:
+        raw = request.get_data(cache=True)
+    if not raw:
         return {}
     try:
-        return request.get_json(force=True)
-    except HTTPException as exc:
-        if exc.code == 413:
-            raise
+        return json.loads(raw)
+    except ValueError:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
