@@ -71,6 +71,7 @@ class Settings:
     api_token_ttl: int = _default("api_token_ttl")
     api_url_prefix: str = _default("api_url_prefix")
     api_max_body_bytes: int = _default("api_max_body_bytes")
+    api_redis_retry_seconds: float = _default("api_redis_retry_seconds")
     api_max_wait: float = _default("api_max_wait")
     api_ping_interval: float = _default("api_ping_interval")
     api_page_size: int = _default("api_page_size")

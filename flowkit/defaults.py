@@ -73,6 +73,9 @@ API_SECRET = ""
 API_TOKEN_TTL = 24 * 3600
 #: URL prefix of the blueprint mounted by ``FlowKit(app)``.
 API_URL_PREFIX = ""
+#: How long the API retries an unreachable Redis before it answers 503 (workers keep
+#: FLOWKIT_REDIS_RETRY_SECONDS: they ride out a restart; a person waiting on the API should not).
+API_REDIS_RETRY_SECONDS = 2.0
 #: Largest request body the API reads, in bytes (a larger one gets 413).
 API_MAX_BODY_BYTES = 1024 * 1024
 #: Longest synchronous invocation (``?wait=`` / ``Prefer: wait=``), in seconds.

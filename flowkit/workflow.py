@@ -106,6 +106,12 @@ class Workflow:
     def components(self):
         return list(self.root.components())
 
+    def queues(self, default_queue: str) -> set[str]:
+        """The Celery queues this workflow's tasks go to: its own (``default_queue`` when it
+        names none) and those its components name with ``.queue(...)``."""
+        return {self.queue or default_queue} | {
+            c.policy.queue for c in self.components() if c.policy.queue}
+
 
 def get_workflow(name: str) -> Workflow:
     try:

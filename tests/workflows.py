@@ -233,6 +233,9 @@ caching_v2 = flowkit.Workflow("caching_v2", [cached.cache(ttl=60, version="2")])
 inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
 signing_in = flowkit.Workflow("signing_in", [sign_in.secret("token", "password"), use_token])
 reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number_schema)
+#: Its step goes to a queue the session's worker does not consume.
+LONELY = "lonely"
+lonely = flowkit.Workflow("lonely", [add_one.queue(LONELY)], input_schema=number_schema)
 
 
 # -- API plane (tests/api) ------------------------------------------------------

@@ -32,6 +32,7 @@ class ApiOptions:
     token_ttl: int = 0
     url_prefix: str = ""
     max_body_bytes: int = 0
+    redis_retry_seconds: float = 0.0
     max_wait: float = 0.0
     ping_interval: float = 0.0
     page_size: int = 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from ..store import get_store
+from ..store import Store, get_store
 from ..workflow import Workflow, get_workflow, workflows
 from .auth import Authenticator
 from .errors import ApiError
@@ -23,7 +23,14 @@ class ApiState:
         self.url_prefix = url_prefix.rstrip("/")
         self.blueprint = blueprint
         self.auth = Authenticator(options, app.config.get("SECRET_KEY"))
-        self.hub = Hub(get_store, page=options.events_page, buffer=options.subscriber_buffer)
+        self.hub = Hub(lambda: self.store, page=options.events_page,
+                       buffer=options.subscriber_buffer)
+
+    @property
+    def store(self) -> Store:
+        """The API's store: it gives up on an unreachable Redis after
+        FLOWKIT_API_REDIS_RETRY_SECONDS (a 503), where workers ride a restart out."""
+        return get_store(retry_seconds=self.options.redis_retry_seconds)
 
     def owns(self, path: str) -> bool:
         """Whether a request path falls under this API (for 404/405 outside any view)."""

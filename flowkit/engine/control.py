@@ -8,19 +8,27 @@ snapshot of a run's record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kombu.exceptions import OperationalError
 from ulid import ULID
 
 from .. import events
 from ..config import get_settings
-from ..errors import IdempotencyConflict, InvalidState, RunCancelled, RunNotFound, StepError
+from ..errors import (
+    IdempotencyConflict,
+    InvalidState,
+    RunCancelled,
+    RunNotFound,
+    StepError,
+    StoreUnavailable,
+)
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import RunState
-from ..store import get_store
-from ..workflow import Workflow
+from ..store import Store, get_store
+from ..workflow import Workflow, workflows
 from . import canvas
 from . import trace as traces
 from .broker import get_app
@@ -57,6 +65,8 @@ class Run:
     queue: str | None = None
     #: Attempts started per step key (retries and restarts included); None in listings.
     attempts: dict[str, int] | None = None
+    #: What a queued run waits for when no live worker can take it (``get_run`` says).
+    waiting_for: str | None = None
     #: False when ``start`` found an existing run for the idempotency key.
     created: bool = field(default=True, compare=False)
 
@@ -98,8 +108,8 @@ class Run:
         }
 
     @classmethod
-    def load(cls, run_id: str) -> Run:
-        record, attempts = get_store().load_run(run_id)
+    def load(cls, run_id: str, store: Store | None = None) -> Run:
+        record, attempts = (store or get_store()).load_run(run_id)
         if not record:
             raise not_found(run_id)
         run = cls.from_record(record)
@@ -151,13 +161,15 @@ def not_found(run_id: str) -> RunNotFound:
 
 def start(
     workflow: Workflow, input: Any = None, *, idempotency_key: str | None = None,
-    owner: str | None = None,
+    owner: str | None = None, store: Store | None = None,
 ) -> Run:
     """Validate ``input``, store a queued run and enqueue its canvas (``Workflow.start``).
 
     With ``idempotency_key``, a second start with the same key returns the first run
-    (``run.created`` is False) and enqueues nothing.
+    (``run.created`` is False) and enqueues nothing. ``store``: the store to use (the
+    API passes its own, with a short retry budget); by default this process's.
     """
+    store = store or get_store()
     payload = workflow.validate(input)
     input_json = dumps_bounded(payload, "the workflow input")
     queue = workflow.queue or get_app().conf.task_default_queue
@@ -166,9 +178,9 @@ def start(
                             queue)
     queued = events.make(events.RUN_QUEUED, run_id, workflow=workflow.name,
                          version=workflow.version)
-    winner, created = get_store().create_run(record, queued, idempotency_key)
+    winner, created = store.create_run(record, queued, idempotency_key)
     if not created:
-        existing = Run.load(winner)
+        existing = Run.load(winner, store)
         if dumps(existing.input) != dumps(payload):
             raise IdempotencyConflict(
                 f"Idempotency key {idempotency_key!r} was used for run {winner} with "
@@ -176,16 +188,54 @@ def start(
             )
         existing.created = False
         return existing
-    run = Run.load(winner)  # as created: queued (a worker may start it at once)
-    canvas.enqueue(workflow, winner, 0, payload, queue)
+    run = Run.load(winner, store)  # as created: queued (a worker may start it at once)
+    _send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue))
     return run
 
 
 # -- reading ---------------------------------------------------------------------------
 
 
-def get_run(run_id: str) -> Run:
-    return Run.load(run_id)
+def get_run(run_id: str, store: Store | None = None) -> Run:
+    """The run's record; a queued run that no live worker can take says why (waiting_for)."""
+    store = store or get_store()
+    run = Run.load(run_id, store)
+    if run.state == RunState.QUEUED:
+        run.waiting_for = waiting_for(run, store)
+    return run
+
+
+def default_queue() -> str:
+    """The queue of runs whose workflow names none (this process's Celery app's default)."""
+    return get_app().conf.task_default_queue
+
+
+def live_workers(store: Store | None = None) -> list[dict[str, Any]]:
+    """Worker nodes with a process that beat recently: name, queues, pool, concurrency,
+    processes and last_beat (what each announced when ready)."""
+    settings = get_settings()
+    recent = time.time() - max(settings.heartbeat_lapse, 3 * settings.heartbeat_interval)
+    return (store or get_store()).nodes_seen_since(recent)
+
+
+def unconsumed(queues: set[str], workers: list[dict[str, Any]]) -> list[str]:
+    """The queues no live worker consumes (by what the workers announced)."""
+    consumed = {q for w in workers for q in w.get("queues", ())}
+    return sorted(queues - consumed)
+
+
+def waiting_for(run: Run, store: Store | None = None) -> str | None:
+    """Why no worker takes this queued run, or None when a live worker consumes its queues."""
+    workers = live_workers(store)
+    if not workers:
+        return "no live worker: start one (celery -A <your app> worker)"
+    wf = workflows().get(run.workflow)
+    queues = wf.queues(run.queue or default_queue()) if wf else {run.queue or default_queue()}
+    missing = unconsumed(queues, workers)
+    if missing:
+        return f"no live worker consumes queue {', '.join(missing)}: start one with " \
+               f"--queues {','.join(missing)}"
+    return None
 
 
 def list_runs(
@@ -193,9 +243,11 @@ def list_runs(
     state: str | None = None,
     limit: int = 50,
     before: str | None = None,
+    store: Store | None = None,
 ) -> list[Run]:
     """Runs newest first, optionally of one workflow and in one state; ``before`` a run id."""
-    return [Run.from_record(r) for r in get_store().list_runs(workflow, state, limit, before)]
+    records = (store or get_store()).list_runs(workflow, state, limit, before)
+    return [Run.from_record(r) for r in records]
 
 
 def wait(run_id: str, timeout: float | None = None) -> Run:
@@ -218,9 +270,11 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
         return run
 
 
-def history(run_id: str, after: str = events.START, limit: int | None = None) -> list[events.Event]:
+def history(
+    run_id: str, after: str = events.START, limit: int | None = None, store: Store | None = None
+) -> list[events.Event]:
     """The run's events after ``after`` (exclusive), oldest first."""
-    return events.parse(get_store().history(run_id, after, limit))
+    return events.parse((store or get_store()).history(run_id, after, limit))
 
 
 def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iterator[events.Event]:
@@ -241,40 +295,52 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
                 or not store.history(run_id, cursor, 1)
 
 
-def trace(run_id: str) -> list[dict[str, Any]]:
+def trace(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
     """The run's trace: the workflow span first, then every span recorded, oldest first."""
-    return traces.read(run_id)
+    return traces.read(run_id, store)
 
 
 # -- changing ---------------------------------------------------------------------------
 
 
-def cancel(run_id: str) -> Run:
+def cancel(run_id: str, store: Store | None = None) -> Run:
     """Cancel a queued or running run; a running step sees it at its next event or check."""
-    result = get_store().cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
+    store = store or get_store()
+    result = store.cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
     if result < 0:
         raise not_found(run_id)
-    run = Run.load(run_id)
+    run = Run.load(run_id, store)
     if result == 0:
         raise InvalidState(f"Run {run_id} already {run.state}; only queued or running runs cancel.")
     return run
 
 
-def retry(run_id: str) -> Run:
+def retry(run_id: str, store: Store | None = None) -> Run:
     """Resume a failed run from its failed step; completed steps keep their checkpoints."""
-    run = Run.load(run_id)
+    store = store or get_store()
+    run = Run.load(run_id, store)
     if run.state != RunState.FAILED:
         raise InvalidState(f"Run {run_id} is {run.state}; only failed runs can be retried.")
-    gen, why = get_store().restart(
+    gen, why = store.restart(
         run_id, expected_state=RunState.FAILED, reason="retry requested", now=time.time()
     )
     if not gen:
         raise InvalidState(f"Run {run_id} could not be retried ({why}).")
     resume(run, gen)
-    return Run.load(run_id)
+    return Run.load(run_id, store)
 
 
 def resume(run: Run, gen: int) -> None:
     """Ask a worker of the run's own queue to enqueue generation ``gen`` of its canvas
     (it has the workflow version the run started with; this process may not)."""
-    get_app().send_task("flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue)
+    _send(lambda: get_app().send_task(
+        "flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue))
+
+
+def _send(publish: Callable[[], Any]) -> None:
+    """Publish to the broker; a broker out of reach is StoreUnavailable (the run is stored:
+    the reaper sends it again once FLOWKIT_QUEUED_TIMEOUT passes)."""
+    try:
+        publish()
+    except OperationalError as exc:
+        raise StoreUnavailable(f"the Celery broker is unreachable: {exc}") from exc

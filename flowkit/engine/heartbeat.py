@@ -33,6 +33,8 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._wake = threading.Event()
+        #: What this node announced when ready (set in its main process only).
+        self.node_info: dict | None = None
 
     def track(self, run_id: str, step: str, token: str) -> None:
         with self._lock:
@@ -70,7 +72,12 @@ class Heartbeat:
             self._thread.start()
 
     def beat(self) -> None:
-        get_store().heartbeat(self.active(), worker_id(), time.time())
+        get_store().heartbeat(self.active(), worker_id(), time.time(),
+                              node=(node_name, self.node_info) if self.node_info else None)
+
+    def wake(self) -> None:
+        """Beat now rather than at the next interval."""
+        self._wake.set()
 
     def _loop(self) -> None:
         while True:
@@ -79,6 +86,14 @@ class Heartbeat:
             except Exception:  # Redis away: keep trying, the reaper judges lapses
                 log.warning("flowkit heartbeat failed", exc_info=True)
             self._wake.wait(get_settings().heartbeat_interval)
+            self._wake.clear()
 
 
 heartbeat = Heartbeat()
+
+
+def announce(info: dict) -> None:
+    """This worker node is ready: what it consumes (queues, pool, concurrency) goes out with
+    each of its heartbeats (so it is back soon after Redis lost it)."""
+    heartbeat.node_info = {**info, "pid": os.getpid()}
+    heartbeat.wake()

@@ -17,21 +17,31 @@ from .streams import EndWatch, Entry, StreamReader
 
 __all__ = ["HANDED_OVER", "Begin", "EndWatch", "Entry", "Store", "StreamReader", "get_store"]
 
-_store: Store | None = None
-_store_pid: int | None = None
+_stores: dict[float | None, Store] = {}
+_made_for: tuple[int, object] | None = None
 _lock = threading.Lock()
 
 
-def get_store() -> Store:
+def get_store(retry_seconds: float | None = None) -> Store:
     """This process's store: a new one after a fork (fresh connections) and after
-    ``flowkit.configure(...)`` changed the settings."""
-    global _store, _store_pid
+    ``flowkit.configure(...)`` changed the settings.
+
+    ``retry_seconds``: a store of its own that gives up on an unreachable Redis after that
+    many seconds instead of FLOWKIT_REDIS_RETRY_SECONDS (the API answers 503 quickly while
+    workers ride out a Redis restart).
+    """
+    global _made_for
     settings = get_settings()
-    current = _store
-    if current is None or _store_pid != os.getpid() or current.settings is not settings:
+    made_for = (os.getpid(), settings)
+    store = _stores.get(retry_seconds) if _made_for == made_for else None
+    if store is None:
         with _lock:
-            current = _store
-            if current is None or _store_pid != os.getpid() or current.settings is not settings:
-                current = _store = Store(settings)
-                _store_pid = os.getpid()
-    return current
+            if _made_for != made_for:
+                _stores.clear()
+                _made_for = made_for
+            store = _stores.get(retry_seconds)
+            if store is None:
+                own = settings if retry_seconds is None else settings.replace(
+                    redis_retry_seconds=retry_seconds)
+                store = _stores[retry_seconds] = Store(own)
+    return store

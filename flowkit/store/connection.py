@@ -3,7 +3,8 @@
 Commands go through a blocking pool: a burst of clients (a reconnect storm after a
 deploy) waits for a connection instead of failing with MaxConnectionsError, and a
 command whose connection broke is resent for ``FLOWKIT_REDIS_RETRY_SECONDS`` (the
-scripts that count recognise their own resend, see ``lua/``). Blocking reads (the
+scripts that count recognise their own resend, see ``lua/``); the API's store has a
+budget of its own, ``FLOWKIT_API_REDIS_RETRY_SECONDS``. Blocking reads (the
 relay's ``XREAD``) get a connection of their own so they never hold one of the pool's.
 """
 
@@ -40,7 +41,20 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     return operation
 
 
+#: The pause before each resend: 0.1, 0.2, 0.4, 0.8, then 1 s.
+_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+
+
+def retries_within(seconds: float) -> int:
+    """How many resends fit in ``seconds`` of pauses of :data:`_BACKOFF`."""
+    retries, waited = 0, 0.0
+    while waited + (pause := _BACKOFF.compute(retries + 1)) <= seconds:
+        retries, waited = retries + 1, waited + pause
+    return retries
+
+
 def client(settings: Settings) -> redis.Redis:
+    budget = settings.redis_retry_seconds
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.connection_pool_size,
@@ -49,9 +63,9 @@ def client(settings: Settings) -> redis.Redis:
         health_check_interval=30,
         # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK) short
         socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05),
-                    retries=int(settings.redis_retry_seconds) + 5),
+        # a host that does not answer must not stretch a short budget (the API's)
+        socket_connect_timeout=max(0.5, min(5.0, budget / 2)),
+        retry=Retry(_BACKOFF, retries=retries_within(budget)),
         retry_on_error=list(UNREACHABLE),
     )
     return redis.Redis(connection_pool=pool)

@@ -18,7 +18,8 @@ every key one run script touches hashes to the same Cluster slot::
 
 Keys that no run script touches live outside the shards, each a single-key operation:
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
-(idempotency claims), ``flowkit:workers`` (worker presence), ``flowkit:cache:...``,
+(idempotency claims), ``flowkit:workers`` and ``flowkit:nodes`` (worker presence),
+``flowkit:cache:...``,
 ``flowkit:llm:rate:...`` and the relay's wake streams.
 
 ``SHARDS`` is part of the data layout: changing it moves every run to other keys.
@@ -108,8 +109,13 @@ class Keys:
 
     @property
     def workers(self) -> str:
-        """ZSET worker id -> last heartbeat of the worker process."""
+        """ZSET worker id (``node:pid``) -> last heartbeat of the worker process."""
         return f"{self.prefix}:workers"
+
+    @property
+    def nodes(self) -> str:
+        """HASH Celery node name -> what it announced when ready (queues, pool, concurrency)."""
+        return f"{self.prefix}:nodes"
 
     def cache(self, component: str, version: str, digest: str) -> str:
         return f"{self.prefix}:cache:{component}:{version}:{digest}"

@@ -329,9 +329,15 @@ class Store:
         pipe.execute()
 
     @_op
-    def heartbeat(self, entries: list[tuple[str, str, str]], worker: str, now: float) -> None:
-        """Renew the leases of the steps this process runs, and the worker's presence."""
+    def heartbeat(
+        self, entries: list[tuple[str, str, str]], worker: str, now: float,
+        node: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Renew the leases of the steps this process runs, and the worker's presence;
+        ``node``: (name, what it announced: queues, pool, concurrency) for /healthz."""
         pipe = self.redis.pipeline(transaction=False)
+        if node is not None:
+            pipe.hset(self.keys.nodes, node[0], dumps(node[1]))
         for run_id, step, token in entries:
             self._run_script("heartbeat", run_id, [
                 run_id, step, token, now, self.settings.heartbeat_lapse, worker,
@@ -344,6 +350,8 @@ class Store:
                 self._run_script("heartbeat", run_id, [
                     run_id, step, token, now, self.settings.heartbeat_lapse, worker])
             self.redis.zadd(self.keys.workers, {worker: now})
+            if node is not None:
+                self.redis.hset(self.keys.nodes, node[0], dumps(node[1]))
 
     # -- leases and indexes (the reaper, draining) --------------------------------------
 
@@ -402,12 +410,32 @@ class Store:
         for key in self.redis.scan_iter(match=self.keys.runs_of("*"), count=200):
             removed += self.redis.zremrangebyscore(key, "-inf", cutoff)
         self.redis.zremrangebyscore(self.keys.workers, "-inf", cutoff)
+        alive = {worker.rpartition(":")[0] for worker in self.redis.zrange(self.keys.workers, 0, -1)}
+        gone = [node for node in self.redis.hkeys(self.keys.nodes) if node not in alive]
+        if gone:
+            self.redis.hdel(self.keys.nodes, *gone)
         return removed
 
     @_op
     def workers_seen_since(self, since: float) -> list[tuple[str, float]]:
         """(worker id, last heartbeat) of every worker process seen since ``since``."""
         return self.redis.zrangebyscore(self.keys.workers, since, "+inf", withscores=True)
+
+    @_op
+    def nodes_seen_since(self, since: float) -> list[dict[str, Any]]:
+        """Worker nodes with a process seen since ``since``: what each announced, with its
+        ``name``, ``processes`` and ``last_beat`` (the newest of its processes)."""
+        beats: dict[str, list[float]] = {}
+        for worker, beat in self.workers_seen_since(since):
+            beats.setdefault(worker.rpartition(":")[0], []).append(beat)
+        if not beats:
+            return []
+        announced = self.redis.hmget(self.keys.nodes, list(beats))
+        return [
+            {"name": node, **(loads(raw) if raw else {}), "processes": len(seen),
+             "last_beat": max(seen)}
+            for (node, seen), raw in zip(beats.items(), announced, strict=True)
+        ]
 
     # -- events ------------------------------------------------------------------------
 

@@ -35,6 +35,19 @@ def worker_ready(sender=None, **_) -> None:
         heartbeat.node_name = sender.hostname
     drain.pool_runs_in_process(not isinstance(getattr(sender, "pool", None), Prefork))
     heartbeat.heartbeat.ensure_running()
+    if sender is not None:
+        heartbeat.announce(node_info(sender))
+
+
+def node_info(consumer) -> dict:
+    """What /healthz shows of this worker: the queues it consumes, its pool and size."""
+    controller = getattr(consumer, "controller", None)
+    pool = getattr(consumer, "pool", None)
+    return {
+        "queues": sorted(consumer.app.amqp.queues.consume_from or ()),
+        "pool": type(pool).__module__.rpartition(".")[2] if pool is not None else None,
+        "concurrency": getattr(controller, "concurrency", None),
+    }
 
 
 def child_started(**_) -> None:

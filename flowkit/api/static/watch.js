@@ -40,6 +40,7 @@
     } else if (event.type === "run.restarted") {
       (event.superseded || []).forEach(function (s) { discard(s.step + "#" + s.attempt); });
     }
+    if (event.type === "run.queued") setState("queued");
     if (event.type === "run.started") setState("running");
     if (event.type === "run.restarted") setState("queued");
     if (event.type === "run.succeeded") setState("succeeded");
@@ -83,7 +84,24 @@
     };
   }
 
+  // While the run is queued, its record says what it waits for (no live worker on its queue).
+  function checkQueued() {
+    var shown = $("state").dataset.state;
+    if (shown !== "queued" && shown !== "connecting") {
+      $("waiting").hidden = true;
+      if (!state.done) setTimeout(checkQueued, 3000);  // a restart queues it again
+      return;
+    }
+    var url = location.pathname.replace(/\/watch$/, "") + (token ? "?token=" + encodeURIComponent(token) : "");
+    fetch(url).then(function (r) { return r.ok ? r.json() : null; }).then(function (run) {
+      var why = run && run.state === "queued" ? run.waiting_for : null;
+      $("waiting").hidden = !why;
+      $("waiting").textContent = why ? "Waiting: " + why : "";
+    }).catch(function () {}).finally(function () { setTimeout(checkQueued, 3000); });
+  }
+
   saved.events.forEach(show);
   connect();
+  checkQueued();
   window.flowkitWatch = state;
 })();

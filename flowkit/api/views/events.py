@@ -38,7 +38,7 @@ def get_events(run_id: str):
         return stream_response(sub, current.options.ping_interval, SSE)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
     after = parse_cursor(after) or START
-    page = control.history(run_id, after, limit)
+    page = control.history(run_id, after, limit, store=current.store)
     return {"events": [e.to_dict() for e in page], "next": page[-1].id if page else after,
             "done": bool(page) and page[-1].terminal}
 

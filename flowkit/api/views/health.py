@@ -1,4 +1,10 @@
-"""``/healthz``: Redis reachable, and the workers that beat recently (no credentials)."""
+"""``/healthz``: what the web process can see of the deployment (no credentials).
+
+``ok`` when Redis answers and every queue a served workflow routes to has a live
+consumer; ``degraded`` (still 200: this process serves) when no worker is alive or a
+queue has none, with a ``problems`` list saying which; 503 with ``Retry-After`` when
+Redis does not answer within FLOWKIT_API_REDIS_RETRY_SECONDS.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,8 @@ import time
 from flask import Blueprint
 from flask_sock import Sock
 
-from ...errors import StoreUnavailable
-from ...store import get_store
-from ..errors import ApiError
+from ...engine import control
+from ..state import state
 
 
 def register(bp: Blueprint, sock: Sock) -> None:
@@ -17,11 +22,19 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def healthz():
-    store = get_store()
-    settings = store.settings
-    recent = time.time() - max(settings.heartbeat_lapse, 3 * settings.heartbeat_interval)
-    try:
-        workers = len(store.workers_seen_since(recent))
-    except StoreUnavailable:
-        raise ApiError(503, "redis_unreachable", "Redis does not answer.") from None
-    return {"status": "ok", "redis": True, "workers": workers}
+    current = state()
+    workers = control.live_workers(current.store)  # a Redis outage answers 503 (errors.py)
+    problems = [] if workers else ["no live worker: start one (celery -A <your app> worker)"]
+    if workers:
+        default = control.default_queue()
+        for wf in current.workflows():
+            for queue in control.unconsumed(wf.queues(default), workers):
+                problems.append(f"no live worker consumes queue {queue} (workflow {wf.name})")
+    now = time.time()
+    return {
+        "status": "degraded" if problems else "ok",
+        "redis": True,
+        "workers": [{**w, "seconds_since_beat": round(now - w["last_beat"], 3)}
+                    for w in workers],
+        "problems": problems,
+    }

@@ -25,7 +25,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 def load_run(run_id: str, write: bool = False) -> control.Run:
     """The run, if the caller may see it (or change it, with ``write``)."""
-    run = control.get_run(run_id)
+    run = control.get_run(run_id, store=state().store)
     access().require_run(run.id, run.owner, write=write)
     return run
 
@@ -38,7 +38,8 @@ def list_runs():
     if limit > current.options.max_page_size:
         raise ApiError(400, "validation_error", "Invalid query parameters.",
                        {"limit": [f"At most {current.options.max_page_size}."]})
-    page = control.list_runs(args.get("workflow"), args.get("state"), limit, args.get("before"))
+    page = control.list_runs(args.get("workflow"), args.get("state"), limit, args.get("before"),
+                             store=current.store)
     cursor = page[-1].id if len(page) == limit else None
     if who.owner is not None:
         page = [r for r in page if r.owner == who.owner]
@@ -60,15 +61,15 @@ def get_output(run_id: str):
 
 def get_trace(run_id: str):
     load_run(run_id)
-    return {"spans": control.trace(run_id)}
+    return {"spans": control.trace(run_id, store=state().store)}
 
 
 def cancel_run(run_id: str):
     load_run(run_id, write=True)
-    return run_json(control.cancel(run_id))
+    return run_json(control.cancel(run_id, store=state().store))
 
 
 def retry_run(run_id: str):
     run = load_run(run_id, write=True)
     state().workflow(run.workflow)
-    return run_json(control.retry(run_id)), 202
+    return run_json(control.retry(run_id, store=state().store)), 202

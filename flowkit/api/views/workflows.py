@@ -47,7 +47,8 @@ def start_run(name: str):
             "Idempotency-Key": ["1 to 255 visible ASCII characters."]})
     wait = wait_seconds(query(schemas.StartArgs).get("wait"))
     kind = negotiated_stream()
-    run = control.start(wf, json_body(), idempotency_key=key, owner=who.owner)
+    run = control.start(wf, json_body(), idempotency_key=key, owner=who.owner,
+                        store=current.store)
     who.require_run(run.id, run.owner)  # an idempotency key of another owner's run
     token = current.auth.issue(run.id)
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
@@ -57,7 +58,7 @@ def start_run(name: str):
                                current.options.ping_interval, kind, headers=headers)
     if wait:
         _await_end(current.hub.subscribe(run.id, START), wait)
-        run = control.get_run(run.id)
+        run = control.get_run(run.id, store=current.store)
         headers["Preference-Applied"] = f"wait={wait:g}"
     body = {**run_json(run), "created": run.created, "token": token,
             "token_expires_in": current.options.token_ttl}

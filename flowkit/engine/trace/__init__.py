@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...store import get_store
+from ...store import Store, get_store
 from . import spans
 from .otel import add_exporter, remove_exporters, to_otel
 from .redaction import REDACTED, bounded, redact, remember_secret, secret_values
@@ -26,9 +26,9 @@ __all__ = [
 ]
 
 
-def read(run_id: str) -> list[dict[str, Any]]:
+def read(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
     """Every span of the run, oldest first; the workflow span leads."""
-    store = get_store()
+    store = store or get_store()
     return spans.read(run_id, store, store.get_run(run_id))
 
 

@@ -1,0 +1,69 @@
+"""Health that tells the truth: /healthz lists live workers and says which queue has no
+consumer; a queued run says what it waits for, in its record and on its watch page."""
+
+from __future__ import annotations
+
+import flowkit
+from flowkit import config
+from tests import workflows as wf
+from tests.api.conftest import make_app, serve
+from tests.api.helpers import start
+from tests.api.test_watch import browser  # noqa: F401 - the Chromium fixture
+from tests.conftest import wait_until
+
+
+def health(app_options: dict) -> dict:
+    for served in serve(make_app(**app_options)):
+        with served.client(key=None) as anonymous:
+            response = anonymous.get("/healthz")
+            assert response.status_code == 200, response.text
+            return response.json()
+    raise AssertionError("unreachable")
+
+
+def test_healthz_lists_the_live_workers_and_is_ok_when_every_queue_has_one(store, worker):
+    # the store fixture flushed the workers' presence: await the next heartbeat
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    body = health({"workflows": ["simple"]})
+    assert body["status"] == "ok" and body["problems"] == [] and body["redis"] is True
+    [main] = [w for w in body["workers"] if w["name"].startswith("main@")]
+    assert main["queues"] == ["flowkit"] and main["pool"] == "thread"
+    assert main["concurrency"] == 4 and main["seconds_since_beat"] < 5
+
+
+def test_healthz_is_degraded_when_a_served_workflow_routes_to_a_queue_nobody_consumes(
+        store, worker):
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    body = health({"workflows": ["simple", "lonely"]})
+    assert body["status"] == "degraded"
+    assert body["problems"] == ["no live worker consumes queue lonely (workflow lonely)"]
+
+
+def test_healthz_is_degraded_with_no_live_worker(flowkit_env, monkeypatch):
+    # a database no worker heartbeats into: this deployment has no worker at all
+    settings = config.get_settings()
+    monkeypatch.setattr(config, "_settings", settings.replace(
+        redis_url=settings.redis_url.rsplit("/", 1)[0] + "/5"))
+    body = health({"workflows": ["simple"]})
+    assert body["status"] == "degraded" and body["workers"] == []
+    assert body["problems"] == ["no live worker: start one (celery -A <your app> worker)"]
+
+
+def test_a_queued_run_says_what_it_waits_for_until_a_worker_takes_its_queue(
+        api, client, store, browser, start_worker):  # noqa: F811 - the fixture imported above
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    run = start(client, "lonely", {"n": 1})
+    record = client.get(f"/runs/{run['id']}").json()
+    assert record["state"] == "queued"
+    assert record["waiting_for"] == ("no live worker consumes queue lonely: start one with "
+                                     "--queues lonely")
+    page = browser.new_page()
+    page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
+    page.wait_for_function("!document.querySelector('#waiting').hidden")
+    assert "no live worker consumes queue lonely" in page.text_content("#waiting")
+
+    start_worker("lonely", queues=(wf.LONELY,))  # what it was waiting for
+    assert flowkit.get_run(run["id"]).wait(20).output == {"n": 2}
+    page.wait_for_function("document.querySelector('#waiting').hidden")
+    assert client.get(f"/runs/{run['id']}").json()["waiting_for"] is None
+    page.close()

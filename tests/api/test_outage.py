@@ -1,0 +1,69 @@
+"""While Redis is down the web process answers 503 with Retry-After within its own short
+budget (FLOWKIT_API_REDIS_RETRY_SECONDS), every endpoint, the WebSocket handshake and
+/healthz included, whatever budget the workers have to ride out a restart."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import websocket
+
+from flowkit.testing import LocalRedis
+from tests.api.conftest import API_KEY
+from tests.api.helpers import Gunicorn
+
+API_BUDGET = 2.0  # the default FLOWKIT_API_REDIS_RETRY_SECONDS
+#: What the answer may take beyond the budget (connection attempts, the server itself).
+SLACK = 2.5
+
+
+@pytest.fixture(scope="module")
+def web_on_a_redis_that_stops(flowkit_env, tmp_path_factory):
+    with LocalRedis() as redis_server:
+        env = {**flowkit_env, "FLOWKIT_REDIS_URL": redis_server.url,
+               "FLOWKIT_BROKER_URL": redis_server.url,
+               "FLOWKIT_REDIS_RETRY_SECONDS": "30"}  # the workers' budget: not the API's
+        log = tmp_path_factory.mktemp("outage") / "gunicorn.log"
+        web = Gunicorn(env, log, FLOWKIT_API_KEYS=API_KEY).start()
+        try:
+            with httpx.Client(base_url=web.url, timeout=30,
+                              headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+                run = client.post("/workflows/simple/runs", json={"n": 1}).json()
+                redis_server.stop()
+                yield web, client, run
+        finally:
+            web.stop()
+
+
+def timed(call):
+    began = time.monotonic()
+    result = call()
+    return result, time.monotonic() - began
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/runs"), ("GET", "/runs/{id}"), ("GET", "/runs/{id}/events"),
+    ("GET", "/runs/{id}/trace"), ("POST", "/workflows/simple/runs"),
+    ("POST", "/runs/{id}/cancel"), ("GET", "/healthz"),
+])
+def test_every_endpoint_answers_503_with_retry_after_within_the_api_budget(
+        web_on_a_redis_that_stops, method, path):
+    _, client, run = web_on_a_redis_that_stops
+    response, took = timed(lambda: client.request(method, path.format(id=run["id"]),
+                                                  json={"n": 1}))
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "store_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert took < API_BUDGET + SLACK
+
+
+def test_the_websocket_handshake_answers_503_within_the_api_budget(web_on_a_redis_that_stops):
+    web, _, run = web_on_a_redis_that_stops
+    url = f"ws{web.url[4:]}/runs/{run['id']}/stream?token={run['token']}"
+    began = time.monotonic()
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, timeout=10)
+    assert refused.value.status_code == 503
+    assert time.monotonic() - began < API_BUDGET + SLACK
