@@ -11,11 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from flowkit import config, events
-from flowkit.engine import notify
+from flowkit.engine import notify, trace
 from flowkit.store import get_store
 from flowkit.store.keys import shard_of
 from tests.chaos.conftest import of_type, open_gate, side_effects, waiting
 from tests.chaos.workflows import doomed, held
+from tests.conftest import wait_until
 
 HOLD = "1:chaos.hold"
 
@@ -46,6 +47,9 @@ def lapsed_run(deployment):
     a = deployment.worker("a")
     run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
     holder = waiting(run)["worker"]
+    # its opening trace record goes out with the next batch: let it, so the span exists
+    wait_until(lambda: any(s.get("step") == HOLD for s in trace.read(run.id)), 5,
+               "the held attempt's span")
     a.kill()
     store = get_store()
     lapses = store.redis.zscore(store.keys.leases(shard_of(run.id)), f"{run.id} {HOLD}")
@@ -86,6 +90,10 @@ def test_two_reapers_giving_up_fail_the_run_once_and_notify_once(chaos_app, depl
     assert body["type"] == "run.failed" and body["run_id"] == run.id
     assert body["failed_step"] == HOLD and body["error"]["type"] == "WorkerLost"
     assert received.empty(), "the webhook was called twice"
+    # the lost attempt's span ends with the run, saying so
+    [held_span] = [s for s in trace.read(run.id) if s.get("step") == HOLD]
+    assert held_span["status"] == "abandoned" and held_span["end"] == failed.finished_at
+    assert held_span["reason"] == "the run ended (failed) while it ran"
 
 
 def test_a_failed_step_notifies_the_webhook_once(chaos_app, deployment, webhook, monkeypatch):

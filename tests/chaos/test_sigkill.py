@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from flowkit import config
+from flowkit.engine import trace
 from flowkit.events import superseded_attempts
 from tests.chaos.conftest import of_type, open_gate, reruns, side_effects, waiting
 from tests.chaos.workflows import held
@@ -49,3 +50,11 @@ def test_sigkilled_worker_mid_step_resumes_on_another_within_the_bound(chaos_app
     assert restarted.data["superseded"] == [{"step": HOLD, "attempt": 1, "worker": first["worker"]}]
     assert superseded_attempts(history) == {(HOLD, 1)}
     assert [e.type for e in history].count("run.succeeded") == 1 and history[-1].terminal
+
+    # the killed attempt never closed its span: the trace ends it, saying why
+    spans = {(s["step"], s["attempt"]): s for s in trace.read(run.id) if s["kind"] == "step"}
+    killed_span = spans[(HOLD, 1)]
+    assert killed_span["status"] == "superseded" and "worker lost" in killed_span["reason"]
+    assert killed_span["end"] == restarted.data["ts"] >= killed_span["start"]
+    assert spans[(HOLD, 2)]["status"] == "ok"
+    assert [s for s in spans.values() if s["status"] == "running"] == []

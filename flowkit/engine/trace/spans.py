@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from ... import events
 from ...context import current
 from ...errors import RunCancelled
 from ...serialization import dumps, loads
@@ -49,13 +50,46 @@ def record(run_id: str, span: dict[str, Any], store: Store, wait: bool = True) -
 
 def read(run_id: str, store: Store, record_: dict[str, str]) -> list[dict[str, Any]]:
     """Every span recorded for ``run_id``, oldest first; the workflow span (made from the
-    run's record, ``record_``) leads."""
+    run's record, ``record_``) leads. An attempt whose worker never closed its span (it
+    died, or the run moved on) is shown ended, with why (:func:`_close_dead_attempts`)."""
     spans: dict[str, dict[str, Any]] = {}
     for raw in store.read_trace(run_id):
         doc = loads(raw)
         spans.setdefault(doc["id"], {}).update(doc)
-    head = [workflow_span(run_id, record_)] if record_ else []
-    return head + list(spans.values())
+    if not record_:
+        return list(spans.values())
+    _close_dead_attempts(run_id, store, record_, spans)
+    return [workflow_span(run_id, record_), *spans.values()]
+
+
+def _close_dead_attempts(
+    run_id: str, store: Store, record_: dict[str, str], spans: dict[str, dict[str, Any]]
+) -> None:
+    """End the step spans still "running" that no attempt will close: those superseded by
+    a restart (``superseded``, with the restart's reason and time) and, once the run has
+    ended, any other (``abandoned``, at the run's end). A trace of a finished run then
+    has no running span."""
+    open_spans = {(s["step"], s["attempt"]): s for s in spans.values()
+                  if s.get("kind") == "step" and s.get("status") == "running"}
+    if not open_spans:
+        return
+    if int(record_.get("restarts", 0) or 0) or int(record_.get("gen", 0) or 0):
+        for event in events.parse(store.history(run_id, events.START)):
+            if event.type != events.RUN_RESTARTED:
+                continue
+            for gone in event.data.get("superseded", ()):
+                span = open_spans.pop((gone["step"], gone["attempt"]), None)
+                if span is not None:
+                    span.update(status="superseded", end=max(event.data["ts"], span["start"]),
+                                reason=f"superseded by a restart: {event.data.get('reason')}")
+    if record_.get("finished_at"):
+        ended = float(record_["finished_at"])
+        for span in open_spans.values():
+            span.update(status="abandoned", end=max(ended, span["start"]),
+                        reason=f"the run ended ({record_.get('state')}) while it ran")
+    for span in spans.values():
+        if span.get("end") is not None and span.get("duration") is None:
+            span["duration"] = round(span["end"] - span["start"], 6)
 
 
 def workflow_span(run_id: str, h: dict[str, str]) -> dict[str, Any]:
