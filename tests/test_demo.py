@@ -32,4 +32,5 @@ def test_the_demo_runs_the_content_workflow_end_to_end(redis_server):
         assert re.search(rf"step.completed\s+{re.escape(step)}", out), step
     assert "run.succeeded" in out and "flowkit demo: run succeeded" in out
     assert "## test pilots: part 1" in out and "2 sections" in out
-    assert out.rstrip().endswith("flowkit demo: stopping everything it started")
+    assert "flowkit demo: stopping everything it started" in out
+    assert out.rstrip().endswith("flowkit demo: stopped everything it started")

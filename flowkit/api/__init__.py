@@ -1,6 +1,7 @@
 """flowkit's API plane: REST over workflows and runs, live streams over WebSocket and SSE."""
 
 from .blueprint import create_blueprint
+from .errors import ApiError
 from .extension import FlowKit
 
-__all__ = ["FlowKit", "create_blueprint"]
+__all__ = ["ApiError", "FlowKit", "create_blueprint"]

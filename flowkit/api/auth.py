@@ -10,6 +10,24 @@ In order, a request is let in by:
 3. the host app's ``authorize(request)`` callback: ``True`` for everything, or an
    owner string that scopes the caller to the runs it started;
 4. ``FLOWKIT_API_OPEN``: everything, without credentials (local development).
+
+A request none of them lets in gets ``401`` (code ``unauthorized``) with a message for
+the auth in use:
+
+- API keys only: ``Credentials required: send 'Authorization: Bearer <API key>'.``, or
+  ``Invalid API key or run token.`` when a bearer or ``?token=`` was sent;
+- an ``authorize`` callback: ``The host app's authorization refused this request.``;
+  with API keys too, it adds ``an API key also works: send 'Authorization: Bearer <API
+  key>'``; when a bearer or ``?token=`` was sent, it adds that the token is not a valid
+  run token (nor API key, with keys);
+- an expired run token, whatever the mode: ``This run token has expired.`` (code
+  ``token_expired``).
+
+To answer with its own status, code and message (a sign-in URL, a 403 for a known caller
+who may not use the API), the callback raises :class:`flowkit.api.errors.ApiError`, e.g.
+``raise ApiError(401, "login_required", "Sign in at /login first.")``; flowkit answers it
+as-is, adding ``WWW-Authenticate`` to a 401 that has none. A falsy return gets the
+message above.
 """
 
 from __future__ import annotations
@@ -55,8 +73,12 @@ class Access:
             raise ApiError(403, "forbidden", "This run belongs to another owner.")
 
 
+_CHALLENGE = 'Bearer realm="flowkit"'
+_SEND_KEY = "send 'Authorization: Bearer <API key>'"
+
+
 def _unauthorized(message: str, code: str = "unauthorized") -> ApiError:
-    return ApiError(401, code, message, headers={"WWW-Authenticate": 'Bearer realm="flowkit"'})
+    return ApiError(401, code, message, headers={"WWW-Authenticate": _CHALLENGE})
 
 
 class Authenticator:
@@ -103,14 +125,36 @@ class Authenticator:
             if run_id:
                 return Access(RUN, run_id=run_id)
         if self.options.authorize is not None:
-            granted = self.options.authorize(request)
+            granted = self._ask_host_app(request)
             if granted:
                 return Access(APP, owner=granted if isinstance(granted, str) else None)
         if self.options.open:
             return Access(OPEN)
-        if token:
-            raise _unauthorized("Invalid API key or run token.")
-        raise _unauthorized("Credentials required: send 'Authorization: Bearer <API key>'.")
+        raise self._refusal(sent_token=bool(token))
+
+    def _ask_host_app(self, request: Request) -> object:
+        """The authorize callback's answer; an ApiError it raises is the answer as-is
+        (a 401 gets the ``WWW-Authenticate`` challenge HTTP requires if it has none)."""
+        try:
+            return self.options.authorize(request)
+        except ApiError as refused:
+            if refused.status == 401:
+                refused.headers.setdefault("WWW-Authenticate", _CHALLENGE)
+            raise
+
+    def _refusal(self, sent_token: bool) -> ApiError:
+        """The 401 for a request nothing let in, worded for the auth configured."""
+        if self.options.authorize is None:
+            if sent_token:
+                return _unauthorized("Invalid API key or run token.")
+            return _unauthorized(f"Credentials required: {_SEND_KEY}.")
+        refused = "The host app's authorization refused this request"
+        if sent_token:
+            token = "API key or run token" if self.options.keys else "run token"
+            return _unauthorized(f"{refused}, and the token sent is not a valid {token}.")
+        if self.options.keys:
+            return _unauthorized(f"{refused}; an API key also works: {_SEND_KEY}.")
+        return _unauthorized(f"{refused}.")
 
 
 def _bearer(request: Request) -> str | None:

@@ -10,6 +10,7 @@ from flask import Flask
 import flowkit
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import start, ws_connect, ws_read
+from tests.conftest import open_gate
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_api_key_works_everywhere(api, client):
     sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", key="test-api-key")
     assert client.post(f"/runs/{run['id']}/cancel").status_code == 200
     assert ws_read(sock)[-1]["type"] == "run.cancelled"
+    open_gate(flowkit.get_run(run["id"]), "gated")  # free the worker's slot (and its shutdown)
 
 
 def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store):
@@ -112,3 +114,88 @@ def test_open_setting_lets_anyone_in(flowkit_env, worker, store):
         with httpx.Client(base_url=served.url) as anonymous:
             assert anonymous.get("/workflows").status_code == 200
             assert anonymous.post("/workflows/simple/runs", json={"n": 1}).status_code == 202
+
+
+# -- the 401's message fits the auth in use ------------------------------------------------
+
+REFUSED = "The host app's authorization refused this request"
+SEND_KEY = "send 'Authorization: Bearer <API key>'"
+
+
+def _refusal(response: httpx.Response) -> str:
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="flowkit"'
+    return response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def keys_and_callback_api(flowkit_env, worker):
+    """API keys and a callback: header X-Tenant names the caller's tenant."""
+
+    def authorize(request):
+        return request.headers.get("X-Tenant") or False
+
+    yield from serve(make_app(authorize=authorize))
+
+
+def test_401_with_api_keys_only_asks_for_an_api_key(api):
+    assert _refusal(api.client(key=None).get("/runs")) == f"Credentials required: {SEND_KEY}."
+    assert _refusal(api.client(key="not-a-key").get("/runs")) == "Invalid API key or run token."
+    assert _refusal(api.client(key=None).get("/runs", params={"token": "not-a-token"})) == (
+        "Invalid API key or run token.")
+
+
+def test_401_with_an_authorize_callback_says_the_host_app_refused(callback_api):
+    assert _refusal(callback_api.client(key=None).get("/runs")) == f"{REFUSED}."
+    assert _refusal(callback_api.client(key="not-a-token").get("/runs")) == (
+        f"{REFUSED}, and the token sent is not a valid run token.")
+    assert _refusal(callback_api.client(key=None).get("/runs", params={"token": "x"})) == (
+        f"{REFUSED}, and the token sent is not a valid run token.")
+    assert callback_api.client(key=None, headers={"X-Tenant": "acme"}).get("/runs").status_code == 200
+
+
+def test_401_with_a_callback_and_api_keys_says_an_api_key_also_works(keys_and_callback_api):
+    served = keys_and_callback_api
+    assert _refusal(served.client(key=None).get("/runs")) == (
+        f"{REFUSED}; an API key also works: {SEND_KEY}.")
+    assert _refusal(served.client(key="not-a-key").get("/runs")) == (
+        f"{REFUSED}, and the token sent is not a valid API key or run token.")
+    assert served.client().get("/runs").status_code == 200
+    assert served.client(key=None, headers={"X-Tenant": "acme"}).get("/runs").status_code == 200
+
+
+def test_an_expired_run_token_keeps_its_message_with_a_callback(flowkit_env, worker, store):
+    def authorize(request):
+        return request.headers.get("X-Tenant") or False
+
+    for served in serve(make_app(keys=[], authorize=authorize, token_ttl=-1)):
+        run = start(served.client(key=None, headers={"X-Tenant": "acme"}), "simple", {"n": 1})
+        response = served.client(key=run["token"]).get(f"/runs/{run['id']}")
+        assert response.status_code == 401
+        assert response.json()["error"] == {
+            "code": "token_expired", "message": "This run token has expired.", "fields": {}}
+
+
+def test_the_authorize_callback_can_answer_with_its_own_message(flowkit_env, worker):
+    from flowkit.api.errors import ApiError
+
+    def authorize(request):
+        if request.headers.get("X-Banned"):
+            raise ApiError(403, "suspended", "This account is suspended.")
+        if not request.headers.get("X-Session"):
+            raise ApiError(401, "login_required", "Sign in at /login first.")
+        return True
+
+    for served in serve(make_app(keys=[], authorize=authorize)):
+        anonymous = served.client(key=None).get("/runs")
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["code"] == "login_required"
+        assert anonymous.json()["error"]["message"] == "Sign in at /login first."
+        assert anonymous.headers["WWW-Authenticate"] == 'Bearer realm="flowkit"'
+        banned = served.client(key=None, headers={"X-Banned": "1"}).get("/runs")
+        assert banned.status_code == 403
+        assert banned.json()["error"] == {
+            "code": "suspended", "message": "This account is suspended.", "fields": {}}
+        assert "WWW-Authenticate" not in banned.headers
+        assert served.client(key=None, headers={"X-Session": "s"}).get("/runs").status_code == 200
