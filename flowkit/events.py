@@ -40,19 +40,26 @@ TERMINAL = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED})
 
 #: The cursor before a stream's first event.
 START = "0-0"
-#: A stream id as clients send it: ``<ms>-<seq>`` (or ``0``, the start).
-CURSOR_PATTERN = r"^(0|\d{1,20}-\d{1,20})$"
+#: A stream id as clients send it: ``<ms>-<seq>`` (or ``0``, the start), ASCII digits.
+CURSOR_PATTERN = r"^(0|[0-9]{1,20}-[0-9]{1,20})$"
 _CURSOR = re.compile(CURSOR_PATTERN)
+#: Redis stream ids are two unsigned 64-bit numbers.
+_MAX_PART = 2**64 - 1
 
 
 def parse_cursor(value: str | None) -> str | None:
-    """A client's resume cursor normalised (``0`` and "" are the start); None if invalid."""
+    """A client's resume cursor normalised (``0`` and "" are the start); None if it is not
+    a stream id Redis accepts."""
     if value is None:
         return None
     value = value.strip()
     if value in ("0", ""):
         return START
-    return value if _CURSOR.match(value) else None
+    if not _CURSOR.fullmatch(value):
+        return None
+    ms, seq = (int(part) for part in value.split("-"))
+    valid = ms <= _MAX_PART and seq <= _MAX_PART and (ms, seq) != (_MAX_PART, _MAX_PART)
+    return value if valid else None  # nothing follows the largest id: Redis refuses a range
 
 
 def cursor_order(event_id: str) -> tuple[int, int]:

@@ -115,6 +115,14 @@ def json_body() -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+        value = json.loads(raw, parse_constant=_no_constant)
+        json.dumps(value, ensure_ascii=False).encode()  # lone surrogates cannot be stored
+    except (ValueError, RecursionError, UnicodeEncodeError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON (strict: no "
+                       "NaN or Infinity, no lone surrogates, nested at most a few hundred "
+                       "levels).") from None
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

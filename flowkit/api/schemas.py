@@ -1,42 +1,104 @@
-"""marshmallow schemas of the API's query strings and responses (validation + OpenAPI)."""
+"""marshmallow schemas of the API's query strings and responses (validation + OpenAPI).
+
+The views load their query strings with the ``*Args`` schemas, and the OpenAPI document
+(:mod:`.openapi`) publishes the same schemas as the operations' query parameters, so the
+constraints a client reads are the ones the server enforces. The run token (``?token=``)
+is a credential, not a parameter: the document describes it as a security scheme.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from typing import Any
 
-from marshmallow import INCLUDE, Schema, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from ..engine.control import Run as RunRecord
-from ..events import CURSOR_PATTERN
 from ..states import RunState
 
 STATES = [s.value for s in RunState]
-_CURSOR = validate.Regexp(CURSOR_PATTERN, error="Not a stream event id like 1700000000000-0.")
+
+
+def _at_most(bound: int) -> str:
+    """A regex of the decimal numbers from 0 to ``bound`` (ASCII digits, as many leading
+    zeros as fit in ``bound``'s width)."""
+    digits = str(bound)
+    width = len(digits)
+    alternatives = [f"[0-9]{{1,{width - 1}}}"]
+    for i, digit in enumerate(digits):
+        rest = width - i - 1
+        if digit != "0":
+            lower = "0" if digit == "1" else f"[0-{int(digit) - 1}]"
+            alternatives.append(digits[:i] + lower + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "(" + "|".join([*alternatives, digits]) + ")"
+
+
+_U64 = _at_most(2**64 - 1)
+#: A cursor as a query parameter: ``0`` (the start) or an event id, as Redis takes it: two
+#: unsigned 64-bit integers (Redis refuses a larger part, and no id follows the largest).
+CURSOR_PATTERN = rf"^(0|{_U64}-{_U64})$"
+_LAST_ID = f"{2**64 - 1}-{2**64 - 1}"
+
+
+class _Cursor(validate.Regexp):
+    """The whole value matches :data:`CURSOR_PATTERN` (ASCII digits, no trailing newline),
+    and is not the largest id (nothing comes after it)."""
+
+    def __init__(self) -> None:
+        super().__init__(CURSOR_PATTERN, error="Not a stream event id like 1700000000000-0.")
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None or value == _LAST_ID:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+_CURSOR = _Cursor()
+
+#: Numbers as a query string writes them (ASCII), which is what the document's ``integer``
+#: and ``number`` allow; ``int()`` and ``float()`` alone would take " 5", "1_0" or "٥" too.
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+class _QueryInteger(fields.Integer):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or _INTEGER.fullmatch(value) is None:
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class _QueryNumber(fields.Float):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if not isinstance(value, str) or _NUMBER.fullmatch(value) is None:
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class ListRunsArgs(Schema):
     workflow = fields.String(validate=validate.Length(1, 200))
     state = fields.String(validate=validate.OneOf(STATES))
-    limit = fields.Integer(validate=validate.Range(1, 10_000))
+    limit = _QueryInteger(validate=validate.Range(1, 10_000))
     before = fields.String(validate=validate.Length(1, 64), metadata={
         "description": "Run id: the page of runs older than this one (the previous `next`)."})
 
 
 class EventsArgs(Schema):
     after = fields.String(validate=_CURSOR, metadata={
-        "description": "Event id: only events after it. `Last-Event-ID` does the same for SSE."})
-    limit = fields.Integer(validate=validate.Range(1, 100_000))
-    token = fields.String(metadata={"description": "A run token, for clients that cannot send headers."})
+        "description": "Event id: only events after it (`0`: from the start). `Last-Event-ID` "
+                       "does the same for SSE."})
+    limit = _QueryInteger(validate=validate.Range(1, 100_000))
 
 
 class StartArgs(Schema):
-    wait = fields.Float(validate=validate.Range(0, 86_400), metadata={
+    wait = _QueryNumber(validate=validate.Range(0, 86_400), metadata={
         "description": "Hold the request up to this many seconds for the run to end."})
 
 
 class StreamArgs(Schema):
-    after = fields.String(validate=_CURSOR)
-    token = fields.String()
+    after = fields.String(validate=_CURSOR, metadata={
+        "description": "Event id: only events after it (`0`: from the start)."})
 
 
 class ErrorBody(Schema):
@@ -84,9 +146,12 @@ class Run(Schema.from_dict({**_run_fields(), "urls": fields.Nested(RunUrls, requ
 
 
 class StartedRun(Run):
-    created = fields.Boolean(required=True, metadata={"description": "False: an idempotent replay."})
-    token = fields.String(required=True, metadata={"description": "Run-scoped read token."})
-    token_expires_in = fields.Integer(required=True)
+    created = fields.Boolean(required=True,
+                             metadata={"description": "False: an idempotent replay."})
+    token = fields.String(required=True, metadata={
+        "description": "Run-scoped read token (bearer, or ?token=): the run's record, output, "
+                       "events, stream and trace."})
+    token_expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
 
 
 class RunPage(Schema):
@@ -131,7 +196,25 @@ class Trace(Schema):
     spans = fields.List(fields.Dict(), required=True)
 
 
+class Worker(Schema):
+    """A live worker node, as it announced itself when ready (more fields may follow)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True)
+    queues = fields.List(fields.String())
+    pool = fields.String()
+    concurrency = fields.Integer()
+    processes = fields.Integer(required=True)
+    last_beat = fields.Float(required=True)
+    seconds_since_beat = fields.Float(required=True)
+
+
 class Health(Schema):
-    status = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded"]), metadata={
+        "description": "`degraded` (still 200): no live worker, or a served workflow's queue "
+                       "that no live worker consumes; `problems` says which."})
     redis = fields.Boolean(required=True)
-    workers = fields.Integer(required=True)
+    workers = fields.List(fields.Nested(Worker), required=True)
+    problems = fields.List(fields.String(), required=True)

@@ -149,6 +149,7 @@ def relay(ws, sub: Subscriber) -> None:
             if batch:
                 sink.send_all(batch)
             if sub.done:
+                sub.close()  # unsubscribed before the closing handshake's wait
                 if sub.shutting_down:  # 1012 Service Restart: reconnect with the last id
                     close(ws, 1012, "server restarting; reconnect with your last event id")
                 else:

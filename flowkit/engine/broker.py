@@ -51,6 +51,9 @@ def celery_config(settings: Settings) -> dict:
         "result_backend_thread_safe": True,
         "result_expires": min(settings.retention_seconds, 24 * 3600),
         "broker_connection_retry_on_startup": True,
+        # a worker or beat rides out a broker outage of any length (Celery gives up after
+        # 100 attempts by default, about 45 minutes)
+        "broker_connection_max_retries": None,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_send_sent_event": False,
         "beat_schedule": {

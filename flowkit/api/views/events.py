@@ -8,6 +8,7 @@ from flask_sock import Sock
 from ...engine import control
 from ...events import START, parse_cursor
 from .. import schemas
+from ..errors import ApiError
 from ..requests import negotiated_stream, query
 from ..state import state
 from ..streaming import SSE, stream_response
@@ -23,8 +24,20 @@ def register(bp: Blueprint, sock: Sock) -> None:
     def _check_socket() -> None:
         # Checked before the WebSocket handshake, so a refusal is a plain HTTP error.
         if request.endpoint == f"{bp.name}.stream":
+            _check_handshake()
             load_run(request.view_args["run_id"])
             g.flowkit_cursor = parse_cursor(query(schemas.StreamArgs).get("after")) or START
+
+
+def _check_handshake() -> None:
+    """A WebSocket upgrade the server cannot complete is a 4xx here, not an error inside it."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return  # a plain GET: flask-sock answers 400
+    if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        raise ApiError(400, "bad_request", "Only WebSocket version 13 is supported: send "
+                       "Sec-WebSocket-Version: 13.", headers={"Sec-WebSocket-Version": "13"})
+    if "Sec-WebSocket-Key" not in request.headers:
+        raise ApiError(400, "bad_request", "A WebSocket handshake needs Sec-WebSocket-Key.")
 
 
 def get_events(run_id: str):

@@ -17,6 +17,7 @@ from ..representations import run_json, workflow_json
 from ..requests import access, json_body, negotiated_stream, query, wait_seconds
 from ..state import state
 from ..streaming import stream_response
+from ..validation import check_input
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -47,8 +48,10 @@ def start_run(name: str):
             "Idempotency-Key": ["1 to 255 visible ASCII characters."]})
     wait = wait_seconds(query(schemas.StartArgs).get("wait"))
     kind = negotiated_stream()
-    run = control.start(wf, json_body(), idempotency_key=key, owner=who.owner,
-                        store=current.store)
+    body = json_body()
+    wf.validate(body)  # marshmallow's own field messages first
+    check_input(wf.input_schema, body)  # then what it lets through the published schema refuses
+    run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store)
     who.require_run(run.id, run.owner)  # an idempotency key of another owner's run
     token = current.auth.issue(run.id)
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
