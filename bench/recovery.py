@@ -10,6 +10,13 @@ runs its restore sweep. A standby worker that was already running did not redeli
 within 160 s on this machine, so the baseline is Celery's best case: the standby starts,
 and sweeps, right after the timeout. Own private Redis; prints each trial, the medians,
 and last a machine-readable RESULT line. BENCH_TRIALS (3), BENCH_MODES to choose.
+
+The ``loaded`` mode (BENCH_MODES=loaded) measures recovery under load: BENCH_LOADED_RUNS
+(40) runs of 18 steps (a chain, a parallel block, a fan-out, an agent loop) on 3 prefork
+workers with tight settings, one of them SIGKILLed (and replaced) every 3-8 s for
+BENCH_LOADED_SECONDS (90): the median and worst time from a kill to the killed step's next
+attempt starting, and the share of restarts "between steps" (an upper bound of the
+spurious ones: a run whose next message was in the broker must not be restarted).
 """
 
 from __future__ import annotations
@@ -100,9 +107,69 @@ class Trial:
                 beat.wait()
 
 
+def loaded() -> dict[str, float]:
+    """The loaded mode (see the module doc); returns its figures."""
+    import random
+
+    from bench.loaded import Recovery
+    from flowkit import config
+    from flowkit.testing import LocalRedis, WorkerProcess
+
+    runs_wanted = int(os.environ.get("BENCH_LOADED_RUNS", "40"))
+    seconds = float(os.environ.get("BENCH_LOADED_SECONDS", "90"))
+    rng = random.Random(11)
+    with LocalRedis() as server, tempfile.TemporaryDirectory() as tmp:
+        env = {"FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{server.port}/1",
+               "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{server.port}/0",
+               "PYTHONPATH": str(ROOT), **TIGHT}
+        os.environ.update(env)
+        config.reset()
+        from bench.recovery_app import long_run
+
+        def worker(name: str) -> WorkerProcess:
+            return WorkerProcess("bench.recovery_app", name=name, env=env, cwd=str(ROOT),
+                                 pool="prefork", concurrency=2).start()
+
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "bench.recovery_app", "beat",
+             "--schedule", f"{tmp}/beat", "--loglevel", "WARNING"],
+            env={**os.environ, **env}, cwd=str(ROOT), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        workers = [worker(f"w{i}") for i in range(3)]
+        kills: dict[str, float] = {}
+        try:
+            runs = [long_run.start({"pause": 0.2}) for _ in range(runs_wanted)]
+            ends, n = time.monotonic() + seconds, 0
+            while time.monotonic() < ends:
+                time.sleep(rng.uniform(3, 8))  # the chaos schedule
+                i = rng.randrange(3)
+                kills[workers[i].name] = time.time()
+                workers[i].kill()
+                n += 1
+                workers[i] = worker(f"w{i}k{n}")
+            finished = [run.wait(600) for run in runs]
+        finally:
+            for w in workers:
+                w.kill()
+            os.killpg(beat.pid, 9)
+        failed = [r.id for r in finished if r.state != "succeeded"]
+        recovery = Recovery()
+        for run in runs:
+            recovery.add(run.events(), kills)
+    print(f"loaded: {len(kills)} kills, {recovery.restarts} restarts "
+          f"({recovery.between_steps} between steps), {len(failed)} runs failed")
+    print(f"loaded: kill -> the killed step's next attempt: median {recovery.median:.2f} s, "
+          f"worst {recovery.worst:.2f} s over {len(recovery.seconds)} steps")
+    return {"loaded_median_s": recovery.median, "loaded_max_s": recovery.worst,
+            "loaded_spurious_share": recovery.spurious_share, "loaded_failed": len(failed)}
+
+
 def main() -> int:
     from flowkit import config
     from flowkit.testing import LocalRedis
+
+    wanted = os.environ.get("BENCH_MODES", "default,tight,celery,loaded").split(",")
+    figures = loaded() if "loaded" in wanted else {}
 
     results: dict[str, list[float]] = {"default": [], "tight": [], "celery": []}
     with LocalRedis() as server, tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +200,6 @@ def main() -> int:
             ("tight", TIGHT, flowkit_run, True, False),
             ("celery", {"FLOWKIT_VISIBILITY_TIMEOUT": str(VISIBILITY)}, celery_task, False, True),
         ]
-        wanted = os.environ.get("BENCH_MODES", "default,tight,celery").split(",")
         for name, extra, submit, with_beat, late_standby in [m for m in modes if m[0] in wanted]:
             trial = Trial({**base, **extra}, tmp, late_standby)
             for i in range(TRIALS):
@@ -153,7 +219,8 @@ def main() -> int:
     print(f"ratio celery/flowkit default: {med['celery'] / med['default']:.1f}x, "
           f"celery/flowkit tight: {med['celery'] / med['tight']:.1f}x")
     print(f"RESULT default_s={med['default']:.2f} tight_s={med['tight']:.2f} "
-          f"celery_redelivery_s={med['celery']:.2f}")
+          f"celery_redelivery_s={med['celery']:.2f} "
+          + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
     return 0
 
 

@@ -41,3 +41,39 @@ def raw_hold(key: str) -> None:
     """The baseline: plain Celery, redelivered by the broker after its visibility timeout."""
     _started(key)
     _block(key)
+
+
+# -- the loaded mode: 18-step runs with every shape, workers SIGKILLed under load ------------
+
+
+@flowkit.component(name="bench.step")
+def step(data: dict) -> dict:
+    """A step of real length (``pause`` seconds), so the queue stays busy."""
+    time.sleep(data.get("pause", 0.2))
+    return {**data, "n": data.get("n", 0) + 1}
+
+
+@flowkit.component(name="bench.first_of")
+def first_of(outputs: list) -> dict:
+    return outputs[0]
+
+
+@flowkit.component(name="bench.spread")
+def spread(data: dict) -> list:
+    return [dict(data) for _ in range(3)]
+
+
+@flowkit.component(name="bench.decide")
+def decide(data: dict) -> object:
+    """An agent loop: two more turns, then done."""
+    time.sleep(data.get("pause", 0.2))
+    if data.get("turns", 0) < 2:
+        return flowkit.continue_with(decide, {**data, "turns": data.get("turns", 0) + 1})
+    return data
+
+
+#: 18 steps: a chain, a parallel block, a fan-out and an agent loop.
+long_run = flowkit.Workflow("bench.long", [
+    step, step, step, flowkit.parallel(step, [step, step]), first_of, spread,
+    flowkit.fan_out(step), first_of, decide, step, step, step,
+])

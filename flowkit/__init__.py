@@ -24,15 +24,37 @@ from typing import TYPE_CHECKING, Any
 from . import workflow as _workflow
 from .component import Component, component, continue_with
 from .config import Settings, configure, get_settings
-from .context import context, emit, is_cancelled, progress
+from .context import (
+    context,
+    emit,
+    is_cancelled,
+    progress,
+    sleep,
+    sleep_until,
+    wait_for_event,
+    wait_for_input,
+)
 from .engine import control as _control
 from .engine.broker import get_app
-from .engine.control import Run, cancel, follow, get_run, history, list_runs, retry, wait
+from .engine.control import (
+    Run,
+    cancel,
+    follow,
+    get_run,
+    history,
+    list_runs,
+    retry,
+    send_event,
+    send_input,
+    wait,
+)
 from .engine.step import StepContext
 from .errors import (
     ConfigError,
+    EventTimeout,
     FlowkitError,
     IdempotencyConflict,
+    InputTimeout,
     InvalidState,
     NotFound,
     PayloadTooLarge,
@@ -42,6 +64,7 @@ from .errors import (
     StepTimeout,
     StoreUnavailable,
     ValidationError,
+    WaitTimeout,
     WorkflowNotFound,
 )
 from .events import Event
@@ -61,9 +84,11 @@ __all__ = [
     "Component",
     "ConfigError",
     "Event",
+    "EventTimeout",
     "FlowKit",
     "FlowkitError",
     "IdempotencyConflict",
+    "InputTimeout",
     "InvalidState",
     "NotFound",
     "PayloadTooLarge",
@@ -76,6 +101,7 @@ __all__ = [
     "StepTimeout",
     "StoreUnavailable",
     "ValidationError",
+    "WaitTimeout",
     "Workflow",
     "WorkflowNotFound",
     "cancel",
@@ -99,7 +125,13 @@ __all__ = [
     "parallel",
     "progress",
     "retry",
+    "send_event",
+    "send_input",
+    "sleep",
+    "sleep_until",
     "wait",
+    "wait_for_event",
+    "wait_for_input",
     "workflows",
 ]
 

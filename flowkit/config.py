@@ -48,6 +48,7 @@ class Settings:
     retry_initial: float = _default("retry_initial")
     retry_maximum: float = _default("retry_maximum")
     drain_grace: float = _default("drain_grace")
+    event_lookback_seconds: float = _default("event_lookback_seconds")
     failure_webhook: str = _default("failure_webhook")
     failure_webhook_timeout: float = _default("failure_webhook_timeout")
     llm_retry_attempts: int = _default("llm_retry_attempts")

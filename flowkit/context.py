@@ -8,10 +8,13 @@ talk to it. Outside a run, :func:`progress` and :func:`emit` do nothing and
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar, Token
+from datetime import datetime
 from typing import Any, Protocol
 
 from .errors import FlowkitError
+from .schemas import SchemaLike
 
 
 class RunningStep(Protocol):
@@ -26,6 +29,13 @@ class RunningStep(Protocol):
     def call(self, component: Any, args: tuple, kwargs: dict) -> Any:
         """A component called inside this step: a checkpointed sub-step."""
         ...
+
+    def wait_for_input(self, name: str, schema: SchemaLike, prompt: str | None,
+                       timeout: float | None) -> Any: ...
+
+    def wait_for_event(self, key: str, timeout: float | None, lookback: float | None) -> Any: ...
+
+    def sleep_until(self, deadline: float) -> None: ...
 
 
 _current: ContextVar[Any] = ContextVar("flowkit_step", default=None)
@@ -70,3 +80,56 @@ def activate(step: RunningStep | None) -> Token:
 
 def deactivate(token: Token) -> None:
     _current.reset(token)
+
+
+# -- waits: the step pauses, the worker is free, the run waits --------------------------
+
+
+def wait_for_input(
+    name: str, schema: SchemaLike = None, prompt: str | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Pause the step until input ``name`` is sent to the run (``flowkit.send_input``,
+    ``POST /runs/<id>/input/<name>``, ``flowkit input``); return it, validated by
+    ``schema`` (marshmallow fields, Schema, or a dict of fields).
+
+    The run is ``waiting`` meanwhile: no Celery task and no worker slot is held. The step
+    runs again from its start once the input is there: the code before the wait replays
+    (components called inside it return their checkpoints), and this call returns the
+    input, checkpointed (a later restart replays it, never asks again). Past ``timeout``
+    seconds it raises :class:`flowkit.InputTimeout`. Outside a run it raises.
+    """
+    return _step("wait_for_input").wait_for_input(name, schema, prompt, timeout)
+
+
+def wait_for_event(key: str, timeout: float | None = None, lookback: float | None = None) -> Any:
+    """Pause the step until an event is sent under ``key`` (``flowkit.send_event``,
+    ``POST /events/<key>``); return its data. Every run waiting on ``key`` wakes. An event
+    sent before the wait began counts when it is at most ``lookback`` seconds old (None:
+    it does not; events are kept FLOWKIT_EVENT_LOOKBACK_SECONDS at most). Past ``timeout``
+    seconds it raises :class:`flowkit.EventTimeout`."""
+    return _step("wait_for_event").wait_for_event(key, timeout, lookback)
+
+
+def sleep(seconds: float) -> None:
+    """Pause the step for ``seconds`` without holding a worker (outside a run: time.sleep).
+    A restart while it sleeps keeps the original deadline."""
+    sleep_until(time.time() + seconds)
+
+
+def sleep_until(when: datetime | float) -> None:
+    """Pause the step until ``when`` (a timezone-aware datetime or a Unix time)."""
+    deadline = when.timestamp() if isinstance(when, datetime) else float(when)
+    ctx = _current.get()
+    if ctx is None:
+        time.sleep(max(0.0, deadline - time.time()))
+        return
+    ctx.sleep_until(deadline)
+
+
+def _step(what: str) -> RunningStep:
+    ctx = _current.get()
+    if ctx is None:
+        raise FlowkitError(f"flowkit.{what}() pauses a step of a run; outside a run nothing "
+                           "can answer it (in a unit test, give the component its input).")
+    return ctx

@@ -55,6 +55,10 @@ RETRY_ATTEMPTS = 1
 RETRY_INITIAL = 1.0
 RETRY_MAXIMUM = 30.0
 
+#: How long an event sent with ``flowkit.send_event`` is kept for waits that begin later
+#: and look back (``wait_for_event(..., lookback=...)`` can look back this far at most).
+EVENT_LOOKBACK_SECONDS = 3600.0
+
 #: Seconds a worker waits for running steps on SIGTERM before handing them over.
 DRAIN_GRACE = 30.0
 #: URL that receives a JSON POST once per failed run (a step gave up, or the reaper did).

@@ -15,9 +15,19 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     ├── RunCancelled         raised inside a step whose run was cancelled or superseded
     ├── StoreUnavailable     flowkit's Redis stayed unreachable past FLOWKIT_REDIS_RETRY_SECONDS
     ├── StepTimeout          one attempt of a step ran longer than its timeout (also a TimeoutError)
+    ├── WaitTimeout          a paused step's wait ran out (also a TimeoutError)
+    │   ├── InputTimeout     wait_for_input got no input in time
+    │   └── EventTimeout     wait_for_event got no event in time
     ├── RateLimitWait        a shared rate-limit budget did not free up in time (flowkit.llm
     │                        fails over to the next provider)
     └── ApiError             (flowkit.api.errors) an HTTP error the API answers as it is
+
+One root stands apart, on purpose::
+
+    BaseException
+    └── StepSuspended        a step pauses (a wait): raised through the component's code to
+                             the engine, which frees the worker; not an Exception, so an
+                             ``except Exception`` in a component does not swallow it
 
 Anything else that escapes flowkit is a bug, or an error of the code it runs (a
 component's own exception is the step's error, recorded in the run).
@@ -91,6 +101,23 @@ class StoreUnavailable(FlowkitError):
 
 class StepTimeout(FlowkitError, TimeoutError):
     """One attempt of a step exceeded the component's timeout."""
+
+
+class WaitTimeout(FlowkitError, TimeoutError):
+    """A wait of a paused step ran out; raised inside the step (its error boundary and retry
+    policy decide what follows). A replay of the step raises it again at the same wait."""
+
+
+class InputTimeout(WaitTimeout):
+    """``wait_for_input`` got no input before its timeout."""
+
+
+class EventTimeout(WaitTimeout):
+    """``wait_for_event`` got no event before its timeout."""
+
+
+class StepSuspended(BaseException):  # noqa: N818 - a signal to the engine, not an error
+    """The running step paused to wait: the engine frees its worker and the run waits."""
 
 
 class RateLimitWait(FlowkitError):

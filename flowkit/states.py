@@ -8,9 +8,13 @@ names as constants (``RunState.QUEUED`` is ``QUEUED`` in Lua, see
 
 A run moves through its states like this::
 
-    queued --> running --> succeeded | failed | cancelled
-       ^          |
-       +----------+  (restart: reaper, drain handover, retry of a failed run)
+    scheduled --> queued --> running <--> waiting
+                    ^          |  \
+                    |          |   +--> succeeded | failed | cancelled
+                    +----------+  (restart, retry, input, event, timer)
+
+``scheduled``: a delayed start not yet due. ``waiting``: paused inside a step for input,
+an event or a timer, with nothing in flight: no Celery message, no worker slot.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from enum import StrEnum
 
 
 class RunState(StrEnum):
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -68,6 +74,33 @@ class RestartCause(StrEnum):
     ORPHANED = "orphaned"
     #: nothing in flight and no activity since a (long) deadline
     STALLED = "stalled"
+
+
+class WaitKind(StrEnum):
+    """What a paused step waits for (``Store.begin_wait``)."""
+
+    INPUT = "input"
+    EVENT = "event"
+    SLEEP = "sleep"
+
+
+class WaitOutcome(StrEnum):
+    """What ``begin_wait`` decided, and what delivering to a wait did."""
+
+    #: the step pauses: the run waits (or keeps running other branches)
+    PAUSED = "paused"
+    #: what it waits for is already there (delivered, timed out): the step goes on
+    READY = "ready"
+    #: the run moved on (ended, or another generation): the attempt stops
+    STOPPED = "stopped"
+    #: delivered, and nothing else holds the run back: the caller sends its frontier
+    RESUMED = "resumed"
+    #: delivered; the run still waits for another wait, or for steps in flight
+    DELIVERED = "delivered"
+    #: this very value was delivered already (a resend, a double click)
+    SAME = "same"
+    #: no wait of that name is open (another value won, or the run does not wait)
+    NOT_WAITING = "not_waiting"
 
 
 class RestartRefusal(StrEnum):

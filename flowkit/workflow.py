@@ -15,23 +15,9 @@ import marshmallow
 
 from .errors import ConfigError, ValidationError, WorkflowNotFound
 from .nodes import Sequence, as_node
+from .schemas import SchemaLike, as_schema
 
 _workflows: dict[str, Workflow] = {}
-
-SchemaLike = type[marshmallow.Schema] | marshmallow.Schema | dict | None
-
-
-def _schema(schema: SchemaLike, what: str) -> marshmallow.Schema | None:
-    if schema is None:
-        return None
-    if isinstance(schema, marshmallow.Schema):
-        return schema
-    if isinstance(schema, type) and issubclass(schema, marshmallow.Schema):
-        return schema()
-    if isinstance(schema, dict):
-        return marshmallow.Schema.from_dict(schema, name=what)()
-    raise ConfigError(f"{what} must be a marshmallow Schema (class or instance) or a dict of fields.")
-
 
 class Workflow:
     """A named workflow. ``steps`` is a list of components, ``parallel(...)`` and ``fan_out(...)``.
@@ -57,8 +43,8 @@ class Workflow:
         assert isinstance(root, Sequence)
         self.name = name
         self.root = root
-        self.input_schema = _schema(input_schema, f"{name}Input")
-        self.output_schema = _schema(output_schema, f"{name}Output")
+        self.input_schema = as_schema(input_schema, f"{name}Input")
+        self.output_schema = as_schema(output_schema, f"{name}Output")
         self.version = str(version)
         self.description = description
         #: Queue of this workflow's runs; None: the default queue of the app starting it.

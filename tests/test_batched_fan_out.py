@@ -6,7 +6,7 @@ import pytest
 
 import flowkit
 from flowkit.engine import trace
-from flowkit.engine.fanout import item_key
+from flowkit.engine.paths import item_key
 from flowkit.store import get_store
 from tests import workflows as wf
 from tests.conftest import counts, open_gate, wait_until

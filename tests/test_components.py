@@ -11,7 +11,7 @@ from marshmallow import fields
 import flowkit
 from flowkit import ConfigError, ValidationError, component, continue_with, exponential
 from flowkit.engine import broker
-from flowkit.engine.executor import continuation_key
+from flowkit.engine.paths import continuation_key
 from flowkit.policy import Policy
 from flowkit.worker import checks
 

@@ -196,6 +196,49 @@ def hands_over(x: int) -> object:
     return continue_with(square, x)
 
 
+@component(name="t.record")
+def record(data: dict) -> dict:
+    """A side effect inside a step: checkpointed, so a replayed step does not repeat it."""
+    count("record")
+    return data
+
+
+@component(name="t.approve")
+def approve(data: dict) -> dict:
+    """Asks a person, through wait_for_input; the step replays after the answer."""
+    count("approve")
+    record(data)
+    decision = flowkit.wait_for_input(
+        "approval", schema={"ok": fields.Boolean(required=True), "note": fields.String()},
+        prompt="Publish this?", timeout=data.get("timeout"))
+    return {**data, "approved": decision["ok"]}
+
+
+@component(name="t.await_payment")
+def await_payment(data: dict) -> dict:
+    paid = flowkit.wait_for_event(f"payment:{data['order']}", timeout=data.get("timeout"),
+                                  lookback=data.get("lookback"))
+    return {**data, "paid": paid}
+
+
+@component(name="t.doze")
+def doze(data: dict) -> dict:
+    began = time.time()
+    flowkit.sleep(data["seconds"])
+    return {**data, "slept_from": data.get("slept_from", began)}
+
+
+@component(name="t.ask_item")
+def ask_item(i: int) -> int:
+    answer = flowkit.wait_for_input(f"item-{i}", schema={"value": fields.Integer(required=True)})
+    return answer["value"]
+
+
+@component(name="t.branch_total")
+def branch_total(outputs: list) -> dict:
+    return {"outputs": outputs}
+
+
 number_schema = {"n": fields.Integer(required=True), "fail_times": fields.Integer(load_default=2)}
 
 chain3 = flowkit.Workflow("chain3", [add_one, gated, double], input_schema=number_schema)
@@ -233,6 +276,13 @@ caching_v2 = flowkit.Workflow("caching_v2", [cached.cache(ttl=60, version="2")])
 inline = flowkit.Workflow("inline", [with_inline], input_schema=number_schema)
 signing_in = flowkit.Workflow("signing_in", [sign_in.secret("token", "password"), use_token])
 reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number_schema)
+approval = flowkit.Workflow("approval", [approve, record], input_schema={
+    "n": fields.Integer(required=True), "timeout": fields.Float(allow_none=True)})
+payment = flowkit.Workflow("payment", [await_payment])
+dozing = flowkit.Workflow("dozing", [doze])
+waiting_branches = flowkit.Workflow("waiting_branches", [
+    parallel(approve, [add_one, double]), branch_total])
+waiting_items = flowkit.Workflow("waiting_items", [split, fan_out(ask_item), total])
 #: Its step goes to a queue the session's worker does not consume.
 LONELY = "lonely"
 lonely = flowkit.Workflow("lonely", [add_one.queue(LONELY)], input_schema=number_schema)

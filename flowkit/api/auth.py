@@ -65,9 +65,13 @@ class Access:
         if self.kind == RUN:
             raise ApiError(403, "forbidden", "A run token only reads its own run.")
 
-    def require_run(self, run_id: str, run_owner: str = "", write: bool = False) -> None:
+    def require_run(
+        self, run_id: str, run_owner: str = "", write: bool = False, answer: bool = False
+    ) -> None:
+        """Reads of the run; ``write``: changing it (cancel, retry); ``answer``: sending
+        input to its waits, which its own run token may (a page answering its form)."""
         if self.kind == RUN:
-            if write or run_id != self.run_id:
+            if run_id != self.run_id or (write and not answer):
                 raise ApiError(403, "forbidden", "This token is for another run, or read-only.")
         elif self.owner is not None and run_owner != self.owner:
             raise ApiError(403, "forbidden", "This run belongs to another owner.")

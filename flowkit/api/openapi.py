@@ -12,7 +12,6 @@ operations. ``tests/api/test_openapi.py`` runs schemathesis against it with ever
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
 import marshmallow
@@ -141,17 +140,6 @@ def _plugin() -> tuple[APISpec, MarshmallowPlugin]:
     return spec, plugin
 
 
-@lru_cache(maxsize=256)
-def _json_schema_of(schema: marshmallow.Schema) -> dict[str, Any]:
-    _, plugin = _plugin()
-    return plugin.converter.schema2jsonschema(schema)
-
-
-def json_schema(schema: marshmallow.Schema | None) -> dict[str, Any] | None:
-    """JSON Schema of a workflow's marshmallow schema (None when it has none)."""
-    return None if schema is None else _json_schema_of(schema)
-
-
 def has_required_fields(schema: marshmallow.Schema | None) -> bool:
     """Whether an input schema requires any field (then a start needs a request body)."""
     return schema is not None and any(f.required for f in schema.load_fields.values())
@@ -265,6 +253,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
     for name, header in _HEADERS.items():
         spec.components.header(name, header)
     for name in ("Error", "Run", "StartedRun", "RunPage", "EventPage", "Output", "WorkflowInfo",
+                 "Delivered", "EventSent",
                  "WorkflowList", "Trace", "Worker", "Health"):
         spec.components.schema(name, schema=getattr(schemas, name))
     spec.components.schema("SseEvent", component=_SSE_EVENT)
@@ -346,6 +335,29 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         spec.path(f"{p}/runs/{{run_id}}/{action}", operations={"post": {
             "operationId": f"{action}Run", "summary": summary, "parameters": [_RUN_ID],
             "responses": _responses({status: "Run"}, (*_RUN, 409, 413))}})
+    spec.path(f"{p}/runs/{{run_id}}/input/{{name}}", operations={"post": {
+        "operationId": "sendInput",
+        "summary": "Answer a run paused in wait_for_input(name): the JSON body is the value, "
+                   "held to the schema the wait published (in its run.waiting event and the "
+                   "run's `waits`). 202 once accepted (`resumed`, or `delivered` while it still "
+                   "waits for more); the same value again is 200 (`same`); 409 when the run "
+                   "does not wait for that input (or another value was accepted first). A "
+                   "run token may answer its own run.",
+        "parameters": [_RUN_ID, {"in": "path", "name": "name", "required": True,
+                                 "schema": {"type": "string"}, "description": "The input's name."}],
+        "requestBody": {"required": True, "content": {_JSON: {"schema": {}}}},
+        "security": _RUN_READ,
+        "responses": _responses({200: "Delivered", 202: "Delivered"}, (*_RUN, 400, 409, 413))}})
+    spec.path(f"{p}/events/{{key}}", operations={"post": {
+        "operationId": "sendEvent",
+        "summary": "Send an event under `key`: every run waiting for it in "
+                   "wait_for_event(key) wakes with the JSON body as its data; kept for waits "
+                   "that begin later and look back (FLOWKIT_EVENT_LOOKBACK_SECONDS).",
+        "parameters": [{"in": "path", "name": "key", "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "description": "The event's key, e.g. `payment:42`."}],
+        "requestBody": {"required": False, "content": {_JSON: {"schema": {}}}},
+        "responses": _responses({202: "EventSent"}, (*_AUTH, 400, 413, 503))}})
     spec.path(f"{p}/runs/{{run_id}}/trace", operations={"get": {
         "operationId": "getTrace", "summary": "The run's trace spans.", "parameters": [_RUN_ID],
         "security": _RUN_READ, "responses": _responses({200: "Trace"}, _RUN)}})

@@ -7,8 +7,8 @@ from typing import Any
 from flask import url_for
 
 from ..engine.control import Run
+from ..schemas import json_schema
 from ..workflow import Workflow
-from .openapi import json_schema
 from .state import state
 
 

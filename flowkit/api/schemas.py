@@ -94,6 +94,13 @@ class EventsArgs(Schema):
 class StartArgs(Schema):
     wait = _QueryNumber(validate=validate.Range(0, 86_400), metadata={
         "description": "Hold the request up to this many seconds for the run to end."})
+    delay = _QueryNumber(validate=validate.Range(0, 366 * 86_400), metadata={
+        "description": "Start the run this many seconds from now (it is `scheduled` until "
+                       "then, visible and cancellable)."})
+    start_at = fields.AwareDateTime(metadata={
+        "description": "Start the run at this time (ISO 8601 with a time zone); it is "
+                       "`scheduled` until then. Given with `delay`, `start_at` wins; a time "
+                       "past starts the run now."})
 
 
 class StreamArgs(Schema):
@@ -131,6 +138,7 @@ _RUN_FIELD_TYPES = {
     "dict[str, Any] | None": lambda: fields.Dict(allow_none=True),
     "dict[str, int] | None": lambda: fields.Dict(keys=fields.String(), values=fields.Integer(),
                                                  allow_none=True),
+    "list[dict[str, Any]] | None": lambda: fields.List(fields.Dict(), allow_none=True),
 }
 
 
@@ -218,3 +226,17 @@ class Health(Schema):
     redis = fields.Boolean(required=True)
     workers = fields.List(fields.Nested(Worker), required=True)
     problems = fields.List(fields.String(), required=True)
+
+
+class Delivered(Schema):
+    outcome = fields.String(required=True, validate=validate.OneOf(
+        ["resumed", "delivered", "same"]), metadata={
+        "description": "`resumed`: the run continues now; `delivered`: it still waits for "
+                       "another wait or for steps in flight; `same`: this value was accepted "
+                       "before (nothing changed)."})
+    run = fields.Nested(Run, required=True)
+
+
+class EventSent(Schema):
+    woken = fields.Integer(required=True, metadata={
+        "description": "How many waiting runs the event answered."})

@@ -1,4 +1,4 @@
-"""``flowkit status|events|cancel|retry``: inspect and control runs from a shell."""
+"""``flowkit status|events|cancel|retry|input|event``: inspect, control and answer runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 
 from .. import events as ev
 from ..engine import control as runs
+from ..errors import FlowkitError
 
 
 def _with_app(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,26 @@ def retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(text: str, what: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise FlowkitError(f"{what} must be JSON, e.g. '{{\"approved\": true}}' or '\"yes\"' "
+                           "(quote it for your shell).") from None
+
+
+def send_input(args: argparse.Namespace) -> int:
+    delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"))
+    _print({"outcome": delivery.outcome.value, "run": runs.get_run(args.run_id).to_dict()})
+    return 0
+
+
+def send_event(args: argparse.Namespace) -> int:
+    data = _json_arg(args.data, "the data") if args.data is not None else None
+    _print({"woken": runs.send_event(args.key, data)})
+    return 0
+
+
 def register(subs) -> None:
     p = subs.add_parser("status", help="print a run's record as JSON")
     p.add_argument("run_id")
@@ -64,3 +85,14 @@ def register(subs) -> None:
     p.add_argument("run_id")
     _with_app(p)
     p.set_defaults(func=retry)
+
+    p = subs.add_parser("input", help="answer a run waiting in wait_for_input(NAME)")
+    p.add_argument("run_id")
+    p.add_argument("name")
+    p.add_argument("value", help="the value, as JSON")
+    p.set_defaults(func=send_input)
+
+    p = subs.add_parser("event", help="send an event: runs waiting in wait_for_event(KEY) wake")
+    p.add_argument("key")
+    p.add_argument("data", nargs="?", default=None, help="its data, as JSON (default: null)")
+    p.set_defaults(func=send_event)

@@ -22,6 +22,13 @@ from ..config import Settings, get_settings
 _app: Celery | None = None
 _lock = threading.Lock()
 
+#: Priorities on the Redis transport: 0 is served first. Fresh work gets the default (3);
+#: a run that continues (restart, retry, answered wait) sends its frontier at 0, so its
+#: recovery does not wait behind the backlog of new runs.
+CONTINUED_PRIORITY = 0
+FRESH_PRIORITY = 3
+PRIORITY_STEPS = [0, 3, 6, 9]
+
 
 def celery_config(settings: Settings) -> dict:
     return {
@@ -43,7 +50,10 @@ def celery_config(settings: Settings) -> dict:
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             "max_connections": settings.connection_pool_size,
+            # one Redis list per priority step, consumed in this order (0 first)
+            "priority_steps": PRIORITY_STEPS,
         },
+        "task_default_priority": FRESH_PRIORITY,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         # one result backend (and Redis connection pool) per process: by default Celery
         # makes one per thread, and under gevent every task is a new greenlet, so each
@@ -61,7 +71,8 @@ def celery_config(settings: Settings) -> dict:
             "flowkit-reaper": {
                 "task": "flowkit.reaper",
                 "schedule": settings.reaper_interval,
-                "options": {"expires": max(settings.reaper_interval * 10, 30.0)},
+                "options": {"expires": max(settings.reaper_interval * 10, 30.0),
+                            "priority": CONTINUED_PRIORITY},
             },
             "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0},
         },

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Signature, chain, group
 from celery.backends.redis import RedisBackend
+from celery.canvas import _chain, _chord
 
 from ..component import Component, lookup
 from ..nodes import FanOut, Node, Parallel, Sequence, Step
@@ -94,18 +95,45 @@ def routed(queue: str | None) -> dict[str, str]:
     return {"queue": queue} if queue else {}
 
 
-def compile_run(
-    root: Sequence, workflow: str, run_id: str, gen: int, queue: str | None = None
-) -> Signature:
-    """The canvas of generation ``gen`` of a run; every task goes to ``queue`` unless its
-    component names another, so a run stays on the deployment (colour) that started it."""
-    finish = get_app().signature(
+def with_priority(sig: Signature, delivery: dict | None) -> Signature:
+    """``sig`` with every message it will publish at the priority of ``delivery`` (a task's
+    ``request.delivery_info``, or ``{"priority": n}``): a continued run's later messages
+    keep its priority. Unchanged when there is none."""
+    priority = (delivery or {}).get("priority")
+    if priority is not None:
+        for leaf in _leaves(sig):
+            leaf.set(priority=priority)
+    return sig
+
+
+def _leaves(sig: Signature):
+    """The task signatures of a canvas (chains, groups and chords walked through)."""
+    if isinstance(sig, (_chain, group, _chord)):
+        for task in sig.tasks:
+            yield from _leaves(task)
+        if isinstance(sig, _chord) and sig.body is not None:
+            yield from _leaves(sig.body)
+    else:
+        yield sig
+
+
+def finish_signature(workflow: str, run_id: str, gen: int, queue: str | None) -> Signature:
+    """The last task of every canvas: it validates the output and ends the run."""
+    return get_app().signature(
         "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
         **routed(queue), **result_options(),
     )
-    return chain(compile_node(root, "", run_id, gen, queue), finish)
+
+
+def compile_run(
+    root: Sequence, workflow: str, run_id: str, gen: int, queue: str | None = None
+) -> Signature:
+    """The whole canvas of generation ``gen`` of a run; every task goes to ``queue`` unless its
+    component names another, so a run stays on the deployment (colour) that started it."""
+    return chain(compile_node(root, "", run_id, gen, queue),
+                 finish_signature(workflow, run_id, gen, queue))
 
 
 def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None) -> None:
-    """Send generation ``gen`` of the run's canvas, its first step receiving ``payload``."""
+    """Send generation ``gen`` of the run's whole canvas, its first step receiving ``payload``."""
     compile_run(workflow.root, workflow.name, run_id, gen, queue).apply_async(args=(payload,))

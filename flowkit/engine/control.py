@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any
 
 from kombu.exceptions import OperationalError
@@ -18,20 +19,23 @@ from ulid import ULID
 from .. import events
 from ..config import get_settings
 from ..errors import (
+    ConfigError,
     IdempotencyConflict,
     InvalidState,
     RunCancelled,
     RunNotFound,
     StepError,
     StoreUnavailable,
+    ValidationError,
 )
+from ..schemas import json_errors
 from ..serialization import dumps, dumps_bounded, loads
-from ..states import RunState
+from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
 from ..workflow import Workflow, workflows
 from . import canvas
 from . import trace as traces
-from .broker import get_app
+from .broker import CONTINUED_PRIORITY, get_app
 
 
 def _num(value: str | None) -> float | None:
@@ -67,6 +71,12 @@ class Run:
     attempts: dict[str, int] | None = None
     #: What a queued run waits for when no live worker can take it (``get_run`` says).
     waiting_for: str | None = None
+    #: The open waits of a paused run: kind, name, step, prompt, schema, expires_at.
+    waits: list[dict[str, Any]] | None = None
+    #: Restarts in a row that the run made no progress after (FLOWKIT_MAX_RESTARTS).
+    stuck_restarts: int = 0
+    #: When a scheduled run is due (a delayed start).
+    start_at: float | None = None
     #: False when ``start`` found an existing run for the idempotency key.
     created: bool = field(default=True, compare=False)
 
@@ -92,28 +102,34 @@ class Run:
             heartbeat_at=_num(h.get("heartbeat_at")),
             worker=h.get("worker") or None,
             queue=h.get("queue") or None,
+            stuck_restarts=int(h.get("stuck_restarts", 0)),
+            start_at=_num(h.get("start_at")),
         )
 
     @staticmethod
     def new_record(
         run_id: str, workflow: Workflow, input_json: str, now: float, owner: str | None,
-        idempotency_key: str | None, queue: str,
+        idempotency_key: str | None, queue: str, start_at: float | None = None,
     ) -> dict[str, Any]:
-        """The record a new run is stored with (queued, generation 0)."""
-        return {
+        """The record a new run is stored with (queued, or scheduled; generation 0)."""
+        record = {
             "id": run_id, "workflow": workflow.name, "version": workflow.version,
-            "state": RunState.QUEUED.value, "input": input_json, "created_at": now,
-            "updated_at": now, "gen": 0, "restarts": 0, "owner": owner or "",
-            "idempotency_key": idempotency_key or "", "queue": queue,
+            "state": (RunState.QUEUED if start_at is None else RunState.SCHEDULED).value,
+            "input": input_json, "created_at": now, "updated_at": now, "gen": 0, "restarts": 0,
+            "owner": owner or "", "idempotency_key": idempotency_key or "", "queue": queue,
         }
+        if start_at is not None:
+            record["start_at"] = start_at
+        return record
 
     @classmethod
     def load(cls, run_id: str, store: Store | None = None) -> Run:
-        record, attempts = (store or get_store()).load_run(run_id)
+        record, attempts, waits = (store or get_store()).load_run(run_id)
         if not record:
             raise not_found(run_id)
         run = cls.from_record(record)
         run.attempts = {step: int(n) for step, n in attempts.items()}
+        run.waits = waits
         return run
 
     @property
@@ -161,24 +177,31 @@ def not_found(run_id: str) -> RunNotFound:
 
 def start(
     workflow: Workflow, input: Any = None, *, idempotency_key: str | None = None,
-    owner: str | None = None, store: Store | None = None,
+    owner: str | None = None, delay: float | None = None, start_at: datetime | float | None = None,
+    store: Store | None = None,
 ) -> Run:
     """Validate ``input``, store a queued run and enqueue its canvas (``Workflow.start``).
 
     With ``idempotency_key``, a second start with the same key returns the first run
-    (``run.created`` is False) and enqueues nothing. ``store``: the store to use (the
-    API passes its own, with a short retry budget); by default this process's.
+    (``run.created`` is False) and enqueues nothing. With ``delay`` (seconds) or
+    ``start_at`` (a datetime, or a Unix time) the run is ``scheduled``: beat starts it
+    then (visible and cancellable meanwhile). ``store``: the store to use (the API passes
+    its own, with a short retry budget); by default this process's.
     """
     store = store or get_store()
     payload = workflow.validate(input)
     input_json = dumps_bounded(payload, "the workflow input")
     queue = workflow.queue or get_app().conf.task_default_queue
-    run_id = str(ULID())
-    record = Run.new_record(run_id, workflow, input_json, time.time(), owner, idempotency_key,
-                            queue)
-    queued = events.make(events.RUN_QUEUED, run_id, workflow=workflow.name,
-                         version=workflow.version)
-    winner, created = store.create_run(record, queued, idempotency_key)
+    run_id, now = str(ULID()), time.time()
+    due = _due(now, delay, start_at)
+    record = Run.new_record(run_id, workflow, input_json, now, owner, idempotency_key, queue, due)
+    if due is None:
+        first = events.make(events.RUN_QUEUED, run_id, workflow=workflow.name,
+                            version=workflow.version)
+    else:
+        first = events.make(events.RUN_SCHEDULED, run_id, workflow=workflow.name,
+                            version=workflow.version, start_at=due)
+    winner, created = store.create_run(record, first, idempotency_key, start_at=due)
     if not created:
         existing = Run.load(winner, store)
         if dumps(existing.input) != dumps(payload):
@@ -189,8 +212,26 @@ def start(
         existing.created = False
         return existing
     run = Run.load(winner, store)  # as created: queued (a worker may start it at once)
-    _send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue))
+    if due is None:
+        _send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue))
     return run
+
+
+def _due(now: float, delay: float | None, start_at: datetime | float | None) -> float | None:
+    """When a delayed start is due (None: start now)."""
+    if delay is not None and start_at is not None:
+        raise ConfigError("start(...) takes delay= or start_at=, not both.")
+    if delay is not None:
+        if delay < 0:
+            raise ConfigError("start(delay=...) is a number of seconds >= 0.")
+        return now + float(delay) if delay > 0 else None
+    if start_at is None:
+        return None
+    if isinstance(start_at, datetime):
+        if start_at.tzinfo is None:
+            raise ConfigError("start(start_at=...) needs a timezone-aware datetime.")
+        start_at = start_at.timestamp()
+    return float(start_at) if float(start_at) > now else None
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -334,7 +375,83 @@ def resume(run: Run, gen: int) -> None:
     """Ask a worker of the run's own queue to enqueue generation ``gen`` of its canvas
     (it has the workflow version the run started with; this process may not)."""
     _send(lambda: get_app().send_task(
-        "flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue))
+        "flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue,
+        priority=CONTINUED_PRIORITY))
+
+
+# -- answering waits ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What answering a wait did: ``outcome`` (a WaitOutcome) and, when the run resumed,
+    its new generation (whose frontier was enqueued)."""
+
+    outcome: WaitOutcome
+    gen: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED, WaitOutcome.SAME)
+
+
+def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -> Delivery:
+    """Deliver input ``name`` to a run waiting for it (``flowkit.wait_for_input``).
+
+    Raises ValidationError (field messages) when ``value`` breaks the schema the wait
+    published, InvalidState when the run does not wait for ``name`` (or another value was
+    accepted first); the same value sent again is accepted (SAME) and changes nothing.
+    """
+    store = store or get_store()
+    run = Run.load(run_id, store)
+    wait = next((w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name),
+                None)
+    if wait is not None:
+        errors = json_errors(wait.get("schema"), value)
+        if errors:
+            raise ValidationError(errors, f"Invalid input {name!r}.")
+    answer = dumps_bounded({"input": value}, f"input {name!r}")
+    resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name,
+                          step=wait["step"] if wait else None)
+    outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
+    if outcome == WaitOutcome.NOT_WAITING:
+        raise InvalidState(f"Run {run_id} is {run.state} and does not wait for input {name!r}"
+                           + (" (another value was accepted first)." if wait is None else "."))
+    if outcome == WaitOutcome.RESUMED:
+        resume(run, gen)
+    return Delivery(outcome, gen)
+
+
+def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
+    """Send an event under ``key``: every run waiting for it (``flowkit.wait_for_event``)
+    wakes with ``data``; returns how many. It is kept FLOWKIT_EVENT_LOOKBACK_SECONDS for
+    waits that begin later and look back."""
+    store = store or get_store()
+    now, settings = time.time(), get_settings()
+    data_json = dumps_bounded(data, f"the data of event {key!r}")
+    store.record_sent(key, data_json, now, settings.event_lookback_seconds)
+    answer = dumps({"event": data})
+    woken = 0
+    for run_id, wait_key in store.take_wakers(key):
+        resumed = events.make(events.RUN_RESUMED, run_id, by="event", name=key)
+        outcome, gen = store.deliver(run_id, "key", wait_key, answer, now, resumed)
+        if outcome == WaitOutcome.RESUMED:
+            resume(Run.load(run_id, store), gen)
+        woken += outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED)
+    return woken
+
+
+def fire_due_timers(now: float | None = None, store: Store | None = None) -> list[str]:
+    """Fire every due timer (a wait's timeout, a sleep's end, a delayed start): each is one
+    atomic claim, so two sweeps never fire one twice. Returns the runs it resumed."""
+    store, now = store or get_store(), time.time() if now is None else now
+    resumed: list[str] = []
+    for run_id, key in store.due_timers(now):
+        outcome, gen = store.fire_timer(run_id, key, now)
+        if outcome == WaitOutcome.RESUMED:
+            resume(Run.load(run_id, store), gen)
+            resumed.append(run_id)
+    return resumed
 
 
 def _send(publish: Callable[[], Any]) -> None:

@@ -19,22 +19,22 @@ from .. import events, hooks
 from ..component import Component, Continue, lookup
 from ..config import get_settings
 from ..context import activate, deactivate
-from ..errors import RunCancelled, StoreUnavailable, describe_error
+from ..errors import RunCancelled, StepSuspended, StoreUnavailable, describe_error
 from ..policy import Policy, call_with_timeout
 from ..serialization import dumps_bounded, loads
 from ..states import StepStart
 from ..store import Begin, Store, get_store
 from ..workflow import get_workflow, workflows
-from . import cache, canvas, notify
-from .control import Run
+from . import cache, canvas, frontier, notify
+from .control import Run, resume
 from .drain import draining
 from .heartbeat import heartbeat, worker_id
+from .paths import CONTINUE, continuation_key, continuation_of
 from .step import StepContext
 from .trace import redaction, spans
 from .trace.writer import writer
 
 log = logging.getLogger(__name__)
-CONTINUE = "$continue"
 
 
 def run_step(
@@ -74,12 +74,12 @@ def _run_step(
     else:
         log.info("flowkit: step %s of run %s not run (%s)", key, run_id, begin.status)
         raise Ignore()
-    if isinstance(output, dict) and CONTINUE in output:
+    if continuation_of(output) is not None:
         if task is None:
             fail_run(run_id, gen, key, f"{name} continues with another step, which an item of a "
                      "batched fan_out cannot do: fan it out with batch=1")
             raise Ignore()
-        return _continue(task, store, output[CONTINUE], run_id, key, gen)
+        return _continue(task, store, continuation_of(output), run_id, key, gen)
     return output
 
 
@@ -113,6 +113,10 @@ def _run_attempts(
     heartbeat.track(run_id, key, token)
     try:
         output_json, cached = _produce(store, comp, pol, value, new_context, before_sleep, key)
+    except StepSuspended as paused:
+        # the step waits (its lease let go in begin_wait): the worker slot is free now
+        log.info("flowkit: %s", paused)
+        raise Ignore() from None
     except RunCancelled:
         log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
         raise Ignore() from None
@@ -134,8 +138,10 @@ def _run_attempts(
     )
     now = time.time()
     # the attempt's trace records and the checkpoint in one round trip
-    won = writer.flush_with(store, lambda records: store.complete_step(
+    won, resume_gen = writer.flush_with(store, lambda records: store.complete_step(
         run_id, key, token, output_json, now, completed, worker, trace=records))
+    if resume_gen:  # the last step in flight of a run whose waits were answered meanwhile
+        resume(Run.load(run_id, store), resume_gen)
     return loads(won)
 
 
@@ -218,14 +224,6 @@ def _continuation_spec(cont: Continue) -> dict[str, Any]:
     return spec
 
 
-def continuation_key(key: str, component: str) -> tuple[str, int]:
-    """``2:agent`` -> ``2+1:search``; ``2+1:search`` -> ``2+2:<component>``."""
-    path = key.partition(":")[0]
-    base, _, n = path.partition("+")
-    depth = int(n or 0) + 1
-    return f"{base}+{depth}:{component}", depth
-
-
 def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -> Any:
     next_key, depth = continuation_key(key, spec["component"])
     limit = get_settings().max_continuations
@@ -239,7 +237,7 @@ def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -
     [queue] = store.run_fields(run_id, "queue")
     sig = canvas.step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"),
                                 (spec["input"],), run_queue=queue or None)
-    return task.replace(sig)
+    return task.replace(canvas.with_priority(sig, task.request.delivery_info))
 
 
 # -- the ends of a canvas ---------------------------------------------------------------------
@@ -262,8 +260,9 @@ def finish_run(output: Any, *, run_id: str, gen: int, workflow: str) -> None:
 
 
 def resume_run(*, run_id: str, gen: int) -> None:
-    """Enqueue generation ``gen`` of a run's canvas, built by a worker of the run's own
-    deployment (its queue), so a restarted run continues on the code that started it."""
+    """Enqueue the frontier of generation ``gen`` of a run (what remains, at the continued
+    priority), built by a worker of the run's own deployment (its queue), so a restarted
+    run continues on the code that started it."""
     run = Run.load(run_id)
     if run.gen != gen or run.done:
         return  # restarted again, or finished, since this was sent
@@ -275,4 +274,6 @@ def resume_run(*, run_id: str, gen: int) -> None:
             f"{wf.version}; give each version its own queue (FLOWKIT_DEFAULT_QUEUE) and workers",
         )
         raise Ignore()
-    canvas.enqueue(wf, run_id, gen, run.input, run.queue)
+    remaining, first_input = frontier.compile_frontier(
+        wf, run_id, gen, run.input, get_store().checkpoints(run_id), run.queue)
+    remaining.apply_async(args=(first_input,))

@@ -19,16 +19,13 @@ from celery import chord, group
 from celery.exceptions import Ignore, Reject
 
 from ..errors import StoreUnavailable
+from ..serialization import loads
 from ..store import get_store
-from .canvas import result_options, routed, step_queue, step_signature
+from .canvas import result_options, routed, step_queue, step_signature, with_priority
 from .drain import draining
 from .executor import fail_run, run_step
 from .heartbeat import worker_id
-
-
-def item_key(base: str, index: int, component: str) -> str:
-    """``1`` -> ``1[3]:ask``: the step key of item 3 of the fan-out at path ``1``."""
-    return f"{base}[{index}]:{component}"
+from .paths import item_key
 
 
 def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str,
@@ -43,16 +40,26 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
     store.touch(run_id, worker_id(), time.time())
     base = key.partition(":")[0]
     queue = store.run_fields(run_id, "queue")[0] or None
+    # items checkpointed already (a continued run) are not sent again: they join as stored
+    stored = store.checkpoints_of(run_id, [item_key(base, i, component) for i in range(len(items))])
+    known = {str(i): loads(out) for i, out in enumerate(stored) if out is not None}
+    if len(known) == len(items):
+        return [known[str(i)] for i in range(len(items))]
     if batch <= 1:
+        order = [i for i in range(len(items)) if str(i) not in known]
         header = group(
-            step_signature(component, run_id, item_key(base, i, component), gen, policy, (item,),
-                           run_queue=queue)
-            for i, item in enumerate(items)
+            step_signature(component, run_id, item_key(base, i, component), gen, policy,
+                           (items[i],), run_queue=queue)
+            for i in order
         )
         # Replacing with a bare group would join through celery.accumulate on the worker's
         # default queue, which a worker serving only the run's queue never consumes.
-        join = task.app.signature("celery.accumulate", kwargs={"index": 0}, **routed(queue))
+        join = task.app.signature("flowkit.merge", kwargs={"known": known, "order": order},
+                                  **routed(queue), **result_options())
     else:
+        firsts = [first for first in range(0, len(items), batch)
+                  if any(str(i) not in known for i in range(first, min(first + batch, len(items))))]
+        order = [i for first in firsts for i in range(first, min(first + batch, len(items)))]
         header = group(
             task.app.signature(
                 "flowkit.fan_out_batch", args=(items[first:first + batch],),
@@ -60,10 +67,12 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
                         "component": component, "policy": policy},
                 queue=step_queue(component, policy, queue), **result_options(),
             )
-            for first in range(0, len(items), batch)
+            for first in firsts
         )
-        join = task.app.signature("flowkit.gather", **routed(queue), **result_options())
-    return task.replace(chord(header, join))
+        known = {i: out for i, out in known.items() if int(i) not in order}
+        join = task.app.signature("flowkit.gather", kwargs={"known": known, "order": order},
+                                  **routed(queue), **result_options())
+    return task.replace(with_priority(chord(header, join), task.request.delivery_info))
 
 
 def fan_out_batch(items: list, *, run_id: str, base: str, first: int, gen: int, component: str,
@@ -93,6 +102,16 @@ def fan_out_batch(items: list, *, run_id: str, base: str, first: int, gen: int, 
     return [f.result() for f in futures]
 
 
-def gather(batches: list[list[Any]]) -> list[Any]:
-    """The outputs of a batched fan-out's items, in order, as one list."""
-    return [output for batch in batches for output in batch]
+def gather(batches: list[list[Any]], known: dict[str, Any] | None = None,
+           order: list[int] | None = None) -> list[Any]:
+    """The outputs of a batched fan-out's items, in order, as one list (with the stored
+    outputs of the batches a continued run did not send again)."""
+    flat = [output for batch in batches for output in batch]
+    return merge(flat, known, order) if known else flat
+
+
+def merge(results: list[Any], known: dict[str, Any], order: list[int]) -> list[Any]:
+    """``flowkit.merge``: outputs in order: the stored ones (``known``, by index) with those
+    of the branches or items that ran (``results``, for the indexes in ``order``)."""
+    ran = dict(zip(order, results, strict=True))
+    return [known[str(i)] if str(i) in known else ran[i] for i in range(len(known) + len(ran))]

@@ -2,9 +2,10 @@
 
 It restarts runs whose step lease lapsed (the worker died or froze), re-drives
 runs stuck in ``queued`` (their message was lost) or running with nothing in
-flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS restarts. Every
-decision is an atomic claim in Redis (restart.lua), so two reapers never restart a
-run twice.
+flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS restarts in a row
+without progress. It also fires the timers that are due (a wait's timeout, a sleep's
+end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
+fire_timer.lua), so two reapers never restart a run or fire a timer twice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..config import get_settings
 from ..states import RestartCause, RestartRefusal, RunState
 from ..store import get_store
 from . import notify
-from .control import Run, resume
+from .control import Run, fire_due_timers, resume
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
     for run_id in store.quiet_since(limit):
         restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
+    report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
     return report
 
 

@@ -12,10 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events
-from ..errors import FlowkitError, NotFound, RunCancelled
+from ..config import get_settings
+from ..errors import (
+    EventTimeout,
+    FlowkitError,
+    InputTimeout,
+    NotFound,
+    RunCancelled,
+    StepSuspended,
+    ValidationError,
+)
 from ..policy import call_with_timeout
-from ..serialization import dumps_bounded, loads
-from ..states import LIVE_STATES
+from ..schemas import SchemaLike, as_schema, json_schema
+from ..serialization import dumps, dumps_bounded, loads
+from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
 
 
@@ -103,6 +113,76 @@ class StepContext:
         output = dumps_bounded(value, f"output of {key}")
         return loads(self.store.save_checkpoint(self.run_id, key, output))
 
+    # -- waits ------------------------------------------------------------------------
+
+    def wait_for_input(self, name: str, schema: SchemaLike, prompt: str | None,
+                       timeout: float | None) -> Any:
+        """See :func:`flowkit.wait_for_input`."""
+        loaded = as_schema(schema, f"{name}Input")
+        spec = {"prompt": prompt, "schema": json_schema(loaded)}
+        answer = self._wait(WaitKind.INPUT, name, spec, _deadline(timeout))
+        if "timeout" in answer:
+            raise InputTimeout(f"no input {name!r} within {timeout:g}s (step {self.step})")
+        value = answer["input"]
+        if loaded is None:
+            return value
+        try:
+            return loaded.dump(loaded.load(value))
+        except Exception as exc:  # marshmallow's own checks, past the published schema
+            raise ValidationError(getattr(exc, "messages", {"_schema": [str(exc)]}),
+                                  f"Input {name!r} failed its schema.") from None
+
+    def wait_for_event(self, key: str, timeout: float | None, lookback: float | None) -> Any:
+        """See :func:`flowkit.wait_for_event`."""
+        answer = self._wait(WaitKind.EVENT, key, {"key": key}, _deadline(timeout),
+                            lookback=lookback)
+        if "timeout" in answer:
+            raise EventTimeout(f"no event {key!r} within {timeout:g}s (step {self.step})")
+        return answer["event"]
+
+    def sleep_until(self, deadline: float) -> None:
+        """See :func:`flowkit.sleep_until`."""
+        self._wait(WaitKind.SLEEP, "sleep", {}, deadline)
+
+    def _wait(self, kind: WaitKind, name: str, spec: dict[str, Any], due: float | None,
+              lookback: float | None = None) -> dict[str, Any]:
+        """The answer of this wait (``{"input": ...}``, ``{"event": ...}``, ``{"timeout":
+        true}``, ``{"slept": true}``); pauses the step (StepSuspended) until there is one."""
+        key = f"{self.step}/{self._calls}:wait:{kind}:{name}"
+        self._calls += 1
+        answer = self.store.checkpoint(self.run_id, key)
+        if answer is None and kind == WaitKind.EVENT:
+            # indexed before anything else: an event sent from now on answers it (early, if
+            # need be: deliver.lua), one sent before is found by the look-back below
+            self.store.add_waker(name, self.run_id, key, get_settings().retention_seconds)
+            sent = self.store.sent_since(name, time.time() - lookback) if lookback else None
+            if sent is not None:  # sent before the wait began, within its look-back
+                answer = self.store.save_checkpoint(self.run_id, key, dumps({"event": loads(sent)}))
+        if answer is None:
+            answer = self._pause(key, kind, name, spec, due)
+        return loads(answer)
+
+    def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
+               due: float | None) -> str:
+        if self.abandoned:
+            raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
+        now = time.time()
+        spec = {"kind": kind.value, "name": name, "step": self.step, "expires_at": due,
+                "since": now, **spec}
+        waiting = events.make(events.RUN_WAITING, self.run_id, step=self.step,
+                              **{k: v for k, v in spec.items() if k not in ("step", "since")})
+        outcome, answer = self.store.begin_wait(self.run_id, self.gen, self.step, self.token, key,
+                                                spec, due, now, waiting)
+        if outcome == WaitOutcome.READY:
+            return answer
+        if outcome == WaitOutcome.PAUSED:
+            raise StepSuspended(f"step {self.step} waits for {kind} {name!r}")
+        raise RunCancelled(f"Run {self.run_id} was cancelled or restarted; stop step {self.step}.")
+
     def abandon(self) -> None:
         """This attempt timed out: its further events raise RunCancelled in its thread."""
         self.abandoned = True
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.time() + float(timeout)

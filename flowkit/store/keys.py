@@ -10,15 +10,21 @@ every key one run script touches hashes to the same Cluster slot::
     flowkit:{s07}:run:<id>:attempts     HASH    step key -> attempts started
     flowkit:{s07}:run:<id>:inflight     HASH    step key -> lease JSON {token, worker, attempt, expires}
     flowkit:{s07}:run:<id>:emits        HASH    step key -> "<emit id> <stream id>" of its last emit
+    flowkit:{s07}:run:<id>:waits        HASH    wait key -> spec JSON of an open wait
+    flowkit:{s07}:run:<id>:answered     HASH    wait key -> spec JSON of an answered wait
     flowkit:{s07}:run:<id>:trace        STREAM  trace span records
     flowkit:{s07}:run:<id>:notified     STRING  the failure notification's claim
     flowkit:{s07}:running               ZSET    run id -> last sign of life
     flowkit:{s07}:queued                ZSET    run id -> when it was (re)queued
     flowkit:{s07}:leases                ZSET    "<run id> <step>" -> when the lease lapses
+    flowkit:{s07}:timers                ZSET    "<run id> <wait key>" -> when it fires
+                                                ("<run id> $start": a delayed start)
 
 Keys that no run script touches live outside the shards, each a single-key operation:
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
-(idempotency claims), ``flowkit:workers`` and ``flowkit:nodes`` (worker presence),
+(idempotency claims), ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
+``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
+``flowkit:workers`` and ``flowkit:nodes`` (worker presence),
 ``flowkit:cache:...``,
 ``flowkit:llm:rate:...`` and the relay's wake streams.
 
@@ -65,6 +71,12 @@ class Keys:
     def emits(self, run_id: str) -> str:
         return f"{self.run(run_id)}:emits"
 
+    def waits(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:waits"
+
+    def answered(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:answered"
+
     def trace(self, run_id: str) -> str:
         return f"{self.run(run_id)}:trace"
 
@@ -86,13 +98,17 @@ class Keys:
     def leases(self, shard: int) -> str:
         return f"{self.tag(shard)}:leases"
 
+    def timers(self, shard: int) -> str:
+        return f"{self.tag(shard)}:timers"
+
     def script_keys(self, run_id: str) -> list[str]:
         """The KEYS every run script receives, in lib.lua's order."""
         shard = shard_of(run_id)
         run = self.run(run_id)
         return [
             run, f"{run}:events", f"{run}:ckpt", f"{run}:attempts", f"{run}:inflight",
-            f"{run}:emits", self.running(shard), self.queued(shard), self.leases(shard),
+            f"{run}:emits", f"{run}:waits", f"{run}:answered",
+            self.running(shard), self.queued(shard), self.leases(shard), self.timers(shard),
         ]
 
     # -- outside the shards ----------------------------------------------------------------
@@ -123,6 +139,14 @@ class Keys:
     def llm_rate(self, provider: str, model: str) -> str:
         """Hash of the shared rate-limit buckets of one provider and model (flowkit.llm)."""
         return f"{self.prefix}:llm:rate:{provider}:{model}"
+
+    def wakers(self, event_key: str) -> str:
+        """SET "<run id> <wait key>" of the waits for events sent under ``event_key``."""
+        return f"{self.prefix}:wakers:{event_key}"
+
+    def sent(self, event_key: str) -> str:
+        """STREAM of the events sent under ``event_key`` lately (a wait's look-back)."""
+        return f"{self.prefix}:sent:{event_key}"
 
     def relay_wake(self, name: str) -> str:
         """A relay hub's private stream: an entry wakes its blocked XREAD."""

@@ -2,7 +2,8 @@
 
 A run script runs as three parts joined: the vocabulary of :mod:`flowkit.states` as Lua
 constants (``STATE_QUEUED = 'queued'``, ``START_RUN = 'run'``, ``CAUSE_ORPHANED =
-'orphaned'``, ``REFUSED_ALIVE = 'alive'``), ``lib.lua`` (the run keys and the helpers
+'orphaned'``, ``REFUSED_ALIVE = 'alive'``, ``KIND_INPUT = 'input'``, ``WAIT_PAUSED =
+'paused'``), ``lib.lua`` (the run keys and the helpers
 every run script shares), and the script's own file. A standalone script (the rate
 buckets) is its file alone. Each file's header names its KEYS and ARGV.
 """
@@ -13,16 +14,17 @@ from enum import StrEnum
 from functools import cache
 from importlib import resources
 
-from ..states import RestartCause, RestartRefusal, RunState, StepStart
+from ..states import RestartCause, RestartRefusal, RunState, StepStart, WaitKind, WaitOutcome
 
 #: Lua constant prefix of each vocabulary.
 _VOCABULARIES: dict[str, type[StrEnum]] = {
     "STATE": RunState, "START": StepStart, "CAUSE": RestartCause, "REFUSED": RestartRefusal,
+    "KIND": WaitKind, "WAIT": WaitOutcome,
 }
 
 RUN_SCRIPTS = (
     "create", "begin", "complete", "emit", "retrying", "fail", "finish", "cancel", "restart",
-    "heartbeat", "revoke",
+    "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer",
 )
 STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle")
 

@@ -20,7 +20,7 @@ import redis
 
 from ..config import Settings
 from ..serialization import dumps, loads
-from ..states import RestartCause, RestartRefusal, StepStart
+from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
 from . import connection, scripts
 from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
@@ -31,6 +31,8 @@ from .streams import entries as _entries
 HANDED_OVER = "handed-over"
 #: Most ids one index scan returns (the reaper's batch).
 SCAN_BATCH = 500
+#: Events kept per event key for waits that look back.
+SENT_KEPT = 100
 
 def _new_call() -> str:
     return uuid.uuid4().hex
@@ -68,10 +70,12 @@ class Store:
 
     @_op
     def create_run(
-        self, record: dict[str, Any], event: dict[str, Any], idempotency_key: str | None
+        self, record: dict[str, Any], event: dict[str, Any], idempotency_key: str | None,
+        start_at: float | None = None,
     ) -> tuple[str, bool]:
         """Store a new run; returns (its id, True). With ``idempotency_key``, a key already
-        claimed returns (the run holding it, False) and stores nothing."""
+        claimed returns (the run holding it, False) and stores nothing. With ``start_at``
+        the run is scheduled: its timer starts it then (fire_timer)."""
         run_id, retention = record["id"], self.settings.retention_seconds
         if idempotency_key:
             claim = self.keys.idempotency(record["workflow"], idempotency_key)
@@ -85,7 +89,7 @@ class Store:
                 event = {**event, "run": run_id}
         created = self._run_script("create", run_id, [
             run_id, record["created_at"], retention, dumps(event),
-            *(x for pair in record.items() for x in pair),
+            "" if start_at is None else start_at, *(x for pair in record.items() for x in pair),
         ])
         if not created:
             return run_id, False
@@ -101,13 +105,16 @@ class Store:
         return self.redis.hgetall(self.keys.run(run_id))
 
     @_op
-    def load_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
-        """The run's record and its attempts per step, in one round trip."""
+    def load_run(
+        self, run_id: str
+    ) -> tuple[dict[str, str], dict[str, str], list[dict[str, Any]]]:
+        """The run's record, its attempts per step and its open waits, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.run(run_id))
         pipe.hgetall(self.keys.attempts(run_id))
-        record, attempts = pipe.execute()
-        return record, attempts
+        pipe.hvals(self.keys.waits(run_id))
+        record, attempts, waits = pipe.execute()
+        return record, attempts, [loads(spec) for spec in waits]
 
     @_op
     def run_fields(self, run_id: str, *names: str) -> list[str | None]:
@@ -261,8 +268,10 @@ class Store:
     def complete_step(
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
         worker: str = "", trace: Iterable[tuple[str, str]] = (),
-    ) -> str:
-        """Checkpoint a step; returns the checkpoint that won (the first one written).
+    ) -> tuple[str, int]:
+        """Checkpoint a step; returns the checkpoint that won (the first one written), and
+        a generation > 0 when this step was the last in flight of a run whose waits were
+        answered meanwhile (the caller enqueues its frontier).
 
         ``trace`` records (``(run_id, span JSON)``) are written
         first, in the same round trip, so a finished step's trace is complete before its
@@ -275,13 +284,18 @@ class Store:
         self._queue_trace(pipe, trace)
         self._run_script("complete", run_id, args, client=pipe)
         try:
-            return pipe.execute()[-1]
+            won, gen = pipe.execute()[-1]
         except redis.exceptions.NoScriptError:
-            return self._run_script("complete", run_id, args)
+            won, gen = self._run_script("complete", run_id, args)
+        return won, int(gen)
 
     @_op
     def checkpoint(self, run_id: str, step: str) -> str | None:
         return self.redis.hget(self.keys.checkpoints(run_id), step)
+
+    @_op
+    def checkpoints_of(self, run_id: str, steps: list[str]) -> list[str | None]:
+        return self.redis.hmget(self.keys.checkpoints(run_id), steps)
 
     @_op
     def checkpoints(self, run_id: str) -> dict[str, str]:
@@ -352,6 +366,88 @@ class Store:
             self.redis.zadd(self.keys.workers, {worker: now})
             if node is not None:
                 self.redis.hset(self.keys.nodes, node[0], dumps(node[1]))
+
+    @_op
+    def handed_off(self, run_id: str, gen: int, now: float) -> None:
+        """A message of the run's canvas went to the broker (handoff.lua)."""
+        self._run_script("handoff", run_id, [gen, now])
+
+    # -- waits (input, events, timers, delayed starts) --------------------------------------
+
+    @_op
+    def begin_wait(
+        self, run_id: str, gen: int, step: str, token: str, wait_key: str,
+        spec: dict[str, Any], due: float | None, now: float, event: dict[str, Any],
+    ) -> tuple[WaitOutcome, str | None]:
+        """A step pauses for ``spec`` (begin_wait.lua): (PAUSED, None), (READY, the answer)
+        or (STOPPED, None)."""
+        result = self._run_script("begin_wait", run_id, [
+            run_id, gen, step, token, wait_key, dumps(spec), "" if due is None else due, now,
+            self.settings.retention_seconds, dumps(event),
+        ])
+        return WaitOutcome(result[0]), (result[1] if len(result) > 1 else None)
+
+    @_op
+    def deliver(
+        self, run_id: str, by: str, match: str, answer_json: str, now: float,
+        event: dict[str, Any],
+    ) -> tuple[WaitOutcome, int]:
+        """Answer a wait (deliver.lua), by its wait key (``by="key"``) or by kind and name;
+        returns the outcome and, when RESUMED, the generation whose frontier to enqueue."""
+        result = self._run_script("deliver", run_id, [
+            run_id, by, match, answer_json, now, self.settings.retention_seconds, dumps(event),
+        ])
+        return WaitOutcome(result[0]), (int(result[1]) if len(result) > 1 else 0)
+
+    @_op
+    def fire_timer(self, run_id: str, key: str, now: float) -> tuple[WaitOutcome, int]:
+        """A due timer: a wait's deadline, a sleep's end, a delayed start (fire_timer.lua)."""
+        result = self._run_script("fire_timer", run_id, [
+            run_id, key, now, self.settings.retention_seconds])
+        return WaitOutcome(result[0]), (int(result[1]) if len(result) > 1 else 0)
+
+    @_op
+    def due_timers(self, now: float) -> list[tuple[str, str]]:
+        """(run id, wait key or ``$start``) of the timers due by ``now``."""
+        return [(m.partition(" ")[0], m.partition(" ")[2]) for m in self._scan(self.keys.timers, now)]
+
+    @_op
+    def add_waker(self, event_key: str, run_id: str, wait_key: str, retention: float) -> None:
+        """Index a wait for events sent under ``event_key`` (before the wait is recorded:
+        a stale entry is harmless, a missing one would never wake the run)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.keys.wakers(event_key), f"{run_id} {wait_key}")
+        pipe.expire(self.keys.wakers(event_key), int(retention))
+        pipe.execute()
+
+    @_op
+    def take_wakers(self, event_key: str) -> list[tuple[str, str]]:
+        """The waits indexed under ``event_key``, taken out of the index."""
+        pipe = self.redis.pipeline()
+        pipe.smembers(self.keys.wakers(event_key))
+        pipe.delete(self.keys.wakers(event_key))
+        members, _ = pipe.execute()
+        return [(m.partition(" ")[0], m.partition(" ")[2]) for m in members]
+
+    @_op
+    def record_sent(self, event_key: str, data_json: str, now: float, keep: float) -> None:
+        """Keep an event sent under ``event_key`` (its last ``SENT_KEPT``, for ``keep``
+        seconds after the last one) for waits that look back. Its time ``t`` is the
+        sender's clock, the one ``sent_since`` is asked with (stream ids are Redis's)."""
+        key = self.keys.sent(event_key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, {"d": data_json, "t": repr(now)}, maxlen=SENT_KEPT, approximate=True)
+        pipe.expire(key, max(1, int(keep)))
+        pipe.execute()
+
+    @_op
+    def sent_since(self, event_key: str, since: float) -> str | None:
+        """The newest event sent under ``event_key`` at ``since`` or later (JSON), or None."""
+        for _, fields in self.redis.xrevrange(self.keys.sent(event_key), count=SENT_KEPT):
+            if float(fields["t"]) >= since:
+                return fields["d"]
+            break  # the newest is older: so are the rest
+        return None
 
     # -- leases and indexes (the reaper, draining) --------------------------------------
 

@@ -1,18 +1,22 @@
-"""The worker's signals: refuse bad settings, name the worker, start heartbeats, drain.
+"""The worker's signals: refuse bad settings, name the worker, start heartbeats, drain,
+record each message of a run handed to the broker.
 
 Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 
 from celery import signals
 from celery.concurrency.prefork import TaskPool as Prefork
 
 from ..config import get_settings
 from ..engine import drain, heartbeat
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
+from ..store import get_store
 from .checks import check_visibility_timeout
 
 
@@ -59,6 +63,20 @@ def shutting_down(sig=None, how=None, **_) -> None:
     drain.begin(how)
 
 
+def handed_off(sender=None, body=None, **_) -> None:
+    """A message of a run's canvas went to the broker (after_task_publish): the run's
+    progress now waits in the queue, not in this worker, which the reaper must know before
+    it takes "nothing in flight" for a worker lost between steps."""
+    if not str(sender or "").startswith("flowkit."):
+        return
+    kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else None
+    if not isinstance(kwargs, dict) or "run_id" not in kwargs or "gen" not in kwargs:
+        return
+    # unrecorded, the reaper may restart the run needlessly: harmless, it resumes at its frontier
+    with contextlib.suppress(StoreUnavailable):
+        get_store().handed_off(kwargs["run_id"], kwargs["gen"], time.time())
+
+
 def connect() -> None:
     """Connect the handlers (the dispatch uids keep a second call from adding them twice)."""
     signals.worker_init.connect(refuse_bad_config, dispatch_uid="flowkit.refuse_bad_config")
@@ -66,3 +84,4 @@ def connect() -> None:
     signals.worker_ready.connect(worker_ready, dispatch_uid="flowkit.worker_ready")
     signals.worker_process_init.connect(child_started, dispatch_uid="flowkit.child_started")
     signals.worker_shutting_down.connect(shutting_down, dispatch_uid="flowkit.shutting_down")
+    signals.after_task_publish.connect(handed_off, dispatch_uid="flowkit.handed_off")

@@ -4,7 +4,8 @@ Their bodies live in the engine; here they only get their names and options:
 
 - ``flowkit.step.<component>``: one per component, registered as components are
   (also those defined after the app, e.g. in modules the worker imports at start)
-- ``flowkit.fan_out``, ``flowkit.fan_out_batch``, ``flowkit.gather``: fan-outs
+- ``flowkit.fan_out``, ``flowkit.fan_out_batch``, ``flowkit.gather``: fan-outs;
+  ``flowkit.merge``: joins stored outputs with those that ran (a continued run)
 - ``flowkit.finish``: the last task of every canvas; ``flowkit.resume``: a restarted run
 - ``flowkit.reaper``, ``flowkit.retention``: beat's periodic tasks
 
@@ -42,8 +43,16 @@ def register(app: Celery) -> None:
         return fanout.fan_out_batch(items, **kwargs)
 
     @app.task(name="flowkit.gather", ignore_result=True, shared=False)
-    def gather(batches: list) -> list:
-        return fanout.gather(batches)
+    def gather(batches: list, known: dict | None = None, order: list | None = None) -> list:
+        return fanout.gather(batches, known, order)
+
+    @app.task(name="flowkit.value", ignore_result=True, shared=False)
+    def value(given):
+        return given  # a continued run's frontier hands a stored output on (engine.frontier)
+
+    @app.task(name="flowkit.merge", ignore_result=True, shared=False)
+    def merge(results: list, known: dict, order: list) -> list:
+        return fanout.merge(results, known, order)
 
     @app.task(name="flowkit.reaper", ignore_result=True, shared=False)
     def reap() -> dict[str, list[str]]:

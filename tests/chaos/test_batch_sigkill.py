@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowkit.engine.fanout import item_key
+from flowkit.engine.paths import item_key
 from tests.chaos.conftest import open_gate, reruns, side_effects, wait_for, waiting
 from tests.chaos.test_sigkill import detection_bound
 from tests.chaos.workflows import batch_held

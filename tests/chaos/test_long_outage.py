@@ -9,6 +9,7 @@ import os
 import time
 
 import httpx
+import pytest
 
 from flowkit import get_run
 from flowkit.store import get_store
@@ -22,6 +23,7 @@ OUTAGE = float(os.environ.get("FLOWKIT_TEST_OUTAGE_SECONDS", "300"))
 RUNS = 4
 
 
+@pytest.mark.timeout(OUTAGE + 300)
 def test_worker_beat_and_web_ride_out_a_long_redis_outage(private_redis, tmp_path):
     env = {
         **FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos",

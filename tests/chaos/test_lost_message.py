@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from flowkit import config
+from flowkit.engine.broker import PRIORITY_STEPS
 from tests.chaos.conftest import of_type, side_effects
 from tests.chaos.workflows import QUEUE, handoff
 
@@ -12,7 +13,9 @@ from tests.chaos.workflows import QUEUE, handoff
 def test_a_run_still_queued_after_its_message_was_lost_is_redriven(chaos_app, deployment):
     run = handoff.start({"n": 0, "chunks": 1, "pause": 0.01})
     broker = redis.Redis.from_url(config.get_settings().broker)
-    assert broker.delete(QUEUE) == 1  # kombu keeps a Redis queue in a list of its name
+    # kombu keeps a Redis queue in a list of its name, one per priority step after the first
+    lists = [QUEUE, *(f"{QUEUE}\x06\x16{p}" for p in PRIORITY_STEPS[1:])]
+    assert broker.delete(*lists) == 1
 
     quick = {"FLOWKIT_QUEUED_TIMEOUT": "2"}
     deployment.worker("a", **quick)

@@ -12,9 +12,10 @@ import signal
 import time
 
 from celery import signals
+from marshmallow import fields
 
 import flowkit
-from flowkit import component, fan_out
+from flowkit import component, fan_out, parallel
 from flowkit.engine.heartbeat import worker_id
 from flowkit.serialization import dumps
 from flowkit.store import get_store
@@ -125,3 +126,50 @@ def _die_before_handing_on(sender=None, body=None, **_):
 colour = flowkit.Workflow(
     "chaos.colour", [work, hold, work], version=os.environ.get("CHAOS_VERSION", "1")
 )
+
+
+# -- a run that waits for a person; a long run with every shape --------------------------
+
+
+@component(name="chaos.ask")
+def ask(data: dict) -> dict:
+    """Pauses for input ``approval`` (the worker slot is free meanwhile)."""
+    answer = flowkit.wait_for_input("approval", schema={"ok": fields.Boolean(required=True)})
+    return {**data, "n": data["n"] + 1, "ok": answer["ok"]}
+
+
+asking = flowkit.Workflow("chaos.asking", [work, ask, work])
+
+
+@component(name="chaos.spread")
+def spread(data: dict) -> list:
+    ctx = _began()
+    _finished(ctx)
+    return [{**data, "i": i} for i in range(3)]
+
+
+@component(name="chaos.gathered")
+def gathered(outputs: list) -> dict:
+    ctx = _began()
+    _finished(ctx)
+    first = outputs[0][0] if isinstance(outputs[0], list) else outputs[0]
+    return {k: v for k, v in first.items() if k != "i"}
+
+
+@component(name="chaos.think")
+def think(data: dict) -> object:
+    """An agent loop: decides to go on twice, then stops."""
+    ctx = _began()
+    time.sleep(data.get("pause", 0.05))
+    _finished(ctx)
+    turns = data.get("turns", 0)
+    if turns < 2:
+        return flowkit.continue_with(think, {**data, "turns": turns + 1})
+    return {k: v for k, v in data.items() if k != "turns"}
+
+
+#: 18 steps: a chain, a parallel block, a fan-out and an agent loop.
+long_run = flowkit.Workflow("chaos.long", [
+    work, work, work, parallel(work, [work, work]), gathered, spread, fan_out(work),
+    gathered, think, work, work, work,
+])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowkit.engine.fanout import item_key
+from flowkit.engine.paths import item_key
 from flowkit.testing import WorkerProcess
 from tests.conftest import ROOT
 from tests.llm import workflows as wf

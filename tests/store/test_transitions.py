@@ -15,7 +15,14 @@ import pytest
 
 from flowkit import events
 from flowkit.serialization import loads
-from flowkit.states import RestartCause, RestartRefusal, RunState, StepStart
+from flowkit.states import (
+    RestartCause,
+    RestartRefusal,
+    RunState,
+    StepStart,
+    WaitKind,
+    WaitOutcome,
+)
 from flowkit.store import HANDED_OVER
 from flowkit.store.keys import shard_of
 
@@ -26,6 +33,9 @@ RUN = "run-1"
 STEP = "0:a"
 TOKEN = "tok-1"
 WORKER = "w1"
+OTHER = "1:b"  # a second step (another branch), begun with token "tok-2"
+INPUT = "approve"  # the name of the input STEP waits for
+YES = '{"input":"yes"}'  # an answer to it
 ERROR = {"type": "RuntimeError", "message": "boom", "step": STEP, "attempts": []}
 
 
@@ -36,9 +46,15 @@ def lapse(store) -> float:
     return store.settings.heartbeat_lapse
 
 
-def record(run_id: str = RUN, restarts: int = 0) -> dict[str, Any]:
-    return {"id": run_id, "workflow": "wf", "version": "1", "state": "queued", "input": "{}",
-            "created_at": T, "updated_at": T, "gen": 0, "restarts": restarts}
+def record(run_id: str = RUN, restarts: int = 0,
+           state: RunState = RunState.QUEUED) -> dict[str, Any]:
+    """A new run's record; ``restarts`` > 0: that many restarts in a row without progress
+    (no checkpoint since: restart.lua's ``stuck_restarts`` and ``checkpoints_at_restart``)."""
+    doc = {"id": run_id, "workflow": "wf", "version": "1", "state": state.value,
+           "input": "{}", "created_at": T, "updated_at": T, "gen": 0, "restarts": restarts}
+    if restarts:
+        doc.update(stuck_restarts=restarts, checkpoints_at_restart=0)
+    return doc
 
 
 def queued_event(run_id: str = RUN) -> dict[str, Any]:
@@ -51,7 +67,7 @@ def begin(store, run_id: str = RUN, *, token: str = TOKEN, now: float = T, gen: 
 
 
 def complete(store, run_id: str = RUN, *, token: str = TOKEN, output: str = '"out"',
-             now: float = T + 1, step: str = STEP) -> str:
+             now: float = T + 1, step: str = STEP) -> tuple[str, int]:
     done = events.make(events.STEP_COMPLETED, run_id, step=step, attempt=1)
     return store.complete_step(run_id, step, token, output, now, done, worker=WORKER)
 
@@ -77,7 +93,8 @@ def cancel(store, run_id: str = RUN, *, call_id: str | None = None, now: float =
 
 def make_run(store, state: RunState = RunState.QUEUED, *, run_id: str = RUN,
              restarts: int = 0) -> str:
-    """A run created at T; past queued, step STEP began at T (TOKEN, WORKER, attempt 1)."""
+    """A run created at T; past queued, step STEP began at T (TOKEN, WORKER, attempt 1).
+    ``restarts``: restarts without progress so far (see ``record``)."""
     assert store.create_run(record(run_id, restarts), queued_event(run_id), None) == (run_id, True)
     if state == RunState.CANCELLED:
         assert cancel(store, run_id) == 1
@@ -145,6 +162,77 @@ def mark_end_of_channel(store, run_id: str = RUN) -> None:
     store.redis.publish(store.keys.done(run_id), "marker")
 
 
+def begin_other(store, run_id: str = RUN, *, now: float = T + 1, gen: int = 0) -> None:
+    """Step OTHER (another branch) takes its lease with token tok-2."""
+    begun = begin(store, run_id, step=OTHER, token="tok-2", now=now, gen=gen)
+    assert begun.status == StepStart.RUN
+
+
+def fields_of(store, *names: str, run_id: str = RUN) -> tuple[str | None, ...]:
+    run = store.get_run(run_id)
+    return tuple(run.get(name) for name in names)
+
+
+# -- wait helpers --------------------------------------------------------------------------
+
+
+def wait_key(kind: WaitKind = WaitKind.INPUT, name: str = INPUT, step: str = STEP) -> str:
+    """Where a step's first wait is checkpointed, as flowkit.engine.step names it."""
+    return f"{step}/0:wait:{kind}:{name}"
+
+
+def wait_spec(kind: WaitKind = WaitKind.INPUT, name: str = INPUT, step: str = STEP,
+              due: float | None = None) -> dict[str, Any]:
+    return {"kind": kind.value, "name": name, "step": step, "expires_at": due}
+
+
+def pause(store, run_id: str = RUN, *, kind: WaitKind = WaitKind.INPUT, name: str = INPUT,
+          step: str = STEP, token: str = TOKEN, gen: int = 0, due: float | None = None,
+          now: float = T + 1) -> tuple[WaitOutcome, str | None]:
+    """Step ``step`` (holding ``token``'s lease) waits for ``kind`` ``name`` (begin_wait)."""
+    waiting = events.make(events.RUN_WAITING, run_id, step=step, kind=kind.value, name=name,
+                          expires_at=due)
+    return store.begin_wait(run_id, gen, step, token, wait_key(kind, name, step),
+                            wait_spec(kind, name, step, due), due, now, waiting)
+
+
+def deliver(store, run_id: str = RUN, *, by: str = WaitKind.INPUT, match: str = INPUT,
+            answer: str = YES, now: float = T + 5) -> tuple[WaitOutcome, int]:
+    resumed = events.make(events.RUN_RESUMED, run_id, by=str(by), name=match)
+    return store.deliver(run_id, by, match, answer, now, resumed)
+
+
+def waiting_run(store, run_id: str = RUN, *, kind: WaitKind = WaitKind.INPUT,
+                name: str = INPUT, due: float | None = None) -> str:
+    """A run whose step STEP (nothing else in flight) paused at T + 1; returns the wait key."""
+    make_run(store, RunState.RUNNING, run_id=run_id)
+    assert pause(store, run_id, kind=kind, name=name, due=due) == (WaitOutcome.PAUSED, None)
+    assert store.get_run(run_id)["state"] == RunState.WAITING
+    return wait_key(kind, name)
+
+
+def scheduled_run(store, run_id: str = RUN, *, start_at: float = T + 60) -> str:
+    """A run created at T to start at ``start_at`` (create_run's ``start_at``)."""
+    scheduled = events.make(events.RUN_SCHEDULED, run_id, workflow="wf", version="1",
+                            start_at=start_at)
+    assert store.create_run(record(run_id, state=RunState.SCHEDULED), scheduled, None,
+                            start_at=start_at) == (run_id, True)
+    return run_id
+
+
+def open_waits(store, run_id: str = RUN) -> dict[str, dict[str, Any]]:
+    return {key: loads(spec) for key, spec in store.redis.hgetall(store.keys.waits(run_id)).items()}
+
+
+def timer(store, key: str, run_id: str = RUN) -> float | None:
+    return store.redis.zscore(store.keys.timers(shard_of(run_id)), f"{run_id} {key}")
+
+
+def timers_of(store, run_id: str = RUN) -> list[str]:
+    members = store.redis.zrange(store.keys.timers(shard_of(run_id)), 0, -1)
+    return [m for m in members if m.startswith(f"{run_id} ")]
+
+
 # -- create -------------------------------------------------------------------------------
 
 
@@ -187,6 +275,16 @@ def test_create_under_a_claimed_key_names_the_claimed_run_in_its_queued_event(st
     assert [e["run"] for e in of_type(store, events.RUN_QUEUED, "claimed")] == ["claimed"]
 
 
+def test_create_with_start_at_stores_a_scheduled_run_in_the_timers_index(store):
+    scheduled_run(store, start_at=T + 60)
+    assert store.get_run(RUN)["state"] == RunState.SCHEDULED  # as the record gave it
+    assert timer(store, "$start") == T + 60
+    assert score(store, store.keys.queued) is None and score(store, store.keys.running) is None
+    assert store.redis.zscore(store.keys.runs, RUN) == T
+    assert types(store) == [events.RUN_SCHEDULED]
+    assert store.due_timers(T + 59) == [] and store.due_timers(T + 60) == [(RUN, "$start")]
+
+
 # -- begin_step -------------------------------------------------------------------------
 
 
@@ -217,6 +315,11 @@ def _leased(store):
     return RUN, {"token": "tok-2", "now": T + lapse(store) / 2}
 
 
+def _scheduled(store):
+    """Not due yet: its start's timer has not fired."""
+    return scheduled_run(store), {"now": T + 1}
+
+
 @pytest.mark.parametrize(("setup", "status"), [
     pytest.param(_gone, StepStart.GONE, id="gone"),
     pytest.param(_ended(RunState.SUCCEEDED), StepStart.TERMINAL, id="terminal-succeeded"),
@@ -225,6 +328,7 @@ def _leased(store):
     pytest.param(_stale, StepStart.STALE, id="stale"),
     pytest.param(_checkpointed, StepStart.CHECKPOINT, id="checkpoint"),
     pytest.param(_leased, StepStart.LEASED, id="leased"),
+    pytest.param(_scheduled, StepStart.STALE, id="scheduled-not-due"),
 ])
 def test_begin_step_refuses_to_run(store, setup, status):
     run_id, kwargs = setup(store)
@@ -235,6 +339,7 @@ def test_begin_step_refuses_to_run(store, setup, status):
     assert begun.checkpoint == ('"out"' if status == StepStart.CHECKPOINT else None)
     assert store.redis.hget(store.keys.attempts(run_id), STEP) == attempts_before
     assert types(store, run_id) == events_before
+    assert lease(store, run_id) is None or lease(store, run_id)["token"] != "tok-2"
 
 
 def test_begin_step_on_a_queued_run_starts_it_once(store):
@@ -275,14 +380,25 @@ def test_begin_step_after_another_tokens_lease_lapsed_is_the_next_attempt(store)
     assert [e["attempt"] for e in of_type(store, events.STEP_STARTED)] == [1, 2]
 
 
+def test_begin_step_on_a_waiting_run_makes_it_running_again(store):
+    waiting_run(store)  # STEP paused at T + 1; OTHER's message comes after
+    begun = begin(store, step=OTHER, token="tok-2", now=T + 2)
+    assert (begun.status, begun.attempt) == (StepStart.RUN, 1)
+    run = store.get_run(RUN)
+    assert (run["state"], run["gen"]) == (RunState.RUNNING, "0")
+    assert score(store, store.keys.running) == T + 2
+    assert len(of_type(store, events.RUN_STARTED)) == 1  # it had started already
+    assert list(open_waits(store)) == [wait_key()]  # STEP still waits
+
+
 # -- complete_step ------------------------------------------------------------------------
 
 
 def test_complete_step_first_checkpoint_wins_and_releases_the_lease(store):
     make_run(store, RunState.RUNNING)
-    assert complete(store, output='"first"') == '"first"'
+    assert complete(store, output='"first"') == ('"first"', 0)
     assert lease(store) is None and lease_lapses(store) is None
-    assert complete(store, token="tok-2", output='"second"', now=T + 2) == '"first"'
+    assert complete(store, token="tok-2", output='"second"', now=T + 2) == ('"first"', 0)
     assert store.checkpoint(RUN, STEP) == '"first"'
     assert len(of_type(store, events.STEP_COMPLETED)) == 1
 
@@ -587,15 +703,69 @@ def test_restart_with_steps_in_flight_supersedes_each_attempt(store):
         {"step": "1:b", "attempt": 1, "worker": "w2"}])
 
 
-def test_restart_counts_restarts_up_to_max(store):
-    make_run(store, RunState.RUNNING)
+@pytest.mark.parametrize("cause", [RestartCause.REQUESTED, RestartCause.QUEUED_TOO_LONG])
+def test_restart_two_without_progress_with_max_two_give_up_on_the_next(store, cause):
+    make_run(store)  # queued at T; nothing ever checkpoints
     for gen in (1, 2):
         now = T + 100 * gen
-        assert store.restart(RUN, expected_state=RunState.QUEUED if gen > 1 else RunState.RUNNING,
-                             reason="why", now=now, max_restarts=2) == (gen, None)
-        assert store.get_run(RUN)["restarts"] == str(gen)
+        assert store.restart(RUN, expected_state=RunState.QUEUED, reason="why", now=now,
+                             cause=cause, before=now - 50, max_restarts=2) == (gen, None)
+        assert fields_of(store, "restarts", "stuck_restarts", "checkpoints_at_restart") == (
+            str(gen), str(gen), "0")
     assert store.restart(RUN, expected_state=RunState.QUEUED, reason="why", now=T + 300,
+                         cause=cause, before=T + 250,
                          max_restarts=2) == (0, RestartRefusal.GAVE_UP)
+    assert fields_of(store, "state", "restarts") == (RunState.FAILED, "2")
+
+
+def lapsed_restart(store, step: str, now: float, max_restarts: int):
+    return store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=now,
+                         cause=RestartCause.LEASE_LAPSED, step=step, max_restarts=max_restarts)
+
+
+@pytest.mark.parametrize(("progress", "second"), [
+    pytest.param(True, (2, None), id="progress-not-counted"),
+    pytest.param(False, (0, RestartRefusal.GAVE_UP), id="no-progress-gives-up"),
+])
+def test_restart_after_progress_does_not_count_toward_give_up(store, progress, second):
+    make_run(store, RunState.RUNNING)  # STEP leased since T
+    now = T + lapse(store) + 1
+    assert lapsed_restart(store, STEP, now, max_restarts=1) == (1, None)
+    assert fields_of(store, "restarts", "stuck_restarts", "checkpoints_at_restart") == (
+        "1", "1", "0")
+    # generation 1: STEP runs again; with progress it checkpoints and OTHER's worker is lost,
+    # without, STEP's worker is lost again
+    assert begin(store, gen=1, token="tok-3", now=now + 1).status == StepStart.RUN
+    lost = STEP
+    if progress:
+        complete(store, token="tok-3", now=now + 2)
+        begin_other(store, gen=1, now=now + 3)
+        lost = OTHER
+    assert lapsed_restart(store, lost, now + 4 + lapse(store), max_restarts=1) == second
+    if progress:
+        assert fields_of(store, "restarts", "stuck_restarts", "checkpoints_at_restart") == (
+            "2", "1", "1")
+        assert store.get_run(RUN)["state"] == RunState.QUEUED
+    else:
+        assert fields_of(store, "state", "restarts") == (RunState.FAILED, "1")
+
+
+def test_restart_total_keeps_counting_restarts_after_progress(store):
+    make_run(store)
+    now = T
+    for gen in range(3):  # each generation checkpoints a step, then loses another's worker
+        now += 1
+        done, lost = f"{gen}:done", f"{gen}:lost"
+        assert begin(store, gen=gen, step=done, token=f"a{gen}", now=now).status == StepStart.RUN
+        complete(store, step=done, token=f"a{gen}", now=now)
+        assert begin(store, gen=gen, step=lost, token=f"b{gen}", now=now).status == StepStart.RUN
+        now += lapse(store) + 1
+        assert lapsed_restart(store, lost, now, max_restarts=1) == (gen + 1, None)
+        assert fields_of(store, "restarts", "stuck_restarts") == (str(gen + 1), "1")
+    assert begin(store, gen=3, step="3:lost", token="b3", now=now + 1).status == StepStart.RUN
+    assert lapsed_restart(store, "3:lost", now + 2 + lapse(store),
+                          max_restarts=1) == (0, RestartRefusal.GAVE_UP)
+    assert fields_of(store, "state", "restarts") == (RunState.FAILED, "3")
 
 
 def give_up_error() -> dict[str, Any]:
@@ -674,7 +844,419 @@ def test_restart_requested_is_not_counted(store):
     make_run(store, RunState.FAILED, restarts=3)
     assert store.restart(RUN, expected_state=RunState.FAILED, reason="retry", now=T + 2,
                          max_restarts=-1) == (1, None)
-    assert store.get_run(RUN)["restarts"] == "3"
+    assert fields_of(store, "restarts", "stuck_restarts", "checkpoints_at_restart") == (
+        "3", "3", "0")
+
+
+# -- handoff (a message in the broker) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("handoff", "refusal"), [
+    pytest.param(None, None, id="no-handoff"),
+    pytest.param((0, T + 0.5), None, id="handoff-older-than-the-checkpoint"),
+    pytest.param((0, T + 1), RestartRefusal.ALIVE, id="handoff-with-the-checkpoint"),
+    pytest.param((0, T + 3), RestartRefusal.ALIVE, id="handoff-after-the-checkpoint"),
+    pytest.param((1, T + 3), None, id="handoff-of-another-gen"),
+])
+def test_restart_orphaned_is_refused_while_the_next_message_is_in_the_broker(
+    store, handoff, refusal,
+):
+    """Between steps since T + 1 (STEP checkpointed); the holder beat last at T + 2."""
+    make_run(store, RunState.RUNNING)
+    if handoff is not None and handoff[1] < T + 1:
+        store.handed_off(RUN, *handoff)  # STEP's own message, before it checkpointed
+    complete(store, now=T + 1)
+    if handoff is not None and handoff[1] >= T + 1:
+        store.handed_off(RUN, *handoff)  # the next step's message
+    store.heartbeat([], WORKER, T + 2)
+    current = handoff is not None and handoff[0] == 0
+    assert fields_of(store, "checkpoint_at", "handoff_at") == (
+        str(T + 1), str(handoff[1]) if current else None)
+    gen, why = store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=T + 100,
+                             cause=RestartCause.ORPHANED, before=T + 50)
+    assert why == refusal and gen == (0 if refusal else 1)
+    assert store.get_run(RUN)["state"] == (RunState.RUNNING if refusal else RunState.QUEUED)
+
+
+def test_handed_off_for_another_generation_changes_nothing(store):
+    make_run(store, RunState.RUNNING)
+    before = store.get_run(RUN)
+    store.handed_off(RUN, 1, T + 1)
+    assert store.get_run(RUN) == before
+
+
+def test_handed_off_on_an_unknown_run_creates_no_key(store):
+    store.handed_off("unknown", 0, T)
+    assert store.redis.exists(*store.keys.script_keys("unknown")) == 0
+    assert store.redis.dbsize() == 0
+
+
+# -- begin_wait ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("due", "other_in_flight"), [
+    pytest.param(None, False, id="no-deadline-alone"),
+    pytest.param(T + 60, False, id="deadline-alone"),
+    pytest.param(None, True, id="no-deadline-another-step-in-flight"),
+    pytest.param(T + 60, True, id="deadline-another-step-in-flight"),
+])
+def test_begin_wait_pauses_the_step(store, due, other_in_flight):
+    make_run(store, RunState.RUNNING)
+    if other_in_flight:
+        begin_other(store)
+    assert pause(store, due=due, now=T + 1) == (WaitOutcome.PAUSED, None)
+    key, spec = wait_key(), wait_spec(due=due)
+    assert open_waits(store) == {key: spec}
+    assert store.load_run(RUN)[2] == [spec]
+    assert timer(store, key) == due
+    assert len(of_type(store, events.RUN_WAITING)) == 1 and types(store)[-1] == events.RUN_WAITING
+    assert lease(store) is None and lease_lapses(store) is None  # the worker slot is free
+    assert store.checkpoint(RUN, key) is None
+    run = store.get_run(RUN)
+    if other_in_flight:
+        assert run["state"] == RunState.RUNNING and leases_of(store) == [f"{RUN} {OTHER}"]
+        assert score(store, store.keys.running) is not None
+    else:
+        assert run["state"] == RunState.WAITING and leases_of(store) == []
+        assert score(store, store.keys.running) is None
+
+
+def test_begin_wait_then_the_last_step_in_flight_completes_and_the_run_waits(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store) == (WaitOutcome.PAUSED, None)
+    assert complete(store, step=OTHER, token="tok-2", now=T + 2) == ('"out"', 0)
+    run = store.get_run(RUN)
+    assert (run["state"], run["gen"]) == (RunState.WAITING, "0")
+    assert score(store, store.keys.running) is None
+
+
+def _answer_saved(store):
+    """An event wait's look-back found the event before the wait began (save_checkpoint)."""
+    make_run(store, RunState.RUNNING)
+    store.save_checkpoint(RUN, wait_key(), YES)
+    return 0, TOKEN
+
+
+def _answer_delivered(store):
+    """Answered while paused: the resumed generation's attempt meets the wait again."""
+    waiting_run(store)
+    assert deliver(store, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    assert begin(store, gen=1, token="tok-3", now=T + 6).status == StepStart.RUN
+    return 1, "tok-3"
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(_answer_saved, id="saved-before"),
+    pytest.param(_answer_delivered, id="delivered-while-paused"),
+])
+def test_begin_wait_when_the_answer_is_checkpointed_is_ready(store, setup):
+    gen, token = setup(store)
+    waiting_before = of_type(store, events.RUN_WAITING)
+    assert pause(store, gen=gen, token=token, due=T + 60, now=T + 7) == (WaitOutcome.READY, YES)
+    assert lease(store)["token"] == token  # the step goes on: it keeps its lease
+    assert open_waits(store) == {} and timer(store, wait_key()) is None
+    assert of_type(store, events.RUN_WAITING) == waiting_before
+    assert store.get_run(RUN)["state"] == RunState.RUNNING
+
+
+def _stopped_ended(state: RunState):
+    def setup(store):
+        make_run(store, state)
+        return 0
+    return setup
+
+
+def _stopped_other_gen(store):
+    make_run(store, RunState.RUNNING)
+    return 1
+
+
+def _stopped_restarted(store):
+    """The attempt of generation 0 pauses after the run restarted."""
+    make_run(store, RunState.RUNNING)
+    assert store.restart(RUN, expected_state=RunState.RUNNING, reason="r", now=T + 1)[0] == 1
+    return 0
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(_stopped_ended(RunState.SUCCEEDED), id="succeeded"),
+    pytest.param(_stopped_ended(RunState.FAILED), id="failed"),
+    pytest.param(_stopped_ended(RunState.CANCELLED), id="cancelled"),
+    pytest.param(_stopped_other_gen, id="another-gen"),
+    pytest.param(_stopped_restarted, id="restarted"),
+])
+def test_begin_wait_of_a_run_that_moved_on_is_stopped(store, setup):
+    gen = setup(store)
+    run_before = store.get_run(RUN)
+    assert pause(store, gen=gen, due=T + 60, now=T + 2) == (WaitOutcome.STOPPED, None)
+    assert open_waits(store) == {} and timers_of(store) == []
+    assert of_type(store, events.RUN_WAITING) == []
+    assert store.get_run(RUN) == run_before
+
+
+def test_begin_wait_met_again_after_a_restart_keeps_its_first_deadline(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store, now=T + 1)
+    assert pause(store, due=T + 60, now=T + 1) == (WaitOutcome.PAUSED, None)
+    later = T + 1 + lapse(store) + 1  # OTHER's worker is lost: its lease lapsed
+    assert lapsed_restart(store, OTHER, later, max_restarts=3) == (1, None)
+    assert list(open_waits(store)) == [wait_key()]  # a restart keeps the open waits
+    assert begin(store, gen=1, token="tok-3", now=later + 1).status == StepStart.RUN
+    assert pause(store, gen=1, token="tok-3", due=later + 100, now=later + 2) == (
+        WaitOutcome.PAUSED, None)
+    assert timer(store, wait_key()) == T + 60
+    assert open_waits(store) == {wait_key(): wait_spec(due=T + 60)}
+    assert len(of_type(store, events.RUN_WAITING)) == 1
+    assert lease(store) is None and leases_of(store) == []
+    assert fields_of(store, "state", "gen") == (RunState.WAITING, "1")
+
+
+# -- deliver ----------------------------------------------------------------------------------
+
+BY_NAME_OR_KEY = [
+    pytest.param(WaitKind.INPUT, INPUT, id="by-name"),
+    pytest.param("key", wait_key(), id="by-key"),
+]
+
+
+@pytest.mark.parametrize(("by", "match"), BY_NAME_OR_KEY)
+def test_deliver_to_the_last_open_wait_resumes_the_run(store, by, match):
+    key = waiting_run(store, due=T + 60)
+    assert deliver(store, by=by, match=match, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    run = store.get_run(RUN)
+    assert (run["state"], run["gen"]) == (RunState.QUEUED, "1")
+    assert "resume_pending" not in run
+    assert score(store, store.keys.queued) == T + 5 and score(store, store.keys.running) is None
+    assert store.checkpoint(RUN, key) == YES
+    assert open_waits(store) == {} and timer(store, key) is None
+    assert loads(store.redis.hget(store.keys.answered(RUN), key)) == wait_spec(due=T + 60)
+    assert len(of_type(store, events.RUN_RESUMED)) == 1 and types(store)[-1] == events.RUN_RESUMED
+
+
+def test_deliver_with_another_wait_open_is_delivered(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store) == (WaitOutcome.PAUSED, None)
+    assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None)
+    assert store.get_run(RUN)["state"] == RunState.WAITING
+    assert deliver(store) == (WaitOutcome.DELIVERED, 0)
+    assert store.checkpoint(RUN, wait_key()) == YES
+    assert list(open_waits(store)) == [wait_key(name="confirm", step=OTHER)]
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.WAITING, "0", None)
+    assert deliver(store, match="confirm", now=T + 6) == (WaitOutcome.RESUMED, 1)
+    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
+
+
+def test_deliver_while_a_step_is_in_flight_resumes_when_it_completes(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store) == (WaitOutcome.PAUSED, None)
+    assert deliver(store, now=T + 5) == (WaitOutcome.DELIVERED, 0)
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.RUNNING, "0", "1")
+    assert store.checkpoint(RUN, wait_key()) == YES
+    assert complete(store, step=OTHER, token="tok-2", now=T + 6) == ('"out"', 1)
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.QUEUED, "1", None)
+    assert score(store, store.keys.queued) == T + 6 and score(store, store.keys.running) is None
+
+
+@pytest.mark.parametrize(("by", "match"), BY_NAME_OR_KEY)
+def test_deliver_the_same_answer_again_is_same(store, by, match):
+    waiting_run(store)
+    assert deliver(store, by=by, match=match, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    assert deliver(store, by=by, match=match, now=T + 6) == (WaitOutcome.SAME, 0)
+    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
+    assert len(of_type(store, events.RUN_RESUMED)) == 1
+
+
+def _answered_already(store):
+    waiting_run(store)
+    assert deliver(store, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    return RUN, {"answer": '{"input":"no"}'}
+
+
+def _unknown_name(store):
+    waiting_run(store)
+    return RUN, {"match": "other"}
+
+
+def _ended_while_waiting(store):
+    waiting_run(store, due=T + 60)
+    assert cancel(store, now=T + 2) == 1
+    return RUN, {}
+
+
+def _not_paused(store):
+    make_run(store, RunState.RUNNING)
+    return RUN, {}
+
+
+def _unknown_run(store):
+    return "unknown", {}
+
+
+def test_deliver_by_key_to_a_wait_not_yet_begun_answers_it_early(store):
+    """An event sent while its step is between indexing the wait and beginning it: the
+    answer is checkpointed, and begin_wait then finds it (READY) instead of pausing."""
+    waiting_run(store)
+    early = wait_key(name="other")
+    assert deliver(store, RUN, now=T + 7, by="key", match=early) == (WaitOutcome.DELIVERED, 0)
+    assert store.checkpoint(RUN, early) is not None
+    assert deliver(store, RUN, now=T + 8, by="key", match=early) == (WaitOutcome.NOT_WAITING, 0)
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(_answered_already, id="another-answer-after-the-first"),
+    pytest.param(_unknown_name, id="unknown-name"),
+    pytest.param(_ended_while_waiting, id="ended-run"),
+    pytest.param(_not_paused, id="no-wait-open"),
+    pytest.param(_unknown_run, id="unknown-run"),
+])
+def test_deliver_when_nothing_waits_for_it_is_not_waiting(store, setup):
+    run_id, kwargs = setup(store)
+    run_before, waits_before = store.get_run(run_id), open_waits(store, run_id)
+    answer_before = store.checkpoint(run_id, wait_key())
+    events_before = types(store, run_id)
+    assert deliver(store, run_id, now=T + 7, **kwargs) == (WaitOutcome.NOT_WAITING, 0)
+    assert store.get_run(run_id) == run_before and open_waits(store, run_id) == waits_before
+    assert store.checkpoint(run_id, wait_key()) == answer_before
+    assert types(store, run_id) == events_before
+
+
+# -- timers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "name", "answer", "by"), [
+    pytest.param(WaitKind.INPUT, INPUT, '{"timeout":true}', "timeout", id="input-timeout"),
+    pytest.param(WaitKind.EVENT, "order:1", '{"timeout":true}', "timeout", id="event-timeout"),
+    pytest.param(WaitKind.SLEEP, "sleep", '{"slept":true}', "timer", id="sleep-ends"),
+])
+def test_fire_timer_of_a_due_wait_answers_it_and_resumes(store, kind, name, answer, by):
+    key = waiting_run(store, kind=kind, name=name, due=T + 60)
+    assert store.due_timers(T + 59) == []
+    assert store.due_timers(T + 60) == [(RUN, key)]
+    assert store.fire_timer(RUN, key, T + 60) == (WaitOutcome.RESUMED, 1)
+    assert store.checkpoint(RUN, key) == answer
+    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
+    assert score(store, store.keys.queued) == T + 60
+    assert open_waits(store) == {} and timers_of(store) == []
+    (resumed,) = of_type(store, events.RUN_RESUMED)
+    assert (resumed["by"], resumed["name"], resumed["step"]) == (by, name, STEP)
+
+
+def test_fire_timer_with_another_wait_open_is_delivered(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
+    assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None)
+    assert store.fire_timer(RUN, wait_key(), T + 60) == (WaitOutcome.DELIVERED, 0)
+    assert store.checkpoint(RUN, wait_key()) == '{"timeout":true}'
+    assert fields_of(store, "state", "gen") == (RunState.WAITING, "0")
+
+
+def test_fire_timer_twice_fires_once(store):
+    key = waiting_run(store, due=T + 60)
+    sweeps = [store.due_timers(T + 61), store.due_timers(T + 61)]  # two sweeps saw it due
+    assert sweeps == [[(RUN, key)], [(RUN, key)]]
+    assert store.fire_timer(RUN, key, T + 61) == (WaitOutcome.RESUMED, 1)
+    assert store.fire_timer(RUN, key, T + 61) == (WaitOutcome.NOT_WAITING, 0)
+    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
+    assert len(of_type(store, events.RUN_RESUMED)) == 1
+
+
+def test_fire_timer_of_a_cancelled_run_does_nothing(store):
+    key = waiting_run(store, due=T + 60)
+    assert cancel(store, now=T + 2) == 1
+    assert store.due_timers(T + 100) == []
+    events_before = types(store)
+    assert store.fire_timer(RUN, key, T + 100) == (WaitOutcome.NOT_WAITING, 0)
+    assert store.checkpoint(RUN, key) is None
+    assert fields_of(store, "state", "gen") == (RunState.CANCELLED, "0")
+    assert types(store) == events_before
+
+
+def test_fire_timer_start_of_a_scheduled_run_queues_it(store):
+    scheduled_run(store, start_at=T + 60)
+    assert store.due_timers(T + 59) == [] and store.due_timers(T + 60) == [(RUN, "$start")]
+    assert store.fire_timer(RUN, "$start", T + 60) == (WaitOutcome.RESUMED, 0)
+    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "0")
+    assert score(store, store.keys.queued) == T + 60 and timers_of(store) == []
+    assert types(store) == [events.RUN_SCHEDULED, events.RUN_QUEUED]
+    assert store.fire_timer(RUN, "$start", T + 60) == (WaitOutcome.NOT_WAITING, 0)
+    assert types(store) == [events.RUN_SCHEDULED, events.RUN_QUEUED]
+    assert begin(store, now=T + 61).status == StepStart.RUN  # its message is due now
+
+
+def test_due_timers_lists_only_what_is_due(store):
+    scheduled_run(store, "run-a", start_at=T + 10)
+    waiting_run(store, "run-b", due=T + 20)
+    waiting_run(store, "run-c", due=T + 30)
+    waiting_run(store, "run-d")  # no deadline: no timer
+    assert store.due_timers(T + 9) == []
+    assert sorted(store.due_timers(T + 20)) == [("run-a", "$start"), ("run-b", wait_key())]
+    assert len(store.due_timers(T + 1000)) == 3
+
+
+# -- ending a waiting or scheduled run -----------------------------------------------------
+
+
+def _waiting_with_deadline(store):
+    waiting_run(store, due=T + 60)
+
+
+@pytest.mark.parametrize(("setup", "end", "state"), [
+    pytest.param(scheduled_run, cancel, RunState.CANCELLED, id="scheduled-cancel"),
+    pytest.param(_waiting_with_deadline, cancel, RunState.CANCELLED, id="waiting-cancel"),
+    pytest.param(_waiting_with_deadline, fail, RunState.FAILED, id="waiting-fail"),
+    pytest.param(_waiting_with_deadline, finish, RunState.SUCCEEDED, id="waiting-finish"),
+])
+def test_ending_a_waiting_or_scheduled_run_drops_its_waits_and_timers(store, setup, end, state):
+    setup(store)
+    assert end(store, call_id="call-1", now=T + 5) in (1, True)
+    assert store.get_run(RUN)["state"] == state
+    assert open_waits(store) == {} and store.load_run(RUN)[2] == []
+    assert timers_of(store) == [] and store.due_timers(T + 1000) == []
+    assert score(store, store.keys.queued) is None and score(store, store.keys.running) is None
+
+
+def test_restart_giving_up_drops_the_runs_waits_and_timers(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
+    assert lapsed_restart(store, OTHER, T + 2 + lapse(store),
+                          max_restarts=0) == (0, RestartRefusal.GAVE_UP)
+    assert store.get_run(RUN)["state"] == RunState.FAILED
+    assert open_waits(store) == {} and timers_of(store) == []
+
+
+# -- wakers and sent events (outside the shards) -------------------------------------------
+
+
+def test_take_wakers_returns_the_indexed_waits_and_empties_the_index(store):
+    store.add_waker("order:1", "run-1", "k1", 60)
+    store.add_waker("order:1", "run-2", "k2", 60)
+    store.add_waker("order:1", "run-2", "k2", 60)  # indexed twice: once
+    store.add_waker("order:2", "run-3", "k3", 60)
+    assert 0 < store.redis.ttl(store.keys.wakers("order:1")) <= 60
+    assert sorted(store.take_wakers("order:1")) == [("run-1", "k1"), ("run-2", "k2")]
+    assert store.take_wakers("order:1") == []
+    assert store.redis.exists(store.keys.wakers("order:1")) == 0
+    assert store.take_wakers("order:2") == [("run-3", "k3")]
+
+
+def test_sent_since_returns_the_newest_event_sent_since(store):
+    store.record_sent("order:1", '"first"', T, keep=60)
+    store.record_sent("order:1", '"second"', T + 1, keep=60)
+    store.record_sent("order:2", '"other"', T + 2, keep=60)
+    assert store.sent_since("order:1", T - 1) == '"second"'
+    assert store.sent_since("order:3", T - 1) is None
+
+
+def test_sent_since_leaves_out_events_sent_before_since(store):
+    store.record_sent("order:1", '"old"', T, keep=60)
+    assert store.sent_since("order:1", T + 1) is None
+    store.record_sent("order:1", '"new"', T + 2, keep=60)
+    assert store.sent_since("order:1", T + 1) == '"new"'
 
 
 # -- heartbeat ------------------------------------------------------------------------------

@@ -40,6 +40,14 @@
     } else if (event.type === "run.restarted") {
       (event.superseded || []).forEach(function (s) { discard(s.step + "#" + s.attempt); });
     }
+    if (event.type === "run.waiting") {
+      setState("waiting");
+      $("message").textContent = "Waiting for " + event.kind + " " + JSON.stringify(event.name) +
+        (event.prompt ? ": " + event.prompt : "") +
+        (event.expires_at ? " (until " + new Date(event.expires_at * 1000).toLocaleString() + ")" : "");
+    }
+    if (event.type === "run.resumed") { setState("queued"); $("message").textContent = ""; }
+    if (event.type === "run.scheduled") setState("scheduled");
     if (event.type === "run.queued") setState("queued");
     if (event.type === "run.started") setState("running");
     if (event.type === "run.restarted") setState("queued");

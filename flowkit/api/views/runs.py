@@ -23,10 +23,11 @@ def register(bp: Blueprint, sock: Sock) -> None:
     bp.post("/runs/<run_id>/retry")(retry_run)
 
 
-def load_run(run_id: str, write: bool = False) -> control.Run:
-    """The run, if the caller may see it (or change it, with ``write``)."""
+def load_run(run_id: str, write: bool = False, answer: bool = False) -> control.Run:
+    """The run, if the caller may see it (or change it, with ``write``; or answer its
+    waits, with ``answer``: a run token may, for its own run)."""
     run = control.get_run(run_id, store=state().store)
-    access().require_run(run.id, run.owner, write=write)
+    access().require_run(run.id, run.owner, write=write, answer=answer)
     return run
 
 

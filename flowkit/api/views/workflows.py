@@ -46,12 +46,15 @@ def start_run(name: str):
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(400, "validation_error", "Invalid Idempotency-Key header.", {
             "Idempotency-Key": ["1 to 255 visible ASCII characters."]})
-    wait = wait_seconds(query(schemas.StartArgs).get("wait"))
+    args = query(schemas.StartArgs)
+    wait = wait_seconds(args.get("wait"))
     kind = negotiated_stream()
     body = json_body()
     wf.validate(body)  # marshmallow's own field messages first
     check_input(wf.input_schema, body)  # then what it lets through the published schema refuses
-    run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store)
+    run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store,
+                        start_at=args.get("start_at"),
+                        delay=None if "start_at" in args else args.get("delay"))
     who.require_run(run.id, run.owner)  # an idempotency key of another owner's run
     token = current.auth.issue(run.id)
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),

@@ -17,7 +17,7 @@ from typing import Any
 
 from ... import events
 from ...context import current
-from ...errors import RunCancelled
+from ...errors import RunCancelled, StepSuspended
 from ...serialization import dumps, loads
 from ...states import RunState
 from ...store import Store
@@ -166,7 +166,8 @@ def attempt_finished(
     if error is None:
         span.update(status="ok", output=bounded(redact(output, fields, values)))
     else:
-        span["status"] = "cancelled" if isinstance(error, RunCancelled) else "error"
+        span["status"] = ("paused" if isinstance(error, StepSuspended) else
+                          "cancelled" if isinstance(error, RunCancelled) else "error")
         span["error"] = redact(f"{type(error).__name__}: {error}", fields, values)
     record(ctx.run_id, span, ctx.store, wait=False)
 

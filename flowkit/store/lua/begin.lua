@@ -16,6 +16,7 @@ if not is_live(state) then return {START_TERMINAL, state} end
 if redis.call('HGET', run, 'gen') ~= gen then return {START_STALE} end
 local done = redis.call('HGET', ckpt, step)
 if done then return {START_CHECKPOINT, done} end
+if state == STATE_SCHEDULED then return {START_STALE} end  -- not due: nothing of it runs
 local held = redis.call('HGET', inflight, step)
 if held then
   local lease = cjson.decode(held)
@@ -32,6 +33,8 @@ if state == STATE_QUEUED then
   redis.call('HSETNX', run, 'started_at', ARGV[6])
   redis.call('ZREM', queued, run_id)
   append(cjson.encode({type = 'run.started', ts = now, run = run_id}))
+elseif state == STATE_WAITING then  -- a branch's message came after another branch paused
+  redis.call('HSET', run, 'state', STATE_RUNNING)
 end
 redis.call('HSET', run, 'heartbeat_at', ARGV[6], 'worker', worker, 'updated_at', ARGV[6])
 redis.call('ZADD', running, now, run_id)

@@ -1,11 +1,14 @@
 -- restart.lua: open a new generation of a run when `cause` holds (flowkit.states.RestartCause):
 -- its in-flight leases are dropped (their attempts are superseded), it is queued again and
--- run.restarted says why; the caller then has its canvas enqueued, and checkpointed steps
--- return their stored output. A run that used up its restarts is failed instead.
+-- run.restarted says why; the caller then has its frontier enqueued (what remains). A run
+-- that restarted max_restarts times without progress (no new checkpoint since the last
+-- restart) is failed instead: a restart after which the run checkpointed a step does not
+-- count. Its open waits stay open: a paused step pauses again when its branch runs.
 -- KEYS: the run's keys (lib.lua)
 -- ARGV[1] run_id     ARGV[2] expected (the state the caller saw)   ARGV[3] now
 -- ARGV[4] retention  ARGV[5] reason (for run.restarted)
--- ARGV[6] max_restarts  restarts allowed before giving up; -1: not counted (a request)
+-- ARGV[6] max_restarts  restarts without progress allowed before giving up; -1: not
+--                    counted (a request: retry, drain handover)
 -- ARGV[7] cause      a RestartCause
 -- ARGV[8] step       CAUSE_LEASE_LAPSED: the step whose lease lapsed
 -- ARGV[9] before     QUEUED_TOO_LONG, ORPHANED, STALLED: no sign of life since then
@@ -29,7 +32,11 @@ end
 if cause == CAUSE_LEASE_LAPSED then
   local lapses = redis.call('ZSCORE', leases, lease_member(run_id, step))
   if not lapses or tonumber(lapses) > now then return {0, REFUSED_ALIVE} end
-  if state ~= expected then release(run_id, step, nil) return {0, REFUSED_STATE} end
+  if state ~= expected then
+    release(run_id, step, nil)
+    settle(run_id, ARGV[3])  -- nothing may be in flight now: a waiting run waits
+    return {0, REFUSED_STATE}
+  end
 elseif state ~= expected then
   return {0, REFUSED_STATE}
 elseif cause == CAUSE_QUEUED_TOO_LONG then
@@ -40,10 +47,15 @@ elseif cause == CAUSE_ORPHANED or cause == CAUSE_STALLED then
   if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > before then
     return {0, REFUSED_ALIVE}
   end
-  -- orphaned: the worker that had to send the next message has not been seen either
+  -- orphaned: the worker that had to send the next message has not been seen either,
+  -- and that message was never handed off to the broker after the last checkpoint
   if cause == CAUSE_ORPHANED then
     if (redis.call('HGET', run, 'worker') or '') ~= holder then return {0, REFUSED_ALIVE} end
     if holder_beat ~= '' and tonumber(holder_beat) > before then return {0, REFUSED_ALIVE} end
+    local handoff = tonumber(redis.call('HGET', run, 'handoff_at') or '0')
+    if handoff >= tonumber(redis.call('HGET', run, 'checkpoint_at') or '0') and handoff > 0 then
+      return {0, REFUSED_ALIVE}  -- its next message waits in the broker
+    end
   end
 end
 
@@ -60,8 +72,13 @@ for i = 1, #entries, 2 do
 end
 redis.call('DEL', inflight)
 
-local restarts = tonumber(redis.call('HGET', run, 'restarts') or '0')
-if max_restarts ~= -1 and restarts >= max_restarts then
+-- a restart counts only when the run checkpointed nothing since the last one
+local checkpoints = redis.call('HLEN', ckpt)
+local stuck = tonumber(redis.call('HGET', run, 'stuck_restarts') or '0')
+if checkpoints > tonumber(redis.call('HGET', run, 'checkpoints_at_restart') or '-1') then
+  stuck = 0
+end
+if max_restarts ~= -1 and stuck >= max_restarts then
   local failed_step = superseded[1] and superseded[1].step or ''
   err.step = failed_step
   if failed_step ~= '' then err.message = err.message .. ' during step ' .. failed_step end
@@ -72,13 +89,13 @@ if max_restarts ~= -1 and restarts >= max_restarts then
   return {0, REFUSED_GAVE_UP}
 end
 
-local new_gen = redis.call('HINCRBY', run, 'gen', 1)
-if max_restarts ~= -1 then redis.call('HINCRBY', run, 'restarts', 1) end
-redis.call('HSET', run, 'state', STATE_QUEUED, 'updated_at', ARGV[3], 'error', '',
-           'failed_step', '', 'restarted_by', call_id)
+local new_gen = open_generation(run_id, ARGV[3])
+if max_restarts ~= -1 then
+  redis.call('HINCRBY', run, 'restarts', 1)
+  redis.call('HSET', run, 'stuck_restarts', stuck + 1, 'checkpoints_at_restart', checkpoints)
+end
+redis.call('HSET', run, 'error', '', 'failed_step', '', 'restarted_by', call_id)
 redis.call('HDEL', run, 'finished_at', 'ended_by')
-redis.call('ZREM', running, run_id)
-redis.call('ZADD', queued, now, run_id)
 local doc = {type = 'run.restarted', ts = now, run = run_id, reason = reason, gen = new_gen}
 if #superseded > 0 then doc.superseded = superseded end
 append(cjson.encode(doc))

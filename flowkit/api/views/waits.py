@@ -1,0 +1,37 @@
+"""Answering paused runs: input for a run's wait, events for every run waiting on a key."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask_sock import Sock
+
+from ...engine import control
+from ..errors import ApiError
+from ..representations import run_json
+from ..requests import access, json_body
+from ..state import state
+from .runs import load_run
+
+
+def register(bp: Blueprint, sock: Sock) -> None:
+    bp.post("/runs/<run_id>/input/<name>")(send_input)
+    bp.post("/events/<path:key>")(send_event)
+
+
+def send_input(run_id: str, name: str):
+    """The JSON body is the value; a run token may answer its own run (its page's form)."""
+    current = state()
+    load_run(run_id, write=True, answer=True)
+    delivery = control.send_input(run_id, name, json_body(), store=current.store)
+    run = control.get_run(run_id, store=current.store)
+    status = 200 if delivery.outcome == "same" else 202
+    return jsonify({"outcome": delivery.outcome.value, "run": run_json(run)}), status
+
+
+def send_event(key: str):
+    access().require_full()
+    if not key or len(key) > 200:
+        raise ApiError(400, "validation_error", "Invalid event key.",
+                       {"key": ["1 to 200 characters."]})
+    woken = control.send_event(key, json_body(), store=state().store)
+    return jsonify({"woken": woken}), 202

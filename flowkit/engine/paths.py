@@ -1,0 +1,36 @@
+"""Step keys: a step's name in its run, made from its place in the workflow.
+
+``0:research`` (the first step), ``1.0:left`` (branch 0 of a parallel block at 1),
+``2[3]:write`` (item 3 of the fan-out at 2), ``0+2:agent`` (the 2nd continuation of the
+agent loop at 0), ``0:agent/1:search`` (the 2nd call made inside step 0). A restarted run
+maps every step to its checkpoint by these keys.
+"""
+
+from __future__ import annotations
+
+#: The output of a step that continues with another (an agent loop's decision).
+CONTINUE = "$continue"
+
+
+def step_key(path: str, component: str) -> str:
+    return f"{path}:{component}"
+
+
+def item_key(base: str, index: int, component: str) -> str:
+    """``1`` -> ``1[3]:ask``: the step key of item 3 of the fan-out at path ``1``."""
+    return f"{base}[{index}]:{component}"
+
+
+def continuation_key(key: str, component: str) -> tuple[str, int]:
+    """``2:agent`` -> ``2+1:search``; ``2+1:search`` -> ``2+2:<component>``."""
+    path = key.partition(":")[0]
+    base, _, n = path.partition("+")
+    depth = int(n or 0) + 1
+    return f"{base}+{depth}:{component}", depth
+
+
+def continuation_of(output: object) -> dict | None:
+    """The continuation a step's output asks for (component, input, policy), or None."""
+    if isinstance(output, dict) and CONTINUE in output:
+        return output[CONTINUE]
+    return None

@@ -1,0 +1,80 @@
+"""Schemas of JSON that crosses flowkit's edges: workflow inputs and outputs, and the values
+a paused step waits for.
+
+A schema is written with marshmallow (a ``Schema`` class or instance, or a dict of
+fields); it is published as JSON Schema (``GET /workflows/<name>``, OpenAPI, a
+``run.waiting`` event), and JSON received from outside is held to that published form
+(:func:`json_errors`) as well as to marshmallow's own loading, which is laxer with JSON
+(an Integer field takes ``"7"`` or ``2.5``).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import marshmallow
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from .errors import ConfigError
+
+SchemaLike = type[marshmallow.Schema] | marshmallow.Schema | dict | None
+
+
+def as_schema(schema: SchemaLike, what: str) -> marshmallow.Schema | None:
+    """A marshmallow Schema instance from what a user wrote (None stays None)."""
+    if schema is None:
+        return None
+    if isinstance(schema, marshmallow.Schema):
+        return schema
+    if isinstance(schema, type) and issubclass(schema, marshmallow.Schema):
+        return schema()
+    if isinstance(schema, dict):
+        return marshmallow.Schema.from_dict(schema, name=what)()
+    raise ConfigError(f"{what} must be a marshmallow Schema (class or instance) or a dict of fields.")
+
+
+def plugin() -> MarshmallowPlugin:
+    """apispec's marshmallow converter, nested schemas inlined (a schema stands alone)."""
+    converter = MarshmallowPlugin(schema_name_resolver=lambda schema: None)
+    APISpec(title="flowkit", version="1", openapi_version="3.0.3", plugins=[converter])
+    return converter
+
+
+@lru_cache(maxsize=256)
+def _json_schema_of(schema: marshmallow.Schema) -> dict[str, Any]:
+    return plugin().converter.schema2jsonschema(schema)
+
+
+def json_schema(schema: marshmallow.Schema | None) -> dict[str, Any] | None:
+    """The JSON Schema (OpenAPI 3.0 dialect) of a marshmallow schema; None for none."""
+    return None if schema is None else copy.deepcopy(_json_schema_of(schema))
+
+
+def json_errors(published: dict[str, Any] | None, value: Any) -> dict[str, list[str]]:
+    """Field messages for ``value`` against a published JSON Schema ({} when it meets it);
+    ``_schema`` holds what concerns the value as a whole."""
+    if published is None:
+        return {}
+    validator = jsonschema.Draft4Validator(_plain(copy.deepcopy(published)))
+    fields: dict[str, list[str]] = {}
+    for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
+        field = str(error.path[0]) if error.path else "_schema"
+        fields.setdefault(field, []).append(error.message)
+    return fields
+
+
+def _plain(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable: true`` as JSON Schema's ``type: [..., "null"]``."""
+    if isinstance(node, dict):
+        if node.pop("nullable", False) and "type" in node:
+            node["type"] = [node["type"], "null"]
+        for value in node.values():
+            _plain(value)
+    elif isinstance(node, list):
+        for item in node:
+            _plain(item)
+    return node

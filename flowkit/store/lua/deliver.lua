@@ -1,0 +1,59 @@
+-- deliver.lua: answer a wait: input sent to the run, an event it waits for, a timer that
+-- fired. The answer is checkpointed under the wait key (the first one wins), run.resumed
+-- appended, and with no other wait open and nothing in flight the run resumes: a new
+-- generation, queued, its frontier to be enqueued by the caller. With steps still in
+-- flight (other branches) it resumes when the last of them lets go (lib.lua's settle).
+-- KEYS: the run's keys (lib.lua)
+-- ARGV[1] run_id
+-- ARGV[2] by         'key' (ARGV[3] is the wait key) or a WaitKind (ARGV[3] is its name)
+-- ARGV[3] match      the wait key, or the input's name
+-- ARGV[4] answer     JSON checkpointed for the step to find
+-- ARGV[5] now        ARGV[6] retention
+-- ARGV[7] event      run.resumed (JSON)
+-- Returns {WAIT_RESUMED, gen} | {WAIT_DELIVERED} | {WAIT_SAME} | {WAIT_NOT_WAITING}
+local run_id, by, match, answer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, retention, event = ARGV[5], ARGV[6], ARGV[7]
+
+local state = redis.call('HGET', run, 'state')
+if not state or not is_live(state) then return {WAIT_NOT_WAITING} end
+
+-- the wait to answer: by its key, or the open wait of that kind and name
+local wait_key, spec = nil, nil
+if by == 'key' then
+  wait_key, spec = match, redis.call('HGET', waits, match)
+else
+  local open = redis.call('HGETALL', waits)
+  for i = 1, #open, 2 do
+    local doc = cjson.decode(open[i + 1])
+    if doc.kind == by and doc.name == match then wait_key, spec = open[i], open[i + 1] break end
+  end
+end
+if not spec then
+  -- answered already: the same answer again is fine (a resend, a double click)
+  local done = redis.call('HGETALL', answered)
+  for i = 1, #done, 2 do
+    local doc = cjson.decode(done[i + 1])
+    local same_wait = (by == 'key' and done[i] == match) or (doc.kind == by and doc.name == match)
+    if same_wait and redis.call('HGET', ckpt, done[i]) == answer then return {WAIT_SAME} end
+  end
+  -- an event for a wait indexed but not yet begun (the step is between add_waker and
+  -- begin_wait): answered early, begin_wait will find it (READY) instead of pausing
+  if by == 'key' and redis.call('HSETNX', ckpt, match, answer) == 1 then
+    touch(retention)
+    return {WAIT_DELIVERED}
+  end
+  return {WAIT_NOT_WAITING}
+end
+
+redis.call('HSETNX', ckpt, wait_key, answer)
+redis.call('HDEL', waits, wait_key)
+redis.call('HSET', answered, wait_key, spec)
+redis.call('ZREM', timers, timer_member(run_id, wait_key))
+append(event)
+touch(retention)
+if redis.call('HLEN', waits) > 0 then return {WAIT_DELIVERED} end
+if redis.call('HLEN', inflight) > 0 or state == STATE_RUNNING then
+  redis.call('HSET', run, 'resume_pending', 1)  -- the last step in flight resumes it
+  return {WAIT_DELIVERED}
+end
+return {WAIT_RESUMED, open_generation(run_id, now)}

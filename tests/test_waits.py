@@ -1,0 +1,191 @@
+"""Runs that pause inside a step (input, events, sleep), delayed starts, and what continues
+them: each end to end on the real broker, with beat firing the timers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import flowkit
+from flowkit import events
+from flowkit.states import WaitOutcome
+from tests import workflows as wf
+from tests.conftest import ROOT, counts
+
+pytestmark = pytest.mark.integration
+WAIT = 20
+
+
+@pytest.fixture(scope="module")
+def beat(flowkit_env, tmp_path_factory):
+    """celery beat as the Procfile runs it: it fires wait timeouts, sleeps, delayed starts."""
+    schedule = tmp_path_factory.mktemp("beat") / "schedule"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "beat", "--schedule", str(schedule)],
+        env={**os.environ, **flowkit_env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def _deployment(store, worker):
+    """A clean store and the session's worker."""
+
+
+def paused(run: flowkit.Run) -> events.Event:
+    """The run.waiting event of ``run``, read from its stream as it comes."""
+    for event in flowkit.follow(run.id):
+        if event.type == events.RUN_WAITING:
+            return event
+    raise AssertionError(f"run {run.id} ended without waiting: {run.refresh().state}")
+
+
+def types(run: flowkit.Run) -> list[str]:
+    return [e.type for e in run.events()]
+
+
+def test_a_step_waits_for_input_holding_nothing_and_the_input_resumes_it():
+    run = wf.approval.start({"n": 1})
+    waiting = paused(run)
+    assert waiting.data["kind"] == "input" and waiting.data["name"] == "approval"
+    assert waiting.data["prompt"] == "Publish this?"
+    assert waiting.data["schema"]["properties"]["ok"]["type"] == "boolean"
+    record = flowkit.get_run(run.id)
+    assert record.state == "waiting" and [w["name"] for w in record.waits] == ["approval"]
+    assert record.attempts == {"0:t.approve": 1}
+
+    delivery = flowkit.send_input(run.id, "approval", {"ok": True, "note": "ship it"})
+    assert delivery.outcome == WaitOutcome.RESUMED
+    assert run.result(WAIT) == {"n": 1, "approved": True}
+    assert types(run).count("run.waiting") == 1 and "run.resumed" in types(run)
+    # the step ran again from its start; what it did inside a component was checkpointed
+    assert counts(run) == {"approve": 2, "record": 2}  # t.record: once inside, once as step 1
+    assert flowkit.get_run(run.id).waits == []
+
+
+def test_input_is_validated_answered_once_and_a_resend_changes_nothing():
+    run = wf.approval.start({"n": 1})
+    paused(run)
+    with pytest.raises(flowkit.ValidationError) as bad:
+        flowkit.send_input(run.id, "approval", {"ok": "perhaps"})
+    assert "ok" in bad.value.fields
+    with pytest.raises(flowkit.InvalidState):
+        flowkit.send_input(run.id, "something-else", {"ok": True})
+    assert flowkit.send_input(run.id, "approval", {"ok": False}).outcome == WaitOutcome.RESUMED
+    assert flowkit.send_input(run.id, "approval", {"ok": False}).outcome == WaitOutcome.SAME
+    with pytest.raises(flowkit.InvalidState):  # the first accepted value wins
+        flowkit.send_input(run.id, "approval", {"ok": True})
+    assert run.result(WAIT)["approved"] is False
+
+
+def test_waiting_runs_hold_no_worker_slot(worker):
+    """More waiting runs than the worker has slots, and other work still runs at once."""
+    runs = [wf.approval.start({"n": i}) for i in range(12)]  # the worker has 4 slots
+    for run in runs:
+        paused(run)
+    assert wf.simple.start({"n": 1}).result(WAIT) == {"n": 4}
+    for run in runs:
+        flowkit.send_input(run.id, "approval", {"ok": True})
+    assert [run.result(WAIT)["approved"] for run in runs] == [True] * 12
+
+
+def test_a_wait_past_its_timeout_raises_input_timeout_in_the_step(beat):
+    run = wf.approval.start({"n": 1, "timeout": 1})
+    paused(run)
+    done = run.wait(WAIT)
+    assert done.state == "failed" and done.error["type"] == "InputTimeout"
+    resumed = [e for e in run.events() if e.type == "run.resumed"]
+    assert [e.data["by"] for e in resumed] == ["timeout"]
+    with pytest.raises(flowkit.InvalidState):  # too late now
+        flowkit.send_input(run.id, "approval", {"ok": True})
+
+
+def test_an_event_wakes_every_run_waiting_for_it():
+    runs = [wf.payment.start({"order": 7}) for _ in range(3)]
+    for run in runs:
+        paused(run)
+    assert flowkit.send_event("payment:7", {"amount": 42}) == 3
+    assert [run.result(WAIT)["paid"] for run in runs] == [{"amount": 42}] * 3
+    assert flowkit.send_event("payment:7", {"amount": 1}) == 0  # nobody waits any more
+
+
+def test_an_event_sent_before_the_wait_counts_within_its_look_back():
+    flowkit.send_event("payment:8", {"amount": 5})
+    early = wf.payment.start({"order": 8, "lookback": 60})
+    assert early.result(WAIT)["paid"] == {"amount": 5}
+    assert "run.waiting" not in types(early)  # it never paused
+    late = wf.payment.start({"order": 8})  # no look-back: it waits for the next one
+    paused(late)
+    assert flowkit.send_event("payment:8", {"amount": 6}) == 1
+    assert late.result(WAIT)["paid"] == {"amount": 6}
+
+
+def test_an_event_wait_times_out(beat):
+    run = wf.payment.start({"order": 9, "timeout": 1})
+    assert run.wait(WAIT).error["type"] == "EventTimeout"
+
+
+def test_a_durable_sleep_holds_no_worker_and_ends_on_time(beat):
+    began = time.time()
+    run = wf.dozing.start({"seconds": 1.5})
+    waiting = paused(run)
+    assert waiting.data["kind"] == "sleep" and waiting.data["expires_at"] >= began + 1.5
+    assert flowkit.get_run(run.id).state == "waiting"
+    done = run.wait(WAIT)
+    assert done.state == "succeeded" and done.finished_at >= began + 1.5
+    assert [e.data["by"] for e in run.events() if e.type == "run.resumed"] == ["timer"]
+
+
+def test_a_delayed_start_is_scheduled_then_runs(beat):
+    began = time.time()
+    run = wf.simple.start({"n": 1}, delay=1.5)
+    assert run.state == "scheduled" and run.start_at >= began + 1.5
+    assert types(run) == ["run.scheduled"]
+    done = run.wait(WAIT)
+    assert done.state == "succeeded" and done.started_at >= began + 1.5
+
+
+def test_a_scheduled_run_and_a_waiting_run_can_be_cancelled(beat):
+    scheduled = wf.simple.start({"n": 1}, delay=1)
+    waiting = wf.approval.start({"n": 1, "timeout": 1})
+    paused(waiting)
+    assert flowkit.cancel(scheduled.id).state == "cancelled"
+    assert flowkit.cancel(waiting.id).state == "cancelled"
+    marker = wf.dozing.start({"seconds": 2})  # past both timers: beat has fired what is due
+    assert marker.result(WAIT)
+    assert scheduled.refresh().state == waiting.refresh().state == "cancelled"
+    assert "run.started" not in types(scheduled)
+    assert types(waiting).count("run.resumed") == 0
+
+
+def test_a_waiting_branch_lets_the_others_finish_and_joins_when_answered():
+    run = wf.waiting_branches.start({"n": 1})
+    seen: set[str] = set()
+    for event in flowkit.follow(run.id):  # one branch pauses, the other finishes meanwhile
+        if event.type == "run.waiting":
+            seen.add("paused")
+        if event.type == "step.completed" and event.data["step"] == "0.1.1:t.double":
+            seen.add("other branch done")
+        if len(seen) == 2:
+            break
+    flowkit.send_input(run.id, "approval", {"ok": True})
+    assert run.result(WAIT) == {"outputs": [{"n": 1, "approved": True}, {"n": 4}]}
+    assert counts(run)["add_one"] == 1 and counts(run)["double"] == 1  # never sent again
+
+
+def test_fan_out_items_wait_on_their_own_and_the_join_has_every_output():
+    run = wf.waiting_items.start({"n": 3})
+    for event in flowkit.follow(run.id):  # every item paused
+        if event.type == "run.waiting" and event.data["name"] == "item-2":
+            break
+    for i in (2, 0):  # answered out of order, one at a time
+        flowkit.send_input(run.id, f"item-{i}", {"value": 10 * (i + 1)})
+    assert flowkit.get_run(run.id).state == "waiting"  # item-1 still waits
+    flowkit.send_input(run.id, "item-1", {"value": 20})
+    assert run.result(WAIT) == {"total": 10 + 20 + 30}
