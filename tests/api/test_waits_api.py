@@ -1,0 +1,77 @@
+"""Answering paused runs over HTTP and from the shell: input (a run token may answer its own
+run), events, delayed starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import flowkit
+from tests import workflows as wf
+from tests.api.helpers import start
+from tests.test_waits import paused
+
+
+def test_input_over_http_is_validated_and_resumes_the_run(api, client):
+    run = start(client, "approval", {"n": 1})
+    paused(flowkit.get_run(run["id"]))
+    bad = client.post(f"/runs/{run['id']}/input/approval", json={"ok": "perhaps"})
+    assert bad.status_code == 400 and "ok" in bad.json()["error"]["fields"]
+    unknown = client.post(f"/runs/{run['id']}/input/other", json={"ok": True})
+    assert unknown.status_code == 409 and unknown.json()["error"]["code"] == "invalid_state"
+    # the run's own token answers it (a page answering its own form)
+    with api.client(key=run["token"]) as page:
+        accepted = page.post(f"/runs/{run['id']}/input/approval", json={"ok": True})
+        assert accepted.status_code == 202 and accepted.json()["outcome"] == "resumed"
+        again = page.post(f"/runs/{run['id']}/input/approval", json={"ok": True})
+        assert again.status_code == 200 and again.json()["outcome"] == "same"
+    assert flowkit.get_run(run["id"]).wait(20).output == {"n": 1, "approved": True}
+
+
+def test_a_run_token_answers_only_its_own_run(api, client):
+    mine = start(client, "approval", {"n": 1})
+    other = start(client, "approval", {"n": 2})
+    paused(flowkit.get_run(other["id"]))
+    with api.client(key=mine["token"]) as page:
+        refused = page.post(f"/runs/{other['id']}/input/approval", json={"ok": True})
+        assert refused.status_code == 403
+        assert page.post("/events/payment:1", json={}).status_code == 403  # full access only
+    flowkit.cancel(mine["id"])
+    flowkit.cancel(other["id"])
+
+
+def test_an_event_over_http_wakes_the_runs_waiting_for_it(client):
+    run = wf.payment.start({"order": 11})
+    paused(run)
+    sent = client.post("/events/payment:11", json={"amount": 3})
+    assert sent.status_code == 202 and sent.json() == {"woken": 1}
+    assert run.result(20)["paid"] == {"amount": 3}
+
+
+def test_a_delayed_start_over_http_is_scheduled_and_cancellable(client):
+    run = client.post("/workflows/simple/runs", params={"delay": 3600}, json={"n": 1}).json()
+    assert run["state"] == "scheduled" and run["start_at"] > run["created_at"] + 3500
+    assert client.post(f"/runs/{run['id']}/cancel").json()["state"] == "cancelled"
+
+
+def test_the_cli_answers_input_and_sends_events(flowkit_env, store, worker):
+    env = {**os.environ, **flowkit_env}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flowkit.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    run = wf.approval.start({"n": 1})
+    paused(run)
+    bad = cli("input", run.id, "approval", "{not json")
+    assert bad.returncode == 1 and "must be JSON" in bad.stderr
+    done = cli("input", run.id, "approval", '{"ok": true}')
+    assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "resumed"
+    assert run.result(20)["approved"] is True
+    waiting = wf.payment.start({"order": 12})
+    paused(waiting)
+    sent = cli("event", "payment:12", '{"amount": 9}')
+    assert sent.returncode == 0 and json.loads(sent.stdout) == {"woken": 1}
+    assert waiting.result(20)["paid"] == {"amount": 9}
