@@ -138,7 +138,8 @@ def loaded() -> dict[str, float]:
         workers = [worker(f"w{i}") for i in range(3)]
         kills: dict[str, float] = {}
         try:
-            runs = [long_run.start({"pause": 0.2}) for _ in range(runs_wanted)]
+            # 40 x 18 steps of 0.8 s on 6 slots: the fleet stays busy through the 90 s of kills
+            runs = [long_run.start({"pause": 0.8}) for _ in range(runs_wanted)]
             ends, n = time.monotonic() + seconds, 0
             while time.monotonic() < ends:
                 time.sleep(rng.uniform(3, 8))  # the chaos schedule

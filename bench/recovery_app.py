@@ -49,7 +49,7 @@ def raw_hold(key: str) -> None:
 @flowkit.component(name="bench.step")
 def step(data: dict) -> dict:
     """A step of real length (``pause`` seconds), so the queue stays busy."""
-    time.sleep(data.get("pause", 0.2))
+    time.sleep(data.get("pause", 0.8))
     return {**data, "n": data.get("n", 0) + 1}
 
 
@@ -66,7 +66,7 @@ def spread(data: dict) -> list:
 @flowkit.component(name="bench.decide")
 def decide(data: dict) -> object:
     """An agent loop: two more turns, then done."""
-    time.sleep(data.get("pause", 0.2))
+    time.sleep(data.get("pause", 0.8))
     if data.get("turns", 0) < 2:
         return flowkit.continue_with(decide, {**data, "turns": data.get("turns", 0) + 1})
     return data

@@ -313,7 +313,7 @@ def test_a_run_on_a_queue_of_its_own_fans_out_and_joins_there(start_worker):
             "starter", flowkit.get_settings().replace(default_queue="own-queue"))
         run = wf.fanned.start({"n": 3})
     finally:
-        broker._app = previous
+        broker.use_app(previous)
         previous.set_current()
     assert run.queue == "own-queue"
     assert run.result(WAIT) == {"total": 0 + 1 + 4}

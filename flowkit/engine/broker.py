@@ -20,6 +20,8 @@ from celery import Celery
 from ..config import Settings, get_settings
 
 _app: Celery | None = None
+#: The settings the producer app was made from (None: the app is create_celery_app's).
+_made_from: Settings | None = None
 _lock = threading.Lock()
 
 #: Priorities on the Redis transport: 0 is served first. Fresh work gets the default (3);
@@ -79,20 +81,24 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-def use_app(app: Celery) -> Celery:
-    """Make ``app`` the one this process sends flowkit's messages with."""
-    global _app
-    _app = app
+def use_app(app: Celery | None) -> Celery | None:
+    """Make ``app`` the one this process sends flowkit's messages with (None: a producer
+    app made from the settings, again, on next use)."""
+    global _app, _made_from
+    _app, _made_from = app, None
     return app
 
 
 def get_app() -> Celery:
-    """This process's app (``create_celery_app``'s), or a producer app made from settings."""
-    if _app is None:
+    """This process's app (``create_celery_app``'s), or a producer app made from settings
+    (made again when ``flowkit.configure`` changes them)."""
+    global _app, _made_from
+    settings = get_settings()
+    if _app is None or (_made_from is not None and _made_from is not settings):
         with _lock:
-            if _app is None:
+            if _app is None or (_made_from is not None and _made_from is not settings):
                 app = Celery("flowkit", set_as_current=False)
-                app.conf.update(celery_config(get_settings()))
-                use_app(app)
+                app.conf.update(celery_config(settings))
+                _app, _made_from = app, settings
     assert _app is not None
     return _app

@@ -372,6 +372,18 @@ class Store:
         """A message of the run's canvas went to the broker (handoff.lua)."""
         self._run_script("handoff", run_id, [gen, now])
 
+    @_op
+    def handed_off_many(self, handoffs: list[tuple[str, int, float]]) -> None:
+        """``handed_off`` for each (run id, gen, when), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, gen, at in handoffs:
+            self._run_script("handoff", run_id, [gen, at], client=pipe)
+        try:
+            pipe.execute()
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: load it
+            for run_id, gen, at in handoffs:
+                self._run_script("handoff", run_id, [gen, at])
+
     # -- waits (input, events, timers, delayed starts) --------------------------------------
 
     @_op

@@ -6,17 +6,15 @@ Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import time
 
 from celery import signals
 from celery.concurrency.prefork import TaskPool as Prefork
 
 from ..config import get_settings
 from ..engine import drain, heartbeat
-from ..errors import ConfigError, StoreUnavailable
-from ..store import get_store
+from ..engine.handoff import handoffs
+from ..errors import ConfigError
 from .checks import check_visibility_timeout
 
 
@@ -72,9 +70,7 @@ def handed_off(sender=None, body=None, **_) -> None:
     kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else None
     if not isinstance(kwargs, dict) or "run_id" not in kwargs or "gen" not in kwargs:
         return
-    # unrecorded, the reaper may restart the run needlessly: harmless, it resumes at its frontier
-    with contextlib.suppress(StoreUnavailable):
-        get_store().handed_off(kwargs["run_id"], kwargs["gen"], time.time())
+    handoffs.add(kwargs["run_id"], kwargs["gen"])  # written in the background (engine.handoff)
 
 
 def connect() -> None:

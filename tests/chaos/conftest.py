@@ -45,7 +45,7 @@ def _use_app(settings: flowkit.Settings):
 
 
 def _restore_app(previous) -> None:
-    broker._app = previous
+    broker.use_app(previous)
     if previous is not None:
         previous.set_current()
 

@@ -1,0 +1,60 @@
+"""Hand-offs: which runs' next messages reached the broker, written in the background.
+
+A worker records each message of a run it publishes (Celery's ``after_task_publish``), so
+the reaper does not take a run whose next step waits in the queue for one whose worker was
+lost between steps (restart.lua's ORPHANED). The record is not on the step's path: it is
+batched and written within ``FLUSH_SECONDS`` by a thread of this process. A worker that
+dies in that window leaves it unwritten; the reaper may then restart that run, which
+resumes at its frontier: nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from ..errors import StoreUnavailable
+from ..store import get_store
+
+log = logging.getLogger(__name__)
+#: Longest a hand-off waits to be written.
+FLUSH_SECONDS = 0.05
+
+
+class HandOffs:
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def add(self, run_id: str, gen: int) -> None:
+        with self._lock:
+            self._pending[run_id] = (gen, time.time())
+            start = self._pid != os.getpid()  # the first in this process (or after a fork)
+            self._pid = os.getpid()
+        if start:
+            threading.Thread(target=self._loop, name="flowkit-handoff", daemon=True).start()
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if batch:
+            get_store().handed_off_many([(run, gen, at) for run, (gen, at) in batch.items()])
+
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except StoreUnavailable:
+                log.warning("flowkit: could not record hand-offs (Redis away)")
+
+
+handoffs = HandOffs()
