@@ -54,7 +54,8 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
         )
         # Replacing with a bare group would join through celery.accumulate on the worker's
         # default queue, which a worker serving only the run's queue never consumes.
-        join = task.app.signature("flowkit.merge", kwargs={"known": known, "order": order},
+        join = task.app.signature("flowkit.merge", kwargs={"known": known, "order": order,
+                                                           "run_id": run_id, "gen": gen},
                                   **routed(queue), **result_options())
     else:
         firsts = [first for first in range(0, len(items), batch)
@@ -70,7 +71,8 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
             for first in firsts
         )
         known = {i: out for i, out in known.items() if int(i) not in order}
-        join = task.app.signature("flowkit.gather", kwargs={"known": known, "order": order},
+        join = task.app.signature("flowkit.gather", kwargs={"known": known, "order": order,
+                                                            "run_id": run_id, "gen": gen},
                                   **routed(queue), **result_options())
     return task.replace(with_priority(chord(header, join), task.request.delivery_info))
 

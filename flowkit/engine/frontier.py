@@ -100,6 +100,7 @@ class _Planner:
         first = sig.tasks[0] if isinstance(sig, _chain) else sig
         if isinstance(first, (_chain, group, _chord)):
             given = get_app().signature("flowkit.value", args=(value,), immutable=True,
+                                        kwargs={"run_id": self.run_id, "gen": self.gen},
                                         **routed(self.queue), **result_options())
             return chain(given, sig)
         if first.immutable:
@@ -119,7 +120,8 @@ class _Planner:
         if not pending:
             return _Done([known[str(i)] for i in range(len(node.branches))])
         merge = get_app().signature(
-            "flowkit.merge", kwargs={"known": known, "order": [i for i, _ in pending]},
+            "flowkit.merge", kwargs={"known": known, "order": [i for i, _ in pending],
+                                     "run_id": self.run_id, "gen": self.gen},
             **routed(self.queue), **result_options())
         return chord([sig for _, sig in pending], merge)
 

@@ -3,8 +3,8 @@
 A worker records each message of a run it publishes (Celery's ``after_task_publish``), so
 the reaper does not take a run whose next step waits in the queue for one whose worker was
 lost between steps (restart.lua's ORPHANED). The record is not on the step's path: it is
-batched and written within ``FLUSH_SECONDS`` by a thread of this process. A worker that
-dies in that window leaves it unwritten; the reaper may then restart that run, which
+written by a thread of this process, many in one round trip under load. A worker that
+dies before it is written leaves it unwritten; the reaper may then restart that run, which
 resumes at its frontier: nothing runs twice.
 """
 
@@ -19,8 +19,9 @@ from ..errors import StoreUnavailable
 from ..store import get_store
 
 log = logging.getLogger(__name__)
-#: Longest a hand-off waits to be written.
-FLUSH_SECONDS = 0.05
+#: Pause before writing what waits: 0, the writer thread takes whatever piled up meanwhile
+#: (under load, many hand-offs share one round trip; idle, each goes at once).
+FLUSH_SECONDS = 0.0
 
 
 class HandOffs:
@@ -50,7 +51,8 @@ class HandOffs:
         while self._pid == pid:
             self._wake.wait()
             self._wake.clear()
-            time.sleep(FLUSH_SECONDS)
+            if FLUSH_SECONDS:
+                time.sleep(FLUSH_SECONDS)
             try:
                 self.flush()
             except StoreUnavailable:

@@ -42,16 +42,20 @@ def register(app: Celery) -> None:
     def fan_out_batch(items: list, **kwargs: Any) -> list:
         return fanout.fan_out_batch(items, **kwargs)
 
+    # The joins carry run_id and gen only so that publishing them records the run's hand-off
+    # (worker.signals.handed_off): they read nothing of the run.
+
     @app.task(name="flowkit.gather", ignore_result=True, shared=False)
-    def gather(batches: list, known: dict | None = None, order: list | None = None) -> list:
+    def gather(batches: list, known: dict | None = None, order: list | None = None,
+               **_run: Any) -> list:
         return fanout.gather(batches, known, order)
 
     @app.task(name="flowkit.value", ignore_result=True, shared=False)
-    def value(given):
+    def value(given, **_run: Any):
         return given  # a continued run's frontier hands a stored output on (engine.frontier)
 
     @app.task(name="flowkit.merge", ignore_result=True, shared=False)
-    def merge(results: list, known: dict, order: list) -> list:
+    def merge(results: list, known: dict, order: list, **_run: Any) -> list:
         return fanout.merge(results, known, order)
 
     @app.task(name="flowkit.reaper", ignore_result=True, shared=False)
