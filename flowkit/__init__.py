@@ -35,6 +35,7 @@ from .context import (
     wait_for_input,
 )
 from .engine import control as _control
+from .engine import schedules
 from .engine.broker import get_app
 from .engine.control import (
     Run,
@@ -68,6 +69,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .events import Event
+from .flow import Concurrency, Schedule
 from .nodes import fan_out, parallel
 from .policy import exponential
 from .version import __version__ as __version__
@@ -82,6 +84,7 @@ _workflow.install_launcher(_control)
 
 __all__ = [
     "Component",
+    "Concurrency",
     "ConfigError",
     "Event",
     "EventTimeout",
@@ -95,6 +98,7 @@ __all__ = [
     "Run",
     "RunCancelled",
     "RunNotFound",
+    "Schedule",
     "Settings",
     "StepContext",
     "StepError",
@@ -125,6 +129,7 @@ __all__ = [
     "parallel",
     "progress",
     "retry",
+    "schedules",
     "send_event",
     "send_input",
     "sleep",

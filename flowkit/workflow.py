@@ -9,11 +9,13 @@ engine to the definitions and never back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import marshmallow
 
 from .errors import ConfigError, ValidationError, WorkflowNotFound
+from .flow import Concurrency, Schedule
 from .nodes import Sequence, as_node
 from .schemas import SchemaLike, as_schema
 
@@ -36,6 +38,8 @@ class Workflow:
         version: str = "1",
         description: str = "",
         queue: str | None = None,
+        concurrency: Concurrency | None = None,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         if not name or "/" in name or ":" in name:
             raise ConfigError(f"Workflow name {name!r} must be non-empty, without '/' or ':'.")
@@ -49,6 +53,13 @@ class Workflow:
         self.description = description
         #: Queue of this workflow's runs; None: the default queue of the app starting it.
         self.queue = queue
+        if concurrency is not None and not isinstance(concurrency, Concurrency):
+            raise ConfigError("Workflow(concurrency=...) takes a flowkit.Concurrency(limit, key).")
+        #: At most ``limit`` active runs per key (see flowkit.Concurrency).
+        self.concurrency = concurrency
+        self.schedules = tuple(schedules)
+        if not all(isinstance(s, Schedule) for s in self.schedules):
+            raise ConfigError("Workflow(schedules=[...]) takes flowkit.Schedule(...) items.")
         _workflows[name] = self
 
     def __repr__(self) -> str:

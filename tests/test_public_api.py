@@ -22,6 +22,8 @@ CORE = {
     # runs
     "Run", "Event", "get_run", "list_runs", "wait", "cancel", "retry", "get_workflow", "workflows",
     "history", "follow",
+    # flow control
+    "Concurrency", "Schedule", "schedules",
     # deployment and settings
     "create_celery_app", "get_app", "Settings", "configure", "get_settings",
     "FlowKit", "create_blueprint",

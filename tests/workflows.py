@@ -283,6 +283,21 @@ dozing = flowkit.Workflow("dozing", [doze])
 waiting_branches = flowkit.Workflow("waiting_branches", [
     parallel(approve, [add_one, double]), branch_total])
 waiting_items = flowkit.Workflow("waiting_items", [split, fan_out(ask_item), total])
+@component(name="t.tenant_work")
+def tenant_work(data: dict) -> dict:
+    """Says when it began and ended (the test checks at most `limit` overlap per tenant)."""
+    ctx = flowkit.context()
+    r = _redis()
+    r.rpush(f"active:{data['tenant']}", f"+{ctx.run_id}")
+    if data.get("gate"):
+        wait_for_gate("tenant_work")
+    time.sleep(data.get("pause", 0))
+    r.rpush(f"active:{data['tenant']}", f"-{ctx.run_id}")
+    return data
+
+
+per_tenant = flowkit.Workflow(
+    "per_tenant", [tenant_work], concurrency=flowkit.Concurrency(limit=2, key="tenant"))
 #: Its step goes to a queue the session's worker does not consume.
 LONELY = "lonely"
 lonely = flowkit.Workflow("lonely", [add_one.queue(LONELY)], input_schema=number_schema)

@@ -17,7 +17,7 @@ from .errors import to_response
 from .options import ApiOptions
 from .requests import check_body_size
 from .state import EXTENSION, ApiState, state
-from .views import docs, events, health, runs, waits, workflows
+from .views import docs, events, health, runs, schedules, waits, workflows
 
 #: Endpoints anyone may call: the load balancer's probe and the watch page's HTML
 #: (the page itself reads nothing without a run token).
@@ -55,7 +55,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)
     sock = Sock()
-    for views in (workflows, runs, events, waits, docs, health):
+    for views in (workflows, runs, events, waits, schedules, docs, health):
         views.register(bp, sock)
     return bp
 

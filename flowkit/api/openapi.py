@@ -194,6 +194,40 @@ _NAME = {"in": "path", "name": "name", "required": True, "schema": {"type": "str
          "description": "A served workflow's name."}
 
 
+def _schedule_body(plugin: MarshmallowPlugin) -> dict[str, Any]:
+    """ScheduleBody as JSON Schema, with what marshmallow's cannot say: cron or every."""
+    body = plugin.converter.schema2jsonschema(schemas.ScheduleBody)
+    body["oneOf"] = [{"required": ["cron"]}, {"required": ["every"]}]
+    return body
+
+
+def _schedule_paths(spec: APISpec, p: str) -> None:
+    sid = {"in": "path", "name": "schedule_id", "required": True, "schema": {"type": "string"},
+           "description": "The schedule's id."}
+    spec.path(f"{p}/schedules", operations={
+        "get": {"operationId": "listSchedules", "summary": "Every schedule, paused or not.",
+                "responses": _responses({200: "ScheduleList"}, (*_AUTH, 503))},
+        "post": {"operationId": "createSchedule",
+                 "summary": "Create (or replace, by id) a schedule: a run of `workflow` with "
+                            "`input` at every tick of `cron` (in `timezone`) or `every` "
+                            "seconds; one run per tick whatever the number of beats.",
+                 "requestBody": {"required": True, "content": {_JSON: {
+                     "schema": {"$ref": "#/components/schemas/ScheduleBody"}}}},
+                 "responses": _responses({201: "ScheduleInfo"}, (*_AUTH, 400, 404, 413, 503))},
+    })
+    spec.path(f"{p}/schedules/{{schedule_id}}", operations={
+        "get": {"operationId": "getSchedule", "parameters": [sid],
+                "responses": _responses({200: "ScheduleInfo"}, (*_AUTH, 404, 503))},
+        "delete": {"operationId": "deleteSchedule", "parameters": [sid],
+                   "responses": _responses({204: {"description": "Deleted."}},
+                                           (*_AUTH, 404, 503))},
+    })
+    for action in ("pause", "resume"):
+        spec.path(f"{p}/schedules/{{schedule_id}}/{action}", operations={"post": {
+            "operationId": f"{action}Schedule", "parameters": [sid],
+            "responses": _responses({200: "ScheduleInfo"}, (*_AUTH, 404, 413, 503))}})
+
+
 def _start_operation(wf: Any, opts: ApiOptions, plugin: MarshmallowPlugin,
                      spec: APISpec) -> dict[str, Any]:
     if wf.input_schema is not None:
@@ -253,10 +287,11 @@ def build_spec(api: ApiState) -> dict[str, Any]:
     for name, header in _HEADERS.items():
         spec.components.header(name, header)
     for name in ("Error", "Run", "StartedRun", "RunPage", "EventPage", "Output", "WorkflowInfo",
-                 "Delivered", "EventSent",
+                 "Delivered", "EventSent", "ScheduleInfo", "ScheduleList",
                  "WorkflowList", "Trace", "Worker", "Health"):
         spec.components.schema(name, schema=getattr(schemas, name))
     spec.components.schema("SseEvent", component=_SSE_EVENT)
+    spec.components.schema("ScheduleBody", component=_schedule_body(plugin))
     for name, response in _error_responses().items():
         spec.components.response(name, response)
     p = api.url_prefix
@@ -358,6 +393,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                         "description": "The event's key, e.g. `payment:42`."}],
         "requestBody": {"required": False, "content": {_JSON: {"schema": {}}}},
         "responses": _responses({202: "EventSent"}, (*_AUTH, 400, 413, 503))}})
+    _schedule_paths(spec, p)
     spec.path(f"{p}/runs/{{run_id}}/trace", operations={"get": {
         "operationId": "getTrace", "summary": "The run's trace spans.", "parameters": [_RUN_ID],
         "security": _RUN_READ, "responses": _responses({200: "Trace"}, _RUN)}})

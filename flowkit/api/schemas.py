@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..engine.control import Run as RunRecord
 from ..states import RunState
@@ -94,6 +94,9 @@ class EventsArgs(Schema):
 class StartArgs(Schema):
     wait = _QueryNumber(validate=validate.Range(0, 86_400), metadata={
         "description": "Hold the request up to this many seconds for the run to end."})
+    priority = _QueryInteger(validate=validate.Range(0, 9), metadata={
+        "description": "0 (the default) to 9: higher priorities are admitted (concurrency "
+                       "keys) and dispatched first on the same queue."})
     delay = _QueryNumber(validate=validate.Range(0, 366 * 86_400), metadata={
         "description": "Start the run this many seconds from now (it is `scheduled` until "
                        "then, visible and cancellable)."})
@@ -133,6 +136,7 @@ _RUN_FIELD_TYPES = {
     "float": lambda: fields.Float(required=True),
     "float | None": lambda: fields.Float(allow_none=True),
     "int": lambda: fields.Integer(required=True),
+    "int | None": lambda: fields.Integer(allow_none=True),
     "Any": lambda: fields.Raw(allow_none=True),
     "RunState": lambda: fields.String(required=True, validate=validate.OneOf(STATES)),
     "dict[str, Any] | None": lambda: fields.Dict(allow_none=True),
@@ -240,3 +244,42 @@ class Delivered(Schema):
 class EventSent(Schema):
     woken = fields.Integer(required=True, metadata={
         "description": "How many waiting runs the event answered."})
+
+
+class ScheduleBody(Schema):
+    """What ``POST /schedules`` takes."""
+
+    workflow = fields.String(required=True, validate=validate.Length(1, 200))
+    cron = fields.String(validate=validate.Regexp(
+        r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$",
+        error="5 fields (minute hour day month weekday) of digits and * / , -, "
+              "e.g. '0 9 * * 1-5'."))
+    every = fields.Float(validate=validate.Range(1, 366 * 86_400))
+    input = fields.Raw(allow_none=True)
+    timezone = fields.String(load_default="UTC", validate=validate.Length(1, 64))
+    catchup = fields.Boolean(load_default=False)
+    id = fields.String(validate=validate.Regexp(r"^[\x21-\x7e]{1,200}$"))
+
+    @validates_schema
+    def _one_clock(self, data: dict, **_: Any) -> None:
+        if ("cron" in data) == ("every" in data):
+            raise ValidationError("Give cron or every, one of them.", "cron")
+
+
+class ScheduleInfo(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    id = fields.String(required=True)
+    workflow = fields.String(required=True)
+    cron = fields.String(allow_none=True)
+    every = fields.Float(allow_none=True)
+    input = fields.Raw(allow_none=True)
+    timezone = fields.String(required=True)
+    catchup = fields.Boolean(required=True)
+    paused = fields.Boolean(required=True)
+    next_at = fields.Float(allow_none=True, required=True)
+
+
+class ScheduleList(Schema):
+    schedules = fields.List(fields.Nested(ScheduleInfo), required=True)

@@ -24,12 +24,18 @@ _app: Celery | None = None
 _made_from: Settings | None = None
 _lock = threading.Lock()
 
-#: Priorities on the Redis transport: 0 is served first. Fresh work gets the default (3);
-#: a run that continues (restart, retry, answered wait) sends its frontier at 0, so its
-#: recovery does not wait behind the backlog of new runs.
+#: Message priorities on the Redis transport: 0 is served first. A run that continues
+#: (restart, retry, answered wait) sends its frontier at 0, so its recovery does not wait
+#: behind the backlog of new runs; fresh work is served by its run's priority (0-9, 9
+#: first): priority p goes out at 9 - p (the default, 0, at 9; 9 with continued work).
 CONTINUED_PRIORITY = 0
-FRESH_PRIORITY = 3
-PRIORITY_STEPS = [0, 3, 6, 9]
+FRESH_PRIORITY = 9
+PRIORITY_STEPS = list(range(10))
+
+
+def fresh_priority(run_priority: int) -> int:
+    """The message priority of fresh work of a run of ``run_priority`` (0-9, 9 first)."""
+    return FRESH_PRIORITY - run_priority
 
 
 def celery_config(settings: Settings) -> dict:

@@ -19,7 +19,7 @@ from celery.canvas import _chain, _chord
 from ..component import Component, lookup
 from ..nodes import FanOut, Node, Parallel, Sequence, Step
 from ..workflow import Workflow
-from .broker import get_app
+from .broker import fresh_priority, get_app
 
 
 def _policy_payload(comp: Component) -> dict | None:
@@ -134,6 +134,11 @@ def compile_run(
                  finish_signature(workflow, run_id, gen, queue))
 
 
-def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None) -> None:
-    """Send generation ``gen`` of the run's whole canvas, its first step receiving ``payload``."""
-    compile_run(workflow.root, workflow.name, run_id, gen, queue).apply_async(args=(payload,))
+def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None,
+            priority: int = 0) -> None:
+    """Send generation ``gen`` of the run's whole canvas, its first step receiving ``payload``;
+    a run's ``priority`` (0-9, 9 first) goes with every message of it."""
+    canvas = compile_run(workflow.root, workflow.name, run_id, gen, queue)
+    if priority:
+        with_priority(canvas, {"priority": fresh_priority(priority)})
+    canvas.apply_async(args=(payload,))

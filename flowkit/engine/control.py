@@ -8,12 +8,11 @@ snapshot of a run's record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from kombu.exceptions import OperationalError
 from ulid import ULID
 
 from .. import events
@@ -25,17 +24,19 @@ from ..errors import (
     RunCancelled,
     RunNotFound,
     StepError,
-    StoreUnavailable,
     ValidationError,
 )
+from ..flow import check_priority
 from ..schemas import json_errors
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
 from ..workflow import Workflow, workflows
-from . import canvas
+from . import admission, canvas
+from . import schedules as schedules  # the door to schedules too (the API's)
 from . import trace as traces
-from .broker import CONTINUED_PRIORITY, get_app
+from .broker import get_app
+from .dispatch import send, send_resume
 
 
 def _num(value: str | None) -> float | None:
@@ -77,6 +78,13 @@ class Run:
     stuck_restarts: int = 0
     #: When a scheduled run is due (a delayed start).
     start_at: float | None = None
+    #: 0-9, 9 first: admitted and dispatched ahead of lower priorities.
+    priority: int = 0
+    #: ``<workflow>:<key>`` of a workflow with a concurrency key, and its limit.
+    concurrency_group: str | None = None
+    concurrency_limit: int | None = None
+    #: What a run held by its concurrency key waits for ("2 of 2 runs of acme active").
+    held_for: str | None = None
     #: False when ``start`` found an existing run for the idempotency key.
     created: bool = field(default=True, compare=False)
 
@@ -104,6 +112,10 @@ class Run:
             queue=h.get("queue") or None,
             stuck_restarts=int(h.get("stuck_restarts", 0)),
             start_at=_num(h.get("start_at")),
+            priority=int(h.get("priority", 0)),
+            concurrency_group=h.get("concurrency_group") or None,
+            concurrency_limit=int(h["concurrency_limit"]) if h.get("concurrency_limit") else None,
+            held_for=h.get("held_for") or None,
         )
 
     @staticmethod
@@ -178,23 +190,32 @@ def not_found(run_id: str) -> RunNotFound:
 def start(
     workflow: Workflow, input: Any = None, *, idempotency_key: str | None = None,
     owner: str | None = None, delay: float | None = None, start_at: datetime | float | None = None,
-    store: Store | None = None,
+    priority: int = 0, store: Store | None = None,
 ) -> Run:
     """Validate ``input``, store a queued run and enqueue its canvas (``Workflow.start``).
 
     With ``idempotency_key``, a second start with the same key returns the first run
     (``run.created`` is False) and enqueues nothing. With ``delay`` (seconds) or
     ``start_at`` (a datetime, or a Unix time) the run is ``scheduled``: beat starts it
-    then (visible and cancellable meanwhile). ``store``: the store to use (the API passes
-    its own, with a short retry budget); by default this process's.
+    then (visible and cancellable meanwhile). ``priority`` (0-9, 9 first): admitted and
+    dispatched ahead of lower priorities on the same queue. A workflow with a concurrency
+    key holds the run in Redis while its key has no free slot (engine.admission).
+    ``store``: the store to use (the API passes its own, with a short retry budget); by
+    default this process's.
     """
     store = store or get_store()
+    priority = check_priority(priority)
     payload = workflow.validate(input)
     input_json = dumps_bounded(payload, "the workflow input")
     queue = workflow.queue or get_app().conf.task_default_queue
     run_id, now = str(ULID()), time.time()
     due = _due(now, delay, start_at)
     record = Run.new_record(run_id, workflow, input_json, now, owner, idempotency_key, queue, due)
+    record["priority"] = priority
+    if workflow.concurrency is not None:
+        key = workflow.concurrency.key_of(payload, owner)
+        record["concurrency_group"] = f"{workflow.name}:{key}"
+        record["concurrency_limit"] = workflow.concurrency.limit
     if due is None:
         first = events.make(events.RUN_QUEUED, run_id, workflow=workflow.name,
                             version=workflow.version)
@@ -211,10 +232,17 @@ def start(
             )
         existing.created = False
         return existing
-    run = Run.load(winner, store)  # as created: queued (a worker may start it at once)
-    if due is None:
-        _send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue))
-    return run
+    if due is None and _admitted(record, store):
+        send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue, priority))
+    return Run.load(winner, store)  # as created: queued (a worker may start it at once)
+
+
+def _admitted(record: dict[str, Any], store: Store) -> bool:
+    """Whether a run may be enqueued now: always, unless its concurrency key is full."""
+    if "concurrency_group" not in record:
+        return True
+    return admission.request(record["id"], record["concurrency_group"],
+                             record["concurrency_limit"], record["priority"], store)
 
 
 def _due(now: float, delay: float | None, start_at: datetime | float | None) -> float | None:
@@ -350,6 +378,8 @@ def cancel(run_id: str, store: Store | None = None) -> Run:
     result = store.cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
     if result < 0:
         raise not_found(run_id)
+    if result > 0:
+        admission.released(run_id, store)
     run = Run.load(run_id, store)
     if result == 0:
         raise InvalidState(f"Run {run_id} already {run.state}; only queued or running runs cancel.")
@@ -367,16 +397,16 @@ def retry(run_id: str, store: Store | None = None) -> Run:
     )
     if not gen:
         raise InvalidState(f"Run {run_id} could not be retried ({why}).")
-    resume(run, gen)
+    if not run.concurrency_group or admission.request(
+            run_id, run.concurrency_group, run.concurrency_limit or 1, run.priority, store):
+        resume(run, gen)  # else it waits in line for its slot, like a new run
     return Run.load(run_id, store)
 
 
 def resume(run: Run, gen: int) -> None:
-    """Ask a worker of the run's own queue to enqueue generation ``gen`` of its canvas
+    """Ask a worker of the run's own queue to enqueue the frontier of generation ``gen``
     (it has the workflow version the run started with; this process may not)."""
-    _send(lambda: get_app().send_task(
-        "flowkit.resume", kwargs={"run_id": run.id, "gen": gen}, queue=run.queue,
-        priority=CONTINUED_PRIORITY))
+    send_resume(run.id, gen, run.queue)
 
 
 # -- answering waits ----------------------------------------------------------------------
@@ -448,16 +478,15 @@ def fire_due_timers(now: float | None = None, store: Store | None = None) -> lis
     resumed: list[str] = []
     for run_id, key in store.due_timers(now):
         outcome, gen = store.fire_timer(run_id, key, now)
-        if outcome == WaitOutcome.RESUMED:
-            resume(Run.load(run_id, store), gen)
-            resumed.append(run_id)
+        if outcome != WaitOutcome.RESUMED:
+            continue
+        run = Run.load(run_id, store)
+        held = key == "$start" and run.concurrency_group and not admission.request(
+            run.id, run.concurrency_group, run.concurrency_limit or 1, run.priority, store)
+        if held:  # a delayed start asks for its slot when due: it waits in line
+            continue
+        resume(run, gen)
+        resumed.append(run_id)
     return resumed
 
 
-def _send(publish: Callable[[], Any]) -> None:
-    """Publish to the broker; a broker out of reach is StoreUnavailable (the run is stored:
-    the reaper sends it again once FLOWKIT_QUEUED_TIMEOUT passes)."""
-    try:
-        publish()
-    except OperationalError as exc:
-        raise StoreUnavailable(f"the Celery broker is unreachable: {exc}") from exc

@@ -25,7 +25,7 @@ from ..serialization import dumps_bounded, loads
 from ..states import StepStart
 from ..store import Begin, Store, get_store
 from ..workflow import get_workflow, workflows
-from . import cache, canvas, frontier, notify
+from . import admission, cache, canvas, frontier, notify
 from .control import Run, resume
 from .drain import draining
 from .heartbeat import heartbeat, worker_id
@@ -201,6 +201,7 @@ def _fail(
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
     writer.flush()  # the failed attempt's span before the run's failure
     if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
+        admission.released(run_id, store)
         notify.run_failed(run_id)
     log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc))
 
@@ -210,6 +211,7 @@ def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "Workflo
     error = {"type": kind, "message": message, "step": key, "attempts": []}
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
     if get_store().fail(run_id, gen, key, "", time.time(), error, None, run_event):
+        admission.released(run_id)
         notify.run_failed(run_id)
 
 
@@ -256,7 +258,8 @@ def finish_run(output: Any, *, run_id: str, gen: int, workflow: str) -> None:
         fail_run(run_id, gen, "", f"output rejected: {exc}", kind=type(exc).__name__)
         raise Ignore() from None
     event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
-    store.finish(run_id, gen, time.time(), output_json, event)
+    if store.finish(run_id, gen, time.time(), output_json, event):
+        admission.released(run_id, store)
 
 
 def resume_run(*, run_id: str, gen: int) -> None:

@@ -16,8 +16,9 @@ import time
 from ..config import get_settings
 from ..states import RestartCause, RestartRefusal, RunState
 from ..store import get_store
-from . import notify
-from .control import Run, fire_due_timers, resume
+from ..workflow import get_workflow
+from . import admission, notify, schedules
+from .control import Run, fire_due_timers, resume, start
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
         elif refusal == RestartRefusal.GAVE_UP:
             report["gave_up"].append(run_id)
             log.error("flowkit reaper: gave up run %s (%s)", run_id, reason)
+            admission.released(run_id, store)
             notify.run_failed(run_id)
 
     lapse = settings.heartbeat_lapse
@@ -70,7 +72,25 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     for run_id in store.quiet_since(limit):
         restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
     report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
+    report["scheduled"] = fire_schedules(now)
+    report["admitted"] = admission.reconcile(store)  # slots of runs that ended without giving
     return report
+
+
+def fire_schedules(now: float | None = None) -> list[str]:
+    """Start the run of every schedule tick due by ``now``; returns the run ids."""
+    store = get_store()
+    started: list[str] = []
+    for definition, tick in schedules.claim_due(now, store):
+        try:
+            run = start(get_workflow(definition["workflow"]), definition.get("input"),
+                        idempotency_key=schedules.idempotency_key(definition, tick),
+                        store=store)
+        except Exception:  # one broken schedule must not stop the sweep
+            log.exception("flowkit: schedule %s could not start its run", definition["id"])
+            continue
+        started.append(run.id)
+    return started
 
 
 def trim_indexes(now: float | None = None) -> int:

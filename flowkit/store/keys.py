@@ -24,6 +24,9 @@ Keys that no run script touches live outside the shards, each a single-key opera
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
 (idempotency claims), ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
+``flowkit:{schedules}:defs`` and ``:due`` (schedules, one slot of their own),
+``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
+slot per group) and ``flowkit:cc:groups``,
 ``flowkit:workers`` and ``flowkit:nodes`` (worker presence),
 ``flowkit:cache:...``,
 ``flowkit:llm:rate:...`` and the relay's wake streams.
@@ -33,6 +36,7 @@ Keys that no run script touches live outside the shards, each a single-key opera
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -147,6 +151,26 @@ class Keys:
     def sent(self, event_key: str) -> str:
         """STREAM of the events sent under ``event_key`` lately (a wait's look-back)."""
         return f"{self.prefix}:sent:{event_key}"
+
+    def slots(self, group: str) -> tuple[str, str]:
+        """(active, pending) ZSETs of a concurrency group, sharing a slot of their own."""
+        tag = f"{self.prefix}:{{cc:{hashlib.sha1(group.encode()).hexdigest()[:16]}}}"
+        return f"{tag}:active", f"{tag}:pending"
+
+    @property
+    def groups(self) -> str:
+        """HASH concurrency group -> its limit: the groups the reaper reconciles."""
+        return f"{self.prefix}:cc:groups"
+
+    @property
+    def schedules(self) -> str:
+        """HASH schedule id -> its definition (JSON); shares a slot with ``schedules_due``."""
+        return f"{self.prefix}:{{schedules}}:defs"
+
+    @property
+    def schedules_due(self) -> str:
+        """ZSET schedule id -> when it next fires (a paused schedule is not in it)."""
+        return f"{self.prefix}:{{schedules}}:due"
 
     def relay_wake(self, name: str) -> str:
         """A relay hub's private stream: an entry wakes its blocked XREAD."""

@@ -24,9 +24,9 @@ _VOCABULARIES: dict[str, type[StrEnum]] = {
 
 RUN_SCRIPTS = (
     "create", "begin", "complete", "emit", "retrying", "fail", "finish", "cancel", "restart",
-    "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer",
+    "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer", "hold", "admit",
 )
-STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle")
+STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "admission")
 
 
 @cache

@@ -461,6 +461,106 @@ class Store:
             break  # the newest is older: so are the rest
         return None
 
+    # -- concurrency groups (admission) -----------------------------------------------------
+
+    @_op
+    def slots(
+        self, group: str, limit: int, now: float, add: str = "", order: float = 0.0,
+        release: str = "",
+    ) -> tuple[bool, int, list[str]]:
+        """Ask for a slot for ``add``, give back ``release``'s, and hand free slots to the
+        runs in line (admission.lua). Returns (``add`` holds a slot, slots taken, the runs
+        admitted by this call)."""
+        active, pending = self.keys.slots(group)
+        if add:
+            self.redis.hset(self.keys.groups, group, limit)
+        result = self._scripts["admission"](keys=[active, pending],
+                                            args=[add, order, release, limit, now])
+        return bool(result[0]), int(result[1]), list(result[2:])
+
+    @_op
+    def slot_holders(self, group: str) -> list[tuple[str, float]]:
+        """(run id, admitted at) of the runs holding a slot of ``group``."""
+        return self.redis.zrange(self.keys.slots(group)[0], 0, -1, withscores=True)
+
+    @_op
+    def in_line(self, group: str) -> int:
+        return self.redis.zcard(self.keys.slots(group)[1])
+
+    @_op
+    def groups(self) -> dict[str, int]:
+        """Every concurrency group used, with its limit."""
+        return {group: int(limit) for group, limit in self.redis.hgetall(self.keys.groups).items()}
+
+    @_op
+    def hold(self, run_id: str, reason: str, now: float, event: dict[str, Any]) -> bool:
+        """A run waits for a slot: out of the queued index, saying why (hold.lua)."""
+        return bool(self._run_script("hold", run_id, [
+            run_id, reason, now, self.settings.retention_seconds, dumps(event)]))
+
+    @_op
+    def admit(self, run_id: str, now: float, event: dict[str, Any]) -> bool:
+        """A held run got its slot (admit.lua): True when this call admitted it."""
+        return bool(self._run_script("admit", run_id, [
+            run_id, now, self.settings.retention_seconds, dumps(event)]))
+
+    @_op
+    def run_states(self, run_ids: list[str]) -> list[str | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hget(self.keys.run(run_id), "state")
+        return pipe.execute()
+
+    # -- schedules ----------------------------------------------------------------------
+
+    @_op
+    def put_schedule(self, definition: dict[str, Any], next_at: float | None) -> None:
+        """Store a schedule; ``next_at`` None: paused (out of the due index)."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.schedules, definition["id"], dumps(definition))
+        if next_at is None:
+            pipe.zrem(self.keys.schedules_due, definition["id"])
+        else:
+            pipe.zadd(self.keys.schedules_due, {definition["id"]: next_at})
+        pipe.execute()
+
+    @_op
+    def schedule(self, schedule_id: str) -> tuple[dict[str, Any] | None, float | None]:
+        """A schedule's definition and next fire time (None when paused)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.schedules, schedule_id)
+        pipe.zscore(self.keys.schedules_due, schedule_id)
+        raw, next_at = pipe.execute()
+        return (loads(raw) if raw else None), next_at
+
+    @_op
+    def schedules(self) -> list[tuple[dict[str, Any], float | None]]:
+        """Every schedule with its next fire time (None when paused), by id."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.schedules)
+        pipe.zrange(self.keys.schedules_due, 0, -1, withscores=True)
+        defs, due = pipe.execute()
+        next_at = dict(due)
+        return [(loads(raw), next_at.get(sid)) for sid, raw in sorted(defs.items())]
+
+    @_op
+    def delete_schedule(self, schedule_id: str) -> bool:
+        pipe = self.redis.pipeline()
+        pipe.hdel(self.keys.schedules, schedule_id)
+        pipe.zrem(self.keys.schedules_due, schedule_id)
+        return bool(pipe.execute()[0])
+
+    @_op
+    def due_schedules(self, now: float) -> list[tuple[str, float]]:
+        """(schedule id, the fire time due) of the schedules due by ``now``."""
+        return self.redis.zrangebyscore(self.keys.schedules_due, "-inf", now, withscores=True)
+
+    @_op
+    def claim_tick(self, schedule_id: str, due_at: float, next_at: float) -> bool:
+        """Move a schedule past the tick ``due_at`` (claim_tick.lua): True for one caller."""
+        return bool(self._scripts["claim_tick"](keys=[self.keys.schedules_due],
+                                                 args=[schedule_id, repr(due_at), next_at]))
+
     # -- leases and indexes (the reaper, draining) --------------------------------------
 
     @_op

@@ -53,7 +53,7 @@ def start_run(name: str):
     wf.validate(body)  # marshmallow's own field messages first
     check_input(wf.input_schema, body)  # then what it lets through the published schema refuses
     run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store,
-                        start_at=args.get("start_at"),
+                        start_at=args.get("start_at"), priority=args.get("priority", 0),
                         delay=None if "start_at" in args else args.get("delay"))
     who.require_run(run.id, run.owner)  # an idempotency key of another owner's run
     token = current.auth.issue(run.id)

@@ -1,0 +1,68 @@
+"""``/schedules``: runs started at every tick of a cron line or an interval (full access)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask_sock import Sock
+
+from ...engine import control
+from ...errors import ConfigError
+from .. import schemas
+from ..errors import ApiError
+from ..requests import access, json_body
+from ..state import state
+
+
+def register(bp: Blueprint, sock: Sock) -> None:
+    bp.get("/schedules")(list_schedules)
+    bp.post("/schedules")(create_schedule)
+    bp.get("/schedules/<schedule_id>")(get_schedule)
+    bp.delete("/schedules/<schedule_id>")(delete_schedule)
+    bp.post("/schedules/<schedule_id>/pause")(pause_schedule)
+    bp.post("/schedules/<schedule_id>/resume")(resume_schedule)
+
+
+def list_schedules():
+    access().require_full()
+    return {"schedules": control.schedules.list(store=state().store)}
+
+
+def create_schedule():
+    access().require_full()
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "validation_error", "Invalid schedule.",
+                       {"_schema": ["A JSON object: workflow, cron or every, input, ..."]})
+    if isinstance(body.get("workflow"), str):
+        state().workflow(body["workflow"])  # 404 for a workflow this API does not serve
+    try:
+        spec = schemas.ScheduleBody().load(body)
+    except schemas.ValidationError as exc:
+        raise ApiError(400, "validation_error", "Invalid schedule.", exc.messages) from None
+    try:
+        created = control.schedules.create(spec.pop("workflow"), store=state().store, **spec)
+    except ConfigError as exc:  # a cron line or time zone the scheduler cannot read
+        raise ApiError(400, "validation_error", "Invalid schedule.", {"_schema": [str(exc)]}) \
+            from None
+    return jsonify(created), 201
+
+
+def get_schedule(schedule_id: str):
+    access().require_full()
+    return control.schedules.get(schedule_id, store=state().store)
+
+
+def delete_schedule(schedule_id: str):
+    access().require_full()
+    control.schedules.delete(schedule_id, store=state().store)
+    return "", 204
+
+
+def pause_schedule(schedule_id: str):
+    access().require_full()
+    return control.schedules.pause(schedule_id, store=state().store)
+
+
+def resume_schedule(schedule_id: str):
+    access().require_full()
+    return control.schedules.resume(schedule_id, store=state().store)

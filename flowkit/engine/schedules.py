@@ -1,0 +1,174 @@
+"""Schedules: runs started at every tick of a cron line or an interval, fired by beat.
+
+A schedule lives in Redis (declared on a workflow with ``Workflow(..., schedules=[...])``,
+stored when a worker first sweeps; or created at run time with :func:`create`, REST
+``/schedules`` or ``flowkit schedules``). Beat's reaper sweep fires what is due: each tick
+is claimed once (claim_tick.lua) and its run started (by the reaper) with the idempotency
+key ``schedule:<id>:<tick>``, so even two beat processes started by mistake start one run per
+tick. The next tick comes from Celery's own ``crontab`` in the schedule's time zone.
+
+Missed ticks (beat was down): a tick later than ``GRACE`` seconds is skipped, unless the
+schedule says ``catchup=True``: then the last one missed runs, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import crontab
+
+from ..errors import ConfigError, NotFound
+from ..flow import Schedule
+from ..store import Store, get_store
+from ..workflow import get_workflow, workflows
+
+log = logging.getLogger(__name__)
+#: A tick this late (seconds) still fires; an older one was missed.
+GRACE = 60.0
+_declared: set[str] = set()
+
+
+def next_tick(definition: dict[str, Any], after: float) -> float:
+    """The first tick of the schedule strictly after ``after`` (a Unix time)."""
+    if definition.get("every"):
+        every = float(definition["every"])
+        anchor = float(definition.get("anchor", 0.0))
+        return anchor + (int((after - anchor) // every) + 1) * every
+    tz = _zone(definition.get("timezone", "UTC"))
+    minute, hour, day, month, weekday = definition["cron"].split()
+    cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
+                   day_of_week=weekday)
+    last = datetime.fromtimestamp(after, tz)
+    start, delta, _ = cron.remaining_delta(last, tz=tz)
+    return (start + delta).timestamp()
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {name!r}; use an IANA name like "
+                          "'Europe/Paris' or 'UTC'.") from None
+
+
+def definition_of(workflow: str, schedule: Schedule) -> dict[str, Any]:
+    definition = {
+        "id": schedule.default_id(workflow), "workflow": workflow, "cron": schedule.cron,
+        "every": schedule.every, "input": schedule.input, "timezone": schedule.timezone,
+        "catchup": schedule.catchup, "anchor": time.time(),
+    }
+    try:
+        next_tick(definition, time.time())  # a bad cron line or zone fails here, said clearly
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(f"invalid cron line {schedule.cron!r}: {exc}") from None
+    return definition
+
+
+# -- the API ----------------------------------------------------------------------------
+
+
+def create(workflow: str, *, cron: str | None = None, every: float | None = None,
+           input: Any = None, timezone: str = "UTC", catchup: bool = False,
+           id: str | None = None, store: Store | None = None) -> dict[str, Any]:
+    """Create (or replace) a schedule of ``workflow``; returns it with ``next_at``."""
+    wf = get_workflow(workflow)
+    wf.validate(input)  # a schedule that would start invalid runs is refused now
+    schedule = Schedule(cron=cron, every=every, input=input, timezone=timezone,
+                        catchup=catchup, id=id)
+    definition = definition_of(wf.name, schedule)
+    next_at = next_tick(definition, time.time())
+    (store or get_store()).put_schedule(definition, next_at)
+    return {**definition, "paused": False, "next_at": next_at}
+
+
+def get(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
+    definition, next_at = (store or get_store()).schedule(schedule_id)
+    if definition is None:
+        raise NotFound(f"No schedule {schedule_id!r}.")
+    return {**definition, "paused": next_at is None, "next_at": next_at}
+
+
+def list(store: Store | None = None) -> list[dict[str, Any]]:  # noqa: A001 - schedules.list()
+    return [{**d, "paused": n is None, "next_at": n} for d, n in (store or get_store()).schedules()]
+
+
+def delete(schedule_id: str, store: Store | None = None) -> None:
+    if not (store or get_store()).delete_schedule(schedule_id):
+        raise NotFound(f"No schedule {schedule_id!r}.")
+
+
+def pause(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
+    store = store or get_store()
+    definition = get(schedule_id, store)
+    store.put_schedule(_stored(definition), None)
+    return {**definition, "paused": True, "next_at": None}
+
+
+def resume(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
+    store = store or get_store()
+    definition = get(schedule_id, store)
+    next_at = next_tick(definition, time.time())
+    store.put_schedule(_stored(definition), next_at)
+    return {**definition, "paused": False, "next_at": next_at}
+
+
+def _stored(view: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in view.items() if k not in ("paused", "next_at")}
+
+
+# -- firing (beat's sweep) ----------------------------------------------------------------
+
+
+def store_declared(store: Store | None = None) -> None:
+    """Store the schedules declared on this process's workflows (once per process); a
+    schedule already stored keeps its next tick (and its pause)."""
+    store = store or get_store()
+    for wf in workflows().values():
+        for schedule in getattr(wf, "schedules", ()):
+            definition = definition_of(wf.name, schedule)
+            if definition["id"] in _declared:
+                continue
+            stored, _ = store.schedule(definition["id"])
+            if stored is None:
+                store.put_schedule(definition, next_tick(definition, time.time()))
+            _declared.add(definition["id"])
+
+
+def claim_due(now: float | None = None, store: Store | None = None
+              ) -> list[tuple[dict[str, Any], float]]:
+    """Claim every tick due by ``now`` (each once, however many sweeps run): the schedules
+    and ticks whose runs to start (the reaper starts them, keyed by schedule and tick)."""
+    store, now = store or get_store(), time.time() if now is None else now
+    store_declared(store)
+    claimed: list[tuple[dict[str, Any], float]] = []
+    for schedule_id, due_at in store.due_schedules(now):
+        definition, _ = store.schedule(schedule_id)
+        if definition is None:
+            continue
+        if not store.claim_tick(schedule_id, due_at, next_tick(definition, now)):
+            continue  # another sweep claimed it
+        tick = due_at
+        if now - due_at > GRACE:  # beat was down: the ticks since are missed
+            if not definition.get("catchup"):
+                log.warning("flowkit: schedule %s skipped ticks missed since %s", schedule_id,
+                            due_at)
+                continue
+            tick = _last_tick_before(definition, due_at, now)
+        claimed.append((definition, tick))
+    return claimed
+
+
+def idempotency_key(definition: dict[str, Any], tick: float) -> str:
+    """The key of a tick's run: two beats firing the same tick start one run."""
+    return f"schedule:{definition['id']}:{tick:.3f}"
+
+
+def _last_tick_before(definition: dict[str, Any], first: float, now: float) -> float:
+    tick = first
+    while (following := next_tick(definition, tick)) <= now:
+        tick = following
+    return tick

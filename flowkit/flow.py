@@ -1,0 +1,107 @@
+"""Flow control, as declared: concurrency keys, rates, priorities and schedules.
+
+These are definitions (what a workflow or a component asks for); the engine enforces
+them (:mod:`flowkit.engine.admission`, :mod:`flowkit.engine.schedules`, the executor).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+#: Priorities a run may ask for: 0 (the default) to 9 (first).
+PRIORITIES = range(10)
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_UNIT = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
+         "hour": 3600}
+
+
+def check_priority(priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
+        raise ConfigError(f"priority must be a whole number from 0 to 9, not {priority!r}.")
+    return priority
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """At most ``limit`` runs of a workflow per key are active (running, or holding a step);
+    the rest stay ``queued`` in Redis, admitted in order (higher priority first, then the
+    order they came in). The key is the run's owner (``key=None``), a field of its input
+    (``key="tenant"``) or a function of its input (``key=lambda i: i["tenant"]``)."""
+
+    limit: int
+    key: str | Callable[[Any], Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ConfigError(f"Concurrency(limit=...) is a whole number >= 1, not {self.limit!r}.")
+        if self.key is not None and not (isinstance(self.key, str) or callable(self.key)):
+            raise ConfigError("Concurrency(key=...) is an input field's name or a function "
+                              "of the input (None: the run's owner).")
+
+    def key_of(self, input: Any, owner: str | None) -> str:
+        """The key a run with ``input`` started by ``owner`` queues under."""
+        if self.key is None:
+            return owner or ""
+        if callable(self.key):
+            return str(self.key(input))
+        if not isinstance(input, dict) or self.key not in input:
+            raise ConfigError(f"the input has no field {self.key!r} to key its concurrency by")
+        return str(input[self.key])
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` per ``seconds``: ``Rate.parse("60/m")``."""
+
+    count: float
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        found = _RATE.match(text) if isinstance(text, str) else None
+        if found is None:
+            raise ConfigError(f"a rate is like '60/m', '5/s', '1000/h' or '10/5s', not {text!r}.")
+        count, every, unit = found.groups()
+        return cls(float(count), float(every or 1) * _UNIT[unit])
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Start a run of the workflow at every tick: of ``cron`` (5 fields: minute hour day
+    month weekday, read by Celery's ``crontab``, in ``timezone``) or ``every`` so many
+    seconds, with ``input``. Each tick starts one run, however many beats run (the run's
+    idempotency key is the schedule's id and the tick). Ticks missed while beat was down
+    are skipped; ``catchup=True`` runs the last one missed."""
+
+    cron: str | None = None
+    input: Any = None
+    timezone: str = "UTC"
+    every: float | None = None
+    catchup: bool = False
+    #: Stable name (default: made from the workflow and the cron line or interval).
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.every is None):
+            raise ConfigError("Schedule takes cron='...' or every=<seconds>, one of them.")
+        if self.cron is not None and (not isinstance(self.cron, str)
+                                      or len(self.cron.split()) != 5):
+            raise ConfigError(f"Schedule(cron=...) takes 5 fields (minute hour day month "
+                              f"weekday), e.g. '0 9 * * 1-5', not {self.cron!r}.")
+        if self.every is not None and not (isinstance(self.every, (int, float))
+                                           and self.every >= 1):
+            raise ConfigError(f"Schedule(every=...) is a number of seconds >= 1, "
+                              f"not {self.every!r}.")
+
+    def default_id(self, workflow: str) -> str:
+        return self.id or f"{workflow}@" + (self.cron.replace(" ", "_") if self.cron
+                                            else f"every{self.every:g}s")

@@ -1,0 +1,102 @@
+"""Flow control on a real worker: concurrency keys hold runs in Redis, in order, and a slot
+is never leaked; priorities go first; schedules start one run per tick."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import flowkit
+from flowkit.store import get_store
+from tests import workflows as wf
+from tests.conftest import open_gate, reached_gate
+
+pytestmark = pytest.mark.integration
+WAIT = 30
+
+
+@pytest.fixture(autouse=True)
+def _deployment(store, worker):
+    """A clean store and the session's worker."""
+
+
+def most_active(tenant: str) -> int:
+    """The most runs of ``tenant`` that were inside their step at once, from their marks."""
+    active = peak = 0
+    for mark in get_store().redis.lrange(f"active:{tenant}", 0, -1):
+        active += 1 if mark.startswith("+") else -1
+        peak = max(peak, active)
+    return peak
+
+
+def test_runs_over_a_key_limit_are_held_in_redis_and_admitted_in_order():
+    first = [wf.per_tenant.start({"tenant": "acme", "gate": True}) for _ in range(2)]
+    for run in first:
+        reached_gate(run, "tenant_work")
+    held = [wf.per_tenant.start({"tenant": "acme"}) for _ in range(3)]
+    for run in held:
+        record = flowkit.get_run(run.id)
+        assert record.state == "queued" and record.held_for == "2 of 2 runs of acme active"
+        assert [e.type for e in run.events()] == ["run.queued", "run.held"]
+    other = wf.per_tenant.start({"tenant": "globex"})  # another key: admitted at once
+    assert other.result(WAIT) == {"tenant": "globex"}
+    for run in first:
+        open_gate(run, "tenant_work")
+    assert [run.wait(WAIT).state for run in first + held] == ["succeeded"] * 5
+    assert most_active("acme") <= 2
+    admitted = [next(e.data["ts"] for e in r.events() if e.type == "run.admitted") for r in held]
+    assert admitted == sorted(admitted)  # first in, first admitted
+
+
+def test_a_slot_is_given_back_however_the_run_ends():
+    blocker = wf.per_tenant.start({"tenant": "initech", "gate": True})
+    reached_gate(blocker, "tenant_work")
+    second = wf.per_tenant.start({"tenant": "initech", "gate": True})
+    reached_gate(second, "tenant_work")
+    queued = wf.per_tenant.start({"tenant": "initech"})
+    assert flowkit.get_run(queued.id).held_for
+    flowkit.cancel(blocker.id)  # cancelled: its slot goes to the next in line at once
+    assert queued.result(WAIT) == {"tenant": "initech"}
+    cancelled_in_line = wf.per_tenant.start({"tenant": "initech"})
+    flowkit.cancel(cancelled_in_line.id)  # one cancelled while held never takes a slot
+    open_gate(blocker, "tenant_work")
+    open_gate(second, "tenant_work")
+    assert second.result(WAIT)
+    last = wf.per_tenant.start({"tenant": "initech"})
+    assert last.result(WAIT) and not flowkit.get_run(last.id).held_for
+
+
+def test_a_higher_priority_run_is_admitted_first():
+    blockers = [wf.per_tenant.start({"tenant": "umbrella", "gate": True}) for _ in range(2)]
+    for run in blockers:
+        reached_gate(run, "tenant_work")
+    low = wf.per_tenant.start({"tenant": "umbrella"}, priority=0)
+    high = wf.per_tenant.start({"tenant": "umbrella"}, priority=9)
+    open_gate(blockers[0], "tenant_work")
+    assert high.result(WAIT)
+    assert flowkit.get_run(low.id).state in ("queued", "running", "succeeded")
+    open_gate(blockers[1], "tenant_work")
+    assert low.result(WAIT)
+    assert flowkit.get_run(high.id).started_at < flowkit.get_run(low.id).started_at
+
+
+def test_a_schedule_starts_one_run_per_tick_and_can_be_paused_and_deleted():
+    schedule = flowkit.schedules.create("simple", every=1, input={"n": 1}, id="every-second")
+    assert schedule["next_at"] > time.time() - 1 and not schedule["paused"]
+    from flowkit.engine.reaper import fire_schedules
+
+    tick = schedule["next_at"]
+    assert fire_schedules(tick - 0.5) == []  # not due yet
+    [first] = fire_schedules(tick + 0.1)
+    assert fire_schedules(tick + 0.2) == []  # the same tick, swept again: nothing
+    assert flowkit.get_run(first).wait(WAIT).output == {"n": 4}
+    flowkit.schedules.pause("every-second")
+    assert fire_schedules(tick + 10) == []
+    resumed_at = time.time()
+    flowkit.schedules.resume("every-second")
+    assert flowkit.schedules.get("every-second")["next_at"] > resumed_at
+    flowkit.schedules.delete("every-second")
+    assert flowkit.schedules.list() == []
+    with pytest.raises(flowkit.NotFound):
+        flowkit.schedules.get("every-second")
