@@ -19,7 +19,8 @@ from typing import Any, overload
 
 from .context import current
 from .errors import ConfigError, NotFound
-from .policy import Backoff, Policy, call_with_timeout
+from .flow import Rate
+from .policy import Backoff, Policy, StepConcurrency, StepRate, call_with_timeout, key_spec
 
 TASK_PREFIX = "flowkit.step."
 _registry: dict[str, Component] = {}
@@ -77,6 +78,40 @@ class Component:
     def queue(self, name: str) -> Component:
         """Run this component's steps on the Celery queue ``name``."""
         return self._configured(queue=name)
+
+    def concurrency(self, limit: int, key: str | Callable[[Any], Any] | None = None) -> Component:
+        """At most ``limit`` of this component's steps run at once per ``key`` (an input
+        field's name, a module-level function of the input, or None: one for all), across
+        every worker. A step over the limit pauses without holding a worker and starts, in
+        the order steps asked, when a slot frees."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"concurrency(limit) is a whole number >= 1, not {limit!r}.")
+        return self._configured(concurrency=StepConcurrency(limit, key_spec(key, "concurrency")))
+
+    def rate_limit(
+        self, rate: str, key: str | Callable[[Any], Any] | None = None, *,
+        tokens: str | None = None, cost: str | Callable[[Any], Any] | None = None,
+        burst: float | None = None,
+    ) -> Component:
+        """Start at most ``rate`` steps (``"60/m"``, ``"5/s"``) per ``key`` across every
+        worker, from a shared Redis token bucket (the LLM client's). ``tokens="90000/m"``
+        adds a budget of units each step costs, read from its input by ``cost`` (a field or
+        function). The buckets hold one second's worth (at least one step), so no period
+        sees much more than ``rate``; ``burst=`` lets that many start at once after a lull.
+        A short wait sleeps; a long one pauses the step without a worker."""
+        steps = Rate.parse(rate)
+        budget = Rate.parse(tokens) if tokens is not None else None
+        if budget is not None and cost is None:
+            raise ConfigError("rate_limit(tokens=...) needs cost=: the input field (or "
+                              "function) giving what one step costs.")
+        return self._configured(rate=StepRate(
+            per_second=steps.per_second,
+            burst=float(burst) if burst is not None else max(1.0, steps.per_second),
+            key=key_spec(key, "rate_limit"),
+            tokens_per_second=budget.per_second if budget else 0.0,
+            token_burst=budget.per_second if budget else 0.0,
+            cost=key_spec(cost, "rate_limit cost") if budget else None,
+        ))
 
     def secret(self, *field_names: str) -> Component:
         """Mark input/output fields (dict keys, at any depth) as secret: traces redact them."""

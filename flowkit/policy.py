@@ -60,6 +60,60 @@ def _resolve(name: str) -> Any:
     raise ConfigError(f"Cannot import {name} named in a retry policy.")
 
 
+def key_spec(key: str | Callable[[Any], Any] | None, what: str) -> str | None:
+    """A limit's key as it travels in messages: an input field's name (dots reach into
+    nested fields), ``fn:<module>.<name>`` for a module-level function, or None (one key)."""
+    if key is None:
+        return None
+    if isinstance(key, str):
+        if not key or key.startswith("fn:"):
+            raise ConfigError(f"{what}(key=...) names an input field, not {key!r}.")
+        return key
+    if callable(key):
+        name = f"{key.__module__}.{key.__qualname__}"
+        if "<" in name or _resolve(name) is not key:
+            raise ConfigError(f"{what}(key=...) takes an input field's name or a module-level "
+                              f"function (workers import it by name), not {name}.")
+        return f"fn:{name}"
+    raise ConfigError(f"{what}(key=...) is an input field's name or a function of the input.")
+
+
+def key_value(spec: str | None, value: Any, what: str) -> str:
+    """The key a step with input ``value`` counts under (``spec`` from :func:`key_spec`)."""
+    if spec is None:
+        return "*"
+    if spec.startswith("fn:"):
+        return str(_resolve(spec[3:])(value))
+    found = value
+    for part in spec.split("."):
+        if not isinstance(found, dict) or part not in found:
+            raise ConfigError(f"the input has no field {spec!r} to key its {what} by")
+        found = found[part]
+    return str(found)
+
+
+@dataclass(frozen=True)
+class StepConcurrency:
+    """At most ``limit`` steps of a component run at once per key, across the fleet."""
+
+    limit: int
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRate:
+    """A component's shared token bucket (the one the LLM client uses): ``per_second``
+    steps (up to ``burst`` at once) and, optionally, ``tokens_per_second`` of a cost read
+    from the input by ``cost`` (a field or function, like keys)."""
+
+    per_second: float
+    burst: float
+    key: str | None = None
+    tokens_per_second: float = 0.0
+    token_burst: float = 0.0
+    cost: str | None = None
+
+
 @dataclass(frozen=True)
 class Policy:
     attempts: int = field(default_factory=lambda: get_settings().retry_attempts)
@@ -75,6 +129,8 @@ class Policy:
     queue: str | None = None
     #: Input/output fields kept out of traces (``Component.secret``).
     secret_fields: tuple[str, ...] = ()
+    concurrency: StepConcurrency | None = None
+    rate: StepRate | None = None
 
     def with_retry(
         self,
@@ -104,6 +160,10 @@ class Policy:
         data["backoff"] = Backoff(**data["backoff"])
         data["retry_on"] = tuple(data["retry_on"])
         data["secret_fields"] = tuple(data.get("secret_fields", ()))
+        if data.get("concurrency"):
+            data["concurrency"] = StepConcurrency(**data["concurrency"])
+        if data.get("rate"):
+            data["rate"] = StepRate(**data["rate"])
         return cls(**data)
 
     def exception_types(self) -> tuple[type[BaseException], ...]:

@@ -82,6 +82,8 @@ class WaitKind(StrEnum):
     INPUT = "input"
     EVENT = "event"
     SLEEP = "sleep"
+    #: A slot of a component's concurrency limit (engine.limits).
+    SLOT = "slot"
 
 
 class WaitOutcome(StrEnum):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -70,6 +72,19 @@ def worker(flowkit_env):
 
     with InThreadWorker(app, name="main", pool="threads", concurrency=4) as embedded:
         yield embedded
+
+
+@pytest.fixture(scope="module")
+def beat(flowkit_env, tmp_path_factory):
+    """celery beat as the Procfile runs it: it fires wait timeouts, sleeps, delayed starts."""
+    schedule = tmp_path_factory.mktemp("beat") / "schedule"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "beat", "--schedule", str(schedule)],
+        env={**os.environ, **flowkit_env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait(10)
 
 
 @pytest.fixture

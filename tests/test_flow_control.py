@@ -100,3 +100,62 @@ def test_a_schedule_starts_one_run_per_tick_and_can_be_paused_and_deleted():
     assert flowkit.schedules.list() == []
     with pytest.raises(flowkit.NotFound):
         flowkit.schedules.get("every-second")
+
+
+# -- a component's fleet-wide limits -------------------------------------------------------
+
+
+def paused_for(run: flowkit.Run, kind: str) -> flowkit.events.Event:
+    """The run.waiting event of ``run`` (read from its stream as it comes)."""
+    for event in flowkit.follow(run.id):
+        if event.type == "run.waiting":
+            assert event.data["kind"] == kind, event.data
+            return event
+    raise AssertionError(f"run {run.id} ended without waiting")
+
+
+def test_a_step_over_its_components_concurrency_waits_without_a_worker_and_starts_next():
+    holder = wf.one_per_domain.start({"domain": "a.example", "gate": True})
+    reached_gate(holder, "scrape")
+    behind = wf.one_per_domain.start({"domain": "a.example"})
+    waiting = paused_for(behind, "slot")
+    assert waiting.data["name"] == "t.scrape:a.example"
+    assert flowkit.get_run(behind.id).state == "waiting"
+    # the worker is free meanwhile, and another key is not held up
+    others = [wf.one_per_domain.start({"domain": "b.example"}) for _ in range(5)]
+    assert [run.wait(WAIT).state for run in others] == ["succeeded"] * 5
+    assert flowkit.get_run(behind.id).state == "waiting"
+    open_gate(holder, "scrape")
+    assert behind.result(WAIT) == {"domain": "a.example"}
+    assert [e.type for e in behind.events()].count("run.resumed") == 1
+    assert most_active("a.example") == 1
+    store = get_store()
+    assert store.redis.zcard(store.keys.slots("step:t.scrape:a.example")[0]) == 0
+
+
+def test_a_cancelled_step_in_line_passes_its_slot_on():
+    holder = wf.one_per_domain.start({"domain": "c.example", "gate": True})
+    reached_gate(holder, "scrape")
+    gone = wf.one_per_domain.start({"domain": "c.example"})
+    paused_for(gone, "slot")
+    last = wf.one_per_domain.start({"domain": "c.example"})
+    paused_for(last, "slot")
+    flowkit.cancel(gone.id)
+    open_gate(holder, "scrape")
+    assert last.result(WAIT) == {"domain": "c.example"}
+    assert flowkit.get_run(gone.id).state == "cancelled"
+
+
+def test_a_long_rate_limit_wait_pauses_the_step_on_a_timer(beat):
+    first = wf.rare_ping.start({"user": "ann"})
+    assert first.result(WAIT)
+    began = time.time()
+    second = wf.rare_ping.start({"user": "ann"})
+    waiting = paused_for(second, "sleep")
+    assert waiting.data["name"] == "t.ping:ann"
+    assert began + 5 < waiting.data["expires_at"] <= began + 11
+    other = wf.rare_ping.start({"user": "bob"})  # another key has its own bucket
+    assert other.result(WAIT)
+    assert second.result(WAIT)
+    pings = [float(t) for t in get_store().redis.lrange("pinged:ann", 0, -1)]
+    assert len(pings) == 2 and pings[1] - pings[0] >= 9.5

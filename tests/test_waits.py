@@ -3,9 +3,6 @@ them: each end to end on the real broker, with beat firing the timers."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,23 +11,10 @@ import flowkit
 from flowkit import events
 from flowkit.states import WaitOutcome
 from tests import workflows as wf
-from tests.conftest import ROOT, counts
+from tests.conftest import counts
 
 pytestmark = pytest.mark.integration
 WAIT = 20
-
-
-@pytest.fixture(scope="module")
-def beat(flowkit_env, tmp_path_factory):
-    """celery beat as the Procfile runs it: it fires wait timeouts, sleeps, delayed starts."""
-    schedule = tmp_path_factory.mktemp("beat") / "schedule"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.app", "beat", "--schedule", str(schedule)],
-        env={**os.environ, **flowkit_env}, cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    yield proc
-    proc.kill()
-    proc.wait(10)
 
 
 @pytest.fixture(autouse=True)

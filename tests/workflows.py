@@ -298,6 +298,30 @@ def tenant_work(data: dict) -> dict:
 
 per_tenant = flowkit.Workflow(
     "per_tenant", [tenant_work], concurrency=flowkit.Concurrency(limit=2, key="tenant"))
+
+
+@component(name="t.scrape")
+def scrape(data: dict) -> dict:
+    """Marks its start and end per domain (at most `limit` may overlap), gated on request."""
+    ctx = flowkit.context()
+    _redis().rpush(f"active:{data['domain']}", f"+{ctx.run_id}")
+    if data.get("gate"):
+        wait_for_gate("scrape")
+    _redis().rpush(f"active:{data['domain']}", f"-{ctx.run_id}")
+    return data
+
+
+one_per_domain = flowkit.Workflow("one_per_domain", [scrape.concurrency(1, key="domain")])
+
+
+@component(name="t.ping")
+def ping(data: dict) -> dict:
+    _redis().rpush(f"pinged:{data['user']}", time.time())
+    return data
+
+
+#: 6 a minute per user: a second ping within 10 s pauses on a timer.
+rare_ping = flowkit.Workflow("rare_ping", [ping.rate_limit("6/m", key="user")])
 #: Its step goes to a queue the session's worker does not consume.
 LONELY = "lonely"
 lonely = flowkit.Workflow("lonely", [add_one.queue(LONELY)], input_schema=number_schema)

@@ -25,7 +25,7 @@ from ..serialization import dumps_bounded, loads
 from ..states import StepStart
 from ..store import Begin, Store, get_store
 from ..workflow import get_workflow, workflows
-from . import admission, cache, canvas, frontier, notify
+from . import admission, cache, canvas, frontier, limits, notify
 from .control import Run, resume
 from .drain import draining
 from .heartbeat import heartbeat, worker_id
@@ -160,7 +160,18 @@ def _produce(
     cache_key = cache.key(comp.name, pol.cache_version, value) if pol.cache_ttl else None
     if cache_key and (hit := cache.get(store, cache_key)) is not None:
         return hit, True
-    result = pol.call(lambda: _attempt(comp, pol, value, new_context()), before_sleep=before_sleep)
+    held = None
+    if pol.concurrency or pol.rate:
+        held = limits.enter(new_context(), pol, value)  # may pause the step (StepSuspended)
+    try:
+        if held:
+            heartbeat.hold(held.group, held.member)
+        result = pol.call(lambda: _attempt(comp, pol, value, new_context()),
+                          before_sleep=before_sleep)
+    finally:
+        if held:
+            heartbeat.let_go(held.group, held.member)
+            limits.leave(store, held)
     if isinstance(result, Continue):
         result = {CONTINUE: _continuation_spec(result)}
     output_json = dumps_bounded(result, f"the output of step {key}")

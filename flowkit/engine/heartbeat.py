@@ -28,6 +28,8 @@ def worker_id() -> str:
 class Heartbeat:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], str] = {}
+        #: (group, member) of the component slots its steps hold (engine.limits).
+        self._slots: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -40,6 +42,7 @@ class Heartbeat:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's steps and thread are not ours
                 self._entries.clear()
+                self._slots.clear()
                 self._pid, self._thread = os.getpid(), None
             self._entries[(run_id, step)] = token
         self.ensure_running()
@@ -49,6 +52,15 @@ class Heartbeat:
             self._entries.pop((run_id, step), None)
             if not self._entries:
                 self._idle.notify_all()
+
+    def hold(self, group: str, member: str) -> None:
+        """Keep a component slot with the step's lease (a dead worker's lapses with it)."""
+        with self._lock:
+            self._slots.add((group, member))
+
+    def let_go(self, group: str, member: str) -> None:
+        with self._lock:
+            self._slots.discard((group, member))
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no step of this process is running (True) or ``timeout`` s pass (False)."""
@@ -72,8 +84,13 @@ class Heartbeat:
             self._thread.start()
 
     def beat(self) -> None:
-        get_store().heartbeat(self.active(), worker_id(), time.time(),
-                              node=(node_name, self.node_info) if self.node_info else None)
+        store, now = get_store(), time.time()
+        store.heartbeat(self.active(), worker_id(), now,
+                        node=(node_name, self.node_info) if self.node_info else None)
+        with self._lock:
+            slots = list(self._slots)
+        if slots:
+            store.hold_slots(slots, now + get_settings().heartbeat_lapse)
 
     def wake(self) -> None:
         """Beat now rather than at the next interval."""

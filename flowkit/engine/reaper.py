@@ -17,7 +17,7 @@ from ..config import get_settings
 from ..states import RestartCause, RestartRefusal, RunState
 from ..store import get_store
 from ..workflow import get_workflow
-from . import admission, notify, schedules
+from . import admission, limits, notify, schedules
 from .control import Run, fire_due_timers, resume, start
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
     report["scheduled"] = fire_schedules(now)
     report["admitted"] = admission.reconcile(store)  # slots of runs that ended without giving
+    limits.reconcile(store)  # component slots whose holder's lease lapsed
     return report
 
 

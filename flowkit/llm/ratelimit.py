@@ -41,7 +41,7 @@ class RateLimiter:
             (limit.tpm or 0) / 60, limit.token_capacity, tokens,
             120,  # an idle bucket is full again within a minute; let Redis forget it
         ]
-        return self.store.take_rate(provider, model, budget)
+        return self.store.take_rate(f"llm:{provider}:{model}", budget)
     def acquire(
         self, provider: str, model: str, limit: RateLimit, tokens: int, max_wait: float
     ) -> float:
@@ -69,4 +69,4 @@ class RateLimiter:
     def settle(self, provider: str, model: str, estimated: int, actual: int) -> None:
         """Give back (or take) the difference between the estimated and the real token count."""
         if estimated != actual:
-            self.store.settle_rate(provider, model, estimated - actual)
+            self.store.settle_rate(f"llm:{provider}:{model}", estimated - actual)

@@ -29,7 +29,7 @@ Keys that no run script touches live outside the shards, each a single-key opera
 slot per group) and ``flowkit:cc:groups``,
 ``flowkit:workers`` and ``flowkit:nodes`` (worker presence),
 ``flowkit:cache:...``,
-``flowkit:llm:rate:...`` and the relay's wake streams.
+``flowkit:rate:...`` and the relay's wake streams.
 
 ``SHARDS`` is part of the data layout: changing it moves every run to other keys.
 """
@@ -140,9 +140,10 @@ class Keys:
     def cache(self, component: str, version: str, digest: str) -> str:
         return f"{self.prefix}:cache:{component}:{version}:{digest}"
 
-    def llm_rate(self, provider: str, model: str) -> str:
-        """Hash of the shared rate-limit buckets of one provider and model (flowkit.llm)."""
-        return f"{self.prefix}:llm:rate:{provider}:{model}"
+    def rate(self, bucket: str) -> str:
+        """HASH of one shared rate-limit bucket: ``llm:<provider>:<model>`` (flowkit.llm),
+        ``step:<component>:<key>`` (a component's rate_limit)."""
+        return f"{self.prefix}:rate:{bucket}"
 
     def wakers(self, event_key: str) -> str:
         """SET "<run id> <wait key>" of the waits for events sent under ``event_key``."""
@@ -161,6 +162,11 @@ class Keys:
     def groups(self) -> str:
         """HASH concurrency group -> its limit: the groups the reaper reconciles."""
         return f"{self.prefix}:cc:groups"
+
+    @property
+    def step_groups(self) -> str:
+        """HASH component slot group (``step:<component>:<key>``) -> its limit."""
+        return f"{self.prefix}:cc:step-groups"
 
     @property
     def schedules(self) -> str:

@@ -26,7 +26,7 @@ RUN_SCRIPTS = (
     "create", "begin", "complete", "emit", "retrying", "fail", "finish", "cancel", "restart",
     "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer", "hold", "admit",
 )
-STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "admission")
+STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "slots")
 
 
 @cache

@@ -294,6 +294,11 @@ class Store:
         return self.redis.hget(self.keys.checkpoints(run_id), step)
 
     @_op
+    def forget_checkpoint(self, run_id: str, key: str) -> None:
+        """Drop a hint kept among the checkpoints (a limit wait's answer: engine.limits)."""
+        self.redis.hdel(self.keys.checkpoints(run_id), key)
+
+    @_op
     def checkpoints_of(self, run_id: str, steps: list[str]) -> list[str | None]:
         return self.redis.hmget(self.keys.checkpoints(run_id), steps)
 
@@ -466,17 +471,29 @@ class Store:
     @_op
     def slots(
         self, group: str, limit: int, now: float, add: str = "", order: float = 0.0,
-        release: str = "",
+        release: str = "", *, score: float | None = None, lapsed: float | None = None,
+        index: str | None = None,
     ) -> tuple[bool, int, list[str]]:
-        """Ask for a slot for ``add``, give back ``release``'s, and hand free slots to the
-        runs in line (admission.lua). Returns (``add`` holds a slot, slots taken, the runs
-        admitted by this call)."""
+        """Ask for a slot for ``add``, give back ``release``'s, take back slots scored below
+        ``lapsed``, and hand free slots to the members in line (slots.lua); members given a
+        slot are scored ``score`` (default ``now``). The group is indexed (with its limit)
+        in ``index`` (default: the run concurrency groups) for beat's sweep. Returns (``add``
+        holds a slot, slots taken, the other members given a slot by this call)."""
         active, pending = self.keys.slots(group)
         if add:
-            self.redis.hset(self.keys.groups, group, limit)
-        result = self._scripts["admission"](keys=[active, pending],
-                                            args=[add, order, release, limit, now])
+            self.redis.hset(index or self.keys.groups, group, limit)
+        result = self._scripts["slots"](keys=[active, pending], args=[
+            add, order, release, limit, now if score is None else score,
+            "" if lapsed is None else lapsed])
         return bool(result[0]), int(result[1]), list(result[2:])
+
+    @_op
+    def hold_slots(self, held: list[tuple[str, str]], until: float) -> None:
+        """Keep the slots ``held`` ((group, member) pairs) until ``until`` (a heartbeat)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for group, member in held:
+            pipe.zadd(self.keys.slots(group)[0], {member: until}, xx=True)
+        pipe.execute()
 
     @_op
     def slot_holders(self, group: str) -> list[tuple[str, float]]:
@@ -488,9 +505,10 @@ class Store:
         return self.redis.zcard(self.keys.slots(group)[1])
 
     @_op
-    def groups(self) -> dict[str, int]:
-        """Every concurrency group used, with its limit."""
-        return {group: int(limit) for group, limit in self.redis.hgetall(self.keys.groups).items()}
+    def groups(self, index: str | None = None) -> dict[str, int]:
+        """Every group in ``index`` (default: the run concurrency groups), with its limit."""
+        found = self.redis.hgetall(index or self.keys.groups)
+        return {group: int(limit) for group, limit in found.items()}
 
     @_op
     def hold(self, run_id: str, reason: str, now: float, event: dict[str, Any]) -> bool:
@@ -701,14 +719,13 @@ class Store:
         self.redis.set(self.keys.cache(component, version, digest), value, px=int(ttl * 1000))
 
     @_op
-    def take_rate(self, provider: str, model: str, budget: list[float]) -> float:
-        """Take a call's cost from a shared bucket (rate_acquire.lua's ARGV); returns 0, or
-        the seconds to wait before asking again."""
-        waited_ms = self._scripts["rate_acquire"](
-            keys=[self.keys.llm_rate(provider, model)], args=budget)
+    def take_rate(self, bucket: str, budget: list[float]) -> float:
+        """Take a call's cost from the shared bucket named ``bucket`` (rate_acquire.lua's
+        ARGV); returns 0, or the seconds to wait before asking again."""
+        waited_ms = self._scripts["rate_acquire"](keys=[self.keys.rate(bucket)], args=budget)
         return int(waited_ms) / 1000
 
     @_op
-    def settle_rate(self, provider: str, model: str, delta: int) -> None:
+    def settle_rate(self, bucket: str, delta: int) -> None:
         """Give back ``delta`` tokens (negative: take more) once a call's real cost is known."""
-        self._scripts["rate_settle"](keys=[self.keys.llm_rate(provider, model)], args=[delta])
+        self._scripts["rate_settle"](keys=[self.keys.rate(bucket)], args=[delta])

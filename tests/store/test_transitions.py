@@ -1318,26 +1318,26 @@ TOKENS = [0, 0, 0.001, 10, 10, 60]   # 10 tokens per 10000 s, 10 a call
     pytest.param(TOKENS, 10000, id="tokens"),
 ])
 def test_take_rate_empties_the_bucket_then_says_how_long_to_wait(store, budget, longest):
-    assert store.take_rate("p", "m", budget) == 0
-    wait = store.take_rate("p", "m", budget)
+    assert store.take_rate("p:m", budget) == 0
+    wait = store.take_rate("p:m", budget)
     assert 0 < wait <= longest
     assert longest * 0.9 < wait  # in seconds, not milliseconds
 
 
 def test_settle_rate_gives_tokens_back(store):
-    assert store.take_rate("p", "m", TOKENS) == 0
-    assert store.take_rate("p", "m", TOKENS) > 0
-    store.settle_rate("p", "m", 10)
-    assert store.take_rate("p", "m", TOKENS) == 0
+    assert store.take_rate("p:m", TOKENS) == 0
+    assert store.take_rate("p:m", TOKENS) > 0
+    store.settle_rate("p:m", 10)
+    assert store.take_rate("p:m", TOKENS) == 0
 
 
 def test_settle_rate_with_a_negative_delta_takes_more(store):
     half = [0, 0, 0.001, 10, 5, 60]
-    assert store.take_rate("p", "m", half) == 0  # 5 left
-    store.settle_rate("p", "m", -5)
-    assert store.take_rate("p", "m", half) > 0
+    assert store.take_rate("p:m", half) == 0  # 5 left
+    store.settle_rate("p:m", -5)
+    assert store.take_rate("p:m", half) > 0
 
 
 def test_settle_rate_on_a_forgotten_bucket_does_nothing(store):
-    store.settle_rate("p", "m", 10)
-    assert store.redis.exists(store.keys.llm_rate("p", "m")) == 0
+    store.settle_rate("p:m", 10)
+    assert store.redis.exists(store.keys.rate("p:m")) == 0
