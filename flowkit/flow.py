@@ -13,6 +13,10 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
+CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
+SCHEDULE_ID = r"^[\x21-\x7e]{1,200}$"
+MAX_EVERY = 366 * 86_400
 #: Priorities a run may ask for: 0 (the default) to 9 (first).
 PRIORITIES = range(10)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$")

@@ -11,7 +11,7 @@ import flowkit
 from flowkit import events
 from flowkit.states import WaitOutcome
 from tests import workflows as wf
-from tests.conftest import counts
+from tests.conftest import counts, wait_until
 
 pytestmark = pytest.mark.integration
 WAIT = 20
@@ -170,6 +170,16 @@ def test_fan_out_items_wait_on_their_own_and_the_join_has_every_output():
             break
     for i in (2, 0):  # answered out of order, one at a time
         flowkit.send_input(run.id, f"item-{i}", {"value": 10 * (i + 1)})
-    assert flowkit.get_run(run.id).state == "waiting"  # item-1 still waits
+    # the answered items go on at once; item-1 pauses again, saying nothing new
+    done: set[str] = set()
+    for event in flowkit.follow(run.id):
+        if event.type == "step.completed" and "ask_item" in event.data["step"]:
+            done.add(event.data["step"])
+        if len(done) == 2:
+            break
+    assert done == {"1[0]:t.ask_item", "1[2]:t.ask_item"}
+    wait_until(lambda: flowkit.get_run(run.id).state == "waiting", 10, "item-1 waiting again")
+    waits = [e for e in run.events() if e.type == "run.waiting"]
+    assert sorted(e.data["name"] for e in waits) == ["item-0", "item-1", "item-2"]
     flowkit.send_input(run.id, "item-1", {"value": 20})
     assert run.result(WAIT) == {"total": 10 + 20 + 30}

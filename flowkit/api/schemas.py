@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..engine.control import Run as RunRecord
+from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID
 from ..states import RunState
 
 STATES = [s.value for s in RunState]
@@ -251,14 +252,14 @@ class ScheduleBody(Schema):
 
     workflow = fields.String(required=True, validate=validate.Length(1, 200))
     cron = fields.String(validate=validate.Regexp(
-        r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$",
+        CRON_LINE,
         error="5 fields (minute hour day month weekday) of digits and * / , -, "
               "e.g. '0 9 * * 1-5'."))
-    every = fields.Float(validate=validate.Range(1, 366 * 86_400))
+    every = fields.Float(validate=validate.Range(1, MAX_EVERY))
     input = fields.Raw(allow_none=True)
     timezone = fields.String(load_default="UTC", validate=validate.Length(1, 64))
     catchup = fields.Boolean(load_default=False)
-    id = fields.String(validate=validate.Regexp(r"^[\x21-\x7e]{1,200}$"))
+    id = fields.String(validate=validate.Regexp(SCHEDULE_ID))
 
     @validates_schema
     def _one_clock(self, data: dict, **_: Any) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
-from . import runs, workers
+from . import runs, schedules, workers
 
 #: The modules whose commands the CLI offers.
-COMMAND_MODULES = [runs, workers]
+COMMAND_MODULES = [runs, workers, schedules]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,16 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    where = getattr(args, "where", args.command)  # e.g. "schedules create"
     try:
         return args.func(args) or 0
     except StoreUnavailable:
         url = get_settings().redis_url
-        print(f"flowkit {args.command}: cannot reach Redis at {url}; start it, or point "
+        print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
               "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
         return 1
     except FlowkitError as exc:
-        print(f"flowkit {args.command}: {exc}", file=sys.stderr)
-        return 1
+        print(f"flowkit {where}: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)  # 2: a usage error (cli.usage.UsageError)
     except KeyboardInterrupt:
         return 130
 

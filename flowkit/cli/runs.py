@@ -8,7 +8,7 @@ import json
 
 from .. import events as ev
 from ..engine import control as runs
-from ..errors import FlowkitError
+from .usage import UsageError
 
 
 def _with_app(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def _json_arg(text: str, what: str):
     try:
         return json.loads(text)
     except ValueError:
-        raise FlowkitError(f"{what} must be JSON, e.g. '{{\"approved\": true}}' or '\"yes\"' "
+        raise UsageError(f"{what} must be JSON, e.g. '{{\"approved\": true}}' or '\"yes\"' "
                            "(quote it for your shell).") from None
 
 

@@ -61,6 +61,7 @@ def definition_of(workflow: str, schedule: Schedule) -> dict[str, Any]:
         "every": schedule.every, "input": schedule.input, "timezone": schedule.timezone,
         "catchup": schedule.catchup, "anchor": time.time(),
     }
+    _zone(schedule.timezone)  # checked for an interval too: a wrong zone is a mistake
     try:
         next_tick(definition, time.time())  # a bad cron line or zone fails here, said clearly
     except (ValueError, KeyError, IndexError) as exc:

@@ -66,7 +66,7 @@ def test_the_cli_answers_input_and_sends_events(flowkit_env, store, worker):
     run = wf.approval.start({"n": 1})
     paused(run)
     bad = cli("input", run.id, "approval", "{not json")
-    assert bad.returncode == 1 and "must be JSON" in bad.stderr
+    assert bad.returncode == 2 and "must be JSON" in bad.stderr
     done = cli("input", run.id, "approval", '{"ok": true}')
     assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "resumed"
     assert run.result(20)["approved"] is True

@@ -173,3 +173,58 @@ long_run = flowkit.Workflow("chaos.long", [
     work, work, work, parallel(work, [work, work]), gathered, spread, fan_out(work),
     gathered, think, work, work, work,
 ])
+
+
+# -- flow control ------------------------------------------------------------------------
+
+
+@component(name="chaos.tenant_step")
+def tenant_step(data: dict) -> dict:
+    """Records, as it starts, how many runs of its tenant are active: inside their step (a
+    counter) and holding a slot (the store's own count)."""
+    ctx = flowkit.context()
+    store = get_store()
+    r = store.redis
+    inside = r.incr(f"chaos:inside:{data['tenant']}")
+    holding = r.zcard(store.keys.slots(f"chaos.tenants:{data['tenant']}")[0])
+    r.rpush(f"chaos:seen:{data['tenant']}", dumps({"run": ctx.run_id, "inside": inside,
+                                                    "holding": holding, "at": time.time()}))
+    time.sleep(data.get("pause", 0.01))
+    r.decr(f"chaos:inside:{data['tenant']}")
+    return data
+
+
+tenants = flowkit.Workflow("chaos.tenants", [tenant_step],
+                           concurrency=flowkit.Concurrency(limit=2, key="tenant"))
+#: The long hold step, two runs per tenant at most.
+tenant_held = flowkit.Workflow("chaos.tenant_held", [work, hold, work],
+                               concurrency=flowkit.Concurrency(limit=2, key="tenant"))
+
+
+@component(name="chaos.pages")
+def pages(data: dict) -> list:
+    return [{"domain": d, "i": i} for i in range(data["per_domain"]) for d in data["domains"]]
+
+
+@component(name="chaos.fetch_page")
+def fetch_page(page: dict) -> dict:
+    """Marks its start and end per domain, with the worker process it ran in."""
+    r = get_store().redis
+    r.rpush(f"chaos:pages:{page['domain']}", dumps({"at": time.time(), "d": 1,
+                                                     "worker": worker_id()}))
+    time.sleep(0.2)
+    r.rpush(f"chaos:pages:{page['domain']}", dumps({"at": time.time(), "d": -1,
+                                                     "worker": worker_id()}))
+    return page
+
+
+@component(name="chaos.ping")
+def ping(item: dict) -> dict:
+    get_store().redis.rpush("chaos:pings", dumps({"at": time.time(), "worker": worker_id()}))
+    return item
+
+
+crawl = flowkit.Workflow("chaos.crawl", [pages, fan_out(fetch_page.concurrency(3, key="domain"))])
+pinging = flowkit.Workflow("chaos.pinging", [pages, fan_out(ping.rate_limit("10/s"))])
+#: One quick step: what the schedule test fires.
+tick = flowkit.Workflow("chaos.tick", [work])

@@ -1034,18 +1034,31 @@ def test_deliver_to_the_last_open_wait_resumes_the_run(store, by, match):
     assert len(of_type(store, events.RUN_RESUMED)) == 1 and types(store)[-1] == events.RUN_RESUMED
 
 
-def test_deliver_with_another_wait_open_is_delivered(store):
+def test_deliver_with_another_wait_open_resumes_and_keeps_that_wait_open(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
     assert pause(store) == (WaitOutcome.PAUSED, None)
     assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None)
     assert store.get_run(RUN)["state"] == RunState.WAITING
-    assert deliver(store) == (WaitOutcome.DELIVERED, 0)
+    assert deliver(store, now=T + 5) == (WaitOutcome.RESUMED, 1)
     assert store.checkpoint(RUN, wait_key()) == YES
     assert list(open_waits(store)) == [wait_key(name="confirm", step=OTHER)]
-    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.WAITING, "0", None)
-    assert deliver(store, match="confirm", now=T + 6) == (WaitOutcome.RESUMED, 1)
-    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.QUEUED, "1", None)
+
+
+def test_a_branch_still_waiting_pauses_again_in_the_next_generation_saying_nothing(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    pause(store)
+    pause(store, step=OTHER, token="tok-2", name="confirm")
+    deliver(store, now=T + 5)
+    waiting_events = len(of_type(store, events.RUN_WAITING))
+    begin(store, step=OTHER, token="tok-4", gen=1, now=T + 6)
+    assert pause(store, step=OTHER, token="tok-4", gen=1, name="confirm", now=T + 7) == (
+        WaitOutcome.PAUSED, None)
+    assert len(of_type(store, events.RUN_WAITING)) == waiting_events
+    assert fields_of(store, "state", "gen") == (RunState.WAITING, "1")
+    assert list(open_waits(store)) == [wait_key(name="confirm", step=OTHER)]
 
 
 def test_deliver_while_a_step_is_in_flight_resumes_when_it_completes(store):
@@ -1144,14 +1157,23 @@ def test_fire_timer_of_a_due_wait_answers_it_and_resumes(store, kind, name, answ
     assert (resumed["by"], resumed["name"], resumed["step"]) == (by, name, STEP)
 
 
-def test_fire_timer_with_another_wait_open_is_delivered(store):
+def test_fire_timer_with_another_wait_open_resumes(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
     assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
     assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None)
-    assert store.fire_timer(RUN, wait_key(), T + 60) == (WaitOutcome.DELIVERED, 0)
+    assert store.fire_timer(RUN, wait_key(), T + 60) == (WaitOutcome.RESUMED, 1)
     assert store.checkpoint(RUN, wait_key()) == '{"timeout":true}'
-    assert fields_of(store, "state", "gen") == (RunState.WAITING, "0")
+    assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
+    assert list(open_waits(store)) == [wait_key(name="confirm", step=OTHER)]
+
+
+def test_fire_timer_while_a_step_is_in_flight_resumes_when_it_lets_go(store):
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
+    assert store.fire_timer(RUN, wait_key(), T + 60) == (WaitOutcome.DELIVERED, 0)
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.RUNNING, "0", "1")
 
 
 def test_fire_timer_twice_fires_once(store):

@@ -1,8 +1,9 @@
 -- deliver.lua: answer a wait: input sent to the run, an event it waits for, a timer that
 -- fired. The answer is checkpointed under the wait key (the first one wins), run.resumed
--- appended, and with no other wait open and nothing in flight the run resumes: a new
--- generation, queued, its frontier to be enqueued by the caller. With steps still in
--- flight (other branches) it resumes when the last of them lets go (lib.lua's settle).
+-- appended, and with nothing in flight the run resumes: a new generation, queued, its
+-- frontier to be enqueued by the caller (branches whose waits are still open run again and
+-- pause again at once, saying nothing new). With steps still in flight (other branches) it
+-- resumes when the last of them lets go (lib.lua's settle).
 -- KEYS: the run's keys (lib.lua)
 -- ARGV[1] run_id
 -- ARGV[2] by         'key' (ARGV[3] is the wait key) or a WaitKind (ARGV[3] is its name)
@@ -51,7 +52,6 @@ redis.call('HSET', answered, wait_key, spec)
 redis.call('ZREM', timers, timer_member(run_id, wait_key))
 append(event)
 touch(retention)
-if redis.call('HLEN', waits) > 0 then return {WAIT_DELIVERED} end
 if redis.call('HLEN', inflight) > 0 or state == STATE_RUNNING then
   redis.call('HSET', run, 'resume_pending', 1)  -- the last step in flight resumes it
   return {WAIT_DELIVERED}

@@ -5,7 +5,8 @@
 -- ARGV[1] run_id     ARGV[2] key        a wait key, or '$start'
 -- ARGV[3] now        ARGV[4] retention
 -- Returns {WAIT_RESUMED, gen} (enqueue its frontier; gen 0: a scheduled run's start) |
---         {WAIT_DELIVERED} (answered; the run still waits or runs) | {WAIT_NOT_WAITING}
+--         {WAIT_DELIVERED} (answered; the run still runs: it resumes when the last
+--         step in flight lets go) | {WAIT_NOT_WAITING}
 local run_id, key, now, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if redis.call('ZREM', timers, timer_member(run_id, key)) == 0 then return {WAIT_NOT_WAITING} end
@@ -31,7 +32,6 @@ append(cjson.encode({type = 'run.resumed', ts = tonumber(now), run = run_id, ste
                      by = doc.kind == KIND_SLEEP and 'timer' or 'timeout',
                      name = doc.name}))
 touch(retention)
-if redis.call('HLEN', waits) > 0 then return {WAIT_DELIVERED} end
 if redis.call('HLEN', inflight) > 0 or state == STATE_RUNNING then
   redis.call('HSET', run, 'resume_pending', 1)
   return {WAIT_DELIVERED}

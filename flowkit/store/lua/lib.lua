@@ -87,20 +87,18 @@ local function open_generation(run_id, now)
   return gen
 end
 
--- After a step let go of its lease: with nothing in flight, a run with open waits is
--- waiting now, and one whose waits were all answered meanwhile resumes (its new gen is
--- returned, for the caller to enqueue its frontier). Else 0.
+-- After a step let go of its lease: with nothing in flight, a run with a wait answered
+-- meanwhile resumes (its new gen is returned, for the caller to enqueue its frontier: the
+-- branches still waiting run again and pause again at once), and one with only open waits
+-- is waiting now. Else 0.
 local function settle(run_id, now)
   if redis.call('HLEN', inflight) > 0 then return 0 end
   local state = redis.call('HGET', run, 'state')
   if state ~= STATE_RUNNING and state ~= STATE_WAITING then return 0 end
-  if redis.call('HLEN', waits) > 0 then
-    if state == STATE_RUNNING then
-      redis.call('HSET', run, 'state', STATE_WAITING, 'updated_at', now)
-      redis.call('ZREM', running, run_id)
-    end
-    return 0
-  end
   if redis.call('HGET', run, 'resume_pending') then return open_generation(run_id, now) end
+  if redis.call('HLEN', waits) > 0 and state == STATE_RUNNING then
+    redis.call('HSET', run, 'state', STATE_WAITING, 'updated_at', now)
+    redis.call('ZREM', running, run_id)
+  end
   return 0
 end

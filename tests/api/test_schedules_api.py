@@ -1,0 +1,63 @@
+"""Schedules over HTTP (``/schedules``), and the same schedules seen from the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import flowkit
+
+
+def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowkit.cli", "schedules", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_a_schedule_is_created_paused_resumed_and_deleted_over_http(client):
+    created = client.post("/schedules", json={"workflow": "simple", "cron": "0 9 * * 1-5",
+                                              "timezone": "Europe/Paris", "input": {"n": 1},
+                                              "id": "acme-daily"})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["id"], body["paused"], body["timezone"]) == ("acme-daily", False, "Europe/Paris")
+    assert [s["id"] for s in client.get("/schedules").json()["schedules"]] == ["acme-daily"]
+    paused = client.post("/schedules/acme-daily/pause").json()
+    assert paused["paused"] is True and paused["next_at"] is None
+    resumed = client.post("/schedules/acme-daily/resume").json()
+    assert resumed["paused"] is False and resumed["next_at"] > 0
+    assert client.delete("/schedules/acme-daily").status_code == 204
+    missing = client.get("/schedules/acme-daily")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert flowkit.schedules.list() == []
+
+
+def test_bad_schedules_get_field_messages(client):
+    both = client.post("/schedules", json={"workflow": "simple", "cron": "* * * * *", "every": 5})
+    assert both.status_code == 400 and "cron" in both.json()["error"]["fields"]
+    cron = client.post("/schedules", json={"workflow": "simple", "cron": "every day"})
+    assert cron.status_code == 400 and "cron" in cron.json()["error"]["fields"]
+    zone = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
+                                           "timezone": "Mars/Olympus"})
+    assert zone.status_code == 400 and "Mars/Olympus" in zone.text
+    unknown = client.post("/schedules", json={"workflow": "nope", "every": 60})
+    assert unknown.status_code == 404
+    no_input = client.post("/schedules", json={"workflow": "simple", "every": 60})
+    assert no_input.status_code == 400 and "input" in no_input.json()["error"]["message"]
+    assert flowkit.schedules.list() == []
+
+
+def test_a_schedule_made_over_http_is_deleted_by_the_cli_and_back(client, flowkit_env):
+    client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
+                                     "id": "via-http"})
+    listed = cli("list", env=flowkit_env)
+    assert listed.returncode == 0 and "via-http" in listed.stdout
+    deleted = cli("delete", "via-http", env=flowkit_env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert client.get("/schedules/via-http").status_code == 404
+    made = cli("create", "simple", "--every", "30", "--input", "{\"n\": 1}", "--id", "via-cli", "-A", "tests.workflows",
+               env=flowkit_env)
+    assert made.returncode == 0, made.stderr
+    assert client.get("/schedules/via-cli").json()["every"] == 30
+    assert client.delete("/schedules/via-cli").status_code == 204
+    assert cli("get", "via-cli", env=flowkit_env).returncode == 1
