@@ -159,3 +159,15 @@ def test_a_long_rate_limit_wait_pauses_the_step_on_a_timer(beat):
     assert second.result(WAIT)
     pings = [float(t) for t in get_store().redis.lrange("pinged:ann", 0, -1)]
     assert len(pings) == 2 and pings[1] - pings[0] >= 9.5
+
+
+def test_a_token_budget_spaces_steps_by_what_they_cost():
+    runs = [wf.weighed_ping.start({"user": "cat", "size": 10}) for _ in range(3)]
+    assert [run.wait(WAIT).state for run in runs] == ["succeeded"] * 3
+    pings = sorted(float(t) for t in get_store().redis.lrange("pinged:cat", 0, -1))
+    # 10 units a second, 10 a step: one step a second, though 100 steps a second are allowed
+    assert [round(b - a, 1) >= 0.9 for a, b in zip(pings, pings[1:], strict=False)] == [True, True]
+    cheap = [wf.weighed_ping.start({"user": "dan", "size": 1}) for _ in range(5)]
+    assert [run.wait(WAIT).state for run in cheap] == ["succeeded"] * 5
+    spread = [float(t) for t in get_store().redis.lrange("pinged:dan", 0, -1)]
+    assert max(spread) - min(spread) < 0.9  # 5 units fit in the budget at once

@@ -322,6 +322,9 @@ def ping(data: dict) -> dict:
 
 #: 6 a minute per user: a second ping within 10 s pauses on a timer.
 rare_ping = flowkit.Workflow("rare_ping", [ping.rate_limit("6/m", key="user")])
+#: Steps are cheap (100/s) but each costs `size` units of a 10-unit-a-second budget.
+weighed_ping = flowkit.Workflow("weighed_ping", [
+    ping.rate_limit("100/s", key="user", tokens="10/s", cost="size")])
 #: Its step goes to a queue the session's worker does not consume.
 LONELY = "lonely"
 lonely = flowkit.Workflow("lonely", [add_one.queue(LONELY)], input_schema=number_schema)
