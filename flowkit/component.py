@@ -101,6 +101,8 @@ class Component:
         A short wait sleeps; a long one pauses the step without a worker."""
         steps = Rate.parse(rate)
         budget = Rate.parse(tokens) if tokens is not None else None
+        if burst is not None and not (isinstance(burst, (int, float)) and burst >= 1):
+            raise ConfigError(f"rate_limit(burst=...) is a number >= 1, not {burst!r}.")
         if budget is not None and cost is None:
             raise ConfigError("rate_limit(tokens=...) needs cost=: the input field (or "
                               "function) giving what one step costs.")

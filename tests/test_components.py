@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -12,7 +13,7 @@ import flowkit
 from flowkit import ConfigError, ValidationError, component, continue_with, exponential
 from flowkit.engine import broker
 from flowkit.engine.paths import continuation_key
-from flowkit.policy import Policy
+from flowkit.policy import Policy, key_value
 from flowkit.worker import checks
 
 
@@ -98,6 +99,40 @@ def test_policy_survives_a_json_round_trip():
     p = add.retry(attempts=3, retry_on=(Boom, KeyError)).timeout(2).policy
     assert Policy.from_dict(p.to_dict()) == p
     assert p.exception_types() == (Boom, KeyError)
+
+
+def domain_of(page: dict) -> str:
+    return page["url"].split("/")[2]
+
+
+def test_limits_travel_as_json_and_key_steps_by_field_or_function():
+    limited = add.concurrency(4, key=domain_of).rate_limit("60/m", key="user.id",
+                                                           tokens="9000/m", cost="size")
+    p = limited.policy
+    assert Policy.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert (p.concurrency.limit, p.concurrency.key) == (4, f"fn:{__name__}.domain_of")
+    assert (p.rate.per_second, p.rate.burst, p.rate.tokens_per_second) == (1.0, 1.0, 150.0)
+    page = {"url": "https://a.example/x", "user": {"id": 7}, "size": 12}
+    assert key_value(p.concurrency.key, page, "concurrency") == "a.example"
+    assert key_value(p.rate.key, page, "rate") == "7"
+    assert key_value(None, page, "rate") == "*"
+    assert add.policy.concurrency is None and add.policy.rate is None  # the original is untouched
+
+
+def test_bad_limits_say_what_to_do():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="whole number"):
+            add.concurrency(bad)
+    with pytest.raises(ConfigError, match="module-level function"):
+        add.concurrency(2, key=lambda page: page["domain"])
+    with pytest.raises(ConfigError, match="like '60/m'"):
+        add.rate_limit("fast")
+    with pytest.raises(ConfigError, match="burst"):
+        add.rate_limit("60/m", burst=0)
+    with pytest.raises(ConfigError, match="needs cost="):
+        add.rate_limit("60/m", tokens="1000/m")
+    with pytest.raises(ConfigError, match="no field 'domain'"):
+        key_value("domain", {"url": "x"}, "concurrency")
 
 
 def test_bad_configuration_says_what_to_do():
