@@ -23,6 +23,7 @@ OUTAGE = float(os.environ.get("FLOWKIT_TEST_OUTAGE_SECONDS", "300"))
 RUNS = 4
 
 
+@pytest.mark.long
 @pytest.mark.timeout(OUTAGE + 300)
 def test_worker_beat_and_web_ride_out_a_long_redis_outage(private_redis, tmp_path):
     env = {
