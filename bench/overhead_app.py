@@ -3,7 +3,7 @@
 import flowkit
 
 app = flowkit.create_celery_app("bench-overhead", imports=["bench.overhead_app"])
-STEPS = 100
+STEPS = 50
 
 
 @flowkit.component(name="bench.noop")

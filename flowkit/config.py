@@ -44,6 +44,7 @@ class Settings:
     default_queue: str = _default("default_queue")
     connection_pool_size: int = _default("connection_pool_size")
     max_continuations: int = _default("max_continuations")
+    inline_steps_seconds: float = _default("inline_steps_seconds")
     retry_attempts: int = _default("retry_attempts")
     retry_initial: float = _default("retry_initial")
     retry_maximum: float = _default("retry_maximum")

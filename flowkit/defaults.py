@@ -49,6 +49,10 @@ CONNECTION_POOL_SIZE = 1000
 DEFAULT_QUEUE = "flowkit"
 #: Longest agent loop (chain of continuations) before the run fails.
 MAX_CONTINUATIONS = 200
+#: A worker that finishes a step runs the next step of its chain itself (same queue)
+#: while its task has run less than this many seconds; then it sends the rest as a
+#: message, yielding the worker to other runs. 0: always send a message.
+INLINE_STEPS_SECONDS = 0.05
 
 #: Default retry policy of a component: one attempt, no retry.
 RETRY_ATTEMPTS = 1

@@ -351,6 +351,23 @@ def nap(data: dict) -> dict:
     return {"slept": data["seconds"]}
 
 
+@component(name="t.slow_add")
+def slow_add(data: dict) -> dict:
+    """add_one that takes 0.2 s: longer than a worker's budget for running steps itself."""
+    time.sleep(0.2)
+    count("slow_add")
+    return {"n": data["n"] + 1}
+
+
+#: 20 quick steps back to back.
+twenty = flowkit.Workflow("twenty", [add_one] * 20, input_schema=number_schema)
+#: A slow step, then quick ones: the budget is spent before the second.
+slow_first = flowkit.Workflow("slow_first", [slow_add, add_one, add_one],
+                              input_schema=number_schema)
+#: The middle step runs on another queue (the test's extra worker consumes it).
+SIDE = "side"
+crossing = flowkit.Workflow("crossing", [add_one, double.queue(SIDE), add_one],
+                            input_schema=number_schema)
 streaming = flowkit.Workflow(
     "streaming", [streamer],
     input_schema={"before": fields.Integer(load_default=5), "after": fields.Integer(load_default=5)},

@@ -16,7 +16,8 @@ from celery import Signature, chain, group
 from celery.backends.redis import RedisBackend
 from celery.canvas import _chain, _chord
 
-from ..component import Component, lookup
+from ..component import TASK_PREFIX, Component, lookup
+from ..errors import NotFound
 from ..nodes import FanOut, Node, Parallel, Sequence, Step
 from ..workflow import Workflow
 from .broker import fresh_priority, get_app
@@ -42,6 +43,39 @@ def step_signature(
 def step_queue(component: str, policy: dict | None, run_queue: str | None) -> str | None:
     """The queue of a step: its policy's, else its component's, else the run's."""
     return (policy or {}).get("queue") or lookup(component).policy.queue or run_queue
+
+
+#: Options of a signature that ask for more than running it: it must be its own message.
+_OWN_MESSAGE = ("chord", "link", "link_error", "group_id", "immutable", "countdown", "eta")
+
+
+#: The task ending every canvas (flowkit.engine.executor.finish_run).
+FINISH = "flowkit.finish"
+
+
+def inline_step(sig: dict[str, Any], queue: str | None) -> str | None:
+    """What a worker that consumed ``queue`` may run itself of ``sig`` (a chain's next
+    signature, as a dict): the component's name of a plain step of a component registered
+    here, or :data:`FINISH` for the run's end; bound for that same queue, taking the
+    previous output as its only argument. None: it must be a message of its own."""
+    task = sig.get("task") or ""
+    options = sig.get("options") or {}
+    if not (task.startswith(TASK_PREFIX) or task == FINISH):
+        return None
+    if sig.get("subtask_type") or sig.get("args"):
+        return None
+    if queue is None or (options.get("queue") or get_app().conf.task_default_queue) != queue:
+        return None
+    if any(options.get(name) for name in _OWN_MESSAGE):
+        return None
+    if task == FINISH:
+        return FINISH
+    name = task[len(TASK_PREFIX):]
+    try:
+        lookup(name)
+    except NotFound:
+        return None  # another deployment's component: its own workers run it
+    return name
 
 
 def result_options() -> dict[str, bool]:
@@ -120,7 +154,7 @@ def _leaves(sig: Signature):
 def finish_signature(workflow: str, run_id: str, gen: int, queue: str | None) -> Signature:
     """The last task of every canvas: it validates the output and ends the run."""
     return get_app().signature(
-        "flowkit.finish", kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
+        FINISH, kwargs={"run_id": run_id, "gen": gen, "workflow": workflow},
         **routed(queue), **result_options(),
     )
 

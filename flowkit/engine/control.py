@@ -234,7 +234,9 @@ def start(
         return existing
     if due is None and _admitted(record, store):
         send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue, priority))
-    return Run.load(winner, store)  # as created: queued (a worker may start it at once)
+        # as created: queued (a worker may have started it already; no read to say so)
+        return Run.from_record({k: str(v) for k, v in record.items()})
+    return Run.load(winner, store)  # scheduled, or held with the reason
 
 
 def _admitted(record: dict[str, Any], store: Store) -> bool:

@@ -42,15 +42,45 @@ def run_step(
     begun: tuple[str, Begin] | None = None,
 ) -> Any:
     """The body of a step's task. An item of a batched fan-out has no ``task`` of its own
-    and comes ``begun``: its lease token and what ``begin_step`` decided for it."""
+    and comes ``begun``: its lease token and what ``begin_step`` decided for it. A task
+    then runs the steps that follow in its chain itself, within its time budget
+    (:func:`_run_following`)."""
+    began = time.monotonic()
     try:
-        return _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy,
-                         begun=begun)
+        output = _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy,
+                           begun=begun)
+        if task is not None and begun is None:
+            output = _run_following(task, output, began)
+        return output
     except StoreUnavailable as exc:
         # Redis stayed away past FLOWKIT_REDIS_RETRY_SECONDS: hand the message back rather
-        # than lose it; begin_step makes its redelivery harmless
+        # than lose it; begin_step makes its redelivery harmless (and replays the steps it
+        # ran itself from their checkpoints)
         log.warning("flowkit: Redis unreachable in step %s of run %s; requeued", key, run_id)
         raise Reject(exc, requeue=True) from exc
+
+
+def _run_following(task, output: Any, began: float) -> Any:
+    """Run the next steps of the task's chain here, back to back, while the task has run
+    less than FLOWKIT_INLINE_STEPS_SECONDS: each is a step like any other (begin_step, its
+    lease, checkpoint, events), minus the broker's round trip. It stops at a step bound
+    for another queue, at anything but a plain step or the run's end (a join, a fan-out),
+    and when the worker drains; Celery sends what remains of the chain as usual. A step
+    that stops its run (failed, paused, stale) raises Ignore, and nothing more is sent."""
+    chain = task.request.chain
+    deadline = began + get_settings().inline_steps_seconds
+    here = (task.request.delivery_info or {}).get("routing_key")
+    while chain and time.monotonic() < deadline and not draining():
+        name = canvas.inline_step(chain[-1], here)
+        if name is None:
+            break
+        kwargs = chain.pop()["kwargs"]
+        if name == canvas.FINISH:  # the run's end: nothing follows it
+            finish_run(output, **kwargs)
+            return None
+        output = _run_step(task, name, output, run_id=kwargs["run_id"], key=kwargs["key"],
+                           gen=kwargs["gen"], policy=kwargs.get("policy"), begun=None)
+    return output
 
 
 def _run_step(

@@ -1,0 +1,23 @@
+"""Worker app of bench/start_latency.py: a one-step workflow that says when its step began,
+and the raw Celery task of the baseline."""
+
+import time
+
+import flowkit
+from flowkit.store import get_store
+
+app = flowkit.create_celery_app("bench-start", imports=["bench.start_app"])
+
+
+@flowkit.component(name="bench.first")
+def first(data: dict) -> dict:
+    get_store().redis.rpush(f"bench:began:{flowkit.context().run_id}", time.time())
+    return data
+
+
+one_step = flowkit.Workflow("bench.one_step", [first])
+
+
+@app.task(name="bench.raw_began")
+def raw_began(key: str) -> None:
+    get_store().redis.rpush(f"bench:raw:{key}", time.time())

@@ -1,0 +1,117 @@
+"""Starting a run, against raw Celery and DBOS in the same run.
+
+For STARTS one-step runs each (one at a time, a threads worker of 4, own private Redis):
+- ``start()`` -> the step running (its first line), against raw Celery ``delay()`` -> the
+  task running;
+- ``POST /workflows/<name>/runs`` (the reference web process, gunicorn) -> the run's
+  ``step.started`` read on its WebSocket (opened with the token the POST answered);
+- ``start()`` -> ``result()`` back, against DBOS (SQLite) ``start_workflow().get_result()``.
+Prints p50/p99, the ratios, and last a machine-readable RESULT line. BENCH_STARTS (200).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+STARTS = int(os.environ.get("BENCH_STARTS", "200"))
+KEY = "bench-key"
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    import httpx
+    import websocket
+
+    from flowkit import config
+    from flowkit.testing import LocalRedis, WorkerProcess
+
+    with LocalRedis() as server, tempfile.TemporaryDirectory() as tmp:
+        env = {"FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{server.port}/1",
+               "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{server.port}/0",
+               "PYTHONPATH": str(ROOT), "FLOWKIT_API_KEYS": KEY}
+        os.environ.update(env)
+        config.reset()
+        from bench.start_app import one_step, raw_began
+        from flowkit.store import get_store
+        from tests.api.helpers import Gunicorn
+
+        store = get_store()
+        worker = WorkerProcess("bench.start_app", name="bench", env=env, cwd=str(ROOT),
+                               pool="threads", concurrency=4).start()
+        web = Gunicorn(env, Path(tmp) / "web.log", FLOWKIT_WORKFLOW_MODULES="bench.start_app")
+        web.start()
+        try:
+            def began(run_id: str) -> float:
+                return float(store.redis.blpop(f"bench:began:{run_id}", timeout=30)[1])
+
+            for _ in range(20):  # warm up
+                one_step.start({}).result(30)
+            to_step, raw, to_result, over_http = [], [], [], []
+            with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {KEY}"}) as api:
+                api.get("/healthz")
+                for _ in range(STARTS):  # interleaved: the machine's drift hits all alike
+                    t = time.time()
+                    run = one_step.start({})
+                    to_step.append((began(run.id) - t) * 1000)
+                    run.result(30)
+
+                    key = uuid.uuid4().hex
+                    t = time.time()
+                    raw_began.delay(key)
+                    raw.append((float(store.redis.blpop(f"bench:raw:{key}", timeout=30)[1]) - t)
+                               * 1000)
+
+                    t = time.perf_counter()
+                    one_step.start({}).result(30)
+                    to_result.append((time.perf_counter() - t) * 1000)
+
+                    t = time.perf_counter()
+                    posted = api.post("/workflows/bench.one_step/runs", json={}).json()
+                    ws = websocket.create_connection(
+                        f"ws://127.0.0.1:{web.port}/runs/{posted['id']}/stream"
+                        f"?token={posted['token']}", timeout=30)
+                    try:
+                        while json.loads(ws.recv())["type"] != "step.started":
+                            pass
+                    finally:
+                        ws.close()
+                    over_http.append((time.perf_counter() - t) * 1000)
+        finally:
+            web.stop()
+            worker.terminate()
+
+    from bench import peer_dbos
+
+    dbos = peer_dbos.figures(1, 1, STARTS)
+    s50, r50, res50, h50 = (statistics.median(x) for x in (to_step, raw, to_result, over_http))
+    print(f"start() -> step running:         p50 {s50:.2f} ms, p99 {pct(to_step, 99):.2f} ms")
+    print(f"raw Celery delay() -> task:      p50 {r50:.2f} ms, p99 {pct(raw, 99):.2f} ms")
+    print(f"ratio p50 start/delay: {s50 / r50:.2f} (target <= 1.2)")
+    print(f"POST -> step.started on its WebSocket: p50 {h50:.2f} ms, p99 {pct(over_http, 99):.2f} ms")
+    print(f"ratio p50 POST/delay: {h50 / r50:.2f} (target <= 2.5)")
+    print(f"start() -> result():             p50 {res50:.2f} ms, p99 {pct(to_result, 99):.2f} ms")
+    result = (f"RESULT start_p50_ms={s50:.2f} delay_p50_ms={r50:.2f} ratio_start={s50 / r50:.3f} "
+              f"post_ws_p50_ms={h50:.2f} ratio_post={h50 / r50:.3f} result_p50_ms={res50:.2f}")
+    if dbos:
+        d50 = dbos["result_p50_ms"]
+        print(f"DBOS start_workflow().get_result(): p50 {d50:.2f} ms")
+        print(f"ratio p50 result flowkit/DBOS: {res50 / d50:.2f} (target <= 0.5)")
+        result += f" dbos_result_p50_ms={d50:.2f} ratio_result_dbos={res50 / d50:.3f}"
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
