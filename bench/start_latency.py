@@ -15,82 +15,62 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.local import API_KEY, deployment, pct  # noqa: E402
+
 STARTS = int(os.environ.get("BENCH_STARTS", "200"))
-KEY = "bench-key"
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
 def main() -> int:
     import httpx
     import websocket
 
-    from flowkit import config
-    from flowkit.testing import LocalRedis, WorkerProcess
-
-    with LocalRedis() as server, tempfile.TemporaryDirectory() as tmp:
-        env = {"FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{server.port}/1",
-               "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{server.port}/0",
-               "PYTHONPATH": str(ROOT), "FLOWKIT_API_KEYS": KEY}
-        os.environ.update(env)
-        config.reset()
+    with deployment("bench.start_app", web=True) as local:
         from bench.start_app import one_step, raw_began
         from flowkit.store import get_store
-        from tests.api.helpers import Gunicorn
 
-        store = get_store()
-        worker = WorkerProcess("bench.start_app", name="bench", env=env, cwd=str(ROOT),
-                               pool="threads", concurrency=4).start()
-        web = Gunicorn(env, Path(tmp) / "web.log", FLOWKIT_WORKFLOW_MODULES="bench.start_app")
-        web.start()
-        try:
-            def began(run_id: str) -> float:
-                return float(store.redis.blpop(f"bench:began:{run_id}", timeout=30)[1])
+        store, web = get_store(), local["web"]
 
-            for _ in range(20):  # warm up
+        def began(run_id: str) -> float:
+            return float(store.redis.blpop(f"bench:began:{run_id}", timeout=30)[1])
+
+        for _ in range(20):  # warm up
+            one_step.start({}).result(30)
+        to_step, raw, to_result, over_http = [], [], [], []
+        with httpx.Client(base_url=web.url,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as api:
+            api.get("/healthz")
+            for _ in range(STARTS):  # interleaved: the machine's drift hits all alike
+                t = time.time()
+                run = one_step.start({})
+                to_step.append((began(run.id) - t) * 1000)
+                run.result(30)
+
+                key = uuid.uuid4().hex
+                t = time.time()
+                raw_began.delay(key)
+                raw.append((float(store.redis.blpop(f"bench:raw:{key}", timeout=30)[1]) - t)
+                           * 1000)
+
+                t = time.perf_counter()
                 one_step.start({}).result(30)
-            to_step, raw, to_result, over_http = [], [], [], []
-            with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {KEY}"}) as api:
-                api.get("/healthz")
-                for _ in range(STARTS):  # interleaved: the machine's drift hits all alike
-                    t = time.time()
-                    run = one_step.start({})
-                    to_step.append((began(run.id) - t) * 1000)
-                    run.result(30)
+                to_result.append((time.perf_counter() - t) * 1000)
 
-                    key = uuid.uuid4().hex
-                    t = time.time()
-                    raw_began.delay(key)
-                    raw.append((float(store.redis.blpop(f"bench:raw:{key}", timeout=30)[1]) - t)
-                               * 1000)
-
-                    t = time.perf_counter()
-                    one_step.start({}).result(30)
-                    to_result.append((time.perf_counter() - t) * 1000)
-
-                    t = time.perf_counter()
-                    posted = api.post("/workflows/bench.one_step/runs", json={}).json()
-                    ws = websocket.create_connection(
-                        f"ws://127.0.0.1:{web.port}/runs/{posted['id']}/stream"
-                        f"?token={posted['token']}", timeout=30)
-                    try:
-                        while json.loads(ws.recv())["type"] != "step.started":
-                            pass
-                    finally:
-                        ws.close()
-                    over_http.append((time.perf_counter() - t) * 1000)
-        finally:
-            web.stop()
-            worker.terminate()
+                t = time.perf_counter()
+                posted = api.post("/workflows/bench.one_step/runs", json={}).json()
+                ws = websocket.create_connection(
+                    f"ws://127.0.0.1:{web.port}/runs/{posted['id']}/stream"
+                    f"?token={posted['token']}", timeout=30)
+                try:
+                    while json.loads(ws.recv())["type"] != "step.started":
+                        pass
+                finally:
+                    ws.close()
+                over_http.append((time.perf_counter() - t) * 1000)
 
     from bench import peer_dbos
 

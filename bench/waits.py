@@ -13,79 +13,58 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.local import API_KEY, deployment, pct  # noqa: E402
+
 WAITS = int(os.environ.get("BENCH_WAITS", "200"))
-KEY = "bench-key"
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
 def main() -> int:
     import httpx
 
-    from flowkit import config
-    from flowkit.testing import LocalRedis, WorkerProcess
-
-    with LocalRedis() as server, tempfile.TemporaryDirectory() as tmp:
-        env = {"FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{server.port}/1",
-               "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{server.port}/0",
-               "PYTHONPATH": str(ROOT), "FLOWKIT_API_KEYS": KEY}
-        os.environ.update(env)
-        config.reset()
+    with deployment("bench.waits_app", web=True) as local:
         import flowkit
         from bench.waits_app import asking, raw_started
         from flowkit.store import get_store
-        from tests.api.helpers import Gunicorn
 
-        store = get_store()
-        worker = WorkerProcess("bench.waits_app", name="bench", env=env, cwd=str(ROOT),
-                               pool="threads", concurrency=4).start()
-        web = Gunicorn(env, Path(tmp) / "web.log", FLOWKIT_WORKFLOW_MODULES="bench.waits_app")
-        web.start()
-        try:
-            def paused(run):
-                for event in flowkit.follow(run.id):
-                    if event.type == "run.waiting":
-                        return
-                raise RuntimeError("the run did not pause")
+        store, web = get_store(), local["web"]
 
-            # memory of one waiting run: every key it has
-            probe = asking.start({"i": -1})
-            paused(probe)
-            keys = [k for k in store.redis.scan_iter(f"*{probe.id}*")]
-            memory = sum(store.redis.memory_usage(k) or 0 for k in keys)
+        def paused(run):
+            for event in flowkit.follow(run.id):
+                if event.type == "run.waiting":
+                    return
+            raise RuntimeError("the run did not pause")
 
-            resumed: list[float] = []
-            with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {KEY}"}) as api:
-                api.get("/healthz")  # warm the connection
-                for i in range(WAITS):
-                    run = asking.start({"i": i})
-                    paused(run)
-                    cursor = run.events()[-1].id
-                    sent = time.time()
-                    assert api.post(f"/runs/{run.id}/input/go", json={"ok": True}).status_code == 202
-                    for event in flowkit.follow(run.id, cursor):
-                        if event.type == "step.started":
-                            resumed.append((event.data["ts"] - sent) * 1000)
-                            break
-            raw: list[float] = []
-            for _ in range(WAITS):
-                key = uuid.uuid4().hex
+        # memory of one waiting run: every key it has
+        probe = asking.start({"i": -1})
+        paused(probe)
+        keys = [k for k in store.redis.scan_iter(f"*{probe.id}*")]
+        memory = sum(store.redis.memory_usage(k) or 0 for k in keys)
+
+        resumed: list[float] = []
+        with httpx.Client(base_url=web.url, headers={"Authorization": f"Bearer {API_KEY}"}) as api:
+            api.get("/healthz")  # warm the connection
+            for i in range(WAITS):
+                run = asking.start({"i": i})
+                paused(run)
+                cursor = run.events()[-1].id
                 sent = time.time()
-                raw_started.delay(key)
-                got = store.redis.blpop(f"bench:raw:{key}", timeout=30)
-                raw.append((float(got[1]) - sent) * 1000)
-        finally:
-            web.stop()
-            worker.terminate()
+                assert api.post(f"/runs/{run.id}/input/go", json={"ok": True}).status_code == 202
+                for event in flowkit.follow(run.id, cursor):
+                    if event.type == "step.started":
+                        resumed.append((event.data["ts"] - sent) * 1000)
+                        break
+        raw: list[float] = []
+        for _ in range(WAITS):
+            key = uuid.uuid4().hex
+            sent = time.time()
+            raw_started.delay(key)
+            got = store.redis.blpop(f"bench:raw:{key}", timeout=30)
+            raw.append((float(got[1]) - sent) * 1000)
 
     fk50, fk99 = statistics.median(resumed), pct(resumed, 99)
     raw50, raw99 = statistics.median(raw), pct(raw, 99)
