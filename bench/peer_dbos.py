@@ -20,24 +20,28 @@ import time
 from pathlib import Path
 
 
-def figures(steps: int, rounds: int, starts: int) -> dict[str, float] | None:
-    """The RESULT figures of a DBOS run in a child process; None when DBOS is not installed."""
+def figures(steps: int, rounds: int, starts: int, measure: str = "time"
+            ) -> dict[str, float] | None:
+    """The RESULT figures of a DBOS run in a child process; None when DBOS is not installed.
+    ``measure="bytes"``: the growth of its database file per run of ``steps`` steps, over
+    ``starts`` runs."""
     if importlib.util.find_spec("dbos") is None:
         print("DBOS is not installed: pip install -e '.[peers]' to compare with it")
         return None
     out = subprocess.run([sys.executable, "-m", "bench.peer_dbos", str(steps), str(rounds),
-                          str(starts)], capture_output=True, text=True, timeout=600,
+                          str(starts), measure], capture_output=True, text=True, timeout=600,
                          cwd=Path(__file__).resolve().parent.parent, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     return {k: float(v) for k, v in (pair.split("=") for pair in line.split()[1:])}
 
 
-def main(steps: int, rounds: int, starts: int) -> int:
+def main(steps: int, rounds: int, starts: int, measure: str = "time") -> int:
     from dbos import DBOS
 
     with tempfile.TemporaryDirectory() as tmp:
+        database = Path(tmp) / "dbos.sqlite"
         DBOS(config={"name": "flowkit-bench", "run_admin_server": False,
-                     "system_database_url": f"sqlite:///{Path(tmp) / 'dbos.sqlite'}"})
+                     "system_database_url": f"sqlite:///{database}"})
         began: list[float] = []
 
         @DBOS.step()
@@ -60,6 +64,18 @@ def main(steps: int, rounds: int, starts: int) -> int:
             return first(value)
 
         DBOS.launch()
+        if measure == "bytes":
+            try:
+                for _ in range(starts):  # the same input as flowkit's run
+                    DBOS.start_workflow(chain, {"n": 1, "text": "hello"}).get_result()
+                grown_from = _size(database)
+                for _ in range(starts):
+                    DBOS.start_workflow(chain, {"n": 1, "text": "hello"}).get_result()
+                grown = (_size(database) - grown_from) / starts
+            finally:
+                DBOS.destroy()
+            print(f"RESULT bytes_per_run={grown:.0f}")
+            return 0
         try:
             DBOS.start_workflow(chain, 0).get_result()  # warm up
             DBOS.start_workflow(one, 0).get_result()
@@ -84,5 +100,16 @@ def main(steps: int, rounds: int, starts: int) -> int:
     return 0
 
 
+def _size(database: Path) -> int:
+    """The database's bytes, its write-ahead log included (checkpointed first)."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, size = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * size
+
+
 if __name__ == "__main__":
-    sys.exit(main(*(int(a) for a in sys.argv[1:4])))
+    sys.exit(main(*(int(a) for a in sys.argv[1:4]), *sys.argv[4:5]))

@@ -44,6 +44,7 @@ class Settings:
     default_queue: str = _default("default_queue")
     connection_pool_size: int = _default("connection_pool_size")
     max_continuations: int = _default("max_continuations")
+    compact_after_seconds: float = _default("compact_after_seconds")
     inline_steps_seconds: float = _default("inline_steps_seconds")
     retry_attempts: int = _default("retry_attempts")
     retry_initial: float = _default("retry_initial")

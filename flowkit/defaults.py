@@ -24,6 +24,9 @@ KEY_PREFIX = "flowkit"
 
 #: How long run records, event streams and checkpoints live after their last write.
 RETENTION_SECONDS = 7 * 24 * 3600
+#: A finished run's event stream and trace are compacted into one compressed archive this
+#: many seconds after it ended (beat's sweep); reads are the same either way.
+COMPACT_AFTER_SECONDS = 300.0
 #: Largest workflow input, step output or event payload accepted, in bytes.
 MAX_PAYLOAD_BYTES = 1024 * 1024
 

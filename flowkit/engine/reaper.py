@@ -75,7 +75,21 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     report["scheduled"] = fire_schedules(now)
     report["admitted"] = admission.reconcile(store)  # slots of runs that ended without giving
     limits.reconcile(store)  # component slots whose holder's lease lapsed
+    report["compacted"] = compact_ended(now)
     return report
+
+
+#: Runs compacted per shard and sweep at most (a backlog drains over a few sweeps).
+COMPACT_BATCH = 8
+
+
+def compact_ended(now: float | None = None) -> list[str]:
+    """Compact the runs that ended more than FLOWKIT_COMPACT_AFTER_SECONDS ago (their
+    events and trace into one archive, flowkit.store.archive); returns their ids."""
+    store = get_store()
+    before = (time.time() if now is None else now) - get_settings().compact_after_seconds
+    return [run_id for run_id in store.ended_before(before, COMPACT_BATCH)
+            if store.compact(run_id)]
 
 
 def fire_schedules(now: float | None = None) -> list[str]:

@@ -13,12 +13,15 @@ every key one run script touches hashes to the same Cluster slot::
     flowkit:{s07}:run:<id>:waits        HASH    wait key -> spec JSON of an open wait
     flowkit:{s07}:run:<id>:answered     HASH    wait key -> spec JSON of an answered wait
     flowkit:{s07}:run:<id>:trace        STREAM  trace span records
+    flowkit:{s07}:run:<id>:archive      STRING  a finished run's events and trace, compacted
+                                                (zlib JSON: flowkit.store.archive)
     flowkit:{s07}:run:<id>:notified     STRING  the failure notification's claim
     flowkit:{s07}:running               ZSET    run id -> last sign of life
     flowkit:{s07}:queued                ZSET    run id -> when it was (re)queued
     flowkit:{s07}:leases                ZSET    "<run id> <step>" -> when the lease lapses
     flowkit:{s07}:timers                ZSET    "<run id> <wait key>" -> when it fires
                                                 ("<run id> $start": a delayed start)
+    flowkit:{s07}:ended                 ZSET    run id -> when it ended (to compact)
 
 Keys that no run script touches live outside the shards, each a single-key operation:
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
@@ -84,6 +87,9 @@ class Keys:
     def trace(self, run_id: str) -> str:
         return f"{self.run(run_id)}:trace"
 
+    def archive(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:archive"
+
     def notified(self, run_id: str) -> str:
         return f"{self.run(run_id)}:notified"
 
@@ -105,6 +111,9 @@ class Keys:
     def timers(self, shard: int) -> str:
         return f"{self.tag(shard)}:timers"
 
+    def ended(self, shard: int) -> str:
+        return f"{self.tag(shard)}:ended"
+
     def script_keys(self, run_id: str) -> list[str]:
         """The KEYS every run script receives, in lib.lua's order."""
         shard = shard_of(run_id)
@@ -113,6 +122,7 @@ class Keys:
             run, f"{run}:events", f"{run}:ckpt", f"{run}:attempts", f"{run}:inflight",
             f"{run}:emits", f"{run}:waits", f"{run}:answered",
             self.running(shard), self.queued(shard), self.leases(shard), self.timers(shard),
+            f"{run}:archive", f"{run}:trace", self.ended(shard),
         ]
 
     # -- outside the shards ----------------------------------------------------------------

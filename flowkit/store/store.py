@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import NEVER_DECODE
 
 from ..config import Settings
 from ..serialization import dumps, loads
 from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
-from . import connection, scripts
+from . import archive, connection, scripts
 from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
 from .streams import EndWatch, Entry, StreamReader
@@ -667,20 +668,67 @@ class Store:
 
     @_op
     def history(self, run_id: str, after: str, count: int | None = None) -> list[Entry]:
-        """Events after ``after`` (exclusive), oldest first."""
-        return _entries(self.redis.xrange(self.keys.events(run_id), min=f"({after}", count=count))
+        """Events after ``after`` (exclusive), oldest first: the archived ones (a compacted
+        run), then the stream's."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("GET", self.keys.archive(run_id), **{NEVER_DECODE: True})
+        pipe.xrange(self.keys.events(run_id), min=f"({after}", count=count)
+        blob, raw = pipe.execute()
+        found = archive.after(archive.unpack(blob)[0], after) + _entries(raw)
+        return found[:count] if count is not None else found
 
     @_op
     def read_new(self, run_id: str, after: str, block_ms: int, count: int = 500) -> list[Entry]:
         """Events after ``after``, waiting up to ``block_ms`` for the first one."""
+        archived = archive.after(self._archived(run_id)[0], after)
+        if archived:
+            return archived[:count]
         reply = self.redis.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
         return _entries(reply[0][1]) if reply else []
 
     @_op
     def last_event(self, run_id: str) -> Entry | None:
-        """The newest event of the run's stream, or None for an empty (or unknown) stream."""
+        """The newest event of the run (stream, else archive), or None for none (or unknown)."""
         last = _entries(self.redis.xrevrange(self.keys.events(run_id), count=1))
-        return last[0] if last else None
+        if last:
+            return last[0]
+        archived = self._archived(run_id)[0]
+        return archived[-1] if archived else None
+
+    def _archived(self, run_id: str) -> tuple[list[Entry], list[str]]:
+        return archive.unpack(self.redis.execute_command(
+            "GET", self.keys.archive(run_id), **{NEVER_DECODE: True}))
+
+    # -- compaction (a finished run's streams -> one archive) -----------------------------
+
+    @_op
+    def ended_before(self, before: float, limit: int) -> list[str]:
+        """Runs that ended before ``before`` and are not compacted yet (oldest first, up to
+        ``limit`` per shard)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zrangebyscore(self.keys.ended(shard), "-inf", before, start=0, num=limit)
+        return [run_id for found in pipe.execute() for run_id in found]
+
+    @_op
+    def compact(self, run_id: str) -> bool:
+        """Replace a finished run's event stream and trace with one archive (compact.lua);
+        False when the run is live or gone. Read again if it changed meanwhile."""
+        for _ in range(3):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.execute_command("GET", self.keys.archive(run_id), **{NEVER_DECODE: True})
+            pipe.xrange(self.keys.events(run_id))
+            pipe.xrange(self.keys.trace(run_id))
+            blob, raw_events, raw_spans = pipe.execute()
+            events, spans = archive.unpack(blob)
+            events += _entries(raw_events)
+            spans += [fields["s"] for _, fields in raw_spans]
+            last = raw_events[-1][0] if raw_events else ""
+            done = self._run_script("compact", run_id, [
+                run_id, archive.pack(events, spans), last, len(raw_spans), len(blob or b"")])
+            if done != -1:
+                return done == 1
+        return False
 
     def stream_reader(self, block_seconds: float) -> StreamReader:
         """A reader of many runs' streams on a connection of its own (the relay hub)."""
@@ -705,8 +753,12 @@ class Store:
 
     @_op
     def read_trace(self, run_id: str) -> list[str]:
-        """The run's span records (JSON), oldest first."""
-        return [fields["s"] for _, fields in self.redis.xrange(self.keys.trace(run_id))]
+        """The run's span records (JSON), oldest first (archived ones first)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("GET", self.keys.archive(run_id), **{NEVER_DECODE: True})
+        pipe.xrange(self.keys.trace(run_id))
+        blob, raw = pipe.execute()
+        return archive.unpack(blob)[1] + [fields["s"] for _, fields in raw]
 
     # -- the component cache and rate limits ---------------------------------------------
 

@@ -17,9 +17,13 @@
 --   KEYS[11] leases    ZSET   (the run's shard) "<run id> <step>" -> when the lease lapses
 --   KEYS[12] timers    ZSET   (the run's shard) "<run id> <wait key>" -> when it fires
 --                             ("<run id> $start": a delayed start)
+--   KEYS[13] archive   STRING a finished run's events and trace, compacted (compact.lua)
+--   KEYS[14] trace     STREAM the run's trace span records (written outside the scripts)
+--   KEYS[15] ended     ZSET   (the run's shard) run id -> when it ended, until compacted
 local run, events, ckpt, attempts, inflight, emits, waits, answered =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local running, queued, leases, timers = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local archive, trace, ended = KEYS[13], KEYS[14], KEYS[15]
 
 local function is_live(state)
   return state == STATE_QUEUED or state == STATE_RUNNING or state == STATE_WAITING
@@ -46,6 +50,7 @@ end
 -- Keep the run's keys for `retention` seconds after this write (a no-op on a missing key).
 local function touch(retention)
   for i = 1, 8 do redis.call('EXPIRE', KEYS[i], retention) end
+  redis.call('EXPIRE', archive, retention)
 end
 
 -- Whether call `call_id` ended the run: this call again, resent after its reply was lost.
@@ -70,6 +75,7 @@ local function end_run(run_id, state, now, retention, call_id, fields, event_jso
              'ended_by', call_id, unpack(fields))
   redis.call('ZREM', running, run_id)
   redis.call('ZREM', queued, run_id)
+  redis.call('ZADD', ended, now, run_id)
   drop_waits(run_id)
   append(event_json)
   touch(retention)

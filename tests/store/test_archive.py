@@ -1,0 +1,92 @@
+"""compact.lua and the store's reads of a compacted run: a finished run's events and trace
+move into one archive, and every read answers as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowkit.states import RunState
+from flowkit.store import archive
+from flowkit.store.keys import shard_of
+from tests.store.test_transitions import RUN, T, fail, make_run
+
+
+def spans(store, n: int = 3) -> list[str]:
+    docs = [f'{{"id":"step:{i}","status":"ok"}}' for i in range(n)]
+    store.append_trace([(RUN, doc) for doc in docs])
+    return docs
+
+
+def reads(store) -> tuple:
+    """Everything a reader can ask of the run's history."""
+    everything = store.history(RUN, "0-0")
+    middle = everything[1][0]
+    return (everything, store.history(RUN, middle), store.history(RUN, "0-0", 2),
+            store.read_new(RUN, middle, block_ms=1), store.last_event(RUN), store.read_trace(RUN))
+
+
+@pytest.mark.parametrize("state", [RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED])
+def test_compacting_a_finished_run_keeps_every_read_the_same(store, state):
+    make_run(store, state)
+    spans(store)
+    before = reads(store)
+    assert store.ended_before(T + 2, 10) == [RUN]
+    assert store.compact(RUN) is True
+    assert store.redis.exists(store.keys.events(RUN), store.keys.trace(RUN)) == 0
+    assert reads(store) == before
+    assert store.ended_before(T + 2, 10) == []  # out of the index
+    kept, run_kept = store.redis.pttl(store.keys.archive(RUN)), store.redis.pttl(store.keys.run(RUN))
+    assert kept > 0 and abs(kept - run_kept) < 1000  # it expires with the run
+
+
+def test_an_archive_is_smaller_than_the_streams_it_replaces(store):
+    make_run(store, RunState.SUCCEEDED)
+    spans(store, 40)
+    keys = [store.keys.events(RUN), store.keys.trace(RUN)]
+    streams = sum(store.redis.memory_usage(k) for k in keys)
+    store.compact(RUN)
+    assert store.redis.memory_usage(store.keys.archive(RUN)) < streams / 3
+
+
+def test_a_live_run_is_not_compacted_and_leaves_the_index(store):
+    make_run(store, RunState.RUNNING)
+    store.redis.zadd(store.keys.ended(shard_of(RUN)), {RUN: T})  # as if it ended, then retried
+    assert store.compact(RUN) is False
+    assert store.redis.exists(store.keys.events(RUN)) == 1
+    assert store.redis.exists(store.keys.archive(RUN)) == 0
+    assert store.ended_before(T + 2, 10) == []
+
+
+def test_an_unknown_run_leaves_the_index(store):
+    store.redis.zadd(store.keys.ended(shard_of(RUN)), {RUN: T})
+    assert store.compact(RUN) is False
+    assert store.ended_before(T + 2, 10) == []
+
+
+def test_compact_refuses_when_the_run_changed_since_it_was_read(store):
+    make_run(store, RunState.SUCCEEDED)
+    spans(store, 2)
+    last = store.history(RUN, "0-0")[-1][0]
+    blob = archive.pack([], [])
+    for stale in ([RUN, blob, "1-1", 2, 0], [RUN, blob, last, 1, 0], [RUN, blob, last, 2, 7]):
+        assert store._run_script("compact", RUN, stale) == -1
+    assert store.redis.exists(store.keys.archive(RUN)) == 0
+
+
+def test_a_run_retried_after_compaction_reads_archive_then_stream_and_compacts_again(store):
+    make_run(store, RunState.FAILED)
+    spans(store, 1)
+    archived = store.history(RUN, "0-0")
+    store.compact(RUN)
+    gen, refusal = store.restart(RUN, expected_state=RunState.FAILED, reason="retry",
+                                 now=T + 5)
+    assert gen == 1 and refusal is None
+    after = store.history(RUN, "0-0")
+    assert after[:len(archived)] == archived and len(after) > len(archived)
+    assert store.history(RUN, archived[-1][0]) == after[len(archived):]
+    assert store.last_event(RUN) == after[-1]
+    assert fail(store, now=T + 6, gen=1)
+    whole = store.history(RUN, "0-0")
+    store.compact(RUN)
+    assert store.history(RUN, "0-0") == whole
+    assert store.redis.exists(store.keys.events(RUN)) == 0
