@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 #: True when steps run in the worker's main process (threads, solo, gevent, eventlet pools).
 _in_process_pool = True
 _draining = threading.Event()
+#: Set while the grace ran out and steps are being handed over, then once that is done:
+#: a step that stops because its run was handed over lets Celery's warm shutdown end, and
+#: the process must not exit before the handover's messages are sent.
+_handing_over = threading.Event()
+_handed_over = threading.Event()
 
 
 def draining() -> bool:
@@ -61,6 +66,13 @@ def begin(how: str | None) -> None:
     if how == "Warm":
         grace = get_settings().drain_grace
         threading.Thread(target=drain, args=(grace,), name="flowkit-drain", daemon=True).start()
+
+
+def finish_handover(timeout: float = 10.0) -> None:
+    """Celery's shutdown is over (worker_shutdown): if a handover is under way, let it send
+    its messages before the process ends."""
+    if _handing_over.is_set():
+        _handed_over.wait(timeout)
 
 
 def held_by(node: str) -> list[tuple[str, str, str]]:
@@ -107,8 +119,13 @@ def drain(grace: float) -> None:
         log.info("flowkit drain: %s is idle; shutting down", node)
         return
     entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
-    moved = hand_over(entries, f"worker {node} drained: grace of {grace:g}s ran out")
-    log.warning("flowkit drain: handed over %d run(s) after %gs: %s", len(moved), grace, moved)
+    _handing_over.set()
+    try:
+        moved = hand_over(entries, f"worker {node} drained: grace of {grace:g}s ran out")
+        log.warning("flowkit drain: handed over %d run(s) after %gs: %s", len(moved), grace,
+                    moved)
+    finally:
+        _handed_over.set()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     if _in_process_pool:

@@ -61,6 +61,12 @@ def shutting_down(sig=None, how=None, **_) -> None:
     drain.begin(how)
 
 
+def shut_down(**_) -> None:
+    # Celery's warm shutdown ended (a handed-over step stopping can end it): a handover
+    # under way sends its messages before the process exits
+    drain.finish_handover()
+
+
 def handed_off(sender=None, body=None, **_) -> None:
     """A message of a run's canvas went to the broker (after_task_publish): the run's
     progress now waits in the queue, not in this worker, which the reaper must know before
@@ -80,4 +86,5 @@ def connect() -> None:
     signals.worker_ready.connect(worker_ready, dispatch_uid="flowkit.worker_ready")
     signals.worker_process_init.connect(child_started, dispatch_uid="flowkit.child_started")
     signals.worker_shutting_down.connect(shutting_down, dispatch_uid="flowkit.shutting_down")
+    signals.worker_shutdown.connect(shut_down, dispatch_uid="flowkit.shut_down")
     signals.after_task_publish.connect(handed_off, dispatch_uid="flowkit.handed_off")
