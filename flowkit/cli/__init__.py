@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
+from ..version import __version__
 from . import runs, schedules, workers
 
 #: The modules whose commands the CLI offers.
@@ -21,6 +22,7 @@ COMMAND_MODULES = [runs, workers, schedules]
 
 def build_parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="flowkit", description="Durable AI workflows on Celery.")
+    root.add_argument("--version", action="version", version=f"flowkit {__version__}")
     subs = root.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subs)

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 
 from .. import events as ev
 from ..engine import control as runs
+from .app import add_app_option, load_app
 from .usage import UsageError
-
-
-def _with_app(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-A", "--app", default="workers.celery_app",
-        help="module that imports your workflows (default: workers.celery_app)",
-    )
 
 
 def _print(data) -> None:
@@ -41,7 +34,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
-    importlib.import_module(args.app)
+    load_app(args)
     _print(runs.retry(args.run_id).to_dict())
     return 0
 
@@ -83,7 +76,7 @@ def register(subs) -> None:
 
     p = subs.add_parser("retry", help="resume a failed run from its failed step")
     p.add_argument("run_id")
-    _with_app(p)
+    add_app_option(p)
     p.set_defaults(func=retry)
 
     p = subs.add_parser("input", help="answer a run waiting in wait_for_input(NAME)")

@@ -9,7 +9,6 @@ schedules; bad input is one line on stderr and exit code 2, an unknown id exit c
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import sys
@@ -20,6 +19,7 @@ from ..engine import schedules
 from ..errors import ConfigError, ValidationError, WorkflowNotFound
 from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID
 from ..workflow import workflows
+from .app import add_app_option, app_module_name, load_app
 from .usage import UsageError
 
 #: What REST accepts (flowkit.api.schemas.ScheduleBody), checked the same way here.
@@ -74,7 +74,7 @@ def get_schedule(args: argparse.Namespace) -> int:
 
 def create(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    _import_app(args.app)
+    load_app(args)
     try:
         created = schedules.create(args.workflow, **spec)
     except WorkflowNotFound:
@@ -82,7 +82,7 @@ def create(args: argparse.Namespace) -> int:
         known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else
                                          "" if names else "none")
         raise WorkflowNotFound(
-            f"No workflow named {args.workflow!r} (in {args.app}: {known}); check the name, or "
+            f"No workflow named {args.workflow!r} (in {app_module_name(args)}: {known}); check the name, or "
             "pass -A/--app with the module that imports your workflows.") from None
     except ValidationError as exc:
         raise UsageError(f"{exc.message} {json.dumps(exc.fields, default=str)}; pass --input "
@@ -147,17 +147,6 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-def _import_app(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        raise UsageError(f"cannot import {module} ({exc}); pass -A/--app with the module "
-                         "that imports your workflows, e.g. -A myproject.workers.") from None
-    from ..engine.broker import get_app
-
-    get_app().loader.import_default_modules()  # a Celery app's imports=[...]: the workflows
-
-
 # -- the parser ---------------------------------------------------------------------------
 
 
@@ -205,8 +194,7 @@ def register(subs) -> None:
     p.add_argument("--id", metavar="ID", default=None,
                    help="the schedule's id (default: WORKFLOW@CRON or WORKFLOW@everyNs); "
                         "an existing id is replaced")
-    p.add_argument("-A", "--app", default="workers.celery_app",
-                   help="module that imports your workflows (default: workers.celery_app)")
+    add_app_option(p)
     _json_flag(p)
 
     for name, func, text in (("delete", delete, "delete a schedule"),

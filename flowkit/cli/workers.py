@@ -10,7 +10,6 @@ exit. A worker's own SIGTERM does the same for one process (flowkit.drain).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 
@@ -18,13 +17,12 @@ from ..config import get_settings
 from ..engine.broker import get_app
 from ..engine.drain import hand_over, held_by
 from ..errors import FlowkitError
+from .app import add_app_option, load_app
 
 
-def _app(module: str):
-    importlib.import_module(module)
-    app = get_app()
-    app.loader.import_default_modules()  # the workflows a handed-over run is enqueued with
-    return app
+def _app(args: argparse.Namespace):
+    load_app(args)  # with the workflows a handed-over run is enqueued with
+    return get_app()
 
 
 def _busy(app, names: list[str]) -> dict[str, int]:
@@ -40,7 +38,7 @@ def _wait_idle(app, names: list[str], seconds: float) -> dict[str, int]:
 
 
 def drain(args: argparse.Namespace) -> int:
-    app = _app(args.app)
+    app = _app(args)
     names: list[str] = args.workers
     queues = app.control.inspect(destination=names, timeout=2.0).active_queues() or {}
     missing = sorted(set(names) - set(queues))
@@ -66,8 +64,7 @@ def drain(args: argparse.Namespace) -> int:
 def register(subs) -> None:
     p = subs.add_parser("drain", help="stop named workers taking steps and wait until they are idle")
     p.add_argument("workers", nargs="+", metavar="WORKER", help="Celery node names, e.g. worker@host")
-    p.add_argument("-A", "--app", default="workers.celery_app",
-                   help="module creating your Celery app (default: workers.celery_app)")
+    add_app_option(p)
     p.add_argument("--grace", type=float, default=None,
                    help="seconds to let running steps finish before handing them over "
                         "(default: FLOWKIT_DRAIN_GRACE)")

@@ -1,0 +1,58 @@
+"""``-A``: which module holds the user's workflows, resolved as ``celery -A`` resolves it.
+
+The current directory is importable (``flowkit run -A myapp.flows`` works from the
+project's root, as ``celery -A myapp.flows worker`` does), ``FLOWKIT_APP`` sets the
+default, and a module that cannot be imported is one line saying what to do, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from types import ModuleType
+
+from .usage import UsageError
+
+#: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
+#: reference deployment's Celery app (Procfile).
+DEFAULT_APP = "workers.celery_app"
+
+
+def add_app_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``-A/--app`` to a command that needs the user's workflows."""
+    parser.add_argument(
+        "-A", "--app", default=None, metavar="MODULE",
+        help=f"module that imports your workflows, as for celery -A "
+             f"(default: $FLOWKIT_APP, else {DEFAULT_APP})",
+    )
+
+
+def app_module_name(args: argparse.Namespace) -> str:
+    return getattr(args, "app", None) or os.environ.get("FLOWKIT_APP") or DEFAULT_APP
+
+
+def load_app(args: argparse.Namespace) -> ModuleType:
+    """Import the user's module (``module`` or ``module:attribute``, as celery takes it),
+    then the modules its Celery app lists in ``imports=[...]``: all its workflows."""
+    name = app_module_name(args).split(":", 1)[0]
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as celery does: the project's root is importable
+    try:
+        module = importlib.import_module(name)
+        from ..engine.broker import get_app
+
+        get_app().loader.import_default_modules()
+        return module
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise UsageError(
+                f"cannot import {name!r} (no module {exc.name!r} from {os.getcwd()}): run this "
+                "from your project's root, or pass -A your.module (or set FLOWKIT_APP)."
+            ) from None
+        raise UsageError(f"importing {name!r} failed: {exc}; fix that import, "
+                         "then run this again.") from None
+    except Exception as exc:  # the user's module itself raised while importing
+        raise UsageError(f"importing {name!r} raised {type(exc).__name__}: {exc}") from None
