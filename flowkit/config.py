@@ -81,6 +81,10 @@ class Settings:
     api_max_page_size: int = _default("api_max_page_size")
     api_events_page: int = _default("api_events_page")
     api_subscriber_buffer: int = _default("api_subscriber_buffer")
+    api_metrics_open: bool = _default("api_metrics_open")
+    metrics_port: int = _default("metrics_port")
+    metrics_addr: str = _default("metrics_addr")
+    metrics_deployment: bool = _default("metrics_deployment")
 
     @property
     def broker(self) -> str:

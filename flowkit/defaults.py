@@ -73,6 +73,17 @@ FAILURE_WEBHOOK = ""
 #: Seconds the failure webhook may take to answer before it counts as failed (logged).
 FAILURE_WEBHOOK_TIMEOUT = 5.0
 
+# -- Metrics (flowkit.metrics) ---------------------------------------------------
+#: A worker serves its Prometheus metrics over HTTP on this port (its main process, for
+#: every pool child); 0: it serves none. The web process serves them at ``GET /metrics``.
+METRICS_PORT = 0
+#: Address the worker's metrics server listens on.
+METRICS_ADDR = "0.0.0.0"
+#: The worker's metrics also carry the deployment's (runs by state, queues, counters kept
+#: in Redis), which ``GET /metrics`` of the web process serves: for a deployment without a
+#: web process. Turn it on for one process only, or sums count them twice.
+METRICS_DEPLOYMENT = False
+
 # -- API plane (flowkit.api) ----------------------------------------------------
 #: Bearer API keys that may use every endpoint, comma-separated. Empty: none.
 API_KEYS = ""
@@ -100,6 +111,10 @@ API_MAX_PAGE_SIZE = 500
 API_EVENTS_PAGE = 1000
 #: Events a relay subscriber may have queued before it catches up from Redis instead.
 API_SUBSCRIBER_BUFFER = 10000
+#: ``GET /metrics`` without credentials (a scraper inside a private network); else it
+#: needs an API key (``authorization`` in Prometheus's scrape config) or the host app's
+#: ``authorize`` callback granting full access.
+API_METRICS_OPEN = False
 
 # -- LLM client and traces (flowkit.llm, flowkit.trace) --------------------------
 #: Attempts of one LLM call on one provider before failing over to the next.

@@ -8,6 +8,16 @@ observability must never fail a step.
 - ``attempt_finished(ctx, value, output, error, duration)``: it ended with
   ``output`` or with ``error`` (an exception), after ``duration`` seconds.
 - ``run_failed(run)``: a run failed (a step gave up, or the reaper gave up), once.
+- ``step_retrying(run_id, step, component, attempt, error, delay)``: attempt ``attempt``
+  of a step failed with ``error`` and is retried after ``delay`` seconds (its policy).
+- ``llm_call(span)``: a call of :mod:`flowkit.llm` ended, inside a run or not; ``span`` is
+  its trace record (``provider``, ``model``, ``operation``, ``status``, ``duration``,
+  ``retries``, ``cached``, ``prompt_tokens``, ``completion_tokens``, ``cost``, ...), not
+  redacted: a hook must not keep its content.
+- ``stream_subscribers(delta)``: a stream subscriber (WebSocket, SSE, synchronous
+  invocation) joined (+1) or left (-1) this process's relay.
+
+:mod:`flowkit.metrics` is built on these lists (``flowkit.metrics.install()``).
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ log = logging.getLogger(__name__)
 attempt_started: list[Callable[..., None]] = []
 attempt_finished: list[Callable[..., None]] = []
 run_failed: list[Callable[..., None]] = []
+step_retrying: list[Callable[..., None]] = []
+llm_call: list[Callable[..., None]] = []
+stream_subscribers: list[Callable[..., None]] = []
 
 
 def call(hooks: list[Callable[..., None]], *args: Any) -> None:

@@ -13,15 +13,17 @@ from flask import Blueprint, Flask, g, request
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
+from ..metrics import install as install_metrics
 from .errors import to_response
 from .options import ApiOptions
 from .requests import check_body_size
 from .state import EXTENSION, ApiState, state
-from .views import docs, events, health, runs, schedules, waits, workflows
+from .views import docs, events, health, metrics, runs, schedules, waits, workflows
 
 #: Endpoints anyone may call: the load balancer's probe and the watch page's HTML
-#: (the page itself reads nothing without a run token).
-PUBLIC = {"healthz", "watch", "static"}
+#: (the page itself reads nothing without a run token). ``metrics`` checks credentials
+#: itself (unless FLOWKIT_API_METRICS_OPEN): it needs full access.
+PUBLIC = {"healthz", "watch", "static", "metrics"}
 
 
 class _DaemonThread(threading.Thread):
@@ -44,6 +46,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         resolved = ApiOptions.resolve(app.config, **options)
         prefix = setup.url_prefix or ""
         app.extensions[EXTENSION] = ApiState(app, resolved, prefix, bp.name)
+        install_metrics()  # this process's stream subscribers (and LLM calls, steps)
         app.register_error_handler(HTTPException, _routing_error)
         # flask-sock reads these for every WebSocket (the host app's own settings win):
         # protocol pings keep idle sockets alive through proxies, and simple-websocket's
@@ -55,7 +58,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)
     sock = Sock()
-    for views in (workflows, runs, events, waits, schedules, docs, health):
+    for views in (workflows, runs, events, waits, schedules, docs, health, metrics):
         views.register(bp, sock)
     return bp
 

@@ -39,6 +39,7 @@ class ApiOptions:
     max_page_size: int = 0
     events_page: int = 0
     subscriber_buffer: int = 0
+    metrics_open: bool = False
     #: Names of the workflows served; None serves every registered workflow.
     workflows: frozenset[str] | None = None
     authorize: Authorize | None = field(default=None, compare=False)
@@ -65,6 +66,7 @@ class ApiOptions:
                 values[f.name] = getattr(settings, f"api_{f.name}")
         values["keys"] = _split_keys(values["keys"])
         values["open"] = parse_bool(values["open"], f"{ENV_PREFIX}API_OPEN")
+        values["metrics_open"] = parse_bool(values["metrics_open"], f"{ENV_PREFIX}API_METRICS_OPEN")
         values["url_prefix"] = (values["url_prefix"] or "").rstrip("/")
         selected = overrides.get("workflows", config.get(f"{ENV_PREFIX}API_WORKFLOWS"))
         if isinstance(selected, str):

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from .. import hooks
 from ..errors import StoreUnavailable
 from ..events import START, TERMINAL, stream_ends
 from ..events import cursor_order as _order
@@ -279,7 +280,9 @@ class Hub:
             tracked = self._runs.get(run_id)
             if tracked is not None:
                 tracked.subscribers.add(sub)
-                return sub
+        if tracked is not None:
+            hooks.call(hooks.stream_subscribers, 1)
+            return sub
         # A new run: the hub reads everything after the stream's last id from now on.
         last = store.last_event(run_id)
         with self._lock:
@@ -289,6 +292,7 @@ class Hub:
                 tracked = self._runs[run_id] = _Tracked(last[0] if last else START)
             tracked.subscribers.add(sub)
             self._lock.notify()
+        hooks.call(hooks.stream_subscribers, 1)
         if added:
             self._wake()
         return sub
@@ -304,10 +308,12 @@ class Hub:
     def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:
             tracked = self._runs.get(sub.run_id)
-            if tracked is not None:
-                tracked.subscribers.discard(sub)
-                if not tracked.subscribers:
-                    del self._runs[sub.run_id]
+            if tracked is None or sub not in tracked.subscribers:
+                return
+            tracked.subscribers.discard(sub)
+            if not tracked.subscribers:
+                del self._runs[sub.run_id]
+        hooks.call(hooks.stream_subscribers, -1)
 
     def history(self, run_id: str, after: str) -> list[RelayEvent]:
         return parse(self.store.history(run_id, after, self.page))

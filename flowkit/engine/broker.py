@@ -14,8 +14,10 @@ needs none of the tasks registered.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings
 
@@ -108,3 +110,26 @@ def get_app() -> Celery:
                 _app, _made_from = app, settings
     assert _app is not None
     return _app
+
+
+def queue_depths(queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each broker queue (a Redis queue's priority lists summed), by a
+    passive declare, which the Redis and AMQP transports both answer; a queue the broker
+    does not know (on Redis: an empty one) has 0. Raises the broker's connection error
+    when it does not answer."""
+    depths: dict[str, int] = {}
+    with get_app().connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1)
+        missing = (ChannelError, *conn.channel_errors)
+        channel = conn.channel()
+        try:
+            for queue in queues:
+                try:
+                    depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except missing:
+                    depths[queue] = 0
+                    if not getattr(channel, "is_open", True):  # AMQP closes it on a 404
+                        channel = conn.channel()
+        finally:
+            channel.close()
+    return depths

@@ -138,6 +138,8 @@ def _run_attempts(
         nxt = store.retrying(run_id, key, gen, token, event, time.time())
         if nxt is None:
             raise RunCancelled(f"run {run_id} stopped while step {key} was retrying")
+        hooks.call(hooks.step_retrying, run_id, key, comp.name, failed, exc,
+                   retry_state.upcoming_sleep)
         state["attempt"] = nxt
 
     heartbeat.track(run_id, key, token)

@@ -23,6 +23,7 @@ import openai
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
+from .. import hooks
 from ..config import get_settings
 from ..context import current
 from ..engine import cache, trace
@@ -258,7 +259,7 @@ class _Call:
             span["finish_reason"] = choice.finish_reason
             span["output"] = trace.bounded(_message_text(choice.message))
         self._cost(span, provider)
-        trace.record_call(span)
+        self._record(span)
 
     def finish_stream(
         self, provider: Provider, summary: dict[str, Any], error: BaseException | None
@@ -274,12 +275,19 @@ class _Call:
         if error is not None:
             span["error"] = describe_error(error)
         self._cost(span, provider)
-        trace.record_call(span)
+        self._record(span)
 
     def fail(self, provider: Provider | None, error: BaseException) -> None:
         span = self._span(provider)
         span.update(status="error", error=describe_error(error))
+        self._record(span)
+
+    @staticmethod
+    def _record(span: dict[str, Any]) -> None:
+        """The call's span to the run's trace (inside a run), then to the ``llm_call`` hooks
+        (metrics count every call, inside a run or not)."""
         trace.record_call(span)
+        hooks.call(hooks.llm_call, span)
 
     def _cost(self, span: dict[str, Any], provider: Provider | None) -> None:
         if span.get("prompt_tokens") is not None:

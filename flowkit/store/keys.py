@@ -22,6 +22,10 @@ every key one run script touches hashes to the same Cluster slot::
     flowkit:{s07}:timers                ZSET    "<run id> <wait key>" -> when it fires
                                                 ("<run id> $start": a delayed start)
     flowkit:{s07}:ended                 ZSET    run id -> when it ended (to compact)
+    flowkit:{s07}:waiting               ZSET    run id -> since when it waits (input, event, timer)
+    flowkit:{s07}:stats                 HASH    counters of the shard's runs (flowkit.metrics):
+                                                ``started|<workflow>``, ``ended|<state>|<workflow>``,
+                                                ``restarts|<cause>``
 
 Keys that no run script touches live outside the shards, each a single-key operation:
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
@@ -114,6 +118,12 @@ class Keys:
     def ended(self, shard: int) -> str:
         return f"{self.tag(shard)}:ended"
 
+    def waiting(self, shard: int) -> str:
+        return f"{self.tag(shard)}:waiting"
+
+    def stats(self, shard: int) -> str:
+        return f"{self.tag(shard)}:stats"
+
     def script_keys(self, run_id: str) -> list[str]:
         """The KEYS every run script receives, in lib.lua's order."""
         shard = shard_of(run_id)
@@ -122,7 +132,8 @@ class Keys:
             run, f"{run}:events", f"{run}:ckpt", f"{run}:attempts", f"{run}:inflight",
             f"{run}:emits", f"{run}:waits", f"{run}:answered",
             self.running(shard), self.queued(shard), self.leases(shard), self.timers(shard),
-            f"{run}:archive", f"{run}:trace", self.ended(shard),
+            f"{run}:archive", f"{run}:trace", self.ended(shard), self.waiting(shard),
+            self.stats(shard),
         ]
 
     # -- outside the shards ----------------------------------------------------------------

@@ -664,6 +664,49 @@ class Store:
             for (node, seen), raw in zip(beats.items(), announced, strict=True)
         ]
 
+    # -- the deployment's metrics (flowkit.metrics) -------------------------------------------
+
+    @_op
+    def metric_counts(self) -> dict[str, int]:
+        """The counters the run scripts keep (lib.lua's ``count``), summed over the shards:
+        ``started|<workflow>``, ``ended|<state>|<workflow>``, ``restarts|<cause>``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.hgetall(self.keys.stats(shard))
+        totals: dict[str, int] = {}
+        for found in pipe.execute():
+            for name, n in found.items():
+                totals[name] = totals.get(name, 0) + int(n)
+        return totals
+
+    @_op
+    def run_counts(self) -> dict[str, int]:
+        """How many runs are queued (for a worker), running and waiting now (the indexes)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zcard(self.keys.queued(shard))
+            pipe.zcard(self.keys.running(shard))
+            pipe.zcard(self.keys.waiting(shard))
+        found = pipe.execute()
+        return {state: sum(found[i::3]) for i, state in enumerate(("queued", "running", "waiting"))}
+
+    @_op
+    def oldest_queued(self, per_shard: int) -> tuple[list[tuple[str, float, str]], bool]:
+        """(run id, queued since, its queue) of the ``per_shard`` longest-queued runs of
+        each shard, and whether that is every queued run."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zrange(self.keys.queued(shard), 0, per_shard - 1, withscores=True)
+        shards = pipe.execute()
+        found = [entry for entries in shards for entry in entries]
+        complete = all(len(entries) < per_shard for entries in shards)
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, _ in found:
+            pipe.hget(self.keys.run(run_id), "queue")
+        queues = pipe.execute()
+        return [(run_id, at, queue or "") for (run_id, at), queue in zip(found, queues,
+                                                                       strict=True)], complete
+
     # -- events ------------------------------------------------------------------------
 
     @_op

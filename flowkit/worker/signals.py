@@ -1,5 +1,5 @@
 """The worker's signals: refuse bad settings, name the worker, start heartbeats, drain,
-record each message of a run handed to the broker.
+record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT).
 
 Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
 """
@@ -11,6 +11,7 @@ import sys
 from celery import signals
 from celery.concurrency.prefork import TaskPool as Prefork
 
+from .. import metrics
 from ..config import get_settings
 from ..engine import drain, heartbeat
 from ..engine.handoff import handoffs
@@ -52,6 +53,25 @@ def node_info(consumer) -> dict:
     }
 
 
+def prepare_metrics(sender=None, instance=None, **_) -> None:
+    # before the pool forks: a prefork pool's children must count in files (flowkit.metrics)
+    pool = getattr(instance, "pool_cls", None)
+    metrics.prepare_worker(isinstance(pool, type) and issubclass(pool, Prefork))
+
+
+def serve_metrics(**_) -> None:
+    metrics.serve_worker()
+
+
+def child_exiting(pid=None, **_) -> None:
+    if pid:
+        metrics.child_exited(pid)
+
+
+def stop_metrics(**_) -> None:
+    metrics.stop_worker()
+
+
 def child_started(**_) -> None:
     heartbeat.heartbeat.ensure_running()
 
@@ -88,3 +108,7 @@ def connect() -> None:
     signals.worker_shutting_down.connect(shutting_down, dispatch_uid="flowkit.shutting_down")
     signals.worker_shutdown.connect(shut_down, dispatch_uid="flowkit.shut_down")
     signals.after_task_publish.connect(handed_off, dispatch_uid="flowkit.handed_off")
+    signals.celeryd_after_setup.connect(prepare_metrics, dispatch_uid="flowkit.prepare_metrics")
+    signals.worker_ready.connect(serve_metrics, dispatch_uid="flowkit.serve_metrics")
+    signals.worker_process_shutdown.connect(child_exiting, dispatch_uid="flowkit.child_exiting")
+    signals.worker_shutdown.connect(stop_metrics, dispatch_uid="flowkit.stop_metrics")

@@ -35,6 +35,7 @@ if state == STATE_QUEUED then
   append(cjson.encode({type = 'run.started', ts = now, run = run_id}))
 elseif state == STATE_WAITING then  -- a branch's message came after another branch paused
   redis.call('HSET', run, 'state', STATE_RUNNING)
+  redis.call('ZREM', waiting, run_id)
 end
 redis.call('HSET', run, 'heartbeat_at', ARGV[6], 'worker', worker, 'updated_at', ARGV[6])
 redis.call('ZADD', running, now, run_id)

@@ -10,6 +10,7 @@
 local run_id, now, retention, event, start_at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('EXISTS', run) == 1 then return 0 end
 redis.call('HSET', run, unpack(ARGV, 6))
+count('started|' .. (redis.call('HGET', run, 'workflow') or ''))
 append(event)
 if start_at ~= '' then
   redis.call('HSET', run, 'state', STATE_SCHEDULED)

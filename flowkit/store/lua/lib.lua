@@ -20,15 +20,22 @@
 --   KEYS[13] archive   STRING a finished run's events and trace, compacted (compact.lua)
 --   KEYS[14] trace     STREAM the run's trace span records (written outside the scripts)
 --   KEYS[15] ended     ZSET   (the run's shard) run id -> when it ended, until compacted
+--   KEYS[16] waiting   ZSET   (the run's shard) run id -> since when it waits
+--   KEYS[17] stats     HASH   (the run's shard) counters for flowkit.metrics: field -> count
 local run, events, ckpt, attempts, inflight, emits, waits, answered =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local running, queued, leases, timers = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local archive, trace, ended = KEYS[13], KEYS[14], KEYS[15]
+local waiting, stats = KEYS[16], KEYS[17]
 
 local function is_live(state)
   return state == STATE_QUEUED or state == STATE_RUNNING or state == STATE_WAITING
     or state == STATE_SCHEDULED
 end
+
+-- Count one more `field` (``started|<workflow>``, ``ended|<state>|<workflow>``,
+-- ``restarts|<cause>``): flowkit.metrics serves the sums of every shard as counters.
+local function count(field) redis.call('HINCRBY', stats, field, 1) end
 
 local function lease_member(run_id, step) return run_id .. ' ' .. step end
 local function timer_member(run_id, key) return run_id .. ' ' .. key end
@@ -75,7 +82,9 @@ local function end_run(run_id, state, now, retention, call_id, fields, event_jso
              'ended_by', call_id, unpack(fields))
   redis.call('ZREM', running, run_id)
   redis.call('ZREM', queued, run_id)
+  redis.call('ZREM', waiting, run_id)
   redis.call('ZADD', ended, now, run_id)
+  count('ended|' .. state .. '|' .. (redis.call('HGET', run, 'workflow') or ''))
   drop_waits(run_id)
   append(event_json)
   touch(retention)
@@ -89,6 +98,7 @@ local function open_generation(run_id, now)
   redis.call('HSET', run, 'state', STATE_QUEUED, 'updated_at', now)
   redis.call('HDEL', run, 'resume_pending')
   redis.call('ZREM', running, run_id)
+  redis.call('ZREM', waiting, run_id)
   redis.call('ZADD', queued, now, run_id)
   return gen
 end
@@ -105,6 +115,7 @@ local function settle(run_id, now)
   if redis.call('HLEN', waits) > 0 and state == STATE_RUNNING then
     redis.call('HSET', run, 'state', STATE_WAITING, 'updated_at', now)
     redis.call('ZREM', running, run_id)
+    redis.call('ZADD', waiting, now, run_id)
   end
   return 0
 end

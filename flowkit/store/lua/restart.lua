@@ -90,6 +90,7 @@ if max_restarts ~= -1 and stuck >= max_restarts then
 end
 
 local new_gen = open_generation(run_id, ARGV[3])
+count('restarts|' .. cause)
 if max_restarts ~= -1 then
   redis.call('HINCRBY', run, 'restarts', 1)
   redis.call('HSET', run, 'stuck_restarts', stuck + 1, 'checkpoints_at_restart', checkpoints)

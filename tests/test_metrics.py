@@ -1,0 +1,259 @@
+"""Metrics: the web process's ``GET /metrics`` and a worker's metrics port, scraped for real
+and parsed with prometheus_client's parser, move as runs happen.
+
+The web app is served in this process (tests/api/conftest.py); the workers are real
+``celery worker`` processes of tests.app with tests.metrics_workflows, on queues no other
+test worker consumes, so the steps they count are exactly this module's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import flowkit
+from flowkit.testing import FakeLLMServer, WorkerProcess, free_port
+from tests import metrics_workflows as mw
+from tests.api.conftest import API_KEY, make_app, serve
+from tests.api.helpers import start, ws_connect
+from tests.conftest import ROOT, wait_until
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+INCLUDE = ["--include", "tests.metrics_workflows"]
+
+
+def scrape(url: str, headers: dict | None = None) -> str:
+    response = httpx.get(url, headers=headers or {}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def value(text: str, sample: str, **labels: str) -> float:
+    """The sum of the samples named ``sample`` whose labels include ``labels`` (0: none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def names(text: str) -> set[str]:
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+class Scraper:
+    """Scrapes one endpoint; ``delta`` says how much a sample moved since ``mark``."""
+
+    def __init__(self, url: str, headers: dict | None = None) -> None:
+        self.url, self.headers, self.before = url, headers, ""
+
+    def mark(self) -> Scraper:
+        self.before = scrape(self.url, self.headers)
+        return self
+
+    def now(self) -> str:
+        return scrape(self.url, self.headers)
+
+    def delta(self, sample: str, after: str | None = None, **labels: str) -> float:
+        after = self.now() if after is None else after
+        return value(after, sample, **labels) - value(self.before, sample, **labels)
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    server = FakeLLMServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def metrics_worker(flowkit_env, llm_server):
+    """A threads worker of the metrics queue with its metrics port."""
+    port = free_port()
+    env = {**flowkit_env, "FLOWKIT_METRICS_PORT": str(port),
+           "METRICS_LLM_URL": llm_server.base_url}
+    proc = WorkerProcess("tests.app", name="metrics", queues=(mw.QUEUE,), pool="threads",
+                         concurrency=4, env=env, extra=INCLUDE, cwd=ROOT).start()
+    proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    yield proc
+    proc.terminate(20)
+
+
+@pytest.fixture(scope="module")
+def web(flowkit_env):
+    """The API mounted on a Flask app in this process (its /metrics needs the API key)."""
+    yield from serve(make_app(ping_interval=0.3))
+
+
+@pytest.fixture
+def web_metrics(web, store) -> Scraper:
+    return Scraper(f"{web.url}/metrics", AUTH)
+
+
+# -- the web endpoint ------------------------------------------------------------------------
+
+
+def test_web_metrics_need_full_access_unless_opened(web, store, flowkit_env):
+    url = f"{web.url}/metrics"
+    refused = httpx.get(url, timeout=10)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    with web.client() as c:
+        run = start(c, "metrics_unserved", {})
+    run_token = httpx.get(url, headers={"Authorization": f"Bearer {run['token']}"}, timeout=10)
+    assert run_token.status_code == 403, "a run token reads one run, not the deployment"
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+
+    text = scrape(url, AUTH)
+    assert value(text, "flowkit_redis_up") == 1
+    assert value(text, "flowkit_broker_up") == 1
+    assert value(text, "flowkit_runs_started_total", workflow="metrics_unserved") == 1
+
+    # an owner-scoped caller of the host app sees its own runs, not the deployment's
+    for served in serve(make_app(keys=[], authorize=lambda request: "acme")):
+        assert httpx.get(f"{served.url}/metrics", timeout=10).status_code == 403
+    for served in serve(make_app(keys=[], authorize=lambda request: True)):
+        assert "flowkit_runs_active" in scrape(f"{served.url}/metrics")
+    for served in serve(make_app(metrics_open=True)):
+        opened = httpx.get(f"{served.url}/metrics", timeout=10)
+        assert opened.status_code == 200 and "flowkit_queue_depth" in opened.text
+        assert httpx.get(f"{served.url}/runs", timeout=10).status_code == 401, \
+            "opening the metrics opens nothing else"
+    flowkit.cancel(run["id"])
+
+
+def test_runs_started_ended_and_restarted_are_counted_by_workflow_state_and_reason(
+        web_metrics, metrics_worker):
+    m = web_metrics.mark()
+    runs = [mw.steps.start({"n": i}) for i in range(3)]
+    failing = mw.failing.start({})
+    assert [r.result(timeout=30) for r in runs] == [{"n": 2 * (i + 1)} for i in range(3)]
+    assert failing.wait(30).state == "failed"
+    cancelled = flowkit.cancel(mw.unserved.start({}).id)
+    assert cancelled.state == "cancelled"
+
+    after = m.now()
+    assert m.delta("flowkit_runs_started_total", after, workflow="metrics_steps") == 3
+    assert m.delta("flowkit_runs_ended_total", after, workflow="metrics_steps",
+                   state="succeeded") == 3
+    assert m.delta("flowkit_runs_ended_total", after, workflow="metrics_failing",
+                   state="failed") == 1
+    assert m.delta("flowkit_runs_ended_total", after, workflow="metrics_unserved",
+                   state="cancelled") == 1
+    assert m.delta("flowkit_runs_ended_total", after) == 5
+
+    flowkit.retry(failing.id)
+    assert failing.wait(30).state == "failed"
+    after = m.now()
+    assert m.delta("flowkit_run_restarts_total", after, reason="requested") == 1
+    assert m.delta("flowkit_runs_ended_total", after, workflow="metrics_failing",
+                   state="failed") == 2, "a retried run counts again when it ends again"
+    assert m.delta("flowkit_runs_started_total", after, workflow="metrics_failing") == 1
+
+
+def test_queue_depth_and_the_oldest_queued_run_age_per_queue(web_metrics):
+    m = web_metrics.mark()
+    began = time.time()
+    runs = [mw.unserved.start({}) for _ in range(3)]
+    time.sleep(0.2)  # the age to measure, not a synchronisation
+    after = m.now()
+    assert m.delta("flowkit_queue_depth", after, queue=mw.UNSERVED) == 3
+    age = value(after, "flowkit_queue_oldest_run_age_seconds", queue=mw.UNSERVED)
+    assert 0.2 <= age <= time.time() - began
+    assert value(after, "flowkit_queue_consumers", queue=mw.UNSERVED) == 0
+    assert value(after, "flowkit_runs_active", state="queued") == 3
+    for run in runs:
+        flowkit.cancel(run.id)
+    after = m.now()
+    assert value(after, "flowkit_runs_active", state="queued") == 0
+    assert value(after, "flowkit_queue_oldest_run_age_seconds", queue=mw.UNSERVED) == 0
+
+
+def test_waiting_runs_are_counted_until_answered(web_metrics, metrics_worker):
+    m = web_metrics.mark()
+    run = mw.approval.start({})
+    wait_until(lambda: run.refresh().state == "waiting", 30, "the run to wait for input")
+    assert value(m.now(), "flowkit_runs_active", state="waiting") == 1
+    flowkit.send_input(run.id, "ok", {"ok": True})
+    assert run.result(timeout=30) == {"ok": True}
+    after = m.now()
+    assert value(after, "flowkit_runs_active", state="waiting") == 0
+    assert m.delta("flowkit_runs_ended_total", after, workflow="metrics_approval",
+                   state="succeeded") == 1
+
+
+def test_stream_subscribers_of_the_web_process(web, web_metrics, metrics_worker):
+    m = web_metrics.mark()
+    with web.client() as c:
+        run = start(c, "metrics_approval", {})
+    sockets = [ws_connect(f"{web.ws_url}/runs/{run['id']}/stream", token=run["token"])
+               for _ in range(2)]
+    try:
+        wait_until(lambda: m.delta("flowkit_stream_subscribers") == 2, 10, "two subscribers")
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_until(lambda: m.delta("flowkit_stream_subscribers") == 0, 10, "the subscribers to leave")
+    flowkit.cancel(run["id"])
+
+
+# -- a worker's metrics port --------------------------------------------------------------------
+
+
+def test_a_worker_port_counts_its_steps_retries_and_llm_calls(metrics_worker, store):
+    m = Scraper(metrics_worker.metrics_url).mark()
+    runs = [mw.steps.start({"n": i}) for i in range(2)]
+    retried = mw.retried.start({"fail_times": 2})
+    asked = mw.asking.start({"prompt": "say something"})
+    for run in (*runs, retried, asked):
+        run.result(timeout=30)
+
+    after = m.now()
+    count = "flowkit_step_duration_seconds_count"
+    assert m.delta(count, after, component="m.inc", outcome="ok") == 2
+    assert m.delta(count, after, component="m.twice", outcome="ok") == 2
+    assert m.delta(count, after, component="m.flaky", outcome="error") == 2
+    assert m.delta(count, after, component="m.flaky", outcome="ok") == 1
+    assert m.delta("flowkit_step_duration_seconds_sum", after, component="m.inc") > 0
+    assert m.delta("flowkit_step_retries_total", after, component="m.flaky") == 2
+
+    llm = {"provider": "fake", "model": mw.MODEL}
+    assert m.delta("flowkit_llm_calls_total", after, status="ok", operation="chat.completions",
+                   **llm) == 1
+    assert m.delta("flowkit_llm_tokens_total", after, kind="prompt", **llm) > 0
+    assert m.delta("flowkit_llm_tokens_total", after, kind="completion", **llm) == 6
+    assert m.delta("flowkit_llm_cost_usd_total", after, **llm) > 0
+    assert m.delta("flowkit_llm_call_duration_seconds_count", after, **llm) == 1
+    # the deployment's numbers are the web endpoint's: summing every target counts them once
+    assert "flowkit_runs_started_total" not in names(after)
+
+
+def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
+        flowkit_env, store, tmp_path):
+    port = free_port()
+    env = {**flowkit_env, "FLOWKIT_METRICS_PORT": str(port), "TMPDIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # each child runs one task and is replaced: what a child counted outlives it
+    proc = WorkerProcess("tests.app", name="metrics-prefork", queues=(mw.PREFORK,),
+                         pool="prefork", concurrency=2, env=env, cwd=ROOT,
+                         extra=[*INCLUDE, "--max-tasks-per-child", "1"]).start()
+    try:
+        [made] = [p for p in os.listdir(tmp_path) if p.startswith("flowkit-metrics-")]
+        m = Scraper(f"http://127.0.0.1:{port}/metrics").mark()
+        runs = [mw.on_prefork.start({"n": i}) for i in range(6)]
+        assert [r.result(timeout=60) for r in runs] == [{"n": 2 * (i + 1)} for i in range(6)]
+        after = m.now()
+        count = "flowkit_step_duration_seconds_count"
+        assert m.delta(count, after, component="m.inc", outcome="ok") == 6
+        assert m.delta(count, after, component="m.twice", outcome="ok") == 6
+        pids = {name.rsplit("_", 1)[1] for name in os.listdir(tmp_path / made)}
+        assert len(pids) >= 3, f"children replaced after each task wrote their own files: {pids}"
+    finally:
+        assert proc.terminate(30) == 0
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("flowkit-metrics-")], \
+        "the worker removes the directory it made"
