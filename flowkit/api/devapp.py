@@ -1,0 +1,50 @@
+"""The web app ``flowkit dev`` serves when the user's project brings none of its own.
+
+``gunicorn -c python:flowkit.api.gunicorn_config "flowkit.api.devapp:create_app()"``: a
+Flask app with flowkit's API mounted, serving the workflows of the module named by
+``FLOWKIT_APP`` (as ``celery -A`` names it: ``myapp.flows`` or ``myapp.flows:app``). The
+reference deployment's ``api/app.py`` does the same for ``FLOWKIT_WORKFLOW_MODULES``, but
+``api/`` is not part of the installed package, and a user's project needs this without
+it. Importing the module registers its workflows; the modules its Celery app lists in
+``imports=[...]`` are imported too, as a worker imports them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+from flask import Flask
+
+from .extension import FlowKit
+
+
+def create_app(app_name: str | None = None) -> Flask:
+    """A Flask app serving the workflows of ``app_name`` (default: ``$FLOWKIT_APP``)."""
+    name = app_name or os.environ.get("FLOWKIT_APP")
+    if not name:
+        raise RuntimeError("FLOWKIT_APP is not set: name the module of your workflows "
+                           "(flowkit dev -A myapp.flows sets it).")
+    import_workflows(name)
+    app = Flask("flowkit.dev")
+    app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or None
+    FlowKit(app)
+    return app
+
+
+def import_workflows(name: str) -> None:
+    """Import ``module`` (or ``module:attribute``) from the current directory, as celery
+    does, then the modules its Celery app imports (found as celery finds it: the named
+    attribute, else ``app`` or ``celery``)."""
+    module_name, _, attribute = name.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    for candidate in (attribute,) if attribute else ("app", "celery"):
+        celery_app: Any = getattr(module, candidate, None)
+        loader = getattr(celery_app, "loader", None)
+        if loader is not None and hasattr(loader, "import_default_modules"):
+            loader.import_default_modules()
+            return

@@ -1,0 +1,67 @@
+"""gunicorn settings for a web process serving flowkit's API, shipped with the package.
+
+``gunicorn -c python:flowkit.api.gunicorn_config yourapp:app`` serves your Flask app
+(with ``FlowKit(app)`` mounted) on a server that holds WebSockets and SSE streams;
+``flowkit dev`` uses it, and the reference deployment's ``api/gunicorn.conf.py`` imports
+it. ``flask run`` (Werkzeug's development server) is not such a server.
+
+gthread: every WebSocket or SSE client holds one thread while it follows a run
+(plus simple-websocket's reader thread), and the relay hub multiplexes them all onto
+one Redis reader per process; once a WebSocket client is caught up the hub writes its
+frames itself, so its thread sleeps and a thread per client is cheap.
+bench/stream_relay.py measured 1,000 subscribers in one process this way; see the
+README's bench table.
+
+Environment: ``FLOWKIT_WEB_BIND`` (else ``0.0.0.0:$PORT``, PORT 8000),
+``FLOWKIT_WEB_WORKERS`` (1), ``FLOWKIT_WEB_THREADS`` (1200), ``FLOWKIT_WEB_ACCESS_LOG``
+(any value: log requests to stderr), ``FLOWKIT_WEB_CONTROL_SOCKET`` (see below).
+Command-line options override these.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = [
+    "bind", "worker_class", "workers", "threads", "worker_connections", "timeout",
+    "graceful_timeout", "keepalive", "accesslog", "control_socket_disable", "post_worker_init",
+]
+
+bind = os.environ.get("FLOWKIT_WEB_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+worker_class = "gthread"
+workers = int(os.environ.get("FLOWKIT_WEB_WORKERS", "1"))
+threads = int(os.environ.get("FLOWKIT_WEB_THREADS", "1200"))
+worker_connections = threads + 100
+# Streams are long-lived: a worker that stops beating is killed, a silent client is not.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-" if os.environ.get("FLOWKIT_WEB_ACCESS_LOG") else None
+# gunicorn >= 27 listens for `gunicornc` on one socket per user ($HOME/.gunicorn) unless
+# told otherwise: two web processes on one machine (flowkit dev beside another) would
+# share it. FLOWKIT_WEB_CONTROL_SOCKET gives this one its own path, "off" none (older
+# gunicorns ignore both settings).
+_control = os.environ.get("FLOWKIT_WEB_CONTROL_SOCKET", "")
+control_socket_disable = _control == "off"
+if _control and _control != "off":
+    control_socket = _control
+    __all__ += ["control_socket"]
+
+
+def post_worker_init(worker: Any) -> None:
+    """On SIGTERM (a deploy, a scale-down, a reload) end every stream first: WebSocket
+    clients get close code 1012 and SSE streams end, so they reconnect with their last
+    event id to a process that stays, and this one exits without waiting out
+    graceful_timeout."""
+    import signal
+
+    from .extension import FlowKit
+
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def end_streams_then_stop(signum: int, frame: Any) -> None:
+        FlowKit.end_streams(worker.wsgi)
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, end_streams_then_stop)

@@ -1,0 +1,339 @@
+"""``flowkit dev``: the whole deployment of the user's own project on this machine, in one
+command, reloaded as the code changes.
+
+A new user's first minutes otherwise go on starting Redis, an LLM endpoint, a worker on
+the right queues (the default queue alone leaves ``.queue("llm")`` steps queued for
+ever), beat, and a web server that holds WebSockets (``flask run`` does not). This
+command starts them all under one supervisor (:mod:`.supervisor`):
+
+- a private ``redis-server`` on a free port, unless ``FLOWKIT_REDIS_URL`` is set;
+- the local OpenAI-compatible server (``flowkit.testing.fake_openai``), unless
+  ``OPENAI_API_KEY`` is set;
+- one worker consuming every queue the workflows route to (:mod:`.devworker`);
+- celery beat (the reaper, timers, schedules);
+- the web app on gunicorn with flowkit's packaged settings: the user's Flask app
+  (``--web myapp:app``, with ``FlowKit(app)`` mounted), else flowkit's own app serving
+  the workflows (:mod:`flowkit.api.devapp`).
+
+It prints the URLs and the ``export`` lines that point the CLI of another terminal at
+this deployment; a Python file changed under the project restarts the worker and the
+web app (watchfiles); Ctrl-C, SIGTERM or SIGHUP stops everything, the private Redis
+last, and exits with 128 + the signal's number. The API runs open (no credentials:
+``FLOWKIT_API_OPEN=true``) on the loopback interface, as a local dev server does,
+unless ``FLOWKIT_API_KEYS`` or ``FLOWKIT_API_OPEN`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..config import get_settings, reset
+from ..workflow import workflows
+from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
+from .routing import routed_queues
+from .supervisor import Child, ChildFailed, Stopped, Supervisor
+from .usage import UsageError
+
+#: Seconds the worker, beat, web app and LLM server have to stop after SIGTERM.
+STOP_GRACE = 10.0
+#: Seconds a reloaded worker and web app have to stop before SIGKILL: a running step is
+#: handed over to the next worker after FLOWKIT_DRAIN_GRACE (3 s in dev, see below).
+RELOAD_GRACE = 8.0
+#: Seconds everything has to come up at start, and after a reload.
+START_TIMEOUT = 90.0
+#: Milliseconds of quiet after a file change before reloading (an editor saving several
+#: files, a ``git checkout``: one reload).
+DEBOUNCE_MS = 300
+#: The local OpenAI-compatible server's program (``-m`` would warn: flowkit.testing
+#: imports the module before running it).
+FAKE_LLM_SERVER = "from flowkit.testing.fake_openai import main; main()"
+#: The children restarted when code changes: the two that import the user's code and
+#: serve it (beat only sends flowkit's own tasks by name).
+RELOADED = ("worker", "web")
+
+
+def register(subs: argparse._SubParsersAction) -> None:
+    parser = subs.add_parser(
+        "dev", help="run your project's whole deployment locally, reloading on changes",
+        description="Start a private Redis (unless FLOWKIT_REDIS_URL is set), a local "
+                    "OpenAI-compatible server (unless OPENAI_API_KEY is set), a worker on "
+                    "every queue your workflows use, beat, and the web app; reload the "
+                    "worker and the web app when a Python file changes; Ctrl-C stops all.",
+    )
+    add_app_option(parser)
+    parser.add_argument("--web", metavar="MODULE:APP", default=None,
+                        help="your Flask app with FlowKit(app) mounted (default: flowkit's "
+                             "own web app serving your workflows)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface the web app listens on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port of the web app; a free one if it is taken "
+                             "(default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="steps the worker runs at once (default: %(default)s)")
+    parser.add_argument("--no-reload", action="store_true",
+                        help="do not restart the worker and web app when code changes")
+    parser.set_defaults(func=dev)
+
+
+def dev(args: argparse.Namespace) -> int:
+    app_name = app_module_name(args)
+    if app_name == DEFAULT_APP and not Path(DEFAULT_APP.replace(".", "/") + ".py").exists():
+        raise UsageError("name the module of your workflows: flowkit dev -A myapp.flows "
+                         "(or set FLOWKIT_APP).")
+    project = Path.cwd()
+    env: dict[str, str] = {"FLOWKIT_APP": app_name}
+    notes = _api_access(env)
+    # dev reloads: a step running when the code changes is handed over after 3 s
+    if not os.environ.get("FLOWKIT_DRAIN_GRACE"):
+        env["FLOWKIT_DRAIN_GRACE"] = "3"
+    os.environ.update(env)
+    reset()
+    load_app(args)  # a wrong -A is one line now, not a crash in every child
+    queues = routed_queues()
+    port = args.port if _port_free(args.host, args.port) else _free_port(args.host)
+    if port != args.port:
+        notes.append(f"port {args.port} is taken; the web app listens on {port}")
+
+    supervisor = Supervisor()
+    tmp = tempfile.mkdtemp(prefix="flowkit-dev-")
+    code = 0
+    with supervisor.signals():
+        try:
+            supervisor.say(f"starting {app_name} from {project}")
+            _start_backing_services(supervisor, env, tmp)
+            os.environ.update(env)
+            reset()
+            web_url = f"http://{_display_host(args.host)}:{port}"
+            api_url = web_url + get_settings().api_url_prefix.rstrip("/")
+            _add_app_children(supervisor, args, app_name, env, tmp, port, api_url, project)
+            for name in ("worker", "beat", "web"):
+                supervisor.start(name)
+            supervisor.wait_ready(["worker", "web"], START_TIMEOUT)
+            supervisor.banner(_banner(app_name, env, api_url, queues, notes))
+            if not args.no_reload:
+                _watch(supervisor, project)
+            _serve(supervisor)
+        except Stopped as stop:
+            supervisor.say(f"{stop.name} received; stopping everything")
+            code = 128 + stop.signum
+        except ChildFailed as exc:
+            supervisor.say(f"{exc}; stopping everything")
+            code = 1
+        finally:
+            supervisor.stop_all(STOP_GRACE)
+            shutil.rmtree(tmp, ignore_errors=True)
+            supervisor.say("stopped")
+    return code
+
+
+def _api_access(env: dict[str, str]) -> list[str]:
+    """Open the API for local development unless the user chose its credentials."""
+    if os.environ.get("FLOWKIT_API_KEYS") or os.environ.get("FLOWKIT_API_OPEN"):
+        return []
+    env["FLOWKIT_API_OPEN"] = "true"
+    return ["the API takes requests without credentials (FLOWKIT_API_OPEN=true: local "
+            "development only; set FLOWKIT_API_KEYS to require keys)"]
+
+
+def _start_backing_services(supervisor: Supervisor, env: dict[str, str], tmp: str) -> None:
+    """The private Redis and the local LLM server, each unless the user has their own."""
+    ready = []
+    if not os.environ.get("FLOWKIT_REDIS_URL"):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise UsageError("redis-server is not installed: install it (apt-get install "
+                             "redis-server, brew install redis) or set FLOWKIT_REDIS_URL.")
+        redis_port = _free_port("127.0.0.1")
+        supervisor.add(Child(
+            "redis", [exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", tmp,
+                      "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+                      "--loglevel", "warning"],
+            probe=lambda: _redis_answers(redis_port), last=True,
+        ))
+        env["FLOWKIT_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        # broker and results go with it: a URL of another Redis would split the deployment
+        env["FLOWKIT_BROKER_URL"] = env["FLOWKIT_RESULT_BACKEND"] = ""
+        ready.append("redis")
+        supervisor.start("redis")
+    if not os.environ.get("OPENAI_API_KEY"):
+        llm_port = _free_port("127.0.0.1")
+        # a separate program: the library never imports its test parts (setup.cfg)
+        supervisor.add(Child(
+            "llm", [sys.executable, "-c", FAKE_LLM_SERVER, "--port", str(llm_port),
+                    "--latency", "0.05", "--token-latency", "0.01"],
+            ready_line="listening on",
+        ))
+        env["FLOWKIT_LLM_FAKE_URL"] = f"http://127.0.0.1:{llm_port}/v1"
+        ready.append("llm")
+        supervisor.start("llm")
+    supervisor.wait_ready(ready, START_TIMEOUT)
+    where = env.get("FLOWKIT_REDIS_URL") or os.environ["FLOWKIT_REDIS_URL"]
+    supervisor.say(f"redis at {where}" + ("" if "redis" in ready else " (FLOWKIT_REDIS_URL)"))
+    if "llm" in ready:
+        supervisor.say(f"local OpenAI-compatible server at {env['FLOWKIT_LLM_FAKE_URL']} "
+                       "(set OPENAI_API_KEY to use OpenAI)")
+    else:
+        supervisor.say("LLM calls go to OpenAI (OPENAI_API_KEY is set)")
+
+
+def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name: str,
+                      env: dict[str, str], tmp: str, port: int, api_url: str,
+                      project: Path) -> None:
+    cwd = str(project)
+    supervisor.add(Child(
+        "worker", [sys.executable, "-m", "flowkit.cli.devworker", "-A", app_name,
+                   "--concurrency", str(args.concurrency)],
+        env=env, cwd=cwd, ready_line=r"@\S+ ready\.$",
+        # beat's sweeps, every few seconds, would drown the steps' lines
+        quiet=r"Task flowkit\.(reaper|retention)\[",
+    ))
+    supervisor.add(Child(
+        "beat", [sys.executable, "-m", "celery", "-A", app_name, "beat",
+                 "--schedule", f"{tmp}/beat-schedule", "--loglevel", "WARNING"],
+        env=env, cwd=cwd,
+    ))
+    target = args.web or "flowkit.api.devapp:create_app()"
+    supervisor.add(Child(
+        "web", [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
+                "--bind", f"{args.host}:{port}", "--graceful-timeout", "5",
+                "--access-logfile", "-", target],
+        env={**env, "FLOWKIT_WEB_CONTROL_SOCKET": f"{tmp}/gunicorn.ctl"}, cwd=cwd,
+        probe=lambda: _http_answers(api_url + "/healthz"),
+    ))
+
+
+def _serve(supervisor: Supervisor) -> None:
+    """Act on events until a stop signal (which raises Stopped)."""
+    reloading: set[str] = set()
+    while True:
+        event = supervisor.next_event(3600.0)
+        if event is None:
+            continue
+        kind = event[0]
+        if kind == "changed":
+            _reload(supervisor, event[1])
+            reloading = set(RELOADED)
+        elif kind == "ready":
+            child = event[1]
+            if supervisor.handle(event) and child.name in reloading:
+                reloading.discard(child.name)
+                supervisor.say(f"{child.name} reloaded")
+        elif kind == "exited":
+            _, child, proc = event
+            if proc is child.proc and proc.returncode is not None:
+                if child.last:
+                    raise ChildFailed(f"{child.name} exited with code {proc.returncode}")
+                supervisor.say(f"{child.name} exited with code {proc.returncode}; it starts "
+                               "again when a Python file changes")
+
+
+def _reload(supervisor: Supervisor, paths: list[str]) -> None:
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    supervisor.say(f"reload: {shown} changed; restarting {' and '.join(RELOADED)}")
+    supervisor.stop(RELOADED, RELOAD_GRACE)
+    for name in RELOADED:
+        supervisor.start(name)
+
+
+def _watch(supervisor: Supervisor, project: Path) -> None:
+    """Post ("changed", paths) for every batch of Python files changed under ``project``
+    (watchfiles skips .venv, .git, __pycache__ and the like)."""
+    from watchfiles import PythonFilter, watch
+
+    def run() -> None:
+        for changes in watch(project, watch_filter=PythonFilter(), debounce=DEBOUNCE_MS,
+                             raise_interrupt=False):
+            paths = sorted({os.path.relpath(path, project) for _, path in changes})
+            supervisor.events.put(("changed", paths))
+
+    threading.Thread(target=run, daemon=True, name="watch").start()
+
+
+def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
+            notes: list[str]) -> list[str]:
+    names = ", ".join(sorted(workflows())) or "none yet"
+    lines = [
+        "",
+        f"flowkit dev: {app_name} is up",
+        f"  API        {api_url}  (workflows: {names})",
+        f"  OpenAPI    {api_url}/openapi.json",
+        f"  health     {api_url}/healthz",
+        f"  watch page {api_url}/runs/RUN_ID/watch  (a run's live page)",
+        f"  queues     {', '.join(queues)} (one worker consumes them all)",
+        *(f"  note       {note}" for note in notes),
+        "",
+        "  In another terminal, the CLI talks to this deployment after:",
+        f"    export FLOWKIT_APP={app_name}",
+        f"    export FLOWKIT_REDIS_URL={env.get('FLOWKIT_REDIS_URL') or os.environ['FLOWKIT_REDIS_URL']}",
+    ]
+    if env.get("FLOWKIT_LLM_FAKE_URL"):
+        lines.append(f"    export FLOWKIT_LLM_FAKE_URL={env['FLOWKIT_LLM_FAKE_URL']}")
+    lines.append(f"    export FLOWKIT_URL={api_url}")
+    if os.environ.get("FLOWKIT_API_KEYS"):
+        lines.append("    export FLOWKIT_API_KEY=<one of your FLOWKIT_API_KEYS>")
+    lines += [f"    {_example_run()}", "",
+              "  Python files changed here reload the worker and the web app; "
+              "Ctrl-C stops everything.", ""]
+    return lines
+
+
+def _example_run() -> str:
+    """``flowkit run`` of the first workflow, with its required input fields to fill in."""
+    if not workflows():
+        return "flowkit run WORKFLOW -i key=value --follow"
+    name, wf = sorted(workflows().items())[0]
+    fields = wf.input_schema.fields if wf.input_schema is not None else {}
+    required = [f for f, spec in fields.items() if spec.required]
+    items = "".join(f" -i {f}=..." for f in required)
+    return f"flowkit run {name}{items} --follow"
+
+
+# -- ports and probes ---------------------------------------------------------------------
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def _redis_answers(port: int) -> bool:
+    """PING over a socket: only the store may import redis (setup.cfg)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def _http_answers(url: str) -> bool:
+    """Whether the web app answers at all (any status: it serves)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5.0):  # the first request imports a lot
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+

@@ -1,0 +1,65 @@
+"""The worker ``flowkit dev`` runs: one Celery worker consuming every queue the user's
+workflows route to.
+
+A worker started as the tutorial once said (``celery -A myapp.flows worker``) consumes
+the default queue only, and steps routed elsewhere (``.queue("llm")``) wait forever.
+This entry point imports the app as ``celery -A`` does, asks every registered workflow
+for its queues (``Workflow.queues``: its own, or the default, and its components'),
+prints them, and runs Celery's worker on all of them (flowkit's own tasks, the
+reaper's sweep and resume messages, go to the default queue, which is always among
+them). ``flowkit dev`` starts it again after a code change, so the queues follow the code.
+
+    python -m flowkit.cli.devworker -A myapp.flows [--concurrency 8]
+
+(``flowkit.cli`` never imports this module: ``python -m`` runs it as a fresh module.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..engine.broker import get_app
+from ..workflow import workflows
+from .app import add_app_option, app_module_name, load_app
+from .routing import routed_queues
+from .usage import UsageError
+
+#: A task every app made by ``flowkit.create_celery_app`` registers.
+FLOWKIT_TASK = "flowkit.reaper"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flowkit.cli.devworker",
+                                     description=__doc__.splitlines()[0])
+    add_app_option(parser)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--hostname", default="dev@%h")
+    args = parser.parse_args(argv)
+    try:
+        load_app(args)
+    except UsageError as exc:
+        print(f"flowkit dev worker: {exc}", file=sys.stderr)
+        return 2
+    app = get_app()
+    if FLOWKIT_TASK not in app.tasks:
+        name = app_module_name(args)
+        print(f"flowkit dev worker: {name} makes no flowkit Celery app; add "
+              f"app = flowkit.create_celery_app(\"{name.split('.')[0]}\", "
+              f"imports=[\"{name.split(':')[0]}\"]) to it.", file=sys.stderr)
+        return 2
+    queues = routed_queues()
+    names = ", ".join(sorted(workflows())) or "none"
+    print(f"consuming queues {', '.join(queues)} (workflows: {names})", flush=True)
+    # threads: one process to restart on a reload, and I/O-bound steps (LLM calls) overlap
+    app.worker_main([
+        "worker", "--pool", "threads", "--concurrency", str(args.concurrency),
+        "--queues", ",".join(queues), "--hostname", args.hostname,
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""``flowkit dev`` on a project of the test's own (tests/fixtures/devproject, copied): it
+comes up, ``flowkit run --follow`` runs a workflow through it (a step on the default
+queue, one on ``llm`` calling the local LLM server), an edit of a component reloads the
+worker and the next run uses the new code, and SIGTERM leaves no process behind.
+
+Real processes throughout: ``python -m flowkit.cli dev`` in its own session starts its
+own redis-server, LLM server, worker, beat and gunicorn; the test reads its process tree
+from /proc before signalling it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flowkit.testing import free_port
+from tests.conftest import ROOT
+from tests.test_demo_signals import Demo, _alive, _kill_leftovers, _tree, _wait_gone
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)"),
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+]
+
+FIXTURE = Path(ROOT) / "tests" / "fixtures" / "devproject"
+
+
+def _user_env() -> dict[str, str]:
+    """A user's shell: flowkit installed, none of the test deployment's settings."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("FLOWKIT_") and k not in ("OPENAI_API_KEY", "PYTHONPATH")}
+
+
+class Dev(Demo):
+    """``python -m flowkit.cli dev ...`` run from ``project``, in its own session."""
+
+    def __init__(self, project: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "flowkit.cli", "dev", *args], cwd=project,
+            env=_user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def wait_for_all(self, texts: list[str], timeout: float) -> None:
+        """Wait until a line containing each of ``texts`` came, in any order."""
+        deadline = time.monotonic() + timeout
+        for text in texts:
+            if not any(text in line for line in self.lines):
+                self.wait_for(text, max(0.0, deadline - time.monotonic()))
+
+    def exports(self) -> dict[str, str]:
+        """The ``export NAME=value`` lines it printed for the CLI of another terminal."""
+        return dict(m.groups() for line in self.lines
+                    if (m := re.match(r"\s+export (\w+)=(\S+)$", line)))
+
+
+def flowkit_run(project: Path, exports: dict[str, str], name: str) -> dict:
+    """``flowkit run greet -i name=... --follow --json`` as a user runs it after the
+    exports; returns the last event (the run's end), after checking the exit code is 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "run", "greet", "-i", f"name={name}",
+         "--follow", "--json"],
+        cwd=project, env={**_user_env(), **exports}, capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert events and events[-1]["type"] == "run.succeeded", result.stdout
+    return events[-1]
+
+
+@pytest.mark.timeout(240)
+def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    dev = Dev(project, "-A", "shop.flows", "--port", str(free_port()))
+    procs: dict[int, tuple[str, str]] = {}
+    try:
+        dev.wait_for("Ctrl-C stops everything", timeout=120)
+        out = dev.output()
+        assert "flowkit dev: shop.flows is up" in out
+        assert re.search(r"queues\s+flowkit, llm \(one worker consumes them all\)", out), out
+        assert "consuming queues flowkit, llm (workflows: greet)" in out  # the worker said so
+        exports = dev.exports()
+        assert exports["FLOWKIT_APP"] == "shop.flows"
+        assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", exports["FLOWKIT_REDIS_URL"])
+        assert exports["FLOWKIT_URL"].startswith("http://127.0.0.1:")
+
+        first = flowkit_run(project, exports, "Ada")
+        assert first["output"]["greeting"] == "hello Ada"
+        assert first["output"]["version"] == "v1"
+        assert first["output"]["llm_words"] > 0  # the local LLM server answered the llm queue
+
+        procs = _tree(dev.proc.pid)
+        commands = " | ".join(cmd for _, cmd in procs.values())
+        for expected in ("redis-server", "flowkit.testing.fake_openai", "flowkit.cli.devworker",
+                         "celery -A shop.flows beat", "gunicorn"):
+            assert expected in commands, f"{expected!r} not among its processes: {commands}"
+        worker_before = {pid for pid, (_, cmd) in procs.items() if "flowkit.cli.devworker" in cmd}
+
+        components = project / "shop" / "components.py"
+        components.write_text(components.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+        dev.wait_for("reload: shop/components.py changed; restarting worker and web", timeout=30)
+        dev.wait_for_all(["worker reloaded", "web reloaded"], timeout=90)
+        assert not _alive({pid: procs[pid] for pid in worker_before}), "the old worker still runs"
+
+        second = flowkit_run(project, exports, "Grace")
+        assert second["output"]["greeting"] == "hello Grace"
+        assert second["output"]["version"] == "v2"  # the edited component ran
+
+        procs |= _tree(dev.proc.pid)  # the new worker and web processes too
+        dev.proc.send_signal(signal.SIGTERM)
+        code = dev.proc.wait(45)
+        survivors = _wait_gone(procs, timeout=10)
+        assert not survivors, f"still running after flowkit dev exited: {survivors}"
+        dev.rest(10)
+        out = dev.output()
+        assert code == 128 + signal.SIGTERM, out
+        assert "SIGTERM received; stopping everything" in out
+        assert out.rstrip().endswith("stopped")
+    finally:
+        _kill_leftovers(dev, procs)
+
+
+def test_dev_with_a_module_that_does_not_import_says_so_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "dev", "-A", "nosuch.flows"], cwd=tmp_path,
+        env=_user_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "cannot import 'nosuch.flows'" in result.stderr
