@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,14 +126,45 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
 
         procs |= _tree(dev.proc.pid)  # the new worker and web processes too
         dev.proc.send_signal(signal.SIGTERM)
-        code = dev.proc.wait(45)
-        survivors = _wait_gone(procs, timeout=10)
-        assert not survivors, f"still running after flowkit dev exited: {survivors}"
-        dev.rest(10)
-        out = dev.output()
-        assert code == 128 + signal.SIGTERM, out
-        assert "SIGTERM received; stopping everything" in out
-        assert out.rstrip().endswith("stopped")
+        assert_stopped_everything(dev, procs, signal.SIGTERM)
+    finally:
+        _kill_leftovers(dev, procs)
+
+
+def assert_stopped_everything(dev: Dev, procs: dict[int, tuple[str, str]], signum: int) -> None:
+    """After ``signum``: it exits with 128 + signum, saying so, and none of ``procs`` (its
+    process tree as read before) is left."""
+    code = dev.proc.wait(45)
+    survivors = _wait_gone(procs, timeout=10)
+    assert not survivors, f"still running after flowkit dev exited: {survivors}"
+    dev.rest(10)
+    out = dev.output()
+    assert code == 128 + signum, out
+    assert f"{signal.Signals(signum).name} received; stopping everything" in out
+    assert out.rstrip().endswith("stopped")
+
+
+@pytest.mark.timeout(180)
+def test_dev_serves_the_users_own_flask_app_and_stops_on_ctrl_c(tmp_path):
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    port = free_port()
+    dev = Dev(project, "-A", "shop.flows", "--web", "shop.web:app", "--port", str(port),
+              "--no-reload")
+    procs: dict[int, tuple[str, str]] = {}
+    try:
+        dev.wait_for("Ctrl-C stops everything", timeout=120)
+        exports = dev.exports()
+        # the API is where the app mounted it (FlowKit(app, url_prefix="/flowkit"))
+        assert exports["FLOWKIT_URL"] == f"http://127.0.0.1:{port}/flowkit"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.read() == b"the shop"  # the user's own view, on the same server
+        assert flowkit_run(project, exports, "Lin")["output"]["greeting"] == "hello Lin"
+
+        procs = _tree(dev.proc.pid)
+        assert any("shop.web:app" in cmd for _, cmd in procs.values()), procs
+        os.killpg(dev.proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the foreground group
+        assert_stopped_everything(dev, procs, signal.SIGINT)
     finally:
         _kill_leftovers(dev, procs)
 

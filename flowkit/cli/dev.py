@@ -26,6 +26,7 @@ unless ``FLOWKIT_API_KEYS`` or ``FLOWKIT_API_OPEN`` is set.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import socket
@@ -100,6 +101,10 @@ def dev(args: argparse.Namespace) -> int:
     reset()
     load_app(args)  # a wrong -A is one line now, not a crash in every child
     queues = routed_queues()
+    prefix, api_open = _web_api(args.web)
+    if not api_open:
+        notes = ["the API requires credentials (your app's settings): the CLI needs "
+                 "FLOWKIT_API_KEY"]
     port = args.port if _port_free(args.host, args.port) else _free_port(args.host)
     if port != args.port:
         notes.append(f"port {args.port} is taken; the web app listens on {port}")
@@ -114,12 +119,12 @@ def dev(args: argparse.Namespace) -> int:
             os.environ.update(env)
             reset()
             web_url = f"http://{_display_host(args.host)}:{port}"
-            api_url = web_url + get_settings().api_url_prefix.rstrip("/")
+            api_url = web_url + prefix
             _add_app_children(supervisor, args, app_name, env, tmp, port, api_url, project)
             for name in ("worker", "beat", "web"):
                 supervisor.start(name)
             supervisor.wait_ready(["worker", "web"], START_TIMEOUT)
-            supervisor.banner(_banner(app_name, env, api_url, queues, notes))
+            supervisor.banner(_banner(app_name, env, api_url, queues, notes, api_open))
             if not args.no_reload:
                 _watch(supervisor, project)
             _serve(supervisor)
@@ -143,6 +148,30 @@ def _api_access(env: dict[str, str]) -> list[str]:
     env["FLOWKIT_API_OPEN"] = "true"
     return ["the API takes requests without credentials (FLOWKIT_API_OPEN=true: local "
             "development only; set FLOWKIT_API_KEYS to require keys)"]
+
+
+def _web_api(web: str | None) -> tuple[str, bool]:
+    """Where flowkit's API is mounted in the web app and whether it is open: as
+    ``FlowKit(app, ...)`` set it up in the user's app (imported here as gunicorn will
+    import it; its ``app.config`` wins over the environment), else as configured."""
+    settings = get_settings()
+    default = (settings.api_url_prefix.rstrip("/"), settings.api_open)
+    if not web:
+        return default
+    module_name, _, attribute = web.partition(":")
+    if "(" in attribute:  # an app factory (gunicorn's "module:create_app()"): not called twice
+        return default
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module raised while importing
+        raise UsageError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
+                         f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
+    flask_app = getattr(module, attribute or "app", None)
+    api = getattr(flask_app, "extensions", {}).get("flowkit")
+    if api is None:
+        raise UsageError(f"--web {web}: no Flask app with flowkit mounted there; call "
+                         "FlowKit(app) in it, or leave --web out to serve flowkit's own app.")
+    return api.url_prefix.rstrip("/"), bool(api.options.open)
 
 
 def _start_backing_services(supervisor: Supervisor, env: dict[str, str], tmp: str) -> None:
@@ -260,7 +289,7 @@ def _watch(supervisor: Supervisor, project: Path) -> None:
 
 
 def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
-            notes: list[str]) -> list[str]:
+            notes: list[str], api_open: bool) -> list[str]:
     names = ", ".join(sorted(workflows())) or "none yet"
     lines = [
         "",
@@ -279,8 +308,8 @@ def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
     if env.get("FLOWKIT_LLM_FAKE_URL"):
         lines.append(f"    export FLOWKIT_LLM_FAKE_URL={env['FLOWKIT_LLM_FAKE_URL']}")
     lines.append(f"    export FLOWKIT_URL={api_url}")
-    if os.environ.get("FLOWKIT_API_KEYS"):
-        lines.append("    export FLOWKIT_API_KEY=<one of your FLOWKIT_API_KEYS>")
+    if not api_open:
+        lines.append("    export FLOWKIT_API_KEY=<one of your API keys>")
     lines += [f"    {_example_run()}", "",
               "  Python files changed here reload the worker and the web app; "
               "Ctrl-C stops everything.", ""]
