@@ -417,6 +417,17 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         "summary": "What this web process sees of the deployment: Redis, the live workers, "
                    "and the served workflows' queues that no live worker consumes.",
         "security": _PUBLIC, "responses": _responses({200: "Health"}, (503,))}})
+    spec.path(f"{p}/metrics", operations={"get": {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics of this web process and of the deployment (runs by "
+                   "workflow and state, queues, steps, LLM calls, stream subscribers); see "
+                   "the README's Metrics section. Needs full access (an API key) unless "
+                   "FLOWKIT_API_METRICS_OPEN.",
+        "security": _PUBLIC if opts.metrics_open else _KEY,
+        "responses": _responses({200: {"description": "The Prometheus text format (or "
+                                       "OpenMetrics, when the Accept header asks for it).",
+                                       "content": {"text/plain": _TEXT}}},
+                                () if opts.metrics_open else _AUTH)}})
     doc = spec.to_dict()
     # With FLOWKIT_API_OPEN (local development) credentials are optional.
     doc["security"] = [*_KEY, {}] if opts.open else _KEY

@@ -39,7 +39,7 @@ def test_request_bodies_come_from_each_workflows_input_schema(client):
     assert schema["properties"]["n"]["type"] == "integer" and schema["required"] == ["n"]
     for path in ("/runs", "/runs/{run_id}", "/runs/{run_id}/events", "/runs/{run_id}/stream",
                  "/runs/{run_id}/cancel", "/runs/{run_id}/retry", "/runs/{run_id}/output",
-                 "/runs/{run_id}/trace", "/runs/{run_id}/watch", "/workflows", "/healthz",
+                 "/runs/{run_id}/trace", "/runs/{run_id}/watch", "/workflows", "/healthz", "/metrics",
                  "/openapi.json"):
         assert path in doc["paths"], path
 
@@ -164,7 +164,7 @@ def test_schemathesis_finds_no_failure_with_every_check(fuzzed_api, store):
     schema = schemathesis.openapi.from_url(f"{fuzzed_api.url}/openapi.json", headers=AUTH,
                                            config=_config(run_ids))
     # every path but /openapi.json itself, which schemathesis leaves out
-    assert len(list(schema.get_all_operations())) == 20 + len(FUZZED)
+    assert len(list(schema.get_all_operations())) == 21 + len(FUZZED)
     failures, cases = _run(schema)
     assert cases > 400
     assert not failures, f"{len(failures)} schemathesis failures (seed {SEED}):\n\n" + \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 from flask_sock import Sock
+from werkzeug.routing import PathConverter
 
 from ...engine import control
 from ..errors import ApiError
@@ -13,9 +14,17 @@ from ..state import state
 from .runs import load_run
 
 
+class EventKey(PathConverter):
+    """An event key: any text, slashes and newlines too (``path`` refuses a newline: 404)."""
+
+    regex = "[^/](?s:.)*?"
+
+
 def register(bp: Blueprint, sock: Sock) -> None:
+    # before the route below is added: the blueprint's deferred functions run in order
+    bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("event_key", EventKey))
     bp.post("/runs/<run_id>/input/<name>")(send_input)
-    bp.post("/events/<path:key>")(send_event)
+    bp.post("/events/<event_key:key>")(send_event)
 
 
 def send_input(run_id: str, name: str):
