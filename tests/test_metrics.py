@@ -257,3 +257,59 @@ def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
         assert proc.terminate(30) == 0
     assert not [p for p in os.listdir(tmp_path) if p.startswith("flowkit-metrics-")], \
         "the worker removes the directory it made"
+
+
+# -- several web processes (gunicorn) ------------------------------------------------------------
+
+
+def _subscribers_by_pid(directory) -> dict[int, float]:
+    """Each gunicorn worker's own flowkit_stream_subscribers, read from its file."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    found: dict[int, float] = {}
+    for path in directory.glob("gauge_livesum_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        for key, val, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            if "flowkit_stream_subscribers" in key:
+                found[pid] = found.get(pid, 0.0) + val
+    return found
+
+
+def test_gunicorn_workers_add_up_in_every_scrape(flowkit_env, store, tmp_path):
+    """Two gunicorn workers with PROMETHEUS_MULTIPROC_DIR: whichever answers the scrape, it
+    counts the subscribers both hold; a worker killed stops counting (child_exit)."""
+    from tests.api.helpers import Gunicorn
+
+    shared = tmp_path / "prom"
+    shared.mkdir()
+    web = Gunicorn({**flowkit_env, "FLOWKIT_API_KEYS": API_KEY, "PROMETHEUS_MULTIPROC_DIR":
+                    str(shared)}, tmp_path / "web.log", FLOWKIT_WEB_WORKERS="2",
+                   FLOWKIT_WORKFLOW_MODULES="tests.workflows,tests.metrics_workflows").start()
+    sockets = []
+    try:
+        with httpx.Client(base_url=web.url, headers=AUTH, timeout=30) as c:
+            run = start(c, "metrics_unserved", {})  # stays queued: its streams stay open
+        ws_url = "ws" + web.url[len("http"):] + f"/runs/{run['id']}/stream"
+        while len([n for n in _subscribers_by_pid(shared).values() if n]) < 2:
+            assert len(sockets) < 40, "the kernel gave every connection to one worker"
+            sockets.append(ws_connect(ws_url, token=run["token"]))
+            wait_until(lambda: sum(_subscribers_by_pid(shared).values()) == len(sockets), 10,
+                       "the new subscriber to be counted")
+        for _ in range(6):  # either worker answers; each counts both
+            text = scrape(f"{web.url}/metrics", AUTH)
+            assert value(text, "flowkit_stream_subscribers") == len(sockets)
+            assert value(text, "flowkit_runs_active", state="queued") == 1
+
+        by_pid = _subscribers_by_pid(shared)
+        victim = next(pid for pid, n in by_pid.items() if n)
+        os.kill(victim, 9)
+        wait_until(lambda: victim not in _subscribers_by_pid(shared), 20,
+                   "the master to mark the killed worker dead")
+        left = sum(_subscribers_by_pid(shared).values())
+        assert left == len(sockets) - by_pid[victim]
+        assert value(scrape(f"{web.url}/metrics", AUTH), "flowkit_stream_subscribers") == left
+    finally:
+        for sock in sockets:
+            sock.close()
+        web.stop()
+    flowkit.cancel(run["id"])

@@ -26,6 +26,7 @@ from typing import Any
 __all__ = [
     "bind", "worker_class", "workers", "threads", "worker_connections", "timeout",
     "graceful_timeout", "keepalive", "accesslog", "control_socket_disable", "post_worker_init",
+    "child_exit",
 ]
 
 bind = os.environ.get("FLOWKIT_WEB_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
@@ -65,3 +66,13 @@ def post_worker_init(worker: Any) -> None:
         stop(signum, frame)
 
     signal.signal(signal.SIGTERM, end_streams_then_stop)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker process ended. With several workers, ``PROMETHEUS_MULTIPROC_DIR`` (an empty
+    directory) makes ``GET /metrics`` the sum of every worker's samples, whichever answers;
+    the ended worker's live gauges (its stream subscribers) must stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from ..metrics import child_exited
+
+        child_exited(worker.pid)
