@@ -4,7 +4,8 @@ The metrics tests count steps exactly, so their steps must run on the worker the
 scrapes and on no other: every workflow here routes to ``metrics-tests`` (consumed only
 by the tests' own worker processes, ``celery -A tests.app worker --include
 tests.metrics_workflows``; ``metrics-prefork``, by the prefork worker's) or to
-``metrics-nobody`` (consumed by none: its runs stay queued).
+``metrics-nobody`` (consumed by none: its runs stay queued); ``metrics-doomed`` is served
+by a worker the test kills.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flowkit.store import get_store
 
 QUEUE = "metrics-tests"
 PREFORK = "metrics-prefork"
+DOOMED = "metrics-doomed"
 UNSERVED = "metrics-nobody"
 MODEL = "gpt-4o-mini"
 
@@ -62,6 +64,16 @@ def ask(data: dict) -> dict:
     return {"text": reply.choices[0].message.content}
 
 
+@component(name="m.hold")
+def hold(data: dict) -> dict:
+    """Says it runs (``mheld:<run>``), then holds until ``mgate:<run>`` opens."""
+    ctx = flowkit.context()
+    r = get_store().redis
+    r.rpush(f"mheld:{ctx.run_id}", ctx.attempt)
+    r.blpop(f"mgate:{ctx.run_id}", timeout=60)
+    return data
+
+
 @component(name="m.approve")
 def approve(data: dict) -> dict:
     answer = flowkit.wait_for_input("ok", schema={"ok": fields.Boolean(required=True)})
@@ -77,4 +89,5 @@ failing = flowkit.Workflow("metrics_failing", [broken], queue=QUEUE)
 asking = flowkit.Workflow("metrics_asking", [ask], queue=QUEUE)
 approval = flowkit.Workflow("metrics_approval", [approve], queue=QUEUE)
 on_prefork = flowkit.Workflow("metrics_on_prefork", [inc, twice], queue=PREFORK)
+held = flowkit.Workflow("metrics_held", [hold], queue=DOOMED)
 unserved = flowkit.Workflow("metrics_unserved", [inc], queue=UNSERVED)

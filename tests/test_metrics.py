@@ -313,3 +313,24 @@ def test_gunicorn_workers_add_up_in_every_scrape(flowkit_env, store, tmp_path):
             sock.close()
         web.stop()
     flowkit.cancel(run["id"])
+
+
+def test_a_restart_after_a_worker_died_counts_as_lease_lapsed(web_metrics, flowkit_env):
+    from flowkit.engine import reaper
+    from flowkit.store import get_store
+
+    m = web_metrics.mark()
+    doomed = WorkerProcess("tests.app", name="metrics-doomed", queues=(mw.DOOMED,),
+                           pool="threads", concurrency=1, env=flowkit_env, extra=INCLUDE,
+                           cwd=ROOT).start()
+    try:
+        run = mw.held.start({})
+        assert get_store().redis.blpop(f"mheld:{run.id}", timeout=30), "the step never began"
+    finally:
+        doomed.kill()
+    # the reaper restarts the run once its lease lapses (FLOWKIT_HEARTBEAT_LAPSE, 2 s here)
+    wait_until(lambda: run.id in reaper.sweep()["restarted"], 20, "the reaper to restart it")
+    after = m.now()
+    assert m.delta("flowkit_run_restarts_total", after, reason="lease_lapsed") == 1
+    assert m.delta("flowkit_run_restarts_total", after) == 1
+    flowkit.cancel(run.id)
