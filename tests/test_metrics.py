@@ -334,3 +334,14 @@ def test_a_restart_after_a_worker_died_counts_as_lease_lapsed(web_metrics, flowk
     assert m.delta("flowkit_run_restarts_total", after, reason="lease_lapsed") == 1
     assert m.delta("flowkit_run_restarts_total", after) == 1
     flowkit.cancel(run.id)
+
+
+def test_a_waiting_run_that_expired_leaves_the_waiting_count(web_metrics, store):
+    from flowkit.store.keys import shard_of
+
+    m = web_metrics.mark()
+    # the index entry of a run whose keys expired while it waited (nothing else waits here)
+    store.redis.zadd(store.keys.waiting(shard_of("expired-run")), {"expired-run": 1000.0})
+    assert value(m.now(), "flowkit_runs_active", state="waiting") == 1
+    store.trim_indexes(cutoff=2000.0)  # beat's retention task
+    assert value(m.now(), "flowkit_runs_active", state="waiting") == 0

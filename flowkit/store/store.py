@@ -641,7 +641,24 @@ class Store:
         gone = [node for node in self.redis.hkeys(self.keys.nodes) if node not in alive]
         if gone:
             self.redis.hdel(self.keys.nodes, *gone)
+        self._trim_waiting(cutoff)
         return removed
+
+    def _trim_waiting(self, cutoff: float) -> None:
+        """A run that waited untouched past its retention expired with its keys: its entry in
+        the waiting index (flowkit.metrics counts it) goes too."""
+        for shard in range(SHARDS):
+            index = self.keys.waiting(shard)
+            old = self.redis.zrangebyscore(index, "-inf", cutoff)
+            if not old:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in old:
+                pipe.exists(self.keys.run(run_id))
+            expired = [run_id for run_id, there in zip(old, pipe.execute(), strict=True)
+                       if not there]
+            if expired:
+                self.redis.zrem(index, *expired)
 
     @_op
     def workers_seen_since(self, since: float) -> list[tuple[str, float]]:
