@@ -236,8 +236,9 @@ def test_a_worker_port_counts_its_steps_retries_and_llm_calls(metrics_worker, st
 def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
         flowkit_env, store, tmp_path):
     port = free_port()
-    env = {**flowkit_env, "FLOWKIT_METRICS_PORT": str(port), "TMPDIR": str(tmp_path)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # this worker also serves the deployment's metrics (a deployment without a web process)
+    env = {**flowkit_env, "FLOWKIT_METRICS_PORT": str(port), "TMPDIR": str(tmp_path),
+           "FLOWKIT_METRICS_DEPLOYMENT": "true"}
     # each child runs one task and is replaced: what a child counted outlives it
     proc = WorkerProcess("tests.app", name="metrics-prefork", queues=(mw.PREFORK,),
                          pool="prefork", concurrency=2, env=env, cwd=ROOT,
@@ -251,6 +252,9 @@ def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
         count = "flowkit_step_duration_seconds_count"
         assert m.delta(count, after, component="m.inc", outcome="ok") == 6
         assert m.delta(count, after, component="m.twice", outcome="ok") == 6
+        assert m.delta("flowkit_runs_ended_total", after, workflow="metrics_on_prefork",
+                       state="succeeded") == 6
+        assert value(after, "flowkit_queue_consumers", queue=mw.PREFORK) == 1
         pids = {name.rsplit("_", 1)[1] for name in os.listdir(tmp_path / made)}
         assert len(pids) >= 3, f"children replaced after each task wrote their own files: {pids}"
     finally:
