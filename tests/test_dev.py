@@ -1,7 +1,9 @@
 """``flowkit dev`` on a project of the test's own (tests/fixtures/devproject, copied): it
 comes up, ``flowkit run --follow`` runs a workflow through it (a step on the default
 queue, one on ``llm`` calling the local LLM server), an edit of a component reloads the
-worker and the next run uses the new code, and SIGTERM leaves no process behind.
+worker and the next run uses the new code, a run in flight across a reload finishes on
+the new code, and SIGTERM leaves no process behind; ``--web`` serves the user's own
+Flask app, and Ctrl-C stops everything too.
 
 Real processes throughout: ``python -m flowkit.cli dev`` in its own session starts its
 own redis-server, LLM server, worker, beat and gunicorn; the test reads its process tree
@@ -96,7 +98,7 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         out = dev.output()
         assert "flowkit dev: shop.flows is up" in out
         assert re.search(r"queues\s+flowkit, llm \(one worker consumes them all\)", out), out
-        assert "consuming queues flowkit, llm (workflows: greet)" in out  # the worker said so
+        assert "consuming queues flowkit, llm (workflows: gate, greet)" in out  # the worker said so
         exports = dev.exports()
         assert exports["FLOWKIT_APP"] == "shop.flows"
         assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", exports["FLOWKIT_REDIS_URL"])
@@ -124,11 +126,48 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         assert second["output"]["greeting"] == "hello Grace"
         assert second["output"]["version"] == "v2"  # the edited component ran
 
+        in_flight_across_a_reload(project, exports, dev)
+
         procs |= _tree(dev.proc.pid)  # the new worker and web processes too
         dev.proc.send_signal(signal.SIGTERM)
         assert_stopped_everything(dev, procs, signal.SIGTERM)
     finally:
         _kill_leftovers(dev, procs)
+
+
+def in_flight_across_a_reload(project: Path, exports: dict[str, str], dev: Dev) -> None:
+    """A run whose step is running when the code changes: the reload hands it over (the
+    dev worker drains for 3 s), the new worker runs that step again on the new code, the
+    checkpointed step before it is not run again, and ``flowkit run --follow`` (over the
+    restarted web app) sees it through to its success."""
+    gate = project / "gate-open"
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "flowkit.cli", "run", "gate", "-i", "name=Mo", "-i",
+         f"gate={gate}", "--follow", "--json"],
+        cwd=project, env={**_user_env(), **exports}, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        events = []
+        for line in follower.stdout:  # until the gated step runs
+            events.append(json.loads(line))
+            if events[-1]["type"] == "step.started" and events[-1]["step"] == "1:shop.gated":
+                break
+        components = project / "shop" / "components.py"
+        components.write_text(components.read_text().replace('VERSION = "v2"', 'VERSION = "v3"'))
+        dev.wait_for("reload: shop/components.py changed", timeout=30)
+        dev.wait_for("worker reloaded", timeout=90)
+        gate.touch()
+        events += [json.loads(line) for line in follower.stdout]
+        assert follower.wait(60) == 0, events
+    finally:
+        follower.kill()
+    types = [e["type"] for e in events]
+    assert "run.restarted" in types, types
+    assert events[-1]["type"] == "run.succeeded", events
+    assert events[-1]["output"]["version"] == "v2"  # checkpointed before the reload
+    assert events[-1]["output"]["gated_by"] == "v3"  # run again on the new code
+    assert types.count("step.completed") == 2, types  # each step completed once
 
 
 def assert_stopped_everything(dev: Dev, procs: dict[int, tuple[str, str]], signum: int) -> None:
