@@ -349,3 +349,23 @@ def test_a_waiting_run_that_expired_leaves_the_waiting_count(web_metrics, store)
     assert value(m.now(), "flowkit_runs_active", state="waiting") == 1
     store.trim_indexes(cutoff=2000.0)  # beat's retention task
     assert value(m.now(), "flowkit_runs_active", state="waiting") == 0
+
+
+def test_a_scrape_answers_when_redis_and_the_broker_do_not(store):
+    """Redis down: the scrape still answers, says so, and serves this process's metrics."""
+    from flowkit import config
+    from flowkit.metrics import install, render
+    from flowkit.metrics.deployment import DeploymentCollector
+    from flowkit.store import Store
+
+    install()
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    unreachable = Store(config.get_settings().replace(redis_url=dead, redis_retry_seconds=0.5))
+    began = time.monotonic()
+    body, content_type = render(None, DeploymentCollector(lambda: unreachable))
+    assert time.monotonic() - began < 5
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    assert value(text, "flowkit_redis_up") == 0
+    assert "flowkit_runs_active" not in names(text)
+    assert "flowkit_stream_subscribers" in names(text), "this process's metrics still answer"
