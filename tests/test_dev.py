@@ -3,7 +3,7 @@ comes up, ``flowkit run --follow`` runs a workflow through it (a step on the def
 queue, one on ``llm`` calling the local LLM server), an edit of a component reloads the
 worker and the next run uses the new code, a run in flight across a reload finishes on
 the new code, and SIGTERM leaves no process behind; ``--web`` serves the user's own
-Flask app, and Ctrl-C stops everything too.
+Flask app, on their Redis when FLOWKIT_REDIS_URL is set, and Ctrl-C stops everything too.
 
 Real processes throughout: ``python -m flowkit.cli dev`` in its own session starts its
 own redis-server, LLM server, worker, beat and gunicorn; the test reads its process tree
@@ -49,11 +49,11 @@ def _user_env() -> dict[str, str]:
 class Dev(Demo):
     """``python -m flowkit.cli dev ...`` run from ``project``, in its own session."""
 
-    def __init__(self, project: Path, *args: str) -> None:
+    def __init__(self, project: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "flowkit.cli", "dev", *args], cwd=project,
-            env=_user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            env={**_user_env(), **(env or {})}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -184,16 +184,20 @@ def assert_stopped_everything(dev: Dev, procs: dict[int, tuple[str, str]], signu
 
 
 @pytest.mark.timeout(180)
-def test_dev_serves_the_users_own_flask_app_and_stops_on_ctrl_c(tmp_path):
+def test_dev_serves_the_users_own_flask_app_on_their_redis_and_stops_on_ctrl_c(
+        tmp_path, redis_server):
     project = tmp_path / "devproject"
     shutil.copytree(FIXTURE, project)
     port = free_port()
+    theirs = f"redis://127.0.0.1:{redis_server.port}/5"  # a database no other test uses
     dev = Dev(project, "-A", "shop.flows", "--web", "shop.web:app", "--port", str(port),
-              "--no-reload")
+              "--no-reload", env={"FLOWKIT_REDIS_URL": theirs})
     procs: dict[int, tuple[str, str]] = {}
     try:
         dev.wait_for("Ctrl-C stops everything", timeout=120)
         exports = dev.exports()
+        assert exports["FLOWKIT_REDIS_URL"] == theirs
+        assert f"redis at {theirs} (FLOWKIT_REDIS_URL)" in dev.output()
         # the API is where the app mounted it (FlowKit(app, url_prefix="/flowkit"))
         assert exports["FLOWKIT_URL"] == f"http://127.0.0.1:{port}/flowkit"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
@@ -202,6 +206,7 @@ def test_dev_serves_the_users_own_flask_app_and_stops_on_ctrl_c(tmp_path):
 
         procs = _tree(dev.proc.pid)
         assert any("shop.web:app" in cmd for _, cmd in procs.values()), procs
+        assert not any("redis-server" in cmd for _, cmd in procs.values()), "no private Redis"
         os.killpg(dev.proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the foreground group
         assert_stopped_everything(dev, procs, signal.SIGINT)
     finally:
