@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
 from ..version import __version__
-from . import dev, runs, schedules, workers
+from . import dev, run, runs, schedules, workers
 
 #: The modules whose commands the CLI offers.
-COMMAND_MODULES = [runs, workers, schedules, dev]
+COMMAND_MODULES = [run, runs, workers, schedules, dev]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,211 @@
+"""A run followed in the terminal: one line per step, the text it streams, then the output.
+
+``RunView`` folds events into what a person wants to see: each step's status, attempt,
+progress fraction, ETA and duration, the current step's latest streamed text, and what a
+paused run waits for. On a terminal it redraws in place (rich's ``Live``); in a pipe or
+a log it prints one plain line per event and each step's streamed text as whole lines,
+so that nothing is lost and nothing needs a TTY. The view holds no I/O of its own
+besides the console it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .output import human_duration
+
+#: Characters of a step's streamed text kept for the live view (its tail is shown).
+TEXT_TAIL = 400
+
+_STYLE = {"running": "cyan", "completed": "green", "retrying": "yellow", "failed": "red",
+          "waiting": "magenta"}
+_MARK = {"running": "…", "completed": "✓", "retrying": "↻", "failed": "✗", "waiting": "⏸"}
+
+
+@dataclass
+class StepLine:
+    key: str
+    status: str = "running"
+    attempt: int = 1
+    started: float = 0.0
+    fraction: float | None = None
+    message: str = ""
+    eta: float | None = None
+    duration: float | None = None
+    text: str = ""
+    error: str = ""
+
+    def eta_now(self, now: float) -> float | None:
+        """The step's own ETA, else one from its progress fraction and time so far."""
+        if self.eta is not None:
+            return self.eta
+        if self.fraction and 0 < self.fraction < 1:
+            return (now - self.started) * (1 - self.fraction) / self.fraction
+        return None
+
+
+@dataclass
+class RunView:
+    run_id: str
+    state: str = "queued"
+    note: str = ""
+    steps: dict[str, StepLine] = field(default_factory=dict)
+    current: str | None = None
+    started: float | None = None
+
+    def feed(self, event: dict[str, Any]) -> str | None:
+        """Fold one event in; return the plain line it is worth, if any."""
+        kind, key, ts = event.get("type", ""), event.get("step"), event.get("ts", time.time())
+        if kind.startswith("run."):
+            return self._run_event(kind, event, ts)
+        if key is None:
+            return None
+        step = self.steps.get(key)
+        if kind == "step.started" or step is None:
+            step = self.steps[key] = StepLine(key, started=ts,
+                                              attempt=event.get("attempt", 1) or 1)
+            self.current = key
+            return f"step {key} started (attempt {step.attempt})"
+        if kind == "step.output":
+            step.text = (step.text + str(event.get("chunk", "")))[-TEXT_TAIL:]
+            self.current = key
+            return None
+        if kind == "step.progress":
+            step.fraction, step.message = event.get("fraction"), event.get("message") or ""
+            step.eta = event.get("eta")
+            pct = f" {step.fraction:.0%}" if step.fraction is not None else ""
+            return f"step {key}{pct} {step.message}".rstrip()
+        if kind == "step.retrying":
+            step.status, step.error = "retrying", _error_text(event.get("error"))
+            return f"step {key} attempt {step.attempt} failed, retrying: {step.error}"
+        if kind == "step.completed":
+            step.status, step.duration, step.fraction = "completed", event.get("duration"), 1.0
+            step.eta = None
+            cached = " (cached)" if event.get("cached") else ""
+            return f"step {key} completed in {human_duration(step.duration)}{cached}"
+        if kind == "step.failed":
+            step.status, step.error = "failed", _error_text(event.get("error"))
+            return f"step {key} failed: {step.error}"
+        return None
+
+    def _run_event(self, kind: str, event: dict[str, Any], ts: float) -> str | None:
+        if kind == "run.started":
+            self.started = self.started or ts
+        self.state = kind.split(".", 1)[1]
+        if kind == "run.waiting":
+            self.state, self.note = "waiting", _waiting_note(self.run_id, event)
+            if event.get("step") in self.steps and event.get("kind") not in ("slot", "sleep"):
+                self.steps[event["step"]].status = "waiting"
+            return f"run waiting: {self.note}"
+        if kind == "run.held":
+            self.note = event.get("reason", "")
+            return f"run held: {self.note}"
+        if kind in ("run.resumed", "run.admitted", "run.started"):
+            self.note = ""
+            for step in self.steps.values():
+                if step.status == "waiting":
+                    step.status = "running"
+        if kind == "run.restarted":
+            self.note = f"restarted: {event.get('reason', '')}"
+        if kind == "run.failed":
+            self.note = _error_text(event.get("error"))
+        line = f"run {self.state}"
+        return f"{line}: {self.note}" if self.note else line
+
+    def render(self, now: float | None = None) -> Group:
+        """The live picture: the run's state, a table of steps, the current step's text."""
+        now = time.time() if now is None else now
+        head = Text(f"run {self.run_id}  ", style="bold")
+        head.append(self.state, style=_STYLE.get(self.state, "bold"))
+        if self.note:
+            head.append(f"  {self.note}", style="dim")
+        table = Table.grid(padding=(0, 2))
+        for step in self.steps.values():
+            table.add_row(*_row(step, now))
+        parts: list[Any] = [head, table]
+        current = self.steps.get(self.current or "")
+        if current is not None and current.text and current.status != "completed":
+            parts.append(Text(f"{current.key} > " + current.text.strip()[-240:], style="dim"))
+        return Group(*parts)
+
+
+def _row(step: StepLine, now: float) -> tuple[Text, ...]:
+    style = _STYLE.get(step.status, "")
+    if step.status == "completed":
+        timing = human_duration(step.duration)
+    else:
+        eta = step.eta_now(now)
+        timing = human_duration(now - step.started) + (f", ETA {human_duration(eta)}"
+                                                        if eta is not None else "")
+    pct = f"{step.fraction:.0%}" if step.fraction is not None else ""
+    attempt = f"attempt {step.attempt}" if step.attempt > 1 else ""
+    detail = step.error if step.status in ("retrying", "failed") else step.message
+    return (Text(_MARK.get(step.status, " "), style=style), Text(step.key, style=style),
+            Text(pct), Text(timing), Text(attempt, style="yellow"), Text(detail, style="dim"))
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('type', 'Error')}: {error.get('message', '')}".strip(": ")
+    return str(error or "")
+
+
+def _waiting_note(run_id: str, event: dict[str, Any]) -> str:
+    kind, name = event.get("kind"), event.get("name", "")
+    if kind == "input":
+        prompt = f" ({event['prompt']})" if event.get("prompt") else ""
+        return f"input {name!r}{prompt}; answer: flowkit input {run_id} {name} '<JSON>'"
+    if kind == "event":
+        return f"event {name!r}; send it: flowkit event {name} '<JSON>'"
+    return event.get("reason") or f"{kind} {name}".strip()
+
+
+#: Events after which a step streams no more text in that attempt.
+_STEP_ENDS = ("step.completed", "step.retrying", "step.failed", "run.waiting")
+
+
+class Printer:
+    """Plain output for pipes and logs: a line per event, streamed text as whole lines."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.pending: dict[str, str] = {}
+
+    def show(self, event: dict[str, Any], line: str | None) -> None:
+        key = event.get("step") or ""
+        if event.get("type") == "step.output":
+            self.pending[key] = self.pending.get(key, "") + str(event.get("chunk", ""))
+            *whole, self.pending[key] = self.pending[key].split("\n")
+            for text in whole:
+                self.console.print(f"  {key} > {text}", markup=False, highlight=False)
+            return
+        if key in self.pending and event.get("type") in _STEP_ENDS:
+            rest = self.pending.pop(key)  # the text's last line, without its newline
+            if rest.strip():
+                self.console.print(f"  {key} > {rest}", markup=False, highlight=False)
+        if line:
+            self.console.print(line, markup=False, highlight=False)
+
+
+def final_lines(record: dict[str, Any]) -> list[str]:
+    """What follows the live view once the run has ended: the output, or the error."""
+    state = record.get("state")
+    took = ""
+    if record.get("finished_at") and record.get("created_at"):
+        took = f" in {human_duration(float(record['finished_at']) - float(record['created_at']))}"
+    lines = [f"run {record.get('id')} {state}{took}"]
+    if state == "succeeded":
+        lines.append(json.dumps(record.get("output"), indent=2, default=str))
+    elif state == "failed":
+        error = record.get("error") or {}
+        where = f" in step {record['failed_step']}" if record.get("failed_step") else ""
+        lines.append(f"error{where}: {_error_text(error)}")
+        lines.append(f"retry it from the failed step: flowkit retry {record.get('id')}")
+    return lines

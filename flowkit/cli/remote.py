@@ -1,0 +1,101 @@
+"""A deployment's REST API as the CLI uses it (``--url``): start, read and follow runs.
+
+The same commands work on Redis directly and over HTTP; this module is the HTTP side,
+with the API's own answers turned into the CLI's errors: a 422's field messages, a
+401's "send an API key", an unreachable server's "is it running?". Events are followed
+over SSE (httpx-sse), resumed from the last event id when the connection drops, as a
+browser does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
+from ..events import TERMINAL
+from .usage import UsageError
+
+#: Seconds a dropped event stream waits before it reconnects (the server restarted, a
+#: proxy cut the connection).
+RECONNECT_SECONDS = 1.0
+#: Reconnections in a row without a new event before following gives up.
+RECONNECT_TRIES = 30
+
+
+class RemoteRuns:
+    """Runs of the deployment at ``url`` (the blueprint's mount point, e.g.
+    ``https://app.example.com/flowkit``), with an API key or a run token as bearer."""
+
+    def __init__(self, url: str, credential: str | None) -> None:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+
+    def start(self, workflow: str, input: Any) -> dict[str, Any]:
+        return self._call("POST", f"/workflows/{workflow}/runs", json=input)
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/runs/{run_id}")
+
+    def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
+        """Every event after ``after`` until the run ends, reconnecting when the stream
+        drops (a deploy ends streams with a reconnect hint) from the last event id."""
+        cursor, tries, last = after, 0, None
+        while True:
+            try:
+                with connect_sse(self.http, "GET", f"/runs/{run_id}/events",
+                                 params={"after": cursor}, timeout=None) as source:
+                    self._check(source.response)
+                    for sse in source.iter_sse():
+                        if not sse.data:
+                            continue  # keep-alive comments
+                        last = json.loads(sse.data)
+                        cursor, tries = sse.id or cursor, 0
+                        yield last
+                # The server ends the stream after the run's latest terminal event (a
+                # retried run's earlier run.failed is followed by the rest).
+                if last is not None and last.get("type") in TERMINAL:
+                    return
+            except httpx.TransportError as exc:
+                tries += 1
+                if tries > RECONNECT_TRIES:
+                    raise FlowkitError(f"lost the event stream of run {run_id} at {self.url} "
+                                       f"({exc}); follow it again later.") from None
+            time.sleep(RECONNECT_SECONDS)  # the stream ended before the run did: a deploy
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise FlowkitError(f"cannot reach {self.url} ({exc}); is the web app running, "
+                               "and is --url (or FLOWKIT_URL) right?") from None
+        self._check(response)
+        return response.json()
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        response.read()
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message") or f"HTTP {response.status_code} from {response.url}"
+        code = error.get("code", "")
+        if code == "validation_error":
+            raise ValidationError(error.get("fields", {}), message)
+        if response.status_code == 401:
+            raise UsageError(f"{message} (pass --api-key, or set FLOWKIT_API_KEY; a run token "
+                             "reads its own run only)")
+        if response.status_code == 404 and "/workflows/" in str(response.url):
+            raise WorkflowNotFound(message)
+        if response.status_code == 404:
+            raise RunNotFound(message)
+        raise FlowkitError(message)

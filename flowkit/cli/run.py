@@ -1,0 +1,217 @@
+"""``flowkit run`` and ``flowkit follow``: start a run and watch it live in the terminal.
+
+``flowkit run WORKFLOW -i key=value ...`` validates the input against the workflow's
+schema, starts the run and follows it (``--detach`` only starts it); ``flowkit follow
+RUN_ID`` follows one that exists. Both end with the run's output or its error and exit
+0 only when it succeeded (1 failed or cancelled), so scripts can chain them; Ctrl-C
+detaches (the run goes on) and says how to follow again.
+
+They talk to Redis directly (with ``-A`` naming the module that imports the workflows,
+as for ``celery -A``) or, with ``--url``, to a deployment's REST API with an API key
+(``--api-key``/``FLOWKIT_API_KEY``; a run token is enough to follow its own run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.live import Live
+
+from .. import events as ev
+from ..errors import ValidationError
+from .app import add_app_option, load_app
+from .live import Printer, RunView, final_lines
+from .output import add_json_option
+from .remote import RemoteRuns
+from .usage import UsageError
+
+#: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_DETACHED = 0, 1, 130
+
+
+class Runs(Protocol):
+    """Where runs are: Redis directly (``LocalRuns``) or a REST API (``RemoteRuns``)."""
+
+    def start(self, workflow: str, input: Any) -> dict[str, Any]: ...
+    def get(self, run_id: str) -> dict[str, Any]: ...
+    def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]: ...
+
+
+class LocalRuns:
+    """Runs in the Redis of FLOWKIT_REDIS_URL, started with the workflows ``-A`` imports."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def start(self, workflow: str, input: Any) -> dict[str, Any]:
+        load_app(self.args)
+        from ..workflow import get_workflow
+
+        return get_workflow(workflow).start(input).to_dict()
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        from ..engine import control
+
+        return control.get_run(run_id).to_dict()
+
+    def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
+        from ..engine import control
+
+        for event in control.follow(run_id, after):
+            yield {"id": event.id, **event.data}
+
+
+def runs_of(args: argparse.Namespace) -> Runs:
+    url = args.url or os.environ.get("FLOWKIT_URL")
+    if not url:
+        return LocalRuns(args)
+    credential = args.api_key or os.environ.get("FLOWKIT_API_KEY") or args.token
+    return RemoteRuns(url, credential)
+
+
+def parse_input(args: argparse.Namespace) -> Any:
+    """``--input`` (JSON, or ``@file.json``) overlaid with ``-i key=value`` fields.
+
+    ``key=value`` is typed as ``gh api -F`` types it: ``true``, ``false``, ``null`` and
+    numbers become JSON values, anything else a string; ``key:=json`` takes any JSON
+    value (``tags:='["a"]'``, ``zip:='"01234"'`` for a string of digits)."""
+    data: Any = {}
+    if args.input is not None:
+        text = args.input
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).read_text()
+            except OSError as exc:
+                raise UsageError(f"--input {args.input}: cannot read the file ({exc.strerror}).") \
+                    from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--input is not JSON ({exc}); pass a JSON object such as "
+                             "'{\"topic\": \"x\"}', or @file.json.") from None
+    for item in args.items:
+        if not isinstance(data, dict):
+            raise UsageError("-i sets fields of a JSON object, but --input is not an object.")
+        key, value = _item(item)
+        data[key] = value
+    return data
+
+
+_SCALAR = re.compile(r"true|false|null|-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def _item(item: str) -> tuple[str, Any]:
+    eq = item.find("=")
+    if eq <= 0:
+        raise UsageError(f"-i {item}: write key=value, or key:=json for any JSON value.")
+    if item[eq - 1] == ":" and eq > 1:
+        key, text = item[:eq - 1], item[eq + 1:]
+        try:
+            return key, json.loads(text)
+        except ValueError:
+            raise UsageError(f"-i {item}: the value after := must be JSON, e.g. "
+                             f"{key}:=3 or {key}:='[1, 2]'.") from None
+    key, text = item[:eq], item[eq + 1:]
+    return key, json.loads(text) if _SCALAR.fullmatch(text) else text
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = runs_of(args)
+    try:
+        record = runs.start(args.workflow, parse_input(args))
+    except ValidationError as exc:
+        raise UsageError(_invalid(args.workflow, exc)) from None
+    if args.detach:
+        if args.json:
+            print(json.dumps(record, indent=2, default=str))
+        else:
+            print(f"run {record['id']} {record['state']} ({args.workflow}); follow it: "
+                  f"{_follow_hint(args, record['id'])}")
+        return EXIT_SUCCEEDED
+    return follow_run(args, runs, record["id"], ev.START)
+
+
+def follow(args: argparse.Namespace) -> int:
+    return follow_run(args, runs_of(args), args.run_id, args.after)
+
+
+def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) -> int:
+    """Show the run's events until it ends; the exit code says how it ended."""
+    console = Console(highlight=False)
+    view = RunView(run_id)
+    runs.get(run_id)  # an unknown run, a server that is down: one line, before any wait
+    try:
+        if args.json:
+            for event in runs.events(run_id, after):
+                print(json.dumps(event, default=str), flush=True)
+        elif console.is_terminal:
+            with Live(view.render(), console=console, refresh_per_second=8,
+                      transient=False) as live:
+                for event in runs.events(run_id, after):
+                    view.feed(event)
+                    live.update(view.render())
+        else:
+            printer = Printer(console)
+            console.print(f"following run {run_id}", markup=False)
+            for event in runs.events(run_id, after):
+                printer.show(event, view.feed(event))
+    except KeyboardInterrupt:
+        print(f"\ndetached; run {run_id} goes on. Follow it again: "
+              f"{_follow_hint(args, run_id)}", file=sys.stderr)
+        return EXIT_DETACHED
+    record = runs.get(run_id)
+    if not args.json:
+        for line in final_lines(record):
+            console.print(line, markup=False)
+    return EXIT_SUCCEEDED if record.get("state") == "succeeded" else EXIT_FAILED
+
+
+def _follow_hint(args: argparse.Namespace, run_id: str) -> str:
+    where = f" --url {args.url}" if args.url else ""
+    return f"flowkit follow {run_id}{where}"
+
+
+def _invalid(workflow: str, exc: ValidationError) -> str:
+    fields = "; ".join(f"{name}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
+                       for name, msgs in exc.fields.items())
+    return (f"the input does not fit workflow {workflow!r}'s schema ({fields}); set fields "
+            "with -i key=value or --input JSON.")
+
+
+def _remote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None,
+                   help="a deployment's API (where flowkit is mounted) instead of Redis "
+                        "(default: $FLOWKIT_URL)")
+    p.add_argument("--api-key", default=None, help="API key for --url (default: $FLOWKIT_API_KEY)")
+    add_json_option(p)
+
+
+def register(subs) -> None:
+    p = subs.add_parser("run", help="start a run and follow it live until it ends")
+    p.add_argument("workflow", metavar="WORKFLOW")
+    p.add_argument("-i", dest="items", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input field: key=value (a string) or key:=json (any JSON); repeat")
+    p.add_argument("--input", default=None, metavar="JSON|@FILE",
+                   help="the whole input as JSON, or @file.json (-i fields override it)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--follow", dest="detach", action="store_false",
+                      help="follow the run until it ends (the default)")
+    mode.add_argument("--detach", action="store_true", help="start it and print its id")
+    add_app_option(p)
+    _remote_options(p)
+    p.set_defaults(func=run, token=None, detach=False)
+
+    p = subs.add_parser("follow", help="follow a run live until it ends")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--after", default=ev.START, help="event id to resume after")
+    p.add_argument("--token", default=None, help="a run token for --url (reads that run only)")
+    _remote_options(p)
+    p.set_defaults(func=follow)

@@ -1,0 +1,140 @@
+"""``flowkit run`` and ``flowkit follow`` on Redis directly, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import flowkit
+
+pytestmark = pytest.mark.integration
+
+APP = ["-A", "tests.workflows"]
+
+
+def cli(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowkit.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def env(flowkit_env, store, worker):
+    return {**os.environ, **flowkit_env}
+
+
+def test_run_follows_each_step_and_prints_the_output(env):
+    result = cli("run", "chatty", "-i", "n=4", *APP, env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    run_id = re.search(r"following run (\S+)", out).group(1)
+    assert "step 0:t.talker started (attempt 1)" in out
+    assert "step 0:t.talker 33% word 1/3" in out
+    assert "0:t.talker > alphabetagamma" in out  # its streamed text, as a whole line
+    assert re.search(r"step 0:t.talker completed in \d", out)
+    assert f"run {run_id} succeeded in " in out
+    assert json.loads(out[out.index("{"):]) == {"n": 4, "words": 3}  # the output, last
+    assert flowkit.get_run(run_id).output == {"n": 4, "words": 3}
+
+
+def test_a_failed_run_exits_1_with_its_error_and_how_to_retry(env):
+    result = cli("run", "exhausted", "--input", '{"n": 1}', *APP, env=env)
+    assert result.returncode == 1
+    assert "step 1:t.flaky attempt 1 failed, retrying" in result.stdout
+    run_id = re.search(r"following run (\S+)", result.stdout).group(1)
+    assert f"run {run_id} failed" in result.stdout
+    assert "error in step 1:t.flaky: Flaky: flaky failure" in result.stdout
+    assert f"flowkit retry {run_id}" in result.stdout
+
+
+def test_input_from_a_file_with_fields_overridden(env, tmp_path):
+    (tmp_path / "in.json").write_text('{"n": 1}')
+    result = cli("run", "simple", "--input", f"@{tmp_path / 'in.json'}", "-i", "n:=5", "--json",
+                 *APP, env=env)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[0]["type"] == "run.queued" and events[-1]["type"] == "run.succeeded"
+    completed = [e for e in events if e["type"] == "step.completed"]
+    assert [e["output"] for e in completed] == [{"n": 6}, {"n": 12}]
+
+
+def test_detach_prints_the_run_and_follow_picks_it_up(env):
+    started = cli("run", "simple", "-i", "n=2", "--detach", "--json", *APP, env=env)
+    assert started.returncode == 0, started.stderr
+    record = json.loads(started.stdout)
+    assert record["workflow"] == "simple" and record["input"] == {"n": 2, "fail_times": 2}
+    followed = cli("follow", record["id"], env=env)
+    assert followed.returncode == 0, followed.stderr
+    assert f"run {record['id']} succeeded" in followed.stdout
+    assert '"n": 6' in followed.stdout
+
+    human = cli("run", "simple", "-i", "n=2", "--detach", *APP, env=env)
+    assert re.fullmatch(r"run \S+ queued \(simple\); follow it: flowkit follow \S+\n",
+                        human.stdout)
+
+
+def test_ctrl_c_detaches_and_says_how_to_follow_again(env, store):
+    proc = subprocess.Popen([sys.executable, "-m", "flowkit.cli", "run", "chain3", "-i", "n=1",
+                             *APP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    run_id = None
+    for line in proc.stdout:
+        run_id = run_id or (m.group(1) if (m := re.search(r"following run (\S+)", line)) else None)
+        if "step 1:t.gated started" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    assert f"Follow it again: flowkit follow {run_id}" in proc.stderr.read()
+    assert flowkit.get_run(run_id).state == "running"  # detached, not cancelled
+    store.redis.rpush(f"gate:{run_id}:gated", 1)
+    again = cli("follow", run_id, env=env)
+    assert again.returncode == 0 and f"run {run_id} succeeded" in again.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-i", "n=x"], "n: Not a valid integer."),
+    (["-i", "nope"], "-i nope: write key=value, or key:=json for any JSON value."),
+    (["-i", "n:=[1"], "-i n:=[1: the value after := must be JSON"),
+    (["--input", "{bad"], "--input is not JSON"),
+    (["--input", "@/nonexistent.json"], "cannot read the file (No such file or directory)"),
+    ([], "n: Missing data for required field."),
+])
+def test_bad_input_is_one_line_and_exit_2(env, args, message):
+    result = cli("run", "simple", *args, *APP, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_workflow_and_unknown_run(env):
+    result = cli("run", "nosuch", *APP, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "flowkit run: No workflow named 'nosuch'."
+    result = cli("follow", "01UNKNOWN", env=env)
+    assert result.returncode == 1
+    assert "No run '01UNKNOWN'" in result.stderr
+
+
+def test_app_resolves_from_the_current_directory_and_flowkit_app(env, tmp_path):
+    (tmp_path / "myflows.py").write_text(
+        "import flowkit\n"
+        "@flowkit.component(name='my.hello')\n"
+        "def hello(data):\n"
+        "    return {'hello': data['who']}\n"
+        "hi = flowkit.Workflow('my_hi', [hello])\n"
+    )
+    env = {**env, "PYTHONPATH": env["PYTHONPATH"]}
+    missing = subprocess.run([sys.executable, "-m", "flowkit.cli", "run", "my_hi", "-A", "nomod"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert "cannot import 'nomod'" in missing.stderr and "-A your.module" in missing.stderr
+    detached = subprocess.run([sys.executable, "-m", "flowkit.cli", "run", "my_hi", "-i",
+                               "who=me", "--detach", "--json"], env={**env, "FLOWKIT_APP": "myflows"},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert detached.returncode == 0, detached.stderr
+    assert json.loads(detached.stdout)["workflow"] == "my_hi"
