@@ -138,3 +138,30 @@ def test_app_resolves_from_the_current_directory_and_flowkit_app(env, tmp_path):
                               cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert detached.returncode == 0, detached.stderr
     assert json.loads(detached.stdout)["workflow"] == "my_hi"
+
+
+def test_on_a_terminal_the_view_redraws_in_place(env):
+    """Under a pseudo-terminal rich's live view draws the steps table (cursor moves, marks)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "flowkit.cli", "run", "chatty", "-i", "n=1",
+                             *APP], env={**env, "COLUMNS": "120", "TERM": "xterm"},
+                            stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side closed (the process exited)
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert proc.wait(30) == 0
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # drawn with escape codes, not plain lines
+    assert "following run" not in text  # the pipe form's header
+    assert re.search(r"✓.*0:t\.talker.*100%", text)
+    assert "run " in text and "succeeded" in text and '"words": 3' in text
