@@ -3,7 +3,8 @@ comes up, ``flowkit run --follow`` runs a workflow through it (a step on the def
 queue, one on ``llm`` calling the local LLM server), an edit of a component reloads the
 worker and the next run uses the new code, a run in flight across a reload finishes on
 the new code, and SIGTERM leaves no process behind; ``--web`` serves the user's own
-Flask app, on their Redis when FLOWKIT_REDIS_URL is set, and Ctrl-C stops everything too.
+Flask app, on their Redis when FLOWKIT_REDIS_URL is set, on a free port when the one asked
+for is taken, and Ctrl-C stops everything too.
 
 Real processes throughout: ``python -m flowkit.cli dev`` in its own session starts its
 own redis-server, LLM server, worker, beat and gunicorn; the test reads its process tree
@@ -18,6 +19,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -184,13 +186,14 @@ def assert_stopped_everything(dev: Dev, procs: dict[int, tuple[str, str]], signu
 
 
 @pytest.mark.timeout(180)
-def test_dev_serves_the_users_own_flask_app_on_their_redis_and_stops_on_ctrl_c(
+def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_ctrl_c(
         tmp_path, redis_server):
     project = tmp_path / "devproject"
     shutil.copytree(FIXTURE, project)
-    port = free_port()
+    taken = socket.create_server(("127.0.0.1", 0))  # the port asked for is in use
+    taken_port = taken.getsockname()[1]
     theirs = f"redis://127.0.0.1:{redis_server.port}/5"  # a database no other test uses
-    dev = Dev(project, "-A", "shop.flows", "--web", "shop.web:app", "--port", str(port),
+    dev = Dev(project, "-A", "shop.flows", "--web", "shop.web:app", "--port", str(taken_port),
               "--no-reload", env={"FLOWKIT_REDIS_URL": theirs})
     procs: dict[int, tuple[str, str]] = {}
     try:
@@ -198,6 +201,9 @@ def test_dev_serves_the_users_own_flask_app_on_their_redis_and_stops_on_ctrl_c(
         exports = dev.exports()
         assert exports["FLOWKIT_REDIS_URL"] == theirs
         assert f"redis at {theirs} (FLOWKIT_REDIS_URL)" in dev.output()
+        note = re.search(rf"port {taken_port} is taken; the web app listens on (\d+)", dev.output())
+        assert note, dev.output()
+        port = int(note.group(1))
         # the API is where the app mounted it (FlowKit(app, url_prefix="/flowkit"))
         assert exports["FLOWKIT_URL"] == f"http://127.0.0.1:{port}/flowkit"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
@@ -210,6 +216,7 @@ def test_dev_serves_the_users_own_flask_app_on_their_redis_and_stops_on_ctrl_c(
         os.killpg(dev.proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the foreground group
         assert_stopped_everything(dev, procs, signal.SIGINT)
     finally:
+        taken.close()
         _kill_leftovers(dev, procs)
 
 
