@@ -133,6 +133,9 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         procs |= _tree(dev.proc.pid)  # the new worker and web processes too
         dev.proc.send_signal(signal.SIGTERM)
         assert_stopped_everything(dev, procs, signal.SIGTERM)
+        for name in ("redis ", "llm   ", "worker", "beat  ", "web   "):  # one log, no colour
+            assert any(line.startswith(f"{name} | ") for line in dev.lines), name  # on a pipe
+        assert not any("\033[" in line for line in dev.lines)
     finally:
         _kill_leftovers(dev, procs)
 
