@@ -262,8 +262,9 @@ def _serve(supervisor: Supervisor) -> None:
             if proc is child.proc and proc.returncode is not None:
                 if child.last:
                     raise ChildFailed(f"{child.name} exited with code {proc.returncode}")
-                supervisor.say(f"{child.name} exited with code {proc.returncode}; it starts "
-                               "again when a Python file changes")
+                supervisor.say(f"{child.name} exited with code {proc.returncode}; " + (
+                    "it starts again when a Python file changes" if child.name in RELOADED
+                    else "the rest runs on without it (restart flowkit dev to get it back)"))
 
 
 def _reload(supervisor: Supervisor, paths: list[str]) -> None:

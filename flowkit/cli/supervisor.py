@@ -193,25 +193,32 @@ class Supervisor:
                    on_event: Callable[[tuple[Any, ...]], None] | None = None) -> None:
         """Block until every child in ``names`` is ready. A stop signal raises Stopped; a
         child that exits or misses the deadline raises ChildFailed; other events go to
-        ``on_event``."""
+        ``on_event``, else back on the queue afterwards (another child's exit is news)."""
         deadline = time.monotonic() + timeout
         waiting = [n for n in names if not self.children[n].ready]
-        while waiting:
-            event = self.next_event(deadline - time.monotonic())
-            if event is None:
-                raise ChildFailed(f"{', '.join(waiting)} not ready within {timeout:.0f}s; "
-                                  "see the log above")
-            if event[0] == "ready":
-                self.handle(event)
-            elif on_event is not None:
-                on_event(event)
-            for name in list(waiting):
-                child = self.children[name]
-                if child.ready:
-                    waiting.remove(name)
-                elif child.proc is not None and child.proc.poll() is not None:
-                    raise ChildFailed(f"{name} exited with code {child.proc.returncode} "
-                                      "before it was ready; see its log above")
+        deferred: list[tuple[Any, ...]] = []
+        try:
+            while waiting:
+                event = self.next_event(deadline - time.monotonic())
+                if event is None:
+                    raise ChildFailed(f"{', '.join(waiting)} not ready within {timeout:.0f}s; "
+                                      "see the log above")
+                if event[0] == "ready":
+                    self.handle(event)
+                elif on_event is not None:
+                    on_event(event)
+                else:
+                    deferred.append(event)
+                for name in list(waiting):
+                    child = self.children[name]
+                    if child.ready:
+                        waiting.remove(name)
+                    elif child.proc is not None and child.proc.poll() is not None:
+                        raise ChildFailed(f"{name} exited with code {child.proc.returncode} "
+                                          "before it was ready; see its log above")
+        finally:
+            for event in deferred:
+                self.events.put(event)
 
     def next_event(self, timeout: float) -> tuple[Any, ...] | None:
         """The next event, or None after ``timeout`` seconds. Raises Stopped on a signal."""
