@@ -3,8 +3,9 @@ command, reloaded as the code changes.
 
 A new user's first minutes otherwise go on starting Redis, an LLM endpoint, a worker on
 the right queues (the default queue alone leaves ``.queue("llm")`` steps queued for
-ever), beat, and a web server that holds WebSockets (``flask run`` does not). This
-command starts them all under one supervisor (:mod:`.supervisor`):
+ever), beat, and a production-grade web server that holds WebSockets and ends streams
+when it restarts (gunicorn with flowkit's settings, not ``flask run``). This command
+starts them all under one supervisor (:mod:`.supervisor`):
 
 - a private ``redis-server`` on a free port, unless ``FLOWKIT_REDIS_URL`` is set;
 - the local OpenAI-compatible server (``flowkit.testing.fake_openai``), unless
@@ -49,7 +50,8 @@ STOP_GRACE = 10.0
 #: Seconds a reloaded worker and web app have to stop before SIGKILL: a running step is
 #: handed over to the next worker after FLOWKIT_DRAIN_GRACE (3 s in dev, see below).
 RELOAD_GRACE = 8.0
-#: Seconds everything has to come up at start, and after a reload.
+#: Seconds everything has to come up at start (a reloaded child has no deadline: a file
+#: saved half-way may break it until the next save).
 START_TIMEOUT = 90.0
 #: Milliseconds of quiet after a file change before reloading (an editor saving several
 #: files, a ``git checkout``: one reload).
