@@ -1,6 +1,6 @@
 """``flowkit dev``'s supervisor on small real programs: one log with a (coloured) name
 before every child's line, readiness from a line a child prints, a stop that SIGKILLs what
-ignores SIGTERM and the rest of its process group, and stop signals as events."""
+ignores SIGTERM and the rest of its process group, stop signals as events, and colour only on a terminal (NO_COLOR, FORCE_COLOR)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from flowkit.cli.supervisor import Child, Stopped, Supervisor
+from flowkit.cli.supervisor import Child, Stopped, Supervisor, wants_colour
 from tests.test_demo_signals import _tree, _wait_gone
 
 pytestmark = pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="reads /proc")
@@ -91,3 +91,17 @@ def test_a_stop_signal_becomes_an_event_and_a_second_one_hurries_the_stop():
         os.kill(os.getpid(), signal.SIGINT)
         assert supervisor._hurry  # stop() waits no longer for what is left
     assert signal.getsignal(signal.SIGTERM) is not supervisor._on_signal  # handlers restored
+
+
+def test_colour_on_a_terminal_unless_no_color_and_forced_by_force_color(monkeypatch, tmp_path):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    leader, follower = os.openpty()
+    with open(leader, "rb") as _, open(follower, "w") as terminal, \
+            open(tmp_path / "log", "w") as plain_file:
+        assert wants_colour(terminal) and not wants_colour(plain_file)
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert not wants_colour(terminal)
+        monkeypatch.delenv("NO_COLOR")
+        monkeypatch.setenv("FORCE_COLOR", "1")
+        assert wants_colour(plain_file)
