@@ -1,6 +1,7 @@
 """``flowkit dev``'s supervisor on small real programs: one log with a (coloured) name
 before every child's line, readiness from a line a child prints, a stop that SIGKILLs what
-ignores SIGTERM and the rest of its process group, stop signals as events, and colour only on a terminal (NO_COLOR, FORCE_COLOR)."""
+ignores SIGTERM and the rest of its process group, stop signals as events, and colour
+only on a terminal (NO_COLOR, FORCE_COLOR)."""
 
 from __future__ import annotations
 
