@@ -20,6 +20,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings
+from ..urls import SentinelURL
 
 _app: Celery | None = None
 #: The settings the producer app was made from (None: the app is create_celery_app's).
@@ -40,10 +41,22 @@ def fresh_priority(run_priority: int) -> int:
     return FRESH_PRIORITY - run_priority
 
 
+def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
+    """Broker and result backend URLs and their extra transport options: a Sentinel URL
+    (``redis+sentinel://``, flowkit.urls) written as Celery's ``sentinel://`` transport."""
+    urls, options = [], []
+    for url in (settings.broker, settings.backend):
+        sentinel = SentinelURL.parse(url)
+        urls.append(url if sentinel is None else sentinel.celery_url())
+        options.append({} if sentinel is None else sentinel.transport_options())
+    return urls[0], urls[1], options[0], options[1]
+
+
 def celery_config(settings: Settings) -> dict:
+    broker, backend, broker_options, backend_options = _celery_urls(settings)
     return {
-        "broker_url": settings.broker,
-        "result_backend": settings.backend,
+        "broker_url": broker,
+        "result_backend": backend,
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
@@ -62,9 +75,11 @@ def celery_config(settings: Settings) -> dict:
             "max_connections": settings.connection_pool_size,
             # one Redis list per priority step, consumed in this order (0 first)
             "priority_steps": PRIORITY_STEPS,
+            **broker_options,
         },
         "task_default_priority": FRESH_PRIORITY,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout,
+                                             **backend_options},
         # one result backend (and Redis connection pool) per process: by default Celery
         # makes one per thread, and under gevent every task is a new greenlet, so each
         # step built a backend and opened a fresh Redis connection to store its result

@@ -6,6 +6,12 @@ command whose connection broke is resent for ``FLOWKIT_REDIS_RETRY_SECONDS`` (th
 scripts that count recognise their own resend, see ``lua/``); the API's store has a
 budget of its own, ``FLOWKIT_API_REDIS_RETRY_SECONDS``. Blocking reads (the
 relay's ``XREAD``) get a connection of their own so they never hold one of the pool's.
+
+With a ``redis+sentinel://`` URL (:mod:`flowkit.urls`) every client asks the sentinels
+for the current primary and follows a failover: a connection that finds its server gone
+or demoted to a replica is dropped, and the resend reaches the new primary (redis-py's
+``SentinelConnectionPool``, which does not block when full: its size is the same
+``FLOWKIT_CONNECTION_POOL_SIZE``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import ParamSpec, TypeVar
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ..config import Settings
 from ..errors import StoreUnavailable
+from ..urls import SentinelURL
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
@@ -53,12 +61,29 @@ def retries_within(seconds: float) -> int:
     return retries
 
 
+def from_url(url: str, **kwargs) -> redis.Redis:
+    """A client of the Redis at ``url``: ``redis://``, ``rediss://``, ``unix://`` as
+    redis-py takes them, or ``redis+sentinel://`` (the primary the sentinels name)."""
+    sentinel = SentinelURL.parse(url)
+    if sentinel is None:
+        return redis.Redis.from_url(url, **kwargs)
+    return _primary(sentinel, **kwargs)
+
+
+def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
+    timeouts = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
+    sentinels = Sentinel(
+        list(url.hosts),
+        sentinel_kwargs={**timeouts, "password": url.sentinel_password},
+    )
+    return sentinels.master_for(url.service, db=url.db, username=url.username,
+                                password=url.password, **kwargs)
+
+
 def client(settings: Settings) -> redis.Redis:
     budget = settings.redis_retry_seconds
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+    options = dict(
         max_connections=settings.connection_pool_size,
-        timeout=settings.redis_socket_timeout,
         decode_responses=True,
         health_check_interval=30,
         # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK) short
@@ -68,12 +93,18 @@ def client(settings: Settings) -> redis.Redis:
         retry=Retry(_BACKOFF, retries=retries_within(budget)),
         retry_on_error=list(UNREACHABLE),
     )
+    sentinel = SentinelURL.parse(settings.redis_url)
+    if sentinel is not None:
+        return _primary(sentinel, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, timeout=settings.redis_socket_timeout, **options
+    )
     return redis.Redis(connection_pool=pool)
 
 
 def blocking_client(settings: Settings, block_seconds: float) -> redis.Redis:
     """A client of one connection for reads that block up to ``block_seconds``."""
-    return redis.Redis.from_url(
+    return from_url(
         settings.redis_url, decode_responses=True, socket_timeout=block_seconds + 5,
         socket_connect_timeout=5,
     )

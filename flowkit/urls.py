@@ -1,0 +1,95 @@
+"""Redis URLs flowkit takes beyond redis-py's own: ``redis+sentinel://`` for Redis Sentinel.
+
+redis-py's ``from_url`` knows ``redis://``, ``rediss://`` and ``unix://`` and raises a bare
+``ValueError`` for anything else; Celery writes Sentinel as ``sentinel://h:p;sentinel://h:p``
+with the service name in a transport option. One URL should name the store's Redis for
+every process (workers, web, beat, CLI), so flowkit takes the form people write::
+
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db][?sentinel_password=...]
+
+and parses it here, once, into what the store (redis-py's ``Sentinel``) and Celery's
+broker and result backend (kombu's ``sentinel://`` transport) each need. The password is
+the data nodes'; ``sentinel_password`` the sentinels' own, when they have one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from .errors import ConfigError
+
+SENTINEL_SCHEME = "redis+sentinel"
+_FORM = ("redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]"
+         "[?sentinel_password=...]")
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """The parts of a ``redis+sentinel://`` URL."""
+
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL | None:
+        """The URL's parts; None when it is not a Sentinel URL; ConfigError when malformed."""
+        if not url.startswith(SENTINEL_SCHEME + "://"):
+            return None
+        rest = url[len(SENTINEL_SCHEME) + 3:]
+        userinfo, _, rest = rest.rpartition("@")
+        netloc, _, path = rest.partition("/")
+        username = password = None
+        if userinfo:
+            user, _, secret = userinfo.partition(":")
+            username, password = unquote(user) or None, unquote(secret) or None
+        hosts = tuple(_host(part, url) for part in netloc.split(",") if part)
+        path, _, query = path.partition("?")
+        parts = [p for p in path.split("/") if p]
+        if not hosts or not parts or len(parts) > 2:
+            raise ConfigError(f"{_safe(url)}: a Sentinel URL names its sentinels and the "
+                              f"service they watch: {_FORM}.")
+        try:
+            db = int(parts[1]) if len(parts) == 2 else 0
+        except ValueError:
+            raise ConfigError(f"{_safe(url)}: the database after the service name must be a "
+                              f"number: {_FORM}.") from None
+        options = parse_qs(query)
+        sentinel_password = options.get("sentinel_password", [None])[0]
+        return cls(hosts, unquote(parts[0]), db, username, password, sentinel_password)
+
+    def celery_url(self) -> str:
+        """The same deployment as Celery's broker and result backend write it (kombu's
+        ``sentinel://`` transport; the service goes in the ``master_name`` option)."""
+        auth = ""
+        if self.password:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        return ";".join(f"sentinel://{auth}{host}:{port}/{self.db}" for host, port in self.hosts)
+
+    def transport_options(self) -> dict[str, object]:
+        """Celery's transport options for :meth:`celery_url`."""
+        options: dict[str, object] = {"master_name": self.service}
+        if self.sentinel_password:
+            options["sentinel_kwargs"] = {"password": self.sentinel_password}
+        return options
+
+
+def _host(part: str, url: str) -> tuple[str, int]:
+    split = urlsplit(f"//{part}")
+    try:
+        port = split.port or 26379
+    except ValueError:
+        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {_FORM}.") from None
+    if not split.hostname:
+        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {_FORM}.")
+    return split.hostname, port
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, at, tail = url.rpartition("@")
+    return f"{SENTINEL_SCHEME}://***@{tail}" if at else url

@@ -1,0 +1,174 @@
+"""The store on Redis Sentinel (``redis+sentinel://``): a failover under running workflows.
+
+A primary, a replica and three sentinels, all real ``redis-server`` processes (the
+sentinels in ``--sentinel`` mode); the Celery broker is a Redis of its own, as the store's
+failover is what is under test. Two worker processes and beat run the ten-step workflow;
+mid-run the sentinels fail the primary over to the replica. Every run finishes with its
+whole output, and the workers, beat and this process all follow the new primary.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import redis
+
+from flowkit import config
+from flowkit.errors import ConfigError
+from flowkit.serialization import loads
+from flowkit.store import get_store
+from flowkit.testing import LocalRedis, free_port
+from tests.chaos.conftest import Deployment, _restore_app, _use_app, wait_for
+from tests.chaos.workflows import ten
+from tests.conftest import FAST, ROOT
+
+SERVICE = "flowkit"
+RUNS = 6
+
+
+class Replica(LocalRedis):
+    """A redis-server replicating ``primary``."""
+
+    def __init__(self, primary: LocalRedis) -> None:
+        super().__init__(appendonly=True)
+        self.primary = primary
+
+    def start(self) -> Replica:
+        exe = shutil.which("redis-server")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "yes", "--logfile", str(self.dir / "redis.log"),
+             "--replicaof", "127.0.0.1", str(self.primary.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self
+
+
+class Sentinels:
+    """Three sentinels watching ``primary`` (quorum 2), each from a config file of its own
+    (a sentinel rewrites its file as it learns the topology)."""
+
+    def __init__(self, primary: LocalRedis) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="flowkit-sentinel-"))
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen] = []
+        self.primary = primary
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+sentinel://{hosts}/{SERVICE}/1"
+
+    def start(self) -> Sentinels:
+        for port in self.ports:
+            conf = self.dir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"logfile {self.dir / f'sentinel-{port}.log'}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                f"sentinel failover-timeout {SERVICE} 5000\n"
+            )
+            self.procs.append(subprocess.Popen(
+                [shutil.which("redis-server"), str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        return self
+
+    def client(self, index: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.ports[index], decode_responses=True, socket_timeout=2)
+
+    def primary_port(self) -> int | None:
+        try:
+            addr = self.client().sentinel_get_master_addr_by_name(SERVICE)
+        except redis.ConnectionError:
+            return None  # not listening yet
+        return int(addr[1]) if addr else None
+
+    def know_the_replica(self) -> bool:
+        try:
+            return all(self.client(i).sentinel_slaves(SERVICE) for i in range(3))
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def sentinel_group():
+    with LocalRedis(appendonly=True) as primary, Replica(primary) as replica:
+        sentinels = Sentinels(primary).start()
+        try:
+            wait_for(lambda: replica_in_sync(replica), 20, "the replica to sync")
+            wait_for(sentinels.know_the_replica, 30, "every sentinel to see the replica")
+            yield primary, replica, sentinels
+        finally:
+            sentinels.stop()
+
+
+def replica_in_sync(replica: LocalRedis) -> bool:
+    info = redis.Redis(port=replica.port).info("replication")
+    return info.get("master_link_status") == "up"
+
+
+def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp_path,
+                                                  monkeypatch):
+    primary, replica, sentinels = sentinel_group
+    with LocalRedis() as broker:
+        env = {
+            **FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos",
+            "FLOWKIT_REDIS_URL": sentinels.url,
+            "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{broker.port}/0",
+            "FLOWKIT_STALL_TIMEOUT": "10", "FLOWKIT_QUEUED_TIMEOUT": "10",
+        }
+        settings = config.get_settings().replace(redis_url=env["FLOWKIT_REDIS_URL"],
+                                                  broker_url=env["FLOWKIT_BROKER_URL"])
+        monkeypatch.setattr(config, "_settings", settings)
+        previous = _use_app(settings)
+        deployment = Deployment(env, tmp_path)
+        try:
+            store = get_store()
+            deployment.worker("a")
+            deployment.worker("b")
+            deployment.beat()
+            runs = [ten.start({"n": 0, "chunks": 2, "pause": 0.2}) for _ in range(RUNS)]
+            wait_for(lambda: sum(len(store.checkpoints(r.id)) for r in runs) >= RUNS * 2, 60,
+                     "the runs to be under way")
+
+            sentinels.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+            wait_for(lambda: sentinels.primary_port() == replica.port, 30,
+                     "the sentinels to promote the replica")
+            done_at_failover = sum(len(store.checkpoints(r.id)) for r in runs)
+
+            finished = [run.wait(120) for run in runs]
+        finally:
+            deployment.stop()
+            _restore_app(previous)
+    assert done_at_failover < RUNS * 10, "the runs ended before the failover: it proved nothing"
+    assert [r.state for r in finished] == ["succeeded"] * RUNS, [
+        (r.id, r.state, r.error) for r in finished if r.state != "succeeded"]
+    # What the new primary holds (a client of its own: an idle connection of this process
+    # may still point at the old primary, now a replica catching up, until its next write).
+    promoted = redis.Redis(port=replica.port, db=1, decode_responses=True)
+    assert promoted.info("replication")["role"] == "master"
+    for run in runs:
+        assert loads(promoted.hget(store.keys.run(run.id), "output"))["n"] == 10
+        finished_steps = {key.rsplit(":", 2)[-2] + ":" + key.rsplit(":", 1)[-1]
+                          for key in promoted.scan_iter(f"chaos:finished:{run.id}:*", count=1000)}
+        assert finished_steps == {f"{i}:chaos.work" for i in range(10)}
+        assert promoted.hlen(store.keys.checkpoints(run.id)) == 10
+
+
+@pytest.mark.parametrize("url", ["redis+sentinel://127.0.0.1:1", "redis+sentinel://h:x/svc"])
+def test_a_malformed_sentinel_url_says_the_form(url):
+    with pytest.raises(ConfigError, match=r"redis\+sentinel://\[\[user\]:password@\]host:port"):
+        from flowkit.store.connection import client
+
+        client(config.Settings(redis_url=url))
