@@ -172,3 +172,26 @@ def test_a_malformed_sentinel_url_says_the_form(url):
         from flowkit.store.connection import client
 
         client(config.Settings(redis_url=url))
+
+
+def test_the_broker_defaults_to_the_same_sentinels(sentinel_group, flowkit_env, tmp_path,
+                                                   monkeypatch):
+    """Only FLOWKIT_REDIS_URL set: Celery's broker and result backend find the primary
+    through the sentinels too (kombu's sentinel:// transport, master_name)."""
+    _, replica, sentinels = sentinel_group
+    env = {**FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos",
+           "FLOWKIT_REDIS_URL": sentinels.url, "FLOWKIT_BROKER_URL": ""}
+    settings = config.get_settings().replace(redis_url=sentinels.url, broker_url=None,
+                                              result_backend=None)
+    monkeypatch.setattr(config, "_settings", settings)
+    previous = _use_app(settings)
+    deployment = Deployment(env, tmp_path)
+    try:
+        deployment.worker("a")
+        run = ten.start({"n": 0, "chunks": 1, "pause": 0})
+        assert run.wait(60).state == "succeeded"
+        primary = redis.Redis(port=sentinels.primary_port(), db=1)
+        assert primary.exists("_kombu.binding.chaos")  # the queue lives on the primary, db 1
+    finally:
+        deployment.stop()
+        _restore_app(previous)
