@@ -12,9 +12,15 @@ for this: it sleeps the whole timeout even when the tasks are done, and it reque
 messages whose step lease is still held, which another worker would then drop as a
 duplicate until the lease lapses.
 
+The drain's thread is started when the worker is ready (:func:`arm`), not when SIGTERM
+comes: Celery calls its shutdown handlers inside the signal handler, which on a gevent
+worker runs in gevent's event loop, where nothing may block, and starting a thread blocks
+until the thread runs (``BlockingSwitchOutError`` on every shutdown). The signal handler
+only sets events (:func:`begin`).
+
 ``flowkit drain`` (:mod:`flowkit.cli.workers`) uses :func:`held_by` and
 :func:`hand_over` to drain named workers remotely. The worker's signals
-(:mod:`flowkit.worker.signals`) call :func:`pool_runs_in_process` and :func:`begin`.
+(:mod:`flowkit.worker.signals`) call :func:`arm` and :func:`begin`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 #: True when steps run in the worker's main process (threads, solo, gevent, eventlet pools).
 _in_process_pool = True
 _draining = threading.Event()
+#: Set by a warm shutdown: the armed drain thread starts draining.
+_warm = threading.Event()
+_armed: threading.Thread | None = None
 #: Set while the grace ran out and steps are being handed over, then once that is done:
 #: a step that stops because its run was handed over lets Celery's warm shutdown end, and
 #: the process must not exit before the handover's messages are sent.
@@ -53,19 +62,31 @@ def draining() -> bool:
     return _draining.is_set()
 
 
-def pool_runs_in_process(in_process: bool) -> None:
-    """Told once the worker is ready: whether its steps run in this process (not prefork)."""
-    global _in_process_pool
+def arm(in_process: bool) -> None:
+    """Called once the worker is ready, outside any signal handler: whether its steps run
+    in this process (not prefork), and the drain's thread, waiting for a warm shutdown.
+
+    A worker stopped before it was ready runs no step and needs no drain.
+    """
+    global _in_process_pool, _armed
     _in_process_pool = in_process
+    if _armed is None:
+        _armed = threading.Thread(target=_drain_when_warm, name="flowkit-drain", daemon=True)
+        _armed.start()
+
+
+def _drain_when_warm() -> None:
+    _warm.wait()
+    drain(get_settings().drain_grace)
 
 
 def begin(how: str | None) -> None:
-    """The worker is shutting down (called from Celery's signal handler: only set a flag
-    and start a thread). A warm shutdown drains for FLOWKIT_DRAIN_GRACE seconds."""
+    """The worker is shutting down. Called inside Celery's signal handler (on gevent, in
+    the event loop): it only sets events, never blocks. A warm shutdown drains for
+    FLOWKIT_DRAIN_GRACE seconds in the thread :func:`arm` started."""
     _draining.set()
     if how == "Warm":
-        grace = get_settings().drain_grace
-        threading.Thread(target=drain, args=(grace,), name="flowkit-drain", daemon=True).start()
+        _warm.set()
 
 
 def finish_handover(timeout: float = 10.0) -> None:

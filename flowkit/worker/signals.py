@@ -36,7 +36,7 @@ def name_worker(sender=None, **_) -> None:
 def worker_ready(sender=None, **_) -> None:
     if sender is not None and getattr(sender, "hostname", None):
         heartbeat.node_name = sender.hostname
-    drain.pool_runs_in_process(not isinstance(getattr(sender, "pool", None), Prefork))
+    drain.arm(not isinstance(getattr(sender, "pool", None), Prefork))
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
         heartbeat.announce(node_info(sender))
@@ -77,7 +77,7 @@ def child_started(**_) -> None:
 
 
 def shutting_down(sig=None, how=None, **_) -> None:
-    # inside Celery's signal handler: drain.begin only sets a flag and starts a thread
+    # inside Celery's signal handler (gevent: in the event loop): drain.begin only sets events
     drain.begin(how)
 
 

@@ -16,6 +16,14 @@ from tests.chaos.workflows import held
 from tests.conftest import ROOT
 
 HOLD = "1:chaos.hold"
+#: What Celery logs when a shutdown handler raises (a gevent worker's did, on every SIGTERM:
+#: its signal handlers run in gevent's event loop, where starting a thread must not block).
+HANDLER_FAILED = ("Signal handler", "BlockingSwitchOutError")
+
+
+def shut_down_cleanly(worker) -> None:
+    bad = [line for line in worker.lines if any(f in line for f in HANDLER_FAILED)]
+    assert not bad, f"worker {worker.name}'s shutdown logged errors:\n" + "\n".join(bad)
 
 
 def sigterm(worker) -> dict:
@@ -32,8 +40,9 @@ def sigterm(worker) -> dict:
     return result
 
 
-def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, deployment):
-    a = deployment.worker("a", FLOWKIT_DRAIN_GRACE="20")
+@pytest.mark.parametrize("pool", ["threads", "gevent"])  # gevent: the Procfile's worker_llm
+def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, deployment, pool):
+    a = deployment.worker("a", pool=pool, FLOWKIT_DRAIN_GRACE="20")
     run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
     assert waiting(run)["worker"].startswith("a@")
     deployment.worker("b")
@@ -52,9 +61,11 @@ def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, d
     assert started[HOLD].startswith("a@")
     assert started["2:chaos.work"].startswith("b@"), "a draining worker took a new step"
     assert side_effects(run, "started")[HOLD] == 1
+    assert any("flowkit drain:" in line and "is idle" in line for line in a.lines), a.output()
+    shut_down_cleanly(a)
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "gevent"])
 def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployment, pool):
     # a lapse of a minute and no reaper: only the handover can resume the step quickly.
     # prefork: the step runs in a child process; the parent finds it through its lease
@@ -83,6 +94,8 @@ def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployme
     assert "drained" in restarted.data["reason"] and HOLD in restarted.data["reason"]
     assert restarted.data["superseded"] == [{"step": HOLD, "attempt": 1, "worker": first["worker"]}]
     assert side_effects(run, "finished") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
+    assert any("flowkit drain: handed over 1 run(s)" in line for line in a.lines), a.output()
+    shut_down_cleanly(a)
 
 
 def test_flowkit_drain_stops_a_named_worker_and_hands_over_what_outlives_the_grace(
