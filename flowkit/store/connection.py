@@ -26,7 +26,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..config import Settings
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ..urls import SentinelURL
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
@@ -36,17 +36,48 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: Errors no resend can cure: Redis refused the credentials (a wrong or missing password,
+#: an ACL user without the rights). redis-py files AuthenticationError under
+#: ConnectionError, so without this a wrong password looked like an outage and was
+#: retried for the whole budget.
+REFUSED = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
+def refused(exc: BaseException) -> ConfigError:
+    """The one-line error for credentials Redis refused, saying where they go."""
+    return ConfigError(
+        f"flowkit's Redis refused its credentials ({exc}): put the password in "
+        "FLOWKIT_REDIS_URL, as redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... "
+        "for an ACL user)."
+    )
+
+
 def guarded(fn: Callable[P, R]) -> Callable[P, R]:
-    """A store operation: Redis out of reach raises StoreUnavailable, not redis-py's error."""
+    """A store operation: Redis out of reach raises StoreUnavailable, refused credentials
+    ConfigError at once, not redis-py's errors."""
 
     @functools.wraps(fn)
     def operation(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
+        except REFUSED as exc:
+            raise refused(exc) from exc
         except UNREACHABLE as exc:
             raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
 
     return operation
+
+
+class _Resend(Retry):
+    """redis-py's Retry that never resends what Redis refused (:data:`REFUSED`)."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, REFUSED):
+                return False
+            return is_retryable(error) if is_retryable else True
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 #: The pause before each resend: 0.1, 0.2, 0.4, 0.8, then 1 s.
@@ -90,7 +121,7 @@ def client(settings: Settings) -> redis.Redis:
         socket_timeout=settings.redis_socket_timeout,
         # a host that does not answer must not stretch a short budget (the API's)
         socket_connect_timeout=max(0.5, min(5.0, budget / 2)),
-        retry=Retry(_BACKOFF, retries=retries_within(budget)),
+        retry=_Resend(_BACKOFF, retries=retries_within(budget)),
         retry_on_error=list(UNREACHABLE),
     )
     sentinel = SentinelURL.parse(settings.redis_url)
