@@ -52,6 +52,16 @@ def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
     return urls[0], urls[1], options[0], options[1]
 
 
+def reaper_queue(default_queue: str) -> str:
+    """The queue of beat's housekeeping (the reaper, every few seconds, and retention): its
+    own, which every worker of the deployment consumes besides its ``--queues``
+    (:mod:`flowkit.worker.signals`). On the steps' queue a sweep waited behind their whole
+    backlog, and it filled the task lists of every monitor. Named after the deployment's
+    default queue, so deployments side by side (blue/green) each sweep with their own
+    workers, as before."""
+    return f"{default_queue}.reaper"
+
+
 def celery_config(settings: Settings) -> dict:
     broker, backend, broker_options, backend_options = _celery_urls(settings)
     return {
@@ -97,9 +107,11 @@ def celery_config(settings: Settings) -> dict:
                 "task": "flowkit.reaper",
                 "schedule": settings.reaper_interval,
                 "options": {"expires": max(settings.reaper_interval * 10, 30.0),
-                            "priority": CONTINUED_PRIORITY},
+                            "priority": CONTINUED_PRIORITY,
+                            "queue": reaper_queue(settings.default_queue)},
             },
-            "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0},
+            "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0,
+                                  "options": {"queue": reaper_queue(settings.default_queue)}},
         },
     }
 

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Signature, chain, group
 from celery.backends.redis import RedisBackend
 from celery.canvas import _chain, _chord
+from kombu.utils.uuid import uuid
 
 from ..component import TASK_PREFIX, Component, lookup
 from ..errors import NotFound
@@ -127,6 +128,16 @@ def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None
 def routed(queue: str | None) -> dict[str, str]:
     """Signature options sending a task to ``queue`` (none: the app's default queue)."""
     return {"queue": queue} if queue else {}
+
+
+def replacement(sig: Signature) -> Signature:
+    """``sig`` frozen with task ids of its own, before ``Task.replace`` gives it the replaced
+    task's id (it only fills ids not yet set): two tasks under one id are one task to
+    Celery's events, so monitors such as Flower showed a fan-out as its join and an agent
+    loop's step as the next one (a ``flowkit.fan_out`` was never seen). A chord's id is its
+    join's."""
+    (sig.body if isinstance(sig, _chord) else sig).set(task_id=uuid())
+    return sig
 
 
 def with_priority(sig: Signature, delivery: dict | None) -> Signature:

@@ -282,7 +282,7 @@ def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -
     [queue] = store.run_fields(run_id, "queue")
     sig = canvas.step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"),
                                 (spec["input"],), run_queue=queue or None)
-    return task.replace(canvas.with_priority(sig, task.request.delivery_info))
+    return task.replace(canvas.replacement(canvas.with_priority(sig, task.request.delivery_info)))
 
 
 # -- the ends of a canvas ---------------------------------------------------------------------

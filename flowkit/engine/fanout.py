@@ -21,7 +21,7 @@ from celery.exceptions import Ignore, Reject
 from ..errors import StoreUnavailable
 from ..serialization import loads
 from ..store import get_store
-from .canvas import result_options, routed, step_queue, step_signature, with_priority
+from .canvas import replacement, result_options, routed, step_queue, step_signature, with_priority
 from .drain import draining
 from .executor import fail_run, run_step
 from .heartbeat import worker_id
@@ -74,7 +74,8 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
         join = task.app.signature("flowkit.gather", kwargs={"known": known, "order": order,
                                                             "run_id": run_id, "gen": gen},
                                   **routed(queue), **result_options())
-    return task.replace(with_priority(chord(header, join), task.request.delivery_info))
+    return task.replace(replacement(with_priority(chord(header, join),
+                                                  task.request.delivery_info)))
 
 
 def fan_out_batch(items: list, *, run_id: str, base: str, first: int, gen: int, component: str,

@@ -14,6 +14,7 @@ from celery.concurrency.prefork import TaskPool as Prefork
 from .. import metrics
 from ..config import get_settings
 from ..engine import drain, heartbeat
+from ..engine.broker import reaper_queue
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
 from .checks import check_visibility_timeout
@@ -25,6 +26,13 @@ def refuse_bad_config(sender=None, **_) -> None:
     except ConfigError as exc:
         print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def consume_reaper_queue(sender=None, **_) -> None:
+    # every worker, whatever its --queues, takes beat's housekeeping from its own queue
+    # (engine.broker.reaper_queue): after Celery selected the queues, before it consumes
+    if sender is not None:
+        sender.app.amqp.queues.select_add(reaper_queue(sender.app.conf.task_default_queue))
 
 
 def name_worker(sender=None, **_) -> None:
@@ -47,7 +55,9 @@ def node_info(consumer) -> dict:
     controller = getattr(consumer, "controller", None)
     pool = getattr(consumer, "pool", None)
     return {
-        "queues": sorted(consumer.app.amqp.queues.consume_from or ()),
+        # the reaper's queue is every worker's: it says nothing about this one
+        "queues": sorted(set(consumer.app.amqp.queues.consume_from or ())
+                         - {reaper_queue(consumer.app.conf.task_default_queue)}),
         "pool": type(pool).__module__.rpartition(".")[2] if pool is not None else None,
         "concurrency": getattr(controller, "concurrency", None),
     }
@@ -102,6 +112,7 @@ def handed_off(sender=None, body=None, **_) -> None:
 def connect() -> None:
     """Connect the handlers (the dispatch uids keep a second call from adding them twice)."""
     signals.worker_init.connect(refuse_bad_config, dispatch_uid="flowkit.refuse_bad_config")
+    signals.worker_init.connect(consume_reaper_queue, dispatch_uid="flowkit.reaper_queue")
     signals.celeryd_after_setup.connect(name_worker, dispatch_uid="flowkit.name_worker")
     signals.worker_ready.connect(worker_ready, dispatch_uid="flowkit.worker_ready")
     signals.worker_process_init.connect(child_started, dispatch_uid="flowkit.child_started")
