@@ -382,6 +382,7 @@ def cancel(run_id: str, store: Store | None = None) -> Run:
         raise not_found(run_id)
     if result > 0:
         admission.released(run_id, store)
+        traces.run_ended(run_id, store)
     run = Run.load(run_id, store)
     if result == 0:
         raise InvalidState(f"Run {run_id} already {run.state}; only queued or running runs cancel.")

@@ -303,6 +303,7 @@ def finish_run(output: Any, *, run_id: str, gen: int, workflow: str) -> None:
     event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
     if store.finish(run_id, gen, time.time(), output_json, event):
         admission.released(run_id, store)
+        spans.run_ended(run_id, store)
 
 
 def resume_run(*, run_id: str, gen: int) -> None:

@@ -17,6 +17,7 @@ from .. import hooks
 from ..config import get_settings
 from ..serialization import dumps
 from ..store import get_store
+from . import trace
 from .control import Run
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def run_failed(run_id: str) -> None:
     if not get_store().claim_failure_notice(run_id):
         return
     run = Run.load(run_id)
+    trace.run_ended(run_id, get_store())  # the root span, once, by whoever failed the run
     hooks.call(hooks.run_failed, run)
     url = get_settings().failure_webhook
     if url:

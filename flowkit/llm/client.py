@@ -238,9 +238,12 @@ class _Call:
             request["tools"] = [t.get("function", {}).get("name") for t in request["tools"] if isinstance(t, dict)]
         content_key = "messages" if self.operation == CHAT else "input"
         now = time.monotonic()
+        address, port = provider.server() if provider else (None, None)
         return {
             "id": trace.new_span_id("llm"), "kind": "llm", "operation": self.operation,
             "provider": provider.name if provider else None,
+            "system": provider.system if provider else None,
+            "server_address": address, "server_port": port,
             "model": provider.model_for(self.requested) if provider else self.requested,
             "requested_model": self.requested, "request": trace.bounded(request),
             content_key: trace.bounded(self.kwargs.get(content_key)),
@@ -253,7 +256,9 @@ class _Call:
     def finish_response(self, provider: Provider | None, response: Any, cached: bool = False) -> None:
         span = self._span(provider)
         usage = getattr(response, "usage", None)
-        span.update(status="ok", cached=cached or None, ttft=None, **_usage_fields(usage))
+        span.update(status="ok", cached=cached or None, ttft=None, **_usage_fields(usage),
+                    response_model=getattr(response, "model", None),
+                    response_id=getattr(response, "id", None))
         if self.operation == CHAT and response.choices:
             choice = response.choices[0]
             span["finish_reason"] = choice.finish_reason
@@ -270,6 +275,7 @@ class _Call:
             status="ok" if error is None else "error", stream=True,
             ttft=round(ttft, 6) if ttft is not None else None,
             finish_reason=summary.get("finish_reason"), output=trace.bounded(summary.get("text", "")),
+            response_model=summary.get("model"), response_id=summary.get("id"),
             **_usage_fields(summary.get("usage")),
         )
         if error is not None:

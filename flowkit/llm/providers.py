@@ -61,6 +61,9 @@ class Provider:
     options: dict[str, Any] = field(default_factory=dict)
     #: A ready SDK client (``flowkit.llm.wrap``); its own retries are turned off.
     client: openai.OpenAI | None = field(default=None, repr=False)
+    #: Who serves this endpoint, as OpenTelemetry's ``gen_ai.provider.name`` says it
+    #: (``openai``, ``azure.ai.openai``, ``groq``, ...): traces name it per call.
+    system: str = "openai"
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name:
@@ -92,6 +95,13 @@ class Provider:
     def sdk_client(self) -> openai.OpenAI:
         """The SDK client for the next request (one of the provider's connection pools)."""
         return self._clients[next(self._turn) % len(self._clients)]
+
+    def server(self) -> tuple[str | None, int | None]:
+        """The endpoint's host and port (OpenTelemetry's ``server.address``/``server.port``)."""
+        url = urlparse(str(self.client.base_url)) if self.client is not None else None
+        if url is None or not url.hostname:
+            return None, None
+        return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
     def model_for(self, requested: str) -> str:
         return self.models.get(requested, requested)

@@ -80,6 +80,9 @@ class TracedStream:
                 raise
             if getattr(chunk, "usage", None) is not None:
                 self.summary["usage"] = chunk.usage
+            if not self.summary.get("model"):  # the model and id the server answered with
+                self.summary["model"] = getattr(chunk, "model", None)
+                self.summary["id"] = getattr(chunk, "id", None)
             for choice in chunk.choices or ():
                 content = getattr(choice.delta, "content", None)
                 if content:

@@ -182,7 +182,7 @@ def test_a_stored_trace_exports_to_opentelemetry(llm):
     (root,) = [s for s in finished if s.name == "workflow llmtest_both"]
     (step,) = [s for s in finished if s.name == "step 0:llmtest.both"]
     assert root.parent is None and step.parent.span_id == root.context.span_id
-    chats = [s for s in finished if s.name == "llm chat.completions gpt-4o-mini"]
+    chats = [s for s in finished if s.name == "chat gpt-4o-mini"]
     assert all(c.parent.span_id == step.context.span_id for c in chats)
-    assert sorted(c.attributes["flowkit.completion_tokens"] for c in chats) == [5, 12]
+    assert sorted(c.attributes["gen_ai.usage.output_tokens"] for c in chats) == [5, 12]
     assert all(c.end_time > c.start_time for c in chats)

@@ -16,12 +16,13 @@ from ...store import Store, get_store
 from . import spans
 from .otel import add_exporter, remove_exporters, to_otel
 from .redaction import REDACTED, bounded, redact, remember_secret, secret_values
-from .spans import WORKFLOW_SPAN, new_span_id, record_call
+from .spans import WORKFLOW_SPAN, new_span_id, record_call, run_ended
 from .writer import writer
 
 __all__ = [
     "REDACTED", "WORKFLOW_SPAN", "add_exporter", "bounded", "export_run", "flush",
     "new_span_id", "read", "record_call", "redact", "remember_secret", "remove_exporters",
+    "run_ended",
     "secret_values", "to_otel",
 ]
 

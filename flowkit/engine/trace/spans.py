@@ -108,6 +108,20 @@ def workflow_span(run_id: str, h: dict[str, str]) -> dict[str, Any]:
     return span
 
 
+def run_ended(run_id: str, store: Store) -> None:
+    """The run ended in this process: its workflow span, the root every other span of the
+    run points at, goes to the live exporters (it is made from the run's record, never
+    recorded, so nothing else would export it)."""
+    if not otel.exporting():
+        return
+    try:
+        record_ = store.get_run(run_id)
+        if record_ and record_.get("finished_at"):
+            otel.export(run_id, workflow_span(run_id, record_))
+    except Exception:  # observability must never fail the run's end
+        log.exception("flowkit: could not export the workflow span of run %s", run_id)
+
+
 # -- step attempts ---------------------------------------------------------------------------
 
 
