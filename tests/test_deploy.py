@@ -1,0 +1,182 @@
+"""The deployment recipes in deploy/ run the Procfile's processes and give them time to drain.
+
+No Docker, systemd or Kubernetes here: each recipe is parsed (systemd units with
+configparser, the Dockerfile by its instructions, compose and Kubernetes with PyYAML) and
+held to the Procfile's commands and to the grace relations: a process manager must wait
+longer than FLOWKIT_DRAIN_GRACE (workers) or gunicorn's graceful_timeout (web) before it
+kills, or a stop cuts the drain short.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import json
+import os
+import re
+import shlex
+
+import pytest
+
+from flowkit import defaults
+from flowkit.api import gunicorn_config
+from tests.conftest import ROOT
+
+yaml = pytest.importorskip("yaml")
+
+DEPLOY = os.path.join(ROOT, "deploy")
+#: Time a drained worker needs after its grace: hand over what still runs, exit.
+HANDOVER = 10
+WORKERS = ("worker", "worker_llm")
+
+
+def procfile() -> dict[str, list[str]]:
+    with open(os.path.join(ROOT, "Procfile")) as f:
+        entries = (line.partition(":") for line in f if line.strip() and not line.startswith("#"))
+        return {name.strip(): shlex.split(command) for name, _, command in entries}
+
+
+def seconds(value: str | int) -> float:
+    """A duration as systemd ("60", "60s", "1min") or compose ("60s", "1m30s") write it."""
+    text = str(value).strip()
+    if text.isdigit():
+        return float(text)
+    units = {"h": 3600, "min": 60, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|min|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text.replace(" ", ""), text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def drain_grace(env: dict[str, str]) -> float:
+    return float(env.get("FLOWKIT_DRAIN_GRACE", defaults.DRAIN_GRACE))
+
+
+def needed_stop_time(process: str, env: dict[str, str], pre_stop: float = 0.0) -> float:
+    """How long a stop must wait before it kills ``process`` (strictly more than this)."""
+    if process in WORKERS:
+        return pre_stop + drain_grace(env) + HANDOVER
+    if process == "web":
+        return pre_stop + gunicorn_config.graceful_timeout
+    return 0.0
+
+
+def test_the_procfile_has_the_processes_the_recipes_cover():
+    assert set(procfile()) == {"web", "worker", "worker_llm", "beat"}
+
+
+# -- systemd ---------------------------------------------------------------------------------
+
+
+def unit(process: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd's keys are case-sensitive
+    path = os.path.join(DEPLOY, "systemd", f"flowkit-{process.replace('_', '-')}.service")
+    assert parser.read(path), f"no systemd unit {path}"
+    return parser
+
+
+@pytest.mark.parametrize("process", ["web", "worker", "worker_llm", "beat"])
+def test_a_systemd_unit_runs_the_procfile_command_and_waits_out_the_drain(process):
+    service = unit(process)["Service"]
+    command = shlex.split(service["ExecStart"].replace("%%", "%"))  # %% is systemd's escape
+    expected = procfile()[process]
+    assert os.path.basename(command[0]) == expected[0] and command[1:] == expected[1:]
+    env = dict(e.split("=", 1) for e in shlex.split(service.get("Environment", "")))
+    # SIGTERM to the main process only, SIGKILL to what is left after TimeoutStopSec
+    assert service["KillMode"] == "mixed" and service.get("KillSignal", "SIGTERM") == "SIGTERM"
+    assert seconds(service["TimeoutStopSec"]) > needed_stop_time(process, env)
+    assert service["Restart"] == "always"
+
+
+# -- Docker ----------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    with open(os.path.join(DEPLOY, "Dockerfile")) as f:
+        lines = [line.rstrip("\n") for line in f if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(w.upper(), rest.strip()) for w, _, rest in
+            (line.strip().partition(" ") for line in joined.splitlines() if line.strip())]
+
+
+def test_the_dockerfile_starts_the_web_process_as_pid_1_and_holds_every_process_code():
+    instructions = dockerfile()
+    [cmd] = [args for op, args in instructions if op == "CMD"]
+    # exec form: no shell as PID 1, which would not pass SIGTERM on
+    assert json.loads(cmd) == procfile()["web"]
+    assert not [args for op, args in instructions if op == "ENTRYPOINT"]
+    assert ("STOPSIGNAL", "SIGTERM") in instructions
+    copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
+    assert {"flowkit", "pyproject.toml"} <= copied
+    assert needed_modules() <= copied, needed_modules() - copied
+
+
+def needed_modules() -> set[str]:
+    """The top-level packages the Procfile's commands import: the -A apps, the WSGI app,
+    the gunicorn config, and the modules those Celery apps import (``imports=[...]``)."""
+    found: set[str] = set()
+    apps = []
+    for argv in procfile().values():
+        for flag, value in zip(argv, argv[1:], strict=False):
+            if flag in ("-A", "-c"):
+                found.add(re.split(r"[./:]", value)[0])
+            if flag == "-A":
+                apps.append(value)
+        wsgi = [a for a in argv if re.fullmatch(r"\w+(\.\w+)*:\w+", a)]
+        found.update(a.split(".")[0].split(":")[0] for a in wsgi)
+    for app in apps:
+        with open(os.path.join(ROOT, *app.split(".")) + ".py") as f:
+            for node in ast.walk(ast.parse(f.read())):
+                if isinstance(node, ast.keyword) and node.arg == "imports":
+                    found.update(ast.literal_eval(node.value))
+    return found
+
+
+def test_compose_runs_every_procfile_process_from_the_image_and_outwaits_the_drain():
+    with open(os.path.join(DEPLOY, "compose.yaml")) as f:
+        services = yaml.safe_load(f)["services"]
+    for process, command in procfile().items():
+        service = services[process]
+        assert service["command"] == command
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile" and service["init"] is True
+        env = {k: str(v) for k, v in service["environment"].items()}
+        # compose's default stop_grace_period is 10 s: too short for a drain
+        assert seconds(service["stop_grace_period"]) > needed_stop_time(process, env), process
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes"  # the README's advice: AOF on
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+
+def manifests() -> list[dict]:
+    with open(os.path.join(DEPLOY, "kubernetes", "flowkit.yaml")) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def pre_stop_seconds(container: dict) -> float:
+    hook = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if not hook:
+        return 0.0
+    assert hook[0] == "sleep", hook
+    return float(hook[1])
+
+
+def test_kubernetes_runs_every_procfile_process_and_its_grace_outlasts_the_drain():
+    docs = manifests()
+    [config] = [d for d in docs if d["kind"] == "ConfigMap"]
+    env = config["data"]
+    deployments = {d["metadata"]["labels"]["process"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == set(procfile())
+    for process, command in procfile().items():
+        pod = deployments[process]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["command"] == command
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"]
+        needed = needed_stop_time(process, env, pre_stop_seconds(container))
+        assert pod["terminationGracePeriodSeconds"] > needed, process
+    beat = deployments["beat"]["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+    web = deployments["web"]["spec"]["template"]["spec"]["containers"][0]
+    assert pre_stop_seconds(web) > 0, "web stops taking connections before its SIGTERM"
