@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import flowkit
-from flowkit import component, continue_with, fan_out
+from flowkit import component, continue_with, fan_out, parallel
 
 QUEUE = "monitored"
 
@@ -52,5 +52,8 @@ def slow(data: dict) -> dict:
 fanned = flowkit.Workflow("mon.fanned", [split, fan_out(square), total], queue=QUEUE)
 batched = flowkit.Workflow("mon.batched", [split, fan_out(square, batch=2), total], queue=QUEUE)
 looping = flowkit.Workflow("mon.looping", [think], queue=QUEUE)
+# replaced tasks inside a parallel group: its join still gets their outputs
+nested = flowkit.Workflow("mon.nested", [split, parallel(fan_out(square), total)], queue=QUEUE)
+looping_twice = flowkit.Workflow("mon.looping_twice", [parallel(think, think)], queue=QUEUE)
 failing = flowkit.Workflow("mon.failing", [broken.retry(attempts=1)], queue=QUEUE)
 slowly = flowkit.Workflow("mon.slowly", [slow], queue=QUEUE)

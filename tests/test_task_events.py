@@ -118,9 +118,12 @@ def test_every_flowkit_task_reaches_a_monitor_received_started_and_succeeded(eve
     monitored("flower")
     worker_name = f"flower@{os.uname().nodename}"
     runs = [wf.fanned.start({"n": 3}), wf.batched.start({"n": 4}),
-            wf.looping.start({"round": 0}), wf.failing.start({})]
+            wf.looping.start({"round": 0}), wf.failing.start({}),
+            wf.nested.start({"n": 3}), wf.looping_twice.start({"round": 1})]
     finished = [run.wait(30) for run in runs]
-    assert [r.state for r in finished] == ["succeeded", "succeeded", "succeeded", "failed"]
+    assert [r.state for r in finished] == ["succeeded"] * 3 + ["failed"] + ["succeeded"] * 2
+    assert finished[4].output == [[0, 1, 4], 0 + 1 + 2]
+    assert finished[5].output == [{"round": 3}, {"round": 3}]
     run_ids = {run.id for run in runs}
 
     def ours() -> dict[str, dict]:
@@ -142,12 +145,13 @@ def test_every_flowkit_task_reaches_a_monitor_received_started_and_succeeded(eve
         assert task["hostname"] == worker_name
     # arguments a person can read: the run, the step, the input
     [fan_out] = [t for t in tasks.values() if t["name"] == "flowkit.fan_out"
-                 and "'batch'" not in t["kwargs"]]
+                 and runs[0].id in t["kwargs"]]
     assert fan_out["args"] == "([0, 1, 2],)"
     assert f"'run_id': '{runs[0].id}'" in fan_out["kwargs"] and "'key': '1:mon.square'" in \
         fan_out["kwargs"]
     thinks = [t for t in tasks.values() if t["name"] == "flowkit.step.mon.think"]
-    assert sorted(t["args"] for t in thinks) == [f"({{'round': {i}}},)" for i in range(4)]
+    assert sorted(t["args"] for t in thinks) == sorted(
+        [f"({{'round': {i}}},)" for i in range(4)] + [f"({{'round': {i}}},)" for i in (1, 2, 3)] * 2)
 
 
 def test_the_reaper_has_a_queue_of_its_own_that_every_worker_consumes(

@@ -130,12 +130,15 @@ def routed(queue: str | None) -> dict[str, str]:
     return {"queue": queue} if queue else {}
 
 
-def replacement(sig: Signature) -> Signature:
-    """``sig`` frozen with task ids of its own, before ``Task.replace`` gives it the replaced
-    task's id (it only fills ids not yet set): two tasks under one id are one task to
+def replacement(sig: Signature, request: Any) -> Signature:
+    """``sig`` given task ids of its own before ``Task.replace`` gives it the replaced task's
+    (``request``'s; it only fills ids not yet set): two tasks under one id are one task to
     Celery's events, so monitors such as Flower showed a fan-out as its join and an agent
     loop's step as the next one (a ``flowkit.fan_out`` was never seen). A chord's id is its
-    join's."""
+    join's. Kept only where a join waits for the replaced task's own id: a member of a
+    group on a result backend other than Redis (Redis joins by the chord's list)."""
+    if getattr(request, "group", None) and not isinstance(get_app().backend, RedisBackend):
+        return sig
     (sig.body if isinstance(sig, _chord) else sig).set(task_id=uuid())
     return sig
 

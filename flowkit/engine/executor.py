@@ -282,7 +282,8 @@ def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -
     [queue] = store.run_fields(run_id, "queue")
     sig = canvas.step_signature(spec["component"], run_id, next_key, gen, spec.get("policy"),
                                 (spec["input"],), run_queue=queue or None)
-    return task.replace(canvas.replacement(canvas.with_priority(sig, task.request.delivery_info)))
+    sig = canvas.with_priority(sig, task.request.delivery_info)
+    return task.replace(canvas.replacement(sig, task.request))
 
 
 # -- the ends of a canvas ---------------------------------------------------------------------

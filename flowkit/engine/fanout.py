@@ -74,8 +74,8 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
         join = task.app.signature("flowkit.gather", kwargs={"known": known, "order": order,
                                                             "run_id": run_id, "gen": gen},
                                   **routed(queue), **result_options())
-    return task.replace(replacement(with_priority(chord(header, join),
-                                                  task.request.delivery_info)))
+    sig = with_priority(chord(header, join), task.request.delivery_info)
+    return task.replace(replacement(sig, task.request))
 
 
 def fan_out_batch(items: list, *, run_id: str, base: str, first: int, gen: int, component: str,
