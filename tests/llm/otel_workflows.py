@@ -25,4 +25,12 @@ def chat_twice_and_embed(data: dict) -> dict:
     return {"plain": plain.choices[0].message.content, "streamed": streamed}
 
 
+@component(name="llmtest.otel_failover")
+def ask_with_failover(data: dict) -> str:
+    reply = wf.client("failover").chat.completions.create(
+        model=wf.MODEL, messages=[{"role": "user", "content": data["prompt"]}], max_tokens=4)
+    return reply.choices[0].message.content
+
+
 exported = flowkit.Workflow("llmtest_otel", [chat_twice_and_embed], queue=QUEUE)
+failing_over = flowkit.Workflow("llmtest_otel_failover", [ask_with_failover], queue=QUEUE)

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.integration
 PROMPT = "a prompt that stays private unless asked"
 
 
-def exported_spans(llm_env, tmp_path, **env: str) -> tuple[str, list[dict]]:
-    """Run one workflow on a worker exporting live; its run id and every span it exported."""
+def exported_spans(llm_env, tmp_path, workflow=owf.exported, **env: str) -> tuple[str, list[dict]]:
+    """Run ``workflow`` on a worker exporting live; its run id and every span it exported."""
     dump = tmp_path / "spans.json"
     worker = WorkerProcess("tests.llm.otel_app", name="otel", queues=(owf.QUEUE,),
                            env={**llm_env, "OTEL_TEST_SPANS": str(dump), **env}, cwd=ROOT)
     with worker:
-        run = owf.exported.start({"prompt": PROMPT})
+        run = workflow.start({"prompt": PROMPT})
         run.result(timeout=30)
     assert worker.proc.returncode == 0, worker.output()
     return run.id, json.loads(dump.read_text())
@@ -91,3 +91,17 @@ def test_message_contents_are_exported_when_opted_in(store, servers, llm_env, tm
         assert answer["role"] == "assistant" and answer["parts"][0]["content"]
         assert [answer["finish_reason"]] == chat["attributes"]["gen_ai.response.finish_reasons"]
     assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"flowkit"}
+
+
+def test_a_call_that_failed_over_names_the_model_sent_and_keeps_flowkits_failovers(
+    store, servers, llm_env, tmp_path
+):
+    primary, _ = servers
+    primary.set_down(True)
+    _, spans = exported_spans(llm_env, tmp_path, workflow=owf.failing_over)
+    [chat] = by_name(spans)["chat backup-model"]  # the model as the backup provider calls it
+    a = chat["attributes"]
+    assert a["gen_ai.request.model"] == a["gen_ai.response.model"] == "backup-model"
+    assert a["flowkit.requested_model"] == wf.MODEL and a["flowkit.provider"] == "backup"
+    [failed] = json.loads(a["flowkit.failovers"])
+    assert failed["provider"] == "primary"

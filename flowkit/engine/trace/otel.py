@@ -132,7 +132,7 @@ _REQUEST = {
 }
 #: fields of an llm span exported as gen_ai.* (or, for contents, only when opted in)
 _GENAI_FIELDS = frozenset({
-    "operation", "system", "model", "requested_model", "response_model", "response_id",
+    "operation", "system", "model", "response_model", "response_id",
     "prompt_tokens", "completion_tokens", "finish_reason", "server_address", "server_port",
     "messages", "input", "output",
 })
@@ -145,7 +145,9 @@ def genai_attributes(span: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {
         "gen_ai.operation.name": _OPERATIONS.get(operation, operation),
         "gen_ai.provider.name": span.get("system") or "openai",
-        "gen_ai.request.model": span.get("requested_model") or span.get("model") or "?",
+        # as sent to this provider (a failover may map it: flowkit.requested_model says
+        # what the caller asked for)
+        "gen_ai.request.model": span.get("model") or span.get("requested_model") or "?",
         "gen_ai.response.model": span.get("response_model") or span.get("model"),
         "gen_ai.response.id": span.get("response_id"),
         "gen_ai.usage.input_tokens": span.get("prompt_tokens"),
