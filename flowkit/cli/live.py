@@ -119,6 +119,10 @@ class RunView:
         line = f"run {self.state}"
         return f"{line}: {self.note}" if self.note else line
 
+    def __rich__(self) -> Group:
+        """Drawn at each of ``Live``'s refreshes: times and ETAs go on between events."""
+        return self.render()
+
     def render(self, now: float | None = None) -> Group:
         """The live picture: the run's state, a table of steps, the current step's text."""
         now = time.time() if now is None else now
@@ -127,7 +131,7 @@ class RunView:
         if self.note:
             head.append(f"  {self.note}", style="dim")
         table = Table.grid(padding=(0, 2))
-        for step in self.steps.values():
+        for step in list(self.steps.values()):  # a copy: feed() may add steps meanwhile
             table.add_row(*_row(step, now))
         parts: list[Any] = [head, table]
         current = self.steps.get(self.current or "")

@@ -153,11 +153,10 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) ->
             for event in runs.events(run_id, after):
                 print(json.dumps(event, default=str), flush=True)
         elif console.is_terminal:
-            with Live(view.render(), console=console, refresh_per_second=8,
-                      transient=False) as live:
+            with Live(view, console=console, refresh_per_second=8) as live:
                 for event in runs.events(run_id, after):
                     view.feed(event)
-                    live.update(view.render())
+                    live.refresh()  # at once, not at the next tick
         else:
             printer = Printer(console)
             console.print(f"following run {run_id}", markup=False)
