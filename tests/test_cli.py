@@ -1,21 +1,33 @@
-"""The ``flowkit`` command line, run as a real subprocess."""
+"""The ``flowkit`` command line, run as a real subprocess: each run command in its human form
+and with ``--json``, and bad arguments (one line, exit code 2, never a traceback)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
+from flowkit import __version__
 from tests import workflows as wf
+from tests.conftest import open_gate, reached_gate, wait_until
 
 pytestmark = pytest.mark.integration
+
+#: A local date-time as the CLI prints it, with how long ago: never an epoch float.
+HUMAN_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \([0-9.]+s ago\)")
 
 
 def flowkit_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flowkit.cli", *args], env={**env},
                           capture_output=True, text=True, timeout=60)
+
+
+def rows(summary: str) -> dict[str, str]:
+    """``flowkit status``'s rows: label, two spaces or more, value."""
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in summary.splitlines())
 
 
 @pytest.fixture
@@ -25,19 +37,85 @@ def env(flowkit_env, store, worker):
     return {**os.environ, **flowkit_env}
 
 
-def test_status_and_events_of_a_run(env):
+def test_status_and_events_of_a_run_as_json(env):
     run = wf.simple.start({"n": 1})
     run.result(20)
-    status = flowkit_cli("status", run.id, env=env)
+    status = flowkit_cli("status", run.id, "--json", env=env)
     assert status.returncode == 0
     assert json.loads(status.stdout)["state"] == "succeeded"
-    lines = flowkit_cli("events", run.id, env=env).stdout.splitlines()
+    lines = flowkit_cli("events", run.id, "--json", env=env).stdout.splitlines()
     assert [json.loads(line)["type"] for line in lines][-1] == "run.succeeded"
-    followed = flowkit_cli("events", "-f", run.id, "--after", json.loads(lines[0])["id"], env=env)
+    followed = flowkit_cli("events", "-f", run.id, "--after", json.loads(lines[0])["id"], "--json",
+                           env=env)
     assert len(followed.stdout.splitlines()) == len(lines) - 1
 
 
-@pytest.mark.parametrize("command", [["status"], ["events"], ["events", "-f"], ["cancel"]])
+def test_status_for_a_person_says_state_times_and_output(env):
+    run = wf.simple.start({"n": 1})
+    out = run.result(20)
+    status = flowkit_cli("status", run.id, env=env)
+    assert status.returncode == 0, status.stderr
+    shown = rows(status.stdout)
+    assert shown["Run"] == run.id and shown["State"] == "succeeded"
+    assert shown["Workflow"] == "simple (version 1)"
+    assert HUMAN_TIME.fullmatch(shown["Created"])
+    assert re.fullmatch(HUMAN_TIME.pattern + r", took [0-9.]+s", shown["Finished"])
+    assert json.loads(shown["Output"]) == out
+    assert "\x1b[" not in status.stdout, "no colour codes into a pipe"
+
+
+def test_status_of_a_failed_run_names_the_step_and_the_error(env):
+    run = wf.exhausted.start({"n": 1, "fail_times": 5})
+    run.wait(20)
+    shown = rows(flowkit_cli("status", run.id, env=env).stdout)
+    assert shown["State"] == "failed"
+    assert shown["Error"] == "Flaky in step 1:t.flaky after 2 attempts: flaky failure 2"
+
+
+def test_events_for_a_person_are_one_line_each(env):
+    run = wf.chatty.start({"n": 1})
+    run.result(20)
+    lines = flowkit_cli("events", run.id, env=env).stdout.splitlines()
+    assert len(lines) == len(run.events())
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3}  [a-z]+\.[a-z]+", line) for line in lines)
+    by_type = {line.split()[1]: line for line in lines}
+    assert by_type["step.output"].endswith("gamma")  # the last chunk's own line
+    assert re.search(r"0:t\.talker #1 +word 3/3 \(100%", by_type["step.progress"])
+    assert re.search(r"took [0-9.]+s$", by_type["step.completed"])
+    assert by_type["run.succeeded"].endswith('output {"n": 1, "words": 3}')
+
+
+def test_cancel_in_both_forms(env):
+    for form in ([], ["--json"]):
+        run = wf.chain3.start({"n": 1})
+        reached_gate(run, "gated")
+        result = flowkit_cli("cancel", run.id, *form, env=env)
+        open_gate(run, "gated")  # the step thread goes on, sees the cancel and stops
+        assert result.returncode == 0, result.stderr
+        if form:
+            assert json.loads(result.stdout)["state"] == "cancelled"
+        else:
+            assert result.stdout.startswith(f"Cancelled run {run.id} (chain3): it is cancelled")
+
+
+def test_input_and_event_in_both_forms(env):
+    run = wf.approval.start({"n": 1})
+    wait_until(lambda: run.refresh().state == "waiting", 20, "the run to wait for input")
+    said = flowkit_cli("input", run.id, "approval", '{"ok": true}', env=env)
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.startswith("Input 'approval' accepted: the run resumed")
+    assert run.result(20)["approved"] is True
+    again = flowkit_cli("input", run.id, "approval", '{"ok": true}', "--json", env=env)
+    assert again.returncode == 1 and "does not wait for input 'approval'" in again.stderr
+
+    assert flowkit_cli("event", "nobody-waits", env=env).stdout.strip() == (
+        "Event 'nobody-waits' sent: it woke 0 waiting runs.")
+    assert json.loads(flowkit_cli("event", "nobody-waits", "--json", env=env).stdout) == {
+        "woken": 0}
+
+
+@pytest.mark.parametrize("command", [["status"], ["events"], ["events", "-f"], ["cancel"],
+                                     ["trace"], ["status", "--json"]])
 def test_unknown_run_is_a_clear_message_not_a_traceback(env, command):
     result = flowkit_cli(*command, "01UNKNOWN", env=env)
     assert result.returncode == 1
@@ -55,17 +133,51 @@ def test_retry_of_a_run_that_did_not_fail_says_why(env):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    (["input", "01X", "approval", "yes"], "flowkit input: the value must be JSON"),
+    (["event", "key", "{bad"], "flowkit event: the data must be JSON"),
+    (["retry", "01X", "-A", "no_such_module_here"], "flowkit retry: cannot import"),
+    (["events", "01X", "--after", "yesterday"], "is not an event id"),
+    (["runs", "--state", "done"], "invalid choice: 'done'"),
+    (["runs", "--limit", "0"], "a number of runs from 1 to 1000"),
+    (["status"], "the following arguments are required: RUN_ID"),
+    (["doctor", "-A", "no_such_module_here"], "flowkit doctor: cannot import"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments_exit_2_with_what_to_do(env, args, says):
+    result = flowkit_cli(*args, env=env)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+    if not result.stderr.startswith("usage:"):  # argparse's own: usage, then the error
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "flowkit.cli", "--version"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"flowkit {__version__}"
+
+
 def test_no_command_prints_usage():
     result = subprocess.run([sys.executable, "-m", "flowkit.cli"], capture_output=True, text=True)
     assert result.returncode == 2 and "usage: flowkit" in result.stdout
 
 
-def test_unreachable_redis_says_what_to_do(env):
+@pytest.mark.parametrize("command", [["status", "01X"], ["runs"], ["workers"], ["doctor"]])
+def test_unreachable_redis_says_what_to_do(env, command):
     from flowkit.testing import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = flowkit_cli("status", "01X", env={**env, "FLOWKIT_REDIS_URL": url})
+    result = flowkit_cli(*command, "-A", "tests.app", env={**env, "FLOWKIT_REDIS_URL": url}) \
+        if command == ["doctor"] else flowkit_cli(*command, env={**env, "FLOWKIT_REDIS_URL": url})
+    if command == ["doctor"]:  # the doctor's finding, not an error: it says the same
+        assert result.returncode == 1
+        assert "✗ redis" in result.stdout and f"Redis at {url} does not answer." in result.stdout
+        assert "fix: Start it, or point FLOWKIT_REDIS_URL at your Redis." in result.stdout
+        return
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"flowkit status: cannot reach Redis at {url}; start it, or point FLOWKIT_REDIS_URL at your Redis."
+        f"flowkit {command[0]}: cannot reach Redis at {url}; start it, or point FLOWKIT_REDIS_URL "
+        "at your Redis."
     )

@@ -126,8 +126,7 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
     (["nope", "--every", "60", *APP], 1,
      "No workflow named 'nope' (in tests.workflows: approval, "),
     (["simple", "--every", "60", "-A", "no_such_module.app"], 2,
-     "cannot import no_such_module.app (No module named 'no_such_module'); pass -A/--app "
-     "with the module that imports your workflows, e.g. -A myproject.workers."),
+     "cannot import 'no_such_module.app' (no module 'no_such_module' from "),
     (["simple", "--input", '{"n": 1}', *APP], 2,
      "Give --cron or --every, one of them: e.g. --cron '0 9 * * 1-5' or --every 3600."),
     (["simple", "--cron", "0 9 * * *", "--every", "60", "--input", '{"n": 1}', *APP], 2,

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
 from ..version import __version__
-from . import dev, run, runs, schedules, workers
+from . import dev, doctor, listing, run, runs, schedules, trace, workers
 
 #: The modules whose commands the CLI offers.
-COMMAND_MODULES = [run, runs, workers, schedules, dev]
+COMMAND_MODULES = [run, runs, listing, trace, workers, doctor, schedules, dev]
 
 
 def build_parser() -> argparse.ArgumentParser:

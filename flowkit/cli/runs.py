@@ -1,41 +1,189 @@
-"""``flowkit status|events|cancel|retry|input|event``: inspect, control and answer runs."""
+"""``flowkit status|events|cancel|retry|input|event``: inspect, control and answer runs.
+
+Each prints for a person by default (local times, durations, one line per event) and
+the JSON document with ``--json`` (``events --json``: one JSON object per line, as
+before). Bad arguments are one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
 
 from .. import events as ev
 from ..engine import control as runs
 from .app import add_app_option, load_app
+from .output import add_json_option, emit, human_duration, human_time
+from .render import plural, short, show
 from .usage import UsageError
 
 
-def _print(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
+def _cursor(value: str) -> str:
+    cursor = ev.parse_cursor(value)
+    if cursor is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an event id: pass one printed by `flowkit events --json` "
+            "(e.g. 1733150645123-0), or 0 for the start")
+    return cursor
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def _error_line(error: dict[str, Any] | None) -> str | None:
+    if not error:
+        return None
+    where = f" in step {error['step']}" if error.get("step") else ""
+    tried = len(error.get("attempts") or ())
+    after = f" after {plural(tried, 'attempt')}" if tried > 1 else ""
+    return f"{error.get('type', 'Error')}{where}{after}: {error.get('message', '')}"
+
+
+def _waits_line(run: dict[str, Any]) -> str | None:
+    parts = []
+    for wait in run.get("waits") or ():
+        what = f"{wait.get('kind')} {wait.get('name') or wait.get('key') or ''}".strip()
+        if wait.get("expires_at"):
+            what += f" until {human_time(wait['expires_at'])}"
+        if wait.get("kind") == "input":
+            what += f" (answer: flowkit input {run['id']} {wait.get('name')} JSON)"
+        parts.append(what)
+    for reason in (run.get("waiting_for"), run.get("held_for")):
+        if reason:
+            parts.append(reason)
+    if run.get("state") == "scheduled" and run.get("start_at"):
+        parts.append(f"its start at {human_time(run['start_at'])}")
+    return "; ".join(parts) or None
+
+
+def status_text(run: dict[str, Any]) -> Table:
+    """A run's record for a person: what it is, where it is, how long it took."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+
+    def row(label: str, value: Any) -> None:
+        if value not in (None, "", [], {}):
+            grid.add_row(label, str(value))
+
+    row("Run", run["id"])
+    row("Workflow", f"{run['workflow']} (version {run['version']})")
+    row("State", run["state"])
+    row("Waits for", _waits_line(run))
+    row("Created", human_time(run["created_at"]))
+    row("Started", human_time(run.get("started_at")) if run.get("started_at") else None)
+    if run.get("finished_at"):
+        took = float(run["finished_at"]) - float(run.get("started_at") or run["created_at"])
+        row("Finished", f"{human_time(run['finished_at'])}, took {human_duration(took)}")
+    elif run.get("started_at"):
+        row("Running for", human_duration(time.time() - float(run["started_at"])))
+    row("Queue", f"{run.get('queue') or '-'}, priority {run.get('priority', 0)}")
+    if run.get("worker") and not run.get("finished_at"):
+        beat = f", heartbeat {human_time(run['heartbeat_at'])}" if run.get("heartbeat_at") else ""
+        row("Worker", f"{run['worker']}{beat}")
+    if run.get("restarts"):
+        row("Restarts", f"{run['restarts']} ({run.get('stuck_restarts', 0)} in a row without "
+                        "progress)")
+    attempts = run.get("attempts") or {}
+    if attempts:
+        retried = {step: n for step, n in attempts.items() if n > 1}
+        text = f"{plural(len(attempts), 'step')} begun, {plural(sum(attempts.values()), 'attempt')}"
+        if retried:
+            text += "; tried again: " + ", ".join(f"{s} x{n}" for s, n in sorted(retried.items()))
+        row("Steps", text)
+    if run.get("concurrency_group"):
+        row("Concurrency", f"{run['concurrency_group']} (limit {run.get('concurrency_limit')})")
+    row("Owner", run.get("owner"))
+    row("Error", _error_line(run.get("error")))
+    if run["state"] == "succeeded":
+        row("Output", short(run.get("output"), 400))
+    row("See", f"flowkit trace {run['id']}  |  flowkit events {run['id']}")
+    return grid
 
 
 def status(args: argparse.Namespace) -> int:
-    _print(runs.get_run(args.run_id).to_dict())
+    run = runs.get_run(args.run_id).to_dict()
+    if args.json:
+        emit(args, run)
+    else:
+        show(status_text(run))
     return 0
+
+
+# -- events ----------------------------------------------------------------------------------
+
+#: Event fields the line shows in its own columns (or never: the run id is the command's).
+_SHOWN = {"id", "type", "ts", "run", "step", "attempt"}
+
+
+def _summary(event: dict[str, Any]) -> str:
+    kind, data = event["type"], {k: v for k, v in event.items() if k not in _SHOWN}
+    if kind == ev.STEP_OUTPUT:
+        return short(data.get("chunk"))
+    if kind == ev.STEP_PROGRESS:
+        text = data.get("message") or ""
+        if data.get("fraction") is not None:
+            text += f" ({data['fraction']:.0%}"
+            text += f", ETA {human_duration(data['eta'])})" if data.get("eta") is not None else ")"
+        return text
+    if kind == ev.STEP_COMPLETED:
+        text = f"took {human_duration(data.get('duration'))}"
+        if data.get("cached"):
+            text += ", from the cache"
+        if data.get("tokens"):
+            text += f", {data['tokens'].get('total', 0)} tokens"
+        return text
+    if kind == ev.STEP_RETRYING:
+        return (f"{data.get('error')}; attempt {data.get('next_attempt')} in "
+                f"{human_duration(data.get('delay'))}")
+    if kind in (ev.RUN_FAILED, ev.STEP_FAILED):
+        error = data.get("error")
+        return _error_line(error) if isinstance(error, dict) else str(error)
+    if kind == ev.RUN_SUCCEEDED:
+        return "output " + short(data.get("output"))
+    if kind == ev.RUN_SCHEDULED and data.get("start_at"):
+        return f"starts {human_time(data['start_at'])}"
+    return "  ".join(f"{k}={short(v, 80)}" for k, v in data.items())
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """``17:04:05.123  step.completed  0:t.add_one #1  took 0.12s``: one event, one line."""
+    stamp = datetime.fromtimestamp(float(event["ts"])).strftime("%H:%M:%S.%f")[:-3]
+    where = ""
+    if event.get("step"):
+        where = event["step"] + (f" #{event['attempt']}" if event.get("attempt") else "")
+    return f"{stamp}  {event['type']:<15} {where:<24} {_summary(event)}".rstrip()
 
 
 def events(args: argparse.Namespace) -> int:
     runs.get_run(args.run_id)  # an unknown run says so instead of waiting forever
     stream = runs.follow(args.run_id, args.after) if args.follow else runs.history(args.run_id, args.after)
     for event in stream:
-        print(json.dumps(event.to_dict(), default=str), flush=True)
+        doc = event.to_dict()
+        print(json.dumps(doc, default=str) if args.json else event_line(doc), flush=True)
     return 0
 
 
+# -- control -------------------------------------------------------------------------------
+
+
 def cancel(args: argparse.Namespace) -> int:
-    _print(runs.cancel(args.run_id).to_dict())
+    run = runs.cancel(args.run_id).to_dict()
+    emit(args, run, lambda r: f"Cancelled run {r['id']} ({r['workflow']}): it is {r['state']}; "
+                              "a running step stops at its next event or check.")
     return 0
 
 
 def retry(args: argparse.Namespace) -> int:
     load_app(args)
-    _print(runs.retry(args.run_id).to_dict())
+    run = runs.retry(args.run_id).to_dict()
+    emit(args, run, lambda r: f"Retrying run {r['id']} ({r['workflow']}) from its failed step: "
+                              f"it is {r['state']}. Follow it: flowkit events -f {r['id']}")
     return 0
 
 
@@ -49,43 +197,59 @@ def _json_arg(text: str, what: str):
 
 def send_input(args: argparse.Namespace) -> int:
     delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"))
-    _print({"outcome": delivery.outcome.value, "run": runs.get_run(args.run_id).to_dict()})
+    run = runs.get_run(args.run_id).to_dict()
+    said = {"resumed": "the run resumed", "delivered": "the run still waits for something else",
+            "same": "the same value was already accepted; nothing changed"}
+    emit(args, {"outcome": delivery.outcome.value, "run": run},
+         lambda d: f"Input {args.name!r} accepted: {said.get(d['outcome'], d['outcome'])} "
+                   f"(run {run['id']} is {run['state']}).")
     return 0
 
 
 def send_event(args: argparse.Namespace) -> int:
     data = _json_arg(args.data, "the data") if args.data is not None else None
-    _print({"woken": runs.send_event(args.key, data)})
+    woken = runs.send_event(args.key, data)
+    emit(args, {"woken": woken},
+         lambda d: f"Event {args.key!r} sent: it woke {plural(d['woken'], 'waiting run')}.")
     return 0
 
 
 def register(subs) -> None:
-    p = subs.add_parser("status", help="print a run's record as JSON")
-    p.add_argument("run_id")
+    p = subs.add_parser("status", help="show a run: state, times, steps, error or output")
+    p.add_argument("run_id", metavar="RUN_ID")
+    add_json_option(p)
     p.set_defaults(func=status)
 
-    p = subs.add_parser("events", help="print a run's events as JSON lines")
-    p.add_argument("run_id")
-    p.add_argument("--after", default=ev.START, help="event id to resume after")
+    p = subs.add_parser("events", help="print a run's events, one line each "
+                                       "(--json: JSON lines)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--after", default=ev.START, type=_cursor, metavar="EVENT_ID",
+                   help="print only the events after this event id")
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
+    add_json_option(p)
     p.set_defaults(func=events)
 
     p = subs.add_parser("cancel", help="cancel a queued or running run")
-    p.add_argument("run_id")
+    p.add_argument("run_id", metavar="RUN_ID")
+    add_json_option(p)
     p.set_defaults(func=cancel)
 
     p = subs.add_parser("retry", help="resume a failed run from its failed step")
-    p.add_argument("run_id")
+    p.add_argument("run_id", metavar="RUN_ID")
     add_app_option(p)
+    add_json_option(p)
     p.set_defaults(func=retry)
 
     p = subs.add_parser("input", help="answer a run waiting in wait_for_input(NAME)")
-    p.add_argument("run_id")
-    p.add_argument("name")
-    p.add_argument("value", help="the value, as JSON")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("value", metavar="VALUE", help="the value, as JSON")
+    add_json_option(p)
     p.set_defaults(func=send_input)
 
     p = subs.add_parser("event", help="send an event: runs waiting in wait_for_event(KEY) wake")
-    p.add_argument("key")
-    p.add_argument("data", nargs="?", default=None, help="its data, as JSON (default: null)")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("data", nargs="?", default=None, metavar="DATA",
+                   help="its data, as JSON (default: null)")
+    add_json_option(p)
     p.set_defaults(func=send_event)

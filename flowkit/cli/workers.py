@@ -1,4 +1,8 @@
-"""``flowkit drain``: drain named workers from anywhere, through Celery's remote control.
+"""``flowkit workers``: the live workers and the steps they run; ``flowkit drain``: drain
+named workers from anywhere, through Celery's remote control.
+
+``workers`` reads what each worker announces with its heartbeats (queues, pool, versions)
+and the leases of running steps, all from Redis: it needs no ``-A`` and no broker round trip.
 
 The workers stop consuming every queue at once (``cancel_consumer``); the command
 waits until they run nothing, or until the grace period ends, when the steps they
@@ -10,14 +14,53 @@ exit. A worker's own SIGTERM does the same for one process (flowkit.drain).
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from typing import Any
 
 from ..config import get_settings
+from ..engine import control, doctor
 from ..engine.broker import get_app
 from ..engine.drain import hand_over, held_by
 from ..errors import FlowkitError
 from .app import add_app_option, load_app
+from .output import add_json_option, emit, human_duration, human_time
+from .render import plural, show, table
+
+
+def _workers_view(data: dict[str, Any]) -> list[Any]:
+    now = time.time()
+    running: dict[str, int] = {}
+    for step in data["running"]:
+        running[step["node"]] = running.get(step["node"], 0) + 1
+    if not data["workers"]:
+        return ["No live worker: start one (celery -A <your app> worker --queues "
+                "<the queues your workflows route to>)."]
+    rows = [(w["name"], ",".join(w.get("queues") or ()) or "-",
+             f"{w.get('pool') or '?'} x {w.get('concurrency') or '?'}", w.get("processes"),
+             running.get(w["name"], 0), w.get("flowkit"), f"{human_duration(now - w['last_beat'])} ago")
+            for w in data["workers"]]
+    out: list[Any] = [table(("WORKER", "QUEUES", "POOL", "PROCESSES", "RUNNING", "FLOWKIT",
+                             "LAST BEAT"), rows, title=plural(len(rows), "live worker"))]
+    if data["running"]:
+        out.append("")
+        out.append(table(
+            ("RUN", "WORKFLOW", "STEP", "ATTEMPT", "WORKER", "LEASE LAPSES"),
+            [(s["run"], s["workflow"], s["step"], s["attempt"], s["worker"],
+              human_time(s["lease_expires"], now)) for s in data["running"]],
+            title=plural(len(data["running"]), "running step")))
+    else:
+        out.append("No step is running.")
+    return out
+
+
+def workers(args: argparse.Namespace) -> int:
+    data = {"workers": sorted(control.live_workers(), key=lambda w: w["name"]),
+            "running": doctor.running_steps()}
+    if args.json:
+        emit(args, data)
+    else:
+        show(*_workers_view(data))
+    return 0
 
 
 def _app(args: argparse.Namespace):
@@ -57,11 +100,24 @@ def drain(args: argparse.Namespace) -> int:
         busy = _wait_idle(app, names, args.stop_wait)  # the old attempts stop cooperatively
     if args.shutdown:
         app.control.shutdown(destination=names)
-    print(json.dumps({"workers": names, "idle": not busy, "handed_over": handed}))
+    emit(args, {"workers": names, "idle": not busy, "handed_over": handed}, _drained)
     return 0 if not busy else 1
 
 
+def _drained(data: dict[str, Any]) -> str:
+    names = ", ".join(data["workers"])
+    said = f"Drained {names}: " + ("idle." if data["idle"] else "still running steps.")
+    if data["handed_over"]:
+        said += (f" Handed over {plural(len(data['handed_over']), 'run')} (they restart from "
+                 f"their checkpoints on other workers): {', '.join(data['handed_over'])}.")
+    return said
+
+
 def register(subs) -> None:
+    p = subs.add_parser("workers", help="list live workers, their queues and running steps")
+    add_json_option(p)
+    p.set_defaults(func=workers)
+
     p = subs.add_parser("drain", help="stop named workers taking steps and wait until they are idle")
     p.add_argument("workers", nargs="+", metavar="WORKER", help="Celery node names, e.g. worker@host")
     add_app_option(p)
@@ -71,4 +127,5 @@ def register(subs) -> None:
     p.add_argument("--stop-wait", type=float, default=10.0,
                    help="seconds handed-over attempts get to notice and stop (default: 10)")
     p.add_argument("--shutdown", action="store_true", help="ask the workers to exit afterwards")
+    add_json_option(p)
     p.set_defaults(func=drain)

@@ -34,7 +34,7 @@ Keys that no run script touches live outside the shards, each a single-key opera
 ``flowkit:{schedules}:defs`` and ``:due`` (schedules, one slot of their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
 slot per group) and ``flowkit:cc:groups``,
-``flowkit:workers`` and ``flowkit:nodes`` (worker presence),
+``flowkit:workers`` and ``flowkit:nodes`` (worker presence), ``flowkit:reaper:swept``,
 ``flowkit:cache:...``,
 ``flowkit:rate:...`` and the relay's wake streams.
 
@@ -157,6 +157,11 @@ class Keys:
     def nodes(self) -> str:
         """HASH Celery node name -> what it announced when ready (queues, pool, concurrency)."""
         return f"{self.prefix}:nodes"
+
+    @property
+    def swept(self) -> str:
+        """STRING JSON {at, interval}: when the reaper's last sweep ended (is beat alive?)."""
+        return f"{self.prefix}:reaper:swept"
 
     def cache(self, component: str, version: str, digest: str) -> str:
         return f"{self.prefix}:cache:{component}:{version}:{digest}"

@@ -22,7 +22,7 @@ from redis.client import NEVER_DECODE
 from ..config import Settings
 from ..serialization import dumps, loads
 from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
-from . import archive, connection, scripts
+from . import archive, connection, scripts, server
 from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
 from .streams import EndWatch, Entry, StreamReader
@@ -680,6 +680,24 @@ class Store:
              "last_beat": max(seen)}
             for (node, seen), raw in zip(beats.items(), announced, strict=True)
         ]
+
+    # -- the deployment's health (flowkit doctor) -------------------------------------------
+
+    @_op
+    def record_sweep(self, now: float, interval: float) -> None:
+        """The reaper finished a sweep at ``now``; beat sends one every ``interval`` s."""
+        self.redis.set(self.keys.swept, dumps({"at": now, "interval": interval}))
+
+    @_op
+    def last_sweep(self) -> dict[str, float] | None:
+        """``{at, interval}`` of the reaper's last finished sweep; None if none was recorded."""
+        raw = self.redis.get(self.keys.swept)
+        return loads(raw) if raw else None
+
+    @_op
+    def server_info(self) -> dict[str, Any]:
+        """What this store's Redis says of itself: version, AOF, maxmemory and its policy."""
+        return server.describe(self.redis)
 
     # -- the deployment's metrics (flowkit.metrics) -------------------------------------------
 

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from ..component import registered
 from ..config import Settings
+from ..engine.doctor import longest_step_seconds
 from ..errors import ConfigError
-from ..workflow import workflows
 
-
-def longest_step_seconds() -> float | None:
-    """Worst-case duration of any configured step (all attempts, all waits); None if unbounded."""
-    comps = list(registered().values())
-    for wf in workflows().values():
-        comps.extend(wf.components())
-    longest = 0.0
-    for comp in comps:
-        pol = comp.policy
-        if pol.timeout is None:
-            continue
-        longest = max(longest, pol.timeout * pol.attempts + pol.backoff.maximum * (pol.attempts - 1))
-    return longest or None
+__all__ = ["check_visibility_timeout", "longest_step_seconds"]
 
 
 def check_visibility_timeout(settings: Settings) -> None:

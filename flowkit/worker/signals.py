@@ -15,6 +15,7 @@ from .. import metrics
 from ..config import get_settings
 from ..engine import drain, heartbeat
 from ..engine.broker import reaper_queue
+from ..engine.doctor import served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
 from .checks import check_visibility_timeout
@@ -51,15 +52,20 @@ def worker_ready(sender=None, **_) -> None:
 
 
 def node_info(consumer) -> dict:
-    """What /healthz shows of this worker: the queues it consumes, its pool and size."""
+    """What /healthz, ``flowkit workers`` and ``flowkit doctor`` show of this worker: the
+    queues it consumes, its pool and size, its broker visibility timeout, and what its code
+    serves (flowkit and workflow versions, the queues they route to, the longest step)."""
     controller = getattr(consumer, "controller", None)
     pool = getattr(consumer, "pool", None)
+    conf = consumer.app.conf
     return {
         # the reaper's queue is every worker's: it says nothing about this one
         "queues": sorted(set(consumer.app.amqp.queues.consume_from or ())
                          - {reaper_queue(consumer.app.conf.task_default_queue)}),
         "pool": type(pool).__module__.rpartition(".")[2] if pool is not None else None,
         "concurrency": getattr(controller, "concurrency", None),
+        "visibility_timeout": (conf.broker_transport_options or {}).get("visibility_timeout"),
+        **served(conf.task_default_queue),
     }
 
 

@@ -54,7 +54,7 @@ def test_follow_and_the_cli_follow_a_retried_run_to_its_success(flowkit_env, cli
     run = retried(client)
     followed = list(flowkit.follow(run["id"]))
     assert [e.id for e in followed] == history(run["id"]) and followed[-1].type == "run.succeeded"
-    cli = subprocess.run([sys.executable, "-m", "flowkit.cli", "events", "-f", run["id"]],
+    cli = subprocess.run([sys.executable, "-m", "flowkit.cli", "events", "-f", "--json", run["id"]],
                          env={**os.environ, **flowkit_env}, capture_output=True,
                          text=True, timeout=60)
     assert [json.loads(line)["id"] for line in cli.stdout.splitlines()] == history(run["id"])

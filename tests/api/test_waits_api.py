@@ -67,11 +67,11 @@ def test_the_cli_answers_input_and_sends_events(flowkit_env, store, worker):
     paused(run)
     bad = cli("input", run.id, "approval", "{not json")
     assert bad.returncode == 2 and "must be JSON" in bad.stderr
-    done = cli("input", run.id, "approval", '{"ok": true}')
+    done = cli("input", run.id, "approval", '{"ok": true}', "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "resumed"
     assert run.result(20)["approved"] is True
     waiting = wf.payment.start({"order": 12})
     paused(waiting)
-    sent = cli("event", "payment:12", '{"amount": 9}')
+    sent = cli("event", "payment:12", '{"amount": 9}', "--json")
     assert sent.returncode == 0 and json.loads(sent.stdout) == {"woken": 1}
     assert waiting.result(20)["paid"] == {"amount": 9}

@@ -109,7 +109,7 @@ def test_flowkit_drain_stops_a_named_worker_and_hands_over_what_outlives_the_gra
 
     drained = subprocess.run(
         [sys.executable, "-m", "flowkit.cli", "drain", node, "--app", "tests.chaos.app",
-         "--grace", "1.5", "--shutdown"],
+         "--grace", "1.5", "--shutdown", "--json"],
         env={**os.environ, **chaos_env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert drained.returncode == 0, drained.stderr

@@ -1,0 +1,307 @@
+"""``flowkit doctor``'s checks: is this deployment able to keep its promises, and what to fix.
+
+Each check returns :class:`Finding` s (``ok``, ``warning`` or ``failure``, a message and
+the fix) instead of printing or raising, so the CLI renders them and the worker's and the
+web process's startup checks or the API can reuse them. A **failure** loses, repeats or
+stalls work now or at a routine event (a Redis restart, a worker crash): Redis out of
+reach, AOF off, a memory limit that evicts keys, a broker visibility timeout shorter than
+a step, beat not sweeping, no live worker, a routed queue no live worker consumes. A
+**warning** is a state that may be intended but is worth a look: workers on different
+flowkit or workflow versions (a rolling deploy, or a worker left behind), a broker Redis
+without AOF (the reaper re-drives what it loses), an eviction policy that would evict once
+a memory limit is set, an app the doctor could not import.
+
+It also answers what the deployment serves and runs (:func:`served`,
+:func:`running_steps`) for the workers' announcements and ``flowkit workers``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..component import registered
+from ..errors import StoreUnavailable
+from ..store import HANDED_OVER, Store, get_store
+from ..store.server import probe
+from ..version import __version__
+from ..workflow import Workflow, workflows
+from .control import live_workers, unconsumed
+
+OK, WARNING, FAILURE = "ok", "warning", "failure"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's verdict: ``level`` is ok, warning or failure; ``fix`` says what to do."""
+
+    check: str
+    level: str
+    message: str
+    fix: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.level != FAILURE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+# -- what a process serves (announced by workers, checked by the doctor) ---------------------
+
+
+def longest_step_seconds() -> float | None:
+    """Worst-case duration of any configured step (all attempts, all waits); None if unbounded."""
+    comps = list(registered().values())
+    for wf in workflows().values():
+        comps.extend(wf.components())
+    longest = 0.0
+    for comp in comps:
+        pol = comp.policy
+        if pol.timeout is None:
+            continue
+        longest = max(longest, pol.timeout * pol.attempts + pol.backoff.maximum * (pol.attempts - 1))
+    return longest or None
+
+
+def served(default_queue: str) -> dict[str, Any]:
+    """What this process's code serves, for a worker's announcement: the flowkit version, its
+    workflows' versions, the queues they route to and its longest step."""
+    found = workflows()
+    return {
+        "flowkit": __version__,
+        "workflows": {name: wf.version for name, wf in sorted(found.items())},
+        "routes": _routes(found.values(), default_queue),
+        "longest_step": longest_step_seconds(),
+    }
+
+
+def _routes(found: Iterable[Workflow], default_queue: str) -> dict[str, list[str]]:
+    """Queue -> the workflows whose tasks go to it."""
+    routes: dict[str, set[str]] = {}
+    for wf in found:
+        for queue in wf.queues(default_queue):
+            routes.setdefault(queue, set()).add(wf.name)
+    return {queue: sorted(names) for queue, names in sorted(routes.items())}
+
+
+def running_steps(store: Store | None = None) -> list[dict[str, Any]]:
+    """Every step that holds a lease now: run, workflow, step, attempt, node, worker (the
+    process), and when its lease lapses unless renewed."""
+    store = store or get_store()
+    steps = []
+    for run_id, step, lease in store.leases():
+        if lease.get("token") == HANDED_OVER:
+            continue  # handed over: no process runs it any more
+        worker = str(lease.get("worker", ""))
+        workflow, = store.run_fields(run_id, "workflow")
+        steps.append({"run": run_id, "workflow": workflow, "step": step,
+                      "attempt": lease.get("attempt"), "node": worker.rpartition(":")[0],
+                      "worker": worker, "lease_expires": lease.get("expires")})
+    return sorted(steps, key=lambda s: (s["node"], s["run"], s["step"]))
+
+
+# -- the checks ------------------------------------------------------------------------------
+
+
+def examine(
+    app_workflows: Iterable[Workflow] | None, default_queue: str, broker_url: str | None,
+    store: Store | None = None, now: float | None = None,
+) -> list[Finding]:
+    """Every check, in the order a person fixes them. ``app_workflows``: the workflows of
+    the user's app (None: it was not imported; the workers' announced routes still count);
+    ``broker_url``: the Celery broker's, checked too when it is another Redis server."""
+    store = store or get_store()
+    now = time.time() if now is None else now
+    url = store.settings.redis_url
+    try:
+        info = store.server_info()
+    except StoreUnavailable:
+        return [Finding("redis", FAILURE, f"Redis at {_safe(url)} does not answer.",
+                        "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
+    found = [Finding("redis", OK, f"Redis {info['version']} at {_safe(url)} answers.")]
+    found += redis_settings(info, "redis")
+    if broker_url and _server(broker_url) not in (None, _server(url)):
+        found += broker(broker_url)
+    workers = live_workers(store)
+    found += worker_presence(workers)
+    found += beat(store.last_sweep(), now)
+    found += queues(app_workflows, default_queue, workers)
+    found += visibility(workers, store.settings.visibility_timeout)
+    found += versions(workers)
+    return found
+
+
+def redis_settings(info: dict[str, Any], check: str, level: str = FAILURE) -> list[Finding]:
+    """AOF on and writing; no eviction (``maxmemory-policy noeviction``)."""
+    found = []
+    if not info["aof_enabled"]:
+        found.append(Finding(
+            f"{check}.aof", level,
+            "AOF is off: a Redis restart loses what was written since the last snapshot "
+            "(runs, checkpoints, events).",
+            "Turn it on: CONFIG SET appendonly yes, and `appendonly yes` in redis.conf "
+            "(appendfsync everysec or always)."))
+    elif info.get("aof_last_write_status") not in (None, "ok"):
+        found.append(Finding(
+            f"{check}.aof", level, "AOF is on but its last write failed (disk full?).",
+            "Check Redis's log and free disk space for its appendonly file."))
+    else:
+        found.append(Finding(f"{check}.aof", OK, "AOF is on."))
+    policy, limit = info.get("maxmemory_policy"), info.get("maxmemory", 0)
+    if policy in (None, "noeviction"):
+        found.append(Finding(f"{check}.maxmemory-policy", OK,
+                             "maxmemory-policy is noeviction: Redis never drops a key."))
+    else:
+        found.append(Finding(
+            f"{check}.maxmemory-policy", level if limit else WARNING,
+            f"maxmemory-policy is {policy}"
+            + (f" with maxmemory {limit} bytes: Redis drops keys (runs, leases, queued "
+               "messages) when it is full." if limit else
+               ": no memory limit is set now, but with one Redis would drop keys."),
+            "CONFIG SET maxmemory-policy noeviction, and `maxmemory-policy noeviction` in "
+            "redis.conf (a full Redis then refuses writes instead of losing runs)."))
+    return found
+
+
+def broker(url: str) -> list[Finding]:
+    """The Celery broker on a Redis of its own: reachable, and what it loses."""
+    try:
+        info = probe(url)
+    except StoreUnavailable:
+        return [Finding("broker", FAILURE, f"The Celery broker at {_safe(url)} does not "
+                        "answer: no step can be sent or taken.",
+                        "Start it, or point FLOWKIT_BROKER_URL at it.")]
+    # messages only: the reaper re-drives runs whose message was lost, hence warnings
+    return [Finding("broker", OK, f"Broker Redis {info['version']} at {_safe(url)} answers."),
+            *redis_settings(info, "broker", level=WARNING)]
+
+
+def worker_presence(workers: list[dict[str, Any]]) -> list[Finding]:
+    if not workers:
+        return [Finding("workers", FAILURE, "No live worker: nothing runs steps.",
+                        "Start one: celery -A <your app> worker --queues <every queue your "
+                        "workflows route to>.")]
+    names = ", ".join(w["name"] for w in workers)
+    return [Finding("workers", OK, f"{len(workers)} live worker(s): {names}.")]
+
+
+def beat(last: dict[str, float] | None, now: float) -> list[Finding]:
+    """Beat alive: the reaper swept within three of its intervals (at least 30 s)."""
+    if last is None:
+        return [Finding("beat", FAILURE,
+                        "No reaper sweep was ever recorded: beat is not running, or no worker "
+                        "runs to take the sweeps it sends.",
+                        "Run one beat process: celery -A <your app> beat.")]
+    age, allowed = now - last["at"], max(3 * float(last.get("interval") or 0), 30.0)
+    if age > allowed:
+        return [Finding("beat", FAILURE,
+                        f"The reaper last swept {age:.0f}s ago (every {last['interval']:g}s "
+                        "expected): crashed runs are not restarted, timers and schedules do "
+                        "not fire.",
+                        "Start beat (celery -A <your app> beat, one process) and a worker.")]
+    return [Finding("beat", OK, f"The reaper swept {age:.1f}s ago.")]
+
+
+def queues(
+    app_workflows: Iterable[Workflow] | None, default_queue: str, workers: list[dict[str, Any]]
+) -> list[Finding]:
+    """Every queue a workflow routes to (the app's, and those the workers announced) has a
+    live consumer."""
+    routed: dict[str, set[str]] = {
+        queue: set(names) for queue, names in _routes(app_workflows or (), default_queue).items()}
+    for w in workers:
+        routes = w.get("routes") or {}
+        for queue in routes:
+            routed.setdefault(queue, set()).update(routes[queue] if isinstance(routes, dict) else ())
+    if not workers or not routed:
+        return []  # no worker: said above; no workflow known: nothing to check
+    found = []
+    for queue in unconsumed(set(routed), workers):
+        names = sorted(routed[queue])
+        what = f" (workflow {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" \
+            if names else ""
+        found.append(Finding(
+            "queues", FAILURE,
+            f"No live worker consumes queue {queue}{what}: its steps stay queued.",
+            f"Start a worker with --queues {queue} (or add it to a worker's --queues)."))
+    if not found:
+        found.append(Finding("queues", OK,
+                             f"Every routed queue has a live consumer: {', '.join(sorted(routed))}."))
+    return found
+
+
+def visibility(workers: list[dict[str, Any]], this_shell: int) -> list[Finding]:
+    """The broker's visibility timeout of each worker outlasts the longest step; else Redis
+    hands a step still running to a second worker."""
+    longest = max([s for s in [longest_step_seconds(), *(w.get("longest_step") for w in workers)]
+                   if s] or [0.0])
+    if not longest:
+        return [Finding("visibility-timeout", OK, "No component sets a timeout: nothing to "
+                        "compare with the broker's visibility timeout.")]
+    timeouts = {w["name"]: w["visibility_timeout"] for w in workers if w.get("visibility_timeout")}
+    timeouts = timeouts or {"this shell's FLOWKIT_VISIBILITY_TIMEOUT": this_shell}
+    short = {name: vt for name, vt in timeouts.items() if vt <= longest}
+    if short:
+        which = ", ".join(f"{name} ({vt}s)" for name, vt in sorted(short.items()))
+        return [Finding(
+            "visibility-timeout", FAILURE,
+            f"A step may run {longest:g}s (timeout x attempts + backoff), longer than the "
+            f"broker visibility timeout of {which}: Redis would hand it to a second worker.",
+            f"Set FLOWKIT_VISIBILITY_TIMEOUT above {int(longest) + 1} on every worker, or "
+            "shorten the component's timeout.")]
+    return [Finding("visibility-timeout", OK,
+                    f"The broker visibility timeout ({min(timeouts.values())}s) outlasts the "
+                    f"longest step ({longest:g}s).")]
+
+
+def versions(workers: list[dict[str, Any]]) -> list[Finding]:
+    """Workers on one flowkit version, serving the same version of each workflow."""
+    found = []
+    flowkits: dict[str, list[str]] = {}
+    for w in workers:
+        flowkits.setdefault(str(w.get("flowkit") or "unknown"), []).append(w["name"])
+    if len(flowkits) > 1:
+        found.append(Finding(
+            "versions", WARNING,
+            "Workers run different flowkit versions: " + "; ".join(
+                f"{v} on {', '.join(sorted(names))}" for v, names in sorted(flowkits.items())),
+            "Finish the rolling deploy, or restart the workers left behind."))
+    served_by: dict[str, dict[str, list[str]]] = {}
+    for w in workers:
+        for name, version in (w.get("workflows") or {}).items():
+            served_by.setdefault(name, {}).setdefault(str(version), []).append(w["name"])
+    for name, by_version in sorted(served_by.items()):
+        if len(by_version) > 1:
+            found.append(Finding(
+                "versions", WARNING,
+                f"Workflow {name} is served at versions " + "; ".join(
+                    f"{v} by {', '.join(sorted(ns))}" for v, ns in sorted(by_version.items())),
+                "Expected during a rolling deploy (each run stays on its version); otherwise "
+                "deploy the same code to every worker."))
+    if not found and workers:
+        found.append(Finding("versions", OK, "Every worker runs flowkit "
+                             f"{next(iter(flowkits))} and the same workflow versions."))
+    return found
+
+
+def _server(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a Redis URL; None for another broker (amqp://, ...)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return None
+    return parts.scheme, parts.hostname or parts.path, parts.port or 6379
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, to print."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+            f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
