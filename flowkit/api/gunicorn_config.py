@@ -26,7 +26,7 @@ from typing import Any
 __all__ = [
     "bind", "worker_class", "workers", "threads", "worker_connections", "timeout",
     "graceful_timeout", "keepalive", "accesslog", "control_socket_disable", "post_worker_init",
-    "child_exit",
+    "child_exit", "on_starting",
 ]
 
 bind = os.environ.get("FLOWKIT_WEB_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
@@ -48,6 +48,21 @@ control_socket_disable = _control == "off"
 if _control and _control != "off":
     control_socket = _control
     __all__ += ["control_socket"]
+
+
+def on_starting(server: Any) -> None:
+    """Before serving: warn loudly of a store Redis that would lose work (AOF off, an
+    evicting maxmemory-policy), and refuse to start (exit 2, one line) when Redis refuses
+    the credentials, instead of answering 503 to every request."""
+    from ..config import get_settings
+    from ..engine.doctor import say, startup_findings
+    from ..errors import ConfigError
+
+    try:
+        say(startup_findings(get_settings().redis_url), "web", server.log)
+    except ConfigError as exc:
+        server.log.error("flowkit web refuses to start: %s", exc)
+        raise SystemExit(2) from None
 
 
 def post_worker_init(worker: Any) -> None:

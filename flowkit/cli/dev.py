@@ -187,7 +187,10 @@ def _start_backing_services(supervisor: Supervisor, env: dict[str, str], tmp: st
         redis_port = _free_port("127.0.0.1")
         supervisor.add(Child(
             "redis", [exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", tmp,
-                      "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+                      # AOF as production runs it: a worker restarted by a reload finds
+                      # every run, and no startup check warns of data at risk
+                      "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                      "--protected-mode", "yes",
                       "--loglevel", "warning"],
             probe=lambda: _redis_answers(redis_port), last=True,
         ))

@@ -108,6 +108,27 @@ def running_steps(store: Store | None = None) -> list[dict[str, Any]]:
 # -- the checks ------------------------------------------------------------------------------
 
 
+def startup_findings(redis_url: str) -> list[Finding]:
+    """What a worker or web process says as it starts: the store's Redis settings that lose
+    work (AOF off, an evicting ``maxmemory-policy``), at once, never after a retry budget.
+    Refused credentials raise ConfigError (the process refuses to start); a Redis that does
+    not answer yet is a warning, as it may come up after this process."""
+    try:
+        info = probe(redis_url)
+    except StoreUnavailable:
+        return [Finding("redis", WARNING, f"Redis at {_safe(redis_url)} does not answer yet; "
+                        "flowkit retries each command for FLOWKIT_REDIS_RETRY_SECONDS.",
+                        "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
+    return [f for f in redis_settings(info, "redis") if f.level != OK]
+
+
+def say(findings: Iterable[Finding], who: str, log: Any) -> None:
+    """Log each finding loudly (a warning with its fix) for ``who`` ("worker", "web")."""
+    for f in findings:
+        log.warning("flowkit %s: %s %s Fix: %s", who, "WARNING" if f.level == WARNING
+                    else "DATA AT RISK", f.message, f.fix)
+
+
 def examine(
     app_workflows: Iterable[Workflow] | None, default_queue: str, broker_url: str | None,
     store: Store | None = None, now: float | None = None,

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from ..errors import StoreUnavailable
-from .connection import UNREACHABLE, from_url
+from .connection import REFUSED, UNREACHABLE, from_url, refused
 
 
 def describe(client: redis.Redis) -> dict[str, Any]:
@@ -30,12 +30,15 @@ def describe(client: redis.Redis) -> dict[str, Any]:
 
 
 def probe(url: str, timeout: float = 2.0) -> dict[str, Any]:
-    """:func:`describe` the Redis at ``url`` over a connection of its own (then closed);
-    StoreUnavailable when it does not answer within ``timeout`` seconds."""
+    """:func:`describe` the Redis at ``url`` over a connection of its own (then closed), at
+    once: StoreUnavailable when it does not answer within ``timeout`` seconds, ConfigError
+    when it refuses the credentials."""
     client = from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                       decode_responses=True)
     try:
         return describe(client)
+    except REFUSED as exc:  # before UNREACHABLE: redis-py files it under ConnectionError
+        raise refused(exc) from exc
     except UNREACHABLE as exc:
         raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from exc
     finally:

@@ -1,4 +1,4 @@
-"""The worker's signals: refuse bad settings, name the worker, start heartbeats, drain,
+"""The worker's signals: refuse bad settings (and warn of a Redis that would lose work), name the worker, start heartbeats, drain,
 record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT).
 
 Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
@@ -6,6 +6,7 @@ Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from celery import signals
@@ -13,17 +14,21 @@ from celery.concurrency.prefork import TaskPool as Prefork
 
 from .. import metrics
 from ..config import get_settings
-from ..engine import drain, heartbeat
+from ..engine import doctor, drain, heartbeat
 from ..engine.broker import reaper_queue
 from ..engine.doctor import served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
 from .checks import check_visibility_timeout
 
+log = logging.getLogger("flowkit.worker")
+
 
 def refuse_bad_config(sender=None, **_) -> None:
+    settings = get_settings()
     try:
-        check_visibility_timeout(get_settings())
+        check_visibility_timeout(settings)
+        doctor.say(doctor.startup_findings(settings.redis_url), "worker", log)
     except ConfigError as exc:
         print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -1,0 +1,103 @@
+"""Worker and web processes check the store's Redis as they start: they warn loudly of
+settings that lose work (AOF off, an evicting maxmemory-policy) and refuse to start, in one
+line and at once, when Redis refuses their credentials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from flowkit.testing import LocalRedis, WorkerProcess, free_port
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+REFUSED = "flowkit's Redis refused its credentials"
+
+
+@pytest.fixture
+def risky_redis():
+    """No AOF, and an eviction policy with a memory limit: the two settings that lose runs."""
+    with LocalRedis() as server:
+        admin = redis.Redis(port=server.port)
+        admin.config_set("maxmemory", "100mb")
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        yield server
+
+
+@pytest.fixture
+def locked_redis():
+    with LocalRedis(appendonly=True) as server:
+        redis.Redis(port=server.port).config_set("requirepass", "right")
+        yield server
+
+
+def env_for(flowkit_env: dict, store_url: str) -> dict:
+    return {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": store_url}
+
+
+def test_a_worker_warns_of_a_redis_that_would_lose_work(flowkit_env, risky_redis):
+    worker = WorkerProcess("tests.app", name="risky", queues=("startup-checks",),
+                           env=env_for(flowkit_env, risky_redis.url), cwd=ROOT)
+    with worker:
+        log = worker.output()
+    assert "flowkit worker: DATA AT RISK AOF is off" in log
+    assert "maxmemory-policy is allkeys-lru with maxmemory 104857600 bytes" in log
+    assert "Fix: CONFIG SET maxmemory-policy noeviction" in log
+
+
+def test_a_worker_on_a_well_kept_redis_says_nothing(flowkit_env, locked_redis):
+    url = f"redis://:right@127.0.0.1:{locked_redis.port}/0"
+    worker = WorkerProcess("tests.app", name="kept", queues=("startup-checks",),
+                           env=env_for(flowkit_env, url), cwd=ROOT)
+    with worker:
+        log = worker.output()
+    assert "ready" in log
+    assert "flowkit worker:" not in log
+
+
+def test_a_worker_refuses_to_start_on_refused_credentials(flowkit_env, locked_redis):
+    url = f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "--pool", "threads",
+         "--queues", "startup-checks", "--without-gossip", "--without-mingle"],
+        env=env_for(flowkit_env, url), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "refuses to start" in line]
+    assert lines == [f"flowkit: worker refuses to start: {REFUSED} (invalid username-password "
+                     "pair or user is disabled.): put the password in FLOWKIT_REDIS_URL, as "
+                     "redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... for an ACL user)."]
+
+
+def gunicorn(env: dict) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
+            "--bind", f"127.0.0.1:{free_port()}", "api.app:app"]
+
+
+def test_the_web_process_refuses_to_start_on_refused_credentials(flowkit_env, locked_redis):
+    env = env_for(flowkit_env, f"redis://:wrong@127.0.0.1:{locked_redis.port}/0")
+    result = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert f"flowkit web refuses to start: {REFUSED}" in result.stderr
+
+
+def test_the_web_process_warns_of_a_redis_that_would_lose_work(flowkit_env, risky_redis):
+    env = {**env_for(flowkit_env, risky_redis.url), "FLOWKIT_WEB_CONTROL_SOCKET": "off"}
+    proc = subprocess.Popen(gunicorn(env), env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:  # the checks run before gunicorn listens
+            seen.append(line)
+            if "Listening at" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    log = "".join(seen)
+    assert "flowkit web: DATA AT RISK AOF is off" in log
+    assert "maxmemory-policy is allkeys-lru" in log
