@@ -22,12 +22,15 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     │                        fails over to the next provider)
     └── ApiError             (flowkit.api.errors) an HTTP error the API answers as it is
 
-One root stands apart, on purpose::
+Two stand apart, on purpose::
 
     BaseException
-    └── StepSuspended        a step pauses (a wait): raised through the component's code to
-                             the engine, which frees the worker; not an Exception, so an
-                             ``except Exception`` in a component does not swallow it
+    ├── StepSuspended        a step pauses (a wait): raised through the component's code to
+    │                        the engine, which frees the worker; not an Exception, so an
+    │                        ``except Exception`` in a component does not swallow it
+    └── KeyboardInterrupt
+        └── Stopped          (flowkit.cli.supervisor) ``flowkit dev`` got a stop signal
+                             (SIGINT, SIGTERM, SIGHUP): it stops everything it started
 
 Anything else that escapes flowkit is a bug, or an error of the code it runs (a
 component's own exception is the step's error, recorded in the run).

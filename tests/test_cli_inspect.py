@@ -111,7 +111,8 @@ def test_workers_shows_live_workers_and_the_steps_they_run(env):
     assert (step["workflow"], step["step"], step["attempt"], step["node"]) == (
         "chain3", "1:t.gated", 1, main["name"])
 
-    assert table.startswith("1 live worker\n")
+    # the session's other workers (of other test modules) may still be live
+    assert re.match(r"\d+ live workers?\n", table)
     assert re.search(rf"{re.escape(main['name'])} +flowkit +thread x 4 +1 +1 +\S+ +[0-9.]+s ago",
                      table)
     assert "1 running step" in table

@@ -33,15 +33,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from ..errors import FlowkitError
+
 #: The signals that stop the supervisor and everything it started.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: ANSI colours of the children's names, in the order they are started.
 COLOURS = ("36", "35", "33", "32", "34", "31", "96", "95")
 
 
-class Stopped(BaseException):
-    """A stop signal arrived (a BaseException, as KeyboardInterrupt is: no ``except
-    Exception`` on the way swallows it)."""
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived (SIGINT, SIGTERM, SIGHUP): a KeyboardInterrupt, so that no
+    ``except Exception`` on the way swallows it and it reads as the Ctrl-C it usually is."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -49,7 +51,7 @@ class Stopped(BaseException):
         self.name = signal.Signals(signum).name
 
 
-class ChildFailed(Exception):
+class ChildFailed(FlowkitError):
     """A child exited, or never became ready, while the supervisor waited for it."""
 
 

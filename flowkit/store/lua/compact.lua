@@ -1,6 +1,6 @@
 -- compact.lua: store a finished run's events and trace as one compacted archive (built by
--- the caller from what it read) and drop the two streams, when nothing changed since the
--- caller read them; the run leaves the `ended` index either way unless it is live again
+-- the caller from what it read), empty the event stream and drop the trace, when nothing
+-- changed since the caller read them; the run leaves the `ended` index either way unless it is live again
 -- (a retry), which it leaves too: it is indexed again when it ends.
 -- KEYS: the run's keys (lib.lua)
 -- ARGV[1] run_id
@@ -27,6 +27,10 @@ end
 local ttl = redis.call('PTTL', run)
 redis.call('SET', archive, blob)
 if ttl > 0 then redis.call('PEXPIRE', archive, ttl) end
-redis.call('DEL', events, trace)
+-- The event stream is emptied, not deleted: it keeps its last id, so an event a retry adds
+-- gets a later id than every archived one (a new stream would start from the clock, and
+-- an event id is a client's resume cursor).
+redis.call('XTRIM', events, 'MAXLEN', 0)
+redis.call('DEL', trace)
 redis.call('ZREM', ended, run_id)
 return 1
