@@ -288,6 +288,9 @@ def test_gunicorn_workers_add_up_in_every_scrape(flowkit_env, store, tmp_path):
     shared.mkdir()
     web = Gunicorn({**flowkit_env, "FLOWKIT_API_KEYS": API_KEY, "PROMETHEUS_MULTIPROC_DIR":
                     str(shared)}, tmp_path / "web.log", FLOWKIT_WEB_WORKERS="2",
+                   # a thread per WebSocket: up to 40 may land on one worker, and a scrape
+                   # that finds every thread of its worker busy would wait
+                   FLOWKIT_WEB_THREADS="100",
                    FLOWKIT_WORKFLOW_MODULES="tests.workflows,tests.metrics_workflows").start()
     sockets = []
     try:
