@@ -19,6 +19,15 @@ from .errors import ConfigError
 ENV_PREFIX = "FLOWKIT_"
 
 
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower()
+
+
+def is_amqp(url: str) -> bool:
+    """A RabbitMQ broker URL (kombu's AMQP transports)."""
+    return _scheme(url) in ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
 def _default(name: str) -> Any:
     return field(default=getattr(defaults, name.upper()))
 
@@ -92,7 +101,12 @@ class Settings:
 
     @property
     def backend(self) -> str:
-        return self.result_backend or self.broker
+        """Celery's result backend (chords join through it): the broker when it is a Redis,
+        else the store's Redis (Celery has no result backend on RabbitMQ's ``amqp://``)."""
+        if self.result_backend:
+            return self.result_backend
+        return self.broker if _scheme(self.broker).startswith(("redis", "rediss", "unix")) \
+            else self.redis_url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,9 +1,10 @@
 """The Celery app that carries flowkit's messages: its configuration, and this process's app.
 
 JSON only (no pickle is accepted anywhere), late acks, requeue on worker loss, one
-prefetched message per process, and a broker visibility timeout that must exceed the
+prefetched message per process. On Redis, a broker visibility timeout that must exceed the
 longest step a component can take (a worker refuses to start otherwise, see
-:mod:`flowkit.worker.checks`).
+:mod:`flowkit.worker.checks`); on RabbitMQ, a worker that survives the broker's
+``consumer_timeout`` (see ``broker_channel_error_retry`` below).
 
 A worker's app comes from :func:`flowkit.worker.create_celery_app`, which makes it this
 process's app. A process that only sends (the web app, the CLI, a script starting runs)
@@ -100,6 +101,12 @@ def celery_config(settings: Settings) -> dict:
         # 100 attempts by default, about 45 minutes)
         "broker_connection_max_retries": None,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # RabbitMQ closes a channel whose delivery stayed unacknowledged past its
+        # consumer_timeout (30 min by default): a long step, or a message prefetched behind
+        # one. Celery's default takes that channel error as fatal and the whole worker exits;
+        # retried, it is a reconnect like any other: running steps go on, the broker
+        # redelivers their messages and begin_step drops them (the step's lease is held)
+        "broker_channel_error_retry": True,
         "task_send_sent_event": False,
         "beat_schedule": {
             # sweeps stuck behind a backlog of steps need not all run: later ones supersede them

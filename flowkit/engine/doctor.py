@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..component import registered
+from ..config import is_amqp
 from ..errors import StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store
 from ..store.server import probe
@@ -152,7 +153,8 @@ def examine(
     found += worker_presence(workers)
     found += beat(store.last_sweep(), now)
     found += queues(app_workflows, default_queue, workers)
-    found += visibility(workers, store.settings.visibility_timeout)
+    found += broker_timeout(broker_url or store.settings.broker, workers,
+                            store.settings.visibility_timeout)
     found += versions(workers)
     return found
 
@@ -256,11 +258,49 @@ def queues(
     return found
 
 
+#: RabbitMQ's default ``consumer_timeout`` (since 3.8.17), in seconds.
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0
+
+
+def broker_timeout(broker_url: str, workers: list[dict[str, Any]],
+                   this_shell: int) -> list[Finding]:
+    """How long the broker lets a step's message go unacknowledged, worded for the broker in
+    use: Redis's visibility timeout, RabbitMQ's consumer timeout."""
+    if is_amqp(broker_url):
+        return consumer_timeout(_longest(workers))
+    return visibility(workers, this_shell)
+
+
+def _longest(workers: list[dict[str, Any]]) -> float:
+    return max([s for s in [longest_step_seconds(), *(w.get("longest_step") for w in workers)]
+                if s] or [0.0])
+
+
+def consumer_timeout(longest: float) -> list[Finding]:
+    """RabbitMQ closes a channel whose delivery outlives its ``consumer_timeout``; flowkit's
+    workers reconnect and nothing runs twice, but each time they hand their prefetched
+    messages back: worth raising the broker's timeout above the longest step."""
+    if longest >= RABBITMQ_CONSUMER_TIMEOUT:
+        return [Finding(
+            "consumer-timeout", WARNING,
+            f"A step may run {longest:g}s, longer than RabbitMQ's default consumer_timeout "
+            f"({RABBITMQ_CONSUMER_TIMEOUT:g}s): unless the broker's is raised, RabbitMQ closes "
+            "the worker's channel while the step runs. The worker reconnects, the step goes "
+            "on and its redelivered message is dropped as a duplicate, but the reconnect "
+            "hands every message the worker had prefetched back to the queue.",
+            f"Set consumer_timeout = {int(longest + 60) * 1000} (milliseconds) in "
+            "rabbitmq.conf on every broker node, or shorten the component's timeout.")]
+    bound = f"the longest step may run {longest:g}s" if longest else "no component sets a timeout"
+    return [Finding(
+        "consumer-timeout", OK,
+        f"RabbitMQ broker: {bound}; a step that outlives the broker's consumer_timeout "
+        "survives it (the worker reconnects; nothing runs twice).")]
+
+
 def visibility(workers: list[dict[str, Any]], this_shell: int) -> list[Finding]:
     """The broker's visibility timeout of each worker outlasts the longest step; else Redis
     hands a step still running to a second worker."""
-    longest = max([s for s in [longest_step_seconds(), *(w.get("longest_step") for w in workers)]
-                   if s] or [0.0])
+    longest = _longest(workers)
     if not longest:
         return [Finding("visibility-timeout", OK, "No component sets a timeout: nothing to "
                         "compare with the broker's visibility timeout.")]

@@ -19,7 +19,7 @@ from ..engine.broker import reaper_queue
 from ..engine.doctor import served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
-from .checks import check_visibility_timeout
+from .checks import check_broker_timeout
 
 log = logging.getLogger("flowkit.worker")
 
@@ -27,7 +27,7 @@ log = logging.getLogger("flowkit.worker")
 def refuse_bad_config(sender=None, **_) -> None:
     settings = get_settings()
     try:
-        check_visibility_timeout(settings)
+        doctor.say(check_broker_timeout(settings), "worker", log)
         doctor.say(doctor.startup_findings(settings.redis_url), "worker", log)
     except ConfigError as exc:
         print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)

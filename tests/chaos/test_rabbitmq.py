@@ -1,0 +1,147 @@
+"""flowkit on RabbitMQ: real ``rabbitmq-server`` nodes as the broker, real worker processes.
+
+Runs with every shape (chain, parallel, fan-out, an agent loop) succeed; a worker
+SIGKILLed mid-step is recovered as on Redis; and a step that outlives the broker's
+``consumer_timeout`` (lowered to seconds here) neither kills its worker (Celery's default:
+``Unrecoverable error: PreconditionFailed``) nor runs twice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from flowkit import config
+from flowkit.engine import doctor
+from flowkit.testing.rabbitmq import SERVER, LocalRabbitMQ
+from tests.chaos.conftest import (
+    Deployment,
+    _restore_app,
+    _use_app,
+    open_gate,
+    reruns,
+    side_effects,
+    wait_for,
+    waiting,
+)
+from tests.chaos.test_sigkill import detection_bound
+from tests.chaos.workflows import held, long_run
+
+HOLD = "1:chaos.hold"
+#: the lowered delivery acknowledgement timeout of the last test's broker, in seconds
+CONSUMER_TIMEOUT = 2.0
+
+
+def _rabbitmq(**options) -> LocalRabbitMQ:
+    if not os.path.exists(SERVER):
+        if os.environ.get("CI"):
+            pytest.fail("rabbitmq-server is missing on CI: `apt-get install rabbitmq-server`.")
+        pytest.skip("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    return LocalRabbitMQ(**options).start()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq():
+    server = _rabbitmq()
+    yield server
+    server.close()
+
+
+def _on(server: LocalRabbitMQ, chaos_env, tmp_path, monkeypatch):
+    """The test process and its deployment's workers and beat, all on ``server``."""
+    settings = config.get_settings().replace(broker_url=server.url, default_queue="chaos")
+    monkeypatch.setattr(config, "_settings", settings)
+    previous = _use_app(settings)
+    deployment = Deployment({**chaos_env, "FLOWKIT_BROKER_URL": server.url}, tmp_path)
+    return deployment, previous
+
+
+@pytest.fixture
+def on_rabbitmq(rabbitmq, store, chaos_env, tmp_path, monkeypatch):
+    deployment, previous = _on(rabbitmq, chaos_env, tmp_path, monkeypatch)
+    yield deployment
+    deployment.stop()
+    _restore_app(previous)
+
+
+def test_a_run_of_every_shape_succeeds_on_rabbitmq(on_rabbitmq):
+    worker = on_rabbitmq.worker("a")
+    run = long_run.start({"n": 0, "chunks": 1, "pause": 0.01})
+    done = run.wait(60)
+    assert done.state == "succeeded", done.error
+    # 3 steps, the parallel block's first branch (1 step), the fan-out (1 each), 3 steps
+    assert done.output["n"] == 8
+    assert reruns(run) == 0
+    started = side_effects(run, "started")
+    assert set(started.values()) == {1}, started  # every step once
+    # work ran in 3 + (1 + 2) + 3 + 3 steps: the parallel branches and fan-out items too
+    assert sum(1 for step in started if "chaos.work" in step) == 12
+    assert worker.alive()
+    # chords joined through the store's Redis: an amqp:// URL is no result backend
+    assert config.get_settings().backend == config.get_settings().redis_url
+
+
+def test_a_sigkilled_worker_is_recovered_on_rabbitmq(on_rabbitmq):
+    a = on_rabbitmq.worker("a")
+    on_rabbitmq.beat()
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    first = waiting(run)
+    assert first["worker"].startswith("a@")
+    on_rabbitmq.worker("b")
+    a.kill()
+
+    second = waiting(run, timeout=detection_bound() + 20)
+    assert second["attempt"] == 2 and second["worker"].startswith("b@")
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded", done.error
+    assert done.output["n"] == 3 and done.restarts == 1
+    assert side_effects(run, "finished") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
+    assert reruns(run) == 0
+
+
+def test_a_step_longer_than_the_consumer_timeout_keeps_its_worker_and_runs_once(
+    store, chaos_env, tmp_path, monkeypatch,
+):
+    server = _rabbitmq(consumer_timeout=CONSUMER_TIMEOUT)
+    deployment, previous = _on(server, chaos_env, tmp_path, monkeypatch)
+    try:
+        a = deployment.worker("a", concurrency=2)
+        run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+        assert waiting(run)["attempt"] == 1
+        # the broker gives up on the unacknowledged delivery and closes the channel ...
+        wait_for(lambda: "PRECONDITION_FAILED - delivery acknowledgement" in a.output(),
+                 30, "RabbitMQ to close the channel of the long step's delivery")
+        # ... the worker reconnects, and the redelivered message finds the step leased
+        wait_for(lambda: f"step {HOLD} of run {run.id} not run" in a.output(), 30,
+                 "the redelivered message to be dropped as a duplicate")
+        open_gate(run)
+        done = run.wait(30)
+        assert done.state == "succeeded", done.error
+        assert a.alive(), a.output()[-3000:]
+        assert "Unrecoverable error" not in a.output()
+        assert side_effects(run, "started") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
+        assert done.restarts == 0 and reruns(run) == 0
+        # a worker started after it still works on the same broker
+        again = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+        waiting(again)
+        open_gate(again)
+        assert again.wait(30).state == "succeeded"
+    finally:
+        deployment.stop()
+        _restore_app(previous)
+        server.close()
+
+
+def test_the_doctor_speaks_of_rabbitmqs_consumer_timeout_not_of_redis():
+    [ok] = doctor.consumer_timeout(120.0)
+    assert ok.level == doctor.OK and "RabbitMQ" in ok.message and "visibility" not in ok.message
+    [warning] = doctor.consumer_timeout(2 * 3600.0)
+    assert warning.level == doctor.WARNING
+    assert "consumer_timeout = 7260000" in warning.fix
+    [found] = doctor.broker_timeout("amqp://guest@localhost//", [{"longest_step": 60.0}], 10)
+    assert found.check == "consumer-timeout"
+    [found] = doctor.broker_timeout("redis://localhost/0", [{"name": "w@h", "longest_step": 60.0,
+                                                             "visibility_timeout": 10}], 10)
+    assert found.check == "visibility-timeout" and found.level == doctor.FAILURE
