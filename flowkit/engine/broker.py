@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from ..config import Settings, get_settings
+from ..config import Settings, get_settings, is_amqp
 from ..urls import SentinelURL
 
 _app: Celery | None = None
@@ -28,18 +29,32 @@ _app: Celery | None = None
 _made_from: Settings | None = None
 _lock = threading.Lock()
 
-#: Message priorities on the Redis transport: 0 is served first. A run that continues
-#: (restart, retry, answered wait) sends its frontier at 0, so its recovery does not wait
-#: behind the backlog of new runs; fresh work is served by its run's priority (0-9, 9
-#: first): priority p goes out at 9 - p (the default, 0, at 9; 9 with continued work).
+#: Message priorities, as ranks of the Redis transport: 0 is served first. A run that
+#: continues (restart, retry, answered wait) sends its frontier at 0, so its recovery does
+#: not wait behind the backlog of new runs; fresh work is served by its run's priority
+#: (0-9, 9 first): priority p goes out at rank 9 - p (the default, 0, at 9; 9 with
+#: continued work). RabbitMQ serves the highest number first: there a message carries
+#: 9 - rank (:func:`message_priority`), on queues declared with ``x-max-priority`` 9.
 CONTINUED_PRIORITY = 0
 FRESH_PRIORITY = 9
 PRIORITY_STEPS = list(range(10))
+MAX_PRIORITY = 9
+
+
+def message_priority(rank: int, broker_url: str | None = None) -> int:
+    """The priority a message of ``rank`` (0 first) carries on the broker (this process's)."""
+    url = broker_url if broker_url is not None else get_app().conf.broker_url
+    return MAX_PRIORITY - rank if is_amqp(url or "") else rank
+
+
+def continued_priority() -> int:
+    """The message priority of continued work: before every fresh message."""
+    return message_priority(CONTINUED_PRIORITY)
 
 
 def fresh_priority(run_priority: int) -> int:
     """The message priority of fresh work of a run of ``run_priority`` (0-9, 9 first)."""
-    return FRESH_PRIORITY - run_priority
+    return message_priority(FRESH_PRIORITY - run_priority)
 
 
 def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
@@ -88,7 +103,9 @@ def celery_config(settings: Settings) -> dict:
             "priority_steps": PRIORITY_STEPS,
             **broker_options,
         },
-        "task_default_priority": FRESH_PRIORITY,
+        "task_default_priority": message_priority(FRESH_PRIORITY, broker),
+        # RabbitMQ orders a queue by priority only when it is declared with a maximum
+        "task_queue_max_priority": MAX_PRIORITY if is_amqp(broker) else None,
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout,
                                              **backend_options},
         # one result backend (and Redis connection pool) per process: by default Celery
@@ -114,7 +131,7 @@ def celery_config(settings: Settings) -> dict:
                 "task": "flowkit.reaper",
                 "schedule": settings.reaper_interval,
                 "options": {"expires": max(settings.reaper_interval * 10, 30.0),
-                            "priority": CONTINUED_PRIORITY,
+                            "priority": message_priority(CONTINUED_PRIORITY, broker),
                             "queue": reaper_queue(settings.default_queue)},
             },
             "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0,
@@ -144,6 +161,28 @@ def get_app() -> Celery:
                 _app, _made_from = app, settings
     assert _app is not None
     return _app
+
+
+def refused_queues(app: Celery, queues: Iterable[Any]) -> dict[str, str]:
+    """The queues (kombu ``Queue`` s) RabbitMQ refuses to declare as this app declares
+    them, with the broker's reason: one that exists with other arguments (declared by an
+    older flowkit without ``x-max-priority``, or by another app) closes the channel of
+    every consumer, so a worker checks before it consumes."""
+    refused: dict[str, str] = {}
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1)
+        for queue in queues:
+            channel = conn.channel()
+            try:
+                queue.bind(channel).declare()
+            except conn.channel_errors as exc:
+                refused[queue.name] = str(exc)
+            finally:
+                try:
+                    channel.close()
+                except conn.channel_errors + conn.connection_errors:
+                    pass  # the broker closed it already
+    return refused
 
 
 def queue_depths(queues: Iterable[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from ..errors import StoreUnavailable
-from .broker import CONTINUED_PRIORITY, get_app
+from .broker import continued_priority, get_app
 
 
 def send(publish: Callable[[], Any]) -> None:
@@ -26,4 +26,4 @@ def send_resume(run_id: str, gen: int, queue: str | None) -> None:
     (it has the workflow version the run started with; this process may not)."""
     send(lambda: get_app().send_task(
         "flowkit.resume", kwargs={"run_id": run_id, "gen": gen}, queue=queue,
-        priority=CONTINUED_PRIORITY))
+        priority=continued_priority()))

@@ -13,7 +13,7 @@ step is never a message again.
 - an agent loop goes on from its last checkpointed decision.
 
 Continued work goes ahead of fresh work on its queue: every message of a frontier carries
-:data:`CONTINUED_PRIORITY` (fresh messages carry the app's default, lower priority).
+:func:`~.broker.continued_priority` (fresh messages carry the app's default, lower priority).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from celery.canvas import _chain, _chord
 from ..nodes import FanOut, Node, Parallel, Sequence, Step
 from ..serialization import loads
 from ..workflow import Workflow
-from .broker import CONTINUED_PRIORITY, get_app
+from .broker import continued_priority, get_app
 from .canvas import (
     compile_node,
     finish_signature,
@@ -60,7 +60,7 @@ def compile_frontier(
         canvas, first_input = finish, remaining.output
     else:
         canvas, first_input = chain(remaining, finish), value
-    return with_priority(canvas, {"priority": CONTINUED_PRIORITY}), first_input
+    return with_priority(canvas, {"priority": continued_priority()}), first_input
 
 
 class _Planner:

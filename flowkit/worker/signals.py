@@ -13,13 +13,13 @@ from celery import signals
 from celery.concurrency.prefork import TaskPool as Prefork
 
 from .. import metrics
-from ..config import get_settings
+from ..config import get_settings, is_amqp
 from ..engine import doctor, drain, heartbeat
 from ..engine.broker import reaper_queue
 from ..engine.doctor import served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
-from .checks import check_broker_timeout
+from .checks import check_broker_timeout, check_queues
 
 log = logging.getLogger("flowkit.worker")
 
@@ -39,6 +39,18 @@ def consume_reaper_queue(sender=None, **_) -> None:
     # (engine.broker.reaper_queue): after Celery selected the queues, before it consumes
     if sender is not None:
         sender.app.amqp.queues.select_add(reaper_queue(sender.app.conf.task_default_queue))
+
+
+def refuse_refused_queues(sender=None, **_) -> None:
+    # on RabbitMQ, a queue that exists with other arguments than flowkit declares would
+    # close the consumer's channel over and over: say which and how to fix it, once
+    if sender is None or not is_amqp(sender.app.conf.broker_url or ""):
+        return
+    try:
+        check_queues(sender.app, list((sender.app.amqp.queues.consume_from or {}).values()))
+    except ConfigError as exc:
+        print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def name_worker(sender=None, **_) -> None:
@@ -124,6 +136,7 @@ def connect() -> None:
     """Connect the handlers (the dispatch uids keep a second call from adding them twice)."""
     signals.worker_init.connect(refuse_bad_config, dispatch_uid="flowkit.refuse_bad_config")
     signals.worker_init.connect(consume_reaper_queue, dispatch_uid="flowkit.reaper_queue")
+    signals.worker_init.connect(refuse_refused_queues, dispatch_uid="flowkit.refused_queues")
     signals.celeryd_after_setup.connect(name_worker, dispatch_uid="flowkit.name_worker")
     signals.worker_ready.connect(worker_ready, dispatch_uid="flowkit.worker_ready")
     signals.worker_process_init.connect(child_started, dispatch_uid="flowkit.child_started")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 
+import kombu
 import pytest
 
 from flowkit import config
 from flowkit.engine import doctor
+from flowkit.store import get_store
+from flowkit.testing import WorkerProcess
 from flowkit.testing.rabbitmq import SERVER, LocalRabbitMQ
 from tests.chaos.conftest import (
     Deployment,
@@ -26,7 +29,8 @@ from tests.chaos.conftest import (
     waiting,
 )
 from tests.chaos.test_sigkill import detection_bound
-from tests.chaos.workflows import held, long_run
+from tests.chaos.workflows import held, long_run, tick
+from tests.conftest import ROOT
 
 HOLD = "1:chaos.hold"
 #: the lowered delivery acknowledgement timeout of the last test's broker, in seconds
@@ -132,6 +136,33 @@ def test_a_step_longer_than_the_consumer_timeout_keeps_its_worker_and_runs_once(
         deployment.stop()
         _restore_app(previous)
         server.close()
+
+
+def test_a_higher_priority_run_is_served_first_on_rabbitmq(on_rabbitmq):
+    # the queue exists (a worker declared it, with x-max-priority) but nobody consumes it
+    on_rabbitmq.worker("declarer").terminate()
+    low = [tick.start({"n": 0, "chunks": 1, "pause": 0.01}) for _ in range(3)]
+    high = tick.start({"n": 0, "chunks": 1, "pause": 0.01}, priority=9)
+    on_rabbitmq.worker("a", concurrency=1)
+    done = [run.wait(30) for run in (*low, high)]
+    assert [d.state for d in done] == ["succeeded"] * 4
+    started = [float(get_store().get_run(run.id)["started_at"]) for run in (*low, high)]
+    assert started[-1] < min(started[:-1]), "the priority 9 run started after priority 0 runs"
+
+
+def test_a_queue_declared_otherwise_refuses_the_worker_with_the_fix(rabbitmq, chaos_env):
+    with kombu.Connection(rabbitmq.url) as conn:  # as an older flowkit declared it
+        kombu.Queue("chaos-plain").bind(conn.channel()).declare()
+    worker = WorkerProcess(
+        "tests.chaos.app", name="plain", queues=("chaos-plain",), cwd=ROOT,
+        env={**chaos_env, "FLOWKIT_BROKER_URL": rabbitmq.url},
+    )
+    with pytest.raises(RuntimeError, match="exited with 2") as refused:
+        worker.start()
+    assert "refuses to declare queue(s) chaos-plain" in str(refused.value)
+    assert "inequivalent arg 'x-max-priority'" in str(refused.value)
+    assert "rabbitmqctl delete_queue" in str(refused.value)
+    assert "Traceback" not in str(refused.value)
 
 
 def test_the_doctor_speaks_of_rabbitmqs_consumer_timeout_not_of_redis():
