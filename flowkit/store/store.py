@@ -88,17 +88,21 @@ class Store:
                 run_id = winner or run_id
                 record = {**record, "id": run_id}
                 event = {**event, "run": run_id}
-        created = self._run_script("create", run_id, [
-            run_id, record["created_at"], retention, dumps(event),
-            "" if start_at is None else start_at, *(x for pair in record.items() for x in pair),
-        ])
-        if not created:
-            return run_id, False
+        args = [run_id, record["created_at"], retention, dumps(event),
+                "" if start_at is None else start_at,
+                *(x for pair in record.items() for x in pair)]
+        # the script and the listing indexes in one round trip (a start's latency is
+        # mostly round trips). Listing a run whose script found it already there (its
+        # own resend) adds the same id at the same time again: nothing changes
         pipe = self.redis.pipeline(transaction=False)
+        self._run_script("create", run_id, args, client=pipe)
         pipe.zadd(self.keys.runs, {run_id: record["created_at"]})
         pipe.zadd(self.keys.runs_of(record["workflow"]), {run_id: record["created_at"]})
-        pipe.execute()
-        return run_id, True
+        try:
+            created = pipe.execute()[0]
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: loads it
+            created = self._run_script("create", run_id, args)
+        return run_id, bool(created)
 
     @_op
     def get_run(self, run_id: str) -> dict[str, str]:

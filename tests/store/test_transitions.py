@@ -246,6 +246,14 @@ def test_create_stores_a_new_queued_run(store):
     assert store.redis.zscore(store.keys.runs_of("wf"), RUN) == T
 
 
+def test_create_after_redis_forgot_its_scripts_loads_it_and_lists_the_run(store):
+    store.redis.script_flush()  # as a Redis restarted without its script cache
+    assert store.create_run(record(), queued_event(), None) == (RUN, True)
+    assert store.get_run(RUN)["state"] == RunState.QUEUED
+    assert types(store) == [events.RUN_QUEUED]
+    assert store.redis.zscore(store.keys.runs, RUN) == T
+
+
 def test_create_again_returns_false_and_appends_nothing(store):
     make_run(store)
     assert store.create_run(record(), queued_event(), None) == (RUN, False)
