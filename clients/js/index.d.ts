@@ -1,0 +1,155 @@
+// Types of @flowkit/client (the package is plain ESM; these describe its public API).
+
+/** One event of a run's stream: `{id, type, ts, run, ...}` plus `step`/`attempt` for step events. */
+export interface FlowkitEvent {
+  id: string;
+  type: string;
+  ts?: number;
+  run?: string;
+  step?: string;
+  attempt?: number;
+  [field: string]: unknown;
+}
+
+export type RunStateName = "scheduled" | "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
+export type Connection = "connecting" | "open" | "reconnecting" | "closed";
+export type StepStatus = "pending" | "running" | "retrying" | "waiting" | "completed" | "failed";
+
+export interface StepState {
+  key: string;
+  component: string | null;
+  status: StepStatus;
+  /** The highest attempt number seen. */
+  attempts: number;
+  /** The step's output, once completed. */
+  output: unknown;
+  /** The streamed chunks of attempts not superseded, joined as text (non-strings as JSON). */
+  text: string;
+  /** The streamed chunks of attempts not superseded, as sent. */
+  chunks: unknown[];
+  /** Internal: the chunks with their attempt numbers (what a later supersession filters). */
+  rawChunks: { attempt: number; chunk: unknown }[];
+  progress: { message: string | null; fraction: number | null; eta: number | null } | null;
+  error: { type?: string; message?: string; [k: string]: unknown } | null;
+  startedAt: number | null;
+  endedAt: number | null;
+  duration: number | null;
+  tokens: Record<string, number> | null;
+  waiting: boolean;
+}
+
+export interface RunState {
+  runId: string | null;
+  workflow: string | null;
+  /** null until the first event arrives. */
+  state: RunStateName | null;
+  steps: Record<string, StepState>;
+  /** Step keys in first-seen order. */
+  order: string[];
+  output: unknown;
+  error: { type?: string; message?: string; step?: string | null; [k: string]: unknown } | null;
+  /** What a waiting run waits for: `{kind, name, prompt?, expires_at?, step, ...}`. */
+  waiting: { kind: string; name?: string; prompt?: string; expires_at?: number; step?: string; [k: string]: unknown } | null;
+  /** Why a queued run is held back (a concurrency key), or null. */
+  held: string | null;
+  lastEventId: string | null;
+  connection: Connection;
+  /** LLM token usage summed over completed steps, by kind. */
+  tokens: Record<string, number>;
+  cost: number | null;
+  /** "step#attempt" keys of attempts whose chunks are dropped. */
+  superseded: Record<string, true>;
+  eventCount: number;
+  /** Set when the server refused the stream for good (401, 403, 404...). */
+  failure?: { status: number; message: string };
+}
+
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+export interface Backoff {
+  /** First reconnection delay in ms (default 500). */
+  initial?: number;
+  /** Longest delay in ms (default 15000). */
+  max?: number;
+}
+
+export interface FlowkitClientOptions {
+  /** Where the flowkit blueprint is mounted, e.g. "/flowkit" or "https://api.example.com/flowkit". */
+  baseUrl?: string;
+  /** An API key or run token: sent as `Authorization: Bearer` (and as `?token=` on a WebSocket, which takes run tokens only). */
+  token?: string;
+  /** fetch's credentials mode for cookie sessions (default "same-origin"). */
+  credentials?: RequestCredentials;
+  /** A WebSocket constructor (Node 20 has none: e.g. the `ws` package). */
+  WebSocket?: unknown;
+  fetch?: typeof fetch;
+  backoff?: Backoff;
+}
+
+export interface WatchOptions {
+  /** Resume after this event id (storage's, if later, wins). */
+  lastEventId?: string;
+  /** Persists the last event id and folded state per run, so a refresh resumes. */
+  storage?: StorageLike | null;
+  /** "auto" (default): WebSocket, falling back to SSE when a socket cannot open. */
+  transport?: "auto" | "websocket" | "sse";
+  /** A token for this watch only (e.g. the run token a start returned). */
+  token?: string;
+  backoff?: Backoff;
+}
+
+export declare class RunWatch {
+  readonly runId: string;
+  readonly state: RunState;
+  /** "websocket" or "sse": the transport in use now. */
+  readonly transport: "websocket" | "sse";
+  /** Connections opened so far. */
+  readonly connects: number;
+  readonly failure: { status: number; message: string } | null;
+  subscribe(listener: (state: RunState) => void): () => void;
+  onEvent(listener: (event: FlowkitEvent) => void): () => void;
+  /** Open the stream again from the last event id (e.g. after a retry). */
+  reconnect(): void;
+  /** Cut the connection as a network failure would; the watch reconnects by itself. */
+  drop(): void;
+  close(): void;
+}
+
+export declare class FlowkitError extends Error {
+  status: number;
+  code: string;
+  fields: Record<string, string[]>;
+}
+
+export interface RunRecord {
+  id: string;
+  workflow: string;
+  state: RunStateName;
+  token?: string;
+  urls: Record<string, string>;
+  [field: string]: unknown;
+}
+
+export declare class FlowkitClient {
+  constructor(options?: FlowkitClientOptions);
+  readonly baseUrl: string;
+  watch(runId: string, options?: WatchOptions): RunWatch;
+  start(workflow: string, input?: unknown, options?: { idempotencyKey?: string; priority?: number; delay?: number }): Promise<RunRecord & { created: boolean; token: string; token_expires_in: number }>;
+  answer(runId: string, name: string, value: unknown): Promise<{ outcome: string; run: RunRecord }>;
+  cancel(runId: string): Promise<RunRecord>;
+  retry(runId: string): Promise<RunRecord>;
+  run(runId: string): Promise<RunRecord>;
+  events(runId: string, options?: { after?: string; limit?: number }): Promise<{ events: FlowkitEvent[]; next: string; done: boolean }>;
+  request(method: string, path: string, options?: { body?: unknown; headers?: Record<string, string>; token?: string }): Promise<any>;
+}
+
+export declare function foldEvent(state: RunState, event: FlowkitEvent): RunState;
+export declare function foldEvents(state: RunState, events: FlowkitEvent[]): RunState;
+export declare function initialRunState(runId?: string): RunState;
+export declare function compareEventIds(a: string | null | undefined, b: string | null | undefined): number;
+export declare function isTerminal(state: RunState): boolean;
+export declare const TERMINAL_STATES: RunStateName[];
+export declare function storageKey(runId: string): string;

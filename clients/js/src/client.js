@@ -1,0 +1,286 @@
+// The client a page talks to: REST calls (start, answer, cancel, retry, reads)
+// and watches that follow one run's stream. A watch delivers every event once,
+// in order: it keeps the last event id (in storage too, so a refreshed page
+// resumes where it was), ignores anything at or before it, reconnects with
+// backoff from it, and falls back from WebSocket to SSE when a socket cannot be
+// opened (no WebSocket, a proxy that refuses upgrades, an API key the socket
+// cannot carry). The server ends a stream at the run's latest terminal event
+// only, so a watch reopened after a retry gets the rest.
+
+import { foldEvent, initialRunState, compareEventIds, isTerminal } from "./fold.js";
+import { openWebSocket, openEventStream, absoluteUrl } from "./transport.js";
+
+/** An error answered by the API: `{"error": {code, message, fields}}`, with its status. */
+export class FlowkitError extends Error {
+  constructor(status, code, message, fields = {}) {
+    super(message);
+    this.name = "FlowkitError";
+    this.status = status;
+    this.code = code;
+    this.fields = fields;
+  }
+}
+
+const STORAGE_PREFIX = "flowkit.run.";
+
+/** The key a watch persists a run under in `storage` (e.g. sessionStorage). */
+export function storageKey(runId) {
+  return STORAGE_PREFIX + runId;
+}
+
+function restore(storage, runId) {
+  if (!storage) return null;
+  try {
+    const saved = JSON.parse(storage.getItem(storageKey(runId)) ?? "null");
+    return saved && saved.state && saved.state.runId === runId ? saved.state : null;
+  } catch {
+    return null; // unreadable: start from the beginning, the fold drops nothing twice
+  }
+}
+
+export class FlowkitClient {
+  /**
+   * @param {import("../index").FlowkitClientOptions} [options]
+   */
+  constructor(options = {}) {
+    this.baseUrl = options.baseUrl ?? "/flowkit";
+    this.token = options.token;
+    this.credentials = options.credentials ?? "same-origin";
+    this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.backoff = { initial: 500, max: 15000, ...(options.backoff ?? {}) };
+    /** @type {Set<RunWatch>} */
+    this.watches = new Set();
+  }
+
+  /** Follow a run's events and folded state. */
+  watch(runId, options = {}) {
+    const w = new RunWatch(this, runId, options);
+    this.watches.add(w);
+    return w;
+  }
+
+  async request(method, path, { body, headers = {}, token = this.token } = {}) {
+    const sent = { Accept: "application/json", ...headers };
+    if (token) sent.Authorization = `Bearer ${token}`;
+    if (body !== undefined) sent["Content-Type"] = "application/json";
+    const response = await this.fetch(absoluteUrl(this.baseUrl, path), {
+      method,
+      headers: sent,
+      credentials: this.credentials,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = data?.error ?? {};
+      throw new FlowkitError(response.status, error.code ?? "http_error", error.message ?? `${method} ${path}: HTTP ${response.status}`, error.fields ?? {});
+    }
+    return data;
+  }
+
+  /** Start a run of `workflow`; the API's JSON (id, state, token, urls...). */
+  start(workflow, input = {}, { idempotencyKey, priority, delay } = {}) {
+    const query = new URLSearchParams();
+    if (priority !== undefined) query.set("priority", String(priority));
+    if (delay !== undefined) query.set("delay", String(delay));
+    const headers = idempotencyKey ? { "Idempotency-Key": idempotencyKey } : {};
+    const qs = query.toString() ? `?${query}` : "";
+    return this.request("POST", `/workflows/${encodeURIComponent(workflow)}/runs${qs}`, { body: input, headers });
+  }
+
+  /** Answer a run's `wait_for_input(name)`; the value is the JSON body. */
+  answer(runId, name, value) {
+    return this.request("POST", `/runs/${encodeURIComponent(runId)}/input/${encodeURIComponent(name)}`, { body: value });
+  }
+
+  cancel(runId) {
+    return this.request("POST", `/runs/${encodeURIComponent(runId)}/cancel`);
+  }
+
+  /** Retry a failed run from its failed step; this client's ended watches of it follow on. */
+  async retry(runId) {
+    const run = await this.request("POST", `/runs/${encodeURIComponent(runId)}/retry`);
+    for (const w of this.watches) if (w.runId === runId) w.reconnect();
+    return run;
+  }
+
+  /** The run's record. */
+  run(runId) {
+    return this.request("GET", `/runs/${encodeURIComponent(runId)}`);
+  }
+
+  /** One page of the run's history: `{events, next, done}`. */
+  events(runId, { after, limit } = {}) {
+    const query = new URLSearchParams();
+    if (after) query.set("after", after);
+    if (limit) query.set("limit", String(limit));
+    const qs = query.toString() ? `?${query}` : "";
+    return this.request("GET", `/runs/${encodeURIComponent(runId)}/events${qs}`);
+  }
+}
+
+export class RunWatch {
+  constructor(client, runId, options = {}) {
+    this.client = client;
+    this.runId = runId;
+    this.storage = options.storage ?? null;
+    this.token = options.token ?? client.token;
+    this.transportChoice = options.transport ?? "auto";
+    this.backoff = { ...client.backoff, ...(options.backoff ?? {}) };
+    const restored = restore(this.storage, runId);
+    let state = restored ?? initialRunState(runId);
+    if (options.lastEventId && compareEventIds(options.lastEventId, state.lastEventId) > 0) {
+      state = { ...state, lastEventId: options.lastEventId };
+    }
+    /** @type {import("../index").RunState} */
+    this.state = { ...state, connection: "connecting" };
+    /** How many times a connection was opened; the transport in use. */
+    this.connects = 0;
+    this.transport = this.pickTransport();
+    /** Why the watch stopped for good (an HTTP refusal), or null. */
+    this.failure = null;
+    this.subscribers = new Set();
+    this.eventListeners = new Set();
+    this.retries = 0;
+    this.timer = null;
+    this.current = null;
+    this.stopped = false;
+    this.reopen = false;
+    this.connect();
+  }
+
+  pickTransport() {
+    if (this.transportChoice === "sse") return "sse";
+    if (this.transportChoice === "websocket") return "websocket";
+    return this.client.WebSocket ? "websocket" : "sse";
+  }
+
+  /** Called with the state after every folded event and every connection change. */
+  subscribe(listener) {
+    this.subscribers.add(listener);
+    return () => this.subscribers.delete(listener);
+  }
+
+  /** Called with every raw event, once, in order. */
+  onEvent(listener) {
+    this.eventListeners.add(listener);
+    return () => this.eventListeners.delete(listener);
+  }
+
+  setState(state) {
+    this.state = state;
+    for (const listener of [...this.subscribers]) listener(state);
+  }
+
+  setConnection(connection) {
+    if (this.state.connection !== connection) this.setState({ ...this.state, connection });
+  }
+
+  persist() {
+    if (!this.storage) return;
+    try {
+      this.storage.setItem(storageKey(this.runId), JSON.stringify({ state: { ...this.state, connection: "closed" } }));
+    } catch {
+      /* storage full or refused: the watch goes on, a refresh replays from the server */
+    }
+  }
+
+  connect() {
+    if (this.stopped) return;
+    this.timer = null;
+    this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
+    this.connects += 1;
+    const options = {
+      baseUrl: this.client.baseUrl,
+      runId: this.runId,
+      after: this.state.lastEventId,
+      token: this.token,
+      credentials: this.client.credentials,
+      fetch: this.client.fetch,
+      WebSocket: this.client.WebSocket,
+    };
+    const handlers = {
+      onOpen: () => this.setConnection("open"),
+      onEvent: (event) => this.receive(event),
+      onEnd: (end) => this.ended(end),
+    };
+    this.current = this.transport === "websocket" ? openWebSocket(options, handlers) : openEventStream(options, handlers);
+  }
+
+  receive(event) {
+    if (this.stopped || !event || typeof event !== "object") return;
+    if (event.id && this.state.lastEventId && compareEventIds(event.id, this.state.lastEventId) <= 0) {
+      return; // already delivered (a resend across a reconnect)
+    }
+    this.retries = 0; // the connection delivers: a later drop starts the backoff over
+    const state = foldEvent(this.state, event);
+    this.state = state;
+    this.persist();
+    for (const listener of [...this.eventListeners]) listener(event);
+    this.setState(this.state);
+  }
+
+  ended(end) {
+    this.current = null;
+    if (this.stopped) return;
+    if (!end.opened && this.transport === "websocket" && this.transportChoice === "auto") {
+      this.transport = "sse"; // the socket never opened: follow over SSE from now on
+      this.connect();
+      return;
+    }
+    if (end.status && [400, 401, 403, 404, 410].includes(end.status)) {
+      this.failure = { status: end.status, message: end.message ?? "" };
+      this.setState({ ...this.state, connection: "closed", failure: this.failure });
+      return;
+    }
+    const reopen = this.reopen;
+    this.reopen = false;
+    if (end.clean && !end.restart && isTerminal(this.state) && !reopen) {
+      this.setConnection("closed"); // the server ended the stream at the run's latest terminal event
+      return;
+    }
+    const { initial, max } = this.backoff;
+    const delay = Math.min(max, initial * 2 ** this.retries) * (0.5 + Math.random() / 2);
+    this.retries += 1;
+    this.setConnection("reconnecting");
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Open the stream again from the last event id (after a retry, or to go on after closed). */
+  reconnect() {
+    if (this.stopped) return;
+    this.retries = 0;
+    if (this.current) {
+      this.reopen = true; // a stream ending now (the old terminal event) is followed by another
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.connect();
+  }
+
+  /** Cut the current connection as a network failure would: the watch reconnects on its own. */
+  drop() {
+    if (!this.current) return;
+    const current = this.current;
+    this.current = null;
+    current.close();
+    this.ended({ opened: true, clean: false, restart: false, message: "dropped" });
+  }
+
+  /** Stop following; the persisted state stays for a later watch. */
+  close() {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.current?.close();
+    this.current = null;
+    this.client.watches.delete(this);
+    this.setConnection("closed");
+  }
+}

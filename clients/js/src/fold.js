@@ -1,0 +1,237 @@
+// The run's picture, folded from its events. Pure (no I/O, no clock) so the
+// dashboard, the watch and the tests all agree on what a stream of events means,
+// and so a folded state saved to storage can be folded further after a refresh.
+// Chunks of a superseded attempt (reported by step.retrying, or listed in
+// run.restarted's `superseded`) are dropped: their text and chunks vanish from
+// the step, even when the chunks were folded before the event that voids them.
+
+/** Run states that end a run (a retry may still follow one). */
+export const TERMINAL_STATES = ["succeeded", "failed", "cancelled"];
+
+/**
+ * The state before any event of a run.
+ * @param {string} [runId]
+ * @returns {import("../index").RunState}
+ */
+export function initialRunState(runId) {
+  return {
+    runId: runId ?? null,
+    workflow: null,
+    state: null,
+    steps: {},
+    order: [],
+    output: null,
+    error: null,
+    waiting: null,
+    held: null,
+    lastEventId: null,
+    connection: "connecting",
+    tokens: {},
+    cost: null,
+    superseded: {},
+    eventCount: 0,
+  };
+}
+
+/**
+ * Compare two stream ids ("<ms>-<seq>") as the server orders them.
+ * @param {string|null|undefined} a
+ * @param {string|null|undefined} b
+ * @returns {number} negative, 0 or positive
+ */
+export function compareEventIds(a, b) {
+  if (!a && !b) return 0;
+  if (!a) return -1;
+  if (!b) return 1;
+  const [am, as = "0"] = String(a).split("-");
+  const [bm, bs = "0"] = String(b).split("-");
+  // BigInt: Redis ids are two 64-bit numbers, past Number's exact range
+  const ms = BigInt(am) - BigInt(bm);
+  if (ms !== 0n) return ms < 0n ? -1 : 1;
+  const seq = BigInt(as) - BigInt(bs);
+  return seq === 0n ? 0 : seq < 0n ? -1 : 1;
+}
+
+function attemptKey(step, attempt) {
+  return `${step}#${attempt ?? 1}`;
+}
+
+function chunkText(chunk) {
+  if (typeof chunk === "string") return chunk;
+  if (chunk === undefined || chunk === null) return "";
+  return JSON.stringify(chunk);
+}
+
+function newStep(key) {
+  return {
+    key,
+    component: null,
+    status: "pending",
+    attempts: 0,
+    output: null,
+    text: "",
+    chunks: [],
+    rawChunks: [],
+    progress: null,
+    error: null,
+    startedAt: null,
+    endedAt: null,
+    duration: null,
+    tokens: null,
+    waiting: false,
+  };
+}
+
+// The text and chunks a step shows: those of attempts nobody superseded.
+function visible(step, superseded, raw) {
+  const kept = raw.filter((c) => !superseded[attemptKey(step.key, c.attempt)]);
+  return { ...step, rawChunks: kept, chunks: kept.map((c) => c.chunk), text: kept.map((c) => chunkText(c.chunk)).join("") };
+}
+
+function withStep(state, key, change) {
+  const known = state.steps[key];
+  const step = known ?? newStep(key);
+  const steps = { ...state.steps, [key]: change(step) };
+  const order = known ? state.order : [...state.order, key];
+  return { ...state, steps, order };
+}
+
+function dropAttempts(state, pairs) {
+  if (!pairs.length) return state;
+  const superseded = { ...state.superseded };
+  for (const { step, attempt } of pairs) superseded[attemptKey(step, attempt)] = true;
+  const steps = { ...state.steps };
+  for (const { step } of pairs) {
+    if (steps[step]) steps[step] = visible(steps[step], superseded, steps[step].rawChunks ?? []);
+  }
+  return { ...state, superseded, steps };
+}
+
+function addTokens(total, used) {
+  if (!used || typeof used !== "object") return total;
+  const sum = { ...total };
+  for (const [kind, n] of Object.entries(used)) {
+    if (typeof n === "number") sum[kind] = (sum[kind] ?? 0) + n;
+  }
+  return sum;
+}
+
+function endWaits(steps) {
+  const out = {};
+  for (const [key, step] of Object.entries(steps)) {
+    out[key] = step.status === "waiting" ? { ...step, status: "running", waiting: false } : step;
+  }
+  return out;
+}
+
+/**
+ * Fold one event into a run state; returns a new state (the old one is not changed).
+ * An event at or before `state.lastEventId` is returned unchanged: folding is idempotent
+ * per event id, which is what makes delivery exactly-once across reconnects.
+ * @param {import("../index").RunState} state
+ * @param {import("../index").FlowkitEvent} event
+ * @returns {import("../index").RunState}
+ */
+export function foldEvent(state, event) {
+  if (!event || typeof event !== "object") return state;
+  if (event.id && state.lastEventId && compareEventIds(event.id, state.lastEventId) <= 0) {
+    return state;
+  }
+  let next = {
+    ...state,
+    runId: state.runId ?? event.run ?? null,
+    lastEventId: event.id ?? state.lastEventId,
+    eventCount: (state.eventCount ?? 0) + 1,
+  };
+  const ts = event.ts ?? null;
+  const key = event.step;
+  switch (event.type) {
+    case "run.scheduled":
+    case "run.queued":
+      return { ...next, state: event.type.slice(4), workflow: event.workflow ?? next.workflow };
+    case "run.held":
+      return { ...next, state: "queued", held: event.reason ?? "held" };
+    case "run.admitted":
+      return { ...next, state: "queued", held: null };
+    case "run.started":
+      return { ...next, state: "running", held: null, steps: endWaits(next.steps) };
+    case "run.waiting": {
+      const { type, ts: _ts, run, id, ...what } = event;
+      next = { ...next, state: "waiting", waiting: what };
+      const waitsForSomeone = event.kind !== "slot" && event.kind !== "sleep";
+      if (key && next.steps[key] && waitsForSomeone) {
+        next = withStep(next, key, (s) => ({ ...s, status: "waiting", waiting: true }));
+      }
+      return next;
+    }
+    case "run.resumed":
+      return { ...next, state: "queued", waiting: null, steps: endWaits(next.steps) };
+    case "run.restarted": {
+      next = { ...next, state: "queued", waiting: null, error: null, output: null };
+      return dropAttempts(next, Array.isArray(event.superseded) ? event.superseded : []);
+    }
+    case "run.succeeded":
+      return { ...next, state: "succeeded", output: event.output ?? null, waiting: null, error: null };
+    case "run.failed":
+      return { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null };
+    case "run.cancelled":
+      return { ...next, state: "cancelled", waiting: null };
+    case "step.started":
+      return withStep(next, key, (s) => ({
+        ...s,
+        component: event.component ?? s.component,
+        status: "running",
+        attempts: Math.max(s.attempts, event.attempt ?? 1),
+        error: null,
+        waiting: false,
+        startedAt: s.startedAt ?? ts,
+        endedAt: null,
+      }));
+    case "step.progress":
+      return withStep(next, key, (s) => ({
+        ...s,
+        progress: { message: event.message ?? null, fraction: event.fraction ?? null, eta: event.eta ?? null },
+      }));
+    case "step.output":
+      return withStep(next, key, (s) => {
+        const raw = [...(s.rawChunks ?? []), { attempt: event.attempt ?? 1, chunk: event.chunk }];
+        return visible({ ...s, status: s.status === "pending" ? "running" : s.status }, next.superseded, raw);
+      });
+    case "step.retrying":
+      next = withStep(next, key, (s) => ({ ...s, status: "retrying", error: event.error ?? null, attempts: Math.max(s.attempts, event.attempt ?? 1) }));
+      return dropAttempts(next, [{ step: key, attempt: event.attempt }]);
+    case "step.completed":
+      next = withStep(next, key, (s) => ({
+        ...s,
+        status: "completed",
+        output: event.output ?? null,
+        error: null,
+        waiting: false,
+        endedAt: ts,
+        duration: event.duration ?? null,
+        tokens: event.tokens ?? null,
+        attempts: Math.max(s.attempts, event.attempt ?? 1),
+      }));
+      next = { ...next, tokens: addTokens(next.tokens, event.tokens) };
+      if (typeof event.cost === "number") next.cost = (next.cost ?? 0) + event.cost;
+      return next;
+    case "step.failed":
+      return withStep(next, key, (s) => ({ ...s, status: "failed", error: event.error ?? null, endedAt: ts, waiting: false }));
+    default:
+      return next; // a type this client does not know yet: counted, not drawn
+  }
+}
+
+/**
+ * Fold many events (e.g. a REST history page) into a state.
+ * @param {import("../index").RunState} state
+ * @param {import("../index").FlowkitEvent[]} events
+ */
+export function foldEvents(state, events) {
+  return events.reduce(foldEvent, state);
+}
+
+/** Whether a folded state is at a terminal run state. */
+export function isTerminal(state) {
+  return TERMINAL_STATES.includes(state.state);
+}

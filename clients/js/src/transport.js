@@ -1,0 +1,155 @@
+// The two ways a browser follows a run's stream: the WebSocket relay
+// (/runs/<id>/stream) and Server-Sent Events read with fetch (/runs/<id>/events).
+// SSE goes through fetch rather than EventSource because EventSource cannot send
+// an Authorization header nor be resumed from a cursor of our choosing, and it
+// reconnects on its own; the watch owns reconnection, so both transports here
+// make exactly one connection and report how it ended.
+
+/**
+ * @typedef {object} TransportHandlers
+ * @property {() => void} onOpen
+ * @property {(event: object) => void} onEvent
+ * @property {(end: TransportEnd) => void} onEnd  called once, however the connection ended
+ *
+ * @typedef {object} TransportEnd
+ * @property {boolean} opened   the connection was established before it ended
+ * @property {boolean} clean    the server ended it on purpose (WS close 1000, SSE body end)
+ * @property {boolean} restart  the server is restarting: reconnect even after a terminal event
+ * @property {number} [status]  an HTTP status that refused the connection (SSE)
+ * @property {string} [message] why, for people
+ */
+
+/** Resolve the client's base URL (maybe relative, e.g. "/flowkit") to an absolute URL. */
+export function absoluteUrl(baseUrl, path) {
+  const base = String(baseUrl ?? "").replace(/\/+$/, "");
+  const here = globalThis.location?.href;
+  return new URL(base + path, here ?? "http://localhost/").toString();
+}
+
+/**
+ * One WebSocket connection to a run's relay, from the event after `after`.
+ * The token goes in `?token=`: a browser's WebSocket cannot send headers (the API
+ * accepts run tokens there; a cookie session needs nothing).
+ */
+export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket }, handlers) {
+  const url = new URL(absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/stream`));
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  if (after) url.searchParams.set("after", after);
+  if (token) url.searchParams.set("token", token);
+  let opened = false;
+  let ended = false;
+  const end = (detail) => {
+    if (ended) return;
+    ended = true;
+    handlers.onEnd({ opened, ...detail });
+  };
+  let socket;
+  try {
+    socket = new Socket(url.toString());
+  } catch (error) {
+    queueMicrotask(() => end({ clean: false, restart: false, message: String(error) }));
+    return { close() {} };
+  }
+  socket.onopen = () => {
+    opened = true;
+    handlers.onOpen();
+  };
+  socket.onmessage = (message) => {
+    if (ended) return;
+    let event;
+    try {
+      event = JSON.parse(typeof message.data === "string" ? message.data : String(message.data));
+    } catch {
+      return; // not an event: nothing the relay sends, ignored
+    }
+    handlers.onEvent(event);
+  };
+  socket.onerror = () => {}; // onclose follows with the code
+  socket.onclose = (close) => {
+    end({ clean: close.code === 1000, restart: close.code === 1012, code: close.code, message: close.reason });
+  };
+  return {
+    close() {
+      if (ended) return;
+      ended = true; // our own close is not reported
+      try {
+        socket.close(1000);
+      } catch {
+        /* already closing */
+      }
+    },
+  };
+}
+
+/**
+ * One SSE response from the run's events endpoint, read with fetch from the event
+ * after `after` (sent as Last-Event-ID, the header SSE defines for resuming).
+ */
+export function openEventStream({ baseUrl, runId, after, token, credentials, fetch: fetchFn }, handlers) {
+  const controller = new AbortController();
+  let opened = false;
+  let ended = false;
+  const end = (detail) => {
+    if (ended) return;
+    ended = true;
+    handlers.onEnd({ opened, restart: false, ...detail });
+  };
+  const headers = { Accept: "text/event-stream" };
+  if (after) headers["Last-Event-ID"] = after;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const url = absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/events`);
+  (async () => {
+    const response = await fetchFn(url, { headers, credentials, signal: controller.signal, cache: "no-store" });
+    if (!response.ok) {
+      let message = response.statusText;
+      try {
+        message = (await response.json()).error?.message ?? message;
+      } catch {
+        /* not the API's JSON error */
+      }
+      end({ clean: false, status: response.status, message });
+      return;
+    }
+    opened = true;
+    handlers.onOpen();
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+        const event = parseSseBlock(block);
+        if (event && !ended) handlers.onEvent(event);
+      }
+    }
+    end({ clean: true });
+  })().catch((error) => end({ clean: false, message: String(error?.message ?? error) }));
+  return {
+    close() {
+      ended = true;
+      controller.abort();
+    },
+  };
+}
+
+/** One SSE message block (lines of `field: value`) as an event, or null (a ping). */
+export function parseSseBlock(block) {
+  let id = null;
+  const data = [];
+  for (const line of block.split(/\r?\n/)) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "id") id = value;
+    else if (field === "data") data.push(value);
+  }
+  if (!data.length) return null;
+  const event = JSON.parse(data.join("\n"));
+  if (id && !event.id) event.id = id;
+  return event;
+}

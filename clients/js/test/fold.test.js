@@ -1,0 +1,73 @@
+// The fold alone, on event sequences shaped like flowkit's (the integration tests
+// fold real streams): superseded chunks vanish, duplicates are ignored, waits and
+// retries show as the dashboard draws them.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { foldEvent, foldEvents, initialRunState, compareEventIds } from "../src/index.js";
+
+const ev = (id, type, fields = {}) => ({ id, type, ts: Number(id.split("-")[0]) / 1000, run: "r1", ...fields });
+
+test("chunks of an attempt later reported retrying are dropped, the next attempt's kept", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "run.queued", { workflow: "w" }),
+    ev("2-0", "run.started"),
+    ev("3-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("4-0", "step.output", { step: "0:a", attempt: 1, chunk: "bad " }),
+    ev("5-0", "step.retrying", { step: "0:a", attempt: 1, error: { message: "x" } }),
+    ev("6-0", "step.started", { step: "0:a", attempt: 2 }),
+    ev("7-0", "step.output", { step: "0:a", attempt: 2, chunk: "good" }),
+    ev("8-0", "step.completed", { step: "0:a", attempt: 2, output: { n: 1 }, tokens: { total: 5 } }),
+    ev("9-0", "run.succeeded", { output: { n: 1 } }),
+  ]);
+  assert.equal(state.state, "succeeded");
+  assert.equal(state.workflow, "w");
+  assert.equal(state.steps["0:a"].text, "good");
+  assert.deepEqual(state.steps["0:a"].chunks, ["good"]);
+  assert.equal(state.steps["0:a"].attempts, 2);
+  assert.equal(state.steps["0:a"].status, "completed");
+  assert.deepEqual(state.output, { n: 1 });
+  assert.deepEqual(state.tokens, { total: 5 });
+  assert.equal(state.lastEventId, "9-0");
+});
+
+test("run.restarted drops the chunks of the attempts it lists", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("2-0", "step.output", { step: "0:a", attempt: 1, chunk: "lost" }),
+    ev("3-0", "run.restarted", { reason: "lease lapsed", superseded: [{ step: "0:a", attempt: 1 }] }),
+    ev("4-0", "step.started", { step: "0:a", attempt: 2 }),
+    ev("5-0", "step.output", { step: "0:a", attempt: 2, chunk: "kept" }),
+  ]);
+  assert.equal(state.steps["0:a"].text, "kept");
+  assert.equal(state.state, "queued");
+});
+
+test("an event at or before the last id is ignored, and the input state is not changed", () => {
+  const first = foldEvent(initialRunState("r1"), ev("5-1", "run.started"));
+  const again = foldEvent(first, ev("5-1", "run.started"));
+  const older = foldEvent(first, ev("5-0", "run.queued"));
+  assert.equal(again, first);
+  assert.equal(older, first);
+  assert.equal(first.eventCount, 1);
+  assert.equal(initialRunState("r1").eventCount, 0);
+});
+
+test("a wait for input marks the run and step waiting until resumed", () => {
+  let state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "0:approve", attempt: 1 }),
+    ev("2-0", "run.waiting", { step: "0:approve", kind: "input", name: "approval", prompt: "OK?" }),
+  ]);
+  assert.equal(state.state, "waiting");
+  assert.equal(state.waiting.name, "approval");
+  assert.equal(state.steps["0:approve"].status, "waiting");
+  state = foldEvent(state, ev("3-0", "run.resumed", { by: "input", name: "approval" }));
+  assert.equal(state.waiting, null);
+  assert.equal(state.steps["0:approve"].status, "running");
+});
+
+test("ids compare as (milliseconds, sequence) numbers, not strings", () => {
+  assert.ok(compareEventIds("10-0", "9-5") > 0);
+  assert.ok(compareEventIds("9-10", "9-9") > 0);
+  assert.equal(compareEventIds("18446744073709551615-1", "18446744073709551615-1"), 0);
+  assert.ok(compareEventIds(null, "1-0") < 0);
+});

@@ -1,0 +1,683 @@
+// flowkit browser client, one ESM file: built by scripts/build-js-client from
+// clients/js/src (edit those, then run the script). No dependencies.
+// ---- fold.js ----
+// The run's picture, folded from its events. Pure (no I/O, no clock) so the
+// dashboard, the watch and the tests all agree on what a stream of events means,
+// and so a folded state saved to storage can be folded further after a refresh.
+// Chunks of a superseded attempt (reported by step.retrying, or listed in
+// run.restarted's `superseded`) are dropped: their text and chunks vanish from
+// the step, even when the chunks were folded before the event that voids them.
+
+/** Run states that end a run (a retry may still follow one). */
+export const TERMINAL_STATES = ["succeeded", "failed", "cancelled"];
+
+/**
+ * The state before any event of a run.
+ * @param {string} [runId]
+ * @returns {import("../index").RunState}
+ */
+export function initialRunState(runId) {
+  return {
+    runId: runId ?? null,
+    workflow: null,
+    state: null,
+    steps: {},
+    order: [],
+    output: null,
+    error: null,
+    waiting: null,
+    held: null,
+    lastEventId: null,
+    connection: "connecting",
+    tokens: {},
+    cost: null,
+    superseded: {},
+    eventCount: 0,
+  };
+}
+
+/**
+ * Compare two stream ids ("<ms>-<seq>") as the server orders them.
+ * @param {string|null|undefined} a
+ * @param {string|null|undefined} b
+ * @returns {number} negative, 0 or positive
+ */
+export function compareEventIds(a, b) {
+  if (!a && !b) return 0;
+  if (!a) return -1;
+  if (!b) return 1;
+  const [am, as = "0"] = String(a).split("-");
+  const [bm, bs = "0"] = String(b).split("-");
+  // BigInt: Redis ids are two 64-bit numbers, past Number's exact range
+  const ms = BigInt(am) - BigInt(bm);
+  if (ms !== 0n) return ms < 0n ? -1 : 1;
+  const seq = BigInt(as) - BigInt(bs);
+  return seq === 0n ? 0 : seq < 0n ? -1 : 1;
+}
+
+function attemptKey(step, attempt) {
+  return `${step}#${attempt ?? 1}`;
+}
+
+function chunkText(chunk) {
+  if (typeof chunk === "string") return chunk;
+  if (chunk === undefined || chunk === null) return "";
+  return JSON.stringify(chunk);
+}
+
+function newStep(key) {
+  return {
+    key,
+    component: null,
+    status: "pending",
+    attempts: 0,
+    output: null,
+    text: "",
+    chunks: [],
+    rawChunks: [],
+    progress: null,
+    error: null,
+    startedAt: null,
+    endedAt: null,
+    duration: null,
+    tokens: null,
+    waiting: false,
+  };
+}
+
+// The text and chunks a step shows: those of attempts nobody superseded.
+function visible(step, superseded, raw) {
+  const kept = raw.filter((c) => !superseded[attemptKey(step.key, c.attempt)]);
+  return { ...step, rawChunks: kept, chunks: kept.map((c) => c.chunk), text: kept.map((c) => chunkText(c.chunk)).join("") };
+}
+
+function withStep(state, key, change) {
+  const known = state.steps[key];
+  const step = known ?? newStep(key);
+  const steps = { ...state.steps, [key]: change(step) };
+  const order = known ? state.order : [...state.order, key];
+  return { ...state, steps, order };
+}
+
+function dropAttempts(state, pairs) {
+  if (!pairs.length) return state;
+  const superseded = { ...state.superseded };
+  for (const { step, attempt } of pairs) superseded[attemptKey(step, attempt)] = true;
+  const steps = { ...state.steps };
+  for (const { step } of pairs) {
+    if (steps[step]) steps[step] = visible(steps[step], superseded, steps[step].rawChunks ?? []);
+  }
+  return { ...state, superseded, steps };
+}
+
+function addTokens(total, used) {
+  if (!used || typeof used !== "object") return total;
+  const sum = { ...total };
+  for (const [kind, n] of Object.entries(used)) {
+    if (typeof n === "number") sum[kind] = (sum[kind] ?? 0) + n;
+  }
+  return sum;
+}
+
+function endWaits(steps) {
+  const out = {};
+  for (const [key, step] of Object.entries(steps)) {
+    out[key] = step.status === "waiting" ? { ...step, status: "running", waiting: false } : step;
+  }
+  return out;
+}
+
+/**
+ * Fold one event into a run state; returns a new state (the old one is not changed).
+ * An event at or before `state.lastEventId` is returned unchanged: folding is idempotent
+ * per event id, which is what makes delivery exactly-once across reconnects.
+ * @param {import("../index").RunState} state
+ * @param {import("../index").FlowkitEvent} event
+ * @returns {import("../index").RunState}
+ */
+export function foldEvent(state, event) {
+  if (!event || typeof event !== "object") return state;
+  if (event.id && state.lastEventId && compareEventIds(event.id, state.lastEventId) <= 0) {
+    return state;
+  }
+  let next = {
+    ...state,
+    runId: state.runId ?? event.run ?? null,
+    lastEventId: event.id ?? state.lastEventId,
+    eventCount: (state.eventCount ?? 0) + 1,
+  };
+  const ts = event.ts ?? null;
+  const key = event.step;
+  switch (event.type) {
+    case "run.scheduled":
+    case "run.queued":
+      return { ...next, state: event.type.slice(4), workflow: event.workflow ?? next.workflow };
+    case "run.held":
+      return { ...next, state: "queued", held: event.reason ?? "held" };
+    case "run.admitted":
+      return { ...next, state: "queued", held: null };
+    case "run.started":
+      return { ...next, state: "running", held: null, steps: endWaits(next.steps) };
+    case "run.waiting": {
+      const { type, ts: _ts, run, id, ...what } = event;
+      next = { ...next, state: "waiting", waiting: what };
+      const waitsForSomeone = event.kind !== "slot" && event.kind !== "sleep";
+      if (key && next.steps[key] && waitsForSomeone) {
+        next = withStep(next, key, (s) => ({ ...s, status: "waiting", waiting: true }));
+      }
+      return next;
+    }
+    case "run.resumed":
+      return { ...next, state: "queued", waiting: null, steps: endWaits(next.steps) };
+    case "run.restarted": {
+      next = { ...next, state: "queued", waiting: null, error: null, output: null };
+      return dropAttempts(next, Array.isArray(event.superseded) ? event.superseded : []);
+    }
+    case "run.succeeded":
+      return { ...next, state: "succeeded", output: event.output ?? null, waiting: null, error: null };
+    case "run.failed":
+      return { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null };
+    case "run.cancelled":
+      return { ...next, state: "cancelled", waiting: null };
+    case "step.started":
+      return withStep(next, key, (s) => ({
+        ...s,
+        component: event.component ?? s.component,
+        status: "running",
+        attempts: Math.max(s.attempts, event.attempt ?? 1),
+        error: null,
+        waiting: false,
+        startedAt: s.startedAt ?? ts,
+        endedAt: null,
+      }));
+    case "step.progress":
+      return withStep(next, key, (s) => ({
+        ...s,
+        progress: { message: event.message ?? null, fraction: event.fraction ?? null, eta: event.eta ?? null },
+      }));
+    case "step.output":
+      return withStep(next, key, (s) => {
+        const raw = [...(s.rawChunks ?? []), { attempt: event.attempt ?? 1, chunk: event.chunk }];
+        return visible({ ...s, status: s.status === "pending" ? "running" : s.status }, next.superseded, raw);
+      });
+    case "step.retrying":
+      next = withStep(next, key, (s) => ({ ...s, status: "retrying", error: event.error ?? null, attempts: Math.max(s.attempts, event.attempt ?? 1) }));
+      return dropAttempts(next, [{ step: key, attempt: event.attempt }]);
+    case "step.completed":
+      next = withStep(next, key, (s) => ({
+        ...s,
+        status: "completed",
+        output: event.output ?? null,
+        error: null,
+        waiting: false,
+        endedAt: ts,
+        duration: event.duration ?? null,
+        tokens: event.tokens ?? null,
+        attempts: Math.max(s.attempts, event.attempt ?? 1),
+      }));
+      next = { ...next, tokens: addTokens(next.tokens, event.tokens) };
+      if (typeof event.cost === "number") next.cost = (next.cost ?? 0) + event.cost;
+      return next;
+    case "step.failed":
+      return withStep(next, key, (s) => ({ ...s, status: "failed", error: event.error ?? null, endedAt: ts, waiting: false }));
+    default:
+      return next; // a type this client does not know yet: counted, not drawn
+  }
+}
+
+/**
+ * Fold many events (e.g. a REST history page) into a state.
+ * @param {import("../index").RunState} state
+ * @param {import("../index").FlowkitEvent[]} events
+ */
+export function foldEvents(state, events) {
+  return events.reduce(foldEvent, state);
+}
+
+/** Whether a folded state is at a terminal run state. */
+export function isTerminal(state) {
+  return TERMINAL_STATES.includes(state.state);
+}
+
+// ---- transport.js ----
+// The two ways a browser follows a run's stream: the WebSocket relay
+// (/runs/<id>/stream) and Server-Sent Events read with fetch (/runs/<id>/events).
+// SSE goes through fetch rather than EventSource because EventSource cannot send
+// an Authorization header nor be resumed from a cursor of our choosing, and it
+// reconnects on its own; the watch owns reconnection, so both transports here
+// make exactly one connection and report how it ended.
+
+/**
+ * @typedef {object} TransportHandlers
+ * @property {() => void} onOpen
+ * @property {(event: object) => void} onEvent
+ * @property {(end: TransportEnd) => void} onEnd  called once, however the connection ended
+ *
+ * @typedef {object} TransportEnd
+ * @property {boolean} opened   the connection was established before it ended
+ * @property {boolean} clean    the server ended it on purpose (WS close 1000, SSE body end)
+ * @property {boolean} restart  the server is restarting: reconnect even after a terminal event
+ * @property {number} [status]  an HTTP status that refused the connection (SSE)
+ * @property {string} [message] why, for people
+ */
+
+/** Resolve the client's base URL (maybe relative, e.g. "/flowkit") to an absolute URL. */
+export function absoluteUrl(baseUrl, path) {
+  const base = String(baseUrl ?? "").replace(/\/+$/, "");
+  const here = globalThis.location?.href;
+  return new URL(base + path, here ?? "http://localhost/").toString();
+}
+
+/**
+ * One WebSocket connection to a run's relay, from the event after `after`.
+ * The token goes in `?token=`: a browser's WebSocket cannot send headers (the API
+ * accepts run tokens there; a cookie session needs nothing).
+ */
+export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket }, handlers) {
+  const url = new URL(absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/stream`));
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  if (after) url.searchParams.set("after", after);
+  if (token) url.searchParams.set("token", token);
+  let opened = false;
+  let ended = false;
+  const end = (detail) => {
+    if (ended) return;
+    ended = true;
+    handlers.onEnd({ opened, ...detail });
+  };
+  let socket;
+  try {
+    socket = new Socket(url.toString());
+  } catch (error) {
+    queueMicrotask(() => end({ clean: false, restart: false, message: String(error) }));
+    return { close() {} };
+  }
+  socket.onopen = () => {
+    opened = true;
+    handlers.onOpen();
+  };
+  socket.onmessage = (message) => {
+    if (ended) return;
+    let event;
+    try {
+      event = JSON.parse(typeof message.data === "string" ? message.data : String(message.data));
+    } catch {
+      return; // not an event: nothing the relay sends, ignored
+    }
+    handlers.onEvent(event);
+  };
+  socket.onerror = () => {}; // onclose follows with the code
+  socket.onclose = (close) => {
+    end({ clean: close.code === 1000, restart: close.code === 1012, code: close.code, message: close.reason });
+  };
+  return {
+    close() {
+      if (ended) return;
+      ended = true; // our own close is not reported
+      try {
+        socket.close(1000);
+      } catch {
+        /* already closing */
+      }
+    },
+  };
+}
+
+/**
+ * One SSE response from the run's events endpoint, read with fetch from the event
+ * after `after` (sent as Last-Event-ID, the header SSE defines for resuming).
+ */
+export function openEventStream({ baseUrl, runId, after, token, credentials, fetch: fetchFn }, handlers) {
+  const controller = new AbortController();
+  let opened = false;
+  let ended = false;
+  const end = (detail) => {
+    if (ended) return;
+    ended = true;
+    handlers.onEnd({ opened, restart: false, ...detail });
+  };
+  const headers = { Accept: "text/event-stream" };
+  if (after) headers["Last-Event-ID"] = after;
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const url = absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/events`);
+  (async () => {
+    const response = await fetchFn(url, { headers, credentials, signal: controller.signal, cache: "no-store" });
+    if (!response.ok) {
+      let message = response.statusText;
+      try {
+        message = (await response.json()).error?.message ?? message;
+      } catch {
+        /* not the API's JSON error */
+      }
+      end({ clean: false, status: response.status, message });
+      return;
+    }
+    opened = true;
+    handlers.onOpen();
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+        const event = parseSseBlock(block);
+        if (event && !ended) handlers.onEvent(event);
+      }
+    }
+    end({ clean: true });
+  })().catch((error) => end({ clean: false, message: String(error?.message ?? error) }));
+  return {
+    close() {
+      ended = true;
+      controller.abort();
+    },
+  };
+}
+
+/** One SSE message block (lines of `field: value`) as an event, or null (a ping). */
+export function parseSseBlock(block) {
+  let id = null;
+  const data = [];
+  for (const line of block.split(/\r?\n/)) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "id") id = value;
+    else if (field === "data") data.push(value);
+  }
+  if (!data.length) return null;
+  const event = JSON.parse(data.join("\n"));
+  if (id && !event.id) event.id = id;
+  return event;
+}
+
+// ---- client.js ----
+// The client a page talks to: REST calls (start, answer, cancel, retry, reads)
+// and watches that follow one run's stream. A watch delivers every event once,
+// in order: it keeps the last event id (in storage too, so a refreshed page
+// resumes where it was), ignores anything at or before it, reconnects with
+// backoff from it, and falls back from WebSocket to SSE when a socket cannot be
+// opened (no WebSocket, a proxy that refuses upgrades, an API key the socket
+// cannot carry). The server ends a stream at the run's latest terminal event
+// only, so a watch reopened after a retry gets the rest.
+
+
+/** An error answered by the API: `{"error": {code, message, fields}}`, with its status. */
+export class FlowkitError extends Error {
+  constructor(status, code, message, fields = {}) {
+    super(message);
+    this.name = "FlowkitError";
+    this.status = status;
+    this.code = code;
+    this.fields = fields;
+  }
+}
+
+const STORAGE_PREFIX = "flowkit.run.";
+
+/** The key a watch persists a run under in `storage` (e.g. sessionStorage). */
+export function storageKey(runId) {
+  return STORAGE_PREFIX + runId;
+}
+
+function restore(storage, runId) {
+  if (!storage) return null;
+  try {
+    const saved = JSON.parse(storage.getItem(storageKey(runId)) ?? "null");
+    return saved && saved.state && saved.state.runId === runId ? saved.state : null;
+  } catch {
+    return null; // unreadable: start from the beginning, the fold drops nothing twice
+  }
+}
+
+export class FlowkitClient {
+  /**
+   * @param {import("../index").FlowkitClientOptions} [options]
+   */
+  constructor(options = {}) {
+    this.baseUrl = options.baseUrl ?? "/flowkit";
+    this.token = options.token;
+    this.credentials = options.credentials ?? "same-origin";
+    this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.backoff = { initial: 500, max: 15000, ...(options.backoff ?? {}) };
+    /** @type {Set<RunWatch>} */
+    this.watches = new Set();
+  }
+
+  /** Follow a run's events and folded state. */
+  watch(runId, options = {}) {
+    const w = new RunWatch(this, runId, options);
+    this.watches.add(w);
+    return w;
+  }
+
+  async request(method, path, { body, headers = {}, token = this.token } = {}) {
+    const sent = { Accept: "application/json", ...headers };
+    if (token) sent.Authorization = `Bearer ${token}`;
+    if (body !== undefined) sent["Content-Type"] = "application/json";
+    const response = await this.fetch(absoluteUrl(this.baseUrl, path), {
+      method,
+      headers: sent,
+      credentials: this.credentials,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = data?.error ?? {};
+      throw new FlowkitError(response.status, error.code ?? "http_error", error.message ?? `${method} ${path}: HTTP ${response.status}`, error.fields ?? {});
+    }
+    return data;
+  }
+
+  /** Start a run of `workflow`; the API's JSON (id, state, token, urls...). */
+  start(workflow, input = {}, { idempotencyKey, priority, delay } = {}) {
+    const query = new URLSearchParams();
+    if (priority !== undefined) query.set("priority", String(priority));
+    if (delay !== undefined) query.set("delay", String(delay));
+    const headers = idempotencyKey ? { "Idempotency-Key": idempotencyKey } : {};
+    const qs = query.toString() ? `?${query}` : "";
+    return this.request("POST", `/workflows/${encodeURIComponent(workflow)}/runs${qs}`, { body: input, headers });
+  }
+
+  /** Answer a run's `wait_for_input(name)`; the value is the JSON body. */
+  answer(runId, name, value) {
+    return this.request("POST", `/runs/${encodeURIComponent(runId)}/input/${encodeURIComponent(name)}`, { body: value });
+  }
+
+  cancel(runId) {
+    return this.request("POST", `/runs/${encodeURIComponent(runId)}/cancel`);
+  }
+
+  /** Retry a failed run from its failed step; this client's ended watches of it follow on. */
+  async retry(runId) {
+    const run = await this.request("POST", `/runs/${encodeURIComponent(runId)}/retry`);
+    for (const w of this.watches) if (w.runId === runId) w.reconnect();
+    return run;
+  }
+
+  /** The run's record. */
+  run(runId) {
+    return this.request("GET", `/runs/${encodeURIComponent(runId)}`);
+  }
+
+  /** One page of the run's history: `{events, next, done}`. */
+  events(runId, { after, limit } = {}) {
+    const query = new URLSearchParams();
+    if (after) query.set("after", after);
+    if (limit) query.set("limit", String(limit));
+    const qs = query.toString() ? `?${query}` : "";
+    return this.request("GET", `/runs/${encodeURIComponent(runId)}/events${qs}`);
+  }
+}
+
+export class RunWatch {
+  constructor(client, runId, options = {}) {
+    this.client = client;
+    this.runId = runId;
+    this.storage = options.storage ?? null;
+    this.token = options.token ?? client.token;
+    this.transportChoice = options.transport ?? "auto";
+    this.backoff = { ...client.backoff, ...(options.backoff ?? {}) };
+    const restored = restore(this.storage, runId);
+    let state = restored ?? initialRunState(runId);
+    if (options.lastEventId && compareEventIds(options.lastEventId, state.lastEventId) > 0) {
+      state = { ...state, lastEventId: options.lastEventId };
+    }
+    /** @type {import("../index").RunState} */
+    this.state = { ...state, connection: "connecting" };
+    /** How many times a connection was opened; the transport in use. */
+    this.connects = 0;
+    this.transport = this.pickTransport();
+    /** Why the watch stopped for good (an HTTP refusal), or null. */
+    this.failure = null;
+    this.subscribers = new Set();
+    this.eventListeners = new Set();
+    this.retries = 0;
+    this.timer = null;
+    this.current = null;
+    this.stopped = false;
+    this.reopen = false;
+    this.connect();
+  }
+
+  pickTransport() {
+    if (this.transportChoice === "sse") return "sse";
+    if (this.transportChoice === "websocket") return "websocket";
+    return this.client.WebSocket ? "websocket" : "sse";
+  }
+
+  /** Called with the state after every folded event and every connection change. */
+  subscribe(listener) {
+    this.subscribers.add(listener);
+    return () => this.subscribers.delete(listener);
+  }
+
+  /** Called with every raw event, once, in order. */
+  onEvent(listener) {
+    this.eventListeners.add(listener);
+    return () => this.eventListeners.delete(listener);
+  }
+
+  setState(state) {
+    this.state = state;
+    for (const listener of [...this.subscribers]) listener(state);
+  }
+
+  setConnection(connection) {
+    if (this.state.connection !== connection) this.setState({ ...this.state, connection });
+  }
+
+  persist() {
+    if (!this.storage) return;
+    try {
+      this.storage.setItem(storageKey(this.runId), JSON.stringify({ state: { ...this.state, connection: "closed" } }));
+    } catch {
+      /* storage full or refused: the watch goes on, a refresh replays from the server */
+    }
+  }
+
+  connect() {
+    if (this.stopped) return;
+    this.timer = null;
+    this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
+    this.connects += 1;
+    const options = {
+      baseUrl: this.client.baseUrl,
+      runId: this.runId,
+      after: this.state.lastEventId,
+      token: this.token,
+      credentials: this.client.credentials,
+      fetch: this.client.fetch,
+      WebSocket: this.client.WebSocket,
+    };
+    const handlers = {
+      onOpen: () => this.setConnection("open"),
+      onEvent: (event) => this.receive(event),
+      onEnd: (end) => this.ended(end),
+    };
+    this.current = this.transport === "websocket" ? openWebSocket(options, handlers) : openEventStream(options, handlers);
+  }
+
+  receive(event) {
+    if (this.stopped || !event || typeof event !== "object") return;
+    if (event.id && this.state.lastEventId && compareEventIds(event.id, this.state.lastEventId) <= 0) {
+      return; // already delivered (a resend across a reconnect)
+    }
+    this.retries = 0; // the connection delivers: a later drop starts the backoff over
+    const state = foldEvent(this.state, event);
+    this.state = state;
+    this.persist();
+    for (const listener of [...this.eventListeners]) listener(event);
+    this.setState(this.state);
+  }
+
+  ended(end) {
+    this.current = null;
+    if (this.stopped) return;
+    if (!end.opened && this.transport === "websocket" && this.transportChoice === "auto") {
+      this.transport = "sse"; // the socket never opened: follow over SSE from now on
+      this.connect();
+      return;
+    }
+    if (end.status && [400, 401, 403, 404, 410].includes(end.status)) {
+      this.failure = { status: end.status, message: end.message ?? "" };
+      this.setState({ ...this.state, connection: "closed", failure: this.failure });
+      return;
+    }
+    const reopen = this.reopen;
+    this.reopen = false;
+    if (end.clean && !end.restart && isTerminal(this.state) && !reopen) {
+      this.setConnection("closed"); // the server ended the stream at the run's latest terminal event
+      return;
+    }
+    const { initial, max } = this.backoff;
+    const delay = Math.min(max, initial * 2 ** this.retries) * (0.5 + Math.random() / 2);
+    this.retries += 1;
+    this.setConnection("reconnecting");
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Open the stream again from the last event id (after a retry, or to go on after closed). */
+  reconnect() {
+    if (this.stopped) return;
+    this.retries = 0;
+    if (this.current) {
+      this.reopen = true; // a stream ending now (the old terminal event) is followed by another
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.connect();
+  }
+
+  /** Cut the current connection as a network failure would: the watch reconnects on its own. */
+  drop() {
+    if (!this.current) return;
+    const current = this.current;
+    this.current = null;
+    current.close();
+    this.ended({ opened: true, clean: false, restart: false, message: "dropped" });
+  }
+
+  /** Stop following; the persisted state stays for a later watch. */
+  close() {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.current?.close();
+    this.current = null;
+    this.client.watches.delete(this);
+    this.setConnection("closed");
+  }
+}
