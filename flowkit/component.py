@@ -6,6 +6,10 @@ listens to :data:`registered_hooks`). Fluent methods return a new, configured
 component and leave the original untouched. Called outside a run, a component simply
 runs (with its retry and timeout policy); called inside a step, the call is a durable
 sub-step, checkpointed under ``<step>/<call index>:<name>``.
+
+An ``async def`` function makes an async component: calling it returns a coroutine (await
+it; inside a step that awaits it, it is a durable sub-step as above), and as a step of a
+run the engine runs it on an event loop (:mod:`flowkit.coroutines`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, overload
 
 from .context import current
+from .coroutines import call_with_policy, is_async
 from .errors import ConfigError, NotFound
 from .flow import Rate
 from .policy import Backoff, Policy, StepConcurrency, StepRate, call_with_timeout, key_spec
@@ -36,6 +41,8 @@ class Component:
         self.name = name
         self.version = version
         self.policy = policy
+        #: True for an ``async def`` function: calling the component returns a coroutine.
+        self.is_async = is_async(fn)
         functools.update_wrapper(self, fn)
 
     @property
@@ -121,6 +128,10 @@ class Component:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         step = current()
+        if self.is_async:
+            if step is not None:  # the sub-step's key is taken now, in call order
+                return step.call_async(self, args, kwargs)
+            return call_with_policy(self.fn, args, kwargs, self.policy)
         if step is not None:
             return step.call(self, args, kwargs)
         pol = self.policy

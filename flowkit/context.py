@@ -30,6 +30,10 @@ class RunningStep(Protocol):
         """A component called inside this step: a checkpointed sub-step."""
         ...
 
+    def call_async(self, component: Any, args: tuple, kwargs: dict) -> Any:
+        """An async component called inside this step: a coroutine, the same sub-step."""
+        ...
+
     def wait_for_input(self, name: str, schema: SchemaLike, prompt: str | None,
                        timeout: float | None) -> Any: ...
 

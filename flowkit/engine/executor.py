@@ -19,6 +19,7 @@ from .. import events, hooks
 from ..component import Component, Continue, lookup
 from ..config import get_settings
 from ..context import activate, deactivate
+from ..coroutines import run_coroutine
 from ..errors import RunCancelled, StepSuspended, StoreUnavailable, describe_error
 from ..policy import Policy, call_with_timeout
 from ..serialization import dumps_bounded, loads
@@ -217,7 +218,11 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
     _observe(spans.attempt_started, hooks.attempt_started, ctx, value)
     began = time.monotonic()
     try:
-        result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
+        if comp.is_async:  # on an event loop; a timeout or a cancel cancels the coroutine
+            result = run_coroutine(comp.fn, (value,), {}, pol.timeout, ctx.abandon,
+                                   ctx.is_cancelled)
+        else:
+            result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
     except BaseException as exc:
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
                  time.monotonic() - began)

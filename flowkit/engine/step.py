@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import events
 from ..config import get_settings
+from ..coroutines import call_with_policy
 from ..errors import (
     EventTimeout,
     FlowkitError,
@@ -110,6 +111,23 @@ class StepContext:
             return call_with_timeout(component.fn, args, kwargs, pol.timeout, self.abandon)
 
         value = pol.call(attempt)
+        output = dumps_bounded(value, f"output of {key}")
+        return loads(self.store.save_checkpoint(self.run_id, key, output))
+
+    def call_async(self, component: Any, args: tuple, kwargs: dict) -> Any:
+        """An async component called inside this step: a coroutine of the same durable
+        sub-step. Its key is taken now, when called, so sub-steps started together
+        (``asyncio.gather``) keep the order they were called in."""
+        key = f"{self.step}/{self._calls}:{component.name}"
+        self._calls += 1
+        return self._sub_step_async(key, component, args, kwargs)
+
+    async def _sub_step_async(self, key: str, component: Any, args: tuple, kwargs: dict) -> Any:
+        stored = self.store.checkpoint(self.run_id, key)
+        if stored is not None:
+            return loads(stored)
+        value = await call_with_policy(component.fn, args, kwargs, component.policy,
+                                       self.abandon)
         output = dumps_bounded(value, f"output of {key}")
         return loads(self.store.save_checkpoint(self.run_id, key, output))
 

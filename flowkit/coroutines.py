@@ -1,0 +1,175 @@
+"""Running ``async def`` components from flowkit's synchronous engine, on every Celery pool.
+
+A step's task body is synchronous (Celery calls it in a process, a thread or a greenlet),
+so an async component's coroutine needs an event loop to run on:
+
+- prefork and threads pools: a fresh event loop per call, in the task's own thread
+  (``asyncio.run``). Nothing is shared between steps, nothing outlives the call.
+- gevent pool: asyncio keeps its "running loop" per OS thread, and every greenlet shares
+  that thread, so two greenlets each running a loop would collide. Instead one loop per
+  process runs in a greenlet of its own; steps hand it their coroutines and wait for the
+  result cooperatively (gevent patches the selector, the self-pipe and the future's lock,
+  so the loop and the waiting greenlets all yield to the hub). Concurrent async steps of a
+  gevent worker thus share one event loop.
+
+A timeout cancels the coroutine (``asyncio.timeout``) and raises StepTimeout. Inside a run
+the coroutine is also watched: when the run is cancelled or restarted elsewhere, it is
+cancelled and RunCancelled raised, so an async step stops at its next ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import tenacity
+
+from .errors import RunCancelled, StepTimeout
+
+#: How often a running async step checks whether its run was cancelled (seconds).
+CANCEL_POLL_SECONDS = 1.0
+
+_shared: dict[str, Any] = {}  # the gevent worker's loop: {"pid": ..., "loop": ...}
+_shared_lock = threading.Lock()
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """True for an ``async def`` function (also behind functools.partial or ``__call__``)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    method = None if inspect.isroutine(fn) else type(fn).__dict__.get("__call__")
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(method)
+
+
+def run_coroutine(
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple,
+    kwargs: dict,
+    timeout: float | None,
+    on_timeout: Callable[[], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Any:
+    """``await fn(*args, **kwargs)`` from synchronous code, with the caller's context
+    variables (the running step); see the module's docstring for where the loop runs."""
+    main = _guarded(fn, args, kwargs, timeout, on_timeout, cancelled)
+    if _gevent_patched():
+        return asyncio.run_coroutine_threadsafe(main, _gevent_loop()).result()
+    if _loop_running_here():
+        # called from async code in this thread (a sync helper awaited nothing): a loop of
+        # its own in a helper thread, since this thread's loop is busy running the caller
+        run = contextvars.copy_context().run
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = run(asyncio.run, main)
+            except BaseException as exc:  # handed to the caller below
+                outcome["error"] = exc
+
+        helper = threading.Thread(target=target, name="flowkit-async", daemon=True)
+        helper.start()
+        helper.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+    return asyncio.run(main)
+
+
+async def call_with_policy(
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple,
+    kwargs: dict,
+    policy: Any,
+    on_timeout: Callable[[], None] | None = None,
+) -> Any:
+    """``await fn(...)`` under a component policy: its retries (tenacity's async form of
+    the same stop, wait and retry rules, sleeping with ``asyncio.sleep``) and its timeout."""
+    sync = policy.retrying()
+    retrying = tenacity.AsyncRetrying(
+        stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await _guarded(fn, args, kwargs, policy.timeout, on_timeout, None)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+async def _guarded(
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple,
+    kwargs: dict,
+    timeout: float | None,
+    on_timeout: Callable[[], None] | None,
+    cancelled: Callable[[], bool] | None,
+) -> Any:
+    work = asyncio.ensure_future(fn(*args, **kwargs))
+    stopped: list[bool] = []
+    watcher = asyncio.ensure_future(_watch(work, cancelled, stopped)) if cancelled else None
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            return await work
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the component's own TimeoutError
+        if on_timeout is not None:
+            on_timeout()
+        raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout") from None
+    except asyncio.CancelledError:
+        if stopped:
+            raise RunCancelled(
+                "the run was cancelled or restarted; the coroutine was cancelled"
+            ) from None
+        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _watch(work: asyncio.Future, cancelled: Callable[[], bool], stopped: list) -> None:
+    while not work.done():
+        await asyncio.sleep(CANCEL_POLL_SECONDS)
+        if not work.done() and cancelled():
+            stopped.append(True)
+            work.cancel()
+            return
+
+
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
+def _gevent_loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop, running in a greenlet (made after a fork, once)."""
+    with _shared_lock:
+        if _shared.get("pid") != os.getpid():
+            import gevent  # only ever reached in a gevent-patched process
+            from gevent.event import Event
+
+            loop = asyncio.new_event_loop()
+            started = Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                loop.run_forever()
+
+            gevent.spawn(serve)
+            started.wait()
+            _shared.update(pid=os.getpid(), loop=loop)
+        return _shared["loop"]

@@ -1,0 +1,157 @@
+"""Async components and workflows for tests/test_async_components.py, one set per pool.
+
+Each pool's worker serves its own queue, so the same workflows are built once per queue
+(names suffixed with the queue). Side effects are counted in Redis (``acount:<run>:<what>``)
+so a test sees how often each piece ran, across worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from marshmallow import fields
+
+import flowkit
+from flowkit import component, continue_with, fan_out, parallel
+from flowkit.store import get_store
+
+QUEUES = {"threads": "async-threads", "prefork": "async-prefork", "gevent": "async-gevent"}
+
+
+class Flaky(Exception):
+    pass
+
+
+def count(what: str) -> int:
+    return get_store().redis.incr(f"acount:{flowkit.context().run_id}:{what}")
+
+
+def mark(what: str) -> None:
+    get_store().redis.set(f"amark:{flowkit.context().run_id}:{what}", 1)
+
+
+@component(name="a.add_one")
+async def add_one(data: dict) -> dict:
+    await asyncio.sleep(0.01)
+    count("add_one")
+    return {"n": data["n"] + 1}
+
+
+@component(name="a.double")
+async def double(data: dict) -> dict:
+    await asyncio.sleep(0.01)
+    count("double")
+    return {"n": data["n"] * 2}
+
+
+@component(name="a.sync_triple")
+def sync_triple(data: dict) -> dict:
+    count("sync_triple")
+    return {"n": data["n"] * 3}
+
+
+@component(name="a.pair")
+async def pair(data: dict) -> dict:
+    """Inline sub-steps from async code: two awaited together, one sync, with output."""
+    flowkit.progress("starting", 0.1)
+    one, two = await asyncio.gather(add_one(data), double(data))
+    flowkit.emit(f"sum {one['n'] + two['n']}")
+    three = sync_triple(data)
+    return {"n": one["n"] + two["n"] + three["n"]}
+
+
+@component(name="a.asker")
+async def asker(data: dict) -> dict:
+    """A sub-step, then a wait for input: the resumed step replays the sub-step."""
+    first = await add_one(data)
+    extra = flowkit.wait_for_input("extra", {"k": fields.Integer(required=True)})
+    return {"n": first["n"] + extra["k"]}
+
+
+@component(name="a.flaky")
+async def flaky(data: dict) -> dict:
+    if count("flaky") < 3:
+        raise Flaky("not yet")
+    return {"n": data["n"], "tries": 3}
+
+
+@component(name="a.sleeper")
+async def sleeper(data: dict) -> dict:
+    """Sleeps long; a cancelled coroutine leaves a mark in its ``finally``."""
+    count("sleeper")
+    try:
+        await asyncio.sleep(60)
+    finally:
+        mark("sleeper_stopped")
+    return data
+
+
+@component(name="a.split")
+async def split(data: dict) -> list:
+    return list(range(data["n"]))
+
+
+@component(name="a.square")
+async def square(x: int) -> int:
+    count(f"square-{x}")
+    await asyncio.sleep(1.0)
+    return x * x
+
+
+@component(name="a.total")
+async def total(xs: list) -> dict:
+    return {"n": sum(xs)}
+
+
+@component(name="a.agent")
+async def agent(data: dict) -> object:
+    await asyncio.sleep(0.01)
+    seen = data.get("seen", 0) + 1
+    if seen >= 3:
+        return {"n": seen}
+    return continue_with(agent, {"seen": seen})
+
+
+@component(name="a.join")
+async def join(branches: list) -> dict:
+    return {"n": sum(b["n"] for b in branches)}
+
+
+@component(name="a.cached")
+async def cached(data: dict) -> dict:
+    get_store().redis.incr(f"acached:{data['key']}")
+    return {"key": data["key"]}
+
+
+number = {"n": fields.Integer(required=True)}
+
+
+def build(queue: str) -> dict[str, flowkit.Workflow]:
+    def wf(name: str, steps: list, **kw) -> flowkit.Workflow:
+        return flowkit.Workflow(f"{name}_{queue}", steps, queue=queue, **kw)
+
+    return {
+        "sequence": wf("async_sequence", [add_one, pair, double], input_schema=number),
+        "branches": wf(
+            "async_branches",
+            [add_one, parallel(double, [add_one, sync_triple]), join],
+            input_schema=number,
+        ),
+        "fanned": wf("async_fanned", [split, fan_out(square), total], input_schema=number),
+        "batched": wf(
+            "async_batched", [split, fan_out(square, batch=5), total], input_schema=number
+        ),
+        "looping": wf("async_looping", [agent]),
+        "asking": wf("async_asking", [asker], input_schema=number),
+        "retrying": wf(
+            "async_retrying",
+            [flaky.retry(attempts=3, backoff=flowkit.exponential(0.05, 0.1))],
+            input_schema=number,
+        ),
+        "timing_out": wf("async_timing_out", [sleeper.timeout(1)]),
+        "cancelling": wf("async_cancelling", [sleeper]),
+        "caching": wf("async_caching", [cached.cache(ttl=60)]),
+    }
+
+
+WORKFLOWS = {pool: build(queue) for pool, queue in QUEUES.items()}

@@ -1,0 +1,184 @@
+"""``@component`` on ``async def``: sequences, parallel branches, fan-outs (batched too),
+agent loops, inline sub-steps, retries, caching, timeouts, cancels and waits, on the
+threads (in-process), prefork and gevent pools; and outside a run, a plain coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import flowkit
+from flowkit.errors import StepError
+from flowkit.store import get_store
+from flowkit.testing import InThreadWorker, WorkerProcess
+from tests import async_workflows as aw
+from tests.conftest import ROOT, wait_until
+
+WAIT = 60
+POOLS = ("threads", "prefork", "gevent")
+
+
+@pytest.fixture(scope="module")
+def pools(flowkit_env):
+    """A worker per pool, each on its own queue (the threads one in this process)."""
+    from tests.app import app
+
+    workers: list = [
+        InThreadWorker(app, queues=(aw.QUEUES["threads"],), name="async-threads", concurrency=4)
+    ]
+    for pool, concurrency in (("prefork", 2), ("gevent", 20)):
+        workers.append(
+            WorkerProcess(
+                "tests.async_app",
+                name=f"async-{pool}",
+                queues=(aw.QUEUES[pool],),
+                pool=pool,
+                concurrency=concurrency,
+                env=flowkit_env,
+                cwd=ROOT,
+            )
+        )
+    for w in workers:
+        w.start()
+    yield workers
+    for w in workers:
+        w.stop() if isinstance(w, InThreadWorker) else w.terminate(20)
+
+
+@pytest.fixture
+def on(store, pools):
+    """The workflows of one pool: ``on("gevent")["sequence"]``."""
+    return aw.WORKFLOWS.__getitem__
+
+
+def counts(run) -> dict[str, int]:
+    r = get_store().redis
+    prefix = f"acount:{run.id}:"
+    return {k[len(prefix) :]: int(r.get(k)) for k in r.scan_iter(f"{prefix}*")}
+
+
+def marked(run, what: str) -> bool:
+    return bool(get_store().redis.exists(f"amark:{run.id}:{what}"))
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_sequence_of_async_steps_with_inline_async_sub_steps(on, pool):
+    run = on(pool)["sequence"].start({"n": 1})
+    # 1 -> 2; pair: (2+1) + (2*2) + (2*3) = 13; double -> 26
+    assert run.result(WAIT) == {"n": 26}
+    assert counts(run) == {"add_one": 2, "double": 2, "sync_triple": 1}
+    types = [(e.type, e.data.get("step")) for e in run.events()]
+    assert ("step.output", "1:a.pair") in types and ("step.progress", "1:a.pair") in types
+    chunks = [e.data["chunk"] for e in run.events() if e.type == "step.output"]
+    assert chunks == ["sum 7"]
+    trace = get_store().checkpoints(run.id)
+    assert {"1:a.pair/0:a.add_one", "1:a.pair/1:a.double", "1:a.pair/2:a.sync_triple"} <= set(trace)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_batched_fan_out_of_async_items_runs_them_at_once(on, pool):
+    run = on(pool)["batched"].start({"n": 5})  # one batch of five items sleeping 1 s each
+    assert run.result(WAIT) == {"n": 0 + 1 + 4 + 9 + 16}
+    assert counts(run) == {f"square-{i}": 1 for i in range(5)}
+    # one after another they would take 5 s; together about 1 s
+    assert _spread(run) < 4.0
+
+
+def _spread(run) -> float:
+    """Seconds from the first item's start to the last item's completion."""
+    stamps = [
+        e.id
+        for e in run.events()
+        if "a.square" in (e.data.get("step") or "") and e.type in ("step.started", "step.completed")
+    ]
+    ms = [int(s.split("-")[0]) for s in stamps]
+    return (max(ms) - min(ms)) / 1000
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_timeout_cancels_the_coroutine(on, pool):
+    run = on(pool)["timing_out"].start({})
+    with pytest.raises(StepError) as failed:
+        run.result(WAIT)
+    assert "timeout" in str(failed.value)
+    assert wait_until(lambda: marked(run, "sleeper_stopped"), 10, "the coroutine's finally")
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_cancelling_the_run_cancels_the_coroutine(on, pool):
+    run = on(pool)["cancelling"].start({})
+    wait_until(lambda: counts(run).get("sleeper") == 1, 30, "the step to start")
+    flowkit.cancel(run.id)
+    assert run.wait(WAIT).state == "cancelled"
+    # the step is polled each second: its coroutine is cancelled long before its 60 s sleep
+    assert wait_until(lambda: marked(run, "sleeper_stopped"), 10, "the coroutine's finally")
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_async_step_pauses_for_input_and_resumes_without_repeating_its_sub_step(on, pool):
+    run = on(pool)["asking"].start({"n": 1})
+    wait_until(lambda: run.refresh().state == "waiting", 30, "the run to wait")
+    flowkit.send_input(run.id, "extra", {"k": 40})
+    assert run.result(WAIT) == {"n": 42}
+    assert counts(run) == {"add_one": 1}
+
+
+def test_parallel_branches_of_async_and_sync_steps(on):
+    run = on("threads")["branches"].start({"n": 1})
+    # 2 -> [double 4, add_one 3 -> triple 9] -> 13
+    assert run.result(WAIT) == {"n": 13}
+
+
+def test_a_fan_out_of_async_items(on):
+    run = on("threads")["fanned"].start({"n": 4})
+    assert run.result(WAIT) == {"n": 14}
+
+
+def test_an_async_agent_loop_continues_with_itself(on):
+    run = on("threads")["looping"].start({})
+    assert run.result(WAIT) == {"n": 3}
+    steps = [e.data["step"] for e in run.events() if e.type == "step.completed"]
+    assert len(steps) == 3
+
+
+def test_an_async_step_retries_per_its_policy(on):
+    run = on("threads")["retrying"].start({"n": 5})
+    assert run.result(WAIT) == {"n": 5, "tries": 3}
+    assert [e.type for e in run.events()].count("step.retrying") == 2
+
+
+def test_an_async_step_is_cached(on):
+    assert on("threads")["caching"].start({"key": "k1"}).result(WAIT) == {"key": "k1"}
+    assert on("threads")["caching"].start({"key": "k1"}).result(WAIT) == {"key": "k1"}
+    assert int(get_store().redis.get("acached:k1")) == 1
+
+
+# -- outside a run: a plain coroutine -----------------------------------------------------
+
+
+def test_outside_a_run_an_async_component_is_a_coroutine():
+    made = aw.split({"n": 3})
+    assert asyncio.iscoroutine(made)
+    assert asyncio.run(made) == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_outside_a_run_it_awaits_under_anyio_with_its_timeout():
+    assert await aw.split({"n": 2}) == [0, 1]
+    with pytest.raises(flowkit.StepTimeout):
+        await _slow.timeout(0.05)({})
+
+
+@flowkit.component(name="a.slow_outside")
+async def _slow(data: dict) -> dict:
+    await asyncio.sleep(5)
+    return data
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
