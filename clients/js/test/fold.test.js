@@ -71,3 +71,22 @@ test("ids compare as (milliseconds, sequence) numbers, not strings", () => {
   assert.equal(compareEventIds("18446744073709551615-1", "18446744073709551615-1"), 0);
   assert.ok(compareEventIds(null, "1-0") < 0);
 });
+
+test("a new attempt of a step supersedes its failed one (a retried run)", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "1:f", attempt: 2 }),
+    ev("2-0", "step.output", { step: "1:f", attempt: 2, chunk: "half" }),
+    ev("3-0", "step.failed", { step: "1:f", attempt: 2, error: { message: "boom" } }),
+    ev("4-0", "run.failed", { step: "1:f", error: { message: "boom" } }),
+  ]);
+  assert.equal(state.steps["1:f"].text, "half", "the failed attempt's output stays while it is the last");
+  assert.equal(state.error.step, "1:f");
+  const retried = foldEvents(state, [
+    ev("5-0", "run.restarted", { reason: "retry" }),
+    ev("6-0", "step.started", { step: "1:f", attempt: 3 }),
+    ev("7-0", "step.output", { step: "1:f", attempt: 3, chunk: "whole" }),
+  ]);
+  assert.equal(retried.steps["1:f"].text, "whole");
+  assert.equal(retried.error, null);
+  assert.equal(retried.state, "queued");
+});

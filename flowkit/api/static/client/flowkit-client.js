@@ -179,7 +179,12 @@ export function foldEvent(state, event) {
       return { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null };
     case "run.cancelled":
       return { ...next, state: "cancelled", waiting: null };
-    case "step.started":
+    case "step.started": {
+      // a new attempt supersedes the step's earlier ones (e.g. the attempt that failed the
+      // run, once the run is retried): their chunks are no longer the step's output
+      const attempt = event.attempt ?? 1;
+      const earlier = Array.from({ length: attempt - 1 }, (_, i) => ({ step: key, attempt: i + 1 }));
+      next = dropAttempts(next, earlier.filter((p) => !next.superseded[attemptKey(p.step, p.attempt)]));
       return withStep(next, key, (s) => ({
         ...s,
         component: event.component ?? s.component,
@@ -190,6 +195,7 @@ export function foldEvent(state, event) {
         startedAt: s.startedAt ?? ts,
         endedAt: null,
       }));
+    }
     case "step.progress":
       return withStep(next, key, (s) => ({
         ...s,

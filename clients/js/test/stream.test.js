@@ -1,0 +1,166 @@
+// Following real runs: history then live events, drops, refreshes, retries,
+// superseded chunks and the SSE fallback, against the flowkit server the pytest
+// wrapper serves (real worker, real Redis). Every assertion on delivery compares
+// with the run's history read over REST: the same ids, in order, each once.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { FlowkitClient, isTerminal } from "../src/index.js";
+import {
+  SKIP, URL_, API_KEY, client, reachedGate, openGate, memoryStorage, until, historyIds, dropProxy, increasing,
+} from "./helpers.js";
+
+const done = (s) => isTerminal(s) && s.connection === "closed";
+
+/** Start a run with the API key; watch it with its run token (as a page would). */
+async function startAndWatch(workflow, input, watchOptions = {}, clientOptions = {}) {
+  const api = client();
+  const run = await api.start(workflow, input);
+  const viewer = client({ token: run.token, ...clientOptions });
+  const watch = viewer.watch(run.id, watchOptions);
+  const events = [];
+  watch.onEvent((e) => events.push(e));
+  return { api, run, viewer, watch, events };
+}
+
+function streamerText(state) {
+  return state.order.map((k) => state.steps[k].text).join("");
+}
+
+for (const transport of ["websocket", "sse"]) {
+  test(`${transport}: the history comes first, then the live events, each once and in order`, { skip: SKIP }, async () => {
+    const { api, run, watch, events } = await startAndWatch("streaming", { before: 3, after: 2 }, { transport });
+    await reachedGate(run.id, "streamer");
+    await until(watch, (s) => streamerText(s) === "a0a1a2", "the chunks written before the watch");
+    assert.equal(watch.state.connection, "open");
+    assert.equal(watch.transport, transport);
+    await openGate(run.id, "streamer");
+    const state = await until(watch, done, "the run's end");
+    assert.equal(state.state, "succeeded");
+    assert.deepEqual(state.output, { emitted: 5 });
+    assert.equal(streamerText(state), "a0a1a2b0b1");
+    assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
+    assert.equal(state.lastEventId, events.at(-1).id);
+    assert.equal(watch.connects, 1);
+  });
+
+  test(`${transport}: a dropped connection resumes from the last event, nothing lost or repeated`, { skip: SKIP }, async () => {
+    const proxy = await dropProxy(URL_);
+    try {
+      const { api, run, watch, events } = await startAndWatch(
+        "streaming", { before: 2, after: 3 }, { transport }, { baseUrl: proxy.url });
+      await reachedGate(run.id, "streamer");
+      await until(watch, (s) => streamerText(s) === "a0a1" && s.connection === "open", "the first chunks");
+      const before = events.length;
+      proxy.drop();
+      await until(watch, (s) => s.connection === "reconnecting", "the watch noticing the drop");
+      await openGate(run.id, "streamer"); // these events are written while the watch is away
+      const state = await until(watch, done, "the run's end");
+      assert.ok(watch.connects >= 2, `reconnected (connects=${watch.connects})`);
+      assert.ok(events.length > before);
+      assert.equal(streamerText(state), "a0a1b0b1b2");
+      const ids = events.map((e) => e.id);
+      assert.ok(increasing(ids), `in order, no duplicate: ${ids}`);
+      assert.deepEqual(ids, await historyIds(api, run.id));
+    } finally {
+      await proxy.close();
+    }
+  });
+}
+
+test("a refresh (a new client from storage) resumes after the last event id, not from scratch", { skip: SKIP }, async () => {
+  const storage = memoryStorage();
+  const first = await startAndWatch("streaming", { before: 3, after: 2 }, { storage });
+  await reachedGate(first.run.id, "streamer");
+  await until(first.watch, (s) => streamerText(s) === "a0a1a2", "the chunks before the refresh");
+  first.watch.close(); // the page goes away
+  const seen = first.events.map((e) => e.id);
+  await openGate(first.run.id, "streamer");
+
+  const page = client({ token: first.run.token }); // the reloaded page: a new client, the same storage
+  const watch = page.watch(first.run.id, { storage });
+  assert.equal(streamerText(watch.state), "a0a1a2", "the folded state is there before any event");
+  assert.equal(watch.state.lastEventId, seen.at(-1));
+  const after = [];
+  watch.onEvent((e) => after.push(e.id));
+  const state = await until(watch, done, "the run's end after the refresh");
+  assert.equal(streamerText(state), "a0a1a2b0b1");
+  assert.ok(after.length > 0);
+  const history = await historyIds(first.api, first.run.id);
+  assert.deepEqual(after, history.slice(seen.length), "only the events after the last id");
+  assert.deepEqual([...seen, ...after], history);
+});
+
+test("a failed run retried with client.retry shows the retried attempt and its success", { skip: SKIP }, async () => {
+  const { api, run, watch, events } = await startAndWatch("exhausted", { n: 1, fail_times: 2 });
+  let state = await until(watch, done, "the failure");
+  assert.equal(state.state, "failed");
+  const flaky = state.order.find((k) => k.endsWith("t.flaky"));
+  assert.ok(flaky, `a flaky step in ${state.order}`);
+  assert.equal(state.steps[flaky].status, "failed");
+  assert.equal(state.error.step, flaky);
+  const failedAttempts = state.steps[flaky].attempts;
+
+  const retried = await api.retry(run.id); // a run token may not retry: the API key's client does
+  assert.equal(retried.id, run.id);
+  watch.reconnect(); // the page's watch (another client) follows the retried run from its last id
+  state = await until(watch, (s) => s.state === "succeeded" && s.connection === "closed", "the retried run's success");
+  assert.equal(state.steps[flaky].status, "completed");
+  assert.ok(state.steps[flaky].attempts > failedAttempts, "a later attempt ran");
+  assert.equal(state.error, null);
+  assert.deepEqual(state.steps[flaky].output, { n: 2, calls: 3 });
+  assert.equal(state.steps[flaky].text, "", "the failed attempts' partial output is not shown");
+  assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
+});
+
+test("client.retry reopens the ended watches of the same client", { skip: SKIP }, async () => {
+  const api = client();
+  const run = await api.start("exhausted", { n: 1, fail_times: 2 });
+  const watch = api.watch(run.id);
+  await until(watch, done, "the failure");
+  await api.retry(run.id);
+  const state = await until(watch, (s) => s.state === "succeeded" && s.connection === "closed", "the success");
+  assert.equal(state.error, null);
+});
+
+test("chunks of superseded attempts are dropped from the folded output, yet delivered raw", { skip: SKIP }, async () => {
+  const { watch, events } = await startAndWatch("retrying", { n: 1, fail_times: 2 });
+  const state = await until(watch, done, "the run's end");
+  assert.equal(state.state, "succeeded");
+  const flaky = state.order.find((k) => k.endsWith("t.flaky"));
+  const chunks = events.filter((e) => e.type === "step.output" && e.step === flaky).map((e) => e.chunk);
+  assert.deepEqual(chunks, ["partial output of attempt 1", "partial output of attempt 2"]);
+  assert.equal(state.steps[flaky].text, "");
+  assert.deepEqual(state.steps[flaky].chunks, []);
+  assert.equal(state.steps[flaky].attempts, 3);
+  assert.equal(state.steps[flaky].status, "completed");
+});
+
+test("auto falls back to SSE when the WebSocket cannot open (an API key is no socket token)", { skip: SKIP }, async () => {
+  const api = client(); // its token is the API key: the socket's ?token= refuses it, SSE's header takes it
+  const run = await api.start("streaming", { before: 2, after: 1 });
+  const watch = api.watch(run.id, { transport: "auto" });
+  await reachedGate(run.id, "streamer");
+  await until(watch, (s) => streamerText(s) === "a0a1", "the chunks over SSE");
+  assert.equal(watch.transport, "sse");
+  await openGate(run.id, "streamer");
+  const state = await until(watch, done, "the run's end");
+  assert.equal(streamerText(state), "a0a1b0");
+});
+
+test("auto uses SSE at once where there is no WebSocket at all", { skip: SKIP }, async () => {
+  const api = new FlowkitClient({ baseUrl: URL_, token: API_KEY, WebSocket: null });
+  const run = await api.start("simple", { n: 1 });
+  const watch = api.watch(run.id);
+  assert.equal(watch.transport, "sse");
+  const state = await until(watch, done, "the run's end");
+  assert.deepEqual(state.output, { n: 4 });
+});
+
+test("a run token that is not valid stops the watch with the server's reason", { skip: SKIP }, async () => {
+  const api = client();
+  const run = await api.start("simple", { n: 1 });
+  const watch = client({ token: "not-a-token" }).watch(run.id);
+  const state = await until(watch, (s) => s.connection === "closed", "the refusal");
+  assert.equal(state.failure.status, 401);
+  assert.match(state.failure.message, /Invalid API key or run token/);
+});

@@ -1,0 +1,70 @@
+"""The browser client's tests (clients/js/test, Node's test runner) against a real flowkit:
+this test serves the API on a loopback port with the session's real worker and Redis, and
+runs ``node --test`` with the server's URL, an API key and the Redis URL (the Node tests
+open the test workflows' gates with redis-cli) in its environment.
+
+The Node packages the tests use (ws, react, react-test-renderer) come from the committed
+package-lock.json through ``npm ci``, run once when node_modules is missing or older.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.api.conftest import API_KEY, make_app, serve
+from tests.conftest import ROOT
+
+CLIENT = os.path.join(ROOT, "clients", "js")
+#: Node's runner prints its summary last; its whole output is shown on a failure.
+NODE_TIMEOUT = 240
+
+
+def _install_node_packages() -> None:
+    lock = os.path.join(CLIENT, "package-lock.json")
+    installed = os.path.join(CLIENT, "node_modules", ".package-lock.json")
+    if os.path.exists(installed) and os.path.getmtime(installed) >= os.path.getmtime(lock):
+        return
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"],
+        cwd=CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def served(flowkit_env, worker):
+    yield from serve(make_app())
+
+
+def test_the_node_suite_passes_against_a_real_server(served, store, flowkit_env):
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail(
+            "node and npm are needed for the browser client's tests (apt-get install nodejs npm)"
+        )
+    _install_node_packages()
+    env = {
+        **os.environ,
+        "FLOWKIT_URL": served.url,
+        "FLOWKIT_API_KEY": API_KEY,
+        "FLOWKIT_TEST_REDIS_URL": flowkit_env["FLOWKIT_REDIS_URL"],
+    }
+    done = subprocess.run(
+        ["node", "--test", "--test-concurrency=1", "test/"],
+        cwd=CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT,
+    )
+    assert done.returncode == 0, f"node --test failed:\n{done.stdout}\n{done.stderr}"
+    assert "# fail 0" in done.stdout, done.stdout
+    assert "# skipped 0" in done.stdout, (
+        f"tests skipped: the server's env did not reach them\n{done.stdout}"
+    )
