@@ -11,9 +11,10 @@ import importlib
 import logging
 import os
 
-from flask import Flask
+from flask import Flask, redirect
 
 from flowkit import FlowKit
+from flowkit.api.views.ui import ui_url
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ def create_app() -> Flask:
                     raise  # the module exists but is broken: say so rather than serve nothing
                 log.warning("flowkit web: workflow module %r not found; serving none of it", module)
     FlowKit(app)
+
+    @app.get("/")
+    def home():
+        # a person opening the web process lands on the dashboard (or the API's docs)
+        return redirect(ui_url() or "/openapi.json")
+
     return app
 
 

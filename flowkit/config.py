@@ -91,6 +91,8 @@ class Settings:
     api_events_page: int = _default("api_events_page")
     api_subscriber_buffer: int = _default("api_subscriber_buffer")
     api_metrics_open: bool = _default("api_metrics_open")
+    api_ui: bool = _default("api_ui")
+    api_ui_path: str = _default("api_ui_path")
     metrics_port: int = _default("metrics_port")
     metrics_addr: str = _default("metrics_addr")
     metrics_deployment: bool = _default("metrics_deployment")

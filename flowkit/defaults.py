@@ -115,6 +115,11 @@ API_SUBSCRIBER_BUFFER = 10000
 #: needs an API key (``authorization`` in Prometheus's scrape config) or the host app's
 #: ``authorize`` callback granting full access.
 API_METRICS_OPEN = False
+#: Serve the dashboard (runs, a run, workers) from the API's blueprint; ``false`` turns it
+#: off. Its pages read nothing without the API's own credentials.
+API_UI = True
+#: Where the dashboard is served, under the blueprint's prefix.
+API_UI_PATH = "/ui"
 
 # -- LLM client and traces (flowkit.llm, flowkit.trace) --------------------------
 #: Attempts of one LLM call on one provider before failing over to the next.

@@ -18,12 +18,12 @@ from .errors import to_response
 from .options import ApiOptions
 from .requests import check_body_size
 from .state import EXTENSION, ApiState, state
-from .views import docs, events, health, metrics, runs, schedules, waits, workflows
+from .views import docs, events, health, metrics, runs, schedules, ui, waits, workers, workflows
 
-#: Endpoints anyone may call: the load balancer's probe and the watch page's HTML
-#: (the page itself reads nothing without a run token). ``metrics`` checks credentials
+#: Endpoints anyone may call: the load balancer's probe, the watch page's and the
+#: dashboard's HTML (the pages read nothing without a run token or API credentials). ``metrics`` checks credentials
 #: itself (unless FLOWKIT_API_METRICS_OPEN): it needs full access.
-PUBLIC = {"healthz", "watch", "static", "metrics"}
+PUBLIC = {"healthz", "watch", "static", "metrics", "ui"}
 
 
 class _DaemonThread(threading.Thread):
@@ -58,7 +58,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)
     sock = Sock()
-    for views in (workflows, runs, events, waits, schedules, docs, health, metrics):
+    for views in (workflows, runs, events, waits, schedules, docs, health, metrics, workers, ui):
         views.register(bp, sock)
     return bp
 

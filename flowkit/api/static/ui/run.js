@@ -1,0 +1,251 @@
+// One run: header, actions, the answer form of a waiting run, the SVG step timeline,
+// the final output or error, one output pane per step (fan-out items grouped and paged),
+// the trace tree and the typed event log. Used by the dashboard (API credentials) and by
+// the watch page (a run token: it reads this run only and may answer its waits).
+//
+// The page keeps the events it has seen in sessionStorage and folds them with the
+// client's foldEvent; on a refresh or a dropped connection it resumes the client's watch
+// from the last event id it holds, so nothing is fetched twice and nothing is missed.
+
+import { foldEvent, initialRunState, isTerminal } from "../client/flowkit-client.js";
+import { h, fill, duration, when, eventTime, tokensText, costText, pretty, throttle } from "./dom.js";
+import { drawTimeline, groupOf, GROUP_OVER } from "./timeline.js";
+import { drawTrace } from "./trace.js";
+import { answerForm } from "./form.js";
+
+const PAGE = 20;          // fan-out items per page of a group's pane
+const LOG_SHOWN = 300;    // newest events drawn in the log (the filter narrows first)
+const ACTIVE = ["scheduled", "queued", "running", "waiting"];
+
+function storeKey(runId) { return `flowkit.ui.events.${runId}`; }
+
+function restore(runId) {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(storeKey(runId)) ?? "null");
+    return Array.isArray(saved) ? saved : [];
+  } catch { return []; }
+}
+
+export function runView(main, client, runId, { dashboard = false } = {}) {
+  const ui = {
+    header: h("section", { id: "run-header", "aria-label": "Run" }),
+    actions: h("div", { id: "actions", class: "actions" }),
+    answer: h("div", { id: "answer" }),
+    final: h("section", { id: "final", "aria-label": "Result" }),
+    timeline: h("figure", { id: "timeline", class: "timeline" }),
+    steps: h("div", { id: "steps" }),
+    trace: h("div", { id: "trace" }),
+    log: h("ol", { id: "events", class: "log" }),
+    connection: h("span", { id: "connection", class: "muted", "aria-live": "polite" }, "connecting"),
+  };
+  const typeFilter = h("select", { id: "event-type", "aria-label": "Event type" }, h("option", { value: "" }, "all types"));
+  const stepFilter = h("input", { id: "event-step", type: "search", placeholder: "step", "aria-label": "Step" });
+  typeFilter.onchange = stepFilter.oninput = () => drawLog();
+  fill(main,
+    h("h1", {}, "Run ", h("code", { id: "run" }, runId), " ", ui.connection),
+    ui.header, ui.actions, ui.answer, ui.final,
+    h("h2", {}, "Timeline"), ui.timeline,
+    h("h2", {}, "Steps"), ui.steps,
+    h("details", { id: "trace-section", ontoggle: (e) => { if (e.target.open) loadTrace(); } },
+      h("summary", {}, h("h2", {}, "Trace")), ui.trace),
+    h("section", { "aria-label": "Events" }, h("h2", {}, "Events"),
+      h("div", { class: "filters" }, typeFilter, stepFilter), ui.log));
+
+  const events = restore(runId);
+  let folded = events.reduce(foldEvent, initialRunState(runId));
+  let record = null;
+  let watch = null;
+  const pages = {};         // group -> page shown
+  const types = new Set();
+
+  // Saving the whole list on every event would be quadratic: at most once a second, and as
+  // the page goes away. A refresh replays from the last saved id (the fold is idempotent).
+  let saveTimer = null;
+  const save = () => {
+    saveTimer = null;
+    try { sessionStorage.setItem(storeKey(runId), JSON.stringify(events)); } catch { /* full: a refresh replays */ }
+  };
+  addEventListener("pagehide", save);
+
+  function receive(event) {
+    const before = folded;
+    folded = foldEvent(folded, event);
+    if (folded === before) return;
+    events.push(event);
+    if (!saveTimer) saveTimer = setTimeout(save, 1000);
+    if (event.type.startsWith("run.")) refreshRecord();
+    render();
+  }
+
+  function follow() {
+    if (watch) return;
+    // an API key never goes in a URL (a WebSocket cannot send headers): SSE over fetch
+    const transport = dashboard && client.token ? "sse" : "auto";
+    watch = client.watch(runId, { lastEventId: folded.lastEventId, transport });
+    watch.onEvent(receive);
+    watch.subscribe((state) => {
+      ui.connection.textContent = state.failure ? `refused (${state.failure.status})` : state.connection === "open" ? "live" : state.connection;
+      ui.connection.dataset.connection = state.connection;
+      // the stream of an ended run closes at once (this page's history is complete)
+      if ((state.connection === "closed" || state.connection === "reconnecting") && isTerminal(folded) && !state.failure) {
+        watch.close(); watch = null; ui.connection.textContent = "ended"; ui.connection.dataset.connection = "ended";
+      }
+    });
+    window.flowkitRun.watch = watch;
+  }
+
+  const refreshRecord = throttle(async () => {
+    try { record = await client.run(runId); } catch (error) { record = record ?? { error_loading: error.message }; }
+    render();
+  });
+
+  async function act(label, call) {
+    try { await call(); } catch (error) { ui.actions.append(h("p", { role: "alert", class: "error" }, `${label}: ${error.message}`)); }
+    refreshRecord();
+  }
+
+  async function loadTrace() {
+    try { drawTrace(ui.trace, (await client.request("GET", `/runs/${encodeURIComponent(runId)}/trace`)).spans); }
+    catch (error) { fill(ui.trace, h("p", { class: "error" }, `Trace: ${error.message}`)); }
+  }
+
+  const render = throttle(() => {
+    const now = Date.now() / 1000;
+    const state = folded.state ?? record?.state ?? "connecting";
+    drawHeader(state, now);
+    drawActions(state);
+    drawFinal(state);
+    drawTimeline(ui.timeline, events, folded.order, isTerminal(folded) ? eventTime(events.at(-1)) : now);
+    drawSteps();
+    drawLog();
+    if (document.getElementById("trace-section")?.open && isTerminal(folded)) loadTrace();
+  });
+
+  function drawHeader(state, now) {
+    const r = record ?? {};
+    const began = r.started_at ?? r.created_at;
+    const end = r.finished_at ?? (isTerminal(folded) ? eventTime(events.at(-1)) : now);
+    let why = null;
+    if (state === "queued") why = folded.held ? `held: ${folded.held}` : r.held_for ? `held: ${r.held_for}` : r.waiting_for ?? null;
+    if (state === "waiting" && folded.waiting) {
+      const w = folded.waiting;
+      why = `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`;
+    }
+    const item = (term, value, id) => [h("dt", {}, term), h("dd", id ? { id } : {}, value)];
+    fill(ui.header, h("dl", { class: "facts" },
+      item("State", h("span", { id: "state", class: `badge ${state}`, dataset: { state } }, state)),
+      item("Workflow", `${r.workflow ?? folded.workflow ?? "—"}${r.version ? ` v${r.version}` : ""}`),
+      item("Owner", r.owner || "—"),
+      item("Created", when(r.created_at)), item("Started", when(r.started_at)), item("Finished", when(r.finished_at)),
+      item("Duration", began ? duration(end - began) : "—"),
+      item("Restarts", String(r.restarts ?? 0)),
+      item("Steps", `${Object.values(folded.steps).filter((s) => s.status === "completed").length} / ${folded.order.length} done`, "step-progress"),
+      item("Tokens", tokensText(folded.tokens), "tokens"), item("Cost", costText(folded.cost), "cost"),
+      why ? item("Waiting for", why, "waiting") : null));
+  }
+
+  let actionsShown = "";
+  function drawActions(state) {
+    const waiting = state === "waiting" && folded.waiting?.kind === "input" ? folded.waiting : null;
+    const sign = `${state}|${waiting ? waiting.name : ""}`;
+    if (sign === actionsShown) return;  // keep focus and typed answers while events stream
+    actionsShown = sign;
+    fill(ui.actions);
+    if (dashboard && ACTIVE.includes(state)) {
+      ui.actions.append(h("button", { type: "button", id: "cancel", onclick: () => act("Cancel", () => client.cancel(runId)) }, "Cancel run"));
+    }
+    if (dashboard && (state === "failed" || state === "cancelled")) {
+      ui.actions.append(h("button", { type: "button", id: "retry", onclick: () => act("Retry", async () => {
+        await client.retry(runId);
+        follow();
+      }) }, "Retry run"));
+    }
+    fill(ui.answer, waiting ? answerForm(waiting, (value) => client.answer(runId, waiting.name, value)) : null);
+  }
+
+  function drawFinal(state) {
+    if (state === "succeeded") {
+      fill(ui.final, h("h2", {}, "Output"), h("pre", { id: "run-output", class: "output" }, pretty(folded.output ?? record?.output)));
+    } else if (state === "failed") {
+      const error = record?.error ?? folded.error ?? {};
+      const attempts = error.attempts ?? [];
+      fill(ui.final, h("h2", {}, "Error"),
+        h("p", { id: "run-error", class: "error", role: "alert" },
+          `${error.type ? error.type + ": " : ""}${error.message ?? "failed"}`, error.step || record?.failed_step ? ` (step ${error.step ?? record?.failed_step})` : ""),
+        Array.isArray(attempts) && attempts.length ? h("ol", { id: "attempt-history" },
+          attempts.map((a) => h("li", {}, typeof a === "object" ? `attempt ${a.attempt ?? "?"}: ${a.error ?? a.message ?? JSON.stringify(a)}` : String(a)))) : null);
+    } else if (state === "cancelled") {
+      fill(ui.final, h("p", { id: "run-cancelled" }, "Cancelled."));
+    } else fill(ui.final);
+  }
+
+  function stepPane(step, open = true) {
+    const running = step.status === "running" || step.status === "retrying";
+    return h("section", { class: `step ${step.status}`, dataset: { step: step.key }, "aria-label": `Step ${step.key}` },
+      h("h3", {}, h("code", {}, step.key), " ", h("span", { class: `badge ${step.status}` }, step.status),
+        step.attempts > 1 ? h("span", { class: "muted" }, ` · ${step.attempts} attempts`) : null,
+        step.duration !== null ? h("span", { class: "muted" }, ` · ${duration(step.duration)}`) : null,
+        step.tokens ? h("span", { class: "muted" }, ` · ${tokensText(step.tokens)} tokens`) : null),
+      running && step.progress?.message ? h("p", { class: "progress" }, step.progress.message,
+        typeof step.progress.fraction === "number" ? h("progress", { max: 1, value: step.progress.fraction }) : null) : null,
+      step.text ? h("pre", { class: "text" }, step.text) : null,
+      step.error ? h("p", { class: "error" }, typeof step.error === "string" ? step.error : step.error.message ?? JSON.stringify(step.error)) : null,
+      open && step.output !== null && step.output !== undefined ? h("details", {}, h("summary", {}, "output"), h("pre", { class: "output" }, pretty(step.output))) : null);
+  }
+
+  function drawSteps() {
+    const groups = new Map();
+    for (const key of folded.order) (groups.get(groupOf(key)) ?? groups.set(groupOf(key), []).get(groupOf(key))).push(folded.steps[key]);
+    const panes = [];
+    for (const [group, steps] of groups) {
+      if (steps.length <= GROUP_OVER) { panes.push(...steps.map((s) => stepPane(s))); continue; }
+      const counts = {};
+      for (const s of steps) counts[s.status] = (counts[s.status] ?? 0) + 1;
+      const pageCount = Math.ceil(steps.length / PAGE);
+      const page = Math.min(pages[group] ?? 0, pageCount - 1);
+      const go = (p) => { pages[group] = p; drawSteps(); document.getElementById(`page-${group}`)?.focus(); };
+      panes.push(h("section", { class: "group", dataset: { group }, "aria-label": `Fan-out ${group}` },
+        h("h3", {}, h("code", {}, group), ` ${steps.length} items`),
+        h("p", { class: "counts" }, Object.entries(counts).map(([status, n]) => h("span", { class: `badge ${status}`, dataset: { status } }, `${n} ${status}`))),
+        h("nav", { class: "pager", "aria-label": `Pages of ${group}` },
+          h("button", { type: "button", disabled: page === 0, onclick: () => go(page - 1) }, "← Previous"),
+          h("span", { id: `page-${group}`, tabindex: -1 }, ` items ${page * PAGE + 1}–${Math.min(steps.length, (page + 1) * PAGE)} `),
+          h("button", { type: "button", disabled: page >= pageCount - 1, onclick: () => go(page + 1) }, "Next →")),
+        steps.slice(page * PAGE, (page + 1) * PAGE).map((s) => stepPane(s, false))));
+    }
+    fill(ui.steps, panes.length ? panes : h("p", { class: "muted" }, "No step has started."));
+  }
+
+  function summary(e) {
+    const parts = [];
+    if (e.step) parts.push(e.step);
+    if (e.attempt > 1) parts.push(`attempt ${e.attempt}`);
+    if (e.type === "step.output") parts.push(JSON.stringify(e.chunk).slice(0, 80));
+    if (e.message) parts.push(e.message);
+    if (typeof e.fraction === "number") parts.push(`${Math.round(e.fraction * 100)}%`);
+    if (typeof e.duration === "number") parts.push(duration(e.duration));
+    if (e.tokens) parts.push(`${tokensText(e.tokens)} tokens`);
+    if (typeof e.cost === "number") parts.push(costText(e.cost));
+    if (e.error) parts.push(typeof e.error === "string" ? e.error : e.error.message ?? "");
+    if (e.delay) parts.push(`retry in ${duration(e.delay)}`);
+    if (e.why || e.reason) parts.push(e.why ?? e.reason);
+    if (e.kind && e.type === "run.waiting") parts.push(`${e.kind} ${e.name ?? ""}`);
+    return parts.join(" · ");
+  }
+
+  function drawLog() {
+    for (const e of events) if (!types.has(e.type)) { types.add(e.type); typeFilter.append(h("option", { value: e.type }, e.type)); }
+    const type = typeFilter.value, step = stepFilter.value.trim();
+    const shown = events.filter((e) => (!type || e.type === type) && (!step || String(e.step ?? "").includes(step)));
+    const start = events.length ? eventTime(events[0]) : 0;
+    fill(ui.log, shown.length > LOG_SHOWN ? h("li", { class: "muted" }, `${shown.length - LOG_SHOWN} earlier events not drawn; filter to narrow`) : null,
+      shown.slice(-LOG_SHOWN).map((e) => h("li", { dataset: { id: e.id, type: e.type } },
+        h("span", { class: "t" }, `+${(eventTime(e) - start).toFixed(2)}s`), " ", h("span", { class: "type" }, e.type), " ", summary(e))));
+    ui.log.dataset.count = String(shown.length);
+  }
+
+  window.flowkitRun = { events, get state() { return folded; }, watch: null };
+  render();
+  refreshRecord();
+  follow();
+}

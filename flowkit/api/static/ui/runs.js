@@ -1,0 +1,102 @@
+// The runs list: newest first, filtered by workflow, state and owner, searchable by id,
+// paged with the API's `before` cursor. It polls its page (the API has no stream of all
+// runs), so new runs appear and states change within a poll. The filters live in the
+// query string: a refresh or a shared link shows the same list.
+
+import { h, fill, duration, when } from "./dom.js";
+import { urls } from "./session.js";
+
+const STATES = ["scheduled", "queued", "running", "waiting", "succeeded", "failed", "cancelled"];
+const POLL_MS = 1500;
+
+export function runsView(main, client) {
+  const params = new URLSearchParams(location.search);
+  const filters = {
+    workflow: params.get("workflow") ?? "", state: params.get("state") ?? "",
+    owner: params.get("owner") ?? "", q: params.get("q") ?? "", before: params.get("before") ?? "",
+  };
+  const workflowSelect = h("select", { id: "f-workflow", name: "workflow" }, h("option", { value: "" }, "any"));
+  const stateSelect = h("select", { id: "f-state", name: "state" }, h("option", { value: "" }, "any"),
+    STATES.map((s) => h("option", { value: s }, s)));
+  const ownerInput = h("input", { id: "f-owner", name: "owner", type: "search", value: filters.owner });
+  const idInput = h("input", { id: "f-q", name: "q", type: "search", placeholder: "run id", value: filters.q });
+  stateSelect.value = filters.state;
+  const form = h("form", { class: "filters", role: "search", onsubmit: (e) => { e.preventDefault(); apply(); } },
+    h("label", { for: "f-workflow" }, "Workflow"), workflowSelect,
+    h("label", { for: "f-state" }, "State"), stateSelect,
+    h("label", { for: "f-owner" }, "Owner"), ownerInput,
+    h("label", { for: "f-q" }, "Run id"), idInput,
+    h("button", { type: "submit" }, "Filter"));
+  workflowSelect.onchange = stateSelect.onchange = () => apply();
+  const body = h("tbody", { id: "runs" });
+  const status = h("p", { class: "muted", id: "runs-status", "aria-live": "polite" });
+  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  fill(main, h("h1", {}, "Runs"), form,
+    h("table", { class: "runs" }, h("thead", {}, h("tr", {},
+      ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Restarts"].map((c) => h("th", { scope: "col" }, c)))), body),
+    status, pager);
+
+  client.request("GET", "/workflows").then(({ workflows }) => {
+    for (const wf of workflows) workflowSelect.append(h("option", { value: wf.name }, wf.name));
+    workflowSelect.value = filters.workflow;
+  }).catch(() => {});
+
+  function apply(before = "") {
+    filters.workflow = workflowSelect.value; filters.state = stateSelect.value;
+    filters.owner = ownerInput.value.trim(); filters.q = idInput.value.trim(); filters.before = before;
+    const qs = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+    history.replaceState(null, "", `${location.pathname}${qs.toString() ? "?" + qs : ""}`);
+    poll();
+  }
+
+  let timer = null;
+  let generation = 0;
+  async function poll() {
+    clearTimeout(timer);
+    const mine = ++generation;
+    let runs, next = null;
+    try {
+      if (filters.q) {
+        runs = [await client.run(filters.q)].filter(Boolean);
+      } else {
+        const qs = new URLSearchParams({ limit: "50" });
+        if (filters.workflow) qs.set("workflow", filters.workflow);
+        if (filters.state) qs.set("state", filters.state);
+        if (filters.before) qs.set("before", filters.before);
+        const page = await client.request("GET", `/runs?${qs}`);
+        runs = page.runs; next = page.next;
+      }
+      if (filters.owner) runs = runs.filter((r) => r.owner === filters.owner);
+      if (mine !== generation) return;
+      render(runs, next);
+      status.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"} · updated ${new Date().toLocaleTimeString()}`;
+    } catch (error) {
+      if (mine !== generation) return;
+      if (error.status === 404 && filters.q) render([], null);
+      status.textContent = error.status === 404 ? `No run ${filters.q}.` : `Could not load runs: ${error.message}`;
+    }
+    if (mine === generation) timer = setTimeout(poll, POLL_MS);
+  }
+
+  function render(runs, next) {
+    const now = Date.now() / 1000;
+    fill(body, runs.map((run) => {
+      const end = run.finished_at ?? (["running", "waiting", "queued"].includes(run.state) ? now : null);
+      const began = run.started_at ?? run.created_at;
+      return h("tr", { dataset: { run: run.id, state: run.state } },
+        h("td", {}, h("a", { href: `${urls.ui}/runs/${encodeURIComponent(run.id)}` }, run.id)),
+        h("td", {}, `${run.workflow} `, h("span", { class: "muted" }, run.version ? `v${run.version}` : "")),
+        h("td", {}, h("span", { class: `badge ${run.state}` }, run.state)),
+        h("td", {}, run.owner || "—"),
+        h("td", {}, when(run.created_at)),
+        h("td", {}, end && began ? duration(end - began) : "—"),
+        h("td", {}, String(run.restarts ?? 0)));
+    }));
+    if (!runs.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No runs match.")));
+    fill(pager,
+      filters.before ? h("button", { type: "button", onclick: () => apply("") }, "Newest") : null,
+      next ? h("button", { type: "button", id: "older", onclick: () => apply(next) }, "Older →") : null);
+  }
+
+  poll();
+}

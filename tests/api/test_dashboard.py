@@ -1,0 +1,249 @@
+"""The dashboard in headless Chromium against the real server, worker and Redis: the runs
+list, a run's page (per-step outputs, final output, error, actions, refresh mid-run), a
+1,000-item fan-out, the workers page, and the watch page's run-token mode."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from flask import Flask
+
+import flowkit
+from flowkit import component, fan_out, history
+from tests.api import test_watch
+from tests.api.conftest import API_KEY, serve
+from tests.api.helpers import start
+from tests.conftest import open_gate, reached_gate
+from tests.workflows import LONELY
+
+#: One Chromium for the module, launched as the watch page's tests do.
+browser = test_watch.browser
+WAIT = 30_000  # ms: generous, the machine is shared
+
+
+@component(name="ui.words")
+def words(data: dict) -> list:
+    return data["words"]
+
+
+@component(name="ui.speak")
+def speak(word: str) -> str:
+    """Streams its word in pieces, as parallel LLM calls do: the chunks interleave."""
+    for i in range(4):
+        flowkit.emit(f"{word}{i} ")
+    return word.upper()
+
+
+#: A fan-out whose items stream at the same time: the page keeps one pane per item.
+voices = flowkit.Workflow("ui.voices", [words, fan_out(speak)])
+
+
+@pytest.fixture
+def page(browser, api):
+    """A page of a fresh context already signed in with the API key (sessionStorage)."""
+    context = browser.new_context()
+    context.add_init_script(f"sessionStorage.setItem('flowkit.ui.key', {json.dumps(API_KEY)})")
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    yield page
+    context.close()
+
+
+def finished(client: httpx.Client, run_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get(f"/runs/{run_id}").json()
+        if run["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)  # the run record has no push channel for the test
+
+
+def row(page, run_id: str):
+    return page.locator(f'#runs tr[data-run="{run_id}"]')
+
+
+def test_sign_in_then_the_list_shows_new_runs_and_their_states_live(api, client, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(f"{api.url}/ui")
+    page.fill("#key", "wrong-key")
+    page.click("button[type=submit]")
+    page.wait_for_selector("text=That key was refused.")
+    page.fill("#key", API_KEY)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#runs")
+
+    run = start(client, "chain3", {"n": 1})  # waits at its gate: running
+    row(page, run["id"]).wait_for()
+    page.wait_for_selector(f'#runs tr[data-run="{run["id"]}"][data-state="running"]')
+    open_gate(flowkit.get_run(run["id"]), "gated")
+    page.wait_for_selector(f'#runs tr[data-run="{run["id"]}"][data-state="succeeded"]')
+    context.close()
+
+
+def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
+    good = start(client, "simple", {"n": 1})
+    bad = start(client, "exhausted", {"n": 1})
+    finished(client, good["id"]), finished(client, bad["id"])
+    page.goto(f"{api.url}/ui")
+    row(page, good["id"]).wait_for()
+    page.select_option("#f-state", "failed")
+    page.wait_for_function("[...document.querySelectorAll('#runs tr[data-state]')]"
+                           ".every(tr => tr.dataset.state === 'failed')")
+    row(page, bad["id"]).wait_for()
+    assert row(page, good["id"]).count() == 0
+    assert "state=failed" in page.url  # a refresh keeps the filter
+
+    page.select_option("#f-state", "")
+    page.select_option("#f-workflow", "simple")
+    row(page, good["id"]).wait_for()
+    page.wait_for_function("[...document.querySelectorAll('#runs tr[data-run]')].length > 0")
+    assert row(page, bad["id"]).count() == 0
+
+    page.select_option("#f-workflow", "")
+    page.fill("#f-q", bad["id"])
+    page.press("#f-q", "Enter")
+    page.wait_for_function("document.querySelectorAll('#runs tr[data-run]').length === 1")
+    row(page, bad["id"]).wait_for()
+
+
+def test_outputs_are_per_step_and_the_final_output_shows(api, client, page):
+    run = start(client, "ui.voices", {"words": ["red", "green", "blue"]})
+    finished(client, run["id"])
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    panes = page.locator("section.step[data-step*='speak'] pre.text")
+    page.wait_for_function("document.querySelectorAll(\"section.step[data-step*='speak'] pre.text\").length === 3")
+    texts = sorted(panes.all_text_contents())
+    assert texts == ["blue0 blue1 blue2 blue3 ", "green0 green1 green2 green3 ", "red0 red1 red2 red3 "]
+    assert json.loads(page.text_content("#run-output")) == ["RED", "GREEN", "BLUE"]
+    assert page.locator("#timeline svg rect.bar.completed").count() >= 4
+    assert page.locator("#cancel").count() == 0  # nothing to cancel
+
+
+def test_a_failed_run_shows_its_error_and_retry_runs_it_again(api, client, page):
+    run = start(client, "exhausted", {"n": 1})  # both attempts fail; a third call succeeds
+    assert finished(client, run["id"])["state"] == "failed"
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="failed"]')
+    assert "flaky failure 2" in page.text_content("#run-error")
+    assert page.locator("#timeline svg rect.bar.retried").count() == 1  # attempt 1
+    assert page.locator("#timeline svg rect.bar.failed").count() == 1  # attempt 2
+    page.click("#retry")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output")) == {"n": 2, "calls": 3}
+    assert page.locator("#run-error").count() == 0
+    assert client.get(f"/runs/{run['id']}").json()["state"] == "succeeded"
+
+
+def test_cancel_button_cancels_a_running_run(api, client, page):
+    run = start(client, "chain3", {"n": 1})
+    handle = flowkit.get_run(run["id"])
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="running"]')
+    page.click("#cancel")
+    page.wait_for_selector('#state[data-state="cancelled"]')
+    assert client.get(f"/runs/{run['id']}").json()["state"] == "cancelled"
+    open_gate(handle, "gated")  # let the step go; the run stays cancelled
+
+
+def test_a_waiting_run_is_answered_with_the_form_from_its_schema(api, client, page):
+    run = start(client, "approval", {"n": 2})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector("#answer-form")
+    assert "Publish this?" in page.text_content("#answer-form")
+    page.check("#answer-ok")
+    page.fill("#answer-note", "ship it")
+    page.click("#answer-form button[type=submit]")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output"))["approved"] is True
+
+
+def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
+    run = start(client, "streaming", {"before": 3, "after": 3})
+    handle = flowkit.get_run(run["id"])
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_function("document.querySelector('section.step pre.text')?.textContent === 'a0a1a2'")
+    reached_gate(handle, "streamer")
+    page.reload()
+    # the events come back from the page's storage, not from the server's start
+    page.wait_for_function("document.querySelector('section.step pre.text')?.textContent === 'a0a1a2'")
+    restored = page.evaluate("window.flowkitRun.events.length")
+    assert restored > 0
+    assert page.evaluate("window.flowkitRun.watch.state.lastEventId") is not None
+    open_gate(handle, "streamer")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert page.text_content("section.step pre.text") == "a0a1a2b0b1b2"
+    shown = page.evaluate("window.flowkitRun.events.map(e => e.id)")
+    assert shown == [e.id for e in history(run["id"])]  # gapless, no duplicates
+
+
+def test_a_thousand_item_fan_out_renders_and_stays_responsive(api, client, page):
+    run = start(client, "fanned", {"n": 1000})
+    assert finished(client, run["id"], timeout=240)["state"] == "succeeded"
+    began = time.monotonic()
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    page.wait_for_selector('section.group .badge[data-status="completed"]:has-text("1000 completed")')
+    seconds = time.monotonic() - began
+    print(f"\n1,000-item fan-out: first full render in {seconds:.2f}s")
+    assert page.locator("section.group section.step").count() == 20  # one page of items
+    page.click("section.group button:has-text('Next')")
+    page.wait_for_selector("section.group >> text=items 21–40")
+    assert page.locator("#timeline svg g.row").count() < 10  # the fan-out is one row
+    assert seconds < 20
+
+
+def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, page):
+    page.goto(f"{api.url}/ui/workers")
+    page.wait_for_selector("#workers tr[data-worker]")
+    page.wait_for_selector(f'#unconsumed [data-queue="{LONELY}"]')
+
+
+def test_the_watch_page_in_run_token_mode_sees_that_run_and_nothing_else(api, client, browser):
+    mine = start(client, "chatty", {"n": 1})
+    other = start(client, "simple", {"n": 2})
+    finished(client, mine["id"])
+    page = browser.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(f"{api.url}{mine['urls']['watch']}?token={mine['token']}")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert page.text_content("section.step pre.text") == "alphabetagamma"
+    assert page.locator("#cancel, #retry, nav").count() == 0
+    # the page's own client, holding the token, is refused anything else
+    statuses = page.evaluate("""async ([other, token]) => {
+        const get = (path) => fetch(path, {headers: {Authorization: `Bearer ${token}`}}).then(r => r.status);
+        return [await get(`/runs/${other}`), await get('/runs'), await get('/workers'),
+                await get(`/runs/${other}/events`)];
+    }""", [other["id"], mine["token"]])
+    assert statuses == [403, 403, 403, 403]
+    page.close()
+
+
+@contextmanager
+def app_with(**config) -> Iterator[str]:
+    """A server of an app with these Flask config keys set before flowkit mounts."""
+    app = Flask(f"flowkit-ui-{sorted(config)}")
+    app.config.update(FLOWKIT_API_SECRET="test-signing-secret", **config)
+    flowkit.FlowKit(app, keys=[API_KEY])
+    served = serve(app)
+    try:
+        yield next(served).url
+    finally:
+        served.close()
+
+
+def test_the_dashboard_can_be_turned_off_and_moved(flowkit_env, worker):
+    with app_with(FLOWKIT_API_UI="off") as url:
+        assert httpx.get(f"{url}/ui").status_code == 404
+    with app_with(FLOWKIT_API_UI_PATH="/console") as url:
+        response = httpx.get(f"{url}/console/runs/abc")  # a deep link gets the same shell
+        assert response.status_code == 200
+        assert 'name="flowkit-ui" content="/console"' in response.text
+        assert httpx.get(f"{url}/runs", timeout=10).status_code == 401  # the API still asks
