@@ -3,6 +3,7 @@ token streaming into the run's stream, caching and a trace span per call.
 
     from flowkit.llm import OpenAI            # instead of: from openai import OpenAI
     client = OpenAI()                          # or flowkit.llm.wrap(openai.OpenAI(...))
+    aclient = AsyncOpenAI()                    # the same, for async code
     client.chat.completions.create(model="gpt-4o-mini", messages=[...], stream=True)
 
 The local OpenAI-compatible server for demos and tests is
@@ -10,7 +11,15 @@ The local OpenAI-compatible server for demos and tests is
 """
 
 from ..errors import RateLimitWait
-from .client import FAKE_API_KEY, OpenAI, client_from_env, default_model, estimate_tokens, wrap
+from .client import (
+    FAKE_API_KEY,
+    AsyncOpenAI,
+    OpenAI,
+    client_from_env,
+    default_model,
+    estimate_tokens,
+    wrap,
+)
 from .pricing import cost, set_prices
 from .providers import Provider, RateLimit
 from .ratelimit import WAITING_MESSAGE, RateLimiter
@@ -18,6 +27,7 @@ from .retries import RetryPolicy, is_retryable
 
 __all__ = [
     "FAKE_API_KEY",
+    "AsyncOpenAI",
     "OpenAI",
     "Provider",
     "RateLimit",

@@ -1,10 +1,12 @@
 """An OpenAI client with the SDK's surface, made durable: retries, failover, shared budgets, traces.
 
-Adopt it by changing one import (``from flowkit.llm import OpenAI``) or by
-wrapping a client you have (``flowkit.llm.wrap(openai.OpenAI(...))``).
-``client.chat.completions.create(...)`` (with ``stream=True``, tools and
-response formats) and ``client.embeddings.create(...)`` return the SDK's own
-objects; every other attribute is the first provider's SDK client.
+Adopt it by changing one import (``from flowkit.llm import OpenAI``, or
+``AsyncOpenAI`` in async code) or by wrapping a client you have
+(``flowkit.llm.wrap(openai.OpenAI(...))``). ``chat.completions.create`` (with
+``stream=True``, tools and response formats), ``chat.completions.parse``,
+``responses.create`` (with ``stream=True``), ``responses.parse`` and
+``embeddings.create`` return the SDK's own objects; every other attribute is the
+first provider's SDK client, unwrapped (a debug-level log line says so).
 
 One logical call: for each provider in order, wait for its shared rate-limit
 budget, send the request (the SDK's own retries are off) and retry transient
@@ -15,13 +17,17 @@ and streamed tokens reach the run's stream as ``step.output`` chunks.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
 from typing import Any
 
 import openai
+import tenacity
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 
 from .. import hooks
 from ..config import get_settings
@@ -33,22 +39,34 @@ from . import pricing
 from .providers import Provider, RateLimit, host_of
 from .ratelimit import RateLimiter
 from .retries import RetryPolicy, is_retryable
-from .streaming import TracedStream
+from .streaming import AsyncTracedStream, TracedStream
+
+log = logging.getLogger(__name__)
 
 CHAT = "chat.completions"
+CHAT_PARSE = "chat.completions.parse"
 EMBEDDINGS = "embeddings"
-_RESPONSE_TYPES = {CHAT: ChatCompletion, EMBEDDINGS: CreateEmbeddingResponse}
+RESPONSES = "responses"
+RESPONSES_PARSE = "responses.parse"
+#: The SDK method each operation calls.
+_SDK_METHODS = {
+    CHAT: "chat.completions.create", CHAT_PARSE: "chat.completions.parse",
+    EMBEDDINGS: "embeddings.create", RESPONSES: "responses.create",
+    RESPONSES_PARSE: "responses.parse",
+}
+_CHATS = (CHAT, CHAT_PARSE)
+_RESPONSES = (RESPONSES, RESPONSES_PARSE)
+#: Operations whose answers the cache keeps (a parsed answer's type is the caller's).
+_RESPONSE_TYPES = {CHAT: ChatCompletion, EMBEDDINGS: CreateEmbeddingResponse, RESPONSES: Response}
 #: Request parameters kept out of a span's ``request`` (recorded apart, or never: headers).
 _CONTENT_PARAMS = ("messages", "input", "extra_headers", "extra_query", "extra_body")
 
 
-class OpenAI:
-    """``openai.OpenAI``'s surface over one or more providers.
+class _Client:
+    """What the sync and async clients share: providers, policies, and a call's steps
+    before and after the request (cache, failover bookkeeping, trace span)."""
 
-    ``OpenAI(api_key=..., base_url=...)`` makes one provider; ``providers=[...]``
-    gives a failover list. ``cache_ttl`` stores answers of deterministic calls
-    (``temperature=0`` chats, embeddings) in the component cache for that many seconds.
-    """
+    _kind = "OpenAI"
 
     def __init__(
         self,
@@ -72,7 +90,7 @@ class OpenAI:
         elif api_key or base_url or rate_limits or options:
             raise ConfigError("Give either providers=[...] or api_key/base_url/rate_limits, not both.")
         if not providers:
-            raise ConfigError("OpenAI(providers=[...]) needs at least one provider.")
+            raise ConfigError(f"{self._kind}(providers=[...]) needs at least one provider.")
         names = [p.name for p in providers]
         if len(set(names)) != len(names):
             raise ConfigError(f"Provider names must be unique, got {names}.")
@@ -83,23 +101,29 @@ class OpenAI:
         self.cache_ttl = cache_ttl
         self.limiter = RateLimiter()
         self.chat = _Chat(self)
-        self.embeddings = _Embeddings(self)
+        self.embeddings = _Resource(self, "embeddings", create=EMBEDDINGS)
+        self.responses = _Resource(self, "responses", create=RESPONSES, parse=RESPONSES_PARSE)
+
+    def _sdk(self) -> Any:
+        """The first provider's SDK client, for the attributes flowkit does not wrap."""
+        return self.providers[0].client
 
     def __getattr__(self, name: str) -> Any:
-        # models, files, responses, ...: the first provider's own SDK resources
+        # models, files, batches, ...: the first provider's own SDK resources
         if name.startswith("_") or name == "providers":
             raise AttributeError(name)
-        return getattr(self.providers[0].client, name)
+        return _unwrapped(self._sdk(), name, name)
 
     def __repr__(self) -> str:
-        return f"<flowkit.llm.OpenAI providers={[p.name for p in self.providers]}>"
+        return f"<flowkit.llm.{self._kind} providers={[p.name for p in self.providers]}>"
 
-    # -- one logical call ---------------------------------------------------------------
+    # -- the steps of one logical call around its requests ----------------------------
 
-    def _create(self, operation: str, kwargs: dict[str, Any]) -> Any:
+    def _begin(self, operation: str, kwargs: dict[str, Any]) -> tuple[_Call, str | None, Any]:
+        """The call's record, its cache key, and the cached answer (or None)."""
         requested = kwargs.get("model")
         if not isinstance(requested, str) or not requested:
-            raise TypeError(f"{operation}.create() needs model='...'.")
+            raise TypeError(f"{_SDK_METHODS[operation]}() needs model='...'.")
         call = _Call(operation, requested, kwargs)
         cache_key = self._cache_key(operation, kwargs)
         if cache_key:
@@ -107,56 +131,48 @@ class OpenAI:
             if hit is not None:
                 response = _RESPONSE_TYPES[operation].model_validate_json(hit)
                 call.finish_response(None, response, cached=True)
-                return response
-        last: BaseException | None = None
-        for provider in self.providers:
-            try:
-                response = self._on_provider(provider, call)
-            except (RateLimitWait, openai.APIError) as exc:
-                if not isinstance(exc, RateLimitWait) and not is_retryable(exc):
-                    call.fail(provider, exc)
-                    raise
-                call.failures.append({"provider": provider.name, "error": describe_error(exc)})
-                last = exc
-                continue
-            if call.stream:
-                return self._traced_stream(provider, call, response)
-            call.finish_response(provider, response)
-            self._settle(provider, call, response.usage)
-            if cache_key:
-                cache.put(get_store(), cache_key, response.model_dump_json(), self.cache_ttl)
-            return response
-        assert last is not None
-        call.fail(None, last)
-        raise last
+                return call, cache_key, response
+        return call, cache_key, None
 
-    def _on_provider(self, provider: Provider, call: _Call) -> Any:
+    @staticmethod
+    def _fails_over(provider: Provider, call: _Call, exc: BaseException) -> bool:
+        """Whether the next provider gets the call after ``exc`` (else it is the answer)."""
+        if not isinstance(exc, RateLimitWait) and not is_retryable(exc):
+            call.fail(provider, exc)
+            return False
+        call.failures.append({"provider": provider.name, "error": describe_error(exc)})
+        return True
+
+    def _request(self, provider: Provider, call: _Call, sdk: Any) -> tuple[Any, RateLimit | None, dict]:
+        """The SDK method to call on ``sdk``, the budget it draws on, and its parameters."""
         model = provider.model_for(call.requested)
         limit = provider.limit_for(model)
         call.estimate = estimate_tokens(call.operation, call.kwargs) if limit and limit.tpm else 0
-        send = _method(provider.sdk_client(), call.operation)
         params = {**call.kwargs, "model": model}
-        if call.stream and not call.user_wants_usage:
+        if call.stream and call.operation == CHAT and not call.user_wants_usage:
             params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
+        return _method(sdk, call.operation), limit, params
 
-        for attempt in self.retry.retrying():
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    call.retries += 1  # tenacity slept before this one
-                if limit is not None:
-                    call.rate_wait += self.limiter.acquire(
-                        provider.name, model, limit, call.estimate, get_settings().llm_rate_max_wait
-                    )
-                call.sent = time.monotonic()
-                return send(**params)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+    def _before_send(self, attempt: Any, call: _Call) -> None:
+        if attempt.retry_state.attempt_number > 1:
+            call.retries += 1  # tenacity slept before this one
 
-    def _traced_stream(self, provider: Provider, call: _Call, stream: Any) -> TracedStream:
-        def done(summary: dict[str, Any], error: BaseException | None) -> None:
-            self._settle(provider, call, summary.get("usage"))
-            call.finish_stream(provider, summary, error)
+    def _end(self, provider: Provider, call: _Call, response: Any, cache_key: str | None,
+             stream_type: type[TracedStream]) -> Any:
+        """The answer handed back: the traced stream, or the response (recorded, cached)."""
+        if call.stream:
+            def done(summary: dict[str, Any], error: BaseException | None) -> None:
+                self._settle(provider, call, summary.get("usage"))
+                call.finish_stream(provider, summary, error)
 
-        return TracedStream(stream, current(), call.sent, not call.user_wants_usage, done)
+            return stream_type(response, current(), call.sent,
+                               call.operation == CHAT and not call.user_wants_usage, done,
+                               responses=call.operation in _RESPONSES)
+        call.finish_response(provider, response)
+        self._settle(provider, call, getattr(response, "usage", None))
+        if cache_key:
+            cache.put(get_store(), cache_key, response.model_dump_json(), self.cache_ttl)
+        return response
 
     def _settle(self, provider: Provider, call: _Call, usage: Any) -> None:
         if call.estimate and usage is not None:
@@ -164,50 +180,162 @@ class OpenAI:
             self.limiter.settle(provider.name, model, call.estimate, int(usage.total_tokens or 0))
 
     def _cache_key(self, operation: str, kwargs: dict[str, Any]) -> str | None:
-        if not self.cache_ttl or kwargs.get("stream"):
+        if not self.cache_ttl or kwargs.get("stream") or operation not in _RESPONSE_TYPES:
             return None
-        if operation == CHAT and kwargs.get("temperature") != 0:
+        if operation != EMBEDDINGS and kwargs.get("temperature") != 0:
             return None  # only a deterministic request has one right answer to store
         return cache.key(f"flowkit.llm.{operation}", "1", kwargs)
 
 
-class _Chat:
-    def __init__(self, client: OpenAI) -> None:
-        self.completions = _Completions(client)
+class OpenAI(_Client):
+    """``openai.OpenAI``'s surface over one or more providers.
+
+    ``OpenAI(api_key=..., base_url=...)`` makes one provider; ``providers=[...]``
+    gives a failover list. ``cache_ttl`` stores answers of deterministic calls
+    (``temperature=0`` chats and responses, embeddings) in the component cache for
+    that many seconds.
+    """
+
+    def _create(self, operation: str, kwargs: dict[str, Any]) -> Any:
+        call, cache_key, hit = self._begin(operation, kwargs)
+        if hit is not None:
+            return hit
+        last: BaseException | None = None
+        for provider in self.providers:
+            try:
+                response = self._on_provider(provider, call)
+            except (RateLimitWait, openai.APIError) as exc:
+                if not self._fails_over(provider, call, exc):
+                    raise
+                last = exc
+                continue
+            return self._end(provider, call, response, cache_key, TracedStream)
+        assert last is not None
+        call.fail(None, last)
+        raise last
+
+    def _on_provider(self, provider: Provider, call: _Call) -> Any:
+        send, limit, params = self._request(provider, call, provider.sdk_client())
+        for attempt in self.retry.retrying():
+            with attempt:
+                self._before_send(attempt, call)
+                if limit is not None:
+                    call.rate_wait += self.limiter.acquire(
+                        provider.name, params["model"], limit, call.estimate,
+                        get_settings().llm_rate_max_wait,
+                    )
+                call.sent = time.monotonic()
+                return send(**params)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
-class _Completions:
-    def __init__(self, client: OpenAI) -> None:
+class AsyncOpenAI(_Client):
+    """``openai.AsyncOpenAI``'s surface over one or more providers: :class:`OpenAI`'s
+    twin for async code (``await client.responses.create(...)``, ``async for`` over a
+    stream), with the same retries (``asyncio.sleep`` between them), failover, shared
+    rate limits, token streaming, cache and trace spans."""
+
+    _kind = "AsyncOpenAI"
+
+    def _sdk(self) -> Any:
+        return self.providers[0].async_sdk_client()
+
+    async def _create(self, operation: str, kwargs: dict[str, Any]) -> Any:
+        call, cache_key, hit = self._begin(operation, kwargs)
+        if hit is not None:
+            return hit
+        last: BaseException | None = None
+        for provider in self.providers:
+            try:
+                response = await self._on_provider(provider, call)
+            except (RateLimitWait, openai.APIError) as exc:
+                if not self._fails_over(provider, call, exc):
+                    raise
+                last = exc
+                continue
+            return self._end(provider, call, response, cache_key, AsyncTracedStream)
+        assert last is not None
+        call.fail(None, last)
+        raise last
+
+    async def _on_provider(self, provider: Provider, call: _Call) -> Any:
+        send, limit, params = self._request(provider, call, provider.async_sdk_client())
+        policy = self.retry.retrying()
+        retrying = tenacity.AsyncRetrying(stop=policy.stop, wait=policy.wait, retry=policy.retry,
+                                          reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                self._before_send(attempt, call)
+                if limit is not None:
+                    call.rate_wait += await self.limiter.acquire_async(
+                        provider.name, params["model"], limit, call.estimate,
+                        get_settings().llm_rate_max_wait,
+                    )
+                call.sent = time.monotonic()
+                return await send(**params)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+class _Resource:
+    """``client.<path>``: the wrapped methods (``create``, ``parse``) go through the
+    client's call; any other attribute is the SDK's own, unwrapped."""
+
+    def __init__(self, client: _Client, path: str, **operations: str) -> None:
         self._client = client
+        self._path = path
+        self._operations = operations
 
     def create(self, **kwargs: Any) -> Any:
-        """``openai`` ``chat.completions.create``: a ChatCompletion, or a stream of chunks."""
-        return self._client._create(CHAT, kwargs)
+        """The SDK's ``create``: its own return type (a stream with ``stream=True``)."""
+        return self._client._create(self._operations["create"], kwargs)
+
+    def parse(self, **kwargs: Any) -> Any:
+        """The SDK's ``parse``: structured output parsed into the pydantic model given as
+        ``response_format=`` (chat) or ``text_format=`` (responses)."""
+        if "parse" not in self._operations:
+            raise AttributeError(f"{self._path}.parse")
+        return self._client._create(self._operations["parse"], kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        sdk = functools.reduce(getattr, self._path.split("."), self._client._sdk())
+        return _unwrapped(sdk, name, f"{self._path}.{name}")
 
 
-class _Embeddings:
-    def __init__(self, client: OpenAI) -> None:
+class _Chat:
+    def __init__(self, client: _Client) -> None:
         self._client = client
+        self.completions = _Resource(client, "chat.completions", create=CHAT, parse=CHAT_PARSE)
 
-    def create(self, **kwargs: Any) -> CreateEmbeddingResponse:
-        """``openai`` ``embeddings.create``."""
-        return self._client._create(EMBEDDINGS, kwargs)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _unwrapped(self._client._sdk().chat, name, f"chat.{name}")
 
 
-def _method(client: openai.OpenAI, operation: str) -> Any:
-    return client.chat.completions.create if operation == CHAT else client.embeddings.create
+def _unwrapped(owner: Any, name: str, path: str) -> Any:
+    log.debug("flowkit.llm: client.%s is the SDK's own, unwrapped: no retries, failover, "
+              "rate limits, token streaming, cache or trace span", path)
+    return getattr(owner, name)
 
+
+def _method(client: Any, operation: str) -> Any:
+    return functools.reduce(getattr, _SDK_METHODS[operation].split("."), client)
 
 
 def estimate_tokens(operation: str, kwargs: dict[str, Any]) -> int:
     """Tokens a request will use, roughly (4 characters a token), for the rate limiter."""
-    content = kwargs.get("messages") if operation == CHAT else kwargs.get("input")
+    if operation in _CHATS:
+        content: Any = kwargs.get("messages")
+    else:
+        content = [kwargs.get("instructions"), kwargs.get("input")]
     chars = len(str(content or ""))
     completion = 0
-    if operation == CHAT:
+    if operation != EMBEDDINGS:
         completion = int(
             kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
-            or get_settings().llm_completion_estimate
+            or kwargs.get("max_output_tokens") or get_settings().llm_completion_estimate
         )
     return chars // 4 + 1 + completion
 
@@ -233,10 +361,12 @@ class _Call:
         self.failures: list[dict[str, str]] = []
 
     def _span(self, provider: Provider | None) -> dict[str, Any]:
-        request = {k: v for k, v in self.kwargs.items() if k not in _CONTENT_PARAMS}
+        request = {k: _shown_param(v) for k, v in self.kwargs.items() if k not in _CONTENT_PARAMS}
         if "tools" in request:
-            request["tools"] = [t.get("function", {}).get("name") for t in request["tools"] if isinstance(t, dict)]
-        content_key = "messages" if self.operation == CHAT else "input"
+            request["tools"] = [
+                t.get("function", t).get("name") for t in self.kwargs["tools"] if isinstance(t, dict)
+            ]
+        content_key = "messages" if self.operation in _CHATS else "input"
         now = time.monotonic()
         address, port = provider.server() if provider else (None, None)
         return {
@@ -259,10 +389,13 @@ class _Call:
         span.update(status="ok", cached=cached or None, ttft=None, **_usage_fields(usage),
                     response_model=getattr(response, "model", None),
                     response_id=getattr(response, "id", None))
-        if self.operation == CHAT and response.choices:
+        if self.operation in _CHATS and response.choices:
             choice = response.choices[0]
             span["finish_reason"] = choice.finish_reason
             span["output"] = trace.bounded(_message_text(choice.message))
+        elif self.operation in _RESPONSES:
+            span["finish_reason"] = response.status
+            span["output"] = trace.bounded(_response_text(response))
         self._cost(span, provider)
         self._record(span)
 
@@ -305,9 +438,14 @@ class _Call:
 def _usage_fields(usage: Any) -> dict[str, Any]:
     if usage is None:
         return {}
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if prompt is None:  # the Responses API's names
+        prompt = getattr(usage, "input_tokens", None)
+        completion = getattr(usage, "output_tokens", None)
     return {
-        "prompt_tokens": getattr(usage, "prompt_tokens", None),
-        "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion or 0,
         "total_tokens": getattr(usage, "total_tokens", None),
     }
 
@@ -320,25 +458,51 @@ def _message_text(message: Any) -> Any:
     return message.content
 
 
+def _response_text(response: Any) -> Any:
+    calls = [item for item in response.output or () if item.type == "function_call"]
+    if calls:
+        return {"tool_calls": [{"name": c.name, "arguments": c.arguments} for c in calls]}
+    return response.output_text
+
+
+def _shown_param(value: Any) -> Any:
+    """A request parameter as a span records it: a pydantic model class by its name."""
+    return value.__name__ if isinstance(value, type) else value
+
+
 # -- building clients -----------------------------------------------------------------------
 
 
-def wrap(client: openai.OpenAI, **kwargs: Any) -> OpenAI:
-    """A flowkit client over an ``openai.OpenAI`` you already have (its retries turned off)."""
+def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **kwargs: Any) -> OpenAI | AsyncOpenAI:
+    """A flowkit client over an ``openai.OpenAI`` you already have (its retries turned off);
+    over an ``openai.AsyncOpenAI``, a flowkit :class:`AsyncOpenAI` with its key, URL,
+    headers and timeout (its HTTP client is not reused: each event loop needs its own)."""
     provider_keys = {"name", "models", "rate_limits"}
+    flowkit_client: type[_Client] = OpenAI
+    if isinstance(client, openai.AsyncOpenAI):
+        flowkit_client = AsyncOpenAI
+        client = openai.OpenAI(
+            api_key=client.api_key, base_url=client.base_url, organization=client.organization,
+            project=client.project, timeout=client.timeout,
+            default_headers=getattr(client, "_custom_headers", None),
+            default_query=getattr(client, "_custom_query", None),
+        )
     provider = Provider.from_client(client, **{k: v for k, v in kwargs.items() if k in provider_keys})
-    return OpenAI(providers=[provider], **{k: v for k, v in kwargs.items() if k not in provider_keys})
+    return flowkit_client(providers=[provider],
+                          **{k: v for k, v in kwargs.items() if k not in provider_keys})
 
 
 FAKE_API_KEY = "fake-key-for-the-local-server"
 
 
-def client_from_env(**kwargs: Any) -> OpenAI:
-    """OpenAI when ``OPENAI_API_KEY`` is set; else the local fake server at FLOWKIT_LLM_FAKE_URL."""
+def client_from_env(*, asynchronous: bool = False, **kwargs: Any) -> Any:
+    """OpenAI when ``OPENAI_API_KEY`` is set; else the local fake server at FLOWKIT_LLM_FAKE_URL.
+    ``asynchronous=True`` makes an :class:`AsyncOpenAI`."""
+    make: type[_Client] = AsyncOpenAI if asynchronous else OpenAI
     key = os.environ.get("OPENAI_API_KEY")
     if key:
-        return OpenAI(api_key=key, base_url=os.environ.get("OPENAI_BASE_URL") or None, **kwargs)
-    return OpenAI(api_key=FAKE_API_KEY, base_url=get_settings().llm_fake_url, name="fake", **kwargs)
+        return make(api_key=key, base_url=os.environ.get("OPENAI_BASE_URL") or None, **kwargs)
+    return make(api_key=FAKE_API_KEY, base_url=get_settings().llm_fake_url, name="fake", **kwargs)
 
 
 def default_model() -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -84,6 +86,8 @@ class Provider:
             self.client.with_options(http_client=openai.DefaultHttpxClient()) for _ in range(pools - 1)
         ]
         self._turn = itertools.count()
+        self._async_clients: dict[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = {}
+        self._async_lock = threading.Lock()
         key = self.client.api_key
         trace.remember_secret(key if isinstance(key, str) else None)
         trace.remember_secret(self.api_key)
@@ -95,6 +99,26 @@ class Provider:
     def sdk_client(self) -> openai.OpenAI:
         """The SDK client for the next request (one of the provider's connection pools)."""
         return self._clients[next(self._turn) % len(self._clients)]
+
+    def async_sdk_client(self) -> openai.AsyncOpenAI:
+        """The async SDK client for the running event loop. An HTTP connection belongs to
+        the loop that opened it, and flowkit runs async steps on fresh loops, so each loop
+        gets a client of its own (the closed loops' clients are dropped)."""
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            for old in [old for old in self._async_clients if old.is_closed()]:
+                del self._async_clients[old]
+            client = self._async_clients.get(loop)
+            if client is None:
+                base = self.client
+                client = openai.AsyncOpenAI(
+                    api_key=base.api_key, base_url=base.base_url, organization=base.organization,
+                    project=base.project, max_retries=0, timeout=base.timeout,
+                    default_headers=getattr(base, "_custom_headers", None),
+                    default_query=getattr(base, "_custom_query", None),
+                )
+                self._async_clients[loop] = client
+            return client
 
     def server(self) -> tuple[str | None, int | None]:
         """The endpoint's host and port (OpenTelemetry's ``server.address``/``server.port``)."""

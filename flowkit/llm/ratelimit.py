@@ -9,6 +9,7 @@ the provider's usage count after it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -46,27 +47,54 @@ class RateLimiter:
         self, provider: str, model: str, limit: RateLimit, tokens: int, max_wait: float
     ) -> float:
         """Block until the call may go; returns seconds waited. Raises RateLimitWait after max_wait."""
-        started = time.monotonic()
-        announced = 0.0
-        while True:
-            wait = self.try_acquire(provider, model, limit, tokens)
-            if wait == 0:
-                return time.monotonic() - started
-            waited = time.monotonic() - started
-            if waited + wait > max_wait:
-                raise RateLimitWait(
-                    f"{provider}/{model}: no rate-limit budget within {max_wait:g}s "
-                    f"(rpm={limit.rpm}, tpm={limit.tpm})"
-                )
-            if announced == 0.0 or waited - announced >= PROGRESS_EVERY:
-                announced = max(waited, 1e-9)
-                progress(WAITING_MESSAGE)
-            if is_cancelled():
-                raise RunCancelled("run stopped while waiting for rate-limit budget")
-            # a little jitter so workers woken together do not collide on the same refill
-            time.sleep(min(MAX_NAP, wait) * random.uniform(1.0, 1.2))
+        waiting = _Waiting(provider, model, limit, max_wait)
+        while (nap := waiting.nap(self.try_acquire(provider, model, limit, tokens))) is not None:
+            time.sleep(nap)
+        return waiting.waited
+
+    async def acquire_async(
+        self, provider: str, model: str, limit: RateLimit, tokens: int, max_wait: float
+    ) -> float:
+        """:meth:`acquire` for async code: the waits are ``asyncio.sleep``."""
+        waiting = _Waiting(provider, model, limit, max_wait)
+        while (nap := waiting.nap(self.try_acquire(provider, model, limit, tokens))) is not None:
+            await asyncio.sleep(nap)
+        return waiting.waited
 
     def settle(self, provider: str, model: str, estimated: int, actual: int) -> None:
         """Give back (or take) the difference between the estimated and the real token count."""
         if estimated != actual:
             self.store.settle_rate(f"llm:{provider}:{model}", estimated - actual)
+
+
+class _Waiting:
+    """One caller's wait for budget: when to give up, announce itself, or stop."""
+
+    def __init__(self, provider: str, model: str, limit: RateLimit, max_wait: float) -> None:
+        self.what = f"{provider}/{model}"
+        self.limit = limit
+        self.max_wait = max_wait
+        self.started = time.monotonic()
+        self.announced = 0.0
+
+    @property
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+    def nap(self, wait: float) -> float | None:
+        """None when the budget was taken (``wait`` 0); else how long to sleep first."""
+        if wait == 0:
+            return None
+        waited = self.waited
+        if waited + wait > self.max_wait:
+            raise RateLimitWait(
+                f"{self.what}: no rate-limit budget within {self.max_wait:g}s "
+                f"(rpm={self.limit.rpm}, tpm={self.limit.tpm})"
+            )
+        if self.announced == 0.0 or waited - self.announced >= PROGRESS_EVERY:
+            self.announced = max(waited, 1e-9)
+            progress(WAITING_MESSAGE)
+        if is_cancelled():
+            raise RunCancelled("run stopped while waiting for rate-limit budget")
+        # a little jitter so workers woken together do not collide on the same refill
+        return min(MAX_NAP, wait) * random.uniform(1.0, 1.2)

@@ -8,7 +8,7 @@ smoothly without one Redis write per token.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..config import get_settings
@@ -48,22 +48,30 @@ class TracedStream:
     """The SDK's stream, passed through chunk by chunk, teeing text to the run's stream.
 
     ``on_done(summary, error)`` runs once, when the stream ends, fails or is closed.
-    Usage-only chunks the caller did not ask for (``include_usage``) are hidden.
+    Usage-only chunks the caller did not ask for (``include_usage``) are hidden. A
+    Responses stream (``responses=True``) tees its ``response.output_text.delta`` events
+    and takes usage, model and id from its ``response.completed`` event.
     """
 
     def __init__(
         self, stream: Any, ctx: StepContext | None, started: float, hide_usage_chunk: bool,
         on_done: Callable[[dict[str, Any], BaseException | None], None],
+        responses: bool = False,
     ) -> None:
         self._stream = stream
-        self._it: Iterator[Any] = iter(stream)
+        self._it = self._iterator(stream)
         self._batcher = ChunkBatcher(ctx)
         self._started = started
         self._hide_usage = hide_usage_chunk
         self._on_done = on_done
         self._done = False
+        self._take = self._take_event if responses else self._take_chunk
         self.text_parts: list[str] = []
         self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
+
+    @staticmethod
+    def _iterator(stream: Any) -> Any:
+        return iter(stream)
 
     def __iter__(self) -> TracedStream:
         return self
@@ -78,22 +86,40 @@ class TracedStream:
             except BaseException as exc:
                 self._finish(exc)
                 raise
-            if getattr(chunk, "usage", None) is not None:
-                self.summary["usage"] = chunk.usage
-            if not self.summary.get("model"):  # the model and id the server answered with
-                self.summary["model"] = getattr(chunk, "model", None)
-                self.summary["id"] = getattr(chunk, "id", None)
-            for choice in chunk.choices or ():
-                content = getattr(choice.delta, "content", None)
-                if content:
-                    if self.summary["ttft"] is None:
-                        self.summary["ttft"] = time.monotonic() - self._started
-                    self.text_parts.append(content)
-                    self._batcher.add(content)
-                if choice.finish_reason:
-                    self.summary["finish_reason"] = choice.finish_reason
-            if chunk.choices or not self._hide_usage:
+            if self._take(chunk):
                 return chunk
+
+    def _text(self, text: str) -> None:
+        if self.summary["ttft"] is None:
+            self.summary["ttft"] = time.monotonic() - self._started
+        self.text_parts.append(text)
+        self._batcher.add(text)
+
+    def _take_chunk(self, chunk: Any) -> bool:
+        """Record a Chat Completions chunk; False hides it from the caller."""
+        if getattr(chunk, "usage", None) is not None:
+            self.summary["usage"] = chunk.usage
+        if not self.summary.get("model"):  # the model and id the server answered with
+            self.summary["model"] = getattr(chunk, "model", None)
+            self.summary["id"] = getattr(chunk, "id", None)
+        for choice in chunk.choices or ():
+            content = getattr(choice.delta, "content", None)
+            if content:
+                self._text(content)
+            if choice.finish_reason:
+                self.summary["finish_reason"] = choice.finish_reason
+        return bool(chunk.choices) or not self._hide_usage
+
+    def _take_event(self, event: Any) -> bool:
+        """Record a Responses stream event (every one reaches the caller)."""
+        kind = getattr(event, "type", "")
+        if kind == "response.output_text.delta" and event.delta:
+            self._text(event.delta)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = event.response
+            self.summary.update(usage=response.usage, model=response.model, id=response.id,
+                                finish_reason=response.status)
+        return True
 
     def _finish(self, error: BaseException | None) -> None:
         if self._done:
@@ -117,3 +143,37 @@ class TracedStream:
 
     def __getattr__(self, name: str) -> Any:  # .response and the rest of the SDK stream
         return getattr(self._stream, name)
+
+
+class AsyncTracedStream(TracedStream):
+    """:class:`TracedStream` over the async SDK's stream (``async for``)."""
+
+    @staticmethod
+    def _iterator(stream: Any) -> Any:
+        return stream.__aiter__()
+
+    def __aiter__(self) -> AsyncTracedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            try:
+                chunk = await self._it.__anext__()
+            except StopAsyncIteration:
+                self._finish(None)
+                raise
+            except BaseException as exc:
+                self._finish(exc)
+                raise
+            if self._take(chunk):
+                return chunk
+
+    async def close(self) -> None:  # type: ignore[override]
+        await self._stream.close()
+        self._finish(None)
+
+    async def __aenter__(self) -> AsyncTracedStream:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

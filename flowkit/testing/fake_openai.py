@@ -1,7 +1,9 @@
 """A small, real OpenAI-compatible HTTP server: the demo's LLM without an API key, and the tests'.
 
 It answers ``POST /v1/chat/completions`` (plain JSON or SSE streaming, tools and
-response formats) and ``POST /v1/embeddings`` with usage counts, after a
+response formats), ``POST /v1/responses`` (the Responses API: JSON or its SSE
+events, function tools and ``text.format`` JSON schemas) and ``POST /v1/embeddings``
+with usage counts, after a
 configurable latency per request and per token, and injects faults on demand: a
 share of 429s with ``Retry-After``, 500s, dropped connections, a scripted
 sequence of outcomes, or the whole provider down (its port refuses connections).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -174,6 +177,7 @@ class FakeLLMServer:
     async def _setup(self) -> None:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_fake/stats", self._stats)
@@ -249,10 +253,17 @@ class FakeLLMServer:
                                 headers=headers)
         return body, None
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         try:
+            yield
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        with self._in_flight():
             body, early = await self._guard(request)
             if early is not None:
                 return early
@@ -268,8 +279,32 @@ class FakeLLMServer:
                 return await self._stream(request, body, reply, b.token_latency)
             await asyncio.sleep(b.token_latency * reply.completion_tokens)
             return web.json_response(reply.completion(body))
-        finally:
-            self.stats.in_flight -= 1
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        with self._in_flight():
+            body, early = await self._guard(request)
+            if early is not None:
+                return early
+            if not body.get("input"):
+                self._record(request, 400, body)
+                return _error(400, "'input' must be a string or a non-empty array.", param="input")
+            b = self.behaviour
+            await asyncio.sleep(b.latency)
+            reply = _Reply.for_request(_as_chat_request(body), b.completion_tokens)
+            reply.id = f"resp_{random.getrandbits(64):016x}"
+            self._record(request, 200, body)
+            if not body.get("stream"):
+                await asyncio.sleep(b.token_latency * reply.completion_tokens)
+                return web.json_response(reply.response(body, "completed"))
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in reply.response_events(body):
+                await response.write(
+                    f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+                if event["type"] == "response.output_text.delta":
+                    await asyncio.sleep(b.token_latency)
+            await response.write_eof()
+            return response
 
     async def _stream(
         self, request: web.Request, body: dict, reply: _Reply, token_latency: float
@@ -458,6 +493,43 @@ class _Reply:
             "usage": self.usage(),
         }
 
+    def response(self, body: dict, status: str) -> dict[str, Any]:
+        """The Responses API's answer (``status`` in_progress: the stream's first view)."""
+        done = status == "completed"
+        return {
+            "id": self.id, "object": "response", "created_at": int(time.time()), "model": self.model,
+            "status": status, "output": _response_output(self) if done else [],
+            "parallel_tool_calls": True, "tool_choice": body.get("tool_choice") or "auto",
+            "tools": body.get("tools") or [], "instructions": body.get("instructions"),
+            "error": None, "incomplete_details": None, "metadata": {}, "text": body.get("text"),
+            "usage": {
+                "input_tokens": self.prompt_tokens, "output_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            } if done else None,
+        }
+
+    def response_events(self, body: dict) -> Iterator[dict[str, Any]]:
+        """The Responses API's SSE events, in the order OpenAI sends them."""
+        seq = iter(range(1_000_000))
+        yield {"type": "response.created", "sequence_number": next(seq),
+               "response": self.response(body, "in_progress")}
+        [item] = _response_output(self)
+        where = {"output_index": 0, "item_id": item["id"]}
+        yield {"type": "response.output_item.added", "sequence_number": next(seq),
+               "output_index": 0, "item": {**item, "status": "in_progress"}}
+        if not self.tool_call:
+            for token in self.tokens:
+                yield {"type": "response.output_text.delta", "sequence_number": next(seq),
+                       "content_index": 0, "delta": token, "logprobs": [], **where}
+            yield {"type": "response.output_text.done", "sequence_number": next(seq),
+                   "content_index": 0, "text": self.text, "logprobs": [], **where}
+        yield {"type": "response.output_item.done", "sequence_number": next(seq),
+               "output_index": 0, "item": item}
+        yield {"type": "response.completed", "sequence_number": next(seq),
+               "response": self.response(body, "completed")}
+
     def chunks(self, body: dict) -> Iterator[dict[str, Any]]:
         base = {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.model}
@@ -475,6 +547,39 @@ class _Reply:
         yield chunk({}, self.finish_reason)
         if (body.get("stream_options") or {}).get("include_usage"):
             yield {**base, "choices": [], "usage": self.usage()}
+
+
+def _as_chat_request(body: dict) -> dict:
+    """A Responses API request as the Chat Completions request it amounts to."""
+    items = body["input"]
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    for item in [{"role": "user", "content": items}] if isinstance(items, str) else items:
+        kind = item.get("type")
+        if kind == "function_call_output":
+            messages.append({"role": "tool", "content": item.get("output")})
+        elif kind == "function_call":
+            messages.append({"role": "assistant", "content": None})
+        else:
+            messages.append({"role": item.get("role", "user"), "content": item.get("content")})
+    fmt = (body.get("text") or {}).get("format") or {}
+    return {
+        "model": body["model"], "messages": messages,
+        "max_tokens": body.get("max_output_tokens"), "tool_choice": body.get("tool_choice"),
+        "tools": [{"type": "function", "function": t} for t in body.get("tools") or ()
+                  if t.get("type") == "function"],
+        "response_format": ({"type": "json_schema", "json_schema": {"schema": fmt.get("schema")}}
+                            if fmt.get("type") == "json_schema" else fmt or None),
+    }
+
+
+def _response_output(reply: _Reply) -> list[dict[str, Any]]:
+    if reply.tool_call:
+        return [{"type": "function_call", "id": "fc_0", "call_id": "call_0", "status": "completed",
+                 **reply.tool_call}]
+    return [{"type": "message", "id": "msg_0", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": reply.text, "annotations": []}]}]
 
 
 def _split(text: str) -> list[str]:

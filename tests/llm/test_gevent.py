@@ -33,3 +33,15 @@ def test_a_batched_fan_out_of_llm_calls_runs_its_items_at_once_on_gevent(llm, ge
     assert set(items) <= set(completed)
     assert all(completed[k]["tokens"]["completion"] == 3 for k in items)
     assert len([r for r in primary.stats.requests if r["status"] == 200]) == 20
+
+
+def test_an_async_step_streams_a_response_on_gevent(llm, gevent_worker):
+    """AsyncOpenAI from an async component on the gevent pool: the process's one event
+    loop runs in a greenlet; the deltas still reach the run's stream."""
+    runs = [wf.async_surfaced_on_gevent.start({"prompt": f"topic {i}", "max_tokens": 10})
+            for i in range(3)]
+    for run in runs:
+        out = run.result(timeout=60)
+        assert out["parsed"] == {"title": "draft", "score": 1}
+        chunks = [e.data["chunk"] for e in run.events() if e.type == "step.output"]
+        assert "".join(chunks) == out["text"] and len(out["text"].split()) == 10

@@ -11,10 +11,11 @@ import os
 from functools import cache
 
 from marshmallow import fields
+from pydantic import BaseModel
 
 import flowkit
 from flowkit import component
-from flowkit.llm import OpenAI, Provider, RateLimit, RetryPolicy
+from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RateLimit, RetryPolicy
 from flowkit.store import get_store
 
 QUEUE = "llm-tests"
@@ -145,3 +146,74 @@ fanned_on_gevent = flowkit.Workflow(
     "llmtest_gevent_fan_out", [questions, flowkit.fan_out(answer, batch=10)],
     input_schema={"n": fields.Integer(required=True)}, queue=GEVENT_QUEUE,
 )
+
+
+# -- the Responses API, structured outputs and the async client ------------------------------
+
+
+class Verdict(BaseModel):
+    """A structured output: the fake server fills the schema's fields."""
+
+    title: str
+    score: int
+
+
+@cache
+def async_client(profile: str) -> AsyncOpenAI:
+    primary, backup = os.environ["TEST_LLM_PRIMARY"], os.environ["TEST_LLM_BACKUP"]
+    if profile == "failover":
+        return AsyncOpenAI(providers=[
+            Provider("primary", base_url=primary, api_key="sk-primary-test-key"),
+            Provider("backup", base_url=backup, api_key="sk-backup-test-key",
+                     models={MODEL: "backup-model"}),
+        ], retry=FAST_RETRY)
+    return AsyncOpenAI(api_key="sk-plain-test-key", base_url=primary, name="primary",
+                       retry=FAST_RETRY)
+
+
+def _surface_result(text: str, parsed: BaseModel, chat_parsed: BaseModel, kinds: set) -> dict:
+    return {"text": text, "parsed": parsed.model_dump(), "chat_parsed": chat_parsed.model_dump(),
+            "parsed_type": type(parsed).__name__, "event_types": sorted(kinds)}
+
+
+@component(name="llmtest.surface")
+def surface(data: dict) -> dict:
+    """The Responses API (streamed) and both parse methods, through the sync client."""
+    plain = client("plain")
+    events = plain.responses.create(model=MODEL, input=data["prompt"], stream=True,
+                                    max_output_tokens=data["max_tokens"])
+    kinds, parts = set(), []
+    for event in events:
+        kinds.add(event.type)
+        if event.type == "response.output_text.delta":
+            parts.append(event.delta)
+    parsed = plain.responses.parse(model=MODEL, input=data["prompt"], text_format=Verdict)
+    chat = plain.chat.completions.parse(model=MODEL, response_format=Verdict,
+                                        messages=[{"role": "user", "content": data["prompt"]}])
+    return _surface_result("".join(parts), parsed.output_parsed, chat.choices[0].message.parsed,
+                           kinds)
+
+
+@component(name="llmtest.async_surface")
+async def async_surface(data: dict) -> dict:
+    """The same through the async client, from an async component."""
+    aclient = async_client(data.get("client", "plain"))
+    events = await aclient.responses.create(model=MODEL, input=data["prompt"], stream=True,
+                                            max_output_tokens=data["max_tokens"])
+    kinds, parts = set(), []
+    async for event in events:
+        kinds.add(event.type)
+        if event.type == "response.output_text.delta":
+            parts.append(event.delta)
+    parsed = await aclient.responses.parse(model=MODEL, input=data["prompt"], text_format=Verdict)
+    chat = await aclient.chat.completions.parse(
+        model=MODEL, response_format=Verdict, messages=[{"role": "user", "content": data["prompt"]}])
+    return _surface_result("".join(parts), parsed.output_parsed, chat.choices[0].message.parsed,
+                           kinds)
+
+
+surfaced = flowkit.Workflow("llmtest_surface", [surface], input_schema=prompt_schema, queue=QUEUE)
+async_surfaced = flowkit.Workflow("llmtest_async_surface", [async_surface],
+                                  input_schema=prompt_schema, queue=QUEUE)
+async_surfaced_on_gevent = flowkit.Workflow("llmtest_async_surface_gevent", [async_surface],
+                                            input_schema=prompt_schema, queue=GEVENT_QUEUE)
