@@ -18,7 +18,19 @@ from .errors import to_response
 from .options import ApiOptions
 from .requests import check_body_size
 from .state import EXTENSION, ApiState, state
-from .views import docs, events, health, metrics, runs, schedules, ui, waits, workers, workflows
+from .views import (
+    docs,
+    events,
+    health,
+    metrics,
+    runs,
+    schedules,
+    summaries,
+    ui,
+    waits,
+    workers,
+    workflows,
+)
 
 #: Endpoints anyone may call: the load balancer's probe, the watch page's and the
 #: dashboard's HTML (the pages read nothing without a run token or API credentials). ``metrics`` checks credentials
@@ -58,7 +70,8 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)
     sock = Sock()
-    for views in (workflows, runs, events, waits, schedules, docs, health, metrics, workers, ui):
+    for views in (workflows, runs, events, waits, schedules, docs, health, metrics, workers,
+                  summaries, ui):
         views.register(bp, sock)
     return bp
 

@@ -42,6 +42,32 @@ def speak(word: str) -> str:
 #: A fan-out whose items stream at the same time: the page keeps one pane per item.
 voices = flowkit.Workflow("ui.voices", [words, fan_out(speak)])
 
+#: The fake OpenAI server the "ui.llm" workflow calls (set by the module's fixture).
+LLM: dict[str, str] = {}
+
+
+@component(name="ui.ask")
+def ask(data: dict) -> dict:
+    from flowkit.llm import OpenAI
+
+    llm = OpenAI(api_key="sk-dashboard-test-key", base_url=LLM["url"], name="fake")
+    reply = llm.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": data["prompt"]}])
+    return {"answer": reply.choices[0].message.content}
+
+
+llm_run = flowkit.Workflow("ui.llm", [ask])
+
+
+@pytest.fixture(scope="module")
+def fake_llm():
+    from flowkit.testing import FakeLLMServer
+
+    server = FakeLLMServer().start()
+    LLM["url"] = server.base_url
+    yield server
+    server.stop()
+
 
 @pytest.fixture
 def page(browser, api):
@@ -198,6 +224,22 @@ def test_a_thousand_item_fan_out_renders_and_stays_responsive(api, client, page)
     page.wait_for_selector("section.group >> text=items 21–40")
     assert page.locator("#timeline svg g.row").count() < 10  # the fan-out is one row
     assert seconds < 20
+
+
+def test_trace_tree_shows_the_llm_call_and_the_run_its_tokens(api, client, page, fake_llm):
+    run = start(client, "ui.llm", {"prompt": "Say hello"})
+    assert finished(client, run["id"])["state"] == "succeeded"
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    page.wait_for_function("/^[0-9]+$/.test(document.querySelector('#tokens').textContent)")
+    page.click("#trace-section > summary")
+    call = page.locator('#trace li.span[data-kind="llm"]').first
+    call.wait_for()
+    assert "gpt-4o-mini" in call.text_content()
+    assert page.locator('#trace li.span[data-kind="step"]').count() == 1
+    page.goto(f"{api.url}/ui?workflow=ui.llm")  # the list row has the tokens too
+    page.wait_for_function(
+        f"/^[0-9]+$/.test(document.querySelector('#runs tr[data-run=\"{run['id']}\"] td:nth-child(8)')?.textContent)")
 
 
 def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, page):

@@ -54,6 +54,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   const events = restore(runId);
   let folded = events.reduce(foldEvent, initialRunState(runId));
   let record = null;
+  let totals = null;        // tokens and cost of the whole run (cost is in the trace only)
   let watch = null;
   const pages = {};         // group -> page shown
   const types = new Set();
@@ -96,6 +97,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   const refreshRecord = throttle(async () => {
     try { record = await client.run(runId); } catch (error) { record = record ?? { error_loading: error.message }; }
+    try { totals = (await client.request("GET", `/runs/summary?ids=${encodeURIComponent(runId)}`)).runs[runId]; } catch { /* header shows the fold's */ }
     render();
   });
 
@@ -140,7 +142,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
       item("Duration", began ? duration(end - began) : "—"),
       item("Restarts", String(r.restarts ?? 0)),
       item("Steps", `${Object.values(folded.steps).filter((s) => s.status === "completed").length} / ${folded.order.length} done`, "step-progress"),
-      item("Tokens", tokensText(folded.tokens), "tokens"), item("Cost", costText(folded.cost), "cost"),
+      item("Tokens", tokensText(Object.keys(folded.tokens ?? {}).length ? folded.tokens : totals?.tokens), "tokens"),
+      item("Cost", costText(folded.cost ?? totals?.cost), "cost"),
       why ? item("Waiting for", why, "waiting") : null));
   }
 

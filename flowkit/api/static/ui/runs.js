@@ -3,7 +3,7 @@
 // runs), so new runs appear and states change within a poll. The filters live in the
 // query string: a refresh or a shared link shows the same list.
 
-import { h, fill, duration, when } from "./dom.js";
+import { h, fill, duration, when, tokensText, costText } from "./dom.js";
 import { urls } from "./session.js";
 
 const STATES = ["scheduled", "queued", "running", "waiting", "succeeded", "failed", "cancelled"];
@@ -33,7 +33,7 @@ export function runsView(main, client) {
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
   fill(main, h("h1", {}, "Runs"), form,
     h("table", { class: "runs" }, h("thead", {}, h("tr", {},
-      ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Restarts"].map((c) => h("th", { scope: "col" }, c)))), body),
+      ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Steps", "Tokens", "Cost", "Restarts"].map((c) => h("th", { scope: "col" }, c)))), body),
     status, pager);
 
   client.request("GET", "/workflows").then(({ workflows }) => {
@@ -69,6 +69,9 @@ export function runsView(main, client) {
       if (filters.owner) runs = runs.filter((r) => r.owner === filters.owner);
       if (mine !== generation) return;
       render(runs, next);
+      await summarise(runs);
+      if (mine !== generation) return;
+      render(runs, next);
       status.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"} · updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
       if (mine !== generation) return;
@@ -76,6 +79,23 @@ export function runsView(main, client) {
       status.textContent = error.status === 404 ? `No run ${filters.q}.` : `Could not load runs: ${error.message}`;
     }
     if (mine === generation) timer = setTimeout(poll, POLL_MS);
+  }
+
+  // Steps, tokens and cost come from each run's events and trace: asked for the rows shown,
+  // and asked again only while a run goes on (an ended run's summary does not change).
+  const summaries = new Map();
+  const ended = new Set();
+  async function summarise(runs) {
+    const wanted = runs.filter((r) => !ended.has(r.id)).map((r) => r.id);
+    if (!wanted.length) return;
+    try {
+      const { runs: got } = await client.request("GET", `/runs/summary?ids=${wanted.map(encodeURIComponent).join(",")}`);
+      for (const run of runs) {
+        if (!got[run.id]) continue;
+        summaries.set(run.id, got[run.id]);
+        if (["succeeded", "failed", "cancelled"].includes(run.state)) ended.add(run.id);
+      }
+    } catch { /* the list shows without them */ }
   }
 
   function render(runs, next) {
@@ -90,9 +110,12 @@ export function runsView(main, client) {
         h("td", {}, run.owner || "—"),
         h("td", {}, when(run.created_at)),
         h("td", {}, end && began ? duration(end - began) : "—"),
+        h("td", { class: "steps" }, summaries.has(run.id) ? `${summaries.get(run.id).completed}/${summaries.get(run.id).steps}` : "…"),
+        h("td", {}, tokensText(summaries.get(run.id)?.tokens)),
+        h("td", {}, costText(summaries.get(run.id)?.cost)),
         h("td", {}, String(run.restarts ?? 0)));
     }));
-    if (!runs.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No runs match.")));
+    if (!runs.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No runs match.")));
     fill(pager,
       filters.before ? h("button", { type: "button", onclick: () => apply("") }, "Newest") : null,
       next ? h("button", { type: "button", id: "older", onclick: () => apply(next) }, "Older →") : null);
