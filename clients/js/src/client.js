@@ -196,6 +196,7 @@ export class RunWatch {
     this.timer = null;
     this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
     this.connects += 1;
+    this.delivered = 0; // events this connection delivered
     const options = {
       baseUrl: this.client.baseUrl,
       runId: this.runId,
@@ -219,6 +220,7 @@ export class RunWatch {
       return; // already delivered (a resend across a reconnect)
     }
     this.retries = 0; // the connection delivers: a later drop starts the backoff over
+    this.delivered += 1;
     const state = foldEvent(this.state, event);
     this.state = state;
     this.persist();
@@ -241,8 +243,17 @@ export class RunWatch {
     }
     const reopen = this.reopen;
     this.reopen = false;
-    if (end.clean && !end.restart && isTerminal(this.state) && !reopen) {
-      this.setConnection("closed"); // the server ended the stream at the run's latest terminal event
+    if (end.opened && !end.restart && isTerminal(this.state) && !reopen) {
+      // The server ends the stream at the run's latest terminal event: a clean close there is
+      // the end. An unclean one (a drop; or werkzeug's dev server, which writes after
+      // flask-sock's close frame, so Chromium reports 1006) is checked by one more connection:
+      // one that delivers nothing and closes means nothing came after (a retried run's
+      // earlier run.failed is followed by more).
+      if (end.clean || this.delivered === 0) {
+        this.setConnection("closed");
+        return;
+      }
+      this.connect();
       return;
     }
     const { initial, max } = this.backoff;

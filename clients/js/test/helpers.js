@@ -17,9 +17,19 @@ export const LIVE = Boolean(URL_ && API_KEY && REDIS_URL);
 export const SKIP = LIVE ? false : "needs a flowkit server: run through tests/js/test_js_client.py";
 export const WAIT = 30_000;
 
+const clients = new Set();
+
 /** A client of the test server; a fast backoff keeps reconnections quick. */
 export function client(options = {}) {
-  return new FlowkitClient({ baseUrl: URL_, token: API_KEY, WebSocket, backoff: { initial: 50, max: 500 }, ...options });
+  const made = new FlowkitClient({ baseUrl: URL_, token: API_KEY, WebSocket, backoff: { initial: 50, max: 500 }, ...options });
+  clients.add(made);
+  return made;
+}
+
+/** Close every watch the tests opened (run after each test: a failed one leaves none reconnecting). */
+export function closeWatches() {
+  for (const c of clients) for (const w of [...c.watches]) w.close();
+  clients.clear();
 }
 
 async function redis(...args) {
@@ -81,7 +91,7 @@ export async function historyIds(api, runId) {
 
 /** A TCP proxy in front of the server; `drop()` resets every connection through it. */
 export async function dropProxy(target) {
-  const { hostname, port } = new URL(target);
+  const { hostname, port, pathname } = new URL(target);
   const sockets = new Set();
   const server = net.createServer((inbound) => {
     const outbound = net.connect(Number(port), hostname);
@@ -99,7 +109,7 @@ export async function dropProxy(target) {
   let connections = 0;
   server.on("connection", () => (connections += 1));
   return {
-    url: `http://127.0.0.1:${server.address().port}`,
+    url: `http://127.0.0.1:${server.address().port}${pathname.replace(/\/$/, "")}`,
     get connections() {
       return connections;
     },

@@ -2,13 +2,20 @@
 // refresh), and a new component with the same storage shows the run at once and
 // resumes after its last event id instead of replaying it (GenSX's useWorkflow
 // loses a run on refresh).
-import { test } from "node:test";
+import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { createElement } from "react";
 import TestRenderer from "react-test-renderer";
 import WebSocket from "ws";
 import { useRun } from "../src/react.js";
-import { SKIP, URL_, client, reachedGate, openGate, memoryStorage } from "./helpers.js";
+import { SKIP, closeWatches, URL_, client, reachedGate, openGate, memoryStorage } from "./helpers.js";
+
+const mounted = new Set();
+afterEach(() => {
+  for (const renderer of mounted) renderer.unmount(); // a failed test leaves no watch running
+  mounted.clear();
+  closeWatches();
+});
 
 globalThis.IS_REACT_ACT_ENVIRONMENT = false; // updates come from the stream, outside act()
 
@@ -28,6 +35,7 @@ function mount(runId, options) {
     return null;
   }
   const renderer = TestRenderer.create(createElement(View));
+  mounted.add(renderer);
   return {
     rendered,
     next(predicate, what, timeout = 30_000) {
@@ -39,7 +47,10 @@ function mount(runId, options) {
         setTimeout(() => reject(new Error(`timed out waiting for ${what}: ${JSON.stringify(rendered.at(-1)?.state)}`)), timeout).unref();
       });
     },
-    unmount: () => renderer.unmount(),
+    unmount: () => {
+      mounted.delete(renderer);
+      renderer.unmount();
+    },
   };
 }
 

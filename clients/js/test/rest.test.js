@@ -1,9 +1,11 @@
 // Starting, answering, cancelling and reading runs over REST with the client,
 // against the real server; the watch shows each change.
-import { test } from "node:test";
+import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { FlowkitError, isTerminal } from "../src/index.js";
-import { SKIP, client, until } from "./helpers.js";
+import { SKIP, closeWatches, client, until } from "./helpers.js";
+
+afterEach(closeWatches);
 
 test("start, then answer the run's input with its run token: the run goes on and succeeds", { skip: SKIP }, async () => {
   const api = client();

@@ -2,12 +2,14 @@
 // superseded chunks and the SSE fallback, against the flowkit server the pytest
 // wrapper serves (real worker, real Redis). Every assertion on delivery compares
 // with the run's history read over REST: the same ids, in order, each once.
-import { test } from "node:test";
+import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { FlowkitClient, isTerminal } from "../src/index.js";
 import {
-  SKIP, URL_, API_KEY, client, reachedGate, openGate, memoryStorage, until, historyIds, dropProxy, increasing,
+  SKIP, closeWatches, URL_, API_KEY, client, reachedGate, openGate, memoryStorage, until, historyIds, dropProxy, increasing,
 } from "./helpers.js";
+
+afterEach(closeWatches);
 
 const done = (s) => isTerminal(s) && s.connection === "closed";
 
