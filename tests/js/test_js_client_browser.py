@@ -6,9 +6,10 @@ resumes from sessionStorage at its last event id instead of replaying the run.""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 import flowkit
-from tests.api.conftest import API_KEY
+from tests.api.conftest import API_KEY, make_app, serve
 from tests.api.test_watch import browser  # noqa: F401 - the Chromium fixture
 from tests.conftest import open_gate, reached_gate
 
@@ -62,4 +63,51 @@ def test_a_page_follows_a_run_over_its_websocket_and_resumes_after_a_reload(serv
     page.wait_for_function("window.watch.state.connection === 'closed'")
     assert page.evaluate("window.seen") == []  # nothing after the last id: nothing replayed
     assert page.evaluate(TEXT) == "a0a1b0b1"
+    page.close()
+
+
+def _signed_in(request) -> bool:
+    """The host app's session: a cookie its sign-in page set."""
+    return request.cookies.get("session") == "signed-in"
+
+
+@pytest.fixture(scope="module")
+def cookie_served(flowkit_env, worker):
+    yield from serve(make_app(url_prefix="/flowkit", authorize=_signed_in))
+
+
+def test_a_signed_in_page_starts_and_follows_a_run_with_its_cookie_and_no_token(
+    cookie_served,
+    store,
+    browser,  # noqa: F811
+):
+    context = browser.new_context()
+    context.add_cookies([{"name": "session", "value": "signed-in", "url": cookie_served.url}])
+    page = context.new_page()
+    page.goto(cookie_served.url + "/flowkit/healthz")
+    state = page.evaluate(
+        """async () => {
+      const { FlowkitClient } = await import("CLIENT_URL");
+      const client = new FlowkitClient({ baseUrl: "/flowkit" });
+      const run = await client.start("simple", { n: 1 });
+      const watch = client.watch(run.id);
+      await new Promise((resolve) => watch.subscribe((s) => s.connection === "closed" && resolve()));
+      return { state: watch.state.state, output: watch.state.output, transport: watch.transport };
+    }""".replace("CLIENT_URL", CLIENT_URL)
+    )
+    assert state == {"state": "succeeded", "output": {"n": 4}, "transport": "websocket"}
+    context.close()
+
+
+def test_without_the_cookie_the_page_is_refused(cookie_served, store, browser):  # noqa: F811
+    page = browser.new_page()
+    page.goto(cookie_served.url + "/flowkit/healthz")
+    refused = page.evaluate(
+        """async () => {
+      const { FlowkitClient } = await import("CLIENT_URL");
+      try { await new FlowkitClient({ baseUrl: "/flowkit" }).start("simple", { n: 1 }); }
+      catch (error) { return [error.name, error.status]; }
+    }""".replace("CLIENT_URL", CLIENT_URL)
+    )
+    assert refused == ["FlowkitError", 401]
     page.close()
