@@ -97,6 +97,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   const refreshRecord = throttle(async () => {
     try { record = await client.run(runId); } catch (error) { record = record ?? { error_loading: error.message }; }
+    render();
     try { totals = (await client.request("GET", `/runs/summary?ids=${encodeURIComponent(runId)}`)).runs[runId]; } catch { /* header shows the fold's */ }
     render();
   });
