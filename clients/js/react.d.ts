@@ -1,4 +1,4 @@
-import type { FlowkitClient, FlowkitClientOptions, FlowkitEvent, RunState, RunWatch, StorageLike } from "./index";
+import type { FlowkitClient, FlowkitClientOptions, FlowkitEvent, RunState, RunWatch, StorageLike } from "./index.js";
 
 export interface UseRunOptions extends FlowkitClientOptions {
   /** A client to share between hooks (else one is made from the other options). */
