@@ -69,6 +69,19 @@ for (const transport of ["websocket", "sse"]) {
   });
 }
 
+test("watch.drop() cuts the connection like a network failure: the watch resumes by itself", { skip: SKIP }, async () => {
+  const { api, run, watch, events } = await startAndWatch("streaming", { before: 1, after: 2 }, { transport: "sse" });
+  await reachedGate(run.id, "streamer");
+  await until(watch, (s) => streamerText(s) === "a0" && s.connection === "open", "the first chunk");
+  watch.drop();
+  assert.equal(watch.state.connection, "reconnecting");
+  await openGate(run.id, "streamer");
+  const state = await until(watch, done, "the run's end");
+  assert.equal(watch.connects, 2);
+  assert.equal(streamerText(state), "a0b0b1");
+  assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
+});
+
 test("a refresh (a new client from storage) resumes after the last event id, not from scratch", { skip: SKIP }, async () => {
   const storage = memoryStorage();
   const first = await startAndWatch("streaming", { before: 3, after: 2 }, { storage });
