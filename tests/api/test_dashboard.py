@@ -173,7 +173,8 @@ def test_cancel_button_cancels_a_running_run(api, client, page):
     handle = flowkit.get_run(run["id"])
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector('#state[data-state="running"]')
-    page.click("#cancel")
+    page.focus("#cancel")
+    page.keyboard.press("Enter")  # the actions work from the keyboard
     page.wait_for_selector('#state[data-state="cancelled"]')
     assert client.get(f"/runs/{run['id']}").json()["state"] == "cancelled"
     open_gate(handle, "gated")  # let the step go; the run stays cancelled
@@ -242,6 +243,23 @@ def test_trace_tree_shows_the_llm_call_and_the_run_its_tokens(api, client, page,
         f"/^[0-9]+$/.test(document.querySelector('#runs tr[data-run=\"{run['id']}\"] td:nth-child(8)')?.textContent)")
 
 
+def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_once(api, client, page):
+    run = start(client, "fanned", {"n": 1000})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('section.group .badge[data-status="completed"]:has-text("1000 completed")',
+                           timeout=240_000)
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert page.evaluate("window.flowkitRun.events.length") == len(history(run["id"]))
+    # a click is answered within a frame or two, not after a backlog of renders
+    took = page.evaluate("""() => new Promise((done) => {
+        const began = performance.now();
+        document.querySelector("section.group button:last-of-type").click();
+        requestAnimationFrame(() => done(performance.now() - began));
+    })""")
+    assert page.locator("section.group >> text=items 21–40").count() == 1
+    assert took < 500
+
+
 def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, page):
     page.goto(f"{api.url}/ui/workers")
     page.wait_for_selector("#workers tr[data-worker]")
@@ -257,6 +275,7 @@ def test_the_watch_page_in_run_token_mode_sees_that_run_and_nothing_else(api, cl
     page.goto(f"{api.url}{mine['urls']['watch']}?token={mine['token']}")
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert page.text_content("section.step pre.text") == "alphabetagamma"
+    assert page.locator("section.step .progress").count() == 0  # no stale "word 3/3" line
     assert page.locator("#cancel, #retry, nav").count() == 0
     # the page's own client, holding the token, is refused anything else
     statuses = page.evaluate("""async ([other, token]) => {
@@ -289,3 +308,12 @@ def test_the_dashboard_can_be_turned_off_and_moved(flowkit_env, worker):
         assert response.status_code == 200
         assert 'name="flowkit-ui" content="/console"' in response.text
         assert httpx.get(f"{url}/runs", timeout=10).status_code == 401  # the API still asks
+
+
+def test_the_reference_web_app_sends_a_person_to_the_dashboard(flowkit_env, monkeypatch):
+    monkeypatch.setenv("FLOWKIT_WORKFLOW_MODULES", "tests.workflows")
+    from api.app import create_app
+
+    response = create_app().test_client().get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/ui"
