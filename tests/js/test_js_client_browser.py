@@ -5,13 +5,15 @@ resumes from sessionStorage at its last event id instead of replaying the run.""
 
 from __future__ import annotations
 
+import pathlib
+
 import httpx
 import pytest
 
 import flowkit
 from tests.api.conftest import API_KEY, make_app, serve
 from tests.api.test_watch import browser  # noqa: F401 - the Chromium fixture
-from tests.conftest import open_gate, reached_gate
+from tests.conftest import ROOT, open_gate, reached_gate
 
 CLIENT_URL = "/flowkit/_flowkit_watch/client/flowkit-client.js"
 
@@ -110,4 +112,26 @@ def test_without_the_cookie_the_page_is_refused(cookie_served, store, browser): 
     }""".replace("CLIENT_URL", CLIENT_URL)
     )
     assert refused == ["FlowkitError", 401]
+    page.close()
+
+
+def readme_example() -> str:
+    """The page of the README's "Browser client" section, as written there."""
+    readme = (pathlib.Path(ROOT) / "README.md").read_text()
+    section = readme.split("## Browser client", 1)[1]
+    return section.split("```html\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_page_shows_a_run(served, store, browser):  # noqa: F811
+    with httpx.Client(
+        base_url=served.url + "/flowkit", timeout=30, headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as api:
+        run = api.post("/workflows/chatty/runs", json={"n": 1}).json()
+    page = browser.new_page()
+    page.goto(f"{served.url}/flowkit/healthz?run={run['id']}&token={run['token']}")
+    page.set_content(readme_example())  # the page's origin and query stay: as if served there
+    page.wait_for_function("document.querySelector('#out').textContent.startsWith('succeeded')")
+    shown = page.text_content("#out")
+    assert "alphabetagamma" in shown
+    assert '"words":3' in shown
     page.close()
