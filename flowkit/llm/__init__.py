@@ -24,6 +24,15 @@ from .pricing import cost, set_prices
 from .providers import Provider, RateLimit
 from .ratelimit import WAITING_MESSAGE, RateLimiter
 from .retries import RetryPolicy, is_retryable
+from .tools import (
+    Tool,
+    ToolLoopLimit,
+    ToolLoopResult,
+    UnknownTool,
+    arun_tool_loop,
+    run_tool_loop,
+    tool,
+)
 
 __all__ = [
     "FAKE_API_KEY",
@@ -34,12 +43,19 @@ __all__ = [
     "RateLimitWait",
     "RateLimiter",
     "RetryPolicy",
+    "Tool",
+    "ToolLoopLimit",
+    "ToolLoopResult",
+    "UnknownTool",
     "WAITING_MESSAGE",
+    "arun_tool_loop",
     "client_from_env",
     "cost",
     "default_model",
     "estimate_tokens",
     "is_retryable",
+    "run_tool_loop",
     "set_prices",
+    "tool",
     "wrap",
 ]

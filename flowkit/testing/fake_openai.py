@@ -61,6 +61,10 @@ class Behaviour:
     script: tuple[int | str, ...] = ()
     #: Bearer key required from clients; None accepts any (or none).
     api_key: str | None = None
+    #: Tool-calling turns per conversation: with tools offered, the model calls one until
+    #: the conversation holds this many tool results (None: whenever the last message is
+    #: not a tool result).
+    tool_turns: int | None = None
     #: Models served; None serves any name (an unknown one gets 404 otherwise).
     models: tuple[str, ...] | None = None
     seed: int | None = None
@@ -273,7 +277,7 @@ class FakeLLMServer:
                 return _error(400, "'messages' must be a non-empty array.", param="messages")
             b = self.behaviour
             await asyncio.sleep(b.latency)
-            reply = _Reply.for_request(body, b.completion_tokens)
+            reply = _Reply.for_request(body, b.completion_tokens, b.tool_turns)
             self._record(request, 200, body)
             if body.get("stream"):
                 return await self._stream(request, body, reply, b.token_latency)
@@ -290,7 +294,7 @@ class FakeLLMServer:
                 return _error(400, "'input' must be a string or a non-empty array.", param="input")
             b = self.behaviour
             await asyncio.sleep(b.latency)
-            reply = _Reply.for_request(_as_chat_request(body), b.completion_tokens)
+            reply = _Reply.for_request(_as_chat_request(body), b.completion_tokens, b.tool_turns)
             reply.id = f"resp_{random.getrandbits(64):016x}"
             self._record(request, 200, body)
             if not body.get("stream"):
@@ -436,6 +440,7 @@ class _Reply:
     prompt_tokens: int
     tokens: list[str]
     tool_call: dict[str, Any] | None = None
+    call_id: str = "call_0"
     id: str = field(default_factory=lambda: f"chatcmpl-{random.getrandbits(64):016x}")
 
     @property
@@ -451,7 +456,7 @@ class _Reply:
         return "tool_calls" if self.tool_call else "stop"
 
     @classmethod
-    def for_request(cls, body: dict, default_tokens: int) -> _Reply:
+    def for_request(cls, body: dict, default_tokens: int, tool_turns: int | None = None) -> _Reply:
         messages = body["messages"]
         last = messages[-1] if isinstance(messages[-1], dict) else {}
         prompt = str(last.get("content") or "")
@@ -459,10 +464,13 @@ class _Reply:
         wanted = max(1, min(int(wanted), 4096))
         reply = cls(body["model"], _prompt_tokens(messages), [])
         tools = body.get("tools") or []
-        if tools and body.get("tool_choice") != "none" and last.get("role") != "tool":
+        answered = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "tool")
+        wants = answered < tool_turns if tool_turns is not None else last.get("role") != "tool"
+        if tools and body.get("tool_choice") != "none" and wants:
             fn = tools[0].get("function", {})
             args = _example(fn.get("parameters", {}), prompt[:40])
             reply.tool_call = {"name": fn.get("name", "tool"), "arguments": json.dumps(args)}
+            reply.call_id = f"call_{answered}"
             return reply
         fmt = body.get("response_format") or {}
         if fmt.get("type") == "json_schema":
@@ -477,7 +485,7 @@ class _Reply:
     def message(self) -> dict[str, Any]:
         if self.tool_call:
             return {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_0", "type": "function", "function": self.tool_call}]}
+                {"id": self.call_id, "type": "function", "function": self.tool_call}]}
         return {"role": "assistant", "content": self.text}
 
     def usage(self) -> dict[str, int]:
@@ -540,7 +548,7 @@ class _Reply:
 
         if self.tool_call:
             yield chunk({"role": "assistant", "tool_calls": [
-                {"index": 0, "id": "call_0", "type": "function", "function": self.tool_call}]})
+                {"index": 0, "id": self.call_id, "type": "function", "function": self.tool_call}]})
         else:
             for i, token in enumerate(self.tokens):
                 yield chunk({"role": "assistant", "content": token} if i == 0 else {"content": token})
@@ -576,7 +584,8 @@ def _as_chat_request(body: dict) -> dict:
 
 def _response_output(reply: _Reply) -> list[dict[str, Any]]:
     if reply.tool_call:
-        return [{"type": "function_call", "id": "fc_0", "call_id": "call_0", "status": "completed",
+        return [{"type": "function_call", "id": f"fc_{reply.call_id}", "call_id": reply.call_id,
+                 "status": "completed",
                  **reply.tool_call}]
     return [{"type": "message", "id": "msg_0", "status": "completed", "role": "assistant",
              "content": [{"type": "output_text", "text": reply.text, "annotations": []}]}]

@@ -14,6 +14,7 @@ from marshmallow import fields
 from pydantic import BaseModel
 
 import flowkit
+import flowkit.llm
 from flowkit import component
 from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RateLimit, RetryPolicy
 from flowkit.store import get_store
@@ -217,3 +218,64 @@ async_surfaced = flowkit.Workflow("llmtest_async_surface", [async_surface],
                                   input_schema=prompt_schema, queue=QUEUE)
 async_surfaced_on_gevent = flowkit.Workflow("llmtest_async_surface_gevent", [async_surface],
                                             input_schema=prompt_schema, queue=GEVENT_QUEUE)
+
+
+# -- durable tool loops ----------------------------------------------------------------------
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@component(name="llmtest.lookup")
+def lookup(args: dict) -> dict:
+    """A tool with a side effect the tests count: one list entry per execution. The fifth
+    execution of a run's first attempt holds at the test's gate (a worker is killed there)."""
+    ctx = flowkit.context()
+    redis = get_store().redis
+    done = redis.rpush(f"toolcalls:{ctx.run_id}", ctx.attempt)
+    if done == 5 and ctx.attempt == 1 and redis.exists(f"hold-fifth:{ctx.run_id}"):
+        redis.rpush(f"waiting:{ctx.run_id}:lookup", ctx.attempt)
+        redis.blpop(f"gate:{ctx.run_id}:lookup", timeout=60)
+    return {"city": args.get("city"), "weather": "sunny", "call": done}
+
+
+@component(name="llmtest.alookup")
+async def alookup(args: dict) -> dict:
+    """The async twin of :func:`lookup` (no gate)."""
+    done = get_store().redis.rpush(f"toolcalls:{flowkit.context().run_id}", 1)
+    return {"city": args.get("city"), "weather": "rainy", "call": done}
+
+
+def _loop_result(result: flowkit.llm.ToolLoopResult) -> dict:
+    return {"output": result.output, "turns": result.turns, "calls": len(result.tool_calls)}
+
+
+@component(name="llmtest.agent_loop")
+def agent_loop(data: dict) -> dict:
+    result = flowkit.llm.run_tool_loop(
+        client("plain"), model=MODEL, api=data.get("api", "chat"), max_turns=data["max_turns"],
+        messages=[{"role": "user", "content": data["prompt"]}], input=data["prompt"],
+        tools=[flowkit.llm.tool(lookup, CITY, "The weather in a city.")],
+    )
+    return _loop_result(result)
+
+
+@component(name="llmtest.async_agent_loop")
+async def async_agent_loop(data: dict) -> dict:
+    result = await flowkit.llm.arun_tool_loop(
+        async_client("plain"), model=MODEL, api=data.get("api", "responses"),
+        max_turns=data["max_turns"], messages=[{"role": "user", "content": data["prompt"]}],
+        input=data["prompt"], tools=[flowkit.llm.tool(alookup, CITY, "The weather in a city.")],
+    )
+    return _loop_result(result)
+
+
+loop_schema = {"prompt": fields.String(required=True), "api": fields.String(),
+               "max_turns": fields.Integer(load_default=12)}
+looping = flowkit.Workflow("llmtest_tool_loop", [agent_loop], input_schema=loop_schema,
+                           queue=QUEUE)
+async_looping = flowkit.Workflow("llmtest_async_tool_loop", [async_agent_loop],
+                                 input_schema=loop_schema, queue=QUEUE)
+#: Served only by the workers of tests/chaos/test_tool_loop_sigkill.py.
+TOOL_LOOP_QUEUE = "llm-tool-loop"
+crash_looping = flowkit.Workflow("llmtest_crash_tool_loop", [agent_loop], input_schema=loop_schema,
+                                 queue=TOOL_LOOP_QUEUE)

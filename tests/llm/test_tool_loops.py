@@ -1,0 +1,112 @@
+"""Durable tool loops (flowkit.llm.run_tool_loop / arun_tool_loop) through the real SDK
+against the fake server: both APIs, both clients; inside a run each model turn and each
+tool call is a checkpointed sub-step with its tokens and cost in the trace."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import flowkit
+from flowkit.engine import trace
+from flowkit.errors import ConfigError
+from flowkit.llm import AsyncOpenAI, OpenAI, ToolLoopLimit, tool
+from flowkit.store import get_store
+from tests.llm import workflows as wf
+
+WAIT = 60
+ASK = [{"role": "user", "content": "weather in three cities"}]
+
+ran: list[dict] = []
+
+
+@flowkit.component(name="llmtest.outside_lookup")
+def outside_lookup(args: dict) -> dict:
+    ran.append(args)
+    return {"weather": "sunny"}
+
+
+@flowkit.component(name="llmtest.outside_alookup")
+async def outside_alookup(args: dict) -> str:
+    ran.append(args)
+    return "rainy"
+
+
+@pytest.fixture
+def three_turns(servers):
+    primary, _ = servers
+    primary.configure(tool_turns=3)
+    ran.clear()
+    return primary
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_outside_a_run_the_loop_calls_tools_until_the_model_answers(three_turns, api):
+    client = OpenAI(api_key="sk-k", base_url=three_turns.base_url)
+    result = flowkit.llm.run_tool_loop(
+        client,
+        model="gpt-4o-mini",
+        api=api,
+        messages=ASK,
+        input=ASK[0]["content"],
+        tools=[tool(outside_lookup, wf.CITY, "The weather in a city.")],
+    )
+    assert result.turns == 4 and len(result.tool_calls) == 3 == len(ran)
+    assert result.output and result.tool_calls[0]["output"] == {"weather": "sunny"}
+    assert result.tool_calls[0]["tool"] == "llmtest_outside_lookup"
+    sent = [r for r in three_turns.stats.requests if r["status"] == 200]
+    assert len(sent) == 4
+    # the conversation carries each call and its answer: 1 + 3 x 2 + the final answer
+    assert len(result.conversation) == 8
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_the_async_loop_awaits_async_tools(three_turns, api):
+    client = AsyncOpenAI(api_key="sk-k", base_url=three_turns.base_url)
+    result = asyncio.run(
+        flowkit.llm.arun_tool_loop(
+            client,
+            model="gpt-4o-mini",
+            api=api,
+            messages=ASK,
+            input=ASK[0]["content"],
+            tools=[tool(outside_alookup, wf.CITY)],
+        )
+    )
+    assert result.turns == 4 and [c["output"] for c in result.tool_calls] == ["rainy"] * 3
+
+
+def test_the_loop_is_bounded_and_refuses_bad_input(three_turns):
+    client = OpenAI(api_key="sk-k", base_url=three_turns.base_url)
+    lookup = tool(outside_lookup, wf.CITY)
+    with pytest.raises(ToolLoopLimit, match="after 2 turns"):
+        flowkit.llm.run_tool_loop(client, model="m", messages=ASK, tools=[lookup], max_turns=2)
+    with pytest.raises(ConfigError, match="needs input="):
+        flowkit.llm.run_tool_loop(client, model="m", api="responses", tools=[lookup])
+    with pytest.raises(ConfigError, match="takes a component"):
+        tool(lambda args: args, wf.CITY)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workflow", ["looping", "async_looping"])
+def test_inside_a_run_each_turn_and_tool_call_is_a_checkpointed_sub_step(llm, workflow):
+    primary, _ = llm
+    primary.configure(tool_turns=3)
+    run = getattr(wf, workflow).start({"prompt": "weather please"})
+    assert run.result(WAIT) == {"output": run.refresh().output["output"], "turns": 4, "calls": 3}
+    step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
+    subs = sorted(
+        (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
+        key=lambda k: int(k.split("/")[1].split(":")[0]),
+    )
+    turn = (
+        "flowkit.llm.model_turn_async" if workflow == "async_looping" else "flowkit.llm.model_turn"
+    )
+    tool_name = "llmtest.alookup" if workflow == "async_looping" else "llmtest.lookup"
+    assert [k.split(":", 2)[-1] for k in subs] == [turn, tool_name] * 3 + [turn]
+    spans = [s for s in trace.read(run.id) if s["kind"] == "llm"]
+    assert len(spans) == 4
+    assert all(s["prompt_tokens"] > 0 and s["cost"] is not None for s in spans)
+    assert spans[0]["output"]["tool_calls"][0]["name"] in ("llmtest_lookup", "llmtest_alookup")
+    assert int(get_store().redis.llen(f"toolcalls:{run.id}")) == 3
