@@ -5,6 +5,7 @@ list, a run's page (per-step outputs, final output, error, actions, refresh mid-
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from flask import Flask
+from playwright.sync_api import expect
 
 import flowkit
 from flowkit import component, fan_out, history
@@ -24,6 +26,8 @@ from tests.workflows import LONELY
 #: One Chromium for the module, launched as the watch page's tests do.
 browser = test_watch.browser
 WAIT = 30_000  # ms: generous, the machine is shared
+expect.set_options(timeout=WAIT)
+NUMBER = re.compile(r"^[0-9]+$")
 
 
 @component(name="ui.words")
@@ -120,8 +124,7 @@ def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
     page.goto(f"{api.url}/ui")
     row(page, good["id"]).wait_for()
     page.select_option("#f-state", "failed")
-    page.wait_for_function("[...document.querySelectorAll('#runs tr[data-state]')]"
-                           ".every(tr => tr.dataset.state === 'failed')")
+    expect(page.locator('#runs tr[data-state]:not([data-state="failed"])')).to_have_count(0)
     row(page, bad["id"]).wait_for()
     assert row(page, good["id"]).count() == 0
     assert "state=failed" in page.url  # a refresh keeps the filter
@@ -129,13 +132,12 @@ def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
     page.select_option("#f-state", "")
     page.select_option("#f-workflow", "simple")
     row(page, good["id"]).wait_for()
-    page.wait_for_function("[...document.querySelectorAll('#runs tr[data-run]')].length > 0")
     assert row(page, bad["id"]).count() == 0
 
     page.select_option("#f-workflow", "")
     page.fill("#f-q", bad["id"])
     page.press("#f-q", "Enter")
-    page.wait_for_function("document.querySelectorAll('#runs tr[data-run]').length === 1")
+    expect(page.locator("#runs tr[data-run]")).to_have_count(1)
     row(page, bad["id"]).wait_for()
 
 
@@ -145,7 +147,7 @@ def test_outputs_are_per_step_and_the_final_output_shows(api, client, page):
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector('#state[data-state="succeeded"]')
     panes = page.locator("section.step[data-step*='speak'] pre.text")
-    page.wait_for_function("document.querySelectorAll(\"section.step[data-step*='speak'] pre.text\").length === 3")
+    expect(panes).to_have_count(3)
     texts = sorted(panes.all_text_contents())
     assert texts == ["blue0 blue1 blue2 blue3 ", "green0 green1 green2 green3 ", "red0 red1 red2 red3 "]
     assert json.loads(page.text_content("#run-output")) == ["RED", "GREEN", "BLUE"]
@@ -196,11 +198,11 @@ def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     run = start(client, "streaming", {"before": 3, "after": 3})
     handle = flowkit.get_run(run["id"])
     page.goto(f"{api.url}/ui/runs/{run['id']}")
-    page.wait_for_function("document.querySelector('section.step pre.text')?.textContent === 'a0a1a2'")
+    expect(page.locator("section.step pre.text")).to_have_text("a0a1a2")
     reached_gate(handle, "streamer")
     page.reload()
     # the events come back from the page's storage, not from the server's start
-    page.wait_for_function("document.querySelector('section.step pre.text')?.textContent === 'a0a1a2'")
+    expect(page.locator("section.step pre.text")).to_have_text("a0a1a2")
     restored = page.evaluate("window.flowkitRun.events.length")
     assert restored > 0
     assert page.evaluate("window.flowkitRun.watch.state.lastEventId") is not None
@@ -232,15 +234,14 @@ def test_trace_tree_shows_the_llm_call_and_the_run_its_tokens(api, client, page,
     assert finished(client, run["id"])["state"] == "succeeded"
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector('#state[data-state="succeeded"]')
-    page.wait_for_function("/^[0-9]+$/.test(document.querySelector('#tokens').textContent)")
+    expect(page.locator("#tokens")).to_have_text(NUMBER)
     page.click("#trace-section > summary")
     call = page.locator('#trace li.span[data-kind="llm"]').first
     call.wait_for()
     assert "gpt-4o-mini" in call.text_content()
     assert page.locator('#trace li.span[data-kind="step"]').count() == 1
     page.goto(f"{api.url}/ui?workflow=ui.llm")  # the list row has the tokens too
-    page.wait_for_function(
-        f"/^[0-9]+$/.test(document.querySelector('#runs tr[data-run=\"{run['id']}\"] td:nth-child(8)')?.textContent)")
+    expect(row(page, run["id"]).locator("td").nth(7)).to_have_text(NUMBER)
 
 
 def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_once(api, client, page):
@@ -258,6 +259,15 @@ def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_
     })""")
     assert page.locator("section.group >> text=items 21–40").count() == 1
     assert took < 500
+
+
+def test_a_queued_run_says_what_it_waits_for(api, client, page):
+    run = start(client, "lonely", {"n": 1})  # its queue has no consumer
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="queued"]')
+    page.wait_for_selector(f"#waiting:has-text('{LONELY}')")
+    page.click("#cancel")  # and it can be cancelled before it ever runs
+    page.wait_for_selector('#state[data-state="cancelled"]')
 
 
 def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, page):

@@ -59,7 +59,8 @@ export function runsView(main, client) {
       if (filters.q) {
         runs = [await client.run(filters.q)].filter(Boolean);
       } else {
-        const qs = new URLSearchParams({ limit: "50" });
+        // the API filters by workflow and state; the owner is matched here, on a larger page
+        const qs = new URLSearchParams({ limit: filters.owner ? "500" : "50" });
         if (filters.workflow) qs.set("workflow", filters.workflow);
         if (filters.state) qs.set("state", filters.state);
         if (filters.before) qs.set("before", filters.before);
