@@ -57,6 +57,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   let totals = null;        // tokens and cost of the whole run (cost is in the trace only)
   let watch = null;
   const pages = {};         // group -> page shown
+  const opened = new Set(); // steps whose output the reader opened: kept open across redraws
   const types = new Set();
 
   // Saving the whole list on every event would be quadratic: at most once a second, and as
@@ -107,7 +108,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     refreshRecord();
   }
 
+  let traceOf = null;       // the last event id the trace shown was read after
   async function loadTrace() {
+    traceOf = folded.lastEventId;
     try { drawTrace(ui.trace, (await client.request("GET", `/runs/${encodeURIComponent(runId)}/trace`)).spans); }
     catch (error) { fill(ui.trace, h("p", { class: "error" }, `Trace: ${error.message}`)); }
   }
@@ -121,7 +124,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     drawTimeline(ui.timeline, events, folded.order, isTerminal(folded) ? eventTime(events.at(-1)) : now);
     drawSteps();
     drawLog();
-    if (document.getElementById("trace-section")?.open && isTerminal(folded)) loadTrace();
+    // an open trace is read again once when the run ends (spans are written as steps end)
+    if (document.getElementById("trace-section")?.open && isTerminal(folded) && traceOf !== folded.lastEventId) loadTrace();
   });
 
   function drawHeader(state, now) {
@@ -183,7 +187,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     } else fill(ui.final);
   }
 
-  function stepPane(step, open = true) {
+  function stepPane(step) {
     const running = step.status === "running" || step.status === "retrying";
     return h("section", { class: `step ${step.status}`, dataset: { step: step.key }, "aria-label": `Step ${step.key}` },
       h("h3", {}, h("code", {}, step.key), " ", h("span", { class: `badge ${step.status}` }, step.status),
@@ -194,7 +198,10 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
         typeof step.progress.fraction === "number" ? h("progress", { max: 1, value: step.progress.fraction }) : null) : null,
       step.text ? h("pre", { class: "text" }, step.text) : null,
       step.error ? h("p", { class: "error" }, typeof step.error === "string" ? step.error : step.error.message ?? JSON.stringify(step.error)) : null,
-      open && step.output !== null && step.output !== undefined ? h("details", {}, h("summary", {}, "output"), h("pre", { class: "output" }, pretty(step.output))) : null);
+      step.output !== null && step.output !== undefined ? h("details", {
+        open: opened.has(step.key) || null,
+        ontoggle: (e) => { if (e.target.open) opened.add(step.key); else opened.delete(step.key); },
+      }, h("summary", { dataset: { key: `output:${step.key}` } }, "output"), h("pre", { class: "output" }, pretty(step.output))) : null);
   }
 
   function drawSteps() {
@@ -207,17 +214,20 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
       for (const s of steps) counts[s.status] = (counts[s.status] ?? 0) + 1;
       const pageCount = Math.ceil(steps.length / PAGE);
       const page = Math.min(pages[group] ?? 0, pageCount - 1);
-      const go = (p) => { pages[group] = p; drawSteps(); document.getElementById(`page-${group}`)?.focus(); };
+      const go = (p) => { pages[group] = p; drawSteps(); };
       panes.push(h("section", { class: "group", dataset: { group }, "aria-label": `Fan-out ${group}` },
         h("h3", {}, h("code", {}, group), ` ${steps.length} items`),
         h("p", { class: "counts" }, Object.entries(counts).map(([status, n]) => h("span", { class: `badge ${status}`, dataset: { status } }, `${n} ${status}`))),
         h("nav", { class: "pager", "aria-label": `Pages of ${group}` },
-          h("button", { type: "button", disabled: page === 0, onclick: () => go(page - 1) }, "← Previous"),
-          h("span", { id: `page-${group}`, tabindex: -1 }, ` items ${page * PAGE + 1}–${Math.min(steps.length, (page + 1) * PAGE)} `),
-          h("button", { type: "button", disabled: page >= pageCount - 1, onclick: () => go(page + 1) }, "Next →")),
-        steps.slice(page * PAGE, (page + 1) * PAGE).map((s) => stepPane(s, false))));
+          h("button", { type: "button", disabled: page === 0, dataset: { key: `prev:${group}` }, onclick: () => go(page - 1) }, "← Previous"),
+          h("span", { "aria-live": "polite" }, ` items ${page * PAGE + 1}–${Math.min(steps.length, (page + 1) * PAGE)} `),
+          h("button", { type: "button", disabled: page >= pageCount - 1, dataset: { key: `next:${group}` }, onclick: () => go(page + 1) }, "Next →")),
+        steps.slice(page * PAGE, (page + 1) * PAGE).map((s) => stepPane(s))));
     }
+    // redrawn as events come: the control a keyboard user is on keeps the focus
+    const focused = ui.steps.contains(document.activeElement) ? document.activeElement.dataset.key : null;
     fill(ui.steps, panes.length ? panes : h("p", { class: "muted" }, "No step has started."));
+    if (focused) ui.steps.querySelector(`[data-key="${CSS.escape(focused)}"]`)?.focus();
   }
 
   function summary(e) {
