@@ -87,6 +87,8 @@ export interface FlowkitClientOptions {
   WebSocket?: unknown;
   fetch?: typeof fetch;
   backoff?: Backoff;
+  /** SSE: ms without a byte before the connection counts as dead and is reopened (default 60000; keep it above the server's ping interval). */
+  idleTimeout?: number;
 }
 
 export interface WatchOptions {
@@ -99,6 +101,7 @@ export interface WatchOptions {
   /** A token for this watch only (e.g. the run token a start returned). */
   token?: string;
   backoff?: Backoff;
+  idleTimeout?: number;
 }
 
 export declare class RunWatch {

@@ -49,6 +49,8 @@ export class FlowkitClient {
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.backoff = { initial: 500, max: 15000, ...(options.backoff ?? {}) };
+    /** SSE: ms without a byte (the server pings every ping interval) before reconnecting. */
+    this.idleTimeout = options.idleTimeout ?? 60000;
     /** @type {Set<RunWatch>} */
     this.watches = new Set();
   }
@@ -133,6 +135,7 @@ export class RunWatch {
     this.token = options.token ?? client.token;
     this.transportChoice = options.transport ?? "auto";
     this.backoff = { ...client.backoff, ...(options.backoff ?? {}) };
+    this.idleTimeout = options.idleTimeout ?? client.idleTimeout;
     const restored = restore(this.storage, runId);
     let state = restored ?? initialRunState(runId);
     if (options.lastEventId && compareEventIds(options.lastEventId, state.lastEventId) > 0) {
@@ -205,6 +208,7 @@ export class RunWatch {
       credentials: this.client.credentials,
       fetch: this.client.fetch,
       WebSocket: this.client.WebSocket,
+      idleTimeout: this.idleTimeout,
     };
     const handlers = {
       onOpen: () => this.setConnection("open"),

@@ -113,6 +113,10 @@ export async function dropProxy(target) {
     get connections() {
       return connections;
     },
+    /** Stop passing the server's bytes on, without closing anything: a connection gone silent. */
+    freeze() {
+      for (const s of sockets) s.pause();
+    },
     drop() {
       for (const s of sockets) s.resetAndDestroy ? s.resetAndDestroy() : s.destroy();
     },

@@ -333,14 +333,27 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket 
  * One SSE response from the run's events endpoint, read with fetch from the event
  * after `after` (sent as Last-Event-ID, the header SSE defines for resuming).
  */
-export function openEventStream({ baseUrl, runId, after, token, credentials, fetch: fetchFn }, handlers) {
+export function openEventStream({ baseUrl, runId, after, token, credentials, fetch: fetchFn, idleTimeout }, handlers) {
   const controller = new AbortController();
   let opened = false;
   let ended = false;
+  let idle = null;
   const end = (detail) => {
     if (ended) return;
     ended = true;
+    clearTimeout(idle);
     handlers.onEnd({ opened, restart: false, ...detail });
+  };
+  // The server writes a ping comment every ping interval: silence for longer than
+  // idleTimeout is a connection that died without a reset (a sleeping laptop, a NAT that
+  // forgot it), which fetch would wait on forever.
+  const stillAlive = () => {
+    clearTimeout(idle);
+    if (!idleTimeout) return;
+    idle = setTimeout(() => {
+      end({ clean: false, message: `no data for ${idleTimeout} ms` });
+      controller.abort();
+    }, idleTimeout);
   };
   const headers = { Accept: "text/event-stream" };
   if (after) headers["Last-Event-ID"] = after;
@@ -360,11 +373,13 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
     }
     opened = true;
     handlers.onOpen();
+    stillAlive();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
+      stillAlive();
       buffer += value;
       let cut;
       while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
@@ -379,6 +394,7 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
   return {
     close() {
       ended = true;
+      clearTimeout(idle);
       controller.abort();
     },
   };
@@ -452,6 +468,8 @@ export class FlowkitClient {
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.backoff = { initial: 500, max: 15000, ...(options.backoff ?? {}) };
+    /** SSE: ms without a byte (the server pings every ping interval) before reconnecting. */
+    this.idleTimeout = options.idleTimeout ?? 60000;
     /** @type {Set<RunWatch>} */
     this.watches = new Set();
   }
@@ -536,6 +554,7 @@ export class RunWatch {
     this.token = options.token ?? client.token;
     this.transportChoice = options.transport ?? "auto";
     this.backoff = { ...client.backoff, ...(options.backoff ?? {}) };
+    this.idleTimeout = options.idleTimeout ?? client.idleTimeout;
     const restored = restore(this.storage, runId);
     let state = restored ?? initialRunState(runId);
     if (options.lastEventId && compareEventIds(options.lastEventId, state.lastEventId) > 0) {
@@ -608,6 +627,7 @@ export class RunWatch {
       credentials: this.client.credentials,
       fetch: this.client.fetch,
       WebSocket: this.client.WebSocket,
+      idleTimeout: this.idleTimeout,
     };
     const handlers = {
       onOpen: () => this.setConnection("open"),
