@@ -206,11 +206,13 @@ def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     restored = page.evaluate("window.flowkitRun.events.length")
     assert restored > 0
     assert page.evaluate("window.flowkitRun.watch.state.lastEventId") is not None
+    page.evaluate("window.flowkitRun.watch.drop()")  # and the connection drops (SSE, with a key)
     open_gate(handle, "streamer")
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert page.text_content("section.step pre.text") == "a0a1a2b0b1b2"
     shown = page.evaluate("window.flowkitRun.events.map(e => e.id)")
     assert shown == [e.id for e in history(run["id"])]  # gapless, no duplicates
+    assert page.evaluate("window.flowkitRun.watch.connects") >= 2
 
 
 def test_a_thousand_item_fan_out_renders_and_stays_responsive(api, client, page):

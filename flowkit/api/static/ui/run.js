@@ -138,7 +138,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
       const w = folded.waiting;
       why = `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`;
     }
-    const item = (term, value, id) => [h("dt", {}, term), h("dd", id ? { id } : {}, value)];
+    const item = (term, value, id, hidden = false) => [h("dt", { hidden }, term), h("dd", { id, hidden }, value)];
     fill(ui.header, h("dl", { class: "facts" },
       item("State", h("span", { id: "state", class: `badge ${state}`, dataset: { state } }, state)),
       item("Workflow", `${r.workflow ?? folded.workflow ?? "—"}${r.version ? ` v${r.version}` : ""}`),
@@ -149,7 +149,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
       item("Steps", `${Object.values(folded.steps).filter((s) => s.status === "completed").length} / ${folded.order.length} done`, "step-progress"),
       item("Tokens", tokensText(Object.keys(folded.tokens ?? {}).length ? folded.tokens : totals?.tokens), "tokens"),
       item("Cost", costText(folded.cost ?? totals?.cost), "cost"),
-      why ? item("Waiting for", why, "waiting") : null));
+      item("Waiting for", why ?? "", "waiting", !why)));
   }
 
   let actionsShown = "";
