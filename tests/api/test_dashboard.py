@@ -275,6 +275,33 @@ def test_a_queued_run_says_what_it_waits_for(api, client, page):
     page.wait_for_selector('#state[data-state="cancelled"]')
 
 
+def test_the_timeline_marks_retried_and_restarted_attempts(api, page):
+    """The timeline module on a stream with a retry and a restart (a worker crash needs a
+    worker process to kill; the drawing is what this checks)."""
+    page.goto(f"{api.url}/ui/workers")
+    page.wait_for_selector("#workers")
+    drawn = page.evaluate("""async () => {
+        const { drawTimeline } = await import("/_flowkit_watch/ui/timeline.js");
+        const e = (id, type, more) => ({ id: `${1000 + id}-0`, ts: 1000 + id, type, ...more });
+        const events = [
+            e(0, "run.started"), e(1, "step.started", { step: "0:a", attempt: 1 }),
+            e(2, "step.retrying", { step: "0:a", attempt: 1, delay: 1, next_attempt: 2 }),
+            e(4, "step.completed", { step: "0:a", attempt: 2 }),
+            e(5, "step.started", { step: "1:b", attempt: 1 }),
+            e(7, "run.restarted", { superseded: [{ step: "1:b", attempt: 1 }] }),
+            e(8, "step.started", { step: "1:b", attempt: 2 }),
+            e(9, "step.completed", { step: "1:b", attempt: 2 }), e(9.5, "run.succeeded")];
+        const host = document.createElement("div");
+        drawTimeline(host, events, ["0:a", "1:b"], 1009.5);
+        const count = (sel) => host.querySelectorAll(sel).length;
+        return { rows: count("g.row"), retried: count("rect.retried"), restarted: count("rect.restarted"),
+                 completed: count("rect.completed"), restarts: count("line.restart"),
+                 marks: [...host.querySelectorAll("text.mark")].map((t) => t.textContent) };
+    }""")
+    assert drawn == {"rows": 2, "retried": 1, "restarted": 1, "completed": 2, "restarts": 1,
+                     "marks": ["↻2", "↻2"]}
+
+
 def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, page):
     page.goto(f"{api.url}/ui/workers")
     page.wait_for_selector("#workers tr[data-worker]")
