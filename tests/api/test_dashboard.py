@@ -359,3 +359,15 @@ def test_the_reference_web_app_sends_a_person_to_the_dashboard(flowkit_env, monk
     response = create_app().test_client().get("/")
     assert response.status_code == 302
     assert response.headers["Location"] == "/ui"
+
+
+def test_the_watch_page_answers_its_run_with_the_run_token(api, client, browser):
+    run = start(client, "approval", {"n": 5})
+    page = browser.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
+    page.wait_for_selector("#answer-form")
+    page.click("#answer-form button[type=submit]")  # "ok" left unchecked: the person says no
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output"))["approved"] is False
+    page.close()
