@@ -23,9 +23,11 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +40,11 @@ CANCEL_POLL_SECONDS = 1.0
 
 _shared: dict[str, Any] = {}  # the gevent worker's loop: {"pid": ..., "loop": ...}
 _shared_lock = threading.Lock()
+#: What to close when a fresh loop's step is done (see close_with_loop).
+_closers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, list[Callable[[], Awaitable[Any]]]
+] = weakref.WeakKeyDictionary()
+log = logging.getLogger(__name__)
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
@@ -61,6 +68,7 @@ def run_coroutine(
     main = _guarded(fn, args, kwargs, timeout, on_timeout, cancelled)
     if _gevent_patched():
         return asyncio.run_coroutine_threadsafe(main, _gevent_loop()).result()
+    main = _closing(main)
     if _loop_running_here():
         # called from async code in this thread (a sync helper awaited nothing): a loop of
         # its own in a helper thread, since this thread's loop is busy running the caller
@@ -80,6 +88,27 @@ def run_coroutine(
             raise outcome["error"]
         return outcome["value"]
     return asyncio.run(main)
+
+
+def close_with_loop(close: Callable[[], Awaitable[Any]]) -> None:
+    """Have ``close()`` awaited when the step's fresh event loop is done (a client holding
+    connections of this loop: closed later, on a closed loop, they complain)."""
+    loop = asyncio.get_running_loop()
+    with _shared_lock:
+        _closers.setdefault(loop, []).append(close)
+
+
+async def _closing(main: Awaitable[Any]) -> Any:
+    try:
+        return await main
+    finally:
+        with _shared_lock:
+            closers = _closers.pop(asyncio.get_running_loop(), [])
+        for close in closers:
+            try:
+                await close()
+            except Exception:  # closing is tidying up: never the step's failure
+                log.debug("flowkit: closing %r at the loop's end failed", close, exc_info=True)
 
 
 async def call_with_policy(
@@ -152,6 +181,11 @@ def _loop_running_here() -> bool:
 def _gevent_patched() -> bool:
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and monkey.is_module_patched("socket")
+
+
+def gevent_loop() -> asyncio.AbstractEventLoop | None:
+    """The gevent worker's shared loop, if this process made one (it outlives every step)."""
+    return _shared.get("loop") if _shared.get("pid") == os.getpid() else None
 
 
 def _gevent_loop() -> asyncio.AbstractEventLoop:

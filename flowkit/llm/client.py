@@ -117,6 +117,13 @@ class _Client:
     def __repr__(self) -> str:
         return f"<flowkit.llm.{self._kind} providers={[p.name for p in self.providers]}>"
 
+    def with_options(self, **options: Any) -> Any:
+        """The SDK's ``with_options``: this client for ``max_retries`` (the SDK's retries are
+        always off here; flowkit's own apply), else the SDK client's, unwrapped."""
+        if set(options) <= {"max_retries"}:
+            return self
+        return _unwrapped(self._sdk(), "with_options", "with_options")(**options)
+
     # -- the steps of one logical call around its requests ----------------------------
 
     def _begin(self, operation: str, kwargs: dict[str, Any]) -> tuple[_Call, str | None, Any]:

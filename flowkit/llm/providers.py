@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import openai
 
 from ..config import get_settings
+from ..coroutines import close_with_loop, gevent_loop
 from ..engine import trace
 from ..errors import ConfigError
 
@@ -118,6 +119,8 @@ class Provider:
                     default_query=getattr(base, "_custom_query", None),
                 )
                 self._async_clients[loop] = client
+                if not _shared_loop(loop):
+                    close_with_loop(client.close)  # a step's fresh loop: its connections too
             return client
 
     def server(self) -> tuple[str | None, int | None]:
@@ -132,6 +135,11 @@ class Provider:
 
     def limit_for(self, model: str) -> RateLimit | None:
         return self.rate_limits.get(model) or self.rate_limits.get("*")
+
+
+def _shared_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """The gevent worker's one loop, which outlives every step."""
+    return loop is gevent_loop()
 
 
 def host_of(url: str) -> str:

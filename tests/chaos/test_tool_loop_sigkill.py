@@ -1,4 +1,5 @@
-"""A worker SIGKILLed in the middle of a 10-turn tool loop: the restarted step replays the
+"""A worker SIGKILLed in the middle of a 10-turn tool loop (flowkit.llm.run_tool_loop, and
+an OpenAI Agents SDK agent run by flowkit.llm.agents_sdk.run_agent): the restarted step replays the
 completed model turns and tool calls from their checkpoints and carries on, so the model
 is asked and the tool runs once per turn, counted by their side effects (the fake server's
 requests, the tool's Redis list), except the one tool call in flight at the kill."""
@@ -22,8 +23,13 @@ def llm_server():
         yield server
 
 
+@pytest.mark.parametrize(
+    ("workflow", "path"),
+    [("crash_looping", "/v1/chat/completions"), ("crash_agent", "/v1/responses")],
+    ids=["run_tool_loop", "agents_sdk"],
+)
 def test_a_killed_tool_loop_resumes_after_its_last_completed_call(
-    store, deployment, llm_server, flowkit_env
+    store, deployment, llm_server, flowkit_env, workflow, path
 ):
     # the workers' deployment is their queue: beat's reaper goes to its ".reaper" queue
     env = {
@@ -39,7 +45,7 @@ def test_a_killed_tool_loop_resumes_after_its_last_completed_call(
     a.start()
     deployment.beat(FLOWKIT_DEFAULT_QUEUE=wf.TOOL_LOOP_QUEUE)
     redis = get_store().redis
-    run = wf.crash_looping.start({"prompt": PROMPT, "max_turns": 12})
+    run = getattr(wf, workflow).start({"prompt": PROMPT, "max_turns": 12})
     redis.set(f"hold-fifth:{run.id}", 1)  # read by the fifth tool call, after four turns
     assert redis.blpop(f"waiting:{run.id}:lookup", timeout=60) is not None, (
         "the fifth tool call never ran"
@@ -60,9 +66,5 @@ def test_a_killed_tool_loop_resumes_after_its_last_completed_call(
     executions = [int(x) for x in redis.lrange(f"toolcalls:{run.id}", 0, -1)]
     assert executions == [1] * 5 + [2] * 6
     # the model: eleven turns, each asked once; none replayed after the restart
-    asked = [
-        r
-        for r in llm_server.stats.requests
-        if r["path"] == "/v1/chat/completions" and r["status"] == 200
-    ]
+    asked = [r for r in llm_server.stats.requests if r["path"] == path and r["status"] == 200]
     assert len(asked) == 11

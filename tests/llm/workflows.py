@@ -7,9 +7,11 @@ never receives these steps, nor their fan-out and finish tasks.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cache
 
+from agents import Agent, function_tool
 from marshmallow import fields
 from pydantic import BaseModel
 
@@ -17,6 +19,7 @@ import flowkit
 import flowkit.llm
 from flowkit import component
 from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RateLimit, RetryPolicy
+from flowkit.llm.agents_sdk import run_agent
 from flowkit.store import get_store
 
 QUEUE = "llm-tests"
@@ -279,3 +282,30 @@ async_looping = flowkit.Workflow("llmtest_async_tool_loop", [async_agent_loop],
 TOOL_LOOP_QUEUE = "llm-tool-loop"
 crash_looping = flowkit.Workflow("llmtest_crash_tool_loop", [agent_loop], input_schema=loop_schema,
                                  queue=TOOL_LOOP_QUEUE)
+
+
+# -- an OpenAI Agents SDK agent in a step ------------------------------------------------------
+
+
+@function_tool
+def city_weather(city: str) -> str:
+    """The weather in a city (a side effect counted like :func:`lookup`'s, gated alike)."""
+    return json.dumps(lookup.fn({"city": city}))
+
+
+weather_agent = Agent(name="weather", instructions="Answer with the weather of each city.",
+                      tools=[city_weather], model=MODEL)
+
+
+@component(name="llmtest.agent")
+async def run_weather_agent(data: dict) -> dict:
+    result = await run_agent(weather_agent, data["prompt"], client=async_client("plain"),
+                             max_turns=data["max_turns"])
+    return {"output": result.final_output, "turns": len(result.raw_responses),
+            "calls": sum(1 for item in result.new_items if item.type == "tool_call_output_item")}
+
+
+agent_in_a_step = flowkit.Workflow("llmtest_agent", [run_weather_agent], input_schema=loop_schema,
+                                   queue=QUEUE)
+crash_agent = flowkit.Workflow("llmtest_crash_agent", [run_weather_agent], input_schema=loop_schema,
+                               queue=TOOL_LOOP_QUEUE)

@@ -1,0 +1,88 @@
+"""An OpenAI Agents SDK agent inside a step (flowkit.llm.agents_sdk.run_agent), through the
+real SDKs against the fake server: its model calls and tool calls are checkpointed
+sub-steps, each model call an LLM span with tokens and cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flowkit.engine import trace
+from flowkit.llm import AsyncOpenAI
+from flowkit.llm.agents_sdk import run_agent
+from flowkit.store import get_store
+from tests.conftest import ROOT
+from tests.llm import workflows as wf
+
+WAIT = 60
+
+
+def test_outside_a_run_the_agent_simply_runs(servers):
+    primary, _ = servers
+    primary.configure(tool_turns=1)
+    seen: list[str] = []
+    agent = wf.Agent(
+        name="plain",
+        instructions="Use the tool once.",
+        model=wf.MODEL,
+        tools=[
+            wf.function_tool(lambda city: seen.append(city) or "sunny", name_override="weather")
+        ],
+    )
+    result = asyncio.run(
+        run_agent(
+            agent, "weather in Oslo?", client=AsyncOpenAI(api_key="sk-k", base_url=primary.base_url)
+        )
+    )
+    assert result.final_output and len(seen) == 1
+    assert [r["path"] for r in primary.stats.requests] == ["/v1/responses"] * 2
+
+
+@pytest.mark.integration
+def test_inside_a_run_each_model_call_and_tool_call_is_a_checkpointed_sub_step(llm):
+    primary, _ = llm
+    primary.configure(tool_turns=3)
+    run = wf.agent_in_a_step.start({"prompt": "weather in three cities", "max_turns": 10})
+    out = run.result(WAIT)
+    assert out["turns"] == 4 and out["calls"] == 3 and out["output"]
+    step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
+    subs = sorted(
+        (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
+        key=lambda k: int(k.split("/")[1].split(":")[0]),
+    )
+    model, tool = "flowkit.agents.model_call", "flowkit.agents.tool_call"
+    assert [k.rsplit(":", 1)[1] for k in subs] == [model, tool] * 3 + [model]
+    assert get_store().redis.llen(f"toolcalls:{run.id}") == 3
+    spans = [s for s in trace.read(run.id) if s["kind"] == "llm"]
+    assert len(spans) == 4 and all(s["operation"] == "responses" for s in spans)
+    assert all(s["prompt_tokens"] > 0 and s["cost"] is not None for s in spans)
+
+
+@pytest.mark.integration
+def test_the_example_runs_its_agent_workflow_against_the_local_server(redis_server):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FLOWKIT_") and k != "OPENAI_API_KEY"
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.agents", "a weekend in Lisbon"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Event loop is closed" not in result.stderr
+    lines = result.stdout.splitlines()
+    for step in ("0:agents_example.brief", "1:agents_example.weather", "2:agents_example.plan"):
+        assert f"step.completed {step}" in lines
+    output = json.loads(result.stdout[result.stdout.index("{") :])
+    assert output["brief"] == {"destination": "draft", "days": 1}
+    assert output["forecasts"] == 1 and output["plan"] and output["weather"]
