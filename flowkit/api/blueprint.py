@@ -70,8 +70,19 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)
     sock = Sock()
-    for views in (workflows, runs, events, waits, schedules, docs, health, metrics, workers,
-                  summaries, ui):
+    for views in (
+        workflows,
+        runs,
+        events,
+        waits,
+        schedules,
+        docs,
+        health,
+        metrics,
+        workers,
+        summaries,
+        ui,
+    ):
         views.register(bp, sock)
     return bp
 

@@ -56,7 +56,8 @@ def ask(data: dict) -> dict:
 
     llm = OpenAI(api_key="sk-dashboard-test-key", base_url=LLM["url"], name="fake")
     reply = llm.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": data["prompt"]}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": data["prompt"]}]
+    )
     return {"answer": reply.choices[0].message.content}
 
 
@@ -149,7 +150,11 @@ def test_outputs_are_per_step_and_the_final_output_shows(api, client, page):
     panes = page.locator("section.step[data-step*='speak'] pre.text")
     expect(panes).to_have_count(3)
     texts = sorted(panes.all_text_contents())
-    assert texts == ["blue0 blue1 blue2 blue3 ", "green0 green1 green2 green3 ", "red0 red1 red2 red3 "]
+    assert texts == [
+        "blue0 blue1 blue2 blue3 ",
+        "green0 green1 green2 green3 ",
+        "red0 red1 red2 red3 ",
+    ]
     assert json.loads(page.text_content("#run-output")) == ["RED", "GREEN", "BLUE"]
     assert page.locator("#timeline svg rect.bar.completed").count() >= 4
     assert page.locator("#cancel").count() == 0  # nothing to cancel
@@ -221,7 +226,9 @@ def test_a_thousand_item_fan_out_renders_and_stays_responsive(api, client, page)
     began = time.monotonic()
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector('#state[data-state="succeeded"]')
-    page.wait_for_selector('section.group .badge[data-status="completed"]:has-text("1000 completed")')
+    page.wait_for_selector(
+        'section.group .badge[data-status="completed"]:has-text("1000 completed")'
+    )
     seconds = time.monotonic() - began
     print(f"\n1,000-item fan-out: first full render in {seconds:.2f}s")
     assert page.locator("section.group section.step").count() == 20  # one page of items
@@ -249,11 +256,14 @@ def test_trace_tree_shows_the_llm_call_and_the_run_its_tokens(api, client, page,
     expect(row(page, run["id"]).locator("td").nth(7)).to_have_text(NUMBER)
 
 
-def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_once(api, client, page):
+def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_once(
+    api, client, page
+):
     run = start(client, "fanned", {"n": 1000})
     page.goto(f"{api.url}/ui/runs/{run['id']}")
-    page.wait_for_selector('section.group .badge[data-status="completed"]:has-text("1000 completed")',
-                           timeout=240_000)
+    page.wait_for_selector(
+        'section.group .badge[data-status="completed"]:has-text("1000 completed")', timeout=240_000
+    )
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert page.evaluate("window.flowkitRun.events.length") == len(history(run["id"]))
     # a click is answered within a frame or two, not after a backlog of renders
@@ -298,8 +308,14 @@ def test_the_timeline_marks_retried_and_restarted_attempts(api, page):
                  completed: count("rect.completed"), restarts: count("line.restart"),
                  marks: [...host.querySelectorAll("text.mark")].map((t) => t.textContent) };
     }""")
-    assert drawn == {"rows": 2, "retried": 1, "restarted": 1, "completed": 2, "restarts": 1,
-                     "marks": ["↻2", "↻2"]}
+    assert drawn == {
+        "rows": 2,
+        "retried": 1,
+        "restarted": 1,
+        "completed": 2,
+        "restarts": 1,
+        "marks": ["↻2", "↻2"],
+    }
 
 
 def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, page):
@@ -320,11 +336,14 @@ def test_the_watch_page_in_run_token_mode_sees_that_run_and_nothing_else(api, cl
     assert page.locator("section.step .progress").count() == 0  # no stale "word 3/3" line
     assert page.locator("#cancel, #retry, nav").count() == 0
     # the page's own client, holding the token, is refused anything else
-    statuses = page.evaluate("""async ([other, token]) => {
+    statuses = page.evaluate(
+        """async ([other, token]) => {
         const get = (path) => fetch(path, {headers: {Authorization: `Bearer ${token}`}}).then(r => r.status);
         return [await get(`/runs/${other}`), await get('/runs'), await get('/workers'),
                 await get(`/runs/${other}/events`)];
-    }""", [other["id"], mine["token"]])
+    }""",
+        [other["id"], mine["token"]],
+    )
     assert statuses == [403, 403, 403, 403]
     page.close()
 
