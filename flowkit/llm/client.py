@@ -18,6 +18,7 @@ and streamed tokens reach the run's stream as ``step.output`` chunks.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -136,7 +137,8 @@ class _Client:
         if cache_key:
             hit = cache.get(get_store(), cache_key)
             if hit is not None:
-                response = _RESPONSE_TYPES[operation].model_validate_json(hit)
+                # leniently, as the SDK reads answers: a field a server left out stays None
+                response = _RESPONSE_TYPES[operation].construct(**json.loads(hit))
                 call.finish_response(None, response, cached=True)
                 return call, cache_key, response
         return call, cache_key, None

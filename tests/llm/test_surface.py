@@ -181,3 +181,14 @@ def test_an_async_step_fails_over_when_the_primary_is_down(llm):
     assert {s["provider"] for s in spans} == {"backup"}
     assert all(s["failovers"] for s in spans)
     assert len([r for r in backup.stats.requests if r["status"] == 200]) == 3
+
+
+def test_a_deterministic_response_is_answered_from_the_cache(servers, store):
+    primary, _ = servers
+    sync = OpenAI(api_key="sk-k", base_url=primary.base_url, cache_ttl=60)
+    asynchronous = AsyncOpenAI(api_key="sk-k", base_url=primary.base_url, cache_ttl=60)
+    first = call(sync, "responses.create", model=MODEL, input="cache me", temperature=0)
+    again = call(asynchronous, "responses.create", model=MODEL, input="cache me", temperature=0)
+    assert isinstance(again, Response) and again.output_text == first.output_text
+    assert again.usage.output_tokens == first.usage.output_tokens
+    assert len(primary.stats.requests) == 1
