@@ -42,7 +42,8 @@ def test_flowkit_exports_exactly_its_public_api():
 
 def test_api_and_llm_packages_export_their_surface():
     assert set(flowkit.api.__all__) == {"ApiError", "FlowKit", "create_blueprint"}
-    assert {"OpenAI", "AsyncOpenAI", "wrap", "Provider", "RateLimit", "RetryPolicy", "client_from_env",
+    assert {"OpenAI", "AsyncOpenAI", "run_tool_loop", "arun_tool_loop", "tool", "wrap", "Provider",
+            "RateLimit", "RetryPolicy", "client_from_env",
             "default_model", "set_prices"} <= set(flowkit.llm.__all__)
     assert all(hasattr(flowkit.llm, name) for name in flowkit.llm.__all__)
 
