@@ -105,6 +105,10 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         assert exports["FLOWKIT_APP"] == "shop.flows"
         assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", exports["FLOWKIT_REDIS_URL"])
         assert exports["FLOWKIT_URL"].startswith("http://127.0.0.1:")
+        # the web app's front page sends a person to the dashboard
+        with urllib.request.urlopen(exports["FLOWKIT_URL"] + "/", timeout=10) as page:
+            assert page.url == exports["FLOWKIT_URL"] + "/ui"
+            assert page.headers.get_content_type() == "text/html"
 
         first = flowkit_run(project, exports, "Ada")
         assert first["output"]["greeting"] == "hello Ada"

@@ -16,9 +16,10 @@ import os
 import sys
 from typing import Any
 
-from flask import Flask
+from flask import Flask, redirect
 
 from .extension import FlowKit
+from .views.ui import ui_url
 
 
 def create_app(app_name: str | None = None) -> Flask:
@@ -31,6 +32,12 @@ def create_app(app_name: str | None = None) -> Flask:
     app = Flask("flowkit.dev")
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or None
     FlowKit(app)
+
+    @app.get("/")
+    def home():
+        # the URL flowkit dev prints first: a person lands on the dashboard
+        return redirect(ui_url() or "/openapi.json")
+
     return app
 
 

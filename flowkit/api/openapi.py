@@ -417,6 +417,23 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         "summary": "What this web process sees of the deployment: Redis, the live workers, "
                    "and the served workflows' queues that no live worker consumes.",
         "security": _PUBLIC, "responses": _responses({200: "Health"}, (503,))}})
+    spec.path(f"{p}/workers", operations={"get": {
+        "operationId": "listWorkers",
+        "summary": "The live workers (queues, pool, concurrency, last beat), the steps they "
+                   "run, and the served workflows' queues no live worker consumes (the "
+                   "dashboard's Workers page).",
+        "responses": _responses({200: {"description": "Workers, running steps, unconsumed "
+                                       "queues.", "content": {_JSON: {"schema": {
+                                           "type": "object"}}}}}, _AUTH)}})
+    spec.path(f"{p}/runs/summary", operations={"get": {
+        "operationId": "summariseRuns",
+        "summary": "For each run of ?ids=a,b,...: its step progress, tokens and cost (what a "
+                   "runs list shows beyond the record).",
+        "parameters": [{"in": "query", "name": "ids", "required": True,
+                        "schema": {"type": "string", "pattern": "[^,\\s]"},
+                        "description": "Run ids, comma-separated (at most 100)."}],
+        "responses": _responses({200: {"description": "Summaries by run id.", "content": {
+            _JSON: {"schema": {"type": "object"}}}}}, (400, *_AUTH, 404))}})
     spec.path(f"{p}/metrics", operations={"get": {
         "operationId": "metrics",
         "summary": "Prometheus metrics of this web process and of the deployment (runs by "

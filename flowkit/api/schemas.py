@@ -80,6 +80,7 @@ class _QueryNumber(fields.Float):
 class ListRunsArgs(Schema):
     workflow = fields.String(validate=validate.Length(1, 200))
     state = fields.String(validate=validate.OneOf(STATES))
+    owner = fields.String(validate=validate.Length(1, 200))
     limit = _QueryInteger(validate=validate.Range(1, 10_000))
     before = fields.String(validate=validate.Length(1, 64), metadata={
         "description": "Run id: the page of runs older than this one (the previous `next`)."})

@@ -315,9 +315,11 @@ def list_runs(
     limit: int = 50,
     before: str | None = None,
     store: Store | None = None,
+    owner: str | None = None,
 ) -> list[Run]:
-    """Runs newest first, optionally of one workflow and in one state; ``before`` a run id."""
-    records = (store or get_store()).list_runs(workflow, state, limit, before)
+    """Runs newest first, optionally of one workflow, in one state and of one owner;
+    ``before`` a run id."""
+    records = (store or get_store()).list_runs(workflow, state, limit, before, owner)
     return [Run.from_record(r) for r in records]
 
 

@@ -127,10 +127,11 @@ class Store:
 
     @_op
     def list_runs(
-        self, workflow: str | None, state: str | None, limit: int, before: str | None
+        self, workflow: str | None, state: str | None, limit: int, before: str | None,
+        owner: str | None = None,
     ) -> list[dict[str, str]]:
-        """Records newest first, of one workflow and in one state when given; ``before`` is
-        a run id: only runs older than it."""
+        """Records newest first, of one workflow, in one state and of one owner when given;
+        ``before`` is a run id: only runs older than it."""
         index = self.keys.runs_of(workflow) if workflow else self.keys.runs
         bound = "+inf"
         if before:
@@ -146,7 +147,8 @@ class Store:
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))
             for record in pipe.execute():
-                if record and (state is None or record.get("state") == state):
+                if record and (state is None or record.get("state") == state) \
+                        and (owner is None or record.get("owner") == owner):
                     found.append(record)
                     if len(found) == limit:
                         break

@@ -106,6 +106,10 @@ def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store
     assert globex.get(f"/runs/{run['id']}").status_code == 403
     assert [r["id"] for r in acme.get("/runs").json()["runs"]] == [run["id"]]
     assert globex.get("/runs").json()["runs"] == []
+    # asking for another owner's runs is an empty list, not a way around the scope
+    assert globex.get("/runs", params={"owner": "acme"}).json()["runs"] == []
+    assert [r["id"] for r in acme.get("/runs", params={"owner": "acme"}).json()["runs"]] \
+        == [run["id"]]
     assert callback_api.client(key=None).get("/runs").status_code == 401
 
 

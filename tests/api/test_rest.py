@@ -53,6 +53,19 @@ def test_runs_are_listed_newest_first_filtered_and_paginated(client):
     assert client.get("/runs", params={"state": "failed"}).json()["runs"] == []
 
 
+def test_runs_are_filtered_by_owner_and_paginated_within_it(client, store):
+    wf = flowkit.get_workflow("simple")
+    acme = [wf.start({"n": i}, owner="acme").id for i in range(3)]
+    wf.start({"n": 9}, owner="globex")
+    page = client.get("/runs", params={"owner": "acme", "limit": 2}).json()
+    assert [r["id"] for r in page["runs"]] == [acme[2], acme[1]]
+    rest = client.get("/runs", params={"owner": "acme", "limit": 2, "before": page["next"]})
+    assert [r["id"] for r in rest.json()["runs"]] == [acme[0]]
+    assert client.get("/runs", params={"owner": "nobody"}).json()["runs"] == []
+    bad = client.get("/runs", params={"owner": ""})
+    assert bad.status_code == 400 and "owner" in bad.json()["error"]["fields"]
+
+
 def test_events_history_pages_with_after_and_limit(client):
     run = start(client, "chatty", {"n": 1})
     flowkit.get_run(run["id"]).wait(20)

@@ -39,11 +39,14 @@ def list_runs():
     if limit > current.options.max_page_size:
         raise ApiError(400, "validation_error", "Invalid query parameters.",
                        {"limit": [f"At most {current.options.max_page_size}."]})
+    owner = args.get("owner")
+    if who.owner is not None:  # a credential of one owner lists that owner's runs only
+        if owner not in (None, who.owner):
+            return {"runs": [], "next": None}
+        owner = who.owner
     page = control.list_runs(args.get("workflow"), args.get("state"), limit, args.get("before"),
-                             store=current.store)
+                             store=current.store, owner=owner)
     cursor = page[-1].id if len(page) == limit else None
-    if who.owner is not None:
-        page = [r for r in page if r.owner == who.owner]
     return {"runs": [run_json(r) for r in page], "next": cursor}
 
 

@@ -59,15 +59,15 @@ export function runsView(main, client) {
       if (filters.q) {
         runs = [await client.run(filters.q)].filter(Boolean);
       } else {
-        // the API filters by workflow and state; the owner is matched here, on a larger page
-        const qs = new URLSearchParams({ limit: filters.owner ? "500" : "50" });
+        const qs = new URLSearchParams({ limit: "50" });
         if (filters.workflow) qs.set("workflow", filters.workflow);
         if (filters.state) qs.set("state", filters.state);
+        if (filters.owner) qs.set("owner", filters.owner);
         if (filters.before) qs.set("before", filters.before);
         const page = await client.request("GET", `/runs?${qs}`);
         runs = page.runs; next = page.next;
       }
-      if (filters.owner) runs = runs.filter((r) => r.owner === filters.owner);
+      if (filters.q && filters.owner) runs = runs.filter((r) => r.owner === filters.owner);
       if (mine !== generation) return;
       render(runs, next);
       await summarise(runs);
