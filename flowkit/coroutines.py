@@ -1,16 +1,20 @@
 """Running ``async def`` components from flowkit's synchronous engine, on every Celery pool.
 
 A step's task body is synchronous (Celery calls it in a process, a thread or a greenlet),
-so an async component's coroutine needs an event loop to run on:
+so an async component's coroutine needs an event loop to run on. Each worker process has
+one, made on first use (and again in a forked child), and every async step of the process
+runs on it: the task's thread or greenlet hands it the coroutine and waits for the result.
+So the async items of a batched fan-out run concurrently on one loop, and an SDK client's
+connections serve every step of the process.
 
-- prefork and threads pools: a fresh event loop per call, in the task's own thread
-  (``asyncio.run``). Nothing is shared between steps, nothing outlives the call.
-- gevent pool: asyncio keeps its "running loop" per OS thread, and every greenlet shares
-  that thread, so two greenlets each running a loop would collide. Instead one loop per
-  process runs in a greenlet of its own; steps hand it their coroutines and wait for the
-  result cooperatively (gevent patches the selector, the self-pipe and the future's lock,
-  so the loop and the waiting greenlets all yield to the hub). Concurrent async steps of a
-  gevent worker thus share one event loop.
+- prefork and threads pools: the loop runs in a daemon thread of its own.
+- gevent pool: asyncio keeps its "running loop" per OS thread, which every greenlet
+  shares, so two greenlets each running a loop would collide. The loop runs in a greenlet
+  of its own instead, and the steps' greenlets wait for it cooperatively (gevent patches
+  the selector, the self-pipe and the future's lock, so all of them yield to the hub).
+
+Code that blocks without awaiting (CPU work, a blocking call gevent does not patch) holds
+up every async step of its process meanwhile: keep it out of async components.
 
 A timeout cancels the coroutine (``asyncio.timeout``) and raises StepTimeout. Inside a run
 the coroutine is also watched: when the run is cancelled or restarted elsewhere, it is
@@ -66,28 +70,25 @@ def run_coroutine(
     """``await fn(*args, **kwargs)`` from synchronous code, with the caller's context
     variables (the running step); see the module's docstring for where the loop runs."""
     main = _guarded(fn, args, kwargs, timeout, on_timeout, cancelled)
-    if _gevent_patched():
-        return asyncio.run_coroutine_threadsafe(main, _gevent_loop()).result()
-    main = _closing(main)
-    if _loop_running_here():
-        # called from async code in this thread (a sync helper awaited nothing): a loop of
-        # its own in a helper thread, since this thread's loop is busy running the caller
-        run = contextvars.copy_context().run
-        outcome: dict[str, Any] = {}
+    if not _on_a_running_loop():
+        return asyncio.run_coroutine_threadsafe(main, _process_loop()).result()
+    # called from async code in this thread (a sync helper awaited nothing): a loop of its
+    # own in a helper thread, since this thread's loop is busy running the caller
+    run = contextvars.copy_context().run
+    outcome: dict[str, Any] = {}
 
-        def target() -> None:
-            try:
-                outcome["value"] = run(asyncio.run, main)
-            except BaseException as exc:  # handed to the caller below
-                outcome["error"] = exc
+    def target() -> None:
+        try:
+            outcome["value"] = run(asyncio.run, _closing(main))
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
 
-        helper = threading.Thread(target=target, name="flowkit-async", daemon=True)
-        helper.start()
-        helper.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-    return asyncio.run(main)
+    helper = threading.Thread(target=target, name="flowkit-async-helper", daemon=True)
+    helper.start()
+    helper.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def close_with_loop(close: Callable[[], Awaitable[Any]]) -> None:
@@ -170,7 +171,14 @@ async def _watch(work: asyncio.Future, cancelled: Callable[[], bool], stopped: l
             return
 
 
-def _loop_running_here() -> bool:
+def _on_a_running_loop() -> bool:
+    """Whether the caller runs on an event loop (then it cannot wait for one). On gevent,
+    asyncio's running loop is per OS thread, so every greenlet seems to run on the shared
+    loop: only the loop's own greenlet does."""
+    if _gevent_patched():
+        import gevent
+
+        return gevent.getcurrent() is _shared.get("greenlet")
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -183,27 +191,39 @@ def _gevent_patched() -> bool:
     return monkey is not None and monkey.is_module_patched("socket")
 
 
-def gevent_loop() -> asyncio.AbstractEventLoop | None:
-    """The gevent worker's shared loop, if this process made one (it outlives every step)."""
+def shared_loop() -> asyncio.AbstractEventLoop | None:
+    """This process's event loop for async steps, if it made one (it outlives every step)."""
     return _shared.get("loop") if _shared.get("pid") == os.getpid() else None
 
 
-def _gevent_loop() -> asyncio.AbstractEventLoop:
-    """The process's event loop, running in a greenlet (made after a fork, once)."""
+def _process_loop() -> asyncio.AbstractEventLoop:
+    """This process's event loop for async steps, made on first use (again after a fork):
+    in a greenlet of its own on gevent, else in a daemon thread of its own."""
     with _shared_lock:
         if _shared.get("pid") != os.getpid():
-            import gevent  # only ever reached in a gevent-patched process
-            from gevent.event import Event
-
             loop = asyncio.new_event_loop()
-            started = Event()
-
-            def serve() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(started.set)
-                loop.run_forever()
-
-            gevent.spawn(serve)
-            started.wait()
+            if _gevent_patched():
+                _serve_in_greenlet(loop)
+            else:
+                started = threading.Event()
+                threading.Thread(
+                    target=_serve, args=(loop, started.set), daemon=True, name="flowkit-event-loop"
+                ).start()
+                started.wait()
             _shared.update(pid=os.getpid(), loop=loop)
         return _shared["loop"]
+
+
+def _serve(loop: asyncio.AbstractEventLoop, started: Callable[[], None]) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(started)
+    loop.run_forever()
+
+
+def _serve_in_greenlet(loop: asyncio.AbstractEventLoop) -> None:
+    import gevent  # only ever reached in a gevent-patched process
+    from gevent.event import Event
+
+    started = Event()
+    _shared["greenlet"] = gevent.spawn(_serve, loop, started.set)
+    started.wait()

@@ -8,6 +8,7 @@ so a test sees how often each piece ran, across worker processes.
 from __future__ import annotations
 
 import asyncio
+import os
 
 from marshmallow import fields
 
@@ -94,6 +95,8 @@ async def split(data: dict) -> list:
 @component(name="a.square")
 async def square(x: int) -> int:
     count(f"square-{x}")
+    loop = f"{os.getpid()}:{id(asyncio.get_running_loop())}"
+    get_store().redis.sadd(f"aloops:{flowkit.context().run_id}", loop)
     await asyncio.sleep(1.0)
     return x * x
 

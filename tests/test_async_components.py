@@ -84,8 +84,9 @@ def test_a_batched_fan_out_of_async_items_runs_them_at_once(on, pool):
     run = on(pool)["batched"].start({"n": 5})  # one batch of five items sleeping 1 s each
     assert run.result(WAIT) == {"n": 0 + 1 + 4 + 9 + 16}
     assert counts(run) == {f"square-{i}": 1 for i in range(5)}
-    # one after another they would take 5 s; together about 1 s
+    # one after another they would take 5 s; together about 1 s, on one event loop
     assert _spread(run) < 4.0
+    assert get_store().redis.scard(f"aloops:{run.id}") == 1
 
 
 def _spread(run) -> float:

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import openai
 
 from ..config import get_settings
-from ..coroutines import close_with_loop, gevent_loop
+from ..coroutines import close_with_loop, shared_loop
 from ..engine import trace
 from ..errors import ConfigError
 
@@ -103,8 +103,9 @@ class Provider:
 
     def async_sdk_client(self) -> openai.AsyncOpenAI:
         """The async SDK client for the running event loop. An HTTP connection belongs to
-        the loop that opened it, and flowkit runs async steps on fresh loops, so each loop
-        gets a client of its own (the closed loops' clients are dropped)."""
+        the loop that opened it: each loop gets a client of its own (flowkit's one loop per
+        process, and any loop of the caller's: ``asyncio.run`` in a test); the clients of
+        closed loops are dropped."""
         loop = asyncio.get_running_loop()
         with self._async_lock:
             for old in [old for old in self._async_clients if old.is_closed()]:
@@ -120,7 +121,7 @@ class Provider:
                 )
                 self._async_clients[loop] = client
                 if not _shared_loop(loop):
-                    close_with_loop(client.close)  # a step's fresh loop: its connections too
+                    close_with_loop(client.close)  # a loop of one call: its connections too
             return client
 
     def server(self) -> tuple[str | None, int | None]:
@@ -138,8 +139,8 @@ class Provider:
 
 
 def _shared_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """The gevent worker's one loop, which outlives every step."""
-    return loop is gevent_loop()
+    """The process's loop for async steps, which outlives every step."""
+    return loop is shared_loop()
 
 
 def host_of(url: str) -> str:
