@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from flowkit.engine.trace import otel
 from flowkit.testing import WorkerProcess
 from tests.conftest import ROOT
 from tests.llm import otel_workflows as owf
@@ -105,3 +106,16 @@ def test_a_call_that_failed_over_names_the_model_sent_and_keeps_flowkits_failove
     assert a["flowkit.requested_model"] == wf.MODEL and a["flowkit.provider"] == "backup"
     [failed] = json.loads(a["flowkit.failovers"])
     assert failed["provider"] == "primary"
+
+
+@pytest.mark.parametrize("operation", ["chat.completions", "chat.completions.parse",
+                                       "responses", "responses.parse"])
+def test_every_chat_operation_is_a_chat_span_for_the_conventions(operation, monkeypatch):
+    monkeypatch.setenv(otel.CAPTURE_CONTENT, "true")
+    found = otel.genai_attributes({
+        "operation": operation, "model": "m", "prompt_tokens": 3, "completion_tokens": 2,
+        "request": {"max_output_tokens": 64}, "output": "hi", "finish_reason": "stop",
+    })
+    assert found["gen_ai.operation.name"] == "chat"
+    assert found["gen_ai.request.max_tokens"] == 64
+    assert "gen_ai.output.messages" in found  # contents too, when opted in

@@ -122,10 +122,14 @@ def to_otel(run_id: str, span: dict[str, Any]):
 # -- GenAI semantic conventions -------------------------------------------------------------
 
 #: flowkit's operation names (flowkit.llm) as the conventions' gen_ai.operation.name
-_OPERATIONS = {"chat.completions": "chat", "embeddings": "embeddings"}
+#: flowkit's LLM operations (the SDK's resource paths) as the conventions name them: the
+#: Responses API and structured outputs are chat turns too
+_OPERATIONS = {"chat.completions": "chat", "chat.completions.parse": "chat",
+               "responses": "chat", "responses.parse": "chat", "embeddings": "embeddings"}
 #: request parameters the conventions name, as gen_ai.request.<name>
 _REQUEST = {
     "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
+    "max_output_tokens": "max_tokens",
     "temperature": "temperature", "top_p": "top_p", "seed": "seed",
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
     "stop": "stop_sequences", "n": "choice.count",
