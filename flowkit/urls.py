@@ -1,4 +1,5 @@
-"""Redis URLs flowkit takes beyond redis-py's own: ``redis+sentinel://`` for Redis Sentinel.
+"""Redis URLs flowkit takes beyond redis-py's own: ``redis+sentinel://`` for Redis Sentinel,
+``redis+cluster://`` for Redis Cluster.
 
 redis-py's ``from_url`` knows ``redis://``, ``rediss://`` and ``unix://`` and raises a bare
 ``ValueError`` for anything else; Celery writes Sentinel as ``sentinel://h:p;sentinel://h:p``
@@ -10,6 +11,10 @@ every process (workers, web, beat, CLI), so flowkit takes the form people write:
 and parses it here, once, into what the store (redis-py's ``Sentinel``) and Celery's
 broker and result backend (kombu's ``sentinel://`` transport) each need. The password is
 the data nodes'; ``sentinel_password`` the sentinels' own, when they have one.
+
+A Cluster is written ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (a
+few of its nodes; the client discovers the rest). It is the store's only: Celery has no
+Cluster transport, so the broker then needs a URL of its own.
 """
 
 from __future__ import annotations
@@ -78,18 +83,58 @@ class SentinelURL:
         return options
 
 
-def _host(part: str, url: str) -> tuple[str, int]:
+def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> tuple[str, int]:
     split = urlsplit(f"//{part}")
     try:
-        port = split.port or 26379
+        port = split.port or default_port
     except ValueError:
-        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {_FORM}.") from None
+        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {form}.") from None
     if not split.hostname:
-        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {_FORM}.")
+        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {form}.")
     return split.hostname, port
 
 
 def _safe(url: str) -> str:
     """The URL without its password, for messages."""
     head, at, tail = url.rpartition("@")
-    return f"{SENTINEL_SCHEME}://***@{tail}" if at else url
+    scheme = head.partition("://")[0]
+    return f"{scheme}://***@{tail}" if at else url
+
+
+CLUSTER_SCHEME = "redis+cluster"
+_CLUSTER_FORM = "redis+cluster://[[user]:password@]host:port[,host:port...]"
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """The parts of a ``redis+cluster://`` URL: some of a Redis Cluster's nodes (redis-py's
+    ``RedisCluster`` discovers the others). A cluster has one database, so no ``/db``."""
+
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterURL | None:
+        """The URL's parts; None when it is not a Cluster URL; ConfigError when malformed."""
+        if not url.startswith(CLUSTER_SCHEME + "://"):
+            return None
+        rest = url[len(CLUSTER_SCHEME) + 3:]
+        userinfo, _, rest = rest.rpartition("@")
+        netloc, _, path = rest.partition("/")
+        username = password = None
+        if userinfo:
+            user, _, secret = userinfo.partition(":")
+            username, password = unquote(user) or None, unquote(secret) or None
+        hosts = tuple(_host(part, url, _CLUSTER_FORM, 6379) for part in netloc.split(",") if part)
+        if not hosts:
+            raise ConfigError(f"{_safe(url)}: a Cluster URL names at least one of the "
+                              f"cluster's nodes: {_CLUSTER_FORM}.")
+        if path.partition("?")[0].strip("/") not in ("", "0"):
+            raise ConfigError(f"{_safe(url)}: a Redis Cluster has only database 0; leave "
+                              f"the /db out: {_CLUSTER_FORM}.")
+        return cls(hosts, username, password)
+
+
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEME + "://")

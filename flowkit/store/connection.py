@@ -12,6 +12,11 @@ for the current primary and follows a failover: a connection that finds its serv
 or demoted to a replica is dropped, and the resend reaches the new primary (redis-py's
 ``SentinelConnectionPool``, which does not block when full: its size is the same
 ``FLOWKIT_CONNECTION_POOL_SIZE``).
+
+With a ``redis+cluster://`` URL every client is redis-py's ``RedisCluster``: it learns the
+slot map from the nodes named, sends each command to the primary of its key's slot and
+follows MOVED/ASK; ``FLOWKIT_CONNECTION_POOL_SIZE`` is then per node. Every multi-key
+command and script of the store touches one slot (:mod:`flowkit.store.keys`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from typing import ParamSpec, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..config import Settings
 from ..errors import ConfigError, StoreUnavailable
-from ..urls import SentinelURL
+from ..urls import ClusterURL, SentinelURL
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
@@ -94,11 +100,23 @@ def retries_within(seconds: float) -> int:
 
 def from_url(url: str, **kwargs) -> redis.Redis:
     """A client of the Redis at ``url``: ``redis://``, ``rediss://``, ``unix://`` as
-    redis-py takes them, or ``redis+sentinel://`` (the primary the sentinels name)."""
+    redis-py takes them, ``redis+sentinel://`` (the primary the sentinels name) or
+    ``redis+cluster://`` (a ``RedisCluster``)."""
+    cluster = ClusterURL.parse(url)
+    if cluster is not None:
+        return _cluster(cluster, **kwargs)
     sentinel = SentinelURL.parse(url)
     if sentinel is None:
         return redis.Redis.from_url(url, **kwargs)
     return _primary(sentinel, **kwargs)
+
+
+def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
+    kwargs.pop("retry_on_error", None)  # RedisCluster resends on its own list of errors
+    kwargs.pop("health_check_interval", None)
+    return RedisCluster(  # type: ignore[return-value]  # same command API as redis.Redis
+        startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+        username=url.username, password=url.password, **kwargs)
 
 
 def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
@@ -124,6 +142,9 @@ def client(settings: Settings) -> redis.Redis:
         retry=_Resend(_BACKOFF, retries=retries_within(budget)),
         retry_on_error=list(UNREACHABLE),
     )
+    cluster = ClusterURL.parse(settings.redis_url)
+    if cluster is not None:
+        return _cluster(cluster, **options)
     sentinel = SentinelURL.parse(settings.redis_url)
     if sentinel is not None:
         return _primary(sentinel, **options)

@@ -63,8 +63,10 @@ class Store:
 
     def _run_script(self, name: str, run_id: str, args: list[Any], client: Any = None) -> Any:
         keys = self.keys.script_keys(run_id)
-        if client is not None:  # a pipeline: queued by SHA (see complete_step)
-            return client.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        if client is not None:  # a pipeline: queued by SHA (see complete_step); as a raw
+            # command, as redis-py's Cluster pipeline refuses its evalsha method
+            return client.execute_command("EVALSHA", self._scripts[name].sha, len(keys),
+                                          *keys, *args)
         return self._scripts[name](keys=keys, args=args)
 
     # -- runs ------------------------------------------------------------------------

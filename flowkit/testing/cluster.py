@@ -1,0 +1,105 @@
+"""A private Redis Cluster of real ``redis-server`` processes, for the tests and the benchmark.
+
+The store's Cluster support (``redis+cluster://``) is only worth what a real cluster
+proves: slots spread over primaries, MOVED replies, one-slot scripts. So this starts
+``primaries`` servers with ``--cluster-enabled yes`` on free loopback ports in a temp
+dir, joins them with ``redis-cli --cluster create`` (no replicas) and waits until every
+node reports ``cluster_state:ok``. Use as a context manager; everything is removed after.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from ..errors import ConfigError
+from .redis import free_port
+
+
+def _low_port() -> int:
+    """A free port Redis takes for a cluster node (at most 55535: it refuses higher ones
+    even when the bus port is given)."""
+    while (port := free_port()) > 55535:
+        pass
+    return port
+
+
+class LocalCluster:
+    """``primaries`` redis-server processes joined into one Redis Cluster."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.ports = [_low_port() for _ in range(primaries)]
+        self.dir = Path(tempfile.mkdtemp(prefix="flowkit-redis-cluster-"))
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> LocalCluster:
+        exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if exe is None or cli is None:
+            raise ConfigError("redis-server is not installed: run `apt-get install redis-server`.")
+        for port in self.ports:
+            node_dir = self.dir / str(port)
+            node_dir.mkdir()
+            self.procs.append(subprocess.Popen(
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(free_port()),
+                 "--save", "", "--appendonly", "no", "--loglevel", "warning",
+                 "--logfile", str(node_dir / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        for port in self.ports:
+            self._until(lambda p=port: self._node(p).ping(), f"node {port} answers")
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        if len(nodes) == 1:  # redis-cli wants three masters; one node takes every slot itself
+            self._node(self.ports[0]).execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
+        else:
+            subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        for port in self.ports:
+            self._until(lambda p=port: self._node(p).cluster("info").get("cluster_state") == "ok",
+                        f"node {port} sees the cluster ok")
+        return self
+
+    def _node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2)
+
+    def nodes(self) -> list[redis.Redis]:
+        """A plain client of each primary (to look at what each one holds)."""
+        return [self._node(port) for port in self.ports]
+
+    @staticmethod
+    def _until(check, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)  # a server still binding its port or gossiping; nothing to await on
+        raise ConfigError(f"Redis Cluster: timed out waiting until {what}.")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
