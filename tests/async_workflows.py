@@ -69,6 +69,17 @@ async def asker(data: dict) -> dict:
     return {"n": first["n"] + extra["k"]}
 
 
+@component(name="a.listener")
+async def listener(data: dict) -> dict:
+    """A sub-step, a wait for an event, then a sleep: each pause lets the worker go, and
+    each resumption replays what came before from its checkpoints."""
+    first = await add_one(data)
+    paid = flowkit.wait_for_event(f"paid:{flowkit.context().run_id}")
+    flowkit.sleep(0.5)
+    count("after_sleep")
+    return {"n": first["n"] + paid["amount"]}
+
+
 @component(name="a.flaky")
 async def flaky(data: dict) -> dict:
     if count("flaky") < 3:
@@ -146,6 +157,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         ),
         "looping": wf("async_looping", [agent]),
         "asking": wf("async_asking", [asker], input_schema=number),
+        "listening": wf("async_listening", [listener], input_schema=number),
         "retrying": wf(
             "async_retrying",
             [flaky.retry(attempts=3, backoff=flowkit.exponential(0.05, 0.1))],

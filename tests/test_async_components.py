@@ -128,6 +128,16 @@ def test_an_async_step_pauses_for_input_and_resumes_without_repeating_its_sub_st
     assert counts(run) == {"add_one": 1}
 
 
+def test_an_async_step_waits_for_an_event_then_sleeps_without_holding_the_worker(on, beat):
+    run = on("threads")["listening"].start({"n": 1})
+    wait_until(lambda: run.refresh().state == "waiting", 30, "the run to wait for the event")
+    assert flowkit.send_event(f"paid:{run.id}", {"amount": 40}) == 1
+    assert run.result(WAIT) == {"n": 42}
+    kinds = [e.data.get("kind") for e in run.events() if e.type == "run.waiting"]
+    assert kinds == ["event", "sleep"]
+    assert counts(run) == {"add_one": 1, "after_sleep": 1}
+
+
 def test_parallel_branches_of_async_and_sync_steps(on):
     run = on("threads")["branches"].start({"n": 1})
     # 2 -> [double 4, add_one 3 -> triple 9] -> 13
