@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
+from redis.cluster import RedisCluster
 
 from ..config import Settings
 from ..serialization import dumps, loads
@@ -25,7 +26,7 @@ from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
 from . import archive, connection, scripts, server
 from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
-from .streams import EndWatch, Entry, StreamReader
+from .streams import ClusterStreamReader, EndWatch, Entry, StreamReader
 from .streams import entries as _entries
 
 #: The token a revoked lease carries: it matches no attempt, so no heartbeat renews it.
@@ -816,8 +817,11 @@ class Store:
                 return done == 1
         return False
 
-    def stream_reader(self, block_seconds: float) -> StreamReader:
-        """A reader of many runs' streams on a connection of its own (the relay hub)."""
+    def stream_reader(self, block_seconds: float) -> StreamReader | ClusterStreamReader:
+        """A reader of many runs' streams on a connection of its own (the relay hub); on
+        Redis Cluster one that polls each slot (streams.ClusterStreamReader)."""
+        if isinstance(self.redis, RedisCluster):
+            return ClusterStreamReader(self.redis, self.keys)
         return StreamReader(self.redis, self.keys, self.settings, block_seconds)
 
     # -- traces ----------------------------------------------------------------------------

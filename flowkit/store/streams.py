@@ -2,13 +2,21 @@
 
 Both hold a connection of their own while they wait, so they never pin one of the
 store's pool.
+
+On Redis Cluster one ``XREAD`` may only name streams of one slot, and a blocking read
+can wait on one node only, so :class:`ClusterStreamReader` polls instead: one
+non-blocking ``XREAD`` per slot (a pipeline, grouped per node by redis-py), then a short
+pause that a wake-up (always from this process: the relay hub) cuts short.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import redis
+from redis.cluster import RedisCluster
 
 from ..config import Settings
 from ..events import START
@@ -84,3 +92,45 @@ class StreamReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+#: How long the Cluster reader pauses between polls when nothing came (the relay's
+#: latency on a cluster).
+CLUSTER_POLL_SECONDS = 0.05
+
+
+class ClusterStreamReader:
+    """:class:`StreamReader` for Redis Cluster: the same calls, polling per slot."""
+
+    def __init__(self, client: RedisCluster, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    @guarded
+    def read(self, cursors: dict[str, str], count: int, block_ms: int) -> dict[str, list[Entry]]:
+        """New events of each run after its cursor, polling up to ``block_ms`` for the
+        first; {} on a wake-up or when nothing came."""
+        keys = {self._keys.events(run_id): run_id for run_id in cursors}
+        by_slot: dict[int, dict[str, str]] = {}
+        for key, run_id in keys.items():
+            by_slot.setdefault(self._client.keyslot(key), {})[key] = cursors[run_id]
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            pipe = self._client.pipeline(transaction=False)
+            for streams in by_slot.values():
+                pipe.xread(streams, count=count)
+            found = {keys[key]: entries(raw)
+                     for reply in pipe.execute() for key, raw in (reply or ())}
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            if self._woken.wait(min(CLUSTER_POLL_SECONDS, left)):
+                self._woken.clear()
+                return {}
+
+    def close(self) -> None:
+        pass

@@ -7,6 +7,8 @@ whose worker died.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from flowkit import config
@@ -15,8 +17,10 @@ from flowkit.store import get_store
 from flowkit.store.keys import SHARDS
 from flowkit.testing import LocalRedis
 from flowkit.testing.cluster import LocalCluster
-from tests.chaos.conftest import Deployment, _restore_app, _use_app, wait_for
-from tests.chaos.workflows import QUEUE, ten
+from tests.api.conftest import make_app, serve
+from tests.api.helpers import TERMINAL, sse_read
+from tests.chaos.conftest import Deployment, _restore_app, _use_app, open_gate, wait_for, waiting
+from tests.chaos.workflows import QUEUE, held, ten
 from tests.conftest import FAST, ROOT
 
 RUNS = 100
@@ -66,3 +70,52 @@ def test_a_hundred_runs_spread_over_every_primary(cluster, on_cluster):
     per_primary = run_keys_per_primary(cluster, store.keys.prefix)
     assert all(count > 0 for count in per_primary), per_primary
     assert len({store.keys.tag(s) for s in range(SHARDS)}) == SHARDS
+
+
+def test_the_live_relay_streams_a_run_on_the_cluster(cluster, on_cluster):
+    """An SSE client connected while the run is held gets the events written after it
+    connected (the relay's per-slot reads), up to the run's end."""
+    on_cluster.worker("a")
+    run = held.start({"n": 0, "chunks": 2, "pause": 0.01})
+    waiting(run)  # the hold step runs: what follows is written while the client listens
+    got: list[dict] = []
+
+    def arrived(events: list[dict]) -> bool:  # sse_read's stop check: sees each event come
+        got[:] = events
+        return events[-1]["type"] in TERMINAL
+
+    served = serve(make_app())
+    api = next(served)
+    try:
+        with api.client() as client:
+            reader = threading.Thread(target=sse_read, daemon=True, args=(
+                client, f"/runs/{run.id}/events"), kwargs={
+                "headers": {"Accept": "text/event-stream"}, "stop": arrived})
+            reader.start()
+            wait_for(lambda: got, 20, "the history before the hold to reach the client")
+            seen_before_gate = len(got)
+            open_gate(run)
+            reader.join(30)
+    finally:
+        next(served, None)
+    assert got[-1]["type"] == "run.succeeded", got[-1]
+    assert len(got) > seen_before_gate
+    # the last step runs only after the gate opened: its events came through the relay live
+    after_gate = [e["type"] for e in got if e.get("step") == "2:chaos.work"]
+    assert "step.completed" in after_gate, [(e["type"], e.get("step")) for e in got]
+
+
+def test_the_reaper_recovers_a_run_whose_worker_died_on_the_cluster(cluster, on_cluster):
+    a = on_cluster.worker("a")
+    on_cluster.beat()
+    run = held.start({"n": 0, "chunks": 2, "pause": 0.01})
+    first = waiting(run)
+    assert first["attempt"] == 1 and first["worker"].startswith("a@")
+    on_cluster.worker("b")
+    a.kill()  # its lease lapses; the reaper, scanning every shard, restarts the step
+    second = waiting(run, timeout=30)
+    assert second["attempt"] == 2 and second["worker"].startswith("b@")
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded", done.error
+    assert loads(get_store().get_run(run.id)["output"])["n"] == 3
