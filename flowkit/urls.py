@@ -138,3 +138,14 @@ class ClusterURL:
 
 def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEME + "://")
+
+
+def not_a_cluster(url: str, variable: str) -> None:
+    """ConfigError when Celery is handed a ``redis+cluster://`` URL (it has no Cluster
+    transport): with a Cluster store, ``variable`` must name a Redis or RabbitMQ of its own."""
+    if is_cluster(url):
+        raise ConfigError(
+            f"{variable} is the Redis Cluster of FLOWKIT_REDIS_URL ({_safe(url)}), and Celery "
+            f"cannot use a Redis Cluster: set {variable} to a plain Redis (redis://host:port/0) "
+            "or RabbitMQ (amqp://...)."
+        )

@@ -22,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings, is_amqp
-from ..urls import SentinelURL
+from ..urls import SentinelURL, not_a_cluster
 
 _app: Celery | None = None
 #: The settings the producer app was made from (None: the app is create_celery_app's).
@@ -61,6 +61,8 @@ def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
     """Broker and result backend URLs and their extra transport options: a Sentinel URL
     (``redis+sentinel://``, flowkit.urls) written as Celery's ``sentinel://`` transport."""
     urls, options = [], []
+    not_a_cluster(settings.broker, "FLOWKIT_BROKER_URL")  # a Cluster store needs its own broker
+    not_a_cluster(settings.backend, "FLOWKIT_RESULT_BACKEND")
     for url in (settings.broker, settings.backend):
         sentinel = SentinelURL.parse(url)
         urls.append(url if sentinel is None else sentinel.celery_url())

@@ -4,6 +4,10 @@ Read from ``INFO`` rather than ``CONFIG GET``: managed Redis services (ElastiCac
 Memorystore, ...) often disable ``CONFIG`` but always answer ``INFO``, which carries
 ``aof_enabled`` and ``maxmemory_policy`` too. ``probe`` reads a server flowkit's store does
 not use itself (the Celery broker's, when it is another Redis).
+
+On Redis Cluster every primary holds part of the runs, so each one is read and the
+weakest answer stands: AOF counts as on only when every primary has it, a failed write
+on any primary is reported, and the smallest memory limit and any evicting policy win.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from ..errors import StoreUnavailable
 from .connection import REFUSED, UNREACHABLE, from_url, refused
@@ -18,14 +23,34 @@ from .connection import REFUSED, UNREACHABLE, from_url, refused
 
 def describe(client: redis.Redis) -> dict[str, Any]:
     """``version``, ``aof_enabled``, ``aof_last_write_status``, ``maxmemory`` (bytes, 0: no
-    limit) and ``maxmemory_policy`` of the server ``client`` talks to."""
-    info = client.info()
+    limit) and ``maxmemory_policy`` of the server ``client`` talks to (on a cluster, the
+    weakest of its primaries)."""
+    if isinstance(client, RedisCluster):
+        return _weakest([_described(info) for info in
+                         client.info(target_nodes=RedisCluster.PRIMARIES).values()])
+    return _described(client.info())
+
+
+def _described(info: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": info.get("redis_version"),
         "aof_enabled": bool(int(info.get("aof_enabled", 0))),
         "aof_last_write_status": info.get("aof_last_write_status"),
         "maxmemory": int(info.get("maxmemory", 0) or 0),
         "maxmemory_policy": info.get("maxmemory_policy"),
+    }
+
+
+def _weakest(primaries: list[dict[str, Any]]) -> dict[str, Any]:
+    limits = [p["maxmemory"] for p in primaries if p["maxmemory"]]
+    evicting = [p["maxmemory_policy"] for p in primaries if p["maxmemory_policy"] != "noeviction"]
+    failed = [p["aof_last_write_status"] for p in primaries if p["aof_last_write_status"] != "ok"]
+    return {
+        "version": min(p["version"] for p in primaries),
+        "aof_enabled": all(p["aof_enabled"] for p in primaries),
+        "aof_last_write_status": failed[0] if failed else primaries[0]["aof_last_write_status"],
+        "maxmemory": min(limits) if limits else 0,
+        "maxmemory_policy": evicting[0] if evicting else primaries[0]["maxmemory_policy"],
     }
 
 

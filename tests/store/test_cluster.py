@@ -1,0 +1,112 @@
+"""The store's Redis Cluster support, piece by piece, on a real three-primary cluster:
+the ``redis+cluster://`` URL, one slot per script call, the store operations outside the
+run scripts (schedules, wakers, rate buckets, concurrency slots, compaction, metrics),
+``flowkit doctor``'s reading of the primaries, and the clear error for a missing broker.
+Runs through real workers are in tests/chaos/test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from flowkit import config
+from flowkit.engine.broker import celery_config
+from flowkit.errors import ConfigError
+from flowkit.serialization import dumps
+from flowkit.store import get_store
+from flowkit.store.keys import Keys
+from flowkit.store.server import probe
+from flowkit.testing.cluster import LocalCluster
+from flowkit.urls import ClusterURL
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(3) as running:
+        yield running
+
+
+@pytest.fixture
+def store(cluster, flowkit_env, monkeypatch):
+    for node in cluster.nodes():
+        node.flushall()
+    settings = config.get_settings().replace(redis_url=cluster.url)
+    monkeypatch.setattr(config, "_settings", settings)
+    return get_store()
+
+
+def test_cluster_urls_parse_and_bad_ones_say_the_form():
+    url = ClusterURL.parse("redis+cluster://app:s%40cret@10.0.0.1:7000,10.0.0.2")
+    assert url == ClusterURL((("10.0.0.1", 7000), ("10.0.0.2", 6379)), "app", "s@cret")
+    assert ClusterURL.parse("redis://localhost:6379/0") is None
+    with pytest.raises(ConfigError, match=r"only database 0.*redis\+cluster://"):
+        ClusterURL.parse("redis+cluster://h:7000/3")
+    with pytest.raises(ConfigError, match="names at least one"):
+        ClusterURL.parse("redis+cluster://")
+    with pytest.raises(ConfigError, match=r"\*\*\*@h:x.*not host:port"):
+        ClusterURL.parse("redis+cluster://u:secret@h:x")
+
+
+def test_every_script_call_names_keys_of_one_slot():
+    """The static half of the one-slot rule: the KEYS each script gets hash together."""
+    keys = Keys("flowkit")
+    for run_id in ("01HZX", "a", "run-42", "01M8XD3BASGNC10NAWB77JY82H"):
+        assert len({key_slot(k.encode()) for k in keys.script_keys(run_id)}) == 1
+    for group in ("tenant:a", "llm:openai"):
+        assert len({key_slot(k.encode()) for k in keys.slots(group)}) == 1
+    assert key_slot(keys.schedules.encode()) == key_slot(keys.schedules_due.encode())
+    # the 16 shards are 16 slots, which a 3-primary cluster spreads over every primary
+    assert len({key_slot(keys.running(shard).encode()) for shard in range(16)}) == 16
+
+
+def test_store_operations_outside_the_run_scripts_work_on_the_cluster(store):
+    assert isinstance(store.redis, RedisCluster)
+    now = time.time()
+    store.put_schedule({"id": "nightly", "workflow": "w"}, now - 1)
+    assert [s for s, _ in store.due_schedules(now)] == ["nightly"]
+    assert store.claim_tick("nightly", now - 1, now + 60)
+    assert store.delete_schedule("nightly")
+
+    store.add_waker("order:1", "run-a", "w1", 60)
+    assert store.take_wakers("order:1") == [("run-a", "w1")]
+    store.record_sent("order:1", dumps({"ok": True}), now, 60)
+    assert store.sent_since("order:1", now - 1) is not None
+
+    assert store.take_rate("llm:test:m", [10, 10, 0, 0, 0, 60]) == 0
+    store.settle_rate("llm:test:m", 0)
+    got, _, _ = store.slots("tenant:a", 1, now, add="run-a", order=now)
+    assert got
+    assert [member for member, _ in store.slot_holders("tenant:a")] == ["run-a"]
+
+    store.cache_put("c", "1", "d", "v", 60)
+    assert store.cache_get("c", "1", "d") == "v"
+    store.record_sweep(now, 1.0)
+    assert store.last_sweep()["interval"] == 1.0
+    assert store.trim_indexes(now - 3600) == 0
+    assert store.active_runs() == 0 and store.metric_counts() == {}
+
+
+def test_doctor_reads_every_primary_and_reports_the_weakest(cluster):
+    primaries = cluster.nodes()
+    assert probe(cluster.url)["maxmemory_policy"] == "noeviction"
+    primaries[1].config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        assert probe(cluster.url)["maxmemory_policy"] == "allkeys-lru"
+    finally:
+        primaries[1].config_set("maxmemory-policy", "noeviction")
+
+
+def test_a_cluster_store_without_a_broker_of_its_own_says_what_to_set(cluster):
+    settings = config.get_settings().replace(redis_url=cluster.url, broker_url="",
+                                             result_backend="")
+    with pytest.raises(ConfigError, match="set FLOWKIT_BROKER_URL to a plain Redis"):
+        celery_config(settings)
+    amqp = settings.replace(broker_url="amqp://guest@localhost//")
+    with pytest.raises(ConfigError, match="set FLOWKIT_RESULT_BACKEND"):
+        celery_config(amqp)
+    assert celery_config(settings.replace(broker_url="redis://b:6379/0"))["broker_url"] == \
+        "redis://b:6379/0"
