@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import redis
 
 from flowkit import config
 from flowkit.serialization import loads
@@ -24,6 +25,10 @@ from tests.chaos.workflows import QUEUE, held, ten
 from tests.conftest import FAST, ROOT
 
 RUNS = 100
+
+
+def primaries(cluster: LocalCluster) -> list[redis.Redis]:
+    return [redis.Redis(port=port, socket_timeout=5) for port in cluster.ports]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def on_cluster(cluster, flowkit_env, tmp_path, monkeypatch):
         previous = _use_app(settings)
         deployment = Deployment(env, tmp_path)
         try:
-            for node in cluster.nodes():
+            for node in primaries(cluster):
                 node.flushall()
             yield deployment
         finally:
@@ -56,7 +61,7 @@ def on_cluster(cluster, flowkit_env, tmp_path, monkeypatch):
 
 def run_keys_per_primary(cluster: LocalCluster, prefix: str) -> list[int]:
     return [sum(1 for _ in node.scan_iter(match=f"{prefix}:{{s*}}:run:*", count=500))
-            for node in cluster.nodes()]
+            for node in primaries(cluster)]
 
 
 def test_a_hundred_runs_spread_over_every_primary(cluster, on_cluster):

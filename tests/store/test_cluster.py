@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -24,6 +25,10 @@ from flowkit.testing.cluster import LocalCluster
 from flowkit.urls import ClusterURL
 
 
+def primaries(cluster: LocalCluster) -> list[redis.Redis]:
+    return [redis.Redis(port=port, socket_timeout=5) for port in cluster.ports]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with LocalCluster(3) as running:
@@ -32,7 +37,7 @@ def cluster():
 
 @pytest.fixture
 def store(cluster, flowkit_env, monkeypatch):
-    for node in cluster.nodes():
+    for node in primaries(cluster):
         node.flushall()
     settings = config.get_settings().replace(redis_url=cluster.url)
     monkeypatch.setattr(config, "_settings", settings)
@@ -91,13 +96,13 @@ def test_store_operations_outside_the_run_scripts_work_on_the_cluster(store):
 
 
 def test_doctor_reads_every_primary_and_reports_the_weakest(cluster):
-    primaries = cluster.nodes()
+    nodes = primaries(cluster)
     assert probe(cluster.url)["maxmemory_policy"] == "noeviction"
-    primaries[1].config_set("maxmemory-policy", "allkeys-lru")
+    nodes[1].config_set("maxmemory-policy", "allkeys-lru")
     try:
         assert probe(cluster.url)["maxmemory_policy"] == "allkeys-lru"
     finally:
-        primaries[1].config_set("maxmemory-policy", "noeviction")
+        nodes[1].config_set("maxmemory-policy", "noeviction")
 
 
 def test_a_cluster_store_without_a_broker_of_its_own_says_what_to_set(cluster):
