@@ -66,8 +66,12 @@ class Store:
         keys = self.keys.script_keys(run_id)
         if client is not None:  # a pipeline: queued by SHA (see complete_step); as a raw
             # command, as redis-py's Cluster pipeline refuses its evalsha method
+            options = {}
+            if isinstance(self.redis, RedisCluster):  # the node of the run's slot, named:
+                # else the Cluster pipeline asks a server (COMMAND GETKEYS) for every script
+                options["target_nodes"] = self.redis.get_node_from_key(keys[0])
             return client.execute_command("EVALSHA", self._scripts[name].sha, len(keys),
-                                          *keys, *args)
+                                          *keys, *args, **options)
         return self._scripts[name](keys=keys, args=args)
 
     # -- runs ------------------------------------------------------------------------
