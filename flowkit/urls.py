@@ -45,13 +45,7 @@ class SentinelURL:
         """The URL's parts; None when it is not a Sentinel URL; ConfigError when malformed."""
         if not url.startswith(SENTINEL_SCHEME + "://"):
             return None
-        rest = url[len(SENTINEL_SCHEME) + 3:]
-        userinfo, _, rest = rest.rpartition("@")
-        netloc, _, path = rest.partition("/")
-        username = password = None
-        if userinfo:
-            user, _, secret = userinfo.partition(":")
-            username, password = unquote(user) or None, unquote(secret) or None
+        username, password, netloc, path = _split(url, SENTINEL_SCHEME)
         hosts = tuple(_host(part, url) for part in netloc.split(",") if part)
         path, _, query = path.partition("?")
         parts = [p for p in path.split("/") if p]
@@ -81,6 +75,14 @@ class SentinelURL:
         if self.sentinel_password:
             options["sentinel_kwargs"] = {"password": self.sentinel_password}
         return options
+
+
+def _split(url: str, scheme: str) -> tuple[str | None, str | None, str, str]:
+    """(username, password, the hosts part, the path) of ``scheme://[[u]:p@]hosts/path``."""
+    userinfo, _, rest = url[len(scheme) + 3:].rpartition("@")
+    netloc, _, path = rest.partition("/")
+    user, _, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) or None, netloc, path
 
 
 def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> tuple[str, int]:
@@ -119,13 +121,7 @@ class ClusterURL:
         """The URL's parts; None when it is not a Cluster URL; ConfigError when malformed."""
         if not url.startswith(CLUSTER_SCHEME + "://"):
             return None
-        rest = url[len(CLUSTER_SCHEME) + 3:]
-        userinfo, _, rest = rest.rpartition("@")
-        netloc, _, path = rest.partition("/")
-        username = password = None
-        if userinfo:
-            user, _, secret = userinfo.partition(":")
-            username, password = unquote(user) or None, unquote(secret) or None
+        username, password, netloc, path = _split(url, CLUSTER_SCHEME)
         hosts = tuple(_host(part, url, _CLUSTER_FORM, 6379) for part in netloc.split(",") if part)
         if not hosts:
             raise ConfigError(f"{_safe(url)}: a Cluster URL names at least one of the "

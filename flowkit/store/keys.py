@@ -1,4 +1,4 @@
-"""Names of flowkit's Redis keys, laid out so the store can later spread over Redis Cluster.
+"""Names of flowkit's Redis keys, laid out so the store spreads over Redis Cluster.
 
 Every run belongs to one of ``SHARDS`` shards (a hash of its id). Its keys and its
 shard's indexes (``running``, ``queued``, ``leases``) carry the shard's hash tag, so
