@@ -1,6 +1,6 @@
 """``@component`` on ``async def``: sequences, parallel branches, fan-outs (batched too),
 agent loops, inline sub-steps, retries, caching, timeouts, cancels and waits, on the
-threads (in-process), prefork and gevent pools; and outside a run, a plain coroutine."""
+threads, prefork and gevent pools; and outside a run, a plain coroutine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import flowkit
 from flowkit.errors import StepError
 from flowkit.store import get_store
-from flowkit.testing import InThreadWorker, WorkerProcess
+from flowkit.testing import WorkerProcess
 from tests import async_workflows as aw
 from tests.conftest import ROOT, wait_until
 
@@ -21,13 +21,10 @@ POOLS = ("threads", "prefork", "gevent")
 
 @pytest.fixture(scope="module")
 def pools(flowkit_env):
-    """A worker per pool, each on its own queue (the threads one in this process)."""
-    from tests.app import app
-
-    workers: list = [
-        InThreadWorker(app, queues=(aw.QUEUES["threads"],), name="async-threads", concurrency=4)
-    ]
-    for pool, concurrency in (("prefork", 2), ("gevent", 20)):
+    """A worker process per pool, each on its own queue. Not one in this process: a second
+    embedded worker's shutdown would drain the whole process, the session's worker too."""
+    workers: list = []
+    for pool, concurrency in (("threads", 4), ("prefork", 2), ("gevent", 20)):
         workers.append(
             WorkerProcess(
                 "tests.async_app",
@@ -43,7 +40,7 @@ def pools(flowkit_env):
         w.start()
     yield workers
     for w in workers:
-        w.stop() if isinstance(w, InThreadWorker) else w.terminate(20)
+        w.terminate(20)
 
 
 @pytest.fixture
