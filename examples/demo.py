@@ -295,6 +295,7 @@ def run(args: argparse.Namespace, env: dict[str, str], services: Services) -> in
         print("    " + output["article"][:400].replace("\n", "\n    ") + " ...\n")
     if args.keep:
         print(f"services keep running; watch page: {services.web_url}{final['watch']}; "
+              f"dashboard: {services.web_url}/ui; "
               f"Ctrl-C (or kill {os.getpid()}) stops them", flush=True)
         while True:
             signal.pause()  # until a stop signal raises Stopped

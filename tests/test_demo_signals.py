@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,11 @@ def test_sigterm_stops_every_process_of_the_demo_kept_running(redis_server):
     try:
         demo.wait_for("services keep running; watch page: http://127.0.0.1:", timeout=60)
         procs = _started_processes(demo)
+        # the dashboard it names answers (the demo's API is open: no key to enter)
+        dashboard = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/ui);", demo.output())
+        assert dashboard, demo.output()
+        with urllib.request.urlopen(dashboard.group(1), timeout=10) as page:
+            assert page.status == 200 and page.headers.get_content_type() == "text/html"
 
         demo.proc.send_signal(signal.SIGTERM)
         code = demo.proc.wait(45)
