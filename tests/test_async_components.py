@@ -22,7 +22,8 @@ POOLS = ("threads", "prefork", "gevent")
 @pytest.fixture(scope="module")
 def pools(flowkit_env):
     """A worker process per pool, each on its own queue. Not one in this process: a second
-    embedded worker's shutdown would drain the whole process, the session's worker too."""
+    embedded worker of the same app failed to stop in time, and the session's embedded
+    worker took no message after it."""
     workers: list = []
     for pool, concurrency in (("threads", 4), ("prefork", 2), ("gevent", 20)):
         workers.append(
