@@ -102,6 +102,22 @@ def test_a_schedule_starts_one_run_per_tick_and_can_be_paused_and_deleted():
         flowkit.schedules.get("every-second")
 
 
+def test_a_sweep_later_than_the_period_starts_every_tick_it_passed():
+    schedule = flowkit.schedules.create("simple", every=1, input={"n": 1}, id="late-sweep")
+    from flowkit.engine.reaper import fire_schedules
+
+    tick = schedule["next_at"]
+    started = fire_schedules(tick + 4.5)  # a busy beat: the first sweep after 5 ticks
+    keys = [flowkit.get_run(run_id).idempotency_key for run_id in started]
+    assert keys == [f"schedule:late-sweep:{tick + i:.3f}" for i in range(5)]
+    assert fire_schedules(tick + 4.6) == []  # each once
+    assert flowkit.schedules.get("late-sweep")["next_at"] == pytest.approx(tick + 5)
+    # beyond the grace (60 s) the ticks are missed, by the documented policy
+    assert fire_schedules(tick + 100) == []
+    assert flowkit.schedules.get("late-sweep")["next_at"] == pytest.approx(tick + 101)
+    flowkit.schedules.delete("late-sweep")
+
+
 # -- a component's fleet-wide limits -------------------------------------------------------
 
 

@@ -150,16 +150,22 @@ def claim_due(now: float | None = None, store: Store | None = None
         definition, _ = store.schedule(schedule_id)
         if definition is None:
             continue
-        if not store.claim_tick(schedule_id, due_at, next_tick(definition, now)):
-            continue  # another sweep claimed it
-        tick = due_at
-        if now - due_at > GRACE:  # beat was down: the ticks since are missed
-            if not definition.get("catchup"):
-                log.warning("flowkit: schedule %s skipped ticks missed since %s", schedule_id,
-                            due_at)
-                continue
-            tick = _last_tick_before(definition, due_at, now)
-        claimed.append((definition, tick))
+        # a sweep later than the schedule's period (a busy beat, a short period) claims
+        # each tick it passed, one by one: only ticks later than GRACE are missed
+        while due_at <= now:
+            late = now - due_at > GRACE  # beat was down: the ticks since are missed
+            following = next_tick(definition, now if late else due_at)
+            if not store.claim_tick(schedule_id, due_at, following):
+                break  # another sweep claimed it, and goes on from there
+            if late:
+                if definition.get("catchup"):
+                    claimed.append((definition, _last_tick_before(definition, due_at, now)))
+                else:
+                    log.warning("flowkit: schedule %s skipped ticks missed since %s",
+                                schedule_id, due_at)
+                break
+            claimed.append((definition, due_at))
+            due_at = following
     return claimed
 
 
