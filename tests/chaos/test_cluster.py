@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-import redis
 
 from flowkit import config
 from flowkit.engine.reaper import compact_ended
@@ -25,19 +24,10 @@ from tests.api.conftest import make_app, serve
 from tests.api.helpers import TERMINAL, sse_read
 from tests.chaos.conftest import Deployment, _restore_app, _use_app, open_gate, wait_for, waiting
 from tests.chaos.workflows import QUEUE, held, ten
+from tests.cluster import cluster_fixture, primaries  # noqa: F401 - the cluster fixture
 from tests.conftest import FAST, ROOT
 
 RUNS = 100
-
-
-def primaries(cluster: LocalCluster) -> list[redis.Redis]:
-    return [redis.Redis(port=port, socket_timeout=5) for port in cluster.ports]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(3) as running:
-        yield running
 
 
 @pytest.fixture

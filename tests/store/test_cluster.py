@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -21,18 +20,8 @@ from flowkit.serialization import dumps
 from flowkit.store import get_store
 from flowkit.store.keys import Keys
 from flowkit.store.server import probe
-from flowkit.testing.cluster import LocalCluster
 from flowkit.urls import ClusterURL
-
-
-def primaries(cluster: LocalCluster) -> list[redis.Redis]:
-    return [redis.Redis(port=port, socket_timeout=5) for port in cluster.ports]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(3) as running:
-        yield running
+from tests.cluster import cluster_fixture, primaries  # noqa: F401 - the cluster fixture
 
 
 @pytest.fixture
