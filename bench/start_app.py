@@ -16,6 +16,8 @@ def first(data: dict) -> dict:
 
 
 one_step = flowkit.Workflow("bench.one_step", [first])
+#: The same, on a queue no worker consumes: what a start costs its caller, back to back.
+parked = flowkit.Workflow("bench.parked", [first], queue="bench.parked")
 
 
 @app.task(name="bench.raw_began")

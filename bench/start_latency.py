@@ -5,7 +5,9 @@ For STARTS one-step runs each (one at a time, a threads worker of 4, own private
   task running;
 - ``POST /workflows/<name>/runs`` (the reference web process, gunicorn) -> the run's
   ``step.started`` read on its WebSocket (opened with the token the POST answered);
-- ``start()`` -> ``result()`` back, against DBOS (SQLite) ``start_workflow().get_result()``.
+- ``start()`` -> ``result()`` back, against DBOS (SQLite) ``start_workflow().get_result()``;
+- what a start costs its caller back to back (BENCH_BURST starts in a row to a queue no
+  worker consumes, so nothing competes for the CPU), against ``delay()`` the same way.
 Prints p50/p99, the ratios, and last a machine-readable RESULT line. BENCH_STARTS (200).
 """
 
@@ -23,6 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.local import API_KEY, deployment, pct  # noqa: E402
 
 STARTS = int(os.environ.get("BENCH_STARTS", "200"))
+BURST = int(os.environ.get("BENCH_BURST", "1000"))
+
+
+def burst(send) -> float:
+    """Milliseconds per call of ``send``, BURST calls back to back (median of 3 rounds)."""
+    rounds = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(BURST):
+            send()
+        rounds.append((time.perf_counter() - t) * 1000 / BURST)
+    return statistics.median(rounds)
 
 
 def main() -> int:
@@ -30,7 +44,9 @@ def main() -> int:
     import websocket
 
     with deployment("bench.start_app", web=True) as local:
-        from bench.start_app import one_step, raw_began
+        from bench.start_app import one_step, parked, raw_began
+        from flowkit.engine.broker import get_app
+        from flowkit.engine.control import Run
         from flowkit.store import get_store
 
         store, web = get_store(), local["web"]
@@ -71,6 +87,16 @@ def main() -> int:
                 finally:
                     ws.close()
                 over_http.append((time.perf_counter() - t) * 1000)
+                # the run's end, before the next start: each figure on an idle worker, as
+                # the baselines' (the step would otherwise still be running)
+                Run.load(posted["id"]).wait(30)
+
+        # back to back, nothing consuming: the caller's own cost of a start
+        for _ in range(50):  # warm up
+            parked.start({})
+        per_start = burst(lambda: parked.start({}))
+        per_delay = burst(lambda: raw_began.apply_async(("parked",), queue="bench.parked"))
+        get_app().connection_for_write().default_channel.queue_purge("bench.parked")
 
     from bench import peer_dbos
 
@@ -82,8 +108,11 @@ def main() -> int:
     print(f"POST -> step.started on its WebSocket: p50 {h50:.2f} ms, p99 {pct(over_http, 99):.2f} ms")
     print(f"ratio p50 POST/delay: {h50 / r50:.2f} (target <= 2.5)")
     print(f"start() -> result():             p50 {res50:.2f} ms, p99 {pct(to_result, 99):.2f} ms")
+    print(f"back to back: start() {per_start:.3f} ms each, delay() {per_delay:.3f} ms each "
+          f"(ratio {per_start / per_delay:.2f})")
     result = (f"RESULT start_p50_ms={s50:.2f} delay_p50_ms={r50:.2f} ratio_start={s50 / r50:.3f} "
-              f"post_ws_p50_ms={h50:.2f} ratio_post={h50 / r50:.3f} result_p50_ms={res50:.2f}")
+              f"post_ws_p50_ms={h50:.2f} ratio_post={h50 / r50:.3f} result_p50_ms={res50:.2f} "
+              f"burst_start_ms={per_start:.3f} burst_delay_ms={per_delay:.3f}")
     if dbos:
         d50 = dbos["result_p50_ms"]
         print(f"DBOS start_workflow().get_result(): p50 {d50:.2f} ms")

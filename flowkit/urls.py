@@ -145,3 +145,35 @@ def not_a_cluster(url: str, variable: str) -> None:
             f"cannot use a Redis Cluster: set {variable} to a plain Redis (redis://host:port/0) "
             "or RabbitMQ (amqp://...)."
         )
+
+
+def shared_server_db(store_url: str, broker_url: str) -> int | None:
+    """The broker's database number when ``broker_url`` names the very Redis server of
+    ``store_url`` (plain ``redis://``, ``rediss://`` or ``unix://`` URLs alike in scheme, host,
+    port, user and password; the database may differ); None otherwise (another server, a
+    Sentinel or Cluster URL, RabbitMQ). A run's first message can then be pushed by the
+    script that stores the run (flowkit.engine.publish)."""
+    store, broker = _plain(store_url), _plain(broker_url)
+    if store is None or broker is None or store[0] != broker[0]:
+        return None
+    return broker[1]
+
+
+def _plain(url: str) -> tuple[tuple, int] | None:
+    """((scheme, host, port or socket path, user, password), db) of a plain Redis URL."""
+    try:
+        split = urlsplit(url)
+        scheme = split.scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            return None
+        query = parse_qs(split.query)
+        if scheme == "unix":
+            where: tuple = (split.path,)
+            db = int(query.get("db", ["0"])[0])
+        else:
+            where = (split.hostname or "localhost", split.port or 6379)
+            path = split.path.strip("/")
+            db = int(path or query.get("db", ["0"])[0])
+    except ValueError:
+        return None
+    return (scheme, *where, unquote(split.username or ""), unquote(split.password or "")), db

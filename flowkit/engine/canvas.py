@@ -182,11 +182,19 @@ def compile_run(
                  finish_signature(workflow, run_id, gen, queue))
 
 
-def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None,
-            priority: int = 0) -> None:
-    """Send generation ``gen`` of the run's whole canvas, its first step receiving ``payload``;
-    a run's ``priority`` (0-9, 9 first) goes with every message of it."""
+def first_canvas(workflow: Workflow, run_id: str, payload: Any, queue: str | None,
+                 priority: int = 0, gen: int = 0) -> tuple[Signature, tuple]:
+    """Generation ``gen`` of the run's whole canvas and the arguments it is applied to (its
+    first step receives ``payload``); a run's ``priority`` (0-9, 9 first) goes with every
+    message of it."""
     canvas = compile_run(workflow.root, workflow.name, run_id, gen, queue)
     if priority:
         with_priority(canvas, {"priority": fresh_priority(priority)})
-    canvas.apply_async(args=(payload,))
+    return canvas, (payload,)
+
+
+def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None,
+            priority: int = 0) -> None:
+    """Send generation ``gen`` of the run's whole canvas (:func:`first_canvas`)."""
+    sig, args = first_canvas(workflow, run_id, payload, queue, priority, gen)
+    sig.apply_async(args=args)

@@ -32,7 +32,7 @@ from ..serialization import dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
 from ..workflow import Workflow, workflows
-from . import admission, canvas
+from . import admission, canvas, publish
 from . import schedules as schedules  # the door to schedules too (the API's)
 from . import trace as traces
 from .broker import get_app
@@ -222,7 +222,12 @@ def start(
     else:
         first = events.make(events.RUN_SCHEDULED, run_id, workflow=workflow.name,
                             version=workflow.version, start_at=due)
-    winner, created = store.create_run(record, first, idempotency_key, start_at=due)
+    messages = None
+    if due is None and workflow.concurrency is None:  # sent with the run, when it can be
+        messages = send(lambda: publish.first_messages(store, run_id, *canvas.first_canvas(
+            workflow, run_id, payload, queue, priority)))
+    winner, created = store.create_run(record, first, idempotency_key, start_at=due,
+                                       messages=messages)
     if not created:
         existing = Run.load(winner, store)
         if dumps(existing.input) != dumps(payload):
@@ -233,7 +238,8 @@ def start(
         existing.created = False
         return existing
     if due is None and _admitted(record, store):
-        send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue, priority))
+        if messages is None or not messages.pushed:
+            send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue, priority))
         # as created: queued (a worker may have started it already; no read to say so)
         return Run.from_record({k: str(v) for k, v in record.items()})
     return Run.load(winner, store)  # scheduled, or held with the reason

@@ -12,11 +12,12 @@ from ..errors import StoreUnavailable
 from .broker import continued_priority, get_app
 
 
-def send(publish: Callable[[], Any]) -> None:
-    """Publish to the broker; a broker out of reach is StoreUnavailable (the run is stored:
-    the reaper sends it again once FLOWKIT_QUEUED_TIMEOUT passes)."""
+def send(publish: Callable[[], Any]) -> Any:
+    """Publish to the broker (returns what ``publish`` does); a broker out of reach is
+    StoreUnavailable (the run is stored: the reaper sends it again once
+    FLOWKIT_QUEUED_TIMEOUT passes)."""
     try:
-        publish()
+        return publish()
     except OperationalError as exc:
         raise StoreUnavailable(f"the Celery broker is unreachable: {exc}") from exc
 

@@ -49,6 +49,18 @@ class Begin:
     checkpoint: str | None = None
 
 
+@dataclass
+class BrokerMessages:
+    """Broker messages a script pushes with the run it creates (Store.create_run): each
+    ``(list key, payload)`` as kombu's Redis transport would LPUSH it, into database ``db``
+    of the store's server. ``pushed`` says afterwards whether they went out."""
+
+    run_id: str
+    db: int
+    items: list[tuple[str, str]]
+    pushed: bool = False
+
+
 class Store:
     """A connection to flowkit's Redis and every operation on it."""
 
@@ -79,11 +91,17 @@ class Store:
     @_op
     def create_run(
         self, record: dict[str, Any], event: dict[str, Any], idempotency_key: str | None,
-        start_at: float | None = None,
+        start_at: float | None = None, messages: BrokerMessages | None = None,
     ) -> tuple[str, bool]:
         """Store a new run; returns (its id, True). With ``idempotency_key``, a key already
         claimed returns (the run holding it, False) and stores nothing. With ``start_at``
-        the run is scheduled: its timer starts it then (fire_timer)."""
+        the run is scheduled: its timer starts it then (fire_timer).
+
+        ``messages``: broker messages of the new run, pushed by the same script once the
+        run is stored (the broker being a database of this Redis server), so a start is
+        one round trip. None of them is pushed when it creates nothing, nor when an
+        idempotency key's stalled claim makes it create the run under another id (the
+        messages name the first): ``messages.pushed`` tells the caller."""
         run_id, retention = record["id"], self.settings.retention_seconds
         if idempotency_key:
             claim = self.keys.idempotency(record["workflow"], idempotency_key)
@@ -95,8 +113,12 @@ class Store:
                 run_id = winner or run_id
                 record = {**record, "id": run_id}
                 event = {**event, "run": run_id}
+        if messages is not None and run_id != messages.run_id:
+            messages = None
+        pushed = [] if messages is None else [x for m in messages.items for x in m]
         args = [run_id, record["created_at"], retention, dumps(event),
                 "" if start_at is None else start_at,
+                "" if messages is None else messages.db, len(pushed) // 2, *pushed,
                 *(x for pair in record.items() for x in pair)]
         # the script and the listing indexes in one round trip (a start's latency is
         # mostly round trips). Listing a run whose script found it already there (its
@@ -109,6 +131,8 @@ class Store:
             created = pipe.execute()[0]
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: loads it
             created = self._run_script("create", run_id, args)
+        if messages is not None:
+            messages.pushed = bool(created)
         return run_id, bool(created)
 
     @_op

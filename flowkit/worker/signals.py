@@ -14,7 +14,7 @@ from celery.concurrency.prefork import TaskPool as Prefork
 
 from .. import metrics
 from ..config import get_settings, is_amqp
-from ..engine import doctor, drain, heartbeat
+from ..engine import doctor, drain, heartbeat, publish
 from ..engine.broker import reaper_queue
 from ..engine.doctor import served
 from ..engine.handoff import handoffs
@@ -124,8 +124,8 @@ def handed_off(sender=None, body=None, **_) -> None:
     """A message of a run's canvas went to the broker (after_task_publish): the run's
     progress now waits in the queue, not in this worker, which the reaper must know before
     it takes "nothing in flight" for a worker lost between steps."""
-    if not str(sender or "").startswith("flowkit."):
-        return
+    if not str(sender or "").startswith("flowkit.") or publish.capturing():
+        return  # captured: a start's first message, which a queued run needs no record of
     kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else None
     if not isinstance(kwargs, dict) or "run_id" not in kwargs or "gen" not in kwargs:
         return

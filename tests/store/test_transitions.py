@@ -12,6 +12,7 @@ from itertools import product
 from typing import Any
 
 import pytest
+import redis
 
 from flowkit import events
 from flowkit.serialization import loads
@@ -23,7 +24,7 @@ from flowkit.states import (
     WaitKind,
     WaitOutcome,
 )
-from flowkit.store import HANDED_OVER
+from flowkit.store import HANDED_OVER, BrokerMessages
 from flowkit.store.keys import shard_of
 
 pytestmark = pytest.mark.integration
@@ -281,6 +282,44 @@ def test_create_under_a_claimed_key_names_the_claimed_run_in_its_queued_event(st
     store.redis.set(store.keys.idempotency("wf", "key"), "claimed")
     store.create_run(record("run-2"), queued_event("run-2"), "key")
     assert [e["run"] for e in of_type(store, events.RUN_QUEUED, "claimed")] == ["claimed"]
+
+
+def other_db(store):
+    """A client of database 5 of the store's server: a broker's database no worker reads."""
+    kwargs = store.redis.connection_pool.connection_kwargs
+    client = redis.Redis(host=kwargs["host"], port=kwargs["port"], db=5, decode_responses=True)
+    client.flushdb()
+    return client
+
+
+def test_create_pushes_the_run_s_broker_messages_into_the_broker_s_database(store):
+    broker = other_db(store)
+    sent = BrokerMessages(RUN, 5, [("q", "first"), ("q\x06\x169", "second")])
+    assert store.create_run(record(), queued_event(), None, messages=sent) == (RUN, True)
+    assert sent.pushed
+    assert broker.lrange("q", 0, -1) == ["first"]
+    assert broker.lrange("q\x06\x169", 0, -1) == ["second"]
+    assert store.redis.exists("q") == 0  # the store's own database is left as it was
+    assert store.get_run(RUN)["state"] == RunState.QUEUED  # the script's SELECT was its own
+
+
+def test_create_of_an_existing_run_pushes_no_message(store):
+    broker = other_db(store)
+    make_run(store)
+    sent = BrokerMessages(RUN, 5, [("q", "again")])
+    assert store.create_run(record(), queued_event(), None, messages=sent) == (RUN, False)
+    assert not sent.pushed
+    assert broker.llen("q") == 0
+
+
+def test_create_under_a_claimed_key_pushes_no_message_naming_another_run(store):
+    broker = other_db(store)
+    store.redis.set(store.keys.idempotency("wf", "key"), "claimed")
+    sent = BrokerMessages("run-2", 5, [("q", "names run-2")])
+    assert store.create_run(record("run-2"), queued_event("run-2"), "key",
+                            messages=sent) == ("claimed", True)
+    assert not sent.pushed  # the caller publishes for the claimed run itself
+    assert broker.llen("q") == 0
 
 
 def test_create_with_start_at_stores_a_scheduled_run_in_the_timers_index(store):
