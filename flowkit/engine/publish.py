@@ -67,9 +67,7 @@ def first_messages(store: Store, run_id: str, canvas: Signature,
     db = _broker_db(store.settings.redis_url, app.conf.broker_url or "")
     if db is None:
         return None
-    # the broker's list needs no declaring, and the input's repr in the headers (for
-    # monitors) is the input itself, which the run's record already shows
-    options: dict[str, Any] = {"declare": [], "argsrepr": "(input)"}
+    options: dict[str, Any] = {"declare": []}  # a Redis list needs no declaring
     if isinstance(canvas, _chain) and all(type(t) is Signature for t in canvas.tasks):
         # a chain of plain tasks as the message protocol has it: the first task's message
         # carries the others, last first (what chain.apply_async sends, less its freezing
