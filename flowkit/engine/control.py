@@ -144,6 +144,14 @@ class Run:
         run.waits = waits
         return run
 
+    @classmethod
+    def ended(cls, record: dict[str, str], attempts: dict[str, str]) -> Run:
+        """The run as its end's message carried it (its waits are gone: the end drops them)."""
+        run = cls.from_record(record)
+        run.attempts = {step: int(n) for step, n in attempts.items()}
+        run.waits = []
+        return run
+
     @property
     def done(self) -> bool:
         return self.state.terminal
@@ -345,7 +353,8 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
             if left is not None and left <= 0:
                 return run
             watch.wait(recheck if left is None else min(left, recheck))
-            run = Run.load(run_id)
+            # the end's message carries the ended run (one read less on the way back)
+            run = Run.ended(*watch.ended) if watch.ended else Run.load(run_id)
         return run
 
 

@@ -11,6 +11,7 @@ pause that a wake-up (always from this process: the relay hub) cuts short.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -32,6 +33,12 @@ def entries(raw: list) -> list[Entry]:
     return [(entry_id, fields["e"]) for entry_id, fields in raw]
 
 
+def _pairs(flat: list | dict) -> dict[str, str]:
+    """A hash as HGETALL gives it to a script (field, value, ...) as a dict; Lua's cjson
+    writes an empty one as ``{}``."""
+    return dict(flat) if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class EndWatch:
     """A subscription to one run's end; ``wait(seconds)`` returns when a message came or
     the time passed. Close it (or use it as a context manager)."""
@@ -39,10 +46,21 @@ class EndWatch:
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(channel)
+        #: The ended run as its end's message carried it: (record, attempts per step); None
+        #: until then, or from a worker whose scripts publish only the state.
+        self.ended: tuple[dict[str, str], dict[str, str]] | None = None
 
     @guarded
     def wait(self, seconds: float) -> bool:
-        return self._pubsub.get_message(timeout=seconds) is not None
+        message = self._pubsub.get_message(timeout=seconds)
+        if message is None:
+            return False
+        try:
+            ended = json.loads(message["data"])
+            self.ended = (_pairs(ended["record"]), _pairs(ended["attempts"]))
+        except (ValueError, TypeError, KeyError):
+            pass  # only the state (an older worker): the caller reads the run
+        return True
 
     def close(self) -> None:
         self._pubsub.close()

@@ -6,6 +6,7 @@ Redis's clock, so their budgets are small enough that no test's duration matters
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import product
@@ -534,13 +535,26 @@ def test_ending_a_live_run(store, end, state, event_type, answers, fields):
     make_run(store, RunState.RUNNING)
     with done_channel(store) as next_message:
         assert end(store, call_id="call-1", now=T + 5) == answers[0]
-        assert next_message() == state
+        ended = json.loads(next_message())  # the ended run, as flowkit.wait() reads it
     run = store.get_run(RUN)
+    assert dict(zip(ended["record"][::2], ended["record"][1::2], strict=True)) == run
+    assert ended["attempts"] == [STEP, "1"]
     assert run["state"] == state and run["ended_by"] == "call-1"
     assert float(run["finished_at"]) == T + 5
     assert {name: run[name] for name in fields} == fields
     assert len(of_type(store, event_type)) == 1 and types(store)[-1] == event_type
     assert score(store, store.keys.running) is None and score(store, store.keys.queued) is None
+
+
+def test_a_watcher_of_the_run_s_end_gets_the_ended_run_with_the_message(store):
+    make_run(store, RunState.RUNNING)
+    with store.watch_end(RUN) as watch:
+        assert not watch.wait(0.01) and watch.ended is None
+        assert fail(store, call_id="call-1", now=T + 5)
+        assert watch.wait(5)
+        record, attempts = watch.ended
+    assert record == store.get_run(RUN) and record["state"] == RunState.FAILED
+    assert attempts == {STEP: "1"}
 
 
 @pytest.mark.parametrize(ENDING_ARGS, ENDINGS)
@@ -829,7 +843,8 @@ def test_restart_past_max_restarts_fails_the_run_during_its_step(store, restarts
                                max_restarts=restarts, give_up_error=give_up_error(),
                                call_id="call-1")
         assert result == (0, RestartRefusal.GAVE_UP)
-        assert next_message() == RunState.FAILED
+        ended = json.loads(next_message())["record"]
+        assert ended[ended.index("state") + 1] == RunState.FAILED
     run = store.get_run(RUN)
     assert (run["state"], run["ended_by"], run["failed_step"]) == (RunState.FAILED, "call-1", STEP)
     assert float(run["finished_at"]) == now and run["gen"] == "0"

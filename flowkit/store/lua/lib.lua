@@ -76,7 +76,8 @@ end
 
 -- End a live run as `state` (a terminal state): record the call that ended it, leave the
 -- indexes, drop its waits, append the terminal event and tell flowkit.wait() callers
--- (channel Keys.done). `fields` are more field/value pairs of the run record.
+-- (channel Keys.done) with the ended run itself, {record = HGETALL, attempts = HGETALL},
+-- which spares each of them a read. `fields` are more field/value pairs of the run record.
 local function end_run(run_id, state, now, retention, call_id, fields, event_json)
   redis.call('HSET', run, 'state', state, 'finished_at', now, 'updated_at', now,
              'ended_by', call_id, unpack(fields))
@@ -88,7 +89,8 @@ local function end_run(run_id, state, now, retention, call_id, fields, event_jso
   drop_waits(run_id)
   append(event_json)
   touch(retention)
-  redis.call('PUBLISH', run .. ':done', state)
+  redis.call('PUBLISH', run .. ':done', cjson.encode({
+    record = redis.call('HGETALL', run), attempts = redis.call('HGETALL', attempts)}))
 end
 
 -- Open the next generation of the run: it is queued again, its frontier to be enqueued by
