@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from ..config import get_settings
 from ..states import RestartCause, RunState
@@ -46,6 +47,8 @@ _draining = threading.Event()
 #: Set by a warm shutdown: the armed drain thread starts draining.
 _warm = threading.Event()
 _armed: threading.Thread | None = None
+#: Puts this worker's unacknowledged deliveries back in their queues (arm's ``restore``).
+_restore: Callable[[], None] | None = None
 #: Set while the grace ran out and steps are being handed over, then once that is done:
 #: a step that stops because its run was handed over lets Celery's warm shutdown end, and
 #: the process must not exit before the handover's messages are sent.
@@ -62,14 +65,16 @@ def draining() -> bool:
     return _draining.is_set()
 
 
-def arm(in_process: bool) -> None:
+def arm(in_process: bool, restore: Callable[[], None] | None = None) -> None:
     """Called once the worker is ready, outside any signal handler: whether its steps run
     in this process (not prefork), and the drain's thread, waiting for a warm shutdown.
+    ``restore`` gives the messages this worker received and did not acknowledge back to the
+    broker; a handover calls it before the process ends (it exits without closing anything).
 
     A worker stopped before it was ready runs no step and needs no drain.
     """
-    global _in_process_pool, _armed
-    _in_process_pool = in_process
+    global _in_process_pool, _armed, _restore
+    _in_process_pool, _restore = in_process, restore
     if _armed is None:
         _armed = threading.Thread(target=_drain_when_warm, name="flowkit-drain", daemon=True)
         _armed.start()
@@ -151,6 +156,15 @@ def drain(grace: float) -> None:
         stream.flush()
     if _in_process_pool:
         # The handed-over attempts still run in this process's threads; ending the process
-        # is the only way to stop them running in parallel with their successors.
+        # is the only way to stop them running in parallel with their successors. Its
+        # unacknowledged messages go back first: the consumer may have taken one of the
+        # handover's own resume messages in its last moments of consuming
+        if _restore is not None:
+            try:
+                _restore()
+            except Exception:  # noqa: BLE001 - the exit must happen; the reaper covers the rest
+                log.exception("flowkit drain: could not give back unacknowledged messages")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
         os._exit(0)
     os.kill(os.getpid(), signal.SIGQUIT)  # Celery's cold shutdown terminates the pool children

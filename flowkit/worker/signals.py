@@ -62,7 +62,8 @@ def name_worker(sender=None, **_) -> None:
 def worker_ready(sender=None, **_) -> None:
     if sender is not None and getattr(sender, "hostname", None):
         heartbeat.node_name = sender.hostname
-    drain.arm(not isinstance(getattr(sender, "pool", None), Prefork))
+    drain.arm(not isinstance(getattr(sender, "pool", None), Prefork),
+              restore=lambda: restore_unacked(sender))
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
         heartbeat.announce(node_info(sender))
@@ -107,6 +108,20 @@ def stop_metrics(**_) -> None:
 
 def child_started(**_) -> None:
     heartbeat.heartbeat.ensure_running()
+
+
+def restore_unacked(consumer) -> None:
+    """Put the messages this worker received and did not acknowledge back in their queues,
+    as kombu's Redis transport does when its channel closes: a drain that hands steps over
+    ends the process with ``os._exit``, which closes nothing. Among them may be a message
+    the handover itself sent (a run's resume), taken by this worker's consumer in its last
+    second of consuming: unrestored, it waited for the visibility timeout. The handed-over
+    steps' own messages come back too and are dropped as stale (their runs restarted).
+    RabbitMQ needs none of this: it requeues a closed connection's deliveries itself."""
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    qos = getattr(channel, "qos", None)
+    if qos is not None and hasattr(qos, "restore_unacked_once"):
+        qos.restore_unacked_once()
 
 
 def shutting_down(sig=None, how=None, **_) -> None:
