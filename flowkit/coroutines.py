@@ -16,6 +16,10 @@ connections serve every step of the process.
 Code that blocks without awaiting (CPU work, a blocking call gevent does not patch) holds
 up every async step of its process meanwhile: keep it out of async components.
 
+Library code uses the same loop for its own I/O: the LLM client's sync calls send their
+requests from it (``on_process_loop``), so one aiohttp connection pool serves every
+step of the process, sync or async.
+
 A timeout cancels the coroutine (``asyncio.timeout``) and raises StepTimeout. Inside a run
 the coroutine is also watched: when the run is cancelled or restarted elsewhere, it is
 cancelled and RunCancelled raised, so an async step stops at its next ``await``.
@@ -24,6 +28,8 @@ cancelled and RunCancelled raised, so an async step stops at its next ``await``.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -89,6 +95,59 @@ def run_coroutine(
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def on_process_loop(make: Callable[[], Awaitable[Any]]) -> Any:
+    """``await make()`` on this process's event loop, from synchronous code, and wait.
+
+    The lean path for a library call made many times a second (the LLM client's requests):
+    no timeout, no cancellation watcher, no context copy; the caller keeps its own
+    policies. If the caller stops waiting (a gevent ``Timeout``, a killed greenlet, a
+    KeyboardInterrupt) the coroutine is cancelled. Not for a caller running on an event
+    loop itself (see :func:`can_wait_for_loop`): it would wait for the loop it holds up."""
+    future = asyncio.run_coroutine_threadsafe(_started(make), _process_loop())
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()  # cancels the task on the loop (a no-op once it is done)
+        raise
+
+
+async def _started(make: Callable[[], Awaitable[Any]]) -> Any:
+    return await make()
+
+
+def can_wait_for_loop() -> bool:
+    """Whether the caller may block until the process's loop runs a coroutine (it is not
+    itself running on an event loop)."""
+    return not _on_a_running_loop()
+
+
+def close_at_exit(close: Callable[[], Awaitable[Any]]) -> None:
+    """Have ``close()`` awaited on the process's loop when the interpreter exits (a client
+    holding the shared loop's connections: left to the garbage collector, aiohttp's
+    complain of an unclosed session)."""
+    key = ("at_exit", os.getpid())  # a forked child has a loop, and clients, of its own
+    with _shared_lock:
+        first = key not in _shared
+        _shared.setdefault(key, []).append(close)
+    if first:
+        atexit.register(_close_at_exit)
+
+
+def _close_at_exit() -> None:
+    loop = shared_loop()
+    closers = _shared.pop(("at_exit", os.getpid()), [])
+    if loop is None or loop.is_closed() or not closers:
+        return
+
+    async def close_all() -> None:
+        for close in closers:
+            with contextlib.suppress(Exception):  # tidying up on the way out
+                await close()
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=2)
 
 
 def close_with_loop(close: Callable[[], Awaitable[Any]]) -> None:
@@ -175,7 +234,7 @@ def _on_a_running_loop() -> bool:
     """Whether the caller runs on an event loop (then it cannot wait for one). On gevent,
     asyncio's running loop is per OS thread, so every greenlet seems to run on the shared
     loop: only the loop's own greenlet does."""
-    if _gevent_patched():
+    if gevent_patched():
         import gevent
 
         return gevent.getcurrent() is _shared.get("greenlet")
@@ -186,9 +245,11 @@ def _on_a_running_loop() -> bool:
     return True
 
 
-def _gevent_patched() -> bool:
+def gevent_patched() -> bool:
+    """Whether this process runs under gevent's monkey patches (a gevent worker)."""
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and monkey.is_module_patched("socket")
+
 
 
 def shared_loop() -> asyncio.AbstractEventLoop | None:
@@ -202,7 +263,7 @@ def _process_loop() -> asyncio.AbstractEventLoop:
     with _shared_lock:
         if _shared.get("pid") != os.getpid():
             loop = asyncio.new_event_loop()
-            if _gevent_patched():
+            if gevent_patched():
                 _serve_in_greenlet(loop)
             else:
                 started = threading.Event()

@@ -33,6 +33,7 @@ from openai.types.responses import Response
 from .. import hooks
 from ..config import get_settings
 from ..context import current
+from ..coroutines import can_wait_for_loop, on_process_loop
 from ..engine import cache, trace
 from ..errors import ConfigError, RateLimitWait, describe_error
 from ..store import get_store
@@ -80,6 +81,7 @@ class _Client:
         cache_ttl: float | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        transport: str | None = None,
         **options: Any,
     ) -> None:
         if providers is None:
@@ -87,9 +89,11 @@ class _Client:
             providers = [Provider(
                 name or host_of(url), base_url=url, api_key=api_key,
                 rate_limits=dict(rate_limits or {}), timeout=timeout, options=options,
+                transport=transport or "auto",
             )]
-        elif api_key or base_url or rate_limits or options:
-            raise ConfigError("Give either providers=[...] or api_key/base_url/rate_limits, not both.")
+        elif api_key or base_url or rate_limits or options or transport:
+            raise ConfigError("Give either providers=[...] or api_key/base_url/rate_limits/"
+                              "transport, not both.")
         if not providers:
             raise ConfigError(f"{self._kind}(providers=[...]) needs at least one provider.")
         names = [p.name for p in providers]
@@ -202,7 +206,10 @@ class OpenAI(_Client):
     ``OpenAI(api_key=..., base_url=...)`` makes one provider; ``providers=[...]``
     gives a failover list. ``cache_ttl`` stores answers of deterministic calls
     (``temperature=0`` chats and responses, embeddings) in the component cache for
-    that many seconds.
+    that many seconds. A request that does not stream is sent by the SDK's async twin
+    over aiohttp on the process's event loop, for about half the CPU of the sync SDK's
+    httpx (``transport="httpx"`` keeps httpx; see :attr:`Provider.transport`); the
+    caller waits, and gets the sync SDK's types and errors.
     """
 
     def _create(self, operation: str, kwargs: dict[str, Any]) -> Any:
@@ -225,6 +232,8 @@ class OpenAI(_Client):
 
     def _on_provider(self, provider: Provider, call: _Call) -> Any:
         send, limit, params = self._request(provider, call, provider.sdk_client())
+        if not call.stream and provider.uses_aiohttp() and can_wait_for_loop():
+            send = functools.partial(_send_on_loop, provider, call.operation)
         for attempt in self.retry.retrying():
             with attempt:
                 self._before_send(attempt, call)
@@ -236,6 +245,15 @@ class OpenAI(_Client):
                 call.sent = time.monotonic()
                 return send(**params)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def _send_on_loop(provider: Provider, operation: str, **params: Any) -> Any:
+    """The SDK's request, sent by its async twin over aiohttp on the process's event loop
+    (see Provider.uses_aiohttp): the same method, parameters, errors and return type as
+    the sync SDK's, for about half its CPU. The caller's greenlet or thread waits; its
+    retries, rate limits and span stay here. A stream stays on the sync SDK: its chunks
+    are read by the caller as they come."""
+    return on_process_loop(lambda: _method(provider.async_sdk_client(), operation)(**params))
 
 
 class AsyncOpenAI(_Client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import flowkit
 from flowkit.engine.paths import item_key
 from flowkit.testing import WorkerProcess
 from tests.conftest import ROOT
@@ -45,3 +46,19 @@ def test_an_async_step_streams_a_response_on_gevent(llm, gevent_worker):
         assert out["parsed"] == {"title": "draft", "score": 1}
         chunks = [e.data["chunk"] for e in run.events() if e.type == "step.output"]
         assert "".join(chunks) == out["text"] and len(out["text"].split()) == 10
+
+
+def test_a_failed_item_of_a_batch_on_gevent_fails_the_run_with_the_providers_error(llm, gevent_worker):
+    """The items of a batch run in greenlets of their own; one that fails (a 404 from the
+    provider, through aiohttp on the worker's loop) fails the run with its step and error."""
+    primary, _ = llm
+    primary.configure(models=(wf.MODEL,))
+    run = wf.failing_on_gevent.start({"n": 5})  # one batch
+
+    with pytest.raises(flowkit.StepError, match="does not exist") as err:
+        run.result(timeout=30)
+
+    assert err.value.step == item_key("1", 3, "llmtest.answer_or_fail")
+    failed = [e.data for e in run.events() if e.type == "step.failed"]
+    assert [f["step"] for f in failed] == [item_key("1", 3, "llmtest.answer_or_fail")]
+    assert "NotFoundError" in str(failed[0]["error"])

@@ -152,6 +152,21 @@ fanned_on_gevent = flowkit.Workflow(
 )
 
 
+@component(name="llmtest.answer_or_fail")
+def answer_or_fail(prompt: str) -> str:
+    """Item 3 asks for a model the server does not serve: a 404, which fails at once."""
+    model = "no-such-model" if prompt == "question 3" else MODEL
+    reply = client("plain").chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=3)
+    return reply.choices[0].message.content
+
+
+failing_on_gevent = flowkit.Workflow(
+    "llmtest_gevent_fan_out_fails", [questions, flowkit.fan_out(answer_or_fail, batch=5)],
+    input_schema={"n": fields.Integer(required=True)}, queue=GEVENT_QUEUE,
+)
+
+
 # -- the Responses API, structured outputs and the async client ------------------------------
 
 

@@ -1,0 +1,146 @@
+"""Requests through aiohttp on the process's event loop: the SDK's types and the SDK's errors.
+
+The sync client sends a non-streaming request through the SDK's async twin over aiohttp
+on the process's loop (Provider.transport "auto"); these tests call the real fake
+server from this process and check what a caller sees: the same return types, and the
+same exceptions as over httpx for a refused connection, a dropped one and a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
+from pydantic import BaseModel
+
+from flowkit.coroutines import on_process_loop
+from flowkit.errors import ConfigError
+from flowkit.llm import OpenAI, Provider, RetryPolicy
+from flowkit.llm.transport import Transport
+
+MODEL = "gpt-4o-mini"
+ONCE = RetryPolicy(attempts=1)
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+class Title(BaseModel):
+    title: str
+
+
+def client_of(url: str, **kwargs) -> OpenAI:
+    return OpenAI(api_key="sk-transport-test", base_url=url, name="primary", retry=ONCE, **kwargs)
+
+
+def transport_on_loop(client: OpenAI) -> object:
+    """The HTTP transport under the provider's SDK client of the process's event loop."""
+    async def sdk():
+        return client.providers[0].async_sdk_client()
+
+    return on_process_loop(sdk)._client._transport
+
+
+def test_a_sync_call_goes_through_aiohttp_and_returns_the_sdks_types(servers):
+    primary, _ = servers
+    client = client_of(primary.base_url)
+
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+    parsed = client.chat.completions.parse(model=MODEL, messages=MESSAGES, response_format=Title)
+    embedded = client.embeddings.create(model="text-embedding-3-small", input="hello")
+
+    assert type(reply) is ChatCompletion and reply.usage.completion_tokens == 3
+    assert isinstance(parsed, ParsedChatCompletion)
+    assert isinstance(parsed.choices[0].message.parsed, Title)
+    assert type(embedded) is openai.types.CreateEmbeddingResponse and embedded.data[0].embedding
+    assert isinstance(transport_on_loop(client), Transport)
+    assert [r["status"] for r in primary.stats.requests] == [200, 200, 200]
+
+
+def test_a_stream_is_read_by_the_caller_from_the_sync_sdk(servers):
+    primary, _ = servers
+    chunks = client_of(primary.base_url).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True)
+
+    assert isinstance(chunks._stream, openai.Stream)  # the sync SDK's, under the traced stream
+    received = list(chunks)  # read by the caller as the chunks come
+    assert received and all(type(c) is ChatCompletionChunk for c in received)
+    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+    assert len(text.split()) == 4
+
+
+def test_a_refused_connection_is_a_connection_error_not_a_timeout(servers):
+    primary, _ = servers
+    primary.set_down(True)
+
+    with pytest.raises(openai.APIConnectionError) as err:
+        client_of(primary.base_url).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    assert not isinstance(err.value, openai.APITimeoutError)
+
+
+def test_a_dropped_connection_is_a_connection_error_not_a_timeout(servers):
+    primary, _ = servers
+    primary.configure(rate_drop=1.0)
+
+    with pytest.raises(openai.APIConnectionError) as err:
+        client_of(primary.base_url).chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    assert not isinstance(err.value, openai.APITimeoutError)
+    assert [r["status"] for r in primary.stats.requests] == ["drop"]
+
+
+def test_a_slow_answer_is_still_a_timeout(servers):
+    primary, _ = servers
+    primary.configure(latency=3.0)
+
+    with pytest.raises(openai.APITimeoutError):
+        client_of(primary.base_url, timeout=0.3).chat.completions.create(
+            model=MODEL, messages=MESSAGES)
+
+
+def test_a_status_error_keeps_the_providers_message(servers):
+    primary, _ = servers
+    primary.configure(models=(MODEL,))
+
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client_of(primary.base_url).chat.completions.create(model="no-such-model", messages=MESSAGES)
+
+
+def test_a_sync_call_from_async_code_is_sent_by_the_sync_sdk_without_waiting_for_a_loop(servers):
+    """A sync client called (blocking) inside a coroutine: its own thread's loop is busy
+    running the caller, so it must not wait for an event loop."""
+    primary, _ = servers
+    client = client_of(primary.base_url)
+
+    async def caller() -> ChatCompletion:
+        return client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+
+    reply = asyncio.run(caller())
+
+    assert type(reply) is ChatCompletion and reply.usage.completion_tokens == 2
+
+
+def test_transport_httpx_keeps_every_request_on_the_sdks_httpx_client(servers):
+    primary, _ = servers
+    client = client_of(primary.base_url, transport="httpx")
+
+    reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+
+    assert type(reply) is ChatCompletion
+    assert client.providers[0].uses_aiohttp() is False
+    assert not isinstance(transport_on_loop(client), Transport)  # the async client's: httpx
+
+
+def test_a_provider_given_its_own_http_client_keeps_it(servers):
+    primary, _ = servers
+    own = openai.OpenAI(api_key="sk-own", base_url=primary.base_url,
+                        http_client=openai.DefaultHttpxClient())
+
+    assert Provider.from_client(own).uses_aiohttp() is False
+    assert Provider("p", base_url=primary.base_url, api_key="k").uses_aiohttp() is True
+
+
+def test_an_unknown_transport_is_refused():
+    with pytest.raises(ConfigError, match="transport"):
+        Provider("p", base_url="http://127.0.0.1:1/v1", api_key="k", transport="curl")
