@@ -357,9 +357,13 @@ class FakeLLMServer:
         statuses: dict[str, int] = {}
         for r in s.requests:
             statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
-        return web.json_response(
-            {"requests": len(s.requests), "statuses": statuses, "peak_in_flight": s.peak_in_flight}
-        )
+        out: dict[str, Any] = {
+            "requests": len(s.requests), "statuses": statuses, "peak_in_flight": s.peak_in_flight,
+        }
+        if "last" in request.query:  # when the last N requests arrived (a benchmark's shape)
+            arrived = [r["t"] for r in s.requests[-int(request.query["last"]):]]
+            out["arrived"] = [min(arrived), max(arrived)] if arrived else None
+        return web.json_response(out)
 
 
 # -- answers ---------------------------------------------------------------------------
