@@ -17,9 +17,16 @@ A subscriber with a :class:`Sink` (a WebSocket) is written to by the hub itself
 while it is caught up and its own thread is idle: the hub hands the sink the new
 events, which it writes without blocking. Waking one thread per subscriber per
 event is what made fan-out slow; the subscriber's thread now only wakes to send
-what its socket did not take at once, to read history, or to end. The hub and the
-subscriber's thread never write at the same time: the hub writes only while the
-thread is parked, under the subscriber's lock.
+what its socket did not take at once, to read history, to answer its client, or to end.
+The hub and the subscriber's thread never write at the same time: the hub writes only
+while the thread is parked, under the subscriber's lock.
+
+Everything between the hub's read returning and the last socket write is the relay's
+own latency, paid once per event and then once per subscriber, so that path is kept
+short: an event is decoded only when its text may name a terminal type, its frame is
+built once, a subscriber's state is guarded by a plain lock (its condition is used only
+to wake its thread), and the hub's list of a run's subscribers is rebuilt only when it
+changes.
 """
 
 from __future__ import annotations
@@ -52,20 +59,21 @@ class RelayEvent:
     """One stream entry, pre-encoded once for every subscriber: ``json`` is ``{"id", ...event}``;
     ``frame`` caches the WebSocket frame of that text, the same bytes for every plain socket."""
 
-    __slots__ = ("id", "order", "type", "json", "frame")
+    __slots__ = ("id", "order", "terminal", "json", "frame")
 
     def __init__(self, event_id: str, raw: str) -> None:
         self.id = event_id
         self.frame: bytes | None = None
         self.order = _order(event_id)
-        doc = json.loads(raw)
-        self.type = doc.get("type", "") if isinstance(doc, dict) else ""
+        #: Only a text naming a terminal type can be one: a chunk is not decoded at all.
+        self.terminal = any(name in raw for name in TERMINAL) and _type(raw) in TERMINAL
         body = raw.strip()
         self.json = f'{{"id":"{event_id}",{body[1:]}' if body not in ("{}", "") else f'{{"id":"{event_id}"}}'
 
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL
+
+def _type(raw: str) -> str:
+    doc = json.loads(raw)
+    return doc.get("type", "") if isinstance(doc, dict) else ""
 
 
 def parse(entries: list[Entry]) -> list[RelayEvent]:
@@ -95,7 +103,11 @@ class Subscriber:
         self._pending_complete = True
         #: The last event delivered was terminal: the stream ends there unless more follows.
         self._delivered_terminal = False
-        self._cond = threading.Condition()
+        # The hub takes the plain lock once per event (C, no Python frame); the condition
+        # over it only wakes the subscriber's thread.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._poked = False  # the client has something to say (a message, a close): look
         self._catch_up = True  # the history after the cursor comes first
         self._sink: Sink | None = None
         self._parked = False  # the client thread waits with nothing to do: the hub may write
@@ -108,16 +120,37 @@ class Subscriber:
 
     def attach(self, sink: Sink) -> None:
         """Let the hub write caught-up events straight to ``sink`` (from the client's thread)."""
-        with self._cond:
+        with self._lock:
             self._sink = sink
+
+    def poke(self) -> None:
+        """Wake the subscriber's thread to look at its client (from any thread): its
+        :meth:`next_batch` returns at once, with what it has."""
+        with self._lock:
+            self._poked = True
+            self._cond.notify()
 
     # -- hub side ----------------------------------------------------------------
 
     def _push(self, batch: list[RelayEvent], complete: bool) -> None:
         """New events from the hub; ``complete``: its read did not stop at its count."""
-        with self._cond:
-            if self._sink is not None and self._parked and not (
+        with self._lock:
+            sink = self._sink
+            if sink is not None and self._parked and not (
                     self._pending or self._stalled or self._catch_up or self.done):
+                last = batch[-1]
+                if batch[0].order > self._order and not last.terminal:
+                    # The live case, once per subscriber per event: all of it is new and
+                    # nothing ends the stream (what _send_direct decides, without its calls).
+                    self._order, self.cursor, self._delivered_terminal = last.order, last.id, False
+                    try:
+                        if sink.try_send(batch):
+                            return
+                        self._stalled = True
+                    except Exception as exc:  # the client is gone: its own thread ends
+                        self._error, self._sink = exc, None
+                    self._cond.notify()
+                    return
                 self._send_direct(batch, complete)
                 return
             if len(self._pending) + len(batch) > self.hub.buffer:
@@ -144,7 +177,7 @@ class Subscriber:
 
     def resume(self, after: str) -> None:
         """Start again after ``after`` (a client's resume message)."""
-        with self._cond:
+        with self._lock:
             self.cursor, self._order, self.done = after, _order(after), False
             self._pending.clear()
             self._delivered_terminal = False
@@ -155,14 +188,16 @@ class Subscriber:
         """Events after the cursor, oldest first; [] when ``timeout`` passes or after the end.
 
         With a sink attached, events the hub wrote itself are not returned (they are sent).
+        A :meth:`poke` makes it return at once.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._flush()
             if self.done:
                 return []
-            fresh = self._advance(*self._take(deadline))
-            if fresh or (deadline is not None and time.monotonic() >= deadline):
+            batch, complete, poked = self._take(deadline)
+            fresh = self._advance(batch, complete)
+            if fresh or poked or (deadline is not None and time.monotonic() >= deadline):
                 return fresh
 
     def _flush(self) -> None:
@@ -174,14 +209,15 @@ class Subscriber:
             if self._sink is not None:
                 self._sink.flush()
 
-    def _take(self, deadline: float | None) -> tuple[list[RelayEvent], bool]:
-        """The next events: the history after the cursor, else what the hub pushed; and
-        whether the read that produced them reached the stream's end."""
-        with self._cond:
+    def _take(self, deadline: float | None) -> tuple[list[RelayEvent], bool, bool]:
+        """The next events: the history after the cursor, else what the hub pushed; whether
+        the read that produced them reached the stream's end; whether the client was poked."""
+        with self._lock:
             from_history = self._catch_up
             self._catch_up = False
             if not from_history:
-                if not (self._pending or self._stalled or self._error or self.done):
+                if not (self._pending or self._stalled or self._error or self.done
+                        or self._poked):
                     self._parked = True
                     try:
                         self._cond.wait(
@@ -190,30 +226,31 @@ class Subscriber:
                         self._parked = False
                 batch = list(self._pending)
                 self._pending.clear()
-                return batch, self._pending_complete
+                poked, self._poked = self._poked, False
+                return batch, self._pending_complete, poked
         batch = self.hub.history(self.run_id, self.cursor)
         if len(batch) >= self.hub.page:
-            with self._cond:
+            with self._lock:
                 self._catch_up = True  # more history to read before the live tail
-            return batch, False
+            return batch, False, False
         if not batch and not self._delivered_terminal:
             # nothing after the cursor: a cursor at the run's final terminal event ends here
             last = self.hub.last_event(self.run_id)
             self._delivered_terminal = (
                 last is not None and last.terminal and last.order <= self._order)
-        return batch, True
+        return batch, True, False
 
     def _advance(self, batch: list[RelayEvent], complete: bool) -> list[RelayEvent]:
         """Deliver the events past the cursor; the stream ends at the run's latest terminal
         event only (:func:`flowkit.events.stream_ends`)."""
-        fresh: list[RelayEvent] = []
-        for event in batch:
-            if event.order <= self._order:
-                continue  # already delivered (read from history and from the hub)
-            fresh.append(event)
-            self._order, self.cursor = event.order, event.id
+        if batch and batch[0].order > self._order:
+            fresh = batch  # the live case: all of it is new (the hub's batch, shared)
+        else:  # some were delivered already (read from history and from the hub)
+            fresh = [event for event in batch if event.order > self._order]
         if fresh:
-            self._delivered_terminal = fresh[-1].terminal
+            last = fresh[-1]
+            self._order, self.cursor = last.order, last.id
+            self._delivered_terminal = last.terminal
         if stream_ends(self._delivered_terminal, more_may_follow=not complete):
             self.done = True
         elif self._delivered_terminal:
@@ -222,14 +259,14 @@ class Subscriber:
 
     def end(self) -> None:
         """Stop following now (the process shuts down); the client resumes from its cursor."""
-        with self._cond:
+        with self._lock:
             self.done = self.shutting_down = True
             self._sink = None
             self._cond.notify_all()
 
     def close(self) -> None:
         if not self.closed:
-            with self._cond:  # the hub must not write to a socket that is being closed
+            with self._lock:  # the hub must not write to a socket that is being closed
                 self.closed, self._sink = True, None
             self.hub.unsubscribe(self)
 
@@ -241,11 +278,13 @@ class Subscriber:
 
 
 class _Tracked:
-    __slots__ = ("cursor", "subscribers")
+    __slots__ = ("cursor", "subscribers", "snapshot")
 
     def __init__(self, cursor: str) -> None:
         self.cursor = cursor
         self.subscribers: set[Subscriber] = set()
+        #: ``subscribers`` as the hub iterates it, rebuilt after a change (None): not per event.
+        self.snapshot: tuple[Subscriber, ...] | None = None
 
 
 class Hub:
@@ -280,6 +319,7 @@ class Hub:
             tracked = self._runs.get(run_id)
             if tracked is not None:
                 tracked.subscribers.add(sub)
+                tracked.snapshot = None
         if tracked is not None:
             hooks.call(hooks.stream_subscribers, 1)
             return sub
@@ -291,6 +331,7 @@ class Hub:
             if added:
                 tracked = self._runs[run_id] = _Tracked(last[0] if last else START)
             tracked.subscribers.add(sub)
+            tracked.snapshot = None
             self._lock.notify()
         hooks.call(hooks.stream_subscribers, 1)
         if added:
@@ -311,6 +352,7 @@ class Hub:
             if tracked is None or sub not in tracked.subscribers:
                 return
             tracked.subscribers.discard(sub)
+            tracked.snapshot = None
             if not tracked.subscribers:
                 del self._runs[sub.run_id]
         hooks.call(hooks.stream_subscribers, -1)
@@ -382,7 +424,9 @@ class Hub:
             if tracked is None:
                 return
             tracked.cursor = entries[-1][0]
-            subscribers = list(tracked.subscribers)
+            subscribers = tracked.snapshot
+            if subscribers is None:
+                subscribers = tracked.snapshot = tuple(tracked.subscribers)
         complete = len(entries) < self.page
         for sub in subscribers:
             sub._push(batch, complete)

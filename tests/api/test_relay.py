@@ -1,0 +1,99 @@
+"""The relay's fan-out: a slow WebSocket client holds back no one, a client that leaves
+is let go at once, and the hub's shortcuts (no decoding of chunks, frames built by hand)
+keep the wire format and the end of a stream exactly as before."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import websocket
+from wsproto.frame_protocol import FrameProtocol
+
+import flowkit
+from flowkit import history
+from flowkit.api.relay import RelayEvent
+from flowkit.api.ws import plain_frame
+from tests.api.conftest import make_app, serve
+from tests.api.helpers import start, ws_connect, ws_read
+from tests.conftest import open_gate, reached_gate, wait_until
+
+#: Enough bytes to fill a loopback socket's send buffer (autotuned up to 4 MiB) and more.
+FLOOD_EVENTS, FLOOD_CHUNK = 3000, 2048
+
+
+def flood(store, run_id: str) -> None:
+    """Append events to a live run's stream as fast as Redis takes them, as a step would."""
+    key = store.keys.events(run_id)
+    for start_at in range(0, FLOOD_EVENTS, 500):
+        pipe = store.redis.pipeline(transaction=False)
+        for i in range(start_at, start_at + 500):
+            event = {"type": "step.output", "ts": 0, "run": run_id, "step": "0:t.streamer",
+                     "attempt": 1, "chunk": f"{i:06d}" + "x" * FLOOD_CHUNK}
+            pipe.xadd(key, {"e": json.dumps(event)})
+        pipe.execute()
+
+
+def test_a_client_that_stops_reading_holds_back_no_other_and_still_gets_everything(
+        flowkit_env, worker, store):
+    """Its socket stops taking frames (the hub hands it to its own thread), then its buffer
+    of 100 events overflows (it catches up from Redis): the other client is served live."""
+    for api in serve(make_app(subscriber_buffer=100)):
+        with api.client() as client:
+            run = start(client, "streaming", {"before": 0, "after": 5})
+        follow_while_another_stalls(api, run, store)
+
+
+def follow_while_another_stalls(api, run: dict, store) -> None:
+    handle = flowkit.get_run(run["id"])
+    url = f"{api.ws_url}/runs/{run['id']}/stream?token={run['token']}"
+    reached_gate(handle, "streamer")
+    # The slow client reads nothing until the end, through a tiny receive buffer: the
+    # hub's writes to it stop being taken after a few frames.
+    slow = websocket.create_connection(
+        url, timeout=20, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    fast = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    first = ws_read(fast, stop=lambda got: got[-1]["type"] == "step.started")
+    flood(store, run["id"])
+    flooded = ws_read(fast, stop=lambda got: len(got) == FLOOD_EVENTS)  # times out if held back
+    assert [e["chunk"][:6] for e in flooded] == [f"{i:06d}" for i in range(FLOOD_EVENTS)]
+    open_gate(handle, "streamer")
+    seen_fast = first + flooded + ws_read(fast)
+    seen_slow = ws_read(slow)  # its buffered frames, then what it catches up from Redis
+    expected = [e.id for e in history(run["id"])]
+    assert [e["id"] for e in seen_fast] == expected
+    assert [e["id"] for e in seen_slow] == expected  # no gap, no duplicate
+    assert seen_slow[-1]["type"] == "run.succeeded"
+
+
+def test_a_client_that_leaves_a_quiet_run_is_unsubscribed_at_once(api, client):
+    """The client's thread sleeps while its run is quiet; its leaving wakes it (no poll)."""
+    run = start(client, "streaming", {"before": 0, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    reached_gate(handle, "streamer")
+    hub = api.app.extensions["flowkit"].hub
+    before = hub.subscribers()
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    ws_read(sock, stop=lambda got: got[-1]["type"] == "step.started")
+    assert hub.subscribers() == before + 1
+    sock.close()
+    # well under the client thread's safety poll (30 s)
+    wait_until(lambda: hub.subscribers() == before, timeout=5, message="the hub letting go")
+    open_gate(handle, "streamer")
+
+
+def test_only_an_event_of_a_terminal_type_is_terminal():
+    chunk_naming_one = '{"type":"step.output","chunk":"then run.succeeded, said the model"}'
+    assert not RelayEvent("1-1", chunk_naming_one).terminal
+    assert not RelayEvent("1-2", '{"type":"run.started"}').terminal
+    # the type need not come first (a Lua script's cjson orders keys as it likes)
+    assert RelayEvent("1-3", '{"output":{"n":1},"type":"run.succeeded"}').terminal
+    assert RelayEvent("1-4", '{"type": "run.failed", "error": "x"}').terminal
+    assert RelayEvent("1-5", '{"type":"run.cancelled"}').json == '{"id":"1-5","type":"run.cancelled"}'
+
+
+def test_frames_are_the_same_bytes_as_wsproto_builds_for_every_length_encoding():
+    for size in (0, 100, 125, 126, 1000, 65535, 65536, 200_000):
+        event = RelayEvent("7-0", json.dumps({"type": "step.output", "chunk": "é" * size}))
+        expected = FrameProtocol(client=False, extensions=[]).send_data(event.json, fin=True)
+        assert plain_frame(event) == bytes(expected)
