@@ -57,13 +57,16 @@ _MAX_BACKOFF = 2.0
 
 class RelayEvent:
     """One stream entry, pre-encoded once for every subscriber: ``json`` is ``{"id", ...event}``;
-    ``frame`` caches the WebSocket frame of that text, the same bytes for every plain socket."""
+    ``frame`` caches the WebSocket frame of that text, the same bytes for every plain socket,
+    and ``sse`` / ``line`` its Server-Sent Events and NDJSON bytes."""
 
-    __slots__ = ("id", "order", "terminal", "json", "frame")
+    __slots__ = ("id", "order", "terminal", "json", "frame", "sse", "line")
 
     def __init__(self, event_id: str, raw: str) -> None:
         self.id = event_id
         self.frame: bytes | None = None
+        self.sse: bytes | None = None
+        self.line: bytes | None = None
         self.order = _order(event_id)
         #: Only a text naming a terminal type can be one: a chunk is not decoded at all.
         self.terminal = any(name in raw for name in TERMINAL) and _type(raw) in TERMINAL

@@ -2,7 +2,8 @@
 
 Both send the history after the cursor, then the live tail, and end after the run's
 latest terminal event (:func:`flowkit.events.stream_ends`). Idle connections get a keep-alive (an SSE comment, an empty NDJSON
-line) every ping interval, which is also how a vanished client is noticed.
+line) every ping interval, which is also how a vanished client is noticed. An event's text
+is encoded once, on the relay's event, and shared by every response following the run.
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 
 
-def _sse(batch: list[RelayEvent]) -> str:
-    return "".join(f"id: {e.id}\ndata: {e.json}\n\n" for e in batch)
+def _sse(batch: list[RelayEvent]) -> bytes:
+    """The batch as SSE messages; each event's bytes are built once for all its followers."""
+    for e in batch:
+        if e.sse is None:
+            e.sse = f"id: {e.id}\ndata: {e.json}\n\n".encode()
+    return b"".join([e.sse for e in batch])
 
 
-def _ndjson(batch: list[RelayEvent]) -> str:
-    return "".join(f"{e.json}\n" for e in batch)
+def _ndjson(batch: list[RelayEvent]) -> bytes:
+    for e in batch:
+        if e.line is None:
+            e.line = f"{e.json}\n".encode()
+    return b"".join([e.line for e in batch])
 
 
-def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[str]:
-    encode, ping = (_sse, ": ping\n\n") if kind == SSE else (_ndjson, "\n")
+def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]:
+    encode, ping = (_sse, b": ping\n\n") if kind == SSE else (_ndjson, b"\n")
     try:
         while not sub.done:
             batch = sub.next_batch(timeout=ping_interval)

@@ -100,8 +100,8 @@ class StreamReader:
     ) -> None:
         self._client = client  # the store's pool: a wake-up is a short write
         self._keys = keys
-        self._conn = connection.blocking_client(settings, block_seconds)
-        self._conn.set_response_callback("XREAD", _xread_reply)
+        self._pooled = connection.blocking_client(settings, block_seconds)
+        self._conn: redis.Redis | None = None  # connected on the first read (guarded)
         self._wake_key = keys.relay_wake(uuid.uuid4().hex)
         self._wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
 
@@ -120,7 +120,7 @@ class StreamReader:
         streams = {key: cursors[run_id] for key, run_id in keys.items()}
         streams[self._wake_key] = self._wake_cursor
         found: dict[str, list[Entry]] = {}
-        reply = self._conn.xread(streams, count=count, block=block_ms) or ()
+        reply = self._connection().xread(streams, count=count, block=block_ms) or ()
         for key, raw in reply.items() if isinstance(reply, dict) else reply:
             if key == self._wake_key:
                 self._wake_cursor = raw[-1][0]
@@ -128,8 +128,19 @@ class StreamReader:
                 found[keys[key]] = _entries_of(raw)
         return found
 
+    def _connection(self) -> redis.Redis:
+        """A client holding its one connection: no pool checkout, health probe and release
+        around every read, the last two on the path of each event."""
+        if self._conn is None:
+            conn = self._pooled.client()
+            conn.set_response_callback("XREAD", _xread_reply)
+            self._conn = conn
+        return self._conn
+
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+        self._pooled.connection_pool.disconnect()
 
 
 #: How long the Cluster reader pauses between polls when nothing came (the relay's

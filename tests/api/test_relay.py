@@ -12,8 +12,11 @@ from wsproto.frame_protocol import FrameProtocol
 
 import flowkit
 from flowkit import history
-from flowkit.api.relay import RelayEvent
+from flowkit.api.relay import Hub, RelayEvent
 from flowkit.api.ws import plain_frame
+from flowkit.config import get_settings
+from flowkit.store import Store
+from flowkit.testing import LocalRedis
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import start, ws_connect, ws_read
 from tests.conftest import open_gate, reached_gate, wait_until
@@ -80,6 +83,31 @@ def test_a_client_that_leaves_a_quiet_run_is_unsubscribed_at_once(api, client):
     # well under the client thread's safety poll (30 s)
     wait_until(lambda: hub.subscribers() == before, timeout=5, message="the hub letting go")
     open_gate(handle, "streamer")
+
+
+def test_the_hub_follows_its_runs_again_after_redis_restarts():
+    """The hub's reader holds one connection of its own: a restart of Redis breaks it, and
+    the next read reconnects and goes on from the hub's cursor (nothing lost, nothing twice)."""
+    with LocalRedis(appendonly=True) as server:
+        store = Store(get_settings().replace(redis_url=server.url))
+        hub = Hub(lambda: store, page=100, buffer=1000)
+        key = store.keys.events("01RELAYRESTART")
+
+        def append(n: int) -> str:
+            return store.redis.xadd(key, {"e": json.dumps({"type": "step.output", "chunk": n})})
+
+        first = append(0)
+        sub = hub.subscribe("01RELAYRESTART")
+        try:
+            assert [e.id for e in sub.next_batch(timeout=10)] == [first]  # the history
+            second = append(1)
+            assert [e.id for e in sub.next_batch(timeout=10)] == [second]  # live, from the hub
+            server.restart()
+            third = append(2)
+            assert [e.id for e in sub.next_batch(timeout=20)] == [third]
+        finally:
+            sub.close()
+            hub.stop()
 
 
 def test_only_an_event_of_a_terminal_type_is_terminal():
