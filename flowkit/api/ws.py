@@ -199,9 +199,11 @@ def relay(ws, sub: Subscriber) -> None:
                 else:
                     close(ws, 1000, "run ended")
                 return
-            cursor = _resume_cursor(ws.receive(timeout=0))
-            if cursor is not None:
-                sub.resume(cursor)
+            # Every message that came: one ring of the doorbell may stand for several.
+            while (message := ws.receive(timeout=0)) is not None:
+                cursor = _resume_cursor(message)
+                if cursor is not None:
+                    sub.resume(cursor)
     except OSError:
         return  # the client went away (ConnectionClosed is flask-sock's to handle)
     finally:

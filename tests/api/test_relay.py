@@ -85,6 +85,24 @@ def test_a_client_that_leaves_a_quiet_run_is_unsubscribed_at_once(api, client):
     open_gate(handle, "streamer")
 
 
+def test_messages_that_arrive_together_are_all_read(api, client):
+    """Two messages in one TCP write ring the client's thread once: it reads both, so the
+    resume in the second is served (not left until the thread's safety poll)."""
+    run = start(client, "streaming", {"before": 5, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    before_gate = ws_read(sock, stop=lambda got: sum(e["type"] == "step.output" for e in got) == 5)
+    reached_gate(handle, "streamer")
+    frames = [websocket.ABNF.create_frame(text, websocket.ABNF.OPCODE_TEXT).format()
+              for text in ("hello", json.dumps({"resume": before_gate[0]["id"]}))]
+    sock.sock.sendall(b"".join(frames))
+    sock.settimeout(5)  # the thread's safety poll is 30 s: only the doorbell answers in time
+    replayed = ws_read(sock, stop=lambda got: len(got) == len(before_gate) - 1)
+    assert replayed == before_gate[1:]
+    open_gate(handle, "streamer")
+    ws_read(sock)
+
+
 def test_the_hub_follows_its_runs_again_after_redis_restarts():
     """The hub's reader holds one connection of its own: a restart of Redis breaks it, and
     the next read reconnects and goes on from the hub's cursor (nothing lost, nothing twice)."""
