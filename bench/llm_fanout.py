@@ -12,6 +12,9 @@ Celery workers. The figures, measured in the same run:
 - ``ideal``: the simulated latency (1 s), the floor of any schedule;
 - ``raw``: the same 1,000 calls made straight through the openai SDK from
   1,000 greenlets in one process, no flowkit, no Celery (the raw baseline);
+- ``raw aiohttp``: the same calls through the SDK's ``AsyncOpenAI`` over aiohttp (the
+  transport flowkit's client sends with, see flowkit.llm.transport) from one asyncio
+  loop in one process: what the SDK alone costs on the path flowkit takes;
 - ``prefork``: a default prefork Celery worker (one process per core) running
   the same calls, one task each. It serves 2 calls a second here, so it runs a sample of
   ``--prefork-calls`` and the figure for 1,000 calls is extrapolated from it
@@ -22,12 +25,16 @@ Each figure is the median of ``--rounds`` fan-outs (raw: as many rounds, same wa
     .venv/bin/python bench/llm_fanout.py [--calls 1000] [--pool gevent] [--procs 2] [--rounds 5]
 
 Where the time goes: ``BENCH_DETAIL=1`` prints the CPU seconds of each worker, the LLM
-server and Redis, and the Redis commands per call; ``BENCH_PROFILE=<dir>`` records py-spy
-profiles of the workers during the measured fan-outs; ``BENCH_TIMELINE=1`` prints when
-the steps started and completed.
+server and Redis, the Redis commands per call, and when the server answered the first
+and last call (``BENCH_DETAIL=2`` adds how many cores the workers kept busy, per 0.1 s);
+``BENCH_PROFILE=<dir>`` records py-spy profiles of the workers during the measured
+fan-outs (``BENCH_PROFILE_RATE``, samples a second); ``BENCH_TIMELINE=1`` prints when the
+steps started and completed (``=2``: when each batch began, and on which worker).
+``BENCH_TRANSPORT=httpx`` has the workers' client send over the SDK's httpx instead of
+aiohttp (Provider.transport), to compare.
 
 The last line is machine-readable:
-``RESULT calls=1000 wall_s=<> ideal_s=<> prefork_s=<> per_item_s=<>``.
+``RESULT calls=1000 wall_s=<> ideal_s=<> prefork_s=<> per_item_s=<> raw_s=<> raw_aiohttp_s=<>``.
 """
 
 from __future__ import annotations
@@ -76,7 +83,8 @@ def client() -> flowkit.llm.OpenAI:
     """One client per worker process (its connection pool is shared by all the greenlets)."""
     global _client
     if _client is None:
-        _client = flowkit.llm.client_from_env()
+        # BENCH_TRANSPORT=httpx: the SDK over httpx, as before aiohttp (see Provider.transport)
+        _client = flowkit.llm.client_from_env(transport=os.environ.get("BENCH_TRANSPORT") or None)
     return _client
 
 
@@ -127,10 +135,11 @@ def start_fake_server(port: int) -> subprocess.Popen:
     return proc
 
 
-def server_stats(port: int) -> dict:
+def server_stats(port: int, last: int = 0) -> dict:
     import json
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/stats", timeout=10) as resp:
+    query = f"?last={last}" if last else ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/stats{query}", timeout=10) as resp:
         return json.load(resp)
 
 
@@ -156,6 +165,14 @@ def timeline(run) -> None:
         seen.setdefault(kind, []).append(e.data["ts"] - t0)
     for kind, ts in sorted(seen.items(), key=lambda kv: kv[1][0]):
         print(f"  {kind:45s} n={len(ts):5d} first={ts[0]:.3f} last={ts[-1]:.3f}")
+    if os.environ.get("BENCH_TIMELINE") == "2":  # when each batch began, and where
+        begun: dict[int, tuple[float, str]] = {}
+        for e in evs:
+            step = e.data.get("step", "")
+            if e.type == "step.started" and "[" in step:
+                index = int(step.split("[")[1].split("]")[0])
+                begun.setdefault(index // BATCH, (e.data["ts"] - t0, str(e.data.get("worker"))))
+        print("  batches began: " + " ".join(f"{t:.2f}@{w[-1:]}" for t, w in sorted(begun.values())))
 
 
 def with_workers(
@@ -181,8 +198,9 @@ def with_workers(
             for workflow in workflows:
                 profilers = profile(workers, f"{pool}-{workflow.name}")
                 detail = Detail({w.name: w.pid for w in workers} | {"llm server": server_pid})
+                started = time.time()
                 walls[workflow.name].append(run_workflow(calls, timeout, workflow))
-                detail.report(calls)
+                detail.report(calls, started)
                 for p in profilers:
                     p.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
                     p.wait(30)
@@ -228,10 +246,30 @@ class Detail:
             self.pids["redis"] = int(self.r.info("server")["process_id"])
             self.r.config_resetstat()
             self.cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+            self.samples: list[tuple[float, float]] = []  # (time, CPU of the workers)
+            self.sampling = True
+            import threading
 
-    def report(self, calls: int) -> None:
+            threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        """The workers' CPU every 0.1 s (BENCH_DETAIL=2 prints how busy they were)."""
+        workers = [pid for name, pid in self.pids.items() if name.startswith("bench-")]
+        while self.sampling:
+            self.samples.append((time.time(), sum(cpu_seconds(pid) for pid in workers)))
+            time.sleep(0.1)
+
+    def report(self, calls: int, started: float) -> None:
         if not self.on:
             return
+        self.sampling = False
+        if os.environ.get("BENCH_DETAIL") == "2":
+            busy = [f"{(c1 - c0) / (t1 - t0):.1f}" for (t0, c0), (t1, c1)
+                    in zip(self.samples, self.samples[1:], strict=False) if t0 >= started - 0.1]
+            print("  workers' cores busy per 0.1 s: " + " ".join(busy))
+        first, last = server_stats(int(os.environ["FLOWKIT_LLM_FAKE_URL"].rsplit(":", 1)[1]
+                                       .split("/")[0]), calls)["arrived"]
+        print(f"  requests reached the server from {first - started:.2f} s to {last - started:.2f} s")
         for name, pid in self.pids.items():
             used = cpu_seconds(pid) - self.cpu[name]
             print(f"  cpu {name:16s} {used:6.2f} s ({used / calls * 1000:.2f} ms per call)")
@@ -252,7 +290,7 @@ def profile(workers: list, pool: str) -> list[subprocess.Popen]:
     os.makedirs(out, exist_ok=True)
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     return [
-        subprocess.Popen([spy, "record", "--pid", str(w.pid), "--rate", "250", "--format", "raw",
+        subprocess.Popen([spy, "record", "--pid", str(w.pid), "--rate", os.environ.get("BENCH_PROFILE_RATE", "250"), "--format", "raw", "--gil",
                           "--nonblocking", "-o", os.path.join(out, f"{pool}-{i}.txt")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for i, w in enumerate(workers)
@@ -274,6 +312,28 @@ for _ in range({rounds}):
     t = time.perf_counter()
     gevent.joinall([gevent.spawn(one, i) for i in range({calls})], raise_error=True)
     print(time.perf_counter() - t)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [float(line) for line in out.stdout.split()]
+
+
+def raw_aiohttp_baseline(calls: int, url: str, rounds: int, warmup: int) -> list[float]:
+    """The same calls through the openai SDK's async client over aiohttp (the transport
+    flowkit's client uses), from one asyncio loop in a child process: no flowkit, no Celery."""
+    code = f"""
+import asyncio, time, openai
+async def main():
+    c = openai.AsyncOpenAI(api_key="fake", base_url={url!r}, max_retries=0,
+                           http_client=openai.DefaultAioHttpClient())
+    async def one(i):
+        await c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": str(i)}}], max_tokens=4)
+    await asyncio.gather(*[one(i) for i in range({warmup})])
+    for _ in range({rounds}):
+        t = time.perf_counter()
+        await asyncio.gather(*[one(i) for i in range({calls})])
+        print(time.perf_counter() - t)
+    await c.close()
+asyncio.run(main())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return [float(line) for line in out.stdout.split()]
@@ -314,11 +374,16 @@ def main() -> None:
         server = start_fake_server(port)
         try:
             warmup = args.warmup or args.calls
-            raw = float("nan")
+            raw = raw_aio = float("nan")
             if not args.skip_raw:
                 raws = raw_baseline(args.calls, env["FLOWKIT_LLM_FAKE_URL"], args.rounds, warmup)
                 raw = statistics.median(raws)
                 print(f"raw: {args.calls} calls from greenlets via the openai SDK: median {raw:.2f} s "
+                      f"({', '.join(f'{r:.2f}' for r in raws)})", flush=True)
+                raws = raw_aiohttp_baseline(args.calls, env["FLOWKIT_LLM_FAKE_URL"], args.rounds, warmup)
+                raw_aio = statistics.median(raws)
+                print(f"raw aiohttp: {args.calls} calls from one asyncio loop via the openai SDK's "
+                      f"AsyncOpenAI over aiohttp: median {raw_aio:.2f} s "
                       f"({', '.join(f'{r:.2f}' for r in raws)})", flush=True)
             # room for every call in every process: a worker whose slots are all taken
             # stops polling the broker and notices the next step up to a second late
@@ -350,10 +415,11 @@ def main() -> None:
             server.wait(10)
 
     print(f"ratio: wall / ideal = {wall / LATENCY:.2f}; wall / raw = {wall / raw:.2f}; "
-          f"prefork / wall = {prefork / wall:.0f}x")
+          f"wall / raw aiohttp = {wall / raw_aio:.2f}; prefork / wall = {prefork / wall:.0f}x")
     print(f"RESULT calls={args.calls} wall_s={wall:.2f} ideal_s={LATENCY:.2f} prefork_s={prefork:.1f} "
-          f"per_item_s={per_item:.2f}")
+          f"per_item_s={per_item:.2f} raw_s={raw:.2f} raw_aiohttp_s={raw_aio:.2f}")
 
 
 if __name__ == "__main__":
     main()
+
