@@ -9,9 +9,10 @@ non-blocking ``XREAD`` per slot (a pipeline, grouped per node by redis-py), then
 pause that a wake-up (always from this process: the relay hub) cuts short.
 
 :class:`StreamReader`'s reply is on the relay's latency path (from the moment Redis
-answers to the moment the event is written to its subscribers' sockets), so its
-connection takes the reply as hiredis parsed it, without redis-py's conversion of every
-entry into a dict (:func:`_xread_reply`).
+answers to the moment the event is written to its subscribers' sockets), so it holds one
+redis-py connection and reads the reply off it as hiredis parsed it: no pool checkout and
+release, retry wrapper or per-command instrumentation around each read, and no conversion
+of every entry into a dict. Its caller (the relay hub) has its own retry with backoff.
 """
 
 from __future__ import annotations
@@ -77,12 +78,6 @@ class EndWatch:
         self.close()
 
 
-def _xread_reply(response: list | dict | None, **options: object) -> list | dict | None:
-    """``XREAD``'s reply as parsed: ``[[key, [[id, [field, value, ...]], ...]], ...]`` (a map
-    of key to entries with RESP3)."""
-    return response
-
-
 def _entries_of(raw: list) -> list[Entry]:
     """Entries of a raw ``XREAD`` reply: the event is field ``e``, an entry's only field."""
     return [(entry_id, fields[1] if fields[0] == "e"
@@ -100,8 +95,8 @@ class StreamReader:
     ) -> None:
         self._client = client  # the store's pool: a wake-up is a short write
         self._keys = keys
-        self._pooled = connection.blocking_client(settings, block_seconds)
-        self._conn: redis.Redis | None = None  # connected on the first read (guarded)
+        self._pool = connection.blocking_client(settings, block_seconds).connection_pool
+        self._conn: redis.connection.AbstractConnection | None = None  # taken on the first read
         self._wake_key = keys.relay_wake(uuid.uuid4().hex)
         self._wake_cursor = START  # the wake stream is new: every entry in it is a wake-up
 
@@ -119,8 +114,18 @@ class StreamReader:
         keys = {self._keys.events(run_id): run_id for run_id in cursors}
         streams = {key: cursors[run_id] for key, run_id in keys.items()}
         streams[self._wake_key] = self._wake_cursor
+        if self._conn is None:  # (re)connects here, under the guard: StoreUnavailable
+            self._conn = self._pool.get_connection()
+        conn = self._conn
+        try:
+            conn.send_command("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS",
+                              *streams.keys(), *streams.values())
+            # [[key, [[id, [field, value, ...]], ...]], ...]; a map of key to entries on RESP3
+            reply = conn.read_response() or ()
+        except BaseException:
+            conn.disconnect()  # half a reply must not be read as the next one's; reconnects
+            raise
         found: dict[str, list[Entry]] = {}
-        reply = self._connection().xread(streams, count=count, block=block_ms) or ()
         for key, raw in reply.items() if isinstance(reply, dict) else reply:
             if key == self._wake_key:
                 self._wake_cursor = raw[-1][0]
@@ -128,19 +133,8 @@ class StreamReader:
                 found[keys[key]] = _entries_of(raw)
         return found
 
-    def _connection(self) -> redis.Redis:
-        """A client holding its one connection: no pool checkout, health probe and release
-        around every read, the last two on the path of each event."""
-        if self._conn is None:
-            conn = self._pooled.client()
-            conn.set_response_callback("XREAD", _xread_reply)
-            self._conn = conn
-        return self._conn
-
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._pooled.connection_pool.disconnect()
+        self._pool.disconnect()
 
 
 #: How long the Cluster reader pauses between polls when nothing came (the relay's
