@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..config import get_settings
+from ..config import get_settings, is_amqp
 from ..states import RestartCause, RunState
 from ..store import HANDED_OVER, get_store
 from . import heartbeat as hb
@@ -49,6 +49,15 @@ _warm = threading.Event()
 _armed: threading.Thread | None = None
 #: Puts this worker's unacknowledged deliveries back in their queues (arm's ``restore``).
 _restore: Callable[[], None] | None = None
+#: When the warm shutdown began (time.monotonic()).
+_term_at: float | None = None
+#: On a Redis broker, how long after SIGTERM this worker's consumer may still pop a message
+#: it will never run: Celery's consumer loop (threads, gevent: synloop) notices the shutdown
+#: only when its drain_events returns (up to 2 s), and the BRPOP it left waiting pops for
+#: kombu's brpop_timeout (1 s) more. A message popped then is in no queue and in no unacked
+#: list: it dies with the process. A handover (which sends its runs' resume messages) waits
+#: that long after SIGTERM, whatever the grace.
+REDIS_CONSUMER_QUIET_SECONDS = 3.5
 #: Set while the grace ran out and steps are being handed over, then once that is done:
 #: a step that stops because its run was handed over lets Celery's warm shutdown end, and
 #: the process must not exit before the handover's messages are sent.
@@ -89,7 +98,10 @@ def begin(how: str | None) -> None:
     """The worker is shutting down. Called inside Celery's signal handler (on gevent, in
     the event loop): it only sets events, never blocks. A warm shutdown drains for
     FLOWKIT_DRAIN_GRACE seconds in the thread :func:`arm` started."""
+    global _term_at
     _draining.set()
+    if _term_at is None:
+        _term_at = time.monotonic()
     if how == "Warm":
         _warm.set()
 
@@ -144,7 +156,16 @@ def drain(grace: float) -> None:
     if idle:
         log.info("flowkit drain: %s is idle; shutting down", node)
         return
+    if _in_process_pool and _term_at is not None and not is_amqp(get_settings().broker):
+        # still running after the grace: the handover's messages wait until this worker's
+        # consumer can no longer pop them (REDIS_CONSUMER_QUIET_SECONDS)
+        quiet = _term_at + REDIS_CONSUMER_QUIET_SECONDS - time.monotonic()
+        if quiet > 0:
+            hb.heartbeat.wait_idle(quiet)  # steps that finish meanwhile need no handover
     entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
+    if not entries:
+        log.info("flowkit drain: %s is idle; shutting down", node)
+        return
     _handing_over.set()
     try:
         moved = hand_over(entries, f"worker {node} drained: grace of {grace:g}s ran out")
