@@ -317,3 +317,16 @@ def test_a_run_on_a_queue_of_its_own_fans_out_and_joins_there(start_worker):
         previous.set_current()
     assert run.queue == "own-queue"
     assert run.result(WAIT) == {"total": 0 + 1 + 4}
+
+
+def test_a_second_in_thread_worker_in_the_process_is_refused_and_the_first_goes_on(worker):
+    from flowkit.testing import InThreadWorker
+    from tests.app import app
+
+    second = InThreadWorker(app, name="second")
+    with pytest.raises(RuntimeError, match="InThreadWorker main@.* already runs in this process"):
+        second.start()
+    second.stop()  # a no-op: it never started, and must not release the first one's place
+    with pytest.raises(RuntimeError, match="already runs in this process"):
+        InThreadWorker(app, name="third").start()
+    assert wf.simple.start({"n": 1}).result(WAIT) == {"n": 4}

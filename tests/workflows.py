@@ -66,9 +66,10 @@ def talker(data: dict) -> dict:
 
 @component(name="t.flaky")
 def flaky(data: dict) -> dict:
-    """Fails until it has been called ``data['fail_times'] + 1`` times in this run."""
+    """Fails its first ``fail_times`` calls in this run (the run's input; 2 when absent:
+    the step follows another, so ``data`` is that step's output, not the input)."""
     calls = count("flaky")
-    if calls <= data.get("fail_times", 2):
+    if calls <= (flowkit.context().input or {}).get("fail_times", 2):
         flowkit.emit(f"partial output of attempt {calls}")
         raise Flaky(f"flaky failure {calls}")
     return {"n": data["n"], "calls": calls}
@@ -252,7 +253,7 @@ retrying = flowkit.Workflow(
 exhausted = flowkit.Workflow(
     "exhausted",
     [add_one, flaky.retry(attempts=2, backoff=flowkit.exponential(0.05, 0.1), jitter=False)],
-    input_schema={**number_schema, "fail_times": fields.Integer(load_default=99)},
+    input_schema=number_schema,
 )
 resumable = flowkit.Workflow("resumable", [add_one, switch, double], input_schema=number_schema)
 fanned = flowkit.Workflow("fanned", [split, fan_out(square), total], input_schema=number_schema)

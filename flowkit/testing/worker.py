@@ -31,6 +31,11 @@ class _Controller(TestWorkController):
         super().on_consumer_ready(consumer)
 
 
+#: The InThreadWorker running in this process, if any: at most one at a time.
+_embedded: InThreadWorker | None = None
+_embedded_lock = threading.Lock()
+
+
 class WorkerProcess:
     """A real ``celery worker`` process; ``start()`` returns once it logged that it is ready."""
 
@@ -124,7 +129,8 @@ class InThreadWorker:
 
     ``start()`` returns once it consumes; ``stop()`` waits for its running tasks (up to
     ``shutdown_timeout``). The app must be flowkit's (``create_celery_app``): the worker
-    runs the same code and settings as the test.
+    runs the same code and settings as the test. One at a time per process (flowkit keeps
+    one heartbeat and one drain per worker process): a second ``start()`` raises.
     """
 
     def __init__(
@@ -141,14 +147,34 @@ class InThreadWorker:
         self._running: AbstractContextManager | None = None
 
     def start(self) -> InThreadWorker:
-        self._running = start_worker(self.app, **self.options)
-        self._running.__enter__()
+        global _embedded
+        with _embedded_lock:
+            if _embedded is not None:
+                raise RuntimeError(
+                    f"InThreadWorker {_embedded.options['hostname']} already runs in this "
+                    "process: flowkit keeps one heartbeat and one drain per worker process, so "
+                    "stop it first, or give it more queues or concurrency, or start a "
+                    "WorkerProcess")
+            _embedded = self
+        try:
+            self._running = start_worker(self.app, **self.options)
+            self._running.__enter__()
+        except BaseException:
+            self._running = None
+            with _embedded_lock:
+                _embedded = None
+            raise
         return self
 
     def stop(self) -> None:
+        global _embedded
         if self._running is not None:
             running, self._running = self._running, None
-            running.__exit__(None, None, None)
+            try:
+                running.__exit__(None, None, None)
+            finally:
+                with _embedded_lock:
+                    _embedded = None
 
     def __enter__(self) -> InThreadWorker:
         return self.start()

@@ -42,7 +42,7 @@ def test_a_compacted_run_reads_the_same_everywhere(api, client, monkeypatch):
 
 
 def test_a_compacted_run_can_be_retried_and_its_stream_goes_on(api, client, monkeypatch):
-    run = start(client, "exhausted", {"n": 1, "fail_times": 1})
+    run = start(client, "exhausted", {"n": 1, "fail_times": 2})
     assert flowkit.get_run(run["id"]).wait(WAIT).state == "failed"
     monkeypatch.setattr(config, "_settings",
                         config.get_settings().replace(compact_after_seconds=0))
