@@ -48,10 +48,10 @@ def run_step(
     (:func:`_run_following`)."""
     began = time.monotonic()
     try:
-        output = _run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy,
-                           begun=begun)
+        output, completed = _run_step(task, name, value, run_id=run_id, key=key, gen=gen,
+                                      policy=policy, begun=begun)
         if task is not None and begun is None:
-            output = _run_following(task, output, began)
+            output = _run_following(task, output, began, completed)
         return output
     except StoreUnavailable as exc:
         # Redis stayed away past FLOWKIT_REDIS_RETRY_SECONDS: hand the message back rather
@@ -61,13 +61,15 @@ def run_step(
         raise Reject(exc, requeue=True) from exc
 
 
-def _run_following(task, output: Any, began: float) -> Any:
+def _run_following(task, output: Any, began: float, completed: bool) -> Any:
     """Run the next steps of the task's chain here, back to back, while the task has run
     less than FLOWKIT_INLINE_STEPS_SECONDS: each is a step like any other (begin_step, its
     lease, checkpoint, events), minus the broker's round trip. It stops at a step bound
     for another queue, at anything but a plain step or the run's end (a join, a fan-out),
     and when the worker drains; Celery sends what remains of the chain as usual. A step
-    that stops its run (failed, paused, stale) raises Ignore, and nothing more is sent."""
+    that stops its run (failed, paused, stale) raises Ignore, and nothing more is sent.
+    ``completed``: the step before ran here and its completion just recorded this worker
+    as the run's holder (complete.lua), so the run's end need not record it again."""
     chain = task.request.chain
     deadline = began + get_settings().inline_steps_seconds
     here = (task.request.delivery_info or {}).get("routing_key")
@@ -77,17 +79,19 @@ def _run_following(task, output: Any, began: float) -> Any:
             break
         kwargs = chain.pop()["kwargs"]
         if name == canvas.FINISH:  # the run's end: nothing follows it
-            finish_run(output, **kwargs)
+            finish_run(output, **kwargs, held=completed)
             return None
-        output = _run_step(task, name, output, run_id=kwargs["run_id"], key=kwargs["key"],
-                           gen=kwargs["gen"], policy=kwargs.get("policy"), begun=None)
+        output, completed = _run_step(task, name, output, run_id=kwargs["run_id"],
+                                      key=kwargs["key"], gen=kwargs["gen"],
+                                      policy=kwargs.get("policy"), begun=None)
     return output
 
 
 def _run_step(
     task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None,
     begun: tuple[str, Begin] | None,
-) -> Any:
+) -> tuple[Any, bool]:
+    """The step's output, and whether it ran here (rather than replayed its checkpoint)."""
     store = get_store()
     comp = lookup(name)
     pol = Policy.from_dict(policy) if policy else comp.policy
@@ -98,9 +102,10 @@ def _run_step(
         begin = store.begin_step(run_id, key, gen, token, worker_id(), time.time(), name)
     else:
         token, begin = begun
+    ran = begin.status == StepStart.RUN
     if begin.status == StepStart.CHECKPOINT:
         output = loads(begin.checkpoint)
-    elif begin.status == StepStart.RUN:
+    elif ran:
         output = _run_attempts(store, comp, pol, value, run_id, key, gen, token, begin.attempt)
     else:
         log.info("flowkit: step %s of run %s not run (%s)", key, run_id, begin.status)
@@ -110,8 +115,8 @@ def _run_step(
             fail_run(run_id, gen, key, f"{name} continues with another step, which an item of a "
                      "batched fan_out cannot do: fan it out with batch=1")
             raise Ignore()
-        return _continue(task, store, continuation_of(output), run_id, key, gen)
-    return output
+        return _continue(task, store, continuation_of(output), run_id, key, gen), False
+    return output, ran
 
 
 def _run_attempts(
@@ -294,10 +299,12 @@ def _continue(task, store: Store, spec: dict, run_id: str, key: str, gen: int) -
 # -- the ends of a canvas ---------------------------------------------------------------------
 
 
-def finish_run(output: Any, *, run_id: str, gen: int, workflow: str) -> None:
-    """Last task of every run: validate the output and mark the run succeeded."""
+def finish_run(output: Any, *, run_id: str, gen: int, workflow: str, held: bool = False) -> None:
+    """Last task of every run: validate the output and mark the run succeeded. ``held``:
+    this worker is already recorded as holding the run (the step it just completed)."""
     store = get_store()
-    store.touch(run_id, worker_id(), time.time())
+    if not held:
+        store.touch(run_id, worker_id(), time.time())
     try:
         wf = workflows().get(workflow)  # a worker may import only the components
         if wf is not None:
