@@ -3,6 +3,8 @@ and the raw Celery task of the baseline."""
 
 import time
 
+from celery import signals
+
 import flowkit
 from flowkit.store import get_store
 
@@ -23,3 +25,12 @@ parked = flowkit.Workflow("bench.parked", [first], queue="bench.parked")
 @app.task(name="bench.raw_began")
 def raw_began(key: str) -> None:
     get_store().redis.rpush(f"bench:raw:{key}", time.time())
+
+
+#: One entry per task this worker finished: the bench waits for it between figures.
+IDLE = "bench:idle"
+
+
+@signals.task_postrun.connect
+def _finished(**_: object) -> None:
+    get_store().redis.rpush(IDLE, 1)

@@ -51,7 +51,7 @@ def main() -> int:
     import websocket
 
     with deployment("bench.start_app", web=True) as local:
-        from bench.start_app import one_step, parked, raw_began
+        from bench.start_app import IDLE, one_step, parked, raw_began
         from flowkit.engine.broker import get_app
         from flowkit.engine.control import Run
         from flowkit.store import get_store
@@ -61,8 +61,14 @@ def main() -> int:
         def began(run_id: str) -> float:
             return float(store.redis.blpop(f"bench:began:{run_id}", timeout=30)[1])
 
+        def settled() -> None:
+            """The worker finished its task (bench.start_app's task_postrun): each figure
+            begins on an idle worker, not beside the end of the task before it."""
+            assert store.redis.blpop(IDLE, timeout=30), "the worker did not finish its task"
+
         for _ in range(20):  # warm up
             one_step.start({}).result(30)
+            settled()
         # this process's heap (flowkit, Celery, DBOS, the clients) is the harness's: frozen,
         # a full collection of it (60-80 ms here) does not land in one figure's tail
         gc.freeze()
@@ -79,16 +85,19 @@ def main() -> int:
                     run = one_step.start({})
                     to_step.append((began(run.id) - t) * 1000)
                     run.result(30)
+                    settled()
 
                     key = uuid.uuid4().hex
                     t = time.time()
                     raw_began.delay(key)
                     raw.append((float(store.redis.blpop(f"bench:raw:{key}", timeout=30)[1]) - t)
                                * 1000)
+                    settled()
 
                     t = time.perf_counter()
                     one_step.start({}).result(30)
                     to_result.append((time.perf_counter() - t) * 1000)
+                    settled()
 
                     t = time.perf_counter()
                     posted = api.post("/workflows/bench.one_step/runs", json={}).json()
@@ -101,9 +110,8 @@ def main() -> int:
                     finally:
                         ws.close()
                     over_http.append((time.perf_counter() - t) * 1000)
-                    # the run's end, before the next start: each figure on an idle worker, as
-                    # the baselines' (the step would otherwise still be running)
                     Run.load(posted["id"]).wait(30)
+                    settled()
                 # DBOS in its own process, between the blocks: each block's result is
                 # compared with the DBOS block next to it in time
                 block_results.append(statistics.median(to_result[-(STARTS // BLOCKS):]))
