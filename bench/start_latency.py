@@ -5,6 +5,8 @@ For STARTS one-step runs each (one at a time, a threads worker of 4, own private
   task running;
 - ``POST /workflows/<name>/runs`` (the reference web process, gunicorn) -> the run's
   ``step.started`` read on its WebSocket (opened with the token the POST answered);
+- the same POST with ``Accept: text/event-stream`` -> ``step.started`` on the answer
+  itself (start and follow in one request: what the JS client's ``start()`` does);
 - ``start()`` -> ``result()`` back, against DBOS (SQLite) ``start_workflow().get_result()``
   (in BENCH_BLOCKS blocks, 4, each beside a DBOS block of the same size: the ratio is the
   median of the blocks' ratios);
@@ -72,7 +74,7 @@ def main() -> int:
         # this process's heap (flowkit, Celery, DBOS, the clients) is the harness's: frozen,
         # a full collection of it (60-80 ms here) does not land in one figure's tail
         gc.freeze()
-        to_step, raw, to_result, over_http = [], [], [], []
+        to_step, raw, to_result, over_http, over_sse = [], [], [], [], []
         block_results: list[float] = []
         dbos_blocks: list[dict[str, float] | None] = []
         dbos_wanted = importlib.util.find_spec("dbos") is not None
@@ -112,6 +114,18 @@ def main() -> int:
                     over_http.append((time.perf_counter() - t) * 1000)
                     Run.load(posted["id"]).wait(30)
                     settled()
+
+                    t = time.perf_counter()
+                    with api.stream("POST", "/workflows/bench.one_step/runs", json={},
+                                    headers={"Accept": "text/event-stream"}) as answer:
+                        for line in answer.iter_lines():
+                            if line.startswith("data: ") and \
+                                    json.loads(line[6:])["type"] == "step.started":
+                                break
+                        over_sse.append((time.perf_counter() - t) * 1000)
+                        run_id = answer.headers["X-Flowkit-Run"]
+                    Run.load(run_id).wait(30)
+                    settled()
                 # DBOS in its own process, between the blocks: each block's result is
                 # compared with the DBOS block next to it in time
                 block_results.append(statistics.median(to_result[-(STARTS // BLOCKS):]))
@@ -125,17 +139,22 @@ def main() -> int:
         per_delay = burst(lambda: raw_began.apply_async(("parked",), queue="bench.parked"))
         get_app().connection_for_write().default_channel.queue_purge("bench.parked")
 
-    s50, r50, res50, h50 = (statistics.median(x) for x in (to_step, raw, to_result, over_http))
+    s50, r50, res50, h50, e50 = (statistics.median(x)
+                                 for x in (to_step, raw, to_result, over_http, over_sse))
     print(f"start() -> step running:         p50 {s50:.2f} ms, p99 {pct(to_step, 99):.2f} ms")
     print(f"raw Celery delay() -> task:      p50 {r50:.2f} ms, p99 {pct(raw, 99):.2f} ms")
     print(f"ratio p50 start/delay: {s50 / r50:.2f} (target <= 1.2)")
     print(f"POST -> step.started on its WebSocket: p50 {h50:.2f} ms, p99 {pct(over_http, 99):.2f} ms")
     print(f"ratio p50 POST/delay: {h50 / r50:.2f} (target <= 2.5)")
+    print(f"POST (Accept: text/event-stream) -> step.started on its answer: p50 {e50:.2f} ms, "
+          f"p99 {pct(over_sse, 99):.2f} ms")
+    print(f"ratio p50 POST-SSE/delay: {e50 / r50:.2f}")
     print(f"start() -> result():             p50 {res50:.2f} ms, p99 {pct(to_result, 99):.2f} ms")
     print(f"back to back: start() {per_start:.3f} ms each, delay() {per_delay:.3f} ms each "
           f"(ratio {per_start / per_delay:.2f})")
     result = (f"RESULT start_p50_ms={s50:.2f} delay_p50_ms={r50:.2f} ratio_start={s50 / r50:.3f} "
-              f"post_ws_p50_ms={h50:.2f} ratio_post={h50 / r50:.3f} result_p50_ms={res50:.2f} "
+              f"post_ws_p50_ms={h50:.2f} ratio_post={h50 / r50:.3f} post_sse_p50_ms={e50:.2f} "
+              f"ratio_post_sse={e50 / r50:.3f} result_p50_ms={res50:.2f} "
               f"burst_start_ms={per_start:.3f} burst_delay_ms={per_delay:.3f}")
     if dbos_wanted:
         d50s = [d["result_p50_ms"] for d in dbos_blocks]
