@@ -1191,6 +1191,19 @@ def test_deliver_the_same_answer_again_is_same(store, by, match):
     assert len(of_type(store, events.RUN_RESUMED)) == 1
 
 
+@pytest.mark.parametrize(("by", "match"), BY_NAME_OR_KEY)
+def test_deliver_the_same_answer_after_the_resumed_run_ended_is_still_same(store, by, match):
+    """A resend whose first response was lost, after the resumed run already finished."""
+    waiting_run(store)
+    assert deliver(store, by=by, match=match, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    begin(store, token="tok-5", gen=1, now=T + 6)
+    assert finish(store, gen=1, now=T + 7)
+    assert deliver(store, by=by, match=match, now=T + 8) == (WaitOutcome.SAME, 0)
+    assert deliver(store, by=by, match=match, answer='{"input":"no"}', now=T + 9) == (
+        WaitOutcome.NOT_WAITING, 0)
+    assert len(of_type(store, events.RUN_RESUMED)) == 1
+
+
 def _answered_already(store):
     waiting_run(store)
     assert deliver(store, now=T + 5) == (WaitOutcome.RESUMED, 1)
