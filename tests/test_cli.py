@@ -105,8 +105,11 @@ def test_input_and_event_in_both_forms(env):
     assert said.returncode == 0, said.stderr
     assert said.stdout.startswith("Input 'approval' accepted: the run resumed")
     assert run.result(20)["approved"] is True
+    # the same value again (a resend) changes nothing, also once the run ended; another is refused
     again = flowkit_cli("input", run.id, "approval", '{"ok": true}', "--json", env=env)
-    assert again.returncode == 1 and "does not wait for input 'approval'" in again.stderr
+    assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "same", again.stderr
+    other = flowkit_cli("input", run.id, "approval", '{"ok": false}', "--json", env=env)
+    assert other.returncode == 1 and "does not wait for input 'approval'" in other.stderr
 
     assert flowkit_cli("event", "nobody-waits", env=env).stdout.strip() == (
         "Event 'nobody-waits' sent: it woke 0 waiting runs.")

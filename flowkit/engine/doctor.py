@@ -220,7 +220,8 @@ def beat(last: dict[str, float] | None, now: float) -> list[Finding]:
                         "No reaper sweep was ever recorded: beat is not running, or no worker "
                         "runs to take the sweeps it sends.",
                         "Run one beat process: celery -A <your app> beat.")]
-    age, allowed = now - last["at"], max(3 * float(last.get("interval") or 0), 30.0)
+    # two processes' clocks: a sweep a few ms "in the future" is one just now ("-0.0s ago")
+    age, allowed = max(now - last["at"], 0.0), max(3 * float(last.get("interval") or 0), 30.0)
     if age > allowed:
         return [Finding("beat", FAILURE,
                         f"The reaper last swept {age:.0f}s ago (every {last['interval']:g}s "
