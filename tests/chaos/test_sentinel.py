@@ -150,15 +150,21 @@ def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp
             # pause (they block, then meet a replica and are resent to the new primary), so
             # none is taken after the replica caught up. A crash instead loses the writes not
             # yet replicated; the reaper re-drives what they were (steps are at-least-once).
+            # The pause outlasts every wait below and the test demotes the old primary itself
+            # before lifting it, as FAILOVER does: the sentinels cannot while it is paused
+            # (their link to it queues behind a paused PUBLISH), and a pause that expired
+            # first let it take, and later lose, writes from stale connections (a step body's
+            # side effect lost while its checkpoint reached the new primary).
             old = redis.Redis(port=primary.port)
-            old.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
+            old.execute_command("CLIENT", "PAUSE", 120_000, "WRITE")
             wait_for(lambda: replica_offset(replica) >= old.info("replication")["master_repl_offset"],
                      10, "the replica to catch up")
             sentinels.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
             wait_for(lambda: sentinels.primary_port() == replica.port, 30,
                      "the sentinels to promote the replica")
+            old.execute_command("REPLICAOF", "127.0.0.1", replica.port)
             wait_for(lambda: old.info("replication")["role"] == "slave", 30,
-                     "the sentinels to make the old primary a replica")
+                     "the old primary to become a replica")
             old.execute_command("CLIENT", "UNPAUSE")  # its held writes now meet a replica
             done_at_failover = sum(len(store.checkpoints(r.id)) for r in runs)
 
