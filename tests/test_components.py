@@ -198,6 +198,7 @@ def test_celery_is_configured_for_long_work_and_json_only():
     assert conf["task_serializer"] == conf["result_serializer"] == "json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_enable_prefetch_count_reduction"] is False  # it hung RabbitMQ workers
     assert conf["broker_transport_options"]["visibility_timeout"] == 3600
 
 

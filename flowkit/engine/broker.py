@@ -126,6 +126,11 @@ def celery_config(settings: Settings) -> dict:
         # retried, it is a reconnect like any other: running steps go on, the broker
         # redelivers their messages and begin_step drops them (the step's lease is held)
         "broker_channel_error_retry": True,
+        # after a reconnect Celery lowers the prefetch and raises it again, one basic.qos per
+        # finished task, sent from its event loop; on RabbitMQ one of those waited for a
+        # qos-ok forever and the worker, alive, stopped consuming and never saw its channel
+        # close (tests/chaos/test_rabbitmq.py, the step past consumer_timeout, caught it)
+        "worker_enable_prefetch_count_reduction": False,
         "task_send_sent_event": False,
         "beat_schedule": {
             # sweeps stuck behind a backlog of steps need not all run: later ones supersede them
