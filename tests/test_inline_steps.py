@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from celery import signals
 
+import flowkit
 from flowkit import config
 from tests import workflows as wf
 from tests.conftest import counts
@@ -52,7 +53,8 @@ def test_with_no_budget_every_step_is_a_message(published, monkeypatch):
     monkeypatch.setattr(config, "_settings", config.get_settings().replace(inline_steps_seconds=0))
     run = wf.twenty.start({"n": 0})
     assert run.result(WAIT) == {"n": 20}
-    assert step_messages(published, run.id) == ["flowkit.step.t.add_one"] * 20 + ["flowkit.finish"]
+    # the last step's completion still ends the run: a run's end is not a step
+    assert step_messages(published, run.id) == ["flowkit.step.t.add_one"] * 20
 
 
 def test_a_step_begun_after_the_budget_is_sent_as_a_message(published):
@@ -71,3 +73,19 @@ def test_a_step_bound_for_another_queue_is_never_run_here(published, start_worke
     assert started["1:t.double"].startswith(f"{side.name}@")
     assert not started["0:t.add_one"].startswith(f"{side.name}@")
     assert step_messages(published, run.id)[:2] == ["flowkit.step.t.add_one", "flowkit.step.t.double"]
+
+
+def test_the_last_step_s_completion_ends_the_run_without_a_finish_message(published):
+    run = wf.capped.start({"n": 1})
+    assert run.result(WAIT) == {"n": 2}
+    assert step_messages(published, run.id) == ["flowkit.step.t.add_one"]
+    assert [e.type for e in run.events()][-2:] == ["step.completed", "run.succeeded"]
+    assert counts(run) == {"add_one": 1}
+
+
+def test_an_output_its_workflow_refuses_still_fails_the_run_saying_why(published, store):
+    run = wf.capped.start({"n": 5})
+    with pytest.raises(flowkit.StepError, match="output rejected"):
+        run.result(WAIT)
+    assert store.checkpoints(run.id) == {"0:t.add_one": '{"n":6}'}  # the step completed
+    assert step_messages(published, run.id) == ["flowkit.step.t.add_one"]  # run here

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from marshmallow import fields
+from marshmallow import fields, validate
 
 import flowkit
 from flowkit import component, continue_with, fan_out, parallel
@@ -367,6 +367,9 @@ slow_first = flowkit.Workflow("slow_first", [slow_add, add_one, add_one],
                               input_schema=number_schema)
 #: The middle step runs on another queue (the test's extra worker consumes it).
 SIDE = "side"
+#: Its output must be below 3: {"n": 1} gives 2 (accepted), {"n": 5} gives 6 (refused).
+capped = flowkit.Workflow("capped", [add_one], input_schema=number_schema, output_schema={
+    "n": fields.Integer(required=True, validate=validate.Range(max=2))})
 crossing = flowkit.Workflow("crossing", [add_one, double.queue(SIDE), add_one],
                             input_schema=number_schema)
 streaming = flowkit.Workflow(

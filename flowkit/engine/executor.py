@@ -48,8 +48,11 @@ def run_step(
     (:func:`_run_following`)."""
     began = time.monotonic()
     try:
+        ends = _end_next(task) if begun is None else None
         output, completed = _run_step(task, name, value, run_id=run_id, key=key, gen=gen,
-                                      policy=policy, begun=begun)
+                                      policy=policy, begun=begun, ends=ends)
+        if completed is _ENDED:
+            return None
         if task is not None and begun is None:
             output = _run_following(task, output, began, completed)
         return output
@@ -69,7 +72,9 @@ def _run_following(task, output: Any, began: float, completed: bool) -> Any:
     and when the worker drains; Celery sends what remains of the chain as usual. A step
     that stops its run (failed, paused, stale) raises Ignore, and nothing more is sent.
     ``completed``: the step before ran here and its completion just recorded this worker
-    as the run's holder (complete.lua), so the run's end need not record it again."""
+    as the run's holder (complete.lua), so the run's end need not record it again.
+    A step followed by the run's end ends the run with its own completion when it can
+    (:func:`_end_next`)."""
     chain = task.request.chain
     deadline = began + get_settings().inline_steps_seconds
     here = (task.request.delivery_info or {}).get("routing_key")
@@ -83,15 +88,37 @@ def _run_following(task, output: Any, began: float, completed: bool) -> Any:
             return None
         output, completed = _run_step(task, name, output, run_id=kwargs["run_id"],
                                       key=kwargs["key"], gen=kwargs["gen"],
-                                      policy=kwargs.get("policy"), begun=None)
+                                      policy=kwargs.get("policy"), begun=None,
+                                      ends=_end_next(task))
+        if completed is _ENDED:
+            return None
     return output
+
+
+#: What ``_run_step`` says of a step whose completion ended its run as well.
+_ENDED = "ended"
+
+
+def _end_next(task) -> dict[str, Any] | None:
+    """The run's end (its finish task's kwargs) when it comes next in the task's chain and
+    may run here: the step's completion then ends the run in the same round trip
+    (``Store.complete_last_step``), and the chain's last message is never sent."""
+    chain = task.request.chain if task is not None else None
+    if not chain:
+        return None
+    here = (task.request.delivery_info or {}).get("routing_key")
+    if canvas.inline_step(chain[-1], here) != canvas.FINISH:
+        return None
+    return chain[-1]["kwargs"]
 
 
 def _run_step(
     task, name: str, value: Any, *, run_id: str, key: str, gen: int, policy: dict | None,
-    begun: tuple[str, Begin] | None,
-) -> tuple[Any, bool]:
-    """The step's output, and whether it ran here (rather than replayed its checkpoint)."""
+    begun: tuple[str, Begin] | None, ends: dict[str, Any] | None = None,
+) -> tuple[Any, bool | str]:
+    """The step's output, and whether it ran here (rather than replayed its checkpoint),
+    or :data:`_ENDED` when its completion ended the run too (``ends``: the run's end
+    comes next; the finish message is taken off the task's chain)."""
     store = get_store()
     comp = lookup(name)
     pol = Policy.from_dict(policy) if policy else comp.policy
@@ -106,7 +133,11 @@ def _run_step(
     if begin.status == StepStart.CHECKPOINT:
         output = loads(begin.checkpoint)
     elif ran:
-        output = _run_attempts(store, comp, pol, value, run_id, key, gen, token, begin.attempt)
+        output, ended = _run_attempts(store, comp, pol, value, run_id, key, gen, token,
+                                      begin.attempt, ends)
+        if ended:
+            task.request.chain.pop()
+            return output, _ENDED
     else:
         log.info("flowkit: step %s of run %s not run (%s)", key, run_id, begin.status)
         raise Ignore()
@@ -122,7 +153,10 @@ def _run_step(
 def _run_attempts(
     store: Store, comp: Component, pol: Policy, value: Any,
     run_id: str, key: str, gen: int, token: str, attempt: int,
-) -> Any:
+    ends: dict[str, Any] | None = None,
+) -> tuple[Any, bool]:
+    """The step's output (the checkpoint that won), and whether its completion ended the
+    run too (``ends``: the run's end comes next)."""
     history: list[dict[str, Any]] = []
     started = time.monotonic()
     state = {"attempt": attempt}
@@ -174,13 +208,54 @@ def _run_attempts(
         duration=round(time.monotonic() - started, 4), cached=cached or None,
         tokens=tokens or None, output=_shown(loads(output_json), value, pol),
     )
+    run_end = _run_end(ends, run_id, output_json) if ends is not None else None
     now = time.time()
-    # the attempt's trace records and the checkpoint in one round trip
-    won, resume_gen = writer.flush_with(store, lambda records: store.complete_step(
-        run_id, key, token, output_json, now, completed, worker, trace=records))
+    # the attempt's trace records and the checkpoint (and the run's end) in one round trip
+    if run_end is None:
+        ended = False
+        won, resume_gen = writer.flush_with(store, lambda records: store.complete_step(
+            run_id, key, token, output_json, now, completed, worker, trace=records))
+    else:
+        run_output_json, run_event = run_end
+        won, resume_gen, ended = writer.flush_with(
+            store, lambda records: store.complete_last_step(
+                run_id, key, token, output_json, now, completed, worker, gen=ends["gen"],
+                run_output_json=run_output_json, run_event=run_event, trace=records))
     if resume_gen:  # the last step in flight of a run whose waits were answered meanwhile
         resume(Run.load(run_id, store), resume_gen)
-    return loads(won)
+    if ended:
+        _ended(run_id, store)
+    return loads(won), ended
+
+
+def _run_end(ends: dict[str, Any], run_id: str, output_json: str) -> tuple[str, dict] | None:
+    """The run's output (JSON) and its run.succeeded event, if the step's output is one
+    its workflow accepts; None leaves the run's end to :func:`finish_run`, which says why
+    (and to an agent loop's step that continues, its next step)."""
+    value = loads(output_json)
+    if continuation_of(value) is not None:
+        return None
+    try:
+        output = _checked_output(ends["workflow"], value)
+    except Exception:
+        return None
+    return output, events.make(events.RUN_SUCCEEDED, run_id, output=loads(output))
+
+
+def _checked_output(workflow: str, output: Any) -> str:
+    """The run's output as JSON, as its workflow checks it (a worker may import only the
+    components, and then it goes unchecked)."""
+    wf = workflows().get(workflow)
+    if wf is not None:
+        output = wf.check_output(output)
+    return dumps_bounded(output, "the run's output")
+
+
+def _ended(run_id: str, store: Store) -> None:
+    """The run succeeded in this process: its concurrency slot goes to the next in line,
+    its workflow span to the exporters."""
+    admission.released(run_id, store)
+    spans.run_ended(run_id, store)
 
 
 def _shown(output: Any, value: Any, pol: Policy) -> Any:
@@ -306,17 +381,13 @@ def finish_run(output: Any, *, run_id: str, gen: int, workflow: str, held: bool 
     if not held:
         store.touch(run_id, worker_id(), time.time())
     try:
-        wf = workflows().get(workflow)  # a worker may import only the components
-        if wf is not None:
-            output = wf.check_output(output)
-        output_json = dumps_bounded(output, "the run's output")
+        output_json = _checked_output(workflow, output)
     except Exception as exc:  # a bad output fails the run with a reason, never hangs it
         fail_run(run_id, gen, "", f"output rejected: {exc}", kind=type(exc).__name__)
         raise Ignore() from None
     event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
     if store.finish(run_id, gen, time.time(), output_json, event):
-        admission.released(run_id, store)
-        spans.run_ended(run_id, store)
+        _ended(run_id, store)
 
 
 def resume_run(*, run_id: str, gen: int) -> None:

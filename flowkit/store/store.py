@@ -316,16 +316,56 @@ class Store:
         checkpoint is. The script is queued by its SHA (redis-py would add a SCRIPT EXISTS
         round trip to a pipeline carrying a Script); if Redis restarted and forgot it, the
         call is made again on its own, which loads it."""
-        args = [run_id, step, token, output_json, now, self.settings.retention_seconds,
+        args = self._complete_args(run_id, step, token, output_json, now, event, worker)
+        [(won, gen)] = self._pipelined(run_id, trace, [("complete", args)])
+        return won, int(gen)
+
+    @_op
+    def complete_last_step(
+        self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
+        worker: str, *, gen: int, run_output_json: str, run_event: dict,
+        trace: Iterable[tuple[str, str]] = (),
+    ) -> tuple[str, int, bool]:
+        """:meth:`complete_step` of a run's last step, then the run's end (:meth:`finish`)
+        in the same round trip; the run ends only if this completion won (the step's
+        checkpoint is ``output_json``). Returns the checkpoint that won, the generation to
+        resume (as ``complete_step``), and whether the run ended."""
+        completion = self._complete_args(run_id, step, token, output_json, now, event, worker)
+        end = [run_id, gen, now, run_output_json, self.settings.retention_seconds,
+               dumps(run_event), _new_call(), step, output_json]
+        (won, resume_gen), ended = self._pipelined(
+            run_id, trace, [("complete", completion), ("finish", end)])
+        return won, int(resume_gen), bool(ended)
+
+    def _complete_args(
+        self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
+        worker: str,
+    ) -> list[Any]:
+        return [run_id, step, token, output_json, now, self.settings.retention_seconds,
                 dumps(event), worker]
+
+    def _pipelined(
+        self, run_id: str, trace: Iterable[tuple[str, str]], calls: list[tuple[str, list[Any]]],
+    ) -> list[Any]:
+        """The results of ``calls`` (run scripts of ``run_id``), queued after ``trace`` in
+        one round trip, in order; a script Redis had forgotten (or never loaded) runs
+        again on its own, which loads it."""
         pipe = self.redis.pipeline(transaction=False)
         self._queue_trace(pipe, trace)
-        self._run_script("complete", run_id, args, client=pipe)
-        try:
-            won, gen = pipe.execute()[-1]
-        except redis.exceptions.NoScriptError:
-            won, gen = self._run_script("complete", run_id, args)
-        return won, int(gen)
+        for name, args in calls:
+            self._run_script(name, run_id, args, client=pipe)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:-len(calls)]:  # the trace's
+            if isinstance(reply, Exception):
+                raise reply
+        results = []
+        for (name, args), reply in zip(calls, replies[-len(calls):], strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                reply = self._run_script(name, run_id, args)
+            elif isinstance(reply, Exception):
+                raise reply
+            results.append(reply)
+        return results
 
     @_op
     def checkpoint(self, run_id: str, step: str) -> str | None:

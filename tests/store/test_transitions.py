@@ -451,6 +451,51 @@ def test_complete_step_first_checkpoint_wins_and_releases_the_lease(store):
     assert len(of_type(store, events.STEP_COMPLETED)) == 1
 
 
+def complete_last(store, *, token: str = TOKEN, output: str = '"out"', gen: int = 0,
+                  now: float = T + 1) -> tuple[str, int, bool]:
+    done = events.make(events.STEP_COMPLETED, RUN, step=STEP, attempt=1)
+    succeeded = events.make(events.RUN_SUCCEEDED, RUN, output="run-out")
+    return store.complete_last_step(RUN, STEP, token, output, now, done, WORKER, gen=gen,
+                                    run_output_json='"run-out"', run_event=succeeded)
+
+
+def test_complete_last_step_checkpoints_then_ends_the_run_in_one_call(store):
+    make_run(store, RunState.RUNNING)
+    assert complete_last(store, output='"first"') == ('"first"', 0, True)
+    assert store.checkpoint(RUN, STEP) == '"first"' and lease(store) is None
+    run = store.get_run(RUN)
+    assert run["state"] == RunState.SUCCEEDED and run["output"] == '"run-out"'
+    assert types(store)[-2:] == [events.STEP_COMPLETED, events.RUN_SUCCEEDED]
+
+
+def test_complete_last_step_that_lost_to_another_checkpoint_leaves_the_run_live(store):
+    make_run(store, RunState.RUNNING)
+    complete(store, token="tok-2", output='"first"')
+    assert complete_last(store, output='"second"') == ('"first"', 0, False)
+    assert store.get_run(RUN)["state"] == RunState.RUNNING
+    assert events.RUN_SUCCEEDED not in types(store)
+
+
+@pytest.mark.parametrize("setup", ["cancelled", "restarted"])
+def test_complete_last_step_of_a_run_no_longer_live_in_its_gen_does_not_end_it(store, setup):
+    make_run(store, RunState.RUNNING)
+    if setup == "cancelled":
+        assert cancel(store) == 1
+    else:
+        assert store.restart(RUN, expected_state=RunState.RUNNING, reason="r", now=T + 1)[0] == 1
+    won, _, ended = complete_last(store, now=T + 2)
+    assert won == '"out"' and not ended
+    assert events.RUN_SUCCEEDED not in types(store)
+
+
+def test_complete_last_step_after_redis_forgot_its_scripts_loads_them(store):
+    make_run(store, RunState.RUNNING)
+    store.redis.script_flush()  # as a Redis restarted without its script cache
+    assert complete_last(store) == ('"out"', 0, True)
+    assert store.get_run(RUN)["state"] == RunState.SUCCEEDED
+    assert types(store).count(events.STEP_COMPLETED) == 1
+
+
 # -- emit ------------------------------------------------------------------------------------
 
 
