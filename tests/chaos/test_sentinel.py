@@ -151,8 +151,8 @@ def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp
             # none is taken after the replica caught up. A crash instead loses the writes not
             # yet replicated; the reaper re-drives what they were (steps are at-least-once).
             # The pause outlasts every wait below and the test demotes the old primary itself
-            # before lifting it, as FAILOVER does: the sentinels cannot while it is paused
-            # (their link to it queues behind a paused PUBLISH), and a pause that expired
+            # before lifting it, as FAILOVER does: the sentinels did not while it was paused
+            # (a 30 s wait for it timed out), and a pause that expired
             # first let it take, and later lose, writes from stale connections (a step body's
             # side effect lost while its checkpoint reached the new primary).
             old = redis.Redis(port=primary.port)
