@@ -156,8 +156,7 @@ def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp
             # yet replicated; the reaper re-drives what they were (steps are at-least-once).
             # The pause outlasts every wait below and the test demotes the old primary itself
             # before lifting it, as FAILOVER does, once every sentinel names the new primary
-            # (demoted sooner, clients that asked a sentinel still naming it met a replica
-            # until their retries ran out). The sentinels did not demote it while it was
+            # (a client may ask any of them). The sentinels did not demote it while it was
             # paused (a 30 s wait for it timed out), and a pause that expired
             # first let it take, and later lose, writes from stale connections (a step body's
             # side effect lost while its checkpoint reached the new primary).
