@@ -29,7 +29,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from ..config import Settings
 from ..errors import ConfigError, StoreUnavailable
@@ -119,6 +119,21 @@ def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
         username=url.username, password=url.password, **kwargs)
 
 
+class _PrimaryConnection(SentinelManagedConnection):
+    """redis-py's sentinel-managed connection, asking the sentinels again on a resend.
+
+    redis-py 8 reconnects a dropped connection inside ``send_packed_command`` through
+    ``connect_check_health``, which skips this class's ``connect`` (the one that asks the
+    sentinels for the primary): a command resent after "The previous master is now a
+    slave" went back to the demoted primary, met READONLY again and failed only when the
+    whole retry budget was spent (a 30 s stall of every step in flight at a failover)."""
+
+    def send_packed_command(self, command, check_health=True):
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
 def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
     timeouts = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
     sentinels = Sentinel(
@@ -126,7 +141,8 @@ def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
         sentinel_kwargs={**timeouts, "password": url.sentinel_password},
     )
     return sentinels.master_for(url.service, db=url.db, username=url.username,
-                                password=url.password, **kwargs)
+                                password=url.password, connection_class=_PrimaryConnection,
+                                **kwargs)
 
 
 def client(settings: Settings) -> redis.Redis:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from flowkit import config
 from flowkit.errors import ConfigError
 from flowkit.serialization import loads
 from flowkit.store import get_store
+from flowkit.store.connection import client
 from flowkit.testing import LocalRedis, free_port
 from tests.chaos.conftest import Deployment, _restore_app, _use_app, wait_for
 from tests.chaos.workflows import ten
@@ -126,6 +128,53 @@ def replica_in_sync(replica: LocalRedis) -> bool:
     return info.get("master_link_status") == "up"
 
 
+def pause_writes(primary: LocalRedis) -> redis.Redis:
+    """Hold every write to ``primary`` (until :func:`fail_over` lifts the pause)."""
+    old = redis.Redis(port=primary.port, decode_responses=True)
+    old.execute_command("CLIENT", "PAUSE", 120_000, "WRITE")
+    return old
+
+
+def fail_over(old: redis.Redis, replica: LocalRedis, sentinels: Sentinels) -> None:
+    """Fail the primary whose writes are paused (``old``) over to ``replica`` as Redis's own
+    FAILOVER does: writes to the old primary pause (they block, then meet a replica and are
+    resent to the new primary), so none is taken after the replica caught up.
+
+    A crash instead loses the writes not yet replicated; the reaper re-drives what they
+    were (steps are at-least-once). The pause outlasts every wait below, and the old
+    primary is demoted here before the pause is lifted, once every sentinel names the new
+    primary (a client may ask any of them): the sentinels did not demote it while it was
+    paused (a 30 s wait for it timed out), and a pause that expired first let it take, and
+    later lose, writes from stale connections (a step body's side effect lost while its
+    checkpoint reached the new primary)."""
+    wait_for(lambda: replica_offset(replica) >= old.info("replication")["master_repl_offset"],
+             10, "the replica to catch up")
+    sentinels.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+    wait_for(lambda: sentinels.all_name(replica.port), 30,
+             "every sentinel to name the replica the primary")
+    old.execute_command("REPLICAOF", "127.0.0.1", replica.port)
+    wait_for(lambda: old.info("replication")["role"] == "slave", 30,
+             "the old primary to become a replica")
+    old.execute_command("CLIENT", "UNPAUSE")  # its held writes now meet a replica
+
+
+def test_a_write_held_at_a_failover_is_resent_to_the_new_primary(sentinel_group):
+    """A write in flight when its primary is demoted meets READONLY there; the resend asks
+    the sentinels again and lands on the new primary. (redis-py 8 alone reconnected the
+    resend to the demoted primary, so the write failed once the retry budget was spent.)"""
+    primary, replica, sentinels = sentinel_group
+    store = client(config.Settings(redis_url=sentinels.url, redis_retry_seconds=10))
+    store.set("held", 0)  # connected, through the sentinels, to the primary
+    old = pause_writes(primary)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(store.incr, "held")
+        wait_for(lambda: any(c["cmd"] == "incrby" and "b" in c["flags"]
+                             for c in old.client_list()), 10, "the write to be held")
+        fail_over(old, replica, sentinels)
+        assert held.result(timeout=60) == 1
+    assert redis.Redis(port=replica.port, db=1).get("held") == b"1"
+
+
 def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp_path,
                                                   monkeypatch):
     primary, replica, sentinels = sentinel_group
@@ -150,39 +199,14 @@ def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp
             wait_for(lambda: sum(len(store.checkpoints(r.id)) for r in runs) >= RUNS * 2, 60,
                      "the runs to be under way")
 
-            # A planned failover, as Redis's own FAILOVER does it: writes to the old primary
-            # pause (they block, then meet a replica and are resent to the new primary), so
-            # none is taken after the replica caught up. A crash instead loses the writes not
-            # yet replicated; the reaper re-drives what they were (steps are at-least-once).
-            # The pause outlasts every wait below and the test demotes the old primary itself
-            # before lifting it, as FAILOVER does, once every sentinel names the new primary
-            # (a client may ask any of them). The sentinels did not demote it while it was
-            # paused (a 30 s wait for it timed out), and a pause that expired
-            # first let it take, and later lose, writes from stale connections (a step body's
-            # side effect lost while its checkpoint reached the new primary).
-            old = redis.Redis(port=primary.port)
-            old.execute_command("CLIENT", "PAUSE", 120_000, "WRITE")
-            wait_for(lambda: replica_offset(replica) >= old.info("replication")["master_repl_offset"],
-                     10, "the replica to catch up")
-            sentinels.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
-            wait_for(lambda: sentinels.all_name(replica.port), 30,
-                     "every sentinel to name the replica the primary")
-            old.execute_command("REPLICAOF", "127.0.0.1", replica.port)
-            wait_for(lambda: old.info("replication")["role"] == "slave", 30,
-                     "the old primary to become a replica")
-            old.execute_command("CLIENT", "UNPAUSE")  # its held writes now meet a replica
+            fail_over(pause_writes(primary), replica, sentinels)
             done_at_failover = sum(len(store.checkpoints(r.id)) for r in runs)
 
             # What the new primary holds decides (a client of its own: an idle connection
-            # of this process may still point at the old primary, now a replica, and a
-            # write the old primary took after the promotion is lost with it; the reaper
-            # re-drives a run whose finish was lost, so every run still finishes). The bound is
-            # wide: a worker command held by the pause has been seen to fail for the whole
-            # FLOWKIT_REDIS_RETRY_SECONDS (30 s) before its step was abandoned and resumed,
-            # and a loaded machine stretches the resumes (120 s once ran out in the suite).
+            # of this process may still point at the old primary, now a replica).
             promoted = redis.Redis(port=replica.port, db=1, decode_responses=True)
             wait_for(lambda: all(promoted.hget(store.keys.run(r.id), "state") == "succeeded"
-                                 for r in runs), 200, "every run to succeed on the new primary")
+                                 for r in runs), 120, "every run to succeed on the new primary")
         finally:
             deployment.stop()
             _restore_app(previous)
@@ -199,8 +223,6 @@ def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp
 @pytest.mark.parametrize("url", ["redis+sentinel://127.0.0.1:1", "redis+sentinel://h:x/svc"])
 def test_a_malformed_sentinel_url_says_the_form(url):
     with pytest.raises(ConfigError, match=r"redis\+sentinel://\[\[user\]:password@\]host:port"):
-        from flowkit.store.connection import client
-
         client(config.Settings(redis_url=url))
 
 
