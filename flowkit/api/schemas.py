@@ -279,6 +279,10 @@ class ScheduleInfo(Schema):
     input = fields.Raw(allow_none=True)
     timezone = fields.String(required=True)
     catchup = fields.Boolean(required=True)
+    #: Declared in the code (a workflow's ``schedules=``): deleted when the code drops it.
+    declared = fields.Boolean(metadata={"description": "Declared in the code (Workflow("
+                                        "schedules=...)): beat deletes it once the code "
+                                        "no longer declares it."})
     paused = fields.Boolean(required=True)
     next_at = fields.Float(allow_none=True, required=True)
 

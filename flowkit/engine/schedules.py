@@ -1,8 +1,8 @@
 """Schedules: runs started at every tick of a cron line or an interval, fired by beat.
 
-A schedule lives in Redis (declared on a workflow with ``Workflow(..., schedules=[...])``,
-stored when a worker first sweeps; or created at run time with :func:`create`, REST
-``/schedules`` or ``flowkit schedules``). Beat's reaper sweep fires what is due: each tick
+A schedule lives in Redis: declared on a workflow with ``Workflow(..., schedules=[...])``
+(beat's first sweep makes the stored declarations its code's, see :func:`store_declared`),
+or created at run time with :func:`create`, REST ``/schedules`` or ``flowkit schedules``. Beat's reaper sweep fires what is due: each tick
 is claimed once (claim_tick.lua) and its run started (by the reaper) with the idempotency
 key ``schedule:<id>:<tick>``, so even two beat processes started by mistake start one run per
 tick. The next tick comes from Celery's own ``crontab`` in the schedule's time zone.
@@ -23,13 +23,17 @@ from celery.schedules import crontab
 
 from ..errors import ConfigError, NotFound
 from ..flow import Schedule
+from ..serialization import dumps, loads
 from ..store import Store, get_store
 from ..workflow import get_workflow, workflows
 
 log = logging.getLogger(__name__)
 #: A tick this late (seconds) still fires; an older one was missed.
 GRACE = 60.0
-_declared: set[str] = set()
+#: What makes two definitions of one schedule alike (``anchor`` is only when it was stored).
+_SHAPE = ("workflow", "cron", "every", "input", "timezone", "catchup")
+#: The workflows whose declared schedules this process has made its code's.
+_reconciled: set[str] = set()
 
 
 def next_tick(definition: dict[str, Any], after: float) -> float:
@@ -55,11 +59,14 @@ def _zone(name: str) -> ZoneInfo:
                           "'Europe/Paris' or 'UTC'.") from None
 
 
-def definition_of(workflow: str, schedule: Schedule) -> dict[str, Any]:
+def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
+                  ) -> dict[str, Any]:
+    """The stored form of ``schedule``; ``declared``: it comes from the code (a workflow's
+    ``schedules=``), so it goes when the code stops declaring it."""
     definition = {
         "id": schedule.default_id(workflow), "workflow": workflow, "cron": schedule.cron,
         "every": schedule.every, "input": schedule.input, "timezone": schedule.timezone,
-        "catchup": schedule.catchup, "anchor": time.time(),
+        "catchup": schedule.catchup, "anchor": time.time(), "declared": declared,
     }
     _zone(schedule.timezone)  # checked for an interval too: a wrong zone is a mistake
     try:
@@ -125,18 +132,43 @@ def _stored(view: dict[str, Any]) -> dict[str, Any]:
 
 
 def store_declared(store: Store | None = None) -> None:
-    """Store the schedules declared on this process's workflows (once per process); a
-    schedule already stored keeps its next tick (and its pause)."""
+    """Make the stored declared schedules of this process's workflows what its code
+    declares, once per process and workflow: a new declaration is stored; a changed one (an
+    explicit ``id`` with another cron line, interval, input, zone or catchup) replaces the
+    stored one from its next tick, keeping its pause; one the code no longer declares (a
+    removed declaration, or a cron line changed under the default id) is deleted.
+
+    Schedules made at run time (:func:`create`, REST, CLI) are never touched, nor the
+    declared schedules of workflows this process does not serve, and a declaration whose
+    id a run-time schedule already holds leaves that schedule as it is."""
     store = store or get_store()
-    for wf in workflows().values():
-        for schedule in getattr(wf, "schedules", ()):
-            definition = definition_of(wf.name, schedule)
-            if definition["id"] in _declared:
-                continue
-            stored, _ = store.schedule(definition["id"])
-            if stored is None:
-                store.put_schedule(definition, next_tick(definition, time.time()))
-            _declared.add(definition["id"])
+    pending = {name: wf for name, wf in workflows().items() if name not in _reconciled}
+    if not pending:
+        return
+    stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in pending}
+    now = time.time()
+    for name, wf in pending.items():
+        declared = {d["id"]: d for d in (definition_of(name, schedule, declared=True)
+                                         for schedule in getattr(wf, "schedules", ()))}
+        for schedule_id, definition in declared.items():
+            current, next_at = stored.get(schedule_id, (None, None))
+            if current is None:
+                store.put_schedule(definition, next_tick(definition, now))
+            elif current.get("declared") and _shape(current) != _shape(definition):
+                store.put_schedule(definition, None if next_at is None
+                                   else next_tick(definition, now))
+                log.info("flowkit: schedule %s changed in the code: replaced", schedule_id)
+        for schedule_id, (current, _) in stored.items():
+            if (current.get("declared") and current["workflow"] == name
+                    and schedule_id not in declared):
+                store.delete_schedule(schedule_id)
+                log.info("flowkit: schedule %s is no longer declared: deleted", schedule_id)
+        _reconciled.add(name)
+
+
+def _shape(definition: dict[str, Any]) -> Any:
+    # through JSON, as the store keeps it: a tuple in the code's input equals its stored list
+    return loads(dumps([definition.get(key) for key in _SHAPE]))
 
 
 def claim_due(now: float | None = None, store: Store | None = None

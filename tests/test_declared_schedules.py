@@ -1,0 +1,72 @@
+"""Schedules declared in the code (``Workflow(..., schedules=[...])``): beat's first sweep
+makes what Redis holds the code's. A new process with changed code stands in for a deploy:
+the declarations are re-read (``schedules._reconciled`` emptied) on the same real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+import flowkit
+from flowkit.engine import schedules
+from flowkit.workflow import _workflows
+
+pytestmark = pytest.mark.integration
+NAME = "declared-schedules"
+
+
+@flowkit.component(name="declared.noop")
+def noop(data: dict) -> dict:
+    return data
+
+
+@pytest.fixture
+def deploy(store, monkeypatch):
+    """``deploy(*declared)``: a process whose code declares these schedules on NAME, then
+    its first sweep; returns the stored schedules of NAME by id."""
+    monkeypatch.setattr(schedules, "_reconciled", set())
+    monkeypatch.setitem(_workflows, NAME, None)  # the fixture's teardown forgets it
+    flowkit.Workflow(NAME, [noop])  # served, declaring nothing yet
+
+    def deploy(*declared: flowkit.Schedule) -> dict[str, dict]:
+        flowkit.Workflow(NAME, [noop], schedules=declared)
+        schedules._reconciled.clear()  # a new process
+        schedules.claim_due(0.0, store)  # the sweep (nothing is due at time 0)
+        return {s["id"]: s for s in schedules.list(store) if s["workflow"] == NAME}
+
+    return deploy
+
+
+def test_declared_schedules_are_stored_once_and_keep_their_ticks(deploy):
+    first = deploy(flowkit.Schedule(every=60, id="often"), flowkit.Schedule(cron="0 9 * * *"))
+    assert set(first) == {"often", f"{NAME}@0_9_*_*_*"}
+    assert all(s["declared"] and not s["paused"] for s in first.values())
+    again = deploy(flowkit.Schedule(every=60, id="often"), flowkit.Schedule(cron="0 9 * * *"))
+    assert again == first  # the same code: nothing replaced, the next ticks stand
+
+
+def test_a_declaration_the_code_dropped_is_deleted_and_a_changed_one_replaced(deploy):
+    deploy(flowkit.Schedule(every=60, id="often", input={"n": 1}),
+           flowkit.Schedule(cron="0 9 * * *"))
+    flowkit.schedules.pause("often")
+    made_at_run_time = flowkit.schedules.create(NAME, every=30, id="by-hand")
+    assert made_at_run_time["declared"] is False
+
+    # the next deploy: "often" runs every 120 s now, the 9 o'clock cron line became 10
+    after = deploy(flowkit.Schedule(every=120, id="often", input={"n": 1}),
+                   flowkit.Schedule(cron="0 10 * * *"))
+    assert set(after) == {"often", f"{NAME}@0_10_*_*_*", "by-hand"}
+    assert after["often"]["every"] == 120 and after["often"]["paused"]  # its pause kept
+    assert after["by-hand"] == made_at_run_time  # a schedule made at run time is left alone
+
+
+def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_alone(
+        deploy, store):
+    by_hand = flowkit.schedules.create(NAME, every=30, id="shared")
+    elsewhere = {"id": "elsewhere@every5s", "workflow": "served-elsewhere", "cron": None,
+                 "every": 5, "input": None, "timezone": "UTC", "catchup": False,
+                 "anchor": 0.0, "declared": True}
+    store.put_schedule(elsewhere, 5.0)  # declared by a workflow this process does not import
+
+    after = deploy(flowkit.Schedule(every=60, id="shared"))
+    assert after["shared"] == by_hand
+    assert store.schedule("elsewhere@every5s") == (elsewhere, 5.0)
