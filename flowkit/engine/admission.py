@@ -23,7 +23,7 @@ import time
 
 from .. import events
 from ..states import TERMINAL_STATES, RunState
-from ..store import Store, get_store
+from ..store import Ended, Store, get_store
 from .dispatch import send_resume
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,14 @@ def request(run_id: str, group: str, limit: int, priority: int, store: Store) ->
     return holds and store.admit(run_id, time.time(), events.make(events.RUN_ADMITTED, run_id))
 
 
-def released(run_id: str, store: Store | None = None) -> None:
-    """The run ended: its slot (if it has one) goes to the next in line."""
+def released(run_id: str, store: Store | None = None, ended: Ended | None = None) -> None:
+    """The run ended: its slot (if it has one) goes to the next in line. ``ended``: what
+    the script that ended it answered, which names the slot (else the run is read)."""
     store = store or get_store()
-    group, limit = store.run_fields(run_id, "concurrency_group", "concurrency_limit")
+    if ended is not None:
+        group, limit = ended.slot or (None, None)
+    else:
+        group, limit = store.run_fields(run_id, "concurrency_group", "concurrency_limit")
     if not group or not limit:
         return
     _, _, admitted = store.slots(group, int(limit), time.time(), release=run_id)

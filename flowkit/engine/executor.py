@@ -24,7 +24,7 @@ from ..errors import RunCancelled, StepSuspended, StoreUnavailable, describe_err
 from ..policy import Policy, call_with_timeout
 from ..serialization import dumps_bounded, loads
 from ..states import StepStart
-from ..store import Begin, Store, get_store
+from ..store import Begin, Ended, Store, get_store
 from ..workflow import get_workflow, workflows
 from . import admission, cache, canvas, frontier, limits, notify
 from .control import Run, resume
@@ -212,7 +212,7 @@ def _run_attempts(
     now = time.time()
     # the attempt's trace records and the checkpoint (and the run's end) in one round trip
     if run_end is None:
-        ended = False
+        ended: Ended | None = None
         won, resume_gen = writer.flush_with(store, lambda records: store.complete_step(
             run_id, key, token, output_json, now, completed, worker, trace=records))
     else:
@@ -224,8 +224,8 @@ def _run_attempts(
     if resume_gen:  # the last step in flight of a run whose waits were answered meanwhile
         resume(Run.load(run_id, store), resume_gen)
     if ended:
-        _ended(run_id, store)
-    return loads(won), ended
+        _ended(run_id, store, ended)
+    return loads(won), ended is not None
 
 
 def _run_end(ends: dict[str, Any], run_id: str, output_json: str) -> tuple[str, dict] | None:
@@ -251,10 +251,10 @@ def _checked_output(workflow: str, output: Any) -> str:
     return dumps_bounded(output, "the run's output")
 
 
-def _ended(run_id: str, store: Store) -> None:
+def _ended(run_id: str, store: Store, ended: Ended) -> None:
     """The run succeeded in this process: its concurrency slot goes to the next in line,
     its workflow span to the exporters."""
-    admission.released(run_id, store)
+    admission.released(run_id, store, ended)
     spans.run_ended(run_id, store)
 
 
@@ -386,8 +386,8 @@ def finish_run(output: Any, *, run_id: str, gen: int, workflow: str, held: bool 
         fail_run(run_id, gen, "", f"output rejected: {exc}", kind=type(exc).__name__)
         raise Ignore() from None
     event = events.make(events.RUN_SUCCEEDED, run_id, output=loads(output_json))
-    if store.finish(run_id, gen, time.time(), output_json, event):
-        _ended(run_id, store)
+    if ended := store.finish(run_id, gen, time.time(), output_json, event):
+        _ended(run_id, store, ended)
 
 
 def resume_run(*, run_id: str, gen: int) -> None:

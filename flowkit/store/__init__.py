@@ -12,10 +12,10 @@ import os
 import threading
 
 from ..config import get_settings
-from .store import HANDED_OVER, Begin, BrokerMessages, Store
+from .store import HANDED_OVER, Begin, BrokerMessages, Ended, Store
 from .streams import EndWatch, Entry, StreamReader
 
-__all__ = ["HANDED_OVER", "Begin", "BrokerMessages", "EndWatch", "Entry", "Store", "StreamReader", "get_store"]
+__all__ = ["HANDED_OVER", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store"]
 
 _stores: dict[float | None, Store] = {}
 _made_for: tuple[int, object] | None = None

@@ -49,6 +49,23 @@ class Begin:
     checkpoint: str | None = None
 
 
+@dataclass(frozen=True)
+class Ended:
+    """A run this call ended (``finish``, ``complete_last_step``). ``slot``: its
+    concurrency group and limit, None when it holds no slot; admission.released gives the
+    slot on without reading the run again."""
+
+    slot: tuple[str, int] | None = None
+
+    @classmethod
+    def of(cls, reply: Any) -> Ended | None:
+        """From finish.lua's reply: 0, or ``[1, group, limit]``."""
+        if not reply:
+            return None
+        _, group, limit = reply
+        return cls((group, int(limit)) if group and limit else None)
+
+
 @dataclass
 class BrokerMessages:
     """Broker messages a script pushes with the run it creates (Store.create_run): each
@@ -242,9 +259,10 @@ class Store:
     def finish(
         self, run_id: str, gen: int, now: float, output_json: str, event: dict,
         call_id: str | None = None,
-    ) -> bool:
-        """Whether this call ended the run as succeeded (it was live, in generation ``gen``)."""
-        return bool(self._run_script("finish", run_id, [
+    ) -> Ended | None:
+        """The run's end when this call ended it as succeeded (it was live, in generation
+        ``gen``), else None."""
+        return Ended.of(self._run_script("finish", run_id, [
             run_id, gen, now, output_json, self.settings.retention_seconds, dumps(event),
             call_id or _new_call(),
         ]))
@@ -325,17 +343,17 @@ class Store:
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
         worker: str, *, gen: int, run_output_json: str, run_event: dict,
         trace: Iterable[tuple[str, str]] = (),
-    ) -> tuple[str, int, bool]:
+    ) -> tuple[str, int, Ended | None]:
         """:meth:`complete_step` of a run's last step, then the run's end (:meth:`finish`)
         in the same round trip; the run ends only if this completion won (the step's
         checkpoint is ``output_json``). Returns the checkpoint that won, the generation to
-        resume (as ``complete_step``), and whether the run ended."""
+        resume (as ``complete_step``), and the run's end if it ended."""
         completion = self._complete_args(run_id, step, token, output_json, now, event, worker)
         end = [run_id, gen, now, run_output_json, self.settings.retention_seconds,
                dumps(run_event), _new_call(), step, output_json]
         (won, resume_gen), ended = self._pipelined(
             run_id, trace, [("complete", completion), ("finish", end)])
-        return won, int(resume_gen), bool(ended)
+        return won, int(resume_gen), Ended.of(ended)
 
     def _complete_args(
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,

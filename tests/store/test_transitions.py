@@ -25,7 +25,7 @@ from flowkit.states import (
     WaitKind,
     WaitOutcome,
 )
-from flowkit.store import HANDED_OVER, BrokerMessages
+from flowkit.store import HANDED_OVER, BrokerMessages, Ended
 from flowkit.store.keys import shard_of
 
 pytestmark = pytest.mark.integration
@@ -84,6 +84,11 @@ def fail(store, run_id: str = RUN, *, call_id: str | None = None, now: float = T
 
 def finish(store, run_id: str = RUN, *, call_id: str | None = None, now: float = T + 1,
            gen: int = 0) -> bool:
+    return finish_ended(store, run_id, call_id=call_id, now=now, gen=gen) is not None
+
+
+def finish_ended(store, run_id: str = RUN, *, call_id: str | None = None, now: float = T + 1,
+                 gen: int = 0) -> Ended | None:
     done = events.make(events.RUN_SUCCEEDED, run_id, output="out")
     return store.finish(run_id, gen, now, '"out"', done, call_id=call_id)
 
@@ -453,6 +458,14 @@ def test_complete_step_first_checkpoint_wins_and_releases_the_lease(store):
 
 def complete_last(store, *, token: str = TOKEN, output: str = '"out"', gen: int = 0,
                   now: float = T + 1) -> tuple[str, int, bool]:
+    """complete_last_step's answer, whether the run ended as its last item."""
+    won, resume_gen, ended = complete_last_ended(store, token=token, output=output, gen=gen,
+                                                 now=now)
+    return won, resume_gen, ended is not None
+
+
+def complete_last_ended(store, *, token: str = TOKEN, output: str = '"out"', gen: int = 0,
+                        now: float = T + 1) -> tuple[str, int, Ended | None]:
     done = events.make(events.STEP_COMPLETED, RUN, step=STEP, attempt=1)
     succeeded = events.make(events.RUN_SUCCEEDED, RUN, output="run-out")
     return store.complete_last_step(RUN, STEP, token, output, now, done, WORKER, gen=gen,
@@ -486,6 +499,18 @@ def test_complete_last_step_of_a_run_no_longer_live_in_its_gen_does_not_end_it(s
     won, _, ended = complete_last(store, now=T + 2)
     assert won == '"out"' and not ended
     assert events.RUN_SUCCEEDED not in types(store)
+
+
+def test_the_end_of_a_run_names_its_concurrency_slot_so_it_is_not_read_again(store):
+    slotted = {**record(), "concurrency_group": "tenant-a", "concurrency_limit": 2}
+    assert store.create_run(slotted, queued_event(), None) == (RUN, True)
+    store.redis.hset(store.keys.run(RUN), "state", RunState.RUNNING.value)
+    assert complete_last_ended(store) == ('"out"', 0, Ended(("tenant-a", 2)))
+
+    make_run(store, RunState.RUNNING, run_id="no-slot")
+    assert finish_ended(store, "no-slot", call_id="call-1") == Ended(None)
+    assert finish_ended(store, "no-slot", call_id="call-1") == Ended(None)  # its resend
+    assert finish_ended(store, "no-slot", call_id="call-2") is None  # ended already
 
 
 def test_complete_last_step_after_redis_forgot_its_scripts_loads_them(store):
