@@ -87,7 +87,7 @@ export interface FlowkitClientOptions {
   WebSocket?: unknown;
   fetch?: typeof fetch;
   backoff?: Backoff;
-  /** SSE: ms without a byte before the connection counts as dead and is reopened (default 60000; keep it above the server's ping interval). */
+  /** ms without data before a connection counts as dead and is reopened (default 60000). SSE: keep it above the server's ping interval; WebSocket: the client sends a ping message every third of it and the relay answers. 0 turns the watchdog off. */
   idleTimeout?: number;
 }
 

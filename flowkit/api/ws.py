@@ -2,8 +2,11 @@
 
 Each message to the client is one event as JSON (``{"id", "type", ...}``). The
 client may send ``{"resume": "<event id>"}`` at any time to be served again from
-that cursor (e.g. after it discarded what it had). The socket closes after the
-terminal event; simple-websocket sends protocol pings every ping interval so
+that cursor (e.g. after it discarded what it had), and ``{"ping": <any JSON>}`` to be
+answered ``{"pong": <the same>}`` (not an event: it has no id): a browser cannot see
+protocol pings, so this is how its client notices a connection that died without a
+reset (a sleeping laptop, a NAT that forgot it) and reconnects. The socket closes after
+the terminal event; simple-websocket sends protocol pings every ping interval so
 proxies keep an idle socket open.
 
 Once a client is caught up, the relay hub writes its events to the socket itself
@@ -38,17 +41,20 @@ _POLL = 30.0
 _CLOSE_WAIT = 2.0
 
 
-def _resume_cursor(message: str | bytes | None) -> str | None:
+def _client_message(message: str | bytes | None) -> dict:
+    """A message from the client as a JSON object; anything else is ignored (``{}``)."""
     if not message:
-        return None
+        return {}
     try:
         data = json.loads(message)
     except ValueError:
-        return None
-    if isinstance(data, dict):
-        value = data.get("resume", data.get("after"))
-        return parse_cursor(value) if isinstance(value, str) else None
-    return None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _resume_cursor(data: dict) -> str | None:
+    value = data.get("resume", data.get("after"))
+    return parse_cursor(value) if isinstance(value, str) else None
 
 
 def plain_frame(event: RelayEvent) -> bytes:
@@ -60,16 +66,21 @@ def plain_frame(event: RelayEvent) -> bytes:
     the hub's work for a single subscriber (it is on every event's latency path)."""
     frame = event.frame
     if frame is None:
-        payload = event.json.encode()
-        size = len(payload)
-        if size < 126:
-            header = bytes((0x81, size))
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x81, 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x81, 127, size)
-        frame = event.frame = header + payload
+        frame = event.frame = text_frame(event.json.encode())
     return frame
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as an uncompressed text frame (valid with permessage-deflate too: its
+    RSV1 bit is clear, and it leaves the compressor's context alone)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 class FrameSink:
@@ -201,7 +212,10 @@ def relay(ws, sub: Subscriber) -> None:
                 return
             # Every message that came: one ring of the doorbell may stand for several.
             while (message := ws.receive(timeout=0)) is not None:
-                cursor = _resume_cursor(message)
+                data = _client_message(message)
+                if "ping" in data:  # uncompressed: the hub may be compressing an event
+                    ws.sock.send(text_frame(json.dumps({"pong": data["ping"]}).encode()))
+                cursor = _resume_cursor(data)
                 if cursor is not None:
                     sub.resume(cursor)
     except OSError:

@@ -57,6 +57,24 @@ def test_websocket_client_can_send_a_resume_message(api, client):
     assert [e["id"] for e in before_gate + rest] == full_history(run["id"])
 
 
+def test_a_websocket_ping_message_is_answered_with_its_pong(api, client):
+    """A browser cannot see protocol pings: its client sends ``{"ping": n}`` and takes the
+    ``{"pong": n}`` as proof that the connection still carries data."""
+    run = start(client, "streaming", {"before": 2, "after": 2})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    before_gate = ws_read(sock, stop=lambda got: len(chunks(got)) == 2)
+    reached_gate(handle, "streamer")  # nothing is emitted while the step waits here
+    sock.send(json.dumps({"ping": 7}))
+    assert json.loads(sock.recv()) == {"pong": 7}
+    sock.send(json.dumps({"ping": "x", "resume": before_gate[-2]["id"]}))  # both at once
+    assert json.loads(sock.recv()) == {"pong": "x"}
+    assert json.loads(sock.recv()) == before_gate[-1]  # served again from the cursor
+    open_gate(handle, "streamer")
+    rest = ws_read(sock)
+    assert [e["id"] for e in before_gate + rest] == full_history(run["id"])
+
+
 def test_sse_resume_with_last_event_id_is_gapless(api, client):
     run = start(client, "streaming", {"before": 10, "after": 2000})
     handle = flowkit.get_run(run["id"])

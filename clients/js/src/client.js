@@ -49,7 +49,8 @@ export class FlowkitClient {
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.backoff = { initial: 500, max: 15000, ...(options.backoff ?? {}) };
-    /** SSE: ms without a byte (the server pings every ping interval) before reconnecting. */
+    /** ms without data before reconnecting: SSE gets the server's ping comments every ping
+     * interval, a WebSocket pongs to the ping messages it sends every third of this. */
     this.idleTimeout = options.idleTimeout ?? 60000;
     /** @type {Set<RunWatch>} */
     this.watches = new Set();

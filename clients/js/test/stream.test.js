@@ -82,22 +82,39 @@ test("watch.drop() cuts the connection like a network failure: the watch resumes
   assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
 });
 
-test("sse: a connection gone silent (no ping either) is reopened after idleTimeout", { skip: SKIP }, async () => {
-  const proxy = await dropProxy(URL_);
-  try {
-    const { api, run, watch, events } = await startAndWatch(
-      "streaming", { before: 1, after: 2 }, { transport: "sse", idleTimeout: 1000 }, { baseUrl: proxy.url });
-    await reachedGate(run.id, "streamer");
-    await until(watch, (s) => streamerText(s) === "a0" && s.connection === "open", "the first chunk");
-    proxy.freeze(); // a half-open connection: no reset, no more bytes
-    await openGate(run.id, "streamer");
-    const state = await until(watch, done, "the run's end over a new connection");
-    assert.ok(watch.connects >= 2); // more if a slow worker left the first one silent too
-    assert.equal(streamerText(state), "a0b0b1");
-    assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
-  } finally {
-    await proxy.close();
-  }
+for (const transport of ["sse", "websocket"]) {
+  // SSE: the server's ping comments stop too; WebSocket: the relay's pongs stop too
+  test(`${transport}: a connection gone silent is reopened after idleTimeout`, { skip: SKIP }, async () => {
+    const proxy = await dropProxy(URL_);
+    try {
+      const { api, run, watch, events } = await startAndWatch(
+        "streaming", { before: 1, after: 2 }, { transport, idleTimeout: 1000 }, { baseUrl: proxy.url });
+      await reachedGate(run.id, "streamer");
+      await until(watch, (s) => streamerText(s) === "a0" && s.connection === "open", "the first chunk");
+      proxy.freeze(); // a half-open connection: no reset, no more bytes
+      await openGate(run.id, "streamer");
+      const state = await until(watch, done, "the run's end over a new connection");
+      assert.ok(watch.connects >= 2); // more if a slow worker left the first one silent too
+      assert.equal(streamerText(state), "a0b0b1");
+      assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
+    } finally {
+      await proxy.close();
+    }
+  });
+}
+
+test("websocket: an idle run keeps its connection, the relay's pongs proving it alive", { skip: SKIP }, async () => {
+  const { run, watch } = await startAndWatch("streaming", { before: 1, after: 1 }, { transport: "websocket", idleTimeout: 300 });
+  await reachedGate(run.id, "streamer");
+  await until(watch, (s) => streamerText(s) === "a0" && s.connection === "open", "the first chunk");
+  // nothing is emitted while the step waits at its gate: five idle timeouts pass
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  assert.equal(watch.connects, 1, "no reconnect: every ping was answered");
+  assert.equal(watch.state.connection, "open");
+  await openGate(run.id, "streamer");
+  const state = await until(watch, done, "the run's end");
+  assert.equal(streamerText(state), "a0b0");
+  assert.equal(watch.connects, 1);
 });
 
 test("a refresh (a new client from storage) resumes after the last event id, not from scratch", { skip: SKIP }, async () => {

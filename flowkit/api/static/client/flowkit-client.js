@@ -278,17 +278,27 @@ export function absoluteUrl(baseUrl, path) {
  * One WebSocket connection to a run's relay, from the event after `after`.
  * The token goes in `?token=`: a browser's WebSocket cannot send headers (the API
  * accepts run tokens there; a cookie session needs nothing).
+ * A page cannot see protocol pings, so every third of `idleTimeout` the socket sends
+ * `{"ping": n}` (the relay answers `{"pong": n}`); no message at all for `idleTimeout`
+ * is a connection that died without a reset, reported as a network failure.
  */
-export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket }, handlers) {
+export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket, idleTimeout }, handlers) {
   const url = new URL(absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/stream`));
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   if (after) url.searchParams.set("after", after);
   if (token) url.searchParams.set("token", token);
   let opened = false;
   let ended = false;
+  let idle = null;
+  let pinger = null;
+  const stopTimers = () => {
+    clearTimeout(idle);
+    clearInterval(pinger);
+  };
   const end = (detail) => {
     if (ended) return;
     ended = true;
+    stopTimers();
     handlers.onEnd({ opened, ...detail });
   };
   let socket;
@@ -298,18 +308,43 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket 
     queueMicrotask(() => end({ clean: false, restart: false, message: String(error) }));
     return { close() {} };
   }
+  const alive = () => {
+    clearTimeout(idle);
+    if (!idleTimeout) return;
+    idle = setTimeout(() => {
+      end({ clean: false, restart: false, message: `no data for ${idleTimeout} ms` });
+      try {
+        socket.close(); // whatever the dead connection does now is not reported
+      } catch {
+        /* already closing */
+      }
+    }, idleTimeout);
+  };
   socket.onopen = () => {
     opened = true;
+    alive();
+    if (idleTimeout) {
+      let n = 0;
+      pinger = setInterval(() => {
+        try {
+          socket.send(JSON.stringify({ ping: ++n }));
+        } catch {
+          /* closing: onclose reports it */
+        }
+      }, Math.max(1, Math.floor(idleTimeout / 3)));
+    }
     handlers.onOpen();
   };
   socket.onmessage = (message) => {
     if (ended) return;
+    alive();
     let event;
     try {
       event = JSON.parse(typeof message.data === "string" ? message.data : String(message.data));
     } catch {
       return; // not an event: nothing the relay sends, ignored
     }
+    if (event && typeof event === "object" && "pong" in event && !("id" in event)) return;
     handlers.onEvent(event);
   };
   socket.onerror = () => {}; // onclose follows with the code
@@ -320,6 +355,7 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket 
     close() {
       if (ended) return;
       ended = true; // our own close is not reported
+      stopTimers();
       try {
         socket.close(1000);
       } catch {
@@ -468,7 +504,8 @@ export class FlowkitClient {
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.backoff = { initial: 500, max: 15000, ...(options.backoff ?? {}) };
-    /** SSE: ms without a byte (the server pings every ping interval) before reconnecting. */
+    /** ms without data before reconnecting: SSE gets the server's ping comments every ping
+     * interval, a WebSocket pongs to the ping messages it sends every third of this. */
     this.idleTimeout = options.idleTimeout ?? 60000;
     /** @type {Set<RunWatch>} */
     this.watches = new Set();
