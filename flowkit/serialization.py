@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -17,10 +18,20 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text)
 
 
+def _not_json(value: Any) -> Any:
+    """json's ``default``: what cannot be JSON, said plainly (a coroutine is the usual
+    mistake: an async component called from sync code without ``await``)."""
+    if inspect.iscoroutine(value):
+        value.close()  # never to be awaited: no "never awaited" warning on top of this
+        raise TypeError("it holds a coroutine: an async component called without await; "
+                        "make the calling step `async def` and await it")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def dumps_bounded(value: Any, what: str) -> str:
     """Serialise ``value``; refuse it when over FLOWKIT_MAX_PAYLOAD_BYTES or not JSON."""
     try:
-        text = dumps(value)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_not_json)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
     limit = get_settings().max_payload_bytes

@@ -140,6 +140,12 @@ async def cached(data: dict) -> dict:
 number = {"n": fields.Integer(required=True)}
 
 
+@component(name="a.forgets_await")
+def forgets_await(data: dict) -> dict:
+    """The usual mistake: a sync step calling an async component without await."""
+    return {"n": add_one(data)}
+
+
 def build(queue: str) -> dict[str, flowkit.Workflow]:
     def wf(name: str, steps: list, **kw) -> flowkit.Workflow:
         return flowkit.Workflow(f"{name}_{queue}", steps, queue=queue, **kw)
@@ -166,6 +172,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "timing_out": wf("async_timing_out", [sleeper.timeout(1)]),
         "cancelling": wf("async_cancelling", [sleeper]),
         "caching": wf("async_caching", [cached.cache(ttl=60)]),
+        "forgetting": wf("async_forgetting", [forgets_await], input_schema=number),
     }
 
 

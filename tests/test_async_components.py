@@ -107,6 +107,14 @@ def test_a_timeout_cancels_the_coroutine(on, pool):
     assert wait_until(lambda: marked(run, "sleeper_stopped"), 10, "the coroutine's finally")
 
 
+def test_a_sync_step_that_forgets_await_fails_at_once_saying_so(on):
+    run = on("threads")["forgetting"].start({"n": 1})
+    with pytest.raises(StepError) as failed:
+        run.result(WAIT)
+    assert "async component called without await" in str(failed.value)
+    assert "make the calling step `async def`" in str(failed.value)
+
+
 @pytest.mark.parametrize("pool", POOLS)
 def test_cancelling_the_run_cancels_the_coroutine(on, pool):
     run = on(pool)["cancelling"].start({})
