@@ -3,15 +3,22 @@ progress and tokens (from the run's events) and cost (from its trace's LLM calls
 
 The run record keeps neither, so the dashboard asks for the rows it shows, and only again
 for runs still going; each run is checked against the caller's access like any read.
+The dashboard asks every 1.5 s while a run goes on, and a run streaming an LLM's tokens
+has thousands of events: this process keeps each recent run's fold with the id of the
+last event it folded (:class:`Folds`) and reads only the events after it.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, request
 from flask_sock import Sock
 
+from ... import events as run_events
 from ...engine import control
 from ..errors import ApiError
 from ..state import state
@@ -37,19 +44,66 @@ def summarise():
     return {"runs": {run_id: summary(load_run(run_id.strip()).id) for run_id in ids}}
 
 
-def summary(run_id: str) -> dict[str, Any]:
-    store = state().store
-    steps: dict[str, str] = {}
-    tokens: dict[str, int] = {}
-    for event in control.history(run_id, store=store):
+@dataclass
+class Fold:
+    """What a run's events said so far, up to the event ``cursor``."""
+
+    cursor: str = run_events.START
+    steps: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    def add(self, event: run_events.Event) -> None:
         step = event.data.get("step")
         if event.type == "step.started" and step:
-            steps[step] = "running"
+            self.steps[step] = "running"
         elif event.type in ("step.completed", "step.failed") and step:
-            steps[step] = event.type[5:]
+            self.steps[step] = event.type[5:]
             for kind, used in (event.data.get("tokens") or {}).items():
                 if isinstance(used, int):
-                    tokens[kind] = tokens.get(kind, 0) + used
+                    self.tokens[kind] = self.tokens.get(kind, 0) + used
+        self.cursor = event.id
+
+
+class Folds:
+    """The folds of the ``most`` runs summarised last (a fan-out's fold holds a status per
+    item, so they are bounded); a run's events only ever grow, so a fold read on from its
+    cursor equals one read from the start."""
+
+    def __init__(self, most: int = 2 * MOST) -> None:
+        self.most = most
+        self._folds: OrderedDict[str, Fold] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def kept(self) -> list[str]:
+        """The runs whose folds are kept, least recently summarised first."""
+        with self._lock:
+            return list(self._folds)
+
+    def of(self, run_id: str, store) -> Fold:
+        with self._lock:
+            kept = self._folds.get(run_id)
+            fold = Fold(kept.cursor, dict(kept.steps), dict(kept.tokens)) if kept else Fold()
+        for event in control.history(run_id, after=fold.cursor, store=store):
+            fold.add(event)
+        with self._lock:
+            kept = self._folds.get(run_id)
+            if kept is None or run_events.cursor_order(kept.cursor) <= \
+                    run_events.cursor_order(fold.cursor):
+                self._folds[run_id] = fold
+            self._folds.move_to_end(run_id)
+            while len(self._folds) > self.most:
+                self._folds.popitem(last=False)
+        return fold
+
+
+#: This process's folds.
+folds = Folds()
+
+
+def summary(run_id: str) -> dict[str, Any]:
+    store = state().store
+    fold = folds.of(run_id, store)
+    steps, tokens = fold.steps, fold.tokens
     costs = [
         s["cost"]
         for s in control.trace(run_id, store=store)
