@@ -1,9 +1,9 @@
 """The reaper: beat's task that makes every run reach a terminal state.
 
 It restarts runs whose step lease lapsed (the worker died or froze), re-drives
-runs stuck in ``queued`` (their message was lost) or running with nothing in
-flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS restarts in a row
-without progress. It also fires the timers that are due (a wait's timeout, a sleep's
+runs stuck in ``queued`` (their message was lost, not waiting in line: :func:`_lost`) or
+running with nothing in flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS
+restarts in a row without progress. It also fires the timers that are due (a wait's timeout, a sleep's
 end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
 fire_timer.lua), so two reapers never restart a run or fire a timer twice.
 """
@@ -14,11 +14,13 @@ import logging
 import time
 
 from ..config import get_settings
+from ..errors import WorkflowNotFound
 from ..states import RestartCause, RestartRefusal, RunState
-from ..store import get_store
+from ..store import Store, get_store
 from ..workflow import get_workflow
 from . import admission, limits, notify, schedules
-from .control import Run, fire_due_timers, resume, start
+from .broker import queue_depths
+from .control import Run, default_queue, fire_due_timers, resume, start
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
                 lost, step=step)
     limit = now - settings.queued_timeout
     queued = f"still queued after {settings.queued_timeout:g}s (message lost?)"
-    for run_id in store.queued_before(limit):
+    for run_id in _lost(store.queued_before(limit), store):
         restart(run_id, RunState.QUEUED, queued, RestartCause.QUEUED_TOO_LONG, queued, before=limit)
     limit = now - lapse
     orphaned = "worker lost between steps (it stopped beating before sending the next one)"
@@ -83,6 +85,35 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
 
 #: Runs compacted per shard and sweep at most (a backlog drains over a few sweeps).
 COMPACT_BATCH = 8
+
+
+def _lost(run_ids: list[str], store: Store) -> list[str]:
+    """Of the runs queued past FLOWKIT_QUEUED_TIMEOUT, those whose message may be lost.
+
+    A run whose queues still hold messages waits in line (a backlog longer than the
+    timeout): re-driving it would put a duplicate ahead of the line at every timeout, and
+    fail it once it had been re-driven FLOWKIT_MAX_RESTARTS times. So a run is re-driven
+    only once its queues are empty. A message a busy worker reserved but has not started is
+    in no queue: that run is re-driven, which adds one duplicate (begin_step runs it once)."""
+    if not run_ids:
+        return []
+    default = default_queue()
+    routes = {run_id: _queues(workflow, queue or default) for run_id, (workflow, queue)
+              in zip(run_ids, store.runs_fields(run_ids, "workflow", "queue"), strict=True)}
+    try:
+        depths = queue_depths(set().union(*routes.values()))
+    except Exception as exc:  # the broker does not answer: nothing could be re-driven now
+        log.warning("flowkit reaper: cannot see the broker's queues (%s); queued runs wait", exc)
+        return []
+    return [run_id for run_id, queues in routes.items() if not any(depths[q] for q in queues)]
+
+
+def _queues(workflow: str | None, own: str) -> set[str]:
+    """The queues a queued run's messages go to: its own, and its workflow's."""
+    try:
+        return get_workflow(workflow).queues(own) | {own}
+    except WorkflowNotFound:
+        return {own}
 
 
 def compact_ended(now: float | None = None) -> list[str]:

@@ -619,6 +619,14 @@ class Store:
             run_id, now, self.settings.retention_seconds, dumps(event)]))
 
     @_op
+    def runs_fields(self, run_ids: list[str], *names: str) -> list[list[str | None]]:
+        """:meth:`run_fields` of each run, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hmget(self.keys.run(run_id), list(names))
+        return pipe.execute()
+
+    @_op
     def run_states(self, run_ids: list[str]) -> list[str | None]:
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:

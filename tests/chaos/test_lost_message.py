@@ -1,4 +1,6 @@
-"""A run whose message was lost before any worker took it: the reaper enqueues it again."""
+"""A run whose message was lost before any worker took it: the reaper enqueues it again;
+a run that only waits in line behind a backlog longer than FLOWKIT_QUEUED_TIMEOUT is not
+lost, and is left alone."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import redis
 from flowkit import config
 from flowkit.engine.broker import PRIORITY_STEPS
 from tests.chaos.conftest import of_type, side_effects
-from tests.chaos.workflows import QUEUE, handoff
+from tests.chaos.workflows import QUEUE, handoff, tick
 
 
 def test_a_run_still_queued_after_its_message_was_lost_is_redriven(chaos_app, deployment):
@@ -26,3 +28,23 @@ def test_a_run_still_queued_after_its_message_was_lost_is_redriven(chaos_app, de
     assert restarted.data["reason"].startswith("still queued after 2s")
     assert done.restarts == 1
     assert side_effects(run, "started") == {"0:chaos.work": 1, "1:chaos.handed_on": 1}
+
+
+def test_runs_waiting_in_a_backlog_longer_than_the_queued_timeout_are_left_in_line(
+        chaos_app, deployment):
+    quick = {"FLOWKIT_QUEUED_TIMEOUT": "1"}
+    # one worker slot, eight runs of 0.6 s: the last waits about 5 timeouts for its turn
+    runs = [tick.start({"n": i, "chunks": 3, "pause": 0.2}) for i in range(8)]
+    # and one more behind them, unchecked: the queue is never empty while the eight are
+    # taken, as in a real backlog (a run taken from an emptied queue, between the worker's
+    # pop and its step's lease, looks lost for that moment)
+    behind = tick.start({"n": 8, "chunks": 1, "pause": 0})
+    deployment.beat(**quick)
+    deployment.worker("a", concurrency=1, **quick)
+    assert behind.wait(60).state == "succeeded"
+    for run in runs:
+        done = run.wait(60)
+        assert done.state == "succeeded", done.error  # not "gave up ... (message lost?)"
+        assert done.restarts == 0
+        assert of_type(run.events(), "run.restarted") == []
+        assert side_effects(run, "started") == {"0:chaos.work": 1}
