@@ -71,7 +71,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
         restart(run_id, RunState.RUNNING, orphaned, RestartCause.ORPHANED, orphaned, before=limit)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
-    for run_id in store.quiet_since(limit):
+    for run_id in _lost(store.quiet_since(limit), store):  # not its next step waiting in line
         restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
     report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
     report["scheduled"] = fire_schedules(now)
@@ -88,7 +88,8 @@ COMPACT_BATCH = 8
 
 
 def _lost(run_ids: list[str], store: Store) -> list[str]:
-    """Of the runs queued past FLOWKIT_QUEUED_TIMEOUT, those whose message may be lost.
+    """Of the runs queued past FLOWKIT_QUEUED_TIMEOUT (or running with no step in flight
+    past FLOWKIT_STALL_TIMEOUT), those whose (next) message may be lost.
 
     A run whose queues still hold messages waits in line (a backlog longer than the
     timeout): re-driving it would put a duplicate ahead of the line at every timeout, and

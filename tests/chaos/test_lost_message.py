@@ -1,6 +1,6 @@
 """A run whose message was lost before any worker took it: the reaper enqueues it again;
-a run that only waits in line behind a backlog longer than FLOWKIT_QUEUED_TIMEOUT is not
-lost, and is left alone."""
+a run that only waits in line behind a backlog longer than FLOWKIT_QUEUED_TIMEOUT (or
+whose next step does, longer than FLOWKIT_STALL_TIMEOUT) is not lost, and is left alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import redis
 from flowkit import config
 from flowkit.engine.broker import PRIORITY_STEPS
 from tests.chaos.conftest import of_type, side_effects
-from tests.chaos.workflows import QUEUE, handoff, tick
+from tests.chaos.workflows import QUEUE, handoff, ten, tick
 
 
 def test_a_run_still_queued_after_its_message_was_lost_is_redriven(chaos_app, deployment):
@@ -48,3 +48,20 @@ def test_runs_waiting_in_a_backlog_longer_than_the_queued_timeout_are_left_in_li
         assert done.restarts == 0
         assert of_type(run.events(), "run.restarted") == []
         assert side_effects(run, "started") == {"0:chaos.work": 1}
+
+
+def test_runs_whose_next_steps_wait_in_a_backlog_longer_than_the_stall_timeout_go_on(
+        chaos_app, deployment):
+    quick = {"FLOWKIT_STALL_TIMEOUT": "1"}
+    # one worker slot, five ten-step runs taking turns: each next step waits about 1.2 s
+    # behind the other runs' (a step of 0.3 s is past the inline budget: it goes through
+    # the queue), while at least three other messages are queued
+    runs = [ten.start({"n": 0, "chunks": 2, "pause": 0.15}) for _ in range(5)]
+    deployment.beat(**quick)
+    deployment.worker("a", concurrency=1, **quick)
+    for run in runs:
+        done = run.wait(90)
+        assert done.state == "succeeded", done.error
+        assert done.restarts == 0
+        assert of_type(run.events(), "run.restarted") == []
+        assert side_effects(run, "started") == {f"{i}:chaos.work": 1 for i in range(10)}
