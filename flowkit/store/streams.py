@@ -58,9 +58,13 @@ class EndWatch:
 
     @guarded
     def wait(self, seconds: float) -> bool:
-        message = self._pubsub.get_message(timeout=seconds)
-        if message is None:
-            return False
+        # the subscription's own confirmation comes first and reads as None: it is not the
+        # end, so wait on for the rest of the time (the caller would read the run again)
+        deadline = time.monotonic() + seconds
+        while (message := self._pubsub.get_message(timeout=seconds)) is None:
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                return False
         try:
             ended = json.loads(message["data"])
             self.ended = (_pairs(ended["record"]), _pairs(ended["attempts"]))

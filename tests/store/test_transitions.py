@@ -7,6 +7,7 @@ Redis's clock, so their budgets are small enough that no test's duration matters
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import product
@@ -625,6 +626,16 @@ def test_a_watcher_of_the_run_s_end_gets_the_ended_run_with_the_message(store):
         record, attempts = watch.ended
     assert record == store.get_run(RUN) and record["state"] == RunState.FAILED
     assert attempts == {STEP: "1"}
+
+
+def test_a_watcher_is_not_woken_by_its_own_subscription(store):
+    """The subscription's confirmation is the first message on the connection: taken for
+    an end, it sent every waiter back to read the run once more while it still ran."""
+    make_run(store, RunState.RUNNING)
+    with store.watch_end(RUN) as watch:
+        began = time.monotonic()
+        assert not watch.wait(0.3)
+        assert time.monotonic() - began >= 0.3  # it waited the whole time for an end
 
 
 @pytest.mark.parametrize(ENDING_ARGS, ENDINGS)
