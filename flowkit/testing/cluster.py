@@ -3,8 +3,10 @@
 The store's Cluster support (``redis+cluster://``) is only worth what a real cluster
 proves: slots spread over primaries, MOVED replies, one-slot scripts. So this starts
 ``primaries`` servers with ``--cluster-enabled yes`` on free loopback ports in a temp
-dir, joins them with ``redis-cli --cluster create`` (no replicas) and waits until every
-node reports ``cluster_state:ok``. Use as a context manager; everything is removed after.
+dir, joins them with ``redis-cli --cluster create`` and waits until every node reports
+``cluster_state:ok``; with ``replicas`` (per primary), until every replica's link to its
+primary is up too (a failover test promotes them). Use as a context manager; everything
+is removed after.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ def _low_port() -> int:
 
 
 class LocalCluster:
-    """``primaries`` redis-server processes joined into one Redis Cluster."""
+    """``primaries`` redis-server processes joined into one Redis Cluster, each with
+    ``replicas`` replicas. ``ports`` are the primaries' (as created), ``replica_ports``
+    the replicas'."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 0,
+                 node_timeout_ms: int = 15000) -> None:
         self.ports = [_low_port() for _ in range(primaries)]
+        #: How long a node may be unreachable before the cluster fails it (Redis's
+        #: cluster-node-timeout; a replica takes over from a failed primary after it).
+        self.node_timeout_ms = node_timeout_ms
+        self.replica_ports = [_low_port() for _ in range(primaries * replicas)]
+        self.replicas = replicas
         self.dir = Path(tempfile.mkdtemp(prefix="flowkit-redis-cluster-"))
         self.procs: list[subprocess.Popen] = []
 
@@ -43,28 +53,47 @@ class LocalCluster:
         exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if exe is None or cli is None:
             raise ConfigError("redis-server is not installed: run `apt-get install redis-server`.")
-        for port in self.ports:
+        for port in self.ports + self.replica_ports:
             node_dir = self.dir / str(port)
             node_dir.mkdir()
             self.procs.append(subprocess.Popen(
                 [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-port", str(free_port()),
+                 "--cluster-node-timeout", str(self.node_timeout_ms),
                  "--save", "", "--appendonly", "no", "--loglevel", "warning",
                  "--logfile", str(node_dir / "redis.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-        for port in self.ports:
+        for port in self.ports + self.replica_ports:
             self._until(lambda p=port: self._cli(p, "PING") == "PONG", f"node {port} answers")
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        nodes = [f"127.0.0.1:{port}" for port in self.ports + self.replica_ports]
         if len(nodes) == 1:  # redis-cli wants three masters; one node takes every slot itself
             self._cli(self.ports[0], "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
-        else:
-            subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", "0",
-                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        for port in self.ports:
+        else:  # the first nodes named become the primaries
+            subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas",
+                            str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+        for port in self.ports + self.replica_ports:
             self._until(lambda p=port: "cluster_state:ok" in self._cli(p, "CLUSTER", "INFO"),
                         f"node {port} sees the cluster ok")
+        for port in self.replica_ports:
+            self._until(lambda p=port: "master_link_status:up" in self._cli(p, "INFO",
+                                                                              "replication"),
+                        f"replica {port} is in sync")
         return self
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node at ``port``: a crash, as far as the cluster can tell."""
+        proc = self.procs[(self.ports + self.replica_ports).index(port)]
+        proc.kill()
+        proc.wait(10)
+
+    def role(self, port: int) -> str:
+        """``master`` or ``slave``, as the node at ``port`` says."""
+        for line in self._cli(port, "INFO", "replication").splitlines():
+            if line.startswith("role:"):
+                return line.split(":", 1)[1].strip()
+        return ""
 
     @staticmethod
     def _cli(port: int, *command: str) -> str:

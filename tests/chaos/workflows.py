@@ -91,6 +91,11 @@ def item(x: int) -> int:
 
 
 ten = flowkit.Workflow("chaos.ten", [work] * 10)
+#: The same, its steps retried: their bodies count side effects in Redis themselves, and a
+#: Redis node's crash fails those calls as it would any user code's (not flowkit's own,
+#: which abandon the step to the reaper).
+ten_retried = flowkit.Workflow(
+    "chaos.ten_retried", [work.retry(attempts=6, backoff=flowkit.exponential(0.2, 2))] * 10)
 batch_held = flowkit.Workflow("chaos.batch_held", [items, fan_out(item, batch=4)])
 held = flowkit.Workflow("chaos.held", [work, hold, work])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
