@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -24,7 +25,7 @@ from flowkit.serialization import loads
 from flowkit.store import get_store
 from flowkit.testing import LocalRedis, WorkerProcess
 from tests.chaos.workflows import QUEUE
-from tests.conftest import ROOT
+from tests.conftest import FAST, ROOT
 
 
 def pytest_collection_modifyitems(items):
@@ -48,6 +49,38 @@ def _restore_app(previous) -> None:
     broker.use_app(previous)
     if previous is not None:
         previous.set_current()
+
+
+@contextmanager
+def deployed(monkeypatch, tmp_path, redis_url: str, broker_url: str | None,
+             **env: str) -> Iterator[Deployment]:
+    """A deployment (workers, beat: start them) with its store at ``redis_url`` and its
+    broker at ``broker_url`` (None: the store's default), this process configured alike."""
+    env = {**FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": QUEUE,
+           "FLOWKIT_REDIS_URL": redis_url, "FLOWKIT_BROKER_URL": broker_url or "", **env}
+    settings = config.get_settings().replace(redis_url=redis_url, broker_url=broker_url)
+    monkeypatch.setattr(config, "_settings", settings)
+    previous = _use_app(settings)
+    deployment = Deployment(env, tmp_path)
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+        _restore_app(previous)
+
+
+def under_way(deployment: Deployment, workflow: flowkit.Workflow, count: int,
+              data: dict) -> list[flowkit.Run]:
+    """Two workers and beat of ``deployment`` started, and ``count`` runs of ``workflow``
+    two steps in on average (a failover test's runs, mid-way)."""
+    store = get_store()
+    deployment.worker("a")
+    deployment.worker("b")
+    deployment.beat()
+    runs = [workflow.start(data) for _ in range(count)]
+    wait_for(lambda: sum(len(store.checkpoints(r.id)) for r in runs) >= count * 2, 60,
+             "the runs to be under way")
+    return runs
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from flowkit import config
 from flowkit.engine.reaper import compact_ended
 from flowkit.events import START
 from flowkit.serialization import loads
@@ -22,10 +21,9 @@ from flowkit.testing import LocalRedis
 from flowkit.testing.cluster import LocalCluster
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import TERMINAL, sse_read
-from tests.chaos.conftest import Deployment, _restore_app, _use_app, open_gate, wait_for, waiting
-from tests.chaos.workflows import QUEUE, held, ten
+from tests.chaos.conftest import deployed, open_gate, wait_for, waiting
+from tests.chaos.workflows import held, ten
 from tests.cluster import cluster_fixture, primaries  # noqa: F401 - the cluster fixture
-from tests.conftest import FAST, ROOT
 
 RUNS = 100
 
@@ -33,23 +31,11 @@ RUNS = 100
 @pytest.fixture
 def on_cluster(cluster, flowkit_env, tmp_path, monkeypatch):
     """This process and a deployment (workers, beat) with the store on the cluster."""
-    with LocalRedis() as broker:
-        env = {
-            **FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": QUEUE,
-            "FLOWKIT_REDIS_URL": cluster.url,
-            "FLOWKIT_BROKER_URL": broker.url,
-        }
-        settings = config.get_settings().replace(redis_url=cluster.url, broker_url=broker.url)
-        monkeypatch.setattr(config, "_settings", settings)
-        previous = _use_app(settings)
-        deployment = Deployment(env, tmp_path)
-        try:
-            for node in primaries(cluster):
-                node.flushall()
-            yield deployment
-        finally:
-            deployment.stop()
-            _restore_app(previous)
+    with LocalRedis() as broker, \
+            deployed(monkeypatch, tmp_path, cluster.url, broker.url) as deployment:
+        for node in primaries(cluster):
+            node.flushall()
+        yield deployment
 
 
 def run_keys_per_primary(cluster: LocalCluster, prefix: str) -> list[int]:

@@ -18,14 +18,12 @@ from contextlib import contextmanager
 
 import redis
 
-from flowkit import config
 from flowkit.serialization import loads
 from flowkit.store import Store, get_store
 from flowkit.testing import LocalRedis
 from flowkit.testing.cluster import LocalCluster
-from tests.chaos.conftest import Deployment, _restore_app, _use_app, wait_for
-from tests.chaos.workflows import QUEUE, ten, ten_retried
-from tests.conftest import FAST, ROOT
+from tests.chaos.conftest import deployed, under_way, wait_for
+from tests.chaos.workflows import ten, ten_retried
 
 RUNS = 6
 
@@ -35,28 +33,11 @@ def runs_on(cluster: LocalCluster, monkeypatch, tmp_path, workflow=ten
             ) -> Iterator[tuple[Store, list]]:
     """Two workers and beat on ``cluster`` (the broker on a Redis of its own), and RUNS
     ten-step runs of ``workflow`` under way."""
-    with LocalRedis() as broker:
-        env = {
-            **FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": QUEUE,
-            "FLOWKIT_REDIS_URL": cluster.url, "FLOWKIT_BROKER_URL": broker.url,
-            "FLOWKIT_STALL_TIMEOUT": "10", "FLOWKIT_QUEUED_TIMEOUT": "10",
-        }
-        settings = config.get_settings().replace(redis_url=cluster.url, broker_url=broker.url)
-        monkeypatch.setattr(config, "_settings", settings)
-        previous = _use_app(settings)
-        deployment = Deployment(env, tmp_path)
-        try:
-            store = get_store()
-            deployment.worker("a")
-            deployment.worker("b")
-            deployment.beat()
-            runs = [workflow.start({"n": 0, "chunks": 2, "pause": 0.1}) for _ in range(RUNS)]
-            wait_for(lambda: sum(len(store.checkpoints(r.id)) for r in runs) >= RUNS * 2, 60,
-                     "the runs to be under way")
-            yield store, runs
-        finally:
-            deployment.stop()
-            _restore_app(previous)
+    with LocalRedis() as broker, deployed(monkeypatch, tmp_path, cluster.url, broker.url,
+                                          FLOWKIT_STALL_TIMEOUT="10",
+                                          FLOWKIT_QUEUED_TIMEOUT="10") as deployment:
+        yield get_store(), under_way(deployment, workflow, RUNS,
+                                     {"n": 0, "chunks": 2, "pause": 0.1})
 
 
 def finished(store: Store, runs: list, within: float) -> None:

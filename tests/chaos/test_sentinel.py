@@ -24,7 +24,7 @@ from flowkit.serialization import loads
 from flowkit.store import get_store
 from flowkit.store.connection import client
 from flowkit.testing import LocalRedis, free_port
-from tests.chaos.conftest import Deployment, _restore_app, _use_app, wait_for
+from tests.chaos.conftest import Deployment, _restore_app, _use_app, deployed, under_way, wait_for
 from tests.chaos.workflows import ten
 from tests.conftest import FAST, ROOT
 
@@ -178,38 +178,20 @@ def test_a_write_held_at_a_failover_is_resent_to_the_new_primary(sentinel_group)
 def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp_path,
                                                   monkeypatch):
     primary, replica, sentinels = sentinel_group
-    with LocalRedis() as broker:
-        env = {
-            **FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos",
-            "FLOWKIT_REDIS_URL": sentinels.url,
-            "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{broker.port}/0",
-            "FLOWKIT_STALL_TIMEOUT": "10", "FLOWKIT_QUEUED_TIMEOUT": "10",
-        }
-        settings = config.get_settings().replace(redis_url=env["FLOWKIT_REDIS_URL"],
-                                                  broker_url=env["FLOWKIT_BROKER_URL"])
-        monkeypatch.setattr(config, "_settings", settings)
-        previous = _use_app(settings)
-        deployment = Deployment(env, tmp_path)
-        try:
-            store = get_store()
-            deployment.worker("a")
-            deployment.worker("b")
-            deployment.beat()
-            runs = [ten.start({"n": 0, "chunks": 2, "pause": 0.2}) for _ in range(RUNS)]
-            wait_for(lambda: sum(len(store.checkpoints(r.id)) for r in runs) >= RUNS * 2, 60,
-                     "the runs to be under way")
+    with LocalRedis() as broker, deployed(monkeypatch, tmp_path, sentinels.url, broker.url,
+                                          FLOWKIT_STALL_TIMEOUT="10",
+                                          FLOWKIT_QUEUED_TIMEOUT="10") as deployment:
+        store = get_store()
+        runs = under_way(deployment, ten, RUNS, {"n": 0, "chunks": 2, "pause": 0.2})
 
-            fail_over(pause_writes(primary), replica, sentinels)
-            done_at_failover = sum(len(store.checkpoints(r.id)) for r in runs)
+        fail_over(pause_writes(primary), replica, sentinels)
+        done_at_failover = sum(len(store.checkpoints(r.id)) for r in runs)
 
-            # What the new primary holds decides (a client of its own: an idle connection
-            # of this process may still point at the old primary, now a replica).
-            promoted = redis.Redis(port=replica.port, db=1, decode_responses=True)
-            wait_for(lambda: all(promoted.hget(store.keys.run(r.id), "state") == "succeeded"
-                                 for r in runs), 120, "every run to succeed on the new primary")
-        finally:
-            deployment.stop()
-            _restore_app(previous)
+        # What the new primary holds decides (a client of its own: an idle connection
+        # of this process may still point at the old primary, now a replica).
+        promoted = redis.Redis(port=replica.port, db=1, decode_responses=True)
+        wait_for(lambda: all(promoted.hget(store.keys.run(r.id), "state") == "succeeded"
+                             for r in runs), 120, "every run to succeed on the new primary")
     assert done_at_failover < RUNS * 10, "the runs ended before the failover: it proved nothing"
     assert promoted.info("replication")["role"] == "master"
     for run in runs:
