@@ -1,6 +1,7 @@
-"""Schedules declared in the code (``Workflow(..., schedules=[...])``): beat's first sweep
-makes what Redis holds the code's. A new process with changed code stands in for a deploy:
-the declarations are re-read (``schedules._reconciled`` emptied) on the same real Redis."""
+"""Schedules declared in the code (``Workflow(..., schedules=[...])``): beat, when it starts,
+makes what Redis holds the code's (``schedules.store_declared``; a real beat process does it
+in tests/chaos/test_flow_control.py). Changed code stands in for a deploy, on the same real
+Redis."""
 
 from __future__ import annotations
 
@@ -21,16 +22,14 @@ def noop(data: dict) -> dict:
 
 @pytest.fixture
 def deploy(store, monkeypatch):
-    """``deploy(*declared)``: a process whose code declares these schedules on NAME, then
-    its first sweep; returns the stored schedules of NAME by id."""
-    monkeypatch.setattr(schedules, "_reconciled", set())
+    """``deploy(*declared)``: a beat whose code declares these schedules on NAME starts;
+    returns the stored schedules of NAME by id."""
     monkeypatch.setitem(_workflows, NAME, None)  # the fixture's teardown forgets it
     flowkit.Workflow(NAME, [noop])  # served, declaring nothing yet
 
     def deploy(*declared: flowkit.Schedule) -> dict[str, dict]:
         flowkit.Workflow(NAME, [noop], schedules=declared)
-        schedules._reconciled.clear()  # a new process
-        schedules.claim_due(0.0, store)  # the sweep (nothing is due at time 0)
+        schedules.store_declared(store)
         return {s["id"]: s for s in schedules.list(store) if s["workflow"] == NAME}
 
     return deploy

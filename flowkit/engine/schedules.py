@@ -1,7 +1,7 @@
 """Schedules: runs started at every tick of a cron line or an interval, fired by beat.
 
 A schedule lives in Redis: declared on a workflow with ``Workflow(..., schedules=[...])``
-(beat's first sweep makes the stored declarations its code's, see :func:`store_declared`),
+(beat, when it starts, makes the stored declarations its code's: :func:`store_declared`),
 or created at run time with :func:`create`, REST ``/schedules`` or ``flowkit schedules``. Beat's reaper sweep fires what is due: each tick
 is claimed once (claim_tick.lua) and its run started (by the reaper) with the idempotency
 key ``schedule:<id>:<tick>``, so even two beat processes started by mistake start one run per
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 GRACE = 60.0
 #: What makes two definitions of one schedule alike (``anchor`` is only when it was stored).
 _SHAPE = ("workflow", "cron", "every", "input", "timezone", "catchup")
-#: The workflows whose declared schedules this process has made its code's.
-_reconciled: set[str] = set()
 
 
 def next_tick(definition: dict[str, Any], after: float) -> float:
@@ -128,23 +126,23 @@ def _stored(view: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in view.items() if k not in ("paused", "next_at")}
 
 
-# -- firing (beat's sweep) ----------------------------------------------------------------
+# -- declaring (beat's start) and firing (beat's sweep) ---------------------------------------
 
 
 def store_declared(store: Store | None = None) -> None:
     """Make the stored declared schedules of this process's workflows what its code
-    declares, once per process and workflow: a new declaration is stored; a changed one (an
-    explicit ``id`` with another cron line, interval, input, zone or catchup) replaces the
-    stored one from its next tick, keeping its pause; one the code no longer declares (a
-    removed declaration, or a cron line changed under the default id) is deleted.
+    declares: a new declaration is stored; a changed one (an explicit ``id`` with another
+    cron line, interval, input, zone or catchup) replaces the stored one from its next
+    tick, keeping its pause; one the code no longer declares (a removed declaration, or a
+    cron line changed under the default id) is deleted. Beat calls it when it starts
+    (:mod:`flowkit.worker.signals`): one process, the one a deploy restarts with the new
+    code, so no worker still running the old code (or a recycled child of one) undoes it.
 
     Schedules made at run time (:func:`create`, REST, CLI) are never touched, nor the
     declared schedules of workflows this process does not serve, and a declaration whose
     id a run-time schedule already holds leaves that schedule as it is."""
     store = store or get_store()
-    pending = {name: wf for name, wf in workflows().items() if name not in _reconciled}
-    if not pending:
-        return
+    pending = workflows()
     stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in pending}
     now = time.time()
     for name, wf in pending.items():
@@ -163,7 +161,6 @@ def store_declared(store: Store | None = None) -> None:
                     and schedule_id not in declared):
                 store.delete_schedule(schedule_id)
                 log.info("flowkit: schedule %s is no longer declared: deleted", schedule_id)
-        _reconciled.add(name)
 
 
 def _shape(definition: dict[str, Any]) -> Any:
@@ -176,7 +173,6 @@ def claim_due(now: float | None = None, store: Store | None = None
     """Claim every tick due by ``now`` (each once, however many sweeps run): the schedules
     and ticks whose runs to start (the reaper starts them, keyed by schedule and tick)."""
     store, now = store or get_store(), time.time() if now is None else now
-    store_declared(store)
     claimed: list[tuple[dict[str, Any], float]] = []
     for schedule_id, due_at in store.due_schedules(now):
         definition, _ = store.schedule(schedule_id)

@@ -1,5 +1,6 @@
 """The worker's signals: refuse bad settings (and warn of a Redis that would lose work), name the worker, start heartbeats, drain,
-record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT).
+record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT);
+and beat's: store the schedules its code declares when it starts.
 
 Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
 """
@@ -9,13 +10,15 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
+import time
 
 from celery import signals
 from celery.concurrency.prefork import TaskPool as Prefork
 
 from .. import metrics
 from ..config import get_settings, is_amqp
-from ..engine import doctor, drain, heartbeat, publish
+from ..engine import doctor, drain, heartbeat, publish, schedules
 from ..engine.broker import reaper_queue
 from ..engine.doctor import served
 from ..engine.handoff import handoffs
@@ -33,6 +36,26 @@ def refuse_bad_config(sender=None, **_) -> None:
     except ConfigError as exc:
         print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def declare_schedules(sender=None, **_) -> None:
+    """Beat starts: make the stored declared schedules its code's
+    (:func:`flowkit.engine.schedules.store_declared`), in a thread that tries again while
+    Redis is away, so beat starts and fires what is stored either way."""
+    threading.Thread(target=_declare, name="flowkit-schedules", daemon=True).start()
+
+
+def _declare() -> None:
+    pause = 1.0
+    while True:
+        try:
+            schedules.store_declared()
+            return
+        except Exception as exc:  # Redis away, say: the schedules keep what was stored
+            log.warning("flowkit: could not store the declared schedules (%s); again in %gs",
+                        exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 30.0)
 
 
 def consume_reaper_queue(sender=None, **_) -> None:
@@ -168,3 +191,4 @@ def connect() -> None:
     signals.worker_ready.connect(serve_metrics, dispatch_uid="flowkit.serve_metrics")
     signals.worker_process_shutdown.connect(child_exiting, dispatch_uid="flowkit.child_exiting")
     signals.worker_shutdown.connect(stop_metrics, dispatch_uid="flowkit.stop_metrics")
+    signals.beat_init.connect(declare_schedules, dispatch_uid="flowkit.declare_schedules")

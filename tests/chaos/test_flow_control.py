@@ -102,6 +102,16 @@ def test_two_beats_fire_each_tick_of_a_schedule_once(chaos_app, deployment):
     assert all(r.wait(WAIT).state == "succeeded" for r in runs)
 
 
+def test_beat_stores_the_schedules_its_code_declares_when_it_starts(chaos_app, deployment):
+    assert flowkit.schedules.list() == []
+    deployment.beat()  # tests.chaos.workflows declares chaos-yearly on chaos.yearly
+    wait_for(lambda: flowkit.schedules.list(), 30, "beat to store the declared schedule")
+    [stored] = flowkit.schedules.list()
+    assert stored["id"] == "chaos-yearly" and stored["declared"] and not stored["paused"]
+    assert (stored["workflow"], stored["cron"], stored["input"]) == \
+        ("chaos.yearly", "0 0 1 1 *", {"n": 0})
+
+
 def peak(marks: list[dict]) -> int:
     level = top = 0
     for mark in sorted(marks, key=lambda m: (m["at"], m["d"])):

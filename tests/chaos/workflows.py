@@ -233,3 +233,6 @@ crawl = flowkit.Workflow("chaos.crawl", [pages, fan_out(fetch_page.concurrency(3
 pinging = flowkit.Workflow("chaos.pinging", [pages, fan_out(ping.rate_limit("10/s"))])
 #: One quick step: what the schedule test fires.
 tick = flowkit.Workflow("chaos.tick", [work])
+#: A schedule declared in the code, stored when beat starts (it fires on New Year only).
+yearly = flowkit.Workflow("chaos.yearly", [work], schedules=[
+    flowkit.Schedule(cron="0 0 1 1 *", input={"n": 0}, id="chaos-yearly")])
