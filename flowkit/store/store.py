@@ -409,8 +409,7 @@ class Store:
         pipe = self.redis.pipeline()
         pipe.hsetnx(key, step, output_json)
         pipe.hget(key, step)
-        pipe.expire(key, self.settings.retention_seconds)
-        return pipe.execute()[1]
+        return pipe.execute()[1]  # no expiry: the run's own scripts give its keys theirs
 
     @_op
     def retrying(
@@ -431,8 +430,7 @@ class Store:
         ``emit_id`` (default: a fresh one) names this call: resent after a lost reply,
         it returns the stream id of its first run instead of appending the event again."""
         return self._run_script("emit", run_id, [
-            gen, dumps(event), self.settings.retention_seconds, event["step"],
-            emit_id or _new_call(),
+            gen, dumps(event), "", event["step"], emit_id or _new_call(),
         ]) or None
 
     @_op
@@ -921,12 +919,10 @@ class Store:
     # -- traces ----------------------------------------------------------------------------
 
     def _queue_trace(self, pipe: Any, records: Iterable[tuple[str, str]]) -> None:
-        touched = set()
+        # no expiry here: the run's scripts give the trace the run's (none while it lives,
+        # the retention once it ended; an XADD keeps what the stream has)
         for run_id, doc in records:
             pipe.xadd(self.keys.trace(run_id), {"s": doc})
-            touched.add(run_id)
-        for run_id in touched:
-            pipe.expire(self.keys.trace(run_id), self.settings.retention_seconds)
 
     @_op
     def append_trace(self, records: Iterable[tuple[str, str]]) -> None:

@@ -445,6 +445,39 @@ def test_begin_step_on_a_waiting_run_makes_it_running_again(store):
     assert list(open_waits(store)) == [wait_key()]  # STEP still waits
 
 
+# -- expiry ---------------------------------------------------------------------------------
+
+
+def run_keys(store, run_id: str = RUN) -> list[str]:
+    """Every key of the run that exists (record, streams, hashes, trace)."""
+    keys = store.keys.script_keys(run_id)
+    return [name for name in [*keys[:8], keys[13]] if store.redis.exists(name)]
+
+
+def test_a_live_run_never_expires_and_an_ended_one_after_the_retention(store):
+    """A run may wait weeks for a person: while it is live its keys have no expiry, and
+    from its end they expire the retention after their last write."""
+    make_run(store, RunState.RUNNING)
+    store.save_checkpoint(RUN, f"{STEP}/0:inline", '"sub"')
+    store.emit(RUN, 0, events.make(events.STEP_OUTPUT, RUN, step=STEP, chunk="c"))
+    store.append_trace([(RUN, '{"id":"step:0@1"}')])
+    assert pause(store)[0] == WaitOutcome.PAUSED
+    assert store.get_run(RUN)["state"] == RunState.WAITING
+    keys = run_keys(store)
+    assert {store.keys.trace(RUN), store.keys.checkpoints(RUN)} <= set(keys)
+    assert {key: store.redis.ttl(key) for key in keys} == {key: -1 for key in keys}
+
+    outcome, gen = deliver(store)
+    assert outcome == WaitOutcome.RESUMED
+    assert fail(store, call_id="end", now=T + 9, gen=gen)
+    retention = store.settings.retention_seconds
+    assert all(0 < store.redis.ttl(key) <= retention for key in run_keys(store))
+
+    # retried: live again, it keeps its keys for as long as it lives
+    gen, _ = store.restart(RUN, expected_state=RunState.FAILED, reason="retry", now=T + 10)
+    assert gen and {store.redis.ttl(key) for key in run_keys(store)} == {-1}
+
+
 # -- complete_step ------------------------------------------------------------------------
 
 

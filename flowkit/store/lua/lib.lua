@@ -54,10 +54,19 @@ local function append(event_json)
   return redis.call('XADD', events, '*', 'e', event_json)
 end
 
--- Keep the run's keys for `retention` seconds after this write (a no-op on a missing key).
+-- After a write: a live run's keys do not expire (it may wait weeks for a person, or be
+-- scheduled months ahead); an ended run's keys expire `retention` seconds after this write
+-- (a no-op on a missing key). Its trace stream, written outside the scripts, goes alike.
 local function touch(retention)
+  if is_live(redis.call('HGET', run, 'state')) then
+    for i = 1, 8 do redis.call('PERSIST', KEYS[i]) end
+    redis.call('PERSIST', archive)
+    redis.call('PERSIST', trace)
+    return
+  end
   for i = 1, 8 do redis.call('EXPIRE', KEYS[i], retention) end
   redis.call('EXPIRE', archive, retention)
+  redis.call('EXPIRE', trace, retention)
 end
 
 -- Whether call `call_id` ended the run: this call again, resent after its reply was lost.
