@@ -17,10 +17,11 @@ from playwright.sync_api import expect
 
 import flowkit
 from flowkit import component, fan_out, history
+from flowkit.engine import control
 from tests.api import test_watch
 from tests.api.conftest import API_KEY, serve
 from tests.api.helpers import start
-from tests.conftest import open_gate, reached_gate
+from tests.conftest import open_gate, reached_gate, wait_until
 from tests.workflows import LONELY
 
 #: One Chromium for the module, launched as the watch page's tests do.
@@ -279,6 +280,9 @@ def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_
 
 
 def test_a_queued_run_says_what_it_waits_for(api, client, page):
+    # the store fixture's flush took the session worker's presence with it: until its next
+    # beat the page would say "no live worker" (true then), not which queue lacks one
+    wait_until(lambda: control.live_workers(), 20, "the session worker's presence")
     run = start(client, "lonely", {"n": 1})  # its queue has no consumer
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector('#state[data-state="queued"]')

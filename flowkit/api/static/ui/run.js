@@ -262,4 +262,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   render();
   refreshRecord();
   follow();
+  // a queued run writes no event while no worker takes it: read its record again now and
+  // then, so "Waiting for" follows the workers that come and go
+  setInterval(() => { if ((folded.state ?? record?.state) === "queued") refreshRecord(); }, 3000);
 }
