@@ -11,7 +11,7 @@ from .errors import PayloadTooLarge
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_not_json)
 
 
 def loads(text: str | bytes) -> Any:
@@ -31,7 +31,7 @@ def _not_json(value: Any) -> Any:
 def dumps_bounded(value: Any, what: str) -> str:
     """Serialise ``value``; refuse it when over FLOWKIT_MAX_PAYLOAD_BYTES or not JSON."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_not_json)
+        text = dumps(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
     limit = get_settings().max_payload_bytes

@@ -3,8 +3,8 @@
 It restarts runs whose step lease lapsed (the worker died or froze), re-drives
 runs stuck in ``queued`` (their message was lost, not waiting in line: :func:`_lost`) or
 running with nothing in flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS
-restarts in a row without progress. It also fires the timers that are due (a wait's timeout, a sleep's
-end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
+restarts in a row without progress. It also fires the timers that are due (a wait's
+timeout, a sleep's end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
 fire_timer.lua), so two reapers never restart a run or fire a timer twice.
 """
 

@@ -2,10 +2,11 @@
 
 A schedule lives in Redis: declared on a workflow with ``Workflow(..., schedules=[...])``
 (beat, when it starts, makes the stored declarations its code's: :func:`store_declared`),
-or created at run time with :func:`create`, REST ``/schedules`` or ``flowkit schedules``. Beat's reaper sweep fires what is due: each tick
-is claimed once (claim_tick.lua) and its run started (by the reaper) with the idempotency
-key ``schedule:<id>:<tick>``, so even two beat processes started by mistake start one run per
-tick. The next tick comes from Celery's own ``crontab`` in the schedule's time zone.
+or created at run time with :func:`create`, REST ``/schedules`` or ``flowkit schedules``.
+Beat's reaper sweep fires what is due: each tick is claimed once (claim_tick.lua) and its
+run started (by the reaper) with the idempotency key ``schedule:<id>:<tick>``, so even two
+beat processes started by mistake start one run per tick. The next tick comes from
+Celery's own ``crontab`` in the schedule's time zone.
 
 Missed ticks (beat was down): a tick later than ``GRACE`` seconds is skipped, unless the
 schedule says ``catchup=True``: then the last one missed runs, once.
@@ -142,10 +143,10 @@ def store_declared(store: Store | None = None) -> None:
     declared schedules of workflows this process does not serve, and a declaration whose
     id a run-time schedule already holds leaves that schedule as it is."""
     store = store or get_store()
-    pending = workflows()
-    stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in pending}
+    served = workflows()
+    stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in served}
     now = time.time()
-    for name, wf in pending.items():
+    for name, wf in served.items():
         declared = {d["id"]: d for d in (definition_of(name, schedule, declared=True)
                                          for schedule in getattr(wf, "schedules", ()))}
         for schedule_id, definition in declared.items():

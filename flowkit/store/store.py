@@ -430,7 +430,7 @@ class Store:
         ``emit_id`` (default: a fresh one) names this call: resent after a lost reply,
         it returns the stream id of its first run instead of appending the event again."""
         return self._run_script("emit", run_id, [
-            gen, dumps(event), "", event["step"], emit_id or _new_call(),
+            gen, dumps(event), event["step"], emit_id or _new_call(),
         ]) or None
 
     @_op

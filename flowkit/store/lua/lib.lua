@@ -57,11 +57,15 @@ end
 -- After a write: a live run's keys do not expire (it may wait weeks for a person, or be
 -- scheduled months ahead); an ended run's keys expire `retention` seconds after this write
 -- (a no-op on a missing key). Its trace stream, written outside the scripts, goes alike.
+-- Only this function gives the keys an expiry, all at once, so the record's tells: a live
+-- run whose record has one (retried after it ended) has every expiry taken off once.
 local function touch(retention)
   if is_live(redis.call('HGET', run, 'state')) then
-    for i = 1, 8 do redis.call('PERSIST', KEYS[i]) end
-    redis.call('PERSIST', archive)
-    redis.call('PERSIST', trace)
+    if redis.call('TTL', run) ~= -1 then
+      for i = 1, 8 do redis.call('PERSIST', KEYS[i]) end
+      redis.call('PERSIST', archive)
+      redis.call('PERSIST', trace)
+    end
     return
   end
   for i = 1, 8 do redis.call('EXPIRE', KEYS[i], retention) end
