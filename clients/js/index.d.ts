@@ -76,11 +76,14 @@ export interface Backoff {
   max?: number;
 }
 
+/** A token, or a function giving one (called again when the one it gave has expired). */
+export type TokenOption = string | (() => string | Promise<string>);
+
 export interface FlowkitClientOptions {
   /** Where the flowkit blueprint is mounted, e.g. "/flowkit" or "https://api.example.com/flowkit". */
   baseUrl?: string;
-  /** An API key or run token: sent as `Authorization: Bearer` (and as `?token=` on a WebSocket, which takes run tokens only). */
-  token?: string;
+  /** An API key or run token: sent as `Authorization: Bearer` (and as `?token=` on a WebSocket, which takes run tokens only). A function gives tokens: called before the first request or connection, and again when the server answers that the token sent has expired (`token_expired`). */
+  token?: TokenOption;
   /** fetch's credentials mode for cookie sessions (default "same-origin"). */
   credentials?: RequestCredentials;
   /** A WebSocket constructor (Node 20 has none: e.g. the `ws` package). */
@@ -98,8 +101,8 @@ export interface WatchOptions {
   storage?: StorageLike | null;
   /** "auto" (default): WebSocket, falling back to SSE when a socket cannot open. */
   transport?: "auto" | "websocket" | "sse";
-  /** A token for this watch only (e.g. the run token a start returned). */
-  token?: string;
+  /** A token for this watch only (e.g. the run token a start returned), or a function giving fresh ones (e.g. from your app's endpoint minting `FlowKit.run_token`). */
+  token?: TokenOption;
   backoff?: Backoff;
   idleTimeout?: number;
 }
@@ -146,7 +149,7 @@ export declare class FlowkitClient {
   retry(runId: string): Promise<RunRecord>;
   run(runId: string): Promise<RunRecord>;
   events(runId: string, options?: { after?: string; limit?: number }): Promise<{ events: FlowkitEvent[]; next: string; done: boolean }>;
-  request(method: string, path: string, options?: { body?: unknown; headers?: Record<string, string>; token?: string }): Promise<any>;
+  request(method: string, path: string, options?: { body?: unknown; headers?: Record<string, string>; token?: TokenOption }): Promise<any>;
 }
 
 export declare function foldEvent(state: RunState, event: FlowkitEvent): RunState;

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 
 from .blueprint import create_blueprint
 from .options import ApiOptions
@@ -40,6 +40,19 @@ class FlowKit:
         process that stays, instead of holding the shutdown open. Returns how many ended."""
         state = app.extensions.get(EXTENSION)
         return state.hub.end_all() if state is not None else 0
+
+    @staticmethod
+    def run_token(run_id: str, app: Flask | None = None) -> str:
+        """A run token for ``run_id``, as ``POST .../runs`` answers with: it reads that run's
+        record, events and stream and answers its waits, for ``FLOWKIT_API_TOKEN_TTL``.
+        Hand it to a page your app let see the run (a run it started with
+        ``flowkit.start``), and again when the page's token expired. ``app``: default the
+        current app."""
+        target = app if app is not None else current_app
+        state = target.extensions.get(EXTENSION)
+        if state is None:
+            raise RuntimeError("flowkit's API is not mounted on this app: call FlowKit(app) first.")
+        return state.auth.issue(run_id)
 
     def authorizer(self, fn):
         """Decorator: ``fn(request)`` authorises requests of apps initialised after this."""

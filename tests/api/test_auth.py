@@ -69,6 +69,27 @@ def test_run_token_reads_its_run_and_nothing_else(api, store):
         assert as_a.request(method, path, json={"n": 1}).status_code == 403, (method, path)
 
 
+def test_the_host_app_mints_run_tokens_for_runs_it_started(api, store):
+    """A run started in Python (the app's own route) gets its token from FlowKit.run_token,
+    which reads that run, streams it, and nothing else."""
+    mine = flowkit.get_workflow("chatty").start({"n": 1})
+    other = flowkit.get_workflow("chatty").start({"n": 2})
+    with api.app.app_context():
+        token = flowkit.FlowKit.run_token(mine.id)
+    assert flowkit.FlowKit.run_token(mine.id, app=api.app) != ""
+    mine.wait(20)
+    as_page = api.client(key=token)
+    assert as_page.get(f"/runs/{mine.id}").json()["id"] == mine.id
+    assert ws_read(ws_connect(f"{api.ws_url}/runs/{mine.id}/stream", token=token))
+    assert as_page.get(f"/runs/{other.id}").status_code == 403
+    assert as_page.get("/runs").status_code == 403
+
+
+def test_run_token_on_an_app_without_flowkit_says_what_to_do():
+    with pytest.raises(RuntimeError, match=r"call FlowKit\(app\) first"):
+        flowkit.FlowKit.run_token("r-1", app=Flask("bare"))
+
+
 def test_expired_run_token_is_401(flowkit_env, worker, store):
     for served in serve(make_app(token_ttl=-1)):
         run = start(served.client(), "simple", {"n": 1})

@@ -1,7 +1,8 @@
 """The browser client's tests (clients/js/test, Node's test runner) against a real flowkit:
 this test serves the API on a loopback port with the session's real worker and Redis, and
 runs ``node --test`` with the server's URL, an API key and the Redis URL (the Node tests
-open the test workflows' gates with redis-cli) in its environment.
+open the test workflows' gates with redis-cli) in its environment, and the URL of a second
+server whose run tokens last 1 s (the token refresh tests).
 
 The Node packages the tests use (ws, react, react-test-renderer) come from the committed
 package-lock.json through ``npm ci``, run once when node_modules is missing or older.
@@ -48,7 +49,7 @@ def _runner_flags() -> list[str]:
     return []
 
 
-def test_the_node_suite_passes_against_a_real_server(served, store, flowkit_env):
+def test_the_node_suite_passes_against_a_real_server(served, short_tokens, store, flowkit_env):
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail(
             "node and npm are needed for the browser client's tests (apt-get install nodejs npm)"
@@ -57,6 +58,7 @@ def test_the_node_suite_passes_against_a_real_server(served, store, flowkit_env)
     env = {
         **os.environ,
         "FLOWKIT_URL": served.url + "/flowkit",
+        "FLOWKIT_SHORT_TOKENS_URL": short_tokens.url,
         "FLOWKIT_API_KEY": API_KEY,
         "FLOWKIT_TEST_REDIS_URL": flowkit_env["FLOWKIT_REDIS_URL"],
     }

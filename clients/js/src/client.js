@@ -9,6 +9,7 @@
 
 import { foldEvent, initialRunState, compareEventIds, isTerminal } from "./fold.js";
 import { openWebSocket, openEventStream, absoluteUrl } from "./transport.js";
+import { TokenSource, TOKEN_EXPIRED } from "./tokens.js";
 
 /** An error answered by the API: `{"error": {code, message, fields}}`, with its status. */
 export class FlowkitError extends Error {
@@ -44,7 +45,9 @@ export class FlowkitClient {
    */
   constructor(options = {}) {
     this.baseUrl = options.baseUrl ?? "/flowkit";
+    /** The `token` option as given: a string, or a function giving fresh ones. */
     this.token = options.token;
+    this.tokens = new TokenSource(options.token);
     this.credentials = options.credentials ?? "same-origin";
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
@@ -63,7 +66,24 @@ export class FlowkitClient {
     return w;
   }
 
-  async request(method, path, { body, headers = {}, token = this.token } = {}) {
+  async request(method, path, { body, headers = {}, token } = {}) {
+    const tokens = token === undefined ? this.tokens : new TokenSource(token);
+    let used = await tokens.get();
+    let answer = await this.send(method, path, body, headers, used);
+    if (answer.status === 401 && answer.data?.error?.code === TOKEN_EXPIRED && tokens.refreshable) {
+      tokens.expire(used); // the function gives a fresh one: ask once more
+      used = await tokens.get();
+      answer = await this.send(method, path, body, headers, used);
+    }
+    if (!answer.ok) {
+      const error = answer.data?.error ?? {};
+      throw new FlowkitError(answer.status, error.code ?? "http_error", error.message ?? `${method} ${path}: HTTP ${answer.status}`, error.fields ?? {});
+    }
+    return answer.data;
+  }
+
+  /** One HTTP exchange: its status and JSON body (null when there is none). */
+  async send(method, path, body, headers, token) {
     const sent = { Accept: "application/json", ...headers };
     if (token) sent.Authorization = `Bearer ${token}`;
     if (body !== undefined) sent["Content-Type"] = "application/json";
@@ -80,11 +100,7 @@ export class FlowkitClient {
     } catch {
       data = null;
     }
-    if (!response.ok) {
-      const error = data?.error ?? {};
-      throw new FlowkitError(response.status, error.code ?? "http_error", error.message ?? `${method} ${path}: HTTP ${response.status}`, error.fields ?? {});
-    }
-    return data;
+    return { ok: response.ok, status: response.status, data };
   }
 
   /** Start a run of `workflow`; the API's JSON (id, state, token, urls...). */
@@ -133,7 +149,7 @@ export class RunWatch {
     this.client = client;
     this.runId = runId;
     this.storage = options.storage ?? null;
-    this.token = options.token ?? client.token;
+    this.tokens = options.token !== undefined ? new TokenSource(options.token) : client.tokens;
     this.transportChoice = options.transport ?? "auto";
     this.backoff = { ...client.backoff, ...(options.backoff ?? {}) };
     this.idleTimeout = options.idleTimeout ?? client.idleTimeout;
@@ -156,6 +172,8 @@ export class RunWatch {
     this.current = null;
     this.stopped = false;
     this.reopen = false;
+    /** Fresh tokens asked for since a connection last opened (one per expiry, not a loop). */
+    this.refreshes = 0;
     this.connect();
   }
 
@@ -198,25 +216,52 @@ export class RunWatch {
   connect() {
     if (this.stopped) return;
     this.timer = null;
+    if (!this.tokens.ready) {
+      this.fetchToken();
+      return;
+    }
     this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
     this.connects += 1;
     this.delivered = 0; // events this connection delivered
+    const token = this.tokens.value;
     const options = {
       baseUrl: this.client.baseUrl,
       runId: this.runId,
       after: this.state.lastEventId,
-      token: this.token,
+      token,
       credentials: this.client.credentials,
       fetch: this.client.fetch,
       WebSocket: this.client.WebSocket,
       idleTimeout: this.idleTimeout,
     };
     const handlers = {
-      onOpen: () => this.setConnection("open"),
+      onOpen: () => {
+        this.refreshes = 0;
+        this.setConnection("open");
+      },
       onEvent: (event) => this.receive(event),
-      onEnd: (end) => this.ended(end),
+      onEnd: (end) => this.ended({ ...end, token }),
     };
     this.current = this.transport === "websocket" ? openWebSocket(options, handlers) : openEventStream(options, handlers);
+  }
+
+  /** The token function's answer first, then the connection; a function that fails is
+   * retried with the backoff, as a connection that failed would be. */
+  fetchToken() {
+    this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
+    const pending = { close() {} };
+    this.current = pending;
+    this.tokens.get().then(
+      () => {
+        if (this.current !== pending) return; // closed, dropped or reconnected meanwhile
+        this.current = null;
+        this.connect();
+      },
+      (error) => {
+        if (this.current !== pending) return;
+        this.ended({ opened: false, clean: false, restart: false, tokenFailed: true, message: `token: ${error?.message ?? error}` });
+      },
+    );
   }
 
   receive(event) {
@@ -236,7 +281,14 @@ export class RunWatch {
   ended(end) {
     this.current = null;
     if (this.stopped) return;
-    if (!end.opened && this.transport === "websocket" && this.transportChoice === "auto") {
+    if (end.status === 401 && end.code === TOKEN_EXPIRED && this.tokens.refreshable && this.refreshes === 0) {
+      this.refreshes += 1; // a fresh token refused as expired too stops the watch below
+      this.tokens.expire(end.token);
+      this.transport = this.pickTransport(); // a socket refused for the old token may open now
+      this.connect();
+      return;
+    }
+    if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto") {
       this.transport = "sse"; // the socket never opened: follow over SSE from now on
       this.connect();
       return;

@@ -16,6 +16,7 @@
  * @property {boolean} clean    the server ended it on purpose (WS close 1000, SSE body end)
  * @property {boolean} restart  the server is restarting: reconnect even after a terminal event
  * @property {number} [status]  an HTTP status that refused the connection (SSE)
+ * @property {string|number} [code]  the API's error code with that status (SSE), the close code (WS)
  * @property {string} [message] why, for people
  */
 
@@ -151,12 +152,15 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
     const response = await fetchFn(url, { headers, credentials, signal: controller.signal, cache: "no-store" });
     if (!response.ok) {
       let message = response.statusText;
+      let code;
       try {
-        message = (await response.json()).error?.message ?? message;
+        const error = (await response.json()).error;
+        message = error?.message ?? message;
+        code = error?.code;
       } catch {
         /* not the API's JSON error */
       }
-      end({ clean: false, status: response.status, message });
+      end({ clean: false, status: response.status, code, message });
       return;
     }
     opened = true;

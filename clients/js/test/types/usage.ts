@@ -12,6 +12,8 @@ const unsubscribe: () => void = watch.subscribe((state: RunState) => {
   void [texts, status, open, state.output, state.error?.message, state.waiting?.name, state.tokens.total];
 });
 watch.onEvent((event: FlowkitEvent) => void event.id);
+const minted = new FlowkitClient({ token: async () => (await fetch("/app/runs/run-1/token")).text() });
+minted.watch("run-1", { token: () => "a-run-token" }).close();
 unsubscribe();
 watch.close();
 

@@ -264,6 +264,7 @@ export function isTerminal(state) {
  * @property {boolean} clean    the server ended it on purpose (WS close 1000, SSE body end)
  * @property {boolean} restart  the server is restarting: reconnect even after a terminal event
  * @property {number} [status]  an HTTP status that refused the connection (SSE)
+ * @property {string|number} [code]  the API's error code with that status (SSE), the close code (WS)
  * @property {string} [message] why, for people
  */
 
@@ -399,12 +400,15 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
     const response = await fetchFn(url, { headers, credentials, signal: controller.signal, cache: "no-store" });
     if (!response.ok) {
       let message = response.statusText;
+      let code;
       try {
-        message = (await response.json()).error?.message ?? message;
+        const error = (await response.json()).error;
+        message = error?.message ?? message;
+        code = error?.code;
       } catch {
         /* not the API's JSON error */
       }
-      end({ clean: false, status: response.status, message });
+      end({ clean: false, status: response.status, code, message });
       return;
     }
     opened = true;
@@ -454,6 +458,62 @@ export function parseSseBlock(block) {
   return event;
 }
 
+// ---- tokens.js ----
+// Where a client's credentials come from: a fixed string (an API key, a run token), or
+// a function the client calls for one, and calls again when the server answers that the
+// token it sent has expired (401, code "token_expired"). A run token lasts
+// FLOWKIT_API_TOKEN_TTL (a day by default) while a run may wait for a person for weeks:
+// a page whose app mints tokens (FlowKit.run_token) follows such a run without a reload.
+
+/** The error code the API answers an expired run token with. */
+export const TOKEN_EXPIRED = "token_expired";
+
+export class TokenSource {
+  /** @param {string | (() => string | Promise<string>) | undefined} given */
+  constructor(given) {
+    this.given = given;
+    this.value = typeof given === "function" ? undefined : given;
+    this.ready = typeof given !== "function";
+    this.pending = null;
+  }
+
+  /** A function gives fresh tokens; a string is the only one there is. */
+  get refreshable() {
+    return typeof this.given === "function";
+  }
+
+  /** The token to send (one call of the function at a time, shared by every caller). */
+  get() {
+    if (this.ready) return Promise.resolve(this.value);
+    if (!this.pending) {
+      this.pending = Promise.resolve()
+        .then(() => this.given())
+        .then(
+          (value) => {
+            this.value = value || undefined;
+            this.ready = true;
+            this.pending = null;
+            return this.value;
+          },
+          (error) => {
+            this.pending = null;
+            throw error;
+          },
+        );
+    }
+    return this.pending;
+  }
+
+  /** The server refused `used` as expired: the next `get()` asks the function again
+   * (unless another caller already replaced that token). */
+  expire(used) {
+    if (this.refreshable && this.ready && this.value === used) {
+      this.ready = false;
+      this.value = undefined;
+    }
+  }
+}
+
 // ---- client.js ----
 // The client a page talks to: REST calls (start, answer, cancel, retry, reads)
 // and watches that follow one run's stream. A watch delivers every event once,
@@ -499,7 +559,9 @@ export class FlowkitClient {
    */
   constructor(options = {}) {
     this.baseUrl = options.baseUrl ?? "/flowkit";
+    /** The `token` option as given: a string, or a function giving fresh ones. */
     this.token = options.token;
+    this.tokens = new TokenSource(options.token);
     this.credentials = options.credentials ?? "same-origin";
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
@@ -518,7 +580,24 @@ export class FlowkitClient {
     return w;
   }
 
-  async request(method, path, { body, headers = {}, token = this.token } = {}) {
+  async request(method, path, { body, headers = {}, token } = {}) {
+    const tokens = token === undefined ? this.tokens : new TokenSource(token);
+    let used = await tokens.get();
+    let answer = await this.send(method, path, body, headers, used);
+    if (answer.status === 401 && answer.data?.error?.code === TOKEN_EXPIRED && tokens.refreshable) {
+      tokens.expire(used); // the function gives a fresh one: ask once more
+      used = await tokens.get();
+      answer = await this.send(method, path, body, headers, used);
+    }
+    if (!answer.ok) {
+      const error = answer.data?.error ?? {};
+      throw new FlowkitError(answer.status, error.code ?? "http_error", error.message ?? `${method} ${path}: HTTP ${answer.status}`, error.fields ?? {});
+    }
+    return answer.data;
+  }
+
+  /** One HTTP exchange: its status and JSON body (null when there is none). */
+  async send(method, path, body, headers, token) {
     const sent = { Accept: "application/json", ...headers };
     if (token) sent.Authorization = `Bearer ${token}`;
     if (body !== undefined) sent["Content-Type"] = "application/json";
@@ -535,11 +614,7 @@ export class FlowkitClient {
     } catch {
       data = null;
     }
-    if (!response.ok) {
-      const error = data?.error ?? {};
-      throw new FlowkitError(response.status, error.code ?? "http_error", error.message ?? `${method} ${path}: HTTP ${response.status}`, error.fields ?? {});
-    }
-    return data;
+    return { ok: response.ok, status: response.status, data };
   }
 
   /** Start a run of `workflow`; the API's JSON (id, state, token, urls...). */
@@ -588,7 +663,7 @@ export class RunWatch {
     this.client = client;
     this.runId = runId;
     this.storage = options.storage ?? null;
-    this.token = options.token ?? client.token;
+    this.tokens = options.token !== undefined ? new TokenSource(options.token) : client.tokens;
     this.transportChoice = options.transport ?? "auto";
     this.backoff = { ...client.backoff, ...(options.backoff ?? {}) };
     this.idleTimeout = options.idleTimeout ?? client.idleTimeout;
@@ -611,6 +686,8 @@ export class RunWatch {
     this.current = null;
     this.stopped = false;
     this.reopen = false;
+    /** Fresh tokens asked for since a connection last opened (one per expiry, not a loop). */
+    this.refreshes = 0;
     this.connect();
   }
 
@@ -653,25 +730,52 @@ export class RunWatch {
   connect() {
     if (this.stopped) return;
     this.timer = null;
+    if (!this.tokens.ready) {
+      this.fetchToken();
+      return;
+    }
     this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
     this.connects += 1;
     this.delivered = 0; // events this connection delivered
+    const token = this.tokens.value;
     const options = {
       baseUrl: this.client.baseUrl,
       runId: this.runId,
       after: this.state.lastEventId,
-      token: this.token,
+      token,
       credentials: this.client.credentials,
       fetch: this.client.fetch,
       WebSocket: this.client.WebSocket,
       idleTimeout: this.idleTimeout,
     };
     const handlers = {
-      onOpen: () => this.setConnection("open"),
+      onOpen: () => {
+        this.refreshes = 0;
+        this.setConnection("open");
+      },
       onEvent: (event) => this.receive(event),
-      onEnd: (end) => this.ended(end),
+      onEnd: (end) => this.ended({ ...end, token }),
     };
     this.current = this.transport === "websocket" ? openWebSocket(options, handlers) : openEventStream(options, handlers);
+  }
+
+  /** The token function's answer first, then the connection; a function that fails is
+   * retried with the backoff, as a connection that failed would be. */
+  fetchToken() {
+    this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
+    const pending = { close() {} };
+    this.current = pending;
+    this.tokens.get().then(
+      () => {
+        if (this.current !== pending) return; // closed, dropped or reconnected meanwhile
+        this.current = null;
+        this.connect();
+      },
+      (error) => {
+        if (this.current !== pending) return;
+        this.ended({ opened: false, clean: false, restart: false, tokenFailed: true, message: `token: ${error?.message ?? error}` });
+      },
+    );
   }
 
   receive(event) {
@@ -691,7 +795,14 @@ export class RunWatch {
   ended(end) {
     this.current = null;
     if (this.stopped) return;
-    if (!end.opened && this.transport === "websocket" && this.transportChoice === "auto") {
+    if (end.status === 401 && end.code === TOKEN_EXPIRED && this.tokens.refreshable && this.refreshes === 0) {
+      this.refreshes += 1; // a fresh token refused as expired too stops the watch below
+      this.tokens.expire(end.token);
+      this.transport = this.pickTransport(); // a socket refused for the old token may open now
+      this.connect();
+      return;
+    }
+    if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto") {
       this.transport = "sse"; // the socket never opened: follow over SSE from now on
       this.connect();
       return;

@@ -1,0 +1,94 @@
+// A page following a run for longer than its run token lasts: the client's token
+// function (the host app's route minting FlowKit.run_token) is called again when the
+// server answers "token_expired", and the watch goes on without a reload. The server
+// here signs tokens that last 1 s (FLOWKIT_SHORT_TOKENS_URL, served by the pytest wrapper).
+import { test, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { isTerminal } from "../src/index.js";
+import { SKIP, closeWatches, client, reachedGate, openGate, until, historyIds } from "./helpers.js";
+
+afterEach(closeWatches);
+
+const SHORT = process.env.FLOWKIT_SHORT_TOKENS_URL;
+const skip = SKIP || (SHORT ? false : "needs the 1 s-token server: run through tests/js/test_js_client.py");
+const done = (s) => isTerminal(s) && s.connection === "closed";
+
+/** The host app's token route, counting its calls. */
+function minter(runId) {
+  const given = [];
+  const mint = async () => {
+    const response = await fetch(`${SHORT}/app/runs/${encodeURIComponent(runId)}/token`);
+    assert.equal(response.status, 200);
+    given.push(await response.text());
+    return given.at(-1);
+  };
+  return { mint, given };
+}
+
+/** Resolves once the server refuses `token` as expired (the clock, not a guess, decides). */
+async function expired(token, runId) {
+  for (;;) {
+    const response = await fetch(`${SHORT}/flowkit/runs/${encodeURIComponent(runId)}`, {
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (response.status === 401) {
+      assert.equal((await response.json()).error.code, "token_expired");
+      return;
+    }
+    assert.equal(response.status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+for (const transport of ["auto", "sse"]) {
+  test(`${transport}: an expired run token is replaced by the token function and the watch goes on`, { skip }, async () => {
+    const api = client();
+    const run = await api.start("streaming", { before: 1, after: 2 });
+    const { mint, given } = minter(run.id);
+    const viewer = client({ baseUrl: `${SHORT}/flowkit`, token: mint });
+    const watch = viewer.watch(run.id, { transport });
+    const events = [];
+    watch.onEvent((e) => events.push(e));
+    await reachedGate(run.id, "streamer");
+    await until(watch, (s) => Object.values(s.steps).map((x) => x.text).join("") === "a0" && s.connection === "open", "the first chunk");
+    assert.equal(given.length, 1);
+    await expired(given[0], run.id);
+    watch.drop(); // the reconnection carries the expired token: refused, then a fresh one
+    await openGate(run.id, "streamer");
+    const state = await until(watch, done, "the run's end");
+    assert.equal(state.state, "succeeded");
+    assert.equal(watch.failure, null);
+    assert.equal(given.length, 2);
+    assert.notEqual(given[1], given[0]);
+    assert.equal(watch.transport, transport === "auto" ? "websocket" : "sse");
+    assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
+  });
+}
+
+test("a REST call with an expired token asks the token function once and is sent again", { skip }, async () => {
+  const api = client();
+  const run = await api.start("simple", { n: 1 });
+  const { mint, given } = minter(run.id);
+  const viewer = client({ baseUrl: `${SHORT}/flowkit`, token: mint });
+  assert.equal((await viewer.run(run.id)).id, run.id);
+  await expired(given[0], run.id);
+  assert.equal((await viewer.run(run.id)).id, run.id);
+  assert.equal(given.length, 2);
+});
+
+test("a token function that keeps giving expired tokens stops the watch with the server's reason", { skip }, async () => {
+  const api = client();
+  const run = await api.start("streaming", { before: 1, after: 1 });
+  const { mint, given } = minter(run.id);
+  await mint();
+  await expired(given[0], run.id);
+  const stale = given[0];
+  let calls = 0;
+  const watch = client({ baseUrl: `${SHORT}/flowkit`, token: () => (calls += 1, stale) }).watch(run.id, { transport: "sse" });
+  const state = await until(watch, (s) => s.connection === "closed", "the refusal");
+  assert.equal(state.failure.status, 401);
+  assert.match(state.failure.message, /expired/);
+  assert.equal(calls, 2); // the first token, then one fresh one: no loop
+  await reachedGate(run.id, "streamer");
+  await openGate(run.id, "streamer");
+});
