@@ -3,7 +3,7 @@
 // sessionStorage by default, so a page refresh reattaches to the run where it
 // was instead of starting over or losing it. React is a peer dependency.
 
-import { useEffect, useMemo, useState } from "react";
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { FlowkitClient, initialRunState } from "./index.js";
 
 function defaultStorage() {
@@ -32,7 +32,13 @@ function restoredState(storage, runId) {
  * @param {import("./react").UseRunOptions} [options]
  */
 export function useRun(runId, options = {}) {
-  const { client: given, baseUrl, token, credentials, storage: storageOption, transport, onEvent, WebSocket, fetch } = options;
+  const { client: given, baseUrl, token: tokenOption, credentials, storage: storageOption, transport, onEvent, WebSocket, fetch } = options;
+  // A token function is often written inline, a new one each render: the client and the
+  // watch keep one stable function that calls the latest, instead of starting over.
+  const latestToken = useRef(tokenOption);
+  latestToken.current = tokenOption;
+  const callLatestToken = useCallback(() => latestToken.current(), []);
+  const token = typeof tokenOption === "function" ? callLatestToken : tokenOption;
   const client = useMemo(
     () => given ?? new FlowkitClient({ baseUrl, token, credentials, WebSocket, fetch }),
     [given, baseUrl, token, credentials, WebSocket, fetch],

@@ -19,12 +19,13 @@ afterEach(() => {
 
 globalThis.IS_REACT_ACT_ENVIRONMENT = false; // updates come from the stream, outside act()
 
-/** Renders useRun; `next(predicate)` resolves with the first rendered result that satisfies it. */
+/** Renders useRun; `next(predicate)` resolves with the first rendered result that satisfies it.
+ * `options` may be a function: called at each render, as a component writing them inline. */
 function mount(runId, options) {
   const rendered = [];
   const waiters = [];
   function View() {
-    const result = useRun(runId, options);
+    const result = useRun(runId, typeof options === "function" ? options() : options);
     rendered.push(result);
     for (const w of [...waiters]) {
       if (w.predicate(result.state)) {
@@ -88,5 +89,23 @@ test("useRun's answer() reaches the run it follows", { skip: SKIP }, async () =>
   await view.rendered.at(-1).answer("approval", { ok: false });
   const state = await view.next((s) => s.state === "succeeded", "the run's end");
   assert.equal(state.output.approved, false);
+  view.unmount();
+});
+
+test("useRun with a token function written inline keeps one watch across renders", { skip: SKIP }, async () => {
+  const api = client();
+  const run = await api.start("streaming", { before: 2, after: 2 });
+  let calls = 0;
+  const view = mount(run.id, () => ({ baseUrl: URL_, storage: null, WebSocket, token: () => (calls += 1, run.token) }));
+  await reachedGate(run.id, "streamer");
+  await view.next((s) => text(s) === "a0a1", "the first chunks");
+  await openGate(run.id, "streamer");
+  const state = await view.next((s) => s.state === "succeeded" && s.connection === "closed", "the run's end");
+  assert.equal(text(state), "a0a1b0b1");
+  const watches = new Set(view.rendered.map((r) => r.watch).filter(Boolean));
+  assert.ok(view.rendered.length > 4, `renders: ${view.rendered.length}`);
+  assert.equal(watches.size, 1, "a new function each render must not make a new watch");
+  assert.equal([...watches][0].connects, 1);
+  assert.equal(calls, 1);
   view.unmount();
 });
