@@ -25,6 +25,8 @@ class ApiState:
         self.auth = Authenticator(options, app.config.get("SECRET_KEY"))
         self.hub = Hub(lambda: self.store, page=options.events_page,
                        buffer=options.subscriber_buffer)
+        #: The OpenAPI document, with the served workflows it was built for (see docs.py).
+        self.spec: tuple[tuple[tuple[str, int], ...], dict] | None = None
 
     @property
     def store(self) -> Store:

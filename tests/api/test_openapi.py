@@ -5,12 +5,16 @@ from __future__ import annotations
 import jsonschema_rs
 import pytest
 import schemathesis
+from marshmallow import fields
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.engine import events as st_events
 from schemathesis.specs.openapi.definitions import OPENAPI_30
 
+import flowkit
+import flowkit.workflow
 from flowkit.api.openapi import build_spec
+from tests import workflows
 from tests.api.conftest import API_KEY, make_app, serve
 from tests.api.helpers import start
 
@@ -242,3 +246,19 @@ def test_an_out_of_range_last_event_id_is_refused_not_a_500(client, cursor):
                                    "Last-Event-ID": cursor.encode()})
     assert response.status_code == 200  # an invalid Last-Event-ID starts from the beginning
     assert "run.succeeded" in response.text
+
+
+def test_the_document_follows_a_redefined_workflow(flowkit_env, worker, monkeypatch):
+    """The document is kept between requests and built again when a served workflow is
+    defined anew (its input schema is the request body's)."""
+    monkeypatch.setitem(flowkit.workflow._workflows, "simple", workflows.simple)  # restored after
+    for served in serve(make_app(workflows=["simple"])):
+        c = served.client()
+        first = c.get("/openapi.json").json()
+        assert c.get("/openapi.json").json() == first
+        flowkit.Workflow("simple", [workflows.add_one],
+                         input_schema={"topic": fields.String(required=True)})
+        doc = c.get("/openapi.json").json()
+        ref = doc["paths"]["/workflows/simple/runs"]["post"]["requestBody"]["content"][
+            "application/json"]["schema"]["$ref"]
+        assert list(doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]) == ["topic"]

@@ -17,7 +17,12 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 def openapi():
     access().require_full()
-    return build_spec(state())
+    api = state()
+    served = tuple((wf.name, id(wf)) for wf in api.workflows())
+    cached = api.spec
+    if cached is None or cached[0] != served:  # built once per set of served workflows
+        cached = api.spec = (served, build_spec(api))
+    return cached[1]
 
 
 def watch(run_id: str):
