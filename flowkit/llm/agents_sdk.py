@@ -15,21 +15,37 @@ integrations do:
 A restarted step replays the agent: the SDK asks for the same calls in the same order and
 gets their checkpoints back, up to where the crash was. Outside a run the agent simply
 runs. Needs the ``openai-agents`` extra (``pip install flowkit[openai-agents]``).
-Streaming runs (``Runner.run_streamed``) are not checkpointed.
+
+:func:`run_agent_streamed` is ``Runner.run_streamed`` made durable the same way: each
+model call streams its events to the caller as they come (and its tokens to the run's
+stream, as every streamed call through flowkit's client does), and is checkpointed
+(``<step>/<n>:flowkit.agents.model_stream``) when its ``response.completed`` arrives,
+before the SDK sees that event and acts on it. A replayed call yields one
+``response.completed`` rebuilt from its checkpoint (no deltas: they were streamed the
+first time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from agents import Agent, FunctionTool, Handoff, RunConfig, Runner
+from agents import Agent, FunctionTool, Handoff, RunConfig, Runner, RunResultStreaming
 from agents.items import ModelResponse
 from agents.models.interface import Model, ModelProvider
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.usage import Usage
-from openai.types.responses import ResponseOutputItem
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseOutputItem,
+    ResponseUsage,
+)
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import TypeAdapter
 
 from ..component import component
@@ -52,10 +68,31 @@ async def run_agent(
     function-tool call a checkpointed sub-step. Returns the SDK's ``RunResult``.
     The SDK's own tracing is off unless ``run_config`` says otherwise (flowkit's trace
     holds each call)."""
+    config = _durable_config(client, run_config)
+    return await Runner.run(_durable_agent(agent, {}), input, run_config=config, **runner_options)
+
+
+def run_agent_streamed(
+    agent: Agent[Any],
+    input: Any,
+    *,
+    client: AsyncOpenAI | None = None,
+    run_config: RunConfig | None = None,
+    **runner_options: Any,
+) -> RunResultStreaming:
+    """``Runner.run_streamed(agent, input)``, durable as :func:`run_agent` is: iterate its
+    ``stream_events()``, then read ``final_output``. Inside a step, every model call and
+    function-tool call is a checkpointed sub-step, and the model's tokens reach the run's
+    stream as ``step.output`` chunks while they come."""
+    config = _durable_config(client, run_config)
+    return Runner.run_streamed(_durable_agent(agent, {}), input, run_config=config,
+                               **runner_options)
+
+
+def _durable_config(client: AsyncOpenAI | None, run_config: RunConfig | None) -> RunConfig:
     client = client or client_from_env(asynchronous=True)
     config = run_config or RunConfig(tracing_disabled=True)
-    config = dataclasses.replace(config, model_provider=DurableModelProvider(client))
-    return await Runner.run(_durable_agent(agent, {}), input, run_config=config, **runner_options)
+    return dataclasses.replace(config, model_provider=DurableModelProvider(client))
 
 
 class DurableModelProvider(ModelProvider):
@@ -65,8 +102,37 @@ class DurableModelProvider(ModelProvider):
         self.client = client
 
     def get_model(self, model_name: str | None) -> Model:
-        inner = OpenAIResponsesModel(model=model_name or default_model(), openai_client=self.client)  # type: ignore[arg-type]
+        inner = OpenAIResponsesModel(model=model_name or default_model(),
+                                     openai_client=_ModelsView(self.client))  # type: ignore[arg-type]
         return DurableModel(inner)
+
+
+class _ModelsView:
+    """flowkit's client as the SDK's Responses model sees it. The SDK streams through
+    ``responses.with_streaming_response.create`` when the client has it (for the request
+    id), which is the openai SDK's own, unwrapped: no retries, failover, rate limits, token
+    streaming nor trace span. Without it here, the SDK streams through ``responses.create``
+    (flowkit's), as it does for clients that have only that."""
+
+    def __init__(self, client: AsyncOpenAI) -> None:
+        self._client = client
+        self.responses = _CreateOnly(client.responses)
+
+    def with_options(self, **options: Any) -> _ModelsView:
+        return _ModelsView(self._client.with_options(**options))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class _CreateOnly:
+    def __init__(self, responses: Any) -> None:
+        self._responses = responses
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "with_streaming_response":
+            raise AttributeError(name)
+        return getattr(self._responses, name)
 
 
 class DurableModel(Model):
@@ -85,8 +151,21 @@ class DurableModel(Model):
             response_id=stored.get("response_id"),
         )
 
-    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.stream_response(*args, **kwargs)  # not checkpointed (see above)
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if current() is None:
+            return self.inner.stream_response(*args, **kwargs)
+        live: dict[str, ResponseCompletedEvent] = {}
+        relayed: asyncio.Queue[Any] = asyncio.Queue()
+
+        def forward(event: Any) -> None:
+            if isinstance(event, ResponseCompletedEvent):
+                live["completed"] = event  # handed on once its checkpoint is saved
+            else:
+                relayed.put_nowait(event)
+
+        # called now, so the sub-step's key is taken in the order the SDK asks
+        call = model_stream(self.inner, args, kwargs, forward)
+        return _relay(call, relayed, live)
 
 
 @component(name="flowkit.agents.model_call")
@@ -104,6 +183,68 @@ async def model_call(inner: Model, args: tuple, kwargs: dict) -> dict[str, Any]:
         },
         "response_id": response.response_id,
     }
+
+
+@component(name="flowkit.agents.model_stream")
+async def model_stream(inner: Model, args: tuple, kwargs: dict,
+                       forward: Callable[[Any], None]) -> dict[str, Any]:
+    """One streamed model call of an agent: every event goes to ``forward`` as it comes;
+    the completed response, as JSON, is the checkpoint."""
+    completed = None
+    async for event in inner.stream_response(*args, **kwargs):
+        forward(event)
+        if isinstance(event, ResponseCompletedEvent):
+            completed = event.response
+    if completed is None:
+        raise RuntimeError("the model's stream ended without its response.completed event")
+    return {
+        "id": completed.id,
+        "model": completed.model,
+        "output": [item.model_dump(mode="json") for item in completed.output],
+        "usage": completed.usage.model_dump(mode="json") if completed.usage else None,
+    }
+
+
+_DONE = object()
+
+
+async def _relay(call: Any, relayed: asyncio.Queue[Any],
+                 live: dict[str, ResponseCompletedEvent]) -> AsyncIterator[Any]:
+    """The events of a streamed model call while its sub-step runs, then its
+    ``response.completed``: the live one, or one rebuilt from the checkpoint."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(lambda _: relayed.put_nowait(_DONE))
+    try:
+        while (event := await relayed.get()) is not _DONE:
+            yield event
+        stored = task.result()  # the call's own error, if it failed
+    finally:
+        if not task.done():  # the SDK stopped reading (an error, a guardrail): stop the call
+            task.cancel()
+    yield live.get("completed") or _completed_event(stored)
+
+
+def _completed_event(stored: dict[str, Any]) -> ResponseCompletedEvent:
+    response = Response.model_construct(
+        id=stored["id"], object="response", created_at=time.time(), model=stored["model"],
+        output=[_OUTPUT_ITEM.validate_python(item) for item in stored["output"]],
+        usage=_usage(stored["usage"]),
+        status="completed", parallel_tool_calls=True, tool_choice="auto", tools=[],
+    )
+    return ResponseCompletedEvent(type="response.completed", sequence_number=0,
+                                  response=response)
+
+
+def _usage(stored: dict[str, Any] | None) -> ResponseUsage | None:
+    """The usage as the server sent it: built without validation, as the openai SDK builds
+    it (providers leave out fields its types require, e.g. ``cache_write_tokens``)."""
+    if not stored:
+        return None
+    details = {"input_tokens_details": InputTokensDetails, "output_tokens_details": OutputTokensDetails}
+    fields = {name: details[name].model_construct(**value)
+              if name in details and isinstance(value, dict) else value
+              for name, value in stored.items()}
+    return ResponseUsage.model_construct(**fields)
 
 
 @component(name="flowkit.agents.tool_call")

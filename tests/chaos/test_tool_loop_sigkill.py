@@ -1,5 +1,5 @@
 """A worker SIGKILLed in the middle of a 10-turn tool loop (flowkit.llm.run_tool_loop, and
-an OpenAI Agents SDK agent run by flowkit.llm.agents_sdk.run_agent): the restarted step replays the
+an OpenAI Agents SDK agent run by flowkit.llm.agents_sdk.run_agent or run_agent_streamed): the restarted step replays the
 completed model turns and tool calls from their checkpoints and carries on, so the model
 is asked and the tool runs once per turn, counted by their side effects (the fake server's
 requests, the tool's Redis list), except the one tool call in flight at the kill."""
@@ -25,8 +25,9 @@ def llm_server():
 
 @pytest.mark.parametrize(
     ("workflow", "path"),
-    [("crash_looping", "/v1/chat/completions"), ("crash_agent", "/v1/responses")],
-    ids=["run_tool_loop", "agents_sdk"],
+    [("crash_looping", "/v1/chat/completions"), ("crash_agent", "/v1/responses"),
+     ("crash_streamed_agent", "/v1/responses")],
+    ids=["run_tool_loop", "agents_sdk", "agents_sdk_streamed"],
 )
 def test_a_killed_tool_loop_resumes_after_its_last_completed_call(
     store, deployment, llm_server, flowkit_env, workflow, path

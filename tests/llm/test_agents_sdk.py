@@ -1,6 +1,6 @@
-"""An OpenAI Agents SDK agent inside a step (flowkit.llm.agents_sdk.run_agent), through the
-real SDKs against the fake server: its model calls and tool calls are checkpointed
-sub-steps, each model call an LLM span with tokens and cost."""
+"""An OpenAI Agents SDK agent inside a step (flowkit.llm.agents_sdk.run_agent, and streamed:
+run_agent_streamed), through the real SDKs against the fake server: its model calls and tool
+calls are checkpointed sub-steps, each model call an LLM span with tokens and cost."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from flowkit.engine import trace
 from flowkit.llm import AsyncOpenAI
-from flowkit.llm.agents_sdk import run_agent
+from flowkit.llm.agents_sdk import run_agent, run_agent_streamed
 from flowkit.store import get_store
 from tests.conftest import ROOT
 from tests.llm import workflows as wf
@@ -61,6 +61,43 @@ def test_inside_a_run_each_model_call_and_tool_call_is_a_checkpointed_sub_step(l
     spans = [s for s in trace.read(run.id) if s["kind"] == "llm"]
     assert len(spans) == 4 and all(s["operation"] == "responses" for s in spans)
     assert all(s["prompt_tokens"] > 0 and s["cost"] is not None for s in spans)
+
+
+def test_outside_a_run_the_streamed_agent_simply_streams(servers):
+    primary, _ = servers
+    primary.configure(tool_turns=1)
+    agent = wf.Agent(name="plain", instructions="Use the tool once.", model=wf.MODEL,
+                     tools=[wf.function_tool(lambda city: "sunny", name_override="weather")])
+
+    async def follow() -> tuple[list[str], object]:
+        result = run_agent_streamed(
+            agent, "weather in Oslo?", client=AsyncOpenAI(api_key="sk-k", base_url=primary.base_url))
+        kinds = [e.data.type async for e in result.stream_events() if e.type == "raw_response_event"]
+        return kinds, result
+
+    kinds, result = asyncio.run(follow())
+    assert result.final_output and len(result.raw_responses) == 2
+    assert kinds.count("response.completed") == 2 and "response.output_text.delta" in kinds
+
+
+@pytest.mark.integration
+def test_a_streamed_agent_in_a_run_streams_and_checkpoints_each_call(llm):
+    primary, _ = llm
+    primary.configure(tool_turns=3)
+    run = wf.streamed_agent_in_a_step.start({"prompt": "weather in three cities", "max_turns": 10})
+    out = run.result(WAIT)
+    assert out["turns"] == 4 and out["calls"] == 3 and out["output"] and out["deltas"] > 0
+    step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
+    subs = sorted(
+        (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
+        key=lambda k: int(k.split("/")[1].split(":")[0]),
+    )
+    model, tool = "flowkit.agents.model_stream", "flowkit.agents.tool_call"
+    assert [k.rsplit(":", 1)[1] for k in subs] == [model, tool] * 3 + [model]
+    streamed = "".join(e.data["chunk"] for e in run.events() if e.type == "step.output")
+    assert streamed == out["output"]  # the final answer's tokens reached the run's stream
+    spans = [s for s in trace.read(run.id) if s["kind"] == "llm"]
+    assert len(spans) == 4 and all(s["operation"] == "responses" for s in spans)
 
 
 @pytest.mark.integration

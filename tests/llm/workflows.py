@@ -19,7 +19,7 @@ import flowkit
 import flowkit.llm
 from flowkit import component
 from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RateLimit, RetryPolicy
-from flowkit.llm.agents_sdk import run_agent
+from flowkit.llm.agents_sdk import run_agent, run_agent_streamed
 from flowkit.store import get_store
 
 QUEUE = "llm-tests"
@@ -320,7 +320,25 @@ async def run_weather_agent(data: dict) -> dict:
             "calls": sum(1 for item in result.new_items if item.type == "tool_call_output_item")}
 
 
+@component(name="llmtest.streamed_agent")
+async def run_weather_agent_streamed(data: dict) -> dict:
+    """The same agent through run_agent_streamed, counting the text deltas it read."""
+    result = run_agent_streamed(weather_agent, data["prompt"], client=async_client("plain"),
+                                max_turns=data["max_turns"])
+    deltas = 0
+    async for event in result.stream_events():
+        if event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+            deltas += 1
+    return {"output": result.final_output, "turns": len(result.raw_responses), "deltas": deltas,
+            "calls": sum(1 for item in result.new_items if item.type == "tool_call_output_item")}
+
+
 agent_in_a_step = flowkit.Workflow("llmtest_agent", [run_weather_agent], input_schema=loop_schema,
                                    queue=QUEUE)
+streamed_agent_in_a_step = flowkit.Workflow("llmtest_streamed_agent", [run_weather_agent_streamed],
+                                            input_schema=loop_schema, queue=QUEUE)
 crash_agent = flowkit.Workflow("llmtest_crash_agent", [run_weather_agent], input_schema=loop_schema,
                                queue=TOOL_LOOP_QUEUE)
+crash_streamed_agent = flowkit.Workflow("llmtest_crash_streamed_agent",
+                                        [run_weather_agent_streamed], input_schema=loop_schema,
+                                        queue=TOOL_LOOP_QUEUE)
