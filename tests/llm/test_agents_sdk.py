@@ -22,6 +22,15 @@ from tests.llm import workflows as wf
 WAIT = 60
 
 
+def sub_steps(run) -> list[str]:
+    """The checkpoint keys of the run's step's sub-steps, in call order."""
+    step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
+    return sorted(
+        (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
+        key=lambda k: int(k.split("/")[1].split(":")[0]),
+    )
+
+
 def test_outside_a_run_the_agent_simply_runs(servers):
     primary, _ = servers
     primary.configure(tool_turns=1)
@@ -50,11 +59,7 @@ def test_inside_a_run_each_model_call_and_tool_call_is_a_checkpointed_sub_step(l
     run = wf.agent_in_a_step.start({"prompt": "weather in three cities", "max_turns": 10})
     out = run.result(WAIT)
     assert out["turns"] == 4 and out["calls"] == 3 and out["output"]
-    step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
-    subs = sorted(
-        (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
-        key=lambda k: int(k.split("/")[1].split(":")[0]),
-    )
+    subs = sub_steps(run)
     model, tool = "flowkit.agents.model_call", "flowkit.agents.tool_call"
     assert [k.rsplit(":", 1)[1] for k in subs] == [model, tool] * 3 + [model]
     assert get_store().redis.llen(f"toolcalls:{run.id}") == 3
@@ -87,11 +92,7 @@ def test_a_streamed_agent_in_a_run_streams_and_checkpoints_each_call(llm):
     run = wf.streamed_agent_in_a_step.start({"prompt": "weather in three cities", "max_turns": 10})
     out = run.result(WAIT)
     assert out["turns"] == 4 and out["calls"] == 3 and out["output"] and out["deltas"] > 0
-    step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
-    subs = sorted(
-        (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
-        key=lambda k: int(k.split("/")[1].split(":")[0]),
-    )
+    subs = sub_steps(run)
     model, tool = "flowkit.agents.model_stream", "flowkit.agents.tool_call"
     assert [k.rsplit(":", 1)[1] for k in subs] == [model, tool] * 3 + [model]
     streamed = "".join(e.data["chunk"] for e in run.events() if e.type == "step.output")
