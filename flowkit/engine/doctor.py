@@ -5,7 +5,8 @@ the fix) instead of printing or raising, so the CLI renders them and the worker'
 web process's startup checks or the API can reuse them. A **failure** loses, repeats or
 stalls work now or at a routine event (a Redis restart, a worker crash): Redis out of
 reach, AOF off, a memory limit that evicts keys, a broker visibility timeout shorter than
-a step, beat not sweeping, no live worker, a routed queue no live worker consumes. A
+a step, beat not sweeping, no live worker, a routed queue no live worker consumes, a
+worker whose consumer takes nothing from a queue where messages wait. A
 **warning** is a state that may be intended but is worth a look: workers on different
 flowkit or workflow versions (a rolling deploy, or a worker left behind), a broker Redis
 without AOF (the reaper re-drives what it loses), an eviction policy that would evict once
@@ -30,6 +31,7 @@ from ..store import HANDED_OVER, Store, get_store
 from ..store.server import probe
 from ..version import __version__
 from ..workflow import Workflow, workflows
+from . import consumers
 from .control import live_workers, unconsumed
 
 OK, WARNING, FAILURE = "ok", "warning", "failure"
@@ -151,6 +153,7 @@ def examine(
         found += broker(broker_url)
     workers = live_workers(store)
     found += worker_presence(workers)
+    found += stuck_consumers(store.stuck_consumers())
     found += beat(store.last_sweep(), now)
     found += queues(app_workflows, default_queue, workers)
     found += broker_timeout(broker_url or store.settings.broker, workers,
@@ -211,6 +214,14 @@ def worker_presence(workers: list[dict[str, Any]]) -> list[Finding]:
                         "workflows route to>.")]
     names = ", ".join(w["name"] for w in workers)
     return [Finding("workers", OK, f"{len(workers)} live worker(s): {names}.")]
+
+
+def stuck_consumers(found: list[dict[str, Any]]) -> list[Finding]:
+    """What the reaper last found of workers taking nothing (flowkit.engine.consumers)."""
+    return [Finding("consumers", FAILURE, consumers.describe(problem),
+                    f"Restart {problem['worker']} (its queued runs wait in its queue, not lost); "
+                    "if it comes back, look at its broker connection.")
+            for problem in found]
 
 
 def beat(last: dict[str, float] | None, now: float) -> list[Finding]:

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from ..config import get_settings
 from ..store import get_store
@@ -37,6 +38,8 @@ class Heartbeat:
         self._wake = threading.Event()
         #: What this node announced when ready (set in its main process only).
         self.node_info: dict | None = None
+        #: Its load now, sent with each beat beside node_info (flowkit.worker.load).
+        self.node_load: Callable[[], dict] | None = None
 
     def track(self, run_id: str, step: str, token: str) -> None:
         with self._lock:
@@ -85,8 +88,11 @@ class Heartbeat:
 
     def beat(self) -> None:
         store, now = get_store(), time.time()
-        store.heartbeat(self.active(), worker_id(), now,
-                        node=(node_name, self.node_info) if self.node_info else None)
+        node = None
+        if self.node_info:
+            node = (node_name, {**self.node_info, **self.node_load()} if self.node_load
+                    else self.node_info)
+        store.heartbeat(self.active(), worker_id(), now, node=node)
         with self._lock:
             slots = list(self._slots)
         if slots:

@@ -2,7 +2,8 @@
 
 It restarts runs whose step lease lapsed (the worker died or froze), re-drives
 runs stuck in ``queued`` (their message was lost, not waiting in line: :func:`_lost`) or
-running with nothing in flight for too long, and fails a run after FLOWKIT_MAX_RESTARTS
+running with nothing in flight for too long, reports workers whose consumer takes nothing
+from a queue where such runs wait (:mod:`flowkit.engine.consumers`), and fails a run after FLOWKIT_MAX_RESTARTS
 restarts in a row without progress. It also fires the timers that are due (a wait's
 timeout, a sleep's end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
 fire_timer.lua), so two reapers never restart a run or fire a timer twice.
@@ -18,9 +19,9 @@ from ..errors import WorkflowNotFound
 from ..states import RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
 from ..workflow import get_workflow
-from . import admission, limits, notify, schedules
+from . import admission, consumers, limits, notify, schedules
 from .broker import queue_depths
-from .control import Run, default_queue, fire_due_timers, resume, start
+from .control import Run, default_queue, fire_due_timers, live_workers, resume, start
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,19 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
                 lost, step=step)
     limit = now - settings.queued_timeout
     queued = f"still queued after {settings.queued_timeout:g}s (message lost?)"
-    for run_id in _lost(store.queued_before(limit), store):
+    lost, depths = _lost(store.queued_before(limit), store)
+    for run_id in lost:
         restart(run_id, RunState.QUEUED, queued, RestartCause.QUEUED_TOO_LONG, queued, before=limit)
+    # runs waited that long in queues that hold messages: does a free worker ignore them?
+    consumers.record(store, consumers.stuck(live_workers(store), depths, now,
+                                            settings.queued_timeout) if any(depths.values()) else [])
     limit = now - lapse
     orphaned = "worker lost between steps (it stopped beating before sending the next one)"
     for run_id in store.quiet_since(limit):
         restart(run_id, RunState.RUNNING, orphaned, RestartCause.ORPHANED, orphaned, before=limit)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
-    for run_id in _lost(store.quiet_since(limit), store):  # not its next step waiting in line
+    for run_id in _lost(store.quiet_since(limit), store)[0]:  # not its next step waiting in line
         restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
     report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
     report["scheduled"] = fire_schedules(now)
@@ -87,9 +92,10 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
 COMPACT_BATCH = 8
 
 
-def _lost(run_ids: list[str], store: Store) -> list[str]:
+def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int]]:
     """Of the runs queued past FLOWKIT_QUEUED_TIMEOUT (or running with no step in flight
-    past FLOWKIT_STALL_TIMEOUT), those whose (next) message may be lost.
+    past FLOWKIT_STALL_TIMEOUT), those whose (next) message may be lost; and the depths of
+    the queues they were looked for in.
 
     A run whose queues still hold messages waits in line (a backlog longer than the
     timeout): re-driving it would put a duplicate ahead of the line at every timeout, and
@@ -97,7 +103,7 @@ def _lost(run_ids: list[str], store: Store) -> list[str]:
     only once its queues are empty. A message a busy worker reserved but has not started is
     in no queue: that run is re-driven, which adds one duplicate (begin_step runs it once)."""
     if not run_ids:
-        return []
+        return [], {}
     default = default_queue()
     routes = {run_id: _queues(workflow, queue or default) for run_id, (workflow, queue)
               in zip(run_ids, store.runs_fields(run_ids, "workflow", "queue"), strict=True)}
@@ -105,8 +111,9 @@ def _lost(run_ids: list[str], store: Store) -> list[str]:
         depths = queue_depths(set().union(*routes.values()))
     except Exception as exc:  # the broker does not answer: nothing could be re-driven now
         log.warning("flowkit reaper: cannot see the broker's queues (%s); queued runs wait", exc)
-        return []
-    return [run_id for run_id, queues in routes.items() if not any(depths[q] for q in queues)]
+        return [], {}
+    lost = [run_id for run_id, queues in routes.items() if not any(depths[q] for q in queues)]
+    return lost, depths
 
 
 def _queues(workflow: str | None, own: str) -> set[str]:

@@ -35,7 +35,7 @@ Keys that no run script touches live outside the shards, each a single-key opera
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
 slot per group) and ``flowkit:cc:groups``,
 ``flowkit:workers`` and ``flowkit:nodes`` (worker presence), ``flowkit:reaper:swept``,
-``flowkit:cache:...``,
+``flowkit:reaper:stuck`` (consumers that take nothing), ``flowkit:cache:...``,
 ``flowkit:rate:...`` and the relay's wake streams.
 
 ``SHARDS`` is part of the data layout: changing it moves every run to other keys.
@@ -162,6 +162,12 @@ class Keys:
     def swept(self) -> str:
         """STRING JSON {at, interval}: when the reaper's last sweep ended (is beat alive?)."""
         return f"{self.prefix}:reaper:swept"
+
+    @property
+    def stuck(self) -> str:
+        """STRING JSON list: the workers the reaper last found taking nothing from queues
+        that hold messages (flowkit.engine.consumers); expires unless found again."""
+        return f"{self.prefix}:reaper:stuck"
 
     def cache(self, component: str, version: str, digest: str) -> str:
         return f"{self.prefix}:cache:{component}:{version}:{digest}"

@@ -790,6 +790,21 @@ class Store:
         self.redis.set(self.keys.swept, dumps({"at": now, "interval": interval}))
 
     @_op
+    def record_stuck_consumers(self, found: list[dict[str, Any]], ttl: float) -> None:
+        """What the reaper found of consumers taking nothing (none: forget it); kept
+        ``ttl`` seconds, so a reaper that stopped looking leaves no stale alarm."""
+        if found:
+            self.redis.set(self.keys.stuck, dumps(found), px=int(ttl * 1000))
+        else:
+            self.redis.delete(self.keys.stuck)
+
+    @_op
+    def stuck_consumers(self) -> list[dict[str, Any]]:
+        """The consumers the reaper last found taking nothing (see record_stuck_consumers)."""
+        raw = self.redis.get(self.keys.stuck)
+        return loads(raw) if raw else []
+
+    @_op
     def last_sweep(self) -> dict[str, float] | None:
         """``{at, interval}`` of the reaper's last finished sweep; None if none was recorded."""
         raw = self.redis.get(self.keys.swept)

@@ -24,6 +24,7 @@ from ..engine.doctor import served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
 from .checks import check_broker_timeout, check_queues
+from .load import node_load
 
 log = logging.getLogger("flowkit.worker")
 
@@ -90,7 +91,10 @@ def worker_ready(sender=None, **_) -> None:
               restore=lambda: restore_unacked(sender))
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
-        heartbeat.announce(node_info(sender))
+        info = node_info(sender)
+        node_load.ready(info["concurrency"], reaper_queue(sender.app.conf.task_default_queue))
+        heartbeat.heartbeat.node_load = node_load
+        heartbeat.announce(info)
     # What the worker built to start (modules, classes, the SDK's thousands of types) lives
     # as long as the process: frozen, the collector's full passes walk only what steps
     # allocate. On a gevent worker with hundreds of LLM calls in flight, walking the startup
@@ -183,6 +187,7 @@ def connect() -> None:
     signals.worker_init.connect(refuse_refused_queues, dispatch_uid="flowkit.refused_queues")
     signals.celeryd_after_setup.connect(name_worker, dispatch_uid="flowkit.name_worker")
     signals.worker_ready.connect(worker_ready, dispatch_uid="flowkit.worker_ready")
+    signals.task_received.connect(node_load.received, dispatch_uid="flowkit.received")
     signals.worker_process_init.connect(child_started, dispatch_uid="flowkit.child_started")
     signals.worker_shutting_down.connect(shutting_down, dispatch_uid="flowkit.shutting_down")
     signals.worker_shutdown.connect(shut_down, dispatch_uid="flowkit.shut_down")

@@ -1,14 +1,20 @@
 """A run whose message was lost before any worker took it: the reaper enqueues it again;
 a run that only waits in line behind a backlog longer than FLOWKIT_QUEUED_TIMEOUT (or
-whose next step does, longer than FLOWKIT_STALL_TIMEOUT) is not lost, and is left alone."""
+whose next step does, longer than FLOWKIT_STALL_TIMEOUT) is not lost, and is left alone;
+a worker that beats but whose consumer takes nothing from a queue where runs wait is
+reported (/healthz, flowkit doctor) until it takes them again."""
 
 from __future__ import annotations
 
 import redis
 
 from flowkit import config
-from flowkit.engine.broker import PRIORITY_STEPS
-from tests.chaos.conftest import of_type, side_effects
+from flowkit.engine import doctor
+from flowkit.engine.broker import PRIORITY_STEPS, get_app
+from flowkit.engine.control import live_workers
+from flowkit.store import get_store
+from tests.api.conftest import make_app, serve
+from tests.chaos.conftest import of_type, side_effects, wait_for
 from tests.chaos.workflows import QUEUE, handoff, ten, tick
 
 
@@ -65,3 +71,34 @@ def test_runs_whose_next_steps_wait_in_a_backlog_longer_than_the_stall_timeout_g
         assert done.restarts == 0
         assert of_type(run.events(), "run.restarted") == []
         assert side_effects(run, "started") == {f"{i}:chaos.work": 1 for i in range(10)}
+
+
+def test_a_worker_whose_consumer_takes_nothing_is_reported_while_its_runs_wait_in_line(
+        chaos_app, deployment):
+    quick = {"FLOWKIT_QUEUED_TIMEOUT": "1"}
+    store = get_store()
+    deployment.worker("a", **quick)
+    node = wait_for(lambda: next((w["name"] for w in live_workers(store)
+                                  if w["name"].startswith("a@") and "held" in w), None),
+                    30, "worker a to beat with its load")
+    # its consumer of the runs' queue stops, as a hung broker channel would; it still beats
+    assert get_app().control.cancel_consumer(QUEUE, destination=[node], reply=True, timeout=10)
+    run = tick.start({"n": 0, "chunks": 1, "pause": 0})
+    deployment.beat(**quick)
+
+    [problem] = wait_for(store.stuck_consumers, 30, "the reaper to report worker a")
+    assert problem["worker"] == node and problem["queues"] == {QUEUE: 1}
+    assert problem["free"] >= 1 and problem["quiet"] >= 1
+    for served in serve(make_app()):
+        health = served.client(key=None).get("/healthz").json()
+    assert health["status"] == "degraded"
+    [said] = [p for p in health["problems"] if node in p]
+    assert "took no message" in said and "restart the worker" in said
+    findings = doctor.examine(None, QUEUE, None, store)
+    assert [f.level for f in findings if f.check == "consumers"] == [doctor.FAILURE], (findings, store.stuck_consumers())
+    assert get_store().run_fields(run.id, "state") == ["queued"]  # waits in line, not re-driven
+
+    assert get_app().control.add_consumer(QUEUE, destination=[node], reply=True, timeout=10)
+    done = run.wait(30)
+    assert done.state == "succeeded" and done.restarts == 0
+    wait_for(lambda: not store.stuck_consumers(), 30, "the report to clear")

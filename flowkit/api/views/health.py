@@ -1,8 +1,9 @@
 """``/healthz``: what the web process can see of the deployment (no credentials).
 
 ``ok`` when Redis answers and every queue a served workflow routes to has a live
-consumer; ``degraded`` (still 200: this process serves) when no worker is alive or a
-queue has none, with a ``problems`` list saying which; 503 with ``Retry-After`` when
+consumer; ``degraded`` (still 200: this process serves) when no worker is alive, a queue
+has none, or the reaper found a worker whose consumer takes nothing from a queue where
+messages wait (flowkit.engine.consumers), with a ``problems`` list saying which; 503 with ``Retry-After`` when
 Redis does not answer within FLOWKIT_API_REDIS_RETRY_SECONDS.
 """
 
@@ -13,7 +14,7 @@ import time
 from flask import Blueprint
 from flask_sock import Sock
 
-from ...engine import control
+from ...engine import consumers, control
 from ..state import state
 
 
@@ -30,6 +31,7 @@ def healthz():
         for wf in current.workflows():
             for queue in control.unconsumed(wf.queues(default), workers):
                 problems.append(f"no live worker consumes queue {queue} (workflow {wf.name})")
+        problems += consumers.reported(current.store)
     now = time.time()
     return {
         "status": "degraded" if problems else "ok",
