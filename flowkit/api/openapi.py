@@ -330,8 +330,9 @@ def build_spec(api: ApiState) -> dict[str, Any]:
             *_args(schemas.EventsArgs, plugin, limit={
                 "description": f"Events per page; at most {opts.events_page} are answered "
                                "(a larger limit is cut to it)."}),
-            _header("Last-Event-ID", {"type": "string"},
-                    "SSE resume cursor (an event id; wins over ?after=, ignored if not one)."),
+            _header("Last-Event-ID", {"type": "string", "pattern": schemas.CURSOR_PATTERN},
+                    "SSE resume cursor (an event id; wins over ?after=; 400 if not one). "
+                    "A cursor past the run's last event is 404."),
         ],
         "security": _RUN_READ,
         "responses": _responses({200: {

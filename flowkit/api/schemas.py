@@ -57,6 +57,15 @@ class _Cursor(validate.Regexp):
 
 _CURSOR = _Cursor()
 
+
+def is_cursor(value: str) -> bool:
+    """Whether ``value`` is a cursor the API takes (a header's, held to the query's rule)."""
+    try:
+        _CURSOR(value)
+    except ValidationError:
+        return False
+    return True
+
 #: Numbers as a query string writes them (ASCII), which is what the document's ``integer``
 #: and ``number`` allow; ``int()`` and ``float()`` alone would take " 5", "1_0" or "٥" too.
 _INTEGER = re.compile(r"-?[0-9]+")

@@ -368,9 +368,17 @@ def history(
 def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iterator[events.Event]:
     """Every event after ``after``: history first, then the live tail. Ends at the run's
     latest terminal event (:func:`flowkit.events.stream_ends`): a retried run's earlier
-    ``run.failed`` is followed by the rest; a cursor at the final one ends at once."""
+    ``run.failed`` is followed by the rest; a cursor at the final one ends at once; one past
+    the run's last event raises :class:`ValidationError`."""
     store, cursor, count = get_store(), after, 500
     tail = store.last_event(run_id)
+    if after != events.START and (
+            tail is None or events.cursor_order(after) > events.cursor_order(tail[0])):
+        # no stream of this run gave that id; followed, it would wait for ever
+        newest = f"its last event is {tail[0]}" if tail else "it has no event yet"
+        message = (f"Cursor {after} is past run {run_id}'s events ({newest}): resume from an "
+                   "id its stream gave you, or from the start.")
+        raise ValidationError({"after": [message]}, message)
     done = tail is not None and events.cursor_order(tail[0]) <= events.cursor_order(after) \
         and events.parse([tail])[0].terminal
     while not done:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import websocket
+
 import flowkit
+import flowkit.engine.control
 from flowkit import history
+from flowkit.errors import ValidationError
 from tests.api.conftest import API_KEY
 from tests.api.helpers import TERMINAL, sse_read, start, ws_connect, ws_read
 from tests.conftest import open_gate, reached_gate
@@ -175,3 +180,32 @@ def test_an_idle_websocket_gets_keep_alive_pings(flowkit_env, worker, store):
         finally:
             sock.close()
             open_gate(flowkit.get_run(run["id"]), "streamer")
+
+
+def test_a_cursor_past_the_runs_events_is_refused_everywhere_instead_of_waiting_for_ever(
+        api, client):
+    """A typo, or another run's id: no stream of this run gave it, and a stream resumed
+    there would wait for ids that far on long after the run ended."""
+    run = start(client, "simple", {"n": 1}, params={"wait": 10})
+    last = full_history(run["id"])[-1]
+    ms, seq = (int(x) for x in last.split("-"))
+    future = f"{ms + 10_000_000}-0"
+    path = f"/runs/{run['id']}/events"
+    for response in (
+        client.get(path, params={"after": future}),
+        client.get(path, params={"after": future}, headers={"Accept": "text/event-stream"}),
+        client.get(path, headers={"Accept": "text/event-stream", "Last-Event-ID": future}),
+    ):
+        assert response.status_code == 404, response.text
+        [message] = next(iter(response.json()["error"]["fields"].values()))
+        assert f"its last event is {last}" in message
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"], after=future)
+    assert refused.value.status_code == 404
+    with pytest.raises(ValidationError, match="past run"):
+        next(flowkit.engine.control.follow(run["id"], future))
+    # at its last event: nothing more, and the page says the run's history is done
+    page = client.get(path, params={"after": last}).json()
+    assert page == {"events": [], "next": last, "done": True}
+    assert client.get(path, headers={"Accept": "text/event-stream", "Last-Event-ID": last},
+                      timeout=10).status_code == 200

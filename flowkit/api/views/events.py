@@ -6,7 +6,7 @@ from flask import Blueprint, g, request
 from flask_sock import Sock
 
 from ...engine import control
-from ...events import START, parse_cursor
+from ...events import START, cursor_order, parse_cursor
 from .. import schemas
 from ..errors import ApiError
 from ..requests import negotiated_stream, query
@@ -25,8 +25,10 @@ def register(bp: Blueprint, sock: Sock) -> None:
         # Checked before the WebSocket handshake, so a refusal is a plain HTTP error.
         if request.endpoint == f"{bp.name}.stream":
             _check_handshake()
-            load_run(request.view_args["run_id"])
-            g.flowkit_cursor = parse_cursor(query(schemas.StreamArgs).get("after")) or START
+            run_id = request.view_args["run_id"]
+            load_run(run_id)
+            cursor = parse_cursor(query(schemas.StreamArgs).get("after")) or START
+            g.flowkit_cursor = _known(run_id, cursor, "after")
 
 
 def _check_handshake() -> None:
@@ -40,20 +42,46 @@ def _check_handshake() -> None:
         raise ApiError(400, "bad_request", "A WebSocket handshake needs Sec-WebSocket-Key.")
 
 
+def _known(run_id: str, cursor: str, field: str) -> str:
+    """``cursor``, unless it is past the run's last event (404): no stream of this run gave
+    it (a typo, another run's id), and a stream resumed there would wait for ever for ids
+    that far on while the run has ended. (Not 400: the cursor is a well-formed id, this
+    run has no such event, as a page past the end of a list.)"""
+    if cursor == START:
+        return cursor
+    last = state().hub.last_event(run_id)
+    if last is None or cursor_order(cursor) > last.order:
+        newest = f"its last event is {last.id}" if last else "it has no event yet"
+        raise ApiError(404, "not_found", "No such event in this run.", {field: [
+            f"{cursor} is past the run's events ({newest}): resume from an id its stream "
+            "gave you, or 0 for the whole history."]})
+    return cursor
+
+
 def get_events(run_id: str):
     current = state()
-    load_run(run_id)
+    run = load_run(run_id)
     args = query(schemas.EventsArgs)
     after = args.get("after")
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and not schemas.is_cursor(header):
+        raise ApiError(400, "validation_error", "Invalid Last-Event-ID header.", {
+            "Last-Event-ID": ["An event id of this run's stream (e.g. 1700000000000-0), "
+                              "or 0 for the whole history."]})
     if negotiated_stream() == SSE:
-        cursor = parse_cursor(request.headers.get("Last-Event-ID")) or parse_cursor(after)
-        sub = current.hub.subscribe(run_id, cursor or START)
+        if header is not None:
+            cursor, field = parse_cursor(header), "Last-Event-ID"
+        else:
+            cursor, field = parse_cursor(after) or START, "after"
+        sub = current.hub.subscribe(run_id, _known(run_id, cursor, field))
         return stream_response(sub, current.options.ping_interval, SSE)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
-    after = parse_cursor(after) or START
+    after = _known(run_id, parse_cursor(after) or START, "after")
     page = control.history(run_id, after, limit, store=current.store)
+    # an ended run read to its end is done, also when the page after its last event is empty
+    done = page[-1].terminal if page else run.done and after != START
     return {"events": [e.to_dict() for e in page], "next": page[-1].id if page else after,
-            "done": bool(page) and page[-1].terminal}
+            "done": done}
 
 
 def stream(ws, run_id: str):
