@@ -55,16 +55,29 @@ def json_schema(schema: marshmallow.Schema | None) -> dict[str, Any] | None:
 
 
 def json_errors(published: dict[str, Any] | None, value: Any) -> dict[str, list[str]]:
-    """Field messages for ``value`` against a published JSON Schema ({} when it meets it);
-    ``_schema`` holds what concerns the value as a whole."""
+    """Field messages for ``value`` against a published JSON Schema ({} when it meets it):
+    a missing required field under its own name, ``_schema`` for what concerns the value
+    as a whole."""
     if published is None:
         return {}
     validator = jsonschema.Draft4Validator(_plain(copy.deepcopy(published)))
     fields: dict[str, list[str]] = {}
     for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
-        field = str(error.path[0]) if error.path else "_schema"
-        fields.setdefault(field, []).append(error.message)
+        if error.path:
+            fields.setdefault(str(error.path[0]), []).append(error.message)
+        elif error.validator == "required":  # a missing field's message goes under its name,
+            # worded as marshmallow words it
+            for name in _missing(error.validator_value, error.instance):
+                fields.setdefault(name, []).append("Missing data for required field.")
+        else:
+            fields.setdefault("_schema", []).append(error.message)
     return fields
+
+
+def _missing(required: Any, instance: Any) -> list[str]:
+    if not isinstance(instance, dict) or not isinstance(required, list):
+        return []
+    return [str(name) for name in required if name not in instance]
 
 
 def _plain(node: Any) -> Any:

@@ -473,8 +473,14 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
                           step=wait["step"] if wait else None)
     outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
     if outcome == WaitOutcome.NOT_WAITING:
-        raise InvalidState(f"Run {run_id} is {run.state} and does not wait for input {name!r}"
-                           + (" (another value was accepted first)." if wait is None else "."))
+        if wait is not None:  # it waited for it a moment ago: another answer won the race
+            raise InvalidState(f"Run {run_id} no longer waits for input {name!r}: another "
+                               "value was accepted first.")
+        waiting = sorted(w["name"] for w in run.waits or () if w["kind"] == WaitKind.INPUT)
+        what = (f"it waits for input {', '.join(map(repr, waiting))}" if waiting
+                else "it waits for no input")
+        raise InvalidState(f"Run {run_id} is {run.state} and does not wait for input "
+                           f"{name!r}: {what}.")
     if outcome == WaitOutcome.RESUMED:
         resume(run, gen)
     return Delivery(outcome, gen)

@@ -19,8 +19,13 @@ def test_input_over_http_is_validated_and_resumes_the_run(api, client):
     paused(flowkit.get_run(run["id"]))
     bad = client.post(f"/runs/{run['id']}/input/approval", json={"ok": "perhaps"})
     assert bad.status_code == 400 and "ok" in bad.json()["error"]["fields"]
+    missing = client.post(f"/runs/{run['id']}/input/approval", json={"note": "x"})
+    assert missing.status_code == 400
+    assert missing.json()["error"]["fields"] == {"ok": ["Missing data for required field."]}
     unknown = client.post(f"/runs/{run['id']}/input/other", json={"ok": True})
     assert unknown.status_code == 409 and unknown.json()["error"]["code"] == "invalid_state"
+    assert unknown.json()["error"]["message"].endswith(
+        "does not wait for input 'other': it waits for input 'approval'.")
     # the run's own token answers it (a page answering its own form)
     with api.client(key=run["token"]) as page:
         accepted = page.post(f"/runs/{run['id']}/input/approval", json={"ok": True})
