@@ -42,6 +42,11 @@ CURSOR_PATTERN = rf"^(0|{_U64}-{_U64})$"
 _LAST_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 
+#: A run id (a ULID: 26 characters of Crockford's base 32, case-insensitive, whose first
+#: character keeps its time within 48 bits).
+RUN_ID_PATTERN = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"
+
+
 class _Cursor(validate.Regexp):
     """The whole value matches :data:`CURSOR_PATTERN` (ASCII digits, no trailing newline),
     and is not the largest id (nothing comes after it)."""
@@ -91,8 +96,10 @@ class ListRunsArgs(Schema):
     state = fields.String(validate=validate.OneOf(STATES))
     owner = fields.String(validate=validate.Length(1, 200))
     limit = _QueryInteger(validate=validate.Range(1, 10_000))
-    before = fields.String(validate=validate.Length(1, 64), metadata={
-        "description": "Run id: the page of runs older than this one (the previous `next`)."})
+    before = fields.String(validate=validate.Regexp(
+        RUN_ID_PATTERN, error="Not a run id: pass the previous page's `next`."), metadata={
+        "description": "Run id: the page of runs older than this one (the previous `next`); "
+                       "its run may have expired since."})
 
 
 class EventsArgs(Schema):

@@ -332,8 +332,18 @@ def list_runs(
     owner: str | None = None,
 ) -> list[Run]:
     """Runs newest first, optionally of one workflow, in one state and of one owner;
-    ``before`` a run id."""
-    records = (store or get_store()).list_runs(workflow, state, limit, before, owner)
+    ``before`` a run id: the runs created before it, also when that run has expired (a
+    pager's cursor outlives it; a run id says when it was made). ValidationError when
+    ``before`` is not a run id."""
+    since = None
+    if before is not None:
+        try:
+            since = ULID.from_str(before).timestamp
+        except ValueError:
+            message = (f"{before!r} is not a run id: pass the previous page's `next` (the "
+                       "last run's id), or nothing for the newest runs.")
+            raise ValidationError({"before": [message]}, message) from None
+    records = (store or get_store()).list_runs(workflow, state, limit, before, owner, since)
     return [Run.from_record(r) for r in records]
 
 

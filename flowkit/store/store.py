@@ -176,14 +176,17 @@ class Store:
     @_op
     def list_runs(
         self, workflow: str | None, state: str | None, limit: int, before: str | None,
-        owner: str | None = None,
+        owner: str | None = None, before_time: float | None = None,
     ) -> list[dict[str, str]]:
         """Records newest first, of one workflow, in one state and of one owner when given;
-        ``before`` is a run id: only runs older than it."""
+        ``before`` is a run id: only runs older than it (than ``before_time`` when it is not
+        in the index: expired)."""
         index = self.keys.runs_of(workflow) if workflow else self.keys.runs
         bound = "+inf"
         if before:
             score = self.redis.zscore(index, before)
+            if score is None:
+                score = before_time
             bound = f"({score}" if score is not None else "+inf"
         found: list[dict[str, str]] = []
         start, page = 0, max(limit * 2, 50)

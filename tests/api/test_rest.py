@@ -53,6 +53,22 @@ def test_runs_are_listed_newest_first_filtered_and_paginated(client):
     assert client.get("/runs", params={"state": "failed"}).json()["runs"] == []
 
 
+def test_a_page_cursor_whose_run_expired_goes_on_and_a_bogus_one_is_refused(client, store):
+    ids = [start(client, "simple", {"n": i})["id"] for i in range(3)]
+    for run_id in ids:
+        flowkit.get_run(run_id).wait(20)
+    page = client.get("/runs", params={"workflow": "simple", "limit": 2}).json()
+    # the cursor's run expires between two pages (its record and index entries gone)
+    store.redis.delete(store.keys.run(page["next"]))
+    store.redis.zrem(store.keys.runs, page["next"])
+    store.redis.zrem(store.keys.runs_of("simple"), page["next"])
+    rest = client.get("/runs", params={"workflow": "simple", "limit": 2, "before": page["next"]})
+    assert [r["id"] for r in rest.json()["runs"]] == [ids[0]]  # not the first page again
+    bogus = client.get("/runs", params={"before": "NOSUCH"})
+    assert bogus.status_code == 400
+    assert "Not a run id" in bogus.json()["error"]["fields"]["before"][0]
+
+
 def test_runs_are_filtered_by_owner_and_paginated_within_it(client, store):
     wf = flowkit.get_workflow("simple")
     acme = [wf.start({"n": i}, owner="acme").id for i in range(3)]
