@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import flowkit
 
@@ -39,11 +40,28 @@ def test_bad_schedules_get_field_messages(client):
     assert cron.status_code == 400 and "cron" in cron.json()["error"]["fields"]
     zone = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
                                            "timezone": "Mars/Olympus"})
-    assert zone.status_code == 400 and "Mars/Olympus" in zone.text
+    assert zone.status_code == 400 and "Mars/Olympus" in zone.json()["error"]["fields"]["timezone"][0]
+    minute = client.post("/schedules", json={"workflow": "simple", "cron": "61 * * * *",
+                                             "input": {"n": 1}})
+    assert minute.status_code == 400 and "61" in minute.json()["error"]["fields"]["cron"][0]
     unknown = client.post("/schedules", json={"workflow": "nope", "every": 60})
     assert unknown.status_code == 404
     no_input = client.post("/schedules", json={"workflow": "simple", "every": 60})
     assert no_input.status_code == 400 and "input" in no_input.json()["error"]["message"]
+    assert flowkit.schedules.list() == []
+
+
+def test_a_schedule_whose_id_has_a_slash_is_reached_over_http(client):
+    """A cron line's default id keeps its slashes (simple@*/5_*_*_*_*), as may an id given."""
+    for body in ({"cron": "*/5 * * * *"}, {"every": 60, "id": "acme/daily"}):
+        created = client.post("/schedules", json={"workflow": "simple", "input": {"n": 1}, **body})
+        assert created.status_code == 201, created.text
+        path = "/schedules/" + quote(created.json()["id"], safe="")
+        assert client.get(path).json()["id"] == created.json()["id"]
+        assert client.post(path + "/pause").json()["paused"] is True
+        assert client.post(path + "/resume").json()["paused"] is False
+        assert client.delete(path).status_code == 204
+        assert client.get(path).status_code == 404
     assert flowkit.schedules.list() == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 from flask_sock import Sock
+from werkzeug.routing import PathConverter
 
 from ...engine import control
 from ...errors import ConfigError
@@ -13,13 +14,23 @@ from ..requests import access, json_body
 from ..state import state
 
 
+class ScheduleId(PathConverter):
+    """A schedule id in a path, slashes included (a cron line's default id keeps its own:
+    ``report@*/5_*_*_*_*``), short of a trailing ``/pause`` or ``/resume``: those name the
+    actions, so ``/schedules/x/pause`` is only ever the pause of ``x``."""
+
+    regex = r"[^/].*?(?<!/pause)(?<!/resume)"
+
+
 def register(bp: Blueprint, sock: Sock) -> None:
+    bp.record_once(lambda setup: setup.app.url_map.converters.setdefault(
+        "schedule_id", ScheduleId))
     bp.get("/schedules")(list_schedules)
     bp.post("/schedules")(create_schedule)
-    bp.get("/schedules/<schedule_id>")(get_schedule)
-    bp.delete("/schedules/<schedule_id>")(delete_schedule)
-    bp.post("/schedules/<schedule_id>/pause")(pause_schedule)
-    bp.post("/schedules/<schedule_id>/resume")(resume_schedule)
+    bp.get("/schedules/<schedule_id:schedule_id>")(get_schedule)
+    bp.delete("/schedules/<schedule_id:schedule_id>")(delete_schedule)
+    bp.post("/schedules/<schedule_id:schedule_id>/pause")(pause_schedule)
+    bp.post("/schedules/<schedule_id:schedule_id>/resume")(resume_schedule)
 
 
 def list_schedules():
@@ -42,8 +53,9 @@ def create_schedule():
     try:
         created = control.schedules.create(spec.pop("workflow"), store=state().store, **spec)
     except ConfigError as exc:  # a cron line or time zone the scheduler cannot read
-        raise ApiError(400, "validation_error", "Invalid schedule.", {"_schema": [str(exc)]}) \
-            from None
+        said = str(exc)
+        field = "timezone" if "time zone" in said else "cron" if "cron" in said else "_schema"
+        raise ApiError(400, "validation_error", "Invalid schedule.", {field: [said]}) from None
     return jsonify(created), 201
 
 
