@@ -42,9 +42,18 @@ class ApiState:
         return [wf for name, wf in sorted(workflows().items()) if self.options.serves(name)]
 
     def workflow(self, name: str) -> Workflow:
-        if not self.options.serves(name):
-            raise ApiError(404, "not_found", f"No workflow named {name!r}.")
+        if not self.options.serves(name) or name not in workflows():
+            raise ApiError(404, "not_found", f"No workflow named {name!r}. {self._served()}")
         return get_workflow(name)
+
+    def _served(self) -> str:
+        """What this process serves, said for someone who asked for another workflow."""
+        names = [wf.name for wf in self.workflows()]
+        if not names:  # the usual cause: the Flask app never imported the workflows
+            return ("This web process serves no workflow: import your workflows' module in "
+                    "the module of your Flask app, as your worker imports it.")
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        return f"Served here: {shown}."
 
 
 def state() -> ApiState:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.conftest import make_app, serve
+
 
 def assert_error(response, status: int, code: str) -> dict:
     assert response.status_code == status, response.text
@@ -34,11 +36,21 @@ def test_non_object_input_is_400(client):
 
 
 def test_unknown_workflow_and_run_are_404(client):
-    assert_error(client.post("/workflows/nope/runs", json={}), 404, "not_found")
+    error = assert_error(client.post("/workflows/nope/runs", json={}), 404, "not_found")
+    assert error["message"].startswith("No workflow named 'nope'. Served here: ")
+    assert "approval" in error["message"] and "more." in error["message"]
     assert_error(client.get("/workflows/nope"), 404, "not_found")
     assert_error(client.get("/runs/01J00000000000000000000000"), 404, "not_found")
     assert_error(client.get("/runs/unknown/events"), 404, "not_found")
     assert_error(client.get("/no/such/path"), 404, "not_found")
+
+
+def test_a_web_process_that_serves_no_workflow_says_to_import_them(flowkit_env, worker):
+    # as a Flask app that never imported the module its workflows are defined in
+    for served in serve(make_app(workflows=["defined_nowhere"])):
+        error = assert_error(served.client().post("/workflows/defined_nowhere/runs", json={}),
+                             404, "not_found")
+    assert "serves no workflow: import your workflows' module" in error["message"]
 
 
 def test_wrong_method_is_405_with_allow(client):
