@@ -44,6 +44,10 @@ class _DaemonThread(threading.Thread):
         self.daemon = True
 
 
+#: Largest message a WebSocket client may send (a resume or a ping is a few dozen bytes).
+MAX_CLIENT_MESSAGE = 64 * 1024
+
+
 def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     """The API as a blueprint; options are those of :class:`ApiOptions` (``keys``, ``open``,
     ``authorize``, ``workflows``, ...). Register it with ``app.register_blueprint(bp,
@@ -66,6 +70,8 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         sock_options = app.config.setdefault("SOCK_SERVER_OPTIONS", {})
         sock_options.setdefault("ping_interval", resolved.ping_interval or None)
         sock_options.setdefault("thread_class", _DaemonThread)
+        # a client sends resumes and pings: a bigger message closes its socket (1009)
+        sock_options.setdefault("max_message_size", MAX_CLIENT_MESSAGE)
 
     bp.before_request(_before)
     bp.register_error_handler(Exception, to_response)

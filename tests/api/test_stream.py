@@ -62,6 +62,21 @@ def test_websocket_client_can_send_a_resume_message(api, client):
     assert [e["id"] for e in before_gate + rest] == full_history(run["id"])
 
 
+def test_a_client_message_over_64_kib_closes_the_socket_with_1009(api, client):
+    """What a client sends is a resume or a ping: a bigger message is refused (close 1009,
+    "message too big") instead of being held, or echoed back as a pong."""
+    run = start(client, "streaming", {"before": 1, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    ws_read(sock, stop=lambda got: len(chunks(got)) == 1)
+    reached_gate(handle, "streamer")
+    sock.send(json.dumps({"ping": "x" * 100_000}))
+    opcode, data = sock.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(data[:2], "big") == 1009
+    open_gate(handle, "streamer")
+
+
 def test_a_websocket_ping_message_is_answered_with_its_pong(api, client):
     """A browser cannot see protocol pings: its client sends ``{"ping": n}`` and takes the
     ``{"pong": n}`` as proof that the connection still carries data."""
