@@ -11,8 +11,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+import redis
+from redis.connection import parse_url
+
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
+from ..urls import _safe as safe_url
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
 
@@ -30,6 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone early raises here, not at the interpreter's exit
+    except BrokenPipeError:
+        # The reader stopped reading (`flowkit trace RUN | head -1`): stop quietly, as
+        # `cat | head` does. Python's recipe: stdout onto devnull, or the interpreter's
+        # last flush fails again (docs.python.org/3/library/signal.html#note-on-sigpipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1  # as rich's console does when the pipe closes under it (`flowkit follow`)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if "FLOWKIT_REDIS_RETRY_SECONDS" not in os.environ:
@@ -40,8 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = getattr(args, "where", args.command)  # e.g. "schedules create"
     try:
         return args.func(args) or 0
-    except StoreUnavailable:
-        url = get_settings().redis_url
+    except StoreUnavailable as exc:
+        settings = get_settings()
+        if _db_out_of_range(exc):  # the broker's: the store's own is a bare ResponseError
+            name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
+            return _usage(where, _db_message(name, settings.broker))
+        url = safe_url(settings.redis_url)
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
               "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
         return 1
@@ -50,4 +73,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(exc, "exit_code", 1)  # 2: a usage error (cli.usage.UsageError)
     except KeyboardInterrupt:
         return 130
+    except (ValueError, redis.ResponseError) as exc:
+        # redis-py's errors for a FLOWKIT_REDIS_URL that cannot work; any other is a bug
+        url = get_settings().redis_url
+        if _db_out_of_range(exc):
+            return _usage(where, _db_message("FLOWKIT_REDIS_URL", url))
+        if isinstance(exc, ValueError) and not _is_redis_url(url):
+            return _usage(where, f"FLOWKIT_REDIS_URL={safe_url(url)} is not a Redis URL; "
+                                 "write it as redis://host:port/db, e.g. "
+                                 "redis://localhost:6379/0.")
+        raise
 
+
+def _usage(where: str, message: str) -> int:
+    print(f"flowkit {where}: {message}", file=sys.stderr)
+    return 2
+
+
+def _is_redis_url(url: str) -> bool:
+    """Whether redis-py takes ``url`` (flowkit's own Sentinel and Cluster forms have their
+    own parser, whose errors are ConfigError)."""
+    if url.startswith(("redis+sentinel://", "redis+cluster://")):
+        return True
+    try:
+        parse_url(url)
+    except ValueError:
+        return False
+    return True
+
+
+def _db_out_of_range(exc: BaseException) -> bool:
+    """Whether Redis refused the URL's database number (SELECT past its ``databases``),
+    anywhere in the chain: kombu and flowkit wrap redis-py's error."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, redis.ResponseError) and "DB index is out of range" in str(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _db_message(name: str, url: str) -> str:
+    return (f"the database index in {name}={safe_url(url)} is out of range for that Redis "
+            "server (Redis has 16, 0-15, unless `databases` in redis.conf says more); "
+            "use one it has, e.g. redis://host:port/0.")

@@ -78,14 +78,38 @@ def register(subs: argparse._SubParsersAction) -> None:
                              "own web app serving your workflows)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface the web app listens on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000,
+    parser.add_argument("--port", type=_port, default=8000,
                         help="port of the web app; a free one if it is taken "
                              "(default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=8,
+    parser.add_argument("--concurrency", type=_concurrency, default=8,
                         help="steps the worker runs at once (default: %(default)s)")
     parser.add_argument("--no-reload", action="store_true",
                         help="do not restart the worker and web app when code changes")
     parser.set_defaults(func=dev)
+
+
+def _whole(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+# Checked by argparse, before anything starts: a bad --port crashed socket.bind, and a
+# bad --concurrency was found only by the worker, once Redis and the rest were up.
+def _port(text: str) -> int:
+    port = _whole(text)
+    if port is None or not 1 <= port <= 65535:  # 0 ("any port") would leave no URL to print
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: pass one from 1 to 65535")
+    return port
+
+
+def _concurrency(text: str) -> int:
+    n = _whole(text)
+    if n is None or n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps to run at once: "
+                                         "pass 1 or more")
+    return n
 
 
 def dev(args: argparse.Namespace) -> int:

@@ -83,8 +83,12 @@ class RunView:
             pct = f" {step.fraction:.0%}" if step.fraction is not None else ""
             return f"step {key}{pct} {step.message}".rstrip()
         if kind == "step.retrying":
+            # attempts of one step.started retry in the worker, with no step.started of
+            # their own: the event says which attempt failed and which one comes next
+            failed = event.get("attempt") or step.attempt
             step.status, step.error = "retrying", _error_text(event.get("error"))
-            return f"step {key} attempt {step.attempt} failed, retrying: {step.error}"
+            step.attempt = event.get("next_attempt") or failed + 1
+            return f"step {key} attempt {failed} failed, retrying: {step.error}"
         if kind == "step.completed":
             step.status, step.duration, step.fraction = "completed", event.get("duration"), 1.0
             step.eta = None
@@ -92,6 +96,7 @@ class RunView:
             return f"step {key} completed in {human_duration(step.duration)}{cached}"
         if kind == "step.failed":
             step.status, step.error = "failed", _error_text(event.get("error"))
+            step.attempt = event.get("attempt") or step.attempt
             return f"step {key} failed: {step.error}"
         return None
 

@@ -31,6 +31,7 @@ from .app import add_app_option, load_app
 from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RemoteRuns
+from .runs import event_cursor
 from .usage import UsageError
 
 #: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
@@ -210,7 +211,8 @@ def register(subs) -> None:
 
     p = subs.add_parser("follow", help="follow a run live until it ends")
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--after", default=ev.START, help="event id to resume after")
+    p.add_argument("--after", default=ev.START, type=event_cursor, metavar="EVENT_ID",
+                   help="event id to resume after")
     p.add_argument("--token", default=None, help="a run token for --url (reads that run only)")
     _remote_options(p)
     p.set_defaults(func=follow)

@@ -23,7 +23,8 @@ from .render import plural, short, show
 from .usage import UsageError
 
 
-def _cursor(value: str) -> str:
+def event_cursor(value: str) -> str:
+    """``--after``'s type (``events``, ``follow``): an event id, else argparse's one-line error."""
     cursor = ev.parse_cursor(value)
     if cursor is None:
         raise argparse.ArgumentTypeError(
@@ -223,7 +224,7 @@ def register(subs) -> None:
     p = subs.add_parser("events", help="print a run's events, one line each "
                                        "(--json: JSON lines)")
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--after", default=ev.START, type=_cursor, metavar="EVENT_ID",
+    p.add_argument("--after", default=ev.START, type=event_cursor, metavar="EVENT_ID",
                    help="print only the events after this event id")
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
     add_json_option(p)

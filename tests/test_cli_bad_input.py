@@ -1,0 +1,141 @@
+"""Bad input to the ``flowkit`` command line, run as a real subprocess: a Redis URL that is
+not one, a database the server does not have, bad numbers, a reader that stops reading.
+Each is one line (or argparse's usage and one line) and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import workflows as wf
+
+pytestmark = pytest.mark.integration
+
+APP = ["-A", "tests.workflows"]
+
+#: Commands that read or write flowkit's Redis (FLOWKIT_REDIS_URL).
+STORE_COMMANDS = [["status", "01X"], ["runs"], ["workers"], ["schedules", "list"],
+                  ["event", "key"], ["doctor", *APP], ["follow", "01X"],
+                  ["run", "simple", "-i", "n=1", *APP]]
+
+
+def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowkit.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def env(flowkit_env, store, worker):
+    return {**os.environ, **flowkit_env}
+
+
+def where(command: list[str]) -> str:
+    return " ".join(command[:2]) if command[0] == "schedules" else command[0]
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr.strip()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["follow", "01X", "--after", "bogus"], "'bogus' is not an event id"),
+    (["dev", *APP, "--port", "-1"], "argument --port: '-1' is not a port: pass one from 1 "
+                                    "to 65535"),
+    (["dev", *APP, "--port", "65536"], "'65536' is not a port"),
+    (["dev", *APP, "--port", "http"], "'http' is not a port"),
+    (["dev", *APP, "--concurrency", "-3"], "argument --concurrency: '-3' is not a number of "
+                                           "steps to run at once: pass 1 or more"),
+    (["dev", *APP, "--concurrency", "0"], "'0' is not a number of steps"),
+])
+def test_bad_numbers_are_refused_before_anything_starts(env, args, says):
+    result = cli(*args, env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: flowkit")  # argparse's: usage, then the error
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"flowkit {args[0]}: error: ") and says in error
+    assert "starting" not in result.stdout + result.stderr
+
+
+def test_follow_takes_a_good_after_as_events_does(env):
+    run = wf.simple.start({"n": 1})
+    run.result(20)
+    first = json.loads(cli("events", run.id, "--json", env=env).stdout.splitlines()[0])
+    result = cli("follow", run.id, "--after", first["id"], "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["type"] for line in result.stdout.splitlines()][0] != "run.queued"
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS)
+def test_a_redis_url_that_is_not_one_says_its_form(env, command):
+    result = cli(*command, env={**env, "FLOWKIT_REDIS_URL": "notaurl"})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"flowkit {where(command)}: FLOWKIT_REDIS_URL=notaurl is not a Redis URL; write it as "
+        "redis://host:port/db, e.g. redis://localhost:6379/0.")
+
+
+def test_a_bad_redis_url_does_not_show_its_password(env):
+    result = cli("status", "01X", env={**env, "FLOWKIT_REDIS_URL": "redis://:s3cret@host:99999/0"})
+    assert result.returncode == 2
+    assert "s3cret" not in one_line(result) and "is not a Redis URL" in result.stderr
+
+
+def db_out_of_range(command: list[str], name: str, url: str) -> str:
+    return (f"flowkit {where(command)}: the database index in {name}={url} is out of range for "
+            "that Redis server (Redis has 16, 0-15, unless `databases` in redis.conf says "
+            "more); use one it has, e.g. redis://host:port/0.")
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS)
+def test_a_database_the_server_does_not_have_says_so(env, redis_server, command):
+    url = f"redis://127.0.0.1:{redis_server.port}/99"
+    result = cli(*command, env={**env, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 2
+    assert one_line(result) == db_out_of_range(command, "FLOWKIT_REDIS_URL", url)
+
+
+def test_run_with_the_broker_on_a_missing_database_does_not_say_redis_is_down(env, redis_server):
+    """Without FLOWKIT_BROKER_URL the broker is FLOWKIT_REDIS_URL's Redis too: Celery's
+    send fails on the database first, which said "cannot reach Redis"."""
+    url = f"redis://127.0.0.1:{redis_server.port}/99"
+    bare = {k: v for k, v in env.items() if k != "FLOWKIT_BROKER_URL"}
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**bare, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 2
+    assert one_line(result) == db_out_of_range(["run"], "FLOWKIT_REDIS_URL", url)
+    broker = {**env, "FLOWKIT_BROKER_URL": url}
+    result = cli("run", "simple", "-i", "n=1", *APP, env=broker)
+    assert result.returncode == 2
+    assert one_line(result) == db_out_of_range(["run"], "FLOWKIT_BROKER_URL", url)
+
+
+@pytest.mark.parametrize("command", [["status"], ["trace"], ["events"], ["follow"],
+                                     ["status", "--json"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(env, command):
+    """``flowkit trace RUN | head -1``: the pipe is closed before the command writes; it
+    ends as rich ends ``follow`` then, exit code 1 and nothing on stderr."""
+    run = wf.retrying.start({"n": 1, "fail_times": 2})
+    run.result(20)
+    proc = subprocess.Popen([sys.executable, "-m", "flowkit.cli", command[0], run.id,
+                             *command[1:]], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone
+    stderr = proc.stderr.read()
+    assert proc.wait(60) == 1, stderr
+    assert stderr == ""
+
+
+def test_follow_in_a_pipe_numbers_each_failed_attempt(env):
+    run = wf.retrying.start({"n": 1, "fail_times": 2})
+    run.result(20)
+    result = cli("follow", run.id, env=env)
+    assert result.returncode == 0, result.stderr
+    failed = [line for line in result.stdout.splitlines() if "failed, retrying" in line]
+    assert [line.split(" failed")[0] for line in failed] == [
+        "step 1:t.flaky attempt 1", "step 1:t.flaky attempt 2"]
