@@ -101,6 +101,9 @@ def test_cancel_in_both_forms(env):
 def test_input_and_event_in_both_forms(env):
     run = wf.approval.start({"n": 1})
     wait_until(lambda: run.refresh().state == "waiting", 20, "the run to wait for input")
+    bad = flowkit_cli("input", run.id, "approval", '{"note": "x"}', env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "ok: Missing data for required field." in bad.stderr, bad.stderr
     said = flowkit_cli("input", run.id, "approval", '{"ok": true}', env=env)
     assert said.returncode == 0, said.stderr
     assert said.stdout.startswith("Input 'approval' accepted: the run resumed")

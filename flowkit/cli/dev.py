@@ -150,7 +150,8 @@ def dev(args: argparse.Namespace) -> int:
             for name in ("worker", "beat", "web"):
                 supervisor.start(name)
             supervisor.wait_ready(["worker", "web"], START_TIMEOUT)
-            supervisor.banner(_banner(app_name, env, api_url, queues, notes, api_open))
+            supervisor.banner(_banner(app_name, env, api_url, queues, notes, api_open,
+                                      reload=not args.no_reload))
             if not args.no_reload:
                 _watch(supervisor, project)
             _serve(supervisor)
@@ -319,7 +320,7 @@ def _watch(supervisor: Supervisor, project: Path) -> None:
 
 
 def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
-            notes: list[str], api_open: bool) -> list[str]:
+            notes: list[str], api_open: bool, reload: bool = True) -> list[str]:
     names = ", ".join(sorted(workflows())) or "none yet"
     lines = [
         "",
@@ -341,9 +342,9 @@ def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
     lines.append(f"    export FLOWKIT_URL={api_url}")
     if not api_open:
         lines.append("    export FLOWKIT_API_KEY=<one of your API keys>")
-    lines += [f"    {_example_run()}", "",
-              "  Python files changed here reload the worker and the web app; "
-              "Ctrl-C stops everything.", ""]
+    changes = ("Python files changed here reload the worker and the web app; " if reload
+               else "Code changes need a restart (--no-reload); ")
+    lines += [f"    {_example_run()}", "", f"  {changes}Ctrl-C stops everything.", ""]
     return lines
 
 

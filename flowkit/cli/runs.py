@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .. import events as ev
 from ..engine import control as runs
+from ..errors import ValidationError
 from .app import add_app_option, load_app
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show
@@ -184,7 +185,7 @@ def retry(args: argparse.Namespace) -> int:
     load_app(args)
     run = runs.retry(args.run_id).to_dict()
     emit(args, run, lambda r: f"Retrying run {r['id']} ({r['workflow']}) from its failed step: "
-                              f"it is {r['state']}. Follow it: flowkit events -f {r['id']}")
+                              f"it is {r['state']}. Follow it: flowkit follow {r['id']}")
     return 0
 
 
@@ -197,7 +198,13 @@ def _json_arg(text: str, what: str):
 
 
 def send_input(args: argparse.Namespace) -> int:
-    delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"))
+    try:
+        delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"))
+    except ValidationError as exc:  # the wait's schema: say which fields, and exit 2
+        fields = "; ".join(f"{name}: {' '.join(map(str, said))}"
+                           for name, said in exc.fields.items())
+        raise UsageError(f"{exc.message[:-1]}: {fields}. Send the value its wait asks for "
+                         f"(flowkit status {args.run_id} shows it).") from None
     run = runs.get_run(args.run_id).to_dict()
     said = {"resumed": "the run resumed", "delivered": "the run still waits for something else",
             "same": "the same value was already accepted; nothing changed"}

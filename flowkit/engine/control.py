@@ -420,7 +420,8 @@ def cancel(run_id: str, store: Store | None = None) -> Run:
         traces.run_ended(run_id, store)
     run = Run.load(run_id, store)
     if result == 0:
-        raise InvalidState(f"Run {run_id} already {run.state}; only queued or running runs cancel.")
+        raise InvalidState(f"Run {run_id} already {run.state}; only a run that has not ended "
+                           "(queued, scheduled, running or waiting) cancels.")
     return run
 
 
