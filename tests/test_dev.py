@@ -28,9 +28,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from flowkit.testing import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 from tests.test_demo_signals import Demo, _alive, _kill_leftovers, _tree, _wait_gone
 
 pytestmark = [
@@ -200,7 +201,9 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
     taken = socket.create_server(("127.0.0.1", 0))  # the port asked for is in use
     taken_port = taken.getsockname()[1]
     theirs = f"redis://127.0.0.1:{redis_server.port}/5"  # a database no other test uses
-    dev = Dev(project, "-A", "shop.flows", "--web", "shop.web:app", "--port", str(taken_port),
+    # -A names the module of their Flask app (whose `app` is Flask's, not Celery's): the
+    # worker and beat both find the flowkit Celery app its import made
+    dev = Dev(project, "-A", "shop.web", "--web", "shop.web:app", "--port", str(taken_port),
               "--no-reload", env={"FLOWKIT_REDIS_URL": theirs})
     procs: dict[int, tuple[str, str]] = {}
     try:
@@ -216,6 +219,9 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.read() == b"the shop"  # the user's own view, on the same server
         assert flowkit_run(project, exports, "Lin")["output"]["greeting"] == "hello Lin"
+        swept = redis.Redis.from_url(theirs)
+        wait_until(lambda: swept.exists("flowkit:reaper:swept"), 60, "beat's first sweep")
+        assert "beat exited" not in dev.output(), dev.output()
 
         procs = _tree(dev.proc.pid)
         assert any("shop.web:app" in cmd for _, cmd in procs.values()), procs

@@ -257,8 +257,8 @@ def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name
         quiet=r"Task flowkit\.(reaper|retention)\[",
     ))
     supervisor.add(Child(
-        "beat", [sys.executable, "-m", "celery", "-A", app_name, "beat",
-                 "--schedule", f"{tmp}/beat-schedule", "--loglevel", "WARNING"],
+        "beat", [sys.executable, "-m", "flowkit.cli.devworker", "-A", app_name,
+                 "--beat", f"{tmp}/beat-schedule"],
         env=env, cwd=cwd,
     ))
     target = args.web or "flowkit.api.devapp:create_app()"

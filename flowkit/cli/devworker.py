@@ -10,6 +10,11 @@ reaper's sweep and resume messages, go to the default queue, which is always amo
 them). ``flowkit dev`` starts it again after a code change, so the queues follow the code.
 
     python -m flowkit.cli.devworker -A myapp.flows [--concurrency 8]
+    python -m flowkit.cli.devworker -A myapp.flows --beat SCHEDULE_FILE
+
+With ``--beat`` it runs Celery's beat instead, on the same app: ``celery -A`` takes a
+module's ``app`` attribute, which in a module that also holds the Flask app is the Flask
+app (beat crashed on ``-A myapp.web`` while the worker ran), or none at all in a package.
 
 (``flowkit.cli`` never imports this module: ``python -m`` runs it as a fresh module.)
 """
@@ -36,19 +41,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_app_option(parser)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--hostname", default="dev@%h")
+    parser.add_argument("--beat", metavar="SCHEDULE_FILE",
+                        help="run beat (its schedule state in this file) instead of a worker")
     args = parser.parse_args(argv)
+    who = "flowkit dev beat" if args.beat else "flowkit dev worker"
     try:
         load_app(args)
     except UsageError as exc:
-        print(f"flowkit dev worker: {exc}", file=sys.stderr)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 2
     app = get_app()
     if FLOWKIT_TASK not in app.tasks:
         name = app_module_name(args)
-        print(f"flowkit dev worker: {name} makes no flowkit Celery app; add "
+        print(f"{who}: {name} makes no flowkit Celery app; add "
               f"app = flowkit.create_celery_app(\"{name.split('.')[0]}\", "
               f"imports=[\"{name.split(':')[0]}\"]) to it.", file=sys.stderr)
         return 2
+    if args.beat:
+        return app.start(["beat", "--schedule", args.beat, "--loglevel", "WARNING"]) or 0
     queues = routed_queues()
     names = ", ".join(sorted(workflows())) or "none"
     print(f"consuming queues {', '.join(queues)} (workflows: {names})", flush=True)
