@@ -119,9 +119,10 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         procs = _tree(dev.proc.pid)
         commands = " | ".join(cmd for _, cmd in procs.values())
         for expected in ("redis-server", "flowkit.testing.fake_openai", "flowkit.cli.devworker",
-                         "celery -A shop.flows beat", "gunicorn"):
+                         "devworker -A shop.flows --beat", "gunicorn"):
             assert expected in commands, f"{expected!r} not among its processes: {commands}"
-        worker_before = {pid for pid, (_, cmd) in procs.items() if "flowkit.cli.devworker" in cmd}
+        worker_before = {pid for pid, (_, cmd) in procs.items()
+                         if "flowkit.cli.devworker" in cmd and "--beat" not in cmd}
 
         components = project / "shop" / "components.py"
         components.write_text(components.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
