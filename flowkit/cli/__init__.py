@@ -11,11 +11,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-import redis
-from redis.connection import parse_url
-
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
+from ..store import is_redis_url, refused_database
 from ..urls import _safe as safe_url
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
@@ -61,7 +59,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return args.func(args) or 0
     except StoreUnavailable as exc:
         settings = get_settings()
-        if _db_out_of_range(exc):  # the broker's: the store's own is a bare ResponseError
+        if refused_database(exc):  # the broker's: the store's own is a bare ResponseError
             name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
             return _usage(where, _db_message(name, settings.broker))
         url = safe_url(settings.redis_url)
@@ -73,12 +71,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return getattr(exc, "exit_code", 1)  # 2: a usage error (cli.usage.UsageError)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, redis.ResponseError) as exc:
+    except Exception as exc:
         # redis-py's errors for a FLOWKIT_REDIS_URL that cannot work; any other is a bug
         url = get_settings().redis_url
-        if _db_out_of_range(exc):
+        if refused_database(exc):
             return _usage(where, _db_message("FLOWKIT_REDIS_URL", url))
-        if isinstance(exc, ValueError) and not _is_redis_url(url):
+        if isinstance(exc, ValueError) and not is_redis_url(url):
             return _usage(where, f"FLOWKIT_REDIS_URL={safe_url(url)} is not a Redis URL; "
                                  "write it as redis://host:port/db, e.g. "
                                  "redis://localhost:6379/0.")
@@ -88,31 +86,6 @@ def _main(argv: Sequence[str] | None) -> int:
 def _usage(where: str, message: str) -> int:
     print(f"flowkit {where}: {message}", file=sys.stderr)
     return 2
-
-
-def _is_redis_url(url: str) -> bool:
-    """Whether redis-py takes ``url`` (flowkit's own Sentinel and Cluster forms have their
-    own parser, whose errors are ConfigError)."""
-    if url.startswith(("redis+sentinel://", "redis+cluster://")):
-        return True
-    try:
-        parse_url(url)
-    except ValueError:
-        return False
-    return True
-
-
-def _db_out_of_range(exc: BaseException) -> bool:
-    """Whether Redis refused the URL's database number (SELECT past its ``databases``),
-    anywhere in the chain: kombu and flowkit wrap redis-py's error."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, redis.ResponseError) and "DB index is out of range" in str(cause):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def _db_message(name: str, url: str) -> str:

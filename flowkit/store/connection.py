@@ -176,3 +176,28 @@ def blocking_client(settings: Settings, block_seconds: float) -> redis.Redis:
         settings.redis_url, decode_responses=True, socket_timeout=block_seconds + 5,
         socket_connect_timeout=5,
     )
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether redis-py takes ``url`` (flowkit's Sentinel and Cluster forms have their own
+    parser, whose errors are ConfigError)."""
+    if url.startswith(("redis+sentinel://", "redis+cluster://")):
+        return True
+    try:
+        redis.connection.parse_url(url)
+    except ValueError:
+        return False
+    return True
+
+
+def refused_database(exc: BaseException) -> bool:
+    """Whether Redis refused the URL's database number (SELECT past its ``databases``),
+    anywhere in ``exc``'s chain: kombu and flowkit wrap redis-py's error."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, redis.ResponseError) and "DB index is out of range" in str(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
