@@ -74,6 +74,19 @@ def cursor_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def past_the_end(cursor: str, last_id: str | None) -> str | None:
+    """Why ``cursor`` is past a stream whose last id is ``last_id`` (None: empty), said for
+    people; None when it is not. No stream gave such a cursor (a typo, another run's id),
+    and a stream resumed there would wait for ever for ids that far on."""
+    if cursor == START:
+        return None
+    if last_id is None:
+        return "it has no event yet"
+    if cursor_order(cursor) > cursor_order(last_id):
+        return f"its last event is {last_id}"
+    return None
+
+
 @dataclass(frozen=True)
 class Event:
     id: str

@@ -50,12 +50,12 @@ class SentinelURL:
         path, _, query = path.partition("?")
         parts = [p for p in path.split("/") if p]
         if not hosts or not parts or len(parts) > 2:
-            raise ConfigError(f"{_safe(url)}: a Sentinel URL names its sentinels and the "
+            raise ConfigError(f"{redacted(url)}: a Sentinel URL names its sentinels and the "
                               f"service they watch: {_FORM}.")
         try:
             db = int(parts[1]) if len(parts) == 2 else 0
         except ValueError:
-            raise ConfigError(f"{_safe(url)}: the database after the service name must be a "
+            raise ConfigError(f"{redacted(url)}: the database after the service name must be a "
                               f"number: {_FORM}.") from None
         options = parse_qs(query)
         sentinel_password = options.get("sentinel_password", [None])[0]
@@ -90,13 +90,13 @@ def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> 
     try:
         port = split.port or default_port
     except ValueError:
-        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {form}.") from None
+        raise ConfigError(f"{redacted(url)}: {part!r} is not host:port: {form}.") from None
     if not split.hostname:
-        raise ConfigError(f"{_safe(url)}: {part!r} is not host:port: {form}.")
+        raise ConfigError(f"{redacted(url)}: {part!r} is not host:port: {form}.")
     return split.hostname, port
 
 
-def _safe(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     head, at, tail = url.rpartition("@")
     scheme = head.partition("://")[0]
@@ -124,10 +124,10 @@ class ClusterURL:
         username, password, netloc, path = _split(url, CLUSTER_SCHEME)
         hosts = tuple(_host(part, url, _CLUSTER_FORM, 6379) for part in netloc.split(",") if part)
         if not hosts:
-            raise ConfigError(f"{_safe(url)}: a Cluster URL names at least one of the "
+            raise ConfigError(f"{redacted(url)}: a Cluster URL names at least one of the "
                               f"cluster's nodes: {_CLUSTER_FORM}.")
         if path.partition("?")[0].strip("/") not in ("", "0"):
-            raise ConfigError(f"{_safe(url)}: a Redis Cluster has only database 0; leave "
+            raise ConfigError(f"{redacted(url)}: a Redis Cluster has only database 0; leave "
                               f"the /db out: {_CLUSTER_FORM}.")
         return cls(hosts, username, password)
 
@@ -141,7 +141,7 @@ def not_a_cluster(url: str, variable: str) -> None:
     transport): with a Cluster store, ``variable`` must name a Redis or RabbitMQ of its own."""
     if is_cluster(url):
         raise ConfigError(
-            f"{variable} is the Redis Cluster of FLOWKIT_REDIS_URL ({_safe(url)}), and Celery "
+            f"{variable} is the Redis Cluster of FLOWKIT_REDIS_URL ({redacted(url)}), and Celery "
             f"cannot use a Redis Cluster: set {variable} to a plain Redis (redis://host:port/0) "
             "or RabbitMQ (amqp://...)."
         )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..config import configure, get_settings
 from ..errors import FlowkitError, StoreUnavailable
 from ..store import is_redis_url, refused_database
-from ..urls import _safe as safe_url
+from ..urls import redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
 
@@ -62,7 +62,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if refused_database(exc):  # the broker's: the store's own is a bare ResponseError
             name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
             return _usage(where, _db_message(name, settings.broker))
-        url = safe_url(settings.redis_url)
+        url = redacted(settings.redis_url)
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
               "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
         return 1
@@ -77,7 +77,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if refused_database(exc):
             return _usage(where, _db_message("FLOWKIT_REDIS_URL", url))
         if isinstance(exc, ValueError) and not is_redis_url(url):
-            return _usage(where, f"FLOWKIT_REDIS_URL={safe_url(url)} is not a Redis URL; "
+            return _usage(where, f"FLOWKIT_REDIS_URL={redacted(url)} is not a Redis URL; "
                                  "write it as redis://host:port/db, e.g. "
                                  "redis://localhost:6379/0.")
         raise
@@ -89,6 +89,6 @@ def _usage(where: str, message: str) -> int:
 
 
 def _db_message(name: str, url: str) -> str:
-    return (f"the database index in {name}={safe_url(url)} is out of range for that Redis "
+    return (f"the database index in {name}={redacted(url)} is out of range for that Redis "
             "server (Redis has 16, 0-15, unless `databases` in redis.conf says more); "
             "use one it has, e.g. redis://host:port/0.")

@@ -43,7 +43,7 @@ from ..workflow import workflows
 from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
 from .routing import routed_queues
 from .supervisor import Child, ChildFailed, Stopped, Supervisor
-from .usage import UsageError
+from .usage import UsageError, whole_number
 
 #: Seconds the worker, beat, web app and LLM server have to stop after SIGTERM.
 STOP_GRACE = 10.0
@@ -88,28 +88,12 @@ def register(subs: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=dev)
 
 
-def _whole(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
 # Checked by argparse, before anything starts: a bad --port crashed socket.bind, and a
 # bad --concurrency was found only by the worker, once Redis and the rest were up.
-def _port(text: str) -> int:
-    port = _whole(text)
-    if port is None or not 1 <= port <= 65535:  # 0 ("any port") would leave no URL to print
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port: pass one from 1 to 65535")
-    return port
-
-
-def _concurrency(text: str) -> int:
-    n = _whole(text)
-    if n is None or n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps to run at once: "
-                                         "pass 1 or more")
-    return n
+# (0, "any port", would leave no URL to print.)
+_port = whole_number(1, 65535, "{text} is not a port: pass one from 1 to 65535")
+_concurrency = whole_number(1, None, "{text} is not a number of steps to run at once: "
+                                     "pass 1 or more")
 
 
 def dev(args: argparse.Namespace) -> int:

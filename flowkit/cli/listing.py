@@ -14,19 +14,13 @@ from ..engine import control
 from ..states import RunState
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show, table
+from .usage import whole_number
 
 #: Most runs one page lists (the store reads them in one pass).
 MAX_LIMIT = 1000
 
 
-def _limit(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of runs from 1 to {MAX_LIMIT}")
-    return n
+_limit = whole_number(1, MAX_LIMIT, f"{{text}}: a number of runs from 1 to {MAX_LIMIT}")
 
 
 def _took(run: dict[str, Any], now: float) -> str:

@@ -382,11 +382,9 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     the run's last event raises :class:`ValidationError`."""
     store, cursor, count = get_store(), after, 500
     tail = store.last_event(run_id)
-    if after != events.START and (
-            tail is None or events.cursor_order(after) > events.cursor_order(tail[0])):
-        # no stream of this run gave that id; followed, it would wait for ever
-        newest = f"its last event is {tail[0]}" if tail else "it has no event yet"
-        message = (f"Cursor {after} is past run {run_id}'s events ({newest}): resume from an "
+    beyond = events.past_the_end(after, tail[0] if tail else None)
+    if beyond:
+        message = (f"Cursor {after} is past run {run_id}'s events ({beyond}): resume from an "
                    "id its stream gave you, or from the start.")
         raise ValidationError({"after": [message]}, message)
     done = tail is not None and events.cursor_order(tail[0]) <= events.cursor_order(after) \

@@ -39,13 +39,7 @@ from agents.items import ModelResponse
 from agents.models.interface import Model, ModelProvider
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.usage import Usage
-from openai.types.responses import (
-    Response,
-    ResponseCompletedEvent,
-    ResponseOutputItem,
-    ResponseUsage,
-)
-from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from openai.types.responses import Response, ResponseCompletedEvent, ResponseOutputItem
 from pydantic import TypeAdapter
 
 from ..component import component
@@ -225,26 +219,16 @@ async def _relay(call: Any, relayed: asyncio.Queue[Any],
 
 
 def _completed_event(stored: dict[str, Any]) -> ResponseCompletedEvent:
+    # built as the openai SDK builds what a server sent: its model_construct fills nested
+    # types (output items, usage details) without validating them, as providers leave out
+    # fields its types require (e.g. ``cache_write_tokens``)
     response = Response.model_construct(
         id=stored["id"], object="response", created_at=time.time(), model=stored["model"],
-        output=[_OUTPUT_ITEM.validate_python(item) for item in stored["output"]],
-        usage=_usage(stored["usage"]),
-        status="completed", parallel_tool_calls=True, tool_choice="auto", tools=[],
+        output=stored["output"], usage=stored["usage"], status="completed",
+        parallel_tool_calls=True, tool_choice="auto", tools=[],
     )
     return ResponseCompletedEvent(type="response.completed", sequence_number=0,
                                   response=response)
-
-
-def _usage(stored: dict[str, Any] | None) -> ResponseUsage | None:
-    """The usage as the server sent it: built without validation, as the openai SDK builds
-    it (providers leave out fields its types require, e.g. ``cache_write_tokens``)."""
-    if not stored:
-        return None
-    details = {"input_tokens_details": InputTokensDetails, "output_tokens_details": OutputTokensDetails}
-    fields = {name: details[name].model_construct(**value)
-              if name in details and isinstance(value, dict) else value
-              for name, value in stored.items()}
-    return ResponseUsage.model_construct(**fields)
 
 
 @component(name="flowkit.agents.tool_call")

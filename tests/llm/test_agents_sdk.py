@@ -23,12 +23,17 @@ WAIT = 60
 
 
 def sub_steps(run) -> list[str]:
-    """The checkpoint keys of the run's step's sub-steps, in call order."""
+    """The components of the run's step's checkpointed sub-steps, in call order."""
     step = next(e.data["step"] for e in run.events() if e.type == "step.completed")
-    return sorted(
+    keys = sorted(
         (k for k in get_store().checkpoints(run.id) if k.startswith(f"{step}/")),
         key=lambda k: int(k.split("/")[1].split(":")[0]),
     )
+    return [k.rsplit(":", 1)[1] for k in keys]
+
+
+def llm_spans(run) -> list[dict]:
+    return [s for s in trace.read(run.id) if s["kind"] == "llm"]
 
 
 def test_outside_a_run_the_agent_simply_runs(servers):
@@ -59,11 +64,10 @@ def test_inside_a_run_each_model_call_and_tool_call_is_a_checkpointed_sub_step(l
     run = wf.agent_in_a_step.start({"prompt": "weather in three cities", "max_turns": 10})
     out = run.result(WAIT)
     assert out["turns"] == 4 and out["calls"] == 3 and out["output"]
-    subs = sub_steps(run)
     model, tool = "flowkit.agents.model_call", "flowkit.agents.tool_call"
-    assert [k.rsplit(":", 1)[1] for k in subs] == [model, tool] * 3 + [model]
+    assert sub_steps(run) == [model, tool] * 3 + [model]
     assert get_store().redis.llen(f"toolcalls:{run.id}") == 3
-    spans = [s for s in trace.read(run.id) if s["kind"] == "llm"]
+    spans = llm_spans(run)
     assert len(spans) == 4 and all(s["operation"] == "responses" for s in spans)
     assert all(s["prompt_tokens"] > 0 and s["cost"] is not None for s in spans)
 
@@ -92,12 +96,11 @@ def test_a_streamed_agent_in_a_run_streams_and_checkpoints_each_call(llm):
     run = wf.streamed_agent_in_a_step.start({"prompt": "weather in three cities", "max_turns": 10})
     out = run.result(WAIT)
     assert out["turns"] == 4 and out["calls"] == 3 and out["output"] and out["deltas"] > 0
-    subs = sub_steps(run)
     model, tool = "flowkit.agents.model_stream", "flowkit.agents.tool_call"
-    assert [k.rsplit(":", 1)[1] for k in subs] == [model, tool] * 3 + [model]
+    assert sub_steps(run) == [model, tool] * 3 + [model]
     streamed = "".join(e.data["chunk"] for e in run.events() if e.type == "step.output")
     assert streamed == out["output"]  # the final answer's tokens reached the run's stream
-    spans = [s for s in trace.read(run.id) if s["kind"] == "llm"]
+    spans = llm_spans(run)
     assert len(spans) == 4 and all(s["operation"] == "responses" for s in spans)
 
 

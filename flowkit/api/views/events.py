@@ -6,7 +6,7 @@ from flask import Blueprint, g, request
 from flask_sock import Sock
 
 from ...engine import control
-from ...events import START, cursor_order, parse_cursor
+from ...events import START, parse_cursor, past_the_end
 from .. import schemas
 from ..errors import ApiError
 from ..requests import negotiated_stream, query
@@ -43,17 +43,16 @@ def _check_handshake() -> None:
 
 
 def _known(run_id: str, cursor: str, field: str) -> str:
-    """``cursor``, unless it is past the run's last event (404): no stream of this run gave
-    it (a typo, another run's id), and a stream resumed there would wait for ever for ids
-    that far on while the run has ended. (Not 400: the cursor is a well-formed id, this
-    run has no such event, as a page past the end of a list.)"""
+    """``cursor``, unless it is past the run's last event (404, see
+    :func:`flowkit.events.past_the_end`; not 400: the cursor is a well-formed id, this run
+    has no such event, as a page past the end of a list)."""
     if cursor == START:
         return cursor
     last = state().hub.last_event(run_id)
-    if last is None or cursor_order(cursor) > last.order:
-        newest = f"its last event is {last.id}" if last else "it has no event yet"
+    beyond = past_the_end(cursor, last.id if last else None)
+    if beyond:
         raise ApiError(404, "not_found", "No such event in this run.", {field: [
-            f"{cursor} is past the run's events ({newest}): resume from an id its stream "
+            f"{cursor} is past the run's events ({beyond}): resume from an id its stream "
             "gave you, or 0 for the whole history."]})
     return cursor
 
