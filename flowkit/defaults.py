@@ -66,6 +66,9 @@ RETRY_MAXIMUM = 30.0
 #: and look back (``wait_for_event(..., lookback=...)`` can look back this far at most).
 EVENT_LOOKBACK_SECONDS = 3600.0
 
+#: The longest event key (``wait_for_event``, ``send_event``, ``POST /events/<key>``).
+EVENT_KEY_MAX_CHARS = 200
+
 #: Seconds a worker waits for running steps on SIGTERM before handing them over.
 DRAIN_GRACE = 30.0
 #: URL that receives a JSON POST once per failed run (a step gave up, or the reaper did).

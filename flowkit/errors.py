@@ -50,7 +50,8 @@ class ConfigError(FlowkitError):
 
 
 class ValidationError(FlowkitError):
-    """Workflow input failed its schema. ``fields`` maps each field to its messages."""
+    """Input failed its schema (a workflow's, a wait's) or a rule (an event key's length).
+    ``fields`` maps each field to its messages."""
 
     def __init__(self, fields: dict[str, Any], message: str = "Invalid workflow input.") -> None:
         super().__init__(message)

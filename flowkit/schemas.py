@@ -19,7 +19,8 @@ import marshmallow
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from .errors import ConfigError
+from . import defaults
+from .errors import ConfigError, ValidationError
 
 SchemaLike = type[marshmallow.Schema] | marshmallow.Schema | dict | None
 
@@ -91,3 +92,14 @@ def _plain(node: Any) -> Any:
         for item in node:
             _plain(item)
     return node
+
+
+def check_event_key(key: Any) -> str:
+    """``key`` if it can name an event: 1 to EVENT_KEY_MAX_CHARS characters of text, the
+    same rule for the wait, the Python sender, the CLI and ``POST /events/<key>``."""
+    most = defaults.EVENT_KEY_MAX_CHARS
+    if not isinstance(key, str) or not 1 <= len(key) <= most:
+        said = f"{len(key)} characters" if isinstance(key, str) else type(key).__name__
+        raise ValidationError({"key": [f"1 to {most} characters."]},
+                              f"Invalid event key: 1 to {most} characters of text, not {said}.")
+    return key

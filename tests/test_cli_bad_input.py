@@ -63,6 +63,13 @@ def test_bad_numbers_are_refused_before_anything_starts(env, args, says):
     assert "starting" not in result.stdout + result.stderr
 
 
+def test_an_event_key_the_api_refuses_is_refused_here_too(env):
+    result = cli("event", "k" * 201, env=env)
+    assert result.returncode == 2
+    assert one_line(result) == ("flowkit event: Invalid event key: 1 to 200 characters of "
+                                "text, not 201 characters.")
+
+
 def test_follow_takes_a_good_after_as_events_does(env):
     run = wf.simple.start({"n": 1})
     run.result(20)

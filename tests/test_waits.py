@@ -99,6 +99,19 @@ def test_an_event_wakes_every_run_waiting_for_it():
     assert flowkit.send_event("payment:7", {"amount": 1}) == 0  # nobody waits any more
 
 
+def test_an_event_key_too_long_to_send_is_refused_by_the_wait_and_the_sender():
+    too_long = "x" * 201  # POST /events/<key> refuses it: no wait may hang on it
+    run = wf.payment.start({"order": too_long})
+    done = run.wait(WAIT)
+    assert done.state == "failed" and done.error["type"] == "ValidationError"
+    assert "1 to 200 characters of text, not 209 characters" in done.error["message"]
+    with pytest.raises(flowkit.ValidationError) as refused:
+        flowkit.send_event(f"payment:{too_long}", {"amount": 1})
+    assert refused.value.fields == {"key": ["1 to 200 characters."]}
+    with pytest.raises(flowkit.ValidationError):
+        flowkit.send_event("", None)
+
+
 def test_an_event_sent_before_the_wait_counts_within_its_look_back():
     flowkit.send_event("payment:8", {"amount": 5})
     early = wf.payment.start({"order": 8, "lookback": 60})

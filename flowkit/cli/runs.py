@@ -216,7 +216,10 @@ def send_input(args: argparse.Namespace) -> int:
 
 def send_event(args: argparse.Namespace) -> int:
     data = _json_arg(args.data, "the data") if args.data is not None else None
-    woken = runs.send_event(args.key, data)
+    try:
+        woken = runs.send_event(args.key, data)
+    except ValidationError as exc:  # the key's rule: a usage error, exit 2
+        raise UsageError(exc.message) from None
     emit(args, {"woken": woken},
          lambda d: f"Event {args.key!r} sent: it woke {plural(d['woken'], 'waiting run')}.")
     return 0

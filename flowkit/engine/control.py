@@ -27,7 +27,7 @@ from ..errors import (
     ValidationError,
 )
 from ..flow import check_priority
-from ..schemas import json_errors
+from ..schemas import check_event_key, json_errors
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
@@ -499,6 +499,7 @@ def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
     """Send an event under ``key``: every run waiting for it (``flowkit.wait_for_event``)
     wakes with ``data``; returns how many. It is kept FLOWKIT_EVENT_LOOKBACK_SECONDS for
     waits that begin later and look back."""
+    check_event_key(key)
     store = store or get_store()
     now, settings = time.time(), get_settings()
     data_json = dumps_bounded(data, f"the data of event {key!r}")

@@ -24,7 +24,7 @@ from ..errors import (
     ValidationError,
 )
 from ..policy import call_with_timeout
-from ..schemas import SchemaLike, as_schema, json_schema
+from ..schemas import SchemaLike, as_schema, check_event_key, json_schema
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
@@ -152,6 +152,7 @@ class StepContext:
 
     def wait_for_event(self, key: str, timeout: float | None, lookback: float | None) -> Any:
         """See :func:`flowkit.wait_for_event`."""
+        check_event_key(key)  # a key nothing could send would wait until its timeout
         answer = self._wait(WaitKind.EVENT, key, {"key": key}, _deadline(timeout),
                             lookback=lookback)
         if "timeout" in answer:

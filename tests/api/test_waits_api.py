@@ -53,6 +53,9 @@ def test_an_event_over_http_wakes_the_runs_waiting_for_it(client):
     sent = client.post("/events/payment:11", json={"amount": 3})
     assert sent.status_code == 202 and sent.json() == {"woken": 1}
     assert run.result(20)["paid"] == {"amount": 3}
+    too_long = client.post("/events/" + "k" * 201, json={})
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["fields"] == {"key": ["1 to 200 characters."]}
 
 
 def test_a_delayed_start_over_http_is_scheduled_and_cancellable(client):

@@ -7,7 +7,6 @@ from flask_sock import Sock
 from werkzeug.routing import PathConverter
 
 from ...engine import control
-from ..errors import ApiError
 from ..representations import run_json
 from ..requests import access, json_body
 from ..state import state
@@ -39,8 +38,5 @@ def send_input(run_id: str, name: str):
 
 def send_event(key: str):
     access().require_full()
-    if not key or len(key) > 200:
-        raise ApiError(400, "validation_error", "Invalid event key.",
-                       {"key": ["1 to 200 characters."]})
     woken = control.send_event(key, json_body(), store=state().store)
     return jsonify({"woken": woken}), 202
