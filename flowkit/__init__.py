@@ -51,6 +51,7 @@ from .engine.control import (
 )
 from .engine.step import StepContext
 from .errors import (
+    BrokerUnavailable,
     ConfigError,
     EventTimeout,
     FlowkitError,
@@ -104,6 +105,7 @@ __all__ = [
     "StepError",
     "StepTimeout",
     "StoreUnavailable",
+    "BrokerUnavailable",
     "ValidationError",
     "WaitTimeout",
     "Workflow",

@@ -15,12 +15,18 @@ from typing import Any
 
 from . import defaults
 from .errors import ConfigError
+from .urls import redacted
 
 ENV_PREFIX = "FLOWKIT_"
 
 
 def _scheme(url: str) -> str:
     return url.partition("://")[0].lower()
+
+
+#: Broker URL schemes flowkit runs on: a Redis (Celery's ``sentinel://`` too) or RabbitMQ.
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel", "redis+sentinel",
+                  "redis+cluster", "amqp", "amqps", "pyamqp", "librabbitmq")
 
 
 def is_amqp(url: str) -> bool:
@@ -132,6 +138,18 @@ class Settings:
                 f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s) must be longer than "
                 f"FLOWKIT_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s), or every run "
                 "would look lost between two heartbeats."
+            )
+        if self.broker_url and (_scheme(self.broker_url) not in BROKER_SCHEMES
+                                or "://" not in self.broker_url):
+            raise ConfigError(
+                f"FLOWKIT_BROKER_URL={redacted(self.broker_url)!r} is not a broker URL; write a "
+                "Redis one (redis://host:6379/0) or RabbitMQ's (amqp://user:password@host:5672/"
+                "vhost), or unset it to use FLOWKIT_REDIS_URL."
+            )
+        if self.result_backend and "://" not in self.result_backend:
+            raise ConfigError(
+                f"FLOWKIT_RESULT_BACKEND={redacted(self.result_backend)!r} is not a URL; write "
+                "a Redis one (redis://host:6379/0), or unset it to use the broker's Redis."
             )
         if self.max_payload_bytes <= 0 or self.retention_seconds <= 0:
             raise ConfigError("FLOWKIT_MAX_PAYLOAD_BYTES and FLOWKIT_RETENTION_SECONDS must be > 0.")

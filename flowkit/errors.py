@@ -14,6 +14,8 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     ├── StepError            a step failed after its retries (raised by Run.result())
     ├── RunCancelled         raised inside a step whose run was cancelled or superseded
     ├── StoreUnavailable     flowkit's Redis stayed unreachable past FLOWKIT_REDIS_RETRY_SECONDS
+    │   └── BrokerUnavailable  the Celery broker (or its result backend) did: a run stored
+    │                          meanwhile is sent by the reaper after FLOWKIT_QUEUED_TIMEOUT
     ├── StepTimeout          one attempt of a step ran longer than its timeout (also a TimeoutError)
     ├── WaitTimeout          a paused step's wait ran out (also a TimeoutError)
     │   ├── InputTimeout     wait_for_input got no input in time
@@ -101,6 +103,20 @@ class StoreUnavailable(FlowkitError):
 
     The attempt is abandoned without failing the run; the reaper restarts the run once
     Redis is back (or the task's message is redelivered)."""
+
+
+class BrokerUnavailable(StoreUnavailable):
+    """The Celery broker, or the result backend Celery reaches while sending, is unreachable.
+    ``setting`` names the one to fix (``FLOWKIT_BROKER_URL``, ``FLOWKIT_RESULT_BACKEND``).
+
+    A run stored before its message could go is not lost: the reaper sends it once
+    FLOWKIT_QUEUED_TIMEOUT passes."""
+
+    def __init__(self, message: str, setting: str = "FLOWKIT_BROKER_URL") -> None:
+        super().__init__(message)
+        self.setting = setting
+        #: The run stored before its message could go (a start), else None.
+        self.run_id: str | None = None
 
 
 class StepTimeout(FlowkitError, TimeoutError):

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+import flowkit
+from flowkit.testing.redis import free_port
 from tests import workflows as wf
 
 pytestmark = pytest.mark.integration
@@ -120,6 +122,40 @@ def test_run_with_the_broker_on_a_missing_database_does_not_say_redis_is_down(en
     result = cli("run", "simple", "-i", "n=1", *APP, env=broker)
     assert result.returncode == 2
     assert one_line(result) == db_out_of_range(["run"], "FLOWKIT_BROKER_URL", url)
+
+
+@pytest.mark.parametrize("url", ["redis//host:6379/0", "bogus://host/0"])
+def test_a_broker_url_that_is_not_one_says_its_form(env, url):
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, "FLOWKIT_BROKER_URL": url})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"flowkit run: FLOWKIT_BROKER_URL={url!r} is not a broker URL; write a Redis one "
+        "(redis://host:6379/0) or RabbitMQ's (amqp://user:password@host:5672/vhost), or "
+        "unset it to use FLOWKIT_REDIS_URL.")
+
+
+def test_a_setting_that_cannot_work_is_one_line(env):
+    result = cli("runs", env={**env, "FLOWKIT_MAX_RESTARTS": "lots"})
+    assert result.returncode == 2
+    assert one_line(result) == ("flowkit runs: FLOWKIT_MAX_RESTARTS='lots' is not a valid int; "
+                                "unset it or give a value like 3.")
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_a_broker_out_of_reach_is_named_and_the_stored_run_is_not_lost(env, scheme):
+    """It said "cannot reach Redis" with the store's URL (RabbitMQ), or printed Celery's
+    result backend traceback after 20 s (a Redis broker of its own)."""
+    url = f"{scheme}://flowkit:secret@127.0.0.1:{free_port()}/0"
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, "FLOWKIT_BROKER_URL": url})
+    assert result.returncode == 1
+    said = one_line(result)
+    assert said.startswith(f"flowkit run: cannot reach the Celery broker at {scheme}://***@"
+                           "127.0.0.1:"), said
+    run_id = said.split("Run ")[1].split(" ")[0]
+    assert said.endswith(f"; start it, or point FLOWKIT_BROKER_URL at yours. Run {run_id} is "
+                         "stored: the reaper sends it once the broker is back (after "
+                         "FLOWKIT_QUEUED_TIMEOUT); do not start it again.")
+    assert flowkit.get_run(run_id).state in ("queued", "running", "succeeded")
 
 
 @pytest.mark.parametrize("command", [["status"], ["trace"], ["events"], ["follow"],

@@ -30,7 +30,7 @@ CORE = {
     # errors
     "FlowkitError", "ConfigError", "ValidationError", "PayloadTooLarge", "NotFound",
     "WorkflowNotFound", "RunNotFound", "InvalidState", "IdempotencyConflict", "StepError",
-    "RunCancelled", "StoreUnavailable", "StepTimeout", "WaitTimeout", "InputTimeout",
+    "RunCancelled", "StoreUnavailable", "BrokerUnavailable", "StepTimeout", "WaitTimeout", "InputTimeout",
     "EventTimeout",
 }
 
@@ -51,7 +51,7 @@ def test_api_and_llm_packages_export_their_surface():
 def test_every_error_derives_from_the_root():
     errors = [getattr(flowkit, n) for n in CORE if n.endswith(("Error", "Found", "State",
               "Conflict", "Large", "Cancelled", "Unavailable", "Timeout"))]
-    assert len(errors) == 16
+    assert len(errors) == 17
     assert all(issubclass(e, flowkit.FlowkitError) for e in errors)
     assert issubclass(flowkit.StepTimeout, TimeoutError)
 

@@ -13,6 +13,7 @@ from flask import Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
+    BrokerUnavailable,
     FlowkitError,
     IdempotencyConflict,
     InvalidState,
@@ -75,6 +76,13 @@ def to_response(exc: BaseException) -> Response:
         return error_response(409, "invalid_state", str(exc))
     if isinstance(exc, PayloadTooLarge):
         return error_response(413, "payload_too_large", str(exc))
+    if isinstance(exc, BrokerUnavailable):
+        log.warning("flowkit API: broker unavailable: %s", exc)
+        stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is "
+                  "back; do not start it again." if exc.run_id else "")
+        return error_response(503, "broker_unavailable",
+                              f"flowkit's Celery broker is unavailable; retry shortly.{stored}",
+                              None, {"Retry-After": "2"})
     if isinstance(exc, StoreUnavailable):
         log.warning("flowkit API: Redis unavailable: %s", exc)
         return error_response(503, "store_unavailable",

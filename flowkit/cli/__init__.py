@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..config import configure, get_settings
-from ..errors import FlowkitError, StoreUnavailable
+from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
 from ..store import is_redis_url, refused_database
 from ..urls import redacted
 from ..version import __version__
@@ -46,15 +46,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1  # as rich's console does when the pipe closes under it (`flowkit follow`)
 
 
+def _broker_down(where: str, exc: BrokerUnavailable) -> int:
+    """Name the URL that could not be reached, and the setting it came from."""
+    settings = get_settings()
+    if exc.setting == "FLOWKIT_RESULT_BACKEND":
+        what, url = "Celery's result backend", settings.backend
+        name = "FLOWKIT_RESULT_BACKEND" if settings.result_backend else \
+            "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
+    else:
+        what, url = "the Celery broker", settings.broker
+        name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
+    stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is back "
+              "(after FLOWKIT_QUEUED_TIMEOUT); do not start it again." if exc.run_id else "")
+    print(f"flowkit {where}: cannot reach {what} at {redacted(url)}; start it, or point "
+          f"{name} at yours.{stored}", file=sys.stderr)
+    return 1
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if "FLOWKIT_REDIS_RETRY_SECONDS" not in os.environ:
-        configure(redis_retry_seconds=2)  # a person waits at a shell: say it is down quickly
     if not args.command:
         parser.print_help()
         return 2
     where = getattr(args, "where", args.command)  # e.g. "schedules create"
+    try:
+        if "FLOWKIT_REDIS_RETRY_SECONDS" not in os.environ:
+            configure(redis_retry_seconds=2)  # a person waits at a shell: say it is down quickly
+        else:
+            get_settings()
+    except ConfigError as exc:  # a FLOWKIT_* variable that cannot work: say which, exit 2
+        return _usage(where, str(exc))
     try:
         return args.func(args) or 0
     except StoreUnavailable as exc:
@@ -62,6 +84,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if refused_database(exc):  # the broker's: the store's own is a bare ResponseError
             name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
             return _usage(where, _db_message(name, settings.broker))
+        if isinstance(exc, BrokerUnavailable):
+            return _broker_down(where, exc)
         url = redacted(settings.redis_url)
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
               "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)

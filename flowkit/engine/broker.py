@@ -108,8 +108,13 @@ def celery_config(settings: Settings) -> dict:
         "task_default_priority": message_priority(FRESH_PRIORITY, broker),
         # RabbitMQ orders a queue by priority only when it is declared with a maximum
         "task_queue_max_priority": MAX_PRIORITY if is_amqp(broker) else None,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout,
-                                             **backend_options},
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # reconnecting (a canvas being sent subscribes to it) gives up within the
+            # process's own Redis budget, not Celery's 20 tries a second apart
+            "retry_policy": {"max_retries": max(1, round(settings.redis_retry_seconds)),
+                             "interval_start": 0, "interval_step": 1, "interval_max": 1},
+            **backend_options},
         # one result backend (and Redis connection pool) per process: by default Celery
         # makes one per thread, and under gevent every task is a new greenlet, so each
         # step built a backend and opened a fresh Redis connection to store its result

@@ -195,6 +195,11 @@ def first_canvas(workflow: Workflow, run_id: str, payload: Any, queue: str | Non
 
 def enqueue(workflow: Workflow, run_id: str, gen: int, payload: Any, queue: str | None,
             priority: int = 0) -> None:
-    """Send generation ``gen`` of the run's whole canvas (:func:`first_canvas`)."""
+    """Send generation ``gen`` of the run's whole canvas (:func:`first_canvas`).
+
+    Outside a worker, Celery subscribes the sender to the result of each task it sends
+    unless told to ignore it: a SUBSCRIBE per run to a result no one reads, and a send that
+    waits on the result backend's Redis. The first message says so (the rest of a chain
+    travels inside it); other backends join chords by reading results, so they keep them."""
     sig, args = first_canvas(workflow, run_id, payload, queue, priority, gen)
-    sig.apply_async(args=args)
+    sig.apply_async(args=args, **({} if result_options() else {"ignore_result": True}))

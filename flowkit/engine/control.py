@@ -18,6 +18,7 @@ from ulid import ULID
 from .. import events
 from ..config import get_settings
 from ..errors import (
+    BrokerUnavailable,
     ConfigError,
     IdempotencyConflict,
     InvalidState,
@@ -247,7 +248,11 @@ def start(
         return existing
     if due is None and _admitted(record, store):
         if messages is None or not messages.pushed:
-            send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue, priority))
+            try:
+                send(lambda: canvas.enqueue(workflow, winner, 0, payload, queue, priority))
+            except BrokerUnavailable as exc:
+                exc.run_id = winner  # stored: the caller must not start it again
+                raise
         # as created: queued (a worker may have started it already; no read to say so)
         return Run.from_record({k: str(v) for k, v in record.items()})
     return Run.load(winner, store)  # scheduled, or held with the reason

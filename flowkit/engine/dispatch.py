@@ -8,18 +8,26 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from ..errors import StoreUnavailable
+from ..errors import BrokerUnavailable
+from ..store import lost_connection
 from .broker import continued_priority, get_app
 
 
 def send(publish: Callable[[], Any]) -> Any:
     """Publish to the broker (returns what ``publish`` does); a broker out of reach is
-    StoreUnavailable (the run is stored: the reaper sends it again once
+    BrokerUnavailable (the run is stored: the reaper sends it again once
     FLOWKIT_QUEUED_TIMEOUT passes)."""
     try:
         return publish()
     except OperationalError as exc:
-        raise StoreUnavailable(f"the Celery broker is unreachable: {exc}") from exc
+        raise BrokerUnavailable(f"the Celery broker is unreachable: {exc}") from exc
+    except RuntimeError as exc:
+        # Celery's Redis result backend, which a canvas subscribes to while it is sent,
+        # gives up reconnecting with a bare RuntimeError ("Retry limit exceeded")
+        if not lost_connection(exc):
+            raise
+        raise BrokerUnavailable("the Celery result backend is unreachable: "
+                                f"{exc.__cause__ or exc}", "FLOWKIT_RESULT_BACKEND") from exc
 
 
 def send_resume(run_id: str, gen: int, queue: str | None) -> None:
@@ -27,4 +35,4 @@ def send_resume(run_id: str, gen: int, queue: str | None) -> None:
     (it has the workflow version the run started with; this process may not)."""
     send(lambda: get_app().send_task(
         "flowkit.resume", kwargs={"run_id": run_id, "gen": gen}, queue=queue,
-        priority=continued_priority()))
+        priority=continued_priority(), ignore_result=True))  # no subscription to its result

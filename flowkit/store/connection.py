@@ -190,14 +190,24 @@ def is_redis_url(url: str) -> bool:
     return True
 
 
+def lost_connection(exc: BaseException) -> bool:
+    """Whether redis-py failed to reach its server (a connection error or a timeout)
+    anywhere in ``exc``'s chain: Celery's result backend wraps it in a RuntimeError."""
+    return any(isinstance(cause, (redis.ConnectionError, redis.TimeoutError))
+               for cause in _chain(exc))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and all(cause is not s for s in seen):
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return seen
+
+
 def refused_database(exc: BaseException) -> bool:
     """Whether Redis refused the URL's database number (SELECT past its ``databases``),
     anywhere in ``exc``'s chain: kombu and flowkit wrap redis-py's error."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, redis.ResponseError) and "DB index is out of range" in str(cause):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(cause, redis.ResponseError) and "DB index is out of range" in str(cause)
+               for cause in _chain(exc))

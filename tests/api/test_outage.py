@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websocket
 
-from flowkit.testing import LocalRedis
+from flowkit.testing import LocalRedis, free_port
 from tests.api.conftest import API_KEY
 from tests.api.helpers import Gunicorn
 
@@ -67,3 +67,29 @@ def test_the_websocket_handshake_answers_503_within_the_api_budget(web_on_a_redi
         websocket.create_connection(url, timeout=10)
     assert refused.value.status_code == 503
     assert time.monotonic() - began < API_BUDGET + SLACK
+
+
+def test_a_start_while_the_broker_is_down_answers_503_naming_the_stored_run(
+        flowkit_env, tmp_path):
+    """Its message was "flowkit's Redis is unavailable" with Redis up; the run is stored,
+    so the answer says not to start it again."""
+    env = {**flowkit_env, "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    web = Gunicorn(env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+    try:
+        with httpx.Client(base_url=web.url, timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            response, took = timed(lambda: client.post("/workflows/simple/runs",
+                                                       json={"n": 1}))
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "broker_unavailable"
+            assert int(response.headers["Retry-After"]) > 0
+            run_id = error["message"].split("Run ")[1].split(" ")[0]
+            assert error["message"] == (
+                "flowkit's Celery broker is unavailable; retry shortly. Run "
+                f"{run_id} is stored: the reaper sends it once the broker is back; do not "
+                "start it again.")
+            assert client.get(f"/runs/{run_id}").json()["state"] == "queued"
+            assert took < API_BUDGET + SLACK
+    finally:
+        web.stop()
