@@ -46,6 +46,11 @@ def test_bad_schedules_get_field_messages(client):
     assert minute.status_code == 400 and "61" in minute.json()["error"]["fields"]["cron"][0]
     unknown = client.post("/schedules", json={"workflow": "nope", "every": 60})
     assert unknown.status_code == 404
+    loose = client.post("/schedules", json={"workflow": "simple", "every": "60",
+                                            "catchup": "yes", "input": {"n": 1}})
+    assert loose.status_code == 400  # marshmallow alone took both: JSON says what it means
+    assert loose.json()["error"]["fields"] == {"every": ["'60' is not of type 'number'"],
+                                               "catchup": ["'yes' is not of type 'boolean'"]}
     no_input = client.post("/schedules", json={"workflow": "simple", "every": 60})
     assert no_input.status_code == 400 and "input" in no_input.json()["error"]["message"]
     assert flowkit.schedules.list() == []
