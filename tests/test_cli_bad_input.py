@@ -72,6 +72,25 @@ def test_an_event_key_the_api_refuses_is_refused_here_too(env):
                                 "text, not 201 characters.")
 
 
+def test_input_that_misses_its_schema_says_how_to_type_a_string(env):
+    """``-i topic=42`` types 42 as a number, as ``gh api -F`` does: when the schema wants a
+    string the message says how to write one; the run is not started."""
+    result = cli("run", "content", "-i", "topic=42", "-i", "audience=null",
+                 "-A", "examples.content", env=env)
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "flowkit run: the input does not fit the schema of workflow 'content' (topic: Not a "
+        "valid string.; audience: Field may not be null.) (-i topic=42 typed it as a number: "
+        "write topic:='\"42\"' for the string) (-i audience=null typed it as null: write "
+        "audience:='\"null\"' for the string); set fields with -i key=value or --input JSON.")
+    plain = cli("run", "simple", "-i", "n=x", *APP, env=env)
+    assert plain.returncode == 2
+    assert one_line(plain) == ("flowkit run: the input does not fit the schema of workflow "
+                               "'simple' (n: Not a valid integer.); set fields with -i "
+                               "key=value or --input JSON.")
+    assert flowkit.list_runs() == []
+
+
 def test_follow_takes_a_good_after_as_events_does(env):
     run = wf.simple.start({"n": 1})
     run.result(20)

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         record = runs.start(args.workflow, parse_input(args))
     except ValidationError as exc:
-        raise UsageError(_invalid(args.workflow, exc)) from None
+        raise UsageError(_invalid(args.workflow, exc, args.items)) from None
     if args.detach:
         if args.json:
             print(json.dumps(record, indent=2, default=str))
@@ -179,11 +179,31 @@ def _follow_hint(args: argparse.Namespace, run_id: str) -> str:
     return f"flowkit follow {run_id}{where}"
 
 
-def _invalid(workflow: str, exc: ValidationError) -> str:
-    fields = "; ".join(f"{name}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
-                       for name, msgs in exc.fields.items())
-    return (f"the input does not fit workflow {workflow!r}'s schema ({fields}); set fields "
-            "with -i key=value or --input JSON.")
+def _invalid(workflow: str, exc: ValidationError, items: list[str]) -> str:
+    said = {name: " ".join(map(str, msgs)) if isinstance(msgs, list) else str(msgs)
+            for name, msgs in exc.fields.items()}
+    fields = "; ".join(f"{name}: {msgs}" for name, msgs in said.items())
+    hints = [f" (-i {item} typed it as {_json_type(value)}: write {key}:='\"{text}\"' for the "
+             "string)" for item in items
+             for key, text, value in [_typed(item)]
+             if key in said and not isinstance(value, str)
+             and ("string" in said[key] or (value is None and "null" in said[key]))]
+    return (f"the input does not fit the schema of workflow '{workflow}' ({fields}){''.join(hints)}; "
+            "set fields with -i key=value or --input JSON.")
+
+
+def _typed(item: str) -> tuple[str, str, Any]:
+    """An ``-i key=value`` item's key, text and the value it was given (a ``key:=json``
+    item counts as a string: its author typed it on purpose)."""
+    eq = item.find("=")
+    if eq <= 0 or item[eq - 1] == ":":
+        return "", "", ""
+    key, value = _item(item)
+    return key, item[eq + 1:], value
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
 
 
 def _remote_options(p: argparse.ArgumentParser) -> None:
