@@ -165,3 +165,8 @@ def test_on_a_terminal_the_view_redraws_in_place(env):
     assert "following run" not in text  # the pipe form's header
     assert re.search(r"✓.*0:t\.talker.*100%", text)
     assert "run " in text and "succeeded" in text and '"words": 3' in text
+    # the head names the run's state after each event (it is drawn at every event), not
+    # the event: "running" after run.started, as the JS client and the API say it
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert re.search(r"run \w{26}  running", plain)
+    assert not re.search(r"run \w{26}  (started|admitted|resumed)", plain)

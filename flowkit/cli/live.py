@@ -26,6 +26,10 @@ TEXT_TAIL = 400
 
 _STYLE = {"running": "cyan", "completed": "green", "retrying": "yellow", "failed": "red",
           "waiting": "magenta"}
+#: The run's state (flowkit.states.RunState) after an event that does not name it, as the
+#: JS client folds it: the head shows a state ("running"), a log line the event ("started").
+_STATE_AFTER = {"run.held": "queued", "run.admitted": "queued", "run.started": "running",
+                "run.resumed": "queued", "run.restarted": "queued"}
 _MARK = {"running": "…", "completed": "✓", "retrying": "↻", "failed": "✗", "waiting": "⏸"}
 
 
@@ -103,7 +107,8 @@ class RunView:
     def _run_event(self, kind: str, event: dict[str, Any], ts: float) -> str | None:
         if kind == "run.started":
             self.started = self.started or ts
-        self.state = kind.split(".", 1)[1]
+        verb = kind.split(".", 1)[1]
+        self.state = _STATE_AFTER.get(kind, verb)
         if kind == "run.waiting":
             self.state, self.note = "waiting", _waiting_note(self.run_id, event)
             if event.get("step") in self.steps and event.get("kind") not in ("slot", "sleep"):
@@ -121,7 +126,7 @@ class RunView:
             self.note = f"restarted: {event.get('reason', '')}"
         if kind == "run.failed":
             self.note = _error_text(event.get("error"))
-        line = f"run {self.state}"
+        line = f"run {verb}"
         return f"{line}: {self.note}" if self.note else line
 
     def __rich__(self) -> Group:
