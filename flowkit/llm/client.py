@@ -5,8 +5,9 @@ Adopt it by changing one import (``from flowkit.llm import OpenAI``, or
 (``flowkit.llm.wrap(openai.OpenAI(...))``). ``chat.completions.create`` (with
 ``stream=True``, tools and response formats), ``chat.completions.parse``,
 ``responses.create`` (with ``stream=True``), ``responses.parse`` and
-``embeddings.create`` return the SDK's own objects; every other attribute is the
-first provider's SDK client, unwrapped (a debug-level log line says so).
+``embeddings.create`` return the SDK's own objects, and so do their
+``with_raw_response`` twins (the raw response: headers, ``parse()``); every other
+attribute is the first provider's SDK client, unwrapped (a debug-level log line says so).
 
 One logical call: for each provider in order, wait for its shared rate-limit
 budget, send the request (the SDK's own retries are off) and retry transient
@@ -131,13 +132,14 @@ class _Client:
 
     # -- the steps of one logical call around its requests ----------------------------
 
-    def _begin(self, operation: str, kwargs: dict[str, Any]) -> tuple[_Call, str | None, Any]:
+    def _begin(self, operation: str, kwargs: dict[str, Any],
+               raw: bool = False) -> tuple[_Call, str | None, Any]:
         """The call's record, its cache key, and the cached answer (or None)."""
         requested = kwargs.get("model")
         if not isinstance(requested, str) or not requested:
             raise TypeError(f"{_SDK_METHODS[operation]}() needs model='...'.")
-        call = _Call(operation, requested, kwargs)
-        cache_key = self._cache_key(operation, kwargs)
+        call = _Call(operation, requested, kwargs, raw)
+        cache_key = None if raw else self._cache_key(operation, kwargs)
         if cache_key:
             hit = cache.get(get_store(), cache_key)
             if hit is not None:
@@ -164,7 +166,7 @@ class _Client:
         params = {**call.kwargs, "model": model}
         if call.stream and call.operation == CHAT and not call.user_wants_usage:
             params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
-        return _method(sdk, call.operation), limit, params
+        return _method(sdk, call.operation, call.raw), limit, params
 
     def _before_send(self, attempt: Any, call: _Call) -> None:
         if attempt.retry_state.attempt_number > 1:
@@ -181,10 +183,12 @@ class _Client:
             return stream_type(response, current(), call.sent,
                                call.operation == CHAT and not call.user_wants_usage, done,
                                responses=call.operation in _RESPONSES)
-        call.finish_response(provider, response)
-        self._settle(provider, call, getattr(response, "usage", None))
+        # a raw response's parse() is the SDK's object (it keeps it: the caller's is free)
+        answer = response.parse() if call.raw else response
+        call.finish_response(provider, answer)
+        self._settle(provider, call, getattr(answer, "usage", None))
         if cache_key:
-            cache.put(get_store(), cache_key, response.model_dump_json(), self.cache_ttl)
+            cache.put(get_store(), cache_key, answer.model_dump_json(), self.cache_ttl)
         return response
 
     def _settle(self, provider: Provider, call: _Call, usage: Any) -> None:
@@ -212,8 +216,8 @@ class OpenAI(_Client):
     caller waits, and gets the sync SDK's types and errors.
     """
 
-    def _create(self, operation: str, kwargs: dict[str, Any]) -> Any:
-        call, cache_key, hit = self._begin(operation, kwargs)
+    def _create(self, operation: str, kwargs: dict[str, Any], raw: bool = False) -> Any:
+        call, cache_key, hit = self._begin(operation, kwargs, raw)
         if hit is not None:
             return hit
         last: BaseException | None = None
@@ -232,7 +236,7 @@ class OpenAI(_Client):
 
     def _on_provider(self, provider: Provider, call: _Call) -> Any:
         send, limit, params = self._request(provider, call, provider.sdk_client())
-        if not call.stream and provider.uses_aiohttp() and can_wait_for_loop():
+        if not call.stream and not call.raw and provider.uses_aiohttp() and can_wait_for_loop():
             send = functools.partial(_send_on_loop, provider, call.operation)
         for attempt in self.retry.retrying():
             with attempt:
@@ -267,8 +271,8 @@ class AsyncOpenAI(_Client):
     def _sdk(self) -> Any:
         return self.providers[0].async_sdk_client()
 
-    async def _create(self, operation: str, kwargs: dict[str, Any]) -> Any:
-        call, cache_key, hit = self._begin(operation, kwargs)
+    async def _create(self, operation: str, kwargs: dict[str, Any], raw: bool = False) -> Any:
+        call, cache_key, hit = self._begin(operation, kwargs, raw)
         if hit is not None:
             return hit
         last: BaseException | None = None
@@ -323,11 +327,49 @@ class _Resource:
             raise AttributeError(f"{self._path}.parse")
         return self._client._create(self._operations["parse"], kwargs)
 
+    @property
+    def with_raw_response(self) -> _RawResource:
+        """The SDK's ``with_raw_response``: ``create`` and ``parse`` return its raw response
+        (``headers``, ``http_response``, ``parse()``) through the same retries, failover,
+        rate limits and trace span; a stream (``stream=True``) is the SDK's, unwrapped."""
+        return _RawResource(self)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         sdk = functools.reduce(getattr, self._path.split("."), self._client._sdk())
         return _unwrapped(sdk, name, f"{self._path}.{name}")
+
+
+class _RawResource:
+    """``client.<path>.with_raw_response``."""
+
+    def __init__(self, resource: _Resource) -> None:
+        self._resource = resource
+
+    def create(self, **kwargs: Any) -> Any:
+        return self._call("create", kwargs)
+
+    def parse(self, **kwargs: Any) -> Any:
+        if "parse" not in self._resource._operations:
+            raise AttributeError(f"{self._resource._path}.with_raw_response.parse")
+        return self._call("parse", kwargs)
+
+    def _call(self, method: str, kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("stream"):  # its parse() is the SDK's stream, read by the caller
+            return getattr(self._sdk(), method)(**kwargs)
+        return self._resource._client._create(self._resource._operations[method], kwargs, True)
+
+    def _sdk(self) -> Any:
+        path = f"{self._resource._path}.with_raw_response"
+        sdk = functools.reduce(getattr, path.split("."), self._resource._client._sdk())
+        log.debug("flowkit.llm: client.%s with stream=True is the SDK's own, unwrapped", path)
+        return sdk
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _unwrapped(self._sdk(), name, f"{self._resource._path}.with_raw_response.{name}")
 
 
 class _Chat:
@@ -347,8 +389,11 @@ def _unwrapped(owner: Any, name: str, path: str) -> Any:
     return getattr(owner, name)
 
 
-def _method(client: Any, operation: str) -> Any:
-    return functools.reduce(getattr, _SDK_METHODS[operation].split("."), client)
+def _method(client: Any, operation: str, raw: bool = False) -> Any:
+    """The SDK method of ``operation`` on ``client`` (its ``with_raw_response`` twin)."""
+    resource, _, name = _SDK_METHODS[operation].rpartition(".")
+    path = f"{resource}.with_raw_response.{name}" if raw else _SDK_METHODS[operation]
+    return functools.reduce(getattr, path.split("."), client)
 
 
 def estimate_tokens(operation: str, kwargs: dict[str, Any]) -> int:
@@ -373,10 +418,13 @@ def estimate_tokens(operation: str, kwargs: dict[str, Any]) -> int:
 class _Call:
     """What one logical call did, recorded as an ``llm`` span when inside a run."""
 
-    def __init__(self, operation: str, requested: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, operation: str, requested: str, kwargs: dict[str, Any],
+                 raw: bool = False) -> None:
         self.operation = operation
         self.requested = requested
         self.kwargs = kwargs
+        #: ``with_raw_response``: the SDK's raw response is the answer (never cached)
+        self.raw = raw
         self.stream = bool(kwargs.get("stream"))
         self.user_wants_usage = bool((kwargs.get("stream_options") or {}).get("include_usage"))
         self.started_wall = time.time()

@@ -135,6 +135,37 @@ def test_the_async_client_retries_then_fails_over(servers):
     assert [f["provider"] for f in span["failovers"]] == ["primary"]
 
 
+def test_with_raw_response_is_retried_traced_and_keeps_the_sdks_raw_response(client, servers):
+    """``with_raw_response.create`` went straight to the SDK: no retries, failover, rate
+    limits or span. Now it is one logical call like ``create``, answered with the SDK's
+    raw response (its headers, its ``parse()``)."""
+    primary, _ = servers
+    primary.configure(script=(500, 503))
+    seen: list[dict] = []
+    flowkit.hooks.llm_call.append(seen.append)
+    try:
+        raw = call(client, "responses.with_raw_response.create", model=MODEL, input="hi",
+                   max_output_tokens=4)
+        chat = call(client, "chat.completions.with_raw_response.create", model=MODEL,
+                    messages=[{"role": "user", "content": "hi"}])
+        parsed = call(client, "chat.completions.with_raw_response.parse", model=MODEL,
+                      response_format=Answer, messages=[{"role": "user", "content": "rate"}])
+        vectors = call(client, "embeddings.with_raw_response.create", model="emb", input="x")
+    finally:
+        flowkit.hooks.llm_call.remove(seen.append)
+    assert [r["status"] for r in primary.stats.requests[:3]] == [500, 503, 200]
+    assert raw.http_response.status_code == 200 and raw.headers["content-type"]
+    reply = raw.parse()
+    assert isinstance(reply, Response) and reply.usage.output_tokens == 4
+    assert chat.parse().choices[0].message.content
+    assert isinstance(parsed.parse().choices[0].message.parsed, Answer)
+    assert vectors.parse().data[0].embedding
+    assert [span["operation"] for span in seen] == [
+        "responses", "chat.completions", "chat.completions.parse", "embeddings"]
+    assert seen[0]["retries"] == 2 and seen[0]["completion_tokens"] == 4
+    assert seen[0]["response_id"] == reply.id
+
+
 def test_an_unwrapped_call_is_noted_at_debug_level(servers, caplog):
     sync, _ = clients(servers[0])
     with caplog.at_level(logging.DEBUG, logger="flowkit.llm.client"):
