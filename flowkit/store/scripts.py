@@ -27,7 +27,7 @@ RUN_SCRIPTS = (
     "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer", "hold", "admit",
     "compact",
 )
-STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "slots")
+STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "slots", "trace")
 
 
 @cache

@@ -372,13 +372,11 @@ class Store:
         one round trip, in order; a script Redis had forgotten (or never loaded) runs
         again on its own, which loads it."""
         pipe = self.redis.pipeline(transaction=False)
-        self._queue_trace(pipe, trace)
+        queued = self._queue_trace(pipe, trace)
         for name, args in calls:
             self._run_script(name, run_id, args, client=pipe)
         replies = pipe.execute(raise_on_error=False)
-        for reply in replies[:-len(calls)]:  # the trace's
-            if isinstance(reply, Exception):
-                raise reply
+        self._check_trace(queued, replies[:-len(calls)])
         results = []
         for (name, args), reply in zip(calls, replies[-len(calls):], strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
@@ -936,18 +934,38 @@ class Store:
 
     # -- traces ----------------------------------------------------------------------------
 
-    def _queue_trace(self, pipe: Any, records: Iterable[tuple[str, str]]) -> None:
-        # no expiry here: the run's scripts give the trace the run's (none while it lives,
-        # the retention once it ended; an XADD keeps what the stream has)
+    def _queue_trace(self, pipe: Any, records: Iterable[tuple[str, str]]) -> list[tuple]:
+        """Queue trace.lua once per run of ``records``: the trace takes the run's expiry
+        (none while it lives), also when a late span comes after compaction dropped it.
+        Returns what was queued, for :meth:`_check_trace`."""
+        by_run: dict[str, list[str]] = {}
         for run_id, doc in records:
-            pipe.xadd(self.keys.trace(run_id), {"s": doc})
+            by_run.setdefault(run_id, []).append(doc)
+        sha = self._scripts["trace"].sha
+        queued = []
+        for run_id, docs in by_run.items():
+            keys = [self.keys.run(run_id), self.keys.trace(run_id)]
+            options = {}
+            if isinstance(self.redis, RedisCluster):  # as _run_script: the run's node, named
+                options["target_nodes"] = self.redis.get_node_from_key(keys[0])
+            pipe.execute_command("EVALSHA", sha, 2, *keys, *docs, **options)
+            queued.append((keys, docs))
+        return queued
+
+    def _check_trace(self, queued: list[tuple], replies: list[Any]) -> None:
+        """Raise a trace reply's error; a script Redis had not loaded runs again on its own."""
+        for (keys, docs), reply in zip(queued, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                self._scripts["trace"](keys=keys, args=docs)
+            elif isinstance(reply, Exception):
+                raise reply
 
     @_op
     def append_trace(self, records: Iterable[tuple[str, str]]) -> None:
         """Append span records (``(run_id, span JSON)``) to their runs' traces."""
         pipe = self.redis.pipeline(transaction=False)
-        self._queue_trace(pipe, records)
-        pipe.execute()
+        queued = self._queue_trace(pipe, records)
+        self._check_trace(queued, pipe.execute(raise_on_error=False))
 
     @_op
     def read_trace(self, run_id: str) -> list[str]:

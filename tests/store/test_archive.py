@@ -9,7 +9,7 @@ from flowkit.events import cursor_order
 from flowkit.states import RunState
 from flowkit.store import archive
 from flowkit.store.keys import shard_of
-from tests.store.test_transitions import RUN, T, fail, make_run
+from tests.store.test_transitions import RUN, T, complete, fail, finish, make_run
 
 
 def spans(store, n: int = 3) -> list[str]:
@@ -95,3 +95,41 @@ def test_a_run_retried_after_compaction_reads_archive_then_stream_and_compacts_a
     store.compact(RUN)
     assert store.history(RUN, "0-0") == whole
     assert store.redis.xlen(store.keys.events(RUN)) == 0
+
+
+# -- trace.lua: the trace expires with the run -----------------------------------------------
+
+
+def test_a_live_runs_trace_never_expires_and_an_ended_runs_expires_with_it(store):
+    make_run(store, RunState.RUNNING)
+    spans(store, 2)
+    assert store.redis.pttl(store.keys.trace(RUN)) == -1  # a live run may wait for weeks
+    complete(store)
+    assert finish(store)
+    store.append_trace([(RUN, '{"id":"late"}')])  # a span flushed after the run ended
+    kept, run_kept = store.redis.pttl(store.keys.trace(RUN)), store.redis.pttl(store.keys.run(RUN))
+    assert kept > 0 and abs(kept - run_kept) < 1000
+
+
+def test_a_span_after_compaction_expires_with_the_run_instead_of_never(store):
+    """A step of a cancelled run that goes on past compaction wrote a trace stream with no
+    expiry: a key kept for ever. It is kept as long as the run, and read after the archive."""
+    make_run(store, RunState.CANCELLED)
+    archived = spans(store)
+    assert store.compact(RUN) is True
+    store.append_trace([(RUN, '{"id":"straggler"}')])
+    kept, run_kept = store.redis.pttl(store.keys.trace(RUN)), store.redis.pttl(store.keys.run(RUN))
+    assert kept > 0 and abs(kept - run_kept) < 1000
+    assert store.read_trace(RUN) == [*archived, '{"id":"straggler"}']
+
+
+def test_a_span_of_a_run_gone_is_dropped(store):
+    store.append_trace([("run-expired", '{"id":"x"}')])
+    assert store.redis.exists(store.keys.trace("run-expired")) == 0
+
+
+def test_the_trace_script_is_loaded_again_when_redis_forgot_it(store):
+    make_run(store, RunState.RUNNING)
+    store.redis.script_flush()
+    spans(store, 1)
+    assert store.redis.xlen(store.keys.trace(RUN)) == 1
