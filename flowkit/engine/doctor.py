@@ -29,6 +29,7 @@ from ..config import is_amqp
 from ..errors import StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store
 from ..store.server import probe
+from ..urls import redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
@@ -119,7 +120,7 @@ def startup_findings(redis_url: str) -> list[Finding]:
     try:
         info = probe(redis_url)
     except StoreUnavailable:
-        return [Finding("redis", WARNING, f"Redis at {_safe(redis_url)} does not answer yet; "
+        return [Finding("redis", WARNING, f"Redis at {redacted(redis_url)} does not answer yet; "
                         "flowkit retries each command for FLOWKIT_REDIS_RETRY_SECONDS.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
     return [f for f in redis_settings(info, "redis") if f.level != OK]
@@ -145,9 +146,9 @@ def examine(
     try:
         info = store.server_info()
     except StoreUnavailable:
-        return [Finding("redis", FAILURE, f"Redis at {_safe(url)} does not answer.",
+        return [Finding("redis", FAILURE, f"Redis at {redacted(url)} does not answer.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
-    found = [Finding("redis", OK, f"Redis {info['version']} at {_safe(url)} answers.")]
+    found = [Finding("redis", OK, f"Redis {info['version']} at {redacted(url)} answers.")]
     found += redis_settings(info, "redis")
     if broker_url and _server(broker_url) not in (None, _server(url)):
         found += broker(broker_url)
@@ -199,11 +200,11 @@ def broker(url: str) -> list[Finding]:
     try:
         info = probe(url)
     except StoreUnavailable:
-        return [Finding("broker", FAILURE, f"The Celery broker at {_safe(url)} does not "
+        return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} does not "
                         "answer: no step can be sent or taken.",
                         "Start it, or point FLOWKIT_BROKER_URL at it.")]
     # messages only: the reaper re-drives runs whose message was lost, hence warnings
-    return [Finding("broker", OK, f"Broker Redis {info['version']} at {_safe(url)} answers."),
+    return [Finding("broker", OK, f"Broker Redis {info['version']} at {redacted(url)} answers."),
             *redis_settings(info, "broker", level=WARNING)]
 
 
@@ -368,13 +369,3 @@ def _server(url: str) -> tuple[str, str, int] | None:
     if parts.scheme not in ("redis", "rediss", "unix"):
         return None
     return parts.scheme, parts.hostname or parts.path, parts.port or 6379
-
-
-def _safe(url: str) -> str:
-    """A URL without its password, to print."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
