@@ -268,6 +268,9 @@ handing_over_in_batches = flowkit.Workflow("handing_over_in_batches",
                                            input_schema=number_schema)
 branches = flowkit.Workflow("branches", [add_one, parallel(left, [double, right]), join],
                             input_schema=number_schema)
+#: Opens with a parallel block: its first message is a chord's, sent without the fused start.
+opening_branches = flowkit.Workflow("opening_branches", [parallel(left, right), join],
+                                    input_schema=number_schema)
 looping = flowkit.Workflow("looping", [agent])
 timing_out = flowkit.Workflow(
     "timing_out", [sleepy.timeout(0.5).retry(attempts=2, backoff=flowkit.exponential(0.05, 0.05))]
