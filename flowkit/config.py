@@ -88,6 +88,7 @@ class Settings:
     api_secret: str = _default("api_secret")
     api_token_ttl: int = _default("api_token_ttl")
     api_url_prefix: str = _default("api_url_prefix")
+    api_workflows: str = _default("api_workflows")
     api_max_body_bytes: int = _default("api_max_body_bytes")
     api_redis_retry_seconds: float = _default("api_redis_retry_seconds")
     api_max_wait: float = _default("api_max_wait")

@@ -98,6 +98,8 @@ API_SECRET = ""
 API_TOKEN_TTL = 24 * 3600
 #: URL prefix of the blueprint mounted by ``FlowKit(app)``.
 API_URL_PREFIX = ""
+#: Workflows the API serves, comma-separated (empty: every registered workflow).
+API_WORKFLOWS = ""
 #: How long the API retries an unreachable Redis before it answers 503 (workers keep
 #: FLOWKIT_REDIS_RETRY_SECONDS: they ride out a restart; a person waiting on the API should not).
 API_REDIS_RETRY_SECONDS = 2.0

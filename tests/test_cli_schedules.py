@@ -115,6 +115,9 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
        env=env)
     assert ok("delete", "doomed", env=env).strip() == "Deleted schedule 'doomed'."
     assert json.loads(ok("list", "--json", env=env)) == []
+    ok("create", "simple", "--every", "60", "--input", '{"n": 1}', "--id", "twice", *APP,
+       env=env)
+    assert json.loads(ok("delete", "twice", "--json", env=env)) == {"deleted": "twice"}
     for command in ("get", "delete", "pause", "resume"):
         result = schedules_cli(command, "doomed", env=env)
         assert result.returncode == 1

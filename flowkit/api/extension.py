@@ -46,7 +46,7 @@ class FlowKit:
         """A run token for ``run_id``, as ``POST .../runs`` answers with: it reads that run's
         record, events and stream and answers its waits, for ``FLOWKIT_API_TOKEN_TTL``.
         Hand it to a page your app let see the run (a run it started with
-        ``flowkit.start``), and again when the page's token expired. ``app``: default the
+        ``workflow.start``), and again when the page's token expired. ``app``: default the
         current app."""
         target = app if app is not None else current_app
         state = target.extensions.get(EXTENSION)

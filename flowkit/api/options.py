@@ -68,7 +68,8 @@ class ApiOptions:
         values["open"] = parse_bool(values["open"], f"{ENV_PREFIX}API_OPEN")
         values["metrics_open"] = parse_bool(values["metrics_open"], f"{ENV_PREFIX}API_METRICS_OPEN")
         values["url_prefix"] = (values["url_prefix"] or "").rstrip("/")
-        selected = overrides.get("workflows", config.get(f"{ENV_PREFIX}API_WORKFLOWS"))
+        selected = overrides.get("workflows", config.get(f"{ENV_PREFIX}API_WORKFLOWS",
+                                                          settings.api_workflows or None))
         if isinstance(selected, str):
             selected = [w.strip() for w in selected.split(",") if w.strip()]
         values["workflows"] = frozenset(selected) if selected is not None else None

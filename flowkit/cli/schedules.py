@@ -20,6 +20,7 @@ from ..errors import ConfigError, ValidationError, WorkflowNotFound
 from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID
 from ..workflow import workflows
 from .app import add_app_option, app_module_name, load_app
+from .output import emit
 from .usage import UsageError
 
 #: What REST accepts (flowkit.api.schemas.ScheduleBody), checked the same way here.
@@ -95,7 +96,7 @@ def create(args: argparse.Namespace) -> int:
 
 def delete(args: argparse.Namespace) -> int:
     schedules.delete(args.id)
-    print(f"Deleted schedule {args.id!r}.")
+    emit(args, {"deleted": args.id}, lambda d: f"Deleted schedule {d['deleted']!r}.")
     return 0
 
 
@@ -202,5 +203,4 @@ def register(subs) -> None:
                              ("resume", resume, "resume a paused schedule from its next tick")):
         p = _sub(commands, name, func, text)
         p.add_argument("id", metavar="ID")
-        if name != "delete":
-            _json_flag(p)
+        _json_flag(p)

@@ -63,6 +63,26 @@ def test_two_apps_in_one_process_share_no_state(flowkit_env, worker, store):
             assert one.client(key="first").get("/workflows/chatty").status_code == 404
 
 
+def test_the_workflows_served_come_from_app_config_then_the_environment(monkeypatch):
+    """FLOWKIT_API_WORKFLOWS in the environment was ignored: the reference app, configured
+    by its environment alone, served every workflow whatever it said."""
+    from flowkit import config
+    from flowkit.api.options import ApiOptions
+
+    monkeypatch.setenv("FLOWKIT_API_WORKFLOWS", "simple, chatty")
+    config.reset()
+    try:
+        assert ApiOptions.resolve({}).workflows == frozenset({"simple", "chatty"})
+        assert ApiOptions.resolve({"FLOWKIT_API_WORKFLOWS": "simple"}).workflows == {"simple"}
+        assert ApiOptions.resolve({}, workflows=["fanned"]).workflows == {"fanned"}
+        monkeypatch.setenv("FLOWKIT_API_WORKFLOWS", "")
+        config.reset()
+        assert ApiOptions.resolve({}).workflows is None  # every registered workflow
+    finally:
+        monkeypatch.undo()
+        config.reset()
+
+
 def test_mounting_twice_on_one_app_is_refused():
     app = host_app()
     flowkit.FlowKit(app, keys=["k"])
