@@ -74,11 +74,24 @@ def cursor_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def past_the_end(cursor: str, last_id: str | None) -> str | None:
+#: How far a cursor may lie ahead of this process's clock and still be one a stream gave:
+#: stream ids are the Redis primary's milliseconds, and clocks differ.
+CLOCK_SKEW_SECONDS = 60.0
+
+
+def past_the_end(cursor: str, last_id: str | None, live: bool = False,
+                 now: float | None = None) -> str | None:
     """Why ``cursor`` is past a stream whose last id is ``last_id`` (None: empty), said for
-    people; None when it is not. No stream gave such a cursor (a typo, another run's id),
-    and a stream resumed there would wait for ever for ids that far on."""
+    people; None when it is not. A stream resumed there would wait for ever for ids that
+    far on: no stream gave such a cursor (a typo, another run's id).
+
+    Unless the run is ``live`` and the cursor is not ahead of the clock: a Redis failover
+    loses the tail of a stream (replication is asynchronous), so a client resumes past the
+    new end; the run's events to come take later ids from the clock and reach it, and
+    nothing it did not see is skipped (no event lies between the end and its cursor)."""
     if cursor == START:
+        return None
+    if live and cursor_order(cursor)[0] <= ((now or time.time()) + CLOCK_SKEW_SECONDS) * 1000:
         return None
     if last_id is None:
         return "it has no event yet"

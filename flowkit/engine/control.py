@@ -387,13 +387,13 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     the run's last event raises :class:`ValidationError`."""
     store, cursor, count = get_store(), after, 500
     tail = store.last_event(run_id)
-    beyond = events.past_the_end(after, tail[0] if tail else None)
+    ended = tail is not None and events.parse([tail])[0].terminal
+    beyond = events.past_the_end(after, tail[0] if tail else None, live=not ended)
     if beyond:
         message = (f"Cursor {after} is past run {run_id}'s events ({beyond}): resume from an "
                    "id its stream gave you, or from the start.")
         raise ValidationError({"after": [message]}, message)
-    done = tail is not None and events.cursor_order(tail[0]) <= events.cursor_order(after) \
-        and events.parse([tail])[0].terminal
+    done = ended and events.cursor_order(tail[0]) <= events.cursor_order(after)
     while not done:
         batch = events.parse(store.read_new(run_id, cursor, block_ms, count=count))
         for event in batch:

@@ -11,9 +11,11 @@ import flowkit
 import flowkit.engine.control
 from flowkit import history
 from flowkit.errors import ValidationError
+from flowkit.events import cursor_order
 from tests.api.conftest import API_KEY
 from tests.api.helpers import TERMINAL, sse_read, start, ws_connect, ws_read
 from tests.conftest import open_gate, reached_gate
+from tests.test_waits import paused
 
 
 def full_history(run_id: str) -> list[str]:
@@ -195,6 +197,31 @@ def test_an_idle_websocket_gets_keep_alive_pings(flowkit_env, worker, store):
         finally:
             sock.close()
             open_gate(flowkit.get_run(run["id"]), "streamer")
+
+
+def test_a_live_run_resumes_a_cursor_its_stream_lost_in_a_failover(api, client, store):
+    """A Redis failover loses the tail of a stream (replication is asynchronous): clients
+    come back with an id past the new end. A live run's events to come take later ids, so
+    they are served from there (a 404 stopped every watch at once); a cursor ahead of the
+    clock is still refused."""
+    run = start(client, "approval", {"n": 1})
+    handle = flowkit.get_run(run["id"])
+    paused(handle)
+    seen = full_history(run["id"])
+    store.redis.xdel(store.keys.events(run["id"]), seen[-1])  # the tail the failover lost
+    assert full_history(run["id"]) == seen[:-1]
+    url = f"{api.ws_url}/runs/{run['id']}/stream"
+    sock = ws_connect(url, token=run["token"], after=seen[-1])
+    page = client.get(f"/runs/{run['id']}/events", params={"after": seen[-1]})
+    assert page.status_code == 200 and page.json()["events"] == []
+    with pytest.raises(ValidationError, match="past run"):  # ahead of the clock: a typo
+        next(flowkit.engine.control.follow(run["id"], "99999999999999-0"))
+    flowkit.send_input(run["id"], "approval", {"ok": True})
+    got = ws_read(sock)
+    sock.close()
+    assert got[-1]["type"] == "run.succeeded"
+    assert all(cursor_order(e["id"]) > cursor_order(seen[-1]) for e in got)
+    assert [e["id"] for e in got] == full_history(run["id"])[len(seen) - 1:]
 
 
 def test_a_cursor_past_the_runs_events_is_refused_everywhere_instead_of_waiting_for_ever(

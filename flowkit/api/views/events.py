@@ -49,7 +49,7 @@ def _known(run_id: str, cursor: str, field: str) -> str:
     if cursor == START:
         return cursor
     last = state().hub.last_event(run_id)
-    beyond = past_the_end(cursor, last.id if last else None)
+    beyond = past_the_end(cursor, last.id if last else None, live=not (last and last.terminal))
     if beyond:
         raise ApiError(404, "not_found", "No such event in this run.", {field: [
             f"{cursor} is past the run's events ({beyond}): resume from an id its stream "
