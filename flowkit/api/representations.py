@@ -4,24 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import url_for
+from flask import has_request_context, request, url_for
 
 from ..engine.control import Run
 from ..schemas import json_schema
 from ..workflow import Workflow
 from .state import state
 
+#: Stands for the run id in the URLs built once per script root (run ids are ULIDs: they
+#: go into a path as they are).
+_RUN = "__run_id__"
+_ENDPOINTS = {"self": "get_run", "output": "get_output", "events": "get_events",
+              "watch": "watch"}
+
 
 def run_urls(run_id: str) -> dict[str, str]:
-    bp = state().blueprint
-    return {
-        "self": url_for(f"{bp}.get_run", run_id=run_id),
-        "output": url_for(f"{bp}.get_output", run_id=run_id),
-        "events": url_for(f"{bp}.get_events", run_id=run_id),
+    """The run's URLs, relative, under the app's script root and the API's prefix: built by
+    ``url_for`` once (five calls cost a fifth of a millisecond; a page of runs, 250 calls)."""
+    current = state()
+    root = request.script_root if has_request_context() else ""
+    templates = current.url_templates.get(root)
+    if templates is None:
+        bp = current.blueprint
+        built = {name: url_for(f"{bp}.{endpoint}", run_id=_RUN)
+                 for name, endpoint in _ENDPOINTS.items()}
         # relative like the others (url_for would make it absolute with a ws:// scheme)
-        "stream": url_for(f"{bp}.get_run", run_id=run_id) + "/stream",
-        "watch": url_for(f"{bp}.watch", run_id=run_id),
-    }
+        templates = {"self": built["self"], "output": built["output"], "events": built["events"],
+                     "stream": built["self"] + "/stream", "watch": built["watch"]}
+        if len(current.url_templates) >= 64:  # the root comes from a header: bounded
+            current.url_templates.clear()
+        current.url_templates[root] = templates
+    return {name: template.replace(_RUN, run_id) for name, template in templates.items()}
 
 
 def run_json(run: Run) -> dict[str, Any]:

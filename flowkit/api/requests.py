@@ -26,9 +26,17 @@ def access() -> Access:
     return g.flowkit_access
 
 
+#: One instance per query schema: loading keeps no state in it, and building one costs more
+#: than the load (a sixth of a millisecond, on every request).
+_QUERY_SCHEMAS: dict[type[marshmallow.Schema], marshmallow.Schema] = {}
+
+
 def query(schema: type[marshmallow.Schema]) -> dict[str, Any]:
+    loader = _QUERY_SCHEMAS.get(schema)
+    if loader is None:
+        loader = _QUERY_SCHEMAS[schema] = schema()
     try:
-        return schema().load(request.args.to_dict(), unknown=marshmallow.EXCLUDE)
+        return loader.load(request.args.to_dict(), unknown=marshmallow.EXCLUDE)
     except marshmallow.ValidationError as exc:
         raise ApiError(400, "validation_error", "Invalid query parameters.", exc.messages) from None
 

@@ -27,6 +27,8 @@ class ApiState:
                        buffer=options.subscriber_buffer)
         #: The OpenAPI document, with the served workflows it was built for (see docs.py).
         self.spec: tuple[tuple[tuple[str, int], ...], dict] | None = None
+        #: A run's URLs with a stand-in for its id, per script root (representations.py).
+        self.url_templates: dict[str, dict[str, str]] = {}
 
     @property
     def store(self) -> Store:

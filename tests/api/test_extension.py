@@ -83,6 +83,28 @@ def test_the_workflows_served_come_from_app_config_then_the_environment(monkeypa
         config.reset()
 
 
+def test_run_urls_follow_the_script_root_of_each_request(flowkit_env, worker, store):
+    """A run's URLs are built once per script root (url_for costs): an app mounted under
+    two roots answers each with its own."""
+    from werkzeug.exceptions import NotFound
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    app = host_app(FLOWKIT_API_KEYS="k", FLOWKIT_API_URL_PREFIX="/api")
+    flowkit.FlowKit(app)
+    app.wsgi_app = DispatcherMiddleware(NotFound(), {"/a": app.wsgi_app, "/b": app.wsgi_app})
+    for served in serve(app):
+        with served.client(key="k") as c:
+            run = start(c, "simple", {"n": 1}, prefix="/a/api")
+            assert run["urls"] == {
+                "self": f"/a/api/runs/{run['id']}", "output": f"/a/api/runs/{run['id']}/output",
+                "events": f"/a/api/runs/{run['id']}/events",
+                "stream": f"/a/api/runs/{run['id']}/stream",
+                "watch": f"/a/api/runs/{run['id']}/watch"}
+            other = c.get(f"/b/api/runs/{run['id']}").json()["urls"]
+            assert other == {name: url.replace("/a/", "/b/", 1)
+                             for name, url in run["urls"].items()}
+
+
 def test_mounting_twice_on_one_app_is_refused():
     app = host_app()
     flowkit.FlowKit(app, keys=["k"])
