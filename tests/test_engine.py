@@ -187,6 +187,16 @@ def test_progress_and_output_chunks_reach_the_stream_in_order():
     assert all(e["step"] == "0:t.talker" and e["attempt"] == 1 for e in evs)
 
 
+def test_a_steps_eta_is_estimated_from_its_pace_once_it_has_one():
+    """An estimate from the first milliseconds said "0.001 s left" of steps that had minutes
+    to go: a step's ETA comes once it has run a second (step.ETA_AFTER_SECONDS)."""
+    run = wf.pacing.start({})
+    run.result(WAIT)
+    first, later = [e.data for e in run.events() if e.type == "step.progress"]
+    assert first.get("eta") is None and first["fraction"] == 0.5
+    assert 1.0 <= later["eta"] < 2.0  # as long again as it took to be half done
+
+
 def test_a_step_reads_the_run_context():
     run = wf.reading.start({"n": 7})
     assert run.result(WAIT) == {"input": {"n": 7, "fail_times": 2}, "first": {"n": 8},

@@ -64,6 +64,15 @@ def talker(data: dict) -> dict:
     return {"n": data["n"], "words": 3}
 
 
+@component(name="t.paced")
+def paced(data: dict) -> dict:
+    """Half done at once, then half done after a second: only the second has a pace."""
+    flowkit.progress("started", fraction=0.5)
+    time.sleep(1.0)
+    flowkit.progress("halfway", fraction=0.5)
+    return data
+
+
 @component(name="t.flaky")
 def flaky(data: dict) -> dict:
     """Fails its first ``fail_times`` calls in this run (the run's input; 2 when absent:
@@ -245,6 +254,7 @@ number_schema = {"n": fields.Integer(required=True), "fail_times": fields.Intege
 chain3 = flowkit.Workflow("chain3", [add_one, gated, double], input_schema=number_schema)
 simple = flowkit.Workflow("simple", [add_one, double], input_schema=number_schema)
 chatty = flowkit.Workflow("chatty", [talker], input_schema=number_schema)
+pacing = flowkit.Workflow("pacing", [paced])
 retrying = flowkit.Workflow(
     "retrying",
     [add_one, flaky.retry(attempts=3, backoff=flowkit.exponential(0.1, 0.2), jitter=False), double],

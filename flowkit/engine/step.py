@@ -30,6 +30,11 @@ from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
 
 
+#: A step's ETA is estimated from its pace once it has run this long: from the first
+#: milliseconds it says "done in 0.001 s" of a step that has minutes to go.
+ETA_AFTER_SECONDS = 1.0
+
+
 @dataclass
 class StepContext:
     """What a running step knows about its run. Read it with :func:`flowkit.context`."""
@@ -85,8 +90,8 @@ class StepContext:
     def progress(self, message: str, fraction: float | None = None, eta: float | None = None) -> str:
         if fraction is not None:
             fraction = min(1.0, max(0.0, float(fraction)))
-            if eta is None and fraction > 0:
-                elapsed = time.monotonic() - self.started
+            elapsed = time.monotonic() - self.started
+            if eta is None and fraction > 0 and elapsed >= ETA_AFTER_SECONDS:
                 eta = round(elapsed * (1 - fraction) / fraction, 3)
         return self.send(events.STEP_PROGRESS, message=message, fraction=fraction, eta=eta)
 
