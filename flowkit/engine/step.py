@@ -29,7 +29,6 @@ from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
 
-
 #: A step's ETA is estimated from its pace once it has run this long: from the first
 #: milliseconds it says "done in 0.001 s" of a step that has minutes to go.
 ETA_AFTER_SECONDS = 1.0
