@@ -104,7 +104,9 @@ _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
           "with another input.", {}),
     413: ("Request body (FLOWKIT_API_MAX_BODY_BYTES, chunked or not), or the workflow input "
           "(FLOWKIT_MAX_PAYLOAD_BYTES), over its limit.", {"Connection": "ConnectionClose"}),
-    503: ("flowkit's Redis is unavailable (`store_unavailable`); retry after Retry-After.",
+    503: ("flowkit's Redis (`store_unavailable`) or Celery broker (`broker_unavailable`: its "
+          "message names a run it stored, not to be started again) is unavailable; retry "
+          "after Retry-After.",
           {"Retry-After": "Retry-After"}),
 }
 
