@@ -308,8 +308,12 @@ class Hub:
     def store(self) -> Store:
         return self._store_factory()
 
-    def subscribers(self) -> int:
+    def subscribers(self, run_id: str | None = None) -> int:
+        """Clients following a stream here: of ``run_id``, or of every run."""
         with self._lock:
+            if run_id is not None:
+                tracked = self._runs.get(run_id)
+                return len(tracked.subscribers) if tracked is not None else 0
             return sum(len(t.subscribers) for t in self._runs.values())
 
     # -- subscribing -------------------------------------------------------------
