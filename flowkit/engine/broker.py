@@ -103,6 +103,10 @@ def celery_config(settings: Settings) -> dict:
             "max_connections": settings.connection_pool_size,
             # one Redis list per priority step, consumed in this order (0 first)
             "priority_steps": PRIORITY_STEPS,
+            # a send's (re)connect gives up within the process's Redis budget when that is
+            # shorter than Celery's 4 s: the CLI's 2 s (a database index the server lacks
+            # is retried as if it were an outage: 7 s before the CLI could say so)
+            "connect_retries_timeout": min(4.0, settings.redis_retry_seconds),
             **broker_options,
         },
         "task_default_priority": message_priority(FRESH_PRIORITY, broker),
