@@ -51,16 +51,19 @@ def _broker_down(where: str, exc: BrokerUnavailable) -> int:
     settings = get_settings()
     if exc.setting == "FLOWKIT_RESULT_BACKEND":
         what, url = "Celery's result backend", settings.backend
-        name = "FLOWKIT_RESULT_BACKEND" if settings.result_backend else \
-            "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
+        name = "FLOWKIT_RESULT_BACKEND" if settings.result_backend else _broker_setting(settings)
     else:
-        what, url = "the Celery broker", settings.broker
-        name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
+        what, url, name = "the Celery broker", settings.broker, _broker_setting(settings)
     stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is back "
               "(after FLOWKIT_QUEUED_TIMEOUT); do not start it again." if exc.run_id else "")
     print(f"flowkit {where}: cannot reach {what} at {redacted(url)}; start it, or point "
           f"{name} at yours.{stored}", file=sys.stderr)
     return 1
+
+
+def _broker_setting(settings) -> str:
+    """The variable the broker's URL came from (it defaults to the store's Redis)."""
+    return "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -82,8 +85,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except StoreUnavailable as exc:
         settings = get_settings()
         if refused_database(exc):  # the broker's: the store's own is a bare ResponseError
-            name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
-            return _usage(where, _db_message(name, settings.broker))
+            return _usage(where, _db_message(_broker_setting(settings), settings.broker))
         if isinstance(exc, BrokerUnavailable):
             return _broker_down(where, exc)
         url = redacted(settings.redis_url)

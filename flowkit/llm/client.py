@@ -357,14 +357,13 @@ class _RawResource:
 
     def _call(self, method: str, kwargs: dict[str, Any]) -> Any:
         if kwargs.get("stream"):  # its parse() is the SDK's stream, read by the caller
-            return getattr(self._sdk(), method)(**kwargs)
+            path = f"{self._resource._path}.with_raw_response.{method}"
+            return _unwrapped(self._sdk(), method, f"{path} with stream=True")(**kwargs)
         return self._resource._client._create(self._resource._operations[method], kwargs, True)
 
     def _sdk(self) -> Any:
         path = f"{self._resource._path}.with_raw_response"
-        sdk = functools.reduce(getattr, path.split("."), self._resource._client._sdk())
-        log.debug("flowkit.llm: client.%s with stream=True is the SDK's own, unwrapped", path)
-        return sdk
+        return functools.reduce(getattr, path.split("."), self._resource._client._sdk())
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

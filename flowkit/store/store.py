@@ -95,13 +95,16 @@ class Store:
         keys = self.keys.script_keys(run_id)
         if client is not None:  # a pipeline: queued by SHA (see complete_step); as a raw
             # command, as redis-py's Cluster pipeline refuses its evalsha method
-            options = {}
-            if isinstance(self.redis, RedisCluster):  # the node of the run's slot, named:
-                # else the Cluster pipeline asks a server (COMMAND GETKEYS) for every script
-                options["target_nodes"] = self.redis.get_node_from_key(keys[0])
             return client.execute_command("EVALSHA", self._scripts[name].sha, len(keys),
-                                          *keys, *args, **options)
+                                          *keys, *args, **self._node_of(keys[0]))
         return self._scripts[name](keys=keys, args=args)
+
+    def _node_of(self, key: str) -> dict[str, Any]:
+        """A pipelined script's options: on Cluster, the node of ``key``'s slot, named (else
+        the Cluster pipeline asks a server, COMMAND GETKEYS, for every script)."""
+        if isinstance(self.redis, RedisCluster):
+            return {"target_nodes": self.redis.get_node_from_key(key)}
+        return {}
 
     # -- runs ------------------------------------------------------------------------
 
@@ -945,10 +948,7 @@ class Store:
         queued = []
         for run_id, docs in by_run.items():
             keys = [self.keys.run(run_id), self.keys.trace(run_id)]
-            options = {}
-            if isinstance(self.redis, RedisCluster):  # as _run_script: the run's node, named
-                options["target_nodes"] = self.redis.get_node_from_key(keys[0])
-            pipe.execute_command("EVALSHA", sha, 2, *keys, *docs, **options)
+            pipe.execute_command("EVALSHA", sha, 2, *keys, *docs, **self._node_of(keys[0]))
             queued.append((keys, docs))
         return queued
 
