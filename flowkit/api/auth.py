@@ -8,7 +8,10 @@ In order, a request is let in by:
    ``WebSocket`` cannot send headers): signed and expiring, it reads one run's
    record, output, events and stream, and nothing else;
 3. the host app's ``authorize(request)`` callback: ``True`` for everything, or an
-   owner string that scopes the caller to the runs it started;
+   owner string that scopes the caller to the runs it started (it may start runs, list
+   and read its own; schedules, ``POST /events``, workers and metrics reach across
+   owners and answer it 403). Any other truthy answer (``1``, a user object) is refused
+   and logged: only ``True`` grants everything;
 4. ``FLOWKIT_API_OPEN``: everything, without credentials (local development).
 
 A request none of them lets in gets ``401`` (code ``unauthorized``) with a message for
@@ -60,10 +63,24 @@ class Access:
     #: Owner/tenant tag given by the authorize callback: the caller sees only its runs.
     owner: str | None = None
 
-    def require_full(self) -> None:
-        """Endpoints beyond one run's reads (start, list, cancel, retry...)."""
+    @property
+    def full(self) -> bool:
+        """Everything: an API key, ``authorize`` returning True, or open mode."""
+        return self.kind in (KEY, OPEN) or (self.kind == APP and self.owner is None)
+
+    def require_caller(self) -> None:
+        """Endpoints beyond one run's reads that an owner-scoped caller may use too (start
+        runs, list its runs, the served workflows); a run token may not."""
         if self.kind == RUN:
             raise ApiError(403, "forbidden", "A run token only reads its own run.")
+
+    def require_full(self, why: str) -> None:
+        """Endpoints that reach across owners (schedules, events sent to every waiting run,
+        workers, metrics): neither a run token nor an owner-scoped caller. ``why``: what
+        makes them so, the start of the 403's message."""
+        if not self.full:
+            raise ApiError(403, "forbidden", f"{why}: use an API key, or an authorization "
+                           "that is not scoped to an owner.")
 
     def require_run(
         self, run_id: str, run_owner: str = "", write: bool = False, answer: bool = False
@@ -130,8 +147,14 @@ class Authenticator:
                 return Access(RUN, run_id=run_id)
         if self.options.authorize is not None:
             granted = self._ask_host_app(request)
-            if granted:
-                return Access(APP, owner=granted if isinstance(granted, str) else None)
+            if granted is True:
+                return Access(APP)
+            if isinstance(granted, str) and granted:
+                return Access(APP, owner=granted)
+            if granted:  # an answer it does not define grants nothing (fails closed)
+                log.error("flowkit API: the authorize callback returned %r (%s); it must "
+                          "return True (everything), an owner string, or a falsy value "
+                          "(refused): request refused.", granted, type(granted).__name__)
         if self.options.open:
             return Access(OPEN)
         raise self._refusal(sent_token=bool(token))

@@ -98,7 +98,9 @@ _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
     401: ("No valid credentials (`unauthorized`), or an expired run token (`token_expired`).",
           {"WWW-Authenticate": "WWW-Authenticate"}),
     403: ("The credentials do not cover this resource: a run token anywhere but its own run's "
-          "reads, or a run of another owner (the host app's `authorize`).", {}),
+          "reads, a run of another owner, or, for a caller scoped to an owner (the host "
+          "app's `authorize`), what reaches across owners: schedules, events, workers, "
+          "metrics.", {}),
     404: ("Unknown run (or expired after its retention), or unknown workflow.", {}),
     409: ("The run is not in a state that allows this, or an Idempotency-Key already used "
           "with another input.", {}),

@@ -11,6 +11,7 @@ import flowkit
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import start, ws_connect, ws_read
 from tests.conftest import open_gate
+from tests.test_waits import paused
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,45 @@ def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store
     assert [r["id"] for r in acme.get("/runs", params={"owner": "acme"}).json()["runs"]] \
         == [run["id"]]
     assert callback_api.client(key=None).get("/runs").status_code == 401
+
+
+def test_an_owner_scoped_caller_is_refused_what_reaches_across_owners(callback_api, store):
+    """Schedules (owner-less runs), events (they wake every owner's waits), workers (every
+    owner's steps) and metrics: 403 to a tenant; its own runs stay open to it."""
+    acme = callback_api.client(key=None, headers={"X-Tenant": "acme"})
+    waiting = flowkit.get_workflow("payment").start({"order": "scoped-1"}, owner="globex")
+    paused(waiting)
+    flowkit.schedules.create("simple", every=3600, input={"n": 1}, id="scoped-sched")
+    try:
+        for method, path in [
+            ("GET", "/schedules"), ("POST", "/schedules"),
+            ("GET", "/schedules/scoped-sched"), ("DELETE", "/schedules/scoped-sched"),
+            ("POST", "/schedules/scoped-sched/pause"), ("POST", "/schedules/scoped-sched/resume"),
+            ("POST", "/events/payment:scoped-1"), ("GET", "/workers"), ("GET", "/metrics"),
+        ]:
+            response = acme.request(method, path, json={"workflow": "simple", "every": 60,
+                                                        "amount": 1})
+            assert response.status_code == 403, (method, path, response.text)
+            assert response.json()["error"]["code"] == "forbidden"
+            assert "not scoped to an owner" in response.json()["error"]["message"]
+        assert flowkit.schedules.get("scoped-sched")["paused"] is False
+        assert flowkit.get_run(waiting.id).state == "waiting"
+        assert acme.get("/workflows").status_code == 200
+        assert acme.get("/openapi.json").status_code == 200
+    finally:
+        flowkit.schedules.delete("scoped-sched")
+        flowkit.cancel(waiting.id)
+
+
+def test_an_authorize_answer_other_than_true_or_an_owner_grants_nothing(
+        flowkit_env, worker, store, caplog):
+    """Only ``True`` grants everything: a truthy user object or ``1`` fails closed."""
+    for served in serve(make_app(keys=[], authorize=lambda request: 1)):
+        with caplog.at_level("ERROR", logger="flowkit.api.auth"):
+            refused = served.client(key=None).get("/runs")
+        assert refused.status_code == 401
+        assert "the authorize callback returned 1 (int)" in caplog.text
+        assert served.client(key=None).get("/schedules").status_code == 401
 
 
 def test_open_setting_lets_anyone_in(flowkit_env, worker, store):

@@ -16,7 +16,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def openapi():
-    access().require_full()
+    access().require_caller()
     api = state()
     served = tuple((wf.name, id(wf)) for wf in api.workflows())
     cached = api.spec

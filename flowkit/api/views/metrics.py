@@ -14,8 +14,6 @@ from flask_sock import Sock
 
 from ...metrics import render
 from ...metrics.deployment import DeploymentCollector
-from ..auth import APP, KEY, OPEN, Access
-from ..errors import ApiError
 from ..state import state
 
 
@@ -26,14 +24,8 @@ def register(bp: Blueprint, sock: Sock) -> None:
 def metrics() -> Response:
     current = state()
     if not current.options.metrics_open:
-        _require_full(current.auth.authenticate(request))
+        current.auth.authenticate(request).require_full("Metrics cover the whole deployment")
     deployment = DeploymentCollector(lambda: current.store, current.workflows)
     body, content_type = render(request.headers.get("Accept"), deployment)
     return Response(body, content_type=content_type)
 
-
-def _require_full(access: Access) -> None:
-    if access.kind in (KEY, OPEN) or (access.kind == APP and access.owner is None):
-        return
-    raise ApiError(403, "forbidden", "Metrics cover the whole deployment: use an API key "
-                   "(or an authorization that is not scoped to an owner).")

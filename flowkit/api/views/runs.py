@@ -33,7 +33,7 @@ def load_run(run_id: str, write: bool = False, answer: bool = False) -> control.
 
 def list_runs():
     current, who = state(), access()
-    who.require_full()
+    who.require_caller()
     args = query(schemas.ListRunsArgs)
     limit = args.get("limit", current.options.page_size)
     if limit > current.options.max_page_size:

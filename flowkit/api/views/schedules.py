@@ -24,6 +24,7 @@ class ScheduleId(PathConverter):
 
 
 _BODY = schemas.ScheduleBody()
+_WHY = "Schedules belong to no owner (their runs neither)"
 
 
 def register(bp: Blueprint, sock: Sock) -> None:
@@ -38,12 +39,12 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def list_schedules():
-    access().require_full()
+    access().require_full(_WHY)
     return {"schedules": control.schedules.list(store=state().store)}
 
 
 def create_schedule():
-    access().require_full()
+    access().require_full(_WHY)
     body = json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "Invalid schedule.",
@@ -69,21 +70,21 @@ def create_schedule():
 
 
 def get_schedule(schedule_id: str):
-    access().require_full()
+    access().require_full(_WHY)
     return control.schedules.get(schedule_id, store=state().store)
 
 
 def delete_schedule(schedule_id: str):
-    access().require_full()
+    access().require_full(_WHY)
     control.schedules.delete(schedule_id, store=state().store)
     return "", 204
 
 
 def pause_schedule(schedule_id: str):
-    access().require_full()
+    access().require_full(_WHY)
     return control.schedules.pause(schedule_id, store=state().store)
 
 
 def resume_schedule(schedule_id: str):
-    access().require_full()
+    access().require_full(_WHY)
     return control.schedules.resume(schedule_id, store=state().store)

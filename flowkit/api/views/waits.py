@@ -37,6 +37,7 @@ def send_input(run_id: str, name: str):
 
 
 def send_event(key: str):
-    access().require_full()
+    access().require_full(
+        "An event wakes every run waiting on its key, whatever its owner")
     woken = control.send_event(key, json_body(), store=state().store)
     return jsonify({"woken": woken}), 202

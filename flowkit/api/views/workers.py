@@ -21,7 +21,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def list_workers():
-    access().require_full()
+    access().require_full("Workers run every owner's steps")
     current = state()
     live = sorted(control.live_workers(store=current.store), key=lambda w: w["name"])
     running = doctor.running_steps(store=current.store)

@@ -29,18 +29,18 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def list_workflows():
-    access().require_full()
+    access().require_caller()
     return {"workflows": [workflow_json(wf) for wf in state().workflows()]}
 
 
 def get_workflow(name: str):
-    access().require_full()
+    access().require_caller()
     return workflow_json(state().workflow(name))
 
 
 def start_run(name: str):
     current, who = state(), access()
-    who.require_full()
+    who.require_caller()
     wf = current.workflow(name)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
