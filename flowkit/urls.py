@@ -19,6 +19,7 @@ Cluster transport, so the broker then needs a URL of its own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -96,9 +97,21 @@ def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> 
     return split.hostname, port
 
 
+#: Query values that are secrets: redis-py's and kombu's ``password``, our Sentinel URL's.
+_SECRET_QUERY = re.compile(r"([?&](?:sentinel_)?password=)[^&]*", re.IGNORECASE)
+#: Where Celery's Sentinel form joins one URL per sentinel (``sentinel://a;sentinel://b``).
+_NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
 def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, at, tail = url.rpartition("@")
+    """The URL without its secrets, for messages: the user and password, and the
+    ``password`` / ``sentinel_password`` query values, of each URL of a ``;``-joined list."""
+    return ";".join(_redacted_one(part) for part in _NEXT_URL.split(url))
+
+
+def _redacted_one(url: str) -> str:
+    url = _SECRET_QUERY.sub(r"\1***", url)  # first: a password there may hold an "@"
+    head, at, tail = url.rpartition("@")  # the last "@": a raw password may hold one
     scheme = head.partition("://")[0]
     return f"{scheme}://***@{tail}" if at else url
 

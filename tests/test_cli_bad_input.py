@@ -13,6 +13,7 @@ import pytest
 
 import flowkit
 from flowkit.testing.redis import free_port
+from flowkit.urls import redacted
 from tests import workflows as wf
 
 pytestmark = pytest.mark.integration
@@ -113,6 +114,29 @@ def test_a_bad_redis_url_does_not_show_its_password(env):
     result = cli("status", "01X", env={**env, "FLOWKIT_REDIS_URL": "redis://:s3cret@host:99999/0"})
     assert result.returncode == 2
     assert "s3cret" not in one_line(result) and "is not a Redis URL" in result.stderr
+
+
+def test_a_password_in_the_query_string_is_not_shown_either(env):
+    """It printed ``?password=`` and ``?sentinel_password=`` values as given."""
+    where = f"redis://127.0.0.1:{free_port()}/0"
+    result = cli("runs", env={**env, "FLOWKIT_REDIS_URL": f"{where}?password=s3cret&db=0"})
+    assert result.returncode == 1
+    assert one_line(result) == (
+        f"flowkit runs: cannot reach Redis at {where}?password=***&db=0; start it, or point "
+        "FLOWKIT_REDIS_URL at your Redis.")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:p@ss@h:6379/0", "redis://***@h:6379/0"),
+    ("redis://h/0?password=a@b&db=1", "redis://h/0?password=***&db=1"),
+    ("redis+sentinel://u:p@h1:1,h2:2/svc?sentinel_password=x",
+     "redis+sentinel://***@h1:1,h2:2/svc?sentinel_password=***"),
+    ("sentinel://:p;w@h1:1/0;sentinel://:p;w@h2:2/0", "sentinel://***@h1:1/0;sentinel://***@h2:2/0"),
+    ("redis://h/0?PASSWORD=z", "redis://h/0?PASSWORD=***"),
+    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+])
+def test_redacted_hides_every_password_of_a_url(url, shown):
+    assert redacted(url) == shown
 
 
 def db_out_of_range(command: list[str], name: str, url: str) -> str:
