@@ -98,6 +98,7 @@ class Settings:
     api_events_page: int = _default("api_events_page")
     api_subscriber_buffer: int = _default("api_subscriber_buffer")
     api_metrics_open: bool = _default("api_metrics_open")
+    api_trusted_origins: str = _default("api_trusted_origins")
     api_ui: bool = _default("api_ui")
     api_ui_path: str = _default("api_ui_path")
     metrics_port: int = _default("metrics_port")

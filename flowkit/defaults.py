@@ -120,6 +120,10 @@ API_SUBSCRIBER_BUFFER = 10000
 #: needs an API key (``authorization`` in Prometheus's scrape config) or the host app's
 #: ``authorize`` callback granting full access.
 API_METRICS_OPEN = False
+#: Other origins whose pages may change things through the API (POST, DELETE) and open
+#: its WebSockets, comma-separated (``https://app.example.com``); the API's own origin
+#: always may. A browser request from any other site is refused (403 ``cross_site``).
+API_TRUSTED_ORIGINS = ""
 #: Serve the dashboard (runs, a run, workers) from the API's blueprint; ``false`` turns it
 #: off. Its pages read nothing without the API's own credentials.
 API_UI = True

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ..metrics import install as install_metrics
 from .errors import to_response
 from .options import ApiOptions
+from .origins import check_same_site
 from .requests import check_body_size
 from .state import EXTENSION, ApiState, state
 from .views import (
@@ -105,6 +106,7 @@ def _before() -> None:
     current = state()
     request.max_content_length = current.options.max_body_bytes
     check_body_size(current.options.max_body_bytes)
+    check_same_site(request, current.options.trusted_origins)
     if request.endpoint and request.endpoint.rpartition(".")[2] in PUBLIC:
         return
     g.flowkit_access = current.auth.authenticate(request)

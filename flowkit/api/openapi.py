@@ -100,12 +100,14 @@ _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
     403: ("The credentials do not cover this resource: a run token anywhere but its own run's "
           "reads, a run of another owner, or, for a caller scoped to an owner (the host "
           "app's `authorize`), what reaches across owners: schedules, events, workers, "
-          "metrics.", {}),
+          "metrics; or (`cross_site`) a browser page of another site changing something "
+          "or opening a WebSocket (FLOWKIT_API_TRUSTED_ORIGINS).", {}),
     404: ("Unknown run (or expired after its retention), or unknown workflow.", {}),
     409: ("The run is not in a state that allows this, or an Idempotency-Key already used "
           "with another input.", {}),
     413: ("Request body (FLOWKIT_API_MAX_BODY_BYTES, chunked or not), or the workflow input "
           "(FLOWKIT_MAX_PAYLOAD_BYTES), over its limit.", {"Connection": "ConnectionClose"}),
+    415: ("A request body that is not `Content-Type: application/json`.", {}),
     503: ("flowkit's Redis (`store_unavailable`) or Celery broker (`broker_unavailable`: its "
           "message names a run it stored, not to be started again) is unavailable; retry "
           "after Retry-After.",
@@ -217,7 +219,7 @@ def _schedule_paths(spec: APISpec, p: str) -> None:
                             "seconds; one run per tick whatever the number of beats.",
                  "requestBody": {"required": True, "content": {_JSON: {
                      "schema": {"$ref": "#/components/schemas/ScheduleBody"}}}},
-                 "responses": _responses({201: "ScheduleInfo"}, (*_AUTH, 400, 404, 413, 503))},
+                 "responses": _responses({201: "ScheduleInfo"}, (*_AUTH, 400, 404, 413, 415, 503))},
     })
     spec.path(f"{p}/schedules/{{schedule_id}}", operations={
         "get": {"operationId": "getSchedule", "parameters": [sid],
@@ -229,7 +231,7 @@ def _schedule_paths(spec: APISpec, p: str) -> None:
     for action in ("pause", "resume"):
         spec.path(f"{p}/schedules/{{schedule_id}}/{action}", operations={"post": {
             "operationId": f"{action}Schedule", "parameters": [sid],
-            "responses": _responses({200: "ScheduleInfo"}, (*_AUTH, 404, 413, 503))}})
+            "responses": _responses({200: "ScheduleInfo"}, (*_AUTH, 404, 413, 415, 503))}})
 
 
 def _start_operation(wf: Any, opts: ApiOptions, plugin: MarshmallowPlugin,
@@ -280,7 +282,7 @@ def _start_operation(wf: Any, opts: ApiOptions, plugin: MarshmallowPlugin,
             202: {"description": "Started (still queued or running).",
                   "headers": {**run_headers, "Preference-Applied": "Preference-Applied"},
                   "content": started, "links": links},
-        }, (400, *_AUTH, 409, 413, 503)),
+        }, (400, *_AUTH, 409, 413, 415, 503)),
     }
 
 
@@ -374,7 +376,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
     ):
         spec.path(f"{p}/runs/{{run_id}}/{action}", operations={"post": {
             "operationId": f"{action}Run", "summary": summary, "parameters": [_RUN_ID],
-            "responses": _responses({status: "Run"}, (*_RUN, 409, 413))}})
+            "responses": _responses({status: "Run"}, (*_RUN, 409, 413, 415))}})
     spec.path(f"{p}/runs/{{run_id}}/input/{{name}}", operations={"post": {
         "operationId": "sendInput",
         "summary": "Answer a run paused in wait_for_input(name): the JSON body is the value, "
@@ -387,7 +389,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                                  "schema": {"type": "string"}, "description": "The input's name."}],
         "requestBody": {"required": True, "content": {_JSON: {"schema": {}}}},
         "security": _RUN_READ,
-        "responses": _responses({200: "Delivered", 202: "Delivered"}, (*_RUN, 400, 409, 413))}})
+        "responses": _responses({200: "Delivered", 202: "Delivered"}, (*_RUN, 400, 409, 413, 415))}})
     spec.path(f"{p}/events/{{key}}", operations={"post": {
         "operationId": "sendEvent",
         "summary": "Send an event under `key`: every run waiting for it in "
@@ -397,7 +399,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                         "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                         "description": "The event's key, e.g. `payment:42`."}],
         "requestBody": {"required": False, "content": {_JSON: {"schema": {}}}},
-        "responses": _responses({202: "EventSent"}, (*_AUTH, 400, 413, 503))}})
+        "responses": _responses({202: "EventSent"}, (*_AUTH, 400, 413, 415, 503))}})
     _schedule_paths(spec, p)
     spec.path(f"{p}/runs/{{run_id}}/trace", operations={"get": {
         "operationId": "getTrace", "summary": "The run's trace spans.", "parameters": [_RUN_ID],
@@ -419,9 +421,10 @@ def build_spec(api: ApiState) -> dict[str, Any]:
             _JSON: {"schema": {"type": "object"}}}}}, _AUTH)}})
     spec.path(f"{p}/healthz", operations={"get": {
         "operationId": "health",
-        "summary": "What this web process sees of the deployment: Redis, the live workers, "
-                   "and the served workflows' queues that no live worker consumes.",
-        "security": _PUBLIC, "responses": _responses({200: "Health"}, (503,))}})
+        "summary": "What this web process sees of the deployment: Redis, and (to a caller "
+                   "with full access only) the live workers and the problems, such as the "
+                   "served workflows' queues that no live worker consumes.",
+        "security": [{}, *_KEY], "responses": _responses({200: "Health"}, (503,))}})
     spec.path(f"{p}/workers", operations={"get": {
         "operationId": "listWorkers",
         "summary": "The live workers (queues, pool, concurrency, last beat), the steps they "

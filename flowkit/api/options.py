@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import ENV_PREFIX, Settings, get_settings, parse_bool
 from ..errors import ConfigError
@@ -22,6 +23,15 @@ def _split_keys(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(k.strip() for k in value or () if k and k.strip())
+
+
+def _origin(value: str) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin`` (lowercase, no path)."""
+    split = urlsplit(value.strip())
+    if split.scheme not in ("http", "https") or not split.netloc or split.path not in ("", "/"):
+        raise ConfigError(f"{ENV_PREFIX}API_TRUSTED_ORIGINS: {value!r} is not an origin; write "
+                          "scheme://host[:port], e.g. https://app.example.com.")
+    return f"{split.scheme}://{split.netloc}".lower()
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,9 @@ class ApiOptions:
     events_page: int = 0
     subscriber_buffer: int = 0
     metrics_open: bool = False
+    #: Origins (``scheme://host[:port]``) besides the API's own whose pages may send it
+    #: writes and open its WebSockets (flowkit.api.origins).
+    trusted_origins: tuple[str, ...] = ()
     #: Names of the workflows served; None serves every registered workflow.
     workflows: frozenset[str] | None = None
     authorize: Authorize | None = field(default=None, compare=False)
@@ -65,6 +78,8 @@ class ApiOptions:
             else:
                 values[f.name] = getattr(settings, f"api_{f.name}")
         values["keys"] = _split_keys(values["keys"])
+        values["trusted_origins"] = tuple(
+            _origin(o) for o in _split_keys(values["trusted_origins"]))
         values["open"] = parse_bool(values["open"], f"{ENV_PREFIX}API_OPEN")
         values["metrics_open"] = parse_bool(values["metrics_open"], f"{ENV_PREFIX}API_METRICS_OPEN")
         values["url_prefix"] = (values["url_prefix"] or "").rstrip("/")

@@ -116,12 +116,17 @@ def _too_large(limit: int, close: bool = False) -> ApiError:
 
 
 def json_body() -> Any:
-    """The request's JSON body ({} when empty); 400 when it is not JSON."""
+    """The request's JSON body ({} when empty); 400 when it is not JSON, 415 when it does
+    not say it is (an HTML form's body, which another site's page can send: origins.py)."""
     raw = g.get("flowkit_body")
     if raw is None:
         raw = request.get_data(cache=True)
     if not raw:
         return {}
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with "
+                       "'Content-Type: application/json' (it came as "
+                       f"{request.mimetype or 'no Content-Type'}).")
     try:
         value = json.loads(raw, parse_constant=_no_constant)
         json.dumps(value, ensure_ascii=False).encode()  # lone surrogates cannot be stored

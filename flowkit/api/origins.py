@@ -1,0 +1,64 @@
+"""Refusing cross-site requests: forged writes (CSRF) and hijacked WebSockets.
+
+A browser attaches a site's cookies to the requests any other site's page makes to it.
+The API's own credentials are not cookies, but the host app's ``authorize`` callback may
+read a cookie session, and ``FLOWKIT_API_OPEN`` asks for nothing: a page on another site
+could then start, cancel, retry or answer runs (a form or a ``fetch`` POST), or read a
+run's stream over a WebSocket, which browsers open to any site, cookies included, with no
+CORS check. So a browser request from another site is refused, 403 ``cross_site``, when
+it can change something (any method but GET, HEAD and OPTIONS) or opens a WebSocket:
+
+- its ``Origin`` names another host than the request's ``Host``, and is not one of
+  ``FLOWKIT_API_TRUSTED_ORIGINS``; the scheme is not compared, as behind a TLS proxy the
+  app sees ``http`` where the page is ``https`` (``Origin: null``, a sandboxed or local
+  page, is another site);
+- it has no ``Origin`` and its ``Sec-Fetch-Site`` is ``cross-site``.
+
+A client that is not a browser (curl, the CLI, a service) sends neither header and is not
+concerned. Reads stay open to other sites' pages: the browser does not let them see the
+answer without CORS, which the API does not grant. A JSON body must also come as
+``Content-Type: application/json`` (:func:`flowkit.api.requests.json_body`), which an HTML
+form cannot send.
+"""
+
+from __future__ import annotations
+
+from flask import Request
+
+from .errors import ApiError
+
+#: Methods that only read: a cross-site page cannot see their answers.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = (":80", ":443")
+
+
+def check_same_site(request: Request, trusted: tuple[str, ...]) -> None:
+    """Refuse a browser's write or WebSocket handshake that another site's page made."""
+    handshake = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method in SAFE_METHODS and not handshake:
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        if origin.lower() in trusted or _host_of(origin) == _bare(request.host):
+            return
+    elif request.headers.get("Sec-Fetch-Site", "").lower() != "cross-site":
+        return
+    raise ApiError(403, "cross_site", f"A page of another site ({origin or 'unknown origin'}) "
+                   "may not change runs or open their streams here; if it is your own app's, "
+                   "add its origin to FLOWKIT_API_TRUSTED_ORIGINS (e.g. "
+                   "https://app.example.com), or serve it from this host (behind a proxy, "
+                   "forward the Host header).")
+
+
+def _host_of(origin: str) -> str | None:
+    _, sep, rest = origin.partition("://")
+    return _bare(rest) if sep and rest and "/" not in rest else None
+
+
+def _bare(host: str) -> str:
+    """``host[:port]`` lowercased, without a default port (``Origin`` never has one)."""
+    host = host.lower()
+    for port in _DEFAULT_PORTS:
+        if host.endswith(port):
+            return host[: -len(port)]
+    return host

@@ -1,0 +1,143 @@
+"""A page of another site cannot change runs or open their streams (flowkit/api/origins.py).
+
+The open API (FLOWKIT_API_OPEN) and a host app's cookie session let in any request a
+browser makes, whichever site's page made it: a form or a no-cors ``fetch`` could start,
+cancel or answer runs, and a WebSocket (no CORS) could read a run's stream.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+import websocket
+from flask import Flask
+from werkzeug.serving import make_server
+
+import flowkit
+from flowkit.errors import ConfigError
+from tests.api.conftest import make_app, serve
+from tests.api.helpers import start, ws_connect, ws_read
+from tests.api.test_watch import browser  # noqa: F401 - the Chromium fixture
+from tests.test_waits import paused
+
+EVIL = "https://evil.example"
+TRUSTED = "https://app.example.com"
+
+
+@pytest.fixture(scope="module")
+def open_api(flowkit_env, worker):
+    yield from serve(make_app(keys=[], open=True, trusted_origins=TRUSTED))
+
+
+def runs_of(workflow: str) -> int:
+    return len(flowkit.list_runs(workflow=workflow, limit=1000))
+
+
+def refused(response: httpx.Response) -> str:
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "cross_site"
+    return response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": EVIL},
+    {"Origin": "null"},  # a sandboxed iframe, a file:// page
+    {"Sec-Fetch-Site": "cross-site"},  # a browser that sent no Origin
+], ids=["origin", "null-origin", "sec-fetch-site"])
+def test_another_sites_page_cannot_start_a_run(open_api, store, headers):
+    with httpx.Client(base_url=open_api.url, headers=headers) as page:
+        message = refused(page.post("/workflows/simple/runs", json={"n": 1}))
+    assert "FLOWKIT_API_TRUSTED_ORIGINS" in message
+    assert runs_of("simple") == 0
+
+
+def test_another_sites_page_cannot_cancel_or_answer_a_run(open_api, store):
+    run = flowkit.get_workflow("approval").start({"n": 1})
+    paused(run)
+    with httpx.Client(base_url=open_api.url, headers={"Origin": EVIL}) as page:
+        refused(page.post(f"/runs/{run.id}/cancel"))
+        refused(page.post(f"/runs/{run.id}/input/approval", json={"ok": True}))
+        refused(page.delete("/schedules/any"))
+        assert page.get(f"/runs/{run.id}").status_code == 200  # reads: no CORS, no answer
+    assert run.refresh().state == "waiting"
+    flowkit.cancel(run.id)
+
+
+def test_its_own_origin_a_trusted_one_and_clients_that_are_not_browsers_may(open_api, store):
+    for headers in ({"Origin": open_api.url, "Sec-Fetch-Site": "same-origin"},
+                    {"Origin": TRUSTED.upper()}, {"Sec-Fetch-Site": "same-site"}, {}):
+        with httpx.Client(base_url=open_api.url, headers=headers) as client:
+            assert client.post("/workflows/simple/runs", json={"n": 1}).status_code == 202
+    assert runs_of("simple") == 4
+
+
+def test_a_websocket_from_another_site_is_refused_at_the_handshake(open_api, store):
+    run = start(httpx.Client(base_url=open_api.url), "simple", {"n": 1}, params={"wait": 10})
+    url = f"{open_api.ws_url}/runs/{run['id']}/stream"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refusal:
+        websocket.create_connection(url, timeout=20, origin=EVIL)
+    assert refusal.value.status_code == 403
+    own = websocket.create_connection(url, timeout=20, origin=open_api.url)
+    assert ws_read(own)[-1]["type"] == "run.succeeded"
+    assert ws_read(ws_connect(url))[-1]["type"] == "run.succeeded"  # no Origin: not a browser
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          None])
+def test_a_body_that_does_not_say_it_is_json_is_415(open_api, store, content_type):
+    """What an HTML form sends: it could start runs while json_body ignored the type."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    with httpx.Client(base_url=open_api.url) as client:
+        response = client.post("/workflows/simple/runs", content=b'{"n": 1}', headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert "'Content-Type: application/json'" in response.json()["error"]["message"]
+    assert runs_of("simple") == 0
+
+
+def test_a_trusted_origin_that_is_not_one_says_its_form():
+    app = Flask("bad-origins")
+    with pytest.raises(ConfigError, match=r"'app.example.com' is not an origin; write "
+                                          r"scheme://host\[:port\]"):
+        flowkit.FlowKit(app, keys=["k"], trusted_origins="app.example.com")
+
+
+# -- in a real browser -----------------------------------------------------------------------
+
+ATTACK = """async ([api, runId]) => {
+  const sent = await fetch(api + "/workflows/simple/runs", {
+    method: "POST", mode: "no-cors", credentials: "include",
+    headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ n: 1 }),
+  }).then(() => "sent", (e) => String(e));
+  const socket = await new Promise((resolve) => {
+    const ws = new WebSocket(api.replace("http", "ws") + "/runs/" + runId + "/stream");
+    ws.onmessage = () => { resolve("read an event"); ws.close(); };
+    ws.onerror = () => resolve("refused");
+  });
+  return [sent, socket];
+}"""
+
+
+@pytest.fixture(scope="module")
+def other_site():
+    """A page of another origin (another port: another host for Origin)."""
+    app = Flask("other-site")
+    app.get("/")(lambda: "<!doctype html><title>other site</title>")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+def test_in_a_browser_another_sites_page_neither_starts_nor_reads_runs(
+    open_api, store, other_site, browser,  # noqa: F811
+):
+    run = start(httpx.Client(base_url=open_api.url), "simple", {"n": 1}, params={"wait": 10})
+    before = runs_of("simple")
+    page = browser.new_page()
+    page.goto(other_site)
+    assert page.evaluate(ATTACK, [open_api.url, run["id"]]) == ["sent", "refused"]
+    assert runs_of("simple") == before
+    page.close()
