@@ -93,8 +93,9 @@ class Workflow:
         """Validate ``input``, store a queued run and enqueue its canvas; returns the
         :class:`flowkit.Run` (a snapshot of its record).
 
-        With ``idempotency_key``, a second start with the same key returns the
-        first run (``run.created`` is False) and enqueues nothing.
+        With ``idempotency_key``, a second start with the same key (and the same
+        ``owner``: each owner's keys are its own) returns the first run
+        (``run.created`` is False) and enqueues nothing.
         """
         if _launcher is None:
             raise ConfigError("No launcher installed: `import flowkit` installs the engine's.")

@@ -29,7 +29,7 @@ every key one run script touches hashes to the same Cluster slot::
 
 Keys that no run script touches live outside the shards, each a single-key operation:
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
-(idempotency claims), ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
+and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart), ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
 ``flowkit:{schedules}:defs`` and ``:due`` (schedules, one slot of their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
@@ -44,6 +44,7 @@ slot per group) and ``flowkit:cc:groups``,
 from __future__ import annotations
 
 import hashlib
+import json
 import zlib
 from dataclasses import dataclass
 
@@ -145,7 +146,11 @@ class Keys:
     def runs_of(self, workflow: str) -> str:
         return f"{self.prefix}:runs:wf:{workflow}"
 
-    def idempotency(self, workflow: str, key: str) -> str:
+    def idempotency(self, workflow: str, key: str, owner: str | None = None) -> str:
+        """An owner's keys are its own: another owner's same key is another run (and
+        must not name it). JSON keeps the parts apart whatever characters they hold."""
+        if owner:
+            return f"{self.prefix}:idem-of:{json.dumps([workflow, owner, key])}"
         return f"{self.prefix}:idem:{workflow}:{key}"
 
     @property

@@ -114,7 +114,8 @@ class Store:
         start_at: float | None = None, messages: BrokerMessages | None = None,
     ) -> tuple[str, bool]:
         """Store a new run; returns (its id, True). With ``idempotency_key``, a key already
-        claimed returns (the run holding it, False) and stores nothing. With ``start_at``
+        claimed (by the same owner: ``record["owner"]``) returns (the run holding it, False)
+        and stores nothing. With ``start_at``
         the run is scheduled: its timer starts it then (fire_timer).
 
         ``messages``: broker messages of the new run, pushed by the same script once the
@@ -124,7 +125,8 @@ class Store:
         messages name the first): ``messages.pushed`` tells the caller."""
         run_id, retention = record["id"], self.settings.retention_seconds
         if idempotency_key:
-            claim = self.keys.idempotency(record["workflow"], idempotency_key)
+            claim = self.keys.idempotency(record["workflow"], idempotency_key,
+                                          record.get("owner") or None)
             if not self.redis.set(claim, run_id, nx=True, ex=retention):
                 winner = self.redis.get(claim)
                 if winner and self.redis.exists(self.keys.run(winner)):

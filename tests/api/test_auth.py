@@ -135,6 +135,25 @@ def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store
     assert callback_api.client(key=None).get("/runs").status_code == 401
 
 
+def test_an_idempotency_key_is_each_owners_own(callback_api, store):
+    """Another owner's same key used to answer 403, or 409 naming the first owner's run."""
+    acme = callback_api.client(key=None, headers={"X-Tenant": "acme", "Idempotency-Key": "k1"})
+    globex = callback_api.client(key=None, headers={"X-Tenant": "globex",
+                                                     "Idempotency-Key": "k1"})
+    first = acme.post("/workflows/simple/runs", json={"n": 1})
+    assert first.status_code == 202
+    theirs = globex.post("/workflows/simple/runs", json={"n": 2})
+    assert theirs.status_code == 202, theirs.text
+    assert theirs.json()["id"] != first.json()["id"]
+    assert flowkit.get_run(theirs.json()["id"]).owner == "globex"
+    again = acme.post("/workflows/simple/runs", json={"n": 1})
+    assert again.json()["id"] == first.json()["id"] and again.json()["created"] is False
+    conflict = globex.post("/workflows/simple/runs", json={"n": 3})
+    assert conflict.status_code == 409
+    assert theirs.json()["id"] in conflict.json()["error"]["message"]
+    assert first.json()["id"] not in conflict.json()["error"]["message"]
+
+
 def test_an_owner_scoped_caller_is_refused_what_reaches_across_owners(callback_api, store):
     """Schedules (owner-less runs), events (they wake every owner's waits), workers (every
     owner's steps) and metrics: 403 to a tenant; its own runs stay open to it."""

@@ -55,7 +55,7 @@ def start_run(name: str):
     run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store,
                         start_at=args.get("start_at"), priority=args.get("priority", 0),
                         delay=None if "start_at" in args else args.get("delay"))
-    who.require_run(run.id, run.owner)  # an idempotency key of another owner's run
+    who.require_run(run.id, run.owner)  # never another owner's: keys are per owner
     token = current.auth.issue(run.id)
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
                "X-Flowkit-Run": run.id, "X-Flowkit-Token": token}
