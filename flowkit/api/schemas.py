@@ -246,8 +246,11 @@ class Health(Schema):
         "description": "`degraded` (still 200): no live worker, or a served workflow's queue "
                        "that no live worker consumes; `problems` says which."})
     redis = fields.Boolean(required=True)
-    workers = fields.List(fields.Nested(Worker), required=True)
-    problems = fields.List(fields.String(), required=True)
+    workers = fields.List(fields.Nested(Worker), metadata={
+        "description": "Only to a caller with full access (API key): hosts, pids, queues."})
+    problems = fields.List(fields.String(), metadata={
+        "description": "Only to a caller with full access (API key): they name workflows, "
+                       "queues and workers."})
 
 
 class Delivered(Schema):

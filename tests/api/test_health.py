@@ -13,12 +13,28 @@ from tests.conftest import wait_until
 
 
 def health(app_options: dict) -> dict:
+    """/healthz as an operator sees it (an API key: the details too)."""
     for served in serve(make_app(**app_options)):
-        with served.client(key=None) as anonymous:
-            response = anonymous.get("/healthz")
+        with served.client() as operator:
+            response = operator.get("/healthz")
             assert response.status_code == 200, response.text
             return response.json()
     raise AssertionError("unreachable")
+
+
+def test_healthz_tells_anyone_the_status_and_only_full_access_the_details(store, worker):
+    """Workers' hostnames, pids and queues, and problems naming workflows, went to anyone."""
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    for served in serve(make_app(workflows=["simple", "lonely"],
+                                 authorize=lambda request: request.headers.get("X-Tenant"))):
+        for caller in (served.client(key=None), served.client(key="not-a-key"),
+                       served.client(key=None, headers={"X-Tenant": "acme"})):
+            response = caller.get("/healthz")
+            assert response.status_code == 200
+            assert response.json() == {"status": "degraded", "redis": True}
+        detailed = served.client().get("/healthz").json()
+        assert detailed["problems"] == ["no live worker consumes queue lonely (workflow lonely)"]
+        assert detailed["workers"]
 
 
 def test_healthz_lists_the_live_workers_and_is_ok_when_every_queue_has_one(store, worker):

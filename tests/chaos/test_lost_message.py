@@ -90,7 +90,7 @@ def test_a_worker_whose_consumer_takes_nothing_is_reported_while_its_runs_wait_i
     assert problem["worker"] == node and problem["queues"] == {QUEUE: 1}
     assert problem["free"] >= 1 and problem["quiet"] >= 1
     for served in serve(make_app()):
-        health = served.client(key=None).get("/healthz").json()
+        health = served.client().get("/healthz").json()
     assert health["status"] == "degraded"
     [said] = [p for p in health["problems"] if node in p]
     assert "took no message" in said and "restart the worker" in said

@@ -1,5 +1,9 @@
 """``/healthz``: what the web process can see of the deployment (no credentials).
 
+Anyone gets the status (a load balancer's probe needs no more); the details, live
+workers (hostnames, pids, queues) and problems (naming workflows and queues), go only to
+a caller with full access (:attr:`flowkit.api.auth.Access.full`): they map the deployment.
+
 ``ok`` when Redis answers and every queue a served workflow routes to has a live
 consumer; ``degraded`` (still 200: this process serves) when no worker is alive, a queue
 has none, or the reaper found a worker whose consumer takes nothing from a queue where
@@ -11,11 +15,12 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint
+from flask import Blueprint, request
 from flask_sock import Sock
 
 from ...engine import consumers, control
-from ..state import state
+from ..errors import ApiError
+from ..state import ApiState, state
 
 
 def register(bp: Blueprint, sock: Sock) -> None:
@@ -32,11 +37,22 @@ def healthz():
             for queue in control.unconsumed(wf.queues(default), workers):
                 problems.append(f"no live worker consumes queue {queue} (workflow {wf.name})")
         problems += consumers.reported(current.store)
+    status = {"status": "degraded" if problems else "ok", "redis": True}
+    if not _full_access(current):
+        return status
     now = time.time()
     return {
-        "status": "degraded" if problems else "ok",
-        "redis": True,
+        **status,
         "workers": [{**w, "seconds_since_beat": round(now - w["last_beat"], 3)}
                     for w in workers],
         "problems": problems,
     }
+
+
+def _full_access(current: ApiState) -> bool:
+    """Whether the caller's credentials (if any) grant everything; a refusal is no error
+    here: the probe answers anyone."""
+    try:
+        return current.auth.authenticate(request).full
+    except ApiError:
+        return False
