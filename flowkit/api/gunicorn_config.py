@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from typing import Any
+
+from gunicorn.glogging import Logger
 
 __all__ = [
     "bind", "worker_class", "workers", "threads", "worker_connections", "timeout",
     "graceful_timeout", "keepalive", "accesslog", "control_socket_disable", "post_worker_init",
-    "child_exit", "on_starting",
+    "child_exit", "on_starting", "logger_class",
 ]
 
 bind = os.environ.get("FLOWKIT_WEB_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
@@ -41,6 +44,23 @@ timeout = 60
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-" if os.environ.get("FLOWKIT_WEB_ACCESS_LOG") else None
+
+#: A run token in a query string (browsers' EventSource and WebSocket send it there).
+_TOKEN = re.compile(r"([?&]token=)[^&\s]*")
+
+
+class TokenRedactingLogger(Logger):
+    """Access log lines with ``?token=`` blanked: a run token reads its run for a day, and
+    logs are kept longer and read by more people than the run."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        atoms = super().atoms(resp, req, environ, request_time)
+        for name in ("r", "q"):  # the request line, the query string
+            atoms[name] = _TOKEN.sub(r"\1***", atoms[name])
+        return atoms
+
+
+logger_class = TokenRedactingLogger
 # gunicorn >= 27 listens for `gunicornc` on one socket per user ($HOME/.gunicorn) unless
 # told otherwise: two web processes on one machine (flowkit dev beside another) would
 # share it. FLOWKIT_WEB_CONTROL_SOCKET gives this one its own path, "off" none (older

@@ -9,24 +9,39 @@ import httpx
 import pytest
 
 from tests.api.helpers import Gunicorn, start, ws_connect, ws_read
+from tests.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
 def gunicorn_web(flowkit_env, worker, tmp_path_factory):
     web = Gunicorn(flowkit_env, tmp_path_factory.mktemp("gunicorn") / "web.log",
-                   FLOWKIT_API_KEYS="deploy-key", FLOWKIT_API_SECRET="deploy-secret").start()
-    yield web.url
+                   FLOWKIT_API_KEYS="deploy-key", FLOWKIT_API_SECRET="deploy-secret",
+                   FLOWKIT_WEB_ACCESS_LOG="1").start()
+    yield web
     web.stop()
 
 
 def test_gunicorn_serves_the_api_and_relays_a_run_over_websocket(gunicorn_web, store):
-    with httpx.Client(base_url=gunicorn_web, headers={"Authorization": "Bearer deploy-key"}) as c:
+    url = gunicorn_web.url
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer deploy-key"}) as c:
         assert c.get("/runs").status_code == 200
-        assert httpx.get(f"{gunicorn_web}/runs").status_code == 401
+        assert httpx.get(f"{url}/runs").status_code == 401
         run = start(c, "chatty", {"n": 1})
-    events = ws_read(ws_connect(f"ws{gunicorn_web[4:]}/runs/{run['id']}/stream", token=run["token"]))
+    events = ws_read(ws_connect(f"ws{url[4:]}/runs/{run['id']}/stream", token=run["token"]))
     assert events[-1]["type"] == "run.succeeded"
     assert [e["chunk"] for e in events if e["type"] == "step.output"] == ["alpha", "beta", "gamma"]
+
+
+def test_the_access_log_does_not_keep_run_tokens(gunicorn_web, store):
+    url = gunicorn_web.url
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer deploy-key"}) as c:
+        run = start(c, "simple", {"n": 1}, params={"wait": 10})
+    assert httpx.get(f"{url}/runs/{run['id']}/events",
+                     params={"after": "0", "token": run["token"]}).status_code == 200
+    line = f"GET /runs/{run['id']}/events?after=0&token=*** HTTP/1.1"
+    # gunicorn writes the line once the response is sent: no event tells when
+    wait_until(lambda: line in gunicorn_web.log_path.read_text(), message=line)
+    assert run["token"] not in gunicorn_web.log_path.read_text()
 
 
 def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(
