@@ -61,3 +61,10 @@ def test_folds_are_bounded_to_the_runs_summarised_last(client, store):
         assert flowkit.get_run(run["id"]).wait(30).state == "succeeded"
         assert folds.of(run["id"], store).steps  # folded, and kept
     assert folds.kept() == [runs[1]["id"], runs[2]["id"]]  # the oldest went first
+
+
+def test_an_id_named_twice_is_summarised_once(client, store):
+    run = start(client, "simple", {"n": 1}, params={"wait": 10})
+    response = client.get("/runs/summary", params={"ids": f"{run['id']}, {run['id']},{run['id']}"})
+    assert response.status_code == 200
+    assert list(response.json()["runs"]) == [run["id"]]

@@ -33,7 +33,9 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def summarise():
-    ids = [i for i in request.args.get("ids", "").split(",") if i.strip()]
+    # each id once (and as the run's own id: a key with blanks would be another row)
+    ids = list(dict.fromkeys(i.strip() for i in request.args.get("ids", "").split(",")
+                             if i.strip()))
     if not ids or len(ids) > MOST:
         raise ApiError(
             400,
@@ -41,7 +43,7 @@ def summarise():
             "Invalid query parameters.",
             {"ids": [f"1 to {MOST} comma-separated run ids."]},
         )
-    return {"runs": {run_id: summary(load_run(run_id.strip()).id) for run_id in ids}}
+    return {"runs": {run_id: summary(load_run(run_id).id) for run_id in ids}}
 
 
 @dataclass
