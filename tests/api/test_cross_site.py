@@ -97,6 +97,23 @@ def test_a_body_that_does_not_say_it_is_json_is_415(open_api, store, content_typ
     assert runs_of("simple") == 0
 
 
+def test_the_open_api_answers_loopback_host_names_only(open_api, store):
+    """DNS rebinding: a page of rebind.example, its name pointed at 127.0.0.1, is
+    same-origin with the local open API under that name."""
+    port = open_api.url.rpartition(":")[2]
+    rebound = f"http://rebind.example:{port}"
+    with httpx.Client(base_url=open_api.url, headers={"Host": f"rebind.example:{port}",
+                                                       "Origin": rebound}) as page:
+        response = page.post("/workflows/simple/runs", json={"n": 1})
+        assert response.status_code == 403
+        assert "not to 'rebind.example'" in response.json()["error"]["message"]
+        assert page.get("/runs").status_code == 403
+    assert runs_of("simple") == 0
+    for host in (f"localhost:{port}", f"[::1]:{port}", "app.example.com"):  # the last: trusted
+        with httpx.Client(base_url=open_api.url, headers={"Host": host}) as local:
+            assert local.get("/runs").status_code == 200, host
+
+
 def test_a_trusted_origin_that_is_not_one_says_its_form():
     app = Flask("bad-origins")
     with pytest.raises(ConfigError, match=r"'app.example.com' is not an origin; write "
