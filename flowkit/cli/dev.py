@@ -158,7 +158,8 @@ def _api_access(env: dict[str, str]) -> list[str]:
         return []
     env["FLOWKIT_API_OPEN"] = "true"
     return ["the API takes requests without credentials (FLOWKIT_API_OPEN=true: local "
-            "development only; set FLOWKIT_API_KEYS to require keys)"]
+            "development only, for localhost, 127.0.0.1 and [::1]; set FLOWKIT_API_KEYS to "
+            "require keys, as another machine reaching --host 0.0.0.0 needs)"]
 
 
 def _web_api(web: str | None) -> tuple[str, bool]:
