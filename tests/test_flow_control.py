@@ -166,6 +166,7 @@ def test_a_cancelled_step_in_line_passes_its_slot_on():
     assert flowkit.get_run(gone.id).state == "cancelled"
 
 
+@pytest.mark.long  # mostly idle waiting: beside the rest (scripts/test)
 def test_a_long_rate_limit_wait_pauses_the_step_on_a_timer(beat):
     first = wf.rare_ping.start({"user": "ann"})
     assert first.result(WAIT)

@@ -75,6 +75,7 @@ def test_a_sigkilled_slot_holder_leaks_no_slot(chaos_app, deployment, max_restar
     wait_for(lambda: store.redis.zcard(active) == 0, 10, "the last slot given back")
 
 
+@pytest.mark.long  # mostly idle waiting: beside the rest (scripts/test)
 def test_two_beats_fire_each_tick_of_a_schedule_once(chaos_app, deployment):
     deployment.worker("a")
     schedule = flowkit.schedules.create("chaos.tick", every=1, input={"n": 0, "chunks": 0},

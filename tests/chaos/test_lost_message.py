@@ -6,6 +6,7 @@ reported (/healthz, flowkit doctor) until it takes them again."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from flowkit import config
@@ -56,6 +57,7 @@ def test_runs_waiting_in_a_backlog_longer_than_the_queued_timeout_are_left_in_li
         assert side_effects(run, "started") == {"0:chaos.work": 1}
 
 
+@pytest.mark.long  # mostly idle waiting: beside the rest (scripts/test)
 def test_runs_whose_next_steps_wait_in_a_backlog_longer_than_the_stall_timeout_go_on(
         chaos_app, deployment):
     quick = {"FLOWKIT_STALL_TIMEOUT": "1"}
