@@ -6,7 +6,8 @@ Adopt it by changing one import (``from flowkit.llm import OpenAI``, or
 ``stream=True``, tools and response formats), ``chat.completions.parse``,
 ``responses.create`` (with ``stream=True``), ``responses.parse`` and
 ``embeddings.create`` return the SDK's own objects, and so do their
-``with_raw_response`` twins (the raw response: headers, ``parse()``); every other
+``with_raw_response`` twins, the client's own (``client.with_raw_response.chat...``)
+too (the raw response: headers, ``parse()``); every other
 attribute is the first provider's SDK client, unwrapped (a debug-level log line says so).
 
 One logical call: for each provider in order, wait for its shared rate-limit
@@ -122,6 +123,13 @@ class _Client:
 
     def __repr__(self) -> str:
         return f"<flowkit.llm.{self._kind} providers={[p.name for p in self.providers]}>"
+
+    @property
+    def with_raw_response(self) -> _RawClient:
+        """The SDK's ``client.with_raw_response``: its ``chat.completions``, ``responses``
+        and ``embeddings`` are those resources' ``with_raw_response`` (the same retries,
+        failover, rate limits and trace span); anything else is the SDK's, unwrapped."""
+        return _RawClient(self)
 
     def with_options(self, **options: Any) -> Any:
         """The SDK's ``with_options``: this client for ``max_retries`` (the SDK's retries are
@@ -369,6 +377,35 @@ class _RawResource:
         if name.startswith("_"):
             raise AttributeError(name)
         return _unwrapped(self._sdk(), name, f"{self._resource._path}.with_raw_response.{name}")
+
+
+class _RawClient:
+    """``client.with_raw_response``."""
+
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self.chat = _RawChat(client)
+        self.responses = client.responses.with_raw_response
+        self.embeddings = client.embeddings.with_raw_response
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _unwrapped(self._client._sdk().with_raw_response, name, f"with_raw_response.{name}")
+
+
+class _RawChat:
+    """``client.with_raw_response.chat``."""
+
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self.completions = client.chat.completions.with_raw_response
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _unwrapped(self._client._sdk().with_raw_response.chat, name,
+                          f"with_raw_response.chat.{name}")
 
 
 class _Chat:

@@ -166,6 +166,28 @@ def test_with_raw_response_is_retried_traced_and_keeps_the_sdks_raw_response(cli
     assert seen[0]["response_id"] == reply.id
 
 
+def test_the_clients_own_with_raw_response_is_the_resources_one(client, servers):
+    """``client.with_raw_response.chat.completions.create`` was the SDK's, unwrapped."""
+    primary, _ = servers
+    primary.configure(script=(500, 503))
+    seen: list[dict] = []
+    flowkit.hooks.llm_call.append(seen.append)
+    try:
+        chat = call(client, "with_raw_response.chat.completions.create", model=MODEL,
+                    messages=[{"role": "user", "content": "hi"}])
+        raw = call(client, "with_raw_response.responses.create", model=MODEL, input="hi",
+                   max_output_tokens=4)
+        vectors = call(client, "with_raw_response.embeddings.create", model="emb", input="x")
+    finally:
+        flowkit.hooks.llm_call.remove(seen.append)
+    assert [r["status"] for r in primary.stats.requests[:3]] == [500, 503, 200]
+    assert chat.headers["content-type"] and chat.parse().choices[0].message.content
+    assert raw.parse().usage.output_tokens == 4 and vectors.parse().data[0].embedding
+    assert [span["operation"] for span in seen] == ["chat.completions", "responses",
+                                                    "embeddings"]
+    assert seen[0]["retries"] == 2
+
+
 def test_an_unwrapped_call_is_noted_at_debug_level(servers, caplog):
     sync, _ = clients(servers[0])
     with caplog.at_level(logging.DEBUG, logger="flowkit.llm.client"):
