@@ -26,7 +26,7 @@ import os
 import re
 from typing import Any
 
-from gunicorn.glogging import Logger
+from gunicorn.instrument.statsd import Statsd
 
 __all__ = [
     "bind", "worker_class", "workers", "threads", "worker_connections", "timeout",
@@ -45,19 +45,33 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-" if os.environ.get("FLOWKIT_WEB_ACCESS_LOG") else None
 
-#: A run token in a query string (browsers' EventSource and WebSocket send it there).
-_TOKEN = re.compile(r"([?&]token=)[^&\s]*")
+#: A run token in a query string (browsers' EventSource and WebSocket send it there),
+#: also as the Referer of what a page with one in its URL asks for.
+_TOKEN = re.compile(r"([?&]token=)[^&\s]*", re.IGNORECASE)
 
 
-class TokenRedactingLogger(Logger):
-    """Access log lines with ``?token=`` blanked: a run token reads its run for a day, and
-    logs are kept longer and read by more people than the run."""
+class TokenRedactingLogger(Statsd):
+    """Access log lines with ``?token=`` blanked wherever the format puts a URL (request
+    line, query string, Referer, any header or environ atom): a run token reads its run for
+    a day, and logs are kept longer and read by more people than the run.
+
+    gunicorn switches to its statsd logger by itself only while ``logger_class`` is its
+    default: this one is that logger, sending nothing unless ``--statsd-host`` is set."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self._statsd = cfg.statsd_host is not None
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms = super().atoms(resp, req, environ, request_time)
-        for name in ("r", "q"):  # the request line, the query string
-            atoms[name] = _TOKEN.sub(r"\1***", atoms[name])
+        for name, value in atoms.items():
+            if isinstance(value, str):
+                atoms[name] = _TOKEN.sub(r"\1***", value)
         return atoms
+
+    def _sock_send(self, msg: Any) -> None:
+        if self._statsd:
+            super()._sock_send(msg)
 
 
 logger_class = TokenRedactingLogger

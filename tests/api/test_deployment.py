@@ -36,12 +36,36 @@ def test_the_access_log_does_not_keep_run_tokens(gunicorn_web, store):
     url = gunicorn_web.url
     with httpx.Client(base_url=url, headers={"Authorization": "Bearer deploy-key"}) as c:
         run = start(c, "simple", {"n": 1}, params={"wait": 10})
-    assert httpx.get(f"{url}/runs/{run['id']}/events",
-                     params={"after": "0", "token": run["token"]}).status_code == 200
+    watch = f"{url}/runs/{run['id']}/watch?token={run['token']}"
+    assert httpx.get(f"{url}/runs/{run['id']}/events", params={"after": "0", "token": run["token"]},
+                     headers={"Referer": watch}).status_code == 200
     line = f"GET /runs/{run['id']}/events?after=0&token=*** HTTP/1.1"
     # gunicorn writes the line once the response is sent: no event tells when
     wait_until(lambda: line in gunicorn_web.log_path.read_text(), message=line)
-    assert run["token"] not in gunicorn_web.log_path.read_text()
+    logged = gunicorn_web.log_path.read_text()
+    assert run["token"] not in logged
+    assert f"/runs/{run['id']}/watch?token=***" in logged  # the Referer, a watch page's URL
+
+
+def test_the_packaged_config_keeps_gunicorns_statsd_metrics(flowkit_env, worker, tmp_path):
+    """Its own logger class turned off the statsd logger gunicorn picks by itself."""
+    import socket
+
+    from flowkit.testing import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
+        statsd.bind(("127.0.0.1", 0))
+        statsd.settimeout(20)
+        web = Gunicorn(flowkit_env, tmp_path / "web.log", FLOWKIT_API_OPEN="true",
+                       GUNICORN_CMD_ARGS=f"--statsd-host 127.0.0.1:{statsd.getsockname()[1]}",
+                       port=free_port()).start()
+        try:
+            assert httpx.get(f"{web.url}/runs").status_code == 200
+            seen = b""
+            while b"gunicorn.requests:1|c" not in seen:
+                seen += statsd.recv(4096) + b"\n"
+        finally:
+            web.stop()
 
 
 def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(

@@ -66,3 +66,19 @@ def test_watch_page_without_a_token_cannot_read_the_run(api, client, browser):
     page.wait_for_function("document.querySelector('#connection').textContent.startsWith('refused')")
     assert shown_ids(page) == []
     page.close()
+
+
+def test_the_watch_page_sends_its_token_on_to_nothing_as_a_referer(api, client, browser):
+    """Its URL holds the run token; each script, style and API request it made carried
+    that URL as its Referer (into access logs)."""
+    run = start(client, "simple", {"n": 1}, params={"wait": 10})
+    page = browser.new_page()
+    referers: list[str] = []
+    page.on("request", lambda request: referers.append(
+        request.all_headers().get("referer", "")))
+    response = page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
+    assert response.headers["referrer-policy"] == "no-referrer"
+    page.wait_for_selector('#state[data-state="succeeded"]')  # read over its stream
+    assert len(referers) > 2  # the page, its modules and style, its stream
+    assert not [r for r in referers if run["token"] in r]
+    page.close()

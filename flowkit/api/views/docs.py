@@ -26,4 +26,7 @@ def openapi():
 
 
 def watch(run_id: str):
-    return current_app.blueprints[state().blueprint].send_static_file("watch.html")
+    page = current_app.blueprints[state().blueprint].send_static_file("watch.html")
+    # its URL holds the run token: not to be sent on as the Referer of what it loads
+    page.headers["Referrer-Policy"] = "no-referrer"
+    return page
