@@ -37,6 +37,24 @@ def test_healthz_tells_anyone_the_status_and_only_full_access_the_details(store,
         assert detailed["workers"]
 
 
+def test_a_probe_does_not_depend_on_the_host_apps_authorize(store, worker):
+    """Asking authorize for the details made a probe fail with it (a 401 it aborts
+    with, an exception, its database down), and cost a call every probe."""
+    asked = []
+
+    def authorize(request):
+        asked.append(request.path)
+        raise KeyError("session")
+
+    for served in serve(make_app(keys=[], authorize=authorize)):
+        probe = served.client(key=None).get("/healthz")
+        assert probe.status_code == 200 and set(probe.json()) == {"status", "redis"}
+        assert asked == []
+        with_cookie = served.client(key=None, headers={"Cookie": "session=x"}).get("/healthz")
+        assert with_cookie.status_code == 200 and set(with_cookie.json()) == {"status", "redis"}
+        assert asked == ["/healthz"]
+
+
 def test_healthz_lists_the_live_workers_and_is_ok_when_every_queue_has_one(store, worker):
     # the store fixture flushed the workers' presence: await the next heartbeat
     wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
