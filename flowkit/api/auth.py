@@ -156,9 +156,9 @@ class Authenticator:
             if isinstance(granted, str) and granted:
                 return Access(APP, owner=granted)
             if granted:  # an answer it does not define grants nothing (fails closed)
-                log.error("flowkit API: the authorize callback returned %r (%s); it must "
-                          "return True (everything), an owner string, or a falsy value "
-                          "(refused): request refused.", granted, type(granted).__name__)
+                log.error("flowkit API: the authorize callback returned a value of type "
+                          "%s; it must return True (everything), an owner string, or a "
+                          "falsy value (refused): it grants nothing.", type(granted).__name__)
         if self.options.open:
             self._check_open_host(request)
             return Access(OPEN)

@@ -14,6 +14,7 @@ from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
 from ..metrics import install as install_metrics
+from .auth import KEY, RUN
 from .errors import to_response
 from .options import ApiOptions
 from .origins import check_same_site
@@ -106,7 +107,9 @@ def _before() -> None:
     current = state()
     request.max_content_length = current.options.max_body_bytes
     check_body_size(current.options.max_body_bytes)
-    check_same_site(request, current.options.trusted_origins)
     if request.endpoint and request.endpoint.rpartition(".")[2] in PUBLIC:
+        check_same_site(request, current.options.trusted_origins)
         return
-    g.flowkit_access = current.auth.authenticate(request)
+    access = g.flowkit_access = current.auth.authenticate(request)
+    if access.kind not in (KEY, RUN):  # no page of another site holds a key or run token
+        check_same_site(request, current.options.trusted_origins)

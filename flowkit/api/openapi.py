@@ -107,7 +107,8 @@ _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
           "with another input.", {}),
     413: ("Request body (FLOWKIT_API_MAX_BODY_BYTES, chunked or not), or the workflow input "
           "(FLOWKIT_MAX_PAYLOAD_BYTES), over its limit.", {"Connection": "ConnectionClose"}),
-    415: ("A request body that is not `Content-Type: application/json`.", {}),
+    415: ("A request body (of an operation that reads one) that is not `Content-Type: "
+          "application/json`.", {}),
     503: ("flowkit's Redis (`store_unavailable`) or Celery broker (`broker_unavailable`: its "
           "message names a run it stored, not to be started again) is unavailable; retry "
           "after Retry-After.",
@@ -231,7 +232,7 @@ def _schedule_paths(spec: APISpec, p: str) -> None:
     for action in ("pause", "resume"):
         spec.path(f"{p}/schedules/{{schedule_id}}/{action}", operations={"post": {
             "operationId": f"{action}Schedule", "parameters": [sid],
-            "responses": _responses({200: "ScheduleInfo"}, (*_AUTH, 404, 413, 415, 503))}})
+            "responses": _responses({200: "ScheduleInfo"}, (*_AUTH, 404, 413, 503))}})
 
 
 def _start_operation(wf: Any, opts: ApiOptions, plugin: MarshmallowPlugin,
@@ -376,7 +377,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
     ):
         spec.path(f"{p}/runs/{{run_id}}/{action}", operations={"post": {
             "operationId": f"{action}Run", "summary": summary, "parameters": [_RUN_ID],
-            "responses": _responses({status: "Run"}, (*_RUN, 409, 413, 415))}})
+            "responses": _responses({status: "Run"}, (*_RUN, 409, 413))}})
     spec.path(f"{p}/runs/{{run_id}}/input/{{name}}", operations={"post": {
         "operationId": "sendInput",
         "summary": "Answer a run paused in wait_for_input(name): the JSON body is the value, "

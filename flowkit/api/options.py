@@ -28,10 +28,15 @@ def _split_keys(value: Any) -> tuple[str, ...]:
 def _origin(value: str) -> str:
     """``scheme://host[:port]`` as browsers send it in ``Origin`` (lowercase, no path)."""
     split = urlsplit(value.strip())
-    if split.scheme not in ("http", "https") or not split.netloc or split.path not in ("", "/"):
+    if (split.scheme not in ("http", "https") or not split.hostname or "@" in split.netloc
+            or split.path not in ("", "/") or split.query or split.fragment):
         raise ConfigError(f"{ENV_PREFIX}API_TRUSTED_ORIGINS: {value!r} is not an origin; write "
                           "scheme://host[:port], e.g. https://app.example.com.")
-    return f"{split.scheme}://{split.netloc}".lower()
+    netloc = split.netloc.lower()
+    default = {"http": ":80", "https": ":443"}[split.scheme]
+    if netloc.endswith(default):  # browsers never send the default port
+        netloc = netloc[: -len(default)]
+    return f"{split.scheme}://{netloc}"
 
 
 @dataclass(frozen=True)

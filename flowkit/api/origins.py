@@ -14,8 +14,10 @@ it can change something (any method but GET, HEAD and OPTIONS) or opens a WebSoc
   page, is another site);
 - it has no ``Origin`` and its ``Sec-Fetch-Site`` is ``cross-site``.
 
-A client that is not a browser (curl, the CLI, a service) sends neither header and is not
-concerned. Reads stay open to other sites' pages: the browser does not let them see the
+A request with an API key or a run token is not concerned either: a page of another site
+holds neither (a browser attaches cookies by itself, never a bearer header or a token in
+the URL), so the host app's own pages elsewhere may use them (with CORS, its to grant). A
+client that is not a browser (curl, the CLI, a service) sends neither header. Reads stay open to other sites' pages: the browser does not let them see the
 answer without CORS, which the API does not grant. A JSON body must also come as
 ``Content-Type: application/json`` (:func:`flowkit.api.requests.json_body`), which an HTML
 form cannot send.

@@ -7,6 +7,7 @@ cancel or answer runs, and a WebSocket (no CORS) could read a run's stream.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import httpx
@@ -16,6 +17,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 import flowkit
+from flowkit.api.options import ApiOptions
 from flowkit.errors import ConfigError
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import start, ws_connect, ws_read
@@ -114,11 +116,36 @@ def test_the_open_api_answers_loopback_host_names_only(open_api, store):
             assert local.get("/runs").status_code == 200, host
 
 
-def test_a_trusted_origin_that_is_not_one_says_its_form():
+@pytest.mark.parametrize("origin", ["app.example.com", "https://u@app.example.com",
+                                    "https://app.example.com/path", "https://app.example.com?x=1"])
+def test_a_trusted_origin_that_is_not_one_says_its_form(origin):
     app = Flask("bad-origins")
-    with pytest.raises(ConfigError, match=r"'app.example.com' is not an origin; write "
+    with pytest.raises(ConfigError, match=rf"{re.escape(repr(origin))} is not an origin; write "
                                           r"scheme://host\[:port\]"):
-        flowkit.FlowKit(app, keys=["k"], trusted_origins="app.example.com")
+        flowkit.FlowKit(app, keys=["k"], trusted_origins=origin)
+
+
+def test_a_trusted_origin_is_written_as_browsers_send_it():
+    options = ApiOptions.resolve({}, trusted_origins="https://App.Example.com:443/, "
+                                                     "http://b.example:80,http://c.example:8080")
+    assert options.trusted_origins == (
+        "https://app.example.com", "http://b.example", "http://c.example:8080")
+
+
+def test_a_key_or_run_token_is_no_page_of_another_sites(flowkit_env, worker, store):
+    """A page of another site holds neither: the host app's own pages elsewhere may use
+    them (it grants CORS itself), while its cookie session is refused there."""
+    for served in serve(make_app(authorize=lambda request: bool(request.cookies.get("s")))):
+        with served.client(headers={"Origin": EVIL}) as keyed:
+            run = start(keyed, "simple", {"n": 1}, params={"wait": 10})
+        with served.client(key=run["token"], headers={"Origin": EVIL}) as page:
+            # past the cross-site check: what a run token may not do is another refusal
+            assert page.post(f"/runs/{run['id']}/retry").json()["error"]["code"] == "forbidden"
+            assert page.get(f"/runs/{run['id']}").status_code == 200
+        url = f"{served.ws_url}/runs/{run['id']}/stream?token={run['token']}"
+        assert ws_read(websocket.create_connection(url, timeout=20, origin=EVIL))
+        with served.client(key=None, headers={"Origin": EVIL, "Cookie": "s=1"}) as cookie:
+            refused(cookie.post("/workflows/simple/runs", json={"n": 1}))
 
 
 # -- in a real browser -----------------------------------------------------------------------
