@@ -97,8 +97,10 @@ def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> 
     return split.hostname, port
 
 
-#: Query values that are secrets: redis-py's and kombu's ``password``, our Sentinel URL's.
-_SECRET_QUERY = re.compile(r"([?&](?:sentinel_)?password=)[^&]*", re.IGNORECASE)
+#: Query parameters that are secrets: redis-py's and kombu's ``password``, our Sentinel
+#: URL's ``sentinel_password`` (their names percent-decoded, as the clients read them).
+_SECRETS = frozenset({"password", "sentinel_password"})
+_QUERY_PARAM = re.compile(r"([?&])([^=&]*)=([^&]*)")
 #: Where Celery's Sentinel form joins one URL per sentinel (``sentinel://a;sentinel://b``).
 _NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
@@ -110,10 +112,15 @@ def redacted(url: str) -> str:
 
 
 def _redacted_one(url: str) -> str:
-    url = _SECRET_QUERY.sub(r"\1***", url)  # first: a password there may hold an "@"
+    url = _QUERY_PARAM.sub(_blank_secret, url)  # first: a password there may hold an "@"
     head, at, tail = url.rpartition("@")  # the last "@": a raw password may hold one
     scheme = head.partition("://")[0]
     return f"{scheme}://***@{tail}" if at else url
+
+
+def _blank_secret(param: re.Match[str]) -> str:
+    sep, name, _ = param.groups()
+    return f"{sep}{name}=***" if unquote(name).lower() in _SECRETS else param.group(0)
 
 
 CLUSTER_SCHEME = "redis+cluster"

@@ -133,6 +133,8 @@ def test_a_password_in_the_query_string_is_not_shown_either(env):
      "redis+sentinel://***@h1:1,h2:2/svc?sentinel_password=***"),
     ("sentinel://:p;w@h1:1/0;sentinel://:p;w@h2:2/0", "sentinel://***@h1:1/0;sentinel://***@h2:2/0"),
     ("redis://h/0?PASSWORD=z", "redis://h/0?PASSWORD=***"),
+    ("redis://h/0?pass%77ord=z&db=0", "redis://h/0?pass%77ord=***&db=0"),
+    ("redis://h/0?db=0&client_name=password", "redis://h/0?db=0&client_name=password"),
     ("redis://localhost:6379/0", "redis://localhost:6379/0"),
 ])
 def test_redacted_hides_every_password_of_a_url(url, shown):
