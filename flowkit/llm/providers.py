@@ -17,6 +17,7 @@ from ..config import get_settings
 from ..coroutines import close_at_exit, close_with_loop, shared_loop
 from ..engine import trace
 from ..errors import ConfigError
+from .tls import ssl_context
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,14 @@ class Provider:
             # one logical call must never multiply into the SDK's retries times ours
             self.client = self.client.with_options(max_retries=0)
         # The HTTP connection pool scans all its connections on every request and
-        # response: hundreds of concurrent calls through one pool cost O(n^2). A few
-        # pools, taken in turn, keep each one small.
-        pools = max(1, get_settings().llm_connection_pools)
+        # response: hundreds of concurrent calls through one pool cost O(n^2).
+        # A few pools, taken in turn, keep each one small; they share one TLS context (each
+        # HTTP client loading the certificates made a provider take a second). An HTTP
+        # client of the user's own (proxies, certificates) is kept: it is the only pool.
+        pools = 1 if self._own_http else max(1, get_settings().llm_connection_pools)
         self._clients = [self.client] + [
-            self.client.with_options(http_client=openai.DefaultHttpxClient()) for _ in range(pools - 1)
+            self.client.with_options(http_client=openai.DefaultHttpxClient(verify=ssl_context()))
+            for _ in range(pools - 1)
         ]
         self._turn = itertools.count()
         self._async_clients: dict[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = {}
@@ -130,7 +134,10 @@ class Provider:
             if client is None:
                 base = self.client
                 shared = _shared_loop(loop)
-                http = {"http_client": aiohttp_client()} if shared and self.uses_aiohttp() else {}
+                if shared and self.uses_aiohttp():
+                    http = {"http_client": aiohttp_client()}
+                else:  # the process's TLS context, not the certificates loaded again
+                    http = {"http_client": openai.DefaultAsyncHttpxClient(verify=ssl_context())}
                 client = openai.AsyncOpenAI(
                     api_key=base.api_key, base_url=base.base_url, organization=base.organization,
                     project=base.project, max_retries=0, timeout=base.timeout,
@@ -202,12 +209,6 @@ def aiohttp_client() -> Any:
     from .transport import aiohttp_client  # openai's aiohttp extra: imported where it is
 
     return aiohttp_client()
-
-
-def ssl_context() -> Any:
-    from .transport import ssl_context
-
-    return ssl_context()
 
 
 def _shared_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -19,8 +19,6 @@ one the server closed is ``RemoteProtocolError`` (or ``ReadError`` mid-body).
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +28,8 @@ import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_TIMEOUT
 from openai._vendor.httpx_aiohttp import AiohttpTransport
 
+from .tls import ssl_context
+
 
 def aiohttp_client() -> Any:
     """An HTTP client for ``openai.AsyncOpenAI(http_client=...)``: the SDK's
@@ -38,14 +38,6 @@ def aiohttp_client() -> Any:
         transport=Transport(verify=ssl_context(), limits=DEFAULT_CONNECTION_LIMITS),
         timeout=DEFAULT_TIMEOUT,
     )
-
-
-@functools.lru_cache(maxsize=1)
-def ssl_context() -> ssl.SSLContext:
-    """The TLS settings httpx would use (certifi's CAs, ``SSL_CERT_FILE``/``SSL_CERT_DIR``),
-    made once per process: loading the certificates takes about 50 ms, which a provider
-    pays when it is made (see Provider) rather than its first request."""
-    return httpx2.create_ssl_context()
 
 
 class Transport(AiohttpTransport):

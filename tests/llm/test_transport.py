@@ -141,6 +141,30 @@ def test_a_provider_given_its_own_http_client_keeps_it(servers):
     assert Provider("p", base_url=primary.base_url, api_key="k").uses_aiohttp() is True
 
 
+def test_a_provider_given_its_own_http_client_sends_every_request_through_it(servers):
+    """Its connection pools were default HTTP clients: 31 requests in 32 left the user's
+    proxies and certificates behind."""
+    primary, _ = servers
+    own = openai.OpenAI(api_key="sk-own", base_url=primary.base_url,
+                        http_client=openai.DefaultHttpxClient())
+    provider = Provider.from_client(own)
+    assert {id(provider.sdk_client()._client) for _ in range(64)} == {id(own._client)}
+
+
+def test_a_provider_loads_the_certificate_store_once_not_once_per_pool(monkeypatch):
+    """Each pool's HTTP client loaded it again: about a second to make a provider."""
+    import ssl
+
+    Provider("warm", base_url="http://127.0.0.1:1/v1", api_key="k")  # the process's context
+    loads = []
+    original = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations",
+                        lambda self, *a, **kw: loads.append(1) or original(self, *a, **kw))
+    provider = Provider("p", base_url="http://127.0.0.1:1/v1", api_key="k")
+    assert len({id(provider.sdk_client()) for _ in range(64)}) > 1  # several pools
+    assert len(loads) <= 1  # the SDK's own client; every pool shares the process's context
+
+
 def test_an_unknown_transport_is_refused():
     with pytest.raises(ConfigError, match="transport"):
         Provider("p", base_url="http://127.0.0.1:1/v1", api_key="k", transport="curl")
