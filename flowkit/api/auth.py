@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from .errors import ApiError
 from .options import ApiOptions
+from .origins import check_open_host
 
 log = logging.getLogger(__name__)
 
@@ -160,24 +160,9 @@ class Authenticator:
                           "%s; it must return True (everything), an owner string, or a "
                           "falsy value (refused): it grants nothing.", type(granted).__name__)
         if self.options.open:
-            self._check_open_host(request)
+            check_open_host(request, self.options.trusted_origins)
             return Access(OPEN)
         raise self._refusal(sent_token=bool(token))
-
-    def _check_open_host(self, request: Request) -> None:
-        """Open mode answers requests to this machine's loopback names only (or a trusted
-        origin's host): through DNS rebinding, a page of any site the developer visits
-        could otherwise reach a local open API under its own host name."""
-        host = _hostname(request.host)
-        if host == "localhost" or host.endswith(".localhost") or _is_loopback(host):
-            return
-        if any(_hostname(o.partition("://")[2]) == host for o in self.options.trusted_origins):
-            return
-        raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers requests to localhost, "
-                       f"127.0.0.1 or [::1] only, not to {host!r} (a page of another site can "
-                       "reach a local server under its own name); use an API key "
-                       "(FLOWKIT_API_KEYS), or add this host's origin to "
-                       "FLOWKIT_API_TRUSTED_ORIGINS.")
 
     def _ask_host_app(self, request: Request) -> object:
         """The authorize callback's answer; an ApiError it raises is the answer as-is
@@ -202,21 +187,6 @@ class Authenticator:
         if self.options.keys:
             return _unauthorized(f"{refused}; an API key also works: {_SEND_KEY}.")
         return _unauthorized(f"{refused}.")
-
-
-def _hostname(host: str) -> str:
-    """``host[:port]`` (or ``[v6]:port``) without the port, lowercased."""
-    host = host.lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bearer(request: Request) -> str | None:

@@ -17,13 +17,19 @@ it can change something (any method but GET, HEAD and OPTIONS) or opens a WebSoc
 A request with an API key or a run token is not concerned either: a page of another site
 holds neither (a browser attaches cookies by itself, never a bearer header or a token in
 the URL), so the host app's own pages elsewhere may use them (with CORS, its to grant). A
-client that is not a browser (curl, the CLI, a service) sends neither header. Reads stay open to other sites' pages: the browser does not let them see the
-answer without CORS, which the API does not grant. A JSON body must also come as
-``Content-Type: application/json`` (:func:`flowkit.api.requests.json_body`), which an HTML
-form cannot send.
+client that is not a browser (curl, the CLI, a service) sends neither header. Reads stay
+open to other sites' pages: the browser does not let them see the answer without CORS,
+which the API does not grant. A JSON body must also come as ``Content-Type:
+application/json`` (:func:`flowkit.api.requests.json_body`), which an HTML form cannot send.
+
+Open mode (``FLOWKIT_API_OPEN``) has one more way in: through DNS rebinding, a page of any
+site can reach a local server under the site's own name, same-origin with it. So open
+mode answers requests addressed to a loopback name only (:func:`check_open_host`).
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from flask import Request
 
@@ -64,3 +70,33 @@ def _bare(host: str) -> str:
         if host.endswith(port):
             return host[: -len(port)]
     return host
+
+
+def check_open_host(request: Request, trusted: tuple[str, ...]) -> None:
+    """Refuse an open-mode request addressed to a name that is not this machine's loopback
+    (``localhost``, ``127.0.0.1``, ``[::1]``) nor a trusted origin's host."""
+    host = _hostname(request.host)
+    if host == "localhost" or host.endswith(".localhost") or _is_loopback(host):
+        return
+    if any(_hostname(origin.partition("://")[2]) == host for origin in trusted):
+        return
+    raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers requests to localhost, "
+                   f"127.0.0.1 or [::1] only, not to {host!r} (a page of another site can "
+                   "reach a local server under its own name); use an API key "
+                   "(FLOWKIT_API_KEYS), or add this host's origin to "
+                   "FLOWKIT_API_TRUSTED_ORIGINS.")
+
+
+def _hostname(host: str) -> str:
+    """``host[:port]`` (or ``[v6]:port``) without the port, lowercased."""
+    host = host.lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

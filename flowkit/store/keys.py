@@ -29,7 +29,8 @@ every key one run script touches hashes to the same Cluster slot::
 
 Keys that no run script touches live outside the shards, each a single-key operation:
 ``flowkit:runs`` and ``flowkit:runs:wf:<name>`` (listing indexes), ``flowkit:idem:<wf>:<key>``
-and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart), ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
+and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart),
+``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
 ``flowkit:{schedules}:defs`` and ``:due`` (schedules, one slot of their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one

@@ -115,8 +115,8 @@ class Store:
     ) -> tuple[str, bool]:
         """Store a new run; returns (its id, True). With ``idempotency_key``, a key already
         claimed (by the same owner: ``record["owner"]``) returns (the run holding it, False)
-        and stores nothing. With ``start_at``
-        the run is scheduled: its timer starts it then (fire_timer).
+        and stores nothing. With ``start_at`` the run is scheduled: its timer starts it then
+        (fire_timer).
 
         ``messages``: broker messages of the new run, pushed by the same script once the
         run is stored (the broker being a database of this Redis server), so a start is
