@@ -6,7 +6,8 @@ In order, a request is let in by:
 1. ``Authorization: Bearer <key>`` with one of ``FLOWKIT_API_KEYS``: everything;
 2. a run-scoped token (bearer, or ``?token=`` because browsers' ``EventSource`` and
    ``WebSocket`` cannot send headers): signed and expiring, it reads one run's
-   record, output, events and stream, and nothing else;
+   record, output, events and stream, and nothing else; a stream it opened ends when
+   it expires (:attr:`Access.expires_at`), as its next request would be refused;
 3. the host app's ``authorize(request)`` callback: ``True`` for everything, or an
    owner string that scopes the caller to the runs it started (it may start runs, list
    and read its own; schedules, ``POST /events``, workers and metrics reach across
@@ -66,6 +67,10 @@ class Access:
     run_id: str | None = None
     #: Owner/tenant tag given by the authorize callback: the caller sees only its runs.
     owner: str | None = None
+    #: A run token's end (``time.time()``): the first instant it is refused. A stream it
+    #: opened ends then, so that a token stops reading when it expires, not when its
+    #: connection happens to drop.
+    expires_at: float | None = None
 
     @property
     def full(self) -> bool:
@@ -127,14 +132,18 @@ class Authenticator:
     def issue(self, run_id: str) -> str:
         return self.tokens.dumps({"run": run_id})
 
-    def _run_of(self, token: str) -> str | None:
+    def _run_of(self, token: str) -> tuple[str | None, float]:
+        """The run a token reads and when it expires; no run for a token that is not one."""
         try:
-            data = self.tokens.loads(token, max_age=self.options.token_ttl)
+            data, signed = self.tokens.loads(
+                token, max_age=self.options.token_ttl, return_timestamp=True)
         except SignatureExpired:
             raise _unauthorized("This run token has expired.", "token_expired") from None
         except BadSignature:
-            return None
-        return data.get("run") if isinstance(data, dict) else None
+            return None, 0.0
+        # itsdangerous counts whole seconds and refuses an age above max_age.
+        expires_at = signed.timestamp() + self.options.token_ttl + 1
+        return (data.get("run") if isinstance(data, dict) else None), expires_at
 
     def _is_key(self, bearer: str) -> bool:
         given = bearer.encode()
@@ -146,9 +155,9 @@ class Authenticator:
             return Access(KEY)
         token = bearer or request.args.get("token")
         if token:
-            run_id = self._run_of(token)
+            run_id, expires_at = self._run_of(token)
             if run_id:
-                return Access(RUN, run_id=run_id)
+                return Access(RUN, run_id=run_id, expires_at=expires_at)
         if self.options.authorize is not None:
             granted = self._ask_host_app(request)
             if granted is True:

@@ -4,10 +4,16 @@ Both send the history after the cursor, then the live tail, and end after the ru
 latest terminal event (:func:`flowkit.events.stream_ends`). Idle connections get a keep-alive (an SSE comment, an empty NDJSON
 line) every ping interval, which is also how a vanished client is noticed. An event's text
 is encoded once, on the relay's event, and shared by every response following the run.
+
+A stream opened with a run token ends when the token expires: SSE sends a last message,
+``event: token_expired`` (no id, so the cursor stays the last event's), whose data is the
+API's error; a client reconnects with a fresh token and its last event id.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 from flask import Response, stream_with_context
@@ -33,14 +39,29 @@ def _ndjson(batch: list[RelayEvent]) -> bytes:
     return b"".join([e.line for e in batch])
 
 
-def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]:
+TOKEN_EXPIRED = {"error": {"code": "token_expired", "message": (
+    "This run token has expired: reconnect with a fresh one and your last event id.")}}
+_SSE_EXPIRED = f"event: token_expired\ndata: {json.dumps(TOKEN_EXPIRED)}\n\n".encode()
+
+
+def _follow(
+    sub: Subscriber, ping_interval: float, kind: str, expires_at: float | None
+) -> Iterator[bytes]:
     encode, ping = (_sse, b": ping\n\n") if kind == SSE else (_ndjson, b"\n")
     try:
         while not sub.done:
-            batch = sub.next_batch(timeout=ping_interval)
+            timeout = ping_interval
+            if expires_at is not None:
+                left = expires_at - time.time()
+                if left <= 0:
+                    if kind == SSE:
+                        yield _SSE_EXPIRED
+                    return
+                timeout = min(timeout, left)
+            batch = sub.next_batch(timeout=timeout)
             if batch:
                 yield encode(batch)
-            elif not sub.done:
+            elif not sub.done and (expires_at is None or time.time() < expires_at):
                 yield ping
     finally:
         sub.close()
@@ -48,10 +69,11 @@ def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]
 
 def stream_response(
     sub: Subscriber, ping_interval: float, kind: str, status: int = 200,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, expires_at: float | None = None,
 ) -> Response:
+    """``expires_at``: when the run token that opened the stream expires (it ends then)."""
     response = Response(
-        stream_with_context(_follow(sub, ping_interval, kind)),
+        stream_with_context(_follow(sub, ping_interval, kind, expires_at)),
         status=status,
         mimetype=kind,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},

@@ -13,6 +13,10 @@ Once a client is caught up, the relay hub writes its events to the socket itself
 (:class:`FrameSink`), without waking the client's thread; an event's frame is
 built once for every client that did not negotiate compression.
 
+A stream opened with a run token closes when the token expires, with code 4001 (the
+application range, RFC 6455 section 7.4.2: HTTP's 401 plus 3000 would be 3401, but 3000-3999
+are for registered codes): the client reconnects with a fresh token and its last event id.
+
 The client's thread sleeps until it has something to do: simple-websocket's reader
 rings it (:class:`_Doorbell`) when the client sends a message or the connection ends,
 instead of the thread looking every second. A thousand followers no longer wake a
@@ -25,6 +29,7 @@ import json
 import socket
 import struct
 import threading
+import time
 
 from flask import request
 from simple_websocket import ConnectionClosed
@@ -39,6 +44,8 @@ from .relay import RelayEvent, Subscriber
 _POLL = 30.0
 #: Longest wait for the client's answer to our close frame.
 _CLOSE_WAIT = 2.0
+#: The close code of a stream whose run token expired.
+TOKEN_EXPIRED_CLOSE = 4001
 
 
 def _client_message(message: str | bytes | None) -> dict:
@@ -191,8 +198,9 @@ class _Doorbell(threading.Event):
         self._sub.poke()
 
 
-def relay(ws, sub: Subscriber) -> None:
-    """Send ``sub``'s events over ``ws`` until the run's terminal event or the client leaves."""
+def relay(ws, sub: Subscriber, expires_at: float | None = None) -> None:
+    """Send ``sub``'s events over ``ws`` until the run's terminal event, the client leaves, or
+    ``expires_at`` (the run token's expiry, ``time.time()``) passes."""
     sink = FrameSink(ws)
     ws.event = _Doorbell(sub)
     sub.poke()  # what the reader signalled before the doorbell was in place: look once
@@ -200,7 +208,8 @@ def relay(ws, sub: Subscriber) -> None:
         if sink.direct:
             sub.attach(sink)
         while ws.connected:
-            batch = sub.next_batch(timeout=_POLL)
+            timeout = _POLL if expires_at is None else max(0.0, min(_POLL, expires_at - time.time()))
+            batch = sub.next_batch(timeout=timeout)
             if batch:
                 sink.send_all(batch)
             if sub.done:
@@ -209,6 +218,11 @@ def relay(ws, sub: Subscriber) -> None:
                     close(ws, 1012, "server restarting; reconnect with your last event id")
                 else:
                     close(ws, 1000, "run ended")
+                return
+            if expires_at is not None and time.time() >= expires_at:
+                sub.close()
+                close(ws, TOKEN_EXPIRED_CLOSE,
+                      "token_expired: reconnect with a fresh run token and your last event id")
                 return
             # Every message that came: one ring of the doorbell may stand for several.
             while (message := ws.receive(timeout=0)) is not None:

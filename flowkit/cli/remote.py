@@ -53,6 +53,11 @@ class RemoteRuns:
                                  params={"after": cursor}, timeout=None) as source:
                     self._check(source.response)
                     for sse in source.iter_sse():
+                        if sse.event == "token_expired":  # the stream ends with the token
+                            raise UsageError(
+                                f"The run token expired while following run {run_id}: follow "
+                                f"it again with a fresh run token (FlowKit.run_token in your "
+                                f"app) or an API key; `--after {cursor}` goes on from here.")
                         if not sse.data:
                             continue  # keep-alive comments
                         last = json.loads(sse.data)

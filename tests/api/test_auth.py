@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import httpx_sse
 import pytest
 import websocket
 from flask import Flask
 
 import flowkit
 from tests.api.conftest import make_app, serve
-from tests.api.helpers import start, ws_connect, ws_read
-from tests.conftest import open_gate
+from tests.api.helpers import TERMINAL, start, ws_connect, ws_read
+from tests.conftest import open_gate, reached_gate
 from tests.test_waits import paused
 
 
@@ -97,6 +100,42 @@ def test_expired_run_token_is_401(flowkit_env, worker, store):
         response = served.client(key=run["token"]).get(f"/runs/{run['id']}")
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "token_expired"
+
+
+def test_a_stream_opened_with_a_run_token_ends_when_the_token_expires(flowkit_env, worker, store):
+    """A token stops reading at its expiry, not when its connection happens to drop: the
+    socket closes with 4001 and SSE ends with ``event: token_expired`` while the run still
+    waits at its gate; a stream opened with an API key goes on to the run's end."""
+    for served in serve(make_app(token_ttl=1)):
+        admin = served.client()
+        run = start(admin, "chain3", {"n": 1})
+        handle = flowkit.get_run(run["id"])
+        reached_gate(handle, "gated")
+        keyed = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", key="test-api-key")
+        by_token = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", token=run["token"])
+        got = []
+        while True:
+            opcode, data = by_token.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                break
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                got.append(json.loads(data))
+        assert int.from_bytes(data[:2], "big") == 4001
+        assert b"token_expired" in data[2:]
+        assert got and not any(e["type"] in TERMINAL for e in got)  # the run goes on
+
+        fresh = served.app.extensions["flowkit"].auth.issue(run["id"])
+        with httpx_sse.connect_sse(served.client(key=fresh), "GET",
+                                   f"/runs/{run['id']}/events") as source:
+            *before, last = [sse for sse in source.iter_sse() if sse.data]
+        assert before and all(sse.event == "message" for sse in before)
+        # no id of its own: a reconnection resumes after the last event
+        assert last.event == "token_expired" and last.id == before[-1].id
+        assert json.loads(last.data)["error"]["code"] == "token_expired"
+        assert served.client(key=fresh).get(f"/runs/{run['id']}").status_code == 401
+
+        open_gate(handle, "gated")
+        assert ws_read(keyed)[-1]["type"] == "run.succeeded"
 
 
 def test_a_token_signed_by_another_secret_is_refused(api, store):

@@ -10,7 +10,11 @@ import sys
 
 import pytest
 
-from .conftest import API_KEY
+import flowkit
+from tests.conftest import open_gate
+
+from .conftest import API_KEY, make_app, serve
+from .helpers import start
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +47,25 @@ def test_a_run_token_follows_its_own_run(api, env, client):
     types = [json.loads(line)["type"] for line in result.stdout.splitlines()]
     assert types[0] == "run.queued" and types[-1] == "run.succeeded"
     assert types.count("step.completed") == 2
+
+
+def test_a_run_token_expiring_mid_run_ends_the_follow_with_what_to_do(env, worker):
+    """The server ends a token's stream when the token expires: the CLI says so in one line
+    (exit 2) with the event id to go on from, instead of taking the notice for an event."""
+    for served in serve(make_app(token_ttl=1)):
+        created = start(served.client(), "chain3", {"n": 1})
+        handle = flowkit.get_run(created["id"])
+        try:
+            result = cli("follow", created["id"], "--url", served.url, "--token",
+                         created["token"], env={**env, "FLOWKIT_URL": ""})
+        finally:
+            open_gate(handle, "gated")
+        assert result.returncode == 2, result.stderr
+        assert "The run token expired while following run" in result.stderr
+        cursor = re.search(r"`--after (\S+)` goes on from here", result.stderr).group(1)
+        assert cursor in {e.id for e in handle.events()}
+        assert "Traceback" not in result.stderr
+        handle.wait(20)
 
 
 def test_http_errors_are_one_line(api, env):

@@ -4,6 +4,10 @@
 // an Authorization header nor be resumed from a cursor of our choosing, and it
 // reconnects on its own; the watch owns reconnection, so both transports here
 // make exactly one connection and report how it ended.
+import { TOKEN_EXPIRED } from "./tokens.js";
+
+/** The close code of a socket whose run token expired (flowkit.api.ws). */
+export const TOKEN_EXPIRED_CLOSE = 4001;
 
 /**
  * @typedef {object} TransportHandlers
@@ -18,6 +22,10 @@
  * @property {number} [status]  an HTTP status that refused the connection (SSE)
  * @property {string|number} [code]  the API's error code with that status (SSE), the close code (WS)
  * @property {string} [message] why, for people
+ *
+ * A stream opened with a run token ends when the token expires: the socket closes with
+ * code 4001, SSE sends `event: token_expired`. Both end as the refusal of that token would
+ * (`status` 401, `code` "token_expired"), so the watch asks for a fresh one and goes on.
  */
 
 /** Resolve the client's base URL (maybe relative, e.g. "/flowkit") to an absolute URL. */
@@ -102,6 +110,10 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
   };
   socket.onerror = () => {}; // onclose follows with the code
   socket.onclose = (close) => {
+    if (close.code === TOKEN_EXPIRED_CLOSE) {
+      end({ clean: false, restart: false, status: 401, code: TOKEN_EXPIRED, message: close.reason });
+      return;
+    }
     end({ clean: close.code === 1000, restart: close.code === 1012, code: close.code, message: close.reason });
   };
   return {
@@ -177,6 +189,12 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
       while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
         const block = buffer.slice(0, cut);
         buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+        if (/^event: ?token_expired\r?$/m.test(block)) {
+          const message = parseSseBlock(block)?.error?.message ?? "This run token has expired.";
+          end({ clean: false, status: 401, code: TOKEN_EXPIRED, message });
+          controller.abort();
+          return;
+        }
         const event = parseSseBlock(block);
         if (event && !ended) handlers.onEvent(event);
       }

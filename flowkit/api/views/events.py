@@ -9,7 +9,7 @@ from ...engine import control
 from ...events import START, parse_cursor, past_the_end
 from .. import schemas
 from ..errors import ApiError
-from ..requests import negotiated_stream, query
+from ..requests import access, negotiated_stream, query
 from ..state import state
 from ..streaming import SSE, stream_response
 from ..ws import relay
@@ -73,7 +73,8 @@ def get_events(run_id: str):
         else:
             cursor, field = parse_cursor(after) or START, "after"
         sub = current.hub.subscribe(run_id, _known(run_id, cursor, field))
-        return stream_response(sub, current.options.ping_interval, SSE)
+        return stream_response(sub, current.options.ping_interval, SSE,
+                               expires_at=access().expires_at)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
     after = _known(run_id, parse_cursor(after) or START, "after")
     page = control.history(run_id, after, limit, store=current.store)
@@ -84,4 +85,4 @@ def get_events(run_id: str):
 
 
 def stream(ws, run_id: str):
-    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor))
+    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor), expires_at=access().expires_at)

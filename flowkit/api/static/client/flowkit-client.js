@@ -245,6 +245,62 @@ export function isTerminal(state) {
   return TERMINAL_STATES.includes(state.state);
 }
 
+// ---- tokens.js ----
+// Where a client's credentials come from: a fixed string (an API key, a run token), or
+// a function the client calls for one, and calls again when the server answers that the
+// token it sent has expired (401, code "token_expired"). A run token lasts
+// FLOWKIT_API_TOKEN_TTL (a day by default) while a run may wait for a person for weeks:
+// a page whose app mints tokens (FlowKit.run_token) follows such a run without a reload.
+
+/** The error code the API answers an expired run token with. */
+export const TOKEN_EXPIRED = "token_expired";
+
+export class TokenSource {
+  /** @param {string | (() => string | Promise<string>) | undefined} given */
+  constructor(given) {
+    this.given = given;
+    this.value = typeof given === "function" ? undefined : given;
+    this.ready = typeof given !== "function";
+    this.pending = null;
+  }
+
+  /** A function gives fresh tokens; a string is the only one there is. */
+  get refreshable() {
+    return typeof this.given === "function";
+  }
+
+  /** The token to send (one call of the function at a time, shared by every caller). */
+  get() {
+    if (this.ready) return Promise.resolve(this.value);
+    if (!this.pending) {
+      this.pending = Promise.resolve()
+        .then(() => this.given())
+        .then(
+          (value) => {
+            this.value = value || undefined;
+            this.ready = true;
+            this.pending = null;
+            return this.value;
+          },
+          (error) => {
+            this.pending = null;
+            throw error;
+          },
+        );
+    }
+    return this.pending;
+  }
+
+  /** The server refused `used` as expired: the next `get()` asks the function again
+   * (unless another caller already replaced that token). */
+  expire(used) {
+    if (this.refreshable && this.ready && this.value === used) {
+      this.ready = false;
+      this.value = undefined;
+    }
+  }
+}
+
 // ---- transport.js ----
 // The two ways a browser follows a run's stream: the WebSocket relay
 // (/runs/<id>/stream) and Server-Sent Events read with fetch (/runs/<id>/events).
@@ -252,6 +308,9 @@ export function isTerminal(state) {
 // an Authorization header nor be resumed from a cursor of our choosing, and it
 // reconnects on its own; the watch owns reconnection, so both transports here
 // make exactly one connection and report how it ended.
+
+/** The close code of a socket whose run token expired (flowkit.api.ws). */
+export const TOKEN_EXPIRED_CLOSE = 4001;
 
 /**
  * @typedef {object} TransportHandlers
@@ -266,6 +325,10 @@ export function isTerminal(state) {
  * @property {number} [status]  an HTTP status that refused the connection (SSE)
  * @property {string|number} [code]  the API's error code with that status (SSE), the close code (WS)
  * @property {string} [message] why, for people
+ *
+ * A stream opened with a run token ends when the token expires: the socket closes with
+ * code 4001, SSE sends `event: token_expired`. Both end as the refusal of that token would
+ * (`status` 401, `code` "token_expired"), so the watch asks for a fresh one and goes on.
  */
 
 /** Resolve the client's base URL (maybe relative, e.g. "/flowkit") to an absolute URL. */
@@ -350,6 +413,10 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
   };
   socket.onerror = () => {}; // onclose follows with the code
   socket.onclose = (close) => {
+    if (close.code === TOKEN_EXPIRED_CLOSE) {
+      end({ clean: false, restart: false, status: 401, code: TOKEN_EXPIRED, message: close.reason });
+      return;
+    }
     end({ clean: close.code === 1000, restart: close.code === 1012, code: close.code, message: close.reason });
   };
   return {
@@ -425,6 +492,12 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
       while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
         const block = buffer.slice(0, cut);
         buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+        if (/^event: ?token_expired\r?$/m.test(block)) {
+          const message = parseSseBlock(block)?.error?.message ?? "This run token has expired.";
+          end({ clean: false, status: 401, code: TOKEN_EXPIRED, message });
+          controller.abort();
+          return;
+        }
         const event = parseSseBlock(block);
         if (event && !ended) handlers.onEvent(event);
       }
@@ -456,62 +529,6 @@ export function parseSseBlock(block) {
   const event = JSON.parse(data.join("\n"));
   if (id && !event.id) event.id = id;
   return event;
-}
-
-// ---- tokens.js ----
-// Where a client's credentials come from: a fixed string (an API key, a run token), or
-// a function the client calls for one, and calls again when the server answers that the
-// token it sent has expired (401, code "token_expired"). A run token lasts
-// FLOWKIT_API_TOKEN_TTL (a day by default) while a run may wait for a person for weeks:
-// a page whose app mints tokens (FlowKit.run_token) follows such a run without a reload.
-
-/** The error code the API answers an expired run token with. */
-export const TOKEN_EXPIRED = "token_expired";
-
-export class TokenSource {
-  /** @param {string | (() => string | Promise<string>) | undefined} given */
-  constructor(given) {
-    this.given = given;
-    this.value = typeof given === "function" ? undefined : given;
-    this.ready = typeof given !== "function";
-    this.pending = null;
-  }
-
-  /** A function gives fresh tokens; a string is the only one there is. */
-  get refreshable() {
-    return typeof this.given === "function";
-  }
-
-  /** The token to send (one call of the function at a time, shared by every caller). */
-  get() {
-    if (this.ready) return Promise.resolve(this.value);
-    if (!this.pending) {
-      this.pending = Promise.resolve()
-        .then(() => this.given())
-        .then(
-          (value) => {
-            this.value = value || undefined;
-            this.ready = true;
-            this.pending = null;
-            return this.value;
-          },
-          (error) => {
-            this.pending = null;
-            throw error;
-          },
-        );
-    }
-    return this.pending;
-  }
-
-  /** The server refused `used` as expired: the next `get()` asks the function again
-   * (unless another caller already replaced that token). */
-  expire(used) {
-    if (this.refreshable && this.ready && this.value === used) {
-      this.ready = false;
-      this.value = undefined;
-    }
-  }
 }
 
 // ---- client.js ----
