@@ -14,7 +14,6 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
 import marshmallow
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -61,6 +60,10 @@ def json_errors(published: dict[str, Any] | None, value: Any) -> dict[str, list[
     as a whole."""
     if published is None:
         return {}
+    # Imported here: it is a tenth of `import flowkit` (every CLI command, every worker
+    # start), and only a run started with a published JSON Schema needs it.
+    import jsonschema
+
     validator = jsonschema.Draft4Validator(_plain(copy.deepcopy(published)))
     fields: dict[str, list[str]] = {}
     for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
