@@ -30,13 +30,15 @@ _TEXT = {"schema": {"type": "string"}}
 #: Each Server-Sent Event of a stream (the schema of ``text/event-stream`` content is that of
 #: one event, as OpenAPI 3.2's ``itemSchema`` says and schemathesis reads it).
 _SSE_EVENT = {
-    "type": "object", "required": ["id", "data"],
+    "type": "object", "required": ["data"],
     "description": "One event of the stream: `id:` the event id (resume from it with "
                    "Last-Event-ID), `data:` the event as JSON (an `Event`). `: ping` comments "
-                   "keep an idle stream alive.",
+                   "keep an idle stream alive. A stream opened with a run token ends when the "
+                   "token expires, after a last message `event: token_expired` without an id "
+                   "whose data is the API's `Error`: reconnect with a fresh token.",
     "properties": {
         "id": {"type": "string"},
-        "event": {"type": "string", "enum": ["message"]},
+        "event": {"type": "string", "enum": ["message", "token_expired"]},
         "data": {"type": "string", "description": "An `Event` as JSON."},
     },
 }
@@ -351,7 +353,8 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         "operationId": "streamRun",
         "summary": "WebSocket: the run's events as JSON text messages, resumable with ?after= "
                    "(or by sending {\"resume\": \"<event id>\"}); closes (1000) after the "
-                   "run's latest terminal event, or with 1012 when the server restarts.",
+                   "run's latest terminal event, with 1012 when the server restarts, or with 4001 "
+                   "when the run token that opened it expires.",
         "parameters": [
             _RUN_ID, *_args(schemas.StreamArgs, plugin),
             *(_header(name, schema, description, required=True)
