@@ -61,7 +61,7 @@ export interface RunState {
   superseded: Record<string, true>;
   eventCount: number;
   /** Set when the server refused the stream for good (401, 403, 404...). */
-  failure?: { status: number; message: string };
+  failure?: { status: number; message: string; code?: string | number | null };
 }
 
 export interface StorageLike {
@@ -114,7 +114,7 @@ export declare class RunWatch {
   readonly transport: "websocket" | "sse";
   /** Connections opened so far. */
   readonly connects: number;
-  readonly failure: { status: number; message: string } | null;
+  readonly failure: { status: number; message: string; code?: string | number | null } | null;
   subscribe(listener: (state: RunState) => void): () => void;
   onEvent(listener: (event: FlowkitEvent) => void): () => void;
   /** Open the stream again from the last event id (e.g. after a retry). */

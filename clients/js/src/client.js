@@ -294,7 +294,7 @@ export class RunWatch {
       return;
     }
     if (end.status && [400, 401, 403, 404, 410].includes(end.status)) {
-      this.failure = { status: end.status, message: end.message ?? "" };
+      this.failure = { status: end.status, message: end.message ?? "", code: end.code ?? null };
       this.setState({ ...this.state, connection: "closed", failure: this.failure });
       return;
     }

@@ -79,6 +79,12 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     render();
   }
 
+  // A run token given as a string ends with its day: this page cannot mint another one.
+  function refusal(failure) {
+    if (failure.code === "token_expired") return "link expired: open the run again from the app that gave you this page";
+    return `refused (${failure.status})`;
+  }
+
   function follow() {
     if (watch) return;
     // an API key never goes in a URL (a WebSocket cannot send headers): SSE over fetch
@@ -86,7 +92,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     watch = client.watch(runId, { lastEventId: folded.lastEventId, transport });
     watch.onEvent(receive);
     watch.subscribe((state) => {
-      ui.connection.textContent = state.failure ? `refused (${state.failure.status})` : state.connection === "open" ? "live" : state.connection;
+      ui.connection.textContent = state.failure ? refusal(state.failure) : state.connection === "open" ? "live" : state.connection;
       ui.connection.dataset.connection = state.connection;
       // the stream of an ended run closes at once (this page's history is complete)
       if ((state.connection === "closed" || state.connection === "reconnecting") && isTerminal(folded) && !state.failure) {
