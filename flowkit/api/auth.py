@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -141,8 +142,8 @@ class Authenticator:
             raise _unauthorized("This run token has expired.", "token_expired") from None
         except BadSignature:
             return None, 0.0
-        # itsdangerous counts whole seconds and refuses an age above max_age.
-        expires_at = signed.timestamp() + self.options.token_ttl + 1
+        # itsdangerous refuses a whole-second age above max_age: from ttl's whole seconds + 1.
+        expires_at = signed.timestamp() + math.floor(self.options.token_ttl) + 1
         return (data.get("run") if isinstance(data, dict) else None), expires_at
 
     def _is_key(self, bearer: str) -> bool:

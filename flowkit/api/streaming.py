@@ -52,16 +52,15 @@ def _follow(
         while not sub.done:
             timeout = ping_interval
             if expires_at is not None:
-                left = expires_at - time.time()
-                if left <= 0:
-                    if kind == SSE:
-                        yield _SSE_EXPIRED
-                    return
-                timeout = min(timeout, left)
+                timeout = max(0.0, min(timeout, expires_at - time.time()))
             batch = sub.next_batch(timeout=timeout)
+            if expires_at is not None and time.time() >= expires_at:
+                if kind == SSE:  # what was read after the token's end is the next token's
+                    yield _SSE_EXPIRED
+                return
             if batch:
                 yield encode(batch)
-            elif not sub.done and (expires_at is None or time.time() < expires_at):
+            elif not sub.done:
                 yield ping
     finally:
         sub.close()

@@ -210,6 +210,12 @@ def relay(ws, sub: Subscriber, expires_at: float | None = None) -> None:
         while ws.connected:
             timeout = _POLL if expires_at is None else max(0.0, min(_POLL, expires_at - time.time()))
             batch = sub.next_batch(timeout=timeout)
+            if expires_at is not None and time.time() >= expires_at:
+                # what was read after the token's end is the next token's to send
+                sub.close()
+                close(ws, TOKEN_EXPIRED_CLOSE,
+                      "token_expired: reconnect with a fresh run token and your last event id")
+                return
             if batch:
                 sink.send_all(batch)
             if sub.done:
@@ -218,11 +224,6 @@ def relay(ws, sub: Subscriber, expires_at: float | None = None) -> None:
                     close(ws, 1012, "server restarting; reconnect with your last event id")
                 else:
                     close(ws, 1000, "run ended")
-                return
-            if expires_at is not None and time.time() >= expires_at:
-                sub.close()
-                close(ws, TOKEN_EXPIRED_CLOSE,
-                      "token_expired: reconnect with a fresh run token and your last event id")
                 return
             # Every message that came: one ring of the doorbell may stand for several.
             while (message := ws.receive(timeout=0)) is not None:

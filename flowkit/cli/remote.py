@@ -51,13 +51,12 @@ class RemoteRuns:
             try:
                 with connect_sse(self.http, "GET", f"/runs/{run_id}/events",
                                  params={"after": cursor}, timeout=None) as source:
+                    if last is not None and _token_expired(source.response):  # reconnected late
+                        raise _expired_while_following(run_id, cursor)
                     self._check(source.response)
                     for sse in source.iter_sse():
                         if sse.event == "token_expired":  # the stream ends with the token
-                            raise UsageError(
-                                f"The run token expired while following run {run_id}: follow "
-                                f"it again with a fresh run token (FlowKit.run_token in your "
-                                f"app) or an API key; `--after {cursor}` goes on from here.")
+                            raise _expired_while_following(run_id, cursor)
                         if not sse.data:
                             continue  # keep-alive comments
                         last = json.loads(sse.data)
@@ -104,3 +103,20 @@ class RemoteRuns:
         if response.status_code == 404:
             raise RunNotFound(message)
         raise FlowkitError(message)
+
+
+def _token_expired(response: httpx.Response) -> bool:
+    if response.status_code != 401:
+        return False
+    response.read()
+    try:
+        return response.json()["error"]["code"] == "token_expired"
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _expired_while_following(run_id: str, cursor: str) -> UsageError:
+    return UsageError(
+        f"The run token expired while following run {run_id}: follow it again with a fresh "
+        f"run token (FlowKit.run_token in your app) or an API key; `--after {cursor}` goes on "
+        "from here.")

@@ -8,9 +8,10 @@ import pytest
 
 import flowkit
 from flowkit import history
+from flowkit.engine import control
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import start
-from tests.conftest import open_gate, reached_gate
+from tests.conftest import open_gate, reached_gate, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -62,23 +63,28 @@ def test_watch_page_follows_a_run_across_a_dropped_socket_and_a_refresh(api, cli
 
 def test_the_watch_page_says_its_link_expired_when_its_token_does(flowkit_env, worker, store,
                                                                    browser):
-    """The run token in the page's URL expires (here after 1 s) while the run still goes on:
-    the stream it opened ends then, and the page says what to do, not a bare refusal."""
-    for served in serve(make_app(token_ttl=1)):
-        run = start(served.client(), "chain3", {"n": 1})
+    """The run token in the page's URL expires (here after 2 s) while the run still waits
+    for a person: the stream it opened ends then, and the page says what to do, not a bare
+    refusal, and takes away the answer form its token can no longer send."""
+    for served in serve(make_app(token_ttl=2)):
+        run = start(served.client(), "approval", {"n": 1})
         handle = flowkit.get_run(run["id"])
+        wait_until(lambda rid=run["id"]: flowkit.get_run(rid).state == "waiting",
+                   message="the run waiting for input")
         page = browser.new_page()
         page.set_default_timeout(30_000)
         try:
             page.goto(f"{served.url}{run['urls']['watch']}?token={run['token']}")
+            page.wait_for_selector("#answer-form")
             page.wait_for_selector('#connection[data-connection="closed"]')
             assert page.text_content("#connection") == (
                 "link expired: open the run again from the app that gave you this page")
-            assert flowkit.get_run(run["id"]).state == "running"
+            assert page.locator("#answer-form").count() == 0
+            assert flowkit.get_run(run["id"]).state == "waiting"
         finally:
-            open_gate(handle, "gated")
             page.close()
-        assert handle.wait(20).output == {"n": 204}
+        control.send_input(run["id"], "approval", {"ok": True})
+        assert handle.wait(20).output["approved"] is True
 
 
 def test_watch_page_without_a_token_cannot_read_the_run(api, client, browser):

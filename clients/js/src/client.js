@@ -288,6 +288,10 @@ export class RunWatch {
       this.connect();
       return;
     }
+    if (!end.opened && !end.checked && !end.tokenFailed && end.token && this.tokens.refreshable && this.transport === "websocket") {
+      this.checkRefusal(end); // was it the token? A browser does not say why a socket failed
+      return;
+    }
     if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto") {
       this.transport = "sse"; // the socket never opened: follow over SSE from now on
       this.connect();
@@ -318,6 +322,21 @@ export class RunWatch {
     this.retries += 1;
     this.setConnection("reconnecting");
     this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** A browser hides why a WebSocket handshake failed: the same token on one REST call
+   * tells an expired token (then refreshed, as any "token_expired") from anything else
+   * (the connection's end as it was). Without it, a watch on `transport: "websocket"` that
+   * reconnected after its token expired retried the dead token for ever. */
+  checkRefusal(end) {
+    const pending = { close() {} };
+    this.current = pending;
+    const settle = (answer) => {
+      if (this.current !== pending) return; // closed, dropped or reconnected meanwhile
+      const expired = answer?.status === 401 && answer.data?.error?.code === TOKEN_EXPIRED;
+      this.ended(expired ? { ...end, checked: true, status: 401, code: TOKEN_EXPIRED } : { ...end, checked: true });
+    };
+    this.client.send("GET", `/runs/${encodeURIComponent(this.runId)}`, undefined, {}, end.token).then(settle, () => settle(null));
   }
 
   /** Open the stream again from the last event id (after a retry, or to go on after closed). */

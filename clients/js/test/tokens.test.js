@@ -66,6 +66,23 @@ for (const transport of ["auto", "sse"]) {
   });
 }
 
+test("websocket: a socket refused for its expired token asks the token function for a fresh one", { skip }, async () => {
+  const api = client();
+  const run = await api.start("simple", { n: 1 });
+  const { mint, given } = minter(run.id);
+  await mint();
+  await expired(given[0], run.id);
+  let calls = 0;
+  // the first answer is the token a page kept across a sleep: refused at the handshake
+  const token = async () => (++calls === 1 ? given[0] : mint());
+  const watch = client({ baseUrl: `${SHORT}/flowkit`, token }).watch(run.id, { transport: "websocket" });
+  const state = await until(watch, done, "the run's end");
+  assert.equal(state.state, "succeeded");
+  assert.equal(watch.failure, null);
+  assert.equal(calls, 2);
+  assert.equal(watch.transport, "websocket");
+});
+
 test("a fixed run token's stream ends at its expiry with the server's reason", { skip }, async () => {
   const api = client();
   const run = await api.start("streaming", { before: 1, after: 1 });

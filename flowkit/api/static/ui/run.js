@@ -79,10 +79,16 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     render();
   }
 
-  // A run token given as a string ends with its day: this page cannot mint another one.
+  // A run token given as a string ends with its day: this page cannot mint another one, and
+  // what needs the token (answering a wait, reading the record) stops with it.
+  let expired = false;
   function refusal(failure) {
-    if (failure.code === "token_expired") return "link expired: open the run again from the app that gave you this page";
-    return `refused (${failure.status})`;
+    if (failure.code !== "token_expired") return `refused (${failure.status})`;
+    if (!expired) {
+      expired = true;
+      drawActions(folded.state ?? record?.state ?? "connecting");
+    }
+    return "link expired: open the run again from the app that gave you this page";
   }
 
   function follow() {
@@ -160,8 +166,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   let actionsShown = "";
   function drawActions(state) {
-    const waiting = state === "waiting" && folded.waiting?.kind === "input" ? folded.waiting : null;
-    const sign = `${state}|${waiting ? waiting.name : ""}`;
+    const waiting = state === "waiting" && folded.waiting?.kind === "input" && !expired ? folded.waiting : null;
+    const sign = `${state}|${waiting ? waiting.name : ""}|${expired}`;
     if (sign === actionsShown) return;  // keep focus and typed answers while events stream
     actionsShown = sign;
     fill(ui.actions);
@@ -270,5 +276,5 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   follow();
   // a queued run writes no event while no worker takes it: read its record again now and
   // then, so "Waiting for" follows the workers that come and go
-  setInterval(() => { if ((folded.state ?? record?.state) === "queued") refreshRecord(); }, 3000);
+  setInterval(() => { if (!expired && (folded.state ?? record?.state) === "queued") refreshRecord(); }, 3000);
 }
