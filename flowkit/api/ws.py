@@ -13,9 +13,9 @@ Once a client is caught up, the relay hub writes its events to the socket itself
 (:class:`FrameSink`), without waking the client's thread; an event's frame is
 built once for every client that did not negotiate compression.
 
-A stream opened with a run token closes when the token expires, with code 4001 (the
-application range, RFC 6455 section 7.4.2: HTTP's 401 plus 3000 would be 3401, but 3000-3999
-are for registered codes): the client reconnects with a fresh token and its last event id.
+A stream opened with a run token closes when the token expires, with code 4001 (from the
+range RFC 6455 section 7.4.2 leaves to applications): the client reconnects with a fresh
+token and its last event id.
 
 The client's thread sleeps until it has something to do: simple-websocket's reader
 rings it (:class:`_Doorbell`) when the client sends a message or the connection ends,
