@@ -56,6 +56,9 @@ from .origins import check_open_host
 log = logging.getLogger(__name__)
 
 KEY, APP, OPEN, RUN = "key", "app", "open", "run"
+#: The error code of an expired run token, and what a stream it opened says as it ends.
+TOKEN_EXPIRED = "token_expired"
+STREAM_EXPIRED = "This run token has expired: reconnect with a fresh one and your last event id."
 _TOKEN_SALT = "flowkit.run-token"
 
 
@@ -139,7 +142,7 @@ class Authenticator:
             data, signed = self.tokens.loads(
                 token, max_age=self.options.token_ttl, return_timestamp=True)
         except SignatureExpired:
-            raise _unauthorized("This run token has expired.", "token_expired") from None
+            raise _unauthorized("This run token has expired.", TOKEN_EXPIRED) from None
         except BadSignature:
             return None, 0.0
         # itsdangerous refuses a whole-second age above max_age: from ttl's whole seconds + 1.

@@ -96,8 +96,11 @@ class Sink(Protocol):
 class Subscriber:
     """One client's view of one run: ``next_batch()`` returns the events after its cursor."""
 
-    def __init__(self, hub: Hub, run_id: str, after: str) -> None:
+    def __init__(self, hub: Hub, run_id: str, after: str, expires_at: float | None = None) -> None:
         self.hub = hub
+        #: When the run token that opened the stream expires (``time.time()``): the
+        #: stream ends then (:attr:`expired`), as its next request would be refused.
+        self.expires_at = expires_at
         self.run_id = run_id
         self.cursor = after
         self._order = _order(after)
@@ -191,8 +194,11 @@ class Subscriber:
         """Events after the cursor, oldest first; [] when ``timeout`` passes or after the end.
 
         With a sink attached, events the hub wrote itself are not returned (they are sent).
-        A :meth:`poke` makes it return at once.
+        A :meth:`poke` makes it return at once, and so does :attr:`expires_at`.
         """
+        if self.expires_at is not None:
+            left = max(0.0, self.expires_at - time.time())
+            timeout = left if timeout is None else min(timeout, left)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._flush()
@@ -202,6 +208,12 @@ class Subscriber:
             fresh = self._advance(batch, complete)
             if fresh or poked or (deadline is not None and time.monotonic() >= deadline):
                 return fresh
+
+    @property
+    def expired(self) -> bool:
+        """The token that opened the stream has expired: what was read after is the next
+        token's to send."""
+        return self.expires_at is not None and time.time() >= self.expires_at
 
     def _flush(self) -> None:
         """Send what the hub's write left over (we are not parked: the hub does not write)."""
@@ -318,10 +330,12 @@ class Hub:
 
     # -- subscribing -------------------------------------------------------------
 
-    def subscribe(self, run_id: str, after: str = START) -> Subscriber:
+    def subscribe(self, run_id: str, after: str = START, expires_at: float | None = None
+                  ) -> Subscriber:
+        """``expires_at``: when the run token of the stream expires (see Subscriber)."""
         self._ensure_running()
         store = self.store
-        sub = Subscriber(self, run_id, after)
+        sub = Subscriber(self, run_id, after, expires_at)
         with self._lock:
             tracked = self._runs.get(run_id)
             if tracked is not None:

@@ -13,11 +13,11 @@ API's error; a client reconnects with a fresh token and its last event id.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 from flask import Response, stream_with_context
 
+from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
 
 SSE = "text/event-stream"
@@ -39,23 +39,17 @@ def _ndjson(batch: list[RelayEvent]) -> bytes:
     return b"".join([e.line for e in batch])
 
 
-TOKEN_EXPIRED = {"error": {"code": "token_expired", "message": (
-    "This run token has expired: reconnect with a fresh one and your last event id.")}}
-_SSE_EXPIRED = f"event: token_expired\ndata: {json.dumps(TOKEN_EXPIRED)}\n\n".encode()
+_SSE_EXPIRED = ("event: token_expired\ndata: " + json.dumps(
+    {"error": {"code": TOKEN_EXPIRED, "message": STREAM_EXPIRED}}) + "\n\n").encode()
 
 
-def _follow(
-    sub: Subscriber, ping_interval: float, kind: str, expires_at: float | None
-) -> Iterator[bytes]:
+def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]:
     encode, ping = (_sse, b": ping\n\n") if kind == SSE else (_ndjson, b"\n")
     try:
         while not sub.done:
-            timeout = ping_interval
-            if expires_at is not None:
-                timeout = max(0.0, min(timeout, expires_at - time.time()))
-            batch = sub.next_batch(timeout=timeout)
-            if expires_at is not None and time.time() >= expires_at:
-                if kind == SSE:  # what was read after the token's end is the next token's
+            batch = sub.next_batch(timeout=ping_interval)
+            if sub.expired:  # what was read after the token's end is the next token's
+                if kind == SSE:
                     yield _SSE_EXPIRED
                 return
             if batch:
@@ -68,11 +62,10 @@ def _follow(
 
 def stream_response(
     sub: Subscriber, ping_interval: float, kind: str, status: int = 200,
-    headers: dict[str, str] | None = None, expires_at: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """``expires_at``: when the run token that opened the stream expires (it ends then)."""
     response = Response(
-        stream_with_context(_follow(sub, ping_interval, kind, expires_at)),
+        stream_with_context(_follow(sub, ping_interval, kind)),
         status=status,
         mimetype=kind,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},

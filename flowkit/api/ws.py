@@ -29,7 +29,6 @@ import json
 import socket
 import struct
 import threading
-import time
 
 from flask import request
 from simple_websocket import ConnectionClosed
@@ -37,6 +36,7 @@ from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from ..events import parse_cursor
+from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
 
 #: Longest sleep of a client's thread between two looks at its socket; the doorbell
@@ -198,9 +198,9 @@ class _Doorbell(threading.Event):
         self._sub.poke()
 
 
-def relay(ws, sub: Subscriber, expires_at: float | None = None) -> None:
+def relay(ws, sub: Subscriber) -> None:
     """Send ``sub``'s events over ``ws`` until the run's terminal event, the client leaves, or
-    ``expires_at`` (the run token's expiry, ``time.time()``) passes."""
+    the run token that opened it expires (``sub.expired``)."""
     sink = FrameSink(ws)
     ws.event = _Doorbell(sub)
     sub.poke()  # what the reader signalled before the doorbell was in place: look once
@@ -208,13 +208,10 @@ def relay(ws, sub: Subscriber, expires_at: float | None = None) -> None:
         if sink.direct:
             sub.attach(sink)
         while ws.connected:
-            timeout = _POLL if expires_at is None else max(0.0, min(_POLL, expires_at - time.time()))
-            batch = sub.next_batch(timeout=timeout)
-            if expires_at is not None and time.time() >= expires_at:
-                # what was read after the token's end is the next token's to send
+            batch = sub.next_batch(timeout=_POLL)
+            if sub.expired:  # what was read after the token's end is the next token's
                 sub.close()
-                close(ws, TOKEN_EXPIRED_CLOSE,
-                      "token_expired: reconnect with a fresh run token and your last event id")
+                close(ws, TOKEN_EXPIRED_CLOSE, f"{TOKEN_EXPIRED}: {STREAM_EXPIRED}")
                 return
             if batch:
                 sink.send_all(batch)

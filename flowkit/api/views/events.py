@@ -72,9 +72,9 @@ def get_events(run_id: str):
             cursor, field = parse_cursor(header), "Last-Event-ID"
         else:
             cursor, field = parse_cursor(after) or START, "after"
-        sub = current.hub.subscribe(run_id, _known(run_id, cursor, field))
-        return stream_response(sub, current.options.ping_interval, SSE,
-                               expires_at=access().expires_at)
+        sub = current.hub.subscribe(run_id, _known(run_id, cursor, field),
+                                    expires_at=access().expires_at)
+        return stream_response(sub, current.options.ping_interval, SSE)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
     after = _known(run_id, parse_cursor(after) or START, "after")
     page = control.history(run_id, after, limit, store=current.store)
@@ -85,4 +85,4 @@ def get_events(run_id: str):
 
 
 def stream(ws, run_id: str):
-    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor), expires_at=access().expires_at)
+    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at))
