@@ -51,8 +51,11 @@ def test_a_run_token_follows_its_own_run(api, env, client):
 
 def test_a_run_token_expiring_mid_run_ends_the_follow_with_what_to_do(env, worker):
     """The server ends a token's stream when the token expires: the CLI says so in one line
-    (exit 2) with the event id to go on from, instead of taking the notice for an event."""
-    for served in serve(make_app(token_ttl=1)):
+    (exit 2) with the event id to go on from, instead of taking the notice for an event.
+
+    The token lives 5 s: the CLI's interpreter start takes over 1 s on a loaded 2-core
+    machine, and the token must still be good when the CLI first connects."""
+    for served in serve(make_app(token_ttl=5)):
         created = start(served.client(), "chain3", {"n": 1})
         handle = flowkit.get_run(created["id"])
         try:

@@ -63,10 +63,10 @@ def test_watch_page_follows_a_run_across_a_dropped_socket_and_a_refresh(api, cli
 
 def test_the_watch_page_says_its_link_expired_when_its_token_does(flowkit_env, worker, store,
                                                                    browser):
-    """The run token in the page's URL expires (here after 2 s) while the run still waits
+    """The run token in the page's URL expires (here after 3 s) while the run still waits
     for a person: the stream it opened ends then, and the page says what to do, not a bare
     refusal, and takes away the answer form its token can no longer send."""
-    for served in serve(make_app(token_ttl=2)):
+    for served in serve(make_app(token_ttl=3)):
         run = start(served.client(), "approval", {"n": 1})
         handle = flowkit.get_run(run["id"])
         wait_until(lambda rid=run["id"]: flowkit.get_run(rid).state == "waiting",
@@ -74,7 +74,9 @@ def test_the_watch_page_says_its_link_expired_when_its_token_does(flowkit_env, w
         page = browser.new_page()
         page.set_default_timeout(30_000)
         try:
-            page.goto(f"{served.url}{run['urls']['watch']}?token={run['token']}")
+            # minted once the run waits, as the app would hand it to the page now
+            token = served.app.extensions["flowkit"].auth.issue(run["id"])
+            page.goto(f"{served.url}{run['urls']['watch']}?token={token}")
             page.wait_for_selector("#answer-form")
             page.wait_for_selector('#connection[data-connection="closed"]')
             assert page.text_content("#connection") == (
