@@ -23,6 +23,7 @@ from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings, is_amqp
 from ..urls import SentinelURL, not_a_cluster
+from .transport import transport_for
 
 _app: Celery | None = None
 #: The settings the producer app was made from (None: the app is create_celery_app's).
@@ -84,6 +85,8 @@ def celery_config(settings: Settings) -> dict:
     broker, backend, broker_options, backend_options = _celery_urls(settings)
     return {
         "broker_url": broker,
+        # kombu's Redis transport, guarded so that a worker outlives a Redis outage
+        "broker_transport": transport_for(broker),
         "result_backend": backend,
         "task_serializer": "json",
         "result_serializer": "json",
