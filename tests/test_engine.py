@@ -194,7 +194,7 @@ def test_a_steps_eta_is_estimated_from_its_pace_once_it_has_one():
     run.result(WAIT)
     first, later = [e.data for e in run.events() if e.type == "step.progress"]
     assert first.get("eta") is None and first["fraction"] == 0.5
-    assert 1.0 <= later["eta"] < 2.0  # as long again as it took to be half done
+    assert 1.0 <= later["eta"] < 4.0  # as long again as it took to be half done (and a stall)
 
 
 def test_a_step_reads_the_run_context():

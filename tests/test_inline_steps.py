@@ -39,7 +39,10 @@ def step_messages(sent: list[tuple[str, str]], run_id: str) -> list[str]:
     return [name for name, run in sent if run == run_id]
 
 
-def test_a_chain_of_quick_steps_runs_back_to_back_in_one_message(published):
+def test_a_chain_of_quick_steps_runs_back_to_back_in_one_message(published, monkeypatch):
+    # a budget the 20 steps cannot spend even on a loaded machine (the default, 50 ms, is
+    # what a pause of the test process can take)
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(inline_steps_seconds=30))
     run = wf.twenty.start({"n": 0})
     assert run.result(WAIT) == {"n": 20}
     assert counts(run) == {"add_one": 20}
@@ -57,7 +60,9 @@ def test_with_no_budget_every_step_is_a_message(published, monkeypatch):
     assert step_messages(published, run.id) == ["flowkit.step.t.add_one"] * 20
 
 
-def test_a_step_begun_after_the_budget_is_sent_as_a_message(published):
+def test_a_step_begun_after_the_budget_is_sent_as_a_message(published, monkeypatch):
+    # under the slow step's 0.2 s, and room for one quick step after it
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(inline_steps_seconds=0.15))
     run = wf.slow_first.start({"n": 0})
     assert run.result(WAIT) == {"n": 3}
     # the slow step spent the budget: the next goes to the queue, and runs the last itself

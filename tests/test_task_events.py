@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 
 import pytest
@@ -164,7 +163,6 @@ def test_the_reaper_has_a_queue_of_its_own_that_every_worker_consumes(
     wait_until(lambda: queue_depths([sweeps])[sweeps] >= 1, 20, "beat to send a sweep")
     assert queue_depths([wf.QUEUE])[wf.QUEUE] == len(backlog)  # one message per run
 
-    started = time.monotonic()
     worker = monitored("sweeping", concurrency=1)  # --queues monitored: nothing about reaping
 
     def received(name: str) -> list[float]:
@@ -172,11 +170,11 @@ def test_the_reaper_has_a_queue_of_its_own_that_every_worker_consumes(
                       if e["type"] == "task-received" and _name(es) == name)
 
     wait_until(lambda: received("flowkit.reaper"), 10, "the worker to take a sweep")
-    took = time.monotonic() - started
     steps_before = [t for t in received("flowkit.step.mon.slow")
                     if t < received("flowkit.reaper")[0]]
-    # 20 steps of 0.3 s on one slot: behind them the sweep would wait 6 s
-    assert len(steps_before) <= 2 and took < 4, (len(steps_before), took)
+    # 20 steps of 0.3 s on one slot: behind them the sweep would have come after all 20
+    # (the order of receipt, not a time limit that includes the worker's start-up)
+    assert len(steps_before) <= 2, steps_before
     assert beat.poll() is None and worker.alive()
     for run in backlog:
         assert run.wait(30).state == "succeeded"

@@ -9,6 +9,7 @@ import pytest
 
 import flowkit
 from flowkit import events
+from flowkit.engine.control import fire_due_timers
 from flowkit.states import WaitOutcome
 from tests import workflows as wf
 from tests.conftest import counts, wait_until
@@ -148,14 +149,16 @@ def test_a_delayed_start_is_scheduled_then_runs(beat):
     assert done.state == "succeeded" and done.started_at >= began + 1.5
 
 
-def test_a_scheduled_run_and_a_waiting_run_can_be_cancelled(beat):
-    scheduled = wf.simple.start({"n": 1}, delay=1)
-    waiting = wf.approval.start({"n": 1, "timeout": 1})
+def test_a_scheduled_run_and_a_waiting_run_can_be_cancelled():
+    # timers a minute away, fired below as the reaper would fire them then: a 1 s timer
+    # raced the worker reaching the wait on a loaded machine
+    scheduled = wf.simple.start({"n": 1}, delay=60)
+    waiting = wf.approval.start({"n": 1, "timeout": 60})
     paused(waiting)
     assert flowkit.cancel(scheduled.id).state == "cancelled"
     assert flowkit.cancel(waiting.id).state == "cancelled"
-    marker = wf.dozing.start({"seconds": 2})  # past both timers: beat has fired what is due
-    assert marker.result(WAIT)
+    fired = fire_due_timers(time.time() + 120)
+    assert scheduled.id not in fired and waiting.id not in fired
     assert scheduled.refresh().state == waiting.refresh().state == "cancelled"
     assert "run.started" not in types(scheduled)
     assert types(waiting).count("run.resumed") == 0

@@ -106,14 +106,14 @@ def test_a_stream_opened_with_a_run_token_ends_when_the_token_expires(flowkit_en
     """A token stops reading at its expiry, not when its connection happens to drop: the
     socket closes with 4001 and SSE ends with ``event: token_expired`` while the run still
     waits at its gate; a stream opened with an API key goes on to the run's end."""
-    for served in serve(make_app(token_ttl=1)):
+    for served in serve(make_app(token_ttl=2)):
         admin = served.client()
         run = start(admin, "chain3", {"n": 1})
         handle = flowkit.get_run(run["id"])
         reached_gate(handle, "gated")
         keyed = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", key="test-api-key")
         # minted now, not at start: how long the run took to reach its gate must not eat
-        # into the token's second
+        # into the token's 2 s (1 s lasted 1.05 s from a token signed at X.95)
         token = served.app.extensions["flowkit"].auth.issue(run["id"])
         by_token = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", token=token)
         got = []

@@ -63,10 +63,10 @@ def test_watch_page_follows_a_run_across_a_dropped_socket_and_a_refresh(api, cli
 
 def test_the_watch_page_says_its_link_expired_when_its_token_does(flowkit_env, worker, store,
                                                                    browser):
-    """The run token in the page's URL expires (here after 3 s) while the run still waits
+    """The run token in the page's URL expires (here after 5 s) while the run still waits
     for a person: the stream it opened ends then, and the page says what to do, not a bare
     refusal, and takes away the answer form its token can no longer send."""
-    for served in serve(make_app(token_ttl=3)):
+    for served in serve(make_app(token_ttl=5)):
         run = start(served.client(), "approval", {"n": 1})
         handle = flowkit.get_run(run["id"])
         wait_until(lambda rid=run["id"]: flowkit.get_run(rid).state == "waiting",

@@ -88,7 +88,7 @@ def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployme
     resumed_after = time.monotonic() - asked
 
     assert second["attempt"] == 2 and second["worker"].startswith("b@")
-    assert 1.5 <= resumed_after < 1.5 + 5, f"resumed {resumed_after:.1f}s after SIGTERM"
+    assert 1.5 <= resumed_after < 1.5 + 8, f"resumed {resumed_after:.1f}s after SIGTERM"
     wait_for(lambda: "code" in stopped, 10, "worker a to exit after the handover")
     open_gate(run)
     done = run.wait(30)

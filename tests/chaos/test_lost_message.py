@@ -98,9 +98,13 @@ def test_a_worker_whose_consumer_takes_nothing_is_reported_while_its_runs_wait_i
     assert "took no message" in said and "restart the worker" in said
     findings = doctor.examine(None, QUEUE, None, store)
     assert [f.level for f in findings if f.check == "consumers"] == [doctor.FAILURE], (findings, store.stuck_consumers())
-    assert get_store().run_fields(run.id, "state") == ["queued"]  # waits in line, not re-driven
+    waited = run.refresh()
+    assert waited.state == "queued" and waited.restarts == 0  # waits in line, not re-driven
 
     assert get_app().control.add_consumer(QUEUE, destination=[node], reply=True, timeout=10)
     done = run.wait(30)
-    assert done.state == "succeeded" and done.restarts == 0
+    # A sweep between the worker taking the message and starting the step finds the queue
+    # empty and re-drives the run (reaper._lost, documented): the step still runs once.
+    assert done.state == "succeeded" and done.restarts <= 1
+    assert side_effects(done, "finished") == {"0:chaos.work": 1}
     wait_for(lambda: not store.stuck_consumers(), 30, "the report to clear")

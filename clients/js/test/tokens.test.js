@@ -87,9 +87,9 @@ test("a fixed run token's stream ends at its expiry with the server's reason", {
   const api = client();
   const run = await api.start("streaming", { before: 1, after: 1 });
   const { mint, given } = minter(run.id);
+  await reachedGate(run.id, "streamer"); // first: the token's 1 s is the watch's, not the worker's
   await mint();
   const watch = client({ baseUrl: `${SHORT}/flowkit`, token: given[0] }).watch(run.id, { transport: "websocket" });
-  await reachedGate(run.id, "streamer");
   const state = await until(watch, (s) => s.connection === "closed", "the end of the token");
   assert.equal(state.failure.status, 401);
   assert.match(state.failure.message, /token_expired/);
