@@ -14,6 +14,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_the_demo_runs_the_content_workflow_end_to_end(redis_server):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("FLOWKIT_") and k != "OPENAI_API_KEY"}

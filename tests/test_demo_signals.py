@@ -153,6 +153,7 @@ def _started_processes(demo: Demo) -> dict[int, tuple[str, str]]:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_sigterm_stops_every_process_of_the_demo_kept_running(redis_server):
     demo = Demo("--keep")
     procs: dict[int, tuple[str, str]] = {}
@@ -179,6 +180,7 @@ def test_sigterm_stops_every_process_of_the_demo_kept_running(redis_server):
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_ctrl_c_mid_run_stops_every_process_of_the_demo(redis_server):
     demo = Demo()
     procs: dict[int, tuple[str, str]] = {}

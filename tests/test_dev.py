@@ -91,6 +91,7 @@ def flowkit_run(project: Path, exports: dict[str, str], name: str) -> dict:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
     project = tmp_path / "devproject"
     shutil.copytree(FIXTURE, project)
@@ -195,6 +196,7 @@ def assert_stopped_everything(dev: Dev, procs: dict[int, tuple[str, str]], signu
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_ctrl_c(
         tmp_path, redis_server):
     project = tmp_path / "devproject"

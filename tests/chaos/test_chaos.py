@@ -12,6 +12,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from flowkit import events
 from flowkit.store import get_store
 from tests.chaos.conftest import reruns, side_effects
@@ -45,6 +47,7 @@ def resuming_reader(run_id: str, seed: int, out: dict) -> None:
     out[run_id] = got
 
 
+@pytest.mark.long  # a fixed time of kills, mostly waiting: beside the rest (scripts/test)
 def test_every_run_succeeds_while_workers_are_killed_for_a_minute(chaos_app, deployment):
     workers = [deployment.worker(f"w{i}", **SETTINGS) for i in range(3)]
     deployment.beat(**SETTINGS)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from bench.loaded import Recovery
 from tests.chaos.conftest import reruns
 from tests.chaos.workflows import long_run
@@ -16,6 +18,7 @@ RUNS = 12
 CHAOS_SECONDS = 30
 
 
+@pytest.mark.long  # a fixed time of kills, mostly waiting: beside the rest (scripts/test)
 def test_runs_under_repeated_kills_all_succeed_and_restart_only_for_real_losses(
         chaos_app, deployment):
     rng = random.Random(7)
