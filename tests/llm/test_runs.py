@@ -158,10 +158,14 @@ def test_a_rate_limit_shared_by_two_workers_keeps_the_observed_rate_within_budge
 
     times = sorted(r["t"] for r in primary.stats.requests)
     assert len(times) == calls and all(r["status"] == 200 for r in primary.stats.requests)
-    # in any window, at most the burst plus what the budget refilled (+1 for timing jitter)
+    # in any window, at most the burst plus what the budget refilled (+1 for timing jitter);
+    # calls are timed as they reach the server, and one held up after its token (a loaded
+    # machine: 0.3 s) arrives bunched with the next ones
+    late = 0.3
     for i in range(calls):
         for j in range(i + 1, calls):
-            assert j - i + 1 <= burst + rate * (times[j] - times[i]) + 1, (i, j, times[j] - times[i])
+            allowed = burst + rate * (times[j] - times[i] + late) + 1
+            assert j - i + 1 <= allowed, (i, j, times[j] - times[i])
     assert times[-1] - times[0] >= (calls - burst) / rate * 0.9
     workers = {s["worker"].split("@")[0] for run in runs for s in trace.read(run.id) if s["kind"] == "step"}
     assert workers == {"llm-a", "llm-b"}, "both worker processes made calls"
