@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 import flowkit
-from tests.conftest import open_gate
+from tests.conftest import open_gate, reached_gate, wait_until
 
 from .conftest import API_KEY, make_app, serve
 from .helpers import start
@@ -68,6 +71,90 @@ def test_a_run_token_expiring_mid_run_ends_the_follow_with_what_to_do(env, worke
         cursor = re.search(r"`--after (\S+)` goes on from here", result.stderr).group(1)
         assert cursor in {e.id for e in handle.events()}
         assert "Traceback" not in result.stderr
+        handle.wait(20)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of ``port``, as a load balancer in a deploy: it cuts the
+    connection that carries the first event, and holds every connection made after that
+    until ``let_through`` is set."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.cut = threading.Event()
+        self.let_through = threading.Event()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._relay, args=(downstream,), daemon=True).start()
+
+    def _relay(self, downstream: socket.socket) -> None:
+        if self.cut.is_set():
+            self.let_through.wait(60)
+        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        threading.Thread(target=self._pump, args=(downstream, upstream, False),
+                         daemon=True).start()
+        self._pump(upstream, downstream, True)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                if from_server and not self.cut.is_set() and re.search(rb"(^|\n)data: ", data):
+                    self.cut.set()
+                    break
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_follow_that_reconnects_after_its_token_expired_says_what_to_do(env, worker):
+    """The stream drops (a proxy cuts it), and by the time the CLI reconnects its run token
+    has expired: the 401 is that expiry, told as such with the event id to go on from, not
+    "pass --api-key" as for a token that never worked."""
+    for served in serve(make_app(token_ttl=5)):
+        created = start(served.client(), "chain3", {"n": 1})
+        handle = flowkit.get_run(created["id"])
+        reached_gate(handle, "gated")
+        proxy = CuttingProxy(int(served.url.rsplit(":", 1)[1]))
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "flowkit.cli", "follow", created["id"], "--url", proxy.url,
+             "--token", created["token"]], env={**env, "FLOWKIT_URL": ""},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.cut.wait(60), "the CLI's stream never carried an event"
+            with served.client(key=created["token"]) as as_the_token:
+                path = f"/runs/{created['id']}"
+                wait_until(lambda c=as_the_token, p=path: c.get(p).status_code == 401, 15,
+                           "the token to expire")
+            proxy.let_through.set()
+            _, stderr = follow.communicate(timeout=60)
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+            proxy.close()
+            open_gate(handle, "gated")
+        assert proxy.connections >= 2  # it did reconnect
+        assert follow.returncode == 2, stderr
+        assert "The run token expired while following run" in stderr
+        cursor = re.search(r"`--after (\S+)` goes on from here", stderr).group(1)
+        assert cursor in {e.id for e in handle.events()}
+        assert "Traceback" not in stderr
         handle.wait(20)
 
 
