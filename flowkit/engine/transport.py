@@ -11,9 +11,10 @@ in the way: the first close stops at the BRPOP and the collection never retries 
 
 The guard raises what the situation is, a ``ConnectionError`` (Redis cannot be reached,
 and the parameters to reach it are gone), which Celery's cleanup ignores like every other
-error of the outage (kombu counts ``OSError`` among a Redis connection's errors). The unacknowledged messages stay where kombu put them at delivery,
-in Redis's ``unacked`` hash, and the visibility timeout brings them back, as it does for
-each restore an outage prevents; begin_step drops a redelivery of a step already done.
+error of the outage (kombu counts ``OSError`` among a Redis connection's errors). The
+unacknowledged messages stay where kombu put them at delivery, in Redis's ``unacked``
+hash, and the visibility timeout brings them back, as it does for each restore an outage
+prevents; begin_step drops a redelivery of a step already done.
 
 RabbitMQ's transport, and a ``redis+socket://`` broker (whose transport kombu takes from
 the URL), use kombu's own transports.
