@@ -31,22 +31,22 @@ COLLECTED = ("the broker connection was collected after it was lost: its unackno
              "messages stay in Redis and come back after the visibility timeout")
 
 
-def _collected(channel: kombu_redis.Channel) -> bool:
-    return channel.connection is None or channel.connection.client is None
+class _Guarded:
+    """Put before a kombu Redis channel class: a pool is built only while the channel's
+    connection is there to say where Redis is."""
 
-
-class Channel(kombu_redis.Channel):
     def _get_pool(self, asynchronous: bool = False):
-        if _collected(self):
+        if self.connection is None or self.connection.client is None:
             raise ConnectionError(COLLECTED)
         return super()._get_pool(asynchronous)
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
-    def _get_pool(self, asynchronous: bool = False):
-        if _collected(self):
-            raise ConnectionError(COLLECTED)
-        return super()._get_pool(asynchronous)
+class Channel(_Guarded, kombu_redis.Channel):
+    pass
+
+
+class SentinelChannel(_Guarded, kombu_redis.SentinelChannel):
+    pass
 
 
 class Transport(kombu_redis.Transport):
