@@ -26,7 +26,7 @@ from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
 from . import archive, connection, scripts, server
 from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
-from .streams import ClusterStreamReader, EndWatch, Entry, StreamReader
+from .streams import ClusterStreamReader, EndWatch, Entry, StreamReader, Subscriptions
 from .streams import entries as _entries
 
 #: The token a revoked lease carries: it matches no attempt, so no heartbeat renews it.
@@ -90,6 +90,7 @@ class Store:
             name: self.redis.register_script(scripts.source(name))
             for name in (*scripts.RUN_SCRIPTS, *scripts.STANDALONE_SCRIPTS)
         }
+        self._subscriptions = Subscriptions(self.redis)
 
     def _run_script(self, name: str, run_id: str, args: list[Any], client: Any = None) -> Any:
         keys = self.keys.script_keys(run_id)
@@ -279,7 +280,7 @@ class Store:
     def watch_end(self, run_id: str) -> EndWatch:
         """Listen for the run's end (lib.lua's end_run publishes it). Subscribe first, then
         read the run: no end can slip between."""
-        return EndWatch(self.redis, self.keys.done(run_id))
+        return EndWatch(self._subscriptions, self.keys.done(run_id))
 
     @_op
     def claim_failure_notice(self, run_id: str) -> bool:

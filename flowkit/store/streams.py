@@ -18,6 +18,7 @@ of every entry into a dict. Its caller (the relay hub) has its own retry with ba
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -45,26 +46,101 @@ def _pairs(flat: list | dict) -> dict[str, str]:
     return dict(flat) if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+class Subscriptions:
+    """Pub/sub connections of one client, kept from one :class:`EndWatch` to the next.
+
+    A new one is a TCP connection and its handshake (``HELLO``, ``SELECT``) before the
+    ``SUBSCRIBE``, and closing it a disconnect: three times what a wait of a short run
+    costs otherwise, and churn that every ``result()`` and every ``Prefer: wait`` would
+    put on Redis. A watch ends with an ``UNSUBSCRIBE`` sent without waiting for its
+    reply and hands its connection back; the next one reads what came meanwhile (that
+    reply, an end published before it) before it subscribes (:func:`_alive`), and tells
+    whatever comes later from its own end by channel.
+    """
+
+    #: Idle connections kept at most (a burst of waiters opens more, closed after use).
+    KEEP = 16
+    #: A connection whose channels grow past this (a reconnect resubscribes those whose
+    #: unsubscribing was not confirmed yet) is closed rather than kept.
+    MOST_CHANNELS = 8
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._idle: list[redis.client.PubSub] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self) -> redis.client.PubSub:
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                    self._idle, self._pid = [], os.getpid()
+                if not self._idle:
+                    return self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._idle.pop()
+            if _alive(pubsub):
+                return pubsub
+            pubsub.close()
+
+    def give_back(self, pubsub: redis.client.PubSub) -> None:
+        with self._lock:
+            if (self._pid == os.getpid() and len(self._idle) < self.KEEP
+                    and len(pubsub.channels) <= self.MOST_CHANNELS):
+                self._idle.append(pubsub)
+                return
+        pubsub.close()
+
+
+def _alive(pubsub: redis.client.PubSub) -> bool:
+    """Whether a kept connection is still open, having read what waits on it (the reply to
+    its last ``UNSUBSCRIBE``, an end published before that). One Redis closed meanwhile (an
+    idle ``timeout``, a proxy) would take the next ``SUBSCRIBE`` without an error and lose
+    it: the end it waits for would come only with the waiter's next read of the run."""
+    try:
+        for _ in range(Subscriptions.MOST_CHANNELS * 4):
+            if not pubsub.connection.can_read(timeout=0):
+                return True
+            pubsub.get_message(timeout=0)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return False
+    return False  # more than its own replies keep coming: a fresh connection is cheaper
+
+
 class EndWatch:
     """A subscription to one run's end; ``wait(seconds)`` returns when a message came or
     the time passed. Close it (or use it as a context manager)."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(channel)
+    def __init__(self, subscriptions: Subscriptions, channel: str) -> None:
+        self._subscriptions = subscriptions
+        self._channel = channel
+        self._pubsub = subscriptions.take()
+        #: False while a read is under way or after one failed: the connection's state
+        #: is then unknown, and it is closed rather than handed back.
+        self._clean = False
+        try:
+            self._pubsub.subscribe(channel)
+        except BaseException:
+            self._pubsub.close()
+            raise
+        self._clean = True
         #: The ended run as its end's message carried it: (record, attempts per step); None
         #: until then, or from a worker whose scripts publish only the state.
         self.ended: tuple[dict[str, str], dict[str, str]] | None = None
 
     @guarded
     def wait(self, seconds: float) -> bool:
-        # the subscription's own confirmation comes first and reads as None: it is not the
-        # end, so wait on for the rest of the time (the caller would read the run again)
+        # the subscription's own confirmation reads as None: it is not the end, so wait
+        # on for the rest of the time (the caller would read the run again); so does what
+        # is left on a kept connection from the watch before (its channel is another)
         deadline = time.monotonic() + seconds
-        while (message := self._pubsub.get_message(timeout=seconds)) is None:
+        self._clean = False
+        while (message := self._pubsub.get_message(timeout=seconds)) is None \
+                or message["channel"] != self._channel:
             seconds = deadline - time.monotonic()
             if seconds <= 0:
+                self._clean = True
                 return False
+        self._clean = True
         try:
             ended = json.loads(message["data"])
             self.ended = (_pairs(ended["record"]), _pairs(ended["attempts"]))
@@ -73,7 +149,15 @@ class EndWatch:
         return True
 
     def close(self) -> None:
-        self._pubsub.close()
+        if self._clean:
+            try:
+                self._pubsub.unsubscribe(self._channel)
+            except redis.exceptions.RedisError:
+                self._clean = False
+        if self._clean:
+            self._subscriptions.give_back(self._pubsub)
+        else:
+            self._pubsub.close()
 
     def __enter__(self) -> EndWatch:
         return self

@@ -671,6 +671,49 @@ def test_a_watcher_is_not_woken_by_its_own_subscription(store):
         assert time.monotonic() - began >= 0.3  # it waited the whole time for an end
 
 
+def connections_received(store) -> int:
+    return store.redis.info("stats")["total_connections_received"]
+
+
+def test_watchers_one_after_another_share_one_connection(store):
+    """A watch hands its pub/sub connection to the next: a new one per ``result()`` was a
+    TCP connection, its handshake and a disconnect each time."""
+    for n in range(5):
+        make_run(store, RunState.RUNNING, run_id=f"run-{n}")
+    with store.watch_end("run-0") as watch:  # the first may open one
+        assert not watch.wait(0.01)
+    before = connections_received(store)
+    for n in range(1, 5):
+        with store.watch_end(f"run-{n}") as watch:
+            assert fail(store, f"run-{n}", now=T + 5)
+            assert watch.wait(5) and watch.ended[0]["id"] == f"run-{n}"
+    assert connections_received(store) == before
+
+
+def test_a_kept_connection_s_earlier_end_does_not_wake_the_next_watcher(store):
+    make_run(store, RunState.RUNNING)
+    make_run(store, RunState.RUNNING, run_id="run-2")
+    with store.watch_end(RUN):
+        assert fail(store, call_id="call-1", now=T + 5)  # published, never read
+    with store.watch_end("run-2") as watch:  # on the same connection
+        assert not watch.wait(0.3) and watch.ended is None
+        assert fail(store, "run-2", now=T + 6)
+        assert watch.wait(5) and watch.ended[0]["id"] == "run-2"
+
+
+def test_a_kept_connection_that_redis_closed_reconnects_for_the_next_watcher(store):
+    make_run(store, RunState.RUNNING)
+    with store.watch_end(RUN) as watch:
+        assert not watch.wait(0.01)
+    kept = [c["id"] for c in store.redis.client_list() if c["cmd"] == "unsubscribe"]
+    assert kept  # the watch's connection, idle now: an idle timeout or a proxy closes it
+    for client_id in kept:
+        store.redis.client_kill_filter(_id=client_id)
+    with store.watch_end(RUN) as watch:
+        assert fail(store, now=T + 5)
+        assert watch.wait(5) and watch.ended[0]["state"] == RunState.FAILED
+
+
 @pytest.mark.parametrize(ENDING_ARGS, ENDINGS)
 def test_ending_resent_answers_as_the_first_time_and_appends_nothing(
     store, end, state, event_type, answers, fields,
