@@ -8,10 +8,12 @@ from and rebuilds when ``get_settings()`` returns another.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import defaults
 from .errors import ConfigError
@@ -155,7 +157,21 @@ class Settings:
             )
         if self.max_payload_bytes <= 0 or self.retention_seconds <= 0:
             raise ConfigError("FLOWKIT_MAX_PAYLOAD_BYTES and FLOWKIT_RETENTION_SECONDS must be > 0.")
+        for name, url in (("REDIS_URL", self.redis_url), ("BROKER_URL", self.broker_url),
+                          ("RESULT_BACKEND", self.result_backend)):
+            if _scheme(url) in ("redis", "rediss") and not _database_ok(url):
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name}={redacted(url)!r}: the database after the port must "
+                    "be a number, as in redis://host:6379/0 (or none: database 0)."
+                )
         return self
+
+
+def _database_ok(url: str) -> bool:
+    """Whether a redis:// URL's path names a database as redis-py and Celery read it: none,
+    or a number (redis-py ignores any other, Celery's backend fails on it)."""
+    database = urlsplit(url).path.strip("/")
+    return database == "" or database.isdigit()
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -177,7 +193,10 @@ def _coerce(name: str, raw: str, kind: type) -> Any:
     if kind is bool:
         return parse_bool(raw, ENV_PREFIX + name.upper())
     try:
-        return kind(raw)
+        value = kind(raw)
+        if kind is float and not math.isfinite(value):
+            raise ValueError(raw)  # nan, inf: no duration or size is either
+        return value
     except ValueError:
         raise ConfigError(
             f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}; "

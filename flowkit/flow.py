@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
 CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
-SCHEDULE_ID = r"^[\x21-\x7e]{1,200}$"
+SCHEDULE_ID = r"^(?!.*/(pause|resume)$)[\x21-\x7e]{1,200}$"
+#: What :data:`SCHEDULE_ID` asks for (the API's paths take ``<id>/pause`` for the action).
+SCHEDULE_ID_RULE = "1 to 200 printable ASCII characters, no spaces, not ending in /pause or /resume"
 MAX_EVERY = 366 * 86_400
 #: Priorities a run may ask for: 0 (the default) to 9 (first).
 PRIORITIES = range(10)
@@ -54,7 +56,9 @@ class Concurrency:
         if callable(self.key):
             return str(self.key(input))
         if not isinstance(input, dict) or self.key not in input:
-            raise ConfigError(f"the input has no field {self.key!r} to key its concurrency by")
+            raise ValidationError({self.key: [
+                "Missing data for required field: this workflow's runs queue by it (its "
+                "concurrency key)."]})
         return str(input[self.key])
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -197,3 +197,24 @@ def _plain(url: str) -> tuple[tuple, int] | None:
     except ValueError:
         return None
     return (scheme, *where, unquote(split.username or ""), unquote(split.password or "")), db
+
+
+def credentials_in_userinfo(url: str) -> str:
+    """A ``redis://`` URL with its ``?password=`` (and ``?username=``) moved before the host,
+    where Celery reads them: redis-py takes either place, kombu's Redis transport adds the
+    query's password to the one it parses and fails (a TypeError) on every publish. As in
+    redis-py, credentials before the host win over the query's."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return url
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = {k: v for k, v in query if k in ("username", "password")}
+    if not given:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    username = unquote(parts.username) if parts.username else given.get("username", "")
+    password = unquote(parts.password) if parts.password is not None else given.get("password")
+    userinfo = quote(username, safe="") + (f":{quote(password, safe='')}" if password else "")
+    rest = urlencode([(k, v) for k, v in query if k not in given])
+    return urlunsplit((parts.scheme, f"{userinfo}@{host}" if userinfo else host, parts.path,
+                       rest, parts.fragment))

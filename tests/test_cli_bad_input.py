@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
 import flowkit
+from flowkit.testing import LocalRedis
 from flowkit.testing.redis import free_port
 from flowkit.urls import redacted
 from tests import workflows as wf
@@ -227,3 +229,115 @@ def test_follow_in_a_pipe_numbers_each_failed_attempt(env):
     failed = [line for line in result.stdout.splitlines() if "failed, retrying" in line]
     assert [line.split(" failed")[0] for line in failed] == [
         "step 1:t.flaky attempt 1", "step 1:t.flaky attempt 2"]
+
+
+DEEP = "[" * 50_000 + "]" * 50_000  # past Python's recursion limit when parsed
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "simple", "--input", DEEP, *APP], "flowkit run: --input is not JSON (nested too "
+                                               "deeply)"),
+    (["run", "simple", "-i", f"n:={DEEP}", *APP], "flowkit run: -i n:=[[[["),
+    (["event", "key", DEEP], "flowkit event: "),
+    (["schedules", "create", "simple", "--every", "60", "--input", DEEP, *APP],
+     "flowkit schedules create: --input must be JSON"),
+])
+def test_json_nested_too_deeply_is_refused_in_one_line(env, args, says):
+    result = cli(*args, env=env)
+    assert result.returncode == 2
+    assert one_line(result).startswith(says)
+    assert flowkit.list_runs() == []
+
+
+def test_an_input_file_that_is_not_utf8_is_refused_in_one_line(env, tmp_path):
+    path = tmp_path / "input.json"
+    path.write_bytes(b"\xff\xfe\x00")
+    result = cli("run", "simple", "--input", f"@{path}", *APP, env=env)
+    assert result.returncode == 2
+    assert one_line(result) == (f"flowkit run: --input @{path}: the file is not UTF-8 text; "
+                                "JSON files are UTF-8.")
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("FLOWKIT_REDIS_URL", "redis://127.0.0.1:6379/abc", "the database after the port must be "
+                                                        "a number"),
+    ("FLOWKIT_BROKER_URL", "redis://127.0.0.1:6379/abc", "the database after the port must "
+                                                         "be a number"),
+    ("FLOWKIT_RESULT_BACKEND", "redis://127.0.0.1:6379/x1", "the database after the port must "
+                                                            "be a number"),
+    ("FLOWKIT_REDIS_SOCKET_TIMEOUT", "nan", "is not a valid float"),
+    ("FLOWKIT_HEARTBEAT_LAPSE", "inf", "is not a valid float"),
+])
+def test_settings_no_client_can_use_are_one_line(env, name, value, says):
+    """A database that is not a number went unnoticed by redis-py (database 0) and failed
+    Celery's result backend with a traceback; nan failed redis-py's socket."""
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, name: value})
+    assert result.returncode == 2
+    said = one_line(result)
+    assert said.startswith(f"flowkit run: {name}=") and says in said
+
+
+@pytest.mark.parametrize("host, says", [
+    ("bogus.invalid", "no such address"),
+    ("192.0.2.1", "cannot listen there"),  # TEST-NET-1: no interface of this machine
+])
+def test_dev_on_an_address_it_cannot_listen_on_is_one_line(env, host, says):
+    result = cli("dev", *APP, "--host", host, env=env)
+    assert result.returncode == 2
+    said = one_line(result)
+    assert said.startswith(f"flowkit dev: --host {host}: {says}") and "0.0.0.0" in said
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "soon"])
+def test_drain_takes_seconds_only(env, value):
+    result = cli("drain", "w@x", "--grace", value, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"flowkit drain: error: argument --grace: '{value}' is not a number of seconds (0 or "
+        "more, e.g. 30)")
+
+
+def test_drain_with_the_broker_out_of_reach_is_one_line(env):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = cli("drain", "w@x", *APP, env={**env, "FLOWKIT_BROKER_URL": url})
+    assert result.returncode == 1
+    assert one_line(result) == (f"flowkit drain: cannot reach the Celery broker at {url}; "
+                                "start it, or point FLOWKIT_BROKER_URL at yours.")
+
+
+def test_an_unknown_workflow_names_those_the_app_has(env):
+    result = cli("run", "nosuch", *APP, env=env)
+    assert result.returncode == 1
+    said = one_line(result)
+    assert said.startswith("flowkit run: No workflow named 'nosuch' (in tests.workflows: ")
+    assert "approval, batched" in said and said.endswith("pass -A/--app with the module that imports "
+                                              "your workflows.")
+
+
+@pytest.fixture
+def locked_redis():
+    with LocalRedis() as server:
+        redis.Redis(port=server.port).config_set("requirepass", "right")
+        yield server
+
+
+def test_a_password_in_the_query_string_reaches_the_broker_too(env, locked_redis):
+    """redis-py takes ``?password=``; kombu took it as a second password and every publish
+    failed with a TypeError."""
+    bare = {k: v for k, v in env.items() if k != "FLOWKIT_BROKER_URL"}
+    url = f"redis://127.0.0.1:{locked_redis.port}/0?password=right"
+    result = cli("run", "simple", "-i", "n=1", "--detach", "--json", *APP,
+                 env={**bare, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 0, result.stderr
+    queued = redis.Redis(port=locked_redis.port, password="right").llen("flowkit")
+    assert json.loads(result.stdout)["state"] == "queued" and queued == 1
+
+
+def test_a_broker_that_refuses_the_password_says_where_it_goes(env, locked_redis):
+    url = f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, "FLOWKIT_BROKER_URL": url})
+    assert result.returncode == 2
+    said = one_line(result)
+    assert said.startswith("flowkit run: the Celery broker at redis://***@127.0.0.1:")
+    assert ("refused its credentials; put the password in FLOWKIT_BROKER_URL, as "
+            "redis://:PASSWORD@host:port/db") in said

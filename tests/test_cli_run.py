@@ -114,7 +114,7 @@ def test_bad_input_is_one_line_and_exit_2(env, args, message):
 def test_unknown_workflow_and_unknown_run(env):
     result = cli("run", "nosuch", *APP, env=env)
     assert result.returncode == 1
-    assert result.stderr.strip() == "flowkit run: No workflow named 'nosuch'."
+    assert result.stderr.strip().startswith("flowkit run: No workflow named 'nosuch' (in ")
     result = cli("follow", "01UNKNOWN", env=env)
     assert result.returncode == 1
     assert "No run '01UNKNOWN'" in result.stderr

@@ -15,7 +15,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..engine.control import Run as RunRecord
-from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID
+from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
 from ..states import RunState
 
 STATES = [s.value for s in RunState]
@@ -279,7 +279,7 @@ class ScheduleBody(Schema):
     input = fields.Raw(allow_none=True)
     timezone = fields.String(load_default="UTC", validate=validate.Length(1, 64))
     catchup = fields.Boolean(load_default=False)
-    id = fields.String(validate=validate.Regexp(SCHEDULE_ID))
+    id = fields.String(validate=validate.Regexp(SCHEDULE_ID, error=SCHEDULE_ID_RULE + "."))
 
     @validates_schema
     def _one_clock(self, data: dict, **_: Any) -> None:

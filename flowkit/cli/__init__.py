@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..config import configure, get_settings
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
-from ..store import is_redis_url, refused_database
+from ..store import is_redis_url, refused_credentials, refused_database
 from ..urls import redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
@@ -56,6 +56,10 @@ def _broker_down(where: str, exc: BrokerUnavailable) -> int:
         what, url, name = "the Celery broker", settings.broker, _broker_setting(settings)
     stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is back "
               "(after FLOWKIT_QUEUED_TIMEOUT); do not start it again." if exc.run_id else "")
+    if refused_credentials(exc):  # no outage: waiting would not help
+        return _usage(where, f"{what} at {redacted(url)} refused its credentials; put the "
+                             f"password in {name}, as redis://:PASSWORD@host:port/db "
+                             f"(redis://USER:PASSWORD@... for an ACL user).{stored}")
     print(f"flowkit {where}: cannot reach {what} at {redacted(url)}; start it, or point "
           f"{name} at yours.{stored}", file=sys.stderr)
     return 1

@@ -14,6 +14,7 @@ import os
 import sys
 from types import ModuleType
 
+from ..errors import WorkflowNotFound
 from .usage import UsageError
 
 #: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
@@ -56,3 +57,16 @@ def load_app(args: argparse.Namespace) -> ModuleType:
                          "then run this again.") from None
     except Exception as exc:  # the user's module itself raised while importing
         raise UsageError(f"importing {name!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def unknown_workflow(args: argparse.Namespace, name: str) -> WorkflowNotFound:
+    """The error for a workflow ``-A``'s module does not have: the ones it has, and where
+    they come from."""
+    from ..workflow import workflows
+
+    names = sorted(workflows())
+    known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else
+                                     "" if names else "none")
+    return WorkflowNotFound(
+        f"No workflow named {name!r} (in {app_module_name(args)}: {known}); check the name, or "
+        "pass -A/--app with the module that imports your workflows.")

@@ -249,7 +249,7 @@ def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name
     target = args.web or "flowkit.api.devapp:create_app()"
     supervisor.add(Child(
         "web", [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
-                "--bind", f"{args.host}:{port}", "--graceful-timeout", "5",
+                "--bind", f"{_bracketed(args.host)}:{port}", "--graceful-timeout", "5",
                 "--access-logfile", "-", target],
         env={**env, "FLOWKIT_WEB_CONTROL_SOCKET": f"{tmp}/gunicorn.ctl"}, cwd=cwd,
         probe=lambda: _http_answers(api_url + "/healthz"),
@@ -348,22 +348,40 @@ def _example_run() -> str:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
+    try:
+        _bind(host, port)
+    except OSError:
+        return False
     return True
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
+    try:
+        return _bind(host, 0)
+    except OSError as exc:  # not an address of this machine
+        raise UsageError(f"--host {host}: cannot listen there ({exc.strerror}); give an "
+                         "address of this machine, e.g. 127.0.0.1 or 0.0.0.0.") from None
+
+
+def _bind(host: str, port: int) -> int:
+    """The port a socket bound on ``host`` gets (``port``, or any free one for 0)."""
+    try:
+        [(family, *_), *_] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: no such address ({exc.strerror}); give an address "
+                         "of this machine, e.g. 127.0.0.1 or 0.0.0.0.") from None
+    with socket.socket(family) as s:
+        s.bind((host, port))
         return s.getsockname()[1]
 
 
 def _display_host(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+    return "127.0.0.1" if host in ("", "0.0.0.0") else _bracketed(host)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # IPv6, as URLs and gunicorn's --bind write it
 
 
 def _redis_answers(port: int) -> bool:

@@ -19,6 +19,7 @@ from httpx_sse import connect_sse
 
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
 from ..events import TERMINAL
+from ..states import TERMINAL_STATES
 from .usage import UsageError
 
 #: Seconds a dropped event stream waits before it reconnects (the server restarted, a
@@ -26,6 +27,9 @@ from .usage import UsageError
 RECONNECT_SECONDS = 1.0
 #: Reconnections in a row without a new event before following gives up.
 RECONNECT_TRIES = 30
+#: How a Flask app's 404 for a path it has no route for begins (werkzeug's NotFound): the
+#: --url is wrong, the run or workflow is not what is missing.
+_NO_ROUTE = "The requested URL was not found"
 
 
 class RemoteRuns:
@@ -38,16 +42,22 @@ class RemoteRuns:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
     def start(self, workflow: str, input: Any) -> dict[str, Any]:
-        return self._call("POST", f"/workflows/{workflow}/runs", json=input)
+        return self._run(self._call("POST", f"/workflows/{workflow}/runs", json=input))
 
     def get(self, run_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/runs/{run_id}")
+        return self._run(self._call("GET", f"/runs/{run_id}"))
+
+    def _run(self, answer: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(answer.get("id"), str) or "state" not in answer:
+            raise self._not_flowkit("a JSON document that is not a run")
+        return answer
 
     def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
         """Every event after ``after`` until the run ends, reconnecting when the stream
         drops (a deploy ends streams with a reconnect hint) from the last event id."""
         cursor, tries, last = after, 0, None
         while True:
+            heard = False  # an event on this connection
             try:
                 with connect_sse(self.http, "GET", f"/runs/{run_id}/events",
                                  params={"after": cursor}, timeout=None) as source:
@@ -60,11 +70,15 @@ class RemoteRuns:
                         if not sse.data:
                             continue  # keep-alive comments
                         last = json.loads(sse.data)
-                        cursor, tries = sse.id or cursor, 0
+                        cursor, tries, heard = sse.id or cursor, 0, True
                         yield last
                 # The server ends the stream after the run's latest terminal event (a
                 # retried run's earlier run.failed is followed by the rest).
                 if last is not None and last.get("type") in TERMINAL:
+                    return
+                # Nothing came: ``after`` was already past that end (a finished run
+                # followed from its last event), or the stream was cut at once
+                if not heard and self.get(run_id)["state"] in TERMINAL_STATES:
                     return
             except httpx.TransportError as exc:
                 tries += 1
@@ -80,7 +94,19 @@ class RemoteRuns:
             raise FlowkitError(f"cannot reach {self.url} ({exc}); is the web app running, "
                                "and is --url (or FLOWKIT_URL) right?") from None
         self._check(response)
-        return response.json()
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise self._not_flowkit(f"HTTP {response.status_code}, {kind}")
+        return answer
+
+    def _not_flowkit(self, what: str) -> FlowkitError:
+        return FlowkitError(f"{self.url} answered with {what}, not flowkit's API: is --url (or "
+                            "FLOWKIT_URL) where your app mounts flowkit's blueprint, e.g. "
+                            "https://app.example.com/flowkit?")
 
     def _check(self, response: httpx.Response) -> None:
         if response.is_success:
@@ -98,6 +124,8 @@ class RemoteRuns:
         if response.status_code == 401:
             raise UsageError(f"{message} (pass --api-key, or set FLOWKIT_API_KEY; a run token "
                              "reads its own run only)")
+        if response.status_code == 404 and (not error or message.startswith(_NO_ROUTE)):
+            raise self._not_flowkit(f"HTTP 404 for {response.url.path}")
         if response.status_code == 404 and "/workflows/" in str(response.url):
             raise WorkflowNotFound(message)
         if response.status_code == 404:

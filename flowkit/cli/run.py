@@ -26,13 +26,13 @@ from rich.console import Console
 from rich.live import Live
 
 from .. import events as ev
-from ..errors import ValidationError
-from .app import add_app_option, load_app
+from ..errors import ValidationError, WorkflowNotFound
+from .app import add_app_option, load_app, unknown_workflow
 from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RemoteRuns
 from .runs import event_cursor
-from .usage import UsageError
+from .usage import UsageError, parse_json
 
 #: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_DETACHED = 0, 1, 130
@@ -56,7 +56,11 @@ class LocalRuns:
         load_app(self.args)
         from ..workflow import get_workflow
 
-        return get_workflow(workflow).start(input).to_dict()
+        try:
+            found = get_workflow(workflow)
+        except WorkflowNotFound:
+            raise unknown_workflow(self.args, workflow) from None
+        return found.start(input).to_dict()
 
     def get(self, run_id: str) -> dict[str, Any]:
         from ..engine import control
@@ -74,7 +78,8 @@ def runs_of(args: argparse.Namespace) -> Runs:
     url = args.url or os.environ.get("FLOWKIT_URL")
     if not url:
         return LocalRuns(args)
-    credential = args.api_key or os.environ.get("FLOWKIT_API_KEY") or args.token
+    # what the command line says wins over the environment's key
+    credential = args.api_key or args.token or os.environ.get("FLOWKIT_API_KEY")
     return RemoteRuns(url, credential)
 
 
@@ -89,12 +94,15 @@ def parse_input(args: argparse.Namespace) -> Any:
         text = args.input
         if text.startswith("@"):
             try:
-                text = Path(text[1:]).read_text()
+                text = Path(text[1:]).read_text(encoding="utf-8")
             except OSError as exc:
                 raise UsageError(f"--input {args.input}: cannot read the file ({exc.strerror}).") \
                     from None
+            except UnicodeDecodeError:
+                raise UsageError(f"--input {args.input}: the file is not UTF-8 text; JSON "
+                                 "files are UTF-8.") from None
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except ValueError as exc:
             raise UsageError(f"--input is not JSON ({exc}); pass a JSON object such as "
                              "'{\"topic\": \"x\"}', or @file.json.") from None
@@ -116,7 +124,7 @@ def _item(item: str) -> tuple[str, Any]:
     if item[eq - 1] == ":" and eq > 1:
         key, text = item[:eq - 1], item[eq + 1:]
         try:
-            return key, json.loads(text)
+            return key, parse_json(text)
         except ValueError:
             raise UsageError(f"-i {item}: the value after := must be JSON, e.g. "
                              f"{key}:=3 or {key}:='[1, 2]'.") from None
@@ -147,6 +155,8 @@ def follow(args: argparse.Namespace) -> int:
 def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) -> int:
     """Show the run's events until it ends; the exit code says how it ended."""
     console = Console(highlight=False)
+    if not console.is_terminal:  # each line whole: what reads the pipe parses lines (the
+        console = Console(highlight=False, soft_wrap=True)  # `flowkit input ...` to answer)
     view = RunView(run_id)
     runs.get(run_id)  # an unknown run, a server that is down: one line, before any wait
     try:

@@ -21,7 +21,7 @@ from ..errors import ValidationError
 from .app import add_app_option, load_app
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show
-from .usage import UsageError
+from .usage import UsageError, parse_json
 
 
 def event_cursor(value: str) -> str:
@@ -191,7 +191,7 @@ def retry(args: argparse.Namespace) -> int:
 
 def _json_arg(text: str, what: str):
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError:
         raise UsageError(f"{what} must be JSON, e.g. '{{\"approved\": true}}' or '\"yes\"' "
                            "(quote it for your shell).") from None

@@ -17,11 +17,10 @@ from typing import Any
 
 from ..engine import schedules
 from ..errors import ConfigError, ValidationError, WorkflowNotFound
-from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID
-from ..workflow import workflows
-from .app import add_app_option, app_module_name, load_app
+from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
+from .app import add_app_option, load_app, unknown_workflow
 from .output import emit
-from .usage import UsageError
+from .usage import UsageError, parse_json
 
 #: What REST accepts (flowkit.api.schemas.ScheduleBody), checked the same way here.
 _CRON = re.compile(CRON_LINE)
@@ -79,12 +78,7 @@ def create(args: argparse.Namespace) -> int:
     try:
         created = schedules.create(args.workflow, **spec)
     except WorkflowNotFound:
-        names = sorted(workflows())
-        known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else
-                                         "" if names else "none")
-        raise WorkflowNotFound(
-            f"No workflow named {args.workflow!r} (in {app_module_name(args)}: {known}); check the name, or "
-            "pass -A/--app with the module that imports your workflows.") from None
+        raise unknown_workflow(args, args.workflow) from None
     except ValidationError as exc:
         raise UsageError(f"{exc.message} {json.dumps(exc.fields, default=str)}; pass --input "
                          "with JSON the workflow's input schema accepts.") from None
@@ -134,7 +128,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["every"] = every
     if args.input is not None:
         try:
-            spec["input"] = json.loads(args.input)
+            spec["input"] = parse_json(args.input)
         except ValueError:
             raise UsageError("--input must be JSON, e.g. '{\"n\": 1}' (quote it for your "
                              "shell).") from None
@@ -142,8 +136,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--timezone takes an IANA name like 'Europe/Paris' or 'UTC'.")
     if args.id is not None:
         if not _ID.match(args.id):
-            raise UsageError(f"--id {args.id!r}: 1 to 200 printable ASCII characters, no "
-                             "spaces.")
+            raise UsageError(f"--id {args.id!r}: {SCHEDULE_ID_RULE}.")
         spec["id"] = args.id
     return spec
 

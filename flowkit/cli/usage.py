@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import FlowkitError
 
@@ -28,3 +31,24 @@ def whole_number(low: int, high: int | None, refusal: str) -> Callable[[str], in
         return n
 
     return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more, "
+                                         "e.g. 30)")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``; JSON nested deeper than Python's recursion limit is refused with
+    ValueError too, as any other JSON the CLI cannot take."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

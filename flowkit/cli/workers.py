@@ -18,13 +18,14 @@ import time
 from typing import Any
 
 from ..config import get_settings
-from ..engine import control, doctor
+from ..engine import control, dispatch, doctor
 from ..engine.broker import get_app
 from ..engine.drain import hand_over, held_by
 from ..errors import FlowkitError
 from .app import add_app_option, load_app
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, show, table
+from .usage import seconds
 
 
 def _workers_view(data: dict[str, Any]) -> list[Any]:
@@ -81,6 +82,11 @@ def _wait_idle(app, names: list[str], seconds: float) -> dict[str, int]:
 
 
 def drain(args: argparse.Namespace) -> int:
+    # the broker out of reach (or refusing the password): the CLI's one line about it
+    return dispatch.send(lambda: _drain(args))
+
+
+def _drain(args: argparse.Namespace) -> int:
     app = _app(args)
     names: list[str] = args.workers
     queues = app.control.inspect(destination=names, timeout=2.0).active_queues() or {}
@@ -121,10 +127,10 @@ def register(subs) -> None:
     p = subs.add_parser("drain", help="stop named workers taking steps and wait until they are idle")
     p.add_argument("workers", nargs="+", metavar="WORKER", help="Celery node names, e.g. worker@host")
     add_app_option(p)
-    p.add_argument("--grace", type=float, default=None,
+    p.add_argument("--grace", type=seconds, default=None,
                    help="seconds to let running steps finish before handing them over "
                         "(default: FLOWKIT_DRAIN_GRACE)")
-    p.add_argument("--stop-wait", type=float, default=10.0,
+    p.add_argument("--stop-wait", type=seconds, default=10.0,
                    help="seconds handed-over attempts get to notice and stop (default: 10)")
     p.add_argument("--shutdown", action="store_true", help="ask the workers to exit afterwards")
     add_json_option(p)

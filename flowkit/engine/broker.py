@@ -22,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings, is_amqp
-from ..urls import SentinelURL, not_a_cluster
+from ..urls import SentinelURL, credentials_in_userinfo, not_a_cluster
 from .transport import transport_for
 
 _app: Celery | None = None
@@ -66,7 +66,7 @@ def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
     not_a_cluster(settings.backend, "FLOWKIT_RESULT_BACKEND")
     for url in (settings.broker, settings.backend):
         sentinel = SentinelURL.parse(url)
-        urls.append(url if sentinel is None else sentinel.celery_url())
+        urls.append(credentials_in_userinfo(url) if sentinel is None else sentinel.celery_url())
         options.append({} if sentinel is None else sentinel.transport_options())
     return urls[0], urls[1], options[0], options[1]
 

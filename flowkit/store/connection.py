@@ -206,6 +206,12 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def refused_credentials(exc: BaseException) -> bool:
+    """Whether Redis refused the credentials (:data:`REFUSED`) anywhere in ``exc``'s chain:
+    kombu wraps redis-py's error in its OperationalError, as it does an outage."""
+    return any(isinstance(cause, REFUSED) for cause in _chain(exc))
+
+
 def refused_database(exc: BaseException) -> bool:
     """Whether Redis refused the URL's database number (SELECT past its ``databases``),
     anywhere in ``exc``'s chain: kombu and flowkit wrap redis-py's error."""

@@ -171,3 +171,90 @@ def test_http_errors_are_one_line(api, env):
     assert re.search(r"cannot reach http://127.0.0.1:9 .*is the web app running", down.stderr)
     for result in (no_key, bad, unknown, down):
         assert "Traceback" not in result.stderr
+
+
+def test_follow_from_a_finished_run_s_last_event_ends_at_once(api, env, client):
+    """The stream of a finished run followed from its last event ends with no event: the
+    CLI reconnected every second for ever."""
+    created = client.post("/workflows/simple/runs", json={"n": 1}).json()
+    handle = flowkit.get_run(created["id"])
+    handle.wait(20)
+    last = handle.events()[-1].id
+    result = cli("follow", created["id"], "--after", last, "--json", "--url", api.url,
+                 "--api-key", API_KEY, env=env)  # cli()'s timeout: 60 s
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+def test_a_token_on_the_command_line_wins_over_the_environment_s_key(api, env, client):
+    created = client.post("/workflows/simple/runs", json={"n": 1}).json()
+    result = cli("follow", created["id"], "--url", api.url, "--token", created["token"],
+                 "--json", env={**env, "FLOWKIT_URL": "", "FLOWKIT_API_KEY": "stale-key"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["type"] == "run.succeeded"
+
+
+@pytest.fixture
+def not_flowkit():
+    """A web server that is not flowkit's API: HTML for everything, JSON of another kind
+    under /json."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            body, kind = ((b'{"ok": true}', "application/json") if self.path.startswith("/json")
+                          else (b"<html>hello</html>", "text/html"))
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("args", [["run", "simple", "-i", "n=1"], ["follow", "01X"]])
+@pytest.mark.parametrize("path, what", [("", "HTTP 200, text/html"),
+                                        ("/json", "a JSON document that is not a run")])
+def test_a_url_that_is_not_flowkit_s_api_says_so(env, not_flowkit, args, path, what):
+    result = cli(*args, "--url", not_flowkit + path, "--api-key", API_KEY, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"flowkit {args[0]}: {not_flowkit + path} answered with {what}, not flowkit's API: is "
+        "--url (or FLOWKIT_URL) where your app mounts flowkit's blueprint, e.g. "
+        "https://app.example.com/flowkit?")
+
+
+def test_a_url_without_flowkit_s_routes_says_so(api, env):
+    result = cli("follow", "01X", "--url", api.url + "/nope", "--api-key", API_KEY, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        f"flowkit follow: {api.url}/nope answered with HTTP 404 for /nope/runs/01X, not "
+        "flowkit's API")
+
+
+def test_a_piped_follow_keeps_each_line_whole(api, env, client, worker):
+    """In a pipe the answer line (``flowkit input RUN approval '<JSON>'``) was wrapped at
+    80 columns, mid-command."""
+    created = client.post("/workflows/approval/runs", json={"n": 5}).json()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "flowkit.cli", "follow", created["id"], "--url", api.url,
+         "--api-key", API_KEY], env={**env, "COLUMNS": "80"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        answer = next(line for line in follow.stdout if "flowkit input" in line)
+    finally:
+        flowkit.get_run(created["id"]).cancel()
+        follow.wait(30)
+    command = answer[answer.index("flowkit input"):].rstrip("\n")
+    assert len(answer) > 80 and command.startswith(f"flowkit input {created['id']} approval '")
+    assert command.endswith("'")
