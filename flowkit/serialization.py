@@ -9,6 +9,11 @@ from typing import Any
 from .config import get_settings
 from .errors import PayloadTooLarge
 
+#: Deepest nesting of objects and arrays a run's input or an API body may have. Redaction,
+#: schemas and the trace walk payloads recursively: past a few hundred levels a worker's
+#: stack gives out while it reports the step, and the run stopped there.
+MAX_DEPTH = 64
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_not_json)
@@ -41,3 +46,17 @@ def dumps_bounded(value: Any, what: str) -> str:
             "(FLOWKIT_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference."
         )
     return text
+
+
+def nested_too_deeply(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep (walked
+    without recursion: the value may be far deeper than Python's stack)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list, tuple)) else []
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list, tuple)))
+    return False

@@ -18,6 +18,7 @@ from .errors import ConfigError, ValidationError, WorkflowNotFound
 from .flow import Concurrency, Schedule
 from .nodes import Sequence, as_node
 from .schemas import SchemaLike, as_schema
+from .serialization import MAX_DEPTH, nested_too_deeply
 
 _workflows: dict[str, Workflow] = {}
 
@@ -67,6 +68,9 @@ class Workflow:
 
     def validate(self, data: Any) -> Any:
         """The JSON form of ``data`` loaded by the input schema; raises ValidationError."""
+        if nested_too_deeply(data):
+            raise ValidationError({"_schema": [
+                f"Input nested more than {MAX_DEPTH} levels deep; flatten it."]})
         if self.input_schema is None:
             return data
         if not isinstance(data, dict):

@@ -107,6 +107,34 @@ def test_when_retries_run_out_the_run_fails_with_step_error_and_history():
     assert get_store().checkpoint(run.id, "0:t.add_one") == '{"n":2}'
 
 
+@pytest.mark.parametrize("depth, says", [
+    (700, "the output of step 0:t.nested nests objects and arrays too deeply to report (keep "
+          "it under 64 levels)"),
+    (5000, "maximum recursion depth exceeded"),
+])
+def test_an_output_nested_too_deeply_fails_its_run_and_says_so(depth, says):
+    """JSON took 700 levels, the recursive redaction of the step's event did not: the task
+    died while reporting the step, and the run stayed running with no end event. Deeper,
+    JSON itself refuses it."""
+    run = wf.nesting.start({"depth": depth})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert err.value.step == "0:t.nested"
+    assert says in str(err.value)
+    assert types(run)[-2:] == ["step.failed", "run.failed"]
+
+
+def test_an_input_nested_too_deeply_is_refused_before_anything_is_stored():
+    deep: list = []
+    for _ in range(64):
+        deep = [deep]
+    with pytest.raises(flowkit.ValidationError) as err:
+        wf.pacing.start({"x": deep})  # 65 levels with the input object
+    assert err.value.fields == {"_schema": ["Input nested more than 64 levels deep; "
+                                            "flatten it."]}
+    assert flowkit.list_runs() == []
+
+
 def test_retrying_a_failed_run_resumes_from_the_failed_step():
     r = get_store().redis
     run = wf.resumable.start({"n": 5})

@@ -73,6 +73,15 @@ def paced(data: dict) -> dict:
     return data
 
 
+@component(name="t.nested")
+def nested(data: dict) -> list:
+    """An output nested ``depth`` arrays deep (JSON takes it; a recursive walk may not)."""
+    out: list = []
+    for _ in range(data["depth"]):
+        out = [out]
+    return out
+
+
 @component(name="t.flaky")
 def flaky(data: dict) -> dict:
     """Fails its first ``fail_times`` calls in this run (the run's input; 2 when absent:
@@ -255,6 +264,7 @@ chain3 = flowkit.Workflow("chain3", [add_one, gated, double], input_schema=numbe
 simple = flowkit.Workflow("simple", [add_one, double], input_schema=number_schema)
 chatty = flowkit.Workflow("chatty", [talker], input_schema=number_schema)
 pacing = flowkit.Workflow("pacing", [paced])
+nesting = flowkit.Workflow("nesting", [nested])
 retrying = flowkit.Workflow(
     "retrying",
     [add_one, flaky.retry(attempts=3, backoff=flowkit.exponential(0.1, 0.2), jitter=False), double],

@@ -9,6 +9,7 @@ from typing import Any
 import marshmallow
 from flask import g, request
 
+from ..serialization import MAX_DEPTH, nested_too_deeply
 from .auth import Access
 from .errors import ApiError
 from .state import state
@@ -132,8 +133,10 @@ def json_body() -> Any:
         json.dumps(value, ensure_ascii=False).encode()  # lone surrogates cannot be stored
     except (ValueError, RecursionError, UnicodeEncodeError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON (strict: no "
-                       "NaN or Infinity, no lone surrogates, nested at most a few hundred "
-                       "levels).") from None
+                       "NaN or Infinity, no lone surrogates).") from None
+    if nested_too_deeply(value):
+        raise ApiError(400, "invalid_json", f"The request body nests objects and arrays more "
+                       f"than {MAX_DEPTH} levels deep; flatten it.")
     return value
 
 

@@ -29,6 +29,7 @@ import json
 import socket
 import struct
 import threading
+from collections.abc import Callable
 
 from flask import request
 from simple_websocket import ConnectionClosed
@@ -46,6 +47,9 @@ _POLL = 30.0
 _CLOSE_WAIT = 2.0
 #: The close code of a stream whose run token expired.
 TOKEN_EXPIRED_CLOSE = 4001
+#: The close code of a socket asked to resume past the run's last event (the handshake's
+#: 404 for the same cursor).
+NOT_FOUND_CLOSE = 4004
 
 
 def _client_message(message: str | bytes | None) -> dict:
@@ -54,7 +58,7 @@ def _client_message(message: str | bytes | None) -> dict:
         return {}
     try:
         data = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -198,9 +202,12 @@ class _Doorbell(threading.Event):
         self._sub.poke()
 
 
-def relay(ws, sub: Subscriber) -> None:
+def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: None) -> None:
     """Send ``sub``'s events over ``ws`` until the run's terminal event, the client leaves, or
-    the run token that opened it expires (``sub.expired``)."""
+    the run token that opened it expires (``sub.expired``). ``beyond(cursor)``: why a resume
+    cursor is past the run's events (None: it is not); such a resume closes the socket with
+    :data:`NOT_FOUND_CLOSE`, as the handshake answers it 404: served from there, it would
+    wait for ever."""
     sink = FrameSink(ws)
     ws.event = _Doorbell(sub)
     sub.poke()  # what the reader signalled before the doorbell was in place: look once
@@ -228,6 +235,11 @@ def relay(ws, sub: Subscriber) -> None:
                 if "ping" in data:  # uncompressed: the hub may be compressing an event
                     ws.sock.send(text_frame(json.dumps({"pong": data["ping"]}).encode()))
                 cursor = _resume_cursor(data)
+                if cursor is not None and (why := beyond(cursor)):
+                    sub.close()
+                    close(ws, NOT_FOUND_CLOSE, f"not_found: {cursor} is past the run's events "
+                                               f"({why})"[:123])  # a close reason's limit
+                    return
                 if cursor is not None:
                     sub.resume(cursor)
     except OSError:

@@ -22,7 +22,7 @@ from ..context import activate, deactivate
 from ..coroutines import run_coroutine
 from ..errors import RunCancelled, StepSuspended, StoreUnavailable, describe_error
 from ..policy import Policy, call_with_timeout
-from ..serialization import dumps_bounded, loads
+from ..serialization import MAX_DEPTH, dumps_bounded, loads
 from ..states import StepStart
 from ..store import Begin, Ended, Store, get_store
 from ..workflow import get_workflow, workflows
@@ -203,10 +203,19 @@ def _run_attempts(
         raise Ignore() from None
     finally:
         heartbeat.untrack(run_id, key)
+    try:
+        shown = _shown(loads(output_json), value, pol)
+    except RecursionError:  # nested past the stack (JSON takes more): the run fails, says why
+        exc = ValueError(f"the output of step {key} nests objects and arrays too deeply to "
+                         f"report (keep it under {MAX_DEPTH} levels)")
+        history.append({"attempt": state["attempt"], "error": describe_error(exc),
+                        "at": time.time()})
+        _fail(store, run_id, gen, key, token, state["attempt"], exc, history)
+        raise Ignore() from None
     completed = events.make(
         events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
         duration=round(time.monotonic() - started, 4), cached=cached or None,
-        tokens=tokens or None, output=_shown(loads(output_json), value, pol),
+        tokens=tokens or None, output=shown,
     )
     run_end = _run_end(ends, run_id, output_json) if ends is not None else None
     now = time.time()

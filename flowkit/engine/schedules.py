@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery.schedules import crontab
+from celery.schedules import ParseException, crontab
 
 from ..errors import ConfigError, NotFound
 from ..flow import Schedule
@@ -70,7 +70,7 @@ def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
     _zone(schedule.timezone)  # checked for an interval too: a wrong zone is a mistake
     try:
         next_tick(definition, time.time())  # a bad cron line or zone fails here, said clearly
-    except (ValueError, KeyError, IndexError) as exc:
+    except (ValueError, KeyError, IndexError, ParseException) as exc:
         raise ConfigError(f"invalid cron line {schedule.cron!r}: {exc}") from None
     return definition
 

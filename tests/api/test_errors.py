@@ -24,6 +24,37 @@ def test_invalid_input_is_400_with_field_messages_and_no_run(client, store):
     assert client.get("/runs").json()["runs"] == []
 
 
+def nested(levels: int) -> dict:
+    """An object ``levels`` deep: ``{"x": [[...]]}``."""
+    inner: list = []
+    for _ in range(levels - 2):
+        inner = [inner]
+    return {"x": inner}
+
+
+def test_a_body_nested_past_the_limit_is_400_and_starts_nothing(client, store):
+    """500 levels went through (JSON's own limit is about 900) and the run hung: the worker's
+    stack gave out while it reported the step."""
+    error = assert_error(client.post("/workflows/pacing/runs", json=nested(65)), 400,
+                         "invalid_json")
+    assert error["message"] == ("The request body nests objects and arrays more than 64 levels "
+                                "deep; flatten it.")
+    for path in ("/events/k", "/schedules"):
+        assert_error(client.post(path, json=nested(65)), 400, "invalid_json")
+    assert client.get("/runs").json()["runs"] == []
+    assert client.post("/workflows/pacing/runs", json=nested(64)).status_code == 202
+
+
+def test_a_missing_concurrency_key_field_is_400_on_that_field(client, store):
+    """The key's field missing was a ConfigError, answered 500."""
+    error = assert_error(client.post("/workflows/per_tenant/runs", json={}), 400,
+                         "validation_error")
+    assert error["fields"] == {"tenant": [
+        "Missing data for required field: this workflow's runs queue by it (its concurrency "
+        "key)."]}
+    assert client.get("/runs").json()["runs"] == []
+
+
 def test_body_that_is_not_json_is_400(client):
     response = client.post("/workflows/simple/runs", content=b"{nope",
                            headers={"Content-Type": "application/json"})

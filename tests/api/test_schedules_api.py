@@ -84,3 +84,37 @@ def test_a_schedule_made_over_http_is_deleted_by_the_cli_and_back(client, flowki
     assert client.get("/schedules/via-cli").json()["every"] == 30
     assert client.delete("/schedules/via-cli").status_code == 204
     assert cli("get", "via-cli", env=flowkit_env).returncode == 1
+
+
+def test_cron_lines_celery_cannot_parse_get_field_messages(client):
+    """Celery's crontab raises its own ParseException for these, which was a 500."""
+    for line in ["-- - - - -", ", , , , ,", "*/ * * * *"]:
+        answer = client.post("/schedules", json={"workflow": "simple", "cron": line,
+                                                 "input": {"n": 1}})
+        assert answer.status_code == 400, (line, answer.text)
+        assert line in answer.json()["error"]["fields"]["cron"][0]
+    assert flowkit.schedules.list() == []
+
+
+def test_a_schedule_id_its_own_actions_would_shadow_is_refused(client):
+    """``x/pause`` was stored, then no route reached it: it fired every minute for good."""
+    for schedule_id in ["x/pause", "a/b/resume"]:
+        answer = client.post("/schedules", json={"workflow": "simple", "every": 60,
+                                                 "input": {"n": 1}, "id": schedule_id})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["fields"]["id"] == [
+            "1 to 200 printable ASCII characters, no spaces, not ending in /pause or /resume."]
+    assert flowkit.schedules.list() == []
+
+
+def test_a_schedule_s_input_is_held_to_the_published_schema_as_a_run_s(client):
+    """marshmallow alone stored 2.5 for an integer as 2, and "7" as 7: each tick would have
+    started a run the API refuses."""
+    for value, says in [(2.5, "2.5 is not of type 'integer'"), ("7", "'7' is not of type "
+                                                                     "'integer'")]:
+        answer = client.post("/schedules", json={"workflow": "simple", "every": 60,
+                                                 "input": {"n": value}})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["fields"]["input"] == {"n": [says]}
+        assert client.post("/workflows/simple/runs", json={"n": value}).status_code == 400
+    assert flowkit.schedules.list() == []

@@ -253,3 +253,35 @@ def test_a_cursor_past_the_runs_events_is_refused_everywhere_instead_of_waiting_
     assert page == {"events": [], "next": last, "done": True}
     assert client.get(path, headers={"Accept": "text/event-stream", "Last-Event-ID": last},
                       timeout=10).status_code == 200
+
+
+def test_a_resume_message_past_the_run_s_events_closes_the_socket_with_4004(api, client):
+    """The handshake answers such a cursor 404; as a message it was served from there, and
+    the socket waited for ever for ids that far on."""
+    run = start(client, "streaming", {"before": 1, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    ws_read(sock, stop=lambda got: len(chunks(got)) == 1)
+    reached_gate(handle, "streamer")
+    sock.send(json.dumps({"resume": "99999999999999-0"}))
+    opcode, data = sock.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(data[:2], "big") == 4004
+    assert data[2:].decode().startswith("not_found: 99999999999999-0 is past the run's events")
+    open_gate(handle, "streamer")
+    assert handle.wait(20).state == "succeeded"
+
+
+def test_a_client_message_nested_too_deeply_is_ignored_like_any_that_is_not_json(api, client):
+    """``[[[...`` nested past Python's recursion limit (60 KB, under the message limit) broke
+    the relay: a 500 written into the upgraded socket."""
+    run = start(client, "streaming", {"before": 1, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    seen = ws_read(sock, stop=lambda got: len(chunks(got)) == 1)
+    reached_gate(handle, "streamer")
+    sock.send("[" * 60_000)
+    sock.send(json.dumps({"ping": 1}))
+    assert json.loads(sock.recv()) == {"pong": 1}  # the socket still serves
+    open_gate(handle, "streamer")
+    assert [e["id"] for e in seen + ws_read(sock)] == full_history(run["id"])

@@ -46,15 +46,21 @@ def _known(run_id: str, cursor: str, field: str) -> str:
     """``cursor``, unless it is past the run's last event (404, see
     :func:`flowkit.events.past_the_end`; not 400: the cursor is a well-formed id, this run
     has no such event, as a page past the end of a list)."""
-    if cursor == START:
-        return cursor
-    last = state().hub.last_event(run_id)
-    beyond = past_the_end(cursor, last.id if last else None, live=not (last and last.terminal))
+    beyond = _beyond(run_id, cursor)
     if beyond:
         raise ApiError(404, "not_found", "No such event in this run.", {field: [
             f"{cursor} is past the run's events ({beyond}): resume from an id its stream "
             "gave you, or 0 for the whole history."]})
     return cursor
+
+
+def _beyond(run_id: str, cursor: str) -> str | None:
+    """Why ``cursor`` is past the run's last event (:func:`flowkit.events.past_the_end`),
+    or None."""
+    if cursor == START:
+        return None
+    last = state().hub.last_event(run_id)
+    return past_the_end(cursor, last.id if last else None, live=not (last and last.terminal))
 
 
 def get_events(run_id: str):
@@ -85,4 +91,5 @@ def get_events(run_id: str):
 
 
 def stream(ws, run_id: str):
-    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at))
+    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at),
+          beyond=lambda cursor: _beyond(run_id, cursor))

@@ -49,11 +49,18 @@ def create_schedule():
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "Invalid schedule.",
                        {"_schema": ["A JSON object: workflow, cron or every, input, ..."]})
+    wf = None
     if isinstance(body.get("workflow"), str):
-        state().workflow(body["workflow"])  # 404 for a workflow this API does not serve
+        wf = state().workflow(body["workflow"])  # 404 for a workflow this API does not serve
     # held to its published JSON Schema as a workflow's input is: marshmallow alone takes
     # "every": "60" and "catchup": "yes"; its own words win where it has some
     errors = json_errors(json_schema(_BODY), body)
+    if wf is not None and body.get("input") is not None:
+        # the input as POST /workflows/<name>/runs holds it (marshmallow alone would store
+        # 2.5 for an integer as 2, and every tick would start that run)
+        refused = json_errors(json_schema(wf.input_schema), body["input"])
+        if refused:
+            errors["input"] = refused
     try:
         spec = _BODY.load(body)
     except schemas.ValidationError as exc:
