@@ -353,8 +353,9 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         "operationId": "streamRun",
         "summary": "WebSocket: the run's events as JSON text messages, resumable with ?after= "
                    "(or by sending {\"resume\": \"<event id>\"}); closes (1000) after the "
-                   "run's latest terminal event, with 1012 when the server restarts, or with 4001 "
-                   "when the run token that opened it expires.",
+                   "run's latest terminal event, with 1012 when the server restarts, with 4001 "
+                   "when the run token that opened it expires, or with 4004 when a resume "
+                   "names a cursor past the run's last event.",
         "parameters": [
             _RUN_ID, *_args(schemas.StreamArgs, plugin),
             *(_header(name, schema, description, required=True)
