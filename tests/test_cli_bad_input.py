@@ -341,3 +341,11 @@ def test_a_broker_that_refuses_the_password_says_where_it_goes(env, locked_redis
     assert said.startswith("flowkit run: the Celery broker at redis://***@127.0.0.1:")
     assert ("refused its credentials; put the password in FLOWKIT_BROKER_URL, as "
             "redis://:PASSWORD@host:port/db") in said
+
+
+def test_runs_before_what_is_not_a_run_id_is_a_usage_error(env):
+    result = cli("runs", "--before", "nosuch", env=env)
+    assert result.returncode == 2
+    assert one_line(result) == ("flowkit runs: --before 'nosuch' is not a run id: pass the "
+                                "last RUN of the page before (flowkit runs prints the "
+                                "command).")

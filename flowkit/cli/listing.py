@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 from ..engine import control
+from ..errors import ValidationError
 from ..states import RunState
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show, table
-from .usage import whole_number
+from .usage import UsageError, whole_number
 
 #: Most runs one page lists (the store reads them in one pass).
 MAX_LIMIT = 1000
@@ -58,8 +59,12 @@ def runs_table(found: list[dict[str, Any]], limit: int) -> Any:
 
 
 def list_runs(args: argparse.Namespace) -> int:
-    found = [run.to_dict() for run in control.list_runs(args.workflow, args.state, args.limit,
-                                                         args.before)]
+    try:
+        listed = control.list_runs(args.workflow, args.state, args.limit, args.before)
+    except ValidationError:  # the API's words name its `next`; here it is a run id
+        raise UsageError(f"--before {args.before!r} is not a run id: pass the last RUN of the "
+                         "page before (flowkit runs prints the command).") from None
+    found = [run.to_dict() for run in listed]
     if args.json:
         emit(args, found)
     elif not found:
