@@ -349,3 +349,18 @@ def test_runs_before_what_is_not_a_run_id_is_a_usage_error(env):
     assert one_line(result) == ("flowkit runs: --before 'nosuch' is not a run id: pass the "
                                 "last RUN of the page before (flowkit runs prints the "
                                 "command).")
+
+
+@pytest.mark.parametrize("command", [["follow"], ["events", "-f"]])
+def test_following_from_past_a_run_s_events_is_a_usage_error_before_any_output(env, command):
+    """It printed "following run ..." first, then the error, with exit code 1."""
+    run = wf.simple.start({"n": 1})
+    run.result(20)
+    last = run.events()[-1].id
+    past = f"{int(last.split('-')[0]) + 3_600_000}-0"  # an hour on: no stream gave that id
+    result = cli(*command[:1], run.id, *command[1:], "--after", past, env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert one_line(result) == (
+        f"flowkit {command[0]}: Cursor {past} is past run {run.id}'s events (its last event is "
+        f"{last}): resume from an id its stream gave you, or from the start.")

@@ -70,8 +70,8 @@ class LocalRuns:
     def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
         from ..engine import control
 
-        for event in control.follow(run_id, after):
-            yield {"id": event.id, **event.data}
+        followed = control.follow(run_id, after)  # a cursor past the end: refused now
+        return ({"id": event.id, **event.data} for event in followed)
 
 
 def runs_of(args: argparse.Namespace) -> Runs:
@@ -160,18 +160,22 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) ->
     view = RunView(run_id)
     runs.get(run_id)  # an unknown run, a server that is down: one line, before any wait
     try:
+        followed = runs.events(run_id, after)
+    except ValidationError as exc:  # --after past the run's last event: before any output
+        raise UsageError(exc.message) from None
+    try:
         if args.json:
-            for event in runs.events(run_id, after):
+            for event in followed:
                 print(json.dumps(event, default=str), flush=True)
         elif console.is_terminal:
             with Live(view, console=console, refresh_per_second=8) as live:
-                for event in runs.events(run_id, after):
+                for event in followed:
                     view.feed(event)
                     live.refresh()  # at once, not at the next tick
         else:
             printer = Printer(console)
             console.print(f"following run {run_id}", markup=False)
-            for event in runs.events(run_id, after):
+            for event in followed:
                 printer.show(event, view.feed(event))
     except KeyboardInterrupt:
         print(f"\ndetached; run {run_id} goes on. Follow it again: "

@@ -164,7 +164,11 @@ def event_line(event: dict[str, Any]) -> str:
 
 def events(args: argparse.Namespace) -> int:
     runs.get_run(args.run_id)  # an unknown run says so instead of waiting forever
-    stream = runs.follow(args.run_id, args.after) if args.follow else runs.history(args.run_id, args.after)
+    try:
+        stream = runs.follow(args.run_id, args.after) if args.follow \
+            else runs.history(args.run_id, args.after)
+    except ValidationError as exc:  # -f --after past the run's last event
+        raise UsageError(exc.message) from None
     for event in stream:
         doc = event.to_dict()
         print(json.dumps(doc, default=str) if args.json else event_line(doc), flush=True)

@@ -385,8 +385,9 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     """Every event after ``after``: history first, then the live tail. Ends at the run's
     latest terminal event (:func:`flowkit.events.stream_ends`): a retried run's earlier
     ``run.failed`` is followed by the rest; a cursor at the final one ends at once; one past
-    the run's last event raises :class:`ValidationError`."""
-    store, cursor, count = get_store(), after, 500
+    the run's last event raises :class:`ValidationError`, at this call (not at the first
+    event: a caller says so before it shows anything)."""
+    store = get_store()
     tail = store.last_event(run_id)
     ended = tail is not None and events.parse([tail])[0].terminal
     beyond = events.past_the_end(after, tail[0] if tail else None, live=not ended)
@@ -395,6 +396,12 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
                    "id its stream gave you, or from the start.")
         raise ValidationError({"after": [message]}, message)
     done = ended and events.cursor_order(tail[0]) <= events.cursor_order(after)
+    return _tail(store, run_id, after, block_ms, done)
+
+
+def _tail(store: Store, run_id: str, cursor: str, block_ms: int, done: bool
+          ) -> Iterator[events.Event]:
+    count = 500
     while not done:
         batch = events.parse(store.read_new(run_id, cursor, block_ms, count=count))
         for event in batch:
