@@ -159,7 +159,7 @@ class Settings:
             raise ConfigError("FLOWKIT_MAX_PAYLOAD_BYTES and FLOWKIT_RETENTION_SECONDS must be > 0.")
         for name, url in (("REDIS_URL", self.redis_url), ("BROKER_URL", self.broker_url),
                           ("RESULT_BACKEND", self.result_backend)):
-            if _scheme(url) in ("redis", "rediss") and not _database_ok(url):
+            if url and _scheme(url) in ("redis", "rediss") and not _database_ok(url):
                 raise ConfigError(
                     f"{ENV_PREFIX}{name}={redacted(url)!r}: the database after the port must "
                     "be a number, as in redis://host:6379/0 (or none: database 0)."
