@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import flowkit
+from tests import workflows as wf
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +171,40 @@ def test_on_a_terminal_the_view_redraws_in_place(env):
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     assert re.search(r"run \w{26}  running", plain)
     assert not re.search(r"run \w{26}  (started|admitted|resumed)", plain)
+
+
+def test_sigterm_while_following_in_a_terminal_gives_the_cursor_back(env):
+    """The live view hides the cursor; SIGTERM's default action left the shell without it."""
+    import pty
+    import select
+
+    run = wf.approval.start({"n": 1})  # it waits for a person: the follow goes on
+    parent, child = pty.openpty()
+    follow = subprocess.Popen([sys.executable, "-m", "flowkit.cli", "follow", run.id],
+                              env={**env, "TERM": "xterm", "COLUMNS": "100"}, stdin=child,
+                              stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    seen = b""
+
+    def read_until(done) -> None:
+        nonlocal seen
+        while not done():
+            ready, _, _ = select.select([parent], [], [], 30)
+            assert ready, seen
+            try:
+                chunk = os.read(parent, 4096)
+            except OSError:  # EIO: the other end closed
+                return
+            if not chunk:
+                return
+            seen += chunk
+
+    try:
+        read_until(lambda: b"\x1b[?25l" in seen)  # the live view hid the cursor
+        follow.send_signal(signal.SIGTERM)
+        read_until(lambda: False)  # to the end of its output
+        assert follow.wait(30) == 128 + signal.SIGTERM
+    finally:
+        os.close(parent)
+        run.cancel()
+    assert b"\x1b[?25h" in seen[seen.index(b"\x1b[?25l"):], seen  # shown again after

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,10 +169,14 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) ->
             for event in followed:
                 print(json.dumps(event, default=str), flush=True)
         elif console.is_terminal:
-            with Live(view, console=console, refresh_per_second=8) as live:
-                for event in followed:
-                    view.feed(event)
-                    live.refresh()  # at once, not at the next tick
+            signal.signal(signal.SIGTERM, _terminated)  # the cursor back, as after Ctrl-C
+            try:
+                with Live(view, console=console, refresh_per_second=8) as live:
+                    for event in followed:
+                        view.feed(event)
+                        live.refresh()  # at once, not at the next tick
+            finally:  # also when a signal cut the view's own start short (no exit then)
+                console.show_cursor(True)
         else:
             printer = Printer(console)
             console.print(f"following run {run_id}", markup=False)
@@ -186,6 +191,12 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) ->
         for line in final_lines(record):
             console.print(line, markup=False)
     return EXIT_SUCCEEDED if record.get("state") == "succeeded" else EXIT_FAILED
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM while the live view holds the terminal: leave through the ``finally`` that
+    shows the cursor the view hid (the default action left the shell without one)."""
+    raise SystemExit(128 + signum)
 
 
 def _follow_hint(args: argparse.Namespace, run_id: str) -> str:
