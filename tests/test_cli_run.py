@@ -103,6 +103,7 @@ def test_ctrl_c_detaches_and_says_how_to_follow_again(env, store):
     (["-i", "n:=[1"], "-i n:=[1: the value after := must be JSON"),
     (["--input", "{bad"], "--input is not JSON"),
     (["--input", "@/nonexistent.json"], "cannot read the file (No such file or directory)"),
+    (["--input", "@"], "--input @: name the file after the @, e.g. --input @input.json."),
     ([], "n: Missing data for required field."),
 ])
 def test_bad_input_is_one_line_and_exit_2(env, args, message):

@@ -94,6 +94,8 @@ def parse_input(args: argparse.Namespace) -> Any:
     if args.input is not None:
         text = args.input
         if text.startswith("@"):
+            if not text[1:]:
+                raise UsageError("--input @: name the file after the @, e.g. --input @input.json.")
             try:
                 text = Path(text[1:]).read_text(encoding="utf-8")
             except OSError as exc:
