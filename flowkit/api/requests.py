@@ -116,6 +116,16 @@ def _too_large(limit: int, close: bool = False) -> ApiError:
                     headers={"Connection": "close"} if close else None)
 
 
+def _not_json() -> ApiError:
+    return ApiError(400, "invalid_json", "The request body is not valid JSON (strict: no NaN "
+                    "or Infinity, no lone surrogates).")
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid_json", f"The request body nests objects and arrays more "
+                    f"than {MAX_DEPTH} levels deep; flatten it.")
+
+
 def json_body() -> Any:
     """The request's JSON body ({} when empty); 400 when it is not JSON, 415 when it does
     not say it is (an HTML form's body, which another site's page can send: origins.py)."""
@@ -130,13 +140,16 @@ def json_body() -> Any:
                        f"{request.mimetype or 'no Content-Type'}).")
     try:
         value = json.loads(raw, parse_constant=_no_constant)
-        json.dumps(value, ensure_ascii=False).encode()  # lone surrogates cannot be stored
-    except (ValueError, RecursionError, UnicodeEncodeError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON (strict: no "
-                       "NaN or Infinity, no lone surrogates).") from None
+    except RecursionError:  # nested past Python's own limit
+        raise _too_deep() from None
+    except ValueError:
+        raise _not_json() from None
     if nested_too_deeply(value):
-        raise ApiError(400, "invalid_json", f"The request body nests objects and arrays more "
-                       f"than {MAX_DEPTH} levels deep; flatten it.")
+        raise _too_deep()
+    try:
+        json.dumps(value, ensure_ascii=False).encode()  # lone surrogates cannot be stored
+    except UnicodeEncodeError:
+        raise _not_json() from None
     return value
 
 

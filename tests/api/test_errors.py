@@ -41,6 +41,10 @@ def test_a_body_nested_past_the_limit_is_400_and_starts_nothing(client, store):
                                 "deep; flatten it.")
     for path in ("/events/k", "/schedules"):
         assert_error(client.post(path, json=nested(65)), 400, "invalid_json")
+    # past what json.loads itself parses: the same message, not "not valid JSON"
+    deepest = client.post("/workflows/pacing/runs", content="[" * 5000 + "]" * 5000,
+                          headers={"Content-Type": "application/json"})
+    assert assert_error(deepest, 400, "invalid_json")["message"] == error["message"]
     assert client.get("/runs").json()["runs"] == []
     assert client.post("/workflows/pacing/runs", json=nested(64)).status_code == 202
 
