@@ -26,6 +26,7 @@ from .coroutines import call_with_policy, is_async
 from .errors import ConfigError, NotFound
 from .flow import Rate
 from .policy import Backoff, Policy, StepConcurrency, StepRate, call_with_timeout, key_spec
+from .policy import seconds as policy_seconds
 
 TASK_PREFIX = "flowkit.step."
 _registry: dict[str, Component] = {}
@@ -59,7 +60,7 @@ class Component:
         attempts: int = 3,
         backoff: Backoff | None = None,
         jitter: bool | float = True,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     ) -> Component:
         """Retry failed attempts: ``attempts`` in all, waiting per ``backoff`` (+ jitter).
 
@@ -67,23 +68,24 @@ class Component:
         over the backoff.
         """
         clone = copy.copy(self)
-        clone.policy = self.policy.with_retry(attempts, backoff, jitter, tuple(retry_on))
+        clone.policy = self.policy.with_retry(attempts, backoff, jitter, retry_on)
         return clone
 
     def cache(self, ttl: float, version: str | None = None) -> Component:
         """Reuse the output of an earlier call with the same input (any run) for ``ttl`` s."""
-        if ttl <= 0:
-            raise ConfigError("cache(ttl=...) must be a positive number of seconds.")
-        return self._configured(cache_ttl=float(ttl), cache_version=version or self.version)
+        ttl = policy_seconds(ttl, "cache(ttl=...)")
+        if version is not None and not isinstance(version, str):
+            raise ConfigError(f"cache(version=...) is a string, not {version!r}.")
+        return self._configured(cache_ttl=ttl, cache_version=version or self.version)
 
     def timeout(self, seconds: float) -> Component:
         """Fail an attempt that runs longer than ``seconds`` (then the retry policy applies)."""
-        if seconds <= 0:
-            raise ConfigError("timeout(seconds) must be positive.")
-        return self._configured(timeout=float(seconds))
+        return self._configured(timeout=policy_seconds(seconds, "timeout(seconds)"))
 
     def queue(self, name: str) -> Component:
         """Run this component's steps on the Celery queue ``name``."""
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"queue(name) is the name of a Celery queue, not {name!r}.")
         return self._configured(queue=name)
 
     def concurrency(self, limit: int, key: str | Callable[[Any], Any] | None = None) -> Component:
@@ -124,6 +126,9 @@ class Component:
 
     def secret(self, *field_names: str) -> Component:
         """Mark input/output fields (dict keys, at any depth) as secret: traces redact them."""
+        for field_name in field_names:
+            if not isinstance(field_name, str) or not field_name:
+                raise ConfigError(f"secret() takes field names, not {field_name!r}.")
         return self._configured(secret_fields=tuple(sorted({*self.policy.secret_fields, *field_names})))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -178,6 +183,8 @@ def component(fn=None, *, name=None, version="1"):
     def make(f: Callable[..., Any]) -> Component:
         if not callable(f) or inspect.isclass(f):
             raise ConfigError("@component decorates a function.")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigError(f"@component(name=...) is a non-empty string, not {name!r}.")
         comp = Component(f, name or f"{f.__module__}.{f.__qualname__}", str(version), Policy())
         _register(comp)
         return comp

@@ -8,6 +8,7 @@ talk to it. Outside a run, :func:`progress` and :func:`emit` do nothing and
 
 from __future__ import annotations
 
+import math
 import time
 from contextvars import ContextVar, Token
 from datetime import datetime
@@ -103,6 +104,7 @@ def wait_for_input(
     input, checkpointed (a later restart replays it, never asks again). Past ``timeout``
     seconds it raises :class:`flowkit.InputTimeout`. Outside a run it raises.
     """
+    timeout = _limit(timeout, "wait_for_input(timeout=...)")  # checked outside a run too
     return _step("wait_for_input").wait_for_input(name, schema, prompt, timeout)
 
 
@@ -112,23 +114,49 @@ def wait_for_event(key: str, timeout: float | None = None, lookback: float | Non
     sent before the wait began counts when it is at most ``lookback`` seconds old (None:
     it does not; events are kept FLOWKIT_EVENT_LOOKBACK_SECONDS at most). Past ``timeout``
     seconds it raises :class:`flowkit.EventTimeout`."""
+    timeout = _limit(timeout, "wait_for_event(timeout=...)")  # checked outside a run too
+    lookback = _limit(lookback, "wait_for_event(lookback=...)")
     return _step("wait_for_event").wait_for_event(key, timeout, lookback)
 
 
 def sleep(seconds: float) -> None:
     """Pause the step for ``seconds`` without holding a worker (outside a run: time.sleep).
-    A restart while it sleeps keeps the original deadline."""
+    A restart while it sleeps keeps the original deadline. 0 or less does not pause."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not math.isfinite(seconds):
+        raise ValueError(f"flowkit.sleep() takes a number of seconds, not {seconds!r}.")
     sleep_until(time.time() + seconds)
 
 
 def sleep_until(when: datetime | float) -> None:
     """Pause the step until ``when`` (a timezone-aware datetime or a Unix time)."""
-    deadline = when.timestamp() if isinstance(when, datetime) else float(when)
+    if isinstance(when, datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError(f"flowkit.sleep_until() needs a timezone-aware datetime (a naive "
+                             f"one means another moment on a worker in another zone), not "
+                             f"{when!r}: e.g. datetime.now(timezone.utc) + timedelta(hours=1).")
+        deadline = when.timestamp()
+    elif isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        raise ValueError(f"flowkit.sleep_until() takes a timezone-aware datetime or a Unix "
+                         f"time, not {when!r}.")
+    else:
+        deadline = float(when)
     ctx = _current.get()
     if ctx is None:
         time.sleep(max(0.0, deadline - time.time()))
         return
     ctx.sleep_until(deadline)
+
+
+def _limit(seconds: float | None, what: str) -> float | None:
+    """A wait's timeout or look-back: None (none), or a finite number of seconds >= 0."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{what} is a number of seconds >= 0, or None for no limit; not "
+                         f"{seconds!r}.")
+    return float(seconds)
 
 
 def _step(what: str) -> RunningStep:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -29,9 +30,22 @@ class Backoff:
 
 
 def exponential(initial: float = 1.0, maximum: float = 30.0) -> Backoff:
-    if initial < 0 or maximum < initial:
+    initial = seconds(initial, "exponential(initial=...)", zero=True)
+    maximum = seconds(maximum, "exponential(maximum=...)", zero=True)
+    if maximum < initial:
         raise ConfigError("exponential() needs 0 <= initial <= maximum.")
     return Backoff(initial, maximum)
+
+
+def seconds(value: Any, what: str, *, zero: bool = False) -> float:
+    """``value`` as a duration: a finite number of seconds, > 0 (>= 0 with ``zero``);
+    anything else is a :class:`ConfigError` naming ``what`` (NaN or infinity would reach a
+    timer or a JSON message, and fail there far from the mistake)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+        least = ">= 0" if zero else "> 0"
+        raise ConfigError(f"{what} is a number of seconds {least}, not {value!r}.")
+    return float(value)
 
 
 def _qualname(cls: type[BaseException]) -> str:
@@ -139,8 +153,18 @@ class Policy:
         jitter: bool | float,
         retry_on: tuple[type[BaseException], ...],
     ) -> Policy:
-        if attempts < 1:
-            raise ConfigError("retry(attempts=...) must be at least 1 (1 means no retry).")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigError(f"retry(attempts=...) is a whole number >= 1 (1 means no "
+                              f"retry), not {attempts!r}.")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise ConfigError(f"retry(backoff=...) takes flowkit.exponential(initial, maximum), "
+                              f"not {backoff!r}.")
+        if not isinstance(jitter, bool) and not (isinstance(jitter, (int, float))
+                                                 and math.isfinite(jitter) and jitter >= 0):
+            raise ConfigError(f"retry(jitter=...) is True (full jitter), False (none) or a "
+                              f"number of seconds >= 0, not {jitter!r}.")
+        if isinstance(retry_on, type):  # one class, as ``except`` takes it
+            retry_on = (retry_on,)
         return replace(
             self,
             attempts=attempts,

@@ -136,10 +136,31 @@ def test_bad_limits_say_what_to_do():
 
 
 def test_bad_configuration_says_what_to_do():
-    with pytest.raises(ConfigError, match="at least 1"):
-        add.retry(attempts=0)
-    with pytest.raises(ConfigError, match="positive"):
-        add.timeout(0)
+    for bad in (0, -1, 1.5, "3", True):
+        with pytest.raises(ConfigError, match=r"whole number >= 1 \(1 means no retry\)"):
+            add.retry(attempts=bad)
+    # NaN and infinity passed every check and failed later, in a timer or a JSON message
+    for bad in (0, -1, float("nan"), float("inf"), "5"):
+        with pytest.raises(ConfigError, match=r"timeout\(seconds\) is a number of seconds > 0"):
+            add.timeout(bad)
+        with pytest.raises(ConfigError, match=r"cache\(ttl=...\) is a number of seconds > 0"):
+            add.cache(bad)
+    for bad in (-1, float("nan"), "1"):
+        with pytest.raises(ConfigError, match=r"retry\(jitter=...\) is True"):
+            add.retry(jitter=bad)
+        with pytest.raises(ConfigError, match=r"exponential\(initial=...\) is a number"):
+            exponential(bad)
+    with pytest.raises(ConfigError, match=r"retry\(backoff=...\) takes flowkit.exponential"):
+        add.retry(backoff=5)
+    for bad in ("", 3, None):
+        with pytest.raises(ConfigError, match=r"queue\(name\) is the name of a Celery queue"):
+            add.queue(bad)
+    with pytest.raises(ConfigError, match=r"secret\(\) takes field names"):
+        add.secret("ok", 3)
+    with pytest.raises(ConfigError, match=r"@component\(name=...\) is a non-empty string"):
+        component(name="")(lambda x: x)
+    # one exception class, as ``except`` takes it, is the same as a tuple of one
+    assert add.retry(retry_on=ValueError).policy == add.retry(retry_on=(ValueError,)).policy
 
     class Local(Exception):
         pass

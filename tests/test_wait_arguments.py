@@ -1,0 +1,48 @@
+"""A wait's arguments are checked where the component's code calls it: NaN, infinity or a
+string reached Redis as a timer's score (or a message as NaN) and failed there, far from
+the mistake; a naive datetime meant another moment on a worker in another time zone."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+import flowkit
+
+BAD = [float("nan"), float("inf"), "30", True]
+
+
+@pytest.mark.parametrize("bad", [*BAD, -1])
+def test_a_wait_timeout_or_look_back_is_none_or_finite_seconds(bad):
+    with pytest.raises(ValueError, match=r"wait_for_input\(timeout=...\) is a number of "
+                                         r"seconds >= 0, or None for no limit"):
+        flowkit.wait_for_input("approval", timeout=bad)
+    with pytest.raises(ValueError, match=r"wait_for_event\(timeout=...\) is a number"):
+        flowkit.wait_for_event("paid", timeout=bad)
+    with pytest.raises(ValueError, match=r"wait_for_event\(lookback=...\) is a number"):
+        flowkit.wait_for_event("paid", lookback=bad)
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_a_sleep_is_a_finite_number_of_seconds(bad):
+    with pytest.raises(ValueError, match=r"flowkit.sleep\(\) takes a number of seconds"):
+        flowkit.sleep(bad)
+    with pytest.raises(ValueError, match=r"sleep_until\(\) takes a timezone-aware datetime "
+                                         r"or a Unix time"):
+        flowkit.sleep_until(bad)
+
+
+def test_sleep_until_refuses_a_naive_datetime():
+    with pytest.raises(ValueError, match="needs a timezone-aware datetime"):
+        flowkit.sleep_until(datetime.now() + timedelta(hours=1))
+
+
+def test_good_arguments_still_reach_the_wait():
+    """Outside a run, a wait with good arguments says it needs a run; a sleep sleeps."""
+    with pytest.raises(flowkit.FlowkitError, match="pauses a step of a run"):
+        flowkit.wait_for_input("approval", timeout=0)
+    with pytest.raises(flowkit.FlowkitError, match="pauses a step of a run"):
+        flowkit.wait_for_event("paid", timeout=1.5, lookback=None)
+    flowkit.sleep(-1)  # a deadline already past does not pause
+    flowkit.sleep_until(datetime.now().astimezone())
