@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -145,10 +145,9 @@ def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
                                 **kwargs)
 
 
-def client(settings: Settings) -> redis.Redis:
+def _options(settings: Settings) -> dict[str, Any]:
     budget = settings.redis_retry_seconds
-    options = dict(
-        max_connections=settings.connection_pool_size,
+    return dict(
         decode_responses=True,
         health_check_interval=30,
         # redis-py's default (5 s) would cut blocking reads (XREAD BLOCK) short
@@ -158,6 +157,10 @@ def client(settings: Settings) -> redis.Redis:
         retry=_Resend(_BACKOFF, retries=retries_within(budget)),
         retry_on_error=list(UNREACHABLE),
     )
+
+
+def client(settings: Settings) -> redis.Redis:
+    options = {**_options(settings), "max_connections": settings.connection_pool_size}
     cluster = ClusterURL.parse(settings.redis_url)
     if cluster is not None:
         return _cluster(cluster, **options)
@@ -168,6 +171,19 @@ def client(settings: Settings) -> redis.Redis:
         settings.redis_url, timeout=settings.redis_socket_timeout, **options
     )
     return redis.Redis(connection_pool=pool)
+
+
+def pubsub_client(settings: Settings) -> redis.Redis:
+    """A client for pub/sub only, configured as :func:`client`'s, with a pool of its own
+    and no bound: a subscription holds its connection while it is kept
+    (:class:`flowkit.store.streams.Subscriptions`), which in the store's pool would take
+    a slot its commands need. Its connections are named :data:`WATCH_CLIENT_NAME` in
+    ``CLIENT LIST``."""
+    return from_url(settings.redis_url, client_name=WATCH_CLIENT_NAME, **_options(settings))
+
+
+#: The name (``CLIENT SETNAME``) of the connections that watch runs' ends.
+WATCH_CLIENT_NAME = "flowkit-end-watch"
 
 
 def blocking_client(settings: Settings, block_seconds: float) -> redis.Redis:

@@ -90,7 +90,7 @@ class Store:
             name: self.redis.register_script(scripts.source(name))
             for name in (*scripts.RUN_SCRIPTS, *scripts.STANDALONE_SCRIPTS)
         }
-        self._subscriptions = Subscriptions(self.redis)
+        self._subscriptions = Subscriptions(lambda: connection.pubsub_client(settings))
 
     def _run_script(self, name: str, run_id: str, args: list[Any], client: Any = None) -> Any:
         keys = self.keys.script_keys(run_id)

@@ -1,6 +1,6 @@
 """Listening to runs: a run's end (pub/sub), and many runs' streams at once (the relay).
 
-Both hold a connection of their own while they wait, so they never pin one of the
+Both hold connections of their own while they wait, so they never pin one of the
 store's pool.
 
 On Redis Cluster one ``XREAD`` may only name streams of one slot, and a blocking read
@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
 from redis.cluster import RedisCluster
@@ -47,15 +48,19 @@ def _pairs(flat: list | dict) -> dict[str, str]:
 
 
 class Subscriptions:
-    """Pub/sub connections of one client, kept from one :class:`EndWatch` to the next.
+    """Pub/sub connections, kept from one :class:`EndWatch` to the next.
 
     A new one is a TCP connection and its handshake (``HELLO``, ``SELECT``) before the
     ``SUBSCRIBE``, and closing it a disconnect: three times what a wait of a short run
     costs otherwise, and churn that every ``result()`` and every ``Prefer: wait`` would
     put on Redis. A watch ends with an ``UNSUBSCRIBE`` sent without waiting for its
-    reply and hands its connection back; the next one reads what came meanwhile (that
-    reply, an end published before it) before it subscribes (:func:`_alive`), and tells
-    whatever comes later from its own end by channel.
+    reply and hands its connection back; the next one reads what came meanwhile, up to
+    that reply (:func:`_settled`), before it subscribes, and tells whatever comes later
+    from its own end by channel.
+
+    The connections come from a client of their own (``connect()``, made at the first
+    watch): a kept connection stays checked out of its pool, and in the store's pool the
+    kept ones would take the slots its commands need (FLOWKIT_CONNECTION_POOL_SIZE).
     """
 
     #: Idle connections kept at most (a burst of waiters opens more, closed after use).
@@ -64,8 +69,9 @@ class Subscriptions:
     #: unsubscribing was not confirmed yet) is closed rather than kept.
     MOST_CHANNELS = 8
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+    def __init__(self, connect: Callable[[], redis.Redis]) -> None:
+        self._connect = connect
+        self._client: redis.Redis | None = None
         self._idle: list[redis.client.PubSub] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -76,9 +82,11 @@ class Subscriptions:
                 if self._pid != os.getpid():  # forked: the parent's sockets are not ours
                     self._idle, self._pid = [], os.getpid()
                 if not self._idle:
+                    if self._client is None:
+                        self._client = self._connect()
                     return self._client.pubsub(ignore_subscribe_messages=True)
                 pubsub = self._idle.pop()
-            if _alive(pubsub):
+            if _settled(pubsub):
                 return pubsub
             pubsub.close()
 
@@ -91,16 +99,27 @@ class Subscriptions:
         pubsub.close()
 
 
-def _alive(pubsub: redis.client.PubSub) -> bool:
-    """Whether a kept connection is still open, having read what waits on it (the reply to
-    its last ``UNSUBSCRIBE``, an end published before that). One Redis closed meanwhile (an
-    idle ``timeout``, a proxy) would take the next ``SUBSCRIBE`` without an error and lose
-    it: the end it waits for would come only with the waiter's next read of the run."""
+#: How long a kept connection's next watch waits for the reply to the last watch's
+#: ``UNSUBSCRIBE`` (one round trip, long come on a local Redis) before it takes a new one.
+SETTLE_SECONDS = 0.05
+
+
+def _settled(pubsub: redis.client.PubSub) -> bool:
+    """Whether a kept connection can serve the next watch, having read what came on it up
+    to the reply to its last ``UNSUBSCRIBE``. Redis sends every message of a channel before
+    that reply: an end still on its way would otherwise wake a new watch of the same run
+    (a restarted run's earlier end). A connection Redis closed meanwhile (an idle
+    ``timeout``, a proxy) would take the next ``SUBSCRIBE`` without an error and lose it.
+    Read as redis-py's ``get_message`` reads, but also once nothing is subscribed any more
+    (a health check's ``PONG`` after the last reply)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
     try:
         for _ in range(Subscriptions.MOST_CHANNELS * 4):
-            if not pubsub.connection.can_read(timeout=0):
-                return True
-            pubsub.get_message(timeout=0)
+            pending = bool(pubsub.pending_unsubscribe_channels)
+            wait = max(0.0, deadline - time.monotonic()) if pending else 0.0
+            if not pubsub.connection.can_read(timeout=wait):
+                return not pending
+            pubsub.handle_message(pubsub.parse_response(block=False, timeout=0))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         return False
     return False  # more than its own replies keep coming: a fresh connection is cheaper

@@ -6,7 +6,10 @@ Redis's clock, so their budgets are small enough that no test's duration matters
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +29,8 @@ from flowkit.states import (
     WaitKind,
     WaitOutcome,
 )
-from flowkit.store import HANDED_OVER, BrokerMessages, Ended
+from flowkit.store import HANDED_OVER, BrokerMessages, Ended, Store
+from flowkit.store.connection import WATCH_CLIENT_NAME
 from flowkit.store.keys import shard_of
 
 pytestmark = pytest.mark.integration
@@ -671,8 +675,9 @@ def test_a_watcher_is_not_woken_by_its_own_subscription(store):
         assert time.monotonic() - began >= 0.3  # it waited the whole time for an end
 
 
-def connections_received(store) -> int:
-    return store.redis.info("stats")["total_connections_received"]
+def pubsub_clients(store) -> set[str]:
+    """Ids of the connections Redis holds for watches of runs' ends (the kept ones too)."""
+    return {c["id"] for c in store.redis.client_list() if c["name"] == WATCH_CLIENT_NAME}
 
 
 def test_watchers_one_after_another_share_one_connection(store):
@@ -682,12 +687,89 @@ def test_watchers_one_after_another_share_one_connection(store):
         make_run(store, RunState.RUNNING, run_id=f"run-{n}")
     with store.watch_end("run-0") as watch:  # the first may open one
         assert not watch.wait(0.01)
-    before = connections_received(store)
+    before = pubsub_clients(store)
+    assert before
     for n in range(1, 5):
         with store.watch_end(f"run-{n}") as watch:
             assert fail(store, f"run-{n}", now=T + 5)
             assert watch.wait(5) and watch.ended[0]["id"] == f"run-{n}"
-    assert connections_received(store) == before
+    assert pubsub_clients(store) == before
+
+
+def test_a_kept_connection_is_reused_after_its_health_check_falls_due(store):
+    """redis-py pings a pub/sub connection idle for 30 s on its next read: once nothing
+    was subscribed, that ``PONG`` was never read, and the connection was thrown away."""
+    make_run(store, RunState.RUNNING)
+    with store.watch_end(RUN) as watch:
+        assert not watch.wait(0.01)
+    before = pubsub_clients(store)
+    for kept in store._subscriptions._idle:  # as after 30 s idle
+        kept.connection.next_health_check = 0
+    with store.watch_end(RUN) as watch:
+        assert not watch.wait(0.01)
+        assert fail(store, now=T + 5)
+        assert watch.wait(5) and watch.ended[0]["state"] == RunState.FAILED
+    assert pubsub_clients(store) == before
+
+
+def test_kept_connections_take_no_slot_of_the_store_s_pool(store):
+    """A kept connection stays checked out of its pool: in the store's, three watches
+    left a pool of two with no connection for the store's own commands."""
+    small = Store(store.settings.replace(connection_pool_size=2, redis_retry_seconds=1.0))
+    with contextlib.ExitStack() as watches:
+        for n in range(3):
+            watches.enter_context(small.watch_end(f"run-{n}"))
+    assert small.redis.ping() and small.redis.ping()
+    assert small.redis.connection_pool.max_connections == 2  # the store's pool stays small
+
+
+@contextlib.contextmanager
+def slow_replies(redis_url: str, delay: float) -> Iterator[str]:
+    """A TCP proxy to Redis that hands its replies on ``delay`` seconds late (a remote
+    Redis, a busy link); yields its URL."""
+    target = redis.connection.parse_url(redis_url)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def pump(source: socket.socket, sink: socket.socket, late: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if late:
+                    time.sleep(late)  # the link's own delay, not a synchronisation
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection((target.get("host", "127.0.0.1"),
+                                                   target.get("port", 6379)))
+                threading.Thread(target=pump, args=(client, server, 0), daemon=True).start()
+                threading.Thread(target=pump, args=(server, client, delay),
+                                 daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"redis://127.0.0.1:{port}/{target.get('db', 0)}"
+    finally:
+        listener.close()
+
+
+def test_an_end_still_on_its_way_does_not_wake_the_next_watcher_of_the_same_run(store):
+    """The end a watch left unread can still be on the wire when the next watch of the
+    same run (a restarted one) takes the kept connection: it woke that watch with the
+    earlier end. The reply to the watch's UNSUBSCRIBE comes after every message of its
+    channel, so the next watch reads up to it, or takes another connection."""
+    make_run(store, RunState.RUNNING)
+    with slow_replies(store.settings.redis_url, 0.2) as url:
+        remote = Store(store.settings.replace(redis_url=url))
+        with remote.watch_end(RUN) as watch:
+            assert not watch.wait(0.5)  # subscribed: its confirmation came, late
+            assert fail(store, call_id="call-1", now=T + 5)  # on its way, never read
+        with remote.watch_end(RUN) as watch:  # the run restarted; the next waiter
+            assert not watch.wait(0.6) and watch.ended is None
 
 
 def test_a_kept_connection_s_earlier_end_does_not_wake_the_next_watcher(store):
