@@ -36,6 +36,7 @@ from simple_websocket import ConnectionClosed
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
+from ..errors import StoreUnavailable
 from ..events import parse_cursor
 from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
@@ -235,7 +236,7 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
                 if "ping" in data:  # uncompressed: the hub may be compressing an event
                     ws.sock.send(text_frame(json.dumps({"pong": data["ping"]}).encode()))
                 cursor = _resume_cursor(data)
-                if cursor is not None and (why := beyond(cursor)):
+                if cursor is not None and (why := _past_the_end(beyond, cursor)):
                     sub.close()
                     close(ws, NOT_FOUND_CLOSE, f"not_found: {cursor} is past the run's events "
                                                f"({why})"[:123])  # a close reason's limit
@@ -246,6 +247,16 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
         return  # the client went away (ConnectionClosed is flask-sock's to handle)
     finally:
         sub.close()
+
+
+def _past_the_end(beyond: Callable[[str], str | None], cursor: str) -> str | None:
+    """``beyond(cursor)``; None while Redis cannot say (the resume is served, as it was
+    before this check: the hub reads from there once Redis is back). The socket is open:
+    an error here would be answered as HTTP inside it."""
+    try:
+        return beyond(cursor)
+    except StoreUnavailable:
+        return None
 
 
 def close(ws, code: int, message: str) -> None:

@@ -4,6 +4,7 @@ budget (FLOWKIT_API_REDIS_RETRY_SECONDS), every endpoint, the WebSocket handshak
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -31,8 +32,12 @@ def web_on_a_redis_that_stops(flowkit_env, tmp_path_factory):
             with httpx.Client(base_url=web.url, timeout=30,
                               headers={"Authorization": f"Bearer {API_KEY}"}) as client:
                 run = client.post("/workflows/simple/runs", json={"n": 1}).json()
+                stream = websocket.create_connection(  # open before Redis stops
+                    f"ws{web.url[4:]}/runs/{run['id']}/stream?token={run['token']}",
+                    timeout=10)
+                assert json.loads(stream.recv())["type"] == "run.queued"
                 redis_server.stop()
-                yield web, client, run
+                yield web, client, run, stream
         finally:
             web.stop()
 
@@ -50,7 +55,7 @@ def timed(call):
 ])
 def test_every_endpoint_answers_503_with_retry_after_within_the_api_budget(
         web_on_a_redis_that_stops, method, path):
-    _, client, run = web_on_a_redis_that_stops
+    _, client, run, _ = web_on_a_redis_that_stops
     response, took = timed(lambda: client.request(method, path.format(id=run["id"]),
                                                   json={"n": 1}))
     assert response.status_code == 503, response.text
@@ -60,13 +65,24 @@ def test_every_endpoint_answers_503_with_retry_after_within_the_api_budget(
 
 
 def test_the_websocket_handshake_answers_503_within_the_api_budget(web_on_a_redis_that_stops):
-    web, _, run = web_on_a_redis_that_stops
+    web, _, run, _ = web_on_a_redis_that_stops
     url = f"ws{web.url[4:]}/runs/{run['id']}/stream?token={run['token']}"
     began = time.monotonic()
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         websocket.create_connection(url, timeout=10)
     assert refused.value.status_code == 503
     assert time.monotonic() - began < API_BUDGET + SLACK
+
+
+def test_a_resume_sent_on_an_open_websocket_while_redis_is_down_keeps_the_socket(
+        web_on_a_redis_that_stops):
+    """The resume's check of the cursor reads Redis: its StoreUnavailable was answered as an
+    HTTP 503 written into the open socket, which the client read as a broken frame."""
+    *_, stream = web_on_a_redis_that_stops
+    stream.send(json.dumps({"resume": "1-0"}))
+    stream.send(json.dumps({"ping": 7}))
+    assert json.loads(stream.recv()) == {"pong": 7}  # the relay goes on, still a WebSocket
+    assert stream.connected
 
 
 def test_a_start_while_the_broker_is_down_answers_503_naming_the_stored_run(
