@@ -212,8 +212,9 @@ def credentials_in_userinfo(url: str) -> str:
     if not given:
         return url
     host = parts.netloc.rpartition("@")[2]
+    # an empty one before the host (``redis://:@h``) does not win, as in redis-py
     username = unquote(parts.username) if parts.username else given.get("username", "")
-    password = unquote(parts.password) if parts.password is not None else given.get("password")
+    password = unquote(parts.password) if parts.password else given.get("password")
     userinfo = quote(username, safe="") + (f":{quote(password, safe='')}" if password else "")
     rest = urlencode([(k, v) for k, v in query if k not in given])
     return urlunsplit((parts.scheme, f"{userinfo}@{host}" if userinfo else host, parts.path,

@@ -15,7 +15,7 @@ import redis
 import flowkit
 from flowkit.testing import LocalRedis
 from flowkit.testing.redis import free_port
-from flowkit.urls import redacted
+from flowkit.urls import credentials_in_userinfo, redacted
 from tests import workflows as wf
 
 pytestmark = pytest.mark.integration
@@ -364,3 +364,15 @@ def test_following_from_past_a_run_s_events_is_a_usage_error_before_any_output(e
     assert one_line(result) == (
         f"flowkit {command[0]}: Cursor {past} is past run {run.id}'s events (its last event is "
         f"{last}): resume from an id its stream gave you, or from the start.")
+
+
+@pytest.mark.parametrize("url, celery_reads", [
+    ("redis://h:6379/0?password=x", "redis://:x@h:6379/0"),
+    ("redis://:@h:6379/0?password=x", "redis://:x@h:6379/0"),  # empty before the host
+    ("redis://:p@h:6379/0?password=x", "redis://:p@h:6379/0"),  # the one before wins
+    ("redis://h:6379/0?username=u&password=p%40ss&db=1", "redis://u:p%40ss@h:6379/0?db=1"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+])
+def test_a_redis_url_s_query_credentials_move_where_celery_reads_them(url, celery_reads):
+    """kombu added the query's password to the one it parsed and failed every publish."""
+    assert credentials_in_userinfo(url) == celery_reads

@@ -245,3 +245,11 @@ def test_dev_with_a_module_that_does_not_import_says_so_in_one_line(tmp_path):
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "cannot import 'nosuch.flows'" in result.stderr
+
+
+def test_an_empty_host_means_every_interface_as_for_bind():
+    """``--host ""`` listened on every interface until the address check refused it."""
+    from flowkit.cli.dev import _bind
+
+    port = _bind("", 0)
+    assert 0 < port < 65536

@@ -364,9 +364,11 @@ def _free_port(host: str) -> int:
 
 
 def _bind(host: str, port: int) -> int:
-    """The port a socket bound on ``host`` gets (``port``, or any free one for 0)."""
+    """The port a socket bound on ``host`` gets (``port``, or any free one for 0); ``""``
+    is every IPv4 interface, as for ``bind``."""
     try:
-        [(family, *_), *_] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+        [(family, *_), *_] = socket.getaddrinfo(host or "0.0.0.0", port,
+                                                type=socket.SOCK_STREAM,
                                                 flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise UsageError(f"--host {host}: no such address ({exc.strerror}); give an address "
