@@ -15,9 +15,10 @@ from .errors import ConfigError, ValidationError
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
 CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
-SCHEDULE_ID = r"^(?!.*/(pause|resume)$)[\x21-\x7e]{1,200}$"
+SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)$)[\x21-\x7e]{1,200}$"
 #: What :data:`SCHEDULE_ID` asks for (the API's paths take ``<id>/pause`` for the action).
-SCHEDULE_ID_RULE = "1 to 200 printable ASCII characters, no spaces, not ending in /pause or /resume"
+SCHEDULE_ID_RULE = ("1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
+                    "not ending in /pause or /resume")
 MAX_EVERY = 366 * 86_400
 #: Priorities a run may ask for: 0 (the default) to 9 (first).
 PRIORITIES = range(10)
@@ -105,10 +106,15 @@ class Schedule:
                                       or len(self.cron.split()) != 5):
             raise ConfigError(f"Schedule(cron=...) takes 5 fields (minute hour day month "
                               f"weekday), e.g. '0 9 * * 1-5', not {self.cron!r}.")
-        if self.every is not None and not (isinstance(self.every, (int, float))
-                                           and self.every >= 1):
-            raise ConfigError(f"Schedule(every=...) is a number of seconds >= 1, "
-                              f"not {self.every!r}.")
+        if self.every is not None and (isinstance(self.every, bool)
+                                       or not isinstance(self.every, (int, float))
+                                       or not 1 <= self.every <= MAX_EVERY):
+            raise ConfigError(f"Schedule(every=...) is a number of seconds from 1 to "
+                              f"{MAX_EVERY} (a year), not {self.every!r}.")
+        if self.id is not None and not (isinstance(self.id, str)
+                                        and re.fullmatch(SCHEDULE_ID, self.id)):
+            raise ConfigError(f"Schedule(id=...) is {SCHEDULE_ID_RULE}, not {self.id!r}: the "
+                              "REST API could not name it.")
 
     def default_id(self, workflow: str) -> str:
         return self.id or f"{workflow}@" + (self.cron.replace(" ", "_") if self.cron

@@ -61,6 +61,12 @@ class Workflow:
         self.schedules = tuple(schedules)
         if not all(isinstance(s, Schedule) for s in self.schedules):
             raise ConfigError("Workflow(schedules=[...]) takes flowkit.Schedule(...) items.")
+        for schedule in self.schedules:  # every tick would fail, logged by beat only
+            try:
+                self.schedule_input(schedule.input)
+            except ValidationError as exc:
+                raise ConfigError(f"Workflow {name!r}: schedule {schedule.default_id(name)!r} "
+                                  f"has an input its runs would refuse: {exc.fields}.") from None
         _workflows[name] = self
 
     def __repr__(self) -> str:
@@ -81,6 +87,15 @@ class Workflow:
             messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             raise ValidationError(messages) from None
         return self.input_schema.dump(loaded)
+
+    def schedule_input(self, input: Any) -> Any:
+        """``input`` as a schedule's runs would start with it (``validate``d, and holding
+        the field its concurrency key reads); raises ValidationError, as a start would at
+        every tick."""
+        payload = self.validate(input)
+        if self.concurrency is not None and not callable(self.concurrency.key):
+            self.concurrency.key_of(payload, None)
+        return payload
 
     def check_output(self, output: Any) -> Any:
         if self.output_schema is None:

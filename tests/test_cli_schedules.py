@@ -151,8 +151,10 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
      'Invalid workflow input. {"n": ["Missing data for required field."], "m": ["Unknown '
      'field."]}; pass --input with JSON the workflow\'s input schema accepts.'),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "a b", *APP], 2,
-     "--id 'a b': 1 to 200 printable ASCII characters, no spaces, not ending in /pause or "
-     "/resume."),
+     "--id 'a b': 1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
+     "not ending in /pause or /resume."),
+    (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "/x", *APP], 2,
+     "--id '/x': 1 to 200"),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "a/pause", *APP], 2,
      "--id 'a/pause': 1 to 200"),
 ])

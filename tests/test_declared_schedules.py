@@ -10,6 +10,7 @@ import pytest
 import flowkit
 from flowkit.engine import schedules
 from flowkit.workflow import _workflows
+from tests import workflows as _served  # noqa: F401  (per_tenant)
 
 pytestmark = pytest.mark.integration
 NAME = "declared-schedules"
@@ -69,3 +70,31 @@ def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_al
     after = deploy(flowkit.Schedule(every=60, id="shared"))
     assert after["shared"] == by_hand
     assert store.schedule("elsewhere@every5s") == (elsewhere, 5.0)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"every": 60, "id": "x/pause"}, "Schedule(id=...) is 1 to 200 printable ASCII"),
+    ({"every": 60, "id": "/x"}, "no // and no leading /"),
+    ({"every": 60, "id": "a//b"}, "no // and no leading /"),
+    ({"every": float("inf")}, "Schedule(every=...) is a number of seconds from 1 to"),
+    ({"every": True}, "Schedule(every=...) is a number of seconds from 1 to"),
+])
+def test_a_schedule_the_api_could_not_serve_is_refused_where_it_is_written(options, says):
+    """From Python, ``x/pause`` and ``/x`` were stored (REST and the CLI refused them), and
+    no route reached them: each fired for good."""
+    with pytest.raises(flowkit.ConfigError) as refused:
+        flowkit.Schedule(**options)
+    assert says in str(refused.value)
+
+
+def test_a_schedule_whose_runs_would_be_refused_is_refused_now(store, monkeypatch):
+    """Its input missing the concurrency key's field passed; every tick then failed."""
+    with pytest.raises(flowkit.ValidationError) as refused:
+        schedules.create("per_tenant", every=60, input={}, store=store)
+    assert list(refused.value.fields) == ["tenant"]
+    monkeypatch.setitem(_workflows, NAME, None)
+    with pytest.raises(flowkit.ConfigError, match=f"Workflow '{NAME}': schedule 'nightly' has "
+                                                  "an input its runs would refuse"):
+        flowkit.Workflow(NAME, [noop], concurrency=flowkit.Concurrency(limit=1, key="tenant"),
+                         schedules=[flowkit.Schedule(every=60, id="nightly", input={})])
+    assert schedules.list(store) == []

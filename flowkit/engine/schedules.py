@@ -83,7 +83,7 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
            id: str | None = None, store: Store | None = None) -> dict[str, Any]:
     """Create (or replace) a schedule of ``workflow``; returns it with ``next_at``."""
     wf = get_workflow(workflow)
-    wf.validate(input)  # a schedule that would start invalid runs is refused now
+    wf.schedule_input(input)  # a schedule that would start invalid runs is refused now
     schedule = Schedule(cron=cron, every=every, input=input, timezone=timezone,
                         catchup=catchup, id=id)
     definition = definition_of(wf.name, schedule)
