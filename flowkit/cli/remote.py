@@ -18,7 +18,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
-from ..events import TERMINAL
+from ..events import START, TERMINAL
 from ..states import TERMINAL_STATES
 from .usage import UsageError
 
@@ -54,7 +54,14 @@ class RemoteRuns:
 
     def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
         """Every event after ``after`` until the run ends, reconnecting when the stream
-        drops (a deploy ends streams with a reconnect hint) from the last event id."""
+        drops (a deploy ends streams with a reconnect hint) from the last event id. A cursor
+        past the run's last event raises :class:`ValidationError` here, before any event,
+        as :func:`flowkit.follow` does."""
+        if after != START:
+            self._call("GET", f"/runs/{run_id}/events", params={"after": after, "limit": 1})
+        return self._stream(run_id, after)
+
+    def _stream(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
         cursor, tries, last = after, 0, None
         while True:
             heard = False  # an event on this connection
@@ -124,6 +131,10 @@ class RemoteRuns:
         if response.status_code == 401:
             raise UsageError(f"{message} (pass --api-key, or set FLOWKIT_API_KEY; a run token "
                              "reads its own run only)")
+        fields = error.get("fields")
+        if response.status_code == 404 and isinstance(fields, dict) and "after" in fields:
+            # a cursor past the run's events: its field message says where to resume from
+            raise ValidationError(fields, str(fields["after"][0]))
         if response.status_code == 404 and (not error or message.startswith(_NO_ROUTE)):
             raise self._not_flowkit(f"HTTP 404 for {response.url.path}")
         if response.status_code == 404 and "/workflows/" in str(response.url):

@@ -52,6 +52,22 @@ def test_a_run_token_follows_its_own_run(api, env, client):
     assert types.count("step.completed") == 2
 
 
+def test_following_from_past_a_run_s_events_is_a_usage_error_before_any_output(
+        api, env, client):
+    """Over HTTP it printed "following run ..." first, then "No such event", exit 1."""
+    created = client.post("/workflows/simple/runs", json={"n": 1},
+                          headers={"Prefer": "wait=20"}).json()
+    last = client.get(f"/runs/{created['id']}/events").json()["events"][-1]["id"]
+    past = f"{int(last.split('-')[0]) + 3_600_000}-0"  # an hour on: no stream gave that id
+    result = cli("follow", created["id"], "--after", past, "--url", api.url,
+                 "--api-key", API_KEY, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"flowkit follow: {past} is past the run's events (its last event is {last}): "
+        "resume from an id its stream gave you, or 0 for the whole history.")
+
+
 def test_a_run_token_expiring_mid_run_ends_the_follow_with_what_to_do(env, worker):
     """The server ends a token's stream when the token expires: the CLI says so in one line
     (exit 2) with the event id to go on from, instead of taking the notice for an event.
