@@ -7,6 +7,7 @@ snapshot of a run's record.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -272,8 +273,8 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
     if delay is not None and start_at is not None:
         raise ConfigError("start(...) takes delay= or start_at=, not both.")
     if delay is not None:
-        if delay < 0:
-            raise ConfigError("start(delay=...) is a number of seconds >= 0.")
+        if not _finite(delay) or delay < 0:
+            raise ConfigError(f"start(delay=...) is a number of seconds >= 0, not {delay!r}.")
         return now + float(delay) if delay > 0 else None
     if start_at is None:
         return None
@@ -281,7 +282,15 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
         if start_at.tzinfo is None:
             raise ConfigError("start(start_at=...) needs a timezone-aware datetime.")
         start_at = start_at.timestamp()
+    elif not _finite(start_at):
+        raise ConfigError(f"start(start_at=...) is a timezone-aware datetime or a Unix time, "
+                          f"not {start_at!r}.")
     return float(start_at) if float(start_at) > now else None
+
+
+def _finite(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value))
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -341,6 +350,11 @@ def list_runs(
     ``before`` a run id: the runs created before it, also when that run has expired (a
     pager's cursor outlives it; a run id says when it was made). ValidationError when
     ``before`` is not a run id."""
+    if state is not None and state not in {s.value for s in RunState}:
+        message = (f"{state!r} is not a run state: one of "
+                   f"{', '.join(s.value for s in RunState)}.")
+        raise ValidationError({"state": [message]}, message)
+    _check_limit(limit)
     since = None
     if before is not None:
         try:
@@ -360,6 +374,12 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
     of its events (a token stream has thousands), and re-reads the run every
     FLOWKIT_WAIT_RECHECK_SECONDS in case the message was lost (Redis restarted).
     """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or math.isnan(timeout)):
+        raise TypeError(f"wait(timeout=...) is a number of seconds, or None to wait until the "
+                        f"run ends; not {timeout!r}.")
+    if timeout is not None and math.isinf(timeout):
+        timeout = None if timeout > 0 else 0.0
     deadline = None if timeout is None else time.monotonic() + timeout
     recheck = get_settings().wait_recheck_seconds
     with get_store().watch_end(run_id) as watch:
@@ -378,7 +398,25 @@ def history(
     run_id: str, after: str = events.START, limit: int | None = None, store: Store | None = None
 ) -> list[events.Event]:
     """The run's events after ``after`` (exclusive), oldest first."""
-    return events.parse((store or get_store()).history(run_id, after, limit))
+    if limit is not None:
+        _check_limit(limit)
+    return events.parse((store or get_store()).history(run_id, _cursor(after), limit))
+
+
+def _check_limit(limit: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        message = f"limit is a whole number >= 1, not {limit!r}."
+        raise ValidationError({"limit": [message]}, message)
+
+
+def _cursor(after: str) -> str:
+    """``after`` as a stream id (``0`` and "" the start); ValidationError when it is none."""
+    cursor = events.parse_cursor(after) if isinstance(after, str) else None
+    if cursor is None:
+        message = (f"{after!r} is not an event id: pass an id the run's events gave you "
+                   "(e.g. 1700000000000-0), or 0 for the start.")
+        raise ValidationError({"after": [message]}, message)
+    return cursor
 
 
 def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iterator[events.Event]:
@@ -387,8 +425,11 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     ``run.failed`` is followed by the rest; a cursor at the final one ends at once; one past
     the run's last event raises :class:`ValidationError`, at this call (not at the first
     event: a caller says so before it shows anything)."""
+    after = _cursor(after)
     store = get_store()
     tail = store.last_event(run_id)
+    if tail is None:  # a run has its run.queued from its creation on: unknown, or expired
+        Run.load(run_id, store)
     ended = tail is not None and events.parse([tail])[0].terminal
     beyond = events.past_the_end(after, tail[0] if tail else None, live=not ended)
     if beyond:

@@ -1,0 +1,74 @@
+"""The Python API's run functions check what they are given: a NaN timeout reached redis-py's
+socket (StoreUnavailable), a NaN delay started the run at once and an infinite one never,
+an unknown state listed nothing, a cursor that is not an event id was Redis's own error,
+and following a run that does not exist waited for ever."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import flowkit
+from tests import workflows as wf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "5", True])
+def test_a_wait_timeout_is_a_number_or_none(store, bad):
+    run = wf.simple.start({"n": 1})  # no worker: it stays queued
+    with pytest.raises(TypeError, match=r"wait\(timeout=...\) is a number of seconds, or None"):
+        run.result(bad)
+    with pytest.raises(TimeoutError, match="is still queued after 0s"):
+        run.result(0)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"delay": float("nan")}, "start(delay=...) is a number of seconds >= 0, not nan."),
+    ({"delay": float("inf")}, "start(delay=...) is a number of seconds >= 0, not inf."),
+    ({"delay": "5"}, "start(delay=...) is a number of seconds >= 0, not '5'."),
+    ({"start_at": float("nan")}, "start(start_at=...) is a timezone-aware datetime or a Unix "
+                                 "time, not nan."),
+])
+def test_a_delayed_start_is_a_finite_time(store, options, says):
+    with pytest.raises(flowkit.ConfigError) as refused:
+        wf.simple.start({"n": 1}, **options)
+    assert str(refused.value) == says
+    assert flowkit.list_runs() == []
+
+
+def test_listing_takes_known_states_and_a_positive_limit(store):
+    with pytest.raises(flowkit.ValidationError) as refused:
+        flowkit.list_runs(state="done")
+    assert refused.value.fields == {"state": [
+        "'done' is not a run state: one of scheduled, queued, running, waiting, succeeded, "
+        "failed, cancelled."]}
+    for bad in (0, -1, 2.5):
+        with pytest.raises(flowkit.ValidationError, match="limit is a whole number >= 1"):
+            flowkit.list_runs(limit=bad)
+
+
+def test_a_cursor_that_is_not_an_event_id_is_a_validation_error(store):
+    run = wf.simple.start({"n": 1})
+    for read in (flowkit.history, flowkit.follow):
+        with pytest.raises(flowkit.ValidationError) as refused:
+            read(run.id, after="abc")
+        assert list(refused.value.fields) == ["after"]
+    assert [e.type for e in flowkit.history(run.id, after="0")] == ["run.queued"]
+
+
+def test_following_a_run_that_does_not_exist_says_so_at_once(store):
+    followed: list = []
+
+    def follow() -> None:
+        try:
+            followed.extend(flowkit.follow("01UNKNOWNRUN"))
+        except flowkit.RunNotFound as exc:
+            followed.append(exc)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    thread.join(10)  # it waited for ever on a stream no run would write
+    assert not thread.is_alive()
+    assert isinstance(followed[0], flowkit.RunNotFound)
