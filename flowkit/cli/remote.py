@@ -19,7 +19,6 @@ from httpx_sse import connect_sse
 
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
 from ..events import START, TERMINAL
-from ..states import TERMINAL_STATES
 from .usage import UsageError
 
 #: Seconds a dropped event stream waits before it reconnects (the server restarted, a
@@ -84,9 +83,14 @@ class RemoteRuns:
                 if last is not None and last.get("type") in TERMINAL:
                     return
                 # Nothing came: ``after`` was already past that end (a finished run
-                # followed from its last event), or the stream was cut at once
-                if not heard and self.get(run_id)["state"] in TERMINAL_STATES:
-                    return
+                # followed from its last event), or the stream was cut at once (a deploy);
+                # done only when no event is left after the cursor (the run may have ended
+                # meanwhile: its last events are still to show)
+                if not heard:
+                    page = self._call("GET", f"/runs/{run_id}/events",
+                                      params={"after": cursor, "limit": 1})
+                    if not page.get("events") and page.get("done"):
+                        return
             except httpx.TransportError as exc:
                 tries += 1
                 if tries > RECONNECT_TRIES:

@@ -206,7 +206,9 @@ def _run_attempts(
     try:
         shown = _shown(loads(output_json), value, pol)
     except RecursionError:  # nested past the stack (JSON takes more): the run fails, says why
-        exc = ValueError(f"the output of step {key} nests objects and arrays too deeply to "
+        what = "output (or input: searched for its secret fields)" if pol.secret_fields \
+            else "output"
+        exc = ValueError(f"the {what} of step {key} nests objects and arrays too deeply to "
                          f"report (keep it under {MAX_DEPTH} levels)")
         history.append({"attempt": state["attempt"], "error": describe_error(exc),
                         "at": time.time()})
