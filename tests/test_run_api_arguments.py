@@ -17,10 +17,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("bad", [float("nan"), "5", True])
 def test_a_wait_timeout_is_a_number_or_none(store, bad):
-    run = wf.simple.start({"n": 1})  # no worker: it stays queued
+    # scheduled an hour ahead: no worker of the session can take it, whatever runs
+    run = wf.simple.start({"n": 1}, delay=3600)
     with pytest.raises(TypeError, match=r"wait\(timeout=...\) is a number of seconds, or None"):
         run.result(bad)
-    with pytest.raises(TimeoutError, match="is still queued after 0s"):
+    with pytest.raises(TimeoutError, match="is still scheduled after 0s"):
         run.result(0)
 
 
@@ -50,12 +51,12 @@ def test_listing_takes_known_states_and_a_positive_limit(store):
 
 
 def test_a_cursor_that_is_not_an_event_id_is_a_validation_error(store):
-    run = wf.simple.start({"n": 1})
+    run = wf.simple.start({"n": 1}, delay=3600)
     for read in (flowkit.history, flowkit.follow):
         with pytest.raises(flowkit.ValidationError) as refused:
             read(run.id, after="abc")
         assert list(refused.value.fields) == ["after"]
-    assert [e.type for e in flowkit.history(run.id, after="0")] == ["run.queued"]
+    assert [e.type for e in flowkit.history(run.id, after="0")] == ["run.scheduled"]
 
 
 def test_following_a_run_that_does_not_exist_says_so_at_once(store):
