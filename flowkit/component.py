@@ -149,10 +149,12 @@ class Component:
 def _register(comp: Component) -> None:
     existing = _registry.get(comp.name)
     if existing is not None and existing.fn is not comp.fn:
+        # the same module's function again is a reload; two lambdas, or two functions a
+        # factory made, share a place but not a body: the later would run the earlier's steps
         same_place = (existing.fn.__module__, existing.fn.__qualname__) == (
             comp.fn.__module__,
             comp.fn.__qualname__,
-        )
+        ) and "<" not in comp.fn.__qualname__
         if not same_place:
             raise ConfigError(
                 f"Two components are named {comp.name!r} ({existing.fn.__module__}."

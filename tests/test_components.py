@@ -174,6 +174,25 @@ def test_bad_configuration_says_what_to_do():
             return x
 
 
+def test_two_components_a_factory_makes_may_not_share_a_default_name():
+    # both are "tests.test_components.<lambda>": the later replaced the earlier, whose steps
+    # then ran the later's body
+    first = component(lambda x: x + 1)
+    with pytest.raises(ConfigError, match="another name"):
+        component(lambda x: x * 2)
+
+    def make(k):
+        @component
+        def scaled(x):
+            return x * k
+        return scaled
+
+    make(2)
+    with pytest.raises(ConfigError, match="another name"):
+        make(3)
+    assert first(1) == 2
+
+
 def test_continuation_keys_count_up_from_the_step():
     assert continuation_key("2:agent", "tool") == ("2+1:tool", 1)
     assert continuation_key("2+1:tool", "agent") == ("2+2:agent", 2)

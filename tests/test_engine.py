@@ -48,6 +48,15 @@ def test_a_chain_runs_and_its_stream_holds_the_documented_events():
     assert counts(run) == {"add_one": 1, "double": 1}
 
 
+def test_components_whose_names_are_no_python_identifiers_run():
+    # Celery builds a function named after each task: "step_t.send-email: to/user" was a
+    # SyntaxError when the worker registered it, and start() raised it too
+    run = wf.oddly_named.start({"n": 1})
+    assert run.result(WAIT) == {"n": 6}
+    assert [e.data["step"] for e in run.events() if e.type == "step.completed"] == [
+        "0:t.send-email: to/user", "1:tests.workflows.<lambda>"]
+
+
 def test_a_redelivered_canvas_skips_checkpointed_steps():
     run = wf.chain3.start({"n": 1})
     reached_gate(run, "gated")

@@ -48,6 +48,16 @@ def double(data: dict) -> dict:
     return {"n": data["n"] * 2}
 
 
+@component(name="t.send-email: to/user")
+def hyphenated(data: dict) -> dict:
+    """A name that is no Python identifier: Celery's task must still be made from it."""
+    return {"n": data["n"] + 1}
+
+
+#: a lambda's default name, ``tests.workflows.<lambda>``, is no identifier either
+anonymous = component(lambda data: {"n": data["n"] * 3})
+
+
 @component(name="t.gated")
 def gated(data: dict) -> dict:
     count("gated")
@@ -262,6 +272,7 @@ number_schema = {"n": fields.Integer(required=True), "fail_times": fields.Intege
 
 chain3 = flowkit.Workflow("chain3", [add_one, gated, double], input_schema=number_schema)
 simple = flowkit.Workflow("simple", [add_one, double], input_schema=number_schema)
+oddly_named = flowkit.Workflow("oddly-named", [hyphenated, anonymous], input_schema=number_schema)
 chatty = flowkit.Workflow("chatty", [talker], input_schema=number_schema)
 pacing = flowkit.Workflow("pacing", [paced])
 nesting = flowkit.Workflow("nesting", [nested])

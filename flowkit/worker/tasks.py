@@ -17,6 +17,7 @@ and gather tasks ignore their results: checkpoints and the run record hold the o
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from celery import Celery
@@ -86,5 +87,7 @@ def _step_body(name: str):
     def run(task, value=None, *, run_id: str, key: str, gen: int, policy: dict | None = None):
         return executor.run_step(task, name, value, run_id=run_id, key=key, gen=gen, policy=policy)
 
-    run.__name__ = run.__qualname__ = f"step_{name.replace('.', '_')}"
+    # Celery execs a ``def <__name__>(...)`` to check call signatures: a component name like
+    # "send-email" or a lambda's default "m.<lambda>" must become an identifier first.
+    run.__name__ = run.__qualname__ = "step_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
     return run
