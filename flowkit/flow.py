@@ -10,8 +10,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, ValidationError
+from .serialization import dumps
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
 CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
@@ -83,6 +85,15 @@ class Rate:
         return self.count / self.seconds
 
 
+def zone(name: Any) -> ZoneInfo:
+    """The IANA time zone ``name`` (a schedule's ``timezone``), or a ConfigError."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigError(f"unknown time zone {name!r}; use an IANA name like "
+                          "'Europe/Paris' or 'UTC'.") from None
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Start a run of the workflow at every tick: of ``cron`` (5 fields: minute hour day
@@ -115,6 +126,13 @@ class Schedule:
                                         and re.fullmatch(SCHEDULE_ID, self.id)):
             raise ConfigError(f"Schedule(id=...) is {SCHEDULE_ID_RULE}, not {self.id!r}: the "
                               "REST API could not name it.")
+        zone(self.timezone)
+        if not isinstance(self.catchup, bool):
+            raise ConfigError(f"Schedule(catchup=...) is True or False, not {self.catchup!r}.")
+        try:  # stored as JSON, as every tick's run input is
+            dumps(self.input)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Schedule(input=...) must be JSON-serialisable: {exc}") from None
 
     def default_id(self, workflow: str) -> str:
         return self.id or f"{workflow}@" + (self.cron.replace(" ", "_") if self.cron

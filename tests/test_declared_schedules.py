@@ -78,6 +78,10 @@ def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_al
     ({"every": 60, "id": "a//b"}, "no // and no leading /"),
     ({"every": float("inf")}, "Schedule(every=...) is a number of seconds from 1 to"),
     ({"every": True}, "Schedule(every=...) is a number of seconds from 1 to"),
+    ({"every": 60, "timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+    ({"every": 60, "timezone": 5}, "unknown time zone 5"),
+    ({"every": 60, "catchup": "yes"}, "Schedule(catchup=...) is True or False, not 'yes'."),
+    ({"every": 60, "input": {"at": object()}}, "Schedule(input=...) must be JSON-serialisable"),
 ])
 def test_a_schedule_the_api_could_not_serve_is_refused_where_it_is_written(options, says):
     """From Python, ``x/pause`` and ``/x`` were stored (REST and the CLI refused them), and
@@ -98,3 +102,17 @@ def test_a_schedule_whose_runs_would_be_refused_is_refused_now(store, monkeypatc
         flowkit.Workflow(NAME, [noop], concurrency=flowkit.Concurrency(limit=1, key="tenant"),
                          schedules=[flowkit.Schedule(every=60, id="nightly", input={})])
     assert schedules.list(store) == []
+
+
+def test_a_cron_line_celery_cannot_read_is_skipped_alone_and_stops_a_worker(
+        deploy, store, caplog):
+    """Five fields of the wrong values passed the definition: beat's store_declared then
+    failed on it at every start, storing none of the workflow's schedules, logged as if
+    Redis were away."""
+    stored = deploy(flowkit.Schedule(every=60, id="often"),
+                    flowkit.Schedule(cron="99 * * * *", id="never"))
+    assert set(stored) == {"often"}
+    assert ("Workflow 'declared-schedules': schedule 'never': invalid cron line '99 * * * *'"
+            in caplog.text)
+    with pytest.raises(flowkit.ConfigError, match="schedule 'never': invalid cron line"):
+        schedules.check_declared()  # a worker's start: it refuses, saying this

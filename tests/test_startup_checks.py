@@ -101,3 +101,14 @@ def test_the_web_process_warns_of_a_redis_that_would_lose_work(flowkit_env, risk
     log = "".join(seen)
     assert "flowkit web: DATA AT RISK AOF is off" in log
     assert "maxmemory-policy is allkeys-lru" in log
+
+
+def test_a_worker_refuses_to_start_on_a_cron_line_celery_cannot_read(flowkit_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.bad_schedule_app", "worker", "--pool",
+         "threads", "--queues", "startup-checks", "--without-gossip", "--without-mingle"],
+        env={**os.environ, **flowkit_env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "refuses to start" in line]
+    assert lines == ["flowkit: worker refuses to start: Workflow 'badly-scheduled': schedule "
+                     "'never': invalid cron line '99 * * * *': Invalid end range: 99 > 59."]

@@ -18,12 +18,11 @@ import logging
 import time
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import ParseException, crontab
 
 from ..errors import ConfigError, NotFound
-from ..flow import Schedule
+from ..flow import Schedule, zone
 from ..serialization import dumps, loads
 from ..store import Store, get_store
 from ..workflow import get_workflow, workflows
@@ -41,21 +40,13 @@ def next_tick(definition: dict[str, Any], after: float) -> float:
         every = float(definition["every"])
         anchor = float(definition.get("anchor", 0.0))
         return anchor + (int((after - anchor) // every) + 1) * every
-    tz = _zone(definition.get("timezone", "UTC"))
+    tz = zone(definition.get("timezone", "UTC"))
     minute, hour, day, month, weekday = definition["cron"].split()
     cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
                    day_of_week=weekday)
     last = datetime.fromtimestamp(after, tz)
     start, delta, _ = cron.remaining_delta(last, tz=tz)
     return (start + delta).timestamp()
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"unknown time zone {name!r}; use an IANA name like "
-                          "'Europe/Paris' or 'UTC'.") from None
 
 
 def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
@@ -67,7 +58,6 @@ def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
         "every": schedule.every, "input": schedule.input, "timezone": schedule.timezone,
         "catchup": schedule.catchup, "anchor": time.time(), "declared": declared,
     }
-    _zone(schedule.timezone)  # checked for an interval too: a wrong zone is a mistake
     try:
         next_tick(definition, time.time())  # a bad cron line or zone fails here, said clearly
     except (ValueError, KeyError, IndexError, ParseException) as exc:
@@ -147,8 +137,9 @@ def store_declared(store: Store | None = None) -> None:
     stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in served}
     now = time.time()
     for name, wf in served.items():
-        declared = {d["id"]: d for d in (definition_of(name, schedule, declared=True)
-                                         for schedule in getattr(wf, "schedules", ()))}
+        declared, unreadable = _declared_of(name, wf)
+        for said in unreadable.values():  # a mistake, not an outage: trying again won't help
+            log.error("flowkit: %s; it is not stored: fix its declaration", said)
         for schedule_id, definition in declared.items():
             current, next_at = stored.get(schedule_id, (None, None))
             if current is None:
@@ -159,9 +150,32 @@ def store_declared(store: Store | None = None) -> None:
                 log.info("flowkit: schedule %s changed in the code: replaced", schedule_id)
         for schedule_id, (current, _) in stored.items():
             if (current.get("declared") and current["workflow"] == name
-                    and schedule_id not in declared):
+                    and schedule_id not in declared and schedule_id not in unreadable):
                 store.delete_schedule(schedule_id)
                 log.info("flowkit: schedule %s is no longer declared: deleted", schedule_id)
+
+
+def check_declared() -> None:
+    """Every schedule this process's workflows declare, read as beat will store it: a cron
+    line Celery cannot read (``'99 * * * *'``) is a ConfigError when a worker starts."""
+    for name, wf in workflows().items():
+        _, unreadable = _declared_of(name, wf)
+        if unreadable:
+            raise ConfigError(next(iter(unreadable.values())))
+
+
+def _declared_of(name: str, wf: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The stored forms of ``wf``'s declared schedules, and what is wrong with each one
+    that has none: one bad declaration leaves the others to be stored and fired."""
+    declared: dict[str, dict[str, Any]] = {}
+    unreadable: dict[str, str] = {}
+    for schedule in getattr(wf, "schedules", ()):
+        schedule_id = schedule.default_id(name)
+        try:
+            declared[schedule_id] = definition_of(name, schedule, declared=True)
+        except ConfigError as exc:
+            unreadable[schedule_id] = f"Workflow {name!r}: schedule {schedule_id!r}: {exc}"
+    return declared, unreadable
 
 
 def _shape(definition: dict[str, Any]) -> Any:
