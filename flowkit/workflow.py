@@ -9,11 +9,13 @@ engine to the definitions and never back.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 import marshmallow
 
+from .component import Component
 from .errors import ConfigError, ValidationError, WorkflowNotFound
 from .flow import Concurrency, Schedule
 from .nodes import Sequence, as_node
@@ -21,6 +23,10 @@ from .schemas import SchemaLike, as_schema
 from .serialization import MAX_DEPTH, nested_too_deeply
 
 _workflows: dict[str, Workflow] = {}
+#: What a workflow's name may be: it is a path segment of the API and a part of Redis keys.
+WORKFLOW_NAME = r"[^\s/:\x00-\x1f\x7f]{1,200}"
+WORKFLOW_NAME_RULE = "1 to 200 characters, without spaces, '/' or ':'"
+
 
 class Workflow:
     """A named workflow. ``steps`` is a list of components, ``parallel(...)`` and ``fan_out(...)``.
@@ -42,8 +48,16 @@ class Workflow:
         concurrency: Concurrency | None = None,
         schedules: Iterable[Schedule] = (),
     ) -> None:
-        if not name or "/" in name or ":" in name:
-            raise ConfigError(f"Workflow name {name!r} must be non-empty, without '/' or ':'.")
+        if not (isinstance(name, str) and re.fullmatch(WORKFLOW_NAME, name)):
+            raise ConfigError(f"Workflow name {name!r} must be {WORKFLOW_NAME_RULE}.")
+        if isinstance(steps, Component):
+            raise ConfigError(f"Workflow({name!r}, steps) takes a list of steps: write "
+                              f"[{steps.fn.__name__}], not {steps.fn.__name__} alone.")
+        if not isinstance(steps, (list, tuple)):
+            raise ConfigError(f"Workflow({name!r}, steps) takes a list of steps, not "
+                              f"{type(steps).__name__}.")
+        if queue is not None and not (isinstance(queue, str) and queue.strip()):
+            raise ConfigError(f"Workflow(queue=...) is the name of a Celery queue, not {queue!r}.")
         root = as_node(list(steps))
         assert isinstance(root, Sequence)
         self.name = name

@@ -216,8 +216,15 @@ def test_workflow_input_is_validated_with_field_messages():
 def test_workflow_composition_errors_are_clear():
     with pytest.raises(ConfigError, match="not a step"):
         flowkit.Workflow("unit-bad", [add, "nope"])
-    with pytest.raises(ConfigError, match="name"):
-        flowkit.Workflow("bad/name", [add])
+    for bad in ("bad/name", "a b", " ", "", 5, "x" * 201):
+        with pytest.raises(ConfigError, match="must be 1 to 200 characters, without spaces"):
+            flowkit.Workflow(bad, [add])
+    with pytest.raises(ConfigError, match=r"takes a list of steps: write \[add\], not add alone"):
+        flowkit.Workflow("unit-bad", add)
+    # a queue that is no name passed, and the worker's start then failed on it
+    for bad in (5, "", " "):
+        with pytest.raises(ConfigError, match=r"Workflow\(queue=...\) is the name of a Celery"):
+            flowkit.Workflow("unit-bad", [add], queue=bad)
     for batch in (0, 2.5, True):
         with pytest.raises(ConfigError, match="batch"):
             flowkit.fan_out(add, batch=batch)
