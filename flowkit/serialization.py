@@ -16,7 +16,16 @@ MAX_DEPTH = 64
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_not_json)
+    """``value`` as JSON; NaN and Infinity are refused (ValueError), as JSON has neither:
+    a browser's ``JSON.parse`` and most other readers fail on the whole document."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                          default=_not_json, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        raise ValueError("it holds NaN or Infinity, which JSON cannot carry; use None or a "
+                         "string") from None
 
 
 def loads(text: str | bytes) -> Any:

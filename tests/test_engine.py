@@ -133,6 +133,28 @@ def test_an_output_nested_too_deeply_fails_its_run_and_says_so(depth, says):
     assert types(run)[-2:] == ["step.failed", "run.failed"]
 
 
+@pytest.mark.parametrize("emit, says", [
+    (False, "the output of step 0:t.not_a_number must be JSON-serialisable: it holds NaN or "
+            "Infinity"),
+    (True, "a step.output event must be JSON-serialisable: it holds NaN or Infinity"),
+])
+def test_a_nan_in_an_output_or_event_fails_the_step_instead_of_reaching_readers(emit, says):
+    """NaN went into the store as the bare word NaN: the API then served it, and a
+    browser's JSON.parse failed on the whole event or run."""
+    run = wf.not_numbers.start({"emit": emit})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert says in str(err.value)
+    for event in flowkit.history(run.id):
+        json.loads(json.dumps(event.data), parse_constant=lambda word: pytest.fail(word))
+
+
+def test_a_nan_in_an_input_is_refused_before_anything_is_stored():
+    with pytest.raises(TypeError, match="it holds NaN or Infinity, which JSON cannot carry"):
+        wf.not_numbers.start({"x": float("nan")})
+    assert flowkit.list_runs() == []
+
+
 def test_an_input_nested_too_deeply_is_refused_before_anything_is_stored():
     deep: list = []
     for _ in range(64):

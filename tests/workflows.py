@@ -58,6 +58,14 @@ def hyphenated(data: dict) -> dict:
 anonymous = component(lambda data: {"n": data["n"] * 3})
 
 
+@component(name="t.not_a_number")
+def not_a_number(data: dict) -> dict:
+    """Returns (or, with ``emit``, emits) a NaN: JSON has no such number."""
+    if data.get("emit"):
+        flowkit.emit({"score": float("inf")})
+    return {"score": float("nan")}
+
+
 @component(name="t.gated")
 def gated(data: dict) -> dict:
     count("gated")
@@ -276,6 +284,7 @@ oddly_named = flowkit.Workflow("oddly-named", [hyphenated, anonymous], input_sch
 chatty = flowkit.Workflow("chatty", [talker], input_schema=number_schema)
 pacing = flowkit.Workflow("pacing", [paced])
 nesting = flowkit.Workflow("nesting", [nested])
+not_numbers = flowkit.Workflow("not-numbers", [not_a_number])
 retrying = flowkit.Workflow(
     "retrying",
     [add_one, flaky.retry(attempts=3, backoff=flowkit.exponential(0.1, 0.2), jitter=False), double],

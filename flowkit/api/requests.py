@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -139,9 +140,12 @@ def json_body() -> Any:
                        "'Content-Type: application/json' (it came as "
                        f"{request.mimetype or 'no Content-Type'}).")
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:  # nested past Python's own limit
         raise _too_deep() from None
+    except _TooLarge as exc:
+        raise ApiError(400, "invalid_json", f"The request body holds {exc}, a number too "
+                       "large for a float; send it as a string.") from None
     except ValueError:
         raise _not_json() from None
     if nested_too_deeply(value):
@@ -151,6 +155,18 @@ def json_body() -> Any:
     except UnicodeEncodeError:
         raise _not_json() from None
     return value
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    # json would read 1e400 as Infinity, which no JSON document may then hold
+    number = float(text)
+    if math.isinf(number):
+        raise _TooLarge(text[:40])
+    return number
 
 
 def _no_constant(name: str) -> Any:

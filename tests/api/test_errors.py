@@ -132,3 +132,14 @@ def test_redis_down_is_a_503_that_says_to_retry(flowkit_env, monkeypatch):
                 assert response.status_code == 503, (path, response.text)
                 assert response.json()["error"]["code"] == "store_unavailable"
                 assert response.headers["Retry-After"] == "2"
+
+
+def test_a_number_past_a_float_s_range_is_400_not_infinity(client, store):
+    """``1e400`` parses to Infinity: it was stored, and every reader of the run's JSON then
+    failed on ``Infinity``, which JSON does not have."""
+    for path in ("/workflows/pacing/runs", "/events/k", "/schedules"):
+        response = client.post(path, content=b'{"workflow": "pacing", "every": 60, "x": 1e400}',
+                               headers={"Content-Type": "application/json"})
+        error = assert_error(response, 400, "invalid_json")
+        assert "a number too large for a float" in error["message"]
+    assert client.get("/runs").json()["runs"] == []
