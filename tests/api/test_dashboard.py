@@ -169,8 +169,9 @@ def test_a_failed_run_shows_its_error_and_retry_runs_it_again(api, client, page)
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector('#state[data-state="failed"]')
     assert "flaky failure 2" in page.text_content("#run-error")
-    assert page.locator("#timeline svg rect.bar.retried").count() == 1  # attempt 1
-    assert page.locator("#timeline svg rect.bar.failed").count() == 1  # attempt 2
+    # the timeline draws from the trace, fetched after the run's state shows: waited for
+    expect(page.locator("#timeline svg rect.bar.retried")).to_have_count(1)  # attempt 1
+    expect(page.locator("#timeline svg rect.bar.failed")).to_have_count(1)  # attempt 2
     page.click("#retry")
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert json.loads(page.text_content("#run-output")) == {"n": 2, "calls": 3}
