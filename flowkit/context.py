@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .errors import FlowkitError
-from .schemas import SchemaLike
+from .schemas import SchemaLike, check_input_name
 
 
 class RunningStep(Protocol):
@@ -105,6 +105,7 @@ def wait_for_input(
     seconds it raises :class:`flowkit.InputTimeout`. Outside a run it raises.
     """
     timeout = _limit(timeout, "wait_for_input(timeout=...)")  # checked outside a run too
+    check_input_name(name)
     return _step("wait_for_input").wait_for_input(name, schema, prompt, timeout)
 
 

@@ -68,6 +68,8 @@ EVENT_LOOKBACK_SECONDS = 3600.0
 
 #: The longest event key (``wait_for_event``, ``send_event``, ``POST /events/<key>``).
 EVENT_KEY_MAX_CHARS = 200
+#: Longest name an input (``wait_for_input``) may have.
+INPUT_NAME_MAX_CHARS = 200
 
 #: Seconds a worker waits for running steps on SIGTERM before handing them over.
 DRAIN_GRACE = 30.0

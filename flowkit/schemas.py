@@ -97,6 +97,16 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def check_input_name(name: Any) -> str:
+    """``name`` if it can name an input: 1 to INPUT_NAME_MAX_CHARS characters without ``/``
+    (``POST /runs/<id>/input/<name>`` must reach it); the wait and every sender check it."""
+    most = defaults.INPUT_NAME_MAX_CHARS
+    if not (isinstance(name, str) and 1 <= len(name) <= most and "/" not in name):
+        message = f"An input's name is 1 to {most} characters without '/', not {name!r}."
+        raise ValidationError({"name": [message]}, message)
+    return name
+
+
 def check_event_key(key: Any) -> str:
     """``key`` if it can name an event: 1 to EVENT_KEY_MAX_CHARS characters of text, the
     same rule for the wait, the Python sender, the CLI and ``POST /events/<key>``."""

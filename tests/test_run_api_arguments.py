@@ -73,3 +73,39 @@ def test_following_a_run_that_does_not_exist_says_so_at_once(store):
     thread.join(10)  # it waited for ever on a stream no run would write
     assert not thread.is_alive()
     assert isinstance(followed[0], flowkit.RunNotFound)
+
+
+def test_a_run_id_is_a_string_and_a_run_object_is_told_to_pass_its_id(store):
+    """A Run, None or a number reached redis-py: AttributeError: 'Run' has no 'encode'."""
+    run = wf.simple.start({"n": 1}, delay=3600)
+    calls = [flowkit.get_run, flowkit.wait, flowkit.history, flowkit.follow,
+             flowkit.cancel, flowkit.retry, lambda r: flowkit.send_input(r, "ok", 1)]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"A run id is a string like '01J...' \(pass run.id\), "
+                                            r"not Run\."):
+            call(run)
+        for bad in (None, 5):
+            with pytest.raises(TypeError, match=f"not {type(bad).__name__}"):
+                call(bad)
+    assert flowkit.get_run(run.id).state == "scheduled"
+
+
+def test_history_of_an_unknown_run_says_so(store):
+    """It answered [], as for a run with nothing yet: a typo looked like an empty run."""
+    with pytest.raises(flowkit.RunNotFound):
+        flowkit.history("01UNKNOWNRUN")
+
+
+def test_a_follow_s_block_is_whole_milliseconds(store):
+    run = wf.simple.start({"n": 1}, delay=3600)
+    for bad in (-1, 0.5, "100"):
+        with pytest.raises(ValueError, match=r"follow\(block_ms=...\) is a whole number"):
+            flowkit.follow(run.id, block_ms=bad)
+
+
+def test_an_input_sent_under_a_name_no_wait_could_have_is_refused(store):
+    run = wf.simple.start({"n": 1}, delay=3600)
+    for bad in (None, "", "a/b"):
+        with pytest.raises(flowkit.ValidationError) as refused:
+            flowkit.send_input(run.id, bad, 1)
+        assert list(refused.value.fields) == ["name"]

@@ -38,6 +38,14 @@ def test_sleep_until_refuses_a_naive_datetime():
         flowkit.sleep_until(datetime.now() + timedelta(hours=1))
 
 
+@pytest.mark.parametrize("bad", [None, 5, "", "a/b", "x" * 201])
+def test_an_input_s_name_is_text_the_api_can_reach(bad):
+    """None was stored as a wait no sender could name: the run waited until its timeout."""
+    with pytest.raises(flowkit.ValidationError, match="An input's name is 1 to 200 characters "
+                                                      "without '/'"):
+        flowkit.wait_for_input(bad)
+
+
 def test_good_arguments_still_reach_the_wait():
     """Outside a run, a wait with good arguments says it needs a run; a sleep sleeps."""
     with pytest.raises(flowkit.FlowkitError, match="pauses a step of a run"):

@@ -29,7 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..flow import check_priority
-from ..schemas import check_event_key, json_errors
+from ..schemas import check_event_key, check_input_name, json_errors
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
@@ -138,7 +138,7 @@ class Run:
 
     @classmethod
     def load(cls, run_id: str, store: Store | None = None) -> Run:
-        record, attempts, waits = (store or get_store()).load_run(run_id)
+        record, attempts, waits = (store or get_store()).load_run(check_run_id(run_id))
         if not record:
             raise not_found(run_id)
         run = cls.from_record(record)
@@ -188,6 +188,15 @@ class Run:
 
     def retry(self) -> Run:
         return retry(self.id)
+
+
+def check_run_id(run_id: Any) -> str:
+    """``run_id`` if it is one (a string); a TypeError saying what to pass otherwise: a
+    Run, None or a number reached Redis and failed there, as an AttributeError."""
+    if isinstance(run_id, str):
+        return run_id
+    hint = " (pass run.id)" if isinstance(run_id, Run) else ""
+    raise TypeError(f"A run id is a string like '01J...'{hint}, not {type(run_id).__name__}.")
 
 
 def not_found(run_id: str) -> RunNotFound:
@@ -381,6 +390,7 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
     if timeout is not None and math.isinf(timeout):
         timeout = None if timeout > 0 else 0.0
     deadline = None if timeout is None else time.monotonic() + timeout
+    check_run_id(run_id)
     recheck = get_settings().wait_recheck_seconds
     with get_store().watch_end(run_id) as watch:
         run = Run.load(run_id)  # read after subscribing: no end can slip between
@@ -397,10 +407,16 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
 def history(
     run_id: str, after: str = events.START, limit: int | None = None, store: Store | None = None
 ) -> list[events.Event]:
-    """The run's events after ``after`` (exclusive), oldest first."""
+    """The run's events after ``after`` (exclusive), oldest first. An unknown run (or one
+    expired after its retention) raises RunNotFound: every run has its ``run.queued``."""
     if limit is not None:
         _check_limit(limit)
-    return events.parse((store or get_store()).history(run_id, _cursor(after), limit))
+    store = store or get_store()
+    cursor = _cursor(after)
+    found = events.parse(store.history(check_run_id(run_id), cursor, limit))
+    if not found and cursor == events.START:
+        Run.load(run_id, store)
+    return found
 
 
 def _check_limit(limit: Any) -> None:
@@ -426,8 +442,11 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     the run's last event raises :class:`ValidationError`, at this call (not at the first
     event: a caller says so before it shows anything)."""
     after = _cursor(after)
+    if isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms < 0:
+        raise ValueError(f"follow(block_ms=...) is a whole number of milliseconds >= 0, not "
+                         f"{block_ms!r}.")
     store = get_store()
-    tail = store.last_event(run_id)
+    tail = store.last_event(check_run_id(run_id))
     if tail is None:  # a run has its run.queued from its creation on: unknown, or expired
         Run.load(run_id, store)
     ended = tail is not None and events.parse([tail])[0].terminal
@@ -455,7 +474,7 @@ def _tail(store: Store, run_id: str, cursor: str, block_ms: int, done: bool
 
 def trace(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
     """The run's trace: the workflow span first, then every span recorded, oldest first."""
-    return traces.read(run_id, store)
+    return traces.read(check_run_id(run_id), store)
 
 
 # -- changing ---------------------------------------------------------------------------
@@ -464,7 +483,7 @@ def trace(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
 def cancel(run_id: str, store: Store | None = None) -> Run:
     """Cancel a queued or running run; a running step sees it at its next event or check."""
     store = store or get_store()
-    result = store.cancel(run_id, time.time(), events.make(events.RUN_CANCELLED, run_id))
+    result = store.cancel(check_run_id(run_id), time.time(), events.make(events.RUN_CANCELLED, run_id))
     if result < 0:
         raise not_found(run_id)
     if result > 0:
@@ -523,6 +542,7 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     published, InvalidState when the run does not wait for ``name`` (or another value was
     accepted first); the same value sent again is accepted (SAME) and changes nothing.
     """
+    check_input_name(name)
     store = store or get_store()
     run = Run.load(run_id, store)
     wait = next((w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name),
