@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, overload
@@ -110,7 +111,8 @@ class Component:
         A short wait sleeps; a long one pauses the step without a worker."""
         steps = Rate.parse(rate)
         budget = Rate.parse(tokens) if tokens is not None else None
-        if burst is not None and not (isinstance(burst, (int, float)) and burst >= 1):
+        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, (int, float))
+                                  or not 1 <= burst < math.inf):
             raise ConfigError(f"rate_limit(burst=...) is a number >= 1, not {burst!r}.")
         if budget is not None and cost is None:
             raise ConfigError("rate_limit(tokens=...) needs cost=: the input field (or "

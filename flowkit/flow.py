@@ -48,7 +48,8 @@ class Concurrency:
     def __post_init__(self) -> None:
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
             raise ConfigError(f"Concurrency(limit=...) is a whole number >= 1, not {self.limit!r}.")
-        if self.key is not None and not (isinstance(self.key, str) or callable(self.key)):
+        if self.key is not None and not ((isinstance(self.key, str) and self.key)
+                                         or callable(self.key)):
             raise ConfigError("Concurrency(key=...) is an input field's name or a function "
                               "of the input (None: the run's owner).")
 
@@ -78,7 +79,11 @@ class Rate:
         if found is None:
             raise ConfigError(f"a rate is like '60/m', '5/s', '1000/h' or '10/5s', not {text!r}.")
         count, every, unit = found.groups()
-        return cls(float(count), float(every or 1) * _UNIT[unit])
+        rate = cls(float(count), float(every or 1) * _UNIT[unit])
+        if rate.count <= 0 or rate.seconds <= 0:  # "0/s" let nothing through, "1/0s" divided by 0
+            raise ConfigError(f"a rate is more than 0 per more than 0 seconds, like '60/m' or "
+                              f"'10/5s', not {text!r}.")
+        return rate
 
     @property
     def per_second(self) -> float:

@@ -127,8 +127,17 @@ def test_bad_limits_say_what_to_do():
         add.concurrency(2, key=lambda page: page["domain"])
     with pytest.raises(ConfigError, match="like '60/m'"):
         add.rate_limit("fast")
-    with pytest.raises(ConfigError, match="burst"):
-        add.rate_limit("60/m", burst=0)
+    for bad in (0, float("inf"), float("nan"), True, "5"):
+        with pytest.raises(ConfigError, match=r"rate_limit\(burst=...\) is a number >= 1"):
+            add.rate_limit("60/m", burst=bad)
+    # "10/0s" divided by zero, "0/s" passed and no step ever started
+    for bad in ("10/0s", "0/s", "0.0/m"):
+        with pytest.raises(ConfigError, match="more than 0 per more than 0 seconds"):
+            add.rate_limit(bad)
+        with pytest.raises(ConfigError, match="more than 0 per more than 0 seconds"):
+            add.rate_limit("1/s", tokens=bad, cost="size")
+    with pytest.raises(ConfigError, match=r"Concurrency\(key=...\) is an input field's name"):
+        flowkit.Concurrency(limit=1, key="")
     with pytest.raises(ConfigError, match="needs cost="):
         add.rate_limit("60/m", tokens="1000/m")
     with pytest.raises(ConfigError, match="no field 'domain'"):

@@ -192,3 +192,13 @@ def test_a_token_budget_spaces_steps_by_what_they_cost():
     assert [run.wait(WAIT).state for run in cheap] == ["succeeded"] * 5
     spread = [float(t) for t in get_store().redis.lrange("pinged:dan", 0, -1)]
     assert max(spread) - min(spread) < 0.9  # 5 units fit in the budget at once
+
+
+@pytest.mark.parametrize("size", [-1000, "nan"])
+def test_a_negative_or_nan_cost_fails_the_step_instead_of_filling_the_bucket(size):
+    """-1000 was taken from the budget: the bucket filled up for every other step."""
+    run = wf.weighed_ping.start({"user": "eve", "size": size})
+    with pytest.raises(flowkit.StepError, match="its rate limit cost is (-1000|nan); a cost is "
+                                                "a finite number >= 0"):
+        run.result(WAIT)
+    assert get_store().redis.lrange("pinged:eve", 0, -1) == []

@@ -22,6 +22,7 @@ before it asks again, so an answer left over from an earlier hand-over never cou
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,9 @@ def _take_rate(ctx: StepContext, pol: Policy, value: Any) -> None:
     assert rate is not None
     key = key_value(rate.key, value, "rate limit")
     cost = float(key_value(rate.cost, value, "rate limit cost")) if rate.cost else 0.0
+    if not 0 <= cost < math.inf:  # a negative cost would fill the bucket for the others
+        raise ValueError(f"step {ctx.step}: its rate limit cost is {cost:g}; a cost is a "
+                          "finite number >= 0.")
     budget = [rate.per_second, rate.burst, rate.tokens_per_second, rate.token_burst, cost,
               max(60, int(rate.burst / rate.per_second) + 1)]
     name, wait_key = f"{ctx.component}:{key}", f"{ctx.step}/rate"
