@@ -31,6 +31,18 @@ BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel", "redis+
                   "redis+cluster", "amqp", "amqps", "pyamqp", "librabbitmq")
 
 
+#: Store URL schemes: redis-py's, and flowkit's Sentinel and Cluster forms (:mod:`flowkit.urls`).
+STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+#: Settings that must be more than 0 (every number setting must be at least 0): a timeout,
+#: interval, size or count of 0 would stop what it paces or bounds.
+_POSITIVE = ("redis_socket_timeout", "wait_recheck_seconds", "retention_seconds",
+             "max_payload_bytes", "heartbeat_interval", "reaper_interval", "visibility_timeout",
+             "connection_pool_size", "retry_attempts", "llm_retry_attempts", "llm_timeout",
+             "llm_connection_pools", "api_token_ttl", "api_max_body_bytes", "api_ping_interval",
+             "api_page_size", "api_max_page_size", "api_events_page", "api_subscriber_buffer",
+             "trace_max_field_chars", "queued_timeout", "stall_timeout")
+
+
 def is_amqp(url: str) -> bool:
     """A RabbitMQ broker URL (kombu's AMQP transports)."""
     return _scheme(url) in ("amqp", "amqps", "pyamqp", "librabbitmq")
@@ -137,6 +149,13 @@ class Settings:
         return replace(self, **changes).checked()
 
     def checked(self) -> Settings:
+        for f in fields(self):
+            _check_value(f.name, getattr(self, f.name), type(f.default))
+        if "://" not in self.redis_url or _scheme(self.redis_url) not in STORE_SCHEMES:
+            raise ConfigError(
+                f"FLOWKIT_REDIS_URL={redacted(self.redis_url)!r} is not a Redis URL; write "
+                "redis://host:6379/0 (rediss:// for TLS, redis+sentinel:// or "
+                "redis+cluster:// for those).")
         if self.heartbeat_lapse <= self.heartbeat_interval:
             raise ConfigError(
                 f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s) must be longer than "
@@ -165,6 +184,30 @@ class Settings:
                     "be a number, as in redis://host:6379/0 (or none: database 0)."
                 )
         return self
+
+
+def _check_value(name: str, value: Any, kind: type) -> None:
+    """A setting of the type its default has (a number for a float), finite, at least 0
+    (more than 0 for :data:`_POSITIVE`): ``configure(retry_attempts="3")`` was taken and
+    failed far away, at the first step."""
+    said = f"{ENV_PREFIX}{name.upper()} ({name}=)"
+    if kind is str:
+        ok = value is None or isinstance(value, str)  # None: unset, as ""
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+    if not ok:
+        what = {str: "a string", bool: "True or False", int: "a whole number"}.get(
+            kind, "a finite number")
+        raise ConfigError(f"{said} is {what}, not {value!r}; give a value like "
+                          f"{getattr(defaults, name.upper())!r}.")
+    if kind in (int, float) and (value < 0 or (value == 0 and name in _POSITIVE)):
+        least = "more than 0" if name in _POSITIVE else "0 or more"
+        raise ConfigError(f"{said} is {least}, not {value!r}.")
 
 
 def _database_ok(url: str) -> bool:

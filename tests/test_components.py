@@ -248,6 +248,34 @@ def test_settings_come_from_flowkit_env_vars():
         flowkit.Settings.from_env({"FLOWKIT_HEARTBEAT_LAPSE": "1", "FLOWKIT_HEARTBEAT_INTERVAL": "2"})
 
 
+@pytest.mark.parametrize("changes, says", [
+    ({"retry_attempts": "3"}, "FLOWKIT_RETRY_ATTEMPTS (retry_attempts=) is a whole number, "
+                              "not '3'; give a value like 1."),
+    ({"max_payload_bytes": 2.5}, "is a whole number, not 2.5"),
+    ({"redis_url": 5}, "FLOWKIT_REDIS_URL (redis_url=) is a string, not 5"),
+    ({"redis_url": "localhost:6379"}, "FLOWKIT_REDIS_URL='localhost:6379' is not a Redis URL"),
+    ({"api_open": "yes"}, "FLOWKIT_API_OPEN (api_open=) is True or False, not 'yes'"),
+    ({"heartbeat_interval": float("nan")}, "is a finite number, not nan"),
+    ({"wait_recheck_seconds": -1}, "FLOWKIT_WAIT_RECHECK_SECONDS (wait_recheck_seconds=) is "
+                                   "more than 0, not -1."),
+    ({"redis_socket_timeout": 0}, "is more than 0, not 0."),
+    ({"retry_attempts": 0}, "is more than 0, not 0."),
+    ({"drain_grace": -1.0}, "FLOWKIT_DRAIN_GRACE (drain_grace=) is 0 or more, not -1.0."),
+])
+def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes, says):
+    """configure(retry_attempts="3") was taken, and the first step failed on it; a negative
+    FLOWKIT_WAIT_RECHECK_SECONDS failed in the middle of a wait."""
+    with pytest.raises(ConfigError) as refused:
+        flowkit.configure(**changes)
+    assert says in str(refused.value)
+    env = {f"FLOWKIT_{name.upper()}": str(value) for name, value in changes.items()
+           if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    if env:  # from the environment: the same check
+        with pytest.raises(ConfigError, match="FLOWKIT_"):
+            flowkit.Settings.from_env(env)
+    assert flowkit.get_settings().replace(drain_grace=0, compact_after_seconds=0)
+
+
 def test_celery_is_configured_for_long_work_and_json_only():
     conf = broker.celery_config(flowkit.Settings())
     assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
