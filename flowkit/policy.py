@@ -248,9 +248,12 @@ def retry_after_of(exc: BaseException) -> float | None:
         if headers is not None:
             value = headers.get("retry-after")
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+    # "inf" or "nan" is no wait anyone can keep: the usual backoff applies (inf overflowed
+    # time.sleep, and that OverflowError replaced the provider's own error)
+    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 def call_with_timeout(

@@ -72,6 +72,28 @@ def test_retries_stop_after_the_configured_attempts():
     assert len(calls) == 2
 
 
+class Busy(Exception):
+    """A provider's error whose Retry-After no one can keep."""
+
+    def __init__(self, retry_after: object) -> None:
+        super().__init__("busy")
+        self.retry_after = retry_after
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), "inf", float("nan"), "nan"])
+def test_a_retry_after_of_infinity_or_nan_falls_back_to_the_backoff(retry_after):
+    """time.sleep(inf) raised OverflowError, which replaced the provider's error."""
+    failures = [Busy(retry_after)]
+
+    def call() -> str:
+        if failures:
+            raise failures.pop()
+        return "done"
+
+    busy = component(name=f"unit.busy.{retry_after!r}")(call)
+    assert busy.retry(attempts=2, backoff=exponential(0.01, 0.01))() == "done"
+
+
 def test_only_the_listed_errors_retry():
     calls.clear()
     with pytest.raises(Boom):
