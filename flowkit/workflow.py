@@ -9,6 +9,7 @@ engine to the definitions and never back.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -117,7 +118,9 @@ class Workflow:
         try:
             return self.output_schema.dump(self.output_schema.load(output))
         except marshmallow.ValidationError as exc:
-            raise ValidationError(exc.messages, "Workflow output failed its schema.") from None
+            # the run's error keeps only this message: the fields go in it, or no one sees them
+            raise ValidationError(exc.messages, "Workflow output failed its schema: "
+                                  f"{json.dumps(exc.messages, default=str)}.") from None
 
     def start(
         self, input: Any = None, *, idempotency_key: str | None = None, owner: str | None = None,

@@ -90,7 +90,10 @@ def test_the_last_step_s_completion_ends_the_run_without_a_finish_message(publis
 
 def test_an_output_its_workflow_refuses_still_fails_the_run_saying_why(published, store):
     run = wf.capped.start({"n": 5})
-    with pytest.raises(flowkit.StepError, match="output rejected"):
+    with pytest.raises(flowkit.StepError) as failed:
         run.result(WAIT)
+    # the field's message: the run's error said only "failed its schema", not which field
+    assert str(failed.value) == ('output rejected: Workflow output failed its schema: '
+                                 '{"n": ["Must be less than or equal to 2."]}.')
     assert store.checkpoints(run.id) == {"0:t.add_one": '{"n":6}'}  # the step completed
     assert step_messages(published, run.id) == ["flowkit.step.t.add_one"]  # run here
