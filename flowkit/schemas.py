@@ -33,6 +33,11 @@ def as_schema(schema: SchemaLike, what: str) -> marshmallow.Schema | None:
     if isinstance(schema, type) and issubclass(schema, marshmallow.Schema):
         return schema()
     if isinstance(schema, dict):
+        for name, value in schema.items():  # {"a": int} dropped the field without a word
+            if not isinstance(name, str) or not isinstance(value, marshmallow.fields.Field):
+                raise ConfigError(
+                    f"Schema {what}: field {name!r} is {value!r}; a dict schema maps names to "
+                    "marshmallow fields, like {'n': fields.Integer(required=True)}.")
         return marshmallow.Schema.from_dict(schema, name=what)()
     raise ConfigError(f"{what} must be a marshmallow Schema (class or instance) or a dict of fields.")
 

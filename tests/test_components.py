@@ -244,6 +244,13 @@ def test_workflow_input_is_validated_with_field_messages():
         wf.validate(["not", "an", "object"])
 
 
+def test_a_dict_schema_holds_marshmallow_fields():
+    """{"a": int} was taken: the field was dropped, and any input passed."""
+    with pytest.raises(ConfigError, match=r"Schema unit-typedInput: field 'a' is <class 'int'>; "
+                                          r"a dict schema maps names to marshmallow fields"):
+        flowkit.Workflow("unit-typed", [add], input_schema={"a": int})
+
+
 def test_workflow_composition_errors_are_clear():
     with pytest.raises(ConfigError, match="not a step"):
         flowkit.Workflow("unit-bad", [add, "nope"])
