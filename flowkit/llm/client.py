@@ -38,6 +38,7 @@ from ..context import current
 from ..coroutines import can_wait_for_loop, on_process_loop
 from ..engine import cache, trace
 from ..errors import ConfigError, RateLimitWait, describe_error
+from ..policy import seconds
 from ..store import get_store
 from . import pricing
 from .providers import Provider, RateLimit, host_of
@@ -86,6 +87,11 @@ class _Client:
         transport: str | None = None,
         **options: Any,
     ) -> None:
+        if rate_limits is not None and not isinstance(rate_limits, dict):
+            raise ConfigError("rate_limits= maps a model (or '*') to a flowkit.llm.RateLimit, "
+                              f"like {{'*': RateLimit(rpm=500)}}, not {rate_limits!r}.")
+        if timeout is not None:
+            seconds(timeout, f"{self._kind}(timeout=...)")
         if providers is None:
             url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
             providers = [Provider(
@@ -96,13 +102,20 @@ class _Client:
         elif api_key or base_url or rate_limits or options or transport:
             raise ConfigError("Give either providers=[...] or api_key/base_url/rate_limits/"
                               "transport, not both.")
+        if isinstance(providers, Provider) or not isinstance(providers, (list, tuple)) \
+                or not all(isinstance(p, Provider) for p in providers):
+            raise ConfigError(f"{self._kind}(providers=...) takes a list of "
+                              f"flowkit.llm.Provider(...), not {providers!r}.")
         if not providers:
             raise ConfigError(f"{self._kind}(providers=[...]) needs at least one provider.")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"{self._kind}(retry=...) takes a flowkit.llm.RetryPolicy(...), "
+                              f"like RetryPolicy(attempts=3), not {retry!r}.")
         names = [p.name for p in providers]
         if len(set(names)) != len(names):
             raise ConfigError(f"Provider names must be unique, got {names}.")
-        if cache_ttl is not None and cache_ttl <= 0:
-            raise ConfigError("cache_ttl must be a positive number of seconds.")
+        if cache_ttl is not None:
+            seconds(cache_ttl, f"{self._kind}(cache_ttl=...)")
         self.providers = list(providers)
         self.retry = retry or RetryPolicy()
         self.cache_ttl = cache_ttl

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ..config import get_settings
 from ..coroutines import close_at_exit, close_with_loop, shared_loop
 from ..engine import trace
 from ..errors import ConfigError
+from ..policy import seconds
 from .tls import ssl_context
 
 
@@ -32,8 +34,10 @@ class RateLimit:
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "burst"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"RateLimit({name}=...) must be positive, got {value!r}.")
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))
+                                      or not 0 < value < math.inf):
+                raise ConfigError(f"RateLimit({name}=...) is a finite number > 0, not {value!r}.")
         if self.rpm is None and self.tpm is None:
             raise ConfigError("RateLimit needs rpm=..., tpm=... or both.")
 
@@ -84,8 +88,19 @@ class Provider:
         self._own_http = "http_client" in self.options or (
             self.client is not None and not _default_http(self.client)
         )
-        if not self.name or ":" in self.name:
+        if not isinstance(self.name, str) or not self.name or ":" in self.name:
             raise ConfigError(f"Provider name {self.name!r} must be non-empty, without ':'.")
+        if self.timeout is not None:
+            seconds(self.timeout, "Provider(timeout=...)")
+        if not isinstance(self.rate_limits, dict) or not all(
+                isinstance(model, str) and isinstance(limit, RateLimit)
+                for model, limit in self.rate_limits.items()):
+            raise ConfigError("rate_limits= maps a model (or '*') to a flowkit.llm.RateLimit, "
+                              f"like {{'*': RateLimit(rpm=500)}}, not {self.rate_limits!r}.")
+        if not isinstance(self.models, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.models.items()):
+            raise ConfigError(f"Provider(models=...) maps the model asked for to this "
+                              f"provider's name for it, not {self.models!r}.")
         if self.client is None:
             self.client = openai.OpenAI(
                 api_key=self.api_key, base_url=self.base_url, max_retries=0,

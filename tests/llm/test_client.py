@@ -175,3 +175,30 @@ def test_bad_configuration_is_refused_clearly():
         OpenAI(api_key="x", providers=[Provider("a", api_key="sk-x")])
     with pytest.raises(ConfigError, match="unique"):
         OpenAI(providers=[Provider("a", api_key="sk-x"), Provider("a", api_key="sk-y")])
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: OpenAI(api_key="k", base_url="http://x", rate_limits={"*": 5}),
+     "rate_limits= maps a model (or '*') to a flowkit.llm.RateLimit"),
+    (lambda: OpenAI(api_key="k", base_url="http://x", retry=3),
+     "OpenAI(retry=...) takes a flowkit.llm.RetryPolicy(...)"),
+    (lambda: OpenAI(providers=["a"]), "OpenAI(providers=...) takes a list of flowkit.llm.Provider"),
+    (lambda: OpenAI(providers=Provider("a", api_key="sk-x")),
+     "OpenAI(providers=...) takes a list of flowkit.llm.Provider"),
+    (lambda: OpenAI(api_key="k", base_url="http://x", cache_ttl=float("inf")),
+     "OpenAI(cache_ttl=...) is a number of seconds > 0, not inf."),
+    (lambda: OpenAI(api_key="k", base_url="http://x", timeout=-1),
+     "OpenAI(timeout=...) is a number of seconds > 0, not -1."),
+    (lambda: Provider("a", api_key="sk-x", rate_limits={"*": {"rpm": 5}}), "rate_limits= maps"),
+    (lambda: Provider("a", api_key="sk-x", models={"gpt": 4}), "Provider(models=...) maps"),
+    (lambda: RateLimit(rpm=float("nan")), "RateLimit(rpm=...) is a finite number > 0, not nan."),
+    (lambda: RateLimit(tpm="5"), "RateLimit(tpm=...) is a finite number > 0, not '5'."),
+    (lambda: RetryPolicy(attempts=2.5), "RetryPolicy(attempts=...) is a whole number >= 1"),
+    (lambda: RetryPolicy(initial=-1), "RetryPolicy(initial=...) is a number of seconds >= 0"),
+])
+def test_each_argument_of_the_client_is_checked_where_it_is_written(make, says):
+    """A dict for a RateLimit, 3 for a RetryPolicy or one Provider for a list was taken, and
+    failed at the first call (AttributeError, TypeError), or never (a NaN rate)."""
+    with pytest.raises(ConfigError) as refused:
+        make()
+    assert says in str(refused.value)
