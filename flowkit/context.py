@@ -61,6 +61,14 @@ def context() -> Any:
 
 def progress(message: str, fraction: float | None = None, eta: float | None = None) -> None:
     """Report progress of the current step (``fraction`` in 0..1; eta estimated when absent)."""
+    if not isinstance(message, str):  # progress(0.5) meant progress("...", 0.5)
+        raise TypeError(f"progress(message, fraction=None, eta=None): the message is text, "
+                        f"not {message!r}.")
+    for name, value in (("fraction", fraction), ("eta", eta)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(f"progress({name}=...) is a finite number >= 0 or None, "
+                             f"not {value!r}.")
     ctx = _current.get()
     if ctx is not None:
         ctx.progress(message, fraction, eta)

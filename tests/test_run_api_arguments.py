@@ -109,3 +109,25 @@ def test_an_input_sent_under_a_name_no_wait_could_have_is_refused(store):
         with pytest.raises(flowkit.ValidationError) as refused:
             flowkit.send_input(run.id, bad, 1)
         assert list(refused.value.fields) == ["name"]
+
+
+def test_a_huge_whole_timeout_waits_like_a_long_one(store):
+    run = wf.simple.start({"n": 1}, delay=3600)
+    with pytest.raises(TimeoutError, match="is still scheduled"):
+        run.result(-10**400)  # 10**400 overflowed math.isnan: OverflowError
+    assert flowkit.wait(run.id, 0).state == "scheduled"
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"idempotency_key": ["a"]}, "start(idempotency_key=...) is 1 to 255 characters of text, "
+                                 "not ['a']."),
+    ({"idempotency_key": ""}, "start(idempotency_key=...) is 1 to 255 characters"),
+    ({"idempotency_key": "k" * 100_000}, "not str of 100000 characters."),
+    ({"owner": ["ann"]}, "start(owner=...) is text (who started the run), not ['ann']."),
+])
+def test_an_idempotency_key_or_owner_is_text(store, options, says):
+    """A list reached Redis (DataError); a 100 KB key was stored in every index."""
+    with pytest.raises(flowkit.ConfigError) as refused:
+        wf.simple.start({"n": 1}, **options)
+    assert says in str(refused.value)
+    assert flowkit.list_runs() == []

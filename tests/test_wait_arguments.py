@@ -54,3 +54,16 @@ def test_good_arguments_still_reach_the_wait():
         flowkit.wait_for_event("paid", timeout=1.5, lookback=None)
     flowkit.sleep(-1)  # a deadline already past does not pause
     flowkit.sleep_until(datetime.now().astimezone())
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: flowkit.progress(0.5), "the message is text, not 0.5"),
+    (lambda: flowkit.progress("half", "0.5"), "progress(fraction=...) is a finite number >= 0"),
+    (lambda: flowkit.progress("half", float("nan")), "progress(fraction=...) is a finite number"),
+    (lambda: flowkit.progress("half", 0.5, eta=-3), "progress(eta=...) is a finite number >= 0"),
+])
+def test_progress_takes_text_then_numbers(call, says):
+    """progress(0.5) and a NaN fraction went into the run's events as they were."""
+    with pytest.raises((TypeError, ValueError)) as refused:
+        call()
+    assert says in str(refused.value)

@@ -225,6 +225,13 @@ def start(
     """
     store = store or get_store()
     priority = check_priority(priority)
+    if idempotency_key is not None and not (isinstance(idempotency_key, str)
+                                            and 1 <= len(idempotency_key) <= 255):
+        raise ConfigError(f"start(idempotency_key=...) is 1 to 255 characters of text, not "
+                          f"{_shown(idempotency_key)}.")
+    if owner is not None and not isinstance(owner, str):
+        raise ConfigError(f"start(owner=...) is text (who started the run), not "
+                          f"{_shown(owner)}.")
     payload = workflow.validate(input)
     input_json = dumps_bounded(payload, "the workflow input")
     queue = workflow.queue or get_app().conf.task_default_queue
@@ -267,6 +274,12 @@ def start(
         # as created: queued (a worker may have started it already; no read to say so)
         return Run.from_record({k: str(v) for k, v in record.items()})
     return Run.load(winner, store)  # scheduled, or held with the reason
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{type(value).__name__} of {len(value)} characters" \
+        if isinstance(value, str) else text[:57] + "..."
 
 
 def _admitted(record: dict[str, Any], store: Store) -> bool:
@@ -383,6 +396,8 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
     of its events (a token stream has thousands), and re-reads the run every
     FLOWKIT_WAIT_RECHECK_SECONDS in case the message was lost (Redis restarted).
     """
+    if isinstance(timeout, int) and not isinstance(timeout, bool):
+        timeout = max(-1, min(timeout, 10**9))  # 10**400 overflowed a float
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or math.isnan(timeout)):
         raise TypeError(f"wait(timeout=...) is a number of seconds, or None to wait until the "
