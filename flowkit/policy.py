@@ -165,6 +165,10 @@ class Policy:
                               f"number of seconds >= 0, not {jitter!r}.")
         if isinstance(retry_on, type):  # one class, as ``except`` takes it
             retry_on = (retry_on,)
+        if not retry_on and attempts > 1:
+            raise ConfigError("retry(retry_on=()) retries on no error, so its attempts never "
+                              "come; name the exception classes to retry on, or leave "
+                              "retry_on out (any Exception).")
         return replace(
             self,
             attempts=attempts,

@@ -76,6 +76,11 @@ class Workflow:
         self.schedules = tuple(schedules)
         if not all(isinstance(s, Schedule) for s in self.schedules):
             raise ConfigError("Workflow(schedules=[...]) takes flowkit.Schedule(...) items.")
+        ids = [schedule.default_id(name) for schedule in self.schedules]
+        if len(set(ids)) != len(ids):  # stored under one id, all but the last were lost
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ConfigError(f"Workflow {name!r}: two schedules are both {twice[0]!r}; give "
+                              "each its own Schedule(id=...).")
         for schedule in self.schedules:  # every tick would fail, logged by beat only
             try:
                 self.schedule_input(schedule.input)

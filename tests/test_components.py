@@ -190,6 +190,8 @@ def test_bad_configuration_says_what_to_do():
         add.secret("ok", 3)
     with pytest.raises(ConfigError, match=r"@component\(name=...\) is a non-empty string"):
         component(name="")(lambda x: x)
+    with pytest.raises(ConfigError, match=r"retry\(retry_on=\(\)\) retries on no error"):
+        add.retry(attempts=3, retry_on=())
     # one exception class, as ``except`` takes it, is the same as a tuple of one
     assert add.retry(retry_on=ValueError).policy == add.retry(retry_on=(ValueError,)).policy
 

@@ -116,3 +116,12 @@ def test_a_cron_line_celery_cannot_read_is_skipped_alone_and_stops_a_worker(
             in caplog.text)
     with pytest.raises(flowkit.ConfigError, match="schedule 'never': invalid cron line"):
         schedules.check_declared()  # a worker's start: it refuses, saying this
+
+
+def test_two_declarations_under_one_id_are_refused(monkeypatch):
+    """Same interval, other inputs: both were "x@every60s", and the first was lost."""
+    monkeypatch.setitem(_workflows, NAME, None)
+    with pytest.raises(flowkit.ConfigError, match=f"Workflow '{NAME}': two schedules are both "
+                                                  f"'{NAME}@every60s'; give each its own"):
+        flowkit.Workflow(NAME, [noop], schedules=[flowkit.Schedule(every=60, input={"a": 1}),
+                                                  flowkit.Schedule(every=60, input={"a": 2})])
