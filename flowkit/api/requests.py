@@ -143,10 +143,10 @@ def json_body() -> Any:
         value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:  # nested past Python's own limit
         raise _too_deep() from None
-    except _TooLarge as exc:
-        raise ApiError(400, "invalid_json", f"The request body holds {exc}, a number too "
-                       "large for a float; send it as a string.") from None
-    except ValueError:
+    except ValueError as exc:
+        if exc.args[:1] == (_TOO_LARGE,):
+            raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}, a "
+                           "number too large for a float; send it as a string.") from None
         raise _not_json() from None
     if nested_too_deeply(value):
         raise _too_deep()
@@ -157,15 +157,14 @@ def json_body() -> Any:
     return value
 
 
-class _TooLarge(ValueError):
-    pass
+_TOO_LARGE = "a number past a float's range"
 
 
 def _finite(text: str) -> float:
     # json would read 1e400 as Infinity, which no JSON document may then hold
     number = float(text)
     if math.isinf(number):
-        raise _TooLarge(text[:40])
+        raise ValueError(_TOO_LARGE, text[:40])
     return number
 
 
