@@ -131,3 +131,12 @@ def test_an_idempotency_key_or_owner_is_text(store, options, says):
         wf.simple.start({"n": 1}, **options)
     assert says in str(refused.value)
     assert flowkit.list_runs() == []
+
+
+def test_a_failure_notice_for_a_run_already_gone_is_dropped_quietly(store):
+    """A run deleted between its failure and its notice (a test's flush, a short retention)
+    raised RunNotFound in the worker's task, logged as an unexpected error."""
+    from flowkit.engine import notify
+
+    notify.run_failed("01GONERUN")  # raised RunNotFound
+    assert store.claim_failure_notice("01GONERUN") is False  # claimed once, all the same

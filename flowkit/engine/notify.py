@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import hooks
 from ..config import get_settings
+from ..errors import RunNotFound
 from ..serialization import dumps
 from ..store import get_store
 from . import trace
@@ -26,7 +27,11 @@ log = logging.getLogger(__name__)
 def run_failed(run_id: str) -> None:
     if not get_store().claim_failure_notice(run_id):
         return
-    run = Run.load(run_id)
+    try:
+        run = Run.load(run_id)
+    except RunNotFound:  # deleted (or expired) since it failed: no one is left to tell
+        log.info("flowkit: run %s failed and is gone; nothing to notify", run_id)
+        return
     trace.run_ended(run_id, get_store())  # the root span, once, by whoever failed the run
     hooks.call(hooks.run_failed, run)
     url = get_settings().failure_webhook
