@@ -152,10 +152,9 @@ class Settings:
         for f in fields(self):
             _check_value(f.name, getattr(self, f.name), type(f.default))
         if "://" not in self.redis_url or _scheme(self.redis_url) not in STORE_SCHEMES:
-            raise ConfigError(
-                f"FLOWKIT_REDIS_URL={redacted(self.redis_url)!r} is not a Redis URL; write "
-                "redis://host:6379/0 (rediss:// for TLS, redis+sentinel:// or "
-                "redis+cluster:// for those).")
+            raise ConfigError(  # the CLI's words for a URL redis-py refuses, said sooner
+                f"FLOWKIT_REDIS_URL={redacted(self.redis_url)} is not a Redis URL; write it "
+                "as redis://host:port/db, e.g. redis://localhost:6379/0.")
         if self.heartbeat_lapse <= self.heartbeat_interval:
             raise ConfigError(
                 f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s) must be longer than "

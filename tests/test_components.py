@@ -284,7 +284,8 @@ def test_settings_come_from_flowkit_env_vars():
                               "not '3'; give a value like 1."),
     ({"max_payload_bytes": 2.5}, "is a whole number, not 2.5"),
     ({"redis_url": 5}, "FLOWKIT_REDIS_URL (redis_url=) is a string, not 5"),
-    ({"redis_url": "localhost:6379"}, "FLOWKIT_REDIS_URL='localhost:6379' is not a Redis URL"),
+    ({"redis_url": "localhost:6379"}, "FLOWKIT_REDIS_URL=localhost:6379 is not a Redis URL; write it as "
+                                      "redis://host:port/db"),
     ({"api_open": "yes"}, "FLOWKIT_API_OPEN (api_open=) is True or False, not 'yes'"),
     ({"heartbeat_interval": float("nan")}, "is a finite number, not nan"),
     ({"wait_recheck_seconds": -1}, "FLOWKIT_WAIT_RECHECK_SECONDS (wait_recheck_seconds=) is "
