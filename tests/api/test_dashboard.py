@@ -159,7 +159,9 @@ def test_outputs_are_per_step_and_the_final_output_shows(api, client, page):
         "red0 red1 red2 red3 ",
     ]
     assert json.loads(page.text_content("#run-output")) == ["RED", "GREEN", "BLUE"]
-    assert page.locator("#timeline svg rect.bar.completed").count() >= 4
+    # the timeline draws from the trace, fetched after the state shows: waited for
+    page.wait_for_function(
+        "document.querySelectorAll('#timeline svg rect.bar.completed').length >= 4")
     assert page.locator("#cancel").count() == 0  # nothing to cancel
 
 
