@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, overload
@@ -26,6 +25,7 @@ from .context import current
 from .coroutines import call_with_policy, is_async
 from .errors import ConfigError, NotFound
 from .flow import Rate
+from .numbers import is_number, is_whole
 from .policy import Backoff, Policy, StepConcurrency, StepRate, call_with_timeout, key_spec
 from .policy import seconds as policy_seconds
 
@@ -94,7 +94,7 @@ class Component:
         field's name, a module-level function of the input, or None: one for all), across
         every worker. A step over the limit pauses without holding a worker and starts, in
         the order steps asked, when a slot frees."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if not (is_whole(limit) and limit >= 1):
             raise ConfigError(f"concurrency(limit) is a whole number >= 1, not {limit!r}.")
         return self._configured(concurrency=StepConcurrency(limit, key_spec(key, "concurrency")))
 
@@ -111,8 +111,7 @@ class Component:
         A short wait sleeps; a long one pauses the step without a worker."""
         steps = Rate.parse(rate)
         budget = Rate.parse(tokens) if tokens is not None else None
-        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, (int, float))
-                                  or not 1 <= burst < math.inf):
+        if burst is not None and not (is_number(burst) and burst >= 1):
             raise ConfigError(f"rate_limit(burst=...) is a number >= 1, not {burst!r}.")
         if budget is not None and cost is None:
             raise ConfigError("rate_limit(tokens=...) needs cost=: the input field (or "

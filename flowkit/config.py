@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from . import defaults
 from .errors import ConfigError
+from .numbers import is_number, is_whole
 from .urls import redacted
 
 ENV_PREFIX = "FLOWKIT_"
@@ -195,10 +196,9 @@ def _check_value(name: str, value: Any, kind: type) -> None:
     elif kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = is_whole(value)
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value)
+        ok = is_number(value)
     if not ok:
         what = {str: "a string", bool: "True or False", int: "a whole number"}.get(
             kind, "a finite number")

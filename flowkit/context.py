@@ -8,13 +8,13 @@ talk to it. Outside a run, :func:`progress` and :func:`emit` do nothing and
 
 from __future__ import annotations
 
-import math
 import time
 from contextvars import ContextVar, Token
 from datetime import datetime
 from typing import Any, Protocol
 
 from .errors import FlowkitError
+from .numbers import is_number
 from .schemas import SchemaLike, check_input_name
 
 
@@ -65,8 +65,7 @@ def progress(message: str, fraction: float | None = None, eta: float | None = No
         raise TypeError(f"progress(message, fraction=None, eta=None): the message is text, "
                         f"not {message!r}.")
     for name, value in (("fraction", fraction), ("eta", eta)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
+        if value is not None and not (is_number(value) and value >= 0):
             raise ValueError(f"progress({name}=...) is a finite number >= 0 or None, "
                              f"not {value!r}.")
     ctx = _current.get()
@@ -131,8 +130,7 @@ def wait_for_event(key: str, timeout: float | None = None, lookback: float | Non
 def sleep(seconds: float) -> None:
     """Pause the step for ``seconds`` without holding a worker (outside a run: time.sleep).
     A restart while it sleeps keeps the original deadline. 0 or less does not pause."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-            or not math.isfinite(seconds):
+    if not is_number(seconds):
         raise ValueError(f"flowkit.sleep() takes a number of seconds, not {seconds!r}.")
     sleep_until(time.time() + seconds)
 
@@ -145,7 +143,7 @@ def sleep_until(when: datetime | float) -> None:
                              f"one means another moment on a worker in another zone), not "
                              f"{when!r}: e.g. datetime.now(timezone.utc) + timedelta(hours=1).")
         deadline = when.timestamp()
-    elif isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+    elif not is_number(when):
         raise ValueError(f"flowkit.sleep_until() takes a timezone-aware datetime or a Unix "
                          f"time, not {when!r}.")
     else:
@@ -161,8 +159,7 @@ def _limit(seconds: float | None, what: str) -> float | None:
     """A wait's timeout or look-back: None (none), or a finite number of seconds >= 0."""
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-            or not math.isfinite(seconds) or seconds < 0:
+    if not (is_number(seconds) and seconds >= 0):
         raise ValueError(f"{what} is a number of seconds >= 0, or None for no limit; not "
                          f"{seconds!r}.")
     return float(seconds)

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, ValidationError
+from .numbers import is_number, is_whole
 from .serialization import dumps
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
@@ -30,7 +31,7 @@ _UNIT = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3
 
 
 def check_priority(priority: int) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
+    if not is_whole(priority) or priority not in PRIORITIES:
         raise ConfigError(f"priority must be a whole number from 0 to 9, not {priority!r}.")
     return priority
 
@@ -46,7 +47,7 @@ class Concurrency:
     key: str | Callable[[Any], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+        if not (is_whole(self.limit) and self.limit >= 1):
             raise ConfigError(f"Concurrency(limit=...) is a whole number >= 1, not {self.limit!r}.")
         if self.key is not None and not ((isinstance(self.key, str) and self.key)
                                          or callable(self.key)):
@@ -122,9 +123,8 @@ class Schedule:
                                       or len(self.cron.split()) != 5):
             raise ConfigError(f"Schedule(cron=...) takes 5 fields (minute hour day month "
                               f"weekday), e.g. '0 9 * * 1-5', not {self.cron!r}.")
-        if self.every is not None and (isinstance(self.every, bool)
-                                       or not isinstance(self.every, (int, float))
-                                       or not 1 <= self.every <= MAX_EVERY):
+        if self.every is not None and not (is_number(self.every)
+                                           and 1 <= self.every <= MAX_EVERY):
             raise ConfigError(f"Schedule(every=...) is a number of seconds from 1 to "
                               f"{MAX_EVERY} (a year), not {self.every!r}.")
         if self.id is not None and not (isinstance(self.id, str)

@@ -8,6 +8,7 @@ from typing import Any
 
 from .component import Component
 from .errors import ConfigError
+from .numbers import is_whole
 
 
 class Node:
@@ -88,6 +89,6 @@ def fan_out(comp: Component, *, batch: int = 1) -> FanOut:
     """
     if not isinstance(comp, Component):
         raise ConfigError("fan_out() takes a component.")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if not (is_whole(batch) and batch >= 1):
         raise ConfigError(f"fan_out(batch=...) takes a whole number of items >= 1, not {batch!r}.")
     return FanOut(comp, batch)

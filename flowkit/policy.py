@@ -19,6 +19,7 @@ import tenacity
 
 from .config import get_settings
 from .errors import ConfigError, RunCancelled, StepTimeout, StoreUnavailable
+from .numbers import is_number, is_whole
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ def seconds(value: Any, what: str, *, zero: bool = False) -> float:
     """``value`` as a duration: a finite number of seconds, > 0 (>= 0 with ``zero``);
     anything else is a :class:`ConfigError` naming ``what`` (NaN or infinity would reach a
     timer or a JSON message, and fail there far from the mistake)."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+    if not is_number(value) or value < 0 or (value == 0 and not zero):
         least = ">= 0" if zero else "> 0"
         raise ConfigError(f"{what} is a number of seconds {least}, not {value!r}.")
     return float(value)
@@ -153,7 +153,7 @@ class Policy:
         jitter: bool | float,
         retry_on: tuple[type[BaseException], ...],
     ) -> Policy:
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        if not (is_whole(attempts) and attempts >= 1):
             raise ConfigError(f"retry(attempts=...) is a whole number >= 1 (1 means no "
                               f"retry), not {attempts!r}.")
         if backoff is not None and not isinstance(backoff, Backoff):

@@ -29,6 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..flow import check_priority
+from ..numbers import is_number, is_whole
 from ..schemas import check_event_key, check_input_name, json_errors
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
@@ -277,9 +278,11 @@ def start(
 
 
 def _shown(value: Any) -> str:
+    """``value`` for a message, at most about 60 characters of it."""
     text = repr(value)
-    return text if len(text) <= 60 else f"{type(value).__name__} of {len(value)} characters" \
-        if isinstance(value, str) else text[:57] + "..."
+    if len(text) <= 60:
+        return text
+    return f"str of {len(value)} characters" if isinstance(value, str) else text[:57] + "..."
 
 
 def _admitted(record: dict[str, Any], store: Store) -> bool:
@@ -295,7 +298,7 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
     if delay is not None and start_at is not None:
         raise ConfigError("start(...) takes delay= or start_at=, not both.")
     if delay is not None:
-        if not _finite(delay) or delay < 0:
+        if not is_number(delay) or delay < 0:
             raise ConfigError(f"start(delay=...) is a number of seconds >= 0, not {delay!r}.")
         return now + float(delay) if delay > 0 else None
     if start_at is None:
@@ -304,15 +307,10 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
         if start_at.tzinfo is None:
             raise ConfigError("start(start_at=...) needs a timezone-aware datetime.")
         start_at = start_at.timestamp()
-    elif not _finite(start_at):
+    elif not is_number(start_at):
         raise ConfigError(f"start(start_at=...) is a timezone-aware datetime or a Unix time, "
                           f"not {start_at!r}.")
     return float(start_at) if float(start_at) > now else None
-
-
-def _finite(value: Any) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, (int, float))
-            and math.isfinite(value))
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -396,7 +394,7 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
     of its events (a token stream has thousands), and re-reads the run every
     FLOWKIT_WAIT_RECHECK_SECONDS in case the message was lost (Redis restarted).
     """
-    if isinstance(timeout, int) and not isinstance(timeout, bool):
+    if is_whole(timeout):
         timeout = max(-1, min(timeout, 10**9))  # 10**400 overflowed a float
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or math.isnan(timeout)):
@@ -435,7 +433,7 @@ def history(
 
 
 def _check_limit(limit: Any) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not (is_whole(limit) and limit >= 1):
         message = f"limit is a whole number >= 1, not {limit!r}."
         raise ValidationError({"limit": [message]}, message)
 
@@ -457,7 +455,7 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     the run's last event raises :class:`ValidationError`, at this call (not at the first
     event: a caller says so before it shows anything)."""
     after = _cursor(after)
-    if isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms < 0:
+    if not (is_whole(block_ms) and block_ms >= 0):
         raise ValueError(f"follow(block_ms=...) is a whole number of milliseconds >= 0, not "
                          f"{block_ms!r}.")
     store = get_store()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from ..config import get_settings
 from ..coroutines import close_at_exit, close_with_loop, shared_loop
 from ..engine import trace
 from ..errors import ConfigError
+from ..numbers import is_number
 from ..policy import seconds
 from .tls import ssl_context
 
@@ -34,9 +34,7 @@ class RateLimit:
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "burst"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))
-                                      or not 0 < value < math.inf):
+            if value is not None and not (is_number(value) and value > 0):
                 raise ConfigError(f"RateLimit({name}=...) is a finite number > 0, not {value!r}.")
         if self.rpm is None and self.tpm is None:
             raise ConfigError("RateLimit needs rpm=..., tpm=... or both.")

@@ -19,6 +19,7 @@ import tenacity
 
 from ..config import get_settings
 from ..errors import ConfigError, RunCancelled
+from ..numbers import is_whole
 from ..policy import retry_after_of, seconds, wait_retry_after
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -44,9 +45,7 @@ class RetryPolicy:
     max_retry_after: float | None = None
 
     def __post_init__(self) -> None:
-        if self.attempts is not None and (isinstance(self.attempts, bool)
-                                          or not isinstance(self.attempts, int)
-                                          or self.attempts < 1):
+        if self.attempts is not None and not (is_whole(self.attempts) and self.attempts >= 1):
             raise ConfigError(f"RetryPolicy(attempts=...) is a whole number >= 1, not "
                               f"{self.attempts!r}.")
         for name in ("initial", "maximum", "max_retry_after"):
