@@ -28,6 +28,14 @@ def dumps(value: Any) -> str:
                          "string") from None
 
 
+def comparable(value: Any) -> str:
+    """``value`` as JSON, to compare two values as the store keeps them: NaN is let through,
+    so a value an older release stored with one (before :func:`dumps` refused it) compares
+    as different from what the code holds now, and never raises where it is only read."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str,
+                      allow_nan=True)
+
+
 def loads(text: str | bytes) -> Any:
     return json.loads(text)
 

@@ -226,6 +226,18 @@ def test_two_components_a_factory_makes_may_not_share_a_default_name():
     assert first(1) == 2
 
 
+def test_a_factory_called_again_for_its_named_component_replaces_it():
+    # a notebook cell run again, or a factory that names what it makes: a reload
+    def make(k):
+        @component(name="unit.scaled")
+        def scaled(x):
+            return x * k
+        return scaled
+
+    make(2)
+    assert make(3)(1) == 3
+
+
 def test_continuation_keys_count_up_from_the_step():
     assert continuation_key("2:agent", "tool") == ("2+1:tool", 1)
     assert continuation_key("2+1:tool", "agent") == ("2+2:agent", 2)

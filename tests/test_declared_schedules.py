@@ -5,6 +5,8 @@ Redis."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import flowkit
@@ -70,6 +72,15 @@ def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_al
     after = deploy(flowkit.Schedule(every=60, id="shared"))
     assert after["shared"] == by_hand
     assert store.schedule("elsewhere@every5s") == (elsewhere, 5.0)
+
+
+def test_a_declaration_an_older_release_stored_with_nan_is_replaced(deploy, store):
+    deploy(flowkit.Schedule(every=60, id="old", input={"n": 1}))
+    definition, next_at = store.schedule("old")
+    store.redis.hset(store.keys.schedules, "old",  # as a release that let NaN through did
+                     json.dumps({**definition, "input": {"n": float("nan")}}))
+    after = deploy(flowkit.Schedule(every=60, id="old", input={"n": 1}))
+    assert after["old"]["input"] == {"n": 1}
 
 
 @pytest.mark.parametrize("options, says", [

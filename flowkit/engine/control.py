@@ -31,7 +31,7 @@ from ..errors import (
 from ..flow import check_priority
 from ..numbers import is_number, is_whole
 from ..schemas import check_event_key, check_input_name, json_errors
-from ..serialization import dumps, dumps_bounded, loads
+from ..serialization import comparable, dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
 from ..workflow import Workflow, workflows
@@ -258,7 +258,7 @@ def start(
                                        messages=messages)
     if not created:
         existing = Run.load(winner, store)
-        if dumps(existing.input) != dumps(payload):
+        if comparable(existing.input) != comparable(payload):
             raise IdempotencyConflict(
                 f"Idempotency key {idempotency_key!r} was used for run {winner} with "
                 "another input; use a new key for a new run."

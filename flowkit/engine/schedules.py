@@ -23,7 +23,7 @@ from celery.schedules import ParseException, crontab
 
 from ..errors import ConfigError, NotFound
 from ..flow import Schedule, zone
-from ..serialization import dumps, loads
+from ..serialization import comparable, loads
 from ..store import Store, get_store
 from ..workflow import get_workflow, workflows
 
@@ -180,7 +180,7 @@ def _declared_of(name: str, wf: Any) -> tuple[dict[str, dict[str, Any]], dict[st
 
 def _shape(definition: dict[str, Any]) -> Any:
     # through JSON, as the store keeps it: a tuple in the code's input equals its stored list
-    return loads(dumps([definition.get(key) for key in _SHAPE]))
+    return loads(comparable([definition.get(key) for key in _SHAPE]))
 
 
 def claim_due(now: float | None = None, store: Store | None = None
