@@ -41,7 +41,7 @@ from ..errors import ConfigError, RateLimitWait, describe_error
 from ..policy import seconds
 from ..store import get_store
 from . import pricing
-from .providers import Provider, RateLimit, host_of
+from .providers import Provider, RateLimit, check_timeout, host_of
 from .ratelimit import RateLimiter
 from .retries import RetryPolicy, is_retryable
 from .streaming import AsyncTracedStream, TracedStream
@@ -82,7 +82,7 @@ class _Client:
         rate_limits: dict[str, RateLimit] | None = None,
         retry: RetryPolicy | None = None,
         cache_ttl: float | None = None,
-        timeout: float | None = None,
+        timeout: float | openai.Timeout | None = None,
         name: str | None = None,
         transport: str | None = None,
         **options: Any,
@@ -90,8 +90,7 @@ class _Client:
         if rate_limits is not None and not isinstance(rate_limits, dict):
             raise ConfigError("rate_limits= maps a model (or '*') to a flowkit.llm.RateLimit, "
                               f"like {{'*': RateLimit(rpm=500)}}, not {rate_limits!r}.")
-        if timeout is not None:
-            seconds(timeout, f"{self._kind}(timeout=...)")
+        check_timeout(timeout, f"{self._kind}(timeout=...)")
         if providers is None:
             url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
             providers = [Provider(

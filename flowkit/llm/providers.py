@@ -50,6 +50,16 @@ class RateLimit:
         return max(1.0, (self.tpm or 0) / 60 * scale)
 
 
+
+def check_timeout(timeout: Any, what: str) -> None:
+    """A client's ``timeout``: None, seconds, or the SDK's ``openai.Timeout`` (an
+    ``httpx.Timeout``), which the SDK takes as it is."""
+    if timeout is not None and not isinstance(timeout, openai.Timeout):
+        try:
+            seconds(timeout, what)
+        except ConfigError as exc:
+            raise ConfigError(f"{str(exc)[:-1]} (or an openai.Timeout(...)).") from None
+
 @dataclass
 class Provider:
     """One OpenAI-compatible endpoint.
@@ -64,7 +74,8 @@ class Provider:
     api_key: str | None = field(default=None, repr=False)
     models: dict[str, str] = field(default_factory=dict)
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
-    timeout: float | None = None
+    #: Seconds, or the SDK's own ``openai.Timeout(...)`` (connect, read, ... apart).
+    timeout: float | openai.Timeout | None = None
     #: Extra keyword arguments for ``openai.OpenAI(...)`` (organization, default_headers, ...).
     options: dict[str, Any] = field(default_factory=dict)
     #: A ready SDK client (``flowkit.llm.wrap``); its own retries are turned off.
@@ -88,8 +99,7 @@ class Provider:
         )
         if not isinstance(self.name, str) or not self.name or ":" in self.name:
             raise ConfigError(f"Provider name {self.name!r} must be non-empty, without ':'.")
-        if self.timeout is not None:
-            seconds(self.timeout, "Provider(timeout=...)")
+        check_timeout(self.timeout, "Provider(timeout=...)")
         if not isinstance(self.rate_limits, dict) or not all(
                 isinstance(model, str) and isinstance(limit, RateLimit)
                 for model, limit in self.rate_limits.items()):

@@ -188,7 +188,7 @@ def test_bad_configuration_is_refused_clearly():
     (lambda: OpenAI(api_key="k", base_url="http://x", cache_ttl=float("inf")),
      "OpenAI(cache_ttl=...) is a number of seconds > 0, not inf."),
     (lambda: OpenAI(api_key="k", base_url="http://x", timeout=-1),
-     "OpenAI(timeout=...) is a number of seconds > 0, not -1."),
+     "OpenAI(timeout=...) is a number of seconds > 0, not -1 (or an openai.Timeout(...))."),
     (lambda: Provider("a", api_key="sk-x", rate_limits={"*": {"rpm": 5}}), "rate_limits= maps"),
     (lambda: Provider("a", api_key="sk-x", models={"gpt": 4}), "Provider(models=...) maps"),
     (lambda: RateLimit(rpm=float("nan")), "RateLimit(rpm=...) is a finite number > 0, not nan."),
@@ -202,3 +202,10 @@ def test_each_argument_of_the_client_is_checked_where_it_is_written(make, says):
     with pytest.raises(ConfigError) as refused:
         make()
     assert says in str(refused.value)
+
+
+def test_the_sdks_own_timeout_object_is_taken_as_it_is():
+    apart = openai.Timeout(30, connect=2)  # the SDK's way to give connect and read apart
+    client = OpenAI(api_key="k", base_url="http://x", timeout=apart)
+    provider = Provider("a", api_key="sk-x", timeout=apart)
+    assert client.providers[0].client.timeout is apart and provider.client.timeout is apart
