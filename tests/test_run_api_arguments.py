@@ -94,11 +94,13 @@ def test_history_of_an_unknown_run_says_so(store):
     """It answered [], as for a run with nothing yet: a typo looked like an empty run."""
     with pytest.raises(flowkit.RunNotFound):
         flowkit.history("01UNKNOWNRUN")
+    with pytest.raises(flowkit.RunNotFound):  # from a cursor too
+        flowkit.history("01UNKNOWNRUN", after="1700000000000-0")
 
 
 def test_a_follow_s_block_is_whole_milliseconds(store):
     run = wf.simple.start({"n": 1}, delay=3600)
-    for bad in (-1, 0.5, "100"):
+    for bad in (-1, 0, 0.5, "100"):  # 0: Redis's BLOCK 0 waits for ever
         with pytest.raises(ValueError, match=r"follow\(block_ms=...\) is a whole number"):
             flowkit.follow(run.id, block_ms=bad)
 
@@ -119,9 +121,8 @@ def test_a_huge_whole_timeout_waits_like_a_long_one(store):
 
 
 @pytest.mark.parametrize("options, says", [
-    ({"idempotency_key": ["a"]}, "start(idempotency_key=...) is 1 to 255 characters of text, "
+    ({"idempotency_key": ["a"]}, "start(idempotency_key=...) is up to 255 characters of text, "
                                  "not ['a']."),
-    ({"idempotency_key": ""}, "start(idempotency_key=...) is 1 to 255 characters"),
     ({"idempotency_key": "k" * 100_000}, "not str of 100000 characters."),
     ({"owner": ["ann"]}, "start(owner=...) is text (who started the run), not ['ann']."),
 ])
@@ -131,6 +132,18 @@ def test_an_idempotency_key_or_owner_is_text(store, options, says):
         wf.simple.start({"n": 1}, **options)
     assert says in str(refused.value)
     assert flowkit.list_runs() == []
+
+
+def test_an_empty_idempotency_key_is_none_as_a_keyless_run_reads_it(store):
+    keyless = wf.simple.start({"n": 1}, delay=3600)
+    assert keyless.idempotency_key == ""
+    again = wf.simple.start({"n": 1}, delay=3600, idempotency_key=keyless.idempotency_key)
+    assert again.created and again.id != keyless.id
+
+
+def test_a_huge_whole_timeout_waits_for_the_result(store, worker):
+    run = wf.simple.start({"n": 1})
+    assert run.result(10**400) == {"n": 4}
 
 
 def test_a_failure_notice_for_a_run_already_gone_is_dropped_quietly(store):

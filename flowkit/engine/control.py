@@ -214,7 +214,7 @@ def start(
 ) -> Run:
     """Validate ``input``, store a queued run and enqueue its canvas (``Workflow.start``).
 
-    With ``idempotency_key``, a second start with the same key and ``owner`` returns the
+    With ``idempotency_key`` (``""`` is none), a second start with the same key and ``owner`` returns the
     first run (``run.created`` is False) and enqueues nothing (another owner's same key
     is another run). With ``delay`` (seconds) or ``start_at`` (a datetime, or a Unix time)
     the run is ``scheduled``: beat starts it then (visible and cancellable meanwhile).
@@ -226,9 +226,11 @@ def start(
     """
     store = store or get_store()
     priority = check_priority(priority)
+    if idempotency_key == "":  # as a keyless run's ``run.idempotency_key`` reads
+        idempotency_key = None
     if idempotency_key is not None and not (isinstance(idempotency_key, str)
-                                            and 1 <= len(idempotency_key) <= 255):
-        raise ConfigError(f"start(idempotency_key=...) is 1 to 255 characters of text, not "
+                                            and len(idempotency_key) <= 255):
+        raise ConfigError(f"start(idempotency_key=...) is up to 255 characters of text, not "
                           f"{_shown(idempotency_key)}.")
     if owner is not None and not isinstance(owner, str):
         raise ConfigError(f"start(owner=...) is text (who started the run), not "
@@ -427,8 +429,8 @@ def history(
     store = store or get_store()
     cursor = _cursor(after)
     found = events.parse(store.history(check_run_id(run_id), cursor, limit))
-    if not found and cursor == events.START:
-        Run.load(run_id, store)
+    if not found and (cursor == events.START or store.last_event(run_id) is None):
+        Run.load(run_id, store)  # nothing at all: unknown, or expired
     return found
 
 
@@ -455,8 +457,8 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     the run's last event raises :class:`ValidationError`, at this call (not at the first
     event: a caller says so before it shows anything)."""
     after = _cursor(after)
-    if not (is_whole(block_ms) and block_ms >= 0):
-        raise ValueError(f"follow(block_ms=...) is a whole number of milliseconds >= 0, not "
+    if not (is_whole(block_ms) and block_ms >= 1):  # Redis reads BLOCK 0 as for ever
+        raise ValueError(f"follow(block_ms=...) is a whole number of milliseconds >= 1, not "
                          f"{block_ms!r}.")
     store = get_store()
     tail = store.last_event(check_run_id(run_id))
