@@ -70,6 +70,8 @@ EVENT_LOOKBACK_SECONDS = 3600.0
 EVENT_KEY_MAX_CHARS = 200
 #: Longest name an input (``wait_for_input``) may have.
 INPUT_NAME_MAX_CHARS = 200
+#: Most characters of field messages a failed output check writes into the run's error.
+OUTPUT_ERROR_MAX_CHARS = 2000
 
 #: Seconds a worker waits for running steps on SIGTERM before handing them over.
 DRAIN_GRACE = 30.0

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import marshmallow
 
 from .component import Component
+from .defaults import OUTPUT_ERROR_MAX_CHARS
 from .errors import ConfigError, ValidationError, WorkflowNotFound
 from .flow import Concurrency, Schedule
 from .nodes import Sequence, as_node
@@ -123,9 +124,13 @@ class Workflow:
         try:
             return self.output_schema.dump(self.output_schema.load(output))
         except marshmallow.ValidationError as exc:
-            # the run's error keeps only this message: the fields go in it, or no one sees them
-            raise ValidationError(exc.messages, "Workflow output failed its schema: "
-                                  f"{json.dumps(exc.messages, default=str)}.") from None
+            # the run's error keeps only this message: the fields go in it, or no one sees
+            # them; the first ones only, as 100,000 bad items would make megabytes of it
+            said = json.dumps(exc.messages, default=str, ensure_ascii=False)
+            if len(said) > OUTPUT_ERROR_MAX_CHARS:
+                said = said[:OUTPUT_ERROR_MAX_CHARS] + " ..."
+            raise ValidationError(exc.messages, f"Workflow output failed its schema: {said}."
+                                  ) from None
 
     def start(
         self, input: Any = None, *, idempotency_key: str | None = None, owner: str | None = None,

@@ -15,6 +15,7 @@ from flowkit.engine import broker
 from flowkit.engine.paths import continuation_key
 from flowkit.policy import Policy, key_value
 from flowkit.worker import checks
+from flowkit.workflow import _workflows
 
 
 class Boom(Exception):
@@ -335,3 +336,14 @@ def test_visibility_timeout_must_exceed_the_longest_step():
     with pytest.raises(ConfigError, match="FLOWKIT_VISIBILITY_TIMEOUT above 1821"):
         checks.check_visibility_timeout(flowkit.Settings(visibility_timeout=1800))
     checks.check_visibility_timeout(flowkit.Settings(visibility_timeout=3600))
+
+
+def test_an_output_schema_s_messages_are_cut_short_in_the_error(monkeypatch):
+    # 100,000 bad items made a 3.5 MB message, kept in the run's error and every event
+    monkeypatch.setitem(_workflows, "unit-output-cut", None)  # forgotten after the test
+    checked = flowkit.Workflow("unit-output-cut", [component(name="unit.cut")(lambda x: x)],
+                               output_schema={"items": fields.List(fields.Integer())})
+    with pytest.raises(flowkit.ValidationError) as refused:
+        checked.check_output({"items": ["x"] * 100_000})
+    assert len(str(refused.value)) < 2100 and str(refused.value).endswith(" ....")
+    assert len(refused.value.fields["items"]) == 100_000  # the fields themselves are whole
