@@ -19,7 +19,7 @@ import marshmallow
 from .component import Component
 from .defaults import OUTPUT_ERROR_MAX_CHARS
 from .errors import ConfigError, ValidationError, WorkflowNotFound
-from .flow import Concurrency, Schedule
+from .flow import SCHEDULE_ID, SCHEDULE_ID_RULE, Concurrency, Schedule
 from .nodes import Sequence, as_node
 from .schemas import SchemaLike, as_schema
 from .serialization import MAX_DEPTH, nested_too_deeply
@@ -77,11 +77,7 @@ class Workflow:
         self.schedules = tuple(schedules)
         if not all(isinstance(s, Schedule) for s in self.schedules):
             raise ConfigError("Workflow(schedules=[...]) takes flowkit.Schedule(...) items.")
-        ids = [schedule.default_id(name) for schedule in self.schedules]
-        if len(set(ids)) != len(ids):  # stored under one id, all but the last were lost
-            twice = sorted({i for i in ids if ids.count(i) > 1})
-            raise ConfigError(f"Workflow {name!r}: two schedules are both {twice[0]!r}; give "
-                              "each its own Schedule(id=...).")
+        _check_schedule_ids(name, self.schedules)
         for schedule in self.schedules:  # every tick would fail, logged by beat only
             try:
                 self.schedule_input(schedule.input)
@@ -184,3 +180,26 @@ def install_launcher(launcher: Launcher) -> None:
     """Make ``launcher`` start the runs of ``Workflow.start`` (``import flowkit`` does)."""
     global _launcher
     _launcher = launcher
+
+
+def _check_schedule_ids(name: str, schedules: tuple[Schedule, ...]) -> None:
+    """Each of ``name``'s schedules is stored under its own id, which the API can name and
+    whose ticks' idempotency keys fit; two schedules under one id, in this workflow or
+    another, would leave one of them lost."""
+    ids = [schedule.default_id(name) for schedule in schedules]
+    for schedule, schedule_id in zip(schedules, ids, strict=True):
+        if schedule.id is None and not re.fullmatch(SCHEDULE_ID, schedule_id):
+            shown = schedule_id if len(schedule_id) <= 60 else schedule_id[:60] + "..."
+            raise ConfigError(f"Workflow {name!r}: the schedule's default id {shown!r} is not "
+                              f"{SCHEDULE_ID_RULE}; give it its own Schedule(id=...).")
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError(f"Workflow {name!r}: two schedules are both {twice[0]!r}; give "
+                          "each its own Schedule(id=...).")
+    for other in _workflows.values():
+        if other is None or other.name == name:  # None: a test's placeholder; name: redefined
+            continue
+        shared = set(ids) & {s.default_id(other.name) for s in other.schedules}
+        if shared:
+            raise ConfigError(f"Workflows {other.name!r} and {name!r} both declare a schedule "
+                              f"{min(shared)!r}; give each its own Schedule(id=...).")

@@ -136,3 +136,25 @@ def test_two_declarations_under_one_id_are_refused(monkeypatch):
                                                   f"'{NAME}@every60s'; give each its own"):
         flowkit.Workflow(NAME, [noop], schedules=[flowkit.Schedule(every=60, input={"a": 1}),
                                                   flowkit.Schedule(every=60, input={"a": 2})])
+
+
+def test_two_workflows_declaring_one_schedule_id_are_refused(monkeypatch):
+    """Both were stored under "shared": beat kept whichever it stored last."""
+    monkeypatch.setitem(_workflows, NAME, None)
+    monkeypatch.setitem(_workflows, f"{NAME}-other", None)
+    flowkit.Workflow(f"{NAME}-other", [noop], schedules=[flowkit.Schedule(every=60, id="shared")])
+    with pytest.raises(flowkit.ConfigError, match=f"Workflows '{NAME}-other' and '{NAME}' both "
+                                                  "declare a schedule 'shared'"):
+        flowkit.Workflow(NAME, [noop], schedules=[flowkit.Schedule(cron="0 9 * * *", id="shared")])
+
+
+def test_a_default_id_the_api_could_not_name_is_refused(monkeypatch):
+    """A 200-character workflow name made a 210-character id the API could not name (to
+    pause or delete it); with a long cron line, every tick's idempotency key was over 255
+    characters, and every tick's run refused."""
+    long_name = "w" * 200
+    monkeypatch.setitem(_workflows, long_name, None)
+    with pytest.raises(flowkit.ConfigError, match=r"the schedule's default id 'w{60}\.\.\.' is "
+                                                  "not 1 to 200 printable ASCII"):
+        flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60)])
+    flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60, id="daily")])
