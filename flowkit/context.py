@@ -60,14 +60,16 @@ def context() -> Any:
 
 
 def progress(message: str, fraction: float | None = None, eta: float | None = None) -> None:
-    """Report progress of the current step (``fraction`` in 0..1; eta estimated when absent)."""
+    """Report progress of the current step (``fraction`` in 0..1, a little past either end,
+    as arithmetic makes it, held to it; eta estimated when absent)."""
     if not isinstance(message, str):  # progress(0.5) meant progress("...", 0.5)
         raise TypeError(f"progress(message, fraction=None, eta=None): the message is text, "
                         f"not {message!r}.")
-    for name, value in (("fraction", fraction), ("eta", eta)):
-        if value is not None and not (is_number(value) and value >= 0):
-            raise ValueError(f"progress({name}=...) is a finite number >= 0 or None, "
-                             f"not {value!r}.")
+    if fraction is not None and not is_number(fraction):
+        raise ValueError(f"progress(fraction=...) is a finite number (held to 0..1) or None, "
+                         f"not {fraction!r}.")
+    if eta is not None and not (is_number(eta) and eta >= 0):
+        raise ValueError(f"progress(eta=...) is a finite number >= 0 or None, not {eta!r}.")
     ctx = _current.get()
     if ctx is not None:
         ctx.progress(message, fraction, eta)

@@ -13,7 +13,7 @@ import flowkit
 from flowkit import ConfigError, ValidationError, component, continue_with, exponential
 from flowkit.engine import broker
 from flowkit.engine.paths import continuation_key
-from flowkit.policy import Policy, key_value
+from flowkit.policy import Policy, key_value, retry_after_of
 from flowkit.worker import checks
 from flowkit.workflow import _workflows
 
@@ -93,6 +93,7 @@ def test_a_retry_after_of_infinity_or_nan_falls_back_to_the_backoff(retry_after)
 
     busy = component(name=f"unit.busy.{retry_after!r}")(call)
     assert busy.retry(attempts=2, backoff=exponential(0.01, 0.01))() == "done"
+    assert retry_after_of(Busy(retry_after)) is None  # the backoff's wait, not 0 s (NaN)
 
 
 def test_only_the_listed_errors_retry():

@@ -58,7 +58,7 @@ def test_good_arguments_still_reach_the_wait():
 
 @pytest.mark.parametrize("call, says", [
     (lambda: flowkit.progress(0.5), "the message is text, not 0.5"),
-    (lambda: flowkit.progress("half", "0.5"), "progress(fraction=...) is a finite number >= 0"),
+    (lambda: flowkit.progress("half", "0.5"), "progress(fraction=...) is a finite number (held"),
     (lambda: flowkit.progress("half", float("nan")), "progress(fraction=...) is a finite number"),
     (lambda: flowkit.progress("half", 0.5, eta=-3), "progress(eta=...) is a finite number >= 0"),
 ])
@@ -67,3 +67,9 @@ def test_progress_takes_text_then_numbers(call, says):
     with pytest.raises((TypeError, ValueError)) as refused:
         call()
     assert says in str(refused.value)
+
+
+def test_a_fraction_a_little_past_either_end_is_held_to_it_not_refused():
+    # 1 - 1.01 from a step's arithmetic: held to 0..1 (step.progress), never a failed step
+    flowkit.progress("almost none", -0.01)
+    flowkit.progress("all", 1.0000001)
