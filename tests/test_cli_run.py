@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import flowkit
+from flowkit.cli.live import RunView
 from tests import workflows as wf
 
 pytestmark = pytest.mark.integration
@@ -75,8 +76,9 @@ def test_detach_prints_the_run_and_follow_picks_it_up(env):
     assert '"n": 6' in followed.stdout
 
     human = cli("run", "simple", "-i", "n=2", "--detach", *APP, env=env)
-    assert re.fullmatch(r"run \S+ queued \(simple\); follow it: flowkit follow \S+\n",
-                        human.stdout)
+    run_id = human.stdout.strip()  # the id alone, for RUN=$(flowkit run ... --detach)
+    assert re.fullmatch(r"[0-9A-Z]{26}\n", human.stdout)
+    assert f"run {run_id} queued (simple); follow it: flowkit follow {run_id}" in human.stderr
 
 
 def test_ctrl_c_detaches_and_says_how_to_follow_again(env, store):
@@ -209,3 +211,11 @@ def test_sigterm_while_following_in_a_terminal_gives_the_cursor_back(env):
         os.close(parent)
         run.cancel()
     assert b"\x1b[?25h" in seen[seen.index(b"\x1b[?25l"):], seen  # shown again after
+
+
+def test_a_restart_is_told_once_in_the_line_and_kept_in_the_picture():
+    """The line read "run restarted: restarted: heartbeat lapsed"."""
+    view = RunView("01RUN")
+    line = view.feed({"type": "run.restarted", "reason": "heartbeat lapsed", "ts": 1.0})
+    assert line == "run restarted: heartbeat lapsed"
+    assert (view.state, view.note) == ("queued", "restarted: heartbeat lapsed")

@@ -122,8 +122,9 @@ class RunView:
             for step in self.steps.values():
                 if step.status == "waiting":
                     step.status = "running"
-        if kind == "run.restarted":
+        if kind == "run.restarted":  # the picture's note says so; the line says it once
             self.note = f"restarted: {event.get('reason', '')}"
+            return f"run restarted: {event.get('reason', '')}"
         if kind == "run.failed":
             self.note = _error_text(event.get("error"))
         line = f"run {verb}"

@@ -144,9 +144,10 @@ def run(args: argparse.Namespace) -> int:
     if args.detach:
         if args.json:
             print(json.dumps(record, indent=2, default=str))
-        else:
+        else:  # the id alone on stdout, for RUN=$(flowkit run ... --detach)
+            print(record["id"])
             print(f"run {record['id']} {record['state']} ({args.workflow}); follow it: "
-                  f"{_follow_hint(args, record['id'])}")
+                  f"{_follow_hint(args, record['id'])}", file=sys.stderr)
         return EXIT_SUCCEEDED
     return follow_run(args, runs, record["id"], ev.START)
 
@@ -251,7 +252,7 @@ def register(subs) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--follow", dest="detach", action="store_false",
                       help="follow the run until it ends (the default)")
-    mode.add_argument("--detach", action="store_true", help="start it and print its id")
+    mode.add_argument("--detach", action="store_true", help="start it and print its id alone (the follow line goes to stderr)")
     add_app_option(p)
     _remote_options(p)
     p.set_defaults(func=run, token=None, detach=False)
