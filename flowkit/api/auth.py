@@ -21,8 +21,9 @@ In order, a request is let in by:
 A request none of them lets in gets ``401`` (code ``unauthorized``) with a message for
 the auth in use:
 
-- API keys only: ``Credentials required: send 'Authorization: Bearer <API key>'.``, or
-  ``Invalid API key or run token.`` when a bearer or ``?token=`` was sent;
+- API keys only: ``Credentials required: send 'Authorization: Bearer <API key>'.``
+  (adding that the server has no API keys yet, to set FLOWKIT_API_KEYS, when it has
+  none), or ``Invalid API key or run token.`` when a bearer or ``?token=`` was sent;
 - an ``authorize`` callback: ``The host app's authorization refused this request.``;
   with API keys too, it adds ``an API key also works: send 'Authorization: Bearer <API
   key>'``; when a bearer or ``?token=`` was sent, it adds that the token is not a valid
@@ -118,6 +119,8 @@ def _unauthorized(message: str, code: str = "unauthorized") -> ApiError:
 class Authenticator:
     def __init__(self, options: ApiOptions, app_secret: str | None) -> None:
         self.options = options
+        # tokens signed with a secret of this process alone: the first one made says so
+        self._warn_on_issue = not (options.secret or app_secret or options.keys or options.open)
         self.tokens = URLSafeTimedSerializer(self._secret(options, app_secret), salt=_TOKEN_SALT)
 
     @staticmethod
@@ -126,14 +129,18 @@ class Authenticator:
             return options.secret or str(app_secret)
         if options.keys:  # every process sharing these keys can verify each other's tokens
             return hashlib.sha256("\n".join(sorted(options.keys)).encode()).hexdigest()
-        if not options.open:
-            log.warning(
-                "flowkit API: no FLOWKIT_API_SECRET, SECRET_KEY or API keys: run tokens are "
-                "signed with a random secret and only verify in this process."
-            )
         return secrets.token_hex(32)
 
     def issue(self, run_id: str) -> str:
+        if self._warn_on_issue:
+            # said when a token is made, not when the app is built: a worker or the CLI
+            # importing the app's package makes none, and has nothing to be told
+            self._warn_on_issue = False
+            log.warning(
+                "flowkit API: no FLOWKIT_API_SECRET, SECRET_KEY or API keys: run tokens are "
+                "signed with a random secret and only verify in this process; set "
+                "FLOWKIT_API_SECRET where the app runs."
+            )
         return self.tokens.dumps({"run": run_id})
 
     def _run_of(self, token: str) -> tuple[str | None, float]:
@@ -192,6 +199,9 @@ class Authenticator:
         if self.options.authorize is None:
             if sent_token:
                 return _unauthorized("Invalid API key or run token.")
+            if not self.options.keys:  # a deploy that forgot its keys: nothing but tokens
+                return _unauthorized(f"Credentials required: {_SEND_KEY}; this server has "
+                                     "no API keys yet: set FLOWKIT_API_KEYS where it runs.")
             return _unauthorized(f"Credentials required: {_SEND_KEY}.")
         refused = "The host app's authorization refused this request"
         if sent_token:

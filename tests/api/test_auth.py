@@ -272,6 +272,26 @@ def test_401_with_api_keys_only_asks_for_an_api_key(api):
         "Invalid API key or run token.")
 
 
+def test_401_of_a_server_without_api_keys_says_to_set_them(flowkit_env, worker, store):
+    """A Procfile web started without FLOWKIT_API_KEYS refused everything, saying only to
+    send a key no one had."""
+    for served in serve(make_app(keys=[])):
+        assert _refusal(served.client(key=None).get("/runs")) == (
+            f"Credentials required: {SEND_KEY}; this server has no API keys yet: set "
+            "FLOWKIT_API_KEYS where it runs.")
+
+
+def test_a_random_signing_secret_is_told_when_a_token_is_made_not_at_import(caplog):
+    """Every CLI command, worker and beat importing an app's package said it, though none
+    makes a token; the web process that does said it once at its start, lost in its log."""
+    app = Flask("no-secret")
+    flowkit.FlowKit(app, keys=[])
+    assert "random secret" not in caplog.text
+    flowkit.FlowKit.run_token("r-1", app=app)
+    flowkit.FlowKit.run_token("r-2", app=app)
+    assert caplog.text.count("signed with a random secret") == 1
+
+
 def test_401_with_an_authorize_callback_says_the_host_app_refused(callback_api):
     assert _refusal(callback_api.client(key=None).get("/runs")) == f"{REFUSED}."
     assert _refusal(callback_api.client(key="not-a-token").get("/runs")) == (
