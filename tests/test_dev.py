@@ -219,6 +219,7 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
         port = int(note.group(1))
         # the API is where the app mounted it (FlowKit(app, url_prefix="/flowkit"))
         assert exports["FLOWKIT_URL"] == f"http://127.0.0.1:{port}/flowkit"
+        assert "(workflows: gate, greet)" in dev.output()  # as the web app's API lists them
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.read() == b"the shop"  # the user's own view, on the same server
         assert flowkit_run(project, exports, "Lin")["output"]["greeting"] == "hello Lin"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 import socket
@@ -134,8 +135,10 @@ def dev(args: argparse.Namespace) -> int:
             for name in ("worker", "beat", "web"):
                 supervisor.start(name)
             supervisor.wait_ready(["worker", "web"], START_TIMEOUT)
-            supervisor.banner(_banner(app_name, env, api_url, queues, notes, api_open,
-                                      reload=not args.no_reload))
+            served = _web_workflows(api_url)
+            supervisor.banner(_banner(app_name, env, api_url, queues,
+                                      notes + _unserved(served), api_open,
+                                      reload=not args.no_reload, served=served))
             if not args.no_reload:
                 _watch(supervisor, project)
             _serve(supervisor)
@@ -304,9 +307,33 @@ def _watch(supervisor: Supervisor, project: Path) -> None:
     threading.Thread(target=run, daemon=True, name="watch").start()
 
 
+def _web_workflows(api_url: str) -> list[str] | None:
+    """The workflows the web app serves, as its API lists them; None when it will not say
+    (credentials this process does not hold: keys set in the app's own config)."""
+    keys = [k.strip() for k in os.environ.get("FLOWKIT_API_KEYS", "").split(",") if k.strip()]
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(api_url + "/workflows",
+                                                           headers=headers), timeout=5.0) as r:
+            return sorted(wf["name"] for wf in json.load(r)["workflows"])
+    except (OSError, ValueError, KeyError, TypeError):  # URLError and HTTPError are OSErrors
+        return None
+
+
+def _unserved(served: list[str] | None) -> list[str]:
+    """A note when the worker runs workflows the web app does not serve: a --web app that
+    does not import the module of the workflows answers 404 to their starts."""
+    missing = sorted(set(workflows()) - set(served)) if served is not None else []
+    if not missing:
+        return []
+    return [f"the web app does not serve {', '.join(missing)}: import the module that "
+            "declares them where the web app is built, or the API answers 404 to them"]
+
+
 def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
-            notes: list[str], api_open: bool, reload: bool = True) -> list[str]:
-    names = ", ".join(sorted(workflows())) or "none yet"
+            notes: list[str], api_open: bool, reload: bool = True,
+            served: list[str] | None = None) -> list[str]:
+    names = ", ".join(served if served is not None else sorted(workflows())) or "none yet"
     lines = [
         "",
         f"flowkit dev: {app_name} is up",
