@@ -297,9 +297,24 @@ def run(args: argparse.Namespace, env: dict[str, str], services: Services) -> in
         print(f"services keep running; watch page: {services.web_url}{final['watch']}; "
               f"dashboard: {services.web_url}/ui; "
               f"Ctrl-C (or kill {os.getpid()}) stops them", flush=True)
+        print("\n".join(cli_exports(env, services.web_url)), flush=True)
         while True:
             signal.pause()  # until a stop signal raises Stopped
     return 0 if final["state"] == "succeeded" else 1
+
+
+def cli_exports(env: dict[str, str], web: str) -> list[str]:
+    """What another terminal exports for the CLI to reach this deployment, as ``flowkit
+    dev`` prints it (over HTTP, and on the same Redis)."""
+    names = ["FLOWKIT_REDIS_URL", "FLOWKIT_LLM_FAKE_URL"]
+    return [
+        "",
+        "  In another terminal, from this directory, the CLI talks to it after:",
+        "    export FLOWKIT_APP=workers.celery_app",
+        *(f"    export {name}={env[name]}" for name in names if env.get(name)),
+        f"    export FLOWKIT_URL={web}",
+        "  then: .venv/bin/flowkit runs   (or run, follow, workers; --help lists them)",
+    ]
 
 
 def follow_over_http(web: str, brief: dict) -> dict:

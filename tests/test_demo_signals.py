@@ -9,6 +9,7 @@ signals it, and checks that the demo exits and that none of those processes surv
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -165,6 +166,17 @@ def test_sigterm_stops_every_process_of_the_demo_kept_running(redis_server):
         assert dashboard, demo.output()
         with urllib.request.urlopen(dashboard.group(1), timeout=10) as page:
             assert page.status == 200 and page.headers.get_content_type() == "text/html"
+        # the exports it prints take the CLI of another terminal to this deployment
+        demo.wait_for("then: .venv/bin/flowkit runs", timeout=10)
+        exports = dict(m.groups() for line in demo.lines
+                       if (m := re.match(r"\s+export (\w+)=(\S+)$", line)))
+        assert set(exports) >= {"FLOWKIT_APP", "FLOWKIT_REDIS_URL", "FLOWKIT_URL"}, exports
+        shell = {k: v for k, v in os.environ.items() if not k.startswith("FLOWKIT_")}
+        listed = subprocess.run([sys.executable, "-m", "flowkit.cli", "runs", "--json"],
+                                cwd=ROOT, env={**shell, **exports}, capture_output=True,
+                                text=True, timeout=30)
+        assert listed.returncode == 0, listed.stderr
+        assert [r["workflow"] for r in json.loads(listed.stdout)] == ["content"]
 
         demo.proc.send_signal(signal.SIGTERM)
         code = demo.proc.wait(45)
