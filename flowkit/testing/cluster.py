@@ -53,17 +53,8 @@ class LocalCluster:
         exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if exe is None or cli is None:
             raise ConfigError("redis-server is not installed: run `apt-get install redis-server`.")
-        for port in self.ports + self.replica_ports:
-            node_dir = self.dir / str(port)
-            node_dir.mkdir()
-            self.procs.append(subprocess.Popen(
-                [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-port", str(free_port()),
-                 "--cluster-node-timeout", str(self.node_timeout_ms),
-                 "--save", "", "--appendonly", "no", "--loglevel", "warning",
-                 "--logfile", str(node_dir / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        for index in range(len(self.ports) + len(self.replica_ports)):
+            self.procs.append(self._start_node(exe, index))
         for port in self.ports + self.replica_ports:
             self._until(lambda p=port: self._cli(p, "PING") == "PONG", f"node {port} answers")
         nodes = [f"127.0.0.1:{port}" for port in self.ports + self.replica_ports]
@@ -81,6 +72,37 @@ class LocalCluster:
                                                                               "replication"),
                         f"replica {port} is in sync")
         return self
+
+    def _start_node(self, exe: str, index: int, tries: int = 5) -> subprocess.Popen:
+        """The ``index``-th node (primaries first), on its port; on a new one when another
+        process took that port since it was picked (as may happen on a busy machine)."""
+        for _ in range(tries):
+            port = (self.ports + self.replica_ports)[index]
+            node_dir = self.dir / str(port)
+            node_dir.mkdir(exist_ok=True)
+            proc = subprocess.Popen(
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(free_port()),
+                 "--cluster-node-timeout", str(self.node_timeout_ms),
+                 "--save", "", "--appendonly", "no", "--loglevel", "warning",
+                 "--logfile", str(node_dir / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 30.0
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self._cli(port, "PING") == "PONG":
+                    return proc
+                time.sleep(0.05)  # a server still binding its port; nothing to await on
+            if proc.poll() is None:
+                return proc  # up but silent: the wait for every node's PING says so
+            log = (node_dir / "redis.log").read_text(errors="replace")
+            if "already in use" not in log:
+                raise ConfigError(f"Redis Cluster: node {port} exited: {log.strip()[-500:]}")
+            if index < len(self.ports):
+                self.ports[index] = _low_port()
+            else:
+                self.replica_ports[index - len(self.ports)] = _low_port()
+        raise ConfigError(f"Redis Cluster: no free port for node {index} in {tries} tries.")
 
     def kill(self, port: int) -> None:
         """SIGKILL the node at ``port``: a crash, as far as the cluster can tell."""

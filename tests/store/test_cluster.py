@@ -104,3 +104,19 @@ def test_a_cluster_store_without_a_broker_of_its_own_says_what_to_set(cluster):
         celery_config(amqp)
     assert celery_config(settings.replace(broker_url="redis://b:6379/0"))["broker_url"] == \
         "redis://b:6379/0"
+
+
+def test_a_node_whose_port_another_process_took_starts_on_another():
+    """The ports are picked when the cluster is made; a busy machine's other process may
+    bind one before the node starts: the node waited 30 s for a PING and the fixture failed."""
+    import socket
+
+    from flowkit.testing.cluster import LocalCluster
+
+    one = LocalCluster(1)
+    picked = one.ports[0]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", picked))  # bound, not listening: the node cannot have it
+        with one:
+            assert one.ports[0] != picked
+            assert primaries(one)[0].ping()
