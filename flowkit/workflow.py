@@ -10,7 +10,9 @@ engine to the definitions and never back.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -25,6 +27,8 @@ from .schemas import SchemaLike, as_schema
 from .serialization import MAX_DEPTH, nested_too_deeply
 
 _workflows: dict[str, Workflow] = {}
+log = logging.getLogger("flowkit")
+
 #: What a workflow's name may be: it is a path segment of the API and a part of Redis keys.
 WORKFLOW_NAME = r"[^\s/:\x00-\x1f\x7f]{1,200}"
 WORKFLOW_NAME_RULE = "1 to 200 characters, without spaces, '/' or ':'"
@@ -78,12 +82,21 @@ class Workflow:
         if not all(isinstance(s, Schedule) for s in self.schedules):
             raise ConfigError("Workflow(schedules=[...]) takes flowkit.Schedule(...) items.")
         _check_schedule_ids(name, self.schedules)
+        #: The module that defined it (a redefinition from another one is told: see below).
+        self.module = sys._getframe(1).f_globals.get("__name__", "")
         for schedule in self.schedules:  # every tick would fail, logged by beat only
             try:
                 self.schedule_input(schedule.input)
             except ValidationError as exc:
                 raise ConfigError(f"Workflow {name!r}: schedule {schedule.default_id(name)!r} "
                                   f"has an input its runs would refuse: {exc.fields}.") from None
+        earlier = _workflows.get(name)
+        if earlier is not None and earlier.module != self.module:
+            # a redefinition is a reload (flowkit dev, a notebook); from another module it
+            # is two workflows under one name, or a module run as __main__ and imported
+            log.warning("flowkit: Workflow %r defined in %s replaces the one defined in %s: "
+                        "runs of %r run this one; give one of them another name.",
+                        name, self.module, earlier.module, name)
         _workflows[name] = self
 
     def __repr__(self) -> str:

@@ -348,3 +348,17 @@ def test_an_output_schema_s_messages_are_cut_short_in_the_error(monkeypatch):
         checked.check_output({"items": ["x"] * 100_000})
     assert len(str(refused.value)) < 2100 and str(refused.value).endswith(" ....")
     assert len(refused.value.fields["items"]) == 100_000  # the fields themselves are whole
+
+
+def test_a_workflow_defined_again_from_another_module_is_told(monkeypatch, caplog):
+    """Two modules' workflows under one name: the later replaced the earlier silently, and
+    starts of the earlier ran the later's steps. From the same module it is a reload."""
+    monkeypatch.setitem(_workflows, "unit-twice", None)  # forgotten after the test
+    step = component(name="unit.twice")(lambda x: x)
+    flowkit.Workflow("unit-twice", [step])
+    flowkit.Workflow("unit-twice", [step])  # a reload: nothing to say
+    assert "replaces" not in caplog.text
+    exec('import flowkit\nflowkit.Workflow("unit-twice", [step])',
+         {"__name__": "other.flows", "step": step})
+    assert ("Workflow 'unit-twice' defined in other.flows replaces the one defined in "
+            "tests.test_components") in caplog.text
