@@ -192,11 +192,12 @@ def test_same_idempotency_key_returns_the_same_run_enqueued_once():
 
 
 def test_a_key_whose_stored_input_an_older_release_kept_with_nan_is_a_conflict():
-    first = wf.simple.start({"n": 1}, idempotency_key="order-nan")
+    # scheduled an hour ahead: no worker touches it after this test
+    first = wf.simple.start({"n": 1}, idempotency_key="order-nan", delay=3600)
     store = get_store()  # as a release that let NaN through stored it
     store.redis.hset(store.keys.run(first.id), "input", '{"n":NaN}')
     with pytest.raises(flowkit.IdempotencyConflict):  # not a ValueError from re-serialising
-        wf.simple.start({"n": 1}, idempotency_key="order-nan")
+        wf.simple.start({"n": 1}, idempotency_key="order-nan", delay=3600)
 
 
 def test_bad_input_raises_field_errors_and_creates_no_run():
