@@ -60,8 +60,8 @@ def context() -> Any:
 
 
 def progress(message: str, fraction: float | None = None, eta: float | None = None) -> None:
-    """Report progress of the current step (``fraction`` in 0..1, a little past either end,
-    as arithmetic makes it, held to it; eta estimated when absent)."""
+    """Report progress of the current step: ``fraction`` is held to 0..1 (arithmetic may
+    land a little past either end); ``eta`` in seconds, estimated when absent."""
     if not isinstance(message, str):  # progress(0.5) meant progress("...", 0.5)
         raise TypeError(f"progress(message, fraction=None, eta=None): the message is text, "
                         f"not {message!r}.")

@@ -252,7 +252,8 @@ def register(subs) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--follow", dest="detach", action="store_false",
                       help="follow the run until it ends (the default)")
-    mode.add_argument("--detach", action="store_true", help="start it and print its id alone (the follow line goes to stderr)")
+    mode.add_argument("--detach", action="store_true",
+                      help="start it and print its id alone (the follow line goes to stderr)")
     add_app_option(p)
     _remote_options(p)
     p.set_defaults(func=run, token=None, detach=False)

@@ -50,15 +50,15 @@ class RateLimit:
         return max(1.0, (self.tpm or 0) / 60 * scale)
 
 
-
 def check_timeout(timeout: Any, what: str) -> None:
-    """A client's ``timeout``: None, seconds, or the SDK's ``openai.Timeout`` (an
-    ``httpx.Timeout``), which the SDK takes as it is."""
+    """A client's ``timeout``: None, seconds, or the SDK's ``openai.Timeout``, which the
+    SDK takes as it is."""
     if timeout is not None and not isinstance(timeout, openai.Timeout):
         try:
             seconds(timeout, what)
         except ConfigError as exc:
             raise ConfigError(f"{str(exc)[:-1]} (or an openai.Timeout(...)).") from None
+
 
 @dataclass
 class Provider:
