@@ -147,10 +147,8 @@ def store_declared(store: Store | None = None) -> None:
             if current is None and schedule_id in everything:
                 # another deployment's workflow holds the id: storing would take it over
                 log.error("flowkit: Workflow %r: schedule %r is already Workflow %r's (stored "
-                          "by a process serving it); it is not stored: give it another id=, "
-                          "or, if that workflow is gone (renamed), `flowkit schedules delete "
-                          "%s` and restart beat", name, schedule_id,
-                          everything[schedule_id][0].get("workflow"), schedule_id)
+                          "by a process serving it); it is not stored: give it another id=",
+                          name, schedule_id, everything[schedule_id][0].get("workflow"))
             elif current is None:
                 store.put_schedule(definition, next_tick(definition, now))
             elif current.get("declared") and _shape(current) != _shape(definition):
