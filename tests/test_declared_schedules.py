@@ -74,19 +74,6 @@ def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_al
     assert store.schedule("elsewhere@every5s") == (elsewhere, 5.0)
 
 
-def test_an_id_another_deployment_s_workflow_holds_is_not_taken_over(deploy, store, caplog):
-    """Two processes serving different modules each declared "nightly": each beat's start
-    stored its own over the other's, and one workflow's runs stopped without a word."""
-    theirs = {"id": "nightly", "workflow": "served-elsewhere", "cron": None, "every": 5,
-              "input": None, "timezone": "UTC", "catchup": False, "anchor": 0.0,
-              "declared": True}
-    store.put_schedule(theirs, 5.0)
-    after = deploy(flowkit.Schedule(every=60, id="nightly"))
-    assert "nightly" not in after and store.schedule("nightly") == (theirs, 5.0)
-    assert (f"Workflow '{NAME}': schedule 'nightly' is already Workflow 'served-elsewhere'"
-            in caplog.text)
-
-
 def test_a_declaration_an_older_release_stored_with_nan_is_replaced(deploy, store):
     deploy(flowkit.Schedule(every=60, id="old", input={"n": 1}))
     definition, next_at = store.schedule("old")

@@ -130,13 +130,11 @@ def store_declared(store: Store | None = None) -> None:
     code, so no worker still running the old code (or a recycled child of one) undoes it.
 
     Schedules made at run time (:func:`create`, REST, CLI) are never touched, nor the
-    schedules of workflows this process does not serve: a declaration whose id one of
-    them, or a run-time schedule, already holds leaves it as it is (the first is logged
-    as an error)."""
+    declared schedules of workflows this process does not serve, and a declaration whose
+    id a run-time schedule already holds leaves that schedule as it is."""
     store = store or get_store()
     served = workflows()
-    everything = {d["id"]: (d, n) for d, n in store.schedules()}
-    stored = {i: held for i, held in everything.items() if held[0].get("workflow") in served}
+    stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in served}
     now = time.time()
     for name, wf in served.items():
         declared, unreadable = _declared_of(name, wf)
@@ -144,12 +142,7 @@ def store_declared(store: Store | None = None) -> None:
             log.error("flowkit: %s; it is not stored: fix its declaration", said)
         for schedule_id, definition in declared.items():
             current, next_at = stored.get(schedule_id, (None, None))
-            if current is None and schedule_id in everything:
-                # another deployment's workflow holds the id: storing would take it over
-                log.error("flowkit: Workflow %r: schedule %r is already Workflow %r's (stored "
-                          "by a process serving it); it is not stored: give it another id=",
-                          name, schedule_id, everything[schedule_id][0].get("workflow"))
-            elif current is None:
+            if current is None:
                 store.put_schedule(definition, next_tick(definition, now))
             elif current.get("declared") and _shape(current) != _shape(definition):
                 store.put_schedule(definition, None if next_at is None
