@@ -150,15 +150,13 @@ class Component:
 def _register(comp: Component) -> None:
     existing = _registry.get(comp.name)
     if existing is not None and existing.fn is not comp.fn:
-        # the same module's function again is a reload (a notebook cell run again, a
-        # factory called again for its name=); but two lambdas, or two functions a factory
-        # made, under the default name share it by accident: the later would run the
-        # earlier's steps
-        place = f"{comp.fn.__module__}.{comp.fn.__qualname__}"
+        # the same module's function again is a reload; two lambdas, or two functions a
+        # factory made (whatever their name=), share a place but not a body: the later
+        # would run the earlier's steps
         same_place = (existing.fn.__module__, existing.fn.__qualname__) == (
             comp.fn.__module__,
             comp.fn.__qualname__,
-        ) and ("<" not in comp.fn.__qualname__ or comp.name != place)
+        ) and "<" not in comp.fn.__qualname__
         if not same_place:
             raise ConfigError(
                 f"Two components are named {comp.name!r} ({existing.fn.__module__}."

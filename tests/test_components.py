@@ -228,8 +228,8 @@ def test_two_components_a_factory_makes_may_not_share_a_default_name():
     assert first(1) == 2
 
 
-def test_a_factory_called_again_for_its_named_component_replaces_it():
-    # a notebook cell run again, or a factory that names what it makes: a reload
+def test_a_factory_called_again_under_one_name_is_refused():
+    # its closures differ (a model, a prompt): the worker would run the later one's for both
     def make(k):
         @component(name="unit.scaled")
         def scaled(x):
@@ -237,7 +237,8 @@ def test_a_factory_called_again_for_its_named_component_replaces_it():
         return scaled
 
     make(2)
-    assert make(3)(1) == 3
+    with pytest.raises(ConfigError, match="another name"):
+        make(3)
 
 
 def test_continuation_keys_count_up_from_the_step():

@@ -155,6 +155,6 @@ def test_a_default_id_the_api_could_not_name_is_refused(monkeypatch):
     long_name = "w" * 200
     monkeypatch.setitem(_workflows, long_name, None)
     with pytest.raises(flowkit.ConfigError, match=r"the schedule's default id 'w{60}\.\.\.' is "
-                                                  "not 1 to 200 printable ASCII"):
+                                                  "over 200 characters"):
         flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60)])
     flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60, id="daily")])
