@@ -209,36 +209,29 @@ def test_bad_configuration_says_what_to_do():
             return x
 
 
-def test_two_components_a_factory_makes_may_not_share_a_default_name():
+def test_two_lambdas_may_not_share_a_default_name():
     # both are "tests.test_components.<lambda>": the later replaced the earlier, whose steps
     # then ran the later's body
     first = component(lambda x: x + 1)
     with pytest.raises(ConfigError, match="another name"):
         component(lambda x: x * 2)
-
-    def make(k):
-        @component
-        def scaled(x):
-            return x * k
-        return scaled
-
-    make(2)
-    with pytest.raises(ConfigError, match="another name"):
-        make(3)
     assert first(1) == 2
 
 
-def test_a_factory_called_again_under_one_name_is_refused():
-    # its closures differ (a model, a prompt): the worker would run the later one's for both
+@pytest.mark.parametrize("name", [None, "unit.scaled"])
+def test_a_factory_called_again_under_one_name_is_refused(name):
+    # its closures differ (a model, a prompt): the worker would run the later one's for both,
+    # under the default name or one fixed name=
     def make(k):
-        @component(name="unit.scaled")
+        @component(name=name)
         def scaled(x):
             return x * k
         return scaled
 
-    make(2)
+    first = make(2)
     with pytest.raises(ConfigError, match="another name"):
         make(3)
+    assert first(1) == 2
 
 
 def test_continuation_keys_count_up_from_the_step():

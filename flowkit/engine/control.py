@@ -216,8 +216,9 @@ def start(
 
     With ``idempotency_key`` (``""`` is none), a second start with the same key and
     ``owner`` returns the first run (``run.created`` is False) and enqueues nothing
-    (another owner's same key is another run). With ``delay`` (seconds) or ``start_at`` (a datetime, or a Unix time)
-    the run is ``scheduled``: beat starts it then (visible and cancellable meanwhile).
+    (another owner's same key is another run). With ``delay`` (seconds) or ``start_at``
+    (a datetime, or a Unix time) the run is ``scheduled``: beat starts it then (visible
+    and cancellable meanwhile).
     ``priority`` (0-9, 9 first): admitted and dispatched ahead of lower priorities on the
     same queue. A workflow with a concurrency key holds the run in Redis while its key has
     no free slot (engine.admission).

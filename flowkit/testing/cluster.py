@@ -55,8 +55,6 @@ class LocalCluster:
             raise ConfigError("redis-server is not installed: run `apt-get install redis-server`.")
         for index in range(len(self.ports) + len(self.replica_ports)):
             self.procs.append(self._start_node(exe, index))
-        for port in self.ports + self.replica_ports:
-            self._until(lambda p=port: self._cli(p, "PING") == "PONG", f"node {port} answers")
         nodes = [f"127.0.0.1:{port}" for port in self.ports + self.replica_ports]
         if len(nodes) == 1:  # redis-cli wants three masters; one node takes every slot itself
             self._cli(self.ports[0], "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
@@ -93,8 +91,9 @@ class LocalCluster:
                 if self._cli(port, "PING") == "PONG":
                     return proc
                 time.sleep(0.05)  # a server still binding its port; nothing to await on
-            if proc.poll() is None:
-                return proc  # up but silent: the wait for every node's PING says so
+            if proc.poll() is None:  # up but silent
+                self.procs.append(proc)  # close() stops it
+                raise ConfigError(f"Redis Cluster: timed out waiting until node {port} answers.")
             log = (node_dir / "redis.log").read_text(errors="replace")
             if "already in use" not in log:
                 raise ConfigError(f"Redis Cluster: node {port} exited: {log.strip()[-500:]}")
