@@ -88,13 +88,15 @@ class LocalCluster:
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 30.0
             while proc.poll() is None and time.monotonic() < deadline:
-                if self._cli(port, "PING") == "PONG":
+                # another Redis on the port would answer too: only this process's will do
+                if self._pid_at(port) == proc.pid:
                     return proc
                 time.sleep(0.05)  # a server still binding its port; nothing to await on
             if proc.poll() is None:  # up but silent
                 self.procs.append(proc)  # close() stops it
                 raise ConfigError(f"Redis Cluster: timed out waiting until node {port} answers.")
-            log = (node_dir / "redis.log").read_text(errors="replace")
+            log_file = node_dir / "redis.log"  # absent when it exited before opening it
+            log = log_file.read_text(errors="replace") if log_file.exists() else "(no log)"
             if "already in use" not in log:
                 raise ConfigError(f"Redis Cluster: node {port} exited: {log.strip()[-500:]}")
             if index < len(self.ports):
@@ -115,6 +117,14 @@ class LocalCluster:
             if line.startswith("role:"):
                 return line.split(":", 1)[1].strip()
         return ""
+
+    @classmethod
+    def _pid_at(cls, port: int) -> int | None:
+        """The process id of the Redis server answering on ``port``, if one does."""
+        for line in cls._cli(port, "INFO", "server").splitlines():
+            if line.startswith("process_id:"):
+                return int(line.split(":", 1)[1].strip())
+        return None
 
     @staticmethod
     def _cli(port: int, *command: str) -> str:

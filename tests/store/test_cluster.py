@@ -7,11 +7,15 @@ Runs through real workers are in tests/chaos/test_cluster.py.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
+import redis
+from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from flowkit import config
 from flowkit.engine.broker import celery_config
@@ -120,3 +124,25 @@ def test_a_node_whose_port_another_process_took_starts_on_another():
         with one:
             assert one.ports[0] != picked
             assert primaries(one)[0].ping()
+
+
+def test_a_node_whose_port_another_redis_took_starts_on_another(tmp_path):
+    """Another Redis on a picked port answers PING as well as the node would: the cluster
+    was built on the stranger and failed after a timeout."""
+    from flowkit.testing.cluster import LocalCluster
+
+    one = LocalCluster(1)
+    picked = one.ports[0]
+    stranger = subprocess.Popen(
+        ["redis-server", "--port", str(picked), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        redis.Redis(port=picked, retry=Retry(ExponentialBackoff(cap=0.05), 100),
+                    retry_on_error=[redis.ConnectionError]).ping()  # up before the cluster
+        with one:
+            assert one.ports[0] != picked
+            assert primaries(one)[0].ping()
+        assert redis.Redis(port=picked).dbsize() == 0  # the stranger was left alone
+    finally:
+        stranger.kill()
+        stranger.wait(10)
