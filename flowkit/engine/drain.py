@@ -49,15 +49,18 @@ _warm = threading.Event()
 _armed: threading.Thread | None = None
 #: Puts this worker's unacknowledged deliveries back in their queues (arm's ``restore``).
 _restore: Callable[[], None] | None = None
-#: When the warm shutdown began (time.monotonic()).
-_term_at: float | None = None
-#: On a Redis broker, how long after SIGTERM this worker's consumer may still pop a message
-#: it will never run: Celery's consumer loop (threads, gevent: synloop) notices the shutdown
-#: only when its drain_events returns (up to 2 s), and the BRPOP it left waiting pops for
-#: kombu's brpop_timeout (1 s) more. A message popped then is in no queue and in no unacked
-#: list: it dies with the process. A handover (which sends its runs' resume messages) waits
-#: that long after SIGTERM, whatever the grace.
-REDIS_CONSUMER_QUIET_SECONDS = 3.5
+#: True while Celery's consumer may still take messages from the broker (arm's ``consuming``).
+_consuming: Callable[[], bool] | None = None
+#: On a Redis broker, how long after its consumer stopped this worker may still pop a
+#: message it will never run: a BRPOP the consumer left waiting pops for kombu's
+#: brpop_timeout (1 s) more, and a message popped then is in no queue and in no unacked list:
+#: it dies with the process. A handover (which sends its runs' resume messages) waits until
+#: the consumer stopped and this long after, whatever the grace.
+REDIS_BRPOP_QUIET_SECONDS = 1.5
+#: How long a handover waits for Celery's consumer to stop. Its blocking loop (threads,
+#: gevent: synloop) notices the shutdown only between two drain_events, and runs one more
+#: after noticing it: up to about 6 s after SIGTERM, or longer while messages keep coming.
+CONSUMER_STOP_TIMEOUT = 15.0
 #: Set while the grace ran out and steps are being handed over, then once that is done:
 #: a step that stops because its run was handed over lets Celery's warm shutdown end, and
 #: the process must not exit before the handover's messages are sent.
@@ -74,16 +77,19 @@ def draining() -> bool:
     return _draining.is_set()
 
 
-def arm(in_process: bool, restore: Callable[[], None] | None = None) -> None:
+def arm(in_process: bool, restore: Callable[[], None] | None = None,
+        consuming: Callable[[], bool] | None = None) -> None:
     """Called once the worker is ready, outside any signal handler: whether its steps run
     in this process (not prefork), and the drain's thread, waiting for a warm shutdown.
     ``restore`` gives the messages this worker received and did not acknowledge back to the
     broker; a handover calls it before the process ends (it exits without closing anything).
+    ``consuming`` says whether Celery's consumer may still take messages: a handover on a
+    Redis broker sends nothing before it stopped.
 
     A worker stopped before it was ready runs no step and needs no drain.
     """
-    global _in_process_pool, _armed, _restore
-    _in_process_pool, _restore = in_process, restore
+    global _in_process_pool, _armed, _restore, _consuming
+    _in_process_pool, _restore, _consuming = in_process, restore, consuming
     if _armed is None:
         _armed = threading.Thread(target=_drain_when_warm, name="flowkit-drain", daemon=True)
         _armed.start()
@@ -98,10 +104,7 @@ def begin(how: str | None) -> None:
     """The worker is shutting down. Called inside Celery's signal handler (on gevent, in
     the event loop): it only sets events, never blocks. A warm shutdown drains for
     FLOWKIT_DRAIN_GRACE seconds in the thread :func:`arm` started."""
-    global _term_at
     _draining.set()
-    if _term_at is None:
-        _term_at = time.monotonic()
     if how == "Warm":
         _warm.set()
 
@@ -143,6 +146,17 @@ def hand_over(entries: list[tuple[str, str, str]], reason: str) -> list[str]:
     return restarted
 
 
+def _wait_consumer_quiet() -> None:
+    """Wait until Celery's consumer stopped and its last BRPOP expired; steps that finish
+    meanwhile need no handover. A consumer that does not stop within CONSUMER_STOP_TIMEOUT
+    is not waited for longer (the reaper covers a message it pops)."""
+    deadline = time.monotonic() + CONSUMER_STOP_TIMEOUT
+    while _consuming is not None and _consuming() and time.monotonic() < deadline:
+        if hb.heartbeat.wait_idle(0.05):
+            return
+    hb.heartbeat.wait_idle(REDIS_BRPOP_QUIET_SECONDS)
+
+
 def drain(grace: float) -> None:
     """Wait up to ``grace`` s for this worker's steps, then hand the rest over and exit."""
     node = hb.node_name
@@ -156,12 +170,10 @@ def drain(grace: float) -> None:
     if idle:
         log.info("flowkit drain: %s is idle; shutting down", node)
         return
-    if _in_process_pool and _term_at is not None and not is_amqp(get_settings().broker):
+    if _in_process_pool and not is_amqp(get_settings().broker):
         # still running after the grace: the handover's messages wait until this worker's
-        # consumer can no longer pop them (REDIS_CONSUMER_QUIET_SECONDS)
-        quiet = _term_at + REDIS_CONSUMER_QUIET_SECONDS - time.monotonic()
-        if quiet > 0:
-            hb.heartbeat.wait_idle(quiet)  # steps that finish meanwhile need no handover
+        # consumer can no longer pop them
+        _wait_consumer_quiet()
     entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
     if not entries:
         log.info("flowkit drain: %s is idle; shutting down", node)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from celery import signals
+from celery import bootsteps, signals
 from celery.concurrency.prefork import TaskPool as Prefork
 
 from .. import metrics
@@ -89,7 +89,7 @@ def worker_ready(sender=None, **_) -> None:
     if sender is not None and getattr(sender, "hostname", None):
         heartbeat.node_name = sender.hostname
     drain.arm(not isinstance(getattr(sender, "pool", None), Prefork),
-              restore=lambda: restore_unacked(sender))
+              restore=lambda: restore_unacked(sender), consuming=lambda: consuming(sender))
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
         info = node_info(sender)
@@ -142,6 +142,13 @@ def stop_metrics(**_) -> None:
 
 def child_started(**_) -> None:
     heartbeat.heartbeat.ensure_running()
+
+
+def consuming(consumer) -> bool:
+    """Whether Celery's consumer may still take messages: its blocking loop runs while its
+    blueprint is RUN, and Celery stops the blueprint only after the loop ended."""
+    blueprint = getattr(consumer, "blueprint", None)
+    return blueprint is not None and blueprint.state == bootsteps.RUN
 
 
 def restore_unacked(consumer) -> None:
