@@ -113,6 +113,11 @@ def test_bad_cursor_and_bad_idempotency_key_are_400(client):
     response = client.post("/workflows/simple/runs", json={"n": 1},
                            headers={"Idempotency-Key": "has space"})
     assert_error(response, 400, "validation_error")
+    # empty is refused, not read as no key (a client's key that came out empty)
+    response = client.post("/workflows/simple/runs", json={"n": 1},
+                           headers={"Idempotency-Key": ""})
+    error = assert_error(response, 400, "validation_error")
+    assert "leave the header out" in error["fields"]["Idempotency-Key"][0]
 
 
 def test_redis_down_is_a_503_that_says_to_retry(flowkit_env, monkeypatch):

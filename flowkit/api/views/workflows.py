@@ -45,7 +45,10 @@ def start_run(name: str):
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(400, "validation_error", "Invalid Idempotency-Key header.", {
-            "Idempotency-Key": ["1 to 255 visible ASCII characters."]})
+            # an empty header is refused, not read as none: a client whose key came out
+            # empty would start a new run on every retry it meant to be the same
+            "Idempotency-Key": ["1 to 255 visible ASCII characters; to start a run without "
+                                "one, leave the header out."]})
     args = query(schemas.StartArgs)
     wait = wait_seconds(args.get("wait"))
     kind = negotiated_stream()
