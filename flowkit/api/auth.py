@@ -21,9 +21,9 @@ In order, a request is let in by:
 A request none of them lets in gets ``401`` (code ``unauthorized``) with a message for
 the auth in use:
 
-- API keys only: ``Credentials required: send 'Authorization: Bearer <API key>'.``
-  (adding that the server has no API keys yet, to set FLOWKIT_API_KEYS, when it has
-  none), or ``Invalid API key or run token.`` when a bearer or ``?token=`` was sent;
+- API keys only: ``Credentials required: send 'Authorization: Bearer <API key>'.``;
+  without any key, to send a run token, adding that this server has no API keys (set
+  FLOWKIT_API_KEYS to use them); or ``Invalid API key or run token.`` when a bearer or ``?token=`` was sent;
 - an ``authorize`` callback: ``The host app's authorization refused this request.``;
   with API keys too, it adds ``an API key also works: send 'Authorization: Bearer <API
   key>'``; when a bearer or ``?token=`` was sent, it adds that the token is not a valid
@@ -110,6 +110,7 @@ class Access:
 
 _CHALLENGE = 'Bearer realm="flowkit"'
 _SEND_KEY = "send 'Authorization: Bearer <API key>'"
+_SEND_TOKEN = "send a run token ('Authorization: Bearer <run token>' or '?token=<run token>')"
 
 
 def _unauthorized(message: str, code: str = "unauthorized") -> ApiError:
@@ -199,9 +200,10 @@ class Authenticator:
         if self.options.authorize is None:
             if sent_token:
                 return _unauthorized("Invalid API key or run token.")
-            if not self.options.keys:  # a deploy that forgot its keys: nothing but tokens
-                return _unauthorized(f"Credentials required: {_SEND_KEY}; this server has "
-                                     "no API keys yet: set FLOWKIT_API_KEYS where it runs.")
+            if not self.options.keys:  # run tokens only: by design, or a deploy that forgot
+                return _unauthorized(f"Credentials required: {_SEND_TOKEN}; this server has "
+                                     "no API keys (set FLOWKIT_API_KEYS where it runs to use "
+                                     "them).")
             return _unauthorized(f"Credentials required: {_SEND_KEY}.")
         refused = "The host app's authorization refused this request"
         if sent_token:

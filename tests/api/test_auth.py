@@ -272,13 +272,15 @@ def test_401_with_api_keys_only_asks_for_an_api_key(api):
         "Invalid API key or run token.")
 
 
-def test_401_of_a_server_without_api_keys_says_to_set_them(flowkit_env, worker, store):
+def test_401_of_a_server_without_api_keys_asks_for_a_run_token(flowkit_env, worker, store):
     """A Procfile web started without FLOWKIT_API_KEYS refused everything, saying only to
-    send a key no one had."""
+    send a key no one had; a server that only hands out run tokens must not tell its
+    callers to set keys either."""
     for served in serve(make_app(keys=[])):
         assert _refusal(served.client(key=None).get("/runs")) == (
-            f"Credentials required: {SEND_KEY}; this server has no API keys yet: set "
-            "FLOWKIT_API_KEYS where it runs.")
+            "Credentials required: send a run token ('Authorization: Bearer <run token>' or "
+            "'?token=<run token>'); this server has no API keys (set FLOWKIT_API_KEYS where "
+            "it runs to use them).")
 
 
 def test_a_random_signing_secret_is_told_when_a_token_is_made_not_at_import(caplog):
