@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -307,12 +308,17 @@ def cli_exports(env: dict[str, str], web: str) -> list[str]:
     """What another terminal exports for the CLI to reach this deployment, as ``flowkit
     dev`` prints it (over HTTP, and on the same Redis)."""
     names = ["FLOWKIT_REDIS_URL", "FLOWKIT_LLM_FAKE_URL"]
+    keys = [k.strip() for k in env.get("FLOWKIT_API_KEYS", "").split(",") if k.strip()]
+    open_api = env.get("FLOWKIT_API_OPEN", "").lower() in {"1", "true", "yes", "on"}
     return [
         "",
-        "  In another terminal, from this directory, the CLI talks to it after:",
+        "  In another terminal, the CLI talks to it after:",
+        f"    cd {shlex.quote(str(ROOT))}",
         "    export FLOWKIT_APP=workers.celery_app",
         *(f"    export {name}={env[name]}" for name in names if env.get(name)),
         f"    export FLOWKIT_URL={web}",
+        # an API the demo was told to close takes the CLI's requests with a key
+        *([f"    export FLOWKIT_API_KEY={shlex.quote(keys[0])}"] if keys and not open_api else []),
         "  then: .venv/bin/flowkit runs   (or run, follow, workers; --help lists them)",
     ]
 

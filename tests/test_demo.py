@@ -35,3 +35,17 @@ def test_the_demo_runs_the_content_workflow_end_to_end(redis_server):
     assert "## test pilots: part 1" in out and "2 sections" in out
     assert "flowkit demo: stopping everything it started" in out
     assert out.rstrip().endswith("flowkit demo: stopped everything it started")
+
+
+def test_the_exports_of_a_closed_demo_api_carry_a_key():
+    """A demo run with FLOWKIT_API_OPEN off and keys set printed exports without a key: the
+    CLI they set up got 401."""
+    from examples.demo import cli_exports
+
+    closed = cli_exports({"FLOWKIT_API_OPEN": "false", "FLOWKIT_API_KEYS": " k-1 , k-2"},
+                         "http://127.0.0.1:5000")
+    assert "    export FLOWKIT_API_KEY=k-1" in closed
+    assert f"    cd {ROOT}" in closed
+    opened = cli_exports({"FLOWKIT_API_OPEN": "true", "FLOWKIT_API_KEYS": "k-1"},
+                         "http://127.0.0.1:5000")
+    assert not any("FLOWKIT_API_KEY=" in line for line in opened)

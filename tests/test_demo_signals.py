@@ -171,9 +171,12 @@ def test_sigterm_stops_every_process_of_the_demo_kept_running(redis_server):
         exports = dict(m.groups() for line in demo.lines
                        if (m := re.match(r"\s+export (\w+)=(\S+)$", line)))
         assert set(exports) >= {"FLOWKIT_APP", "FLOWKIT_REDIS_URL", "FLOWKIT_URL"}, exports
+        assert "FLOWKIT_API_KEY" not in exports, "the demo's API is open"
+        # the directory to run it from is named (the demo may be started from elsewhere)
+        [where] = [m.group(1) for line in demo.lines if (m := re.match(r"\s+cd (\S+)$", line))]
         shell = {k: v for k, v in os.environ.items() if not k.startswith("FLOWKIT_")}
         listed = subprocess.run([sys.executable, "-m", "flowkit.cli", "runs", "--json"],
-                                cwd=ROOT, env={**shell, **exports}, capture_output=True,
+                                cwd=where, env={**shell, **exports}, capture_output=True,
                                 text=True, timeout=30)
         assert listed.returncode == 0, listed.stderr
         assert [r["workflow"] for r in json.loads(listed.stdout)] == ["content"]
