@@ -83,9 +83,9 @@ class Workflow:
         self.schedules = tuple(schedules)
         if not all(isinstance(s, Schedule) for s in self.schedules):
             raise ConfigError("Workflow(schedules=[...]) takes flowkit.Schedule(...) items.")
-        _check_schedule_ids(name, self.schedules)
         #: The module that defined it (a redefinition from another one is told: see below).
         self.module = sys._getframe(1).f_globals.get("__name__", "")
+        _check_schedule_ids(name, self.schedules, self.module)
         for schedule in self.schedules:  # every tick would fail, logged by beat only
             try:
                 self.schedule_input(schedule.input)
@@ -197,10 +197,12 @@ def install_launcher(launcher: Launcher) -> None:
     _launcher = launcher
 
 
-def _check_schedule_ids(name: str, schedules: tuple[Schedule, ...]) -> None:
+def _check_schedule_ids(name: str, schedules: tuple[Schedule, ...], module: str) -> None:
     """Each of ``name``'s schedules is stored under its own id, which the API can name and
     whose ticks' idempotency keys fit; two schedules under one id, in this workflow or
-    another, would leave one of them lost."""
+    another, would leave one of them lost. Between two workflows of ``__main__`` (a
+    notebook or REPL, where a renamed workflow's old one stays registered) it is a warning:
+    no beat serves them there."""
     ids = [schedule.default_id(name) for schedule in schedules]
     for schedule, schedule_id in zip(schedules, ids, strict=True):
         if schedule.id is None and len(schedule_id) > SCHEDULE_ID_MAX_CHARS:
@@ -216,6 +218,9 @@ def _check_schedule_ids(name: str, schedules: tuple[Schedule, ...]) -> None:
         if other is None or other.name == name:  # None: a test's placeholder; name: redefined
             continue
         shared = set(ids) & {s.default_id(other.name) for s in other.schedules}
-        if shared:
+        if shared and module == other.module == "__main__":
+            log.warning("flowkit: Workflows %r and %r both declare a schedule %r; a beat "
+                        "serving both would keep one of them.", other.name, name, min(shared))
+        elif shared:
             raise ConfigError(f"Workflows {other.name!r} and {name!r} both declare a schedule "
                               f"{min(shared)!r}; give each its own Schedule(id=...).")

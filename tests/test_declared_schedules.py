@@ -148,6 +148,20 @@ def test_two_workflows_declaring_one_schedule_id_are_refused(monkeypatch):
         flowkit.Workflow(NAME, [noop], schedules=[flowkit.Schedule(cron="0 9 * * *", id="shared")])
 
 
+def test_a_notebook_renaming_a_workflow_that_keeps_its_schedule_id_is_warned(
+        monkeypatch, caplog):
+    """A cell run again with the workflow renamed raised: the old name stays registered."""
+    monkeypatch.setitem(_workflows, NAME, None)
+    monkeypatch.setitem(_workflows, f"{NAME}-renamed", None)
+    cell = ("flowkit.Workflow({!r}, [noop], "
+            "schedules=[flowkit.Schedule(every=60, id='nightly-cell')])")
+    for name in (NAME, f"{NAME}-renamed"):
+        exec(cell.format(name), {"__name__": "__main__", "flowkit": flowkit, "noop": noop})
+    assert _workflows[f"{NAME}-renamed"].module == "__main__"
+    assert f"Workflows '{NAME}' and '{NAME}-renamed' both declare a schedule 'nightly-cell'" \
+        in caplog.text
+
+
 def test_a_default_id_the_api_could_not_name_is_refused(monkeypatch):
     """A 200-character workflow name made a 210-character id the API could not name (to
     pause or delete it); with a long cron line, every tick's idempotency key was over 255
