@@ -74,6 +74,28 @@ def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_al
     assert store.schedule("elsewhere@every5s") == (elsewhere, 5.0)
 
 
+def test_a_declared_id_held_by_a_workflow_not_served_is_taken_over_with_a_warning(
+        deploy, store, caplog):
+    """A workflow renamed with its schedule's id kept: its ticks must start the new name
+    (the old one no longer exists); a run-time schedule of another workflow is the user's
+    own and stays, said as an error."""
+    renamed = {"id": "nightly", "workflow": "old-name", "cron": None, "every": 60,
+               "input": None, "timezone": "UTC", "catchup": False, "anchor": 0.0,
+               "declared": True}
+    by_hand = {**renamed, "id": "by-hand-elsewhere", "workflow": "other", "declared": False}
+    store.put_schedule(renamed, 5.0)
+    store.put_schedule(by_hand, 5.0)
+
+    after = deploy(flowkit.Schedule(every=60, id="nightly"),
+                   flowkit.Schedule(every=60, id="by-hand-elsewhere"))
+    assert after["nightly"]["workflow"] == NAME and after["nightly"]["declared"]
+    assert "schedule 'nightly' was declared by workflow 'old-name'" in caplog.text
+    assert store.schedule("by-hand-elsewhere") == (by_hand, 5.0)
+    assert "by-hand-elsewhere" not in after
+    assert ("which a schedule of workflow 'other' made at run time holds: it is not stored"
+            in caplog.text)
+
+
 def test_a_declaration_an_older_release_stored_with_nan_is_replaced(deploy, store):
     deploy(flowkit.Schedule(every=60, id="old", input={"n": 1}))
     definition, next_at = store.schedule("old")

@@ -129,12 +129,16 @@ def store_declared(store: Store | None = None) -> None:
     (:mod:`flowkit.worker.signals`): one process, the one a deploy restarts with the new
     code, so no worker still running the old code (or a recycled child of one) undoes it.
 
-    Schedules made at run time (:func:`create`, REST, CLI) are never touched, nor the
-    declared schedules of workflows this process does not serve, and a declaration whose
-    id a run-time schedule already holds leaves that schedule as it is."""
+    Schedules made at run time (:func:`create`, REST, CLI) are never touched: a
+    declaration whose id one already holds, of any workflow, is not stored (an error says
+    so). The declared schedules of workflows this process does not serve are left, except
+    one under an id this process's code declares: it is taken over, with a warning naming
+    both workflows (a renamed workflow keeping its schedule's id, or two deployments
+    declaring one id)."""
     store = store or get_store()
     served = workflows()
-    stored = {d["id"]: (d, n) for d, n in store.schedules() if d.get("workflow") in served}
+    every = {d["id"]: (d, n) for d, n in store.schedules()}
+    stored = {i: held for i, held in every.items() if held[0].get("workflow") in served}
     now = time.time()
     for name, wf in served.items():
         declared, unreadable = _declared_of(name, wf)
@@ -142,7 +146,18 @@ def store_declared(store: Store | None = None) -> None:
             log.error("flowkit: %s; it is not stored: fix its declaration", said)
         for schedule_id, definition in declared.items():
             current, next_at = stored.get(schedule_id, (None, None))
-            if current is None:
+            holder = every.get(schedule_id, (None, None))[0]
+            if holder is not None and not holder.get("declared"):
+                log.error("flowkit: Workflow %r declares schedule %r, which a schedule of "
+                          "workflow %r made at run time holds: it is not stored. Delete that "
+                          "one (flowkit schedules delete %s) or give the declaration "
+                          "another Schedule(id=...).", name, schedule_id,
+                          holder.get("workflow"), schedule_id)
+            elif current is None:
+                if holder is not None:
+                    log.warning("flowkit: schedule %r was declared by workflow %r, which this "
+                                "process does not serve; workflow %r declares it now and "
+                                "takes it over.", schedule_id, holder.get("workflow"), name)
                 store.put_schedule(definition, next_tick(definition, now))
             elif current.get("declared") and _shape(current) != _shape(definition):
                 store.put_schedule(definition, None if next_at is None
