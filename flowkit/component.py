@@ -149,24 +149,31 @@ class Component:
 
 def _register(comp: Component) -> None:
     existing = _registry.get(comp.name)
-    if existing is not None and existing.fn is not comp.fn:
-        # the same module's function again is a reload; two lambdas, or two functions a
-        # factory made (whatever their name=), share a place but not a body: the later
-        # would run the earlier's steps
-        same_place = (existing.fn.__module__, existing.fn.__qualname__) == (
-            comp.fn.__module__,
-            comp.fn.__qualname__,
-        ) and "<" not in comp.fn.__qualname__
-        if not same_place:
-            raise ConfigError(
-                f"Two components are named {comp.name!r} ({existing.fn.__module__}."
-                f"{existing.fn.__qualname__} and {comp.fn.__module__}.{comp.fn.__qualname__}); "
-                "give one of them another name=."
-            )
+    if existing is not None and existing.fn is not comp.fn and not _reloaded(existing.fn, comp.fn):
+        raise ConfigError(
+            f"Two components are named {comp.name!r} ({existing.fn.__module__}."
+            f"{existing.fn.__qualname__} and {comp.fn.__module__}.{comp.fn.__qualname__}); "
+            "give one of them another name=."
+        )
     _registry[comp.name] = comp
     if existing is None:
         for hook in list(registered_hooks):
             hook(comp)
+
+
+def _reloaded(before: Callable, after: Callable) -> bool:
+    """Whether ``after`` is ``before``'s definition run again (a module reloaded, a notebook
+    cell run again), not another function under its name. A named function of one module
+    and qualified name is. A lambda or a nested function is only if it starts on the same
+    line and was compiled again: two functions a factory made share one code object, so
+    the later would run the earlier's steps, and two lambdas of a module start on their own
+    lines."""
+    same_name = (before.__module__, before.__qualname__) == (after.__module__, after.__qualname__)
+    if not same_name or "<" not in after.__qualname__:
+        return same_name
+    first, second = getattr(before, "__code__", None), getattr(after, "__code__", None)
+    return (first is not None and second is not None and first is not second
+            and first.co_firstlineno == second.co_firstlineno)
 
 
 @dataclass(frozen=True)

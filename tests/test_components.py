@@ -11,6 +11,7 @@ from marshmallow import fields
 
 import flowkit
 from flowkit import ConfigError, ValidationError, component, continue_with, exponential
+from flowkit.component import lookup
 from flowkit.engine import broker
 from flowkit.engine.paths import continuation_key
 from flowkit.policy import Policy, key_value, retry_after_of
@@ -232,6 +233,18 @@ def test_a_factory_called_again_under_one_name_is_refused(name):
     with pytest.raises(ConfigError, match="another name"):
         make(3)
     assert first(1) == 2
+
+
+@pytest.mark.parametrize("name", [None, "unit.cell"])
+def test_a_notebook_cell_run_again_redefines_its_lambda_component(name):
+    """A cell defining a component from a lambda, run again (edited or not), raised as if
+    two lambdas shared the name: the cell is compiled again, at the same line."""
+    cell = "step = component(name={!r})(lambda x: x {} 1)"
+    scope = {"__name__": f"notebook_{name}", "component": component}
+    exec(compile(cell.format(name, "+"), "<cell-1>", "exec"), scope)
+    exec(compile(cell.format(name, "-"), "<cell-2>", "exec"), scope)  # edited and run again
+    assert scope["step"](1) == 0
+    assert lookup(scope["step"].name)(1) == 0  # what the worker runs is the latest
 
 
 def test_continuation_keys_count_up_from_the_step():
