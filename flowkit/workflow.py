@@ -138,8 +138,10 @@ class Workflow:
             # the run's error keeps only this message: the fields go in it, or no one sees
             # them; the first ones only, as 100,000 bad items would make megabytes of it
             said = json.dumps(exc.messages, default=str, ensure_ascii=False)
-            if len(said) > OUTPUT_ERROR_MAX_CHARS:
-                said = said[:OUTPUT_ERROR_MAX_CHARS] + " ..."
+            if len(said) > OUTPUT_ERROR_MAX_CHARS:  # cut between two items, not in one
+                cut = said[:OUTPUT_ERROR_MAX_CHARS]
+                boundary = cut.rfind(", ")
+                said = (cut[:boundary] if boundary > 0 else cut) + ", ..."
             raise ValidationError(exc.messages, f"Workflow output failed its schema: {said}."
                                   ) from None
 
