@@ -83,12 +83,17 @@ def test_a_declared_id_held_by_a_workflow_not_served_is_taken_over_with_a_warnin
                "input": None, "timezone": "UTC", "catchup": False, "anchor": 0.0,
                "declared": True}
     by_hand = {**renamed, "id": "by-hand-elsewhere", "workflow": "other", "declared": False}
+    paused = {**renamed, "id": "paused-renamed"}
     store.put_schedule(renamed, 5.0)
     store.put_schedule(by_hand, 5.0)
+    store.put_schedule(paused, None)  # an operator paused it
 
     after = deploy(flowkit.Schedule(every=60, id="nightly"),
-                   flowkit.Schedule(every=60, id="by-hand-elsewhere"))
+                   flowkit.Schedule(every=60, id="by-hand-elsewhere"),
+                   flowkit.Schedule(every=60, id="paused-renamed"))
     assert after["nightly"]["workflow"] == NAME and after["nightly"]["declared"]
+    assert store.schedule("nightly")[1] == 5.0  # its next tick kept: it fires when it would have
+    assert after["paused-renamed"]["workflow"] == NAME and after["paused-renamed"]["paused"]
     assert "schedule 'nightly' was declared by workflow 'old-name'" in caplog.text
     assert store.schedule("by-hand-elsewhere") == (by_hand, 5.0)
     assert "by-hand-elsewhere" not in after

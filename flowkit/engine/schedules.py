@@ -153,11 +153,12 @@ def store_declared(store: Store | None = None) -> None:
                           "one (flowkit schedules delete %s) or give the declaration "
                           "another Schedule(id=...).", name, schedule_id,
                           holder.get("workflow"), schedule_id)
+            elif current is None and holder is not None:
+                log.warning("flowkit: schedule %r was declared by workflow %r, which this "
+                            "process does not serve; workflow %r declares it now and takes "
+                            "it over.", schedule_id, holder.get("workflow"), name)
+                store.put_schedule(*_taken_over(holder, every[schedule_id][1], definition, now))
             elif current is None:
-                if holder is not None:
-                    log.warning("flowkit: schedule %r was declared by workflow %r, which this "
-                                "process does not serve; workflow %r declares it now and "
-                                "takes it over.", schedule_id, holder.get("workflow"), name)
                 store.put_schedule(definition, next_tick(definition, now))
             elif current.get("declared") and _shape(current) != _shape(definition):
                 store.put_schedule(definition, None if next_at is None
@@ -168,6 +169,21 @@ def store_declared(store: Store | None = None) -> None:
                     and schedule_id not in declared and schedule_id not in unreadable):
                 store.delete_schedule(schedule_id)
                 log.info("flowkit: schedule %s is no longer declared: deleted", schedule_id)
+
+
+def _taken_over(holder: dict[str, Any], next_at: float | None, definition: dict[str, Any],
+                now: float) -> tuple[dict[str, Any], float | None]:
+    """A declared schedule taking over another workflow's under its id (a workflow renamed
+    with its schedule's id kept): the holder's pause stays, and so do its next tick and
+    anchor when it ticks alike (an ``every`` schedule fired at once, as if new)."""
+    if _timing(holder) == _timing(definition):
+        definition = {**definition, "anchor": holder.get("anchor", definition["anchor"])}
+        return definition, next_at
+    return definition, None if next_at is None else next_tick(definition, now)
+
+
+def _timing(definition: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(definition.get(key) for key in ("cron", "every", "timezone"))
 
 
 def check_declared() -> None:
