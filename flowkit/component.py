@@ -164,16 +164,28 @@ def _register(comp: Component) -> None:
 def _reloaded(before: Callable, after: Callable) -> bool:
     """Whether ``after`` is ``before``'s definition run again (a module reloaded, a notebook
     cell run again), not another function under its name. A named function of one module
-    and qualified name is. A lambda or a nested function is only if it starts on the same
-    line and was compiled again: two functions a factory made share one code object, so
-    the later would run the earlier's steps, and two lambdas of a module start on their own
-    lines."""
+    and qualified name is. A lambda or a nested function is only if it was compiled again
+    from the same place: two functions a factory made share one code object (the later
+    would run the earlier's steps), two lambdas of a file start at their own line and
+    column. A notebook cell run again, edited, comes from another file name: in
+    ``__main__``, the same first line will do."""
     same_name = (before.__module__, before.__qualname__) == (after.__module__, after.__qualname__)
     if not same_name or "<" not in after.__qualname__:
         return same_name
     first, second = getattr(before, "__code__", None), getattr(after, "__code__", None)
-    return (first is not None and second is not None and first is not second
-            and first.co_firstlineno == second.co_firstlineno)
+    if first is None or second is None or first is second:
+        return False
+    if first.co_filename == second.co_filename:
+        return _start(first) == _start(second)
+    return after.__module__ == "__main__" and first.co_firstlineno == second.co_firstlineno
+
+
+def _start(code: Any) -> tuple[int, Any]:
+    """Where a function's body starts in its file: its first line, and the first (line,
+    column) its instructions name (two lambdas of one line differ in it)."""
+    spots = [(line, column) for line, _, column, _ in code.co_positions()
+             if line is not None and column]
+    return code.co_firstlineno, min(spots, default=None)
 
 
 @dataclass(frozen=True)

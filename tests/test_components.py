@@ -240,11 +240,21 @@ def test_a_notebook_cell_run_again_redefines_its_lambda_component(name):
     """A cell defining a component from a lambda, run again (edited or not), raised as if
     two lambdas shared the name: the cell is compiled again, at the same line."""
     cell = "step = component(name={!r})(lambda x: x {} 1)"
-    scope = {"__name__": f"notebook_{name}", "component": component}
+    scope = {"__name__": "__main__", "component": component}
     exec(compile(cell.format(name, "+"), "<cell-1>", "exec"), scope)
+    exec(compile(cell.format(name, "+"), "<cell-1>", "exec"), scope)  # run again
     exec(compile(cell.format(name, "-"), "<cell-2>", "exec"), scope)  # edited and run again
     assert scope["step"](1) == 0
     assert lookup(scope["step"].name)(1) == 0  # what the worker runs is the latest
+
+
+def test_two_lambdas_on_one_line_may_not_share_a_name():
+    """Compiled at one line, they are not a reload of one another: the first ran the
+    second's body."""
+    line = "double, negate = component(lambda x: x * 2), component(lambda x: -x)"
+    with pytest.raises(ConfigError, match="another name"):
+        exec(compile(line, "same_line.py", "exec"),
+             {"__name__": "same_line", "component": component})
 
 
 def test_continuation_keys_count_up_from_the_step():
