@@ -49,18 +49,22 @@ _warm = threading.Event()
 _armed: threading.Thread | None = None
 #: Puts this worker's unacknowledged deliveries back in their queues (arm's ``restore``).
 _restore: Callable[[], None] | None = None
-#: True while Celery's consumer may still take messages from the broker (arm's ``consuming``).
+#: True while Celery's consumer may still take messages from the broker (arm's
+#: ``consuming``); None when it cannot matter (a solo pool runs steps inside its loop).
 _consuming: Callable[[], bool] | None = None
+#: When Celery's consumer was seen stopped (time.monotonic()), once it was.
+_consumer_stopped_at: float | None = None
 #: On a Redis broker, how long after its consumer stopped this worker may still pop a
 #: message it will never run: a BRPOP the consumer left waiting pops for kombu's
-#: brpop_timeout (1 s) more, and a message popped then is in no queue and in no unacked list:
-#: it dies with the process. A handover (which sends its runs' resume messages) waits until
-#: the consumer stopped and this long after, whatever the grace.
-REDIS_BRPOP_QUIET_SECONDS = 1.5
-#: How long a handover waits for Celery's consumer to stop. Its blocking loop (threads,
-#: gevent: synloop) notices the shutdown only between two drain_events, and runs one more
-#: after noticing it: up to about 6 s after SIGTERM, or longer while messages keep coming.
-CONSUMER_STOP_TIMEOUT = 15.0
+#: brpop_timeout (arm's ``brpop_timeout``, 1 s by default) more, and a message popped then is
+#: in no queue and in no unacked list: it dies with the process. A handover (which sends its
+#: runs' resume messages) waits until the consumer stopped and this long after.
+_quiet_seconds = 1.5
+#: How long a handover waits for Celery's consumer to stop after the grace. A gevent or
+#: eventlet worker's blocking loop (synloop) notices the shutdown only between two
+#: drain_events and runs one more after noticing it: about 3.5 s after SIGTERM here, up to
+#: 6 s or so; a threads worker's event loop stops within a second.
+CONSUMER_STOP_TIMEOUT = 10.0
 #: Set while the grace ran out and steps are being handed over, then once that is done:
 #: a step that stops because its run was handed over lets Celery's warm shutdown end, and
 #: the process must not exit before the handover's messages are sent.
@@ -71,25 +75,27 @@ _handed_over = threading.Event()
 def draining() -> bool:
     """True once this worker began shutting down: a step it receives now goes back to the queue.
 
-    Celery's blocking consumer loop (threads pool) still takes messages for up to two
-    seconds after SIGTERM; the step task refuses them through this flag.
+    Celery's consumer still takes messages until its loop notices the shutdown (seconds,
+    on a gevent worker); the step task refuses them through this flag.
     """
     return _draining.is_set()
 
 
 def arm(in_process: bool, restore: Callable[[], None] | None = None,
-        consuming: Callable[[], bool] | None = None) -> None:
+        consuming: Callable[[], bool] | None = None, brpop_timeout: float = 1.0) -> None:
     """Called once the worker is ready, outside any signal handler: whether its steps run
     in this process (not prefork), and the drain's thread, waiting for a warm shutdown.
     ``restore`` gives the messages this worker received and did not acknowledge back to the
     broker; a handover calls it before the process ends (it exits without closing anything).
     ``consuming`` says whether Celery's consumer may still take messages: a handover on a
-    Redis broker sends nothing before it stopped.
+    Redis broker sends nothing before it stopped and its last BRPOP (``brpop_timeout``)
+    expired.
 
     A worker stopped before it was ready runs no step and needs no drain.
     """
-    global _in_process_pool, _armed, _restore, _consuming
+    global _in_process_pool, _armed, _restore, _consuming, _quiet_seconds
     _in_process_pool, _restore, _consuming = in_process, restore, consuming
+    _quiet_seconds = brpop_timeout + 0.5
     if _armed is None:
         _armed = threading.Thread(target=_drain_when_warm, name="flowkit-drain", daemon=True)
         _armed.start()
@@ -146,22 +152,29 @@ def hand_over(entries: list[tuple[str, str, str]], reason: str) -> list[str]:
     return restarted
 
 
-def _wait_consumer_quiet() -> None:
-    """Wait until Celery's consumer stopped and its last BRPOP expired; steps that finish
-    meanwhile need no handover. A consumer that does not stop within CONSUMER_STOP_TIMEOUT
-    is not waited for longer (the reaper covers a message it pops)."""
-    deadline = time.monotonic() + CONSUMER_STOP_TIMEOUT
-    while _consuming is not None and _consuming() and time.monotonic() < deadline:
-        if hb.heartbeat.wait_idle(0.05):
-            return
-    hb.heartbeat.wait_idle(REDIS_BRPOP_QUIET_SECONDS)
+def _watch_consumer(deadline: float) -> bool:
+    """Until ``deadline``, or until Celery's consumer is seen stopped (noted in
+    ``_consumer_stopped_at``): True as soon as this worker is idle."""
+    global _consumer_stopped_at
+    while _consuming is not None and _consumer_stopped_at is None:
+        if not _consuming():
+            _consumer_stopped_at = time.monotonic()
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if hb.heartbeat.wait_idle(min(0.05, left)):
+            return True
+    return False
 
 
 def drain(grace: float) -> None:
     """Wait up to ``grace`` s for this worker's steps, then hand the rest over and exit."""
     node = hb.node_name
-    if _in_process_pool:
-        idle = hb.heartbeat.wait_idle(grace)
+    if _in_process_pool:  # noting when the consumer stops, which a handover may wait for
+        deadline = time.monotonic() + grace
+        idle = _watch_consumer(deadline) or hb.heartbeat.wait_idle(
+            max(0.0, deadline - time.monotonic()))
     else:  # prefork: steps run in child processes, their leases say which node holds them
         deadline = time.monotonic() + grace
         while (busy := held_by(node)) and time.monotonic() < deadline:
@@ -172,8 +185,13 @@ def drain(grace: float) -> None:
         return
     if _in_process_pool and not is_amqp(get_settings().broker):
         # still running after the grace: the handover's messages wait until this worker's
-        # consumer can no longer pop them
-        _wait_consumer_quiet()
+        # consumer can no longer pop them (steps that finish meanwhile need no handover;
+        # a consumer that does not stop within CONSUMER_STOP_TIMEOUT is not waited for)
+        _watch_consumer(time.monotonic() + CONSUMER_STOP_TIMEOUT)
+        if _consumer_stopped_at is not None:
+            quiet = _consumer_stopped_at + _quiet_seconds - time.monotonic()
+            if quiet > 0:
+                hb.heartbeat.wait_idle(quiet)
     entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
     if not entries:
         log.info("flowkit drain: %s is idle; shutting down", node)

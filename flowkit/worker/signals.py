@@ -15,6 +15,7 @@ import time
 
 from celery import bootsteps, signals
 from celery.concurrency.prefork import TaskPool as Prefork
+from celery.concurrency.solo import TaskPool as Solo
 
 from .. import metrics
 from ..config import get_settings, is_amqp
@@ -88,8 +89,13 @@ def name_worker(sender=None, **_) -> None:
 def worker_ready(sender=None, **_) -> None:
     if sender is not None and getattr(sender, "hostname", None):
         heartbeat.node_name = sender.hostname
-    drain.arm(not isinstance(getattr(sender, "pool", None), Prefork),
-              restore=lambda: restore_unacked(sender), consuming=lambda: consuming(sender))
+    pool = getattr(sender, "pool", None)
+    channel = getattr(getattr(sender, "task_consumer", None), "channel", None)
+    drain.arm(not isinstance(pool, Prefork), restore=lambda: restore_unacked(sender),
+              # a solo pool runs the step inside the consumer's loop, which takes no message
+              # meanwhile (one unacknowledged at a time) and stops only after the step
+              consuming=None if isinstance(pool, Solo) else lambda: consuming(sender),
+              brpop_timeout=float(getattr(channel, "brpop_timeout", None) or 1.0))
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
         info = node_info(sender)
@@ -145,8 +151,9 @@ def child_started(**_) -> None:
 
 
 def consuming(consumer) -> bool:
-    """Whether Celery's consumer may still take messages: its blocking loop runs while its
-    blueprint is RUN, and Celery stops the blueprint only after the loop ended."""
+    """Whether Celery's consumer may still take messages: its loop (synloop on gevent,
+    asynloop on threads) runs while its blueprint is RUN, and Celery stops the blueprint
+    only after the loop ended, before it waits for the pool."""
     blueprint = getattr(consumer, "blueprint", None)
     return blueprint is not None and blueprint.state == bootsteps.RUN
 

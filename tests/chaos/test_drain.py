@@ -65,10 +65,11 @@ def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, d
     shut_down_cleanly(a)
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork", "gevent"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "gevent", "solo"])
 def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployment, pool):
     # a lapse of a minute and no reaper: only the handover can resume the step quickly.
-    # prefork: the step runs in a child process; the parent finds it through its lease
+    # prefork: the step runs in a child process; the parent finds it through its lease.
+    # solo: the step runs inside Celery's consumer loop, which stays up until it ends
     slow_lapse = {"FLOWKIT_HEARTBEAT_LAPSE": "60", "FLOWKIT_DRAIN_GRACE": "1.5"}
     a = deployment.worker("a", pool=pool, concurrency=2, **slow_lapse)
     run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
