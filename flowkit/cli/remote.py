@@ -132,6 +132,8 @@ class RemoteRuns:
         code = error.get("code", "")
         if code == "validation_error":
             raise ValidationError(error.get("fields", {}), message)
+        if response.status_code == 401 and "has no API keys" in message:  # run tokens only
+            raise UsageError(f"{message} (pass --token <run token>: it reads its own run)")
         if response.status_code == 401:
             raise UsageError(f"{message} (pass --api-key, or set FLOWKIT_API_KEY; a run token "
                              "reads its own run only)")

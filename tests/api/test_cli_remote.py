@@ -189,6 +189,17 @@ def test_http_errors_are_one_line(api, env):
         assert "Traceback" not in result.stderr
 
 
+def test_a_server_without_api_keys_is_not_told_to_be_sent_one(env):
+    """Its 401 says it has no API keys; the CLI added "pass --api-key" all the same."""
+    from tests.api.conftest import make_app, serve
+
+    for served in serve(make_app(keys=[])):
+        refused = cli("run", "simple", "-i", "n=1", "--url", served.url, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "has no API keys" in refused.stderr and "--token" in refused.stderr
+        assert "--api-key" not in refused.stderr
+
+
 def test_follow_from_a_finished_run_s_last_event_ends_at_once(api, env, client):
     """The stream of a finished run followed from its last event ends with no event: the
     CLI reconnected every second for ever."""
