@@ -138,7 +138,7 @@ class Workflow:
             # the run's error keeps only this message: the fields go in it, or no one sees
             # them; the first ones only, as 100,000 bad items would make megabytes of it
             said = json.dumps(exc.messages, default=str, ensure_ascii=False)
-            if len(said) > OUTPUT_ERROR_MAX_CHARS:  # cut between two items, not in one
+            if len(said) > OUTPUT_ERROR_MAX_CHARS:  # at a ", ", never inside an escape
                 cut = said[:OUTPUT_ERROR_MAX_CHARS]
                 boundary = cut.rfind(", ")
                 said = (cut[:boundary] if boundary > 0 else cut) + ", ..."
