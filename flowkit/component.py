@@ -151,9 +151,8 @@ def _register(comp: Component) -> None:
     existing = _registry.get(comp.name)
     if existing is not None and existing.fn is not comp.fn and not _reloaded(existing.fn, comp.fn):
         raise ConfigError(
-            f"Two components are named {comp.name!r} ({existing.fn.__module__}."
-            f"{existing.fn.__qualname__} and {comp.fn.__module__}.{comp.fn.__qualname__}); "
-            "give one of them another name=."
+            f"Two components are named {comp.name!r} ({_shown(existing.fn)} and "
+            f"{_shown(comp.fn)}); give one of them another name=."
         )
     _registry[comp.name] = comp
     if existing is None:
@@ -169,6 +168,13 @@ def _reloaded(before: Callable, after: Callable) -> bool:
     would run the earlier's steps), two lambdas of a file start at their own line and
     column. A notebook cell run again, edited, comes from another file name: in
     ``__main__``, the same first line will do."""
+    if inspect.ismethod(before) and inspect.ismethod(after):
+        # one class's method bound to two objects: the later object's would run for both
+        if before.__func__ is after.__func__:
+            return before.__self__ is after.__self__
+        return _reloaded(before.__func__, after.__func__)
+    if not hasattr(before, "__qualname__") or not hasattr(after, "__qualname__"):
+        return False  # a partial or a callable object: nothing says where it was defined
     same_name = (before.__module__, before.__qualname__) == (after.__module__, after.__qualname__)
     if not same_name or "<" not in after.__qualname__:
         return same_name
@@ -178,6 +184,13 @@ def _reloaded(before: Callable, after: Callable) -> bool:
     if first.co_filename == second.co_filename:
         return _start(first) == _start(second)
     return after.__module__ == "__main__" and first.co_firstlineno == second.co_firstlineno
+
+
+def _shown(fn: Callable) -> str:
+    """Where ``fn`` was defined, for a message (a partial or a callable object: its repr)."""
+    if hasattr(fn, "__qualname__"):
+        return f"{getattr(fn, '__module__', '?')}.{fn.__qualname__}"
+    return repr(fn)
 
 
 def _start(code: Any) -> tuple[int, Any]:
@@ -208,6 +221,9 @@ def component(fn=None, *, name=None, version="1"):
             raise ConfigError("@component decorates a function.")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ConfigError(f"@component(name=...) is a non-empty string, not {name!r}.")
+        if name is None and not hasattr(f, "__qualname__"):
+            raise ConfigError(f"@component needs name= for {f!r}: a functools.partial or a "
+                              "callable object has no name of its own.")
         comp = Component(f, name or f"{f.__module__}.{f.__qualname__}", str(version), Policy())
         _register(comp)
         return comp

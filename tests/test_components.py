@@ -248,6 +248,40 @@ def test_a_notebook_cell_run_again_redefines_its_lambda_component(name):
     assert lookup(scope["step"].name)(1) == 0  # what the worker runs is the latest
 
 
+def test_a_partial_or_a_callable_object_needs_a_name_and_keeps_it():
+    """Neither has a __qualname__: making one a component raised AttributeError."""
+    import functools
+
+    class Scale:
+        def __call__(self, x):
+            return 2 * x
+
+    with pytest.raises(ConfigError, match="needs name="):
+        component(functools.partial(pow, 2))
+    with pytest.raises(ConfigError, match="needs name="):
+        component(Scale())
+    scaled = component(name="unit.scale-object")(Scale())
+    assert scaled(2) == 4
+    with pytest.raises(ConfigError, match="another name"):
+        component(name="unit.scale-object")(functools.partial(pow, 2))
+
+
+class _Client:  # at module level: its method's qualified name is plain, as in an app
+    def __init__(self, k):
+        self.k = k
+
+    def call(self, x):
+        return self.k * x
+
+
+def test_one_method_bound_to_two_objects_may_not_share_a_name():
+    """Both are _Client.call: the worker ran the later object's for both."""
+    first = component(name="unit.bound")(_Client(2).call)
+    with pytest.raises(ConfigError, match="another name"):
+        component(name="unit.bound")(_Client(3).call)
+    assert lookup(first.name)(1) == 2
+
+
 def test_two_lambdas_on_one_line_may_not_share_a_name():
     """Compiled at one line, they are not a reload of one another: the first ran the
     second's body."""
