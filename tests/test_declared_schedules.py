@@ -38,10 +38,13 @@ def deploy(store, monkeypatch):
     return deploy
 
 
-def test_declared_schedules_are_stored_once_and_keep_their_ticks(deploy):
+def test_declared_schedules_are_stored_once_and_keep_their_ticks(deploy, store):
     first = deploy(flowkit.Schedule(every=60, id="often"), flowkit.Schedule(cron="0 9 * * *"))
     assert set(first) == {"often", f"{NAME}@0_9_*_*_*"}
     assert all(s["declared"] and not s["paused"] for s in first.values())
+    # its first tick is one interval on, as a schedule made at run time (it fell at once)
+    often, next_at = store.schedule("often")
+    assert next_at - often["anchor"] == pytest.approx(60, abs=1e-3)
     again = deploy(flowkit.Schedule(every=60, id="often"), flowkit.Schedule(cron="0 9 * * *"))
     assert again == first  # the same code: nothing replaced, the next ticks stand
 

@@ -159,10 +159,10 @@ def store_declared(store: Store | None = None) -> None:
                             "it over.", schedule_id, holder.get("workflow"), name)
                 store.put_schedule(*_taken_over(holder, every[schedule_id][1], definition, now))
             elif current is None:
-                store.put_schedule(definition, next_tick(definition, now))
+                store.put_schedule(definition, _first_tick(definition, now))
             elif current.get("declared") and _shape(current) != _shape(definition):
                 store.put_schedule(definition, None if next_at is None
-                                   else next_tick(definition, now))
+                                   else _first_tick(definition, now))
                 log.info("flowkit: schedule %s changed in the code: replaced", schedule_id)
         for schedule_id, (current, _) in stored.items():
             if (current.get("declared") and current["workflow"] == name
@@ -179,7 +179,14 @@ def _taken_over(holder: dict[str, Any], next_at: float | None, definition: dict[
     if _timing(holder) == _timing(definition):
         definition = {**definition, "anchor": holder.get("anchor", definition["anchor"])}
         return definition, next_at
-    return definition, None if next_at is None else next_tick(definition, now)
+    return definition, None if next_at is None else _first_tick(definition, now)
+
+
+def _first_tick(definition: dict[str, Any], now: float) -> float:
+    """A newly stored declaration's first tick: an ``every`` schedule's is one interval
+    after its anchor, as :func:`create`'s (its anchor is stamped after ``now``, which made
+    the first tick fall at once)."""
+    return next_tick(definition, max(now, float(definition.get("anchor") or now)))
 
 
 def _timing(definition: dict[str, Any]) -> tuple[Any, ...]:
