@@ -175,7 +175,7 @@ def _taken_over(holder: dict[str, Any], next_at: float | None, definition: dict[
                 now: float) -> tuple[dict[str, Any], float | None]:
     """A declared schedule taking over another workflow's under its id (a workflow renamed
     with its schedule's id kept): the holder's pause stays, and so do its next tick and
-    anchor when it ticks alike (an ``every`` schedule fired at once, as if new)."""
+    anchor when it ticks alike (its interval goes on, not started again)."""
     if _timing(holder) == _timing(definition):
         definition = {**definition, "anchor": holder.get("anchor", definition["anchor"])}
         return definition, next_at
