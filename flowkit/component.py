@@ -45,7 +45,9 @@ class Component:
         self.policy = policy
         #: True for an ``async def`` function: calling the component returns a coroutine.
         self.is_async = is_async(fn)
-        functools.update_wrapper(self, fn)
+        # the name, docs and module only: a callable object's own attributes (its name,
+        # fn, timeout) merged into ours would override them
+        functools.update_wrapper(self, fn, updated=())
 
     @property
     def task_name(self) -> str:
@@ -187,7 +189,10 @@ def _reloaded(before: Callable, after: Callable) -> bool:
 
 
 def _shown(fn: Callable) -> str:
-    """Where ``fn`` was defined, for a message (a partial or a callable object: its repr)."""
+    """Where ``fn`` was defined, for a message (a partial or a callable object: its repr;
+    a bound method: which object too)."""
+    if inspect.ismethod(fn):
+        return f"{_shown(fn.__func__)} of {object.__repr__(fn.__self__)}"
     if hasattr(fn, "__qualname__"):
         return f"{getattr(fn, '__module__', '?')}.{fn.__qualname__}"
     return repr(fn)
@@ -219,6 +224,10 @@ def component(fn=None, *, name=None, version="1"):
     def make(f: Callable[..., Any]) -> Component:
         if not callable(f) or inspect.isclass(f):
             raise ConfigError("@component decorates a function.")
+        if isinstance(f, Component):
+            raise ConfigError(f"{f.name!r} is a component already: configure it with its "
+                              "methods (.retry(), .timeout(), ...), or make another one from "
+                              "its function: component(name=...)(step.fn).")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ConfigError(f"@component(name=...) is a non-empty string, not {name!r}.")
         if name is None and not hasattr(f, "__qualname__"):

@@ -274,10 +274,30 @@ class _Client:  # at module level: its method's qualified name is plain, as in a
         return self.k * x
 
 
+def test_a_callable_object_s_own_attributes_do_not_override_the_component_s():
+    """update_wrapper merged the object's __dict__ into the component: its `name` replaced
+    name=, its `timeout` broke .timeout(); a component given again was re-registered under
+    its own name, replacing it."""
+    class Tool:
+        name, timeout = "tool-self-name", 30.0
+
+        def __init__(self):
+            self.fn = "not a function"
+
+        def __call__(self, x):
+            return x + 1
+
+    tool = component(name="unit.tool")(Tool())
+    assert tool.name == "unit.tool" and lookup("unit.tool") is tool
+    assert tool.timeout(5)(1) == 2
+    with pytest.raises(ConfigError, match="'unit.tool' is a component already"):
+        component(name="unit.tool-alias")(tool.retry(2))
+
+
 def test_one_method_bound_to_two_objects_may_not_share_a_name():
     """Both are _Client.call: the worker ran the later object's for both."""
     first = component(name="unit.bound")(_Client(2).call)
-    with pytest.raises(ConfigError, match="another name"):
+    with pytest.raises(ConfigError, match=r"_Client.call of <.*_Client object at .*another name"):
         component(name="unit.bound")(_Client(3).call)
     assert lookup(first.name)(1) == 2
 
