@@ -64,6 +64,17 @@ def test_a_declaration_the_code_dropped_is_deleted_and_a_changed_one_replaced(de
     assert after["by-hand"] == made_at_run_time  # a schedule made at run time is left alone
 
 
+def test_a_changed_input_keeps_the_next_tick(deploy, store):
+    """Only the input changed: the next tick stays where it was (it moved a whole interval
+    on, and an hourly schedule due in a minute was due in an hour)."""
+    deploy(flowkit.Schedule(every=3600, id="hourly", input={"n": 1}))
+    definition, next_at = store.schedule("hourly")
+    store.put_schedule(definition, next_at - 3540)  # due in a minute
+    after = deploy(flowkit.Schedule(every=3600, id="hourly", input={"n": 2}))
+    assert after["hourly"]["input"] == {"n": 2}
+    assert store.schedule("hourly")[1] == next_at - 3540
+
+
 def test_a_run_time_schedule_under_a_declared_id_and_other_workflows_are_left_alone(
         deploy, store):
     by_hand = flowkit.schedules.create(NAME, every=30, id="shared")

@@ -161,8 +161,7 @@ def store_declared(store: Store | None = None) -> None:
             elif current is None:
                 store.put_schedule(definition, _first_tick(definition, now))
             elif current.get("declared") and _shape(current) != _shape(definition):
-                store.put_schedule(definition, None if next_at is None
-                                   else _first_tick(definition, now))
+                store.put_schedule(*_taken_over(current, next_at, definition, now))
                 log.info("flowkit: schedule %s changed in the code: replaced", schedule_id)
         for schedule_id, (current, _) in stored.items():
             if (current.get("declared") and current["workflow"] == name
@@ -173,11 +172,13 @@ def store_declared(store: Store | None = None) -> None:
 
 def _taken_over(holder: dict[str, Any], next_at: float | None, definition: dict[str, Any],
                 now: float) -> tuple[dict[str, Any], float | None]:
-    """A declared schedule taking over another workflow's under its id (a workflow renamed
-    with its schedule's id kept): the holder's pause stays, and so do its next tick and
-    anchor when it ticks alike (its interval goes on, not started again)."""
+    """A declaration replacing a stored schedule under its id (changed in the code, or
+    taken over from a workflow renamed with its schedule's id kept): the holder's pause
+    stays, and so do its next tick and anchor when it ticks alike (its interval goes on,
+    not started again: a changed input only takes effect at the next tick)."""
     if _timing(holder) == _timing(definition):
-        definition = {**definition, "anchor": holder.get("anchor", definition["anchor"])}
+        # an old stored definition without one ticked from 0.0 (next_tick's default)
+        definition = {**definition, "anchor": holder.get("anchor", 0.0)}
         return definition, next_at
     return definition, None if next_at is None else _first_tick(definition, now)
 
