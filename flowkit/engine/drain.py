@@ -60,8 +60,8 @@ _consumer_stopped_at: float | None = None
 #: in no queue and in no unacked list: it dies with the process. A handover (which sends its
 #: runs' resume messages) waits until the consumer stopped and this long after.
 _quiet_seconds = 1.5
-#: How long a handover waits after the grace, at most, for Celery's consumer to stop and
-#: its last BRPOP to expire (a stop timeout of the grace plus this holds). A gevent or
+#: How long a handover waits after the grace, at most, for Celery's consumer to stop (then
+#: ``_quiet_seconds`` more from when it stopped). A gevent or
 #: eventlet worker's blocking loop (synloop) notices the shutdown only between two
 #: drain_events and runs one more after noticing it: about 3.5 s after SIGTERM here, up to
 #: 6 s or so; a threads worker's event loop stops within a second.
@@ -188,10 +188,9 @@ def drain(grace: float) -> None:
         # still running after the grace: the handover's messages wait until this worker's
         # consumer can no longer pop them (steps that finish meanwhile need no handover;
         # a consumer that does not stop within CONSUMER_STOP_TIMEOUT is not waited for)
-        limit = time.monotonic() + CONSUMER_STOP_TIMEOUT  # the whole wait after the grace
-        _watch_consumer(limit)
-        if _consumer_stopped_at is not None:
-            quiet = min(_consumer_stopped_at + _quiet_seconds, limit) - time.monotonic()
+        _watch_consumer(time.monotonic() + CONSUMER_STOP_TIMEOUT)
+        if _consumer_stopped_at is not None:  # its last BRPOP's margin is never cut short
+            quiet = _consumer_stopped_at + _quiet_seconds - time.monotonic()
             if quiet > 0:
                 hb.heartbeat.wait_idle(quiet)
     entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
