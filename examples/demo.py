@@ -307,9 +307,11 @@ def run(args: argparse.Namespace, env: dict[str, str], services: Services) -> in
 def cli_exports(env: dict[str, str], web: str) -> list[str]:
     """What another terminal exports for the CLI to reach this deployment, as ``flowkit
     dev`` prints it (over HTTP, and on the same Redis)."""
+    from flowkit.config import parse_bool
+
     names = ["FLOWKIT_REDIS_URL", "FLOWKIT_LLM_FAKE_URL"]
     keys = [k.strip() for k in env.get("FLOWKIT_API_KEYS", "").split(",") if k.strip()]
-    open_api = env.get("FLOWKIT_API_OPEN", "").lower() in {"1", "true", "yes", "on"}
+    open_api = parse_bool(env.get("FLOWKIT_API_OPEN") or "false", "FLOWKIT_API_OPEN")
     return [
         "",
         "  In another terminal, the CLI talks to it after:",

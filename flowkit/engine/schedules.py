@@ -145,23 +145,22 @@ def store_declared(store: Store | None = None) -> None:
         for said in unreadable.values():  # a mistake, not an outage: trying again won't help
             log.error("flowkit: %s; it is not stored: fix its declaration", said)
         for schedule_id, definition in declared.items():
-            current, next_at = stored.get(schedule_id, (None, None))
-            holder = every.get(schedule_id, (None, None))[0]
-            if holder is not None and not holder.get("declared"):
+            holder, next_at = every.get(schedule_id, (None, None))
+            if holder is None:
+                store.put_schedule(definition, _first_tick(definition, now))
+            elif not holder.get("declared"):
                 log.error("flowkit: Workflow %r declares schedule %r, which a schedule of "
                           "workflow %r made at run time holds: it is not stored. Delete that "
                           "one (flowkit schedules delete %s) or give the declaration "
                           "another Schedule(id=...).", name, schedule_id,
                           holder.get("workflow"), schedule_id)
-            elif current is None and holder is not None:
+            elif holder.get("workflow") not in served:
                 log.warning("flowkit: schedule %r was declared by workflow %r, which this "
                             "process does not serve; workflow %r declares it now and takes "
                             "it over.", schedule_id, holder.get("workflow"), name)
-                store.put_schedule(*_taken_over(holder, every[schedule_id][1], definition, now))
-            elif current is None:
-                store.put_schedule(definition, _first_tick(definition, now))
-            elif current.get("declared") and _shape(current) != _shape(definition):
-                store.put_schedule(*_taken_over(current, next_at, definition, now))
+                store.put_schedule(*_taken_over(holder, next_at, definition, now))
+            elif _shape(holder) != _shape(definition):
+                store.put_schedule(*_taken_over(holder, next_at, definition, now))
                 log.info("flowkit: schedule %s changed in the code: replaced", schedule_id)
         for schedule_id, (current, _) in stored.items():
             if (current.get("declared") and current["workflow"] == name
