@@ -17,8 +17,10 @@ from .numbers import is_number, is_whole
 from .serialization import dumps
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
-CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
-SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)$)[\x21-\x7e]{1,200}$"
+#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline, and a cron line ending in
+#: one made a default id that no URL reaches.
+CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+\Z"
+SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)\Z)[\x21-\x7e]{1,200}\Z"
 #: What :data:`SCHEDULE_ID` asks for (the API's paths take ``<id>/pause`` for the action).
 SCHEDULE_ID_RULE = ("1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
                     "not ending in /pause or /resume")
@@ -123,6 +125,8 @@ class Schedule:
                                       or len(self.cron.split()) != 5):
             raise ConfigError(f"Schedule(cron=...) takes 5 fields (minute hour day month "
                               f"weekday), e.g. '0 9 * * 1-5', not {self.cron!r}.")
+        if self.cron is not None:  # one space between fields: the default id is made of it
+            object.__setattr__(self, "cron", " ".join(self.cron.split()))
         if self.every is not None and not (is_number(self.every)
                                            and 1 <= self.every <= MAX_EVERY):
             raise ConfigError(f"Schedule(every=...) is a number of seconds from 1 to "

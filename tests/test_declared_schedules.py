@@ -128,6 +128,7 @@ def test_a_declaration_an_older_release_stored_with_nan_is_replaced(deploy, stor
     ({"every": 60, "id": "x/pause"}, "Schedule(id=...) is 1 to 200 printable ASCII"),
     ({"every": 60, "id": "/x"}, "no // and no leading /"),
     ({"every": 60, "id": "a//b"}, "no // and no leading /"),
+    ({"every": 60, "id": "daily\n"}, "Schedule(id=...) is 1 to 200 printable ASCII"),
     ({"every": float("inf")}, "Schedule(every=...) is a number of seconds from 1 to"),
     ({"every": True}, "Schedule(every=...) is a number of seconds from 1 to"),
     ({"every": 60, "timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
@@ -213,3 +214,11 @@ def test_a_default_id_the_api_could_not_name_is_refused(monkeypatch):
                                                   "over 200 characters"):
         flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60)])
     flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60, id="daily")])
+
+
+def test_a_cron_line_s_spacing_is_one_space_in_its_default_id():
+    """A trailing newline (a line read from a file) made an id ending in one, which no URL
+    reaches: the schedule fired for good. Tabs and double spaces made ids of their own."""
+    schedule = flowkit.Schedule(cron="0  9\t* * 1-5\n")
+    assert schedule.cron == "0 9 * * 1-5"
+    assert schedule.default_id("report") == "report@0_9_*_*_1-5"

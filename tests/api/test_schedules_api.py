@@ -109,6 +109,16 @@ def test_a_schedule_id_its_own_actions_would_shadow_is_refused(client):
     assert flowkit.schedules.list() == []
 
 
+def test_a_cron_line_or_id_ending_in_a_newline_is_refused(client):
+    """``$`` matched before a trailing newline: the cron line's default id ended in one, no
+    URL reached it (404 to GET, pause and DELETE) and it fired for good."""
+    for body, field in [({"cron": "*/5 * * * *\n"}, "cron"), ({"every": 60, "id": "daily\n"}, "id")]:
+        answer = client.post("/schedules", json={"workflow": "simple", "input": {"n": 1}, **body})
+        assert answer.status_code == 400, answer.text
+        assert list(answer.json()["error"]["fields"]) == [field]
+    assert flowkit.schedules.list() == []
+
+
 def test_a_schedule_without_its_concurrency_key_s_field_is_refused(client):
     """Stored, each tick failed in the reaper with only a log line to say so."""
     answer = client.post("/schedules", json={"workflow": "per_tenant", "every": 60,
