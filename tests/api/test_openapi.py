@@ -223,6 +223,20 @@ def test_a_websocket_handshake_without_its_version_or_key_is_refused(client, mis
     assert response.status_code in (400, 426) and "error" in response.json()
 
 
+@pytest.mark.parametrize("header, value", [
+    ("Sec-WebSocket-Protocol", "chät".encode()), ("Sec-WebSocket-Extensions", "deflaté".encode()),
+    ("Connection", "Upgrade, kéep".encode()),
+    ("Sec-WebSocket-Extensions", b"permessage-deflate; server_max_window_bits=abc"),
+    ("Sec-WebSocket-Extensions", b"permessage-deflate; client_max_window_bits=99"),
+    ("Host", b"xn--zz")])
+def test_a_websocket_handshake_wsproto_cannot_read_is_refused_not_a_500(client, header, value):
+    """wsproto raised UnicodeDecodeError or ValueError inside the handshake: a 500."""
+    run = start(client, "simple", {"n": 1})
+    response = client.get(f"/runs/{run['id']}/stream", headers={**HANDSHAKE, header: value})
+    assert response.status_code == 400, response.text
+    assert header in response.json()["error"]["fields"]
+
+
 @pytest.mark.parametrize("n", [2.5, "7", 2.5890419884777833e-42])
 def test_a_start_whose_input_breaks_the_published_schema_is_refused(client, n):
     response = client.post("/workflows/simple/runs", json={"n": n})

@@ -40,6 +40,32 @@ def _check_handshake() -> None:
                        "Sec-WebSocket-Version: 13.", headers={"Sec-WebSocket-Version": "13"})
     if "Sec-WebSocket-Key" not in request.headers:
         raise ApiError(400, "bad_request", "A WebSocket handshake needs Sec-WebSocket-Key.")
+    # what wsproto reads itself, and fails on with a UnicodeDecodeError or ValueError (a 500)
+    for name in ("Connection", "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"):
+        if not request.headers.get(name, "").isascii():
+            raise ApiError(400, "bad_request", f"Invalid {name} header.", {
+                name: ["ASCII tokens only, comma-separated (e.g. a subprotocol name)."]})
+    try:
+        request.headers.get("Host", "").encode("latin-1").decode("idna")
+    except UnicodeError:  # "xn--zz": a punycode label that does not decode
+        raise ApiError(400, "bad_request", "Invalid Host header.", {
+            "Host": ["A host name as DNS spells it, or an IP address, with its port."]}) from None
+    for offer in request.headers.get("Sec-WebSocket-Extensions", "").split(","):
+        name, *params = (part.strip() for part in offer.split(";"))
+        if name == "permessage-deflate" and not all(map(_window_bits, params)):
+            raise ApiError(400, "bad_request", "Invalid Sec-WebSocket-Extensions header.", {
+                "Sec-WebSocket-Extensions": [
+                    "permessage-deflate's client_max_window_bits and server_max_window_bits "
+                    "take a number from 8 to 15 (RFC 7692), or nothing."]})
+
+
+def _window_bits(param: str) -> bool:
+    """Whether a permessage-deflate parameter is one wsproto can read: its two
+    ``*_max_window_bits`` (read by prefix, as wsproto does) hold a number from 8 to 15."""
+    if not param.startswith(("client_max_window_bits", "server_max_window_bits")):
+        return True
+    _, equals, value = param.partition("=")
+    return not equals or (value.strip().isdigit() and 8 <= int(value) <= 15)
 
 
 def _known(run_id: str, cursor: str, field: str) -> str:
