@@ -40,6 +40,7 @@ from ..errors import StoreUnavailable
 from ..events import parse_cursor
 from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
+from .requests import strict_loads
 
 #: Longest sleep of a client's thread between two looks at its socket; the doorbell
 #: wakes it sooner (a message, the end of the connection): this is only a safety net.
@@ -57,8 +58,8 @@ def _client_message(message: str | bytes | None) -> dict:
     """A message from the client as a JSON object; anything else is ignored (``{}``)."""
     if not message:
         return {}
-    try:
-        data = json.loads(message)
+    try:  # strict: a pong of NaN is a frame JSON.parse refuses
+        data = strict_loads(message)
     except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
         return {}
     return data if isinstance(data, dict) else {}

@@ -251,6 +251,17 @@ def test_json_that_cannot_be_stored_is_refused(client, body):
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
 
 
+def test_an_integer_past_python_s_digit_limit_is_refused_as_what_it_is(client):
+    """Valid JSON, which Python's int() refuses past 4300 digits: the answer blamed NaN and
+    lone surrogates, which the body did not hold."""
+    response = client.post("/workflows/looping/runs", content=b'{"n": ' + b"9" * 5000 + b"}",
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "The request body holds 99999999999999999999..., a number of more than 4300 digits; "
+        "send it as a string.")
+
+
 @pytest.mark.parametrize("cursor", ["34038204621009700103-16391",
                                     "18446744073709551615-18446744073709551615", "\u0661-\u0661"])
 def test_an_out_of_range_last_event_id_is_refused_not_a_500(client, cursor):

@@ -97,6 +97,21 @@ def test_a_websocket_ping_message_is_answered_with_its_pong(api, client):
     assert [e["id"] for e in before_gate + rest] == full_history(run["id"])
 
 
+def test_a_ping_of_nan_or_infinity_is_ignored_not_echoed(api, client):
+    """``{"pong": NaN}`` was sent back: a frame a browser's ``JSON.parse`` refuses, where
+    every other part of the API refuses NaN and Infinity (1e400 reads as Infinity)."""
+    run = start(client, "streaming", {"before": 1, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    ws_read(sock, stop=lambda got: len(chunks(got)) == 1)
+    reached_gate(handle, "streamer")
+    for message in ['{"ping": NaN}', '{"ping": [1e400]}', '{"ping": -Infinity}', '{"ping": 8}']:
+        sock.send(message)
+    assert json.loads(sock.recv()) == {"pong": 8}  # the first answer is to the last ping
+    open_gate(handle, "streamer")
+    ws_read(sock)
+
+
 def test_sse_resume_with_last_event_id_is_gapless(api, client):
     run = start(client, "streaming", {"before": 10, "after": 2000})
     handle = flowkit.get_run(run["id"])
