@@ -17,10 +17,11 @@ from .numbers import is_number, is_whole
 from .serialization import dumps
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
-#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline, and a cron line ending in
-#: one made a default id that no URL reaches.
-CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+\Z"
-SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)\Z)[\x21-\x7e]{1,200}\Z"
+#: Published as JSON Schema patterns (ECMA 262): Python checks them with ``re.fullmatch``,
+#: as its ``$`` also matches before a trailing newline (a cron line ending in one made a
+#: default id that no URL reaches).
+CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
+SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)$)[\x21-\x7e]{1,200}$"
 #: What :data:`SCHEDULE_ID` asks for (the API's paths take ``<id>/pause`` for the action).
 SCHEDULE_ID_RULE = ("1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
                     "not ending in /pause or /resume")

@@ -47,7 +47,17 @@ _LAST_ID = f"{2**64 - 1}-{2**64 - 1}"
 RUN_ID_PATTERN = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"
 
 
-class _Cursor(validate.Regexp):
+class Whole(validate.Regexp):
+    """The whole value matches the pattern: marshmallow's ``Regexp`` uses ``re.match``, and
+    Python's ``$`` matches before a trailing newline (the published JSON Schema's does not)."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class _Cursor(Whole):
     """The whole value matches :data:`CURSOR_PATTERN` (ASCII digits, no trailing newline),
     and is not the largest id (nothing comes after it)."""
 
@@ -55,9 +65,9 @@ class _Cursor(validate.Regexp):
         super().__init__(CURSOR_PATTERN, error="Not a stream event id like 1700000000000-0.")
 
     def __call__(self, value: str) -> str:
-        if self.regex.fullmatch(value) is None or value == _LAST_ID:
+        if value == _LAST_ID:
             raise ValidationError(self._format_error(value))
-        return value
+        return super().__call__(value)
 
 
 _CURSOR = _Cursor()
@@ -96,7 +106,7 @@ class ListRunsArgs(Schema):
     state = fields.String(validate=validate.OneOf(STATES))
     owner = fields.String(validate=validate.Length(1, 200))
     limit = _QueryInteger(validate=validate.Range(1, 10_000))
-    before = fields.String(validate=validate.Regexp(
+    before = fields.String(validate=Whole(
         RUN_ID_PATTERN, error="Not a run id: pass the previous page's `next`."), metadata={
         "description": "Run id: the page of runs older than this one (the previous `next`); "
                        "its run may have expired since."})
@@ -271,7 +281,7 @@ class ScheduleBody(Schema):
     """What ``POST /schedules`` takes."""
 
     workflow = fields.String(required=True, validate=validate.Length(1, 200))
-    cron = fields.String(validate=validate.Regexp(
+    cron = fields.String(validate=Whole(
         CRON_LINE,
         error="5 fields (minute hour day month weekday) of digits and * / , -, "
               "e.g. '0 9 * * 1-5'."))
@@ -279,7 +289,7 @@ class ScheduleBody(Schema):
     input = fields.Raw(allow_none=True)
     timezone = fields.String(load_default="UTC", validate=validate.Length(1, 64))
     catchup = fields.Boolean(load_default=False)
-    id = fields.String(validate=validate.Regexp(SCHEDULE_ID, error=SCHEDULE_ID_RULE + "."))
+    id = fields.String(validate=Whole(SCHEDULE_ID, error=SCHEDULE_ID_RULE + "."))
 
     @validates_schema
     def _one_clock(self, data: dict, **_: Any) -> None:

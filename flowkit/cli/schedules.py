@@ -112,7 +112,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"timezone": args.timezone, "catchup": args.catchup}
     if args.cron is not None:
         cron = " ".join(args.cron.split())
-        if not _CRON.match(cron):
+        if not _CRON.fullmatch(cron):
             raise UsageError(f"--cron {args.cron!r}: 5 fields (minute hour day month weekday) "
                              "of digits and * / , -, e.g. '0 9 * * 1-5' (quote it for your "
                              "shell).")
@@ -135,7 +135,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= len(args.timezone) <= 64:
         raise UsageError("--timezone takes an IANA name like 'Europe/Paris' or 'UTC'.")
     if args.id is not None:
-        if not _ID.match(args.id):
+        if not _ID.fullmatch(args.id):
             raise UsageError(f"--id {args.id!r}: {SCHEDULE_ID_RULE}.")
         spec["id"] = args.id
     return spec
