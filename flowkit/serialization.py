@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from typing import Any
 
 from .config import get_settings
@@ -77,3 +78,37 @@ def nested_too_deeply(value: Any, limit: int = MAX_DEPTH) -> bool:
         stack.extend((child, depth + 1) for child in children
                      if isinstance(child, (dict, list, tuple)))
     return False
+
+
+#: The first argument of :func:`strict_loads`'s ValueError for a number it cannot take,
+#: the second the number's first digits.
+TOO_LARGE = "a number past a float's range"
+TOO_LONG = "an integer past Python's digit limit"
+
+
+def strict_loads(raw: str | bytes) -> Any:
+    """JSON as a browser's ``JSON.parse`` reads it: no NaN or Infinity (nor 1e400, which
+    Python reads as Infinity); ValueError otherwise, RecursionError when nested past
+    Python's limit. Lone surrogates pass (the API's request bodies refuse them)."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite,
+                      parse_int=_whole)
+
+
+def _whole(text: str) -> int:
+    # past sys.get_int_max_str_digits() (4300): int() refuses it, and it is still JSON
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(TOO_LONG, text[:20] + "...") from None
+
+
+def _finite(text: str) -> float:
+    # json would read 1e400 as Infinity, which no JSON document may then hold
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(TOO_LARGE, text[:40])
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON: use null or a string")

@@ -249,6 +249,28 @@ def test_json_nested_too_deeply_is_refused_in_one_line(env, args, says):
     assert flowkit.list_runs() == []
 
 
+@pytest.mark.parametrize("args, says", [
+    (["event", "key", "NaN"], "flowkit event: the data must be JSON (NaN is not JSON: use null "
+                              "or a string)"),
+    (["event", "key", '{"x": -Infinity}'], "flowkit event: the data must be JSON (-Infinity is "
+                                           "not JSON"),
+    (["input", "01X", "approval", "[1e400]"], "flowkit input: the value must be JSON (1e400 is "
+                                              "a number past a float's range: pass it as a "
+                                              "string)"),
+    (["run", "simple", "-i", "n:=NaN", *APP], "flowkit run: -i n:=NaN: the value after := must "
+                                              "be JSON (NaN is not JSON"),
+    (["schedules", "create", "simple", "--every", "60", "--input", '{"n": NaN}', *APP],
+     "flowkit schedules create: --input must be JSON"),
+])
+def test_nan_and_infinity_are_refused_as_not_json_in_one_line(env, args, says):
+    """Python's json reads NaN and Infinity, which the API refuses: ``flowkit event k NaN``
+    and ``flowkit input`` ended in a TypeError traceback."""
+    result = cli(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert one_line(result).startswith(says)
+    assert flowkit.list_runs() == []
+
+
 def test_an_input_file_that_is_not_utf8_is_refused_in_one_line(env, tmp_path):
     path = tmp_path / "input.json"
     path.write_bytes(b"\xff\xfe\x00")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import marshmallow
 from flask import g, request
 
-from ..serialization import MAX_DEPTH, nested_too_deeply
+from ..serialization import MAX_DEPTH, TOO_LARGE, TOO_LONG, nested_too_deeply, strict_loads
 from .auth import Access
 from .errors import ApiError
 from .state import state
@@ -145,11 +144,11 @@ def json_body() -> Any:
     except RecursionError:  # nested past Python's own limit
         raise _too_deep() from None
     except ValueError as exc:
-        if exc.args[:1] == (_TOO_LARGE,):
+        if exc.args[:1] == (TOO_LARGE,):
             raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}, a "
                            "number too large for a float; send it as a string.") from None
-        if exc.args[:1] == (_TOO_LONG,):
-            raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}..., a "
+        if exc.args[:1] == (TOO_LONG,):
+            raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}, a "
                            f"number of more than {sys.get_int_max_str_digits()} digits; send "
                            "it as a string.") from None
         raise _not_json() from None
@@ -160,35 +159,3 @@ def json_body() -> Any:
     except UnicodeEncodeError:
         raise _not_json() from None
     return value
-
-
-_TOO_LARGE = "a number past a float's range"
-_TOO_LONG = "an integer past Python's digit limit"
-
-
-def strict_loads(raw: str | bytes) -> Any:
-    """JSON as a browser's ``JSON.parse`` reads it: no NaN or Infinity (nor 1e400, which
-    Python reads as Infinity); ValueError otherwise, RecursionError when nested past
-    Python's limit. Lone surrogates pass: :func:`json_body` refuses them."""
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite,
-                      parse_int=_whole)
-
-
-def _whole(text: str) -> int:
-    # past sys.get_int_max_str_digits() (4300): int() refuses it, and it is still JSON
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(_TOO_LONG, text[:20]) from None
-
-
-def _finite(text: str) -> float:
-    # json would read 1e400 as Infinity, which no JSON document may then hold
-    number = float(text)
-    if math.isinf(number):
-        raise ValueError(_TOO_LARGE, text[:40])
-    return number
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

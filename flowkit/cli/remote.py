@@ -127,18 +127,24 @@ class RemoteRuns:
             body = response.json()
         except ValueError:
             body = {}
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        message = error.get("message") or f"HTTP {response.status_code} from {response.url}"
-        code = error.get("code", "")
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):  # not flowkit's shape: a proxy's {"error": "nope"}
+            error = {}
+        message = error.get("message")
+        if not isinstance(message, str) or not message:
+            message = f"HTTP {response.status_code} from {response.url}"
+        code = error.get("code")
         if code == "validation_error":
-            raise ValidationError(error.get("fields", {}), message)
+            fields = error.get("fields")
+            raise ValidationError(fields if isinstance(fields, dict) else {}, message)
         if response.status_code == 401 and "has no API keys" in message:  # run tokens only
             raise UsageError(f"{message} (pass --token <run token>: it reads its own run)")
         if response.status_code == 401:
             raise UsageError(f"{message} (pass --api-key, or set FLOWKIT_API_KEY; a run token "
                              "reads its own run only)")
         fields = error.get("fields")
-        if response.status_code == 404 and isinstance(fields, dict) and "after" in fields:
+        if response.status_code == 404 and isinstance(fields, dict) and \
+                isinstance(fields.get("after"), list) and fields["after"]:
             # a cursor past the run's events: its field message says where to resume from
             raise ValidationError(fields, str(fields["after"][0]))
         if response.status_code == 404 and (not error or message.startswith(_NO_ROUTE)):

@@ -128,8 +128,8 @@ def _item(item: str) -> tuple[str, Any]:
         key, text = item[:eq - 1], item[eq + 1:]
         try:
             return key, parse_json(text)
-        except ValueError:
-            raise UsageError(f"-i {item}: the value after := must be JSON, e.g. "
+        except ValueError as exc:
+            raise UsageError(f"-i {item}: the value after := must be JSON ({exc}), e.g. "
                              f"{key}:=3 or {key}:='[1, 2]'.") from None
     key, text = item[:eq], item[eq + 1:]
     return key, json.loads(text) if _SCALAR.fullmatch(text) else text

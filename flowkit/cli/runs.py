@@ -196,9 +196,9 @@ def retry(args: argparse.Namespace) -> int:
 def _json_arg(text: str, what: str):
     try:
         return parse_json(text)
-    except ValueError:
-        raise UsageError(f"{what} must be JSON, e.g. '{{\"approved\": true}}' or '\"yes\"' "
-                           "(quote it for your shell).") from None
+    except ValueError as exc:
+        raise UsageError(f"{what} must be JSON ({exc}), e.g. '{{\"approved\": true}}' or "
+                         "'\"yes\"' (quote it for your shell).") from None
 
 
 def send_input(args: argparse.Namespace) -> int:

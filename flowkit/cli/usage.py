@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import FlowkitError
+from ..serialization import TOO_LARGE, TOO_LONG, strict_loads
 
 
 class UsageError(FlowkitError):
@@ -46,9 +46,14 @@ def seconds(text: str) -> float:
 
 
 def parse_json(text: str) -> Any:
-    """``json.loads``; JSON nested deeper than Python's recursion limit is refused with
-    ValueError too, as any other JSON the CLI cannot take."""
+    """JSON as the API reads it (:func:`flowkit.serialization.strict_loads`: no NaN or
+    Infinity); ValueError saying why for any JSON the CLI cannot take, nested deeper than
+    Python's recursion limit included."""
     try:
-        return json.loads(text)
+        return strict_loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        if exc.args[:1] in ((TOO_LARGE,), (TOO_LONG,)):
+            raise ValueError(f"{exc.args[1]} is {exc.args[0]}: pass it as a string") from None
+        raise

@@ -224,14 +224,16 @@ def test_a_token_on_the_command_line_wins_over_the_environment_s_key(api, env, c
 @pytest.fixture
 def not_flowkit():
     """A web server that is not flowkit's API: HTML for everything, JSON of another kind
-    under /json."""
+    under /json, and under /code<NNN> that status with an error of another shape."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Page(BaseHTTPRequestHandler):
         def answer(self) -> None:
+            status = int(self.path[5:8]) if self.path.startswith("/code") else 200
             body, kind = ((b'{"ok": true}', "application/json") if self.path.startswith("/json")
-                          else (b"<html>hello</html>", "text/html"))
-            self.send_response(200)
+                          else (b'{"error": "nope", "message": "other"}', "application/json")
+                          if status != 200 else (b"<html>hello</html>", "text/html"))
+            self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -259,6 +261,21 @@ def test_a_url_that_is_not_flowkit_s_api_says_so(env, not_flowkit, args, path, w
         f"flowkit {args[0]}: {not_flowkit + path} answered with {what}, not flowkit's API: is "
         "--url (or FLOWKIT_URL) where your app mounts flowkit's blueprint, e.g. "
         "https://app.example.com/flowkit?")
+
+
+@pytest.mark.parametrize("args", [["run", "simple", "-i", "n=1"], ["follow", "01X"]])
+@pytest.mark.parametrize("status, code, says", [
+    (401, 2, "HTTP 401 from {url}"), (404, 1, "{base} answered with HTTP 404 for"),
+    (429, 1, "HTTP 429 from {url}"), (500, 1, "HTTP 500 from {url}")])
+def test_an_error_of_another_shape_is_one_line(env, not_flowkit, args, status, code, says):
+    """A proxy's or another app's ``{"error": "nope"}`` (a string, not flowkit's object)
+    was an AttributeError traceback."""
+    base = f"{not_flowkit}/code{status}"
+    result = cli(*args, "--url", base, "--api-key", API_KEY, env=env)
+    assert (result.returncode, "Traceback" in result.stderr) == (code, False), result.stderr
+    url = base + ("/workflows/simple/runs" if args[0] == "run" else "/runs/01X")
+    assert result.stderr.startswith(f"flowkit {args[0]}: " + says.format(url=url, base=base))
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_url_without_flowkit_s_routes_says_so(api, env):
