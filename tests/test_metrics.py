@@ -127,6 +127,16 @@ def test_web_metrics_need_full_access_unless_opened(web, store, flowkit_env):
     flowkit.cancel(run["id"])
 
 
+@pytest.mark.parametrize("accept", ["application/openmetrics-text; version=abc",
+                                    "text/plain; version=abc"])
+def test_an_accept_version_that_is_not_a_number_gets_the_text_format(web, accept):
+    """prometheus_client compared the version as given with a tuple: a TypeError, a 500."""
+    answer = httpx.get(f"{web.url}/metrics", headers={**AUTH, "Accept": accept}, timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "flowkit_redis_up" in answer.text
+
+
 def test_runs_started_ended_and_restarted_are_counted_by_workflow_state_and_reason(
         web_metrics, metrics_worker):
     m = web_metrics.mark()

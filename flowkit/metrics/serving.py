@@ -58,7 +58,10 @@ def registry(deployment: Collector | None = None) -> CollectorRegistry:
 
 def render(accept: str | None, deployment: Collector | None = None) -> tuple[bytes, str]:
     """The exposition (Prometheus text, or OpenMetrics when ``accept`` asks) and its type."""
-    encoder, content_type = choose_encoder(accept or "")
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except (TypeError, ValueError):  # "...; version=abc": prometheus_client compares it
+        encoder, content_type = choose_encoder("")  # the text format, as for no Accept
     return encoder(registry(deployment)), content_type
 
 
