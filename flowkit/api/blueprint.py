@@ -18,7 +18,7 @@ from .auth import KEY, RUN
 from .errors import to_response
 from .options import ApiOptions
 from .origins import check_same_site
-from .requests import check_body_size
+from .requests import check_body_size, finish_body
 from .state import EXTENSION, ApiState, state
 from .views import (
     docs,
@@ -76,6 +76,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         sock_options.setdefault("max_message_size", MAX_CLIENT_MESSAGE)
 
     bp.before_request(_before)
+    bp.after_request(_after)
     bp.register_error_handler(Exception, to_response)
     sock = Sock()
     for views in (
@@ -101,6 +102,11 @@ def _routing_error(exc: HTTPException):
     if request.blueprint == current.blueprint or current.owns(request.path):
         return to_response(exc)
     return exc
+
+
+def _after(response):
+    finish_body(state().options.max_body_bytes)
+    return response
 
 
 def _before() -> None:

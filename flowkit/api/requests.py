@@ -9,6 +9,7 @@ from typing import Any
 
 import marshmallow
 from flask import g, request
+from werkzeug.wsgi import LimitedStream
 
 from ..serialization import MAX_DEPTH, TOO_LARGE, TOO_LONG, nested_too_deeply, strict_loads
 from .auth import Access
@@ -73,10 +74,15 @@ def check_body_size(limit: int) -> None:
     none, and the WSGI layer would only cut it at the limit, silently: it is read here, up
     to one byte past the limit, and kept for the view. One past the limit, the rest is read
     and dropped, so the connection can carry the next request (past ``DRAIN_FACTOR`` times
-    the limit the connection is closed instead)."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise _too_large(limit)
+    the limit the connection is closed instead), a refused Content-Length body's too:
+    gunicorn reads only 64 KiB of what is left and then closes the connection it answered
+    as kept alive, and the client's next request on it failed."""
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            drained = length <= DRAIN_FACTOR * limit and _drain(
+                LimitedStream(request.environ["wsgi.input"], length), length + 1)
+            raise _too_large(limit, close=not drained)
         return
     if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         return
@@ -87,6 +93,13 @@ def check_body_size(limit: int) -> None:
         return
     drained = _drain(stream, DRAIN_FACTOR * limit)
     raise _too_large(limit, close=not drained)
+
+
+def finish_body(limit: int) -> None:
+    """Read what a view left of a body within ``limit`` (a cancel's ignored JSON): gunicorn
+    drains only 64 KiB of it and then closes the connection it answered as kept alive."""
+    if request.content_length and request.content_length <= limit:
+        request.get_data(cache=True)  # what json_body read is kept: nothing is read again
 
 
 def _read(stream: Any, size: int) -> bytes:

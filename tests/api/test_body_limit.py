@@ -102,3 +102,47 @@ def test_a_body_too_large_to_drain_is_refused_and_the_client_goes_on(server_url,
     status, run = chunked_post(conn, "/workflows/simple/runs", padded({"n": 2}, 100))
     assert status == 202 and run["input"]["n"] == 2
     conn.close()
+
+
+def length_post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, dict]:
+    """POST ``body`` with its Content-Length, on ``conn``."""
+    conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {API_KEY}",
+                                                    "Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def test_a_body_with_its_length_over_the_limit_is_413_and_the_connection_goes_on(
+        server_url, store):
+    """gunicorn read 64 KiB of the refused body, then closed the connection it had answered
+    as kept alive: the client's next request on it failed."""
+    host = urlsplit(server_url)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=20)
+    status, error = length_post(conn, "/workflows/simple/runs", padded({"n": 1}, 4 * LIMIT))
+    assert status == 413 and error["error"]["code"] == "payload_too_large"
+    status, run = length_post(conn, "/workflows/simple/runs", padded({"n": 2}, 100))
+    assert status == 202 and run["input"]["n"] == 2
+    conn.close()
+
+
+def test_a_body_a_view_ignores_is_read_and_the_connection_goes_on(flowkit_env, worker,
+                                                                 store, tmp_path):
+    """A cancel reads no body: past gunicorn's 64 KiB drain the connection closed after a
+    keep-alive answer, and the next request on it failed."""
+    web = Gunicorn(flowkit_env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY,
+                   FLOWKIT_API_MAX_BODY_BYTES=str(16 * LIMIT)).start()
+    try:
+        host = urlsplit(web.url)
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=20)
+        status, run = length_post(conn, "/workflows/napping/runs?delay=3600",
+                                  padded({"seconds": 1}, 100))
+        assert status == 202
+        status, cancelled = length_post(conn, f"/runs/{run['id']}/cancel",
+                                        padded({"why": "x"}, 8 * LIMIT))
+        assert status == 200 and cancelled["state"] == "cancelled"
+        conn.request("GET", f"/runs/{run['id']}", headers={"Authorization": f"Bearer {API_KEY}"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["id"] == run["id"]
+        conn.close()
+    finally:
+        web.stop()
