@@ -107,7 +107,7 @@ def test_workers_shows_live_workers_and_the_steps_they_run(env):
         open_gate(run, "gated")
     main = next(w for w in doc["workers"] if w["name"].startswith("main@"))
     assert main["queues"] == ["flowkit"] and main["pool"] == "thread"
-    assert main["routes"]["lonely"] == ["lonely"] and main["workflows"]["simple"] == "1"
+    assert main["routes"]["lonely"] == ["lonely", "stranded"] and main["workflows"]["simple"] == "1"
     [step] = [s for s in doc["running"] if s["run"] == run.id]
     assert (step["workflow"], step["step"], step["attempt"], step["node"]) == (
         "chain3", "1:t.gated", 1, main["name"])
@@ -135,8 +135,8 @@ def test_doctor_reports_no_aof_a_queue_without_consumer_and_no_beat(env):
     assert aof["level"] == "failure" and aof["message"].startswith("AOF is off")
     assert "appendonly yes" in aof["fix"]
     unconsumed = {f["message"] for f in found["queues"] if f["level"] == "failure"}
-    assert "No live worker consumes queue lonely (workflow lonely): its steps stay queued." \
-        in unconsumed
+    assert ("No live worker consumes queue lonely (workflow lonely, stranded): its steps "
+            "stay queued.") in unconsumed
     assert found["beat"][0]["level"] == "failure"
     assert [f["level"] for f in found["redis"] + found["workers"]] == ["ok", "ok"]
     assert report["failures"] == sum(f["level"] == "failure" for f in report["findings"])

@@ -372,6 +372,9 @@ weighed_ping = flowkit.Workflow("weighed_ping", [
 #: Its step goes to a queue the session's worker does not consume.
 LONELY = "lonely"
 lonely = flowkit.Workflow("lonely", [add_one.queue(LONELY)], input_schema=number_schema)
+#: Its first step on the default queue, its second on the lonely one: it runs, then strands.
+stranded = flowkit.Workflow("stranded", [add_one, add_one.queue(LONELY)],
+                            input_schema=number_schema)
 
 
 # -- API plane (tests/api) ------------------------------------------------------

@@ -73,7 +73,8 @@ class Run:
     queue: str | None = None
     #: Attempts started per step key (retries and restarts included); None in listings.
     attempts: dict[str, int] | None = None
-    #: What a queued run waits for when no live worker can take it (``get_run`` says).
+    #: What a queued run, or a running one between steps, waits for when no live worker
+    #: can take it (``get_run`` says).
     waiting_for: str | None = None
     #: The open waits of a paused run: kind, name, step, prompt, schema, expires_at.
     waits: list[dict[str, Any]] | None = None
@@ -182,7 +183,9 @@ class Run:
             raise StepError(err.get("message", "run failed"), err.get("step"), err.get("attempts"))
         if run.state == RunState.CANCELLED:
             raise RunCancelled(f"Run {run.id} was cancelled.")
-        raise TimeoutError(f"Run {run.id} is still {run.state} after {timeout}s.")
+        why = get_run(run.id).waiting_for  # no worker, or none on the queue it needs
+        raise TimeoutError(f"Run {run.id} is still {run.state} after {timeout}s"
+                           + (f": {why}." if why else "."))
 
     def cancel(self) -> Run:
         return cancel(self.id)
@@ -320,10 +323,13 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
 
 
 def get_run(run_id: str, store: Store | None = None) -> Run:
-    """The run's record; a queued run that no live worker can take says why (waiting_for)."""
+    """The run's record; a queued run that no live worker can take says why (waiting_for),
+    as does a running one between steps (none holds a lease): its next step may sit in a
+    queue no live worker consumes (a ``.queue("llm")`` the workers were not started on)."""
     store = store or get_store()
     run = Run.load(run_id, store)
-    if run.state == RunState.QUEUED:
+    if run.state == RunState.QUEUED or (run.state == RunState.RUNNING
+                                        and not store.steps_in_flight(run.id)):
         run.waiting_for = waiting_for(run, store)
     return run
 

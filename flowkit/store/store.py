@@ -176,6 +176,11 @@ class Store:
         return record, attempts, [loads(spec) for spec in waits]
 
     @_op
+    def steps_in_flight(self, run_id: str) -> int:
+        """How many of the run's steps hold a lease (are running on a worker) now."""
+        return self.redis.hlen(self.keys.inflight(run_id))
+
+    @_op
     def run_fields(self, run_id: str, *names: str) -> list[str | None]:
         return self.redis.hmget(self.keys.run(run_id), list(names))
 

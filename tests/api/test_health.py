@@ -3,6 +3,8 @@ consumer; a queued run says what it waits for, in its record and on its watch pa
 
 from __future__ import annotations
 
+import pytest
+
 import flowkit
 from flowkit import config
 from tests import workflows as wf
@@ -101,3 +103,24 @@ def test_a_queued_run_says_what_it_waits_for_until_a_worker_takes_its_queue(
     page.wait_for_function("document.querySelector('#waiting').hidden")
     assert client.get(f"/runs/{run['id']}").json()["waiting_for"] is None
     page.close()
+
+
+def test_a_running_run_whose_next_step_no_worker_takes_says_so(store, worker, start_worker):
+    """Its first step ran; its second sits in a queue no live worker consumes: the run is
+    running, and nothing said why it made no progress."""
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    run = wf.stranded.start({"n": 1})
+    wait_until(lambda: any(e.type == "step.completed" for e in flowkit.history(run.id)),
+               message="the first step's end")
+    record = flowkit.get_run(run.id)
+    assert record.state == "running"
+    assert record.waiting_for == ("no live worker consumes queue lonely: start one with "
+                                  "--queues lonely")
+    with pytest.raises(TimeoutError, match=r"is still running after 0.1s: no live worker "
+                                           "consumes queue lonely: start one with --queues "
+                                           r"lonely\.$"):
+        run.result(0.1)
+    start_worker("lonely", queues=(wf.LONELY,))
+    assert run.result(20) == {"n": 3}
+    assert flowkit.get_run(run.id).waiting_for is None
+
