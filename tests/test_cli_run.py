@@ -51,7 +51,9 @@ def test_a_failed_run_exits_1_with_its_error_and_how_to_retry(env):
     run_id = re.search(r"following run (\S+)", result.stdout).group(1)
     assert f"run {run_id} failed" in result.stdout
     assert "error in step 1:t.flaky: Flaky: flaky failure" in result.stdout
-    assert f"flowkit retry {run_id}" in result.stdout
+    # with the -A it was started with: retry imports the workflow, which that module names
+    assert f"retry it from the failed step: flowkit retry {run_id} {' '.join(APP)}\n" \
+        in result.stdout
 
 
 def test_input_from_a_file_with_fields_overridden(env, tmp_path):

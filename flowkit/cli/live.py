@@ -11,6 +11,7 @@ besides the console it is given.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,8 +210,9 @@ class Printer:
             self.console.print(line, markup=False, highlight=False)
 
 
-def final_lines(record: dict[str, Any]) -> list[str]:
-    """What follows the live view once the run has ended: the output, or the error."""
+def final_lines(record: dict[str, Any], app: str | None = None) -> list[str]:
+    """What follows the live view once the run has ended: the output, or the error (and the
+    retry command, with the ``-A`` the run was started with: retry imports the workflow)."""
     state = record.get("state")
     took = ""
     if record.get("finished_at") and record.get("created_at"):
@@ -222,5 +224,6 @@ def final_lines(record: dict[str, Any]) -> list[str]:
         error = record.get("error") or {}
         where = f" in step {record['failed_step']}" if record.get("failed_step") else ""
         lines.append(f"error{where}: {_error_text(error)}")
-        lines.append(f"retry it from the failed step: flowkit retry {record.get('id')}")
+        with_app = f" -A {shlex.quote(app)}" if app else ""
+        lines.append(f"retry it from the failed step: flowkit retry {record.get('id')}{with_app}")
     return lines

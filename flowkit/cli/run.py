@@ -191,7 +191,7 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) ->
         return EXIT_DETACHED
     record = runs.get(run_id)
     if not args.json:
-        for line in final_lines(record):
+        for line in final_lines(record, getattr(args, "app", None)):
             console.print(line, markup=False)
     return EXIT_SUCCEEDED if record.get("state") == "succeeded" else EXIT_FAILED
 
