@@ -5,6 +5,9 @@ and following a run that does not exist waited for ever."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -153,3 +156,22 @@ def test_a_failure_notice_for_a_run_already_gone_is_dropped_quietly(store):
 
     notify.run_failed("01GONERUN")  # raised RunNotFound
     assert store.claim_failure_notice("01GONERUN") is False  # claimed once, all the same
+
+
+def test_a_start_with_redis_down_names_the_url_and_the_setting(flowkit_env):
+    """It said only "the Celery broker is unreachable", to a user who set no broker: the
+    broker is flowkit's Redis unless FLOWKIT_BROKER_URL sets it apart."""
+    from flowkit.testing import free_port
+    from tests.conftest import ROOT
+
+    script = ("import flowkit\nfrom tests import workflows as wf\ntry:\n"
+              "    wf.simple.start({'n': 1})\nexcept flowkit.BrokerUnavailable as exc:\n"
+              "    print(exc.run_id, exc)\n")
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    env = {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": down,
+           "FLOWKIT_REDIS_RETRY_SECONDS": "0.5"}
+    del env["FLOWKIT_BROKER_URL"]  # the broker is the store's Redis, as by default
+    said = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert said.stdout.startswith(f"None the Celery broker at {down} is unreachable ("), said
+    assert said.stdout.rstrip().endswith("); start it, or point FLOWKIT_REDIS_URL at yours")

@@ -8,8 +8,10 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from ..config import get_settings
 from ..errors import BrokerUnavailable
 from ..store import lost_connection
+from ..urls import redacted
 from .broker import continued_priority, get_app
 
 
@@ -20,7 +22,11 @@ def send(publish: Callable[[], Any]) -> Any:
     try:
         return publish()
     except OperationalError as exc:
-        raise BrokerUnavailable(f"the Celery broker is unreachable: {exc}") from exc
+        settings = get_settings()  # the broker is the store's Redis unless set apart
+        name = "FLOWKIT_BROKER_URL" if settings.broker_url else "FLOWKIT_REDIS_URL"
+        raise BrokerUnavailable(f"the Celery broker at {redacted(settings.broker)} is "
+                                f"unreachable ({exc}); start it, or point {name} at "
+                                "yours") from exc
     except RuntimeError as exc:
         # Celery's Redis result backend, which a canvas subscribes to while it is sent,
         # gives up reconnecting with a bare RuntimeError ("Retry limit exceeded")
