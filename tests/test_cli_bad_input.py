@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -271,6 +272,20 @@ def test_nan_and_infinity_are_refused_as_not_json_in_one_line(env, args, says):
     assert flowkit.list_runs() == []
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_stdout_that_cannot_write_the_marks_gets_ascii_ones(env, encoding):
+    """``flowkit doctor`` ended in a UnicodeEncodeError on its first mark (a Latin-1
+    terminal, PYTHONIOENCODING=ascii); a run's own text shows "?" where it cannot."""
+    out = {**env, "PYTHONIOENCODING": encoding}
+    result = cli("doctor", *APP, env=out)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines()[0].startswith("+ app ")
+    run = wf.simple.start({"n": 1})
+    run.result(20)
+    shown = cli("status", run.id, env=out)
+    assert shown.returncode == 0 and re.match(rf"Run +{run.id}\n", shown.stdout), shown.stderr
+
+
 def test_an_input_file_that_is_not_utf8_is_refused_in_one_line(env, tmp_path):
     path = tmp_path / "input.json"
     path.write_bytes(b"\xff\xfe\x00")
@@ -363,6 +378,31 @@ def test_a_broker_that_refuses_the_password_says_where_it_goes(env, locked_redis
     assert said.startswith("flowkit run: the Celery broker at redis://***@127.0.0.1:")
     assert ("refused its credentials; put the password in FLOWKIT_BROKER_URL, as "
             "redis://:PASSWORD@host:port/db") in said
+
+
+@pytest.mark.parametrize("command", [["status", "01X"], ["runs"], ["workers"],
+                                     ["schedules", "list"], ["event", "key"]])
+def test_a_store_that_refuses_the_password_is_exit_2_from_every_command(env, locked_redis,
+                                                                        command):
+    """``run`` said exit 2 and every other command 1, for the same setting to fix."""
+    url = f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"
+    result = cli(*command, env={**env, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 2
+    where = " ".join(command[:2]) if command[0] == "schedules" else command[0]
+    assert one_line(result).startswith(f"flowkit {where}: flowkit's Redis refused its "
+                                       "credentials (")
+
+
+def test_doctor_reports_a_password_the_store_refuses_as_its_redis_check(env, locked_redis):
+    """It printed the one-line error and no report at all."""
+    url = f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"
+    result = cli("doctor", *APP, "--json", env={**env, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 1, result.stderr
+    [redis_check] = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "redis"]
+    assert redis_check["level"] == "failure"
+    assert redis_check["message"].startswith("Redis at redis://***@127.0.0.1:")
+    assert "refused the credentials" in redis_check["message"]
+    assert redis_check["fix"].startswith("Put the password in FLOWKIT_REDIS_URL")
 
 
 def test_runs_before_what_is_not_a_run_id_is_a_usage_error(env):

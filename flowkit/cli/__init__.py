@@ -7,6 +7,7 @@ A command module has ``register(subparsers)``, adding its parser with
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from ..store import is_redis_url, refused_credentials, refused_database
 from ..urls import redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
+from .render import writes_unicode
 
 #: The modules whose commands the CLI offers.
 COMMAND_MODULES = [run, runs, listing, trace, workers, doctor, schedules, dev]
@@ -32,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # a stdout that cannot write a mark or a run's text (PYTHONIOENCODING=ascii, a
+        # Latin-1 terminal) shows "?" for it rather than ending in a UnicodeEncodeError
+        if isinstance(stream, io.TextIOWrapper) and not writes_unicode(stream):
+            stream.reconfigure(errors="replace")
     try:
         try:
             return _main(argv)
@@ -96,6 +103,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
               "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # credentials Redis refused: a setting to fix, as at start
+        return _usage(where, str(exc))
     except FlowkitError as exc:
         print(f"flowkit {where}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)  # 2: a usage error (cli.usage.UsageError)

@@ -19,10 +19,12 @@ from ..engine.broker import get_app
 from ..workflow import workflows
 from .app import add_app_option, app_module_name, load_app
 from .output import add_json_option, emit
-from .render import plural, show
+from .render import plural, show, writes_unicode
 from .usage import UsageError
 
 _MARK = {doctor.OK: ("✓", "green"), doctor.WARNING: ("!", "yellow"), doctor.FAILURE: ("✗", "red")}
+#: The marks for a stdout that cannot write the others (PYTHONIOENCODING=ascii, Latin-1).
+_ASCII_MARK = {doctor.OK: "+", doctor.WARNING: "!", doctor.FAILURE: "x"}
 
 
 def _app_findings(args: argparse.Namespace) -> tuple[bool, list[doctor.Finding]]:
@@ -43,10 +45,12 @@ def _app_findings(args: argparse.Namespace) -> tuple[bool, list[doctor.Finding]]
                                  f"{plural(len(workflows()), 'workflow')}.")]
 
 
-def report(data: dict[str, Any]) -> list[Text]:
+def report(data: dict[str, Any], ascii_only: bool = False) -> list[Text]:
     lines = []
     for finding in data["findings"]:
         mark, style = _MARK.get(finding["level"], ("?", ""))
+        if ascii_only:
+            mark = _ASCII_MARK.get(finding["level"], "?")
         line = Text()
         line.append(f"{mark} {finding['check']:<26}", style=style)
         line.append(finding["message"])
@@ -78,7 +82,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, data)
     else:
-        show(*report(data))
+        show(*report(data, ascii_only=not writes_unicode()))
     return 0 if data["ok"] else 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,6 +26,17 @@ def console() -> Console:
     if not out.is_terminal:
         out = Console(highlight=False, width=int(os.environ.get("COLUMNS") or PIPE_WIDTH))
     return out
+
+
+def writes_unicode(stream: Any = None) -> bool:
+    """Whether ``stream`` (stdout) can write the marks the CLI uses (not under
+    ``PYTHONIOENCODING=ascii`` or a Latin-1 terminal)."""
+    encoding = getattr(stream or sys.stdout, "encoding", None) or "ascii"
+    try:
+        "✓✗↻⏸…".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def show(*renderables: RenderableType) -> None:

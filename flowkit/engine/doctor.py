@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from ..component import registered
 from ..config import is_amqp
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store
 from ..store.server import probe
 from ..urls import redacted
@@ -148,6 +148,11 @@ def examine(
     except StoreUnavailable:
         return [Finding("redis", FAILURE, f"Redis at {redacted(url)} does not answer.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
+    except ConfigError as exc:  # refused credentials: the store's one-line error
+        return [Finding("redis", FAILURE, f"Redis at {redacted(url)} refused the credentials "
+                        f"({exc.__cause__ or exc}).",
+                        "Put the password in FLOWKIT_REDIS_URL, as redis://:PASSWORD@host:port/db "
+                        "(redis://USER:PASSWORD@... for an ACL user).")]
     found = [Finding("redis", OK, f"Redis {info['version']} at {redacted(url)} answers.")]
     found += redis_settings(info, "redis")
     if broker_url and _server(broker_url) not in (None, _server(url)):
