@@ -149,6 +149,18 @@ def test_retry_of_a_run_that_did_not_fail_says_why(env):
     (["status"], "the following arguments are required: RUN_ID"),
     (["doctor", "-A", "no_such_module_here"], "flowkit doctor: cannot import"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    # -A as a path, a file name, empty, relative, or with an attribute the module lacks:
+    # a TypeError, "no module 'myapp.py'", the default app, or a run that ignored ":nope"
+    (["retry", "01X", "-A", "../tests/workflows.py"], "-A takes a module name as Python "
+                                                      "imports it, not a file path: -A "
+                                                      "tests.workflows,"),
+    (["retry", "01X", "-A", "myapp.py"], "not a file path: -A myapp,"),
+    (["retry", "01X", "-A", ""], "flowkit retry: -A is empty: name the module"),
+    (["retry", "01X", "-A", ".flows"], "-A takes an absolute module name (no leading dot)"),
+    (["run", "simple", "-A", "tests.workflows:nope"], "module 'tests.workflows' has no 'nope'"),
+    (["retry", "01X", "-A", "tests.exiting_app"], "importing 'tests.exiting_app' called "
+                                                  "sys.exit(3); a module -A imports must not "
+                                                  "exit"),
 ])
 def test_bad_arguments_exit_2_with_what_to_do(env, args, says):
     result = flowkit_cli(*args, env=env)

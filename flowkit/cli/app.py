@@ -38,7 +38,9 @@ def app_module_name(args: argparse.Namespace) -> str:
 def load_app(args: argparse.Namespace) -> ModuleType:
     """Import the user's module (``module`` or ``module:attribute``, as celery takes it),
     then the modules its Celery app lists in ``imports=[...]``: all its workflows."""
-    name = app_module_name(args).split(":", 1)[0]
+    given = "" if getattr(args, "app", None) == "" else app_module_name(args)
+    name, _, attribute = given.partition(":")
+    _check_module_name(name)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as celery does: the project's root is importable
     try:
@@ -46,7 +48,12 @@ def load_app(args: argparse.Namespace) -> ModuleType:
         from ..engine.broker import get_app
 
         get_app().loader.import_default_modules()
+        if attribute and not hasattr(module, attribute):
+            raise UsageError(f"-A {given}: module {name!r} has no {attribute!r}; name the "
+                             f"Celery app's variable, or pass -A {name} alone.")
         return module
+    except UsageError:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
             raise UsageError(
@@ -57,6 +64,24 @@ def load_app(args: argparse.Namespace) -> ModuleType:
                          "then run this again.") from None
     except Exception as exc:  # the user's module itself raised while importing
         raise UsageError(f"importing {name!r} raised {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:  # sys.exit() at import: it ended the command without a word
+        raise UsageError(f"importing {name!r} called sys.exit({exc.code!r}); a module -A "
+                         "imports must not exit (guard it with if __name__ == "
+                         "'__main__':).") from None
+
+
+def _check_module_name(name: str) -> None:
+    """``-A`` names a module as Python imports it: a path or a file name is said so."""
+    if not name:
+        raise UsageError("-A is empty: name the module that imports your workflows, e.g. "
+                         "-A myapp.flows (or leave -A out for FLOWKIT_APP).")
+    if name.endswith(".py") or "/" in name or "\\" in name:
+        dotted = name.removesuffix(".py").strip("./").replace("/", ".").replace("\\", ".")
+        raise UsageError(f"-A {name!r}: -A takes a module name as Python imports it, not a "
+                         f"file path: -A {dotted}, run from the directory it is under.")
+    if name.startswith("."):
+        raise UsageError(f"-A {name!r}: -A takes an absolute module name (no leading dot), "
+                         "e.g. -A myapp.flows.")
 
 
 def unknown_workflow(args: argparse.Namespace, name: str) -> WorkflowNotFound:
