@@ -64,26 +64,6 @@ def test_a_delayed_start_over_http_is_scheduled_and_cancellable(client):
     assert client.post(f"/runs/{run['id']}/cancel").json()["state"] == "cancelled"
 
 
-def test_a_start_at_is_held_to_delay_s_bound(client):
-    """delay= stopped at 366 days; start_at=9999-12-31 was taken, and the run's keys kept
-    until someone cancelled it."""
-    far = client.post("/workflows/simple/runs", params={"start_at": "9999-12-31T23:59:59Z"},
-                      json={"n": 1})
-    assert far.status_code == 400
-    assert far.json()["error"]["fields"]["start_at"][0].startswith("At most 366 days ahead")
-    near = client.post("/workflows/simple/runs", params={"start_at": _in_days(365)},
-                       json={"n": 1})
-    assert near.status_code == 202 and near.json()["state"] == "scheduled"
-    assert client.post(f"/runs/{near.json()['id']}/cancel").json()["state"] == "cancelled"
-    assert flowkit.list_runs(workflow="simple", state="scheduled") == []
-
-
-def _in_days(days: int) -> str:
-    from datetime import UTC, datetime, timedelta
-
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
-
-
 def test_the_cli_answers_input_and_sends_events(flowkit_env, store, worker):
     env = {**os.environ, **flowkit_env}
 
