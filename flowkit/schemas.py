@@ -11,6 +11,7 @@ fields); it is published as JSON Schema (``GET /workflows/<name>``, OpenAPI, a
 from __future__ import annotations
 
 import copy
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -73,14 +74,38 @@ def json_errors(published: dict[str, Any] | None, value: Any) -> dict[str, list[
     fields: dict[str, list[str]] = {}
     for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
         if error.path:
-            fields.setdefault(str(error.path[0]), []).append(error.message)
+            fields.setdefault(str(error.path[0]), []).append(_message(error))
         elif error.validator == "required":  # a missing field's message goes under its name,
             # worded as marshmallow words it
             for name in _missing(error.validator_value, error.instance):
                 fields.setdefault(name, []).append("Missing data for required field.")
+        elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            for name in _unknown(error.schema, error.instance):  # as marshmallow words it too
+                fields.setdefault(name, []).append("Unknown field.")
         else:
-            fields.setdefault("_schema", []).append(error.message)
+            fields.setdefault("_schema", []).append(_message(error))
     return fields
+
+
+def _message(error: Any) -> str:
+    """jsonschema's message, with a wrong type said in JSON's words (``null is not of type
+    boolean``), not Python's (``None is not of type 'boolean'``) for a client that sent JSON."""
+    if error.validator != "type":
+        return error.message
+    expected = error.validator_value
+    names = expected if isinstance(expected, list) else [expected]
+    try:
+        shown = json.dumps(error.instance, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return error.message
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} is not of type {' or '.join(map(str, names))}"
+
+
+def _unknown(schema: Any, instance: dict) -> list[str]:
+    known = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    return [str(name) for name in instance if name not in known]
 
 
 def _missing(required: Any, instance: Any) -> list[str]:

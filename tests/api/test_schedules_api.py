@@ -49,10 +49,20 @@ def test_bad_schedules_get_field_messages(client):
     loose = client.post("/schedules", json={"workflow": "simple", "every": "60",
                                             "catchup": "yes", "input": {"n": 1}})
     assert loose.status_code == 400  # marshmallow alone took both: JSON says what it means
-    assert loose.json()["error"]["fields"] == {"every": ["'60' is not of type 'number'"],
-                                               "catchup": ["'yes' is not of type 'boolean'"]}
+    # in JSON's words ("60", not Python's '60'): the client sent JSON
+    assert loose.json()["error"]["fields"] == {"every": ['"60" is not of type number'],
+                                               "catchup": ['"yes" is not of type boolean']}
     no_input = client.post("/schedules", json={"workflow": "simple", "every": 60})
-    assert no_input.status_code == 400 and "input" in no_input.json()["error"]["message"]
+    assert no_input.status_code == 400  # under "input", not the body's "_schema"
+    assert no_input.json()["error"]["fields"] == {"input": {"_schema": [
+        "Required: the workflow's input (a JSON object), which each run it starts takes."]}}
+    null_input = client.post("/schedules", json={"workflow": "simple", "every": 60,
+                                                 "input": None})
+    assert null_input.json()["error"]["fields"] == {"input": {"_schema": [
+        "Input must be a JSON object."]}}
+    extra = client.post("/schedules", json={"workflow": "simple", "every": 60,
+                                            "input": {"n": 1}, "extra": 1})
+    assert extra.json()["error"]["fields"] == {"extra": ["Unknown field."]}  # said once
     assert flowkit.schedules.list() == []
 
 
@@ -124,15 +134,15 @@ def test_a_schedule_without_its_concurrency_key_s_field_is_refused(client):
     answer = client.post("/schedules", json={"workflow": "per_tenant", "every": 60,
                                              "input": {}})
     assert answer.status_code == 400
-    assert list(answer.json()["error"]["fields"]) == ["tenant"]
+    assert list(answer.json()["error"]["fields"]["input"]) == ["tenant"]
     assert flowkit.schedules.list() == []
 
 
 def test_a_schedule_s_input_is_held_to_the_published_schema_as_a_run_s(client):
     """marshmallow alone stored 2.5 for an integer as 2, and "7" as 7: each tick would have
     started a run the API refuses."""
-    for value, says in [(2.5, "2.5 is not of type 'integer'"), ("7", "'7' is not of type "
-                                                                     "'integer'")]:
+    for value, says in [(2.5, "2.5 is not of type integer"), ("7", '"7" is not of type '
+                                                                   "integer")]:
         answer = client.post("/schedules", json={"workflow": "simple", "every": 60,
                                                  "input": {"n": value}})
         assert answer.status_code == 400

@@ -19,6 +19,8 @@ def test_input_over_http_is_validated_and_resumes_the_run(api, client):
     paused(flowkit.get_run(run["id"]))
     bad = client.post(f"/runs/{run['id']}/input/approval", json={"ok": "perhaps"})
     assert bad.status_code == 400 and "ok" in bad.json()["error"]["fields"]
+    null = client.post(f"/runs/{run['id']}/input/approval", json={"ok": None})
+    assert null.json()["error"]["fields"] == {"ok": ["null is not of type boolean"]}  # not None
     missing = client.post(f"/runs/{run['id']}/input/approval", json={"note": "x"})
     assert missing.status_code == 400
     assert missing.json()["error"]["fields"] == {"ok": ["Missing data for required field."]}

@@ -7,7 +7,7 @@ from flask_sock import Sock
 from werkzeug.routing import PathConverter
 
 from ...engine import control
-from ...errors import ConfigError
+from ...errors import ConfigError, ValidationError
 from ...schemas import json_errors, json_schema
 from .. import schemas
 from ..errors import ApiError
@@ -69,6 +69,10 @@ def create_schedule():
         raise ApiError(400, "validation_error", "Invalid schedule.", errors)
     try:
         created = control.schedules.create(spec.pop("workflow"), store=state().store, **spec)
+    except ValidationError as exc:  # the input its runs would start with: under "input"
+        said = exc.fields if "input" in body else {"_schema": [
+            "Required: the workflow's input (a JSON object), which each run it starts takes."]}
+        raise ApiError(400, "validation_error", "Invalid schedule.", {"input": said}) from None
     except ConfigError as exc:  # a cron line or time zone the scheduler cannot read
         said = str(exc)
         field = "timezone" if "time zone" in said else "cron" if "cron" in said else "_schema"
