@@ -12,10 +12,11 @@ from typing import Any
 from flask import Blueprint, Flask, g, request
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing.exceptions import WebsocketMismatch
 
 from ..metrics import install as install_metrics
 from .auth import KEY, RUN
-from .errors import to_response
+from .errors import ApiError, to_response
 from .options import ApiOptions
 from .origins import check_same_site
 from .requests import check_body_size, finish_body
@@ -100,6 +101,10 @@ def _routing_error(exc: HTTPException):
     """404/405/400 raised before any view (no route matched): ours only under our prefix."""
     current = state()
     if request.blueprint == current.blueprint or current.owns(request.path):
+        if isinstance(exc, WebsocketMismatch):  # a plain GET of the stream's URL
+            exc = ApiError(400, "bad_request", "This URL is a WebSocket: open it with one "
+                           "(new WebSocket(url) in a browser), or read the same events as "
+                           "SSE from GET /runs/<id>/events with Accept: text/event-stream.")
         return to_response(exc)
     return exc
 

@@ -105,7 +105,9 @@ class ListRunsArgs(Schema):
     workflow = fields.String(validate=validate.Length(1, 200))
     state = fields.String(validate=validate.OneOf(STATES))
     owner = fields.String(validate=validate.Length(1, 200))
-    limit = _QueryInteger(validate=validate.Range(1, 10_000))
+    # its maximum is the deployment's FLOWKIT_API_MAX_PAGE_SIZE, checked (and published)
+    # by the view: one message whatever the number
+    limit = _QueryInteger(validate=validate.Range(min=1))
     before = fields.String(validate=Whole(
         RUN_ID_PATTERN, error="Not a run id: pass the previous page's `next`."), metadata={
         "description": "Run id: the page of runs older than this one (the previous `next`); "

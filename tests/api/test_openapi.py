@@ -223,6 +223,16 @@ def test_a_websocket_handshake_without_its_version_or_key_is_refused(client, mis
     assert response.status_code in (400, 426) and "error" in response.json()
 
 
+def test_a_plain_get_of_the_stream_says_how_to_read_it(client):
+    """flask-sock's answer was "The browser (or proxy) sent a request that this server
+    could not understand."."""
+    run = start(client, "simple", {"n": 1})
+    response = client.get(f"/runs/{run['id']}/stream")
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("This URL is a WebSocket: open it")
+    assert "Accept: text/event-stream" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("header, value", [
     ("Sec-WebSocket-Protocol", "chät".encode()), ("Sec-WebSocket-Extensions", "deflaté".encode()),
     ("Connection", "Upgrade, kéep".encode()),

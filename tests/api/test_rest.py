@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import flowkit
 from tests.api.helpers import start
 from tests.conftest import open_gate, reached_gate, wait_until
@@ -67,6 +69,15 @@ def test_a_page_cursor_whose_run_expired_goes_on_and_a_bogus_one_is_refused(clie
     bogus = client.get("/runs", params={"before": "NOSUCH"})
     assert bogus.status_code == 400
     assert "Not a run id" in bogus.json()["error"]["fields"]["before"][0]
+
+
+@pytest.mark.parametrize("limit", [501, 10_001, 10**30])
+def test_a_page_over_the_deployment_s_size_says_so_whatever_the_number(client, limit):
+    """600 said "At most 500." and 10001 marshmallow's "less than or equal to 10000"."""
+    answer = client.get("/runs", params={"limit": limit})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["fields"] == {"limit": [
+        "At most 500 runs a page (FLOWKIT_API_MAX_PAGE_SIZE): follow `next` for more."]}
 
 
 def test_runs_are_filtered_by_owner_and_paginated_within_it(client, store):

@@ -34,7 +34,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
 def _check_handshake() -> None:
     """A WebSocket upgrade the server cannot complete is a 4xx here, not an error inside it."""
     if request.headers.get("Upgrade", "").lower() != "websocket":
-        return  # a plain GET: flask-sock answers 400
+        return  # a plain GET never gets here: routing refuses it (blueprint._routing_error)
     if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
         raise ApiError(400, "bad_request", "Only WebSocket version 13 is supported: send "
                        "Sec-WebSocket-Version: 13.", headers={"Sec-WebSocket-Version": "13"})

@@ -38,7 +38,8 @@ def list_runs():
     limit = args.get("limit", current.options.page_size)
     if limit > current.options.max_page_size:
         raise ApiError(400, "validation_error", "Invalid query parameters.",
-                       {"limit": [f"At most {current.options.max_page_size}."]})
+                       {"limit": [f"At most {current.options.max_page_size} runs a page "
+                                  "(FLOWKIT_API_MAX_PAGE_SIZE): follow `next` for more."]})
     owner = args.get("owner")
     if who.owner is not None:  # a credential of one owner lists that owner's runs only
         if owner not in (None, who.owner):
