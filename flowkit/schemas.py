@@ -132,7 +132,9 @@ def check_input_name(name: Any) -> str:
     (``POST /runs/<id>/input/<name>`` must reach it); the wait and every sender check it."""
     most = defaults.INPUT_NAME_MAX_CHARS
     if not (isinstance(name, str) and 1 <= len(name) <= most and "/" not in name):
-        message = f"An input's name is 1 to {most} characters without '/', not {name!r}."
+        said = f"{len(name)} characters" if isinstance(name, str) and len(name) > most \
+            else repr(name)  # a 100,000-character name was echoed whole, twice
+        message = f"An input's name is 1 to {most} characters without '/', not {said}."
         raise ValidationError({"name": [message]}, message)
     return name
 

@@ -272,6 +272,22 @@ def test_nan_and_infinity_are_refused_as_not_json_in_one_line(env, args, says):
     assert flowkit.list_runs() == []
 
 
+@pytest.mark.parametrize("args, says", [
+    (["input", "01X", "k" * 100_000, "1"], "flowkit input: An input's name is 1 to 200 "
+                                           "characters without '/', not 100000 characters."),
+    (["status", "r" * 100_000], "flowkit status: No run with a 100000-character id (unknown"),
+    (["schedules", "get", "s" * 5000], "flowkit schedules get: No schedule with a "
+                                       "5000-character id."),
+    (["schedules", "create", "simple", "--every", "60", "--id", "i" * 5000, *APP],
+     "flowkit schedules create: --id of 5000 characters: 1 to 200"),
+])
+def test_a_very_long_argument_is_not_echoed_whole(env, args, says):
+    """A 100,000-character name came back twice in a 200 KB message."""
+    result = cli(*args, env=env)
+    assert result.returncode in (1, 2)
+    assert one_line(result).startswith(says) and len(result.stderr) < 400, result.stderr[:300]
+
+
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_a_stdout_that_cannot_write_the_marks_gets_ascii_ones(env, encoding):
     """``flowkit doctor`` ended in a UnicodeEncodeError on its first mark (a Latin-1

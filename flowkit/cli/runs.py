@@ -205,6 +205,8 @@ def send_input(args: argparse.Namespace) -> int:
     try:
         delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"))
     except ValidationError as exc:  # the wait's schema: say which fields, and exit 2
+        if exc.fields == {"name": [exc.message]}:  # the name itself, not the value
+            raise UsageError(exc.message) from None
         fields = "; ".join(f"{name}: {' '.join(map(str, said))}"
                            for name, said in exc.fields.items())
         raise UsageError(f"{exc.message[:-1]}: {fields}. Send the value its wait asks for "

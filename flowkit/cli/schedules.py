@@ -136,7 +136,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--timezone takes an IANA name like 'Europe/Paris' or 'UTC'.")
     if args.id is not None:
         if not _ID.fullmatch(args.id):
-            raise UsageError(f"--id {args.id!r}: {SCHEDULE_ID_RULE}.")
+            said = repr(args.id) if len(args.id) <= 200 else f"of {len(args.id)} characters"
+            raise UsageError(f"--id {said}: {SCHEDULE_ID_RULE}.")
         spec["id"] = args.id
     return spec
 

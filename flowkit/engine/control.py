@@ -204,7 +204,9 @@ def check_run_id(run_id: Any) -> str:
 
 
 def not_found(run_id: str) -> RunNotFound:
-    return RunNotFound(f"No run {run_id!r} (unknown, or expired after its retention).")
+    # a run id has 26 characters: a longer one is said by its length, not echoed whole
+    named = repr(run_id) if len(run_id) <= 60 else f"with a {len(run_id)}-character id"
+    return RunNotFound(f"No run {named} (unknown, or expired after its retention).")
 
 
 # -- starting ------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
 def get(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
     definition, next_at = (store or get_store()).schedule(schedule_id)
     if definition is None:
-        raise NotFound(f"No schedule {schedule_id!r}.")
+        raise NotFound(f"No schedule {_named(schedule_id)}.")
     return {**definition, "paused": next_at is None, "next_at": next_at}
 
 
@@ -95,7 +95,7 @@ def list(store: Store | None = None) -> list[dict[str, Any]]:  # noqa: A001 - sc
 
 def delete(schedule_id: str, store: Store | None = None) -> None:
     if not (store or get_store()).delete_schedule(schedule_id):
-        raise NotFound(f"No schedule {schedule_id!r}.")
+        raise NotFound(f"No schedule {_named(schedule_id)}.")
 
 
 def pause(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
@@ -260,3 +260,11 @@ def _last_tick_before(definition: dict[str, Any], first: float, now: float) -> f
     while (following := next_tick(definition, tick)) <= now:
         tick = following
     return tick
+
+
+def _named(schedule_id: str) -> str:
+    """The id for a message: an id past the 200 characters any schedule has, by its length
+    (a 5,000-character one was echoed whole)."""
+    if isinstance(schedule_id, str) and len(schedule_id) > 200:
+        return f"with a {len(schedule_id)}-character id"
+    return repr(schedule_id)
