@@ -71,6 +71,13 @@ def test_create_cron_in_a_time_zone_then_list(env):
     assert json.loads(ok("get", created["id"], "--json", env=env)) == created
 
 
+def test_create_takes_its_input_from_a_file_as_run_does(env, tmp_path):
+    (tmp_path / "input.json").write_text('{"n": 7}')
+    ok("create", "simple", "--every", "60", "--input", f"@{tmp_path / 'input.json'}", "--id",
+       "from-file", *APP, env=env)
+    assert flowkit.schedules.get("from-file")["input"] == {"n": 7}
+
+
 def test_create_every_with_an_id_and_catchup_then_list(env):
     out = ok("create", "simple", "--every", "3600", "--input", '{"n": 1}', "--catchup",
              "--id", "hourly", *APP, env=env)
@@ -146,10 +153,14 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
     (["simple", "--every", "0.5", *APP], 2,
      "--every '0.5': a number of seconds from 1 to 31622400, e.g. --every 3600."),
     (["simple", "--every", "60", "--input", "{n: 1}", *APP], 2,
-     "--input must be JSON, e.g. '{\"n\": 1}' (quote it for your shell)."),
+     "--input must be JSON (Expecting property name enclosed in double quotes: line 1 column "
+     "2 (char 1)), e.g. '{\"n\": 1}' (quote it for your shell), or @file.json."),
     (["simple", "--every", "60", "--input", '{"m": 1}', *APP], 2,
-     'Invalid workflow input. {"n": ["Missing data for required field."], "m": ["Unknown '
-     'field."]}; pass --input with JSON the workflow\'s input schema accepts.'),
+     "the input does not fit the schema of workflow 'simple' (n: Missing data for required "
+     "field.; m: Unknown field.); pass --input with JSON it accepts, e.g. --input '{\"n\": "
+     "1}' or --input @input.json."),
+    (["simple", "--every", "60", "--input", "@/nonexistent/input.json", *APP], 2,
+     "--input @/nonexistent/input.json: cannot read the file (No such file or directory)."),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "a b", *APP], 2,
      "--id 'a b': 1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
      "not ending in /pause or /resume."),

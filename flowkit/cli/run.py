@@ -20,7 +20,6 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -33,7 +32,7 @@ from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RemoteRuns
 from .runs import event_cursor
-from .usage import UsageError, parse_json
+from .usage import UsageError, input_text, parse_json
 
 #: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_DETACHED = 0, 1, 130
@@ -92,18 +91,7 @@ def parse_input(args: argparse.Namespace) -> Any:
     value (``tags:='["a"]'``, ``zip:='"01234"'`` for a string of digits)."""
     data: Any = {}
     if args.input is not None:
-        text = args.input
-        if text.startswith("@"):
-            if not text[1:]:
-                raise UsageError("--input @: name the file after the @, e.g. --input @input.json.")
-            try:
-                text = Path(text[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"--input {args.input}: cannot read the file ({exc.strerror}).") \
-                    from None
-            except UnicodeDecodeError:
-                raise UsageError(f"--input {args.input}: the file is not UTF-8 text; JSON "
-                                 "files are UTF-8.") from None
+        text = input_text(args.input)
         try:
             data = parse_json(text)
         except ValueError as exc:

@@ -20,7 +20,7 @@ from ..errors import ConfigError, ValidationError, WorkflowNotFound
 from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
 from .app import add_app_option, load_app, unknown_workflow
 from .output import emit
-from .usage import UsageError, parse_json
+from .usage import UsageError, input_text, parse_json
 
 #: What REST accepts (flowkit.api.schemas.ScheduleBody), checked the same way here.
 _CRON = re.compile(CRON_LINE)
@@ -79,9 +79,12 @@ def create(args: argparse.Namespace) -> int:
         created = schedules.create(args.workflow, **spec)
     except WorkflowNotFound:
         raise unknown_workflow(args, args.workflow) from None
-    except ValidationError as exc:
-        raise UsageError(f"{exc.message} {json.dumps(exc.fields, default=str)}; pass --input "
-                         "with JSON the workflow's input schema accepts.") from None
+    except ValidationError as exc:  # said as flowkit run says it, not as raw JSON
+        fields = "; ".join(f"{name}: {' '.join(map(str, said)) if isinstance(said, list) else said}"
+                           for name, said in exc.fields.items())
+        raise UsageError(f"the input does not fit the schema of workflow '{args.workflow}' "
+                         f"({fields}); pass --input with JSON it accepts, e.g. --input "
+                         "'{\"n\": 1}' or --input @input.json.") from None
     except ConfigError as exc:  # a cron line or time zone the scheduler cannot read
         raise UsageError(str(exc)) from None
     _show(created, args.json)
@@ -128,10 +131,10 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["every"] = every
     if args.input is not None:
         try:
-            spec["input"] = parse_json(args.input)
-        except ValueError:
-            raise UsageError("--input must be JSON, e.g. '{\"n\": 1}' (quote it for your "
-                             "shell).") from None
+            spec["input"] = parse_json(input_text(args.input))
+        except ValueError as exc:
+            raise UsageError(f"--input must be JSON ({exc}), e.g. '{{\"n\": 1}}' (quote it "
+                             "for your shell), or @file.json.") from None
     if not 1 <= len(args.timezone) <= 64:
         raise UsageError("--timezone takes an IANA name like 'Europe/Paris' or 'UTC'.")
     if args.id is not None:
@@ -181,7 +184,7 @@ def register(subs) -> None:
                    help="5 fields: minute hour day month weekday, e.g. '0 9 * * 1-5'")
     p.add_argument("--every", metavar="SECONDS", help="an interval in seconds, e.g. 3600")
     p.add_argument("--input", metavar="JSON", default=None,
-                   help="the input of every run, as JSON (default: null)")
+                   help="the input of every run, as JSON or @file.json (default: null)")
     p.add_argument("--timezone", metavar="ZONE", default="UTC",
                    help="the IANA time zone of the cron line, e.g. Europe/Paris (default: UTC)")
     p.add_argument("--catchup", action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import FlowkitError
@@ -57,3 +58,18 @@ def parse_json(text: str) -> Any:
         if exc.args[:1] in ((TOO_LARGE,), (TOO_LONG,)):
             raise ValueError(f"{exc.args[1]} is {exc.args[0]}: pass it as a string") from None
         raise
+
+
+def input_text(given: str) -> str:
+    """``--input``'s text: as given, or read from the file after an ``@`` (UTF-8)."""
+    if not given.startswith("@"):
+        return given
+    if not given[1:]:
+        raise UsageError("--input @: name the file after the @, e.g. --input @input.json.")
+    try:
+        return Path(given[1:]).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--input {given}: cannot read the file ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--input {given}: the file is not UTF-8 text; JSON files are "
+                         "UTF-8.") from None
