@@ -21,10 +21,12 @@ from .serialization import dumps
 #: as its ``$`` also matches before a trailing newline (a cron line ending in one made a
 #: default id that no URL reaches).
 CRON_LINE = r"^[0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+ [0-9*/,-]+$"
-SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)$)[\x21-\x7e]{1,200}$"
-#: What :data:`SCHEDULE_ID` asks for (the API's paths take ``<id>/pause`` for the action).
+SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)$)(?!(.*/)?\.\.?(/|$))[\x21-\x7e]{1,200}$"
+#: What :data:`SCHEDULE_ID` asks for (the API's paths take ``<id>/pause`` for the action;
+#: clients drop ``.`` and ``..`` segments from a URL, so such an id was reachable only
+#: percent-encoded).
 SCHEDULE_ID_RULE = ("1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
-                    "not ending in /pause or /resume")
+                    "no . or .. between slashes, not ending in /pause or /resume")
 MAX_EVERY = 366 * 86_400
 #: Priorities a run may ask for: 0 (the default) to 9 (first).
 PRIORITIES = range(10)

@@ -163,7 +163,7 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
      "--input @/nonexistent/input.json: cannot read the file (No such file or directory)."),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "a b", *APP], 2,
      "--id 'a b': 1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
-     "not ending in /pause or /resume."),
+     "no . or .. between slashes, not ending in /pause or /resume."),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "/x", *APP], 2,
      "--id '/x': 1 to 200"),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "a/pause", *APP], 2,

@@ -108,14 +108,15 @@ def test_cron_lines_celery_cannot_parse_get_field_messages(client):
 
 def test_a_schedule_id_its_own_actions_would_shadow_is_refused(client):
     """``x/pause`` was stored, then no route reached it: it fired every minute for good; so
-    did ``/x`` and ``a//b``, which the server's path rules redirect elsewhere (308)."""
-    for schedule_id in ["x/pause", "a/b/resume", "/x", "a//b"]:
+    did ``/x`` and ``a//b``, which the server's path rules redirect elsewhere (308), and
+    ``.``, ``..`` and ``a/../b``, whose dot segments clients drop from a URL."""
+    for schedule_id in ["x/pause", "a/b/resume", "/x", "a//b", ".", "..", "a/../b", "a/."]:
         answer = client.post("/schedules", json={"workflow": "simple", "every": 60,
                                                  "input": {"n": 1}, "id": schedule_id})
         assert answer.status_code == 400
         assert answer.json()["error"]["fields"]["id"] == [
-            "1 to 200 printable ASCII characters, no spaces, no // and no leading /, not "
-            "ending in /pause or /resume."]
+            "1 to 200 printable ASCII characters, no spaces, no // and no leading /, no . or "
+            ".. between slashes, not ending in /pause or /resume."]
     assert flowkit.schedules.list() == []
 
 
