@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 from typing import Any
 
 from .config import get_settings
@@ -81,7 +82,7 @@ def nested_too_deeply(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 
 #: The first argument of :func:`strict_loads`'s ValueError for a number it cannot take,
-#: the second the number's first digits.
+#: the second the number (its first characters), or what it is.
 TOO_LARGE = "a number past a float's range"
 TOO_LONG = "an integer past Python's digit limit"
 
@@ -90,16 +91,15 @@ def strict_loads(raw: str | bytes) -> Any:
     """JSON as a browser's ``JSON.parse`` reads it: no NaN or Infinity (nor 1e400, which
     Python reads as Infinity); ValueError otherwise, RecursionError when nested past
     Python's limit. Lone surrogates pass (the API's request bodies refuse them)."""
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite,
-                      parse_int=_whole)
-
-
-def _whole(text: str) -> int:
-    # past sys.get_int_max_str_digits() (4300): int() refuses it, and it is still JSON
     try:
-        return int(text)
-    except ValueError:
-        raise ValueError(TOO_LONG, text[:20] + "...") from None
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as exc:
+        # past sys.get_int_max_str_digits() (4300 digits) int() refuses a number that is
+        # still JSON (not a parse_int hook: that would take integers off json's fast path)
+        if "integer string conversion" in str(exc):
+            raise ValueError(TOO_LONG, f"an integer of more than "
+                                       f"{sys.get_int_max_str_digits()} digits") from None
+        raise
 
 
 def _finite(text: str) -> float:

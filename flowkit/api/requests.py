@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Any
 
 import marshmallow
@@ -161,8 +160,7 @@ def json_body() -> Any:
             raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}, a "
                            "number too large for a float; send it as a string.") from None
         if exc.args[:1] == (TOO_LONG,):
-            raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}, a "
-                           f"number of more than {sys.get_int_max_str_digits()} digits; send "
+            raise ApiError(400, "invalid_json", f"The request body holds {exc.args[1]}; send "
                            "it as a string.") from None
         raise _not_json() from None
     if nested_too_deeply(value):

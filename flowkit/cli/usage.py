@@ -55,8 +55,10 @@ def parse_json(text: str) -> Any:
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except ValueError as exc:
-        if exc.args[:1] in ((TOO_LARGE,), (TOO_LONG,)):
+        if exc.args[:1] == (TOO_LARGE,):
             raise ValueError(f"{exc.args[1]} is {exc.args[0]}: pass it as a string") from None
+        if exc.args[:1] == (TOO_LONG,):
+            raise ValueError(f"{exc.args[1]}: pass it as a string") from None
         raise
 
 
