@@ -53,6 +53,6 @@ def test_the_cli_says_it_in_one_line(guarded_redis, flowkit_env):
     result = subprocess.run([sys.executable, "-m", "flowkit.cli", "status", "01X"],
                             env={**os.environ, "FLOWKIT_REDIS_URL": url}, capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a setting to fix, as from every command
     assert result.stderr.startswith("flowkit status: flowkit's Redis refused its credentials")
     assert len(result.stderr.strip().splitlines()) == 1
