@@ -19,6 +19,9 @@ and streamed tokens reach the run's stream as ``step.output`` chunks.
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -38,6 +41,7 @@ from ..context import current
 from ..coroutines import can_wait_for_loop, on_process_loop
 from ..engine import cache, trace
 from ..errors import ConfigError, RateLimitWait, describe_error
+from ..numbers import is_whole
 from ..policy import seconds
 from ..store import get_store
 from . import pricing
@@ -85,8 +89,14 @@ class _Client:
         timeout: float | openai.Timeout | None = None,
         name: str | None = None,
         transport: str | None = None,
+        max_retries: int | None = None,
         **options: Any,
     ) -> None:
+        if max_retries is not None:  # the SDK's argument: flowkit's own retries take it
+            if retry is not None:
+                raise ConfigError(f"{self._kind}(max_retries=...) and retry=RetryPolicy(...) "
+                                  "say the same: give one of them.")
+            retry = RetryPolicy(attempts=_attempts(max_retries, self._kind))
         if rate_limits is not None and not isinstance(rate_limits, dict):
             raise ConfigError("rate_limits= maps a model (or '*') to a flowkit.llm.RateLimit, "
                               f"like {{'*': RateLimit(rpm=500)}}, not {rate_limits!r}.")
@@ -144,11 +154,28 @@ class _Client:
         return _RawClient(self)
 
     def with_options(self, **options: Any) -> Any:
-        """The SDK's ``with_options``: this client for ``max_retries`` (the SDK's retries are
-        always off here; flowkit's own apply), else the SDK client's, unwrapped."""
-        if set(options) <= {"max_retries"}:
-            return self
-        return _unwrapped(self._sdk(), "with_options", "with_options")(**options)
+        """The SDK's ``with_options`` (and ``copy``): this client with each provider's SDK
+        client given ``options`` (``timeout``, ``default_headers``, ``http_client``, ...),
+        keeping its providers, failover, rate limits, cache and trace spans;
+        ``max_retries=N`` is N + 1 attempts per provider (flowkit retries; the SDK's own
+        retries stay off). It returned the bare SDK client, without any of them."""
+        retry = self.retry
+        if "max_retries" in options:
+            retry = dataclasses.replace(retry, attempts=_attempts(options.pop("max_retries"),
+                                                                  "with_options"))
+        if "timeout" in options:
+            check_timeout(options["timeout"], f"{self._kind}.with_options(timeout=...)")
+        clone = copy.copy(self)  # the same rate limiter: one budget for both
+        clone.retry = retry
+        if options:
+            clone.providers = [p.with_sdk_options(options) for p in self.providers]
+        clone.chat = _Chat(clone)
+        clone.embeddings = _Resource(clone, "embeddings", create=EMBEDDINGS)
+        clone.responses = _Resource(clone, "responses", create=RESPONSES,
+                                    parse=RESPONSES_PARSE)
+        return clone
+
+    copy = with_options
 
     # -- the steps of one logical call around its requests ----------------------------
 
@@ -289,6 +316,10 @@ class AsyncOpenAI(_Client):
     _kind = "AsyncOpenAI"
 
     def _sdk(self) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # an attribute read outside async code (client.api_key, .models)
+            return self.providers[0].async_twin()
         return self.providers[0].async_sdk_client()
 
     async def _create(self, operation: str, kwargs: dict[str, Any], raw: bool = False) -> Any:
@@ -594,6 +625,14 @@ def _shown_param(value: Any) -> Any:
 
 
 # -- building clients -----------------------------------------------------------------------
+
+
+def _attempts(max_retries: Any, where: str) -> int:
+    """The SDK's ``max_retries`` as attempts per provider."""
+    if not (is_whole(max_retries) and max_retries >= 0):
+        raise ConfigError(f"{where}(max_retries=...) is a whole number >= 0, not "
+                          f"{max_retries!r}.")
+    return int(max_retries) + 1
 
 
 def wrap(client: openai.OpenAI | openai.AsyncOpenAI, **kwargs: Any) -> OpenAI | AsyncOpenAI:

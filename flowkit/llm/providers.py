@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import os
@@ -155,24 +156,37 @@ class Provider:
                 del self._async_clients[old]
             client = self._async_clients.get(loop)
             if client is None:
-                base = self.client
                 shared = _shared_loop(loop)
                 if shared and self.uses_aiohttp():
                     http = {"http_client": aiohttp_client()}
                 else:  # the process's TLS context, not the certificates loaded again
                     http = {"http_client": openai.DefaultAsyncHttpxClient(verify=ssl_context())}
-                client = openai.AsyncOpenAI(
-                    api_key=base.api_key, base_url=base.base_url, organization=base.organization,
-                    project=base.project, max_retries=0, timeout=base.timeout,
-                    default_headers=getattr(base, "_custom_headers", None),
-                    default_query=getattr(base, "_custom_query", None), **http,
-                )
+                client = self.async_twin(**http)
                 self._async_clients[loop] = client
                 if not shared:
                     close_with_loop(client.close)  # a loop of one call: its connections too
                 elif http:
                     close_at_exit(client.close)  # aiohttp complains of a session left open
             return client
+
+    def async_twin(self, **http: Any) -> openai.AsyncOpenAI:
+        """An async SDK client of this provider's key, URL, headers and timeout (the SDK's
+        retries off): bound to no event loop until it is used (an attribute read outside
+        async code, as ``openai.AsyncOpenAI()``'s are)."""
+        base = self.client
+        return openai.AsyncOpenAI(
+            api_key=base.api_key, base_url=base.base_url, organization=base.organization,
+            project=base.project, max_retries=0, timeout=base.timeout,
+            default_headers=getattr(base, "_custom_headers", None),
+            default_query=getattr(base, "_custom_query", None), **http,
+        )
+
+    def with_sdk_options(self, options: dict[str, Any]) -> Provider:
+        """This provider with its SDK client given ``options`` (``timeout``,
+        ``default_headers``, ``http_client``, ...: the SDK's ``with_options``)."""
+        timeout = options.get("timeout", self.timeout)
+        return dataclasses.replace(self, client=self.client.with_options(**options),
+                                   timeout=timeout)
 
     def uses_aiohttp(self) -> bool:
         """Whether requests from the process's event loop go through aiohttp.

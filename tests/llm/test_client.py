@@ -209,3 +209,41 @@ def test_the_sdks_own_timeout_object_is_taken_as_it_is():
     client = OpenAI(api_key="k", base_url="http://x", timeout=apart)
     provider = Provider("a", api_key="sk-x", timeout=apart)
     assert client.providers[0].client.timeout is apart and provider.client.timeout is apart
+
+
+def test_with_options_keeps_failover_retries_and_applies_the_option(servers):
+    """with_options(timeout=...) returned the bare SDK client, its retries off: no
+    failover, no retry, no span; max_retries= was ignored."""
+    primary, backup = servers
+    primary.set_down(True)
+    client = OpenAI(providers=[
+        Provider("primary", base_url=primary.base_url, api_key="sk-primary-key"),
+        Provider("backup", base_url=backup.base_url, api_key="sk-backup-key"),
+    ], retry=QUICK)
+    for derived in (client.with_options(timeout=5, default_headers={"X-Team": "a"}),
+                    client.copy(timeout=5)):
+        assert isinstance(derived, OpenAI) and derived.retry == QUICK
+        assert [p.client.timeout for p in derived.providers] == [5, 5]
+        reply = derived.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert reply.choices[0].message.content  # failed over to the backup
+    assert client.providers[0].client.timeout != 5, "the original client is left as it was"
+    assert client.with_options(max_retries=5).retry.attempts == 6
+
+
+def test_the_sdk_s_max_retries_sets_flowkit_s_attempts():
+    """OpenAI(max_retries=5) raised the SDK's 'multiple values for keyword argument'."""
+    assert OpenAI(api_key="sk-k", base_url="http://127.0.0.1:9/v1", max_retries=5).retry \
+        == RetryPolicy(attempts=6)
+    with pytest.raises(ConfigError, match=r"max_retries=...\) and retry=RetryPolicy"):
+        OpenAI(api_key="sk-k", max_retries=1, retry=QUICK)
+    with pytest.raises(ConfigError, match=r"max_retries=...\) is a whole number >= 0"):
+        flowkit.llm.AsyncOpenAI(api_key="sk-k", max_retries=-1)
+
+
+def test_an_async_client_s_attributes_read_outside_async_code():
+    """They needed a running event loop: AsyncOpenAI().with_options(timeout=30) at a
+    module's top failed with 'no running event loop'."""
+    client = flowkit.llm.AsyncOpenAI(api_key="sk-outside", base_url="http://127.0.0.1:9/v1")
+    assert client.api_key == "sk-outside"
+    assert client.with_options(timeout=30).providers[0].client.timeout == 30
+    assert client.models is not None
