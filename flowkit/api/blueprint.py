@@ -110,7 +110,7 @@ def _routing_error(exc: HTTPException):
 
 
 def _after(response):
-    finish_body(state().options.max_body_bytes)
+    finish_body(response, state().options.max_body_bytes)
     return response
 
 

@@ -73,15 +73,12 @@ def check_body_size(limit: int) -> None:
     none, and the WSGI layer would only cut it at the limit, silently: it is read here, up
     to one byte past the limit, and kept for the view. One past the limit, the rest is read
     and dropped, so the connection can carry the next request (past ``DRAIN_FACTOR`` times
-    the limit the connection is closed instead), a refused Content-Length body's too:
-    gunicorn reads only 64 KiB of what is left and then closes the connection it answered
-    as kept alive, and the client's next request on it failed."""
+    the limit the connection is closed instead); a refused Content-Length body is read
+    after the 413 is sent (:func:`finish_body`)."""
     length = request.content_length
     if length is not None:
-        if length > limit:
-            drained = length <= DRAIN_FACTOR * limit and _drain(
-                LimitedStream(request.environ["wsgi.input"], length), length + 1)
-            raise _too_large(limit, close=not drained)
+        if length > limit:  # read after the answer is sent (finish_body), up to the factor
+            raise _too_large(limit, close=length > DRAIN_FACTOR * limit)
         return
     if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         return
@@ -94,11 +91,27 @@ def check_body_size(limit: int) -> None:
     raise _too_large(limit, close=not drained)
 
 
-def finish_body(limit: int) -> None:
-    """Read what a view left of a body within ``limit`` (a cancel's ignored JSON): gunicorn
-    drains only 64 KiB of it and then closes the connection it answered as kept alive."""
-    if request.content_length and request.content_length <= limit:
-        request.get_data(cache=True)  # what json_body read is kept: nothing is read again
+def finish_body(response: Any, limit: int) -> None:
+    """Once ``response`` is sent, read and drop what is left of the request's body (a
+    cancel's ignored JSON, a refused body up to ``DRAIN_FACTOR`` times ``limit``): gunicorn
+    drains only 64 KiB of it and then closes the connection it answered as kept alive, and
+    the client's next request on it failed. After the answer, not before: a client that
+    declares a body it never sends still gets its answer at once."""
+    length = request.content_length
+    if not length or length > DRAIN_FACTOR * limit:
+        return
+    # within the limit, what the view read of request.stream is not read again
+    stream = request.stream if length <= limit else \
+        LimitedStream(request.environ["wsgi.input"], length)
+    response.call_on_close(lambda: _drop(stream))
+
+
+def _drop(stream: Any) -> None:
+    try:
+        while stream.read(_READ):
+            pass
+    except Exception:  # noqa: BLE001 - the client went away: no connection to keep
+        pass
 
 
 def _read(stream: Any, size: int) -> bytes:

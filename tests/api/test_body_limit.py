@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from urllib.parse import urlsplit
 
 import pytest
@@ -146,3 +147,16 @@ def test_a_body_a_view_ignores_is_read_and_the_connection_goes_on(flowkit_env, w
         conn.close()
     finally:
         web.stop()
+
+
+@pytest.mark.parametrize("path", ["/runs/01X/cancel", "/workflows/simple/runs"])
+def test_a_body_declared_and_not_sent_does_not_hold_the_answer(server_url, path):
+    """The body left unread was read before the answer: a client that declared one and
+    sent nothing (or a slow one) got no answer, a 401 or a 413 included."""
+    host = urlsplit(server_url)
+    with socket.create_connection((host.hostname, host.port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host.netloc}\r\nContent-Type: "
+                     f"application/json\r\nContent-Length: {2 * LIMIT}\r\n\r\n".encode())
+        sock.settimeout(5)
+        answer = sock.recv(4096)
+    assert answer.startswith((b"HTTP/1.1 401", b"HTTP/1.1 413")), answer[:200]
