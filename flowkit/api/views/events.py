@@ -56,16 +56,21 @@ def _check_handshake() -> None:
             raise ApiError(400, "bad_request", "Invalid Sec-WebSocket-Extensions header.", {
                 "Sec-WebSocket-Extensions": [
                     "permessage-deflate's client_max_window_bits and server_max_window_bits "
-                    "take a number from 8 to 15 (RFC 7692), or nothing."]})
+                    "take a number (8 to 15, RFC 7692), or nothing."]})
 
 
 def _window_bits(param: str) -> bool:
-    """Whether a permessage-deflate parameter is one wsproto can read: its two
-    ``*_max_window_bits`` (read by prefix, as wsproto does) hold a number from 8 to 15."""
+    """Whether wsproto can read a permessage-deflate parameter: its two ``*_max_window_bits``
+    (read by prefix, as wsproto does) hold an integer (``int()`` raised on ``abc``). A
+    number outside 8 to 15 is wsproto's to decline, as RFC 7692 asks: the handshake goes on
+    without compression."""
     if not param.startswith(("client_max_window_bits", "server_max_window_bits")):
         return True
     _, equals, value = param.partition("=")
-    return not equals or (value.strip().isdigit() and 8 <= int(value) <= 15)
+    try:
+        return not equals or isinstance(int(value.strip()), int)
+    except ValueError:
+        return False
 
 
 def _known(run_id: str, cursor: str, field: str) -> str:
