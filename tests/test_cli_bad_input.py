@@ -260,6 +260,13 @@ def test_json_nested_too_deeply_is_refused_in_one_line(env, args, says):
                                               "string)"),
     (["run", "simple", "-i", "n:=NaN", *APP], "flowkit run: -i n:=NaN: the value after := must "
                                               "be JSON (NaN is not JSON"),
+    # a number as -i key=value reads it: Infinity and a traceback (int()'s digit limit)
+    (["run", "simple", "-i", "n=1e400", *APP], "flowkit run: -i n=1e400: 1e400 is a number "
+                                               "past a float's range: pass it as a string "
+                                               "(n:='\"...\"')."),
+    (["run", "simple", "-i", "n=" + "9" * 5000, *APP], "flowkit run: -i n=99999999999999999999"
+                                                      "...: an integer of more than 4300 "
+                                                      "digits: pass it as a string"),
     (["schedules", "create", "simple", "--every", "60", "--input", '{"n": NaN}', *APP],
      "flowkit schedules create: --input must be JSON"),
 ])

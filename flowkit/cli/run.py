@@ -120,7 +120,13 @@ def _item(item: str) -> tuple[str, Any]:
             raise UsageError(f"-i {item}: the value after := must be JSON ({exc}), e.g. "
                              f"{key}:=3 or {key}:='[1, 2]'.") from None
     key, text = item[:eq], item[eq + 1:]
-    return key, json.loads(text) if _SCALAR.fullmatch(text) else text
+    if not _SCALAR.fullmatch(text):
+        return key, text
+    try:  # as the API reads it: 1e400 is no Infinity, 5,000 digits no traceback
+        return key, parse_json(text)
+    except ValueError as exc:
+        raise UsageError(f"-i {key}={text[:20]}{'...' if len(text) > 20 else ''}: {exc} "
+                         f"({key}:='\"...\"').") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from ..config import get_settings
 from ..errors import (
     BrokerUnavailable,
     ConfigError,
+    FlowkitError,
     IdempotencyConflict,
     InvalidState,
     RunCancelled,
@@ -183,7 +184,10 @@ class Run:
             raise StepError(err.get("message", "run failed"), err.get("step"), err.get("attempts"))
         if run.state == RunState.CANCELLED:
             raise RunCancelled(f"Run {run.id} was cancelled.")
-        why = get_run(run.id).waiting_for  # no worker, or none on the queue it needs
+        try:  # no worker, or none on a queue it needs; a TimeoutError whatever happens
+            why = get_run(run.id).waiting_for
+        except FlowkitError:  # the run expired meanwhile, Redis went away
+            why = None
         raise TimeoutError(f"Run {run.id} is still {run.state} after {timeout}s"
                            + (f": {why}." if why else "."))
 
