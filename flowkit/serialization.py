@@ -49,6 +49,10 @@ def _not_json(value: Any) -> Any:
         value.close()  # never to be awaited: no "never awaited" warning on top of this
         raise TypeError("it holds a coroutine: an async component called without await; "
                         "make the calling step `async def` and await it")
+    if callable(getattr(value, "model_dump", None)):  # a pydantic model: the SDK's answers
+        raise TypeError(f"it holds a {type(value).__name__}, a pydantic model (as the OpenAI "
+                        "SDK's answers are); return value.model_dump(mode='json'), or the "
+                        "part you need (reply.choices[0].message.content)")
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 

@@ -434,3 +434,19 @@ def test_a_workflow_defined_again_from_another_module_is_told(monkeypatch, caplo
          {"__name__": "other.flows", "step": step})
     assert ("Workflow 'unit-twice' defined in other.flows replaces the one defined in "
             "tests.test_components") in caplog.text
+
+
+def test_a_pydantic_model_in_an_output_says_to_model_dump_it():
+    """Returning the SDK's ChatCompletion (or a parsed model) is the first mistake of a user
+    coming from the openai SDK: "Object of type ChatCompletion is not JSON serializable"."""
+    import pydantic
+
+    from flowkit.serialization import dumps_bounded
+
+    class Answer(pydantic.BaseModel):
+        text: str
+
+    with pytest.raises(TypeError, match=r"the output of step 0:ask must be JSON-serialisable: "
+                                        r"it holds a Answer, a pydantic model .*return "
+                                        r"value\.model_dump\(mode='json'\)"):
+        dumps_bounded({"answer": Answer(text="hi")}, "the output of step 0:ask")
