@@ -323,6 +323,7 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
                  time.monotonic() - began)
         return result
     finally:
+        ctx.finish()  # a stream it stopped reading unclosed: its span and text, now
         deactivate(reset)
 
 

@@ -7,6 +7,7 @@ and components called inside the step reach it from there.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from ..schemas import SchemaLike, as_schema, check_event_key, json_schema
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
+
+log = logging.getLogger(__name__)
 
 #: A step's ETA is estimated from its pace once it has run this long: from the first
 #: milliseconds it says "done in 0.001 s" of a step that has minutes to go.
@@ -55,6 +58,22 @@ class StepContext:
     #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
     #: ``completion``, ``total``); ``step.completed`` reports them.
     tokens: dict[str, int] = field(default_factory=dict, repr=False)
+    #: What must end with the attempt (an LLM stream the step stopped reading without
+    #: closing it: its span and the text it read); :meth:`finish` calls them.
+    _finishers: list[Any] = field(default_factory=list, repr=False)
+
+    def at_end(self, finish: Any) -> None:
+        """Call ``finish()`` when this attempt ends, unless it was called before."""
+        self._finishers.append(finish)
+
+    def finish(self) -> None:
+        """The attempt ended: call what :meth:`at_end` was given (each may fail alone)."""
+        finishers, self._finishers = self._finishers, []
+        for finish in finishers:
+            try:
+                finish()
+            except Exception:  # noqa: BLE001 - a span's bookkeeping must not fail the step
+                log.exception("flowkit: finishing an attempt's open stream failed")
 
     @property
     def input(self) -> Any:

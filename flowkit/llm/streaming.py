@@ -68,6 +68,8 @@ class TracedStream:
         self._take = self._take_event if responses else self._take_chunk
         self.text_parts: list[str] = []
         self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
+        if ctx is not None:  # left unclosed (a loop left with break): ended with the attempt
+            ctx.at_end(self._abandon)
 
     @staticmethod
     def _iterator(stream: Any) -> Any:
@@ -135,6 +137,12 @@ class TracedStream:
         self._stream.close()
         self._finish(None)
 
+    def _abandon(self) -> None:
+        """The attempt ended with this stream unfinished: its connection goes back, and its
+        span and the text read so far are recorded (a no-op once it ended)."""
+        if not self._done:
+            self.close()
+
     def __enter__(self) -> TracedStream:
         return self
 
@@ -170,6 +178,9 @@ class AsyncTracedStream(TracedStream):
 
     async def close(self) -> None:  # type: ignore[override]
         await self._stream.close()
+        self._finish(None)
+
+    def _abandon(self) -> None:  # its loop's close is not ours to await: the span and text
         self._finish(None)
 
     async def __aenter__(self) -> AsyncTracedStream:

@@ -36,6 +36,16 @@ def test_streamed_tokens_reach_the_run_stream_in_order_and_the_component_gets_th
     assert all(e.data["step"] == "0:llmtest.stream" for e in chunks)
 
 
+def test_a_stream_left_unclosed_is_recorded_when_its_attempt_ends(llm):
+    """A loop left with break, the stream not closed: no span for the call, and the text it
+    had read never reached the run's stream."""
+    run = wf.stream_broken.start({"prompt": "tell me a story", "max_tokens": 30})
+    first = run.result(timeout=30)["first"]
+    assert first and "".join(e.data["chunk"] for e in outputs(run)) == first
+    [span] = llm_spans(run)
+    assert span["status"] == "ok" and span["stream"] is True and span["provider"] == "primary"
+
+
 def test_the_trace_records_each_call_with_tokens_and_latency(llm):
     primary, _ = llm
     primary.configure(latency=0.1, token_latency=0.01)

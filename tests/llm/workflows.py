@@ -133,7 +133,19 @@ def answer(prompt: str) -> str:
 prompt_schema = {"prompt": fields.String(required=True), "client": fields.String(load_default="plain"),
                  "max_tokens": fields.Integer(load_default=8)}
 
+@component(name="llmtest.stream_break")
+def stream_break(data: dict) -> dict:
+    """Stops reading its stream at the first words, without closing it (a loop left with
+    break, as for a stop word)."""
+    for chunk in _ask("plain", data["prompt"], max_tokens=data["max_tokens"], stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            return {"first": chunk.choices[0].delta.content}
+    return {"first": None}
+
+
 asking = flowkit.Workflow("llmtest_ask", [ask], input_schema=prompt_schema, queue=QUEUE)
+stream_broken = flowkit.Workflow("llmtest_stream_break", [stream_break],
+                                 input_schema=prompt_schema, queue=QUEUE)
 streaming = flowkit.Workflow("llmtest_stream", [stream], input_schema=prompt_schema, queue=QUEUE)
 traced = flowkit.Workflow("llmtest_both", [both], input_schema=prompt_schema, queue=QUEUE)
 asked_twice = flowkit.Workflow("llmtest_twice", [twice], input_schema=prompt_schema, queue=QUEUE)
