@@ -6,6 +6,7 @@ them (:mod:`flowkit.engine.admission`, :mod:`flowkit.engine.schedules`, the exec
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, ValidationError
 from .numbers import is_number, is_whole
+from .policy import KEY_RULE, key_text
 from .serialization import dumps
 
 #: What a schedule's cron line, id and interval may be (REST and the CLI check the same).
@@ -64,12 +66,23 @@ class Concurrency:
         if self.key is None:
             return owner or ""
         if callable(self.key):
-            return str(self.key(input))
+            found = self.key(input)
+            text = key_text(found)
+            if text is None:
+                name = getattr(self.key, "__qualname__", repr(self.key))
+                raise ConfigError(f"Concurrency(key={name}) returned {found!r} for this input: "
+                                  f"{KEY_RULE}; return the tenant's id.")
+            return text
         if not isinstance(input, dict) or self.key not in input:
             raise ValidationError({self.key: [
                 "Missing data for required field: this workflow's runs queue by it (its "
                 "concurrency key)."]})
-        return str(input[self.key])
+        text = key_text(input[self.key])
+        if text is None:  # null was taken as the key "None", shared with the text "None"
+            raise ValidationError({self.key: [
+                f"This workflow's runs queue by this field (its concurrency key): {KEY_RULE}; "
+                f"not {json.dumps(input[self.key], default=str)[:60]}."]})
+        return text
 
 
 @dataclass(frozen=True)

@@ -96,14 +96,40 @@ def key_value(spec: str | None, value: Any, what: str) -> str:
     """The key a step with input ``value`` counts under (``spec`` from :func:`key_spec`)."""
     if spec is None:
         return "*"
+    found = field_value(spec, value, what)
+    text = key_text(found)
+    if text is None:
+        raise ConfigError(f"the {what} key {spec.removeprefix('fn:')!r} is {found!r}: "
+                          f"{KEY_RULE}")
+    return text
+
+
+def field_value(spec: str, value: Any, what: str) -> Any:
+    """What ``spec`` (an input field's dotted path, or ``fn:`` a function) reads from
+    ``value``."""
     if spec.startswith("fn:"):
-        return str(_resolve(spec[3:])(value))
+        return _resolve(spec[3:])(value)
     found = value
     for part in spec.split("."):
         if not isinstance(found, dict) or part not in found:
             raise ConfigError(f"the input has no field {spec!r} to key its {what} by")
         found = found[part]
-    return str(found)
+    return found
+
+
+#: What a key (a run's concurrency key, a component's limit key) may be.
+KEY_RULE = ("a key is non-empty text or a whole number (5 and \"5\" are one key); "
+            "null, true/false, lists and objects would share a key with their text")
+
+
+def key_text(found: Any) -> str | None:
+    """``found`` as a key's text, or None when it cannot be one: ``str()`` made tenant
+    ``None`` and tenant ``"None"`` (or ``True`` and ``"True"``) one key, and so one line."""
+    if isinstance(found, str):
+        return found or None
+    if isinstance(found, int) and not isinstance(found, bool):
+        return str(found)
+    return None
 
 
 @dataclass(frozen=True)

@@ -202,3 +202,33 @@ def test_a_negative_or_nan_cost_fails_the_step_instead_of_filling_the_bucket(siz
                                                 "a finite number >= 0"):
         run.result(WAIT)
     assert get_store().redis.lrange("pinged:eve", 0, -1) == []
+
+
+@pytest.mark.parametrize("tenant", [None, True, [1], {"a": 1}, "", 2.5])
+def test_a_concurrency_key_that_is_not_text_or_a_whole_number_is_refused(store, tenant):
+    """str() made tenant None and tenant "None" one key (so one line), True and "True"
+    too; null was taken although a missing key is refused."""
+    with pytest.raises(flowkit.ValidationError) as refused:
+        wf.per_tenant.start({"tenant": tenant})
+    assert list(refused.value.fields) == ["tenant"]
+    assert "a key is non-empty text or a whole number" in refused.value.fields["tenant"][0]
+    assert flowkit.list_runs(workflow="per_tenant") == []
+
+
+def test_a_whole_number_key_is_the_same_key_as_its_text(store):
+    as_number = wf.per_tenant.start({"tenant": 5}, delay=3600)
+    as_text = wf.per_tenant.start({"tenant": "5"}, delay=3600)
+    assert as_number.concurrency_group == as_text.concurrency_group == "per_tenant:5"
+    for run in (as_number, as_text):
+        flowkit.cancel(run.id)
+
+
+def test_a_key_function_or_a_component_key_that_reads_no_key_is_a_config_error():
+    from flowkit.policy import key_value
+
+    keyed = flowkit.Concurrency(limit=1, key=lambda data: data.get("tenant"))
+    with pytest.raises(flowkit.ConfigError, match=r"returned None for this input: a key is "):
+        keyed.key_of({}, None)
+    assert key_value("domain", {"domain": 5}, "concurrency") == "5"
+    with pytest.raises(flowkit.ConfigError, match=r"the concurrency key 'domain' is None: a key"):
+        key_value("domain", {"domain": None}, "concurrency")

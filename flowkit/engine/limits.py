@@ -30,7 +30,7 @@ from typing import Any
 from .. import events
 from ..config import get_settings
 from ..errors import RunCancelled, StepSuspended
-from ..policy import Policy, key_value
+from ..policy import Policy, field_value, key_value
 from ..serialization import dumps
 from ..states import WaitKind, WaitOutcome
 from ..store import Store
@@ -140,7 +140,7 @@ def _take_rate(ctx: StepContext, pol: Policy, value: Any) -> None:
     rate = pol.rate
     assert rate is not None
     key = key_value(rate.key, value, "rate limit")
-    cost = float(key_value(rate.cost, value, "rate limit cost")) if rate.cost else 0.0
+    cost = float(field_value(rate.cost, value, "rate limit cost")) if rate.cost else 0.0
     if not 0 <= cost < math.inf:  # a negative cost would fill the bucket for the others
         raise ValueError(f"step {ctx.step}: its rate limit cost is {cost:g}; a cost is a "
                           "finite number >= 0.")
