@@ -91,6 +91,20 @@ def test_a_wait_past_its_timeout_raises_input_timeout_in_the_step(beat):
         flowkit.send_input(run.id, "approval", {"ok": True})
 
 
+def test_an_input_past_its_wait_s_timeout_is_refused_before_beat_fires_it():
+    """Up to a sweep late, an answer was taken or refused by chance (no beat runs here: the
+    timeout has not fired, and the answer is still refused)."""
+    run = wf.approval.start({"n": 1, "timeout": 0.5})
+    paused(run)
+    [wait] = flowkit.get_run(run.id).waits
+    time.sleep(max(0.0, wait["expires_at"] - time.time()) + 0.05)  # past the deadline
+    with pytest.raises(flowkit.InvalidState, match=r"wait for input 'approval' timed out "
+                                                   r"[0-9.]+s ago: its step gets InputTimeout"):
+        flowkit.send_input(run.id, "approval", {"ok": True})
+    assert flowkit.get_run(run.id).state == "waiting"  # the timeout's answer is beat's to give
+    flowkit.cancel(run.id)
+
+
 def test_an_event_wakes_every_run_waiting_for_it():
     runs = [wf.payment.start({"order": 7}) for _ in range(3)]
     for run in runs:

@@ -576,6 +576,13 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     wait = next((w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name),
                 None)
     if wait is not None:
+        expires = wait.get("expires_at")
+        if expires is not None and time.time() > expires:
+            # past its timeout the answer is the timeout's, whenever beat's sweep fires it
+            # (an answer up to a sweep late was taken or refused by chance)
+            raise InvalidState(f"Run {run_id}'s wait for input {name!r} timed out "
+                               f"{time.time() - expires:.1f}s ago: its step gets "
+                               "InputTimeout; no answer is taken past the timeout.")
         errors = json_errors(wait.get("schema"), value)
         if errors:
             raise ValidationError(errors, f"Invalid input {name!r}.")
