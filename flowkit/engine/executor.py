@@ -202,7 +202,7 @@ def _run_attempts(
         _fail(store, run_id, gen, key, token, state["attempt"], exc, history)
         raise Ignore() from None
     finally:
-        heartbeat.untrack(run_id, key)
+        heartbeat.untrack(run_id, key, token)
     try:
         shown = _shown(loads(output_json), value, pol)
     except RecursionError:  # nested past the stack (JSON takes more): the run fails, says why

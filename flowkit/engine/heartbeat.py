@@ -50,9 +50,13 @@ class Heartbeat:
             self._entries[(run_id, step)] = token
         self.ensure_running()
 
-    def untrack(self, run_id: str, step: str) -> None:
+    def untrack(self, run_id: str, step: str, token: str) -> None:
+        """Stop beating for this attempt's lease; not for a later attempt of the same step
+        on this process (a superseded attempt that ends late, after a restart's new one
+        began here, took the new lease's heartbeat with it: it lapsed, and was reaped)."""
         with self._lock:
-            self._entries.pop((run_id, step), None)
+            if self._entries.get((run_id, step)) == token:
+                del self._entries[(run_id, step)]
             if not self._entries:
                 self._idle.notify_all()
 
