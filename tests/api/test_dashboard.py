@@ -119,6 +119,32 @@ def test_sign_in_then_the_list_shows_new_runs_and_their_states_live(api, client,
     context.close()
 
 
+def test_a_page_opened_while_the_api_answers_503_shows_its_view_once_it_answers(
+        api, client, page):
+    """The dashboard stayed on "flowkit's Redis is unavailable; retry shortly." for good
+    (the watch page recovered by itself). The first probes answer 503, as during an
+    outage; then the API answers."""
+    run = start(client, "simple", {"n": 1})
+    finished(client, run["id"])
+    refused = []
+
+    def outage(route):
+        if len(refused) < 2:
+            refused.append(route.request.url)
+            route.fulfill(status=503, content_type="application/json", headers={
+                "Retry-After": "2"}, body=json.dumps({"error": {
+                    "code": "store_unavailable", "fields": {},
+                    "message": "flowkit's Redis is unavailable; retry shortly."}}))
+        else:
+            route.continue_()
+
+    page.route("**/runs?limit=1", outage)
+    page.goto(f"{api.url}/ui")
+    page.wait_for_selector("text=Trying again")
+    row(page, run["id"]).wait_for()  # the list, once the API answered
+    assert len(refused) == 2
+
+
 def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
     good = start(client, "simple", {"n": 1})
     bad = start(client, "exhausted", {"n": 1})

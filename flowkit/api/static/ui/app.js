@@ -17,13 +17,20 @@ function route() {
   return { name: "runs" };
 }
 
+// While Redis (or the server) is away the API answers 503 "retry shortly": the page
+// does, every RETRY_MS, and shows the view once it answers (it stayed on the message).
+const RETRY_MS = 2000;
+
 async function start() {
   const client = makeClient();
   try {
     await client.request("GET", "/runs?limit=1");
   } catch (error) {
     if (error.status === 401) return login(error.message);
-    fill(main, h("p", { role: "alert" }, `The API answered: ${error.message}`));
+    const passing = error.status === 503 || error.status === undefined || error.status === 0;
+    fill(main, h("p", { role: "alert" }, `The API answered: ${error.message}`,
+      passing ? " Trying again…" : ""));
+    if (passing) setTimeout(start, RETRY_MS);
     return;
   }
   const logout = document.getElementById("logout");
