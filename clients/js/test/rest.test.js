@@ -48,6 +48,17 @@ test("an idempotency key maps two starts to one run", { skip: SKIP }, async () =
   assert.equal(second.created, false);
 });
 
+test("an empty idempotency key is sent and refused, not dropped into a keyless start", { skip: SKIP }, async () => {
+  // dropped, each retry of a client whose key came out empty started another run
+  const api = client();
+  await assert.rejects(api.start("simple", { n: 1 }, { idempotencyKey: "" }), (error) => {
+    assert.ok(error instanceof FlowkitError);
+    assert.equal(error.status, 400);
+    assert.ok(error.fields["Idempotency-Key"], JSON.stringify(error.fields));
+    return true;
+  });
+});
+
 test("a refusal is a FlowkitError with the API's status, code and field messages", { skip: SKIP }, async () => {
   const api = client();
   await assert.rejects(api.start("simple", {}), (error) => {

@@ -174,7 +174,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     if (dashboard && ACTIVE.includes(state)) {
       ui.actions.append(h("button", { type: "button", id: "cancel", onclick: () => act("Cancel", () => client.cancel(runId)) }, "Cancel run"));
     }
-    if (dashboard && (state === "failed" || state === "cancelled")) {
+    if (dashboard && state === "failed") {  // the API retries failed runs only (409 else)
       ui.actions.append(h("button", { type: "button", id: "retry", onclick: () => act("Retry", async () => {
         await client.retry(runId);
         follow();
