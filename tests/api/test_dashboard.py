@@ -145,6 +145,15 @@ def test_a_page_opened_while_the_api_answers_503_shows_its_view_once_it_answers(
     assert len(refused) == 2
 
 
+def test_the_pages_declare_their_icon(api, client):
+    """A browser asks for /favicon.ico when a page names no icon: a 404 logged on every
+    page (headless Chromium asks for none, so the pages' own declaration is checked)."""
+    run = start(client, "simple", {"n": 1})
+    for path in ("/ui", "/ui/runs/" + run["id"], f"{run['urls']['watch']}?token={run['token']}"):
+        page = client.get(path)
+        assert page.status_code == 200 and '<link rel="icon" href="data:,">' in page.text, path
+
+
 def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
     good = start(client, "simple", {"n": 1})
     bad = start(client, "exhausted", {"n": 1})
