@@ -154,6 +154,13 @@ def test_the_pages_declare_their_icon(api, client):
         assert page.status_code == 200 and '<link rel="icon" href="data:,">' in page.text, path
 
 
+def test_an_unknown_run_says_so(api, page):
+    """It showed an empty run headed "refused (404)", which read as a permissions problem."""
+    page.goto(f"{api.url}/ui/runs/01M93X05HT2RHYGESAXCMYWMBZ")
+    expect(page.locator("#connection")).to_contain_text("No run '01M93X05HT2RHYGESAXCMYWMBZ' "
+                                                        "(unknown, or expired")
+
+
 def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
     good = start(client, "simple", {"n": 1})
     bad = start(client, "exhausted", {"n": 1})

@@ -83,6 +83,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   // what needs the token (answering a wait, reading the record) stops with it.
   let expired = false;
   function refusal(failure) {
+    // the API's own words for an unknown run ("No run ... (unknown, or expired ...)"), not
+    // "refused (404)" over an empty run, which read as a permissions problem
+    if (failure.status === 404) return failure.message || "no such run (unknown, or expired)";
     if (failure.code !== "token_expired") return `refused (${failure.status})`;
     if (!expired) {
       expired = true;
