@@ -30,7 +30,6 @@ from flowkit.states import (
     WaitOutcome,
 )
 from flowkit.store import HANDED_OVER, BrokerMessages, Ended, Store
-from flowkit.store.connection import WATCH_CLIENT_NAME
 from flowkit.store.keys import shard_of
 
 pytestmark = pytest.mark.integration
@@ -675,11 +674,6 @@ def test_a_watcher_is_not_woken_by_its_own_subscription(store):
         assert time.monotonic() - began >= 0.3  # it waited the whole time for an end
 
 
-def pubsub_clients(store) -> set[str]:
-    """Ids of the connections Redis holds for watches of runs' ends (the kept ones too)."""
-    return {c["id"] for c in store.redis.client_list() if c["name"] == WATCH_CLIENT_NAME}
-
-
 def test_watchers_one_after_another_share_one_connection(store):
     """A watch hands its pub/sub connection to the next: a new one per ``result()`` was a
     TCP connection, its handshake and a disconnect each time."""
@@ -687,13 +681,15 @@ def test_watchers_one_after_another_share_one_connection(store):
         make_run(store, RunState.RUNNING, run_id=f"run-{n}")
     with store.watch_end("run-0") as watch:  # the first may open one
         assert not watch.wait(0.01)
-    before = pubsub_clients(store)
-    assert before
+        kept = watch._pubsub.connection
+        socket = kept._sock  # the TCP connection: a reconnect would make another
     for n in range(1, 5):
         with store.watch_end(f"run-{n}") as watch:
+            # this store's own connection (Redis's client list also holds the watches of
+            # the session's other processes, which come and go: it made this test flaky)
+            assert watch._pubsub.connection is kept and kept._sock is socket
             assert fail(store, f"run-{n}", now=T + 5)
             assert watch.wait(5) and watch.ended[0]["id"] == f"run-{n}"
-    assert pubsub_clients(store) == before
 
 
 def test_a_kept_connection_is_reused_after_its_health_check_falls_due(store):
@@ -702,14 +698,16 @@ def test_a_kept_connection_is_reused_after_its_health_check_falls_due(store):
     make_run(store, RunState.RUNNING)
     with store.watch_end(RUN) as watch:
         assert not watch.wait(0.01)
-    before = pubsub_clients(store)
+        first = watch._pubsub.connection
+        socket = first._sock  # the TCP connection: a reconnect would make another
     for kept in store._subscriptions._idle:  # as after 30 s idle
         kept.connection.next_health_check = 0
     with store.watch_end(RUN) as watch:
+        assert watch._pubsub.connection is first  # this store's own, as in the test above
         assert not watch.wait(0.01)
         assert fail(store, now=T + 5)
         assert watch.wait(5) and watch.ended[0]["state"] == RunState.FAILED
-    assert pubsub_clients(store) == before
+    assert first._sock is socket
 
 
 def test_kept_connections_take_no_slot_of_the_store_s_pool(store):
