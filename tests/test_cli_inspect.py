@@ -100,6 +100,10 @@ def test_trace_shows_steps_attempts_and_totals(env):
 def test_workers_shows_live_workers_and_the_steps_they_run(env):
     run = wf.chain3.start({"n": 1})
     reached_gate(run, "gated")
+    # the store fixture's flush dropped the session worker's announcement: its next beat
+    # writes it again (a fresh-clone run listed no main@ worker once)
+    wait_until(lambda: any(w["name"].startswith("main@") and w.get("routes")
+                           for w in live_workers()), 30, "the session worker's announcement")
     try:
         doc = json.loads(flowkit_cli("workers", "--json", env=env).stdout)
         table = flowkit_cli("workers", env=env).stdout
@@ -126,6 +130,10 @@ def test_workers_shows_live_workers_and_the_steps_they_run(env):
 
 
 def test_doctor_reports_no_aof_a_queue_without_consumer_and_no_beat(env):
+    # a live worker to check the queues against: the store fixture's flush dropped the
+    # session worker's announcement until its next beat (no queues check at all then)
+    wait_until(lambda: any(w["name"].startswith("main@") and w.get("routes")
+                           for w in live_workers()), 30, "the session worker's announcement")
     result = flowkit_cli("doctor", "-A", "tests.app", "--json", env=env)
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
