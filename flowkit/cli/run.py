@@ -32,7 +32,7 @@ from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RemoteRuns
 from .runs import event_cursor
-from .usage import UsageError, input_text, parse_json
+from .usage import UsageError, field_texts, input_text, parse_json
 
 #: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_DETACHED = 0, 1, 130
@@ -202,8 +202,7 @@ def _follow_hint(args: argparse.Namespace, run_id: str) -> str:
 
 
 def _invalid(workflow: str, exc: ValidationError, items: list[str]) -> str:
-    said = {name: " ".join(map(str, msgs)) if isinstance(msgs, list) else str(msgs)
-            for name, msgs in exc.fields.items()}
+    said = field_texts(exc.fields)
     fields = "; ".join(f"{name}: {msgs}" for name, msgs in said.items())
     hints = [f" (-i {item} typed it as {_json_type(value)}: write {key}:='\"{text}\"' for the "
              "string)" for item in items

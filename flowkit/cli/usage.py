@@ -75,3 +75,9 @@ def input_text(given: str) -> str:
     except UnicodeDecodeError:
         raise UsageError(f"--input {given}: the file is not UTF-8 text; JSON files are "
                          "UTF-8.") from None
+
+
+def field_texts(fields: dict[str, Any]) -> dict[str, str]:
+    """A ValidationError's field messages, each as one line of text (the CLI's wording)."""
+    return {name: " ".join(map(str, said)) if isinstance(said, list) else str(said)
+            for name, said in fields.items()}
