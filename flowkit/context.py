@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .errors import FlowkitError
-from .numbers import is_number
+from .numbers import LAST_TIME, is_number, is_time
 from .schemas import SchemaLike, check_input_name
 
 
@@ -134,6 +134,10 @@ def sleep(seconds: float) -> None:
     A restart while it sleeps keeps the original deadline. 0 or less does not pause."""
     if not is_number(seconds):
         raise ValueError(f"flowkit.sleep() takes a number of seconds, not {seconds!r}.")
+    if not is_time(time.time() + max(seconds, 0)):
+        raise ValueError(f"flowkit.sleep({seconds!r}) would end after the year 9999: sleep for "
+                         "less (a run that waits that long waits for something else: "
+                         "wait_for_event or wait_for_input with no timeout).")
     sleep_until(time.time() + seconds)
 
 
@@ -148,6 +152,9 @@ def sleep_until(when: datetime | float) -> None:
     elif not is_number(when):
         raise ValueError(f"flowkit.sleep_until() takes a timezone-aware datetime or a Unix "
                          f"time, not {when!r}.")
+    elif when > LAST_TIME:
+        raise ValueError(f"flowkit.sleep_until({when!r}) is after the year 9999: pass a Unix "
+                         "time in seconds (not milliseconds), or a datetime.")
     else:
         deadline = float(when)
     ctx = _current.get()
@@ -164,6 +171,9 @@ def _limit(seconds: float | None, what: str) -> float | None:
     if not (is_number(seconds) and seconds >= 0):
         raise ValueError(f"{what} is a number of seconds >= 0, or None for no limit; not "
                          f"{seconds!r}.")
+    if not is_time(time.time() + seconds):
+        raise ValueError(f"{what} would end after the year 9999: pass None for no limit, "
+                         f"not {seconds!r}.")
     return float(seconds)
 
 

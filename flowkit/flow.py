@@ -30,6 +30,9 @@ SCHEDULE_ID = r"^(?!/)(?!.*//)(?!.*/(pause|resume)$)(?!(.*/)?\.\.?(/|$))[\x21-\x
 SCHEDULE_ID_RULE = ("1 to 200 printable ASCII characters, no spaces, no // and no leading /, "
                     "no . or .. between slashes, not ending in /pause or /resume")
 MAX_EVERY = 366 * 86_400
+#: The longest ``delay`` a start may ask for (Python and REST alike): a later start names
+#: its time (``start_at``).
+MAX_DELAY = 366 * 86_400
 #: Priorities a run may ask for: 0 (the default) to 9 (first).
 PRIORITIES = range(10)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$")

@@ -199,3 +199,13 @@ def test_unreachable_redis_says_what_to_do(env, command):
         f"flowkit {command[0]}: cannot reach Redis at {url}; start it, or point FLOWKIT_REDIS_URL "
         "at your Redis."
     )
+
+
+def test_a_time_past_the_year_9999_is_shown_as_a_number_not_a_traceback():
+    """A deadline stored before such deadlines were refused (``sleep(1e308)``) made every
+    ``flowkit status`` of its run fail with "year 33715 is out of range"."""
+    from flowkit.cli.output import human_time
+
+    assert human_time(1e12) == "1000000000000 (Unix time)"
+    assert human_time(1e308).endswith(" (Unix time)")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in .+\)", human_time(2e9))

@@ -34,6 +34,11 @@ def test_a_wait_timeout_is_a_number_or_none(store, bad):
     ({"delay": "5"}, "start(delay=...) is a number of seconds >= 0, not '5'."),
     ({"start_at": float("nan")}, "start(start_at=...) is a timezone-aware datetime or a Unix "
                                  "time, not nan."),
+    # as REST's delay; 10**12 seconds on made a run every `flowkit status` failed to show
+    ({"delay": 10**12}, "start(delay=...) is at most 31622400 seconds (366 days), not "
+                        "1000000000000: pass start_at= for a later start."),
+    ({"start_at": 1.8e12}, "start(start_at=1800000000000.0) is after the year 9999: pass a "
+                           "Unix time in seconds (not milliseconds), or a datetime."),
 ])
 def test_a_delayed_start_is_a_finite_time(store, options, says):
     with pytest.raises(flowkit.ConfigError) as refused:

@@ -33,6 +33,21 @@ def test_a_sleep_is_a_finite_number_of_seconds(bad):
         flowkit.sleep_until(bad)
 
 
+def test_a_deadline_past_the_year_9999_is_refused_where_it_is_asked_for():
+    """sleep(1e308) was taken: the run waited with a deadline no datetime can hold, and
+    every `flowkit status` of it failed with "timestamp out of range"."""
+    with pytest.raises(ValueError, match=r"sleep\(1e\+308\) would end after the year 9999"):
+        flowkit.sleep(1e308)
+    with pytest.raises(ValueError, match=r"sleep_until\(1800000000000.0\) is after the year 9999: "
+                                         r"pass a Unix time in seconds \(not milliseconds\)"):
+        flowkit.sleep_until(1.8e12)  # a JavaScript time, in milliseconds
+    with pytest.raises(ValueError, match=r"wait_for_input\(timeout=...\) would end after the "
+                                         r"year 9999: pass None for no limit"):
+        flowkit.wait_for_input("approval", timeout=10**12)
+    with pytest.raises(ValueError, match=r"wait_for_event\(timeout=...\) would end after"):
+        flowkit.wait_for_event("paid", timeout=1e300)
+
+
 def test_sleep_until_refuses_a_naive_datetime():
     with pytest.raises(ValueError, match="needs a timezone-aware datetime"):
         flowkit.sleep_until(datetime.now() + timedelta(hours=1))

@@ -15,7 +15,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..engine.control import Run as RunRecord
-from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
+from ..flow import CRON_LINE, MAX_DELAY, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
 from ..states import RunState
 
 STATES = [s.value for s in RunState]
@@ -127,7 +127,7 @@ class StartArgs(Schema):
     priority = _QueryInteger(validate=validate.Range(0, 9), metadata={
         "description": "0 (the default) to 9: higher priorities are admitted (concurrency "
                        "keys) and dispatched first on the same queue."})
-    delay = _QueryNumber(validate=validate.Range(0, 366 * 86_400), metadata={
+    delay = _QueryNumber(validate=validate.Range(0, MAX_DELAY), metadata={
         "description": "Start the run this many seconds from now (it is `scheduled` until "
                        "then, visible and cancellable)."})
     start_at = fields.AwareDateTime(metadata={

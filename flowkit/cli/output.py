@@ -33,7 +33,10 @@ def human_time(ts: float | str | None, now: float | None = None) -> str:
     if ts in (None, ""):
         return "-"
     ts = float(ts)  # type: ignore[arg-type]
-    stamp = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        stamp = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # past year 9999: stored before it was refused
+        return f"{ts:.0f} (Unix time)"
     ago = (time.time() if now is None else now) - ts
     if ago >= 0:
         return f"{stamp} ({human_duration(ago)} ago)"

@@ -29,8 +29,8 @@ from ..errors import (
     StepError,
     ValidationError,
 )
-from ..flow import check_priority
-from ..numbers import is_number, is_whole
+from ..flow import MAX_DELAY, check_priority
+from ..numbers import LAST_TIME, is_number, is_whole
 from ..schemas import check_event_key, check_input_name, json_errors
 from ..serialization import comparable, dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
@@ -312,6 +312,9 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
     if delay is not None:
         if not is_number(delay) or delay < 0:
             raise ConfigError(f"start(delay=...) is a number of seconds >= 0, not {delay!r}.")
+        if delay > MAX_DELAY:  # as the REST API's `delay`
+            raise ConfigError(f"start(delay=...) is at most {MAX_DELAY} seconds (366 days), "
+                              f"not {delay!r}: pass start_at= for a later start.")
         return now + float(delay) if delay > 0 else None
     if start_at is None:
         return None
@@ -322,6 +325,9 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
     elif not is_number(start_at):
         raise ConfigError(f"start(start_at=...) is a timezone-aware datetime or a Unix time, "
                           f"not {start_at!r}.")
+    elif start_at > LAST_TIME:
+        raise ConfigError(f"start(start_at={start_at!r}) is after the year 9999: pass a Unix "
+                          "time in seconds (not milliseconds), or a datetime.")
     return float(start_at) if float(start_at) > now else None
 
 
