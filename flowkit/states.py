@@ -101,6 +101,8 @@ class WaitOutcome(StrEnum):
     DELIVERED = "delivered"
     #: this very value was delivered already (a resend, a double click)
     SAME = "same"
+    #: that wait was answered already, with another value: the first answer stands
+    ANSWERED = "answered"
     #: no wait of that name is open (another value won, or the run does not wait)
     NOT_WAITING = "not_waiting"
 

@@ -112,7 +112,8 @@ def test_input_and_event_in_both_forms(env):
     again = flowkit_cli("input", run.id, "approval", '{"ok": true}', "--json", env=env)
     assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "same", again.stderr
     other = flowkit_cli("input", run.id, "approval", '{"ok": false}', "--json", env=env)
-    assert other.returncode == 1 and "does not wait for input 'approval'" in other.stderr
+    assert other.returncode == 1 and (f"Run {run.id}'s input 'approval' was answered already, "
+                                      "with another value: the first answer stands") in other.stderr
 
     assert flowkit_cli("event", "nobody-waits", env=env).stdout.strip() == (
         "Event 'nobody-waits' sent: it woke 0 waiting runs.")

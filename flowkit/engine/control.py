@@ -596,10 +596,11 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name,
                           step=wait["step"] if wait else None)
     outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
+    if outcome == WaitOutcome.ANSWERED:  # also when another answer won a race just now
+        raise InvalidState(f"Run {run_id}'s input {name!r} was answered already, with another "
+                           "value: the first answer stands (to ask again, the step waits "
+                           "under another name).")
     if outcome == WaitOutcome.NOT_WAITING:
-        if wait is not None:  # it waited for it a moment ago: another answer won the race
-            raise InvalidState(f"Run {run_id} no longer waits for input {name!r}: another "
-                               "value was accepted first.")
         waiting = sorted(w["name"] for w in run.waits or () if w["kind"] == WaitKind.INPUT)
         what = (f"it waits for input {', '.join(map(repr, waiting))}" if waiting
                 else "it waits for no input")

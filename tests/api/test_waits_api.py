@@ -34,6 +34,9 @@ def test_input_over_http_is_validated_and_resumes_the_run(api, client):
         assert accepted.status_code == 202 and accepted.json()["outcome"] == "resumed"
         again = page.post(f"/runs/{run['id']}/input/approval", json={"ok": True})
         assert again.status_code == 200 and again.json()["outcome"] == "same"
+        other = page.post(f"/runs/{run['id']}/input/approval", json={"ok": False})
+        assert other.status_code == 409 and "was answered already, with another value" in \
+            other.json()["error"]["message"]
     assert flowkit.get_run(run["id"]).wait(20).output == {"n": 1, "approved": True}
 
 

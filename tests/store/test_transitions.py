@@ -1392,14 +1392,21 @@ def test_deliver_the_same_answer_after_the_resumed_run_ended_is_still_same(store
     assert finish(store, gen=1, now=T + 7)
     assert deliver(store, by=by, match=match, now=T + 8) == (WaitOutcome.SAME, 0)
     assert deliver(store, by=by, match=match, answer='{"input":"no"}', now=T + 9) == (
-        WaitOutcome.NOT_WAITING, 0)
+        WaitOutcome.ANSWERED, 0)
     assert len(of_type(store, events.RUN_RESUMED)) == 1
 
 
-def _answered_already(store):
+@pytest.mark.parametrize(("by", "match"), BY_NAME_OR_KEY)
+def test_deliver_another_answer_after_the_first_is_answered_and_changes_nothing(store, by, match):
+    """The sender learns the first answer stands (it was told the run "waits for no
+    input", as if it had never asked)."""
     waiting_run(store)
-    assert deliver(store, now=T + 5) == (WaitOutcome.RESUMED, 1)
-    return RUN, {"answer": '{"input":"no"}'}
+    assert deliver(store, by=by, match=match, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    run_before, events_before = store.get_run(RUN), types(store, RUN)
+    assert deliver(store, by=by, match=match, answer='{"input":"no"}', now=T + 7) == (
+        WaitOutcome.ANSWERED, 0)
+    assert store.get_run(RUN) == run_before and types(store, RUN) == events_before
+    assert store.checkpoint(RUN, wait_key()) == YES
 
 
 def _unknown_name(store):
@@ -1433,7 +1440,6 @@ def test_deliver_by_key_to_a_wait_not_yet_begun_answers_it_early(store):
 
 
 @pytest.mark.parametrize("setup", [
-    pytest.param(_answered_already, id="another-answer-after-the-first"),
     pytest.param(_unknown_name, id="unknown-name"),
     pytest.param(_ended_while_waiting, id="ended-run"),
     pytest.param(_not_paused, id="no-wait-open"),

@@ -11,28 +11,31 @@
 -- ARGV[4] answer     JSON checkpointed for the step to find
 -- ARGV[5] now        ARGV[6] retention
 -- ARGV[7] event      run.resumed (JSON)
--- Returns {WAIT_RESUMED, gen} | {WAIT_DELIVERED} | {WAIT_SAME} | {WAIT_NOT_WAITING}
+-- Returns {WAIT_RESUMED, gen} | {WAIT_DELIVERED} | {WAIT_SAME} | {WAIT_ANSWERED}
+--       | {WAIT_NOT_WAITING}
 local run_id, by, match, answer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, retention, event = ARGV[5], ARGV[6], ARGV[7]
 
--- answered already with this same answer: a resend, a double click (also once the run
--- ended, as the resumed run may have by the time a lost response is resent)
-local function answered_the_same()
+-- answered already: with this same answer (a resend, a double click: SAME, also once the
+-- run ended, as the resumed run may have by the time a lost response is resent), or with
+-- another one (ANSWERED: the first answer stands); nil when this wait was never answered
+local function answered_before()
+  local found = nil
   local done = redis.call('HGETALL', answered)
   for i = 1, #done, 2 do
     local doc = cjson.decode(done[i + 1])
     local same_wait = (by == 'key' and done[i] == match) or (doc.kind == by and doc.name == match)
-    if same_wait and redis.call('HGET', ckpt, done[i]) == answer then return true end
+    if same_wait then
+      if redis.call('HGET', ckpt, done[i]) == answer then return WAIT_SAME end
+      found = WAIT_ANSWERED
+    end
   end
-  return false
+  return found
 end
 
 local state = redis.call('HGET', run, 'state')
 if not state then return {WAIT_NOT_WAITING} end
-if not is_live(state) then
-  if answered_the_same() then return {WAIT_SAME} end
-  return {WAIT_NOT_WAITING}
-end
+if not is_live(state) then return {answered_before() or WAIT_NOT_WAITING} end
 
 -- the wait to answer: by its key, or the open wait of that kind and name
 local wait_key, spec = nil, nil
@@ -46,7 +49,8 @@ else
   end
 end
 if not spec then
-  if answered_the_same() then return {WAIT_SAME} end
+  local before = answered_before()
+  if before then return {before} end
   -- an event for a wait indexed but not yet begun (the step is between add_waker and
   -- begin_wait): answered early, begin_wait will find it (READY) instead of pausing
   if by == 'key' and redis.call('HSETNX', ckpt, match, answer) == 1 then
