@@ -147,7 +147,10 @@ def test_a_step_over_its_components_concurrency_waits_without_a_worker_and_start
     assert flowkit.get_run(behind.id).state == "waiting"
     open_gate(holder, "scrape")
     assert behind.result(WAIT) == {"domain": "a.example"}
-    assert [e.type for e in behind.events()].count("run.resumed") == 1
+    resumed = [e for e in behind.events() if e.type == "run.resumed"]
+    assert len(resumed) == 1
+    # named as its run.waiting was (it had no name: a page could not match the two)
+    assert (resumed[0].data["by"], resumed[0].data["name"]) == ("slot", "t.scrape:a.example")
     assert most_active("a.example") == 1
     store = get_store()
     assert store.redis.zcard(store.keys.slots("step:t.scrape:a.example")[0]) == 0

@@ -58,6 +58,11 @@ def group_of(component: str, key: str) -> str:
     return f"step:{component}:{key}"
 
 
+def slot_name(group: str) -> str:
+    """The name a slot wait goes by (``component:key``, its run.waiting's) from its group."""
+    return group.removeprefix("step:")
+
+
 def enter(ctx: StepContext, pol: Policy, value: Any) -> Held | None:
     """Pass the step's limits, or pause it (StepSuspended) until it may; returns the slot
     it holds (give it back with :func:`leave`)."""
@@ -119,7 +124,7 @@ def _hand_over(store: Store, group: str, limit: int, handed: list[str]) -> int:
     while handed:
         member = handed.pop(0)
         run_id, _, step = member.partition(" ")
-        outcome, gen = _answer_slot_wait(store, run_id, step)
+        outcome, gen = _answer_slot_wait(store, run_id, step, slot_name(group))
         if outcome == WaitOutcome.RESUMED:
             resume(Run.load(run_id, store), gen)
         if outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED):
@@ -131,8 +136,8 @@ def _hand_over(store: Store, group: str, limit: int, handed: list[str]) -> int:
     return resumed
 
 
-def _answer_slot_wait(store: Store, run_id: str, step: str) -> tuple[WaitOutcome, int]:
-    resumed = events.make(events.RUN_RESUMED, run_id, by="slot", step=step)
+def _answer_slot_wait(store: Store, run_id: str, step: str, name: str) -> tuple[WaitOutcome, int]:
+    resumed = events.make(events.RUN_RESUMED, run_id, by="slot", name=name, step=step)
     return store.deliver(run_id, "key", f"{step}/slot", _SLOT_ANSWER, time.time(), resumed)
 
 
