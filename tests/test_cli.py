@@ -131,6 +131,15 @@ def test_unknown_run_is_a_clear_message_not_a_traceback(env, command):
     )
 
 
+def test_a_run_id_in_lower_case_names_the_same_run(env):
+    """ULIDs are case-insensitive: one pasted lower-case was "No run" everywhere."""
+    run = wf.simple.start({"n": 1})
+    run.result(20)
+    result = flowkit_cli("status", run.id.lower(), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["id"] == run.id
+
+
 def test_retry_of_a_run_that_did_not_fail_says_why(env):
     run = wf.simple.start({"n": 1})
     run.result(20)

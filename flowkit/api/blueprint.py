@@ -14,6 +14,7 @@ from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing.exceptions import WebsocketMismatch
 
+from ..engine import control
 from ..metrics import install as install_metrics
 from .auth import KEY, RUN
 from .errors import ApiError, to_response
@@ -76,6 +77,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         # a client sends resumes and pings: a bigger message closes its socket (1009)
         sock_options.setdefault("max_message_size", MAX_CLIENT_MESSAGE)
 
+    bp.url_value_preprocessor(_canonical_ids)
     bp.before_request(_before)
     bp.after_request(_after)
     bp.register_error_handler(Exception, to_response)
@@ -95,6 +97,13 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
     ):
         views.register(bp, sock)
     return bp
+
+
+def _canonical_ids(endpoint: str | None, values: dict | None) -> None:
+    """A run id in a path, as stored (a lower-case one was a 404), before any access check
+    reads it: a run's token names its run upper-case."""
+    if values and isinstance(values.get("run_id"), str):
+        values["run_id"] = control.canonical_run_id(values["run_id"])
 
 
 def _routing_error(exc: HTTPException):

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.live import Live
 
 from .. import events as ev
+from ..engine.control import canonical_run_id
 from ..errors import ValidationError, WorkflowNotFound
 from .app import add_app_option, load_app, unknown_workflow
 from .live import Printer, RunView, final_lines
@@ -252,7 +253,7 @@ def register(subs) -> None:
     p.set_defaults(func=run, token=None, detach=False)
 
     p = subs.add_parser("follow", help="follow a run live until it ends")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     p.add_argument("--after", default=ev.START, type=event_cursor, metavar="EVENT_ID",
                    help="event id to resume after")
     p.add_argument("--token", default=None, help="a run token for --url (reads that run only)")

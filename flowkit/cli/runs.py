@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .. import events as ev
 from ..engine import control as runs
+from ..engine.control import canonical_run_id
 from ..errors import ValidationError
 from .app import add_app_option, load_app
 from .output import add_json_option, emit, human_duration, human_time
@@ -233,13 +234,13 @@ def send_event(args: argparse.Namespace) -> int:
 
 def register(subs) -> None:
     p = subs.add_parser("status", help="show a run: state, times, steps, error or output")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     add_json_option(p)
     p.set_defaults(func=status)
 
     p = subs.add_parser("events", help="print a run's events, one line each "
                                        "(--json: JSON lines)")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     p.add_argument("--after", default=ev.START, type=event_cursor, metavar="EVENT_ID",
                    help="print only the events after this event id")
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the run ends")
@@ -247,18 +248,18 @@ def register(subs) -> None:
     p.set_defaults(func=events)
 
     p = subs.add_parser("cancel", help="cancel a queued or running run")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     add_json_option(p)
     p.set_defaults(func=cancel)
 
     p = subs.add_parser("retry", help="resume a failed run from its failed step")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     add_app_option(p)
     add_json_option(p)
     p.set_defaults(func=retry)
 
     p = subs.add_parser("input", help="answer a run waiting in wait_for_input(NAME)")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     p.add_argument("name", metavar="NAME")
     p.add_argument("value", metavar="VALUE", help="the value, as JSON")
     add_json_option(p)

@@ -17,6 +17,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ..engine import control
+from ..engine.control import canonical_run_id
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show
 
@@ -160,6 +161,6 @@ def trace(args: argparse.Namespace) -> int:
 
 def register(subs) -> None:
     p = subs.add_parser("trace", help="show a run's trace: steps, attempts, LLM calls, totals")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     add_json_option(p)
     p.set_defaults(func=trace)

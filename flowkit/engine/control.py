@@ -207,6 +207,16 @@ def check_run_id(run_id: Any) -> str:
     raise TypeError(f"A run id is a string like '01J...'{hint}, not {type(run_id).__name__}.")
 
 
+def canonical_run_id(text: str) -> str:
+    """A run id as it is stored, upper-case. Run ids are ULIDs, whose letters are
+    case-insensitive: one pasted in lower case (from a log, a URL a tool lower-cased) was
+    "no run" on every path, though ``?before=`` took it. Anything else is left as given,
+    to be refused or not found as it is."""
+    if len(text) == 26 and text.isascii() and text.isalnum():
+        return text.upper()
+    return text
+
+
 def not_found(run_id: str) -> RunNotFound:
     # a run id has 26 characters: a longer one is said by its length, not echoed whole
     named = repr(run_id) if len(run_id) <= 60 else f"with a {len(run_id)}-character id"

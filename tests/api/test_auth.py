@@ -61,7 +61,12 @@ def test_run_token_reads_its_run_and_nothing_else(api, store):
     assert api.client(key=None).get(f"/runs/{a['id']}", params={"token": a["token"]}).status_code == 200
     assert ws_read(ws_connect(f"{api.ws_url}/runs/{a['id']}/stream", token=a["token"]))
 
-    for path in (f"/runs/{b['id']}", f"/runs/{b['id']}/events", f"/runs/{b['id']}/output"):
+    # its id in lower case (ULIDs are case-insensitive) is the same run, to its token too
+    lower = a["id"].lower()
+    assert as_a.get(f"/runs/{lower}").json()["id"] == a["id"]
+    assert ws_read(ws_connect(f"{api.ws_url}/runs/{lower}/stream", token=a["token"]))
+    for path in (f"/runs/{b['id']}", f"/runs/{b['id']}/events", f"/runs/{b['id']}/output",
+                 f"/runs/{b['id'].lower()}"):
         response = as_a.get(path)
         assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
