@@ -241,6 +241,11 @@ def test_a_worker_port_counts_its_steps_retries_and_llm_calls(metrics_worker, st
     assert m.delta("flowkit_llm_call_duration_seconds_count", after, **llm) == 1
     # the deployment's numbers are the web endpoint's: summing every target counts them once
     assert "flowkit_runs_started_total" not in names(after)
+    # an Accept version prometheus_client cannot compare: the text format, not a 500
+    odd = httpx.get(metrics_worker.metrics_url, headers={"Accept": "text/plain; version=abc"},
+                    timeout=10)
+    assert odd.status_code == 200 and odd.headers["Content-Type"].startswith(
+        "text/plain; version=0.0.4") and "flowkit_step_duration_seconds" in odd.text
 
 
 def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(

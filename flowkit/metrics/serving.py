@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server, values
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app, multiprocess, values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -103,14 +106,46 @@ def serve_worker() -> None:
             return
         deployment = DeploymentCollector() if settings.metrics_deployment else None
         try:
-            _server, _ = start_http_server(settings.metrics_port, settings.metrics_addr,
-                                           registry=registry(deployment))
+            _server = _start_server(settings.metrics_addr, settings.metrics_port,
+                                    _plain_accept(make_wsgi_app(registry(deployment))))
         except OSError as exc:  # the port is taken: the worker still works, unobserved
             log.error("flowkit: no metrics server on %s:%s: %s", settings.metrics_addr,
                       settings.metrics_port, exc)
             return
     log.info("flowkit: metrics at http://%s:%s/metrics", settings.metrics_addr,
              settings.metrics_port)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the worker's exit
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # a line per scrape: no
+        pass
+
+
+def _plain_accept(app: Callable) -> Callable:
+    """``app`` with an Accept header prometheus_client cannot compare (``...; version=abc``)
+    dropped: it answered 500 (prometheus_client's own server, which this replaces, has no
+    hook for it); without one it answers the text format, as ``GET /metrics`` does."""
+    def checked(environ: dict, start_response: Callable) -> Any:
+        try:
+            choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        except (TypeError, ValueError):
+            environ.pop("HTTP_ACCEPT", None)
+        return app(environ, start_response)
+    return checked
+
+
+def _start_server(addr: str, port: int, app: Callable) -> WSGIServer:
+    """Serve ``app`` from a daemon thread (as prometheus_client's start_http_server)."""
+    server_class = _Server
+    if ":" in addr:  # an IPv6 address
+        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+    server = make_server(addr, port, app, server_class, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="flowkit-metrics", daemon=True).start()
+    return server
 
 
 def child_exited(pid: int) -> None:
