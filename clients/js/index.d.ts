@@ -125,6 +125,7 @@ export declare class RunWatch {
 }
 
 export declare class FlowkitError extends Error {
+  /** The HTTP status; 0 when the server did not answer (`code` "unreachable"). */
   status: number;
   code: string;
   fields: Record<string, string[]>;

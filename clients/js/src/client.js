@@ -89,12 +89,21 @@ export class FlowkitClient {
     const sent = { Accept: "application/json", ...headers };
     if (token) sent.Authorization = `Bearer ${token}`;
     if (body !== undefined) sent["Content-Type"] = "application/json";
-    const response = await this.fetch(absoluteUrl(this.baseUrl, path), {
-      method,
-      headers: sent,
-      credentials: this.credentials,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    const url = absoluteUrl(this.baseUrl, path);
+    let response;
+    try {
+      response = await this.fetch(url, {
+        method,
+        headers: sent,
+        credentials: this.credentials,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      // fetch rejects with a bare TypeError ("fetch failed") when nothing answers
+      const error = new FlowkitError(0, "unreachable", `${method} ${url}: no answer from the server (${err?.message ?? err}): is it running, and is baseUrl right?`);
+      error.cause = err;
+      throw error;
+    }
     const text = await response.text();
     let data = null;
     try {

@@ -83,3 +83,16 @@ test("events() pages the history after a cursor", { skip: SKIP }, async () => {
   const rest = await api.events(run.id, { after: all.events[0].id });
   assert.deepEqual(rest.events.map((e) => e.id), all.events.slice(1).map((e) => e.id));
 });
+
+test("a server that does not answer is a FlowkitError that says so, not a bare TypeError", async () => {
+  const { FlowkitClient } = await import("../src/index.js");
+  const api = new FlowkitClient({ baseUrl: "http://127.0.0.1:1/flowkit" }); // nothing listens there
+  await assert.rejects(api.start("simple", { n: 1 }), (error) => {
+    assert.ok(error instanceof FlowkitError, String(error));
+    assert.equal(error.status, 0);
+    assert.equal(error.code, "unreachable");
+    assert.match(error.message, /^POST http:\/\/127\.0\.0\.1:1\/flowkit\/workflows\/simple\/runs: no answer from the server \(.+\): is it running, and is baseUrl right\?$/);
+    assert.ok(error.cause instanceof TypeError);
+    return true;
+  });
+});
