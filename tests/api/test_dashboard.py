@@ -145,6 +145,41 @@ def test_a_page_opened_while_the_api_answers_503_shows_its_view_once_it_answers(
     assert len(refused) == 2
 
 
+def test_the_list_greys_its_rows_and_says_so_while_the_api_does_not_answer(api, client, page):
+    """During an outage the list kept its last rows with no notice beyond a muted line."""
+    run = start(client, "simple", {"n": 1})
+    finished(client, run["id"])
+    page.goto(f"{api.url}/ui")
+    row(page, run["id"]).wait_for()
+    expect(page.locator("table.runs")).not_to_have_class(re.compile("stale"))
+    page.route("**/runs?limit=50*", lambda route: route.fulfill(
+        status=503, content_type="application/json", body=json.dumps({"error": {
+            "code": "store_unavailable", "fields": {},
+            "message": "flowkit's Redis is unavailable; retry shortly."}})))
+    expect(page.locator("table.runs")).to_have_class(re.compile("stale"))
+    expect(page.locator("#runs-status")).to_have_text(re.compile(
+        r"^Could not load runs: flowkit's Redis is unavailable; retry shortly\. \(showing those "
+        r"of .+; trying again\)$"))
+    assert row(page, run["id"]).count() == 1  # kept, greyed
+    page.unroute("**/runs?limit=50*")
+    expect(page.locator("table.runs")).not_to_have_class(re.compile("stale"))
+    expect(page.locator("#runs-status")).to_have_text(re.compile(r"runs? · updated"))
+
+
+def test_on_a_phone_the_runs_table_scrolls_in_its_box_not_the_page(api, client, browser):
+    start(client, "simple", {"n": 1})
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    context.add_init_script(f"sessionStorage.setItem('flowkit.ui.key', {json.dumps(API_KEY)})")
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(f"{api.url}/ui")
+    page.wait_for_selector("#runs tr[data-run]")
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth, "
+                           "document.querySelector('.scroll').scrollWidth]")
+    assert widths[0] <= widths[1] < widths[2], widths  # the table is wider, the page is not
+    context.close()
+
+
 def test_the_pages_declare_their_icon(api, client):
     """A browser asks for /favicon.ico when a page names no icon: a 404 logged on every
     page (headless Chromium asks for none, so the pages' own declaration is checked)."""
@@ -216,8 +251,11 @@ def test_a_failed_run_shows_its_error_and_retry_runs_it_again(api, client, page)
     # the timeline draws from the trace, fetched after the run's state shows: waited for
     expect(page.locator("#timeline svg rect.bar.retried")).to_have_count(1)  # attempt 1
     expect(page.locator("#timeline svg rect.bar.failed")).to_have_count(1)  # attempt 2
-    page.click("#retry")
+    retries = []
+    page.on("request", lambda r: retries.append(r.url) if r.url.endswith("/retry") else None)
+    page.dblclick("#retry")  # a double click retries once (the second was a 409 in red)
     page.wait_for_selector('#state[data-state="succeeded"]')
+    assert len(retries) == 1, retries
     assert json.loads(page.text_content("#run-output")) == {"n": 2, "calls": 3}
     assert page.locator("#run-error").count() == 0
     assert client.get(f"/runs/{run['id']}").json()["state"] == "succeeded"

@@ -118,8 +118,12 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     render();
   });
 
-  async function act(label, call) {
+  // the button stays disabled while its call is out: a double click acted twice, and the
+  // second call's 409 showed as an error although the first had worked
+  async function act(label, call, button) {
+    if (button) button.disabled = true;
     try { await call(); } catch (error) { ui.actions.append(h("p", { role: "alert", class: "error" }, `${label}: ${error.message}`)); }
+    if (button) button.disabled = false;
     refreshRecord();
   }
 
@@ -175,13 +179,13 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     actionsShown = sign;
     fill(ui.actions);
     if (dashboard && ACTIVE.includes(state)) {
-      ui.actions.append(h("button", { type: "button", id: "cancel", onclick: () => act("Cancel", () => client.cancel(runId)) }, "Cancel run"));
+      ui.actions.append(h("button", { type: "button", id: "cancel", onclick: (e) => act("Cancel", () => client.cancel(runId), e.currentTarget) }, "Cancel run"));
     }
     if (dashboard && state === "failed") {  // the API retries failed runs only (409 else)
-      ui.actions.append(h("button", { type: "button", id: "retry", onclick: () => act("Retry", async () => {
+      ui.actions.append(h("button", { type: "button", id: "retry", onclick: (e) => act("Retry", async () => {
         await client.retry(runId);
         follow();
-      }) }, "Retry run"));
+      }, e.currentTarget) }, "Retry run"));
     }
     fill(ui.answer, waiting ? answerForm(waiting, (value) => client.answer(runId, waiting.name, value)) : null);
   }

@@ -31,10 +31,10 @@ export function runsView(main, client) {
   const body = h("tbody", { id: "runs" });
   const status = h("p", { class: "muted", id: "runs-status", "aria-live": "polite" });
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
-  fill(main, h("h1", {}, "Runs"), form,
-    h("table", { class: "runs" }, h("thead", {}, h("tr", {},
-      ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Steps", "Tokens", "Cost", "Restarts"].map((c) => h("th", { scope: "col" }, c)))), body),
-    status, pager);
+  const table = h("table", { class: "runs" }, h("thead", {}, h("tr", {},
+    ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Steps", "Tokens", "Cost", "Restarts"].map((c) => h("th", { scope: "col" }, c)))), body);
+  // the table scrolls in its own box: on a phone (360 px) it pushed the whole page sideways
+  fill(main, h("h1", {}, "Runs"), form, h("div", { class: "scroll" }, table), status, pager);
 
   client.request("GET", "/workflows").then(({ workflows }) => {
     for (const wf of workflows) workflowSelect.append(h("option", { value: wf.name }, wf.name));
@@ -51,6 +51,7 @@ export function runsView(main, client) {
 
   let timer = null;
   let generation = 0;
+  let updated = null;  // when the rows shown were read
   async function poll() {
     clearTimeout(timer);
     const mine = ++generation;
@@ -73,11 +74,20 @@ export function runsView(main, client) {
       await summarise(runs);
       if (mine !== generation) return;
       render(runs, next);
-      status.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"} · updated ${new Date().toLocaleTimeString()}`;
+      updated = new Date().toLocaleTimeString();
+      table.classList.remove("stale");
+      status.className = "muted";
+      status.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"} · updated ${updated}`;
     } catch (error) {
       if (mine !== generation) return;
-      if (error.status === 404 && filters.q) render([], null);
-      status.textContent = error.status === 404 ? `No run ${filters.q}.` : `Could not load runs: ${error.message}`;
+      if (error.status === 404 && filters.q) {
+        render([], null);
+        status.textContent = `No run ${filters.q}.`;
+      } else {  // the rows shown are as of the last answer: greyed, and said so
+        table.classList.add("stale");
+        status.className = "error";
+        status.textContent = `Could not load runs: ${error.message}${updated ? ` (showing those of ${updated}; trying again)` : ""}`;
+      }
     }
     if (mine === generation) timer = setTimeout(poll, POLL_MS);
   }
