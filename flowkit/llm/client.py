@@ -47,7 +47,7 @@ from ..store import get_store
 from . import pricing
 from .providers import Provider, RateLimit, check_timeout, host_of
 from .ratelimit import RateLimiter
-from .retries import RetryPolicy, is_retryable
+from .retries import RetryPolicy, explain_unwaited, is_retryable
 from .streaming import AsyncTracedStream, TracedStream
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,16 @@ class _Client:
         call.failures.append({"provider": provider.name, "error": describe_error(exc)})
         return True
 
+    def _give_up(self, call: _Call, exc: BaseException) -> None:
+        """Every provider failed: the last one's error is the call's, recorded on its span
+        under that provider (it read ``provider: None``, and a single provider's own
+        failure was listed as a failover to nowhere)."""
+        provider = self.providers[-1]
+        if call.failures and call.failures[-1]["provider"] == provider.name:
+            call.failures.pop()
+        explain_unwaited(exc, self.retry)
+        call.fail(provider, exc)
+
     def _request(self, provider: Provider, call: _Call, sdk: Any) -> tuple[Any, RateLimit | None, dict]:
         """The SDK method to call on ``sdk``, the budget it draws on, and its parameters."""
         model = provider.model_for(call.requested)
@@ -278,7 +288,7 @@ class OpenAI(_Client):
                 continue
             return self._end(provider, call, response, cache_key, TracedStream)
         assert last is not None
-        call.fail(None, last)
+        self._give_up(call, last)
         raise last
 
     def _on_provider(self, provider: Provider, call: _Call) -> Any:
@@ -337,7 +347,7 @@ class AsyncOpenAI(_Client):
                 continue
             return self._end(provider, call, response, cache_key, AsyncTracedStream)
         assert last is not None
-        call.fail(None, last)
+        self._give_up(call, last)
         raise last
 
     async def _on_provider(self, provider: Provider, call: _Call) -> Any:

@@ -95,3 +95,21 @@ def _build(
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+def explain_unwaited(exc: BaseException, policy: RetryPolicy) -> None:
+    """Say in ``exc``'s message why it was not retried when its ``Retry-After`` was over
+    the longest honoured: on the last provider it failed at once with the provider's bare
+    "rate limit reached", as if flowkit had not tried. The SDK's type is kept (callers
+    catch ``openai.RateLimitError``); only its message grows."""
+    hint = retry_after_of(exc)
+    cap = policy.resolved().max_retry_after
+    if (not isinstance(exc, openai.APIError) or not is_retryable(exc) or hint is None
+            or cap is None or hint <= cap or getattr(exc, "_flowkit_explained", False)):
+        return
+    why = (f" (flowkit: not retried, as its Retry-After, {hint:g}s, is over the longest "
+           f"waited out, {cap:g}s: RetryPolicy(max_retry_after=...) or "
+           "FLOWKIT_LLM_MAX_RETRY_AFTER; or give the client another provider to fail over to)")
+    exc.message = f"{exc.message}{why}"
+    exc.args = (f"{exc.args[0]}{why}" if exc.args else exc.message, *exc.args[1:])
+    exc._flowkit_explained = True  # type: ignore[attr-defined]

@@ -99,6 +99,30 @@ def test_a_retry_after_beyond_patience_fails_over_at_once(servers):
     assert statuses(backup) == [200]
 
 
+def test_a_retry_after_beyond_patience_on_the_only_provider_says_why_it_was_not_retried(servers):
+    """It failed at once with the provider's bare message, and its span read a failover
+    to nowhere under ``provider: None``."""
+    primary, _ = servers
+    primary.configure(rate_429=1.0, retry_after=120)
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-primary-key")],
+                    retry=RetryPolicy(attempts=5, max_retry_after=30))
+    seen: list[dict] = []
+    flowkit.hooks.llm_call.append(seen.append)
+    try:
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        flowkit.hooks.llm_call.remove(seen.append)
+    assert statuses(primary) == [429]
+    assert str(refused.value).endswith(
+        " (flowkit: not retried, as its Retry-After, 120s, is over the longest waited out, 30s: "
+        "RetryPolicy(max_retry_after=...) or FLOWKIT_LLM_MAX_RETRY_AFTER; or give the client "
+        "another provider to fail over to)")
+    [span] = seen
+    assert (span["provider"], span["status"], span["failovers"]) == ("primary", "error", None)
+    assert span["error"] == f"RateLimitError: {refused.value}"
+
+
 def test_every_provider_failing_raises_the_last_error(servers):
     primary, backup = servers
     primary.set_down(True)
@@ -107,9 +131,18 @@ def test_every_provider_failing_raises_the_last_error(servers):
                                Provider("backup", base_url=backup.base_url, api_key="sk-b-test-key")],
                     retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.01))
 
-    with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    seen: list[dict] = []
+    flowkit.hooks.llm_call.append(seen.append)
+    try:
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        flowkit.hooks.llm_call.remove(seen.append)
     assert statuses(backup) == [500, 500]
+    # the span is the last provider's failure; the first one's is the one failover
+    [span] = seen
+    assert span["provider"] == "backup" and span["error"].startswith("InternalServerError")
+    assert [f["provider"] for f in span["failovers"]] == ["primary"]
 
 
 def test_streaming_tools_response_format_and_embeddings_keep_the_sdk_types(servers):
