@@ -144,6 +144,36 @@ class RateLimitWait(FlowkitError):
     """The shared budget did not free up in time; the caller fails over to the next provider."""
 
 
+#: The most of an error's message a run, an event or a trace keeps: its start and its end
+#: (a message embedding a provider's response body ran to megabytes, written twice per
+#: failure, past FLOWKIT_MAX_PAYLOAD_BYTES).
+MAX_ERROR_CHARS = 4000
+_KEPT_END = 500
+
+
+def error_message(exc: BaseException) -> str:
+    """``str(exc)`` as a run may keep it: UTF-8 text (a lone surrogate, ``\\ud800``,
+    written out), at most :data:`MAX_ERROR_CHARS`, and never raising (an ``__str__`` that
+    raised, or text Redis could not encode, failed the failure's own record: the run
+    stayed running until the reaper ran the step again)."""
+    try:
+        text = str(exc)
+    except Exception as inner:
+        text = f"<its message could not be read: {type(inner).__name__} in __str__>"
+    return bounded_text(text)
+
+
+def bounded_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` encodable as UTF-8 and cut to ``limit`` characters (its start and end)."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        cut = len(text) - limit
+        text = (f"{text[:limit - _KEPT_END]} [... {cut} characters cut ...] "
+                f"{text[-_KEPT_END:]}")
+    return text
+
+
 def describe_error(exc: BaseException) -> str:
     """``"TypeError: message"``: how events and traces name an error."""
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {error_message(exc)}"

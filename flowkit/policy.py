@@ -18,7 +18,7 @@ from typing import Any
 import tenacity
 
 from .config import get_settings
-from .errors import ConfigError, RunCancelled, StepTimeout, StoreUnavailable
+from .errors import ConfigError, RunCancelled, StepSuspended, StepTimeout, StoreUnavailable
 from .numbers import is_number, is_whole
 
 
@@ -189,6 +189,10 @@ class Policy:
                                                  and math.isfinite(jitter) and jitter >= 0):
             raise ConfigError(f"retry(jitter=...) is True (full jitter), False (none) or a "
                               f"number of seconds >= 0, not {jitter!r}.")
+        if isinstance(retry_on, str):  # iterated, it was refused a letter at a time
+            raise ConfigError(f"retry(retry_on=...) takes exception classes, not the string "
+                              f"{retry_on!r}: pass the class itself (retry_on="
+                              f"{retry_on.rpartition('.')[2]}).")
         if isinstance(retry_on, type):  # one class, as ``except`` takes it
             retry_on = (retry_on,)
         if not retry_on and attempts > 1:
@@ -251,7 +255,10 @@ class Policy:
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self.wait(),
             retry=tenacity.retry_if_exception_type(self.exception_types())
-            & tenacity.retry_if_not_exception_type((RunCancelled, StoreUnavailable)),
+            # never the engine's signals, whatever retry_on names (BaseException: a wait
+            # was retried as a failure, its attempts spent before it paused)
+            & tenacity.retry_if_not_exception_type((RunCancelled, StoreUnavailable,
+                                                    StepSuspended)),
             reraise=True,
             **hooks,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -38,6 +39,18 @@ def comparable(value: Any) -> str:
                       allow_nan=True)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_json(text: str) -> str:
+    """JSON text Redis can store: a lone surrogate (UTF-8 has none) written out as the
+    six characters ``\\ud800`` inside its string. For what must be stored whatever it
+    holds (a trace, whose attempt failed because its output held one)."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text)
+
+
 def loads(text: str | bytes) -> Any:
     return json.loads(text)
 
@@ -60,12 +73,18 @@ def dumps_bounded(value: Any, what: str) -> str:
     """Serialise ``value``; refuse it when over FLOWKIT_MAX_PAYLOAD_BYTES or not JSON."""
     try:
         text = dumps(value)
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:  # a lone surrogate: Redis's UTF-8 cannot carry it
+        bad = exc.object[exc.start:exc.end].encode("utf-8", "backslashreplace").decode()
+        raise TypeError(f"{what} must be UTF-8 text: it holds a lone surrogate ({bad}), as "
+                        "text decoded with errors='surrogateescape' does; decode it with "
+                        "errors='replace'") from None
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
     limit = get_settings().max_payload_bytes
-    if len(text.encode()) > limit:
+    if size > limit:
         raise PayloadTooLarge(
-            f"{what} is {len(text.encode())} bytes, over the {limit}-byte limit "
+            f"{what} is {size} bytes, over the {limit}-byte limit "
             "(FLOWKIT_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference."
         )
     return text

@@ -210,6 +210,14 @@ def test_bad_configuration_says_what_to_do():
             return x
 
 
+def test_retry_on_given_a_class_name_as_a_string_says_to_pass_the_class():
+    """The string was read a letter at a time: "retry_on takes exception classes, got 'V'"."""
+    with pytest.raises(ConfigError) as refused:
+        add.retry(retry_on="ValueError")
+    assert str(refused.value) == ("retry(retry_on=...) takes exception classes, not the string "
+                                  "'ValueError': pass the class itself (retry_on=ValueError).")
+
+
 def test_two_lambdas_may_not_share_a_default_name():
     # both are "tests.test_components.<lambda>": the later replaced the earlier, whose steps
     # then ran the later's body

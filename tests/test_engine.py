@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import pytest
@@ -416,3 +417,90 @@ def test_a_second_in_thread_worker_in_the_process_is_refused_and_the_first_goes_
     with pytest.raises(RuntimeError, match="already runs in this process"):
         InThreadWorker(app, name="third").start()
     assert wf.simple.start({"n": 1}).result(WAIT) == {"n": 4}
+
+
+# -- steps that end badly in ways that escaped the engine ----------------------------------
+
+
+@pytest.mark.parametrize("how, says", [
+    ("exit", "ComponentExit: the step's code raised SystemExit(2): it would end the worker's "
+             "thread or process, not the step; raise an exception instead"),
+    ("interrupt", "the step's code raised KeyboardInterrupt: it would end"),
+    ("own", "the step's code raised OwnSignal(stop): it would end"),
+])
+def test_a_step_raising_system_exit_or_another_base_exception_fails_like_any_error(how, says):
+    """It escaped into Celery's pool: a threads pool kept the task active for good (the
+    slot was lost, the run stayed running), a prefork child died and the step ran again at
+    each restart until the run failed as "worker lost"."""
+    run = wf.misbehaving.start({"how": how})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert says in str(err.value) or says in run.refresh().error["attempts"][-1]["error"]
+    assert counts(run) == {"misbehaves": 1}
+    assert wf.simple.start({"n": 1}).result(WAIT) == {"n": 4}  # the worker's slots are free
+
+
+@pytest.mark.parametrize("how, says", [
+    ("surrogate-output", "the output of step 0:t.misbehaves must be UTF-8 text: it holds a "
+                         "lone surrogate (\\ud800)"),
+    ("surrogate-error", "bad \\ud800 text"),
+    ("unreadable-error", "<its message could not be read: RuntimeError in __str__>"),
+])
+def test_text_redis_cannot_store_fails_the_run_at_once_and_says_so(how, says):
+    """The failure's own record failed to encode: the run stayed running, and the reaper
+    ran the finished step again until it failed the run as "worker lost"."""
+    run = wf.misbehaving.start({"how": how})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert says in str(err.value)
+    assert run.refresh().restarts == 0 and counts(run) == {"misbehaves": 1}
+    assert types(run)[-2:] == ["step.failed", "run.failed"]
+
+
+def test_a_start_whose_input_holds_a_lone_surrogate_is_a_type_error_saying_so():
+    with pytest.raises(TypeError, match=r"must be UTF-8 text: it holds a lone surrogate "
+                                        r"\(\\ud800\)"):
+        wf.misbehaving.start({"how": "x\ud800"})
+
+
+def test_a_huge_error_message_is_kept_cut_to_its_start_and_end():
+    """A 3 MB message (a provider's HTML page) was written whole, twice per failure."""
+    run = wf.misbehaving.start({"how": "huge-error"})
+    with pytest.raises(flowkit.StepError):
+        run.result(WAIT)
+    message = run.refresh().error["message"]
+    assert len(message) < 4100 and message.startswith("<html>xxx")
+    assert message.endswith("xxx</html>") and "[... 2996013 characters cut ...]" in message
+    assert all(len(json.dumps(e.data)) < 10_000 for e in run.events())
+
+
+def test_an_abandoned_attempt_s_late_sub_step_is_not_kept_for_the_next_attempt():
+    """Attempt 1 timed out while its sub-step ran on; the sub-step's output, made from
+    attempt 1's input, was checkpointed and attempt 2 replayed it as its own."""
+    run = wf.abandoning.start({})
+    ended = run.wait(WAIT)
+    assert ended.output == {"made_by_attempt": 2}, [(e.type, e.data) for e in run.events()]
+
+
+def test_a_run_cancelled_while_its_step_waits_to_retry_gets_no_next_attempt(caplog):
+    """The cancel was checked before the backoff only: the next attempt (a side effect)
+    ran up to a backoff's length (30 s at most) after the user cancelled."""
+    caplog.set_level(logging.INFO, logger="flowkit.engine.executor")
+    run = wf.backing_off.start({})
+    wait_until(lambda: "step.retrying" in types(run), WAIT, "the first attempt to fail")
+    flowkit.cancel(run.id)
+    # the backoff (1.5 s) ends, then the step stops (the session's worker is in this process)
+    wait_until(lambda: any(run.id in r.getMessage() and "stopped" in r.getMessage()
+                           for r in caplog.records), WAIT, "the step to stop")
+    assert counts(run) == {"always_fails": 1}
+
+
+def test_a_wait_is_never_retried_even_when_retry_on_names_base_exception():
+    """The engine's pause signal was retried: the wait's step ran three times, spending
+    its attempts, and the stream said step.retrying after run.waiting."""
+    run = wf.patient_retries.start({})
+    wait_until(lambda: run.refresh().state == "waiting", WAIT, "the run to wait")
+    flowkit.send_input(run.id, "approval", "yes")
+    assert run.result(WAIT) == {"answer": "yes"}
+    assert "step.retrying" not in types(run)
+    assert counts(run) == {"patient": 2}  # once to pause, once with the answer

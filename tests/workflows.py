@@ -100,6 +100,63 @@ def nested(data: dict) -> list:
     return out
 
 
+class OwnSignal(BaseException):
+    """A BaseException of the component's own, as some libraries define."""
+
+
+class UnreadableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+@component(name="t.misbehaves")
+def misbehaves(data: dict) -> object:
+    """Ends its step in the way ``data["how"]`` names, each one that escaped the engine."""
+    count("misbehaves")
+    how = data["how"]
+    if how == "exit":
+        raise SystemExit(2)  # as sys.exit(2) in a library
+    if how == "interrupt":
+        raise KeyboardInterrupt()
+    if how == "own":
+        raise OwnSignal("stop")
+    if how == "surrogate-output":
+        return "bad \ud800 text"
+    if how == "surrogate-error":
+        raise ValueError("bad \ud800 text")
+    if how == "unreadable-error":
+        raise UnreadableError()
+    if how == "huge-error":
+        raise ValueError("<html>" + "x" * 3_000_000 + "</html>")
+    return data
+
+
+@component(name="t.slow_sub")
+def slow_sub(data: dict) -> dict:
+    """A sub-step: slow in the first attempt of its step (which times out meanwhile)."""
+    if data["attempt"] == 1:
+        time.sleep(0.45)
+    return {"made_by_attempt": data["attempt"]}
+
+
+@component(name="t.times_out_once")
+def times_out_once(data: dict) -> dict:
+    """Attempt 1 times out inside its sub-step, which returns after the timeout."""
+    return slow_sub({"attempt": flowkit.context().attempt})
+
+
+@component(name="t.always_fails")
+def always_fails(data: dict) -> dict:
+    count("always_fails")
+    raise Flaky("always")
+
+
+@component(name="t.patient")
+def patient(data: dict) -> dict:
+    count("patient")
+    return {"answer": flowkit.wait_for_input("approval")}
+
+
 @component(name="t.flaky")
 def flaky(data: dict) -> dict:
     """Fails its first ``fail_times`` calls in this run (the run's input; 2 when absent:
@@ -285,6 +342,15 @@ chatty = flowkit.Workflow("chatty", [talker], input_schema=number_schema)
 pacing = flowkit.Workflow("pacing", [paced])
 nesting = flowkit.Workflow("nesting", [nested])
 not_numbers = flowkit.Workflow("not-numbers", [not_a_number])
+misbehaving = flowkit.Workflow("misbehaving", [misbehaves])
+# attempt 1 times out at 0.3 s, its sub-step returns at 0.45 s, attempt 2 begins at 0.6 s
+# (its worst case, 0.9 s, stays under the 1.05 s test_engine's visibility check expects)
+abandoning = flowkit.Workflow("abandoning", [times_out_once.timeout(0.3).retry(
+    attempts=2, backoff=flowkit.exponential(0.3, 0.3), jitter=False)])
+backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
+    attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
+patient_retries = flowkit.Workflow("patient-retries", [patient.retry(
+    attempts=3, retry_on=BaseException, backoff=flowkit.exponential(0.05, 0.05))])
 retrying = flowkit.Workflow(
     "retrying",
     [add_one, flaky.retry(attempts=3, backoff=flowkit.exponential(0.1, 0.2), jitter=False), double],

@@ -8,7 +8,9 @@ policy; the first checkpoint written wins and is what the chain carries on with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -20,7 +22,13 @@ from ..component import Component, Continue, lookup
 from ..config import get_settings
 from ..context import activate, deactivate
 from ..coroutines import run_coroutine
-from ..errors import RunCancelled, StepSuspended, StoreUnavailable, describe_error
+from ..errors import (
+    RunCancelled,
+    StepSuspended,
+    StoreUnavailable,
+    describe_error,
+    error_message,
+)
 from ..policy import Policy, call_with_timeout
 from ..serialization import MAX_DEPTH, dumps_bounded, loads
 from ..states import StepStart
@@ -182,9 +190,16 @@ def _run_attempts(
                    retry_state.upcoming_sleep)
         state["attempt"] = nxt
 
+    def before(retry_state) -> None:
+        # after a retry's backoff: a run cancelled meanwhile gets no next attempt (the
+        # check before the backoff let one run up to its length, 30 s, after the cancel)
+        if retry_state.attempt_number > 1 and new_context().is_cancelled():
+            raise RunCancelled(f"run {run_id} stopped while step {key} waited to retry")
+
     heartbeat.track(run_id, key, token)
     try:
-        output_json, cached = _produce(store, comp, pol, value, new_context, before_sleep, key)
+        output_json, cached = _produce(store, comp, pol, value, new_context,
+                                       {"before_sleep": before_sleep, "before": before}, key)
     except StepSuspended as paused:
         # the step waits (its lease let go in begin_wait): the worker slot is free now
         log.info("flowkit: %s", paused)
@@ -278,7 +293,8 @@ def _shown(output: Any, value: Any, pol: Policy) -> Any:
 
 
 def _produce(
-    store: Store, comp: Component, pol: Policy, value: Any, new_context, before_sleep, key: str
+    store: Store, comp: Component, pol: Policy, value: Any, new_context,
+    retry_hooks: dict[str, Any], key: str,
 ) -> tuple[str, bool]:
     """The step's output as JSON, and whether it came from the cache."""
     cache_key = cache.key(comp.name, pol.cache_version, value) if pol.cache_ttl else None
@@ -290,8 +306,7 @@ def _produce(
     try:
         if held:
             heartbeat.hold(held.group, held.member)
-        result = pol.call(lambda: _attempt(comp, pol, value, new_context()),
-                          before_sleep=before_sleep)
+        result = pol.call(lambda: _attempt(comp, pol, value, new_context()), **retry_hooks)
     finally:
         if held:
             heartbeat.let_go(held.group, held.member)
@@ -317,6 +332,12 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
     except BaseException as exc:
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
                  time.monotonic() - began)
+        if _exits(exc):
+            said = error_message(exc)
+            raise ComponentExit(f"the step's code raised {type(exc).__name__}"
+                                f"{f'({said})' if said else ''}: it would end the worker's "
+                                "thread or process, not the step; raise an exception "
+                                "instead") from exc
         raise
     else:
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
@@ -325,6 +346,29 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
     finally:
         ctx.finish()  # a stream it stopped reading unclosed: its span and text, now
         deactivate(reset)
+
+
+class ComponentExit(RuntimeError):
+    """A component's code raised SystemExit (``sys.exit()`` in a library), a
+    KeyboardInterrupt off the main thread, or a BaseException of its own: its step fails
+    with this, as with any error. Let through, it escaped into Celery's pool: a threads
+    pool lost the slot for good (the task never ended), a prefork child died and the step
+    ran again at each restart until the run failed as "worker lost"."""
+
+
+#: BaseExceptions that are signals, not a component's error: the engine's own pause, a
+#: generator or coroutine being closed, a greenlet killed by its pool.
+_SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
+
+
+def _exits(exc: BaseException) -> bool:
+    if isinstance(exc, (Exception, *_SIGNALS)):
+        return False
+    if type(exc).__name__ == "GreenletExit":  # gevent's pool kills a greenlet with it
+        return False
+    # Ctrl-C reaches the main thread only: there it stops the worker (a solo pool)
+    return not (isinstance(exc, KeyboardInterrupt)
+                and threading.current_thread() is threading.main_thread())
 
 
 def _observe(traced, user_hooks: list, *args: Any) -> None:
@@ -336,7 +380,8 @@ def _fail(
     store: Store, run_id: str, gen: int, key: str, token: str, attempt: int,
     exc: BaseException, history: list[dict[str, Any]],
 ) -> None:
-    error = {"type": type(exc).__name__, "message": str(exc), "step": key, "attempts": history}
+    error = {"type": type(exc).__name__, "message": error_message(exc), "step": key,
+             "attempts": history}
     step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
     writer.flush()  # the failed attempt's span before the run's failure

@@ -134,6 +134,15 @@ class StepContext:
             return call_with_timeout(component.fn, args, kwargs, pol.timeout, self.abandon)
 
         value = pol.call(attempt)
+        return self._save_sub_step(key, value)
+
+    def _save_sub_step(self, key: str, value: Any) -> Any:
+        """Checkpoint a sub-step's output (the first one stored wins), unless this attempt
+        was abandoned (it timed out, and runs on): its late output, made from its own
+        input, was the checkpoint the next attempt then replayed."""
+        if self.abandoned:
+            raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned; "
+                               f"its sub-step {key} is not kept")
         output = dumps_bounded(value, f"output of {key}")
         return loads(self.store.save_checkpoint(self.run_id, key, output))
 
@@ -151,8 +160,7 @@ class StepContext:
             return loads(stored)
         value = await call_with_policy(component.fn, args, kwargs, component.policy,
                                        self.abandon)
-        output = dumps_bounded(value, f"output of {key}")
-        return loads(self.store.save_checkpoint(self.run_id, key, output))
+        return self._save_sub_step(key, value)
 
     # -- waits ------------------------------------------------------------------------
 

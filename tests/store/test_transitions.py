@@ -1010,10 +1010,14 @@ def test_restart_two_without_progress_with_max_two_give_up_on_the_next(store, ca
                              cause=cause, before=now - 50, max_restarts=2) == (gen, None)
         assert fields_of(store, "restarts", "stuck_restarts", "checkpoints_at_restart") == (
             str(gen), str(gen), "0")
+    gave_up = {"type": "WorkerLost", "message": "gave up", "attempts": []}
     assert store.restart(RUN, expected_state=RunState.QUEUED, reason="why", now=T + 300,
-                         cause=cause, before=T + 250,
-                         max_restarts=2) == (0, RestartRefusal.GAVE_UP)
+                         cause=cause, before=T + 250, max_restarts=2,
+                         give_up_error=gave_up) == (0, RestartRefusal.GAVE_UP)
     assert fields_of(store, "state", "restarts") == (RunState.FAILED, "2")
+    # its attempts a list, as every other failure's (cjson wrote the empty one as {})
+    assert json.loads(store.get_run(RUN)["error"])["attempts"] == []
+    assert of_type(store, events.RUN_FAILED)[0]["error"]["attempts"] == []
 
 
 def lapsed_restart(store, step: str, now: float, max_restarts: int):

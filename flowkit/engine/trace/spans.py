@@ -17,8 +17,8 @@ from typing import Any
 
 from ... import events
 from ...context import current
-from ...errors import RunCancelled, StepSuspended
-from ...serialization import dumps, loads
+from ...errors import RunCancelled, StepSuspended, describe_error
+from ...serialization import dumps, loads, utf8_json
 from ...states import RunState
 from ...store import Store
 from ..step import StepContext
@@ -41,7 +41,7 @@ def record(run_id: str, span: dict[str, Any], store: Store, wait: bool = True) -
 
     ``wait=False`` leaves it to the next batch (at most TRACE_FLUSH_SECONDS away).
     """
-    seq = writer.add(store, run_id, dumps(span))
+    seq = writer.add(store, run_id, utf8_json(dumps(span)))
     if wait:
         writer.flush(seq)
     if span.get("end") is not None and "start" in span:
@@ -182,7 +182,7 @@ def attempt_finished(
     else:
         span["status"] = ("paused" if isinstance(error, StepSuspended) else
                           "cancelled" if isinstance(error, RunCancelled) else "error")
-        span["error"] = redact(f"{type(error).__name__}: {error}", fields, values)
+        span["error"] = redact(describe_error(error), fields, values)
     record(ctx.run_id, span, ctx.store, wait=False)
 
 

@@ -82,10 +82,13 @@ if max_restarts ~= -1 and stuck >= max_restarts then
   local failed_step = superseded[1] and superseded[1].step or ''
   err.step = failed_step
   if failed_step ~= '' then err.message = err.message .. ' during step ' .. failed_step end
+  -- cjson writes an empty array as {} (Redis 7.0 has no array metatable): the error's
+  -- attempts read as an object, where every other failure gives a list
+  local function with_arrays(json) return (string.gsub(json, '"attempts":{}', '"attempts":[]')) end
   end_run(run_id, STATE_FAILED, ARGV[3], retention, call_id,
-          {'error', cjson.encode(err), 'failed_step', failed_step},
-          cjson.encode({type = 'run.failed', ts = now, run = run_id, step = failed_step,
-                        error = err}))
+          {'error', with_arrays(cjson.encode(err)), 'failed_step', failed_step},
+          with_arrays(cjson.encode({type = 'run.failed', ts = now, run = run_id,
+                                    step = failed_step, error = err})))
   return {0, REFUSED_GAVE_UP}
 end
 
