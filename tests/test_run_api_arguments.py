@@ -26,6 +26,8 @@ def test_a_wait_timeout_is_a_number_or_none(store, bad):
         run.result(bad)
     with pytest.raises(TimeoutError, match="is still scheduled after 0s"):
         run.result(0)
+    with pytest.raises(TimeoutError, match=r"is still scheduled after 0(\.0)?s"):
+        run.result(-1)  # no wait, as threading's; it said "after -1s"
 
 
 @pytest.mark.parametrize("options, says", [

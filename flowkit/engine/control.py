@@ -188,7 +188,8 @@ class Run:
             why = get_run(run.id).waiting_for
         except FlowkitError:  # the run expired meanwhile, Redis went away
             why = None
-        raise TimeoutError(f"Run {run.id} is still {run.state} after {timeout}s"
+        waited = max(timeout, 0) if timeout is not None else timeout  # a negative one: none
+        raise TimeoutError(f"Run {run.id} is still {run.state} after {waited}s"
                            + (f": {why}." if why else "."))
 
     def cancel(self) -> Run:
@@ -433,6 +434,8 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
                         f"run ends; not {timeout!r}.")
     if timeout is not None and math.isinf(timeout):
         timeout = None if timeout > 0 else 0.0
+    if timeout is not None and timeout < 0:  # as threading's waits: no wait ("after -1s")
+        timeout = 0.0
     deadline = None if timeout is None else time.monotonic() + timeout
     check_run_id(run_id)
     recheck = get_settings().wait_recheck_seconds
