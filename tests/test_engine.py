@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import pytest
 
@@ -504,3 +505,21 @@ def test_a_wait_is_never_retried_even_when_retry_on_names_base_exception():
     assert run.result(WAIT) == {"answer": "yes"}
     assert "step.retrying" not in types(run)
     assert counts(run) == {"patient": 2}  # once to pause, once with the answer
+
+
+def test_a_failed_run_is_not_retried_while_a_branch_of_it_still_runs():
+    """One branch failed the run while the other still ran; a retry then ran that branch
+    again beside itself, and the old attempt's output won."""
+    run = wf.half_failed.start({"n": 1})
+    reached_gate(run, "gated")
+    wait_until(lambda: run.refresh().state == "failed", WAIT, "the other branch to fail the run")
+    with pytest.raises(flowkit.InvalidState, match=r"failed, but its step 0\.0:t\.gated still "
+                                                   r"runs \(attempt 1 on .+\): retry once it "
+                                                   r"ends; its output is then kept"):
+        flowkit.retry(run.id)
+    open_gate(run, "gated")
+    wait_until(lambda: not get_store().live_leases(run.id, time.time()), WAIT,
+               "the branch to end")
+    flowkit.retry(run.id)
+    assert run.result(WAIT) == {"parts": [{"n": 101}, {"n": 1}]}
+    assert counts(run) == {"gated": 1, "breaks": 2, "join": 1}

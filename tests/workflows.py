@@ -151,6 +151,14 @@ def always_fails(data: dict) -> dict:
     raise Flaky("always")
 
 
+@component(name="t.breaks")
+def breaks(data: dict) -> dict:
+    """Fails the first time it runs in a run, succeeds after (a retried run goes on)."""
+    if count("breaks") == 1:
+        raise RuntimeError("broken once")
+    return {"n": data["n"]}
+
+
 @component(name="t.patient")
 def patient(data: dict) -> dict:
     count("patient")
@@ -343,6 +351,8 @@ pacing = flowkit.Workflow("pacing", [paced])
 nesting = flowkit.Workflow("nesting", [nested])
 not_numbers = flowkit.Workflow("not-numbers", [not_a_number])
 misbehaving = flowkit.Workflow("misbehaving", [misbehaves])
+half_failed = flowkit.Workflow("half-failed", [parallel(gated, breaks.retry(attempts=1)), join],
+                               input_schema=number_schema)
 # attempt 1 times out at 0.3 s, its sub-step returns at 0.45 s, attempt 2 begins at 0.6 s
 # (its worst case, 0.9 s, stays under the 1.05 s test_engine's visibility check expects)
 abandoning = flowkit.Workflow("abandoning", [times_out_once.timeout(0.3).retry(

@@ -549,6 +549,14 @@ def retry(run_id: str, store: Store | None = None) -> Run:
     run = Run.load(run_id, store)
     if run.state != RunState.FAILED:
         raise InvalidState(f"Run {run_id} is {run.state}; only failed runs can be retried.")
+    # a parallel branch may still run after another failed the run: retried now, it ran
+    # again beside itself (a failed run starts no step, so none can begin after this read)
+    running = store.live_leases(run_id, time.time())
+    if running:
+        step, lease = next(iter(sorted(running.items())))
+        raise InvalidState(f"Run {run_id} failed, but its step {step} still runs (attempt "
+                           f"{lease.get('attempt')} on {lease.get('worker')}): retry once it "
+                           "ends; its output is then kept, not made again.")
     gen, why = store.restart(
         run_id, expected_state=RunState.FAILED, reason="retry requested", now=time.time()
     )
