@@ -112,9 +112,13 @@ class BrokerUnavailable(StoreUnavailable):
     A run stored before its message could go is not lost: the reaper sends it once
     FLOWKIT_QUEUED_TIMEOUT passes."""
 
-    def __init__(self, message: str, setting: str = "FLOWKIT_BROKER_URL") -> None:
+    def __init__(self, message: str, setting: str = "FLOWKIT_BROKER_URL",
+                 refused: bool = False) -> None:
         super().__init__(message)
         self.setting = setting
+        #: The broker answered and refused (RabbitMQ: credentials, vhost, a queue's
+        #: arguments): a setting to fix, not an outage to wait out.
+        self.refused = refused
         #: The run stored before its message could go (a start), else None.
         self.run_id: str | None = None
 

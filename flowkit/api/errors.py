@@ -80,6 +80,10 @@ def to_response(exc: BaseException) -> Response:
         log.warning("flowkit API: broker unavailable: %s", exc)
         stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is "
                   "back; do not start it again." if exc.run_id else "")
+        if exc.refused:  # a setting to fix: retrying would not help (no Retry-After)
+            return error_response(503, "broker_refused", "flowkit's Celery broker refused "
+                                  "this server (its credentials, vhost or queue settings): "
+                                  f"the operator must fix FLOWKIT_BROKER_URL.{stored}")
         return error_response(503, "broker_unavailable",
                               f"flowkit's Celery broker is unavailable; retry shortly.{stored}",
                               None, {"Retry-After": "2"})

@@ -63,6 +63,8 @@ def _broker_down(where: str, exc: BrokerUnavailable) -> int:
         what, url, name = "the Celery broker", settings.broker, _broker_setting(settings)
     stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is back "
               "(after FLOWKIT_QUEUED_TIMEOUT); do not start it again." if exc.run_id else "")
+    if exc.refused:  # RabbitMQ answered and refused: its reason names what to fix
+        return _usage(where, f"{exc}.{stored}")
     if refused_credentials(exc):  # no outage: waiting would not help
         return _usage(where, f"{what} at {redacted(url)} refused its credentials; put the "
                              f"password in {name}, as redis://:PASSWORD@host:port/db "

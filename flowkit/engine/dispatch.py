@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import amqp.exceptions
 from kombu.exceptions import OperationalError
 
 from ..config import get_settings
@@ -27,6 +28,13 @@ def send(publish: Callable[[], Any]) -> Any:
         raise BrokerUnavailable(f"the Celery broker at {redacted(settings.broker)} is "
                                 f"unreachable ({exc}); start it, or point {name} at "
                                 "yours") from exc
+    except amqp.exceptions.AMQPError as exc:
+        # RabbitMQ answered and refused: a wrong password or vhost, a queue declared with
+        # other arguments (it was a traceback in the CLI and a 500 from the API)
+        raise BrokerUnavailable(f"the Celery broker at {redacted(get_settings().broker)} "
+                                f"refused flowkit: {exc}; fix the user, password or vhost in "
+                                "FLOWKIT_BROKER_URL (or the queue it names)",
+                                refused=True) from exc
     except RuntimeError as exc:
         # Celery's Redis result backend, which a canvas subscribes to while it is sent,
         # gives up reconnecting with a bare RuntimeError ("Retry limit exceeded")

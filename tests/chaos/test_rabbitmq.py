@@ -176,3 +176,39 @@ def test_the_doctor_speaks_of_rabbitmqs_consumer_timeout_not_of_redis():
     [found] = doctor.broker_timeout("redis://localhost/0", [{"name": "w@h", "longest_step": 60.0,
                                                              "visibility_timeout": 10}], 10)
     assert found.check == "visibility-timeout" and found.level == doctor.FAILURE
+
+
+def test_a_wrong_password_is_one_line_from_the_cli_and_a_503_saying_so_from_the_api(
+        rabbitmq, store, chaos_env, tmp_path):
+    """RabbitMQ answers a wrong password (or vhost) and refuses: it was AccessRefused's
+    traceback from ``flowkit run`` and a 500 from the API, where an unreachable broker
+    is one line and a 503."""
+    import httpx  # noqa: PLC0415 - only this test speaks HTTP
+
+    from tests.api.conftest import API_KEY  # noqa: PLC0415
+    from tests.api.helpers import Gunicorn  # noqa: PLC0415
+    from tests.test_cli_bad_input import APP, cli, one_line  # noqa: PLC0415
+
+    wrong = rabbitmq.url.replace("guest:guest@", "guest:wrong@")
+    env = {**os.environ, **chaos_env, "FLOWKIT_BROKER_URL": wrong}
+    result = cli("run", "simple", "-i", "n=1", *APP, env=env)
+    said = one_line(result)
+    assert result.returncode == 2
+    assert said.startswith("flowkit run: the Celery broker at amqp://***@127.0.0.1:"), said
+    assert "refused flowkit: " in said and "ACCESS_REFUSED" in said, said
+    assert "fix the user, password or vhost in FLOWKIT_BROKER_URL" in said
+    assert said.endswith("do not start it again."), said
+
+    web = Gunicorn(env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+    try:
+        answer = httpx.post(f"{web.url}/workflows/simple/runs", json={"n": 1}, timeout=30,
+                            headers={"Authorization": f"Bearer {API_KEY}"})
+    finally:
+        web.stop()
+    assert answer.status_code == 503, answer.text
+    assert "Retry-After" not in answer.headers  # waiting would not help
+    error = answer.json()["error"]
+    assert error["code"] == "broker_refused"
+    assert error["message"].startswith("flowkit's Celery broker refused this server (its "
+                                       "credentials, vhost or queue settings): the operator "
+                                       "must fix FLOWKIT_BROKER_URL. Run ")
