@@ -24,6 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import amqp.exceptions
+import kombu
+import kombu.exceptions
+
 from ..component import registered
 from ..config import is_amqp
 from ..errors import ConfigError, StoreUnavailable
@@ -157,6 +161,8 @@ def examine(
     found += redis_settings(info, "redis")
     if broker_url and _server(broker_url) not in (None, _server(url)):
         found += broker(broker_url)
+    elif broker_url and is_amqp(broker_url):
+        found += amqp_broker(broker_url)
     workers = live_workers(store)
     found += worker_presence(workers)
     found += stuck_consumers(store.stuck_consumers())
@@ -211,6 +217,26 @@ def broker(url: str) -> list[Finding]:
     # messages only: the reaper re-drives runs whose message was lost, hence warnings
     return [Finding("broker", OK, f"Broker Redis {info['version']} at {redacted(url)} answers."),
             *redis_settings(info, "broker", level=WARNING)]
+
+
+def amqp_broker(url: str, timeout: float = 3.0) -> list[Finding]:
+    """The Celery broker on RabbitMQ: it answers and takes flowkit's credentials (the
+    doctor said "All is well" with RabbitMQ stopped, then blamed beat)."""
+    try:
+        with kombu.Connection(url, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            version = conn.connection.server_properties.get("version", "?")
+    except amqp.exceptions.AMQPError as exc:  # it answered, and refused
+        return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} refused "
+                        f"flowkit: {exc}.", "Fix the user, password or vhost in "
+                        "FLOWKIT_BROKER_URL (rabbitmqctl list_users, list_vhosts).")]
+    except (kombu.exceptions.OperationalError, OSError) as exc:
+        return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} does not "
+                        f"answer ({exc}): no step can be sent or taken.",
+                        "Start RabbitMQ, or point FLOWKIT_BROKER_URL at it.")]
+    if isinstance(version, bytes):
+        version = version.decode(errors="replace")
+    return [Finding("broker", OK, f"Broker RabbitMQ {version} at {redacted(url)} answers.")]
 
 
 def worker_presence(workers: list[dict[str, Any]]) -> list[Finding]:

@@ -212,3 +212,17 @@ def test_a_wrong_password_is_one_line_from_the_cli_and_a_503_saying_so_from_the_
     assert error["message"].startswith("flowkit's Celery broker refused this server (its "
                                        "credentials, vhost or queue settings): the operator "
                                        "must fix FLOWKIT_BROKER_URL. Run ")
+
+
+def test_the_doctor_checks_a_rabbitmq_broker_answers_and_takes_flowkits_credentials(rabbitmq):
+    """With RabbitMQ stopped it said "All is well", then blamed beat."""
+    from flowkit.testing import free_port  # noqa: PLC0415
+
+    [ok] = doctor.amqp_broker(rabbitmq.url)
+    assert ok.level == doctor.OK and ok.message.startswith("Broker RabbitMQ 3.")
+    [refused] = doctor.amqp_broker(rabbitmq.url.replace("guest:guest@", "guest:wrong@"))
+    assert refused.level == doctor.FAILURE and "ACCESS_REFUSED" in refused.message
+    assert refused.fix.startswith("Fix the user, password or vhost in FLOWKIT_BROKER_URL")
+    [down] = doctor.amqp_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//", timeout=1)
+    assert down.level == doctor.FAILURE and "does not answer" in down.message
+    assert "guest:guest" not in down.message  # the password is not shown
