@@ -219,3 +219,9 @@ def credentials_in_userinfo(url: str) -> str:
     rest = urlencode([(k, v) for k, v in query if k not in given])
     return urlunsplit((parts.scheme, f"{userinfo}@{host}" if userinfo else host, parts.path,
                        rest, parts.fragment))
+
+
+#: What to say when the sentinels of ``url`` name no primary that is up.
+NO_PRIMARY = ("the sentinels of {url} name no primary of that service that is up: check the "
+              "service name in FLOWKIT_REDIS_URL (redis-cli -p 26379 SENTINEL MASTERS lists "
+              "those they monitor), or wait for a failover to end.")

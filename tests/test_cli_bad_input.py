@@ -18,6 +18,7 @@ from flowkit.testing import LocalRedis
 from flowkit.testing.redis import free_port
 from flowkit.urls import credentials_in_userinfo, redacted
 from tests import workflows as wf
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -461,3 +462,34 @@ def test_following_from_past_a_run_s_events_is_a_usage_error_before_any_output(e
 def test_a_redis_url_s_query_credentials_move_where_celery_reads_them(url, celery_reads):
     """kombu added the query's password to the one it parsed and failed every publish."""
     assert credentials_in_userinfo(url) == celery_reads
+
+
+def test_a_sentinel_service_name_the_sentinels_do_not_monitor_says_so(env, tmp_path):
+    """It said "cannot reach Redis ...; start it" though the sentinels answered."""
+    import shutil  # noqa: PLC0415
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n")
+    sentinel = subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: _answers(port), 10, "the sentinel to listen")
+        url = f"redis+sentinel://127.0.0.1:{port}/nosuchservice/0"
+        result = cli("runs", env={**env, "FLOWKIT_REDIS_URL": url,
+                                  "FLOWKIT_REDIS_RETRY_SECONDS": "1"})
+        assert result.returncode == 1
+        assert one_line(result) == (
+            f"flowkit runs: the sentinels of {url} name no primary of that service that is up: "
+            "check the service name in FLOWKIT_REDIS_URL (redis-cli -p 26379 SENTINEL MASTERS "
+            "lists those they monitor), or wait for a failover to end.")
+    finally:
+        sentinel.kill()
+        sentinel.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_timeout=1).ping()
+    except redis.ConnectionError:
+        return False

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from ..config import configure, get_settings
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
-from ..store import is_redis_url, refused_credentials, refused_database
-from ..urls import redacted
+from ..store import is_redis_url, no_primary, refused_credentials, refused_database
+from ..urls import NO_PRIMARY, redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
 from .render import writes_unicode
@@ -102,6 +102,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, BrokerUnavailable):
             return _broker_down(where, exc)
         url = redacted(settings.redis_url)
+        if no_primary(exc):  # the sentinels answered
+            print(f"flowkit {where}: {NO_PRIMARY.format(url=url)}", file=sys.stderr)
+            return 1
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
               "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
         return 1

@@ -31,9 +31,9 @@ import kombu.exceptions
 from ..component import registered
 from ..config import is_amqp
 from ..errors import ConfigError, StoreUnavailable
-from ..store import HANDED_OVER, Store, get_store
+from ..store import HANDED_OVER, Store, get_store, no_primary
 from ..store.server import probe
-from ..urls import redacted
+from ..urls import NO_PRIMARY, redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
@@ -149,7 +149,11 @@ def examine(
     url = store.settings.redis_url
     try:
         info = store.server_info()
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
+        if no_primary(exc):
+            what, _, fix = NO_PRIMARY.format(url=redacted(url)).partition(": ")
+            return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
+                            fix[0].upper() + fix[1:])]
         return [Finding("redis", FAILURE, f"Redis at {redacted(url)} does not answer.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
     except ConfigError as exc:  # refused credentials: the store's one-line error

@@ -12,12 +12,18 @@ import os
 import threading
 
 from ..config import get_settings
-from .connection import is_redis_url, lost_connection, refused_credentials, refused_database
+from .connection import (
+    is_redis_url,
+    lost_connection,
+    no_primary,
+    refused_credentials,
+    refused_database,
+)
 from .store import HANDED_OVER, Begin, BrokerMessages, Ended, Store
 from .streams import EndWatch, Entry, StreamReader
 
 __all__ = ["HANDED_OVER", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store",
-           "is_redis_url", "lost_connection", "refused_credentials",
+           "is_redis_url", "lost_connection", "no_primary", "refused_credentials",
            "refused_database"]
 
 _stores: dict[float | None, Store] = {}

@@ -28,8 +28,9 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisClusterUnreachableError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 from ..config import Settings
 from ..errors import ConfigError, StoreUnavailable
@@ -70,6 +71,11 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise refused(exc) from exc
         except UNREACHABLE as exc:
             raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
+        except redis.exceptions.MovedError as exc:  # a plain client on a cluster's node
+            raise ConfigError(
+                "FLOWKIT_REDIS_URL reaches one node of a Redis Cluster (it answered MOVED): "
+                "write it as redis+cluster://host:port (every node is found from one)."
+            ) from exc
 
     return operation
 
@@ -114,9 +120,26 @@ def from_url(url: str, **kwargs) -> redis.Redis:
 def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
     kwargs.pop("retry_on_error", None)  # RedisCluster resends on its own list of errors
     kwargs.pop("health_check_interval", None)
-    return RedisCluster(  # type: ignore[return-value]  # same command API as redis.Redis
-        startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
-        username=url.username, password=url.password, **kwargs)
+    try:  # RedisCluster reads the cluster's slots here: its errors were tracebacks
+        return RedisCluster(  # type: ignore[return-value]  # same command API as redis.Redis
+            startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+            username=url.username, password=url.password, **kwargs)
+    except RedisClusterUnreachableError as exc:
+        raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
+    except RedisClusterException as exc:
+        if "not enabled" not in str(exc):  # "Cluster mode is not enabled on this node"
+            raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
+        raise ConfigError(
+            "FLOWKIT_REDIS_URL names a Redis Cluster (redis+cluster://), but the Redis it "
+            "reaches is not a cluster node (cluster-enabled no): point it at a cluster's "
+            "nodes, or write redis://host:port/db for a single Redis.") from exc
+
+
+def no_primary(exc: BaseException) -> bool:
+    """Whether the sentinels named no primary that is up (redis-py's MasterNotFoundError,
+    anywhere in ``exc``'s chain): a service name they do not monitor, or a failover not
+    yet over; "cannot reach Redis, start it" sent people after a Redis that was running."""
+    return any(isinstance(cause, MasterNotFoundError) for cause in _chain(exc))
 
 
 class _PrimaryConnection(SentinelManagedConnection):

@@ -146,3 +146,36 @@ def test_a_node_whose_port_another_redis_took_starts_on_another(tmp_path):
     finally:
         stranger.kill()
         stranger.wait(10)
+
+
+def cli(*args: str, url: str) -> subprocess.CompletedProcess:
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = {**os.environ, "FLOWKIT_REDIS_URL": url, "FLOWKIT_REDIS_RETRY_SECONDS": "1"}
+    return subprocess.run([sys.executable, "-m", "flowkit.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_cluster_url_that_reaches_no_cluster_or_a_node_without_it_is_one_line(
+        cluster, flowkit_env):
+    """Each was a redis-py traceback (RedisClusterUnreachableError, RedisClusterException
+    from the CLI; MovedError from the doctor)."""
+    from flowkit.testing import free_port  # noqa: PLC0415
+
+    plain = flowkit_env["FLOWKIT_REDIS_URL"].replace("redis://", "redis+cluster://")
+    plain = plain.rsplit("/", 1)[0]  # a cluster has one database
+    not_a_cluster = cli("runs", url=plain)
+    assert not_a_cluster.returncode == 2 and "Traceback" not in not_a_cluster.stderr
+    assert not_a_cluster.stderr.strip() == (
+        "flowkit runs: FLOWKIT_REDIS_URL names a Redis Cluster (redis+cluster://), but the "
+        "Redis it reaches is not a cluster node (cluster-enabled no): point it at a cluster's "
+        "nodes, or write redis://host:port/db for a single Redis.")
+    down = cli("runs", url=f"redis+cluster://127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert down.stderr.startswith("flowkit runs: cannot reach Redis at redis+cluster://")
+    port = cluster.url.split("//")[1].split(",")[0].split(":")[1]
+    one_node = cli("doctor", url=f"redis://127.0.0.1:{port}/0")
+    assert "Traceback" not in one_node.stderr, one_node.stderr
+    assert "reaches one node of a Redis Cluster (it answered MOVED): write it as " \
+           "redis+cluster://host:port" in one_node.stdout + one_node.stderr
