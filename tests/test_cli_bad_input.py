@@ -371,7 +371,7 @@ def test_an_unknown_workflow_names_those_the_app_has(env):
     assert result.returncode == 1
     said = one_line(result)
     assert said.startswith("flowkit run: No workflow named 'nosuch' (in tests.workflows: ")
-    assert "approval, batched" in said and said.endswith("pass -A/--app with the module that imports "
+    assert "approval, backing-off, batched" in said and said.endswith("pass -A/--app with the module that imports "
                                               "your workflows.")
 
 
