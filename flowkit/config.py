@@ -174,6 +174,9 @@ class Settings:
                 f"FLOWKIT_RESULT_BACKEND={redacted(self.result_backend)!r} is not a URL; write "
                 "a Redis one (redis://host:6379/0), or unset it to use the broker's Redis."
             )
+        if self.metrics_port > 65535:  # the server then failed with OverflowError, logged
+            raise ConfigError(f"FLOWKIT_METRICS_PORT is a TCP port, 1 to 65535 (0: off), not "
+                              f"{self.metrics_port}.")
         if self.max_payload_bytes <= 0 or self.retention_seconds <= 0:
             raise ConfigError("FLOWKIT_MAX_PAYLOAD_BYTES and FLOWKIT_RETENTION_SECONDS must be > 0.")
         for name, url in (("REDIS_URL", self.redis_url), ("BROKER_URL", self.broker_url),

@@ -386,6 +386,9 @@ def test_settings_come_from_flowkit_env_vars():
     ({"redis_socket_timeout": 0}, "is more than 0, not 0."),
     ({"retry_attempts": 0}, "is more than 0, not 0."),
     ({"drain_grace": -1.0}, "FLOWKIT_DRAIN_GRACE (drain_grace=) is 0 or more, not -1.0."),
+    # a worker logged the metrics server's OverflowError and ran on unobserved
+    ({"metrics_port": 99999}, "FLOWKIT_METRICS_PORT is a TCP port, 1 to 65535 (0: off), not "
+                              "99999."),
 ])
 def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes, says):
     """configure(retry_attempts="3") was taken, and the first step failed on it; a negative

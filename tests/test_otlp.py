@@ -1,0 +1,53 @@
+"""The README's OpenTelemetry instruction, as written: ``pip install flowkit[otel]`` gives the
+OTLP exporter it imports (it gave only the SDK: ``import opentelemetry.exporter.otlp``
+failed), and a run's trace reaches a real OTLP/HTTP receiver through it."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from flowkit.engine import trace
+from tests import workflows as wf
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace endpoint: decodes each POST to /v1/traces, keeps its span names."""
+
+    received: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.received.extend(span.name for span in scope.spans)
+        self.send_response(200 if self.path == "/v1/traces" else 404)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_run_s_trace_reaches_an_otlp_http_receiver_through_the_readme_s_exporter(
+        store, worker):
+    run = wf.simple.start({"n": 1})
+    run.result(20)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{server.server_port}/v1/traces")
+        assert trace.export_run(run.id, exporter) >= 3
+        exporter.shutdown()
+    finally:
+        server.shutdown()
+    assert "workflow simple" in Receiver.received
+    assert {"step 0:t.add_one", "step 1:t.double"} <= set(Receiver.received)
