@@ -248,6 +248,23 @@ def test_dev_with_a_module_that_does_not_import_says_so_in_one_line(tmp_path):
     assert "cannot import 'nosuch.flows'" in result.stderr
 
 
+@pytest.mark.parametrize("web, says", [
+    ("shop.web:create_app()", "/api/flows"),
+    ("shop.web:create_app('/v2')", "/v2"),
+    ("shop.web:app", "/flowkit"),
+])
+def test_the_api_s_prefix_is_read_from_the_app_an_app_factory_included(tmp_path, web, says):
+    """With a factory the banner named the default prefix: its FLOWKIT_URL met a 404."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    result = subprocess.run(
+        [sys.executable, "-c", f"from flowkit.cli.dev import _web_api; print(_web_api({web!r}))"],
+        cwd=project, env=_user_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr((says, False))
+
+
 def test_an_empty_host_means_every_interface_as_for_bind():
     """``--host ""`` listened on every interface until the address check refused it."""
     from flowkit.cli.dev import _bind

@@ -174,14 +174,18 @@ def _web_api(web: str | None) -> tuple[str, bool]:
     if not web:
         return default
     module_name, _, attribute = web.partition(":")
-    if "(" in attribute:  # an app factory (gunicorn's "module:create_app()"): not called twice
-        return default
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module raised while importing
+        if "(" in attribute:  # an app factory ("module:create_app()"): made as gunicorn makes
+            # it (the prefix FlowKit(app) got is known only then: the banner named the
+            # default one, and `flowkit run` at its FLOWKIT_URL met a 404)
+            from gunicorn.util import import_app  # only here: every CLI call imports dev
+
+            flask_app = import_app(web)
+        else:
+            flask_app = getattr(importlib.import_module(module_name), attribute or "app", None)
+    except Exception as exc:  # the user's module (or factory) raised
         raise UsageError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
                          f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
-    flask_app = getattr(module, attribute or "app", None)
     api = getattr(flask_app, "extensions", {}).get("flowkit")
     if api is None:
         raise UsageError(f"--web {web}: no Flask app with flowkit mounted there; call "
