@@ -523,3 +523,23 @@ def test_a_failed_run_is_not_retried_while_a_branch_of_it_still_runs():
     flowkit.retry(run.id)
     assert run.result(WAIT) == {"parts": [{"n": 101}, {"n": 1}]}
     assert counts(run) == {"gated": 1, "breaks": 2, "join": 1}
+
+
+def test_a_run_resumed_on_a_worker_without_its_workflow_fails_saying_so():
+    """A workflow renamed while a run of it waited: the resume task raised WorkflowNotFound
+    (a traceback in the worker's log), and the run sat queued, saying nothing, until the
+    reaper sent it again five minutes later."""
+    from flowkit import workflow  # noqa: PLC0415
+
+    vanishing = flowkit.Workflow("vanishing", [wf.breaks.retry(attempts=1)])
+    run = vanishing.start({"n": 1})
+    wait_until(lambda: run.refresh().state == "failed", WAIT, "the first failure")
+    # as a worker whose code renamed it (the session's worker runs in this process); not
+    # put back: the other tests' listings know no "vanishing"
+    workflow._workflows.pop("vanishing")
+    flowkit.retry(run.id)
+    with pytest.raises(flowkit.StepError, match=r"this worker has no workflow 'vanishing', "
+                                                r"which the run started with \(renamed or "
+                                                r"removed since\?\); define it again and retry"):
+        run.result(WAIT)
+    assert run.refresh().error["type"] == "WorkflowNotFound"

@@ -26,6 +26,7 @@ from ..errors import (
     RunCancelled,
     StepSuspended,
     StoreUnavailable,
+    WorkflowNotFound,
     describe_error,
     error_message,
 )
@@ -454,7 +455,16 @@ def resume_run(*, run_id: str, gen: int) -> None:
     run = Run.load(run_id)
     if run.gen != gen or run.done:
         return  # restarted again, or finished, since this was sent
-    wf = get_workflow(run.workflow)
+    try:
+        wf = get_workflow(run.workflow)
+    except WorkflowNotFound:
+        # renamed or removed since the run started: the task raised, its message was gone,
+        # and the run sat queued, saying nothing, until the reaper sent it again (5 min)
+        message = (f"this worker has no workflow {run.workflow!r}, which the run started "
+                   "with (renamed or removed since?); define it again and retry the run")
+        log.warning("flowkit: run %s failed: %s", run_id, message)
+        fail_run(run_id, gen, "", message, kind="WorkflowNotFound")
+        raise Ignore() from None
     if wf.version != run.version:
         fail_run(
             run_id, gen, "",
