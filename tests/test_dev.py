@@ -265,6 +265,23 @@ def test_the_api_s_prefix_is_read_from_the_app_an_app_factory_included(tmp_path,
     assert result.stdout.strip() == repr((says, False))
 
 
+def test_a_port_whose_last_connection_lingers_in_time_wait_is_free_one_listened_on_is_not():
+    """A restart right after Ctrl-C moved the web app to a random port: the check bound
+    without SO_REUSEADDR, which gunicorn sets, so TIME_WAIT read as taken."""
+    from flowkit.cli.dev import _port_free  # noqa: PLC0415
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server's side closes first: its address lingers in TIME_WAIT
+    client.close()
+    server.close()
+    assert _port_free("127.0.0.1", port)
+    with socket.create_server(("127.0.0.1", port)):
+        assert not _port_free("127.0.0.1", port)
+
+
 def test_an_empty_host_means_every_interface_as_for_bind():
     """``--host ""`` listened on every interface until the address check refused it."""
     from flowkit.cli.dev import _bind

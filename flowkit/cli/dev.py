@@ -405,6 +405,9 @@ def _bind(host: str, port: int) -> int:
         raise UsageError(f"--host {host}: no such address ({exc.strerror}); give an address "
                          "of this machine, e.g. 127.0.0.1 or 0.0.0.0.") from None
     with socket.socket(family) as s:
+        # as gunicorn binds: a port whose last connection lingers in TIME_WAIT (a restart
+        # right after Ctrl-C) is free to listen on; one that something listens on is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
         return s.getsockname()[1]
 
