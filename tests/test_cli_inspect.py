@@ -247,3 +247,35 @@ def test_doctor_passes_a_deployment_kept_well_then_warns_and_fails(well_kept, st
     assert code == 1 and policy["level"] == "failure"
     assert "allkeys-lru with maxmemory 524288000 bytes" in policy["message"]
     assert "maxmemory-policy noeviction" in policy["fix"]
+
+
+def test_doctor_says_when_the_workers_take_steps_from_another_broker(env):
+    """A shell sending to another broker (only FLOWKIT_REDIS_URL exported, the workers on
+    a broker of their own; or another database) was "All is well" while its runs waited
+    five minutes for the reaper."""
+    wait_until(lambda: any(w["name"].startswith("main@") and w.get("broker")
+                           for w in live_workers()), 30, "the session worker's announcement")
+    same = by_check(json.loads(flowkit_cli("doctor", "-A", "tests.app", "--json",
+                                           env=env).stdout))
+    assert "broker.same" not in same
+    elsewhere = env["FLOWKIT_REDIS_URL"].rsplit("/", 1)[0] + "/5"
+    result = flowkit_cli("doctor", "-A", "tests.app", "--json",
+                         env={**env, "FLOWKIT_BROKER_URL": elsewhere})
+    [finding] = by_check(json.loads(result.stdout))["broker.same"]
+    assert result.returncode == 1 and finding["level"] == "failure"
+    assert finding["message"].startswith("This process sends steps to the broker at "
+                                         "redis://127.0.0.1:")
+    assert "/5, but worker(s) " in finding["message"] and "main@" in finding["message"]
+    assert finding["fix"].startswith("Set FLOWKIT_BROKER_URL")
+
+
+@pytest.mark.parametrize("a, b", [
+    ("redis://localhost/0", "redis://:secret@127.0.0.1:6379"),
+    ("amqp://guest:guest@localhost//", "amqp://other@127.0.0.1:5672/"),
+])
+def test_two_spellings_of_one_broker_are_one_address_without_credentials(a, b):
+    from flowkit.engine.doctor import broker_address  # noqa: PLC0415
+
+    assert broker_address(a) == broker_address(b)
+    assert "secret" not in broker_address(b) and "guest" not in broker_address(a)
+    assert broker_address("redis://127.0.0.1:6379/1") != broker_address("redis://127.0.0.1/0")

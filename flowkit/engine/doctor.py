@@ -172,6 +172,7 @@ def examine(
     found += stuck_consumers(store.stuck_consumers())
     found += beat(store.last_sweep(), now)
     found += queues(app_workflows, default_queue, workers)
+    found += same_broker(store.settings.broker, workers)
     found += broker_timeout(broker_url or store.settings.broker, workers,
                             store.settings.visibility_timeout)
     found += versions(workers)
@@ -241,6 +242,47 @@ def amqp_broker(url: str, timeout: float = 3.0) -> list[Finding]:
     if isinstance(version, bytes):
         version = version.decode(errors="replace")
     return [Finding("broker", OK, f"Broker RabbitMQ {version} at {redacted(url)} answers.")]
+
+
+#: A URL scheme's default port, to compare two spellings of one broker.
+_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}
+
+
+def broker_address(url: str) -> str:
+    """A broker URL as workers announce it and the doctor compares it: no credentials,
+    ``localhost`` as 127.0.0.1, default port and database written out."""
+    parts = urlsplit(url)
+    scheme = "amqp" if parts.scheme == "pyamqp" else parts.scheme
+    host = (parts.hostname or "").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1") else host
+    try:
+        port = parts.port or _PORTS.get(scheme, 0)
+    except ValueError:  # a port that is not one: compared as written
+        return redacted(url)
+    path = parts.path
+    if scheme in ("redis", "rediss"):
+        path = "/" + (path.strip("/") or "0")
+    elif scheme == "amqp":
+        path = path if path not in ("", "/") else "//"
+    return f"{scheme}://{host}:{port}{path}"
+
+
+def same_broker(this_shell: str, workers: list[dict[str, Any]]) -> list[Finding]:
+    """The live workers take messages from the broker this process sends to; else every
+    run started from here waits, queued, until the reaper sends it again."""
+    ours = broker_address(this_shell)
+    elsewhere = {w["name"]: w["broker"] for w in workers if w.get("broker") not in (None, ours)}
+    if not elsewhere or not workers:
+        return []
+    which = ", ".join(f"{name} ({theirs})" for name, theirs in sorted(elsewhere.items()))
+    level = FAILURE if len(elsewhere) == len(workers) else WARNING
+    return [Finding(
+        "broker.same", level,
+        f"This process sends steps to the broker at {ours}, but worker(s) {which} take "
+        "them from another: runs started here wait, queued, until the reaper sends them "
+        "again (FLOWKIT_QUEUED_TIMEOUT).",
+        "Set FLOWKIT_BROKER_URL (or FLOWKIT_REDIS_URL, when the broker is the store's Redis) "
+        "here as on the workers.")]
 
 
 def worker_presence(workers: list[dict[str, Any]]) -> list[Finding]:

@@ -21,7 +21,7 @@ from .. import metrics
 from ..config import get_settings, is_amqp
 from ..engine import doctor, drain, heartbeat, publish, schedules
 from ..engine.broker import reaper_queue
-from ..engine.doctor import served
+from ..engine.doctor import broker_address, served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
 from .checks import check_broker_timeout, check_queues
@@ -123,6 +123,9 @@ def node_info(consumer) -> dict:
         "pool": type(pool).__module__.rpartition(".")[2] if pool is not None else None,
         "concurrency": getattr(controller, "concurrency", None),
         "visibility_timeout": (conf.broker_transport_options or {}).get("visibility_timeout"),
+        # where it takes messages from (password hidden): a shell or web process sending
+        # to another broker is told by the doctor, not left with runs queued for 5 minutes
+        "broker": broker_address(get_settings().broker),
         **served(conf.task_default_queue),
     }
 
