@@ -493,3 +493,16 @@ def _answers(port: int) -> bool:
         return redis.Redis(port=port, socket_timeout=1).ping()
     except redis.ConnectionError:
         return False
+
+
+@pytest.mark.parametrize("name", ["FLOWKIT_WEB_THREADS", "FLOWKIT_WEB_WORKERS"])
+def test_a_web_server_count_that_is_not_one_is_one_line_and_exit_2(env, name):
+    """It was gunicorn's "Failed to read config file" with a ValueError traceback."""
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    result = subprocess.run([gunicorn, "-c", "python:flowkit.api.gunicorn_config",
+                             "flowkit.api.devapp:app"], env={**env, name: "abc"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert one_line(result) == (f"flowkit web refuses to start: {name}='abc' is a whole number "
+                                ">= 1; unset it or give a value like "
+                                f"{1200 if name.endswith('THREADS') else 1}.")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import sys
 from typing import Any
 
 from gunicorn.instrument.statsd import Statsd
@@ -34,10 +35,23 @@ __all__ = [
     "child_exit", "on_starting", "logger_class",
 ]
 
+
+
+def _count(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment; else one line and exit 2 (a ValueError
+    here was gunicorn's "Failed to read config file" and a traceback)."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+        print(f"flowkit web refuses to start: {name}={raw!r} is a whole number >= 1; unset it "
+              f"or give a value like {default}.", file=sys.stderr)
+        raise SystemExit(2)  # not an Exception: gunicorn lets it end the process as it is
+    return int(raw)
+
+
 bind = os.environ.get("FLOWKIT_WEB_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
-workers = int(os.environ.get("FLOWKIT_WEB_WORKERS", "1"))
-threads = int(os.environ.get("FLOWKIT_WEB_THREADS", "1200"))
+workers = _count("FLOWKIT_WEB_WORKERS", 1)
+threads = _count("FLOWKIT_WEB_THREADS", 1200)
 worker_connections = threads + 100
 # Streams are long-lived: a worker that stops beating is killed, a silent client is not.
 timeout = 60
