@@ -91,6 +91,21 @@ def test_a_wait_past_its_timeout_raises_input_timeout_in_the_step(beat):
         flowkit.send_input(run.id, "approval", {"ok": True})
 
 
+def test_retrying_a_run_its_wait_s_timeout_failed_waits_again_with_a_fresh_deadline(beat):
+    """The timeout was checkpointed as the wait's answer: the retried step raised it again
+    at once, so a retry could never work."""
+    run = wf.approval.start({"n": 1, "timeout": 3})
+    paused(run)
+    assert run.wait(WAIT).error["type"] == "InputTimeout"
+    flowkit.retry(run.id)
+    wait_until(lambda: flowkit.get_run(run.id).waits, WAIT, "the wait to open again")
+    [wait] = flowkit.get_run(run.id).waits
+    assert wait["expires_at"] > time.time()  # a deadline of its own, ahead
+    flowkit.send_input(run.id, "approval", {"ok": True})
+    assert run.result(WAIT)["approved"] is True
+    assert [e.data["by"] for e in run.events() if e.type == "run.resumed"] == ["timeout", "input"]
+
+
 def test_an_input_past_its_wait_s_timeout_is_refused_before_beat_fires_it():
     """Up to a sweep late, an answer was taken or refused by chance (no beat runs here: the
     timeout has not fired, and the answer is still refused)."""

@@ -40,6 +40,15 @@ def _new_call() -> str:
     return uuid.uuid4().hex
 
 
+#: The answer fire_timer.lua checkpoints for a wait whose timeout passed.
+TIMED_OUT = '{"timeout":true}'
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by Redis's glob patterns (HSCAN MATCH)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 @dataclass(frozen=True)
 class Begin:
     """What ``begin_step`` decided for one delivery of a step's message."""
@@ -414,6 +423,16 @@ class Store:
     def forget_checkpoint(self, run_id: str, key: str) -> None:
         """Drop a hint kept among the checkpoints (a limit wait's answer: engine.limits)."""
         self.redis.hdel(self.keys.checkpoints(run_id), key)
+
+    @_op
+    def forget_timeouts(self, run_id: str, step: str) -> int:
+        """Drop the timed-out answers of ``step``'s waits (``{"timeout":true}``), so the
+        step, run again, opens them anew with a fresh deadline; returns how many."""
+        key = self.keys.checkpoints(run_id)
+        pattern = _glob_escape(f"{step}/") + "*:wait:*"
+        timed_out = [field for field, value in self.redis.hscan_iter(key, match=pattern)
+                     if value == TIMED_OUT]
+        return self.redis.hdel(key, *timed_out) if timed_out else 0
 
     @_op
     def checkpoints_of(self, run_id: str, steps: list[str]) -> list[str | None]:
