@@ -1687,3 +1687,18 @@ def test_settle_rate_with_a_negative_delta_takes_more(store):
 def test_settle_rate_on_a_forgotten_bucket_does_nothing(store):
     store.settle_rate("p:m", 10)
     assert store.redis.exists(store.keys.rate("p:m")) == 0
+
+
+def test_forget_timeouts_drops_only_that_step_s_timed_out_wait_answers(store):
+    """What a retry of a run a wait's timeout failed drops: the step's name may hold a
+    glob's characters, matched literally."""
+    from flowkit.store.store import TIMED_OUT  # noqa: PLC0415
+
+    step, other = "0:t.odd*[name]?", "0:t.odd-name"
+    kept = {f"{step}/1:wait:input:b": '{"input":1}', f"{other}/0:wait:input:a": TIMED_OUT,
+            f"{step}/2:t.sub": TIMED_OUT}  # a sub-step whose output looks the same
+    for key, value in {f"{step}/0:wait:input:a": TIMED_OUT, **kept}.items():
+        store.save_checkpoint(RUN, key, value)
+    assert store.forget_timeouts(RUN, step) == 1
+    assert store.checkpoints(RUN) == kept
+    assert store.forget_timeouts(RUN, step) == 0
