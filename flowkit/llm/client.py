@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -314,7 +315,18 @@ def _send_on_loop(provider: Provider, operation: str, **params: Any) -> Any:
     the sync SDK's, for about half its CPU. The caller's greenlet or thread waits; its
     retries, rate limits and span stay here. A stream stays on the sync SDK: its chunks
     are read by the caller as they come."""
-    return on_process_loop(lambda: _method(provider.async_sdk_client(), operation)(**params))
+    try:
+        return on_process_loop(lambda: _method(provider.async_sdk_client(), operation)(**params))
+    except TypeError as exc:  # a bad argument: said as the sync SDK says it, not its twin
+        said = _ASYNC_CALL.sub(r"\1(", str(exc))
+        if said != str(exc):
+            raise TypeError(said) from None
+        raise
+
+
+#: The async twin's method in a TypeError ("AsyncCompletions.create() got an unexpected
+#: keyword argument 'x'"): the caller called the sync client's.
+_ASYNC_CALL = re.compile(r"\bAsync(\w+\.\w+)\(")
 
 
 class AsyncOpenAI(_Client):

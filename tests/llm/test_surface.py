@@ -67,6 +67,16 @@ def test_responses_create_returns_the_sdks_response_with_usage(client, servers):
     assert servers[0].stats.requests[-1]["path"] == "/v1/responses"
 
 
+def test_an_unknown_argument_is_said_as_the_sync_sdk_says_it(servers):
+    """A request that does not stream goes through the SDK's async twin: its TypeError
+    named AsyncCompletions, a class the caller never used."""
+    client = OpenAI(api_key="sk-test-surface", base_url=servers[0].base_url)
+    with pytest.raises(TypeError) as refused:
+        client.chat.completions.create(model=wf.MODEL, messages=[], no_such_option=1)
+    assert str(refused.value).startswith("Completions.create() got an unexpected keyword "
+                                         "argument 'no_such_option'"), str(refused.value)
+
+
 def test_a_streamed_response_yields_the_sdks_events(client):
     events = call(
         client, "responses.create", model=MODEL, input="hello", stream=True, max_output_tokens=5
