@@ -11,7 +11,7 @@ import pytest
 
 import flowkit
 from flowkit import config, events
-from flowkit.engine import broker, canvas
+from flowkit.engine import broker, canvas, control
 from flowkit.store import get_store
 from tests import workflows as wf
 from tests.conftest import counts, open_gate, reached_gate, wait_until
@@ -149,6 +149,17 @@ def test_a_nan_in_an_output_or_event_fails_the_step_instead_of_reaching_readers(
     assert says in str(err.value)
     for event in flowkit.history(run.id):
         json.loads(json.dumps(event.data), parse_constant=lambda word: pytest.fail(word))
+
+
+def test_a_step_whose_output_cannot_be_kept_has_its_attempt_span_say_error():
+    """The output is kept after the attempt's span closed: the run failed, its span said ok."""
+    run = wf.not_numbers.start({"emit": False})
+    with pytest.raises(flowkit.StepError):
+        run.result(WAIT)
+    [attempt] = [s for s in control.trace(run.id) if s.get("kind") == "step"]
+    assert attempt["status"] == "error"
+    assert attempt["error"].startswith("TypeError: the output of step 0:t.not_a_number must be "
+                                       "JSON-serialisable")
 
 
 def test_a_nan_in_an_input_is_refused_before_anything_is_stored():

@@ -23,6 +23,7 @@ from ..config import get_settings
 from ..context import activate, deactivate
 from ..coroutines import run_coroutine
 from ..errors import (
+    PayloadTooLarge,
     RunCancelled,
     StepSuspended,
     StoreUnavailable,
@@ -314,7 +315,11 @@ def _produce(
             limits.leave(store, held)
     if isinstance(result, Continue):
         result = {CONTINUE: _continuation_spec(result)}
-    output_json = dumps_bounded(result, f"the output of step {key}")
+    try:
+        output_json = dumps_bounded(result, f"the output of step {key}")
+    except (TypeError, PayloadTooLarge) as exc:  # its attempt's span closed ok: no more
+        spans.output_refused(new_context(), exc)
+        raise
     if cache_key:
         cache.put(store, cache_key, output_json, pol.cache_ttl)
     return output_json, False
