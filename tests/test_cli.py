@@ -171,6 +171,9 @@ def test_retry_of_a_run_that_did_not_fail_says_why(env):
     (["retry", "01X", "-A", "tests.exiting_app"], "importing 'tests.exiting_app' called "
                                                   "sys.exit(3); a module -A imports must not "
                                                   "exit"),
+    (["retry", "01X", "-A", "tests.raising_app"], "importing 'tests.raising_app' raised "
+                                                  "NameError: name 'undefined_thing' is not "
+                                                  "defined (at tests/raising_app.py:5)"),
 ])
 def test_bad_arguments_exit_2_with_what_to_do(env, args, says):
     result = flowkit_cli(*args, env=env)

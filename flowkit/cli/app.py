@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from types import ModuleType
 
 from ..errors import WorkflowNotFound
@@ -63,11 +64,28 @@ def load_app(args: argparse.Namespace) -> ModuleType:
         raise UsageError(f"importing {name!r} failed: {exc}; fix that import, "
                          "then run this again.") from None
     except Exception as exc:  # the user's module itself raised while importing
-        raise UsageError(f"importing {name!r} raised {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"importing {name!r} raised {type(exc).__name__}: {exc}"
+                         f"{_where(exc)}") from None
     except SystemExit as exc:  # sys.exit() at import: it ended the command without a word
         raise UsageError(f"importing {name!r} called sys.exit({exc.code!r}); a module -A "
                          "imports must not exit (guard it with if __name__ == "
                          "'__main__':).") from None
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at path:line)``: the line of the user's code that raised (the one line said
+    no more than the error: under `flowkit dev` only the web app's traceback showed where).
+    A SyntaxError names its own file and line."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<") and "importlib" not in f.filename]
+    if not frames:
+        return ""
+    last = frames[-1]
+    path = os.path.relpath(last.filename) if last.filename.startswith(os.getcwd()) \
+        else last.filename
+    return f" (at {path}:{last.lineno})"
 
 
 def _check_module_name(name: str) -> None:
