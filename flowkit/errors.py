@@ -22,6 +22,8 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     │   └── EventTimeout     wait_for_event got no event in time
     ├── RateLimitWait        a shared rate-limit budget did not free up in time (flowkit.llm
     │                        fails over to the next provider)
+    ├── ComponentExit        a step's code raised SystemExit, or another BaseException that is
+    │                        no signal: its step fails with this (a run's error type)
     └── ApiError             (flowkit.api.errors) an HTTP error the API answers as it is
 
 Two stand apart, on purpose::
@@ -138,6 +140,14 @@ class InputTimeout(WaitTimeout):
 
 class EventTimeout(WaitTimeout):
     """``wait_for_event`` got no event before its timeout."""
+
+
+class ComponentExit(FlowkitError):
+    """A component's code raised SystemExit (``sys.exit()`` in a library), a
+    KeyboardInterrupt off the main thread, or a BaseException of its own: its step fails
+    with this, as with any error. Let through, it escaped into Celery's pool: a threads
+    pool lost the slot for good (the task never ended), a prefork child died and the step
+    ran again at each restart until the run failed as "worker lost"."""
 
 
 class StepSuspended(BaseException):  # noqa: N818 - a signal to the engine, not an error

@@ -23,6 +23,7 @@ from ..config import get_settings
 from ..context import activate, deactivate
 from ..coroutines import run_coroutine
 from ..errors import (
+    ComponentExit,
     PayloadTooLarge,
     RunCancelled,
     StepSuspended,
@@ -352,14 +353,6 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
     finally:
         ctx.finish()  # a stream it stopped reading unclosed: its span and text, now
         deactivate(reset)
-
-
-class ComponentExit(RuntimeError):
-    """A component's code raised SystemExit (``sys.exit()`` in a library), a
-    KeyboardInterrupt off the main thread, or a BaseException of its own: its step fails
-    with this, as with any error. Let through, it escaped into Celery's pool: a threads
-    pool lost the slot for good (the task never ended), a prefork child died and the step
-    ran again at each restart until the run failed as "worker lost"."""
 
 
 #: BaseExceptions that are signals, not a component's error: the engine's own pause, a
