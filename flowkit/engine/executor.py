@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+import billiard
 from celery.exceptions import Ignore, Reject
 
 from .. import events, hooks
@@ -365,9 +366,12 @@ def _exits(exc: BaseException) -> bool:
         return False
     if type(exc).__name__ == "GreenletExit":  # gevent's pool kills a greenlet with it
         return False
-    # Ctrl-C reaches the main thread only: there it stops the worker (a solo pool)
+    # Ctrl-C reaches the main thread of the worker's own process only: there it stops the
+    # worker (a solo pool); a prefork child (ForkPoolWorker-N) ignores SIGINT, so one
+    # raised there is the step's own
     return not (isinstance(exc, KeyboardInterrupt)
-                and threading.current_thread() is threading.main_thread())
+                and threading.current_thread() is threading.main_thread()
+                and billiard.current_process().name == "MainProcess")
 
 
 def _observe(traced, user_hooks: list, *args: Any) -> None:
