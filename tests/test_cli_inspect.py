@@ -279,3 +279,25 @@ def test_two_spellings_of_one_broker_are_one_address_without_credentials(a, b):
     assert broker_address(a) == broker_address(b)
     assert "secret" not in broker_address(b) and "guest" not in broker_address(a)
     assert broker_address("redis://127.0.0.1:6379/1") != broker_address("redis://127.0.0.1/0")
+
+
+def test_a_failover_list_of_brokers_is_announced_without_any_of_its_credentials():
+    from flowkit.engine.doctor import broker_address  # noqa: PLC0415
+
+    said = broker_address("amqp://u:s3cret@h1:5672//;amqp://u:s3cret@h2:5672//")
+    assert said == "amqp://h1:5672//;amqp://h2:5672//"
+
+
+def test_another_database_is_surely_another_broker_another_host_name_may_not_be():
+    """A compose service name for the workers' broker was a failure, though it is likely the
+    very Redis the doctor read the workers' announcements from."""
+    from flowkit.engine import doctor  # noqa: PLC0415
+
+    worker = {"name": "w1@box", "broker": doctor.broker_address("redis://redis:6379/0")}
+    [named_otherwise] = doctor.same_broker("redis://localhost:6379/0", [worker])
+    assert named_otherwise.level == doctor.WARNING
+    assert "(unless those name the same server from where each process runs)" in \
+        named_otherwise.message
+    [other_db] = doctor.same_broker("redis://redis:6379/5", [worker])
+    assert other_db.level == doctor.FAILURE and "unless" not in other_db.message
+    assert doctor.same_broker("redis://redis/0", [worker]) == []

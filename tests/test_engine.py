@@ -554,3 +554,17 @@ def test_a_run_resumed_on_a_worker_without_its_workflow_fails_saying_so():
                                                 r"removed since\?\); define it again and retry"):
         run.result(WAIT)
     assert run.refresh().error["type"] == "WorkflowNotFound"
+
+
+
+def test_a_green_pool_s_own_timeout_and_greenlet_exit_are_let_through_not_made_step_errors():
+    """gevent's pool enforces a hard time limit by raising its Timeout (a BaseException)
+    into the task and catching it itself: made a ComponentExit, it was retried as a step
+    error and the limit was defeated."""
+    import gevent  # noqa: PLC0415
+
+    from flowkit.engine.executor import _exits  # noqa: PLC0415
+
+    assert not _exits(gevent.Timeout(1))
+    assert not _exits(gevent.GreenletExit())
+    assert _exits(SystemExit(2)) and _exits(wf.OwnSignal("stop"))

@@ -250,14 +250,21 @@ _PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "pyamqp": 
 
 def broker_address(url: str) -> str:
     """A broker URL as workers announce it and the doctor compares it: no credentials,
-    ``localhost`` as 127.0.0.1, default port and database written out."""
+    ``localhost`` as 127.0.0.1, default port and database written out; each URL of a
+    failover list (``;``-separated, as kombu takes them) alike."""
+    if ";" in url:
+        return ";".join(_address(one) for one in url.split(";"))
+    return _address(url)
+
+
+def _address(url: str) -> str:
     parts = urlsplit(url)
     scheme = "amqp" if parts.scheme == "pyamqp" else parts.scheme
     host = (parts.hostname or "").lower()
     host = "127.0.0.1" if host in ("localhost", "::1") else host
     try:
         port = parts.port or _PORTS.get(scheme, 0)
-    except ValueError:  # a port that is not one: compared as written
+    except ValueError:  # a port that is not one: compared as written, without credentials
         return redacted(url)
     path = parts.path
     if scheme in ("redis", "rediss"):
@@ -275,14 +282,25 @@ def same_broker(this_shell: str, workers: list[dict[str, Any]]) -> list[Finding]
     if not elsewhere or not workers:
         return []
     which = ", ".join(f"{name} ({theirs})" for name, theirs in sorted(elsewhere.items()))
-    level = FAILURE if len(elsewhere) == len(workers) else WARNING
+    # another database or kind of broker is surely another; another host name or port may
+    # be the same server seen from elsewhere (a compose service name, a mapped port)
+    surely = all(_kind_and_db(theirs) != _kind_and_db(ours) for theirs in elsewhere.values())
+    level = FAILURE if surely and len(elsewhere) == len(workers) else WARNING
+    maybe = "" if surely else (" (unless those name the same server from where each "
+                               "process runs)")
     return [Finding(
         "broker.same", level,
         f"This process sends steps to the broker at {ours}, but worker(s) {which} take "
-        "them from another: runs started here wait, queued, until the reaper sends them "
-        "again (FLOWKIT_QUEUED_TIMEOUT).",
+        f"them from another{maybe}: runs started here wait, queued, until the reaper sends "
+        "them again (FLOWKIT_QUEUED_TIMEOUT).",
         "Set FLOWKIT_BROKER_URL (or FLOWKIT_REDIS_URL, when the broker is the store's Redis) "
         "here as on the workers.")]
+
+
+def _kind_and_db(address: str) -> tuple[str, str]:
+    """An announced broker address's scheme and database (or vhost)."""
+    parts = urlsplit(address.split(";")[0])
+    return parts.scheme, parts.path
 
 
 def worker_presence(workers: list[dict[str, Any]]) -> list[Finding]:

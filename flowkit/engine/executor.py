@@ -364,8 +364,9 @@ _SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
 def _exits(exc: BaseException) -> bool:
     if isinstance(exc, (Exception, *_SIGNALS)):
         return False
-    if type(exc).__name__ == "GreenletExit":  # gevent's pool kills a greenlet with it
-        return False
+    if type(exc).__module__.split(".")[0] in ("gevent", "greenlet", "eventlet"):
+        return False  # a green pool's own: GreenletExit kills a greenlet, Timeout is its
+        # hard time limit (caught by the pool, which raises TimeLimitExceeded)
     # Ctrl-C reaches the main thread of the worker's own process only: there it stops the
     # worker (a solo pool); a prefork child (ForkPoolWorker-N) ignores SIGINT, so one
     # raised there is the step's own

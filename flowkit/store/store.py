@@ -185,7 +185,6 @@ class Store:
         return record, attempts, [loads(spec) for spec in waits]
 
     @_op
-    @_op
     def live_leases(self, run_id: str, now: float) -> dict[str, dict[str, Any]]:
         """The run's steps whose lease has not lapsed (their worker still heartbeats):
         step key -> lease (token, worker, attempt, expires)."""
@@ -194,6 +193,7 @@ class Store:
         return {step: lease for step, lease in held.items()
                 if float(lease.get("expires") or 0) > now}
 
+    @_op
     def steps_in_flight(self, run_id: str) -> int:
         """How many of the run's steps hold a lease (are running on a worker) now."""
         return self.redis.hlen(self.keys.inflight(run_id))
