@@ -362,6 +362,8 @@ _SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
 
 
 def _exits(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a component's code, is no Exception and no signal: it
+    fails its step as ComponentExit rather than escaping into Celery's pool."""
     if isinstance(exc, (Exception, *_SIGNALS)):
         return False
     if type(exc).__module__.split(".")[0] in ("gevent", "greenlet", "eventlet"):
