@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -16,6 +17,9 @@ import flowkit
 from tests import workflows as wf
 
 pytestmark = pytest.mark.integration
+
+LAST_LOCAL = datetime(9999, 12, 31, 23, 59, 59,
+                      tzinfo=timezone(-timedelta(hours=23, minutes=59)))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), "5", True])
@@ -39,8 +43,13 @@ def test_a_wait_timeout_is_a_number_or_none(store, bad):
     # as REST's delay; 10**12 seconds on made a run every `flowkit status` failed to show
     ({"delay": 10**12}, "start(delay=...) is at most 31622400 seconds (366 days), not "
                         "1000000000000: pass start_at= for a later start."),
-    ({"start_at": 1.8e12}, "start(start_at=1800000000000.0) is after the year 9999: pass a "
-                           "Unix time in seconds (not milliseconds), or a datetime."),
+    ({"start_at": 1.8e12}, "start(start_at=1800000000000.0) is after the year 9999 (UTC): "
+                           "pass a Unix time in seconds (not milliseconds), or an earlier "
+                           "datetime."),
+    # the year 10000 once in UTC: it took the aware datetime as it came
+    ({"start_at": LAST_LOCAL}, f"start(start_at={LAST_LOCAL!r}) is after the year 9999 (UTC): "
+                               "pass a Unix time in seconds (not milliseconds), or an earlier "
+                               "datetime."),
 ])
 def test_a_delayed_start_is_a_finite_time(store, options, says):
     with pytest.raises(flowkit.ConfigError) as refused:

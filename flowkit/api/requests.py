@@ -13,10 +13,12 @@ from werkzeug.wsgi import LimitedStream
 from ..serialization import MAX_DEPTH, TOO_LARGE, TOO_LONG, nested_too_deeply, strict_loads
 from .auth import Access
 from .errors import ApiError
+from .schemas import MAX_WAIT_QUERY
 from .state import state
 from .streaming import NDJSON, SSE
 
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9.]+)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?([^,;\s\"]*)", re.IGNORECASE)
+_SECONDS = re.compile(r"\d{1,9}(\.\d{1,9})?")
 #: How much of a too large chunked body is read and dropped to keep the connection; past
 #: it the connection is closed instead.
 DRAIN_FACTOR = 16
@@ -57,12 +59,13 @@ def wait_seconds(query_wait: float | None) -> float | None:
     wait = query_wait
     if wait is None:
         found = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
-        if found:
-            try:
-                wait = float(found.group(1))
-            except ValueError:
-                raise ApiError(400, "validation_error", "Invalid Prefer: wait=.",
-                               {"Prefer": ["wait must be a number of seconds."]}) from None
+        if found:  # as ?wait= takes it: abc, -1 and nan were ignored, 1e400 read as 1
+            raw = found.group(1)
+            if not _SECONDS.fullmatch(raw) or float(raw) > MAX_WAIT_QUERY:
+                raise ApiError(400, "validation_error", "Invalid Prefer: wait=.", {
+                    "Prefer": [f"wait={raw} is not a number of seconds from 0 to "
+                               f"{MAX_WAIT_QUERY} (e.g. Prefer: wait=10)."]})
+            wait = float(raw)
     return None if wait is None else min(wait, state().options.max_wait)
 
 

@@ -121,16 +121,27 @@ class EventsArgs(Schema):
     limit = _QueryInteger(validate=validate.Range(1, 100_000))
 
 
+#: The longest wait a start may ask for (?wait= and Prefer: wait= alike), before the
+#: deployment's own cap (FLOWKIT_API_MAX_WAIT).
+MAX_WAIT_QUERY = 86_400
+
+
 class StartArgs(Schema):
-    wait = _QueryNumber(validate=validate.Range(0, 86_400), metadata={
+    wait = _QueryNumber(validate=validate.Range(0, MAX_WAIT_QUERY), metadata={
         "description": "Hold the request up to this many seconds for the run to end."})
     priority = _QueryInteger(validate=validate.Range(0, 9), metadata={
         "description": "0 (the default) to 9: higher priorities are admitted (concurrency "
                        "keys) and dispatched first on the same queue."})
-    delay = _QueryNumber(validate=validate.Range(0, MAX_DELAY), metadata={
+    delay = _QueryNumber(validate=validate.Range(0, MAX_DELAY, error=(
+        "Must be from {min} to {max} seconds (366 days); for a later start, give start_at "
+        "(ISO 8601 with a time zone).")), metadata={
         "description": "Start the run this many seconds from now (it is `scheduled` until "
                        "then, visible and cancellable)."})
-    start_at = fields.AwareDateTime(metadata={
+    start_at = fields.AwareDateTime(error_messages={
+        "invalid": "Not a date-time flowkit can hold: ISO 8601 with a time zone, before the "
+                   "year 10000 (e.g. 2026-12-24T09:00:00+00:00).",
+        "invalid_awareness": "Give its time zone: e.g. 2026-12-24T09:00:00Z, or +01:00 for "
+                             "an offset."}, metadata={
         "description": "Start the run at this time (ISO 8601 with a time zone); it is "
                        "`scheduled` until then. Given with `delay`, `start_at` wins; a time "
                        "past starts the run now."})

@@ -329,6 +329,7 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
         return now + float(delay) if delay > 0 else None
     if start_at is None:
         return None
+    given = start_at
     if isinstance(start_at, datetime):
         if start_at.tzinfo is None:
             raise ConfigError("start(start_at=...) needs a timezone-aware datetime.")
@@ -336,9 +337,9 @@ def _due(now: float, delay: float | None, start_at: datetime | float | None) -> 
     elif not is_number(start_at):
         raise ConfigError(f"start(start_at=...) is a timezone-aware datetime or a Unix time, "
                           f"not {start_at!r}.")
-    elif start_at > LAST_TIME:
-        raise ConfigError(f"start(start_at={start_at!r}) is after the year 9999: pass a Unix "
-                          "time in seconds (not milliseconds), or a datetime.")
+    if start_at > LAST_TIME:  # 9999-12-31T23:59-23:59 too: the year 10000 in UTC
+        raise ConfigError(f"start(start_at={given!r}) is after the year 9999 (UTC): pass a "
+                          "Unix time in seconds (not milliseconds), or an earlier datetime.")
     return float(start_at) if float(start_at) > now else None
 
 

@@ -176,6 +176,28 @@ def test_sync_invocation_that_runs_out_answers_202_with_urls(client):
     assert flowkit.get_run(run["id"]).wait(20).state == "succeeded"
 
 
+@pytest.mark.parametrize("prefer", ["wait=abc", "wait=-1", "wait=nan", "wait=1e400",
+                                    "wait=90000", "respond-async, wait=1_0"])
+def test_a_prefer_wait_that_is_no_number_of_seconds_is_a_400_as_the_openapi_says(client, prefer):
+    """It was ignored (the run started, 202) or read in part (1e400 held the request 1 s)."""
+    response = client.post("/workflows/simple/runs", json={"n": 1}, headers={"Prefer": prefer})
+    assert response.status_code == 400, response.text
+    [said] = response.json()["error"]["fields"]["Prefer"]
+    assert said.endswith("is not a number of seconds from 0 to 86400 (e.g. Prefer: wait=10).")
+    assert flowkit.list_runs(workflow="simple") == []  # nothing started
+
+
+def test_a_replay_held_by_a_wait_says_it_created_nothing(client):
+    """A start repeated with its Idempotency-Key and ?wait= said "created": true (202 while
+    the run went on), as if it had started a second run."""
+    headers = {"Idempotency-Key": "replayed-with-a-wait"}
+    first = client.post("/workflows/simple/runs", json={"n": 1}, headers=headers)
+    again = client.post("/workflows/simple/runs?wait=5", json={"n": 1}, headers=headers)
+    assert first.json()["created"] is True
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert again.json()["id"] == first.json()["id"]
+
+
 def test_many_subscribers_of_one_run_each_get_every_event(api, client):
     run = start(client, "streaming", {"before": 0, "after": 200})
     handle = flowkit.get_run(run["id"])

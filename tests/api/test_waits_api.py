@@ -69,6 +69,32 @@ def test_a_delayed_start_over_http_is_scheduled_and_cancellable(client):
     assert client.post(f"/runs/{run['id']}/cancel").json()["state"] == "cancelled"
 
 
+def test_delayed_start_errors_say_what_to_give_and_a_time_past_9999_is_held_to_it(client):
+    too_far = client.post("/workflows/simple/runs", params={"delay": 10**8}, json={"n": 1})
+    assert too_far.status_code == 400
+    assert too_far.json()["error"]["fields"] == {"delay": [
+        "Must be from 0 to 31622400 seconds (366 days); for a later start, give start_at "
+        "(ISO 8601 with a time zone)."]}
+    naive = client.post("/workflows/simple/runs", params={"start_at": "2030-01-01T09:00:00"},
+                        json={"n": 1})
+    assert naive.json()["error"]["fields"] == {"start_at": [
+        "Give its time zone: e.g. 2026-12-24T09:00:00Z, or +01:00 for an offset."]}
+    # the year 10000 in UTC: taken (the published schema cannot bound it), held to 9999
+    last = client.post("/workflows/simple/runs", json={"n": 1},
+                       params={"start_at": "9999-12-31T23:59:59-23:59"})
+    assert last.status_code == 202, last.text
+    assert last.json()["start_at"] == 253_402_300_799.0
+    assert client.post(f"/runs/{last.json()['id']}/cancel").status_code == 200
+
+
+def test_a_summary_takes_run_ids_in_any_case(client):
+    run = client.post("/workflows/simple/runs", params={"delay": 3600}, json={"n": 1}).json()
+    lower = run["id"].lower()
+    answer = client.get("/runs/summary", params={"ids": lower})
+    assert answer.status_code == 200 and list(answer.json()["runs"]) == [lower]
+    client.post(f"/runs/{run['id']}/cancel")
+
+
 def test_the_cli_answers_input_and_sends_events(flowkit_env, store, worker):
     env = {**os.environ, **flowkit_env}
 

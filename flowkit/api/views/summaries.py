@@ -43,7 +43,9 @@ def summarise():
             "Invalid query parameters.",
             {"ids": [f"1 to {MOST} comma-separated run ids."]},
         )
-    return {"runs": {run_id: summary(load_run(run_id).id) for run_id in ids}}
+    # an id in any case is its run (answered under the id as asked)
+    return {"runs": {run_id: summary(load_run(control.canonical_run_id(run_id)).id)
+                     for run_id in ids}}
 
 
 @dataclass

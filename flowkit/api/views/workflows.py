@@ -10,6 +10,7 @@ from flask_sock import Sock
 
 from ...engine import control
 from ...events import START
+from ...numbers import LAST_TIME
 from .. import schemas
 from ..errors import ApiError
 from ..relay import Subscriber
@@ -55,8 +56,13 @@ def start_run(name: str):
     body = json_body()
     wf.validate(body)  # marshmallow's own field messages first
     check_input(wf.input_schema, body)  # then what it lets through the published schema refuses
+    start_at = args.get("start_at")
+    if start_at is not None and start_at.timestamp() > LAST_TIME:
+        # 9999-12-31T23:59-23:59 is a valid date-time the published schema cannot bound:
+        # the year 10000 in UTC, past what flowkit can show; held to the last moment it can
+        start_at = LAST_TIME
     run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store,
-                        start_at=args.get("start_at"), priority=args.get("priority", 0),
+                        start_at=start_at, priority=args.get("priority", 0),
                         delay=None if "start_at" in args else args.get("delay"))
     who.require_run(run.id, run.owner)  # never another owner's: keys are per owner
     token = current.auth.issue(run.id)
@@ -65,13 +71,14 @@ def start_run(name: str):
     if kind is not None:
         return stream_response(current.hub.subscribe(run.id, START),
                                current.options.ping_interval, kind, headers=headers)
+    created = run.created  # the start's own answer: the record read after a wait has none
     if wait:
         _await_end(current.hub.subscribe(run.id, START), wait)
         run = control.get_run(run.id, store=current.store)
         headers["Preference-Applied"] = f"wait={wait:g}"
-    body = {**run_json(run), "created": run.created, "token": token,
+    body = {**run_json(run), "created": created, "token": token,
             "token_expires_in": current.options.token_ttl}
-    status = 200 if run.done or not run.created else 202
+    status = 200 if run.done or not created else 202
     return jsonify(body), status, headers
 
 
