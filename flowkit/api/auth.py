@@ -102,8 +102,13 @@ class Access:
         """Reads of the run; ``write``: changing it (cancel, retry); ``answer``: sending
         input to its waits, which its own run token may (a page answering its form)."""
         if self.kind == RUN:
-            if run_id != self.run_id or (write and not answer):
-                raise ApiError(403, "forbidden", "This token is for another run, or read-only.")
+            if run_id != self.run_id:
+                raise ApiError(403, "forbidden", "This token is for another run: a run token "
+                               "reads its own run only.")
+            if write and not answer:  # one message for both hid which one it was
+                raise ApiError(403, "forbidden", "A run token reads its run and answers its "
+                               "waits; cancelling or retrying it needs an API key (or your "
+                               "app's own authorization).")
         elif self.owner is not None and run_owner != self.owner:
             raise ApiError(403, "forbidden", "This run belongs to another owner.")
 

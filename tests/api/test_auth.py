@@ -76,6 +76,12 @@ def test_run_token_reads_its_run_and_nothing_else(api, store):
                          ("POST", "/workflows/simple/runs"), ("POST", f"/runs/{a['id']}/cancel"),
                          ("POST", f"/runs/{a['id']}/retry")]:
         assert as_a.request(method, path, json={"n": 1}).status_code == 403, (method, path)
+    # each refusal says which it is (one message for both hid it)
+    assert as_a.get(f"/runs/{b['id']}").json()["error"]["message"] == (
+        "This token is for another run: a run token reads its own run only.")
+    assert as_a.post(f"/runs/{a['id']}/cancel").json()["error"]["message"].startswith(
+        "A run token reads its run and answers its waits; cancelling or retrying it needs an "
+        "API key")
 
 
 def test_the_host_app_mints_run_tokens_for_runs_it_started(api, store):
