@@ -46,6 +46,8 @@ def test_bad_schedules_get_field_messages(client):
     assert minute.status_code == 400 and "61" in minute.json()["error"]["fields"]["cron"][0]
     unknown = client.post("/schedules", json={"workflow": "nope", "every": 60})
     assert unknown.status_code == 404
+    [said] = unknown.json()["error"]["fields"]["workflow"]  # the body's field, named
+    assert said.startswith("No workflow named 'nope'. Served here: ")
     loose = client.post("/schedules", json={"workflow": "simple", "every": "60",
                                             "catchup": "yes", "input": {"n": 1}})
     assert loose.status_code == 400  # marshmallow alone took both: JSON says what it means

@@ -51,7 +51,10 @@ def create_schedule():
                        {"_schema": ["A JSON object: workflow, cron or every, input, ..."]})
     wf = None
     if isinstance(body.get("workflow"), str):
-        wf = state().workflow(body["workflow"])  # 404 for a workflow this API does not serve
+        try:  # 404 for a workflow this API does not serve, said under the body's field
+            wf = state().workflow(body["workflow"])
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, exc.message, {"workflow": [exc.message]}) from None
     # held to its published JSON Schema as a workflow's input is: marshmallow alone takes
     # "every": "60" and "catchup": "yes"; its own words win where it has some
     errors = json_errors(json_schema(_BODY), body)
