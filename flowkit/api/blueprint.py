@@ -125,6 +125,10 @@ def _after(response):
 
 def _before() -> None:
     current = state()
+    if current.hub.closing:  # told to stop (SIGTERM): a request goes to a process that stays
+        raise ApiError(503, "server_restarting", "This server is shutting down: send the "
+                       "request again (a stream resumes from its last event id).",
+                       headers={"Retry-After": "1", "Connection": "close"})
     request.max_content_length = current.options.max_body_bytes
     check_body_size(current.options.max_body_bytes)
     if request.endpoint and request.endpoint.rpartition(".")[2] in PUBLIC:

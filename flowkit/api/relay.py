@@ -315,6 +315,9 @@ class Hub:
         self._pid: int | None = None
         self._stopped = threading.Event()
         self._reader: StreamReader | None = None
+        #: This process is stopping (end_all ran): it takes no new request, so a client
+        #: on a kept-alive connection goes to a process that stays.
+        self.closing = False
 
     @property
     def store(self) -> Store:
@@ -360,7 +363,11 @@ class Hub:
         return sub
 
     def end_all(self) -> int:
-        """End every stream of this process (graceful shutdown); returns how many."""
+        """End every stream of this process (graceful shutdown); returns how many. From
+        now on the process refuses requests (blueprint's ``_before``): a follower whose
+        connection was kept alive reconnected to this process, and held its shutdown open
+        for the whole graceful timeout."""
+        self.closing = True
         with self._lock:
             subs = [sub for tracked in self._runs.values() for sub in tracked.subscribers]
         for sub in subs:
@@ -429,8 +436,8 @@ class Hub:
             try:
                 found = reader.read(cursors, count=self.page, block_ms=_BLOCK_MS)
                 backoff = 0.05
-            except StoreUnavailable:
-                log.warning("flowkit relay: reading streams failed; retrying", exc_info=True)
+            except StoreUnavailable as exc:  # one line: a traceback per Redis restart said no more
+                log.warning("flowkit relay: reading streams failed (%s); retrying", exc)
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue

@@ -10,6 +10,7 @@ browser does.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,11 +25,17 @@ from .usage import UsageError
 #: Seconds a dropped event stream waits before it reconnects (the server restarted, a
 #: proxy cut the connection).
 RECONNECT_SECONDS = 1.0
-#: Reconnections in a row without a new event before following gives up.
-RECONNECT_TRIES = 30
+#: Reconnections in a row without a new event before following gives up (two minutes: a
+#: deploy, a Redis restart).
+RECONNECT_TRIES = 120
 #: How a Flask app's 404 for a path it has no route for begins (werkzeug's NotFound): the
 #: --url is wrong, the run or workflow is not what is missing.
 _NO_ROUTE = "The requested URL was not found"
+
+
+class Unavailable(FlowkitError):
+    """The server answered 502, 503 or 504: Redis away, the process restarting, a proxy with
+    no upstream. A follower waits and reconnects (it quit, exit 1, while its run went on)."""
 
 
 class RemoteRuns:
@@ -91,11 +98,15 @@ class RemoteRuns:
                                       params={"after": cursor, "limit": 1})
                     if not page.get("events") and page.get("done"):
                         return
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, Unavailable) as exc:
                 tries += 1
                 if tries > RECONNECT_TRIES:
                     raise FlowkitError(f"lost the event stream of run {run_id} at {self.url} "
-                                       f"({exc}); follow it again later.") from None
+                                       f"({exc}); follow it again later with --after "
+                                       f"{cursor}.") from None
+                if tries == 1:  # once per outage: it was silent until it gave up
+                    print(f"flowkit: the stream of run {run_id} is away ({exc}); "
+                          f"reconnecting from event {cursor} ...", file=sys.stderr, flush=True)
             time.sleep(RECONNECT_SECONDS)  # the stream ended before the run did: a deploy
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -153,6 +164,8 @@ class RemoteRuns:
             raise WorkflowNotFound(message)
         if response.status_code == 404:
             raise RunNotFound(message)
+        if response.status_code in (502, 503, 504):
+            raise Unavailable(message)
         raise FlowkitError(message)
 
 

@@ -139,6 +139,60 @@ class CuttingProxy:
         self.listener.close()
 
 
+class RefusingProxy(CuttingProxy):
+    """A :class:`CuttingProxy` whose first ``refusals`` connections after the cut are
+    answered ``503`` as flowkit answers while its Redis is away (or its process stops)."""
+
+    def __init__(self, port: int, refusals: int) -> None:
+        super().__init__(port)
+        self.refusals = refusals
+        self.let_through.set()
+
+    def _relay(self, downstream: socket.socket) -> None:
+        if self.cut.is_set() and self.refusals > 0:
+            self.refusals -= 1
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in downstream.recv(65536):
+                    pass
+                body = json.dumps({"error": {"code": "store_unavailable", "fields": {},
+                                             "message": "flowkit's Redis is unavailable; "
+                                                        "retry shortly."}}).encode()
+                downstream.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                   b"Content-Type: application/json\r\nConnection: close\r\n"
+                                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+                                   + body)
+            downstream.close()
+            return
+        super()._relay(downstream)
+
+
+def test_a_follow_waits_out_503s_and_reconnects_saying_so_once(api, env, worker):
+    """A reconnect answered 503 (Redis away, the process restarting) ended the follow, exit
+    1, while the run went on; and it said nothing while it retried."""
+    created = start(api.client(), "chain3", {"n": 1})
+    handle = flowkit.get_run(created["id"])
+    reached_gate(handle, "gated")
+    proxy = RefusingProxy(int(api.url.rsplit(":", 1)[1]), refusals=2)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "flowkit.cli", "follow", created["id"], "--url", proxy.url,
+         "--api-key", API_KEY, "--json"], env={**env, "FLOWKIT_URL": ""},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.cut.wait(60), "the CLI's stream never carried an event"
+        wait_until(lambda: proxy.refusals == 0, 30, "the two refused reconnects")
+        open_gate(handle, "gated")
+        stdout, stderr = follow.communicate(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        proxy.close()
+    assert follow.returncode == 0, stderr
+    # once for the outage (the cut, then two 503s), not per try
+    assert stderr.count("reconnecting from event") == 1 and "Traceback" not in stderr, stderr
+    ids = [json.loads(line)["id"] for line in stdout.splitlines()]
+    assert ids == [e.id for e in handle.events()]  # every event, once, in order
+
+
 def test_a_follow_that_reconnects_after_its_token_expired_says_what_to_do(env, worker):
     """The stream drops (a proxy cuts it), and by the time the CLI reconnects its run token
     has expired: the 401 is that expiry, told as such with the event id to go on from, not

@@ -100,3 +100,39 @@ def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(
         if web.proc.poll() is None:
             web.kill()
         open_gate(run, "streamer")
+
+
+def test_after_sigterm_a_request_on_a_kept_alive_connection_is_told_to_go_elsewhere(
+    flowkit_env, worker, store, tmp_path
+):
+    """A follower reconnecting over its kept-alive connection was served by the stopping
+    process again, which then waited out gunicorn's 30 s graceful timeout for it."""
+    import signal
+
+    from tests.conftest import open_gate, reached_gate
+    from tests.workflows import streaming
+
+    web = Gunicorn(flowkit_env, tmp_path / "web.log", FLOWKIT_API_OPEN="true").start()
+    try:
+        run = streaming.start({"before": 3, "after": 3})
+        reached_gate(run, "streamer")
+        with httpx.Client(base_url=f"http://127.0.0.1:{web.port}", timeout=20) as client:
+            with client.stream("GET", f"/runs/{run.id}/events",
+                               headers={"Accept": "text/event-stream"}) as stream:
+                lines = stream.iter_lines()
+                while "step.output" not in next(lines):
+                    pass
+                stopped = time.monotonic()
+                web.proc.send_signal(signal.SIGTERM)
+                for _ in lines:  # the server ends the stream
+                    pass
+            again = client.get(f"/runs/{run.id}")  # the same kept-alive connection
+        assert again.status_code == 503, again.text
+        assert again.json()["error"]["code"] == "server_restarting"
+        assert again.headers["Connection"] == "close"
+        assert web.proc.wait(15) == 0
+        assert time.monotonic() - stopped < 10
+    finally:
+        if web.proc.poll() is None:
+            web.kill()
+        open_gate(run, "streamer")
