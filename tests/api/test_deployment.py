@@ -77,7 +77,7 @@ def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(
 
     import websocket
 
-    from tests.conftest import open_gate, reached_gate
+    from tests.conftest import reached_gate
     from tests.workflows import streaming
 
     web = Gunicorn(flowkit_env, tmp_path / "web.log", FLOWKIT_API_OPEN="true").start()
@@ -94,12 +94,9 @@ def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(
         opcode, frame = sock.recv_data(control_frame=True)
         assert opcode == websocket.ABNF.OPCODE_CLOSE
         assert int.from_bytes(frame[:2], "big") == 1012
-        assert web.proc.wait(15) == 0
-        assert time.monotonic() - stopped < 10
+        exits_soon(web, stopped)
     finally:
-        if web.proc.poll() is None:
-            web.kill()
-        open_gate(run, "streamer")
+        stop_streaming(web, run)
 
 
 def test_after_sigterm_a_request_on_a_kept_alive_connection_is_told_to_go_elsewhere(
@@ -109,7 +106,7 @@ def test_after_sigterm_a_request_on_a_kept_alive_connection_is_told_to_go_elsewh
     process again, which then waited out gunicorn's 30 s graceful timeout for it."""
     import signal
 
-    from tests.conftest import open_gate, reached_gate
+    from tests.conftest import reached_gate
     from tests.workflows import streaming
 
     web = Gunicorn(flowkit_env, tmp_path / "web.log", FLOWKIT_API_OPEN="true").start()
@@ -130,9 +127,20 @@ def test_after_sigterm_a_request_on_a_kept_alive_connection_is_told_to_go_elsewh
         assert again.status_code == 503, again.text
         assert again.json()["error"]["code"] == "server_restarting"
         assert again.headers["Connection"] == "close"
-        assert web.proc.wait(15) == 0
-        assert time.monotonic() - stopped < 10
+        exits_soon(web, stopped)
     finally:
-        if web.proc.poll() is None:
-            web.kill()
-        open_gate(run, "streamer")
+        stop_streaming(web, run)
+
+
+def exits_soon(web: Gunicorn, stopped: float) -> None:
+    """The web process exited cleanly well before gunicorn's 30 s graceful timeout."""
+    assert web.proc.wait(15) == 0
+    assert time.monotonic() - stopped < 10
+
+
+def stop_streaming(web: Gunicorn, run) -> None:
+    from tests.conftest import open_gate
+
+    if web.proc.poll() is None:
+        web.kill()
+    open_gate(run, "streamer")
