@@ -246,7 +246,8 @@ def lookup(name: str) -> Component:
     except KeyError:
         raise NotFound(
             f"No component named {name!r} in this process; import the module that defines "
-            "it in the worker (Celery 'imports' or FLOWKIT_IMPORTS)."
+            "it in the worker: create_celery_app(..., imports=['myapp.flows']), or name it "
+            "with celery -A."
         ) from None
 
 

@@ -461,3 +461,16 @@ def test_a_pydantic_model_in_an_output_says_to_model_dump_it():
                                         r"it holds a Answer, a pydantic model .*return "
                                         r"value\.model_dump\(mode='json'\)"):
         dumps_bounded({"answer": Answer(text="hi")}, "the output of step 0:ask")
+
+
+def test_an_unknown_component_says_how_to_import_it_in_the_worker():
+    """It named FLOWKIT_IMPORTS, a variable flowkit never read."""
+    from flowkit.component import lookup
+    from flowkit.errors import NotFound
+
+    with pytest.raises(NotFound) as missing:
+        lookup("unit.nowhere")
+    assert str(missing.value) == (
+        "No component named 'unit.nowhere' in this process; import the module that defines it "
+        "in the worker: create_celery_app(..., imports=['myapp.flows']), or name it with "
+        "celery -A.")
