@@ -21,6 +21,19 @@ from .numbers import is_number, is_whole
 from .urls import redacted
 
 ENV_PREFIX = "FLOWKIT_"
+#: FLOWKIT_* variables read outside :class:`Settings`: by the web server's settings
+#: (gunicorn_config), the CLI and the reference deployment (api/app.py). With the settings'
+#: own, every name flowkit reads: ``flowkit doctor`` warns of any other (a typo is ignored).
+OTHER_VARIABLES = frozenset({
+    "FLOWKIT_APP", "FLOWKIT_URL", "FLOWKIT_API_KEY", "FLOWKIT_WORKFLOW_MODULES",
+    "FLOWKIT_WEB_BIND", "FLOWKIT_WEB_THREADS", "FLOWKIT_WEB_WORKERS", "FLOWKIT_WEB_ACCESS_LOG",
+    "FLOWKIT_WEB_CONTROL_SOCKET",
+})
+
+
+def variables() -> frozenset[str]:
+    """Every FLOWKIT_* environment variable flowkit reads."""
+    return OTHER_VARIABLES | {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
 
 
 def _scheme(url: str) -> str:

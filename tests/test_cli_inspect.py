@@ -301,3 +301,27 @@ def test_another_database_is_surely_another_broker_another_host_name_may_not_be(
     [other_db] = doctor.same_broker("redis://redis:6379/5", [worker])
     assert other_db.level == doctor.FAILURE and "unless" not in other_db.message
     assert doctor.same_broker("redis://redis/0", [worker]) == []
+
+
+def test_doctor_warns_of_a_flowkit_variable_that_names_no_setting(env):
+    """A misspelled variable was ignored without a word, its default used instead."""
+    result = flowkit_cli("doctor", "-A", "tests.app", "--json",
+                         env={**env, "FLOWKIT_BROKR_URL": env["FLOWKIT_REDIS_URL"]})
+    [finding] = by_check(json.loads(result.stdout))["settings"]
+    assert finding["level"] == "warning"
+    assert finding["message"] == ("FLOWKIT_BROKR_URL is not a flowkit setting: flowkit ignores "
+                                  "it (did you mean FLOWKIT_BROKER_URL?).")
+
+
+def test_every_flowkit_variable_the_code_reads_is_known_to_the_doctor():
+    """The doctor's list of what flowkit reads is the code's: a variable read outside the
+    settings and left off the list would be reported as ignored."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from flowkit.config import variables  # noqa: PLC0415
+
+    root = Path(ROOT)
+    read = re.compile(r"""environ(?:\.get)?[(\[]\s*["'](FLOWKIT_[A-Z0-9_]+)["']""")
+    sources = [*(root / "flowkit").rglob("*.py"), root / "api" / "app.py"]
+    names = {name for path in sources for name in read.findall(path.read_text())}
+    assert names and names <= variables(), sorted(names - variables())

@@ -18,8 +18,10 @@ It also answers what the deployment serves and runs (:func:`served`,
 
 from __future__ import annotations
 
+import difflib
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +31,7 @@ import kombu
 import kombu.exceptions
 
 from ..component import registered
-from ..config import is_amqp
+from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store, no_primary
 from ..store.server import probe
@@ -176,6 +178,24 @@ def examine(
     found += broker_timeout(broker_url or store.settings.broker, workers,
                             store.settings.visibility_timeout)
     found += versions(workers)
+    found += unknown_variables(os.environ)
+    return found
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[Finding]:
+    """FLOWKIT_* variables flowkit does not read: a misspelled one (FLOWKIT_BROKR_URL) was
+    ignored without a word, and its default used instead. FLOWKIT_TEST_* are the tests'."""
+    known = variables()
+    found = []
+    for name in sorted(environ):
+        if not name.startswith("FLOWKIT_") or name in known or name.startswith("FLOWKIT_TEST_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        found.append(Finding(
+            "settings", WARNING,
+            f"{name} is not a flowkit setting: flowkit ignores it"
+            + (f" (did you mean {close[0]}?)." if close else "."),
+            "Rename it, or unset it (the README's Configuration lists the settings)."))
     return found
 
 
