@@ -61,11 +61,18 @@ def registry(deployment: Collector | None = None) -> CollectorRegistry:
 
 def render(accept: str | None, deployment: Collector | None = None) -> tuple[bytes, str]:
     """The exposition (Prometheus text, or OpenMetrics when ``accept`` asks) and its type."""
-    try:
-        encoder, content_type = choose_encoder(accept or "")
-    except (TypeError, ValueError):  # "...; version=abc": prometheus_client compares it
-        encoder, content_type = choose_encoder("")  # the text format, as for no Accept
+    encoder, content_type = choose_encoder(comparable_accept(accept))
     return encoder(registry(deployment)), content_type
+
+
+def comparable_accept(accept: str | None) -> str:
+    """``accept``, or none (the text format) when prometheus_client cannot compare it:
+    ``...; version=abc`` raised in its version check, a 500."""
+    try:
+        choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        return ""
+    return accept or ""
 
 
 # -- a worker's server ------------------------------------------------------------------
@@ -130,9 +137,7 @@ def _plain_accept(app: Callable) -> Callable:
     dropped: it answered 500 (prometheus_client's own server, which this replaces, has no
     hook for it); without one it answers the text format, as ``GET /metrics`` does."""
     def checked(environ: dict, start_response: Callable) -> Any:
-        try:
-            choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        except (TypeError, ValueError):
+        if not comparable_accept(environ.get("HTTP_ACCEPT")):
             environ.pop("HTTP_ACCEPT", None)
         return app(environ, start_response)
     return checked
