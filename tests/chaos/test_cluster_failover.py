@@ -66,9 +66,7 @@ def test_runs_finish_across_planned_failovers_of_every_primary(flowkit_env, tmp_
     with LocalCluster(3, replicas=1) as cluster, \
             runs_on(cluster, monkeypatch, tmp_path) as (store, runs):
         for replica in cluster.replica_ports:
-            redis.Redis(port=replica).execute_command("CLUSTER", "FAILOVER")
-            wait_for(lambda p=replica: cluster.role(p) == "master", 30,
-                     f"replica {replica} to take over")
+            take_over(cluster, replica)
         done_at_failover = done(store, runs)
         wait_for(lambda: all(cluster.role(port) == "slave" for port in cluster.ports), 30,
                  "every old primary to follow its successor")
@@ -90,3 +88,17 @@ def test_runs_finish_after_a_primary_crashes_and_its_replica_takes_over(flowkit_
         done_at_crash = done(store, runs)
         finished(store, runs, 200)
         assert done_at_crash < RUNS * 10, "the runs ended before the crash"
+
+
+def take_over(cluster, replica: int, tries: int = 3) -> None:
+    """A manual CLUSTER FAILOVER of ``replica``, asked again when Redis let one time out (on
+    a loaded machine one did: the replica stayed a replica past 30 s), as Redis's docs say."""
+    for attempt in range(1, tries + 1):
+        redis.Redis(port=replica).execute_command("CLUSTER", "FAILOVER")
+        try:
+            wait_for(lambda p=replica: cluster.role(p) == "master", 15,
+                     f"replica {replica} to take over")
+            return
+        except AssertionError:
+            if attempt == tries:
+                raise
