@@ -28,6 +28,10 @@ def test_input_over_http_is_validated_and_resumes_the_run(api, client):
     assert unknown.status_code == 409 and unknown.json()["error"]["code"] == "invalid_state"
     assert unknown.json()["error"]["message"].endswith(
         "does not wait for input 'other': it waits for input 'approval'.")
+    slashed = client.post(f"/runs/{run['id']}/input/a%2Fb", json={"ok": True})
+    assert slashed.status_code == 400  # the name's rule, not the routing 404
+    assert slashed.json()["error"]["fields"] == {
+        "name": ["An input's name is 1 to 200 characters without '/', not 'a/b'."]}
     # the run's own token answers it (a page answering its own form)
     with api.client(key=run["token"]) as page:
         accepted = page.post(f"/runs/{run['id']}/input/approval", json={"ok": True})

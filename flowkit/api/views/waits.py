@@ -22,7 +22,8 @@ class EventKey(PathConverter):
 def register(bp: Blueprint, sock: Sock) -> None:
     # before the route below is added: the blueprint's deferred functions run in order
     bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("event_key", EventKey))
-    bp.post("/runs/<run_id>/input/<name>")(send_input)
+    # any text, so that a name with a '/' (%2F) meets the name's rule, not the routing 404
+    bp.post("/runs/<run_id>/input/<event_key:name>")(send_input)
     bp.post("/events/<event_key:key>")(send_event)
 
 
