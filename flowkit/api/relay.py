@@ -123,6 +123,10 @@ class Subscriber:
         self.closed = False
         #: Ended because this process shuts down: the client should reconnect elsewhere.
         self.shutting_down = False
+        #: The client asked to be told of the relay's outages (``?status=true``): the hub
+        #: pokes it when one begins or ends, and :meth:`status` says which.
+        self.wants_status = False
+        self._told_outage: float | None = None  # the outage the client was last told of
 
     def attach(self, sink: Sink) -> None:
         """Let the hub write caught-up events straight to ``sink`` (from the client's thread)."""
@@ -135,6 +139,20 @@ class Subscriber:
         with self._lock:
             self._poked = True
             self._cond.notify()
+
+    def status(self) -> dict | None:
+        """What to tell the client of the relay itself, once per change (None: nothing new):
+        ``{"status": "degraded", "since": <unix time>, ...}`` when the hub cannot read Redis (the run's events
+        will be late, not lost), ``{"status": "live"}`` when it reads again."""
+        outage = self.hub.outage_since
+        if outage == self._told_outage:
+            return None
+        self._told_outage = outage
+        if outage is None:
+            return {"status": "live"}
+        return {"status": "degraded", "reason": "store_unavailable", "since": outage,
+                "message": "The server cannot read this run's events from Redis: they will "
+                           "arrive late, once it can again; nothing is lost."}
 
     # -- hub side ----------------------------------------------------------------
 
@@ -318,6 +336,8 @@ class Hub:
         #: This process is stopping (end_all ran): it takes no new request, so a client
         #: on a kept-alive connection goes to a process that stays.
         self.closing = False
+        #: Since when (``time.time()``) the reader cannot read Redis; None while it can.
+        self.outage_since: float | None = None
 
     @property
     def store(self) -> Store:
@@ -433,17 +453,34 @@ class Hub:
                 while not self._runs and not self._stopped.is_set():
                     self._lock.wait()
                 cursors = {run_id: t.cursor for run_id, t in self._runs.items()}
+            # after an outage the first read does not block: its success is news to tell
+            block_ms = _BLOCK_MS if self.outage_since is None else 1
             try:
-                found = reader.read(cursors, count=self.page, block_ms=_BLOCK_MS)
+                found = reader.read(cursors, count=self.page, block_ms=block_ms)
                 backoff = 0.05
             except StoreUnavailable as exc:  # one line: a traceback per Redis restart said no more
-                log.warning("flowkit relay: reading streams failed (%s); retrying", exc)
+                if self.outage_since is None:
+                    log.warning("flowkit relay: reading streams failed (%s); retrying", exc)
+                    self._outage(time.time())
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
+            if self.outage_since is not None:
+                log.warning("flowkit relay: reading streams again")
+                self._outage(None)
             for run_id, entries in found.items():
                 self._dispatch(run_id, entries)
         reader.close()
+
+    def _outage(self, since: float | None) -> None:
+        """An outage begins (``since``) or ends (None): wake the subscribers that asked to
+        be told, their threads send :meth:`Subscriber.status`."""
+        self.outage_since = since
+        with self._lock:
+            subs = [sub for tracked in self._runs.values() for sub in tracked.subscribers
+                    if sub.wants_status]
+        for sub in subs:
+            sub.poke()
 
     def _dispatch(self, run_id: str, entries: list[Entry]) -> None:
         batch = parse(entries)

@@ -119,6 +119,11 @@ class EventsArgs(Schema):
         "description": "Event id: only events after it (`0`: from the start). `Last-Event-ID` "
                        "does the same for SSE."})
     limit = _QueryInteger(validate=validate.Range(1, 100_000))
+    status = fields.Boolean(metadata={
+        "description": "`true`: also tell the client when the server cannot read the run's "
+                       "events from Redis (`{\"status\": \"degraded\", ...}`, SSE `event: "
+                       "status`) and when it can again (`{\"status\": \"live\"}`): events are "
+                       "late then, not lost. Not an event: it has no id."})
 
 
 #: The longest wait a start may ask for (?wait= and Prefer: wait= alike), before the
@@ -150,6 +155,11 @@ class StartArgs(Schema):
 class StreamArgs(Schema):
     after = fields.String(validate=_CURSOR, metadata={
         "description": "Event id: only events after it (`0`: from the start)."})
+    status = fields.Boolean(metadata={
+        "description": "`true`: also tell the client when the server cannot read the run's "
+                       "events from Redis (`{\"status\": \"degraded\", ...}`, SSE `event: "
+                       "status`) and when it can again (`{\"status\": \"live\"}`): events are "
+                       "late then, not lost. Not an event: it has no id."})
 
 
 class ErrorBody(Schema):

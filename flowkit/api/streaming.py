@@ -8,6 +8,10 @@ is encoded once, on the relay's event, and shared by every response following th
 A stream opened with a run token ends when the token expires: SSE sends a last message,
 ``event: token_expired`` (no id, so the cursor stays the last event's), whose data is the
 API's error; a client reconnects with a fresh token and its last event id.
+
+An SSE stream opened with ``?status=true`` is also told when the relay cannot read Redis
+and when it can again: ``event: status`` (no id), its data ``{"status": "degraded", ...}``
+or ``{"status": "live"}``; NDJSON lines are events only.
 """
 
 from __future__ import annotations
@@ -52,10 +56,13 @@ def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]
                 if kind == SSE:
                     yield _SSE_EXPIRED
                 return
+            said = sub.status() if sub.wants_status else None
             if batch:
                 yield encode(batch)
-            elif not sub.done:
+            elif not sub.done and said is None:
                 yield ping
+            if said is not None:  # no id: the client's cursor stays its last event's
+                yield f"event: status\ndata: {json.dumps(said)}\n\n".encode()
     finally:
         sub.close()
 

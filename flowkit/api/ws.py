@@ -7,7 +7,9 @@ answered ``{"pong": <the same>}`` (not an event: it has no id): a browser cannot
 protocol pings, so this is how its client notices a connection that died without a
 reset (a sleeping laptop, a NAT that forgot it) and reconnects. The socket closes after
 the terminal event; simple-websocket sends protocol pings every ping interval so
-proxies keep an idle socket open.
+proxies keep an idle socket open. A socket opened with ``?status=true`` is also sent
+``{"status": "degraded", ...}`` when the relay cannot read Redis, and ``{"status": "live"}``
+when it can again (no id either): a page can say its events are late rather than "live".
 
 Once a client is caught up, the relay hub writes its events to the socket itself
 (:class:`FrameSink`), without waking the client's thread; an event's frame is
@@ -224,6 +226,8 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
                 return
             if batch:
                 sink.send_all(batch)
+            if sub.wants_status and (said := sub.status()) is not None:
+                ws.sock.send(text_frame(json.dumps(said).encode()))  # not an event: no id
             if sub.done:
                 sub.close()  # unsubscribed before the closing handshake's wait
                 if sub.shutting_down:  # 1012 Service Restart: reconnect with the last id

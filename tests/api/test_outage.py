@@ -109,3 +109,50 @@ def test_a_start_while_the_broker_is_down_answers_503_naming_the_stored_run(
             assert took < API_BUDGET + SLACK
     finally:
         web.stop()
+
+
+def test_followers_that_asked_are_told_when_the_relay_cannot_read_redis_and_when_it_can(
+        flowkit_env, tmp_path):
+    """An open run page said "live" through a Redis outage: the socket stayed open and
+    answered pings. With ``?status=true`` the WebSocket and SSE say so, without an id."""
+    with LocalRedis() as redis_server:
+        env = {**flowkit_env, "FLOWKIT_REDIS_URL": redis_server.url,
+               "FLOWKIT_BROKER_URL": redis_server.url}
+        web = Gunicorn(env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+        try:
+            with httpx.Client(base_url=web.url, timeout=30,
+                              headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+                run = client.post("/workflows/simple/runs", json={"n": 1}).json()  # no worker
+                stream = websocket.create_connection(
+                    f"ws{web.url[4:]}/runs/{run['id']}/stream?status=true&token={run['token']}",
+                    timeout=20)
+                assert json.loads(stream.recv())["type"] == "run.queued"
+                with client.stream("GET", f"/runs/{run['id']}/events?status=true",
+                                   headers={"Accept": "text/event-stream"}) as sse:
+                    blocks = sse_blocks(sse.iter_lines())
+                    assert next(blocks)[0] is not None  # run.queued, with its id
+                    redis_server.stop()
+                    degraded = json.loads(stream.recv())
+                    assert degraded["status"] == "degraded" and "id" not in degraded
+                    assert degraded["reason"] == "store_unavailable"
+                    assert degraded["message"].startswith("The server cannot read")
+                    assert next(blocks) == (None, "status", degraded)
+                    redis_server.start()
+                    assert json.loads(stream.recv()) == {"status": "live"}
+                    assert next(blocks) == (None, "status", {"status": "live"})
+                stream.close()
+        finally:
+            web.stop()
+
+
+def sse_blocks(lines):
+    """(id, event name, data) of each SSE message, pings skipped."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line:
+            name, _, value = line.partition(": ")
+            if name:  # not a ": ping" comment
+                fields[name] = value
+        elif fields:
+            yield fields.get("id"), fields.get("event"), json.loads(fields["data"])
+            fields = {}

@@ -142,3 +142,34 @@ def test_frames_are_the_same_bytes_as_wsproto_builds_for_every_length_encoding()
         event = RelayEvent("7-0", json.dumps({"type": "step.output", "chunk": "é" * size}))
         expected = FrameProtocol(client=False, extensions=[]).send_data(event.json, fin=True)
         assert plain_frame(event) == bytes(expected)
+
+
+def test_a_subscriber_that_asked_is_told_when_the_hub_cannot_read_redis_and_when_it_can():
+    """While Redis is down the hub's reads fail and the stream is silent: a page showed
+    "live" all along. A subscriber that asked (``?status=true``) is woken at each change."""
+    with LocalRedis(appendonly=True) as server:
+        store = Store(get_settings().replace(redis_url=server.url))
+        hub = Hub(lambda: store, page=100, buffer=1000)
+        key = store.keys.events("01RELAYOUTAGE")
+        first = store.redis.xadd(key, {"e": json.dumps({"type": "step.output", "chunk": 0})})
+        told, silent = hub.subscribe("01RELAYOUTAGE"), hub.subscribe("01RELAYOUTAGE")
+        told.wants_status = True
+        try:
+            assert [e.id for e in told.next_batch(timeout=10)] == [first]
+            assert told.status() is None  # nothing to tell while the hub reads
+            server.stop()
+            assert told.next_batch(timeout=20) == []  # the hub's poke, not the timeout
+            degraded = told.status()
+            assert degraded["status"] == "degraded" and degraded["reason"] == "store_unavailable"
+            assert told.status() is None  # told once
+            server.start()
+            assert told.next_batch(timeout=20) == []
+            assert told.status() == {"status": "live"}
+            again = store.redis.xadd(key, {"e": json.dumps({"type": "step.output", "chunk": 1})})
+            assert [e.id for e in told.next_batch(timeout=20)] == [again]
+            # one that did not ask gets its events as before (the transports ask it nothing)
+            assert [e.id for e in silent.next_batch(timeout=10)] == [first, again]
+        finally:
+            told.close()
+            silent.close()
+            hub.stop()

@@ -27,8 +27,10 @@ def register(bp: Blueprint, sock: Sock) -> None:
             _check_handshake()
             run_id = request.view_args["run_id"]
             load_run(run_id)
-            cursor = parse_cursor(query(schemas.StreamArgs).get("after")) or START
+            args = query(schemas.StreamArgs)
+            cursor = parse_cursor(args.get("after")) or START
             g.flowkit_cursor = _known(run_id, cursor, "after")
+            g.flowkit_status = args.get("status", False)
 
 
 def _check_handshake() -> None:
@@ -114,6 +116,7 @@ def get_events(run_id: str):
             cursor, field = parse_cursor(after) or START, "after"
         sub = current.hub.subscribe(run_id, _known(run_id, cursor, field),
                                     expires_at=access().expires_at)
+        sub.wants_status = args.get("status", False)
         return stream_response(sub, current.options.ping_interval, SSE)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
     after = _known(run_id, parse_cursor(after) or START, "after")
@@ -125,5 +128,6 @@ def get_events(run_id: str):
 
 
 def stream(ws, run_id: str):
-    relay(ws, state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at),
-          beyond=lambda cursor: _beyond(run_id, cursor))
+    sub = state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at)
+    sub.wants_status = g.flowkit_status
+    relay(ws, sub, beyond=lambda cursor: _beyond(run_id, cursor))
