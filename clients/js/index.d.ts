@@ -12,7 +12,8 @@ export interface FlowkitEvent {
 }
 
 export type RunStateName = "scheduled" | "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
-export type Connection = "connecting" | "open" | "reconnecting" | "closed";
+/** "degraded": connected, but the server cannot read the run's events from Redis (they arrive late, none is lost). */
+export type Connection = "connecting" | "open" | "degraded" | "reconnecting" | "closed";
 export type StepStatus = "pending" | "running" | "retrying" | "waiting" | "completed" | "failed";
 
 export interface StepState {
@@ -54,6 +55,8 @@ export interface RunState {
   held: string | null;
   lastEventId: string | null;
   connection: Connection;
+  /** While `connection` is "degraded": since when (unix seconds) and the server's words. */
+  degraded: { since: number; message: string } | null;
   /** LLM token usage summed over completed steps, by kind. */
   tokens: Record<string, number>;
   cost: number | null;

@@ -112,3 +112,40 @@ def test_the_watch_page_sends_its_token_on_to_nothing_as_a_referer(api, client, 
     assert len(referers) > 2  # the page, its modules and style, its stream
     assert not [r for r in referers if run["token"] in r]
     page.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_the_watch_page_says_its_events_are_late_while_the_server_cannot_reach_redis(
+        flowkit_env, browser, tmp_path, transport):
+    """It said "live" through a Redis outage (the socket stayed open and answered pings);
+    the relay now says when it cannot read the run's events and when it can again."""
+    import httpx
+
+    from flowkit.testing import LocalRedis
+    from tests.api.conftest import API_KEY
+    from tests.api.helpers import Gunicorn
+
+    with LocalRedis() as redis_server:
+        env = {**flowkit_env, "FLOWKIT_REDIS_URL": redis_server.url,
+               "FLOWKIT_BROKER_URL": redis_server.url}
+        web = Gunicorn(env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        try:
+            run = httpx.post(f"{web.url}/workflows/simple/runs", json={"n": 1}, timeout=30,
+                             headers={"Authorization": f"Bearer {API_KEY}"}).json()  # no worker
+            if transport == "sse":  # as a browser without WebSockets (or behind a proxy) does
+                page.add_init_script("delete window.WebSocket")
+            page.goto(f"{web.url}{run['urls']['watch']}?token={run['token']}")
+            page.wait_for_selector('#connection[data-connection="open"]')
+            assert page.evaluate("window.flowkitRun.watch.transport") == transport
+            redis_server.stop()
+            page.wait_for_selector('#connection[data-connection="degraded"]')
+            assert page.text_content("#connection").startswith("delayed: the server cannot")
+            redis_server.start()
+            page.wait_for_selector('#connection[data-connection="open"]')
+            assert page.text_content("#connection") == "live"
+            assert page.evaluate("window.flowkitRun.watch.connects") == 1  # the same socket
+        finally:
+            page.close()
+            web.stop()

@@ -215,7 +215,8 @@ export class RunWatch {
   }
 
   setConnection(connection) {
-    if (this.state.connection !== connection) this.setState({ ...this.state, connection });
+    // a new connection's relay says again whether it is degraded: forget the last one's word
+    if (this.state.connection !== connection) this.setState({ ...this.state, connection, degraded: null });
   }
 
   /** Save soon: at most once per PERSIST_MS, and at once at the run's end. Saving the
@@ -277,6 +278,7 @@ export class RunWatch {
         this.setConnection("open");
       },
       onEvent: (event) => this.receive(event),
+      onStatus: (status) => this.relayStatus(status),
       onEnd: (end) => this.ended({ ...end, token }),
     };
     this.current = this.transport === "websocket" ? openWebSocket(options, handlers) : openEventStream(options, handlers);
@@ -299,6 +301,17 @@ export class RunWatch {
         this.ended({ opened: false, clean: false, restart: false, tokenFailed: true, message: `token: ${error?.message ?? error}` });
       },
     );
+  }
+
+  /** The relay's word on itself: "degraded" while the server cannot read the run's
+   * events (they arrive late, none is lost), "open" again when it can. */
+  relayStatus(status) {
+    if (this.stopped || this.current === null) return;
+    if (status?.status === "degraded") {
+      this.setState({ ...this.state, connection: "degraded", degraded: { since: status.since, message: status.message } });
+    } else if (status?.status === "live" && this.state.connection === "degraded") {
+      this.setState({ ...this.state, connection: "open", degraded: null });
+    }
   }
 
   receive(event) {

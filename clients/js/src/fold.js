@@ -26,6 +26,7 @@ export function initialRunState(runId) {
     held: null,
     lastEventId: null,
     connection: "connecting",
+    degraded: null,
     tokens: {},
     cost: null,
     superseded: {},

@@ -14,6 +14,9 @@ export const TOKEN_EXPIRED_CLOSE = 4001;
  * @property {() => void} onOpen
  * @property {(event: object) => void} onEvent
  * @property {(end: TransportEnd) => void} onEnd  called once, however the connection ended
+ * @property {(status: object) => void} [onStatus]  the relay's own state, not an event:
+ *   `{status: "degraded", since, message}` while the server cannot read the run's events
+ *   from Redis (they arrive late, none is lost), `{status: "live"}` when it can again
  *
  * @typedef {object} TransportEnd
  * @property {boolean} opened   the connection was established before it ended
@@ -48,6 +51,7 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   if (after) url.searchParams.set("after", after);
   if (token) url.searchParams.set("token", token);
+  url.searchParams.set("status", "true"); // be told when the relay cannot read Redis
   let opened = false;
   let ended = false;
   let idle = null;
@@ -105,7 +109,10 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
     } catch {
       return; // not an event: nothing the relay sends, ignored
     }
-    if (event && typeof event === "object" && "pong" in event && !("id" in event)) return;
+    if (event && typeof event === "object" && !("id" in event)) {
+      if ("status" in event) handlers.onStatus?.(event);
+      if ("pong" in event || "status" in event) return;
+    }
     handlers.onEvent(event);
   };
   socket.onerror = () => {}; // onclose follows with the code
@@ -159,7 +166,7 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
   const headers = { Accept: "text/event-stream" };
   if (after) headers["Last-Event-ID"] = after;
   if (token) headers.Authorization = `Bearer ${token}`;
-  const url = absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/events`);
+  const url = absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/events?status=true`);
   (async () => {
     const response = await fetchFn(url, { headers, credentials, signal: controller.signal, cache: "no-store" });
     if (!response.ok) {
@@ -196,6 +203,10 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
           return;
         }
         const event = parseSseBlock(block);
+        if (/^event: ?status\r?$/m.test(block)) {
+          if (event && !ended) handlers.onStatus?.(event);
+          continue;
+        }
         if (event && !ended) handlers.onEvent(event);
       }
     }

@@ -29,6 +29,7 @@ export function initialRunState(runId) {
     held: null,
     lastEventId: null,
     connection: "connecting",
+    degraded: null,
     tokens: {},
     cost: null,
     superseded: {},
@@ -317,6 +318,9 @@ export const TOKEN_EXPIRED_CLOSE = 4001;
  * @property {() => void} onOpen
  * @property {(event: object) => void} onEvent
  * @property {(end: TransportEnd) => void} onEnd  called once, however the connection ended
+ * @property {(status: object) => void} [onStatus]  the relay's own state, not an event:
+ *   `{status: "degraded", since, message}` while the server cannot read the run's events
+ *   from Redis (they arrive late, none is lost), `{status: "live"}` when it can again
  *
  * @typedef {object} TransportEnd
  * @property {boolean} opened   the connection was established before it ended
@@ -351,6 +355,7 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   if (after) url.searchParams.set("after", after);
   if (token) url.searchParams.set("token", token);
+  url.searchParams.set("status", "true"); // be told when the relay cannot read Redis
   let opened = false;
   let ended = false;
   let idle = null;
@@ -408,7 +413,10 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
     } catch {
       return; // not an event: nothing the relay sends, ignored
     }
-    if (event && typeof event === "object" && "pong" in event && !("id" in event)) return;
+    if (event && typeof event === "object" && !("id" in event)) {
+      if ("status" in event) handlers.onStatus?.(event);
+      if ("pong" in event || "status" in event) return;
+    }
     handlers.onEvent(event);
   };
   socket.onerror = () => {}; // onclose follows with the code
@@ -462,7 +470,7 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
   const headers = { Accept: "text/event-stream" };
   if (after) headers["Last-Event-ID"] = after;
   if (token) headers.Authorization = `Bearer ${token}`;
-  const url = absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/events`);
+  const url = absoluteUrl(baseUrl, `/runs/${encodeURIComponent(runId)}/events?status=true`);
   (async () => {
     const response = await fetchFn(url, { headers, credentials, signal: controller.signal, cache: "no-store" });
     if (!response.ok) {
@@ -499,6 +507,10 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
           return;
         }
         const event = parseSseBlock(block);
+        if (/^event: ?status\r?$/m.test(block)) {
+          if (event && !ended) handlers.onStatus?.(event);
+          continue;
+        }
         if (event && !ended) handlers.onEvent(event);
       }
     }
@@ -746,7 +758,8 @@ export class RunWatch {
   }
 
   setConnection(connection) {
-    if (this.state.connection !== connection) this.setState({ ...this.state, connection });
+    // a new connection's relay says again whether it is degraded: forget the last one's word
+    if (this.state.connection !== connection) this.setState({ ...this.state, connection, degraded: null });
   }
 
   /** Save soon: at most once per PERSIST_MS, and at once at the run's end. Saving the
@@ -808,6 +821,7 @@ export class RunWatch {
         this.setConnection("open");
       },
       onEvent: (event) => this.receive(event),
+      onStatus: (status) => this.relayStatus(status),
       onEnd: (end) => this.ended({ ...end, token }),
     };
     this.current = this.transport === "websocket" ? openWebSocket(options, handlers) : openEventStream(options, handlers);
@@ -830,6 +844,17 @@ export class RunWatch {
         this.ended({ opened: false, clean: false, restart: false, tokenFailed: true, message: `token: ${error?.message ?? error}` });
       },
     );
+  }
+
+  /** The relay's word on itself: "degraded" while the server cannot read the run's
+   * events (they arrive late, none is lost), "open" again when it can. */
+  relayStatus(status) {
+    if (this.stopped || this.current === null) return;
+    if (status?.status === "degraded") {
+      this.setState({ ...this.state, connection: "degraded", degraded: { since: status.since, message: status.message } });
+    } else if (status?.status === "live" && this.state.connection === "degraded") {
+      this.setState({ ...this.state, connection: "open", degraded: null });
+    }
   }
 
   receive(event) {
