@@ -73,13 +73,17 @@ class RemoteRuns:
             heard = False  # an event on this connection
             try:
                 with connect_sse(self.http, "GET", f"/runs/{run_id}/events",
-                                 params={"after": cursor}, timeout=None) as source:
+                                 params={"after": cursor, "status": "true"},
+                                 timeout=None) as source:
                     if last is not None and _token_expired(source.response):  # reconnected late
                         raise _expired_while_following(run_id, cursor)
                     self._check(source.response)
                     for sse in source.iter_sse():
                         if sse.event == "token_expired":  # the stream ends with the token
                             raise _expired_while_following(run_id, cursor)
+                        if sse.event == "status":  # the relay's word on itself: not an event
+                            _say_status(run_id, json.loads(sse.data))
+                            continue
                         if not sse.data:
                             continue  # keep-alive comments
                         last = json.loads(sse.data)
@@ -167,6 +171,16 @@ class RemoteRuns:
         if response.status_code in (502, 503, 504):
             raise Unavailable(message)
         raise FlowkitError(message)
+
+
+def _say_status(run_id: str, status: dict[str, Any]) -> None:
+    """A follower left silent through a Redis outage looked hung: say why, and when it ends."""
+    if status.get("status") == "degraded":
+        print(f"flowkit: the server cannot read the events of run {run_id} from its Redis; "
+              "they will follow once it can (nothing is lost) ...", file=sys.stderr, flush=True)
+    elif status.get("status") == "live":
+        print(f"flowkit: the server reads the events of run {run_id} again.",
+              file=sys.stderr, flush=True)
 
 
 def _token_expired(response: httpx.Response) -> bool:

@@ -356,3 +356,45 @@ def test_a_piped_follow_keeps_each_line_whole(api, env, client, worker):
     command = answer[answer.index("flowkit input"):].rstrip("\n")
     assert len(answer) > 80 and command.startswith(f"flowkit input {created['id']} approval '")
     assert command.endswith("'")
+
+
+def test_a_follow_says_when_the_server_cannot_read_redis_and_when_it_can_again(
+        flowkit_env, env, tmp_path):
+    """Through a Redis outage the follow was silent: the stream stayed open, and looked hung."""
+    from flowkit.testing import LocalRedis
+
+    from .helpers import Gunicorn
+
+    with LocalRedis() as redis_server:
+        served = {**flowkit_env, "FLOWKIT_REDIS_URL": redis_server.url,
+                  "FLOWKIT_BROKER_URL": redis_server.url}
+        web = Gunicorn(served, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+        follow = None
+        try:
+            created = json.loads(cli("run", "simple", "--input", '{"n": 1}', "--url", web.url,
+                                     "--api-key", API_KEY, "--detach", "--json",
+                                     env=env).stdout)  # no worker: it stays queued
+            follow = subprocess.Popen(
+                [sys.executable, "-u", "-m", "flowkit.cli", "follow", created["id"], "--url",
+                 web.url, "--api-key", API_KEY, "--json"], env={**env, "FLOWKIT_URL": ""},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert json.loads(line_within(follow.stdout, 30))["type"] == "run.queued"
+            redis_server.stop()
+            said = line_within(follow.stderr, 30)
+            assert said.startswith("flowkit: the server cannot read the events of run "), said
+            redis_server.start()
+            said = line_within(follow.stderr, 30)
+            assert said == f"flowkit: the server reads the events of run {created['id']} again.\n"
+        finally:
+            if follow is not None:
+                follow.kill()
+                follow.communicate(timeout=10)
+            web.stop()
+
+
+def line_within(stream, seconds: float) -> str:
+    """The next line of a child's pipe, or "" when none comes in time (not a hang)."""
+    import select
+
+    ready, _, _ = select.select([stream], [], [], seconds)
+    return stream.readline() if ready else ""
