@@ -41,7 +41,7 @@ from ..config import get_settings
 from ..context import current
 from ..coroutines import can_wait_for_loop, on_process_loop
 from ..engine import cache, trace
-from ..errors import ConfigError, RateLimitWait, describe_error
+from ..errors import ConfigError, RateLimitWait, RunCancelled, describe_error
 from ..numbers import is_whole
 from ..policy import seconds
 from ..store import get_store
@@ -229,6 +229,12 @@ class _Client:
     def _before_send(self, attempt: Any, call: _Call) -> None:
         if attempt.retry_state.attempt_number > 1:
             call.retries += 1  # tenacity slept before this one
+            # A sync step's thread sleeps out a Retry-After even once its run is cancelled
+            # (Python cannot stop it): the retry then sent a whole completion, paid for.
+            step = current()
+            if step is not None and step.is_cancelled():
+                raise RunCancelled("The run was cancelled while this LLM call waited to "
+                                   "retry: it is not sent again.")
 
     def _end(self, provider: Provider, call: _Call, response: Any, cache_key: str | None,
              stream_type: type[TracedStream]) -> Any:

@@ -7,6 +7,8 @@ smoothly without one Redis write per token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,7 +90,14 @@ class TracedStream:
             except BaseException as exc:
                 self._finish(exc)
                 raise
-            if self._take(chunk):
+            try:
+                taken = self._take(chunk)
+            except BaseException as exc:  # its text refused (the run was cancelled): stop it
+                with contextlib.suppress(Exception):
+                    self._stream.close()
+                self._finish(exc)
+                raise
+            if taken:
                 return chunk
 
     def _text(self, text: str) -> None:
@@ -156,6 +165,13 @@ class TracedStream:
 class AsyncTracedStream(TracedStream):
     """:class:`TracedStream` over the async SDK's stream (``async for``)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        try:  # made by the SDK's call, on the loop its connection belongs to
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
     @staticmethod
     def _iterator(stream: Any) -> Any:
         return stream.__aiter__()
@@ -173,15 +189,38 @@ class AsyncTracedStream(TracedStream):
             except BaseException as exc:
                 self._finish(exc)
                 raise
-            if self._take(chunk):
+            try:
+                taken = self._take(chunk)
+            except BaseException as exc:  # its text refused (the run was cancelled): stop it
+                with contextlib.suppress(Exception):
+                    await self._stream.close()
+                self._finish(exc)
+                raise
+            if taken:
                 return chunk
 
     async def close(self) -> None:  # type: ignore[override]
         await self._stream.close()
         self._finish(None)
 
-    def _abandon(self) -> None:  # its loop's close is not ours to await: the span and text
+    def _abandon(self) -> None:
+        """The attempt ended with this stream unfinished (a loop left with break, a step
+        cancelled between two chunks): record its span and text now, and close its
+        connection on the loop it belongs to, which the attempt's end is not running on.
+        Left to the garbage collector, the provider went on generating (and billing) it to
+        its end."""
+        if self._done:
+            return
         self._finish(None)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing: it closes its streams
+            asyncio.run_coroutine_threadsafe(self._quiet_close(), loop)
+
+    async def _quiet_close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._stream.close()
 
     async def __aenter__(self) -> AsyncTracedStream:
         return self

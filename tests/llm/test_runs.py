@@ -200,3 +200,42 @@ def test_a_stored_trace_exports_to_opentelemetry(llm):
     assert all(c.parent.span_id == step.context.span_id for c in chats)
     assert sorted(c.attributes["gen_ai.usage.output_tokens"] for c in chats) == [5, 12]
     assert all(c.end_time > c.start_time for c in chats)
+
+
+def test_an_async_stream_left_unclosed_is_closed_when_its_attempt_ends(llm):
+    """A loop left with break over an async stream the step still holds: the provider went
+    on generating (and billing) it to its end, as nothing closed its connection."""
+    primary, _ = llm
+    primary.configure(token_latency=0.05)  # 200 tokens: 10 s to the stream's own end
+    run = wf.async_stream_broken.start({"prompt": "tell me a story", "max_tokens": 200})
+    assert run.result(timeout=30)["first"]
+    wait_until(lambda: primary.stats.in_flight == 0, 5, "the provider's stream closed")
+    [span] = llm_spans(run)
+    assert span["status"] == "ok" and span["stream"] is True
+
+
+def test_cancelling_a_run_closes_its_async_stream(llm):
+    """The run's text refused once it was cancelled: the stream was left open, the provider
+    generating to its end, and its span said ok."""
+    primary, _ = llm
+    primary.configure(token_latency=0.02)  # 500 tokens: 10 s to the stream's own end
+    run = wf.async_streaming.start({"prompt": "tell me a long story", "max_tokens": 500})
+    wait_until(lambda: outputs(run), 20, "the first streamed text")
+    flowkit.cancel(run.id)
+    wait_until(lambda: primary.stats.in_flight == 0, 5, "the provider's stream closed")
+    wait_until(lambda: llm_spans(run), 10, "the call's span")
+    assert llm_spans(run)[0]["status"] == "error"
+
+
+def test_a_sync_call_waiting_out_a_retry_after_is_not_sent_again_once_its_run_is_cancelled(llm):
+    """Python cannot stop the step's thread: it slept out the Retry-After, then sent a whole
+    completion for a cancelled run."""
+    import time
+
+    primary, _ = llm
+    primary.configure(script=(429,), retry_after=2)
+    run = wf.asking.start({"prompt": "hello", "max_tokens": 4})
+    wait_until(lambda: primary.stats.requests, 20, "the first request, answered 429")
+    flowkit.cancel(run.id)
+    time.sleep(3.5)  # what is under test: nothing is sent once the Retry-After has passed
+    assert [r["status"] for r in primary.stats.requests] == [429]

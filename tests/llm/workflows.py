@@ -354,3 +354,40 @@ crash_agent = flowkit.Workflow("llmtest_crash_agent", [run_weather_agent], input
 crash_streamed_agent = flowkit.Workflow("llmtest_crash_streamed_agent",
                                         [run_weather_agent_streamed], input_schema=loop_schema,
                                         queue=TOOL_LOOP_QUEUE)
+
+
+#: The stream :func:`astream_break` stopped reading, kept as a component may keep one (a
+#: list of streams): the garbage collector does not close it then.
+_kept_streams: list = []
+
+
+async def _astream(data: dict):
+    return await async_client("plain").chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": data["prompt"]}],
+        max_tokens=data["max_tokens"], stream=True)
+
+
+@component(name="llmtest.astream_break")
+async def astream_break(data: dict) -> dict:
+    """Stops reading its async stream at the first words, without closing it."""
+    stream = await _astream(data)
+    _kept_streams[:] = [stream]
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            return {"first": chunk.choices[0].delta.content}
+    return {"first": None}
+
+
+@component(name="llmtest.astream")
+async def astream(data: dict) -> dict:
+    """Reads its async stream to the end (the tests cancel its run half-way)."""
+    stream = await _astream(data)
+    _kept_streams[:] = [stream]
+    return {"text": "".join([c.choices[0].delta.content or "" async for c in stream
+                             if c.choices])}
+
+
+async_stream_broken = flowkit.Workflow("llmtest_astream_break", [astream_break],
+                                       input_schema=prompt_schema, queue=QUEUE)
+async_streaming = flowkit.Workflow("llmtest_astream", [astream], input_schema=prompt_schema,
+                                   queue=QUEUE)
