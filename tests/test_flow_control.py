@@ -235,3 +235,42 @@ def test_a_key_function_or_a_component_key_that_reads_no_key_is_a_config_error()
     assert key_value("domain", {"domain": 5}, "concurrency") == "5"
     with pytest.raises(flowkit.ConfigError, match=r"the concurrency key 'domain' is None: a key"):
         key_value("domain", {"domain": None}, "concurrency")
+
+
+def test_a_schedule_whose_workflow_is_gone_says_so_once_and_shows_why(caplog, flowkit_env):
+    """Its workflow removed from the code, each tick logged a traceback, and nothing the
+    operator reads (the schedules' listing, the doctor) told."""
+    import logging
+
+    from flowkit.engine.doctor import examine
+    from flowkit.engine.reaper import fire_schedules
+
+    flowkit.schedules.create("simple", every=1, input={"n": 1}, id="orphan")
+    store = get_store()
+    definition, tick = store.schedule("orphan")
+    store.put_schedule({**definition, "workflow": "removed-since"}, tick)  # the code lost it
+    with caplog.at_level(logging.ERROR, logger="flowkit"):
+        assert fire_schedules(tick + 2.1) == []  # three ticks, each refused
+    said = [r for r in caplog.records if "orphan" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None, said  # once, one line
+    assert "No workflow named 'removed-since'" in said[0].getMessage()
+    error = flowkit.schedules.get("orphan")["last_error"]
+    assert error["type"] == "WorkflowNotFound" and error["tick"] == pytest.approx(tick + 2)
+    assert flowkit.schedules.list()[0]["last_error"] == error
+    import os
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "flowkit.cli", "schedules", "list"],
+                            env={**os.environ, **flowkit_env}, capture_output=True, text=True,
+                            timeout=60)
+    assert "Schedule orphan: its tick of " in listed.stdout, listed
+    assert "started no run: No workflow named 'removed-since'." in listed.stdout
+    [finding] = [f for f in examine(None, "flowkit", None) if f.check == "schedules"]
+    assert finding.level == "warning" and "orphan" in finding.message
+    # fixed: its next tick starts a run, and the error is gone
+    store.put_schedule(definition, tick + 3)
+    [run_id] = fire_schedules(tick + 3.1)
+    assert flowkit.get_run(run_id).wait(WAIT).output == {"n": 4}
+    assert flowkit.schedules.get("orphan")["last_error"] is None
+    flowkit.schedules.delete("orphan")

@@ -320,6 +320,13 @@ class ScheduleBody(Schema):
             raise ValidationError("Give cron or every, one of them.", "cron")
 
 
+class ScheduleError(Schema):
+    error = fields.String(required=True)
+    type = fields.String(required=True)
+    at = fields.Float(required=True)
+    tick = fields.Float(required=True)
+
+
 class ScheduleInfo(Schema):
     class Meta:
         unknown = INCLUDE
@@ -337,6 +344,10 @@ class ScheduleInfo(Schema):
                                         "no longer declares it."})
     paused = fields.Boolean(required=True)
     next_at = fields.Float(allow_none=True, required=True)
+    last_error = fields.Nested(ScheduleError, allow_none=True, metadata={
+        "description": "Why its last tick started no run (its workflow removed from the "
+                       "code, an input its schema refuses now), or null: each tick fails the "
+                       "same way until this is fixed."})
 
 
 class ScheduleList(Schema):

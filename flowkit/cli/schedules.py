@@ -57,6 +57,10 @@ def _show(items: list[dict[str, Any]] | dict[str, Any], as_json: bool) -> None:
         return
     items = items if isinstance(items, list) else [items]
     print(_table(items) if items else "No schedules (create one: flowkit schedules create).")
+    for s in items:  # a tick that started no run said so only in a worker's log
+        if s.get("last_error"):
+            print(f"Schedule {s['id']}: its tick of {_iso(s['last_error']['tick'])} started no "
+                  f"run: {s['last_error']['error']}")
 
 
 # -- commands -----------------------------------------------------------------------------

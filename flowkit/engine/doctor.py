@@ -173,6 +173,7 @@ def examine(
     found += worker_presence(workers)
     found += stuck_consumers(store.stuck_consumers())
     found += beat(store.last_sweep(), now)
+    found += failing_schedules(store.schedule_errors())
     found += queues(app_workflows, default_queue, workers)
     found += same_broker(store.settings.broker, workers)
     found += broker_timeout(broker_url or store.settings.broker, workers,
@@ -356,6 +357,15 @@ def beat(last: dict[str, float] | None, now: float) -> list[Finding]:
                         "not fire.",
                         "Start beat (celery -A <your app> beat, one process) and a worker.")]
     return [Finding("beat", OK, f"The reaper swept {age:.1f}s ago.")]
+
+
+def failing_schedules(errors: dict[str, dict[str, Any]]) -> list[Finding]:
+    """Schedules whose last tick started no run (a workflow removed from the code, an input
+    its schema refuses now): each tick fails the same way, and only a worker's log said so."""
+    return [Finding("schedules", WARNING,
+                    f"Schedule {schedule_id}'s last tick started no run: {error['error']}",
+                    f"Fix what it names, or delete it: flowkit schedules delete {schedule_id}.")
+            for schedule_id, error in sorted(errors.items())]
 
 
 def queues(

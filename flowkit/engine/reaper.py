@@ -11,11 +11,12 @@ fire_timer.lua), so two reapers never restart a run or fire a timer twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from ..config import get_settings
-from ..errors import WorkflowNotFound
+from ..errors import FlowkitError, WorkflowNotFound, error_message
 from ..states import RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
 from ..workflow import get_workflow
@@ -142,11 +143,31 @@ def fire_schedules(now: float | None = None) -> list[str]:
             run = start(get_workflow(definition["workflow"]), definition.get("input"),
                         idempotency_key=schedules.idempotency_key(definition, tick),
                         store=store)
-        except Exception:  # one broken schedule must not stop the sweep
+        except FlowkitError as exc:  # one broken schedule must not stop the sweep
+            _tick_failed(store, definition["id"], tick, exc)
+            continue
+        except Exception:  # not flowkit's own error: its traceback says where
             log.exception("flowkit: schedule %s could not start its run", definition["id"])
             continue
         started.append(run.id)
+        with contextlib.suppress(FlowkitError):
+            store.schedule_fired(definition["id"], None)
     return started
+
+
+def _tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError) -> None:
+    """Keep why (``flowkit schedules list``, the doctor show it) and say it in one line, once
+    per new reason: a schedule whose workflow was removed logged a traceback every tick."""
+    message = error_message(exc)
+    try:
+        before = store.schedule_fired(schedule_id, {
+            "error": message, "type": type(exc).__name__, "at": time.time(), "tick": tick})
+    except FlowkitError:
+        before = None
+    if before != message:
+        log.error("flowkit: schedule %s started no run: %s (each tick fails the same way until "
+                  "this is fixed, or the schedule deleted: flowkit schedules delete %s)",
+                  schedule_id, message, schedule_id)
 
 
 def trim_indexes(now: float | None = None) -> int:

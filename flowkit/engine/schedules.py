@@ -78,19 +78,28 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
                         catchup=catchup, id=id)
     definition = definition_of(wf.name, schedule)
     next_at = next_tick(definition, time.time())
-    (store or get_store()).put_schedule(definition, next_at)
-    return {**definition, "paused": False, "next_at": next_at}
+    store = store or get_store()
+    store.put_schedule(definition, next_at)
+    store.schedule_fired(definition["id"], None)  # a replaced schedule's old error is not its
+    return {**definition, "paused": False, "next_at": next_at, "last_error": None}
 
 
 def get(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
-    definition, next_at = (store or get_store()).schedule(schedule_id)
+    """The schedule's definition, ``paused``, ``next_at``, and ``last_error``: why its last
+    tick started no run (``error``, ``at``, ``tick``), or None."""
+    store = store or get_store()
+    definition, next_at = store.schedule(schedule_id)
     if definition is None:
         raise NotFound(f"No schedule {_named(schedule_id)}.")
-    return {**definition, "paused": next_at is None, "next_at": next_at}
+    error = store.schedule_errors().get(schedule_id)
+    return {**definition, "paused": next_at is None, "next_at": next_at, "last_error": error}
 
 
 def list(store: Store | None = None) -> list[dict[str, Any]]:  # noqa: A001 - schedules.list()
-    return [{**d, "paused": n is None, "next_at": n} for d, n in (store or get_store()).schedules()]
+    store = store or get_store()
+    errors = store.schedule_errors()
+    return [{**d, "paused": n is None, "next_at": n, "last_error": errors.get(d["id"])}
+            for d, n in store.schedules()]
 
 
 def delete(schedule_id: str, store: Store | None = None) -> None:
@@ -102,7 +111,7 @@ def pause(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
     store = store or get_store()
     definition = get(schedule_id, store)
     store.put_schedule(_stored(definition), None)
-    return {**definition, "paused": True, "next_at": None}
+    return {**definition, "paused": True, "next_at": None}  # last_error: from get()
 
 
 def resume(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
@@ -114,7 +123,7 @@ def resume(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
 
 
 def _stored(view: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in view.items() if k not in ("paused", "next_at")}
+    return {k: v for k, v in view.items() if k not in ("paused", "next_at", "last_error")}
 
 
 # -- declaring (beat's start) and firing (beat's sweep) ---------------------------------------

@@ -704,10 +704,30 @@ class Store:
         return [(loads(raw), next_at.get(sid)) for sid, raw in sorted(defs.items())]
 
     @_op
+    def schedule_errors(self) -> dict[str, dict[str, Any]]:
+        """Schedule id -> why its last tick started no run (``error``, ``at``, ``tick``),
+        for the schedules whose last tick failed."""
+        return {sid: loads(raw) for sid, raw in self.redis.hgetall(self.keys.schedule_errors).items()}
+
+    @_op
+    def schedule_fired(self, schedule_id: str, error: dict[str, Any] | None) -> str | None:
+        """Record how a tick went: ``error`` (its record) or None (it started its run).
+        Returns the error message recorded before, so a caller says a new one once."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.schedule_errors, schedule_id)
+        if error is None:
+            pipe.hdel(self.keys.schedule_errors, schedule_id)
+        else:
+            pipe.hset(self.keys.schedule_errors, schedule_id, dumps(error))
+        before = pipe.execute()[0]
+        return loads(before)["error"] if before else None
+
+    @_op
     def delete_schedule(self, schedule_id: str) -> bool:
         pipe = self.redis.pipeline()
         pipe.hdel(self.keys.schedules, schedule_id)
         pipe.zrem(self.keys.schedules_due, schedule_id)
+        pipe.hdel(self.keys.schedule_errors, schedule_id)
         return bool(pipe.execute()[0])
 
     @_op
