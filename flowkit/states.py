@@ -103,6 +103,8 @@ class WaitOutcome(StrEnum):
     SAME = "same"
     #: that wait was answered already, with another value: the first answer stands
     ANSWERED = "answered"
+    #: that wait timed out (its step got the timeout's error): no answer is taken after
+    TIMED_OUT = "timed_out"
     #: no wait of that name is open (another value won, or the run does not wait)
     NOT_WAITING = "not_waiting"
 

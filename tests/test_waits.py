@@ -97,6 +97,10 @@ def test_retrying_a_run_its_wait_s_timeout_failed_waits_again_with_a_fresh_deadl
     run = wf.approval.start({"n": 1, "timeout": 3})
     paused(run)
     assert run.wait(WAIT).error["type"] == "InputTimeout"
+    # an answer after the timeout fired says so (it said another value had answered first)
+    with pytest.raises(flowkit.InvalidState, match=r"wait for input 'approval' timed out: its "
+                                                   r"step got InputTimeout"):
+        flowkit.send_input(run.id, "approval", {"ok": True})
     flowkit.retry(run.id)
     wait_until(lambda: flowkit.get_run(run.id).waits, WAIT, "the wait to open again")
     [wait] = flowkit.get_run(run.id).waits

@@ -622,6 +622,9 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name,
                           step=wait["step"] if wait else None)
     outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
+    if outcome == WaitOutcome.TIMED_OUT:  # beat's sweep fired the timeout already
+        raise InvalidState(f"Run {run_id}'s wait for input {name!r} timed out: its step got "
+                           "InputTimeout; no answer is taken past the timeout.")
     if outcome == WaitOutcome.ANSWERED:  # also when another answer won a race just now
         raise InvalidState(f"Run {run_id}'s input {name!r} was answered already, with another "
                            "value: the first answer stands (to ask again, the step waits "

@@ -1702,3 +1702,18 @@ def test_forget_timeouts_drops_only_that_step_s_timed_out_wait_answers(store):
     assert store.forget_timeouts(RUN, step) == 1
     assert store.checkpoints(RUN) == kept
     assert store.forget_timeouts(RUN, step) == 0
+
+
+@pytest.mark.parametrize(("by", "match"), BY_NAME_OR_KEY)
+def test_deliver_after_the_wait_timed_out_is_timed_out_and_changes_nothing(store, by, match):
+    """The timeout is the wait's answer (TIMED_OUT in its checkpoint): a late sender was
+    told another value had answered first."""
+    from flowkit.store.store import TIMED_OUT
+
+    waiting_run(store)
+    assert deliver(store, by=by, match=match, answer=TIMED_OUT, now=T + 5) == (
+        WaitOutcome.RESUMED, 1)
+    run_before, events_before = store.get_run(RUN), types(store, RUN)
+    assert deliver(store, by=by, match=match, now=T + 7) == (WaitOutcome.TIMED_OUT, 0)
+    assert store.get_run(RUN) == run_before and types(store, RUN) == events_before
+    assert store.checkpoint(RUN, wait_key()) == TIMED_OUT

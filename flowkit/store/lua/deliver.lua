@@ -12,13 +12,14 @@
 -- ARGV[5] now        ARGV[6] retention
 -- ARGV[7] event      run.resumed (JSON)
 -- Returns {WAIT_RESUMED, gen} | {WAIT_DELIVERED} | {WAIT_SAME} | {WAIT_ANSWERED}
---       | {WAIT_NOT_WAITING}
+--       | {WAIT_TIMED_OUT} | {WAIT_NOT_WAITING}
 local run_id, by, match, answer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, retention, event = ARGV[5], ARGV[6], ARGV[7]
 
 -- answered already: with this same answer (a resend, a double click: SAME, also once the
 -- run ended, as the resumed run may have by the time a lost response is resent), or with
--- another one (ANSWERED: the first answer stands); nil when this wait was never answered
+-- another one (ANSWERED: the first answer stands), or by its timeout (TIMED_OUT); nil when
+-- this wait was never answered
 local function answered_before()
   local found = nil
   local done = redis.call('HGETALL', answered)
@@ -26,8 +27,10 @@ local function answered_before()
     local doc = cjson.decode(done[i + 1])
     local same_wait = (by == 'key' and done[i] == match) or (doc.kind == by and doc.name == match)
     if same_wait then
-      if redis.call('HGET', ckpt, done[i]) == answer then return WAIT_SAME end
-      found = WAIT_ANSWERED
+      local given = redis.call('HGET', ckpt, done[i])
+      if given == answer then return WAIT_SAME end
+      -- answered by its timeout (store.TIMED_OUT): nobody answered it first
+      found = given == '{"timeout":true}' and WAIT_TIMED_OUT or WAIT_ANSWERED
     end
   end
   return found
