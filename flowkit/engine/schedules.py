@@ -44,9 +44,38 @@ def next_tick(definition: dict[str, Any], after: float) -> float:
     minute, hour, day, month, weekday = definition["cron"].split()
     cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
                    day_of_week=weekday)
-    last = datetime.fromtimestamp(after, tz)
-    start, delta, _ = cron.remaining_delta(last, tz=tz)
+    tick = _celery_tick(cron, tz, after)
+    if tick <= after:  # ``after`` is in a repeated hour: the wall clock answered its first pass
+        end = int(after // 3600) * 3600 + 3600
+        while datetime.fromtimestamp(end, tz).fold:
+            end += 3600
+        tick = _celery_tick(cron, tz, end - 1)
+    if hour.startswith("*"):  # hourly or finer: the hour a fall-back repeats ticks too
+        tick = _repeated_hour_tick(cron, tz, after, tick) or tick
+    return tick
+
+
+def _celery_tick(cron: crontab, tz: Any, after: float) -> float:
+    start, delta, _ = cron.remaining_delta(datetime.fromtimestamp(after, tz), tz=tz)
     return (start + delta).timestamp()
+
+
+def _repeated_hour_tick(cron: crontab, tz: Any, after: float, tick: float) -> float | None:
+    """The first tick after ``after`` and before ``tick`` in an hour that daylight saving's
+    end repeats, which Celery's wall-clock arithmetic skips: ``0 * * * *`` went two real hours
+    without a run, ``*/30`` lost two ticks. As cron does, only a line whose hour is a
+    wildcard ticks in the repeated hour; ``30 2 * * *`` runs once that night."""
+    hour = int(after // 3600) * 3600
+    while hour < tick:  # an hour at a time: only a repeated hour's minutes are looked at
+        if datetime.fromtimestamp(hour, tz).fold:
+            for t in range(max(hour, int(after // 60) * 60 + 60), min(hour + 3600, int(tick)), 60):
+                local = datetime.fromtimestamp(t, tz)
+                if (local.minute in cron.minute and local.hour in cron.hour
+                        and local.day in cron.day_of_month and local.month in cron.month_of_year
+                        and local.isoweekday() % 7 in cron.day_of_week):
+                    return float(t)
+        hour += 3600
+    return None
 
 
 def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
