@@ -111,6 +111,10 @@ class Workflow:
                 f"Input nested more than {MAX_DEPTH} levels deep; flatten it."]})
         if self.input_schema is None:
             return data
+        if data is None:  # not given (start(), schedules.create(), the CLI without --input)
+            raise ValidationError({"_schema": [
+                "Input must be a JSON object, not null: give one ({} when every field has a "
+                "default)."]})
         if not isinstance(data, dict):
             raise ValidationError({"_schema": ["Input must be a JSON object."]})
         try:

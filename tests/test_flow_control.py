@@ -274,3 +274,17 @@ def test_a_schedule_whose_workflow_is_gone_says_so_once_and_shows_why(caplog, fl
     assert flowkit.get_run(run_id).wait(WAIT).output == {"n": 4}
     assert flowkit.schedules.get("orphan")["last_error"] is None
     flowkit.schedules.delete("orphan")
+
+
+def test_a_schedule_without_its_input_says_so_after_its_timing_is_checked():
+    """A bad cron line or zone given without an input was reported as the input's fault,
+    and the missing input as "Input must be a JSON object"."""
+    with pytest.raises(flowkit.ConfigError, match="invalid cron line '99 \\* \\* \\* \\*'"):
+        flowkit.schedules.create("simple", cron="99 * * * *")
+    with pytest.raises(flowkit.ConfigError, match="unknown time zone 'Mars/X'"):
+        flowkit.schedules.create("simple", cron="0 9 * * *", timezone="Mars/X")
+    with pytest.raises(flowkit.ValidationError) as missing:
+        flowkit.schedules.create("simple", cron="0 9 * * *")
+    assert missing.value.fields == {"_schema": [
+        "Input must be a JSON object, not null: give one ({} when every field has a default)."]}
+    assert flowkit.schedules.list() == []

@@ -102,11 +102,12 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
            id: str | None = None, store: Store | None = None) -> dict[str, Any]:
     """Create (or replace) a schedule of ``workflow``; returns it with ``next_at``."""
     wf = get_workflow(workflow)
-    wf.schedule_input(input)  # a schedule that would start invalid runs is refused now
+    # its timing first: a bad cron line given without an input was said to be the input's
     schedule = Schedule(cron=cron, every=every, input=input, timezone=timezone,
                         catchup=catchup, id=id)
     definition = definition_of(wf.name, schedule)
     next_at = next_tick(definition, time.time())
+    wf.schedule_input(input)  # a schedule that would start invalid runs is refused now
     store = store or get_store()
     store.put_schedule(definition, next_at)
     store.schedule_fired(definition["id"], None)  # a replaced schedule's old error is not its

@@ -61,7 +61,7 @@ def test_bad_schedules_get_field_messages(client):
     null_input = client.post("/schedules", json={"workflow": "simple", "every": 60,
                                                  "input": None})
     assert null_input.json()["error"]["fields"] == {"input": {"_schema": [
-        "Input must be a JSON object."]}}
+        "Input must be a JSON object, not null: give one ({} when every field has a default)."]}}
     extra = client.post("/schedules", json={"workflow": "simple", "every": 60,
                                             "input": {"n": 1}, "extra": 1})
     assert extra.json()["error"]["fields"] == {"extra": ["Unknown field."]}  # said once
