@@ -383,7 +383,12 @@ def waiting_for(run: Run, store: Store | None = None) -> str | None:
     if not workers:
         return "no live worker: start one (celery -A <your app> worker)"
     wf = workflows().get(run.workflow)
-    queues = wf.queues(run.queue or default_queue()) if wf else {run.queue or default_queue()}
+    if wf is not None:
+        queues = wf.queues(run.queue or default_queue())
+    else:  # this process lacks its code (the CLI without -A): the workers announce its routes
+        queues = {run.queue or default_queue()} | {
+            queue for w in workers for queue, names in (w.get("routes") or {}).items()
+            if run.workflow in names}
     missing = unconsumed(queues, workers)
     if missing:
         return f"no live worker consumes queue {', '.join(missing)}: start one with " \

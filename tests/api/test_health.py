@@ -3,6 +3,11 @@ consumer; a queued run says what it waits for, in its record and on its watch pa
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 import flowkit
@@ -105,7 +110,8 @@ def test_a_queued_run_says_what_it_waits_for_until_a_worker_takes_its_queue(
     page.close()
 
 
-def test_a_running_run_whose_next_step_no_worker_takes_says_so(store, worker, start_worker):
+def test_a_running_run_whose_next_step_no_worker_takes_says_so(store, worker, start_worker,
+                                                                 flowkit_env):
     """Its first step ran; its second sits in a queue no live worker consumes: the run is
     running, and nothing said why it made no progress."""
     wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
@@ -116,6 +122,12 @@ def test_a_running_run_whose_next_step_no_worker_takes_says_so(store, worker, st
     assert record.state == "running"
     assert record.waiting_for == ("no live worker consumes queue lonely: start one with "
                                   "--queues lonely")
+    # from a shell without the app's code (flowkit status without -A): the workers' routes
+    status = subprocess.run([sys.executable, "-m", "flowkit.cli", "status", run.id, "--json"],
+                            env={k: v for k, v in {**os.environ, **flowkit_env}.items()
+                                 if k != "FLOWKIT_APP"},
+                            capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["waiting_for"] == record.waiting_for, status
     with pytest.raises(TimeoutError, match=r"is still running after 0.1s: no live worker "
                                            "consumes queue lonely: start one with --queues "
                                            r"lonely\.$"):
