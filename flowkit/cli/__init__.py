@@ -24,8 +24,16 @@ from .render import writes_unicode
 COMMAND_MODULES = [run, runs, listing, trace, workers, doctor, schedules, dev]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals are one line (argparse's own printed its usage
+    block first: ``--help`` shows it); the exit code stays 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="flowkit", description="Durable AI workflows on Celery.")
+    root = Parser(prog="flowkit", description="Durable AI workflows on Celery.")
     root.add_argument("--version", action="version", version=f"flowkit {__version__}")
     subs = root.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:

@@ -240,7 +240,8 @@ def register(subs) -> None:
     p = subs.add_parser("run", help="start a run and follow it live until it ends")
     p.add_argument("workflow", metavar="WORKFLOW")
     p.add_argument("-i", dest="items", action="append", default=[], metavar="KEY=VALUE",
-                   help="an input field: key=value (a string) or key:=json (any JSON); repeat")
+                   help="an input field: key=value (true, false, null and numbers as JSON, "
+                        "anything else a string) or key:=json (any JSON); repeat")
     p.add_argument("--input", default=None, metavar="JSON|@FILE",
                    help="the whole input as JSON, or @file.json (-i fields override it)")
     mode = p.add_mutually_exclusive_group()
