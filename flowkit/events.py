@@ -137,14 +137,17 @@ def stream_ends(last_delivered_terminal: bool, more_may_follow: bool) -> bool:
     return last_delivered_terminal and not more_may_follow
 
 
-def superseded_attempts(events: list[Event]) -> set[tuple[str, int]]:
-    """(step, attempt) pairs whose ``step.output`` chunks a client should discard."""
+def superseded_attempts(events: list[Event] | list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """(step, attempt) pairs whose ``step.output`` chunks a client should discard; the
+    events as :class:`Event` s or as the JSON the SSE and WebSocket streams send (dicts)."""
     dropped: set[tuple[str, int]] = set()
     for event in events:
-        if event.type == STEP_RETRYING:
-            dropped.add((event.data["step"], event.data["attempt"]))
-        elif event.type == RUN_RESTARTED:
-            for entry in event.data.get("superseded", []):
+        kind, data = (event.type, event.data) if isinstance(event, Event) else (
+            event.get("type"), event)
+        if kind == STEP_RETRYING:
+            dropped.add((data["step"], data["attempt"]))
+        elif kind == RUN_RESTARTED:
+            for entry in data.get("superseded", []):
                 dropped.add((entry["step"], entry["attempt"]))
     return dropped
 

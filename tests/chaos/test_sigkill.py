@@ -49,6 +49,8 @@ def test_sigkilled_worker_mid_step_resumes_on_another_within_the_bound(chaos_app
     assert "worker lost" in restarted.data["reason"] and HOLD in restarted.data["reason"]
     assert restarted.data["superseded"] == [{"step": HOLD, "attempt": 1, "worker": first["worker"]}]
     assert superseded_attempts(history) == {(HOLD, 1)}
+    # the same from the JSON the SSE and WebSocket streams send (it raised AttributeError)
+    assert superseded_attempts([e.to_dict() for e in history]) == {(HOLD, 1)}
     assert [e.type for e in history].count("run.succeeded") == 1 and history[-1].terminal
 
     # the killed attempt never closed its span: the trace ends it, saying why
