@@ -142,7 +142,11 @@ number = {"n": fields.Integer(required=True)}
 
 @component(name="a.forgets_await")
 def forgets_await(data: dict) -> dict:
-    """The usual mistake: a sync step calling an async component without await."""
+    """The usual mistake: a sync step calling an async component without await (a negative
+    ``n``: its result thrown away, the step returning without it)."""
+    if data["n"] < 0:
+        add_one(data)
+        return {"n": data["n"]}
     return {"n": add_one(data)}
 
 

@@ -111,8 +111,19 @@ def test_a_sync_step_that_forgets_await_fails_at_once_saying_so(on):
     run = on("threads")["forgetting"].start({"n": 1})
     with pytest.raises(StepError) as failed:
         run.result(WAIT)
-    assert "async component called without await" in str(failed.value)
-    assert "make the calling step `async def`" in str(failed.value)
+    assert "async component 'a.add_one' called without await" in str(failed.value)
+    assert "make the calling step `async def` and await it" in str(failed.value)
+
+
+def test_a_step_that_throws_away_an_unawaited_call_fails_naming_it(on):
+    """Its call never ran and the run succeeded: only a RuntimeWarning in the worker's log
+    said so, naming StepContext._sub_step_async."""
+    run = on("threads")["forgetting"].start({"n": -1})
+    with pytest.raises(StepError) as failed:
+        run.result(WAIT)
+    assert ("async component 'a.add_one' called without await, so that call never ran: make "
+            "the calling step `async def` and await it") in str(failed.value)
+    assert counts(run).get("add_one") is None
 
 
 @pytest.mark.parametrize("pool", POOLS)

@@ -348,6 +348,15 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
                                 "instead") from exc
         raise
     else:
+        forgotten = ctx.unawaited_calls()
+        if forgotten:  # its call never ran, and the step succeeded without it
+            fix = (f"write `await {forgotten[0].rpartition('.')[2]}(...)`" if comp.is_async
+                   else "make the calling step `async def` and await it")
+            exc = TypeError(f"async component {forgotten[0]!r} called without await, so "
+                            f"that call never ran: {fix}")
+            _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
+                     time.monotonic() - began)
+            raise exc
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
                  time.monotonic() - began)
         return result

@@ -7,6 +7,7 @@ and components called inside the step reach it from there.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class StepContext:
     #: What must end with the attempt (an LLM stream the step stopped reading without
     #: closing it: its span and the text it read); :meth:`finish` calls them.
     _finishers: list[Any] = field(default_factory=list, repr=False)
+    #: (component name, coroutine) of each async component called in this attempt.
+    _async_calls: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     def at_end(self, finish: Any) -> None:
         """Call ``finish()`` when this attempt ends, unless it was called before."""
@@ -152,7 +155,22 @@ class StepContext:
         (``asyncio.gather``) keep the order they were called in."""
         key = f"{self.step}/{self._calls}:{component.name}"
         self._calls += 1
-        return self._sub_step_async(key, component, args, kwargs)
+        call = self._sub_step_async(key, component, args, kwargs)
+        # what Python's "never awaited" warning names: it said StepContext._sub_step_async
+        call.__qualname__ = f"{component.name} (a component's call: await it)"
+        self._async_calls.append((component.name, call))
+        return call
+
+    def unawaited_calls(self) -> list[str]:
+        """The async components called in this attempt whose call never ran (called without
+        ``await``): closed now, their names returned."""
+        names = []
+        for name, call in self._async_calls:
+            if inspect.getcoroutinestate(call) == inspect.CORO_CREATED:
+                call.close()
+                names.append(name)
+        self._async_calls.clear()
+        return names
 
     async def _sub_step_async(self, key: str, component: Any, args: tuple, kwargs: dict) -> Any:
         stored = self.store.checkpoint(self.run_id, key)
