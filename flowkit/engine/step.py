@@ -72,6 +72,7 @@ class StepContext:
     def finish(self) -> None:
         """The attempt ended: call what :meth:`at_end` was given (each may fail alone)."""
         finishers, self._finishers = self._finishers, []
+        self.unawaited_calls()  # a failed attempt's: not the next attempt's to answer for
         for finish in finishers:
             try:
                 finish()
