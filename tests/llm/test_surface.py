@@ -255,3 +255,19 @@ def test_a_deterministic_response_is_answered_from_the_cache(servers, store):
     assert isinstance(again, Response) and again.output_text == first.output_text
     assert again.usage.output_tokens == first.usage.output_tokens
     assert len(primary.stats.requests) == 1
+
+
+def test_the_fake_llm_server_starts_from_the_shell_without_a_warning():
+    """``python -m flowkit.testing.fake_openai`` (the README's) printed runpy's RuntimeWarning
+    first: the package imported the module before running it as __main__."""
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "flowkit.testing.fake_openai", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = server.stdout.readline()  # its banner, or the warning before it
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert first.startswith("fake LLM server listening on http://127.0.0.1:"), first
