@@ -62,6 +62,27 @@ class ValidationError(FlowkitError):
         self.message = message
         self.fields = fields
 
+    def __str__(self) -> str:
+        """The message, then the field messages it does not already say: an uncaught one
+        said only "Invalid workflow input." (``message`` alone is what the API answers)."""
+        said = [f"{name}: {text}" for name, text in _field_lines(self.fields)
+                if text not in self.message]
+        return f"{self.message} ({'; '.join(said)})"[:2000] if said else self.message
+
+
+def _field_lines(fields: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted field name, its messages as one line) of a marshmallow-shaped error dict."""
+    if not isinstance(fields, dict):
+        return []
+    lines = []
+    for name, said in fields.items():
+        if isinstance(said, dict):
+            lines += _field_lines(said, f"{prefix}{name}.")
+        else:
+            text = " ".join(map(str, said)) if isinstance(said, list) else str(said)
+            lines.append((f"{prefix}{name}", text))
+    return lines
+
 
 class PayloadTooLarge(FlowkitError):
     """A JSON payload is larger than the configured limit."""

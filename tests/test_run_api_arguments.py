@@ -191,3 +191,16 @@ def test_a_start_with_redis_down_names_the_url_and_the_setting(flowkit_env):
                           text=True, timeout=60, env=env)
     assert said.stdout.startswith(f"None the Celery broker at {down} is unreachable ("), said
     assert said.stdout.rstrip().endswith("); start it, or point FLOWKIT_REDIS_URL at yours")
+
+
+def test_a_validation_error_says_its_fields_when_printed():
+    """Uncaught, it said only "Invalid workflow input."; the API still answers the message
+    alone, with the fields beside it."""
+    from tests import workflows
+
+    with pytest.raises(flowkit.ValidationError) as refused:
+        workflows.simple.validate({})
+    assert refused.value.message == "Invalid workflow input."
+    assert str(refused.value) == "Invalid workflow input. (n: Missing data for required field.)"
+    said_already = flowkit.ValidationError({"key": ["too long"]}, "Invalid event key: too long")
+    assert str(said_already) == "Invalid event key: too long"  # not said twice
