@@ -7,10 +7,12 @@ leftover message from an earlier test finds its run gone and does nothing.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -21,6 +23,20 @@ from flowkit.store import get_store
 from flowkit.testing import InThreadWorker, LocalRedis, WorkerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if sys.version_info < (3, 12):
+    # CPython 3.11 keeps the AST converter's recursion count in state its threads share:
+    # two threads parsing at once (a worker thread formatting a traceback, whose carets
+    # parse the failing line, while the main thread builds a Flask app's routes) fail one
+    # with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905,
+    # fixed in 3.12). A fresh-clone run met it once; the test process parses one at a time.
+    _parse, _parsing = ast.parse, threading.RLock()
+
+    def _one_at_a_time(*args, **kwargs):
+        with _parsing:
+            return _parse(*args, **kwargs)
+
+    ast.parse = _one_at_a_time
 
 #: Tight reaper settings so crash tests finish in seconds.
 FAST = {
