@@ -114,16 +114,19 @@ class ListRunsArgs(Schema):
                        "its run may have expired since."})
 
 
+#: The ``status`` query parameter of a run's event streams (SSE and WebSocket alike).
+_STATUS = ("`true`: also tell the client when the server cannot read the run's events from "
+           "Redis (`{\"status\": \"degraded\", ...}`, SSE `event: status`) and when it can "
+           "again (`{\"status\": \"live\"}`): events are late then, not lost. Not an event: "
+           "it has no id.")
+
+
 class EventsArgs(Schema):
     after = fields.String(validate=_CURSOR, metadata={
         "description": "Event id: only events after it (`0`: from the start). `Last-Event-ID` "
                        "does the same for SSE."})
     limit = _QueryInteger(validate=validate.Range(1, 100_000))
-    status = fields.Boolean(metadata={
-        "description": "`true`: also tell the client when the server cannot read the run's "
-                       "events from Redis (`{\"status\": \"degraded\", ...}`, SSE `event: "
-                       "status`) and when it can again (`{\"status\": \"live\"}`): events are "
-                       "late then, not lost. Not an event: it has no id."})
+    status = fields.Boolean(metadata={"description": _STATUS})
 
 
 #: The longest wait a start may ask for (?wait= and Prefer: wait= alike), before the
@@ -155,11 +158,7 @@ class StartArgs(Schema):
 class StreamArgs(Schema):
     after = fields.String(validate=_CURSOR, metadata={
         "description": "Event id: only events after it (`0`: from the start)."})
-    status = fields.Boolean(metadata={
-        "description": "`true`: also tell the client when the server cannot read the run's "
-                       "events from Redis (`{\"status\": \"degraded\", ...}`, SSE `event: "
-                       "status`) and when it can again (`{\"status\": \"live\"}`): events are "
-                       "late then, not lost. Not an event: it has no id."})
+    status = fields.Boolean(metadata={"description": _STATUS})
 
 
 class ErrorBody(Schema):

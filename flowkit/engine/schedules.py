@@ -121,7 +121,7 @@ def get(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
     definition, next_at = store.schedule(schedule_id)
     if definition is None:
         raise NotFound(f"No schedule {_named(schedule_id)}.")
-    error = store.schedule_errors().get(schedule_id)
+    error = store.schedule_errors(schedule_id).get(schedule_id)
     return {**definition, "paused": next_at is None, "next_at": next_at, "last_error": error}
 
 

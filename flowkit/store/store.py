@@ -704,21 +704,24 @@ class Store:
         return [(loads(raw), next_at.get(sid)) for sid, raw in sorted(defs.items())]
 
     @_op
-    def schedule_errors(self) -> dict[str, dict[str, Any]]:
+    def schedule_errors(self, *schedule_ids: str) -> dict[str, dict[str, Any]]:
         """Schedule id -> why its last tick started no run (``error``, ``at``, ``tick``),
-        for the schedules whose last tick failed."""
-        return {sid: loads(raw) for sid, raw in self.redis.hgetall(self.keys.schedule_errors).items()}
+        for the schedules whose last tick failed: of ``schedule_ids``, or of every one."""
+        key = self.keys.schedule_errors
+        found = (zip(schedule_ids, self.redis.hmget(key, schedule_ids), strict=True)
+                 if schedule_ids else self.redis.hgetall(key).items())
+        return {sid: loads(raw) for sid, raw in found if raw}
 
     @_op
     def schedule_fired(self, schedule_id: str, error: dict[str, Any] | None) -> str | None:
         """Record how a tick went: ``error`` (its record) or None (it started its run).
-        Returns the error message recorded before, so a caller says a new one once."""
+        Returns the error message recorded before an error, so a caller says a new one once."""
+        if error is None:
+            self.redis.hdel(self.keys.schedule_errors, schedule_id)
+            return None
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.keys.schedule_errors, schedule_id)
-        if error is None:
-            pipe.hdel(self.keys.schedule_errors, schedule_id)
-        else:
-            pipe.hset(self.keys.schedule_errors, schedule_id, dumps(error))
+        pipe.hset(self.keys.schedule_errors, schedule_id, dumps(error))
         before = pipe.execute()[0]
         return loads(before)["error"] if before else None
 
