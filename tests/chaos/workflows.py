@@ -96,6 +96,9 @@ ten = flowkit.Workflow("chaos.ten", [work] * 10)
 #: which abandon the step to the reaper).
 ten_retried = flowkit.Workflow(
     "chaos.ten_retried", [work.retry(attempts=6, backoff=flowkit.exponential(0.2, 2))] * 10)
+#: Ten steps whose fifth holds until the test opens its gate: a failover test's runs are
+#: still under way however long its failovers take.
+ten_held = flowkit.Workflow("chaos.ten_held", [work] * 4 + [hold] + [work] * 5)
 batch_held = flowkit.Workflow("chaos.batch_held", [items, fan_out(item, batch=4)])
 held = flowkit.Workflow("chaos.held", [work, hold, work])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
