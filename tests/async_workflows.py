@@ -98,6 +98,19 @@ async def sleeper(data: dict) -> dict:
     return data
 
 
+@component(name="a.failing_sub")
+async def failing_sub(data: dict) -> dict:
+    await asyncio.sleep(0.05)
+    raise Flaky("this sub-step failed")
+
+
+@component(name="a.gatherer")
+async def gatherer(data: dict) -> dict:
+    """Two sub-steps gathered: one fails while the other still runs."""
+    slow, _ = await asyncio.gather(sleeper(data), failing_sub(data))
+    return slow
+
+
 @component(name="a.split")
 async def split(data: dict) -> list:
     return list(range(data["n"]))
@@ -177,6 +190,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "cancelling": wf("async_cancelling", [sleeper]),
         "caching": wf("async_caching", [cached.cache(ttl=60)]),
         "forgetting": wf("async_forgetting", [forgets_await], input_schema=number),
+        "gathering": wf("async_gathering", [gatherer]),
     }
 
 

@@ -137,6 +137,19 @@ def test_cancelling_the_run_cancels_the_coroutine(on, pool):
 
 
 @pytest.mark.parametrize("pool", POOLS)
+def test_a_failed_sub_step_cancels_the_sub_steps_gathered_with_it(on, pool):
+    """asyncio.gather does not cancel the others when one fails: they ran on, for an
+    attempt that was over (an LLM call among them billed to its end)."""
+    run = on(pool)["gathering"].start({})
+    with pytest.raises(StepError) as failed:
+        run.result(WAIT)
+    assert "this sub-step failed" in str(failed.value)
+    assert counts(run) == {"sleeper": 1}
+    assert wait_until(lambda: marked(run, "sleeper_stopped"), 10, "the sibling's finally")
+    assert "0:a.gatherer/0:a.sleeper" not in get_store().checkpoints(run.id)
+
+
+@pytest.mark.parametrize("pool", POOLS)
 def test_an_async_step_pauses_for_input_and_resumes_without_repeating_its_sub_step(on, pool):
     run = on(pool)["asking"].start({"n": 1})
     wait_until(lambda: run.refresh().state == "waiting", 30, "the run to wait")

@@ -7,6 +7,8 @@ and components called inside the step reach it from there.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -64,15 +66,30 @@ class StepContext:
     _finishers: list[Any] = field(default_factory=list, repr=False)
     #: (component name, coroutine) of each async component called in this attempt.
     _async_calls: list[tuple[str, Any]] = field(default_factory=list, repr=False)
+    #: The asyncio tasks its async sub-steps and LLM calls ran in (see :meth:`end_with_attempt`).
+    _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
 
     def at_end(self, finish: Any) -> None:
         """Call ``finish()`` when this attempt ends, unless it was called before."""
         self._finishers.append(finish)
 
+    def end_with_attempt(self, task: asyncio.Task | None) -> None:
+        """Cancel ``task`` if it still runs when this attempt ends. An async sub-step or LLM
+        call awaited by the step itself runs in the step's own task, done by then; one
+        ``asyncio.gather`` (or ``create_task``) wrapped goes on after a sibling's failure
+        ended the attempt, spending and billing for an attempt that is over."""
+        if task is not None:
+            self._tasks.append(task)
+
     def finish(self) -> None:
         """The attempt ended: call what :meth:`at_end` was given (each may fail alone)."""
         finishers, self._finishers = self._finishers, []
         self.unawaited_calls()  # a failed attempt's: not the next attempt's to answer for
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if not task.done():
+                with contextlib.suppress(RuntimeError):  # its loop closed: it ended with it
+                    task.get_loop().call_soon_threadsafe(task.cancel)
         for finish in finishers:
             try:
                 finish()
@@ -174,6 +191,7 @@ class StepContext:
         return names
 
     async def _sub_step_async(self, key: str, component: Any, args: tuple, kwargs: dict) -> Any:
+        self.end_with_attempt(asyncio.current_task())
         stored = self.store.checkpoint(self.run_id, key)
         if stored is not None:
             return loads(stored)

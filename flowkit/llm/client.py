@@ -351,6 +351,9 @@ class AsyncOpenAI(_Client):
         return self.providers[0].async_sdk_client()
 
     async def _create(self, operation: str, kwargs: dict[str, Any], raw: bool = False) -> Any:
+        step = current()
+        if step is not None:  # one of several gathered: cancelled when its attempt ends
+            step.end_with_attempt(asyncio.current_task())
         call, cache_key, hit = self._begin(operation, kwargs, raw)
         if hit is not None:
             return hit

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import flowkit
 from flowkit import events
 from flowkit.engine import trace
+from flowkit.errors import StepError
 from tests.conftest import open_gate, reached_gate, wait_until
 from tests.llm import workflows as wf
 
@@ -225,6 +228,18 @@ def test_cancelling_a_run_closes_its_async_stream(llm):
     wait_until(lambda: primary.stats.in_flight == 0, 5, "the provider's stream closed")
     wait_until(lambda: llm_spans(run), 10, "the call's span")
     assert llm_spans(run)[0]["status"] == "error"
+
+
+def test_a_call_gathered_with_a_failing_sibling_is_cancelled_with_its_attempt(llm):
+    """asyncio.gather left the completion running when the check beside it failed: the
+    provider generated, and billed, a whole answer for an attempt that was over."""
+    primary, _ = llm
+    primary.configure(token_latency=0.02)  # 500 tokens: 10 s to the answer
+    run = wf.async_gathered.start({"prompt": "tell me a long story", "max_tokens": 500})
+    with pytest.raises(StepError, match="the check failed"):
+        run.result(timeout=30)
+    assert [r["path"] for r in primary.stats.requests] == ["/v1/chat/completions"]
+    wait_until(lambda: primary.stats.in_flight == 0, 5, "the provider's request closed")
 
 
 def test_a_sync_call_waiting_out_a_retry_after_is_not_sent_again_once_its_run_is_cancelled(llm):

@@ -7,6 +7,7 @@ never receives these steps, nor their fan-out and finish tasks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from functools import cache
@@ -387,7 +388,24 @@ async def astream(data: dict) -> dict:
                              if c.choices])}
 
 
+@component(name="llmtest.agather")
+async def agather(data: dict) -> dict:
+    """A long completion gathered with a check that fails at once."""
+    async def check() -> None:
+        await asyncio.sleep(0.2)
+        raise ValueError("the check failed")
+
+    answer, _ = await asyncio.gather(
+        async_client("plain").chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": data["prompt"]}],
+            max_tokens=data["max_tokens"]),
+        check())
+    return {"text": answer.choices[0].message.content}
+
+
 async_stream_broken = flowkit.Workflow("llmtest_astream_break", [astream_break],
                                        input_schema=prompt_schema, queue=QUEUE)
+async_gathered = flowkit.Workflow("llmtest_agather", [agather], input_schema=prompt_schema,
+                                  queue=QUEUE)
 async_streaming = flowkit.Workflow("llmtest_astream", [astream], input_schema=prompt_schema,
                                    queue=QUEUE)
