@@ -8,6 +8,7 @@ from typing import Any
 
 import marshmallow
 from flask import g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.wsgi import LimitedStream
 
 from ..serialization import MAX_DEPTH, TOO_LARGE, TOO_LONG, nested_too_deeply, strict_loads
@@ -86,11 +87,16 @@ def check_body_size(limit: int) -> None:
     if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         return
     stream = request.environ["wsgi.input"]  # the server de-chunks it and ends it
-    body = _read(stream, limit + 1)
-    if len(body) <= limit:
-        g.flowkit_body = body
-        return
-    drained = _drain(stream, DRAIN_FACTOR * limit)
+    try:
+        body = _read(stream, limit + 1)
+        if len(body) <= limit:
+            g.flowkit_body = body
+            return
+        drained = _drain(stream, DRAIN_FACTOR * limit)
+    except (OSError, ParseException) as exc:  # the server's de-chunking refused it
+        raise ApiError(400, "bad_request", "The request's chunked body is malformed or ends "
+                       f"early ({type(exc).__name__}): send it again, whole, or send it with "
+                       "a Content-Length.", headers={"Connection": "close"}) from None
     raise _too_large(limit, close=not drained)
 
 

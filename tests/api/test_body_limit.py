@@ -82,6 +82,27 @@ def test_a_chunked_body_within_the_limit_starts_a_run(server_url, store):
     conn.close()
 
 
+@pytest.mark.parametrize("chunks", [
+    b"zz\r\nabc\r\n0\r\n\r\n",  # a chunk size that is no number
+    b"3\r\nabcXX0\r\n\r\n",  # a chunk not ended by CRLF
+], ids=["bad-size", "no-crlf"])
+def test_a_malformed_chunked_body_is_400_without_credentials_or_a_logged_error(
+        server_url, store, chunks, tmp_path):
+    """The server's de-chunking errors reached the catch-all: 500 internal_error and a
+    traceback in the log, for anyone, before any credential was read."""
+    host = urlsplit(server_url)
+    with socket.create_connection((host.hostname, host.port), timeout=20) as sock:
+        sock.sendall(b"POST /events/k HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        error = json.loads(response.read())["error"]
+    assert response.status == 400 and error["code"] == "bad_request"
+    assert "chunked body is malformed or ends early" in error["message"]
+    log = tmp_path / "gunicorn.log"
+    assert "unexpected error" not in (log.read_text() if log.exists() else "")
+
+
 def test_a_body_too_large_to_drain_is_refused_and_the_client_goes_on(server_url, store):
     """Past 16 x the limit flowkit stops reading and asks to close the connection (the
     werkzeug server does; gunicorn drains the rest itself and keeps it)."""
