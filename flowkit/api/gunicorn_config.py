@@ -60,8 +60,10 @@ keepalive = 5
 accesslog = "-" if os.environ.get("FLOWKIT_WEB_ACCESS_LOG") else None
 
 #: A run token in a query string (browsers' EventSource and WebSocket send it there),
-#: also as the Referer of what a page with one in its URL asks for.
-_TOKEN = re.compile(r"([?&]token=)[^&\s]*", re.IGNORECASE)
+#: also as the Referer of what a page with one in its URL asks for; its name may come
+#: percent-encoded (``tok%65n=`` is ``token=`` to Flask, and authenticates).
+_TOKEN = re.compile(r"([?&](?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&\s]*",
+                    re.IGNORECASE)
 
 
 class TokenRedactingLogger(Statsd):

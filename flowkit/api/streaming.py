@@ -44,7 +44,7 @@ def _ndjson(batch: list[RelayEvent]) -> bytes:
 
 
 _SSE_EXPIRED = ("event: token_expired\ndata: " + json.dumps(
-    {"error": {"code": TOKEN_EXPIRED, "message": STREAM_EXPIRED}}) + "\n\n").encode()
+    {"error": {"code": TOKEN_EXPIRED, "message": STREAM_EXPIRED, "fields": {}}}) + "\n\n").encode()
 
 
 def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]:

@@ -11,6 +11,7 @@ import websocket
 from flask import Flask
 
 import flowkit
+from flowkit.api.auth import STREAM_EXPIRED
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import TERMINAL, start, ws_connect, ws_read
 from tests.conftest import open_gate, reached_gate
@@ -145,7 +146,8 @@ def test_a_stream_opened_with_a_run_token_ends_when_the_token_expires(flowkit_en
         assert before and all(sse.event == "message" for sse in before)
         # no id of its own: a reconnection resumes after the last event
         assert last.event == "token_expired" and last.id == before[-1].id
-        assert json.loads(last.data)["error"]["code"] == "token_expired"
+        assert json.loads(last.data)["error"] == {  # the API's error shape, as a 401's
+            "code": "token_expired", "message": STREAM_EXPIRED, "fields": {}}
         assert served.client(key=fresh).get(f"/runs/{run['id']}").status_code == 401
 
         open_gate(handle, "gated")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 
@@ -45,6 +46,22 @@ def test_the_access_log_does_not_keep_run_tokens(gunicorn_web, store):
     logged = gunicorn_web.log_path.read_text()
     assert run["token"] not in logged
     assert f"/runs/{run['id']}/watch?token=***" in logged  # the Referer, a watch page's URL
+
+
+def test_the_access_log_blanks_a_token_whose_name_is_percent_encoded(gunicorn_web, store):
+    """``tok%65n=`` is ``token=`` to Flask, and it authenticates: the log kept it whole."""
+    url = gunicorn_web.url
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer deploy-key"}) as c:
+        run = start(c, "simple", {"n": 1}, params={"wait": 10})
+    host, port = url.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    conn.request("GET", f"/runs/{run['id']}/events?after=0&%74ok%65n={run['token']}")
+    response = conn.getresponse()
+    assert response.status == 200 and response.read()
+    conn.close()
+    line = f"GET /runs/{run['id']}/events?after=0&%74ok%65n=*** HTTP/1.1"
+    wait_until(lambda: line in gunicorn_web.log_path.read_text(), message=line)
+    assert run["token"] not in gunicorn_web.log_path.read_text()
 
 
 def test_the_packaged_config_keeps_gunicorns_statsd_metrics(flowkit_env, worker, tmp_path):
