@@ -185,3 +185,34 @@ def test_in_a_browser_another_sites_page_neither_starts_nor_reads_runs(
     assert page.evaluate(ATTACK, [open_api.url, run["id"]]) == ["sent", "refused"]
     assert runs_of("simple") == before
     page.close()
+
+
+READ_WITH_A_TOKEN = """async ([api, runId, token]) => {
+  const response = await fetch(api + "/runs/" + runId, {
+    headers: { Authorization: "Bearer " + token },
+  }).catch((e) => String(e));
+  return typeof response === "string" ? response : [response.status, (await response.json()).id];
+}"""
+
+
+def test_in_a_browser_the_apps_page_on_another_origin_reads_a_run_with_its_token(
+    flowkit_env, worker, store, other_site, browser,  # noqa: F811
+):
+    """The CORS preflight a bearer header makes the browser send carries no credentials:
+    it was a 401, so no page elsewhere could use a key or a run token, CORS granted or not."""
+    from flask_cors import CORS
+
+    app = make_app()
+    CORS(app, origins=[other_site])  # the CORS the host app grants its own pages
+    for served in serve(app):
+        with served.client() as keyed:
+            run = start(keyed, "simple", {"n": 1}, params={"wait": 10})
+        preflight = httpx.options(f"{served.url}/runs/{run['id']}", headers={
+            "Origin": other_site, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200 and preflight.content == b""
+        page = browser.new_page()
+        page.goto(other_site)
+        assert page.evaluate(READ_WITH_A_TOKEN, [served.url, run["id"], run["token"]]) == [
+            200, run["id"]]
+        page.close()
