@@ -125,6 +125,7 @@ class Settings:
     api_max_page_size: int = _default("api_max_page_size")
     api_events_page: int = _default("api_events_page")
     api_subscriber_buffer: int = _default("api_subscriber_buffer")
+    api_streams_per_caller: int = _default("api_streams_per_caller")
     api_metrics_open: bool = _default("api_metrics_open")
     api_trusted_origins: str = _default("api_trusted_origins")
     api_ui: bool = _default("api_ui")

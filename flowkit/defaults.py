@@ -120,6 +120,10 @@ API_MAX_PAGE_SIZE = 500
 API_EVENTS_PAGE = 1000
 #: Events a relay subscriber may have queued before it catches up from Redis instead.
 API_SUBSCRIBER_BUFFER = 10000
+#: Streams (SSE, WebSocket, a start's ``?wait=``) one run's tokens, or one owner-scoped
+#: caller, may hold open at once in a web process (each holds a thread); 0: no limit.
+#: API keys are not counted.
+API_STREAMS_PER_CALLER = 32
 #: ``GET /metrics`` without credentials (a scraper inside a private network); else it
 #: needs an API key (``authorization`` in Prometheus's scrape config) or the host app's
 #: ``authorize`` callback granting full access.

@@ -82,6 +82,14 @@ class Access:
         """Everything: an API key, ``authorize`` returning True, or open mode."""
         return self.kind in (KEY, OPEN) or (self.kind == APP and self.owner is None)
 
+    @property
+    def stream_holder(self) -> str | None:
+        """Whose streams these are for the web process's quota (flowkit.api.quota): a run
+        token's run, an owner-scoped caller's owner; None for full access (not counted)."""
+        if self.kind == RUN:
+            return f"run:{self.run_id}"
+        return None if self.full else f"owner:{self.owner}"
+
     def require_caller(self) -> None:
         """Endpoints beyond one run's reads that an owner-scoped caller may use too (start
         runs, list its runs, the served workflows); a run token may not."""

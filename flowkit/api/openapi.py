@@ -111,6 +111,10 @@ _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
           "(FLOWKIT_MAX_PAYLOAD_BYTES), over its limit.", {"Connection": "ConnectionClose"}),
     415: ("A request body (of an operation that reads one) that is not `Content-Type: "
           "application/json`.", {}),
+    429: ("`too_many_streams`: this run's tokens, or this owner-scoped caller, hold "
+          "FLOWKIT_API_STREAMS_PER_CALLER streams open on this server already (API keys are "
+          "not counted); close one and retry after Retry-After.",
+          {"Retry-After": "Retry-After"}),
     503: ("flowkit's Redis (`store_unavailable`) or Celery broker (`broker_unavailable`: its "
           "message names a run it stored, not to be started again) is unavailable; retry "
           "after Retry-After.",
@@ -285,7 +289,7 @@ def _start_operation(wf: Any, opts: ApiOptions, plugin: MarshmallowPlugin,
             202: {"description": "Started (still queued or running).",
                   "headers": {**run_headers, "Preference-Applied": "Preference-Applied"},
                   "content": started, "links": links},
-        }, (400, *_AUTH, 409, 413, 415, 503)),
+        }, (400, *_AUTH, 409, 413, 415, 429, 503)),
     }
 
 
@@ -348,14 +352,15 @@ def build_spec(api: ApiState) -> dict[str, Any]:
             "description": "A page of events (JSON), or (Accept) the SSE stream.",
             "headers": {"Cache-Control": "Cache-Control"},
             "content": {_JSON: {"schema": "EventPage"}, _SSE: _STREAMS[_SSE]}}},
-            (400, *_RUN))}})
+            (400, *_RUN, 429))}})
     spec.path(f"{p}/runs/{{run_id}}/stream", operations={"get": {
         "operationId": "streamRun",
         "summary": "WebSocket: the run's events as JSON text messages, resumable with ?after= "
                    "(or by sending {\"resume\": \"<event id>\"}); closes (1000) after the "
                    "run's latest terminal event, with 1012 when the server restarts, with 4001 "
-                   "when the run token that opened it expires, or with 4004 when a resume "
-                   "names a cursor past the run's last event.",
+                   "when the run token that opened it expires, with 4004 when a resume "
+                   "names a cursor past the run's last event, or with 1013 when its caller's "
+                   "streams filled up since its handshake's check (429).",
         "parameters": [
             _RUN_ID, *_args(schemas.StreamArgs, plugin),
             *(_header(name, schema, description, required=True)
@@ -374,7 +379,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                   "headers": {"Sec-WebSocket-Version": {
                       "required": False, "schema": {"type": "string", "enum": ["13"]}}},
                   "content": {_JSON: {"schema": "Error"}}},
-        }, _RUN)}})
+        }, (*_RUN, 429))}})
     for action, status, summary in (
         ("cancel", 200, "Cancel a queued or running run (409 once it ended)."),
         ("retry", 202, "Resume a failed run from its failed step (409 unless it failed)."),

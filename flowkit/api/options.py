@@ -54,6 +54,7 @@ class ApiOptions:
     max_page_size: int = 0
     events_page: int = 0
     subscriber_buffer: int = 0
+    streams_per_caller: int = 0
     metrics_open: bool = False
     #: Origins (``scheme://host[:port]``) besides the API's own whose pages may send it
     #: writes and open its WebSockets (flowkit.api.origins).

@@ -46,6 +46,7 @@ from ..errors import StoreUnavailable
 from ..events import START, TERMINAL, stream_ends
 from ..events import cursor_order as _order
 from ..store import Entry, Store, StreamReader
+from .quota import StreamQuota
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,11 @@ class Sink(Protocol):
 class Subscriber:
     """One client's view of one run: ``next_batch()`` returns the events after its cursor."""
 
-    def __init__(self, hub: Hub, run_id: str, after: str, expires_at: float | None = None) -> None:
+    def __init__(self, hub: Hub, run_id: str, after: str, expires_at: float | None = None,
+                 holder: str | None = None) -> None:
         self.hub = hub
+        #: Whose stream it is, counted by the hub's quota (None: not counted).
+        self.holder = holder
         #: When the run token that opened the stream expires (``time.time()``): the
         #: stream ends then (:attr:`expired`), as its next request would be refused.
         self.expires_at = expires_at
@@ -323,8 +327,10 @@ class _Tracked:
 class Hub:
     """This process's reader of run streams for one app (started on first use, per process)."""
 
-    def __init__(self, store: Callable[[], Store], page: int, buffer: int) -> None:
+    def __init__(self, store: Callable[[], Store], page: int, buffer: int,
+                 streams_per_caller: int = 0) -> None:
         self._store_factory = store
+        self.quota = StreamQuota(streams_per_caller)
         self.page = page
         self.buffer = buffer
         self._lock = threading.Condition()
@@ -353,12 +359,23 @@ class Hub:
 
     # -- subscribing -------------------------------------------------------------
 
-    def subscribe(self, run_id: str, after: str = START, expires_at: float | None = None
-                  ) -> Subscriber:
-        """``expires_at``: when the run token of the stream expires (see Subscriber)."""
+    def subscribe(self, run_id: str, after: str = START, expires_at: float | None = None,
+                  holder: str | None = None, counted: bool = False) -> Subscriber:
+        """``expires_at``: when the run token of the stream expires (see Subscriber);
+        ``holder``: whose stream it is, refused (429) past its quota, unless ``counted``
+        (acquired by the caller: the stream's end releases it)."""
+        if not counted:
+            self.quota.acquire(holder)
+        try:
+            return self._subscribe(Subscriber(self, run_id, after, expires_at, holder))
+        except BaseException:
+            self.quota.release(holder)
+            raise
+
+    def _subscribe(self, sub: Subscriber) -> Subscriber:
         self._ensure_running()
         store = self.store
-        sub = Subscriber(self, run_id, after, expires_at)
+        run_id = sub.run_id
         with self._lock:
             tracked = self._runs.get(run_id)
             if tracked is not None:
@@ -403,6 +420,7 @@ class Hub:
             tracked.snapshot = None
             if not tracked.subscribers:
                 del self._runs[sub.run_id]
+        self.quota.release(sub.holder)
         hooks.call(hooks.stream_subscribers, -1)
 
     def history(self, run_id: str, after: str) -> list[RelayEvent]:

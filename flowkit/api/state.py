@@ -24,7 +24,8 @@ class ApiState:
         self.blueprint = blueprint
         self.auth = Authenticator(options, app.config.get("SECRET_KEY"))
         self.hub = Hub(lambda: self.store, page=options.events_page,
-                       buffer=options.subscriber_buffer)
+                       buffer=options.subscriber_buffer,
+                       streams_per_caller=options.streams_per_caller)
         #: The OpenAPI document, with the served workflows it was built for (see docs.py).
         self.spec: tuple[tuple[tuple[str, int], ...], dict] | None = None
         #: A run's URLs with a stand-in for its id, per script root (representations.py).

@@ -77,4 +77,5 @@ def stream_response(
         mimetype=kind,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
+    response.call_on_close(sub.close)  # also when the server never started its body
     return response

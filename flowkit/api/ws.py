@@ -54,6 +54,9 @@ TOKEN_EXPIRED_CLOSE = 4001
 #: The close code of a socket asked to resume past the run's last event (the handshake's
 #: 404 for the same cursor).
 NOT_FOUND_CLOSE = 4004
+#: The close code of a socket refused once upgraded (its caller's streams filled up since
+#: the handshake's check): RFC 6455's "Try Again Later".
+TRY_AGAIN_LATER_CLOSE = 1013
 
 
 def _client_message(message: str | bytes | None) -> dict:

@@ -12,7 +12,7 @@ from ..errors import ApiError
 from ..requests import access, negotiated_stream, query
 from ..state import state
 from ..streaming import SSE, stream_response
-from ..ws import relay
+from ..ws import TRY_AGAIN_LATER_CLOSE, close, relay
 from .runs import load_run
 
 
@@ -31,6 +31,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
             cursor = parse_cursor(args.get("after")) or START
             g.flowkit_cursor = _known(run_id, cursor, "after")
             g.flowkit_status = args.get("status", False)
+            state().hub.quota.check(access().stream_holder)
 
 
 def _check_handshake() -> None:
@@ -115,7 +116,8 @@ def get_events(run_id: str):
         else:
             cursor, field = parse_cursor(after) or START, "after"
         sub = current.hub.subscribe(run_id, _known(run_id, cursor, field),
-                                    expires_at=access().expires_at)
+                                    expires_at=access().expires_at,
+                                    holder=access().stream_holder)
         sub.wants_status = args.get("status", False)
         return stream_response(sub, current.options.ping_interval, SSE)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
@@ -128,6 +130,11 @@ def get_events(run_id: str):
 
 
 def stream(ws, run_id: str):
-    sub = state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at)
+    try:
+        sub = state().hub.subscribe(run_id, g.flowkit_cursor, expires_at=access().expires_at,
+                                    holder=access().stream_holder)
+    except ApiError as refused:  # the quota filled since the handshake's check
+        close(ws, TRY_AGAIN_LATER_CLOSE, refused.message[:123])  # a close reason's limit
+        return
     sub.wants_status = g.flowkit_status
     relay(ws, sub, beyond=lambda cursor: _beyond(run_id, cursor))

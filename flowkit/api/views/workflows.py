@@ -61,19 +61,26 @@ def start_run(name: str):
         # 9999-12-31T23:59-23:59 is a valid date-time the published schema cannot bound:
         # the year 10000 in UTC, past what flowkit can show; held to the last moment it can
         start_at = LAST_TIME
-    run = control.start(wf, body, idempotency_key=key, owner=who.owner, store=current.store,
-                        start_at=start_at, priority=args.get("priority", 0),
-                        delay=None if "start_at" in args else args.get("delay"))
+    holder = who.stream_holder if kind is not None or wait else None
+    current.hub.quota.acquire(holder)  # before the start: a refused start starts nothing
+    try:
+        run = control.start(wf, body, idempotency_key=key, owner=who.owner,
+                            store=current.store, start_at=start_at,
+                            priority=args.get("priority", 0),
+                            delay=None if "start_at" in args else args.get("delay"))
+    except BaseException:
+        current.hub.quota.release(holder)
+        raise
     who.require_run(run.id, run.owner)  # never another owner's: keys are per owner
     token = current.auth.issue(run.id)
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
                "X-Flowkit-Run": run.id, "X-Flowkit-Token": token}
     if kind is not None:
-        return stream_response(current.hub.subscribe(run.id, START),
+        return stream_response(current.hub.subscribe(run.id, START, holder=holder, counted=True),
                                current.options.ping_interval, kind, headers=headers)
     created = run.created  # the start's own answer: the record read after a wait has none
     if wait:
-        _await_end(current.hub.subscribe(run.id, START), wait)
+        _await_end(current.hub.subscribe(run.id, START, holder=holder, counted=True), wait)
         run = control.get_run(run.id, store=current.store)
         headers["Preference-Applied"] = f"wait={wait:g}"
     body = {**run_json(run), "created": created, "token": token,

@@ -1,0 +1,86 @@
+"""Streams one caller may hold open in a web process (flowkit/api/quota.py).
+
+Each stream holds a server thread: a run token given to a browser, or an owner-scoped
+caller, opened as many as the process had threads, and every other caller of every
+tenant went unanswered. API keys are the operator's own and are not counted.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import websocket
+
+import flowkit
+from tests.api.conftest import make_app, serve
+from tests.api.helpers import start, ws_connect
+from tests.conftest import wait_until
+from tests.test_waits import paused
+
+LIMIT = 2
+
+
+@pytest.fixture(scope="module")
+def served(flowkit_env, worker):
+    yield from serve(make_app(streams_per_caller=LIMIT,
+                              authorize=lambda request: request.headers.get("X-User")))
+
+
+def waiting_run(client: httpx.Client) -> dict:
+    run = start(client, "approval", {"n": 1})
+    paused(flowkit.get_run(run["id"]))
+    return run
+
+
+def too_many(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["Retry-After"] == "5"
+    error = response.json()["error"]
+    assert error["code"] == "too_many_streams"
+    assert "FLOWKIT_API_STREAMS_PER_CALLER" in error["message"]
+
+
+def test_a_run_tokens_streams_are_bounded_and_a_closed_one_makes_room(served, store):
+    with served.client() as keyed:
+        run = waiting_run(keyed)
+    url, token = f"{served.ws_url}/runs/{run['id']}/stream", run["token"]
+    held = [ws_connect(url, token=token) for _ in range(LIMIT)]
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws_connect(url, token=token)  # a plain HTTP answer at the handshake
+    assert refused.value.status_code == 429
+    with served.client(key=token) as page:
+        too_many(page.get(f"/runs/{run['id']}/events", params={"after": "0"},
+                          headers={"Accept": "text/event-stream"}))
+        assert page.get(f"/runs/{run['id']}").status_code == 200  # reads are not streams
+    with served.client() as keyed:  # an API key's streams are not counted
+        keys = [ws_connect(url, key=keyed.headers["Authorization"].split()[1])
+                for _ in range(LIMIT + 1)]
+    hub = served.app.extensions["flowkit"].hub
+    held.pop().close()
+    wait_until(lambda: hub.quota.held(f"run:{run['id']}") == LIMIT - 1, 10, "the stream's end")
+    held.append(ws_connect(url, token=token))
+    for sock in held + keys:
+        sock.close()
+    flowkit.cancel(run["id"])
+
+
+def test_an_owners_streams_and_waits_count_together_across_its_runs(served, store):
+    with served.client(key=None, headers={"X-User": "alice"}) as alice:
+        runs = [waiting_run(alice) for _ in range(LIMIT)]
+        streams = [alice.stream("GET", f"/runs/{run['id']}/events",
+                                headers={"Accept": "text/event-stream"}) for run in runs]
+        for s in streams:
+            assert s.__enter__().status_code == 200
+        before = len(flowkit.list_runs(workflow="simple", limit=1000))
+        too_many(alice.post("/workflows/simple/runs", params={"wait": 5}, json={"n": 1}))
+        assert len(flowkit.list_runs(workflow="simple", limit=1000)) == before  # none started
+        assert alice.post("/workflows/simple/runs", json={"n": 1}).status_code == 202
+        with served.client(key=None, headers={"X-User": "bob"}) as bob:  # another owner
+            other = waiting_run(bob)
+            with bob.stream("GET", f"/runs/{other['id']}/events",
+                            headers={"Accept": "text/event-stream"}) as response:
+                assert response.status_code == 200
+        for s in streams:
+            s.__exit__(None, None, None)
+    for run in [*runs, other]:
+        flowkit.cancel(run["id"])
