@@ -11,7 +11,8 @@ run is admitted at once.
 
 A slot is never leaked: whoever ends a run gives its slot back, and beat's sweep
 (:func:`reconcile`) gives back the slots of runs that ended, or never came to exist,
-without it (a process that died at the wrong moment), and fills free slots. A waiting run
+without it (a process that died at the wrong moment), admits a run given a slot but still
+held (its admitter died in between), and fills free slots. A waiting run
 (paused for input, an event, a timer) keeps its slot: it holds no worker, but resuming it
 never waits behind newer runs.
 """
@@ -84,6 +85,11 @@ def reconcile(store: Store | None = None) -> list[str]:
         for run_id in gone or [""]:
             _, _, admitted = store.slots(group, limit, now, release=run_id)
             admitted_all += _continue(admitted, store=store)
+        # given a slot, but still held: the process admitting it died between the two
+        # (its run would wait for good, the key's line behind it)
+        admitted_all += _continue([run_id for (run_id, _), state in
+                                   zip(holders, states, strict=True)
+                                   if state == RunState.QUEUED], store=store)
     return admitted_all
 
 

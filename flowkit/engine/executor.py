@@ -306,7 +306,8 @@ def _produce(
         return hit, True
     held = None
     if pol.concurrency or pol.rate:
-        held = limits.enter(new_context(), pol, value)  # may pause the step (StepSuspended)
+        held_by = new_context()
+        held = limits.enter(held_by, pol, value)  # may pause the step (StepSuspended)
     try:
         if held:
             heartbeat.hold(held.group, held.member)
@@ -314,7 +315,7 @@ def _produce(
     finally:
         if held:
             heartbeat.let_go(held.group, held.member)
-            limits.leave(store, held)
+            limits.leave(store, held, owner=(held_by.gen, held_by.token))
     if isinstance(result, Continue):
         result = {CONTINUE: _continuation_spec(result)}
     try:

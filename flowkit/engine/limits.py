@@ -92,14 +92,23 @@ def enter(ctx: StepContext, pol: Policy, value: Any) -> Held | None:
         return Held(group, member, limit)
     if outcome == WaitOutcome.PAUSED:
         raise StepSuspended(f"step {ctx.step} waits for a slot of {name} ({limit} at most)")
-    leave(ctx.store, Held(group, member, limit))  # the run moved on: out of the line
+    # the run moved on: out of the line, unless it moved on to a newer attempt of this
+    # step (a restart), whose place in line or slot this member is now
+    leave(ctx.store, Held(group, member, limit), owner=(ctx.gen, ctx.token))
     raise RunCancelled(f"run {ctx.run_id} moved on while step {ctx.step} asked for a slot")
 
 
-def leave(store: Store, held: Held | None) -> None:
+def leave(store: Store, held: Held | None, owner: tuple[int, str] | None = None) -> None:
     """The step is done with its slot (it finished, failed or paused): the next in line
-    gets it."""
+    gets it. ``owner``: the (generation, lease token) of the attempt giving it back; an
+    attempt superseded meanwhile gives back nothing (a frozen worker's, resumed after the
+    reaper restarted its step): the member, one per step, is the newer attempt's now, and
+    releasing it let a step run beside it or dropped it from the line for good."""
     if held is None:
+        return
+    if owner is not None and _superseded(store, held, *owner):
+        log.info("flowkit: a superseded attempt of %s leaves its slot to the newer one",
+                 held.member)
         return
     now = time.time()
     _, _, handed = store.slots(held.group, held.limit, now, release=held.member,
@@ -107,13 +116,32 @@ def leave(store: Store, held: Held | None) -> None:
     _hand_over(store, held.group, held.limit, handed)
 
 
+def _superseded(store: Store, held: Held, gen: int, token: str) -> bool:
+    run_id, _, step = held.member.partition(" ")
+    current_gen, lease = store.step_owner(run_id, step)
+    return current_gen != str(gen) or (lease is not None and lease != token)
+
+
 def reconcile(store: Store) -> int:
     """Take back the slots of steps whose lease lapsed (a dead worker, a reservation never
-    used) and hand them on; beat's sweep runs it. Returns how many steps it resumed."""
+    used) and hand them on; beat's sweep runs it. Returns how many steps it resumed.
+
+    A lapsed reservation may be a step whose wait was never answered (the process handing
+    the slot over died between the two): its wait is answered now, and it asks again,
+    rather than wait for good. A lapsed holder's step is not waiting: nothing to answer."""
     resumed, now = 0, time.time()
     for group, limit in store.groups(store.keys.step_groups).items():
+        lapsing = store.lapsing_slots(group, now)
         _, _, handed = store.slots(group, limit, now, score=now + RESERVED_SECONDS, lapsed=now)
         resumed += _hand_over(store, group, limit, handed)
+        for member in lapsing:
+            run_id, _, step = member.partition(" ")
+            if not store.waits_on(run_id, f"{step}/slot"):
+                continue
+            outcome, gen = _answer_slot_wait(store, run_id, step, slot_name(group))
+            if outcome == WaitOutcome.RESUMED:
+                resume(Run.load(run_id, store), gen)
+            resumed += outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED)
     return resumed
 
 

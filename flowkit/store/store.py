@@ -630,6 +630,26 @@ class Store:
         pipe.execute()
 
     @_op
+    def step_owner(self, run_id: str, step: str) -> tuple[str | None, str | None]:
+        """The run's generation, and the token of the attempt that holds ``step``'s lease
+        (None when none does): whether an attempt is still the step's current one."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.run(run_id), "gen")
+        pipe.hget(self.keys.inflight(run_id), step)
+        gen, lease = pipe.execute()
+        return gen, (loads(lease)["token"] if lease else None)
+
+    @_op
+    def waits_on(self, run_id: str, wait_key: str) -> bool:
+        """Whether the run has the wait ``wait_key`` open."""
+        return bool(self.redis.hexists(self.keys.waits(run_id), wait_key))
+
+    @_op
+    def lapsing_slots(self, group: str, now: float) -> list[str]:
+        """The members of ``group`` whose slot lapses at ``now`` (scored below it)."""
+        return self.redis.zrangebyscore(self.keys.slots(group)[0], "-inf", f"({now}")
+
+    @_op
     def slot_holders(self, group: str) -> list[tuple[str, float]]:
         """(run id, admitted at) of the runs holding a slot of ``group``."""
         return self.redis.zrange(self.keys.slots(group)[0], 0, -1, withscores=True)
