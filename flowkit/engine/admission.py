@@ -25,6 +25,7 @@ import time
 from .. import events
 from ..states import TERMINAL_STATES, RunState
 from ..store import Ended, Store, get_store
+from ..workflow import workflows
 from .dispatch import send_resume
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def released(run_id: str, store: Store | None = None, ended: Ended | None = None
         group, limit = store.run_fields(run_id, "concurrency_group", "concurrency_limit")
     if not group or not limit:
         return
-    _, _, admitted = store.slots(group, int(limit), time.time(), release=run_id)
+    limit = limit_in_code(group) or int(limit)  # a deploy may have changed it since its start
+    _, _, admitted = store.slots(group, limit, time.time(), release=run_id)
     _continue(admitted, store=store)
 
 
@@ -76,7 +78,10 @@ def reconcile(store: Store | None = None) -> list[str]:
     the runs admitted. Beat's sweep runs it."""
     store, now = store or get_store(), time.time()
     admitted_all: list[str] = []
-    for group, limit in store.groups().items():
+    for group, stored in store.groups().items():
+        limit = limit_in_code(group) or stored  # raised or lowered by a deploy since
+        if limit != stored:
+            store.set_group_limit(group, limit)
         holders = store.slot_holders(group)
         states = store.run_states([run_id for run_id, _ in holders])
         gone = [run_id for (run_id, since), state in zip(holders, states, strict=True)
@@ -91,6 +96,14 @@ def reconcile(store: Store | None = None) -> list[str]:
                                    zip(holders, states, strict=True)
                                    if state == RunState.QUEUED], store=store)
     return admitted_all
+
+
+def limit_in_code(group: str) -> int | None:
+    """The limit this process's code gives ``group``'s workflow (None where it does not
+    know the workflow): after a deploy raised or lowered it, runs started before keep
+    their start's limit in their record, and the line would go on at the old one."""
+    wf = workflows().get(group.partition(":")[0])
+    return wf.concurrency.limit if wf is not None and wf.concurrency is not None else None
 
 
 def _continue(admitted: list[str], store: Store, exclude: str = "") -> list[str]:

@@ -655,6 +655,11 @@ class Store:
         return self.redis.zrange(self.keys.slots(group)[0], 0, -1, withscores=True)
 
     @_op
+    def set_group_limit(self, group: str, limit: int, index: str | None = None) -> None:
+        """Index ``group`` (of runs, or of ``index``) with a limit changed since."""
+        self.redis.hset(index or self.keys.groups, group, limit)
+
+    @_op
     def in_line(self, group: str) -> int:
         return self.redis.zcard(self.keys.slots(group)[1])
 
