@@ -42,6 +42,9 @@ component's own exception is the step's error, recorded in the run).
 
 from __future__ import annotations
 
+import os
+import sysconfig
+import traceback
 from typing import Any
 
 
@@ -212,3 +215,25 @@ def bounded_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 def describe_error(exc: BaseException) -> str:
     """``"TypeError: message"``: how events and traces name an error."""
     return f"{type(exc).__name__}: {error_message(exc)}"
+
+
+#: Where code that is not the application's lives: flowkit, the standard library, and
+#: installed packages (an error raised inside a library is placed at the app's call).
+_NOT_APP = tuple({os.path.dirname(os.path.abspath(__file__)) + os.sep,
+                  *(os.path.abspath(sysconfig.get_paths()[name]) + os.sep
+                    for name in ("stdlib", "platstdlib", "purelib", "platlib"))})
+
+
+def error_origin(exc: BaseException) -> str | None:
+    """``"myapp/flows.py:12 in helper"``: the innermost line of the application's own code
+    that the error went through (its path relative to the working directory when under it),
+    or None when none did. Read from the traceback's frames alone (no source is read)."""
+    frames = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__),
+                                            lookup_lines=False)
+    for frame in reversed(frames):
+        path = os.path.abspath(frame.filename)
+        if frame.filename.startswith("<") or path.startswith(_NOT_APP):
+            continue
+        shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+        return f"{shown}:{frame.lineno} in {frame.name}"
+    return None

@@ -116,6 +116,33 @@ def test_when_retries_run_out_the_run_fails_with_step_error_and_history():
     assert [a["attempt"] for a in record.error["attempts"]] == [1, 2]
     assert types(run)[-2:] == ["step.failed", "run.failed"]
     assert get_store().checkpoint(run.id, "0:t.add_one") == '{"n":2}'
+    # where in the app's code: the error alone named neither file nor line
+    line = _line_of("tests/workflows.py", 'raise Flaky(f"flaky failure')
+    assert record.error["where"] == f"tests/workflows.py:{line} in flaky"
+
+
+def _line_of(path: str, text: str) -> int:
+    with open(path) as source:
+        return next(n for n, line in enumerate(source, 1) if text in line)
+
+
+def _helper_that_raises() -> None:
+    raise NameError("name 'oops' is not defined")
+
+
+def test_an_errors_origin_is_the_innermost_line_of_the_apps_code_it_went_through():
+    from flowkit.errors import error_origin
+
+    with pytest.raises(NameError) as in_a_helper:
+        _helper_that_raises()
+    line = _line_of("tests/test_engine.py", "    raise NameError(\"name 'oops'")
+    assert error_origin(in_a_helper.value) == f"tests/test_engine.py:{line} in _helper_that_raises"
+    with pytest.raises(json.JSONDecodeError) as in_a_library:
+        json.loads("not json")  # raised in the standard library: placed at the app's call
+    line = _line_of("tests/test_engine.py", '        json.loads("not json")  # raised')
+    assert error_origin(in_a_library.value) == (
+        f"tests/test_engine.py:{line} in "
+        "test_an_errors_origin_is_the_innermost_line_of_the_apps_code_it_went_through")
 
 
 @pytest.mark.parametrize("depth, says", [

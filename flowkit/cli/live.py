@@ -169,7 +169,8 @@ def _row(step: StepLine, now: float) -> tuple[Text, ...]:
 
 def _error_text(error: Any) -> str:
     if isinstance(error, dict):
-        return f"{error.get('type', 'Error')}: {error.get('message', '')}".strip(": ")
+        text = f"{error.get('type', 'Error')}: {error.get('message', '')}".strip(": ")
+        return f"{text} (at {error['where']})" if error.get("where") else text
     return str(error or "")
 
 

@@ -32,6 +32,7 @@ from ..errors import (
     WorkflowNotFound,
     describe_error,
     error_message,
+    error_origin,
 )
 from ..policy import Policy, call_with_timeout
 from ..serialization import MAX_DEPTH, dumps_bounded, loads
@@ -398,13 +399,17 @@ def _fail(
 ) -> None:
     error = {"type": type(exc).__name__, "message": error_message(exc), "step": key,
              "attempts": history}
+    where = error_origin(exc)
+    if where is not None:  # the line of the app's code that raised it (a helper's too)
+        error["where"] = where
     step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
     writer.flush()  # the failed attempt's span before the run's failure
     if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
         admission.released(run_id, store)
         notify.run_failed(run_id)
-    log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc))
+    log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc),
+                exc_info=exc)  # where in the step's code, with the lines that led there
 
 
 def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:
