@@ -95,7 +95,8 @@ def flowkit_run(project: Path, exports: dict[str, str], name: str) -> dict:
 def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
     project = tmp_path / "devproject"
     shutil.copytree(FIXTURE, project)
-    dev = Dev(project, "-A", "shop.flows", "--port", str(free_port()))
+    port = free_port()
+    dev = Dev(project, "-A", "shop.flows", "--port", str(port))
     procs: dict[int, tuple[str, str]] = {}
     try:
         dev.wait_for("Ctrl-C stops everything", timeout=120)
@@ -107,6 +108,13 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         assert exports["FLOWKIT_APP"] == "shop.flows"
         assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", exports["FLOWKIT_REDIS_URL"])
         assert exports["FLOWKIT_URL"].startswith("http://127.0.0.1:")
+        assert re.search(rf"dashboard\s+{re.escape(exports['FLOWKIT_URL'])}/ui ", out), out
+        # named by its port: two flowkit devs on one Redis were one worker, "dev@host"
+        listed = subprocess.run([sys.executable, "-m", "flowkit.cli", "workers", "--json"],
+                                cwd=project, env={**_user_env(), **exports},
+                                capture_output=True, text=True, timeout=60)
+        assert [w["name"].partition("@")[0] for w in json.loads(listed.stdout)["workers"]] == [
+            f"dev-{port}"], listed.stdout + listed.stderr
         # the web app's front page sends a person to the dashboard
         with urllib.request.urlopen(exports["FLOWKIT_URL"] + "/", timeout=10) as page:
             assert page.url == exports["FLOWKIT_URL"] + "/ui"

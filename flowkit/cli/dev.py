@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 
 from ..config import get_settings, reset
+from ..engine.control import live_workers
 from ..workflow import workflows
 from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
 from .routing import routed_queues
@@ -137,7 +138,7 @@ def dev(args: argparse.Namespace) -> int:
             supervisor.wait_ready(["worker", "web"], START_TIMEOUT)
             served = _web_workflows(api_url)
             supervisor.banner(_banner(app_name, env, api_url, queues,
-                                      notes + _unserved(served), api_open,
+                                      notes + _unserved(served) + _other_devs(port), api_open,
                                       reload=not args.no_reload, served=served))
             if not args.no_reload:
                 _watch(supervisor, project)
@@ -153,6 +154,24 @@ def dev(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
             supervisor.say("stopped")
     return code
+
+
+def _node(port: int) -> str:
+    """The dev worker's node name: one per ``flowkit dev`` (by its web port), so that two
+    sharing a Redis are two workers to ``flowkit workers``, not one."""
+    return f"dev-{port}@%h"
+
+
+def _other_devs(port: int) -> list[str]:
+    """A note naming the workers of other ``flowkit dev``s on this Redis (a terminal that
+    kept another one's exports): runs go to either, on either's code."""
+    ours = _node(port).partition("@")[0] + "@"
+    others = sorted(w["name"] for w in live_workers()
+                    if w["name"].startswith("dev") and not w["name"].startswith(ours))
+    if not others:
+        return []
+    return [f"another flowkit dev's worker ({', '.join(others)}) serves this Redis too: runs "
+            "go to either, on either's code (unset FLOWKIT_REDIS_URL for a private Redis)"]
 
 
 def _api_access(env: dict[str, str]) -> list[str]:
@@ -243,7 +262,7 @@ def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name
     cwd = str(project)
     supervisor.add(Child(
         "worker", [sys.executable, "-m", "flowkit.cli.devworker", "-A", app_name,
-                   "--concurrency", str(args.concurrency)],
+                   "--concurrency", str(args.concurrency), "--hostname", _node(port)],
         env=env, cwd=cwd, ready_line=r"@\S+ ready\.$",
         # beat's sweeps, every few seconds, would drown the steps' lines
         quiet=r"Task flowkit\.(reaper|retention)\[",
@@ -342,6 +361,8 @@ def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
         "",
         f"flowkit dev: {app_name} is up",
         f"  API        {api_url}  (workflows: {names})",
+        *([f"  dashboard  {api_url}{get_settings().api_ui_path}  (runs, workers, a run's "
+           "steps)"] if get_settings().api_ui else []),
         f"  OpenAPI    {api_url}/openapi.json",
         f"  health     {api_url}/healthz",
         f"  metrics    {api_url}/metrics  (Prometheus)",
