@@ -112,3 +112,23 @@ def test_a_worker_refuses_to_start_on_a_cron_line_celery_cannot_read(flowkit_env
     lines = [line for line in result.stderr.splitlines() if "refuses to start" in line]
     assert lines == ["flowkit: worker refuses to start: Workflow 'badly-scheduled': schedule "
                      "'never': invalid cron line '99 * * * *': Invalid end range: 99 > 59."]
+
+
+@pytest.mark.parametrize("source, says", [
+    ("import json\nx = undefined_name + 1\n",
+     "raised NameError: name 'undefined_name' is not defined (at brokenflows.py:2)"),
+    ("def f(:\n", "raised SyntaxError: invalid syntax (at brokenflows.py:1)"),
+])
+def test_flowkit_devs_web_app_says_in_one_line_that_the_code_does_not_import(
+        flowkit_env, tmp_path, source, says):
+    """gunicorn printed its whole traceback (40 lines through its arbiter and importlib),
+    where the dev worker said it in one line."""
+    (tmp_path / "brokenflows.py").write_text(source)
+    env = {**flowkit_env, "FLOWKIT_APP": "brokenflows", "FLOWKIT_API_OPEN": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config", "--bind",
+         f"127.0.0.1:{free_port()}", "flowkit.api.devapp:create_app()"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"flowkit dev web: importing 'brokenflows' {says}" in result.stderr, result.stderr

@@ -17,7 +17,9 @@ import sys
 from typing import Any
 
 from flask import Flask, redirect
+from gunicorn.errors import AppImportError
 
+from ..errors import error_origin
 from .extension import FlowKit
 from .views.ui import ui_url
 
@@ -28,7 +30,11 @@ def create_app(app_name: str | None = None) -> Flask:
     if not name:
         raise RuntimeError("FLOWKIT_APP is not set: name the module of your workflows "
                            "(flowkit dev -A myapp.flows sets it).")
-    import_workflows(name)
+    try:
+        import_workflows(name)
+    except Exception as exc:  # gunicorn printed its own 40-line traceback, the worker one line
+        raise AppImportError(f"flowkit dev web: importing {name!r} raised "
+                             f"{_described(exc)}") from None
     app = Flask("flowkit.dev")
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or None
     FlowKit(app)
@@ -39,6 +45,17 @@ def create_app(app_name: str | None = None) -> Flask:
         return redirect(ui_url() or "/openapi.json")
 
     return app
+
+
+def _described(exc: Exception) -> str:
+    """``NameError: ... (at myapp/flows.py:12)``; a SyntaxError with its file's path."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        path = os.path.relpath(exc.filename) if exc.filename.startswith(os.getcwd()) \
+            else exc.filename
+        return f"SyntaxError: {exc.msg} (at {path}:{exc.lineno})"
+    where = error_origin(exc)
+    return f"{type(exc).__name__}: {exc}" + (f" (at {where.rpartition(' in ')[0]})" if where
+                                               else "")
 
 
 def import_workflows(name: str) -> None:
