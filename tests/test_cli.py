@@ -108,6 +108,9 @@ def test_input_and_event_in_both_forms(env):
     assert said.returncode == 0, said.stderr
     assert said.stdout.startswith("Input 'approval' accepted: the run resumed")
     assert run.result(20)["approved"] is True
+    assert rows(flowkit_cli("status", run.id, env=env).stdout)["Steps"] == (
+        "2 steps begun, 3 attempts; begun more than once (retried, restarted or resumed after a "
+        "wait): 0:t.approve x2")  # it said "tried again", as if the step had failed once
     # the same value again (a resend) changes nothing, also once the run ended; another is refused
     again = flowkit_cli("input", run.id, "approval", '{"ok": true}', "--json", env=env)
     assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "same", again.stderr

@@ -97,7 +97,9 @@ def status_text(run: dict[str, Any]) -> Table:
         retried = {step: n for step, n in attempts.items() if n > 1}
         text = f"{plural(len(attempts), 'step')} begun, {plural(sum(attempts.values()), 'attempt')}"
         if retried:
-            text += "; tried again: " + ", ".join(f"{s} x{n}" for s, n in sorted(retried.items()))
+            # not "tried again": a step resumed after its wait begins again too
+            text += ("; begun more than once (retried, restarted or resumed after a wait): "
+                     + ", ".join(f"{s} x{n}" for s, n in sorted(retried.items())))
         row("Steps", text)
     if run.get("concurrency_group"):
         row("Concurrency", f"{run['concurrency_group']} (limit {run.get('concurrency_limit')})")
