@@ -224,3 +224,14 @@ def test_a_time_past_the_year_9999_is_shown_as_a_number_not_a_traceback():
     assert human_time(1e12) == "1000000000000 (Unix time)"
     assert human_time(1e308).endswith(" (Unix time)")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in .+\)", human_time(2e9))
+
+
+def test_an_input_to_a_run_that_failed_just_after_says_so_not_that_it_resumed():
+    from flowkit.cli.runs import input_outcome
+
+    run = {"id": "01J0000000000000000000000X", "state": "failed"}
+    assert input_outcome("resumed", run) == (
+        "the run resumed, and it is failed now (flowkit status 01J0000000000000000000000X "
+        "says why)")
+    assert input_outcome("resumed", {**run, "state": "queued"}) == (
+        "the run resumed (run 01J0000000000000000000000X is queued)")

@@ -215,12 +215,19 @@ def send_input(args: argparse.Namespace) -> int:
         raise UsageError(f"{exc.message[:-1]}: {fields}. Send the value its wait asks for "
                          f"(flowkit status {args.run_id} shows it).") from None
     run = runs.get_run(args.run_id).to_dict()
-    said = {"resumed": "the run resumed", "delivered": "the run still waits for something else",
-            "same": "the same value was already accepted; nothing changed"}
     emit(args, {"outcome": delivery.outcome.value, "run": run},
-         lambda d: f"Input {args.name!r} accepted: {said.get(d['outcome'], d['outcome'])} "
-                   f"(run {run['id']} is {run['state']}).")
+         lambda d: f"Input {args.name!r} accepted: {input_outcome(d['outcome'], run)}.")
     return 0
+
+
+def input_outcome(outcome: str, run: dict) -> str:
+    """What an accepted input did, with the run's state as read just after (a run that
+    failed meanwhile, its workflow gone on a reload, "resumed (run ... is failed)")."""
+    said = {"resumed": "the run resumed", "delivered": "the run still waits for something else",
+            "same": "the same value was already accepted; nothing changed"}.get(outcome, outcome)
+    if run["state"] in ("failed", "cancelled"):
+        return f"{said}, and it is {run['state']} now (flowkit status {run['id']} says why)"
+    return f"{said} (run {run['id']} is {run['state']})"
 
 
 def send_event(args: argparse.Namespace) -> int:
