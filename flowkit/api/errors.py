@@ -41,11 +41,21 @@ class ApiError(FlowkitError):
         self.headers = headers or {}
 
 
+#: Field messages an error lists at most: a body of 90,000 unknown fields was answered with
+#: a 2.5 MB list of them (an answer bigger than its request, for anyone to ask for).
+MAX_FIELD_MESSAGES = 50
+
+
 def error_response(
     status: int, code: str, message: str, fields: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    fields = fields or {}
+    if len(fields) > MAX_FIELD_MESSAGES:
+        more = len(fields) - MAX_FIELD_MESSAGES
+        fields = {name: fields[name] for name in sorted(fields, key=str)[:MAX_FIELD_MESSAGES]}
+        fields["_more"] = [f"{more} more fields have errors: fix these, and send it again."]
+    response = jsonify({"error": {"code": code, "message": message, "fields": fields}})
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

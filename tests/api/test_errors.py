@@ -24,6 +24,17 @@ def test_invalid_input_is_400_with_field_messages_and_no_run(client, store):
     assert client.get("/runs").json()["runs"] == []
 
 
+def test_a_body_of_many_unknown_fields_is_answered_with_the_first_50_messages(client, store):
+    """90,000 unknown fields were answered with a 2.5 MB list of them."""
+    body = {"n": 1, **{f"unknown_{i}": i for i in range(1000)}}
+    response = client.post("/workflows/simple/runs", json=body)
+    error = assert_error(response, 400, "validation_error")
+    assert len(error["fields"]) == 51 and error["fields"]["unknown_0"] == ["Unknown field."]
+    assert error["fields"]["_more"] == ["950 more fields have errors: fix these, and send it "
+                                        "again."]
+    assert len(response.content) < 4096
+
+
 def nested(levels: int) -> dict:
     """An object ``levels`` deep: ``{"x": [[...]]}``."""
     inner: list = []
