@@ -12,10 +12,9 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 from types import ModuleType
 
-from ..errors import WorkflowNotFound
+from ..errors import WorkflowNotFound, error_origin
 from .usage import UsageError
 
 #: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
@@ -78,14 +77,8 @@ def _where(exc: BaseException) -> str:
     A SyntaxError names its own file and line."""
     if isinstance(exc, SyntaxError):
         return ""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<") and "importlib" not in f.filename]
-    if not frames:
-        return ""
-    last = frames[-1]
-    path = os.path.relpath(last.filename) if last.filename.startswith(os.getcwd()) \
-        else last.filename
-    return f" (at {path}:{last.lineno})"
+    origin = error_origin(exc)  # a library's error: the line of the user's code that called it
+    return f" (at {origin.rpartition(' in ')[0]})" if origin else ""
 
 
 def _check_module_name(name: str) -> None:
