@@ -39,6 +39,9 @@ export interface StepState {
   waiting: boolean;
 }
 
+/** One open wait of a run: its `run.waiting` event's fields. */
+export interface Wait { kind: string; name?: string; prompt?: string; expires_at?: number; step?: string; [k: string]: unknown }
+
 export interface RunState {
   runId: string | null;
   workflow: string | null;
@@ -49,8 +52,11 @@ export interface RunState {
   order: string[];
   output: unknown;
   error: { type?: string; message?: string; step?: string | null; [k: string]: unknown } | null;
-  /** What a waiting run waits for: `{kind, name, prompt?, expires_at?, step, ...}`. */
-  waiting: { kind: string; name?: string; prompt?: string; expires_at?: number; step?: string; [k: string]: unknown } | null;
+  /** What a waiting run waits for: `{kind, name, prompt?, expires_at?, step, ...}` (the
+   *  latest of `waits`). */
+  waiting: Wait | null;
+  /** Every wait open at once (fan-out items each asking a person), oldest first. */
+  waits: Wait[];
   /** Why a queued run is held back (a concurrency key), or null. */
   held: string | null;
   lastEventId: string | null;

@@ -287,6 +287,29 @@ def test_a_waiting_run_is_answered_with_the_form_from_its_schema(api, client, pa
     assert json.loads(page.text_content("#run-output"))["approved"] is True
 
 
+def test_several_inputs_open_at_once_each_get_a_form_until_answered(api, client, page):
+    """Fan-out items each asking a person: the page showed a form for the last one only,
+    then none, "running", while two waits stayed open (a reload showed the same)."""
+    run = start(client, "waiting_items", {"n": 3})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    forms = page.locator("form.answer")
+    expect(forms).to_have_count(3)
+    assert sorted(forms.evaluate_all("fs => fs.map(f => f.dataset.wait)")) == [
+        "item-0", "item-1", "item-2"]
+    for answered, value in enumerate((10, 20, 30)):
+        form = page.locator(f'form.answer[data-wait="item-{answered}"]')
+        form.locator("input").fill(str(value))
+        form.locator("button[type=submit]").click()
+        if answered < 2:  # the others stay open, and the run waits for them
+            expect(forms).to_have_count(2 - answered)
+            expect(page.locator("#state")).to_have_attribute("data-state", "waiting")
+            if answered == 0:
+                page.reload()  # the stored events fold the same way
+                expect(forms).to_have_count(2)
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output")) == {"total": 60}
+
+
 def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     run = start(client, "streaming", {"before": 3, "after": 3})
     handle = flowkit.get_run(run["id"])

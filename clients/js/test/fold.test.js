@@ -90,3 +90,47 @@ test("a new attempt of a step supersedes its failed one (a retried run)", () => 
   assert.equal(retried.error, null);
   assert.equal(retried.state, "queued");
 });
+
+test("several waits open at once stay open until each is answered (fan-out items asking)", () => {
+  const asks = [0, 1, 2].map((i) => ev(`${10 + i}-0`, "run.waiting", {
+    step: `1:ask[${i}]`, kind: "input", name: `item-${i}`, prompt: null }));
+  let state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "run.started"),
+    ...[0, 1, 2].map((i) => ev(`${2 + i}-0`, "step.started", { step: `1:ask[${i}]`, attempt: 1 })),
+    ...asks,
+  ]);
+  assert.deepEqual(state.waits.map((w) => w.name), ["item-0", "item-1", "item-2"]);
+  // one answered: the run resumes, and the branches still asking pause again saying nothing
+  state = foldEvents(state, [
+    ev("20-0", "run.resumed", { by: "input", name: "item-2", step: "1:ask[2]" }),
+    ev("21-0", "run.started"),
+  ]);
+  assert.deepEqual(state.waits.map((w) => w.name), ["item-0", "item-1"]);
+  assert.equal(state.state, "waiting");  // it said "running", with nothing left to answer
+  assert.equal(state.waiting.name, "item-1");
+  assert.equal(state.steps["1:ask[0]"].status, "waiting");
+  assert.equal(state.steps["1:ask[2]"].status, "running");
+  state = foldEvents(state, [
+    ev("22-0", "run.resumed", { by: "input", name: "item-0", step: "1:ask[0]" }),
+    ev("23-0", "run.resumed", { by: "input", name: "item-1", step: "1:ask[1]" }),
+  ]);
+  assert.deepEqual(state.waits, []);
+  assert.equal(state.state, "queued");
+  assert.equal(state.waiting, null);
+});
+
+test("a long stream's text is appended chunk by chunk, a superseded attempt's still dropped", () => {
+  const chunks = Array.from({ length: 3000 }, (_, i) => ev(`${100 + i}-0`, "step.output", {
+    step: "0:a", attempt: 2, chunk: `w${i} ` }));
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("2-0", "step.output", { step: "0:a", attempt: 1, chunk: "lost " }),
+    ev("3-0", "run.restarted", { superseded: [{ step: "0:a", attempt: 1 }] }),
+    ev("4-0", "step.output", { step: "0:a", attempt: 1, chunk: "late " }),  // after its voiding
+    ev("5-0", "step.started", { step: "0:a", attempt: 2 }),
+    ...chunks,
+  ]);
+  assert.equal(state.steps["0:a"].text, chunks.map((e) => e.chunk).join(""));
+  assert.equal(state.steps["0:a"].chunks.length, 3000);
+  assert.equal(state.steps["0:a"].rawChunks.length, 3000);
+});

@@ -9,7 +9,7 @@ const unsubscribe: () => void = watch.subscribe((state: RunState) => {
   const texts: string[] = state.order.map((key) => state.steps[key].text);
   const status: string = state.steps[state.order[0]].status;
   const open: boolean = state.connection === "open";
-  void [texts, status, open, state.output, state.error?.message, state.waiting?.name, state.tokens.total];
+  void [texts, status, open, state.output, state.error?.message, state.waiting?.name, state.waits.map((w) => w.name), state.tokens.total];
 });
 watch.onEvent((event: FlowkitEvent) => void event.id);
 const minted = new FlowkitClient({ token: async () => (await fetch("/app/runs/run-1/token")).text() });

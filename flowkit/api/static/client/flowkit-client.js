@@ -26,6 +26,7 @@ export function initialRunState(runId) {
     output: null,
     error: null,
     waiting: null,
+    waits: [],
     held: null,
     lastEventId: null,
     connection: "connecting",
@@ -120,12 +121,38 @@ function addTokens(total, used) {
   return sum;
 }
 
-function endWaits(steps) {
+// Steps whose wait ended: every waiting step but those of the waits still open.
+function endWaits(steps, open = []) {
+  const still = new Set(open.map((w) => w.step));
   const out = {};
   for (const [key, step] of Object.entries(steps)) {
-    out[key] = step.status === "waiting" ? { ...step, status: "running", waiting: false } : step;
+    out[key] = step.status === "waiting" && !still.has(key) ? { ...step, status: "running", waiting: false } : step;
   }
   return out;
+}
+
+// A wait's identity: several may be open at once (fan-out items each asking a person).
+function sameWait(a, b) {
+  return a.kind === b.kind && a.name === b.name && (a.step ?? null) === (b.step ?? null);
+}
+
+// The kind of wait a run.resumed's `by` answered.
+const ANSWERED_KIND = { input: "input", event: "event", timer: "sleep", slot: "slot" };
+
+// The waits a run.resumed leaves open: it names the one answered (its kind, its name, and
+// its step when it has one); an event answers every wait on its key.
+function openAfter(waits, event) {
+  const kind = ANSWERED_KIND[event.by];
+  if (!kind) return [];
+  return waits.filter((w) => !(w.kind === kind
+    && (event.name === undefined || event.name === null || w.name === event.name)
+    && (!event.step || w.step === event.step)));
+}
+
+// The run's state while waits are open: what it waits for, not the re-run of the branches
+// that pause again at once (they say nothing new).
+function waitingOr(waits, state) {
+  return waits.length ? "waiting" : state;
 }
 
 /**
@@ -157,29 +184,34 @@ export function foldEvent(state, event) {
       return { ...next, state: "queued", held: event.reason ?? "held" };
     case "run.admitted":
       return { ...next, state: "queued", held: null };
-    case "run.started":
-      return { ...next, state: "running", held: null, steps: endWaits(next.steps) };
+    case "run.started": {
+      const waits = next.waits ?? [];
+      return { ...next, state: waitingOr(waits, "running"), held: null, steps: endWaits(next.steps, waits) };
+    }
     case "run.waiting": {
       const { type, ts: _ts, run, id, ...what } = event;
-      next = { ...next, state: "waiting", waiting: what };
+      const waits = [...(next.waits ?? []).filter((w) => !sameWait(w, what)), what];
+      next = { ...next, state: "waiting", waiting: what, waits };
       const waitsForSomeone = event.kind !== "slot" && event.kind !== "sleep";
       if (key && next.steps[key] && waitsForSomeone) {
         next = withStep(next, key, (s) => ({ ...s, status: "waiting", waiting: true }));
       }
       return next;
     }
-    case "run.resumed":
-      return { ...next, state: "queued", waiting: null, steps: endWaits(next.steps) };
+    case "run.resumed": {
+      const waits = openAfter(next.waits ?? [], event);
+      return { ...next, state: waitingOr(waits, "queued"), waiting: waits.at(-1) ?? null, waits, steps: endWaits(next.steps, waits) };
+    }
     case "run.restarted": {
-      next = { ...next, state: "queued", waiting: null, error: null, output: null };
+      next = { ...next, state: "queued", waiting: null, waits: [], error: null, output: null };
       return dropAttempts(next, Array.isArray(event.superseded) ? event.superseded : []);
     }
     case "run.succeeded":
-      return { ...next, state: "succeeded", output: event.output ?? null, waiting: null, error: null };
+      return { ...next, state: "succeeded", output: event.output ?? null, waiting: null, waits: [], error: null };
     case "run.failed":
-      return { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null };
+      return { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null, waits: [] };
     case "run.cancelled":
-      return { ...next, state: "cancelled", waiting: null };
+      return { ...next, state: "cancelled", waiting: null, waits: [] };
     case "step.started": {
       // a new attempt supersedes the step's earlier ones (e.g. the attempt that failed the
       // run, once the run is retried): their chunks are no longer the step's output
@@ -204,8 +236,19 @@ export function foldEvent(state, event) {
       }));
     case "step.output":
       return withStep(next, key, (s) => {
-        const raw = [...(s.rawChunks ?? []), { attempt: event.attempt ?? 1, chunk: event.chunk }];
-        return visible({ ...s, status: s.status === "pending" ? "running" : s.status }, next.superseded, raw);
+        const status = s.status === "pending" ? "running" : s.status;
+        const attempt = event.attempt ?? 1;
+        // a chunk of an attempt superseded already is not the step's; the others append
+        // (a rebuild of the whole text per chunk made a long stream quadratic to fold)
+        if (next.superseded[attemptKey(key, attempt)]) return { ...s, status };
+        return {
+          ...s,
+          status,
+          // concat: a copy, as the fold's states are never changed, 3x faster than a spread
+          rawChunks: (s.rawChunks ?? []).concat([{ attempt, chunk: event.chunk }]),
+          chunks: (s.chunks ?? []).concat([event.chunk]),
+          text: (s.text ?? "") + chunkText(event.chunk),
+        };
       });
     case "step.retrying":
       next = withStep(next, key, (s) => ({ ...s, status: "retrying", error: event.error ?? null, attempts: Math.max(s.attempts, event.attempt ?? 1) }));

@@ -4,13 +4,13 @@
 
 import { h } from "./dom.js";
 
-export function answerForm(waiting, onAnswer) {
+export function answerForm(waiting, onAnswer, prefix = "answer") {
   const schema = waiting.schema ?? { type: "object", properties: {} };
   const props = schema.properties ?? {};
   const required = new Set(schema.required ?? []);
   const controls = [];
   const fields = Object.entries(props).map(([name, prop]) => {
-    const id = `answer-${name}`;
+    const id = `${prefix}-${name}`;
     const type = Array.isArray(prop.type) ? prop.type.find((t) => t !== "null") : prop.type;
     let input;
     if (type === "boolean") input = h("input", { id, name, type: "checkbox" });
@@ -24,7 +24,7 @@ export function answerForm(waiting, onAnswer) {
       h("small", { class: "error", id: `${id}-error`, role: "alert" }));
   });
   const status = h("p", { role: "status", class: "muted" });
-  const form = h("form", { class: "answer", id: "answer-form", onsubmit: async (e) => {
+  const form = h("form", { class: "answer", id: `${prefix}-form`, dataset: { wait: waiting.name }, onsubmit: async (e) => {
     e.preventDefault();
     const value = {};
     try {
@@ -48,7 +48,7 @@ export function answerForm(waiting, onAnswer) {
     } catch (error) {
       status.textContent = error.message;
       for (const [name, messages] of Object.entries(error.fields ?? {})) {
-        const slot = form.querySelector(`#answer-${CSS.escape(name)}-error`);
+        const slot = form.querySelector(`#${CSS.escape(`${prefix}-${name}`)}-error`);
         if (slot) slot.textContent = [].concat(messages).join(" ");
       }
     }

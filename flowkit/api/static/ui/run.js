@@ -154,9 +154,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     const end = r.finished_at ?? (isTerminal(folded) ? eventTime(events.at(-1)) : now);
     let why = null;
     if (state === "queued") why = folded.held ? `held: ${folded.held}` : r.held_for ? `held: ${r.held_for}` : r.waiting_for ?? null;
-    if (state === "waiting" && folded.waiting) {
-      const w = folded.waiting;
-      why = `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`;
+    const waits = folded.waits ?? (folded.waiting ? [folded.waiting] : []);
+    if (state === "waiting" && waits.length) {
+      why = waits.map((w) => `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`).join("; ");
     }
     const item = (term, value, id, hidden = false) => [h("dt", { hidden }, term), h("dd", { id, hidden }, value)];
     fill(ui.header, h("dl", { class: "facts" },
@@ -174,8 +174,10 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   let actionsShown = "";
   function drawActions(state) {
-    const waiting = state === "waiting" && folded.waiting?.kind === "input" && !expired ? folded.waiting : null;
-    const sign = `${state}|${waiting ? waiting.name : ""}|${expired}`;
+    // every input open at once (fan-out items each asking): a form each
+    const asks = state === "waiting" && !expired
+      ? (folded.waits ?? (folded.waiting ? [folded.waiting] : [])).filter((w) => w.kind === "input") : [];
+    const sign = `${state}|${asks.map((w) => w.name).join("\u0000")}|${expired}`;
     if (sign === actionsShown) return;  // keep focus and typed answers while events stream
     actionsShown = sign;
     fill(ui.actions);
@@ -188,7 +190,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
         follow();
       }, e.currentTarget) }, "Retry run"));
     }
-    fill(ui.answer, waiting ? answerForm(waiting, (value) => client.answer(runId, waiting.name, value)) : null);
+    fill(ui.answer, asks.map((w, i) => answerForm(w, (value) => client.answer(runId, w.name, value),
+      i === 0 ? "answer" : `answer-${i + 1}`)));
   }
 
   function drawFinal(state) {
