@@ -63,6 +63,9 @@ export interface RunState {
   connection: Connection;
   /** While `connection` is "degraded": since when (unix seconds) and the server's words. */
   degraded: { since: number; message: string } | null;
+  /** While `connection` is "reconnecting" because the server refused the stream for now
+   *  (429 `too_many_streams`, 503): its words; the watch comes back after its Retry-After. */
+  reconnectReason: string | null;
   /** LLM token usage summed over completed steps, by kind. */
   tokens: Record<string, number>;
   cost: number | null;

@@ -149,3 +149,30 @@ def test_the_watch_page_says_its_events_are_late_while_the_server_cannot_reach_r
         finally:
             page.close()
             web.stop()
+
+
+def test_a_watch_page_past_its_runs_stream_limit_says_why_and_comes_in_when_one_closes(
+        flowkit_env, worker, store, browser):
+    """The 429 was taken for a network drop: the page said "reconnecting", nothing more,
+    and asked again at once, however long the server said to wait."""
+    for served in serve(make_app(streams_per_caller=1)):
+        with served.client() as keyed:
+            run = start(keyed, "approval", {"n": 1})
+        watch = f"{served.url}{run['urls']['watch']}?token={run['token']}"
+        first, second = browser.new_page(), browser.new_page()
+        try:
+            first.goto(watch)
+            first.wait_for_selector('#connection[data-connection="open"]')
+            second.goto(watch)
+            second.wait_for_function(
+                "document.querySelector('#connection').textContent.startsWith('reconnecting: ')")
+            assert "already hold 1 streams open on this server" in second.text_content(
+                "#connection")
+            first.close()  # its stream ends: the other comes in after the Retry-After
+            second.wait_for_selector('#connection[data-connection="open"]', timeout=30_000)
+            assert second.text_content("#connection") == "live"
+        finally:
+            second.close()
+            if not first.is_closed():
+                first.close()
+        flowkit.cancel(run["id"])

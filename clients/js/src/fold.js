@@ -28,6 +28,7 @@ export function initialRunState(runId) {
     lastEventId: null,
     connection: "connecting",
     degraded: null,
+    reconnectReason: null,
     tokens: {},
     cost: null,
     superseded: {},

@@ -179,7 +179,8 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
       } catch {
         /* not the API's JSON error */
       }
-      end({ clean: false, status: response.status, code, message });
+      const retryAfter = Number(response.headers.get("Retry-After")) || undefined;
+      end({ clean: false, status: response.status, code, message, retryAfter });
       return;
     }
     opened = true;

@@ -31,6 +31,7 @@ export function initialRunState(runId) {
     lastEventId: null,
     connection: "connecting",
     degraded: null,
+    reconnectReason: null,
     tokens: {},
     cost: null,
     superseded: {},
@@ -526,7 +527,8 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
       } catch {
         /* not the API's JSON error */
       }
-      end({ clean: false, status: response.status, code, message });
+      const retryAfter = Number(response.headers.get("Retry-After")) || undefined;
+      end({ clean: false, status: response.status, code, message, retryAfter });
       return;
     }
     opened = true;
@@ -802,7 +804,9 @@ export class RunWatch {
 
   setConnection(connection) {
     // a new connection's relay says again whether it is degraded: forget the last one's word
-    if (this.state.connection !== connection) this.setState({ ...this.state, connection, degraded: null });
+    if (this.state.connection !== connection) {
+      this.setState({ ...this.state, connection, degraded: null, reconnectReason: connection === "open" ? null : this.state.reconnectReason ?? null });
+    }
   }
 
   /** Save soon: at most once per PERSIST_MS, and at once at the run's end. Saving the
@@ -936,6 +940,15 @@ export class RunWatch {
     if (end.status && [400, 401, 403, 404, 410].includes(end.status)) {
       this.failure = { status: end.status, message: end.message ?? "", code: end.code ?? null };
       this.setState({ ...this.state, connection: "closed", failure: this.failure });
+      return;
+    }
+    if (end.status === 429 || end.status === 503) {
+      // the server said why and when to come back (too many streams of this run or caller
+      // open, a server restarting): wait that long, and say why meanwhile
+      const seconds = end.retryAfter > 0 ? end.retryAfter : 5;
+      this.retries += 1;
+      this.setState({ ...this.state, connection: "reconnecting", reconnectReason: end.message || null });
+      this.timer = setTimeout(() => this.connect(), seconds * 1000 * (1 + Math.random() / 4));
       return;
     }
     const reopen = this.reopen;

@@ -102,7 +102,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     watch.onEvent(receive);
     watch.subscribe((state) => {
       ui.connection.textContent = state.failure ? refusal(state.failure) : state.connection === "open" ? "live"
-        : state.connection === "degraded" ? "delayed: the server cannot reach its store; events will follow" : state.connection;
+        : state.connection === "degraded" ? "delayed: the server cannot reach its store; events will follow"
+        : state.connection === "reconnecting" && state.reconnectReason ? `reconnecting: ${state.reconnectReason}` : state.connection;
       ui.connection.dataset.connection = state.connection;
       // the stream of an ended run closes at once (this page's history is complete)
       if ((state.connection === "closed" || state.connection === "reconnecting") && isTerminal(folded) && !state.failure) {
