@@ -261,6 +261,20 @@ def test_a_failed_run_shows_its_error_and_retry_runs_it_again(api, client, page)
     assert client.get(f"/runs/{run['id']}").json()["state"] == "succeeded"
 
 
+def test_a_failed_runs_page_follows_a_retry_made_elsewhere(api, client, page):
+    """Its stream ended at the failure: the page stayed "failed" with its Retry button
+    after another tab or the API retried the run, and its Retry then said "is succeeded"."""
+    run = start(client, "exhausted", {"n": 1})
+    assert finished(client, run["id"])["state"] == "failed"
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="failed"]')
+    page.wait_for_selector('#connection[data-connection="ended"]')
+    assert client.post(f"/runs/{run['id']}/retry").status_code == 202  # from elsewhere
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output")) == {"n": 2, "calls": 3}
+    expect(page.locator("#retry")).to_have_count(0)
+
+
 def test_cancel_button_cancels_a_running_run(api, client, page):
     run = start(client, "chain3", {"n": 1})
     handle = flowkit.get_run(run["id"])

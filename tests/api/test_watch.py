@@ -94,6 +94,7 @@ def test_watch_page_without_a_token_cannot_read_the_run(api, client, browser):
     page = browser.new_page()
     page.goto(f"{api.url}{run['urls']['watch']}")
     page.wait_for_function("document.querySelector('#connection').textContent.startsWith('refused')")
+    assert page.text_content("#connection").startswith("refused (401): Credentials required")
     assert shown_ids(page) == []
     page.close()
 

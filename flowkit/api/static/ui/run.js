@@ -86,7 +86,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     // the API's own words for an unknown run ("No run ... (unknown, or expired ...)"), not
     // "refused (404)" over an empty run, which read as a permissions problem
     if (failure.status === 404) return failure.message || "no such run (unknown, or expired)";
-    if (failure.code !== "token_expired") return `refused (${failure.status})`;
+    // with the API's reason: "refused (401)" alone left the reader to guess which
+    if (failure.code !== "token_expired") return `refused (${failure.status})${failure.message ? `: ${failure.message}` : ""}`;
     if (!expired) {
       expired = true;
       drawActions(folded.state ?? record?.state ?? "connecting");
@@ -115,6 +116,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   const refreshRecord = throttle(async () => {
     try { record = await client.run(runId); } catch (error) { record = record ?? { error_loading: error.message }; }
+    // retried elsewhere (another tab, the API) since its stream ended here: follow it again
+    // (it may have ended again already: any other state than the one this page folded)
+    if (record?.state && isTerminal(folded) && record.state !== folded.state && !watch) follow();
     render();
     try { totals = (await client.request("GET", `/runs/summary?ids=${encodeURIComponent(runId)}`)).runs[runId]; } catch { /* header shows the fold's */ }
     render();
@@ -288,5 +292,6 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   follow();
   // a queued run writes no event while no worker takes it: read its record again now and
   // then, so "Waiting for" follows the workers that come and go
-  setInterval(() => { if (!expired && (folded.state ?? record?.state) === "queued") refreshRecord(); }, 3000);
+  // so does a failed run's page: a retry from elsewhere sends this stream nothing (it ended)
+  setInterval(() => { if (!expired && ["queued", "failed"].includes(folded.state ?? record?.state)) refreshRecord(); }, 3000);
 }
