@@ -324,6 +324,17 @@ def test_several_inputs_open_at_once_each_get_a_form_until_answered(api, client,
     assert json.loads(page.text_content("#run-output")) == {"total": 60}
 
 
+def test_a_run_waiting_for_a_person_ages_on_its_page_between_events(api, client, page):
+    """The header's duration stood still while no event came (1.8 s shown at 10.9 s)."""
+    run = start(client, "approval", {"n": 1})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="waiting"]')
+    shown = page.text_content("#duration")
+    # the page redraws each second, with no event
+    expect(page.locator("#duration")).not_to_have_text(shown, timeout=5000)
+    client.post(f"/runs/{run['id']}/cancel")
+
+
 def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     run = start(client, "streaming", {"before": 3, "after": 3})
     handle = flowkit.get_run(run["id"])

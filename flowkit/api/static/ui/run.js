@@ -169,7 +169,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
       item("Workflow", `${r.workflow ?? folded.workflow ?? "—"}${r.version ? ` v${r.version}` : ""}`),
       item("Owner", r.owner || "—"),
       item("Created", when(r.created_at)), item("Started", when(r.started_at)), item("Finished", when(r.finished_at)),
-      item("Duration", began ? duration(end - began) : "—"),
+      item("Duration", began ? duration(end - began) : "—", "duration"),
       item("Restarts", String(r.restarts ?? 0)),
       item("Steps", `${Object.values(folded.steps).filter((s) => s.status === "completed").length} / ${folded.order.length} done`, "step-progress"),
       item("Tokens", tokensText(Object.keys(folded.tokens ?? {}).length ? folded.tokens : totals?.tokens), "tokens"),
@@ -292,6 +292,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   follow();
   // a queued run writes no event while no worker takes it: read its record again now and
   // then, so "Waiting for" follows the workers that come and go
+  // a run that says nothing for a while (waiting for a person) still ages: the header and
+  // timeline stood still between its events
+  setInterval(() => { if (!isTerminal(folded) && (folded.state ?? record?.state)) render(); }, 1000);
   // so does a failed run's page: a retry from elsewhere sends this stream nothing (it ended)
   setInterval(() => { if (!expired && ["queued", "failed"].includes(folded.state ?? record?.state)) refreshRecord(); }, 3000);
 }
