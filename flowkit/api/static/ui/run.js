@@ -290,11 +290,17 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   render();
   refreshRecord();
   follow();
-  // a queued run writes no event while no worker takes it: read its record again now and
-  // then, so "Waiting for" follows the workers that come and go
   // a run that says nothing for a while (waiting for a person) still ages: the header and
-  // timeline stood still between its events
-  setInterval(() => { if (!isTerminal(folded) && (folded.state ?? record?.state)) render(); }, 1000);
-  // so does a failed run's page: a retry from elsewhere sends this stream nothing (it ended)
+  // timeline stood still between its events (only those two: a redraw of the steps would
+  // drop a reader's text selection each second)
+  const tick = throttle(() => {
+    const now = Date.now() / 1000;
+    drawHeader(folded.state ?? record?.state ?? "connecting", now);
+    drawTimeline(ui.timeline, events, folded.order, now);
+  });
+  setInterval(() => { if (!isTerminal(folded) && (folded.state ?? record?.state)) tick(); }, 1000);
+  // a queued run writes no event while no worker takes it: read its record again now and
+  // then, so "Waiting for" follows the workers that come and go; so does a failed run's
+  // page: a retry from elsewhere sends this stream nothing (it ended)
   setInterval(() => { if (!expired && ["queued", "failed"].includes(folded.state ?? record?.state)) refreshRecord(); }, 3000);
 }
