@@ -275,6 +275,20 @@ def test_a_failed_runs_page_follows_a_retry_made_elsewhere(api, client, page):
     expect(page.locator("#retry")).to_have_count(0)
 
 
+def test_a_failed_runs_page_follows_a_retry_that_failed_again_before_it_looked(
+        api, client, page):
+    """The page saw "failed" again, the state it held, and followed nothing more."""
+    run = start(client, "misbehaving", {"how": "surrogate-error"})  # fails at once, each time
+    assert finished(client, run["id"])["state"] == "failed"
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#connection[data-connection="ended"]')
+    failures = page.locator('#events li[data-type="run.failed"]')
+    expect(failures).to_have_count(1)
+    assert client.post(f"/runs/{run['id']}/retry").status_code == 202
+    assert finished(client, run["id"])["state"] == "failed"  # again, at once
+    expect(failures).to_have_count(2)
+
+
 def test_cancel_button_cancels_a_running_run(api, client, page):
     run = start(client, "chain3", {"n": 1})
     handle = flowkit.get_run(run["id"])

@@ -117,8 +117,10 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   const refreshRecord = throttle(async () => {
     try { record = await client.run(runId); } catch (error) { record = record ?? { error_loading: error.message }; }
     // retried elsewhere (another tab, the API) since its stream ended here: follow it again
-    // (it may have ended again already: any other state than the one this page folded)
-    if (record?.state && isTerminal(folded) && record.state !== folded.state && !watch) follow();
+    // (it may have ended again already: another state than the one this page folded, or
+    // the same one ended later than the end this page holds)
+    const endedAgain = record?.finished_at > (eventTime(events.at(-1) ?? {}) ?? Infinity) + 0.01;
+    if (record?.state && isTerminal(folded) && (record.state !== folded.state || endedAgain) && !watch) follow();
     render();
     try { totals = (await client.request("GET", `/runs/summary?ids=${encodeURIComponent(runId)}`)).runs[runId]; } catch { /* header shows the fold's */ }
     render();
