@@ -234,6 +234,17 @@ def error_origin(exc: BaseException) -> str | None:
         path = os.path.abspath(frame.filename)
         if frame.filename.startswith("<") or path.startswith(_NOT_APP):
             continue
-        shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
-        return f"{shown}:{frame.lineno} in {frame.name}"
+        return f"{shown_path(path)}:{frame.lineno} in {frame.name}"
     return None
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (at myapp/flows.py:12)`` from :func:`error_origin`, or "" when it has none."""
+    origin = error_origin(exc)
+    return f" (at {origin.rpartition(' in ')[0]})" if origin else ""
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it is under it, else absolute."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path

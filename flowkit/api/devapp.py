@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask, redirect
 from gunicorn.errors import AppImportError
 
-from ..errors import error_origin
+from ..errors import raised_at, shown_path
 from .extension import FlowKit
 from .views.ui import ui_url
 
@@ -50,12 +50,8 @@ def create_app(app_name: str | None = None) -> Flask:
 def _described(exc: Exception) -> str:
     """``NameError: ... (at myapp/flows.py:12)``; a SyntaxError with its file's path."""
     if isinstance(exc, SyntaxError) and exc.filename:
-        path = os.path.relpath(exc.filename) if exc.filename.startswith(os.getcwd()) \
-            else exc.filename
-        return f"SyntaxError: {exc.msg} (at {path}:{exc.lineno})"
-    where = error_origin(exc)
-    return f"{type(exc).__name__}: {exc}" + (f" (at {where.rpartition(' in ')[0]})" if where
-                                               else "")
+        return f"SyntaxError: {exc.msg} (at {shown_path(exc.filename)}:{exc.lineno})"
+    return f"{type(exc).__name__}: {exc}{raised_at(exc)}"
 
 
 def import_workflows(name: str) -> None:

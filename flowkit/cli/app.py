@@ -14,7 +14,7 @@ import os
 import sys
 from types import ModuleType
 
-from ..errors import WorkflowNotFound, error_origin
+from ..errors import WorkflowNotFound, raised_at
 from .usage import UsageError
 
 #: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
@@ -75,10 +75,8 @@ def _where(exc: BaseException) -> str:
     """`` (at path:line)``: the line of the user's code that raised (the one line said
     no more than the error: under `flowkit dev` only the web app's traceback showed where).
     A SyntaxError names its own file and line."""
-    if isinstance(exc, SyntaxError):
-        return ""
-    origin = error_origin(exc)  # a library's error: the line of the user's code that called it
-    return f" (at {origin.rpartition(' in ')[0]})" if origin else ""
+    # a library's error: the line of the user's code that called it
+    return "" if isinstance(exc, SyntaxError) else raised_at(exc)
 
 
 def _check_module_name(name: str) -> None:

@@ -161,9 +161,8 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     const end = r.finished_at ?? (isTerminal(folded) ? eventTime(events.at(-1)) : now);
     let why = null;
     if (state === "queued") why = folded.held ? `held: ${folded.held}` : r.held_for ? `held: ${r.held_for}` : r.waiting_for ?? null;
-    const waits = folded.waits ?? (folded.waiting ? [folded.waiting] : []);
-    if (state === "waiting" && waits.length) {
-      why = waits.map((w) => `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`).join("; ");
+    if (state === "waiting" && folded.waits.length) {
+      why = folded.waits.map((w) => `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`).join("; ");
     }
     const item = (term, value, id, hidden = false) => [h("dt", { hidden }, term), h("dd", { id, hidden }, value)];
     fill(ui.header, h("dl", { class: "facts" },
@@ -182,8 +181,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   let actionsShown = "";
   function drawActions(state) {
     // every input open at once (fan-out items each asking): a form each
-    const asks = state === "waiting" && !expired
-      ? (folded.waits ?? (folded.waiting ? [folded.waiting] : [])).filter((w) => w.kind === "input") : [];
+    const asks = state === "waiting" && !expired ? folded.waits.filter((w) => w.kind === "input") : [];
     const sign = `${state}|${asks.map((w) => w.name).join("\u0000")}|${expired}`;
     if (sign === actionsShown) return;  // keep focus and typed answers while events stream
     actionsShown = sign;
