@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import flowkit
+from flowkit import component
 from flowkit.store import get_store
 from tests.chaos.conftest import Deployment, reruns, side_effects, wait_for
 from tests.chaos.workflows import ten
@@ -49,3 +55,37 @@ def test_runs_in_flight_continue_after_redis_restarts(private_redis, tmp_path):
         assert [e.terminal for e in history].count(True) == 1 and history[-1].type == "run.succeeded"
         ids = [tuple(map(int, e.id.split("-"))) for e in history]
         assert ids == sorted(set(ids))
+
+
+@component(name="t.follow_outage_step")
+def follow_outage_step(data: dict) -> dict:
+    return data
+
+
+#: Its runs stay queued: nothing consumes its queue, so the test says when one ends.
+parked = flowkit.Workflow("t.follow_outage", [follow_outage_step], queue="no-worker-consumes-this")
+
+
+def test_flowkit_follow_goes_on_after_redis_restarts(private_redis):
+    run = parked.start({})
+    env = {**os.environ, "PYTHONPATH": ROOT,
+           "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/1",
+           "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/0"}
+    follower = subprocess.Popen([sys.executable, "-m", "flowkit.cli", "follow", run.id], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout.readline().startswith(f"following run {run.id}")
+        assert follower.stdout.readline().strip() == "run queued"
+
+        private_redis.stop(kill=True)
+        assert "cannot reach Redis" in follower.stderr.readline()  # said, not quit
+        private_redis.start()
+        assert follower.stderr.readline().startswith("flowkit: Redis answers again")
+
+        flowkit.cancel(run.id)  # an event written after the restart ends the follow
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 1, err
+    assert "run cancelled" in out, out
+    assert "run queued" not in out, "an event shown before the restart was shown again"
