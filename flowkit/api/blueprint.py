@@ -20,7 +20,7 @@ from .auth import KEY, RUN
 from .errors import ApiError, to_response
 from .options import ApiOptions
 from .origins import check_same_site
-from .requests import check_body_size, finish_body
+from .requests import check_body_size, check_path_text, finish_body
 from .state import EXTENSION, ApiState, state
 from .views import (
     docs,
@@ -131,6 +131,7 @@ def _before() -> None:
                        headers={"Retry-After": "1", "Connection": "close"})
     request.max_content_length = current.options.max_body_bytes
     check_body_size(current.options.max_body_bytes)
+    check_path_text()
     if request.method == "OPTIONS":  # a CORS preflight: browsers send no credentials with
         return  # it, and Flask's answer (the allowed methods) reads nothing of a run
     if request.endpoint and request.endpoint.rpartition(".")[2] in PUBLIC:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import marshmallow
 from flask import g, request
@@ -68,6 +69,23 @@ def wait_seconds(query_wait: float | None) -> float | None:
                                f"{MAX_WAIT_QUERY} (e.g. Prefer: wait=10)."]})
             wait = float(raw)
     return None if wait is None else min(wait, state().options.max_wait)
+
+
+def check_path_text() -> None:
+    """A path whose %-escapes decode to bytes that are not UTF-8 (``%ff``) is refused:
+    werkzeug reads each such byte as U+FFFD, so ``/events/a%ff`` and ``/events/a%fe`` were
+    one event key, and an input's name read as another than the one asked for."""
+    environ = request.environ
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")  # gunicorn's, werkzeug's
+    try:
+        if raw is not None:
+            unquote_to_bytes(raw.partition("?")[0]).decode("utf-8")
+        else:  # PEP 3333: the decoded bytes, as latin-1 (werkzeug's own server replaced them)
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ApiError(400, "bad_request", "The request's path is not UTF-8 once its "
+                       "%-escapes are decoded (an escape such as %ff): percent-encode the "
+                       "UTF-8 bytes of each key or name (é is %C3%A9).") from None
 
 
 def check_body_size(limit: int) -> None:

@@ -67,6 +67,20 @@ def test_an_event_over_http_wakes_the_runs_waiting_for_it(client):
     assert too_long.json()["error"]["fields"] == {"key": ["1 to 200 characters."]}
 
 
+def test_a_key_whose_escapes_are_not_utf8_is_400_not_another_key(client):
+    run = wf.payment.start({"order": "\ufffd"})  # waits for payment:\ufffd
+    paused(run)
+    for path in ("/events/payment:%ff", "/events/payment:%FE", f"/runs/{run.id}/input/a%ff"):
+        refused = client.post(path, json={"amount": 3})
+        assert refused.status_code == 400, path
+        assert refused.json()["error"]["code"] == "bad_request"
+        assert "%C3%A9" in refused.json()["error"]["message"]
+    assert flowkit.get_run(run.id).state == "waiting"  # no key stood for another
+    sent = client.post("/events/payment:%EF%BF%BD", json={"amount": 3})  # U+FFFD itself
+    assert sent.status_code == 202 and sent.json() == {"woken": 1}
+    assert run.result(20)["paid"] == {"amount": 3}
+
+
 def test_a_delayed_start_over_http_is_scheduled_and_cancellable(client):
     run = client.post("/workflows/simple/runs", params={"delay": 3600}, json={"n": 1}).json()
     assert run["state"] == "scheduled" and run["start_at"] > run["created_at"] + 3500
