@@ -35,6 +35,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnect
 from ..config import Settings
 from ..errors import ConfigError, StoreUnavailable
 from ..urls import ClusterURL, SentinelURL
+from . import failover
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
@@ -156,6 +157,25 @@ class _PrimaryConnection(SentinelManagedConnection):
             self.connect()
         super().send_packed_command(command, check_health)
 
+    def read_response(self, *args, **kwargs):
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if "NOREPLICAS" not in str(exc) or not self.connection_pool.is_master:
+                raise
+            # min-replicas-to-write refused the write, which never ran: a primary cut off
+            # from its replicas (the one a failover left behind, or a new one whose
+            # replicas have not joined yet). Resent, after asking the sentinels again.
+            self.disconnect()
+            raise redis.ConnectionError(f"the primary takes no writes now ({exc})") from exc
+
+    def connect(self):
+        pool = self.connection_pool.connection_pool_ref()  # redis-py's proxy holds it
+        switches = getattr(pool, "flowkit_switches", None)
+        if switches is not None:  # the first connection of this process starts it
+            switches.ensure_running()
+        super().connect()
+
 
 def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
     timeouts = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kwargs}
@@ -163,9 +183,13 @@ def _primary(url: SentinelURL, **kwargs) -> redis.Redis:
         list(url.hosts),
         sentinel_kwargs={**timeouts, "password": url.sentinel_password},
     )
-    return sentinels.master_for(url.service, db=url.db, username=url.username,
-                                password=url.password, connection_class=_PrimaryConnection,
-                                **kwargs)
+    primary = sentinels.master_for(url.service, db=url.db, username=url.username,
+                                   password=url.password, connection_class=_PrimaryConnection,
+                                   **kwargs)
+    pool = primary.connection_pool
+    pool.flowkit_switches = failover.watch(  # type: ignore[attr-defined]
+        (url.hosts, url.service, url.sentinel_password), sentinels, url.service, pool)
+    return primary
 
 
 def _options(settings: Settings) -> dict[str, Any]:
