@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import get_settings
 from ..engine import control, dispatch, doctor
-from ..engine.broker import get_app
+from ..engine.broker import get_app, reaper_queue
 from ..engine.drain import hand_over, held_by
 from ..errors import FlowkitError
 from .app import add_app_option, load_app
@@ -36,7 +36,7 @@ def _workers_view(data: dict[str, Any]) -> list[Any]:
     if not data["workers"]:
         return ["No live worker: start one (celery -A <your app> worker --queues "
                 "<the queues your workflows route to>)."]
-    rows = [(w["name"], ",".join(w.get("queues") or ()) or "-",
+    rows = [(w["name"], "draining" if w.get("draining") else ",".join(w.get("queues") or ()) or "-",
              f"{w.get('pool') or '?'} x {w.get('concurrency') or '?'}", w.get("processes"),
              running.get(w["name"], 0), w.get("flowkit"), f"{human_duration(now - w['last_beat'])} ago")
             for w in data["workers"]]
@@ -70,8 +70,13 @@ def _app(args: argparse.Namespace):
 
 
 def _busy(app, names: list[str]) -> dict[str, int]:
+    """The steps each worker still runs (beat's sweeps, which it keeps taking, are none)."""
+    housekeeping = reaper_queue(app.conf.task_default_queue)
     active = app.control.inspect(destination=names, timeout=1.0).active() or {}
-    return {name: len(tasks) for name, tasks in active.items() if tasks}
+    steps = {name: [t for t in tasks
+                    if (t.get("delivery_info") or {}).get("routing_key") != housekeeping]
+             for name, tasks in active.items()}
+    return {name: len(tasks) for name, tasks in steps.items() if tasks}
 
 
 def _wait_idle(app, names: list[str], seconds: float) -> dict[str, int]:
@@ -94,9 +99,12 @@ def _drain(args: argparse.Namespace) -> int:
     if missing:
         raise FlowkitError(f"no answer from worker(s) {', '.join(missing)}; check the names "
                            "(`celery -A APP inspect ping` lists them).")
+    housekeeping = reaper_queue(app.conf.task_default_queue)
     for name, consumed in queues.items():
-        for queue in consumed:
-            app.control.cancel_consumer(queue["name"], destination=[name], reply=True, timeout=2.0)
+        for queue in consumed:  # beat's sweeps stay: were every worker drained, none ran
+            if queue["name"] != housekeeping:
+                app.control.cancel_consumer(queue["name"], destination=[name], reply=True,
+                                            timeout=2.0)
     grace = get_settings().drain_grace if args.grace is None else args.grace
     busy = _wait_idle(app, names, grace)
     handed: list[str] = []

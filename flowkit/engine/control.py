@@ -371,9 +371,15 @@ def live_workers(store: Store | None = None) -> list[dict[str, Any]]:
     return (store or get_store()).nodes_seen_since(recent)
 
 
+def consumes(worker: dict[str, Any]) -> list[str]:
+    """The queues a live worker takes steps from: none while it drains (SIGTERM), none
+    that ``flowkit drain`` cancelled (it counted as their consumer until it exited)."""
+    return [] if worker.get("draining") else list(worker.get("queues") or ())
+
+
 def unconsumed(queues: set[str], workers: list[dict[str, Any]]) -> list[str]:
-    """The queues no live worker consumes (by what the workers announced)."""
-    consumed = {q for w in workers for q in w.get("queues", ())}
+    """The queues no live worker consumes (by what the workers announce with each beat)."""
+    consumed = {q for w in workers for q in consumes(w)}
     return sorted(queues - consumed)
 
 

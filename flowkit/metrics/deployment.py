@@ -92,14 +92,15 @@ class DeploymentCollector(Collector):
             "Seconds the longest-queued run of each queue (the run's queue) has waited for "
             "a worker; 0 when none waits.", labels=["queue"])
         consumers = GaugeMetricFamily(
-            "flowkit_queue_consumers", "Live worker nodes consuming each queue.",
+            "flowkit_queue_consumers", "Live worker nodes consuming each queue (a draining "
+            "one, or one whose consumer `flowkit drain` cancelled, does not).",
             labels=["queue"])
         for queue in sorted(queues):
             if queue in since:
                 age.add_metric([queue], max(0.0, now - since[queue]))
             elif complete:  # else one may wait behind the runs read: say nothing
                 age.add_metric([queue], 0.0)
-            consumers.add_metric([queue], sum(queue in (w.get("queues") or ()) for w in workers))
+            consumers.add_metric([queue], sum(queue in control.consumes(w) for w in workers))
         yield age
         yield consumers
         try:

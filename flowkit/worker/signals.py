@@ -99,7 +99,8 @@ def worker_ready(sender=None, **_) -> None:
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
         info = node_info(sender)
-        node_load.ready(info["concurrency"], reaper_queue(sender.app.conf.task_default_queue))
+        node_load.ready(info["concurrency"], reaper_queue(sender.app.conf.task_default_queue),
+                        queues=lambda: consumed_queues(sender))
         heartbeat.heartbeat.node_load = node_load
         heartbeat.announce(info)
     # What the worker built to start (modules, classes, the SDK's thousands of types) lives
@@ -117,9 +118,7 @@ def node_info(consumer) -> dict:
     pool = getattr(consumer, "pool", None)
     conf = consumer.app.conf
     return {
-        # the reaper's queue is every worker's: it says nothing about this one
-        "queues": sorted(set(consumer.app.amqp.queues.consume_from or ())
-                         - {reaper_queue(consumer.app.conf.task_default_queue)}),
+        "queues": consumed_queues(consumer),
         "pool": type(pool).__module__.rpartition(".")[2] if pool is not None else None,
         "concurrency": getattr(controller, "concurrency", None),
         "visibility_timeout": (conf.broker_transport_options or {}).get("visibility_timeout"),
@@ -128,6 +127,14 @@ def node_info(consumer) -> dict:
         "broker": broker_address(get_settings().broker),
         **served(conf.task_default_queue),
     }
+
+
+def consumed_queues(consumer) -> list[str]:
+    """The queues the worker consumes now: ``flowkit drain`` (Celery's cancel_consumer)
+    takes a queue out of them while the worker lives on. The reaper's queue is every
+    worker's: it says nothing about this one."""
+    return sorted(set(consumer.app.amqp.queues.consume_from or ())
+                  - {reaper_queue(consumer.app.conf.task_default_queue)})
 
 
 def prepare_metrics(sender=None, instance=None, **_) -> None:

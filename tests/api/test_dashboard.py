@@ -477,6 +477,21 @@ def test_workers_page_lists_live_workers_and_flags_a_queue_nobody_consumes(api, 
     page.wait_for_selector(f'#unconsumed [data-queue="{LONELY}"]')
 
 
+def test_workers_page_says_which_workers_take_no_step(api, store, page):
+    """A draining worker (SIGTERM) and one `flowkit drain` left running were listed with
+    their queues like the others: a queue only they serve looked served."""
+    announced = {"pool": "threads", "concurrency": 2, "flowkit": flowkit.__version__}
+    store.heartbeat([], "leaving@host:1", time.time(),
+                    node=("leaving@host", {**announced, "queues": [LONELY], "draining": True}))
+    store.heartbeat([], "idle@host:1", time.time(),
+                    node=("idle@host", {**announced, "queues": [], "draining": False}))
+    page.goto(f"{api.url}/ui/workers")
+    expect(page.locator('tr[data-worker="leaving@host"]')).to_contain_text("draining: takes no step")
+    expect(page.locator('tr[data-worker="leaving@host"]')).to_have_class("draining")
+    expect(page.locator('tr[data-worker="idle@host"]')).to_contain_text("none: drained")
+    expect(page.locator(f'#unconsumed [data-queue="{LONELY}"]')).to_have_count(1)
+
+
 def test_the_watch_page_in_run_token_mode_sees_that_run_and_nothing_else(api, client, browser):
     mine = start(client, "chatty", {"n": 1})
     other = start(client, "simple", {"n": 2})

@@ -11,7 +11,10 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import of_type, open_gate, side_effects, wait_for, waiting
+import flowkit
+from flowkit.engine import control
+from flowkit.store import get_store
+from tests.chaos.conftest import QUEUE, of_type, open_gate, side_effects, wait_for, waiting
 from tests.chaos.workflows import held
 from tests.conftest import ROOT
 
@@ -49,6 +52,11 @@ def test_sigterm_lets_the_running_step_finish_and_takes_no_new_step(chaos_app, d
 
     asked = time.monotonic()
     stopped = sigterm(a)
+    # while it drains it is no consumer of its queue (the gauge counted it until it exited)
+    wait_for(lambda: [w["name"][:2] for w in control.live_workers()
+                      if QUEUE in control.consumes(w)] == ["b@"], 10,
+             "only worker b to consume the queue while a drains")
+    assert consumers_of(QUEUE) == 1
     open_gate(run)  # the step finishes after the worker was asked to stop
     done = run.wait(30)
     wait_for(lambda: "code" in stopped, 20, "worker a to exit")
@@ -137,3 +145,57 @@ def test_flowkit_drain_names_workers_that_do_not_answer(chaos_app, chaos_env):
     )
     assert drained.returncode == 1
     assert "no answer from worker(s) nobody@nowhere" in drained.stderr
+
+
+def consumers_of(queue: str) -> float:
+    """The ``flowkit_queue_consumers`` gauge of ``queue``, as a scrape reads it."""
+    from flowkit.metrics.deployment import DeploymentCollector
+
+    for family in DeploymentCollector(store=get_store).collect():
+        for sample in family.samples:
+            if sample.name == "flowkit_queue_consumers" and sample.labels["queue"] == queue:
+                return sample.value
+    return 0.0
+
+
+def announced(name: str) -> dict:
+    found = [w for w in control.live_workers() if w["name"] == name]
+    return found[0] if found else {}
+
+
+def test_a_worker_drained_without_shutdown_consumes_nothing_in_every_view(
+    chaos_app, deployment, chaos_env
+):
+    """`flowkit drain` without --shutdown cancels a worker's consumers and leaves it running
+    (a blue/green deploy's old colour): it was still listed as its queue's consumer, by
+    /workers, the gauge, /healthz and a queued run's waiting_for, and the reaper later
+    told the operator to restart it."""
+    deployment.worker("a")
+    deployment.beat()
+    wait_for(lambda: any(w["name"].startswith("a@") for w in control.live_workers()), 20,
+             "worker a to announce itself")
+    node = next(w["name"] for w in control.live_workers() if w["name"].startswith("a@"))
+    assert announced(node)["queues"] == [QUEUE] and consumers_of(QUEUE) == 1
+
+    drained = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "drain", node, "--app", "tests.chaos.app",
+         "--grace", "0", "--json"],
+        env={**os.environ, **chaos_env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert drained.returncode == 0, drained.stderr
+    assert json.loads(drained.stdout)["idle"] is True
+    wait_for(lambda: announced(node).get("queues") == [], 10, "worker a to announce no queue")
+    assert consumers_of(QUEUE) == 0
+    assert control.unconsumed({QUEUE}, control.live_workers()) == [QUEUE]
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    assert flowkit.get_run(run.id).waiting_for.startswith(f"no live worker consumes queue {QUEUE}")
+    # beat's sweeps are still its to run (were every worker drained, none ran)
+    before = last_sweep()
+    wait_for(lambda: last_sweep() > before, 20, "a sweep after the drain")
+    assert announced(node)["queues"] == []
+
+
+def last_sweep() -> float:
+    store = get_store()
+    swept = store.redis.get(store.keys.swept)
+    return json.loads(swept)["at"] if swept else 0.0

@@ -27,8 +27,11 @@ export function workersView(main, client) {
         "— its runs stay queued until a worker consumes it.") : null,
       workers.length ? h("table", {}, h("caption", {}, `${workers.length} live worker${workers.length === 1 ? "" : "s"}`),
         h("thead", {}, h("tr", {}, ["Worker", "Queues", "Pool", "Concurrency", "Running", "flowkit", "Last beat"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, workers.map((w) => h("tr", { dataset: { worker: w.name } },
-          h("td", {}, w.name), h("td", {}, (w.queues ?? []).join(", ") || "—"), h("td", {}, w.pool ?? "?"),
+        h("tbody", {}, workers.map((w) => h("tr", { dataset: { worker: w.name }, class: w.draining ? "draining" : null },
+          h("td", {}, w.name),
+          // a draining worker (SIGTERM) takes no step; one `flowkit drain` stopped lists no queue
+          h("td", {}, w.draining ? h("strong", {}, "draining: takes no step") : (w.queues ?? []).join(", ") || "— (none: drained)"),
+          h("td", {}, w.pool ?? "?"),
           h("td", {}, String(w.concurrency ?? "?")), h("td", {}, String(busy[w.name] ?? 0)), h("td", {}, w.flowkit ?? "?"),
           h("td", {}, `${duration(now - w.last_beat)} ago`)))))
         : h("p", { class: "warning", role: "alert" }, "No live worker: start one (celery -A <your app> worker)."),
