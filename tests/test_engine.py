@@ -595,3 +595,67 @@ def test_a_green_pool_s_own_timeout_and_greenlet_exit_are_let_through_not_made_s
     assert not _exits(gevent.Timeout(1))
     assert not _exits(gevent.GreenletExit())
     assert _exits(SystemExit(2)) and _exits(wf.OwnSignal("stop"))
+
+
+@flowkit.component(name="t.polite")
+def polite(data: dict) -> dict:
+    """Stops when its run is cancelled, as the README's cooperative steps do."""
+    get_store().redis.rpush(f"polite:began:{flowkit.context().run_id}", 1)
+    while not flowkit.is_cancelled():
+        time.sleep(0.02)  # the step's own pace of looking, not a test's synchronisation
+    return {"stopped": True}
+
+
+polite_run = flowkit.Workflow("t.polite", [polite])
+
+
+def test_an_attempt_that_returns_after_its_run_was_cancelled_is_not_recorded_as_a_success():
+    """The attempt returned normally once is_cancelled() said so: its span said ok and the
+    metrics counted it a success (outcome "ok", with its duration in the step p95)."""
+    seen: list = []
+    hook = lambda ctx, value, output, error, duration: seen.append((ctx.step, output, error))  # noqa: E731
+    flowkit.hooks.attempt_finished.append(hook)
+    try:
+        run = polite_run.start({})
+        assert get_store().redis.blpop(f"polite:began:{run.id}", timeout=WAIT) is not None
+        flowkit.cancel(run.id)
+        wait_until(lambda: seen, WAIT, "the attempt to end")
+    finally:
+        flowkit.hooks.attempt_finished.remove(hook)
+    [(step, output, error)] = seen
+    assert output is None and isinstance(error, flowkit.RunCancelled)
+    assert "returned after its run was cancelled" in str(error)
+    from flowkit.metrics.listeners import outcome
+    assert outcome(error) == "stopped"
+    wait_until(lambda: [s["status"] for s in control.trace(run.id) if s.get("kind") == "step"]
+               == ["cancelled"], WAIT, "the attempt traced cancelled")
+    assert run.wait(WAIT).state == "cancelled"
+
+
+def test_an_attempt_that_returns_after_its_run_was_restarted_is_traced_superseded():
+    """A frozen worker's attempt, restarted elsewhere meanwhile, that saw it and returned
+    closed its span ok beside the new attempt's: two successes of one step."""
+    from flowkit.engine.drain import hand_over
+
+    ended: list = []
+    hook = lambda ctx, value, output, error, duration: ended.append((ctx.attempt, error))  # noqa: E731
+    flowkit.hooks.attempt_finished.append(hook)
+    store = get_store()
+    try:
+        run = polite_run.start({})
+        assert store.redis.blpop(f"polite:began:{run.id}", timeout=WAIT) is not None
+        [(step, token)] = [(s, lease["token"]) for r, s, lease in store.leases() if r == run.id]
+        assert hand_over([(run.id, step, token)], "a test's handover") == [run.id]
+        assert store.redis.blpop(f"polite:began:{run.id}", timeout=WAIT) is not None
+        wait_until(lambda: ended, WAIT, "the first attempt to end")
+        flowkit.cancel(run.id)
+        assert run.wait(WAIT).state == "cancelled"
+        wait_until(lambda: len(ended) == 2, WAIT, "the second attempt to end")
+    finally:
+        flowkit.hooks.attempt_finished.remove(hook)
+    assert ended[0][0] == 1 and "returned after its run was restarted" in str(ended[0][1])
+    def statuses() -> dict:
+        return {s["attempt"]: s["status"] for s in control.trace(run.id) if s.get("kind") == "step"}
+
+    wait_until(lambda: statuses() == {1: "superseded", 2: "cancelled"}, WAIT,
+               "attempt 1 traced superseded and attempt 2 cancelled")

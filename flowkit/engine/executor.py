@@ -359,8 +359,14 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
             _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
                      time.monotonic() - began)
             raise exc
-        _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
-                 time.monotonic() - began)
+        if ctx.stopped:  # it returned after seeing its run cancelled or restarted
+            stopped = RunCancelled(f"attempt {ctx.attempt} of step {ctx.step} returned after "
+                                   f"its run was {'restarted' if ctx.stopped == 'superseded' else 'cancelled'}")
+            _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, stopped,
+                     time.monotonic() - began)
+        else:
+            _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
+                     time.monotonic() - began)
         return result
     finally:
         ctx.finish()  # a stream it stopped reading unclosed: its span and text, now

@@ -61,6 +61,10 @@ class StepContext:
     #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
     #: ``completion``, ``total``); ``step.completed`` reports them.
     tokens: dict[str, int] = field(default_factory=dict, repr=False)
+    #: What :meth:`is_cancelled` found: the run ended (``"cancelled"``) or was restarted
+    #: (``"superseded"``: another attempt runs the step). An attempt that returns after
+    #: seeing it was traced and counted as a success.
+    stopped: str | None = field(default=None, repr=False)
     #: What must end with the attempt (an LLM stream the step stopped reading without
     #: closing it: its span and the text it read); :meth:`finish` calls them.
     _finishers: list[Any] = field(default_factory=list, repr=False)
@@ -138,8 +142,13 @@ class StepContext:
         return self.send(events.STEP_OUTPUT, chunk=chunk)
 
     def is_cancelled(self) -> bool:
-        state, gen = self.store.run_fields(self.run_id, "state", "gen")
-        return state not in LIVE_STATES or gen != str(self.gen)
+        if self.stopped is None:
+            state, gen = self.store.run_fields(self.run_id, "state", "gen")
+            if state not in LIVE_STATES:
+                self.stopped = "cancelled"
+            elif gen != str(self.gen):
+                self.stopped = "superseded"
+        return self.stopped is not None
 
     def call(self, component: Any, args: tuple, kwargs: dict) -> Any:
         """A component called inside this step: a durable sub-step, checkpointed under

@@ -181,6 +181,7 @@ def attempt_finished(
         span.update(status="ok", output=bounded(redact(output, fields, values)))
     else:
         span["status"] = ("paused" if isinstance(error, StepSuspended) else
+                          "superseded" if getattr(ctx, "stopped", None) == "superseded" else
                           "cancelled" if isinstance(error, RunCancelled) else "error")
         span["error"] = redact(describe_error(error), fields, values)
     record(ctx.run_id, span, ctx.store, wait=False)
