@@ -4,7 +4,8 @@ each worker.
 Operators need to see, without reading run records, whether work flows: how many runs
 start and how they end, how long steps take, what retries and restarts cost, whether a
 queue backs up, what LLM calls spend. Two kinds of numbers answer that, kept apart so a
-sum over every scraped process counts each thing once:
+sum over every scraped process counts each process-local thing once (the deployment's
+numbers are the same from every web instance: aggregate those with ``max``):
 
 - **process-local** metrics count what this process did (its steps, its LLM calls, its
   stream subscribers), through the hook lists of :mod:`flowkit.hooks` that :func:`install`
