@@ -221,6 +221,13 @@ def credentials_in_userinfo(url: str) -> str:
                        rest, parts.fragment))
 
 
+#: What to say when the sentinels of ``url`` refused their own credentials (redis-py says
+#: "no master found", each sentinel's refusal in its text).
+SENTINELS_REFUSED = ("the sentinels of {url} refused their credentials ({why}): give their "
+                     "password as ?sentinel_password=... in FLOWKIT_REDIS_URL (redis+sentinel://"
+                     ":DATA_PASSWORD@host:port,host:port/service/db?sentinel_password=SENTINEL_"
+                     "PASSWORD; the sentinels' is their requirepass).")
+
 #: What to say when the sentinels of ``url`` name no primary that is up.
 NO_PRIMARY = ("the sentinels of {url} name no primary of that service that is up: check the "
               "service name in FLOWKIT_REDIS_URL (redis-cli -p 26379 SENTINEL MASTERS lists "

@@ -70,7 +70,8 @@ def test_a_worker_refuses_to_start_on_refused_credentials(flowkit_env, locked_re
     lines = [line for line in result.stderr.splitlines() if "refuses to start" in line]
     assert lines == [f"flowkit: worker refuses to start: {REFUSED} (invalid username-password "
                      "pair or user is disabled.): put the password in FLOWKIT_REDIS_URL, as "
-                     "redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... for an ACL user)."]
+                     "redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... for an ACL user; "
+                     "redis+sentinel://:PASSWORD@host:port,.../service/db through sentinels)."]
 
 
 def gunicorn(env: dict) -> list[str]:

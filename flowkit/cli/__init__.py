@@ -14,8 +14,14 @@ from collections.abc import Sequence
 
 from ..config import configure, get_settings
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
-from ..store import is_redis_url, no_primary, refused_credentials, refused_database
-from ..urls import NO_PRIMARY, redacted
+from ..store import (
+    is_redis_url,
+    no_primary,
+    refused_credentials,
+    refused_database,
+    sentinels_refused,
+)
+from ..urls import NO_PRIMARY, SENTINELS_REFUSED, redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
 from .render import writes_unicode
@@ -110,6 +116,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, BrokerUnavailable):
             return _broker_down(where, exc)
         url = redacted(settings.redis_url)
+        why = sentinels_refused(exc)
+        if why is not None:  # no outage: waiting would not help
+            return _usage(where, SENTINELS_REFUSED.format(url=url, why=why))
         if no_primary(exc):  # the sentinels answered
             print(f"flowkit {where}: {NO_PRIMARY.format(url=url)}", file=sys.stderr)
             return 1

@@ -33,9 +33,9 @@ import kombu.exceptions
 from ..component import registered
 from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
-from ..store import HANDED_OVER, Store, get_store, no_primary
+from ..store import HANDED_OVER, Store, get_store, no_primary, sentinels_refused
 from ..store.server import probe
-from ..urls import NO_PRIMARY, redacted
+from ..urls import NO_PRIMARY, SENTINELS_REFUSED, redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
@@ -152,6 +152,11 @@ def examine(
     try:
         info = store.server_info()
     except StoreUnavailable as exc:
+        why = sentinels_refused(exc)
+        if why is not None:
+            what, _, fix = SENTINELS_REFUSED.format(url=redacted(url), why=why).partition(": ")
+            return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
+                            fix[0].upper() + fix[1:])]
         if no_primary(exc):
             what, _, fix = NO_PRIMARY.format(url=redacted(url)).partition(": ")
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
@@ -162,7 +167,8 @@ def examine(
         return [Finding("redis", FAILURE, f"Redis at {redacted(url)} refused the credentials "
                         f"({exc.__cause__ or exc}).",
                         "Put the password in FLOWKIT_REDIS_URL, as redis://:PASSWORD@host:port/db "
-                        "(redis://USER:PASSWORD@... for an ACL user).")]
+                        "(redis://USER:PASSWORD@... for an ACL user; redis+sentinel://:PASSWORD@"
+                        "host:port,.../service/db through sentinels).")]
     found = [Finding("redis", OK, f"Redis {info['version']} at {redacted(url)} answers.")]
     found += redis_settings(info, "redis")
     if broker_url and _server(broker_url) not in (None, _server(url)):

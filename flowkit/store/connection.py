@@ -56,7 +56,8 @@ def refused(exc: BaseException) -> ConfigError:
     return ConfigError(
         f"flowkit's Redis refused its credentials ({exc}): put the password in "
         "FLOWKIT_REDIS_URL, as redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... "
-        "for an ACL user)."
+        "for an ACL user; redis+sentinel://:PASSWORD@host:port,.../service/db through "
+        "sentinels)."
     )
 
 
@@ -139,8 +140,28 @@ def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
 def no_primary(exc: BaseException) -> bool:
     """Whether the sentinels named no primary that is up (redis-py's MasterNotFoundError,
     anywhere in ``exc``'s chain): a service name they do not monitor, or a failover not
-    yet over; "cannot reach Redis, start it" sent people after a Redis that was running."""
-    return any(isinstance(cause, MasterNotFoundError) for cause in _chain(exc))
+    yet over; "cannot reach Redis, start it" sent people after a Redis that was running.
+    Not when they refused their credentials (:func:`sentinels_refused`)."""
+    return (any(isinstance(cause, MasterNotFoundError) for cause in _chain(exc))
+            and sentinels_refused(exc) is None)
+
+
+#: How a sentinel's refusal of its credentials reads in redis-py's MasterNotFoundError.
+_REFUSALS = ("AuthenticationError", "NOAUTH", "WRONGPASS", "invalid password",
+             "Authentication required", "invalid username-password")
+
+
+def sentinels_refused(exc: BaseException) -> str | None:
+    """The sentinels' refusal of their credentials, when that is why no primary was found
+    (redis-py files it under MasterNotFoundError, each sentinel's error in its text): it
+    was said as a wrong service name."""
+    for cause in _chain(exc):
+        if isinstance(cause, MasterNotFoundError):
+            text = str(cause)
+            for word in _REFUSALS:
+                if word in text:
+                    return word
+    return None
 
 
 class _PrimaryConnection(SentinelManagedConnection):

@@ -9,8 +9,10 @@ whole output, and the workers, beat and this process all follow the new primary.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,11 +56,12 @@ class Sentinels:
     """Three sentinels watching ``primary`` (quorum 2), each from a config file of its own
     (a sentinel rewrites its file as it learns the topology)."""
 
-    def __init__(self, primary: LocalRedis) -> None:
+    def __init__(self, primary: LocalRedis, password: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="flowkit-sentinel-"))
         self.ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen] = []
         self.primary = primary
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -74,6 +77,7 @@ class Sentinels:
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
+                + (f"requirepass {self.password}\n" if self.password else "")
             )
             self.procs.append(subprocess.Popen(
                 [shutil.which("redis-server"), str(conf), "--sentinel"],
@@ -81,7 +85,8 @@ class Sentinels:
         return self
 
     def client(self, index: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.ports[index], decode_responses=True, socket_timeout=2)
+        return redis.Redis(port=self.ports[index], decode_responses=True, socket_timeout=2,
+                           password=self.password)
 
     def primary_port(self, index: int = 0) -> int | None:
         try:
@@ -291,3 +296,28 @@ def test_min_replicas_to_write_loses_no_acknowledged_write_at_a_sentinel_failove
     acknowledged, _, promoted = write_through_a_failover(sentinel_group)
     lost = [i for i in acknowledged if not promoted.exists(f"w:{i}")]
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:20]}"
+
+
+def test_sentinels_that_refuse_their_credentials_are_said_to_not_a_wrong_service(flowkit_env):
+    """redis-py files a sentinel's NOAUTH or WRONGPASS under "no master found": the CLI and
+    the doctor said to check the service name."""
+    with LocalRedis() as primary:
+        sentinels = Sentinels(primary, password="sentinel-secret").start()
+        try:
+            wait_for(lambda: sentinels.primary_port() == primary.port, 20,
+                     "the sentinels to name the primary")
+            for given in ("", "?sentinel_password=wrong"):
+                env = {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": sentinels.url + given}
+                for command in (["runs"], ["doctor"]):
+                    said = subprocess.run([sys.executable, "-m", "flowkit.cli", *command],
+                                          env=env, capture_output=True, text=True, timeout=60)
+                    out = said.stdout + said.stderr
+                    assert said.returncode != 0 and "refused their credentials" in out, out
+                    assert "?sentinel_password=" in out and "service name" not in out, out
+            env = {**os.environ, **flowkit_env,
+                   "FLOWKIT_REDIS_URL": sentinels.url + "?sentinel_password=sentinel-secret"}
+            listed = subprocess.run([sys.executable, "-m", "flowkit.cli", "runs"], env=env,
+                                    capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+        finally:
+            sentinels.stop()
