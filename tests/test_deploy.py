@@ -86,6 +86,8 @@ def test_a_systemd_unit_runs_the_procfile_command_and_waits_out_the_drain(proces
     assert service["KillMode"] == "mixed" and service.get("KillSignal", "SIGTERM") == "SIGTERM"
     assert seconds(service["TimeoutStopSec"]) > needed_stop_time(process, env)
     assert service["Restart"] == "always"
+    if process.startswith("worker"):  # each its own: on one host the second found it taken
+        assert env["FLOWKIT_METRICS_PORT"] == {"worker": "9808", "worker_llm": "9809"}[process]
 
 
 # -- Docker ----------------------------------------------------------------------------------
@@ -98,6 +100,13 @@ def dockerfile() -> list[tuple[str, str]]:
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     return [(w.upper(), rest.strip()) for w, _, rest in
             (line.strip().partition(" ") for line in joined.splitlines() if line.strip())]
+
+
+def test_the_dockerfile_uses_a_python_the_readme_recommends():
+    """3.12 or later: 3.11 has the AST bug of the README's Deploying section (cpython#106905)."""
+    [base] = [args for instruction, args in dockerfile() if instruction == "FROM"]
+    version = re.fullmatch(r"python:(\d+)\.(\d+)-slim", base)
+    assert version and (int(version[1]), int(version[2])) >= (3, 12), base
 
 
 def test_the_dockerfile_starts_the_web_process_as_pid_1_and_holds_every_process_code():

@@ -603,6 +603,8 @@ def polite(data: dict) -> dict:
     get_store().redis.rpush(f"polite:began:{flowkit.context().run_id}", 1)
     while not flowkit.is_cancelled():
         time.sleep(0.02)  # the step's own pace of looking, not a test's synchronisation
+    if data.get("raise"):
+        raise RuntimeError("stopped by raising")
     return {"stopped": True}
 
 
@@ -659,3 +661,22 @@ def test_an_attempt_that_returns_after_its_run_was_restarted_is_traced_supersede
 
     wait_until(lambda: statuses() == {1: "superseded", 2: "cancelled"}, WAIT,
                "attempt 1 traced superseded and attempt 2 cancelled")
+
+
+def test_an_attempt_that_raises_after_a_handover_logs_no_failure_of_its_run(caplog):
+    """A drained worker's attempt, handed over, that raised as it stopped logged "run ...
+    failed at step ..." with a traceback for a run that went on (alerts on every deploy)."""
+    from flowkit.engine.drain import hand_over
+
+    store = get_store()
+    run = polite_run.start({"raise": True})
+    assert store.redis.blpop(f"polite:began:{run.id}", timeout=WAIT) is not None
+    [(step, token)] = [(s, lease["token"]) for r, s, lease in store.leases() if r == run.id]
+    with caplog.at_level(logging.INFO, logger="flowkit.engine.executor"):
+        assert hand_over([(run.id, step, token)], "a test's handover") == [run.id]
+        assert store.redis.blpop(f"polite:began:{run.id}", timeout=WAIT) is not None
+        wait_until(lambda: "after its run had moved on" in caplog.text, WAIT,
+                   "the first attempt to end")
+    assert "failed at step" not in caplog.text
+    assert flowkit.get_run(run.id).state == "running"  # the second attempt goes on
+    flowkit.cancel(run.id)

@@ -437,8 +437,10 @@ def consumer_timeout(longest: float) -> list[Finding]:
     bound = f"the longest step may run {longest:g}s" if longest else "no component sets a timeout"
     return [Finding(
         "consumer-timeout", OK,
-        f"RabbitMQ broker: {bound}; a step that outlives the broker's consumer_timeout "
-        "survives it (the worker reconnects; nothing runs twice).")]
+        f"RabbitMQ broker: {bound}, under RabbitMQ's default consumer_timeout "
+        f"({RABBITMQ_CONSUMER_TIMEOUT:g}s; the broker's own setting cannot be read over AMQP: "
+        "check rabbitmq.conf if it was lowered); a step that outlives it survives it (the "
+        "worker reconnects; nothing runs twice).")]
 
 
 def visibility(workers: list[dict[str, Any]], this_shell: int) -> list[Finding]:

@@ -414,8 +414,11 @@ def _fail(
     if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
         admission.released(run_id, store)
         notify.run_failed(run_id)
-    log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc),
-                exc_info=exc)  # where in the step's code, with the lines that led there
+        log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc),
+                    exc_info=exc)  # where in the step's code, with the lines that led there
+    else:  # a superseded attempt's (a handover, a restart) or a cancelled run's: not a failure
+        log.info("flowkit: an attempt of step %s of run %s ended with %s after its run had "
+                 "moved on (cancelled, or restarted elsewhere)", key, run_id, describe_error(exc))
 
 
 def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:

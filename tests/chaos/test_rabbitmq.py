@@ -168,6 +168,8 @@ def test_a_queue_declared_otherwise_refuses_the_worker_with_the_fix(rabbitmq, ch
 def test_the_doctor_speaks_of_rabbitmqs_consumer_timeout_not_of_redis():
     [ok] = doctor.consumer_timeout(120.0)
     assert ok.level == doctor.OK and "RabbitMQ" in ok.message and "visibility" not in ok.message
+    # it cannot read the broker's own setting, and says what it compared with instead
+    assert "default consumer_timeout (1800s" in ok.message and "cannot be read" in ok.message
     [warning] = doctor.consumer_timeout(2 * 3600.0)
     assert warning.level == doctor.WARNING
     assert "consumer_timeout = 7260000" in warning.fix
