@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import hashlib
 import json
 import random
@@ -40,6 +41,19 @@ from .redis import free_port
 _WORDS = ["the", "quick", "workflow", "streams", "every", "token", "to", "the", "reader", "while", "durable", "steps", "keep", "their", "checkpoints", "and", "a", "patient", "worker", "retries", "what", "failed", "so", "nothing", "is", "lost", "when", "a", "provider", "stumbles", "or", "a", "deploy", "restarts", "the", "fleet"]
 
 DROP = "drop"  # a scripted outcome: close the connection without answering
+#: A scripted outcome: a 429 whose ``code`` is ``insufficient_quota`` (the account's quota is
+#: spent; no Retry-After).
+QUOTA = "insufficient_quota"
+#: A scripted outcome of a streamed request: half the tokens, then a clean end of the body,
+#: without a finish_reason, usage or ``[DONE]`` (Responses: without a terminal event).
+CUT = "cut"
+#: Scripted outcomes of a streamed Responses request: half the text, then a
+#: ``response.failed`` event, or an ``error`` event.
+FAILED_EVENT = "failed_event"
+ERROR_EVENT = "error_event"
+#: A scripted outcome of a chat request: the answer ends with finish_reason "length".
+LENGTH = "length"
+_BODY_FAULTS = (CUT, FAILED_EVENT, ERROR_EVENT, LENGTH)
 
 
 @dataclass(frozen=True)
@@ -55,9 +69,13 @@ class Behaviour:
     rate_429: float = 0.0
     #: ``Retry-After`` header (seconds) sent with each 429.
     retry_after: float = 1.0
+    #: How a 429 says ``retry_after``: "seconds" (``Retry-After: 1``), "ms" (only
+    #: ``retry-after-ms``) or "date" (``Retry-After`` as an HTTP date).
+    retry_after_form: str = "seconds"
     rate_500: float = 0.0
     rate_drop: float = 0.0
-    #: Outcomes of the next requests, in order: an HTTP status (429, 500, ...) or "drop".
+    #: Outcomes of the next requests, in order: an HTTP status (429, 500, ...), "drop",
+    #: QUOTA, or for a streamed request CUT, FAILED_EVENT or ERROR_EVENT.
     script: tuple[int | str, ...] = ()
     #: Bearer key required from clients; None accepts any (or none).
     api_key: str | None = None
@@ -224,8 +242,18 @@ class FakeLLMServer:
             "stream": bool((body or {}).get("stream")),
         })
 
+    def _retry_after_headers(self) -> dict[str, str]:
+        b = self.behaviour
+        if b.retry_after_form == "ms":
+            return {"retry-after-ms": f"{b.retry_after * 1000:g}"}
+        if b.retry_after_form == "date":
+            return {"Retry-After": email.utils.formatdate(time.time() + b.retry_after,
+                                                          usegmt=True)}
+        return {"Retry-After": f"{b.retry_after:g}"}
+
     async def _guard(self, request: web.Request) -> tuple[dict | None, web.StreamResponse | None]:
-        """Authenticate, parse and apply faults; returns (body, early response or None)."""
+        """Authenticate, parse and apply faults; returns (body, early response or None);
+        a streamed request's scripted fault (CUT, ...) is left in ``body["_fault"]``."""
         b = self.behaviour
         if self._down:
             _drop(request)
@@ -250,9 +278,15 @@ class FakeLLMServer:
         if outcome == DROP:
             self._record(request, DROP, body)
             _drop(request)
+        if outcome == QUOTA:
+            self._record(request, 429, body)
+            return None, _error(429, "You exceeded your current quota, please check your plan "
+                                "and billing details.", "insufficient_quota")
+        if outcome in _BODY_FAULTS:
+            return {**body, "_fault": outcome}, None
         if outcome != 200:
             self._record(request, int(outcome), body)
-            headers = {"Retry-After": f"{b.retry_after:g}"} if outcome == 429 else {}
+            headers = self._retry_after_headers() if outcome == 429 else {}
             return None, _error(int(outcome), _FAULT_MESSAGES.get(int(outcome), "Injected fault."),
                                 headers=headers)
         return body, None
@@ -277,10 +311,12 @@ class FakeLLMServer:
                 return _error(400, "'messages' must be a non-empty array.", param="messages")
             b = self.behaviour
             await asyncio.sleep(b.latency)
+            fault = body.pop("_fault", None)
             reply = _Reply.for_request(body, b.completion_tokens, b.tool_turns)
-            self._record(request, 200, body)
+            reply.length_cut = fault == LENGTH
+            self._record(request, fault or 200, body)
             if body.get("stream"):
-                return await self._stream(request, body, reply, b.token_latency)
+                return await self._stream(request, body, reply, b.token_latency, fault)
             await asyncio.sleep(b.token_latency * reply.completion_tokens)
             return web.json_response(reply.completion(body))
 
@@ -294,15 +330,31 @@ class FakeLLMServer:
                 return _error(400, "'input' must be a string or a non-empty array.", param="input")
             b = self.behaviour
             await asyncio.sleep(b.latency)
+            fault = body.pop("_fault", None)
             reply = _Reply.for_request(_as_chat_request(body), b.completion_tokens, b.tool_turns)
             reply.id = f"resp_{random.getrandbits(64):016x}"
-            self._record(request, 200, body)
+            self._record(request, fault or 200, body)
             if not body.get("stream"):
                 await asyncio.sleep(b.token_latency * reply.completion_tokens)
                 return web.json_response(reply.response(body, "completed"))
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            for event in reply.response_events(body):
+            events = list(reply.response_events(body))
+            if fault is not None:  # half the text, then the fault's end
+                deltas = [i for i, e in enumerate(events) if e["type"] == "response.output_text.delta"]
+                events = events[:deltas[len(deltas) // 2]] if deltas else events[:2]
+                seq = len(events)
+                if fault == FAILED_EVENT:
+                    failed = {**reply.response(body, "in_progress"), "status": "failed",
+                              "error": {"code": "server_error",
+                                        "message": "The model failed mid-way (injected fault)."}}
+                    events.append({"type": "response.failed", "sequence_number": seq,
+                                   "response": failed})
+                elif fault == ERROR_EVENT:
+                    events.append({"type": "error", "sequence_number": seq,
+                                   "code": "server_error", "param": None,
+                                   "message": "Something went wrong mid-stream (injected fault)."})
+            for event in events:
                 await response.write(
                     f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
                 if event["type"] == "response.output_text.delta":
@@ -311,14 +363,21 @@ class FakeLLMServer:
             return response
 
     async def _stream(
-        self, request: web.Request, body: dict, reply: _Reply, token_latency: float
+        self, request: web.Request, body: dict, reply: _Reply, token_latency: float,
+        fault: str | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for chunk in reply.chunks(body):
+        chunks = list(reply.chunks(body))
+        if fault == CUT:  # half the tokens, then the body ends cleanly
+            chunks = chunks[:max(1, len(reply.tokens) // 2)]
+        for chunk in chunks:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if chunk["choices"] and chunk["choices"][0]["finish_reason"] is None:
                 await asyncio.sleep(token_latency)
+        if fault == CUT:
+            await response.write_eof()
+            return response
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -445,6 +504,10 @@ class _Reply:
     tokens: list[str]
     tool_call: dict[str, Any] | None = None
     call_id: str = "call_0"
+    #: The answer was cut at its length limit (finish_reason "length").
+    length_cut: bool = False
+    #: The tokens of choices 1, 2, ... of a request with ``n`` > 1 (other sentences).
+    others: list[list[str]] = field(default_factory=list)
     id: str = field(default_factory=lambda: f"chatcmpl-{random.getrandbits(64):016x}")
 
     @property
@@ -457,6 +520,8 @@ class _Reply:
 
     @property
     def finish_reason(self) -> str:
+        if self.length_cut:
+            return "length"
         return "tool_calls" if self.tool_call else "stop"
 
     @classmethod
@@ -484,6 +549,8 @@ class _Reply:
             reply.tokens = _split(json.dumps({"answer": _sentence(prompt, wanted)}))
         else:
             reply.tokens = _split(_sentence(prompt, wanted))
+            n = body.get("n") or 1
+            reply.others = [_split(_sentence(f"{prompt} #{k}", wanted)) for k in range(1, n)]
         return reply
 
     def message(self) -> dict[str, Any]:
@@ -501,7 +568,10 @@ class _Reply:
             "id": self.id, "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
             "choices": [{"index": 0, "message": self.message(), "finish_reason": self.finish_reason,
-                         "logprobs": None}],
+                         "logprobs": None}] + [
+                {"index": k, "message": {"role": "assistant", "content": "".join(tokens)},
+                 "finish_reason": self.finish_reason, "logprobs": None}
+                for k, tokens in enumerate(self.others, 1)],
             "usage": self.usage(),
         }
 
@@ -546,17 +616,22 @@ class _Reply:
         base = {"id": self.id, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.model}
 
-        def chunk(delta: dict, finish: str | None = None) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+        def chunk(delta: dict, finish: str | None = None, index: int = 0) -> dict[str, Any]:
+            return {**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish,
                                          "logprobs": None}]}
 
         if self.tool_call:
             yield chunk({"role": "assistant", "tool_calls": [
                 {"index": 0, "id": self.call_id, "type": "function", "function": self.tool_call}]})
-        else:
-            for i, token in enumerate(self.tokens):
-                yield chunk({"role": "assistant", "content": token} if i == 0 else {"content": token})
-        yield chunk({}, self.finish_reason)
+        else:  # with n > 1, the choices' tokens interleaved, as OpenAI sends them
+            choices = [self.tokens, *self.others]
+            for i in range(max(len(tokens) for tokens in choices)):
+                for index, tokens in enumerate(choices):
+                    if i < len(tokens):
+                        yield chunk({"role": "assistant", "content": tokens[i]} if i == 0
+                                    else {"content": tokens[i]}, index=index)
+        for index in range(1 + len(self.others)):
+            yield chunk({}, self.finish_reason, index)
         if (body.get("stream_options") or {}).get("include_usage"):
             yield {**base, "choices": [], "usage": self.usage()}
 

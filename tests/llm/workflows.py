@@ -12,6 +12,7 @@ import json
 import os
 from functools import cache
 
+import openai
 from agents import Agent, function_tool
 from marshmallow import fields
 from pydantic import BaseModel
@@ -409,3 +410,73 @@ async_gathered = flowkit.Workflow("llmtest_agather", [agather], input_schema=pro
                                   queue=QUEUE)
 async_streaming = flowkit.Workflow("llmtest_astream", [astream], input_schema=prompt_schema,
                                    queue=QUEUE)
+
+
+# -- what a step's retry makes again, and what a stream's span says -------------------------
+
+#: A step retry as the README prescribes for streams broken half-way (quick here).
+STEP_RETRY = {"attempts": 3, "backoff": flowkit.exponential(0.01, 0.02)}
+
+
+@component(name="llmtest.respond_stream")
+def respond_stream(data: dict) -> dict:
+    """A streamed Responses API call, read to its end."""
+    events = client("plain").responses.create(model=MODEL, input=data["prompt"], stream=True,
+                                              max_output_tokens=data["max_tokens"])
+    return {"text": "".join(e.delta for e in events if e.type == "response.output_text.delta")}
+
+
+@component(name="llmtest.parse_chat")
+def parse_chat(data: dict) -> dict:
+    chat = client("plain").chat.completions.parse(
+        model=MODEL, response_format=Verdict, messages=[{"role": "user", "content": data["prompt"]}])
+    return chat.choices[0].message.parsed.model_dump()
+
+
+@component(name="llmtest.stream_n")
+def stream_n(data: dict) -> dict:
+    """A streamed chat with n choices: each choice's text, as the caller reads it."""
+    texts: dict[int, str] = {}
+    for chunk in _ask("plain", data["prompt"], max_tokens=data["max_tokens"], stream=True,
+                      n=data["n"]):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    return {"texts": [texts[i] for i in sorted(texts)]}
+
+
+@component(name="llmtest.stream_tools")
+def stream_tools(data: dict) -> dict:
+    """A streamed turn offering a tool: the model calls it."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": CITY}}]
+    calls: dict[int, dict] = {}
+    for chunk in _ask("plain", data["prompt"], stream=True, tools=tools):
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or ():
+                call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                call["name"] += delta.function.name or ""
+                call["arguments"] += delta.function.arguments or ""
+    return {"tool_calls": [calls[i] for i in sorted(calls)]}
+
+
+retry_schema = {**prompt_schema, "n": fields.Integer(load_default=1)}
+ask_retried = flowkit.Workflow("llmtest_ask_retried", [ask.retry(**STEP_RETRY)],
+                               input_schema=prompt_schema, queue=QUEUE)
+ask_retried_on_bad_request = flowkit.Workflow(
+    "llmtest_ask_retried_on_400",
+    [ask.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.02), retry_on=openai.BadRequestError)],
+    input_schema=prompt_schema, queue=QUEUE)
+stream_retried = flowkit.Workflow("llmtest_stream_retried", [stream.retry(**STEP_RETRY)],
+                                  input_schema=prompt_schema, queue=QUEUE)
+astream_retried = flowkit.Workflow("llmtest_astream_retried", [astream.retry(**STEP_RETRY)],
+                                   input_schema=prompt_schema, queue=QUEUE)
+respond_stream_retried = flowkit.Workflow(
+    "llmtest_respond_stream_retried", [respond_stream.retry(**STEP_RETRY)],
+    input_schema=prompt_schema, queue=QUEUE)
+parse_retried = flowkit.Workflow("llmtest_parse_retried", [parse_chat.retry(**STEP_RETRY)],
+                                 input_schema=prompt_schema, queue=QUEUE)
+streamed_n = flowkit.Workflow("llmtest_stream_n", [stream_n], input_schema=retry_schema,
+                              queue=QUEUE)
+streamed_tools = flowkit.Workflow("llmtest_stream_tools", [stream_tools],
+                                  input_schema=prompt_schema, queue=QUEUE)
+stream_timed_out = flowkit.Workflow("llmtest_stream_timed_out", [stream.timeout(0.5)],
+                                    input_schema=prompt_schema, queue=QUEUE)
