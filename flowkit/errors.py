@@ -182,6 +182,19 @@ class RateLimitWait(FlowkitError):
     """The shared budget did not free up in time; the caller fails over to the next provider."""
 
 
+def mark_final(exc: BaseException, why: str) -> None:
+    """Say that ``exc`` cannot succeed if its call is made again as it was (a 401, a 400, a
+    Retry-After over the longest waited out): a step's retry with the default ``retry_on``
+    does not retry it (one that names its class does)."""
+    exc.flowkit_final = why  # type: ignore[attr-defined]
+
+
+def final_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` was marked final (:func:`mark_final`), or None."""
+    why = getattr(exc, "flowkit_final", None)
+    return why if isinstance(why, str) else None
+
+
 #: The most of an error's message a run, an event or a trace keeps: its start and its end
 #: (a message embedding a provider's response body ran to megabytes, written twice per
 #: failure, past FLOWKIT_MAX_PAYLOAD_BYTES).

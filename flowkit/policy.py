@@ -7,9 +7,11 @@ classes named in ``retry_on`` must be importable module-level classes.
 from __future__ import annotations
 
 import contextvars
+import email.utils
 import importlib
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -18,7 +20,14 @@ from typing import Any
 import tenacity
 
 from .config import get_settings
-from .errors import ConfigError, RunCancelled, StepSuspended, StepTimeout, StoreUnavailable
+from .errors import (
+    ConfigError,
+    RunCancelled,
+    StepSuspended,
+    StepTimeout,
+    StoreUnavailable,
+    final_reason,
+)
 from .numbers import is_number, is_whole
 
 
@@ -237,7 +246,9 @@ class Policy:
             )
         else:
             base = tenacity.wait_exponential(multiplier=b.initial, max=b.maximum)
-        return wait_retry_after(base)
+        # a provider's Retry-After is honoured up to the longest the LLM client waits out
+        # (or this backoff's maximum, if longer): a Retry-After: 3600 held the worker an hour
+        return wait_retry_after(base, cap=max(b.maximum, get_settings().llm_max_retry_after))
 
     def call(self, attempt: Callable[[], Any], **hooks: Any) -> Any:
         """``attempt()`` under this retry policy (no retry machinery for a single attempt);
@@ -254,7 +265,7 @@ class Policy:
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=self.wait(),
-            retry=tenacity.retry_if_exception_type(self.exception_types())
+            retry=tenacity.retry_if_exception(self.retries)
             # never the engine's signals, whatever retry_on names (BaseException: a wait
             # was retried as a failure, its attempts spent before it paused)
             & tenacity.retry_if_not_exception_type((RunCancelled, StoreUnavailable,
@@ -263,29 +274,61 @@ class Policy:
             **hooks,
         )
 
+    def retries(self, exc: BaseException) -> bool:
+        """Whether ``retry_on`` retries ``exc``. An error its raiser marked final (an LLM
+        call's 401, 400 or over-long Retry-After: :func:`flowkit.errors.mark_final`) is
+        retried only when ``retry_on`` names a class of it narrower than Exception."""
+        types = self.exception_types()
+        if not isinstance(exc, types):
+            return False
+        if final_reason(exc) is None:
+            return True
+        return any(isinstance(exc, t) for t in types if t not in (Exception, BaseException))
+
 
 class wait_retry_after(tenacity.wait.wait_base):  # noqa: N801 - tenacity's naming
-    """Honour a ``retry_after`` (seconds) carried by the exception, else fall back."""
+    """Honour a ``retry_after`` (seconds) carried by the exception, at most ``cap`` seconds,
+    else fall back."""
 
-    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
+    def __init__(self, fallback: tenacity.wait.wait_base, cap: float | None = None) -> None:
         self.fallback = fallback
+        self.cap = cap
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         hint = retry_after_of(exc) if exc else None
-        return hint if hint is not None else self.fallback(retry_state)
+        if hint is None:
+            return self.fallback(retry_state)
+        return hint if self.cap is None else min(hint, self.cap)
 
 
 def retry_after_of(exc: BaseException) -> float | None:
-    """Seconds a provider asked us to wait (``retry_after`` attribute or a Retry-After header)."""
+    """Seconds a provider asked us to wait: a ``retry_after`` attribute, else its response's
+    headers read as the openai SDK reads them: ``retry-after-ms``, then ``retry-after`` in
+    seconds, then ``retry-after`` as an HTTP date (from now)."""
     value = getattr(exc, "retry_after", None)
-    if value is None:
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        if headers is not None:
-            value = headers.get("retry-after")
+    if value is not None:
+        return _finite_wait(value)
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        wait = _finite_wait(headers.get(name), divisor)
+        if wait is not None:
+            return wait
+    date = headers.get("retry-after")
     try:
-        seconds = float(value) if value is not None else None
+        parsed = email.utils.parsedate_tz(date) if isinstance(date, str) else None
+        if parsed is None:
+            return None
+        return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _finite_wait(value: Any, divisor: float = 1.0) -> float | None:
+    try:
+        seconds = float(value) / divisor if value is not None else None
     except (TypeError, ValueError):
         return None
     # "inf" or "nan" is no wait anyone can keep: the usual backoff applies (inf overflowed

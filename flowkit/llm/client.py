@@ -41,14 +41,14 @@ from ..config import get_settings
 from ..context import current
 from ..coroutines import can_wait_for_loop, on_process_loop
 from ..engine import cache, trace
-from ..errors import ConfigError, RateLimitWait, RunCancelled, describe_error
+from ..errors import ConfigError, RateLimitWait, RunCancelled, describe_error, mark_final
 from ..numbers import is_whole
 from ..policy import seconds
 from ..store import get_store
 from . import pricing
 from .providers import Provider, RateLimit, check_timeout, host_of
 from .ratelimit import RateLimiter
-from .retries import RetryPolicy, explain_unwaited, is_retryable
+from .retries import RetryPolicy, explain_unwaited, is_out_of_quota, is_retryable
 from .streaming import AsyncTracedStream, TracedStream
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,10 @@ class _Client:
     @staticmethod
     def _fails_over(provider: Provider, call: _Call, exc: BaseException) -> bool:
         """Whether the next provider gets the call after ``exc`` (else it is the answer)."""
-        if not isinstance(exc, RateLimitWait) and not is_retryable(exc):
+        if not isinstance(exc, RateLimitWait) and not is_retryable(exc) \
+                and not is_out_of_quota(exc):
+            if isinstance(exc, openai.APIStatusError):  # a 400, 401, 404, ...: final
+                mark_final(exc, f"HTTP {exc.status_code} cannot succeed if sent again")
             call.fail(provider, exc)
             return False
         call.failures.append({"provider": provider.name, "error": describe_error(exc)})
@@ -214,6 +217,8 @@ class _Client:
         if call.failures and call.failures[-1]["provider"] == provider.name:
             call.failures.pop()
         explain_unwaited(exc, self.retry)
+        if is_out_of_quota(exc):
+            mark_final(exc, "the provider's quota is spent (insufficient_quota)")
         call.fail(provider, exc)
 
     def _request(self, provider: Provider, call: _Call, sdk: Any) -> tuple[Any, RateLimit | None, dict]:

@@ -2,9 +2,11 @@
 
 Transient failures (connection errors, timeouts, 408, 409, 429, 5xx) are retried
 with exponential backoff and full jitter, a provider's ``Retry-After`` winning
-over the backoff. Anything else (400, 401, 403, 404, 422) fails at once with the
-provider's message. A ``Retry-After`` longer than ``LLM_MAX_RETRY_AFTER`` is not
-waited out: the provider counts as saturated and the call fails over.
+over the backoff. Anything else (400, 401, 403, 404, 422, and a 429 whose quota is
+spent) fails at once with the provider's message. A ``Retry-After`` longer than
+``LLM_MAX_RETRY_AFTER`` is not waited out: the provider counts as saturated and the
+call fails over. The client marks what it gave up on as final
+(:func:`flowkit.errors.mark_final`): a step's default retry does not send it again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import openai
 import tenacity
 
 from ..config import get_settings
-from ..errors import ConfigError, RunCancelled
+from ..errors import ConfigError, RunCancelled, mark_final
 from ..numbers import is_whole
 from ..policy import retry_after_of, seconds, wait_retry_after
 
@@ -26,13 +28,20 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
 def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, RunCancelled):
+    if isinstance(exc, RunCancelled) or is_out_of_quota(exc):
         return False
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
     return False
+
+
+def is_out_of_quota(exc: BaseException) -> bool:
+    """A 429 that is no rate limit: the account's quota is spent (``insufficient_quota``).
+    Waiting does not help; another provider (another account) may."""
+    return (isinstance(exc, openai.APIStatusError) and exc.status_code == 429
+            and getattr(exc, "code", None) == "insufficient_quota")
 
 
 @dataclass(frozen=True)
@@ -113,3 +122,4 @@ def explain_unwaited(exc: BaseException, policy: RetryPolicy) -> None:
     exc.message = f"{exc.message}{why}"
     exc.args = (f"{exc.args[0]}{why}" if exc.args else exc.message, *exc.args[1:])
     exc._flowkit_explained = True  # type: ignore[attr-defined]
+    mark_final(exc, "its Retry-After is over the longest waited out")

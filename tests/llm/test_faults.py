@@ -1,0 +1,112 @@
+"""A misbehaving provider: what the client raises, what a step's retry sends again, and what
+the trace records (streams cut off or failed, errors that cannot succeed, Retry-After forms)."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import tenacity
+
+import flowkit
+from flowkit import events
+from flowkit.engine import trace
+from flowkit.errors import StepError
+from flowkit.llm import OpenAI, Provider, RetryPolicy
+from flowkit.policy import Backoff, Policy
+from flowkit.testing.fake_openai import QUOTA
+from tests.llm import workflows as wf
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+QUICK = RetryPolicy(attempts=4, initial=0.01, maximum=0.02)
+
+
+def llm_spans(run: flowkit.Run) -> list[dict]:
+    return [s for s in trace.read(run.id) if s["kind"] == "llm"]
+
+
+def of_type(run: flowkit.Run, kind: str) -> list[events.Event]:
+    return [e for e in run.events() if e.type == kind]
+
+
+def statuses(server) -> list:
+    return [r["status"] for r in server.stats.requests]
+
+
+# -- Retry-After as the SDK reads it ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("form", "least"), [("ms", 1.4), ("date", 0.9)])
+def test_a_retry_after_in_milliseconds_or_as_an_http_date_is_waited_out(servers, form, least):
+    """Only ``Retry-After: <seconds>`` was read: the others got a 10 ms backoff."""
+    primary, _ = servers
+    # an HTTP date has whole seconds: 2 s ahead is 1 to 2 s from now
+    primary.configure(script=(429,), retry_after=1.5 if form == "ms" else 2,
+                      retry_after_form=form)
+    client = OpenAI(api_key="sk-test-retry-after", base_url=primary.base_url, retry=QUICK)
+
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+    assert statuses(primary) == [429, 200]
+    first, second = (r["t"] for r in primary.stats.requests)
+    assert second - first >= least
+
+
+def test_a_step_waits_out_a_retry_after_at_most_the_llm_cap_or_its_backoff_maximum(servers):
+    """A Retry-After: 3600 held the step's worker an hour."""
+    primary, _ = servers
+    primary.configure(script=(429,), retry_after=3600)
+    client = OpenAI(api_key="sk-test-cap", base_url=primary.base_url, retry=QUICK)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    state = tenacity.RetryCallState(None, None, (), {})
+    state.set_exception((type(raised.value), raised.value, None))
+    cap = flowkit.config.get_settings().llm_max_retry_after
+    assert Policy(backoff=Backoff(0.1, 0.2)).wait()(state) == cap
+    assert Policy(backoff=Backoff(1, cap + 30)).wait()(state) == cap + 30
+
+
+def test_insufficient_quota_is_not_retried_but_fails_over(servers):
+    """A 429 insufficient_quota was retried as a rate limit: it cannot succeed until someone
+    pays. Another provider is another account."""
+    primary, backup = servers
+    primary.configure(script=(QUOTA,))
+    backup.configure(script=(QUOTA,))
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-a-key"),
+                               Provider("backup", base_url=backup.base_url, api_key="sk-b-key")],
+                    retry=QUICK)
+
+    with pytest.raises(openai.RateLimitError, match="quota") as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert statuses(primary) == [429] and statuses(backup) == [429]
+    assert raised.value.flowkit_final
+
+
+# -- what a step's retry sends again ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("configure", "error"), [
+    ({"script": (400,)}, "Invalid request"),
+    ({"script": (QUOTA,)}, "quota"),
+    ({"rate_429": 1.0, "retry_after": 120}, "not retried"),  # over FLOWKIT_LLM_MAX_RETRY_AFTER
+])
+def test_the_step_retry_does_not_resend_what_the_client_found_cannot_succeed(llm, configure,
+                                                                             error):
+    """The default retry_on (Exception) sent a 400 three times, and slept out a
+    Retry-After: 120 the client had refused to wait."""
+    primary, _ = llm
+    primary.configure(**configure)
+    run = wf.ask_retried.start({"prompt": "hello"})
+    with pytest.raises(StepError, match=error):
+        run.result(timeout=30)
+    assert len(primary.stats.requests) == 1
+    assert of_type(run, events.STEP_RETRYING) == []
+
+
+def test_a_retry_on_naming_the_error_s_class_still_retries_it(llm):
+    primary, _ = llm
+    primary.configure(script=(400,))
+    run = wf.ask_retried_on_bad_request.start({"prompt": "hello"})
+    assert run.result(timeout=30)["text"]
+    assert statuses(primary) == [400, 200]
+
+
