@@ -597,7 +597,8 @@ class _Call:
         span.update(
             status="ok" if error is None else "error", stream=True,
             ttft=round(ttft, 6) if ttft is not None else None,
-            finish_reason=summary.get("finish_reason"), output=trace.bounded(summary.get("text", "")),
+            finish_reason=summary.get("finish_reason"),
+            output=trace.bounded(summary.get("output", summary.get("text", ""))),
             response_model=summary.get("model"), response_id=summary.get("id"),
             **_usage_fields(summary.get("usage")),
         )

@@ -13,8 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+import openai
+
 from ..config import get_settings
 from ..engine.step import StepContext
+from ..errors import StepTimeout
 
 
 class ChunkBatcher:
@@ -53,6 +57,13 @@ class TracedStream:
     Usage-only chunks the caller did not ask for (``include_usage``) are hidden. A
     Responses stream (``responses=True``) tees its ``response.output_text.delta`` events
     and takes usage, model and id from its ``response.completed`` event.
+
+    A stream cut off (its body ended before a ``finish_reason`` or usage chunk, or a
+    Responses stream before its ``response.completed`` or ``response.incomplete``)
+    raises ``openai.APIConnectionError``, and one ending in ``response.failed`` or an
+    ``error`` event raises ``openai.APIError``, as the SDK does for a chat stream's error
+    payload: the step's retry runs the call again instead of keeping part of an answer.
+    Only choice 0's text reaches the run's stream; the span keeps each choice's.
     """
 
     def __init__(
@@ -67,8 +78,15 @@ class TracedStream:
         self._hide_usage = hide_usage_chunk
         self._on_done = on_done
         self._done = False
+        self._ctx = ctx
+        self._responses = responses
+        self._ended = False  # a Responses stream's terminal event came
         self._take = self._take_event if responses else self._take_chunk
-        self.text_parts: list[str] = []
+        #: the text of each choice (index), in order
+        self.choice_parts: dict[int, list[str]] = {}
+        #: streamed tool calls of each choice: index -> call index -> {name, arguments}
+        self.tool_calls: dict[int, dict[int, dict[str, str]]] = {}
+        self.finish_reasons: dict[int, str] = {}
         self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
         if ctx is not None:  # left unclosed (a loop left with break): ended with the attempt
             ctx.at_end(self._abandon)
@@ -85,7 +103,10 @@ class TracedStream:
             try:
                 chunk = next(self._it)
             except StopIteration:
-                self._finish(None)
+                cut = self._cut_off()
+                self._finish(cut)
+                if cut is not None:
+                    raise cut from None
                 raise
             except BaseException as exc:
                 self._finish(exc)
@@ -100,11 +121,17 @@ class TracedStream:
             if taken:
                 return chunk
 
-    def _text(self, text: str) -> None:
+    def _text(self, text: str, choice: int = 0) -> None:
         if self.summary["ttft"] is None:
             self.summary["ttft"] = time.monotonic() - self._started
-        self.text_parts.append(text)
-        self._batcher.add(text)
+        self.choice_parts.setdefault(choice, []).append(text)
+        if choice == 0:  # the run's stream is one text: choice 0's (n > 1 mixed them)
+            self._batcher.add(text)
+
+    @property
+    def text_parts(self) -> list[str]:
+        """Choice 0's text so far."""
+        return self.choice_parts.get(0, [])
 
     def _take_chunk(self, chunk: Any) -> bool:
         """Record a Chat Completions chunk; False hides it from the caller."""
@@ -114,12 +141,29 @@ class TracedStream:
             self.summary["model"] = getattr(chunk, "model", None)
             self.summary["id"] = getattr(chunk, "id", None)
         for choice in chunk.choices or ():
+            index = getattr(choice, "index", 0) or 0
             content = getattr(choice.delta, "content", None)
             if content:
-                self._text(content)
+                self._text(content, index)
+            for call in getattr(choice.delta, "tool_calls", None) or ():
+                self._take_tool_call(index, call)
             if choice.finish_reason:
-                self.summary["finish_reason"] = choice.finish_reason
+                self.finish_reasons[index] = choice.finish_reason
+                self.summary["finish_reason"] = self.finish_reasons.get(
+                    0, choice.finish_reason)
         return bool(chunk.choices) or not self._hide_usage
+
+    def _take_tool_call(self, choice: int, delta: Any) -> None:
+        """A streamed tool call's part: its name comes once, its arguments in pieces."""
+        calls = self.tool_calls.setdefault(choice, {})
+        call = calls.setdefault(getattr(delta, "index", len(calls)) or 0,
+                                {"name": "", "arguments": ""})
+        function = getattr(delta, "function", None)
+        if function is not None:
+            call["name"] += getattr(function, "name", None) or ""
+            call["arguments"] += getattr(function, "arguments", None) or ""
+        if self.summary["ttft"] is None:
+            self.summary["ttft"] = time.monotonic() - self._started
 
     def _take_event(self, event: Any) -> bool:
         """Record a Responses stream event (every one reaches the caller)."""
@@ -127,20 +171,82 @@ class TracedStream:
         if kind == "response.output_text.delta" and event.delta:
             self._text(event.delta)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            self._ended = True
             response = event.response
             self.summary.update(usage=response.usage, model=response.model, id=response.id,
                                 finish_reason=response.status)
+            if kind == "response.failed":
+                error = getattr(response, "error", None)
+                raise openai.APIError(
+                    getattr(error, "message", None) or "The response failed (response.failed)",
+                    self._http_request(),
+                    body=error.model_dump() if hasattr(error, "model_dump") else None)
+        elif kind == "error":
+            self._ended = True
+            body = {k: getattr(event, k, None) for k in ("code", "message", "param")}
+            raise openai.APIError(body["message"] or "An error occurred during streaming",
+                                  self._http_request(), body=body)
         return True
+
+    def _cut_off(self) -> BaseException | None:
+        """The error of a stream whose body ended before its end, or None: a chat stream
+        with no finish_reason on any choice and no usage chunk (flowkit asks for one), a
+        Responses stream before its terminal event. Its iteration ended quietly, and the
+        part of an answer it had was kept as the whole."""
+        if self._responses:
+            if self._ended:
+                return None
+            what = "before its response.completed event"
+        else:
+            if self.finish_reasons or self.summary["usage"] is not None:
+                return None
+            what = "without a finish_reason, usage or [DONE]"
+        read = sum(len(t) for parts in self.choice_parts.values() for t in parts)
+        return openai.APIConnectionError(
+            message=f"The stream was cut off: it ended {what}, after {read} characters "
+                    "(flowkit: raised so that the step's retry runs the call again)",
+            request=self._http_request())
+
+    def _http_request(self) -> httpx.Request:
+        try:
+            return self._stream.response.request
+        except (AttributeError, RuntimeError):  # a stream without its HTTP response
+            return httpx.Request("POST", "http://unknown.invalid/")
 
     def _finish(self, error: BaseException | None) -> None:
         if self._done:
             return
         self._done = True
         try:
-            self._batcher.flush()
+            if error is None or not self._abandoned():  # an abandoned attempt's is refused
+                self._batcher.flush()
         finally:
             self.summary["text"] = "".join(self.text_parts)
+            self.summary["output"] = self._output()
             self._on_done(self.summary, error)
+
+    def _output(self) -> Any:
+        """What the span records: choice 0's text, or its tool calls; each choice's, as a
+        list, when several came (``n > 1``)."""
+        choices = sorted(set(self.choice_parts) | set(self.tool_calls)) or [0]
+
+        def of(index: int) -> Any:
+            calls = self.tool_calls.get(index)
+            if calls:
+                return {"tool_calls": [calls[i] for i in sorted(calls)]}
+            return "".join(self.choice_parts.get(index, ()))
+
+        return of(0) if choices == [0] else [of(i) for i in choices]
+
+    def _abandoned(self) -> bool:
+        return self._ctx is not None and self._ctx.abandoned
+
+    def _abandon_error(self) -> BaseException | None:
+        """Why the attempt left this stream unfinished, when it failed: it timed out."""
+        if self._abandoned():
+            return StepTimeout("the step's attempt timed out while this stream was read: "
+                               "the stream was dropped")
+        return None
 
     def close(self) -> None:
         self._stream.close()
@@ -148,9 +254,11 @@ class TracedStream:
 
     def _abandon(self) -> None:
         """The attempt ended with this stream unfinished: its connection goes back, and its
-        span and the text read so far are recorded (a no-op once it ended)."""
+        span and the text read so far are recorded (a no-op once it ended); an attempt
+        that timed out records it as an error, not as a completion."""
         if not self._done:
-            self.close()
+            self._stream.close()
+            self._finish(self._abandon_error())
 
     def __enter__(self) -> TracedStream:
         return self
@@ -184,7 +292,10 @@ class AsyncTracedStream(TracedStream):
             try:
                 chunk = await self._it.__anext__()
             except StopAsyncIteration:
-                self._finish(None)
+                cut = self._cut_off()
+                self._finish(cut)
+                if cut is not None:
+                    raise cut from None
                 raise
             except BaseException as exc:
                 self._finish(exc)
@@ -211,7 +322,7 @@ class AsyncTracedStream(TracedStream):
         its end."""
         if self._done:
             return
-        self._finish(None)
+        self._finish(self._abandon_error())
         loop = self._loop
         if loop is None or loop.is_closed():
             return

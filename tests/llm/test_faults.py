@@ -3,6 +3,8 @@ the trace records (streams cut off or failed, errors that cannot succeed, Retry-
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 import pytest
 import tenacity
@@ -11,9 +13,9 @@ import flowkit
 from flowkit import events
 from flowkit.engine import trace
 from flowkit.errors import StepError
-from flowkit.llm import OpenAI, Provider, RetryPolicy
+from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RetryPolicy
 from flowkit.policy import Backoff, Policy
-from flowkit.testing.fake_openai import QUOTA
+from flowkit.testing.fake_openai import CUT, ERROR_EVENT, FAILED_EVENT, QUOTA
 from tests.llm import workflows as wf
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -81,6 +83,82 @@ def test_insufficient_quota_is_not_retried_but_fails_over(servers):
     assert raised.value.flowkit_final
 
 
+# -- streams cut off or failed ---------------------------------------------------------------
+
+
+def test_a_chat_stream_cut_off_raises_a_connection_error(servers):
+    """It ended quietly, and its caller kept half an answer as the whole."""
+    primary, _ = servers
+    primary.configure(script=(CUT,))
+    client = OpenAI(api_key="sk-test-cut", base_url=primary.base_url, retry=QUICK)
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                            max_tokens=8, stream=True)
+    read = []
+    with pytest.raises(openai.APIConnectionError, match="cut off"):
+        read.extend(stream)
+    assert read, "the chunks before the cut reached the caller"
+
+
+def test_an_async_chat_stream_cut_off_raises_a_connection_error(servers):
+    primary, _ = servers
+    primary.configure(script=(CUT,))
+
+    async def main() -> None:
+        client = AsyncOpenAI(api_key="sk-test-cut", base_url=primary.base_url, retry=QUICK)
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                                      max_tokens=8, stream=True)
+        with pytest.raises(openai.APIConnectionError, match="cut off"):
+            async for _ in stream:
+                pass
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    (FAILED_EVENT, "The model failed mid-way"), (ERROR_EVENT, "Something went wrong mid-stream"),
+    (CUT, "cut off"),
+])
+def test_a_responses_stream_that_fails_raises(servers, fault, message):
+    primary, _ = servers
+    primary.configure(script=(fault,))
+    client = OpenAI(api_key="sk-test-failed", base_url=primary.base_url, retry=QUICK)
+    stream = client.responses.create(model="gpt-4o-mini", input="hello", stream=True,
+                                     max_output_tokens=8)
+    with pytest.raises(openai.APIError, match=message):
+        list(stream)
+
+
+def test_a_chat_stream_cut_off_is_an_error_span_and_the_step_retry_runs_it_again(llm):
+    primary, _ = llm
+    primary.configure(script=(CUT,))
+    run = wf.stream_retried.start({"prompt": "tell me a story", "max_tokens": 8})
+    result = run.result(timeout=30)
+
+    assert len(result["text"].split()) == 8, "the whole answer, from attempt 2"
+    [retrying] = of_type(run, events.STEP_RETRYING)
+    assert "cut off" in retrying.data["error"]
+    cut, whole = llm_spans(run)
+    assert cut["status"] == "error" and "cut off" in cut["error"]
+    assert whole["status"] == "ok" and whole["output"] == result["text"]
+
+
+def test_an_async_chat_stream_cut_off_is_retried_by_the_step(llm):
+    primary, _ = llm
+    primary.configure(script=(CUT,))
+    run = wf.astream_retried.start({"prompt": "tell me a story", "max_tokens": 8})
+    assert len(run.result(timeout=30)["text"].split()) == 8
+    assert [s["status"] for s in llm_spans(run)] == ["error", "ok"]
+
+
+@pytest.mark.parametrize("fault", [FAILED_EVENT, ERROR_EVENT])
+def test_a_failed_responses_stream_is_an_error_span_and_retried(llm, fault):
+    primary, _ = llm
+    primary.configure(script=(fault,))
+    run = wf.respond_stream_retried.start({"prompt": "tell me a story", "max_tokens": 8})
+    assert len(run.result(timeout=30)["text"].split()) == 8
+    assert [s["status"] for s in llm_spans(run)] == ["error", "ok"]
+
+
 # -- what a step's retry sends again ---------------------------------------------------------
 
 
@@ -110,3 +188,32 @@ def test_a_retry_on_naming_the_error_s_class_still_retries_it(llm):
     assert statuses(primary) == [400, 200]
 
 
+# -- spans of calls that failed otherwise, and of streams --------------------------------------
+
+
+def test_a_streamed_call_with_two_choices_keeps_them_apart(llm):
+    run = wf.streamed_n.start({"prompt": "tell me a story", "max_tokens": 6, "n": 2})
+    first, second = run.result(timeout=30)["texts"]
+    assert first != second
+    streamed = "".join(e.data["chunk"] for e in of_type(run, events.STEP_OUTPUT))
+    assert streamed == first, "the run's stream is choice 0's text"
+    [span] = llm_spans(run)
+    assert span["output"] == [first, second]
+
+
+def test_a_streamed_tool_call_is_recorded_in_its_span(llm):
+    run = wf.streamed_tools.start({"prompt": "weather in Paris"})
+    calls = run.result(timeout=30)["tool_calls"]
+    [span] = llm_spans(run)
+    assert span["finish_reason"] == "tool_calls"
+    assert span["output"] == {"tool_calls": calls} and calls[0]["name"] == "get_weather"
+
+
+def test_a_stream_dropped_at_the_step_s_timeout_is_an_error_span(llm):
+    primary, _ = llm
+    primary.configure(token_latency=0.3)  # 8 tokens: 2.4 s, past the step's 0.5 s
+    run = wf.stream_timed_out.start({"prompt": "tell me a story", "max_tokens": 8})
+    with pytest.raises(StepError, match="timeout"):
+        run.result(timeout=30)
+    [span] = llm_spans(run)
+    assert span["status"] == "error" and "timed out" in span["error"]
