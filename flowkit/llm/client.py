@@ -209,6 +209,17 @@ class _Client:
         call.failures.append({"provider": provider.name, "error": describe_error(exc)})
         return True
 
+    def _failed_otherwise(self, provider: Provider, call: _Call, exc: Exception) -> None:
+        """A call that failed with no API error: the answer came and the SDK refused it (a
+        ``parse`` cut at its length limit, a body that was no JSON). It was sent, and maybe
+        billed: its span says so, with the usage the answer had (it had none). Not a
+        refused argument (TypeError: nothing was sent) or a cancel."""
+        if isinstance(exc, (RunCancelled, TypeError)):
+            return
+        usage = getattr(getattr(exc, "completion", None), "usage", None)
+        self._settle(provider, call, usage)
+        call.fail(provider, exc, usage)
+
     def _give_up(self, call: _Call, exc: BaseException) -> None:
         """Every provider failed: the last one's error is the call's, recorded on its span
         under that provider (it read ``provider: None``, and a single provider's own
@@ -298,6 +309,9 @@ class OpenAI(_Client):
                     raise
                 last = exc
                 continue
+            except Exception as exc:
+                self._failed_otherwise(provider, call, exc)
+                raise
             return self._end(provider, call, response, cache_key, TracedStream)
         assert last is not None
         self._give_up(call, last)
@@ -371,6 +385,9 @@ class AsyncOpenAI(_Client):
                     raise
                 last = exc
                 continue
+            except Exception as exc:
+                self._failed_otherwise(provider, call, exc)
+                raise
             return self._end(provider, call, response, cache_key, AsyncTracedStream)
         assert last is not None
         self._give_up(call, last)
@@ -607,9 +624,10 @@ class _Call:
         self._cost(span, provider)
         self._record(span)
 
-    def fail(self, provider: Provider | None, error: BaseException) -> None:
+    def fail(self, provider: Provider | None, error: BaseException, usage: Any = None) -> None:
         span = self._span(provider)
-        span.update(status="error", error=describe_error(error))
+        span.update(status="error", error=describe_error(error), **_usage_fields(usage))
+        self._cost(span, provider)
         self._record(span)
 
     @staticmethod

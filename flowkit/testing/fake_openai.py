@@ -53,7 +53,9 @@ FAILED_EVENT = "failed_event"
 ERROR_EVENT = "error_event"
 #: A scripted outcome of a chat request: the answer ends with finish_reason "length".
 LENGTH = "length"
-_BODY_FAULTS = (CUT, FAILED_EVENT, ERROR_EVENT, LENGTH)
+#: A scripted outcome of a chat request: a 200 whose JSON body is cut short.
+BAD_BODY = "bad_body"
+_BODY_FAULTS = (CUT, FAILED_EVENT, ERROR_EVENT, LENGTH, BAD_BODY)
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,9 @@ class FakeLLMServer:
             reply = _Reply.for_request(body, b.completion_tokens, b.tool_turns)
             reply.length_cut = fault == LENGTH
             self._record(request, fault or 200, body)
+            if fault == BAD_BODY:
+                return web.Response(text=json.dumps(reply.completion(body))[:40],
+                                    content_type="application/json")
             if body.get("stream"):
                 return await self._stream(request, body, reply, b.token_latency, fault)
             await asyncio.sleep(b.token_latency * reply.completion_tokens)

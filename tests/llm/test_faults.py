@@ -15,7 +15,7 @@ from flowkit.engine import trace
 from flowkit.errors import StepError
 from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RetryPolicy
 from flowkit.policy import Backoff, Policy
-from flowkit.testing.fake_openai import CUT, ERROR_EVENT, FAILED_EVENT, QUOTA
+from flowkit.testing.fake_openai import BAD_BODY, CUT, ERROR_EVENT, FAILED_EVENT, LENGTH, QUOTA
 from tests.llm import workflows as wf
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -189,6 +189,31 @@ def test_a_retry_on_naming_the_error_s_class_still_retries_it(llm):
 
 
 # -- spans of calls that failed otherwise, and of streams --------------------------------------
+
+
+def test_a_parse_cut_at_its_length_limit_has_its_span_and_its_tokens_counted(llm):
+    """LengthFinishReasonError is no openai.APIError: its call, sent and billed, had no span."""
+    primary, _ = llm
+    primary.configure(script=(LENGTH,))
+    run = wf.parse_retried.start({"prompt": "judge this"})
+    run.result(timeout=30)
+
+    cut, whole = llm_spans(run)
+    assert cut["status"] == "error" and "length" in cut["error"]
+    assert cut["completion_tokens"] > 0 and cut["prompt_tokens"] > 0
+    assert whole["status"] == "ok"
+    [completed] = of_type(run, events.STEP_COMPLETED)
+    assert completed.data["tokens"]["total"] == cut["total_tokens"] + whole["total_tokens"]
+
+
+def test_an_answer_that_is_no_json_has_its_span(llm):
+    """A 200 whose body is cut short: the SDK's JSONDecodeError had no span."""
+    primary, _ = llm
+    primary.configure(script=(BAD_BODY,))
+    run = wf.ask_retried.start({"prompt": "hello"})
+    assert run.result(timeout=30)["text"]
+    bad, good = llm_spans(run)
+    assert bad["status"] == "error" and bad["error"] and good["status"] == "ok"
 
 
 def test_a_streamed_call_with_two_choices_keeps_them_apart(llm):
