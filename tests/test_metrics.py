@@ -9,6 +9,7 @@ test worker consumes, so the steps they count are exactly this module's.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import httpx
@@ -254,12 +255,20 @@ def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
     # this worker also serves the deployment's metrics (a deployment without a web process)
     env = {**flowkit_env, "FLOWKIT_METRICS_PORT": str(port), "TMPDIR": str(tmp_path),
            "FLOWKIT_METRICS_DEPLOYMENT": "true"}
+    # a SIGKILLed worker's directory (its pid gone) is removed; a live worker's is kept
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f"flowkit-metrics-{gone.pid}-crashed").mkdir()
+    (tmp_path / f"flowkit-metrics-{os.getpid()}-alive").mkdir()
     # each child runs one task and is replaced: what a child counted outlives it
     proc = WorkerProcess("tests.app", name="metrics-prefork", queues=(mw.PREFORK,),
                          pool="prefork", concurrency=2, env=env, cwd=ROOT,
                          extra=[*INCLUDE, "--max-tasks-per-child", "1"]).start()
     try:
+        assert not (tmp_path / f"flowkit-metrics-{gone.pid}-crashed").exists()
+        (tmp_path / f"flowkit-metrics-{os.getpid()}-alive").rmdir()  # it was kept
         [made] = [p for p in os.listdir(tmp_path) if p.startswith("flowkit-metrics-")]
+        assert made.startswith(f"flowkit-metrics-{proc.pid}-")
         m = Scraper(f"http://127.0.0.1:{port}/metrics").mark()
         runs = [mw.on_prefork.start({"n": i}) for i in range(6)]
         assert [r.result(timeout=60) for r in runs] == [{"n": 2 * (i + 1)} for i in range(6)]

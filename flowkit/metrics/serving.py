@@ -91,7 +91,9 @@ def prepare_worker(prefork: bool) -> None:
     if not get_settings().metrics_port:
         return
     if prefork and not os.environ.get(MULTIPROC_ENV):
-        _owned_dir, _owner_pid = tempfile.mkdtemp(prefix="flowkit-metrics-"), os.getpid()
+        remove_orphaned_dirs()
+        _owner_pid = os.getpid()
+        _owned_dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{_owner_pid}-")
         os.environ[MULTIPROC_ENV] = _owned_dir  # the children inherit it
     if os.environ.get(MULTIPROC_ENV) and not _families.multiprocess():
         # prometheus_client picks its value class when first imported, maybe before this
@@ -151,6 +153,36 @@ def _start_server(addr: str, port: int, app: Callable) -> WSGIServer:
     server = make_server(addr, port, app, server_class, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, name="flowkit-metrics", daemon=True).start()
     return server
+
+
+#: The name of the directory a prefork worker makes for its children's files, before the
+#: pid of the worker that made it.
+DIR_PREFIX = "flowkit-metrics-"
+
+
+def remove_orphaned_dirs(parent: str | None = None) -> list[str]:
+    """Remove the directories of workers that are gone without removing theirs (SIGKILL,
+    OOM): each worker's restart made a new one, and a crash loop filled /tmp. A directory
+    is named by the pid of the worker that made it; one whose process is alive is kept."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(parent):
+        pid = name.removeprefix(DIR_PREFIX).partition("-")[0]
+        if not name.startswith(DIR_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def child_exited(pid: int) -> None:
