@@ -32,44 +32,64 @@ function restoredState(storage, runId) {
  * @param {import("./react").UseRunOptions} [options]
  */
 export function useRun(runId, options = {}) {
-  const { client: given, baseUrl, token: tokenOption, credentials, storage: storageOption, transport, onEvent, WebSocket, fetch } = options;
+  const {
+    client: given, baseUrl, token: tokenOption, credentials, storage: storageOption, transport, onEvent, WebSocket, fetch,
+    backoff, idleTimeout,
+  } = options;
   // A token function is often written inline, a new one each render: the client and the
   // watch keep one stable function that calls the latest, instead of starting over.
   const latestToken = useRef(tokenOption);
   latestToken.current = tokenOption;
   const callLatestToken = useCallback(() => latestToken.current(), []);
   const token = typeof tokenOption === "function" ? callLatestToken : tokenOption;
+  // onEvent likewise: the watch calls the latest render's function (it kept the first's)
+  const latestOnEvent = useRef(onEvent);
+  latestOnEvent.current = onEvent;
   const client = useMemo(
     () => given ?? new FlowkitClient({ baseUrl, token, credentials, WebSocket, fetch }),
     [given, baseUrl, token, credentials, WebSocket, fetch],
   );
   const storage = storageOption === undefined ? defaultStorage() : storageOption;
-  const [state, setState] = useState(() => restoredState(storage, runId));
+  // The state is kept with the runId it belongs to: a render for another runId shows that
+  // run's saved (or empty) state at once, never the previous run's under the new id.
+  const [held, setHeld] = useState(() => ({ runId, state: restoredState(storage, runId) }));
+  let state = held.state;
+  if (held.runId !== runId) {
+    state = restoredState(storage, runId);
+    setHeld({ runId, state }); // re-rendered before anything is shown
+  }
   const [watch, setWatch] = useState(null);
+  // backoff is often written inline: its numbers, not the object, restart the watch
+  const backoffInitial = backoff?.initial;
+  const backoffMax = backoff?.max;
 
   useEffect(() => {
     if (!runId) {
-      setState(initialRunState(runId));
+      setHeld({ runId, state: initialRunState(runId) });
       setWatch(null);
       return undefined;
     }
-    const w = client.watch(runId, { storage, transport, token });
+    const watchBackoff = {};
+    if (backoffInitial !== undefined) watchBackoff.initial = backoffInitial;
+    if (backoffMax !== undefined) watchBackoff.max = backoffMax;
+    const w = client.watch(runId, { storage, transport, token, backoff: watchBackoff, idleTimeout });
     setWatch(w);
-    setState(w.state);
-    const unsubscribe = w.subscribe(setState);
-    const stopEvents = onEvent ? w.onEvent(onEvent) : () => {};
+    setHeld({ runId, state: w.state });
+    const unsubscribe = w.subscribe((next) => setHeld({ runId, state: next }));
+    const stopEvents = w.onEvent((event) => latestOnEvent.current?.(event));
     return () => {
       unsubscribe();
       stopEvents();
       w.close();
     };
-    // onEvent is read when the watch starts; a new function each render must not reconnect
+    // backoff's numbers are its dependencies (a new object each render must not reconnect)
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [client, runId, storage, transport, token]);
+  }, [client, runId, storage, transport, token, backoffInitial, backoffMax, idleTimeout]);
 
   return {
     state,
-    watch,
+    // the watch of this runId only: the previous run's until the effect has made the new one
+    watch: watch && watch.runId === runId ? watch : null,
     client,
     answer: (name, value) => client.answer(runId, name, value),
     cancel: () => client.cancel(runId),
