@@ -4,8 +4,9 @@
 // resumes where it was), ignores anything at or before it, reconnects with
 // backoff from it, and falls back from WebSocket to SSE when a socket cannot be
 // opened (no WebSocket, a proxy that refuses upgrades, an API key the socket
-// cannot carry). The server ends a stream at the run's latest terminal event
-// only, so a watch reopened after a retry gets the rest.
+// cannot carry); a watch whose socket opened once retries the socket when the server
+// is away or busy. The server ends a stream at the run's latest terminal event only,
+// so a watch reopened after a retry gets the rest.
 
 import { foldEvent, initialRunState, compareEventIds, isTerminal } from "./fold.js";
 import { openWebSocket, openEventStream, absoluteUrl } from "./transport.js";
@@ -177,6 +178,9 @@ export class RunWatch {
     this.transport = this.pickTransport();
     /** Why the watch stopped for good (an HTTP refusal), or null. */
     this.failure = null;
+    /** A socket of this watch opened once: a later failed handshake is the server down,
+     * restarting or busy, not a network that cannot carry WebSockets. */
+    this.socketOpened = false;
     this.subscribers = new Set();
     this.eventListeners = new Set();
     this.retries = 0;
@@ -277,6 +281,7 @@ export class RunWatch {
     const handlers = {
       onOpen: () => {
         this.refreshes = 0;
+        if (this.transport === "websocket") this.socketOpened = true;
         this.setConnection("open");
       },
       onEvent: (event) => this.receive(event),
@@ -344,8 +349,8 @@ export class RunWatch {
       this.checkRefusal(end); // was it the token? A browser does not say why a socket failed
       return;
     }
-    if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto") {
-      this.transport = "sse"; // the socket never opened: follow over SSE from now on
+    if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto" && !this.socketOpened) {
+      this.transport = "sse"; // no socket of this watch ever opened: follow over SSE from now on
       this.connect();
       return;
     }

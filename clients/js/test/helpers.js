@@ -89,11 +89,28 @@ export async function historyIds(api, runId) {
   }
 }
 
-/** A TCP proxy in front of the server; `drop()` resets every connection through it. */
+/** A TCP proxy in front of the server; `drop()` resets every connection through it,
+ * `refuse(true)` every new one until `refuse(false)`. */
 export async function dropProxy(target) {
   const { hostname, port, pathname } = new URL(target);
   const sockets = new Set();
+  let refusing = false;
+  let refused = 0;
+  const refusalWaiters = [];
   const server = net.createServer((inbound) => {
+    if (refusing) {
+      // a server that is away: the connection is reset before any byte
+      inbound.on("error", () => {});
+      inbound.resetAndDestroy ? inbound.resetAndDestroy() : inbound.destroy();
+      refused += 1;
+      for (const w of [...refusalWaiters]) {
+        if (refused >= w.n) {
+          refusalWaiters.splice(refusalWaiters.indexOf(w), 1);
+          w.resolve();
+        }
+      }
+      return;
+    }
     const outbound = net.connect(Number(port), hostname);
     for (const s of [inbound, outbound]) {
       sockets.add(s);
@@ -117,6 +134,14 @@ export async function dropProxy(target) {
     freeze() {
       for (const s of sockets) s.pause();
     },
+    /** While on, every new connection is reset at once (the server down or restarting). */
+    refuse(on) {
+      refusing = on;
+    },
+    /** Resolves once `n` connections were refused since the proxy started. */
+    refusals(n) {
+      return refused >= n ? Promise.resolve() : new Promise((resolve) => refusalWaiters.push({ n, resolve }));
+    },
     drop() {
       for (const s of sockets) s.resetAndDestroy ? s.resetAndDestroy() : s.destroy();
     },
@@ -136,4 +161,35 @@ function compare(a, b) {
   const [am, as] = a.split("-").map(BigInt);
   const [bm, bs] = b.split("-").map(BigInt);
   return am === bm ? (as < bs ? -1 : as > bs ? 1 : 0) : am < bm ? -1 : 1;
+}
+
+/** A fetch serving `GET /runs/<id>/events` as an SSE stream the test writes to. */
+export function fakeServer() {
+  const streams = new Map(); // runId -> the open stream's controller
+  const opened = [];
+  const fetch = async (url, { signal } = {}) => {
+    const runId = decodeURIComponent(new URL(url).pathname.split("/").at(-2));
+    const body = new ReadableStream({
+      start(controller) {
+        streams.set(runId, controller);
+        signal?.addEventListener("abort", () => {
+          if (streams.get(runId) === controller) streams.delete(runId);
+          try {
+            controller.error(new DOMException("aborted", "AbortError"));
+          } catch {
+            /* closed already */
+          }
+        });
+      },
+    });
+    opened.push(runId);
+    return new Response(body.pipeThrough(new TextEncoderStream()), { status: 200, headers: { "Content-Type": "text/event-stream" } });
+  };
+  return {
+    fetch,
+    opened,
+    send(runId, event) {
+      streams.get(runId).enqueue(`id: ${event.id}\ndata: ${JSON.stringify(event)}\n\n`);
+    },
+  };
 }

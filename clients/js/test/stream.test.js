@@ -213,6 +213,28 @@ test("auto falls back to SSE when the WebSocket cannot open (an API key is no so
   assert.equal(streamerText(state), "a0a1b0");
 });
 
+test("auto: a socket that opened once is retried as a socket while the server is away, not left for SSE", { skip: SKIP }, async () => {
+  const proxy = await dropProxy(URL_);
+  try {
+    const { api, run, watch, events } = await startAndWatch(
+      "streaming", { before: 1, after: 2 }, { transport: "auto" }, { baseUrl: proxy.url });
+    await reachedGate(run.id, "streamer");
+    await until(watch, (s) => streamerText(s) === "a0" && s.connection === "open", "the first chunk");
+    assert.equal(watch.transport, "websocket");
+    proxy.refuse(true); // the server restarting: its connections reset, new ones refused
+    proxy.drop();
+    await proxy.refusals(3);
+    proxy.refuse(false);
+    await openGate(run.id, "streamer");
+    const state = await until(watch, done, "the run's end");
+    assert.equal(watch.transport, "websocket", "back on the WebSocket, not moved to SSE for good");
+    assert.equal(streamerText(state), "a0b0b1");
+    assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
+  } finally {
+    await proxy.close();
+  }
+});
+
 test("auto uses SSE at once where there is no WebSocket at all", { skip: SKIP }, async () => {
   const api = new FlowkitClient({ baseUrl: URL_, token: API_KEY, WebSocket: null });
   const run = await api.start("simple", { n: 1 });

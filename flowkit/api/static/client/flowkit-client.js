@@ -595,8 +595,9 @@ export function parseSseBlock(block) {
 // resumes where it was), ignores anything at or before it, reconnects with
 // backoff from it, and falls back from WebSocket to SSE when a socket cannot be
 // opened (no WebSocket, a proxy that refuses upgrades, an API key the socket
-// cannot carry). The server ends a stream at the run's latest terminal event
-// only, so a watch reopened after a retry gets the rest.
+// cannot carry); a watch whose socket opened once retries the socket when the server
+// is away or busy. The server ends a stream at the run's latest terminal event only,
+// so a watch reopened after a retry gets the rest.
 
 
 /** An error answered by the API: `{"error": {code, message, fields}}`, with its status. */
@@ -765,6 +766,9 @@ export class RunWatch {
     this.transport = this.pickTransport();
     /** Why the watch stopped for good (an HTTP refusal), or null. */
     this.failure = null;
+    /** A socket of this watch opened once: a later failed handshake is the server down,
+     * restarting or busy, not a network that cannot carry WebSockets. */
+    this.socketOpened = false;
     this.subscribers = new Set();
     this.eventListeners = new Set();
     this.retries = 0;
@@ -865,6 +869,7 @@ export class RunWatch {
     const handlers = {
       onOpen: () => {
         this.refreshes = 0;
+        if (this.transport === "websocket") this.socketOpened = true;
         this.setConnection("open");
       },
       onEvent: (event) => this.receive(event),
@@ -932,8 +937,8 @@ export class RunWatch {
       this.checkRefusal(end); // was it the token? A browser does not say why a socket failed
       return;
     }
-    if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto") {
-      this.transport = "sse"; // the socket never opened: follow over SSE from now on
+    if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto" && !this.socketOpened) {
+      this.transport = "sse"; // no socket of this watch ever opened: follow over SSE from now on
       this.connect();
       return;
     }
