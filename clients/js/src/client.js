@@ -181,6 +181,8 @@ export class RunWatch {
     /** A socket of this watch opened once: a later failed handshake is the server down,
      * restarting or busy, not a network that cannot carry WebSockets. */
     this.socketOpened = false;
+    /** A failed save to storage was reported (console.warn, once per watch). */
+    this.saveWarned = false;
     this.subscribers = new Set();
     this.eventListeners = new Set();
     this.retries = 0;
@@ -252,8 +254,13 @@ export class RunWatch {
     if (!this.storage) return;
     try {
       this.storage.setItem(storageKey(this.runId), JSON.stringify({ state: { ...this.state, connection: "closed" } }));
-    } catch {
-      /* storage full or refused: the watch goes on, a refresh replays from the server */
+    } catch (error) {
+      // storage full (sessionStorage holds about 5 MB) or refused: the watch goes on, and a
+      // refresh resumes from the last save that worked; said once, not once a second
+      if (!this.saveWarned) {
+        this.saveWarned = true;
+        globalThis.console?.warn?.(`flowkit: could not save run ${this.runId} to storage (${error?.name ?? "Error"}: ${error?.message ?? error}); a refresh resumes from an earlier save`);
+      }
     }
   }
 

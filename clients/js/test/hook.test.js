@@ -6,7 +6,7 @@ import { createElement } from "react";
 import TestRenderer from "react-test-renderer";
 import { useRun } from "../src/react.js";
 import { initialRunState, foldEvent, storageKey } from "../src/index.js";
-import { memoryStorage } from "./helpers.js";
+import { memoryStorage, fakeServer } from "./helpers.js";
 
 globalThis.IS_REACT_ACT_ENVIRONMENT = false; // updates come from the fake stream, outside act()
 
@@ -15,37 +15,6 @@ afterEach(() => {
   for (const renderer of mounted) renderer.unmount();
   mounted.clear();
 });
-
-/** A fetch serving `GET /runs/<id>/events` as an SSE stream the test writes to. */
-function fakeServer() {
-  const streams = new Map(); // runId -> the open stream's controller
-  const opened = [];
-  const fetch = async (url, { signal } = {}) => {
-    const runId = decodeURIComponent(new URL(url).pathname.split("/").at(-2));
-    const body = new ReadableStream({
-      start(controller) {
-        streams.set(runId, controller);
-        signal?.addEventListener("abort", () => {
-          if (streams.get(runId) === controller) streams.delete(runId);
-          try {
-            controller.error(new DOMException("aborted", "AbortError"));
-          } catch {
-            /* closed already */
-          }
-        });
-      },
-    });
-    opened.push(runId);
-    return new Response(body.pipeThrough(new TextEncoderStream()), { status: 200, headers: { "Content-Type": "text/event-stream" } });
-  };
-  return {
-    fetch,
-    opened,
-    send(runId, event) {
-      streams.get(runId).enqueue(`id: ${event.id}\ndata: ${JSON.stringify(event)}\n\n`);
-    },
-  };
-}
 
 /** Renders useRun(props.runId, options(props)); `next(predicate)` resolves with the first
  * rendered result (from now on, or the last one) that satisfies it. */
