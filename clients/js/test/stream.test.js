@@ -235,6 +235,17 @@ test("auto: a socket that opened once is retried as a socket while the server is
   }
 });
 
+test("websocket with an API key (the socket takes run tokens only) stops with a failure saying why", { skip: SKIP }, async () => {
+  const api = client(); // its token is the API key
+  const run = await api.start("simple", { n: 1 });
+  const watch = api.watch(run.id, { transport: "websocket" });
+  const state = await until(watch, (s) => s.connection === "closed", "the refusal");
+  assert.equal(state.failure.status, 401);
+  assert.match(state.failure.message, /Invalid API key or run token/);
+  assert.match(state.failure.message, /run tokens only/);
+  assert.equal(watch.failure, state.failure);
+});
+
 test("auto uses SSE at once where there is no WebSocket at all", { skip: SKIP }, async () => {
   const api = new FlowkitClient({ baseUrl: URL_, token: API_KEY, WebSocket: null });
   const run = await api.start("simple", { n: 1 });

@@ -940,7 +940,8 @@ export class RunWatch {
       this.connect();
       return;
     }
-    if (!end.opened && !end.checked && !end.tokenFailed && end.token && this.tokens.refreshable && this.transport === "websocket") {
+    const checkable = this.tokens.refreshable || this.transportChoice === "websocket";
+    if (!end.opened && !end.checked && !end.tokenFailed && end.token && checkable && this.transport === "websocket") {
       this.checkRefusal(end); // was it the token? A browser does not say why a socket failed
       return;
     }
@@ -985,19 +986,32 @@ export class RunWatch {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
-  /** A browser hides why a WebSocket handshake failed: the same token on one REST call
-   * tells an expired token (then refreshed, as any "token_expired") from anything else
-   * (the connection's end as it was). Without it, a watch on `transport: "websocket"` that
-   * reconnected after its token expired retried the dead token for ever. */
+  /** A browser hides why a WebSocket handshake failed: the same token, sent as the socket
+   * sends it (`?token=`), on one REST call tells an expired token (then refreshed, as any
+   * "token_expired") and a token the socket refuses (an API key: `?token=` takes run tokens
+   * only) from anything else (the connection's end as it was). Without it, a watch on
+   * `transport: "websocket"` that reconnected after its token expired retried the dead token
+   * for ever, and one given an API key retried it for ever without saying why. */
   checkRefusal(end) {
     const pending = { close() {} };
     this.current = pending;
     const settle = (answer) => {
       if (this.current !== pending) return; // closed, dropped or reconnected meanwhile
-      const expired = answer?.status === 401 && answer.data?.error?.code === TOKEN_EXPIRED;
-      this.ended(expired ? { ...end, checked: true, status: 401, code: TOKEN_EXPIRED } : { ...end, checked: true });
+      const status = answer?.status;
+      const error = answer?.data?.error ?? {};
+      if (status === 401 && error.code === TOKEN_EXPIRED) {
+        this.ended({ ...end, checked: true, status: 401, code: TOKEN_EXPIRED });
+      } else if ([401, 403, 404, 410].includes(status)) {
+        const hint = status === 401 && this.transportChoice === "websocket"
+          ? " (the WebSocket carries its token as ?token=, which takes run tokens only: an API key needs transport \"auto\" or \"sse\")"
+          : "";
+        this.ended({ ...end, checked: true, status, code: error.code ?? null, message: `${error.message ?? `HTTP ${status}`}${hint}` });
+      } else {
+        this.ended({ ...end, checked: true });
+      }
     };
-    this.client.send("GET", `/runs/${encodeURIComponent(this.runId)}`, undefined, {}, end.token).then(settle, () => settle(null));
+    const query = `?token=${encodeURIComponent(end.token)}`;
+    this.client.send("GET", `/runs/${encodeURIComponent(this.runId)}${query}`, undefined, {}, undefined).then(settle, () => settle(null));
   }
 
   /** Open the stream again from the last event id (after a retry, or to go on after closed). */
