@@ -120,7 +120,16 @@ export interface WatchOptions {
 }
 
 export declare class RunWatch {
+  readonly client: FlowkitClient;
   readonly runId: string;
+  /** The storage given (the folded state is saved there), or null. */
+  readonly storage: StorageLike | null;
+  /** The `transport` option as given ("auto" by default). */
+  readonly transportChoice: "auto" | "websocket" | "sse";
+  /** The client's backoff with this watch's `backoff` over it. */
+  readonly backoff: Required<Backoff>;
+  /** ms without data before a connection is reopened; 0: never. */
+  readonly idleTimeout: number;
   readonly state: RunState;
   /** "websocket" or "sse": the transport in use now. */
   readonly transport: "websocket" | "sse";
@@ -137,6 +146,7 @@ export declare class RunWatch {
 }
 
 export declare class FlowkitError extends Error {
+  constructor(status: number, code: string, message: string, fields?: Record<string, string[]>);
   /** The HTTP status; 0 when the server did not answer (`code` "unreachable"). */
   status: number;
   code: string;
@@ -152,9 +162,34 @@ export interface RunRecord {
   [field: string]: unknown;
 }
 
+/** Where a client or watch gets its tokens: the `token` option, asked again when expired. */
+export interface TokenSource {
+  /** The token option is a function (a fresh token can be asked for). */
+  readonly refreshable: boolean;
+  /** A token (or none) is at hand without calling the function. */
+  readonly ready: boolean;
+  readonly value: string | undefined;
+  /** The token to send; a function is called once at a time. */
+  get(): Promise<string | undefined>;
+  /** The server refused `used` as expired: the next `get()` asks the function again. */
+  expire(used: string | undefined): void;
+}
+
 export declare class FlowkitClient {
   constructor(options?: FlowkitClientOptions);
   readonly baseUrl: string;
+  /** The `token` option as given: a string, or a function giving fresh ones. */
+  readonly token: TokenOption | undefined;
+  readonly tokens: TokenSource;
+  readonly credentials: RequestCredentials;
+  readonly fetch: typeof fetch;
+  /** The WebSocket constructor used (undefined or null: the watches follow over SSE). */
+  readonly WebSocket: unknown;
+  /** The backoff option over the defaults (500 ms, 15000 ms). */
+  readonly backoff: Required<Backoff>;
+  readonly idleTimeout: number;
+  /** The watches this client made that are not closed yet. */
+  readonly watches: Set<RunWatch>;
   watch(runId: string, options?: WatchOptions): RunWatch;
   start(workflow: string, input?: unknown, options?: { idempotencyKey?: string; priority?: number; delay?: number }): Promise<RunRecord & { created: boolean; token: string; token_expires_in: number }>;
   answer(runId: string, name: string, value: unknown): Promise<{ outcome: string; run: RunRecord }>;
@@ -163,7 +198,58 @@ export declare class FlowkitClient {
   run(runId: string): Promise<RunRecord>;
   events(runId: string, options?: { after?: string; limit?: number }): Promise<{ events: FlowkitEvent[]; next: string; done: boolean }>;
   request(method: string, path: string, options?: { body?: unknown; headers?: Record<string, string>; token?: TokenOption }): Promise<any>;
+  /** One HTTP exchange, not retried nor turned into a FlowkitError: its status and JSON body (null when none). */
+  send(method: string, path: string, body: unknown, headers: Record<string, string>, token: string | undefined): Promise<{ ok: boolean; status: number; data: any }>;
 }
+
+/** How one connection of a transport ended (given once to `onEnd`). */
+export interface TransportEnd {
+  /** The connection was established before it ended. */
+  opened: boolean;
+  /** The server ended it on purpose (WebSocket close 1000, the SSE body's end). */
+  clean: boolean;
+  /** The server is restarting: reconnect even after a terminal event. */
+  restart: boolean;
+  /** An HTTP status that refused the connection (SSE), or 401 for an expired token. */
+  status?: number;
+  /** The API's error code with that status (SSE), or the WebSocket close code. */
+  code?: string | number;
+  message?: string;
+  /** The refusal's Retry-After, in seconds (SSE). */
+  retryAfter?: number;
+}
+
+export interface TransportHandlers {
+  onOpen(): void;
+  onEvent(event: FlowkitEvent): void;
+  /** Called once, however the connection ended. */
+  onEnd(end: TransportEnd): void;
+  /** The relay's word on itself: `{status: "degraded", since, message}` or `{status: "live"}`. */
+  onStatus?(status: { status: "degraded" | "live"; since?: number; message?: string }): void;
+}
+
+export interface TransportOptions {
+  baseUrl?: string;
+  runId: string;
+  /** Resume after this event id. */
+  after?: string | null;
+  token?: string;
+  credentials?: RequestCredentials;
+  /** SSE: the fetch to read the stream with. */
+  fetch?: typeof fetch;
+  /** WebSocket: the constructor to open the socket with. */
+  WebSocket?: unknown;
+  idleTimeout?: number;
+}
+
+/** One WebSocket connection to a run's relay (`/runs/<id>/stream`), from the event after `after`. */
+export declare function openWebSocket(options: TransportOptions, handlers: TransportHandlers): { close(): void };
+/** One SSE response from the run's events endpoint (`/runs/<id>/events`), read with fetch. */
+export declare function openEventStream(options: TransportOptions, handlers: TransportHandlers): { close(): void };
+/** One SSE message block (lines of `field: value`) as an event, or null (a ping, a comment). */
+export declare function parseSseBlock(block: string): FlowkitEvent | null;
+/** The client's base URL (maybe relative, e.g. "/flowkit") joined with `path`, made absolute against the page's location. */
+export declare function absoluteUrl(baseUrl: string | null | undefined, path: string): string;
 
 export declare function foldEvent(state: RunState, event: FlowkitEvent): RunState;
 export declare function foldEvents(state: RunState, events: FlowkitEvent[]): RunState;
