@@ -181,6 +181,8 @@ export class RunWatch {
     /** A socket of this watch opened once: a later failed handshake is the server down,
      * restarting or busy, not a network that cannot carry WebSockets. */
     this.socketOpened = false;
+    /** The watch left a socket that never opened for SSE (see ended()). */
+    this.fellBack = false;
     /** A failed save to storage was reported (console.warn, once per watch). */
     this.saveWarned = false;
     this.subscribers = new Set();
@@ -359,8 +361,15 @@ export class RunWatch {
     }
     if (!end.opened && !end.tokenFailed && this.transport === "websocket" && this.transportChoice === "auto" && !this.socketOpened) {
       this.transport = "sse"; // no socket of this watch ever opened: follow over SSE from now on
+      this.fellBack = true;
       this.connect();
       return;
+    }
+    if (this.fellBack && this.transport === "sse" && !end.opened && !end.tokenFailed && (!end.status || end.status === 429 || end.status === 503)) {
+      // SSE cannot open either: the server is away or busy (429 too_many_streams, 503),
+      // which may be all that stopped the socket: the next try is a socket again
+      this.transport = "websocket";
+      this.fellBack = false;
     }
     if (end.status && [400, 401, 403, 404, 410].includes(end.status)) {
       this.failure = { status: end.status, message: end.message ?? "", code: end.code ?? null };
