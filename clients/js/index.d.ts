@@ -256,5 +256,9 @@ export declare function foldEvents(state: RunState, events: FlowkitEvent[]): Run
 export declare function initialRunState(runId?: string): RunState;
 export declare function compareEventIds(a: string | null | undefined, b: string | null | undefined): number;
 export declare function isTerminal(state: RunState): boolean;
+/** A state as a watch saves it: each step without `text` and `chunks` (made again from `rawChunks`). */
+export declare function packState(state: RunState): Omit<RunState, "steps"> & { steps: Record<string, Omit<StepState, "text" | "chunks">> };
+/** A saved state (packed, or whole as saved before) as the fold makes it. */
+export declare function unpackState(saved: Omit<RunState, "steps"> & { steps: Record<string, Partial<StepState>> }): RunState;
 export declare const TERMINAL_STATES: RunStateName[];
 export declare function storageKey(runId: string): string;

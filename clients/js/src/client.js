@@ -8,7 +8,7 @@
 // is away or busy. The server ends a stream at the run's latest terminal event only,
 // so a watch reopened after a retry gets the rest.
 
-import { foldEvent, initialRunState, compareEventIds, isTerminal } from "./fold.js";
+import { foldEvent, initialRunState, compareEventIds, isTerminal, packState, unpackState } from "./fold.js";
 import { openWebSocket, openEventStream, absoluteUrl } from "./transport.js";
 import { TokenSource, TOKEN_EXPIRED } from "./tokens.js";
 
@@ -36,7 +36,7 @@ function restore(storage, runId) {
   if (!storage) return null;
   try {
     const saved = JSON.parse(storage.getItem(storageKey(runId)) ?? "null");
-    return saved && saved.state && saved.state.runId === runId ? saved.state : null;
+    return saved && saved.state && saved.state.runId === runId ? unpackState(saved.state) : null;
   } catch {
     return null; // unreadable: start from the beginning, the fold drops nothing twice
   }
@@ -255,7 +255,8 @@ export class RunWatch {
   persist() {
     if (!this.storage) return;
     try {
-      this.storage.setItem(storageKey(this.runId), JSON.stringify({ state: { ...this.state, connection: "closed" } }));
+      // each step's rawChunks only: its text and chunks are made from them on restore
+      this.storage.setItem(storageKey(this.runId), JSON.stringify({ state: packState({ ...this.state, connection: "closed" }) }));
     } catch (error) {
       // storage full (sessionStorage holds about 5 MB) or refused: the watch goes on, and a
       // refresh resumes from the last save that worked; said once, not once a second

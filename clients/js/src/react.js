@@ -4,7 +4,7 @@
 // was instead of starting over or losing it. React is a peer dependency.
 
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
-import { FlowkitClient, initialRunState } from "./index.js";
+import { FlowkitClient, initialRunState, unpackState } from "./index.js";
 
 function defaultStorage() {
   try {
@@ -18,7 +18,7 @@ function restoredState(storage, runId) {
   if (!storage || !runId) return initialRunState(runId);
   try {
     const saved = JSON.parse(storage.getItem(`flowkit.run.${runId}`) ?? "null");
-    if (saved?.state?.runId === runId) return { ...saved.state, connection: "connecting" };
+    if (saved?.state?.runId === runId) return { ...unpackState(saved.state), connection: "connecting" };
   } catch {
     /* unreadable: the watch starts over */
   }

@@ -157,7 +157,7 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
   // forgot it), which fetch would wait on forever.
   const stillAlive = () => {
     clearTimeout(idle);
-    if (!idleTimeout) return;
+    if (!idleTimeout || ended) return; // closed: data already read is no sign of life to wait on
     idle = setTimeout(() => {
       end({ clean: false, message: `no data for ${idleTimeout} ms` });
       controller.abort();
@@ -190,7 +190,7 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done || ended) break; // ended: closed by the watch (or timed out), stop reading
       stillAlive();
       buffer += value;
       let cut;

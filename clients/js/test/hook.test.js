@@ -79,6 +79,23 @@ test("useRun never renders one run's state under another runId", async () => {
   }
 });
 
+test("useRun's first render shows a run a watch saved (each step's chunks saved once)", async () => {
+  const server = fakeServer();
+  const storage = memoryStorage();
+  const first = mount({ runId: "A" }, () => ({ baseUrl: "http://flowkit.test", storage, fetch: server.fetch, transport: "sse" }));
+  await first.next((r) => r.state.connection === "open", "the stream");
+  server.send("A", chunk("A", 1, "one,"));
+  server.send("A", chunk("A", 2, "two"));
+  server.send("A", { id: "3-0", type: "run.succeeded", run: "A", output: null }); // saved at once
+  await first.next((r) => r.state.state === "succeeded", "the run's end");
+  assert.equal(JSON.parse(storage.getItem(storageKey("A"))).state.steps["0:s"].text, undefined, "the text is not saved twice");
+  const second = mount({ runId: "A" }, () => ({ baseUrl: "http://flowkit.test", storage, fetch: server.fetch, transport: "sse" }));
+  await second.next(() => true, "the first render");
+  const shown = second.rendered[0].state;
+  assert.equal(shown.steps["0:s"].text, "one,two");
+  assert.deepEqual(shown.steps["0:s"].chunks, ["one,", "two"]);
+});
+
 test("useRun passes idleTimeout and backoff to its watch", async () => {
   const server = fakeServer();
   const view = mount({ runId: "A" }, () => ({

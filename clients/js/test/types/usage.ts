@@ -1,7 +1,7 @@
 // Compiled (not run) by test/types.test.js: the dashboard's uses of the client type-check
 // against index.d.ts and react.d.ts through the package's own "exports".
 import {
-  FlowkitClient, FlowkitError, RunWatch, foldEvent, initialRunState, openWebSocket, openEventStream, parseSseBlock, absoluteUrl,
+  FlowkitClient, FlowkitError, RunWatch, foldEvent, initialRunState, packState, unpackState, openWebSocket, openEventStream, parseSseBlock, absoluteUrl,
   type RunState, type FlowkitEvent, type TransportEnd, type RunRecord,
 } from "@flowkit/client";
 import { useRun } from "@flowkit/client/react";
@@ -72,7 +72,8 @@ sock.close();
 openEventStream({ runId: "run-1", fetch }, { onOpen() {}, onEvent() {}, onEnd() {} }).close();
 const parsed: FlowkitEvent | null = parseSseBlock("id: 1-0\ndata: {}");
 const url: string = absoluteUrl("/flowkit", "/runs/run-1");
-void [parsed, url];
+const saved: RunState = unpackState(JSON.parse(JSON.stringify(packState(initialRunState("run-1")))));
+void [parsed, url, saved];
 
 // @ts-expect-error: FlowkitError takes the status first
 new FlowkitError("invalid_state", 409, "x");
