@@ -6,7 +6,8 @@ Memorystore, ...) often disable ``CONFIG`` but always answer ``INFO``, which car
 not use itself (the Celery broker's, when it is another Redis).
 
 On Redis Cluster every primary holds part of the runs, so each one is read and the
-weakest answer stands: AOF counts as on only when every primary has it, a failed write
+weakest answer stands (on Sentinel, the primary and each replica the sentinels list, the
+next failover's primary): AOF counts as on only when every primary has it, a failed write
 on any primary is reported, and the smallest memory limit and any evicting policy win.
 """
 
@@ -28,7 +29,28 @@ def describe(client: redis.Redis) -> dict[str, Any]:
     if isinstance(client, RedisCluster):
         return _weakest([_described(info) for info in
                          client.info(target_nodes=RedisCluster.PRIMARIES).values()])
-    return _described(client.info())
+    primary = _described(client.info())
+    pool = client.connection_pool
+    sentinels = getattr(pool, "sentinel_manager", None)
+    if sentinels is None:
+        return primary
+    replicas = [_replica(host, port, pool.connection_kwargs)
+                for host, port in sentinels.discover_slaves(pool.service_name)]
+    return _weakest([primary, *[r for r in replicas if r is not None]])
+
+
+def _replica(host: str, port: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """A Sentinel replica's settings (it is the primary after the next failover), or None
+    when it does not answer (the sentinels list it; the primary's answer stands)."""
+    replica = redis.Redis(host=host, port=port, username=kwargs.get("username"),
+                          password=kwargs.get("password"), socket_timeout=2.0,
+                          socket_connect_timeout=2.0, decode_responses=True)
+    try:
+        return _described(replica.info())
+    except (*UNREACHABLE, *REFUSED):
+        return None
+    finally:
+        replica.close()
 
 
 def _described(info: dict[str, Any]) -> dict[str, Any]:

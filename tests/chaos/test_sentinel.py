@@ -321,3 +321,20 @@ def test_sentinels_that_refuse_their_credentials_are_said_to_not_a_wrong_service
             assert listed.returncode == 0, listed.stderr
         finally:
             sentinels.stop()
+
+
+def test_the_doctor_reads_the_replicas_too_the_next_primary(sentinel_group):
+    """A replica with AOF off or an evicting policy becomes the primary at the next failover:
+    the doctor read only the primary and said every check passed."""
+    from flowkit.store import server
+
+    primary, replica, sentinels = sentinel_group
+    store = client(config.Settings(redis_url=sentinels.url))
+    assert server.describe(store)["aof_enabled"] is True
+    weak = redis.Redis(port=replica.port)
+    weak.config_set("appendonly", "no")
+    weak.config_set("maxmemory", 1 << 30)
+    weak.config_set("maxmemory-policy", "allkeys-lru")
+    found = server.describe(store)
+    assert found["aof_enabled"] is False
+    assert found["maxmemory_policy"] == "allkeys-lru" and found["maxmemory"] == 1 << 30
