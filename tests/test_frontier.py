@@ -86,3 +86,20 @@ def test_an_agent_loop_goes_on_from_its_last_checkpointed_decision():
     tasks, _ = sent(looping_wf, {"0:f.a": 1, "1:f.loop": decision, "1+1:f.loop": decision})
     assert tasks == [("flowkit.step.f.loop", "1+2:f.loop"), ("flowkit.step.f.b", "2:f.b"),
                      ("flowkit.finish", None)]
+
+
+def test_steps_a_run_checkpointed_that_the_workflow_no_longer_has_are_found():
+    from flowkit.engine.frontier import unknown_steps
+
+    done = {"0:f.a": "1", "1.0:f.b": "1", "1.1.0:f.a": "1", "1.1.0:f.a/0:f.b": "1",  # a call
+            "2:f.a/0:wait:input:ok": "1"}  # a waiting step's answer
+    assert unknown_steps(branches_wf, done) == []
+    assert unknown_steps(fanned_wf, {"0:f.a": "1", "1[0]:f.b": "1", "1[12]:f.b/0:f.a": "1"}) == []
+    assert unknown_steps(looping_wf, {"0:f.a": "1", "1:f.loop": "1", "1+3:f.b": "1"}) == []
+    # a step added before them moved them: their keys are no step of the workflow now
+    moved = flowkit.Workflow("f.moved", [a, b, parallel(b, [a, b]), a])
+    assert unknown_steps(moved, done) == ["1.0:f.b", "1.1.0:f.a", "2:f.a"]
+    assert unknown_steps(moved, {"0:f.a": "1"}) == []  # still the same first step
+    renamed = flowkit.Workflow("f.renamed", [a, loop, b])
+    assert unknown_steps(renamed, {"0:f.a": "1", "1:f.b": "1"}) == ["1:f.b"]
+    assert unknown_steps(chain_wf, {"5+1:f.b": "1"}) == ["5+1:f.b"]  # a loop at no step

@@ -232,3 +232,27 @@ def test_fan_out_items_wait_on_their_own_and_the_join_has_every_output():
     assert sorted(e.data["name"] for e in waits) == ["item-0", "item-1", "item-2"]
     flowkit.send_input(run.id, "item-1", {"value": 20})
     assert run.result(WAIT) == {"total": 10 + 20 + 30}
+
+
+#: The approval workflow as a deploy changed it while runs waited: a step added before the
+#: waiting one (step keys are positional: "0:t.approve" is now "1:t.approve").
+changed_approval = flowkit.Workflow("t.approval_changed", [wf.record, wf.approve, wf.record])
+
+
+def test_a_run_resumed_on_a_changed_step_list_fails_saying_so_instead_of_asking_again(
+        monkeypatch):
+    """The answered run was resumed on the new steps: it ran the added step, then asked the
+    person again under the moved step's key (the answer and the step's checkpointed calls
+    left under the old one), its side effects done twice."""
+    run = wf.approval.start({"n": 1})
+    paused(run)
+    before = counts(run)
+    monkeypatch.setattr(wf.approval, "root", changed_approval.root)  # the deploy
+    flowkit.send_input(run.id, "approval", {"ok": True})
+    done = run.wait(20)
+    assert done.state == "failed"
+    assert "changed since the run started" in done.error["message"]
+    assert "no step 0:t.approve" in done.error["message"]
+    assert "Workflow(version=..., queue=...)" in done.error["message"]
+    assert counts(run) == before, "a step ran again on the changed step list"
+    assert [e.type for e in run.events()].count("run.waiting") == 1, "it asked again"

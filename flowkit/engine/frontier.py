@@ -18,6 +18,7 @@ Continued work goes ahead of fresh work on its queue: every message of a frontie
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from celery import Signature, chain, chord, group
@@ -36,6 +37,52 @@ from .canvas import (
     with_priority,
 )
 from .paths import continuation_key, continuation_of, item_key, step_key
+
+#: A fan-out item's index in a step's path (``2[3]``).
+_ITEM = re.compile(r"\[\d+\]")
+
+
+def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
+    """The steps this run checkpointed (outputs, a step's calls and answered waits) that
+    ``workflow`` as this worker has it does not have: its steps changed since the run
+    started. Step keys are positional (:mod:`.paths`): a step added before a waiting one
+    moved it, and the resumed run ran steps again and asked again for what a person had
+    answered, under keys nothing would read."""
+    steps, paths = _static_steps(workflow.root, "")
+    unknown = []
+    for key in checkpoints:
+        step = key.partition("/")[0]  # a call inside a step, or one of its waits: its step
+        path, _, component = step.partition(":")
+        if "+" in path:  # a continuation: any component; its loop's step must still be there
+            known = path.partition("+")[0] in paths
+        else:
+            known = f"{_ITEM.sub('[]', path)}:{component}" in steps
+        if not known:
+            unknown.append(step)
+    return sorted(set(unknown))
+
+
+def _static_steps(node: Node, path: str) -> tuple[set[str], set[str]]:
+    """The step keys ``node`` at ``path`` makes (a fan-out's items as ``path[]:name``), and
+    the paths of its steps."""
+    if isinstance(node, Step):
+        return {step_key(path, node.component.name)}, {path}
+    if isinstance(node, FanOut):
+        return {f"{path}[]:{node.component.name}"}, set()
+    children = (node.steps if isinstance(node, Sequence) else node.branches
+                if isinstance(node, Parallel) else ())
+    if isinstance(node, Sequence):
+        prefix = f"{path}." if path else ""
+        at = [f"{prefix}{i}" for i in range(len(children))]
+    else:
+        at = [f"{path}.{i}" for i in range(len(children))]
+    steps: set[str] = set()
+    paths: set[str] = set()
+    for child, child_path in zip(children, at, strict=True):
+        more_steps, more_paths = _static_steps(child, child_path)
+        steps |= more_steps
+        paths |= more_paths
+    return steps, paths
 
 
 class _Done:
