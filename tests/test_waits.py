@@ -256,3 +256,25 @@ def test_a_run_resumed_on_a_changed_step_list_fails_saying_so_instead_of_asking_
     assert "Workflow(version=..., queue=...)" in done.error["message"]
     assert counts(run) == before, "a step ran again on the changed step list"
     assert [e.type for e in run.events()].count("run.waiting") == 1, "it asked again"
+
+
+@flowkit.component(name="t.await_twice")
+def await_twice(data: dict) -> dict:
+    first = flowkit.wait_for_event(data["key"], lookback=600)
+    second = flowkit.wait_for_event(data["key"], lookback=600)
+    return {"first": first, "second": second}
+
+
+awaiting_twice = flowkit.Workflow("t.awaiting_twice", [await_twice])
+
+
+def test_an_event_answers_one_wait_of_a_run_not_each_later_one_that_looks_back():
+    """One event sent once answered both waits (the look-back found it again), so a loop
+    over wait_for_event took the same message again and again."""
+    key = f"tick:{time.time_ns()}"
+    flowkit.send_event(key, {"n": 1})  # before the run: the first wait looks back to it
+    run = awaiting_twice.start({"key": key})
+    waiting = paused(run)  # the second wait: the event was the first one's
+    assert waiting.data["name"] == key
+    assert flowkit.send_event(key, {"n": 2}) == 1
+    assert run.result(20) == {"first": {"n": 1}, "second": {"n": 2}}

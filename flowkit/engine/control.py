@@ -660,7 +660,7 @@ def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
     now, settings = time.time(), get_settings()
     data_json = dumps_bounded(data, f"the data of event {key!r}")
     store.record_sent(key, data_json, now, settings.event_lookback_seconds)
-    answer = dumps({"event": data})
+    answer = dumps({"event": data, "sent_at": now})  # when: a later wait looks back past it
     woken = 0
     for run_id, wait_key in store.take_wakers(key):
         resumed = events.make(events.RUN_RESUMED, run_id, by="event", name=key)

@@ -251,12 +251,28 @@ class StepContext:
             # indexed before anything else: an event sent from now on answers it (early, if
             # need be: deliver.lua), one sent before is found by the look-back below
             self.store.add_waker(name, self.run_id, key, get_settings().retention_seconds)
-            sent = self.store.sent_since(name, time.time() - lookback) if lookback else None
+            sent = self._unseen_event(name, lookback) if lookback else None
             if sent is not None:  # sent before the wait began, within its look-back
-                answer = self.store.save_checkpoint(self.run_id, key, dumps({"event": loads(sent)}))
+                data, sent_at = sent
+                answer = self.store.save_checkpoint(
+                    self.run_id, key, dumps({"event": loads(data), "sent_at": sent_at}))
         if answer is None:
             answer = self._pause(key, kind, name, spec, due)
         return loads(answer)
+
+    def _unseen_event(self, name: str, lookback: float) -> tuple[str, float] | None:
+        """The newest event sent under ``name`` within ``lookback`` seconds that no earlier
+        wait of this run took: one event answered every later wait of a run on its key (a
+        loop of ``wait_for_event("chat:42", lookback=60)`` took the same message again and
+        again). An answer records when its event was sent (``sent_at``)."""
+        found = self.store.sent_since(name, time.time() - lookback)
+        if found is None:
+            return None
+        suffix = f":wait:{WaitKind.EVENT}:{name}"
+        taken = [loads(answer).get("sent_at") or 0.0
+                 for key, answer in self.store.checkpoints(self.run_id).items()
+                 if key.endswith(suffix)]
+        return found if not taken or found[1] > max(taken) else None
 
     def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
                due: float | None) -> str:

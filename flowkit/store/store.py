@@ -592,11 +592,12 @@ class Store:
         pipe.execute()
 
     @_op
-    def sent_since(self, event_key: str, since: float) -> str | None:
-        """The newest event sent under ``event_key`` at ``since`` or later (JSON), or None."""
+    def sent_since(self, event_key: str, since: float) -> tuple[str, float] | None:
+        """The newest event sent under ``event_key`` at ``since`` or later (JSON), and when
+        it was sent, or None."""
         for _, fields in self.redis.xrevrange(self.keys.sent(event_key), count=SENT_KEPT):
             if float(fields["t"]) >= since:
-                return fields["d"]
+                return fields["d"], float(fields["t"])
             break  # the newest is older: so are the rest
         return None
 

@@ -1594,7 +1594,7 @@ def test_sent_since_returns_the_newest_event_sent_since(store):
     store.record_sent("order:1", '"first"', T, keep=60)
     store.record_sent("order:1", '"second"', T + 1, keep=60)
     store.record_sent("order:2", '"other"', T + 2, keep=60)
-    assert store.sent_since("order:1", T - 1) == '"second"'
+    assert store.sent_since("order:1", T - 1) == ('"second"', T + 1)
     assert store.sent_since("order:3", T - 1) is None
 
 
@@ -1602,7 +1602,7 @@ def test_sent_since_leaves_out_events_sent_before_since(store):
     store.record_sent("order:1", '"old"', T, keep=60)
     assert store.sent_since("order:1", T + 1) is None
     store.record_sent("order:1", '"new"', T + 2, keep=60)
-    assert store.sent_since("order:1", T + 1) == '"new"'
+    assert store.sent_since("order:1", T + 1) == ('"new"', T + 2)
 
 
 # -- heartbeat ------------------------------------------------------------------------------
