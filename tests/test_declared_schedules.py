@@ -222,3 +222,13 @@ def test_a_cron_line_s_spacing_is_one_space_in_its_default_id():
     schedule = flowkit.Schedule(cron="0  9\t* * 1-5\n")
     assert schedule.cron == "0 9 * * 1-5"
     assert schedule.default_id("report") == "report@0_9_*_*_1-5"
+
+
+def test_a_schedule_made_at_run_time_under_a_declared_id_is_refused_not_swapped(deploy, store):
+    """POST /schedules (or schedules.create) with a declared schedule's id answered 201 and
+    replaced it; beat, at its next start, kept the run-time one and said so only in its log."""
+    deploy(flowkit.Schedule(every=60, id="nightly"))
+    declared = store.schedule("nightly")
+    with pytest.raises(flowkit.InvalidState, match="declared in the code of workflow"):
+        flowkit.schedules.create(NAME, every=5, id="nightly")
+    assert store.schedule("nightly") == declared

@@ -21,7 +21,7 @@ from typing import Any
 
 from celery.schedules import ParseException, crontab
 
-from ..errors import ConfigError, NotFound
+from ..errors import ConfigError, InvalidState, NotFound
 from ..flow import Schedule, zone
 from ..serialization import comparable, loads
 from ..store import Store, get_store
@@ -109,6 +109,13 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
     next_at = next_tick(definition, time.time())
     wf.schedule_input(input)  # a schedule that would start invalid runs is refused now
     store = store or get_store()
+    stored, _ = store.schedule(definition["id"])
+    if stored is not None and stored.get("declared"):  # it replaced the code's, which beat
+        # then refused to store at its next start, saying so only in its log
+        raise InvalidState(
+            f"Schedule {_named(definition['id'])} is declared in the code of workflow "
+            f"{stored.get('workflow')!r} (Workflow(..., schedules=[...])): change it there, "
+            "or give this one another id.")
     store.put_schedule(definition, next_at)
     store.schedule_fired(definition["id"], None)  # a replaced schedule's old error is not its
     return {**definition, "paused": False, "next_at": next_at, "last_error": None}
