@@ -680,3 +680,29 @@ def test_an_attempt_that_raises_after_a_handover_logs_no_failure_of_its_run(capl
     assert "failed at step" not in caplog.text
     assert flowkit.get_run(run.id).state == "running"  # the second attempt goes on
     flowkit.cancel(run.id)
+
+
+@flowkit.component(name="t.negate")
+def negate(data: dict) -> dict:
+    return {"n": -data["n"]}
+
+
+#: A parallel block as a branch of another, and a branch that ends in one.
+nested_blocks = flowkit.Workflow("t.nested_blocks", [
+    wf.add_one, flowkit.parallel(wf.add_one, flowkit.parallel(wf.add_one, negate))])
+branch_ending_in_a_block = flowkit.Workflow("t.branch_ending_in_a_block", [
+    wf.add_one, flowkit.parallel(wf.add_one, [wf.double, flowkit.parallel(wf.add_one, negate)])])
+
+
+def test_a_parallel_block_inside_another_joins_as_a_list_of_its_own():
+    """Celery flattened a group inside a group: [6, -5, 6] (in the order the steps ended)
+    for [6, [6, -5]]."""
+    assert nested_blocks.start({"n": 4}).result(WAIT) == [{"n": 6}, [{"n": 6}, {"n": -5}]]
+
+
+def test_a_branch_that_ends_in_a_parallel_block_joins():
+    """The join waited, with no bound, for a result no step stores: the run stayed running
+    and the worker thread that completed the last step was blocked for good (SIGTERM no
+    longer stopped the worker)."""
+    run = branch_ending_in_a_block.start({"n": 4})
+    assert run.result(WAIT) == [{"n": 6}, [{"n": 11}, {"n": -10}]]

@@ -1,7 +1,7 @@
 """Compiling a workflow to a Celery canvas.
 
-Sequential steps become a chain, parallel branches a group (a chord before the
-next step), a fan-out the ``flowkit.fan_out`` task that replaces itself with a
+Sequential steps become a chain, parallel branches a chord joined by ``flowkit.merge``
+(never a bare group: see compile_node), a fan-out the ``flowkit.fan_out`` task that replaces itself with a
 group at run time (flowkit.engine.fanout), and every canvas ends with ``flowkit.finish``.
 Each step's signature carries only the run id, its step key, the run's generation and (when
 configured away from the component's defaults) its policy: run state lives in
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Signature, chain, group
+from celery import Signature, chain, chord, group
 from celery.backends.redis import RedisBackend
 from celery.canvas import _chain, _chord
 from kombu.utils.uuid import uuid
@@ -112,10 +112,14 @@ def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None
             kwargs["batch"] = node.batch
         return get_app().signature("flowkit.fan_out", kwargs=kwargs, **routed(queue))
     if isinstance(node, Parallel):
-        return group(
-            compile_node(branch, f"{path}.{i}", run_id, gen, queue)
-            for i, branch in enumerate(node.branches)
-        )
+        # a chord with a join of its own (flowkit.merge), never a bare group: Celery flattens
+        # a group inside a group into the outer join ([6, -5, 6] for [6, [6, -5]]), and a
+        # branch ending in a group left its join waiting, unbounded, for results steps do
+        # not store (the run hung, the worker thread with it)
+        branches = [compile_node(branch, f"{path}.{i}", run_id, gen, queue)
+                    for i, branch in enumerate(node.branches)]
+        return chord(branches, merge_signature({}, list(range(len(branches))), run_id, gen,
+                                               queue))
     if isinstance(node, Sequence):
         prefix = f"{path}." if path else ""
         return chain(
@@ -123,6 +127,16 @@ def compile_node(node: Node, path: str, run_id: str, gen: int, queue: str | None
             for i, child in enumerate(node.steps)
         )
     raise TypeError(f"cannot compile {node!r}")
+
+
+def merge_signature(known: dict[str, Any], order: list[int], run_id: str, gen: int,
+                    queue: str | None) -> Signature:
+    """The join of a parallel block: the branches' outputs in order, ``known`` (branch
+    index -> output: checkpointed ones, for a continued run) merged with those that ran
+    (``order``: their indexes)."""
+    return get_app().signature(
+        "flowkit.merge", kwargs={"known": known, "order": order, "run_id": run_id, "gen": gen},
+        **routed(queue), **result_options())
 
 
 def routed(queue: str | None) -> dict[str, str]:

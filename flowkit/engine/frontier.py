@@ -31,6 +31,7 @@ from .broker import continued_priority, get_app
 from .canvas import (
     compile_node,
     finish_signature,
+    merge_signature,
     result_options,
     routed,
     step_signature,
@@ -166,10 +167,8 @@ class _Planner:
                 pending.append((i, remaining))
         if not pending:
             return _Done([known[str(i)] for i in range(len(node.branches))])
-        merge = get_app().signature(
-            "flowkit.merge", kwargs={"known": known, "order": [i for i, _ in pending],
-                                     "run_id": self.run_id, "gen": self.gen},
-            **routed(self.queue), **result_options())
+        merge = merge_signature(known, [i for i, _ in pending], self.run_id, self.gen,
+                                self.queue)
         return chord([sig for _, sig in pending], merge)
 
     def fan_out(self, node: FanOut, path: str, value: Any) -> _Done | Signature:
