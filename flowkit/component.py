@@ -79,7 +79,7 @@ class Component:
         ttl = policy_seconds(ttl, "cache(ttl=...)")
         if version is not None and not isinstance(version, str):
             raise ConfigError(f"cache(version=...) is a string, not {version!r}.")
-        return self._configured(cache_ttl=ttl, cache_version=version or self.version)
+        return self._configured(cache_ttl=ttl, cache_version=version)
 
     def timeout(self, seconds: float) -> Component:
         """Fail an attempt that runs longer than ``seconds`` (then the retry policy applies)."""

@@ -174,7 +174,9 @@ class Policy:
     retry_on: tuple[str, ...] = ("builtins.Exception",)
     timeout: float | None = None
     cache_ttl: float | None = None
-    cache_version: str = "1"
+    #: ``cache(version=...)``; None: the component's ``version`` in the code that runs the
+    #: step (the worker's, not the starter's: a policy travels in its step's message).
+    cache_version: str | None = None
     queue: str | None = None
     #: Input/output fields kept out of traces (``Component.secret``).
     secret_fields: tuple[str, ...] = ()

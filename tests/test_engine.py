@@ -328,6 +328,20 @@ def test_cached_components_reuse_results_across_runs():
     assert r.get("cached-calls:abc") == "2"
 
 
+def test_a_cached_component_s_version_is_the_one_of_the_code_that_runs_it(monkeypatch):
+    """The version travelled in the step's message, from the process that started the run:
+    in a rolling deploy a worker of version 2 answered with version 1's cached output."""
+    from flowkit.component import lookup
+
+    r = get_store().redis
+    wf.caching.start({"key": "rolling"}).result(WAIT)
+    assert r.get("cached-calls:rolling") == "1"
+    monkeypatch.setattr(lookup("t.cached"), "version", "2")  # the worker's code is version 2
+    run = wf.caching.start({"key": "rolling"})  # started by code whose version was 1
+    assert run.result(WAIT) == {"key": "rolling", "value": "ROLLING"}
+    assert r.get("cached-calls:rolling") == "2", "version 1's cached output answered"
+
+
 def test_secret_fields_never_reach_the_stream_but_the_next_step_gets_them():
     run = wf.signing_in.start({"user": "ada", "password": "hunter2-very-secret"})
     assert run.result(WAIT) == {"user": "ada", "token_length": len("tok-hunter2-very-secret-issued")}

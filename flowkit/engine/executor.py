@@ -302,7 +302,10 @@ def _produce(
     retry_hooks: dict[str, Any], key: str,
 ) -> tuple[str, bool]:
     """The step's output as JSON, and whether it came from the cache."""
-    cache_key = cache.key(comp.name, pol.cache_version, value) if pol.cache_ttl else None
+    # the version of the code that runs here (``comp`` is this worker's): the starter's, in
+    # the message, gave a worker of version 2 version 1's cached outputs in a rolling deploy
+    cache_key = (cache.key(comp.name, pol.cache_version or comp.version, value)
+                 if pol.cache_ttl else None)
     if cache_key and (hit := cache.get(store, cache_key)) is not None:
         return hit, True
     held = None
