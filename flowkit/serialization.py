@@ -39,6 +39,13 @@ def comparable(value: Any) -> str:
                       allow_nan=True)
 
 
+def canonical(text: str) -> str:
+    """JSON ``text`` (as :func:`dumps` wrote it) with every object's keys sorted: two texts
+    of one value, whatever their key order, are then one text."""
+    return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False,
+                      sort_keys=True)
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

@@ -62,8 +62,13 @@ def test_input_is_validated_answered_once_and_a_resend_changes_nothing():
     assert "ok" in bad.value.fields
     with pytest.raises(flowkit.InvalidState):
         flowkit.send_input(run.id, "something-else", {"ok": True})
-    assert flowkit.send_input(run.id, "approval", {"ok": False}).outcome == WaitOutcome.RESUMED
-    assert flowkit.send_input(run.id, "approval", {"ok": False}).outcome == WaitOutcome.SAME
+    assert flowkit.send_input(run.id, "approval", {"ok": False, "note": "no"}).outcome \
+        == WaitOutcome.RESUMED
+    assert flowkit.send_input(run.id, "approval", {"ok": False, "note": "no"}).outcome \
+        == WaitOutcome.SAME
+    # the same value with its keys in another order (a client that re-serialised): the same
+    assert flowkit.send_input(run.id, "approval", {"note": "no", "ok": False}).outcome \
+        == WaitOutcome.SAME
     with pytest.raises(flowkit.InvalidState):  # the first accepted value wins
         flowkit.send_input(run.id, "approval", {"ok": True})
     assert run.result(WAIT)["approved"] is False

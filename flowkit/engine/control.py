@@ -32,7 +32,7 @@ from ..errors import (
 from ..flow import MAX_DELAY, check_priority
 from ..numbers import LAST_TIME, is_number, is_whole
 from ..schemas import check_event_key, check_input_name, json_errors
-from ..serialization import comparable, dumps, dumps_bounded, loads
+from ..serialization import canonical, comparable, dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import Store, get_store
 from ..workflow import Workflow, workflows
@@ -629,7 +629,9 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
         errors = json_errors(wait.get("schema"), value)
         if errors:
             raise ValidationError(errors, f"Invalid input {name!r}.")
-    answer = dumps_bounded({"input": value}, f"input {name!r}")
+    # its keys sorted: a resend is the same answer whatever order a client wrote them in
+    # (a client that re-serialised on retry got 409 "answered already, with another value")
+    answer = canonical(dumps_bounded({"input": value}, f"input {name!r}"))
     resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name,
                           step=wait["step"] if wait else None)
     outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
