@@ -84,7 +84,9 @@ def test_a_worker_whose_consumer_takes_nothing_is_reported_while_its_runs_wait_i
                                   if w["name"].startswith("a@") and "held" in w), None),
                     30, "worker a to beat with its load")
     # its consumer of the runs' queue stops, as a hung broker channel would; it still beats
-    assert get_app().control.cancel_consumer(QUEUE, destination=[node], reply=True, timeout=10)
+    # and still lists the queue (tests.chaos.app's control command)
+    assert get_app().control.broadcast("chaos_stall_consumer", arguments={"queue": QUEUE},
+                                       destination=[node], reply=True, timeout=10)
     run = tick.start({"n": 0, "chunks": 1, "pause": 0})
     deployment.beat(**quick)
 

@@ -355,7 +355,9 @@ export class RunWatch {
       this.connect();
       return;
     }
-    const checkable = this.tokens.refreshable || this.transportChoice === "websocket";
+    // ... and a socket that opened before: its token may have expired since (the watch
+    // page's link), which a fall back to SSE used to say and a socket retried for ever
+    const checkable = this.tokens.refreshable || this.transportChoice === "websocket" || this.socketOpened;
     if (!end.opened && !end.checked && !end.tokenFailed && end.token && checkable && this.transport === "websocket") {
       this.checkRefusal(end); // was it the token? A browser does not say why a socket failed
       return;
