@@ -307,7 +307,8 @@ def test_sentinels_that_refuse_their_credentials_are_said_to_not_a_wrong_service
             wait_for(lambda: sentinels.primary_port() == primary.port, 20,
                      "the sentinels to name the primary")
             for given in ("", "?sentinel_password=wrong"):
-                env = {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": sentinels.url + given}
+                env = {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": sentinels.url + given,
+                       "FLOWKIT_REDIS_RETRY_SECONDS": "0.3"}  # a refusal is said at once
                 for command in (["runs"], ["doctor"]):
                     said = subprocess.run([sys.executable, "-m", "flowkit.cli", *command],
                                           env=env, capture_output=True, text=True, timeout=60)
