@@ -94,7 +94,8 @@ def test_steps_a_run_checkpointed_that_the_workflow_no_longer_has_are_found():
     done = {"0:f.a": "1", "1.0:f.b": "1", "1.1.0:f.a": "1", "1.1.0:f.a/0:f.b": "1",  # a call
             "2:f.a/0:wait:input:ok": "1"}  # a waiting step's answer
     assert unknown_steps(branches_wf, done) == []
-    assert unknown_steps(fanned_wf, {"0:f.a": "1", "1[0]:f.b": "1", "1[12]:f.b/0:f.a": "1"}) == []
+    assert unknown_steps(fanned_wf, {"0:f.a": "1", "1[0]:f.b": "1", "1[12]:f.b/0:f.a": "1",
+                                     "1[3]+1:f.loop": "1"}) == []  # an item that continued
     assert unknown_steps(looping_wf, {"0:f.a": "1", "1:f.loop": "1", "1+3:f.b": "1"}) == []
     # a step added before them moved them: their keys are no step of the workflow now
     moved = flowkit.Workflow("f.moved", [a, b, parallel(b, [a, b]), a])

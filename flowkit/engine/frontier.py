@@ -55,7 +55,7 @@ def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
         step = key.partition("/")[0]  # a call inside a step, or one of its waits: its step
         path, _, component = step.partition(":")
         if "+" in path:  # a continuation: any component; its loop's step must still be there
-            known = path.partition("+")[0] in paths
+            known = _ITEM.sub("[]", path.partition("+")[0]) in paths
         else:
             known = f"{_ITEM.sub('[]', path)}:{component}" in steps
         if not known:
@@ -65,11 +65,11 @@ def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
 
 def _static_steps(node: Node, path: str) -> tuple[set[str], set[str]]:
     """The step keys ``node`` at ``path`` makes (a fan-out's items as ``path[]:name``), and
-    the paths of its steps."""
+    the paths of its steps (a fan-out's items' as ``path[]``)."""
     if isinstance(node, Step):
         return {step_key(path, node.component.name)}, {path}
-    if isinstance(node, FanOut):
-        return {f"{path}[]:{node.component.name}"}, set()
+    if isinstance(node, FanOut):  # an item may continue too: its loop's path is the item's
+        return {f"{path}[]:{node.component.name}"}, {f"{path}[]"}
     children = (node.steps if isinstance(node, Sequence) else node.branches
                 if isinstance(node, Parallel) else ())
     if isinstance(node, Sequence):
