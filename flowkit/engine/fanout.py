@@ -28,7 +28,7 @@ from .canvas import replacement, result_options, routed, step_queue, step_signat
 from .drain import draining
 from .executor import fail_run, run_step
 from .heartbeat import worker_id
-from .paths import item_key
+from .paths import continuation_of, item_key
 
 
 def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str,
@@ -46,6 +46,9 @@ def fan_out(task, items: Any, *, run_id: str, key: str, gen: int, component: str
     # items checkpointed already (a continued run) are not sent again: they join as stored
     stored = store.checkpoints_of(run_id, [item_key(base, i, component) for i in range(len(items))])
     known = {str(i): loads(out) for i, out in enumerate(stored) if out is not None}
+    # an item whose loop went on is not done: sent again, it replays its decisions to where
+    # it was (its first decision was joined as its output)
+    known = {i: out for i, out in known.items() if continuation_of(out) is None}
     if len(known) == len(items):
         return [known[str(i)] for i in range(len(items))]
     if batch <= 1:

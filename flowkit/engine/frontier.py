@@ -174,8 +174,14 @@ class _Planner:
     def fan_out(self, node: FanOut, path: str, value: Any) -> _Done | Signature:
         if isinstance(value, list) and value:
             keys = [item_key(path, i, node.component.name) for i in range(len(value))]
-            if all(key in self.checkpoints for key in keys):
-                return _Done([loads(self.checkpoints[key]) for key in keys])
+            outputs = [loads(self.checkpoints[key]) if key in self.checkpoints else None
+                       for key in keys]
+            # an item that continued (an agent loop per item) is done only at its loop's end:
+            # the fan-out task sends it again, and it replays its decisions to where it was
+            # (its first decision was joined as its output)
+            if all(key in self.checkpoints and continuation_of(out) is None
+                   for key, out in zip(keys, outputs, strict=True)):
+                return _Done(outputs)
         return compile_node(node, path, self.run_id, self.gen, self.queue)
 
     def step(self, node: Step, path: str) -> _Done | Signature:
