@@ -232,3 +232,13 @@ def test_a_schedule_made_at_run_time_under_a_declared_id_is_refused_not_swapped(
     with pytest.raises(flowkit.InvalidState, match="declared in the code of workflow"):
         flowkit.schedules.create(NAME, every=5, id="nightly")
     assert store.schedule("nightly") == declared
+
+
+def test_a_declared_id_is_refused_at_run_time_before_beat_stored_it(store, monkeypatch):
+    """A fresh deploy, beat not yet started: the code declares the id, Redis does not hold
+    it yet; the run-time schedule was stored, and beat then refused the code's."""
+    monkeypatch.setitem(_workflows, NAME, None)
+    flowkit.Workflow(NAME, [noop], schedules=[flowkit.Schedule(every=60, id="fresh")])
+    with pytest.raises(flowkit.InvalidState, match=f"declared in the code of workflow '{NAME}'"):
+        flowkit.schedules.create(NAME, every=5, id="fresh")
+    assert store.schedule("fresh") == (None, None)

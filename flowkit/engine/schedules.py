@@ -110,15 +110,25 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
     wf.schedule_input(input)  # a schedule that would start invalid runs is refused now
     store = store or get_store()
     stored, _ = store.schedule(definition["id"])
-    if stored is not None and stored.get("declared"):  # it replaced the code's, which beat
-        # then refused to store at its next start, saying so only in its log
+    declarer = (stored.get("workflow") if stored is not None and stored.get("declared")
+                else _declared_here(definition["id"]))
+    if declarer is not None:  # it replaced the code's, which beat then refused to store
+        # at its next start (also before beat stored it), saying so only in its log
         raise InvalidState(
             f"Schedule {_named(definition['id'])} is declared in the code of workflow "
-            f"{stored.get('workflow')!r} (Workflow(..., schedules=[...])): change it there, "
+            f"{declarer!r} (Workflow(..., schedules=[...])): change it there, "
             "or give this one another id.")
     store.put_schedule(definition, next_at)
     store.schedule_fired(definition["id"], None)  # a replaced schedule's old error is not its
     return {**definition, "paused": False, "next_at": next_at, "last_error": None}
+
+
+def _declared_here(schedule_id: str) -> str | None:
+    """The workflow of this process's code that declares ``schedule_id``, or None."""
+    for name, wf in workflows().items():
+        if any(schedule.default_id(name) == schedule_id for schedule in wf.schedules):
+            return name
+    return None
 
 
 def get(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
