@@ -268,10 +268,8 @@ class StepContext:
         found = self.store.sent_since(name, time.time() - lookback)
         if found is None:
             return None
-        suffix = f":wait:{WaitKind.EVENT}:{name}"
         taken = [loads(answer).get("sent_at") or 0.0
-                 for key, answer in self.store.checkpoints(self.run_id).items()
-                 if key.endswith(suffix)]
+                 for answer in self.store.waits_answered(self.run_id, WaitKind.EVENT.value, name)]
         return found if not taken or found[1] > max(taken) else None
 
     def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],

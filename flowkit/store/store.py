@@ -435,6 +435,15 @@ class Store:
         return self.redis.hdel(key, *timed_out) if timed_out else 0
 
     @_op
+    def waits_answered(self, run_id: str, kind: str, name: str) -> list[str]:
+        """The answers (JSON) of the run's waits of ``kind`` on ``name``, in any step: those
+        fields of its checkpoints only (HSCAN with MATCH: a look-back that read every
+        checkpoint read the run's whole output each time)."""
+        pattern = "*" + _glob_escape(f":wait:{kind}:{name}")
+        return [value for _, value in self.redis.hscan_iter(self.keys.checkpoints(run_id),
+                                                            match=pattern, count=1000)]
+
+    @_op
     def checkpoints_of(self, run_id: str, steps: list[str]) -> list[str | None]:
         return self.redis.hmget(self.keys.checkpoints(run_id), steps)
 

@@ -1717,3 +1717,13 @@ def test_deliver_after_the_wait_timed_out_is_timed_out_and_changes_nothing(store
     assert deliver(store, by=by, match=match, now=T + 7) == (WaitOutcome.TIMED_OUT, 0)
     assert store.get_run(RUN) == run_before and types(store, RUN) == events_before
     assert store.checkpoint(RUN, wait_key()) == TIMED_OUT
+
+
+def test_waits_answered_reads_only_the_answers_of_one_wait_name_even_with_glob_characters(store):
+    ckpt = store.keys.checkpoints("run-w")
+    store.redis.hset(ckpt, mapping={
+        "0:a": '"output"', "0:a/0:wait:event:tick:*[1]": '{"event":1}',
+        "1:b/2:wait:event:tick:*[1]": '{"event":2}', "1:b/3:wait:event:tick:x1": '{"event":3}',
+        "1:b/4:wait:input:tick:*[1]": '{"input":4}'})
+    assert sorted(store.waits_answered("run-w", "event", "tick:*[1]")) == [
+        '{"event":1}', '{"event":2}']
