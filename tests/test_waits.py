@@ -11,6 +11,7 @@ import flowkit
 from flowkit import events
 from flowkit.engine.control import fire_due_timers
 from flowkit.states import WaitOutcome
+from flowkit.store import get_store
 from tests import workflows as wf
 from tests.conftest import counts, wait_until
 
@@ -69,6 +70,9 @@ def test_input_is_validated_answered_once_and_a_resend_changes_nothing():
     # the same value with its keys in another order (a client that re-serialised): the same
     assert flowkit.send_input(run.id, "approval", {"note": "no", "ok": False}).outcome \
         == WaitOutcome.SAME
+    # and the step gets the first answer as it was sent, its keys in their order
+    assert get_store().answer_given(run.id, "input", "approval") == \
+        '{"input":{"ok":false,"note":"no"}}'
     with pytest.raises(flowkit.InvalidState):  # the first accepted value wins
         flowkit.send_input(run.id, "approval", {"ok": True})
     assert run.result(WAIT)["approved"] is False

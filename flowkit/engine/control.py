@@ -629,15 +629,17 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
         errors = json_errors(wait.get("schema"), value)
         if errors:
             raise ValidationError(errors, f"Invalid input {name!r}.")
-    # its keys sorted: a resend is the same answer whatever order a client wrote them in
-    # (a client that re-serialised on retry got 409 "answered already, with another value")
-    answer = canonical(dumps_bounded({"input": value}, f"input {name!r}"))
+    answer = dumps_bounded({"input": value}, f"input {name!r}")
     resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name,
                           step=wait["step"] if wait else None)
     outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
     if outcome == WaitOutcome.TIMED_OUT:  # beat's sweep fired the timeout already
         raise InvalidState(f"Run {run_id}'s wait for input {name!r} timed out: its step got "
                            "InputTimeout; no answer is taken past the timeout.")
+    if outcome == WaitOutcome.ANSWERED and _same_answer(store, run_id, name, answer):
+        # the same value with its keys in another order (a client that re-serialised on
+        # retry got 409 "answered already, with another value"); the step gets the first
+        outcome = WaitOutcome.SAME
     if outcome == WaitOutcome.ANSWERED:  # also when another answer won a race just now
         raise InvalidState(f"Run {run_id}'s input {name!r} was answered already, with another "
                            "value: the first answer stands (to ask again, the step waits "
@@ -651,6 +653,11 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     if outcome == WaitOutcome.RESUMED:
         resume(run, gen)
     return Delivery(outcome, gen)
+
+
+def _same_answer(store: Store, run_id: str, name: str, answer: str) -> bool:
+    given = store.answer_given(run_id, WaitKind.INPUT.value, name)
+    return given is not None and canonical(given) == canonical(answer)
 
 
 def send_event(key: str, data: Any = None, store: Store | None = None) -> int:

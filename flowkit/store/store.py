@@ -560,6 +560,15 @@ class Store:
         return WaitOutcome(result[0]), (int(result[1]) if len(result) > 1 else 0)
 
     @_op
+    def answer_given(self, run_id: str, kind: str, name: str) -> str | None:
+        """The answer (JSON) an answered wait of ``kind`` on ``name`` got, or None."""
+        for wait_key, spec in self.redis.hgetall(self.keys.answered(run_id)).items():
+            doc = loads(spec)
+            if doc.get("kind") == kind and doc.get("name") == name:
+                return self.redis.hget(self.keys.checkpoints(run_id), wait_key)
+        return None
+
+    @_op
     def fire_timer(self, run_id: str, key: str, now: float) -> tuple[WaitOutcome, int]:
         """A due timer: a wait's deadline, a sleep's end, a delayed start (fire_timer.lua)."""
         result = self._run_script("fire_timer", run_id, [
