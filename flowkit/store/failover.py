@@ -17,8 +17,10 @@ What is left is the time the sentinels take to see the promotion they made (they
 replica's ``INFO``, about a second), and a command already in flight on the old primary.
 
 The thread starts with the first connection a process opens (so a forked worker child has
-its own) and subscribes again, to the next sentinel, when its sentinel goes away; at each
-subscription it asks for the primary once, in case a switch came while nobody listened.
+its own) and subscribes again, to the next sentinel, when its sentinel goes away or stops
+answering its pings (a frozen or cut-off sentinel leaves its socket open: the thread heard
+no switch of the others); at each subscription it asks for the primary once, in case a
+switch came while nobody listened.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 SWITCH_CHANNEL = "+switch-master"
 #: Seconds between two looks for a message; a pause between sentinels that all failed.
 POLL_SECONDS = 1.0
+#: A sentinel listened to is pinged this often; silent for twice this, the next one is.
+PING_SECONDS = 5.0
 
 
 class SwitchWatch:
@@ -83,8 +87,18 @@ class SwitchWatch:
         try:
             pubsub.subscribe(SWITCH_CHANNEL)
             self.switched(None)  # a switch may have come while nobody listened
+            heard = pinged = time.monotonic()
             while True:
                 message = pubsub.get_message(timeout=POLL_SECONDS)
+                now = time.monotonic()
+                if message is not None:
+                    heard = now
+                if now - heard > 2 * PING_SECONDS:  # frozen or cut off, its socket still
+                    # open: nothing would ever say so, and the others' switches went unheard
+                    raise redis.ConnectionError(f"no answer for {now - heard:.0f}s")
+                if now - pinged >= PING_SECONDS:
+                    pubsub.ping()  # its answer (a "pong" message) counts as hearing from it
+                    pinged = now
                 if message is None or message.get("type") != "message":
                     continue
                 data = message["data"]

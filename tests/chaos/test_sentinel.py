@@ -339,3 +339,37 @@ def test_the_doctor_reads_the_replicas_too_the_next_primary(sentinel_group):
     found = server.describe(store)
     assert found["aof_enabled"] is False
     assert found["maxmemory_policy"] == "allkeys-lru" and found["maxmemory"] == 1 << 30
+
+
+def test_the_switch_watch_leaves_a_sentinel_that_stops_answering(monkeypatch, caplog):
+    """A frozen or cut-off sentinel keeps its socket open: the watch stayed subscribed to it
+    for good and never heard the switches the other sentinels announced. (Two plain
+    redis-servers stand in for sentinels: the watch only subscribes, pings and listens.)"""
+    import logging
+    import os
+    import signal
+
+    from redis.sentinel import Sentinel as RedisSentinel
+
+    from flowkit.store import failover
+
+    monkeypatch.setattr(failover, "PING_SECONDS", 0.3, raising=False)
+    monkeypatch.setattr(failover, "POLL_SECONDS", 0.1)
+    with LocalRedis() as frozen, LocalRedis() as other:
+        watch = failover.SwitchWatch(RedisSentinel(
+            [("127.0.0.1", frozen.port), ("127.0.0.1", other.port)],
+            sentinel_kwargs={"socket_timeout": 2}), "svc")
+        subscribers = redis.Redis(port=frozen.port)
+        with caplog.at_level(logging.INFO, logger="flowkit.store.failover"):
+            watch.ensure_running()
+            wait_for(lambda: subscribers.pubsub_numsub(failover.SWITCH_CHANNEL)[0][1] == 1, 10,
+                     "the watch to listen to the first sentinel")
+            os.kill(frozen.proc.pid, signal.SIGSTOP)
+            try:
+                announcer = redis.Redis(port=other.port)
+                wait_for(lambda: announcer.publish(
+                    failover.SWITCH_CHANNEL, "svc 127.0.0.1 1 127.0.0.1 2") and
+                    "switched the primary of svc to 127.0.0.1 2" in caplog.text, 10,
+                    "the watch to hear the other sentinel's switch")
+            finally:
+                os.kill(frozen.proc.pid, signal.SIGCONT)
