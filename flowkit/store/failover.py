@@ -116,7 +116,7 @@ class SwitchWatch:
         when the address changes and drops a busy one when it is given back."""
         for pool in list(self.pools):
             if announcer is not None:
-                _ask_first(pool.sentinel_manager.sentinels, _address(announcer))
+                _ask_first(pool.sentinel_manager, _address(announcer))
             try:
                 pool.get_master_address()
             except MasterNotFoundError:
@@ -128,13 +128,14 @@ def _address(client: redis.Redis) -> tuple[Any, Any]:
     return kwargs.get("host"), kwargs.get("port")
 
 
-def _ask_first(sentinels: list[redis.Redis], address: tuple[Any, Any]) -> None:
-    """Move the sentinel at ``address`` to the front: redis-py's ``discover_master`` asks
-    them in order (and moves the one that answered to the front itself)."""
-    for at, sentinel in enumerate(sentinels):
-        if _address(sentinel) == address:
-            sentinels[0], sentinels[at] = sentinels[at], sentinels[0]
-            return
+def _ask_first(manager: Sentinel, address: tuple[Any, Any]) -> None:
+    """Put the sentinel at ``address`` first: redis-py's ``discover_master`` asks them in
+    order. A new list, given in one assignment: swapping two items in place beside
+    ``discover_master``'s own swap (another thread's) could lose one of them."""
+    listed = list(manager.sentinels)
+    first = [s for s in listed if _address(s) == address]
+    if first:
+        manager.sentinels = first + [s for s in listed if s is not first[0]]
 
 
 _watches: dict[tuple[Any, ...], SwitchWatch] = {}
