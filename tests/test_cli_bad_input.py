@@ -487,6 +487,16 @@ def test_a_sentinel_service_name_the_sentinels_do_not_monitor_says_so(env, tmp_p
         sentinel.wait(10)
 
 
+def test_sentinels_none_of_which_answers_are_said_to_be_unreachable(env):
+    """redis-py says "no master found" when no sentinel could be reached either, which read
+    "check the service name" for sentinels that were down."""
+    url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/flowkit/0"
+    result = cli("runs", env={**env, "FLOWKIT_REDIS_URL": url, "FLOWKIT_REDIS_RETRY_SECONDS": "0.3"})
+    assert result.returncode == 1
+    assert one_line(result) == (f"flowkit runs: cannot reach Redis at {url}; start it, or point "
+                                "FLOWKIT_REDIS_URL at your Redis.")
+
+
 def _answers(port: int) -> bool:
     try:
         return redis.Redis(port=port, socket_timeout=1).ping()

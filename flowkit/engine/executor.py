@@ -508,14 +508,15 @@ def resume_run(*, run_id: str, gen: int) -> None:
     changed = frontier.unknown_steps(wf, checkpoints)
     if changed:  # resumed on a step list that moved: it would redo steps and ask again
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        fail_run(
-            run_id, gen, "",
+        message = (
             f"the steps of {run.workflow} version {run.version} changed since the run started: "
             f"this worker's workflow has no step {shown}, which the run checkpointed (steps "
             "are keyed by their place), so it would run steps again and ask again for answers "
             f"given. Deploy a changed workflow as a new version on its own queue "
             f"(Workflow(version=..., queue=...)) while workers of version {run.version} finish "
             "its runs, or restore the steps and retry the run")
+        log.warning("flowkit: run %s failed: %s", run_id, message)  # a deploy's mistake
+        fail_run(run_id, gen, "", message)
         raise Ignore()
     remaining, first_input = frontier.compile_frontier(
         wf, run_id, gen, run.input, checkpoints, run.queue)

@@ -146,6 +146,19 @@ def no_primary(exc: BaseException) -> bool:
             and sentinels_refused(exc) is None)
 
 
+def sentinels_unreachable(exc: BaseException, url: str) -> bool:
+    """Whether none of the sentinels of ``url`` could be reached: redis-py says that too as
+    "no master found", which read "check the service name" for sentinels that were down."""
+    sentinel_url = SentinelURL.parse(url)
+    if sentinel_url is None:
+        return False
+    for cause in _chain(exc):
+        if isinstance(cause, MasterNotFoundError):
+            text = str(cause)
+            return all(f"connecting to {host}:{port}" in text for host, port in sentinel_url.hosts)
+    return False
+
+
 #: How a sentinel's refusal of its credentials reads in redis-py's MasterNotFoundError.
 _REFUSALS = ("AuthenticationError", "NOAUTH", "WRONGPASS", "invalid password",
              "Authentication required", "invalid username-password")
