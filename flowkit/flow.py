@@ -121,6 +121,10 @@ def zone(name: Any) -> ZoneInfo:
                           "'Europe/Paris' or 'UTC'.") from None
 
 
+#: What a tick does while the schedule's last run is live (``Schedule.overlap``).
+OVERLAPS = ("allow", "skip")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Start a run of the workflow at every tick: of ``cron`` (5 fields: minute hour day
@@ -136,6 +140,9 @@ class Schedule:
     catchup: bool = False
     #: Stable name (default: made from the workflow and the cron line or interval).
     id: str | None = None
+    #: A tick while the schedule's last run is still live: ``"allow"`` starts its run all
+    #: the same, ``"skip"`` starts none (runs that wait for a person piled up).
+    overlap: str = "allow"
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):
@@ -157,6 +164,9 @@ class Schedule:
         zone(self.timezone)
         if not isinstance(self.catchup, bool):
             raise ConfigError(f"Schedule(catchup=...) is True or False, not {self.catchup!r}.")
+        if self.overlap not in OVERLAPS:
+            raise ConfigError(f"Schedule(overlap=...) is 'allow' (every tick starts a run) or "
+                              f"'skip' (not while the last one is live), not {self.overlap!r}.")
         try:  # stored as JSON, as every tick's run input is
             dumps(self.input)
         except (TypeError, ValueError) as exc:

@@ -192,3 +192,9 @@ def test_unreachable_redis_says_what_to_do(env):
     assert result.returncode == 1
     assert result.stderr == (f"flowkit schedules list: cannot reach Redis at {url}; start it, "
                              "or point FLOWKIT_REDIS_URL at your Redis.\n")
+
+
+def test_create_with_overlap_skip(env):
+    created = json.loads(ok("create", "simple", "--every", "60", "--input", '{"n": 1}',
+                            "--overlap", "skip", *APP, "--json", env=env))
+    assert created["overlap"] == "skip"

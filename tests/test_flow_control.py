@@ -10,7 +10,7 @@ import pytest
 import flowkit
 from flowkit.store import get_store
 from tests import workflows as wf
-from tests.conftest import open_gate, reached_gate
+from tests.conftest import open_gate, reached_gate, wait_until
 
 pytestmark = pytest.mark.integration
 WAIT = 30
@@ -288,3 +288,27 @@ def test_a_schedule_without_its_input_says_so_after_its_timing_is_checked():
     assert missing.value.fields == {"_schema": [
         "Input must be a JSON object, not null: give one ({} when every field has a default)."]}
     assert flowkit.schedules.list() == []
+
+
+def test_a_schedule_with_overlap_skip_starts_no_run_while_its_last_one_is_live():
+    """Every tick started its run while the last one still waited for a person: a run a
+    minute piled up behind an approval."""
+    from flowkit.engine.reaper import fire_schedules
+
+    schedule = flowkit.schedules.create("approval", every=1, input={"n": 1}, id="asks",
+                                        overlap="skip")
+    assert schedule["overlap"] == "skip"
+    tick = schedule["next_at"]
+    [first] = fire_schedules(tick + 0.1)
+    wait_until(lambda: flowkit.get_run(first).state == "waiting", WAIT, "the run to wait")
+    assert fire_schedules(tick + 1.1) == []  # its run waits for a person: no second one
+    assert fire_schedules(tick + 2.1) == []
+    flowkit.send_input(first, "approval", {"ok": True})
+    assert flowkit.get_run(first).wait(WAIT).state == "succeeded"
+    [second] = fire_schedules(tick + 3.1)  # the last run ended: the next tick starts its own
+    assert second != first
+    flowkit.cancel(second)
+    allowing = flowkit.schedules.create("approval", every=1, input={"n": 1}, id="asks-anyway")
+    assert "overlap" not in allowing  # "allow", the default, is stored as before
+    with pytest.raises(flowkit.ConfigError, match="overlap"):
+        flowkit.Schedule(every=1, overlap="sometimes")

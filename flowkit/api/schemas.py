@@ -15,7 +15,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from ..engine.control import Run as RunRecord
-from ..flow import CRON_LINE, MAX_DELAY, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
+from ..flow import CRON_LINE, MAX_DELAY, MAX_EVERY, OVERLAPS, SCHEDULE_ID, SCHEDULE_ID_RULE
 from ..states import RunState
 
 STATES = [s.value for s in RunState]
@@ -312,6 +312,7 @@ class ScheduleBody(Schema):
     timezone = fields.String(load_default="UTC", validate=validate.Length(1, 64))
     catchup = fields.Boolean(load_default=False)
     id = fields.String(validate=Whole(SCHEDULE_ID, error=SCHEDULE_ID_RULE + "."))
+    overlap = fields.String(load_default="allow", validate=validate.OneOf(OVERLAPS))
 
     @validates_schema
     def _one_clock(self, data: dict, **_: Any) -> None:
@@ -341,6 +342,8 @@ class ScheduleInfo(Schema):
     declared = fields.Boolean(metadata={"description": "Declared in the code (Workflow("
                                         "schedules=...)): beat deletes it once the code "
                                         "no longer declares it."})
+    overlap = fields.String(metadata={"description": "\"skip\": a tick while the schedule's "
+                                      "last run is live starts none; absent: \"allow\"."})
     paused = fields.Boolean(required=True)
     next_at = fields.Float(allow_none=True, required=True)
     last_error = fields.Nested(ScheduleError, allow_none=True, metadata={

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..engine import schedules
 from ..errors import ConfigError, ValidationError, WorkflowNotFound
-from ..flow import CRON_LINE, MAX_EVERY, SCHEDULE_ID, SCHEDULE_ID_RULE
+from ..flow import CRON_LINE, MAX_EVERY, OVERLAPS, SCHEDULE_ID, SCHEDULE_ID_RULE
 from .app import add_app_option, load_app, unknown_workflow
 from .output import emit
 from .usage import UsageError, field_texts, input_text, parse_json
@@ -115,7 +115,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     if (args.cron is None) == (args.every is None):
         raise UsageError("Give --cron or --every, one of them: e.g. --cron '0 9 * * 1-5' or "
                          "--every 3600.")
-    spec: dict[str, Any] = {"timezone": args.timezone, "catchup": args.catchup}
+    spec: dict[str, Any] = {"timezone": args.timezone, "catchup": args.catchup,
+                            "overlap": args.overlap}
     if args.cron is not None:
         cron = " ".join(args.cron.split())
         if not _CRON.fullmatch(cron):
@@ -192,6 +193,9 @@ def register(subs) -> None:
                    help="the IANA time zone of the cron line, e.g. Europe/Paris (default: UTC)")
     p.add_argument("--catchup", action="store_true",
                    help="run the last tick missed while beat was down (default: skip them)")
+    p.add_argument("--overlap", choices=OVERLAPS, default="allow",
+                   help="a tick while the last run is live: allow (start it all the same, "
+                        "the default) or skip (start none)")
     p.add_argument("--id", metavar="ID", default=None,
                    help="the schedule's id (default: WORKFLOW@CRON or WORKFLOW@everyNs); "
                         "an existing id is replaced")

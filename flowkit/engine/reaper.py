@@ -17,7 +17,7 @@ import time
 
 from ..config import get_settings
 from ..errors import FlowkitError, WorkflowNotFound, error_message
-from ..states import RestartCause, RestartRefusal, RunState
+from ..states import LIVE_STATES, RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
 from ..workflow import get_workflow
 from . import admission, consumers, limits, notify, schedules
@@ -139,6 +139,8 @@ def fire_schedules(now: float | None = None) -> list[str]:
     store = get_store()
     started: list[str] = []
     for definition, tick in schedules.claim_due(now, store):
+        if definition.get("overlap") == "skip" and _still_live(store, definition["id"], tick):
+            continue
         try:
             run = start(get_workflow(definition["workflow"]), definition.get("input"),
                         idempotency_key=schedules.idempotency_key(definition, tick),
@@ -152,7 +154,18 @@ def fire_schedules(now: float | None = None) -> list[str]:
         started.append(run.id)
         with contextlib.suppress(FlowkitError):
             store.schedule_fired(definition["id"], None)
+            store.schedule_started(definition["id"], run.id)
     return started
+
+
+def _still_live(store: Store, schedule_id: str, tick: float) -> bool:
+    """Whether the schedule's last run is live (``overlap="skip"``: this tick starts none)."""
+    last = store.last_schedule_run(schedule_id)
+    if last is None or last[1] is None or last[1] not in LIVE_STATES:
+        return False
+    log.info("flowkit: schedule %s skipped its tick of %s: its run %s is still %s "
+             "(overlap='skip')", schedule_id, tick, last[0], last[1])
+    return True
 
 
 def _tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError) -> None:

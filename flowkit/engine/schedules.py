@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: A tick this late (seconds) still fires; an older one was missed.
 GRACE = 60.0
 #: What makes two definitions of one schedule alike (``anchor`` is only when it was stored).
-_SHAPE = ("workflow", "cron", "every", "input", "timezone", "catchup")
+_SHAPE = ("workflow", "cron", "every", "input", "timezone", "catchup", "overlap")
 
 
 def next_tick(definition: dict[str, Any], after: float) -> float:
@@ -87,6 +87,8 @@ def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
         "every": schedule.every, "input": schedule.input, "timezone": schedule.timezone,
         "catchup": schedule.catchup, "anchor": time.time(), "declared": declared,
     }
+    if schedule.overlap != "allow":  # stored only when set: older definitions stay alike
+        definition["overlap"] = schedule.overlap
     try:
         next_tick(definition, time.time())  # a bad cron line or zone fails here, said clearly
     except (ValueError, KeyError, IndexError, ParseException) as exc:
@@ -99,12 +101,13 @@ def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
 
 def create(workflow: str, *, cron: str | None = None, every: float | None = None,
            input: Any = None, timezone: str = "UTC", catchup: bool = False,
-           id: str | None = None, store: Store | None = None) -> dict[str, Any]:
+           id: str | None = None, overlap: str = "allow",
+           store: Store | None = None) -> dict[str, Any]:
     """Create (or replace) a schedule of ``workflow``; returns it with ``next_at``."""
     wf = get_workflow(workflow)
     # its timing first: a bad cron line given without an input was said to be the input's
     schedule = Schedule(cron=cron, every=every, input=input, timezone=timezone,
-                        catchup=catchup, id=id)
+                        catchup=catchup, id=id, overlap=overlap)
     definition = definition_of(wf.name, schedule)
     next_at = next_tick(definition, time.time())
     wf.schedule_input(input)  # a schedule that would start invalid runs is refused now

@@ -32,7 +32,8 @@ Keys that no run script touches live outside the shards, each a single-key opera
 and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart),
 ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
-``flowkit:{schedules}:defs``, ``:due`` and ``:errors`` (schedules, one slot of their own),
+``flowkit:{schedules}:defs``, ``:due``, ``:errors`` and ``:runs`` (schedules, one slot of
+their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
 slot per group) and ``flowkit:cc:groups``,
 ``flowkit:workers`` and ``flowkit:nodes`` (worker presence), ``flowkit:reaper:swept``,
@@ -215,6 +216,11 @@ class Keys:
     def schedules_due(self) -> str:
         """ZSET schedule id -> when it next fires (a paused schedule is not in it)."""
         return f"{self.prefix}:{{schedules}}:due"
+
+    @property
+    def schedule_runs(self) -> str:
+        """HASH schedule id -> the run its last tick started (``overlap="skip"`` asks it)."""
+        return f"{self.prefix}:{{schedules}}:runs"
 
     @property
     def schedule_errors(self) -> str:

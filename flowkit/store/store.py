@@ -775,7 +775,22 @@ class Store:
         pipe.hdel(self.keys.schedules, schedule_id)
         pipe.zrem(self.keys.schedules_due, schedule_id)
         pipe.hdel(self.keys.schedule_errors, schedule_id)
+        pipe.hdel(self.keys.schedule_runs, schedule_id)
         return bool(pipe.execute()[0])
+
+    @_op
+    def schedule_started(self, schedule_id: str, run_id: str) -> None:
+        """Keep the run the schedule's tick started (its last one)."""
+        self.redis.hset(self.keys.schedule_runs, schedule_id, run_id)
+
+    @_op
+    def last_schedule_run(self, schedule_id: str) -> tuple[str, str | None] | None:
+        """The run the schedule's last tick started and its state (None: it expired), or
+        None when no tick started one yet."""
+        run_id = self.redis.hget(self.keys.schedule_runs, schedule_id)
+        if run_id is None:
+            return None
+        return run_id, self.redis.hget(self.keys.run(run_id), "state")
 
     @_op
     def due_schedules(self, now: float) -> list[tuple[str, float]]:

@@ -152,3 +152,13 @@ def test_a_schedule_s_input_is_held_to_the_published_schema_as_a_run_s(client):
         assert answer.json()["error"]["fields"]["input"] == {"n": [says]}
         assert client.post("/workflows/simple/runs", json={"n": value}).status_code == 400
     assert flowkit.schedules.list() == []
+
+
+def test_a_schedule_s_overlap_is_taken_over_http_and_checked(client):
+    made = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
+                                           "id": "no-overlap", "overlap": "skip"})
+    assert made.status_code == 201 and made.json()["overlap"] == "skip"
+    assert client.get("/schedules/no-overlap").json()["overlap"] == "skip"
+    bad = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
+                                          "overlap": "sometimes"})
+    assert bad.status_code == 400 and "overlap" in bad.json()["error"]["fields"]
