@@ -87,7 +87,9 @@ def dumps_bounded(value: Any, what: str) -> str:
                         "text decoded with errors='surrogateescape' does; decode it with "
                         "errors='replace'") from None
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
+        where = culprit(value)
+        at = f" (at {where})" if where else ""
+        raise TypeError(f"{what} must be JSON-serialisable{at}: {exc}") from None
     limit = get_settings().max_payload_bytes
     if size > limit:
         raise PayloadTooLarge(
@@ -95,6 +97,34 @@ def dumps_bounded(value: Any, what: str) -> str:
             "(FLOWKIT_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference."
         )
     return text
+
+
+#: What JSON takes as an object's key (json writes int, float, bool and None as strings).
+_KEY_TYPES = (str, int, float, bool, type(None))
+_NONE = object()
+
+
+def culprit(value: Any) -> str | None:
+    """Where in ``value`` the first part JSON cannot carry is, as Python indexes it
+    (``['items'][3]['when']``; ``""`` for ``value`` itself), or None if every part can.
+    Walked only after :func:`dumps` refused ``value``: a deep output's error then says
+    which part to fix, not just its type."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            bad = next((k for k in item if not isinstance(k, _KEY_TYPES)), _NONE)
+            if bad is not _NONE:
+                return f"{path} key {bad!r}".lstrip()
+            stack.extend((v, f"{path}[{k!r}]") for k, v in reversed(item.items()))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return path
+        elif not isinstance(item, (str, int, bool, type(None))):
+            return path
+    return None
 
 
 def nested_too_deeply(value: Any, limit: int = MAX_DEPTH) -> bool:

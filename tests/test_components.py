@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 
@@ -457,10 +458,29 @@ def test_a_pydantic_model_in_an_output_says_to_model_dump_it():
     class Answer(pydantic.BaseModel):
         text: str
 
-    with pytest.raises(TypeError, match=r"the output of step 0:ask must be JSON-serialisable: "
-                                        r"it holds a Answer, a pydantic model .*return "
+    with pytest.raises(TypeError, match=r"the output of step 0:ask must be JSON-serialisable "
+                                        r"\(at \['answer'\]\): it holds a Answer, a pydantic model .*return "
                                         r"value\.model_dump\(mode='json'\)"):
         dumps_bounded({"answer": Answer(text="hi")}, "the output of step 0:ask")
+
+
+@pytest.mark.parametrize("value, where", [
+    ({"items": [1, {"when": datetime.date(2026, 1, 1)}]}, "['items'][1]['when']"),
+    ([{"ok": 1}, (2, {3})], "[1][1]"),
+    ({"scores": {"a": 1.0, "b": float("-inf")}}, "['scores']['b']"),
+    ({"pairs": {(1, 2): "a"}}, "['pairs'] key (1, 2)"),
+    ({(1, 2): "a"}, "key (1, 2)"),
+    (object(), ""),
+])
+def test_an_output_json_cannot_carry_is_refused_with_where_the_part_is(value, where):
+    """A deep output's error named the type only ("Object of type date is not JSON
+    serializable"), not which of its thousand parts to fix."""
+    from flowkit.serialization import dumps_bounded
+
+    with pytest.raises(TypeError) as err:
+        dumps_bounded(value, "the output of step 0:s")
+    at = f" (at {where})" if where else ""
+    assert str(err.value).startswith(f"the output of step 0:s must be JSON-serialisable{at}: ")
 
 
 def test_an_unknown_component_says_how_to_import_it_in_the_worker():

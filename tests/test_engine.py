@@ -163,13 +163,14 @@ def test_an_output_nested_too_deeply_fails_its_run_and_says_so(depth, says):
 
 
 @pytest.mark.parametrize("emit, says", [
-    (False, "the output of step 0:t.not_a_number must be JSON-serialisable: it holds NaN or "
-            "Infinity"),
-    (True, "a step.output event must be JSON-serialisable: it holds NaN or Infinity"),
+    (False, "the output of step 0:t.not_a_number must be JSON-serialisable (at ['score']): "
+            "it holds NaN or Infinity"),
+    (True, "a step.output event must be JSON-serialisable (at ['chunk']['score']): it holds "
+           "NaN or Infinity"),
 ])
 def test_a_nan_in_an_output_or_event_fails_the_step_instead_of_reaching_readers(emit, says):
     """NaN went into the store as the bare word NaN: the API then served it, and a
-    browser's JSON.parse failed on the whole event or run."""
+    browser's JSON.parse failed on the whole event or run. The error says where it is."""
     run = wf.not_numbers.start({"emit": emit})
     with pytest.raises(flowkit.StepError) as err:
         run.result(WAIT)
