@@ -114,6 +114,7 @@ def test_expired_run_token_is_401(flowkit_env, worker, store):
         assert response.json()["error"]["code"] == "token_expired"
 
 
+@pytest.mark.long  # mostly waiting for a token's expiry: beside the rest
 def test_a_stream_opened_with_a_run_token_ends_when_the_token_expires(flowkit_env, worker, store):
     """A token stops reading at its expiry, not when its connection happens to drop: the
     socket closes with 4001 and SSE ends with ``event: token_expired`` while the run still

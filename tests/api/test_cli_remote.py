@@ -68,6 +68,7 @@ def test_following_from_past_a_run_s_events_is_a_usage_error_before_any_output(
         "resume from an id its stream gave you, or 0 for the whole history.")
 
 
+@pytest.mark.long  # mostly waiting for a token's expiry: beside the rest
 def test_a_run_token_expiring_mid_run_ends_the_follow_with_what_to_do(env, worker):
     """The server ends a token's stream when the token expires: the CLI says so in one line
     (exit 2) with the event id to go on from, instead of taking the notice for an event.
@@ -193,6 +194,7 @@ def test_a_follow_waits_out_503s_and_reconnects_saying_so_once(api, env, worker)
     assert ids == [e.id for e in handle.events()]  # every event, once, in order
 
 
+@pytest.mark.long  # mostly waiting for a token's expiry: beside the rest
 def test_a_follow_that_reconnects_after_its_token_expired_says_what_to_do(env, worker):
     """The stream drops (a proxy cuts it), and by the time the CLI reconnects its run token
     has expired: the 401 is that expiry, told as such with the event id to go on from, not

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import redis
 
 from flowkit.serialization import loads
@@ -64,6 +65,7 @@ def done(store: Store, runs: list) -> int:
     return sum(len(store.checkpoints(r.id)) for r in runs)
 
 
+@pytest.mark.long  # mostly waiting for three failovers: beside the rest (scripts/test)
 def test_runs_finish_across_planned_failovers_of_every_primary(flowkit_env, tmp_path,
                                                                 monkeypatch):
     with LocalCluster(3, replicas=1) as cluster, \
@@ -80,6 +82,7 @@ def test_runs_finish_across_planned_failovers_of_every_primary(flowkit_env, tmp_
             assert int(store.get_run(run.id)["restarts"]) == 0
 
 
+@pytest.mark.long  # mostly waiting for the replica's promotion: beside the rest (scripts/test)
 def test_runs_finish_after_a_primary_crashes_and_its_replica_takes_over(flowkit_env, tmp_path,
                                                                          monkeypatch):
     # the steps' own Redis calls (their side-effect counters) fail while the slots are

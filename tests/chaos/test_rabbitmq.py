@@ -105,6 +105,7 @@ def test_a_sigkilled_worker_is_recovered_on_rabbitmq(on_rabbitmq):
     assert reruns(run) == 0
 
 
+@pytest.mark.long  # mostly waiting out the consumer timeout: beside the rest
 def test_a_step_longer_than_the_consumer_timeout_keeps_its_worker_and_runs_once(
     store, chaos_env, tmp_path, monkeypatch,
 ):

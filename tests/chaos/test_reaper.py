@@ -117,6 +117,7 @@ def test_a_failed_step_notifies_the_webhook_once(chaos_app, deployment, webhook,
     assert received.empty()
 
 
+@pytest.mark.long  # mostly waiting through sweeps: beside the rest (scripts/test)
 def test_a_slow_step_with_a_fresh_heartbeat_is_never_restarted(chaos_app, deployment):
     settings = config.get_settings()
     worker = deployment.worker("a")

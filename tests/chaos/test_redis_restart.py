@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import flowkit
 from flowkit import component
 from flowkit.store import get_store
@@ -16,6 +18,7 @@ from tests.conftest import FAST, ROOT
 RUNS = 8
 
 
+@pytest.mark.long  # mostly waiting out the outage: beside the rest (scripts/test)
 def test_runs_in_flight_continue_after_redis_restarts(private_redis, tmp_path):
     env = {
         "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/1",

@@ -180,6 +180,7 @@ def test_a_write_held_at_a_failover_is_resent_to_the_new_primary(sentinel_group)
     assert redis.Redis(port=replica.port, db=1).get("held") == b"1"
 
 
+@pytest.mark.long  # mostly waiting for the sentinels' failover: beside the rest
 def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp_path,
                                                   monkeypatch):
     primary, replica, sentinels = sentinel_group

@@ -5,6 +5,7 @@ lost, and input POSTed over HTTP resumes every one."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 import flowkit
 from flowkit import events
@@ -48,6 +49,7 @@ def test_500_waiting_runs_hold_no_slot_and_500_posted_inputs_finish_them(
     assert all(r.output == {"n": 3, "chunks": 0, "ok": True} for r in finished)
 
 
+@pytest.mark.long  # mostly waiting out the outage: beside the rest (scripts/test)
 def test_a_worker_killed_and_redis_restarted_while_runs_wait_lose_nothing(private_redis, tmp_path):
     env = {**FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos",
            "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/1",
