@@ -122,7 +122,7 @@ def zone(name: Any) -> ZoneInfo:
 
 
 #: What a tick does while the schedule's last run is live (``Schedule.overlap``).
-OVERLAPS = ("allow", "skip")
+OVERLAPS = ("allow", "skip", "buffer", "cancel")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,9 @@ class Schedule:
     #: Stable name (default: made from the workflow and the cron line or interval).
     id: str | None = None
     #: A tick while the schedule's last run is still live: ``"allow"`` starts its run all
-    #: the same, ``"skip"`` starts none (runs that wait for a person piled up).
+    #: the same, ``"skip"`` starts none (runs that wait for a person piled up),
+    #: ``"buffer"`` starts it once that run ends (one tick held back, a later one replaces
+    #: it), ``"cancel"`` cancels that run and starts its own.
     overlap: str = "allow"
 
     def __post_init__(self) -> None:
@@ -165,8 +167,9 @@ class Schedule:
         if not isinstance(self.catchup, bool):
             raise ConfigError(f"Schedule(catchup=...) is True or False, not {self.catchup!r}.")
         if self.overlap not in OVERLAPS:
-            raise ConfigError(f"Schedule(overlap=...) is 'allow' (every tick starts a run) or "
-                              f"'skip' (not while the last one is live), not {self.overlap!r}.")
+            raise ConfigError(f"Schedule(overlap=...) is 'allow' (every tick starts a run), "
+                              f"'skip' (not while the last one is live), 'buffer' (once it "
+                              f"ends) or 'cancel' (cancel it), not {self.overlap!r}.")
         try:  # stored as JSON, as every tick's run input is
             dumps(self.input)
         except (TypeError, ValueError) as exc:

@@ -194,7 +194,8 @@ def test_unreachable_redis_says_what_to_do(env):
                              "or point FLOWKIT_REDIS_URL at your Redis.\n")
 
 
-def test_create_with_overlap_skip(env):
+@pytest.mark.parametrize("overlap", ["skip", "buffer", "cancel"])
+def test_create_with_overlap(env, overlap):
     created = json.loads(ok("create", "simple", "--every", "60", "--input", '{"n": 1}',
-                            "--overlap", "skip", *APP, "--json", env=env))
-    assert created["overlap"] == "skip"
+                            "--overlap", overlap, *APP, "--json", env=env))
+    assert created["overlap"] == overlap

@@ -290,17 +290,66 @@ def test_a_schedule_without_its_input_says_so_after_its_timing_is_checked():
     assert flowkit.schedules.list() == []
 
 
+def _waiting_first_run(schedule_id: str, overlap: str) -> tuple[float, str]:
+    """A 1-second schedule of ``approval`` with ``overlap``, and its first tick's run, which
+    waits for a person: (that tick, the run's id)."""
+    from flowkit.engine.reaper import fire_schedules
+
+    schedule = flowkit.schedules.create("approval", every=1, input={"n": 1}, id=schedule_id,
+                                        overlap=overlap)
+    assert schedule["overlap"] == overlap
+    tick = schedule["next_at"]
+    [first] = fire_schedules(tick + 0.1)
+    wait_until(lambda: flowkit.get_run(first).state == "waiting", WAIT, "the run to wait")
+    return tick, first
+
+
+def test_a_schedule_with_overlap_buffer_starts_one_held_back_tick_once_its_last_run_ends():
+    """Temporal's BufferOne: the ticks while the run waits for a person start nothing then;
+    once it ends, the next sweep starts one run (of the last tick held back), not one a tick."""
+    from flowkit.engine.reaper import fire_schedules
+    from flowkit.engine.schedules import idempotency_key
+
+    tick, first = _waiting_first_run("buffers", "buffer")
+    assert fire_schedules(tick + 1.1) == []  # held back
+    assert fire_schedules(tick + 2.1) == []  # replaces the one held back: one, not two
+    assert get_store().buffered_ticks() == {"buffers": tick + 2}
+    flowkit.send_input(first, "approval", {"ok": True})
+    assert flowkit.get_run(first).wait(WAIT).state == "succeeded"
+    [second] = fire_schedules(tick + 2.5)  # no tick due: the held-back one starts
+    held_back = idempotency_key(flowkit.schedules.get("buffers"), tick + 2)  # the last held
+    assert flowkit.get_run(second).idempotency_key == held_back
+    assert get_store().buffered_ticks() == {}
+    assert fire_schedules(tick + 3.1) == []  # its run is live in turn: held back again
+    flowkit.schedules.pause("buffers")  # a paused schedule starts nothing, held back or not
+    assert get_store().buffered_ticks() == {}
+    flowkit.cancel(second)
+    assert fire_schedules(tick + 3.5) == []
+
+
+def test_a_schedule_with_overlap_cancel_cancels_its_live_run_for_the_tick_s_own():
+    """Temporal's CancelOther: a run still waiting at the next tick is cancelled, and the
+    tick starts a fresh one."""
+    from flowkit.engine.reaper import fire_schedules
+
+    tick, first = _waiting_first_run("replaces", "cancel")
+    [second] = fire_schedules(tick + 1.1)
+    assert second != first
+    assert flowkit.get_run(first).state == "cancelled"
+    wait_until(lambda: flowkit.get_run(second).state == "waiting", WAIT, "the next to wait")
+    flowkit.send_input(second, "approval", {"ok": True})
+    assert flowkit.get_run(second).wait(WAIT).state == "succeeded"
+    [third] = fire_schedules(tick + 2.1)  # the last run ended: nothing to cancel
+    assert flowkit.get_run(second).state == "succeeded"
+    flowkit.cancel(third)
+
+
 def test_a_schedule_with_overlap_skip_starts_no_run_while_its_last_one_is_live():
     """Every tick started its run while the last one still waited for a person: a run a
     minute piled up behind an approval."""
     from flowkit.engine.reaper import fire_schedules
 
-    schedule = flowkit.schedules.create("approval", every=1, input={"n": 1}, id="asks",
-                                        overlap="skip")
-    assert schedule["overlap"] == "skip"
-    tick = schedule["next_at"]
-    [first] = fire_schedules(tick + 0.1)
-    wait_until(lambda: flowkit.get_run(first).state == "waiting", WAIT, "the run to wait")
+    tick, first = _waiting_first_run("asks", "skip")
     assert fire_schedules(tick + 1.1) == []  # its run waits for a person: no second one
     assert fire_schedules(tick + 2.1) == []
     flowkit.send_input(first, "approval", {"ok": True})

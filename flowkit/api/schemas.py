@@ -342,8 +342,10 @@ class ScheduleInfo(Schema):
     declared = fields.Boolean(metadata={"description": "Declared in the code (Workflow("
                                         "schedules=...)): beat deletes it once the code "
                                         "no longer declares it."})
-    overlap = fields.String(metadata={"description": "\"skip\": a tick while the schedule's "
-                                      "last run is live starts none; absent: \"allow\"."})
+    overlap = fields.String(metadata={"description": "A tick while the schedule's last run "
+                                      "is live: \"skip\" starts none, \"buffer\" starts it "
+                                      "once that run ends (one held back), \"cancel\" "
+                                      "cancels that run; absent: \"allow\" (starts it)."})
     paused = fields.Boolean(required=True)
     next_at = fields.Float(allow_none=True, required=True)
     last_error = fields.Nested(ScheduleError, allow_none=True, metadata={

@@ -195,7 +195,8 @@ def register(subs) -> None:
                    help="run the last tick missed while beat was down (default: skip them)")
     p.add_argument("--overlap", choices=OVERLAPS, default="allow",
                    help="a tick while the last run is live: allow (start it all the same, "
-                        "the default) or skip (start none)")
+                        "the default), skip (start none), buffer (start it once the last "
+                        "ends; one held back) or cancel (cancel the last)")
     p.add_argument("--id", metavar="ID", default=None,
                    help="the schedule's id (default: WORKFLOW@CRON or WORKFLOW@everyNs); "
                         "an existing id is replaced")

@@ -16,13 +16,13 @@ import logging
 import time
 
 from ..config import get_settings
-from ..errors import FlowkitError, WorkflowNotFound, error_message
+from ..errors import FlowkitError, InvalidState, NotFound, WorkflowNotFound, error_message
 from ..states import LIVE_STATES, RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
 from ..workflow import get_workflow
 from . import admission, consumers, limits, notify, schedules
 from .broker import queue_depths
-from .control import Run, default_queue, fire_due_timers, live_workers, resume, start
+from .control import Run, cancel, default_queue, fire_due_timers, live_workers, resume, start
 
 log = logging.getLogger(__name__)
 
@@ -135,37 +135,78 @@ def compact_ended(now: float | None = None) -> list[str]:
 
 
 def fire_schedules(now: float | None = None) -> list[str]:
-    """Start the run of every schedule tick due by ``now``; returns the run ids."""
+    """Start the run of every schedule tick due by ``now``, and of every tick held back
+    (``overlap="buffer"``) whose schedule's last run has ended; returns the run ids."""
     store = get_store()
-    started: list[str] = []
+    # held-back ticks first: a tick due in this sweep then finds their runs live
+    started = [run_id for run_id in map(lambda item: _fire_buffered(store, *item),
+                                        store.buffered_ticks().items()) if run_id]
     for definition, tick in schedules.claim_due(now, store):
-        if definition.get("overlap") == "skip" and _still_live(store, definition["id"], tick):
-            continue
-        try:
-            run = start(get_workflow(definition["workflow"]), definition.get("input"),
-                        idempotency_key=schedules.idempotency_key(definition, tick),
-                        store=store)
-        except FlowkitError as exc:  # one broken schedule must not stop the sweep
-            _tick_failed(store, definition["id"], tick, exc)
-            continue
-        except Exception:  # not flowkit's own error: its traceback says where
-            log.exception("flowkit: schedule %s could not start its run", definition["id"])
-            continue
-        started.append(run.id)
-        with contextlib.suppress(FlowkitError):
-            store.schedule_fired(definition["id"], None)
-            store.schedule_started(definition["id"], run.id)
+        overlap = definition.get("overlap", "allow")
+        live = None if overlap == "allow" else _live_run(store, definition["id"])
+        if live is not None:
+            if overlap == "skip":
+                log.info("flowkit: schedule %s skipped its tick of %s: its run %s is still %s "
+                         "(overlap='skip')", definition["id"], tick, *live)
+                continue
+            if overlap == "buffer":
+                store.buffer_tick(definition["id"], tick)
+                log.info("flowkit: schedule %s holds its tick of %s back until its run %s "
+                         "ends (overlap='buffer')", definition["id"], tick, live[0])
+                continue
+            _cancel_for(store, definition["id"], tick, live[0])  # overlap == "cancel"
+        run_id = _fire(store, definition, tick)
+        if run_id:
+            started.append(run_id)
     return started
 
 
-def _still_live(store: Store, schedule_id: str, tick: float) -> bool:
-    """Whether the schedule's last run is live (``overlap="skip"``: this tick starts none)."""
+def _fire(store: Store, definition: dict, tick: float) -> str | None:
+    """Start the run of the schedule's ``tick``; None when it could not (said and kept)."""
+    try:
+        run = start(get_workflow(definition["workflow"]), definition.get("input"),
+                    idempotency_key=schedules.idempotency_key(definition, tick), store=store)
+    except FlowkitError as exc:  # one broken schedule must not stop the sweep
+        _tick_failed(store, definition["id"], tick, exc)
+        return None
+    except Exception:  # not flowkit's own error: its traceback says where
+        log.exception("flowkit: schedule %s could not start its run", definition["id"])
+        return None
+    with contextlib.suppress(FlowkitError):
+        store.schedule_fired(definition["id"], None)
+        store.schedule_started(definition["id"], run.id)
+    return run.id
+
+
+def _fire_buffered(store: Store, schedule_id: str, tick: float) -> str | None:
+    """Start the run of a tick the schedule held back, once its last run has ended; a
+    paused or deleted schedule's is dropped."""
+    definition, next_at = store.schedule(schedule_id)
+    if definition is None or next_at is None:
+        store.drop_buffered(schedule_id)
+        return None
+    if _live_run(store, schedule_id) is not None or not store.take_buffered(schedule_id, tick):
+        return None
+    return _fire(store, definition, tick)
+
+
+def _live_run(store: Store, schedule_id: str) -> tuple[str, str] | None:
+    """The schedule's last run and its state, if that run is live (queued, held, running,
+    waiting): what an ``overlap`` policy other than "allow" acts on."""
     last = store.last_schedule_run(schedule_id)
     if last is None or last[1] is None or last[1] not in LIVE_STATES:
-        return False
-    log.info("flowkit: schedule %s skipped its tick of %s: its run %s is still %s "
-             "(overlap='skip')", schedule_id, tick, last[0], last[1])
-    return True
+        return None
+    return last[0], last[1]
+
+
+def _cancel_for(store: Store, schedule_id: str, tick: float, run_id: str) -> None:
+    """Cancel the schedule's live last run, for its tick's run (``overlap="cancel"``)."""
+    try:
+        cancel(run_id, store)
+    except (InvalidState, NotFound):  # it ended, or expired, meanwhile: nothing to cancel
+        return
+    log.info("flowkit: schedule %s cancelled its run %s for its tick of %s "
+             "(overlap='cancel')", schedule_id, run_id, tick)
 
 
 def _tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError) -> None:

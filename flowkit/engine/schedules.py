@@ -161,6 +161,7 @@ def pause(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
     store = store or get_store()
     definition = get(schedule_id, store)
     store.put_schedule(_stored(definition), None)
+    store.drop_buffered(schedule_id)  # a paused schedule starts nothing, held back or not
     return {**definition, "paused": True, "next_at": None}  # last_error: from get()
 
 

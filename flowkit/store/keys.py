@@ -219,8 +219,14 @@ class Keys:
 
     @property
     def schedule_runs(self) -> str:
-        """HASH schedule id -> the run its last tick started (``overlap="skip"`` asks it)."""
+        """HASH schedule id -> the run its last tick started (an ``overlap`` policy asks it)."""
         return f"{self.prefix}:{{schedules}}:runs"
+
+    @property
+    def schedule_buffered(self) -> str:
+        """HASH schedule id -> the tick it holds back until its last run ends
+        (``overlap="buffer"``)."""
+        return f"{self.prefix}:{{schedules}}:buffered"
 
     @property
     def schedule_errors(self) -> str:

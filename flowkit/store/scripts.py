@@ -27,7 +27,8 @@ RUN_SCRIPTS = (
     "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer", "hold", "admit",
     "compact",
 )
-STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "slots", "trace")
+STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "take_buffered", "slots",
+                      "trace")
 
 
 @cache

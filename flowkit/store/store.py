@@ -776,6 +776,7 @@ class Store:
         pipe.zrem(self.keys.schedules_due, schedule_id)
         pipe.hdel(self.keys.schedule_errors, schedule_id)
         pipe.hdel(self.keys.schedule_runs, schedule_id)
+        pipe.hdel(self.keys.schedule_buffered, schedule_id)
         return bool(pipe.execute()[0])
 
     @_op
@@ -791,6 +792,30 @@ class Store:
         if run_id is None:
             return None
         return run_id, self.redis.hget(self.keys.run(run_id), "state")
+
+    @_op
+    def buffer_tick(self, schedule_id: str, tick: float) -> None:
+        """Hold ``tick`` back until the schedule's last run ends (``overlap="buffer"``): one
+        tick is held, a later one replaces it."""
+        self.redis.hset(self.keys.schedule_buffered, schedule_id, repr(tick))
+
+    @_op
+    def buffered_ticks(self) -> dict[str, float]:
+        """Schedule id -> the tick it holds back, of every schedule holding one."""
+        return {schedule_id: float(tick) for schedule_id, tick
+                in self.redis.hgetall(self.keys.schedule_buffered).items()}
+
+    @_op
+    def take_buffered(self, schedule_id: str, tick: float) -> bool:
+        """Take the tick the schedule holds back (take_buffered.lua): True for one caller,
+        False when another took it or a later tick replaced it."""
+        return bool(self._scripts["take_buffered"](keys=[self.keys.schedule_buffered],
+                                                   args=[schedule_id, repr(tick)]))
+
+    @_op
+    def drop_buffered(self, schedule_id: str) -> None:
+        """Forget the tick the schedule holds back (it was paused, or removed)."""
+        self.redis.hdel(self.keys.schedule_buffered, schedule_id)
 
     @_op
     def due_schedules(self, now: float) -> list[tuple[str, float]]:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from urllib.parse import quote
 
+import pytest
+
 import flowkit
 
 
@@ -154,11 +156,12 @@ def test_a_schedule_s_input_is_held_to_the_published_schema_as_a_run_s(client):
     assert flowkit.schedules.list() == []
 
 
-def test_a_schedule_s_overlap_is_taken_over_http_and_checked(client):
+@pytest.mark.parametrize("overlap", ["skip", "buffer", "cancel"])
+def test_a_schedule_s_overlap_is_taken_over_http_and_checked(client, overlap):
     made = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
-                                           "id": "no-overlap", "overlap": "skip"})
-    assert made.status_code == 201 and made.json()["overlap"] == "skip"
-    assert client.get("/schedules/no-overlap").json()["overlap"] == "skip"
+                                           "id": "no-overlap", "overlap": overlap})
+    assert made.status_code == 201 and made.json()["overlap"] == overlap
+    assert client.get("/schedules/no-overlap").json()["overlap"] == overlap
     bad = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
                                           "overlap": "sometimes"})
     assert bad.status_code == 400 and "overlap" in bad.json()["error"]["fields"]

@@ -295,6 +295,35 @@ def test_claim_tick_not_due_at_that_tick_is_refused_and_changes_nothing(store, s
     assert store.redis.zrange(store.keys.schedules_due, 0, -1, withscores=True) == before
 
 
+# -- take_buffered --------------------------------------------------------------------------------
+
+
+def test_take_buffered_takes_a_held_back_tick_once(store):
+    store.buffer_tick(SCHEDULE, 1_700_000_000.123456)
+    [(schedule_id, tick)] = store.buffered_ticks().items()  # as a sweep reads it
+    assert (schedule_id, tick) == (SCHEDULE, 1_700_000_000.123456)
+    assert store.take_buffered(SCHEDULE, tick) is True
+    assert store.buffered_ticks() == {}
+    assert store.take_buffered(SCHEDULE, tick) is False  # a second beat's sweep: none left
+
+
+def test_take_buffered_of_a_tick_replaced_since_it_was_read_keeps_the_later_one(store):
+    """Another beat held a later tick back after this sweep read the earlier one."""
+    store.buffer_tick(SCHEDULE, T + 60)
+    store.buffer_tick(SCHEDULE, T + 120)
+    assert store.take_buffered(SCHEDULE, T + 60) is False
+    assert store.buffered_ticks() == {SCHEDULE: T + 120}
+    assert store.take_buffered("other", T + 120) is False
+    assert store.buffered_ticks() == {SCHEDULE: T + 120}
+
+
+def test_a_deleted_schedule_holds_no_tick_back(store):
+    put_schedule(store, T + 60)
+    store.buffer_tick(SCHEDULE, T + 60)
+    assert store.delete_schedule(SCHEDULE) is True
+    assert store.buffered_ticks() == {}
+
+
 # -- hold / admit -------------------------------------------------------------------------------
 
 REASON = "2 of 2 runs of acme active"
