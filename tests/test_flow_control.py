@@ -336,6 +336,9 @@ def test_a_schedule_with_overlap_cancel_cancels_its_live_run_for_the_tick_s_own(
     [second] = fire_schedules(tick + 1.1)
     assert second != first
     assert flowkit.get_run(first).state == "cancelled"
+    [said] = [e for e in flowkit.history(first) if e.type == "run.cancelled"]
+    assert said.data["reason"] == (f"schedule replaces: its tick of {tick + 1:.3f} started a "
+                                   "run in its place (overlap='cancel')")
     wait_until(lambda: flowkit.get_run(second).state == "waiting", WAIT, "the next to wait")
     flowkit.send_input(second, "approval", {"ok": True})
     assert flowkit.get_run(second).wait(WAIT).state == "succeeded"

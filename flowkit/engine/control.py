@@ -539,10 +539,13 @@ def trace(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
 # -- changing ---------------------------------------------------------------------------
 
 
-def cancel(run_id: str, store: Store | None = None) -> Run:
-    """Cancel a queued or running run; a running step sees it at its next event or check."""
+def cancel(run_id: str, store: Store | None = None, *, reason: str | None = None) -> Run:
+    """Cancel a queued or running run; a running step sees it at its next event or check.
+    ``reason``, when given, is the ``run.cancelled`` event's (who cancelled it, and why)."""
     store = store or get_store()
-    result = store.cancel(check_run_id(run_id), time.time(), events.make(events.RUN_CANCELLED, run_id))
+    said = {"reason": reason} if reason else {}
+    result = store.cancel(check_run_id(run_id), time.time(),
+                          events.make(events.RUN_CANCELLED, run_id, **said))
     if result < 0:
         raise not_found(run_id)
     if result > 0:

@@ -202,7 +202,8 @@ def _live_run(store: Store, schedule_id: str) -> tuple[str, str] | None:
 def _cancel_for(store: Store, schedule_id: str, tick: float, run_id: str) -> None:
     """Cancel the schedule's live last run, for its tick's run (``overlap="cancel"``)."""
     try:
-        cancel(run_id, store)
+        cancel(run_id, store, reason=f"schedule {schedule_id}: its tick of {tick:.3f} started "
+                                     "a run in its place (overlap='cancel')")
     except (InvalidState, NotFound):  # it ended, or expired, meanwhile: nothing to cancel
         return
     log.info("flowkit: schedule %s cancelled its run %s for its tick of %s "
