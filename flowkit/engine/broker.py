@@ -1,6 +1,7 @@
 """The Celery app that carries flowkit's messages: its configuration, and this process's app.
 
-JSON only (no pickle is accepted anywhere), late acks, requeue on worker loss, one
+JSON only (no pickle is accepted anywhere), and plain JSON at that (:data:`SERIALIZER`),
+late acks, requeue on worker loss, one
 prefetched message per process. On Redis, a broker visibility timeout that must exceed the
 longest step a component can take (a worker refuses to start otherwise, see
 :mod:`flowkit.worker.checks`); on RabbitMQ, a worker that survives the broker's
@@ -14,11 +15,13 @@ needs none of the tasks registered.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from kombu import serialization
 from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings, is_amqp
@@ -40,6 +43,30 @@ CONTINUED_PRIORITY = 0
 FRESH_PRIORITY = 9
 PRIORITY_STEPS = list(range(10))
 MAX_PRIORITY = 9
+
+
+#: The serializer of every task message and result: JSON read back as plain JSON. kombu's
+#: own ``json`` turns any object shaped ``{"__type__": T, "__value__": v}`` into a Python
+#: object on the way in (bytes, datetime, Decimal, UUID): a run's input or fan-out item
+#: holding one reached its step as that type, past the workflow's schema, or made the whole
+#: message undecodable and left its run queued. Values go out as plain JSON too: what JSON
+#: cannot carry is refused where it is sent, not tagged.
+SERIALIZER = "flowkit-json"
+#: Its content type on the broker (kombu keys decoders by content type).
+CONTENT_TYPE = "application/x-flowkit-json"
+#: What a worker reads: flowkit's, and kombu's ``json`` of messages and results sent by a
+#: release before it (a rolling deploy; read as kombu reads them).
+ACCEPTED = [SERIALIZER, "json"]
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def register_serializer() -> None:
+    """Make :data:`SERIALIZER` known to kombu (its registry is per process; again is a no-op)."""
+    serialization.register(SERIALIZER, _encode, json.loads, content_type=CONTENT_TYPE,
+                           content_encoding="utf-8")
 
 
 def message_priority(rank: int, broker_url: str | None = None) -> int:
@@ -83,16 +110,17 @@ def reaper_queue(default_queue: str) -> str:
 
 def celery_config(settings: Settings) -> dict:
     broker, backend, broker_options, backend_options = _celery_urls(settings)
+    register_serializer()
     return {
         "broker_url": broker,
         # kombu's Redis transport, guarded so that a worker outlives a Redis outage
         "broker_transport": transport_for(broker),
         "result_backend": backend,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "event_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
+        "task_serializer": SERIALIZER,
+        "result_serializer": SERIALIZER,
+        "event_serializer": "json",  # monitors' (flower): worker events carry no input
+        "accept_content": ACCEPTED,
+        "result_accept_content": ACCEPTED,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -1,0 +1,72 @@
+"""Task messages and results are plain JSON both ways (``engine.broker.SERIALIZER``).
+
+kombu's own ``json`` read any ``{"__type__": T, "__value__": v}`` object as a Python
+object: a run's input holding one reached its step as bytes, a datetime or a Decimal, past
+the workflow's schema, or made the whole message undecodable (the worker logged "Can't
+decode message body" and dropped it: the run stayed queued, saying nothing)."""
+
+from __future__ import annotations
+
+import pytest
+
+import flowkit
+from flowkit.engine.broker import CONTENT_TYPE, get_app
+from tests.test_publish import broker_messages
+
+pytestmark = pytest.mark.integration
+
+WAIT = 30
+#: Objects kombu's json decoded into Python objects (bytes, datetime, Decimal) or could not
+#: decode at all (uuid with a string, an unknown type).
+TAGGED = {
+    "bytes": {"__type__": "bytes", "__value__": "aGk="},
+    "datetime": {"__type__": "datetime", "__value__": "2026-01-01T00:00:00"},
+    "decimal": {"__type__": "decimal", "__value__": "2.5"},
+    "uuid": {"__type__": "uuid", "__value__": "12345678-1234-5678-1234-567812345678"},
+    "set": {"__type__": "set", "__value__": [1]},
+}
+NOBODY = "wire-nobody"
+
+
+@flowkit.component(name="wire.types")
+def types_of(data: dict) -> dict:
+    return {"types": {k: type(v).__name__ for k, v in data["values"].items()},
+            "values": data["values"]}
+
+
+@flowkit.component(name="wire.tagged_items")
+def tagged_items(data: dict) -> list:
+    return list(TAGGED.values())
+
+
+@flowkit.component(name="wire.item_type")
+def item_type(item: object) -> str:
+    return type(item).__name__
+
+
+typed = flowkit.Workflow("wire.typed", [types_of])
+fanned = flowkit.Workflow("wire.fanned", [tagged_items, flowkit.fan_out(item_type)])
+parked = flowkit.Workflow("wire.parked", [types_of], queue=NOBODY)
+
+
+def test_tagged_objects_in_a_run_s_input_reach_its_step_as_the_json_sent(worker):
+    run = typed.start({"values": TAGGED})
+    output = run.result(WAIT)  # the uuid and set ones no longer leave the run queued
+    assert output["types"] == dict.fromkeys(TAGGED, "dict")
+    assert output["values"] == TAGGED
+
+
+def test_tagged_objects_a_step_returns_reach_its_fan_out_items_as_the_json_sent(worker):
+    assert fanned.start({}).result(WAIT) == ["dict"] * len(TAGGED)
+
+
+def test_step_messages_go_out_as_flowkit_json(store):
+    conn = get_app().connection_for_write()
+    conn.default_channel.queue_purge(NOBODY)
+    try:
+        parked.start({"values": {}})
+        [envelope] = broker_messages(NOBODY)
+        assert envelope["content-type"] == CONTENT_TYPE
+    finally:
+        conn.default_channel.queue_purge(NOBODY)
+        conn.release()
