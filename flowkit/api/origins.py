@@ -74,10 +74,16 @@ def _bare(host: str) -> str:
 
 def check_open_host(request: Request, trusted: tuple[str, ...]) -> None:
     """Refuse an open-mode request addressed to a name that is not this machine's loopback
-    (``localhost``, ``127.0.0.1``, ``[::1]``) nor a trusted origin's host."""
+    (``localhost``, ``127.0.0.1``, ``[::1]``) nor a trusted origin's host, and one addressed
+    to a loopback name from another machine: any client but a browser writes the ``Host``
+    it likes, and a server bound to 0.0.0.0 took ``Host: localhost`` from the network."""
     host = _hostname(request.host)
     if host == "localhost" or host.endswith(".localhost") or _is_loopback(host):
-        return
+        if _is_loopback(request.remote_addr or ""):
+            return
+        raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers connections from this "
+                       f"machine only, not from {request.remote_addr}; use an API key "
+                       "(FLOWKIT_API_KEYS).")
     if any(_hostname(origin.partition("://")[2]) == host for origin in trusted):
         return
     raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers requests to localhost, "

@@ -44,12 +44,12 @@ def make_app(**options) -> Flask:
     return app
 
 
-def serve(app: Flask) -> Iterator[Served]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serve(app: Flask, host: str = "127.0.0.1") -> Iterator[Served]:
+    server = make_server(host, 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Served(app, f"http://127.0.0.1:{server.port}")
+        yield Served(app, f"http://{host}:{server.port}")
     finally:
         server.shutdown()
         app.extensions["flowkit"].hub.stop()

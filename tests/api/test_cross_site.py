@@ -8,6 +8,7 @@ cancel or answer runs, and a WebSocket (no CORS) could read a run's stream.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 
 import httpx
@@ -114,6 +115,33 @@ def test_the_open_api_answers_loopback_host_names_only(open_api, store):
     for host in (f"localhost:{port}", f"[::1]:{port}", "app.example.com"):  # the last: trusted
         with httpx.Client(base_url=open_api.url, headers={"Host": host}) as local:
             assert local.get("/runs").status_code == 200, host
+
+
+def _network_address() -> str:
+    """This machine's address on its network (no packet is sent: a UDP socket's route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("this machine has no network address but loopback")
+        return probe.getsockname()[0]
+
+
+def test_the_open_api_refuses_a_loopback_host_name_sent_from_another_address(flowkit_env,
+                                                                             worker, store):
+    """Served on every interface (the packaged gunicorn config's 0.0.0.0), the open API
+    took `Host: localhost` from any client of the network, which may write any Host."""
+    address = _network_address()
+    for served in serve(make_app(keys=[], open=True), host=address):
+        port = served.url.rpartition(":")[2]
+        with httpx.Client(base_url=served.url, headers={"Host": f"localhost:{port}"}) as spoof:
+            response = spoof.get("/runs")
+            assert response.status_code == 403
+            assert response.json()["error"]["message"] == (
+                f"FLOWKIT_API_OPEN answers connections from this machine only, not from "
+                f"{address}; use an API key (FLOWKIT_API_KEYS).")
+            assert spoof.post("/workflows/simple/runs", json={"n": 1}).status_code == 403
+    assert runs_of("simple") == 0
 
 
 @pytest.mark.parametrize("origin", ["app.example.com", "https://u@app.example.com",
