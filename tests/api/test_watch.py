@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
+from playwright.sync_api import expect
 
 import flowkit
 from flowkit import history
@@ -40,7 +42,7 @@ def test_watch_page_follows_a_run_across_a_dropped_socket_and_a_refresh(api, cli
     page = browser.new_page()
     page.set_default_timeout(30_000)
     page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
-    page.wait_for_function("document.querySelector('section.step pre.text')?.textContent === 'a0a1a2'")
+    expect(page.locator("section.step pre.text")).to_have_text("a0a1a2", timeout=30_000)
     assert page.get_attribute("#state", "data-state") == "running"
 
     reached_gate(handle, "streamer")
@@ -93,7 +95,7 @@ def test_watch_page_without_a_token_cannot_read_the_run(api, client, browser):
     run = start(client, "simple", {"n": 1})
     page = browser.new_page()
     page.goto(f"{api.url}{run['urls']['watch']}")
-    page.wait_for_function("document.querySelector('#connection').textContent.startsWith('refused')")
+    expect(page.locator("#connection")).to_have_text(re.compile("^refused"), timeout=30_000)
     assert page.text_content("#connection").startswith("refused (401): Credentials required")
     assert shown_ids(page) == []
     page.close()
@@ -112,6 +114,28 @@ def test_the_watch_page_sends_its_token_on_to_nothing_as_a_referer(api, client, 
     page.wait_for_selector('#state[data-state="succeeded"]')  # read over its stream
     assert len(referers) > 2  # the page, its modules and style, its stream
     assert not [r for r in referers if run["token"] in r]
+    page.close()
+
+
+def test_the_watch_page_runs_only_its_own_scripts_and_still_follows_its_run(api, client,
+                                                                            browser):
+    """It had no Content-Security-Policy, unlike the dashboard: a script injected into it
+    (a run's text rendered as markup, by a later change) would have run with its token."""
+    run = start(client, "simple", {"n": 1}, params={"wait": 10})
+    page = browser.new_page()
+    blocked: list[str] = []
+    page.on("console", lambda message: blocked.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    response = page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    page.wait_for_selector('#state[data-state="succeeded"]')  # its module, style, stream
+    page.evaluate("""() => { const s = document.createElement('script');
+                             s.textContent = 'window.injected = true';
+                             document.body.appendChild(s); }""")
+    assert page.evaluate("() => window.injected === undefined")
+    assert blocked  # the browser refused the inline script, and said so
+    assert not [m for m in blocked if "watch" in m or "_flowkit" in m]  # none of its own
     page.close()
 
 
@@ -165,8 +189,8 @@ def test_a_watch_page_past_its_runs_stream_limit_says_why_and_comes_in_when_one_
             first.goto(watch)
             first.wait_for_selector('#connection[data-connection="open"]')
             second.goto(watch)
-            second.wait_for_function(
-                "document.querySelector('#connection').textContent.startsWith('reconnecting: ')")
+            expect(second.locator("#connection")).to_have_text(re.compile("^reconnecting: "),
+                                                      timeout=30_000)
             assert "already hold 1 streams open on this server" in second.text_content(
                 "#connection")
             first.close()  # its stream ends: the other comes in after the Retry-After

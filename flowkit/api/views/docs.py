@@ -8,6 +8,7 @@ from flask_sock import Sock
 from ..openapi import build_spec
 from ..requests import access
 from ..state import state
+from .ui import PAGE_POLICY
 
 
 def register(bp: Blueprint, sock: Sock) -> None:
@@ -29,4 +30,8 @@ def watch(run_id: str):
     page = current_app.blueprints[state().blueprint].send_static_file("watch.html")
     # its URL holds the run token: not to be sent on as the Referer of what it loads
     page.headers["Referrer-Policy"] = "no-referrer"
+    # framing stays allowed: an app may embed a run's page in its own (the token in its URL
+    # is the only credential it uses, so a frame gains a clickjacker nothing)
+    page.headers["Content-Security-Policy"] = PAGE_POLICY
+    page.headers["X-Content-Type-Options"] = "nosniff"
     return page

@@ -24,6 +24,10 @@ from ..state import state
 SHELL = Path(__file__).resolve().parent.parent / "static" / "ui" / "shell.html"
 #: The endpoint name of every dashboard page (public in blueprint.PUBLIC).
 ENDPOINT = "ui"
+#: The pages' (the dashboard's, the watch page's) Content-Security-Policy: they are modules
+#: and a stylesheet of this origin, so nothing inline and nothing foreign runs in them.
+PAGE_POLICY = ("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+               "base-uri 'none'; form-action 'self'")
 
 
 def register(bp: Blueprint, sock: Sock) -> None:
@@ -61,10 +65,6 @@ def page(rest: str) -> Response:
     # the shell is the same for every path and holds no data; its modules read the API
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Frame-Options"] = "DENY"
-    # the pages are modules and a stylesheet of this origin: nothing inline, nothing foreign
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    )
+    response.headers["Content-Security-Policy"] = PAGE_POLICY + "; frame-ancestors 'none'"
     response.headers["Referrer-Policy"] = "same-origin"
     return response
