@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,6 @@ from ..errors import (
     NotFound,
     RunCancelled,
     StepSuspended,
-    ValidationError,
 )
 from ..policy import call_with_timeout
 from ..schemas import SchemaLike, as_schema, check_event_key, json_schema
@@ -215,17 +215,24 @@ class StepContext:
         """See :func:`flowkit.wait_for_input`."""
         loaded = as_schema(schema, f"{name}Input")
         spec = {"prompt": prompt, "schema": json_schema(loaded)}
-        answer = self._wait(WaitKind.INPUT, name, spec, _deadline(timeout))
+
+        def refused(answer: dict[str, Any]) -> dict[str, Any] | None:
+            """Why this step's schema refuses an answer: a deploy changed it while the run
+            waited (the answer fit the schema of then), or marshmallow's own validators,
+            past the published JSON Schema, refuse it."""
+            if loaded is None or "input" not in answer:
+                return None
+            try:
+                loaded.load(answer["input"])
+            except Exception as exc:
+                return getattr(exc, "messages", None) or {"_schema": [str(exc)]}
+            return None
+
+        answer = self._wait(WaitKind.INPUT, name, spec, _deadline(timeout), refused=refused)
         if "timeout" in answer:
             raise InputTimeout(f"no input {name!r} within {timeout:g}s (step {self.step})")
         value = answer["input"]
-        if loaded is None:
-            return value
-        try:
-            return loaded.dump(loaded.load(value))
-        except Exception as exc:  # marshmallow's own checks, past the published schema
-            raise ValidationError(getattr(exc, "messages", {"_schema": [str(exc)]}),
-                                  f"Input {name!r} failed its schema.") from None
+        return value if loaded is None else loaded.dump(loaded.load(value))
 
     def wait_for_event(self, key: str, timeout: float | None, lookback: float | None) -> Any:
         """See :func:`flowkit.wait_for_event`."""
@@ -241,11 +248,31 @@ class StepContext:
         self._wait(WaitKind.SLEEP, "sleep", {}, deadline)
 
     def _wait(self, kind: WaitKind, name: str, spec: dict[str, Any], due: float | None,
-              lookback: float | None = None) -> dict[str, Any]:
+              lookback: float | None = None,
+              refused: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+              ) -> dict[str, Any]:
         """The answer of this wait (``{"input": ...}``, ``{"event": ...}``, ``{"timeout":
-        true}``, ``{"slept": true}``); pauses the step (StepSuspended) until there is one."""
+        true}``, ``{"slept": true}``); pauses the step (StepSuspended) until there is one.
+        An answer ``refused`` finds fault with is dropped and the wait opened again, saying
+        why (``refused`` in its spec): failing the run kept the answer, so a retry failed
+        the same way and no other answer was taken ("the first answer stands")."""
         key = f"{self.step}/{self._calls}:wait:{kind}:{name}"
         self._calls += 1
+        answer = self._answer(key, kind, name, spec, due, lookback)
+        while refused is not None and (errors := refused(loads(answer))) is not None:
+            self.store.forget_checkpoint(self.run_id, key)
+            again = {**spec, "refused": {
+                "answer": loads(answer).get("input"), "errors": errors,
+                "message": f"The answer to {name!r} does not fit the schema this step now "
+                           "has (changed since it was given, or checked further by its "
+                           "validators): answer again."}}
+            answer = self._pause(key, kind, name, again, due)
+        return loads(answer)
+
+    def _answer(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
+                due: float | None, lookback: float | None) -> str:
+        """The answer checkpointed under ``key`` (JSON), an event sent within ``lookback``,
+        or none yet: the step pauses (StepSuspended)."""
         answer = self.store.checkpoint(self.run_id, key)
         if answer is None and kind == WaitKind.EVENT:
             # indexed before anything else: an event sent from now on answers it (early, if
@@ -258,7 +285,7 @@ class StepContext:
                     self.run_id, key, dumps({"event": loads(data), "sent_at": sent_at}))
         if answer is None:
             answer = self._pause(key, kind, name, spec, due)
-        return loads(answer)
+        return answer
 
     def _unseen_event(self, name: str, lookback: float) -> tuple[str, float] | None:
         """The newest event sent under ``name`` within ``lookback`` seconds that no earlier
