@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import flowkit
 from flowkit import __version__
 from tests import workflows as wf
 from tests.conftest import open_gate, reached_gate, wait_until
@@ -69,7 +70,43 @@ def test_status_of_a_failed_run_names_the_step_and_the_error(env):
     run.wait(20)
     shown = rows(flowkit_cli("status", run.id, env=env).stdout)
     assert shown["State"] == "failed"
-    assert shown["Error"] == "Flaky in step 1:t.flaky after 2 attempts: flaky failure 2"
+    # where it was raised too, as the record says (status left it out)
+    assert re.fullmatch(r"Flaky in step 1:t\.flaky after 2 attempts: flaky failure 2 "
+                        r"\(at tests/workflows\.py:\d+ in flaky\)", shown["Error"])
+
+
+@flowkit.component(name="cli.bracketed")
+def bracketed(data: dict) -> str:
+    if data.get("fail"):
+        raise ValueError("[crm] lookup failed for [customer]")
+    return "[billing] Thanks for your order"
+
+
+bracketing = flowkit.Workflow("cli-bracketed", [bracketed])
+
+
+def test_status_and_runs_show_text_in_square_brackets_as_it_is(env):
+    """rich read "[billing]" in a run's output or error as markup, and dropped it."""
+    done = bracketing.start({})
+    done.result(20)
+    failed = bracketing.start({"fail": True})
+    failed.wait(20)
+    assert rows(flowkit_cli("status", done.id, env=env).stdout)["Output"] == (
+        "[billing] Thanks for your order")
+    assert "[crm] lookup failed for [customer]" in rows(
+        flowkit_cli("status", failed.id, env=env).stdout)["Error"]
+    listed = flowkit_cli("runs", "--workflow", "cli-bracketed", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "[crm] lookup failed for [customer]" in listed.stdout
+
+
+def test_status_of_a_run_waiting_for_input_says_what_it_asks(env):
+    run = wf.approval.start({"n": 1})
+    wait_until(lambda: run.refresh().state == "waiting", 20, "the run to wait for input")
+    waits = rows(flowkit_cli("status", run.id, env=env).stdout)["Waits for"]
+    assert waits.startswith("input approval asking 'Publish this?', fields note, ok "
+                            f"(answer: flowkit input {run.id} approval JSON)"), waits
+    flowkit.cancel(run.id)
 
 
 def test_events_for_a_person_are_one_line_each(env):

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 #: Width of a table printed into a pipe or a file (no terminal to fit), unless COLUMNS says.
 PIPE_WIDTH = 200
@@ -59,7 +60,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str | No
     for header in headers:
         out.add_column(header, overflow="fold")
     for row in rows:
-        out.add_row(*("-" if cell is None else str(cell) for cell in row))
+        # Text, not str: rich reads "[billing]" in a run's text as markup and drops it
+        out.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
     return out
 
 

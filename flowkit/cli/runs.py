@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from .. import events as ev
 from ..engine import control as runs
@@ -44,7 +45,8 @@ def _error_line(error: dict[str, Any] | None) -> str | None:
     where = f" in step {error['step']}" if error.get("step") else ""
     tried = len(error.get("attempts") or ())
     after = f" after {plural(tried, 'attempt')}" if tried > 1 else ""
-    return f"{error.get('type', 'Error')}{where}{after}: {error.get('message', '')}"
+    at = f" (at {error['where']})" if error.get("where") else ""
+    return f"{error.get('type', 'Error')}{where}{after}: {error.get('message', '')}{at}"
 
 
 def _waits_line(run: dict[str, Any]) -> str | None:
@@ -54,6 +56,13 @@ def _waits_line(run: dict[str, Any]) -> str | None:
         if wait.get("expires_at"):
             what += f" until {human_time(wait['expires_at'])}"
         if wait.get("kind") == "input":
+            if wait.get("prompt"):
+                what += f" asking {wait['prompt']!r}"
+            fields = sorted((wait.get("schema") or {}).get("properties") or {})
+            if fields:
+                what += f", fields {', '.join(fields)}"
+            if wait.get("refused"):
+                what += f"; its answer was refused: {short(wait['refused'].get('errors'))}"
             what += f" (answer: flowkit input {run['id']} {wait.get('name')} JSON)"
         parts.append(what)
     for reason in (run.get("waiting_for"), run.get("held_for")):
@@ -72,7 +81,7 @@ def status_text(run: dict[str, Any]) -> Table:
 
     def row(label: str, value: Any) -> None:
         if value not in (None, "", [], {}):
-            grid.add_row(label, str(value))
+            grid.add_row(label, Text(str(value)))  # not markup: "[crm]" is the run's text
 
     row("Run", run["id"])
     row("Workflow", f"{run['workflow']} (version {run['version']})")
