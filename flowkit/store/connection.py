@@ -22,6 +22,7 @@ command and script of the store touches one slot (:mod:`flowkit.store.keys`).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -39,6 +40,11 @@ from . import failover
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+#: A Redis Cluster's errors while it moves a slot or fails over, once the cluster client's
+#: own resends are spent: ``ClusterError("TTL exhausted")`` after TRYAGAIN (a multi-key
+#: script on a slot half migrated) or redirections, a slot no node serves yet.
+CLUSTER_MOVING = (redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+                  redis.exceptions.SlotNotCoveredError)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,6 +79,9 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise refused(exc) from exc
         except UNREACHABLE as exc:
             raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
+        except CLUSTER_MOVING as exc:  # a command that never ran: the caller's outage path
+            raise StoreUnavailable(f"flowkit's Redis Cluster is moving a slot or failing "
+                                   f"over: {exc}") from exc
         except redis.exceptions.MovedError as exc:  # a plain client on a cluster's node
             raise ConfigError(
                 "FLOWKIT_REDIS_URL reaches one node of a Redis Cluster (it answered MOVED): "
@@ -119,13 +128,53 @@ def from_url(url: str, **kwargs) -> redis.Redis:
     return _primary(sentinel, **kwargs)
 
 
+#: RedisCluster's pause between TRYAGAIN resends (in the second half of its TTL).
+_TRYAGAIN_PAUSE = 0.05
+
+
+class _Cluster(RedisCluster):
+    """redis-py's ``RedisCluster`` resending a command refused with TRYAGAIN for the
+    process's Redis budget, not for its 16 tries (0.4 s): a script of a run, whose keys
+    share a slot, meets TRYAGAIN while a reshard moves that slot's keys one batch at a
+    time, and a step failed with ``ClusterError: TTL exhausted`` (its message consumed,
+    its run left running without a lease). TRYAGAIN means the command did not run."""
+
+    def __init__(self, *args: Any, resend_seconds: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # half the TTL resends at once, half after a pause each (redis-py's _execute_command)
+        self.RedisClusterRequestTTL = max(RedisCluster.RedisClusterRequestTTL,
+                                          2 * math.ceil(resend_seconds / _TRYAGAIN_PAUSE))
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = super().pipeline(*args, **kwargs)
+        pipe.RedisClusterRequestTTL = self.RedisClusterRequestTTL  # its resends go alike
+        return pipe
+
+
+class _ClusterNodeConnection(redis.Connection):
+    """A cluster node's connection that resends a write its primary refused with
+    NOREPLICAS (``min-replicas-to-write``: a primary whose replica is down, or not yet
+    caught up after a failover). The write never ran; as a connection error it is resent
+    within the budget, then said as an outage, not a raw ``ResponseError`` (a 500)."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if "NOREPLICAS" not in str(exc):
+                raise
+            self.disconnect()
+            raise redis.ConnectionError(f"the primary takes no writes now ({exc})") from exc
+
+
 def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
     kwargs.pop("retry_on_error", None)  # RedisCluster resends on its own list of errors
     kwargs.pop("health_check_interval", None)
     try:  # RedisCluster reads the cluster's slots here: its errors were tracebacks
-        return RedisCluster(  # type: ignore[return-value]  # same command API as redis.Redis
+        return _Cluster(  # type: ignore[return-value]  # same command API as redis.Redis
             startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
-            username=url.username, password=url.password, **kwargs)
+            username=url.username, password=url.password,
+            connection_class=_ClusterNodeConnection, **kwargs)
     except RedisClusterUnreachableError as exc:
         raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
     except RedisClusterException as exc:
@@ -244,7 +293,7 @@ def client(settings: Settings) -> redis.Redis:
     options = {**_options(settings), "max_connections": settings.connection_pool_size}
     cluster = ClusterURL.parse(settings.redis_url)
     if cluster is not None:
-        return _cluster(cluster, **options)
+        return _cluster(cluster, resend_seconds=settings.redis_retry_seconds, **options)
     sentinel = SentinelURL.parse(settings.redis_url)
     if sentinel is not None:
         return _primary(sentinel, **options)
@@ -273,6 +322,13 @@ def blocking_client(settings: Settings, block_seconds: float) -> redis.Redis:
         settings.redis_url, decode_responses=True, socket_timeout=block_seconds + 5,
         socket_connect_timeout=5,
     )
+
+
+def unblocked(exc: BaseException) -> bool:
+    """Whether a blocking read (``XREAD BLOCK``) was cut by its server ceasing to be the
+    primary (a Sentinel or Cluster failover: ``-UNBLOCKED ... instance state changed``):
+    nothing was lost, the read is to be made again (``flowkit follow`` died of it)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("UNBLOCKED")
 
 
 def is_redis_url(url: str) -> bool:

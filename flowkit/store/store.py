@@ -1024,7 +1024,13 @@ class Store:
         archived = archive.after(self._archived(run_id)[0], after)
         if archived:
             return archived[:count]
-        reply = self.redis.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
+        try:
+            reply = self.redis.xread({self.keys.events(run_id): after}, count=count,
+                                     block=block_ms)
+        except redis.ResponseError as exc:
+            if not connection.unblocked(exc):
+                raise
+            return []  # the caller reads again from ``after``, from the new primary
         return _entries(reply[0][1]) if reply else []
 
     @_op

@@ -229,6 +229,11 @@ class StreamReader:
                               *streams.keys(), *streams.values())
             # [[key, [[id, [field, value, ...]], ...]], ...]; a map of key to entries on RESP3
             reply = conn.read_response() or ()
+        except redis.ResponseError as exc:
+            if not connection.unblocked(exc):
+                raise
+            conn.disconnect()  # its server is no longer the primary: reconnect to the new
+            return {}
         except BaseException:
             conn.disconnect()  # half a reply must not be read as the next one's; reconnects
             raise

@@ -16,6 +16,8 @@ a replica takes over from its primary.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -95,6 +97,59 @@ def test_runs_finish_after_a_primary_crashes_and_its_replica_takes_over(flowkit_
                  30, "a replica to take over from the killed primary")
         finished(store, runs, 200)
         assert done_at_crash < RUNS * 10, "the runs ended before the crash"
+
+
+@pytest.mark.long  # mostly waiting for the runs around a slot's migration
+def test_runs_start_and_finish_while_a_reshard_moves_their_shard_s_slot(flowkit_env, tmp_path,
+                                                                       monkeypatch):
+    """A reshard (``redis-cli --cluster reshard``, a primary added or rebalanced) moves a
+    slot's keys a batch at a time; a run's scripts, whose keys share their shard's slot,
+    meet TRYAGAIN while the slot is half moved. redis-py gave up after 0.4 s: steps failed
+    with ClusterError (their messages consumed, a run left running without a lease) and
+    start() raised it to its caller."""
+    with LocalCluster(3) as cluster, \
+            runs_on(cluster, monkeypatch, tmp_path, ten_retried) as (store, runs):
+        key = store.keys.run(runs[0].id)
+        slot = store.redis.keyslot(key)
+        source = store.redis.get_node_from_key(key).port
+        target = next(port for port in cluster.ports if port != source)
+        started: list = []
+        failed: list[BaseException] = []
+        moving = threading.Event()
+
+        def start_runs() -> None:  # starts land in every shard, the moving one too
+            while moving.is_set():
+                try:
+                    started.append(ten_retried.start({"n": 0, "chunks": 1, "pause": 0.01}))
+                except BaseException as exc:  # noqa: BLE001 - what the test is about
+                    failed.append(exc)
+                time.sleep(0.02)
+
+        moving.set()
+        starter = threading.Thread(target=start_runs)
+        starter.start()
+        try:
+            migrate_slot(cluster, slot, source, target)
+        finally:
+            moving.clear()
+            starter.join(30)
+        assert failed == [] and started
+        finished(store, runs + started, 200)
+
+
+def migrate_slot(cluster: LocalCluster, slot: int, source: int, target: int) -> None:
+    """Move ``slot`` from the primary at ``source`` to the one at ``target`` as redis-cli's
+    reshard does (IMPORTING, MIGRATING, MIGRATE, NODE), one key at a time, slowly: the
+    slot stays half moved for seconds."""
+    src, dst = redis.Redis(port=source), redis.Redis(port=target)
+    src_id, dst_id = (r.execute_command("CLUSTER", "MYID").decode() for r in (src, dst))
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+        src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        time.sleep(0.1)
+    for port in cluster.ports:
+        redis.Redis(port=port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
 
 def take_over(cluster, replica: int, tries: int = 3) -> None:

@@ -179,3 +179,30 @@ def test_a_cluster_url_that_reaches_no_cluster_or_a_node_without_it_is_one_line(
     assert "Traceback" not in one_node.stderr, one_node.stderr
     assert "reaches one node of a Redis Cluster (it answered MOVED): write it as " \
            "redis+cluster://host:port" in one_node.stdout + one_node.stderr
+
+
+def test_a_write_a_primary_refuses_with_noreplicas_is_resent_then_said_as_an_outage(
+        cluster, store, monkeypatch):
+    """``min-replicas-to-write`` on a primary whose replica is down (or not caught up after
+    a failover): the raw ``NOREPLICAS`` ResponseError reached the caller (a 500 from the
+    API); it is resent within the budget, as for Sentinel, and said as an outage past it."""
+    import threading
+
+    from flowkit.errors import StoreUnavailable
+
+    settings = config.get_settings().replace(redis_url=cluster.url, redis_retry_seconds=0.5)
+    monkeypatch.setattr(config, "_settings", settings)
+    store = get_store()
+    key = Keys("flowkit").run("noreplicas")
+    node = redis.Redis(port=store.redis.get_node_from_key(key).port)
+    node.config_set("min-replicas-to-write", 1)  # these primaries have no replica
+    try:
+        with pytest.raises(StoreUnavailable, match="takes no writes now"):
+            store.save_checkpoint("noreplicas", "0:a", dumps({"n": 1}))
+        # the replica is back within the resend window: the write goes through
+        monkeypatch.setattr(config, "_settings", settings.replace(redis_retry_seconds=10))
+        threading.Timer(0.15, node.config_set, ("min-replicas-to-write", 0)).start()
+        assert get_store().save_checkpoint("noreplicas", "0:a", dumps({"n": 1})) == dumps(
+            {"n": 1})
+    finally:
+        node.config_set("min-replicas-to-write", 0)
