@@ -221,3 +221,16 @@ def test_a_restart_is_told_once_in_the_line_and_kept_in_the_picture():
     line = view.feed({"type": "run.restarted", "reason": "heartbeat lapsed", "ts": 1.0})
     assert line == "run restarted: heartbeat lapsed"
     assert (view.state, view.note) == ("queued", "restarted: heartbeat lapsed")
+
+
+def test_a_run_cancelled_while_it_waited_is_not_told_to_be_answered():
+    """The line read "run cancelled: input 'approval' ...; answer: flowkit input ..."."""
+    view = RunView("01RUN")
+    view.feed({"type": "run.waiting", "kind": "input", "name": "approval", "step": "0:a",
+               "ts": 1.0})
+    assert "flowkit input" in view.note
+    assert view.feed({"type": "run.cancelled", "ts": 2.0}) == "run cancelled"
+    assert (view.state, view.note) == ("cancelled", "")
+    reason = "schedule s: its tick of 3.000 started a run in its place (overlap='cancel')"
+    assert view.feed({"type": "run.cancelled", "reason": reason, "ts": 3.0}) == (
+        f"run cancelled: {reason}")

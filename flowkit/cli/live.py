@@ -128,6 +128,8 @@ class RunView:
             return f"run restarted: {event.get('reason', '')}"
         if kind == "run.failed":
             self.note = _error_text(event.get("error"))
+        elif kind in ("run.succeeded", "run.cancelled"):  # not the wait it ended in
+            self.note = event.get("reason", "")
         line = f"run {verb}"
         return f"{line}: {self.note}" if self.note else line
 
