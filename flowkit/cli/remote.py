@@ -28,6 +28,10 @@ RECONNECT_SECONDS = 1.0
 #: Reconnections in a row without a new event before following gives up (two minutes: a
 #: deploy, a Redis restart).
 RECONNECT_TRIES = 120
+#: Seconds a command waits for a server that refuses connections before it says it cannot
+#: reach it: a web app restarting (``flowkit dev`` restarts it at each change) is back
+#: within about two, and a start or a follow made meanwhile failed at once.
+CONNECT_WAIT_SECONDS = 5.0
 #: How a Flask app's 404 for a path it has no route for begins (werkzeug's NotFound): the
 #: --url is wrong, the run or workflow is not what is missing.
 _NO_ROUTE = "The requested URL was not found"
@@ -114,11 +118,7 @@ class RemoteRuns:
             time.sleep(RECONNECT_SECONDS)  # the stream ended before the run did: a deploy
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise FlowkitError(f"cannot reach {self.url} ({exc}); is the web app running, "
-                               "and is --url (or FLOWKIT_URL) right?") from None
+        response = self._request(method, path, **kwargs)
         self._check(response)
         try:
             answer = response.json()
@@ -128,6 +128,30 @@ class RemoteRuns:
             kind = response.headers.get("content-type", "no content type").split(";")[0]
             raise self._not_flowkit(f"HTTP {response.status_code}, {kind}")
         return answer
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The server's response; a refused connection (no request was sent, so a start
+        is not made twice) is tried again for :data:`CONNECT_WAIT_SECONDS`."""
+        deadline = time.monotonic() + CONNECT_WAIT_SECONDS
+        said = False
+        while True:
+            try:
+                return self.http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                if time.monotonic() >= deadline:
+                    raise self._unreachable(exc) from None
+                if not said:
+                    said = True
+                    print(f"flowkit: {self.url} refuses connections ({exc}); waiting up to "
+                          f"{CONNECT_WAIT_SECONDS:g} s for it (a web app restarting) ...",
+                          file=sys.stderr, flush=True)
+                time.sleep(0.2)
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: Exception) -> FlowkitError:
+        return FlowkitError(f"cannot reach {self.url} ({exc}); is the web app running, "
+                            "and is --url (or FLOWKIT_URL) right?")
 
     def _not_flowkit(self, what: str) -> FlowkitError:
         return FlowkitError(f"{self.url} answered with {what}, not flowkit's API: is --url (or "

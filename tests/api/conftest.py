@@ -44,8 +44,8 @@ def make_app(**options) -> Flask:
     return app
 
 
-def serve(app: Flask, host: str = "127.0.0.1") -> Iterator[Served]:
-    server = make_server(host, 0, app, threaded=True)
+def serve(app: Flask, host: str = "127.0.0.1", port: int = 0) -> Iterator[Served]:
+    server = make_server(host, port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

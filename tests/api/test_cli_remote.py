@@ -245,6 +245,29 @@ def test_http_errors_are_one_line(api, env):
         assert "Traceback" not in result.stderr
 
 
+def test_a_run_started_while_the_web_app_restarts_waits_for_it(env):
+    """``flowkit dev`` restarts the web app at each change: a `flowkit run` in the second
+    that took failed at once ("cannot reach ..."), and started nothing."""
+    from flowkit.testing import free_port
+
+    port = free_port()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "flowkit.cli", "run", "simple", "-i", "n=1", "--url",
+         f"http://127.0.0.1:{port}", "--api-key", API_KEY], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said = command.stderr.readline()  # refused: it says it waits, and does
+        assert f"http://127.0.0.1:{port} refuses connections" in said, said
+        assert "waiting up to 5 s" in said
+        for _ in serve(make_app(), port=port):
+            out, err = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 0, err
+    assert json.loads(out[out.index("{"):]) == {"n": 4}
+
+
 def test_a_server_without_api_keys_is_not_told_to_be_sent_one(env):
     """Its 401 says it has no API keys; the CLI added "pass --api-key" all the same."""
     from tests.api.conftest import make_app, serve
