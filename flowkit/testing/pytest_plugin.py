@@ -1,0 +1,96 @@
+"""pytest fixtures to test your own workflows on real parts: a private Redis and a worker.
+
+Load it before your conftest.py imports anything of yours, with pytest's ``-p``::
+
+    # pyproject.toml
+    [tool.pytest.ini_options]
+    addopts = "-p flowkit.testing.pytest_plugin"
+
+Before pytest imports your conftest.py and test modules (your workflows' Celery app reads
+its settings when it is made), it starts a private ``redis-server`` (AOF on, in a temporary
+directory; ``FLOWKIT_TEST_REDIS_URL=redis://host:port`` uses yours instead) and points
+``FLOWKIT_REDIS_URL`` (database 1) and ``FLOWKIT_BROKER_URL`` (database 0) at it, so no
+test reaches the Redis of your ``flowkit dev`` or of production, and it stops the server at
+the end. Without ``-p`` (``pytest_plugins = ["flowkit.testing.pytest_plugin"]`` in a
+conftest.py) the same happens once that conftest.py has been imported: import your
+workflows in your tests and fixtures, not at its top.
+
+Fixtures:
+
+- ``flowkit_worker`` (session): a Celery worker in threads of the test process, on that
+  Redis, consuming every queue your workflows route to; runs your tests start run there.
+- ``flowkit_store``: flowkit's store, its database emptied before the test.
+
+A run's step runs in the worker's threads, so its exceptions, prints and breakpoints are
+your test process's. Steps still go through the broker, checkpoints and events as in
+production (no eager mode).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .redis import LocalRedis
+from .worker import InThreadWorker
+
+#: The variable naming a Redis of your own for the tests (its databases 0 and 1 are used).
+TEST_REDIS_URL = "FLOWKIT_TEST_REDIS_URL"
+_STASH = pytest.StashKey[LocalRedis | None]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: Any, args: Any) -> None:
+    _point_at_test_redis(early_config)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _point_at_test_redis(config)  # loaded from a conftest.py: the hook above came too early
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_STASH, None)
+    if server is not None:
+        server.close()
+
+
+def _point_at_test_redis(config: pytest.Config) -> None:
+    if _STASH in config.stash:
+        return
+    own = os.environ.get(TEST_REDIS_URL)
+    server = None if own else LocalRedis(appendonly=True).start()
+    base = own.rstrip("/") if own else f"redis://127.0.0.1:{server.port}"
+    config.stash[_STASH] = server
+    os.environ["FLOWKIT_REDIS_URL"] = f"{base}/1"
+    os.environ["FLOWKIT_BROKER_URL"] = f"{base}/0"
+    from .. import config as settings
+
+    settings.reset()
+
+
+@pytest.fixture(scope="session")
+def flowkit_worker() -> Iterator[InThreadWorker]:
+    """A worker in this process's threads for the whole session, consuming every queue
+    the registered workflows route to."""
+    from ..cli.routing import routed_queues
+    from ..engine.broker import get_app
+    from ..worker import create_celery_app
+
+    app = get_app()
+    if "flowkit.reaper" not in app.tasks:  # a producer's app: no worker's tasks
+        app = create_celery_app("tests")
+    with InThreadWorker(app, queues=routed_queues(), name="pytest") as worker:
+        yield worker
+
+
+@pytest.fixture
+def flowkit_store() -> Any:
+    """flowkit's store, its database emptied first."""
+    from ..store import get_store
+
+    store = get_store()
+    store.redis.flushdb()
+    return store

@@ -1,0 +1,88 @@
+"""flowkit.testing.pytest_plugin, as a user's project loads it: a real pytest session in a
+subprocess, on a project of its own, whose conftest.py and tests import the workflows at
+their top (which tied the Celery app to the Redis the environment named: the user's
+``flowkit dev``'s, whose worker took the test's step, or none at all)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import redis
+
+pytestmark = pytest.mark.integration
+
+FLOWS = '''
+from marshmallow import fields
+
+import flowkit
+
+app = flowkit.create_celery_app("flows", imports=["flows"])
+
+
+@flowkit.component
+def ask(data: dict) -> dict:
+    answer = flowkit.wait_for_input("approval", schema={"ok": fields.Boolean(required=True)})
+    return {"ok": answer["ok"], "n": data["n"]}
+
+
+@flowkit.component
+def split(data: dict) -> list:
+    return list(range(data["n"]))
+
+
+@flowkit.component(name="flows.square")
+def square(item: int) -> int:
+    return item * item
+
+
+approval = flowkit.Workflow("approval", [ask])
+squares = flowkit.Workflow("squares", [split, flowkit.fan_out(square)])
+'''
+
+CONFTEST = '''
+import flows  # noqa: F401 - at the top, as users write it
+'''
+
+TESTS = '''
+import flowkit
+
+from flows import approval, squares
+
+
+def test_a_run_waits_and_an_answer_finishes_it(flowkit_worker, flowkit_store):
+    run = approval.start({"n": 2})
+    for event in flowkit.follow(run.id):
+        if event.type == "run.waiting":
+            break
+    flowkit.send_input(run.id, "approval", {"ok": True})
+    assert run.result(20) == {"ok": True, "n": 2}
+
+
+def test_a_fan_out_runs_each_item(flowkit_worker, flowkit_store):
+    assert squares.start({"n": 4}).result(20) == [0, 1, 4, 9]
+    assert len(flowkit.list_runs()) == 1  # the store was emptied before this test
+'''
+
+
+def test_a_project_s_tests_run_its_workflows_on_a_private_redis(tmp_path, redis_server):
+    (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+    (tmp_path / "test_flows.py").write_text(textwrap.dedent(TESTS))
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\naddopts = "-p flowkit.testing.pytest_plugin"\n')
+    # the environment names the developer's own Redis (flowkit dev's): nothing may land there
+    theirs = f"redis://127.0.0.1:{redis_server.port}/7"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWKIT_", "PYTEST"))}
+    env.update(FLOWKIT_REDIS_URL=theirs, FLOWKIT_BROKER_URL=theirs,
+               PYTHONPATH=str(tmp_path))
+    redis.Redis(port=redis_server.port, db=7).flushdb()
+    session = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert session.returncode == 0, session.stdout + session.stderr
+    assert "2 passed" in session.stdout
+    assert "DATA AT RISK" not in session.stdout + session.stderr  # its Redis has AOF on
+    assert redis.Redis(port=redis_server.port, db=7).dbsize() == 0
