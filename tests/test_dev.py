@@ -138,6 +138,8 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         dev.wait_for("reload: shop/components.py changed; restarting worker and web", timeout=30)
         dev.wait_for_all(["worker reloaded", "web reloaded"], timeout=90)
         assert not _alive({pid: procs[pid] for pid in worker_before}), "the old worker still runs"
+        # Celery's banner (45 lines) at the start only: at every reload it hid the reload's lines
+        assert sum("[tasks]" in line for line in dev.lines) == 1, dev.output()
 
         second = flowkit_run(project, exports, "Grace")
         assert second["output"]["greeting"] == "hello Grace"

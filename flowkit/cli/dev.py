@@ -312,6 +312,9 @@ def _reload(supervisor: Supervisor, paths: list[str]) -> None:
     shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
     supervisor.say(f"reload: {shown} changed; restarting {' and '.join(RELOADED)}")
     supervisor.stop(RELOADED, RELOAD_GRACE)
+    worker = supervisor.children["worker"]
+    if "--quiet" not in worker.argv:  # Celery's 45-line banner once, not at every reload
+        worker.argv = [*worker.argv, "--quiet"]
     for name in RELOADED:
         supervisor.start(name)
 

@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hostname", default="dev@%h")
     parser.add_argument("--beat", metavar="SCHEDULE_FILE",
                         help="run beat (its schedule state in this file) instead of a worker")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no Celery banner (flowkit dev's reloads: it was shown at start)")
     args = parser.parse_args(argv)
     who = "flowkit dev beat" if args.beat else "flowkit dev worker"
     try:
@@ -64,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"consuming queues {', '.join(queues)} (workflows: {names})", flush=True)
     # threads: one process to restart on a reload, and I/O-bound steps (LLM calls) overlap
     app.worker_main([
+        *(["--quiet"] if args.quiet else []),
         "worker", "--pool", "threads", "--concurrency", str(args.concurrency),
         "--queues", ",".join(queues), "--hostname", args.hostname,
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
