@@ -298,3 +298,20 @@ def test_an_empty_host_means_every_interface_as_for_bind():
 
     port = _bind("", 0)
     assert 0 < port < 65536
+
+
+@pytest.mark.parametrize("source, says", [
+    ("def broken(:\n", "raised SyntaxError: invalid syntax (at brokenweb.py:1)"),
+    ("import nosuchmodule\n", "raised ModuleNotFoundError: No module named 'nosuchmodule'"),
+])
+def test_a_users_web_app_that_does_not_import_is_said_in_one_line(tmp_path, source, says):
+    """``flowkit dev --web myapp:app`` handed the target to gunicorn, which printed a
+    40-line traceback at each reload that broke it; flowkit's own web app said one line."""
+    (tmp_path / "brokenweb.py").write_text(source)
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
+         "--bind", f"127.0.0.1:{free_port()}", "flowkit.api.devapp:user_app('brokenweb:app')"],
+        cwd=tmp_path, env=_user_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"flowkit dev web: importing 'brokenweb:app' {says}" in result.stderr, result.stderr

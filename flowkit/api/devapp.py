@@ -18,6 +18,7 @@ from typing import Any
 
 from flask import Flask, redirect
 from gunicorn.errors import AppImportError
+from gunicorn.util import import_app
 
 from ..errors import raised_at, shown_path
 from .extension import FlowKit
@@ -45,6 +46,21 @@ def create_app(app_name: str | None = None) -> Flask:
         return redirect(ui_url() or "/openapi.json")
 
     return app
+
+
+def user_app(target: str) -> Any:
+    """The WSGI app ``flowkit dev --web`` names (``myapp:app``, ``myapp:create_app()``, as
+    gunicorn takes it), loaded as gunicorn loads it; an error importing it is one line, as
+    :func:`create_app`'s (gunicorn printed its own 40-line traceback at each reload)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return import_app(target)
+    except AppImportError:
+        raise
+    except Exception as exc:
+        raise AppImportError(f"flowkit dev web: importing {target!r} raised "
+                             f"{_described(exc)}") from None
 
 
 def _described(exc: Exception) -> str:

@@ -272,7 +272,9 @@ def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name
                  "--beat", f"{tmp}/beat-schedule"],
         env=env, cwd=cwd,
     ))
-    target = args.web or "flowkit.api.devapp:create_app()"
+    # the user's app through devapp too: an import error is one line, not gunicorn's traceback
+    target = (f"flowkit.api.devapp:user_app({args.web!r})" if args.web
+              else "flowkit.api.devapp:create_app()")
     supervisor.add(Child(
         "web", [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
                 "--bind", f"{_bracketed(args.host)}:{port}", "--graceful-timeout", "5",
