@@ -257,6 +257,15 @@ def raised_at(exc: BaseException) -> str:
     return f" (at {origin.rpartition(' in ')[0]})" if origin else ""
 
 
+def described(exc: BaseException) -> str:
+    """``NameError: name 'x' is not defined (at myapp/flows.py:12)``: an error raised while
+    importing the user's code, with the line of it that raised; a SyntaxError with its
+    file's path (Python's own text names the bare file: ``(flows.py, line 12)``)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{type(exc).__name__}: {exc.msg} (at {shown_path(exc.filename)}:{exc.lineno})"
+    return f"{type(exc).__name__}: {exc}{raised_at(exc)}"
+
+
 def shown_path(path: str) -> str:
     """``path`` relative to the working directory when it is under it, else absolute."""
     path = os.path.abspath(path)

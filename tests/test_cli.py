@@ -223,6 +223,27 @@ def test_bad_arguments_exit_2_with_what_to_do(env, args, says):
     assert len(result.stderr.strip().splitlines()) == 1  # argparse's had its usage first
 
 
+@pytest.mark.parametrize("source, says", [
+    # Python's own text named the bare file, "(flows.py, line 1)", not where it is
+    ("def f(:\n", "importing 'myapp.flows' raised SyntaxError: invalid syntax (at "
+                  "myapp/flows.py:1)"),
+    # a missing module the user's code imports: said without the line that imports it
+    ("import json\nimport nosuchmodule\n", "importing 'myapp.flows' failed: No module named "
+                                           "'nosuchmodule' (at myapp/flows.py:2); fix that "
+                                           "import"),
+])
+def test_a_module_that_does_not_import_says_where_in_your_code(env, tmp_path, source, says):
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "flows.py").write_text(source)
+    result = subprocess.run([sys.executable, "-m", "flowkit.cli", "retry", "01X", "-A",
+                             "myapp.flows"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_version():
     result = subprocess.run([sys.executable, "-m", "flowkit.cli", "--version"],
                             capture_output=True, text=True)

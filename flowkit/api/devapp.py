@@ -20,7 +20,7 @@ from flask import Flask, redirect
 from gunicorn.errors import AppImportError
 from gunicorn.util import import_app
 
-from ..errors import raised_at, shown_path
+from ..errors import described
 from .extension import FlowKit
 from .views.ui import ui_url
 
@@ -35,7 +35,7 @@ def create_app(app_name: str | None = None) -> Flask:
         import_workflows(name)
     except Exception as exc:  # gunicorn printed its own 40-line traceback, the worker one line
         raise AppImportError(f"flowkit dev web: importing {name!r} raised "
-                             f"{_described(exc)}") from None
+                             f"{described(exc)}") from None
     app = Flask("flowkit.dev")
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or None
     FlowKit(app)
@@ -60,14 +60,7 @@ def user_app(target: str) -> Any:
         raise
     except Exception as exc:
         raise AppImportError(f"flowkit dev web: importing {target!r} raised "
-                             f"{_described(exc)}") from None
-
-
-def _described(exc: Exception) -> str:
-    """``NameError: ... (at myapp/flows.py:12)``; a SyntaxError with its file's path."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return f"SyntaxError: {exc.msg} (at {shown_path(exc.filename)}:{exc.lineno})"
-    return f"{type(exc).__name__}: {exc}{raised_at(exc)}"
+                             f"{described(exc)}") from None
 
 
 def import_workflows(name: str) -> None:

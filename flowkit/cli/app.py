@@ -14,7 +14,7 @@ import os
 import sys
 from types import ModuleType
 
-from ..errors import WorkflowNotFound, raised_at
+from ..errors import WorkflowNotFound, described, raised_at
 from .usage import UsageError
 
 #: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
@@ -60,23 +60,14 @@ def load_app(args: argparse.Namespace) -> ModuleType:
                 f"cannot import {name!r} (no module {exc.name!r} from {os.getcwd()}): run this "
                 "from your project's root, or pass -A your.module (or set FLOWKIT_APP)."
             ) from None
-        raise UsageError(f"importing {name!r} failed: {exc}; fix that import, "
-                         "then run this again.") from None
+        raise UsageError(f"importing {name!r} failed: {exc}{raised_at(exc)}; fix that "
+                         "import, then run this again.") from None
     except Exception as exc:  # the user's module itself raised while importing
-        raise UsageError(f"importing {name!r} raised {type(exc).__name__}: {exc}"
-                         f"{_where(exc)}") from None
+        raise UsageError(f"importing {name!r} raised {described(exc)}") from None
     except SystemExit as exc:  # sys.exit() at import: it ended the command without a word
         raise UsageError(f"importing {name!r} called sys.exit({exc.code!r}); a module -A "
                          "imports must not exit (guard it with if __name__ == "
                          "'__main__':).") from None
-
-
-def _where(exc: BaseException) -> str:
-    """`` (at path:line)``: the line of the user's code that raised (the one line said
-    no more than the error: under `flowkit dev` only the web app's traceback showed where).
-    A SyntaxError names its own file and line."""
-    # a library's error: the line of the user's code that called it
-    return "" if isinstance(exc, SyntaxError) else raised_at(exc)
 
 
 def _check_module_name(name: str) -> None:
