@@ -9,6 +9,7 @@ engine to the definitions and never back.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -183,6 +184,13 @@ def get_workflow(name: str) -> Workflow:
 
 def workflows() -> dict[str, Workflow]:
     return dict(_workflows)
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` Did you mean 'greet'?`` for a workflow name one typo away from one of ``names``,
+    else ``""``."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class Launcher(Protocol):

@@ -372,6 +372,8 @@ def test_an_unknown_workflow_names_those_the_app_has(env):
     assert said.startswith("flowkit run: No workflow named 'nosuch' (in tests.workflows: ")
     assert "approval, backing-off, batched" in said and said.endswith("pass -A/--app with the module that imports "
                                               "your workflows.")
+    typo = one_line(cli("run", "aproval", *APP, env=env))
+    assert "(in tests.workflows: " in typo and "). Did you mean 'approval'? Check the name" in typo
 
 
 @pytest.fixture

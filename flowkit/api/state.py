@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from ..store import Store, get_store
-from ..workflow import Workflow, get_workflow, workflows
+from ..workflow import Workflow, did_you_mean, get_workflow, workflows
 from .auth import Authenticator
 from .errors import ApiError
 from .options import ApiOptions
@@ -46,7 +46,9 @@ class ApiState:
 
     def workflow(self, name: str) -> Workflow:
         if not self.options.serves(name) or name not in workflows():
-            raise ApiError(404, "not_found", f"No workflow named {name!r}. {self._served()}")
+            served = [wf.name for wf in self.workflows()]
+            raise ApiError(404, "not_found", f"No workflow named {name!r}."
+                           f"{did_you_mean(name, served)} {self._served()}")
         return get_workflow(name)
 
     def _served(self) -> str:

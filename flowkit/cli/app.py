@@ -87,11 +87,12 @@ def _check_module_name(name: str) -> None:
 def unknown_workflow(args: argparse.Namespace, name: str) -> WorkflowNotFound:
     """The error for a workflow ``-A``'s module does not have: the ones it has, and where
     they come from."""
-    from ..workflow import workflows
+    from ..workflow import did_you_mean, workflows
 
     names = sorted(workflows())
     known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else
                                      "" if names else "none")
     return WorkflowNotFound(
-        f"No workflow named {name!r} (in {app_module_name(args)}: {known}); check the name, or "
-        "pass -A/--app with the module that imports your workflows.")
+        f"No workflow named {name!r} (in {app_module_name(args)}: {known})."
+        f"{did_you_mean(name, names)} Check the name, or pass -A/--app with the module that "
+        "imports your workflows.")

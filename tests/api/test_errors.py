@@ -86,6 +86,9 @@ def test_unknown_workflow_and_run_are_404(client):
     assert error["message"].startswith("No workflow named 'nope'. Served here: ")
     assert "approval" in error["message"] and "more." in error["message"]
     assert_error(client.get("/workflows/nope"), 404, "not_found")
+    typo = assert_error(client.post("/workflows/simpel/runs", json={}), 404, "not_found")
+    assert typo["message"].startswith("No workflow named 'simpel'. Did you mean 'simple'? "
+                                      "Served here: ")
     assert_error(client.get("/runs/01J00000000000000000000000"), 404, "not_found")
     assert_error(client.get("/runs/unknown/events"), 404, "not_found")
     assert_error(client.get("/no/such/path"), 404, "not_found")
