@@ -407,8 +407,10 @@ def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes
 
 def test_celery_is_configured_for_long_work_and_json_only():
     conf = broker.celery_config(flowkit.Settings())
-    assert conf["accept_content"] == ["json"] and conf["result_accept_content"] == ["json"]
-    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    # plain JSON out (flowkit-json, tests/test_wire_json.py); kombu's json of earlier
+    # releases read; never pickle, yaml or msgpack
+    assert conf["accept_content"] == conf["result_accept_content"] == ["flowkit-json", "json"]
+    assert conf["task_serializer"] == conf["result_serializer"] == "flowkit-json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["worker_enable_prefetch_count_reduction"] is False  # it hung RabbitMQ workers
