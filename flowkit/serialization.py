@@ -108,17 +108,24 @@ def culprit(value: Any) -> str | None:
     """Where in ``value`` the first part JSON cannot carry is, as Python indexes it
     (``['items'][3]['when']``; ``""`` for ``value`` itself), or None if every part can.
     Walked only after :func:`dumps` refused ``value``: a deep output's error then says
-    which part to fix, not just its type."""
-    stack: list[tuple[Any, str]] = [(value, "")]
+    which part to fix, not just its type. A container inside itself (a reference cycle)
+    is such a part; one merely held twice is not."""
+    # each part with the containers it is inside (its ancestors): a cycle has no end
+    stack: list[tuple[Any, str, frozenset[int]]] = [(value, "", frozenset())]
     while stack:
-        item, path = stack.pop()
+        item, path, inside = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in inside:
+                return f"{path}, which holds itself (a reference cycle)"
+            inside = inside | {id(item)}
         if isinstance(item, dict):
             bad = next((k for k in item if not isinstance(k, _KEY_TYPES)), _NONE)
             if bad is not _NONE:
                 return f"{path} key {bad!r}".lstrip()
-            stack.extend((v, f"{path}[{k!r}]") for k, v in reversed(item.items()))
+            stack.extend((v, f"{path}[{k!r}]", inside) for k, v in reversed(item.items()))
         elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+            stack.extend((v, f"{path}[{i}]", inside)
+                         for i, v in reversed(list(enumerate(item))))
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return path

@@ -466,6 +466,15 @@ def test_a_pydantic_model_in_an_output_says_to_model_dump_it():
         dumps_bounded({"answer": Answer(text="hi")}, "the output of step 0:ask")
 
 
+def _cyclic() -> dict:
+    items: list = [1]
+    items.append(items)
+    return {"items": items}
+
+
+_SHARED = [1, 2]
+
+
 @pytest.mark.parametrize("value, where", [
     ({"items": [1, {"when": datetime.date(2026, 1, 1)}]}, "['items'][1]['when']"),
     ([{"ok": 1}, (2, {3})], "[1][1]"),
@@ -473,6 +482,10 @@ def test_a_pydantic_model_in_an_output_says_to_model_dump_it():
     ({"pairs": {(1, 2): "a"}}, "['pairs'] key (1, 2)"),
     ({(1, 2): "a"}, "key (1, 2)"),
     (object(), ""),
+    # the walk that finds the part ended only for values without a cycle: a step whose
+    # output held itself hung its worker thread for ever, its lease held
+    (_cyclic(), "['items'][1], which holds itself (a reference cycle)"),
+    ({"twice": [_SHARED, _SHARED], "bad": {1j}}, "['bad']"),  # held twice is no cycle
 ])
 def test_an_output_json_cannot_carry_is_refused_with_where_the_part_is(value, where):
     """A deep output's error named the type only ("Object of type date is not JSON
