@@ -141,7 +141,7 @@ def fire_schedules(now: float | None = None) -> list[str]:
     # held-back ticks first: a tick due in this sweep then finds their runs live
     started = [run_id for run_id in map(lambda item: _fire_buffered(store, *item),
                                         store.buffered_ticks().items()) if run_id]
-    for definition, tick in schedules.claim_due(now, store):
+    for definition, tick in _latest_to_cancel(schedules.claim_due(now, store)):
         overlap = definition.get("overlap", "allow")
         live = None if overlap == "allow" else _live_run(store, definition["id"])
         if live is not None:
@@ -159,6 +159,14 @@ def fire_schedules(now: float | None = None) -> list[str]:
         if run_id:
             started.append(run_id)
     return started
+
+
+def _latest_to_cancel(claimed: list[tuple[dict, float]]) -> list[tuple[dict, float]]:
+    """The claimed ticks, but of an ``overlap="cancel"`` schedule only its latest: a sweep
+    late by several ticks started a run for each and cancelled each at once for the next."""
+    latest = {d["id"]: tick for d, tick in claimed if d.get("overlap") == "cancel"}
+    return [(d, tick) for d, tick in claimed
+            if d.get("overlap") != "cancel" or tick == latest[d["id"]]]
 
 
 def _fire(store: Store, definition: dict, tick: float) -> str | None:
