@@ -79,7 +79,7 @@ def check_open_host(request: Request, trusted: tuple[str, ...]) -> None:
     it likes, and a server bound to 0.0.0.0 took ``Host: localhost`` from the network."""
     host = _hostname(request.host)
     if host == "localhost" or host.endswith(".localhost") or _is_loopback(host):
-        if _is_loopback(request.remote_addr or ""):
+        if _local_peer(request.remote_addr):
             return
         raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers connections from this "
                        f"machine only, not from {request.remote_addr}; use an API key "
@@ -99,6 +99,19 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[1:].partition("]")[0]
     return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _local_peer(address: str | None) -> bool:
+    """Whether the connection comes from this machine: a loopback address (an IPv4 one
+    mapped into IPv6 too, as a dual-stack bind sees it), or a unix socket (no address)."""
+    if not address:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _is_loopback(host: str) -> bool:

@@ -144,6 +144,17 @@ def test_the_open_api_refuses_a_loopback_host_name_sent_from_another_address(flo
     assert runs_of("simple") == 0
 
 
+@pytest.mark.parametrize("peer, local", [
+    ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),  # a dual-stack bind's
+    ("", True), (None, True),  # a unix socket: no address, this machine's by nature
+    ("192.0.2.2", False), ("::ffff:192.0.2.2", False), ("not-an-address", False),
+])
+def test_what_counts_as_a_connection_from_this_machine(peer, local):
+    from flowkit.api.origins import _local_peer
+
+    assert _local_peer(peer) is local
+
+
 @pytest.mark.parametrize("origin", ["app.example.com", "https://u@app.example.com",
                                     "https://app.example.com/path", "https://app.example.com?x=1"])
 def test_a_trusted_origin_that_is_not_one_says_its_form(origin):
