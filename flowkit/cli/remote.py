@@ -138,7 +138,8 @@ class RemoteRuns:
             try:
                 return self.http.request(method, path, **kwargs)
             except httpx.ConnectError as exc:
-                if time.monotonic() >= deadline:
+                if "refused" not in str(exc).lower() or time.monotonic() >= deadline:
+                    # a name that does not resolve, a TLS failure: waiting would not help
                     raise self._unreachable(exc) from None
                 if not said:
                     said = True

@@ -245,7 +245,7 @@ def test_http_errors_are_one_line(api, env):
         assert "Traceback" not in result.stderr
 
 
-def test_a_run_started_while_the_web_app_restarts_waits_for_it(env):
+def test_a_run_started_while_the_web_app_restarts_waits_for_it(env, worker):
     """``flowkit dev`` restarts the web app at each change: a `flowkit run` in the second
     that took failed at once ("cannot reach ..."), and started nothing."""
     from flowkit.testing import free_port
@@ -266,6 +266,16 @@ def test_a_run_started_while_the_web_app_restarts_waits_for_it(env):
             command.kill()
     assert command.returncode == 0, err
     assert json.loads(out[out.index("{"):]) == {"n": 4}
+
+
+def test_a_url_whose_host_does_not_resolve_is_not_waited_for(env):
+    """Only a refused connection is a web app restarting: a typo in the host name waited
+    5 s and was said to refuse connections."""
+    result = cli("run", "simple", "-i", "n=1", "--url", "http://no-such-host.invalid:8000",
+                 "--api-key", API_KEY, env=env)
+    assert result.returncode == 1
+    assert "refuses connections" not in result.stderr
+    assert "cannot reach http://no-such-host.invalid:8000" in result.stderr
 
 
 def test_a_server_without_api_keys_is_not_told_to_be_sent_one(env):
