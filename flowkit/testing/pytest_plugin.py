@@ -31,13 +31,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from .redis import LocalRedis
 from .worker import InThreadWorker
 
-#: The variable naming a Redis of your own for the tests (its databases 0 and 1 are used).
+#: The variable naming a Redis of your own for the tests (``redis://host:port``: its
+#: databases 0 and 1 are used, whatever database it names).
 TEST_REDIS_URL = "FLOWKIT_TEST_REDIS_URL"
 _STASH = pytest.StashKey[LocalRedis | None]()
 
@@ -62,10 +64,12 @@ def _point_at_test_redis(config: pytest.Config) -> None:
         return
     own = os.environ.get(TEST_REDIS_URL)
     server = None if own else LocalRedis(appendonly=True).start()
-    base = own.rstrip("/") if own else f"redis://127.0.0.1:{server.port}"
+    base = urlsplit(own or f"redis://127.0.0.1:{server.port}")
     config.stash[_STASH] = server
-    os.environ["FLOWKIT_REDIS_URL"] = f"{base}/1"
-    os.environ["FLOWKIT_BROKER_URL"] = f"{base}/0"
+    # its databases 1 (the store, flushed by flowkit_store) and 0 (the broker), whatever
+    # database the URL named; its query (ssl options, a timeout) kept
+    os.environ["FLOWKIT_REDIS_URL"] = urlunsplit(base._replace(path="/1"))
+    os.environ["FLOWKIT_BROKER_URL"] = urlunsplit(base._replace(path="/0"))
     from .. import config as settings
 
     settings.reset()
