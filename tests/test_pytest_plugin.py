@@ -86,3 +86,15 @@ def test_a_project_s_tests_run_its_workflows_on_a_private_redis(tmp_path, redis_
     assert "2 passed" in session.stdout
     assert "DATA AT RISK" not in session.stdout + session.stderr  # its Redis has AOF on
     assert redis.Redis(port=redis_server.port, db=7).dbsize() == 0
+
+
+@pytest.mark.parametrize("url, store, broker", [
+    ("redis://h:6379", "redis://h:6379/1", "redis://h:6379/0"),
+    ("redis://h:6379/5", "redis://h:6379/1", "redis://h:6379/0"),  # it made database 51
+    ("rediss://:pw@h:6380/?ssl_cert_reqs=none", "rediss://:pw@h:6380/1?ssl_cert_reqs=none",
+     "rediss://:pw@h:6380/0?ssl_cert_reqs=none"),
+])
+def test_a_redis_of_your_own_gives_its_databases_1_and_0(url, store, broker):
+    from flowkit.testing.pytest_plugin import urls_for_tests
+
+    assert urls_for_tests(url) == (store, broker)

@@ -64,15 +64,20 @@ def _point_at_test_redis(config: pytest.Config) -> None:
         return
     own = os.environ.get(TEST_REDIS_URL)
     server = None if own else LocalRedis(appendonly=True).start()
-    base = urlsplit(own or f"redis://127.0.0.1:{server.port}")
     config.stash[_STASH] = server
-    # its databases 1 (the store, flushed by flowkit_store) and 0 (the broker), whatever
-    # database the URL named; its query (ssl options, a timeout) kept
-    os.environ["FLOWKIT_REDIS_URL"] = urlunsplit(base._replace(path="/1"))
-    os.environ["FLOWKIT_BROKER_URL"] = urlunsplit(base._replace(path="/0"))
+    store, broker = urls_for_tests(own or f"redis://127.0.0.1:{server.port}")
+    os.environ["FLOWKIT_REDIS_URL"], os.environ["FLOWKIT_BROKER_URL"] = store, broker
     from .. import config as settings
 
     settings.reset()
+
+
+def urls_for_tests(url: str) -> tuple[str, str]:
+    """The store's and the broker's URLs on the Redis at ``url``: its databases 1 (the
+    store, which ``flowkit_store`` empties) and 0, whatever database ``url`` names (``/5``
+    became database 51), its query (TLS options, a timeout) kept."""
+    base = urlsplit(url)
+    return urlunsplit(base._replace(path="/1")), urlunsplit(base._replace(path="/0"))
 
 
 @pytest.fixture(scope="session")
