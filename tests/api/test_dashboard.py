@@ -237,8 +237,8 @@ def test_outputs_are_per_step_and_the_final_output_shows(api, client, page):
     ]
     assert json.loads(page.text_content("#run-output")) == ["RED", "GREEN", "BLUE"]
     # the timeline draws from the trace, fetched after the state shows: waited for
-    page.wait_for_function(
-        "document.querySelectorAll('#timeline svg rect.bar.completed').length >= 4")
+    expect(page.locator("#timeline svg rect.bar.completed").nth(3)).to_be_attached(
+        timeout=30_000)  # not a JS predicate: the page's CSP forbids eval
     assert page.locator("#cancel").count() == 0  # nothing to cancel
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from playwright.sync_api import expect
 
 import flowkit
 from flowkit import config
@@ -100,12 +101,12 @@ def test_a_queued_run_says_what_it_waits_for_until_a_worker_takes_its_queue(
                                      "--queues lonely")
     page = browser.new_page()
     page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
-    page.wait_for_function("!document.querySelector('#waiting').hidden")
+    expect(page.locator("#waiting")).to_be_visible(timeout=30_000)  # CSP forbids eval
     assert "no live worker consumes queue lonely" in page.text_content("#waiting")
 
     start_worker("lonely", queues=(wf.LONELY,))  # what it was waiting for
     assert flowkit.get_run(run["id"]).wait(20).output == {"n": 2}
-    page.wait_for_function("document.querySelector('#waiting').hidden")
+    expect(page.locator("#waiting")).to_be_hidden(timeout=30_000)
     assert client.get(f"/runs/{run['id']}").json()["waiting_for"] is None
     page.close()
 

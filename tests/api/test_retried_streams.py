@@ -91,11 +91,11 @@ def test_the_watch_page_of_a_retried_run_shows_its_success_after_a_refresh(
     run = start(client, "exhausted", {"n": 1, "fail_times": 2})
     page = browser.new_page()
     page.goto(f"{api.url}{run['urls']['watch']}?token={run['token']}")
-    page.wait_for_function("document.querySelector('#state').dataset.state === 'failed'")
+    page.wait_for_selector('#state[data-state="failed"]')  # not a JS predicate: CSP forbids eval
     assert client.post(f"/runs/{run['id']}/retry").status_code == 202
     flowkit.get_run(run["id"]).wait(WAIT)
     page.reload()  # the page knew the failure; a refresh reconnects and learns the rest
-    page.wait_for_function("document.querySelector('#state').dataset.state === 'succeeded'")
+    page.wait_for_selector('#state[data-state="succeeded"]')
     assert shown_ids(page) == history(run["id"])
     page.close()
 
