@@ -7,7 +7,11 @@ decode message body" and dropped it: the run stayed queued, saying nothing)."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
+from kombu.utils import json as kombu_json
 
 import flowkit
 from flowkit.engine.broker import CONTENT_TYPE, get_app
@@ -67,6 +71,27 @@ def test_step_messages_go_out_as_flowkit_json(store):
         parked.start({"values": {}})
         [envelope] = broker_messages(NOBODY)
         assert envelope["content-type"] == CONTENT_TYPE
+    finally:
+        conn.default_channel.queue_purge(NOBODY)
+        conn.release()
+
+
+def test_a_message_an_earlier_release_sent_as_kombu_json_still_runs(worker, store):
+    """A rolling deploy: messages of the release before, sent with kombu's ``json``, wait in
+    the queues while the new workers start; they accept it (``broker.ACCEPTED``)."""
+    conn = get_app().connection_for_write()
+    client = conn.default_channel.client
+    conn.default_channel.queue_purge(NOBODY)
+    try:
+        run = parked.start({"values": {"n": 1}})
+        [key] = [k for k in client.keys(f"{NOBODY}*") if k.decode().startswith(NOBODY)]
+        envelope = json.loads(client.lpop(key))
+        task_body = json.loads(base64.b64decode(envelope["body"]))
+        envelope["body"] = base64.b64encode(kombu_json.dumps(task_body).encode()).decode()
+        envelope["content-type"] = "application/json"  # as kombu's json serializer sends it
+        # onto the queue the session's worker consumes, at the same priority
+        client.lpush(key.replace(NOBODY.encode(), b"flowkit", 1), json.dumps(envelope))
+        assert run.result(WAIT) == {"types": {"n": "int"}, "values": {"n": 1}}
     finally:
         conn.default_channel.queue_purge(NOBODY)
         conn.release()
