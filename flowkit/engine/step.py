@@ -260,7 +260,9 @@ class StepContext:
         self._calls += 1
         answer = self._answer(key, kind, name, spec, due, lookback)
         while refused is not None and (errors := refused(loads(answer))) is not None:
-            self.store.forget_checkpoint(self.run_id, key)
+            if not self.store.forget_answer(self.run_id, key, answer):
+                answer = self._answer(key, kind, name, spec, due, lookback)  # another came
+                continue
             again = {**spec, "refused": {
                 "answer": loads(answer).get("input"), "errors": errors,
                 "message": f"The answer to {name!r} does not fit the schema this step now "

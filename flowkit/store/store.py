@@ -425,6 +425,13 @@ class Store:
         self.redis.hdel(self.keys.checkpoints(run_id), key)
 
     @_op
+    def forget_answer(self, run_id: str, key: str, answer: str) -> bool:
+        """Drop the answer (JSON) checkpointed under the wait ``key`` if it is still
+        ``answer`` (forget_answer.lua): True when dropped."""
+        return bool(self._scripts["forget_answer"](keys=[self.keys.checkpoints(run_id)],
+                                                   args=[key, answer]))
+
+    @_op
     def forget_timeouts(self, run_id: str, step: str) -> int:
         """Drop the timed-out answers of ``step``'s waits (``{"timeout":true}``), so the
         step, run again, opens them anew with a fresh deadline; returns how many."""

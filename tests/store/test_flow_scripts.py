@@ -324,6 +324,23 @@ def test_a_deleted_schedule_holds_no_tick_back(store):
     assert store.buffered_ticks() == {}
 
 
+# -- forget_answer ----------------------------------------------------------------------------
+
+WAIT_KEY = "0:ask/0:wait:input:approval"
+
+
+def test_forget_answer_drops_the_refused_answer_only_while_it_stands(store):
+    refused, corrected = '{"input":{"ok":true}}', '{"input":{"ok":true,"by":"ann"}}'
+    store.save_checkpoint(RUN, WAIT_KEY, refused)
+    assert store.forget_answer(RUN, WAIT_KEY, refused) is True
+    assert store.checkpoint(RUN, WAIT_KEY) is None
+    assert store.forget_answer(RUN, WAIT_KEY, refused) is False  # none left
+    # a stale attempt refusing the old answer after the wait took a corrected one
+    store.save_checkpoint(RUN, WAIT_KEY, corrected)
+    assert store.forget_answer(RUN, WAIT_KEY, refused) is False
+    assert store.checkpoint(RUN, WAIT_KEY) == corrected
+
+
 # -- hold / admit -------------------------------------------------------------------------------
 
 REASON = "2 of 2 runs of acme active"
