@@ -95,3 +95,21 @@ def test_a_message_an_earlier_release_sent_as_kombu_json_still_runs(worker, stor
     finally:
         conn.default_channel.queue_purge(NOBODY)
         conn.release()
+
+
+def test_settings_that_move_the_broker_after_the_app_was_made_are_said(worker, monkeypatch,
+                                                                       caplog):
+    """``flowkit.configure(redis_url=...)`` after the app was made moved the store alone,
+    silently: the app's messages went on to the first Redis (a test's steps ran on the
+    developer's own ``flowkit dev`` worker)."""
+    from flowkit import config
+
+    elsewhere = config.get_settings().replace(broker_url="redis://127.0.0.1:1/0")
+    monkeypatch.setattr(config, "_settings", elsewhere)
+    with caplog.at_level("WARNING", logger="flowkit.engine.broker"):
+        app = get_app()
+        get_app()  # said once per change
+    said = [r.getMessage() for r in caplog.records if "still sends there" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("flowkit: the settings name the broker redis://127.0.0.1:1/0, "
+                              f"but the Celery app {app.main!r} was made with redis://")

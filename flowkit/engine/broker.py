@@ -16,6 +16,7 @@ needs none of the tasks registered.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -25,8 +26,11 @@ from kombu import serialization
 from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings, is_amqp
-from ..urls import SentinelURL, credentials_in_userinfo, not_a_cluster
+from ..errors import ConfigError
+from ..urls import SentinelURL, credentials_in_userinfo, not_a_cluster, redacted
 from .transport import transport_for
+
+log = logging.getLogger(__name__)
 
 _app: Celery | None = None
 #: The settings the producer app was made from (None: the app is create_celery_app's).
@@ -200,6 +204,8 @@ def get_app() -> Celery:
     (made again when ``flowkit.configure`` changes them)."""
     global _app, _made_from
     settings = get_settings()
+    if _made_from is None and _app is not None and settings is not _checked[0]:
+        _say_if_moved(_app, settings)
     if _app is None or (_made_from is not None and _made_from is not settings):
         with _lock:
             if _app is None or (_made_from is not None and _made_from is not settings):
@@ -208,6 +214,27 @@ def get_app() -> Celery:
                 _app, _made_from = app, settings
     assert _app is not None
     return _app
+
+
+#: The settings :func:`get_app` last compared with ``create_celery_app``'s app.
+_checked: list[Settings | None] = [None]
+
+
+def _say_if_moved(app: Celery, settings: Settings) -> None:
+    """Warn, once per change, when the settings name another broker than the one the app
+    was made with: ``flowkit.configure(redis_url=...)`` after the app was made moved the
+    store alone, and the app's messages went on to the first Redis (a test's steps ran on
+    the developer's ``flowkit dev`` worker)."""
+    _checked[0] = settings
+    try:
+        broker = _celery_urls(settings)[0]
+    except ConfigError:  # settings no app could be made from: said where they are used
+        return
+    if broker != app.conf.broker_url:
+        log.warning("flowkit: the settings name the broker %s, but the Celery app %r was made "
+                    "with %s and still sends there: make the app after flowkit.configure(), "
+                    "or set FLOWKIT_REDIS_URL / FLOWKIT_BROKER_URL before importing it.",
+                    redacted(broker), app.main, redacted(app.conf.broker_url or ""))
 
 
 def refused_queues(app: Celery, queues: Iterable[Any]) -> dict[str, str]:
