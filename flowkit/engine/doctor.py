@@ -217,10 +217,11 @@ def redis_settings(info: dict[str, Any], check: str, level: str = FAILURE) -> li
     """AOF on and writing; no eviction (``maxmemory-policy noeviction``)."""
     found = []
     if not info["aof_enabled"]:
+        where = f" on {', '.join(info['aof_off'])}" if info.get("aof_off") else ""
         found.append(Finding(
             f"{check}.aof", level,
-            "AOF is off: a Redis restart loses what was written since the last snapshot "
-            "(runs, checkpoints, events).",
+            f"AOF is off{where}: a Redis restart loses what was written since the last "
+            "snapshot (runs, checkpoints, events).",
             "Turn it on: CONFIG SET appendonly yes, and `appendonly yes` in redis.conf "
             "(appendfsync everysec or always)."))
     elif info.get("aof_last_write_status") not in (None, "ok"):

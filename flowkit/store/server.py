@@ -5,9 +5,9 @@ Memorystore, ...) often disable ``CONFIG`` but always answer ``INFO``, which car
 ``aof_enabled`` and ``maxmemory_policy`` too. ``probe`` reads a server flowkit's store does
 not use itself (the Celery broker's, when it is another Redis).
 
-On Redis Cluster every primary holds part of the runs, so each one is read and the
-weakest answer stands (on Sentinel, the primary and each replica the sentinels list, the
-next failover's primary): AOF counts as on only when every primary has it, a failed write
+On Redis Cluster every primary holds part of the runs, so each node is read (its
+replicas too, the next failover's primaries) and the weakest answer stands (on Sentinel,
+the primary and each replica the sentinels list): AOF counts as on only when every primary has it, a failed write
 on any primary is reported, and the smallest memory limit and any evicting policy win.
 """
 
@@ -26,9 +26,9 @@ def describe(client: redis.Redis) -> dict[str, Any]:
     """``version``, ``aof_enabled``, ``aof_last_write_status``, ``maxmemory`` (bytes, 0: no
     limit) and ``maxmemory_policy`` of the server ``client`` talks to (on a cluster, the
     weakest of its primaries)."""
-    if isinstance(client, RedisCluster):
-        return _weakest([_described(info) for info in
-                         client.info(target_nodes=RedisCluster.PRIMARIES).values()])
+    if isinstance(client, RedisCluster):  # its replicas too: each is a primary after a failover
+        return _weakest([_described(info, node) for node, info in
+                         client.info(target_nodes=RedisCluster.ALL_NODES).items()])
     primary = _described(client.info())
     pool = client.connection_pool
     sentinels = getattr(pool, "sentinel_manager", None)
@@ -46,15 +46,16 @@ def _replica(host: str, port: int, kwargs: dict[str, Any]) -> dict[str, Any] | N
                           password=kwargs.get("password"), socket_timeout=2.0,
                           socket_connect_timeout=2.0, decode_responses=True)
     try:
-        return _described(replica.info())
+        return _described(replica.info(), f"{host}:{port}")
     except (*UNREACHABLE, *REFUSED):
         return None
     finally:
         replica.close()
 
 
-def _described(info: dict[str, Any]) -> dict[str, Any]:
+def _described(info: dict[str, Any], node: str | None = None) -> dict[str, Any]:
     return {
+        "node": node,
         "version": info.get("redis_version"),
         "aof_enabled": bool(int(info.get("aof_enabled", 0))),
         "aof_last_write_status": info.get("aof_last_write_status"),
@@ -70,6 +71,8 @@ def _weakest(primaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "version": min(p["version"] for p in primaries),
         "aof_enabled": all(p["aof_enabled"] for p in primaries),
+        # which (of a cluster's nodes, a Sentinel's replicas): "AOF is off" named none
+        "aof_off": sorted(p["node"] for p in primaries if not p["aof_enabled"] and p["node"]),
         "aof_last_write_status": failed[0] if failed else primaries[0]["aof_last_write_status"],
         "maxmemory": min(limits) if limits else 0,
         "maxmemory_policy": evicting[0] if evicting else primaries[0]["maxmemory_policy"],

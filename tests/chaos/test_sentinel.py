@@ -339,6 +339,7 @@ def test_the_doctor_reads_the_replicas_too_the_next_primary(sentinel_group):
     weak.config_set("maxmemory-policy", "allkeys-lru")
     found = server.describe(store)
     assert found["aof_enabled"] is False
+    assert found["aof_off"] == [f"127.0.0.1:{replica.port}"]  # the doctor names it
     assert found["maxmemory_policy"] == "allkeys-lru" and found["maxmemory"] == 1 << 30
 
 

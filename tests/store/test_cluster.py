@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from flowkit import config
 from flowkit.engine.broker import celery_config
+from flowkit.engine.doctor import redis_settings
 from flowkit.errors import ConfigError
 from flowkit.serialization import dumps
 from flowkit.store import get_store
@@ -96,6 +97,16 @@ def test_doctor_reads_every_primary_and_reports_the_weakest(cluster):
         assert probe(cluster.url)["maxmemory_policy"] == "allkeys-lru"
     finally:
         nodes[1].config_set("maxmemory-policy", "noeviction")
+    # which node has AOF off is said: "AOF is off" named none of three
+    for node in nodes:
+        node.config_set("appendonly", "yes")
+    nodes[2].config_set("appendonly", "no")
+    try:
+        [finding, *_] = redis_settings(probe(cluster.url), "store")
+        assert finding.message.startswith(f"AOF is off on 127.0.0.1:{cluster.ports[2]}: ")
+    finally:
+        for node in nodes:
+            node.config_set("appendonly", "no")  # as LocalCluster starts them
 
 
 def test_a_cluster_store_without_a_broker_of_its_own_says_what_to_set(cluster):
