@@ -238,23 +238,19 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
                 else:
                     close(ws, 1000, "run ended")
                 return
-            # Every message that came: one ring of the doorbell may stand for several. Of
-            # the resumes among them only the last counts (each starts over from its
-            # cursor): one Redis read for a burst, not one per message (20,000 resumes
-            # from one socket were 20,000 reads in 3.7 s)
-            cursor = None
+            # Every message that came: one ring of the doorbell may stand for several.
             while (message := ws.receive(timeout=0)) is not None:
                 data = _client_message(message)
                 if "ping" in data:  # uncompressed: the hub may be compressing an event
                     ws.sock.send(text_frame(json.dumps({"pong": data["ping"]}).encode()))
-                cursor = _resume_cursor(data) or cursor
-            if cursor is not None and (why := _past_the_end(beyond, cursor)):
-                sub.close()
-                close(ws, NOT_FOUND_CLOSE, f"not_found: {cursor} is past the run's events "
-                                           f"({why})"[:123])  # a close reason's limit
-                return
-            if cursor is not None:
-                sub.resume(cursor)
+                cursor = _resume_cursor(data)
+                if cursor is not None and (why := _past_the_end(beyond, cursor)):
+                    sub.close()
+                    close(ws, NOT_FOUND_CLOSE, f"not_found: {cursor} is past the run's events "
+                                               f"({why})"[:123])  # a close reason's limit
+                    return
+                if cursor is not None:
+                    sub.resume(cursor)
     except OSError:
         return  # the client went away (ConnectionClosed is flask-sock's to handle)
     finally:

@@ -64,30 +64,6 @@ def test_websocket_client_can_send_a_resume_message(api, client):
     assert [e["id"] for e in before_gate + rest] == full_history(run["id"])
 
 
-def test_a_burst_of_resume_messages_costs_redis_one_read_not_one_each(api, client, store):
-    """Each resume message read the run's last event from Redis: 20,000 from one socket
-    were 20,000 reads in 3.7 s. Of the resumes waiting together only the last counts."""
-    run = start(client, "streaming", {"before": 5, "after": 5})
-    handle = flowkit.get_run(run["id"])
-    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", key=API_KEY)
-    before_gate = ws_read(sock, stop=lambda got: len(chunks(got)) == 5)
-    reached_gate(handle, "streamer")
-
-    def reads() -> int:
-        return store.redis.info("commandstats").get("cmdstat_xrevrange", {}).get("calls", 0)
-
-    before = reads()
-    for _ in range(500):
-        sock.send(json.dumps({"resume": before_gate[1]["id"]}))
-    sock.send(json.dumps({"ping": "end"}))
-    seen = ws_read(sock, stop=lambda got: {"pong": "end"} in got)  # the burst was read
-    assert reads() - before < 50, reads() - before
-    open_gate(handle, "streamer")
-    events = seen + ws_read(sock)
-    ids = {e["id"] for e in events if "id" in e} | {e["id"] for e in before_gate}
-    assert sorted(ids) == full_history(run["id"])
-
-
 def test_a_client_message_over_64_kib_closes_the_socket_with_1009(api, client):
     """What a client sends is a resume or a ping: a bigger message is refused (close 1009,
     "message too big") instead of being held, or echoed back as a pong."""
