@@ -20,7 +20,6 @@ from ..store import (
     refused_credentials,
     refused_database,
     sentinels_refused,
-    sentinels_unreachable,
 )
 from ..urls import NO_PRIMARY, SENTINELS_REFUSED, redacted
 from ..version import __version__
@@ -120,7 +119,7 @@ def _main(argv: Sequence[str] | None) -> int:
         why = sentinels_refused(exc)
         if why is not None:  # no outage: waiting would not help
             return _usage(where, SENTINELS_REFUSED.format(url=url, why=why))
-        if no_primary(exc) and not sentinels_unreachable(exc, settings.redis_url):
+        if no_primary(exc, settings.redis_url):
             print(f"flowkit {where}: {NO_PRIMARY.format(url=url)}", file=sys.stderr)
             return 1
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "

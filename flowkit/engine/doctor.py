@@ -33,14 +33,7 @@ import kombu.exceptions
 from ..component import registered
 from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
-from ..store import (
-    HANDED_OVER,
-    Store,
-    get_store,
-    no_primary,
-    sentinels_refused,
-    sentinels_unreachable,
-)
+from ..store import HANDED_OVER, Store, get_store, no_primary, sentinels_refused
 from ..store.server import probe
 from ..urls import NO_PRIMARY, SENTINELS_REFUSED, redacted
 from ..version import __version__
@@ -164,7 +157,7 @@ def examine(
             what, _, fix = SENTINELS_REFUSED.format(url=redacted(url), why=why).partition(": ")
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]
-        if no_primary(exc) and not sentinels_unreachable(exc, url):
+        if no_primary(exc, url):
             what, _, fix = NO_PRIMARY.format(url=redacted(url)).partition(": ")
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]

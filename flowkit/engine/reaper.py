@@ -138,9 +138,12 @@ def fire_schedules(now: float | None = None) -> list[str]:
     """Start the run of every schedule tick due by ``now``, and of every tick held back
     (``overlap="buffer"``) whose schedule's last run has ended; returns the run ids."""
     store = get_store()
+    started: list[str] = []
     # held-back ticks first: a tick due in this sweep then finds their runs live
-    started = [run_id for run_id in map(lambda item: _fire_buffered(store, *item),
-                                        store.buffered_ticks().items()) if run_id]
+    for schedule_id, tick in store.buffered_ticks().items():
+        run_id = _fire_buffered(store, schedule_id, tick)
+        if run_id:
+            started.append(run_id)
     for definition, tick in _latest_to_cancel(schedules.claim_due(now, store)):
         overlap = definition.get("overlap", "allow")
         live = None if overlap == "allow" else _live_run(store, definition["id"])

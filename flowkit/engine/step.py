@@ -259,17 +259,19 @@ class StepContext:
         key = f"{self.step}/{self._calls}:wait:{kind}:{name}"
         self._calls += 1
         answer = self._answer(key, kind, name, spec, due, lookback)
-        while refused is not None and (errors := refused(loads(answer))) is not None:
+        value = loads(answer)
+        while refused is not None and (errors := refused(value)) is not None:
             if not self.store.forget_answer(self.run_id, key, answer):
                 answer = self._answer(key, kind, name, spec, due, lookback)  # another came
-                continue
-            again = {**spec, "refused": {
-                "answer": loads(answer).get("input"), "errors": errors,
-                "message": f"The answer to {name!r} does not fit the schema this step now "
-                           "has (changed since it was given, or checked further by its "
-                           "validators): answer again."}}
-            answer = self._pause(key, kind, name, again, due)
-        return loads(answer)
+            else:
+                again = {**spec, "refused": {
+                    "answer": value.get("input"), "errors": errors,
+                    "message": f"The answer to {name!r} does not fit the schema this step "
+                               "now has (changed since it was given, or checked further by "
+                               "its validators): answer again."}}
+                answer = self._pause(key, kind, name, again, due)
+            value = loads(answer)
+        return value
 
     def _answer(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
                 due: float | None, lookback: float | None) -> str:

@@ -19,13 +19,12 @@ from .connection import (
     refused_credentials,
     refused_database,
     sentinels_refused,
-    sentinels_unreachable,
 )
 from .store import HANDED_OVER, Begin, BrokerMessages, Ended, Store
 from .streams import EndWatch, Entry, StreamReader
 
 __all__ = ["HANDED_OVER", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store",
-           "is_redis_url", "lost_connection", "no_primary", "refused_credentials", "sentinels_refused", "sentinels_unreachable",
+           "is_redis_url", "lost_connection", "no_primary", "refused_credentials", "sentinels_refused",
            "refused_database"]
 
 _stores: dict[float | None, Store] = {}

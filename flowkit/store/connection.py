@@ -186,16 +186,17 @@ def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
             "nodes, or write redis://host:port/db for a single Redis.") from exc
 
 
-def no_primary(exc: BaseException) -> bool:
-    """Whether the sentinels named no primary that is up (redis-py's MasterNotFoundError,
-    anywhere in ``exc``'s chain): a service name they do not monitor, or a failover not
-    yet over; "cannot reach Redis, start it" sent people after a Redis that was running.
-    Not when they refused their credentials (:func:`sentinels_refused`)."""
+def no_primary(exc: BaseException, url: str) -> bool:
+    """Whether the sentinels of ``url`` named no primary that is up (redis-py's
+    MasterNotFoundError, anywhere in ``exc``'s chain): a service name they do not monitor,
+    or a failover not yet over; "cannot reach Redis, start it" sent people after a Redis
+    that was running. Not when they refused their credentials (:func:`sentinels_refused`),
+    nor when none of them answered (an outage, said as one)."""
     return (any(isinstance(cause, MasterNotFoundError) for cause in _chain(exc))
-            and sentinels_refused(exc) is None)
+            and sentinels_refused(exc) is None and not _sentinels_unreachable(exc, url))
 
 
-def sentinels_unreachable(exc: BaseException, url: str) -> bool:
+def _sentinels_unreachable(exc: BaseException, url: str) -> bool:
     """Whether none of the sentinels of ``url`` could be reached: redis-py says that too as
     "no master found", which read "check the service name" for sentinels that were down."""
     sentinel_url = SentinelURL.parse(url)
