@@ -253,7 +253,12 @@ def test_a_failed_run_shows_its_error_and_retry_runs_it_again(api, client, page)
     expect(page.locator("#timeline svg rect.bar.failed")).to_have_count(1)  # attempt 2
     retries = []
     page.on("request", lambda r: retries.append(r.url) if r.url.endswith("/retry") else None)
-    page.dblclick("#retry")  # a double click retries once (the second was a 409 in red)
+    with page.expect_response(lambda r: r.url.endswith("/retry")) as answered:
+        page.dblclick("#retry")  # a double click retries once (the second was a 409 in red)
+    assert answered.value.status == 202
+    # the call worked: until the run's new state redraws the actions, its button stays off
+    # (it was enabled again as the answer came, and a click landing then retried twice)
+    assert page.locator("#retry:enabled").count() == 0
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert len(retries) == 1, retries
     assert json.loads(page.text_content("#run-output")) == {"n": 2, "calls": 3}

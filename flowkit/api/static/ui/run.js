@@ -126,12 +126,17 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     render();
   });
 
-  // the button stays disabled while its call is out: a double click acted twice, and the
-  // second call's 409 showed as an error although the first had worked
+  // the button stays disabled while its call is out, and after it worked until the run's new
+  // state redraws the actions: a double click acted twice (the second click landed once the
+  // first call's answer had enabled the button again), and its 409 showed as an error
   async function act(label, call, button) {
     if (button) button.disabled = true;
-    try { await call(); } catch (error) { ui.actions.append(h("p", { role: "alert", class: "error" }, `${label}: ${error.message}`)); }
-    if (button) button.disabled = false;
+    try {
+      await call();
+    } catch (error) {
+      ui.actions.append(h("p", { role: "alert", class: "error" }, `${label}: ${error.message}`));
+      if (button) button.disabled = false;
+    }
     refreshRecord();
   }
 
