@@ -247,6 +247,70 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
         _kill_leftovers(dev, procs)
 
 
+def _break(module: Path) -> str:
+    """Make ``module`` a SyntaxError; returns its source, to mend it with."""
+    source = module.read_text()
+    module.write_text(source + "\ndef broken(:\n")
+    return source
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
+def test_dev_started_on_broken_code_waits_for_the_fix_then_serves_it(tmp_path):
+    """It exited on a SyntaxError at start: started again by hand after each fix, where a
+    reload (code broken later) waits for the next edit."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    components = project / "shop" / "components.py"
+    source = _break(components)
+    dev = Dev(project, "-A", "shop.flows", "--port", str(free_port()))
+    procs: dict[int, tuple[str, str]] = {}
+    try:
+        dev.wait_for("flowkit dev: waiting for a change to a Python file under", timeout=60)
+        assert "flowkit dev: importing 'shop.flows' raised SyntaxError" in dev.output()
+        assert "components.py:" in dev.output(), dev.output()  # where, to fix it
+        assert dev.proc.poll() is None, dev.output()
+        components.write_text(source)
+        dev.wait_for("flowkit dev: shop/components.py changed; starting again", timeout=30)
+        dev.wait_for("Ctrl-C stops everything", timeout=120)
+        assert "Traceback" not in dev.output(), dev.output()
+        assert flowkit_run(project, dev.exports(), "Ada")["output"]["greeting"] == "hello Ada"
+        procs = _tree(dev.proc.pid)
+        dev.proc.send_signal(signal.SIGTERM)
+        assert_stopped_everything(dev, procs, signal.SIGTERM)
+    finally:
+        _kill_leftovers(dev, procs)
+
+
+def test_ctrl_c_while_dev_waits_for_a_fix_stops_it_without_a_traceback(tmp_path):
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    _break(project / "shop" / "components.py")
+    dev = Dev(project, "-A", "shop.flows", "--port", str(free_port()))
+    try:
+        dev.wait_for("flowkit dev: waiting for a change to a Python file under", timeout=60)
+        os.killpg(dev.proc.pid, signal.SIGINT)
+        assert dev.proc.wait(30) == 130
+        dev.rest(10)
+        assert "Traceback" not in dev.output(), dev.output()
+    finally:
+        _kill_leftovers(dev, {})
+
+
+def test_dev_without_reload_started_on_broken_code_exits_saying_why(tmp_path):
+    """``--no-reload`` has no edit to wait for: it says what is broken, in one line."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    _break(project / "shop" / "components.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "dev", "-A", "shop.flows", "--no-reload"],
+        cwd=project, env=_user_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "importing 'shop.flows' raised SyntaxError" in result.stderr
+
+
 def test_dev_with_a_module_that_does_not_import_says_so_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "flowkit.cli", "dev", "-A", "nosuch.flows"], cwd=tmp_path,

@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 
 from ..errors import WorkflowNotFound, described, raised_at
-from .usage import UsageError
+from .usage import CodeError, UsageError
 
 #: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
 #: reference deployment's Celery app (Procfile).
@@ -49,7 +49,7 @@ def load_app(args: argparse.Namespace) -> ModuleType:
 
         get_app().loader.import_default_modules()
         if attribute and not hasattr(module, attribute):
-            raise UsageError(f"-A {given}: module {name!r} has no {attribute!r}; name the "
+            raise CodeError(f"-A {given}: module {name!r} has no {attribute!r}; name the "
                              f"Celery app's variable, or pass -A {name} alone.")
         return module
     except UsageError:
@@ -60,12 +60,12 @@ def load_app(args: argparse.Namespace) -> ModuleType:
                 f"cannot import {name!r} (no module {exc.name!r} from {os.getcwd()}): run this "
                 "from your project's root, or pass -A your.module (or set FLOWKIT_APP)."
             ) from None
-        raise UsageError(f"importing {name!r} failed: {exc}{raised_at(exc)}; fix that "
+        raise CodeError(f"importing {name!r} failed: {exc}{raised_at(exc)}; fix that "
                          "import, then run this again.") from None
     except Exception as exc:  # the user's module itself raised while importing
-        raise UsageError(f"importing {name!r} raised {described(exc)}") from None
+        raise CodeError(f"importing {name!r} raised {described(exc)}") from None
     except SystemExit as exc:  # sys.exit() at import: it ended the command without a word
-        raise UsageError(f"importing {name!r} called sys.exit({exc.code!r}); a module -A "
+        raise CodeError(f"importing {name!r} called sys.exit({exc.code!r}); a module -A "
                          "imports must not exit (guard it with if __name__ == "
                          "'__main__':).") from None
 

@@ -38,6 +38,7 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, NoReturn
 
 from ..config import get_settings, reset
 from ..engine.control import live_workers
@@ -45,7 +46,7 @@ from ..workflow import workflows
 from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
 from .routing import routed_queues
 from .supervisor import Child, ChildFailed, Stopped, Supervisor
-from .usage import UsageError, whole_number
+from .usage import CodeError, UsageError, whole_number
 
 #: Seconds the worker, beat, web app and LLM server have to stop after SIGTERM.
 STOP_GRACE = 10.0
@@ -104,6 +105,7 @@ def dev(args: argparse.Namespace) -> int:
         raise UsageError("name the module of your workflows: flowkit dev -A myapp.flows "
                          "(or set FLOWKIT_APP).")
     project = Path.cwd()
+    environ = dict(os.environ)  # as started: what a start after a fix starts from
     env: dict[str, str] = {"FLOWKIT_APP": app_name}
     notes = _api_access(env)
     # dev reloads: a step running when the code changes is handed over after 3 s
@@ -111,9 +113,14 @@ def dev(args: argparse.Namespace) -> int:
         env["FLOWKIT_DRAIN_GRACE"] = "3"
     os.environ.update(env)
     reset()
-    load_app(args)  # a wrong -A is one line now, not a crash in every child
-    queues = routed_queues()
-    prefix, api_open = _web_api(args.web)
+    try:
+        load_app(args)  # a wrong -A is one line now, not a crash in every child
+        queues = routed_queues()
+        prefix, api_open = _web_api(args.web)
+    except CodeError as exc:
+        if args.no_reload:
+            raise
+        _start_again_after_a_fix(exc, project, environ)
     if not api_open:
         notes = ["the API requires credentials (your app's settings): the CLI needs "
                  "FLOWKIT_API_KEY"]
@@ -154,6 +161,35 @@ def dev(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
             supervisor.say("stopped")
     return code
+
+
+def _start_again_after_a_fix(broken: CodeError, project: Path, environ: dict[str, str]
+                             ) -> NoReturn:
+    """The code is broken as dev starts: say so, wait for a Python file under ``project`` to
+    change, then start again as a new process (a fresh interpreter: nothing of the broken
+    import stays behind). Dev exited here, and had to be started again by hand after the fix,
+    unlike a reload, which waits for the next edit. Ctrl-C stops the wait (exit code 130)."""
+    from watchfiles import PythonFilter, watch
+
+    print(f"flowkit dev: {broken}", file=sys.stderr)
+    # an empty batch each 0.2 s without changes: the first says the watch is on, so that a
+    # fix saved as the line below shows is seen
+    batches = watch(project, watch_filter=PythonFilter(), debounce=DEBOUNCE_MS,
+                    rust_timeout=200, yield_on_timeout=True)
+    changes = next(batches)
+    print(f"flowkit dev: waiting for a change to a Python file under {project} "
+          "(Ctrl-C stops)", file=sys.stderr, flush=True)
+    while not changes:
+        changes = next(batches)
+    print(f"flowkit dev: {_listed(project, changes)} changed; starting again", file=sys.stderr,
+          flush=True)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+
+
+def _listed(project: Path, changes: set[tuple[Any, str]]) -> str:
+    """The changed files, relative to ``project``: three, then how many more."""
+    paths = sorted({os.path.relpath(path, project) for _, path in changes})
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _node(port: int) -> str:
@@ -203,11 +239,11 @@ def _web_api(web: str | None) -> tuple[str, bool]:
         else:
             flask_app = getattr(importlib.import_module(module_name), attribute or "app", None)
     except Exception as exc:  # the user's module (or factory) raised
-        raise UsageError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
+        raise CodeError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
                          f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
     api = getattr(flask_app, "extensions", {}).get("flowkit")
     if api is None:
-        raise UsageError(f"--web {web}: no Flask app with flowkit mounted there; call "
+        raise CodeError(f"--web {web}: no Flask app with flowkit mounted there; call "
                          "FlowKit(app) in it, or leave --web out to serve flowkit's own app.")
     return api.url_prefix.rstrip("/"), bool(api.options.open)
 

@@ -18,6 +18,11 @@ class UsageError(FlowkitError):
     exit_code = 2
 
 
+class CodeError(UsageError):
+    """The user's own code does not import (it raised, or lacks what the command names):
+    fixed by editing it, so ``flowkit dev`` waits for that edit instead of exiting."""
+
+
 def whole_number(low: int, high: int | None, refusal: str) -> Callable[[str], int]:
     """An argparse type: a whole number from ``low`` to ``high`` (None: no bound), else
     argparse's one-line error, ``refusal`` with ``{text}`` the value as given (quoted)."""
