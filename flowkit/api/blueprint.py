@@ -17,7 +17,7 @@ from werkzeug.routing.exceptions import WebsocketMismatch
 from ..engine import control
 from ..metrics import install as install_metrics
 from .auth import KEY, RUN
-from .errors import ApiError, to_response
+from .errors import ApiError, handle_host_errors, to_response
 from .options import ApiOptions
 from .origins import check_same_site
 from .requests import check_body_size, check_path_text, finish_body
@@ -68,6 +68,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         app.extensions[EXTENSION] = ApiState(app, resolved, prefix, bp.name)
         install_metrics()  # this process's stream subscribers (and LLM calls, steps)
         app.register_error_handler(HTTPException, _routing_error)
+        handle_host_errors(app)
         # flask-sock reads these for every WebSocket (the host app's own settings win):
         # protocol pings keep idle sockets alive through proxies, and simple-websocket's
         # reader thread must not keep a stopping process alive after its socket closed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
@@ -70,6 +70,23 @@ def _code(exc: HTTPException) -> str:
     if exc.code in _CODES:
         return _CODES[exc.code]
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+#: flowkit's errors that the host app's own views meet when they call flowkit (``start()``
+#: with a user's bad input, ``get_run()`` of an unknown id), answered as the API answers them.
+HOST_ERRORS = (ValidationError, NotFound, IdempotencyConflict, InvalidState, PayloadTooLarge,
+               StoreUnavailable)
+
+
+def handle_host_errors(app: Flask) -> None:
+    """Answer :data:`HOST_ERRORS` raised in the host app's own views with their 4xx/503 and
+    the API's JSON shape (``start()`` in a route of the app's, given a user's bad input, was a
+    500). A handler the app registered before, for the class or for a flowkit error above it,
+    stays the app's; after, one for the class itself replaces this one."""
+    own = tuple(app.error_handler_spec.get(None, {}).get(None, {}))
+    for error in HOST_ERRORS:
+        if not any(issubclass(error, cls) and issubclass(cls, FlowkitError) for cls in own):
+            app.register_error_handler(error, to_response)
 
 
 def to_response(exc: BaseException) -> Response:

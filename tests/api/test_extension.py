@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 
 import flowkit
 from tests.api.conftest import serve
@@ -110,3 +110,46 @@ def test_mounting_twice_on_one_app_is_refused():
     flowkit.FlowKit(app, keys=["k"])
     with pytest.raises(ValueError, match="already mounted"):
         app.register_blueprint(flowkit.create_blueprint(name="again", keys=["k"]))
+
+
+def test_flowkit_errors_in_the_host_app_s_own_views_are_answered_4xx_not_500(
+        flowkit_env, store):
+    """``start()`` in a route of the app's own, given a user's bad input, was a 500: flowkit
+    registered its error handlers on its blueprint only."""
+    app = host_app()
+
+    @app.post("/signup")
+    def signup():
+        return {"id": flowkit.get_workflow("simple").start(request.get_json()).id}
+
+    @app.get("/mine/<run_id>")
+    def mine(run_id):
+        return {"state": flowkit.get_run(run_id).state}
+
+    flowkit.FlowKit(app, keys=["k"])
+    for served in serve(app):
+        with served.client() as c:
+            bad = c.post("/signup", json={"n": "many"})
+            assert bad.status_code == 400, bad.text
+            assert bad.json()["error"]["code"] == "validation_error"
+            assert bad.json()["error"]["fields"]["n"], bad.json()
+            missing = c.get("/mine/01M95MV5XK63RY93YGFZ3HVZ8S")
+            assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_the_host_app_s_own_handler_for_a_flowkit_error_stays_its_own(flowkit_env, store):
+    app = host_app()
+
+    @app.errorhandler(flowkit.FlowkitError)
+    def mine(exc):
+        return {"mine": str(exc)}, 422
+
+    @app.post("/signup")
+    def signup():
+        return {"id": flowkit.get_workflow("simple").start(request.get_json()).id}
+
+    flowkit.FlowKit(app, keys=["k"])
+    for served in serve(app):
+        with served.client() as c:
+            answer = c.post("/signup", json={"n": "many"})
+            assert answer.status_code == 422 and "mine" in answer.json(), answer.text
