@@ -3,6 +3,7 @@ is never leaked; priorities go first; schedules start one run per tick."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -352,6 +353,36 @@ def test_a_schedule_with_overlap_cancel_cancels_its_live_run_for_the_tick_s_own(
     made = {r.id for r in flowkit.list_runs(workflow="approval")}
     assert made - {first, second, third} == {fourth}
     flowkit.cancel(fourth)
+
+
+def test_two_sweeps_at_once_start_one_run_of_a_schedule_that_forbids_overlap():
+    """Two sweeps at once (two beats, or sweeps queued behind busy workers): one started the
+    tick held back as the last run ended while the other claimed the next tick, read the last
+    run ended too, and started a second run beside the first. Raced ten times."""
+    from flowkit.engine.reaper import fire_schedules
+
+    for n in range(10):
+        tick, first = _waiting_first_run(f"raced-{n}", "buffer")
+        assert fire_schedules(tick + 1.1) == []  # held back
+        flowkit.send_input(first, "approval", {"ok": True})
+        assert flowkit.get_run(first).wait(WAIT).state == "succeeded"
+        together = threading.Barrier(2)
+        started: list[str] = []
+
+        def sweep(now: float, together: threading.Barrier = together,
+                  started: list[str] = started) -> None:
+            together.wait()
+            started.extend(fire_schedules(now))
+
+        # one sweep finds only the tick held back; the other that one and the next tick
+        sweeps = [threading.Thread(target=sweep, args=(tick + late,)) for late in (1.5, 2.1)]
+        for thread in sweeps:
+            thread.start()
+        for thread in sweeps:
+            thread.join(WAIT)
+        assert len(started) == 1, f"race {n}: {started} started at once"
+        flowkit.schedules.delete(f"raced-{n}")
+        flowkit.cancel(started[0])
 
 
 def test_a_schedule_with_overlap_skip_starts_no_run_while_its_last_one_is_live():

@@ -145,23 +145,33 @@ def fire_schedules(now: float | None = None) -> list[str]:
         if run_id:
             started.append(run_id)
     for definition, tick in _latest_to_cancel(schedules.claim_due(now, store)):
-        overlap = definition.get("overlap", "allow")
-        live = None if overlap == "allow" else _live_run(store, definition["id"])
-        if live is not None:
-            if overlap == "skip":
-                log.info("flowkit: schedule %s skipped its tick of %s: its run %s is still %s "
-                         "(overlap='skip')", definition["id"], tick, *live)
-                continue
-            if overlap == "buffer":
-                store.buffer_tick(definition["id"], tick)
-                log.info("flowkit: schedule %s holds its tick of %s back until its run %s "
-                         "ends (overlap='buffer')", definition["id"], tick, live[0])
-                continue
-            _cancel_for(store, definition["id"], tick, live[0])  # overlap == "cancel"
-        run_id = _fire(store, definition, tick)
+        if definition.get("overlap", "allow") == "allow":
+            run_id = _fire(store, definition, tick)
+        else:
+            with store.schedule_firing(definition["id"]):
+                run_id = _fire_by_policy(store, definition, tick)
         if run_id:
             started.append(run_id)
     return started
+
+
+def _fire_by_policy(store: Store, definition: dict, tick: float) -> str | None:
+    """Start the tick's run as the schedule's ``overlap`` policy says, its last run read
+    (the caller holds the schedule's firing lock from that read to the start)."""
+    overlap = definition["overlap"]
+    live = _live_run(store, definition["id"])
+    if live is not None:
+        if overlap == "skip":
+            log.info("flowkit: schedule %s skipped its tick of %s: its run %s is still %s "
+                     "(overlap='skip')", definition["id"], tick, *live)
+            return None
+        if overlap == "buffer":
+            store.buffer_tick(definition["id"], tick)
+            log.info("flowkit: schedule %s holds its tick of %s back until its run %s "
+                     "ends (overlap='buffer')", definition["id"], tick, live[0])
+            return None
+        _cancel_for(store, definition["id"], tick, live[0])  # overlap == "cancel"
+    return _fire(store, definition, tick)
 
 
 def _latest_to_cancel(claimed: list[tuple[dict, float]]) -> list[tuple[dict, float]]:
@@ -196,9 +206,12 @@ def _fire_buffered(store: Store, schedule_id: str, tick: float) -> str | None:
     if definition is None or next_at is None:
         store.drop_buffered(schedule_id)
         return None
-    if _live_run(store, schedule_id) is not None or not store.take_buffered(schedule_id, tick):
+    if _live_run(store, schedule_id) is not None:  # the common case, read without the lock
         return None
-    return _fire(store, definition, tick)
+    with store.schedule_firing(schedule_id):
+        if _live_run(store, schedule_id) is not None or not store.take_buffered(schedule_id, tick):
+            return None
+        return _fire(store, definition, tick)
 
 
 def _live_run(store: Store, schedule_id: str) -> tuple[str, str] | None:

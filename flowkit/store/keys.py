@@ -32,8 +32,8 @@ Keys that no run script touches live outside the shards, each a single-key opera
 and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart),
 ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
-``flowkit:{schedules}:defs``, ``:due``, ``:errors`` and ``:runs`` (schedules, one slot of
-their own),
+``flowkit:{schedules}:defs``, ``:due``, ``:errors``, ``:runs``, ``:buffered`` and
+``:firing:<id>`` (schedules, one slot of their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
 slot per group) and ``flowkit:cc:groups``,
 ``flowkit:workers`` and ``flowkit:nodes`` (worker presence), ``flowkit:reaper:swept``,
@@ -227,6 +227,11 @@ class Keys:
         """HASH schedule id -> the tick it holds back until its last run ends
         (``overlap="buffer"``)."""
         return f"{self.prefix}:{{schedules}}:buffered"
+
+    def schedule_firing(self, schedule_id: str) -> str:
+        """STRING a lock (redis-py's): held while an ``overlap`` policy reads the schedule's
+        last run and starts the next."""
+        return f"{self.prefix}:{{schedules}}:firing:{schedule_id}"
 
     @property
     def schedule_errors(self) -> str:

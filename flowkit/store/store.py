@@ -11,16 +11,20 @@ Redis being unreachable (past the retries of :mod:`.connection`) surfaces as
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
 from redis.cluster import RedisCluster
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from ..config import Settings
+from ..errors import StoreUnavailable
 from ..serialization import dumps, loads
 from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
 from . import archive, connection, scripts, server
@@ -35,6 +39,8 @@ HANDED_OVER = "handed-over"
 SCAN_BATCH = 500
 #: Events kept per event key for waits that look back.
 SENT_KEPT = 100
+#: How long a schedule's firing lock outlives a sweep that died holding it (seconds).
+FIRING_LOCK_SECONDS = 30.0
 
 def _new_call() -> str:
     return uuid.uuid4().hex
@@ -799,6 +805,33 @@ class Store:
         if run_id is None:
             return None
         return run_id, self.redis.hget(self.keys.run(run_id), "state")
+
+    @contextlib.contextmanager
+    def schedule_firing(self, schedule_id: str) -> Iterator[None]:
+        """Hold the schedule's lock (redis-py's ``Lock``) while an ``overlap`` policy reads its
+        last run and starts the next: two sweeps at once (two beats, or sweeps queued behind
+        busy workers, each with a tick of its own) both read the last run ended, and both
+        started one. A sweep that died holding it frees it after FIRING_LOCK_SECONDS."""
+        lock = self._lock_firing(schedule_id)
+        try:
+            yield
+        finally:
+            self._unlock_firing(lock)
+
+    @_op
+    def _lock_firing(self, schedule_id: str) -> Lock:
+        lock = self.redis.lock(self.keys.schedule_firing(schedule_id),
+                               timeout=FIRING_LOCK_SECONDS, sleep=0.01,
+                               blocking_timeout=FIRING_LOCK_SECONDS)
+        if not lock.acquire():  # its holder neither ended nor let it expire: not expected
+            raise StoreUnavailable(f"schedule {schedule_id!r}: its firing lock stayed held "
+                                   f"for {FIRING_LOCK_SECONDS:g}s")
+        return lock
+
+    @_op
+    def _unlock_firing(self, lock: Lock) -> None:
+        with contextlib.suppress(LockError):  # held past its timeout: another took it since
+            lock.release()
 
     @_op
     def buffer_tick(self, schedule_id: str, tick: float) -> None:
