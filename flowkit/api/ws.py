@@ -31,6 +31,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from flask import request
@@ -54,6 +55,12 @@ TOKEN_EXPIRED_CLOSE = 4001
 #: The close code of a socket asked to resume past the run's last event (the handshake's
 #: 404 for the same cursor).
 NOT_FOUND_CLOSE = 4004
+#: Resumes a socket may send at once, and per second after that: each is a Redis read of
+#: the run's events from its cursor, and one socket sent 20,000 in 4 s.
+RESUME_BURST = 20
+RESUME_RATE = 5.0
+#: The close code of a socket that sent resumes faster (RFC 6455's "Policy Violation").
+POLICY_CLOSE = 1008
 #: The close code of a socket refused once upgraded (its caller's streams filled up since
 #: the handshake's check): RFC 6455's "Try Again Later".
 TRY_AGAIN_LATER_CLOSE = 1013
@@ -196,6 +203,23 @@ class _SerialSocket:
         return getattr(self._sink.sock, name)
 
 
+class _Allowance:
+    """A token bucket of ``burst`` resumes, refilled at ``rate`` a second."""
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst, self.rate = burst, rate
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class _Doorbell(threading.Event):
     """simple-websocket's event for "a message came, or the connection ended", which also
     wakes the subscriber's thread (its reader thread sets it; ``receive`` waits on it)."""
@@ -216,6 +240,7 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
     :data:`NOT_FOUND_CLOSE`, as the handshake answers it 404: served from there, it would
     wait for ever."""
     sink = FrameSink(ws)
+    resumes = _Allowance(RESUME_BURST, RESUME_RATE)
     ws.event = _Doorbell(sub)
     sub.poke()  # what the reader signalled before the doorbell was in place: look once
     try:
@@ -244,6 +269,12 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
                 if "ping" in data:  # uncompressed: the hub may be compressing an event
                     ws.sock.send(text_frame(json.dumps({"pong": data["ping"]}).encode()))
                 cursor = _resume_cursor(data)
+                if cursor is not None and not resumes.take():  # before its Redis reads
+                    sub.close()
+                    close(ws, POLICY_CLOSE, f"too_many_resumes: more than {RESUME_BURST} at "
+                                            f"once or {RESUME_RATE:g} a second; reconnect "
+                                            "with your last event id")
+                    return
                 if cursor is not None and (why := _past_the_end(beyond, cursor)):
                     sub.close()
                     close(ws, NOT_FOUND_CLOSE, f"not_found: {cursor} is past the run's events "

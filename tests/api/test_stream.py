@@ -322,3 +322,25 @@ def test_a_client_message_nested_too_deeply_is_ignored_like_any_that_is_not_json
     assert json.loads(sock.recv()) == {"pong": 1}  # the socket still serves
     open_gate(handle, "streamer")
     assert [e["id"] for e in seen + ws_read(sock)] == full_history(run["id"])
+
+
+def test_resumes_sent_faster_than_the_allowance_close_the_socket_with_1008(api, client):
+    """Each resume is a Redis read from its cursor: one socket sent 20,000 in 4 s."""
+    from flowkit.api.ws import RESUME_BURST
+
+    run = start(client, "streaming", {"before": 1, "after": 1})
+    handle = flowkit.get_run(run["id"])
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    seen = ws_read(sock, stop=lambda got: len(chunks(got)) == 1)
+    reached_gate(handle, "streamer")
+    for _ in range(RESUME_BURST * 3):
+        sock.send(json.dumps({"resume": seen[0]["id"]}))
+    while True:  # the replays the allowance served, then the close frame
+        opcode, data = sock.recv_data(control_frame=True)
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            break
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(data[:2], "big") == 1008
+    assert data[2:].decode().startswith("too_many_resumes: ")
+    open_gate(handle, "streamer")
+    assert handle.wait(20).state == "succeeded"
