@@ -261,7 +261,7 @@ def amqp_broker(url: str, timeout: float = 3.0) -> list[Finding]:
             version = conn.connection.server_properties.get("version", "?")
     except amqp.exceptions.AMQPError as exc:  # it answered, and refused
         return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} refused "
-                        f"flowkit: {exc}.", "Fix the user, password or vhost in "
+                        f"flowkit: {str(exc).rstrip('.')}.", "Fix the user, password or vhost in "
                         "FLOWKIT_BROKER_URL (rabbitmqctl list_users, list_vhosts).")]
     except (kombu.exceptions.OperationalError, OSError) as exc:
         return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} does not "

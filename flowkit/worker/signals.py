@@ -205,8 +205,27 @@ def handed_off(sender=None, body=None, **_) -> None:
     handoffs.add(kwargs["run_id"], kwargs["gen"])  # written in the background (engine.handoff)
 
 
+class AckOfAClosedChannel(logging.Filter):
+    """Celery logs an ack the broker's connection could no longer take (RabbitMQ closed the
+    channel of a step held past its ``consumer_timeout``; a reconnect) as CRITICAL, with a
+    traceback: paged for, though flowkit expects it. The broker delivers the message again and
+    the worker that takes it drops it (its step ran, or is leased): one WARNING line says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.CRITICAL and isinstance(record.msg, str)
+                and record.msg.startswith("Couldn't ack")):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg += (" (the broker delivers the message again, and flowkit drops that "
+                           "copy: its step runs once)")
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def connect() -> None:
     """Connect the handlers (the dispatch uids keep a second call from adding them twice)."""
+    acks = logging.getLogger("celery.worker.request")  # where Celery acks a task's message
+    if not any(isinstance(f, AckOfAClosedChannel) for f in acks.filters):
+        acks.addFilter(AckOfAClosedChannel())
     signals.worker_init.connect(refuse_bad_config, dispatch_uid="flowkit.refuse_bad_config")
     signals.worker_init.connect(consume_reaper_queue, dispatch_uid="flowkit.reaper_queue")
     signals.worker_init.connect(refuse_refused_queues, dispatch_uid="flowkit.refused_queues")

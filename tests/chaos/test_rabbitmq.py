@@ -126,6 +126,9 @@ def test_a_step_longer_than_the_consumer_timeout_keeps_its_worker_and_runs_once(
         assert done.state == "succeeded", done.error
         assert a.alive(), a.output()[-3000:]
         assert "Unrecoverable error" not in a.output()
+        # the step's ack met the closed channel: said as expected, not CRITICAL (paged for)
+        assert "Couldn't ack" in a.output() and "CRITICAL" not in a.output(), a.output()[-3000:]
+        assert "flowkit drops that copy: its step runs once" in a.output()
         assert side_effects(run, "started") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
         assert done.restarts == 0 and reruns(run) == 0
         # a worker started after it still works on the same broker
@@ -225,6 +228,7 @@ def test_the_doctor_checks_a_rabbitmq_broker_answers_and_takes_flowkits_credenti
     assert ok.level == doctor.OK and ok.message.startswith("Broker RabbitMQ 3.")
     [refused] = doctor.amqp_broker(rabbitmq.url.replace("guest:guest@", "guest:wrong@"))
     assert refused.level == doctor.FAILURE and "ACCESS_REFUSED" in refused.message
+    assert not refused.message.endswith(".."), refused.message  # the broker's own ends in one
     assert refused.fix.startswith("Fix the user, password or vhost in FLOWKIT_BROKER_URL")
     [down] = doctor.amqp_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//", timeout=1)
     assert down.level == doctor.FAILURE and "does not answer" in down.message
