@@ -45,11 +45,24 @@ export function useRun(runId, options = {}) {
   // onEvent likewise: the watch calls the latest render's function (it kept the first's)
   const latestOnEvent = useRef(onEvent);
   latestOnEvent.current = onEvent;
+  // fetch and storage likewise (`fetch: (...a) => fetch(...a)`, `storage: { getItem, setItem }`
+  // inline): a new one each render restarted the watch, and each event's render again
+  const latestFetch = useRef(fetch);
+  latestFetch.current = fetch;
+  const callLatestFetch = useCallback((...args) => latestFetch.current(...args), []);
+  const stableFetch = typeof fetch === "function" ? callLatestFetch : fetch;
   const client = useMemo(
-    () => given ?? new FlowkitClient({ baseUrl, token, credentials, WebSocket, fetch }),
-    [given, baseUrl, token, credentials, WebSocket, fetch],
+    () => given ?? new FlowkitClient({ baseUrl, token, credentials, WebSocket, fetch: stableFetch }),
+    [given, baseUrl, token, credentials, WebSocket, stableFetch],
   );
-  const storage = storageOption === undefined ? defaultStorage() : storageOption;
+  const latestStorage = useRef(null);
+  latestStorage.current = storageOption === undefined ? defaultStorage() : storageOption;
+  const hasStorage = latestStorage.current != null;
+  const storage = useMemo(() => (hasStorage ? {
+    getItem: (key) => latestStorage.current?.getItem(key) ?? null,
+    setItem: (key, value) => latestStorage.current?.setItem(key, value),
+    removeItem: (key) => latestStorage.current?.removeItem?.(key),
+  } : null), [hasStorage]);
   // The state is kept with the runId it belongs to: a render for another runId shows that
   // run's saved (or empty) state at once, never the previous run's under the new id.
   const [held, setHeld] = useState(() => ({ runId, state: restoredState(storage, runId) }));

@@ -109,3 +109,28 @@ test("useRun with a token function written inline keeps one watch across renders
   assert.equal(calls, 1);
   view.unmount();
 });
+
+test("useRun with storage and fetch written inline keeps one watch across renders", { skip: SKIP }, async () => {
+  const api = client();
+  const run = await api.start("streaming", { before: 2, after: 2 });
+  const kept = memoryStorage();
+  let fetches = 0;
+  const view = mount(run.id, () => ({
+    baseUrl: URL_, token: run.token, WebSocket,
+    storage: { getItem: (k) => kept.getItem(k), setItem: (k, v) => kept.setItem(k, v) },  // a new object each render
+    fetch: (...args) => (fetches += 1, globalThis.fetch(...args)),
+  }));
+  await reachedGate(run.id, "streamer");
+  await view.next((s) => text(s) === "a0a1", "the first chunks");
+  await openGate(run.id, "streamer");
+  const state = await view.next((s) => s.state === "succeeded" && s.connection === "closed", "the run's end");
+  assert.equal(text(state), "a0a1b0b1");
+  const watches = new Set(view.rendered.map((r) => r.watch).filter(Boolean));
+  assert.ok(view.rendered.length > 4, `renders: ${view.rendered.length}`);
+  assert.equal(watches.size, 1, "a new storage or fetch each render must not make a new watch");
+  assert.equal([...watches][0].connects, 1);
+  assert.ok(kept.getItem(`flowkit.run.${run.id}`), "the inline storage was written to");
+  await view.rendered.at(-1).cancel().catch(() => {});  // a REST call through the inline fetch
+  assert.ok(fetches >= 1, "the latest inline fetch is the one called");
+  view.unmount();
+});
