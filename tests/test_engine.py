@@ -351,6 +351,38 @@ def test_secret_fields_never_reach_the_stream_but_the_next_step_gets_them():
     assert "hunter2-very-secret" not in repr([e.to_dict() for e in run.events()])
 
 
+@flowkit.component(name="t.log_in")
+def log_in(data: dict) -> dict:
+    raise ValueError(f"login failed for token {data['token']}")
+
+
+logging_in = flowkit.Workflow("logging_in", [
+    log_in.secret("token").retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01))])
+
+
+def test_an_error_echoing_a_secret_input_is_redacted_in_the_record_events_trace_and_log(caplog):
+    """Redacted in the step's span only: the run's error (its record, ``run.failed``, the
+    workflow span its OTLP export is made from), ``step.retrying`` and the worker's log line
+    and traceback kept the secret."""
+    from flowkit.engine import trace  # noqa: PLC0415
+
+    secret = "sk-supersecret-123456"
+    with caplog.at_level(logging.WARNING, logger="flowkit.engine.executor"):
+        run = logging_in.start({"token": secret})
+        assert run.wait(WAIT).state == "failed"
+        wait_until(lambda: "failed at step" in caplog.text, WAIT, "the failure's log line")
+    done = flowkit.get_run(run.id)
+    assert done.error["message"] == "login failed for token [redacted]"
+    assert [a["error"] for a in done.error["attempts"]] == [
+        "ValueError: login failed for token [redacted]"] * 2
+    said = json.dumps([e.to_dict() for e in run.events()])
+    assert "step.retrying" in said and "[redacted]" in said
+    spans = trace.read(run.id)
+    assert spans[0]["kind"] == "workflow" and spans[0]["error"]["message"].endswith("[redacted]")
+    assert secret not in said + json.dumps(spans) + caplog.text
+    assert "raise ValueError" in caplog.text  # the traceback is still logged, redacted
+
+
 def test_a_component_called_inside_a_step_is_a_checkpointed_sub_step():
     run = wf.inline.start({"n": 1})
     reached_gate(run, "with_inline")

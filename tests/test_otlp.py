@@ -51,3 +51,19 @@ def test_a_run_s_trace_reaches_an_otlp_http_receiver_through_the_readme_s_export
         server.shutdown()
     assert "workflow simple" in Receiver.received
     assert {"step 0:t.add_one", "step 1:t.double"} <= set(Receiver.received)
+
+
+def test_a_failed_workflow_span_s_status_says_the_error_as_type_and_message():
+    """It said the run's error object's repr, cut at 200 characters."""
+    from flowkit.engine.trace.otel import to_otel  # noqa: PLC0415
+
+    error = {"type": "KeyError", "message": "'n'", "step": "2:t.b", "where": "flows.py:3",
+             "attempts": [{"attempt": 1, "error": "KeyError: 'n'", "at": 1.5}]}
+    span = to_otel("01M95MV5XK63RY93YGFZ3HVZ8S", {
+        "id": "run", "parent": None, "kind": "workflow", "name": "w", "status": "error",
+        "error": error, "start": 1.0, "end": 2.0})
+    assert span.status.description == "KeyError: 'n'"
+    step = to_otel("01M95MV5XK63RY93YGFZ3HVZ8S", {
+        "id": "step:2:t.b@1", "parent": "run", "kind": "step", "step": "2:t.b",
+        "status": "error", "error": "KeyError: 'n'", "start": 1.0, "end": 2.0})
+    assert step.status.description == "KeyError: 'n'"

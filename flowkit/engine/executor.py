@@ -12,7 +12,9 @@ import asyncio
 import logging
 import threading
 import time
+import traceback
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import billiard
@@ -180,12 +182,16 @@ def _run_attempts(
         return StepContext(run_id, key, gen, state["attempt"], token, comp.name, store,
                            worker=worker, tokens=tokens)
 
+    def secretless(shown: Any) -> Any:
+        return _secretless(pol, value, shown)
+
     def before_sleep(retry_state) -> None:
         exc = retry_state.outcome.exception()
         failed = state["attempt"]
-        history.append({"attempt": failed, "error": describe_error(exc), "at": time.time()})
+        said = secretless(describe_error(exc))
+        history.append({"attempt": failed, "error": said, "at": time.time()})
         event = events.make(
-            events.STEP_RETRYING, run_id, step=key, attempt=failed, error=describe_error(exc),
+            events.STEP_RETRYING, run_id, step=key, attempt=failed, error=said,
             delay=round(retry_state.upcoming_sleep, 3), next_attempt=failed + 1,
         )
         nxt = store.retrying(run_id, key, gen, token, event, time.time())
@@ -217,9 +223,9 @@ def _run_attempts(
         log.warning("flowkit: step %s of run %s abandoned: %s", key, run_id, exc)
         raise Ignore() from None
     except Exception as exc:
-        history.append({"attempt": state["attempt"], "error": describe_error(exc),
+        history.append({"attempt": state["attempt"], "error": secretless(describe_error(exc)),
                         "at": time.time()})
-        _fail(store, run_id, gen, key, token, state["attempt"], exc, history)
+        _fail(store, run_id, gen, key, token, state["attempt"], exc, history, secretless)
         raise Ignore() from None
     finally:
         heartbeat.untrack(run_id, key, token)
@@ -230,9 +236,9 @@ def _run_attempts(
             else "output"
         exc = ValueError(f"the {what} of step {key} nests objects and arrays too deeply to "
                          f"report (keep it under {MAX_DEPTH} levels)")
-        history.append({"attempt": state["attempt"], "error": describe_error(exc),
+        history.append({"attempt": state["attempt"], "error": secretless(describe_error(exc)),
                         "at": time.time()})
-        _fail(store, run_id, gen, key, token, state["attempt"], exc, history)
+        _fail(store, run_id, gen, key, token, state["attempt"], exc, history, secretless)
         raise Ignore() from None
     completed = events.make(
         events.STEP_COMPLETED, run_id, step=key, attempt=state["attempt"],
@@ -292,9 +298,16 @@ def _ended(run_id: str, store: Store, ended: Ended) -> None:
 def _shown(output: Any, value: Any, pol: Policy) -> Any:
     """The output as events show it: secret fields and known secrets (API keys) redacted.
     The checkpoint keeps the real value, which the next step needs."""
+    return _secretless(pol, value, output)
+
+
+def _secretless(pol: Policy, value: Any, shown: Any) -> Any:
+    """``shown`` (an output, an error, a log line) with the step's secrets redacted: the
+    values of its component's ``.secret(...)`` fields in its input ``value``, wherever they
+    are echoed, and known secrets (provider API keys)."""
     fields = frozenset(pol.secret_fields)
     values = redaction.secret_values(value, fields) if fields else frozenset()
-    return redaction.redact(output, fields, values)
+    return redaction.redact(shown, fields, values)
 
 
 def _produce(
@@ -404,24 +417,31 @@ def _observe(traced, user_hooks: list, *args: Any) -> None:
 
 def _fail(
     store: Store, run_id: str, gen: int, key: str, token: str, attempt: int,
-    exc: BaseException, history: list[dict[str, Any]],
+    exc: BaseException, history: list[dict[str, Any]], secretless: Callable[[Any], Any],
 ) -> None:
+    """Fail the run at the step's last attempt; ``secretless`` redacts the step's secrets
+    from the error as the record, events, trace and log keep it (an error echoing a secret
+    input was redacted in the step's span only)."""
     error = {"type": type(exc).__name__, "message": error_message(exc), "step": key,
              "attempts": history}
     where = error_origin(exc)
     if where is not None:  # the line of the app's code that raised it (a helper's too)
         error["where"] = where
+    error = secretless(error)
     step_event = events.make(events.STEP_FAILED, run_id, step=key, attempt=attempt, error=error)
     run_event = events.make(events.RUN_FAILED, run_id, step=key, error=error)
     writer.flush()  # the failed attempt's span before the run's failure
     if store.fail(run_id, gen, key, token, time.time(), error, step_event, run_event):
         admission.released(run_id, store)
         notify.run_failed(run_id)
-        log.warning("flowkit: run %s failed at step %s: %s", run_id, key, describe_error(exc),
-                    exc_info=exc)  # where in the step's code, with the lines that led there
+        # where in the step's code, with the lines that led there
+        log.warning("flowkit: run %s failed at step %s: %s\n%s", run_id, key,
+                    secretless(describe_error(exc)),
+                    secretless("".join(traceback.format_exception(exc)).rstrip()))
     else:  # a superseded attempt's (a handover, a restart) or a cancelled run's: not a failure
         log.info("flowkit: an attempt of step %s of run %s ended with %s after its run had "
-                 "moved on (cancelled, or restarted elsewhere)", key, run_id, describe_error(exc))
+                 "moved on (cancelled, or restarted elsewhere)", key, run_id,
+                 secretless(describe_error(exc)))
 
 
 def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:

@@ -100,7 +100,7 @@ def to_otel(run_id: str, span: dict[str, Any]):
     if span.get("status") == "ok":
         status = Status(StatusCode.OK)
     elif span.get("status") == "error":
-        status = Status(StatusCode.ERROR, str(span.get("error", ""))[:200])
+        status = Status(StatusCode.ERROR, _said(span.get("error"))[:200])
     if llm:
         label = f"{attributes['gen_ai.operation.name']} {attributes['gen_ai.request.model']}"
     else:
@@ -117,6 +117,15 @@ def to_otel(run_id: str, span: dict[str, Any]):
         start_time=int(float(span["start"]) * 1e9),
         end_time=int(float(span["end"]) * 1e9),
     )
+
+
+def _said(error: Any) -> str:
+    """A span's error as its status says it: a step's is text already; a workflow span's is
+    the run's error object, said as ``Type: message`` (its repr, cut at 200 characters, was
+    the status backends showed)."""
+    if isinstance(error, dict):
+        return f"{error.get('type') or 'Error'}: {error.get('message', '')}"
+    return "" if error is None else str(error)
 
 
 # -- GenAI semantic conventions -------------------------------------------------------------
