@@ -11,8 +11,10 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+import flowkit
 from flowkit.engine import trace
 from tests import workflows as wf
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +69,37 @@ def test_a_failed_workflow_span_s_status_says_the_error_as_type_and_message():
         "id": "step:2:t.b@1", "parent": "run", "kind": "step", "step": "2:t.b",
         "status": "error", "error": "KeyError: 'n'", "start": 1.0, "end": 2.0})
     assert step.status.description == "KeyError: 'n'"
+
+
+def test_a_retried_run_that_ends_again_exports_a_span_of_its_own_under_its_root(store, worker):
+    """Its root was exported again, under the same span id: backends held two spans of one
+    id, the failed one and the retried run's, and counted its error twice."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: PLC0415
+        InMemorySpanExporter,
+    )
+
+    exporter = InMemorySpanExporter()
+    trace.add_exporter(exporter, batch=False)
+    try:
+        run = wf.exhausted.start({"n": 1})  # both attempts fail; a third call succeeds
+        assert run.wait(20).state == "failed"
+
+        def workflow_spans() -> list:
+            return [s for s in exporter.get_finished_spans()
+                    if s.attributes.get("flowkit.run_id") == run.id
+                    and s.name == "workflow exhausted"]
+
+        wait_until(lambda: len(workflow_spans()) == 1, 20, "the failed run's root")
+        run.retry()
+        assert flowkit.get_run(run.id).wait(20).state == "succeeded"
+        wait_until(lambda: len(workflow_spans()) == 2, 20, "the retried run's end")
+    finally:
+        trace.remove_exporters()
+    root, again = workflow_spans()
+    mine = [s for s in exporter.get_finished_spans() if s.attributes.get("flowkit.run_id") == run.id]
+    assert len({s.context.span_id for s in mine}) == len(mine), "two spans share an id"
+    assert root.parent is None and root.status.status_code.name == "ERROR"
+    assert again.parent.span_id == root.context.span_id
+    assert again.status.status_code.name == "OK" and again.attributes["flowkit.ends"] == 2
+    steps = [s for s in mine if s.name.startswith("step ")]
+    assert steps and all(s.parent.span_id == root.context.span_id for s in steps)

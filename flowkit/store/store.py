@@ -174,6 +174,16 @@ class Store:
         return run_id, bool(created)
 
     @_op
+    def count_exported_end(self, run_id: str) -> int:
+        """Count one more export of the ended run's workflow span: 1 at its first end, 2 once
+        a retried run ended again, and so on (the run's record holds the count and its expiry;
+        an unknown run's is 0)."""
+        key = self.keys.run(run_id)
+        if not self.redis.exists(key):  # expired: the count would be a key without one
+            return 0
+        return int(self.redis.hincrby(key, "exported_ends", 1))
+
+    @_op
     def get_run(self, run_id: str) -> dict[str, str]:
         """The run's record ({} when unknown)."""
         return self.redis.hgetall(self.keys.run(run_id))

@@ -117,9 +117,20 @@ def run_ended(run_id: str, store: Store) -> None:
     try:
         record_ = store.get_run(run_id)
         if record_ and record_.get("finished_at"):
-            otel.export(run_id, workflow_span(run_id, record_))
+            otel.export(run_id, _ended_again(run_id, store, workflow_span(run_id, record_)))
     except Exception:  # observability must never fail the run's end
         log.exception("flowkit: could not export the workflow span of run %s", run_id)
+
+
+def _ended_again(run_id: str, store: Store, span: dict[str, Any]) -> dict[str, Any]:
+    """The workflow span as this end exports it. Its first end exports the root; a retried
+    run that ends again exports a span of its own under the root (``ends`` counts them), as the
+    root went out already: exported again under the root's id, backends held two spans of one
+    id (the failed one and the retried run's), and counted the run's error twice."""
+    ends = store.count_exported_end(run_id)
+    if ends <= 1:
+        return span
+    return {**span, "id": f"{WORKFLOW_SPAN}/end{ends}", "parent": WORKFLOW_SPAN, "ends": ends}
 
 
 # -- step attempts ---------------------------------------------------------------------------
