@@ -14,7 +14,8 @@ export interface FlowkitEvent {
 export type RunStateName = "scheduled" | "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
 /** "degraded": connected, but the server cannot read the run's events from Redis (they arrive late, none is lost). */
 export type Connection = "connecting" | "open" | "degraded" | "reconnecting" | "closed";
-export type StepStatus = "pending" | "running" | "retrying" | "waiting" | "completed" | "failed";
+/** `cancelled`: the step was open when its run was cancelled (its worker stops it). */
+export type StepStatus = "pending" | "running" | "retrying" | "waiting" | "completed" | "failed" | "cancelled";
 
 export interface StepState {
   key: string;

@@ -175,6 +175,18 @@ function endWaits(steps, open = []) {
   return out;
 }
 
+// The steps still open (running, retrying, waiting) as `status` from `ts` on: a cancelled
+// run's steps are stopped by their workers without an event of their own, and its page
+// showed them running for good.
+function closeOpen(steps, status, ts) {
+  const out = {};
+  for (const [key, step] of Object.entries(steps)) {
+    const open = step.status === "running" || step.status === "retrying" || step.status === "waiting";
+    out[key] = open ? copyStep(step, { status, endedAt: ts, waiting: false }) : step;
+  }
+  return out;
+}
+
 // A wait's identity: several may be open at once (fan-out items each asking a person).
 function sameWait(a, b) {
   return a.kind === b.kind && a.name === b.name && (a.step ?? null) === (b.step ?? null);
@@ -252,10 +264,15 @@ export function foldEvent(state, event) {
     }
     case "run.succeeded":
       return { ...next, state: "succeeded", output: event.output ?? null, waiting: null, waits: [], error: null };
-    case "run.failed":
-      return { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null, waits: [] };
+    case "run.failed": {
+      next = { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null, waits: [] };
+      // the reaper's give-up fails the run without a step.failed: its step is failed too
+      // (another branch may still run: its own event says how it ends)
+      const open = key && next.steps[key] && ["running", "retrying", "waiting"].includes(next.steps[key].status);
+      return open ? withStep(next, key, (s) => copyStep(s, { status: "failed", error: event.error ?? null, endedAt: ts, waiting: false })) : next;
+    }
     case "run.cancelled":
-      return { ...next, state: "cancelled", waiting: null, waits: [] };
+      return { ...next, state: "cancelled", waiting: null, waits: [], steps: closeOpen(next.steps, "cancelled", ts) };
     case "step.started": {
       // a new attempt supersedes the step's earlier ones (e.g. the attempt that failed the
       // run, once the run is retried): their chunks are no longer the step's output

@@ -187,3 +187,33 @@ test("states sharing a step's chunks never change: an older state folded again, 
   assert.deepEqual(view(s8), [["z"], ["z"], "z"]);
   assert.deepEqual(view(s6)[0], ["a", "b", "d", { n: 1 }]);
 });
+
+test("a cancelled run's open steps end cancelled, its finished ones stay as they were", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "run.started"),
+    ev("2-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("3-0", "step.completed", { step: "0:a", attempt: 1, output: { n: 1 } }),
+    ev("4-0", "step.started", { step: "1[0]:b", attempt: 1 }),
+    ev("5-0", "step.progress", { step: "1[0]:b", attempt: 1, message: "tick 8" }),
+    ev("6-0", "step.started", { step: "1[1]:b", attempt: 1 }),
+    ev("7-0", "run.waiting", { kind: "input", name: "ok", step: "1[1]:b" }),
+    ev("8-0", "run.cancelled", { reason: "by an operator" }),
+  ]);
+  assert.equal(state.state, "cancelled");
+  assert.equal(state.steps["0:a"].status, "completed");
+  for (const key of ["1[0]:b", "1[1]:b"]) {
+    assert.equal(state.steps[key].status, "cancelled", key);
+    assert.equal(state.steps[key].endedAt, 0.008);
+    assert.equal(state.steps[key].waiting, false);
+  }
+});
+
+test("a run failed by the reaper's give-up fails its step too (no step.failed came)", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "run.started"),
+    ev("2-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("3-0", "run.failed", { step: "0:a", error: { type: "WorkerLost", message: "gave up after 3 restarts" } }),
+  ]);
+  assert.equal(state.steps["0:a"].status, "failed");
+  assert.equal(state.steps["0:a"].error.type, "WorkerLost");
+});
