@@ -119,6 +119,18 @@ def test_sign_in_then_the_list_shows_new_runs_and_their_states_live(api, client,
     context.close()
 
 
+def test_a_retried_run_s_row_shows_the_steps_of_its_new_end(api, client, page):
+    """Its row kept the failed end's "1/2" steps beside "succeeded" until a reload."""
+    run = start(client, "exhausted", {"n": 1})  # both attempts fail; a third call succeeds
+    assert finished(client, run["id"])["state"] == "failed"
+    page.goto(f"{api.url}/ui")
+    expect(row(page, run["id"]).locator("td.steps")).to_have_text("1/2")
+    assert client.post(f"/runs/{run['id']}/retry").status_code == 202
+    assert finished(client, run["id"])["state"] == "succeeded"
+    page.wait_for_selector(f'#runs tr[data-run="{run["id"]}"][data-state="succeeded"]')
+    expect(row(page, run["id"]).locator("td.steps")).to_have_text("2/2")
+
+
 def test_a_page_opened_while_the_api_answers_503_shows_its_view_once_it_answers(
         api, client, page):
     """The dashboard stayed on "flowkit's Redis is unavailable; retry shortly." for good

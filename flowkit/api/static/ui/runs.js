@@ -93,18 +93,22 @@ export function runsView(main, client) {
   }
 
   // Steps, tokens and cost come from each run's events and trace: asked for the rows shown,
-  // and asked again only while a run goes on (an ended run's summary does not change).
+  // and asked again only while a run goes on, or once it ended again (an end's summary does
+  // not change, but a failed run may be retried: its row showed the failed end's "1/2" steps
+  // beside "succeeded").
   const summaries = new Map();
-  const ended = new Set();
+  const ended = new Map();  // run id -> the end its summary was read at
+  const endOf = (run) => `${run.state}@${run.finished_at}`;
   async function summarise(runs) {
-    const wanted = runs.filter((r) => !ended.has(r.id)).map((r) => r.id);
+    const wanted = runs.filter((r) => ended.get(r.id) !== endOf(r)).map((r) => r.id);
     if (!wanted.length) return;
     try {
       const { runs: got } = await client.request("GET", `/runs/summary?ids=${wanted.map(encodeURIComponent).join(",")}`);
       for (const run of runs) {
         if (!got[run.id]) continue;
         summaries.set(run.id, got[run.id]);
-        if (["succeeded", "failed", "cancelled"].includes(run.state)) ended.add(run.id);
+        if (["succeeded", "failed", "cancelled"].includes(run.state)) ended.set(run.id, endOf(run));
+        else ended.delete(run.id);
       }
     } catch { /* the list shows without them */ }
   }
