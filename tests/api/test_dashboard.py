@@ -332,6 +332,34 @@ def test_a_waiting_run_is_answered_with_the_form_from_its_schema(api, client, pa
     assert json.loads(page.text_content("#run-output"))["approved"] is True
 
 
+def test_an_answer_refused_after_another_closed_its_wait_is_said_on_the_page(
+        api, client, page):
+    """Two people a second apart: the page's answer lost to another's and got a 409 ("the
+    first answer stands"), written into its form, which the wait's end had removed: the run
+    went on with the other answer and the page said nothing."""
+    run = start(client, "approval", {"n": 2})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector("#answer-form")
+    held = []
+    page.route("**/input/approval", lambda route: held.append(route))  # the page's, held
+    page.check("#answer-ok")
+    with page.expect_request(lambda r: r.url.endswith("/input/approval")):
+        page.click("#answer-form button[type=submit]")
+    expect(page.locator("#answer-form button[type=submit]")).to_be_disabled()  # no second
+    other = client.post(f"/runs/{run['id']}/input/approval", json={"ok": False})
+    assert other.status_code == 202, other.text  # the other person's answer, first
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    expect(page.locator("#answer-form")).to_have_count(0)
+    [route] = held
+    route.continue_()
+    said = page.locator("#notices [role=alert]")
+    expect(said).to_contain_text("Your answer to “approval” was not taken:")
+    expect(said).to_contain_text("the first answer stands")
+    assert json.loads(page.text_content("#run-output"))["approved"] is False
+    said.locator("button").click()  # dismissed
+    expect(said).to_have_count(0)
+
+
 def test_several_inputs_open_at_once_each_get_a_form_until_answered(api, client, page):
     """Fan-out items each asking a person: the page showed a form for the last one only,
     then none, "running", while two waits stayed open (a reload showed the same)."""

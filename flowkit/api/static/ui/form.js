@@ -24,6 +24,8 @@ export function answerForm(waiting, onAnswer, prefix = "answer") {
       h("small", { class: "error", id: `${id}-error`, role: "alert" }));
   });
   const status = h("p", { role: "status", class: "muted" });
+  // off while the answer is out, and after it was taken: a double click sent it twice
+  const send = h("button", { type: "submit" }, "Send answer");
   const form = h("form", { class: "answer", id: `${prefix}-form`, dataset: { wait: waiting.name }, onsubmit: async (e) => {
     e.preventDefault();
     const value = {};
@@ -42,10 +44,12 @@ export function answerForm(waiting, onAnswer, prefix = "answer") {
       return;
     }
     status.textContent = "Sending…";
+    send.disabled = true;
     try {
-      await onAnswer(value);
+      await onAnswer(value, form);
       status.textContent = "Answered.";
     } catch (error) {
+      send.disabled = false;
       status.textContent = error.message;
       for (const [name, messages] of Object.entries(error.fields ?? {})) {
         const slot = form.querySelector(`#${CSS.escape(`${prefix}-${name}`)}-error`);
@@ -55,6 +59,6 @@ export function answerForm(waiting, onAnswer, prefix = "answer") {
   } },
   h("h2", {}, `Answer “${waiting.name}”`),
   waiting.prompt ? h("p", {}, waiting.prompt) : null,
-  fields, h("button", { type: "submit" }, "Send answer"), status);
+  fields, send, status);
   return form;
 }

@@ -30,6 +30,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   const ui = {
     header: h("section", { id: "run-header", "aria-label": "Run" }),
     actions: h("div", { id: "actions", class: "actions" }),
+    // what an action or an answer came to once its button or form was gone (the run moved
+    // on meanwhile): kept across redraws, each until dismissed
+    notices: h("div", { id: "notices", "aria-live": "polite" }),
     answer: h("div", { id: "answer" }),
     final: h("section", { id: "final", "aria-label": "Result" }),
     timeline: h("figure", { id: "timeline", class: "timeline" }),
@@ -43,7 +46,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   typeFilter.onchange = stepFilter.oninput = () => drawLog();
   fill(main,
     h("h1", {}, "Run ", h("code", { id: "run" }, runId), " ", ui.connection),
-    ui.header, ui.actions, ui.answer, ui.final,
+    ui.header, ui.actions, ui.notices, ui.answer, ui.final,
     h("h2", {}, "Timeline"), ui.timeline,
     h("h2", {}, "Steps"), ui.steps,
     h("details", { id: "trace-section", ontoggle: (e) => { if (e.target.open) loadTrace(); } },
@@ -140,6 +143,24 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     refreshRecord();
   }
 
+  // An answer refused after its wait closed (another answer came first: "the first answer
+  // stands") was written into its form, gone with the wait: the person saw the run go on
+  // with the other answer, and no word that theirs was refused.
+  async function answered(name, value, form) {
+    try {
+      await client.answer(runId, name, value);
+    } catch (error) {
+      if (!form.isConnected) notice(`Your answer to “${name}” was not taken: ${error.message}`);
+      throw error;
+    }
+  }
+
+  function notice(text) {
+    const item = h("p", { role: "alert", class: "error notice" }, text, " ",
+      h("button", { type: "button", onclick: () => item.remove() }, "Dismiss"));
+    ui.notices.append(item);
+  }
+
   let traceOf = null;       // the last event id the trace shown was read after
   async function loadTrace() {
     traceOf = folded.lastEventId;
@@ -200,7 +221,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
         follow();
       }, e.currentTarget) }, "Retry run"));
     }
-    fill(ui.answer, asks.map((w, i) => answerForm(w, (value) => client.answer(runId, w.name, value),
+    fill(ui.answer, asks.map((w, i) => answerForm(w, (value, form) => answered(w.name, value, form),
       i === 0 ? "answer" : `answer-${i + 1}`)));
   }
 
