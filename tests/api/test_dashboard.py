@@ -537,6 +537,20 @@ def test_workers_page_says_which_workers_take_no_step(api, store, page):
     expect(page.locator(f'#unconsumed [data-queue="{LONELY}"]')).to_have_count(1)
 
 
+def test_workers_page_says_a_step_whose_lease_lapsed_is_lost(api, client, store, page):
+    """A killed worker's step was listed as running for as long as no worker came back."""
+    run = start(client, "lonely", {"n": 1})  # its queue has no consumer: nothing renews it
+    gen = flowkit.get_run(run["id"]).gen
+    begun = store.begin_step(run["id"], "0:t.add_one", gen, "t0", "ghost@host:9",
+                             time.time() - 3600, "t.add_one")  # began an hour ago, then died
+    assert begun.status.name == "RUN"
+    page.goto(f"{api.url}/ui/workers")
+    lost = page.locator(f'#workers tr[data-run="{run["id"]}"]')
+    expect(lost).to_have_attribute("data-lost", "true")
+    expect(lost).to_contain_text("lost: lease lapsed")
+    flowkit.cancel(run["id"])
+
+
 def test_the_watch_page_in_run_token_mode_sees_that_run_and_nothing_else(api, client, browser):
     mine = start(client, "chatty", {"n": 1})
     other = start(client, "simple", {"n": 2})

@@ -36,10 +36,17 @@ export function workersView(main, client) {
           h("td", {}, `${duration(now - w.last_beat)} ago`)))))
         : h("p", { class: "warning", role: "alert" }, "No live worker: start one (celery -A <your app> worker)."),
       h("h2", {}, "Running steps"),
-      running.length ? h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Workflow", "Step", "Attempt", "Worker"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, running.map((s) => h("tr", {},
-          h("td", {}, h("a", { href: `${urls.ui}/runs/${encodeURIComponent(s.run)}` }, s.run)), h("td", {}, s.workflow),
-          h("td", {}, s.step), h("td", {}, String(s.attempt ?? "")), h("td", {}, s.worker)))))
+      running.length ? h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Workflow", "Step", "Attempt", "Worker", "Heartbeat"].map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, running.map((s) => {
+          // a lease not renewed in time: its worker died or froze (a killed worker's step
+          // was listed as running for as long as no worker came back to restart it)
+          const lost = typeof s.lease_expires === "number" && s.lease_expires < now;
+          return h("tr", { class: lost ? "lost" : null, dataset: { run: s.run, step: s.step, lost: lost ? "true" : "false" } },
+            h("td", {}, h("a", { href: `${urls.ui}/runs/${encodeURIComponent(s.run)}` }, s.run)), h("td", {}, s.workflow),
+            h("td", {}, s.step), h("td", {}, String(s.attempt ?? "")), h("td", {}, s.worker),
+            h("td", {}, lost ? h("strong", {}, `lost: lease lapsed ${duration(now - s.lease_expires)} ago; the reaper restarts it (beat and a worker must be up)`)
+              : "renewed"));
+        })))
         : h("p", { class: "muted" }, "No step is running."));
   }
   poll();
