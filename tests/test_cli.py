@@ -189,6 +189,58 @@ def test_retry_of_a_run_that_did_not_fail_says_why(env):
     assert "Traceback" not in result.stderr
 
 
+def test_retry_takes_several_runs_and_says_which_it_could_not(env):
+    failed = [wf.exhausted.start({"n": n}) for n in (1, 2)]  # a third call succeeds
+    for run in failed:
+        assert run.wait(20).state == "failed"
+    fine = wf.simple.start({"n": 1})
+    fine.result(20)
+    result = flowkit_cli("retry", *(r.id for r in failed), fine.id, "-A", "tests.workflows",
+                         "--json", env=env)
+    assert result.returncode == 1, result.stderr  # one was refused
+    done = json.loads(result.stdout)
+    assert done["retried"] == [r.id for r in failed]
+    assert list(done["refused"]) == [fine.id]
+    assert "only failed runs can be retried" in done["refused"][fine.id]
+    for run in failed:
+        assert flowkit.get_run(run.id).wait(20).state == "succeeded"
+
+
+def test_retry_failed_retries_an_incident_s_failed_runs_of_one_workflow_and_step(env):
+    """A provider down failed a hundred runs at its step: `flowkit retry` took one id, and
+    a loop of it took a second per run (each imports the app)."""
+    failed = [wf.exhausted.start({"n": n}) for n in (1, 2, 3)]
+    other = wf.retrying.start({"n": 1, "fail_times": 9})  # another workflow's failure
+    for run in (*failed, other):
+        assert run.wait(20).state == "failed"
+    assert failed[0].refresh().failed_step == "1:t.flaky"
+    nothing = flowkit_cli("retry", "--failed", "-w", "exhausted", "--step", "0:t.add_one",
+                          "-A", "tests.workflows", env=env)
+    assert nothing.returncode == 0 and nothing.stdout.strip() == "No run retried."
+    result = flowkit_cli("retry", "--failed", "-w", "exhausted", "--step", "t.flaky",
+                         "-A", "tests.workflows", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Retrying 3 runs from their failed step.")
+    assert {line.strip() for line in result.stdout.splitlines()[1:]} == {r.id for r in failed}
+    for run in failed:
+        assert flowkit.get_run(run.id).wait(20).state == "succeeded"
+    assert flowkit.get_run(other.id).state == "failed"  # not of that workflow
+
+
+@pytest.mark.parametrize("args, says", [
+    (["retry"], "flowkit retry: name the runs to retry: flowkit retry RUN_ID [RUN_ID ...], "
+                "or every failed run: flowkit retry --failed"),
+    (["retry", "01X", "--failed"], "flowkit retry: give run ids or --failed, not both."),
+    (["retry", "01X", "--step", "1:x"], "-w and --step choose among failed runs: add --failed."),
+    (["retry", "--failed", "-n", "0"], "'0' is not a number of runs: pass 1 or more"),
+])
+def test_retry_without_runs_to_retry_says_how_to_name_them(args, says, env):
+    result = flowkit_cli(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") <= 2, result.stderr  # argparse's usage line may lead
+
+
 @pytest.mark.parametrize("args, says", [
     (["input", "01X", "approval", "yes"], "flowkit input: the value must be JSON"),
     (["event", "key", "{bad"], "flowkit event: the data must be JSON"),

@@ -19,11 +19,14 @@ from rich.text import Text
 from .. import events as ev
 from ..engine import control as runs
 from ..engine.control import canonical_run_id
-from ..errors import ValidationError
+from ..errors import FlowkitError, ValidationError
 from .app import add_app_option, load_app
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show
-from .usage import UsageError, parse_json
+from .usage import UsageError, parse_json, whole_number
+
+#: Runs read per page while choosing failed runs to retry.
+PAGE = 200
 
 
 def event_cursor(value: str) -> str:
@@ -198,11 +201,64 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
+    if not args.run_ids and not args.failed:
+        raise UsageError("name the runs to retry: flowkit retry RUN_ID [RUN_ID ...], or every "
+                         "failed run: flowkit retry --failed [-w WORKFLOW] [--step STEP].")
+    if args.run_ids and args.failed:
+        raise UsageError("give run ids or --failed, not both.")
+    if not args.failed and (args.workflow or args.step):
+        raise UsageError("-w and --step choose among failed runs: add --failed.")
     load_app(args)
-    run = runs.retry(args.run_id).to_dict()
+    if args.failed or len(args.run_ids) > 1:
+        return _retry_many(args)
+    run = runs.retry(args.run_ids[0]).to_dict()
     emit(args, run, lambda r: f"Retrying run {r['id']} ({r['workflow']}) from its failed step: "
                               f"it is {r['state']}. Follow it: flowkit follow {r['id']}")
     return 0
+
+
+def _retry_many(args: argparse.Namespace) -> int:
+    """Retry each run named, or each failed run chosen (an incident's: a provider was down
+    and a hundred runs failed at its step); one refused does not stop the others. Exit 1
+    when any was refused."""
+    chosen = args.run_ids or _failed_runs(args.workflow, args.step, args.limit)
+    done: dict[str, Any] = {"retried": [], "refused": {}}
+    for run_id in chosen:
+        try:
+            runs.retry(run_id)
+            done["retried"].append(run_id)
+        except FlowkitError as exc:
+            done["refused"][run_id] = str(exc)
+    emit(args, done, _retried)
+    return 1 if done["refused"] else 0
+
+
+def _failed_runs(workflow: str | None, step: str | None, limit: int) -> list[str]:
+    """The ids of the newest failed runs (of ``workflow``, failed at ``step``: its key,
+    ``1:call_provider``, or its component, ``call_provider``), up to ``limit``."""
+    chosen: list[str] = []
+    before = None
+    while len(chosen) < limit:
+        page = runs.list_runs(workflow, "failed", PAGE, before)
+        chosen += [r.id for r in page if step is None or _failed_at(r.failed_step, step)]
+        if len(page) < PAGE:
+            break
+        before = page[-1].id
+    return chosen[:limit]
+
+
+def _failed_at(failed_step: str | None, step: str) -> bool:
+    return bool(failed_step) and (failed_step == step or failed_step.partition(":")[2] == step)
+
+
+def _retried(done: dict[str, Any]) -> str:
+    lines = [f"Retrying {plural(len(done['retried']), 'run')} from their failed step."
+             if done["retried"] else "No run retried."]
+    lines += [f"  {run_id}" for run_id in done["retried"]]
+    if done["refused"]:
+        lines.append(f"Not retried ({len(done['refused'])}):")
+        lines += [f"  {run_id}: {why}" for run_id, why in done["refused"].items()]
+    return "\n".join(lines)
 
 
 def _json_arg(text: str, what: str):
@@ -270,8 +326,17 @@ def register(subs) -> None:
     add_json_option(p)
     p.set_defaults(func=cancel)
 
-    p = subs.add_parser("retry", help="resume a failed run from its failed step")
-    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
+    p = subs.add_parser("retry", help="resume failed runs from their failed step (ids, or "
+                                      "--failed: every failed run, of -w, at --step)")
+    p.add_argument("run_ids", metavar="RUN_ID", nargs="*", type=canonical_run_id)
+    p.add_argument("--failed", action="store_true",
+                   help="every failed run, newest first (up to -n)")
+    p.add_argument("-w", "--workflow", metavar="NAME", help="with --failed: of this workflow")
+    p.add_argument("--step", metavar="STEP", help="with --failed: failed at this step (its key, "
+                                                  "1:call_provider, or its component's name)")
+    p.add_argument("-n", "--limit", type=whole_number(1, None, "{text} is not a number of runs: "
+                                                               "pass 1 or more"),
+                   default=100, metavar="N", help="with --failed: at most this many (default 100)")
     add_app_option(p)
     add_json_option(p)
     p.set_defaults(func=retry)
