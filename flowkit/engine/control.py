@@ -352,10 +352,30 @@ def get_run(run_id: str, store: Store | None = None) -> Run:
     queue no live worker consumes (a ``.queue("llm")`` the workers were not started on)."""
     store = store or get_store()
     run = Run.load(run_id, store)
-    if run.state == RunState.QUEUED or (run.state == RunState.RUNNING
-                                        and not store.steps_in_flight(run.id)):
+    if run.state == RunState.QUEUED:
         run.waiting_for = waiting_for(run, store)
+    elif run.state == RunState.RUNNING:
+        held = store.leases_in_flight(run.id)
+        run.waiting_for = lost_steps(held, store) if held else waiting_for(run, store)
     return run
+
+
+def lost_steps(held: dict[str, dict[str, Any]], store: Store | None = None) -> str | None:
+    """What a running run waits for when a step's lease lapsed (its worker killed or frozen):
+    the reaper's restart, which needs beat and a live worker. Such a run looked like it ran
+    on, its step "running", for as long as no worker came back."""
+    now = time.time()
+    lapsed = {step: lease for step, lease in held.items()
+              if float(lease.get("expires") or 0) <= now}
+    if not lapsed:
+        return None
+    step, lease = min(lapsed.items(), key=lambda item: float(item[1].get("expires") or 0))
+    said = (f"step {step}'s worker ({lease.get('worker') or '?'}) stopped beating: its lease "
+            f"lapsed {max(0.0, now - float(lease.get('expires') or now)):.0f}s ago; the reaper "
+            "restarts it")
+    if not live_workers(store):
+        said += " once a worker is up (no live worker: start one)"
+    return said
 
 
 def default_queue() -> str:

@@ -204,10 +204,14 @@ class Store:
     def live_leases(self, run_id: str, now: float) -> dict[str, dict[str, Any]]:
         """The run's steps whose lease has not lapsed (their worker still heartbeats):
         step key -> lease (token, worker, attempt, expires)."""
-        held = {step: loads(lease) for step, lease in
-                self.redis.hgetall(self.keys.inflight(run_id)).items()}
-        return {step: lease for step, lease in held.items()
+        return {step: lease for step, lease in self.leases_in_flight(run_id).items()
                 if float(lease.get("expires") or 0) > now}
+
+    @_op
+    def leases_in_flight(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Every lease the run's steps hold, lapsed ones too: step key -> lease."""
+        return {step: loads(lease) for step, lease in
+                self.redis.hgetall(self.keys.inflight(run_id)).items()}
 
     @_op
     def steps_in_flight(self, run_id: str) -> int:

@@ -537,8 +537,10 @@ def test_workers_page_says_which_workers_take_no_step(api, store, page):
     expect(page.locator(f'#unconsumed [data-queue="{LONELY}"]')).to_have_count(1)
 
 
-def test_workers_page_says_a_step_whose_lease_lapsed_is_lost(api, client, store, page):
-    """A killed worker's step was listed as running for as long as no worker came back."""
+def test_a_step_whose_lease_lapsed_is_said_lost_on_the_workers_page_and_its_run_s(
+        api, client, store, page):
+    """A killed worker's step was listed as running, and its run's page said "running" and
+    nothing else, for as long as no worker came back."""
     run = start(client, "lonely", {"n": 1})  # its queue has no consumer: nothing renews it
     gen = flowkit.get_run(run["id"]).gen
     begun = store.begin_step(run["id"], "0:t.add_one", gen, "t0", "ghost@host:9",
@@ -548,6 +550,13 @@ def test_workers_page_says_a_step_whose_lease_lapsed_is_lost(api, client, store,
     lost = page.locator(f'#workers tr[data-run="{run["id"]}"]')
     expect(lost).to_have_attribute("data-lost", "true")
     expect(lost).to_contain_text("lost: lease lapsed")
+    # the run's record and page say what it waits for: it looked as if it ran on
+    said = client.get(f"/runs/{run['id']}").json()
+    assert said["state"] == "running"
+    assert re.fullmatch(r"step 0:t\.add_one's worker \(ghost@host:9\) stopped beating: its "
+                        r"lease lapsed \d+s ago; the reaper restarts it", said["waiting_for"])
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    expect(page.locator("#waiting")).to_contain_text("stopped beating")
     flowkit.cancel(run["id"])
 
 

@@ -187,6 +187,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
     const end = r.finished_at ?? (isTerminal(folded) ? eventTime(events.at(-1)) : now);
     let why = null;
     if (state === "queued") why = folded.held ? `held: ${folded.held}` : r.held_for ? `held: ${r.held_for}` : r.waiting_for ?? null;
+    // a running run whose step's worker stopped beating (or between steps, whose next step
+    // no live worker takes): it looked as if it ran on
+    if (state === "running" && record?.state === "running") why = r.waiting_for ?? null;
     if (state === "waiting" && folded.waits.length) {
       why = folded.waits.map((w) => `${w.kind} ${JSON.stringify(w.name)}${w.prompt ? `: ${w.prompt}` : ""}${w.expires_at ? ` (until ${when(w.expires_at)})` : ""}`).join("; ");
     }
@@ -327,6 +330,10 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   setInterval(() => { if (!isTerminal(folded) && (folded.state ?? record?.state)) tick(); }, 1000);
   // a queued run writes no event while no worker takes it: read its record again now and
   // then, so "Waiting for" follows the workers that come and go; so does a failed run's
-  // page: a retry from elsewhere sends this stream nothing (it ended)
-  setInterval(() => { if (!expired && ["queued", "failed"].includes(folded.state ?? record?.state)) refreshRecord(); }, 3000);
+  // page: a retry from elsewhere sends this stream nothing (it ended); and, on the dashboard,
+  // a running run's, whose worker may die without a word (its watch pages, many, do not)
+  setInterval(() => {
+    const state = folded.state ?? record?.state;
+    if (!expired && (["queued", "failed"].includes(state) || (dashboard && state === "running"))) refreshRecord();
+  }, 3000);
 }
