@@ -603,7 +603,10 @@ class _Call:
         elif self.operation in _RESPONSES:
             span["finish_reason"] = response.status
             span["output"] = trace.bounded(_response_text(response))
-        self._cost(span, provider)
+        if cached:  # nothing was paid: its span carried the first call's cost, which the
+            span["cost"] = 0.0  # runs' summaries and OTel exports counted again
+        else:
+            self._cost(span, provider)
         self._record(span)
 
     def finish_stream(

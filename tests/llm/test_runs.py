@@ -94,6 +94,7 @@ def test_a_step_counts_no_tokens_for_an_answer_from_the_cache(llm):
     assert out["texts"][0] == out["texts"][1]
     first, second = llm_spans(run)
     assert second["cached"] is True and not first.get("cached")
+    assert first["cost"] > 0 and second["cost"] == 0  # it carried the first call's cost
     [completed] = [e for e in run.events() if e.type == "step.completed"]
     assert completed.data["tokens"] == {"prompt": first["prompt_tokens"], "completion": 5,
                                         "total": first["prompt_tokens"] + 5}

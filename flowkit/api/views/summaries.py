@@ -111,7 +111,7 @@ def summary(run_id: str) -> dict[str, Any]:
     costs = [
         s["cost"]
         for s in control.trace(run_id, store=store)
-        if isinstance(s.get("cost"), (int, float))
+        if isinstance(s.get("cost"), (int, float)) and not s.get("cached")  # paid once
     ]
     return {
         "steps": len(steps),
