@@ -125,6 +125,9 @@ def test_a_retried_run_s_row_shows_the_steps_of_its_new_end(api, client, page):
     assert finished(client, run["id"])["state"] == "failed"
     page.goto(f"{api.url}/ui")
     expect(row(page, run["id"]).locator("td.steps")).to_have_text("1/2")
+    # why it failed, in its row (each had to be opened to see it)
+    expect(row(page, run["id"]).locator("td.detail")).to_have_text(
+        "1:t.flaky: Flaky: flaky failure 2")
     assert client.post(f"/runs/{run['id']}/retry").status_code == 202
     assert finished(client, run["id"])["state"] == "succeeded"
     page.wait_for_selector(f'#runs tr[data-run="{run["id"]}"][data-state="succeeded"]')

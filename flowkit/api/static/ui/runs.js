@@ -32,7 +32,7 @@ export function runsView(main, client) {
   const status = h("p", { class: "muted", id: "runs-status", "aria-live": "polite" });
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
   const table = h("table", { class: "runs" }, h("thead", {}, h("tr", {},
-    ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Steps", "Tokens", "Cost", "Restarts"].map((c) => h("th", { scope: "col" }, c)))), body);
+    ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Steps", "Tokens", "Cost", "Restarts", "Detail"].map((c) => h("th", { scope: "col" }, c)))), body);
   // the table scrolls in its own box: on a phone (360 px) it pushed the whole page sideways
   fill(main, h("h1", {}, "Runs"), form, h("div", { class: "scroll" }, table), status, pager);
 
@@ -113,6 +113,17 @@ export function runsView(main, client) {
     } catch { /* the list shows without them */ }
   }
 
+  // The one thing to know about a run in its row, as `flowkit runs` says it: why it failed
+  // (a hundred runs failed at one step: each had to be opened to see it), what holds it back
+  const short = (text, most) => (text.length > most ? `${text.slice(0, most - 1)}…` : text);
+  function detail(run) {
+    const e = run.error;
+    if (e) return `${e.step ? `${e.step}: ` : ""}${e.type ?? "Error"}: ${e.message ?? ""}`;
+    if (run.held_for) return run.held_for;
+    if (run.state === "scheduled" && run.start_at) return `starts ${when(run.start_at)}`;
+    return run.waiting_for ?? "";
+  }
+
   function render(runs, next) {
     const now = Date.now() / 1000;
     fill(body, runs.map((run) => {
@@ -128,9 +139,10 @@ export function runsView(main, client) {
         h("td", { class: "steps" }, summaries.has(run.id) ? `${summaries.get(run.id).completed}/${summaries.get(run.id).steps}` : "…"),
         h("td", {}, tokensText(summaries.get(run.id)?.tokens)),
         h("td", {}, costText(summaries.get(run.id)?.cost)),
-        h("td", {}, String(run.restarts ?? 0)));
+        h("td", {}, String(run.restarts ?? 0)),
+        h("td", { class: "detail", title: detail(run) }, short(detail(run), 70)));
     }));
-    if (!runs.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No runs match.")));
+    if (!runs.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No runs match.")));
     fill(pager,
       filters.before ? h("button", { type: "button", onclick: () => apply("") }, "Newest") : null,
       next ? h("button", { type: "button", id: "older", onclick: () => apply(next) }, "Older →") : null);
