@@ -383,6 +383,41 @@ def test_an_error_echoing_a_secret_input_is_redacted_in_the_record_events_trace_
     assert "raise ValueError" in caplog.text  # the traceback is still logged, redacted
 
 
+def test_a_retried_run_that_fails_again_is_notified_again_once():
+    """A run's failure was notified once for good: failed again after a retry, no hook,
+    webhook or root span said so."""
+    from flowkit.engine import notify  # noqa: PLC0415
+
+    told: list[str] = []
+
+    def hook(run) -> None:
+        told.append(run.id)
+
+    flowkit.hooks.run_failed.append(hook)
+    try:
+        run = wf.retrying.start({"n": 1, "fail_times": 9})  # 3 attempts a try: fails twice
+        assert run.wait(WAIT).state == "failed"
+        wait_until(lambda: told == [run.id], WAIT, "the first failure's notice")
+        run.retry()
+        assert flowkit.get_run(run.id).wait(WAIT).state == "failed"
+        wait_until(lambda: told == [run.id] * 2, WAIT, "the second failure's notice")
+        notify.run_failed(run.id)  # another process that failed it too: told once an end
+        assert told == [run.id] * 2
+    finally:
+        flowkit.hooks.run_failed.remove(hook)
+
+
+def test_a_handed_over_step_is_not_said_lost_its_next_attempt_is_in_line():
+    """A drain's (or flowkit dev's reload's) hand-over keeps a lapsed lease with its token:
+    the run's record said its worker had stopped beating."""
+    from flowkit.store import HANDED_OVER  # noqa: PLC0415
+
+    lapsed = {"expires": time.time() - 60, "worker": "w@h:1", "attempt": 1}
+    assert control.lost_steps({"0:t.a": {**lapsed, "token": HANDED_OVER}}) is None
+    assert control.lost_steps({"0:t.a": {**lapsed, "token": "t1"}}).startswith(
+        "step 0:t.a's worker (w@h:1) stopped beating")
+
+
 def test_a_component_called_inside_a_step_is_a_checkpointed_sub_step():
     run = wf.inline.start({"n": 1})
     reached_gate(run, "with_inline")

@@ -385,6 +385,30 @@ def test_two_sweeps_at_once_start_one_run_of_a_schedule_that_forbids_overlap():
         flowkit.cancel(started[0])
 
 
+def test_a_schedule_whose_lock_another_sweep_holds_is_taken_as_starting_a_run(monkeypatch):
+    """Its lock held (by a sweep starting its run, or one that died holding it), the sweep
+    waited 30 s, then raised: the other schedules' ticks it had claimed never started, and
+    the rest of the reaper's sweep was skipped."""
+    from flowkit.engine.reaper import fire_schedules
+    from flowkit.store import store as stored
+
+    monkeypatch.setattr(stored, "FIRING_WAIT_SECONDS", 0.2)  # 5 s: the test's patience
+    store = get_store()
+    ticks = {}
+    for schedule_id, overlap in (("held-skip", "skip"), ("held-buffer", "buffer"),
+                                 ("free", "allow")):
+        ticks[schedule_id] = flowkit.schedules.create(
+            "simple", every=1, input={"n": 1}, id=schedule_id, overlap=overlap)["next_at"]
+    for schedule_id in ("held-skip", "held-buffer"):
+        store.redis.set(store.keys.schedule_firing(schedule_id), "another sweep", px=60_000)
+    [started] = fire_schedules(max(ticks.values()) + 0.5)
+    assert flowkit.get_run(started).idempotency_key.startswith("schedule:free:")
+    assert store.buffered_ticks() == {"held-buffer": ticks["held-buffer"]}  # held back
+    store.redis.delete(store.keys.schedule_firing("held-buffer"))
+    [buffered] = fire_schedules(max(ticks.values()) + 0.6)  # its lock free: it starts
+    assert flowkit.get_run(buffered).idempotency_key.startswith("schedule:held-buffer:")
+
+
 def test_a_schedule_with_overlap_skip_starts_no_run_while_its_last_one_is_live():
     """Every tick started its run while the last one still waited for a person: a run a
     minute piled up behind an approval."""

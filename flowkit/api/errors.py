@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import (
@@ -81,12 +81,41 @@ HOST_ERRORS = (ValidationError, NotFound, IdempotencyConflict, InvalidState, Pay
 def handle_host_errors(app: Flask) -> None:
     """Answer :data:`HOST_ERRORS` raised in the host app's own views with their 4xx/503 and
     the API's JSON shape (``start()`` in a route of the app's, given a user's bad input, was a
-    500). A handler the app registered before, for the class or for a flowkit error above it,
-    stays the app's; after, one for the class itself replaces this one."""
+    500), unless the app handles them itself: a handler it registered before for the class
+    (or a flowkit error above it) is left in place, and one it has for any class above it
+    when the error comes (``@app.errorhandler(Exception)``: its error page, its error
+    reporting), registered before or after, is the one called, as without flowkit."""
     own = tuple(app.error_handler_spec.get(None, {}).get(None, {}))
     for error in HOST_ERRORS:
         if not any(issubclass(error, cls) and issubclass(cls, FlowkitError) for cls in own):
-            app.register_error_handler(error, to_response)
+            app.register_error_handler(error, _host_error)
+
+
+def _host_error(exc: BaseException) -> Any:
+    theirs = _their_handler(exc)
+    if theirs is not None:
+        return theirs(exc)
+    if _their_500_page():  # unhandled, it reached the app's 500 page: it still does
+        raise exc
+    return to_response(exc)
+
+
+def _their_handler(exc: BaseException) -> Any:
+    """The handler Flask would have picked for ``exc`` without :func:`_host_error`: the
+    nearest class of its MRO with another handler, the request's blueprints first."""
+    scopes = [*request.blueprints, None] if has_request_context() else [None]
+    for cls in type(exc).__mro__:
+        for scope in scopes:
+            handler = current_app.error_handler_spec.get(scope, {}).get(None, {}).get(cls)
+            if handler is not None and handler is not _host_error:
+                return handler
+    return None
+
+
+def _their_500_page() -> bool:
+    """Whether the app (or a blueprint of the request) has a handler for a 500."""
+    scopes = [*request.blueprints, None] if has_request_context() else [None]
+    return any(current_app.error_handler_spec.get(scope, {}).get(500) for scope in scopes)
 
 
 def to_response(exc: BaseException) -> Response:

@@ -34,7 +34,7 @@ from ..numbers import LAST_TIME, is_number, is_whole
 from ..schemas import check_event_key, check_input_name, json_errors
 from ..serialization import canonical, comparable, dumps, dumps_bounded, loads
 from ..states import RunState, WaitKind, WaitOutcome
-from ..store import Store, get_store
+from ..store import HANDED_OVER, Store, get_store
 from ..workflow import Workflow, workflows
 from . import admission, canvas, publish
 from . import schedules as schedules  # the door to schedules too (the API's)
@@ -365,8 +365,8 @@ def lost_steps(held: dict[str, dict[str, Any]], store: Store | None = None) -> s
     the reaper's restart, which needs beat and a live worker. Such a run looked like it ran
     on, its step "running", for as long as no worker came back."""
     now = time.time()
-    lapsed = {step: lease for step, lease in held.items()
-              if float(lease.get("expires") or 0) <= now}
+    lapsed = {step: lease for step, lease in held.items()  # a handed-over one is in line
+              if float(lease.get("expires") or 0) <= now and lease.get("token") != HANDED_OVER}
     if not lapsed:
         return None
     step, lease = min(lapsed.items(), key=lambda item: float(item[1].get("expires") or 0))

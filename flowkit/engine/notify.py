@@ -1,4 +1,5 @@
-"""Failure notifications, once per failed run: ``hooks.run_failed`` callables and a webhook.
+"""Failure notifications, once per failure of a run (a retried run that fails again is
+notified again): ``hooks.run_failed`` callables and a webhook.
 
 Whoever fails a run (a worker whose step gave up, the reaper giving up) calls
 :func:`run_failed`; a claim in Redis makes the notification happen once even when
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def run_failed(run_id: str) -> None:
-    if not get_store().claim_failure_notice(run_id):
-        return
+    store = get_store()
+    ended_at, = store.run_fields(run_id, "finished_at")
+    if not ended_at or not store.claim_failure_notice(run_id, ended_at):
+        return  # retried (or gone) meanwhile, or this end's notice was claimed
     try:
         run = Run.load(run_id)
     except RunNotFound:  # deleted (or expired) since it failed: no one is left to tell

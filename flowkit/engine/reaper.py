@@ -16,7 +16,14 @@ import logging
 import time
 
 from ..config import get_settings
-from ..errors import FlowkitError, InvalidState, NotFound, WorkflowNotFound, error_message
+from ..errors import (
+    FlowkitError,
+    InvalidState,
+    NotFound,
+    StoreUnavailable,
+    WorkflowNotFound,
+    error_message,
+)
 from ..states import LIVE_STATES, RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
 from ..workflow import get_workflow
@@ -141,18 +148,42 @@ def fire_schedules(now: float | None = None) -> list[str]:
     started: list[str] = []
     # held-back ticks first: a tick due in this sweep then finds their runs live
     for schedule_id, tick in store.buffered_ticks().items():
-        run_id = _fire_buffered(store, schedule_id, tick)
+        try:
+            run_id = _fire_buffered(store, schedule_id, tick)
+        except StoreUnavailable as exc:  # still held back: the next sweep tries again
+            log.warning("flowkit: schedule %s could not start its held-back tick: %s",
+                        schedule_id, exc)
+            continue
         if run_id:
             started.append(run_id)
     for definition, tick in _latest_to_cancel(schedules.claim_due(now, store)):
-        if definition.get("overlap", "allow") == "allow":
-            run_id = _fire(store, definition, tick)
-        else:
-            with store.schedule_firing(definition["id"]):
-                run_id = _fire_by_policy(store, definition, tick)
+        try:
+            run_id = _fire_claimed(store, definition, tick)
+        except StoreUnavailable as exc:  # its tick is claimed: said, and the sweep goes on
+            log.error("flowkit: schedule %s could not start its tick of %s: %s",
+                      definition["id"], tick, exc)
+            continue
         if run_id:
             started.append(run_id)
     return started
+
+
+def _fire_claimed(store: Store, definition: dict, tick: float) -> str | None:
+    """Start the run of a tick this sweep claimed; under the schedule's firing lock when its
+    ``overlap`` policy reads the last run."""
+    if definition.get("overlap", "allow") == "allow":
+        return _fire(store, definition, tick)
+    with store.schedule_firing(definition["id"]) as held:
+        if held:
+            return _fire_by_policy(store, definition, tick)
+    # another sweep is starting a run of it this moment: a live run, as the policy sees it
+    if definition["overlap"] == "buffer":
+        store.buffer_tick(definition["id"], tick)
+    log.info("flowkit: schedule %s %s its tick of %s: another sweep is starting its run "
+             "(overlap=%r)", definition["id"],
+             "holds back" if definition["overlap"] == "buffer" else "skipped", tick,
+             definition["overlap"])
+    return None
 
 
 def _fire_by_policy(store: Store, definition: dict, tick: float) -> str | None:
@@ -208,8 +239,9 @@ def _fire_buffered(store: Store, schedule_id: str, tick: float) -> str | None:
         return None
     if _live_run(store, schedule_id) is not None:  # the common case, read without the lock
         return None
-    with store.schedule_firing(schedule_id):
-        if _live_run(store, schedule_id) is not None or not store.take_buffered(schedule_id, tick):
+    with store.schedule_firing(schedule_id) as held:  # not held: the next sweep tries again
+        if (not held or _live_run(store, schedule_id) is not None
+                or not store.take_buffered(schedule_id, tick)):
             return None
         return _fire(store, definition, tick)
 

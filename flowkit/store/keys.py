@@ -15,7 +15,7 @@ every key one run script touches hashes to the same Cluster slot::
     flowkit:{s07}:run:<id>:trace        STREAM  trace span records
     flowkit:{s07}:run:<id>:archive      STRING  a finished run's events and trace, compacted
                                                 (zlib JSON: flowkit.store.archive)
-    flowkit:{s07}:run:<id>:notified     STRING  the failure notification's claim
+    flowkit:{s07}:run:<id>:notified     STRING  the failure notification's claim: the end it notified
     flowkit:{s07}:running               ZSET    run id -> last sign of life
     flowkit:{s07}:queued                ZSET    run id -> when it was (re)queued
     flowkit:{s07}:leases                ZSET    "<run id> <step>" -> when the lease lapses

@@ -24,7 +24,6 @@ from redis.exceptions import LockError
 from redis.lock import Lock
 
 from ..config import Settings
-from ..errors import StoreUnavailable
 from ..serialization import dumps, loads
 from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
 from . import archive, connection, scripts, server
@@ -41,6 +40,9 @@ SCAN_BATCH = 500
 SENT_KEPT = 100
 #: How long a schedule's firing lock outlives a sweep that died holding it (seconds).
 FIRING_LOCK_SECONDS = 30.0
+#: How long a sweep waits for a schedule's firing lock before it takes the schedule's run
+#: as being started by the sweep that holds it (seconds).
+FIRING_WAIT_SECONDS = 5.0
 
 def _new_call() -> str:
     return uuid.uuid4().hex
@@ -326,10 +328,13 @@ class Store:
         return EndWatch(self._subscriptions, self.keys.done(run_id))
 
     @_op
-    def claim_failure_notice(self, run_id: str) -> bool:
-        """True for the first caller only: the one that notifies the run's failure."""
-        return bool(self.redis.set(self.keys.notified(run_id), 1, nx=True,
-                                   ex=self.settings.retention_seconds))
+    def claim_failure_notice(self, run_id: str, ended_at: str) -> bool:
+        """True for the first caller only of each end (``ended_at``, the record's
+        ``finished_at``): the one that notifies that failure. A run retried and failed again
+        is notified again (it was notified once for good: no hook, webhook or root span)."""
+        before = self.redis.set(self.keys.notified(run_id), ended_at, get=True,
+                                ex=self.settings.retention_seconds)
+        return before != ended_at
 
     # -- steps ------------------------------------------------------------------------
 
@@ -821,26 +826,26 @@ class Store:
         return run_id, self.redis.hget(self.keys.run(run_id), "state")
 
     @contextlib.contextmanager
-    def schedule_firing(self, schedule_id: str) -> Iterator[None]:
+    def schedule_firing(self, schedule_id: str) -> Iterator[bool]:
         """Hold the schedule's lock (redis-py's ``Lock``) while an ``overlap`` policy reads its
         last run and starts the next: two sweeps at once (two beats, or sweeps queued behind
         busy workers, each with a tick of its own) both read the last run ended, and both
-        started one. A sweep that died holding it frees it after FIRING_LOCK_SECONDS."""
+        started one. Yields whether it holds the lock: another sweep that holds it longer
+        than FIRING_WAIT_SECONDS (a start takes milliseconds) is starting a run of the
+        schedule. A sweep that died holding it frees it after FIRING_LOCK_SECONDS."""
         lock = self._lock_firing(schedule_id)
         try:
-            yield
+            yield lock is not None
         finally:
-            self._unlock_firing(lock)
+            if lock is not None:
+                self._unlock_firing(lock)
 
     @_op
-    def _lock_firing(self, schedule_id: str) -> Lock:
+    def _lock_firing(self, schedule_id: str) -> Lock | None:
         lock = self.redis.lock(self.keys.schedule_firing(schedule_id),
                                timeout=FIRING_LOCK_SECONDS, sleep=0.01,
-                               blocking_timeout=FIRING_LOCK_SECONDS)
-        if not lock.acquire():  # its holder neither ended nor let it expire: not expected
-            raise StoreUnavailable(f"schedule {schedule_id!r}: its firing lock stayed held "
-                                   f"for {FIRING_LOCK_SECONDS:g}s")
-        return lock
+                               blocking_timeout=FIRING_WAIT_SECONDS)
+        return lock if lock.acquire() else None
 
     @_op
     def _unlock_firing(self, lock: Lock) -> None:

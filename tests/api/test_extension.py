@@ -137,19 +137,31 @@ def test_flowkit_errors_in_the_host_app_s_own_views_are_answered_4xx_not_500(
             assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
-def test_the_host_app_s_own_handler_for_a_flowkit_error_stays_its_own(flowkit_env, store):
+@pytest.mark.parametrize("handled", [flowkit.FlowkitError, Exception, 500])
+@pytest.mark.parametrize("registered", ["before", "after"])
+def test_the_host_app_s_own_error_handling_stays_its_own(flowkit_env, store, handled,
+                                                         registered):
+    """Its error page, its error reporting: flowkit's handler for the class was picked over
+    the app's ``Exception`` (or 500, or ``FlowkitError`` registered after) handler."""
     app = host_app()
+    seen = []
 
-    @app.errorhandler(flowkit.FlowkitError)
     def mine(exc):
-        return {"mine": str(exc)}, 422
+        seen.append(type(exc).__name__)
+        return {"mine": str(exc)}, 418
 
     @app.post("/signup")
     def signup():
         return {"id": flowkit.get_workflow("simple").start(request.get_json()).id}
 
+    if registered == "before":
+        app.register_error_handler(handled, mine)
     flowkit.FlowKit(app, keys=["k"])
+    if registered == "after":
+        app.register_error_handler(handled, mine)
     for served in serve(app):
         with served.client() as c:
             answer = c.post("/signup", json={"n": "many"})
-            assert answer.status_code == 422 and "mine" in answer.json(), answer.text
+            assert answer.status_code == 418 and "mine" in answer.json(), answer.text
+    # a 500 page sees the error as Flask hands it on: an InternalServerError
+    assert seen == ["InternalServerError" if handled == 500 else "ValidationError"]
