@@ -206,14 +206,14 @@ def handed_off(sender=None, body=None, **_) -> None:
 
 
 class AckOfAClosedChannel(logging.Filter):
-    """Celery logs an ack the broker's connection could no longer take (RabbitMQ closed the
+    """Celery logs an ack (or a reject) the broker's connection could no longer take (RabbitMQ closed the
     channel of a step held past its ``consumer_timeout``; a reconnect) as CRITICAL, with a
     traceback: paged for, though flowkit expects it. The broker delivers the message again and
     the worker that takes it drops it (its step ran, or is leased): one WARNING line says so."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if (record.levelno == logging.CRITICAL and isinstance(record.msg, str)
-                and record.msg.startswith("Couldn't ack")):
+                and record.msg.startswith(("Couldn't ack", "Couldn't reject"))):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg += (" (the broker delivers the message again, and flowkit drops that "
                            "copy: its step runs once)")

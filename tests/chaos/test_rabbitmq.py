@@ -233,3 +233,23 @@ def test_the_doctor_checks_a_rabbitmq_broker_answers_and_takes_flowkits_credenti
     [down] = doctor.amqp_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//", timeout=1)
     assert down.level == doctor.FAILURE and "does not answer" in down.message
     assert "guest:guest" not in down.message  # the password is not shown
+
+
+@pytest.mark.parametrize("said", ["Couldn't ack %r, reason:%r", "Couldn't reject %r, reason: %r"])
+def test_an_ack_or_reject_the_closed_channel_refused_is_a_warning_not_critical(said):
+    """Celery logs both as CRITICAL with a traceback; flowkit expects them (a copy delivered
+    again is dropped), so nothing should page anyone."""
+    import logging  # noqa: PLC0415
+
+    from flowkit.worker.signals import AckOfAClosedChannel  # noqa: PLC0415
+
+    try:
+        raise ConnectionError("connection already closed")
+    except ConnectionError:
+        import sys  # noqa: PLC0415
+
+        record = logging.LogRecord("celery.worker.request", logging.CRITICAL, __file__, 1, said,
+                                   (7, ConnectionError()), sys.exc_info())
+    assert AckOfAClosedChannel().filter(record)
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage().endswith("flowkit drops that copy: its step runs once)")
