@@ -355,8 +355,12 @@ def get_run(run_id: str, store: Store | None = None) -> Run:
     if run.state == RunState.QUEUED:
         run.waiting_for = waiting_for(run, store)
     elif run.state == RunState.RUNNING:
-        held = store.leases_in_flight(run.id)
-        run.waiting_for = lost_steps(held, store) if held else waiting_for(run, store)
+        if not store.steps_in_flight(run.id):
+            run.waiting_for = waiting_for(run, store)
+        elif time.time() - (run.heartbeat_at or 0) > get_settings().heartbeat_lapse:
+            # no worker beat for it lately: which step's lease lapsed (its leases are read
+            # only then: a fan-out holds a thousand, and a record is read every few seconds)
+            run.waiting_for = lost_steps(store.leases_in_flight(run.id), store)
     return run
 
 
