@@ -171,7 +171,7 @@ def test_a_failure_notice_for_a_run_already_gone_is_dropped_quietly(store):
     from flowkit.engine import notify
 
     notify.run_failed("01GONERUN")  # raised RunNotFound
-    assert store.claim_failure_notice("01GONERUN") is False  # claimed once, all the same
+    assert not store.redis.exists(store.keys.notified("01GONERUN"))  # nothing left behind
 
 
 def test_a_start_with_redis_down_names_the_url_and_the_setting(flowkit_env):
