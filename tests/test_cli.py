@@ -345,3 +345,14 @@ def test_an_input_to_a_run_that_failed_just_after_says_so_not_that_it_resumed():
         "says why)")
     assert input_outcome("resumed", {**run, "state": "queued"}) == (
         "the run resumed (run 01J0000000000000000000000X is queued)")
+
+
+def test_status_says_a_sleep_once():
+    """It said "sleep sleep until ..." (a sleep's wait is named after its kind)."""
+    from flowkit.cli.runs import _waits_line  # noqa: PLC0415
+
+    line = _waits_line({"id": "R", "state": "waiting",
+                        "waits": [{"kind": "sleep", "name": "sleep", "expires_at": 4e9}]})
+    assert line.startswith("sleep until ") and "sleep sleep" not in line
+    line = _waits_line({"id": "R", "state": "waiting", "waits": [{"kind": "event", "name": "paid"}]})
+    assert line == "event paid"

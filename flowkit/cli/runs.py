@@ -55,7 +55,9 @@ def _error_line(error: dict[str, Any] | None) -> str | None:
 def _waits_line(run: dict[str, Any]) -> str | None:
     parts = []
     for wait in run.get("waits") or ():
-        what = f"{wait.get('kind')} {wait.get('name') or wait.get('key') or ''}".strip()
+        named = wait.get("name") or wait.get("key") or ""
+        # a sleep is named "sleep": it said "sleep sleep until ..."
+        what = f"{wait.get('kind')} {named if named != wait.get('kind') else ''}".strip()
         if wait.get("expires_at"):
             what += f" until {human_time(wait['expires_at'])}"
         if wait.get("kind") == "input":

@@ -217,3 +217,14 @@ test("a run failed by the reaper's give-up fails its step too (no step.failed ca
   assert.equal(state.steps["0:a"].status, "failed");
   assert.equal(state.steps["0:a"].error.type, "WorkerLost");
 });
+
+test("a run failed as a whole (no step named) ends its open steps failed", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "run.started"),
+    ev("2-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("3-0", "run.waiting", { kind: "sleep", name: "sleep", step: "0:a" }),
+    ev("4-0", "run.failed", { error: { type: "WorkflowError", message: "the steps of w version 1 changed" } }),
+  ]);
+  assert.equal(state.state, "failed");
+  assert.equal(state.steps["0:a"].status, "failed");
+});

@@ -270,8 +270,11 @@ export function foldEvent(state, event) {
     case "run.failed": {
       next = { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null, waits: [] };
       // the reaper's give-up fails the run without a step.failed: its step is failed too
-      // (another branch may still run: its own event says how it ends)
-      const open = key && next.steps[key] && ["running", "retrying", "waiting"].includes(next.steps[key].status);
+      // (another branch may still run: its own event says how it ends); a failure of the
+      // whole run (its workflow's steps changed, a loop limit) names no step: every open one
+      // ended with it
+      if (!key) return { ...next, steps: closeOpen(next.steps, "failed", ts) };
+      const open = next.steps[key] && ["running", "retrying", "waiting"].includes(next.steps[key].status);
       return open ? withStep(next, key, (s) => copyStep(s, { status: "failed", error: event.error ?? null, endedAt: ts, waiting: false })) : next;
     }
     case "run.cancelled":
