@@ -411,7 +411,7 @@ def _banner(app_name: str, env: dict[str, str], api_url: str, queues: list[str],
         f"  queues     {', '.join(queues)} (one worker consumes them all)",
         *(f"  note       {note}" for note in notes),
         "",
-        "  In another terminal, the CLI talks to this deployment after:",
+        "  In another terminal, the CLI and your scripts talk to this deployment after:",
         f"    export FLOWKIT_APP={app_name}",
         f"    export FLOWKIT_REDIS_URL={env.get('FLOWKIT_REDIS_URL') or os.environ['FLOWKIT_REDIS_URL']}",
     ]
