@@ -103,9 +103,8 @@ def _host_error(exc: BaseException) -> Any:
 def _their_handler(exc: BaseException) -> Any:
     """The handler Flask would have picked for ``exc`` without :func:`_host_error`: the
     nearest class of its MRO with another handler, the request's blueprints first."""
-    scopes = [*request.blueprints, None] if has_request_context() else [None]
     for cls in type(exc).__mro__:
-        for scope in scopes:
+        for scope in _scopes():
             handler = current_app.error_handler_spec.get(scope, {}).get(None, {}).get(cls)
             if handler is not None and handler is not _host_error:
                 return handler
@@ -114,8 +113,12 @@ def _their_handler(exc: BaseException) -> Any:
 
 def _their_500_page() -> bool:
     """Whether the app (or a blueprint of the request) has a handler for a 500."""
-    scopes = [*request.blueprints, None] if has_request_context() else [None]
-    return any(current_app.error_handler_spec.get(scope, {}).get(500) for scope in scopes)
+    return any(current_app.error_handler_spec.get(scope, {}).get(500) for scope in _scopes())
+
+
+def _scopes() -> list[str | None]:
+    """Where Flask looks for a handler, in its order: the request's blueprints, then the app."""
+    return [*request.blueprints, None] if has_request_context() else [None]
 
 
 def to_response(exc: BaseException) -> Response:

@@ -181,14 +181,18 @@ def _start_again_after_a_fix(broken: CodeError, project: Path, environ: dict[str
           "(Ctrl-C stops)", file=sys.stderr, flush=True)
     while not changes:
         changes = next(batches)
-    print(f"flowkit dev: {_listed(project, changes)} changed; starting again", file=sys.stderr,
-          flush=True)
+    print(f"flowkit dev: {_listed(_changed(project, changes))} changed; starting again",
+          file=sys.stderr, flush=True)
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
 
 
-def _listed(project: Path, changes: set[tuple[Any, str]]) -> str:
-    """The changed files, relative to ``project``: three, then how many more."""
-    paths = sorted({os.path.relpath(path, project) for _, path in changes})
+def _changed(project: Path, changes: set[tuple[Any, str]]) -> list[str]:
+    """A batch of watchfiles' changes as the files changed, relative to ``project``."""
+    return sorted({os.path.relpath(path, project) for _, path in changes})
+
+
+def _listed(paths: list[str]) -> str:
+    """Changed files for a line: three, then how many more."""
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
@@ -347,8 +351,7 @@ def _serve(supervisor: Supervisor) -> None:
 
 
 def _reload(supervisor: Supervisor, paths: list[str]) -> None:
-    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-    supervisor.say(f"reload: {shown} changed; restarting {' and '.join(RELOADED)}")
+    supervisor.say(f"reload: {_listed(paths)} changed; restarting {' and '.join(RELOADED)}")
     supervisor.stop(RELOADED, RELOAD_GRACE)
     worker = supervisor.children["worker"]
     if "--quiet" not in worker.argv:  # Celery's 45-line banner once, not at every reload
@@ -365,8 +368,7 @@ def _watch(supervisor: Supervisor, project: Path) -> None:
     def run() -> None:
         for changes in watch(project, watch_filter=PythonFilter(), debounce=DEBOUNCE_MS,
                              raise_interrupt=False):
-            paths = sorted({os.path.relpath(path, project) for _, path in changes})
-            supervisor.events.put(("changed", paths))
+            supervisor.events.put(("changed", _changed(project, changes)))
 
     threading.Thread(target=run, daemon=True, name="watch").start()
 
