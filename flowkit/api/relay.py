@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 _BLOCK_MS = 5_000
 #: Longest pause after a Redis error before the hub reads again.
 _MAX_BACKOFF = 2.0
+#: How long a subscriber whose history read failed waits before it reads again.
+CATCH_UP_RETRY_SECONDS = 0.5
 
 
 class RelayEvent:
@@ -265,17 +267,33 @@ class Subscriber:
                 self._pending.clear()
                 poked, self._poked = self._poked, False
                 return batch, self._pending_complete, poked
-        batch = self.hub.history(self.run_id, self.cursor)
-        if len(batch) >= self.hub.page:
-            with self._lock:
-                self._catch_up = True  # more history to read before the live tail
-            return batch, False, False
-        if not batch and not self._delivered_terminal:
-            # nothing after the cursor: a cursor at the run's final terminal event ends here
-            last = self.hub.last_event(self.run_id)
-            self._delivered_terminal = (
-                last is not None and last.terminal and last.order <= self._order)
+        try:
+            batch = self.hub.history(self.run_id, self.cursor)
+            if len(batch) >= self.hub.page:
+                with self._lock:
+                    self._catch_up = True  # more history to read before the live tail
+                return batch, False, False
+            if not batch and not self._delivered_terminal:
+                # nothing after the cursor: a cursor at the run's final terminal event ends here
+                last = self.hub.last_event(self.run_id)
+                self._delivered_terminal = (
+                    last is not None and last.terminal and last.order <= self._order)
+        except StoreUnavailable:
+            return [], False, self._await_redis(deadline)
         return batch, True, False
+
+    def _await_redis(self, deadline: float | None) -> bool:
+        """The history could not be read (Redis is away): the stream stays open, as it does
+        when the hub's read fails, and reads it again after a pause. Whether the pause was
+        cut short by a poke (the hub's word on the outage, a client's message)."""
+        with self._lock:
+            self._catch_up = True
+            if not self._poked:
+                pause = CATCH_UP_RETRY_SECONDS if deadline is None else max(
+                    0.0, min(CATCH_UP_RETRY_SECONDS, deadline - time.monotonic()))
+                self._cond.wait(pause)
+            poked, self._poked = self._poked, False
+        return poked
 
     def _advance(self, batch: list[RelayEvent], complete: bool) -> list[RelayEvent]:
         """Deliver the events past the cursor; the stream ends at the run's latest terminal

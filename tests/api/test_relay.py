@@ -173,3 +173,26 @@ def test_a_subscriber_that_asked_is_told_when_the_hub_cannot_read_redis_and_when
             told.close()
             silent.close()
             hub.stop()
+
+
+def test_a_subscriber_whose_history_read_meets_redis_down_waits_for_it_and_is_told():
+    """Its first read (the history after its cursor) raised StoreUnavailable in the
+    client's thread: the socket closed and the page said "reconnecting" through the outage
+    instead of "delayed" (a fresh-clone run stopped Redis just after the page connected)."""
+    with LocalRedis(appendonly=True) as server:
+        # the API's budget (FLOWKIT_API_REDIS_RETRY_SECONDS): its reads give up in seconds
+        store = Store(get_settings().replace(redis_url=server.url, redis_retry_seconds=2))
+        hub = Hub(lambda: store, page=100, buffer=1000)
+        key = store.keys.events("01RELAYCATCHUP")
+        first = store.redis.xadd(key, {"e": json.dumps({"type": "step.output", "chunk": 0})})
+        sub = hub.subscribe("01RELAYCATCHUP")  # its history is not read yet
+        sub.wants_status = True
+        try:
+            server.stop()
+            assert sub.next_batch(timeout=20) == []  # the hub's poke: no exception
+            assert sub.status()["status"] == "degraded"
+            server.start()
+            assert [e.id for e in sub.next_batch(timeout=20)] == [first]  # read again
+        finally:
+            sub.close()
+            hub.stop()
