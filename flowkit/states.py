@@ -74,6 +74,9 @@ class RestartCause(StrEnum):
     ORPHANED = "orphaned"
     #: nothing in flight and no activity since a (long) deadline
     STALLED = "stalled"
+    #: its next message was handed to the broker, is in none of its queues, and no step
+    #: began since a deadline, seen so twice a deadline apart: a worker took it and died
+    LOST_IN_DELIVERY = "lost_in_delivery"
 
 
 class WaitKind(StrEnum):

@@ -1,8 +1,9 @@
 """The reaper: beat's task that makes every run reach a terminal state.
 
-It restarts runs whose step lease lapsed (the worker died or froze), re-drives
-runs stuck in ``queued`` (their message was lost, not waiting in line: :func:`_lost`) or
-running with nothing in flight for too long, reports workers whose consumer takes nothing
+It restarts runs whose step lease lapsed (the worker died or froze), or whose next
+message a worker took and never began (it died with it: the hand-off is in no queue and no
+step began for two lapses), re-drives runs stuck in ``queued`` (their message was lost, not
+waiting in line: :func:`_lost`) or running with nothing in flight for too long, reports workers whose consumer takes nothing
 from a queue where such runs wait (:mod:`flowkit.engine.consumers`), and fails a run after FLOWKIT_MAX_RESTARTS
 restarts in a row without progress. It also fires the timers that are due (a wait's
 timeout, a sleep's end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
@@ -80,8 +81,14 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
                                             settings.queued_timeout) if any(depths.values()) else [])
     limit = now - lapse
     orphaned = "worker lost between steps (it stopped beating before sending the next one)"
-    for run_id in store.quiet_since(limit):
+    quiet = store.quiet_since(limit)
+    for run_id in quiet:
         restart(run_id, RunState.RUNNING, orphaned, RestartCause.ORPHANED, orphaned, before=limit)
+    undelivered = ("next step lost in delivery (its message left the queue but no worker "
+                   "began it: the worker that took it was lost)")
+    for run_id in _lost([r for r in quiet if r not in report["restarted"]], store)[0]:
+        restart(run_id, RunState.RUNNING, undelivered, RestartCause.LOST_IN_DELIVERY,
+                undelivered, before=limit)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
     for run_id in _lost(store.quiet_since(limit), store)[0]:  # not its next step waiting in line
