@@ -233,18 +233,23 @@ class Store:
         ``before`` is a run id: only runs older than it (than ``before_time`` when it is not
         in the index: expired)."""
         index = self.keys.runs_of(workflow) if workflow else self.keys.runs
-        bound = "+inf"
+        bound, tie = "+inf", None
         if before:
             score = self.redis.zscore(index, before)
-            if score is None:
-                score = before_time
-            bound = f"({score}" if score is not None else "+inf"
+            if score is not None:
+                # runs made at its instant too: Redis orders them by id, and the page goes
+                # on from those listed after it (newest first, a lower id)
+                bound, tie = repr(score), score
+            elif before_time is not None:  # expired: older than the time its id says
+                bound = f"({before_time}"
         found: list[dict[str, str]] = []
         start, page = 0, max(limit * 2, 50)
         while len(found) < limit:
-            ids = self.redis.zrevrangebyscore(index, bound, "-inf", start=start, num=page)
-            if not ids:
+            scored = self.redis.zrevrangebyscore(index, bound, "-inf", start=start, num=page,
+                                                 withscores=True)
+            if not scored:
                 break
+            ids = [run_id for run_id, at in scored if at != tie or run_id < before]
             pipe = self.redis.pipeline(transaction=False)
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))

@@ -1785,3 +1785,18 @@ def test_waits_answered_reads_only_the_answers_of_one_wait_name_even_with_glob_c
         "1:b/4:wait:input:tick:*[1]": '{"input":4}'})
     assert sorted(store.waits_answered("run-w", "event", "tick:*[1]")) == [
         '{"event":1}', '{"event":2}']
+
+
+# -- listing -----------------------------------------------------------------------------
+
+
+def test_paging_through_runs_made_at_the_same_instant_lists_each_once(store):
+    """The page after a run went on from strictly before its creation time: the runs made
+    at that same instant and not yet listed were skipped (a bulk `flowkit retry --failed`
+    past one page left them out)."""
+    ids = [make_run(store, run_id=f"run-{i}") for i in range(5)]  # all created at T
+    listed, before = [], None
+    while page := store.list_runs(None, None, 2, before):
+        listed += [record["id"] for record in page]
+        before = page[-1]["id"]
+    assert listed == sorted(ids, reverse=True)  # newest first; one instant: by id
