@@ -88,6 +88,38 @@ def test_a_project_s_tests_run_its_workflows_on_a_private_redis(tmp_path, redis_
     assert redis.Redis(port=redis_server.port, db=7).dbsize() == 0
 
 
+def test_a_redis_of_yours_that_a_live_worker_uses_stops_the_session_untouched(tmp_path):
+    """FLOWKIT_TEST_REDIS_URL naming the Redis a `flowkit dev` or a deployment uses: the
+    tests emptied its store and its worker took their steps."""
+    from flowkit.testing import LocalRedis, WorkerProcess
+    from tests.conftest import wait_until
+
+    (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+    (tmp_path / "test_flows.py").write_text(textwrap.dedent(TESTS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWKIT_", "PYTEST"))}
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    with LocalRedis() as theirs:
+        base = f"redis://127.0.0.1:{theirs.port}"
+        deployment = {**env, "FLOWKIT_REDIS_URL": f"{base}/1", "FLOWKIT_BROKER_URL": f"{base}/0",
+                      "PYTHONPATH": path}
+        with WorkerProcess("flows", name="dev", env=deployment, cwd=str(tmp_path)):
+            store = redis.Redis.from_url(f"{base}/1")
+            wait_until(lambda: any(m.startswith(b"dev@") for m in store.zrange("flowkit:workers", 0, -1)),
+                       timeout=20, message="the worker's first beat")
+            store.set("their-data", "1")
+            session = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                 "-p", "flowkit.testing.pytest_plugin"],
+                cwd=tmp_path, env={**env, "PYTHONPATH": path, "FLOWKIT_TEST_REDIS_URL": base},
+                capture_output=True, text=True, timeout=180)
+            said = session.stdout + session.stderr
+            assert session.returncode == pytest.ExitCode.USAGE_ERROR, said
+            assert "FLOWKIT_TEST_REDIS_URL" in said and "worker dev@" in said, said
+            assert "Traceback" not in said
+            assert store.get("their-data") == b"1"  # not emptied
+
+
 @pytest.mark.parametrize("url, store, broker", [
     ("redis://h:6379", "redis://h:6379/1", "redis://h:6379/0"),
     ("redis://h:6379/5", "redis://h:6379/1", "redis://h:6379/0"),  # it made database 51

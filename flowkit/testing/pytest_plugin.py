@@ -11,7 +11,8 @@ its settings when it is made), it starts a private ``redis-server`` (AOF on, in 
 directory; ``FLOWKIT_TEST_REDIS_URL=redis://host:port`` uses yours instead) and points
 ``FLOWKIT_REDIS_URL`` (database 1) and ``FLOWKIT_BROKER_URL`` (database 0) at it, so no
 test reaches the Redis of your ``flowkit dev`` or of production, and it stops the server at
-the end. Without ``-p`` (``pytest_plugins = ["flowkit.testing.pytest_plugin"]`` in a
+the end; a Redis of yours that live flowkit workers use stops the session before any
+test empties it. Without ``-p`` (``pytest_plugins = ["flowkit.testing.pytest_plugin"]`` in a
 conftest.py) the same happens once that conftest.py has been imported: import your
 workflows in your tests and fixtures, not at its top.
 
@@ -81,7 +82,33 @@ def urls_for_tests(url: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def flowkit_worker() -> Iterator[InThreadWorker]:
+def _flowkit_redis_unused() -> None:
+    """Stop the session before it touches a Redis of yours (``FLOWKIT_TEST_REDIS_URL``)
+    that flowkit workers other than a test session's use: their runs' store would be
+    emptied, and they would take the tests' steps."""
+    if not os.environ.get(TEST_REDIS_URL):
+        return  # a private server: nothing else is on it
+    from ..engine.control import live_workers
+    from ..store import get_store
+    from ..urls import redacted
+
+    others = sorted(str(worker["name"]) for worker in live_workers(get_store())
+                    if not str(worker["name"]).startswith(f"{SESSION_WORKER}@"))
+    if others:
+        pytest.exit(
+            f"{TEST_REDIS_URL} ({redacted(os.environ[TEST_REDIS_URL])}) is in use: flowkit "
+            f"worker {', '.join(others[:3])}{' and others' if len(others) > 3 else ''} "
+            "beats into its database 1, which the tests empty, and would take the tests' "
+            "steps. Give the tests a Redis no deployment or `flowkit dev` uses, or unset "
+            f"{TEST_REDIS_URL} for a private one.", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+#: The node name of the session's worker (``pytest@<host>``).
+SESSION_WORKER = "pytest"
+
+
+@pytest.fixture(scope="session")
+def flowkit_worker(_flowkit_redis_unused: None) -> Iterator[InThreadWorker]:
     """A worker in this process's threads for the whole session, consuming every queue
     the registered workflows route to."""
     from ..cli.routing import routed_queues
@@ -91,12 +118,12 @@ def flowkit_worker() -> Iterator[InThreadWorker]:
     app = get_app()
     if "flowkit.reaper" not in app.tasks:  # a producer's app: no worker's tasks
         app = create_celery_app("tests")
-    with InThreadWorker(app, queues=routed_queues(), name="pytest") as worker:
+    with InThreadWorker(app, queues=routed_queues(), name=SESSION_WORKER) as worker:
         yield worker
 
 
 @pytest.fixture
-def flowkit_store() -> Any:
+def flowkit_store(_flowkit_redis_unused: None) -> Any:
     """flowkit's store, its database emptied first."""
     from ..store import get_store
 
