@@ -74,9 +74,11 @@ class RestartCause(StrEnum):
     ORPHANED = "orphaned"
     #: nothing in flight and no activity since a (long) deadline
     STALLED = "stalled"
-    #: its next message was handed to the broker, is in none of its queues, and no step
-    #: began since a deadline, seen so twice a deadline apart: a worker took it and died
-    LOST_IN_DELIVERY = "lost_in_delivery"
+    #: nothing in flight, none of its queues holds a message and no sign of life since a
+    #: deadline, seen so twice a deadline apart: what was to move it on was lost (a message
+    #: a worker took and died with, a join whose branch was never counted, a publish the
+    #: broker refused)
+    STRANDED = "stranded"
 
 
 class WaitKind(StrEnum):

@@ -1,8 +1,9 @@
 """The reaper: beat's task that makes every run reach a terminal state.
 
-It restarts runs whose step lease lapsed (the worker died or froze), or whose next
-message a worker took and never began (it died with it: the hand-off is in no queue and no
-step began for two lapses), re-drives runs stuck in ``queued`` (their message was lost, not
+It restarts runs whose step lease lapsed (the worker died or froze), or that are stranded
+(nothing in flight, nothing in their queues, no sign of life for two lapses: a worker took
+their next message and died, a branch's worker died before the join counted it, the broker
+refused the next message), re-drives runs stuck in ``queued`` (their message was lost, not
 waiting in line: :func:`_lost`) or running with nothing in flight for too long, reports workers whose consumer takes nothing
 from a queue where such runs wait (:mod:`flowkit.engine.consumers`), and fails a run after FLOWKIT_MAX_RESTARTS
 restarts in a row without progress. It also fires the timers that are due (a wait's
@@ -84,11 +85,12 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     quiet = store.quiet_since(limit)
     for run_id in quiet:
         restart(run_id, RunState.RUNNING, orphaned, RestartCause.ORPHANED, orphaned, before=limit)
-    undelivered = ("next step lost in delivery (its message left the queue but no worker "
-                   "began it: the worker that took it was lost)")
+    stranded = (f"stranded: no step in flight and no message in its queues for {lapse:g}s "
+                "(its next message, or a branch's part of a join, was lost with a worker or "
+                "refused by the broker)")
     for run_id in _lost([r for r in quiet if r not in report["restarted"]], store)[0]:
-        restart(run_id, RunState.RUNNING, undelivered, RestartCause.LOST_IN_DELIVERY,
-                undelivered, before=limit)
+        restart(run_id, RunState.RUNNING, stranded, RestartCause.STRANDED, stranded,
+                before=limit)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
     for run_id in _lost(store.quiet_since(limit), store)[0]:  # not its next step waiting in line

@@ -135,9 +135,9 @@ def _counters(counts: dict[str, int]) -> Iterator[Metric]:
     restarts = CounterMetricFamily(
         "flowkit_run_restarts", "Runs restarted from their checkpoints, by reason "
         "(lease_lapsed: a worker died, froze or drained during a step; orphaned: lost "
-        "between steps; lost_in_delivery: a worker took its next message and died before "
-        "the step began; queued_too_long: its message was lost; stalled; requested: a "
-        "retry).", labels=["reason"])
+        "between steps; stranded: nothing in flight and nothing in its queues, its next "
+        "message or join lost; queued_too_long: its message was lost; stalled; requested: "
+        "a retry).", labels=["reason"])
     for name, n in sorted(counts.items()):
         kind, _, rest = name.partition("|")
         if kind == "started":

@@ -105,9 +105,9 @@ class Deployment:
         self.beats: list[subprocess.Popen] = []
 
     def worker(self, name: str, concurrency: int = 4, start: bool = True, pool: str = "threads",
-               **env: str) -> WorkerProcess:
+               queues: tuple[str, ...] = (QUEUE,), **env: str) -> WorkerProcess:
         proc = WorkerProcess(
-            "tests.chaos.app", name=name, queues=(QUEUE,), concurrency=concurrency,
+            "tests.chaos.app", name=name, queues=queues, concurrency=concurrency,
             env={**self.env, **env}, cwd=ROOT, pool=pool,
         )
         self.workers.append(proc)

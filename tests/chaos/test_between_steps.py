@@ -1,13 +1,23 @@
-"""A worker that dies after checkpointing a step but before sending the next one, or one
-that dies having taken a run's next message from the queue before it began the step:
+"""A worker that dies after checkpointing a step but before sending the next one, one that
+dies having taken a run's next message from the queue before it began the step, one whose
+branch of a join checkpointed but was never counted, a broker that refused the next message:
 nothing is in flight and no lease lapses, yet the reaper notices and the run resumes."""
 
 from __future__ import annotations
 
 from flowkit import config
 from flowkit.store import get_store
-from tests.chaos.conftest import of_type, reruns, side_effects
-from tests.chaos.workflows import handoff
+from flowkit.testing import LocalRedis
+from tests.chaos.conftest import (
+    deployed,
+    of_type,
+    open_gate,
+    reruns,
+    side_effects,
+    wait_for,
+    waiting,
+)
+from tests.chaos.workflows import BRANCH_QUEUE, handoff, held, joined
 
 
 def test_a_worker_lost_between_steps_is_noticed_and_the_run_resumes(chaos_app, deployment):
@@ -27,7 +37,31 @@ def test_a_worker_lost_with_the_next_step_taken_but_not_begun_is_noticed_and_the
     s = config.get_settings()
     # quiet for a lapse, seen lost once, then again a lapse later
     resumes_once(run, 2 * s.heartbeat_lapse + 3 * s.reaper_interval + 15,
-                 reason="next step lost in delivery")
+                 reason="stranded")
+
+
+def test_a_join_whose_branch_was_never_counted_runs_once_the_run_is_seen_stranded(
+        chaos_app, deployment):
+    """A branch's worker died after the branch checkpointed, before the join counted it;
+    the other branch then ended on a live worker, which the run names as its last holder:
+    not orphaned, and the join was never sent. The run waited for FLOWKIT_STALL_TIMEOUT
+    (15 minutes) with every branch done."""
+    a = deployment.worker("a", queues=(BRANCH_QUEUE,))
+    deployment.worker("b")
+    deployment.beat()
+    run = joined.start({"n": 0, "chunks": 1, "pause": 0.01})
+    get_store().redis.set(f"chaos:die-before-counting:{run.id}", 1)
+    waiting(run)  # the second branch holds on b
+    assert a.proc.wait(20) == -9, "the first branch's worker was not killed"
+    open_gate(run)  # the second branch ends on b, alive
+    s = config.get_settings()
+    done = run.wait(2 * s.heartbeat_lapse + 3 * s.reaper_interval + 15)
+    assert done.state == "succeeded", done.error
+    [restarted] = of_type(run.events(), "run.restarted")
+    assert restarted.data["reason"].startswith("stranded")
+    started = side_effects(run, "started")
+    assert len(started) == 3 and set(started.values()) == {1}, started  # each step once
+    assert reruns(run) == 0
 
 
 def killed_between_the_steps(deployment, flag: str):
@@ -52,3 +86,32 @@ def resumes_once(run, seconds: float, reason: str) -> None:
     assert "superseded" not in restarted.data  # nothing was in flight
     assert side_effects(run, "started") == {"0:chaos.work": 1, "1:chaos.handed_on": 1}
     assert reruns(run) == 0
+
+
+def test_a_next_message_the_broker_refused_is_sent_once_the_run_is_seen_stranded(
+        flowkit_env, monkeypatch, tmp_path):
+    """The broker was away as a step checkpointed: the chain's next message could not be
+    sent, and the worker that held the run lived on (not orphaned). The run waited for
+    FLOWKIT_STALL_TIMEOUT (15 minutes) once the broker was back."""
+    with LocalRedis(appendonly=True) as broker, deployed(
+            monkeypatch, tmp_path, flowkit_env["FLOWKIT_REDIS_URL"], broker.url,
+            FLOWKIT_INLINE_STEPS_SECONDS="0") as deployment:
+        a = deployment.worker("a")
+        deployment.beat()
+        run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+        waiting(run)
+        broker.stop(kill=True)
+        open_gate(run)
+        wait_for(lambda: "1:chaos.hold" in get_store().checkpoints(run.id), 20,
+                 "the held step's checkpoint")
+        wait_for(lambda: "OperationalError" in a.output(), 30,
+                 "the worker to give up sending the next step")
+        broker.start()
+        s = config.get_settings()
+        done = run.wait(2 * s.heartbeat_lapse + 3 * s.reaper_interval + 20)
+        assert done.state == "succeeded", done.error
+        [restarted] = of_type(run.events(), "run.restarted")
+        assert restarted.data["reason"].startswith("stranded")
+        assert side_effects(run, "started") == {
+            "0:chaos.work": 1, "1:chaos.hold": 1, "2:chaos.work": 1}
+        assert reruns(run) == 0

@@ -882,20 +882,19 @@ def _stalled_case(store, holds: bool):
     return RunState.RUNNING, {"now": T + 100, "before": T + 50 if holds else T}, []
 
 
-def _lost_in_delivery_case(store, holds: bool):
-    """Between steps since T + 1, its next message handed off at T + 2: its loss seen once
-    at T + 10 (before ``before``), or not yet."""
+def _stranded_case(store, holds: bool):
+    """Between steps since T + 1 (quiet since before ``before``): seen stranded once at
+    T + 10 (before ``before``), or not yet."""
     make_run(store, RunState.RUNNING)
     complete(store, now=T + 1)
-    store.handed_off(RUN, 0, T + 2)
     if holds:
-        assert lost_in_delivery(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
+        assert stranded(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
     return RunState.RUNNING, {"now": T + 100, "before": T + 50}, []
 
 
-def lost_in_delivery(store, *, now: float, before: float) -> tuple[int, RestartRefusal | None]:
+def stranded(store, *, now: float, before: float) -> tuple[int, RestartRefusal | None]:
     return store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=now,
-                         cause=RestartCause.LOST_IN_DELIVERY, before=before)
+                         cause=RestartCause.STRANDED, before=before)
 
 
 def _requested_case(store, holds: bool):
@@ -908,7 +907,7 @@ RESTART_CASES = {
     RestartCause.QUEUED_TOO_LONG: _queued_case,
     RestartCause.ORPHANED: _orphaned_case,
     RestartCause.STALLED: _stalled_case,
-    RestartCause.LOST_IN_DELIVERY: _lost_in_delivery_case,
+    RestartCause.STRANDED: _stranded_case,
     RestartCause.REQUESTED: _requested_case,
 }
 
@@ -1000,7 +999,7 @@ def test_restart_orphaned_depends_on_the_holders_heartbeat(store, holder_beat, r
 
 
 @pytest.mark.parametrize("cause", [RestartCause.ORPHANED, RestartCause.STALLED,
-                                   RestartCause.LOST_IN_DELIVERY])
+                                   RestartCause.STRANDED])
 def test_restart_between_steps_is_refused_while_a_step_is_in_flight(store, cause):
     make_run(store, RunState.RUNNING)  # quiet since T, but STEP holds a lease
     gen, why = store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=T + 100,
@@ -1199,44 +1198,34 @@ def test_restart_orphaned_is_refused_while_the_next_message_is_in_the_broker(
     assert store.get_run(RUN)["state"] == (RunState.RUNNING if refusal else RunState.QUEUED)
 
 
-def test_a_hand_off_seen_lost_twice_a_deadline_apart_restarts_the_run(store):
-    """A worker that took the message a moment ago begins it within that moment: the first
-    sighting only records the hand-off; the same one seen lost ``before`` or longer after
-    restarts the run, a sighting sooner does not."""
+def test_a_run_seen_stranded_twice_a_deadline_apart_restarts(store):
+    """A worker that took its message a moment ago begins it within that moment: the first
+    sighting only records the run's last sign of life; the same one seen ``before`` or
+    longer after restarts the run, a sighting sooner does not. Whoever held it last, and
+    whether its next message was handed off, does not matter."""
     make_run(store, RunState.RUNNING)
     complete(store, now=T + 1)
     store.handed_off(RUN, 0, T + 2)
-    assert lost_in_delivery(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
-    assert fields_of(store, "lost_handoff", "lost_seen_at") == (str(T + 2), str(T + 10))
-    assert lost_in_delivery(store, now=T + 12, before=T + 9) == (0, RestartRefusal.ALIVE)
-    assert lost_in_delivery(store, now=T + 13, before=T + 10) == (1, None)
+    store.heartbeat([], WORKER, T + 12)  # its holder beats on
+    assert stranded(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
+    assert tuple(map(float, fields_of(store, "stranded_seen", "stranded_at"))) == (T + 1, T + 10)
+    assert stranded(store, now=T + 12, before=T + 9) == (0, RestartRefusal.ALIVE)
+    assert stranded(store, now=T + 13, before=T + 10) == (1, None)
     (restarted,) = of_type(store, events.RUN_RESTARTED)
     assert restarted["reason"] == "why" and "superseded" not in restarted
 
 
-def test_a_new_hand_off_is_seen_lost_afresh(store):
-    """The run went on (a step began, checkpointed and handed its next message off): the
-    sighting of the hand-off before says nothing of this one."""
+def test_a_sign_of_life_after_a_sighting_makes_the_next_one_the_first(store):
+    """The run went on (a step began and checkpointed): the sighting before says nothing
+    of where it is now."""
     make_run(store, RunState.RUNNING)
     complete(store, now=T + 1)
-    store.handed_off(RUN, 0, T + 2)
-    assert lost_in_delivery(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
+    assert stranded(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
     begin(store, step="1:b", token="tok-2", now=T + 15)
     complete(store, step="1:b", token="tok-2", now=T + 20)
-    store.handed_off(RUN, 0, T + 21)
-    assert lost_in_delivery(store, now=T + 40, before=T + 30) == (0, RestartRefusal.ALIVE)
-    assert fields_of(store, "lost_handoff", "lost_seen_at") == (str(T + 21), str(T + 40))
-    assert lost_in_delivery(store, now=T + 50, before=T + 40) == (1, None)
-
-
-def test_a_run_never_handed_off_is_not_lost_in_delivery(store):
-    """No hand-off after its last checkpoint: its worker was lost before sending the next
-    message (ORPHANED's case, which asks whether that worker still beats)."""
-    make_run(store, RunState.RUNNING)
-    complete(store, now=T + 1)
-    for now in (T + 10, T + 100):
-        assert lost_in_delivery(store, now=now, before=now - 5) == (0, RestartRefusal.ALIVE)
-    assert fields_of(store, "lost_handoff") == (None,)
+    assert stranded(store, now=T + 40, before=T + 30) == (0, RestartRefusal.ALIVE)
+    assert tuple(map(float, fields_of(store, "stranded_seen", "stranded_at"))) == (T + 20, T + 40)
+    assert stranded(store, now=T + 50, before=T + 40) == (1, None)
 
 
 def test_handed_off_for_another_generation_changes_nothing(store):

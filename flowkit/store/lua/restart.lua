@@ -11,8 +11,8 @@
 --                    counted (a request: retry, drain handover)
 -- ARGV[7] cause      a RestartCause
 -- ARGV[8] step       CAUSE_LEASE_LAPSED: the step whose lease lapsed
--- ARGV[9] before     QUEUED_TOO_LONG, ORPHANED, STALLED, LOST_IN_DELIVERY: no sign of
---                    life since then
+-- ARGV[9] before     QUEUED_TOO_LONG, ORPHANED, STALLED, STRANDED: no sign of life
+--                    since then
 -- ARGV[10] holder    ORPHANED: the worker that last held the run, as the caller read it
 -- ARGV[11] holder_beat  ORPHANED: that worker's last heartbeat ('' for none)
 -- ARGV[12] give_up   the error (JSON) of a run that used up its restarts
@@ -58,23 +58,19 @@ elseif cause == CAUSE_ORPHANED or cause == CAUSE_STALLED then
       return {0, REFUSED_ALIVE}  -- its next message waits in the broker
     end
   end
-elseif cause == CAUSE_LOST_IN_DELIVERY then
-  -- the caller found none of the run's queues holding a message: its next message, handed
-  -- off after the last checkpoint, left them, and no step began (a worker took it and died;
-  -- on Redis the broker's visibility timeout would bring it back an hour later). A worker
-  -- that took it a moment ago begins it within that moment: only the same hand-off seen so
-  -- again, `before` or longer after the first sighting, is lost.
+elseif cause == CAUSE_STRANDED then
+  -- the caller found none of the run's queues holding a message: nothing is in flight and
+  -- nothing waits in line (a worker took its next message and died; a branch's worker died
+  -- before the join counted it; the broker refused the next message). A worker that took
+  -- a message a moment ago begins it within that moment (a new sign of life): only the same
+  -- last sign of life seen so again, `before` or longer after the first sighting, is lost.
   local seen = redis.call('ZSCORE', running, run_id)
   if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > before then
     return {0, REFUSED_ALIVE}
   end
-  local handoff = redis.call('HGET', run, 'handoff_at') or ''
-  if handoff == '' or tonumber(handoff) < tonumber(redis.call('HGET', run, 'checkpoint_at') or '0') then
-    return {0, REFUSED_ALIVE}  -- never handed off: ORPHANED's case
-  end
-  local sighting = redis.call('HMGET', run, 'lost_handoff', 'lost_seen_at')
-  if sighting[1] ~= handoff then
-    redis.call('HSET', run, 'lost_handoff', handoff, 'lost_seen_at', ARGV[3])
+  local sighting = redis.call('HMGET', run, 'stranded_seen', 'stranded_at')
+  if sighting[1] ~= seen then
+    redis.call('HSET', run, 'stranded_seen', seen, 'stranded_at', ARGV[3])
     return {0, REFUSED_ALIVE}
   end
   if tonumber(sighting[2]) > before then return {0, REFUSED_ALIVE} end
