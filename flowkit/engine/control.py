@@ -445,6 +445,7 @@ def list_runs(
     _check_limit(limit)
     since = None
     if before is not None:
+        before = canonical_run_id(before)  # the index holds it upper-case
         try:
             since = ULID.from_str(before).timestamp
         except ValueError:

@@ -2,7 +2,9 @@
 
 A worker records each message of a run it publishes (Celery's ``after_task_publish``), so
 the reaper does not take a run whose next step waits in the queue for one whose worker was
-lost between steps (restart.lua's ORPHANED). The record is not on the step's path: it is
+lost between steps (restart.lua's ORPHANED), and the queue it went to, where the reaper looks
+before it takes a run for stranded (a step reached by ``continue_with``, a workflow the
+sweeping worker does not import). The record is not on the step's path: it is
 written by a thread of this process, many in one round trip under load. A worker that
 dies before it is written leaves it unwritten; the reaper may then restart that run, which
 resumes at its frontier: nothing runs twice.
@@ -26,14 +28,19 @@ FLUSH_SECONDS = 0.0
 
 class HandOffs:
     def __init__(self) -> None:
-        self._pending: dict[str, tuple[int, float]] = {}
+        #: run id -> (gen, when, the queues its messages went to)
+        self._pending: dict[str, tuple[int, float, set[str]]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid = 0
 
-    def add(self, run_id: str, gen: int) -> None:
+    def add(self, run_id: str, gen: int, queue: str | None = None) -> None:
         with self._lock:
-            self._pending[run_id] = (gen, time.time())
+            pending = self._pending.get(run_id)
+            queues = pending[2] if pending is not None and pending[0] == gen else set()
+            if queue:
+                queues.add(queue)
+            self._pending[run_id] = (gen, time.time(), queues)
             start = self._pid != os.getpid()  # the first in this process (or after a fork)
             self._pid = os.getpid()
         if start:
@@ -44,7 +51,7 @@ class HandOffs:
         with self._lock:
             batch, self._pending = self._pending, {}
         if batch:
-            get_store().handed_off_many([(run, gen, at) for run, (gen, at) in batch.items()])
+            get_store().handed_off_many([(run, *record) for run, record in batch.items()])
 
     def _loop(self) -> None:
         pid = os.getpid()

@@ -4,10 +4,11 @@ It restarts runs whose step lease lapsed (the worker died or froze), or that are
 (nothing in flight, nothing in their queues, no sign of life for two lapses: a worker took
 their next message and died, a branch's worker died before the join counted it, the broker
 refused the next message), re-drives runs stuck in ``queued`` (their message was lost, not
-waiting in line: :func:`_lost`) or running with nothing in flight for too long, reports workers whose consumer takes nothing
-from a queue where such runs wait (:mod:`flowkit.engine.consumers`), and fails a run after FLOWKIT_MAX_RESTARTS
-restarts in a row without progress. It also fires the timers that are due (a wait's
-timeout, a sleep's end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
+waiting in line: :func:`_lost`) or running with nothing in flight for too long, reports
+workers whose consumer takes nothing from a queue where such runs wait
+(:mod:`flowkit.engine.consumers`), and fails a run after FLOWKIT_MAX_RESTARTS restarts in a
+row without progress. It also fires the timers that are due (a wait's timeout, a sleep's
+end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
 fire_timer.lua), so two reapers never restart a run or fire a timer twice.
 """
 
@@ -117,13 +118,16 @@ def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int]]:
     A run whose queues still hold messages waits in line (a backlog longer than the
     timeout): re-driving it would put a duplicate ahead of the line at every timeout, and
     fail it once it had been re-driven FLOWKIT_MAX_RESTARTS times. So a run is re-driven
-    only once its queues are empty. A message a busy worker reserved but has not started is
-    in no queue: that run is re-driven, which adds one duplicate (begin_step runs it once)."""
+    only once its queues are empty: its own, its workflow's, and those its messages were
+    recorded going to (handoff). A message a worker took a moment ago and has not begun is in
+    no queue: a run re-driven then gets one duplicate (begin_step runs it once), which is
+    why a stranded run must be seen so twice."""
     if not run_ids:
         return [], {}
     default = default_queue()
-    routes = {run_id: _queues(workflow, queue or default) for run_id, (workflow, queue)
-              in zip(run_ids, store.runs_fields(run_ids, "workflow", "queue"), strict=True)}
+    fields = store.runs_fields(run_ids, "workflow", "queue", "handoff_queues")
+    routes = {run_id: _queues(workflow, queue or default) | set((sent or "").split())
+              for run_id, (workflow, queue, sent) in zip(run_ids, fields, strict=True)}
     try:
         depths = queue_depths(set().union(*routes.values()))
     except Exception as exc:  # the broker does not answer: nothing could be re-driven now

@@ -553,21 +553,24 @@ class Store:
                 self.redis.hset(self.keys.nodes, node[0], dumps(node[1]))
 
     @_op
-    def handed_off(self, run_id: str, gen: int, now: float) -> None:
-        """A message of the run's canvas went to the broker (handoff.lua)."""
-        self._run_script("handoff", run_id, [gen, now])
+    def handed_off(self, run_id: str, gen: int, now: float, queues: Iterable[str] = ()) -> None:
+        """A message of the run's canvas went to the broker, to ``queues`` (handoff.lua)."""
+        self._run_script("handoff", run_id, [gen, now, " ".join(queues)])
 
     @_op
-    def handed_off_many(self, handoffs: list[tuple[str, int, float]]) -> None:
-        """``handed_off`` for each (run id, gen, when), in one round trip."""
+    def handed_off_many(
+        self, handoffs: list[tuple[str, int, float, Iterable[str]]]
+    ) -> None:
+        """``handed_off`` for each (run id, gen, when, queues), in one round trip."""
+        calls = [(run_id, [gen, at, " ".join(queues)]) for run_id, gen, at, queues in handoffs]
         pipe = self.redis.pipeline(transaction=False)
-        for run_id, gen, at in handoffs:
-            self._run_script("handoff", run_id, [gen, at], client=pipe)
+        for run_id, args in calls:
+            self._run_script("handoff", run_id, args, client=pipe)
         try:
             pipe.execute()
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: load it
-            for run_id, gen, at in handoffs:
-                self._run_script("handoff", run_id, [gen, at])
+            for run_id, args in calls:
+                self._run_script("handoff", run_id, args)
 
     # -- waits (input, events, timers, delayed starts) --------------------------------------
 

@@ -193,7 +193,7 @@ def shut_down(**_) -> None:
     drain.finish_handover()
 
 
-def handed_off(sender=None, body=None, **_) -> None:
+def handed_off(sender=None, body=None, routing_key=None, **_) -> None:
     """A message of a run's canvas went to the broker (after_task_publish): the run's
     progress now waits in the queue, not in this worker, which the reaper must know before
     it takes "nothing in flight" for a worker lost between steps."""
@@ -202,7 +202,8 @@ def handed_off(sender=None, body=None, **_) -> None:
     kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else None
     if not isinstance(kwargs, dict) or "run_id" not in kwargs or "gen" not in kwargs:
         return
-    handoffs.add(kwargs["run_id"], kwargs["gen"])  # written in the background (engine.handoff)
+    # written in the background (engine.handoff); a queue's routing key is its name
+    handoffs.add(kwargs["run_id"], kwargs["gen"], routing_key)
 
 
 class AckOfAClosedChannel(logging.Filter):

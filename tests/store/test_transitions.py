@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 import redis
+from ulid import ULID
 
 from flowkit import events
+from flowkit.engine.control import list_runs
 from flowkit.serialization import loads
 from flowkit.states import (
     RestartCause,
@@ -1789,3 +1791,23 @@ def test_paging_through_runs_made_at_the_same_instant_lists_each_once(store):
         listed += [record["id"] for record in page]
         before = page[-1]["id"]
     assert listed == sorted(ids, reverse=True)  # newest first; one instant: by id
+
+
+def test_a_lower_case_cursor_pages_as_its_run_id_does(store):
+    """A run id is case-insensitive everywhere else; as ``before`` in lower case it was not
+    found in the index, and the page went on from strictly before its time, skipping the
+    runs made at that instant."""
+    ids = sorted((make_run(store, run_id=str(ULID())) for _ in range(3)), reverse=True)
+    for cursor in (ids[0], ids[0].lower()):  # all three made at T
+        assert [r.id for r in list_runs(before=cursor, store=store)] == ids[1:]
+
+
+def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
+    make_run(store, RunState.RUNNING)
+    store.handed_off_many([(RUN, 0, T + 1, {"llm"}), (RUN, 0, T + 2, {"llm", "flowkit"})])
+    store.handed_off(RUN, 0, T + 3, ["llm"])
+    store.handed_off(RUN, 0, T + 4)  # a queue unknown
+    assert sorted(fields_of(store, "handoff_queues")[0].split()) == ["flowkit", "llm"]
+    assert fields_of(store, "handoff_at") == (str(T + 4),)
+    store.handed_off(RUN, 1, T + 5, ["other"])  # another generation's: nothing
+    assert "other" not in fields_of(store, "handoff_queues")[0]

@@ -64,12 +64,15 @@ elseif cause == CAUSE_STRANDED then
   -- before the join counted it; the broker refused the next message). A worker that took
   -- a message a moment ago begins it within that moment (a new sign of life): only the same
   -- last sign of life seen so again, `before` or longer after the first sighting, is lost.
+  -- A first sighting older than two such spans went stale (sweeps between found a message
+  -- in its queues: a redelivery, a drain's requeue): this one is the first.
   local seen = redis.call('ZSCORE', running, run_id)
   if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > before then
     return {0, REFUSED_ALIVE}
   end
   local sighting = redis.call('HMGET', run, 'stranded_seen', 'stranded_at')
-  if sighting[1] ~= seen then
+  local span = now - before
+  if sighting[1] ~= seen or tonumber(sighting[2]) < before - 2 * span then
     redis.call('HSET', run, 'stranded_seen', seen, 'stranded_at', ARGV[3])
     return {0, REFUSED_ALIVE}
   end
