@@ -92,6 +92,11 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     for run_id in _lost([r for r in quiet if r not in report["restarted"]], store)[0]:
         restart(run_id, RunState.RUNNING, stranded, RestartCause.STRANDED, stranded,
                 before=limit)
+    unsent = (f"stranded: queued with no message in its queues for {lapse:g}s (a worker "
+              "took it and was lost, or it was never sent)")
+    waiting = [r for r in store.queued_before(limit) if r not in report["restarted"]]
+    for run_id in _lost(waiting, store)[0]:
+        restart(run_id, RunState.QUEUED, unsent, RestartCause.STRANDED, unsent, before=limit)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
     for run_id in _lost(store.quiet_since(limit), store)[0]:  # not its next step waiting in line

@@ -17,11 +17,11 @@ from tests.chaos.conftest import (
     wait_for,
     waiting,
 )
-from tests.chaos.workflows import BRANCH_QUEUE, handoff, held, joined
+from tests.chaos.workflows import BRANCH_QUEUE, handed_on, handoff, held, joined, work
 
 
 def test_a_worker_lost_between_steps_is_noticed_and_the_run_resumes(chaos_app, deployment):
-    run = killed_between_the_steps(deployment, "chaos:die-before-publish")
+    run = killed_between_the_steps(deployment, "chaos:die-before-publish:{run}")
     s = config.get_settings()
     resumes_once(run, s.heartbeat_lapse + 2 * s.reaper_interval + 15,
                  reason="worker lost between steps")
@@ -33,11 +33,27 @@ def test_a_worker_lost_with_the_next_step_taken_but_not_begun_is_noticed_and_the
     a worker took it and died: it is in no queue, and on Redis it came back only after the
     visibility timeout (an hour); the reaper re-drove the run after FLOWKIT_STALL_TIMEOUT
     (15 minutes; a fresh-clone run of the loaded kill test met it)."""
-    run = killed_between_the_steps(deployment, "chaos:die-on-taking")
+    run = killed_between_the_steps(deployment, f"chaos:die-on-taking:{handed_on.task_name}")
     s = config.get_settings()
     # quiet for a lapse, seen lost once, then again a lapse later
     resumes_once(run, 2 * s.heartbeat_lapse + 3 * s.reaper_interval + 15,
                  reason="stranded")
+
+
+def test_a_worker_lost_with_a_run_s_first_step_taken_but_not_begun_is_noticed_and_it_starts(
+        chaos_app, deployment):
+    """The queued run's first message left the queue with a worker that died: the run
+    waited for FLOWKIT_QUEUED_TIMEOUT (5 minutes)."""
+    a = deployment.worker("a")
+    deployment.beat()
+    get_store().redis.set(f"chaos:die-on-taking:{work.task_name}", 1)
+    run = handoff.start({"n": 0, "chunks": 3, "pause": 0.1})
+    assert a.proc.wait(20) == -9, "the worker was not killed as it took the first step"
+    assert run.refresh().state == "queued"
+    deployment.worker("b")
+    s = config.get_settings()
+    resumes_once(run, 2 * s.heartbeat_lapse + 3 * s.reaper_interval + 15,
+                 reason="stranded: queued")
 
 
 def test_a_join_whose_branch_was_never_counted_runs_once_the_run_is_seen_stranded(
@@ -65,12 +81,12 @@ def test_a_join_whose_branch_was_never_counted_runs_once_the_run_is_seen_strande
 
 
 def killed_between_the_steps(deployment, flag: str):
-    """A handoff run whose worker ``a`` SIGKILLs itself where ``flag`` says
-    (tests.chaos.workflows); worker ``b`` is up to take the run on."""
+    """A handoff run whose worker ``a`` SIGKILLs itself where ``flag`` (``{run}``: the run's
+    id) says (tests.chaos.workflows); worker ``b`` is up to take the run on."""
     a = deployment.worker("a")
     deployment.beat()
     run = handoff.start({"n": 0, "chunks": 3, "pause": 0.1})
-    get_store().redis.set(f"{flag}:{run.id}", 1)
+    get_store().redis.set(flag.format(run=run.id), 1)
     assert a.proc.wait(20) == -9, f"the worker was not killed ({flag})"
     assert run.refresh().state == "running" and not run.refresh().done
     deployment.worker("b")

@@ -131,19 +131,19 @@ def _die_before_handing_on(sender=None, body=None, **_):
 
 @signals.task_received.connect
 def _die_on_taking_it(sender=None, request=None, **_):
-    """SIGKILL this worker as its consumer takes a run's next step from the queue, when the
-    test asks: the message left the queue (on Redis, for the broker's unacked hash, which
-    gives it back after the visibility timeout, an hour), no step began."""
-    if request is None or request.name != handed_on.task_name:
-        return
-    run_id = (request.kwargs or {}).get("run_id")
+    """SIGKILL this worker as its consumer takes a message of the task the test names
+    (``chaos:die-on-taking:<task>``) from the queue: the message left the queue (on Redis,
+    for the broker's unacked hash, which gives it back after the visibility timeout, an
+    hour), no step began."""
+    run_id = (request.kwargs or {}).get("run_id") if request is not None else None
     store = get_store()
-    if not (run_id and store.redis.delete(f"chaos:die-on-taking:{run_id}")):
+    if not (run_id and store.redis.delete(f"chaos:die-on-taking:{request.name}")):
         return
-    # the hand-off is written by a thread of the process that published it (this one):
-    # dead before it is, the run would be one lost between steps, the other test's case
+    # a next step's hand-off is written by a thread of the process that published it (this
+    # one): dead before it is, the run would be one lost between steps, another test's case
     deadline = time.monotonic() + 10
-    while store.redis.hget(store.keys.run(run_id), "handoff_at") is None:
+    while request.name == handed_on.task_name and \
+            store.redis.hget(store.keys.run(run_id), "handoff_at") is None:
         if time.monotonic() > deadline:
             raise TimeoutError("the run's next message was never recorded as handed off")
         time.sleep(0.01)

@@ -894,8 +894,9 @@ def _stranded_case(store, holds: bool):
     return RunState.RUNNING, {"now": T + 100, "before": T + 50}, []
 
 
-def stranded(store, *, now: float, before: float) -> tuple[int, RestartRefusal | None]:
-    return store.restart(RUN, expected_state=RunState.RUNNING, reason="why", now=now,
+def stranded(store, *, now: float, before: float,
+             state: RunState = RunState.RUNNING) -> tuple[int, RestartRefusal | None]:
+    return store.restart(RUN, expected_state=state, reason="why", now=now,
                          cause=RestartCause.STRANDED, before=before)
 
 
@@ -1215,6 +1216,28 @@ def test_a_run_seen_stranded_twice_a_deadline_apart_restarts(store):
     assert stranded(store, now=T + 13, before=T + 10) == (1, None)
     (restarted,) = of_type(store, events.RUN_RESTARTED)
     assert restarted["reason"] == "why" and "superseded" not in restarted
+
+
+def test_a_queued_run_seen_stranded_twice_a_deadline_apart_restarts(store):
+    """Its sign of life is when it was queued: a worker that took its message and died
+    left it queued with nothing in its queues."""
+    make_run(store)  # queued at T
+    queued = RunState.QUEUED
+    assert stranded(store, now=T + 10, before=T + 5, state=queued) == (0, RestartRefusal.ALIVE)
+    assert stranded(store, now=T + 12, before=T + 9, state=queued) == (0, RestartRefusal.ALIVE)
+    assert stranded(store, now=T + 13, before=T + 10, state=queued) == (1, None)
+    assert store.get_run(RUN)["state"] == RunState.QUEUED and score(store, store.keys.queued) == T + 13
+
+
+def test_a_stale_first_sighting_is_taken_as_a_first_one(store):
+    """Sweeps between found a message in its queues (a redelivery, a drain's requeue): a
+    sighting older than two spans says nothing of this moment."""
+    make_run(store, RunState.RUNNING)
+    complete(store, now=T + 1)
+    assert stranded(store, now=T + 10, before=T + 5) == (0, RestartRefusal.ALIVE)
+    assert stranded(store, now=T + 100, before=T + 95) == (0, RestartRefusal.ALIVE)
+    assert float(fields_of(store, "stranded_at")[0]) == T + 100
+    assert stranded(store, now=T + 105, before=T + 100) == (1, None)
 
 
 def test_a_sign_of_life_after_a_sighting_makes_the_next_one_the_first(store):

@@ -66,7 +66,8 @@ elseif cause == CAUSE_STRANDED then
   -- last sign of life seen so again, `before` or longer after the first sighting, is lost.
   -- A first sighting older than two such spans went stale (sweeps between found a message
   -- in its queues: a redelivery, a drain's requeue): this one is the first.
-  local seen = redis.call('ZSCORE', running, run_id)
+  -- A queued run's sign of life is when it was queued; its first step's begin ends that.
+  local seen = redis.call('ZSCORE', state == STATE_QUEUED and queued or running, run_id)
   if redis.call('HLEN', inflight) > 0 or not seen or tonumber(seen) > before then
     return {0, REFUSED_ALIVE}
   end
