@@ -238,6 +238,38 @@ def test_a_key_function_or_a_component_key_that_reads_no_key_is_a_config_error()
         key_value("domain", {"domain": None}, "concurrency")
 
 
+def test_a_tick_whose_sweep_died_after_claiming_it_is_started_by_a_later_sweep_once():
+    """The claim moved the schedule on before its run started: a sweep killed in between
+    (or a start that Redis refused) lost the tick for good."""
+    from flowkit.engine import reaper, schedules
+    from flowkit.store import get_store
+
+    schedule = flowkit.schedules.create("simple", every=3600, input={"n": 1}, id="died")
+    tick = schedule["next_at"]
+    [(definition, claimed)] = schedules.claim_due(tick + 0.1)  # the sweep dies here
+    assert claimed == tick and get_store().unsettled_ticks(tick + 1) == [("died", tick)]
+    assert reaper.fire_schedules(tick + 1) == []  # claimed a moment ago: its sweep's to start
+    [run_id] = reaper.fire_schedules(tick + 0.1 + reaper.UNSETTLED_SECONDS + 1)
+    assert flowkit.get_run(run_id).idempotency_key == schedules.idempotency_key(definition, tick)
+    assert get_store().unsettled_ticks(tick + 3600) == []
+    assert reaper.fire_schedules(tick + 60) == []  # once
+    flowkit.schedules.delete("died")
+
+
+def test_a_tick_whose_sweep_died_after_starting_its_run_is_settled_without_another():
+    from flowkit.engine import reaper, schedules
+    from flowkit.store import get_store
+
+    schedule = flowkit.schedules.create("simple", every=3600, input={"n": 1}, id="half-done")
+    tick = schedule["next_at"]
+    [(definition, _)] = schedules.claim_due(tick + 0.1)
+    first = reaper._fire(get_store(), definition, tick)  # then the sweep dies
+    assert reaper.fire_schedules(tick + 0.1 + reaper.UNSETTLED_SECONDS + 1) == []
+    assert get_store().unsettled_ticks(tick + 3600) == []
+    assert [r.id for r in flowkit.list_runs(workflow="simple")] == [first]
+    flowkit.schedules.delete("half-done")
+
+
 def test_a_schedule_whose_workflow_is_gone_says_so_once_and_shows_why(caplog, flowkit_env):
     """Its workflow removed from the code, each tick logged a traceback, and nothing the
     operator reads (the schedules' listing, the doctor) told."""

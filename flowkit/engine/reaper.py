@@ -174,16 +174,48 @@ def fire_schedules(now: float | None = None) -> list[str]:
             continue
         if run_id:
             started.append(run_id)
-    for definition, tick in _latest_to_cancel(schedules.claim_due(now, store)):
+    claimed_before = (time.time() if now is None else now) - UNSETTLED_SECONDS
+    owed = _owed(store, claimed_before)
+    claimed = schedules.claim_due(now, store)
+    latest = _latest_to_cancel(claimed)
+    for definition, tick in claimed:
+        if (definition, tick) not in latest:  # an overlap="cancel" tick a later one replaced
+            store.tick_settled(definition["id"], tick)
+    for definition, tick in owed + latest:
         try:
             run_id = _fire_claimed(store, definition, tick)
-        except StoreUnavailable as exc:  # its tick is claimed: said, and the sweep goes on
-            log.error("flowkit: schedule %s could not start its tick of %s: %s",
-                      definition["id"], tick, exc)
+        except StoreUnavailable as exc:  # still owed: a later sweep starts it
+            log.error("flowkit: schedule %s could not start its tick of %s (a later sweep "
+                      "tries again): %s", definition["id"], tick, exc)
             continue
+        with contextlib.suppress(StoreUnavailable):  # still owed: started once, by its key
+            store.tick_settled(definition["id"], tick)
         if run_id:
             started.append(run_id)
     return started
+
+
+#: A tick claimed this long ago whose run is still owed was left by a sweep that died, or
+#: whose start Redis refused: a later sweep starts it (by the tick's key: once).
+UNSETTLED_SECONDS = 30.0
+
+
+def _owed(store: Store, claimed_before: float) -> list[tuple[dict, float]]:
+    """The unsettled ticks claimed before ``claimed_before`` whose schedule is still there
+    and whose run is not started yet (the others are settled now)."""
+    owed = []
+    for schedule_id, tick in store.unsettled_ticks(claimed_before):
+        definition, _ = store.schedule(schedule_id)
+        if definition is None or _tick_run(store, definition, tick) is not None:
+            store.tick_settled(schedule_id, tick)
+        else:
+            owed.append((definition, tick))
+    return owed
+
+
+def _tick_run(store: Store, definition: dict, tick: float) -> str | None:
+    """The run the schedule's ``tick`` started, if it did."""
+    return store.run_of_key(definition["workflow"], schedules.idempotency_key(definition, tick))
 
 
 def _fire_claimed(store: Store, definition: dict, tick: float) -> str | None:
@@ -209,6 +241,8 @@ def _fire_by_policy(store: Store, definition: dict, tick: float) -> str | None:
     (the caller holds the schedule's firing lock from that read to the start)."""
     overlap = definition["overlap"]
     live = _live_run(store, definition["id"])
+    if live is not None and live[0] == _tick_run(store, definition, tick):
+        return live[0]  # this tick's own run: started by a sweep before (an owed tick)
     if live is not None:
         if overlap == "skip":
             log.info("flowkit: schedule %s skipped its tick of %s: its run %s is still %s "
@@ -236,6 +270,8 @@ def _fire(store: Store, definition: dict, tick: float) -> str | None:
     try:
         run = start(get_workflow(definition["workflow"]), definition.get("input"),
                     idempotency_key=schedules.idempotency_key(definition, tick), store=store)
+    except StoreUnavailable:  # not the schedule's fault: its tick stays owed
+        raise
     except FlowkitError as exc:  # one broken schedule must not stop the sweep
         _tick_failed(store, definition["id"], tick, exc)
         return None

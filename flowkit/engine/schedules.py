@@ -284,7 +284,8 @@ def _shape(definition: dict[str, Any]) -> Any:
 def claim_due(now: float | None = None, store: Store | None = None
               ) -> list[tuple[dict[str, Any], float]]:
     """Claim every tick due by ``now`` (each once, however many sweeps run): the schedules
-    and ticks whose runs to start (the reaper starts them, keyed by schedule and tick)."""
+    and ticks whose runs to start (the reaper starts them, keyed by schedule and tick, and
+    settles each: one it could not start is started by a later sweep)."""
     store, now = store or get_store(), time.time() if now is None else now
     claimed: list[tuple[dict[str, Any], float]] = []
     for schedule_id, due_at in store.due_schedules(now):
@@ -296,16 +297,17 @@ def claim_due(now: float | None = None, store: Store | None = None
         while due_at <= now:
             late = now - due_at > GRACE  # beat was down: the ticks since are missed
             following = next_tick(definition, now if late else due_at)
-            if not store.claim_tick(schedule_id, due_at, following):
+            fires = (_last_tick_before(definition, due_at, now) if definition.get("catchup")
+                     else None) if late else due_at
+            if not store.claim_tick(schedule_id, due_at, following, fires, now):
                 break  # another sweep claimed it, and goes on from there
+            if fires is not None:
+                claimed.append((definition, fires))
             if late:
-                if definition.get("catchup"):
-                    claimed.append((definition, _last_tick_before(definition, due_at, now)))
-                else:
+                if fires is None:
                     log.warning("flowkit: schedule %s skipped ticks missed since %s",
                                 schedule_id, due_at)
                 break
-            claimed.append((definition, due_at))
             due_at = following
     return claimed
 

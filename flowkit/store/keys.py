@@ -32,7 +32,7 @@ Keys that no run script touches live outside the shards, each a single-key opera
 and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart),
 ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
-``flowkit:{schedules}:defs``, ``:due``, ``:errors``, ``:runs``, ``:buffered`` and
+``flowkit:{schedules}:defs``, ``:due``, ``:errors``, ``:runs``, ``:buffered``, ``:claimed`` and
 ``:firing:<id>`` (schedules, one slot of their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
 slot per group) and ``flowkit:cc:groups``,
@@ -227,6 +227,12 @@ class Keys:
         """HASH schedule id -> the tick it holds back until its last run ends
         (``overlap="buffer"``)."""
         return f"{self.prefix}:{{schedules}}:buffered"
+
+    @property
+    def schedule_claimed(self) -> str:
+        """ZSET ``"<schedule id> <tick>"`` -> when a sweep claimed that tick: a tick whose
+        run is owed until the sweep settles it (one that died first leaves it to the next)."""
+        return f"{self.prefix}:{{schedules}}:claimed"
 
     def schedule_firing(self, schedule_id: str) -> str:
         """STRING a lock (redis-py's): held while an ``overlap`` policy reads the schedule's

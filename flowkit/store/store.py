@@ -890,10 +890,33 @@ class Store:
         return self.redis.zrangebyscore(self.keys.schedules_due, "-inf", now, withscores=True)
 
     @_op
-    def claim_tick(self, schedule_id: str, due_at: float, next_at: float) -> bool:
-        """Move a schedule past the tick ``due_at`` (claim_tick.lua): True for one caller."""
-        return bool(self._scripts["claim_tick"](keys=[self.keys.schedules_due],
-                                                 args=[schedule_id, repr(due_at), next_at]))
+    def claim_tick(self, schedule_id: str, due_at: float, next_at: float,
+                   fires: float | None = None, now: float | None = None) -> bool:
+        """Move a schedule past the tick ``due_at`` (claim_tick.lua): True for one caller.
+        ``fires``: the tick whose run the claim owes, unsettled from ``now`` until
+        :meth:`tick_settled` (None: it owes none, a missed tick)."""
+        return bool(self._scripts["claim_tick"](
+            keys=[self.keys.schedules_due, self.keys.schedule_claimed],
+            args=[schedule_id, repr(due_at), next_at, "" if fires is None else repr(fires),
+                  0.0 if now is None else now]))
+
+    @_op
+    def unsettled_ticks(self, claimed_before: float) -> list[tuple[str, float]]:
+        """(schedule id, tick) of the ticks claimed before ``claimed_before`` whose run is
+        still owed: their sweep died, or Redis refused the start."""
+        return [(member.rpartition(" ")[0], float(member.rpartition(" ")[2])) for member
+                in self.redis.zrangebyscore(self.keys.schedule_claimed, "-inf", claimed_before)]
+
+    @_op
+    def tick_settled(self, schedule_id: str, tick: float) -> None:
+        """The claimed tick's fate is decided (its run started, skipped, held back, or why
+        not kept): it is owed no more."""
+        self.redis.zrem(self.keys.schedule_claimed, f"{schedule_id} {tick!r}")
+
+    @_op
+    def run_of_key(self, workflow: str, idempotency_key: str) -> str | None:
+        """The run an idempotency key (without owner) started, if any."""
+        return self.redis.get(self.keys.idempotency(workflow, idempotency_key, None))
 
     # -- leases and indexes (the reaper, draining) --------------------------------------
 

@@ -257,6 +257,21 @@ def test_claim_tick_first_claim_moves_the_schedule_on(store, due_at, next_at):
     assert store.due_schedules(due_at) == []
 
 
+def test_a_claimed_tick_is_owed_until_it_is_settled(store):
+    put_schedule(store, T + 60)
+    assert store.claim_tick(SCHEDULE, T + 60, T + 120, fires=T + 60, now=T + 61) is True
+    assert store.unsettled_ticks(T + 60) == []  # claimed after that
+    assert store.unsettled_ticks(T + 61) == [(SCHEDULE, T + 60)]
+    store.tick_settled(SCHEDULE, T + 60)
+    assert store.unsettled_ticks(T + 999) == []
+
+
+def test_a_missed_tick_claims_no_run(store):
+    put_schedule(store, T + 60)
+    assert store.claim_tick(SCHEDULE, T + 60, T + 999, fires=None, now=T + 900) is True
+    assert store.unsettled_ticks(T + 999) == []
+
+
 def _claimed_already(store):
     put_schedule(store, T + 60)
     assert store.claim_tick(SCHEDULE, T + 60, T + 120) is True
