@@ -59,15 +59,18 @@ def test_a_slot_is_given_back_however_the_run_ends():
     reached_gate(blocker, "tenant_work")
     second = wf.per_tenant.start({"tenant": "initech", "gate": True})
     reached_gate(second, "tenant_work")
-    queued = wf.per_tenant.start({"tenant": "initech"})
+    queued = wf.per_tenant.start({"tenant": "initech", "gate": True})
     assert flowkit.get_run(queued.id).held_for
     flowkit.cancel(blocker.id)  # cancelled: its slot goes to the next in line at once
-    assert queued.result(WAIT) == {"tenant": "initech"}
+    reached_gate(queued, "tenant_work")
+    # both slots taken (second, queued): held. It was started once queued had ended, took
+    # the free slot, and now and then succeeded before the cancel came
     cancelled_in_line = wf.per_tenant.start({"tenant": "initech"})
+    assert flowkit.get_run(cancelled_in_line.id).held_for
     flowkit.cancel(cancelled_in_line.id)  # one cancelled while held never takes a slot
-    open_gate(blocker, "tenant_work")
-    open_gate(second, "tenant_work")
-    assert second.result(WAIT)
+    for run in (blocker, second, queued):
+        open_gate(run, "tenant_work")
+    assert second.result(WAIT) and queued.result(WAIT)
     last = wf.per_tenant.start({"tenant": "initech"})
     assert last.result(WAIT) and not flowkit.get_run(last.id).held_for
 
