@@ -273,6 +273,38 @@ def test_a_tick_whose_sweep_died_after_starting_its_run_is_settled_without_anoth
     flowkit.schedules.delete("half-done")
 
 
+def test_an_owed_tick_of_a_paused_schedule_starts_no_run():
+    from flowkit.engine import reaper, schedules
+    from flowkit.store import get_store
+
+    schedule = flowkit.schedules.create("simple", every=3600, input={"n": 1}, id="paused-owed")
+    tick = schedule["next_at"]
+    schedules.claim_due(tick + 0.1)  # the sweep dies here
+    flowkit.schedules.pause("paused-owed")
+    assert reaper.fire_schedules(tick + 0.1 + reaper.UNSETTLED_SECONDS + 1) == []
+    assert get_store().unsettled_ticks(tick + 3600) == []
+    assert flowkit.list_runs(workflow="simple") == []
+    flowkit.schedules.delete("paused-owed")
+
+
+def test_an_owed_tick_that_a_later_tick_followed_starts_no_run_under_an_overlap_policy():
+    """Started late, an owed tick of an overlap="cancel" schedule cancelled the later tick's
+    run for its own; under "buffer" it ran after it."""
+    from flowkit.engine import reaper, schedules
+    from flowkit.store import get_store
+
+    schedule = flowkit.schedules.create("approval", every=20, input={"n": 1}, id="superseded",
+                                        overlap="cancel")
+    tick = schedule["next_at"]
+    schedules.claim_due(tick + 0.1)  # the sweep dies here
+    [later] = reaper.fire_schedules(tick + 20.1)  # the next tick's run: it waits for a person
+    assert reaper.fire_schedules(tick + 0.1 + reaper.UNSETTLED_SECONDS + 1) == []
+    assert get_store().unsettled_ticks(tick + 3600) == []
+    assert flowkit.get_run(later).state != "cancelled"
+    flowkit.cancel(later)
+    flowkit.schedules.delete("superseded")
+
+
 def test_a_schedule_whose_workflow_is_gone_says_so_once_and_shows_why(caplog, flowkit_env):
     """Its workflow removed from the code, each tick logged a traceback, and nothing the
     operator reads (the schedules' listing, the doctor) told."""

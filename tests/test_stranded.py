@@ -5,11 +5,18 @@ continue_with, a workflow the sweeping worker does not import)."""
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
 import redis
+import redis.exceptions
+from kombu.transport import redis as kombu_redis
 
+import flowkit
 from flowkit import config
+from flowkit import workflow as workflow_mod
+from flowkit.engine import reaper
 from flowkit.engine.reaper import _lost
 from tests import workflows as wf
 from tests.conftest import wait_until
@@ -36,3 +43,63 @@ def test_a_worker_records_the_queue_of_each_message_it_hands_off(worker, store):
     wait_until(lambda: store.run_fields(run.id, "handoff_queues")[0] is not None, timeout=10,
                message="the hand-off record")
     assert store.run_fields(run.id, "handoff_queues")[0].split() == ["flowkit"]
+
+
+def test_a_reaper_that_lacks_the_workflow_finds_a_new_run_s_message_in_its_queues(
+        store, monkeypatch):
+    """Its first message waits in a component's queue: a sweeping worker that does not
+    import the workflow looked in the run's own queue only, found it empty, and restarted
+    the run (a duplicate ahead of the line). The run records its queues when it is made."""
+    broker = redis.Redis.from_url(config.get_settings().broker)
+    run = wf.lonely.start({"n": 1})  # nobody consumes its component's queue
+    monkeypatch.delitem(workflow_mod._workflows, "lonely")  # the sweeping worker lacks it
+    lapse = store.settings.heartbeat_lapse
+    try:
+        for later in (lapse + 0.5, 2 * lapse + 1, 3 * lapse + 1.5):
+            assert run.id not in reaper.sweep(time.time() + later)["restarted"]
+        assert flowkit.get_run(run.id).restarts == 0
+    finally:
+        for key in broker.keys(f"{wf.LONELY}*"):
+            broker.delete(key)
+
+
+def test_a_broker_error_reply_is_not_an_empty_queue(store, monkeypatch):
+    """A Redis BUSY (MASTERDOWN, NOPERM) is among kombu's channel errors: it was read as "no
+    such queue", 0 messages, and every run waiting in line looked lost."""
+    broker = redis.Redis.from_url(config.get_settings().broker)
+    run = wf.simple.start({"n": 1}, delay=3600)
+    broker.lpush("flowkit", "a message")
+
+    def busy(self, queue, priority=None):
+        raise redis.exceptions.ResponseError("BUSY Redis is busy running a script")
+
+    try:
+        monkeypatch.setattr(kombu_redis.Channel, "_has_queue", busy)  # the broker's reply
+        assert _lost([run.id], store) == ([], {})  # it does not answer: none is lost
+    finally:
+        broker.delete("flowkit")
+
+
+def test_hand_offs_that_redis_refused_are_written_with_the_next_batch(store, monkeypatch):
+    """The batch was dropped: its runs' next messages then looked unsent (orphaned), and their
+    queues unknown (stranded while they waited in line)."""
+    from flowkit.engine.handoff import HandOffs
+    from flowkit.errors import StoreUnavailable
+    from flowkit.testing import LocalRedis
+
+    run = wf.simple.start({"n": 1}, delay=3600)
+    offs = HandOffs()
+    offs._pid = os.getpid()  # its writer thread not started: this test flushes
+    with LocalRedis() as away:
+        elsewhere = config.get_settings().replace(
+            redis_url=f"redis://127.0.0.1:{away.port}/1", redis_retry_seconds=0.2)
+        away.stop()
+        monkeypatch.setattr(config, "_settings", elsewhere)
+        offs.add(run.id, 0, "q-one")
+        with pytest.raises(StoreUnavailable):
+            offs.flush()
+    monkeypatch.undo()
+    offs.add(run.id, 0, "q-two")  # the same run's next hand-off, before the retry
+    offs.flush()
+    queues = store.run_fields(run.id, "handoff_queues")[0].split()
+    assert {"q-one", "q-two"} <= set(queues)

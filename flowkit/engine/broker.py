@@ -267,13 +267,17 @@ def queue_depths(queues: Iterable[str]) -> dict[str, int]:
     depths: dict[str, int] = {}
     with get_app().connection_for_read() as conn:
         conn.ensure_connection(max_retries=1)
-        missing = (ChannelError, *conn.channel_errors)
         channel = conn.channel()
         try:
             for queue in queues:
                 try:
                     depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-                except missing:
+                except ChannelError as exc:
+                    # only "no such queue" is an empty one: an error reply (a Redis BUSY,
+                    # MASTERDOWN or NOPERM, an AMQP access refusal) says nothing of its depth,
+                    # and read as 0 it made every waiting run look lost
+                    if str(getattr(exc, "reply_code", "")) != "404":
+                        raise
                     depths[queue] = 0
                     if not getattr(channel, "is_open", True):  # AMQP closes it on a 404
                         channel = conn.channel()

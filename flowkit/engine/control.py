@@ -263,6 +263,9 @@ def start(
     due = _due(now, delay, start_at)
     record = Run.new_record(run_id, workflow, input_json, now, owner, idempotency_key, queue, due)
     record["priority"] = priority
+    # where its messages go, for a reaper that does not import the workflow (reaper._lost);
+    # the hand-offs of its messages add any other (a step reached by continue_with)
+    record["handoff_queues"] = " ".join(sorted(workflow.queues(queue)))
     if workflow.concurrency is not None:
         key = workflow.concurrency.key_of(payload, owner)
         record["concurrency_group"] = f"{workflow.name}:{key}"

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 #: Pause before writing what waits: 0, the writer thread takes whatever piled up meanwhile
 #: (under load, many hand-offs share one round trip; idle, each goes at once).
 FLUSH_SECONDS = 0.0
+#: Pause before writing again what Redis refused.
+RETRY_SECONDS = 1.0
 
 
 class HandOffs:
@@ -50,8 +52,19 @@ class HandOffs:
     def flush(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, {}
-        if batch:
+        if not batch:
+            return
+        try:
             get_store().handed_off_many([(run, *record) for run, record in batch.items()])
+        except StoreUnavailable:
+            with self._lock:  # written with the next batch (a newer hand-off of a run wins)
+                for run_id, (gen, at, queues) in batch.items():
+                    newer = self._pending.get(run_id)
+                    if newer is None:
+                        self._pending[run_id] = (gen, at, queues)
+                    elif newer[0] == gen:
+                        newer[2].update(queues)
+            raise
 
     def _loop(self) -> None:
         pid = os.getpid()
@@ -63,7 +76,9 @@ class HandOffs:
             try:
                 self.flush()
             except StoreUnavailable:
-                log.warning("flowkit: could not record hand-offs (Redis away)")
+                log.warning("flowkit: could not record hand-offs (Redis away); retrying")
+                time.sleep(RETRY_SECONDS)
+                self._wake.set()
 
 
 handoffs = HandOffs()

@@ -201,12 +201,18 @@ UNSETTLED_SECONDS = 30.0
 
 
 def _owed(store: Store, claimed_before: float) -> list[tuple[dict, float]]:
-    """The unsettled ticks claimed before ``claimed_before`` whose schedule is still there
-    and whose run is not started yet (the others are settled now)."""
+    """The unsettled ticks claimed before ``claimed_before`` still owed a run (the others
+    are settled now): not of a schedule deleted or paused since (its ticks go with it), not
+    started, and not followed by a later tick already claimed when the schedule's overlap
+    policy reads its last run (started now, it would cancel, skip for or run before the
+    later tick's run)."""
     owed = []
     for schedule_id, tick in store.unsettled_ticks(claimed_before):
-        definition, _ = store.schedule(schedule_id)
-        if definition is None or _tick_run(store, definition, tick) is not None:
+        definition, next_at = store.schedule(schedule_id)
+        if (definition is None or next_at is None
+                or _tick_run(store, definition, tick) is not None
+                or (definition.get("overlap", "allow") != "allow"
+                    and next_at > schedules.next_tick(definition, tick) + 1e-3)):
             store.tick_settled(schedule_id, tick)
         else:
             owed.append((definition, tick))
