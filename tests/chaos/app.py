@@ -4,7 +4,8 @@ from celery.worker.control import control_command
 
 import flowkit
 
-app = flowkit.create_celery_app("flowkit-chaos", imports=["tests.chaos.workflows"])
+app = flowkit.create_celery_app("flowkit-chaos",
+                                imports=["tests.chaos.workflows", "tests.chaos.joins"])
 
 
 @control_command(args=[("queue", str)], signature="<queue>")

@@ -40,7 +40,7 @@ def _use_app(settings: flowkit.Settings):
     previous = broker._app
     flowkit.create_celery_app(
         "flowkit-chaos", settings=settings.replace(default_queue=QUEUE),
-        imports=["tests.chaos.workflows"],
+        imports=["tests.chaos.workflows", "tests.chaos.joins"],
     )
     return previous
 

@@ -17,7 +17,8 @@ from tests.chaos.conftest import (
     wait_for,
     waiting,
 )
-from tests.chaos.workflows import BRANCH_QUEUE, handed_on, handoff, held, joined, work
+from tests.chaos.joins import BRANCH_QUEUE, joined
+from tests.chaos.workflows import handed_on, handoff, held, work
 
 
 def test_a_worker_lost_between_steps_is_noticed_and_the_run_resumes(chaos_app, deployment):

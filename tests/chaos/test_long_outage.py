@@ -63,7 +63,8 @@ def test_worker_beat_and_web_ride_out_a_long_redis_outage(private_redis, tmp_pat
         assert started.status_code == 202, started.text
         new_run = get_run(started.json()["id"]).wait(60)
         assert new_run.state == "succeeded", worker.output()
-        assert api.get("/healthz").json()["status"] == "ok"
+        health = api.get("/healthz").json()
+        assert health["status"] == "ok", health
         assert "Unrecoverable error" not in worker.output()
     finally:
         if web.proc is not None:

@@ -12,7 +12,6 @@ import signal
 import time
 
 from celery import signals
-from celery.backends.redis import RedisBackend
 from marshmallow import fields
 
 import flowkit
@@ -150,26 +149,6 @@ def _die_on_taking_it(sender=None, request=None, **_):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# -- a join whose branch's worker died before the join counted the branch ------------
-
-#: Queue of ``joined``'s first branch, which a worker of its own takes.
-BRANCH_QUEUE = "chaos-branch"
-
-_count_part = RedisBackend.on_chord_part_return
-
-
-def _die_before_counting(self, request, state, result, **kwargs):
-    """SIGKILL this worker once a branch of a run has checkpointed, before the result
-    backend counts its part of the join, when the test asks."""
-    run_id = (request.kwargs or {}).get("run_id") if request is not None else None
-    if run_id and get_store().redis.delete(f"chaos:die-before-counting:{run_id}"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _count_part(self, request, state, result, **kwargs)
-
-
-RedisBackend.on_chord_part_return = _die_before_counting
-
-
 # -- blue/green: the same workflow at two versions, one queue each -------------------
 
 #: Set per worker process (CHAOS_VERSION) to play the code of one deployment colour.
@@ -205,9 +184,6 @@ def gathered(outputs: list) -> dict:
     first = outputs[0][0] if isinstance(outputs[0], list) else outputs[0]
     return {k: v for k, v in first.items() if k != "i"}
 
-
-#: A parallel block whose first branch runs on a queue of its own (see _die_before_counting).
-joined = flowkit.Workflow("chaos.joined", [parallel(work.queue(BRANCH_QUEUE), hold), gathered])
 
 
 @component(name="chaos.think")
