@@ -14,7 +14,7 @@ import redis.exceptions
 from kombu.transport import redis as kombu_redis
 
 import flowkit
-from flowkit import config
+from flowkit import component, config, continue_with
 from flowkit import workflow as workflow_mod
 from flowkit.engine import reaper
 from flowkit.engine.reaper import _lost
@@ -35,14 +35,34 @@ def test_a_run_whose_message_waits_in_a_queue_it_was_handed_to_is_not_lost(store
     assert _lost([run.id], store)[0] == [run.id]  # taken, never begun: lost
 
 
+@component(name="t.stranded_later")
+def later(data: dict) -> dict:
+    return data
+
+
+@component(name="t.stranded_hop")
+def hop(data: dict) -> object:
+    return continue_with(later.queue(ELSEWHERE), data)  # a queue its workflow does not name
+
+
+ELSEWHERE = "t-stranded-elsewhere"  # no worker of the session consumes it
+hopping = flowkit.Workflow("t.stranded_hopping", [hop])
+
+
 def test_a_worker_records_the_queue_of_each_message_it_hands_off(worker, store):
-    """A fan-out's items are messages the worker sends (after_task_publish): each hand-off
-    names the queue it went to (its routing key), written in the background."""
-    run = wf.fanned.start({"n": 3})
-    assert run.result(30) is not None
-    wait_until(lambda: store.run_fields(run.id, "handoff_queues")[0] is not None, timeout=10,
-               message="the hand-off record")
-    assert store.run_fields(run.id, "handoff_queues")[0].split() == ["flowkit"]
+    """The message continue_with sends goes to a queue the run's workflow does not name:
+    the hand-off names it (its routing key), written in the background."""
+    run = hopping.start({"n": 1})
+    assert ELSEWHERE not in store.run_fields(run.id, "handoff_queues")[0].split()
+    try:
+        wait_until(lambda: ELSEWHERE in (store.run_fields(run.id, "handoff_queues")[0] or ""),
+                   timeout=10, message="the hand-off record of the continued step")
+        assert _lost([run.id], store)[0] == []  # its message waits there
+    finally:
+        flowkit.cancel(run.id)
+        broker = redis.Redis.from_url(config.get_settings().broker)
+        for key in broker.keys(f"{ELSEWHERE}*"):  # its priority lists too
+            broker.delete(key)
 
 
 def test_a_reaper_that_lacks_the_workflow_finds_a_new_run_s_message_in_its_queues(
@@ -75,7 +95,8 @@ def test_a_broker_error_reply_is_not_an_empty_queue(store, monkeypatch):
 
     try:
         monkeypatch.setattr(kombu_redis.Channel, "_has_queue", busy)  # the broker's reply
-        assert _lost([run.id], store) == ([], {})  # it does not answer: none is lost
+        lost, depths = _lost([run.id], store)
+        assert lost == [] and set(depths.values()) == {None}  # unknown: none is lost
     finally:
         broker.delete("flowkit")
 

@@ -259,27 +259,26 @@ def refused_queues(app: Celery, queues: Iterable[Any]) -> dict[str, str]:
     return refused
 
 
-def queue_depths(queues: Iterable[str]) -> dict[str, int]:
+def queue_depths(queues: Iterable[str]) -> dict[str, int | None]:
     """Messages waiting in each broker queue (a Redis queue's priority lists summed), by a
     passive declare, which the Redis and AMQP transports both answer; a queue the broker
-    does not know (on Redis: an empty one) has 0. Raises the broker's connection error
-    when it does not answer."""
-    depths: dict[str, int] = {}
+    does not know (on Redis: an empty one) has 0, one whose declare the broker refused
+    (an error reply: a Redis ``BUSY``, ``MASTERDOWN`` or ``NOPERM``, an AMQP access refusal)
+    None: unknown. Raises the broker's connection error when it does not answer."""
+    depths: dict[str, int | None] = {}
     with get_app().connection_for_read() as conn:
         conn.ensure_connection(max_retries=1)
+        refused = (ChannelError, *conn.channel_errors)
         channel = conn.channel()
         try:
             for queue in queues:
                 try:
                     depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-                except ChannelError as exc:
-                    # only "no such queue" is an empty one: an error reply (a Redis BUSY,
-                    # MASTERDOWN or NOPERM, an AMQP access refusal) says nothing of its depth,
-                    # and read as 0 it made every waiting run look lost
-                    if str(getattr(exc, "reply_code", "")) != "404":
-                        raise
-                    depths[queue] = 0
-                    if not getattr(channel, "is_open", True):  # AMQP closes it on a 404
+                except refused as exc:
+                    # only "no such queue" is an empty one: read as 0, a refusal made every
+                    # run waiting in that queue look lost
+                    depths[queue] = 0 if str(getattr(exc, "reply_code", "")) == "404" else None
+                    if not getattr(channel, "is_open", True):  # AMQP closes it on an error
                         channel = conn.channel()
         finally:
             channel.close()

@@ -17,15 +17,15 @@ import os
 import threading
 import time
 
-from ..errors import StoreUnavailable
 from ..store import get_store
 
 log = logging.getLogger(__name__)
 #: Pause before writing what waits: 0, the writer thread takes whatever piled up meanwhile
 #: (under load, many hand-offs share one round trip; idle, each goes at once).
 FLUSH_SECONDS = 0.0
-#: Pause before writing again what Redis refused.
+#: Pause before writing again what Redis refused, doubled up to MAX_RETRY_SECONDS.
 RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
 
 
 class HandOffs:
@@ -56,18 +56,18 @@ class HandOffs:
             return
         try:
             get_store().handed_off_many([(run, *record) for run, record in batch.items()])
-        except StoreUnavailable:
-            with self._lock:  # written with the next batch (a newer hand-off of a run wins)
+        except Exception:
+            with self._lock:  # written with the next batch (a later generation's wins)
                 for run_id, (gen, at, queues) in batch.items():
                     newer = self._pending.get(run_id)
-                    if newer is None:
+                    if newer is None or newer[0] < gen:
                         self._pending[run_id] = (gen, at, queues)
                     elif newer[0] == gen:
                         newer[2].update(queues)
             raise
 
     def _loop(self) -> None:
-        pid = os.getpid()
+        pid, pause = os.getpid(), RETRY_SECONDS
         while self._pid == pid:
             self._wake.wait()
             self._wake.clear()
@@ -75,10 +75,14 @@ class HandOffs:
                 time.sleep(FLUSH_SECONDS)
             try:
                 self.flush()
-            except StoreUnavailable:
-                log.warning("flowkit: could not record hand-offs (Redis away); retrying")
-                time.sleep(RETRY_SECONDS)
+            except Exception as exc:  # the thread must live on: none would write them
+                if pause == RETRY_SECONDS:  # once per failing spell
+                    log.warning("flowkit: could not record hand-offs (%s); retrying", exc)
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_SECONDS)
                 self._wake.set()
+            else:
+                pause = RETRY_SECONDS
 
 
 handoffs = HandOffs()

@@ -115,7 +115,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
 COMPACT_BATCH = 8
 
 
-def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int]]:
+def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int | None]]:
     """Of the runs queued past FLOWKIT_QUEUED_TIMEOUT (or running with no step in flight
     past FLOWKIT_STALL_TIMEOUT), those whose (next) message may be lost; and the depths of
     the queues they were looked for in.
@@ -138,7 +138,8 @@ def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int]]:
     except Exception as exc:  # the broker does not answer: nothing could be re-driven now
         log.warning("flowkit reaper: cannot see the broker's queues (%s); queued runs wait", exc)
         return [], {}
-    lost = [run_id for run_id, queues in routes.items() if not any(depths[q] for q in queues)]
+    # a queue whose depth the broker would not say (None) may hold the run's message
+    lost = [run_id for run_id, queues in routes.items() if all(depths[q] == 0 for q in queues)]
     return lost, depths
 
 

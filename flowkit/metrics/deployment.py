@@ -114,7 +114,8 @@ class DeploymentCollector(Collector):
             "flowkit_queue_depth", "Messages waiting in each broker queue (steps, resumes "
             "and reaper sweeps not yet taken by a worker).", labels=["queue"])
         for queue, n in depths.items():
-            depth.add_metric([queue], n)
+            if n is not None:  # the broker refused to say (an error reply): no figure
+                depth.add_metric([queue], n)
         yield depth
 
 

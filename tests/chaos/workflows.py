@@ -185,7 +185,6 @@ def gathered(outputs: list) -> dict:
     return {k: v for k, v in first.items() if k != "i"}
 
 
-
 @component(name="chaos.think")
 def think(data: dict) -> object:
     """An agent loop: decides to go on twice, then stops."""

@@ -1834,3 +1834,13 @@ def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
     assert fields_of(store, "handoff_at") == (str(T + 4),)
     store.handed_off(RUN, 1, T + 5, ["other"])  # another generation's: nothing
     assert "other" not in fields_of(store, "handoff_queues")[0]
+
+
+def test_a_hand_off_written_late_does_not_move_the_hand_off_back(store):
+    """A batch Redis refused is written with the next one: an older time than the one
+    recorded meanwhile (which would put the hand-off behind a newer checkpoint)."""
+    make_run(store, RunState.RUNNING)
+    store.handed_off(RUN, 0, T + 5)
+    store.handed_off(RUN, 0, T + 3, ["late"])
+    assert fields_of(store, "handoff_at") == (str(T + 5),)
+    assert "late" in fields_of(store, "handoff_queues")[0].split()

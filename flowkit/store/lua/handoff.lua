@@ -9,7 +9,10 @@
 --                    there too: a step reached by continue_with, a workflow it lacks)
 -- Returns 1, or 0 when the run is unknown or in another generation.
 if redis.call('HGET', run, 'gen') ~= ARGV[1] then return 0 end
-redis.call('HSET', run, 'handoff_at', ARGV[2])
+-- a batch written late (Redis refused it first) must not move the hand-off back in time
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', run, 'handoff_at') or '0') then
+  redis.call('HSET', run, 'handoff_at', ARGV[2])
+end
 local known = redis.call('HGET', run, 'handoff_queues') or ''
 local before = known
 for queue in string.gmatch(ARGV[3], '%S+') do
