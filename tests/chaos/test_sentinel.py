@@ -286,17 +286,27 @@ def test_writes_after_a_sentinel_failover_reach_the_new_primary_at_once(sentinel
 
 
 @pytest.mark.long  # the sentinels demote the old primary ~10 s after the switch
-def test_min_replicas_to_write_loses_no_acknowledged_write_at_a_sentinel_failover(
+def test_min_replicas_to_write_loses_at_most_the_writes_in_flight_at_a_sentinel_failover(
         sentinel_group):
     """With min-replicas-to-write 1 (the README's advice) the old primary refuses the writes
     it would lose (NOREPLICAS, once its replica left it), and flowkit resends them, asking
-    the sentinels again, until a primary with its replica takes them: none is lost."""
+    the sentinels again, until a primary with its replica takes them. What Redis leaves is
+    the instant of the promotion: the setting checks that a replica is connected, not that
+    it holds the write (WAIT would), so a write acknowledged as the replica stopped
+    replicating can be lost; a fresh-clone run lost one of 53. Without the setting, the
+    writes of those seconds were lost (469 of 490)."""
     primary, replica, _ = sentinel_group
     for node in (primary, replica):
         redis.Redis(port=node.port).config_set("min-replicas-to-write", 1)
     acknowledged, _, promoted = write_through_a_failover(sentinel_group)
     lost = [i for i in acknowledged if not promoted.exists(f"w:{i}")]
-    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:20]}"
+    assert len(lost) <= IN_FLIGHT_AT_THE_PROMOTION, (
+        f"{len(lost)} of {len(acknowledged)} acknowledged writes lost: {lost[:20]}")
+
+
+#: Writes (one at a time) acknowledged in the instant the promoted replica stopped
+#: replicating from the old primary: a bound, not a count.
+IN_FLIGHT_AT_THE_PROMOTION = 3
 
 
 def test_sentinels_that_refuse_their_credentials_are_said_to_not_a_wrong_service(flowkit_env):
