@@ -544,6 +544,9 @@ def test_a_step_whose_lease_lapsed_is_said_lost_on_the_workers_page_and_its_run_
         api, client, store, page):
     """A killed worker's step was listed as running, and its run's page said "running" and
     nothing else, for as long as no worker came back."""
+    # the store fixture's flush took the session worker's presence with it: until its next
+    # beat the run would be said to wait "once a worker is up" (a fresh-clone run saw it)
+    wait_until(lambda: control.live_workers(), 20, "the session worker's presence")
     run = start(client, "lonely", {"n": 1})  # its queue has no consumer: nothing renews it
     gen = flowkit.get_run(run["id"]).gen
     begun = store.begin_step(run["id"], "0:t.add_one", gen, "t0", "ghost@host:9",
