@@ -116,9 +116,9 @@ COMPACT_BATCH = 8
 
 
 def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int | None]]:
-    """Of the runs queued past FLOWKIT_QUEUED_TIMEOUT (or running with no step in flight
-    past FLOWKIT_STALL_TIMEOUT), those whose (next) message may be lost; and the depths of
-    the queues they were looked for in.
+    """Of the runs given (queued, or running with no step in flight, for a while: stranded,
+    past FLOWKIT_QUEUED_TIMEOUT or FLOWKIT_STALL_TIMEOUT), those whose (next) message may be
+    lost; and the depths of the queues they were looked for in.
 
     A run whose queues still hold messages waits in line (a backlog longer than the
     timeout): re-driving it would put a duplicate ahead of the line at every timeout, and
