@@ -120,3 +120,29 @@ def test_hand_offs_that_redis_refused_are_written_with_the_next_batch(store, mon
     offs.flush()
     queues = store.run_fields(run.id, "handoff_queues")[0].split()
     assert {"q-one", "q-two"} <= set(queues)
+
+
+def test_a_sweep_asks_the_broker_about_each_queue_once(store, monkeypatch):
+    """Its passes (queued too long, stranded queued) each asked about the run's queues: a
+    broker connection and a passive declare per queue and pass, four a sweep at most."""
+    broker = redis.Redis.from_url(config.get_settings().broker)
+    run = wf.lonely.start({"n": 1})  # its message waits where nobody consumes: not lost
+    asked: list[str] = []
+    looked_up = reaper.queue_depths
+
+    def counted(queues):
+        queues = list(queues)
+        asked.extend(queues)
+        return looked_up(queues)
+
+    monkeypatch.setattr(reaper, "queue_depths", counted)
+    settings = store.settings
+    later = max(settings.queued_timeout, settings.heartbeat_lapse) + 1
+    try:
+        assert run.id not in reaper.sweep(time.time() + later)["restarted"]
+        assert wf.LONELY in asked  # the queued passes looked for its message
+        assert len(asked) == len(set(asked)), f"queues asked about twice: {sorted(asked)}"
+    finally:
+        flowkit.cancel(run.id)
+        for key in broker.keys(f"{wf.LONELY}*"):
+            broker.delete(key)

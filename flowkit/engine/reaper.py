@@ -42,6 +42,7 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     store, settings = get_store(), get_settings()
     now = time.time() if now is None else now
     report: dict[str, list[str]] = {"restarted": [], "gave_up": []}
+    depths = QueueDepths()  # each queue asked about once a sweep, however many passes ask
 
     def restart(run_id: str, state: RunState, reason: str, cause: RestartCause, what: str,
                 step: str = "", before: float = 0.0) -> None:
@@ -75,12 +76,12 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
                 lost, step=step)
     limit = now - settings.queued_timeout
     queued = f"still queued after {settings.queued_timeout:g}s (message lost?)"
-    lost, depths = _lost(store.queued_before(limit), store)
+    lost, seen = _lost(store.queued_before(limit), store, depths)
     for run_id in lost:
         restart(run_id, RunState.QUEUED, queued, RestartCause.QUEUED_TOO_LONG, queued, before=limit)
     # runs waited that long in queues that hold messages: does a free worker ignore them?
-    consumers.record(store, consumers.stuck(live_workers(store), depths, now,
-                                            settings.queued_timeout) if any(depths.values()) else [])
+    consumers.record(store, consumers.stuck(live_workers(store), seen, now,
+                                            settings.queued_timeout) if any(seen.values()) else [])
     limit = now - lapse
     orphaned = "worker lost between steps (it stopped beating before sending the next one)"
     quiet = store.quiet_since(limit)
@@ -89,17 +90,18 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     stranded = (f"stranded: no step in flight and no message in its queues for {lapse:g}s "
                 "(its next message, or a branch's part of a join, was lost with a worker or "
                 "refused by the broker)")
-    for run_id in _lost([r for r in quiet if r not in report["restarted"]], store)[0]:
+    for run_id in _lost([r for r in quiet if r not in report["restarted"]], store, depths)[0]:
         restart(run_id, RunState.RUNNING, stranded, RestartCause.STRANDED, stranded,
                 before=limit)
     unsent = (f"stranded: queued with no message in its queues for {lapse:g}s (a worker "
               "took it and was lost, or it was never sent)")
     waiting = [r for r in store.queued_before(limit) if r not in report["restarted"]]
-    for run_id in _lost(waiting, store)[0]:
+    for run_id in _lost(waiting, store, depths)[0]:
         restart(run_id, RunState.QUEUED, unsent, RestartCause.STRANDED, unsent, before=limit)
     limit = now - settings.stall_timeout
     stalled = f"no step in flight for {settings.stall_timeout:g}s"
-    for run_id in _lost(store.quiet_since(limit), store)[0]:  # not its next step waiting in line
+    # not its next step waiting in line
+    for run_id in _lost(store.quiet_since(limit), store, depths)[0]:
         restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
     report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
     report["scheduled"] = fire_schedules(now)
@@ -115,7 +117,26 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
 COMPACT_BATCH = 8
 
 
-def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int | None]]:
+class QueueDepths:
+    """The depths of the broker's queues, each looked up once: a sweep's passes (queued too
+    long, stranded running, stranded queued, stalled) mostly ask about the same queues, and
+    each look-up is a broker connection and a passive declare per queue (on RabbitMQ, four
+    connections a sweep on every sweeping worker). A depth read a few milliseconds earlier
+    in the same sweep is as good: a stranded run must be seen so twice, a lapse apart."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, int | None] = {}
+
+    def of(self, queues: set[str]) -> dict[str, int | None]:
+        """The depths of ``queues``; raises the broker's connection error as
+        :func:`~flowkit.engine.broker.queue_depths` does (a later pass asks again)."""
+        if missing := queues - self.known.keys():
+            self.known.update(queue_depths(missing))
+        return {queue: self.known[queue] for queue in queues}
+
+
+def _lost(run_ids: list[str], store: Store, depths: QueueDepths | None = None
+          ) -> tuple[list[str], dict[str, int | None]]:
     """Of the runs given (queued, or running with no step in flight, for a while: stranded,
     past FLOWKIT_QUEUED_TIMEOUT or FLOWKIT_STALL_TIMEOUT), those whose (next) message may be
     lost; and the depths of the queues they were looked for in.
@@ -134,13 +155,13 @@ def _lost(run_ids: list[str], store: Store) -> tuple[list[str], dict[str, int | 
     routes = {run_id: _queues(workflow, queue or default) | set((sent or "").split())
               for run_id, (workflow, queue, sent) in zip(run_ids, fields, strict=True)}
     try:
-        depths = queue_depths(set().union(*routes.values()))
+        seen = (depths or QueueDepths()).of(set().union(*routes.values()))
     except Exception as exc:  # the broker does not answer: nothing could be re-driven now
         log.warning("flowkit reaper: cannot see the broker's queues (%s); queued runs wait", exc)
         return [], {}
     # a queue whose depth the broker would not say (None) may hold the run's message
-    lost = [run_id for run_id, queues in routes.items() if all(depths[q] == 0 for q in queues)]
-    return lost, depths
+    lost = [run_id for run_id, queues in routes.items() if all(seen[q] == 0 for q in queues)]
+    return lost, seen
 
 
 def _queues(workflow: str | None, own: str) -> set[str]:
