@@ -281,6 +281,56 @@ def test_a_failed_run_shows_its_error_and_retry_runs_it_again(api, client, page)
     assert client.get(f"/runs/{run['id']}").json()["state"] == "succeeded"
 
 
+def test_the_failed_runs_listed_are_retried_together_and_each_refusal_is_said(
+        api, client, page):
+    """An incident's failed runs were retried one page at a time (the CLI's `retry --failed`
+    aside). The list filtered to failed runs retries those shown, after a confirmation; a run
+    the API refuses (retried elsewhere meanwhile: 409) is named with the API's reason."""
+    runs = [start(client, "exhausted", {"n": i}) for i in range(3)]
+    for run in runs:
+        assert finished(client, run["id"])["state"] == "failed"
+    refused = runs[0]["id"]
+    page.route(f"**/runs/{refused}/retry", lambda route: route.fulfill(
+        status=409, content_type="application/json", body=json.dumps({"error": {
+            "code": "invalid_state", "fields": {},
+            "message": f"Run {refused} is succeeded; only failed runs can be retried."}})))
+    page.goto(f"{api.url}/ui?state=failed&workflow=exhausted")
+    for run in runs:
+        row(page, run["id"]).wait_for()
+    button = page.locator("#retry-shown")
+    expect(button).to_have_text(re.compile(r"^Retry the \d+ failed runs shown$"))
+    asked = []
+
+    def confirm(dialog):
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", confirm)
+    button.click()
+    expect(page.locator("#bulk-status")).to_have_text(re.compile(
+        rf"^Retried (\d+) of (\d+) failed runs\. Not retried: {refused}: Run {refused} is "
+        r"succeeded; only failed runs can be retried\.$"))
+    assert re.fullmatch(r"Retry the \d+ failed runs shown\? Each resumes from its failed "
+                        r"step\.", asked[0]), asked
+    for run in runs[1:]:
+        assert finished(client, run["id"])["state"] == "succeeded"
+    assert client.get(f"/runs/{refused}").json()["state"] == "failed"  # its retry was refused
+    expect(row(page, refused)).to_have_count(1)  # still listed: still failed
+    for run in runs[1:]:  # the list follows: retried, they are no longer failed
+        expect(row(page, run["id"])).to_have_count(0)
+
+
+def test_the_retry_button_shows_only_on_failed_runs(api, client, page):
+    run = start(client, "simple", {"n": 1})
+    assert finished(client, run["id"])["state"] == "succeeded"
+    page.goto(f"{api.url}/ui")
+    row(page, run["id"]).wait_for()
+    expect(page.locator("#retry-shown")).to_be_hidden()
+    page.select_option("#f-state", "succeeded")
+    row(page, run["id"]).wait_for()
+    expect(page.locator("#retry-shown")).to_be_hidden()
+
+
 def test_a_failed_runs_page_follows_a_retry_made_elsewhere(api, client, page):
     """Its stream ended at the failure: the page stayed "failed" with its Retry button
     after another tab or the API retried the run, and its Retry then said "is succeeded"."""

@@ -31,10 +31,16 @@ export function runsView(main, client) {
   const body = h("tbody", { id: "runs" });
   const status = h("p", { class: "muted", id: "runs-status", "aria-live": "polite" });
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  // Failed runs listed (the state filter at "failed"): retried together, as `flowkit retry
+  // --failed` does from a terminal (an incident's hundred failed runs were retried one page
+  // each). Only the rows shown: what a person sees is what they retry.
+  const retryShown = h("button", { type: "button", id: "retry-shown", hidden: true, onclick: () => retryFailed() });
+  const bulkStatus = h("p", { id: "bulk-status", "aria-live": "polite" });
+  const bulk = h("div", { class: "actions" }, retryShown, bulkStatus);
   const table = h("table", { class: "runs" }, h("thead", {}, h("tr", {},
     ["Run", "Workflow", "State", "Owner", "Created", "Duration", "Steps", "Tokens", "Cost", "Restarts", "Detail"].map((c) => h("th", { scope: "col" }, c)))), body);
   // the table scrolls in its own box: on a phone (360 px) it pushed the whole page sideways
-  fill(main, h("h1", {}, "Runs"), form, h("div", { class: "scroll" }, table), status, pager);
+  fill(main, h("h1", {}, "Runs"), form, bulk, h("div", { class: "scroll" }, table), status, pager);
 
   client.request("GET", "/workflows").then(({ workflows }) => {
     for (const wf of workflows) workflowSelect.append(h("option", { value: wf.name }, wf.name));
@@ -46,6 +52,32 @@ export function runsView(main, client) {
     filters.owner = ownerInput.value.trim(); filters.q = idInput.value.trim(); filters.before = before;
     const qs = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
     history.replaceState(null, "", `${location.pathname}${qs.toString() ? "?" + qs : ""}`);
+    poll();
+  }
+
+  let shown = [];  // the runs of the rows shown
+  let retrying = false;
+  async function retryFailed() {
+    const ids = shown.filter((r) => r.state === "failed").map((r) => r.id);
+    const runs = `${ids.length} failed run${ids.length === 1 ? "" : "s"}`;
+    if (!ids.length || retrying || !confirm(`Retry the ${runs} shown? Each resumes from its failed step.`)) return;
+    retrying = true;
+    retryShown.disabled = true;
+    bulkStatus.className = "muted";
+    const refused = [];
+    for (const [i, id] of ids.entries()) {
+      bulkStatus.textContent = `Retrying ${i + 1} of ${ids.length}…`;
+      try {
+        await client.retry(id);
+      } catch (error) {  // retried elsewhere meanwhile (409), gone, or the API away
+        refused.push(`${id}: ${error.message}`);
+      }
+    }
+    bulkStatus.className = refused.length ? "error" : "muted";
+    bulkStatus.textContent = `Retried ${ids.length - refused.length} of ${runs}.` +
+      (refused.length ? ` Not retried: ${refused.join("; ")}` : "");
+    retrying = false;
+    retryShown.disabled = false;
     poll();
   }
 
@@ -126,6 +158,10 @@ export function runsView(main, client) {
 
   function render(runs, next) {
     const now = Date.now() / 1000;
+    shown = runs;
+    const failed = runs.filter((r) => r.state === "failed").length;
+    retryShown.hidden = !(filters.state === "failed" && failed);
+    retryShown.textContent = `Retry the ${failed} failed run${failed === 1 ? "" : "s"} shown`;
     fill(body, runs.map((run) => {
       const end = run.finished_at ?? (["running", "waiting", "queued"].includes(run.state) ? now : null);
       const began = run.started_at ?? run.created_at;
