@@ -356,6 +356,7 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
         else:
             result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
     except BaseException as exc:
+        ctx.failure = exc
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
                  time.monotonic() - began)
         if _exits(exc):

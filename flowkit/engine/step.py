@@ -56,6 +56,8 @@ class StepContext:
     started: float = field(default_factory=time.monotonic)
     #: Set when this attempt timed out: whatever it still sends is refused.
     abandoned: bool = False
+    #: What the attempt's code raised, once it has: a stream it left open ends with it.
+    failure: BaseException | None = field(default=None, repr=False)
     _calls: int = field(default=0, repr=False)
     _input: Any = field(default=None, repr=False)
     #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,

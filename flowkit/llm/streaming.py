@@ -18,7 +18,7 @@ import openai
 
 from ..config import get_settings
 from ..engine.step import StepContext
-from ..errors import StepTimeout
+from ..errors import StepError, StepTimeout, describe_error
 
 
 class ChunkBatcher:
@@ -242,10 +242,17 @@ class TracedStream:
         return self._ctx is not None and self._ctx.abandoned
 
     def _abandon_error(self) -> BaseException | None:
-        """Why the attempt left this stream unfinished, when it failed: it timed out."""
+        """Why the attempt left this stream unfinished, when it failed: it timed out, or its
+        code raised (the span said ``ok`` for a call whose answer the failed attempt
+        dropped half-read). None when the attempt went on without it (a loop left with
+        ``break`` in a step that succeeded, a wait)."""
         if self._abandoned():
             return StepTimeout("the step's attempt timed out while this stream was read: "
                                "the stream was dropped")
+        failure = self._ctx.failure if self._ctx is not None else None
+        if isinstance(failure, Exception):  # not a signal: a wait, a closed generator
+            return StepError(f"the step's attempt failed ({describe_error(failure)}) while "
+                             "this stream was read: the stream was dropped")
         return None
 
     def close(self) -> None:

@@ -49,6 +49,18 @@ def test_a_stream_left_unclosed_is_recorded_when_its_attempt_ends(llm):
     assert span["status"] == "ok" and span["stream"] is True and span["provider"] == "primary"
 
 
+def test_a_stream_left_open_by_an_attempt_that_failed_is_an_error_span(llm):
+    """Its span said ``ok``, with the half-read answer as the call's output."""
+    run = wf.stream_failed.start({"prompt": "tell me a story", "max_tokens": 30})
+    with pytest.raises(StepError, match="no use for"):
+        run.result(timeout=30)
+    [span] = llm_spans(run)
+    assert span["status"] == "error" and span["stream"] is True
+    assert span["error"].startswith("StepError: the step's attempt failed (ValueError: no use "
+                                    "for "), span["error"]
+    assert span["error"].endswith("while this stream was read: the stream was dropped")
+
+
 def test_the_trace_records_each_call_with_tokens_and_latency(llm):
     primary, _ = llm
     primary.configure(latency=0.1, token_latency=0.01)

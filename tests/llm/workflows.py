@@ -145,7 +145,18 @@ def stream_break(data: dict) -> dict:
     return {"first": None}
 
 
+@component(name="llmtest.stream_then_fail")
+def stream_then_fail(data: dict) -> dict:
+    """Fails on its stream's first words, the stream neither read to its end nor closed."""
+    for chunk in _ask("plain", data["prompt"], max_tokens=data["max_tokens"], stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            raise ValueError(f"no use for {chunk.choices[0].delta.content!r}")
+    return {}
+
+
 asking = flowkit.Workflow("llmtest_ask", [ask], input_schema=prompt_schema, queue=QUEUE)
+stream_failed = flowkit.Workflow("llmtest_stream_then_fail", [stream_then_fail.retry(attempts=1)],
+                                 input_schema=prompt_schema, queue=QUEUE)
 stream_broken = flowkit.Workflow("llmtest_stream_break", [stream_break],
                                  input_schema=prompt_schema, queue=QUEUE)
 streaming = flowkit.Workflow("llmtest_stream", [stream], input_schema=prompt_schema, queue=QUEUE)
