@@ -163,6 +163,22 @@ def forgets_await(data: dict) -> dict:
     return {"n": add_one(data)}
 
 
+@component(name="a.slow_first_call")
+async def slow_first_call(data: dict) -> dict:
+    """A sub-step whose first call in a run outlasts its 0.2 s timeout."""
+    if count("slow_first_call") == 1:
+        await asyncio.sleep(5)
+    return {"n": data["n"] + 1}
+
+
+@component(name="a.retries_slow_sub_step")
+async def retries_slow_sub_step(data: dict) -> dict:
+    out = await slow_first_call.timeout(0.2).retry(
+        attempts=2, backoff=flowkit.exponential(0.05, 0.05), jitter=False)(data)
+    flowkit.emit("the step goes on")
+    return out
+
+
 def build(queue: str) -> dict[str, flowkit.Workflow]:
     def wf(name: str, steps: list, **kw) -> flowkit.Workflow:
         return flowkit.Workflow(f"{name}_{queue}", steps, queue=queue, **kw)
@@ -191,6 +207,8 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "caching": wf("async_caching", [cached.cache(ttl=60)]),
         "forgetting": wf("async_forgetting", [forgets_await], input_schema=number),
         "gathering": wf("async_gathering", [gatherer]),
+        "sub_step_retried": wf("async_sub_step_retried", [retries_slow_sub_step],
+                               input_schema=number),
     }
 
 

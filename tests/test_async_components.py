@@ -107,6 +107,15 @@ def test_a_timeout_cancels_the_coroutine(on, pool):
     assert wait_until(lambda: marked(run, "sleeper_stopped"), 10, "the coroutine's finally")
 
 
+def test_an_async_sub_step_that_timed_out_is_retried_and_its_step_goes_on(on):
+    """Its timeout marked the whole step's attempt abandoned: the run hung."""
+    run = on("threads")["sub_step_retried"].start({"n": 1})
+    assert run.result(WAIT) == {"n": 2}
+    assert counts(run) == {"slow_first_call": 2}
+    assert [e.data["chunk"] for e in run.events() if e.type == "step.output"] == [
+        "the step goes on"]
+
+
 def test_a_sync_step_that_forgets_await_fails_at_once_saying_so(on):
     run = on("threads")["forgetting"].start({"n": 1})
     with pytest.raises(StepError) as failed:

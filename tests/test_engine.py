@@ -603,6 +603,22 @@ def test_an_abandoned_attempt_s_late_sub_step_is_not_kept_for_the_next_attempt()
     assert ended.output == {"made_by_attempt": 2}, [(e.type, e.data) for e in run.events()]
 
 
+def test_a_sub_step_that_timed_out_is_retried_and_its_step_goes_on():
+    """Its timeout marked the whole step's attempt abandoned: the step's outcome was
+    dropped ("cancelled or restarted"), and the run hung until the reaper restarted it."""
+    run = wf.sub_step_retried.start({})
+    assert run.result(WAIT) == {"call": 2}
+    chunks = [e.data["chunk"] for e in run.events() if e.type == "step.output"]
+    assert chunks == ["the step goes on"]  # the timed-out call's late text was refused
+    assert "step.retrying" not in types(run)  # the sub-step retried, not the step
+
+
+def test_a_step_that_catches_its_sub_step_s_timeout_goes_on_without_it():
+    run = wf.sub_step_caught.start({})
+    assert run.result(WAIT) == {"fallback": True}
+    assert [e.data["chunk"] for e in run.events() if e.type == "step.output"] == ["fell back"]
+
+
 def test_a_run_cancelled_while_its_step_waits_to_retry_gets_no_next_attempt(caplog):
     """The cancel was checked before the backoff only: the next attempt (a side effect)
     ran up to a backoff's length (30 s at most) after the user cancelled."""

@@ -145,6 +145,41 @@ def times_out_once(data: dict) -> dict:
     return slow_sub({"attempt": flowkit.context().attempt})
 
 
+@component(name="t.slow_first_call")
+def slow_first_call(data: dict) -> dict:
+    """A sub-step whose first call in a run outlasts its 0.2 s timeout, then tries to send
+    (refused: that call timed out) and says it tried."""
+    call = count("slow_first_call")
+    if call == 1:
+        time.sleep(0.4)
+        try:
+            flowkit.emit("late text of the call that timed out")
+        finally:
+            _redis().rpush(f"late:{flowkit.context().run_id}", "tried")
+    return {"call": call}
+
+
+@component(name="t.retries_slow_sub_step")
+def retries_slow_sub_step(data: dict) -> dict:
+    """Its sub-step's first attempt times out, its second answers; the step then waits for
+    the first one's late send, so that the run's stream would show it."""
+    out = slow_first_call.timeout(0.2).retry(
+        attempts=2, backoff=flowkit.exponential(0.05, 0.05), jitter=False)(data)
+    _redis().blpop(f"late:{flowkit.context().run_id}", timeout=10)
+    flowkit.emit("the step goes on")
+    return out
+
+
+@component(name="t.falls_back")
+def falls_back(data: dict) -> dict:
+    """Catches its sub-step's timeout and answers without it."""
+    try:
+        return slow_first_call.timeout(0.2)(data)
+    except flowkit.StepTimeout:
+        flowkit.emit("fell back")  # the step's own send: it was refused as abandoned
+        return {"fallback": True}
+
+
 @component(name="t.always_fails")
 def always_fails(data: dict) -> dict:
     count("always_fails")
@@ -357,6 +392,8 @@ half_failed = flowkit.Workflow("half-failed", [parallel(gated, breaks.retry(atte
 # (its worst case, 0.9 s, stays under the 1.05 s test_engine's visibility check expects)
 abandoning = flowkit.Workflow("abandoning", [times_out_once.timeout(0.3).retry(
     attempts=2, backoff=flowkit.exponential(0.3, 0.3), jitter=False)])
+sub_step_retried = flowkit.Workflow("sub-step-retried", [retries_slow_sub_step])
+sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
 patient_retries = flowkit.Workflow("patient-retries", [patient.retry(

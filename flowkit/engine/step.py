@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import time
@@ -40,6 +41,54 @@ log = logging.getLogger(__name__)
 ETA_AFTER_SECONDS = 1.0
 
 
+class _TimedCall:
+    """One attempt of a sub-step with a ``.timeout()``, as its own thread (or task) sees
+    it. Python cannot stop the thread of an attempt that timed out: it runs on, and what it
+    still sends (events, sub-steps, an LLM stream's text) is refused. The step that called
+    it goes on: it retries the sub-step, or catches its StepTimeout. Marking the whole
+    step's attempt abandoned instead dropped the step's own outcome, and its run hung until
+    the reaper restarted it."""
+
+    def __init__(self) -> None:
+        self.outer = _TIMED_CALL.get()  # a timed sub-step inside another one
+        self.timed_out = False
+
+    @property
+    def abandoned(self) -> bool:
+        return self.timed_out or (self.outer is not None and self.outer.abandoned)
+
+
+#: The timed sub-step attempt whose thread or task this is (None: the step's own).
+_TIMED_CALL: contextvars.ContextVar[_TimedCall | None] = contextvars.ContextVar(
+    "flowkit_timed_call", default=None)
+
+
+class _TimedAttempts:
+    """A timed sub-step's function, each call (attempt) in a :class:`_TimedCall` of its
+    own, set in the context of the thread or task that runs it; :meth:`timed_out` marks
+    the latest one."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.latest: _TimedCall | None = None
+
+    def _enter(self) -> None:
+        self.latest = _TimedCall()
+        _TIMED_CALL.set(self.latest)  # in the attempt's own (copied) context only
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self._enter()
+        return self.fn(*args, **kwargs)
+
+    async def run_async(self, *args: Any, **kwargs: Any) -> Any:
+        self._enter()
+        return await self.fn(*args, **kwargs)
+
+    def timed_out(self) -> None:
+        if self.latest is not None:
+            self.latest.timed_out = True
+
+
 @dataclass
 class StepContext:
     """What a running step knows about its run. Read it with :func:`flowkit.context`."""
@@ -54,8 +103,8 @@ class StepContext:
     #: The worker process running it (``celery-node:pid``).
     worker: str = ""
     started: float = field(default_factory=time.monotonic)
-    #: Set when this attempt timed out: whatever it still sends is refused.
-    abandoned: bool = False
+    #: Set when this attempt timed out: whatever it still sends is refused (see abandoned).
+    _abandoned: bool = field(default=False, repr=False)
     #: What the attempt's code raised, once it has: a stream it left open ends with it.
     failure: BaseException | None = field(default=None, repr=False)
     _calls: int = field(default=0, repr=False)
@@ -161,11 +210,12 @@ class StepContext:
         if stored is not None:
             return loads(stored)
         pol = component.policy
-
-        def attempt() -> Any:
-            return call_with_timeout(component.fn, args, kwargs, pol.timeout, self.abandon)
-
-        value = pol.call(attempt)
+        if pol.timeout is None:
+            value = pol.call(lambda: component.fn(*args, **kwargs))
+        else:
+            timed = _TimedAttempts(component.fn)
+            value = pol.call(lambda: call_with_timeout(timed.run, args, kwargs, pol.timeout,
+                                                       timed.timed_out))
         return self._save_sub_step(key, value)
 
     def _save_sub_step(self, key: str, value: Any) -> Any:
@@ -206,8 +256,9 @@ class StepContext:
         stored = self.store.checkpoint(self.run_id, key)
         if stored is not None:
             return loads(stored)
-        value = await call_with_policy(component.fn, args, kwargs, component.policy,
-                                       self.abandon)
+        timed = _TimedAttempts(component.fn)
+        value = await call_with_policy(timed.run_async, args, kwargs, component.policy,
+                                       timed.timed_out)
         return self._save_sub_step(key, value)
 
     # -- waits ------------------------------------------------------------------------
@@ -324,7 +375,14 @@ class StepContext:
 
     def abandon(self) -> None:
         """This attempt timed out: its further events raise RunCancelled in its thread."""
-        self.abandoned = True
+        self._abandoned = True
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether what this thread sends is refused: the step's attempt timed out, or this
+        is the thread (or task) of a timed sub-step's attempt that did."""
+        call = _TIMED_CALL.get()
+        return self._abandoned or (call is not None and call.abandoned)
 
 
 def _deadline(timeout: float | None) -> float | None:
