@@ -185,7 +185,10 @@ def celery_config(settings: Settings) -> dict:
                             "priority": message_priority(CONTINUED_PRIORITY, broker),
                             "queue": reaper_queue(settings.default_queue)},
             },
-            "flowkit-retention": {"task": "flowkit.retention", "schedule": 3600.0,
+            # hourly, or twice a retention when that is shorter (expired runs' entries stay
+            # in the listing indexes until it runs: listings skip them, at a read each)
+            "flowkit-retention": {"task": "flowkit.retention",
+                                  "schedule": min(3600.0, max(60.0, settings.retention_seconds / 2)),
                                   "options": {"queue": reaper_queue(settings.default_queue)}},
         },
     }

@@ -969,11 +969,15 @@ class Store:
 
     @_op
     def trim_indexes(self, cutoff: float) -> int:
-        """Drop runs created before ``cutoff`` from the listing indexes, and workers not seen
-        since; returns how many run entries went."""
-        removed = self.redis.zremrangebyscore(self.keys.runs, "-inf", cutoff)
+        """Drop the runs created before ``cutoff`` whose keys expired from the listing
+        indexes, and workers not seen since; returns how many run entries went. A run made
+        that long ago may live on (waiting for a person, a delayed start, one that ended
+        within its retention): it stays listed while its record is there. Every run created
+        before the cutoff went, live or not: it vanished from ``GET /runs``, ``flowkit runs``
+        and the dashboard while ``GET /runs/<id>`` showed it waiting."""
+        removed = self._trim_expired(self.keys.runs, cutoff)
         for key in self.redis.scan_iter(match=self.keys.runs_of("*"), count=200):
-            removed += self.redis.zremrangebyscore(key, "-inf", cutoff)
+            removed += self._trim_expired(key, cutoff)
         self.redis.zremrangebyscore(self.keys.workers, "-inf", cutoff)
         alive = {worker.rpartition(":")[0] for worker in self.redis.zrange(self.keys.workers, 0, -1)}
         gone = [node for node in self.redis.hkeys(self.keys.nodes) if node not in alive]
@@ -986,17 +990,30 @@ class Store:
         """A run that waited untouched past its retention expired with its keys: its entry in
         the waiting index (flowkit.metrics counts it) goes too."""
         for shard in range(SHARDS):
-            index = self.keys.waiting(shard)
-            old = self.redis.zrangebyscore(index, "-inf", cutoff)
+            self._trim_expired(self.keys.waiting(shard), cutoff)
+
+    #: Index entries read (and their runs looked up) per round trip while trimming.
+    TRIM_BATCH = 500
+
+    def _trim_expired(self, index: str, cutoff: float) -> int:
+        """Remove from the sorted set ``index`` the runs scored before ``cutoff`` whose
+        record no longer exists; returns how many went."""
+        removed, start = 0, 0
+        while True:
+            old = self.redis.zrangebyscore(index, "-inf", cutoff, start=start,
+                                           num=self.TRIM_BATCH)
             if not old:
-                continue
+                return removed
             pipe = self.redis.pipeline(transaction=False)
             for run_id in old:
                 pipe.exists(self.keys.run(run_id))
             expired = [run_id for run_id, there in zip(old, pipe.execute(), strict=True)
                        if not there]
             if expired:
-                self.redis.zrem(index, *expired)
+                removed += self.redis.zrem(index, *expired)
+            start += len(old) - len(expired)  # the live ones stay ahead of the next batch
+            if len(old) < self.TRIM_BATCH:
+                return removed
 
     @_op
     def workers_seen_since(self, since: float) -> list[tuple[str, float]]:

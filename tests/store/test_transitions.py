@@ -1825,6 +1825,21 @@ def test_a_lower_case_cursor_pages_as_its_run_id_does(store):
         assert [r.id for r in list_runs(before=cursor, store=store)] == ids[1:]
 
 
+def test_the_retention_trim_keeps_old_runs_that_still_exist_in_the_listings(store):
+    """Every run created before the cutoff left the listings, live or not: a run waiting
+    for a person past the retention vanished from GET /runs and the dashboard."""
+    live = make_run(store, RunState.RUNNING, run_id="run-live")  # made at T, still going
+    ended = make_run(store, RunState.SUCCEEDED, run_id="run-ended")  # within its retention
+    gone = make_run(store, run_id="run-expired")
+    store.redis.delete(store.keys.run(gone))  # its keys expired
+    store.TRIM_BATCH = 2  # the live ones ahead of a batch do not stop the trim
+
+    assert store.trim_indexes(cutoff=T + 3600) == 2  # from the index of all and its workflow's
+    assert [r["id"] for r in store.list_runs(None, None, 10, None)] == [live, ended]
+    assert [r["id"] for r in store.list_runs("wf", None, 10, None)] == [live, ended]
+    assert store.redis.zscore(store.keys.runs, gone) is None
+
+
 def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
     make_run(store, RunState.RUNNING)
     store.handed_off_many([(RUN, 0, T + 1, {"llm"}), (RUN, 0, T + 2, {"llm", "flowkit"})])
