@@ -142,6 +142,19 @@ def test_an_event_wakes_every_run_waiting_for_it():
     assert flowkit.send_event("payment:7", {"amount": 1}) == 0  # nobody waits any more
 
 
+def test_a_run_waiting_for_an_event_past_the_retention_is_still_woken_by_it():
+    """Its wait's index expired a retention after the wait began, and the event woke
+    nobody: the run waited for good. Beat's retention task indexes it again."""
+    from flowkit.engine import reaper
+
+    run = wf.payment.start({"order": 9})
+    paused(run)
+    get_store().redis.delete(get_store().keys.wakers("payment:9"))  # as a retention later
+    reaper.trim_indexes()  # beat's retention task
+    assert flowkit.send_event("payment:9", {"amount": 3}) == 1
+    assert run.result(WAIT)["paid"] == {"amount": 3}
+
+
 def test_an_event_key_too_long_to_send_is_refused_by_the_wait_and_the_sender():
     too_long = "x" * 201  # POST /events/<key> refuses it: no wait may hang on it
     run = wf.payment.start({"order": too_long})

@@ -364,6 +364,8 @@ def _tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError)
 
 
 def trim_indexes(now: float | None = None) -> int:
-    """Drop ids of runs past their retention from the run indexes."""
-    cutoff = (time.time() if now is None else now) - get_settings().retention_seconds
-    return get_store().trim_indexes(cutoff)
+    """Beat's retention task: drop ids of runs past their retention from the run indexes,
+    and keep the event waits of runs still waiting indexed (:meth:`Store.keep_wakers`)."""
+    store, retention = get_store(), get_settings().retention_seconds
+    store.keep_wakers(retention)
+    return store.trim_indexes((time.time() if now is None else now) - retention)

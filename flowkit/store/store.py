@@ -25,7 +25,7 @@ from redis.lock import Lock
 
 from ..config import Settings
 from ..serialization import dumps, loads
-from ..states import RestartCause, RestartRefusal, StepStart, WaitOutcome
+from ..states import RestartCause, RestartRefusal, StepStart, WaitKind, WaitOutcome
 from . import archive, connection, scripts, server
 from .connection import guarded as _op
 from .keys import SHARDS, Keys, shard_of
@@ -628,6 +628,33 @@ class Store:
         pipe.sadd(self.keys.wakers(event_key), f"{run_id} {wait_key}")
         pipe.expire(self.keys.wakers(event_key), int(retention))
         pipe.execute()
+
+    @_op
+    def keep_wakers(self, keep: float) -> int:
+        """Index again every open event wait of a waiting run, and give its set ``keep``
+        seconds more; returns how many waits. A set expired a retention after its last wait
+        began: a run waiting longer (a payment confirmed after a week) was never woken by
+        its event. Beat's retention task calls it, more often than a retention."""
+        waits = 0
+        for shard in range(SHARDS):
+            run_ids = self.redis.zrange(self.keys.waiting(shard), 0, -1)
+            for start in range(0, len(run_ids), self.TRIM_BATCH):
+                batch = run_ids[start:start + self.TRIM_BATCH]
+                pipe = self.redis.pipeline(transaction=False)
+                for run_id in batch:
+                    pipe.hgetall(self.keys.waits(run_id))
+                again = self.redis.pipeline(transaction=False)
+                for run_id, open_waits in zip(batch, pipe.execute(), strict=True):
+                    for wait_key, spec in open_waits.items():
+                        spec = loads(spec)
+                        if spec.get("kind") != WaitKind.EVENT.value:
+                            continue
+                        wakers = self.keys.wakers(spec["name"])
+                        again.sadd(wakers, f"{run_id} {wait_key}")
+                        again.expire(wakers, int(keep))
+                        waits += 1
+                again.execute()
+        return waits
 
     @_op
     def take_wakers(self, event_key: str) -> list[tuple[str, str]]:

@@ -1840,6 +1840,26 @@ def test_the_retention_trim_keeps_old_runs_that_still_exist_in_the_listings(stor
     assert store.redis.zscore(store.keys.runs, gone) is None
 
 
+def test_the_event_waits_of_runs_still_waiting_are_indexed_again_past_the_retention(store):
+    """The set of a run's event wait expired a retention after the wait began: a run
+    waiting longer was never woken by its event (send_event found nobody)."""
+    make_run(store, RunState.RUNNING)
+    assert pause(store, kind=WaitKind.EVENT, name="payment:42")[0] == WaitOutcome.PAUSED
+    make_run(store, RunState.RUNNING, run_id="run-input")
+    assert pause(store, "run-input")[0] == WaitOutcome.PAUSED  # an input: no event set
+    wakers = store.keys.wakers("payment:42")
+    assert not store.redis.exists(wakers)  # as it is once its retention passed
+
+    assert store.keep_wakers(3600) == 1
+    assert store.take_wakers("payment:42") == [(RUN, wait_key(WaitKind.EVENT, "payment:42"))]
+    assert store.keep_wakers(3600) == 1  # still waiting: indexed again, however often
+    assert 3590 < store.redis.ttl(wakers) <= 3600
+    assert deliver(store, by="key", match=wait_key(WaitKind.EVENT, "payment:42"))[0] == \
+        WaitOutcome.RESUMED
+    store.redis.delete(wakers)
+    assert store.keep_wakers(3600) == 0  # woken: not indexed again
+
+
 def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
     make_run(store, RunState.RUNNING)
     store.handed_off_many([(RUN, 0, T + 1, {"llm"}), (RUN, 0, T + 2, {"llm", "flowkit"})])
