@@ -365,7 +365,10 @@ def _tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError)
 
 def trim_indexes(now: float | None = None) -> int:
     """Beat's retention task: drop ids of runs past their retention from the run indexes,
-    and keep the event waits of runs still waiting indexed (:meth:`Store.keep_wakers`)."""
+    keep the event waits of runs still waiting indexed (:meth:`Store.keep_wakers`), and
+    the idempotency claims of runs as long as the runs (:meth:`Store.keep_claims`)."""
     store, retention = get_store(), get_settings().retention_seconds
+    now = time.time() if now is None else now
     store.keep_wakers(retention)
-    return store.trim_indexes((time.time() if now is None else now) - retention)
+    store.keep_claims(now, retention)
+    return store.trim_indexes(now - retention)

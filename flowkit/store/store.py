@@ -1022,6 +1022,49 @@ class Store:
     #: Index entries read (and their runs looked up) per round trip while trimming.
     TRIM_BATCH = 500
 
+    @_op
+    def keep_claims(self, now: float, keep: float) -> int:
+        """Keep the idempotency claim of each run made more than a quarter of ``keep`` ago
+        as long as the run: ``keep`` seconds more while it is live, its record's time to
+        live once it ended; returns how many claims. A claim expired a retention after its
+        run was made, so a run still waiting (or scheduled) then was started again, under
+        another id, by the same key. Beat's retention task calls it, more often than
+        ``keep``: a claim never lapses in between."""
+        kept, start = 0, 0
+        while True:
+            old = self.redis.zrangebyscore(self.keys.runs, "-inf", now - keep / 4,
+                                           start=start, num=self.TRIM_BATCH)
+            if not old:
+                return kept
+            start += len(old)
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in old:
+                pipe.hmget(self.keys.run(run_id), "workflow", "owner", "idempotency_key")
+                pipe.ttl(self.keys.run(run_id))
+            found = pipe.execute()
+            claims = []
+            for run_id, (workflow, owner, key), ttl in zip(old, found[::2], found[1::2],
+                                                           strict=True):
+                if key and workflow and ttl != -2:  # -2: expired meanwhile
+                    claim = self.keys.idempotency(workflow, key, owner or None)
+                    claims.append((run_id, claim, int(keep) if ttl == -1 else max(ttl, 1)))
+            if claims:
+                pipe = self.redis.pipeline(transaction=False)
+                for _, claim, _ in claims:
+                    pipe.get(claim)
+                again = self.redis.pipeline(transaction=False)
+                for (run_id, claim, ttl), holder in zip(claims, pipe.execute(), strict=True):
+                    if holder == run_id:
+                        again.expire(claim, ttl)
+                    elif holder is None:  # lapsed already: the run holds its key again
+                        again.set(claim, run_id, nx=True, ex=ttl)
+                    else:
+                        continue  # another run holds it since: not this one's to keep
+                    kept += 1
+                again.execute()
+            if len(old) < self.TRIM_BATCH:
+                return kept
+
     def _trim_expired(self, index: str, cutoff: float) -> int:
         """Remove from the sorted set ``index`` the runs scored before ``cutoff`` whose
         record no longer exists; returns how many went."""

@@ -1860,6 +1860,32 @@ def test_the_event_waits_of_runs_still_waiting_are_indexed_again_past_the_retent
     assert store.keep_wakers(3600) == 0  # woken: not indexed again
 
 
+def test_an_idempotency_claim_is_kept_as_long_as_its_run(store):
+    """A claim expired a retention after its run was made: the same key then started a
+    second run while the first still waited."""
+    def made(run_id: str, key: str) -> str:
+        doc = {**record(run_id), "idempotency_key": key}
+        assert store.create_run(doc, queued_event(run_id), key) == (run_id, True)
+        return store.keys.idempotency("wf", key)
+
+    live, lapsed = made("run-live", "k-live"), made("run-lapsed", "k-lapsed")
+    ended, taken = made("run-ended", "k-ended"), made("run-taken", "k-taken")
+    assert begin(store, "run-ended").status == StepStart.RUN
+    complete(store, "run-ended")
+    assert finish(store, "run-ended")
+    store.redis.expire(live, 5)  # about to lapse
+    store.redis.delete(lapsed)  # lapsed before a pass could keep it
+    store.redis.set(taken, "another-run")  # another run holds the key since
+
+    assert store.keep_claims(T + 200, keep=100) == 3
+    assert 90 < store.redis.ttl(live) <= 100  # live: kept a while more
+    assert store.redis.get(lapsed) == "run-lapsed"
+    assert abs(store.redis.ttl(ended) - store.redis.ttl(store.keys.run("run-ended"))) <= 1
+    assert store.redis.get(taken) == "another-run"
+    doc = {**record("run-again"), "idempotency_key": "k-lapsed"}
+    assert store.create_run(doc, queued_event("run-again"), "k-lapsed") == ("run-lapsed", False)
+
+
 def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
     make_run(store, RunState.RUNNING)
     store.handed_off_many([(RUN, 0, T + 1, {"llm"}), (RUN, 0, T + 2, {"llm", "flowkit"})])
