@@ -106,6 +106,23 @@ def test_events_history_pages_with_after_and_limit(client):
     assert first["done"] is False
 
 
+def test_a_page_ending_on_an_end_that_a_retry_followed_is_not_done(client):
+    """``done`` came from the page's last event alone: a page ending on a retried run's
+    first run.failed said done, with the retry's events still to read."""
+    run = start(client, "exhausted", {"n": 1})
+    assert flowkit.get_run(run["id"]).wait(20).state == "failed"
+    assert client.post(f"/runs/{run['id']}/retry").status_code == 202
+    assert flowkit.get_run(run["id"]).wait(20).state == "succeeded"
+    full = client.get(f"/runs/{run['id']}/events").json()
+    assert full["done"] is True
+    types = [e["type"] for e in full["events"]]
+    first_end = types.index("run.failed") + 1
+    page = client.get(f"/runs/{run['id']}/events", params={"limit": first_end}).json()
+    assert page["events"][-1]["type"] == "run.failed" and page["done"] is False
+    rest = client.get(f"/runs/{run['id']}/events", params={"after": page["next"]}).json()
+    assert page["events"] + rest["events"] == full["events"] and rest["done"] is True
+
+
 def test_output_of_a_run_still_running_is_a_409(client):
     run = start(client, "chain3", {"n": 1})
     reached_gate(flowkit.get_run(run["id"]), "gated")

@@ -123,8 +123,14 @@ def get_events(run_id: str):
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)
     after = _known(run_id, parse_cursor(after) or START, "after")
     page = control.history(run_id, after, limit, store=current.store)
-    # an ended run read to its end is done, also when the page after its last event is empty
-    done = page[-1].terminal if page else run.done and after != START
+    # an ended run read to its end is done, also when the page after its last event is
+    # empty; a page ending on an end that a retry followed (run.failed, run.restarted, ...)
+    # is not: a pager trusting done stopped reading a run that went on
+    if page:
+        done = page[-1].terminal and not control.history(run_id, page[-1].id, 1,
+                                                         store=current.store)
+    else:
+        done = run.done and after != START
     return {"events": [e.to_dict() for e in page], "next": page[-1].id if page else after,
             "done": done}
 
