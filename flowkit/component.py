@@ -27,6 +27,7 @@ from .errors import ConfigError, NotFound
 from .flow import Rate
 from .numbers import is_number, is_whole
 from .policy import Backoff, Policy, StepConcurrency, StepRate, call_with_timeout, key_spec
+from .policy import MAX_CACHE_TTL, MAX_TIMEOUT, MIN_CACHE_TTL
 from .policy import seconds as policy_seconds
 
 TASK_PREFIX = "flowkit.step."
@@ -76,14 +77,16 @@ class Component:
 
     def cache(self, ttl: float, version: str | None = None) -> Component:
         """Reuse the output of an earlier call with the same input (any run) for ``ttl`` s."""
-        ttl = policy_seconds(ttl, "cache(ttl=...)")
-        if version is not None and not isinstance(version, str):
-            raise ConfigError(f"cache(version=...) is a string, not {version!r}.")
+        ttl = policy_seconds(ttl, "cache(ttl=...)", least=MIN_CACHE_TTL, most=MAX_CACHE_TTL)
+        if version is not None and not (isinstance(version, str) and version):
+            raise ConfigError(f"cache(version=...) is a non-empty string (or None: the "
+                              f"component's version), not {version!r}.")
         return self._configured(cache_ttl=ttl, cache_version=version)
 
     def timeout(self, seconds: float) -> Component:
         """Fail an attempt that runs longer than ``seconds`` (then the retry policy applies)."""
-        return self._configured(timeout=policy_seconds(seconds, "timeout(seconds)"))
+        return self._configured(timeout=policy_seconds(seconds, "timeout(seconds)",
+                                                       most=MAX_TIMEOUT))
 
     def queue(self, name: str) -> Component:
         """Run this component's steps on the Celery queue ``name``."""

@@ -47,13 +47,28 @@ def exponential(initial: float = 1.0, maximum: float = 30.0) -> Backoff:
     return Backoff(initial, maximum)
 
 
-def seconds(value: Any, what: str, *, zero: bool = False) -> float:
-    """``value`` as a duration: a finite number of seconds, > 0 (>= 0 with ``zero``);
-    anything else is a :class:`ConfigError` naming ``what`` (NaN or infinity would reach a
-    timer or a JSON message, and fail there far from the mistake)."""
+#: The longest ``.timeout()``: what Python's threads can wait (``threading.TIMEOUT_MAX``,
+#: about 292 years); a longer one raised OverflowError once the call had begun.
+MAX_TIMEOUT = threading.TIMEOUT_MAX
+#: A ``.cache()`` entry's life: whole milliseconds in Redis, at least one (a TTL under a
+#: millisecond was ``PX 0``, which Redis refuses), at most about 31,000 years (``1e300``
+#: was out of Redis's range); either failed the run once its step's work was done.
+MIN_CACHE_TTL, MAX_CACHE_TTL = 0.001, 1e12
+
+
+def seconds(value: Any, what: str, *, zero: bool = False, least: float | None = None,
+            most: float | None = None) -> float:
+    """``value`` as a duration: a finite number of seconds, > 0 (>= 0 with ``zero``), and
+    within ``least`` and ``most`` when given; anything else is a :class:`ConfigError`
+    naming ``what`` (NaN or infinity would reach a timer or a JSON message, and fail there
+    far from the mistake)."""
     if not is_number(value) or value < 0 or (value == 0 and not zero):
-        least = ">= 0" if zero else "> 0"
-        raise ConfigError(f"{what} is a number of seconds {least}, not {value!r}.")
+        floor = ">= 0" if zero else "> 0"
+        raise ConfigError(f"{what} is a number of seconds {floor}, not {value!r}.")
+    if (least is not None and value < least) or (most is not None and value > most):
+        low = f">= {least:g}" if least is not None else (">= 0" if zero else "> 0")
+        high = f" and <= {most:g}" if most is not None else ""
+        raise ConfigError(f"{what} is a number of seconds {low}{high}, not {value!r}.")
     return float(value)
 
 
@@ -196,6 +211,8 @@ class Policy:
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ConfigError(f"retry(backoff=...) takes flowkit.exponential(initial, maximum), "
                               f"not {backoff!r}.")
+        if backoff is not None:  # one built by hand is held to exponential()'s rules
+            backoff = exponential(backoff.initial, backoff.maximum)
         if not isinstance(jitter, bool) and not (isinstance(jitter, (int, float))
                                                  and math.isfinite(jitter) and jitter >= 0):
             raise ConfigError(f"retry(jitter=...) is True (full jitter), False (none) or a "
@@ -206,6 +223,10 @@ class Policy:
                               f"{retry_on.rpartition('.')[2]}).")
         if isinstance(retry_on, type):  # one class, as ``except`` takes it
             retry_on = (retry_on,)
+        if not isinstance(retry_on, (tuple, list)):  # an instance, a number, None
+            raise ConfigError(f"retry(retry_on=...) takes an exception class or a tuple of "
+                              f"them (retry_on=(TimeoutError, ConnectionError)), not "
+                              f"{retry_on!r}.")
         if not retry_on and attempts > 1:
             raise ConfigError("retry(retry_on=()) retries on no error, so its attempts never "
                               "come; name the exception classes to retry on, or leave "

@@ -170,6 +170,43 @@ def test_bad_limits_say_what_to_do():
         key_value("domain", {"url": "x"}, "concurrency")
 
 
+def test_a_policy_out_of_what_redis_and_python_can_hold_is_refused_where_written():
+    """Each passed the checks, then failed the run once its step's work was done (a TTL
+    under a millisecond was Redis's PX 0, 1e300 out of its range) or raised OverflowError
+    after the call had begun (a timeout past what a thread can wait)."""
+    for bad in (0.0001, 1e300):
+        with pytest.raises(ConfigError, match=r"cache\(ttl=...\) is a number of seconds "
+                                              r">= 0.001 and <= 1e\+12, not"):
+            add.cache(bad)
+    assert add.cache(0.001).policy.cache_ttl == 0.001
+    with pytest.raises(ConfigError, match=r"timeout\(seconds\) is a number of seconds > 0 "
+                                          r"and <= 9\.2\d+e\+09, not 1e\+300"):
+        add.timeout(1e300)
+    with pytest.raises(ConfigError, match=r"cache\(version=...\) is a non-empty string"):
+        add.cache(10, version="")  # it meant the component's version, without a word
+
+
+def test_retry_on_takes_classes_and_a_backoff_built_by_hand_is_checked():
+    """An instance, a number or None raised a bare TypeError ('is not iterable'); a
+    Backoff(-1, "x") made by hand failed later, inside tenacity."""
+    for bad in (Boom("x"), 5, None):
+        with pytest.raises(ConfigError, match=r"retry\(retry_on=...\) takes an exception "
+                                              r"class or a tuple of them"):
+            add.retry(attempts=1, retry_on=bad)
+    assert add.retry(retry_on=[Boom]).policy.retry_on == (f"{__name__}.Boom",)
+    with pytest.raises(ConfigError, match=r"exponential\(initial=...\) is a number of seconds"):
+        add.retry(backoff=flowkit.policy.Backoff(-1, "x"))
+
+
+def test_cache_keys_keep_a_component_s_name_and_version_apart():
+    """``billing:charge`` of version 1 and ``billing`` of version ``charge:1`` shared one
+    entry: the second was answered with the first's output, its own code never run."""
+    from flowkit.store.keys import Keys
+
+    keys = Keys("flowkit")
+    assert keys.cache("billing:charge", "1", "d") != keys.cache("billing", "charge:1", "d")
+
+
 def test_bad_configuration_says_what_to_do():
     for bad in (0, -1, 1.5, "3", True):
         with pytest.raises(ConfigError, match=r"whole number >= 1 \(1 means no retry\)"):

@@ -37,7 +37,7 @@ and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
 slot per group) and ``flowkit:cc:groups``,
 ``flowkit:workers`` and ``flowkit:nodes`` (worker presence), ``flowkit:reaper:swept``,
-``flowkit:reaper:stuck`` (consumers that take nothing), ``flowkit:cache:...``,
+``flowkit:reaper:stuck`` (consumers that take nothing), ``flowkit:cache-of:...``,
 ``flowkit:rate:...`` and the relay's wake streams.
 
 ``SHARDS`` is part of the data layout: changing it moves every run to other keys.
@@ -177,7 +177,10 @@ class Keys:
         return f"{self.prefix}:reaper:stuck"
 
     def cache(self, component: str, version: str, digest: str) -> str:
-        return f"{self.prefix}:cache:{component}:{version}:{digest}"
+        """STRING: a component's cached output. JSON keeps the name and version apart
+        whatever characters they hold: ``billing:charge`` of version 1 and ``billing`` of
+        version ``charge:1`` shared one entry, the second answered with the first's output."""
+        return f"{self.prefix}:cache-of:{json.dumps([component, version])}:{digest}"
 
     def rate(self, bucket: str) -> str:
         """HASH of one shared rate-limit bucket: ``llm:<provider>:<model>`` (flowkit.llm),
