@@ -26,8 +26,17 @@ from .coroutines import call_with_policy, is_async
 from .errors import ConfigError, NotFound
 from .flow import Rate
 from .numbers import is_number, is_whole
-from .policy import Backoff, Policy, StepConcurrency, StepRate, call_with_timeout, key_spec
-from .policy import MAX_CACHE_TTL, MAX_TIMEOUT, MIN_CACHE_TTL
+from .policy import (
+    MAX_CACHE_TTL,
+    MAX_TIMEOUT,
+    MIN_CACHE_TTL,
+    Backoff,
+    Policy,
+    StepConcurrency,
+    StepRate,
+    call_with_timeout,
+    key_spec,
+)
 from .policy import seconds as policy_seconds
 
 TASK_PREFIX = "flowkit.step."
