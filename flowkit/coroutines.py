@@ -177,12 +177,15 @@ async def call_with_policy(
     kwargs: dict,
     policy: Any,
     on_timeout: Callable[[], None] | None = None,
+    before: Callable[[Any], None] | None = None,
 ) -> Any:
     """``await fn(...)`` under a component policy: its retries (tenacity's async form of
-    the same stop, wait and retry rules, sleeping with ``asyncio.sleep``) and its timeout."""
+    the same stop, wait and retry rules, sleeping with ``asyncio.sleep``) and its timeout;
+    ``before`` is tenacity's hook before each attempt."""
     sync = policy.retrying()
     retrying = tenacity.AsyncRetrying(
-        stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True
+        stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True,
+        **({"before": before} if before is not None else {}),
     )
     async for attempt in retrying:
         with attempt:

@@ -180,6 +180,18 @@ def falls_back(data: dict) -> dict:
         return {"fallback": True}
 
 
+@component(name="t.sub_always_fails")
+def sub_always_fails(data: dict) -> dict:
+    count("sub_always_fails")
+    raise Flaky("always")
+
+
+@component(name="t.retries_failing_sub_step")
+def retries_failing_sub_step(data: dict) -> dict:
+    return sub_always_fails.retry(attempts=3, backoff=flowkit.exponential(1.5, 1.5),
+                                  jitter=False)(data)
+
+
 @component(name="t.always_fails")
 def always_fails(data: dict) -> dict:
     count("always_fails")
@@ -393,6 +405,7 @@ half_failed = flowkit.Workflow("half-failed", [parallel(gated, breaks.retry(atte
 abandoning = flowkit.Workflow("abandoning", [times_out_once.timeout(0.3).retry(
     attempts=2, backoff=flowkit.exponential(0.3, 0.3), jitter=False)])
 sub_step_retried = flowkit.Workflow("sub-step-retried", [retries_slow_sub_step])
+sub_step_backing_off = flowkit.Workflow("sub-step-backing-off", [retries_failing_sub_step])
 sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])

@@ -209,14 +209,24 @@ class StepContext:
         stored = self.store.checkpoint(self.run_id, key)
         if stored is not None:
             return loads(stored)
-        pol = component.policy
+        pol, before = component.policy, self._stop_retrying(key)
         if pol.timeout is None:
-            value = pol.call(lambda: component.fn(*args, **kwargs))
+            value = pol.call(lambda: component.fn(*args, **kwargs), before=before)
         else:
             timed = _TimedAttempts(component.fn)
             value = pol.call(lambda: call_with_timeout(timed.run, args, kwargs, pol.timeout,
-                                                       timed.timed_out))
+                                                       timed.timed_out), before=before)
         return self._save_sub_step(key, value)
+
+    def _stop_retrying(self, key: str) -> Callable[[Any], None]:
+        """tenacity's ``before`` hook of a sub-step's retries: after a backoff, a run
+        cancelled (or restarted) meanwhile gets no next attempt, as a step's retries do
+        (a sub-step's ran on after the cancel, each a side effect)."""
+        def before(retry_state: Any) -> None:
+            if retry_state.attempt_number > 1 and self.is_cancelled():
+                raise RunCancelled(f"run {self.run_id} stopped while sub-step {key} waited "
+                                   "to retry")
+        return before
 
     def _save_sub_step(self, key: str, value: Any) -> Any:
         """Checkpoint a sub-step's output (the first one stored wins), unless this attempt
@@ -258,7 +268,7 @@ class StepContext:
             return loads(stored)
         timed = _TimedAttempts(component.fn)
         value = await call_with_policy(timed.run_async, args, kwargs, component.policy,
-                                       timed.timed_out)
+                                       timed.timed_out, before=self._stop_retrying(key))
         return self._save_sub_step(key, value)
 
     # -- waits ------------------------------------------------------------------------
