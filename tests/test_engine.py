@@ -637,12 +637,12 @@ def test_a_run_cancelled_while_a_sub_step_waits_to_retry_gets_no_next_attempt(ca
     every attempt after the cancel, each a side effect."""
     caplog.set_level(logging.INFO, logger="flowkit.engine.executor")
     run = wf.sub_step_backing_off.start({})
-    wait_until(lambda: counts(run).get("sub_always_fails") == 1, WAIT, "the first attempt")
+    wait_until(lambda: counts(run).get("always_fails") == 1, WAIT, "the first attempt")
     flowkit.cancel(run.id)
     # the backoff (1.5 s) ends, then the step stops (the session's worker is in this process)
     wait_until(lambda: any(run.id in r.getMessage() and "stopped" in r.getMessage()
                            for r in caplog.records), WAIT, "the step to stop")
-    assert counts(run) == {"sub_always_fails": 1}
+    assert counts(run) == {"always_fails": 1}
 
 
 def test_a_wait_is_never_retried_even_when_retry_on_names_base_exception():

@@ -180,16 +180,10 @@ def falls_back(data: dict) -> dict:
         return {"fallback": True}
 
 
-@component(name="t.sub_always_fails")
-def sub_always_fails(data: dict) -> dict:
-    count("sub_always_fails")
-    raise Flaky("always")
-
-
 @component(name="t.retries_failing_sub_step")
 def retries_failing_sub_step(data: dict) -> dict:
-    return sub_always_fails.retry(attempts=3, backoff=flowkit.exponential(1.5, 1.5),
-                                  jitter=False)(data)
+    return always_fails.retry(attempts=3, backoff=flowkit.exponential(1.5, 1.5),
+                              jitter=False)(data)
 
 
 @component(name="t.always_fails")
