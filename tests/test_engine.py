@@ -613,6 +613,19 @@ def test_a_sub_step_that_timed_out_is_retried_and_its_step_goes_on():
     assert "step.retrying" not in types(run)  # the sub-step retried, not the step
 
 
+def test_a_sub_step_s_cache_answers_its_next_call_in_another_run():
+    """``.cache()`` was ignored on a component called inside a step: it ran every time."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    first = wf.sub_step_cached.start({"tag": tag}).result(WAIT)
+    second = wf.sub_step_cached.start({"tag": tag}).result(WAIT)
+    assert first == second  # the second run's call was answered from the cache
+    assert int(get_store().redis.get(f"calls:cached_sub:{tag}")) == 1
+    other = wf.sub_step_cached.start({"tag": tag + "-other"}).result(WAIT)
+    assert other["tag"] == tag + "-other"  # another input: its own call
+
+
 def test_a_step_that_catches_its_sub_step_s_timeout_goes_on_without_it():
     run = wf.sub_step_caught.start({})
     assert run.result(WAIT) == {"fallback": True}

@@ -180,6 +180,17 @@ def falls_back(data: dict) -> dict:
         return {"fallback": True}
 
 
+@component(name="t.cached_sub")
+def cached_sub(data: dict) -> dict:
+    _redis().incr(f"calls:cached_sub:{data['tag']}")
+    return {"tag": data["tag"], "made_at": time.time()}
+
+
+@component(name="t.calls_cached_sub")
+def calls_cached_sub(data: dict) -> dict:
+    return cached_sub.cache(60)(data)
+
+
 @component(name="t.retries_failing_sub_step")
 def retries_failing_sub_step(data: dict) -> dict:
     return always_fails.retry(attempts=3, backoff=flowkit.exponential(1.5, 1.5),
@@ -399,6 +410,7 @@ half_failed = flowkit.Workflow("half-failed", [parallel(gated, breaks.retry(atte
 abandoning = flowkit.Workflow("abandoning", [times_out_once.timeout(0.3).retry(
     attempts=2, backoff=flowkit.exponential(0.3, 0.3), jitter=False)])
 sub_step_retried = flowkit.Workflow("sub-step-retried", [retries_slow_sub_step])
+sub_step_cached = flowkit.Workflow("sub-step-cached", [calls_cached_sub])
 sub_step_backing_off = flowkit.Workflow("sub-step-backing-off", [retries_failing_sub_step])
 sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(

@@ -33,6 +33,7 @@ from ..schemas import SchemaLike, as_schema, check_event_key, json_schema
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
+from . import cache
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,9 @@ class StepContext:
         stored = self.store.checkpoint(self.run_id, key)
         if stored is not None:
             return loads(stored)
+        cache_key = _cache_key(component, args, kwargs)
+        if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
+            return self._save_sub_step(key, loads(hit))
         pol, before = component.policy, self._stop_retrying(key)
         if pol.timeout is None:
             value = pol.call(lambda: component.fn(*args, **kwargs), before=before)
@@ -216,7 +220,12 @@ class StepContext:
             timed = _TimedAttempts(component.fn)
             value = pol.call(lambda: call_with_timeout(timed.run, args, kwargs, pol.timeout,
                                                        timed.timed_out), before=before)
-        return self._save_sub_step(key, value)
+        return self._cache_put(cache_key, component, self._save_sub_step(key, value))
+
+    def _cache_put(self, cache_key: cache.CacheKey | None, component: Any, value: Any) -> Any:
+        if cache_key:
+            cache.put(self.store, cache_key, dumps(value), component.policy.cache_ttl)
+        return value
 
     def _stop_retrying(self, key: str) -> Callable[[Any], None]:
         """tenacity's ``before`` hook of a sub-step's retries: after a backoff, a run
@@ -266,10 +275,13 @@ class StepContext:
         stored = self.store.checkpoint(self.run_id, key)
         if stored is not None:
             return loads(stored)
+        cache_key = _cache_key(component, args, kwargs)
+        if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
+            return self._save_sub_step(key, loads(hit))
         timed = _TimedAttempts(component.fn)
         value = await call_with_policy(timed.run_async, args, kwargs, component.policy,
                                        timed.timed_out, before=self._stop_retrying(key))
-        return self._save_sub_step(key, value)
+        return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
     # -- waits ------------------------------------------------------------------------
 
@@ -393,6 +405,17 @@ class StepContext:
         is the thread (or task) of a timed sub-step's attempt that did."""
         call = _TIMED_CALL.get()
         return self._abandoned or (call is not None and call.abandoned)
+
+
+def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:
+    """A sub-step's entry in its component's cache (None without ``.cache()``): keyed as a
+    step's, by its one argument, so a step and a sub-step of one component share outputs.
+    ``.cache()`` was ignored on a component called inside a step, without a word."""
+    pol = component.policy
+    if not pol.cache_ttl:
+        return None
+    value = args[0] if len(args) == 1 and not kwargs else {"args": list(args), "kwargs": kwargs}
+    return cache.key(component.name, pol.cache_version or component.version, value)
 
 
 def _deadline(timeout: float | None) -> float | None:
