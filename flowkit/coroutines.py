@@ -201,18 +201,21 @@ async def _guarded(
     on_timeout: Callable[[], None] | None,
     cancelled: Callable[[], bool] | None,
 ) -> Any:
-    work = asyncio.ensure_future(fn(*args, **kwargs))
+    ended: list[float] = []  # the loop's time when the coroutine itself returned
+    work = asyncio.ensure_future(_timed(fn(*args, **kwargs), ended))
     stopped: list[bool] = []
     watcher = asyncio.ensure_future(_watch(work, cancelled, stopped)) if cancelled else None
     try:
         async with asyncio.timeout(timeout) as deadline:
-            return await work
+            result = await work
+        # a coroutine that blocked the loop (time.sleep, a sync SDK call) past its deadline
+        # returns before the timeout can fire: it fails as one cancelled at its deadline
+        # does (it succeeded, however long it took)
+        if deadline.when() is None or not ended or ended[0] <= deadline.when():
+            return result
     except TimeoutError:
         if not deadline.expired():
             raise  # the component's own TimeoutError
-        if on_timeout is not None:
-            on_timeout()
-        raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout") from None
     except asyncio.CancelledError:
         if stopped:
             raise RunCancelled(
@@ -222,6 +225,17 @@ async def _guarded(
     finally:
         if watcher is not None:
             watcher.cancel()
+    if on_timeout is not None:
+        on_timeout()
+    raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout")
+
+
+async def _timed(call: Awaitable[Any], ended: list[float]) -> Any:
+    """``await call``, noting the loop's time as it returns (not when its awaiter resumes:
+    a busy loop may resume it past a deadline the call itself met)."""
+    result = await call
+    ended.append(asyncio.get_running_loop().time())
+    return result
 
 
 async def _watch(work: asyncio.Future, cancelled: Callable[[], bool], stopped: list) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from marshmallow import fields
 
@@ -179,6 +180,14 @@ async def retries_slow_sub_step(data: dict) -> dict:
     return out
 
 
+@component(name="a.blocks")
+async def blocks(data: dict) -> dict:
+    """Blocks its event loop (a sync call in async code) past its 0.3 s timeout."""
+    count("blocks")
+    time.sleep(0.6)
+    return data
+
+
 def build(queue: str) -> dict[str, flowkit.Workflow]:
     def wf(name: str, steps: list, **kw) -> flowkit.Workflow:
         return flowkit.Workflow(f"{name}_{queue}", steps, queue=queue, **kw)
@@ -203,6 +212,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
             input_schema=number,
         ),
         "timing_out": wf("async_timing_out", [sleeper.timeout(1)]),
+        "blocking": wf("async_blocking", [blocks.timeout(0.3)]),
         "cancelling": wf("async_cancelling", [sleeper]),
         "caching": wf("async_caching", [cached.cache(ttl=60)]),
         "forgetting": wf("async_forgetting", [forgets_await], input_schema=number),

@@ -116,6 +116,15 @@ def test_an_async_sub_step_that_timed_out_is_retried_and_its_step_goes_on(on):
         "the step goes on"]
 
 
+def test_a_coroutine_that_blocks_its_loop_past_its_timeout_fails_the_attempt(on):
+    """It returned before the timeout could fire (the loop was blocked) and succeeded,
+    however long it took; a sync step over its timeout fails."""
+    run = on("threads")["blocking"].start({})
+    with pytest.raises(StepError, match="0.3s timeout"):
+        run.result(WAIT)
+    assert counts(run) == {"blocks": 1}
+
+
 def test_a_sync_step_that_forgets_await_fails_at_once_saying_so(on):
     run = on("threads")["forgetting"].start({"n": 1})
     with pytest.raises(StepError) as failed:
