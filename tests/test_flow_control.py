@@ -75,6 +75,22 @@ def test_a_slot_is_given_back_however_the_run_ends():
     assert last.result(WAIT) and not flowkit.get_run(last.id).held_for
 
 
+def test_the_groups_of_keys_no_run_holds_leave_beat_s_index():
+    """Every concurrency key ever used (a tenant's, a domain's) stayed in the index beat's
+    sweep reads every few seconds: 20,000 made one sweep longer than its interval."""
+    from flowkit.engine import reaper
+
+    store = get_store()
+    runs = [wf.per_tenant.start({"tenant": f"t{i}"}) for i in range(3)]
+    steps = [wf.one_per_domain.start({"domain": f"d{i}.example"}) for i in range(2)]
+    assert {run.wait(WAIT).state for run in runs + steps} == {"succeeded"}
+    assert {f"per_tenant:t{i}" for i in range(3)} <= set(store.groups())
+    assert len(store.groups(store.keys.step_groups)) >= 2
+    reaper.sweep()
+    assert not any(group.startswith("per_tenant:t") for group in store.groups())
+    assert store.groups(store.keys.step_groups) == {}
+
+
 def test_a_higher_priority_run_is_admitted_first():
     blockers = [wf.per_tenant.start({"tenant": "umbrella", "gate": True}) for _ in range(2)]
     for run in blockers:

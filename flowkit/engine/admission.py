@@ -83,6 +83,8 @@ def reconcile(store: Store | None = None) -> list[str]:
         if limit != stored:
             store.set_group_limit(group, limit)
         holders = store.slot_holders(group)
+        if not holders and store.drop_idle_group(group, limit):
+            continue  # no slot held, none asked for: out of the index until one is
         states = store.run_states([run_id for run_id, _ in holders])
         gone = [run_id for (run_id, since), state in zip(holders, states, strict=True)
                 if (state is None and now - since > ORPHAN_SLOT_SECONDS)

@@ -131,6 +131,8 @@ def reconcile(store: Store) -> int:
     rather than wait for good. A lapsed holder's step is not waiting: nothing to answer."""
     resumed, now = 0, time.time()
     for group, limit in store.groups(store.keys.step_groups).items():
+        if store.drop_idle_group(group, limit, store.keys.step_groups):
+            continue  # no slot held, none asked for: out of the index until one is
         lapsing = store.lapsing_slots(group, now)
         _, _, handed = store.slots(group, limit, now, score=now + RESERVED_SECONDS, lapsed=now)
         resumed += _hand_over(store, group, limit, handed)

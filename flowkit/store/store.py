@@ -750,6 +750,31 @@ class Store:
         return self.redis.zcard(self.keys.slots(group)[1])
 
     @_op
+    def drop_idle_group(self, group: str, limit: int, index: str | None = None) -> bool:
+        """Take ``group`` out of ``index`` (default: the run concurrency groups) when no
+        member holds or waits for one of its slots; returns whether it went. The index kept
+        every concurrency key ever used (one per tenant or user), and beat's sweep read
+        each, every few seconds: 20,000 made a sweep longer than its interval. A member
+        added meanwhile indexes its group again (:meth:`slots`); one added between the two
+        reads below is indexed again here."""
+        active, pending = self.keys.slots(group)
+        index = index or self.keys.groups
+
+        def idle() -> bool:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(active)
+            pipe.zcard(pending)
+            return not any(pipe.execute())
+
+        if not idle():
+            return False
+        self.redis.hdel(index, group)
+        if idle():
+            return True
+        self.redis.hset(index, group, limit)
+        return False
+
+    @_op
     def groups(self, index: str | None = None) -> dict[str, int]:
         """Every group in ``index`` (default: the run concurrency groups), with its limit."""
         found = self.redis.hgetall(index or self.keys.groups)

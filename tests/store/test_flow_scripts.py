@@ -54,6 +54,24 @@ def lined_up(store, *places: tuple[str, float], limit: int) -> None:
     assert in_line(store) == sorted(places, key=lambda p: p[1])
 
 
+# -- the index of groups --------------------------------------------------------------------
+
+
+def test_a_group_leaves_the_index_once_no_member_holds_or_waits_for_a_slot(store):
+    """The index kept every concurrency key ever used (one per tenant), and beat's sweep
+    read each of them every few seconds."""
+    holding(store, "a", limit=1)
+    lined_up(store, ("b", 1.0), limit=1)
+    assert not store.drop_idle_group(GROUP, 1)  # held, and asked for
+    assert store.slots(GROUP, 1, T + 1, release="a") == (False, 1, ["b"])
+    assert not store.drop_idle_group(GROUP, 1)  # b holds it now
+    store.slots(GROUP, 1, T + 2, release="b")
+    assert store.drop_idle_group(GROUP, 1)
+    assert GROUP not in store.groups()
+    assert ask(store, "c") == (True, 1, [])  # asked for again: indexed again
+    assert store.groups()[GROUP] == 1
+
+
 # -- slots: asking ------------------------------------------------------------------------
 
 
