@@ -185,13 +185,18 @@ def celery_config(settings: Settings) -> dict:
                             "priority": message_priority(CONTINUED_PRIORITY, broker),
                             "queue": reaper_queue(settings.default_queue)},
             },
-            # hourly, or twice a retention when that is shorter (expired runs' entries stay
-            # in the listing indexes until it runs: listings skip them, at a read each)
             "flowkit-retention": {"task": "flowkit.retention",
-                                  "schedule": min(3600.0, max(60.0, settings.retention_seconds / 2)),
+                                  "schedule": retention_interval(settings),
                                   "options": {"queue": reaper_queue(settings.default_queue)}},
         },
     }
+
+
+def retention_interval(settings: Settings) -> float:
+    """Seconds between beat's retention tasks: hourly, or every half retention when that
+    is shorter (expired runs' entries stay in the listing indexes until it runs: listings
+    skip them, at a read each; the claims and event waits it keeps must not lapse between)."""
+    return min(3600.0, max(60.0, settings.retention_seconds / 2))
 
 
 def use_app(app: Celery | None) -> Celery | None:

@@ -31,7 +31,7 @@ from ..states import LIVE_STATES, RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
 from ..workflow import get_workflow
 from . import admission, consumers, limits, notify, schedules
-from .broker import queue_depths
+from .broker import queue_depths, retention_interval
 from .control import Run, cancel, default_queue, fire_due_timers, live_workers, resume, start
 
 log = logging.getLogger(__name__)
@@ -367,8 +367,8 @@ def trim_indexes(now: float | None = None) -> int:
     """Beat's retention task: drop ids of runs past their retention from the run indexes,
     keep the event waits of runs still waiting indexed (:meth:`Store.keep_wakers`), and
     the idempotency claims of runs as long as the runs (:meth:`Store.keep_claims`)."""
-    store, retention = get_store(), get_settings().retention_seconds
-    now = time.time() if now is None else now
+    store, settings = get_store(), get_settings()
+    now, retention = time.time() if now is None else now, settings.retention_seconds
     store.keep_wakers(retention)
-    store.keep_claims(now, retention)
+    store.keep_claims(now, retention, ahead=2 * retention_interval(settings))
     return store.trim_indexes(now - retention)

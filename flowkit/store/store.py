@@ -1048,16 +1048,17 @@ class Store:
     TRIM_BATCH = 500
 
     @_op
-    def keep_claims(self, now: float, keep: float) -> int:
-        """Keep the idempotency claim of each run made more than a quarter of ``keep`` ago
-        as long as the run: ``keep`` seconds more while it is live, its record's time to
-        live once it ended; returns how many claims. A claim expired a retention after its
-        run was made, so a run still waiting (or scheduled) then was started again, under
-        another id, by the same key. Beat's retention task calls it, more often than
-        ``keep``: a claim never lapses in between."""
+    def keep_claims(self, now: float, keep: float, ahead: float) -> int:
+        """Keep the idempotency claim of each run as long as the run: ``keep`` seconds more
+        while it is live, its record's time to live once it ended; returns how many claims.
+        A claim expired ``keep`` (the retention) after its run was made, so a run still
+        waiting (or scheduled) then was started again, under another id, by the same key.
+        Read: the runs made before ``now - keep + ahead`` still listed (those whose claim
+        lapses within ``ahead``, and the long-lived), not every run: beat's retention task
+        calls it at least once every ``ahead / 2`` seconds, so no claim lapses between."""
         kept, start = 0, 0
         while True:
-            old = self.redis.zrangebyscore(self.keys.runs, "-inf", now - keep / 4,
+            old = self.redis.zrangebyscore(self.keys.runs, "-inf", now - keep + ahead,
                                            start=start, num=self.TRIM_BATCH)
             if not old:
                 return kept

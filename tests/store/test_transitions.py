@@ -1877,7 +1877,8 @@ def test_an_idempotency_claim_is_kept_as_long_as_its_run(store):
     store.redis.delete(lapsed)  # lapsed before a pass could keep it
     store.redis.set(taken, "another-run")  # another run holds the key since
 
-    assert store.keep_claims(T + 200, keep=100) == 3
+    assert store.keep_claims(T + 50, keep=100, ahead=40) == 0  # none lapses within 40 s
+    assert store.keep_claims(T + 200, keep=100, ahead=40) == 3
     assert 90 < store.redis.ttl(live) <= 100  # live: kept a while more
     assert store.redis.get(lapsed) == "run-lapsed"
     assert abs(store.redis.ttl(ended) - store.redis.ttl(store.keys.run("run-ended"))) <= 1
