@@ -630,14 +630,16 @@ class Store:
         pipe.execute()
 
     @_op
-    def keep_wakers(self, keep: float) -> int:
-        """Index again every open event wait of a waiting run, and give its set ``keep``
-        seconds more; returns how many waits. A set expired a retention after its last wait
-        began: a run waiting longer (a payment confirmed after a week) was never woken by
-        its event. Beat's retention task calls it, more often than a retention."""
+    def keep_wakers(self, now: float, keep: float, ahead: float) -> int:
+        """Index again the open event waits of the runs waiting since before ``now - keep +
+        ahead``, and give their sets ``keep`` seconds more; returns how many waits. A set
+        expired ``keep`` (the retention) after its last wait began: a run waiting longer (a
+        payment confirmed after a week) was never woken by its event. Beat's retention task
+        calls it at least once every ``ahead / 2`` seconds, so no set lapses between."""
         waits = 0
         for shard in range(SHARDS):
-            run_ids = self.redis.zrange(self.keys.waiting(shard), 0, -1)
+            run_ids = self.redis.zrangebyscore(self.keys.waiting(shard), "-inf",
+                                               now - keep + ahead)
             for start in range(0, len(run_ids), self.TRIM_BATCH):
                 batch = run_ids[start:start + self.TRIM_BATCH]
                 pipe = self.redis.pipeline(transaction=False)
