@@ -117,6 +117,11 @@ def handed_on(data: dict) -> dict:
 handoff = flowkit.Workflow("chaos.handoff", [work, handed_on])
 
 
+#: Armed by a test before its run starts (a flag set after the start came too late under
+#: load: the step it waits for was over in milliseconds and the worker lived on).
+DIE_BEFORE_PUBLISH = "chaos:die-before-publish"
+
+
 @signals.before_task_publish.connect
 def _die_before_handing_on(sender=None, body=None, **_):
     """SIGKILL this worker as it is about to send a run's next step, when the test asks:
@@ -124,7 +129,7 @@ def _die_before_handing_on(sender=None, body=None, **_):
     if sender != handed_on.task_name or not isinstance(body, (list, tuple)):
         return
     run_id = body[1].get("run_id")
-    if run_id and get_store().redis.delete(f"chaos:die-before-publish:{run_id}"):
+    if run_id and get_store().redis.delete(DIE_BEFORE_PUBLISH):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
