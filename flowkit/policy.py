@@ -12,7 +12,7 @@ import importlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -223,10 +223,11 @@ class Policy:
                               f"{retry_on.rpartition('.')[2]}).")
         if isinstance(retry_on, type):  # one class, as ``except`` takes it
             retry_on = (retry_on,)
-        if not isinstance(retry_on, (tuple, list)):  # an instance, a number, None
+        if isinstance(retry_on, BaseException) or not isinstance(retry_on, Iterable):
             raise ConfigError(f"retry(retry_on=...) takes an exception class or a tuple of "
                               f"them (retry_on=(TimeoutError, ConnectionError)), not "
-                              f"{retry_on!r}.")
+                              f"{retry_on!r}.")  # an instance, a number, None
+        retry_on = tuple(retry_on)  # a list, a set, a generator
         if not retry_on and attempts > 1:
             raise ConfigError("retry(retry_on=()) retries on no error, so its attempts never "
                               "come; name the exception classes to retry on, or leave "

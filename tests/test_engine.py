@@ -626,6 +626,19 @@ def test_a_sub_step_s_cache_answers_its_next_call_in_another_run():
     assert other["tag"] == tag + "-other"  # another input: its own call
 
 
+def test_what_a_timed_out_sub_step_calls_is_keyed_under_it_and_refused_once_it_timed_out():
+    """Its thread ran on and took the step's next call numbers: the step's own searches
+    were keyed after the research's, and a replay answered b with a1's output."""
+    run = wf.sub_step_ran_on.start({})
+    assert run.result(WAIT) == {"b": "b!", "c": "c!"}
+    keys = set(get_store().checkpoints(run.id))
+    step = "0:t.researches_then_searches"
+    assert f"{step}/1:t.search" in keys and f"{step}/2:t.search" in keys
+    assert f"{step}/0:t.research/0:t.search" in keys  # a1, before the timeout
+    assert not any(k.startswith(f"{step}/0:t.research/1:") for k in keys)  # a2: refused
+    assert get_store().checkpoint(run.id, f"{step}/1:t.search") == '"b!"'
+
+
 def test_a_step_that_catches_its_sub_step_s_timeout_goes_on_without_it():
     run = wf.sub_step_caught.start({})
     assert run.result(WAIT) == {"fallback": True}

@@ -6,6 +6,7 @@ across worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from marshmallow import fields, validate
@@ -168,6 +169,37 @@ def retries_slow_sub_step(data: dict) -> dict:
     _redis().blpop(f"late:{flowkit.context().run_id}", timeout=10)
     flowkit.emit("the step goes on")
     return out
+
+
+@component(name="t.search")
+def search(query: str) -> str:
+    return f"{query}!"
+
+
+@component(name="t.research")
+def research(data: dict) -> list:
+    """Searches slowly: its 0.2 s timeout runs out after its first search; its thread runs
+    on, and its next search is refused (it says so in ``refused:<run>``)."""
+    found = []
+    for query in ("a1", "a2"):
+        time.sleep(0.15)
+        try:
+            found.append(search(query))
+        except flowkit.RunCancelled:
+            _redis().rpush(f"refused:{flowkit.context().run_id}", query)
+            raise
+    return found
+
+
+@component(name="t.researches_then_searches")
+def researches_then_searches(data: dict) -> dict:
+    """Its research times out; it then searches itself. Its searches' keys were taken by
+    the research's thread running on: a replay answered b with a1's output."""
+    with contextlib.suppress(flowkit.StepTimeout):
+        research.timeout(0.2)(data)
+    answers = {"b": search("b"), "c": search("c")}
+    _redis().blpop(f"refused:{flowkit.context().run_id}", timeout=10)  # the thread's a2
+    return answers
 
 
 @component(name="t.falls_back")
@@ -413,6 +445,7 @@ sub_step_retried = flowkit.Workflow("sub-step-retried", [retries_slow_sub_step])
 sub_step_cached = flowkit.Workflow("sub-step-cached", [calls_cached_sub])
 sub_step_backing_off = flowkit.Workflow("sub-step-backing-off", [retries_failing_sub_step])
 sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
+sub_step_ran_on = flowkit.Workflow("sub-step-ran-on", [researches_then_searches])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
 patient_retries = flowkit.Workflow("patient-retries", [patient.retry(

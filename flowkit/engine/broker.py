@@ -196,7 +196,7 @@ def retention_interval(settings: Settings) -> float:
     """Seconds between beat's retention tasks: hourly, or every half retention when that
     is shorter (expired runs' entries stay in the listing indexes until it runs: listings
     skip them, at a read each; the claims and event waits it keeps must not lapse between)."""
-    return min(3600.0, max(60.0, settings.retention_seconds / 2))
+    return min(3600.0, max(1.0, settings.retention_seconds / 2))
 
 
 def use_app(app: Celery | None) -> Celery | None:

@@ -369,7 +369,6 @@ def trim_indexes(now: float | None = None) -> int:
     the idempotency claims of runs as long as the runs (:meth:`Store.keep_claims`)."""
     store, settings = get_store(), get_settings()
     now, retention = time.time() if now is None else now, settings.retention_seconds
-    ahead = 2 * retention_interval(settings)
-    store.keep_wakers(now, retention, ahead)
-    store.keep_claims(now, retention, ahead)
+    store.keep_wakers(retention)
+    store.keep_claims(now, retention, ahead=2 * retention_interval(settings))
     return store.trim_indexes(now - retention)

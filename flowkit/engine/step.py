@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -45,18 +46,36 @@ ETA_AFTER_SECONDS = 1.0
 class _TimedCall:
     """One attempt of a sub-step with a ``.timeout()``, as its own thread (or task) sees
     it. Python cannot stop the thread of an attempt that timed out: it runs on, and what it
-    still sends (events, sub-steps, an LLM stream's text) is refused. The step that called
-    it goes on: it retries the sub-step, or catches its StepTimeout. Marking the whole
-    step's attempt abandoned instead dropped the step's own outcome, and its run hung until
-    the reaper restarted it."""
+    still sends (events, sub-steps, waits, an LLM stream's text) is refused. The step that
+    called it goes on: it retries the sub-step, or catches its StepTimeout. Marking the
+    whole step's attempt abandoned instead dropped the step's own outcome, and its run hung
+    until the reaper restarted it.
 
-    def __init__(self) -> None:
+    What it calls is checkpointed under its own key, numbered by its own count: on the
+    step's count, a thread running on after its timeout took the numbers of the step's
+    later calls, which then replayed each other's outputs. It is made before its thread
+    starts, so a timeout that fires first still marks it."""
+
+    def __init__(self, key: str) -> None:
         self.outer = _TIMED_CALL.get()  # a timed sub-step inside another one
+        self.key = key
+        self.calls = 0
         self.timed_out = False
 
     @property
     def abandoned(self) -> bool:
         return self.timed_out or (self.outer is not None and self.outer.abandoned)
+
+    def time_out(self) -> None:
+        self.timed_out = True
+
+    def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        _TIMED_CALL.set(self)  # in the attempt's own (copied) context only
+        return fn(*args, **kwargs)
+
+    async def run_async(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        _TIMED_CALL.set(self)  # in the attempt's own task's context only
+        return await fn(*args, **kwargs)
 
 
 #: The timed sub-step attempt whose thread or task this is (None: the step's own).
@@ -64,30 +83,10 @@ _TIMED_CALL: contextvars.ContextVar[_TimedCall | None] = contextvars.ContextVar(
     "flowkit_timed_call", default=None)
 
 
-class _TimedAttempts:
-    """A timed sub-step's function, each call (attempt) in a :class:`_TimedCall` of its
-    own, set in the context of the thread or task that runs it; :meth:`timed_out` marks
-    the latest one."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        self.latest: _TimedCall | None = None
-
-    def _enter(self) -> None:
-        self.latest = _TimedCall()
-        _TIMED_CALL.set(self.latest)  # in the attempt's own (copied) context only
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        self._enter()
-        return self.fn(*args, **kwargs)
-
-    async def run_async(self, *args: Any, **kwargs: Any) -> Any:
-        self._enter()
-        return await self.fn(*args, **kwargs)
-
-    def timed_out(self) -> None:
-        if self.latest is not None:
-            self.latest.timed_out = True
+def timed_call() -> _TimedCall | None:
+    """The timed sub-step attempt running here, if any (an LLM stream made here is
+    dropped with it: :meth:`StepContext.abandoned_for`)."""
+    return _TIMED_CALL.get()
 
 
 @dataclass
@@ -205,8 +204,7 @@ class StepContext:
     def call(self, component: Any, args: tuple, kwargs: dict) -> Any:
         """A component called inside this step: a durable sub-step, checkpointed under
         ``<step>/<call index>:<name>`` (a restarted step replays it from there)."""
-        key = f"{self.step}/{self._calls}:{component.name}"
-        self._calls += 1
+        key = self._next_key(component.name)
         stored = self.store.checkpoint(self.run_id, key)
         if stored is not None:
             return loads(stored)
@@ -217,9 +215,12 @@ class StepContext:
         if pol.timeout is None:
             value = pol.call(lambda: component.fn(*args, **kwargs), before=before)
         else:
-            timed = _TimedAttempts(component.fn)
-            value = pol.call(lambda: call_with_timeout(timed.run, args, kwargs, pol.timeout,
-                                                       timed.timed_out), before=before)
+            def attempt() -> Any:
+                timed = _TimedCall(key)
+                return call_with_timeout(timed.run, (component.fn, args, kwargs), {},
+                                         pol.timeout, timed.time_out)
+
+            value = pol.call(attempt, before=before)
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
     def _cache_put(self, cache_key: cache.CacheKey | None, component: Any, value: Any) -> Any:
@@ -251,8 +252,7 @@ class StepContext:
         """An async component called inside this step: a coroutine of the same durable
         sub-step. Its key is taken now, when called, so sub-steps started together
         (``asyncio.gather``) keep the order they were called in."""
-        key = f"{self.step}/{self._calls}:{component.name}"
-        self._calls += 1
+        key = self._next_key(component.name)
         call = self._sub_step_async(key, component, args, kwargs)
         # what Python's "never awaited" warning names: it said StepContext._sub_step_async
         call.__qualname__ = f"{component.name} (a component's call: await it)"
@@ -278,9 +278,15 @@ class StepContext:
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
             return self._save_sub_step(key, loads(hit))
-        timed = _TimedAttempts(component.fn)
-        value = await call_with_policy(timed.run_async, args, kwargs, component.policy,
-                                       timed.timed_out, before=self._stop_retrying(key))
+        attempts: list[_TimedCall] = []
+
+        def attempt(*args: Any, **kwargs: Any) -> Any:  # each attempt's coroutine, made
+            attempts.append(_TimedCall(key))            # in this task, run in its own
+            return attempts[-1].run_async(component.fn, args, kwargs)
+
+        value = await call_with_policy(attempt, args, kwargs, component.policy,
+                                       lambda: attempts[-1].time_out(),
+                                       before=self._stop_retrying(key))
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
     # -- waits ------------------------------------------------------------------------
@@ -331,8 +337,7 @@ class StepContext:
         An answer ``refused`` finds fault with is dropped and the wait opened again, saying
         why (``refused`` in its spec): failing the run kept the answer, so a retry failed
         the same way and no other answer was taken ("the first answer stands")."""
-        key = f"{self.step}/{self._calls}:wait:{kind}:{name}"
-        self._calls += 1
+        key = self._next_key(f"wait:{kind}:{name}")
         answer = self._answer(key, kind, name, spec, due, lookback)
         value = loads(answer)
         while refused is not None and (errors := refused(value)) is not None:
@@ -403,18 +408,44 @@ class StepContext:
     def abandoned(self) -> bool:
         """Whether what this thread sends is refused: the step's attempt timed out, or this
         is the thread (or task) of a timed sub-step's attempt that did."""
-        call = _TIMED_CALL.get()
+        return self.abandoned_for(_TIMED_CALL.get())
+
+    def abandoned_for(self, call: _TimedCall | None) -> bool:
+        """Whether the step's attempt, or the timed sub-step attempt ``call``, timed out."""
         return self._abandoned or (call is not None and call.abandoned)
+
+    def _next_key(self, name: str) -> str:
+        """The checkpoint key of the next component call (or wait) made here: the step's
+        next, or, inside a timed sub-step, that sub-step's next. One made by an attempt
+        that timed out is refused before it runs (its side effects with it)."""
+        call = _TIMED_CALL.get()
+        if self.abandoned_for(call):
+            raise RunCancelled(f"attempt {self.attempt} of step {self.step} (or its sub-step) "
+                               f"timed out; its call {name} is refused")
+        if call is None:
+            key = f"{self.step}/{self._calls}:{name}"
+            self._calls += 1
+        else:
+            key = f"{call.key}/{call.calls}:{name}"
+            call.calls += 1
+        return key
 
 
 def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:
     """A sub-step's entry in its component's cache (None without ``.cache()``): keyed as a
     step's, by its one argument, so a step and a sub-step of one component share outputs.
-    ``.cache()`` was ignored on a component called inside a step, without a word."""
+    ``.cache()`` was ignored on a component called inside a step, without a word.
+    Arguments JSON cannot hold exactly (objects keyed by their ``str()`` would share one
+    entry) are not cached: the call runs."""
     pol = component.policy
     if not pol.cache_ttl:
         return None
-    value = args[0] if len(args) == 1 and not kwargs else {"args": list(args), "kwargs": kwargs}
+    value = (args[0] if len(args) == 1 and not kwargs
+             else ["flowkit:args", list(args), kwargs])  # no one argument looks like it
+    try:
+        json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
     return cache.key(component.name, pol.cache_version or component.version, value)
 
 

@@ -17,8 +17,12 @@ import httpx
 import openai
 
 from ..config import get_settings
-from ..engine.step import StepContext
-from ..errors import StepError, StepTimeout, describe_error
+from ..engine.step import StepContext, timed_call
+from ..errors import StepError, StepSuspended, StepTimeout, describe_error
+
+#: What an attempt raises that is no failure of it: a wait, a generator closed, a task
+#: cancelled (its stream is closed as it is, not recorded as an error).
+_SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
 
 
 class ChunkBatcher:
@@ -88,6 +92,8 @@ class TracedStream:
         self.tool_calls: dict[int, dict[int, dict[str, str]]] = {}
         self.finish_reasons: dict[int, str] = {}
         self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
+        #: the timed sub-step attempt reading it, if any: dropped with it when it times out
+        self._call = timed_call()
         if ctx is not None:  # left unclosed (a loop left with break): ended with the attempt
             ctx.at_end(self._abandon)
 
@@ -239,7 +245,10 @@ class TracedStream:
         return of(0) if choices == [0] else [of(i) for i in choices]
 
     def _abandoned(self) -> bool:
-        return self._ctx is not None and self._ctx.abandoned
+        """Whether the attempt reading it (the step's, or a timed sub-step's) timed out:
+        judged by the attempt that made it, not by the thread that ends it (the step's own,
+        at the attempt's end, which a sub-step's timeout does not abandon)."""
+        return self._ctx is not None and self._ctx.abandoned_for(self._call)
 
     def _abandon_error(self) -> BaseException | None:
         """Why the attempt left this stream unfinished, when it failed: it timed out, or its
@@ -247,10 +256,10 @@ class TracedStream:
         dropped half-read). None when the attempt went on without it (a loop left with
         ``break`` in a step that succeeded, a wait)."""
         if self._abandoned():
-            return StepTimeout("the step's attempt timed out while this stream was read: "
+            return StepTimeout("the attempt reading it timed out while this stream was read: "
                                "the stream was dropped")
         failure = self._ctx.failure if self._ctx is not None else None
-        if isinstance(failure, Exception):  # not a signal: a wait, a closed generator
+        if failure is not None and not isinstance(failure, _SIGNALS):
             return StepError(f"the step's attempt failed ({describe_error(failure)}) while "
                              "this stream was read: the stream was dropped")
         return None

@@ -630,16 +630,16 @@ class Store:
         pipe.execute()
 
     @_op
-    def keep_wakers(self, now: float, keep: float, ahead: float) -> int:
-        """Index again the open event waits of the runs waiting since before ``now - keep +
-        ahead``, and give their sets ``keep`` seconds more; returns how many waits. A set
-        expired ``keep`` (the retention) after its last wait began: a run waiting longer (a
-        payment confirmed after a week) was never woken by its event. Beat's retention task
-        calls it at least once every ``ahead / 2`` seconds, so no set lapses between."""
+    def keep_wakers(self, keep: float) -> int:
+        """Index again every open event wait of a waiting run, and give its set ``keep``
+        seconds more; returns how many waits. A set expired ``keep`` (the retention) after
+        its last wait began: a run waiting longer (a payment confirmed after a week) was
+        never woken by its event. Beat's retention task calls it more often than ``keep``.
+        Every waiting run is read: when it began waiting does not say when its event wait
+        did (a branch may wait for hours while another runs)."""
         waits = 0
         for shard in range(SHARDS):
-            run_ids = self.redis.zrangebyscore(self.keys.waiting(shard), "-inf",
-                                               now - keep + ahead)
+            run_ids = self.redis.zrange(self.keys.waiting(shard), 0, -1)
             for start in range(0, len(run_ids), self.TRIM_BATCH):
                 batch = run_ids[start:start + self.TRIM_BATCH]
                 pipe = self.redis.pipeline(transaction=False)
@@ -707,6 +707,8 @@ class Store:
         result = self._scripts["slots"](keys=[active, pending], args=[
             add, order, release, limit, now if score is None else score,
             "" if lapsed is None else lapsed])
+        if add:  # again: a sweep may have dropped the group as idle before the script ran
+            self.redis.hset(index or self.keys.groups, group, limit)
         return bool(result[0]), int(result[1]), list(result[2:])
 
     @_op

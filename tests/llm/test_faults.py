@@ -234,6 +234,18 @@ def test_a_streamed_tool_call_is_recorded_in_its_span(llm):
     assert span["output"] == {"tool_calls": calls} and calls[0]["name"] == "get_weather"
 
 
+def test_a_stream_dropped_at_a_sub_step_s_timeout_is_an_error_span_and_its_text_unsent(llm):
+    """Finished by the step's own thread at the attempt's end, which the sub-step's timeout
+    does not abandon: its half-read text was sent to the run's stream and its span ok."""
+    primary, _ = llm
+    primary.configure(token_latency=0.3)  # its first words batched when it times out (0.2 s)
+    run = wf.sub_stream_timed_out.start({"prompt": "tell me a story", "max_tokens": 8})
+    assert run.result(timeout=30) == {"text": None}
+    [span] = llm_spans(run)
+    assert span["status"] == "error" and "timed out" in span["error"]
+    assert of_type(run, events.STEP_OUTPUT) == []
+
+
 def test_a_stream_dropped_at_the_step_s_timeout_is_an_error_span(llm):
     primary, _ = llm
     primary.configure(token_latency=0.3)  # 8 tokens: 2.4 s, past the step's 0.5 s

@@ -491,3 +491,17 @@ streamed_tools = flowkit.Workflow("llmtest_stream_tools", [stream_tools],
                                   input_schema=prompt_schema, queue=QUEUE)
 stream_timed_out = flowkit.Workflow("llmtest_stream_timed_out", [stream.timeout(0.5)],
                                     input_schema=prompt_schema, queue=QUEUE)
+
+
+@component(name="llmtest.stream_or_not")
+def stream_or_not(data: dict) -> dict:
+    """Its streamed sub-step times out before its first words are sent; it goes on
+    without it."""
+    try:
+        return stream.timeout(0.2)(data)
+    except flowkit.StepTimeout:
+        return {"text": None}
+
+
+sub_stream_timed_out = flowkit.Workflow("llmtest_sub_stream_timed_out", [stream_or_not],
+                                        input_schema=prompt_schema, queue=QUEUE)
