@@ -166,7 +166,7 @@ def forgets_await(data: dict) -> dict:
 
 @component(name="a.slow_first_call")
 async def slow_first_call(data: dict) -> dict:
-    """A sub-step whose first call in a run outlasts its 0.2 s timeout."""
+    """A sub-step whose first call in a run outlasts its 0.5 s timeout."""
     if count("slow_first_call") == 1:
         await asyncio.sleep(5)
     return {"n": data["n"] + 1}
@@ -174,7 +174,7 @@ async def slow_first_call(data: dict) -> dict:
 
 @component(name="a.retries_slow_sub_step")
 async def retries_slow_sub_step(data: dict) -> dict:
-    out = await slow_first_call.timeout(0.2).retry(
+    out = await slow_first_call.timeout(0.5).retry(
         attempts=2, backoff=flowkit.exponential(0.05, 0.05), jitter=False)(data)
     flowkit.emit("the step goes on")
     return out

@@ -148,11 +148,11 @@ def times_out_once(data: dict) -> dict:
 
 @component(name="t.slow_first_call")
 def slow_first_call(data: dict) -> dict:
-    """A sub-step whose first call in a run outlasts its 0.2 s timeout, then tries to send
+    """A sub-step whose first call in a run outlasts its 0.5 s timeout, then tries to send
     (refused: that call timed out) and says it tried."""
     call = count("slow_first_call")
     if call == 1:
-        time.sleep(0.4)
+        time.sleep(1.0)
         try:
             flowkit.emit("late text of the call that timed out")
         finally:
@@ -164,7 +164,7 @@ def slow_first_call(data: dict) -> dict:
 def retries_slow_sub_step(data: dict) -> dict:
     """Its sub-step's first attempt times out, its second answers; the step then waits for
     the first one's late send, so that the run's stream would show it."""
-    out = slow_first_call.timeout(0.2).retry(
+    out = slow_first_call.timeout(0.5).retry(
         attempts=2, backoff=flowkit.exponential(0.05, 0.05), jitter=False)(data)
     _redis().blpop(f"late:{flowkit.context().run_id}", timeout=10)
     flowkit.emit("the step goes on")
@@ -178,11 +178,11 @@ def search(query: str) -> str:
 
 @component(name="t.research")
 def research(data: dict) -> list:
-    """Searches slowly: its 0.2 s timeout runs out after its first search; its thread runs
+    """Searches slowly: its 0.3 s timeout runs out after its first search; its thread runs
     on, and its next search is refused (it says so in ``refused:<run>``)."""
     found = []
-    for query in ("a1", "a2"):
-        time.sleep(0.15)
+    for query, pause in (("a1", 0.01), ("a2", 0.6)):
+        time.sleep(pause)
         try:
             found.append(search(query))
         except flowkit.RunCancelled:
@@ -196,7 +196,7 @@ def researches_then_searches(data: dict) -> dict:
     """Its research times out; it then searches itself. Its searches' keys were taken by
     the research's thread running on: a replay answered b with a1's output."""
     with contextlib.suppress(flowkit.StepTimeout):
-        research.timeout(0.2)(data)
+        research.timeout(0.3)(data)
     answers = {"b": search("b"), "c": search("c")}
     _redis().blpop(f"refused:{flowkit.context().run_id}", timeout=10)  # the thread's a2
     return answers
@@ -206,7 +206,7 @@ def researches_then_searches(data: dict) -> dict:
 def falls_back(data: dict) -> dict:
     """Catches its sub-step's timeout and answers without it."""
     try:
-        return slow_first_call.timeout(0.2)(data)
+        return slow_first_call.timeout(0.5)(data)
     except flowkit.StepTimeout:
         flowkit.emit("fell back")  # the step's own send: it was refused as abandoned
         return {"fallback": True}
