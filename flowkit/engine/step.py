@@ -284,8 +284,10 @@ class StepContext:
             attempts.append(_TimedCall(key))            # in this task, run in its own
             return attempts[-1].run_async(component.fn, args, kwargs)
 
-        value = await call_with_policy(attempt, args, kwargs, component.policy,
-                                       lambda: attempts[-1].time_out(),
+        timed = component.policy.timeout is not None  # else its calls keep the step's keys
+        value = await call_with_policy(attempt if timed else component.fn, args, kwargs,
+                                       component.policy,
+                                       (lambda: attempts[-1].time_out()) if timed else None,
                                        before=self._stop_retrying(key))
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
