@@ -156,6 +156,33 @@ def test_a_run_waiting_for_an_event_past_the_retention_is_still_woken_by_it():
     assert run.result(WAIT)["paid"] == {"amount": 3}
 
 
+def test_a_step_replayed_after_its_wait_finds_its_answer_behind_a_sub_step_s_own_calls():
+    """The sub-step's checkpoint answers the replay without running its body, whose two
+    calls had taken the step's numbers: the wait's key moved, and the person was asked
+    again, for ever."""
+    run = wf.sub_step_then_wait.start({})
+    paused(run)
+    flowkit.send_input(run.id, "approve", "yes")
+    assert run.result(WAIT) == {"found": ["x1!", "x2!"], "answer": "yes", "b": "b!"}
+    keys = set(get_store().checkpoints(run.id))
+    step = "0:t.looks_up_then_asks"
+    assert {f"{step}/0:t.looks_up/0:t.search", f"{step}/0:t.looks_up/1:t.search",
+            f"{step}/2:t.search"} <= keys
+    assert [e.type for e in run.events()].count("run.waiting") == 1
+
+
+def test_a_run_made_before_nested_keys_keeps_its_step_s_flat_count(store):
+    """Its checkpoints were written on the step's count: read under the sub-step, a run
+    mid-step at the upgrade would have met other keys."""
+    run = wf.sub_step_ran_on.start({}, delay=3600)
+    store.redis.hdel(store.keys.run(run.id), "sub_step_keys")  # as an older release made it
+    fire_due_timers(time.time() + 3601)
+    assert run.result(WAIT) == {"b": "b!", "c": "c!"}
+    step = "0:t.researches_then_searches"
+    assert f"{step}/1:t.search" in set(store.checkpoints(run.id))  # a1, on the step's count
+    assert not any("/0:t.research/" in key for key in store.checkpoints(run.id))
+
+
 def test_an_event_key_too_long_to_send_is_refused_by_the_wait_and_the_sender():
     too_long = "x" * 201  # POST /events/<key> refuses it: no wait may hang on it
     run = wf.payment.start({"order": too_long})

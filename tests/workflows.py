@@ -202,6 +202,22 @@ def researches_then_searches(data: dict) -> dict:
     return answers
 
 
+@component(name="t.looks_up")
+def looks_up(data: dict) -> list:
+    """A sub-step that calls components itself."""
+    return [search("x1"), search("x2")]
+
+
+@component(name="t.looks_up_then_asks")
+def looks_up_then_asks(data: dict) -> dict:
+    """Replayed after its wait, its sub-step answers from its checkpoint without running:
+    its two inner searches took the step's numbers the first time only, so the wait's key
+    and the search after it moved (the person was asked again, for ever)."""
+    found = looks_up(data)
+    answer = flowkit.wait_for_input("approve")
+    return {"found": found, "answer": answer, "b": search("b")}
+
+
 @component(name="t.falls_back")
 def falls_back(data: dict) -> dict:
     """Catches its sub-step's timeout and answers without it."""
@@ -446,6 +462,7 @@ sub_step_cached = flowkit.Workflow("sub-step-cached", [calls_cached_sub])
 sub_step_backing_off = flowkit.Workflow("sub-step-backing-off", [retries_failing_sub_step])
 sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 sub_step_ran_on = flowkit.Workflow("sub-step-ran-on", [researches_then_searches])
+sub_step_then_wait = flowkit.Workflow("sub-step-then-wait", [looks_up_then_asks])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
 patient_retries = flowkit.Workflow("patient-retries", [patient.retry(

@@ -2,11 +2,18 @@
 
 ``0:research`` (the first step), ``1.0:left`` (branch 0 of a parallel block at 1),
 ``2[3]:write`` (item 3 of the fan-out at 2), ``0+2:agent`` (the 2nd continuation of the
-agent loop at 0), ``0:agent/1:search`` (the 2nd call made inside step 0). A restarted run
-maps every step to its checkpoint by these keys.
+agent loop at 0), ``0:agent/1:search`` (the 2nd call made inside step 0),
+``0:agent/0:research/1:search`` (the 2nd call made inside that step's first sub-step, in a
+run whose record says ``sub_step_keys: nested``). A restarted run maps every step to its
+checkpoint by these keys.
 """
 
 from __future__ import annotations
+
+#: A run record's ``sub_step_keys`` when a sub-step's calls are keyed under the sub-step
+#: (runs made from 2026-12-06 on: :class:`flowkit.engine.step._TimedCall`); a run without
+#: it keys them on its step's count, as it did when it checkpointed them.
+NESTED_KEYS = "nested"
 
 #: The output of a step that continues with another (an agent loop's decision).
 CONTINUE = "$continue"

@@ -35,6 +35,7 @@ from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
 from . import cache
+from .paths import NESTED_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,22 @@ ETA_AFTER_SECONDS = 1.0
 
 
 class _TimedCall:
-    """One attempt of a sub-step with a ``.timeout()``, as its own thread (or task) sees
-    it. Python cannot stop the thread of an attempt that timed out: it runs on, and what it
-    still sends (events, sub-steps, waits, an LLM stream's text) is refused. The step that
-    called it goes on: it retries the sub-step, or catches its StepTimeout. Marking the
-    whole step's attempt abandoned instead dropped the step's own outcome, and its run hung
-    until the reaper restarted it.
+    """One attempt of a sub-step (a component called inside a step), as its code sees it.
 
-    What it calls is checkpointed under its own key, numbered by its own count: on the
-    step's count, a thread running on after its timeout took the numbers of the step's
-    later calls, which then replayed each other's outputs. It is made before its thread
-    starts, so a timeout that fires first still marks it."""
+    What it calls (and waits for) is checkpointed under its own key, numbered by its own
+    count (``0:step/0:research/0:search``), in runs made by this release (see
+    :attr:`StepContext.nested_keys`). On the step's count, a sub-step replayed from its
+    checkpoint, whose body does not run again, no longer took the numbers its calls had
+    taken: the step's later calls and waits got other keys on replay (a wait asked its
+    person again; a call got another call's output), and sub-steps gathered together took
+    theirs in whatever order their I/O finished.
+
+    With a ``.timeout()``, an attempt runs in a thread (or task) of its own, which Python
+    cannot stop once it timed out: it runs on, and what it still sends (events, sub-steps,
+    waits, an LLM stream's text) is refused; the step that called it goes on (it retries
+    the sub-step, or catches its StepTimeout). Marking the whole step's attempt abandoned
+    instead dropped the step's own outcome, and its run hung until the reaper restarted it.
+    It is made before its thread starts, so a timeout that fires first still marks it."""
 
     def __init__(self, key: str) -> None:
         self.outer = _TIMED_CALL.get()  # a timed sub-step inside another one
@@ -70,15 +76,20 @@ class _TimedCall:
         self.timed_out = True
 
     def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        _TIMED_CALL.set(self)  # in the attempt's own (copied) context only
-        return fn(*args, **kwargs)
+        """``fn(*args, **kwargs)`` as this attempt, in the calling thread (its context is
+        restored after: a timed attempt's thread has a copy of its own anyway)."""
+        token = _TIMED_CALL.set(self)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _TIMED_CALL.reset(token)
 
     async def run_async(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         _TIMED_CALL.set(self)  # in the attempt's own task's context only
         return await fn(*args, **kwargs)
 
 
-#: The timed sub-step attempt whose thread or task this is (None: the step's own).
+#: The sub-step attempt whose code runs here (None: the step's own).
 _TIMED_CALL: contextvars.ContextVar[_TimedCall | None] = contextvars.ContextVar(
     "flowkit_timed_call", default=None)
 
@@ -108,6 +119,7 @@ class StepContext:
     #: What the attempt's code raised, once it has: a stream it left open ends with it.
     failure: BaseException | None = field(default=None, repr=False)
     _calls: int = field(default=0, repr=False)
+    _nested_keys: bool | None = field(default=None, repr=False)
     _input: Any = field(default=None, repr=False)
     #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
     #: ``completion``, ``total``); ``step.completed`` reports them.
@@ -211,16 +223,14 @@ class StepContext:
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
             return self._save_sub_step(key, loads(hit))
-        pol, before = component.policy, self._stop_retrying(key)
-        if pol.timeout is None:
-            value = pol.call(lambda: component.fn(*args, **kwargs), before=before)
-        else:
-            def attempt() -> Any:
-                timed = _TimedCall(key)
-                return call_with_timeout(timed.run, (component.fn, args, kwargs), {},
-                                         pol.timeout, timed.time_out)
+        pol = component.policy
 
-            value = pol.call(attempt, before=before)
+        def attempt() -> Any:
+            timed = _TimedCall(key)
+            return call_with_timeout(timed.run, (component.fn, args, kwargs), {},
+                                     pol.timeout, timed.time_out)
+
+        value = pol.call(attempt, before=self._stop_retrying(key))
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
     def _cache_put(self, cache_key: cache.CacheKey | None, component: Any, value: Any) -> Any:
@@ -284,10 +294,8 @@ class StepContext:
             attempts.append(_TimedCall(key))            # in this task, run in its own
             return attempts[-1].run_async(component.fn, args, kwargs)
 
-        timed = component.policy.timeout is not None  # else its calls keep the step's keys
-        value = await call_with_policy(attempt if timed else component.fn, args, kwargs,
-                                       component.policy,
-                                       (lambda: attempts[-1].time_out()) if timed else None,
+        value = await call_with_policy(attempt, args, kwargs, component.policy,
+                                       lambda: attempts[-1].time_out(),
                                        before=self._stop_retrying(key))
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
@@ -424,13 +432,24 @@ class StepContext:
         if self.abandoned_for(call):
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} (or its sub-step) "
                                f"timed out; its call {name} is refused")
-        if call is None:
+        if call is None or not self.nested_keys:
             key = f"{self.step}/{self._calls}:{name}"
             self._calls += 1
         else:
             key = f"{call.key}/{call.calls}:{name}"
             call.calls += 1
         return key
+
+    @property
+    def nested_keys(self) -> bool:
+        """Whether this run keys a sub-step's calls under the sub-step (:class:`_TimedCall`):
+        runs made by this release do (their record says ``sub_step_keys: nested``); a run
+        made before keeps the step's flat count it checkpointed with (read once a step
+        attempt, at its first call inside a sub-step)."""
+        if self._nested_keys is None:
+            self._nested_keys = self.store.run_fields(
+                self.run_id, "sub_step_keys")[0] == NESTED_KEYS
+        return self._nested_keys
 
 
 def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:
