@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, overload
 
@@ -73,7 +73,7 @@ class Component:
         attempts: int = 3,
         backoff: Backoff | None = None,
         jitter: bool | float = True,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        retry_on: type[BaseException] | Iterable[type[BaseException]] = (Exception,),
     ) -> Component:
         """Retry failed attempts: ``attempts`` in all, waiting per ``backoff`` (+ jitter).
 

@@ -203,7 +203,7 @@ class Policy:
         attempts: int,
         backoff: Backoff | None,
         jitter: bool | float,
-        retry_on: tuple[type[BaseException], ...],
+        retry_on: type[BaseException] | Iterable[type[BaseException]],
     ) -> Policy:
         if not (is_whole(attempts) and attempts >= 1):
             raise ConfigError(f"retry(attempts=...) is a whole number >= 1 (1 means no "

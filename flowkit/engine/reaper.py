@@ -369,6 +369,8 @@ def trim_indexes(now: float | None = None) -> int:
     the idempotency claims of runs as long as the runs (:meth:`Store.keep_claims`)."""
     store, settings = get_store(), get_settings()
     now, retention = time.time() if now is None else now, settings.retention_seconds
-    store.keep_wakers(retention)
-    store.keep_claims(now, retention, ahead=2 * retention_interval(settings))
+    # kept past the next passes even when the retention is shorter than two of them
+    ahead = 2 * retention_interval(settings)
+    store.keep_wakers(max(retention, ahead))
+    store.keep_claims(now, max(retention, ahead), ahead=ahead)
     return store.trim_indexes(now - retention)

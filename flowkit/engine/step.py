@@ -463,8 +463,9 @@ def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | No
         return None
     value = (args[0] if len(args) == 1 and not kwargs
              else ["flowkit:args", list(args), kwargs])  # no one argument looks like it
-    try:
-        json.dumps(value, sort_keys=True, allow_nan=False)
+    try:  # exactly: what JSON reads back as it was (``{1: x}`` came back ``{"1": x}``)
+        if json.loads(json.dumps(value, allow_nan=False)) != value:
+            return None
     except (TypeError, ValueError):
         return None
     return cache.key(component.name, pol.cache_version or component.version, value)
