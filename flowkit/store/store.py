@@ -631,15 +631,17 @@ class Store:
 
     @_op
     def keep_wakers(self, keep: float) -> int:
-        """Index again every open event wait of a waiting run, and give its set ``keep``
+        """Index again every open event wait of a live run, and give its set ``keep``
         seconds more; returns how many waits. A set expired ``keep`` (the retention) after
         its last wait began: a run waiting longer (a payment confirmed after a week) was
         never woken by its event. Beat's retention task calls it more often than ``keep``.
-        Every waiting run is read: when it began waiting does not say when its event wait
-        did (a branch may wait for hours while another runs)."""
+        Every waiting, running and queued run is read: a branch may wait for an event while
+        another runs (the run is ``running``), and when a run began waiting does not say
+        when its event wait did."""
         waits = 0
-        for shard in range(SHARDS):
-            run_ids = self.redis.zrange(self.keys.waiting(shard), 0, -1)
+        for shard, index in ((shard, index) for shard in range(SHARDS) for index in
+                             (self.keys.waiting, self.keys.running, self.keys.queued)):
+            run_ids = self.redis.zrange(index(shard), 0, -1)
             for start in range(0, len(run_ids), self.TRIM_BATCH):
                 batch = run_ids[start:start + self.TRIM_BATCH]
                 pipe = self.redis.pipeline(transaction=False)

@@ -1887,6 +1887,18 @@ def test_an_idempotency_claim_is_kept_as_long_as_its_run(store):
     assert store.create_run(doc, queued_event("run-again"), "k-lapsed") == ("run-lapsed", False)
 
 
+def test_the_event_wait_of_a_branch_is_indexed_again_while_another_branch_runs(store):
+    """The run is running, not waiting (another branch holds a step): only waiting runs'
+    waits were indexed again, and its event wait's index lapsed after a retention."""
+    make_run(store, RunState.RUNNING)
+    begin_other(store)  # another branch runs on
+    assert pause(store, kind=WaitKind.EVENT, name="payment:43")[0] == WaitOutcome.PAUSED
+    assert store.get_run(RUN)["state"] == RunState.RUNNING
+    store.redis.delete(store.keys.wakers("payment:43"))  # as a retention later
+    assert store.keep_wakers(3600) == 1
+    assert store.take_wakers("payment:43") == [(RUN, wait_key(WaitKind.EVENT, "payment:43"))]
+
+
 def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
     make_run(store, RunState.RUNNING)
     store.handed_off_many([(RUN, 0, T + 1, {"llm"}), (RUN, 0, T + 2, {"llm", "flowkit"})])
