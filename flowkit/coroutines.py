@@ -205,6 +205,18 @@ async def _guarded(
     work = asyncio.ensure_future(_timed(fn(*args, **kwargs), ended))
     stopped: list[bool] = []
     watcher = asyncio.ensure_future(_watch(work, cancelled, stopped)) if cancelled else None
+    expired: list[bool] = []
+
+    def at_deadline() -> None:
+        # told at the deadline, not when it returns: a coroutine that swallows its
+        # cancellation runs on, and what it sent or called meanwhile was accepted
+        if not work.done():
+            expired.append(True)
+            if on_timeout is not None:
+                on_timeout()
+
+    loop = asyncio.get_running_loop()
+    marker = loop.call_at(loop.time() + timeout, at_deadline) if timeout is not None else None
     try:
         async with asyncio.timeout(timeout) as deadline:
             result = await work
@@ -222,9 +234,15 @@ async def _guarded(
                 "the run was cancelled or restarted; the coroutine was cancelled"
             ) from None
         raise
+    except RunCancelled:
+        if not expired:
+            raise  # the run's own cancel
+        # a call or send it made past its deadline was refused: it timed out
     finally:
         if watcher is not None:
             watcher.cancel()
+        if marker is not None:
+            marker.cancel()
     if on_timeout is not None:
         on_timeout()
     raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout")

@@ -180,6 +180,24 @@ async def retries_slow_sub_step(data: dict) -> dict:
     return out
 
 
+@component(name="a.stubborn_sub")
+async def stubborn_sub(data: dict) -> dict:
+    """Swallows the cancellation of its timeout and goes on to call a component."""
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        pass  # runs on past its deadline
+    return await add_one(data)  # refused: its deadline passed
+
+
+@component(name="a.calls_stubborn")
+async def calls_stubborn(data: dict) -> dict:
+    try:
+        return await stubborn_sub.timeout(0.3)(data)
+    except flowkit.StepTimeout:
+        return {"timed_out": True}
+
+
 @component(name="a.blocks")
 async def blocks(data: dict) -> dict:
     """Blocks its event loop (a sync call in async code) past its 0.3 s timeout."""
@@ -213,6 +231,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         ),
         "timing_out": wf("async_timing_out", [sleeper.timeout(1)]),
         "blocking": wf("async_blocking", [blocks.timeout(0.3)]),
+        "stubborn": wf("async_stubborn", [calls_stubborn], input_schema=number),
         "cancelling": wf("async_cancelling", [sleeper]),
         "caching": wf("async_caching", [cached.cache(ttl=60)]),
         "forgetting": wf("async_forgetting", [forgets_await], input_schema=number),

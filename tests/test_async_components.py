@@ -125,6 +125,14 @@ def test_a_coroutine_that_blocks_its_loop_past_its_timeout_fails_the_attempt(on)
     assert counts(run) == {"blocks": 1}
 
 
+def test_a_sub_step_that_swallows_its_timeout_s_cancellation_calls_nothing_after_it(on):
+    """It was told it timed out only when it returned: the component it called past its
+    deadline ran (a side effect of an attempt that was over)."""
+    run = on("threads")["stubborn"].start({"n": 1})
+    assert run.result(WAIT) == {"timed_out": True}
+    assert "add_one" not in counts(run)
+
+
 def test_a_sync_step_that_forgets_await_fails_at_once_saying_so(on):
     run = on("threads")["forgetting"].start({"n": 1})
     with pytest.raises(StepError) as failed:
