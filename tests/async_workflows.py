@@ -8,6 +8,7 @@ so a test sees how often each piece ran, across worker processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -183,10 +184,8 @@ async def retries_slow_sub_step(data: dict) -> dict:
 @component(name="a.stubborn_sub")
 async def stubborn_sub(data: dict) -> dict:
     """Swallows the cancellation of its timeout and goes on to call a component."""
-    try:
+    with contextlib.suppress(asyncio.CancelledError):  # runs on past its deadline
         await asyncio.sleep(5)
-    except asyncio.CancelledError:
-        pass  # runs on past its deadline
     return await add_one(data)  # refused: its deadline passed
 
 
