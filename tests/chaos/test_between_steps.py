@@ -5,6 +5,8 @@ nothing is in flight and no lease lapses, yet the reaper notices and the run res
 
 from __future__ import annotations
 
+import pytest
+
 from flowkit import config
 from flowkit.store import get_store
 from flowkit.testing import LocalRedis
@@ -19,6 +21,10 @@ from tests.chaos.conftest import (
 )
 from tests.chaos.joins import BRANCH_QUEUE, DIE_BEFORE_COUNTING, joined
 from tests.chaos.workflows import DIE_BEFORE_PUBLISH, handed_on, handoff, held, work
+
+#: In the long session, beside the rest: they wait out heartbeat lapses and reaper sweeps
+#: (5-6 s each).
+pytestmark = pytest.mark.long
 
 
 def test_a_worker_lost_between_steps_is_noticed_and_the_run_resumes(chaos_app, deployment):

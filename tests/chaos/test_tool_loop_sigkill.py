@@ -14,6 +14,10 @@ from tests.chaos.test_sigkill import detection_bound
 from tests.conftest import ROOT
 from tests.llm import workflows as wf
 
+#: In the long session, beside the rest: each waits out a lease lapse after its SIGKILL
+#: (7 s each).
+pytestmark = pytest.mark.long
+
 PROMPT = "weather in ten cities, one at a time"
 
 
