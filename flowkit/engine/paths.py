@@ -11,7 +11,7 @@ checkpoint by these keys.
 from __future__ import annotations
 
 #: A run record's ``sub_step_keys`` when a sub-step's calls are keyed under the sub-step
-#: (runs made from 2026-12-06 on: :class:`flowkit.engine.step._TimedCall`); a run without
+#: (runs made from 2026-12-06 on: :class:`flowkit.engine.step._SubStepAttempt`); a run without
 #: it keys them on its step's count, as it did when it checkpointed them.
 NESTED_KEYS = "nested"
 

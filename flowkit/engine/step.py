@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 ETA_AFTER_SECONDS = 1.0
 
 
-class _TimedCall:
+class _SubStepAttempt:
     """One attempt of a sub-step (a component called inside a step), as its code sees it.
 
     What it calls (and waits for) is checkpointed under its own key, numbered by its own
@@ -63,7 +63,7 @@ class _TimedCall:
     It is made before its thread starts, so a timeout that fires first still marks it."""
 
     def __init__(self, key: str) -> None:
-        self.outer = _TIMED_CALL.get()  # a timed sub-step inside another one
+        self.outer = _SUB_STEP.get()  # a sub-step inside another one
         self.key = key
         self.calls = 0
         self.timed_out = False
@@ -78,26 +78,26 @@ class _TimedCall:
     def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """``fn(*args, **kwargs)`` as this attempt, in the calling thread (its context is
         restored after: a timed attempt's thread has a copy of its own anyway)."""
-        token = _TIMED_CALL.set(self)
+        token = _SUB_STEP.set(self)
         try:
             return fn(*args, **kwargs)
         finally:
-            _TIMED_CALL.reset(token)
+            _SUB_STEP.reset(token)
 
     async def run_async(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        _TIMED_CALL.set(self)  # in the attempt's own task's context only
+        _SUB_STEP.set(self)  # in the attempt's own task's context only
         return await fn(*args, **kwargs)
 
 
 #: The sub-step attempt whose code runs here (None: the step's own).
-_TIMED_CALL: contextvars.ContextVar[_TimedCall | None] = contextvars.ContextVar(
-    "flowkit_timed_call", default=None)
+_SUB_STEP: contextvars.ContextVar[_SubStepAttempt | None] = contextvars.ContextVar(
+    "flowkit_sub_step", default=None)
 
 
-def timed_call() -> _TimedCall | None:
-    """The timed sub-step attempt running here, if any (an LLM stream made here is
-    dropped with it: :meth:`StepContext.abandoned_for`)."""
-    return _TIMED_CALL.get()
+def current_sub_step() -> _SubStepAttempt | None:
+    """The sub-step attempt running here, if any (an LLM stream made here is dropped with
+    it when it times out: :meth:`StepContext.abandoned_for`)."""
+    return _SUB_STEP.get()
 
 
 @dataclass
@@ -226,9 +226,9 @@ class StepContext:
         pol = component.policy
 
         def attempt() -> Any:
-            timed = _TimedCall(key)
-            return call_with_timeout(timed.run, (component.fn, args, kwargs), {},
-                                     pol.timeout, timed.time_out)
+            sub = _SubStepAttempt(key)
+            return call_with_timeout(sub.run, (component.fn, args, kwargs), {},
+                                     pol.timeout, sub.time_out)
 
         value = pol.call(attempt, before=self._stop_retrying(key))
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
@@ -288,10 +288,10 @@ class StepContext:
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
             return self._save_sub_step(key, loads(hit))
-        attempts: list[_TimedCall] = []
+        attempts: list[_SubStepAttempt] = []
 
         def attempt(*args: Any, **kwargs: Any) -> Any:  # each attempt's coroutine, made
-            attempts.append(_TimedCall(key))            # in this task, run in its own
+            attempts.append(_SubStepAttempt(key))            # in this task, run in its own
             return attempts[-1].run_async(component.fn, args, kwargs)
 
         value = await call_with_policy(attempt, args, kwargs, component.policy,
@@ -417,18 +417,18 @@ class StepContext:
     @property
     def abandoned(self) -> bool:
         """Whether what this thread sends is refused: the step's attempt timed out, or this
-        is the thread (or task) of a timed sub-step's attempt that did."""
-        return self.abandoned_for(_TIMED_CALL.get())
+        is the thread (or task) of a sub-step's attempt that did."""
+        return self.abandoned_for(_SUB_STEP.get())
 
-    def abandoned_for(self, call: _TimedCall | None) -> bool:
-        """Whether the step's attempt, or the timed sub-step attempt ``call``, timed out."""
+    def abandoned_for(self, call: _SubStepAttempt | None) -> bool:
+        """Whether the step's attempt, or the sub-step attempt ``call``, timed out."""
         return self._abandoned or (call is not None and call.abandoned)
 
     def _next_key(self, name: str) -> str:
         """The checkpoint key of the next component call (or wait) made here: the step's
-        next, or, inside a timed sub-step, that sub-step's next. One made by an attempt
-        that timed out is refused before it runs (its side effects with it)."""
-        call = _TIMED_CALL.get()
+        next, or, inside a sub-step, that sub-step's next. One made by an attempt that
+        timed out is refused before it runs (its side effects with it)."""
+        call = _SUB_STEP.get()
         if self.abandoned_for(call):
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} (or its sub-step) "
                                f"timed out; its call {name} is refused")
@@ -442,7 +442,7 @@ class StepContext:
 
     @property
     def nested_keys(self) -> bool:
-        """Whether this run keys a sub-step's calls under the sub-step (:class:`_TimedCall`):
+        """Whether this run keys a sub-step's calls under the sub-step (:class:`_SubStepAttempt`):
         runs made by this release do (their record says ``sub_step_keys: nested``); a run
         made before keeps the step's flat count it checkpointed with (read once a step
         attempt, at its first call inside a sub-step)."""

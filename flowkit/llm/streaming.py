@@ -17,7 +17,7 @@ import httpx
 import openai
 
 from ..config import get_settings
-from ..engine.step import StepContext, timed_call
+from ..engine.step import StepContext, current_sub_step
 from ..errors import StepError, StepSuspended, StepTimeout, describe_error
 
 #: What an attempt raises that is no failure of it: a wait, a generator closed, a task
@@ -92,8 +92,8 @@ class TracedStream:
         self.tool_calls: dict[int, dict[int, dict[str, str]]] = {}
         self.finish_reasons: dict[int, str] = {}
         self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
-        #: the timed sub-step attempt reading it, if any: dropped with it when it times out
-        self._call = timed_call()
+        #: the sub-step attempt reading it, if any: dropped with it when it times out
+        self._call = current_sub_step()
         if ctx is not None:  # left unclosed (a loop left with break): ended with the attempt
             ctx.at_end(self._abandon)
 
