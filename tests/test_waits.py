@@ -330,6 +330,20 @@ def test_an_event_answers_one_wait_of_a_run_not_each_later_one_that_looks_back()
     assert run.result(20) == {"first": {"n": 1}, "second": {"n": 2}}
 
 
+def test_events_sent_between_two_waits_of_a_run_are_each_taken_in_order():
+    """A look-back took the newest event: of two messages sent while a chat loop's step
+    worked, its next wait took the second and the first was never seen."""
+    key = f"chat:{time.time_ns()}"
+    flowkit.send_event(key, {"n": 1})
+    flowkit.send_event(key, {"n": 2})
+    run = awaiting_twice.start({"key": key})
+    wait_until(lambda: flowkit.get_run(run.id).state in ("succeeded", "waiting", "failed"),
+               20, "the run to take its events or wait for one")
+    done = flowkit.get_run(run.id)
+    assert done.state == "succeeded", done.waits  # it waited: the first message was skipped
+    assert done.output == {"first": {"n": 1}, "second": {"n": 2}}
+
+
 @flowkit.component(name="t.item_asks")
 def item_asks(data: dict) -> dict:
     return {"n": data["n"], "answer": flowkit.wait_for_input(f"go-{data['n']}")}

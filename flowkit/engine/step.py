@@ -382,16 +382,14 @@ class StepContext:
         return answer
 
     def _unseen_event(self, name: str, lookback: float) -> tuple[str, float] | None:
-        """The newest event sent under ``name`` within ``lookback`` seconds that no earlier
-        wait of this run took: one event answered every later wait of a run on its key (a
-        loop of ``wait_for_event("chat:42", lookback=60)`` took the same message again and
-        again). An answer records when its event was sent (``sent_at``)."""
-        found = self.store.sent_since(name, time.time() - lookback)
-        if found is None:
-            return None
+        """The oldest event sent under ``name`` within ``lookback`` seconds after every one
+        an earlier wait of this run took: one event answered every later wait of a run on
+        its key (a loop of ``wait_for_event("chat:42", lookback=60)`` took the same message
+        again and again), and the newest skipped those sent while the loop's step worked.
+        An answer records when its event was sent (``sent_at``)."""
         taken = [loads(answer).get("sent_at") or 0.0
                  for answer in self.store.waits_answered(self.run_id, WaitKind.EVENT.value, name)]
-        return found if not taken or found[1] > max(taken) else None
+        return self.store.sent_since(name, time.time() - lookback, after=max(taken, default=0.0))
 
     def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
                due: float | None) -> str:

@@ -681,14 +681,22 @@ class Store:
         pipe.execute()
 
     @_op
-    def sent_since(self, event_key: str, since: float) -> tuple[str, float] | None:
-        """The newest event sent under ``event_key`` at ``since`` or later (JSON), and when
-        it was sent, or None."""
-        for _, fields in self.redis.xrevrange(self.keys.sent(event_key), count=SENT_KEPT):
-            if float(fields["t"]) >= since:
-                return fields["d"], float(fields["t"])
-            break  # the newest is older: so are the rest
-        return None
+    def sent_since(self, event_key: str, since: float,
+                   after: float = 0.0) -> tuple[str, float] | None:
+        """The oldest event sent under ``event_key`` at ``since`` or later and after
+        ``after`` (JSON), and when it was sent, or None: a run's waits on a key take its
+        events in the order they were sent, each once (the newest skipped those sent
+        between two waits of a chat loop)."""
+        oldest = None
+        # newest first, as far back as ``since``; trimmed approximately, so the stream may
+        # hold more than SENT_KEPT
+        for _, fields in self.redis.xrevrange(self.keys.sent(event_key), count=2 * SENT_KEPT):
+            sent_at = float(fields["t"])
+            if sent_at < since:
+                break  # sent before the look-back: so were the rest
+            if sent_at > after:
+                oldest = fields["d"], sent_at
+        return oldest
 
     # -- concurrency groups (admission) -----------------------------------------------------
 

@@ -1662,11 +1662,15 @@ def test_take_wakers_returns_the_indexed_waits_and_empties_the_index(store):
     assert store.take_wakers("order:2") == [("run-3", "k3")]
 
 
-def test_sent_since_returns_the_newest_event_sent_since(store):
+def test_sent_since_returns_the_oldest_event_sent_since_and_after_the_last_taken(store):
     store.record_sent("order:1", '"first"', T, keep=60)
     store.record_sent("order:1", '"second"', T + 1, keep=60)
-    store.record_sent("order:2", '"other"', T + 2, keep=60)
-    assert store.sent_since("order:1", T - 1) == ('"second"', T + 1)
+    store.record_sent("order:1", '"third"', T + 2, keep=60)
+    store.record_sent("order:2", '"other"', T + 3, keep=60)
+    assert store.sent_since("order:1", T - 1) == ('"first"', T)
+    assert store.sent_since("order:1", T - 1, after=T) == ('"second"', T + 1)
+    assert store.sent_since("order:1", T + 0.5) == ('"second"', T + 1)
+    assert store.sent_since("order:1", T - 1, after=T + 2) is None
     assert store.sent_since("order:3", T - 1) is None
 
 
