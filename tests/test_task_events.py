@@ -153,6 +153,7 @@ def test_every_flowkit_task_reaches_a_monitor_received_started_and_succeeded(eve
         [f"({{'round': {i}}},)" for i in range(4)] + [f"({{'round': {i}}},)" for i in (1, 2, 3)] * 2)
 
 
+@pytest.mark.long  # waits for beat's sweep behind a backlog: beside the rest (scripts/test)
 def test_the_reaper_has_a_queue_of_its_own_that_every_worker_consumes(
     events, monitored, monitored_beat
 ):

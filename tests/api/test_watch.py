@@ -63,6 +63,7 @@ def test_watch_page_follows_a_run_across_a_dropped_socket_and_a_refresh(api, cli
     page.close()
 
 
+@pytest.mark.long  # waits out the token's 5 s: beside the rest (scripts/test)
 def test_the_watch_page_says_its_link_expired_when_its_token_does(flowkit_env, worker, store,
                                                                    browser):
     """The run token in the page's URL expires (here after 5 s) while the run still waits
@@ -176,6 +177,7 @@ def test_the_watch_page_says_its_events_are_late_while_the_server_cannot_reach_r
             web.stop()
 
 
+@pytest.mark.long  # waits out the Retry-After: beside the rest (scripts/test)
 def test_a_watch_page_past_its_runs_stream_limit_says_why_and_comes_in_when_one_closes(
         flowkit_env, worker, store, browser):
     """The 429 was taken for a network drop: the page said "reconnecting", nothing more,

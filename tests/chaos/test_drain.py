@@ -18,6 +18,9 @@ from tests.chaos.conftest import QUEUE, of_type, open_gate, side_effects, wait_f
 from tests.chaos.workflows import held
 from tests.conftest import ROOT
 
+#: Each test waits out a drain's grace on worker processes of its own: beside the rest.
+pytestmark = pytest.mark.long
+
 HOLD = "1:chaos.hold"
 #: What Celery logs when a shutdown handler raises (a gevent worker's did, on every SIGTERM:
 #: its signal handlers run in gevent's event loop, where starting a thread must not block).

@@ -37,6 +37,7 @@ def test_a_run_still_queued_after_its_message_was_lost_is_redriven(chaos_app, de
     assert side_effects(run, "started") == {"0:chaos.work": 1, "1:chaos.handed_on": 1}
 
 
+@pytest.mark.long  # mostly waiting for a slot, on purpose: beside the rest (scripts/test)
 def test_runs_waiting_in_a_backlog_longer_than_the_queued_timeout_are_left_in_line(
         chaos_app, deployment):
     quick = {"FLOWKIT_QUEUED_TIMEOUT": "1"}

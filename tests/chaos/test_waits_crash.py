@@ -15,6 +15,9 @@ from tests.chaos.conftest import Deployment, reruns, wait_for
 from tests.chaos.workflows import asking, ten
 from tests.conftest import FAST, ROOT
 
+#: 500 runs through worker processes and a web server of their own: beside the rest.
+pytestmark = pytest.mark.long
+
 RUNS = 500
 
 
@@ -49,7 +52,6 @@ def test_500_waiting_runs_hold_no_slot_and_500_posted_inputs_finish_them(
     assert all(r.output == {"n": 3, "chunks": 0, "ok": True} for r in finished)
 
 
-@pytest.mark.long  # mostly waiting out the outage: beside the rest (scripts/test)
 def test_a_worker_killed_and_redis_restarted_while_runs_wait_lose_nothing(private_redis, tmp_path):
     env = {**FAST, "PYTHONPATH": ROOT, "FLOWKIT_DEFAULT_QUEUE": "chaos",
            "FLOWKIT_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/1",

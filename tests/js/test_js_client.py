@@ -49,6 +49,7 @@ def _runner_flags() -> list[str]:
     return []
 
 
+@pytest.mark.long  # Node's own process for half a minute: beside the rest (scripts/test)
 def test_the_node_suite_passes_against_a_real_server(served, short_tokens, store, flowkit_env):
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail(
