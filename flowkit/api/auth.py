@@ -104,11 +104,11 @@ class Access:
             raise ApiError(403, "forbidden", f"{why}: use an API key, or an authorization "
                            "that is not scoped to an owner.")
 
-    def require_run(
-        self, run_id: str, run_owner: str = "", write: bool = False, answer: bool = False
-    ) -> None:
-        """Reads of the run; ``write``: changing it (cancel, retry); ``answer``: sending
-        input to its waits, which its own run token may (a page answering its form)."""
+    def require_run(self, run_id: str, write: bool = False, answer: bool = False) -> None:
+        """A run token's scope: reads of its own run; ``write``: changing it (cancel,
+        retry), which it may not; ``answer``: sending input to its waits, which it may (a
+        page answering its form). Checked before the run is looked up, so that its 403 is
+        the same whether another id exists or not."""
         if self.kind == RUN:
             if run_id != self.run_id:
                 raise ApiError(403, "forbidden", "This token is for another run: a run token "
@@ -117,8 +117,12 @@ class Access:
                 raise ApiError(403, "forbidden", "A run token reads its run and answers its "
                                "waits; cancelling or retrying it needs an API key (or your "
                                "app's own authorization).")
-        elif self.owner is not None and run_owner != self.owner:
-            raise ApiError(403, "forbidden", "This run belongs to another owner.")
+
+    def sees(self, run_owner: str) -> bool:
+        """Whether a run of ``run_owner`` is this caller's to see: an owner-scoped caller
+        sees only its own; to it another owner's run is not found, as a missing one is
+        (a 403 told which run ids of other tenants exist)."""
+        return self.kind == RUN or self.owner is None or run_owner == self.owner
 
 
 _CHALLENGE = 'Bearer realm="flowkit"'

@@ -181,7 +181,6 @@ def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store
     run = start(acme, "simple", {"n": 1})
     assert flowkit.get_run(run["id"]).owner == "acme"
     assert acme.get(f"/runs/{run['id']}").status_code == 200
-    assert globex.get(f"/runs/{run['id']}").status_code == 403
     assert [r["id"] for r in acme.get("/runs").json()["runs"]] == [run["id"]]
     assert globex.get("/runs").json()["runs"] == []
     # asking for another owner's runs is an empty list, not a way around the scope
@@ -189,6 +188,42 @@ def test_authorize_callback_scopes_callers_to_their_own_runs(callback_api, store
     assert [r["id"] for r in acme.get("/runs", params={"owner": "acme"}).json()["runs"]] \
         == [run["id"]]
     assert callback_api.client(key=None).get("/runs").status_code == 401
+
+
+def test_another_owners_run_is_not_found_as_a_missing_one_is(callback_api, store):
+    """A 403 ("belongs to another owner") told a tenant which ids of other tenants' runs
+    exist, where a missing one was a 404."""
+    acme = callback_api.client(key=None, headers={"X-Tenant": "acme"})
+    globex = callback_api.client(key=None, headers={"X-Tenant": "globex"})
+    run = start(acme, "simple", {"n": 1})
+    missing = "01" + run["id"][2:-4] + ("AAAA" if not run["id"].endswith("AAAA") else "BBBB")
+    for method, path in [("GET", "/runs/{}"), ("GET", "/runs/{}/output"),
+                         ("GET", "/runs/{}/trace"), ("GET", "/runs/{}/events"),
+                         ("POST", "/runs/{}/cancel"), ("POST", "/runs/{}/retry"),
+                         ("POST", "/runs/{}/input/approval")]:
+        theirs = globex.request(method, path.format(run["id"]), json={})
+        absent = globex.request(method, path.format(missing), json={})
+        assert theirs.status_code == absent.status_code == 404, (path, theirs.text)
+        said = theirs.json()["error"]["message"].replace(run["id"], missing)
+        assert said == absent.json()["error"]["message"], path
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(f"{callback_api.ws_url}/runs/{run['id']}/stream",
+                                    timeout=20, header=["X-Tenant: globex"])
+    assert refused.value.status_code == 404
+    assert acme.get(f"/runs/{run['id']}").status_code == 200
+    assert flowkit.get_run(run["id"]).state != "cancelled"
+
+
+def test_a_run_token_is_refused_other_runs_alike_whether_they_exist_or_not(api, client):
+    run = start(client, "simple", {"n": 1})
+    other = start(client, "simple", {"n": 2})
+    as_page = api.client(key=run["token"])
+    missing = "01" + other["id"][2:-4] + ("AAAA" if not other["id"].endswith("AAAA") else "BBBB")
+    for rid in (other["id"], missing, missing.lower()):
+        refused = as_page.get(f"/runs/{rid}")
+        assert refused.status_code == 403, refused.text
+        assert "This token is for another run" in refused.json()["error"]["message"]
+    assert as_page.get(f"/runs/{run['id'].lower()}").status_code == 200  # its own, any case
 
 
 def test_an_idempotency_key_is_each_owners_own(callback_api, store):

@@ -26,8 +26,11 @@ def register(bp: Blueprint, sock: Sock) -> None:
 def load_run(run_id: str, write: bool = False, answer: bool = False) -> control.Run:
     """The run, if the caller may see it (or change it, with ``write``; or answer its
     waits, with ``answer``: a run token may, for its own run)."""
+    who = access()
+    who.require_run(control.canonical_run_id(run_id), write=write, answer=answer)
     run = control.get_run(run_id, store=state().store)
-    access().require_run(run.id, run.owner, write=write, answer=answer)
+    if not who.sees(run.owner):
+        raise control.not_found(run_id)
     return run
 
 

@@ -71,7 +71,8 @@ def start_run(name: str):
     except BaseException:
         current.hub.quota.release(holder)
         raise
-    who.require_run(run.id, run.owner)  # never another owner's: keys are per owner
+    if not who.sees(run.owner):  # never another owner's: keys are per owner
+        raise ApiError(403, "forbidden", "This run belongs to another owner.")
     token = current.auth.issue(run.id)
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
                "X-Flowkit-Run": run.id, "X-Flowkit-Token": token}
