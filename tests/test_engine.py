@@ -613,6 +613,51 @@ def test_a_sub_step_that_timed_out_is_retried_and_its_step_goes_on():
     assert "step.retrying" not in types(run)  # the sub-step retried, not the step
 
 
+def test_a_sub_step_s_retry_makes_its_calls_anew_and_a_replay_keeps_each_attempt_s():
+    """Its retry replayed the calls its failed attempt had checkpointed: a sub-step that
+    checks an LLM's answer and retries got the same refused answer at every attempt."""
+    topic = f"t{time.time_ns()}"
+    run = wf.drafting.start({"topic": topic})
+    assert run.result(WAIT) == {"text": f"{topic} draft 2"}
+    step = "0:t.drafts_until_valid"
+    store = get_store()
+    assert {key: json.loads(value) for key, value in store.checkpoints(run.id).items()
+            if key.startswith(f"{step}/")} == {
+        f"{step}/0:t.validated/0:t.drafts": f"{topic} draft 1",  # attempt 1, refused
+        f"{step}/0:t.validated@2/0:t.drafts": f"{topic} draft 2",
+        f"{step}/0:t.validated": f"{topic} draft 2",
+    }
+    assert wf.DRAFTS[topic] == 2
+
+
+def test_a_sub_step_run_again_replays_each_of_its_attempts_as_it_went():
+    """The step runs again (here a retry of its run; a restart alike) with its sub-step's
+    calls checkpointed but not the sub-step's output (as when its worker died between
+    them): attempt 1 replays its refused draft, attempt 2 its accepted one, and no draft is
+    asked for again."""
+    topic = f"t{time.time_ns()}"
+    wf.FAIL_AFTER_DRAFTS.add(topic)
+    run = wf.drafting.start({"topic": topic})
+    assert run.wait(WAIT).state == "failed"
+    store = get_store()
+    assert store.redis.hdel(store.keys.checkpoints(run.id),
+                            "0:t.drafts_until_valid/0:t.validated") == 1
+    assert flowkit.retry(run.id).result(WAIT) == {"text": f"{topic} draft 2"}
+    assert wf.DRAFTS[topic] == 2
+
+
+def test_a_run_made_before_attempt_keys_replays_its_sub_step_s_calls_at_each_attempt(store):
+    """Its checkpoints were written under the sub-step alike for every attempt: a run in
+    flight at the upgrade reads them where it wrote them."""
+    topic = f"t{time.time_ns()}"
+    run = wf.drafting.start({"topic": topic}, delay=3600)
+    store.redis.hset(store.keys.run(run.id), "sub_step_keys", "nested")  # an older release's
+    control.fire_due_timers(time.time() + 3601)
+    assert run.wait(WAIT).state == "failed"  # each attempt replayed draft 1
+    assert wf.DRAFTS[topic] == 1
+    assert not any("@" in key for key in store.checkpoints(run.id))
+
+
 def test_a_sub_step_s_cache_answers_its_next_call_in_another_run():
     """``.cache()`` was ignored on a component called inside a step: it ran every time."""
     import uuid

@@ -202,6 +202,38 @@ def researches_then_searches(data: dict) -> dict:
     return answers
 
 
+#: How often ``t.drafts`` answered each topic (the session worker runs in this process).
+DRAFTS: dict[str, int] = {}
+#: Topics whose ``t.drafts_until_valid`` fails once, after its sub-step.
+FAIL_AFTER_DRAFTS: set[str] = set()
+
+
+@component(name="t.drafts")
+def drafts(topic: str) -> str:
+    """An LLM's answer: another each time it is asked."""
+    DRAFTS[topic] = DRAFTS.get(topic, 0) + 1
+    return f"{topic} draft {DRAFTS[topic]}"
+
+
+@component(name="t.validated")
+def validated(topic: str) -> str:
+    """Asks for a draft and refuses the first, as a check of an LLM's answer does."""
+    answer = drafts(topic)
+    if answer.endswith(" draft 1"):
+        raise ValueError(f"refused {answer!r}")
+    return answer
+
+
+@component(name="t.drafts_until_valid")
+def drafts_until_valid(data: dict) -> dict:
+    retried = validated.retry(attempts=3, backoff=flowkit.exponential(0.01, 0.01), jitter=False)
+    text = retried(data["topic"])
+    if data["topic"] in FAIL_AFTER_DRAFTS:
+        FAIL_AFTER_DRAFTS.discard(data["topic"])
+        raise RuntimeError("the step fails after its sub-step")
+    return {"text": text}
+
+
 @component(name="t.looks_up")
 def looks_up(data: dict) -> list:
     """A sub-step that calls components itself."""
@@ -463,6 +495,7 @@ sub_step_backing_off = flowkit.Workflow("sub-step-backing-off", [retries_failing
 sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 sub_step_ran_on = flowkit.Workflow("sub-step-ran-on", [researches_then_searches])
 sub_step_then_wait = flowkit.Workflow("sub-step-then-wait", [looks_up_then_asks])
+drafting = flowkit.Workflow("drafting", [drafts_until_valid])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
 patient_retries = flowkit.Workflow("patient-retries", [patient.retry(

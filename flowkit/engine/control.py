@@ -41,7 +41,7 @@ from . import schedules as schedules  # the door to schedules too (the API's)
 from . import trace as traces
 from .broker import get_app
 from .dispatch import send, send_resume
-from .paths import NESTED_KEYS
+from .paths import ATTEMPT_KEYS
 
 
 def _num(value: str | None) -> float | None:
@@ -135,7 +135,7 @@ class Run:
             "state": (RunState.QUEUED if start_at is None else RunState.SCHEDULED).value,
             "input": input_json, "created_at": now, "updated_at": now, "gen": 0, "restarts": 0,
             "owner": owner or "", "idempotency_key": idempotency_key or "", "queue": queue,
-            "sub_step_keys": NESTED_KEYS,  # see flowkit.engine.paths
+            "sub_step_keys": ATTEMPT_KEYS,  # see flowkit.engine.paths
         }
         if start_at is not None:
             record["start_at"] = start_at

@@ -4,8 +4,9 @@
 ``2[3]:write`` (item 3 of the fan-out at 2), ``0+2:agent`` (the 2nd continuation of the
 agent loop at 0), ``0:agent/1:search`` (the 2nd call made inside step 0),
 ``0:agent/0:research/1:search`` (the 2nd call made inside that step's first sub-step, in a
-run whose record says ``sub_step_keys: nested``). A restarted run maps every step to its
-checkpoint by these keys.
+run whose record says ``sub_step_keys: nested`` or ``attempts``), ``0:agent/0:research@2/0:search``
+(the first call of that sub-step's 2nd attempt, in a run whose record says ``attempts``). A
+restarted run maps every step to its checkpoint by these keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from __future__ import annotations
 #: (runs made from 2026-12-06 on: :class:`flowkit.engine.step._SubStepAttempt`); a run without
 #: it keys them on its step's count, as it did when it checkpointed them.
 NESTED_KEYS = "nested"
+
+#: A run record's ``sub_step_keys`` when, besides, each retry of a sub-step keys its calls
+#: apart from the attempts before it (runs made from 2026-12-07 on): a retry replayed the
+#: calls its failed attempt had checkpointed, so a sub-step that validates an LLM's answer
+#: and retries got the same answer each attempt.
+ATTEMPT_KEYS = "attempts"
 
 #: The output of a step that continues with another (an agent loop's decision).
 CONTINUE = "$continue"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import itertools
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
 from . import cache
-from .paths import NESTED_KEYS
+from .paths import ATTEMPT_KEYS, NESTED_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,10 @@ class _SubStepAttempt:
 
     What it calls (and waits for) is checkpointed under its own key, numbered by its own
     count (``0:step/0:research/0:search``), in runs made by this release (see
-    :attr:`StepContext.nested_keys`). On the step's count, a sub-step replayed from its
+    :attr:`StepContext.sub_step_keys`); its 2nd attempt's under ``0:step/0:research@2``, so that
+    a retry makes its calls anew (it replayed those its failed attempt had checkpointed: a
+    sub-step validating an LLM's answer got the same answer each attempt), and a restarted
+    step replays each attempt as it went. On the step's count, a sub-step replayed from its
     checkpoint, whose body does not run again, no longer took the numbers its calls had
     taken: the step's later calls and waits got other keys on replay (a wait asked its
     person again; a call got another call's output), and sub-steps gathered together took
@@ -62,9 +66,11 @@ class _SubStepAttempt:
     instead dropped the step's own outcome, and its run hung until the reaper restarted it.
     It is made before its thread starts, so a timeout that fires first still marks it."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, number: int = 1) -> None:
         self.outer = _SUB_STEP.get()  # a sub-step inside another one
         self.key = key
+        #: Where its calls are keyed (``number``: the attempt's, from 1).
+        self.prefix = key if number == 1 else f"{key}@{number}"
         self.calls = 0
         self.timed_out = False
 
@@ -119,7 +125,7 @@ class StepContext:
     #: What the attempt's code raised, once it has: a stream it left open ends with it.
     failure: BaseException | None = field(default=None, repr=False)
     _calls: int = field(default=0, repr=False)
-    _nested_keys: bool | None = field(default=None, repr=False)
+    _sub_step_keys: str | None = field(default=None, repr=False)
     _input: Any = field(default=None, repr=False)
     #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
     #: ``completion``, ``total``); ``step.completed`` reports them.
@@ -225,8 +231,10 @@ class StepContext:
             return self._save_sub_step(key, loads(hit))
         pol = component.policy
 
+        numbers = itertools.count(1)
+
         def attempt() -> Any:
-            sub = _SubStepAttempt(key)
+            sub = _SubStepAttempt(key, next(numbers))
             return call_with_timeout(sub.run, (component.fn, args, kwargs), {},
                                      pol.timeout, sub.time_out)
 
@@ -290,8 +298,9 @@ class StepContext:
             return self._save_sub_step(key, loads(hit))
         attempts: list[_SubStepAttempt] = []
 
-        def attempt(*args: Any, **kwargs: Any) -> Any:  # each attempt's coroutine, made
-            attempts.append(_SubStepAttempt(key))            # in this task, run in its own
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            # each attempt's coroutine, made in this task, run in its own
+            attempts.append(_SubStepAttempt(key, len(attempts) + 1))
             return attempts[-1].run_async(component.fn, args, kwargs)
 
         value = await call_with_policy(attempt, args, kwargs, component.policy,
@@ -430,24 +439,25 @@ class StepContext:
         if self.abandoned_for(call):
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} (or its sub-step) "
                                f"timed out; its call {name} is refused")
-        if call is None or not self.nested_keys:
+        keying = self.sub_step_keys if call is not None else ""
+        if keying not in (NESTED_KEYS, ATTEMPT_KEYS):
             key = f"{self.step}/{self._calls}:{name}"
             self._calls += 1
         else:
-            key = f"{call.key}/{call.calls}:{name}"
+            key = f"{call.prefix if keying == ATTEMPT_KEYS else call.key}/{call.calls}:{name}"
             call.calls += 1
         return key
 
     @property
-    def nested_keys(self) -> bool:
-        """Whether this run keys a sub-step's calls under the sub-step (:class:`_SubStepAttempt`):
-        runs made by this release do (their record says ``sub_step_keys: nested``); a run
-        made before keeps the step's flat count it checkpointed with (read once a step
-        attempt, at its first call inside a sub-step)."""
-        if self._nested_keys is None:
-            self._nested_keys = self.store.run_fields(
-                self.run_id, "sub_step_keys")[0] == NESTED_KEYS
-        return self._nested_keys
+    def sub_step_keys(self) -> str:
+        """How this run keys a sub-step's calls, as it checkpointed them: under the sub-step's
+        attempt (:class:`_SubStepAttempt`; runs made by this release: ``attempts``), under
+        the sub-step alike for every attempt (``nested``), or on the step's flat count (a
+        run made before either: ``""``). Read once a step attempt, at its first call inside
+        a sub-step."""
+        if self._sub_step_keys is None:
+            self._sub_step_keys = self.store.run_fields(self.run_id, "sub_step_keys")[0] or ""
+        return self._sub_step_keys
 
 
 def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:
