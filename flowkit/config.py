@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -224,6 +225,9 @@ def _check_value(name: str, value: Any, kind: type) -> None:
     if kind in (int, float) and (value < 0 or (value == 0 and name in _POSITIVE)):
         least = "more than 0" if name in _POSITIVE else "0 or more"
         raise ConfigError(f"{said} is {least}, not {value!r}.")
+    if kind is float and value > threading.TIMEOUT_MAX:  # a socket's or a lock's timeout
+        raise ConfigError(f"{said} is at most {threading.TIMEOUT_MAX:.0f} (about 292 years, "
+                          f"the longest Python can wait), not {value!r}.")
 
 
 def _database_ok(url: str) -> bool:

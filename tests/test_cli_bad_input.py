@@ -18,7 +18,7 @@ from flowkit.testing import LocalRedis
 from flowkit.testing.redis import free_port
 from flowkit.urls import credentials_in_userinfo, redacted
 from tests import workflows as wf
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -337,6 +337,17 @@ def test_settings_no_client_can_use_are_one_line(env, name, value, says):
     assert said.startswith(f"flowkit run: {name}=") and says in said
 
 
+@pytest.mark.parametrize("value", ["1e10", "1e308"])
+def test_a_time_setting_longer_than_python_can_wait_is_one_line(env, value):
+    """A socket cannot wait 1e10 s: redis-py's ``settimeout`` ended the command in an
+    OverflowError traceback."""
+    result = cli("runs", env={**env, "FLOWKIT_REDIS_SOCKET_TIMEOUT": value})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "flowkit runs: FLOWKIT_REDIS_SOCKET_TIMEOUT (redis_socket_timeout=) is at most "
+        f"9223372036 (about 292 years, the longest Python can wait), not {float(value)!r}.")
+
+
 @pytest.mark.parametrize("host, says", [
     ("bogus.invalid", "no such address"),
     ("192.0.2.1", "cannot listen there"),  # TEST-NET-1: no interface of this machine
@@ -517,3 +528,74 @@ def test_a_web_server_count_that_is_not_one_is_one_line_and_exit_2(env, name):
     assert one_line(result) == (f"flowkit web refuses to start: {name}='abc' is a whole number "
                                 ">= 1; unset it or give a value like "
                                 f"{1200 if name.endswith('THREADS') else 1}.")
+
+
+def test_ctrl_c_while_flowkit_imports_ends_the_command_at_once_by_the_signal(flowkit_env):
+    """A Ctrl-C in the command's first half second, while flowkit imports, printed a
+    traceback of thirty lines ending in KeyboardInterrupt (or a library's bare ``except:``
+    swallowed it and the command ran on). ``-X importtime`` says when the import is under
+    way: marshmallow is among its first modules, Celery far later."""
+    import signal
+
+    command = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "_flowkit_cli", "runs"],
+        env={**os.environ, **flowkit_env}, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        # as a shell's foreground command has it (a session run in the background, as
+        # scripts/test runs the long tests, passes SIGINT on ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    imported = []  # "import time:  self [us] | cumulative | imported package"
+    for line in command.stderr:
+        imported.append(line.split("|")[-1].strip())
+        if imported[-1] == "marshmallow":
+            command.send_signal(signal.SIGINT)
+            break
+    rest = command.stderr.read()
+    command.wait(30)
+    assert imported[-1] == "marshmallow" and "celery" not in imported  # mid-import
+    lines = [line for line in rest.splitlines() if not line.startswith("import time:")]
+    # ended by SIGINT itself, as a C program is (the shell says 130), with nothing said
+    assert lines == [] and command.returncode == -signal.SIGINT, (command.returncode, lines)
+
+
+def test_the_flowkit_command_starts_at_the_launcher():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="flowkit")
+    assert script.value == "_flowkit_cli:main"
+
+
+def test_a_full_stdout_is_one_line_and_a_detached_run_s_id_is_kept(env):
+    """``> /dev/full`` ended in an OSError traceback; `run --detach` started its run and
+    printed neither its id nor the line to follow it."""
+    with open("/dev/full", "w") as full:
+        status = subprocess.run([sys.executable, "-m", "flowkit.cli", "runs", "--json"],
+                                env=env, stdout=full, stderr=subprocess.PIPE, text=True,
+                                timeout=60)
+        detached = subprocess.run(
+            [sys.executable, "-m", "flowkit.cli", "run", "simple", "-i", "n=1", *APP,
+             "--detach"], env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    for result in (status, detached):
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines()[-1] == (
+            "flowkit: cannot write its output (No space left on device): free some space, "
+            "or send it elsewhere.")
+    started = re.match(r"run (\w{26}) queued \(simple\); follow it: ", detached.stderr)
+    assert started, detached.stderr
+    assert flowkit.get_run(started.group(1)).wait(20).state == "succeeded"
+
+
+def test_a_closed_stdout_is_no_traceback(env):
+    result = subprocess.run(f"exec {sys.executable} -m flowkit.cli runs >&-", shell=True,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_module_raising_a_base_exception_of_its_own_is_one_line(env, tmp_path):
+    (tmp_path / "halting.py").write_text(
+        "class Halt(BaseException):\n    pass\n\n\nraise Halt('not today')\n")
+    result = subprocess.run([sys.executable, "-m", "flowkit.cli", "doctor", "-A", "halting"],
+                            env={**env, "PYTHONPATH": f"{tmp_path}:{ROOT}"}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "importing 'halting' raised Halt: not today (at halting.py:5)" in result.stderr

@@ -7,6 +7,7 @@ A command module has ``register(subparsers)``, adding its parser with
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import sys
@@ -47,7 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return root
 
 
+#: Why writing the command's output failed, said in one line: the disk (or quota) is full,
+#: or the device failed. Any other OSError is not about the output.
+_OUTPUT_FAILED = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _guarded_main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command began (its arguments, settings)
+        return 130
+
+
+def _guarded_main(argv: Sequence[str] | None) -> int:
+    if sys.stdout is None:  # started with stdout closed (`flowkit run ... >&-`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     for stream in (sys.stdout, sys.stderr):
         # a stdout that cannot write a mark or a run's text (PYTHONIOENCODING=ascii, a
         # Latin-1 terminal) shows "?" for it rather than ending in a UnicodeEncodeError
@@ -62,9 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader stopped reading (`flowkit trace RUN | head -1`): stop quietly, as
         # `cat | head` does. Python's recipe: stdout onto devnull, or the interpreter's
         # last flush fails again (docs.python.org/3/library/signal.html#note-on-sigpipe).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         return 1  # as rich's console does when the pipe closes under it (`flowkit follow`)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_FAILED:
+            raise
+        _stdout_to_devnull()
+        print(f"flowkit: cannot write its output ({exc.strerror}): free some space, or send "
+              "it elsewhere.", file=sys.stderr)
+        return 1
+
+
+def _stdout_to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _broker_down(where: str, exc: BrokerUnavailable) -> int:

@@ -68,6 +68,10 @@ def load_app(args: argparse.Namespace) -> ModuleType:
         raise CodeError(f"importing {name!r} called sys.exit({exc.code!r}); a module -A "
                          "imports must not exit (guard it with if __name__ == "
                          "'__main__':).") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a BaseException of the user's own, past Exception
+        raise CodeError(f"importing {name!r} raised {described(exc)}") from None
 
 
 def _check_module_name(name: str) -> None:

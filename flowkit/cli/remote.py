@@ -37,6 +37,13 @@ CONNECT_WAIT_SECONDS = 5.0
 _NO_ROUTE = "The requested URL was not found"
 
 
+def _bad_url(url: str, why: str) -> UsageError:
+    shown = repr(url) if len(url) <= 200 else f"of {len(url)} characters"
+    return UsageError(f"--url (or FLOWKIT_URL) {shown} is not a URL flowkit can reach "
+                      f"({why}): give where your app mounts flowkit's blueprint, e.g. "
+                      "https://app.example.com/flowkit or http://127.0.0.1:8000")
+
+
 class Unavailable(FlowkitError):
     """The server answered 502, 503 or 504: Redis away, the process restarting, a proxy with
     no upstream. A follower waits and reconnects (it quit, exit 1, while its run went on)."""
@@ -47,8 +54,21 @@ class RemoteRuns:
     ``https://app.example.com/flowkit``), with an API key or a run token as bearer."""
 
     def __init__(self, url: str, credential: str | None) -> None:
-        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.url = url.rstrip("/")
+        try:
+            parsed = httpx.URL(self.url)
+        except httpx.InvalidURL as exc:  # "http://[::1", a port "abc"
+            raise _bad_url(url, str(exc)) from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise _bad_url(url, "not an http:// or https:// URL with a host")
+        if credential is not None and not (credential.isascii() and credential.isprintable()):
+            # an HTTP header is ASCII: a smart quote, a non-breaking space or a newline
+            # pasted with the key ended in a UnicodeEncodeError, or an "unreachable" server
+            # whose message echoed the key
+            raise UsageError("The API key or run token holds a character an HTTP header "
+                             "cannot (a smart quote, a non-breaking space, a line break, "
+                             "pasted with it?): give it as printable ASCII text.")
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
     def start(self, workflow: str, input: Any) -> dict[str, Any]:
@@ -82,15 +102,18 @@ class RemoteRuns:
                     if last is not None and _token_expired(source.response):  # reconnected late
                         raise _expired_while_following(run_id, cursor)
                     self._check(source.response)
+                    kind = source.response.headers.get("content-type", "no content type")
+                    if not kind.startswith("text/event-stream"):  # not an outage to wait out
+                        raise self._not_flowkit(f"{kind.split(';')[0]} for an event stream")
                     for sse in source.iter_sse():
                         if sse.event == "token_expired":  # the stream ends with the token
                             raise _expired_while_following(run_id, cursor)
                         if sse.event == "status":  # the relay's word on itself: not an event
-                            _say_status(run_id, json.loads(sse.data))
+                            _say_status(run_id, self._json(sse.data))
                             continue
                         if not sse.data:
                             continue  # keep-alive comments
-                        last = json.loads(sse.data)
+                        last = self._event(sse.data)
                         cursor, tries, heard = sse.id or cursor, 0, True
                         yield last
                 # The server ends the stream after the run's latest terminal event (a
@@ -149,6 +172,24 @@ class RemoteRuns:
                 time.sleep(0.2)
             except httpx.TransportError as exc:
                 raise self._unreachable(exc) from None
+
+    def _json(self, data: str) -> dict[str, Any]:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise self._not_flowkit("an event stream whose data is not JSON objects")
+        return value
+
+    def _event(self, data: str) -> dict[str, Any]:
+        """One event of the stream, as flowkit sends it: a server that is not flowkit's
+        ended in a traceback for data that is not JSON, or events without a type."""
+        event = self._json(data)
+        if not isinstance(event.get("type"), str) or not isinstance(event.get("ts", 0.0),
+                                                                    int | float):
+            raise self._not_flowkit("an event stream whose events are not flowkit's")
+        return event
 
     def _unreachable(self, exc: Exception) -> FlowkitError:
         return FlowkitError(f"cannot reach {self.url} ({exc}); is the web app running, "

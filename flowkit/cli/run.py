@@ -176,10 +176,11 @@ def run(args: argparse.Namespace) -> int:
     if args.detach:
         if args.json:
             print(json.dumps(record, indent=2, default=str))
-        else:  # the id alone on stdout, for RUN=$(flowkit run ... --detach)
-            print(record["id"])
+        else:  # the id alone on stdout, for RUN=$(flowkit run ... --detach); said on
+            # stderr first, so that a stdout that fails (a full disk) loses no run id
             print(f"run {record['id']} {record['state']} ({args.workflow}); follow it: "
-                  f"{_follow_hint(args, record['id'])}", file=sys.stderr)
+                  f"{_follow_hint(args, record['id'])}", file=sys.stderr, flush=True)
+            print(record["id"])
         return EXIT_SUCCEEDED
     return follow_run(args, runs, record["id"], ev.START)
 

@@ -438,3 +438,84 @@ def line_within(stream, seconds: float) -> str:
 
     ready, _, _ = select.select([stream], [], [], seconds)
     return stream.readline() if ready else ""
+
+
+@pytest.fixture
+def foreign_stream():
+    """A server that answers a run's record as flowkit does, then an event stream that is
+    not flowkit's: under /<kind>/..., ``text`` data that is not JSON, ``typeless`` JSON
+    events without a type, ``array`` JSON arrays, ``html`` an HTML page."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    streams = {"text": "data: not json\n\n", "typeless": 'data: {"type": 5, "ts": "abc"}\n\n',
+               "array": "data: [1, 2]\n\n"}
+
+    class Foreign(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            kind = self.path.split("/")[1]
+            if "/events" not in self.path:
+                body, content = b'{"id": "01X", "state": "running"}', "application/json"
+            elif kind == "html":
+                body, content = b"<html>a login page</html>", "text/html"
+            else:
+                body, content = streams[kind].encode(), "text/event-stream"
+            self.send_response(200)
+            self.send_header("Content-Type", content)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Foreign)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("kind, what", [
+    ("text", "an event stream whose data is not JSON objects"),
+    ("array", "an event stream whose data is not JSON objects"),
+    ("typeless", "an event stream whose events are not flowkit's"),
+    ("html", "text/html for an event stream")])
+def test_an_event_stream_that_is_not_flowkit_s_says_so_at_once(env, foreign_stream, kind,
+                                                               what):
+    """Data that is not JSON, or events without a type, ended in a traceback; an HTML page
+    (a proxy's login) was taken for an outage and retried for two minutes."""
+    base = f"{foreign_stream}/{kind}"
+    result = cli("follow", "01X", "--url", base, "--api-key", API_KEY, env=env)
+    assert (result.returncode, "Traceback" in result.stderr) == (1, False), result.stderr
+    assert result.stderr.strip() == (
+        f"flowkit follow: {base} answered with {what}, not flowkit's API: is --url (or "
+        "FLOWKIT_URL) where your app mounts flowkit's blueprint, e.g. "
+        "https://app.example.com/flowkit?")
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://[::1", "Invalid port"), ("http://127.0.0.1:abc", "Invalid port"),
+    ("notaurl", "not an http:// or https:// URL with a host"),
+    ("ftp://files.example.com", "not an http:// or https:// URL with a host")])
+def test_a_url_that_is_not_one_is_a_usage_error(env, url, why):
+    """A malformed --url ended in httpx's InvalidURL traceback, or was said to be a server
+    that could not be reached (exit 1)."""
+    for given in (["--url", url], []):
+        result = subprocess.run(
+            [sys.executable, "-m", "flowkit.cli", "follow", "01X", *given, "--api-key",
+             API_KEY], env={**env, "FLOWKIT_URL": url}, capture_output=True, text=True,
+            timeout=60)
+        assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+        said = result.stderr.strip()
+        assert said.startswith(f"flowkit follow: --url (or FLOWKIT_URL) {url!r} is not a URL "
+                               f"flowkit can reach ({why}")
+        assert "cannot reach" not in said and len(said.splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["clé", "k-1\u00a0", "k-1\nX-Evil: 1", "“k-1”"])
+def test_an_api_key_that_cannot_be_a_header_says_so_without_echoing_it(env, key):
+    """A non-ASCII key ended in a UnicodeEncodeError traceback; a line break in it was
+    said to be an unreachable server, with the key echoed in the message."""
+    result = cli("follow", "01X", "--url", "http://127.0.0.1:9", "--api-key", key, env=env)
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+    assert "printable ASCII text" in result.stderr
+    assert key.strip() not in result.stderr and "k-1" not in result.stderr
