@@ -162,6 +162,7 @@ def _run(schema) -> tuple[list[str], int]:
     return failures, cases
 
 
+@pytest.mark.long  # a fuzzing run of its own, about 20 s: beside the rest (scripts/test)
 def test_schemathesis_finds_no_failure_with_every_check(fuzzed_api, store):
     """Every operation of the served /openapi.json, with an API key: examples, coverage,
     fuzzing and stateful phases, valid and invalid data, every check: 0 failures."""

@@ -30,6 +30,9 @@ from tests.chaos.conftest import Deployment, _restore_app, _use_app, deployed, u
 from tests.chaos.workflows import ten
 from tests.conftest import FAST, ROOT
 
+#: Each test waits for three sentinels to agree on a primary (or a failover): beside the rest.
+pytestmark = pytest.mark.long
+
 SERVICE = "flowkit"
 RUNS = 6
 
@@ -180,7 +183,6 @@ def test_a_write_held_at_a_failover_is_resent_to_the_new_primary(sentinel_group)
     assert redis.Redis(port=replica.port, db=1).get("held") == b"1"
 
 
-@pytest.mark.long  # mostly waiting for the sentinels' failover: beside the rest
 def test_runs_finish_across_a_sentinel_failover(sentinel_group, flowkit_env, tmp_path,
                                                   monkeypatch):
     primary, replica, sentinels = sentinel_group
@@ -272,7 +274,6 @@ def write_through_a_failover(sentinel_group) -> tuple[list[int], list[int], redi
     return acknowledged, after_switch, promoted
 
 
-@pytest.mark.long  # the sentinels demote the old primary ~10 s after the switch
 def test_writes_after_a_sentinel_failover_reach_the_new_primary_at_once(sentinel_group):
     """A client kept its pooled connections to the old primary until the sentinels demoted
     it, seconds after the switch, and lost every write of those seconds (start() returned
@@ -285,7 +286,6 @@ def test_writes_after_a_sentinel_failover_reach_the_new_primary_at_once(sentinel
     assert not lost, f"{len(lost)} of {len(after_switch)} writes after the switch lost: {lost[:20]}"
 
 
-@pytest.mark.long  # the sentinels demote the old primary ~10 s after the switch
 def test_min_replicas_to_write_loses_at_most_the_writes_in_flight_at_a_sentinel_failover(
         sentinel_group):
     """With min-replicas-to-write 1 (the README's advice) the old primary refuses the writes
