@@ -227,6 +227,17 @@ def test_retry_failed_retries_an_incident_s_failed_runs_of_one_workflow_and_step
     assert flowkit.get_run(other.id).state == "failed"  # not of that workflow
 
 
+def test_retry_failed_of_a_workflow_the_app_lacks_says_so(env):
+    """A typo in -w retried nothing and said "No run retried.", exit 0: in an incident, it
+    read as "nothing failed"."""
+    result = flowkit_cli("retry", "--failed", "-w", "exhaustd", "-A", "tests.workflows",
+                         env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("flowkit retry: No workflow named 'exhaustd' (in "
+                                    "tests.workflows: ")
+    assert "Did you mean 'exhausted'?" in result.stderr
+
+
 @pytest.mark.parametrize("args, says", [
     (["retry"], "flowkit retry: name the runs to retry: flowkit retry RUN_ID [RUN_ID ...], "
                 "or every failed run: flowkit retry --failed"),

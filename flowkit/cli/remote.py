@@ -236,6 +236,18 @@ class RemoteRuns:
             raise RunNotFound(message)
         if response.status_code in (502, 503, 504):
             raise Unavailable(message)
+        if response.status_code == 413:  # the input is over the server's limit: fix it
+            raise UsageError(message)
+        if response.is_redirect:  # flowkit's API never redirects: a login, http -> https
+            where = response.headers.get("location", "")
+            raise UsageError(f"HTTP {response.status_code} from {response.url}, to {where}: "
+                             "give --url (or FLOWKIT_URL) the address your app's flowkit "
+                             "blueprint answers at, with no redirect (https://...?)")
+        if not error:  # not flowkit's error: say what it was, and where to look
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise FlowkitError(f"{message} ({kind}, not flowkit's JSON error): is --url (or "
+                               "FLOWKIT_URL) flowkit's API, and is the server well? Its log "
+                               "says why.")
         raise FlowkitError(message)
 
 

@@ -29,7 +29,13 @@ from rich.live import Live
 from .. import events as ev
 from ..config import get_settings
 from ..engine.control import canonical_run_id
-from ..errors import FlowkitError, StoreUnavailable, ValidationError, WorkflowNotFound
+from ..errors import (
+    FlowkitError,
+    PayloadTooLarge,
+    StoreUnavailable,
+    ValidationError,
+    WorkflowNotFound,
+)
 from ..urls import redacted
 from .app import add_app_option, load_app, unknown_workflow
 from .live import Printer, RunView, final_lines
@@ -173,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         record = runs.start(args.workflow, parse_input(args))
     except ValidationError as exc:
         raise UsageError(_invalid(args.workflow, exc, args.items)) from None
+    except PayloadTooLarge as exc:  # an input to make smaller: a mistake on the command line
+        raise UsageError(str(exc)) from None
     if args.detach:
         if args.json:
             print(json.dumps(record, indent=2, default=str))

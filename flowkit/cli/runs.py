@@ -20,7 +20,8 @@ from .. import events as ev
 from ..engine import control as runs
 from ..engine.control import canonical_run_id
 from ..errors import FlowkitError, ValidationError
-from .app import add_app_option, load_app
+from ..workflow import workflows
+from .app import add_app_option, load_app, unknown_workflow
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show
 from .usage import UsageError, parse_json, whole_number
@@ -211,6 +212,8 @@ def retry(args: argparse.Namespace) -> int:
     if not args.failed and (args.workflow or args.step):
         raise UsageError("-w and --step choose among failed runs: add --failed.")
     load_app(args)
+    if args.workflow and args.workflow not in workflows():  # a typo retried nothing, exit 0
+        raise unknown_workflow(args, args.workflow)
     if args.failed or len(args.run_ids) > 1:
         return _retry_many(args)
     run = runs.retry(args.run_ids[0]).to_dict()

@@ -519,3 +519,63 @@ def test_an_api_key_that_cannot_be_a_header_says_so_without_echoing_it(env, key)
     assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
     assert "printable ASCII text" in result.stderr
     assert key.strip() not in result.stderr and "k-1" not in result.stderr
+
+
+@pytest.fixture
+def odd_server():
+    """A server answering as a proxy or another app may: a redirect (/moved), a plain-text
+    500 (/broken), a 413 of flowkit's shape (/large)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Odd(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            kind = self.path.split("/")[1]
+            status, body, content = {
+                "moved": (302, b"", "text/plain"),
+                "broken": (500, b"Internal Server Error", "text/plain"),
+                "large": (413, b'{"error": {"code": "payload_too_large", "message": '
+                               b'"The body is over the 100-byte limit."}}', "application/json"),
+            }[kind]
+            self.send_response(status)
+            if kind == "moved":
+                self.send_header("Location", "https://sso.example.com/login")
+            self.send_header("Content-Type", content)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path, code, says", [
+    ("/moved", 2, "HTTP 302 from {url}, to https://sso.example.com/login: give --url (or "
+                  "FLOWKIT_URL) the address your app's flowkit blueprint answers at, with no "
+                  "redirect (https://...?)"),
+    ("/broken", 1, "HTTP 500 from {url} (text/plain, not flowkit's JSON error): is --url (or "
+                   "FLOWKIT_URL) flowkit's API, and is the server well? Its log says why."),
+    ("/large", 2, "The body is over the 100-byte limit.")])
+def test_a_redirect_a_bare_error_and_an_input_too_large_say_what_to_do(env, odd_server, path,
+                                                                      code, says):
+    """A redirect and a plain-text 500 were a bare "HTTP 302 from ..."; an input over the
+    server's limit exited 1, where every other refusal of an input exits 2."""
+    base = odd_server + path
+    result = cli("run", "simple", "-i", "n=1", "--url", base, "--api-key", API_KEY, env=env)
+    assert (result.returncode, "Traceback" in result.stderr) == (code, False), result.stderr
+    url = base + "/workflows/simple/runs"
+    assert result.stderr.strip() == "flowkit run: " + says.format(url=url)
+
+
+def test_an_input_over_the_payload_limit_is_a_usage_error(env):
+    result = cli("run", "pacing", "-A", "tests.workflows", "--detach", "--input",
+                 json.dumps({"n": 1, "pad": "x" * 2000}),
+                 env={**env, "FLOWKIT_MAX_PAYLOAD_BYTES": "1000"})
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+    assert "over the 1000-byte limit (FLOWKIT_MAX_PAYLOAD_BYTES)" in result.stderr
