@@ -315,33 +315,48 @@ def test_a_token_on_the_command_line_wins_over_the_environment_s_key(api, env, c
     assert json.loads(result.stdout.splitlines()[-1])["type"] == "run.succeeded"
 
 
-@pytest.fixture
-def not_flowkit():
-    """A web server that is not flowkit's API: HTML for everything, JSON of another kind
-    under /json, and under /code<NNN> that status with an error of another shape."""
+@contextlib.contextmanager
+def answering(answer):
+    """A web server (its URL) whose every GET and POST gets ``answer(path)``: a status, a
+    body, a Content-Type and more headers."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Page(BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            status = int(self.path[5:8]) if self.path.startswith("/code") else 200
-            body, kind = ((b'{"ok": true}', "application/json") if self.path.startswith("/json")
-                          else (b'{"error": "nope", "message": "other"}', "application/json")
-                          if status != 200 else (b"<html>hello</html>", "text/html"))
+    class Handler(BaseHTTPRequestHandler):
+        def respond(self) -> None:
+            status, body, content, headers = answer(self.path)
             self.send_response(status)
-            self.send_header("Content-Type", kind)
+            for name, value in {"Content-Type": content, **headers}.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = answer
+        do_GET = do_POST = respond
 
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def not_flowkit():
+    """A web server that is not flowkit's API: HTML for everything, JSON of another kind
+    under /json, and under /code<NNN> that status with an error of another shape."""
+    def answer(path: str):
+        status = int(path[5:8]) if path.startswith("/code") else 200
+        body, kind = ((b'{"ok": true}', "application/json") if path.startswith("/json")
+                      else (b'{"error": "nope", "message": "other"}', "application/json")
+                      if status != 200 else (b"<html>hello</html>", "text/html"))
+        return status, body, kind, {}
+
+    with answering(answer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("args", [["run", "simple", "-i", "n=1"], ["follow", "01X"]])
@@ -445,33 +460,19 @@ def foreign_stream():
     """A server that answers a run's record as flowkit does, then an event stream that is
     not flowkit's: under /<kind>/..., ``text`` data that is not JSON, ``typeless`` JSON
     events without a type, ``array`` JSON arrays, ``html`` an HTML page."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     streams = {"text": "data: not json\n\n", "typeless": 'data: {"type": 5, "ts": "abc"}\n\n',
                "array": "data: [1, 2]\n\n"}
 
-    class Foreign(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            kind = self.path.split("/")[1]
-            if "/events" not in self.path:
-                body, content = b'{"id": "01X", "state": "running"}', "application/json"
-            elif kind == "html":
-                body, content = b"<html>a login page</html>", "text/html"
-            else:
-                body, content = streams[kind].encode(), "text/event-stream"
-            self.send_response(200)
-            self.send_header("Content-Type", content)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str):
+        kind = path.split("/")[1]
+        if "/events" not in path:
+            return 200, b'{"id": "01X", "state": "running"}', "application/json", {}
+        if kind == "html":
+            return 200, b"<html>a login page</html>", "text/html", {}
+        return 200, streams[kind].encode(), "text/event-stream", {}
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Foreign)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with answering(answer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("kind, what", [
@@ -525,34 +526,16 @@ def test_an_api_key_that_cannot_be_a_header_says_so_without_echoing_it(env, key)
 def odd_server():
     """A server answering as a proxy or another app may: a redirect (/moved), a plain-text
     500 (/broken), a 413 of flowkit's shape (/large)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    def answer(path: str):
+        return {
+            "moved": (302, b"", "text/plain", {"Location": "https://sso.example.com/login"}),
+            "broken": (500, b"Internal Server Error", "text/plain", {}),
+            "large": (413, b'{"error": {"code": "payload_too_large", "message": '
+                           b'"The body is over the 100-byte limit."}}', "application/json", {}),
+        }[path.split("/")[1]]
 
-    class Odd(BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            kind = self.path.split("/")[1]
-            status, body, content = {
-                "moved": (302, b"", "text/plain"),
-                "broken": (500, b"Internal Server Error", "text/plain"),
-                "large": (413, b'{"error": {"code": "payload_too_large", "message": '
-                               b'"The body is over the 100-byte limit."}}', "application/json"),
-            }[kind]
-            self.send_response(status)
-            if kind == "moved":
-                self.send_header("Location", "https://sso.example.com/login")
-            self.send_header("Content-Type", content)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = answer
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with answering(answer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path, code, says", [
