@@ -42,6 +42,21 @@ def test_a_fixed_hour_in_the_repeated_hour_runs_once_that_night():
     assert ticks("30 2 * * *", FALL_BACK_EVE, 2) == ["31 00:30", "01 01:30"]
 
 
+@pytest.mark.parametrize("weekday, days", [
+    ("7", ["Sun", "Sun", "Sun"]), ("0", ["Sun", "Sun", "Sun"]),
+    ("5-7", ["Fri", "Sat", "Sun"]), ("1-7", ["Mon", "Tue", "Wed"]),
+    ("3,7", ["Wed", "Sun", "Wed"])])
+def test_sunday_is_7_as_well_as_0_as_cron_has_it(weekday, days):
+    """Celery's crontab refused 7 ("Invalid end range: 7 > 6"), so `0 9 * * 1-7` or
+    `--cron '0 9 * * 7'` was refused with a message about a range it did not have."""
+    definition, seen = {"cron": f"0 9 * * {weekday}", "timezone": "UTC"}, []
+    t = datetime(2027, 1, 4, tzinfo=UTC).timestamp()  # a Monday, at midnight
+    for _ in range(3):
+        t = next_tick(definition, t)
+        seen.append(datetime.fromtimestamp(t, UTC).strftime("%a"))
+    assert seen == days
+
+
 def test_the_hour_spring_forward_skips_is_skipped_and_nothing_else():
     assert ticks("0 * * * *", datetime(2027, 3, 27, 22, 0, tzinfo=UTC), 4) == [
         "27 23:00", "28 00:00", "28 01:00", "28 02:00"]

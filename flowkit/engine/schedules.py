@@ -15,6 +15,7 @@ schedule says ``catchup=True``: then the last one missed runs, once.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -43,7 +44,7 @@ def next_tick(definition: dict[str, Any], after: float) -> float:
     tz = zone(definition.get("timezone", "UTC"))
     minute, hour, day, month, weekday = definition["cron"].split()
     cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
-                   day_of_week=weekday)
+                   day_of_week=_sunday_as_0(weekday))
     tick = _celery_tick(cron, tz, after)
     if tick <= after:  # ``after`` is in a repeated hour: the wall clock answered its first pass
         end = int(after // 3600) * 3600 + 3600
@@ -53,6 +54,19 @@ def next_tick(definition: dict[str, Any], after: float) -> float:
     if hour.startswith("*"):  # hourly or finer: the hour a fall-back repeats ticks too
         tick = _repeated_hour_tick(cron, tz, after, tick) or tick
     return tick
+
+
+def _sunday_as_0(weekday: str) -> str:
+    """The weekday field as Celery's ``crontab`` reads it: cron also calls Sunday 7
+    (``0 9 * * 7``, ``1-7``, ``5-7``), which Celery refused ("Invalid end range: 7 > 6")."""
+    parts = []
+    for part in weekday.split(","):
+        if part == "7":
+            part = "0"
+        elif re.fullmatch(r"[0-6]-7", part):  # up to Sunday: to Saturday, and Sunday
+            part = f"{part[0]}-6,0"
+        parts.append(part)
+    return ",".join(parts)
 
 
 def _celery_tick(cron: crontab, tz: Any, after: float) -> float:
