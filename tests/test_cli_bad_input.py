@@ -287,12 +287,30 @@ def test_nan_and_infinity_are_refused_as_not_json_in_one_line(env, args, says):
                                        "5000-character id."),
     (["schedules", "create", "simple", "--every", "60", "--id", "i" * 5000, *APP],
      "flowkit schedules create: --id of 5000 characters: 1 to 200"),
+    (["run", "w" * 100_000, *APP], "flowkit run: No workflow named <100000 characters> (in "),
+    (["schedules", "create", "w" * 100_000, "--every", "60", *APP],
+     "flowkit schedules create: No workflow named <100000 characters> (in "),
+    (["runs", "--before", "b" * 100_000], "flowkit runs: --before <100000 characters> is not "
+                                          "a run id"),
 ])
 def test_a_very_long_argument_is_not_echoed_whole(env, args, says):
     """A 100,000-character name came back twice in a 200 KB message."""
     result = cli(*args, env=env)
     assert result.returncode in (1, 2)
-    assert one_line(result).startswith(says) and len(result.stderr) < 400, result.stderr[:300]
+    assert one_line(result).startswith(says) and len(result.stderr) < 600, result.stderr[:300]
+
+
+def test_a_listing_of_a_very_long_workflow_name_does_not_echo_it(env):
+    result = cli("runs", "-w", "w" * 100_000, env=env)
+    assert result.returncode == 0 and result.stdout == "No runs of workflow <100000 characters>.\n"
+
+
+def test_an_empty_url_is_refused_not_taken_for_none(env):
+    """``--url ''`` (an unset variable in a script) ran the command on Redis, without a
+    word of it."""
+    result = cli("run", "simple", "-i", "n=1", "--url", "", *APP, env=env)
+    assert result.returncode == 2 and flowkit.list_runs() == []
+    assert one_line(result).startswith("flowkit run: --url is empty: give the address of")
 
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])

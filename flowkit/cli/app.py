@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 
 from ..errors import WorkflowNotFound, described, raised_at
-from .usage import CodeError, UsageError
+from .usage import CodeError, UsageError, quoted
 
 #: The module the CLI imports when neither ``-A`` nor ``FLOWKIT_APP`` names one: the
 #: reference deployment's Celery app (Procfile).
@@ -97,6 +97,6 @@ def unknown_workflow(args: argparse.Namespace, name: str) -> WorkflowNotFound:
     known = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else
                                      "" if names else "none")
     return WorkflowNotFound(
-        f"No workflow named {name!r} (in {app_module_name(args)}: {known})."
-        f"{did_you_mean(name, names)} Check the name, or pass -A/--app with the module that "
+        f"No workflow named {quoted(name)} (in {app_module_name(args)}: {known})."
+        f"{did_you_mean(name, names) if len(name) <= 100 else ''} Check the name, or pass -A/--app with the module that "
         "imports your workflows.")

@@ -15,7 +15,7 @@ from ..errors import ValidationError
 from ..states import RunState
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show, table
-from .usage import UsageError, whole_number
+from .usage import UsageError, quoted, whole_number
 
 #: Most runs one page lists (the store reads them in one pass).
 MAX_LIMIT = 1000
@@ -62,14 +62,14 @@ def list_runs(args: argparse.Namespace) -> int:
     try:
         listed = control.list_runs(args.workflow, args.state, args.limit, args.before)
     except ValidationError:  # the API's words name its `next`; here it is a run id
-        raise UsageError(f"--before {args.before!r} is not a run id: pass the last RUN of the "
+        raise UsageError(f"--before {quoted(args.before)} is not a run id: pass the last RUN of the "
                          "page before (flowkit runs prints the command).") from None
     found = [run.to_dict() for run in listed]
     if args.json:
         emit(args, found)
     elif not found:
-        which = " ".join(f"{k} {v}" for k, v in (("of workflow", args.workflow),
-                                                 ("in state", args.state)) if v)
+        which = " ".join(f"{k} {v}" for k, v in (("of workflow", args.workflow and quoted(
+            args.workflow).strip("'")), ("in state", args.state)) if v)
         print(f"No runs{' ' + which if which else ''}"
               f"{' before ' + args.before if args.before else ''}.")
     else:

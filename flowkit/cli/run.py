@@ -119,6 +119,9 @@ class LocalRuns:
 
 
 def runs_of(args: argparse.Namespace) -> Runs:
+    if args.url == "":  # taken for no --url: the command ran on Redis, and said nothing of it
+        raise UsageError("--url is empty: give the address of your app's flowkit API, e.g. "
+                         "--url http://127.0.0.1:8000, or leave --url out to use Redis.")
     url = args.url or os.environ.get("FLOWKIT_URL")
     if not url:
         return LocalRuns(args)

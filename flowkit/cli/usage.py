@@ -23,6 +23,12 @@ class CodeError(UsageError):
     fixed by editing it, so ``flowkit dev`` waits for that edit instead of exiting."""
 
 
+def quoted(text: str, most: int = 100) -> str:
+    """``text`` as a message quotes it, or said by its length past ``most`` characters: a
+    100,000-character argument was echoed whole, a screenful for one typo."""
+    return repr(text) if len(text) <= most else f"<{len(text)} characters>"
+
+
 def whole_number(low: int, high: int | None, refusal: str) -> Callable[[str], int]:
     """An argparse type: a whole number from ``low`` to ``high`` (None: no bound), else
     argparse's one-line error, ``refusal`` with ``{text}`` the value as given (quoted)."""
