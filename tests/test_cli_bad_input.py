@@ -305,6 +305,18 @@ def test_a_listing_of_a_very_long_workflow_name_does_not_echo_it(env):
     assert result.returncode == 0 and result.stdout == "No runs of workflow <100000 characters>.\n"
 
 
+def test_a_tls_url_to_a_plain_redis_says_it_speaks_tls(env, redis_server):
+    """The handshake times out against a plain Redis: "start it" sent the user to start a
+    server that was running."""
+    url = f"rediss://127.0.0.1:{redis_server.port}/1"
+    result = cli("runs", env={**env, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 1
+    assert one_line(result) == (
+        f"flowkit runs: cannot reach Redis at {url}; start it, or point FLOWKIT_REDIS_URL at "
+        "your Redis (rediss:// speaks TLS: if that Redis serves plain connections, write "
+        "redis://).")
+
+
 def test_an_empty_url_is_refused_not_taken_for_none(env):
     """``--url ''`` (an unset variable in a script) ran the command on Redis, without a
     word of it."""

@@ -148,8 +148,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if no_primary(exc, settings.redis_url):
             print(f"flowkit {where}: {NO_PRIMARY.format(url=url)}", file=sys.stderr)
             return 1
+        tls = (" (rediss:// speaks TLS: if that Redis serves plain connections, write "
+               "redis://)" if settings.redis_url.startswith("rediss://") else "")
         print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
-              "FLOWKIT_REDIS_URL at your Redis.", file=sys.stderr)
+              f"FLOWKIT_REDIS_URL at your Redis{tls}.", file=sys.stderr)
         return 1
     except ConfigError as exc:  # credentials Redis refused: a setting to fix, as at start
         return _usage(where, str(exc))
