@@ -701,8 +701,9 @@ def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
     store = store or get_store()
     now, settings = time.time(), get_settings()
     data_json = dumps_bounded(data, f"the data of event {key!r}")
-    store.record_sent(key, data_json, now, settings.event_lookback_seconds)
-    answer = dumps({"event": data, "sent_at": now})  # when: a later wait looks back past it
+    sent_id = store.record_sent(key, data_json, now, settings.event_lookback_seconds)
+    # which: a later wait of the run looks back past it
+    answer = dumps({"event": data, "sent_at": now, "sent_id": sent_id})
     woken = 0
     for run_id, wait_key in store.take_wakers(key):
         resumed = events.make(events.RUN_RESUMED, run_id, by="event", name=key)

@@ -383,22 +383,30 @@ class StepContext:
             self.store.add_waker(name, self.run_id, key, get_settings().retention_seconds)
             sent = self._unseen_event(name, lookback) if lookback else None
             if sent is not None:  # sent before the wait began, within its look-back
-                data, sent_at = sent
-                answer = self.store.save_checkpoint(
-                    self.run_id, key, dumps({"event": loads(data), "sent_at": sent_at}))
+                data, sent_at, sent_id = sent
+                answer = self.store.save_checkpoint(self.run_id, key, dumps(
+                    {"event": loads(data), "sent_at": sent_at, "sent_id": sent_id}))
         if answer is None:
             answer = self._pause(key, kind, name, spec, due)
         return answer
 
-    def _unseen_event(self, name: str, lookback: float) -> tuple[str, float] | None:
+    def _unseen_event(self, name: str, lookback: float) -> tuple[str, float, str] | None:
         """The oldest event sent under ``name`` within ``lookback`` seconds after every one
         an earlier wait of this run took: one event answered every later wait of a run on
         its key (a loop of ``wait_for_event("chat:42", lookback=60)`` took the same message
         again and again), and the newest skipped those sent while the loop's step worked.
-        An answer records when its event was sent (``sent_at``)."""
-        taken = [loads(answer).get("sent_at") or 0.0
-                 for answer in self.store.waits_answered(self.run_id, WaitKind.EVENT.value, name)]
-        return self.store.sent_since(name, time.time() - lookback, after=max(taken, default=0.0))
+        An answer records which event it was (``sent_id``, its stream id) and when it was
+        sent (``sent_at``: answers kept before stream ids were have only that)."""
+        ids, times = [], [0.0]
+        for answer in self.store.waits_answered(self.run_id, WaitKind.EVENT.value, name):
+            taken = loads(answer)
+            if taken.get("sent_id"):
+                ids.append(taken["sent_id"])
+            else:
+                times.append(taken.get("sent_at") or 0.0)
+        after = max(ids, key=_stream_order) if ids else None
+        return self.store.sent_since(name, time.time() - lookback, after=after,
+                                     after_t=max(times))
 
     def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
                due: float | None) -> str:
@@ -458,6 +466,12 @@ class StepContext:
         if self._sub_step_keys is None:
             self._sub_step_keys = self.store.run_fields(self.run_id, "sub_step_keys")[0] or ""
         return self._sub_step_keys
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    """A stream id's order: by its numbers (as text, ``...-10`` sorted before ``...-2``)."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:

@@ -670,33 +670,34 @@ class Store:
         return [(m.partition(" ")[0], m.partition(" ")[2]) for m in members]
 
     @_op
-    def record_sent(self, event_key: str, data_json: str, now: float, keep: float) -> None:
+    def record_sent(self, event_key: str, data_json: str, now: float, keep: float) -> str:
         """Keep an event sent under ``event_key`` (its last ``SENT_KEPT``, for ``keep``
-        seconds after the last one) for waits that look back. Its time ``t`` is the
-        sender's clock, the one ``sent_since`` is asked with (stream ids are Redis's)."""
+        seconds after the last one) for waits that look back; returns its stream id, the
+        order events were sent in (Redis's one clock). Its time ``t`` is the sender's
+        clock, the one ``sent_since`` bounds a look-back with."""
         key = self.keys.sent(event_key)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(key, {"d": data_json, "t": repr(now)}, maxlen=SENT_KEPT, approximate=True)
         pipe.expire(key, max(1, int(keep)))
-        pipe.execute()
+        return pipe.execute()[0]
 
     @_op
-    def sent_since(self, event_key: str, since: float,
-                   after: float = 0.0) -> tuple[str, float] | None:
-        """The oldest event sent under ``event_key`` at ``since`` or later and after
-        ``after`` (JSON), and when it was sent, or None: a run's waits on a key take its
-        events in the order they were sent, each once (the newest skipped those sent
-        between two waits of a chat loop)."""
-        oldest = None
-        # newest first, as far back as ``since``; trimmed approximately, so the stream may
-        # hold more than SENT_KEPT
-        for _, fields in self.redis.xrevrange(self.keys.sent(event_key), count=2 * SENT_KEPT):
+    def sent_since(self, event_key: str, since: float, after: str | None = None,
+                   after_t: float = 0.0) -> tuple[str, float, str] | None:
+        """The oldest event sent under ``event_key`` at ``since`` or later and after the
+        event of stream id ``after`` (exclusive; for answers kept before ids were: after
+        the time ``after_t``): its JSON, when it was sent, its stream id; or None. A run's
+        waits on a key take its events in the order they were sent, each once (the newest
+        skipped those sent between two waits of a chat loop; a cursor on the senders'
+        clocks skipped one of two sent in one millisecond, or by two hosts a little
+        apart). Trimmed approximately, the stream may hold more than SENT_KEPT."""
+        start = f"({after}" if after else "-"
+        for entry_id, fields in self.redis.xrange(self.keys.sent(event_key), start, "+",
+                                                  count=4 * SENT_KEPT):
             sent_at = float(fields["t"])
-            if sent_at < since:
-                break  # sent before the look-back: so were the rest
-            if sent_at > after:
-                oldest = fields["d"], sent_at
-        return oldest
+            if sent_at >= since and sent_at > after_t:
+                return fields["d"], sent_at, entry_id
+        return None
 
     # -- concurrency groups (admission) -----------------------------------------------------
 

@@ -1663,22 +1663,35 @@ def test_take_wakers_returns_the_indexed_waits_and_empties_the_index(store):
 
 
 def test_sent_since_returns_the_oldest_event_sent_since_and_after_the_last_taken(store):
-    store.record_sent("order:1", '"first"', T, keep=60)
-    store.record_sent("order:1", '"second"', T + 1, keep=60)
-    store.record_sent("order:1", '"third"', T + 2, keep=60)
+    first = store.record_sent("order:1", '"first"', T, keep=60)
+    second = store.record_sent("order:1", '"second"', T + 1, keep=60)
+    third = store.record_sent("order:1", '"third"', T + 2, keep=60)
     store.record_sent("order:2", '"other"', T + 3, keep=60)
-    assert store.sent_since("order:1", T - 1) == ('"first"', T)
-    assert store.sent_since("order:1", T - 1, after=T) == ('"second"', T + 1)
-    assert store.sent_since("order:1", T + 0.5) == ('"second"', T + 1)
-    assert store.sent_since("order:1", T - 1, after=T + 2) is None
+    assert store.sent_since("order:1", T - 1) == ('"first"', T, first)
+    assert store.sent_since("order:1", T - 1, after=first) == ('"second"', T + 1, second)
+    assert store.sent_since("order:1", T + 0.5) == ('"second"', T + 1, second)
+    assert store.sent_since("order:1", T - 1, after=third) is None
+    assert store.sent_since("order:1", T - 1, after_t=T + 1) == ('"third"', T + 2, third)
     assert store.sent_since("order:3", T - 1) is None
+
+
+def test_sent_since_follows_the_order_events_were_sent_in_not_the_senders_clocks(store):
+    """Two sent in one millisecond, or by two hosts whose clocks differ a little: a cursor
+    on the senders' times skipped one of them for good."""
+    same = [store.record_sent("chat:1", f'"m{i}"', T, keep=60) for i in range(2)]
+    assert store.sent_since("chat:1", T - 1, after=same[0]) == ('"m1"', T, same[1])
+    late_clock = store.record_sent("chat:2", '"a"', T + 0.002, keep=60)
+    early_clock = store.record_sent("chat:2", '"b"', T + 0.001, keep=60)  # sent after "a"
+    assert store.sent_since("chat:2", T - 1) == ('"a"', T + 0.002, late_clock)
+    assert store.sent_since("chat:2", T - 1, after=late_clock) == ('"b"', T + 0.001,
+                                                                   early_clock)
 
 
 def test_sent_since_leaves_out_events_sent_before_since(store):
     store.record_sent("order:1", '"old"', T, keep=60)
     assert store.sent_since("order:1", T + 1) is None
-    store.record_sent("order:1", '"new"', T + 2, keep=60)
-    assert store.sent_since("order:1", T + 1) == ('"new"', T + 2)
+    new = store.record_sent("order:1", '"new"', T + 2, keep=60)
+    assert store.sent_since("order:1", T + 1) == ('"new"', T + 2, new)
 
 
 # -- heartbeat ------------------------------------------------------------------------------
