@@ -238,6 +238,19 @@ def test_retry_failed_of_a_workflow_the_app_lacks_says_so(env):
     assert "Did you mean 'exhausted'?" in result.stderr
 
 
+def test_retry_failed_of_a_workflow_another_app_serves_retries_its_runs(env):
+    """From an operator's shell whose -A module lacks the workflow, its failed runs are
+    retried (they hold their steps): only a name with no failed run is refused."""
+    failed = wf.exhausted.start({"n": 1})
+    assert failed.wait(20).state == "failed"
+    result = flowkit_cli("retry", "--failed", "-w", "exhausted", "-A",
+                         "tests.monitoring_workflows", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Retrying 1 run from their failed step.",
+                                          f"  {failed.id}"]
+    assert flowkit.get_run(failed.id).wait(20).state == "succeeded"
+
+
 @pytest.mark.parametrize("args, says", [
     (["retry"], "flowkit retry: name the runs to retry: flowkit retry RUN_ID [RUN_ID ...], "
                 "or every failed run: flowkit retry --failed"),

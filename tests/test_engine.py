@@ -646,6 +646,37 @@ def test_a_sub_step_run_again_replays_each_of_its_attempts_as_it_went():
     assert wf.DRAFTS[topic] == 2
 
 
+def test_a_run_retried_after_its_sub_step_spent_its_attempts_asks_anew():
+    """Its step run again replayed each refused attempt and failed alike: a retried run (or
+    the step's own retry) could never succeed, after any incident."""
+    topic = f"t{time.time_ns()}"
+    run = wf.drafting_strictly.start({"topic": topic})
+    assert run.wait(WAIT).state == "failed"
+    assert wf.DRAFTS[topic] == 3
+    key = "0:t.drafts_until_strictly_valid/0:t.strictly_validated"
+    store = get_store()
+    assert store.checkpoint(run.id, key + "!spent") == "3"
+    assert flowkit.retry(run.id).result(WAIT) == {"text": f"{topic} draft 4"}
+    assert wf.DRAFTS[topic] == 4
+    assert json.loads(store.checkpoint(run.id, f"{key}@4/0:t.drafts")) == f"{topic} draft 4"
+
+
+def test_a_run_whose_sub_step_keys_a_later_release_made_fails_saying_to_finish_the_deploy(
+        store):
+    """A worker of the release before this one read ``attempts`` as no stamp at all and
+    keyed such a run's calls on its step's flat count: a replay by a new worker asked its
+    person again. This release refuses a stamp it does not know."""
+    run = wf.drafting.start({"topic": f"t{time.time_ns()}"}, delay=3600)
+    store.redis.hset(store.keys.run(run.id), "sub_step_keys", "by-the-moon")
+    control.fire_due_timers(time.time() + 3601)
+    done = run.wait(WAIT)
+    assert done.state == "failed" and done.error["type"] == "ConfigError"
+    assert "keys its sub-steps' calls as 'by-the-moon', which a later flowkit" in \
+        done.error["message"]
+    assert "finish the deploy" in done.error["message"]
+    assert not any(key.count("/") > 1 for key in store.checkpoints(run.id))  # nothing made
+
+
 def test_a_run_made_before_attempt_keys_replays_its_sub_step_s_calls_at_each_attempt(store):
     """Its checkpoints were written under the sub-step alike for every attempt: a run in
     flight at the upgrade reads them where it wrote them."""

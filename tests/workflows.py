@@ -234,6 +234,22 @@ def drafts_until_valid(data: dict) -> dict:
     return {"text": text}
 
 
+@component(name="t.strictly_validated")
+def strictly_validated(topic: str) -> str:
+    """Refuses the first three drafts: a sub-step retried 3 times fails its step."""
+    answer = drafts(topic)
+    if int(answer.rpartition(" ")[2]) < 4:
+        raise ValueError(f"refused {answer!r}")
+    return answer
+
+
+@component(name="t.drafts_until_strictly_valid")
+def drafts_until_strictly_valid(data: dict) -> dict:
+    retried = strictly_validated.retry(attempts=3, backoff=flowkit.exponential(0.01, 0.01),
+                                       jitter=False)
+    return {"text": retried(data["topic"])}
+
+
 @component(name="t.looks_up")
 def looks_up(data: dict) -> list:
     """A sub-step that calls components itself."""
@@ -496,6 +512,7 @@ sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 sub_step_ran_on = flowkit.Workflow("sub-step-ran-on", [researches_then_searches])
 sub_step_then_wait = flowkit.Workflow("sub-step-then-wait", [looks_up_then_asks])
 drafting = flowkit.Workflow("drafting", [drafts_until_valid])
+drafting_strictly = flowkit.Workflow("drafting-strictly", [drafts_until_strictly_valid])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
 patient_retries = flowkit.Workflow("patient-retries", [patient.retry(

@@ -100,11 +100,12 @@ _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
     401: ("No valid credentials (`unauthorized`), or an expired run token (`token_expired`).",
           {"WWW-Authenticate": "WWW-Authenticate"}),
     403: ("The credentials do not cover this resource: a run token anywhere but its own run's "
-          "reads, a run of another owner, or, for a caller scoped to an owner (the host "
+          "reads, or, for a caller scoped to an owner (the host "
           "app's `authorize`), what reaches across owners: schedules, events, workers, "
           "metrics; or (`cross_site`) a browser page of another site changing something "
           "or opening a WebSocket (FLOWKIT_API_TRUSTED_ORIGINS).", {}),
-    404: ("Unknown run (or expired after its retention), or unknown workflow.", {}),
+    404: ("Unknown run (or expired after its retention; to a caller scoped to an owner, "
+          "another owner's run too), or unknown workflow.", {}),
     409: ("The run is not in a state that allows this, or an Idempotency-Key already used "
           "with another input.", {}),
     413: ("Request body (FLOWKIT_API_MAX_BODY_BYTES, chunked or not), or the workflow input "

@@ -212,7 +212,10 @@ def retry(args: argparse.Namespace) -> int:
     if not args.failed and (args.workflow or args.step):
         raise UsageError("-w and --step choose among failed runs: add --failed.")
     load_app(args)
-    if args.workflow and args.workflow not in workflows():  # a typo retried nothing, exit 0
+    if (args.workflow and args.workflow not in workflows()
+            and not runs.list_runs(args.workflow, "failed", 1)):
+        # a typo retried nothing and said so, exit 0: read as "nothing failed" (a workflow
+        # of another service's app, with failed runs, is retried: the runs hold their steps)
         raise unknown_workflow(args, args.workflow)
     if args.failed or len(args.run_ids) > 1:
         return _retry_many(args)

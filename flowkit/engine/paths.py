@@ -17,7 +17,7 @@ from __future__ import annotations
 NESTED_KEYS = "nested"
 
 #: A run record's ``sub_step_keys`` when, besides, each retry of a sub-step keys its calls
-#: apart from the attempts before it (runs made from 2026-12-07 on): a retry replayed the
+#: apart from the attempts before it (runs made by this release on): a retry replayed the
 #: calls its failed attempt had checkpointed, so a sub-step that validates an LLM's answer
 #: and retries got the same answer each attempt.
 ATTEMPT_KEYS = "attempts"

@@ -23,6 +23,7 @@ from .. import events
 from ..config import get_settings
 from ..coroutines import call_with_policy
 from ..errors import (
+    ConfigError,
     EventTimeout,
     FlowkitError,
     InputTimeout,
@@ -34,7 +35,8 @@ from ..policy import call_with_timeout
 from ..schemas import SchemaLike, as_schema, check_event_key, json_schema
 from ..serialization import dumps, dumps_bounded, loads
 from ..states import LIVE_STATES, WaitKind, WaitOutcome
-from ..store import Store
+from ..store import SPENT, Store
+from ..version import __version__
 from . import cache
 from .paths import ATTEMPT_KEYS, NESTED_KEYS
 
@@ -69,7 +71,8 @@ class _SubStepAttempt:
     def __init__(self, key: str, number: int = 1) -> None:
         self.outer = _SUB_STEP.get()  # a sub-step inside another one
         self.key = key
-        #: Where its calls are keyed (``number``: the attempt's, from 1).
+        self.number = number  # from 1, counting a failed step's attempts before (``!spent``)
+        #: Where its calls are keyed.
         self.prefix = key if number == 1 else f"{key}@{number}"
         self.calls = 0
         self.timed_out = False
@@ -223,23 +226,36 @@ class StepContext:
         """A component called inside this step: a durable sub-step, checkpointed under
         ``<step>/<call index>:<name>`` (a restarted step replays it from there)."""
         key = self._next_key(component.name)
-        stored = self.store.checkpoint(self.run_id, key)
+        stored, spent = self.store.checkpoints_of(self.run_id, [key, key + SPENT])
         if stored is not None:
             return loads(stored)
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
             return self._save_sub_step(key, loads(hit))
         pol = component.policy
-
-        numbers = itertools.count(1)
+        numbers = itertools.count(int(spent or 0) + 1)
+        made: list[_SubStepAttempt] = []
 
         def attempt() -> Any:
-            sub = _SubStepAttempt(key, next(numbers))
-            return call_with_timeout(sub.run, (component.fn, args, kwargs), {},
-                                     pol.timeout, sub.time_out)
+            made.append(_SubStepAttempt(key, next(numbers)))
+            return call_with_timeout(made[-1].run, (component.fn, args, kwargs), {},
+                                     pol.timeout, made[-1].time_out)
 
-        value = pol.call(attempt, before=self._stop_retrying(key))
+        try:
+            value = pol.call(attempt, before=self._stop_retrying(key))
+        except Exception as exc:
+            self._spend(key, made, exc)
+            raise
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
+
+    def _spend(self, key: str, made: list[_SubStepAttempt], exc: Exception) -> None:
+        """A sub-step that failed for good counts its attempts (:meth:`Store.spend_sub_step`),
+        in runs whose record says ``sub_step_keys: attempts``: a retry of its step (or run)
+        replayed every refused attempt and failed alike, for ever. A cancel, or a step
+        attempt timed out or abandoned, is no failure of the sub-step."""
+        if (made and self.sub_step_keys == ATTEMPT_KEYS and not isinstance(exc, RunCancelled)
+                and not self.abandoned_for(made[-1].outer)):
+            self.store.spend_sub_step(self.run_id, key, made[-1].number)
 
     def _cache_put(self, cache_key: cache.CacheKey | None, component: Any, value: Any) -> Any:
         if cache_key:
@@ -290,22 +306,27 @@ class StepContext:
 
     async def _sub_step_async(self, key: str, component: Any, args: tuple, kwargs: dict) -> Any:
         self.end_with_attempt(asyncio.current_task())
-        stored = self.store.checkpoint(self.run_id, key)
+        stored, spent = self.store.checkpoints_of(self.run_id, [key, key + SPENT])
         if stored is not None:
             return loads(stored)
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
             return self._save_sub_step(key, loads(hit))
+        numbers = itertools.count(int(spent or 0) + 1)
         attempts: list[_SubStepAttempt] = []
 
         def attempt(*args: Any, **kwargs: Any) -> Any:
             # each attempt's coroutine, made in this task, run in its own
-            attempts.append(_SubStepAttempt(key, len(attempts) + 1))
+            attempts.append(_SubStepAttempt(key, next(numbers)))
             return attempts[-1].run_async(component.fn, args, kwargs)
 
-        value = await call_with_policy(attempt, args, kwargs, component.policy,
-                                       lambda: attempts[-1].time_out(),
-                                       before=self._stop_retrying(key))
+        try:
+            value = await call_with_policy(attempt, args, kwargs, component.policy,
+                                           lambda: attempts[-1].time_out(),
+                                           before=self._stop_retrying(key))
+        except Exception as exc:
+            self._spend(key, attempts, exc)
+            raise
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
     # -- waits ------------------------------------------------------------------------
@@ -448,6 +469,12 @@ class StepContext:
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} (or its sub-step) "
                                f"timed out; its call {name} is refused")
         keying = self.sub_step_keys if call is not None else ""
+        if keying not in ("", NESTED_KEYS, ATTEMPT_KEYS):  # a later release's: not flat
+            raise ConfigError(
+                f"run {self.run_id} keys its sub-steps' calls as {keying!r}, which a later "
+                f"flowkit than this worker's ({__version__}) made; this worker would key them "
+                "elsewhere and make them again: finish the deploy (every worker on the new "
+                "release), then retry the run.")
         if keying not in (NESTED_KEYS, ATTEMPT_KEYS):
             key = f"{self.step}/{self._calls}:{name}"
             self._calls += 1

@@ -20,10 +20,10 @@ from .connection import (
     refused_database,
     sentinels_refused,
 )
-from .store import HANDED_OVER, Begin, BrokerMessages, Ended, Store
+from .store import HANDED_OVER, SPENT, Begin, BrokerMessages, Ended, Store
 from .streams import EndWatch, Entry, StreamReader
 
-__all__ = ["HANDED_OVER", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store",
+__all__ = ["HANDED_OVER", "SPENT", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store",
            "is_redis_url", "lost_connection", "no_primary", "refused_credentials", "sentinels_refused",
            "refused_database"]
 

@@ -38,6 +38,8 @@ HANDED_OVER = "handed-over"
 SCAN_BATCH = 500
 #: Events kept per event key for waits that look back.
 SENT_KEPT = 100
+#: The suffix of a sub-step's checkpoint that counts its failed attempts (spend_sub_step).
+SPENT = "!spent"
 #: How long a schedule's firing lock outlives a sweep that died holding it (seconds).
 FIRING_LOCK_SECONDS = 30.0
 #: How long a sweep waits for a schedule's firing lock before it takes the schedule's run
@@ -496,6 +498,13 @@ class Store:
         pipe.hsetnx(key, step, output_json)
         pipe.hget(key, step)
         return pipe.execute()[1]  # no expiry: the run's own scripts give its keys theirs
+
+    @_op
+    def spend_sub_step(self, run_id: str, key: str, attempts: int) -> None:
+        """Record that sub-step ``key`` failed after ``attempts`` attempts in all (its
+        checkpoint ``<key>!spent``): its step run again (a retry) numbers its attempts
+        after them, so that they ask anew instead of replaying the refused ones."""
+        self.redis.hset(self.keys.checkpoints(run_id), key + SPENT, attempts)
 
     @_op
     def retrying(
