@@ -80,8 +80,8 @@ def _guarded_main(argv: Sequence[str] | None) -> int:
         _stdout_to_devnull()
         return 1  # as rich's console does when the pipe closes under it (`flowkit follow`)
     except OSError as exc:
-        if exc.errno not in _OUTPUT_FAILED:
-            raise
+        if exc.errno not in _OUTPUT_FAILED or exc.filename is not None:
+            raise  # not the output's: a file's error names the file
         _stdout_to_devnull()
         print(f"flowkit: cannot write its output ({exc.strerror}): free some space, or send "
               "it elsewhere.", file=sys.stderr)
