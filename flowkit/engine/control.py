@@ -356,7 +356,11 @@ def get_run(run_id: str, store: Store | None = None) -> Run:
     as does a running one between steps (none holds a lease): its next step may sit in a
     queue no live worker consumes (a ``.queue("llm")`` the workers were not started on)."""
     store = store or get_store()
-    run = Run.load(run_id, store)
+    return say_why_it_waits(Run.load(run_id, store), store)
+
+
+def say_why_it_waits(run: Run, store: Store) -> Run:
+    """``run`` with ``waiting_for`` set, as :func:`get_run` gives it."""
     if run.state == RunState.QUEUED:
         run.waiting_for = waiting_for(run, store)
     elif run.state == RunState.RUNNING:

@@ -26,12 +26,12 @@ def register(bp: Blueprint, sock: Sock) -> None:
 def load_run(run_id: str, write: bool = False, answer: bool = False) -> control.Run:
     """The run, if the caller may see it (or change it, with ``write``; or answer its
     waits, with ``answer``: a run token may, for its own run)."""
-    who = access()
+    who, store = access(), state().store
     who.require_run(control.canonical_run_id(run_id), write=write, answer=answer)
-    run = control.get_run(run_id, store=state().store)
-    if not who.sees(run.owner):
+    run = control.Run.load(run_id, store)
+    if not who.sees(run.owner):  # before reading why it waits: as fast as a missing one
         raise control.not_found(run_id)
-    return run
+    return control.say_why_it_waits(run, store)
 
 
 def list_runs():
