@@ -175,7 +175,13 @@ class ComponentExit(FlowkitError):
 
 
 class StepSuspended(BaseException):  # noqa: N818 - a signal to the engine, not an error
-    """The running step paused to wait: the engine frees its worker and the run waits."""
+    """The running step paused to wait: the engine frees its worker and the run waits.
+    ``resume_gen`` > 0: its pause left nothing in flight of a run whose other waits were
+    answered meanwhile, and opened that generation; the engine enqueues its frontier."""
+
+    def __init__(self, message: str, resume_gen: int = 0) -> None:
+        super().__init__(message)
+        self.resume_gen = resume_gen
 
 
 class RateLimitWait(FlowkitError):

@@ -13,7 +13,7 @@ from flowkit.engine.control import fire_due_timers
 from flowkit.states import WaitOutcome
 from flowkit.store import get_store
 from tests import workflows as wf
-from tests.conftest import counts, wait_until
+from tests.conftest import counts, open_gate, reached_gate, wait_until
 
 pytestmark = pytest.mark.integration
 WAIT = 20
@@ -342,6 +342,23 @@ def test_events_sent_between_two_waits_of_a_run_are_each_taken_in_order():
     done = flowkit.get_run(run.id)
     assert done.state == "succeeded", done.waits  # it waited: the first message was skipped
     assert done.output == {"first": {"n": 1}, "second": {"n": 2}}
+
+
+def test_an_answer_given_while_another_branch_works_goes_on_when_that_branch_pauses():
+    """Branch b paused after branch a's answer came: its pause opened the run's next
+    generation but nothing enqueued it, and the run sat queued with no message until the
+    reaper took it for stranded (never, without beat: this session runs none)."""
+    run = wf.answered_while_working.start({})
+    reached_gate(run, "works")
+    wait_until(lambda: flowkit.get_run(run.id).waits, WAIT, "branch a waiting")
+    assert flowkit.send_input(run.id, "a", 1).outcome == WaitOutcome.DELIVERED  # b works
+    open_gate(run, "works")
+    wait_until(lambda: [w["name"] for w in flowkit.get_run(run.id).waits or []] == ["b"]
+               and "0.0:t.asks_a" in get_store().checkpoints(run.id), WAIT,
+               "branch a to go on once branch b paused")
+    flowkit.send_input(run.id, "b", 2)
+    assert run.result(WAIT) == {"a": 1, "b": 2}
+    assert run.refresh().restarts == 0
 
 
 @flowkit.component(name="t.item_asks")

@@ -250,6 +250,23 @@ def drafts_until_strictly_valid(data: dict) -> dict:
     return {"text": retried(data["topic"])}
 
 
+@component(name="t.asks_a")
+def asks_a(data: dict) -> dict:
+    return {"a": flowkit.wait_for_input("a")}
+
+
+@component(name="t.works_then_asks_b")
+def works_then_asks_b(data: dict) -> dict:
+    if count("works_then_asks_b") == 1:  # its first run works until the test says
+        wait_for_gate("works")
+    return {"b": flowkit.wait_for_input("b")}
+
+
+@component(name="t.both")
+def both(parts: list) -> dict:
+    return {**parts[0], **parts[1]}
+
+
 @component(name="t.looks_up")
 def looks_up(data: dict) -> list:
     """A sub-step that calls components itself."""
@@ -512,6 +529,8 @@ sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 sub_step_ran_on = flowkit.Workflow("sub-step-ran-on", [researches_then_searches])
 sub_step_then_wait = flowkit.Workflow("sub-step-then-wait", [looks_up_then_asks])
 drafting = flowkit.Workflow("drafting", [drafts_until_valid])
+answered_while_working = flowkit.Workflow(
+    "answered-while-working", [parallel(asks_a, works_then_asks_b), both])
 drafting_strictly = flowkit.Workflow("drafting-strictly", [drafts_until_strictly_valid])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])

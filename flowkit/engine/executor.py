@@ -214,6 +214,8 @@ def _run_attempts(
     except StepSuspended as paused:
         # the step waits (its lease let go in begin_wait): the worker slot is free now
         log.info("flowkit: %s", paused)
+        if paused.resume_gen:  # its run's other waits were answered while it ran: go on
+            resume(Run.load(run_id, store), paused.resume_gen)
         raise Ignore() from None
     except RunCancelled:
         log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)

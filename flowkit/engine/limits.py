@@ -86,12 +86,13 @@ def enter(ctx: StepContext, pol: Policy, value: Any) -> Held | None:
             "since": now, "limit": limit}
     waiting = events.make(events.RUN_WAITING, ctx.run_id, step=ctx.step, kind=WaitKind.SLOT.value,
                           name=name, reason=f"{active} of {limit} {name} steps running")
-    outcome, _ = ctx.store.begin_wait(ctx.run_id, ctx.gen, ctx.step, ctx.token, wait_key, spec,
-                                      None, now, waiting)
+    outcome, _, resume_gen = ctx.store.begin_wait(ctx.run_id, ctx.gen, ctx.step, ctx.token,
+                                                  wait_key, spec, None, now, waiting)
     if outcome == WaitOutcome.READY:  # handed a slot between asking and pausing
         return Held(group, member, limit)
     if outcome == WaitOutcome.PAUSED:
-        raise StepSuspended(f"step {ctx.step} waits for a slot of {name} ({limit} at most)")
+        raise StepSuspended(f"step {ctx.step} waits for a slot of {name} ({limit} at most)",
+                            resume_gen)
     # the run moved on: out of the line, unless it moved on to a newer attempt of this
     # step (a restart), whose place in line or slot this member is now
     leave(ctx.store, Held(group, member, limit), owner=(ctx.gen, ctx.token))
@@ -196,9 +197,10 @@ def _take_rate(ctx: StepContext, pol: Policy, value: Any) -> None:
                               kind=WaitKind.SLEEP.value, name=name, expires_at=now + wait,
                               reason=f"rate limit of {name}")
         ctx.store.forget_checkpoint(ctx.run_id, wait_key)  # the last rate wait's wake-up
-        outcome, _ = ctx.store.begin_wait(ctx.run_id, ctx.gen, ctx.step, ctx.token, wait_key,
-                                          spec, now + wait, now, waiting)
+        outcome, _, resume_gen = ctx.store.begin_wait(ctx.run_id, ctx.gen, ctx.step, ctx.token,
+                                                      wait_key, spec, now + wait, now, waiting)
         if outcome == WaitOutcome.STOPPED:
             raise RunCancelled(f"run {ctx.run_id} moved on while step {ctx.step} waited")
         if outcome == WaitOutcome.PAUSED:
-            raise StepSuspended(f"step {ctx.step} waits {wait:.1f}s for the rate limit of {name}")
+            raise StepSuspended(
+                f"step {ctx.step} waits {wait:.1f}s for the rate limit of {name}", resume_gen)

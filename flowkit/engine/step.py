@@ -438,12 +438,12 @@ class StepContext:
                 "since": now, **spec}
         waiting = events.make(events.RUN_WAITING, self.run_id, step=self.step,
                               **{k: v for k, v in spec.items() if k not in ("step", "since")})
-        outcome, answer = self.store.begin_wait(self.run_id, self.gen, self.step, self.token, key,
-                                                spec, due, now, waiting)
+        outcome, answer, resume_gen = self.store.begin_wait(
+            self.run_id, self.gen, self.step, self.token, key, spec, due, now, waiting)
         if outcome == WaitOutcome.READY:
             return answer
         if outcome == WaitOutcome.PAUSED:
-            raise StepSuspended(f"step {self.step} waits for {kind} {name!r}")
+            raise StepSuspended(f"step {self.step} waits for {kind} {name!r}", resume_gen)
         raise RunCancelled(f"Run {self.run_id} was cancelled or restarted; stop step {self.step}.")
 
     def abandon(self) -> None:

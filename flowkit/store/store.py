@@ -587,14 +587,19 @@ class Store:
     def begin_wait(
         self, run_id: str, gen: int, step: str, token: str, wait_key: str,
         spec: dict[str, Any], due: float | None, now: float, event: dict[str, Any],
-    ) -> tuple[WaitOutcome, str | None]:
-        """A step pauses for ``spec`` (begin_wait.lua): (PAUSED, None), (READY, the answer)
-        or (STOPPED, None)."""
+    ) -> tuple[WaitOutcome, str | None, int]:
+        """A step pauses for ``spec`` (begin_wait.lua): (PAUSED, None, gen), (READY, the
+        answer, 0) or (STOPPED, None, 0); gen > 0: the pause left nothing in flight of a
+        run whose other waits were answered meanwhile, and opened that generation: its
+        frontier is to be enqueued (it was not: the run sat queued, with no message)."""
         result = self._run_script("begin_wait", run_id, [
             run_id, gen, step, token, wait_key, dumps(spec), "" if due is None else due, now,
             self.settings.retention_seconds, dumps(event),
         ])
-        return WaitOutcome(result[0]), (result[1] if len(result) > 1 else None)
+        outcome = WaitOutcome(result[0])
+        if outcome == WaitOutcome.READY:
+            return outcome, result[1], 0
+        return outcome, None, int(result[2]) if len(result) > 2 else 0
 
     @_op
     def deliver(

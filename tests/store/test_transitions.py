@@ -219,7 +219,7 @@ def waiting_run(store, run_id: str = RUN, *, kind: WaitKind = WaitKind.INPUT,
                 name: str = INPUT, due: float | None = None) -> str:
     """A run whose step STEP (nothing else in flight) paused at T + 1; returns the wait key."""
     make_run(store, RunState.RUNNING, run_id=run_id)
-    assert pause(store, run_id, kind=kind, name=name, due=due) == (WaitOutcome.PAUSED, None)
+    assert pause(store, run_id, kind=kind, name=name, due=due) == (WaitOutcome.PAUSED, None, 0)
     assert store.get_run(run_id)["state"] == RunState.WAITING
     return wait_key(kind, name)
 
@@ -1281,7 +1281,7 @@ def test_begin_wait_pauses_the_step(store, due, other_in_flight):
     make_run(store, RunState.RUNNING)
     if other_in_flight:
         begin_other(store)
-    assert pause(store, due=due, now=T + 1) == (WaitOutcome.PAUSED, None)
+    assert pause(store, due=due, now=T + 1) == (WaitOutcome.PAUSED, None, 0)
     key, spec = wait_key(), wait_spec(due=due)
     assert open_waits(store) == {key: spec}
     assert store.load_run(RUN)[2] == [spec]
@@ -1301,7 +1301,7 @@ def test_begin_wait_pauses_the_step(store, due, other_in_flight):
 def test_begin_wait_then_the_last_step_in_flight_completes_and_the_run_waits(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
-    assert pause(store) == (WaitOutcome.PAUSED, None)
+    assert pause(store) == (WaitOutcome.PAUSED, None, 0)
     assert complete(store, step=OTHER, token="tok-2", now=T + 2) == ('"out"', 0)
     run = store.get_run(RUN)
     assert (run["state"], run["gen"]) == (RunState.WAITING, "0")
@@ -1330,7 +1330,7 @@ def _answer_delivered(store):
 def test_begin_wait_when_the_answer_is_checkpointed_is_ready(store, setup):
     gen, token = setup(store)
     waiting_before = of_type(store, events.RUN_WAITING)
-    assert pause(store, gen=gen, token=token, due=T + 60, now=T + 7) == (WaitOutcome.READY, YES)
+    assert pause(store, gen=gen, token=token, due=T + 60, now=T + 7) == (WaitOutcome.READY, YES, 0)
     assert lease(store)["token"] == token  # the step goes on: it keeps its lease
     assert open_waits(store) == {} and timer(store, wait_key()) is None
     assert of_type(store, events.RUN_WAITING) == waiting_before
@@ -1366,7 +1366,7 @@ def _stopped_restarted(store):
 def test_begin_wait_of_a_run_that_moved_on_is_stopped(store, setup):
     gen = setup(store)
     run_before = store.get_run(RUN)
-    assert pause(store, gen=gen, due=T + 60, now=T + 2) == (WaitOutcome.STOPPED, None)
+    assert pause(store, gen=gen, due=T + 60, now=T + 2) == (WaitOutcome.STOPPED, None, 0)
     assert open_waits(store) == {} and timers_of(store) == []
     assert of_type(store, events.RUN_WAITING) == []
     assert store.get_run(RUN) == run_before
@@ -1375,13 +1375,13 @@ def test_begin_wait_of_a_run_that_moved_on_is_stopped(store, setup):
 def test_begin_wait_met_again_after_a_restart_keeps_its_first_deadline(store):
     make_run(store, RunState.RUNNING)
     begin_other(store, now=T + 1)
-    assert pause(store, due=T + 60, now=T + 1) == (WaitOutcome.PAUSED, None)
+    assert pause(store, due=T + 60, now=T + 1) == (WaitOutcome.PAUSED, None, 0)
     later = T + 1 + lapse(store) + 1  # OTHER's worker is lost: its lease lapsed
     assert lapsed_restart(store, OTHER, later, max_restarts=3) == (1, None)
     assert list(open_waits(store)) == [wait_key()]  # a restart keeps the open waits
     assert begin(store, gen=1, token="tok-3", now=later + 1).status == StepStart.RUN
     assert pause(store, gen=1, token="tok-3", due=later + 100, now=later + 2) == (
-        WaitOutcome.PAUSED, None)
+        WaitOutcome.PAUSED, None, 0)
     assert timer(store, wait_key()) == T + 60
     assert open_waits(store) == {wait_key(): wait_spec(due=T + 60)}
     assert len(of_type(store, events.RUN_WAITING)) == 1
@@ -1414,8 +1414,8 @@ def test_deliver_to_the_last_open_wait_resumes_the_run(store, by, match):
 def test_deliver_with_another_wait_open_resumes_and_keeps_that_wait_open(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
-    assert pause(store) == (WaitOutcome.PAUSED, None)
-    assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None)
+    assert pause(store) == (WaitOutcome.PAUSED, None, 0)
+    assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None, 0)
     assert store.get_run(RUN)["state"] == RunState.WAITING
     assert deliver(store, now=T + 5) == (WaitOutcome.RESUMED, 1)
     assert store.checkpoint(RUN, wait_key()) == YES
@@ -1432,16 +1432,47 @@ def test_a_branch_still_waiting_pauses_again_in_the_next_generation_saying_nothi
     waiting_events = len(of_type(store, events.RUN_WAITING))
     begin(store, step=OTHER, token="tok-4", gen=1, now=T + 6)
     assert pause(store, step=OTHER, token="tok-4", gen=1, name="confirm", now=T + 7) == (
-        WaitOutcome.PAUSED, None)
+        WaitOutcome.PAUSED, None, 0)
     assert len(of_type(store, events.RUN_WAITING)) == waiting_events
     assert fields_of(store, "state", "gen") == (RunState.WAITING, "1")
     assert list(open_waits(store)) == [wait_key(name="confirm", step=OTHER)]
 
 
+def test_deliver_while_a_step_is_in_flight_resumes_when_it_pauses_as_well(store):
+    """The other branch paused instead of completing: its begin_wait opened the generation
+    but said nothing of it, so nothing enqueued the run's frontier; it sat queued with no
+    message until the reaper took it for stranded (never, without beat)."""
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store) == (WaitOutcome.PAUSED, None, 0)
+    assert deliver(store, now=T + 5) == (WaitOutcome.DELIVERED, 0)
+    assert pause(store, step=OTHER, token="tok-2", name="confirm", now=T + 6) == (
+        WaitOutcome.PAUSED, None, 1)
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.QUEUED, "1", None)
+    assert list(open_waits(store)) == [wait_key(name="confirm", step=OTHER)]
+
+
+def test_a_lapsed_lease_released_as_the_run_s_last_in_flight_resumes_its_answered_waits(
+        store):
+    """The lease-lapsed path that finds the run in another state than the reaper saw
+    released the step and settled the run, which opened a generation for its answered wait,
+    and said nothing of it: nothing enqueued the run's frontier."""
+    make_run(store, RunState.RUNNING)
+    begin_other(store)
+    assert pause(store) == (WaitOutcome.PAUSED, None, 0)
+    assert deliver(store, now=T + 5) == (WaitOutcome.DELIVERED, 0)
+    gen, why = store.restart(RUN, expected_state=RunState.WAITING, reason="why",
+                             now=T + lapse(store) + 10, cause=RestartCause.LEASE_LAPSED,
+                             step=OTHER)
+    assert (gen, why) == (1, None)
+    assert fields_of(store, "state", "gen", "resume_pending") == (RunState.QUEUED, "1", None)
+    assert leases_of(store) == []
+
+
 def test_deliver_while_a_step_is_in_flight_resumes_when_it_completes(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
-    assert pause(store) == (WaitOutcome.PAUSED, None)
+    assert pause(store) == (WaitOutcome.PAUSED, None, 0)
     assert deliver(store, now=T + 5) == (WaitOutcome.DELIVERED, 0)
     assert fields_of(store, "state", "gen", "resume_pending") == (RunState.RUNNING, "0", "1")
     assert store.checkpoint(RUN, wait_key()) == YES
@@ -1556,8 +1587,8 @@ def test_fire_timer_of_a_due_wait_answers_it_and_resumes(store, kind, name, answ
 def test_fire_timer_with_another_wait_open_resumes(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
-    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
-    assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None)
+    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None, 0)
+    assert pause(store, step=OTHER, token="tok-2", name="confirm") == (WaitOutcome.PAUSED, None, 0)
     assert store.fire_timer(RUN, wait_key(), T + 60) == (WaitOutcome.RESUMED, 1)
     assert store.checkpoint(RUN, wait_key()) == '{"timeout":true}'
     assert fields_of(store, "state", "gen") == (RunState.QUEUED, "1")
@@ -1567,7 +1598,7 @@ def test_fire_timer_with_another_wait_open_resumes(store):
 def test_fire_timer_while_a_step_is_in_flight_resumes_when_it_lets_go(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
-    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
+    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None, 0)
     assert store.fire_timer(RUN, wait_key(), T + 60) == (WaitOutcome.DELIVERED, 0)
     assert fields_of(store, "state", "gen", "resume_pending") == (RunState.RUNNING, "0", "1")
 
@@ -1640,7 +1671,7 @@ def test_ending_a_waiting_or_scheduled_run_drops_its_waits_and_timers(store, set
 def test_restart_giving_up_drops_the_runs_waits_and_timers(store):
     make_run(store, RunState.RUNNING)
     begin_other(store)
-    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None)
+    assert pause(store, due=T + 60) == (WaitOutcome.PAUSED, None, 0)
     assert lapsed_restart(store, OTHER, T + 2 + lapse(store),
                           max_restarts=0) == (0, RestartRefusal.GAVE_UP)
     assert store.get_run(RUN)["state"] == RunState.FAILED

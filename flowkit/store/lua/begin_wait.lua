@@ -9,8 +9,10 @@
 -- ARGV[7] due        when a timer fires it (timeout or wake-up), '' for never
 -- ARGV[8] now        ARGV[9] retention
 -- ARGV[10] event     run.waiting (JSON)
--- Returns {WAIT_READY, answer} (answered already: go on), {WAIT_PAUSED} (stop the
--- attempt, the worker is free) or {WAIT_STOPPED} (the run moved on: stop the attempt).
+-- Returns {WAIT_READY, answer} (answered already: go on), {WAIT_PAUSED, '', gen} (stop the
+-- attempt, the worker is free; gen > 0: this was the last step in flight of a run whose
+-- other waits were answered meanwhile, so a new generation is open and the caller enqueues
+-- its frontier) or {WAIT_STOPPED} (the run moved on: stop the attempt).
 local run_id, gen, step, token, wait_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local spec, due, now, retention, event = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
@@ -25,6 +27,6 @@ if redis.call('HEXISTS', waits, wait_key) == 0 then
   append(event)
 end
 release(run_id, step, token)
-settle(run_id, now)
+local resumed = settle(run_id, now)
 touch(retention)
-return {WAIT_PAUSED}
+return {WAIT_PAUSED, '', resumed}

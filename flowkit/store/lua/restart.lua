@@ -35,7 +35,10 @@ if cause == CAUSE_LEASE_LAPSED then
   if not lapses or tonumber(lapses) > now then return {0, REFUSED_ALIVE} end
   if state ~= expected then
     release(run_id, step, nil)
-    settle(run_id, ARGV[3])  -- nothing may be in flight now: a waiting run waits
+    -- nothing may be in flight now: a waiting run waits, and one whose waits were answered
+    -- meanwhile goes on (a new generation: the caller enqueues its frontier)
+    local resumed = settle(run_id, ARGV[3])
+    if resumed > 0 then return {resumed} end
     return {0, REFUSED_STATE}
   end
 elseif state ~= expected then
