@@ -344,6 +344,31 @@ def test_events_sent_between_two_waits_of_a_run_are_each_taken_in_order():
     assert done.output == {"first": {"n": 1}, "second": {"n": 2}}
 
 
+@flowkit.component(name="t.sleeps_no_time")
+def sleeps_no_time(data: dict) -> dict:
+    flowkit.sleep(0)
+    flowkit.sleep(-5)
+    flowkit.sleep_until(time.time() - 60)
+    return {"after": flowkit.wait_for_input("after")}
+
+
+sleeping_no_time = flowkit.Workflow("t.sleeping_no_time", [sleeps_no_time])
+
+
+def test_a_sleep_already_due_does_not_pause_and_keeps_its_place_in_the_step():
+    """sleep(0) and sleep(-5) paused the run until beat fired their timers (never, without
+    beat: this session runs none), though the README says they do not pause."""
+    run = sleeping_no_time.start({})
+    waiting = paused(run)
+    assert waiting.data["name"] == "after"  # the one wait the run says it waits for
+    assert [e.data["name"] for e in run.events() if e.type == "run.waiting"] == ["after"]
+    step = "0:t.sleeps_no_time"
+    assert {f"{step}/{n}:wait:sleep:sleep" for n in range(3)} <= set(
+        get_store().checkpoints(run.id))  # each sleep kept its key: a replay numbers alike
+    flowkit.send_input(run.id, "after", 1)
+    assert run.result(WAIT) == {"after": 1}
+
+
 def test_an_answer_given_while_another_branch_works_goes_on_when_that_branch_pauses():
     """Branch b paused after branch a's answer came: its pause opened the run's next
     generation but nothing enqueued it, and the run sat queued with no message until the

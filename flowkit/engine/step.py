@@ -398,6 +398,11 @@ class StepContext:
         """The answer checkpointed under ``key`` (JSON), an event sent within ``lookback``,
         or none yet: the step pauses (StepSuspended)."""
         answer = self.store.checkpoint(self.run_id, key)
+        if answer is None and kind == WaitKind.SLEEP and due is not None and due <= time.time():
+            # due already (sleep(0), a deadline past): slept, without a pause, which held
+            # the run until beat fired its timer; its key is kept all the same, so that a
+            # replay (where a computed deadline may have passed meanwhile) numbers alike
+            return self.store.save_checkpoint(self.run_id, key, dumps({"slept": True}))
         if answer is None and kind == WaitKind.EVENT:
             # indexed before anything else: an event sent from now on answers it (early, if
             # need be: deliver.lua), one sent before is found by the look-back below
