@@ -355,6 +355,19 @@ def sleeps_no_time(data: dict) -> dict:
 sleeping_no_time = flowkit.Workflow("t.sleeping_no_time", [sleeps_no_time])
 
 
+def test_of_two_events_sent_at_once_the_one_whose_delivery_lost_the_race_is_not_lost():
+    """Two senders at once: each records its event, then takes the key's waiting runs; the
+    second sender took them first and answered the wait with the newer event, and the run's
+    next wait looked back only past that one: the older event was skipped for good."""
+    key = f"chat:{time.time_ns()}"
+    run = awaiting_twice.start({"key": key})
+    paused(run)
+    store = get_store()
+    store.record_sent(key, '{"n": 1}', time.time(), 3600)  # sender 1, before it delivers
+    assert flowkit.send_event(key, {"n": 2}) == 1  # sender 2 delivers first
+    assert run.result(WAIT) == {"first": {"n": 2}, "second": {"n": 1}}
+
+
 def test_a_sleep_already_due_does_not_pause_and_keeps_its_place_in_the_step():
     """sleep(0) and sleep(-5) paused the run until beat fired their timers (never, without
     beat: this session runs none), though the README says they do not pause."""

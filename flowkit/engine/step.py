@@ -417,21 +417,21 @@ class StepContext:
         return answer
 
     def _unseen_event(self, name: str, lookback: float) -> tuple[str, float, str] | None:
-        """The oldest event sent under ``name`` within ``lookback`` seconds after every one
-        an earlier wait of this run took: one event answered every later wait of a run on
-        its key (a loop of ``wait_for_event("chat:42", lookback=60)`` took the same message
-        again and again), and the newest skipped those sent while the loop's step worked.
-        An answer records which event it was (``sent_id``, its stream id) and when it was
-        sent (``sent_at``: answers kept before stream ids were have only that)."""
-        ids, times = [], [0.0]
+        """The oldest event sent under ``name`` within ``lookback`` seconds that no earlier
+        wait of this run took: one event answered every later wait of a run on its key (a
+        loop of ``wait_for_event("chat:42", lookback=60)`` took the same message again and
+        again), and the newest skipped those sent while the loop's step worked. An answer
+        records which event it was (``sent_id``, its stream id) and when it was sent
+        (``sent_at``: answers kept before stream ids were have only that, and the look-back
+        goes on after the last of them)."""
+        ids, times = set(), [0.0]
         for answer in self.store.waits_answered(self.run_id, WaitKind.EVENT.value, name):
             taken = loads(answer)
             if taken.get("sent_id"):
-                ids.append(taken["sent_id"])
+                ids.add(taken["sent_id"])
             else:
                 times.append(taken.get("sent_at") or 0.0)
-        after = max(ids, key=_stream_order) if ids else None
-        return self.store.sent_since(name, time.time() - lookback, after=after,
+        return self.store.sent_since(name, time.time() - lookback, taken=ids,
                                      after_t=max(times))
 
     def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
@@ -498,12 +498,6 @@ class StepContext:
         if self._sub_step_keys is None:
             self._sub_step_keys = self.store.run_fields(self.run_id, "sub_step_keys")[0] or ""
         return self._sub_step_keys
-
-
-def _stream_order(entry_id: str) -> tuple[int, int]:
-    """A stream id's order: by its numbers (as text, ``...-10`` sorted before ``...-2``)."""
-    milliseconds, _, sequence = entry_id.partition("-")
-    return int(milliseconds), int(sequence or 0)
 
 
 def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:

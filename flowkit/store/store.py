@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -696,20 +696,20 @@ class Store:
         return pipe.execute()[0]
 
     @_op
-    def sent_since(self, event_key: str, since: float, after: str | None = None,
+    def sent_since(self, event_key: str, since: float, taken: Collection[str] = (),
                    after_t: float = 0.0) -> tuple[str, float, str] | None:
-        """The oldest event sent under ``event_key`` at ``since`` or later and after the
-        event of stream id ``after`` (exclusive; for answers kept before ids were: after
-        the time ``after_t``): its JSON, when it was sent, its stream id; or None. A run's
-        waits on a key take its events in the order they were sent, each once (the newest
-        skipped those sent between two waits of a chat loop; a cursor on the senders'
-        clocks skipped one of two sent in one millisecond, or by two hosts a little
-        apart). Trimmed approximately, the stream may hold more than SENT_KEPT."""
-        start = f"({after}" if after else "-"
-        for entry_id, fields in self.redis.xrange(self.keys.sent(event_key), start, "+",
+        """The oldest event sent under ``event_key`` at ``since`` or later whose stream id
+        is not in ``taken`` (for answers kept before ids were: sent after the time
+        ``after_t``): its JSON, when it was sent, its stream id; or None. A run's waits on
+        a key take its events in the order Redis received them, each once: the newest
+        skipped those sent between two waits of a chat loop; a cursor past the last one
+        taken skipped an older one that a concurrent sender's newer one overtook, or one
+        of two sent in one millisecond. Trimmed approximately, the stream may hold more
+        than SENT_KEPT."""
+        for entry_id, fields in self.redis.xrange(self.keys.sent(event_key), "-", "+",
                                                   count=4 * SENT_KEPT):
             sent_at = float(fields["t"])
-            if sent_at >= since and sent_at > after_t:
+            if sent_at >= since and sent_at > after_t and entry_id not in taken:
                 return fields["d"], sent_at, entry_id
         return None
 

@@ -1699,9 +1699,10 @@ def test_sent_since_returns_the_oldest_event_sent_since_and_after_the_last_taken
     third = store.record_sent("order:1", '"third"', T + 2, keep=60)
     store.record_sent("order:2", '"other"', T + 3, keep=60)
     assert store.sent_since("order:1", T - 1) == ('"first"', T, first)
-    assert store.sent_since("order:1", T - 1, after=first) == ('"second"', T + 1, second)
+    assert store.sent_since("order:1", T - 1, taken={first}) == ('"second"', T + 1, second)
     assert store.sent_since("order:1", T + 0.5) == ('"second"', T + 1, second)
-    assert store.sent_since("order:1", T - 1, after=third) is None
+    assert store.sent_since("order:1", T - 1, taken={third}) == ('"first"', T, first)
+    assert store.sent_since("order:1", T - 1, taken={first, second, third}) is None
     assert store.sent_since("order:1", T - 1, after_t=T + 1) == ('"third"', T + 2, third)
     assert store.sent_since("order:3", T - 1) is None
 
@@ -1710,12 +1711,16 @@ def test_sent_since_follows_the_order_events_were_sent_in_not_the_senders_clocks
     """Two sent in one millisecond, or by two hosts whose clocks differ a little: a cursor
     on the senders' times skipped one of them for good."""
     same = [store.record_sent("chat:1", f'"m{i}"', T, keep=60) for i in range(2)]
-    assert store.sent_since("chat:1", T - 1, after=same[0]) == ('"m1"', T, same[1])
+    assert store.sent_since("chat:1", T - 1, taken={same[0]}) == ('"m1"', T, same[1])
     late_clock = store.record_sent("chat:2", '"a"', T + 0.002, keep=60)
     early_clock = store.record_sent("chat:2", '"b"', T + 0.001, keep=60)  # sent after "a"
     assert store.sent_since("chat:2", T - 1) == ('"a"', T + 0.002, late_clock)
-    assert store.sent_since("chat:2", T - 1, after=late_clock) == ('"b"', T + 0.001,
-                                                                   early_clock)
+    assert store.sent_since("chat:2", T - 1, taken={late_clock}) == ('"b"', T + 0.001,
+                                                                    early_clock)
+    # a newer event that answered a wait first (two senders at once: the second's delivery
+    # came first) leaves the older one to the run's next wait, not behind a cursor
+    assert store.sent_since("chat:2", T - 1, taken={early_clock}) == ('"a"', T + 0.002,
+                                                                     late_clock)
 
 
 def test_sent_since_leaves_out_events_sent_before_since(store):
