@@ -133,6 +133,21 @@ def test_an_input_past_its_wait_s_timeout_is_refused_before_beat_fires_it():
     flowkit.cancel(run.id)
 
 
+def test_an_event_past_its_wait_s_timeout_wakes_nothing_and_the_step_gets_event_timeout():
+    """An input past the deadline was refused, an event answered the wait all the same (up
+    to a sweep late): the step got the event instead of its EventTimeout."""
+    key = f"late-{time.time_ns()}"
+    run = wf.payment.start({"order": key, "timeout": 0.5})
+    paused(run)
+    [wait] = flowkit.get_run(run.id).waits
+    time.sleep(max(0.0, wait["expires_at"] - time.time()) + 0.05)  # past the deadline
+    assert flowkit.send_event(f"payment:{key}", {"amount": 1}) == 0
+    assert flowkit.get_run(run.id).state == "waiting"  # the timeout's answer is beat's to give
+    fire_due_timers()  # as beat's sweep does
+    done = run.wait(WAIT)
+    assert done.state == "failed" and done.error["type"] == "EventTimeout"
+
+
 def test_an_event_wakes_every_run_waiting_for_it():
     runs = [wf.payment.start({"order": 7}) for _ in range(3)]
     for run in runs:

@@ -63,6 +63,11 @@ if not spec then
   return {WAIT_NOT_WAITING}
 end
 
+-- past its timeout the answer is the timeout's, whenever beat's sweep fires it: an event
+-- (an input is refused before it gets here) answered it up to a sweep late
+local deadline = cjson.decode(spec).expires_at
+if type(deadline) == 'number' and tonumber(now) > deadline then return {WAIT_TIMED_OUT} end
+
 redis.call('HSETNX', ckpt, wait_key, answer)
 redis.call('HDEL', waits, wait_key)
 redis.call('HSET', answered, wait_key, spec)
