@@ -471,7 +471,14 @@ class Store:
         pattern = _glob_escape(f"{step}/") + "*:wait:*"
         timed_out = [field for field, value in self.redis.hscan_iter(key, match=pattern)
                      if value == TIMED_OUT]
-        return self.redis.hdel(key, *timed_out) if timed_out else 0
+        if not timed_out:
+            return 0
+        pipe = self.redis.pipeline()
+        pipe.hdel(key, *timed_out)
+        # nor answered any longer: an answer sent before the step opens them again was
+        # refused as "answered already, with another value"
+        pipe.hdel(self.keys.answered(run_id), *timed_out)
+        return pipe.execute()[0]
 
     @_op
     def waits_answered(self, run_id: str, kind: str, name: str) -> list[str]:

@@ -1844,6 +1844,18 @@ def test_deliver_after_the_wait_timed_out_is_timed_out_and_changes_nothing(store
     assert store.checkpoint(RUN, wait_key()) == TIMED_OUT
 
 
+def test_a_wait_whose_timeout_a_retry_forgot_is_not_said_to_be_answered(store):
+    """An input sent after the retry, before the step opened the wait again, was refused
+    as "answered already, with another value": no answer existed."""
+    from flowkit.store.store import TIMED_OUT
+
+    waiting_run(store)
+    assert deliver(store, answer=TIMED_OUT, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    assert store.forget_timeouts(RUN, STEP) == 1
+    assert deliver(store, now=T + 7) == (WaitOutcome.NOT_WAITING, 0)  # not yet open again
+    assert store.redis.hlen(store.keys.answered(RUN)) == 0
+
+
 def test_waits_answered_reads_only_the_answers_of_one_wait_name_even_with_glob_characters(store):
     ckpt = store.keys.checkpoints("run-w")
     store.redis.hset(ckpt, mapping={
