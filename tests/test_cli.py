@@ -283,6 +283,10 @@ def test_retry_without_runs_to_retry_says_how_to_name_them(args, says, env):
     (["retry", "01X", "-A", "myapp.py"], "not a file path: -A myapp,"),
     (["retry", "01X", "-A", ""], "flowkit retry: -A is empty: name the module"),
     (["retry", "01X", "-A", ".flows"], "-A takes an absolute module name (no leading dot)"),
+    (["retry", "01X", "-A", ":app"], "flowkit retry: -A ':app' names no module before the "
+                                     "':': give it as -A myapp.flows:app"),
+    (["drain", "", "-A", "tests.workflows"], "flowkit drain: a worker name is empty: name each "
+                                             "worker as `flowkit workers` lists it"),
     (["run", "simple", "-A", "tests.workflows:nope"], "module 'tests.workflows' has no 'nope'"),
     (["retry", "01X", "-A", "tests.exiting_app"], "importing 'tests.exiting_app' called "
                                                   "sys.exit(3); a module -A imports must not "

@@ -40,7 +40,7 @@ def load_app(args: argparse.Namespace) -> ModuleType:
     then the modules its Celery app lists in ``imports=[...]``: all its workflows."""
     given = "" if getattr(args, "app", None) == "" else app_module_name(args)
     name, _, attribute = given.partition(":")
-    _check_module_name(name)
+    _check_module_name(name, given)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as celery does: the project's root is importable
     try:
@@ -74,8 +74,11 @@ def load_app(args: argparse.Namespace) -> ModuleType:
         raise CodeError(f"importing {name!r} raised {described(exc)}") from None
 
 
-def _check_module_name(name: str) -> None:
+def _check_module_name(name: str, given: str = "") -> None:
     """``-A`` names a module as Python imports it: a path or a file name is said so."""
+    if not name and given:  # `-A :app`
+        raise UsageError(f"-A {given!r} names no module before the ':': give it as "
+                         "-A myapp.flows:app (or -A myapp.flows).")
     if not name:
         raise UsageError("-A is empty: name the module that imports your workflows, e.g. "
                          "-A myapp.flows (or leave -A out for FLOWKIT_APP).")

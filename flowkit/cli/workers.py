@@ -25,7 +25,7 @@ from ..errors import FlowkitError
 from .app import add_app_option, load_app
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, show, table
-from .usage import seconds
+from .usage import UsageError, seconds
 
 
 def _workers_view(data: dict[str, Any]) -> list[Any]:
@@ -87,6 +87,9 @@ def _wait_idle(app, names: list[str], seconds: float) -> dict[str, int]:
 
 
 def drain(args: argparse.Namespace) -> int:
+    if not all(name.strip() for name in args.workers):  # `flowkit drain ""`: a blank name
+        raise UsageError("a worker name is empty: name each worker as `flowkit workers` "
+                         "lists it (e.g. worker1@host).")
     # the broker out of reach (or refusing the password): the CLI's one line about it
     return dispatch.send(lambda: _drain(args))
 
