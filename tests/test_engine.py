@@ -661,6 +661,21 @@ def test_a_run_retried_after_its_sub_step_spent_its_attempts_asks_anew():
     assert json.loads(store.checkpoint(run.id, f"{key}@4/0:t.drafts")) == f"{topic} draft 4"
 
 
+def test_a_step_that_caught_its_sub_step_s_failure_replays_it_as_it_went_after_a_wait():
+    """The sub-step's spent attempts were kept as soon as it failed: resumed after its
+    wait, the step ran the sub-step anew, it succeeded, the fallback was skipped, and the
+    wait's key moved: the person was asked again."""
+    topic = f"t{time.time_ns()}"
+    run = wf.falling_back.start({"topic": topic})
+    wait_until(lambda: flowkit.get_run(run.id).waits, WAIT, "the step to ask")
+    flowkit.send_input(run.id, "approve", True)
+    wait_until(lambda: flowkit.get_run(run.id).state in ("succeeded", "waiting"), WAIT,
+               "the run to go on")
+    assert flowkit.get_run(run.id).output == {"text": "fallback!", "ok": True}
+    assert wf.DRAFTS[topic] == 2  # replayed, not asked again
+    assert [e.type for e in run.events()].count("run.waiting") == 1
+
+
 def test_a_run_whose_sub_step_keys_a_later_release_made_fails_saying_to_finish_the_deploy(
         store):
     """A worker of the release before this one read ``attempts`` as no stamp at all and

@@ -397,6 +397,26 @@ def test_a_sleep_already_due_does_not_pause_and_keeps_its_place_in_the_step():
     assert run.result(WAIT) == {"after": 1}
 
 
+def test_a_sleep_that_paused_waits_for_its_timer_though_its_deadline_passed_meanwhile():
+    """Run again when the other branch's input came, past its deadline but before beat's
+    sweep, the sleeping branch took its sleep as done and went on, leaving its wait and its
+    timer open: the run turned waiting with nothing to wait for, and the stale timer
+    opened a needless generation when it fired."""
+    wake = time.time() + 0.5
+    run = wf.sleeping_and_asking.start({"wake": wake})
+    wait_until(lambda: len(flowkit.get_run(run.id).waits or []) == 2, WAIT, "both waiting")
+    time.sleep(max(0.0, wake - time.time()) + 0.05)  # past the deadline; no beat runs here
+    flowkit.send_input(run.id, "a", 1)
+    wait_until(lambda: (r := flowkit.get_run(run.id)).state == "waiting" and
+               [w["kind"] for w in r.waits or []] == ["sleep"], WAIT,
+               "the sleeping branch to wait for its timer again")
+    fire_due_timers()  # as beat's sweep does
+    assert run.result(WAIT) == {"slept": True, "a": 1}
+    store = get_store()
+    assert not store.redis.hlen(store.keys.waits(run.id))
+    assert [e.data["by"] for e in run.events() if e.type == "run.resumed"] == ["input", "timer"]
+
+
 def test_an_answer_given_while_another_branch_works_goes_on_when_that_branch_pauses():
     """Branch b paused after branch a's answer came: its pause opened the run's next
     generation but nothing enqueued it, and the run sat queued with no message until the

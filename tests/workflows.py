@@ -250,6 +250,23 @@ def drafts_until_strictly_valid(data: dict) -> dict:
     return {"text": retried(data["topic"])}
 
 
+@component(name="t.checks_or_falls_back_then_asks")
+def checks_or_falls_back_then_asks(data: dict) -> dict:
+    """Its check fails for good (drafts 1 and 2 refused) and it goes on with a fallback."""
+    try:
+        text = strictly_validated.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01),
+                                        jitter=False)(data["topic"])
+    except ValueError:
+        text = search("fallback")
+    return {"text": text, "ok": flowkit.wait_for_input("approve")}
+
+
+@component(name="t.sleeps_until")
+def sleeps_until(data: dict) -> dict:
+    flowkit.sleep_until(data["wake"])
+    return {"slept": True}
+
+
 @component(name="t.asks_a")
 def asks_a(data: dict) -> dict:
     return {"a": flowkit.wait_for_input("a")}
@@ -529,9 +546,12 @@ sub_step_caught = flowkit.Workflow("sub-step-caught", [falls_back])
 sub_step_ran_on = flowkit.Workflow("sub-step-ran-on", [researches_then_searches])
 sub_step_then_wait = flowkit.Workflow("sub-step-then-wait", [looks_up_then_asks])
 drafting = flowkit.Workflow("drafting", [drafts_until_valid])
+sleeping_and_asking = flowkit.Workflow("sleeping-and-asking",
+                                       [parallel(sleeps_until, asks_a), both])
 answered_while_working = flowkit.Workflow(
     "answered-while-working", [parallel(asks_a, works_then_asks_b), both])
 drafting_strictly = flowkit.Workflow("drafting-strictly", [drafts_until_strictly_valid])
+falling_back = flowkit.Workflow("falling-back", [checks_or_falls_back_then_asks])
 backing_off = flowkit.Workflow("backing-off", [always_fails.retry(
     attempts=3, backoff=flowkit.exponential(1.5, 1.5), jitter=False)])
 patient_retries = flowkit.Workflow("patient-retries", [patient.retry(

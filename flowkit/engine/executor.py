@@ -359,6 +359,8 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
             result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
     except BaseException as exc:
         ctx.failure = exc
+        if not isinstance(exc, _SIGNALS + (RunCancelled,)):  # the attempt failed
+            ctx.keep_spent()
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
                  time.monotonic() - began)
         if _exits(exc):

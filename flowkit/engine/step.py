@@ -30,6 +30,8 @@ from ..errors import (
     NotFound,
     RunCancelled,
     StepSuspended,
+    StoreUnavailable,
+    mark_final,
 )
 from ..policy import call_with_timeout
 from ..schemas import SchemaLike, as_schema, check_event_key, json_schema
@@ -142,6 +144,8 @@ class StepContext:
     _finishers: list[Any] = field(default_factory=list, repr=False)
     #: (component name, coroutine) of each async component called in this attempt.
     _async_calls: list[tuple[str, Any]] = field(default_factory=list, repr=False)
+    #: Sub-steps that failed for good in this attempt: {key: attempts in all} (_spend).
+    _spent: dict[str, int] = field(default_factory=dict, repr=False)
     #: The asyncio tasks its async sub-steps and LLM calls ran in (see :meth:`end_with_attempt`).
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
 
@@ -249,13 +253,27 @@ class StepContext:
         return self._cache_put(cache_key, component, self._save_sub_step(key, value))
 
     def _spend(self, key: str, made: list[_SubStepAttempt], exc: Exception) -> None:
-        """A sub-step that failed for good counts its attempts (:meth:`Store.spend_sub_step`),
-        in runs whose record says ``sub_step_keys: attempts``: a retry of its step (or run)
-        replayed every refused attempt and failed alike, for ever. A cancel, or a step
-        attempt timed out or abandoned, is no failure of the sub-step."""
-        if (made and self.sub_step_keys == ATTEMPT_KEYS and not isinstance(exc, RunCancelled)
-                and not self.abandoned_for(made[-1].outer)):
-            self.store.spend_sub_step(self.run_id, key, made[-1].number)
+        """Note a sub-step that failed for good (a cancel, or a step attempt timed out or
+        abandoned, is no failure of the sub-step); :meth:`keep_spent` keeps it if the step
+        attempt fails too."""
+        if made and not isinstance(exc, RunCancelled) and not self.abandoned_for(made[-1].outer):
+            self._spent[key] = made[-1].number
+
+    def keep_spent(self) -> None:
+        """The step attempt failed: its sub-steps that failed for good count their attempts
+        (:meth:`Store.spend_sub_step`), in runs whose record says ``sub_step_keys:
+        attempts``, so the step run again (its retry, a retry of its run) numbers their
+        attempts after them and asks anew: it replayed every refused attempt and failed
+        alike, for ever. Only then: a step that caught its sub-step's failure and went on
+        replays it as it went after a wait or a restart (the sub-step, run anew, succeeded
+        and the step took another path: its later calls and waits got other keys)."""
+        try:
+            if self._spent and not self._abandoned and self.sub_step_keys == ATTEMPT_KEYS:
+                for key, attempts in self._spent.items():
+                    self.store.spend_sub_step(self.run_id, key, attempts)
+        except StoreUnavailable as exc:  # the step's own failure is what to report
+            log.warning("flowkit: step %s of run %s: its spent sub-steps not kept (%s): a "
+                        "retry replays their refused attempts", self.step, self.run_id, exc)
 
     def _cache_put(self, cache_key: cache.CacheKey | None, component: Any, value: Any) -> Any:
         if cache_key:
@@ -398,10 +416,13 @@ class StepContext:
         """The answer checkpointed under ``key`` (JSON), an event sent within ``lookback``,
         or none yet: the step pauses (StepSuspended)."""
         answer = self.store.checkpoint(self.run_id, key)
-        if answer is None and kind == WaitKind.SLEEP and due is not None and due <= time.time():
+        if (answer is None and kind == WaitKind.SLEEP and due is not None and due <= time.time()
+                and not self.store.wait_open(self.run_id, key) and not self.is_cancelled()):
             # due already (sleep(0), a deadline past): slept, without a pause, which held
             # the run until beat fired its timer; its key is kept all the same, so that a
-            # replay (where a computed deadline may have passed meanwhile) numbers alike
+            # replay (where a computed deadline may have passed meanwhile) numbers alike.
+            # A sleep that paused before (its timer not fired yet) waits for beat's sweep,
+            # which closes its wait and timer: passed here, they stayed open
             return self.store.save_checkpoint(self.run_id, key, dumps({"slept": True}))
         if answer is None and kind == WaitKind.EVENT:
             # indexed before anything else: an event sent from now on answers it (early, if
@@ -475,11 +496,13 @@ class StepContext:
                                f"timed out; its call {name} is refused")
         keying = self.sub_step_keys if call is not None else ""
         if keying not in ("", NESTED_KEYS, ATTEMPT_KEYS):  # a later release's: not flat
-            raise ConfigError(
+            refused = ConfigError(
                 f"run {self.run_id} keys its sub-steps' calls as {keying!r}, which a later "
                 f"flowkit than this worker's ({__version__}) made; this worker would key them "
                 "elsewhere and make them again: finish the deploy (every worker on the new "
                 "release), then retry the run.")
+            mark_final(refused, "a later release's run")  # no retry can help on this worker
+            raise refused
         if keying not in (NESTED_KEYS, ATTEMPT_KEYS):
             key = f"{self.step}/{self._calls}:{name}"
             self._calls += 1

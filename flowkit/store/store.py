@@ -507,6 +507,11 @@ class Store:
         return pipe.execute()[1]  # no expiry: the run's own scripts give its keys theirs
 
     @_op
+    def wait_open(self, run_id: str, wait_key: str) -> bool:
+        """Whether the run has the wait ``wait_key`` open (paused on, not answered)."""
+        return bool(self.redis.hexists(self.keys.waits(run_id), wait_key))
+
+    @_op
     def spend_sub_step(self, run_id: str, key: str, attempts: int) -> None:
         """Record that sub-step ``key`` failed after ``attempts`` attempts in all (its
         checkpoint ``<key>!spent``): its step run again (a retry) numbers its attempts
