@@ -370,6 +370,33 @@ def sleeps_no_time(data: dict) -> dict:
 sleeping_no_time = flowkit.Workflow("t.sleeping_no_time", [sleeps_no_time])
 
 
+@flowkit.component(name="t.awaits_then_looks_back")
+def awaits_then_looks_back(data: dict) -> dict:
+    first = flowkit.wait_for_event(data["key"])
+    second = flowkit.wait_for_event(data["key"], lookback=600)
+    return {"first": first, "second": second}
+
+
+awaiting_then_looking_back = flowkit.Workflow("t.awaiting_then_looking_back",
+                                              [awaits_then_looks_back])
+
+
+def test_a_look_back_after_a_wait_that_paused_takes_nothing_sent_before_that_wait():
+    """Events sent before a wait that does not look back are behind the run: a later wait
+    that looked back handed them out (a stale status, for a key that carries one)."""
+    key = f"status:{time.time_ns()}"
+    flowkit.send_event(key, {"n": 1})
+    flowkit.send_event(key, {"n": 2})
+    run = awaiting_then_looking_back.start({"key": key})
+    first = paused(run)
+    assert "floor" not in first.data and "floor" not in flowkit.get_run(run.id).waits[0]
+    assert flowkit.send_event(key, {"n": 3}) == 1
+    wait_until(lambda: [e.type for e in run.events()].count("run.waiting") == 2, WAIT,
+               "the look-back wait to pause: nothing left to take")
+    assert flowkit.send_event(key, {"n": 4}) == 1
+    assert run.result(WAIT) == {"first": {"n": 3}, "second": {"n": 4}}
+
+
 def test_of_two_events_sent_at_once_the_one_whose_delivery_lost_the_race_is_not_lost():
     """Two senders at once: each records its event, then takes the key's waiting runs; the
     second sender took them first and answered the wait with the newer event, and the run's

@@ -148,7 +148,7 @@ class Run:
             raise not_found(run_id)
         run = cls.from_record(record)
         run.attempts = {step: int(n) for step, n in attempts.items()}
-        run.waits = waits
+        run.waits = [{k: v for k, v in wait.items() if k != "floor"} for wait in waits]
         return run
 
     @classmethod

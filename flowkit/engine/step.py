@@ -433,6 +433,8 @@ class StepContext:
                 data, sent_at, sent_id = sent
                 answer = self.store.save_checkpoint(self.run_id, key, dumps(
                     {"event": loads(data), "sent_at": sent_at, "sent_id": sent_id}))
+            else:  # it pauses: events sent before now are behind it for the run's later waits
+                spec = {**spec, "floor": self.store.last_sent_id(name)}
         if answer is None:
             answer = self._pause(key, kind, name, spec, due)
         return answer
@@ -452,8 +454,14 @@ class StepContext:
                 ids.add(taken["sent_id"])
             else:
                 times.append(taken.get("sent_at") or 0.0)
+        # what an earlier wait that paused found sent already: behind the run (a wait that
+        # does not look back ignores it; a look-back after it handed out stale events)
+        floors = [spec["floor"] for spec in self.store.answered_waits(self.run_id)
+                  if spec.get("kind") == WaitKind.EVENT and spec.get("name") == name
+                  and spec.get("floor")]
         return self.store.sent_since(name, time.time() - lookback, taken=ids,
-                                     after_t=max(times))
+                                     after_t=max(times), floor=max(floors, key=_stream_order,
+                                                                   default=None))
 
     def _pause(self, key: str, kind: WaitKind, name: str, spec: dict[str, Any],
                due: float | None) -> str:
@@ -462,8 +470,8 @@ class StepContext:
         now = time.time()
         spec = {"kind": kind.value, "name": name, "step": self.step, "expires_at": due,
                 "since": now, **spec}
-        waiting = events.make(events.RUN_WAITING, self.run_id, step=self.step,
-                              **{k: v for k, v in spec.items() if k not in ("step", "since")})
+        waiting = events.make(events.RUN_WAITING, self.run_id, step=self.step, **{
+            k: v for k, v in spec.items() if k not in ("step", "since", "floor")})
         outcome, answer, resume_gen = self.store.begin_wait(
             self.run_id, self.gen, self.step, self.token, key, spec, due, now, waiting)
         if outcome == WaitOutcome.READY:
@@ -521,6 +529,12 @@ class StepContext:
         if self._sub_step_keys is None:
             self._sub_step_keys = self.store.run_fields(self.run_id, "sub_step_keys")[0] or ""
         return self._sub_step_keys
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    """A stream id's order: by its numbers (as text, ``...-10`` sorted before ``...-2``)."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _cache_key(component: Any, args: tuple, kwargs: dict) -> cache.CacheKey | None:

@@ -708,17 +708,31 @@ class Store:
         return pipe.execute()[0]
 
     @_op
+    def last_sent_id(self, event_key: str) -> str:
+        """The stream id of the last event sent under ``event_key`` still kept ("0-0": none)."""
+        last = self.redis.xrevrange(self.keys.sent(event_key), count=1)
+        return last[0][0] if last else "0-0"
+
+    @_op
+    def answered_waits(self, run_id: str) -> list[dict[str, Any]]:
+        """The specs of the run's answered waits (as they were opened)."""
+        return [loads(spec) for spec in self.redis.hvals(self.keys.answered(run_id))]
+
+    @_op
     def sent_since(self, event_key: str, since: float, taken: Collection[str] = (),
-                   after_t: float = 0.0) -> tuple[str, float, str] | None:
+                   after_t: float = 0.0, floor: str | None = None,
+                   ) -> tuple[str, float, str] | None:
         """The oldest event sent under ``event_key`` at ``since`` or later whose stream id
         is not in ``taken`` (for answers kept before ids were: sent after the time
         ``after_t``): its JSON, when it was sent, its stream id; or None. A run's waits on
         a key take its events in the order Redis received them, each once: the newest
         skipped those sent between two waits of a chat loop; a cursor past the last one
         taken skipped an older one that a concurrent sender's newer one overtook, or one
-        of two sent in one millisecond. Trimmed approximately, the stream may hold more
-        than SENT_KEPT."""
-        for entry_id, fields in self.redis.xrange(self.keys.sent(event_key), "-", "+",
+        of two sent in one millisecond. ``floor``: a stream id the run's waits are past (an
+        earlier wait paused after it: events up to it are behind the run). Trimmed
+        approximately, the stream may hold more than SENT_KEPT."""
+        start = f"({floor}" if floor else "-"
+        for entry_id, fields in self.redis.xrange(self.keys.sent(event_key), start, "+",
                                                   count=4 * SENT_KEPT):
             sent_at = float(fields["t"])
             if sent_at >= since and sent_at > after_t and entry_id not in taken:

@@ -1723,6 +1723,16 @@ def test_sent_since_follows_the_order_events_were_sent_in_not_the_senders_clocks
                                                                      late_clock)
 
 
+def test_sent_since_takes_nothing_at_or_before_the_floor(store):
+    assert store.last_sent_id("order:9") == "0-0"
+    old = [store.record_sent("order:9", f'"o{i}"', T, keep=60) for i in range(2)]
+    assert store.last_sent_id("order:9") == old[1]
+    new = store.record_sent("order:9", '"n"', T + 1, keep=60)
+    assert store.sent_since("order:9", T - 1, floor=old[1]) == ('"n"', T + 1, new)
+    assert store.sent_since("order:9", T - 1, floor=new) is None
+    assert store.sent_since("order:9", T - 1, floor="0-0") == ('"o0"', T, old[0])
+
+
 def test_sent_since_leaves_out_events_sent_before_since(store):
     store.record_sent("order:1", '"old"', T, keep=60)
     assert store.sent_since("order:1", T + 1) is None
