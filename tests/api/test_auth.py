@@ -396,3 +396,17 @@ def test_the_authorize_callback_can_answer_with_its_own_message(flowkit_env, wor
             "code": "suspended", "message": "This account is suspended.", "fields": {}}
         assert "WWW-Authenticate" not in banned.headers
         assert served.client(key=None, headers={"X-Session": "s"}).get("/runs").status_code == 200
+
+
+def test_a_preflight_of_a_run_s_stream_reads_no_run(api, client):
+    """A CORS preflight (OPTIONS, no credentials) with a WebSocket's headers reached the
+    stream's handshake check: it read the run without credentials (a 404 for a missing one
+    told which ids existed), and since that check reads the caller first, it was a 500."""
+    run = start(client, "simple", {"n": 1})
+    anonymous = api.client(key=None)
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    answers = [anonymous.options(f"/runs/{rid}/stream", headers=headers)
+               for rid in (run["id"], "0")]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert answers[0].headers["Allow"] == answers[1].headers["Allow"]

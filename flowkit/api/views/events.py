@@ -22,8 +22,9 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
     @bp.before_request
     def _check_socket() -> None:
-        # Checked before the WebSocket handshake, so a refusal is a plain HTTP error.
-        if request.endpoint == f"{bp.name}.stream":
+        # Checked before the WebSocket handshake, so a refusal is a plain HTTP error. A CORS
+        # preflight (OPTIONS, no credentials) gets Flask's allowed methods: no run is read
+        if request.endpoint == f"{bp.name}.stream" and request.method != "OPTIONS":
             _check_handshake()
             run_id = request.view_args["run_id"]
             load_run(run_id)
