@@ -134,7 +134,7 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["nope", "--every", "60", *APP], 1,
-     "No workflow named 'nope' (in tests.workflows: abandoning, approval, "),
+     "No workflow named 'nope' (in tests.workflows: abandoning, answered-while-working, "),
     (["simple", "--every", "60", "-A", "no_such_module.app"], 2,
      "cannot import 'no_such_module.app' (no module 'no_such_module' from "),
     (["simple", "--input", '{"n": 1}', *APP], 2,
