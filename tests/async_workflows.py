@@ -71,6 +71,19 @@ async def asker(data: dict) -> dict:
     return {"n": first["n"] + extra["k"]}
 
 
+@component(name="a.asking_sub")
+async def asking_sub(data: dict) -> dict:
+    return {"k": flowkit.wait_for_input("k")}
+
+
+@component(name="a.asks_in_a_group")
+async def asks_in_a_group(data: dict) -> dict:
+    """Its sub-step waits inside an asyncio.TaskGroup, which wraps what its tasks raise."""
+    async with asyncio.TaskGroup() as group:
+        asked = group.create_task(asking_sub(data))
+    return asked.result()
+
+
 @component(name="a.listener")
 async def listener(data: dict) -> dict:
     """A sub-step, a wait for an event, then a sleep: each pause lets the worker go, and
@@ -222,6 +235,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         ),
         "looping": wf("async_looping", [agent]),
         "asking": wf("async_asking", [asker], input_schema=number),
+        "asking_in_a_group": wf("async_asking_in_a_group", [asks_in_a_group]),
         "listening": wf("async_listening", [listener], input_schema=number),
         "retrying": wf(
             "async_retrying",

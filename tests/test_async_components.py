@@ -184,6 +184,16 @@ def test_an_async_step_pauses_for_input_and_resumes_without_repeating_its_sub_st
     assert counts(run) == {"add_one": 1}
 
 
+def test_a_wait_inside_a_task_group_pauses_the_step(on):
+    """asyncio.TaskGroup wraps a task's pause in a BaseExceptionGroup: the step failed as
+    ComponentExit ("would end the worker's thread") instead of waiting."""
+    run = on("threads")["asking_in_a_group"].start({})
+    wait_until(lambda: run.refresh().state in ("waiting", "failed"), 30, "the run to wait")
+    assert run.refresh().state == "waiting", run.refresh().error
+    flowkit.send_input(run.id, "k", 7)
+    assert run.result(WAIT) == {"k": 7}
+
+
 def test_an_async_step_waits_for_an_event_then_sleeps_without_holding_the_worker(on, beat):
     run = on("threads")["listening"].start({"n": 1})
     wait_until(lambda: run.refresh().state == "waiting", 30, "the run to wait for the event")

@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import billiard
@@ -357,7 +357,8 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
                                    ctx.is_cancelled)
         else:
             result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
-    except BaseException as exc:
+    except BaseException as raised:
+        exc = _paused_within(raised)
         ctx.failure = exc
         if not isinstance(exc, _SIGNALS + (RunCancelled,)):  # the attempt failed
             ctx.keep_spent()
@@ -369,6 +370,8 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
                                 f"{f'({said})' if said else ''}: it would end the worker's "
                                 "thread or process, not the step; raise an exception "
                                 "instead") from exc
+        if exc is not raised:
+            raise exc from None
         raise
     else:
         forgotten = ctx.unawaited_calls()
@@ -397,6 +400,27 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
 #: BaseExceptions that are signals, not a component's error: the engine's own pause, a
 #: generator or coroutine being closed, a greenlet killed by its pool.
 _SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
+
+
+def _paused_within(exc: BaseException) -> BaseException:
+    """The pause inside ``exc`` when ``exc`` is a group (``asyncio.TaskGroup`` wraps what its
+    tasks raise): a wait in a task of a group failed its step as ComponentExit, and the run
+    generation its pause opened was never enqueued. Else ``exc`` itself."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    paused = exc.subgroup(lambda e: isinstance(e, StepSuspended))
+    if paused is None:
+        return exc
+    leaves = list(_leaves(paused))
+    return max(leaves, key=lambda e: getattr(e, "resume_gen", 0))  # one opened a generation
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def _exits(exc: BaseException) -> bool:
