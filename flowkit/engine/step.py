@@ -425,6 +425,10 @@ class StepContext:
             # which closes its wait and timer: passed here, they stayed open
             return self.store.save_checkpoint(self.run_id, key, dumps({"slept": True}))
         if answer is None and kind == WaitKind.EVENT:
+            # what was sent before this wait began, should it pause: read before its waker is
+            # indexed, so that an event sent between the two, not delivered to it, is not
+            # put behind the run (see _unseen_event)
+            floor = self.store.last_sent_id(name)
             # indexed before anything else: an event sent from now on answers it (early, if
             # need be: deliver.lua), one sent before is found by the look-back below
             self.store.add_waker(name, self.run_id, key, get_settings().retention_seconds)
@@ -433,8 +437,8 @@ class StepContext:
                 data, sent_at, sent_id = sent
                 answer = self.store.save_checkpoint(self.run_id, key, dumps(
                     {"event": loads(data), "sent_at": sent_at, "sent_id": sent_id}))
-            else:  # it pauses: events sent before now are behind it for the run's later waits
-                spec = {**spec, "floor": self.store.last_sent_id(name)}
+            else:  # it pauses: events sent before it began are behind the run's later waits
+                spec = {**spec, "floor": floor}
         if answer is None:
             answer = self._pause(key, kind, name, spec, due)
         return answer
