@@ -177,4 +177,12 @@ class Schedule:
 
     def default_id(self, workflow: str) -> str:
         return self.id or f"{workflow}@" + (self.cron.replace(" ", "_") if self.cron
-                                            else f"every{self.every:g}s")
+                                            else f"every{_seconds(self.every)}s")
+
+
+def _seconds(every: float) -> str:
+    """``every`` in a schedule's default id: as ``:g`` writes it (the ids schedules have
+    kept), unless that loses digits (6 at most: ``every=1234567`` and ``1234568`` were both
+    ``every1.23457e+06s``, and one schedule replaced the other); then exactly."""
+    short = f"{every:g}"
+    return short if float(short) == every else repr(float(every)).removesuffix(".0")

@@ -142,7 +142,7 @@ def field_value(spec: str, value: Any, what: str) -> Any:
 
 
 #: What a key (a run's concurrency key, a component's limit key) may be.
-KEY_RULE = ("a key is non-empty text or a whole number (5 and \"5\" are one key); "
+KEY_RULE = ("a key is non-empty text or a whole number (5, 5.0 and \"5\" are one key); "
             "null, true/false, lists and objects would share a key with their text")
 
 
@@ -153,6 +153,8 @@ def key_text(found: Any) -> str | None:
         return found or None
     if isinstance(found, int) and not isinstance(found, bool):
         return str(found)
+    if isinstance(found, float) and found.is_integer():  # JSON's 5.0 (Python's dumps of it)
+        return str(int(found))  # was refused as "not a whole number", which it is
     return None
 
 

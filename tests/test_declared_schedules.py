@@ -38,6 +38,16 @@ def deploy(store, monkeypatch):
     return deploy
 
 
+@pytest.mark.parametrize(("every", "other"), [(1234567, 1234568), (100000.4, 100000.2)])
+def test_intervals_alike_in_six_digits_get_ids_of_their_own(every, other):
+    """``:g`` kept 6 significant digits: the second schedule's default id was the first's,
+    and creating it replaced the first without a word."""
+    ids = {flowkit.Schedule(every=e).default_id("x") for e in (every, other)}
+    assert len(ids) == 2, ids
+    assert flowkit.Schedule(every=60).default_id("x") == "x@every60s"  # ids kept as they were
+    assert flowkit.Schedule(every=1209600).default_id("x") == "x@every1.2096e+06s"
+
+
 def test_declared_schedules_are_stored_once_and_keep_their_ticks(deploy, store):
     first = deploy(flowkit.Schedule(every=60, id="often"), flowkit.Schedule(cron="0 9 * * *"))
     assert set(first) == {"often", f"{NAME}@0_9_*_*_*"}
