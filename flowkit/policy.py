@@ -153,8 +153,8 @@ def key_text(found: Any) -> str | None:
         return found or None
     if isinstance(found, int) and not isinstance(found, bool):
         return str(found)
-    if isinstance(found, float) and found.is_integer():  # JSON's 5.0 (Python's dumps of it)
-        return str(int(found))  # was refused as "not a whole number", which it is
+    if isinstance(found, float) and found.is_integer() and abs(found) <= 2**53:
+        return str(int(found))  # JSON's 5.0 was refused as "not a whole number", which it is
     return None
 
 

@@ -397,6 +397,27 @@ def test_a_look_back_after_a_wait_that_paused_takes_nothing_sent_before_that_wai
     assert run.result(WAIT) == {"first": {"n": 3}, "second": {"n": 4}}
 
 
+def test_a_newer_event_never_delivered_is_not_put_behind_the_run_by_its_wait_s_floor():
+    """Two senders at once, both events recorded before the wait began (its floor the
+    newer one's id), the older one's sender delivering it: the newer one, whose sender found
+    no waiting run, was behind the floor, and lost to every later look-back."""
+    from flowkit.engine import control
+    from flowkit.serialization import dumps
+
+    key = f"status:{time.time_ns()}"
+    store = get_store()
+    older = store.record_sent(key, '{"n": 1}', time.time(), 3600)  # sender A, then B,
+    store.record_sent(key, '{"n": 2}', time.time(), 3600)  # whose delivery found no run
+    run = awaiting_then_looking_back.start({"key": key})
+    paused(run)
+    answer = dumps({"event": {"n": 1}, "sent_at": time.time(), "sent_id": older})
+    for run_id, wait_key in store.take_wakers(key):  # sender A delivers, as send_event does
+        resumed = events.make(events.RUN_RESUMED, run_id, by="event", name=key)
+        outcome, gen = store.deliver(run_id, "key", wait_key, answer, time.time(), resumed)
+        control.resume(control.Run.load(run_id), gen)
+    assert run.result(WAIT) == {"first": {"n": 1}, "second": {"n": 2}}
+
+
 def test_of_two_events_sent_at_once_the_one_whose_delivery_lost_the_race_is_not_lost():
     """Two senders at once: each records its event, then takes the key's waiting runs; the
     second sender took them first and answered the wait with the newer event, and the run's

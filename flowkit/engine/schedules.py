@@ -104,24 +104,11 @@ def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
     if schedule.overlap != "allow":  # stored only when set: older definitions stay alike
         definition["overlap"] = schedule.overlap
     try:
-        if schedule.cron:
-            _check_ranges(schedule.cron)
         next_tick(definition, time.time())  # a bad cron line or zone fails here, said clearly
     except (ValueError, KeyError, IndexError, ParseException) as exc:
         raise ConfigError(f"invalid cron line {schedule.cron!r}: {exc}") from None
     return definition
 
-
-def _check_ranges(cron: str) -> None:
-    """A range runs from low to high, as cron has it: Celery read ``5-1`` as 5 to the end
-    and round to 1 (a typo that ticked almost every minute). Checked as a schedule is made
-    only: one stored before ticks as it did."""
-    for field in cron.split():
-        for part in field.split(","):
-            bounds = re.fullmatch(r"(\d+)-(\d+)(/\d+)?", part)
-            if bounds and int(bounds.group(1)) > int(bounds.group(2)):
-                raise ValueError(f"the range {part!r} runs from high to low: write the low "
-                                 "end first, e.g. 1-5")
 
 
 # -- the API ----------------------------------------------------------------------------

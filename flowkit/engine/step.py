@@ -451,18 +451,22 @@ class StepContext:
         records which event it was (``sent_id``, its stream id) and when it was sent
         (``sent_at``: answers kept before stream ids were have only that, and the look-back
         goes on after the last of them)."""
-        ids, times = set(), [0.0]
-        for answer in self.store.waits_answered(self.run_id, WaitKind.EVENT.value, name):
-            taken = loads(answer)
-            if taken.get("sent_id"):
-                ids.add(taken["sent_id"])
-            else:
-                times.append(taken.get("sent_at") or 0.0)
-        # what an earlier wait that paused found sent already: behind the run (a wait that
-        # does not look back ignores it; a look-back after it handed out stale events)
-        floors = [spec["floor"] for spec in self.store.answered_waits(self.run_id)
-                  if spec.get("kind") == WaitKind.EVENT and spec.get("name") == name
-                  and spec.get("floor")]
+        answers = {key: loads(answer) for key, answer in self.store.waits_answered(
+            self.run_id, WaitKind.EVENT.value, name).items()}
+        ids = {a["sent_id"] for a in answers.values() if a.get("sent_id")}
+        times = [0.0, *(a.get("sent_at") or 0.0 for a in answers.values() if not a.get("sent_id"))]
+        # what an earlier wait that paused found sent already is behind the run (a wait that
+        # does not look back ignores it; a look-back after it handed out stale events), up
+        # to the event that wait took: of two sent at once, it may have taken the older,
+        # and the newer, never delivered, is the run's still
+        floors = []
+        for key, spec in self.store.answered_specs(self.run_id, WaitKind.EVENT.value,
+                                                   name).items():
+            floor, took = spec.get("floor"), (answers.get(key) or {}).get("sent_id")
+            if floor and took:
+                floor = min(floor, took, key=_stream_order)
+            if floor:
+                floors.append(floor)
         return self.store.sent_since(name, time.time() - lookback, taken=ids,
                                      after_t=max(times), floor=max(floors, key=_stream_order,
                                                                    default=None))

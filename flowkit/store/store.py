@@ -481,13 +481,13 @@ class Store:
         return pipe.execute()[0]
 
     @_op
-    def waits_answered(self, run_id: str, kind: str, name: str) -> list[str]:
-        """The answers (JSON) of the run's waits of ``kind`` on ``name``, in any step: those
-        fields of its checkpoints only (HSCAN with MATCH: a look-back that read every
-        checkpoint read the run's whole output each time)."""
+    def waits_answered(self, run_id: str, kind: str, name: str) -> dict[str, str]:
+        """The answers (JSON) of the run's waits of ``kind`` on ``name``, in any step, by
+        wait key: those fields of its checkpoints only (HSCAN with MATCH: a look-back that
+        read every checkpoint read the run's whole output each time)."""
         pattern = "*" + _glob_escape(f":wait:{kind}:{name}")
-        return [value for _, value in self.redis.hscan_iter(self.keys.checkpoints(run_id),
-                                                            match=pattern, count=1000)]
+        return dict(self.redis.hscan_iter(self.keys.checkpoints(run_id), match=pattern,
+                                          count=1000))
 
     @_op
     def checkpoints_of(self, run_id: str, steps: list[str]) -> list[str | None]:
@@ -714,9 +714,12 @@ class Store:
         return last[0][0] if last else "0-0"
 
     @_op
-    def answered_waits(self, run_id: str) -> list[dict[str, Any]]:
-        """The specs of the run's answered waits (as they were opened)."""
-        return [loads(spec) for spec in self.redis.hvals(self.keys.answered(run_id))]
+    def answered_specs(self, run_id: str, kind: str, name: str) -> dict[str, dict[str, Any]]:
+        """The specs of the run's answered waits of ``kind`` on ``name`` (as they were
+        opened), by wait key (HSCAN with MATCH: the others hold input schemas)."""
+        pattern = "*" + _glob_escape(f":wait:{kind}:{name}")
+        return {key: loads(spec) for key, spec in self.redis.hscan_iter(
+            self.keys.answered(run_id), match=pattern, count=1000)}
 
     @_op
     def sent_since(self, event_key: str, since: float, taken: Collection[str] = (),

@@ -1356,6 +1356,18 @@ def _stopped_restarted(store):
     return 0
 
 
+def test_begin_wait_of_an_event_answered_early_records_the_wait_as_answered(store):
+    """The event came between the waker and begin_wait: READY, and the wait's spec (its
+    floor) never reached the answered waits, so a later look-back went behind it."""
+    make_run(store, RunState.RUNNING)
+    key = wait_key(WaitKind.EVENT, "status:1")
+    assert deliver(store, by="key", match=key, answer='{"event":1}', now=T + 2) == (
+        WaitOutcome.DELIVERED, 0)
+    assert pause(store, kind=WaitKind.EVENT, name="status:1") == (
+        WaitOutcome.READY, '{"event":1}', 0)
+    assert loads(store.redis.hget(store.keys.answered(RUN), key))["name"] == "status:1"
+
+
 @pytest.mark.parametrize("setup", [
     pytest.param(_stopped_ended(RunState.SUCCEEDED), id="succeeded"),
     pytest.param(_stopped_ended(RunState.FAILED), id="failed"),
@@ -1872,8 +1884,8 @@ def test_waits_answered_reads_only_the_answers_of_one_wait_name_even_with_glob_c
         "0:a": '"output"', "0:a/0:wait:event:tick:*[1]": '{"event":1}',
         "1:b/2:wait:event:tick:*[1]": '{"event":2}', "1:b/3:wait:event:tick:x1": '{"event":3}',
         "1:b/4:wait:input:tick:*[1]": '{"input":4}'})
-    assert sorted(store.waits_answered("run-w", "event", "tick:*[1]")) == [
-        '{"event":1}', '{"event":2}']
+    assert store.waits_answered("run-w", "event", "tick:*[1]") == {
+        "0:a/0:wait:event:tick:*[1]": '{"event":1}', "1:b/2:wait:event:tick:*[1]": '{"event":2}'}
 
 
 # -- listing -----------------------------------------------------------------------------

@@ -19,7 +19,12 @@ local spec, due, now, retention, event = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARG
 local state = redis.call('HGET', run, 'state')
 if not is_live(state) or redis.call('HGET', run, 'gen') ~= gen then return {WAIT_STOPPED} end
 local answer = redis.call('HGET', ckpt, wait_key)
-if answer then return {WAIT_READY, answer} end
+if answer then
+  -- an event delivered early (between the waker and this call): its wait, never opened,
+  -- is recorded as answered all the same, with what it knew (its floor: step.py)
+  if cjson.decode(spec).kind == KIND_EVENT then redis.call('HSETNX', answered, wait_key, spec) end
+  return {WAIT_READY, answer}
+end
 if redis.call('HEXISTS', waits, wait_key) == 0 then
   -- a new wait; one met again after a restart keeps its deadline and says nothing new
   redis.call('HSET', waits, wait_key, spec)
