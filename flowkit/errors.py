@@ -42,6 +42,7 @@ component's own exception is the step's error, recorded in the run).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sysconfig
 import traceback
@@ -182,6 +183,11 @@ class StepSuspended(BaseException):  # noqa: N818 - a signal to the engine, not 
     def __init__(self, message: str, resume_gen: int = 0) -> None:
         super().__init__(message)
         self.resume_gen = resume_gen
+
+
+#: BaseExceptions an attempt raises that are signals, not its error: the engine's own
+#: pause, a generator or coroutine being closed (a task cancelled).
+ATTEMPT_SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
 
 
 class RateLimitWait(FlowkitError):

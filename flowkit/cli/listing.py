@@ -68,8 +68,9 @@ def list_runs(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, found)
     elif not found:
-        which = " ".join(f"{k} {v}" for k, v in (("of workflow", args.workflow and quoted(
-            args.workflow).strip("'")), ("in state", args.state)) if v)
+        workflow = args.workflow if len(args.workflow or "") <= 100 else quoted(args.workflow)
+        which = " ".join(f"{k} {v}" for k, v in (("of workflow", workflow),
+                                                 ("in state", args.state)) if v)
         print(f"No runs{' ' + which if which else ''}"
               f"{' before ' + args.before if args.before else ''}.")
     else:

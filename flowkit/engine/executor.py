@@ -8,7 +8,6 @@ policy; the first checkpoint written wins and is what the chain carries on with.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from ..config import get_settings
 from ..context import activate, deactivate
 from ..coroutines import run_coroutine
 from ..errors import (
+    ATTEMPT_SIGNALS,
     ComponentExit,
     PayloadTooLarge,
     RunCancelled,
@@ -360,7 +360,7 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
     except BaseException as raised:
         exc = _paused_within(raised)
         ctx.failure = exc
-        if not isinstance(exc, _SIGNALS + (RunCancelled,)):  # the attempt failed
+        if not isinstance(exc, (*ATTEMPT_SIGNALS, RunCancelled)):  # the attempt failed
             ctx.keep_spent()
         _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, exc,
                  time.monotonic() - began)
@@ -397,11 +397,6 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
         deactivate(reset)
 
 
-#: BaseExceptions that are signals, not a component's error: the engine's own pause, a
-#: generator or coroutine being closed, a greenlet killed by its pool.
-_SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
-
-
 def _paused_within(exc: BaseException) -> BaseException:
     """The pause inside ``exc`` when ``exc`` is a group (``asyncio.TaskGroup`` wraps what its
     tasks raise): a wait in a task of a group failed its step as ComponentExit, and the run
@@ -426,7 +421,7 @@ def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
 def _exits(exc: BaseException) -> bool:
     """Whether ``exc``, raised by a component's code, is no Exception and no signal: it
     fails its step as ComponentExit rather than escaping into Celery's pool."""
-    if isinstance(exc, (Exception, *_SIGNALS)):
+    if isinstance(exc, (Exception, *ATTEMPT_SIGNALS)):
         return False
     if type(exc).__module__.split(".")[0] in ("gevent", "greenlet", "eventlet"):
         return False  # a green pool's own: GreenletExit kills a greenlet, Timeout is its

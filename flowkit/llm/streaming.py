@@ -18,11 +18,7 @@ import openai
 
 from ..config import get_settings
 from ..engine.step import StepContext, current_sub_step
-from ..errors import StepError, StepSuspended, StepTimeout, describe_error
-
-#: What an attempt raises that is no failure of it: a wait, a generator closed, a task
-#: cancelled (its stream is closed as it is, not recorded as an error).
-_SIGNALS = (StepSuspended, GeneratorExit, asyncio.CancelledError)
+from ..errors import ATTEMPT_SIGNALS, StepError, StepTimeout, describe_error
 
 
 class ChunkBatcher:
@@ -259,7 +255,8 @@ class TracedStream:
             return StepTimeout("the attempt reading it timed out while this stream was read: "
                                "the stream was dropped")
         failure = self._ctx.failure if self._ctx is not None else None
-        if failure is not None and not isinstance(failure, _SIGNALS):
+        # a wait, a closed generator, a cancelled task: its stream is closed as it is
+        if failure is not None and not isinstance(failure, ATTEMPT_SIGNALS):
             return StepError(f"the step's attempt failed ({describe_error(failure)}) while "
                              "this stream was read: the stream was dropped")
         return None

@@ -59,6 +59,12 @@ def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
+def _wait_fields(kind: str, name: str) -> str:
+    """The HSCAN pattern of a run's fields for its waits of ``kind`` on ``name``, in any
+    step (the wait keys of step.py: ``<step>/<n>:wait:<kind>:<name>``)."""
+    return "*" + _glob_escape(f":wait:{kind}:{name}")
+
+
 @dataclass(frozen=True)
 class Begin:
     """What ``begin_step`` decided for one delivery of a step's message."""
@@ -485,9 +491,8 @@ class Store:
         """The answers (JSON) of the run's waits of ``kind`` on ``name``, in any step, by
         wait key: those fields of its checkpoints only (HSCAN with MATCH: a look-back that
         read every checkpoint read the run's whole output each time)."""
-        pattern = "*" + _glob_escape(f":wait:{kind}:{name}")
-        return dict(self.redis.hscan_iter(self.keys.checkpoints(run_id), match=pattern,
-                                          count=1000))
+        return dict(self.redis.hscan_iter(self.keys.checkpoints(run_id),
+                                          match=_wait_fields(kind, name), count=1000))
 
     @_op
     def checkpoints_of(self, run_id: str, steps: list[str]) -> list[str | None]:
@@ -717,9 +722,8 @@ class Store:
     def answered_specs(self, run_id: str, kind: str, name: str) -> dict[str, dict[str, Any]]:
         """The specs of the run's answered waits of ``kind`` on ``name`` (as they were
         opened), by wait key (HSCAN with MATCH: the others hold input schemas)."""
-        pattern = "*" + _glob_escape(f":wait:{kind}:{name}")
         return {key: loads(spec) for key, spec in self.redis.hscan_iter(
-            self.keys.answered(run_id), match=pattern, count=1000)}
+            self.keys.answered(run_id), match=_wait_fields(kind, name), count=1000)}
 
     @_op
     def sent_since(self, event_key: str, since: float, taken: Collection[str] = (),
