@@ -84,6 +84,21 @@ async def asks_in_a_group(data: dict) -> dict:
     return asked.result()
 
 
+@component(name="a.emits_in_a_group")
+async def emits_in_a_group(data: dict) -> dict:
+    """Emits from a task of an asyncio.TaskGroup until its run is cancelled: the emit raises
+    RunCancelled, which the group wraps."""
+    async def ticking() -> None:
+        count("ticking")
+        while True:
+            flowkit.emit("tick")
+            await asyncio.sleep(0.05)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(ticking())
+    return {}
+
+
 @component(name="a.listener")
 async def listener(data: dict) -> dict:
     """A sub-step, a wait for an event, then a sleep: each pause lets the worker go, and
@@ -236,6 +251,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "looping": wf("async_looping", [agent]),
         "asking": wf("async_asking", [asker], input_schema=number),
         "asking_in_a_group": wf("async_asking_in_a_group", [asks_in_a_group]),
+        "emitting_in_a_group": wf("async_emitting_in_a_group", [emits_in_a_group]),
         "listening": wf("async_listening", [listener], input_schema=number),
         "retrying": wf(
             "async_retrying",

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 import flowkit
+from flowkit.engine import control
 from flowkit.errors import StepError
 from flowkit.store import get_store
 from flowkit.testing import WorkerProcess
@@ -192,6 +193,22 @@ def test_a_wait_inside_a_task_group_pauses_the_step(on):
     assert run.refresh().state == "waiting", run.refresh().error
     flowkit.send_input(run.id, "k", 7)
     assert run.result(WAIT) == {"k": 7}
+
+
+def test_a_cancel_seen_inside_a_task_group_stops_the_step_as_cancelled(on):
+    """asyncio.TaskGroup wraps the RunCancelled its task's emit raised: the attempt was an
+    error (its trace, metrics and hooks said so), retried by its policy, and a short Redis
+    outage there (StoreUnavailable, wrapped alike) failed the run the reaper would restart."""
+    run = on("threads")["emitting_in_a_group"].start({})
+    wait_until(lambda: counts(run).get("ticking") == 1, 30, "the task to emit")
+    flowkit.cancel(run.id)
+    assert run.wait(WAIT).state == "cancelled"
+
+    def statuses() -> dict:
+        return {s["attempt"]: s["status"] for s in control.trace(run.id) if s.get("kind") == "step"}
+
+    wait_until(lambda: statuses().get(1) not in (None, "running"), WAIT, "the attempt to end")
+    assert statuses() == {1: "cancelled"}, statuses()
 
 
 def test_an_async_step_waits_for_an_event_then_sleeps_without_holding_the_worker(on, beat):

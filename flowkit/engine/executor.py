@@ -358,7 +358,7 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
         else:
             result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
     except BaseException as raised:
-        exc = _paused_within(raised)
+        exc = _signal_within(raised)
         ctx.failure = exc
         if not isinstance(exc, (*ATTEMPT_SIGNALS, RunCancelled)):  # the attempt failed
             ctx.keep_spent()
@@ -397,17 +397,20 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
         deactivate(reset)
 
 
-def _paused_within(exc: BaseException) -> BaseException:
-    """The pause inside ``exc`` when ``exc`` is a group (``asyncio.TaskGroup`` wraps what its
-    tasks raise): a wait in a task of a group failed its step as ComponentExit, and the run
-    generation its pause opened was never enqueued. Else ``exc`` itself."""
+def _signal_within(exc: BaseException) -> BaseException:
+    """The engine's signal inside ``exc`` when ``exc`` is a group (``asyncio.TaskGroup`` wraps
+    what its tasks raise), else ``exc`` itself. A pause first (its wait is open, and the
+    generation it may have opened must be enqueued), then a stop (the run was cancelled or
+    restarted), then an outage (the reaper restarts the run): a wait in a task of a group
+    failed its step as ComponentExit, and a short Redis outage there failed the run."""
     if not isinstance(exc, BaseExceptionGroup):
         return exc
-    paused = exc.subgroup(lambda e: isinstance(e, StepSuspended))
-    if paused is None:
-        return exc
-    leaves = list(_leaves(paused))
-    return max(leaves, key=lambda e: getattr(e, "resume_gen", 0))  # one opened a generation
+    for signal in (StepSuspended, RunCancelled, StoreUnavailable):
+        caught = exc.subgroup(lambda e, signal=signal: isinstance(e, signal))
+        if caught is not None:
+            # of pauses, the one that opened a generation (its number), if one did
+            return max(_leaves(caught), key=lambda e: getattr(e, "resume_gen", 0))
+    return exc
 
 
 def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
