@@ -111,6 +111,21 @@ def redacted(url: str) -> str:
     return ";".join(_redacted_one(part) for part in _NEXT_URL.split(url))
 
 
+def reached(url: str) -> str:
+    """The URL as a message that it cannot be reached shows it: redacted, and with the address
+    the client read when the URL names none (``redis://`` is localhost:6379 to redis-py)."""
+    shown = redacted(url)
+    try:
+        split = urlsplit(url)
+        port = split.port
+    except ValueError:
+        return shown
+    if split.scheme in ("redis", "rediss", "amqp", "amqps") and not split.hostname:
+        default = 6379 if split.scheme.startswith("redis") else 5672
+        return f"{shown} (localhost:{port or default})"
+    return shown
+
+
 def _redacted_one(url: str) -> str:
     url = _QUERY_PARAM.sub(_blank_secret, url)  # first: a password there may hold an "@"
     head, at, tail = url.rpartition("@")  # the last "@": a raw password may hold one

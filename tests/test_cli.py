@@ -330,9 +330,14 @@ def test_version():
     assert result.returncode == 0 and result.stdout.strip() == f"flowkit {__version__}"
 
 
-def test_no_command_prints_usage():
-    result = subprocess.run([sys.executable, "-m", "flowkit.cli"], capture_output=True, text=True)
-    assert result.returncode == 2 and "usage: flowkit" in result.stdout
+@pytest.mark.parametrize("command", [[], ["schedules"]])
+def test_no_command_prints_usage_on_stderr(command):
+    """A usage error (exit 2), on stderr as argparse says its own: `flowkit` alone printed
+    its help on stdout, `flowkit schedules` alone on stderr."""
+    result = subprocess.run([sys.executable, "-m", "flowkit.cli", *command],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"usage: {' '.join(['flowkit', *command])}" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["status", "01X"], ["runs"], ["workers"], ["doctor"]])
@@ -352,6 +357,19 @@ def test_unreachable_redis_says_what_to_do(env, command):
         f"flowkit {command[0]}: cannot reach Redis at {url}; start it, or point FLOWKIT_REDIS_URL "
         "at your Redis."
     )
+
+
+def test_a_redis_url_without_a_host_is_said_with_the_address_it_means(env):
+    """``FLOWKIT_REDIS_URL=redis://`` said "cannot reach Redis at redis://", which names no
+    server: redis-py reads it as localhost:6379 (and ``redis://:PORT`` as localhost:PORT)."""
+    from flowkit.testing import free_port
+
+    port = free_port()
+    result = flowkit_cli("runs", env={**env, "FLOWKIT_REDIS_URL": f"redis://:{port}/0"})
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"flowkit runs: cannot reach Redis at redis://:{port}/0 (localhost:{port}); start it"), \
+        result.stderr
 
 
 def test_a_time_past_the_year_9999_is_shown_as_a_number_not_a_traceback():

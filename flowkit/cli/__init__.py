@@ -22,7 +22,7 @@ from ..store import (
     refused_database,
     sentinels_refused,
 )
-from ..urls import NO_PRIMARY, SENTINELS_REFUSED, redacted
+from ..urls import NO_PRIMARY, SENTINELS_REFUSED, reached, redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
 from .render import writes_unicode
@@ -109,7 +109,7 @@ def _broker_down(where: str, exc: BrokerUnavailable) -> int:
         return _usage(where, f"{what} at {redacted(url)} refused its credentials; put the "
                              f"password in {name}, as redis://:PASSWORD@host:port/db "
                              f"(redis://USER:PASSWORD@... for an ACL user).{stored}")
-    print(f"flowkit {where}: cannot reach {what} at {redacted(url)}; start it, or point "
+    print(f"flowkit {where}: cannot reach {what} at {reached(url)}; start it, or point "
           f"{name} at yours.{stored}", file=sys.stderr)
     return 1
 
@@ -122,8 +122,8 @@ def _broker_setting(settings) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
+    if not args.command:  # a usage error, said where `flowkit schedules` alone says its own
+        parser.print_help(sys.stderr)
         return 2
     where = getattr(args, "where", args.command)  # e.g. "schedules create"
     try:
@@ -150,7 +150,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return 1
         tls = (" (rediss:// speaks TLS: if that Redis serves plain connections, write "
                "redis://)" if settings.redis_url.startswith("rediss://") else "")
-        print(f"flowkit {where}: cannot reach Redis at {url}; start it, or point "
+        print(f"flowkit {where}: cannot reach Redis at {reached(settings.redis_url)}; start "
+              "it, or point "
               f"FLOWKIT_REDIS_URL at your Redis{tls}.", file=sys.stderr)
         return 1
     except ConfigError as exc:  # credentials Redis refused: a setting to fix, as at start

@@ -36,7 +36,7 @@ from ..errors import (
     ValidationError,
     WorkflowNotFound,
 )
-from ..urls import redacted
+from ..urls import reached
 from .app import add_app_option, load_app, unknown_workflow
 from .live import Printer, RunView, final_lines
 from .output import add_json_option
@@ -107,12 +107,12 @@ class LocalRuns:
                 followed, now = None, time.monotonic()
                 if away_since is None:  # once per outage: it was silent until it gave up
                     away_since = now
-                    print(f"flowkit: cannot reach Redis at {redacted(get_settings().redis_url)} "
+                    print(f"flowkit: cannot reach Redis at {reached(get_settings().redis_url)} "
                           f"({exc}); following run {run_id} goes on from event {cursor} once "
                           "it is back (nothing is lost) ...", file=sys.stderr, flush=True)
                 elif now - away_since > RECONNECT_TRIES * RECONNECT_SECONDS:
                     raise FlowkitError(
-                        f"Redis at {redacted(get_settings().redis_url)} has been away for two "
+                        f"Redis at {reached(get_settings().redis_url)} has been away for two "
                         f"minutes ({exc}); follow run {run_id} again once it is back: "
                         f"flowkit follow {run_id} --after {cursor}") from None
             time.sleep(RECONNECT_SECONDS)

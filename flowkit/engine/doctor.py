@@ -35,7 +35,7 @@ from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store, no_primary, sentinels_refused
 from ..store.server import probe
-from ..urls import NO_PRIMARY, SENTINELS_REFUSED, redacted
+from ..urls import NO_PRIMARY, SENTINELS_REFUSED, reached, redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
@@ -126,7 +126,7 @@ def startup_findings(redis_url: str) -> list[Finding]:
     try:
         info = probe(redis_url)
     except StoreUnavailable:
-        return [Finding("redis", WARNING, f"Redis at {redacted(redis_url)} does not answer yet; "
+        return [Finding("redis", WARNING, f"Redis at {reached(redis_url)} does not answer yet; "
                         "flowkit retries each command for FLOWKIT_REDIS_RETRY_SECONDS.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
     return [f for f in redis_settings(info, "redis") if f.level != OK]
@@ -161,7 +161,7 @@ def examine(
             what, _, fix = NO_PRIMARY.format(url=redacted(url)).partition(": ")
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]
-        return [Finding("redis", FAILURE, f"Redis at {redacted(url)} does not answer.",
+        return [Finding("redis", FAILURE, f"Redis at {reached(url)} does not answer.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
     except ConfigError as exc:  # refused credentials: the store's one-line error
         return [Finding("redis", FAILURE, f"Redis at {redacted(url)} refused the credentials "
@@ -244,7 +244,7 @@ def broker(url: str) -> list[Finding]:
     try:
         info = probe(url)
     except StoreUnavailable:
-        return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} does not "
+        return [Finding("broker", FAILURE, f"The Celery broker at {reached(url)} does not "
                         "answer: no step can be sent or taken.",
                         "Start it, or point FLOWKIT_BROKER_URL at it.")]
     # messages only: the reaper re-drives runs whose message was lost, hence warnings
@@ -264,7 +264,7 @@ def amqp_broker(url: str, timeout: float = 3.0) -> list[Finding]:
                         f"flowkit: {str(exc).rstrip('.')}.", "Fix the user, password or vhost in "
                         "FLOWKIT_BROKER_URL (rabbitmqctl list_users, list_vhosts).")]
     except (kombu.exceptions.OperationalError, OSError) as exc:
-        return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} does not "
+        return [Finding("broker", FAILURE, f"The Celery broker at {reached(url)} does not "
                         f"answer ({exc}): no step can be sent or taken.",
                         "Start RabbitMQ, or point FLOWKIT_BROKER_URL at it.")]
     if isinstance(version, bytes):
