@@ -40,8 +40,15 @@ export interface StepState {
   waiting: boolean;
 }
 
-/** One open wait of a run: its `run.waiting` event's fields. */
-export interface Wait { kind: string; name?: string; prompt?: string; expires_at?: number; step?: string; [k: string]: unknown }
+/** One open wait of a run: its `run.waiting` event's fields, and `opened`, that event's id
+ *  (a wait opened again, its answer refused with `refused: {answer, errors, message}`, has a
+ *  new one). */
+export interface Wait {
+  kind: string; name?: string; prompt?: string; expires_at?: number; step?: string;
+  opened?: string | null;
+  refused?: { answer?: unknown; errors?: Record<string, unknown>; message?: string };
+  [k: string]: unknown;
+}
 
 export interface RunState {
   runId: string | null;

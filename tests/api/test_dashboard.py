@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from flask import Flask
+from marshmallow import fields, validate
 from playwright.sync_api import expect
 
 import flowkit
@@ -63,6 +64,28 @@ def ask(data: dict) -> dict:
 
 
 llm_run = flowkit.Workflow("ui.llm", [ask])
+
+
+@component(name="ui.contact")
+def contact(data: dict) -> dict:
+    """Its wait checks an email, which the JSON Schema the API holds answers to cannot (a
+    format): a wrong one passes the API, and the step refuses it and asks again. Its size
+    (an enum) and gift (a boolean) are optional."""
+    return flowkit.wait_for_input("contact", {
+        "email": fields.Email(required=True),
+        "size": fields.String(validate=validate.OneOf(["S", "M", "L"])),
+        "gift": fields.Boolean()})
+
+
+contacting = flowkit.Workflow("ui.contacting", [contact])
+
+
+@component(name="ui.free")
+def free(data: dict) -> dict:
+    return {"said": flowkit.wait_for_input("anything")}
+
+
+asking_freely = flowkit.Workflow("ui.asking_freely", [free])
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +139,25 @@ def test_sign_in_then_the_list_shows_new_runs_and_their_states_live(api, client,
     page.wait_for_selector(f'#runs tr[data-run="{run["id"]}"][data-state="running"]')
     open_gate(flowkit.get_run(run["id"]), "gated")
     page.wait_for_selector(f'#runs tr[data-run="{run["id"]}"][data-state="succeeded"]')
+    context.close()
+
+
+def test_a_credential_that_cannot_read_the_dashboard_asks_to_sign_in_again(
+        api, client, browser):
+    """A run token pasted as the key got a 403: the tab said "The API answered: ..." at
+    every reload, with no sign-in form and no sign-out, until it was closed."""
+    token = start(client, "simple", {"n": 1})["token"]
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(f"{api.url}/ui")
+    page.fill("#key", token)
+    page.click("button[type=submit]")
+    expect(page.locator("main")).to_contain_text("That credential cannot read the dashboard")
+    page.reload()  # the refused credential is not kept
+    page.fill("#key", API_KEY)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#runs")
     context.close()
 
 
@@ -234,6 +276,11 @@ def test_filters_by_state_and_workflow_and_search_by_id(api, client, page):
     page.fill("#f-q", bad["id"])
     page.press("#f-q", "Enter")
     expect(page.locator("#runs tr[data-run]")).to_have_count(1)
+    row(page, bad["id"]).wait_for()
+    # a run found by its id is held to the filters shown beside the search (it was not)
+    page.select_option("#f-state", "succeeded")
+    expect(page.locator("#runs tr[data-run]")).to_have_count(0)
+    page.select_option("#f-state", "failed")
     row(page, bad["id"]).wait_for()
 
 
@@ -383,6 +430,45 @@ def test_a_waiting_run_is_answered_with_the_form_from_its_schema(api, client, pa
     page.click("#answer-form button[type=submit]")
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert json.loads(page.text_content("#run-output"))["approved"] is True
+
+
+def test_an_answer_the_step_refuses_is_said_on_the_form_asked_again(api, client, page):
+    """The step's validators refused an answer the API took (202), and opened its wait again
+    with `refused`: the pages showed an empty form, and when the events reopening it came in
+    one burst (a reconnect, a background tab), none: it stayed "Answered." with Send off."""
+    run = start(client, "ui.contacting", {})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector("#answer-form")
+    page.wait_for_selector('#connection[data-connection="open"]')
+    page.fill("#answer-email", "not-an-email")
+    page.evaluate("window.flowkitRun.watch.drop()")  # the reopening comes in one burst
+    page.click("#answer-form button[type=submit]")
+    expect(page.locator("#answer-email-error")).to_contain_text("Not a valid email address.")
+    expect(page.locator("#answer-form [role=status]")).to_contain_text("answer again")
+    expect(page.locator("#answer-email")).to_have_value("not-an-email")  # to correct
+    expect(page.locator("#answer-form button[type=submit]")).to_be_enabled()
+    page.fill("#answer-email", "ada@example.com")
+    page.click("#answer-form button[type=submit]")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    # the optional enum and boolean left alone are not in the answer (the first option and
+    # `false` were sent)
+    assert json.loads(page.text_content("#run-output")) == {"email": "ada@example.com"}
+
+
+def test_a_wait_without_a_schema_is_answered_with_any_json(api, client, page):
+    """Its form had no field: the only answer it could send was {}."""
+    run = start(client, "ui.asking_freely", {})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.fill("#answer-answer", '[1, "two"]')
+    page.click("#answer-form button[type=submit]")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output")) == {"said": [1, "two"]}
+    again = start(client, "ui.asking_freely", {})
+    page.goto(f"{api.url}/ui/runs/{again['id']}")
+    page.fill("#answer-answer", "plain words")  # not JSON: a string
+    page.click("#answer-form button[type=submit]")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    assert json.loads(page.text_content("#run-output")) == {"said": "plain words"}
 
 
 def test_an_answer_refused_after_another_closed_its_wait_is_said_on_the_page(
@@ -648,6 +734,18 @@ def app_with(**config) -> Iterator[str]:
         yield next(served).url
     finally:
         served.close()
+
+
+def test_the_dashboard_at_the_root_of_the_api_is_refused_saying_why(flowkit_env):
+    """``FLOWKIT_API_UI_PATH="/"`` made every link protocol-relative (``//runs/<id>``, another
+    host), and its pages the API's own routes."""
+    from flowkit.errors import ConfigError
+
+    app = Flask("flowkit-ui-root")
+    app.config.update(FLOWKIT_API_SECRET="test-signing-secret", FLOWKIT_API_UI_PATH="/")
+    with pytest.raises(ConfigError, match=r"FLOWKIT_API_UI_PATH='/' would put the dashboard's "
+                                          r"pages over the API's own routes"):
+        flowkit.FlowKit(app, keys=[API_KEY])
 
 
 def test_the_dashboard_can_be_turned_off_and_moved(flowkit_env, worker):

@@ -245,7 +245,9 @@ export function foldEvent(state, event) {
       return { ...next, state: waitingOr(waits, "running"), held: null, steps: endWaits(next.steps, waits) };
     }
     case "run.waiting": {
-      const { type, ts: _ts, run, id, ...what } = event;
+      const { type, ts: _ts, run, id, ...fields } = event;
+      // `opened`: the event that opened it; a wait opened again (its answer refused) is a new one
+      const what = { ...fields, opened: id ?? null };
       const waits = [...(next.waits ?? []).filter((w) => !sameWait(w, what)), what];
       next = { ...next, state: "waiting", waiting: what, waits };
       const waitsForSomeone = event.kind !== "slot" && event.kind !== "sleep";

@@ -65,6 +65,25 @@ test("a wait for input marks the run and step waiting until resumed", () => {
   assert.equal(state.steps["0:approve"].status, "running");
 });
 
+test("a wait opened again after its answer was refused is told apart by the event that opened it", () => {
+  // the dashboard redraws an answer form when a wait's `opened` changes: the same name,
+  // state and step looked unchanged, and the form stayed "Answered." with Send disabled
+  let state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "0:ask", attempt: 1 }),
+    ev("2-0", "run.waiting", { step: "0:ask", kind: "input", name: "email" }),
+  ]);
+  assert.equal(state.waits[0].opened, "2-0");
+  assert.equal(state.waits[0].refused, undefined);
+  state = foldEvents(state, [
+    ev("3-0", "run.resumed", { by: "input", name: "email" }),
+    ev("4-0", "run.waiting", { step: "0:ask", kind: "input", name: "email",
+      refused: { answer: { email: "x" }, errors: { email: ["Not a valid email address."] }, message: "refused" } }),
+  ]);
+  assert.equal(state.waits.length, 1);
+  assert.equal(state.waits[0].opened, "4-0");
+  assert.deepEqual(state.waits[0].refused.errors, { email: ["Not a valid email address."] });
+});
+
 test("ids compare as (milliseconds, sequence) numbers, not strings", () => {
   assert.ok(compareEventIds("10-0", "9-5") > 0);
   assert.ok(compareEventIds("9-10", "9-9") > 0);

@@ -19,6 +19,7 @@ from flask_sock import Sock
 from markupsafe import escape
 
 from ...config import ENV_PREFIX, get_settings, parse_bool
+from ...errors import ConfigError
 from ..state import state
 
 SHELL = Path(__file__).resolve().parent.parent / "static" / "ui" / "shell.html"
@@ -38,7 +39,13 @@ def register(bp: Blueprint, sock: Sock) -> None:
         enabled = config.get(f"{ENV_PREFIX}API_UI", settings.api_ui)
         if not parse_bool(enabled, f"{ENV_PREFIX}API_UI"):
             return
-        path = "/" + str(config.get(f"{ENV_PREFIX}API_UI_PATH", settings.api_ui_path)).strip("/")
+        given = str(config.get(f"{ENV_PREFIX}API_UI_PATH", settings.api_ui_path))
+        path = "/" + given.strip("/")
+        if path == "/":  # its links were //runs/<id> (another host), its pages the API's routes
+            raise ConfigError(
+                f"{ENV_PREFIX}API_UI_PATH={given!r} would put the dashboard's pages over the "
+                "API's own routes (/runs/<id> is both): give it a path of its own, like /ui "
+                f"(the default), or turn it off with {ENV_PREFIX}API_UI=false.")
         setup.app.config["FLOWKIT_UI_MOUNTED"] = path
         setup.add_url_rule(path, ENDPOINT, page, defaults={"rest": ""})
         setup.add_url_rule(path + "/", ENDPOINT, page, defaults={"rest": ""})

@@ -27,6 +27,9 @@ async function start() {
     await client.request("GET", "/runs?limit=1");
   } catch (error) {
     if (error.status === 401) return login(error.message);
+    // a credential that is one but cannot list runs (a run token pasted as the key): the
+    // tab kept it and said the same at every reload, with no way to sign in again
+    if (error.status === 403) return login(`That credential cannot read the dashboard: ${error.message} Sign in with an API key.`);
     const passing = error.status === 503 || error.status === undefined || error.status === 0;
     fill(main, h("p", { role: "alert" }, `The API answered: ${error.message}`,
       passing ? " Trying again…" : ""));

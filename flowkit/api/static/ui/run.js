@@ -211,7 +211,9 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   function drawActions(state) {
     // every input open at once (fan-out items each asking): a form each
     const asks = state === "waiting" && !expired ? folded.waits.filter((w) => w.kind === "input") : [];
-    const sign = `${state}|${asks.map((w) => w.name).join("\u0000")}|${expired}`;
+    // each wait by the event that opened it: one opened again (its answer refused) under the
+    // same name gets a fresh form (the old one stayed "Answered." with Send disabled)
+    const sign = `${state}|${asks.map((w) => `${w.name}\u0001${w.opened ?? ""}`).join("\u0000")}|${expired}`;
     if (sign === actionsShown) return;  // keep focus and typed answers while events stream
     actionsShown = sign;
     fill(ui.actions);

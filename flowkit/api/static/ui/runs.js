@@ -100,7 +100,11 @@ export function runsView(main, client) {
         const page = await client.request("GET", `/runs?${qs}`);
         runs = page.runs; next = page.next;
       }
-      if (filters.q && filters.owner) runs = runs.filter((r) => r.owner === filters.owner);
+      // a run found by its id is held to the filters shown beside the search, as a page is
+      if (filters.q) {
+        runs = runs.filter((r) => (!filters.owner || r.owner === filters.owner)
+          && (!filters.workflow || r.workflow === filters.workflow) && (!filters.state || r.state === filters.state));
+      }
       if (mine !== generation) return;
       render(runs, next);
       await summarise(runs);
