@@ -14,6 +14,7 @@ import os
 from flask import Flask, redirect
 
 from flowkit import FlowKit
+from flowkit.config import get_settings
 from flowkit.api.views.ui import ui_url
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ def create_app() -> Flask:
                     raise  # the module exists but is broken: say so rather than serve nothing
                 log.warning("flowkit web: workflow module %r not found; serving none of it", module)
     FlowKit(app)
+    settings = get_settings()
+    if not (settings.api_keys.strip() or settings.api_open):  # no one could call it
+        log.warning("flowkit web: no FLOWKIT_API_KEYS (and FLOWKIT_API_OPEN is off): every API "
+                    "call, /metrics too, answers 401 until you set the keys your callers send")
 
     @app.get("/")
     def home():

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import tomllib
 
 import pytest
 
@@ -116,9 +117,15 @@ def test_the_dockerfile_starts_the_web_process_as_pid_1_and_holds_every_process_
     assert json.loads(cmd) == procfile()["web"]
     assert not [args for op, args in instructions if op == "ENTRYPOINT"]
     assert ("STOPSIGNAL", "SIGTERM") in instructions
-    copied = {args.split()[0].rstrip("/") for op, args in instructions if op == "COPY"}
+    copied = {source.rstrip("/") for op, args in instructions if op == "COPY"
+              for source in args.split()[:-1]}  # every source: the last word is the target
     assert {"flowkit", "pyproject.toml"} <= copied
     assert needed_modules() <= copied, needed_modules() - copied
+    # the modules `pip install .` packs beside the package: the `flowkit` command starts
+    # at _flowkit_cli, and an image without it failed every `flowkit ...` in its containers
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as project:
+        modules = tomllib.load(project)["tool"]["setuptools"]["py-modules"]
+    assert {f"{m}.py" for m in modules} <= copied, {f"{m}.py" for m in modules} - copied
 
 
 def needed_modules() -> set[str]:
@@ -154,6 +161,43 @@ def test_compose_runs_every_procfile_process_from_the_image_and_outwaits_the_dra
         assert seconds(service["stop_grace_period"]) > needed_stop_time(process, env), process
     redis = services["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"  # the README's advice: AOF on
+
+
+def test_the_reference_web_process_says_when_no_one_can_call_its_api(
+        flowkit_env, monkeypatch, caplog):
+    from api.app import create_app
+    from flowkit import config
+
+    monkeypatch.setenv("FLOWKIT_WORKFLOW_MODULES", "tests.workflows")
+    for keys, said in (("", True), ("a-key", False)):
+        monkeypatch.setattr(config, "_settings",
+                            config.get_settings().replace(api_keys=keys, api_open=False))
+        caplog.clear()
+        create_app()
+        assert ("every API call, /metrics too, answers 401" in caplog.text) is said, keys
+
+
+@pytest.mark.parametrize("recipe", ["compose", "kubernetes", "systemd"])
+def test_each_recipe_has_a_place_for_the_api_s_credentials(recipe):
+    """None had: the web process it deployed answered every API call, and /metrics, with a
+    401, and run tokens were signed with a secret of each process alone."""
+    needed = {"FLOWKIT_API_KEYS", "FLOWKIT_API_SECRET", "OPENAI_API_KEY"}
+    if recipe == "compose":
+        with open(os.path.join(DEPLOY, "compose.yaml")) as f:
+            env = yaml.safe_load(f)["services"]["web"]["environment"]
+        # compose refuses to start without them, saying which (`${NAME:?why}`)
+        assert all(re.fullmatch(rf"\$\{{{name}:\?.+\}}", env[name]) for name in needed), env
+    elif recipe == "kubernetes":
+        with open(os.path.join(DEPLOY, "kubernetes", "flowkit.yaml")) as f:
+            text = f.read()
+        assert all(f"--from-literal={name}=" in text for name in needed)  # how to make it
+        for doc in (d for d in manifests() if d["kind"] == "Deployment"):
+            [container] = doc["spec"]["template"]["spec"]["containers"]
+            assert {"secretRef": {"name": "flowkit-secrets"}} in container["envFrom"]
+    else:
+        with open(os.path.join(DEPLOY, "systemd", "env.example")) as f:
+            names = {line.partition("=")[0] for line in f if "=" in line and line[0] != "#"}
+        assert needed <= names
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
