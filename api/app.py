@@ -14,8 +14,8 @@ import os
 from flask import Flask, redirect
 
 from flowkit import FlowKit
-from flowkit.config import get_settings
 from flowkit.api.views.ui import ui_url
+from flowkit.config import get_settings
 
 log = logging.getLogger(__name__)
 
