@@ -90,6 +90,12 @@ METRICS_ADDR = "0.0.0.0"
 #: in Redis), which ``GET /metrics`` of the web process serves: for a deployment without a
 #: web process. Turn it on for one process only, or sums count them twice.
 METRICS_DEPLOYMENT = False
+#: Seconds a scrape of the deployment's metrics may take in all (Prometheus gives up after
+#: its scrape_timeout, 10 s by default), of which Redis may take half: a Redis or broker that
+#: takes connections but never answers (frozen) is said as down (``flowkit_*_up 0``) in time.
+METRICS_SCRAPE_SECONDS = 8.0
+#: Seconds a broker read of queue depths (the scrape's, the reaper's) waits for an answer.
+BROKER_READ_TIMEOUT = 4.0
 
 # -- API plane (flowkit.api) ----------------------------------------------------
 #: Bearer API keys that may use every endpoint, comma-separated. Empty: none.

@@ -8,9 +8,13 @@ test worker consumes, so the steps they count are exactly this module's.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -376,6 +380,86 @@ def test_a_waiting_run_that_expired_leaves_the_waiting_count(web_metrics, store)
     assert value(m.now(), "flowkit_runs_active", state="waiting") == 1
     store.trim_indexes(cutoff=2000.0)  # beat's retention task
     assert value(m.now(), "flowkit_runs_active", state="waiting") == 0
+
+
+@contextlib.contextmanager
+def frozen_server() -> Iterator[int]:
+    """A port that takes connections and never answers (a frozen Redis or broker): the
+    kernel completes each handshake into the listen backlog; nothing reads or replies."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def in_time(call, seconds: float):
+    """``call()``'s result, or what it raised, if it ends within ``seconds`` (else a failed
+    test, not a hung one: the reads fixed here waited for good)."""
+    done: list = []
+
+    def run() -> None:
+        try:
+            done.append((True, call()))
+        except Exception as exc:
+            done.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done, f"still waiting after {seconds} s"
+    returned, outcome = done[0]
+    if not returned:
+        raise outcome
+    return outcome
+
+
+def test_a_scrape_answers_in_time_when_redis_and_the_broker_never_answer(store):
+    """Servers that take connections but never answer (frozen) held the scrape for good (the
+    broker's passive declare had no timeout; Redis's commands waited 60 s each), and each
+    timed-out Prometheus scrape left a web thread and a broker connection stuck."""
+    from flowkit import config
+    from flowkit.defaults import METRICS_SCRAPE_SECONDS
+    from flowkit.engine import broker
+    from flowkit.metrics import render
+    from flowkit.metrics.deployment import DeploymentCollector
+    from flowkit.store import Store
+
+    with frozen_server() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        frozen = Store(config.get_settings().replace(
+            redis_url=url, redis_retry_seconds=0.5, redis_socket_timeout=1.0))
+        began = time.monotonic()
+        body, _ = in_time(lambda: render(None, DeploymentCollector(
+            lambda: frozen, depths=lambda queues: broker.queue_depths(queues, url=url))),
+            METRICS_SCRAPE_SECONDS + 5)
+        text = body.decode()
+        assert {"flowkit_redis_up", "flowkit_broker_up"} <= names(text)
+        assert value(text, "flowkit_redis_up") == 0 and value(text, "flowkit_broker_up") == 0
+        assert time.monotonic() - began < METRICS_SCRAPE_SECONDS + 2
+        # the reaper's sweeps read depths the same way: they end too
+        with pytest.raises(Exception, match="Timeout reading"):
+            in_time(lambda: broker.queue_depths(["q"], url=url, timeout=1.0), 10)
+
+
+def test_with_redis_away_the_broker_still_says_its_queues_depths(store):
+    """The scrape ended at Redis's outage: a broker of its own that answered was left out
+    (``flowkit_broker_up`` and the queue depths gone, when they were most wanted)."""
+    from flowkit import config
+    from flowkit.metrics import render
+    from flowkit.metrics.deployment import DeploymentCollector
+    from flowkit.store import Store
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    unreachable = Store(config.get_settings().replace(redis_url=dead, redis_retry_seconds=0.5))
+    body, _ = render(None, DeploymentCollector(lambda: unreachable, served=lambda: [mw.steps]))
+    text = body.decode()
+    assert value(text, "flowkit_redis_up") == 0 and value(text, "flowkit_broker_up") == 1
+    depths = [s for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name == "flowkit_queue_depth"]
+    assert mw.QUEUE in {s.labels["queue"] for s in depths}
 
 
 def test_a_scrape_answers_when_redis_and_the_broker_do_not(store):

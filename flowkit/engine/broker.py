@@ -26,6 +26,7 @@ from kombu import serialization
 from kombu.exceptions import ChannelError
 
 from ..config import Settings, get_settings, is_amqp
+from ..defaults import BROKER_READ_TIMEOUT
 from ..errors import ConfigError
 from ..urls import SentinelURL, credentials_in_userinfo, not_a_cluster, redacted
 from .transport import transport_for
@@ -267,14 +268,20 @@ def refused_queues(app: Celery, queues: Iterable[Any]) -> dict[str, str]:
     return refused
 
 
-def queue_depths(queues: Iterable[str]) -> dict[str, int | None]:
+def queue_depths(queues: Iterable[str], url: str | None = None,
+                 timeout: float = BROKER_READ_TIMEOUT) -> dict[str, int | None]:
     """Messages waiting in each broker queue (a Redis queue's priority lists summed), by a
     passive declare, which the Redis and AMQP transports both answer; a queue the broker
     does not know (on Redis: an empty one) has 0, one whose declare the broker refused
     (an error reply: a Redis ``BUSY``, ``MASTERDOWN`` or ``NOPERM``, an AMQP access refusal)
-    None: unknown. Raises the broker's connection error when it does not answer."""
+    None: unknown. Raises the broker's connection error when it does not answer, also
+    within ``timeout`` seconds when it takes the connection but says nothing (a frozen
+    server held a scrape, or a reaper sweep, for good). ``url``: another broker's."""
     depths: dict[str, int | None] = {}
-    with get_app().connection_for_read() as conn:
+    bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout,  # Redis
+               "read_timeout": timeout, "write_timeout": timeout}  # AMQP
+    with get_app().connection_for_read(url, connect_timeout=timeout,
+                                       transport_options=bounded) as conn:
         conn.ensure_connection(max_retries=1)
         refused = (ChannelError, *conn.channel_errors)
         channel = conn.channel()

@@ -8,23 +8,32 @@ queued, running and waiting. The broker says how many messages wait in each queu
 scrape costs a few pipelined Redis reads and one passive declare per queue.
 
 A Redis or broker outage does not fail the scrape: ``flowkit_redis_up`` or
-``flowkit_broker_up`` says 0, and the numbers that could not be read are left out.
+``flowkit_broker_up`` says 0, and the numbers that could not be read are left out. Nor
+does a server that takes connections and never answers (frozen): the reads run in a small
+pool of threads, each within its share of METRICS_SCRAPE_SECONDS, and with short socket
+timeouts, so a scrape answers in time and its stuck reads end soon after (they held a web
+thread and a broker connection each, for good). The broker is asked about the served
+workflows' queues while Redis is away.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ..config import get_settings
+from ..defaults import METRICS_SCRAPE_SECONDS
 from ..engine import broker, control
 from ..errors import StoreUnavailable
-from ..store import Store, get_store
+from ..store import Store
 from ..workflow import Workflow, workflows
 
 log = logging.getLogger(__name__)
@@ -37,31 +46,66 @@ def _all_workflows() -> list[Workflow]:
     return list(workflows().values())
 
 
+_scrape_stores: dict[tuple, Store] = {}
+_pools: dict[int, ThreadPoolExecutor] = {}
+_lock = threading.Lock()
+
+
 def _scrape_store() -> Store:
-    # a scrape must answer within Prometheus's timeout: give up on Redis as the API does
-    return get_store(retry_seconds=get_settings().api_redis_retry_seconds)
+    """A store that gives up on Redis as the API does, and whose commands wait a share of a
+    scrape's budget for an answer (the process's wait FLOWKIT_REDIS_SOCKET_TIMEOUT, 60 s)."""
+    settings = get_settings()
+    with _lock:
+        made = _scrape_stores.get((os.getpid(), settings))
+        if made is None:
+            _scrape_stores.clear()
+            made = _scrape_stores[(os.getpid(), settings)] = Store(settings.replace(
+                redis_retry_seconds=settings.api_redis_retry_seconds,
+                redis_socket_timeout=min(settings.redis_socket_timeout,
+                                         METRICS_SCRAPE_SECONDS / 4)))
+        return made
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The scrape's reads' threads (a few: reads stuck on a frozen server wait there, and
+    later scrapes' reads wait behind them, said as down, rather than take more)."""
+    with _lock:
+        pool = _pools.get(os.getpid())  # a forked child has none of its parent's threads
+        if pool is None:
+            _pools.clear()
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="flowkit-scrape")
+        return pool
 
 
 class DeploymentCollector(Collector):
     """``store``: the store to read (default: this process's, with the API's short retry
     budget); ``served``: the workflows whose queues to report (default: every one
-    registered here; the queues live workers consume are reported too)."""
+    registered here; the queues live workers consume are reported too); ``depths``: the
+    broker's queue depths (default: :func:`flowkit.engine.broker.queue_depths`)."""
 
     def __init__(self, store: Callable[[], Store] | None = None,
-                 served: Callable[[], Iterable[Workflow]] | None = None) -> None:
+                 served: Callable[[], Iterable[Workflow]] | None = None,
+                 depths: Callable[[list[str]], dict[str, int | None]] | None = None) -> None:
         self.store = store or _scrape_store
         self.served = served or _all_workflows
+        self.depths = depths or broker.queue_depths
+
+    def _read_store(self) -> tuple:
+        store = self.store()
+        return (store.metric_counts(), store.run_counts(),
+                store.oldest_queued(OLDEST_PER_SHARD), control.live_workers(store))
 
     def collect(self) -> Iterator[Metric]:
+        deadline = time.monotonic() + METRICS_SCRAPE_SECONDS
         try:
-            store = self.store()
-            counts = store.metric_counts()
-            states = store.run_counts()
-            oldest, complete = store.oldest_queued(OLDEST_PER_SHARD)
-            workers = control.live_workers(store)
-        except StoreUnavailable as exc:
-            log.warning("flowkit metrics: Redis unreachable: %s", exc)
+            counts, states, (oldest, complete), workers = _pool().submit(
+                self._read_store).result(timeout=METRICS_SCRAPE_SECONDS / 2)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("flowkit metrics: Redis unreachable: %s",
+                        exc or "no answer within the scrape's share")
             yield _up("redis", "flowkit's Redis", False)
+            yield from self._queues(None, deadline)  # the broker may answer
             return
         yield _up("redis", "flowkit's Redis", True)
         yield from _counters(counts)
@@ -71,10 +115,13 @@ class DeploymentCollector(Collector):
         for state in ("queued", "running", "waiting"):
             active.add_metric([state], states.get(state, 0))
         yield active
-        yield from self._queues(oldest, complete, workers)
+        yield from self._queues((oldest, complete, workers), deadline)
 
-    def _queues(self, oldest: list[tuple[str, float, str]], complete: bool,
-                workers: list[dict]) -> Iterator[Metric]:
+    def _queues(self, read: tuple[list[tuple[str, float, str]], bool, list[dict]] | None,
+                deadline: float) -> Iterator[Metric]:
+        """Each queue's age, consumers and depth; without ``read`` (Redis did not answer),
+        the served workflows' queues' depths only."""
+        oldest, complete, workers = read or ([], False, [])
         default = control.default_queue()
         queues: set[str] = set()
         for wf in self.served():
@@ -101,12 +148,15 @@ class DeploymentCollector(Collector):
             elif complete:  # else one may wait behind the runs read: say nothing
                 age.add_metric([queue], 0.0)
             consumers.add_metric([queue], sum(queue in control.consumes(w) for w in workers))
-        yield age
-        yield consumers
+        if read is not None:
+            yield age
+            yield consumers
         try:
-            depths = broker.queue_depths(sorted(queues))
+            depths = _pool().submit(self.depths, sorted(queues)).result(
+                timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:  # kombu's and the transports' errors have no common base
-            log.warning("flowkit metrics: the broker did not answer: %s", exc)
+            log.warning("flowkit metrics: the broker did not answer: %s",
+                        exc or "no answer within the scrape's share")
             yield _up("broker", "the broker", False)
             return
         yield _up("broker", "the broker", True)
