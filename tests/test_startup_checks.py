@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
@@ -34,6 +36,42 @@ def locked_redis():
     with LocalRedis(appendonly=True) as server:
         redis.Redis(port=server.port).config_set("requirepass", "right")
         yield server
+
+
+@pytest.fixture
+def http_port():
+    """An HTTP server where Redis was meant (a port mix-up): it answers a Redis command with
+    an HTTP error, which redis-py's parser cannot read."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+NOT_REDIS = "answered as no Redis does"
+
+
+def test_a_server_that_is_no_redis_is_said_in_one_line_everywhere(flowkit_env, http_port):
+    """The web process's start, ``flowkit doctor`` and every CLI command printed a 60-line
+    traceback of redis-py's parser ("Protocol error, got 'H' as reply type byte")."""
+    env = {**env_for(flowkit_env, f"redis://127.0.0.1:{http_port}/0"),
+           "FLOWKIT_REDIS_RETRY_SECONDS": "1"}
+    web = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert web.returncode == 2 and "Traceback" not in web.stderr, web.stderr
+    assert (f"flowkit web refuses to start: The server at redis://127.0.0.1:{http_port}/0 "
+            f"{NOT_REDIS}") in web.stderr
+    cli = [sys.executable, "-m", "flowkit.cli"]
+    doctor = subprocess.run([*cli, "doctor", "-A", "tests.app"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert "✗ redis" in doctor.stdout and NOT_REDIS in doctor.stdout, doctor.stdout
+    runs = subprocess.run([*cli, "runs"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert runs.returncode == 2 and "Traceback" not in runs.stderr, runs.stderr
+    assert runs.stderr.startswith(f"flowkit runs: flowkit's Redis (FLOWKIT_REDIS_URL) {NOT_REDIS}")
+    assert len(runs.stderr.strip().splitlines()) == 1
 
 
 def env_for(flowkit_env: dict, store_url: str) -> dict:

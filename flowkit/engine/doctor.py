@@ -34,6 +34,7 @@ from ..component import registered
 from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store, no_primary, sentinels_refused
+from ..store.connection import NOT_REDIS
 from ..store.server import probe
 from ..urls import NO_PRIMARY, SENTINELS_REFUSED, reached, redacted
 from ..version import __version__
@@ -163,7 +164,12 @@ def examine(
                             fix[0].upper() + fix[1:])]
         return [Finding("redis", FAILURE, f"Redis at {reached(url)} does not answer.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
-    except ConfigError as exc:  # refused credentials: the store's one-line error
+    except ConfigError as exc:  # refused credentials, or no Redis: the store's one-line error
+        if isinstance(exc.__cause__, NOT_REDIS):
+            return [Finding("redis", FAILURE, f"The server at {redacted(url)} answered as no "
+                            f"Redis does ({exc.__cause__}).", "Point FLOWKIT_REDIS_URL at your "
+                            "Redis (it reaches another kind of server: another service's port, "
+                            "an HTTP proxy?).")]
         return [Finding("redis", FAILURE, f"Redis at {redacted(url)} refused the credentials "
                         f"({exc.__cause__ or exc}).",
                         "Put the password in FLOWKIT_REDIS_URL, as redis://:PASSWORD@host:port/db "
@@ -247,6 +253,9 @@ def broker(url: str) -> list[Finding]:
         return [Finding("broker", FAILURE, f"The Celery broker at {reached(url)} does not "
                         "answer: no step can be sent or taken.",
                         "Start it, or point FLOWKIT_BROKER_URL at it.")]
+    except ConfigError as exc:  # no Redis, or credentials it refused
+        return [Finding("broker", FAILURE, f"The Celery broker: {exc}",
+                        "Fix FLOWKIT_BROKER_URL.")]
     # messages only: the reaper re-drives runs whose message was lost, hence warnings
     return [Finding("broker", OK, f"Broker Redis {info['version']} at {redacted(url)} answers."),
             *redis_settings(info, "broker", level=WARNING)]

@@ -67,6 +67,18 @@ def refused(exc: BaseException) -> ConfigError:
     )
 
 
+#: A reply no Redis sends: the URL reaches another kind of server (an HTTP port, a proxy).
+NOT_REDIS = (redis.exceptions.InvalidResponse,)
+
+
+def not_redis(exc: BaseException, where: str = "flowkit's Redis (FLOWKIT_REDIS_URL)") -> ConfigError:
+    """The one-line error for a server that answered as no Redis does (it was a traceback
+    of redis-py's parser, in the doctor, the CLI and the web process's start)."""
+    return ConfigError(
+        f"{where} answered as no Redis does ({exc}): the URL reaches another kind of server "
+        "(another service's port, an HTTP proxy?); point it at your Redis.")
+
+
 def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     """A store operation: Redis out of reach raises StoreUnavailable, refused credentials
     ConfigError at once, not redis-py's errors."""
@@ -77,6 +89,8 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except REFUSED as exc:
             raise refused(exc) from exc
+        except NOT_REDIS as exc:  # before UNREACHABLE, which redis-py's errors may share
+            raise not_redis(exc) from exc
         except UNREACHABLE as exc:
             raise StoreUnavailable(f"flowkit's Redis is unreachable: {exc}") from exc
         except CLUSTER_MOVING as exc:  # a command that never ran: the caller's outage path

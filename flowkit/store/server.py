@@ -19,7 +19,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..errors import StoreUnavailable
-from .connection import REFUSED, UNREACHABLE, from_url, refused
+from ..urls import redacted
+from .connection import NOT_REDIS, REFUSED, UNREACHABLE, from_url, not_redis, refused
 
 
 def describe(client: redis.Redis) -> dict[str, Any]:
@@ -82,13 +83,15 @@ def _weakest(primaries: list[dict[str, Any]]) -> dict[str, Any]:
 def probe(url: str, timeout: float = 2.0) -> dict[str, Any]:
     """:func:`describe` the Redis at ``url`` over a connection of its own (then closed), at
     once: StoreUnavailable when it does not answer within ``timeout`` seconds, ConfigError
-    when it refuses the credentials."""
+    when it refuses the credentials or is no Redis."""
     client = from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                       decode_responses=True)
     try:
         return describe(client)
     except REFUSED as exc:  # before UNREACHABLE: redis-py files it under ConnectionError
         raise refused(exc) from exc
+    except NOT_REDIS as exc:
+        raise not_redis(exc, f"The server at {redacted(url)}") from exc
     except UNREACHABLE as exc:
         raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from exc
     finally:
