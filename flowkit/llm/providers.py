@@ -15,11 +15,11 @@ from urllib.parse import urlparse
 import openai
 
 from ..config import get_settings
-from ..coroutines import close_at_exit, close_with_loop, shared_loop
 from ..engine import trace
 from ..errors import ConfigError
 from ..numbers import is_number
 from ..policy import seconds
+from . import connections
 from .tls import ssl_context
 
 
@@ -110,24 +110,25 @@ class Provider:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.models.items()):
             raise ConfigError(f"Provider(models=...) maps the model asked for to this "
                               f"provider's name for it, not {self.models!r}.")
+        # The HTTP clients are the process's, shared by endpoint (connections.py): one per
+        # provider left a connection open per with_options() or per client made in a step,
+        # and the SDK's own loaded the certificates again (27 ms an OpenAI()). An HTTP
+        # client of the user's own (proxies, certificates) is kept: it is the only pool.
+        self._pools = 1 if self._own_http else max(1, get_settings().llm_connection_pools)
         if self.client is None:
+            http = {} if self._own_http else {"http_client": connections.sync_pools(
+                self.base_url or os.environ.get("OPENAI_BASE_URL")
+                or "https://api.openai.com/v1", 1)[0]}
             self.client = openai.OpenAI(
                 api_key=self.api_key, base_url=self.base_url, max_retries=0,
-                timeout=self.timeout or get_settings().llm_timeout, **self.options,
+                timeout=self.timeout or get_settings().llm_timeout, **{**http, **self.options},
             )
         else:
             # one logical call must never multiply into the SDK's retries times ours
             self.client = self.client.with_options(max_retries=0)
-        # The HTTP connection pool scans all its connections on every request and
-        # response: hundreds of concurrent calls through one pool cost O(n^2).
-        # A few pools, taken in turn, keep each one small; they share one TLS context (each
-        # HTTP client loading the certificates made a provider take a second). An HTTP
-        # client of the user's own (proxies, certificates) is kept: it is the only pool.
-        pools = 1 if self._own_http else max(1, get_settings().llm_connection_pools)
-        self._clients = [self.client] + [
-            self.client.with_options(http_client=openai.DefaultHttpxClient(verify=ssl_context()))
-            for _ in range(pools - 1)
-        ]
+        # the SDK client over each pool, made when first taken: a with_options() (the SDK's
+        # per-request idiom) makes a provider, and most requests never use the sync pools
+        self._clients: dict[int, openai.OpenAI] = {}
         self._turn = itertools.count()
         self._async_clients: dict[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = {}
         self._async_lock = threading.Lock()
@@ -142,31 +143,30 @@ class Provider:
         return cls(name or host_of(str(client.base_url)), client=client, **kwargs)
 
     def sdk_client(self) -> openai.OpenAI:
-        """The SDK client for the next request (one of the provider's connection pools)."""
-        return self._clients[next(self._turn) % len(self._clients)]
+        """The SDK client for the next request: over one of the process's connection pools
+        to this endpoint, taken in turn (the user's own HTTP client, if given)."""
+        if self._own_http:
+            return self.client
+        turn = next(self._turn) % self._pools
+        client = self._clients.get(turn)
+        if client is None:  # two threads may both make it: either will do
+            http = connections.sync_pools(self.client.base_url, self._pools)[turn]
+            client = self._clients[turn] = self.client.with_options(http_client=http)
+        return client
 
     def async_sdk_client(self) -> openai.AsyncOpenAI:
-        """The async SDK client for the running event loop. An HTTP connection belongs to
-        the loop that opened it: each loop gets a client of its own (flowkit's one loop per
-        process, and any loop of the caller's: ``asyncio.run`` in a test); the clients of
-        closed loops are dropped."""
+        """The async SDK client for the running event loop, over that loop's HTTP client to
+        this endpoint (an HTTP connection belongs to the loop that opened it: flowkit's one
+        loop per process, and any loop of the caller's, ``asyncio.run`` in a test). The
+        clients of closed loops are dropped."""
         loop = asyncio.get_running_loop()
         with self._async_lock:
             for old in [old for old in self._async_clients if old.is_closed()]:
                 del self._async_clients[old]
             client = self._async_clients.get(loop)
             if client is None:
-                shared = _shared_loop(loop)
-                if shared and self.uses_aiohttp():
-                    http = {"http_client": aiohttp_client()}
-                else:  # the process's TLS context, not the certificates loaded again
-                    http = {"http_client": openai.DefaultAsyncHttpxClient(verify=ssl_context())}
-                client = self.async_twin(**http)
-                self._async_clients[loop] = client
-                if not shared:
-                    close_with_loop(client.close)  # a loop of one call: its connections too
-                elif http:
-                    close_at_exit(client.close)  # aiohttp complains of a session left open
+                http = connections.async_http(self.client.base_url, self.uses_aiohttp())
+                client = self._async_clients[loop] = self.async_twin(http_client=http)
             return client
 
     def async_twin(self, **http: Any) -> openai.AsyncOpenAI:
@@ -219,17 +219,19 @@ class Provider:
 
 
 TRANSPORTS = ("auto", "aiohttp", "httpx")
-_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
 def _default_http(client: openai.OpenAI) -> bool:
-    """Whether an SDK client uses the HTTP client the SDK made for it (not one it was given)."""
+    """Whether an SDK client uses the HTTP client the SDK made for it, or the process's shared
+    one (not one the user gave it)."""
     default = getattr(openai._base_client, "SyncHttpxClientWrapper", None)
-    return default is not None and isinstance(getattr(client, "_client", None), default)
+    http = getattr(client, "_client", None)
+    return isinstance(http, connections.SharedHttpxClient) or (
+        default is not None and isinstance(http, default))
 
 
 def _proxied() -> bool:
-    return any(os.environ.get(name) for name in _PROXY_VARS)
+    return any(os.environ.get(name) for name in connections.PROXY_VARS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -240,17 +242,6 @@ def _aiohttp_installed() -> bool:
     except ImportError:
         return False
     return True
-
-
-def aiohttp_client() -> Any:
-    from .transport import aiohttp_client  # openai's aiohttp extra: imported where it is
-
-    return aiohttp_client()
-
-
-def _shared_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """The process's loop for async steps, which outlives every step."""
-    return loop is shared_loop()
 
 
 def host_of(url: str) -> str:

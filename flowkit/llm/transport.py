@@ -33,11 +33,23 @@ from .tls import ssl_context
 
 def aiohttp_client() -> Any:
     """An HTTP client for ``openai.AsyncOpenAI(http_client=...)``: the SDK's
-    ``DefaultAioHttpClient`` (its timeout and connection limits) over :class:`Transport`."""
-    return openai.DefaultAioHttpClient(
+    ``DefaultAioHttpClient`` (its timeout and connection limits) over :class:`Transport`,
+    shared by the SDK clients of the process's loop (see connections.py)."""
+    return SharedAioHttpClient(
         transport=Transport(verify=ssl_context(), limits=DEFAULT_CONNECTION_LIMITS),
         timeout=DEFAULT_TIMEOUT,
     )
+
+
+class SharedAioHttpClient(openai.DefaultAioHttpClient):
+    """The SDK's aiohttp client, whose ``aclose()`` leaves it open for the process's other
+    SDK clients; the process closes it at exit (``close_for_good``)."""
+
+    async def aclose(self) -> None:
+        """Left open for the other clients (see connections.py)."""
+
+    async def close_for_good(self) -> None:
+        await super().aclose()
 
 
 class Transport(AiohttpTransport):

@@ -9,15 +9,19 @@ same exceptions as over httpx for a refused connection, a dropped one and a time
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 from pydantic import BaseModel
 
+from flowkit import coroutines
 from flowkit.coroutines import on_process_loop
 from flowkit.errors import ConfigError
-from flowkit.llm import OpenAI, Provider, RetryPolicy
+from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RetryPolicy
+from flowkit.llm.connections import sync_pools
 from flowkit.llm.transport import Transport
 
 MODEL = "gpt-4o-mini"
@@ -168,3 +172,88 @@ def test_a_provider_loads_the_certificate_store_once_not_once_per_pool(monkeypat
 def test_an_unknown_transport_is_refused():
     with pytest.raises(ConfigError, match="transport"):
         Provider("p", base_url="http://127.0.0.1:1/v1", api_key="k", transport="curl")
+
+
+def connections_to(port: int) -> int:
+    """This process's open TCP connections to ``port`` (the client's end: the fake server
+    runs in this process too, and its ends have ``port`` as their local port)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # an fd closed while listed
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                    count += 1  # 01: ESTABLISHED
+    return count
+
+
+CALLS = 200
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts sockets in /proc")
+def test_clients_made_per_call_share_the_processs_connections(servers):
+    """Each flowkit client (every with_options()/copy(), every OpenAI() or AsyncOpenAI()
+    made in a step) opened an aiohttp session of its own on the process's loop, held
+    until exit: a connection per step, until the worker hit 'Too many open files'."""
+    primary, _ = servers
+    client = client_of(primary.base_url)
+
+    def derived() -> None:
+        client.with_options(timeout=30).chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=1)
+
+    def fresh() -> None:
+        client_of(primary.base_url).chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=1)
+
+    async def fresh_async() -> None:
+        made = AsyncOpenAI(api_key="sk-transport-test", base_url=primary.base_url, retry=ONCE)
+        await made.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+    on_process_loop(fresh_async)
+    before = connections_to(primary.port)
+    closed_at_exit = len(coroutines._shared.get(("at_exit", os.getpid()), []))
+    for way, call in (("with_options", derived), ("OpenAI()", fresh),
+                      ("AsyncOpenAI()", lambda: on_process_loop(fresh_async))):
+        for _ in range(CALLS):
+            call()  # an async one on the process's loop, as an async step's call
+        # one call after another needs one connection; a few more at most (a keep-alive
+        # the server closed as the next call began)
+        assert connections_to(primary.port) <= before + 4, f"{CALLS} calls through {way}"
+    assert len([r for r in primary.stats.requests if r["status"] == 200]) == 3 * CALLS + 2
+    # nothing is kept per client until exit either (a session each, and its connection)
+    assert len(coroutines._shared.get(("at_exit", os.getpid()), [])) == closed_at_exit
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_forked_child_does_not_use_its_parents_http_clients(servers):
+    """A prefork worker's children: a connection the parent opened must not carry the
+    requests of two processes, so the shared HTTP clients are the process's own."""
+    primary, _ = servers
+    client = client_of(primary.base_url)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+    provider = client.providers[0]
+
+    async def http_of_loop() -> object:
+        return provider.async_sdk_client()._client
+
+    parents = [*sync_pools(primary.base_url, 2), on_process_loop(http_of_loop)]
+    child = os.fork()
+    if child == 0:  # the child: its own clients, and a call through them answered
+        try:
+            ours = [*sync_pools(primary.base_url, 2), on_process_loop(http_of_loop)]
+            reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+            shared = any(mine is theirs for mine in ours for theirs in parents)
+            os._exit(0 if not shared and reply.choices[0].message.content else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
