@@ -220,6 +220,16 @@ class _Client:
         self._settle(provider, call, usage)
         call.fail(provider, exc, usage)
 
+    def _unspent(self, provider: Provider, call: _Call, model: str, exc: BaseException) -> None:
+        """An attempt the provider answered with an error status (a 429, a 5xx, a 400), or
+        that never reached it (a refused or dropped connection), generated nothing: its
+        estimate goes back to the shared token budget. Each one was kept, and only the final
+        answer settled: retries and every other worker waited for tokens never spent. A
+        timeout keeps its estimate: the provider may have spent the tokens all the same."""
+        if call.estimate and isinstance(exc, (openai.APIStatusError, openai.APIConnectionError)) \
+                and not isinstance(exc, openai.APITimeoutError):
+            self.limiter.settle(provider.name, model, call.estimate, 0)
+
     def _give_up(self, call: _Call, exc: BaseException) -> None:
         """Every provider failed: the last one's error is the call's, recorded on its span
         under that provider (it read ``provider: None``, and a single provider's own
@@ -330,7 +340,11 @@ class OpenAI(_Client):
                         get_settings().llm_rate_max_wait,
                     )
                 call.sent = time.monotonic()
-                return send(**params)
+                try:
+                    return send(**params)
+                except openai.APIError as exc:
+                    self._unspent(provider, call, params["model"], exc)
+                    raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
@@ -407,7 +421,11 @@ class AsyncOpenAI(_Client):
                         get_settings().llm_rate_max_wait,
                     )
                 call.sent = time.monotonic()
-                return await send(**params)
+                try:
+                    return await send(**params)
+                except openai.APIError as exc:
+                    self._unspent(provider, call, params["model"], exc)
+                    raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 

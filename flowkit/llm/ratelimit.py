@@ -4,7 +4,8 @@ One Lua script (``flowkit/store/lua/rate_acquire.lua``) refills both buckets (re
 clock, and either takes the request's cost from both or answers how long to
 wait, atomically: a burst of calls from many workers queues politely instead of
 hitting 429s. Tokens are taken at an estimate before the call and settled with
-the provider's usage count after it.
+the provider's usage count after it (given back whole when an attempt failed having
+generated nothing: an error status or no connection).
 """
 
 from __future__ import annotations

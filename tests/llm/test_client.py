@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -199,6 +200,43 @@ def test_rate_limiter_hands_out_a_burst_then_asks_to_wait(store):
     big = RateLimit(tpm=600)
     assert limiter.try_acquire("p", "big", big, tokens=5000) == 0
     assert limiter.try_acquire("p", "big", big, tokens=1) > 1, "it left the bucket in debt"
+
+
+#: a 1000-token bucket refilled at a token a second: a test's own refill is a few tokens
+SLOW_BUDGET = RateLimit(tpm=60, burst=1000)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("fault", [(500, 500), (500, 500, 500), "down"],
+                         ids=["two-500s-then-200", "three-500s", "refused"])
+def test_a_failed_attempt_gives_its_token_estimate_back(store, servers, asynchronous, fault):
+    """Each attempt took its estimate (about 310 tokens here) from the shared budget, and
+    only the answer was settled: the failed attempts' were never given back, and the next
+    call, on any worker, waited for tokens no one spent (a call that failed outright
+    left its whole cost taken)."""
+    primary, _ = servers
+    if fault == "down":
+        primary.set_down(True)
+    else:
+        primary.configure(script=fault)
+    make = flowkit.llm.AsyncOpenAI if asynchronous else OpenAI
+    client = make(api_key="sk-test-budget", base_url=primary.base_url, name="primary",
+                  rate_limits={"gpt-4o-mini": SLOW_BUDGET},
+                  retry=RetryPolicy(attempts=3, initial=0, maximum=0))
+    ask = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 300}
+
+    used = 0
+    try:
+        call = client.chat.completions.create(**ask)
+        used = (asyncio.run(call) if asynchronous else call).usage.total_tokens
+    except (openai.InternalServerError, openai.APIConnectionError):
+        assert fault != (500, 500), "the third attempt is answered"
+
+    assert (used > 0) == (fault == (500, 500))
+    assert len(primary.stats.requests) == (0 if fault == "down" else 3)
+    # the budget is short of what the answer used, not of the failed attempts' estimates
+    assert client.limiter.try_acquire("primary", "gpt-4o-mini", SLOW_BUDGET,
+                                      tokens=1000 - used - 10) == 0
 
 
 def test_bad_configuration_is_refused_clearly():
