@@ -12,6 +12,15 @@ completed call. Each turn's tokens and cost are its LLM span in the run's trace.
 Both OpenAI APIs are spoken: Chat Completions (``api="chat"``, ``messages=``) and
 Responses (``api="responses"``, ``input=``). Outside a run it is the same loop, without
 checkpoints.
+
+A tool call the loop cannot make (a tool it was not given, arguments that are not JSON) is
+answered to the model as that call's output, saying what was wrong, as the OpenAI Agents
+SDK answers a call whose arguments are not JSON; the model then calls again. Raising
+instead failed the step on an answer already checkpointed: each retry of the step, and of
+the run, replayed the same answer without asking the model again, so the run could never
+succeed. Failing the turn before its checkpoint would have asked again, but only where the
+step has retries, and a ``temperature=0`` request sent again as it was gets the same
+answer (from the client's ``cache_ttl`` cache, or from the model).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ class ToolLoopLimit(FlowkitError):
 
 
 class UnknownTool(FlowkitError):
-    """The model called a tool the loop was not given."""
+    """The model called a tool the loop was not given. No longer raised by the loops: the
+    call is answered to the model, which then calls again (kept for code that catches it)."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,16 @@ def tool(
     return Tool(component, parameters, description, chosen)
 
 
+#: A call the model asked for: (call id, tool name, its Tool or None when it cannot be
+#: made, the arguments (raw when it cannot), why it cannot be made or None).
+_Pending = tuple[str, str, Tool | None, Any, str | None]
+
+
 @dataclass
 class ToolLoopResult:
     """How the loop ended: the model's final text, the whole conversation (messages or
-    Responses input items, JSON), the turns taken and every tool call with its output."""
+    Responses input items, JSON), the turns taken and every tool call with its output (one
+    that could not be made, with ``output`` None and the ``error`` the model was told)."""
 
     output: str | None
     conversation: list[Any]
@@ -126,7 +142,9 @@ class _Conversation:
             self.items = (
                 [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
             )
-        self.pending: list[tuple[str, Tool, dict[str, Any]]] = []
+        #: the calls of the last answer: (call id, tool name, its Tool, arguments, and the
+        #: reason it cannot be made: None, or the Tool None and the raw arguments)
+        self.pending: list[_Pending] = []
         self.calls: list[dict[str, Any]] = []
         self.output: str | None = None
 
@@ -160,38 +178,44 @@ class _Conversation:
                 for part in o.get("content") or ()
                 if part.get("type") == "output_text"
             )
-        self.pending = [
-            (call_id, self._tool(name), _arguments(name, args)) for call_id, name, args in asked
-        ]
+        self.pending = [self._call(call_id, name, args) for call_id, name, args in asked]
+
+    def _call(self, call_id: str, name: str, raw: Any) -> _Pending:
+        """A call the model asked for, checked: the reason it cannot be made, if any, is
+        what the model is told (the answer is checkpointed already: raising here failed
+        every replay of it alike)."""
+        used = self.tools.get(name)
+        if used is None:
+            return call_id, name, None, raw, (
+                f"Error: there is no tool named {name!r}. The tools you can call are: "
+                f"{', '.join(self.tools)}. Call one of them.")
+        try:
+            arguments = json.loads(raw or "{}")
+        except (TypeError, ValueError) as exc:
+            return call_id, name, None, raw, (
+                f"Error: the arguments of this call to {name!r} are not valid JSON ({exc}). "
+                "Call it again with a JSON object that fits its parameters.")
+        if not isinstance(arguments, dict):
+            arguments = {"value": arguments}
+        return call_id, name, used, arguments, None
 
     def answer(self, call_id: str, used: Tool, arguments: dict[str, Any], output: Any) -> None:
-        text = output if isinstance(output, str) else json.dumps(output)
+        self._reply(call_id, output if isinstance(output, str) else json.dumps(output))
+        self.calls.append({"tool": used.name, "arguments": arguments, "output": output})
+
+    def refuse(self, call_id: str, name: str, raw: Any, error: str) -> None:
+        """A call that could not be made: the model is told why, as the call's output."""
+        self._reply(call_id, error)
+        self.calls.append({"tool": name, "arguments": raw, "output": None, "error": error})
+
+    def _reply(self, call_id: str, text: str) -> None:
         if self.api == "chat":
             self.items.append({"role": "tool", "tool_call_id": call_id, "content": text})
         else:
             self.items.append({"type": "function_call_output", "call_id": call_id, "output": text})
-        self.calls.append({"tool": used.name, "arguments": arguments, "output": output})
 
     def result(self, turns: int) -> ToolLoopResult:
         return ToolLoopResult(self.output, self.items, turns, self.calls)
-
-    def _tool(self, name: str) -> Tool:
-        if name not in self.tools:
-            raise UnknownTool(
-                f"the model called tool {name!r}, which is not among the loop's "
-                f"tools ({', '.join(self.tools)})."
-            )
-        return self.tools[name]
-
-
-def _arguments(name: str, raw: str) -> dict[str, Any]:
-    try:
-        arguments = json.loads(raw or "{}")
-    except ValueError:
-        raise FlowkitError(
-            f"the model called {name!r} with arguments that are not JSON: {raw[:200]!r}"
-        ) from None
-    return arguments if isinstance(arguments, dict) else {"value": arguments}
 
 
 def _limit(max_turns: int) -> ToolLoopLimit:
@@ -220,7 +244,10 @@ def run_tool_loop(
         conversation.take(model_turn(client, api, conversation.request()))
         if not conversation.pending:
             return conversation.result(turn)
-        for call_id, used, arguments in conversation.pending:
+        for call_id, name, used, arguments, error in conversation.pending:
+            if used is None:
+                conversation.refuse(call_id, name, arguments, error or "")
+                continue
             conversation.answer(call_id, used, arguments, used.component(arguments))
     raise _limit(max_turns)
 
@@ -243,7 +270,10 @@ async def arun_tool_loop(
         conversation.take(await model_turn_async(client, api, conversation.request()))
         if not conversation.pending:
             return conversation.result(turn)
-        for call_id, used, arguments in conversation.pending:
+        for call_id, name, used, arguments, error in conversation.pending:
+            if used is None:
+                conversation.refuse(call_id, name, arguments, error or "")
+                continue
             output = used.component(arguments)
             if used.component.is_async:
                 output = await output

@@ -55,7 +55,12 @@ ERROR_EVENT = "error_event"
 LENGTH = "length"
 #: A scripted outcome of a chat request: a 200 whose JSON body is cut short.
 BAD_BODY = "bad_body"
-_BODY_FAULTS = (CUT, FAILED_EVENT, ERROR_EVENT, LENGTH, BAD_BODY)
+#: Scripted outcomes of a request offering tools whose answer is a tool call: the call's
+#: arguments are cut short (not JSON), or it names a tool the request did not offer.
+BAD_ARGUMENTS = "bad_arguments"
+UNKNOWN_TOOL = "unknown_tool"
+_TOOL_FAULTS = (BAD_ARGUMENTS, UNKNOWN_TOOL)
+_BODY_FAULTS = (CUT, FAILED_EVENT, ERROR_EVENT, LENGTH, BAD_BODY, *_TOOL_FAULTS)
 
 
 @dataclass(frozen=True)
@@ -316,6 +321,7 @@ class FakeLLMServer:
             fault = body.pop("_fault", None)
             reply = _Reply.for_request(body, b.completion_tokens, b.tool_turns)
             reply.length_cut = fault == LENGTH
+            reply.mistake(fault)
             self._record(request, fault or 200, body)
             if fault == BAD_BODY:
                 return web.Response(text=json.dumps(reply.completion(body))[:40],
@@ -338,6 +344,7 @@ class FakeLLMServer:
             fault = body.pop("_fault", None)
             reply = _Reply.for_request(_as_chat_request(body), b.completion_tokens, b.tool_turns)
             reply.id = f"resp_{random.getrandbits(64):016x}"
+            reply.mistake(fault)
             self._record(request, fault or 200, body)
             if not body.get("stream"):
                 await asyncio.sleep(b.token_latency * reply.completion_tokens)
@@ -345,7 +352,7 @@ class FakeLLMServer:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             events = list(reply.response_events(body))
-            if fault is not None:  # half the text, then the fault's end
+            if fault is not None and fault not in _TOOL_FAULTS:  # half the text, then its end
                 deltas = [i for i, e in enumerate(events) if e["type"] == "response.output_text.delta"]
                 events = events[:deltas[len(deltas) // 2]] if deltas else events[:2]
                 seq = len(events)
@@ -518,6 +525,16 @@ class _Reply:
     @property
     def completion_tokens(self) -> int:
         return len(self.tokens) if self.tool_call is None else 8
+
+    def mistake(self, fault: str | None) -> None:
+        """A tool call made wrong, as models now and then make them (BAD_ARGUMENTS,
+        UNKNOWN_TOOL); any other fault, or an answer that calls no tool, is left as it is."""
+        if self.tool_call is None:
+            return
+        if fault == BAD_ARGUMENTS:
+            self.tool_call = {**self.tool_call, "arguments": self.tool_call["arguments"][:9]}
+        elif fault == UNKNOWN_TOOL:
+            self.tool_call = {**self.tool_call, "name": self.tool_call["name"] + "_v2"}
 
     @property
     def text(self) -> str:

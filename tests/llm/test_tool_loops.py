@@ -13,6 +13,7 @@ from flowkit.engine import trace
 from flowkit.errors import ConfigError
 from flowkit.llm import AsyncOpenAI, OpenAI, ToolLoopLimit, tool
 from flowkit.store import get_store
+from flowkit.testing.fake_openai import BAD_ARGUMENTS, UNKNOWN_TOOL
 from tests.llm import workflows as wf
 
 WAIT = 60
@@ -88,6 +89,38 @@ def test_the_loop_is_bounded_and_refuses_bad_input(three_turns):
         tool(lambda args: args, wf.CITY)
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("mistake", [BAD_ARGUMENTS, UNKNOWN_TOOL])
+def test_a_tool_call_the_loop_cannot_make_is_told_to_the_model_which_calls_again(
+        servers, api, mistake):
+    # the first answer calls a tool wrong; the model is told so, as that call's output, and
+    # its next answer calls it right (it raised, on an answer a run had checkpointed)
+    primary, _ = servers
+    primary.configure(tool_turns=2, script=(mistake,))
+    ran.clear()
+    result = flowkit.llm.run_tool_loop(
+        OpenAI(api_key="sk-k", base_url=primary.base_url), model="gpt-4o-mini", api=api,
+        messages=ASK, input=ASK[0]["content"], tools=[tool(outside_lookup, wf.CITY)],
+    )
+    assert result.turns == 3 and len(ran) == 1
+    refused, made = result.tool_calls
+    assert refused["output"] is None and made["output"] == {"weather": "sunny"}
+    if mistake == BAD_ARGUMENTS:
+        assert refused["tool"] == "llmtest_outside_lookup"
+        assert refused["error"].startswith("Error: the arguments of this call to "
+                                           "'llmtest_outside_lookup' are not valid JSON")
+        assert refused["arguments"] == '{"city": '
+    else:
+        assert refused["tool"] == "llmtest_outside_lookup_v2"
+        assert refused["error"] == ("Error: there is no tool named 'llmtest_outside_lookup_v2'. "
+                                    "The tools you can call are: llmtest_outside_lookup. Call "
+                                    "one of them.")
+    told = [item for item in result.conversation
+            if item.get("role") == "tool" or item.get("type") == "function_call_output"]
+    assert [t.get("content", t.get("output")) for t in told][0] == refused["error"]
+    assert len(primary.stats.requests) == 3
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("workflow", ["looping", "async_looping"])
 def test_inside_a_run_each_turn_and_tool_call_is_a_checkpointed_sub_step(llm, workflow):
@@ -110,3 +143,17 @@ def test_inside_a_run_each_turn_and_tool_call_is_a_checkpointed_sub_step(llm, wo
     assert all(s["prompt_tokens"] > 0 and s["cost"] is not None for s in spans)
     assert spans[0]["output"]["tool_calls"][0]["name"] in ("llmtest_lookup", "llmtest_alookup")
     assert int(get_store().redis.llen(f"toolcalls:{run.id}")) == 3
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workflow", ["looping", "async_looping"])
+def test_inside_a_run_a_bad_tool_call_does_not_fail_the_run(llm, workflow):
+    # the answer with the bad call is checkpointed, and replayed as it was by a restart: the
+    # model's correction comes from its own next turn. It failed the step on the
+    # checkpointed answer, and every retry (of the step, of the run) replayed it, for ever
+    primary, _ = llm
+    primary.configure(tool_turns=2, script=(BAD_ARGUMENTS,))
+    run = getattr(wf, workflow).start({"prompt": "weather please"})
+    assert run.result(WAIT)["turns"] == 3 and run.refresh().output["calls"] == 2
+    assert len(primary.stats.requests) == 3
+    assert int(get_store().redis.llen(f"toolcalls:{run.id}")) == 1
