@@ -142,6 +142,13 @@ class _Conversation:
             self.items = (
                 [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
             )
+        if params.get("stream"):
+            # each turn's whole answer is its checkpoint: a stream has none to keep
+            raise ConfigError(
+                "run_tool_loop and arun_tool_loop do not stream (stream=True): each model "
+                "turn is checkpointed whole. Drop stream=True; to stream text as it comes, "
+                "call client.chat.completions.create(stream=True) (or responses.create) in "
+                "the step yourself, with tools=[...], and run the tools it asks for.")
         #: the calls of the last answer: (call id, tool name, its Tool, arguments, and the
         #: reason it cannot be made: None, or the Tool None and the raw arguments)
         self.pending: list[_Pending] = []

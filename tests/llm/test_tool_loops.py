@@ -89,6 +89,22 @@ def test_the_loop_is_bounded_and_refuses_bad_input(three_turns):
         tool(lambda args: args, wf.CITY)
 
 
+@pytest.mark.parametrize("loop", ["sync", "async"])
+def test_the_loop_refuses_stream_true_saying_what_to_do(three_turns, loop):
+    # it failed at the first turn with AttributeError: 'Stream' object has no attribute
+    # 'model_dump', after the request was sent (and billed)
+    lookup = tool(outside_lookup, wf.CITY)
+    with pytest.raises(ConfigError, match=r"do not stream \(stream=True\).*Drop stream=True"):
+        if loop == "sync":
+            flowkit.llm.run_tool_loop(OpenAI(api_key="sk-k", base_url=three_turns.base_url),
+                                      model="m", messages=ASK, tools=[lookup], stream=True)
+        else:
+            asyncio.run(flowkit.llm.arun_tool_loop(
+                AsyncOpenAI(api_key="sk-k", base_url=three_turns.base_url), model="m",
+                messages=ASK, tools=[lookup], stream=True))
+    assert three_turns.stats.requests == []
+
+
 @pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("mistake", [BAD_ARGUMENTS, UNKNOWN_TOOL])
 def test_a_tool_call_the_loop_cannot_make_is_told_to_the_model_which_calls_again(
