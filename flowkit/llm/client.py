@@ -291,7 +291,18 @@ class _Client:
             return None
         if operation != EMBEDDINGS and kwargs.get("temperature") != 0:
             return None  # only a deterministic request has one right answer to store
-        return cache.key(f"flowkit.llm.{operation}", "1", kwargs)
+        # the request alone was the key: a client of another server, account or model
+        # mapping was answered with this one's stored reply, and never asked its own
+        identity = {"providers": self._identity(kwargs["model"]), "request": kwargs}
+        return cache.key(f"flowkit.llm.{operation}", "2", identity)
+
+    def _identity(self, requested: str) -> list[list[Any]]:
+        """Who answers a request for ``requested``, provider by provider (any of them may):
+        its name, URL, the model it is sent as, and the organization and project it is
+        made under (another account's models, fine-tunes and settings). Not its API key: a
+        key rotated would empty the cache, and keys of one account get one answer."""
+        return [[p.name, str(p.client.base_url), p.model_for(requested),
+                 p.client.organization, p.client.project] for p in self.providers]
 
 
 class OpenAI(_Client):

@@ -188,6 +188,33 @@ def test_deterministic_calls_are_served_from_the_cache(store, servers):
     assert len(primary.stats.requests) == 3, "only the temperature=0 repeat is cached"
 
 
+def test_the_cache_keeps_each_providers_answers_apart(store, servers):
+    # the request alone was the key: another server, account or model mapping was answered
+    # with the first client's stored reply, and its server never saw the request
+    primary, backup = servers
+    ask = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0}
+    OpenAI(api_key="sk-a", base_url=primary.base_url, cache_ttl=60).chat.completions.create(**ask)
+    OpenAI(api_key="sk-b", base_url=backup.base_url, cache_ttl=60).chat.completions.create(**ask)
+    assert len(backup.stats.requests) == 1, "another server is asked its own answer"
+
+    def mapped(model: str, **options) -> OpenAI:
+        return OpenAI(providers=[Provider("p", base_url=primary.base_url, api_key="sk-a",
+                                          models={"gpt-4o-mini": model}, options=options)],
+                      cache_ttl=60)
+
+    first = mapped("small").chat.completions.create(**ask)
+    assert mapped("large").chat.completions.create(**ask).model == "large" != first.model
+    mapped("small", organization="org-2").chat.completions.create(**ask)
+    mapped("small", project="proj-2").chat.completions.create(**ask)
+    assert [r["model"] for r in primary.stats.requests] == ["gpt-4o-mini", "small", "large",
+                                                            "small", "small"]
+    # one account's clients share: another key of it, or another client object, is answered
+    again = OpenAI(providers=[Provider("p", base_url=primary.base_url, api_key="sk-rotated",
+                                       models={"gpt-4o-mini": "small"})], cache_ttl=60)
+    assert again.chat.completions.create(**ask).id == first.id
+    assert len(primary.stats.requests) == 5
+
+
 def test_rate_limiter_hands_out_a_burst_then_asks_to_wait(store):
     limiter = RateLimiter()
     limit = RateLimit(rpm=60, burst=2, tpm=6000)
