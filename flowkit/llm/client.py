@@ -310,8 +310,8 @@ class OpenAI(_Client):
 
     ``OpenAI(api_key=..., base_url=...)`` makes one provider; ``providers=[...]``
     gives a failover list. ``cache_ttl`` stores answers of deterministic calls
-    (``temperature=0`` chats and responses, embeddings) in the component cache for
-    that many seconds. A request that does not stream is sent by the SDK's async twin
+    (``temperature=0`` chats and responses, not ``parse``; embeddings) in the component
+    cache for that many seconds. A request that does not stream is sent by the SDK's async twin
     over aiohttp on the process's event loop, for about half the CPU of the sync SDK's
     httpx (``transport="httpx"`` keeps httpx; see :attr:`Provider.transport`); the
     caller waits, and gets the sync SDK's types and errors.

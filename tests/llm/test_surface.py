@@ -257,6 +257,19 @@ def test_a_deterministic_response_is_answered_from_the_cache(servers, store):
     assert len(primary.stats.requests) == 1
 
 
+def test_parse_is_never_answered_from_the_cache(servers, store):
+    # as README's Caching says (it said every temperature=0 call was cached): a parsed
+    # answer's type is the caller's pydantic model, which the cache does not keep
+    primary, _ = servers
+    client = OpenAI(api_key="sk-k", base_url=primary.base_url, cache_ttl=60)
+    for _ in range(2):
+        call(client, "chat.completions.parse", model=MODEL, temperature=0,
+             messages=[{"role": "user", "content": "parse me"}], response_format=Answer)
+        call(client, "responses.parse", model=MODEL, input="parse me", temperature=0,
+             text_format=Answer)
+    assert len(primary.stats.requests) == 4
+
+
 def test_the_fake_llm_server_starts_from_the_shell_without_a_warning():
     """``python -m flowkit.testing.fake_openai`` (the README's) printed runpy's RuntimeWarning
     first: the package imported the module before running it as __main__."""
