@@ -3,15 +3,27 @@
 A batch is flushed once it holds ``LLM_STREAM_FLUSH_CHARS`` characters or its
 first token is ``LLM_STREAM_FLUSH_SECONDS`` old, so a reader sees text appear
 smoothly without one Redis write per token.
+
+The reading thread flushes a batch when a token arrives and finds it old enough; when
+the model pauses (slow tokens, reasoning, a provider's hiccup) no token arrives, and the
+text already read waited out the whole pause (seconds). One thread per process (not one
+per stream: a worker streams a thousand at once) flushes what is still pending a quarter
+of the interval after it was due: a stream whose tokens flow flushes itself, from its own
+thread, as before, and the flusher only writes the batches of streams that paused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
@@ -20,34 +32,153 @@ from ..config import get_settings
 from ..engine.step import StepContext, current_sub_step
 from ..errors import ATTEMPT_SIGNALS, StepError, StepTimeout, describe_error
 
+if TYPE_CHECKING:
+    from ..engine.step import _SubStepAttempt
+
+log = logging.getLogger(__name__)
+
+#: How late past its interval the flusher writes a batch still pending: the reading thread,
+#: when its next token comes before, writes it itself (a thousand streams' writes in one
+#: thread would queue behind each other); also how close deadlines are taken together, so
+#: that the flusher wakes a few dozen times a second at most however many streams there are.
+LATE_SHARE = 0.25
+
 
 class ChunkBatcher:
-    """Collects text and sends it as ``step.output`` chunks of the running step."""
+    """Collects text and sends it as ``step.output`` chunks of the running step: its
+    reading thread (or event loop) adds and flushes; the process's flusher flushes a batch
+    the model's pause left pending. Its lock keeps the two apart and the chunks in order
+    (a batch is taken and emitted under it)."""
 
-    def __init__(self, ctx: StepContext | None) -> None:
+    def __init__(self, ctx: StepContext | None, call: _SubStepAttempt | None = None) -> None:
         settings = get_settings()
         self.ctx = ctx
+        #: the sub-step attempt reading it: its text is refused once that attempt timed out
+        self._call = call
         self.max_chars = settings.llm_stream_flush_chars
         self.max_delay = settings.llm_stream_flush_seconds
         self._parts: list[str] = []
         self._size = 0
         self._since = 0.0
+        self._lock = threading.Lock()
+        #: the pending batch's number: a deadline of a batch flushed since is void
+        self._batch = 0
+        self._closed = False
+        #: why the flusher's write of a batch failed (the run was cancelled): raised to the
+        #: reader at its next token, as its own write's failure is
+        self._failed: BaseException | None = None
 
     def add(self, text: str) -> None:
         if not text or self.ctx is None:
             return
-        if not self._parts:
-            self._since = time.monotonic()
-        self._parts.append(text)
-        self._size += len(text)
-        if self._size >= self.max_chars or time.monotonic() - self._since >= self.max_delay:
-            self.flush()
+        with self._lock:
+            self._raise_failed()
+            started = not self._parts
+            if started:
+                self._since = time.monotonic()
+                self._batch += 1
+            self._parts.append(text)
+            self._size += len(text)
+            if self._size >= self.max_chars or time.monotonic() - self._since >= self.max_delay:
+                self._flush()
+                return
+            batch, due = self._batch, self._since + self.max_delay * (1 + LATE_SHARE)
+        if started:
+            _flusher.flush_at(due, self, batch)
 
     def flush(self) -> None:
+        """Send what is pending now (the stream ended; a late write's failure, left for a
+        next token that did not come, is this write's to meet again)."""
+        with self._lock:
+            self._flush()
+
+    def close(self) -> None:
+        """The stream ended: the flusher sends nothing more of it."""
+        with self._lock:
+            self._closed = True
+            self._parts, self._size = [], 0
+
+    def flush_late(self, batch: int) -> None:
+        """The flusher's: send batch ``batch`` if it is still pending (its reader waits
+        for a token that has not come) and its attempt goes on."""
+        with self._lock:
+            if self._closed or batch != self._batch or not self._parts or self._failed:
+                return
+            if self.ctx is None or self.ctx.abandoned_for(self._call):
+                return  # a timed-out attempt's text is refused (its reader learns it)
+            try:
+                self._flush()
+            except Exception as exc:  # noqa: BLE001 - the reader's to raise, not the flusher's
+                self._failed = exc
+
+    def _flush(self) -> None:
         if self._parts and self.ctx is not None:
             text = "".join(self._parts)
             self._parts, self._size = [], 0
             self.ctx.emit(text)
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+
+
+class _Flusher:
+    """The process's one thread flushing batches past their deadline, earliest first. It
+    sleeps until the earliest deadline (none: until one is added); one heap entry per batch,
+    not per token, and a batch flushed by its reader leaves a void entry behind."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, ChunkBatcher, int]] = []
+        self._order = itertools.count()  # ties never compare two batchers
+        self._wake = threading.Condition(threading.Lock())
+        self._pid = 0
+        # a fork may come while the thread holds the lock: the child's would stay taken
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: none of the parent's streams, nor its thread (started anew)."""
+        self._wake = threading.Condition(threading.Lock())
+        self._due = []
+
+    def flush_at(self, due: float, batcher: ChunkBatcher, batch: int) -> None:
+        with self._wake:
+            start = self._pid != os.getpid()  # the first in this process (or after a fork)
+            if start:
+                self._pid, self._due = os.getpid(), []
+            heapq.heappush(self._due, (due, next(self._order), batcher, batch))
+            if self._due[0][2] is batcher:  # the earliest now: the thread sleeps past it
+                self._wake.notify()
+        if start:
+            threading.Thread(target=self._loop, name="flowkit-llm-stream-flush",
+                             daemon=True).start()
+
+    def _take_due(self, pid: int) -> list[tuple[float, int, ChunkBatcher, int]] | None:
+        """The entries due, waiting for the first; None once the process forked."""
+        with self._wake:
+            while self._pid == pid:
+                now = time.monotonic()
+                if self._due and self._due[0][0] <= now:
+                    # what falls due within a fraction of the interval goes now too
+                    horizon = now + get_settings().llm_stream_flush_seconds * LATE_SHARE
+                    taken = []
+                    while self._due and self._due[0][0] <= horizon:
+                        taken.append(heapq.heappop(self._due))
+                    return taken
+                self._wake.wait(self._due[0][0] - now if self._due else None)
+        return None
+
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while (taken := self._take_due(pid)) is not None:
+            for _, _, batcher, batch in taken:
+                try:
+                    batcher.flush_late(batch)
+                except Exception:  # the thread must live on: every stream's text is its
+                    log.exception("flowkit: flushing a stream's text failed")
+
+
+_flusher = _Flusher()
 
 
 class TracedStream:
@@ -73,7 +204,9 @@ class TracedStream:
     ) -> None:
         self._stream = stream
         self._it = self._iterator(stream)
-        self._batcher = ChunkBatcher(ctx)
+        #: the sub-step attempt reading it, if any: dropped with it when it times out
+        self._call = current_sub_step()
+        self._batcher = ChunkBatcher(ctx, self._call)
         self._started = started
         self._hide_usage = hide_usage_chunk
         self._on_done = on_done
@@ -88,8 +221,6 @@ class TracedStream:
         self.tool_calls: dict[int, dict[int, dict[str, str]]] = {}
         self.finish_reasons: dict[int, str] = {}
         self.summary: dict[str, Any] = {"ttft": None, "finish_reason": None, "usage": None}
-        #: the sub-step attempt reading it, if any: dropped with it when it times out
-        self._call = current_sub_step()
         if ctx is not None:  # left unclosed (a loop left with break): ended with the attempt
             ctx.at_end(self._abandon)
 
@@ -223,6 +354,7 @@ class TracedStream:
             if error is None or not self._abandoned():  # an abandoned attempt's is refused
                 self._batcher.flush()
         finally:
+            self._batcher.close()
             self.summary["text"] = "".join(self.text_parts)
             self.summary["output"] = self._output()
             self._on_done(self.summary, error)

@@ -71,6 +71,9 @@ class Behaviour:
     latency: float = 0.0
     #: Seconds per generated token (between SSE chunks when streaming).
     token_latency: float = 0.0
+    #: Seconds a chat stream waits, once its headers are sent, before its first token (a
+    #: model's time to first token; ``latency`` delays the headers too).
+    first_token_latency: float = 0.0
     #: Completion tokens when the request sets no max_tokens.
     completion_tokens: int = 16
     rate_429: float = 0.0
@@ -327,7 +330,8 @@ class FakeLLMServer:
                 return web.Response(text=json.dumps(reply.completion(body))[:40],
                                     content_type="application/json")
             if body.get("stream"):
-                return await self._stream(request, body, reply, b.token_latency, fault)
+                return await self._stream(request, body, reply, b.token_latency, fault,
+                                          b.first_token_latency)
             await asyncio.sleep(b.token_latency * reply.completion_tokens)
             return web.json_response(reply.completion(body))
 
@@ -376,10 +380,11 @@ class FakeLLMServer:
 
     async def _stream(
         self, request: web.Request, body: dict, reply: _Reply, token_latency: float,
-        fault: str | None = None,
+        fault: str | None = None, first_token_latency: float = 0.0,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        await asyncio.sleep(first_token_latency)
         chunks = list(reply.chunks(body))
         if fault == CUT:  # half the tokens, then the body ends cleanly
             chunks = chunks[:max(1, len(reply.tokens) // 2)]

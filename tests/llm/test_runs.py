@@ -39,6 +39,21 @@ def test_streamed_tokens_reach_the_run_stream_in_order_and_the_component_gets_th
     assert all(e.data["step"] == "0:llmtest.stream" for e in chunks)
 
 
+@pytest.mark.parametrize("workflow", ["streaming", "async_streaming"])
+def test_text_read_before_the_model_pauses_is_sent_within_the_flush_interval(llm, workflow):
+    """Its batch waited for the next token to be flushed: through a pause of the model's,
+    text already read reached the run's stream only when the model went on (2 s late here)."""
+    primary, _ = llm
+    primary.configure(token_latency=2.0)  # a word, a 2 s pause, a word, a 2 s pause, the end
+    run = getattr(wf, workflow).start({"prompt": "tell me a story", "max_tokens": 2})
+    text = run.result(timeout=30)["text"]
+    [asked] = primary.stats.requests
+    chunks = outputs(run)
+    # FLOWKIT_LLM_STREAM_FLUSH_SECONDS is 0.1: sent about then, not at the next word (2 s)
+    assert chunks[0].data["ts"] - asked["t"] < 1.0, chunks[0].data["ts"] - asked["t"]
+    assert [c.data["chunk"] for c in chunks] == [text.split(" ")[0], " " + text.split(" ")[1]]
+
+
 def test_a_stream_left_unclosed_is_recorded_when_its_attempt_ends(llm):
     """A loop left with break, the stream not closed: no span for the call, and the text it
     had read never reached the run's stream."""
