@@ -195,6 +195,8 @@ class Subscriber:
         """The hub's write while the client thread is parked (the caller holds the lock)."""
         fresh = self._advance(batch, complete)
         if not fresh:
+            if self.done:  # the run ended at or before the cursor: the client's thread ends it
+                self._cond.notify()
             return
         try:
             self._stalled = not self._sink.try_send(fresh)
@@ -306,6 +308,11 @@ class Subscriber:
             last = fresh[-1]
             self._order, self.cursor = last.order, last.id
             self._delivered_terminal = last.terminal
+        elif batch and batch[-1].terminal:
+            # the run ended at or before the cursor: one a little ahead of a live run's
+            # last event (a failover's allowance) whose run ended first; nothing follows
+            # (the stream waited for ever, keep-alives only)
+            self._delivered_terminal = True
         if stream_ends(self._delivered_terminal, more_may_follow=not complete):
             self.done = True
         elif self._delivered_terminal:

@@ -77,9 +77,24 @@ def _client_message(message: str | bytes | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+class BadResume(ValueError):
+    """A ``resume`` message whose cursor is no event id."""
+
+
 def _resume_cursor(data: dict) -> str | None:
+    """The cursor a message asks to resume from; None when it asks for none. One that is no
+    event id raises BadResume: it was ignored (``"abc"``, ``0``, an id past Redis's), or
+    replayed the whole history (``""``), where the handshake and SSE answer it ``400``."""
+    if "resume" not in data and "after" not in data:
+        return None
     value = data.get("resume", data.get("after"))
-    return parse_cursor(value) if isinstance(value, str) else None
+    cursor = parse_cursor(value) if isinstance(value, str) and value.strip() else None
+    if cursor is None:
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 48 else f"<{len(shown)} characters>"
+        raise BadResume(f"validation_error: resume {shown} is not an event id; reconnect "
+                        "with your last one")
+    return cursor
 
 
 def plain_frame(event: RelayEvent) -> bytes:
@@ -268,7 +283,12 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
                 data = _client_message(message)
                 if "ping" in data:  # uncompressed: the hub may be compressing an event
                     ws.sock.send(text_frame(json.dumps({"pong": data["ping"]}).encode()))
-                cursor = _resume_cursor(data)
+                try:
+                    cursor = _resume_cursor(data)
+                except BadResume as exc:
+                    sub.close()
+                    close(ws, POLICY_CLOSE, str(exc)[:123])  # a close reason's limit
+                    return
                 if cursor is not None and not resumes.take():  # before its Redis reads
                     sub.close()
                     close(ws, POLICY_CLOSE, f"too_many_resumes: more than {RESUME_BURST} at "
@@ -301,9 +321,22 @@ def _past_the_end(beyond: Callable[[str], str | None], cursor: str) -> str | Non
 def close(ws, code: int, message: str) -> None:
     """Close with a close frame, then wait briefly for the client's answer. Closing the TCP
     connection before that answer arrives makes the kernel reply to it with a reset, and a
-    reset can destroy frames the client has received but not yet read: the last events."""
+    reset can destroy frames the client has received but not yet read: the last events.
+
+    A client that does not answer in time (stalled, gone, a slow reader) has its connection
+    shut down here, in this socket's thread: left open, gunicorn's gthread worker closed it
+    in its one main loop, waiting up to 2 s for the client's end, one connection after
+    another, so a run ending with 35 such followers stopped the process answering anything
+    for 18 s (and with more, its arbiter killed it, dropping every stream). The shutdown
+    sends what is queued, then the end (no reset): the kernel delivers it on its own."""
     try:
         ws.close(code, message)
     except ConnectionClosed:
         return
     ws.thread.join(_CLOSE_WAIT)  # simple-websocket's reader ends when the answer arrives
+    if ws.thread.is_alive():
+        try:
+            ws.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader, which closes the socket
+        except OSError:
+            return  # closed meanwhile
+        ws.thread.join(_CLOSE_WAIT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 
 import httpx
@@ -31,6 +32,47 @@ def test_gunicorn_serves_the_api_and_relays_a_run_over_websocket(gunicorn_web, s
     events = ws_read(ws_connect(f"ws{url[4:]}/runs/{run['id']}/stream", token=run["token"]))
     assert events[-1]["type"] == "run.succeeded"
     assert [e["chunk"] for e in events if e["type"] == "step.output"] == ["alpha", "beta", "gamma"]
+
+
+def test_followers_that_never_answer_the_close_do_not_stop_the_process_answering(
+        gunicorn_web, store):
+    """Each WebSocket follower that did not answer our close frame (stalled, gone, a slow
+    reader) was left open, and gunicorn's main loop closed them one after another, waiting
+    2 s for each client: the process answered nothing for 2 s a follower (18 s for 35)."""
+    url = gunicorn_web.url
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer deploy-key"},
+                      timeout=60) as c:
+        run = start(c, "approval", {"n": 1})
+        silent = [stalled_follower(url, f"/runs/{run['id']}/stream?token={run['token']}")
+                  for _ in range(10)]
+        try:
+            assert c.post(f"/runs/{run['id']}/input/approval",
+                          json={"ok": True}).status_code == 202
+            ended = time.monotonic()
+            slowest = 0.0
+            while time.monotonic() - ended < 8:  # the closes' 2 s wait, then 2 s a follower
+                asked = time.monotonic()
+                assert c.get("/healthz").status_code == 200
+                slowest = max(slowest, time.monotonic() - asked)
+            assert c.get(f"/runs/{run['id']}").json()["state"] == "succeeded"
+            assert slowest < 4, f"/healthz took {slowest:.1f} s after the run ended"
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def stalled_follower(url: str, path: str) -> socket.socket:
+    """A WebSocket client that opens its stream, then never reads nor answers again."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # the 101's headers, byte by byte: none of the stream after
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
 
 
 def test_the_access_log_does_not_keep_run_tokens(gunicorn_web, store):

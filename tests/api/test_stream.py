@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import httpx_sse
 import pytest
 import websocket
 
@@ -14,7 +16,7 @@ from flowkit.errors import ValidationError
 from flowkit.events import cursor_order
 from tests.api.conftest import API_KEY
 from tests.api.helpers import TERMINAL, sse_read, start, ws_connect, ws_read
-from tests.conftest import open_gate, reached_gate
+from tests.conftest import open_gate, reached_gate, wait_until
 from tests.test_waits import paused
 
 
@@ -263,6 +265,37 @@ def test_a_live_run_resumes_a_cursor_its_stream_lost_in_a_failover(api, client, 
     assert [e["id"] for e in got] == full_history(run["id"])[len(seen) - 1:]
 
 
+def test_a_stream_from_a_cursor_ahead_of_a_live_run_ends_when_the_run_ends(api, client):
+    """A cursor a little ahead of a live run's last event (a failover's allowance) is served:
+    the events to come take later ids. But when the run ended first, its final event fell at
+    or before the cursor and was dropped as seen: the stream never ended (keep-alives only)."""
+    run = start(client, "approval", {"n": 1})
+    paused(flowkit.get_run(run["id"]))
+    ms, _ = (int(x) for x in full_history(run["id"])[-1].split("-"))
+    ahead = f"{ms + 20_000}-0"  # 20 s ahead: within the allowance
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"], after=ahead)
+    sse = api.client()
+    seen: list = []
+
+    def follow() -> None:
+        with httpx_sse.connect_sse(sse, "GET", f"/runs/{run['id']}/events", headers={
+                "Accept": "text/event-stream", "Last-Event-ID": ahead}) as source:
+            assert source.response.status_code == 200
+            seen.extend(e.data for e in source.iter_sse() if e.data)
+            seen.append("ended")
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    hub = api.app.extensions["flowkit"].hub  # both streams follow the run: now it may end
+    wait_until(lambda: hub.subscribers(run["id"]) == 2, 20, "the SSE stream to subscribe")
+    flowkit.send_input(run["id"], "approval", {"ok": True})
+    assert ws_read(sock) == []  # closed (it timed out waiting, before)
+    sock.close()
+    follower.join(20)
+    sse.close()
+    assert seen == ["ended"]
+
+
 def test_a_cursor_past_the_runs_events_is_refused_everywhere_instead_of_waiting_for_ever(
         api, client):
     """A typo, or another run's id: no stream of this run gave it, and a stream resumed
@@ -322,6 +355,23 @@ def test_a_client_message_nested_too_deeply_is_ignored_like_any_that_is_not_json
     assert json.loads(sock.recv()) == {"pong": 1}  # the socket still serves
     open_gate(handle, "streamer")
     assert [e["id"] for e in seen + ws_read(sock)] == full_history(run["id"])
+
+
+@pytest.mark.parametrize("cursor", ["abc", "", 0, "18446744073709551615-18446744073709551615"])
+def test_a_resume_that_is_no_event_id_closes_the_socket_saying_so(api, client, cursor):
+    """It was ignored (the client believed it resumed), or replayed the whole history (""),
+    where the handshake and SSE answer the same cursor 400."""
+    run = start(client, "approval", {"n": 1})
+    paused(flowkit.get_run(run["id"]))
+    sock = ws_connect(f"{api.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    history = ws_read(sock, stop=lambda got: got[-1]["type"] == "run.waiting")
+    sock.send(json.dumps({"resume": cursor}))
+    opcode, data = sock.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE, (opcode, data)  # no replay before it
+    assert int.from_bytes(data[:2], "big") == 1008
+    assert data[2:].decode().startswith(f"validation_error: resume {json.dumps(cursor)} is not "
+                                        "an event id"), data
+    assert history and flowkit.cancel(run["id"]).state == "cancelled"
 
 
 def test_resumes_sent_faster_than_the_allowance_close_the_socket_with_1008(api, client):
