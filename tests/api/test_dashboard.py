@@ -87,6 +87,9 @@ def free(data: dict) -> dict:
 
 asking_freely = flowkit.Workflow("ui.asking_freely", [free])
 
+#: A name wider than a phone: the workflow filter's select took its width, wider than the page.
+long_named = flowkit.Workflow("ui." + "a_workflow_whose_name_is_wider_than_a_phone_" * 2, [free])
+
 
 @pytest.fixture(scope="module")
 def fake_llm():
