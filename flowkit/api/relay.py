@@ -122,6 +122,7 @@ class Subscriber:
         self._poked = False  # the client has something to say (a message, a close): look
         self._catch_up = True  # the history after the cursor comes first
         self._sink: Sink | None = None
+        self._looked_at = time.monotonic()  # when vanished() last read the run's stream
         self._parked = False  # the client thread waits with nothing to do: the hub may write
         self._stalled = False  # the sink holds a remainder the client thread must flush first
         self._error: Exception | None = None  # the hub's write failed: raised in the client's thread
@@ -145,6 +146,20 @@ class Subscriber:
         with self._lock:
             self._poked = True
             self._cond.notify()
+
+    def vanished(self, every: float) -> bool:
+        """Whether the run's events are gone from Redis (its retention ran out, or it was
+        deleted): its stream would never end (a run token's ended with the token, an API
+        key's never did). Read at most once per ``every`` seconds, on idle ticks; while
+        Redis is away the run is taken to be there."""
+        now = time.monotonic()
+        if now - self._looked_at < every:
+            return False
+        self._looked_at = now
+        try:
+            return self.hub.last_event(self.run_id) is None
+        except StoreUnavailable:
+            return False
 
     def status(self) -> dict | None:
         """What to tell the client of the relay itself, once per change (None: nothing new):

@@ -47,6 +47,14 @@ _SSE_EXPIRED = ("event: token_expired\ndata: " + json.dumps(
     {"error": {"code": TOKEN_EXPIRED, "message": STREAM_EXPIRED, "fields": {}}}) + "\n\n").encode()
 
 
+#: Least seconds between two looks at whether a followed run's events are gone from Redis.
+VANISHED_CHECK = 1.0
+#: A run expired or deleted while followed (what a reconnect would be answered, 404).
+GONE = "This run no longer exists (its retention ran out, or it was deleted)."
+_SSE_GONE = ("event: not_found\ndata: " + json.dumps(
+    {"error": {"code": "not_found", "message": GONE, "fields": {}}}) + "\n\n").encode()
+
+
 def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]:
     encode, ping = (_sse, b": ping\n\n") if kind == SSE else (_ndjson, b"\n")
     try:
@@ -60,6 +68,10 @@ def _follow(sub: Subscriber, ping_interval: float, kind: str) -> Iterator[bytes]
             if batch:
                 yield encode(batch)
             elif not sub.done and said is None:
+                if sub.vanished(every=max(ping_interval, VANISHED_CHECK)):
+                    if kind == SSE:
+                        yield _SSE_GONE
+                    return
                 yield ping
             if said is not None:  # no id: the client's cursor stays its last event's
                 yield f"event: status\ndata: {json.dumps(said)}\n\n".encode()

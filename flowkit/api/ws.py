@@ -44,10 +44,11 @@ from ..events import parse_cursor
 from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
 from .requests import strict_loads
+from .streaming import GONE
 
 #: Longest sleep of a client's thread between two looks at its socket; the doorbell
 #: wakes it sooner (a message, the end of the connection): this is only a safety net.
-_POLL = 30.0
+POLL_SECONDS = 30.0
 #: Longest wait for the client's answer to our close frame.
 _CLOSE_WAIT = 2.0
 #: The close code of a stream whose run token expired.
@@ -248,12 +249,15 @@ class _Doorbell(threading.Event):
         self._sub.poke()
 
 
-def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: None) -> None:
+def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: None,
+          poll: float = POLL_SECONDS) -> None:
     """Send ``sub``'s events over ``ws`` until the run's terminal event, the client leaves, or
     the run token that opened it expires (``sub.expired``). ``beyond(cursor)``: why a resume
     cursor is past the run's events (None: it is not); such a resume closes the socket with
     :data:`NOT_FOUND_CLOSE`, as the handshake answers it 404: served from there, it would
-    wait for ever."""
+    wait for ever. ``poll``: the longest wait between two looks at the run (the app's ping
+    interval, when shorter): a run expired or deleted while followed closes the socket with
+    :data:`NOT_FOUND_CLOSE` (it stayed open for ever)."""
     sink = FrameSink(ws)
     resumes = _Allowance(RESUME_BURST, RESUME_RATE)
     ws.event = _Doorbell(sub)
@@ -262,13 +266,17 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
         if sink.direct:
             sub.attach(sink)
         while ws.connected:
-            batch = sub.next_batch(timeout=_POLL)
+            batch = sub.next_batch(timeout=poll)
             if sub.expired:  # what was read after the token's end is the next token's
                 sub.close()
                 close(ws, TOKEN_EXPIRED_CLOSE, f"{TOKEN_EXPIRED}: {STREAM_EXPIRED}")
                 return
             if batch:
                 sink.send_all(batch)
+            elif not sub.done and sub.vanished(every=poll):
+                sub.close()
+                close(ws, NOT_FOUND_CLOSE, f"not_found: {GONE}")
+                return
             if sub.wants_status and (said := sub.status()) is not None:
                 ws.sock.send(text_frame(json.dumps(said).encode()))  # not an event: no id
             if sub.done:

@@ -11,8 +11,8 @@ from .. import schemas
 from ..errors import ApiError
 from ..requests import access, negotiated_stream, query
 from ..state import state
-from ..streaming import SSE, stream_response
-from ..ws import TRY_AGAIN_LATER_CLOSE, close, relay
+from ..streaming import SSE, VANISHED_CHECK, stream_response
+from ..ws import POLL_SECONDS, TRY_AGAIN_LATER_CLOSE, close, relay
 from .runs import load_run
 
 
@@ -144,4 +144,6 @@ def stream(ws, run_id: str):
         close(ws, TRY_AGAIN_LATER_CLOSE, refused.message[:123])  # a close reason's limit
         return
     sub.wants_status = g.flowkit_status
-    relay(ws, sub, beyond=lambda cursor: _beyond(run_id, cursor))
+    ping = state().options.ping_interval
+    relay(ws, sub, beyond=lambda cursor: _beyond(run_id, cursor),
+          poll=min(POLL_SECONDS, max(ping, VANISHED_CHECK)) if ping else POLL_SECONDS)
