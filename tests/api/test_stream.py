@@ -224,32 +224,36 @@ def test_streams_of_a_run_deleted_while_followed_end_saying_so(flowkit_env, work
 
     for served in serve(make_app(ping_interval=0.3)):
         with served.client() as c:
-            run = start(c, "approval", {"n": 1})
-            paused(flowkit.get_run(run["id"]))
-            sock = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", token=run["token"])
-            seen: list = []
+            follow_a_run_deleted(served, c, store)
 
-            def follow() -> None:
-                with httpx_sse.connect_sse(c, "GET", f"/runs/{run['id']}/events",
-                                           headers={"Accept": "text/event-stream"}) as source:
-                    seen.extend((e.event, e.data) for e in source.iter_sse() if e.data)
 
-            follower = threading.Thread(target=follow, daemon=True)
-            follower.start()
-            hub = served.app.extensions["flowkit"].hub
-            wait_until(lambda: hub.subscribers(run["id"]) == 2, 20, "both streams to follow")
-            store.redis.delete(store.keys.events(run["id"]), store.keys.run(run["id"]))
-            assert c.get(f"/runs/{run['id']}").status_code == 404
-            while True:  # the history, then the close
-                opcode, data = sock.recv_data(control_frame=True)  # fails after 20 s
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    break
-            assert int.from_bytes(data[:2], "big") == 4004
-            assert data[2:].decode().startswith("not_found: This run no longer exists")
-            sock.close()
-            follower.join(20)
-            assert not follower.is_alive(), "the SSE stream is still open"
-            assert seen[-1][0] == "not_found" and "no longer exists" in seen[-1][1]
+def follow_a_run_deleted(served, c, store) -> None:
+    run = start(c, "approval", {"n": 1})
+    paused(flowkit.get_run(run["id"]))
+    sock = ws_connect(f"{served.ws_url}/runs/{run['id']}/stream", token=run["token"])
+    seen: list = []
+
+    def follow() -> None:
+        with httpx_sse.connect_sse(c, "GET", f"/runs/{run['id']}/events",
+                                   headers={"Accept": "text/event-stream"}) as source:
+            seen.extend((e.event, e.data) for e in source.iter_sse() if e.data)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    hub = served.app.extensions["flowkit"].hub
+    wait_until(lambda: hub.subscribers(run["id"]) == 2, 20, "both streams to follow")
+    store.redis.delete(store.keys.events(run["id"]), store.keys.run(run["id"]))
+    assert c.get(f"/runs/{run['id']}").status_code == 404
+    while True:  # the history, then the close
+        opcode, data = sock.recv_data(control_frame=True)  # fails after 20 s
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+    assert int.from_bytes(data[:2], "big") == 4004
+    assert data[2:].decode().startswith("not_found: This run no longer exists")
+    sock.close()
+    follower.join(20)
+    assert not follower.is_alive(), "the SSE stream is still open"
+    assert seen[-1][0] == "not_found" and "no longer exists" in seen[-1][1]
 
 
 def test_an_idle_websocket_gets_keep_alive_pings(flowkit_env, worker, store):
