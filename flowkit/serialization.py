@@ -34,9 +34,15 @@ def dumps(value: Any) -> str:
 def comparable(value: Any) -> str:
     """``value`` as JSON, to compare two values as the store keeps them: NaN is let through,
     so a value an older release stored with one (before :func:`dumps` refused it) compares
-    as different from what the code holds now, and never raises where it is only read."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str,
-                      allow_nan=True)
+    as different from what the code holds now, and never raises where it is only read.
+    Objects' keys are sorted: one input sent again with its keys in another order (a client
+    retrying a start) is the same input (it was an IdempotencyConflict)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str,
+                          allow_nan=True, sort_keys=True)
+    except TypeError:  # keys of several types (1 and "a"), which do not sort
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str,
+                          allow_nan=True)
 
 
 def canonical(text: str) -> str:

@@ -29,6 +29,19 @@ def types(run) -> list[str]:
     return [e.type for e in run.events()]
 
 
+@pytest.mark.parametrize("forged", [{"component": "t.add_one", "input": {"n": 41}}, "yes"])
+def test_an_output_holding_the_continuation_mark_fails_its_step_saying_so(forged):
+    """A step's output that held "$continue" (an echo of the run's input, an LLM's JSON
+    answer) was taken for a continue_with: it ran the component it named with the input it
+    gave, or (not a continuation's shape) failed every resume, and the run hung."""
+    run = wf.echoing.start({"$continue": forged, "n": 1})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert "holds the key '$continue'" in str(err.value)
+    assert err.value.step == "0:t.echo"
+    assert counts(run).get("add_one") is None
+
+
 def test_a_chain_runs_and_its_stream_holds_the_documented_events():
     run = wf.simple.start({"n": 3})
     assert run.state == "queued"
@@ -230,6 +243,19 @@ def test_same_idempotency_key_returns_the_same_run_enqueued_once():
     assert len(flowkit.list_runs()) == 1
     with pytest.raises(flowkit.IdempotencyConflict):
         wf.simple.start({"n": 2}, idempotency_key="order-42")
+
+
+def test_an_input_sent_again_with_its_keys_in_another_order_is_the_same_input():
+    """A client retrying a start with its JSON in another key order got an
+    IdempotencyConflict instead of its run (no schema, or inside a fields.Dict)."""
+    first = wf.echoing.start({"a": 1, "b": {"x": 1, "y": 2}}, idempotency_key="order-keys",
+                             delay=3600)  # scheduled an hour ahead: no worker runs it
+    again = wf.echoing.start({"b": {"y": 2, "x": 1}, "a": 1}, idempotency_key="order-keys",
+                             delay=3600)
+    assert again.id == first.id and not again.created
+    with pytest.raises(flowkit.IdempotencyConflict):  # another input is still one
+        wf.echoing.start({"a": 1, "b": {"x": 1, "y": 3}}, idempotency_key="order-keys")
+    flowkit.cancel(first.id)
 
 
 def test_a_key_whose_stored_input_an_older_release_kept_with_nan_is_a_conflict():

@@ -677,6 +677,16 @@ def slow_add(data: dict) -> dict:
     return {"n": data["n"] + 1}
 
 
+@component(name="t.echo")
+def echo(data: dict) -> dict:
+    """Passes its input through, as a step returning an LLM's JSON answer does."""
+    return data
+
+
+#: An echo of input that holds flowkit's continuation mark ("$continue"): it was taken for a
+#: continue_with, running any registered component (or failing every resume: a hang).
+echoing = flowkit.Workflow("echoing", [echo, add_one])
+
 #: 20 quick steps back to back.
 twenty = flowkit.Workflow("twenty", [add_one] * 20, input_schema=number_schema)
 #: A slow step, then quick ones: the budget is spent before the second.

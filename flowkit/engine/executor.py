@@ -337,6 +337,11 @@ def _produce(
             limits.leave(store, held, owner=(held_by.gen, held_by.token))
     if isinstance(result, Continue):
         result = {CONTINUE: _continuation_spec(result)}
+    elif isinstance(result, dict) and CONTINUE in result:
+        # the continuation's mark in a checkpoint: an output holding it (an echo of the run's
+        # input, an LLM's JSON) was taken for a continue_with, and ran what it named
+        raise ValueError(f"the output of step {key} holds the key {CONTINUE!r}, which marks "
+                         "a continue_with(...) in a step's checkpoint: rename that key")
     try:
         output_json = dumps_bounded(result, f"the output of step {key}")
     except (TypeError, PayloadTooLarge) as exc:  # its attempt's span closed ok: no more
