@@ -13,6 +13,8 @@ import textwrap
 import pytest
 import redis
 
+from tests.conftest import ROOT
+
 pytestmark = pytest.mark.integration
 
 FLOWS = '''
@@ -39,7 +41,17 @@ def square(item: int) -> int:
     return item * item
 
 
+@flowkit.component
+def ask_llm(data: dict) -> str:
+    from flowkit.llm import client_from_env
+
+    reply = client_from_env().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hi"}])
+    return reply.choices[0].message.content
+
+
 approval = flowkit.Workflow("approval", [ask])
+asking = flowkit.Workflow("asking", [ask_llm])
 squares = flowkit.Workflow("squares", [split, flowkit.fan_out(square)])
 '''
 
@@ -50,7 +62,7 @@ import flows  # noqa: F401 - at the top, as users write it
 TESTS = '''
 import flowkit
 
-from flows import approval, squares
+from flows import approval, asking, squares
 
 
 def test_a_run_waits_and_an_answer_finishes_it(flowkit_worker, flowkit_store):
@@ -65,6 +77,11 @@ def test_a_run_waits_and_an_answer_finishes_it(flowkit_worker, flowkit_store):
 def test_a_fan_out_runs_each_item(flowkit_worker, flowkit_store):
     assert squares.start({"n": 4}).result(20) == [0, 1, 4, 9]
     assert len(flowkit.list_runs()) == 1  # the store was emptied before this test
+
+
+def test_an_llm_call_is_answered_by_the_local_fake(flowkit_worker, flowkit_store, flowkit_llm):
+    assert asking.start({}).result(20)  # the environment's OpenAI key and URL are not used
+    assert flowkit_llm is not None
 '''
 
 
@@ -78,14 +95,31 @@ def test_a_project_s_tests_run_its_workflows_on_a_private_redis(tmp_path, redis_
     theirs = f"redis://127.0.0.1:{redis_server.port}/7"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWKIT_", "PYTEST"))}
     env.update(FLOWKIT_REDIS_URL=theirs, FLOWKIT_BROKER_URL=theirs,
-               PYTHONPATH=str(tmp_path))
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),  # this checkout's flowkit
+               # a developer's real key and URL: no test may reach them (nothing listens)
+               OPENAI_API_KEY="sk-not-for-tests", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
     redis.Redis(port=redis_server.port, db=7).flushdb()
     session = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert session.returncode == 0, session.stdout + session.stderr
-    assert "2 passed" in session.stdout
+    assert "3 passed" in session.stdout
     assert "DATA AT RISK" not in session.stdout + session.stderr  # its Redis has AOF on
     assert redis.Redis(port=redis_server.port, db=7).dbsize() == 0
+
+
+def test_without_redis_server_the_session_says_what_to_install_in_one_line(tmp_path):
+    """It was a 63-line traceback whose advice (set FLOWKIT_REDIS_URL) the plugin overrides."""
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWKIT_", "PYTEST"))}
+    env.update(PATH=os.path.dirname(sys.executable),  # no redis-server on it
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    session = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "-p", "flowkit.testing.pytest_plugin"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert session.returncode == 4, session.stdout + session.stderr  # pytest's usage error
+    assert "Traceback" not in session.stdout + session.stderr
+    assert ("redis-server, which is not installed: run `apt-get install redis-server`, or set "
+            "FLOWKIT_TEST_REDIS_URL=redis://host:port") in session.stderr, session.stderr
 
 
 def test_a_redis_of_yours_that_a_live_worker_uses_stops_the_session_untouched(tmp_path):

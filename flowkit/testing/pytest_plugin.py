@@ -16,8 +16,16 @@ test empties it. Without ``-p`` (``pytest_plugins = ["flowkit.testing.pytest_plu
 conftest.py) the same happens once that conftest.py has been imported: import your
 workflows in your tests and fixtures, not at its top.
 
+Its LLM is a local fake, an OpenAI-compatible server on a free port:
+``flowkit.llm.client_from_env()`` answers from it (``FLOWKIT_LLM_FAKE_URL`` points there,
+and ``OPENAI_API_KEY`` is dropped for the session, so no test reaches OpenAI and spends
+money); ``FLOWKIT_TEST_REAL_LLM=1`` keeps your environment's instead. It called nothing
+(a bare connection error), unless a ``flowkit dev`` ran beside the tests.
+
 Fixtures:
 
+- ``flowkit_llm`` (session): the fake LLM server (``FakeLLMServer``: ``configure(...)`` its
+  answers and faults), or None with ``FLOWKIT_TEST_REAL_LLM``.
 - ``flowkit_worker`` (session): a Celery worker in threads of the test process, on that
   Redis, consuming every queue your workflows route to; runs your tests start run there.
 - ``flowkit_store``: flowkit's store, its database emptied before the test.
@@ -36,13 +44,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from ..errors import ConfigError
 from .redis import LocalRedis
 from .worker import InThreadWorker
 
 #: The variable naming a Redis of your own for the tests (``redis://host:port``: its
 #: databases 0 and 1 are used, whatever database it names).
 TEST_REDIS_URL = "FLOWKIT_TEST_REDIS_URL"
+#: Set (1, true) to keep the environment's LLM (OPENAI_API_KEY): the tests then spend money.
+TEST_REAL_LLM = "FLOWKIT_TEST_REAL_LLM"
 _STASH = pytest.StashKey[LocalRedis | None]()
+_LLM_STASH = pytest.StashKey[Any]()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -58,19 +70,48 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     server = config.stash.get(_STASH, None)
     if server is not None:
         server.close()
+    llm = config.stash.get(_LLM_STASH, None)
+    if llm is not None:
+        llm.stop()
 
 
 def _point_at_test_redis(config: pytest.Config) -> None:
     if _STASH in config.stash:
         return
     own = os.environ.get(TEST_REDIS_URL)
-    server = None if own else LocalRedis(appendonly=True).start()
+    try:
+        server = None if own else LocalRedis(appendonly=True).start()
+    except ConfigError:  # its words named FLOWKIT_REDIS_URL, which this plugin sets itself
+        raise pytest.UsageError(
+            "flowkit's pytest plugin runs a private redis-server, which is not installed: "
+            f"run `apt-get install redis-server`, or set {TEST_REDIS_URL}=redis://host:port "
+            "to a Redis of yours no deployment uses.") from None
     config.stash[_STASH] = server
+    _point_at_fake_llm(config)
     store, broker = urls_for_tests(own or f"redis://127.0.0.1:{server.port}")
     os.environ["FLOWKIT_REDIS_URL"], os.environ["FLOWKIT_BROKER_URL"] = store, broker
     from .. import config as settings
 
     settings.reset()
+
+
+def _point_at_fake_llm(config: pytest.Config) -> None:
+    if os.environ.get(TEST_REAL_LLM, "").strip().lower() in ("1", "true", "yes", "on"):
+        config.stash[_LLM_STASH] = None
+        return
+    from .fake_openai import FakeLLMServer
+
+    llm = FakeLLMServer().start()
+    config.stash[_LLM_STASH] = llm
+    os.environ["FLOWKIT_LLM_FAKE_URL"] = llm.base_url
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def flowkit_llm(pytestconfig: pytest.Config) -> Any:
+    """The session's fake LLM server (None with FLOWKIT_TEST_REAL_LLM)."""
+    return pytestconfig.stash.get(_LLM_STASH, None)
 
 
 def urls_for_tests(url: str) -> tuple[str, str]:
