@@ -323,6 +323,27 @@ def test_dev_with_a_module_that_does_not_import_says_so_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("web, says", [
+    ("shop.webb:app", "--web shop.webb:app: no module 'shop.webb' here; give the module"),
+    ("shop.web:nope", "--web shop.web:nope: module 'shop.web' has no 'nope' (a factory: "
+                      "--web 'shop.web:create_app()')."),
+    ("shop.web:create_ap()", "--web shop.web:create_ap(): module 'shop.web' has no "
+                             "'create_ap' (a factory: --web 'shop.web:create_app()')."),
+])
+def test_a_typo_in_web_is_a_usage_error_not_code_to_wait_for(tmp_path, web, says):
+    """A --web module or attribute that does not exist (a command-line typo) made dev wait
+    for a file change, which cannot fix it, saying "importing failed; fix it" (or "call
+    FlowKit(app) in it" of an app that does)."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "dev", "-A", "shop.flows", "--web", web],
+        cwd=project, env=_user_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr  # at once: it waited for an edit
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert says in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("web, says", [
     ("shop.web:create_app()", "/api/flows"),
     ("shop.web:create_app('/v2')", "/v2"),
     ("shop.web:app", "/flowkit"),

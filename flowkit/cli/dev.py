@@ -234,6 +234,26 @@ def _web_api(web: str | None) -> tuple[str, bool]:
         return default
     module_name, _, attribute = web.partition(":")
     try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name
+                                     or module_name.startswith(exc.name + ".")):
+            # a typo on the command line, which no edit of a file fixes: dev waited for one
+            raise UsageError(f"--web {web}: no module {module_name!r} here; give the module "
+                             "of your Flask app as for gunicorn (--web myapp:app, or --web "
+                             "'myapp:create_app()' for a factory), from the project's root.") from None
+        raise CodeError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
+                        f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
+    except Exception as exc:  # the user's module raised
+        raise CodeError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
+                        f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
+    name = (attribute or "app").partition("(")[0].strip()
+    if not hasattr(module, name):
+        factories = [f for f in ("create_app", "make_app", "app_factory")
+                     if callable(getattr(module, f, None))]
+        hint = (f" (a factory: --web '{module_name}:{factories[0]}()')" if factories else "")
+        raise UsageError(f"--web {web}: module {module_name!r} has no {name!r}{hint}.")
+    try:
         if "(" in attribute:  # an app factory ("module:create_app()"): made as gunicorn makes
             # it (the prefix FlowKit(app) got is known only then: the banner named the
             # default one, and `flowkit run` at its FLOWKIT_URL met a 404)
@@ -241,7 +261,7 @@ def _web_api(web: str | None) -> tuple[str, bool]:
 
             flask_app = import_app(web)
         else:
-            flask_app = getattr(importlib.import_module(module_name), attribute or "app", None)
+            flask_app = getattr(module, name)
     except Exception as exc:  # the user's module (or factory) raised
         raise CodeError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
                          f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
