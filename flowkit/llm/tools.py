@@ -204,6 +204,11 @@ class _Conversation:
                 "Call it again with a JSON object that fits its parameters.")
         if not isinstance(arguments, dict):
             arguments = {"value": arguments}
+        unfit = _unfit(used.parameters, arguments)
+        if unfit is not None:  # JSON of another shape: the tool raised, at every replay
+            return call_id, name, None, raw, (
+                f"Error: the arguments of this call to {name!r} do not fit its parameters "
+                f"({unfit}). Call it again with arguments that do.")
         return call_id, name, used, arguments, None
 
     def answer(self, call_id: str, used: Tool, arguments: dict[str, Any], output: Any) -> None:
@@ -223,6 +228,21 @@ class _Conversation:
 
     def result(self, turns: int) -> ToolLoopResult:
         return ToolLoopResult(self.output, self.items, turns, self.calls)
+
+
+def _unfit(parameters: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+    """Why ``arguments`` do not fit a tool's ``parameters`` (its JSON Schema), or None."""
+    import jsonschema  # only here: a tenth of `import flowkit`, and only tool loops need it
+
+    try:
+        validator = jsonschema.validators.validator_for(parameters)(parameters)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    except Exception:  # noqa: BLE001 - a schema the validator cannot read: the tool decides
+        return None
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{where}: {error.message}" if where else error.message
 
 
 def _limit(max_turns: int) -> ToolLoopLimit:

@@ -56,10 +56,12 @@ LENGTH = "length"
 #: A scripted outcome of a chat request: a 200 whose JSON body is cut short.
 BAD_BODY = "bad_body"
 #: Scripted outcomes of a request offering tools whose answer is a tool call: the call's
-#: arguments are cut short (not JSON), or it names a tool the request did not offer.
+#: arguments are cut short (not JSON), are JSON of another shape (``{"town": 3}``), or it
+#: names a tool the request did not offer.
 BAD_ARGUMENTS = "bad_arguments"
+WRONG_ARGUMENTS = "wrong_arguments"
 UNKNOWN_TOOL = "unknown_tool"
-_TOOL_FAULTS = (BAD_ARGUMENTS, UNKNOWN_TOOL)
+_TOOL_FAULTS = (BAD_ARGUMENTS, WRONG_ARGUMENTS, UNKNOWN_TOOL)
 _BODY_FAULTS = (CUT, FAILED_EVENT, ERROR_EVENT, LENGTH, BAD_BODY, *_TOOL_FAULTS)
 
 
@@ -538,6 +540,8 @@ class _Reply:
             return
         if fault == BAD_ARGUMENTS:
             self.tool_call = {**self.tool_call, "arguments": self.tool_call["arguments"][:9]}
+        elif fault == WRONG_ARGUMENTS:
+            self.tool_call = {**self.tool_call, "arguments": '{"town": 3}'}
         elif fault == UNKNOWN_TOOL:
             self.tool_call = {**self.tool_call, "name": self.tool_call["name"] + "_v2"}
 

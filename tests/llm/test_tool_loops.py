@@ -13,7 +13,7 @@ from flowkit.engine import trace
 from flowkit.errors import ConfigError
 from flowkit.llm import AsyncOpenAI, OpenAI, ToolLoopLimit, tool
 from flowkit.store import get_store
-from flowkit.testing.fake_openai import BAD_ARGUMENTS, UNKNOWN_TOOL
+from flowkit.testing.fake_openai import BAD_ARGUMENTS, UNKNOWN_TOOL, WRONG_ARGUMENTS
 from tests.llm import workflows as wf
 
 WAIT = 60
@@ -106,7 +106,7 @@ def test_the_loop_refuses_stream_true_saying_what_to_do(three_turns, loop):
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
-@pytest.mark.parametrize("mistake", [BAD_ARGUMENTS, UNKNOWN_TOOL])
+@pytest.mark.parametrize("mistake", [BAD_ARGUMENTS, WRONG_ARGUMENTS, UNKNOWN_TOOL])
 def test_a_tool_call_the_loop_cannot_make_is_told_to_the_model_which_calls_again(
         servers, api, mistake):
     # the first answer calls a tool wrong; the model is told so, as that call's output, and
@@ -126,6 +126,11 @@ def test_a_tool_call_the_loop_cannot_make_is_told_to_the_model_which_calls_again
         assert refused["error"].startswith("Error: the arguments of this call to "
                                            "'llmtest_outside_lookup' are not valid JSON")
         assert refused["arguments"] == '{"city": '
+    elif mistake == WRONG_ARGUMENTS:  # JSON, of another shape: the tool raised at every replay
+        assert refused["error"] == ("Error: the arguments of this call to "
+                                    "'llmtest_outside_lookup' do not fit its parameters ('city' "
+                                    "is a required property). Call it again with arguments "
+                                    "that do.")
     else:
         assert refused["tool"] == "llmtest_outside_lookup_v2"
         assert refused["error"] == ("Error: there is no tool named 'llmtest_outside_lookup_v2'. "
