@@ -47,34 +47,39 @@ def _all_workflows() -> list[Workflow]:
 
 
 _scrape_stores: dict[tuple, Store] = {}
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 
 
 def _scrape_store() -> Store:
-    """A store that gives up on Redis as the API does, and whose commands wait a share of a
-    scrape's budget for an answer (the process's wait FLOWKIT_REDIS_SOCKET_TIMEOUT, 60 s)."""
+    """A store whose commands are sent once (a scrape 15 s later asks again) and wait a share
+    of a scrape's budget for an answer (the process's wait FLOWKIT_REDIS_SOCKET_TIMEOUT, 60 s,
+    and its resends within the retry budget, each behind a health check, held one read of a
+    frozen Redis about a minute)."""
     settings = get_settings()
     with _lock:
         made = _scrape_stores.get((os.getpid(), settings))
         if made is None:
             _scrape_stores.clear()
             made = _scrape_stores[(os.getpid(), settings)] = Store(settings.replace(
-                redis_retry_seconds=settings.api_redis_retry_seconds,
+                redis_retry_seconds=0.0,
                 redis_socket_timeout=min(settings.redis_socket_timeout,
                                          METRICS_SCRAPE_SECONDS / 4)))
         return made
 
 
-def _pool() -> ThreadPoolExecutor:
-    """The scrape's reads' threads (a few: reads stuck on a frozen server wait there, and
-    later scrapes' reads wait behind them, said as down, rather than take more)."""
+def _pool(source: str) -> ThreadPoolExecutor:
+    """The threads reading ``source`` ("redis", "broker") for scrapes: two each (reads stuck
+    on a frozen server wait there, and later scrapes' reads wait behind them, said as down,
+    rather than take more). One pool for both let a frozen Redis's stuck reads hold every
+    thread, and an answering broker was said to be down."""
     with _lock:
-        pool = _pools.get(os.getpid())  # a forked child has none of its parent's threads
+        pool = _pools.get((os.getpid(), source))  # a forked child has none of its parent's
         if pool is None:
-            _pools.clear()
-            pool = _pools[os.getpid()] = ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="flowkit-scrape")
+            for old in [key for key in _pools if key[0] != os.getpid()]:
+                del _pools[old]
+            pool = _pools[(os.getpid(), source)] = ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix=f"flowkit-scrape-{source}")
         return pool
 
 
@@ -99,11 +104,11 @@ class DeploymentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         deadline = time.monotonic() + METRICS_SCRAPE_SECONDS
         try:
-            counts, states, (oldest, complete), workers = _pool().submit(
+            counts, states, (oldest, complete), workers = _pool("redis").submit(
                 self._read_store).result(timeout=METRICS_SCRAPE_SECONDS / 2)
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("flowkit metrics: Redis unreachable: %s",
-                        exc or "no answer within the scrape's share")
+                        str(exc) or "no answer within the scrape's share")
             yield _up("redis", "flowkit's Redis", False)
             yield from self._queues(None, deadline)  # the broker may answer
             return
@@ -152,11 +157,11 @@ class DeploymentCollector(Collector):
             yield age
             yield consumers
         try:
-            depths = _pool().submit(self.depths, sorted(queues)).result(
+            depths = _pool("broker").submit(self.depths, sorted(queues)).result(
                 timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:  # kombu's and the transports' errors have no common base
             log.warning("flowkit metrics: the broker did not answer: %s",
-                        exc or "no answer within the scrape's share")
+                        str(exc) or "no answer within the scrape's share")
             yield _up("broker", "the broker", False)
             return
         yield _up("broker", "the broker", True)
