@@ -128,7 +128,7 @@ class Provider:
             self.client = self.client.with_options(max_retries=0)
         # the SDK client over each pool, made when first taken: a with_options() (the SDK's
         # per-request idiom) makes a provider, and most requests never use the sync pools
-        self._clients: dict[int, openai.OpenAI] = {}
+        self._clients: dict[tuple[int, int], openai.OpenAI] = {}  # by (pid, turn)
         self._turn = itertools.count()
         self._async_clients: dict[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = {}
         self._async_lock = threading.Lock()
@@ -148,10 +148,13 @@ class Provider:
         if self._own_http:
             return self.client
         turn = next(self._turn) % self._pools
-        client = self._clients.get(turn)
+        # by process too: a provider made before a fork (a prefork pool's parent) handed its
+        # child the SDK clients over the parent's connections
+        client = self._clients.get((os.getpid(), turn))
         if client is None:  # two threads may both make it: either will do
             http = connections.sync_pools(self.client.base_url, self._pools)[turn]
-            client = self._clients[turn] = self.client.with_options(http_client=http)
+            client = self._clients[(os.getpid(), turn)] = self.client.with_options(
+                http_client=http)
         return client
 
     def async_sdk_client(self) -> openai.AsyncOpenAI:

@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCom
 from pydantic import BaseModel
 
 from flowkit import coroutines
+from flowkit.config import get_settings
 from flowkit.coroutines import on_process_loop
 from flowkit.errors import ConfigError
 from flowkit.llm import AsyncOpenAI, OpenAI, Provider, RetryPolicy
@@ -245,11 +246,17 @@ def test_a_forked_child_does_not_use_its_parents_http_clients(servers):
     async def http_of_loop() -> object:
         return provider.async_sdk_client()._client
 
-    parents = [*sync_pools(primary.base_url, 2), on_process_loop(http_of_loop)]
+    for _ in client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1,
+                                            stream=True):
+        pass  # a stream goes through the provider's sync SDK clients, which it keeps
+    pools = get_settings().llm_connection_pools  # every one, taken in turn
+    parents = [*sync_pools(primary.base_url, 2), on_process_loop(http_of_loop),
+               *(provider.sdk_client()._client for _ in range(pools))]
     child = os.fork()
     if child == 0:  # the child: its own clients, and a call through them answered
         try:
-            ours = [*sync_pools(primary.base_url, 2), on_process_loop(http_of_loop)]
+            ours = [*sync_pools(primary.base_url, 2), on_process_loop(http_of_loop),
+                    *(provider.sdk_client()._client for _ in range(pools))]
             reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
             shared = any(mine is theirs for mine in ours for theirs in parents)
             os._exit(0 if not shared and reply.choices[0].message.content else 1)
