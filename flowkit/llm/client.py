@@ -20,6 +20,7 @@ and streamed tokens reach the run's stream as ``step.output`` chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -41,7 +42,14 @@ from ..config import get_settings
 from ..context import current
 from ..coroutines import can_wait_for_loop, on_process_loop
 from ..engine import cache, trace
-from ..errors import ConfigError, RateLimitWait, RunCancelled, describe_error, mark_final
+from ..errors import (
+    ConfigError,
+    RateLimitWait,
+    RunCancelled,
+    StoreUnavailable,
+    describe_error,
+    mark_final,
+)
 from ..numbers import is_whole
 from ..policy import seconds
 from ..store import get_store
@@ -228,7 +236,9 @@ class _Client:
         timeout keeps its estimate: the provider may have spent the tokens all the same."""
         if call.estimate and isinstance(exc, (openai.APIStatusError, openai.APIConnectionError)) \
                 and not isinstance(exc, openai.APITimeoutError):
-            self.limiter.settle(provider.name, model, call.estimate, 0)
+            # the provider's error is the one to retry or report, not Redis's
+            with contextlib.suppress(StoreUnavailable):
+                self.limiter.settle(provider.name, model, call.estimate, 0)
 
     def _give_up(self, call: _Call, exc: BaseException) -> None:
         """Every provider failed: the last one's error is the call's, recorded on its span

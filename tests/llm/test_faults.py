@@ -238,9 +238,10 @@ def test_a_stream_dropped_at_a_sub_step_s_timeout_is_an_error_span_and_its_text_
     """Finished by the step's own thread at the attempt's end, which the sub-step's timeout
     does not abandon: its half-read text was sent to the run's stream and its span ok."""
     primary, _ = llm
-    # its first word, read at 0.1 s, is due at 0.225 s (the flush interval and its quarter
-    # late): batched still when the sub-step times out (0.2 s); the next comes at 0.4 s
-    primary.configure(first_token_latency=0.1, token_latency=0.3)
+    # its first word, read at 0.17 s, is due at 0.295 s (the flush interval and its quarter
+    # late): batched still when the sub-step times out (0.2 s), a margin of about 0.1 s for
+    # a late timer on a loaded machine; the next comes at 0.47 s
+    primary.configure(first_token_latency=0.17, token_latency=0.3)
     run = wf.sub_stream_timed_out.start({"prompt": "tell me a story", "max_tokens": 8})
     assert run.result(timeout=30) == {"text": None}
     [span] = llm_spans(run)
