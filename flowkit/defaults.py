@@ -154,7 +154,7 @@ LLM_RETRY_MAXIMUM = 20.0
 LLM_MAX_RETRY_AFTER = 60.0
 #: Timeout of one HTTP request to a provider, in seconds.
 LLM_TIMEOUT = 120.0
-#: HTTP connection pools per provider and process, used in turn (one pool slows
+#: HTTP connection pools per endpoint and process, used in turn (one pool slows
 #: down quadratically with hundreds of concurrent calls).
 LLM_CONNECTION_POOLS = 32
 #: Longest wait for a shared rate-limit budget before the provider counts as saturated.
