@@ -99,6 +99,7 @@ def test_an_empty_list(env):
     assert json.loads(ok("list", "--json", env=env)) == []
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_pause_and_resume_change_paused_and_the_next_run(env):
     created = json.loads(ok("create", "simple", "--cron", "0 0 1 1 *", "--input", '{"n": 1}',
                             *APP, "--json", env=env))
@@ -117,6 +118,7 @@ def test_pause_and_resume_change_paused_and_the_next_run(env):
         created["next_at"]
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_delete_removes_it_and_then_it_is_not_found(env):
     ok("create", "simple", "--every", "60", "--input", '{"n": 1}', "--id", "doomed", *APP,
        env=env)

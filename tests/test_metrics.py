@@ -416,6 +416,7 @@ def in_time(call, seconds: float):
     return outcome
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_a_scrape_answers_in_time_when_redis_and_the_broker_never_answer(store):
     """Servers that take connections but never answer (frozen) held the scrape for good (the
     broker's passive declare had no timeout; Redis's commands waited 60 s each), and each

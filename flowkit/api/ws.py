@@ -39,7 +39,7 @@ from simple_websocket import ConnectionClosed
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from ..errors import StoreUnavailable
+from ..errors import FlowkitError, StoreUnavailable
 from ..events import parse_cursor
 from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
@@ -78,7 +78,7 @@ def _client_message(message: str | bytes | None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-class BadResume(ValueError):
+class BadResume(FlowkitError, ValueError):
     """A ``resume`` message whose cursor is no event id."""
 
 

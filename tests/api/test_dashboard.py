@@ -557,6 +557,7 @@ def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     assert page.evaluate("window.flowkitRun.watch.connects") >= 2
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_a_thousand_item_fan_out_renders_one_page_of_items_paged_by_keyboard(api, client,
                                                                            page):
     run = start(client, "fanned", {"n": 1000})
@@ -590,6 +591,7 @@ def test_trace_tree_shows_the_llm_call_and_the_run_its_tokens(api, client, page,
     expect(row(page, run["id"]).locator("td").nth(7)).to_have_text(NUMBER)
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_a_thousand_item_fan_out_followed_live_keeps_every_event_and_answers_at_once(
     api, client, page
 ):

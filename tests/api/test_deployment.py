@@ -34,6 +34,7 @@ def test_gunicorn_serves_the_api_and_relays_a_run_over_websocket(gunicorn_web, s
     assert [e["chunk"] for e in events if e["type"] == "step.output"] == ["alpha", "beta", "gamma"]
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_followers_that_never_answer_the_close_do_not_stop_the_process_answering(
         gunicorn_web, store):
     """Each WebSocket follower that did not answer our close frame (stalled, gone, a slow

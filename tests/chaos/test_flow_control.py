@@ -21,6 +21,7 @@ def seen(tenant: str) -> list[dict]:
     return [loads(x) for x in get_store().redis.lrange(f"chaos:seen:{tenant}", 0, -1)]
 
 
+@pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_a_tenant_with_300_runs_in_line_does_not_delay_another(chaos_app, deployment):
     deployment.worker("a")
     deployment.worker("b")
