@@ -8,12 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import flowkit
 from flowkit.cli.live import RunView
 from tests import workflows as wf
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +141,18 @@ def test_app_resolves_from_the_current_directory_and_flowkit_app(env, tmp_path):
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert "cannot import 'nomod'" in missing.stderr and "-A your.module" in missing.stderr
+    # no -A and no FLOWKIT_APP: the default is the reference deployment's module, not theirs
+    # ("cannot import 'workers.celery_app' ...: run this from your project's root" misled)
+    only_flowkit = tmp_path / "site"
+    only_flowkit.mkdir()
+    (only_flowkit / "flowkit").symlink_to(Path(ROOT) / "flowkit")  # this checkout's, alone
+    bare = {k: v for k, v in env.items() if k != "FLOWKIT_APP"}
+    unnamed = subprocess.run([sys.executable, "-m", "flowkit.cli", "run", "my_hi"],
+                             env={**bare, "PYTHONPATH": str(only_flowkit)}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert unnamed.returncode == 2, unnamed.stderr
+    assert unnamed.stderr.startswith("flowkit run: no -A given and FLOWKIT_APP is not set"), \
+        unnamed.stderr
     detached = subprocess.run([sys.executable, "-m", "flowkit.cli", "run", "my_hi", "-i",
                                "who=me", "--detach", "--json"], env={**env, "FLOWKIT_APP": "myflows"},
                               cwd=tmp_path, capture_output=True, text=True, timeout=60)

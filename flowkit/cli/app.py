@@ -55,6 +55,14 @@ def load_app(args: argparse.Namespace) -> ModuleType:
     except UsageError:
         raise
     except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name) and given == DEFAULT_APP and not (
+                getattr(args, "app", None) or os.environ.get("FLOWKIT_APP")):
+            # the reference deployment's module, which the user never named: "run this
+            # from your project's root" misled one who was there
+            raise UsageError(
+                f"no -A given and FLOWKIT_APP is not set (the default, {DEFAULT_APP}, is not "
+                "here): pass -A your.module (the module of your workflows, as for celery -A), "
+                "or export FLOWKIT_APP as flowkit dev prints it.") from None
         if exc.name and name.startswith(exc.name):
             raise UsageError(
                 f"cannot import {name!r} (no module {exc.name!r} from {os.getcwd()}): run this "
