@@ -146,8 +146,11 @@ class _Flusher:
             start = self._pid != os.getpid()  # the first in this process (or after a fork)
             if start:
                 self._pid, self._due = os.getpid(), []
-            heapq.heappush(self._due, (due, next(self._order), batcher, batch))
-            if self._due[0][2] is batcher:  # the earliest now: the thread sleeps past it
+            entry = (due, next(self._order), batcher, batch)
+            heapq.heappush(self._due, entry)
+            # this entry the earliest now: the thread sleeps past it (a void entry of the same
+            # stream at the top woke the thread at almost every batch)
+            if self._due[0] is entry:
                 self._wake.notify()
         if start:
             threading.Thread(target=self._loop, name="flowkit-llm-stream-flush",
