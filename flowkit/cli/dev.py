@@ -235,16 +235,14 @@ def _web_api(web: str | None) -> tuple[str, bool]:
     module_name, _, attribute = web.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name
-                                     or module_name.startswith(exc.name + ".")):
+    except Exception as exc:  # no such module (a typo), or the user's module raised
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing is not None and (module_name == missing
+                                    or module_name.startswith(missing + ".")):
             # a typo on the command line, which no edit of a file fixes: dev waited for one
             raise UsageError(f"--web {web}: no module {module_name!r} here; give the module "
                              "of your Flask app as for gunicorn (--web myapp:app, or --web "
                              "'myapp:create_app()' for a factory), from the project's root.") from None
-        raise CodeError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
-                        f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
-    except Exception as exc:  # the user's module raised
         raise CodeError(f"--web {web}: importing {module_name!r} failed ({type(exc).__name__}: "
                         f"{exc}); fix it, or leave --web out to serve flowkit's own app.") from None
     name = (attribute or "app").partition("(")[0].strip()
