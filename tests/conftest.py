@@ -90,9 +90,11 @@ def worker(flowkit_env):
         yield embedded
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def beat(flowkit_env, tmp_path_factory):
-    """celery beat as the Procfile runs it: it fires wait timeouts, sleeps, delayed starts."""
+    """celery beat as the Procfile runs it: it fires wait timeouts, sleeps, delayed starts.
+    One per test that asks for it: a beat kept for the module swept under the later tests
+    that say none runs (a timer fired while a test was showing what happens before it)."""
     schedule = tmp_path_factory.mktemp("beat") / "schedule"
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.app", "beat", "--schedule", str(schedule)],
