@@ -817,6 +817,24 @@ def test_a_failed_run_is_not_retried_while_a_branch_of_it_still_runs():
     assert counts(run) == {"gated": 1, "breaks": 2, "join": 1}
 
 
+def test_a_branch_that_stopped_when_another_failed_the_run_lets_a_retry_go_at_once(caplog):
+    """The branch saw the failure at its next event and stopped, but held its lease until
+    it lapsed: a retry meanwhile said the step still ran."""
+    caplog.set_level(logging.INFO, logger="flowkit.engine.executor")
+    run = wf.half_failed_reporting.start({"n": 1})
+    reached_gate(run, "gated")
+    wait_until(lambda: run.refresh().state == "failed", WAIT, "the other branch to fail the run")
+    open_gate(run, "gated")
+    wait_until(lambda: any(run.id in r.getMessage() and "stopped" in r.getMessage()
+                           for r in caplog.records), WAIT, "the branch to stop")
+    assert get_store().leases_in_flight(run.id) == {}
+    flowkit.retry(run.id)  # the lapse (2 s here) is not waited for
+    assert reached_gate(run, "gated") == 2  # its second attempt, the retry's
+    open_gate(run, "gated")
+    assert run.result(WAIT) == {"parts": [{"n": 101}, {"n": 1}]}
+    assert counts(run) == {"gated_then_reports": 2, "breaks": 2, "join": 1}
+
+
 def test_a_run_resumed_on_a_worker_without_its_workflow_fails_saying_so():
     """A workflow renamed while a run of it waited: the resume task raised WorkflowNotFound
     (a traceback in the worker's log), and the run sat queued, saying nothing, until the

@@ -74,6 +74,14 @@ def gated(data: dict) -> dict:
     return {"n": data["n"] + 100}
 
 
+@component(name="t.gated_then_reports")
+def gated_then_reports(data: dict) -> dict:
+    count("gated_then_reports")
+    wait_for_gate("gated")
+    flowkit.progress("past the gate")  # stops the step when its run ended meanwhile
+    return {"n": data["n"] + 100}
+
+
 @component(name="t.talker")
 def talker(data: dict) -> dict:
     count("talker")
@@ -537,6 +545,8 @@ half_failed = flowkit.Workflow("half-failed", [parallel(gated, breaks.retry(atte
                                input_schema=number_schema)
 # attempt 1 times out at 0.3 s, its sub-step returns at 0.45 s, attempt 2 begins at 0.6 s
 # (its worst case, 0.9 s, stays under the 1.05 s test_engine's visibility check expects)
+half_failed_reporting = flowkit.Workflow(
+    "half-failed-reporting", [parallel(gated_then_reports, breaks.retry(attempts=1)), join])
 abandoning = flowkit.Workflow("abandoning", [times_out_once.timeout(0.3).retry(
     attempts=2, backoff=flowkit.exponential(0.3, 0.3), jitter=False)])
 sub_step_retried = flowkit.Workflow("sub-step-retried", [retries_slow_sub_step])

@@ -8,6 +8,7 @@ policy; the first checkpoint written wins and is what the chain carries on with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -219,6 +220,8 @@ def _run_attempts(
         raise Ignore() from None
     except RunCancelled:
         log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
+        with contextlib.suppress(StoreUnavailable):  # else it lapses, as it did always
+            store.release_ended(run_id, key, token)  # a retry need not wait for its lapse
         raise Ignore() from None
     except StoreUnavailable as exc:
         # not the step's fault: its lease lapses and the reaper restarts the run

@@ -24,7 +24,7 @@ _VOCABULARIES: dict[str, type[StrEnum]] = {
 
 RUN_SCRIPTS = (
     "create", "begin", "complete", "emit", "retrying", "fail", "finish", "cancel", "restart",
-    "heartbeat", "revoke", "handoff", "begin_wait", "deliver", "fire_timer", "hold", "admit",
+    "heartbeat", "revoke", "release", "handoff", "begin_wait", "deliver", "fire_timer", "hold", "admit",
     "compact",
 )
 STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "take_buffered", "slots",

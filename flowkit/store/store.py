@@ -1051,6 +1051,12 @@ class Store:
         """Hand a step over: its lease lapses now if ``token`` still holds it (revoke.lua)."""
         return bool(self._run_script("revoke", run_id, [run_id, step, token, now, HANDED_OVER]))
 
+    @_op
+    def release_ended(self, run_id: str, step: str, token: str) -> bool:
+        """Let go of ``step``'s lease held by ``token`` now that its run has ended (failed,
+        cancelled): True when released (release.lua). A live run's lease is kept."""
+        return bool(self._run_script("release", run_id, [run_id, step, token]))
+
     def _scan(self, index: Callable[[int], str], upto: float) -> list[str]:
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):

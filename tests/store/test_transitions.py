@@ -1774,6 +1774,36 @@ def test_heartbeat_with_another_token_renews_nothing(store):
     assert store.redis.zscore(store.keys.workers, "w2") == T + 1  # the process itself lives
 
 
+# -- release_ended --------------------------------------------------------------------------
+
+
+def test_release_ended_lets_go_of_a_stopped_attempt_s_lease_once_its_run_ended(store):
+    """Another branch failed the run, or a user cancelled it: the attempt that saw it and
+    stopped held its lease until the lapse, and a retry said the step still ran."""
+    make_run(store, RunState.RUNNING)
+    assert cancel(store) == 1
+    assert lease(store) is not None  # cancel.lua leaves a running step's lease to it
+    assert store.release_ended(RUN, STEP, TOKEN) is True
+    assert lease(store) is None and leases_of(store) == []
+    assert store.live_leases(RUN, T + 1) == {}
+
+
+@pytest.mark.parametrize(("state", "step", "token"), [
+    pytest.param(RunState.RUNNING, STEP, TOKEN, id="run-live"),
+    pytest.param(RunState.CANCELLED, STEP, "tok-2", id="wrong-token"),
+    pytest.param(RunState.CANCELLED, "9:z", TOKEN, id="no-lease"),
+])
+def test_release_ended_keeps_a_live_run_s_lease_and_another_attempt_s(store, state, step, token):
+    """A live run's lease stays: an attempt ending there without its checkpoint is
+    recovered by the lapse (the reaper restarts the run)."""
+    make_run(store, RunState.RUNNING)
+    if state == RunState.CANCELLED:
+        assert cancel(store) == 1
+    before = lease(store)
+    assert store.release_ended(RUN, step, token) is False
+    assert lease(store) == before and leases_of(store) == [f"{RUN} {STEP}"]
+
+
 # -- revoke_lease ---------------------------------------------------------------------------
 
 
