@@ -109,6 +109,19 @@ def test_a_run_id_is_a_string_and_a_run_object_is_told_to_pass_its_id(store):
     assert flowkit.get_run(run.id).state == "scheduled"
 
 
+def test_a_cancel_s_reason_is_text(store):
+    """A number or a dict was taken, and its run.cancelled event said 5 where readers (the
+    dashboard, the CLI) show text."""
+    run = wf.simple.start({"n": 1}, delay=3600)
+    for bad in (5, {"why": "x"}, b"bytes"):
+        with pytest.raises(TypeError, match=r"A cancel's reason is text, not "):
+            flowkit.cancel(run.id, reason=bad)
+    assert flowkit.get_run(run.id).state == "scheduled"  # nothing was cancelled
+    flowkit.cancel(run.id, reason="not needed")
+    [cancelled] = [e for e in run.events() if e.type == "run.cancelled"]
+    assert cancelled.data["reason"] == "not needed"
+
+
 def test_history_of_an_unknown_run_says_so(store):
     """It answered [], as for a run with nothing yet: a typo looked like an empty run."""
     with pytest.raises(flowkit.RunNotFound):

@@ -576,6 +576,8 @@ def trace(run_id: str, store: Store | None = None) -> list[dict[str, Any]]:
 def cancel(run_id: str, store: Store | None = None, *, reason: str | None = None) -> Run:
     """Cancel a queued or running run; a running step sees it at its next event or check.
     ``reason``, when given, is the ``run.cancelled`` event's (who cancelled it, and why)."""
+    if reason is not None and not isinstance(reason, str):  # its event said 5, or a dict
+        raise TypeError(f"A cancel's reason is text, not {type(reason).__name__}.")
     store = store or get_store()
     said = {"reason": reason} if reason else {}
     result = store.cancel(check_run_id(run_id), time.time(),
