@@ -1861,6 +1861,28 @@ def test_settle_rate_with_a_negative_delta_takes_more(store):
     assert store.take_rate("p:m", half) > 0
 
 
+@pytest.mark.parametrize(("budget", "refill"), [
+    pytest.param(REQUESTS, 1000, id="requests"),
+    pytest.param(TOKENS, 10000, id="tokens"),
+    pytest.param([0, 0, 100000 / 86400, 100000, 2000, 60], 1728, id="a-day-s-tokens"),
+])
+def test_take_rate_keeps_a_bucket_until_it_is_full_again(store, budget, refill):
+    """A bucket Redis forgets is full: kept 60 s, a budget of 100,000 tokens a day gave a
+    step of 2,000 its tokens again each minute (the next step waited 28 min, a third went
+    after 61 s)."""
+    assert store.take_rate("p:m", budget) == 0
+    assert refill <= store.redis.ttl(store.keys.rate("p:m")) <= refill + 2
+
+
+def test_settle_rate_that_takes_more_keeps_the_bucket_until_it_is_full_again(store):
+    assert store.take_rate("p:m", [0, 0, 1, 100, 10, 60]) == 0  # 90 left, full in 10 s
+    assert store.redis.ttl(store.keys.rate("p:m")) == 60
+    store.settle_rate("p:m", -5000)  # the call took 5,010: full again in 5,010 s
+    assert 5010 <= store.redis.ttl(store.keys.rate("p:m")) <= 5012
+    store.settle_rate("p:m", 4000)  # given back: kept as long all the same
+    assert store.redis.ttl(store.keys.rate("p:m")) > 5000
+
+
 def test_settle_rate_on_a_forgotten_bucket_does_nothing(store):
     store.settle_rate("p:m", 10)
     assert store.redis.exists(store.keys.rate("p:m")) == 0
