@@ -102,6 +102,8 @@ def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> 
 _SECRETS = frozenset({"password", "sentinel_password"})
 _QUERY_PARAM = re.compile(r"([?&])([^=&]*)=([^&]*)")
 #: Where Celery's Sentinel form joins one URL per sentinel (``sentinel://a;sentinel://b``).
+#: A scheme mistyped (``redis//``, ``redis:/``, ``amqp//``): shown, it says what is wrong.
+_MISTYPED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:?/+:?")
 _NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
@@ -129,8 +131,14 @@ def reached(url: str) -> str:
 def _redacted_one(url: str) -> str:
     url = _QUERY_PARAM.sub(_blank_secret, url)  # first: a password there may hold an "@"
     head, at, tail = url.rpartition("@")  # the last "@": a raw password may hold one
-    scheme = head.partition("://")[0]
-    return f"{scheme}://***@{tail}" if at else url
+    if not at:
+        return url
+    if "://" in head:
+        return f"{head.partition('://')[0]}://***@{tail}"
+    # a URL refused for its mistyped scheme was shown with its password, as the user and
+    # password were taken for the scheme
+    mistyped = _MISTYPED_SCHEME.match(head)
+    return f"{mistyped.group(0) if mistyped else ''}***@{tail}"
 
 
 def _blank_secret(param: re.Match[str]) -> str:

@@ -139,6 +139,12 @@ def test_a_password_in_the_query_string_is_not_shown_either(env):
     ("redis://h/0?pass%77ord=z&db=0", "redis://h/0?pass%77ord=***&db=0"),
     ("redis://h/0?db=0&client_name=password", "redis://h/0?db=0&client_name=password"),
     ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    # a scheme mistyped: the password was shown ("redis//:s3cret://***@h")
+    ("redis//:s3cret@h:6379/0", "redis//:***@h:6379/0"),
+    ("redis:/:s3cret@h:6379/0", "redis:/:***@h:6379/0"),
+    ("amqp//guest:s3cret@rabbit:5672//", "amqp//***@rabbit:5672//"),
+    ("redis+sentinel//:s3cret@s1:26379/fk/0", "redis+sentinel//:***@s1:26379/fk/0"),
+    ("guest:s3cret@rabbit:5672", "***@rabbit:5672"),
 ])
 def test_redacted_hides_every_password_of_a_url(url, shown):
     assert redacted(url) == shown
