@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -60,3 +61,38 @@ def test_sunday_is_7_as_well_as_0_as_cron_has_it(weekday, days):
 def test_the_hour_spring_forward_skips_is_skipped_and_nothing_else():
     assert ticks("0 * * * *", datetime(2027, 3, 27, 22, 0, tzinfo=UTC), 4) == [
         "27 23:00", "28 00:00", "28 01:00", "28 02:00"]
+
+
+def _matches(cron: str, local: datetime) -> bool:
+    """Whether ``cron`` (numbers, ``*``, ``*/n``, lists) ticks at the local minute ``local``."""
+    def hit(field: str, value: int, first: int = 0) -> bool:
+        for part in field.split(","):  # */n from the field's first value: days 1, 3, 5...
+            if part == "*" or (part.startswith("*/") and (value - first) % int(part[2:]) == 0):
+                return True
+            if part.isdigit() and int(part) == value:
+                return True
+        return False
+    minute, hour, day, month, weekday = cron.split()
+    return (hit(minute, local.minute) and hit(hour, local.hour) and hit(day, local.day, 1)
+            and hit(month, local.month, 1) and hit(weekday, local.isoweekday() % 7))
+
+
+@pytest.mark.parametrize("cron", ["0 0 1 * *", "0 0 1,15 * *", "30 * */2 * *"])
+@pytest.mark.parametrize("tz", ["America/Los_Angeles", "America/New_York", "Asia/Tokyo"])
+def test_a_schedule_west_of_utc_ticks_on_the_first_days_of_each_month(cron, tz):
+    """Celery tried each day in the app's zone (UTC): west of UTC the 1st, read as UTC,
+    came before the evening of the month's last day, and `0 0 1 * *` in Los Angeles went
+    from September 30 to November 1 (so did beat's sweep, from each tick it fired)."""
+    zone = ZoneInfo(tz)
+    for month in range(1, 13):  # from two days before each month's end to two days after
+        start = datetime(2026, month, 1, tzinfo=zone).timestamp() - 2 * 86400
+        minutes = range(int(start) // 60 * 60 + 60, int(start) + 4 * 86400, 60)
+        expected = [t for t in minutes if _matches(cron, datetime.fromtimestamp(t, zone))]
+        got, t = [], start
+        while (t := next_tick({"cron": cron, "timezone": tz}, t)) < start + 4 * 86400:
+            got.append(t)
+        assert got == expected, (month, [datetime.fromtimestamp(x, zone) for x in got])
+        for after in range(int(start), int(expected[-1]), 3 * 3600):  # made or resumed then
+            first = next(t for t in expected if t > after)
+            assert next_tick({"cron": cron, "timezone": tz}, after) == first, (
+                datetime.fromtimestamp(after, zone))

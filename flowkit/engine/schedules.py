@@ -45,6 +45,10 @@ def next_tick(definition: dict[str, Any], after: float) -> float:
     minute, hour, day, month, weekday = definition["cron"].split()
     cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
                    day_of_week=_sunday_as_0(weekday))
+    # its zone the schedule's, not the Celery app's (UTC): Celery reads the days it tries in
+    # the crontab's own zone, and west of UTC the 1st of a month read as UTC came before the
+    # evening of the 31st, so `0 0 1 * *` in Los Angeles skipped a month
+    cron.tz = tz
     tick = _celery_tick(cron, tz, after)
     if tick <= after:  # ``after`` is in a repeated hour: the wall clock answered its first pass
         end = int(after // 3600) * 3600 + 3600
