@@ -176,6 +176,21 @@ def test_a_step_over_its_components_concurrency_waits_without_a_worker_and_start
     assert store.redis.zcard(store.keys.slots("step:t.scrape:a.example")[0]) == 0
 
 
+def test_a_step_with_a_rate_and_a_concurrency_limit_pays_its_rate_once_though_it_waited_in_line():
+    """It took its rate, got in line for a slot and paused; handed the slot, it took its
+    rate again: three steps were charged five starts (a token budget twice the spend)."""
+    holder = wf.one_per_domain_rated.start({"domain": "r.example", "gate": True})
+    reached_gate(holder, "scrape")
+    behind = [wf.one_per_domain_rated.start({"domain": "r.example"}) for _ in range(2)]
+    for run in behind:
+        paused_for(run, "slot")
+    open_gate(holder, "scrape")
+    assert [run.wait(WAIT).state for run in [holder, *behind]] == ["succeeded"] * 3
+    store = get_store()
+    level = float(store.redis.hget(store.keys.rate("step:t.scrape:r.example"), "req"))
+    assert 10 - level == pytest.approx(3, abs=0.05)  # one start each (2/h refills ~0.002)
+
+
 def test_a_cancelled_step_in_line_passes_its_slot_on():
     holder = wf.one_per_domain.start({"domain": "c.example", "gate": True})
     reached_gate(holder, "scrape")

@@ -637,6 +637,9 @@ def scrape(data: dict) -> dict:
 
 
 one_per_domain = flowkit.Workflow("one_per_domain", [scrape.concurrency(1, key="domain")])
+#: Also 10 starts at once, refilled at 2 an hour: the bucket's level counts the starts taken.
+one_per_domain_rated = flowkit.Workflow("one_per_domain_rated", [
+    scrape.concurrency(1, key="domain").rate_limit("2/h", key="domain", burst=10)])
 
 
 @component(name="t.ping")

@@ -66,7 +66,7 @@ def slot_name(group: str) -> str:
 def enter(ctx: StepContext, pol: Policy, value: Any) -> Held | None:
     """Pass the step's limits, or pause it (StepSuspended) until it may; returns the slot
     it holds (give it back with :func:`leave`)."""
-    if pol.rate is not None:
+    if pol.rate is not None and not _handed_a_slot(ctx, pol):
         _take_rate(ctx, pol, value)
     if pol.concurrency is None:
         return None
@@ -170,6 +170,15 @@ def _hand_over(store: Store, group: str, limit: int, handed: list[str]) -> int:
 def _answer_slot_wait(store: Store, run_id: str, step: str, name: str) -> tuple[WaitOutcome, int]:
     resumed = events.make(events.RUN_RESUMED, run_id, by="slot", name=name, step=step)
     return store.deliver(run_id, "key", f"{step}/slot", _SLOT_ANSWER, time.time(), resumed)
+
+
+def _handed_a_slot(ctx: StepContext, pol: Policy) -> bool:
+    """Whether the step resumes from a slot wait, the slot handed to it: it took its rate
+    before it got in line (the rate first, then the slot), and took it again when handed
+    the slot (three steps were charged five starts, a token budget up to twice the spend).
+    The wait's answer stays until the step asks for a slot again, just below."""
+    return (pol.concurrency is not None
+            and ctx.store.checkpoint(ctx.run_id, f"{ctx.step}/slot") is not None)
 
 
 def _take_rate(ctx: StepContext, pol: Policy, value: Any) -> None:
