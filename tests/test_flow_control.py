@@ -379,6 +379,35 @@ def test_a_schedule_whose_workflow_is_gone_says_so_once_and_shows_why(caplog, fl
     flowkit.schedules.delete("orphan")
 
 
+def test_a_stored_schedule_whose_zone_this_host_lacks_stops_no_sweep_and_says_why(caplog):
+    """Its zone unknown here (tzdata removed it, or an older one lacks it), every sweep
+    raised before it gave back slots, compacted or recorded itself (a held run waited for
+    good), and resuming it over REST was a 500."""
+    import logging
+
+    from flowkit.engine import reaper
+
+    store = get_store()
+    flowkit.schedules.create("simple", cron="0 9 * * *", input={"n": 1}, id="old-zone")
+    definition, _ = store.schedule("old-zone")
+    due = time.time() - 1
+    store.put_schedule({**definition, "timezone": "US/Pacific-New"}, due)  # stored long ago
+    before = (store.last_sweep() or {}).get("at", 0)
+    with caplog.at_level(logging.ERROR, logger="flowkit"):
+        reaper.sweep()  # raised ConfigError: the passes after it never ran
+        reaper.sweep()
+    assert store.last_sweep()["at"] > before  # its last pass, the record doctor reads, ran
+    said = [r.getMessage() for r in caplog.records if "old-zone" in r.getMessage()]
+    assert len(said) == 1 and "its next tick cannot be computed: unknown time zone " \
+        "'US/Pacific-New'" in said[0], said  # once, one line
+    assert flowkit.schedules.get("old-zone")["last_error"]["type"] == "ConfigError"
+    with pytest.raises(flowkit.InvalidState, match=r"Schedule 'old-zone' cannot resume: unknown "
+                                                   r"time zone 'US/Pacific-New'; use an IANA .*"
+                                                   r"'UTC'; delete it and create it again\.$"):
+        flowkit.schedules.resume("old-zone")
+    flowkit.schedules.delete("old-zone")
+
+
 def test_a_schedule_without_its_input_says_so_after_its_timing_is_checked():
     """A bad cron line or zone given without an input was reported as the input's fault,
     and the missing input as "Input must be a JSON object"."""

@@ -25,7 +25,6 @@ from ..errors import (
     NotFound,
     StoreUnavailable,
     WorkflowNotFound,
-    error_message,
 )
 from ..states import LIVE_STATES, RestartCause, RestartRefusal, RunState
 from ..store import Store, get_store
@@ -301,7 +300,7 @@ def _fire(store: Store, definition: dict, tick: float) -> str | None:
     except StoreUnavailable:  # not the schedule's fault: its tick stays owed
         raise
     except FlowkitError as exc:  # one broken schedule must not stop the sweep
-        _tick_failed(store, definition["id"], tick, exc)
+        schedules.tick_failed(store, definition["id"], tick, exc)
         return None
     except Exception:  # not flowkit's own error: its traceback says where
         log.exception("flowkit: schedule %s could not start its run", definition["id"])
@@ -348,19 +347,6 @@ def _cancel_for(store: Store, schedule_id: str, tick: float, run_id: str) -> Non
              "(overlap='cancel')", schedule_id, run_id, tick)
 
 
-def _tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError) -> None:
-    """Keep why (``flowkit schedules list``, the doctor show it) and say it in one line, once
-    per new reason: a schedule whose workflow was removed logged a traceback every tick."""
-    message = error_message(exc)
-    try:
-        before = store.schedule_fired(schedule_id, {
-            "error": message, "type": type(exc).__name__, "at": time.time(), "tick": tick})
-    except FlowkitError:
-        before = None
-    if before != message:
-        log.error("flowkit: schedule %s started no run: %s (each tick fails the same way until "
-                  "this is fixed, or the schedule deleted: flowkit schedules delete %s)",
-                  schedule_id, message, schedule_id)
 
 
 def trim_indexes(now: float | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery.schedules import ParseException, crontab
 
-from ..errors import ConfigError, InvalidState, NotFound
+from ..errors import ConfigError, FlowkitError, InvalidState, NotFound, error_message
 from ..flow import Schedule, zone
 from ..serialization import comparable, loads
 from ..store import Store, get_store
@@ -31,6 +31,10 @@ from ..workflow import get_workflow, workflows
 log = logging.getLogger(__name__)
 #: A tick this late (seconds) still fires; an older one was missed.
 GRACE = 60.0
+#: What a stored definition this process cannot read raises when its next tick is asked: a
+#: zone this host's tz database lacks (removed by a tzdata update, or newer than it), a cron
+#: line an older release let through.
+UNREADABLE = (ConfigError, ValueError, KeyError, IndexError, ParseException)
 #: What makes two definitions of one schedule alike (``anchor`` is only when it was stored).
 _SHAPE = ("workflow", "cron", "every", "input", "timezone", "catchup", "overlap")
 
@@ -187,7 +191,11 @@ def pause(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
 def resume(schedule_id: str, store: Store | None = None) -> dict[str, Any]:
     store = store or get_store()
     definition = get(schedule_id, store)
-    next_at = next_tick(definition, time.time())
+    try:
+        next_at = next_tick(definition, time.time())
+    except UNREADABLE as exc:  # it was a 500 over REST
+        raise InvalidState(f"Schedule {_named(schedule_id)} cannot resume: {_unreadable(exc)}; "
+                           "delete it and create it again.") from None
     store.put_schedule(_stored(definition), next_at)
     return {**definition, "paused": False, "next_at": next_at}
 
@@ -311,24 +319,57 @@ def claim_due(now: float | None = None, store: Store | None = None
         definition, _ = store.schedule(schedule_id)
         if definition is None:
             continue
-        # a sweep later than the schedule's period (a busy beat, a short period) claims
-        # each tick it passed, one by one: only ticks later than GRACE are missed
-        while due_at <= now:
-            late = now - due_at > GRACE  # beat was down: the ticks since are missed
-            following = next_tick(definition, now if late else due_at)
-            fires = (_last_tick_before(definition, due_at, now) if definition.get("catchup")
-                     else None) if late else due_at
-            if not store.claim_tick(schedule_id, due_at, following, fires, now):
-                break  # another sweep claimed it, and goes on from there
-            if fires is not None:
-                claimed.append((definition, fires))
-            if late:
-                if fires is None:
-                    log.warning("flowkit: schedule %s skipped ticks missed since %s",
-                                schedule_id, due_at)
-                break
-            due_at = following
+        try:
+            _claim_ticks(store, definition, due_at, now, claimed)
+        except UNREADABLE as exc:
+            # one such schedule failed every sweep before its later passes (slots given
+            # back, compaction, the sweep's record): it waits, saying why, for a fix
+            tick_failed(store, schedule_id, due_at, ConfigError(
+                f"its next tick cannot be computed: {_unreadable(exc)}"))
     return claimed
+
+
+def _claim_ticks(store: Store, definition: dict[str, Any], due_at: float, now: float,
+                 claimed: list[tuple[dict[str, Any], float]]) -> None:
+    # a sweep later than the schedule's period (a busy beat, a short period) claims
+    # each tick it passed, one by one: only ticks later than GRACE are missed
+    schedule_id = definition["id"]
+    while due_at <= now:
+        late = now - due_at > GRACE  # beat was down: the ticks since are missed
+        following = next_tick(definition, now if late else due_at)
+        fires = (_last_tick_before(definition, due_at, now) if definition.get("catchup")
+                 else None) if late else due_at
+        if not store.claim_tick(schedule_id, due_at, following, fires, now):
+            return  # another sweep claimed it, and goes on from there
+        if fires is not None:
+            claimed.append((definition, fires))
+        if late:
+            if fires is None:
+                log.warning("flowkit: schedule %s skipped ticks missed since %s",
+                            schedule_id, due_at)
+            return
+        due_at = following
+
+
+def _unreadable(exc: Exception) -> str:
+    """What an UNREADABLE error says, to go on a sentence (its own full stop dropped)."""
+    said = error_message(exc) if isinstance(exc, FlowkitError) else f"{exc} ({type(exc).__name__})"
+    return said.rstrip(".")
+
+
+def tick_failed(store: Store, schedule_id: str, tick: float, exc: FlowkitError) -> None:
+    """Keep why (``flowkit schedules list``, the doctor show it) and say it in one line, once
+    per new reason: a schedule whose workflow was removed logged a traceback every tick."""
+    message = error_message(exc)
+    try:
+        before = store.schedule_fired(schedule_id, {
+            "error": message, "type": type(exc).__name__, "at": time.time(), "tick": tick})
+    except FlowkitError:
+        before = None
+    if before != message:
+        log.error("flowkit: schedule %s started no run: %s (each tick fails the same way until "
+                  "this is fixed, or the schedule deleted: flowkit schedules delete %s)",
+                  schedule_id, message, schedule_id)
 
 
 def idempotency_key(definition: dict[str, Any], tick: float) -> str:

@@ -165,3 +165,19 @@ def test_a_schedule_s_overlap_is_taken_over_http_and_checked(client, overlap):
     bad = client.post("/schedules", json={"workflow": "simple", "every": 60, "input": {"n": 1},
                                           "overlap": "sometimes"})
     assert bad.status_code == 400 and "overlap" in bad.json()["error"]["fields"]
+
+
+def test_resuming_a_stored_schedule_whose_zone_this_host_lacks_is_a_409_saying_what_to_do(client):
+    """It was a 500 (its next tick raised ConfigError, which the API did not map)."""
+    from flowkit.store import get_store
+
+    flowkit.schedules.create("simple", cron="0 9 * * *", input={"n": 1}, id="old-zone")
+    store = get_store()
+    definition, _ = store.schedule("old-zone")
+    store.put_schedule({**definition, "timezone": "US/Pacific-New"}, None)  # stored paused
+    answer = client.post("/schedules/old-zone/resume")
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["message"].endswith(
+        "unknown time zone 'US/Pacific-New'; use an IANA name like 'Europe/Paris' or 'UTC'; "
+        "delete it and create it again.")
+    assert client.delete("/schedules/old-zone").status_code == 204
