@@ -5,6 +5,7 @@ line and at once, when Redis refuses their credentials."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import redis
 
+from flowkit.engine.doctor import startup_findings
 from flowkit.testing import LocalRedis, WorkerProcess, free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +112,75 @@ def test_a_worker_refuses_to_start_on_refused_credentials(flowkit_env, locked_re
                      "pair or user is disabled.): put the password in FLOWKIT_REDIS_URL, as "
                      "redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... for an ACL user; "
                      "redis+sentinel://:PASSWORD@host:port,.../service/db through sentinels)."]
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    """Start one sentinel that monitors no service (``requirepass``: with that password)."""
+    started: list[subprocess.Popen] = []
+
+    def start(requirepass: str | None = None) -> int:
+        port = free_port()
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                        + (f"requirepass {requirepass}\n" if requirepass else ""))
+        started.append(subprocess.Popen([shutil.which("redis-server"), str(conf), "--sentinel"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        wait_until(lambda: _listens(port), 10, "the sentinel to listen")
+        return port
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(10)
+
+
+def _listens(port: int) -> bool:
+    try:
+        redis.Redis(port=port, socket_timeout=1).ping()
+    except redis.AuthenticationError:
+        return True  # it asks for its password: it listens
+    except redis.ConnectionError:
+        return False
+    except redis.ResponseError:  # NOAUTH
+        return True
+    return True
+
+
+def worker(env: dict) -> subprocess.CompletedProcess:
+    """A worker that stops once it has started: what it said before it took messages."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "--pool", "threads",
+         "--queues", "startup-checks", "--without-gossip", "--without-mingle"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_sentinel_service_name_they_do_not_monitor_is_said_as_such_as_a_process_starts(
+        sentinel):
+    """A worker or web process said "Redis ... does not answer yet ... Start it" while every
+    sentinel answered, as the CLI and the doctor no longer do."""
+    url = f"redis+sentinel://127.0.0.1:{sentinel()}/nosuchservice/0"
+    [finding] = startup_findings(url)
+    assert (finding.level, finding.message, finding.fix) == (
+        "warning", f"The sentinels of {url} name no primary of that service that is up.",
+        "Check the service name in FLOWKIT_REDIS_URL (redis-cli -p 26379 SENTINEL MASTERS lists "
+        "those they monitor), or wait for a failover to end.")
+
+
+def test_a_worker_refuses_to_start_when_the_sentinels_refuse_their_credentials(
+        flowkit_env, sentinel):
+    """It said "does not answer yet ... Start it", said it was ready, and logged a traceback
+    at each heartbeat; refused data credentials already stopped it (no wait fixes either)."""
+    url = f"redis+sentinel://127.0.0.1:{sentinel('sentinel-secret')}/flowkit/0"
+    result = worker({**env_for(flowkit_env, url), "FLOWKIT_REDIS_RETRY_SECONDS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [line for line in result.stderr.splitlines() if "refuses to start" in line]
+    assert line.startswith(f"flowkit: worker refuses to start: the sentinels of {url} refused "
+                           "their credentials (")
+    assert line.endswith("give their password as ?sentinel_password=... in FLOWKIT_REDIS_URL "
+                         "(redis+sentinel://:DATA_PASSWORD@host:port,host:port/service/db"
+                         "?sentinel_password=SENTINEL_PASSWORD; the sentinels' is their "
+                         "requirepass).")
 
 
 def gunicorn(env: dict) -> list[str]:

@@ -34,9 +34,9 @@ from ..component import registered
 from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
 from ..store import HANDED_OVER, Store, get_store, no_primary, sentinels_refused
-from ..store.connection import NOT_REDIS
+from ..store.connection import CLUSTER_NODE, NOT_REDIS
 from ..store.server import probe
-from ..urls import NO_PRIMARY, SENTINELS_REFUSED, reached, redacted
+from ..urls import NO_PRIMARY, SENTINELS_REFUSED, is_cluster, reached, redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
@@ -122,14 +122,26 @@ def running_steps(store: Store | None = None) -> list[dict[str, Any]]:
 def startup_findings(redis_url: str) -> list[Finding]:
     """What a worker or web process says as it starts: the store's Redis settings that lose
     work (AOF off, an evicting ``maxmemory-policy``), at once, never after a retry budget.
-    Refused credentials raise ConfigError (the process refuses to start); a Redis that does
-    not answer yet is a warning, as it may come up after this process."""
+    Refused credentials (the sentinels' too) and a plain URL at a Cluster's node raise
+    ConfigError (the process refuses to start: no wait fixes them; it started, said "Start
+    it", and logged a traceback at each heartbeat); a Redis that does not answer yet is a
+    warning, as it may come up after this process, and sentinels that name no primary say
+    so (a failover may end; the service name may be wrong)."""
     try:
         info = probe(redis_url)
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
+        why = sentinels_refused(exc)
+        if why is not None:
+            raise ConfigError(SENTINELS_REFUSED.format(url=redacted(redis_url), why=why)) from None
+        if no_primary(exc, redis_url):
+            what, _, fix = NO_PRIMARY.format(url=redacted(redis_url)).partition(": ")
+            return [Finding("redis", WARNING, what[0].upper() + what[1:] + ".",
+                            fix[0].upper() + fix[1:])]
         return [Finding("redis", WARNING, f"Redis at {reached(redis_url)} does not answer yet; "
                         "flowkit retries each command for FLOWKIT_REDIS_RETRY_SECONDS.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
+    if info.get("cluster_enabled") and not is_cluster(redis_url):
+        raise ConfigError(CLUSTER_NODE)
     return [f for f in redis_settings(info, "redis") if f.level != OK]
 
 

@@ -57,6 +57,10 @@ R = TypeVar("R")
 REFUSED = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
+#: What a plain URL at one node of a Redis Cluster is told (the node answers MOVED).
+CLUSTER_NODE = ("FLOWKIT_REDIS_URL reaches one node of a Redis Cluster (it answered MOVED): "
+                "write it as redis+cluster://host:port (every node is found from one).")
+
 def refused(exc: BaseException) -> ConfigError:
     """The one-line error for credentials Redis refused, saying where they go."""
     return ConfigError(
@@ -97,10 +101,7 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise StoreUnavailable(f"flowkit's Redis Cluster is moving a slot or failing "
                                    f"over: {exc}") from exc
         except redis.exceptions.MovedError as exc:  # a plain client on a cluster's node
-            raise ConfigError(
-                "FLOWKIT_REDIS_URL reaches one node of a Redis Cluster (it answered MOVED): "
-                "write it as redis+cluster://host:port (every node is found from one)."
-            ) from exc
+            raise ConfigError(CLUSTER_NODE) from exc
 
     return operation
 

@@ -62,6 +62,7 @@ def _described(info: dict[str, Any], node: str | None = None) -> dict[str, Any]:
         "aof_last_write_status": info.get("aof_last_write_status"),
         "maxmemory": int(info.get("maxmemory", 0) or 0),
         "maxmemory_policy": info.get("maxmemory_policy"),
+        "cluster_enabled": str(info.get("cluster_enabled", 0)) == "1",
     }
 
 

@@ -217,3 +217,26 @@ def test_a_write_a_primary_refuses_with_noreplicas_is_resent_then_said_as_an_out
             {"n": 1})
     finally:
         node.config_set("min-replicas-to-write", 0)
+
+
+def test_a_worker_given_a_plain_url_at_a_cluster_node_refuses_to_start_saying_the_form(
+        cluster, flowkit_env):
+    """It started "ready" (its checks touched no key, so no MOVED) and logged a traceback
+    at each heartbeat, every 2 s, for good."""
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.conftest import ROOT  # noqa: PLC0415
+
+    plain = f"redis://127.0.0.1:{cluster.ports[0]}/0"
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "--pool", "threads",
+         "--queues", "startup-checks", "--without-gossip", "--without-mingle"],
+        env={**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": plain}, cwd=ROOT,
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "refuses to start" in line]
+    assert lines == ["flowkit: worker refuses to start: FLOWKIT_REDIS_URL reaches one node of a "
+                     "Redis Cluster (it answered MOVED): write it as redis+cluster://host:port "
+                     "(every node is found from one)."]
+    assert "Traceback" not in result.stderr
