@@ -46,6 +46,10 @@ BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel", "redis+
                   "redis+cluster", "amqp", "amqps", "pyamqp", "librabbitmq")
 
 
+#: Result backend URL schemes: Redis's (chords join through it; Celery has none on RabbitMQ,
+#: and another scheme, `amqp://` or a typo, passed this check and killed the worker at start).
+RESULT_BACKEND_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel", "redis+sentinel",
+                          "redis+cluster")
 #: Store URL schemes: redis-py's, and flowkit's Sentinel and Cluster forms (:mod:`flowkit.urls`).
 STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 #: Settings that must be more than 0 (every number setting must be at least 0): a timeout,
@@ -184,10 +188,12 @@ class Settings:
                 "Redis one (redis://host:6379/0) or RabbitMQ's (amqp://user:password@host:5672/"
                 "vhost), or unset it to use FLOWKIT_REDIS_URL."
             )
-        if self.result_backend and "://" not in self.result_backend:
+        if self.result_backend and ("://" not in self.result_backend or _scheme(
+                self.result_backend) not in RESULT_BACKEND_SCHEMES):
             raise ConfigError(
-                f"FLOWKIT_RESULT_BACKEND={redacted(self.result_backend)!r} is not a URL; write "
-                "a Redis one (redis://host:6379/0), or unset it to use the broker's Redis."
+                f"FLOWKIT_RESULT_BACKEND={redacted(self.result_backend)!r} is not a Redis URL; "
+                "write one (redis://host:6379/0: Celery's result backend, through which chords "
+                "join, is a Redis; RabbitMQ has none), or unset it to use the broker's Redis."
             )
         if self.metrics_port > 65535:  # the server then failed with OverflowError, logged
             raise ConfigError(f"FLOWKIT_METRICS_PORT is a TCP port, 1 to 65535 (0: off), not "

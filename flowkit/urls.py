@@ -183,10 +183,12 @@ def not_a_cluster(url: str, variable: str) -> None:
     """ConfigError when Celery is handed a ``redis+cluster://`` URL (it has no Cluster
     transport): with a Cluster store, ``variable`` must name a Redis or RabbitMQ of its own."""
     if is_cluster(url):
+        # a result backend is a Redis (RabbitMQ has none): advised amqp://, it failed the worker
+        rabbitmq = "" if variable == "FLOWKIT_RESULT_BACKEND" else " or RabbitMQ (amqp://...)"
         raise ConfigError(
             f"{variable} is the Redis Cluster of FLOWKIT_REDIS_URL ({redacted(url)}), and Celery "
-            f"cannot use a Redis Cluster: set {variable} to a plain Redis (redis://host:port/0) "
-            "or RabbitMQ (amqp://...)."
+            f"cannot use a Redis Cluster: set {variable} to a plain Redis (redis://host:port/0)"
+            f"{rabbitmq}."
         )
 
 

@@ -188,6 +188,32 @@ def test_a_broker_url_that_is_not_one_says_its_form(env, url):
         "unset it to use FLOWKIT_REDIS_URL.")
 
 
+@pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672//", "reddis://h:6379/0",
+                                 "redis//h:6379/0"])
+def test_a_result_backend_that_is_no_redis_says_its_form(env, url):
+    """amqp:// (which the Cluster message advised) and a typo passed: the worker then died
+    at start with Celery's traceback, and `flowkit run` printed one."""
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, "FLOWKIT_RESULT_BACKEND": url})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"flowkit run: FLOWKIT_RESULT_BACKEND={redacted(url)!r} is not a Redis URL; write one "
+        "(redis://host:6379/0: Celery's result backend, through which chords join, is a "
+        "Redis; RabbitMQ has none), or unset it to use the broker's Redis.")
+
+
+def test_a_cluster_store_s_result_backend_is_advised_a_redis_only():
+    """It advised RabbitMQ (amqp://...) for the result backend too, which has none."""
+    from flowkit.errors import ConfigError  # noqa: PLC0415
+    from flowkit.urls import not_a_cluster  # noqa: PLC0415
+
+    with pytest.raises(ConfigError) as said:
+        not_a_cluster("redis+cluster://h:7000", "FLOWKIT_RESULT_BACKEND")
+    assert str(said.value).endswith("set FLOWKIT_RESULT_BACKEND to a plain Redis "
+                                    "(redis://host:port/0).")
+    with pytest.raises(ConfigError, match=r"a plain Redis \(redis://host:port/0\) or RabbitMQ"):
+        not_a_cluster("redis+cluster://h:7000", "FLOWKIT_BROKER_URL")
+
+
 def test_a_setting_that_cannot_work_is_one_line(env):
     result = cli("runs", env={**env, "FLOWKIT_MAX_RESTARTS": "lots"})
     assert result.returncode == 2
