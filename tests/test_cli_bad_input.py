@@ -178,27 +178,26 @@ def test_run_with_the_broker_on_a_missing_database_does_not_say_redis_is_down(en
     assert one_line(result) == db_out_of_range(["run"], "FLOWKIT_BROKER_URL", url)
 
 
-@pytest.mark.parametrize("url", ["redis//host:6379/0", "bogus://host/0"])
-def test_a_broker_url_that_is_not_one_says_its_form(env, url):
-    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, "FLOWKIT_BROKER_URL": url})
-    assert result.returncode == 2
-    assert one_line(result) == (
-        f"flowkit run: FLOWKIT_BROKER_URL={url!r} is not a broker URL; write a Redis one "
-        "(redis://host:6379/0) or RabbitMQ's (amqp://user:password@host:5672/vhost), or "
-        "unset it to use FLOWKIT_REDIS_URL.")
+BROKER_FORM = ("is not a broker URL; write a Redis one (redis://host:6379/0) or RabbitMQ's "
+               "(amqp://user:password@host:5672/vhost), or unset it to use FLOWKIT_REDIS_URL.")
+#: amqp:// (which the Cluster message advised) and a typo passed: the worker then died at
+#: start with Celery's traceback, and `flowkit run` printed one.
+BACKEND_FORM = ("is not a Redis URL; write one (redis://host:6379/0: Celery's result backend, "
+                "through which chords join, is a Redis; RabbitMQ has none), or unset it to use "
+                "the broker's Redis.")
 
 
-@pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672//", "reddis://h:6379/0",
-                                 "redis//h:6379/0"])
-def test_a_result_backend_that_is_no_redis_says_its_form(env, url):
-    """amqp:// (which the Cluster message advised) and a typo passed: the worker then died
-    at start with Celery's traceback, and `flowkit run` printed one."""
-    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, "FLOWKIT_RESULT_BACKEND": url})
+@pytest.mark.parametrize("name, url, form", [
+    ("FLOWKIT_BROKER_URL", "redis//host:6379/0", BROKER_FORM),
+    ("FLOWKIT_BROKER_URL", "bogus://host/0", BROKER_FORM),
+    ("FLOWKIT_RESULT_BACKEND", "amqp://guest:guest@127.0.0.1:5672//", BACKEND_FORM),
+    ("FLOWKIT_RESULT_BACKEND", "reddis://h:6379/0", BACKEND_FORM),
+    ("FLOWKIT_RESULT_BACKEND", "redis//h:6379/0", BACKEND_FORM),
+])
+def test_a_broker_or_result_backend_url_that_is_not_one_says_its_form(env, name, url, form):
+    result = cli("run", "simple", "-i", "n=1", *APP, env={**env, name: url})
     assert result.returncode == 2
-    assert one_line(result) == (
-        f"flowkit run: FLOWKIT_RESULT_BACKEND={redacted(url)!r} is not a Redis URL; write one "
-        "(redis://host:6379/0: Celery's result backend, through which chords join, is a "
-        "Redis; RabbitMQ has none), or unset it to use the broker's Redis.")
+    assert one_line(result) == f"flowkit run: {name}={redacted(url)!r} {form}"
 
 
 def test_a_cluster_store_s_result_backend_is_advised_a_redis_only():
