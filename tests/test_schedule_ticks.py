@@ -46,13 +46,16 @@ def test_a_fixed_hour_in_the_repeated_hour_runs_once_that_night():
 @pytest.mark.parametrize("weekday, days", [
     ("7", ["Sun", "Sun", "Sun"]), ("0", ["Sun", "Sun", "Sun"]),
     ("5-7", ["Fri", "Sat", "Sun"]), ("1-7", ["Mon", "Tue", "Wed"]),
-    ("3,7", ["Wed", "Sun", "Wed"])])
+    ("3,7", ["Wed", "Sun", "Wed"]),
+    # stepped and one-day ranges up to 7 were still refused
+    ("1-7/2", ["Mon", "Wed", "Fri", "Sun", "Mon"]), ("5-7/2", ["Fri", "Sun", "Fri"]),
+    ("7-7", ["Sun", "Sun", "Sun"])])
 def test_sunday_is_7_as_well_as_0_as_cron_has_it(weekday, days):
     """Celery's crontab refused 7 ("Invalid end range: 7 > 6"), so `0 9 * * 1-7` or
     `--cron '0 9 * * 7'` was refused with a message about a range it did not have."""
     definition, seen = {"cron": f"0 9 * * {weekday}", "timezone": "UTC"}, []
     t = datetime(2027, 1, 4, tzinfo=UTC).timestamp()  # a Monday, at midnight
-    for _ in range(3):
+    for _ in days:
         t = next_tick(definition, t)
         seen.append(datetime.fromtimestamp(t, UTC).strftime("%a"))
     assert seen == days

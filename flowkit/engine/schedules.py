@@ -66,13 +66,16 @@ def next_tick(definition: dict[str, Any], after: float) -> float:
 
 def _sunday_as_0(weekday: str) -> str:
     """The weekday field as Celery's ``crontab`` reads it: cron also calls Sunday 7
-    (``0 9 * * 7``, ``1-7``, ``5-7``), which Celery refused ("Invalid end range: 7 > 6")."""
+    (``0 9 * * 7``, ``1-7``, ``5-7``, ``1-7/2``, ``7-7``), which Celery refused ("Invalid end
+    range: 7 > 6"): a range up to 7 is written out day by day, Sunday as 0."""
     parts = []
     for part in weekday.split(","):
         if part == "7":
             part = "0"
-        elif re.fullmatch(r"[0-6]-7", part):  # up to Sunday: to Saturday, and Sunday
-            part = f"{part[0]}-6,0"
+        elif ranged := re.fullmatch(r"([0-7])-7(?:/([0-9]+))?", part):
+            first, step = int(ranged[1]), int(ranged[2] or 1)
+            days = sorted({day % 7 for day in range(first, 8, step)}) if step else []
+            part = ",".join(map(str, days)) or part  # a step of 0: Celery's own refusal
         parts.append(part)
     return ",".join(parts)
 
