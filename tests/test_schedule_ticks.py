@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -99,3 +99,18 @@ def test_a_schedule_west_of_utc_ticks_on_the_first_days_of_each_month(cron, tz):
             first = next(t for t in expected if t > after)
             assert next_tick({"cron": cron, "timezone": tz}, after) == first, (
                 datetime.fromtimestamp(after, zone))
+
+
+@pytest.mark.parametrize("tz, fall_back", [
+    ("America/St_Johns", datetime(2026, 11, 1, 4, 30, tzinfo=UTC)),  # 02:00 NDT -> 01:00 NST
+    ("Australia/Adelaide", datetime(2026, 4, 4, 16, 30, tzinfo=UTC)),  # 03:00 ACDT -> 02:00
+    ("Pacific/Chatham", datetime(2026, 4, 4, 14, 0, tzinfo=UTC)),  # 03:45 -> 02:45
+])
+def test_every_quarter_hour_ticks_through_the_repeated_hour_off_the_whole_hour(tz, fall_back):
+    """The repeated hour was looked for at whole UTC hours only: half or three quarters of
+    an hour off UTC, `*/15` lost the first ticks of the repeated hour's second pass."""
+    start = fall_back - timedelta(hours=2)
+    first = int(start.timestamp()) // 900 * 900 + 900
+    every_quarter = [datetime.fromtimestamp(first + 900 * i, UTC).strftime("%d %H:%M")
+                     for i in range(16)]
+    assert ticks("*/15 * * * *", start, 16, tz) == every_quarter

@@ -29,6 +29,8 @@ from ..store import Store, get_store
 from ..workflow import get_workflow, workflows
 
 log = logging.getLogger(__name__)
+#: Every zone's offset from UTC is a whole number of quarter hours (seconds).
+QUARTER = 900
 #: A tick this late (seconds) still fires; an older one was missed.
 GRACE = 60.0
 #: What a stored definition this process cannot read raises when its next tick is asked: a
@@ -89,17 +91,20 @@ def _repeated_hour_tick(cron: crontab, tz: Any, after: float, tick: float) -> fl
     """The first tick after ``after`` and before ``tick`` in an hour that daylight saving's
     end repeats, which Celery's wall-clock arithmetic skips: ``0 * * * *`` went two real hours
     without a run, ``*/30`` lost two ticks. As cron does, only a line whose hour is a
-    wildcard ticks in the repeated hour; ``30 2 * * *`` runs once that night."""
-    hour = int(after // 3600) * 3600
-    while hour < tick:  # an hour at a time: only a repeated hour's minutes are looked at
-        if datetime.fromtimestamp(hour, tz).fold:
-            for t in range(max(hour, int(after // 60) * 60 + 60), min(hour + 3600, int(tick)), 60):
+    wildcard ticks in the repeated hour; ``30 2 * * *`` runs once that night. A quarter of an
+    hour at a time: in a zone half (St John's) or three quarters (Chatham) of an hour off UTC,
+    the repeated hour begins within a UTC hour, whose start looked at alone is not in it."""
+    quarter = int(after // QUARTER) * QUARTER
+    while quarter < tick:  # only a repeated hour's minutes are looked at
+        if datetime.fromtimestamp(quarter, tz).fold:
+            for t in range(max(quarter, int(after // 60) * 60 + 60),
+                           min(quarter + QUARTER, int(tick)), 60):
                 local = datetime.fromtimestamp(t, tz)
                 if (local.minute in cron.minute and local.hour in cron.hour
                         and local.day in cron.day_of_month and local.month in cron.month_of_year
                         and local.isoweekday() % 7 in cron.day_of_week):
                     return float(t)
-        hour += 3600
+        quarter += QUARTER
     return None
 
 
