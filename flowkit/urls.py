@@ -58,7 +58,12 @@ class SentinelURL:
         except ValueError:
             raise ConfigError(f"{redacted(url)}: the database after the service name must be a "
                               f"number: {_FORM}.") from None
-        options = parse_qs(query)
+        options = parse_qs(query, keep_blank_values=True)
+        unknown = sorted(set(options) - {"sentinel_password"})
+        if unknown:  # dropped unsaid: ?ssl=true connected in plain text, a typo went unseen
+            raise ConfigError(
+                f"{redacted(url.partition('?')[0])}: a Sentinel URL takes no ?{unknown[0]}=, only "
+                f"?sentinel_password= (TLS through sentinels is not supported): {_FORM}.")
         sentinel_password = options.get("sentinel_password", [None])[0]
         return cls(hosts, unquote(parts[0]), db, username, password, sentinel_password)
 
@@ -101,9 +106,9 @@ def _host(part: str, url: str, form: str = _FORM, default_port: int = 26379) -> 
 #: URL's ``sentinel_password`` (their names percent-decoded, as the clients read them).
 _SECRETS = frozenset({"password", "sentinel_password"})
 _QUERY_PARAM = re.compile(r"([?&])([^=&]*)=([^&]*)")
-#: Where Celery's Sentinel form joins one URL per sentinel (``sentinel://a;sentinel://b``).
 #: A scheme mistyped (``redis//``, ``redis:/``, ``amqp//``): shown, it says what is wrong.
 _MISTYPED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:?/+:?")
+#: Where Celery's Sentinel form joins one URL per sentinel (``sentinel://a;sentinel://b``).
 _NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 

@@ -200,6 +200,24 @@ def test_a_broker_or_result_backend_url_that_is_not_one_says_its_form(env, name,
     assert one_line(result) == f"flowkit run: {name}={redacted(url)!r} {form}"
 
 
+@pytest.mark.parametrize("query, named", [
+    ("sentinel_password=spw&ssl=true&ssl_cert_reqs=required", "ssl"),
+    ("sentinel_pasword=spw", "sentinel_pasword"),
+])
+def test_a_sentinel_url_s_option_it_does_not_take_is_refused_not_dropped(env, query, named):
+    """Every option but sentinel_password was dropped unsaid: ?ssl=true connected in plain
+    text, and a misspelt sentinel_password was ignored (and shown in clear)."""
+    url = f"redis+sentinel://:pw@127.0.0.1:26379/flowkit/0?{query}"
+    result = cli("runs", env={**env, "FLOWKIT_REDIS_URL": url})
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"flowkit runs: redis+sentinel://***@127.0.0.1:26379/flowkit/0: a Sentinel URL takes no "
+        f"?{named}=, only ?sentinel_password= (TLS through sentinels is not supported): "
+        "redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]"
+        "[?sentinel_password=...].")
+    assert "spw" not in result.stderr
+
+
 def test_a_cluster_store_s_result_backend_is_advised_a_redis_only():
     """It advised RabbitMQ (amqp://...) for the result backend too, which has none."""
     from flowkit.errors import ConfigError  # noqa: PLC0415
