@@ -262,3 +262,9 @@ SENTINELS_REFUSED = ("the sentinels of {url} refused their credentials ({why}): 
 NO_PRIMARY = ("the sentinels of {url} name no primary of that service that is up: check the "
               "service name in FLOWKIT_REDIS_URL (redis-cli -p 26379 SENTINEL MASTERS lists "
               "those they monitor), or wait for a failover to end.")
+
+#: What to say when the servers ``url`` names as sentinels are Redis servers (the data's
+#: port written for the sentinels': 6379 for 26379): it was said as a wrong service name.
+NOT_SENTINELS = ("the servers of {url} answered as no sentinel does (they know no SENTINEL "
+                 "command): list the sentinels' addresses in FLOWKIT_REDIS_URL (port 26379 by "
+                 "default), not the Redis servers'.")

@@ -579,6 +579,18 @@ def test_a_sentinel_service_name_the_sentinels_do_not_monitor_says_so(env, tmp_p
         sentinel.wait(10)
 
 
+def test_a_sentinel_url_that_names_a_redis_server_says_it_is_no_sentinel(env, redis_server):
+    """The data's port written for the sentinels' (6379 for 26379) was said as a service
+    name to check."""
+    url = f"redis+sentinel://127.0.0.1:{redis_server.port}/flowkit/0"
+    result = cli("runs", env={**env, "FLOWKIT_REDIS_URL": url, "FLOWKIT_REDIS_RETRY_SECONDS": "1"})
+    assert result.returncode == 1
+    assert one_line(result) == (
+        f"flowkit runs: the servers of {url} answered as no sentinel does (they know no "
+        "SENTINEL command): list the sentinels' addresses in FLOWKIT_REDIS_URL (port 26379 by "
+        "default), not the Redis servers'.")
+
+
 def test_sentinels_none_of_which_answers_are_said_to_be_unreachable(env):
     """redis-py says "no master found" when no sentinel could be reached either, which read
     "check the service name" for sentinels that were down."""

@@ -20,9 +20,10 @@ from ..store import (
     no_primary,
     refused_credentials,
     refused_database,
+    said_no_primary,
     sentinels_refused,
 )
-from ..urls import NO_PRIMARY, SENTINELS_REFUSED, reached, redacted
+from ..urls import SENTINELS_REFUSED, reached, redacted
 from ..version import __version__
 from . import dev, doctor, listing, run, runs, schedules, trace, workers
 from .render import writes_unicode
@@ -146,7 +147,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if why is not None:  # no outage: waiting would not help
             return _usage(where, SENTINELS_REFUSED.format(url=url, why=why))
         if no_primary(exc, settings.redis_url):
-            print(f"flowkit {where}: {NO_PRIMARY.format(url=url)}", file=sys.stderr)
+            print(f"flowkit {where}: {said_no_primary(exc, settings.redis_url)}", file=sys.stderr)
             return 1
         tls = (" (rediss:// speaks TLS: if that Redis serves plain connections, write "
                "redis://)" if settings.redis_url.startswith("rediss://") else "")

@@ -33,10 +33,17 @@ import kombu.exceptions
 from ..component import registered
 from ..config import is_amqp, variables
 from ..errors import ConfigError, StoreUnavailable
-from ..store import HANDED_OVER, Store, get_store, no_primary, sentinels_refused
+from ..store import (
+    HANDED_OVER,
+    Store,
+    get_store,
+    no_primary,
+    said_no_primary,
+    sentinels_refused,
+)
 from ..store.connection import CLUSTER_NODE, NOT_REDIS
 from ..store.server import probe
-from ..urls import NO_PRIMARY, SENTINELS_REFUSED, is_cluster, reached, redacted
+from ..urls import SENTINELS_REFUSED, is_cluster, reached, redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
@@ -134,7 +141,7 @@ def startup_findings(redis_url: str) -> list[Finding]:
         if why is not None:
             raise ConfigError(SENTINELS_REFUSED.format(url=redacted(redis_url), why=why)) from None
         if no_primary(exc, redis_url):
-            what, _, fix = NO_PRIMARY.format(url=redacted(redis_url)).partition(": ")
+            what, _, fix = said_no_primary(exc, redis_url).partition(": ")
             return [Finding("redis", WARNING, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]
         return [Finding("redis", WARNING, f"Redis at {reached(redis_url)} does not answer yet; "
@@ -171,7 +178,7 @@ def examine(
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]
         if no_primary(exc, url):
-            what, _, fix = NO_PRIMARY.format(url=redacted(url)).partition(": ")
+            what, _, fix = said_no_primary(exc, url).partition(": ")
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]
         return [Finding("redis", FAILURE, f"Redis at {reached(url)} does not answer.",

@@ -18,6 +18,7 @@ from .connection import (
     no_primary,
     refused_credentials,
     refused_database,
+    said_no_primary,
     sentinels_refused,
 )
 from .store import HANDED_OVER, SPENT, Begin, BrokerMessages, Ended, Store
@@ -25,7 +26,7 @@ from .streams import EndWatch, Entry, StreamReader
 
 __all__ = ["HANDED_OVER", "SPENT", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store",
            "is_redis_url", "lost_connection", "no_primary", "refused_credentials", "sentinels_refused",
-           "refused_database"]
+           "refused_database", "said_no_primary"]
 
 _stores: dict[float | None, Store] = {}
 _made_for: tuple[int, object] | None = None

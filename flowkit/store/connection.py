@@ -35,7 +35,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnect
 
 from ..config import Settings
 from ..errors import ConfigError, StoreUnavailable
-from ..urls import ClusterURL, SentinelURL
+from ..urls import NO_PRIMARY, NOT_SENTINELS, ClusterURL, SentinelURL, redacted
 from . import failover
 
 #: redis-py's errors that mean "Redis is unreachable" (not a bad command).
@@ -209,6 +209,15 @@ def no_primary(exc: BaseException, url: str) -> bool:
     nor when none of them answered (an outage, said as one)."""
     return (any(isinstance(cause, MasterNotFoundError) for cause in _chain(exc))
             and sentinels_refused(exc) is None and not _sentinels_unreachable(exc, url))
+
+
+def said_no_primary(exc: BaseException, url: str) -> str:
+    """What to say when :func:`no_primary`: that the URL names Redis servers, not sentinels,
+    when they said so (each refused SENTINEL as an unknown command), else NO_PRIMARY."""
+    refusals = [str(cause) for cause in _chain(exc) if isinstance(cause, MasterNotFoundError)]
+    said = NOT_SENTINELS if any("unknown command 'SENTINEL'" in text for text in refusals) \
+        else NO_PRIMARY
+    return said.format(url=redacted(url))
 
 
 def _sentinels_unreachable(exc: BaseException, url: str) -> bool:
