@@ -181,6 +181,12 @@ def examine(
             what, _, fix = said_no_primary(exc, url).partition(": ")
             return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
                             fix[0].upper() + fix[1:])]
+        if is_cluster(url):  # a node down, its replica not yet promoted: "start it" misled
+            return [Finding("redis", FAILURE, f"The Redis Cluster at {redacted(url)}, or one of "
+                            f"its nodes, does not answer ({exc.__cause__ or exc}).",
+                            "Start the node that is down, or wait for its replica to take over "
+                            "(redis-cli --cluster check HOST:PORT lists the nodes and their "
+                            "slots).")]
         return [Finding("redis", FAILURE, f"Redis at {reached(url)} does not answer.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
     except ConfigError as exc:  # refused credentials, or no Redis: the store's one-line error

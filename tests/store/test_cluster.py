@@ -240,3 +240,20 @@ def test_a_worker_given_a_plain_url_at_a_cluster_node_refuses_to_start_saying_th
                      "Redis Cluster (it answered MOVED): write it as redis+cluster://host:port "
                      "(every node is found from one)."]
     assert "Traceback" not in result.stderr
+
+
+def test_the_doctor_says_a_cluster_node_is_down_not_to_start_the_cluster(flowkit_env):
+    """A primary killed, its replica not yet promoted, the URL's first node answering: the
+    doctor said "Redis at redis+cluster://... does not answer. Start it"."""
+    from flowkit.engine.doctor import examine  # noqa: PLC0415
+    from flowkit.store.store import Store  # noqa: PLC0415
+    from flowkit.testing.cluster import LocalCluster  # noqa: PLC0415
+
+    with LocalCluster(3) as down:
+        down.kill(down.ports[2])
+        store = Store(config.get_settings().replace(redis_url=down.url, redis_retry_seconds=0))
+        [finding] = examine(None, "flowkit", None, store=store)
+    assert finding.level == "failure"
+    assert finding.message.startswith(f"The Redis Cluster at {down.url}, or one of its nodes, "
+                                      "does not answer (")
+    assert finding.fix.startswith("Start the node that is down, or wait for its replica")
