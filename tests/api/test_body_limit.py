@@ -1,5 +1,6 @@
 """The body limit holds however a request is framed: a chunked body over
-FLOWKIT_API_MAX_BODY_BYTES gets 413 and creates nothing, and the connection goes on."""
+FLOWKIT_API_MAX_BODY_BYTES gets 413 and creates nothing, and the connection goes on; a body
+cut short (chunked, or of its Content-Length) is 400 and does nothing."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import socket
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 import flowkit
+from tests import workflows as wf
 from tests.api.conftest import API_KEY
 from tests.api.helpers import Gunicorn
+from tests.test_waits import paused
 
 LIMIT = 64 * 1024  # the api fixture's FLOWKIT_API_MAX_BODY_BYTES
 
@@ -181,3 +185,42 @@ def test_a_body_declared_and_not_sent_does_not_hold_the_answer(server_url, path)
         sock.settimeout(5)
         answer = sock.recv(4096)
     assert answer.startswith((b"HTTP/1.1 401", b"HTTP/1.1 413")), answer[:200]
+
+
+def cut_short_post(url: str, path: str, declared: int, sent: bytes) -> tuple[int, dict]:
+    """POST ``sent`` under a Content-Length of ``declared`` bytes, then end the sending side
+    (what the kernel does for a client killed or cut off mid-upload) and read the answer."""
+    host = urlsplit(url)
+    with socket.create_connection((host.hostname, host.port), timeout=20) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host.netloc}\r\nAuthorization: Bearer "
+                     f"{API_KEY}\r\nContent-Type: application/json\r\nContent-Length: "
+                     f"{declared}\r\n\r\n".encode() + sent)
+        sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def test_an_event_cut_short_of_its_length_is_400_and_delivers_nothing(server_url, store):
+    """What arrived of a body cut short was read as the whole body when it parsed: an event
+    meant to carry 12345 woke the waiting run with 12."""
+    key = f"payment:cut-{urlsplit(server_url).port}"
+    run = wf.payment.start({"order": key.partition(":")[2]})
+    paused(run)
+    status, answer = cut_short_post(server_url, f"/events/{key}", 5, b"12")  # meant: 12345
+    assert status == 400 and answer["error"]["code"] == "bad_request"
+    assert "ended after 2 of its 5 bytes (Content-Length)" in answer["error"]["message"]
+    assert flowkit.get_run(run.id).state == "waiting"
+    with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=20) as client:  # the client sends it again, whole
+        sent = client.post(f"/events/{key}", json=12345)
+    assert sent.status_code == 202 and sent.json() == {"woken": 1}
+    assert run.result(20)["paid"] == 12345
+
+
+def test_a_start_cut_short_of_its_length_is_400_and_starts_nothing(server_url, store):
+    before = runs_of("simple")
+    status, answer = cut_short_post(server_url, "/workflows/simple/runs", 100, b'{"n": 1}')
+    assert status == 400 and answer["error"]["code"] == "bad_request"
+    assert "ended after 8 of its 100 bytes (Content-Length)" in answer["error"]["message"]
+    assert runs_of("simple") == before
