@@ -60,14 +60,25 @@ keepalive = 5
 accesslog = "-" if os.environ.get("FLOWKIT_WEB_ACCESS_LOG") else None
 
 #: A run token in a query string (browsers' EventSource and WebSocket send it there),
-#: also as the Referer of what a page with one in its URL asks for; its name may come
-#: percent-encoded (``tok%65n=`` is ``token=`` to Flask, and authenticates).
-_TOKEN = re.compile(r"([?&](?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&\s]*",
-                    re.IGNORECASE)
+#: also as the Referer of what a page with one in its URL asks for: the value of any
+#: parameter whose name holds ``token``, however spelled. Its name may come
+#: percent-encoded (``tok%65n=`` is ``token=`` to Flask, and authenticates); one after a
+#: ``;`` (the old W3C separator), or with more to its name (``token[]=``, ``token%00=``),
+#: is refused, but the token in it is valid all the same.
+_TOKEN_PARAM = re.compile(
+    r"([?&;][^=&;\s]*(?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)[^=&;\s]*=)[^&;\s]*",
+    re.IGNORECASE)
+#: A run token under any other name, or none: itsdangerous's base64url JSON (``{"`` is
+#: ``eyJ``), timestamp and signature, joined by dots (maybe percent-encoded).
+_TOKEN_VALUE = re.compile(r"eyJ[\w-]*(?:\.|%2[eE])[\w-]+(?:\.|%2[eE])[\w-]{20,}", re.ASCII)
+
+
+def _redacted(text: str) -> str:
+    return _TOKEN_VALUE.sub("***", _TOKEN_PARAM.sub(r"\1***", text))
 
 
 class TokenRedactingLogger(Statsd):
-    """Access log lines with ``?token=`` blanked wherever the format puts a URL (request
+    """Access log lines with run tokens blanked wherever the format puts a URL (request
     line, query string, Referer, any header or environ atom): a run token reads its run for
     a day, and logs are kept longer and read by more people than the run.
 
@@ -82,7 +93,7 @@ class TokenRedactingLogger(Statsd):
         atoms = super().atoms(resp, req, environ, request_time)
         for name, value in atoms.items():
             if isinstance(value, str):
-                atoms[name] = _TOKEN.sub(r"\1***", value)
+                atoms[name] = _redacted(value)
         return atoms
 
     def _sock_send(self, msg: Any) -> None:

@@ -107,6 +107,26 @@ def test_the_access_log_blanks_a_token_whose_name_is_percent_encoded(gunicorn_we
     assert run["token"] not in gunicorn_web.log_path.read_text()
 
 
+def test_the_access_log_blanks_a_token_under_any_name_flask_does_not_read(gunicorn_web, store):
+    """A run token after a ``;``, as ``token[]=``, ``token%00=`` or under another name is
+    refused (Flask reads no ``token`` there), but the token is valid: the log kept it whole."""
+    url = gunicorn_web.url
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer deploy-key"}) as c:
+        run = start(c, "simple", {"n": 1}, params={"wait": 10})
+    host, port = url.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    queries = ["x=1;token=", "token[]=", "token%00=", "t="]
+    for query in queries:
+        conn.request("GET", f"/runs/{run['id']}?{query}{run['token']}")
+        response = conn.getresponse()
+        assert response.status == 401 and response.read()
+    conn.close()
+    lines = [f"GET /runs/{run['id']}?{query}*** HTTP/1.1" for query in queries]
+    wait_until(lambda: all(line in gunicorn_web.log_path.read_text() for line in lines),
+               message=str(lines))
+    assert run["token"] not in gunicorn_web.log_path.read_text()
+
+
 def test_the_packaged_config_keeps_gunicorns_statsd_metrics(flowkit_env, worker, tmp_path):
     """Its own logger class turned off the statsd logger gunicorn picks by itself."""
     import socket
