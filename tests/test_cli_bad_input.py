@@ -328,6 +328,35 @@ def test_nan_and_infinity_are_refused_as_not_json_in_one_line(env, args, says):
     assert flowkit.list_runs() == []
 
 
+LONE = '{"n": 1, "s": "\\ud800"}'  # JSON, but of no text: UTF-8 has no lone surrogate
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "pacing", "--detach", "--input", LONE, *APP], "flowkit run: --input is not JSON (\\ud800 is "
+                                               "half of a surrogate pair"),
+    (["run", "pacing", "--detach", "-i", "n=1", "-i", 's:="\\udfff"', *APP],
+     "flowkit run: -i s:=\"\\udfff\": the value after := must be JSON (\\udfff is half"),
+    (["event", "key", LONE], "flowkit event: the data must be JSON (\\ud800 is half"),
+    (["input", "01X", "approval", '["\\udc00"]'], "flowkit input: the value must be JSON "
+                                                  "(\\udc00 is half"),
+    (["schedules", "create", "pacing", "--every", "60", "--input", LONE, *APP],
+     "flowkit schedules create: --input must be JSON (\\ud800 is half"),
+    # not an escape: bytes of the command line that are not UTF-8 (Python reads 0xff as
+    # \udcff), in JSON or in a -i key=value string
+    (["run", "pacing", "--detach", "--input", '{"n": 1, "s": "\udcff"}', *APP],
+     "flowkit run: --input is not JSON (it holds the byte 0xff, which is not UTF-8"),
+    (["run", "pacing", "--detach", "-i", "n=1", "-i", "s=caf\udce9", *APP],
+     "flowkit run: -i s=caf\\udce9: it holds the byte 0xe9, which is not UTF-8"),
+])
+def test_json_of_a_lone_surrogate_is_refused_in_one_line_as_the_api_refuses_it(env, args, says):
+    """The API refuses it (400 invalid_json); the CLI ended in a traceback: locally a
+    TypeError from storing it, over --url httpx's UnicodeEncodeError (test_cli_remote.py)."""
+    result = cli(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert one_line(result).startswith(says)
+    assert flowkit.list_runs() == [] and flowkit.schedules.list() == []
+
+
 @pytest.mark.parametrize("args, says", [
     (["input", "01X", "k" * 100_000, "1"], "flowkit input: An input's name is 1 to 200 "
                                            "characters without '/', not 100000 characters."),

@@ -42,7 +42,7 @@ from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RECONNECT_SECONDS, RECONNECT_TRIES, RemoteRuns
 from .runs import event_cursor
-from .usage import UsageError, field_texts, input_text, parse_json
+from .usage import UsageError, field_texts, input_text, parse_json, utf8_text
 
 #: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_DETACHED = 0, 1, 130
@@ -156,6 +156,11 @@ _SCALAR = re.compile(r"true|false|null|-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-
 
 
 def _item(item: str) -> tuple[str, Any]:
+    try:  # a key or string as it came, in bytes of the command line that may not be UTF-8
+        utf8_text(item, item)  # (an escape after := is JSON's: parse_json says so)
+    except ValueError as exc:
+        shown = item.encode("utf-8", "backslashreplace").decode()
+        raise UsageError(f"-i {shown}: {exc}.") from None
     eq = item.find("=")
     if eq <= 0:
         raise UsageError(f"-i {item}: write key=value, or key:=json for any JSON value.")

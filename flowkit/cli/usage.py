@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -59,10 +60,10 @@ def seconds(text: str) -> float:
 
 def parse_json(text: str) -> Any:
     """JSON as the API reads it (:func:`flowkit.serialization.strict_loads`: no NaN or
-    Infinity); ValueError saying why for any JSON the CLI cannot take, nested deeper than
-    Python's recursion limit included."""
+    Infinity, no lone surrogate); ValueError saying why for any JSON the CLI cannot take,
+    nested deeper than Python's recursion limit included."""
     try:
-        return strict_loads(text)
+        value = strict_loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except ValueError as exc:
@@ -71,6 +72,26 @@ def parse_json(text: str) -> Any:
         if exc.args[:1] == (TOO_LONG,):
             raise ValueError(f"{exc.args[1]}: pass it as a string") from None
         raise
+    return utf8_text(value, text)
+
+
+def utf8_text(value: Any, given: str) -> Any:
+    """``value`` (read from the text ``given``) when UTF-8 can carry all its text, as JSON
+    must to be sent or stored; else ValueError saying which character cannot: a
+    ``\\ud800`` escape (half of a surrogate pair), which the JSON parser passes, or a byte
+    of the command line that is not UTF-8, which Python reads as one (0xff as U+DCFF).
+    The API refuses either (400 invalid_json); the CLI ended in a traceback, from httpx
+    over --url and from storing it locally."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start]
+        if 0xDC80 <= ord(bad) <= 0xDCFF and bad in given:  # not an escape: the byte itself
+            raise ValueError(f"it holds the byte 0x{ord(bad) - 0xDC00:x}, which is not "
+                             "UTF-8: give the text in UTF-8") from None
+        raise ValueError(f"\\u{ord(bad):04x} is half of a surrogate pair, no character: "
+                         "write the character itself, or both halves (\\ud83d\\ude00)") from None
+    return value
 
 
 def input_text(given: str) -> str:

@@ -242,6 +242,17 @@ def test_http_errors_are_one_line(api, env):
         assert "Traceback" not in result.stderr
 
 
+def test_json_of_a_lone_surrogate_is_refused_in_one_line_before_any_request(api, env):
+    """httpx could not encode the body: a 44-line UnicodeEncodeError traceback."""
+    for given in (["--input", '{"n": 1, "s": "\\ud800"}'], ["-i", "n=1", "-i", 's:="\\udfff"']):
+        result = cli("run", "pacing", "--detach", *given, "--url", api.url, "--api-key", API_KEY,
+                     env=env)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+        assert "is half of a surrogate pair" in result.stderr
+    assert flowkit.list_runs() == []
+
+
 @pytest.mark.long  # waits out the 5 s given to a web app restarting: beside the rest
 def test_a_web_app_that_stays_down_is_one_line_too(env):
     down = cli("follow", "01X", "--url", "http://127.0.0.1:9", "--api-key", API_KEY, env=env)
