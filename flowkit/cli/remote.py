@@ -10,6 +10,7 @@ browser does.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -44,6 +45,27 @@ def _bad_url(url: str, why: str) -> UsageError:
                       "https://app.example.com/flowkit or http://127.0.0.1:8000")
 
 
+def _host_problem(host: str) -> str | None:
+    """Why DNS cannot spell ``host``, if it cannot: a doubled dot or a label over 63
+    characters ended in a traceback from the socket layer's idna codec at the first
+    request (an IP address has no labels to check)."""
+    if ":" in host or re.fullmatch(r"[0-9.]+", host):  # an IPv6 or IPv4 address
+        return None
+    for label in host.removesuffix(".").split("."):  # "example.com." is absolute, not empty
+        if not label:
+            return f"its host {host!r} has an empty label (two dots in a row?)"
+        if len(label) > 63:
+            return f"its host has a label of {len(label)} characters (DNS allows 63)"
+    return None
+
+
+def _port_problem(port: int | None) -> str | None:
+    # 99999 was tried as a server that refuses connections, waited for 5 s
+    if port is not None and not 0 < port < 65536:
+        return f"its port {port} is not 1-65535"
+    return None
+
+
 class Unavailable(FlowkitError):
     """The server answered 502, 503 or 504: Redis away, the process restarting, a proxy with
     no upstream. A follower waits and reconnects (it quit, exit 1, while its run went on)."""
@@ -57,10 +79,16 @@ class RemoteRuns:
         self.url = url.rstrip("/")
         try:
             parsed = httpx.URL(self.url)
+            host = parsed.host  # decoded here: a label "xn--zz" is no punycode (IDNAError)
         except httpx.InvalidURL as exc:  # "http://[::1", a port "abc"
             raise _bad_url(url, str(exc)) from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        except UnicodeError as exc:  # idna's IDNAError, raised through every request after
+            raise _bad_url(url, f"its host is not a DNS name: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not host:
             raise _bad_url(url, "not an http:// or https:// URL with a host")
+        why = _host_problem(parsed.raw_host.decode("ascii")) or _port_problem(parsed.port)
+        if why:
+            raise _bad_url(url, why)
         if credential is not None and not (credential.isascii() and credential.isprintable()):
             # an HTTP header is ASCII: a smart quote, a non-breaking space or a newline
             # pasted with the key ended in a UnicodeEncodeError, or an "unreachable" server

@@ -507,10 +507,18 @@ def test_an_event_stream_that_is_not_flowkit_s_says_so_at_once(env, foreign_stre
 @pytest.mark.parametrize("url, why", [
     ("http://[::1", "Invalid port"), ("http://127.0.0.1:abc", "Invalid port"),
     ("notaurl", "not an http:// or https:// URL with a host"),
-    ("ftp://files.example.com", "not an http:// or https:// URL with a host")])
+    ("ftp://files.example.com", "not an http:// or https:// URL with a host"),
+    ("http://app..example.com", "its host 'app..example.com' has an empty label (two dots "
+                                "in a row?)"),
+    ("http://.example.com/flowkit", "its host '.example.com' has an empty label"),
+    (f"http://{'a' * 64}.example.com", "its host has a label of 64 characters (DNS allows 63)"),
+    ("http://xn--zz", "its host is not a DNS name: Invalid A-label"),
+    ("http://127.0.0.1:99999", "its port 99999 is not 1-65535")])
 def test_a_url_that_is_not_one_is_a_usage_error(env, url, why):
     """A malformed --url ended in httpx's InvalidURL traceback, or was said to be a server
-    that could not be reached (exit 1)."""
+    that could not be reached (exit 1); a host DNS cannot spell (a doubled dot, a label
+    over 63 characters, an "xn--" label that is no punycode) was a 66-line traceback from
+    the idna codec, and a port past 65535 was waited for as a server refusing connections."""
     for given in (["--url", url], []):
         result = subprocess.run(
             [sys.executable, "-m", "flowkit.cli", "follow", "01X", *given, "--api-key",
