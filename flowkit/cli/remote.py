@@ -5,6 +5,12 @@ with the API's own answers turned into the CLI's errors: a 422's field messages,
 401's "send an API key", an unreachable server's "is it running?". Events are followed
 over SSE (httpx-sse), resumed from the last event id when the connection drops, as a
 browser does.
+
+Every message shows the URL redacted (``flowkit.urls.redacted``): a password in it
+(``user:pw@``, ``?password=``) would stay in a terminal's scrollback and a CI log. A user
+and password in the URL are sent as Basic auth, for an app whose ``authorize`` reads them
+(or a proxy in front of it); beside an API key or run token they are refused, as both go
+in the one Authorization header and httpx let the URL's replace the key, unsaid.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from httpx_sse import connect_sse
 
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
 from ..events import START, TERMINAL
+from ..urls import redacted
 from .usage import UsageError
 
 #: Seconds a dropped event stream waits before it reconnects (the server restarted, a
@@ -39,7 +46,7 @@ _NO_ROUTE = "The requested URL was not found"
 
 
 def _bad_url(url: str, why: str) -> UsageError:
-    shown = repr(url) if len(url) <= 200 else f"of {len(url)} characters"
+    shown = repr(redacted(url)) if len(url) <= 200 else f"of {len(url)} characters"
     return UsageError(f"--url (or FLOWKIT_URL) {shown} is not a URL flowkit can reach "
                       f"({why}): give where your app mounts flowkit's blueprint, e.g. "
                       "https://app.example.com/flowkit or http://127.0.0.1:8000")
@@ -77,6 +84,7 @@ class RemoteRuns:
 
     def __init__(self, url: str, credential: str | None) -> None:
         self.url = url.rstrip("/")
+        self.shown = redacted(self.url)  # what messages say: no password in a CI log
         try:
             parsed = httpx.URL(self.url)
             host = parsed.host  # decoded here: a label "xn--zz" is no punycode (IDNAError)
@@ -96,6 +104,12 @@ class RemoteRuns:
             raise UsageError("The API key or run token holds a character an HTTP header "
                              "cannot (a smart quote, a non-breaking space, a line break, "
                              "pasted with it?): give it as printable ASCII text.")
+        if parsed.userinfo and credential:
+            raise UsageError(
+                f"--url (or FLOWKIT_URL) {self.shown} holds a user and password, which would "
+                "be sent as Basic auth in place of the API key or run token (both go in the "
+                "Authorization header): drop them from --url, and give the key with "
+                "--api-key or FLOWKIT_API_KEY.")
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
@@ -160,7 +174,7 @@ class RemoteRuns:
             except (httpx.TransportError, Unavailable) as exc:
                 tries += 1
                 if tries > RECONNECT_TRIES:
-                    raise FlowkitError(f"lost the event stream of run {run_id} at {self.url} "
+                    raise FlowkitError(f"lost the event stream of run {run_id} at {self.shown} "
                                        f"({exc}); follow it again later with --after "
                                        f"{cursor}.") from None
                 if tries == 1:  # once per outage: it was silent until it gave up
@@ -194,7 +208,7 @@ class RemoteRuns:
                     raise self._unreachable(exc) from None
                 if not said:
                     said = True
-                    print(f"flowkit: {self.url} refuses connections ({exc}); waiting up to "
+                    print(f"flowkit: {self.shown} refuses connections ({exc}); waiting up to "
                           f"{CONNECT_WAIT_SECONDS:g} s for it (a web app restarting) ...",
                           file=sys.stderr, flush=True)
                 time.sleep(0.2)
@@ -220,11 +234,11 @@ class RemoteRuns:
         return event
 
     def _unreachable(self, exc: Exception) -> FlowkitError:
-        return FlowkitError(f"cannot reach {self.url} ({exc}); is the web app running, "
+        return FlowkitError(f"cannot reach {self.shown} ({exc}); is the web app running, "
                             "and is --url (or FLOWKIT_URL) right?")
 
     def _not_flowkit(self, what: str) -> FlowkitError:
-        return FlowkitError(f"{self.url} answered with {what}, not flowkit's API: is --url (or "
+        return FlowkitError(f"{self.shown} answered with {what}, not flowkit's API: is --url (or "
                             "FLOWKIT_URL) where your app mounts flowkit's blueprint, e.g. "
                             "https://app.example.com/flowkit?")
 
@@ -241,7 +255,7 @@ class RemoteRuns:
             error = {}
         message = error.get("message")
         if not isinstance(message, str) or not message:
-            message = f"HTTP {response.status_code} from {response.url}"
+            message = f"HTTP {response.status_code} from {redacted(str(response.url))}"
         code = error.get("code")
         if code == "validation_error":
             fields = error.get("fields")
@@ -268,9 +282,10 @@ class RemoteRuns:
             raise UsageError(message)
         if response.is_redirect:  # flowkit's API never redirects: a login, http -> https
             where = response.headers.get("location", "")
-            raise UsageError(f"HTTP {response.status_code} from {response.url}, to {where}: "
-                             "give --url (or FLOWKIT_URL) the address your app's flowkit "
-                             "blueprint answers at, with no redirect (https://...?)")
+            raise UsageError(f"HTTP {response.status_code} from {redacted(str(response.url))}, "
+                             f"to {redacted(where)}: give --url (or FLOWKIT_URL) the address "
+                             "your app's flowkit blueprint answers at, with no redirect "
+                             "(https://...?)")
         if not error:  # not flowkit's error: say what it was, and where to look
             kind = response.headers.get("content-type", "no content type").split(";")[0]
             raise FlowkitError(f"{message} ({kind}, not flowkit's JSON error): is --url (or "

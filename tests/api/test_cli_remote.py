@@ -398,6 +398,57 @@ def test_an_error_of_another_shape_is_one_line(env, not_flowkit, args, status, c
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args", [["run", "simple", "-i", "n=1"], ["follow", "01X"]])
+@pytest.mark.parametrize("path", ["", "/code500", "/code401"])
+def test_a_url_s_password_is_never_shown(env, not_flowkit, args, path):
+    """Every message printed the --url as given: its password stayed in the scrollback, in
+    a CI log."""
+    keyless = {k: v for k, v in env.items() if k != "FLOWKIT_API_KEY"}
+    host = not_flowkit.removeprefix("http://")
+    for url, shown in ((f"http://admin:s3cretPW@{host}{path}", f"http://***@{host}{path}"),
+                       (f"{not_flowkit}{path}?password=s3cretPW",
+                        f"{not_flowkit}{path}?password=***")):
+        result = cli(*args, "--url", url, env=keyless)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert shown in result.stderr and "s3cretPW" not in result.stderr, result.stderr
+
+
+def basic_auth_app():
+    """An app whose ``authorize`` lets in the Basic auth of user admin, password s3cretPW."""
+    return make_app(keys=[], authorize=lambda request: request.authorization is not None
+                    and request.authorization.password == "s3cretPW")
+
+
+def test_a_user_and_password_in_the_url_go_as_basic_auth_shown_redacted(env):
+    """Basic auth for an app's ``authorize`` (or a proxy's) works from the --url; the follow
+    line printed after the start showed the password."""
+    keyless = {k: v for k, v in env.items() if k != "FLOWKIT_API_KEY"}
+    for served in serve(basic_auth_app()):
+        host = served.url.removeprefix("http://")
+        result = cli("run", "simple", "-i", "n=1", "--detach", "--url",
+                     f"http://admin:s3cretPW@{host}", env=keyless)
+        assert result.returncode == 0, result.stderr
+        run_id = result.stdout.strip()
+        assert f"follow it: flowkit follow {run_id} --url http://***@{host}" in result.stderr
+        assert "s3cretPW" not in result.stderr
+
+
+@pytest.mark.parametrize("credential", [["--api-key", API_KEY], ["--token", "a-run-token"]])
+def test_a_user_and_password_in_the_url_beside_a_key_is_a_usage_error(env, credential):
+    """httpx sent the URL's user and password as Basic auth in place of the bearer key,
+    unsaid; the 401 then said to set the FLOWKIT_API_KEY that was set."""
+    for served in serve(basic_auth_app()):
+        host = served.url.removeprefix("http://")
+        result = cli("follow", "01X", "--url", f"http://admin:s3cretPW@{host}", *credential,
+                     env=env)
+        assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+        assert result.stderr.strip() == (
+            f"flowkit follow: --url (or FLOWKIT_URL) http://***@{host} holds a user and "
+            "password, which would be sent as Basic auth in place of the API key or run "
+            "token (both go in the Authorization header): drop them from --url, and give the "
+            "key with --api-key or FLOWKIT_API_KEY.")
+
+
 def test_a_url_without_flowkit_s_routes_says_so(api, env):
     result = cli("follow", "01X", "--url", api.url + "/nope", "--api-key", API_KEY, env=env)
     assert result.returncode == 1
