@@ -21,14 +21,17 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import connect_sse
 
+from ..engine.control import not_found
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
 from ..events import START, TERMINAL
 from ..urls import redacted
-from .usage import UsageError
+from ..workflow import WORKFLOW_NAME, WORKFLOW_NAME_RULE
+from .usage import UsageError, quoted
 
 #: Seconds a dropped event stream waits before it reconnects (the server restarted, a
 #: proxy cut the connection).
@@ -73,6 +76,23 @@ def _port_problem(port: int | None) -> str | None:
     return None
 
 
+def _segment(text: str) -> str:
+    """``text`` as one segment of a URL path: a "?", "#" or "%65" in it changed the endpoint
+    called (`flowkit run '%65cho'` started echo). "." and ".." are spelled %2E, or httpx
+    took them for dot segments."""
+    segment = quote(text, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
+
+
+def _run_segment(run_id: str) -> str:
+    """A run id as a path segment. One holding "/" is no run (ids are ULIDs), and the
+    server, which decodes %2F before routing, would find no route: the CLI said the --url
+    was not flowkit's API; it says there is no such run, as it does on Redis."""
+    if "/" in run_id or not run_id:
+        raise not_found(run_id)
+    return _segment(run_id)
+
+
 class Unavailable(FlowkitError):
     """The server answered 502, 503 or 504: Redis away, the process restarting, a proxy with
     no upstream. A follower waits and reconnects (it quit, exit 1, while its run went on)."""
@@ -114,10 +134,14 @@ class RemoteRuns:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 
     def start(self, workflow: str, input: Any) -> dict[str, Any]:
-        return self._run(self._call("POST", f"/workflows/{workflow}/runs", json=input))
+        if not re.fullmatch(WORKFLOW_NAME, workflow):  # "echo/runs?" started echo
+            raise WorkflowNotFound(f"No workflow named {quoted(workflow)} (a workflow's name "
+                                   f"is {WORKFLOW_NAME_RULE}).")
+        return self._run(self._call("POST", f"/workflows/{_segment(workflow)}/runs",
+                                    json=input))
 
     def get(self, run_id: str) -> dict[str, Any]:
-        return self._run(self._call("GET", f"/runs/{run_id}"))
+        return self._run(self._call("GET", f"/runs/{_run_segment(run_id)}"))
 
     def _run(self, answer: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(answer.get("id"), str) or "state" not in answer:
@@ -129,16 +153,17 @@ class RemoteRuns:
         drops (a deploy ends streams with a reconnect hint) from the last event id. A cursor
         past the run's last event raises :class:`ValidationError` here, before any event,
         as :func:`flowkit.follow` does."""
+        path = f"/runs/{_run_segment(run_id)}/events"
         if after != START:
-            self._call("GET", f"/runs/{run_id}/events", params={"after": after, "limit": 1})
-        return self._stream(run_id, after)
+            self._call("GET", path, params={"after": after, "limit": 1})
+        return self._stream(run_id, path, after)
 
-    def _stream(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
+    def _stream(self, run_id: str, path: str, after: str) -> Iterator[dict[str, Any]]:
         cursor, tries, last = after, 0, None
         while True:
             heard = False  # an event on this connection
             try:
-                with connect_sse(self.http, "GET", f"/runs/{run_id}/events",
+                with connect_sse(self.http, "GET", path,
                                  params={"after": cursor, "status": "true"},
                                  timeout=None) as source:
                     if last is not None and _token_expired(source.response):  # reconnected late
@@ -167,7 +192,7 @@ class RemoteRuns:
                 # done only when no event is left after the cursor (the run may have ended
                 # meanwhile: its last events are still to show)
                 if not heard:
-                    page = self._call("GET", f"/runs/{run_id}/events",
+                    page = self._call("GET", path,
                                       params={"after": cursor, "limit": 1})
                     if not page.get("events") and page.get("done"):
                         return

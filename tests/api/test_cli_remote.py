@@ -449,6 +449,29 @@ def test_a_user_and_password_in_the_url_beside_a_key_is_a_usage_error(env, crede
             "key with --api-key or FLOWKIT_API_KEY.")
 
 
+@pytest.mark.parametrize("name, why", [
+    ("%73imple", ""), ("simple?x", ""), ("simple#x", ""), ("..", ""),
+    ("simple/runs?", " (a workflow's name is 1 to 200 characters, without spaces, '/' or ':')")])
+def test_a_workflow_name_is_one_segment_of_the_path(api, env, name, why):
+    """The name went into the path unescaped: `%73imple` and `simple/runs?` started simple,
+    `simple?x` was "The method is not allowed for the requested URL."."""
+    result = cli("run", name, "-i", "n=1", "--detach", "--url", api.url, "--api-key", API_KEY,
+                 env=env)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr.startswith(f"flowkit run: No workflow named {name!r}{why}."), \
+        result.stderr
+
+
+@pytest.mark.parametrize("run_id", ["../runs", "..", ".", "01X?x", "01X#x", "%30", "a/b"])
+def test_a_run_id_is_one_segment_of_the_path(api, env, run_id):
+    """The id went into the path unescaped: `../runs` and `ID?x` were said to be a --url
+    that is not flowkit's API."""
+    result = cli("follow", run_id, "--url", api.url, "--api-key", API_KEY, env=env)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr.strip() == (
+        f"flowkit follow: No run {run_id!r} (unknown, or expired after its retention).")
+
+
 def test_a_url_without_flowkit_s_routes_says_so(api, env):
     result = cli("follow", "01X", "--url", api.url + "/nope", "--api-key", API_KEY, env=env)
     assert result.returncode == 1
