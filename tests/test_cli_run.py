@@ -229,6 +229,26 @@ def test_sigterm_while_following_in_a_terminal_gives_the_cursor_back(env):
     assert b"\x1b[?25h" in seen[seen.index(b"\x1b[?25l"):], seen  # shown again after
 
 
+def test_a_run_that_leaves_redis_while_followed_ends_the_follow_saying_so(env, store):
+    """Its retention ran out while it waited, or it was deleted: the follow waited for
+    ever on its missing stream."""
+    run = wf.approval.start({"n": 1})
+    follow = subprocess.Popen([sys.executable, "-m", "flowkit.cli", "follow", run.id, "--json"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in follow.stdout:  # until it waits for its input
+            if json.loads(line)["type"] == "run.waiting":
+                break
+        store.redis.delete(store.keys.events(run.id), store.keys.run(run.id))
+        _, stderr = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 1, stderr
+    assert stderr.strip() == (f"flowkit follow: run {run.id}: This run no longer exists (its "
+                              "retention ran out, or it was deleted).")
+
+
 def test_a_restart_is_told_once_in_the_line_and_kept_in_the_picture():
     """The line read "run restarted: restarted: heartbeat lapsed"."""
     view = RunView("01RUN")

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import connect_sse
 
-from ..engine.control import not_found
+from ..engine.control import GONE, not_found
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
 from ..events import START, TERMINAL
 from ..urls import redacted
@@ -178,6 +178,10 @@ class RemoteRuns:
                         if sse.event == "status":  # the relay's word on itself: not an event
                             _say_status(run_id, self._json(sse.data))
                             continue
+                        if sse.event == "not_found":  # its events left Redis while followed
+                            raise self._gone(run_id, sse.data)
+                        if sse.event != "message":  # a kind this CLI does not know: no event
+                            continue
                         if not sse.data:
                             continue  # keep-alive comments
                         last = self._event(sse.data)
@@ -257,6 +261,13 @@ class RemoteRuns:
                                                                     int | float):
             raise self._not_flowkit("an event stream whose events are not flowkit's")
         return event
+
+    def _gone(self, run_id: str, data: str) -> RunNotFound:
+        """The run's retention ran out while it was followed, or it was deleted: the error
+        JSON was read as an event without a type, "not flowkit's API: check --url"."""
+        error = self._json(data).get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        return RunNotFound(f"run {run_id}: {message if isinstance(message, str) else GONE}")
 
     def _unreachable(self, exc: Exception) -> FlowkitError:
         return FlowkitError(f"cannot reach {self.shown} ({exc}); is the web app running, "

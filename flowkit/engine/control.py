@@ -533,7 +533,9 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     latest terminal event (:func:`flowkit.events.stream_ends`): a retried run's earlier
     ``run.failed`` is followed by the rest; a cursor at the final one ends at once; one past
     the run's last event raises :class:`ValidationError`, at this call (not at the first
-    event: a caller says so before it shows anything)."""
+    event: a caller says so before it shows anything). A run whose events leave Redis while
+    followed (its retention ran out, it was deleted) raises :class:`RunNotFound` within a
+    second or ``block_ms`` (it waited for ever)."""
     after = _cursor(after)
     if not (is_whole(block_ms) and block_ms >= 1):  # Redis reads BLOCK 0 as for ever
         raise ValueError(f"follow(block_ms=...) is a whole number of milliseconds >= 1, not "
@@ -552,11 +554,24 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     return _tail(store, run_id, after, block_ms, done)
 
 
+#: What a follower is told when the run's events leave Redis while it follows (as the
+#: API's streams say it, ``event: not_found``).
+GONE = "This run no longer exists (its retention ran out, or it was deleted)."
+#: Least seconds between two looks, while nothing comes, at whether the run is gone.
+VANISHED_CHECK = 1.0
+
+
 def _tail(store: Store, run_id: str, cursor: str, block_ms: int, done: bool
           ) -> Iterator[events.Event]:
-    count = 500
+    count, looked = 500, time.monotonic()
     while not done:
         batch = events.parse(store.read_new(run_id, cursor, block_ms, count=count))
+        if not batch and time.monotonic() - looked >= VANISHED_CHECK:
+            # a run whose events left Redis (its retention ran out while it waited, it was
+            # deleted) sends no more: XREAD of its missing stream blocked for ever
+            looked = time.monotonic()
+            if store.last_event(run_id) is None:
+                raise RunNotFound(f"run {run_id}: {GONE}")
         for event in batch:
             yield event
             cursor = event.id

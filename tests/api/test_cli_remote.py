@@ -472,6 +472,30 @@ def test_a_run_id_is_one_segment_of_the_path(api, env, run_id):
         f"flowkit follow: No run {run_id!r} (unknown, or expired after its retention).")
 
 
+def test_a_run_that_leaves_redis_while_followed_is_said_to_be_gone(env, worker, store):
+    """Its stream's last message, ``event: not_found`` with the API's error, was read as an
+    event without a type: "not flowkit's API: is --url ... where your app mounts ...?"."""
+    for served in serve(make_app(ping_interval=0.3)):
+        created = start(served.client(), "approval", {"n": 1})
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "flowkit.cli", "follow", created["id"], "--url", served.url,
+             "--api-key", API_KEY, "--json"], env={**env, "FLOWKIT_URL": ""},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for line in follow.stdout:  # until it waits for its input
+                if json.loads(line)["type"] == "run.waiting":
+                    break
+            store.redis.delete(store.keys.events(created["id"]), store.keys.run(created["id"]))
+            _, stderr = follow.communicate(timeout=30)
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+        assert follow.returncode == 1, stderr
+        assert stderr.strip() == (
+            f"flowkit follow: run {created['id']}: This run no longer exists (its retention "
+            "ran out, or it was deleted).")
+
+
 def test_a_url_without_flowkit_s_routes_says_so(api, env):
     result = cli("follow", "01X", "--url", api.url + "/nope", "--api-key", API_KEY, env=env)
     assert result.returncode == 1
