@@ -32,6 +32,7 @@ from ..engine.control import canonical_run_id
 from ..errors import (
     FlowkitError,
     PayloadTooLarge,
+    RunNotFound,
     StoreUnavailable,
     ValidationError,
     WorkflowNotFound,
@@ -198,20 +199,39 @@ def run(args: argparse.Namespace) -> int:
                   f"{_follow_hint(args, record['id'])}", file=sys.stderr, flush=True)
             print(record["id"])
         return EXIT_SUCCEEDED
-    return follow_run(args, runs, record["id"], ev.START)
+    try:
+        return follow_run(args, runs, record["id"], ev.START, started=True)
+    except (StoreUnavailable, RunNotFound):
+        raise  # Redis to start (the run is stored), a run gone: their messages say so
+    except FlowkitError as exc:
+        raise _started_but(args, record["id"], exc) from None
+
+
+def _started_but(args: argparse.Namespace, run_id: str, exc: FlowkitError) -> FlowkitError:
+    """An error once the start was acknowledged, said with the run it started: alone, its
+    message ("send the request again", "cannot reach ...") led to a second run, and the
+    first one's id was never shown."""
+    kind = UsageError if isinstance(exc, UsageError) else FlowkitError
+    return kind(f"run {run_id} ({args.workflow}) was started and goes on; following it "
+                f"failed: {exc} Do not start it again: follow it with "
+                f"{_follow_hint(args, run_id)}")
 
 
 def follow(args: argparse.Namespace) -> int:
     return follow_run(args, runs_of(args), args.run_id, args.after)
 
 
-def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str) -> int:
-    """Show the run's events until it ends; the exit code says how it ended."""
+def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
+               started: bool = False) -> int:
+    """Show the run's events until it ends; the exit code says how it ended. ``started``:
+    the run was just started, so it exists and the server answers; its stream waits out a
+    server restarting (a first read of the run failed at once on a 503)."""
     console = Console(highlight=False)
     if not console.is_terminal:  # each line whole: what reads the pipe parses lines (the
         console = Console(highlight=False, soft_wrap=True)  # `flowkit input ...` to answer)
     view = RunView(run_id)
-    runs.get(run_id)  # an unknown run, a server that is down: one line, before any wait
+    if not started:  # an unknown run, a server that is down: one line, before any wait
+        runs.get(run_id)
     try:
         followed = runs.events(run_id, after)
     except ValidationError as exc:  # --after past the run's last event: before any output

@@ -496,6 +496,58 @@ def test_a_run_that_leaves_redis_while_followed_is_said_to_be_gone(env, worker, 
             "ran out, or it was deleted).")
 
 
+def test_a_run_whose_first_reads_are_answered_503_is_followed_through_them(env, worker):
+    """The start acknowledged, then the web process restarting (503 server_restarting):
+    the command read the run once, at once, and exited 1 with "send the request again"
+    (which started a second run), never naming the run it had started."""
+    from flowkit.api.errors import ApiError
+
+    refusals = [503, 503]
+
+    def authorize(request) -> bool:
+        if request.method == "GET" and refusals:  # what a process told to stop answers
+            refusals.pop()
+            raise ApiError(503, "server_restarting", "This server is shutting down: send the "
+                           "request again (a stream resumes from its last event id).",
+                           headers={"Retry-After": "1", "Connection": "close"})
+        return True
+
+    keyless = {k: v for k, v in env.items() if k != "FLOWKIT_API_KEY"}
+    for served in serve(make_app(keys=[], authorize=authorize)):
+        result = cli("run", "simple", "-i", "n=1", "--url", served.url, env=keyless)
+    assert result.returncode == 0, result.stderr
+    assert refusals == []
+    # once, for the outage: the stream is what waits it out
+    assert re.fullmatch(r"flowkit: the stream of run \S+ is away \(This server is shutting "
+                        r"down: .*\); reconnecting from event 0-0 \.\.\.\n", result.stderr)
+    assert json.loads(result.stdout[result.stdout.index("{"):]) == {"n": 4}
+
+
+def test_a_follow_that_fails_after_the_start_names_the_run_and_says_not_to_start_it_again(
+        env, worker, store):
+    """A 429 for an owner's streams after the start was acknowledged said "try again in 5s",
+    without the run's id: trying again started a second run."""
+    app = make_app(keys=[], streams_per_caller=1, authorize=lambda request: "alice" if
+                   request.headers.get("Authorization") == "Bearer alice-secret" else None)
+    for served in serve(app):
+        with served.client(key="alice-secret") as alice:
+            holder = start(alice, "approval", {"n": 1})
+            with alice.stream("GET", f"/runs/{holder['id']}/events",
+                              headers={"Accept": "text/event-stream"}) as held:
+                assert held.status_code == 200  # alice's one stream, taken
+                result = cli("run", "simple", "-i", "n=1", "--url", served.url, "--api-key",
+                             "alice-secret", env=env)
+        flowkit.cancel(holder["id"])
+    assert (result.returncode, "Traceback" in result.stderr) == (1, False), result.stderr
+    said = re.fullmatch(
+        r"flowkit run: run (\S+) \(simple\) was started and goes on; following it failed: "
+        r"This caller already holds 1 streams open on this server .* Do not start it again: "
+        r"follow it with flowkit follow (\S+) --url (\S+)\n", result.stderr)
+    assert said, result.stderr
+    assert said.group(1) == said.group(2) and said.group(3) == served.url
+    assert flowkit.get_run(said.group(1)).workflow == "simple"
+
+
 def test_a_url_without_flowkit_s_routes_says_so(api, env):
     result = cli("follow", "01X", "--url", api.url + "/nope", "--api-key", API_KEY, env=env)
     assert result.returncode == 1
