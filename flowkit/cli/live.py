@@ -6,6 +6,11 @@ paused run waits for. On a terminal it redraws in place (rich's ``Live``); in a 
 a log it prints one plain line per event and each step's streamed text as whole lines,
 so that nothing is lost and nothing needs a TTY. The view holds no I/O of its own
 besides the console it is given.
+
+Its hints (how to answer a wait, how to retry a failed run) name ``flowkit input``,
+``flowkit event`` and ``flowkit retry``, which work on the deployment's Redis; a run
+followed over ``--url`` gets the REST call instead (``curl -X POST .../input/NAME``): the
+commands have no ``--url``, and a machine that reaches only the API cannot run them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -59,6 +65,8 @@ class StepLine:
 @dataclass
 class RunView:
     run_id: str
+    #: The API's URL (redacted) when the run is followed over ``--url``: hints are its calls.
+    api: str | None = None
     state: str = "queued"
     note: str = ""
     steps: dict[str, StepLine] = field(default_factory=dict)
@@ -111,7 +119,7 @@ class RunView:
         verb = kind.split(".", 1)[1]
         self.state = _STATE_AFTER.get(kind, verb)
         if kind == "run.waiting":
-            self.state, self.note = "waiting", _waiting_note(self.run_id, event)
+            self.state, self.note = "waiting", _waiting_note(self.run_id, event, self.api)
             if event.get("step") in self.steps and event.get("kind") not in ("slot", "sleep"):
                 self.steps[event["step"]].status = "waiting"
             return f"run waiting: {self.note}"
@@ -176,14 +184,25 @@ def _error_text(error: Any) -> str:
     return str(error or "")
 
 
-def _waiting_note(run_id: str, event: dict[str, Any]) -> str:
+def _waiting_note(run_id: str, event: dict[str, Any], api: str | None = None) -> str:
     kind, name = event.get("kind"), event.get("name", "")
     if kind == "input":
         prompt = f" ({event['prompt']})" if event.get("prompt") else ""
-        return f"input {name!r}{prompt}; answer: flowkit input {run_id} {name} '<JSON>'"
+        answer = (_post(api, f"/runs/{quote(run_id, safe='')}/input/{quote(name, safe='')}",
+                        body=True) if api else f"flowkit input {run_id} {name} '<JSON>'")
+        return f"input {name!r}{prompt}; answer: {answer}"
     if kind == "event":
-        return f"event {name!r}; send it: flowkit event {name} '<JSON>'"
+        send = (_post(api, f"/events/{quote(name, safe='')}", body=True) if api
+                else f"flowkit event {name} '<JSON>'")
+        return f"event {name!r}; send it: {send}"
     return event.get("reason") or f"{kind} {name}".strip()
+
+
+def _post(api: str, path: str, body: bool = False) -> str:
+    """The REST call a remote follower makes instead of a command that needs Redis, with
+    the API key as the CLI reads it (FLOWKIT_API_KEY)."""
+    call = f'curl -X POST {shlex.quote(api + path)} -H "Authorization: Bearer $FLOWKIT_API_KEY"'
+    return f"{call} -H 'Content-Type: application/json' -d '<JSON>'" if body else call
 
 
 #: Events after which a step streams no more text in that attempt.
@@ -213,9 +232,11 @@ class Printer:
             self.console.print(line, markup=False, highlight=False)
 
 
-def final_lines(record: dict[str, Any], app: str | None = None) -> list[str]:
+def final_lines(record: dict[str, Any], app: str | None = None,
+                api: str | None = None) -> list[str]:
     """What follows the live view once the run has ended: the output, or the error (and the
-    retry command, with the ``-A`` the run was started with: retry imports the workflow)."""
+    retry command, with the ``-A`` the run was started with: retry imports the workflow; or,
+    followed over ``--url``, the API's ``POST .../retry`` at ``api``)."""
     state = record.get("state")
     took = ""
     if record.get("finished_at") and record.get("created_at"):
@@ -228,5 +249,7 @@ def final_lines(record: dict[str, Any], app: str | None = None) -> list[str]:
         where = f" in step {record['failed_step']}" if record.get("failed_step") else ""
         lines.append(f"error{where}: {_error_text(error)}")
         with_app = f" -A {shlex.quote(app)}" if app else ""
-        lines.append(f"retry it from the failed step: flowkit retry {record.get('id')}{with_app}")
+        retry = (_post(api, f"/runs/{quote(str(record.get('id')), safe='')}/retry") if api
+                 else f"flowkit retry {record.get('id')}{with_app}")
+        lines.append(f"retry it from the failed step: {retry}")
     return lines

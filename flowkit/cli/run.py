@@ -229,7 +229,9 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
     console = Console(highlight=False)
     if not console.is_terminal:  # each line whole: what reads the pipe parses lines (the
         console = Console(highlight=False, soft_wrap=True)  # `flowkit input ...` to answer)
-    view = RunView(run_id)
+    # over --url, the hints are the API's calls: flowkit input/retry need the Redis
+    api = runs.shown if isinstance(runs, RemoteRuns) else None
+    view = RunView(run_id, api=api)
     if not started:  # an unknown run, a server that is down: one line, before any wait
         runs.get(run_id)
     try:
@@ -260,7 +262,7 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         return EXIT_DETACHED
     record = runs.get(run_id)
     if not args.json:
-        for line in final_lines(record, getattr(args, "app", None)):
+        for line in final_lines(record, getattr(args, "app", None), api):
             console.print(line, markup=False)
     return EXIT_SUCCEEDED if record.get("state") == "succeeded" else EXIT_FAILED
 

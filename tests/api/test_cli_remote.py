@@ -556,22 +556,50 @@ def test_a_url_without_flowkit_s_routes_says_so(api, env):
         "flowkit's API")
 
 
-def test_a_piped_follow_keeps_each_line_whole(api, env, client, worker):
-    """In a pipe the answer line (``flowkit input RUN approval '<JSON>'``) was wrapped at
-    80 columns, mid-command."""
+def test_a_piped_follow_keeps_each_line_whole_and_its_answer_is_the_api_s_call(
+        api, env, client, worker):
+    """In a pipe the answer line was wrapped at 80 columns, mid-command. Over --url it named
+    ``flowkit input RUN approval '<JSON>'``, which has no --url and needs the deployment's
+    Redis: it is the API's call, and that call answers the run."""
     created = client.post("/workflows/approval/runs", json={"n": 5}).json()
     follow = subprocess.Popen(
         [sys.executable, "-m", "flowkit.cli", "follow", created["id"], "--url", api.url,
          "--api-key", API_KEY], env={**env, "COLUMNS": "80"}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
-        answer = next(line for line in follow.stdout if "flowkit input" in line)
+        answer = next(line for line in follow.stdout if "answer: " in line)
+        command = answer[answer.index("answer: ") + len("answer: "):].rstrip("\n")
+        assert len(answer) > 80 and command == (
+            f"curl -X POST {api.url}/runs/{created['id']}/input/approval -H \"Authorization: "
+            "Bearer $FLOWKIT_API_KEY\" -H 'Content-Type: application/json' -d '<JSON>'")
+        sent = subprocess.run(["sh", "-c", command.replace("<JSON>", '{"ok": true}')],
+                              env={**env, "FLOWKIT_API_KEY": API_KEY}, capture_output=True,
+                              text=True, timeout=30)
+        assert json.loads(sent.stdout)["outcome"] == "resumed", sent.stdout
+        stdout, stderr = follow.communicate(timeout=30)
     finally:
-        flowkit.get_run(created["id"]).cancel()
-        follow.wait(30)
-    command = answer[answer.index("flowkit input"):].rstrip("\n")
-    assert len(answer) > 80 and command.startswith(f"flowkit input {created['id']} approval '")
-    assert command.endswith("'")
+        if follow.poll() is None:
+            flowkit.get_run(created["id"]).cancel()
+            follow.wait(30)
+    assert follow.returncode == 0, stderr
+    assert "flowkit input" not in stdout
+
+
+def test_a_failed_run_followed_over_http_says_the_api_s_retry_call(api, env):
+    """Over --url it said ``flowkit retry RUN``, which has no --url and needs the
+    deployment's Redis: it is the API's call, and that call retries the run."""
+    result = cli("run", "exhausted", "-i", "n=1", "--url", api.url, "--api-key", API_KEY,
+                 env=env)
+    assert result.returncode == 1, result.stderr
+    run_id = re.search(r"following run (\S+)", result.stdout).group(1)
+    line = result.stdout.splitlines()[-1]
+    call = (f"curl -X POST {api.url}/runs/{run_id}/retry -H \"Authorization: Bearer "
+            "$FLOWKIT_API_KEY\"")
+    assert line == f"retry it from the failed step: {call}"
+    sent = subprocess.run(["sh", "-c", call], env={**env, "FLOWKIT_API_KEY": API_KEY},
+                          capture_output=True, text=True, timeout=30)
+    assert json.loads(sent.stdout)["state"] == "queued", sent.stdout
+    flowkit.get_run(run_id).wait(20)
 
 
 def test_a_follow_says_when_the_server_cannot_read_redis_and_when_it_can_again(
