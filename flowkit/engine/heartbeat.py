@@ -1,7 +1,9 @@
 """Heartbeats: one daemon thread per worker process keeps the leases of its running steps.
 
-A thread (not the task) beats, so a step blocked in I/O or a C call still
-heartbeats; the reaper only acts when the whole process is gone or frozen.
+A thread (not the task) beats, so a step blocked in I/O or a C call that releases the GIL
+still heartbeats; the reaper only acts when the whole process is gone or frozen. The thread
+needs the GIL: a C call holding it past the lapse (and, on gevent, where this thread is a
+greenlet, a step that never yields) stops the beats (a known limit, in the README).
 """
 
 from __future__ import annotations
