@@ -245,6 +245,22 @@ def test_same_idempotency_key_returns_the_same_run_enqueued_once():
         wf.simple.start({"n": 2}, idempotency_key="order-42")
 
 
+@pytest.mark.parametrize("workflow", [wf.simple, wf.per_tenant], ids=["plain", "keyed"])
+def test_a_start_that_makes_the_run_of_a_claim_whose_maker_stopped_returns_that_run(workflow):
+    """A key claimed by a starter that died before it stored its run: the next start made
+    the run under the claim's id but returned its own, a run id that named no run (and a
+    keyed workflow asked for its slot under that id)."""
+    store = get_store()
+    given = {"n": 1} if workflow is wf.simple else {"tenant": "claimed"}
+    orphan = "01KCLAIMEDBYASTARTERTHATDIED"
+    store.redis.set(store.keys.idempotency(workflow.name, "claimed-then-died"), orphan)
+    run = workflow.start(given, idempotency_key="claimed-then-died")
+    assert (run.id, run.created) == (orphan, True)
+    assert run.wait(WAIT).state == "succeeded"
+    again = workflow.start(given, idempotency_key="claimed-then-died")
+    assert (again.id, again.created) == (orphan, False)
+
+
 def test_an_input_sent_again_with_its_keys_in_another_order_is_the_same_input():
     """A client retrying a start with its JSON in another key order got an
     IdempotencyConflict instead of its run (no schema, or inside a fields.Dict)."""

@@ -293,6 +293,9 @@ def start(
             )
         existing.created = False
         return existing
+    # a claim whose maker stopped before storing its run (or has not stored it yet) made
+    # the run under the claim's id: this caller was handed its own, which named no run
+    record = {**record, "id": winner}
     if due is None and _admitted(record, store):
         if messages is None or not messages.pushed:
             try:
