@@ -1055,7 +1055,8 @@ class Store:
     def release_ended(self, run_id: str, step: str, token: str) -> bool:
         """Let go of ``step``'s lease held by ``token`` now that its run has ended (failed,
         cancelled): True when released (release.lua). A live run's lease is kept."""
-        return bool(self._run_script("release", run_id, [run_id, step, token]))
+        return bool(self._run_script("release", run_id, [
+            run_id, step, token, self.settings.retention_seconds]))
 
     def _scan(self, index: Callable[[int], str], upto: float) -> list[str]:
         pipe = self.redis.pipeline(transaction=False)

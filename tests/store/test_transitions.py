@@ -1788,6 +1788,23 @@ def test_release_ended_lets_go_of_a_stopped_attempt_s_lease_once_its_run_ended(s
     assert store.live_leases(RUN, T + 1) == {}
 
 
+@pytest.mark.parametrize("ends", ["fail", "release_ended"])
+def test_a_sub_step_checkpoint_written_after_the_run_ended_expires_with_the_run(store, ends):
+    """A cancelled run's first step called a component, then raised (or stopped): the
+    component's checkpoint made the run's checkpoints hash anew, with no expiry, and the
+    step's end on the ended run (fail.lua said 0 at once) gave it none: kept for ever."""
+    make_run(store, RunState.RUNNING)
+    assert cancel(store) == 1
+    store.save_checkpoint(RUN, f"{STEP}/0:sub", '"late"')
+    ckpt = store.keys.checkpoints(RUN)
+    assert store.redis.ttl(ckpt) == -1  # written outside the run scripts
+    if ends == "fail":
+        assert fail(store) is False  # the run had ended: nothing else changes
+    else:
+        assert store.release_ended(RUN, STEP, TOKEN) is True
+    assert 0 < store.redis.ttl(ckpt) <= store.settings.retention_seconds
+
+
 @pytest.mark.parametrize(("state", "step", "token"), [
     pytest.param(RunState.RUNNING, STEP, TOKEN, id="run-live"),
     pytest.param(RunState.CANCELLED, STEP, "tok-2", id="wrong-token"),

@@ -11,7 +11,12 @@ local err, retention, step_event, run_event, call_id = ARGV[6], ARGV[7], ARGV[8]
 if step ~= '' then release(run_id, step, token) end
 if ended_by(call_id) then return 1 end
 local state = redis.call('HGET', run, 'state')
-if not is_live(state) or redis.call('HGET', run, 'gen') ~= gen then return 0 end
+if not is_live(state) or redis.call('HGET', run, 'gen') ~= gen then
+  -- what its step wrote since the run ended, outside these scripts (a sub-step's checkpoint
+  -- made the run's checkpoints hash anew), expires with the rest: it was kept for ever
+  touch(retention)
+  return 0
+end
 if step_event ~= '' then append(step_event) end
 end_run(run_id, STATE_FAILED, now, retention, call_id, {'error', err, 'failed_step', step},
         run_event)
