@@ -261,7 +261,9 @@ def start(
     payload = workflow.validate(input)
     input_json = dumps_bounded(payload, "the workflow input")
     queue = workflow.queue or get_app().conf.task_default_queue
-    run_id, now = str(ULID()), time.time()
+    # the id says the millisecond the run was made, and the listings order by it (store)
+    now = time.time()
+    run_id = str(ULID.from_timestamp(now))
     due = _due(now, delay, start_at)
     record = Run.new_record(run_id, workflow, input_json, now, owner, idempotency_key, queue, due)
     record["priority"] = priority

@@ -12,6 +12,7 @@ Redis being unreachable (past the retries of :mod:`.connection`) surfaces as
 from __future__ import annotations
 
 import contextlib
+import math
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -103,6 +104,14 @@ class BrokerMessages:
     pushed: bool = False
 
 
+
+def _millisecond(created_at: float | str) -> float:
+    """A run's place in the listings: the millisecond of its creation, which its id (a ULID
+    made from the same clock reading) says too, runs of one millisecond in the order of their
+    ids. Scored by the exact time, a page after an expired cursor (known only by its id's
+    millisecond) skipped the runs made in that millisecond before it."""
+    return math.floor(float(created_at) * 1000) / 1000
+
 class Store:
     """A connection to flowkit's Redis and every operation on it."""
 
@@ -173,8 +182,9 @@ class Store:
         # own resend) adds the same id at the same time again: nothing changes
         pipe = self.redis.pipeline(transaction=False)
         self._run_script("create", run_id, args, client=pipe)
-        pipe.zadd(self.keys.runs, {run_id: record["created_at"]})
-        pipe.zadd(self.keys.runs_of(record["workflow"]), {run_id: record["created_at"]})
+        listed = {run_id: _millisecond(record["created_at"])}
+        pipe.zadd(self.keys.runs, listed)
+        pipe.zadd(self.keys.runs_of(record["workflow"]), listed)
         try:
             created = pipe.execute()[0]
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot it: loads it
@@ -248,8 +258,8 @@ class Store:
                 # runs made at its instant too: Redis orders them by id, and the page goes
                 # on from those listed after it (newest first, a lower id)
                 bound, tie = repr(score), score
-            elif before_time is not None:  # expired: older than the time its id says
-                bound = f"({before_time}"
+            elif before_time is not None:  # expired: the time its id says, as it was listed
+                bound, tie = repr(before_time), before_time
         found: list[dict[str, str]] = []
         start, page = 0, max(limit * 2, 50)
         while len(found) < limit:

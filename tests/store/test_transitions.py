@@ -1972,6 +1972,21 @@ def test_paging_through_runs_made_at_the_same_instant_lists_each_once(store):
     assert listed == sorted(ids, reverse=True)  # newest first; one instant: by id
 
 
+def test_a_page_after_an_expired_cursor_lists_the_runs_made_in_its_millisecond_before_it(store):
+    """A cursor whose run expired is known only by its id's millisecond; the listings were
+    scored by each run's exact time, and the page went on from strictly before that
+    millisecond: a run made in it before the cursor (a burst of starts) was never listed."""
+    ms = ULID.from_timestamp(T + 0.5)
+    older, cursor = sorted(str(ULID.from_timestamp(ms.timestamp)) for _ in range(2))
+    for run_id, at in ((older, ms.timestamp + 0.0002), (cursor, ms.timestamp + 0.0004)):
+        assert store.create_run({**record(run_id), "created_at": at}, queued_event(run_id),
+                                None) == (run_id, True)
+    assert [r["id"] for r in store.list_runs(None, None, 5, cursor)] == [older]  # live cursor
+    store.redis.zrem(store.keys.runs, cursor)  # it expired: retention trimmed it
+    assert [r["id"] for r in store.list_runs(None, None, 5, cursor,
+                                             before_time=ms.timestamp)] == [older]
+
+
 def test_a_lower_case_cursor_pages_as_its_run_id_does(store):
     """A run id is case-insensitive everywhere else; as ``before`` in lower case it was not
     found in the index, and the page went on from strictly before its time, skipping the
