@@ -112,6 +112,9 @@ def _millisecond(created_at: float | str) -> float:
     millisecond) skipped the runs made in that millisecond before it."""
     return math.floor(float(created_at) * 1000) / 1000
 
+#: How much sooner an ended run's idempotency claim lapses than its record (milliseconds).
+CLAIM_MARGIN_MS = 1000
+
 class Store:
     """A connection to flowkit's Redis and every operation on it."""
 
@@ -1145,14 +1148,18 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for run_id in old:
                 pipe.hmget(self.keys.run(run_id), "workflow", "owner", "idempotency_key")
-                pipe.ttl(self.keys.run(run_id))
+                # in milliseconds, and a second short: in seconds, Redis rounded, and a claim
+                # outlived its run by up to half a second, in which the key made a run under
+                # the expired one's id (an ended run gone a second early is no harm)
+                pipe.pttl(self.keys.run(run_id))
             found = pipe.execute()
             claims = []
             for run_id, (workflow, owner, key), ttl in zip(old, found[::2], found[1::2],
                                                            strict=True):
                 if key and workflow and ttl != -2:  # -2: expired meanwhile
                     claim = self.keys.idempotency(workflow, key, owner or None)
-                    claims.append((run_id, claim, int(keep) if ttl == -1 else max(ttl, 1)))
+                    claims.append((run_id, claim, int(keep * 1000) if ttl == -1
+                                   else max(ttl - CLAIM_MARGIN_MS, 1)))
             if claims:
                 pipe = self.redis.pipeline(transaction=False)
                 for _, claim, _ in claims:
@@ -1160,9 +1167,9 @@ class Store:
                 again = self.redis.pipeline(transaction=False)
                 for (run_id, claim, ttl), holder in zip(claims, pipe.execute(), strict=True):
                     if holder == run_id:
-                        again.expire(claim, ttl)
+                        again.pexpire(claim, ttl)
                     elif holder is None:  # lapsed already: the run holds its key again
-                        again.set(claim, run_id, nx=True, ex=ttl)
+                        again.set(claim, run_id, nx=True, px=ttl)
                     else:
                         continue  # another run holds it since: not this one's to keep
                     kept += 1
