@@ -18,6 +18,13 @@ worker runs in gevent's event loop, where nothing may block, and starting a thre
 until the thread runs (``BlockingSwitchOutError`` on every shutdown). The signal handler
 only sets events (:func:`begin`).
 
+The flag that says the worker drains (:func:`draining`) lives in a page of memory shared
+with the processes this one forks: a prefork worker's steps run in its pool's children,
+forked before SIGTERM came to the parent, and a flag of the parent's own memory (a
+``threading.Event``, before) stayed clear in them, so a child went on running its chain's
+next steps inline after SIGTERM (:func:`flowkit.engine.executor._run_following`), and the
+step it began then outlived the grace and was handed over: it ran twice.
+
 ``flowkit drain`` (:mod:`flowkit.cli.workers`) uses :func:`held_by` and
 :func:`hand_over` to drain named workers remotely. The worker's signals
 (:mod:`flowkit.worker.signals`) call :func:`arm` and :func:`begin`.
@@ -26,6 +33,7 @@ only sets events (:func:`begin`).
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import signal
 import sys
@@ -43,7 +51,11 @@ log = logging.getLogger(__name__)
 
 #: True when steps run in the worker's main process (threads, solo, gevent, eventlet pools).
 _in_process_pool = True
-_draining = threading.Event()
+#: One byte, non-zero once this worker drains. An anonymous shared mapping, made at import
+#: (in a worker's main process, before its pool forks): a prefork child reads the byte its
+#: parent's SIGTERM sets, where a copy of a ``threading.Event`` would never change. Setting
+#: it is one store, safe in a signal handler.
+_draining = mmap.mmap(-1, 1)
 #: Set by a warm shutdown: the armed drain thread starts draining.
 _warm = threading.Event()
 _armed: threading.Thread | None = None
@@ -79,7 +91,7 @@ def draining() -> bool:
     Celery's consumer still takes messages until its loop notices the shutdown (seconds,
     on a gevent worker); the step task refuses them through this flag.
     """
-    return _draining.is_set()
+    return _draining[0] != 0
 
 
 def arm(in_process: bool, restore: Callable[[], None] | None = None,
@@ -111,7 +123,7 @@ def begin(how: str | None) -> None:
     """The worker is shutting down. Called inside Celery's signal handler (on gevent, in
     the event loop): it only sets events, never blocks. A warm shutdown drains for
     FLOWKIT_DRAIN_GRACE seconds in the thread :func:`arm` started."""
-    _draining.set()
+    _draining[0] = 1
     if how == "Warm":
         _warm.set()
 

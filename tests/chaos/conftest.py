@@ -105,10 +105,12 @@ class Deployment:
         self.beats: list[subprocess.Popen] = []
 
     def worker(self, name: str, concurrency: int = 4, start: bool = True, pool: str = "threads",
-               queues: tuple[str, ...] = (QUEUE,), **env: str) -> WorkerProcess:
+               queues: tuple[str, ...] = (QUEUE,), extra: tuple[str, ...] = (),
+               **env: str) -> WorkerProcess:
+        """``extra``: more arguments of ``celery worker`` (``--max-tasks-per-child 1``)."""
         proc = WorkerProcess(
             "tests.chaos.app", name=name, queues=queues, concurrency=concurrency,
-            env={**self.env, **env}, cwd=ROOT, pool=pool,
+            env={**self.env, **env}, cwd=ROOT, pool=pool, extra=extra,
         )
         self.workers.append(proc)
         return proc.start() if start else proc

@@ -13,9 +13,10 @@ import pytest
 
 import flowkit
 from flowkit.engine import control
+from flowkit.serialization import loads
 from flowkit.store import get_store
 from tests.chaos.conftest import QUEUE, of_type, open_gate, side_effects, wait_for, waiting
-from tests.chaos.workflows import held
+from tests.chaos.workflows import brief_then_hold, held
 from tests.conftest import ROOT
 
 #: Each test waits out a drain's grace on worker processes of its own: beside the rest.
@@ -111,6 +112,41 @@ def test_a_step_longer_than_the_grace_is_handed_over_at_once(chaos_app, deployme
     assert restarted.data["superseded"] == [{"step": HOLD, "attempt": 1, "worker": first["worker"]}]
     assert side_effects(run, "finished") == {"0:chaos.work": 1, HOLD: 1, "2:chaos.work": 1}
     assert any("flowkit drain: handed over 1 run(s)" in line for line in a.lines), a.output()
+    shut_down_cleanly(a)
+
+
+def test_a_prefork_worker_begins_no_next_step_of_a_chain_after_sigterm(chaos_app, deployment):
+    """A prefork worker's steps run in its pool's children, forked before SIGTERM: the drain
+    flag was the parent's alone, so a child went on with its chain's next step inline after
+    SIGTERM, and that step, outliving the grace, was handed over and ran twice. Now the
+    chain stops there and its next step goes to the broker, for another worker.
+    FLOWKIT_INLINE_STEPS_SECONDS widens the window (by default, 50 ms after a step began)."""
+    inline = {"FLOWKIT_INLINE_STEPS_SECONDS": "120", "FLOWKIT_DRAIN_GRACE": "30"}
+    a = deployment.worker("a", pool="prefork", concurrency=1, **inline)
+    run = brief_then_hold.start({"n": 0})
+    r = get_store().redis
+    began = r.blpop(f"chaos:began:{run.id}", timeout=20)
+    assert began is not None, f"the first step of run {run.id} did not begin"
+    first = loads(began[1])
+    node = first["worker"].rpartition(":")[0]
+    assert node.startswith("a@") and first["worker"] != f"{node}:{a.pid}"  # in a child
+    deployment.worker("b", **inline)
+
+    stopped = sigterm(a)
+    # the parent's heartbeat reads the flag its SIGTERM set; then the child may go on
+    wait_for(lambda: announced(node).get("draining"), 10, "worker a to say it drains")
+    r.rpush(f"chaos:go:{run.id}", 1)
+    second = waiting(run)
+    assert second["attempt"] == 1 and second["worker"].startswith("b@"), (
+        f"the next step began on {second['worker']} after SIGTERM\n{a.output()[-3000:]}")
+    wait_for(lambda: "code" in stopped, 20, "worker a to exit")
+    assert stopped["code"] == 0
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded" and done.output["n"] == 2
+    assert not of_type(run.events(), "run.restarted")
+    assert side_effects(run, "started") == {"0:chaos.brief": 1, HOLD: 1}
+    assert any("flowkit drain:" in line and "is idle" in line for line in a.lines), a.output()
     shut_down_cleanly(a)
 
 

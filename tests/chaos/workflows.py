@@ -67,6 +67,19 @@ def _hold(ctx: flowkit.StepContext) -> None:
             raise TimeoutError("the test never opened the gate")
 
 
+@component(name="chaos.brief")
+def brief(data: dict) -> dict:
+    """A short step that says where it runs (``chaos:began:<run>``), then waits for the
+    test's word (``chaos:go:<run>``): the test does something meanwhile (a SIGTERM, say)."""
+    ctx = _began()
+    r = get_store().redis
+    r.rpush(f"chaos:began:{ctx.run_id}", dumps({"attempt": ctx.attempt, "worker": worker_id()}))
+    if r.blpop(f"chaos:go:{ctx.run_id}", timeout=60) is None:
+        raise TimeoutError("the test never said go")
+    _finished(ctx)
+    return {**data, "n": data["n"] + 1}
+
+
 @component(name="chaos.broken")
 def broken(data: dict) -> dict:
     _began()
@@ -101,6 +114,8 @@ ten_retried = flowkit.Workflow(
 ten_held = flowkit.Workflow("chaos.ten_held", [work] * 4 + [hold] + [work] * 5)
 batch_held = flowkit.Workflow("chaos.batch_held", [items, fan_out(item, batch=4)])
 held = flowkit.Workflow("chaos.held", [work, hold, work])
+#: A short step, then a long one: the long one may follow inline, in the same task.
+brief_then_hold = flowkit.Workflow("chaos.brief_then_hold", [brief, hold])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
 
 
