@@ -4,6 +4,13 @@ A thread (not the task) beats, so a step blocked in I/O or a C call that release
 still heartbeats; the reaper only acts when the whole process is gone or frozen. The thread
 needs the GIL: a C call holding it past the lapse (and, on gevent, where this thread is a
 greenlet, a step that never yields) stops the beats (a known limit, in the README).
+
+Only the process that announced the node (its main process, :func:`announce`) sends the
+node's record with its beats: a prefork child forked after the worker was ready (one
+replacing a child that reached ``--max-tasks-per-child`` or ``--max-memory-per-child``, or
+died) inherits ``node_info`` and ``node_load``, and its beats overwrote the record with the
+load as it was at its fork (messages held, last taken) every interval: a busy worker was
+reported as a stuck consumer.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._wake = threading.Event()
-        #: What this node announced when ready (set in its main process only).
+        #: What this node announced when ready (set in its main process only; a prefork
+        #: child forked later inherits a copy, which its beats do not send).
         self.node_info: dict | None = None
         #: Its load now, sent with each beat beside node_info (flowkit.worker.load).
         self.node_load: Callable[[], dict] | None = None
@@ -95,7 +103,8 @@ class Heartbeat:
     def beat(self) -> None:
         store, now = get_store(), time.time()
         node = None
-        if self.node_info:
+        # a child forked after the announce has a frozen copy of the node's load: not its to send
+        if self.node_info and self.node_info.get("pid") == os.getpid():
             node = (node_name, {**self.node_info, **self.node_load()} if self.node_load
                     else self.node_info)
         store.heartbeat(self.active(), worker_id(), now, node=node)
