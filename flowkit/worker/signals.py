@@ -1,4 +1,5 @@
-"""The worker's signals: refuse bad settings (and warn of a Redis that would lose work), name the worker, start heartbeats, drain,
+"""The worker's signals: refuse bad settings (and warn of a Redis that would lose work), name the worker
+(and say when another live worker has its name), start heartbeats, drain,
 record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT);
 and beat's: store the schedules its code declares when it starts.
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from ..engine.broker import reaper_queue
 from ..engine.doctor import broker_address, served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
+from ..store import get_store
 from .checks import check_broker_timeout, check_queues
 from .load import node_load
 
@@ -98,6 +101,7 @@ def worker_ready(sender=None, **_) -> None:
               brpop_timeout=float(getattr(channel, "brpop_timeout", None) or 1.0))
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
+        watch_for_a_namesake(heartbeat.node_name)
         info = node_info(sender)
         node_load.ready(info["concurrency"], reaper_queue(sender.app.conf.task_default_queue),
                         queues=lambda: consumed_queues(sender))
@@ -108,6 +112,43 @@ def worker_ready(sender=None, **_) -> None:
     # allocate. On a gevent worker with hundreds of LLM calls in flight, walking the startup
     # heap took about a quarter of its CPU (bench/llm_fanout.py).
     gc.freeze()
+
+
+def watch_for_a_namesake(node: str) -> None:
+    """Log an ERROR if another live worker beats under this node name. Two workers of one
+    name (two copies of one Procfile line or systemd unit on a host) are told apart by
+    nothing: the SIGTERM drain of a prefork one, and ``flowkit drain``, find a node's steps
+    by its name, and hand over the other's too, which then run twice. Celery says nothing
+    of it without mingle. What the node record says before this worker announces itself
+    names the other's pid; that process beating after this one started means it lives (a
+    worker restarted under its own name stops beating: its record is no namesake). In a
+    thread: a live worker beats within an interval, a dead one never again."""
+    try:
+        before = [w for w in get_store().nodes_seen_since(0) if w["name"] == node]
+    except Exception:  # noqa: BLE001 - Redis away: a warning, not a reason to stop
+        return
+    pid = before[0].get("pid") if before else None
+    if not isinstance(pid, int) or pid == os.getpid():
+        return
+    threading.Thread(target=_namesake, args=(node, pid, time.time()),
+                     name="flowkit-namesake", daemon=True).start()
+
+
+def _namesake(node: str, pid: int, since: float) -> None:
+    settings = get_settings()
+    deadline = time.monotonic() + settings.heartbeat_lapse
+    while time.monotonic() < deadline:
+        time.sleep(settings.heartbeat_interval)
+        try:
+            seen = dict(get_store().workers_seen_since(since))
+        except Exception:  # noqa: BLE001 - Redis away: nothing to say
+            return
+        if f"{node}:{pid}" in seen:
+            log.error("flowkit: another live worker beats as node %s (pid %d): two workers of "
+                      "one name are told apart by nothing, and draining one (SIGTERM, flowkit "
+                      "drain) hands over the other's steps too, which then run twice; give "
+                      "each its own --hostname (cpu1@%%h, cpu2@%%h)", node, pid)
+            return
 
 
 def node_info(consumer) -> dict:

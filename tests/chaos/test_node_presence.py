@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import redis
 
 from flowkit import config
+from flowkit.engine import control
 from flowkit.serialization import loads
 from flowkit.store import get_store
 from tests.chaos.conftest import open_gate, wait_for, waiting
@@ -73,3 +75,30 @@ def test_a_prefork_child_forked_after_ready_does_not_beat_the_node_s_load(chaos_
     finally:
         open_gate(run)
     assert run.wait(30).state == "succeeded"
+
+
+NAMESAKE = "another live worker beats as node"
+
+
+def test_a_second_live_worker_of_the_same_name_is_an_error_a_restarted_one_is_not(
+    chaos_app, deployment
+):
+    """Two workers of one name were told apart by nothing and nothing said so: the SIGTERM
+    drain of one (prefork) handed over the other's steps, which then ran twice. The second
+    now logs an ERROR as it starts; a worker restarted under its own name (the first dead,
+    its record still there) does not."""
+    first = deployment.worker("a")
+    wait_for(lambda: [w for w in control.live_workers() if w["name"].startswith("a@")], 10,
+             "worker a to announce itself")
+    second = deployment.worker("a")
+    wait_for(lambda: any(NAMESAKE in line for line in list(second.lines)), 10,
+             "the second worker a to log that a namesake lives")
+    assert any("ERROR" in line and f"(pid {first.pid})" in line for line in second.lines)
+    assert not any(NAMESAKE in line for line in first.lines)
+
+    second.kill()
+    first.kill()
+    again = deployment.worker("a")
+    # its watch ends a lapse after it started (FAST: 2 s); past that no ERROR can come
+    time.sleep(float(deployment.env["FLOWKIT_HEARTBEAT_LAPSE"]) + 1)
+    assert not any(NAMESAKE in line for line in again.lines), again.output()
