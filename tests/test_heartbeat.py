@@ -39,3 +39,31 @@ def test_a_superseded_attempt_ending_late_leaves_the_new_attempt_s_heartbeat(mon
     assert beat.active() == [("run-1", "0:step", "new-token")]
     beat.untrack("run-1", "0:step", "new-token")
     assert beat.active() == [] and beat.wait_idle(0)
+
+
+CHILD = """
+import os, threading, sys
+from flowkit.engine.heartbeat import Heartbeat
+beats = Heartbeat()
+beats.beat = lambda: None  # about threads, not Redis
+beats.ensure_running()  # the worker's main process
+pid = os.fork()
+if pid == 0:  # a prefork child: started as the pool forks it, then its first step
+    beats.ensure_running()
+    beats.track("run", "0:step", "token")
+    alive = [t for t in threading.enumerate() if t.name == "flowkit-heartbeat"]
+    os._exit(len(alive))
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_that_starts_its_thread_then_tracks_a_step_has_one_thread():
+    """A prefork child started its heartbeat thread as it started (worker_process_init),
+    then its first step took that thread for the parent's and started a second: every
+    lease of the child was renewed twice an interval, for good."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, timeout=60)
+    assert child.returncode == 1, child.stderr

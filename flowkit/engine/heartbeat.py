@@ -53,12 +53,16 @@ class Heartbeat:
 
     def track(self, run_id: str, step: str, token: str) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's steps and thread are not ours
-                self._entries.clear()
-                self._slots.clear()
-                self._pid, self._thread = os.getpid(), None
+            self._adopt()
             self._entries[(run_id, step)] = token
         self.ensure_running()
+
+    def _adopt(self) -> None:
+        """In a forked child (its lock held): the parent's steps and thread are not ours."""
+        if self._pid != os.getpid():
+            self._entries.clear()
+            self._slots.clear()
+            self._pid, self._thread = os.getpid(), None
 
     def untrack(self, run_id: str, step: str, token: str) -> None:
         """Stop beating for this attempt's lease; not for a later attempt of the same step
@@ -97,6 +101,9 @@ class Heartbeat:
         with self._lock:
             if self._running():  # another step started it while this one waited for the lock
                 return
+            # a prefork child starts its thread as it starts, then tracks its first step: not
+            # adopted here, that track took the thread for the parent's and started another
+            self._adopt()
             self._thread = threading.Thread(target=self._loop, name="flowkit-heartbeat", daemon=True)
             self._thread.start()
 
