@@ -60,11 +60,13 @@ def test_a_prefork_child_forked_after_ready_does_not_beat_the_node_s_load(chaos_
     # the new child beats (its own presence) once it runs: forked before the next message
     store = get_store()
     known = {before, f"{node}:{a.pid}"}
-    [child] = wait_for(lambda: [w for w in store.redis.zrange(store.keys.workers, 0, -1)
-                                if w.startswith(f"{node}:") and w not in known], 20,
-                       "worker a's pool to fork a new child")
+    wait_for(lambda: [w for w in store.redis.zrange(store.keys.workers, 0, -1)
+                      if w.startswith(f"{node}:") and w not in known], 20,
+             "worker a's pool to fork a new child")
     run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
-    assert waiting(run)["worker"] == child
+    # in a child forked after ready: that one, or the next if it took another message first
+    # (a reaper sweep) and was replaced in turn
+    assert waiting(run)["worker"] not in known
     # the parent's heartbeat counted the held step; then watch a few intervals of beats
     wait_for(lambda: loads(store.redis.hget(store.keys.nodes, node) or "{}").get("held") == 1,
              10, "worker a to beat its held step")
