@@ -253,6 +253,7 @@ def test_a_worker_port_counts_its_steps_retries_and_llm_calls(metrics_worker, st
         "text/plain; version=0.0.4") and "flowkit_step_duration_seconds" in odd.text
 
 
+@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
         flowkit_env, store, tmp_path):
     port = free_port()

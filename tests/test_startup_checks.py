@@ -167,6 +167,7 @@ def test_a_sentinel_service_name_they_do_not_monitor_is_said_as_such_as_a_proces
         "those they monitor), or wait for a failover to end.")
 
 
+@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_a_worker_refuses_to_start_when_the_sentinels_refuse_their_credentials(
         flowkit_env, sentinel):
     """It said "does not answer yet ... Start it", said it was ready, and logged a traceback

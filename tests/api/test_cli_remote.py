@@ -167,6 +167,7 @@ class RefusingProxy(CuttingProxy):
         super()._relay(downstream)
 
 
+@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_a_follow_waits_out_503s_and_reconnects_saying_so_once(api, env, worker):
     """A reconnect answered 503 (Redis away, the process restarting) ended the follow, exit
     1, while the run went on; and it said nothing while it retried."""

@@ -134,6 +134,7 @@ def test_bad_cursor_and_bad_idempotency_key_are_400(client):
     assert "leave the header out" in error["fields"]["Idempotency-Key"][0]
 
 
+@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_redis_down_is_a_503_that_says_to_retry(flowkit_env, monkeypatch):
     """Whatever the API cannot read because Redis is away answers 503, never 500."""
     from flowkit import config

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
 import websocket
 from wsproto.frame_protocol import FrameProtocol
 
@@ -37,6 +38,7 @@ def flood(store, run_id: str) -> None:
         pipe.execute()
 
 
+@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_a_client_that_stops_reading_holds_back_no_other_and_still_gets_everything(
         flowkit_env, worker, store):
     """Its socket stops taking frames (the hub hands it to its own thread), then its buffer

@@ -57,6 +57,7 @@ def lapsed_run(deployment):
     return run, holder
 
 
+@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_two_reapers_at_once_restart_a_lapsed_run_once(chaos_app, deployment):
     run, _ = lapsed_run(deployment)
     reports = deployment.sweepers(2)
