@@ -211,8 +211,9 @@ def test_a_worker_drained_without_shutdown_consumes_nothing_in_every_view(
     told the operator to restart it."""
     deployment.worker("a")
     deployment.beat()
-    wait_for(lambda: any(w["name"].startswith("a@") for w in control.live_workers()), 20,
-             "worker a to announce itself")
+    # what it announced, not only its first beat (which comes a moment before)
+    wait_for(lambda: any(w["name"].startswith("a@") and "queues" in w
+                         for w in control.live_workers()), 20, "worker a to announce itself")
     node = next(w["name"] for w in control.live_workers() if w["name"].startswith("a@"))
     assert announced(node)["queues"] == [QUEUE] and consumers_of(QUEUE) == 1
 

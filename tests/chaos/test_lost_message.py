@@ -85,9 +85,12 @@ def test_a_worker_whose_consumer_takes_nothing_is_reported_while_its_runs_wait_i
                                   if w["name"].startswith("a@") and "held" in w), None),
                     30, "worker a to beat with its load")
     # its consumer of the runs' queue stops, as a hung broker channel would; it still beats
-    # and still lists the queue (tests.chaos.app's control command)
-    assert get_app().control.broadcast("chaos_stall_consumer", arguments={"queue": QUEUE},
-                                       destination=[node], reply=True, timeout=10)
+    # and still lists the queue (tests.chaos.app's control command). Sent again until it
+    # answers: a broadcast is a Redis PUBLISH, lost when the worker's control channel was
+    # not subscribed yet (it beats and announces before; a busy machine widens the gap)
+    assert wait_for(lambda: get_app().control.broadcast(
+        "chaos_stall_consumer", arguments={"queue": QUEUE}, destination=[node], reply=True,
+        timeout=2), 30, "worker a to stall its consumer")
     run = tick.start({"n": 0, "chunks": 1, "pause": 0})
     deployment.beat(**quick)
 

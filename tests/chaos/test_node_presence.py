@@ -90,8 +90,9 @@ def test_a_second_live_worker_of_the_same_name_is_an_error_a_restarted_one_is_no
     now logs an ERROR as it starts; a worker restarted under its own name (the first dead,
     its record still there) does not."""
     first = deployment.worker("a")
-    wait_for(lambda: [w for w in control.live_workers() if w["name"].startswith("a@")], 10,
-             "worker a to announce itself")
+    # what it announced (its pid), not only its first beat (which comes a moment before)
+    wait_for(lambda: [w for w in control.live_workers() if w["name"].startswith("a@")
+                      and "pid" in w], 10, "worker a to announce itself")
     second = deployment.worker("a")
     wait_for(lambda: any(NAMESAKE in line for line in list(second.lines)), 10,
              "the second worker a to log that a namesake lives")
