@@ -126,6 +126,13 @@ def running_steps(store: Store | None = None) -> list[dict[str, Any]]:
 # -- the checks ------------------------------------------------------------------------------
 
 
+def _said(level: str, message: str) -> Finding:
+    """A redis finding from one of the store's one-line messages ("what: fix"), as the CLI
+    prints them: the part before the first ": " is the finding, the rest its fix."""
+    what, _, fix = message.partition(": ")
+    return Finding("redis", level, what[0].upper() + what[1:] + ".", fix[0].upper() + fix[1:])
+
+
 def startup_findings(redis_url: str) -> list[Finding]:
     """What a worker or web process says as it starts: the store's Redis settings that lose
     work (AOF off, an evicting ``maxmemory-policy``), at once, never after a retry budget.
@@ -141,9 +148,7 @@ def startup_findings(redis_url: str) -> list[Finding]:
         if why is not None:
             raise ConfigError(SENTINELS_REFUSED.format(url=redacted(redis_url), why=why)) from None
         if no_primary(exc, redis_url):
-            what, _, fix = said_no_primary(exc, redis_url).partition(": ")
-            return [Finding("redis", WARNING, what[0].upper() + what[1:] + ".",
-                            fix[0].upper() + fix[1:])]
+            return [_said(WARNING, said_no_primary(exc, redis_url))]
         return [Finding("redis", WARNING, f"Redis at {reached(redis_url)} does not answer yet; "
                         "flowkit retries each command for FLOWKIT_REDIS_RETRY_SECONDS.",
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
@@ -174,13 +179,9 @@ def examine(
     except StoreUnavailable as exc:
         why = sentinels_refused(exc)
         if why is not None:
-            what, _, fix = SENTINELS_REFUSED.format(url=redacted(url), why=why).partition(": ")
-            return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
-                            fix[0].upper() + fix[1:])]
+            return [_said(FAILURE, SENTINELS_REFUSED.format(url=redacted(url), why=why))]
         if no_primary(exc, url):
-            what, _, fix = said_no_primary(exc, url).partition(": ")
-            return [Finding("redis", FAILURE, what[0].upper() + what[1:] + ".",
-                            fix[0].upper() + fix[1:])]
+            return [_said(FAILURE, said_no_primary(exc, url))]
         if is_cluster(url):  # a node down, its replica not yet promoted: "start it" misled
             return [Finding("redis", FAILURE, f"The Redis Cluster at {redacted(url)}, or one of "
                             f"its nodes, does not answer ({exc.__cause__ or exc}).",
