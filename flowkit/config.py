@@ -84,6 +84,7 @@ class Settings:
     max_payload_bytes: int = _default("max_payload_bytes")
     heartbeat_interval: float = _default("heartbeat_interval")
     heartbeat_lapse: float = _default("heartbeat_lapse")
+    heartbeat_keeper: bool = _default("heartbeat_keeper")
     reaper_interval: float = _default("reaper_interval")
     max_restarts: int = _default("max_restarts")
     queued_timeout: float = _default("queued_timeout")

@@ -34,6 +34,9 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 HEARTBEAT_INTERVAL = 2.0
 #: A run whose step heartbeat is older than this is considered lost.
 HEARTBEAT_LAPSE = 8.0
+#: Beat running steps' leases from a process of their own (engine.keeper), so a step that
+#: holds the GIL (or a gevent step that does not yield) does not stop its worker's beats.
+HEARTBEAT_KEEPER = True
 #: How often beat runs the reaper, in seconds.
 REAPER_INTERVAL = 3.0
 #: Restarts of one run before the reaper gives up and fails it.

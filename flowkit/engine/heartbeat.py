@@ -1,9 +1,13 @@
-"""Heartbeats: one daemon thread per worker process keeps the leases of its running steps.
+"""Heartbeats: what each worker process holds, and its presence, kept alive in Redis.
 
-A thread (not the task) beats, so a step blocked in I/O or a C call that releases the GIL
-still heartbeats; the reaper only acts when the whole process is gone or frozen. The thread
-needs the GIL: a C call holding it past the lapse (and, on gevent, where this thread is a
-greenlet, a step that never yields) stops the beats (a known limit, in the README).
+The leases of running steps (and the component slots they hold) are beaten by the worker's
+lease keeper (:mod:`flowkit.engine.keeper`), a process of its own, so a step that holds
+the GIL past the lapse (or, on gevent, never yields) keeps its lease; each process tells it
+what it holds (:class:`Heartbeat` ``track``, ``untrack``, ``hold``, ``let_go``). One daemon
+thread per process beats the worker's presence and its node's record, and beats the
+leases itself until the keeper beats (or after it exited, or with
+``FLOWKIT_HEARTBEAT_KEEPER=false``): the reaper only acts when the whole process is gone or
+stopped.
 
 Only the process that announced the node (its main process, :func:`announce`) sends the
 node's record with its beats: a prefork child forked after the worker was ready (one
@@ -24,6 +28,7 @@ from collections.abc import Callable
 
 from ..config import get_settings
 from ..store import get_store
+from .keeper import Link
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,14 @@ class Heartbeat:
         self.node_info: dict | None = None
         #: Its load now, sent with each beat beside node_info (flowkit.worker.load).
         self.node_load: Callable[[], dict] | None = None
+        #: This process's side of its worker's lease keeper (engine.keeper).
+        self.link = Link()
 
     def track(self, run_id: str, step: str, token: str) -> None:
         with self._lock:
             self._adopt()
             self._entries[(run_id, step)] = token
+            self.link.send(["+", self._pid, worker_id(), run_id, step, token])
         self.ensure_running()
 
     def _adopt(self) -> None:
@@ -71,6 +79,7 @@ class Heartbeat:
         with self._lock:
             if self._entries.get((run_id, step)) == token:
                 del self._entries[(run_id, step)]
+                self.link.send(["-", self._pid, run_id, step, token])
             if not self._entries:
                 self._idle.notify_all()
 
@@ -78,10 +87,28 @@ class Heartbeat:
         """Keep a component slot with the step's lease (a dead worker's lapses with it)."""
         with self._lock:
             self._slots.add((group, member))
+            self.link.send(["hold", self._pid, group, member])
 
     def let_go(self, group: str, member: str) -> None:
         with self._lock:
             self._slots.discard((group, member))
+            self.link.send(["let_go", self._pid, group, member])
+
+    def _held(self) -> list[list]:
+        """What this process holds, as messages to a keeper that starts (its lock held)."""
+        worker = worker_id()
+        return [["+", self._pid, worker, run, step, token]
+                for (run, step), token in self._entries.items()] + \
+            [["hold", self._pid, group, member] for group, member in self._slots]
+
+    def start_keeper(self) -> None:
+        """Start this worker's lease keeper (:mod:`flowkit.engine.keeper`), once: called
+        by a worker's main process before its pool forks, and by the heartbeat thread of a
+        process that has none yet."""
+        with self._lock:
+            self._adopt()
+            if not self.link.started() and get_settings().heartbeat_keeper:
+                self.link.start(get_settings(), self._held())
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no step of this process is running (True) or ``timeout`` s pass (False)."""
@@ -108,15 +135,20 @@ class Heartbeat:
             self._thread.start()
 
     def beat(self) -> None:
+        if not self.link.started():
+            self.start_keeper()
+        with self._lock:
+            self.link.check(get_settings(), self._held())
         store, now = get_store(), time.time()
+        keeper = self.link.beating()  # else this thread beats the leases, as it did before
         node = None
         # a child forked after the announce has a frozen copy of the node's load: not its to send
         if self.node_info and self.node_info.get("pid") == os.getpid():
             node = (node_name, {**self.node_info, **self.node_load()} if self.node_load
                     else self.node_info)
-        store.heartbeat(self.active(), worker_id(), now, node=node)
+        store.heartbeat([] if keeper else self.active(), worker_id(), now, node=node)
         with self._lock:
-            slots = list(self._slots)
+            slots = [] if keeper else list(self._slots)
         if slots:
             store.hold_slots(slots, now + get_settings().heartbeat_lapse)
 

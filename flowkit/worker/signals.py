@@ -87,6 +87,8 @@ def name_worker(sender=None, **_) -> None:
     # before the pool forks, so prefork children's leases also carry the node name
     if sender:
         heartbeat.node_name = str(sender)
+    # its children inherit the pipe to it, and beat through it
+    heartbeat.heartbeat.start_keeper()
 
 
 def worker_ready(sender=None, **_) -> None:

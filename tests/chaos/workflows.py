@@ -7,6 +7,7 @@ already checkpointed (the one thing that must never happen).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -80,6 +81,17 @@ def brief(data: dict) -> dict:
     return {**data, "n": data["n"] + 1}
 
 
+@component(name="chaos.gil")
+def gil(data: dict) -> dict:
+    """A step that holds the GIL for ``seconds`` (one C call that never releases it, as
+    ``json.loads`` of a large document or a backtracking regex would): nothing else of its
+    process runs meanwhile, neither a heartbeat thread nor, on gevent, another greenlet."""
+    ctx = _began()
+    ctypes.PyDLL(None).usleep(int(data["seconds"] * 1_000_000))
+    _finished(ctx)
+    return {**data, "n": data["n"] + 1}
+
+
 @component(name="chaos.broken")
 def broken(data: dict) -> dict:
     _began()
@@ -117,6 +129,7 @@ held = flowkit.Workflow("chaos.held", [work, hold, work])
 #: A short step, then a long one: the long one may follow inline, in the same task.
 brief_then_hold = flowkit.Workflow("chaos.brief_then_hold", [brief, hold])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
+held_gil = flowkit.Workflow("chaos.held_gil", [work, gil])
 
 
 # -- a worker lost between two steps ------------------------------------------------

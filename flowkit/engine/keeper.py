@@ -1,0 +1,265 @@
+"""The lease keeper: a small process that beats the leases of a worker's running steps.
+
+Why a process: a thread of the worker needs the GIL to beat, so one C call that holds it
+past the lapse (``json.loads`` of a large document, a regex that backtracks, a C extension
+that never releases it) or, on gevent, a step that does not yield, stopped every beat of
+its process, and the reaper restarted a step that was still running: it ran twice, and a
+step that always took that long failed its run after ``FLOWKIT_MAX_RESTARTS``. The keeper
+has an interpreter of its own, so it beats whatever the worker's steps do with theirs.
+
+One keeper per worker node: its main process starts it before a prefork pool forks, so
+the children inherit the pipe to it; a process with no keeper to inherit (an in-thread
+test worker, say) starts its own. Each process says what it holds, one JSON line per
+change (:class:`Link`): ``["+", pid, worker, run, step, token]`` and ``["-", pid, run,
+step, token]`` for a step's lease, ``["hold", pid, group, member]`` and ``["let_go", pid,
+group, member]`` for a component slot. The keeper beats, every
+``FLOWKIT_HEARTBEAT_INTERVAL``, what each process holds while that process is alive and
+not stopped (``SIGSTOP``: its leases lapse as they did when its own thread stopped), and
+forgets a process once it is gone: the reaper restarts its steps after the lapse, as
+before. It exits when no process holds its pipe any more (end of file).
+
+It writes one byte to its stdout once it beats; until then, and after it exited, each
+process's heartbeat thread beats its own leases (:mod:`flowkit.engine.heartbeat`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import mmap
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from ..config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Linux's fcntl to grow a pipe: a gevent worker that starts hundreds of steps before the
+#: keeper runs fills the default 64 KiB, and a full pipe cannot be written without waiting.
+F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1 << 20
+
+
+class Link:
+    """This process's side of its node's keeper: the pipe to it, and whether it beats.
+
+    Made at import, in a worker's main process before its pool forks: ``_beating`` is an
+    anonymous shared mapping, so a prefork child reads the byte its parent sets when the
+    keeper's first beat is heard (and clears when the keeper exits).
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._ack: int | None = None
+        self._settings: Settings | None = None
+        self._beating = mmap.mmap(-1, 1)
+        #: This process could not write to the keeper (it exited, or stopped reading): it
+        #: beats its own leases from now on.
+        self._lost = False
+        #: A keeper was started (by this process, or by the parent it was forked from).
+        self._tried = False
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        # the child writes to the parent's keeper, but it is not the child's to restart
+        if self._ack is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._ack)
+        self._proc, self._ack = None, None
+
+    def started(self) -> bool:
+        """A keeper was started, whatever became of it (each process starts one at most)."""
+        return self._tried
+
+    def beating(self) -> bool:
+        """True when the keeper beats this process's leases (its own thread need not)."""
+        return self._fd is not None and not self._lost and self._beating[0] == 1
+
+    def start(self, settings: Settings, held: list[list]) -> None:
+        """Start a keeper for this process (and the children it forks from now on), and
+        tell it what this process holds already (``held``: messages, as :meth:`send`)."""
+        self._tried = True
+        read, write = os.pipe()
+        ack_read, ack_write = os.pipe()
+        with contextlib.suppress(OSError):  # not Linux: the default size
+            fcntl.fcntl(write, F_SETPIPE_SZ, PIPE_BYTES)
+        package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [package, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "flowkit.engine.keeper"], stdin=read, stdout=ack_write,
+                env=env, close_fds=True)
+        except OSError as exc:
+            log.warning("flowkit: could not start the lease keeper (%s): this worker's "
+                        "processes beat their leases themselves", exc)
+            for fd in (read, write, ack_read, ack_write):
+                os.close(fd)
+            self._lost = True
+            return
+        os.close(read)
+        os.close(ack_write)
+        os.set_blocking(write, False)
+        os.set_blocking(ack_read, False)
+        self._fd, self._ack, self._settings, self._lost = write, ack_read, settings, False
+        self._beating[0] = 0
+        self.send(["settings", dataclasses.asdict(settings)])
+        for message in held:
+            self.send(message)
+
+    def send(self, message: list) -> None:
+        """Tell the keeper one change; never waits (a keeper that does not read is lost)."""
+        if self._fd is None or self._lost:
+            return
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        try:
+            written = os.write(self._fd, line)
+        except OSError:  # BrokenPipeError: it exited; BlockingIOError: it stopped reading
+            written = 0
+        if written != len(line):  # a line cut short would garble the next: stop here
+            self._lost = True
+
+    def check(self, settings: Settings, held: list[list]) -> None:
+        """From this process's heartbeat thread: hear the keeper's first beat, see it
+        exit, and start another when this process's settings changed (another Redis)."""
+        if self._proc is None:
+            return
+        if settings != self._settings:
+            self.stop()
+            if settings.heartbeat_keeper:
+                self.start(settings, held)
+            return
+        with contextlib.suppress(BlockingIOError):
+            if self._ack is not None and os.read(self._ack, 64):
+                self._beating[0] = 1
+        code = self._proc.poll()
+        if code is not None:
+            log.warning("flowkit: the lease keeper exited (%s): this worker's processes beat "
+                        "their leases themselves", code)
+            self.stop()
+            self._lost = True
+
+    def stop(self) -> None:
+        """Close this process's end: a keeper nobody else holds exits."""
+        self._beating[0] = 0
+        for fd in (self._fd, self._ack):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(0)  # reap it if it is gone already
+        self._fd = self._ack = self._proc = None
+
+
+# --- the keeper process ---------------------------------------------------------------
+
+
+def process_state(pid: int) -> str:
+    """The process's state letter (``ps``'s), ``"X"`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except FileNotFoundError:
+        return "X"
+    except OSError:  # no /proc (not Linux): alive or not is all that can be known
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "X"
+        except PermissionError:
+            pass
+        return "R"
+
+
+class Keeper:
+    """What the worker's processes hold, beaten for those alive and not stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        from ..store.store import Store  # the keeper's only reason to import the store
+
+        self.store = Store(settings)
+        self.lapse = settings.heartbeat_lapse
+        self.leases: dict[int, dict[tuple[str, str], str]] = {}
+        self.slots: dict[int, set[tuple[str, str]]] = {}
+        self.workers: dict[int, str] = {}
+
+    def apply(self, message: list) -> None:
+        kind, pid = message[0], int(message[1])
+        if kind == "+":
+            self.workers[pid] = message[2]
+            self.leases.setdefault(pid, {})[(message[3], message[4])] = message[5]
+        elif kind == "-":
+            held = self.leases.get(pid, {})
+            if held.get((message[2], message[3])) == message[4]:
+                del held[(message[2], message[3])]
+        elif kind == "hold":
+            self.slots.setdefault(pid, set()).add((message[2], message[3]))
+        elif kind == "let_go":
+            self.slots.get(pid, set()).discard((message[2], message[3]))
+
+    def beat(self) -> None:
+        now = time.time()
+        for pid in list(self.leases.keys() | self.slots.keys()):
+            state = process_state(pid)
+            if state in ("X", "Z"):  # gone: its leases lapse, the reaper restarts its steps
+                self.leases.pop(pid, None)
+                self.slots.pop(pid, None)
+                self.workers.pop(pid, None)
+                continue
+            if state in ("T", "t"):  # stopped: frozen as a whole, as its own thread would be
+                continue
+            leases, slots = self.leases.get(pid, {}), self.slots.get(pid, set())
+            try:
+                if leases:
+                    self.store.heartbeat([(run, step, token) for (run, step), token
+                                          in leases.items()], self.workers[pid], now)
+                if slots:
+                    self.store.hold_slots(list(slots), now + self.lapse)
+            except Exception:  # Redis away: keep trying, the reaper judges lapses
+                log.warning("flowkit lease keeper: heartbeat failed", exc_info=True)
+
+
+def main() -> None:
+    # a Ctrl-C or a SIGTERM to the worker's process group is the worker's to act on (it
+    # drains, for up to FLOWKIT_DRAIN_GRACE): the keeper beats on until its pipe closes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keeper: Keeper | None = None
+    interval, pending, acked = 1.0, b"", False
+    next_beat = time.monotonic()
+    while True:
+        wait = None if keeper is None else max(0.0, next_beat - time.monotonic())
+        ready, _, _ = select.select([0], [], [], wait)
+        if ready:
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                return  # no process holds the pipe: the worker is gone
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if message[0] == "settings":
+                    settings = Settings(**message[1])
+                    keeper, interval = Keeper(settings), settings.heartbeat_interval
+                elif keeper is not None:
+                    keeper.apply(message)
+        if keeper is not None and time.monotonic() >= next_beat:
+            keeper.beat()
+            next_beat = time.monotonic() + interval
+            if not acked:
+                with contextlib.suppress(OSError):  # the process that started it is gone
+                    os.write(1, b"1")
+                acked = True
+
+
+if __name__ == "__main__":
+    main()
