@@ -135,7 +135,7 @@ class Heartbeat:
             self._thread.start()
 
     def beat(self) -> None:
-        if not self.link.started():
+        if not self.link.started() and (self._entries or self._slots):
             self.start_keeper()
         with self._lock:
             self.link.check(get_settings(), self._held())

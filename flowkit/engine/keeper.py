@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 #: keeper runs fills the default 64 KiB, and a full pipe cannot be written without waiting.
 F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
+#: The settings a keeper beats by: another value of one of them (``configure(redis_url=...)``)
+#: needs another keeper; the others do not.
+USES = ("redis_url", "key_prefix", "redis_socket_timeout", "redis_retry_seconds",
+        "connection_pool_size", "heartbeat_interval", "heartbeat_lapse", "heartbeat_keeper")
+
+
+def _view(settings: Settings) -> tuple:
+    return tuple(getattr(settings, name) for name in USES)
 
 
 class Link:
@@ -96,7 +104,9 @@ class Link:
             [package, *filter(None, [os.environ.get("PYTHONPATH")])])}
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "flowkit.engine.keeper"], stdin=read, stdout=ack_write,
+                # not ``-m``: the package imports this module first, and runpy warns of it
+                [sys.executable, "-c", "from flowkit.engine.keeper import main; main()"],
+                stdin=read, stdout=ack_write,
                 env=env, close_fds=True)
         except OSError as exc:
             log.warning("flowkit: could not start the lease keeper (%s): this worker's "
@@ -120,11 +130,14 @@ class Link:
         if self._fd is None or self._lost:
             return
         line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        if len(line) > select.PIPE_BUF:  # not written whole at once: it could interleave
+            self._lost = True  # with another process's line; this process beats its own
+            return
         try:
             written = os.write(self._fd, line)
         except OSError:  # BrokenPipeError: it exited; BlockingIOError: it stopped reading
             written = 0
-        if written != len(line):  # a line cut short would garble the next: stop here
+        if written != len(line):
             self._lost = True
 
     def check(self, settings: Settings, held: list[list]) -> None:
@@ -132,9 +145,10 @@ class Link:
         exit, and start another when this process's settings changed (another Redis)."""
         if self._proc is None:
             return
-        if settings != self._settings:
+        if self._settings is None or _view(settings) != _view(self._settings):
             self.stop()
-            if settings.heartbeat_keeper:
+            self._tried = False  # another starts once this process holds something
+            if held and settings.heartbeat_keeper:
                 self.start(settings, held)
             return
         with contextlib.suppress(BlockingIOError):
@@ -246,7 +260,11 @@ def main() -> None:
                 return  # no process holds the pipe: the worker is gone
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                message = json.loads(line)
+                try:
+                    message = json.loads(line)
+                except ValueError:  # never written so; skipped rather than beating nothing
+                    log.warning("flowkit lease keeper: unreadable message %r", line[:200])
+                    continue
                 if message[0] == "settings":
                     settings = Settings(**message[1])
                     keeper, interval = Keeper(settings), settings.heartbeat_interval
@@ -260,6 +278,3 @@ def main() -> None:
                     os.write(1, b"1")
                 acked = True
 
-
-if __name__ == "__main__":
-    main()
