@@ -34,10 +34,16 @@ def holder():
         proc.wait()
 
 
-def test_it_beats_the_lease_of_a_live_holder(store, holder):
+def kept(store, holder) -> tuple[str, Keeper]:
+    """A running run whose step's lease ``holder`` holds, told to a new keeper."""
     run = make_run(store, RunState.RUNNING)
     keeper = Keeper(store.settings)
     keeper.apply(["+", holder.pid, "node:1", run, STEP, TOKEN])
+    return run, keeper
+
+
+def test_it_beats_the_lease_of_a_live_holder(store, holder):
+    run, keeper = kept(store, holder)
     keeper.beat()
     assert lease_lapses(store, run) == pytest.approx(time.time() + store.settings.heartbeat_lapse,
                                                       abs=2)
@@ -45,17 +51,14 @@ def test_it_beats_the_lease_of_a_live_holder(store, holder):
 
 
 def test_it_stops_beating_a_lease_its_holder_let_go(store, holder):
-    run = make_run(store, RunState.RUNNING)
-    keeper = Keeper(store.settings)
-    keeper.apply(["+", holder.pid, "node:1", run, STEP, TOKEN])
+    run, keeper = kept(store, holder)
     keeper.apply(["-", holder.pid, run, STEP, TOKEN])
     keeper.beat()
     assert lease_lapses(store, run) < time.time()  # as begun, at the tests' clock (T)
 
 
 def test_a_late_let_go_of_an_older_attempt_keeps_the_new_one(store, holder):
-    run = make_run(store, RunState.RUNNING)
-    keeper = Keeper(store.settings)
+    run, keeper = kept(store, holder)
     keeper.apply(["+", holder.pid, "node:1", run, STEP, "older"])
     keeper.apply(["+", holder.pid, "node:1", run, STEP, TOKEN])
     keeper.apply(["-", holder.pid, run, STEP, "older"])
@@ -64,9 +67,7 @@ def test_a_late_let_go_of_an_older_attempt_keeps_the_new_one(store, holder):
 
 
 def test_a_stopped_holder_s_leases_are_not_beaten(store, holder):
-    run = make_run(store, RunState.RUNNING)
-    keeper = Keeper(store.settings)
-    keeper.apply(["+", holder.pid, "node:1", run, STEP, TOKEN])
+    run, keeper = kept(store, holder)
     os.kill(holder.pid, signal.SIGSTOP)
     wait_until(lambda: process_state(holder.pid) in ("T", "t"), 5, "the holder to stop")
     keeper.beat()
@@ -79,9 +80,7 @@ def test_a_stopped_holder_s_leases_are_not_beaten(store, holder):
 
 
 def test_a_dead_holder_is_forgotten(store, holder):
-    run = make_run(store, RunState.RUNNING)
-    keeper = Keeper(store.settings)
-    keeper.apply(["+", holder.pid, "node:1", run, STEP, TOKEN])
+    run, keeper = kept(store, holder)
     keeper.apply(["hold", holder.pid, "group", "member"])
     holder.kill()
     holder.wait()
