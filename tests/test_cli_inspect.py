@@ -269,6 +269,30 @@ def test_doctor_says_when_the_workers_take_steps_from_another_broker(env):
     assert finding["fix"].startswith("Set FLOWKIT_BROKER_URL")
 
 
+def test_doctor_checks_a_result_backend_of_its_own_answers(env):
+    """Chords join through Celery's result backend: one on a Redis of its own
+    (FLOWKIT_RESULT_BACKEND) that did not answer was "All is well" while every parallel step
+    and fan-out waited for ever."""
+    with LocalRedis() as backend:
+        url = f"redis://127.0.0.1:{backend.port}/0"
+        [ok] = by_check(json.loads(flowkit_cli(
+            "doctor", "-A", "tests.app", "--json",
+            env={**env, "FLOWKIT_RESULT_BACKEND": url}).stdout))["result_backend"]
+        assert ok["level"] == "ok" and ok["message"].endswith(f"at {url} answers.")
+    result = flowkit_cli("doctor", "-A", "tests.app", "--json",
+                         env={**env, "FLOWKIT_RESULT_BACKEND": url})  # stopped now
+    [down] = by_check(json.loads(result.stdout))["result_backend"]
+    assert result.returncode == 1 and down["level"] == "failure"
+    assert "does not answer: no parallel step or fan-out can join" in down["message"]
+    assert down["fix"].startswith("Start it, or point FLOWKIT_RESULT_BACKEND at it")
+    # the store's own Redis (another database) was checked as the store already
+    same = by_check(json.loads(flowkit_cli(
+        "doctor", "-A", "tests.app", "--json",
+        env={**env, "FLOWKIT_RESULT_BACKEND": env["FLOWKIT_REDIS_URL"].rsplit("/", 1)[0] + "/3"}
+    ).stdout))
+    assert "result_backend" not in same
+
+
 @pytest.mark.parametrize("a, b", [
     ("redis://localhost/0", "redis://:secret@127.0.0.1:6379"),
     ("amqp://guest:guest@localhost//", "amqp://other@127.0.0.1:5672/"),

@@ -207,6 +207,9 @@ def examine(
         found += broker(broker_url)
     elif broker_url and is_amqp(broker_url):
         found += amqp_broker(broker_url)
+    backend = store.settings.result_backend
+    if backend and _server(backend) not in (_server(url), _server(broker_url or "")):
+        found += result_backend(backend)
     workers = live_workers(store)
     found += worker_presence(workers)
     found += stuck_consumers(store.stuck_consumers())
@@ -285,6 +288,24 @@ def broker(url: str) -> list[Finding]:
     # messages only: the reaper re-drives runs whose message was lost, hence warnings
     return [Finding("broker", OK, f"Broker Redis {info['version']} at {redacted(url)} answers."),
             *redis_settings(info, "broker", level=WARNING)]
+
+
+def result_backend(url: str) -> list[Finding]:
+    """Celery's result backend on a Redis of its own (FLOWKIT_RESULT_BACKEND): a chord
+    counts its branches there, so without it no parallel step or fan-out joins."""
+    try:
+        info = probe(url)
+    except StoreUnavailable:
+        return [Finding("result_backend", FAILURE, f"The Celery result backend at "
+                        f"{reached(url)} does not answer: no parallel step or fan-out can join "
+                        "(Celery counts their branches there).",
+                        "Start it, or point FLOWKIT_RESULT_BACKEND at it (unset, it is the "
+                        "broker's Redis, or the store's).")]
+    except ConfigError as exc:  # no Redis, or credentials it refused
+        return [Finding("result_backend", FAILURE, f"The Celery result backend: {exc}",
+                        "Fix FLOWKIT_RESULT_BACKEND.")]
+    return [Finding("result_backend", OK, f"Result backend Redis {info['version']} at "
+                    f"{redacted(url)} answers.")]
 
 
 def amqp_broker(url: str, timeout: float = 3.0) -> list[Finding]:
