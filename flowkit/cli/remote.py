@@ -43,6 +43,10 @@ RECONNECT_TRIES = 120
 #: reach it: a web app restarting (``flowkit dev`` restarts it at each change) is back
 #: within about two, and a start or a follow made meanwhile failed at once.
 CONNECT_WAIT_SECONDS = 5.0
+#: Seconds a follow waits for a stream of its own when the server says this caller holds
+#: its quota of streams (429 ``too_many_streams``: a dashboard tab, another follow), trying
+#: again after each ``Retry-After``; it gave up at once, the run going on unfollowed.
+BUSY_WAIT_SECONDS = 120.0
 #: How a Flask app's 404 for a path it has no route for begins (werkzeug's NotFound): the
 #: --url is wrong, the run or workflow is not what is missing.
 _NO_ROUTE = "The requested URL was not found"
@@ -159,7 +163,7 @@ class RemoteRuns:
         return self._stream(run_id, path, after)
 
     def _stream(self, run_id: str, path: str, after: str) -> Iterator[dict[str, Any]]:
-        cursor, tries, last = after, 0, None
+        cursor, tries, last, busy_since = after, 0, None, None
         while True:
             heard = False  # an event on this connection
             try:
@@ -168,6 +172,11 @@ class RemoteRuns:
                                  timeout=None) as source:
                     if last is not None and _token_expired(source.response):  # reconnected late
                         raise _expired_while_following(run_id, cursor)
+                    if source.response.status_code == 429:
+                        busy_since = self._wait_for_a_stream(source.response, run_id,
+                                                             busy_since)
+                        continue
+                    busy_since = None
                     self._check(source.response)
                     kind = source.response.headers.get("content-type", "no content type")
                     if not kind.startswith("text/event-stream"):  # not an outage to wait out
@@ -210,6 +219,31 @@ class RemoteRuns:
                     print(f"flowkit: the stream of run {run_id} is away ({exc}); "
                           f"reconnecting from event {cursor} ...", file=sys.stderr, flush=True)
             time.sleep(RECONNECT_SECONDS)  # the stream ended before the run did: a deploy
+
+    def _wait_for_a_stream(self, response: httpx.Response, run_id: str,
+                           since: float | None) -> float:
+        """A 429: this caller holds its quota of streams. Wait its Retry-After (1 to 10 s)
+        and say so once; past :data:`BUSY_WAIT_SECONDS` raise the server's message."""
+        now = time.monotonic()
+        if since is not None and now - since > BUSY_WAIT_SECONDS:
+            self._check(response)  # raises the server's message: following it failed
+        try:
+            pause = min(max(float(response.headers.get("retry-after", "")), 1.0), 10.0)
+        except ValueError:  # absent, or an HTTP date: flowkit sends seconds
+            pause = 5.0
+        if since is None:
+            response.read()
+            try:
+                error = response.json().get("error") or {}
+                why = error.get("message") if isinstance(error, dict) else None
+            except (ValueError, AttributeError):
+                why = None
+            print(f"flowkit: following run {run_id} waits for a stream of its own "
+                  f"({why or f'HTTP 429 from {redacted(str(response.url))}'}); trying again "
+                  f"every {pause:g} s for up to {BUSY_WAIT_SECONDS:g} s ...",
+                  file=sys.stderr, flush=True)
+        time.sleep(pause)
+        return now if since is None else since
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, path, **kwargs)

@@ -524,29 +524,58 @@ def test_a_run_whose_first_reads_are_answered_503_is_followed_through_them(env, 
     assert json.loads(result.stdout[result.stdout.index("{"):]) == {"n": 4}
 
 
-def test_a_follow_that_fails_after_the_start_names_the_run_and_says_not_to_start_it_again(
-        env, worker, store):
-    """A 429 for an owner's streams after the start was acknowledged said "try again in 5s",
-    without the run's id: trying again started a second run."""
-    app = make_app(keys=[], streams_per_caller=1, authorize=lambda request: "alice" if
-                   request.headers.get("Authorization") == "Bearer alice-secret" else None)
+@contextlib.contextmanager
+def alice_holds_her_stream():
+    """A server whose caller ``alice`` (Bearer alice-secret) may hold one stream at a time,
+    and holds it; yields the server and that stream's response (close it to let it go: the
+    server sees it at its next ping, one a second)."""
+    app = make_app(keys=[], streams_per_caller=1, ping_interval=1, authorize=lambda request:
+                   "alice" if request.headers.get("Authorization") == "Bearer alice-secret"
+                   else None)
     for served in serve(app):
         with served.client(key="alice-secret") as alice:
             holder = start(alice, "approval", {"n": 1})
-            with alice.stream("GET", f"/runs/{holder['id']}/events",
-                              headers={"Accept": "text/event-stream"}) as held:
-                assert held.status_code == 200  # alice's one stream, taken
-                result = cli("run", "simple", "-i", "n=1", "--url", served.url, "--api-key",
-                             "alice-secret", env=env)
-        flowkit.cancel(holder["id"])
-    assert (result.returncode, "Traceback" in result.stderr) == (1, False), result.stderr
-    said = re.fullmatch(
-        r"flowkit run: run (\S+) \(simple\) was started and goes on; following it failed: "
-        r"This caller already holds 1 streams open on this server .* Do not start it again: "
-        r"follow it with flowkit follow (\S+) --url (\S+)\n", result.stderr)
-    assert said, result.stderr
-    assert said.group(1) == said.group(2) and said.group(3) == served.url
-    assert flowkit.get_run(said.group(1)).workflow == "simple"
+            try:
+                with alice.stream("GET", f"/runs/{holder['id']}/events",
+                                  headers={"Accept": "text/event-stream"}) as held:
+                    assert held.status_code == 200  # alice's one stream, taken
+                    yield served, held
+            finally:
+                flowkit.cancel(holder["id"])
+
+
+def test_a_follow_refused_a_stream_waits_for_one_and_goes_on(env, worker, store):
+    """A 429 for the caller's streams (a dashboard tab holds them) after the start was
+    acknowledged ended the command: the run went on, unfollowed. It waits out Retry-After
+    until a stream is free, says so once, and follows the run to its end."""
+    with alice_holds_her_stream() as (served, held):
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "flowkit.cli", "run", "simple", "-i", "n=1",
+             "--url", served.url, "--api-key", "alice-secret"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = follow.stderr.readline()
+        held.close()
+        out, err = follow.communicate(timeout=60)  # a stream is free: it follows
+    assert re.fullmatch(r"flowkit: following run \S+ waits for a stream of its own \(This "
+                        r"caller already holds 1 streams open on this server.*\); trying again "
+                        r"every 5 s for up to 120 s \.\.\.\n", said), said
+    assert follow.returncode == 0 and "Traceback" not in err, err
+    assert json.loads(out[out.index("{"):]) == {"n": 4}
+
+
+def test_a_follow_that_gets_no_stream_names_the_run_and_says_not_to_start_it_again(
+        env, worker, store, monkeypatch):
+    """Past its wait, a follow refused a stream names the run: trying again would start a
+    second one."""
+    from flowkit.cli import remote  # noqa: PLC0415
+
+    monkeypatch.setattr(remote, "BUSY_WAIT_SECONDS", 0.5)
+    with alice_holds_her_stream() as (served, _):
+        runs = remote.RemoteRuns(served.url, "alice-secret")
+        run = runs.start("simple", {"n": 1})
+        with pytest.raises(flowkit.FlowkitError, match="This caller already holds 1 streams "
+                           "open on this server"):
+            list(runs.events(run["id"], "0-0"))
 
 
 def test_a_url_without_flowkit_s_routes_says_so(api, env):
