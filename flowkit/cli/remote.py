@@ -135,7 +135,11 @@ class RemoteRuns:
                 "Authorization header): drop them from --url, and give the key with "
                 "--api-key or FLOWKIT_API_KEY.")
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+        # a query (a gateway's ``?code=``) goes with every request: left in the base URL,
+        # httpx joined each path after it (``/flowkit?code=xruns/01X``), a 404 said to
+        # check --url
+        self.http = httpx.Client(base_url=parsed.copy_with(query=None, fragment=None),
+                                 params=parsed.params, headers=headers, timeout=30.0)
 
     def start(self, workflow: str, input: Any) -> dict[str, Any]:
         if not re.fullmatch(WORKFLOW_NAME, workflow):  # "echo/runs?" started echo

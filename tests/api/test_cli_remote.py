@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -406,12 +407,14 @@ def test_a_url_s_password_is_never_shown(env, not_flowkit, args, path):
     a CI log."""
     keyless = {k: v for k, v in env.items() if k != "FLOWKIT_API_KEY"}
     host = not_flowkit.removeprefix("http://")
-    for url, shown in ((f"http://admin:s3cretPW@{host}{path}", f"http://***@{host}{path}"),
-                       (f"{not_flowkit}{path}?password=s3cretPW",
-                        f"{not_flowkit}{path}?password=***")):
+    # the URL as given, or as requested (its query after the request's path)
+    for url, shown in ((f"http://admin:s3cretPW@{host}{path}",
+                        re.escape(f"http://***@{host}{path}")),
+                       (f"{not_flowkit}{path}?password=s3cretPW", r"\?password=\*\*\*( |$)")):
         result = cli(*args, "--url", url, env=keyless)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-        assert shown in result.stderr and "s3cretPW" not in result.stderr, result.stderr
+        assert re.search(shown, result.stderr, re.M), result.stderr
+        assert "s3cretPW" not in result.stderr, result.stderr
 
 
 def basic_auth_app():
@@ -789,3 +792,16 @@ def test_an_input_over_the_payload_limit_is_a_usage_error(env):
                  env={**env, "FLOWKIT_MAX_PAYLOAD_BYTES": "1000"})
     assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
     assert "over the 1000-byte limit (FLOWKIT_MAX_PAYLOAD_BYTES)" in result.stderr
+
+
+def test_a_url_with_a_query_sends_it_with_every_request(api, env, caplog):
+    """A gateway's ``?code=`` on --url: httpx joined each path after the query
+    (``/flowkit?code=xruns/01X``), and the 404 said to check --url."""
+    with caplog.at_level(logging.INFO, logger="werkzeug"):  # the server's access log
+        result = cli("run", "simple", "-i", "n=1", "--url", api.url + "/?code=gateway-key#top",
+                     "--api-key", API_KEY, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout[result.stdout.index("{"):]) == {"n": 4}
+    sent = [r.getMessage() for r in caplog.records if "code=gateway-key" in r.getMessage()]
+    assert any("POST /workflows/simple/runs?code=gateway-key " in line for line in sent), sent
+    assert any("/events?" in line for line in sent), sent
