@@ -64,6 +64,8 @@ _restore: Callable[[], None] | None = None
 #: True while Celery's consumer may still take messages from the broker (arm's
 #: ``consuming``); None when it cannot matter (a solo pool runs steps inside its loop).
 _consuming: Callable[[], bool] | None = None
+#: A prefork worker's pool processes (arm's ``children``).
+_children: Callable[[], list[int]] | None = None
 #: When Celery's consumer was seen stopped (time.monotonic()), once it was.
 _consumer_stopped_at: float | None = None
 #: On a Redis broker, how long after its consumer stopped this worker may still pop a
@@ -95,19 +97,21 @@ def draining() -> bool:
 
 
 def arm(in_process: bool, restore: Callable[[], None] | None = None,
-        consuming: Callable[[], bool] | None = None, brpop_timeout: float = 1.0) -> None:
+        consuming: Callable[[], bool] | None = None, brpop_timeout: float = 1.0,
+        children: Callable[[], list[int]] | None = None) -> None:
     """Called once the worker is ready, outside any signal handler: whether its steps run
     in this process (not prefork), and the drain's thread, waiting for a warm shutdown.
     ``restore`` gives the messages this worker received and did not acknowledge back to the
     broker; a handover calls it before the process ends (it exits without closing anything).
     ``consuming`` says whether Celery's consumer may still take messages: a handover on a
     Redis broker sends nothing before it stopped and its last BRPOP (``brpop_timeout``)
-    expired.
+    expired. ``children``: a prefork worker's pool processes, whose leases are its own (a
+    namesake's, another copy of the same unit on the host, are not).
 
     A worker stopped before it was ready runs no step and needs no drain.
     """
-    global _in_process_pool, _armed, _restore, _consuming, _quiet_seconds
-    _in_process_pool, _restore, _consuming = in_process, restore, consuming
+    global _in_process_pool, _armed, _restore, _consuming, _quiet_seconds, _children
+    _in_process_pool, _restore, _consuming, _children = in_process, restore, consuming, children
     _quiet_seconds = brpop_timeout + 0.5
     if _armed is None:
         _armed = threading.Thread(target=_drain_when_warm, name="flowkit-drain", daemon=True)
@@ -135,13 +139,27 @@ def finish_handover(timeout: float = 10.0) -> None:
         _handed_over.wait(timeout)
 
 
-def held_by(node: str) -> list[tuple[str, str, str]]:
-    """(run id, step, token) of every step whose lease a process of Celery node ``node`` holds."""
+def held_by(node: str, pids: list[int] | None = None) -> list[tuple[str, str, str]]:
+    """(run id, step, token) of every step whose lease a process of Celery node ``node``
+    holds; of its processes ``pids`` only, when given: two workers of one name on a host
+    (two copies of a unit) are told apart by nothing else, and draining one handed over the
+    other's steps."""
+    mine = None if pids is None else {f"{node}:{pid}" for pid in pids}
     return [
         (run_id, step, lease["token"])
         for run_id, step, lease in get_store().leases()
-        if str(lease.get("worker", "")).rpartition(":")[0] == node and lease["token"] != HANDED_OVER
+        if lease["token"] != HANDED_OVER and (
+            str(lease.get("worker", "")).rpartition(":")[0] == node if mine is None
+            else lease.get("worker") in mine)
     ]
+
+
+def _pool_processes() -> list[int] | None:
+    """This prefork worker's pool processes now (None when Celery cannot say)."""
+    try:
+        return None if _children is None else list(_children())
+    except Exception:  # noqa: BLE001 - a pool stopping: the node's name still says
+        return None
 
 
 def hand_over(entries: list[tuple[str, str, str]], reason: str) -> list[str]:
@@ -190,7 +208,7 @@ def drain(grace: float) -> None:
             max(0.0, deadline - time.monotonic()))
     else:  # prefork: steps run in child processes, their leases say which node holds them
         deadline = time.monotonic() + grace
-        while (busy := held_by(node)) and time.monotonic() < deadline:
+        while (busy := held_by(node, _pool_processes())) and time.monotonic() < deadline:
             time.sleep(0.2)  # children report nothing to this process; Redis is the only view
         idle = not busy
     if idle:
@@ -205,7 +223,7 @@ def drain(grace: float) -> None:
             quiet = _consumer_stopped_at + _quiet_seconds - time.monotonic()
             if quiet > 0:
                 hb.heartbeat.wait_idle(quiet)
-    entries = hb.heartbeat.active() if _in_process_pool else held_by(node)
+    entries = hb.heartbeat.active() if _in_process_pool else held_by(node, _pool_processes())
     if not entries:
         log.info("flowkit drain: %s is idle; shutting down", node)
         return

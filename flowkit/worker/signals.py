@@ -100,7 +100,8 @@ def worker_ready(sender=None, **_) -> None:
               # a solo pool runs the step inside the consumer's loop, which takes no message
               # meanwhile (one unacknowledged at a time) and stops only after the step
               consuming=None if isinstance(pool, Solo) else lambda: consuming(sender),
-              brpop_timeout=float(getattr(channel, "brpop_timeout", None) or 1.0))
+              brpop_timeout=float(getattr(channel, "brpop_timeout", None) or 1.0),
+              children=(lambda: pool.info["processes"]) if isinstance(pool, Prefork) else None)
     heartbeat.heartbeat.ensure_running()
     if sender is not None:
         watch_for_a_namesake(heartbeat.node_name)
@@ -118,10 +119,10 @@ def worker_ready(sender=None, **_) -> None:
 
 def watch_for_a_namesake(node: str) -> None:
     """Log an ERROR if another live worker beats under this node name. Two workers of one
-    name (two copies of one Procfile line or systemd unit on a host) are told apart by
-    nothing: the SIGTERM drain of a prefork one, and ``flowkit drain``, find a node's steps
-    by its name, and hand over the other's too, which then run twice. Celery says nothing
-    of it without mingle. What the node record says before this worker announces itself
+    name (two copies of one Procfile line or systemd unit on a host) are one to Celery's
+    remote control: ``flowkit drain`` of that name stops both and hands over both's steps
+    (a SIGTERM drain tells its own steps by their processes). Celery says nothing of it
+    without mingle. What the node record says before this worker announces itself
     names the other's pid; that process beating after this one started means it lives (a
     worker restarted under its own name stops beating: its record is no namesake). In a
     thread: a live worker beats within an interval, a dead one never again."""
@@ -147,9 +148,10 @@ def _namesake(node: str, pid: int, since: float) -> None:
             return
         if f"{node}:{pid}" in seen:
             log.error("flowkit: another live worker beats as node %s (pid %d): two workers of "
-                      "one name are told apart by nothing, and draining one (SIGTERM, flowkit "
-                      "drain) hands over the other's steps too, which then run twice; give "
-                      "each its own --hostname (cpu1@%%h, cpu2@%%h)", node, pid)
+                      "one name are one to Celery's remote control, so `flowkit drain %s` "
+                      "stops both and hands over both's running steps, and `celery inspect` "
+                      "mixes their answers; give each its own --hostname (cpu1@%%h, cpu2@%%h)",
+                      node, pid, node)
             return
 
 

@@ -239,3 +239,29 @@ def last_sweep() -> float:
     store = get_store()
     swept = store.redis.get(store.keys.swept)
     return json.loads(swept)["at"] if swept else 0.0
+
+
+def test_draining_a_prefork_worker_hands_over_none_of_its_namesake_s_steps(chaos_app, deployment):
+    """Two prefork workers of one name (two copies of one unit on a host): the drain of one
+    selected the steps to hand over by node name, and restarted the other's running step."""
+    short = {"FLOWKIT_HEARTBEAT_LAPSE": "60", "FLOWKIT_DRAIN_GRACE": "1"}
+    a = deployment.worker("a", pool="prefork", concurrency=1, **short)
+    mine = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    held_here = waiting(mine)
+    assert held_here["worker"].startswith("a@")
+    # a takes one message at a time (prefetch 1, its one child busy): the namesake gets it
+    namesake = deployment.worker("a", pool="prefork", concurrency=1, **short)
+    theirs = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    held_there = waiting(theirs)
+    assert held_there["worker"].startswith("a@") and held_there["worker"] != held_here["worker"]
+
+    stopped = sigterm(a)
+    wait_for(lambda: "code" in stopped, 30, "worker a to drain and exit")
+    assert of_type(theirs.events(), "run.restarted") == [], "the namesake's step was handed over"
+    [restarted] = of_type(mine.events(), "run.restarted")
+    assert "drained" in restarted.data["reason"]
+    assert namesake.alive()
+    open_gate(theirs)
+    open_gate(mine)  # handed over to the namesake, its only worker now
+    assert theirs.wait(30).state == "succeeded" and mine.wait(30).state == "succeeded"
+    assert side_effects(theirs, "started")[HOLD] == 1
