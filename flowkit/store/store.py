@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -114,6 +115,10 @@ def _millisecond(created_at: float | str) -> float:
 
 #: How much sooner an ended run's idempotency claim lapses than its record (milliseconds).
 CLAIM_MARGIN_MS = 1000
+#: How long a start waits for the run of an idempotency key another starter claimed that
+#: long ago at most (seconds): the claim and the run are two writes, and a start that came
+#: between them made the run itself, with its own input, under the other's id.
+CLAIM_WAIT_SECONDS = 2.0
 
 class Store:
     """A connection to flowkit's Redis and every operation on it."""
@@ -166,8 +171,8 @@ class Store:
             claim = self.keys.idempotency(record["workflow"], idempotency_key,
                                           record.get("owner") or None)
             if not self.redis.set(claim, run_id, nx=True, ex=retention):
-                winner = self.redis.get(claim)
-                if winner and self.redis.exists(self.keys.run(winner)):
+                winner, stored = self._claimed_run(claim, retention)
+                if stored:
                     return winner, False
                 # the claim's maker stopped before creating its run: create it under that id
                 run_id = winner or run_id
@@ -195,6 +200,25 @@ class Store:
         if messages is not None:
             messages.pushed = bool(created)
         return run_id, bool(created)
+
+    def _claimed_run(self, claim: str, retention: int) -> tuple[str | None, bool]:
+        """The run a claimed idempotency key names, and whether it is stored. A claim made
+        less than :data:`CLAIM_WAIT_SECONDS` ago (its age read from its TTL, set to
+        ``retention`` when claimed) is waited for: its maker stores the run next."""
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(claim)
+            pipe.pttl(claim)
+            winner, pttl = pipe.execute()
+            if not winner:  # lapsed meanwhile
+                return None, False
+            if self.redis.exists(self.keys.run(winner)):
+                return winner, True
+            age = retention - pttl / 1000 if pttl > 0 else math.inf
+            if age >= CLAIM_WAIT_SECONDS or time.monotonic() >= deadline:
+                return winner, False
+            time.sleep(0.01)
 
     @_op
     def count_exported_end(self, run_id: str) -> int:

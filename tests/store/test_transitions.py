@@ -290,6 +290,31 @@ def test_create_under_a_claimed_key_without_a_run_creates_the_claimed_id(store):
     assert score(store, store.keys.queued, "claimed") == T
 
 
+def test_create_under_a_key_claimed_a_moment_ago_waits_for_its_maker_s_run(store):
+    """The claim and the run are two writes: a start that came between them made the run
+    itself under the maker's id, with its own input, and the maker was told its key was
+    used (or used with another input)."""
+    claim = store.keys.idempotency("wf", "key")
+    store.redis.set(claim, "claimed", ex=store.settings.retention_seconds)  # the maker's
+    maker = threading.Timer(0.3, lambda: store.create_run(
+        {**record("claimed"), "input": '{"by":"maker"}'}, queued_event("claimed"), None))
+    maker.start()
+    try:
+        assert store.create_run(record("run-2"), queued_event("run-2"), "key") == \
+            ("claimed", False)
+    finally:
+        maker.join()
+    assert store.get_run("claimed")["input"] == '{"by":"maker"}'
+    assert store.get_run("run-2") == {}
+
+
+def test_create_under_a_key_claimed_a_moment_ago_by_a_maker_that_stopped_makes_its_run(store):
+    store.redis.set(store.keys.idempotency("wf", "key"), "claimed",
+                    ex=store.settings.retention_seconds)
+    assert store.create_run(record("run-2"), queued_event("run-2"), "key") == ("claimed", True)
+    assert store.get_run("claimed")["id"] == "claimed"
+
+
 def test_create_under_a_claimed_key_names_the_claimed_run_in_its_queued_event(store):
     store.redis.set(store.keys.idempotency("wf", "key"), "claimed")
     store.create_run(record("run-2"), queued_event("run-2"), "key")
