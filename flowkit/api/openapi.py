@@ -96,7 +96,8 @@ _HEADERS: dict[str, dict[str, Any]] = {
 #: ``Error``.
 _ERRORS: dict[int, tuple[str, dict[str, str]]] = {
     400: ("Invalid input: `error.fields` holds the messages per field, query parameter or "
-          "header.", {}),
+          "header; or (`bad_request`, the connection closed) a body that ended before its "
+          "Content-Length: nothing was done with it, send it again whole.", {}),
     401: ("No valid credentials (`unauthorized`), or an expired run token (`token_expired`).",
           {"WWW-Authenticate": "WWW-Authenticate"}),
     403: ("The credentials do not cover this resource: a run token anywhere but its own run's "
