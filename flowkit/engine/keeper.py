@@ -177,21 +177,28 @@ class Link:
 # --- the keeper process ---------------------------------------------------------------
 
 
-def process_state(pid: int) -> str:
-    """The process's state letter (``ps``'s), ``"X"`` when it is gone."""
+def process_stat(pid: int) -> tuple[str, str]:
+    """The process's state letter (``ps``'s; ``"X"`` when it is gone) and when it started
+    (clock ticks after boot; ``""`` where there is no ``/proc``)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), fields[19].decode()
     except FileNotFoundError:
-        return "X"
+        return "X", ""
     except OSError:  # no /proc (not Linux): alive or not is all that can be known
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return "X"
+            return "X", ""
         except PermissionError:
             pass
-        return "R"
+        return "R", ""
+
+
+def process_state(pid: int) -> str:
+    """The process's state letter (``ps``'s), ``"X"`` when it is gone."""
+    return process_stat(pid)[0]
 
 
 class Keeper:
@@ -205,9 +212,14 @@ class Keeper:
         self.leases: dict[int, dict[tuple[str, str], str]] = {}
         self.slots: dict[int, set[tuple[str, str]]] = {}
         self.workers: dict[int, str] = {}
+        #: When each process started, read at its first message: a process that died and
+        #: whose pid another took is gone, not beaten for (its steps would never lapse).
+        self.births: dict[int, str] = {}
 
     def apply(self, message: list) -> None:
         kind, pid = message[0], int(message[1])
+        if pid not in self.births:
+            self.births[pid] = process_stat(pid)[1]
         if kind == "+":
             self.workers[pid] = message[2]
             self.leases.setdefault(pid, {})[(message[3], message[4])] = message[5]
@@ -223,11 +235,11 @@ class Keeper:
     def beat(self) -> None:
         now = time.time()
         for pid in list(self.leases.keys() | self.slots.keys()):
-            state = process_state(pid)
-            if state in ("X", "Z"):  # gone: its leases lapse, the reaper restarts its steps
-                self.leases.pop(pid, None)
-                self.slots.pop(pid, None)
-                self.workers.pop(pid, None)
+            state, born = process_stat(pid)
+            if state in ("X", "Z") or born != self.births.get(pid, born):
+                # gone (or its pid another's): its leases lapse, the reaper restarts its steps
+                for held in (self.leases, self.slots, self.workers, self.births):
+                    held.pop(pid, None)
                 continue
             if state in ("T", "t"):  # stopped: frozen as a whole, as its own thread would be
                 continue

@@ -89,6 +89,17 @@ def test_a_dead_holder_is_forgotten(store, holder):
     assert holder.pid not in keeper.leases and holder.pid not in keeper.slots
 
 
+def test_a_process_that_took_a_dead_holder_s_pid_is_not_the_holder(store, holder):
+    """A pid is used again once its process is gone: the keeper beat on for the process that
+    took it, and the dead holder's step never lapsed."""
+    run, keeper = kept(store, holder)
+    assert keeper.births[holder.pid]  # when it started, read as it said what it holds
+    keeper.births[holder.pid] = "1"  # as if the holder had started at boot, and died since
+    keeper.beat()
+    assert lease_lapses(store, run) < time.time()
+    assert holder.pid not in keeper.leases and holder.pid not in keeper.births
+
+
 def test_it_keeps_a_held_slot(store, holder):
     slots = store.keys.slots("group")[0]
     store.redis.zadd(slots, {"member": 1.0})
