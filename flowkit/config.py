@@ -85,6 +85,7 @@ class Settings:
     heartbeat_interval: float = _default("heartbeat_interval")
     heartbeat_lapse: float = _default("heartbeat_lapse")
     heartbeat_keeper: bool = _default("heartbeat_keeper")
+    heartbeat_stall: float = _default("heartbeat_stall")
     reaper_interval: float = _default("reaper_interval")
     max_restarts: int = _default("max_restarts")
     queued_timeout: float = _default("queued_timeout")
@@ -181,6 +182,12 @@ class Settings:
                 f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s) must be longer than "
                 f"FLOWKIT_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s), or every run "
                 "would look lost between two heartbeats."
+            )
+        if self.heartbeat_stall <= self.heartbeat_lapse:
+            raise ConfigError(
+                f"FLOWKIT_HEARTBEAT_STALL ({self.heartbeat_stall}s) must be longer than "
+                f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s): a worker process silent "
+                "for it is wedged, one silent for a lapse may only hold the GIL a while."
             )
         if self.broker_url and (_scheme(self.broker_url) not in BROKER_SCHEMES
                                 or "://" not in self.broker_url):

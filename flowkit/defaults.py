@@ -37,6 +37,9 @@ HEARTBEAT_LAPSE = 8.0
 #: Beat running steps' leases from a process of their own (engine.keeper), so a step that
 #: holds the GIL (or a gevent step that does not yield) does not stop its worker's beats.
 HEARTBEAT_KEEPER = True
+#: A worker process whose heartbeat thread has not run for this long (a C call holding the
+#: GIL, a gevent step that never yields) is taken as wedged: the keeper lets its leases lapse.
+HEARTBEAT_STALL = 300.0
 #: How often beat runs the reaper, in seconds.
 REAPER_INTERVAL = 3.0
 #: Restarts of one run before the reaper gives up and fails it.

@@ -408,6 +408,9 @@ def test_settings_come_from_flowkit_env_vars():
         flowkit.Settings.from_env({"FLOWKIT_MAX_RESTARTS": "lots"})
     with pytest.raises(ConfigError, match="HEARTBEAT_LAPSE"):
         flowkit.Settings.from_env({"FLOWKIT_HEARTBEAT_LAPSE": "1", "FLOWKIT_HEARTBEAT_INTERVAL": "2"})
+    with pytest.raises(ConfigError, match=r"FLOWKIT_HEARTBEAT_STALL \(8.0s\) must be longer than "
+                       r"FLOWKIT_HEARTBEAT_LAPSE \(8.0s\)"):
+        flowkit.Settings.from_env({"FLOWKIT_HEARTBEAT_STALL": "8"})
 
 
 @pytest.mark.parametrize("changes, says", [

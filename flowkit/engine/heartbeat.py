@@ -138,7 +138,9 @@ class Heartbeat:
         if not self.link.started() and (self._entries or self._slots):
             self.start_keeper()
         with self._lock:
-            self.link.check(get_settings(), self._held())
+            held = self._held()
+            self.link.check(get_settings(), held)
+            self.link.tick(self._pid, held)
         store, now = get_store(), time.time()
         keeper = self.link.beating()  # else this thread beats the leases, as it did before
         node = None

@@ -12,11 +12,13 @@ the children inherit the pipe to it; a process with no keeper to inherit (an in-
 test worker, say) starts its own. Each process says what it holds, one JSON line per
 change (:class:`Link`): ``["+", pid, worker, run, step, token]`` and ``["-", pid, run,
 step, token]`` for a step's lease, ``["hold", pid, group, member]`` and ``["let_go", pid,
-group, member]`` for a component slot. The keeper beats, every
-``FLOWKIT_HEARTBEAT_INTERVAL``, what each process holds while that process is alive and
-not stopped (``SIGSTOP``: its leases lapse as they did when its own thread stopped), and
-forgets a process once it is gone: the reaper restarts its steps after the lapse, as
-before. It exits when no process holds its pipe any more (end of file).
+group, member]`` for a component slot; ``["alive", pid]`` from its heartbeat thread each
+interval; ``["reset", pid]`` before all it holds again, after a write it could not make.
+The keeper beats, every ``FLOWKIT_HEARTBEAT_INTERVAL``, what each process holds while that
+process is alive, not stopped (``SIGSTOP``: its leases lapse as they did when its own
+thread stopped) and not silent for ``FLOWKIT_HEARTBEAT_STALL`` (wedged: a C call that never
+gives the GIL back), and forgets a process once it is gone: the reaper restarts its steps
+after the lapse, as before. It exits when no process holds its pipe any more (end of file).
 
 It writes one byte to its stdout once it beats; until then, and after it exited, each
 process's heartbeat thread beats its own leases (:mod:`flowkit.engine.heartbeat`).
@@ -25,7 +27,6 @@ process's heartbeat thread beats its own leases (:mod:`flowkit.engine.heartbeat`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import logging
@@ -36,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from ..config import Settings
 
@@ -45,14 +47,15 @@ log = logging.getLogger(__name__)
 #: keeper runs fills the default 64 KiB, and a full pipe cannot be written without waiting.
 F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
-#: The settings a keeper beats by: another value of one of them (``configure(redis_url=...)``)
-#: needs another keeper; the others do not.
-USES = ("redis_url", "key_prefix", "redis_socket_timeout", "redis_retry_seconds",
-        "connection_pool_size", "heartbeat_interval", "heartbeat_lapse", "heartbeat_keeper")
+#: The settings a keeper beats by, the only ones it is sent (not the API's keys and secret):
+#: another value of one of them (``configure(redis_url=...)``) needs another keeper.
+KEEPER_SETTINGS = ("redis_url", "key_prefix", "redis_socket_timeout", "redis_retry_seconds",
+                   "connection_pool_size", "heartbeat_interval", "heartbeat_lapse",
+                   "heartbeat_stall", "heartbeat_keeper")
 
 
-def _view(settings: Settings) -> tuple:
-    return tuple(getattr(settings, name) for name in USES)
+def keeper_settings(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in KEEPER_SETTINGS}
 
 
 class Link:
@@ -69,9 +72,11 @@ class Link:
         self._ack: int | None = None
         self._settings: Settings | None = None
         self._beating = mmap.mmap(-1, 1)
-        #: This process could not write to the keeper (it exited, or stopped reading): it
-        #: beats its own leases from now on.
+        #: This process could not write to the keeper (it stopped reading, or a line was too
+        #: long): it beats its own leases until :meth:`tick` told the keeper all again.
         self._lost = False
+        #: The keeper is gone (its pipe broke): this process beats its own leases for good.
+        self._gone = False
         #: A keeper was started (by this process, or by the parent it was forked from).
         self._tried = False
         os.register_at_fork(after_in_child=self._forked)
@@ -113,39 +118,58 @@ class Link:
                         "processes beat their leases themselves", exc)
             for fd in (read, write, ack_read, ack_write):
                 os.close(fd)
-            self._lost = True
+            self._lost = self._gone = True
             return
         os.close(read)
         os.close(ack_write)
         os.set_blocking(write, False)
         os.set_blocking(ack_read, False)
-        self._fd, self._ack, self._settings, self._lost = write, ack_read, settings, False
+        self._fd, self._ack, self._settings = write, ack_read, settings
+        self._lost = self._gone = False
         self._beating[0] = 0
-        self.send(["settings", dataclasses.asdict(settings)])
+        self.send(["settings", keeper_settings(settings)])
         for message in held:
             self.send(message)
 
     def send(self, message: list) -> None:
         """Tell the keeper one change; never waits (a keeper that does not read is lost)."""
-        if self._fd is None or self._lost:
-            return
+        if self._fd is not None and not self._lost and not self._write(message):
+            self._lost = True
+            if not self._gone:
+                log.warning("flowkit: could not tell the lease keeper %s: this process beats "
+                            "its own leases until it can again", message[0])
+
+    def _write(self, message: list) -> bool:
         line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         if len(line) > select.PIPE_BUF:  # not written whole at once: it could interleave
-            self._lost = True  # with another process's line; this process beats its own
-            return
+            return False  # with another process's line
         try:
-            written = os.write(self._fd, line)
-        except OSError:  # BrokenPipeError: it exited; BlockingIOError: it stopped reading
-            written = 0
-        if written != len(line):
-            self._lost = True
+            return os.write(self._fd, line) == len(line)
+        except BrokenPipeError:  # it exited
+            self._gone = True
+        except OSError:  # BlockingIOError: it stopped reading, for now
+            pass
+        return False
+
+    def tick(self, pid: int, held: list[list]) -> None:
+        """Each heartbeat of this process's thread: tell the keeper this process runs (it
+        stops beating for one silent for FLOWKIT_HEARTBEAT_STALL), or, after a write that
+        failed, all it holds again."""
+        if self._fd is None or self._gone:
+            return
+        if not self._lost:
+            self.send(["alive", pid])
+        elif all(self._write(message) for message in [["reset", pid], *held]):
+            self._lost = False
+            log.info("flowkit: the lease keeper beats this process's leases again")
 
     def check(self, settings: Settings, held: list[list]) -> None:
         """From this process's heartbeat thread: hear the keeper's first beat, see it
         exit, and start another when this process's settings changed (another Redis)."""
         if self._proc is None:
             return
-        if self._settings is None or _view(settings) != _view(self._settings):
+        if self._settings is None or \
+                keeper_settings(settings) != keeper_settings(self._settings):
             self.stop()
             self._tried = False  # another starts once this process holds something
             if held and settings.heartbeat_keeper:
@@ -159,7 +183,7 @@ class Link:
             log.warning("flowkit: the lease keeper exited (%s): this worker's processes beat "
                         "their leases themselves", code)
             self.stop()
-            self._lost = True
+            self._lost = self._gone = True
 
     def stop(self) -> None:
         """Close this process's end: a keeper nobody else holds exits."""
@@ -208,19 +232,31 @@ class Keeper:
         from ..store.store import Store  # the keeper's only reason to import the store
 
         self.store = Store(settings)
-        self.lapse = settings.heartbeat_lapse
+        self.lapse, self.stall = settings.heartbeat_lapse, settings.heartbeat_stall
         self.leases: dict[int, dict[tuple[str, str], str]] = {}
         self.slots: dict[int, set[tuple[str, str]]] = {}
         self.workers: dict[int, str] = {}
         #: When each process started, read at its first message: a process that died and
         #: whose pid another took is gone, not beaten for (its steps would never lapse).
         self.births: dict[int, str] = {}
+        #: When each process last said anything (time.monotonic()): its heartbeat thread
+        #: says it runs each interval (``alive``).
+        self.heard: dict[int, float] = {}
+        #: Processes silent past FLOWKIT_HEARTBEAT_STALL, not beaten for (said once).
+        self.stalled: set[int] = set()
 
     def apply(self, message: list) -> None:
         kind, pid = message[0], int(message[1])
         if pid not in self.births:
             self.births[pid] = process_stat(pid)[1]
-        if kind == "+":
+        self.heard[pid] = time.monotonic()
+        if pid in self.stalled:
+            self.stalled.discard(pid)
+            log.warning("flowkit lease keeper: process %d runs again", pid)
+        if kind == "reset":  # all it holds follows: what the keeper knew may have missed some
+            self.leases.pop(pid, None)
+            self.slots.pop(pid, None)
+        elif kind == "+":
             self.workers[pid] = message[2]
             self.leases.setdefault(pid, {})[(message[3], message[4])] = message[5]
         elif kind == "-":
@@ -234,16 +270,25 @@ class Keeper:
 
     def beat(self) -> None:
         now = time.time()
-        for pid in list(self.leases.keys() | self.slots.keys()):
+        for pid in list(self.heard):  # every process that said anything
             state, born = process_stat(pid)
             if state in ("X", "Z") or born != self.births.get(pid, born):
                 # gone (or its pid another's): its leases lapse, the reaper restarts its steps
-                for held in (self.leases, self.slots, self.workers, self.births):
+                for held in (self.leases, self.slots, self.workers, self.births, self.heard):
                     held.pop(pid, None)
-                continue
-            if state in ("T", "t"):  # stopped: frozen as a whole, as its own thread would be
+                self.stalled.discard(pid)
                 continue
             leases, slots = self.leases.get(pid, {}), self.slots.get(pid, set())
+            if not (leases or slots) or state in ("T", "t"):
+                continue  # stopped: frozen as a whole, as its own thread would be
+            silent = time.monotonic() - self.heard[pid]
+            if silent > self.stall:  # wedged (a C call that never returns the GIL, a gevent
+                # step in an endless loop): its steps go to other workers, as before the keeper
+                if pid not in self.stalled:
+                    self.stalled.add(pid)
+                    log.warning("flowkit lease keeper: process %d has not run for %.0fs "
+                                "(FLOWKIT_HEARTBEAT_STALL): its leases lapse", pid, silent)
+                continue
             try:
                 if leases:
                     self.store.heartbeat([(run, step, token) for (run, step), token

@@ -57,6 +57,24 @@ def test_a_step_holding_the_gil_past_the_lapse_keeps_its_lease(chaos_app, deploy
     assert side_effects(run, "started")[GIL] == 1
 
 
+@pytest.mark.long  # mostly waiting out a stall: beside the rest (scripts/test)
+def test_a_worker_wedged_past_the_stall_loses_its_lease(chaos_app, deployment):
+    """The keeper beats a live process's leases, but not for ever: one whose own heartbeat
+    thread has not run for FLOWKIT_HEARTBEAT_STALL (a C call that never gives the GIL back)
+    is wedged, and its step goes to another worker, as it did before the keeper."""
+    a = deployment.worker("a", FLOWKIT_HEARTBEAT_STALL="3")
+    run = held_gil.start({"n": 0, "chunks": 1, "pause": 0.01, "seconds": 60, "first_only": True})
+    wait_until(lambda: side_effects(run, "started").get(GIL), 20, "the GIL step to begin")
+    deployment.worker("b")
+    deployment.beat()
+    done = run.wait(30)
+    assert done.state == "succeeded", done
+    [restarted] = of_type(run.events(), "run.restarted")
+    assert GIL in restarted.data["reason"]
+    assert any("(FLOWKIT_HEARTBEAT_STALL): its leases lapse" in line for line in a.lines), \
+        a.output()[-3000:]
+
+
 @pytest.mark.long  # mostly waiting out a lapse: beside the rest (scripts/test)
 def test_a_sigkilled_worker_s_keeper_exits_and_its_step_lapses(chaos_app, deployment):
     """The keeper beats only for live processes: the worker SIGKILLed mid-step, its keeper

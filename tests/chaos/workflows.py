@@ -85,9 +85,11 @@ def brief(data: dict) -> dict:
 def gil(data: dict) -> dict:
     """A step that holds the GIL for ``seconds`` (one C call that never releases it, as
     ``json.loads`` of a large document or a backtracking regex would): nothing else of its
-    process runs meanwhile, neither a heartbeat thread nor, on gevent, another greenlet."""
+    process runs meanwhile, neither a heartbeat thread nor, on gevent, another greenlet.
+    ``first_only``: only its first attempt holds it (a restart's returns at once)."""
     ctx = _began()
-    ctypes.PyDLL(None).usleep(int(data["seconds"] * 1_000_000))
+    if ctx.attempt == 1 or not data.get("first_only"):
+        ctypes.PyDLL(None).usleep(int(data["seconds"] * 1_000_000))
     _finished(ctx)
     return {**data, "n": data["n"] + 1}
 

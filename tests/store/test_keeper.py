@@ -100,6 +100,30 @@ def test_a_process_that_took_a_dead_holder_s_pid_is_not_the_holder(store, holder
     assert holder.pid not in keeper.leases and holder.pid not in keeper.births
 
 
+def test_a_holder_silent_past_the_stall_is_not_beaten_until_it_runs_again(store, holder):
+    """Its heartbeat thread says it runs each interval: a process silent for
+    FLOWKIT_HEARTBEAT_STALL is wedged (a C call that never gives the GIL back), and the
+    keeper lets its leases lapse, as they did before there was a keeper."""
+    run, keeper = kept(store, holder)
+    keeper.heard[holder.pid] -= store.settings.heartbeat_stall + 1  # its last word, that long ago
+    keeper.beat()
+    assert lease_lapses(store, run) < time.time() and holder.pid in keeper.stalled
+    keeper.apply(["alive", holder.pid])
+    keeper.beat()
+    assert lease_lapses(store, run) > time.time() and holder.pid not in keeper.stalled
+
+
+def test_a_reset_forgets_what_the_holder_said_before(store, holder):
+    """After a write it could not make, a process tells the keeper all it holds again,
+    after a reset: a let-go the keeper missed would keep a slot for ever."""
+    run, keeper = kept(store, holder)
+    keeper.apply(["hold", holder.pid, "group", "missed"])
+    keeper.apply(["reset", holder.pid])
+    keeper.apply(["+", holder.pid, "node:1", run, "1:b", "tok-2"])
+    assert keeper.leases[holder.pid] == {(run, "1:b"): "tok-2"}
+    assert not keeper.slots.get(holder.pid)
+
+
 def test_it_keeps_a_held_slot(store, holder):
     slots = store.keys.slots("group")[0]
     store.redis.zadd(slots, {"member": 1.0})
@@ -114,9 +138,12 @@ def test_it_keeps_a_held_slot(store, holder):
 
 
 def test_a_keeper_process_beats_what_it_is_told_and_exits_with_its_pipe(store):
+    """It is sent the settings it beats by, not the API's keys and secret: with them, a
+    long line (over PIPE_BUF) was never sent, and the keeper never beat."""
     run = make_run(store, RunState.RUNNING)
     link = Link()
-    link.start(store.settings, [["+", os.getpid(), "node:1", run, STEP, TOKEN]])
+    many_keys = store.settings.replace(api_keys=",".join(["k" * 64] * 80), api_secret="s" * 64)
+    link.start(many_keys, [["+", os.getpid(), "node:1", run, STEP, TOKEN]])
     keeper = link._proc
     wait_until(lambda: (link.check(store.settings, []), link.beating())[1], 20,
                "the keeper's first beat")
@@ -142,7 +169,17 @@ def test_a_line_too_long_to_write_at_once_is_not_written(store):
     os.close(write)
 
 
-def test_a_keeper_that_stopped_reading_never_blocks_a_step(store):
+def drained(read: int) -> bytes:
+    """All a pipe holds now."""
+    os.set_blocking(read, False)
+    written = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read, 1 << 16):
+            written += chunk
+    return written
+
+
+def test_a_keeper_that_stopped_reading_never_blocks_a_step_nor_loses_what_it_holds(store):
     read, write = os.pipe()
     os.set_blocking(write, False)
     link = Link()
@@ -152,14 +189,15 @@ def test_a_keeper_that_stopped_reading_never_blocks_a_step(store):
     while link.beating():  # nobody reads: the pipe fills, then the link is lost
         link.send(["+", 1, "node:1", "run", "step", TOKEN])
         sent += 1
-    os.set_blocking(read, False)
-    written = b""
-    with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(read, 1 << 16):
-            written += chunk
+    written = drained(read)
     # what went in is whole lines, each as sent: the keeper reads no line cut short
     lines = written.split(b"\n")
     assert lines[-1] == b"" and len(lines) - 1 == sent - 1
     assert all(json.loads(line) == ["+", 1, "node:1", "run", "step", TOKEN] for line in lines[:-1])
+    # once the keeper reads again, the next heartbeat tells it all this process holds
+    held = [["+", 1, "node:1", "run", "step", TOKEN], ["hold", 1, "group", "member"]]
+    link.tick(1, held)
+    assert link.beating()
+    assert [json.loads(line) for line in drained(read).splitlines()] == [["reset", 1], *held]
     os.close(read)
     os.close(write)
