@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import billiard
+from billiard import common as billiard_common
 from celery.exceptions import Ignore, Reject
 
 from .. import events, hooks
@@ -366,6 +367,8 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
         else:
             result = call_with_timeout(comp.fn, (value,), {}, pol.timeout, ctx.abandon)
     except BaseException as raised:
+        if isinstance(raised, SystemExit) and _terminated():
+            raise  # the process ends, the step did not fail: the reaper restarts it
         exc = _signal_within(raised)
         ctx.failure = exc
         if not isinstance(exc, (*ATTEMPT_SIGNALS, RunCancelled)):  # the attempt failed
@@ -427,6 +430,16 @@ def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
             yield from _leaves(exc)
         else:
             yield exc
+
+
+def _terminated() -> bool:
+    """A SIGTERM (or SIGINT) reached this prefork child itself (a signal to the worker's
+    whole process group: systemd's default ``KillMode=control-group``, ``kill -TERM -PGID``):
+    billiard's handler raised SystemExit in whatever ran. The step did not end it: failed as
+    ComponentExit, it failed its run at a deploy. Re-raised, billiard counts the job lost
+    with its process, and the step's lease lapses."""
+    fired = getattr(billiard_common, "terminate_handler_fired", None)  # billiard >= 4.3
+    return bool(fired() if fired else billiard_common._should_have_exited[0])
 
 
 def _exits(exc: BaseException) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -265,3 +266,23 @@ def test_draining_a_prefork_worker_hands_over_none_of_its_namesake_s_steps(chaos
     open_gate(mine)  # handed over to the namesake, its only worker now
     assert theirs.wait(30).state == "succeeded" and mine.wait(30).state == "succeeded"
     assert side_effects(theirs, "started")[HOLD] == 1
+
+
+def test_a_sigterm_to_a_prefork_worker_s_whole_process_group_fails_no_run(chaos_app, deployment):
+    """systemd's default KillMode=control-group, ``kill -TERM -PGID``: the pool's children
+    get the SIGTERM too, and billiard's handler raises SystemExit inside the running step,
+    which failed as the step's own ``sys.exit()`` (ComponentExit): the run failed at a
+    deploy. Now the child's step is lost with it, and restarted on another worker."""
+    a = deployment.worker("a", pool="prefork", concurrency=2, FLOWKIT_DRAIN_GRACE="1")
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    assert waiting(run)["worker"].startswith("a@")
+    os.killpg(a.pid, signal.SIGTERM)
+    a.proc.wait(30)
+    deployment.worker("b")
+    deployment.beat()
+    again = waiting(run, timeout=30)
+    assert again["worker"].startswith("b@")
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded", done
+    assert not of_type(run.events(), "step.failed")
