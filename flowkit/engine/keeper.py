@@ -79,6 +79,8 @@ class Link:
         self._gone = False
         #: A keeper was started (by this process, or by the parent it was forked from).
         self._tried = False
+        #: Keepers this process stopped, not yet reaped.
+        self._retired: list[subprocess.Popen] = []
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
@@ -86,7 +88,7 @@ class Link:
         if self._ack is not None:
             with contextlib.suppress(OSError):
                 os.close(self._ack)
-        self._proc, self._ack = None, None
+        self._proc, self._ack, self._retired = None, None, []
 
     def started(self) -> bool:
         """A keeper was started, whatever became of it (each process starts one at most)."""
@@ -165,8 +167,16 @@ class Link:
 
     def check(self, settings: Settings, held: list[list]) -> None:
         """From this process's heartbeat thread: hear the keeper's first beat, see it
-        exit, and start another when this process's settings changed (another Redis)."""
+        exit, and start another when this process's settings changed (another Redis).
+        A process that did not start it (a prefork child) and changed them beats its own
+        leases: the keeper beats where its parent's settings said."""
+        self._retired = [proc for proc in self._retired if proc.poll() is None]
         if self._proc is None:
+            if self._fd is not None and not self._gone and self._settings is not None and \
+                    keeper_settings(settings) != keeper_settings(self._settings):
+                self._lost = self._gone = True
+                log.warning("flowkit: this process's settings are not its lease keeper's: "
+                            "it beats its own leases")
             return
         if self._settings is None or \
                 keeper_settings(settings) != keeper_settings(self._settings):
@@ -193,8 +203,7 @@ class Link:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(0)  # reap it if it is gone already
+            self._retired.append(self._proc)  # reaped once it exited (check)
         self._fd = self._ack = self._proc = None
 
 

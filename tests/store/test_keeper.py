@@ -201,3 +201,29 @@ def test_a_keeper_that_stopped_reading_never_blocks_a_step_nor_loses_what_it_hol
     assert [json.loads(line) for line in drained(read).splitlines()] == [["reset", 1], *held]
     os.close(read)
     os.close(write)
+
+
+def test_a_child_whose_settings_are_not_its_keeper_s_beats_its_own_leases(store):
+    """A prefork child that changed its Redis (``configure()`` in ``worker_process_init``)
+    was told the keeper beat for it, while the keeper beat its parent's Redis."""
+    read, write = os.pipe()
+    link = Link()
+    link._fd, link._tried, link._settings = write, True, store.settings  # as inherited
+    link._beating[0] = 1
+    link.check(store.settings, [])
+    assert link.beating()
+    link.check(store.settings.replace(key_prefix="elsewhere"), [])
+    assert not link.beating()
+    os.close(read)
+    os.close(write)
+
+
+def test_a_keeper_replaced_for_new_settings_is_reaped(store):
+    link = Link()
+    link.start(store.settings, [])
+    first = link._proc
+    link.check(store.settings.replace(key_prefix="elsewhere"), [["alive", os.getpid()]])
+    assert link._proc is not first
+    wait_until(lambda: (link.check(link._settings, []), first.returncode is not None)[1], 10,
+               "the first keeper to be reaped")
+    link.stop()
