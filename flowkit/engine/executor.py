@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import billiard
@@ -229,6 +231,14 @@ def _run_attempts(
         log.warning("flowkit: step %s of run %s abandoned: %s", key, run_id, exc)
         raise Ignore() from None
     except Exception as exc:
+        if draining() or (_program_signalled(exc) and _begins_to_drain()):
+            # a signal to the worker's whole process group (systemd's default KillMode, a
+            # Ctrl-C) reached the programs the step runs too: their deaths failed the run
+            log.warning("flowkit: step %s of run %s failed while this worker drains (%s); "
+                        "not failed: the signal that stops the worker may have stopped what "
+                        "the step ran, so its lease lapses and it restarts on another worker",
+                        key, run_id, secretless(describe_error(exc)))
+            raise Ignore() from None
         history.append({"attempt": state["attempt"], "error": secretless(describe_error(exc)),
                         "at": time.time()})
         _fail(store, run_id, gen, key, token, state["attempt"], exc, history, secretless)
@@ -430,6 +440,34 @@ def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
             yield from _leaves(exc)
         else:
             yield exc
+
+
+#: How long a step whose program died of a signal waits for its worker's own shutdown to
+#: show: one signal to the process group reaches both, the program's death may come first.
+SIGNAL_RACE_SECONDS = 1.0
+
+
+def _program_signalled(exc: BaseException) -> bool:
+    """The step failed because a program it ran was killed by a signal (``subprocess``'s
+    negative return code, a process pool's broken worker), said anywhere in its causes."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, subprocess.CalledProcessError) and exc.returncode < 0:
+            return True
+        if isinstance(exc, BrokenProcessPool):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _begins_to_drain() -> bool:
+    deadline = time.monotonic() + SIGNAL_RACE_SECONDS
+    while not draining():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _terminated() -> bool:

@@ -54,6 +54,16 @@ KEEPER_SETTINGS = ("redis_url", "key_prefix", "redis_socket_timeout", "redis_ret
                    "heartbeat_stall", "heartbeat_keeper")
 
 
+#: The keeper's program. A signal to the worker's process group (a Ctrl-C, systemd's default
+#: KillMode, a SIGHUP) is the worker's to act on: the keeper beats on until its pipe closes,
+#: from before its imports (it died of a SIGTERM that came while it imported).
+KEEPER_COMMAND = ("import signal\n"
+                  "for name in ('SIGINT', 'SIGTERM', 'SIGHUP'):\n"
+                  "    signal.signal(getattr(signal, name), signal.SIG_IGN)\n"
+                  "from flowkit.engine.keeper import main\n"
+                  "main()\n")
+
+
 def keeper_settings(settings: Settings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in KEEPER_SETTINGS}
 
@@ -111,8 +121,9 @@ class Link:
             [package, *filter(None, [os.environ.get("PYTHONPATH")])])}
         try:
             self._proc = subprocess.Popen(
-                # not ``-m``: the package imports this module first, and runpy warns of it
-                [sys.executable, "-c", "from flowkit.engine.keeper import main; main()"],
+                # not ``-m``: the package imports this module first, and runpy warns of it;
+                # the worker's signals ignored before the imports (half a second), as after
+                [sys.executable, "-c", KEEPER_COMMAND],
                 stdin=read, stdout=ack_write,
                 env=env, close_fds=True)
         except OSError as exc:
@@ -309,10 +320,8 @@ class Keeper:
 
 
 def main() -> None:
-    # a Ctrl-C or a SIGTERM to the worker's process group is the worker's to act on (it
-    # drains, for up to FLOWKIT_DRAIN_GRACE): the keeper beats on until its pipe closes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # as KEEPER_COMMAND did, when run otherwise
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     keeper: Keeper | None = None
     interval, pending, acked = 1.0, b"", False

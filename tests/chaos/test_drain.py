@@ -17,7 +17,7 @@ from flowkit.engine import control
 from flowkit.serialization import loads
 from flowkit.store import get_store
 from tests.chaos.conftest import QUEUE, of_type, open_gate, side_effects, wait_for, waiting
-from tests.chaos.workflows import brief_then_hold, held
+from tests.chaos.workflows import brief_then_hold, held, running_a_program
 from tests.conftest import ROOT
 
 #: Each test waits out a drain's grace on worker processes of its own: beside the rest.
@@ -286,3 +286,23 @@ def test_a_sigterm_to_a_prefork_worker_s_whole_process_group_fails_no_run(chaos_
     done = run.wait(30)
     assert done.state == "succeeded", done
     assert not of_type(run.events(), "step.failed")
+
+
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_a_group_sigterm_that_ends_a_step_s_program_fails_no_run(chaos_app, deployment, pool):
+    """The signal to the worker's whole process group also reaches the programs its steps
+    run (ffmpeg, a browser): the step failed with ``CalledProcessError ... died with
+    SIGTERM`` and failed its run at a deploy. A step that fails while its worker drains is
+    not failed: it restarts on another worker."""
+    a = deployment.worker("a", pool=pool, FLOWKIT_DRAIN_GRACE="5")
+    run = running_a_program.start({"n": 0, "chunks": 1, "pause": 0.01})
+    assert waiting(run)["worker"].startswith("a@")
+    os.killpg(a.pid, signal.SIGTERM)
+    assert a.proc.wait(30) == 0
+    assert any("failed while this worker drains" in line for line in a.lines), a.output()
+    deployment.worker("b")
+    deployment.beat()
+    done = run.wait(30)
+    assert done.state == "succeeded", done
+    assert not of_type(run.events(), "step.failed")
+    assert side_effects(run, "started")["1:chaos.program"] == 2

@@ -33,7 +33,7 @@ def keepers_of(pid: int) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if parent == pid and b"flowkit.engine.keeper import main" in cmdline:
+        if parent == pid and b"from flowkit.engine.keeper import main" in cmdline:
             found.append(int(entry))
     return found
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import time
 
 from celery import signals
@@ -94,6 +95,21 @@ def gil(data: dict) -> dict:
     return {**data, "n": data["n"] + 1}
 
 
+@component(name="chaos.program")
+def program(data: dict) -> dict:
+    """Runs a program (ffmpeg, pandoc, a browser: here ``sleep 60``) on its first attempt,
+    after saying where (``chaos:waiting:<run>``); a later attempt's returns at once."""
+    ctx = _began()
+    running = subprocess.Popen(["sleep", "60" if ctx.attempt == 1 else "0"])
+    get_store().redis.rpush(f"chaos:waiting:{ctx.run_id}",
+                            dumps({"attempt": ctx.attempt, "worker": worker_id(),
+                                   "program": running.pid}))
+    if running.wait():
+        raise subprocess.CalledProcessError(running.returncode, running.args)
+    _finished(ctx)
+    return {**data, "n": data["n"] + 1}
+
+
 @component(name="chaos.broken")
 def broken(data: dict) -> dict:
     _began()
@@ -132,6 +148,7 @@ held = flowkit.Workflow("chaos.held", [work, hold, work])
 brief_then_hold = flowkit.Workflow("chaos.brief_then_hold", [brief, hold])
 doomed = flowkit.Workflow("chaos.doomed", [work, broken])
 held_gil = flowkit.Workflow("chaos.held_gil", [work, gil])
+running_a_program = flowkit.Workflow("chaos.running_a_program", [work, program, work])
 
 
 # -- a worker lost between two steps ------------------------------------------------
