@@ -32,6 +32,7 @@ step it began then outlived the grace and was handed over: it ran twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -46,6 +47,7 @@ from ..states import RestartCause, RunState
 from ..store import HANDED_OVER, get_store
 from . import heartbeat as hb
 from .control import Run, resume
+from .keeper import process_state
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,44 @@ def hand_over(entries: list[tuple[str, str, str]], reason: str) -> list[str]:
     return restarted
 
 
+#: How long the programs of handed-over steps get to end on SIGTERM before SIGKILL.
+PROGRAMS_GRACE_SECONDS = 1.0
+
+
+def _end_programs() -> None:
+    """End the programs this process's steps started (its child processes, the lease keeper
+    aside) before it exits after a handover: reparented to init, a step's ``ffmpeg`` ran on
+    beside the attempt that restarted the step elsewhere. SIGTERM, then SIGKILL what is left
+    after :data:`PROGRAMS_GRACE_SECONDS`. Linux only (children are read from ``/proc``)."""
+    keeper = hb.heartbeat.link.pid()
+    programs = [pid for pid in children_of(os.getpid()) if pid != keeper]
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        for pid in programs:
+            with contextlib.suppress(OSError):
+                os.kill(pid, how)
+        deadline = time.monotonic() + PROGRAMS_GRACE_SECONDS
+        while programs and time.monotonic() < deadline:
+            programs = [pid for pid in programs if process_state(pid) not in ("X", "Z")]
+            time.sleep(0.02)
+        if not programs:
+            return
+        log.warning("flowkit drain: %d program(s) of handed-over steps did not end on SIGTERM: "
+                    "killed", len(programs))
+
+
+def children_of(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (none where there is no ``/proc``)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError), \
+                        open(f"/proc/{entry}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == parent:
+                        found.append(int(entry))
+    return found
+
+
 def _watch_consumer(deadline: float) -> bool:
     """Until ``deadline``, or until Celery's consumer is seen stopped (noted in
     ``_consumer_stopped_at``): True as soon as this worker is idle."""
@@ -246,6 +286,7 @@ def drain(grace: float) -> None:
                 _restore()
             except Exception:  # noqa: BLE001 - the exit must happen; the reaper covers the rest
                 log.exception("flowkit drain: could not give back unacknowledged messages")
+        _end_programs()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(0)

@@ -100,6 +100,10 @@ class Link:
                 os.close(self._ack)
         self._proc, self._ack, self._retired = None, None, []
 
+    def pid(self) -> int | None:
+        """The keeper's process id, in the process that started it."""
+        return None if self._proc is None else self._proc.pid
+
     def started(self) -> bool:
         """A keeper was started, whatever became of it (each process starts one at most)."""
         return self._tried

@@ -14,6 +14,7 @@ import pytest
 
 import flowkit
 from flowkit.engine import control
+from flowkit.engine.keeper import process_state
 from flowkit.serialization import loads
 from flowkit.store import get_store
 from tests.chaos.conftest import QUEUE, of_type, open_gate, side_effects, wait_for, waiting
@@ -306,3 +307,18 @@ def test_a_group_sigterm_that_ends_a_step_s_program_fails_no_run(chaos_app, depl
     assert done.state == "succeeded", done
     assert not of_type(run.events(), "step.failed")
     assert side_effects(run, "started")["1:chaos.program"] == 2
+
+
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_a_handover_ends_the_programs_of_the_steps_it_hands_over(chaos_app, deployment, pool):
+    """A threads or gevent worker ends itself after a handover, to stop the handed-over
+    attempts; the programs they ran (a step's ffmpeg) were reparented to init and ran on
+    beside the attempt that restarted the step elsewhere."""
+    a = deployment.worker("a", pool=pool, FLOWKIT_DRAIN_GRACE="1")
+    run = running_a_program.start({"n": 0, "chunks": 1, "pause": 0.01})
+    program = waiting(run)["program"]
+    assert process_state(program) not in ("X", "Z")
+    a.proc.send_signal(signal.SIGTERM)  # the worker alone, as a process manager's stop
+    assert a.proc.wait(30) == 0
+    assert any("flowkit drain: handed over 1 run(s)" in line for line in a.lines), a.output()
+    wait_for(lambda: process_state(program) in ("X", "Z"), 10, "the step's program to end")

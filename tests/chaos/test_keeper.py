@@ -3,6 +3,7 @@ than the lapse keeps its lease, on every pool; a worker's keeper goes with its w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from flowkit import config
+from flowkit.engine.drain import children_of
 from flowkit.engine.keeper import process_state
 from flowkit.store import get_store
 from flowkit.store.keys import shard_of
@@ -23,18 +25,10 @@ GIL = "1:chaos.gil"
 def keepers_of(pid: int) -> list[int]:
     """The lease keeper processes ``pid`` started (their parent is ``pid``)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if parent == pid and b"from flowkit.engine.keeper import main" in cmdline:
-            found.append(int(entry))
+    for child in children_of(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"from flowkit.engine.keeper import main" in f.read():
+                found.append(child)
     return found
 
 
