@@ -129,26 +129,35 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """On SIGTERM (a deploy, a scale-down, a reload) end every stream first: WebSocket
-    clients get close code 1012 and SSE streams end, so they reconnect with their last
-    event id to a process that stays, and this one exits without waiting out
-    graceful_timeout."""
+    """On SIGTERM (a deploy, a scale-down, a reload), and on SIGINT and SIGQUIT (a Ctrl-C,
+    gunicorn's quick shutdown), end every stream first: WebSocket clients get close code
+    1012 and SSE streams end, so they reconnect with their last event id to a process that
+    stays, and this one exits without waiting out graceful_timeout (on SIGINT and SIGQUIT
+    it waited it out for its streams' threads, then was killed: the followers' connections
+    dropped, SSE mid-chunk)."""
     import signal
 
     from .extension import FlowKit
 
-    stop = signal.getsignal(signal.SIGTERM)
-
-    def end_streams_then_stop(signum: int, frame: Any) -> None:
-        FlowKit.end_streams(worker.wsgi)
-        stop(signum, frame)
-
-    signal.signal(signal.SIGTERM, end_streams_then_stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        _end_streams_first(signum, worker, FlowKit.end_streams)
     # What the process built to serve (modules, classes, the app) lives as long as it does:
     # frozen, the collector's full passes walk only what requests allocate. Unfrozen, the
     # first full pass after startup stopped every request and stream for about 250 ms here
     # (the p99 of bench/start_latency.py's POST -> WebSocket), later ones for 60-70 ms.
     gc.freeze()
+
+
+def _end_streams_first(signum: int, worker: Any, end_streams: Any) -> None:
+    import signal
+
+    stop = signal.getsignal(signum)
+
+    def end_streams_then_stop(signum: int, frame: Any) -> None:
+        end_streams(worker.wsgi)
+        stop(signum, frame)
+
+    signal.signal(signum, end_streams_then_stop)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -148,11 +148,13 @@ def test_the_packaged_config_keeps_gunicorns_statsd_metrics(flowkit_env, worker,
             web.stop()
 
 
-def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(
-    flowkit_env, worker, store, tmp_path
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGQUIT"])
+def test_a_stop_signal_ends_streams_at_once_with_1012_and_the_server_exits(
+    flowkit_env, worker, store, tmp_path, signame
 ):
     """A deploy stops the web process: followers are told to reconnect (1012) right away,
-    and the process exits without waiting out gunicorn's 30 s graceful timeout."""
+    and the process exits without waiting out gunicorn's 30 s graceful timeout. SIGINT (a
+    Ctrl-C) and SIGQUIT (gunicorn's quick shutdown) waited it out, then dropped them."""
     import signal
 
     import websocket
@@ -170,7 +172,7 @@ def test_sigterm_ends_streams_at_once_with_1012_and_the_server_exits(
         assert got[-1]["type"] == "step.output"
 
         stopped = time.monotonic()
-        web.proc.send_signal(signal.SIGTERM)
+        web.proc.send_signal(getattr(signal, signame))
         opcode, frame = sock.recv_data(control_frame=True)
         assert opcode == websocket.ABNF.OPCODE_CLOSE
         assert int.from_bytes(frame[:2], "big") == 1012
