@@ -303,7 +303,11 @@ class Policy:
     def retries(self, exc: BaseException) -> bool:
         """Whether ``retry_on`` retries ``exc``. An error its raiser marked final (an LLM
         call's 401, 400 or over-long Retry-After: :func:`flowkit.errors.mark_final`) is
-        retried only when ``retry_on`` names a class of it narrower than Exception."""
+        retried only when ``retry_on`` names a class of it narrower than Exception. A
+        ``SystemExit`` that reaches here is its process ending (a step's own is a
+        ComponentExit by then): never retried, even under ``retry_on=BaseException``."""
+        if isinstance(exc, SystemExit):
+            return False
         types = self.exception_types()
         if not isinstance(exc, types):
             return False

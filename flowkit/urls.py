@@ -118,6 +118,12 @@ def redacted(url: str) -> str:
     return ";".join(_redacted_one(part) for part in _NEXT_URL.split(url))
 
 
+def redacted_query(url: str) -> str:
+    """:func:`redacted`, and every query value blanked: an HTTP API's address may carry a
+    gateway's key in its query under any name (``?code=``, ``?key=``)."""
+    return _QUERY_PARAM.sub(lambda param: f"{param.group(1)}{param.group(2)}=***", redacted(url))
+
+
 def reached(url: str) -> str:
     """The URL as a message that it cannot be reached shows it: redacted, and with the address
     the client read when the URL names none (``redis://`` is localhost:6379 to redis-py)."""

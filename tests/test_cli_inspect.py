@@ -291,6 +291,11 @@ def test_doctor_checks_a_result_backend_of_its_own_answers(env):
         env={**env, "FLOWKIT_RESULT_BACKEND": env["FLOWKIT_REDIS_URL"].rsplit("/", 1)[0] + "/3"}
     ).stdout))
     assert "result_backend" not in same
+    # Celery's other Redis forms are not probed (a sentinel:// one was a traceback)
+    sentinels = flowkit_cli("doctor", "-A", "tests.app", "--json",
+                            env={**env, "FLOWKIT_RESULT_BACKEND": "sentinel://127.0.0.1:1"})
+    assert "Traceback" not in sentinels.stderr, sentinels.stderr
+    assert "result_backend" not in by_check(json.loads(sentinels.stdout))
 
 
 @pytest.mark.parametrize("a, b", [

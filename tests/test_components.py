@@ -549,3 +549,13 @@ def test_an_unknown_component_says_how_to_import_it_in_the_worker():
         "No component named 'unit.nowhere' in this process; import the module that defines it "
         "in the worker: create_celery_app(..., imports=['myapp.flows']), or name it with "
         "celery -A.")
+
+
+def test_a_process_s_own_end_is_never_retried_even_under_retry_on_base_exception():
+    """A SystemExit that reaches the retry policy is the process ending (billiard's
+    terminate handler in a prefork child; a step's own sys.exit() is a ComponentExit by
+    then): under ``retry_on=BaseException`` the dying child ran the step again."""
+    policy = flowkit.component(lambda data: data, name="t.ends").retry(
+        retry_on=BaseException).policy
+    assert not policy.retries(SystemExit(-241))
+    assert policy.retries(KeyboardInterrupt()) and policy.retries(ValueError())

@@ -154,8 +154,10 @@ def _end_streams_first(signum: int, worker: Any, end_streams: Any) -> None:
     stop = signal.getsignal(signum)
 
     def end_streams_then_stop(signum: int, frame: Any) -> None:
-        end_streams(worker.wsgi)
-        stop(signum, frame)
+        try:
+            end_streams(worker.wsgi)
+        finally:  # gunicorn's own handler, whatever became of the streams
+            stop(signum, frame)
 
     signal.signal(signum, end_streams_then_stop)
 

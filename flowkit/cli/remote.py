@@ -16,6 +16,7 @@ in the one Authorization header and httpx let the URL's replace the key, unsaid.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -29,7 +30,7 @@ from httpx_sse import connect_sse
 from ..engine.control import GONE, not_found
 from ..errors import FlowkitError, RunNotFound, ValidationError, WorkflowNotFound
 from ..events import START, TERMINAL
-from ..urls import redacted
+from ..urls import redacted_query
 from ..workflow import WORKFLOW_NAME, WORKFLOW_NAME_RULE
 from .usage import UsageError, quoted
 
@@ -53,7 +54,7 @@ _NO_ROUTE = "The requested URL was not found"
 
 
 def _bad_url(url: str, why: str) -> UsageError:
-    shown = repr(redacted(url)) if len(url) <= 200 else f"of {len(url)} characters"
+    shown = repr(redacted_query(url)) if len(url) <= 200 else f"of {len(url)} characters"
     return UsageError(f"--url (or FLOWKIT_URL) {shown} is not a URL flowkit can reach "
                       f"({why}): give where your app mounts flowkit's blueprint, e.g. "
                       "https://app.example.com/flowkit or http://127.0.0.1:8000")
@@ -108,7 +109,7 @@ class RemoteRuns:
 
     def __init__(self, url: str, credential: str | None) -> None:
         self.url = url.rstrip("/")
-        self.shown = redacted(self.url)  # what messages say: no password in a CI log
+        self.shown = redacted_query(self.url)  # what messages say: no password in a CI log
         try:
             parsed = httpx.URL(self.url)
             host = parsed.host  # decoded here: a label "xn--zz" is no punycode (IDNAError)
@@ -232,9 +233,10 @@ class RemoteRuns:
         if since is not None and now - since > BUSY_WAIT_SECONDS:
             self._check(response)  # raises the server's message: following it failed
         try:
-            pause = min(max(float(response.headers.get("retry-after", "")), 1.0), 10.0)
+            pause = float(response.headers.get("retry-after", ""))
         except ValueError:  # absent, or an HTTP date: flowkit sends seconds
             pause = 5.0
+        pause = min(max(pause, 1.0), 10.0) if math.isfinite(pause) else 5.0
         if since is None:
             response.read()
             try:
@@ -243,7 +245,7 @@ class RemoteRuns:
             except (ValueError, AttributeError):
                 why = None
             print(f"flowkit: following run {run_id} waits for a stream of its own "
-                  f"({why or f'HTTP 429 from {redacted(str(response.url))}'}); trying again "
+                  f"({why or f'HTTP 429 from {redacted_query(str(response.url))}'}); trying again "
                   f"every {pause:g} s for up to {BUSY_WAIT_SECONDS:g} s ...",
                   file=sys.stderr, flush=True)
         time.sleep(pause)
@@ -329,7 +331,7 @@ class RemoteRuns:
             error = {}
         message = error.get("message")
         if not isinstance(message, str) or not message:
-            message = f"HTTP {response.status_code} from {redacted(str(response.url))}"
+            message = f"HTTP {response.status_code} from {redacted_query(str(response.url))}"
         code = error.get("code")
         if code == "validation_error":
             fields = error.get("fields")
@@ -356,8 +358,8 @@ class RemoteRuns:
             raise UsageError(message)
         if response.is_redirect:  # flowkit's API never redirects: a login, http -> https
             where = response.headers.get("location", "")
-            raise UsageError(f"HTTP {response.status_code} from {redacted(str(response.url))}, "
-                             f"to {redacted(where)}: give --url (or FLOWKIT_URL) the address "
+            raise UsageError(f"HTTP {response.status_code} from {redacted_query(str(response.url))}, "
+                             f"to {redacted_query(where)}: give --url (or FLOWKIT_URL) the address "
                              "your app's flowkit blueprint answers at, with no redirect "
                              "(https://...?)")
         if not error:  # not flowkit's error: say what it was, and where to look

@@ -37,7 +37,7 @@ from ..errors import (
     ValidationError,
     WorkflowNotFound,
 )
-from ..urls import reached, redacted
+from ..urls import reached, redacted_query
 from .app import add_app_option, load_app, unknown_workflow
 from .live import Printer, RunView, final_lines
 from .output import add_json_option
@@ -275,7 +275,7 @@ def _terminated(signum: int, frame: Any) -> None:
 
 def _follow_hint(args: argparse.Namespace, run_id: str) -> str:
     # redacted: the line is printed, and a password in it stayed in the scrollback
-    where = f" --url {redacted(args.url)}" if args.url else ""
+    where = f" --url {redacted_query(args.url)}" if args.url else ""
     return f"flowkit follow {run_id}{where}"
 
 

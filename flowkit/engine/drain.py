@@ -157,11 +157,12 @@ def held_by(node: str, pids: list[int] | None = None) -> list[tuple[str, str, st
 
 
 def _pool_processes() -> list[int] | None:
-    """This prefork worker's pool processes now (None when Celery cannot say)."""
+    """This prefork worker's pool processes now (None when it is not told them: the node's
+    name says then)."""
     try:
         return None if _children is None else list(_children())
-    except Exception:  # noqa: BLE001 - a pool stopping: the node's name still says
-        return None
+    except Exception:  # noqa: BLE001 - the pool joined: none (by name, a namesake's steps)
+        return []
 
 
 def hand_over(entries: list[tuple[str, str, str]], reason: str) -> list[str]:
@@ -190,13 +191,17 @@ PROGRAMS_GRACE_SECONDS = 1.0
 
 
 def _end_programs() -> None:
-    """End the programs this process's steps started (its child processes, the lease keeper
-    aside) before it exits after a handover: reparented to init, a step's ``ffmpeg`` ran on
-    beside the attempt that restarted the step elsewhere. SIGTERM, then SIGKILL what is left
-    after :data:`PROGRAMS_GRACE_SECONDS`. Linux only (children are read from ``/proc``)."""
+    """End the programs this process's steps started (its descendants, the lease keeper
+    aside) before it exits after a handover: reparented to init, a step's ``ffmpeg`` (or the
+    ``sleep`` of a ``shell=True`` command) ran on beside the attempt that restarted the step
+    elsewhere. SIGTERM, then SIGKILL what is left after :data:`PROGRAMS_GRACE_SECONDS`.
+    Linux only (processes are read from ``/proc``)."""
     keeper = hb.heartbeat.link.pid()
-    programs = [pid for pid in children_of(os.getpid()) if pid != keeper]
+    programs = descendants_of(os.getpid(), spare=keeper)
     for how in (signal.SIGTERM, signal.SIGKILL):
+        if how == signal.SIGKILL and programs:
+            log.warning("flowkit drain: %d program(s) of handed-over steps did not end on "
+                        "SIGTERM: killed", len(programs))
         for pid in programs:
             with contextlib.suppress(OSError):
                 os.kill(pid, how)
@@ -206,20 +211,32 @@ def _end_programs() -> None:
             time.sleep(0.02)
         if not programs:
             return
-        log.warning("flowkit drain: %d program(s) of handed-over steps did not end on SIGTERM: "
-                    "killed", len(programs))
 
 
-def children_of(parent: int) -> list[int]:
-    """The processes whose parent is ``parent`` (none where there is no ``/proc``)."""
-    found = []
+def _parents() -> dict[int, int]:
+    """Every process's parent, from ``/proc`` (nothing where there is none)."""
+    parents = {}
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 with contextlib.suppress(OSError, IndexError, ValueError), \
                         open(f"/proc/{entry}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == parent:
-                        found.append(int(entry))
+                    parents[int(entry)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+    return parents
+
+
+def children_of(parent: int) -> list[int]:
+    """The processes whose parent is ``parent``."""
+    return [pid for pid, of in _parents().items() if of == parent]
+
+
+def descendants_of(root: int, spare: int | None = None) -> list[int]:
+    """The processes under ``root`` (children, theirs, and so on), but ``spare`` and its own."""
+    parents, found, frontier = _parents(), [], [root]
+    while frontier:
+        below = [pid for pid, of in parents.items() if of in frontier and pid != spare]
+        found += below
+        frontier = below
     return found
 
 
@@ -272,6 +289,8 @@ def drain(grace: float) -> None:
         moved = hand_over(entries, f"worker {node} drained: grace of {grace:g}s ran out")
         log.warning("flowkit drain: handed over %d run(s) after %gs: %s", len(moved), grace,
                     moved)
+        if _in_process_pool:  # before Celery's shutdown, which waits for this, can end it
+            _end_programs()
     finally:
         _handed_over.set()
     for stream in (sys.stdout, sys.stderr):
@@ -286,7 +305,6 @@ def drain(grace: float) -> None:
                 _restore()
             except Exception:  # noqa: BLE001 - the exit must happen; the reaper covers the rest
                 log.exception("flowkit drain: could not give back unacknowledged messages")
-        _end_programs()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(0)

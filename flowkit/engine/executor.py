@@ -47,7 +47,7 @@ from ..store import Begin, Ended, Store, get_store
 from ..workflow import get_workflow, workflows
 from . import admission, cache, canvas, frontier, limits, notify
 from .control import Run, resume
-from .drain import draining
+from .drain import draining, hand_over
 from .heartbeat import heartbeat, worker_id
 from .paths import CONTINUE, continuation_key, continuation_of
 from .step import StepContext
@@ -231,13 +231,16 @@ def _run_attempts(
         log.warning("flowkit: step %s of run %s abandoned: %s", key, run_id, exc)
         raise Ignore() from None
     except Exception as exc:
-        if draining() or (_program_signalled(exc) and _begins_to_drain()):
+        if _program_signalled(exc) and (draining() or _begins_to_drain()):
             # a signal to the worker's whole process group (systemd's default KillMode, a
             # Ctrl-C) reached the programs the step runs too: their deaths failed the run
-            log.warning("flowkit: step %s of run %s failed while this worker drains (%s); "
-                        "not failed: the signal that stops the worker may have stopped what "
-                        "the step ran, so its lease lapses and it restarts on another worker",
-                        key, run_id, secretless(describe_error(exc)))
+            log.warning("flowkit: step %s of run %s: a program it ran was ended by a signal "
+                        "as this worker began to drain (%s); not failed: handed over to "
+                        "restart on another worker", key, run_id,
+                        secretless(describe_error(exc)))
+            with contextlib.suppress(StoreUnavailable):  # else its lease lapses
+                hand_over([(run_id, key, token)], f"worker {worker_id()} drained: a program "
+                          "of the step ended by its signal")
             raise Ignore() from None
         history.append({"attempt": state["attempt"], "error": secretless(describe_error(exc)),
                         "at": time.time()})
@@ -471,8 +474,8 @@ def _begins_to_drain() -> bool:
 
 
 def _terminated() -> bool:
-    """A SIGTERM (or SIGINT) reached this prefork child itself (a signal to the worker's
-    whole process group: systemd's default ``KillMode=control-group``, ``kill -TERM -PGID``):
+    """A SIGTERM reached this prefork child itself (a signal to the worker's whole process
+    group: systemd's default ``KillMode=control-group``, ``kill -TERM -PGID``):
     billiard's handler raised SystemExit in whatever ran. The step did not end it: failed as
     ComponentExit, it failed its run at a deploy. Re-raised, billiard counts the job lost
     with its process, and the step's lease lapses."""

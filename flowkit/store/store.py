@@ -171,7 +171,7 @@ class Store:
             claim = self.keys.idempotency(record["workflow"], idempotency_key,
                                           record.get("owner") or None)
             if not self.redis.set(claim, run_id, nx=True, ex=retention):
-                winner, stored = self._claimed_run(claim, retention)
+                winner, stored = self._claimed_run(claim, retention, run_id)
                 if stored:
                     return winner, False
                 # the claim's maker stopped before creating its run: create it under that id
@@ -201,10 +201,11 @@ class Store:
             messages.pushed = bool(created)
         return run_id, bool(created)
 
-    def _claimed_run(self, claim: str, retention: int) -> tuple[str | None, bool]:
+    def _claimed_run(self, claim: str, retention: int, own: str) -> tuple[str | None, bool]:
         """The run a claimed idempotency key names, and whether it is stored. A claim made
         less than :data:`CLAIM_WAIT_SECONDS` ago (its age read from its TTL, set to
-        ``retention`` when claimed) is waited for: its maker stores the run next."""
+        ``retention`` when claimed) is waited for: its maker stores the run next. One that
+        names ``own`` (this start's claim, its reply lost and the call sent again) is not."""
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while True:
             pipe = self.redis.pipeline(transaction=False)
@@ -215,6 +216,8 @@ class Store:
                 return None, False
             if self.redis.exists(self.keys.run(winner)):
                 return winner, True
+            if winner == own:
+                return winner, False
             age = retention - pttl / 1000 if pttl > 0 else math.inf
             if age >= CLAIM_WAIT_SECONDS or time.monotonic() >= deadline:
                 return winner, False

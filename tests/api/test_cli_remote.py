@@ -805,3 +805,8 @@ def test_a_url_with_a_query_sends_it_with_every_request(api, env, caplog):
     sent = [r.getMessage() for r in caplog.records if "code=gateway-key" in r.getMessage()]
     assert any("POST /workflows/simple/runs?code=gateway-key " in line for line in sent), sent
     assert any("/events?" in line for line in sent), sent
+    # the key is a secret: no message shows it (only password= was blanked)
+    failed = cli("follow", "01X", "--url", api.url + "/nope?code=gateway-key", "--api-key",
+                 API_KEY, env=env)
+    assert failed.returncode == 1 and "code=***" in failed.stderr, failed.stderr
+    assert "gateway-key" not in failed.stderr

@@ -14,6 +14,7 @@ import pytest
 
 import flowkit
 from flowkit.engine import control
+from flowkit.engine.drain import children_of
 from flowkit.engine.keeper import process_state
 from flowkit.serialization import loads
 from flowkit.store import get_store
@@ -293,32 +294,42 @@ def test_a_sigterm_to_a_prefork_worker_s_whole_process_group_fails_no_run(chaos_
 def test_a_group_sigterm_that_ends_a_step_s_program_fails_no_run(chaos_app, deployment, pool):
     """The signal to the worker's whole process group also reaches the programs its steps
     run (ffmpeg, a browser): the step failed with ``CalledProcessError ... died with
-    SIGTERM`` and failed its run at a deploy. A step that fails while its worker drains is
-    not failed: it restarts on another worker."""
-    a = deployment.worker("a", pool=pool, FLOWKIT_DRAIN_GRACE="5")
+    SIGTERM`` and failed its run at a deploy. Such a step is handed over at once (no lapse,
+    no reaper: not a crash) and restarts on another worker."""
+    a = deployment.worker("a", pool=pool, FLOWKIT_DRAIN_GRACE="5", FLOWKIT_HEARTBEAT_LAPSE="60")
     run = running_a_program.start({"n": 0, "chunks": 1, "pause": 0.01})
     assert waiting(run)["worker"].startswith("a@")
     os.killpg(a.pid, signal.SIGTERM)
     assert a.proc.wait(30) == 0
-    assert any("failed while this worker drains" in line for line in a.lines), a.output()
-    deployment.worker("b")
-    deployment.beat()
+    assert any("ended by a signal as this worker began to drain" in line for line in a.lines), \
+        a.output()
+    deployment.worker("b")  # and no beat: no reaper restarts it
     done = run.wait(30)
     assert done.state == "succeeded", done
+    assert done.restarts == 0, "a deliberate handover must not count as a crash"
     assert not of_type(run.events(), "step.failed")
+    [restarted] = of_type(run.events(), "run.restarted")
+    assert "a program of the step ended by its signal" in restarted.data["reason"]
     assert side_effects(run, "started")["1:chaos.program"] == 2
 
 
-@pytest.mark.parametrize("pool", ["threads", "gevent"])
-def test_a_handover_ends_the_programs_of_the_steps_it_hands_over(chaos_app, deployment, pool):
+@pytest.mark.parametrize("pool, shell", [("threads", False), ("gevent", False),
+                                         ("threads", True)])
+def test_a_handover_ends_the_programs_of_the_steps_it_hands_over(chaos_app, deployment, pool,
+                                                                 shell):
     """A threads or gevent worker ends itself after a handover, to stop the handed-over
-    attempts; the programs they ran (a step's ffmpeg) were reparented to init and ran on
-    beside the attempt that restarted the step elsewhere."""
+    attempts; the programs they ran (a step's ffmpeg; the sleep under a ``shell=True``
+    command) were reparented to init and ran on beside the attempt that restarted the step
+    elsewhere."""
     a = deployment.worker("a", pool=pool, FLOWKIT_DRAIN_GRACE="1")
-    run = running_a_program.start({"n": 0, "chunks": 1, "pause": 0.01})
+    run = running_a_program.start({"n": 0, "chunks": 1, "pause": 0.01, "shell": shell})
     program = waiting(run)["program"]
-    assert process_state(program) not in ("X", "Z")
+    if shell:
+        wait_for(lambda: children_of(program), 10, "the shell to start its program")
+    programs = [program, *children_of(program)]
+    assert all(process_state(pid) not in ("X", "Z") for pid in programs)
     a.proc.send_signal(signal.SIGTERM)  # the worker alone, as a process manager's stop
     assert a.proc.wait(30) == 0
     assert any("flowkit drain: handed over 1 run(s)" in line for line in a.lines), a.output()
-    wait_for(lambda: process_state(program) in ("X", "Z"), 10, "the step's program to end")
+    wait_for(lambda: all(process_state(pid) in ("X", "Z") for pid in programs), 10,
+             "the step's programs to end")

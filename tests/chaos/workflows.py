@@ -98,9 +98,12 @@ def gil(data: dict) -> dict:
 @component(name="chaos.program")
 def program(data: dict) -> dict:
     """Runs a program (ffmpeg, pandoc, a browser: here ``sleep 60``) on its first attempt,
-    after saying where (``chaos:waiting:<run>``); a later attempt's returns at once."""
+    after saying where (``chaos:waiting:<run>``); a later attempt's returns at once. With
+    ``shell``, through a shell that runs it as a child of its own."""
     ctx = _began()
-    running = subprocess.Popen(["sleep", "60" if ctx.attempt == 1 else "0"])
+    seconds = "60" if ctx.attempt == 1 else "0"
+    running = subprocess.Popen(f"sleep {seconds}; true", shell=True) if data.get("shell") \
+        else subprocess.Popen(["sleep", seconds])
     get_store().redis.rpush(f"chaos:waiting:{ctx.run_id}",
                             dumps({"attempt": ctx.attempt, "worker": worker_id(),
                                    "program": running.pid}))

@@ -308,6 +308,16 @@ def test_create_under_a_key_claimed_a_moment_ago_waits_for_its_maker_s_run(store
     assert store.get_run("run-2") == {}
 
 
+def test_create_sent_again_after_its_claim_s_reply_was_lost_does_not_wait_for_itself(store):
+    """The claim names this very start's run (its SET went through, the reply was lost, the
+    call was sent again): nothing to wait for."""
+    store.redis.set(store.keys.idempotency("wf", "key"), "run-2",
+                    ex=store.settings.retention_seconds)
+    began = time.monotonic()
+    assert store.create_run(record("run-2"), queued_event("run-2"), "key") == ("run-2", True)
+    assert time.monotonic() - began < 1.0
+
+
 def test_create_under_a_key_claimed_a_moment_ago_by_a_maker_that_stopped_makes_its_run(store):
     store.redis.set(store.keys.idempotency("wf", "key"), "claimed",
                     ex=store.settings.retention_seconds)
