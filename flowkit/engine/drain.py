@@ -32,6 +32,7 @@ step it began then outlived the grace and was handed over: it ran twice.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import mmap
@@ -60,6 +61,8 @@ _in_process_pool = True
 _draining = mmap.mmap(-1, 1)
 #: Set by a warm shutdown: the armed drain thread starts draining.
 _warm = threading.Event()
+#: Set by SIGHUP (:func:`restart`): the worker executes its command again once drained.
+_restarting = False
 _armed: threading.Thread | None = None
 #: Puts this worker's unacknowledged deliveries back in their queues (arm's ``restore``).
 _restore: Callable[[], None] | None = None
@@ -132,6 +135,35 @@ def begin(how: str | None) -> None:
     _draining[0] = 1
     if how == "Warm":
         _warm.set()
+
+
+def restart(signum: int, frame: object) -> None:
+    """SIGHUP, where Celery's restart handler was (a worker without a terminal): drain as a
+    warm shutdown does, then execute the worker's command again (:func:`reexec`). Celery's
+    own restart sent no ``worker_shutting_down``: the worker waited for its steps however
+    long they took, with no grace and no handover."""
+    from celery.worker import state
+
+    global _restarting
+    _restarting = True
+    atexit.register(reexec)  # after a drain that ended idle, when Celery's shutdown is over
+    begin("Warm")
+    state.should_stop = 0  # Celery's loop stops, as its restart handler had it
+
+
+def reexec() -> None:
+    """Execute the worker's command again, in this process (its pid stays). Started as
+    ``python -m celery``, as Celery's restart did not (it ran ``celery/__main__.py`` as a
+    script, which cannot import its package: the worker never came back)."""
+    from celery import platforms
+
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("celery", "__main__.py")):
+        argv = ["-m", "celery", *argv[1:]]
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    platforms.close_open_fds([sys.__stdin__, sys.__stdout__, sys.__stderr__])
+    os.execv(sys.executable, [sys.executable, *argv])
 
 
 def finish_handover(timeout: float = 10.0) -> None:
@@ -307,5 +339,7 @@ def drain(grace: float) -> None:
                 log.exception("flowkit drain: could not give back unacknowledged messages")
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        if _restarting:  # SIGHUP: the handed-over attempts end with this process's image
+            reexec()
         os._exit(0)
     os.kill(os.getpid(), signal.SIGQUIT)  # Celery's cold shutdown terminates the pool children

@@ -103,6 +103,7 @@ def worker_ready(sender=None, **_) -> None:
               brpop_timeout=float(getattr(channel, "brpop_timeout", None) or 1.0),
               children=(lambda: pool.info["processes"]) if isinstance(pool, Prefork) else None)
     heartbeat.heartbeat.ensure_running()
+    drain_on_restart()
     if sender is not None:
         watch_for_a_namesake(heartbeat.node_name)
         info = node_info(sender)
@@ -115,6 +116,16 @@ def worker_ready(sender=None, **_) -> None:
     # allocate. On a gevent worker with hundreds of LLM calls in flight, walking the startup
     # heap took about a quarter of its CPU (bench/llm_fanout.py).
     gc.freeze()
+
+
+def drain_on_restart() -> None:
+    """Where Celery made SIGHUP restart the worker (one without a terminal: under every
+    process manager), drain first (:func:`flowkit.engine.drain.restart`)."""
+    from celery import platforms
+
+    handler = platforms.signals["SIGHUP"]
+    if getattr(handler, "__name__", "") == "restart_worker_sig_handler":
+        platforms.signals["SIGHUP"] = drain.restart
 
 
 def watch_for_a_namesake(node: str) -> None:

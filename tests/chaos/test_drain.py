@@ -333,3 +333,26 @@ def test_a_handover_ends_the_programs_of_the_steps_it_hands_over(chaos_app, depl
     assert any("flowkit drain: handed over 1 run(s)" in line for line in a.lines), a.output()
     wait_for(lambda: all(process_state(pid) in ("X", "Z") for pid in programs), 10,
              "the step's programs to end")
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_sighup_drains_then_the_worker_comes_back(chaos_app, deployment, pool):
+    """SIGHUP is Celery's restart (for a worker without a terminal: under every process
+    manager). It sent no worker_shutting_down: no grace, no handover, the worker waited for
+    its steps however long they took; and a worker started as ``python -m celery`` never came
+    back (its re-exec could not import celery). Now it drains as SIGTERM does, hands over
+    what outlives the grace, and executes its command again."""
+    a = deployment.worker("a", pool=pool, concurrency=2, FLOWKIT_DRAIN_GRACE="1")
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    first = waiting(run)
+    a.proc.send_signal(signal.SIGHUP)
+    second = waiting(run, timeout=30)  # handed over after the grace, taken again
+    assert second["attempt"] == 2
+    wait_for(lambda: sum(" ready." in line for line in list(a.lines)) == 2, 30,
+             "worker a to come back")
+    assert a.alive() and any("flowkit drain: handed over 1 run(s)" in line for line in a.lines)
+    open_gate(run)
+    done = run.wait(30)
+    assert done.state == "succeeded" and done.restarts == 0, done
+    [restarted] = of_type(run.events(), "run.restarted")
+    assert restarted.data["superseded"][0]["worker"] == first["worker"]
