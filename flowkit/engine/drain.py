@@ -63,6 +63,8 @@ _draining = mmap.mmap(-1, 1)
 _warm = threading.Event()
 #: Set by SIGHUP (:func:`restart`): the worker executes its command again once drained.
 _restarting = False
+#: Set as a prefork drain sends its own SIGQUIT (Celery's cold shutdown ends the pool).
+_quitting = False
 _armed: threading.Thread | None = None
 #: Puts this worker's unacknowledged deliveries back in their queues (arm's ``restore``).
 _restore: Callable[[], None] | None = None
@@ -131,10 +133,15 @@ def _drain_when_warm() -> None:
 def begin(how: str | None) -> None:
     """The worker is shutting down. Called inside Celery's signal handler (on gevent, in
     the event loop): it only sets events, never blocks. A warm shutdown drains for
-    FLOWKIT_DRAIN_GRACE seconds in the thread :func:`arm` started."""
+    FLOWKIT_DRAIN_GRACE seconds in the thread :func:`arm` started. After a SIGHUP, a stop
+    signal (SIGTERM, a Ctrl-C) means stop: the restart is called off."""
+    global _restarting
     _draining[0] = 1
     if how == "Warm":
         _warm.set()
+    if _restarting and not _quitting:  # (not the drain's own SIGQUIT, on prefork)
+        _restarting = False
+        atexit.unregister(reexec)
 
 
 def restart(signum: int, frame: object) -> None:
@@ -145,9 +152,9 @@ def restart(signum: int, frame: object) -> None:
     from celery.worker import state
 
     global _restarting
+    begin("Warm")
     _restarting = True
     atexit.register(reexec)  # after a drain that ended idle, when Celery's shutdown is over
-    begin("Warm")
     state.should_stop = 0  # Celery's loop stops, as its restart handler had it
 
 
@@ -342,4 +349,6 @@ def drain(grace: float) -> None:
         if _restarting:  # SIGHUP: the handed-over attempts end with this process's image
             reexec()
         os._exit(0)
+    global _quitting
+    _quitting = True
     os.kill(os.getpid(), signal.SIGQUIT)  # Celery's cold shutdown terminates the pool children

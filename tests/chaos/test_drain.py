@@ -356,3 +356,17 @@ def test_sighup_drains_then_the_worker_comes_back(chaos_app, deployment, pool):
     assert done.state == "succeeded" and done.restarts == 0, done
     [restarted] = of_type(run.events(), "run.restarted")
     assert restarted.data["superseded"][0]["worker"] == first["worker"]
+
+
+def test_a_sigterm_after_a_sighup_stops_the_worker_for_good(chaos_app, deployment):
+    """A terminal closing sends SIGHUP, then its supervisor SIGTERM: the worker stops and
+    does not execute itself again behind the supervisor's back."""
+    a = deployment.worker("a", FLOWKIT_DRAIN_GRACE="1")
+    run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    waiting(run)
+    a.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(w["name"].startswith("a@") and w.get("draining")
+                         for w in control.live_workers()), 10, "worker a to drain on SIGHUP")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(30) == 0
+    assert sum(" ready." in line for line in a.lines) == 1, a.output()
