@@ -238,16 +238,9 @@ class RemoteRuns:
             pause = 5.0
         pause = min(max(pause, 1.0), 10.0) if math.isfinite(pause) else 5.0
         if since is None:
-            response.read()
-            try:
-                error = response.json().get("error") or {}
-                why = error.get("message") if isinstance(error, dict) else None
-            except (ValueError, AttributeError):
-                why = None
             print(f"flowkit: following run {run_id} waits for a stream of its own "
-                  f"({why or f'HTTP 429 from {redacted_query(str(response.url))}'}); trying again "
-                  f"every {pause:g} s for up to {BUSY_WAIT_SECONDS:g} s ...",
-                  file=sys.stderr, flush=True)
+                  f"({_error_of(response)[1]}); trying again every {pause:g} s for up to "
+                  f"{BUSY_WAIT_SECONDS:g} s ...", file=sys.stderr, flush=True)
         time.sleep(pause)
         return now if since is None else since
 
@@ -321,17 +314,7 @@ class RemoteRuns:
     def _check(self, response: httpx.Response) -> None:
         if response.is_success:
             return
-        response.read()
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        error = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(error, dict):  # not flowkit's shape: a proxy's {"error": "nope"}
-            error = {}
-        message = error.get("message")
-        if not isinstance(message, str) or not message:
-            message = f"HTTP {response.status_code} from {redacted_query(str(response.url))}"
+        error, message = _error_of(response)
         code = error.get("code")
         if code == "validation_error":
             fields = error.get("fields")
@@ -368,6 +351,23 @@ class RemoteRuns:
                                "FLOWKIT_URL) flowkit's API, and is the server well? Its log "
                                "says why.")
         raise FlowkitError(message)
+
+
+def _error_of(response: httpx.Response) -> tuple[dict[str, Any], str]:
+    """An error answer's ``error`` object ({} when it is not flowkit's shape: a proxy's
+    ``{"error": "nope"}``) and its message (else the status and the URL, redacted)."""
+    response.read()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    message = error.get("message")
+    if not isinstance(message, str) or not message:
+        message = f"HTTP {response.status_code} from {redacted_query(str(response.url))}"
+    return error, message
 
 
 def _say_status(run_id: str, status: dict[str, Any]) -> None:

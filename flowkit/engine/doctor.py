@@ -208,9 +208,9 @@ def examine(
     elif broker_url and is_amqp(broker_url):
         found += amqp_broker(broker_url)
     backend = store.settings.result_backend
-    if backend and _server(backend) is not None and \
-            _server(backend) not in (_server(url), _server(broker_url or "")):
-        found += result_backend(backend)  # (a sentinel:// one is not probed)
+    server = _server(backend) if backend else None  # (a sentinel:// one is not probed)
+    if server is not None and server not in (_server(url), _server(broker_url or "")):
+        found += result_backend(backend)
     workers = live_workers(store)
     found += worker_presence(workers)
     found += stuck_consumers(store.stuck_consumers())

@@ -48,7 +48,7 @@ from ..states import RestartCause, RunState
 from ..store import HANDED_OVER, get_store
 from . import heartbeat as hb
 from .control import Run, resume
-from .keeper import process_state
+from .processes import descendants_of, process_state
 
 log = logging.getLogger(__name__)
 
@@ -250,33 +250,6 @@ def _end_programs() -> None:
             time.sleep(0.02)
         if not programs:
             return
-
-
-def _parents() -> dict[int, int]:
-    """Every process's parent, from ``/proc`` (nothing where there is none)."""
-    parents = {}
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError), \
-                        open(f"/proc/{entry}/stat", "rb") as f:
-                    parents[int(entry)] = int(f.read().rsplit(b")", 1)[1].split()[1])
-    return parents
-
-
-def children_of(parent: int) -> list[int]:
-    """The processes whose parent is ``parent``."""
-    return [pid for pid, of in _parents().items() if of == parent]
-
-
-def descendants_of(root: int, spare: int | None = None) -> list[int]:
-    """The processes under ``root`` (children, theirs, and so on), but ``spare`` and its own."""
-    parents, found, frontier = _parents(), [], [root]
-    while frontier:
-        below = [pid for pid, of in parents.items() if of in frontier and pid != spare]
-        found += below
-        frontier = below
-    return found
 
 
 def _watch_consumer(deadline: float) -> bool:

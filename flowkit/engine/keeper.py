@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from .processes import process_stat
 
 log = logging.getLogger(__name__)
 
@@ -223,30 +224,6 @@ class Link:
 
 
 # --- the keeper process ---------------------------------------------------------------
-
-
-def process_stat(pid: int) -> tuple[str, str]:
-    """The process's state letter (``ps``'s; ``"X"`` when it is gone) and when it started
-    (clock ticks after boot; ``""`` where there is no ``/proc``)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[0].decode(), fields[19].decode()
-    except FileNotFoundError:
-        return "X", ""
-    except OSError:  # no /proc (not Linux): alive or not is all that can be known
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return "X", ""
-        except PermissionError:
-            pass
-        return "R", ""
-
-
-def process_state(pid: int) -> str:
-    """The process's state letter (``ps``'s), ``"X"`` when it is gone."""
-    return process_stat(pid)[0]
 
 
 class Keeper:

@@ -105,7 +105,6 @@ class BrokerMessages:
     pushed: bool = False
 
 
-
 def _millisecond(created_at: float | str) -> float:
     """A run's place in the listings: the millisecond of its creation, which its id (a ULID
     made from the same clock reading) says too, runs of one millisecond in the order of their
@@ -113,12 +112,14 @@ def _millisecond(created_at: float | str) -> float:
     millisecond) skipped the runs made in that millisecond before it."""
     return math.floor(float(created_at) * 1000) / 1000
 
+
 #: How much sooner an ended run's idempotency claim lapses than its record (milliseconds).
 CLAIM_MARGIN_MS = 1000
 #: How long a start waits for the run of an idempotency key another starter claimed that
 #: long ago at most (seconds): the claim and the run are two writes, and a start that came
 #: between them made the run itself, with its own input, under the other's id.
 CLAIM_WAIT_SECONDS = 2.0
+
 
 class Store:
     """A connection to flowkit's Redis and every operation on it."""

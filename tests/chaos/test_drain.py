@@ -14,8 +14,7 @@ import pytest
 
 import flowkit
 from flowkit.engine import control
-from flowkit.engine.drain import children_of
-from flowkit.engine.keeper import process_state
+from flowkit.engine.processes import children_of, process_state
 from flowkit.serialization import loads
 from flowkit.store import get_store
 from tests.chaos.conftest import QUEUE, of_type, open_gate, side_effects, wait_for, waiting

@@ -11,8 +11,7 @@ import time
 import pytest
 
 from flowkit import config
-from flowkit.engine.drain import children_of
-from flowkit.engine.keeper import process_state
+from flowkit.engine.processes import children_of, process_state
 from flowkit.store import get_store
 from flowkit.store.keys import shard_of
 from tests.chaos.conftest import of_type, open_gate, side_effects, waiting

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from flowkit.engine.keeper import Keeper, Link, process_state
+from flowkit.engine.keeper import Keeper, Link
+from flowkit.engine.processes import process_state
 from flowkit.states import RunState
 from tests.conftest import wait_until
 from tests.store.test_transitions import STEP, TOKEN, lease_lapses, make_run
