@@ -230,6 +230,16 @@ def _run_attempts(
         # not the step's fault: its lease lapses and the reaper restarts the run
         log.warning("flowkit: step %s of run %s abandoned: %s", key, run_id, exc)
         raise Ignore() from None
+    except SystemExit:
+        if _terminated():  # a SIGTERM reached this prefork child (a signal to the whole
+            # process group): its step ended with it; handed over, it restarts elsewhere
+            # now, not once its lease lapses
+            log.warning("flowkit: step %s of run %s: this pool process was sent SIGTERM; "
+                        "handed over to restart on another worker", key, run_id)
+            with contextlib.suppress(Exception):  # else its lease lapses, as it did
+                hand_over([(run_id, key, token)], f"worker {worker_id()} drained: its pool "
+                          "process was sent SIGTERM")
+        raise
     except Exception as exc:
         if _program_signalled(exc) and (draining() or _begins_to_drain()):
             # a signal to the worker's whole process group (systemd's default KillMode, a
@@ -478,7 +488,7 @@ def _terminated() -> bool:
     group: systemd's default ``KillMode=control-group``, ``kill -TERM -PGID``):
     billiard's handler raised SystemExit in whatever ran. The step did not end it: failed as
     ComponentExit, it failed its run at a deploy. Re-raised, billiard counts the job lost
-    with its process, and the step's lease lapses."""
+    with its process; the step is handed over (:func:`_run_attempts`) to restart elsewhere."""
     fired = getattr(billiard_common, "terminate_handler_fired", None)  # billiard >= 4.3
     return bool(fired() if fired else billiard_common._should_have_exited[0])
 

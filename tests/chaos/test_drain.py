@@ -273,20 +273,27 @@ def test_a_sigterm_to_a_prefork_worker_s_whole_process_group_fails_no_run(chaos_
     """systemd's default KillMode=control-group, ``kill -TERM -PGID``: the pool's children
     get the SIGTERM too, and billiard's handler raises SystemExit inside the running step,
     which failed as the step's own ``sys.exit()`` (ComponentExit): the run failed at a
-    deploy. Now the child's step is lost with it, and restarted on another worker."""
-    a = deployment.worker("a", pool="prefork", concurrency=2, FLOWKIT_DRAIN_GRACE="1")
+    deploy. Now the child's step ends with it and is handed over at once: it restarts on
+    another worker with no lapse to wait out and no reaper (it waited out the lapse, and
+    the drain said the worker was idle)."""
+    a = deployment.worker("a", pool="prefork", concurrency=2, FLOWKIT_DRAIN_GRACE="1",
+                          FLOWKIT_HEARTBEAT_LAPSE="60")
     run = held.start({"n": 0, "chunks": 1, "pause": 0.01})
     assert waiting(run)["worker"].startswith("a@")
     os.killpg(a.pid, signal.SIGTERM)
     a.proc.wait(30)
-    deployment.worker("b")
-    deployment.beat()
+    assert any("this pool process was sent SIGTERM; handed over" in line for line in a.lines), \
+        a.output()
+    deployment.worker("b")  # and no beat: no reaper restarts it
     again = waiting(run, timeout=30)
     assert again["worker"].startswith("b@")
     open_gate(run)
     done = run.wait(30)
     assert done.state == "succeeded", done
+    assert done.restarts == 0, "a deliberate handover must not count as a crash"
     assert not of_type(run.events(), "step.failed")
+    [restarted] = of_type(run.events(), "run.restarted")
+    assert "its pool process was sent SIGTERM" in restarted.data["reason"]
 
 
 @pytest.mark.parametrize("pool", ["threads", "gevent"])
