@@ -81,7 +81,10 @@ class LocalRuns:
     def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
         from ..engine import control
 
-        followed = control.follow(run_id, after)  # a cursor past the end: refused now
+        try:
+            followed = control.follow(run_id, after)  # a cursor past the end: refused now
+        except StoreUnavailable:  # gone since the start (or the run's read): waited out as
+            followed = None  # any outage, or `flowkit run` said no run id, only "cannot reach"
         return self._through_outages(run_id, after, followed)
 
     def _through_outages(self, run_id: str, cursor: str, followed: Iterator[Any] | None
@@ -97,8 +100,9 @@ class LocalRuns:
             try:
                 if followed is None:
                     followed = control.follow(run_id, cursor)
-                    print(f"flowkit: Redis answers again; following run {run_id}.",
-                          file=sys.stderr, flush=True)
+                    if away_since is not None:
+                        print(f"flowkit: Redis answers again; following run {run_id}.",
+                              file=sys.stderr, flush=True)
                     away_since = None
                 for event in followed:
                     cursor = event.id

@@ -92,3 +92,29 @@ def test_flowkit_follow_goes_on_after_redis_restarts(private_redis):
     assert follower.returncode == 1, err
     assert "run cancelled" in out, out
     assert "run queued" not in out, "an event shown before the restart was shown again"
+
+
+def test_flowkit_run_whose_redis_goes_away_before_its_follow_begins_waits_for_it(
+        private_redis, capsys, monkeypatch):
+    """Redis gone between the start and the follow's first read: `flowkit run` said only
+    "cannot reach Redis", without the id of the run it had started (started again, it ran
+    twice). Its follow now waits the outage out, as one under way does."""
+    import argparse
+    import queue
+    import threading
+
+    from flowkit import config
+    from flowkit.cli.run import LocalRuns
+
+    run = parked.start({})
+    # as the CLI sets it: a person waits at a shell
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(redis_retry_seconds=1))
+    private_redis.stop(kill=True)
+    events = LocalRuns(argparse.Namespace()).events(run.id, "0")
+    first: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: first.put(next(events)), daemon=True).start()
+    wait_for(lambda: "cannot reach Redis" in capsys.readouterr().err, 30,
+             "the follow to say Redis is away")
+    private_redis.start()
+    assert first.get(timeout=30)["type"] == "run.queued"
+    assert f"Redis answers again; following run {run.id}" in capsys.readouterr().err
