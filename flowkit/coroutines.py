@@ -44,12 +44,13 @@ from typing import Any
 import tenacity
 
 from .errors import RunCancelled, StepTimeout
+from .locks import ForkSafeLock
 
 #: How often a running async step checks whether its run was cancelled (seconds).
 CANCEL_POLL_SECONDS = 1.0
 
 _shared: dict[str, Any] = {}  # the gevent worker's loop: {"pid": ..., "loop": ...}
-_shared_lock = threading.Lock()
+_shared_lock = ForkSafeLock()
 #: What to close when a fresh loop's step is done (see close_with_loop).
 _closers: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, list[Callable[[], Awaitable[Any]]]

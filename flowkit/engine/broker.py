@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +27,7 @@ from kombu.exceptions import ChannelError
 from ..config import Settings, get_settings, is_amqp
 from ..defaults import BROKER_READ_TIMEOUT
 from ..errors import ConfigError
+from ..locks import ForkSafeLock
 from ..urls import SentinelURL, credentials_in_userinfo, not_a_cluster, redacted
 from .transport import transport_for
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _app: Celery | None = None
 #: The settings the producer app was made from (None: the app is create_celery_app's).
 _made_from: Settings | None = None
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 #: Message priorities, as ranks of the Redis transport: 0 is served first. A run that
 #: continues (restart, retry, answered wait) sends its frontier at 0, so its recovery does

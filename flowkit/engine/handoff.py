@@ -17,6 +17,7 @@ import os
 import threading
 import time
 
+from ..locks import ForkSafeLock
 from ..store import get_store
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class HandOffs:
     def __init__(self) -> None:
         #: run id -> (gen, when, the queues its messages went to)
         self._pending: dict[str, tuple[int, float, set[str]]] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._wake = threading.Event()
         self._pid = 0
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from ..config import get_settings
+from ..locks import ForkSafeLock
 from ..store import get_store
 from .keeper import Link
 
@@ -45,7 +46,7 @@ class Heartbeat:
         self._entries: dict[tuple[str, str], str] = {}
         #: (group, member) of the component slots its steps hold (engine.limits).
         self._slots: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()

@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from typing import Any
 
 import httpx2
 import openai
 
 from ..coroutines import close_at_exit, close_with_loop, shared_loop
+from ..locks import ForkSafeLock
 from .tls import ssl_context
 
 #: The environment's proxy settings: httpx reads them when an HTTP client is made.
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 _NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 _sync: dict[Any, list[Any]] = {}  # {(pid, endpoint): [httpx clients]}
 _async: dict[asyncio.AbstractEventLoop, dict[Any, Any]] = {}  # {loop: {(kind, endpoint): client}}
 

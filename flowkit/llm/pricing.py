@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 
 from ..config import get_settings
 from ..errors import ConfigError
+from ..locks import ForkSafeLock
 
 _overrides: dict[str, tuple[float, float]] = {}
 _parsed: dict[str, dict[str, tuple[float, float]]] = {}
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def set_prices(prices: dict[str, tuple[float, float] | list[float]]) -> None:

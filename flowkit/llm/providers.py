@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import itertools
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -17,6 +16,7 @@ import openai
 from ..config import get_settings
 from ..engine import trace
 from ..errors import ConfigError
+from ..locks import ForkSafeLock
 from ..numbers import is_number
 from ..policy import seconds
 from . import connections
@@ -131,7 +131,7 @@ class Provider:
         self._clients: dict[tuple[int, int], openai.OpenAI] = {}  # by (pid, turn)
         self._turn = itertools.count()
         self._async_clients: dict[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = {}
-        self._async_lock = threading.Lock()
+        self._async_lock = ForkSafeLock()
         if self.uses_aiohttp():
             ssl_context()  # made now, not in the first request's latency
         key = self.client.api_key

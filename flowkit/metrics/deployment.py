@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from ..config import get_settings
 from ..defaults import METRICS_SCRAPE_SECONDS
 from ..engine import broker, control
 from ..errors import StoreUnavailable
+from ..locks import ForkSafeLock
 from ..store import Store
 from ..workflow import Workflow, workflows
 
@@ -48,7 +48,7 @@ def _all_workflows() -> list[Workflow]:
 
 _scrape_stores: dict[tuple, Store] = {}
 _pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def _scrape_store() -> Store:

@@ -10,11 +10,12 @@ the first in a registry.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.metrics_core import Metric
+
+from ..locks import ForkSafeLock
 
 #: Steps last from milliseconds (a lookup) to an hour (a long LLM job).
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -79,7 +80,7 @@ class Families:
 
 
 _families: Families | None = None
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def families() -> Families:

@@ -9,9 +9,9 @@ Cluster); ``connection.py`` makes the clients. ``get_store()`` is this process's
 from __future__ import annotations
 
 import os
-import threading
 
 from ..config import get_settings
+from ..locks import ForkSafeLock
 from .connection import (
     is_redis_url,
     lost_connection,
@@ -30,7 +30,7 @@ __all__ = ["HANDED_OVER", "SPENT", "Begin", "BrokerMessages", "EndWatch", "Ended
 
 _stores: dict[float | None, Store] = {}
 _made_for: tuple[int, object] | None = None
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def get_store(retry_seconds: float | None = None) -> Store:

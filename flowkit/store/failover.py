@@ -35,6 +35,8 @@ from typing import Any
 import redis
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from ..locks import ForkSafeLock
+
 log = logging.getLogger(__name__)
 
 #: The sentinels' channel announcing a new primary:
@@ -54,7 +56,7 @@ class SwitchWatch:
         self.sentinels = sentinels
         self.service = service
         self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._pid: int | None = None
 
     def add(self, pool: Any) -> None:
@@ -139,7 +141,7 @@ def _ask_first(manager: Sentinel, address: tuple[Any, Any]) -> None:
 
 
 _watches: dict[tuple[Any, ...], SwitchWatch] = {}
-_watches_lock = threading.Lock()
+_watches_lock = ForkSafeLock()
 
 
 def watch(key: tuple[Any, ...], sentinels: Sentinel, service: str, pool: Any) -> SwitchWatch:

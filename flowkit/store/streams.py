@@ -29,6 +29,7 @@ from redis.cluster import RedisCluster
 
 from ..config import Settings
 from ..events import START
+from ..locks import ForkSafeLock
 from . import connection
 from .connection import guarded
 from .keys import Keys
@@ -73,7 +74,7 @@ class Subscriptions:
         self._connect = connect
         self._client: redis.Redis | None = None
         self._idle: list[redis.client.PubSub] = []
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._pid = os.getpid()
 
     def take(self) -> redis.client.PubSub:

@@ -20,15 +20,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from typing import Any
 
+from ...locks import ForkSafeLock
 from ...serialization import dumps
 
 log = logging.getLogger(__name__)
 
 _processors: list[Any] = []
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def add_exporter(exporter: Any, batch: bool = True) -> None:

@@ -8,11 +8,11 @@ echo in the output, an error message).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from ...component import registered
 from ...config import get_settings
+from ...locks import ForkSafeLock
 from ...serialization import dumps
 from ...workflow import workflows
 
@@ -27,7 +27,7 @@ MIN_SECRET_LENGTH = 8
 
 _known_secrets: set[str] = set()
 _secret_fields: dict[str, frozenset[str]] = {}
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def remember_secret(value: str | None) -> None:

@@ -10,7 +10,6 @@ written in batches (:mod:`.writer`) and redacted (:mod:`.redaction`).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from ... import events
 from ...context import current
 from ...errors import RunCancelled, StepSuspended, describe_error
+from ...locks import ForkSafeLock
 from ...serialization import dumps, loads, utf8_json
 from ...states import RunState
 from ...store import Store
@@ -33,7 +33,7 @@ WORKFLOW_SPAN = "run"
 _STATUS = {RunState.SUCCEEDED: "ok", RunState.FAILED: "error", RunState.CANCELLED: "cancelled"}
 
 _attempts: dict[tuple[str, str, int], _Attempt] = {}
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def record(run_id: str, span: dict[str, Any], store: Store, wait: bool = True) -> None:
