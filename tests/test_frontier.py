@@ -21,6 +21,11 @@ def b(x):
     return x
 
 
+@component(name="f.billing: charge/card")
+def charge_card(x):
+    return x
+
+
 @component(name="f.loop")
 def loop(x):
     return continue_with(loop, x)
@@ -104,3 +109,10 @@ def test_steps_a_run_checkpointed_that_the_workflow_no_longer_has_are_found():
     renamed = flowkit.Workflow("f.renamed", [a, loop, b])
     assert unknown_steps(renamed, {"0:f.a": "1", "1:f.b": "1"}) == ["1:f.b"]
     assert unknown_steps(chain_wf, {"5+1:f.b": "1"}) == ["5+1:f.b"]  # a loop at no step
+    # a component's name may hold ":" and "/": its step is its whole key, not cut at a "/"
+    slashed = flowkit.Workflow("f.slashed", [charge_card, a])
+    assert unknown_steps(slashed, {"0:f.billing: charge/card": "1",
+                                   "0:f.billing: charge/card/0:f.a": "1",
+                                   "1:f.a/0:wait:input:ok": "1"}) == []
+    assert unknown_steps(slashed, {"0:f.billing: charge/other/1:f.a": "1"}) == [
+        "0:f.billing: charge/other"]

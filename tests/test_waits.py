@@ -55,6 +55,16 @@ def test_a_step_waits_for_input_holding_nothing_and_the_input_resumes_it():
     assert flowkit.get_run(run.id).waits == []
 
 
+def test_a_run_whose_component_name_holds_a_slash_resumes_after_its_wait():
+    """Its checkpoint's key (``0:t.billing: charge/card``) was cut at the "/" when the
+    resume checked the run's steps against the workflow's: no such step, so every resume
+    (an answer, a retry, a restart) failed the run as if a deploy had changed its steps."""
+    run = wf.charged_approval.start({"n": 1})
+    paused(run)
+    assert flowkit.send_input(run.id, "approval", {"ok": True}).outcome == WaitOutcome.RESUMED
+    assert run.result(WAIT) == {"n": 1, "charged": True, "approved": True}
+
+
 def test_input_is_validated_answered_once_and_a_resend_changes_nothing():
     run = wf.approval.start({"n": 1})
     paused(run)

@@ -506,6 +506,11 @@ def approve(data: dict) -> dict:
     return {**data, "approved": decision["ok"]}
 
 
+@component(name="t.billing: charge/card")  # a name the README shows: ":" and "/" in it
+def charge_card(data: dict) -> dict:
+    return {**data, "charged": True}
+
+
 @component(name="t.await_payment")
 def await_payment(data: dict) -> dict:
     paid = flowkit.wait_for_event(f"payment:{data['order']}", timeout=data.get("timeout"),
@@ -604,6 +609,7 @@ reading = flowkit.Workflow("reading", [add_one, ctx_reader], input_schema=number
 approval = flowkit.Workflow("approval", [approve, record], input_schema={
     "n": fields.Integer(required=True), "timeout": fields.Float(allow_none=True)})
 payment = flowkit.Workflow("payment", [await_payment])
+charged_approval = flowkit.Workflow("charged_approval", [charge_card, approve])
 dozing = flowkit.Workflow("dozing", [doze])
 waiting_branches = flowkit.Workflow("waiting_branches", [
     parallel(approve, [add_one, double]), branch_total])

@@ -41,6 +41,11 @@ from .paths import continuation_key, continuation_of, item_key, step_key
 
 #: A fan-out item's index in a step's path (``2[3]``).
 _ITEM = re.compile(r"\[\d+\]")
+#: Where a step's key ends and a call inside it, or one of its waits, begins
+#: (``0:agent/1:search``, ``2:ask/0:wait:input:ok``): a "/" and a count. Not any "/": a
+#: component's name may hold one (``billing: charge/card``), and its steps were taken for
+#: steps the workflow lacks, which failed every resume of their runs.
+_WITHIN = re.compile(r"/(?=\d+:)")
 
 
 def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
@@ -52,7 +57,7 @@ def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
     steps, paths = _static_steps(workflow.root, "")
     unknown = []
     for key in checkpoints:
-        step = key.partition("/")[0]  # a call inside a step, or one of its waits: its step
+        step = _WITHIN.split(key, 1)[0]  # a call inside a step, or one of its waits: its step
         path, _, component = step.partition(":")
         if "+" in path:  # a continuation: any component; its loop's step must still be there
             known = _ITEM.sub("[]", path.partition("+")[0]) in paths
