@@ -899,6 +899,38 @@ def polite(data: dict) -> dict:
 polite_run = flowkit.Workflow("t.polite", [polite])
 
 
+@flowkit.component(name="t.polite_outer")
+def polite_outer(data: dict) -> dict:
+    return polite.cache(60)(data)  # a sub-step
+
+
+polite_cached = flowkit.Workflow("t.polite_cached", [polite.cache(60)])
+polite_cached_within = flowkit.Workflow("t.polite_cached_within", [polite_outer])
+
+
+@pytest.mark.parametrize("workflow", [polite_cached, polite_cached_within],
+                         ids=["step", "sub-step"])
+def test_what_an_attempt_returns_after_its_run_was_cancelled_is_not_cached(workflow):
+    """Returned early once is_cancelled() said so, its partial output was cached on its way
+    to the completion the run refused: every later run of that input got it, cached."""
+    store = get_store()
+
+    def cancelled(run: flowkit.Run) -> None:
+        flowkit.cancel(run.id)
+        # its trace goes out after the cache's write, when there was one
+        wait_until(lambda: [s["status"] for s in control.trace(run.id)
+                            if s.get("kind") == "step"] == ["cancelled"], WAIT,
+                   "the attempt traced cancelled")
+
+    first = workflow.start({"n": 7})
+    assert store.redis.blpop(f"polite:began:{first.id}", timeout=WAIT) is not None
+    cancelled(first)
+    second = workflow.start({"n": 7})
+    assert store.redis.blpop(f"polite:began:{second.id}", timeout=WAIT) is not None, \
+        f"the second run was answered from the cache: {second.wait(WAIT).output}"
+    cancelled(second)
+
+
 def test_an_attempt_that_returns_after_its_run_was_cancelled_is_not_recorded_as_a_success():
     """The attempt returned normally once is_cancelled() said so: its span said ok and the
     metrics counted it a success (outcome "ok", with its duration in the step p95)."""

@@ -422,6 +422,9 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
                                    f"its run was {'restarted' if ctx.stopped == 'superseded' else 'cancelled'}")
             _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, stopped,
                      time.monotonic() - began)
+            # not its output: returned early, it was cached (later runs got it) on its way to
+            # a completion the run refuses
+            raise stopped
         else:
             _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
                      time.monotonic() - began)

@@ -297,6 +297,9 @@ class StepContext:
         if self.abandoned:
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned; "
                                f"its sub-step {key} is not kept")
+        if self.stopped:  # it ran after is_cancelled() said so: may have returned early
+            raise RunCancelled(f"run {self.run_id} was {self.stopped} while step {self.step} "
+                               f"ran; its sub-step {key} is not kept (nor cached)")
         output = dumps_bounded(value, f"output of {key}")
         return loads(self.store.save_checkpoint(self.run_id, key, output))
 
