@@ -217,28 +217,51 @@ async def _guarded(
                 on_timeout()
 
     loop = asyncio.get_running_loop()
-    marker = loop.call_at(loop.time() + timeout, at_deadline) if timeout is not None else None
+    deadline = None if timeout is None else loop.time() + timeout
+    marker = loop.call_at(deadline, at_deadline) if deadline is not None else None
+    cut = False  # cancelled here at its deadline
     try:
-        async with asyncio.timeout(timeout) as deadline:
-            result = await work
-        # a coroutine that blocked the loop (time.sleep, a sync SDK call) past its deadline
-        # returns before the timeout can fire: it fails as one cancelled at its deadline
-        # does (it succeeded, however long it took)
-        if deadline.when() is None or not ended or ended[0] <= deadline.when():
-            return result
-    except TimeoutError:
-        if not deadline.expired():
-            raise  # the component's own TimeoutError
-    except asyncio.CancelledError:
-        if stopped:
-            raise RunCancelled(
-                "the run was cancelled or restarted; the coroutine was cancelled"
-            ) from None
-        raise
-    except RunCancelled:
-        if not expired:
-            raise  # the run's own cancel
-        # a call or send it made past its deadline was refused: it timed out
+        try:
+            await asyncio.wait([work, *([watcher] if watcher else [])], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():  # past its deadline, or its run stopped: cancelled
+                cut = not stopped
+                work.cancel()
+                # one that swallows its cancellation is left to run on, abandoned (as a sync
+                # step's thread is): the attempt waited for it however long it ran, for
+                # ever for one that never returns, its lease beaten all the while
+                await asyncio.wait([work], timeout=ABANDON_AFTER_SECONDS)
+        except asyncio.CancelledError:  # the caller stopped waiting: the work goes too
+            work.cancel()
+            raise
+        if not work.done():
+            work.add_done_callback(_retrieve)
+            if stopped:
+                raise RunCancelled("the run was cancelled or restarted; its coroutine, "
+                                   "cancelled, runs on (abandoned)")
+        else:
+            try:
+                result = work.result()
+            except TimeoutError:
+                if deadline is None or loop.time() < deadline:
+                    raise  # the component's own TimeoutError
+            except asyncio.CancelledError:
+                if stopped:
+                    raise RunCancelled(
+                        "the run was cancelled or restarted; the coroutine was cancelled"
+                    ) from None
+                if not cut:
+                    raise
+            except RunCancelled:
+                if not (expired or cut):
+                    raise  # the run's own cancel
+                # a call or send it made past its deadline was refused: it timed out
+            else:
+                # a coroutine that blocked the loop (time.sleep, a sync SDK call) past its
+                # deadline returns before the timeout can fire: it fails as one cancelled at
+                # its deadline does (it succeeded, however long it took)
+                if deadline is None or not ended or ended[0] <= deadline:
+                    return result
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -247,6 +270,18 @@ async def _guarded(
     if on_timeout is not None:
         on_timeout()
     raise StepTimeout(f"attempt ran longer than its {timeout:g}s timeout")
+
+
+#: How long a coroutine cancelled at its deadline (or its run's cancel) gets to end before
+#: its attempt ends without it.
+ABANDON_AFTER_SECONDS = 1.0
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """What an abandoned coroutine ends with is no one's: read, so asyncio logs no "never
+    retrieved" error for it."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _timed(call: Awaitable[Any], ended: list[float]) -> Any:

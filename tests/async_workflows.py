@@ -225,6 +225,18 @@ async def calls_stubborn(data: dict) -> dict:
         return {"timed_out": True}
 
 
+@component(name="a.deaf")
+async def deaf(data: dict) -> dict:
+    """Swallows every cancellation (as a retry helper that catches it does) until the test
+    opens its gate."""
+    r, run_id = get_store().redis, flowkit.context().run_id
+    while not r.exists(f"agate:{run_id}"):
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.02)
+    mark("deaf_ended")
+    return data
+
+
 @component(name="a.blocks")
 async def blocks(data: dict) -> dict:
     """Blocks its event loop (a sync call in async code) past its 0.3 s timeout."""
@@ -260,6 +272,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         ),
         "timing_out": wf("async_timing_out", [sleeper.timeout(1)]),
         "blocking": wf("async_blocking", [blocks.timeout(0.3)]),
+        "deaf": wf("async_deaf", [deaf.timeout(0.3)]),
         "stubborn": wf("async_stubborn", [calls_stubborn], input_schema=number),
         "cancelling": wf("async_cancelling", [sleeper]),
         "caching": wf("async_caching", [cached.cache(ttl=60)]),

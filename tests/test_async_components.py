@@ -126,6 +126,20 @@ def test_a_coroutine_that_blocks_its_loop_past_its_timeout_fails_the_attempt(on)
     assert counts(run) == {"blocks": 1}
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_coroutine_that_swallows_its_timeout_s_cancellation_fails_its_attempt_on_time(on,
+                                                                                          pool):
+    """The attempt waited for it however long it ran on (for ever for one that never
+    returns: the run hung, its worker slot taken and its lease beaten). It is abandoned, as
+    a sync step's thread is, and runs on until it returns."""
+    run = on(pool)["deaf"].start({})
+    with pytest.raises(StepError, match="0.3s timeout"):
+        run.result(WAIT)
+    assert not marked(run, "deaf_ended")  # failed while it still ran
+    get_store().redis.set(f"agate:{run.id}", 1)
+    assert wait_until(lambda: marked(run, "deaf_ended"), 10, "the abandoned coroutine's end")
+
+
 def test_a_sub_step_that_swallows_its_timeout_s_cancellation_calls_nothing_after_it(on):
     """It was told it timed out only when it returned: the component it called past its
     deadline ran (a side effect of an attempt that was over)."""
