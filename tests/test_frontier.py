@@ -113,6 +113,7 @@ def test_steps_a_run_checkpointed_that_the_workflow_no_longer_has_are_found():
     slashed = flowkit.Workflow("f.slashed", [charge_card, a])
     assert unknown_steps(slashed, {"0:f.billing: charge/card": "1",
                                    "0:f.billing: charge/card/0:f.a": "1",
-                                   "1:f.a/0:wait:input:ok": "1"}) == []
+                                   "1:f.a/0:wait:input:ok": "1", "1:f.a/slot": "1",
+                                   "0:f.billing: charge/card/rate": "1"}) == []
     assert unknown_steps(slashed, {"0:f.billing: charge/other/1:f.a": "1"}) == [
         "0:f.billing: charge/other"]

@@ -41,11 +41,11 @@ from .paths import continuation_key, continuation_of, item_key, step_key
 
 #: A fan-out item's index in a step's path (``2[3]``).
 _ITEM = re.compile(r"\[\d+\]")
-#: Where a step's key ends and a call inside it, or one of its waits, begins
-#: (``0:agent/1:search``, ``2:ask/0:wait:input:ok``): a "/" and a count. Not any "/": a
-#: component's name may hold one (``billing: charge/card``), and its steps were taken for
-#: steps the workflow lacks, which failed every resume of their runs.
-_WITHIN = re.compile(r"/(?=\d+:)")
+#: Where a step's key ends and what it keeps within begins: a call or a wait
+#: (``0:agent/1:search``, ``2:ask/0:wait:input:ok``), its place in a component's line or
+#: rate (``/slot``, ``/rate``). Said in messages only: a component's name may hold a "/"
+#: (``billing: charge/card``), so a key is matched against the workflow's steps whole.
+_WITHIN = re.compile(r"/(?=\d+:|slot$|rate$)")
 
 
 def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
@@ -55,16 +55,22 @@ def unknown_steps(workflow: Workflow, checkpoints: dict[str, str]) -> list[str]:
     moved it, and the resumed run ran steps again and asked again for what a person had
     answered, under keys nothing would read."""
     steps, paths = _static_steps(workflow.root, "")
+    components: dict[str, list[str]] = {}  # a step's path -> the components there
+    for step in steps:
+        at, _, name = step.partition(":")
+        components.setdefault(at, []).append(name)
     unknown = []
     for key in checkpoints:
-        step = _WITHIN.split(key, 1)[0]  # a call inside a step, or one of its waits: its step
-        path, _, component = step.partition(":")
+        path = key.partition(":")[0]  # a path holds no ":" (a component's name may)
         if "+" in path:  # a continuation: any component; its loop's step must still be there
             known = _ITEM.sub("[]", path.partition("+")[0]) in paths
-        else:
-            known = f"{_ITEM.sub('[]', path)}:{component}" in steps
+        else:  # the step, or what it keeps within ("<step>/..."), not cut at any "/": a
+            # component's name may hold one, and its runs failed at every resume
+            rest = key[len(path) + 1:]
+            known = any(rest == name or rest.startswith(f"{name}/")
+                        for name in components.get(_ITEM.sub("[]", path), ()))
         if not known:
-            unknown.append(step)
+            unknown.append(_WITHIN.split(key, 1)[0])
     return sorted(set(unknown))
 
 
