@@ -421,9 +421,10 @@ def test_a_newer_event_never_delivered_is_not_put_behind_the_run_by_its_wait_s_f
     run = awaiting_then_looking_back.start({"key": key})
     paused(run)
     answer = dumps({"event": {"n": 1}, "sent_at": time.time(), "sent_id": older})
-    for run_id, wait_key in store.take_wakers(key):  # sender A delivers, as send_event does
+    for run_id, wait_key in store.wakers(key):  # sender A delivers, as send_event does
         resumed = events.make(events.RUN_RESUMED, run_id, by="event", name=key)
         outcome, gen = store.deliver(run_id, "key", wait_key, answer, time.time(), resumed)
+        store.drop_waker(key, run_id, wait_key)
         control.resume(control.Run.load(run_id), gen)
     assert run.result(WAIT) == {"first": {"n": 1}, "second": {"n": 2}}
 

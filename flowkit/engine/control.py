@@ -7,6 +7,7 @@ snapshot of a run's record.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ from . import trace as traces
 from .broker import get_app
 from .dispatch import send, send_resume
 from .paths import ATTEMPT_KEYS
+
+log = logging.getLogger(__name__)
 
 
 def _num(value: str | None) -> float | None:
@@ -645,8 +648,44 @@ def retry(run_id: str, store: Store | None = None) -> Run:
 
 def resume(run: Run, gen: int) -> None:
     """Ask a worker of the run's own queue to enqueue the frontier of generation ``gen``
-    (it has the workflow version the run started with; this process may not)."""
-    send_resume(run.id, gen, run.queue)
+    (it has the workflow version the run started with; this process may not).
+
+    The generation is open already (an answer, an event, a timer, a restart took it): a
+    broker out of reach leaves the resume owed, in Redis, and beat's sweep sends it once the
+    broker is back (:func:`send_owed_resumes`). It raised, and the caller told to try again
+    found its answer taken ("same"), or its event's waits gone, and sent nothing: the run
+    waited for the reaper to take it for stranded. A broker that refused flowkit (its
+    credentials) still raises, after owing it: a setting to fix."""
+    try:
+        send_resume(run.id, gen, run.queue)
+    except BrokerUnavailable as exc:
+        get_store().owe_resume(run.id, gen)
+        log.warning("flowkit: run %s resumes (generation %s) once the broker is back: %s",
+                    run.id, gen, exc)
+        if exc.refused:
+            raise
+
+
+def send_owed_resumes(store: Store | None = None) -> list[str]:
+    """Send the resumes the broker could not take when they were decided (beat's sweep
+    calls it); returns the runs resumed. A run restarted or ended since needs none."""
+    store = store or get_store()
+    sent: list[str] = []
+    for run_id, gen in store.owed_resumes():
+        try:
+            run = Run.load(run_id, store)
+        except RunNotFound:  # expired since
+            run = None
+        if run is not None and run.gen == gen and not run.done:
+            try:
+                send_resume(run.id, gen, run.queue)
+            except BrokerUnavailable as exc:  # still away: the next sweep tries again
+                log.warning("flowkit: %d resumes still owed: %s", len(store.owed_resumes()),
+                            exc)
+                break
+            sent.append(run_id)
+        store.settle_resume(run_id, gen)
+    return sent
 
 
 # -- answering waits ----------------------------------------------------------------------
@@ -731,9 +770,10 @@ def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
     # which: a later wait of the run looks back past it
     answer = dumps({"event": data, "sent_at": now, "sent_id": sent_id})
     woken = 0
-    for run_id, wait_key in store.take_wakers(key):
+    for run_id, wait_key in store.wakers(key):
         resumed = events.make(events.RUN_RESUMED, run_id, by="event", name=key)
         outcome, gen = store.deliver(run_id, "key", wait_key, answer, now, resumed)
+        store.drop_waker(key, run_id, wait_key)  # answered (or no longer waiting)
         if outcome == WaitOutcome.RESUMED:
             resume(Run.load(run_id, store), gen)
         woken += outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED)

@@ -8,7 +8,8 @@ waiting in line: :func:`_lost`) or running with nothing in flight for too long, 
 workers whose consumer takes nothing from a queue where such runs wait
 (:mod:`flowkit.engine.consumers`), and fails a run after FLOWKIT_MAX_RESTARTS restarts in a
 row without progress. It also fires the timers that are due (a wait's timeout, a sleep's
-end, a delayed start). Every decision is an atomic claim in Redis (restart.lua,
+end, a delayed start), and sends the resumes the broker could not take when they were
+decided (:func:`~flowkit.engine.control.send_owed_resumes`). Every decision is an atomic claim in Redis (restart.lua,
 fire_timer.lua), so two reapers never restart a run or fire a timer twice.
 """
 
@@ -31,13 +32,23 @@ from ..store import Store, get_store
 from ..workflow import get_workflow
 from . import admission, consumers, limits, notify, schedules
 from .broker import queue_depths, retention_interval
-from .control import Run, cancel, default_queue, fire_due_timers, live_workers, resume, start
+from .control import (
+    Run,
+    cancel,
+    default_queue,
+    fire_due_timers,
+    live_workers,
+    resume,
+    send_owed_resumes,
+    start,
+)
 
 log = logging.getLogger(__name__)
 
 
 def sweep(now: float | None = None) -> dict[str, list[str]]:
-    """One pass; returns the run ids restarted and given up, for logs and tests."""
+    """One pass; returns the run ids restarted and given up (and resumed, fired, ...), for
+    logs and tests."""
     store, settings = get_store(), get_settings()
     now = time.time() if now is None else now
     report: dict[str, list[str]] = {"restarted": [], "gave_up": []}
@@ -68,6 +79,8 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
             admission.released(run_id, store)
             notify.run_failed(run_id)
 
+    # first: a run whose resume the broker could not take is no stranded run to restart
+    report["resumed"] = send_owed_resumes(store)
     lapse = settings.heartbeat_lapse
     lost = f"worker lost (no heartbeat for {lapse:g}s)"
     for run_id, step in store.lapsed_leases(now):

@@ -32,6 +32,7 @@ Keys that no run script touches live outside the shards, each a single-key opera
 and ``flowkit:idem-of:["<wf>","<owner>","<key>"]`` (idempotency claims, an owner's apart),
 ``flowkit:wakers:<event key>`` (the runs waiting for an event) and
 ``flowkit:sent:<event key>`` (events sent, for a wait's look-back),
+``flowkit:resumes:owed`` (resumes the broker could not take when they were decided),
 ``flowkit:{schedules}:defs``, ``:due``, ``:errors``, ``:runs``, ``:buffered``, ``:claimed`` and
 ``:firing:<id>`` (schedules, one slot of their own),
 ``flowkit:{cc:<digest>}:active`` and ``:pending`` (a concurrency group's slots and line, one
@@ -190,6 +191,11 @@ class Keys:
     def wakers(self, event_key: str) -> str:
         """SET "<run id> <wait key>" of the waits for events sent under ``event_key``."""
         return f"{self.prefix}:wakers:{event_key}"
+
+    def resumes_owed(self) -> str:
+        """SET "<run id> <gen>" of the resumes a run's state took but the broker did not
+        (it was away): beat's sweep sends them."""
+        return f"{self.prefix}:resumes:owed"
 
     def sent(self, event_key: str) -> str:
         """STREAM of the events sent under ``event_key`` lately (a wait's look-back)."""

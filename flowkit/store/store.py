@@ -733,13 +733,31 @@ class Store:
         return waits
 
     @_op
-    def take_wakers(self, event_key: str) -> list[tuple[str, str]]:
-        """The waits indexed under ``event_key``, taken out of the index."""
-        pipe = self.redis.pipeline()
-        pipe.smembers(self.keys.wakers(event_key))
-        pipe.delete(self.keys.wakers(event_key))
-        members, _ = pipe.execute()
-        return [(m.partition(" ")[0], m.partition(" ")[2]) for m in members]
+    def wakers(self, event_key: str) -> list[tuple[str, str]]:
+        """The waits indexed under ``event_key``: (run id, wait key). Each leaves the index
+        once an event was delivered to it (:meth:`drop_waker`), not before: taken all at
+        once, those a failing send had not reached yet waited for good."""
+        return [(m.partition(" ")[0], m.partition(" ")[2])
+                for m in self.redis.smembers(self.keys.wakers(event_key))]
+
+    @_op
+    def drop_waker(self, event_key: str, run_id: str, wait_key: str) -> None:
+        self.redis.srem(self.keys.wakers(event_key), f"{run_id} {wait_key}")
+
+    @_op
+    def owe_resume(self, run_id: str, gen: int) -> None:
+        """Generation ``gen`` of the run is open but its resume message did not reach the
+        broker: beat's sweep sends it (:meth:`owed_resumes`)."""
+        self.redis.sadd(self.keys.resumes_owed(), f"{run_id} {gen}")
+
+    @_op
+    def owed_resumes(self) -> list[tuple[str, int]]:
+        return [(m.partition(" ")[0], int(m.partition(" ")[2]))
+                for m in self.redis.smembers(self.keys.resumes_owed())]
+
+    @_op
+    def settle_resume(self, run_id: str, gen: int) -> None:
+        self.redis.srem(self.keys.resumes_owed(), f"{run_id} {gen}")
 
     @_op
     def record_sent(self, event_key: str, data_json: str, now: float, keep: float) -> str:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import websocket
 
+import flowkit
 from flowkit.testing import LocalRedis, free_port
 from tests.api.conftest import API_KEY
 from tests.api.helpers import Gunicorn
@@ -156,3 +157,37 @@ def sse_blocks(lines):
         elif fields:
             yield fields.get("id"), fields.get("event"), json.loads(fields["data"])
             fields = {}
+
+
+def test_answers_and_events_taken_while_the_broker_is_down_resume_their_runs_once_it_is_back(
+        flowkit_env, tmp_path, worker, store):
+    """The waits were answered in Redis but the resumes could not be sent: the API answered
+    503 "retry shortly", and the resend found the input taken ("same") and the event's
+    waits gone from its index, and sent nothing; an event's runs not reached before the
+    failure were never woken. Each answer is delivered now, its resume owed, and beat's
+    sweep sends it once the broker is back: no restart, no run left waiting."""
+    from flowkit.engine import reaper
+    from tests import workflows as wf
+    from tests.test_waits import paused
+
+    payers = [wf.payment.start({"order": 31}) for _ in range(3)]
+    asker = wf.approval.start({"n": 1})
+    for run in [*payers, asker]:
+        paused(run)
+    env = {**flowkit_env, "FLOWKIT_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    web = Gunicorn(env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+    try:
+        with httpx.Client(base_url=web.url, timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+            sent = client.post("/events/payment:31", json={"amount": 5})
+            assert sent.status_code == 202 and sent.json() == {"woken": 3}, sent.text
+            answered = client.post(f"/runs/{asker.id}/input/approval", json={"ok": True})
+            assert answered.status_code == 202, answered.text
+            assert answered.json()["outcome"] == "resumed"
+    finally:
+        web.stop()
+    assert sorted(reaper.sweep()["resumed"]) == sorted(r.id for r in [*payers, asker])
+    assert [r.result(20)["paid"] for r in payers] == [{"amount": 5}] * 3
+    assert asker.result(20) == {"n": 1, "approved": True}
+    assert [flowkit.get_run(r.id).restarts for r in [*payers, asker]] == [0] * 4
+    assert reaper.sweep()["resumed"] == []  # each sent once

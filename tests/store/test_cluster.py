@@ -71,7 +71,11 @@ def test_store_operations_outside_the_run_scripts_work_on_the_cluster(store):
     assert store.delete_schedule("nightly")
 
     store.add_waker("order:1", "run-a", "w1", 60)
-    assert store.take_wakers("order:1") == [("run-a", "w1")]
+    assert store.wakers("order:1") == [("run-a", "w1")]
+    store.drop_waker("order:1", "run-a", "w1")
+    store.owe_resume("run-a", 1)
+    assert store.owed_resumes() == [("run-a", 1)]
+    store.settle_resume("run-a", 1)
     store.record_sent("order:1", dumps({"ok": True}), now, 60)
     assert store.sent_since("order:1", now - 1) is not None
 

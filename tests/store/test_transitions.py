@@ -1728,16 +1728,28 @@ def test_restart_giving_up_drops_the_runs_waits_and_timers(store):
 # -- wakers and sent events (outside the shards) -------------------------------------------
 
 
-def test_take_wakers_returns_the_indexed_waits_and_empties_the_index(store):
+def test_wakers_are_the_indexed_waits_each_left_until_dropped(store):
     store.add_waker("order:1", "run-1", "k1", 60)
     store.add_waker("order:1", "run-2", "k2", 60)
     store.add_waker("order:1", "run-2", "k2", 60)  # indexed twice: once
     store.add_waker("order:2", "run-3", "k3", 60)
     assert 0 < store.redis.ttl(store.keys.wakers("order:1")) <= 60
-    assert sorted(store.take_wakers("order:1")) == [("run-1", "k1"), ("run-2", "k2")]
-    assert store.take_wakers("order:1") == []
+    assert sorted(store.wakers("order:1")) == [("run-1", "k1"), ("run-2", "k2")]
+    store.drop_waker("order:1", "run-1", "k1")  # an event was delivered to it
+    assert store.wakers("order:1") == [("run-2", "k2")]  # not to this one yet: still there
+    store.drop_waker("order:1", "run-2", "k2")
     assert store.redis.exists(store.keys.wakers("order:1")) == 0
-    assert store.take_wakers("order:2") == [("run-3", "k3")]
+    assert store.wakers("order:2") == [("run-3", "k3")]
+
+
+def test_owed_resumes_are_kept_until_settled_each_by_its_generation(store):
+    store.owe_resume("run-1", 2)
+    store.owe_resume("run-1", 2)  # owed twice: once
+    store.owe_resume("run-2", 1)
+    assert sorted(store.owed_resumes()) == [("run-1", 2), ("run-2", 1)]
+    store.settle_resume("run-1", 1)  # another generation's: not this one
+    store.settle_resume("run-2", 1)
+    assert store.owed_resumes() == [("run-1", 2)]
 
 
 def test_sent_since_returns_the_oldest_event_sent_since_and_after_the_last_taken(store):
@@ -2057,7 +2069,7 @@ def test_the_event_waits_of_runs_still_waiting_are_indexed_again_past_the_retent
     assert not store.redis.exists(wakers)  # as it is once its retention passed
 
     assert store.keep_wakers(3600) == 1
-    assert store.take_wakers("payment:42") == [(RUN, wait_key(WaitKind.EVENT, "payment:42"))]
+    assert store.wakers("payment:42") == [(RUN, wait_key(WaitKind.EVENT, "payment:42"))]
     assert store.keep_wakers(3600) == 1  # still waiting: indexed again, however often
     assert 3590 < store.redis.ttl(wakers) <= 3600
     assert deliver(store, by="key", match=wait_key(WaitKind.EVENT, "payment:42"))[0] == \
@@ -2104,7 +2116,7 @@ def test_the_event_wait_of_a_branch_is_indexed_again_while_another_branch_runs(s
     assert store.get_run(RUN)["state"] == RunState.RUNNING
     store.redis.delete(store.keys.wakers("payment:43"))  # as a retention later
     assert store.keep_wakers(3600) == 1
-    assert store.take_wakers("payment:43") == [(RUN, wait_key(WaitKind.EVENT, "payment:43"))]
+    assert store.wakers("payment:43") == [(RUN, wait_key(WaitKind.EVENT, "payment:43"))]
 
 
 def test_a_hand_off_records_each_queue_its_messages_went_to_once(store):
