@@ -129,6 +129,24 @@ def test_retrying_a_run_its_wait_s_timeout_failed_waits_again_with_a_fresh_deadl
     assert [e.data["by"] for e in run.events() if e.type == "run.resumed"] == ["timeout", "input"]
 
 
+def test_one_retry_opens_again_the_timed_out_waits_of_every_item():
+    """Every item's wait timed out in one sweep; a retry dropped only the failed item's
+    timeout, and the next item's failed the retried run again at once: one retry per item
+    (per parallel branch) before the waits opened again."""
+    run = wf.waiting_items_briefly.start({"n": 3})
+    wait_until(lambda: len(flowkit.get_run(run.id).waits) == 3, WAIT, "every item's wait")
+    fire_due_timers(time.time() + 61)  # as one sweep of beat's does, every deadline passed
+    assert run.wait(WAIT).error["type"] == "InputTimeout"
+    wait_until(lambda: not get_store().live_leases(run.id, time.time()), WAIT,
+               "the other items to raise their timeouts too")  # else the retry is refused
+    flowkit.retry(run.id)
+    wait_until(lambda: len(flowkit.get_run(run.id).waits) == 3, WAIT,
+               "every item's wait to open again")
+    for i in range(3):
+        flowkit.send_input(run.id, f"item-{i}", {"value": i + 1})
+    assert run.result(WAIT) == {"total": 6}
+
+
 def test_an_input_past_its_wait_s_timeout_is_refused_before_beat_fires_it():
     """Up to a sweep late, an answer was taken or refused by chance (no beat runs here: the
     timeout has not fired, and the answer is still refused)."""

@@ -531,6 +531,12 @@ def ask_item(i: int) -> int:
     return answer["value"]
 
 
+@component(name="t.ask_item_briefly")
+def ask_item_briefly(i: int) -> int:
+    return flowkit.wait_for_input(f"item-{i}", schema={"value": fields.Integer(required=True)},
+                                  timeout=60)["value"]
+
+
 @component(name="t.branch_total")
 def branch_total(outputs: list) -> dict:
     return {"outputs": outputs}
@@ -614,6 +620,8 @@ dozing = flowkit.Workflow("dozing", [doze])
 waiting_branches = flowkit.Workflow("waiting_branches", [
     parallel(approve, [add_one, double]), branch_total])
 waiting_items = flowkit.Workflow("waiting_items", [split, fan_out(ask_item), total])
+waiting_items_briefly = flowkit.Workflow("waiting_items_briefly",
+                                         [split, fan_out(ask_item_briefly), total])
 @component(name="t.tenant_work")
 def tenant_work(data: dict) -> dict:
     """Says when it began and ended (the test checks at most `limit` overlap per tenant)."""

@@ -631,10 +631,10 @@ def retry(run_id: str, store: Store | None = None) -> Run:
         raise InvalidState(f"Run {run_id} failed, but its step {step} still runs (attempt "
                            f"{lease.get('attempt')} on {lease.get('worker')}): retry once it "
                            "ends; its output is then kept, not made again.")
-    if (run.error or {}).get("type") in ("InputTimeout", "EventTimeout") and run.failed_step:
-        # a wait's timeout failed it: retried, the step waits anew, with a fresh deadline
-        # (its checkpointed timeout raised again at once: a retry that could never work)
-        store.forget_timeouts(run_id, run.failed_step)
+    if (run.error or {}).get("type") in ("InputTimeout", "EventTimeout"):
+        # a wait's timeout failed it: retried, its steps wait anew, with fresh deadlines
+        # (a checkpointed timeout raised again at once: a retry that could never work)
+        store.forget_timeouts(run_id)
     gen, why = store.restart(
         run_id, expected_state=RunState.FAILED, reason="retry requested", now=time.time()
     )

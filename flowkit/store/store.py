@@ -511,13 +511,24 @@ class Store:
                                                    args=[key, answer]))
 
     @_op
-    def forget_timeouts(self, run_id: str, step: str) -> int:
-        """Drop the timed-out answers of ``step``'s waits (``{"timeout":true}``), so the
-        step, run again, opens them anew with a fresh deadline; returns how many."""
+    def forget_timeouts(self, run_id: str) -> int:
+        """Drop the timed-out answers (``{"timeout":true}``) of the waits of every step not
+        completed, so each, run again, opens them anew with a fresh deadline; returns how
+        many. Every step's, not only the failed one's: its siblings' waits (parallel
+        branches, fan-out items) timed out in the same sweep, and each retry failed again at
+        once on the next one. A wait inside a step or sub-step that completed (it caught its
+        timeout) keeps its answer: that output was made from it."""
         key = self.keys.checkpoints(run_id)
-        pattern = _glob_escape(f"{step}/") + "*:wait:*"
-        timed_out = [field for field, value in self.redis.hscan_iter(key, match=pattern)
+        timed_out = [field for field, value in self.redis.hscan_iter(key, match="*:wait:*")
                      if value == TIMED_OUT]
+        # what a wait is within: its step, and the sub-steps around it (each key up to a /)
+        within = {field: [field[:at] for at, c in enumerate(field) if c == "/"]
+                  for field in timed_out}
+        around = sorted({prefix for prefixes in within.values() for prefix in prefixes})
+        completed = {prefix for prefix, value in zip(
+            around, self.redis.hmget(key, around) if around else [], strict=True)
+            if value is not None}
+        timed_out = [field for field in timed_out if completed.isdisjoint(within[field])]
         if not timed_out:
             return 0
         pipe = self.redis.pipeline()

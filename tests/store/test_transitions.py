@@ -1952,19 +1952,24 @@ def test_settle_rate_on_a_forgotten_bucket_does_nothing(store):
     assert store.redis.exists(store.keys.rate("p:m")) == 0
 
 
-def test_forget_timeouts_drops_only_that_step_s_timed_out_wait_answers(store):
-    """What a retry of a run a wait's timeout failed drops: the step's name may hold a
-    glob's characters, matched literally."""
+def test_forget_timeouts_drops_the_timed_out_answers_of_every_step_not_completed(store):
+    """What a retry of a run a wait's timeout failed drops: every unfinished step's (a
+    sibling branch's or item's too: each retry failed again on the next one), not a
+    completed step's or sub-step's, which caught its timeout and made its output from it."""
     from flowkit.store.store import TIMED_OUT  # noqa: PLC0415
 
-    step, other = "0:t.odd*[name]?", "0:t.odd-name"
-    kept = {f"{step}/1:wait:input:b": '{"input":1}', f"{other}/0:wait:input:a": TIMED_OUT,
-            f"{step}/2:t.sub": TIMED_OUT}  # a sub-step whose output looks the same
-    for key, value in {f"{step}/0:wait:input:a": TIMED_OUT, **kept}.items():
+    step, sibling, done = "1.0:t.odd*[name]?", "1.1:t.ask/or/tell", "0:t.caught"
+    forgotten = {f"{step}/0:wait:input:a": TIMED_OUT, f"{sibling}/0:wait:event:k": TIMED_OUT,
+                 f"{step}/3:t.sub/0:wait:input:c": TIMED_OUT}
+    kept = {f"{step}/1:wait:input:b": '{"input":1}',
+            f"{step}/2:t.sub": TIMED_OUT,  # a sub-step whose output looks the same
+            done: '"went on"', f"{done}/0:wait:input:a": TIMED_OUT,
+            f"{step}/4:t.done_sub": '"ok"', f"{step}/4:t.done_sub/0:wait:input:d": TIMED_OUT}
+    for key, value in {**forgotten, **kept}.items():
         store.save_checkpoint(RUN, key, value)
-    assert store.forget_timeouts(RUN, step) == 1
+    assert store.forget_timeouts(RUN) == 3
     assert store.checkpoints(RUN) == kept
-    assert store.forget_timeouts(RUN, step) == 0
+    assert store.forget_timeouts(RUN) == 0
 
 
 @pytest.mark.parametrize(("by", "match"), BY_NAME_OR_KEY)
@@ -1989,7 +1994,7 @@ def test_a_wait_whose_timeout_a_retry_forgot_is_not_said_to_be_answered(store):
 
     waiting_run(store)
     assert deliver(store, answer=TIMED_OUT, now=T + 5) == (WaitOutcome.RESUMED, 1)
-    assert store.forget_timeouts(RUN, STEP) == 1
+    assert store.forget_timeouts(RUN) == 1
     assert deliver(store, now=T + 7) == (WaitOutcome.NOT_WAITING, 0)  # not yet open again
     assert store.redis.hlen(store.keys.answered(RUN)) == 0
 
