@@ -537,3 +537,25 @@ def test_a_run_whose_fan_out_items_continued_resumes_after_its_answers():
     flowkit.send_input(run.id, "go-1", "yes")
     flowkit.send_input(run.id, "go-2", "no")
     assert run.result(20) == [{"n": 1, "answer": "yes"}, {"n": 2, "answer": "no"}]
+
+
+@flowkit.component(name="t.chat_loop")
+def chat_loop(data: dict) -> dict:
+    return {"got": [flowkit.wait_for_event(data["key"], lookback=60)
+                    for _ in range(data["n"])]}
+
+
+chatting = flowkit.Workflow("t.chatting", [chat_loop])
+
+
+def test_one_sender_s_events_reach_a_looking_back_loop_in_the_order_sent():
+    """An event sent as the step indexed its wait answered it early (deliver.lua), and won
+    its checkpoint over the older one the wait's look-back found: the loop got them out of
+    order (``[..., 9, 13, 10, 11, 12, ...]``) though one sender sent them one after another."""
+    key, n = f"chat:{time.time_ns()}", 20
+    runs = [chatting.start({"key": key, "n": n}) for _ in range(4)]
+    for run in runs:
+        paused(run)
+    for i in range(n):  # one sender: each send returns before the next begins
+        flowkit.send_event(key, i)
+    assert [run.result(WAIT)["got"] for run in runs] == [list(range(n))] * 4

@@ -438,8 +438,15 @@ class StepContext:
             sent = self._unseen_event(name, lookback) if lookback else None
             if sent is not None:  # sent before the wait began, within its look-back
                 data, sent_at, sent_id = sent
-                answer = self.store.save_checkpoint(self.run_id, key, dumps(
-                    {"event": loads(data), "sent_at": sent_at, "sent_id": sent_id}))
+                found = dumps({"event": loads(data), "sent_at": sent_at, "sent_id": sent_id})
+                answer = self.store.save_checkpoint(self.run_id, key, found)
+                early = loads(answer).get("sent_id") if answer != found else None
+                if (early and _stream_order(early) > _stream_order(sent_id)
+                        and self.store.swap_answer(self.run_id, key, answer, found)):
+                    # a newer event answered it early as it looked back: one sender's
+                    # events came out of order; the older one is this wait's, the newer
+                    # one stays unseen for the run's next wait
+                    answer = found
             else:  # it pauses: events sent before it began are behind the run's later waits
                 spec = {**spec, "floor": floor}
         if answer is None:

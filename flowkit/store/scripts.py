@@ -28,7 +28,7 @@ RUN_SCRIPTS = (
     "compact",
 )
 STANDALONE_SCRIPTS = ("rate_acquire", "rate_settle", "claim_tick", "take_buffered", "slots",
-                      "trace", "forget_answer")
+                      "trace", "forget_answer", "swap_answer")
 
 
 @cache

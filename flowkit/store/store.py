@@ -511,6 +511,13 @@ class Store:
                                                    args=[key, answer]))
 
     @_op
+    def swap_answer(self, run_id: str, key: str, early: str, older: str) -> bool:
+        """Answer the wait ``key`` with ``older`` (JSON) if ``early`` still answers it
+        (swap_answer.lua): True when swapped."""
+        return bool(self._scripts["swap_answer"](keys=[self.keys.checkpoints(run_id)],
+                                                 args=[key, early, older]))
+
+    @_op
     def forget_timeouts(self, run_id: str) -> int:
         """Drop the timed-out answers (``{"timeout":true}``) of the waits of every step not
         completed, so each, run again, opens them anew with a fresh deadline; returns how

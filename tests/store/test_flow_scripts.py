@@ -374,6 +374,21 @@ def test_forget_answer_drops_the_refused_answer_only_while_it_stands(store):
     assert store.checkpoint(RUN, WAIT_KEY) == corrected
 
 
+# -- swap_answer ------------------------------------------------------------------------------
+
+
+def test_swap_answer_puts_the_older_event_in_place_only_while_the_early_one_stands(store):
+    key = "0:chat/0:wait:event:chat:1"
+    early, older = '{"event":2,"sent_id":"2-0"}', '{"event":1,"sent_id":"1-0"}'
+    assert store.swap_answer(RUN, key, early, older) is False  # no answer: none made
+    assert store.checkpoint(RUN, key) is None
+    store.save_checkpoint(RUN, key, early)
+    assert store.swap_answer(RUN, key, early, older) is True
+    assert store.checkpoint(RUN, key) == older
+    assert store.swap_answer(RUN, key, early, '{"event":0}') is False  # early is gone
+    assert store.checkpoint(RUN, key) == older
+
+
 # -- hold / admit -------------------------------------------------------------------------------
 
 REASON = "2 of 2 runs of acme active"
