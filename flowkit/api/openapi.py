@@ -353,7 +353,9 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         "responses": _responses({200: {
             "description": "A page of events (JSON), or (Accept) the SSE stream.",
             "headers": {"Cache-Control": "Cache-Control"},
-            "content": {_JSON: {"schema": "EventPage"}, _SSE: _STREAMS[_SSE]}}},
+            "content": {_JSON: {"schema": "EventPage"}, _SSE: _STREAMS[_SSE]}},
+            204: {"description": "SSE resumed from the ended run's last event: nothing "
+                                 "more will come (a browser's EventSource stops)."}},
             (400, *_RUN, 429))}})
     spec.path(f"{p}/runs/{{run_id}}/stream", operations={"get": {
         "operationId": "streamRun",

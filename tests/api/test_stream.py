@@ -140,6 +140,20 @@ def test_streams_of_a_finished_run_replay_history_then_close(api, client):
     assert via_ws[-1]["type"] in TERMINAL
 
 
+def test_sse_resumed_from_an_ended_run_s_last_event_is_204_so_eventsource_stops(api, client):
+    """It was a 200 with an empty body, which a browser's EventSource takes for a dropped
+    connection: it reconnected every ~3 s for as long as the page stayed open."""
+    run = start(client, "chatty", {"n": 1})
+    flowkit.get_run(run["id"]).wait(20)
+    last = full_history(run["id"])[-1]
+    path = f"/runs/{run['id']}/events"
+    for headers, url in (({"Last-Event-ID": last}, path), ({}, f"{path}?after={last}")):
+        ended = client.get(url, headers={"Accept": "text/event-stream", **headers})
+        assert ended.status_code == 204 and ended.content == b"", ended.text
+    page = client.get(f"{path}?after={last}")  # a JSON page says so its own way
+    assert page.status_code == 200 and page.json()["done"] is True
+
+
 def test_post_with_accept_ndjson_streams_the_run(client):
     with client.stream("POST", "/workflows/chatty/runs", json={"n": 2},
                        headers={"Accept": "application/x-ndjson"}) as response:
@@ -361,7 +375,7 @@ def test_a_cursor_past_the_runs_events_is_refused_everywhere_instead_of_waiting_
     page = client.get(path, params={"after": last}).json()
     assert page == {"events": [], "next": last, "done": True}
     assert client.get(path, headers={"Accept": "text/event-stream", "Last-Event-ID": last},
-                      timeout=10).status_code == 200
+                      timeout=10).status_code == 204  # and SSE says no more will come
 
 
 def test_a_resume_message_past_the_run_s_events_closes_the_socket_with_4004(api, client):

@@ -348,6 +348,11 @@ export class RunWatch {
   ended(end) {
     this.current = null;
     if (this.stopped) return;
+    if (end.finished) {
+      // the server says the run ended at the last event this watch has (SSE's 204)
+      this.setConnection("closed");
+      return;
+    }
     if (end.status === 401 && end.code === TOKEN_EXPIRED && this.tokens.refreshable && this.refreshes === 0) {
       this.refreshes += 1; // a fresh token refused as expired too stops the watch below
       this.tokens.expire(end.token);

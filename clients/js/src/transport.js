@@ -8,6 +8,8 @@ import { TOKEN_EXPIRED } from "./tokens.js";
 
 /** The close code of a socket whose run token expired (flowkit.api.ws). */
 export const TOKEN_EXPIRED_CLOSE = 4001;
+/** The close code of a stream whose run no longer exists (its retention ran out). */
+export const NOT_FOUND_CLOSE = 4004;
 
 /**
  * @typedef {object} TransportHandlers
@@ -25,6 +27,7 @@ export const TOKEN_EXPIRED_CLOSE = 4001;
  * @property {number} [status]  an HTTP status that refused the connection (SSE)
  * @property {string|number} [code]  the API's error code with that status (SSE), the close code (WS)
  * @property {string} [message] why, for people
+ * @property {boolean} [finished]  the run ended at the event the stream resumed from (SSE's 204)
  *
  * A stream opened with a run token ends when the token expires: the socket closes with
  * code 4001, SSE sends `event: token_expired`. Both end as the refusal of that token would
@@ -121,6 +124,13 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
       end({ clean: false, restart: false, status: 401, code: TOKEN_EXPIRED, message: close.reason });
       return;
     }
+    if (close.code === NOT_FOUND_CLOSE) {
+      // the run is gone (its retention ran out): a 404, as a reconnect's handshake would be
+      // answered; a watch without a token reconnected to it for ever
+      const message = close.reason.replace(/^not_found: /, "");
+      end({ clean: false, restart: false, status: 404, code: "not_found", message });
+      return;
+    }
     end({ clean: close.code === 1000, restart: close.code === 1012, code: close.code, message: close.reason });
   };
   return {
@@ -183,6 +193,11 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
       end({ clean: false, status: response.status, code, message, retryAfter });
       return;
     }
+    if (response.status === 204) {
+      // resumed from the ended run's last event: nothing more will come
+      end({ clean: true, finished: true });
+      return;
+    }
     opened = true;
     handlers.onOpen();
     stillAlive();
@@ -203,11 +218,19 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
           controller.abort();
           return;
         }
+        if (/^event: ?not_found\r?$/m.test(block)) {
+          // the run is gone (its retention ran out): it was handed on as a run event
+          const message = parseSseBlock(block)?.error?.message ?? "This run no longer exists.";
+          end({ clean: false, status: 404, code: "not_found", message });
+          controller.abort();
+          return;
+        }
         const event = parseSseBlock(block);
         if (/^event: ?status\r?$/m.test(block)) {
           if (event && !ended) handlers.onStatus?.(event);
           continue;
         }
+        if (/^event: ?(?!message\r?$)/m.test(block)) continue; // no run event: none we know
         if (event && !ended) handlers.onEvent(event);
       }
     }

@@ -43,6 +43,12 @@ export async function reachedGate(runId, name) {
   if (!got) throw new Error(`step ${name} of ${runId} never reached its gate`);
 }
 
+/** Delete every key of the run, as its retention running out does. */
+export async function forgetRun(runId) {
+  const keys = (await redis("--scan", "--pattern", `*run:${runId}*`)).split("\n").filter(Boolean);
+  if (keys.length) await redis("DEL", ...keys);
+}
+
 export function openGate(runId, name) {
   return redis("RPUSH", `gate:${runId}:${name}`, "1");
 }

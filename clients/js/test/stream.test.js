@@ -6,7 +6,7 @@ import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { FlowkitClient, isTerminal } from "../src/index.js";
 import {
-  SKIP, closeWatches, URL_, API_KEY, client, reachedGate, openGate, memoryStorage, until, historyIds, dropProxy, increasing,
+  SKIP, closeWatches, URL_, API_KEY, client, reachedGate, openGate, memoryStorage, until, historyIds, dropProxy, increasing, forgetRun,
 } from "./helpers.js";
 
 afterEach(closeWatches);
@@ -43,6 +43,19 @@ for (const transport of ["websocket", "sse"]) {
     assert.deepEqual(events.map((e) => e.id), await historyIds(api, run.id));
     assert.equal(state.lastEventId, events.at(-1).id);
     assert.equal(watch.connects, 1);
+  });
+
+  test(`${transport}: a run gone from Redis while followed ends the watch with a 404, no event made of it`, { skip: SKIP }, async () => {
+    // SSE's `event: not_found` was handed on as a run event; a socket without a token,
+    // closed with 4004, was reconnected to for ever
+    const { run, watch, events } = await startAndWatch("streaming", { before: 1, after: 0 }, { transport });
+    await reachedGate(run.id, "streamer");
+    await until(watch, (s) => streamerText(s) === "a0" && s.connection === "open", "the first chunk");
+    await forgetRun(run.id);
+    const state = await until(watch, (s) => s.connection === "closed", "the watch to end");
+    assert.equal(state.failure?.status, 404);
+    assert.equal(state.failure?.code, "not_found");
+    assert.ok(events.every((e) => typeof e.id === "string" && typeof e.type === "string"), JSON.stringify(events));
   });
 
   test(`${transport}: a dropped connection resumes from the last event, nothing lost or repeated`, { skip: SKIP }, async () => {
@@ -262,4 +275,16 @@ test("a run token that is not valid stops the watch with the server's reason", {
   const state = await until(watch, (s) => s.connection === "closed", "the refusal");
   assert.equal(state.failure.status, 401);
   assert.match(state.failure.message, /Invalid API key or run token/);
+});
+
+test("sse: a watch resumed from an ended run's last event closes at once, not reconnecting", { skip: SKIP }, async () => {
+  // the server answers it 204 (a browser's EventSource stops on it); the watch took the
+  // empty answer for a drop and reconnected for ever
+  const { run, watch: first, events } = await startAndWatch("simple", { n: 1 }, { transport: "sse" });
+  await until(first, done, "the run's end");
+  first.close();
+  const watch = client({ token: run.token }).watch(run.id, { transport: "sse", lastEventId: events.at(-1).id });
+  const state = await until(watch, (s) => s.connection === "closed", "the watch to close");
+  assert.equal(state.failure ?? null, null);
+  assert.equal(watch.connects, 1);
 });

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, g, request
 from flask_sock import Sock
 
 from ...engine import control
@@ -92,6 +92,12 @@ def _known(run_id: str, cursor: str, field: str) -> str:
     return cursor
 
 
+def _at_the_end(run_id: str, cursor: str) -> bool:
+    """``cursor`` is the ended run's last event (its latest terminal one)."""
+    last = state().hub.last_event(run_id)
+    return last is not None and last.terminal and last.id == cursor
+
+
 def _beyond(run_id: str, cursor: str) -> str | None:
     """Why ``cursor`` is past the run's last event (:func:`flowkit.events.past_the_end`),
     or None."""
@@ -116,6 +122,10 @@ def get_events(run_id: str):
             cursor, field = parse_cursor(header), "Last-Event-ID"
         else:
             cursor, field = parse_cursor(after) or START, "after"
+        if cursor != START and _at_the_end(run_id, cursor):
+            # a browser's EventSource reconnects after every body that ends, for as long as
+            # its page is open (every ~3 s); 204 is what SSE says to stop with
+            return Response(status=204, headers={"Cache-Control": "no-cache"})
         sub = current.hub.subscribe(run_id, _known(run_id, cursor, field),
                                     expires_at=access().expires_at,
                                     holder=access().stream_holder)

@@ -445,6 +445,8 @@ export class TokenSource {
 
 /** The close code of a socket whose run token expired (flowkit.api.ws). */
 export const TOKEN_EXPIRED_CLOSE = 4001;
+/** The close code of a stream whose run no longer exists (its retention ran out). */
+export const NOT_FOUND_CLOSE = 4004;
 
 /**
  * @typedef {object} TransportHandlers
@@ -462,6 +464,7 @@ export const TOKEN_EXPIRED_CLOSE = 4001;
  * @property {number} [status]  an HTTP status that refused the connection (SSE)
  * @property {string|number} [code]  the API's error code with that status (SSE), the close code (WS)
  * @property {string} [message] why, for people
+ * @property {boolean} [finished]  the run ended at the event the stream resumed from (SSE's 204)
  *
  * A stream opened with a run token ends when the token expires: the socket closes with
  * code 4001, SSE sends `event: token_expired`. Both end as the refusal of that token would
@@ -558,6 +561,13 @@ export function openWebSocket({ baseUrl, runId, after, token, WebSocket: Socket,
       end({ clean: false, restart: false, status: 401, code: TOKEN_EXPIRED, message: close.reason });
       return;
     }
+    if (close.code === NOT_FOUND_CLOSE) {
+      // the run is gone (its retention ran out): a 404, as a reconnect's handshake would be
+      // answered; a watch without a token reconnected to it for ever
+      const message = close.reason.replace(/^not_found: /, "");
+      end({ clean: false, restart: false, status: 404, code: "not_found", message });
+      return;
+    }
     end({ clean: close.code === 1000, restart: close.code === 1012, code: close.code, message: close.reason });
   };
   return {
@@ -620,6 +630,11 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
       end({ clean: false, status: response.status, code, message, retryAfter });
       return;
     }
+    if (response.status === 204) {
+      // resumed from the ended run's last event: nothing more will come
+      end({ clean: true, finished: true });
+      return;
+    }
     opened = true;
     handlers.onOpen();
     stillAlive();
@@ -640,11 +655,19 @@ export function openEventStream({ baseUrl, runId, after, token, credentials, fet
           controller.abort();
           return;
         }
+        if (/^event: ?not_found\r?$/m.test(block)) {
+          // the run is gone (its retention ran out): it was handed on as a run event
+          const message = parseSseBlock(block)?.error?.message ?? "This run no longer exists.";
+          end({ clean: false, status: 404, code: "not_found", message });
+          controller.abort();
+          return;
+        }
         const event = parseSseBlock(block);
         if (/^event: ?status\r?$/m.test(block)) {
           if (event && !ended) handlers.onStatus?.(event);
           continue;
         }
+        if (/^event: ?(?!message\r?$)/m.test(block)) continue; // no run event: none we know
         if (event && !ended) handlers.onEvent(event);
       }
     }
@@ -1025,6 +1048,11 @@ export class RunWatch {
   ended(end) {
     this.current = null;
     if (this.stopped) return;
+    if (end.finished) {
+      // the server says the run ended at the last event this watch has (SSE's 204)
+      this.setConnection("closed");
+      return;
+    }
     if (end.status === 401 && end.code === TOKEN_EXPIRED && this.tokens.refreshable && this.refreshes === 0) {
       this.refreshes += 1; // a fresh token refused as expired too stops the watch below
       this.tokens.expire(end.token);
