@@ -73,6 +73,7 @@ class ApiOptions:
         config = config or {}
         settings = settings or get_settings()
         values: dict[str, Any] = {}
+        given: dict[str, Any] = {}  # numbers given as a keyword or in app.config
         for f in fields(cls):
             if f.name in ("workflows", "authorize"):
                 continue
@@ -83,6 +84,11 @@ class ApiOptions:
                 values[f.name] = config[key]
             else:
                 values[f.name] = getattr(settings, f"api_{f.name}")
+                continue
+            if type(f.default) in (int, float):
+                given[f"api_{f.name}"] = values[f.name]
+        if given:  # checked as the environment's are: ping_interval=0 spun every SSE stream
+            settings.replace(**given)  # writing pings as fast as its socket took them
         values["keys"] = _split_keys(values["keys"])
         values["trusted_origins"] = tuple(
             _origin(o) for o in _split_keys(values["trusted_origins"]))

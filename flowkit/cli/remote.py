@@ -183,6 +183,8 @@ class RemoteRuns:
                         continue
                     busy_since = None
                     self._check(source.response)
+                    if source.response.status_code == 204:  # at the ended run's last event
+                        return
                     kind = source.response.headers.get("content-type", "no content type")
                     if not kind.startswith("text/event-stream"):  # not an outage to wait out
                         raise self._not_flowkit(f"{kind.split(';')[0]} for an event stream")

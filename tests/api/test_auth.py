@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import httpx_sse
@@ -106,10 +107,24 @@ def test_run_token_on_an_app_without_flowkit_says_what_to_do():
         flowkit.FlowKit.run_token("r-1", app=Flask("bare"))
 
 
+def a_month_old_token(run_id: str, secret: str = "s3cret") -> str:
+    """A run token as an app with ``secret`` made it a month ago (past its TTL)."""
+    from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+
+    from flowkit.api.auth import _TOKEN_SALT
+
+    class AMonthAgo(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - 30 * 86400
+
+    return URLSafeTimedSerializer(secret, salt=_TOKEN_SALT, signer=AMonthAgo).dumps(
+        {"run": run_id})
+
+
 def test_expired_run_token_is_401(flowkit_env, worker, store):
-    for served in serve(make_app(token_ttl=-1)):
+    for served in serve(make_app(token_ttl=60, secret="s3cret")):
         run = start(served.client(), "simple", {"n": 1})
-        response = served.client(key=run["token"]).get(f"/runs/{run['id']}")
+        response = served.client(key=a_month_old_token(run["id"])).get(f"/runs/{run['id']}")
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "token_expired"
 
@@ -366,9 +381,9 @@ def test_an_expired_run_token_keeps_its_message_with_a_callback(flowkit_env, wor
     def authorize(request):
         return request.headers.get("X-Tenant") or False
 
-    for served in serve(make_app(keys=[], authorize=authorize, token_ttl=-1)):
+    for served in serve(make_app(keys=[], authorize=authorize, secret="s3cret")):
         run = start(served.client(key=None, headers={"X-Tenant": "acme"}), "simple", {"n": 1})
-        response = served.client(key=run["token"]).get(f"/runs/{run['id']}")
+        response = served.client(key=a_month_old_token(run["id"])).get(f"/runs/{run['id']}")
         assert response.status_code == 401
         assert response.json()["error"] == {
             "code": "token_expired", "message": "This run token has expired.", "fields": {}}

@@ -6,6 +6,8 @@ import pytest
 from flask import Flask, request
 
 import flowkit
+from flowkit.api.options import ApiOptions
+from flowkit.errors import ConfigError
 from tests.api.conftest import serve
 from tests.api.helpers import start
 
@@ -67,7 +69,6 @@ def test_the_workflows_served_come_from_app_config_then_the_environment(monkeypa
     """FLOWKIT_API_WORKFLOWS in the environment was ignored: the reference app, configured
     by its environment alone, served every workflow whatever it said."""
     from flowkit import config
-    from flowkit.api.options import ApiOptions
 
     monkeypatch.setenv("FLOWKIT_API_WORKFLOWS", "simple, chatty")
     config.reset()
@@ -165,3 +166,16 @@ def test_the_host_app_s_own_error_handling_stays_its_own(flowkit_env, store, han
             assert answer.status_code == 418 and "mine" in answer.json(), answer.text
     # a 500 page sees the error as Flask hands it on: an InternalServerError
     assert seen == ["InternalServerError" if handled == 500 else "ValidationError"]
+
+
+@pytest.mark.parametrize("given", [{"ping_interval": 0}, {"events_page": -1},
+                                   {"subscriber_buffer": 1.5}, {"token_ttl": "60"}])
+def test_numbers_given_as_keywords_or_in_app_config_are_checked_as_the_environment_s(given):
+    """``ping_interval=0`` made every SSE stream write pings as fast as its socket took them
+    (82,000 a second); the environment's FLOWKIT_API_PING_INTERVAL=0 was refused."""
+    [(name, value)] = given.items()
+    said = rf"FLOWKIT_API_{name.upper()} \(api_{name}=\) is "
+    with pytest.raises(ConfigError, match=said):
+        ApiOptions.resolve({}, **given)
+    with pytest.raises(ConfigError, match=said):
+        ApiOptions.resolve({f"FLOWKIT_API_{name.upper()}": value})
