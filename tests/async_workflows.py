@@ -71,6 +71,11 @@ async def asker(data: dict) -> dict:
     return {"n": first["n"] + extra["k"]}
 
 
+@component(name="a.ask_item")
+async def ask_item(i: int) -> int:
+    return flowkit.wait_for_input(f"item-{i}", {"k": fields.Integer(required=True)})["k"]
+
+
 @component(name="a.asking_sub")
 async def asking_sub(data: dict) -> dict:
     return {"k": flowkit.wait_for_input("k")}
@@ -262,6 +267,8 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         ),
         "looping": wf("async_looping", [agent]),
         "asking": wf("async_asking", [asker], input_schema=number),
+        "asking_items": wf("async_asking_items", [split, fan_out(ask_item, batch=3), total],
+                           input_schema=number),
         "asking_in_a_group": wf("async_asking_in_a_group", [asks_in_a_group]),
         "emitting_in_a_group": wf("async_emitting_in_a_group", [emits_in_a_group]),
         "listening": wf("async_listening", [listener], input_schema=number),

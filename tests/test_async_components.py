@@ -199,6 +199,20 @@ def test_an_async_step_pauses_for_input_and_resumes_without_repeating_its_sub_st
     assert counts(run) == {"add_one": 1}
 
 
+def test_batched_items_that_pause_on_gevent_log_no_traceback(on, pools):
+    """Each item ran in a greenlet that ended with the engine's Ignore as it paused: gevent's
+    hub printed "<Greenlet ...> failed with Ignore" and a traceback for every one, in
+    every wide fan-out of LLM items that waited."""
+    gevent_worker = next(w for w in pools if w.name == "async-gevent")
+    run = on("gevent")["asking_items"].start({"n": 3})
+    wait_until(lambda: len(run.refresh().waits or ()) == 3, 30, "the three items to wait")
+    for i in range(3):
+        flowkit.send_input(run.id, f"item-{i}", {"k": i + 1})
+    assert run.result(WAIT) == {"n": 6}
+    noise = [line for line in list(gevent_worker.lines) if "failed with Ignore" in line]
+    assert not noise, noise
+
+
 def test_a_wait_inside_a_task_group_pauses_the_step(on):
     """asyncio.TaskGroup wraps a task's pause in a BaseExceptionGroup: the step failed as
     ComponentExit ("would end the worker's thread") instead of waiting."""

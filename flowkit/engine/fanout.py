@@ -117,13 +117,22 @@ def _at_once(calls: list[Callable[[], Any]]) -> list[tuple[Any, BaseException | 
     if gevent_patched():
         import gevent  # only ever reached in a gevent-patched process
 
-        greenlets = [gevent.spawn(call) for call in calls]
+        # each greenlet ends with its outcome, not an exception: gevent's hub printed a
+        # traceback ("failed with Ignore") for every item that paused, or was a duplicate
+        greenlets = [gevent.spawn(_outcome, call) for call in calls]
         gevent.joinall(greenlets)
-        return [(g.value, g.exception) for g in greenlets]
+        return [g.value for g in greenlets]
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="flowkit-batch") as pool:
         futures = [pool.submit(call) for call in calls]
     return [(None, exc) if (exc := f.exception()) is not None else (f.result(), None)
             for f in futures]
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    try:
+        return call(), None
+    except BaseException as exc:  # noqa: BLE001 - handed to the batch, as a future's is
+        return None, exc
 
 
 def gather(batches: list[list[Any]], known: dict[str, Any] | None = None,
