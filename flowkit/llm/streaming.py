@@ -311,6 +311,13 @@ class TracedStream:
             response = event.response
             self.summary.update(usage=response.usage, model=response.model, id=response.id,
                                 finish_reason=response.status)
+            # a turn that calls tools: its span's output is its calls, as an unstreamed
+            # turn's is (it was "")
+            calls = [item for item in getattr(response, "output", None) or ()
+                     if getattr(item, "type", None) == "function_call"]
+            if calls:
+                self.tool_calls[0] = {i: {"name": c.name, "arguments": c.arguments}
+                                      for i, c in enumerate(calls)}
             if kind == "response.failed":
                 error = getattr(response, "error", None)
                 raise openai.APIError(

@@ -234,6 +234,14 @@ def test_a_streamed_tool_call_is_recorded_in_its_span(llm):
     assert span["output"] == {"tool_calls": calls} and calls[0]["name"] == "get_weather"
 
 
+def test_a_streamed_responses_tool_call_is_recorded_in_its_span(llm):
+    """A Chat Completions stream's was; a Responses stream's span said ``output: ""``."""
+    run = wf.streamed_response_tools.start({"prompt": "weather in Paris"})
+    calls = run.result(timeout=30)["tool_calls"]
+    [span] = llm_spans(run)
+    assert span["output"] == {"tool_calls": calls} and calls[0]["name"] == "get_weather"
+
+
 def test_a_stream_dropped_at_a_sub_step_s_timeout_is_an_error_span_and_its_text_unsent(llm):
     """Finished by the step's own thread at the attempt's end, which the sub-step's timeout
     does not abandon: its half-read text was sent to the run's stream and its span ok."""

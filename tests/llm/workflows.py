@@ -469,6 +469,17 @@ def stream_tools(data: dict) -> dict:
     return {"tool_calls": [calls[i] for i in sorted(calls)]}
 
 
+@component(name="llmtest.stream_response_tools")
+def stream_response_tools(data: dict) -> dict:
+    """A streamed Responses turn offering a tool: the model calls it."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": CITY}]
+    events = client("plain").responses.create(model=MODEL, input=data["prompt"], stream=True,
+                                              tools=tools)
+    done = [e.response for e in events if e.type == "response.completed"]
+    return {"tool_calls": [{"name": item.name, "arguments": item.arguments}
+                           for item in done[0].output if item.type == "function_call"]}
+
+
 retry_schema = {**prompt_schema, "n": fields.Integer(load_default=1)}
 ask_retried = flowkit.Workflow("llmtest_ask_retried", [ask.retry(**STEP_RETRY)],
                                input_schema=prompt_schema, queue=QUEUE)
@@ -487,6 +498,9 @@ parse_retried = flowkit.Workflow("llmtest_parse_retried", [parse_chat.retry(**ST
                                  input_schema=prompt_schema, queue=QUEUE)
 streamed_n = flowkit.Workflow("llmtest_stream_n", [stream_n], input_schema=retry_schema,
                               queue=QUEUE)
+streamed_response_tools = flowkit.Workflow("llmtest_stream_response_tools",
+                                           [stream_response_tools],
+                                           input_schema=prompt_schema, queue=QUEUE)
 streamed_tools = flowkit.Workflow("llmtest_stream_tools", [stream_tools],
                                   input_schema=prompt_schema, queue=QUEUE)
 stream_timed_out = flowkit.Workflow("llmtest_stream_timed_out", [stream.timeout(0.5)],
