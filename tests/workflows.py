@@ -689,6 +689,14 @@ def streamer(data: dict) -> dict:
     return {"emitted": data["before"] + data["after"]}
 
 
+@component(name="t.bulky")
+def bulky(data: dict) -> dict:
+    """Emits ``chunks`` chunks of ``size`` characters: more than a socket's buffers hold."""
+    for i in range(data["chunks"]):
+        flowkit.emit(f"{i % 10}" * data["size"])
+    return {"emitted": data["chunks"]}
+
+
 @component(name="t.nap")
 def nap(data: dict) -> dict:
     """Sleeps ``seconds``: a run that takes a few seconds, for synchronous invocation."""
@@ -730,6 +738,7 @@ streaming = flowkit.Workflow(
     "streaming", [streamer],
     input_schema={"before": fields.Integer(load_default=5), "after": fields.Integer(load_default=5)},
 )
+bulky_output = flowkit.Workflow("bulky_output", [bulky])
 napping = flowkit.Workflow(
     "napping", [nap], input_schema={"seconds": fields.Float(required=True)}
 )

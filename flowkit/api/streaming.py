@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from flask import Response, stream_with_context
+from flask import Response, request, stream_with_context
 
 from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
+from .stalls import bound_writes, connection_socket, stall_seconds
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -90,4 +91,5 @@ def stream_response(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
     response.call_on_close(sub.close)  # also when the server never started its body
+    bound_writes(connection_socket(request.environ), stall_seconds(ping_interval))
     return response

@@ -44,6 +44,7 @@ from ..events import parse_cursor
 from .auth import STREAM_EXPIRED, TOKEN_EXPIRED
 from .relay import RelayEvent, Subscriber
 from .requests import strict_loads
+from .stalls import bound_writes
 from .streaming import GONE
 
 #: Longest sleep of a client's thread between two looks at its socket; the doorbell
@@ -250,7 +251,7 @@ class _Doorbell(threading.Event):
 
 
 def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: None,
-          poll: float = POLL_SECONDS) -> None:
+          poll: float = POLL_SECONDS, stall: float | None = None) -> None:
     """Send ``sub``'s events over ``ws`` until the run's terminal event, the client leaves, or
     the run token that opened it expires (``sub.expired``). ``beyond(cursor)``: why a resume
     cursor is past the run's events (None: it is not); such a resume closes the socket with
@@ -259,6 +260,8 @@ def relay(ws, sub: Subscriber, beyond: Callable[[str], str | None] = lambda _: N
     interval, when shorter): a run expired or deleted while followed closes the socket with
     :data:`NOT_FOUND_CLOSE` (it stayed open for ever)."""
     sink = FrameSink(ws)
+    if stall is not None:  # a peer that takes nothing is let go (flowkit.api.stalls)
+        bound_writes(sink.sock, stall)
     resumes = _Allowance(RESUME_BURST, RESUME_RATE)
     ws.event = _Doorbell(sub)
     sub.poke()  # what the reader signalled before the doorbell was in place: look once

@@ -7,6 +7,9 @@ tenant went unanswered. API keys are the operator's own and are not counted.
 
 from __future__ import annotations
 
+import functools
+import socket
+
 import httpx
 import pytest
 import websocket
@@ -87,3 +90,44 @@ def test_an_owners_streams_and_waits_count_together_across_its_runs(served, stor
             s.__exit__(None, None, None)
     for run in [*runs, other]:
         flowkit.cancel(run["id"])
+
+
+def _stalled_follower(url: str, run: dict, websocket_: bool) -> socket.socket:
+    """A client that opens the run's stream and then reads nothing more (a frozen tab),
+    its kernel acknowledging all the while: nothing ever times it out by itself."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    path = f"/runs/{run['id']}/{'stream' if websocket_ else 'events'}?token={run['token']}"
+    upgrade = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n") if websocket_ else \
+        "Accept: text/event-stream\r\n"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{upgrade}\r\n".encode())
+    assert sock.recv(12).split()[-1] in (b"101", b"200")
+    return sock
+
+
+@pytest.mark.parametrize("websocket_", [True, False], ids=["websocket", "sse"])
+def test_a_follower_that_reads_nothing_is_let_go_and_gives_its_stream_back(
+        flowkit_env, worker, websocket_):
+    """Its write blocked for ever: the thread, the subscription and the token's stream stayed
+    held after the run ended (32 of them, and the run's own viewers were refused 429). A
+    write the peer takes nothing of for two ping intervals now ends the stream."""
+    for served in serve(make_app(streams_per_caller=1, ping_interval=0.5)):
+        with served.client() as client:
+            run = start(client, "bulky_output", {"chunks": 200, "size": 50_000})
+            flowkit.get_run(run["id"]).wait(30)
+            before_the_end = flowkit.history(run["id"])[-2].id
+            stalled = _stalled_follower(served.url, run, websocket_)
+            try:
+                with served.client(key=run["token"]) as viewer:
+                    last = functools.partial(viewer.get, f"/runs/{run['id']}/events",
+                                             headers={"Accept": "text/event-stream"},
+                                             params={"after": before_the_end})
+                    assert last().status_code == 429  # held by the stalled follower meanwhile
+                    # the token's one stream is free again
+                    wait_until(lambda: last().status_code == 200, 20,  # noqa: B023 - one pass
+                               "the stalled follower to be let go")
+            finally:
+                stalled.close()

@@ -10,6 +10,7 @@ from ...events import START, parse_cursor, past_the_end
 from .. import schemas
 from ..errors import ApiError
 from ..requests import access, negotiated_stream, query
+from ..stalls import stall_seconds
 from ..state import state
 from ..streaming import SSE, VANISHED_CHECK, stream_response
 from ..ws import POLL_SECONDS, TRY_AGAIN_LATER_CLOSE, close, relay
@@ -156,4 +157,5 @@ def stream(ws, run_id: str):
     sub.wants_status = g.flowkit_status
     ping = state().options.ping_interval
     relay(ws, sub, beyond=lambda cursor: _beyond(run_id, cursor),
-          poll=min(POLL_SECONDS, max(ping, VANISHED_CHECK)) if ping else POLL_SECONDS)
+          poll=min(POLL_SECONDS, max(ping, VANISHED_CHECK)) if ping else POLL_SECONDS,
+          stall=stall_seconds(ping))

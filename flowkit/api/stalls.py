@@ -1,0 +1,41 @@
+"""A follower that takes nothing is let go.
+
+Why: a stream's writes block until the peer takes the bytes, and a peer that stops reading
+(a frozen tab, a client that opened the socket and went on with something else) but whose
+kernel still acknowledges the connection never lets them go: its server thread, its relay
+subscription and its token's stream quota stayed held long after the run ended (32 of them
+and the run's own viewers were refused, 429), and a deploy's SIGTERM waited for them out the
+whole graceful timeout. A write the peer accepts nothing of for two keep-alive intervals
+now fails (``SO_SNDTIMEO``), which ends the stream and gives everything back: a live peer
+takes a ping within one interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+
+#: The least time a write may wait for a peer that takes nothing.
+LEAST_STALL_SECONDS = 1.0
+
+
+def stall_seconds(ping_interval: float) -> float:
+    return max(LEAST_STALL_SECONDS, 2 * ping_interval)
+
+
+def bound_writes(sock: object, seconds: float) -> None:
+    """Make a blocking write to ``sock`` fail once the peer has taken nothing for
+    ``seconds`` (a socket with a Python timeout has its own bound, and is left alone)."""
+    if not isinstance(sock, socket.socket) or sock.gettimeout() is not None:
+        return
+    whole = int(seconds)
+    with contextlib.suppress(OSError):  # not a TCP socket after all (a test's socketpair)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
+
+
+def connection_socket(environ: dict) -> object:
+    """The client's socket, as the WSGI servers flowkit runs under give it (gunicorn,
+    werkzeug's); None under another."""
+    return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
