@@ -237,6 +237,19 @@ test("a run failed by the reaper's give-up fails its step too (no step.failed ca
   assert.equal(state.steps["0:a"].error.type, "WorkerLost");
 });
 
+test("a run one branch failed stops the branches still open (no event of theirs comes)", () => {
+  const state = foldEvents(initialRunState("r1"), [
+    ev("1-0", "run.started"),
+    ev("2-0", "step.started", { step: "0.0:slow", attempt: 1 }),
+    ev("3-0", "step.started", { step: "0.1:fails", attempt: 1 }),
+    ev("4-0", "step.failed", { step: "0.1:fails", attempt: 1, error: { message: "boom" } }),
+    ev("5-0", "run.failed", { step: "0.1:fails", error: { message: "boom" } }),
+  ]);
+  assert.equal(state.steps["0.1:fails"].status, "failed");
+  assert.equal(state.steps["0.0:slow"].status, "cancelled");
+  assert.equal(state.steps["0.0:slow"].endedAt, 0.005);
+});
+
 test("a run failed as a whole (no step named) ends its open steps failed", () => {
   const state = foldEvents(initialRunState("r1"), [
     ev("1-0", "run.started"),

@@ -271,13 +271,15 @@ export function foldEvent(state, event) {
       return { ...next, state: "succeeded", output: event.output ?? null, waiting: null, waits: [], error: null };
     case "run.failed": {
       next = { ...next, state: "failed", error: { ...(event.error ?? {}), step: event.step ?? event.error?.step ?? null }, waiting: null, waits: [] };
-      // the reaper's give-up fails the run without a step.failed: its step is failed too
-      // (another branch may still run: its own event says how it ends); a failure of the
-      // whole run (its workflow's steps changed, a loop limit) names no step: every open one
-      // ended with it
+      // the reaper's give-up fails the run without a step.failed: its step is failed too; a
+      // failure of the whole run (its workflow's steps changed, a loop limit) names no step:
+      // every open one ended with it
       if (!key) return { ...next, steps: closeOpen(next.steps, "failed", ts) };
       const open = next.steps[key] && ["running", "retrying", "waiting"].includes(next.steps[key].status);
-      return open ? withStep(next, key, (s) => copyStep(s, { status: "failed", error: event.error ?? null, endedAt: ts, waiting: false })) : next;
+      if (open) next = withStep(next, key, (s) => copyStep(s, { status: "failed", error: event.error ?? null, endedAt: ts, waiting: false }));
+      // the other branches still open are stopped with the run (their end writes no event
+      // once it failed): they showed running for good
+      return { ...next, steps: closeOpen(next.steps, "cancelled", ts) };
     }
     case "run.cancelled":
       return { ...next, state: "cancelled", waiting: null, waits: [], steps: closeOpen(next.steps, "cancelled", ts) };
