@@ -557,6 +557,33 @@ def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     assert page.evaluate("window.flowkitRun.watch.connects") >= 2
 
 
+def test_a_run_page_makes_room_for_its_events_in_a_tab_full_of_earlier_runs(api, client, page):
+    """Every run page visited kept its events in the tab's sessionStorage, never removed:
+    once full (after about five large runs), no later run's were saved, and each refresh
+    replayed its whole history from the server."""
+    earlier = "flowkit.ui.events.01M90000000000000000000000"
+    page.goto(f"{api.url}/ui")
+    filled = page.evaluate("""(key) => {  // to the last byte: chunks of 1 MiB, then halves
+        let i = 0;
+        for (let size = 1 << 20; size >= 1; size >>= 1) {
+            const chunk = "x".repeat(size);
+            try { for (;;) sessionStorage.setItem(key + "-" + i++, chunk); } catch { i--; }
+        }
+        return i;
+    }""", earlier)
+    assert filled > 0
+    run = start(client, "streaming", {"before": 3, "after": 0})
+    open_gate(flowkit.get_run(run["id"]), "streamer")
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    saved = f"JSON.parse(sessionStorage.getItem('flowkit.ui.events.{run['id']}'))"
+    ids = [e.id for e in history(run["id"])]
+    wait_until(lambda: [e["id"] for e in page.evaluate(saved) or ()] == ids, WAIT / 1000,
+               "the run's events saved")  # within a second of the last (the page's pace)
+    assert page.evaluate(f"Object.keys(sessionStorage).filter(k => k.startsWith('{earlier}'))") \
+        == []  # the earlier runs' made room
+
+
 @pytest.mark.long  # it mostly waits: beside the rest (the fast tier neared 15 min)
 def test_a_thousand_item_fan_out_renders_one_page_of_items_paged_by_keyboard(api, client,
                                                                            page):

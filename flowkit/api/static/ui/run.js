@@ -68,7 +68,14 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   let saveTimer = null;
   const save = () => {
     saveTimer = null;
-    try { sessionStorage.setItem(storeKey(runId), JSON.stringify(events)); } catch { /* full: a refresh replays */ }
+    const saved = JSON.stringify(events);
+    try { sessionStorage.setItem(storeKey(runId), saved); return; } catch { /* full */ }
+    // full of the runs seen before in this tab (never removed: after a few large ones no
+    // run's events were kept, and each refresh replayed its whole history): theirs go
+    for (const key of Object.keys(sessionStorage)) {
+      if (key.startsWith(storeKey("")) && key !== storeKey(runId)) sessionStorage.removeItem(key);
+    }
+    try { sessionStorage.setItem(storeKey(runId), saved); } catch { /* still full: a refresh replays */ }
   };
   addEventListener("pagehide", save);
 
