@@ -222,8 +222,14 @@ async def _guarded(
     cut = False  # cancelled here at its deadline
     try:
         try:
-            await asyncio.wait([work, *([watcher] if watcher else [])], timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            watching = watcher
+            while True:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                await asyncio.wait([work, *([watching] if watching else [])], timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if work.done() or stopped or (deadline is not None and loop.time() >= deadline):
+                    break
+                watching = None  # its watcher failed (Redis away): the work goes on, unwatched
             if not work.done():  # past its deadline, or its run stopped: cancelled
                 cut = not stopped
                 work.cancel()

@@ -306,3 +306,22 @@ async def _slow(data: dict) -> dict:
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+def test_a_coroutine_whose_cancel_watcher_fails_runs_to_its_end():
+    """The watcher asks Redis whether the run was cancelled; one that raised (Redis away past
+    its retries) cut the coroutine as if its deadline had passed, and one with no timeout
+    failed on formatting it. The coroutine goes on, unwatched."""
+    from flowkit import coroutines
+
+    def redis_away() -> bool:
+        raise flowkit.StoreUnavailable("flowkit's Redis is unreachable")
+
+    async def work(seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        return 42
+
+    later = coroutines.CANCEL_POLL_SECONDS * 1.5  # past the watcher's first look
+    for timeout in (None, 60.0):
+        assert coroutines.run_coroutine(work, (later,), {}, timeout,
+                                        cancelled=redis_away) == 42
