@@ -559,3 +559,22 @@ def test_one_sender_s_events_reach_a_looking_back_loop_in_the_order_sent():
     for i in range(n):  # one sender: each send returns before the next begins
         flowkit.send_event(key, i)
     assert [run.result(WAIT)["got"] for run in runs] == [list(range(n))] * 4
+
+
+def test_a_resume_owed_to_a_run_whose_record_cannot_be_read_stops_no_sweep(caplog):
+    """Beat's sweep sends owed resumes first: one that raised there stopped every sweep for
+    good (no restart, no timer, no schedule), the bad entry never settled."""
+    import logging
+
+    from flowkit.engine import reaper
+
+    store = get_store()
+    broken = wf.approval.start({"n": 1})
+    paused(broken)
+    store.redis.hset(store.keys.run(broken.id), "gen", "not a number")  # a damaged record
+    store.owe_resume(broken.id, 1)
+    with caplog.at_level(logging.ERROR, logger="flowkit"):
+        assert reaper.sweep()["resumed"] == []
+    assert f"the resume owed to run {broken.id} (generation 1) is dropped" in caplog.text
+    assert store.owed_resumes() == []
+    assert "timers" in reaper.sweep()  # the next sweep goes through too

@@ -28,6 +28,7 @@ from ..errors import (
     RunCancelled,
     RunNotFound,
     StepError,
+    StoreUnavailable,
     ValidationError,
 )
 from ..flow import MAX_DELAY, check_priority
@@ -675,6 +676,12 @@ def send_owed_resumes(store: Store | None = None) -> list[str]:
         try:
             run = Run.load(run_id, store)
         except RunNotFound:  # expired since
+            run = None
+        except StoreUnavailable:
+            raise
+        except Exception:  # a record it cannot read: dropped, or every sweep stopped here
+            log.exception("flowkit: the resume owed to run %s (generation %s) is dropped: "
+                          "its record cannot be read", run_id, gen)
             run = None
         if run is not None and run.gen == gen and not run.done:
             try:
