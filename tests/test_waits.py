@@ -578,3 +578,27 @@ def test_a_resume_owed_to_a_run_whose_record_cannot_be_read_stops_no_sweep(caplo
     assert f"the resume owed to run {broken.id} (generation 1) is dropped" in caplog.text
     assert store.owed_resumes() == []
     assert "timers" in reaper.sweep()  # the next sweep goes through too
+
+
+def test_a_sweep_pass_that_fails_stops_none_of_the_others(caplog):
+    """A delayed start whose record cannot be read raised in the timers pass, and every
+    sweep stopped there for as long as it stayed: no schedule fired, no slot was given back,
+    no sweep was recorded (flowkit doctor: beat not sweeping)."""
+    import logging
+
+    from flowkit.engine import reaper
+
+    store = get_store()
+    damaged = wf.simple.start({"n": 1}, delay=60)
+    store.redis.hset(store.keys.run(damaged.id), "gen", "not a number")
+    flowkit.schedules.create("simple", every=3600, input={"n": 2}, id="beside-a-damaged-run")
+    definition, tick = store.schedule("beside-a-damaged-run")
+    before = (store.last_sweep() or {}).get("at", 0)
+    with caplog.at_level(logging.ERROR, logger="flowkit"):
+        report = reaper.sweep(tick + 0.5)  # an hour on: the start and one tick are due
+    assert report["failed"] == ["timers"]
+    assert "its timers pass failed; the other passes go on" in caplog.text
+    [started] = report["scheduled"]
+    assert flowkit.get_run(started).wait(WAIT).state == "succeeded"
+    assert store.last_sweep()["at"] > before
+    flowkit.schedules.delete("beside-a-damaged-run")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from ..config import get_settings
 from ..errors import (
@@ -79,8 +81,37 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
             admission.released(run_id, store)
             notify.run_failed(run_id)
 
+    def guarded(name: str, run_pass: Callable[[], Any], default: Any = None) -> Any:
+        """One pass; one that fails (a record it cannot read) is said and the others go on:
+        every sweep stopped there, and with it the timers, schedules, slots and the record
+        of the sweep itself, for as long as the cause stayed."""
+        try:
+            return run_pass()
+        except StoreUnavailable:
+            raise  # Redis away: every pass would fail alike; the next sweep tries again
+        except Exception:
+            log.exception("flowkit reaper: its %s pass failed; the other passes go on", name)
+            report.setdefault("failed", []).append(name)
+            return default
+
     # first: a run whose resume the broker could not take is no stranded run to restart
-    report["resumed"] = send_owed_resumes(store)
+    report["resumed"] = guarded("owed resumes", lambda: send_owed_resumes(store), [])
+    guarded("restarts", lambda: _restarts(store, settings, now, depths, report, restart))
+    report["timers"] = guarded("timers", lambda: fire_due_timers(now, store), [])
+    report["scheduled"] = guarded("schedules", lambda: fire_schedules(now), [])
+    # slots of runs that ended without giving them back
+    report["admitted"] = guarded("admission", lambda: admission.reconcile(store), [])
+    guarded("component slots", lambda: limits.reconcile(store))  # holders whose lease lapsed
+    report["compacted"] = guarded("compaction", lambda: compact_ended(now), [])
+    # the clock's time, not ``now`` (a test's): flowkit doctor asks whether beat is alive
+    store.record_sweep(time.time(), settings.reaper_interval)
+    return report
+
+
+def _restarts(store: Store, settings: Any, now: float, depths: QueueDepths,
+              report: dict[str, list[str]], restart: Callable[..., None]) -> None:
+    """The passes that restart runs: lapsed leases, runs queued too long, stranded and
+    stalled runs (each later one skips the runs an earlier one restarted)."""
     lapse = settings.heartbeat_lapse
     lost = f"worker lost (no heartbeat for {lapse:g}s)"
     for run_id, step in store.lapsed_leases(now):
@@ -115,14 +146,6 @@ def sweep(now: float | None = None) -> dict[str, list[str]]:
     # not its next step waiting in line
     for run_id in _lost(store.quiet_since(limit), store, depths)[0]:
         restart(run_id, RunState.RUNNING, stalled, RestartCause.STALLED, stalled, before=limit)
-    report["timers"] = fire_due_timers(now, store)  # wait timeouts, sleeps, delayed starts
-    report["scheduled"] = fire_schedules(now)
-    report["admitted"] = admission.reconcile(store)  # slots of runs that ended without giving
-    limits.reconcile(store)  # component slots whose holder's lease lapsed
-    report["compacted"] = compact_ended(now)
-    # the clock's time, not ``now`` (a test's): flowkit doctor asks whether beat is alive
-    store.record_sweep(time.time(), settings.reaper_interval)
-    return report
 
 
 #: Runs compacted per shard and sweep at most (a backlog drains over a few sweeps).
