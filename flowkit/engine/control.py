@@ -687,8 +687,7 @@ def send_owed_resumes(store: Store | None = None) -> list[str]:
             try:
                 send_resume(run.id, gen, run.queue)
             except BrokerUnavailable as exc:  # still away: the next sweep tries again
-                log.warning("flowkit: %d resumes still owed: %s", len(store.owed_resumes()),
-                            exc)
+                log.warning("flowkit: resumes still owed, the broker is away: %s", exc)
                 break
             sent.append(run_id)
         store.settle_resume(run_id, gen)

@@ -9,6 +9,7 @@ from ...engine import control
 from ...events import START, parse_cursor, past_the_end
 from .. import schemas
 from ..errors import ApiError
+from ..relay import RelayEvent
 from ..requests import access, negotiated_stream, query
 from ..stalls import stall_seconds
 from ..state import state
@@ -81,11 +82,12 @@ def _window_bits(param: str) -> bool:
     return True
 
 
-def _known(run_id: str, cursor: str, field: str) -> str:
+def _known(run_id: str, cursor: str, field: str, last: RelayEvent | None = None) -> str:
     """``cursor``, unless it is past the run's last event (404, see
     :func:`flowkit.events.past_the_end`; not 400: the cursor is a well-formed id, this run
-    has no such event, as a page past the end of a list)."""
-    beyond = _beyond(run_id, cursor)
+    has no such event, as a page past the end of a list). ``last``: the run's last event,
+    when the caller read it already."""
+    beyond = _beyond(run_id, cursor, last)
     if beyond:
         raise ApiError(404, "not_found", "No such event in this run.", {field: [
             f"{cursor} is past the run's events ({beyond}): resume from an id its stream "
@@ -93,18 +95,12 @@ def _known(run_id: str, cursor: str, field: str) -> str:
     return cursor
 
 
-def _at_the_end(run_id: str, cursor: str) -> bool:
-    """``cursor`` is the ended run's last event (its latest terminal one)."""
-    last = state().hub.last_event(run_id)
-    return last is not None and last.terminal and last.id == cursor
-
-
-def _beyond(run_id: str, cursor: str) -> str | None:
+def _beyond(run_id: str, cursor: str, last: RelayEvent | None = None) -> str | None:
     """Why ``cursor`` is past the run's last event (:func:`flowkit.events.past_the_end`),
-    or None."""
+    or None. ``last``: the run's last event, when the caller read it already."""
     if cursor == START:
         return None
-    last = state().hub.last_event(run_id)
+    last = last or state().hub.last_event(run_id)
     return past_the_end(cursor, last.id if last else None, live=not (last and last.terminal))
 
 
@@ -123,11 +119,13 @@ def get_events(run_id: str):
             cursor, field = parse_cursor(header), "Last-Event-ID"
         else:
             cursor, field = parse_cursor(after) or START, "after"
-        if cursor != START and _at_the_end(run_id, cursor):
-            # a browser's EventSource reconnects after every body that ends, for as long as
-            # its page is open (every ~3 s); 204 is what SSE says to stop with
+        last = current.hub.last_event(run_id) if cursor != START else None
+        if last is not None and last.terminal and last.id == cursor:
+            # resumed from the ended run's last event: a browser's EventSource reconnects
+            # after every body that ends, for as long as its page is open (every ~3 s);
+            # 204 is what SSE says to stop with
             return Response(status=204, headers={"Cache-Control": "no-cache"})
-        sub = current.hub.subscribe(run_id, _known(run_id, cursor, field),
+        sub = current.hub.subscribe(run_id, _known(run_id, cursor, field, last),
                                     expires_at=access().expires_at,
                                     holder=access().stream_holder)
         sub.wants_status = args.get("status", False)
