@@ -96,6 +96,12 @@ def dumps_bounded(value: Any, what: str) -> str:
         where = culprit(value)
         at = f" (at {where})" if where else ""
         raise TypeError(f"{what} must be JSON-serialisable{at}: {exc}") from None
+    if _mixed_keys(value):
+        clash = key_clash(value)
+        if clash:
+            raise TypeError(f"{what} cannot be JSON as it is: {clash}, and JSON's readers keep "
+                            "only the last of two same keys: give that object keys of one "
+                            "type (str)")
     limit = get_settings().max_payload_bytes
     if size > limit:
         raise PayloadTooLarge(
@@ -108,6 +114,46 @@ def dumps_bounded(value: Any, what: str) -> str:
 #: What JSON takes as an object's key (json writes int, float, bool and None as strings).
 _KEY_TYPES = (str, int, float, bool, type(None))
 _NONE = object()
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _mixed_keys(value: Any) -> bool:
+    """Whether some object in ``value`` has a key that is not a str (the only place two
+    keys can become one in JSON: ``1`` and ``"1"``). Cheap: a walk over containers only."""
+    stack = [value] if isinstance(value, _CONTAINERS) else []
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            if any(type(k) is not str for k in item):
+                return True
+            stack.extend([v for v in item.values() if isinstance(v, _CONTAINERS)])
+        else:
+            stack.extend([v for v in item if isinstance(v, _CONTAINERS)])
+    return False
+
+
+def key_clash(value: Any) -> str | None:
+    """Where in ``value`` an object has two keys JSON writes as one (``1`` and ``"1"``,
+    ``None`` and ``"null"``), said as ``['a'] keys 1 and '1' are both "1"``; None if no
+    object has. json writes both, and every reader keeps only the last: data lost."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            written: dict[str, Any] = {}
+            for key in item:
+                text = key if isinstance(key, str) else json.dumps(key)
+                if text in written:
+                    where = f"at {path} " if path else ""
+                    return (f"{where}keys {written[text]!r} and {key!r} are both "
+                            f"{json.dumps(text)}")
+                written[text] = key
+            stack.extend((v, f"{path}[{k!r}]") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def culprit(value: Any) -> str | None:

@@ -538,6 +538,26 @@ def test_an_output_json_cannot_carry_is_refused_with_where_the_part_is(value, wh
     assert str(err.value).startswith(f"the output of step 0:s must be JSON-serialisable{at}: ")
 
 
+@pytest.mark.parametrize("value, clash", [
+    ({1: "a", "1": "b"}, "keys 1 and '1' are both \"1\""),
+    ({"x": [{None: 1, "null": 2}]}, "at ['x'][0] keys None and 'null' are both \"null\""),
+    ({"k": {"true": 1, True: 0}}, "at ['k'] keys 'true' and True are both \"true\""),
+    ({"k": {2.5: 1, "2.5": 0}}, "at ['k'] keys 2.5 and '2.5' are both \"2.5\""),
+])
+def test_an_output_with_two_keys_json_writes_as_one_is_refused(value, clash):
+    from flowkit.serialization import dumps_bounded
+
+    with pytest.raises(TypeError) as err:
+        dumps_bounded(value, "the output of step 0:s")
+    assert str(err.value).startswith(f"the output of step 0:s cannot be JSON as it is: {clash}")
+
+
+def test_an_output_with_keys_of_several_types_that_do_not_clash_is_kept():
+    from flowkit.serialization import dumps_bounded
+
+    assert dumps_bounded({1: "a", "b": {None: 2}}, "x") == '{"1":"a","b":{"null":2}}'
+
+
 def test_an_unknown_component_says_how_to_import_it_in_the_worker():
     """It named FLOWKIT_IMPORTS, a variable flowkit never read."""
     from flowkit.component import lookup

@@ -192,6 +192,17 @@ def test_a_nan_in_an_output_or_event_fails_the_step_instead_of_reaching_readers(
         json.loads(json.dumps(event.data), parse_constant=lambda word: pytest.fail(word))
 
 
+def test_an_output_with_two_keys_json_writes_as_one_fails_the_step_instead_of_losing_one():
+    """``{1: "int", "1": "str"}`` was stored as ``{"1":"int","1":"str"}``, which every JSON
+    reader reads back as ``{"1": "str"}``: the step completed with half its output gone."""
+    run = wf.not_numbers.start({"clash": True})
+    with pytest.raises(flowkit.StepError) as err:
+        run.result(WAIT)
+    assert ("the output of step 0:t.not_a_number cannot be JSON as it is: at ['by_id'] keys 1 "
+            "and '1' are both \"1\"") in str(err.value)
+    assert types(run)[-2:] == ["step.failed", "run.failed"]
+
+
 def test_a_step_whose_output_cannot_be_kept_has_its_attempt_span_say_error():
     """The output is kept after the attempt's span closed: the run failed, its span said ok."""
     run = wf.not_numbers.start({"emit": False})

@@ -61,7 +61,10 @@ anonymous = component(lambda data: {"n": data["n"] * 3})
 
 @component(name="t.not_a_number")
 def not_a_number(data: dict) -> dict:
-    """Returns (or, with ``emit``, emits) a NaN: JSON has no such number."""
+    """Returns (or, with ``emit``, emits) a NaN: JSON has no such number. With ``clash``,
+    an object with keys 1 and "1", which JSON writes as one."""
+    if data.get("clash"):
+        return {"by_id": {1: "int", "1": "str"}}
     if data.get("emit"):
         flowkit.emit({"score": float("inf")})
     return {"score": float("nan")}
