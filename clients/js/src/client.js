@@ -361,9 +361,11 @@ export class RunWatch {
       return;
     }
     // ... and a socket that opened before: its token may have expired since (the watch
-    // page's link), which a fall back to SSE used to say and a socket retried for ever
+    // page's link), which a fall back to SSE used to say and a socket retried for ever; a
+    // watch without a token is checked too (a session the host app ended: its 401 was
+    // retried for ever)
     const checkable = this.tokens.refreshable || this.transportChoice === "websocket" || this.socketOpened;
-    if (!end.opened && !end.checked && !end.tokenFailed && end.token && checkable && this.transport === "websocket") {
+    if (!end.opened && !end.checked && !end.tokenFailed && checkable && this.transport === "websocket") {
       this.checkRefusal(end); // was it the token? A browser does not say why a socket failed
       return;
     }
@@ -431,7 +433,7 @@ export class RunWatch {
       if (status === 401 && error.code === TOKEN_EXPIRED) {
         this.ended({ ...end, checked: true, status: 401, code: TOKEN_EXPIRED });
       } else if ([401, 403, 404, 410].includes(status)) {
-        const hint = status === 401 && this.transportChoice === "websocket"
+        const hint = status === 401 && end.token && this.transportChoice === "websocket"
           ? " (the WebSocket carries its token as ?token=, which takes run tokens only: an API key needs transport \"auto\" or \"sse\")"
           : "";
         this.ended({ ...end, checked: true, status, code: error.code ?? null, message: `${error.message ?? `HTTP ${status}`}${hint}` });
@@ -439,7 +441,7 @@ export class RunWatch {
         this.ended({ ...end, checked: true });
       }
     };
-    const query = `?token=${encodeURIComponent(end.token)}`;
+    const query = end.token ? `?token=${encodeURIComponent(end.token)}` : "";
     this.client.send("GET", `/runs/${encodeURIComponent(this.runId)}${query}`, undefined, {}, undefined).then(settle, () => settle(null));
   }
 
