@@ -1368,15 +1368,15 @@ class Store:
         pipe.execute_command("GET", self.keys.archive(run_id), **{NEVER_DECODE: True})
         pipe.xrange(self.keys.events(run_id), min=f"({after}", count=count)
         blob, raw = pipe.execute()
-        found = archive.after(archive.unpack(blob)[0], after) + _entries(raw)
+        found = archive.events_after(blob, after, count) + _entries(raw)
         return found[:count] if count is not None else found
 
     @_op
     def read_new(self, run_id: str, after: str, block_ms: int, count: int = 500) -> list[Entry]:
         """Events after ``after``, waiting up to ``block_ms`` for the first one."""
-        archived = archive.after(self._archived(run_id)[0], after)
+        archived = archive.events_after(self._archive(run_id), after, count)
         if archived:
-            return archived[:count]
+            return archived
         try:
             reply = self.redis.xread({self.keys.events(run_id): after}, count=count,
                                      block=block_ms)
@@ -1392,12 +1392,12 @@ class Store:
         last = _entries(self.redis.xrevrange(self.keys.events(run_id), count=1))
         if last:
             return last[0]
-        archived = self._archived(run_id)[0]
+        archived = archive.unpack(self._archive(run_id))[0]
         return archived[-1] if archived else None
 
-    def _archived(self, run_id: str) -> tuple[list[Entry], list[str]]:
-        return archive.unpack(self.redis.execute_command(
-            "GET", self.keys.archive(run_id), **{NEVER_DECODE: True}))
+    def _archive(self, run_id: str) -> bytes | None:
+        return self.redis.execute_command("GET", self.keys.archive(run_id),
+                                          **{NEVER_DECODE: True})
 
     # -- compaction (a finished run's streams -> one archive) -----------------------------
 

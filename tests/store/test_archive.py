@@ -97,6 +97,36 @@ def test_a_run_retried_after_compaction_reads_archive_then_stream_and_compacts_a
     assert store.redis.xlen(store.keys.events(RUN)) == 0
 
 
+def test_a_compacted_history_read_in_pages_is_every_event_once_in_order(store):
+    """Each page is cut from the archive by a binary search on its ids (each page unpacked
+    the whole archive again: reading a long run was quadratic, bench/history_read.py)."""
+    events = [(f"{1_700_000_000_000 + i // 3}-{i % 3}", f'{{"n":{i}}}') for i in range(1000)]
+    store.redis.set(store.keys.archive(RUN), archive.pack(events, []))
+    pages, cursor = [], "0-0"
+    while page := store.history(RUN, cursor, 64):
+        pages.append(page)
+        cursor = page[-1][0]
+    assert [e for page in pages for e in page] == events
+    assert [len(p) for p in pages] == [64] * 15 + [40]
+    assert store.history(RUN, events[500][0], 2) == events[501:503]
+    assert store.history(RUN, "1700000000100", 1) == [events[301]]  # "-0" when it has no "-seq"
+    assert store.read_new(RUN, events[-2][0], block_ms=1) == events[-1:]
+    assert store.last_event(RUN) == events[-1]
+
+
+def test_a_kept_unpacked_archive_is_not_changed_by_what_a_reader_does_with_a_read(store):
+    """The last archives read are kept unpacked for the next page: a caller appending to
+    the lists it got (compaction does) must not change what the next read sees."""
+    events = [("1-0", '{"n":0}'), ("2-0", '{"n":1}')]
+    blob = archive.pack(events, ['{"id":"a"}'])
+    got_events, got_spans = archive.unpack(blob)
+    got_events.append(("3-0", "{}"))
+    got_spans.clear()
+    assert archive.unpack(blob) == (events, ['{"id":"a"}'])
+    archive.events_after(blob, "0-0").clear()
+    assert archive.events_after(blob, "0-0") == events
+
+
 # -- trace.lua: the trace expires with the run -----------------------------------------------
 
 
