@@ -203,6 +203,8 @@ export declare class FlowkitClient {
   answer(runId: string, name: string, value: unknown): Promise<{ outcome: string; run: RunRecord }>;
   cancel(runId: string): Promise<RunRecord>;
   retry(runId: string): Promise<RunRecord>;
+  /** A fresh run token for the run (an API key's or your app's session's; not a run token's). */
+  runToken(runId: string): Promise<{ run_id: string; token: string; token_expires_in: number }>;
   run(runId: string): Promise<RunRecord>;
   events(runId: string, options?: { after?: string; limit?: number }): Promise<{ events: FlowkitEvent[]; next: string; done: boolean }>;
   request(method: string, path: string, options?: { body?: unknown; headers?: Record<string, string>; token?: TokenOption }): Promise<any>;

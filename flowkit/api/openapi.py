@@ -301,7 +301,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         spec.components.security_scheme(scheme, definition)
     for name, header in _HEADERS.items():
         spec.components.header(name, header)
-    for name in ("Error", "Run", "StartedRun", "RunPage", "EventPage", "Output", "WorkflowInfo",
+    for name in ("Error", "Run", "StartedRun", "RunToken", "RunPage", "EventPage", "Output", "WorkflowInfo",
                  "Delivered", "EventSent", "ScheduleInfo", "ScheduleList",
                  "WorkflowList", "Trace", "Worker", "Health"):
         spec.components.schema(name, schema=getattr(schemas, name))
@@ -391,6 +391,13 @@ def build_spec(api: ApiState) -> dict[str, Any]:
         spec.path(f"{p}/runs/{{run_id}}/{action}", operations={"post": {
             "operationId": f"{action}Run", "summary": summary, "parameters": [_RUN_ID],
             "responses": _responses({status: "Run"}, (*_RUN, 409, 413))}})
+    spec.path(f"{p}/runs/{{run_id}}/token", operations={"post": {
+        "operationId": "runToken",
+        "summary": "A fresh run token for the run (what a page following it over a WebSocket "
+                   "carries as ?token=, where an API key must never go). An API key's or "
+                   "your app's authorization; a run token may not make another (403).",
+        "parameters": [_RUN_ID],
+        "responses": _responses({200: "RunToken"}, (*_RUN, 413))}})
     spec.path(f"{p}/runs/{{run_id}}/input/{{name}}", operations={"post": {
         "operationId": "sendInput",
         "summary": "Answer a run paused in wait_for_input(name): the JSON body is the value, "

@@ -216,6 +216,14 @@ class StartedRun(Run):
     token_expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
 
 
+class RunToken(Schema):
+    run_id = fields.String(required=True)
+    token = fields.String(required=True, metadata={
+        "description": "A fresh run token, as a start answers with: the run's record, "
+                       "output, events, stream and trace, and answering its waits."})
+    token_expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
+
+
 class RunPage(Schema):
     runs = fields.List(fields.Nested(Run), required=True)
     next = fields.String(allow_none=True, required=True)

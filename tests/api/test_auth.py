@@ -102,6 +102,39 @@ def test_the_host_app_mints_run_tokens_for_runs_it_started(api, store):
     assert as_page.get("/runs").status_code == 403
 
 
+def test_an_api_key_makes_a_run_token_for_a_page_s_websocket(api, store):
+    """A socket carries its credential in its URL, where an API key must never go: the
+    dashboard followed over SSE instead, one of the browser's 6 connections per tab."""
+    admin = api.client()
+    a = start(admin, "chatty", {"n": 1})
+    b = start(admin, "chatty", {"n": 2})
+    made = admin.post(f"/runs/{a['id']}/token")
+    assert made.status_code == 200 and made.headers["Cache-Control"] == "no-store"
+    body = made.json()
+    assert body["run_id"] == a["id"] and body["token_expires_in"] == api.app.config.get(
+        "FLOWKIT_API_TOKEN_TTL", 86400)
+    assert ws_read(ws_connect(f"{api.ws_url}/runs/{a['id']}/stream", token=body["token"]))
+    as_page = api.client(key=body["token"])
+    assert as_page.get(f"/runs/{a['id']}").json()["id"] == a["id"]
+    assert as_page.get(f"/runs/{b['id']}").status_code == 403
+    # a run token may not make the next one: it would never expire
+    again = as_page.post(f"/runs/{a['id']}/token")
+    assert again.status_code == 403
+    assert again.json()["error"]["message"].startswith("A run token cannot make another")
+    unknown = admin.post(f"/runs/{b['id'][:-4]}ZZZZ/token")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert api.client(key=None).post(f"/runs/{a['id']}/token").status_code == 401
+
+
+def test_an_owner_scoped_caller_makes_run_tokens_for_its_own_runs_only(callback_api, store):
+    acme = callback_api.client(key=None, headers={"X-Tenant": "acme"})
+    globex = callback_api.client(key=None, headers={"X-Tenant": "globex"})
+    run = start(acme, "simple", {"n": 1})
+    token = acme.post(f"/runs/{run['id']}/token").json()["token"]
+    assert callback_api.client(key=token).get(f"/runs/{run['id']}").status_code == 200
+    assert globex.post(f"/runs/{run['id']}/token").status_code == 404
+
+
 def test_run_token_on_an_app_without_flowkit_says_what_to_do():
     with pytest.raises(RuntimeError, match=r"call FlowKit\(app\) first"):
         flowkit.FlowKit.run_token("r-1", app=Flask("bare"))

@@ -435,6 +435,26 @@ def test_a_waiting_run_is_answered_with_the_form_from_its_schema(api, client, pa
     assert json.loads(page.text_content("#run-output"))["approved"] is True
 
 
+def test_eight_run_tabs_signed_in_with_an_api_key_all_follow_their_runs_live(api, client, page):
+    """With an API key each run's tab followed over SSE (the key must not go in a socket's
+    URL): each held one of the browser's 6 connections to the server, and a 7th tab did not
+    even load. Each now follows over a WebSocket with a run token its key makes."""
+    runs = [start(client, "approval", {"n": i}) for i in range(8)]
+    tabs = [page] + [page.context.new_page() for _ in runs[1:]]
+    for tab, run in zip(tabs, runs, strict=True):
+        tab.set_default_timeout(WAIT)
+        tab.goto(f"{api.url}/ui/runs/{run['id']}")
+    for tab in tabs:
+        tab.wait_for_selector("#answer-form")
+        expect(tab.locator("#connection")).to_have_text("live")
+        assert tab.evaluate("window.flowkitRun.watch.transport") == "websocket"
+    for run in runs:
+        answered = client.post(f"/runs/{run['id']}/input/approval", json={"ok": True})
+        assert answered.status_code == 202, answered.text
+    for tab in tabs:  # each learns it over its own stream, still open
+        tab.wait_for_selector('#state[data-state="succeeded"]')
+
+
 def test_an_answer_the_step_refuses_is_said_on_the_form_asked_again(api, client, page):
     """The step's validators refused an answer the API took (202), and opened its wait again
     with `refused`: the pages showed an empty form, and when the events reopening it came in

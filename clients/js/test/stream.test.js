@@ -270,6 +270,28 @@ test("websocket without a token (credentials the server wants) stops with the se
   assert.doesNotMatch(state.failure.message, /run tokens only/);
 });
 
+test("an API key follows over the WebSocket with run tokens it makes (runToken)", { skip: SKIP }, async () => {
+  const api = client();
+  const run = await api.start("simple", { n: 1 });
+  const made = await api.runToken(run.id);
+  assert.equal(made.run_id, run.id);
+  assert.ok(made.token_expires_in > 0);
+  const watch = client({ token: () => api.runToken(run.id).then((t) => t.token) }).watch(run.id, { transport: "websocket" });
+  const state = await until(watch, done, "the run's end");
+  assert.deepEqual(state.output, { n: 4 });
+  assert.equal(watch.transport, "websocket");
+});
+
+test("a token function refused by the API (runToken of an unknown run) stops the watch with the 404", { skip: SKIP }, async () => {
+  // the watch took it for a passing failure and retried the function for ever
+  const api = client();
+  const missing = "01M93X05HT2RHYGESAXCMYWMBZ";
+  const watch = client({ token: () => api.runToken(missing).then((t) => t.token) }).watch(missing);
+  const state = await until(watch, (s) => s.connection === "closed", "the refusal");
+  assert.equal(state.failure.status, 404);
+  assert.equal(state.failure.code, "not_found");
+});
+
 test("auto uses SSE at once where there is no WebSocket at all", { skip: SKIP }, async () => {
   const api = new FlowkitClient({ baseUrl: URL_, token: API_KEY, WebSocket: null });
   const run = await api.start("simple", { n: 1 });

@@ -1,4 +1,6 @@
-"""``/runs``: listing runs, one run's record, output and trace, cancelling and retrying."""
+"""``/runs``: listing runs, one run's record, output and trace, cancelling and retrying,
+and a fresh run token for a run (what a page following it over a WebSocket needs: a
+browser's socket carries its credential in the URL, where an API key must never go)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from flask_sock import Sock
 from ...engine import control
 from ...states import RunState
 from .. import schemas
+from ..auth import RUN
 from ..errors import ApiError
 from ..representations import run_json
 from ..requests import access, query
@@ -21,6 +24,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
     bp.get("/runs/<run_id>/trace")(get_trace)
     bp.post("/runs/<run_id>/cancel")(cancel_run)
     bp.post("/runs/<run_id>/retry")(retry_run)
+    bp.post("/runs/<run_id>/token")(new_token)
 
 
 def load_run(run_id: str, write: bool = False, answer: bool = False) -> control.Run:
@@ -75,6 +79,17 @@ def get_trace(run_id: str):
 def cancel_run(run_id: str):
     load_run(run_id, write=True)
     return run_json(control.cancel(run_id, store=state().store))
+
+
+def new_token(run_id: str):
+    if access().kind == RUN:  # one token making the next would never expire
+        raise ApiError(403, "forbidden", "A run token cannot make another: ask the app that "
+                       "gave it for a fresh one (the JS client's `token` as a function).")
+    run = load_run(run_id)
+    current = state()
+    body = {"run_id": run.id, "token": current.auth.issue(run.id),
+            "token_expires_in": current.options.token_ttl}
+    return body, 200, {"Cache-Control": "no-store"}
 
 
 def retry_run(run_id: str):

@@ -844,6 +844,13 @@ export class FlowkitClient {
     return run;
   }
 
+  /** A fresh run token for the run: `{run_id, token, token_expires_in}` (an API key's or
+   * your app's session's; a run token may not make another). What a page watching over a
+   * WebSocket needs, as `token: () => api.runToken(id).then((t) => t.token)`. */
+  runToken(runId) {
+    return this.request("POST", `/runs/${encodeURIComponent(runId)}/token`);
+  }
+
   /** The run's record. */
   run(runId) {
     return this.request("GET", `/runs/${encodeURIComponent(runId)}`);
@@ -977,6 +984,9 @@ export class RunWatch {
       return;
     }
     this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
+    // a listener told "reconnecting" may close the watch (the dashboard does, once its run
+    // ended): the socket opened anyway, and its "open" showed an ended run as live
+    if (this.stopped) return;
     this.connects += 1;
     this.delivered = 0; // events this connection delivered
     const token = this.tokens.value;
@@ -992,6 +1002,7 @@ export class RunWatch {
     };
     const handlers = {
       onOpen: () => {
+        if (this.stopped) return;
         this.refreshes = 0;
         if (this.transport === "websocket") this.socketOpened = true;
         this.setConnection("open");
@@ -1004,7 +1015,9 @@ export class RunWatch {
   }
 
   /** The token function's answer first, then the connection; a function that fails is
-   * retried with the backoff, as a connection that failed would be. */
+   * retried with the backoff, as a connection that failed would be, unless it failed with
+   * this API's refusal (a FlowkitError 401, 403, 404 or 410: `api.runToken(id)` of a run
+   * that is not there), which stops the watch with it, as a refused connection does. */
   fetchToken() {
     this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
     const pending = { close() {} };
@@ -1017,7 +1030,9 @@ export class RunWatch {
       },
       (error) => {
         if (this.current !== pending) return;
-        this.ended({ opened: false, clean: false, restart: false, tokenFailed: true, message: `token: ${error?.message ?? error}` });
+        const refused = error instanceof FlowkitError && [401, 403, 404, 410].includes(error.status)
+          ? { status: error.status, code: error.code, message: error.message } : {};
+        this.ended({ opened: false, clean: false, restart: false, tokenFailed: true, message: `token: ${error?.message ?? error}`, ...refused });
       },
     );
   }

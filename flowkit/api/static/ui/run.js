@@ -7,7 +7,7 @@
 // client's foldEvent; on a refresh or a dropped connection it resumes the client's watch
 // from the last event id it holds, so nothing is fetched twice and nothing is missed.
 
-import { foldEvent, initialRunState, isTerminal } from "../client/flowkit-client.js";
+import { FlowkitClient, foldEvent, initialRunState, isTerminal } from "../client/flowkit-client.js";
 import { h, fill, duration, when, eventTime, tokensText, costText, pretty, throttle } from "./dom.js";
 import { drawTimeline, groupOf, GROUP_OVER } from "./timeline.js";
 import { drawTrace } from "./trace.js";
@@ -107,9 +107,14 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   function follow() {
     if (watch) return;
-    // an API key never goes in a URL (a WebSocket cannot send headers): SSE over fetch
-    const transport = dashboard && client.token ? "sse" : "auto";
-    watch = client.watch(runId, { lastEventId: folded.lastEventId, transport });
+    // an API key never goes in a URL, as a WebSocket carries its credential: the socket
+    // gets a run token the key makes (and makes again when it expires). Over SSE, each
+    // run's tab held one of the browser's 6 connections to this server: a 7th stalled
+    const follower = dashboard && client.token ? new FlowkitClient({
+      baseUrl: client.baseUrl, credentials: client.credentials,
+      token: () => client.runToken(runId).then((made) => made.token),
+    }) : client;
+    watch = follower.watch(runId, { lastEventId: folded.lastEventId });
     watch.onEvent(receive);
     watch.subscribe((state) => {
       ui.connection.textContent = state.failure ? refusal(state.failure) : state.connection === "open" ? "live"
