@@ -5,7 +5,9 @@ A schema is written with marshmallow (a ``Schema`` class or instance, or a dict 
 fields); it is published as JSON Schema (``GET /workflows/<name>``, OpenAPI, a
 ``run.waiting`` event), and JSON received from outside is held to that published form
 (:func:`json_errors`) as well as to marshmallow's own loading, which is laxer with JSON
-(an Integer field takes ``"7"`` or ``2.5``).
+(an Integer field takes ``"7"`` or ``2.5``, and makes ``2`` of it). Every start is held to
+both, whether it comes over the API, the CLI or ``workflow.start()``: the CLI's local path
+and ``start()`` once made 7 of a 7.9 the API refused.
 """
 
 from __future__ import annotations
@@ -70,7 +72,25 @@ def json_errors(published: dict[str, Any] | None, value: Any) -> dict[str, list[
     # start), and only a run started with a published JSON Schema needs it.
     import jsonschema
 
-    validator = jsonschema.Draft4Validator(_plain(copy.deepcopy(published)))
+    return _errors(jsonschema.Draft4Validator(_plain(copy.deepcopy(published))), value)
+
+
+def schema_errors(schema: marshmallow.Schema | None, value: Any) -> dict[str, list[str]]:
+    """:func:`json_errors` of ``value`` against ``schema``'s published JSON Schema, its
+    validator built once per schema (a start checks every input with it)."""
+    if schema is None:
+        return {}
+    return _errors(_validator_of(schema), value)
+
+
+@lru_cache(maxsize=256)
+def _validator_of(schema: marshmallow.Schema) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft4Validator(_plain(copy.deepcopy(_json_schema_of(schema))))
+
+
+def _errors(validator: Any, value: Any) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path))):
         if error.path:

@@ -95,6 +95,23 @@ def test_input_that_misses_its_schema_says_how_to_type_a_string(env):
     assert flowkit.list_runs() == []
 
 
+def test_a_fraction_for_an_integer_is_refused_here_as_over_the_api_not_cut(env):
+    """Without --url the CLI (and ``start()``) held the input to marshmallow alone, which
+    made 7 of 7.9 and started the run, where the API refused it."""
+    result = cli("run", "simple", "-i", "n:=7.9", "--detach", *APP, env=env)
+    assert result.returncode == 2
+    assert one_line(result) == ("flowkit run: the input does not fit the schema of workflow "
+                                "'simple' (n: 7.9 is not of type integer); set fields with -i "
+                                "key=value or --input JSON.")
+    with pytest.raises(flowkit.ValidationError) as err:
+        wf.simple.start({"n": 7.9})
+    assert err.value.fields == {"n": ["7.9 is not of type integer"]}
+    with pytest.raises(flowkit.ValidationError):
+        wf.simple.start({"n": "7"})  # a string of digits, as the API refuses it
+    assert flowkit.list_runs() == []
+    assert wf.simple.start({"n": 7}).result(20) == {"n": 16}
+
+
 def test_follow_takes_a_good_after_as_events_does(env):
     run = wf.simple.start({"n": 1})
     run.result(20)
