@@ -76,6 +76,24 @@ def test_an_event_key_the_api_refuses_is_refused_here_too(env):
                                 "text, not 201 characters.")
 
 
+def test_event_data_or_an_input_nested_past_64_levels_is_refused_here_as_over_the_api(env):
+    """The API refuses such a body (400); the CLI and send_event/send_input took it, and
+    the run it woke failed as its step reported it."""
+    deep = "[" * 70 + "]" * 70
+    result = cli("event", "k", deep, env=env)
+    assert result.returncode == 2
+    assert one_line(result) == ("flowkit event: The data of event 'k' nests objects and arrays "
+                                "more than 64 levels deep; flatten it.")
+    with pytest.raises(flowkit.ValidationError) as err:
+        flowkit.send_event("k", json.loads(deep))
+    assert err.value.fields == {"data": ["Nests objects and arrays more than 64 levels deep; "
+                                         "flatten it."]}
+    assert flowkit.store.get_store().redis.keys("*:sent:*") == []  # nor kept for a look-back
+    with pytest.raises(flowkit.ValidationError) as err:
+        flowkit.send_input("01M93X05HT2RHYGESAXCMYWMBZ", "approval", json.loads(deep))
+    assert str(err.value).startswith("Input 'approval' nests objects and arrays more than 64")
+
+
 def test_input_that_misses_its_schema_says_how_to_type_a_string(env):
     """``-i topic=42`` types 42 as a number, as ``gh api -F`` does: when the schema wants a
     string the message says how to write one; the run is not started."""

@@ -34,7 +34,15 @@ from ..errors import (
 from ..flow import MAX_DELAY, check_priority
 from ..numbers import LAST_TIME, is_number, is_whole
 from ..schemas import check_event_key, check_input_name, json_errors
-from ..serialization import canonical, comparable, dumps, dumps_bounded, loads
+from ..serialization import (
+    MAX_DEPTH,
+    canonical,
+    comparable,
+    dumps,
+    dumps_bounded,
+    loads,
+    nested_too_deeply,
+)
 from ..states import RunState, WaitKind, WaitOutcome
 from ..store import HANDED_OVER, Store, get_store
 from ..workflow import Workflow, workflows
@@ -718,6 +726,7 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     accepted first); the same value sent again is accepted (SAME) and changes nothing.
     """
     check_input_name(name)
+    _shallow_enough(value, "_schema", f"input {name!r}")
     store = store or get_store()
     run = Run.load(run_id, store)
     wait = next((w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name),
@@ -759,6 +768,14 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
     return Delivery(outcome, gen)
 
 
+def _shallow_enough(value: Any, field: str, what: str) -> None:
+    """Refuse ``value`` nested past MAX_DEPTH, as the API refuses such a body: delivered,
+    it failed the run whose step then reported it (the CLI and Python senders took it)."""
+    if nested_too_deeply(value):
+        said = f"nests objects and arrays more than {MAX_DEPTH} levels deep; flatten it."
+        raise ValidationError({field: [said[0].upper() + said[1:]]}, f"{what[0].upper()}{what[1:]} {said}")
+
+
 def _same_answer(store: Store, run_id: str, name: str, answer: str) -> bool:
     given = store.answer_given(run_id, WaitKind.INPUT.value, name)
     return given is not None and canonical(given) == canonical(answer)
@@ -771,6 +788,7 @@ def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
     check_event_key(key)
     store = store or get_store()
     now, settings = time.time(), get_settings()
+    _shallow_enough(data, "data", f"the data of event {key!r}")
     data_json = dumps_bounded(data, f"the data of event {key!r}")
     sent_id = store.record_sent(key, data_json, now, settings.event_lookback_seconds)
     # which: a later wait of the run looks back past it
