@@ -134,6 +134,27 @@ def test_a_cron_line_or_id_ending_in_a_newline_is_refused(client):
     assert flowkit.schedules.list() == []
 
 
+def test_a_cron_line_whose_default_id_no_url_could_reach_is_refused(client):
+    """A cron line of thousands of characters made a default id of as many: stored, GET,
+    pause and DELETE of it were the web server's 414, and it started runs for good."""
+    line = "0 0 " + ",".join(["2"] * 3000) + " * *"
+    answer = client.post("/schedules", json={"workflow": "simple", "cron": line,
+                                             "input": {"n": 1}})
+    assert answer.status_code == 400, answer.text
+    [said] = answer.json()["error"]["fields"]["cron"]
+    assert said.startswith("This schedule's default id, the workflow's name and its cron "
+                           "line ('simple@0_0_2,2,")
+    assert said.endswith(f"{len('simple@' + line.replace(' ', '_'))} characters), is not 1 to 200 printable ASCII characters, no "
+                         "spaces, no // and no leading /, no . or .. between slashes, not "
+                         "ending in /pause or /resume: give the schedule an id (id=..., --id, \"id\" in a POST).")
+    assert flowkit.schedules.list() == []
+    # with an id of its own, the same line is a schedule its paths reach
+    made = client.post("/schedules", json={"workflow": "simple", "cron": line, "id": "long",
+                                           "input": {"n": 1}})
+    assert made.status_code == 201, made.text
+    assert client.delete("/schedules/long").status_code == 204
+
+
 def test_a_schedule_without_its_concurrency_key_s_field_is_refused(client):
     """Stored, each tick failed in the reaper with only a log line to say so."""
     answer = client.post("/schedules", json={"workflow": "per_tenant", "every": 60,
