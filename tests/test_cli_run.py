@@ -58,6 +58,19 @@ def test_a_failed_run_exits_1_with_its_error_and_how_to_retry(env):
         in result.stdout
 
 
+def test_text_with_emoji_codes_and_a_step_key_like_one_are_printed_as_they_are(env):
+    """rich made 🚀 of ``:rocket:`` in a run's output and streamed text, and of the step key
+    ``0:rocket`` followed by ``: `` in the error line, which `flowkit retry --step` needs."""
+    ok = cli("run", "emoji-codes", *APP, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "0:rocket > launch :rocket: now" in ok.stdout
+    assert json.loads(ok.stdout[ok.stdout.index("{"):]) == {"said": "deploy:rocket: now"}
+    failed = cli("run", "emoji-codes", "-i", "fail=true", *APP, env=env)
+    assert failed.returncode == 1
+    assert "error in step 0:rocket: ValueError: broke :fire: here" in failed.stdout
+    assert "\N{ROCKET}" not in ok.stdout + failed.stdout
+
+
 def test_input_from_a_file_with_fields_overridden(env, tmp_path):
     (tmp_path / "in.json").write_text('{"n": 1}')
     result = cli("run", "simple", "--input", f"@{tmp_path / 'in.json'}", "-i", "n:=5", "--json",

@@ -585,6 +585,19 @@ retrying = flowkit.Workflow(
     [add_one, flaky.retry(attempts=3, backoff=flowkit.exponential(0.1, 0.2), jitter=False), double],
     input_schema=number_schema,
 )
+@component(name="rocket")
+def rocket(data: dict) -> dict:
+    """Named as an emoji code is, with such codes in its text: a terminal's renderer made
+    ``0:rocket: ...`` of its error line an emoji, and lost the step key."""
+    flowkit.emit("launch :rocket: now\n")
+    if data.get("fail"):
+        raise ValueError("broke :fire: here")
+    return {"said": "deploy:rocket: now"}
+
+
+#: A run whose text and step key hold ``:name:`` emoji codes, to be shown as they are.
+emoji_codes = flowkit.Workflow("emoji-codes", [rocket])
+
 exhausted = flowkit.Workflow(
     "exhausted",
     [add_one, flaky.retry(attempts=2, backoff=flowkit.exponential(0.05, 0.1), jitter=False)],

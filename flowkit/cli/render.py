@@ -23,9 +23,9 @@ PIPE_WIDTH = 200
 
 def console() -> Console:
     """A console on stdout: the terminal's width, or PIPE_WIDTH (COLUMNS) when not a TTY."""
-    out = Console(highlight=False, soft_wrap=False)
+    out = Console(highlight=False, emoji=False, soft_wrap=False)
     if not out.is_terminal:
-        out = Console(highlight=False, width=int(os.environ.get("COLUMNS") or PIPE_WIDTH))
+        out = Console(highlight=False, emoji=False, width=int(os.environ.get("COLUMNS") or PIPE_WIDTH))
     return out
 
 

@@ -230,9 +230,9 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
     """Show the run's events until it ends; the exit code says how it ended. ``started``:
     the run was just started, so it exists and the server answers; its stream waits out a
     server restarting (a first read of the run failed at once on a 503)."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     if not console.is_terminal:  # each line whole: what reads the pipe parses lines (the
-        console = Console(highlight=False, soft_wrap=True)  # `flowkit input ...` to answer)
+        console = Console(highlight=False, emoji=False, soft_wrap=True)  # `flowkit input ...` to answer)
     # over --url, the hints are the API's calls: flowkit input/retry need the Redis
     api = runs.shown if isinstance(runs, RemoteRuns) else None
     view = RunView(run_id, api=api)
