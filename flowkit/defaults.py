@@ -186,3 +186,7 @@ TRACE_MAX_FIELD_CHARS = 4000
 #: Longest a running step's trace records (its opening record, its LLM calls) wait to be
 #: written in a batch; a step's closing record is written at once, with all that waits.
 TRACE_FLUSH_SECONDS = 0.2
+
+#: Where ``flowkit dev`` found the API mounted in the user's ``--web`` app when it started
+#: (its banner's FLOWKIT_URL): the web process refuses a reload that moved it.
+DEV_API_PREFIX_VARIABLE = "FLOWKIT_DEV_API_PREFIX"

@@ -400,3 +400,29 @@ def test_a_users_web_app_that_does_not_import_is_said_in_one_line(tmp_path, sour
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert f"flowkit dev web: importing 'brokenweb:app' {says}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("web, started, says", [
+    ("shop.web:create_app()", "/flowkit",
+     "--web shop.web:create_app() mounts flowkit at '/api/flows' now, not '/flowkit' as when "
+     "flowkit dev started (the URL it printed): put the prefix back, or restart flowkit dev "
+     "to serve it there."),
+    ("plainweb:app", "/flowkit",
+     "--web plainweb:app: no Flask app with flowkit mounted there now; call FlowKit(app) in "
+     "it again."),
+])
+def test_a_reload_that_unmounted_or_moved_the_api_is_said_not_served(tmp_path, web, started,
+                                                                     says):
+    """After an edit that dropped FlowKit(app), or changed its prefix, dev said "web
+    reloaded" while the URL its banner printed (FLOWKIT_URL) answered 404."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    (project / "plainweb.py").write_text("from flask import Flask\n\napp = Flask(__name__)\n")
+    env = {**_user_env(), "FLOWKIT_DEV_API_PREFIX": started}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
+         "--bind", f"127.0.0.1:{free_port()}", f"flowkit.api.devapp:user_app({web!r})"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"flowkit dev web: {says}" in result.stderr, result.stderr

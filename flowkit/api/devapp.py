@@ -20,6 +20,7 @@ from flask import Flask, redirect
 from gunicorn.errors import AppImportError
 from gunicorn.util import import_app
 
+from ..defaults import DEV_API_PREFIX_VARIABLE
 from ..errors import described
 from .extension import FlowKit
 from .views.ui import ui_url
@@ -55,12 +56,31 @@ def user_app(target: str) -> Any:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return import_app(target)
+        app = import_app(target)
     except AppImportError:
         raise
     except Exception as exc:
         raise AppImportError(f"flowkit dev web: importing {target!r} raised "
                              f"{described(exc)}") from None
+    _check_mounted(app, target)
+    return app
+
+
+def _check_mounted(app: Any, target: str) -> None:
+    """The API where dev started it: an app edited so that it no longer mounts flowkit, or
+    mounts it at another prefix, was served after a reload as "web reloaded", while the
+    banner's FLOWKIT_URL (and every `flowkit run` at it) met 404s."""
+    api = getattr(app, "extensions", {}).get("flowkit")
+    if api is None:
+        raise AppImportError(f"flowkit dev web: --web {target}: no Flask app with flowkit "
+                             "mounted there now; call FlowKit(app) in it again.")
+    started = os.environ.get(DEV_API_PREFIX_VARIABLE)
+    now = api.url_prefix.rstrip("/")
+    if started is not None and now != started:
+        raise AppImportError(f"flowkit dev web: --web {target} mounts flowkit at {now or '/'!r} "
+                             f"now, not {started or '/'!r} as when flowkit dev started (the "
+                             "URL it printed): put the prefix back, or restart flowkit dev to "
+                             "serve it there.")
 
 
 def import_workflows(name: str) -> None:

@@ -39,8 +39,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from ..config import get_settings, reset
+from ..defaults import DEV_API_PREFIX_VARIABLE
 from ..engine.control import live_workers
 from ..workflow import workflows
 from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
@@ -337,7 +339,8 @@ def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name
         "web", [sys.executable, "-m", "gunicorn", "-c", "python:flowkit.api.gunicorn_config",
                 "--bind", f"{_bracketed(args.host)}:{port}", "--graceful-timeout", "5",
                 "--access-logfile", "-", target],
-        env={**env, "FLOWKIT_WEB_CONTROL_SOCKET": f"{tmp}/gunicorn.ctl"}, cwd=cwd,
+        env={**env, "FLOWKIT_WEB_CONTROL_SOCKET": f"{tmp}/gunicorn.ctl",
+             DEV_API_PREFIX_VARIABLE: urlsplit(api_url).path.rstrip("/")}, cwd=cwd,
         probe=lambda: _http_answers(api_url + "/healthz"),
     ))
 
