@@ -151,4 +151,10 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "llm":  # `import flowkit` then flowkit.llm.client_from_env(), as the README
+        # writes it, was an AttributeError; loaded only when asked for (the openai SDK).
+        # import_module: `from . import llm` asks this function for llm again, for ever
+        import importlib
+
+        return importlib.import_module(".llm", __name__)
     raise AttributeError(f"module 'flowkit' has no attribute {name!r}")

@@ -85,3 +85,12 @@ def test_import_flowkit_loads_no_flask():
             "if m in sys.modules]; "
             "assert not web, web; flowkit.FlowKit; assert 'flask' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_flowkit_llm_is_reached_from_import_flowkit_alone():
+    """The README writes ``flowkit.llm.client_from_env()`` after ``import flowkit``: an
+    AttributeError, as the subpackage was not imported. It loads when asked for, not before
+    (the openai SDK stays out of a worker that calls no LLM)."""
+    code = ("import sys, flowkit; assert 'flowkit.llm' not in sys.modules; "
+            "assert callable(flowkit.llm.client_from_env); assert 'flowkit.llm' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
