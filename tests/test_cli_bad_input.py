@@ -130,6 +130,35 @@ def test_a_fraction_for_an_integer_is_refused_here_as_over_the_api_not_cut(env):
     assert wf.simple.start({"n": 7}).result(20) == {"n": 16}
 
 
+def test_events_after_a_cursor_past_the_run_s_end_says_so_as_follow_does(env):
+    """It printed nothing and exited 0: a mistyped cursor read as "no events"."""
+    run = wf.simple.start({"n": 1})
+    run.result(20)
+    last = flowkit.history(run.id)[-1].id
+    result = cli("events", run.id, "--after", "99999999999999-0", env=env)
+    assert result.returncode == 2
+    assert one_line(result).startswith(f"flowkit events: Cursor 99999999999999-0 is past run "
+                                       f"{run.id}'s events (")
+    with pytest.raises(flowkit.ValidationError) as err:
+        flowkit.history(run.id, after="99999999999999-0")
+    assert list(err.value.fields) == ["after"]
+    assert flowkit.history(run.id, after=last) == []  # at its end: nothing more, no error
+    assert cli("events", run.id, "--after", last, env=env).returncode == 0
+
+
+@pytest.mark.parametrize("flag", ["--token", "--api-key"])
+def test_a_credential_without_url_says_it_goes_with_url(env, flag):
+    """It was dropped without a word: the command read Redis, and a user holding only a
+    token was told Redis could not be reached."""
+    plain = {k: v for k, v in env.items() if k != "FLOWKIT_URL"}
+    result = cli("follow", "01M93X05HT2RHYGESAXCMYWMBZ", flag, "secret", env=plain)
+    assert result.returncode == 2
+    assert one_line(result) == (f"flowkit follow: {flag} goes with --url (or FLOWKIT_URL): "
+                                "give the address of your app's flowkit API, e.g. --url "
+                                f"http://127.0.0.1:8000/flowkit, or leave {flag} out to use "
+                                "Redis.")
+
+
 def test_follow_takes_a_good_after_as_events_does(env):
     run = wf.simple.start({"n": 1})
     run.result(20)

@@ -129,6 +129,12 @@ def runs_of(args: argparse.Namespace) -> Runs:
                          "--url http://127.0.0.1:8000, or leave --url out to use Redis.")
     url = args.url or os.environ.get("FLOWKIT_URL")
     if not url:
+        given = "--token" if getattr(args, "token", None) else (
+            "--api-key" if getattr(args, "api_key", None) else None)
+        if given:  # dropped without a word: the command read Redis, and said only that
+            raise UsageError(f"{given} goes with --url (or FLOWKIT_URL): give the address of "
+                             "your app's flowkit API, e.g. --url http://127.0.0.1:8000/flowkit, "
+                             f"or leave {given} out to use Redis.")
         return LocalRuns(args)
     # what the command line says wins over the environment's key
     credential = args.api_key or args.token or os.environ.get("FLOWKIT_API_KEY")

@@ -44,7 +44,7 @@ from ..serialization import (
     nested_too_deeply,
 )
 from ..states import RunState, WaitKind, WaitOutcome
-from ..store import HANDED_OVER, Store, get_store
+from ..store import HANDED_OVER, Entry, Store, get_store
 from ..workflow import Workflow, workflows
 from . import admission, canvas, publish
 from . import schedules as schedules  # the door to schedules too (the API's)
@@ -518,15 +518,30 @@ def history(
     run_id: str, after: str = events.START, limit: int | None = None, store: Store | None = None
 ) -> list[events.Event]:
     """The run's events after ``after`` (exclusive), oldest first. An unknown run (or one
-    expired after its retention) raises RunNotFound: every run has its ``run.queued``."""
+    expired after its retention) raises RunNotFound: every run has its ``run.queued``; a
+    cursor past the run's last event raises ValidationError, as :func:`follow` does (a
+    mistyped cursor read as "no events")."""
     if limit is not None:
         _check_limit(limit)
     store = store or get_store()
     cursor = _cursor(after)
     found = events.parse(store.history(check_run_id(run_id), cursor, limit))
-    if not found and (cursor == events.START or store.last_event(run_id) is None):
-        Run.load(run_id, store)  # nothing at all: unknown, or expired
+    if not found:
+        tail = None if cursor == events.START else store.last_event(run_id)
+        if tail is None:
+            Run.load(run_id, store)  # nothing at all: unknown, or expired
+        else:
+            _check_not_past(run_id, cursor, tail)
     return found
+
+
+def _check_not_past(run_id: str, cursor: str, tail: Entry) -> None:
+    ended = events.parse([tail])[0].terminal
+    beyond = events.past_the_end(cursor, tail[0], live=not ended)
+    if beyond:
+        message = (f"Cursor {cursor} is past run {run_id}'s events ({beyond}): resume from an "
+                   "id its stream gave you, or from the start.")
+        raise ValidationError({"after": [message]}, message)
 
 
 def _check_limit(limit: Any) -> None:
@@ -562,11 +577,8 @@ def follow(run_id: str, after: str = events.START, block_ms: int = 1000) -> Iter
     if tail is None:  # a run has its run.queued from its creation on: unknown, or expired
         Run.load(run_id, store)
     ended = tail is not None and events.parse([tail])[0].terminal
-    beyond = events.past_the_end(after, tail[0] if tail else None, live=not ended)
-    if beyond:
-        message = (f"Cursor {after} is past run {run_id}'s events ({beyond}): resume from an "
-                   "id its stream gave you, or from the start.")
-        raise ValidationError({"after": [message]}, message)
+    if tail is not None:
+        _check_not_past(run_id, after, tail)
     done = ended and events.cursor_order(tail[0]) <= events.cursor_order(after)
     return _tail(store, run_id, after, block_ms, done)
 
