@@ -159,8 +159,13 @@ def test_delete_removes_it_and_then_it_is_not_found(env):
      "2 (char 1)), e.g. '{\"n\": 1}' (quote it for your shell), or @file.json."),
     (["simple", "--every", "60", "--input", '{"m": 1}', *APP], 2,
      "the input does not fit the schema of workflow 'simple' (n: Missing data for required "
-     "field.; m: Unknown field.); pass --input with JSON it accepts, e.g. --input '{\"n\": "
-     "1}' or --input @input.json."),
+     "field.; m: Unknown field.); pass --input with the JSON object each run starts with "
+     "(--input '{...}' or --input @input.json)."),
+    # without --input: no "_schema" key, nor an example of another workflow's input
+    (["simple", "--every", "60", *APP], 2,
+     "the input does not fit the schema of workflow 'simple' (Input must be a JSON object, "
+     "not null: give one ({} when every field has a default).); pass --input with the JSON "
+     "object each run starts with (--input '{...}' or --input @input.json)."),
     (["simple", "--every", "60", "--input", "@/nonexistent/input.json", *APP], 2,
      "--input @/nonexistent/input.json: cannot read the file (No such file or directory)."),
     (["simple", "--every", "60", "--input", '{"n": 1}', "--id", "a b", *APP], 2,

@@ -43,7 +43,7 @@ from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RECONNECT_SECONDS, RECONNECT_TRIES, RemoteRuns
 from .runs import event_cursor
-from .usage import UsageError, field_texts, input_text, parse_json, utf8_text
+from .usage import UsageError, field_texts, fields_line, input_text, parse_json, utf8_text
 
 #: Exit codes: the run succeeded, failed or was cancelled, detached by Ctrl-C.
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_DETACHED = 0, 1, 130
@@ -291,7 +291,7 @@ def _follow_hint(args: argparse.Namespace, run_id: str) -> str:
 
 def _invalid(workflow: str, exc: ValidationError, items: list[str]) -> str:
     said = field_texts(exc.fields)
-    fields = "; ".join(f"{name}: {msgs}" for name, msgs in said.items())
+    fields = fields_line(exc.fields)
     hints = [f" (-i {item} typed it as {_json_type(value)}: write {key}:='\"{text}\"' for the "
              "string)" for item in items
              for key, text, value in [_typed(item)]

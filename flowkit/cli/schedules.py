@@ -20,7 +20,7 @@ from ..errors import ConfigError, ValidationError, WorkflowNotFound
 from ..flow import CRON_LINE, MAX_EVERY, OVERLAPS, SCHEDULE_ID, SCHEDULE_ID_RULE
 from .app import add_app_option, load_app, unknown_workflow
 from .output import emit
-from .usage import UsageError, field_texts, input_text, parse_json
+from .usage import UsageError, fields_line, input_text, parse_json
 
 #: What REST accepts (flowkit.api.schemas.ScheduleBody), checked the same way here.
 _CRON = re.compile(CRON_LINE)
@@ -84,10 +84,9 @@ def create(args: argparse.Namespace) -> int:
     except WorkflowNotFound:
         raise unknown_workflow(args, args.workflow) from None
     except ValidationError as exc:  # said as flowkit run says it, not as raw JSON
-        fields = "; ".join(f"{name}: {said}" for name, said in field_texts(exc.fields).items())
         raise UsageError(f"the input does not fit the schema of workflow '{args.workflow}' "
-                         f"({fields}); pass --input with JSON it accepts, e.g. --input "
-                         "'{\"n\": 1}' or --input @input.json.") from None
+                         f"({fields_line(exc.fields)}); pass --input with the JSON object "
+                         "each run starts with (--input '{...}' or --input @input.json).") from None
     except ConfigError as exc:  # a cron line or time zone the scheduler cannot read
         raise UsageError(str(exc)) from None
     _show(created, args.json)

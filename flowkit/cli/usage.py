@@ -113,3 +113,11 @@ def field_texts(fields: dict[str, Any]) -> dict[str, str]:
     """A ValidationError's field messages, each as one line of text (the CLI's wording)."""
     return {name: " ".join(map(str, said)) if isinstance(said, list) else str(said)
             for name, said in fields.items()}
+
+
+def fields_line(fields: dict[str, Any]) -> str:
+    """A ValidationError's field messages on one line, ``name: message; ...``; what
+    concerns the value as a whole without marshmallow's ``_schema`` key, which names no
+    field a user wrote."""
+    return "; ".join(said if name == "_schema" else f"{name}: {said}"
+                     for name, said in field_texts(fields).items())
