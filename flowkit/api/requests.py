@@ -205,6 +205,10 @@ def _declared_body(length: int) -> bytes:
     return b"".join(parts)
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= 40 and text.isprintable() else text[:37] + "..."
+
+
 def json_body() -> Any:
     """The request's JSON body ({} when empty); 400 when it is not JSON or is cut short of
     its Content-Length, 415 when it does not say it is JSON (an HTML form's body, which
@@ -220,6 +224,11 @@ def json_body() -> Any:
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with "
                        "'Content-Type: application/json' (it came as "
                        f"{request.mimetype or 'no Content-Type'}).")
+    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":  # gzip was read as plain text: "not valid JSON", said wrongly
+        raise ApiError(415, "unsupported_media_type", f"A body sent with 'Content-Encoding: "
+                       f"{_shown(encoding)}' is not read here: send it uncompressed, "
+                       "without Content-Encoding.", headers={"Accept-Encoding": "identity"})
     try:
         value = strict_loads(raw)
     except RecursionError:  # nested past Python's own limit

@@ -4,6 +4,7 @@ cut short (chunked, or of its Content-Length) is 400 and does nothing."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import socket
@@ -224,3 +225,25 @@ def test_a_start_cut_short_of_its_length_is_400_and_starts_nothing(server_url, s
     assert status == 400 and answer["error"]["code"] == "bad_request"
     assert "ended after 8 of its 100 bytes (Content-Length)" in answer["error"]["message"]
     assert runs_of("simple") == before
+
+
+@pytest.mark.parametrize("encoding, body", [
+    ("gzip", gzip.compress(b'{"n": 1}')),  # read as text: "not valid JSON"
+    ("gzip", b'{"n": 1}'),  # labelled gzip, not compressed: it was taken as it was
+    ("br, gzip", b'{"n": 1}'),
+], ids=["compressed", "mislabelled", "two-codings"])
+def test_a_compressed_body_is_415_saying_to_send_it_uncompressed(client, store, encoding,
+                                                                  body):
+    before = runs_of("simple")
+    response = client.post("/workflows/simple/runs", content=body, headers={
+        "Content-Type": "application/json", "Content-Encoding": encoding})
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert error["message"] == (f"A body sent with 'Content-Encoding: {encoding}' is not read "
+                                "here: send it uncompressed, without Content-Encoding.")
+    assert response.headers["Accept-Encoding"] == "identity"
+    assert runs_of("simple") == before
+    plain = client.post("/workflows/simple/runs", json={"n": 1},
+                        headers={"Content-Encoding": "identity"})
+    assert plain.status_code == 202, plain.text
