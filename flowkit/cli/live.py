@@ -67,6 +67,8 @@ class RunView:
     run_id: str
     #: The API's URL (redacted) when the run is followed over ``--url``: hints are its calls.
     api: str | None = None
+    #: Whether the CLI sends the API a credential: the calls it hints at send one too.
+    keyed: bool = True
     state: str = "queued"
     note: str = ""
     steps: dict[str, StepLine] = field(default_factory=dict)
@@ -119,7 +121,8 @@ class RunView:
         verb = kind.split(".", 1)[1]
         self.state = _STATE_AFTER.get(kind, verb)
         if kind == "run.waiting":
-            self.state, self.note = "waiting", _waiting_note(self.run_id, event, self.api)
+            self.state, self.note = "waiting", _waiting_note(self.run_id, event, self.api,
+                                                            self.keyed)
             if event.get("step") in self.steps and event.get("kind") not in ("slot", "sleep"):
                 self.steps[event["step"]].status = "waiting"
             return f"run waiting: {self.note}"
@@ -184,24 +187,29 @@ def _error_text(error: Any) -> str:
     return str(error or "")
 
 
-def _waiting_note(run_id: str, event: dict[str, Any], api: str | None = None) -> str:
+def _waiting_note(run_id: str, event: dict[str, Any], api: str | None = None,
+                  keyed: bool = True) -> str:
     kind, name = event.get("kind"), event.get("name", "")
     if kind == "input":
         prompt = f" ({event['prompt']})" if event.get("prompt") else ""
         answer = (_post(api, f"/runs/{quote(run_id, safe='')}/input/{quote(name, safe='')}",
-                        body=True) if api else f"flowkit input {run_id} {name} '<JSON>'")
+                        body=True, keyed=keyed) if api
+                  else f"flowkit input {run_id} {name} '<JSON>'")
         return f"input {name!r}{prompt}; answer: {answer}"
     if kind == "event":
-        send = (_post(api, f"/events/{quote(name, safe='')}", body=True) if api
+        send = (_post(api, f"/events/{quote(name, safe='')}", body=True, keyed=keyed) if api
                 else f"flowkit event {name} '<JSON>'")
         return f"event {name!r}; send it: {send}"
     return event.get("reason") or f"{kind} {name}".strip()
 
 
-def _post(api: str, path: str, body: bool = False) -> str:
+def _post(api: str, path: str, body: bool = False, keyed: bool = True) -> str:
     """The REST call a remote follower makes instead of a command that needs Redis, with
-    the API key as the CLI reads it (FLOWKIT_API_KEY)."""
-    call = f'curl -X POST {shlex.quote(api + path)} -H "Authorization: Bearer $FLOWKIT_API_KEY"'
+    the API key as the CLI reads it (FLOWKIT_API_KEY); without one when the CLI sends none
+    (an open API, as flowkit dev serves: a header of an unset variable was no key)."""
+    call = f"curl -X POST {shlex.quote(api + path)}"
+    if keyed:
+        call += ' -H "Authorization: Bearer $FLOWKIT_API_KEY"'
     return f"{call} -H 'Content-Type: application/json' -d '<JSON>'" if body else call
 
 
@@ -233,7 +241,7 @@ class Printer:
 
 
 def final_lines(record: dict[str, Any], app: str | None = None,
-                api: str | None = None) -> list[str]:
+                api: str | None = None, keyed: bool = True) -> list[str]:
     """What follows the live view once the run has ended: the output, or the error (and the
     retry command, with the ``-A`` the run was started with: retry imports the workflow; or,
     followed over ``--url``, the API's ``POST .../retry`` at ``api``)."""
@@ -249,7 +257,8 @@ def final_lines(record: dict[str, Any], app: str | None = None,
         where = f" in step {record['failed_step']}" if record.get("failed_step") else ""
         lines.append(f"error{where}: {_error_text(error)}")
         with_app = f" -A {shlex.quote(app)}" if app else ""
-        retry = (_post(api, f"/runs/{quote(str(record.get('id')), safe='')}/retry") if api
+        retry = (_post(api, f"/runs/{quote(str(record.get('id')), safe='')}/retry",
+                       keyed=keyed) if api
                  else f"flowkit retry {record.get('id')}{with_app}")
         lines.append(f"retry it from the failed step: {retry}")
     return lines

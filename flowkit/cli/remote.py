@@ -136,6 +136,8 @@ class RemoteRuns:
                 "Authorization header): drop them from --url, and give the key with "
                 "--api-key or FLOWKIT_API_KEY.")
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        #: Whether requests carry a credential: the API calls the CLI hints at say one too.
+        self.keyed = bool(credential)
         # a query (a gateway's ``?code=``) goes with every request: left in the base URL,
         # httpx joined each path after it (``/flowkit?code=xruns/01X``), a 404 said to
         # check --url

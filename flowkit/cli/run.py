@@ -241,7 +241,8 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         console = Console(highlight=False, emoji=False, soft_wrap=True)  # `flowkit input ...` to answer)
     # over --url, the hints are the API's calls: flowkit input/retry need the Redis
     api = runs.shown if isinstance(runs, RemoteRuns) else None
-    view = RunView(run_id, api=api)
+    keyed = runs.keyed if isinstance(runs, RemoteRuns) else True
+    view = RunView(run_id, api=api, keyed=keyed)
     if not started:  # an unknown run, a server that is down: one line, before any wait
         runs.get(run_id)
     try:
@@ -272,7 +273,7 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         return EXIT_DETACHED
     record = runs.get(run_id)
     if not args.json:
-        for line in final_lines(record, getattr(args, "app", None), api):
+        for line in final_lines(record, getattr(args, "app", None), api, keyed):
             console.print(line, markup=False)
     return EXIT_SUCCEEDED if record.get("state") == "succeeded" else EXIT_FAILED
 

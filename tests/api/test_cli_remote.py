@@ -635,6 +635,26 @@ def test_a_failed_run_followed_over_http_says_the_api_s_retry_call(api, env):
     flowkit.get_run(run_id).wait(20)
 
 
+@pytest.fixture
+def open_api(flowkit_env, worker):
+    yield from serve(make_app(keys=[], open=True))
+
+
+def test_over_an_open_api_the_hinted_call_sends_no_key_the_cli_does_not_have(open_api, env):
+    """flowkit dev's API is open and exports FLOWKIT_URL: the retry call said
+    ``Authorization: Bearer $FLOWKIT_API_KEY``, of a variable no one had set."""
+    plain = {k: v for k, v in env.items() if k != "FLOWKIT_API_KEY"}
+    result = cli("run", "exhausted", "-i", "n=1", "--url", open_api.url, env=plain)
+    assert result.returncode == 1, result.stderr
+    run_id = re.search(r"following run (\S+)", result.stdout).group(1)
+    call = f"curl -X POST {open_api.url}/runs/{run_id}/retry"
+    assert result.stdout.splitlines()[-1] == f"retry it from the failed step: {call}"
+    sent = subprocess.run(["sh", "-c", call], env=plain, capture_output=True, text=True,
+                          timeout=30)
+    assert json.loads(sent.stdout)["state"] == "queued", sent.stdout
+    flowkit.get_run(run_id).wait(20)
+
+
 def test_a_follow_says_when_the_server_cannot_read_redis_and_when_it_can_again(
         flowkit_env, env, tmp_path):
     """Through a Redis outage the follow was silent: the stream stayed open, and looked hung."""
