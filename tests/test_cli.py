@@ -310,7 +310,8 @@ def test_bad_arguments_exit_2_with_what_to_do(env, args, says):
     # a missing module the user's code imports: said without the line that imports it
     ("import json\nimport nosuchmodule\n", "importing 'myapp.flows' failed: No module named "
                                            "'nosuchmodule' (at myapp/flows.py:2); fix that "
-                                           "import"),
+                                           "import.\n"),  # not "then run this again": dev
+    # said it too, and starts again by itself
 ])
 def test_a_module_that_does_not_import_says_where_in_your_code(env, tmp_path, source, says):
     (tmp_path / "myapp").mkdir()

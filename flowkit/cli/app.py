@@ -68,8 +68,9 @@ def load_app(args: argparse.Namespace) -> ModuleType:
                 f"cannot import {name!r} (no module {exc.name!r} from {os.getcwd()}): run this "
                 "from your project's root, or pass -A your.module (or set FLOWKIT_APP)."
             ) from None
+        # not "then run this again": flowkit dev, which says it too, starts again by itself
         raise CodeError(f"importing {name!r} failed: {exc}{raised_at(exc)}; fix that "
-                         "import, then run this again.") from None
+                        "import.") from None
     except Exception as exc:  # the user's module itself raised while importing
         raise CodeError(f"importing {name!r} raised {described(exc)}") from None
     except SystemExit as exc:  # sys.exit() at import: it ended the command without a word
