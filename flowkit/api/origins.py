@@ -86,6 +86,13 @@ def check_open_host(request: Request, trusted: tuple[str, ...]) -> None:
                        "(FLOWKIT_API_KEYS).")
     if any(_hostname(origin.partition("://")[2]) == host for origin in trusted):
         return
+    if not host:  # werkzeug reads a Host it cannot parse ("localhost:abc") as none
+        sent = request.headers.get("Host")
+        shown = repr(sent if sent is None or len(sent) <= 60 else sent[:57] + "...")
+        raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers requests to localhost, "
+                       f"127.0.0.1 or [::1] only, and this one's Host header, {shown}, names "
+                       "no host it can read; send a Host such as localhost:8000, or use an "
+                       "API key (FLOWKIT_API_KEYS).")
     raise ApiError(403, "forbidden", f"FLOWKIT_API_OPEN answers requests to localhost, "
                    f"127.0.0.1 or [::1] only, not to {host!r} (a page of another site can "
                    "reach a local server under its own name); use an API key "

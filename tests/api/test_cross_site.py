@@ -117,6 +117,18 @@ def test_the_open_api_answers_loopback_host_names_only(open_api, store):
             assert local.get("/runs").status_code == 200, host
 
 
+@pytest.mark.parametrize("host", ["localhost:abc", "[::1"])
+def test_a_host_header_the_server_cannot_read_is_refused_naming_it(open_api, store, host):
+    """The refusal named the host as '' (werkzeug reads such a Host as none)."""
+    with httpx.Client(base_url=open_api.url, headers={"Host": host}) as client:
+        response = client.get("/runs")
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == (
+        f"FLOWKIT_API_OPEN answers requests to localhost, 127.0.0.1 or [::1] only, and this "
+        f"one's Host header, {host!r}, names no host it can read; send a Host such as "
+        "localhost:8000, or use an API key (FLOWKIT_API_KEYS).")
+
+
 def _network_address() -> str:
     """This machine's address on its network (no packet is sent: a UDP socket's route)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
