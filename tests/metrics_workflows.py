@@ -54,6 +54,12 @@ def broken(data: dict) -> dict:
     raise ValueError("always broken")
 
 
+@component(name="m.unkept")
+def unkept(data: dict) -> dict:
+    """Returns what JSON cannot carry: the attempt ends, the step fails."""
+    return {"tags": {"a", "b"}}
+
+
 @component(name="m.ask")
 def ask(data: dict) -> dict:
     client = OpenAI(api_key="sk-metrics-test", base_url=os.environ["METRICS_LLM_URL"],
@@ -86,6 +92,7 @@ retried = flowkit.Workflow(
     [flaky.retry(attempts=3, backoff=flowkit.exponential(0.01, 0.02), jitter=False)],
     queue=QUEUE)
 failing = flowkit.Workflow("metrics_failing", [broken], queue=QUEUE)
+unkeepable = flowkit.Workflow("metrics_unkeepable", [unkept], queue=QUEUE)
 asking = flowkit.Workflow("metrics_asking", [ask], queue=QUEUE)
 approval = flowkit.Workflow("metrics_approval", [approve], queue=QUEUE)
 on_prefork = flowkit.Workflow("metrics_on_prefork", [inc, twice], queue=PREFORK)

@@ -253,6 +253,20 @@ def test_a_worker_port_counts_its_steps_retries_and_llm_calls(metrics_worker, st
         "text/plain; version=0.0.4") and "flowkit_step_duration_seconds" in odd.text
 
 
+def test_an_attempt_whose_output_cannot_be_kept_counts_as_an_error(metrics_worker, store):
+    """The attempt was observed ok before its output was found not JSON: the step failed,
+    its metrics (and its OTel span) said ok."""
+    m = Scraper(metrics_worker.metrics_url).mark()
+    run = mw.unkeepable.start({})
+    with pytest.raises(flowkit.StepError, match="must be JSON-serialisable"):
+        run.result(timeout=30)
+    after = m.now()
+    count = "flowkit_step_duration_seconds_count"
+    assert m.delta(count, after, component="m.unkept", outcome="error") == 1
+    assert m.delta(count, after, component="m.unkept", outcome="ok") == 0
+    assert m.delta("flowkit_step_retries_total", after, component="m.unkept") == 0
+
+
 @pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_a_prefork_worker_serves_its_childrens_samples_even_of_children_gone(
         flowkit_env, store, tmp_path):

@@ -39,6 +39,7 @@ from ..errors import (
     describe_error,
     error_message,
     error_origin,
+    mark_final,
 )
 from ..policy import Policy, call_with_timeout
 from ..serialization import MAX_DEPTH, dumps_bounded, loads
@@ -357,11 +358,20 @@ def _produce(
     try:
         if held:
             heartbeat.hold(held.group, held.member)
-        result = pol.call(lambda: _attempt(comp, pol, value, new_context()), **retry_hooks)
+        output_json = pol.call(lambda: _attempt(comp, pol, value, new_context(),
+                                                lambda result: _kept(result, key)),
+                               **retry_hooks)
     finally:
         if held:
             heartbeat.let_go(held.group, held.member)
             limits.leave(store, held, owner=(held_by.gen, held_by.token))
+    if cache_key:
+        cache.put(store, cache_key, output_json, pol.cache_ttl)
+    return output_json, False
+
+
+def _kept(result: Any, key: str) -> str:
+    """The step's output as its checkpoint keeps it (JSON); raises what cannot be kept."""
     if isinstance(result, Continue):
         result = {CONTINUE: _continuation_spec(result)}
     elif isinstance(result, dict) and CONTINUE in result:
@@ -369,17 +379,14 @@ def _produce(
         # input, an LLM's JSON) was taken for a continue_with, and ran what it named
         raise ValueError(f"the output of step {key} holds the key {CONTINUE!r}, which marks "
                          "a continue_with(...) in a step's checkpoint: rename that key")
-    try:
-        output_json = dumps_bounded(result, f"the output of step {key}")
-    except (TypeError, PayloadTooLarge) as exc:  # its attempt's span closed ok: no more
-        spans.output_refused(new_context(), exc)
-        raise
-    if cache_key:
-        cache.put(store, cache_key, output_json, pol.cache_ttl)
-    return output_json, False
+    return dumps_bounded(result, f"the output of step {key}")
 
 
-def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
+def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext,
+             keep: Callable[[Any], str]) -> str:
+    """One attempt of the step: its output as ``keep`` makes it (JSON). An output that
+    cannot be kept (not JSON, too large) ends the attempt as an error, not retried by the
+    default ``retry_on``: its span, metrics and hooks said ``ok`` while its step failed."""
     reset = activate(ctx)
     _observe(spans.attempt_started, hooks.attempt_started, ctx, value)
     began = time.monotonic()
@@ -425,10 +432,16 @@ def _attempt(comp: Component, pol: Policy, value: Any, ctx: StepContext) -> Any:
             # not its output: returned early, it was cached (later runs got it) on its way to
             # a completion the run refuses
             raise stopped
-        else:
-            _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
+        try:
+            kept = keep(result)
+        except (TypeError, ValueError, PayloadTooLarge) as refused:
+            mark_final(refused, "the step's output cannot be kept as it is")
+            _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, None, refused,
                      time.monotonic() - began)
-        return result
+            raise
+        _observe(spans.attempt_finished, hooks.attempt_finished, ctx, value, result, None,
+                 time.monotonic() - began)
+        return kept
     finally:
         ctx.finish()  # a stream it stopped reading unclosed: its span and text, now
         deactivate(reset)

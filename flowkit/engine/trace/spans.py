@@ -198,14 +198,6 @@ def attempt_finished(
     record(ctx.run_id, span, ctx.store, wait=False)
 
 
-def output_refused(ctx: StepContext, error: BaseException) -> None:
-    """The attempt's output could not be kept (not JSON, too large) after its span closed
-    ``ok``: the span says so, as its step failed (records of one span merge, the later
-    winning)."""
-    span = {"id": attempt_span_id(ctx), "status": "error", "error": describe_error(error)}
-    record(ctx.run_id, span, ctx.store, wait=False)
-
-
 # -- calls inside a step (the LLM client) ------------------------------------------------------
 
 
