@@ -122,6 +122,22 @@ def test_events_for_a_person_are_one_line_each(env):
     assert by_type["run.succeeded"].endswith('output {"n": 1, "words": 3}')
 
 
+def test_a_wait_s_deadline_in_events_is_a_local_time_not_unix_seconds(env):
+    """``run.waiting ... expires_at=1796642979.7812862``: the other commands print local times."""
+    from datetime import datetime
+
+    from tests.test_waits import paused
+
+    run = wf.approval.start({"n": 1, "timeout": 3600})
+    waiting = paused(run)
+    [line] = [line for line in flowkit_cli("events", run.id, env=env).stdout.splitlines()
+              if " run.waiting " in line]
+    local = datetime.fromtimestamp(waiting.data["expires_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"expires_at={local} (in " in line, line
+    assert str(waiting.data["expires_at"]) not in line
+    run.cancel()
+
+
 def test_cancel_in_both_forms(env):
     for form in ([], ["--json"]):
         run = wf.chain3.start({"n": 1})

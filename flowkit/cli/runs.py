@@ -168,7 +168,14 @@ def _summary(event: dict[str, Any]) -> str:
         return "output " + short(data.get("output"))
     if kind == ev.RUN_SCHEDULED and data.get("start_at"):
         return f"starts {human_time(data['start_at'])}"
-    return "  ".join(f"{k}={short(v, 80)}" for k, v in data.items())
+    return "  ".join(f"{k}={_value(k, v)}" for k, v in data.items())
+
+
+def _value(name: str, value: Any) -> str:
+    # a time (expires_at, sent_at) as the other commands show one: local, not Unix seconds
+    if name.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return human_time(value)
+    return short(value, 80)
 
 
 def event_line(event: dict[str, Any]) -> str:
