@@ -226,6 +226,20 @@ def test_a_default_id_the_api_could_not_name_is_refused(monkeypatch):
     flowkit.Workflow(long_name, [noop], schedules=[flowkit.Schedule(every=60, id="daily")])
 
 
+def test_a_workflow_named_in_any_text_keeps_its_default_schedule_id(monkeypatch, store):
+    """The check of a run-time schedule's default id held it to the ASCII rule of an id
+    given by hand: a workflow named "résumé" with a declared schedule stopped every worker
+    at its start (its ids are reached percent-encoded, as they were)."""
+    monkeypatch.setitem(_workflows, "résumé", None)
+    flowkit.Workflow("résumé", [noop], schedules=[flowkit.Schedule(every=60)])
+    assert schedules.definition_of("résumé", flowkit.Schedule(every=60))["id"] == \
+        "résumé@every60s"
+    schedules.check_declared()  # raised ConfigError: the worker exited
+    made = flowkit.schedules.create("résumé", every=120, input={})
+    assert made["id"] == "résumé@every120s"
+    flowkit.schedules.delete(made["id"])
+
+
 def test_a_cron_line_s_spacing_is_one_space_in_its_default_id():
     """A trailing newline (a line read from a file) made an id ending in one, which no URL
     reaches: the schedule fired for good. Tabs and double spaces made ids of their own."""

@@ -23,10 +23,10 @@ from typing import Any
 from celery.schedules import ParseException, crontab
 
 from ..errors import ConfigError, FlowkitError, InvalidState, NotFound, error_message
-from ..flow import SCHEDULE_ID, SCHEDULE_ID_RULE, Schedule, zone
+from ..flow import Schedule, zone
 from ..serialization import comparable, loads
 from ..store import Store, get_store
-from ..workflow import get_workflow, workflows
+from ..workflow import SCHEDULE_ID_MAX_CHARS, get_workflow, workflows
 
 log = logging.getLogger(__name__)
 #: Every zone's offset from UTC is a whole number of quarter hours (seconds).
@@ -113,13 +113,15 @@ def definition_of(workflow: str, schedule: Schedule, *, declared: bool = False
     """The stored form of ``schedule``; ``declared``: it comes from the code (a workflow's
     ``schedules=``), so it goes when the code stops declaring it."""
     schedule_id = schedule.default_id(workflow)
-    if not re.fullmatch(SCHEDULE_ID, schedule_id):
+    if len(schedule_id) > SCHEDULE_ID_MAX_CHARS:
         # a cron line of thousands of characters made an id as long: the API's paths could
-        # not reach it (the web server's 414), while it went on starting runs
+        # not reach it (the web server's 414), while it went on starting runs. Its length
+        # only: a workflow's name may be any text, and its ids are reached percent-encoded
         of = "cron line" if schedule.cron else "interval"
         raise ConfigError(f"This schedule's default id, the workflow's name and its {of} "
-                          f"({schedule_id[:40]!r}..., {len(schedule_id)} characters), is not "
-                          f"{SCHEDULE_ID_RULE}: give the schedule an id (id=..., --id, \"id\" in a POST).")
+                          f"({schedule_id[:40]!r}..., {len(schedule_id)} characters), is over "
+                          f"{SCHEDULE_ID_MAX_CHARS} characters: give the schedule an id "
+                          "(id=..., --id, \"id\" in a POST).")
     definition = {
         "id": schedule_id, "workflow": workflow, "cron": schedule.cron,
         "every": schedule.every, "input": schedule.input, "timezone": schedule.timezone,

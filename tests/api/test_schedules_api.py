@@ -144,9 +144,9 @@ def test_a_cron_line_whose_default_id_no_url_could_reach_is_refused(client):
     [said] = answer.json()["error"]["fields"]["cron"]
     assert said.startswith("This schedule's default id, the workflow's name and its cron "
                            "line ('simple@0_0_2,2,")
-    assert said.endswith(f"{len('simple@' + line.replace(' ', '_'))} characters), is not 1 to 200 printable ASCII characters, no "
-                         "spaces, no // and no leading /, no . or .. between slashes, not "
-                         "ending in /pause or /resume: give the schedule an id (id=..., --id, \"id\" in a POST).")
+    assert said.endswith(f"{len('simple@' + line.replace(' ', '_'))} characters), is over 200 "
+                         "characters: give the schedule an id (id=..., --id, \"id\" in a "
+                         "POST).")
     assert flowkit.schedules.list() == []
     # with an id of its own, the same line is a schedule its paths reach
     made = client.post("/schedules", json={"workflow": "simple", "cron": line, "id": "long",
