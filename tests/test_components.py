@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import time
@@ -543,6 +544,10 @@ def test_an_output_json_cannot_carry_is_refused_with_where_the_part_is(value, wh
     ({"x": [{None: 1, "null": 2}]}, "at ['x'][0] keys None and 'null' are both \"null\""),
     ({"k": {"true": 1, True: 0}}, "at ['k'] keys 'true' and True are both \"true\""),
     ({"k": {2.5: 1, "2.5": 0}}, "at ['k'] keys 2.5 and '2.5' are both \"2.5\""),
+    # a dict subclass is an object too (its keys were walked as a list's items)
+    (collections.OrderedDict([(1, "a"), ("1", "b")]), "keys 1 and '1' are both \"1\""),
+    ([collections.defaultdict(int, {None: 1, "null": 2})],
+     "at [0] keys None and 'null' are both \"null\""),
 ])
 def test_an_output_with_two_keys_json_writes_as_one_is_refused(value, clash):
     from flowkit.serialization import dumps_bounded
