@@ -97,10 +97,15 @@ def test_a_run_retried_after_compaction_reads_archive_then_stream_and_compacts_a
     assert store.redis.xlen(store.keys.events(RUN)) == 0
 
 
-def test_a_compacted_history_read_in_pages_is_every_event_once_in_order(store):
+@pytest.mark.parametrize("kept", [False, True], ids=["read", "kept"])
+def test_a_compacted_history_read_in_pages_is_every_event_once_in_order(store, monkeypatch,
+                                                                        kept):
     """Each page is cut from the archive by a binary search on its ids (each page unpacked
     the whole archive again: reading a long run was quadratic, bench/history_read.py)."""
     events = [(f"{1_700_000_000_000 + i // 3}-{i % 3}", f'{{"n":{i}}}') for i in range(1000)]
+    assert len(archive.pack(events, [])) < archive.KEPT_FROM_BYTES  # read, not kept...
+    if kept:
+        monkeypatch.setattr(archive, "KEPT_FROM_BYTES", 0)  # ... unless kept however short
     store.redis.set(store.keys.archive(RUN), archive.pack(events, []))
     pages, cursor = [], "0-0"
     while page := store.history(RUN, cursor, 64):
@@ -114,9 +119,11 @@ def test_a_compacted_history_read_in_pages_is_every_event_once_in_order(store):
     assert store.last_event(RUN) == events[-1]
 
 
-def test_a_kept_unpacked_archive_is_not_changed_by_what_a_reader_does_with_a_read(store):
+def test_a_kept_unpacked_archive_is_not_changed_by_what_a_reader_does_with_a_read(
+        store, monkeypatch):
     """The last archives read are kept unpacked for the next page: a caller appending to
     the lists it got (compaction does) must not change what the next read sees."""
+    monkeypatch.setattr(archive, "KEPT_FROM_BYTES", 0)  # kept, however short
     events = [("1-0", '{"n":0}'), ("2-0", '{"n":1}')]
     blob = archive.pack(events, ['{"id":"a"}'])
     got_events, got_spans = archive.unpack(blob)
