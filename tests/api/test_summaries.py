@@ -63,6 +63,19 @@ def test_folds_are_bounded_to_the_runs_summarised_last(client, store):
     assert folds.kept() == [runs[1]["id"], runs[2]["id"]]  # the oldest went first
 
 
+def test_a_kept_cursor_past_the_run_s_end_is_folded_again_from_the_start(client, store):
+    """A failover that loses a stream's tail leaves a kept fold's cursor past the run's
+    last event: history() refuses such a cursor, and the summary was a 400 for good."""
+    run = start(client, "simple", {"n": 1})
+    assert flowkit.get_run(run["id"]).wait(30).state == "succeeded"
+    folds = summaries.Folds()
+    folds._folds[run["id"]] = summaries.Fold("99999999999999-0", {"0:gone": "completed"}, {})
+    fold = folds.of(run["id"], store)
+    assert fold.cursor == history(run["id"])[-1].id
+    assert set(fold.steps.values()) == {"completed"} and "0:gone" not in fold.steps
+    assert folds.of(run["id"], store).cursor == fold.cursor  # kept, in place of the old one
+
+
 def test_an_id_named_twice_is_summarised_once(client, store):
     run = start(client, "simple", {"n": 1}, params={"wait": 10})
     response = client.get("/runs/summary", params={"ids": f"{run['id']}, {run['id']},{run['id']}"})

@@ -20,6 +20,7 @@ from flask_sock import Sock
 
 from ... import events as run_events
 from ...engine import control
+from ...errors import ValidationError
 from ..errors import ApiError
 from ..state import state
 from .runs import load_run
@@ -87,12 +88,18 @@ class Folds:
         with self._lock:
             kept = self._folds.get(run_id)
             fold = Fold(kept.cursor, dict(kept.steps), dict(kept.tokens)) if kept else Fold()
-        for event in control.history(run_id, after=fold.cursor, store=store):
+        refolded = False
+        try:
+            found = control.history(run_id, after=fold.cursor, store=store)
+        except ValidationError:  # the kept cursor is past the run's end now (a failover
+            # lost the stream's tail): folded again from the start, not a 400 for good
+            fold, found, refolded = Fold(), control.history(run_id, store=store), True
+        for event in found:
             fold.add(event)
         with self._lock:
             kept = self._folds.get(run_id)
-            if kept is None or run_events.cursor_order(kept.cursor) <= \
-                    run_events.cursor_order(fold.cursor):
+            if kept is None or refolded or run_events.cursor_order(
+                    kept.cursor) <= run_events.cursor_order(fold.cursor):
                 self._folds[run_id] = fold
             self._folds.move_to_end(run_id)
             while len(self._folds) > self.most:
