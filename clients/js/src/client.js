@@ -318,6 +318,7 @@ export class RunWatch {
    * that is not there), which stops the watch with it, as a refused connection does. */
   fetchToken() {
     this.setConnection(this.connects === 0 ? "connecting" : "reconnecting");
+    if (this.stopped) return; // closed by a listener told so: no token to fetch
     const pending = { close() {} };
     this.current = pending;
     this.tokens.get().then(
