@@ -661,10 +661,14 @@ def retry(run_id: str, store: Store | None = None) -> Run:
     )
     if not gen:
         raise InvalidState(f"Run {run_id} could not be retried ({why}).")
-    if not run.concurrency_group or admission.request(
-            run_id, run.concurrency_group, run.concurrency_limit or 1, run.priority, store):
+    admitted = not run.concurrency_group or admission.request(
+        run_id, run.concurrency_group, run.concurrency_limit or 1, run.priority, store)
+    # the run as the retry left it (queued), read before the resume: read after, a worker
+    # quick to take it made the answer "running" or even its end, by chance
+    retried = Run.load(run_id, store)
+    if admitted:
         resume(run, gen)  # else it waits in line for its slot, like a new run
-    return Run.load(run_id, store)
+    return retried
 
 
 def resume(run: Run, gen: int) -> None:
