@@ -568,7 +568,9 @@ def test_a_refresh_mid_run_keeps_the_history_and_catches_up(api, client, page):
     restored = page.evaluate("window.flowkitRun.events.length")
     assert restored > 0
     assert page.evaluate("window.flowkitRun.watch.state.lastEventId") is not None
-    page.evaluate("window.flowkitRun.watch.drop()")  # and the connection drops (SSE, with a key)
+    # the page's socket, once open (it first makes its run token: a drop then found none)
+    page.wait_for_selector('#connection[data-connection="open"]')
+    page.evaluate("window.flowkitRun.watch.drop()")  # and the connection drops
     open_gate(handle, "streamer")
     page.wait_for_selector('#state[data-state="succeeded"]')
     assert page.text_content("section.step pre.text") == "a0a1a2b0b1b2"
