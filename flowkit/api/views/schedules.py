@@ -8,7 +8,7 @@ from werkzeug.routing import PathConverter
 
 from ...engine import control
 from ...errors import ConfigError, ValidationError
-from ...schemas import json_errors, json_schema
+from ...schemas import schema_errors
 from .. import schemas
 from ..errors import ApiError
 from ..requests import access, json_body
@@ -57,11 +57,11 @@ def create_schedule():
             raise ApiError(exc.status, exc.code, exc.message, {"workflow": [exc.message]}) from None
     # held to its published JSON Schema as a workflow's input is: marshmallow alone takes
     # "every": "60" and "catchup": "yes"; its own words win where it has some
-    errors = json_errors(json_schema(_BODY), body)
+    errors = schema_errors(_BODY, body)
     if wf is not None and body.get("input") is not None:
         # the input as POST /workflows/<name>/runs holds it (marshmallow alone would store
         # 2.5 for an integer as 2, and every tick would start that run)
-        refused = json_errors(json_schema(wf.input_schema), body["input"])
+        refused = schema_errors(wf.input_schema, body["input"])
         if refused:
             errors["input"] = refused
     try:
