@@ -151,6 +151,29 @@ def test_cancel_in_both_forms(env):
             assert result.stdout.startswith(f"Cancelled run {run.id} (chain3): it is cancelled")
 
 
+def test_cancel_takes_several_runs_and_says_which_it_could_not(env):
+    """``flowkit cancel A B`` was argparse's "unrecognized arguments: B" (retry took several)."""
+    waiting = [wf.approval.start({"n": n}) for n in (1, 2)]
+    for run in waiting:
+        wait_until(lambda run=run: run.refresh().state == "waiting", 20, "the run to wait")
+    ended = wf.simple.start({"n": 1})
+    ended.result(20)
+    result = flowkit_cli("cancel", waiting[0].id, ended.id, waiting[1].id.lower(),
+                         waiting[0].id, env=env)
+    assert result.returncode == 1, result.stderr  # one was refused
+    assert result.stdout.splitlines() == [
+        "Cancelled 2 runs; a running step stops at its next event or check.",
+        f"  {waiting[0].id}", f"  {waiting[1].id}", "Not cancelled (1):",
+        f"  {ended.id}: Run {ended.id} already succeeded; only a run that has not ended "
+        "(queued, scheduled, running or waiting) cancels."]
+    assert [r.refresh().state for r in waiting] == ["cancelled", "cancelled"]
+    again = flowkit_cli("cancel", waiting[0].id, "01J00000000000000000000000", "--json", env=env)
+    assert again.returncode == 1
+    done = json.loads(again.stdout)
+    assert done["cancelled"] == [] and list(done["refused"]) == [
+        waiting[0].id, "01J00000000000000000000000"]
+
+
 def test_input_and_event_in_both_forms(env):
     run = wf.approval.start({"n": 1})
     wait_until(lambda: run.refresh().state == "waiting", 20, "the run to wait for input")

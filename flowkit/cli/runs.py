@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from rich.text import Text
 from .. import events as ev
 from ..engine import control as runs
 from ..engine.control import canonical_run_id
-from ..errors import FlowkitError, ValidationError
+from ..errors import FlowkitError, StoreUnavailable, ValidationError
 from ..workflow import workflows
 from .app import add_app_option, load_app, unknown_workflow
 from .output import add_json_option, emit, human_duration, human_time
@@ -204,10 +205,31 @@ def events(args: argparse.Namespace) -> int:
 
 
 def cancel(args: argparse.Namespace) -> int:
-    run = runs.cancel(args.run_id).to_dict()
+    if len(args.run_ids) > 1:
+        return _cancel_many(args)
+    run = runs.cancel(args.run_ids[0]).to_dict()
     emit(args, run, lambda r: f"Cancelled run {r['id']} ({r['workflow']}): it is {r['state']}; "
                               "a running step stops at its next event or check.")
     return 0
+
+
+def _cancel_many(args: argparse.Namespace) -> int:
+    """Cancel each run named (a batch gone wrong); one refused (ended already, no such
+    run) does not stop the others. Exit 1 when any was refused."""
+    cancelled, refused = _each(runs.cancel, args.run_ids)
+    done = {"cancelled": cancelled, "refused": refused}
+    emit(args, done, _cancelled)
+    return 1 if done["refused"] else 0
+
+
+def _cancelled(done: dict[str, Any]) -> str:
+    lines = [f"Cancelled {plural(len(done['cancelled']), 'run')}; a running step stops at its "
+             "next event or check." if done["cancelled"] else "No run cancelled."]
+    lines += [f"  {run_id}" for run_id in done["cancelled"]]
+    if done["refused"]:
+        lines.append(f"Not cancelled ({len(done['refused'])}):")
+        lines += [f"  {run_id}: {why}" for run_id, why in done["refused"].items()]
+    return "\n".join(lines)
 
 
 def retry(args: argparse.Namespace) -> int:
@@ -237,15 +259,26 @@ def _retry_many(args: argparse.Namespace) -> int:
     and a hundred runs failed at its step); one refused does not stop the others. Exit 1
     when any was refused."""
     chosen = args.run_ids or _failed_runs(args.workflow, args.step, args.limit)
-    done: dict[str, Any] = {"retried": [], "refused": {}}
-    for run_id in chosen:
-        try:
-            runs.retry(run_id)
-            done["retried"].append(run_id)
-        except FlowkitError as exc:
-            done["refused"][run_id] = str(exc)
+    retried, refused = _each(runs.retry, chosen)
+    done = {"retried": retried, "refused": refused}
     emit(args, done, _retried)
     return 1 if done["refused"] else 0
+
+
+def _each(act: Callable[[str], Any], run_ids: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``act`` on each run (a run named twice, once): the ids it did, and why it refused
+    the others. A store or server out of reach stops them all, said once (as one run's)."""
+    did: list[str] = []
+    refused: dict[str, str] = {}
+    for run_id in dict.fromkeys(run_ids):
+        try:
+            act(run_id)
+            did.append(run_id)
+        except StoreUnavailable:
+            raise
+        except FlowkitError as exc:
+            refused[run_id] = str(exc)
+    return did, refused
 
 
 def _failed_runs(workflow: str | None, step: str | None, limit: int) -> list[str]:
@@ -336,8 +369,8 @@ def register(subs) -> None:
     add_json_option(p)
     p.set_defaults(func=events)
 
-    p = subs.add_parser("cancel", help="cancel a queued or running run")
-    p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
+    p = subs.add_parser("cancel", help="cancel queued, running or waiting runs")
+    p.add_argument("run_ids", metavar="RUN_ID", nargs="+", type=canonical_run_id)
     add_json_option(p)
     p.set_defaults(func=cancel)
 
