@@ -174,6 +174,20 @@ def test_cancel_takes_several_runs_and_says_which_it_could_not(env):
         waiting[0].id, "01J00000000000000000000000"]
 
 
+def test_runs_of_a_misspelt_workflow_name_the_close_ones(env):
+    """``flowkit runs -w simpel`` said "No runs of workflow simpel." alone, as for a
+    workflow that never ran; ``runs`` imports no app, so the runs' workflows are compared."""
+    wf.simple.start({"n": 1}).result(20)
+    typo = flowkit_cli("runs", "-w", "simpel", env=env)
+    assert typo.returncode == 0 and typo.stdout == "No runs of workflow simpel.\n"
+    assert "flowkit: did you mean simple" in typo.stderr, typo.stderr
+    assert "(flowkit runs -w simple)" in typo.stderr
+    unlike = flowkit_cli("runs", "-w", "zzzzzz", env=env)  # nothing close: no guess
+    assert unlike.stdout == "No runs of workflow zzzzzz.\n" and unlike.stderr == ""
+    none_failed = flowkit_cli("runs", "-w", "simple", "-s", "cancelled", env=env)
+    assert none_failed.stderr == ""  # the name is right: it is the state that has none
+
+
 def test_input_and_event_in_both_forms(env):
     run = wf.approval.start({"n": 1})
     wait_until(lambda: run.refresh().state == "waiting", 20, "the run to wait for input")

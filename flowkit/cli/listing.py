@@ -7,6 +7,8 @@ listing's cursor does. ``--json`` prints the run records.
 from __future__ import annotations
 
 import argparse
+import difflib
+import sys
 import time
 from typing import Any
 
@@ -19,6 +21,9 @@ from .usage import UsageError, quoted, whole_number
 
 #: Most runs one page lists (the store reads them in one pass).
 MAX_LIMIT = 1000
+
+#: How many of the newest runs name the workflows a ``-w`` typo is compared with.
+NAMESAKES_FROM = 200
 
 
 _limit = whole_number(1, MAX_LIMIT, f"{{text}}: a number of runs from 1 to {MAX_LIMIT}")
@@ -73,9 +78,22 @@ def list_runs(args: argparse.Namespace) -> int:
                                                  ("in state", args.state)) if v)
         print(f"No runs{' ' + which if which else ''}"
               f"{' before ' + args.before if args.before else ''}.")
+        if args.workflow:
+            _say_namesakes(args.workflow)
     else:
         show(runs_table(found, args.limit))
     return 0
+
+
+def _say_namesakes(workflow: str) -> None:
+    """A typo (``-w sumarize``) listed no runs, as a workflow that never ran does: name the
+    close ones among the newest runs' workflows, on stderr. ``runs`` reads the store and
+    imports no app, so the runs are what it knows of workflows (a removed one's stay)."""
+    names = {run.workflow for run in control.list_runs(None, None, NAMESAKES_FROM)}
+    close = difflib.get_close_matches(workflow, sorted(names), n=3)
+    if close and workflow not in names:
+        print(f"flowkit: did you mean {' or '.join(close)}? (flowkit runs -w {close[0]})",
+              file=sys.stderr)
 
 
 def register(subs) -> None:
