@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .output import human_duration
+from .remote import TOKEN
 
 #: Characters of a step's streamed text kept for the live view (its tail is shown).
 TEXT_TAIL = 400
@@ -67,8 +68,9 @@ class RunView:
     run_id: str
     #: The API's URL (redacted) when the run is followed over ``--url``: hints are its calls.
     api: str | None = None
-    #: Whether the CLI sends the API a credential: the calls it hints at send one too.
-    keyed: bool = True
+    #: What the CLI sends the API (remote.KEY, remote.TOKEN, None): the calls it hints at
+    #: send the same, or an API key where a run token may not.
+    credential: str | None = None
     state: str = "queued"
     note: str = ""
     steps: dict[str, StepLine] = field(default_factory=dict)
@@ -122,7 +124,7 @@ class RunView:
         self.state = _STATE_AFTER.get(kind, verb)
         if kind == "run.waiting":
             self.state, self.note = "waiting", _waiting_note(self.run_id, event, self.api,
-                                                            self.keyed)
+                                                            self.credential)
             if event.get("step") in self.steps and event.get("kind") not in ("slot", "sleep"):
                 self.steps[event["step"]].status = "waiting"
             return f"run waiting: {self.note}"
@@ -188,27 +190,33 @@ def _error_text(error: Any) -> str:
 
 
 def _waiting_note(run_id: str, event: dict[str, Any], api: str | None = None,
-                  keyed: bool = True) -> str:
+                  credential: str | None = None) -> str:
     kind, name = event.get("kind"), event.get("name", "")
     if kind == "input":
         prompt = f" ({event['prompt']})" if event.get("prompt") else ""
         answer = (_post(api, f"/runs/{quote(run_id, safe='')}/input/{quote(name, safe='')}",
-                        body=True, keyed=keyed) if api
+                        body=True, credential=credential, answer=True) if api
                   else f"flowkit input {run_id} {name} '<JSON>'")
         return f"input {name!r}{prompt}; answer: {answer}"
     if kind == "event":
-        send = (_post(api, f"/events/{quote(name, safe='')}", body=True, keyed=keyed) if api
+        send = (_post(api, f"/events/{quote(name, safe='')}", body=True,
+                      credential=credential) if api
                 else f"flowkit event {name} '<JSON>'")
         return f"event {name!r}; send it: {send}"
     return event.get("reason") or f"{kind} {name}".strip()
 
 
-def _post(api: str, path: str, body: bool = False, keyed: bool = True) -> str:
+def _post(api: str, path: str, body: bool = False, credential: str | None = None,
+          answer: bool = False) -> str:
     """The REST call a remote follower makes instead of a command that needs Redis, with
     the API key as the CLI reads it (FLOWKIT_API_KEY); without one when the CLI sends none
-    (an open API, as flowkit dev serves: a header of an unset variable was no key)."""
+    (an open API, as flowkit dev serves: a header of an unset variable was no key). With a
+    run token (``--token``), a call it may make (``answer``: its run's input) sends it, as
+    a placeholder: the token is not printed into a log; any other needs an API key."""
     call = f"curl -X POST {shlex.quote(api + path)}"
-    if keyed:
+    if credential == TOKEN and answer:
+        call += " -H 'Authorization: Bearer <run token>'"
+    elif credential:
         call += ' -H "Authorization: Bearer $FLOWKIT_API_KEY"'
     return f"{call} -H 'Content-Type: application/json' -d '<JSON>'" if body else call
 
@@ -241,7 +249,7 @@ class Printer:
 
 
 def final_lines(record: dict[str, Any], app: str | None = None,
-                api: str | None = None, keyed: bool = True) -> list[str]:
+                api: str | None = None, credential: str | None = None) -> list[str]:
     """What follows the live view once the run has ended: the output, or the error (and the
     retry command, with the ``-A`` the run was started with: retry imports the workflow; or,
     followed over ``--url``, the API's ``POST .../retry`` at ``api``)."""
@@ -258,7 +266,7 @@ def final_lines(record: dict[str, Any], app: str | None = None,
         lines.append(f"error{where}: {_error_text(error)}")
         with_app = f" -A {shlex.quote(app)}" if app else ""
         retry = (_post(api, f"/runs/{quote(str(record.get('id')), safe='')}/retry",
-                       keyed=keyed) if api
+                       credential=credential) if api
                  else f"flowkit retry {record.get('id')}{with_app}")
         lines.append(f"retry it from the failed step: {retry}")
     return lines

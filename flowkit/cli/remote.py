@@ -98,6 +98,11 @@ def _run_segment(run_id: str) -> str:
     return _segment(run_id)
 
 
+#: What a remote CLI sends the API: an API key (``--api-key``, ``FLOWKIT_API_KEY``), a run
+#: token (``--token``); None for an open API.
+KEY, TOKEN = "key", "token"
+
+
 class Unavailable(FlowkitError):
     """The server answered 502, 503 or 504: Redis away, the process restarting, a proxy with
     no upstream. A follower waits and reconnects (it quit, exit 1, while its run went on)."""
@@ -107,7 +112,7 @@ class RemoteRuns:
     """Runs of the deployment at ``url`` (the blueprint's mount point, e.g.
     ``https://app.example.com/flowkit``), with an API key or a run token as bearer."""
 
-    def __init__(self, url: str, credential: str | None) -> None:
+    def __init__(self, url: str, credential: str | None, run_token: bool = False) -> None:
         self.url = url.rstrip("/")
         self.shown = redacted_query(self.url)  # what messages say: no password in a CI log
         try:
@@ -136,8 +141,9 @@ class RemoteRuns:
                 "Authorization header): drop them from --url, and give the key with "
                 "--api-key or FLOWKIT_API_KEY.")
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        #: Whether requests carry a credential: the API calls the CLI hints at say one too.
-        self.keyed = bool(credential)
+        #: What requests carry (an API key, a run token, nothing): the API calls the CLI
+        #: hints at send the same.
+        self.credential = (TOKEN if run_token else KEY) if credential else None
         # a query (a gateway's ``?code=``) goes with every request: left in the base URL,
         # httpx joined each path after it (``/flowkit?code=xruns/01X``), a 404 said to
         # check --url

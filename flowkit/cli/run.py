@@ -138,7 +138,7 @@ def runs_of(args: argparse.Namespace) -> Runs:
         return LocalRuns(args)
     # what the command line says wins over the environment's key
     credential = args.api_key or args.token or os.environ.get("FLOWKIT_API_KEY")
-    return RemoteRuns(url, credential)
+    return RemoteRuns(url, credential, run_token=bool(args.token and not args.api_key))
 
 
 def parse_input(args: argparse.Namespace) -> Any:
@@ -241,8 +241,8 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         console = Console(highlight=False, emoji=False, soft_wrap=True)  # `flowkit input ...` to answer)
     # over --url, the hints are the API's calls: flowkit input/retry need the Redis
     api = runs.shown if isinstance(runs, RemoteRuns) else None
-    keyed = runs.keyed if isinstance(runs, RemoteRuns) else True
-    view = RunView(run_id, api=api, keyed=keyed)
+    credential = runs.credential if isinstance(runs, RemoteRuns) else None
+    view = RunView(run_id, api=api, credential=credential)
     if not started:  # an unknown run, a server that is down: one line, before any wait
         runs.get(run_id)
     try:
@@ -273,7 +273,7 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         return EXIT_DETACHED
     record = runs.get(run_id)
     if not args.json:
-        for line in final_lines(record, getattr(args, "app", None), api, keyed):
+        for line in final_lines(record, getattr(args, "app", None), api, credential):
             console.print(line, markup=False)
     return EXIT_SUCCEEDED if record.get("state") == "succeeded" else EXIT_FAILED
 

@@ -589,33 +589,68 @@ def test_a_url_without_flowkit_s_routes_says_so(api, env):
         "flowkit's API")
 
 
+def _answer_as_hinted(api, run_id: str, options: list[str], env: dict, expected: str,
+                      fill, shell_env: dict) -> tuple[str, str]:
+    """Follow the waiting run in a pipe, check its answer hint is ``expected``, run that
+    command (``fill`` puts in the placeholders) and see it answer the run. The hint's line
+    and the follow's output."""
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "flowkit.cli", "follow", run_id, "--url", api.url, *options],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        answer = next(line for line in follow.stdout if "answer: " in line)
+        command = answer[answer.index("answer: ") + len("answer: "):].rstrip("\n")
+        assert command == expected
+        sent = subprocess.run(["sh", "-c", fill(command)], env=shell_env, capture_output=True,
+                              text=True, timeout=30)
+        assert json.loads(sent.stdout)["outcome"] == "resumed", sent.stdout
+        stdout, stderr = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            flowkit.get_run(run_id).cancel()
+            follow.wait(30)
+    assert follow.returncode == 0, stderr
+    return answer, stdout
+
+
 def test_a_piped_follow_keeps_each_line_whole_and_its_answer_is_the_api_s_call(
         api, env, client, worker):
     """In a pipe the answer line was wrapped at 80 columns, mid-command. Over --url it named
     ``flowkit input RUN approval '<JSON>'``, which has no --url and needs the deployment's
     Redis: it is the API's call, and that call answers the run."""
     created = client.post("/workflows/approval/runs", json={"n": 5}).json()
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "flowkit.cli", "follow", created["id"], "--url", api.url,
-         "--api-key", API_KEY], env={**env, "COLUMNS": "80"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    try:
-        answer = next(line for line in follow.stdout if "answer: " in line)
-        command = answer[answer.index("answer: ") + len("answer: "):].rstrip("\n")
-        assert len(answer) > 80 and command == (
-            f"curl -X POST {api.url}/runs/{created['id']}/input/approval -H \"Authorization: "
-            "Bearer $FLOWKIT_API_KEY\" -H 'Content-Type: application/json' -d '<JSON>'")
-        sent = subprocess.run(["sh", "-c", command.replace("<JSON>", '{"ok": true}')],
-                              env={**env, "FLOWKIT_API_KEY": API_KEY}, capture_output=True,
-                              text=True, timeout=30)
-        assert json.loads(sent.stdout)["outcome"] == "resumed", sent.stdout
-        stdout, stderr = follow.communicate(timeout=30)
-    finally:
-        if follow.poll() is None:
-            flowkit.get_run(created["id"]).cancel()
-            follow.wait(30)
-    assert follow.returncode == 0, stderr
+    answer, stdout = _answer_as_hinted(
+        api, created["id"], ["--api-key", API_KEY], {**env, "COLUMNS": "80"},
+        f"curl -X POST {api.url}/runs/{created['id']}/input/approval -H \"Authorization: "
+        "Bearer $FLOWKIT_API_KEY\" -H 'Content-Type: application/json' -d '<JSON>'",
+        lambda command: command.replace("<JSON>", '{"ok": true}'),
+        {**env, "FLOWKIT_API_KEY": API_KEY})
+    assert len(answer) > 80
     assert "flowkit input" not in stdout
+
+
+def test_a_follow_with_a_run_token_hints_at_the_token_where_it_answers_and_a_key_elsewhere(
+        api, env, client, worker):
+    """With ``--token`` the answer call said ``Bearer $FLOWKIT_API_KEY``, a variable such a
+    caller may not have; the token answers its run (the retry call needs an API key: 403
+    for a run token). The token itself is not printed: a placeholder says where it goes."""
+    created = client.post("/workflows/approval/runs", json={"n": 5}).json()
+    keyless = {k: v for k, v in env.items() if k != "FLOWKIT_API_KEY"}
+    _, stdout = _answer_as_hinted(
+        api, created["id"], ["--token", created["token"]], keyless,
+        f"curl -X POST {api.url}/runs/{created['id']}/input/approval -H 'Authorization: "
+        "Bearer <run token>' -H 'Content-Type: application/json' -d '<JSON>'",
+        lambda command: command.replace("<JSON>", '{"ok": true}').replace(
+            "<run token>", created["token"]), keyless)
+    assert created["token"] not in stdout
+
+    failed = client.post("/workflows/exhausted/runs", json={"n": 1}).json()
+    result = cli("follow", failed["id"], "--url", api.url, "--token", failed["token"],
+                 env=keyless)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"retry it from the failed step: curl -X POST {api.url}/runs/{failed['id']}/retry "
+        "-H \"Authorization: Bearer $FLOWKIT_API_KEY\"")
 
 
 def test_a_failed_run_followed_over_http_says_the_api_s_retry_call(api, env):
