@@ -190,3 +190,7 @@ TRACE_FLUSH_SECONDS = 0.2
 #: Where ``flowkit dev`` found the API mounted in the user's ``--web`` app when it started
 #: (its banner's FLOWKIT_URL): the web process refuses a reload that moved it.
 DEV_API_PREFIX_VARIABLE = "FLOWKIT_DEV_API_PREFIX"
+
+#: The node name of ``flowkit dev``'s worker (``dev-<web port>@host``): a deployment whose
+#: last worker was one is a dev loop, where a worker that is down needs a fix of the code.
+DEV_NODE_PATTERN = r"dev-\d+@"

@@ -200,7 +200,8 @@ def _listed(paths: list[str]) -> str:
 
 def _node(port: int) -> str:
     """The dev worker's node name: one per ``flowkit dev`` (by its web port), so that two
-    sharing a Redis are two workers to ``flowkit workers``, not one."""
+    sharing a Redis are two workers to ``flowkit workers``, not one. It matches
+    ``defaults.DEV_NODE_PATTERN``: a run with no live worker says to fix the code."""
     return f"dev-{port}@%h"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -17,7 +18,7 @@ from typing import Any
 
 from ulid import ULID
 
-from .. import events
+from .. import defaults, events
 from ..config import get_settings
 from ..errors import (
     BrokerUnavailable,
@@ -421,6 +422,19 @@ def live_workers(store: Store | None = None) -> list[dict[str, Any]]:
     return (store or get_store()).nodes_seen_since(recent)
 
 
+def no_worker(store: Store | None = None) -> str:
+    """What a deployment with no live worker needs. Under ``flowkit dev`` (its last worker
+    was dev's) that is a fix of the code: dev's worker stopped on it (an import that
+    fails) and starts again when a file is saved; "start one (celery ...)" sent the user
+    to start a second worker on the same broken code."""
+    seen = (store or get_store()).nodes_seen_since(0)
+    last = max(seen, key=lambda node: node["last_beat"], default=None)
+    if last is not None and re.match(defaults.DEV_NODE_PATTERN, last["name"]):
+        return ("no live worker: flowkit dev's worker is down (its log, in the flowkit dev "
+                "terminal, says why); it starts again when you save a fix")
+    return "no live worker: start one (celery -A <your app> worker)"
+
+
 def consumes(worker: dict[str, Any]) -> list[str]:
     """The queues a live worker takes steps from: none while it drains (SIGTERM), none
     that ``flowkit drain`` cancelled (it counted as their consumer until it exited)."""
@@ -437,7 +451,7 @@ def waiting_for(run: Run, store: Store | None = None) -> str | None:
     """Why no worker takes this queued run, or None when a live worker consumes its queues."""
     workers = live_workers(store)
     if not workers:
-        return "no live worker: start one (celery -A <your app> worker)"
+        return no_worker(store)
     wf = workflows().get(run.workflow)
     if wf is not None:
         queues = wf.queues(run.queue or default_queue())

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -89,6 +90,34 @@ def test_healthz_is_degraded_with_no_live_worker(flowkit_env, monkeypatch):
     body = health({"workflows": ["simple"]})
     assert body["status"] == "degraded" and body["workers"] == []
     assert body["problems"] == ["no live worker: start one (celery -A <your app> worker)"]
+
+
+def test_under_flowkit_dev_no_live_worker_says_to_fix_the_code(flowkit_env):
+    """flowkit dev's worker stops on code that fails to import, and starts again on a save:
+    "start one (celery -A ...)" sent the user to start a second worker on the broken code.
+    dev's node name (dev-<port>@host) is how a deployment knows its last worker was dev's."""
+    import re
+
+    from flowkit import defaults
+    from flowkit.cli import dev
+    from flowkit.engine import control
+    from flowkit.store import Store
+
+    # a database of its own (not the settings': the session's worker beats into theirs)
+    settings = config.get_settings()
+    store = Store(settings.replace(redis_url=settings.redis_url.rsplit("/", 1)[0] + "/6"))
+    store.redis.flushdb()
+    assert control.no_worker(store) == "no live worker: start one (celery -A <your app> worker)"
+    node = dev._node(8000).replace("%h", "laptop")
+    assert re.match(defaults.DEV_NODE_PATTERN, node)
+    store.heartbeat([], f"{node}:4242", time.time() - 600, node=(node, {"queues": ["celery"]}))
+    said = ("no live worker: flowkit dev's worker is down (its log, in the flowkit dev terminal, "
+            "says why); it starts again when you save a fix")
+    assert control.no_worker(store) == said  # what /healthz and a run's waiting_for say
+    # a production worker that beat after dev's (the same Redis, reused): the usual words
+    store.heartbeat([], "celery@box:7", time.time() - 60, node=("celery@box", {}))
+    assert control.no_worker(store).endswith("start one (celery -A <your app> worker)")
+    store.redis.flushdb()
 
 
 def test_a_queued_run_says_what_it_waits_for_until_a_worker_takes_its_queue(

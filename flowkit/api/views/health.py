@@ -32,7 +32,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
 def healthz():
     current = state()
     workers = control.live_workers(current.store)  # a Redis outage answers 503 (errors.py)
-    problems = [] if workers else ["no live worker: start one (celery -A <your app> worker)"]
+    problems = [] if workers else [control.no_worker(current.store)]
     if workers:
         default = control.default_queue()
         for wf in current.workflows():
