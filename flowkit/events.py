@@ -139,8 +139,15 @@ def stream_ends(last_delivered_terminal: bool, more_may_follow: bool) -> bool:
 
 def superseded_attempts(events: list[Event] | list[dict[str, Any]]) -> set[tuple[str, int]]:
     """(step, attempt) pairs whose ``step.output`` chunks a client should discard; the
-    events as :class:`Event` s or as the JSON the SSE and WebSocket streams send (dicts)."""
+    events as :class:`Event` s or as the JSON the SSE and WebSocket streams send (dicts).
+
+    An attempt is superseded when ``step.retrying`` reports it, when ``run.restarted``
+    lists it, and when a later attempt of its step starts, unless it paused (its
+    ``run.waiting`` names it): a resumed attempt runs the step again from its start but
+    does not send its text up to the wait again, so the paused attempt's text stays the
+    step's. The browser client's fold (clients/js) keeps the same rule."""
     dropped: set[tuple[str, int]] = set()
+    paused: set[tuple[str, int]] = set()
     for event in events:
         kind, data = (event.type, event.data) if isinstance(event, Event) else (
             event.get("type"), event)
@@ -149,6 +156,12 @@ def superseded_attempts(events: list[Event] | list[dict[str, Any]]) -> set[tuple
         elif kind == RUN_RESTARTED:
             for entry in data.get("superseded", []):
                 dropped.add((entry["step"], entry["attempt"]))
+        elif kind == RUN_WAITING and data.get("step") and data.get("attempt"):
+            paused.add((data["step"], data["attempt"]))
+        elif kind == STEP_STARTED:
+            step = data["step"]
+            dropped.update((step, earlier) for earlier in range(1, data.get("attempt") or 1)
+                           if (step, earlier) not in paused)
     return dropped
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import flowkit
 from flowkit import events
+from flowkit.cli.live import RunView
 from flowkit.engine.control import fire_due_timers
 from flowkit.states import WaitOutcome
 from flowkit.store import get_store
@@ -602,3 +603,40 @@ def test_a_sweep_pass_that_fails_stops_none_of_the_others(caplog):
     assert flowkit.get_run(started).wait(WAIT).state == "succeeded"
     assert store.last_sweep()["at"] > before
     flowkit.schedules.delete("beside-a-damaged-run")
+
+
+@pytest.mark.parametrize("fail_once", [False, True], ids=["resumed", "resumed-then-retried"])
+def test_a_resumed_step_does_not_stream_again_what_it_replays_and_keeps_its_text(
+        worker, fail_once):
+    """A step streams, calls a sub-step that streams (an LLM call), and waits; resumed, it
+    runs again from its start. Its direct chunks were sent again (a reader showed them
+    twice), and the browser client and the CLI dropped the paused attempt's text, the
+    sub-step's with it: replayed from its checkpoint, it does not stream again."""
+    run = wf.streaming_asks.start({"topic": "x", "fail_once": fail_once})
+    paused(run)
+    flowkit.send_input(run.id, "ok", True)
+    wait_until(lambda: any(e.type == events.RUN_WAITING and e.data["name"] == "final"
+                           for e in run.events()), 20, "the second wait")
+    flowkit.send_input(run.id, "final", "yes")
+    assert run.result(20) == {"text": "draft of x", "ok": True, "final": "yes"}
+    history = run.events()
+    chunks = [(e.data["attempt"], e.data["chunk"]) for e in history
+              if e.type == events.STEP_OUTPUT]
+    dropped = events.superseded_attempts(history)
+    kept = "".join(chunk for attempt, chunk in chunks if ("0:t.streams_then_asks", attempt)
+                   not in dropped)
+    assert kept == "Intro. Draft. Sent. Done."
+    view = RunView(run.id)  # flowkit follow's live view: it showed " Done." alone
+    for event in history:
+        view.feed(event.to_dict())
+    assert view.steps["0:t.streams_then_asks"].text == kept
+    waits = [e.data for e in history if e.type == events.RUN_WAITING]
+    assert [(w["name"], w["attempt"]) for w in waits] == (
+        [("ok", 1), ("final", 3)] if fail_once else [("ok", 1), ("final", 2)])
+    if fail_once:  # the failed attempt's "Sent." is dropped; its retry sends it again
+        assert chunks == [(1, "Intro. "), (1, "Draft. "), (2, "Sent."), (3, "Sent."),
+                          (4, " Done.")]
+        assert dropped == {("0:t.streams_then_asks", 2)}
+    else:
+        assert chunks == [(1, "Intro. "), (1, "Draft. "), (2, "Sent."), (3, " Done.")]
+        assert dropped == set()

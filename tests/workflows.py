@@ -272,6 +272,28 @@ def checks_or_falls_back_then_asks(data: dict) -> dict:
     return {"text": text, "ok": flowkit.wait_for_input("approve")}
 
 
+@component(name="t.streams_a_draft")
+def streams_a_draft(topic: str) -> str:
+    """A sub-step that streams (as an LLM call does): replayed from its checkpoint, silent."""
+    flowkit.emit("Draft. ")
+    return f"draft of {topic}"
+
+
+@component(name="t.streams_then_asks")
+def streams_then_asks(data: dict) -> dict:
+    """Streams, asks, streams, asks again and streams: each resume replays the step from its
+    start. With ``fail_once``, the attempt after the first answer fails at its end."""
+    flowkit.emit("Intro. ")
+    text = streams_a_draft(data["topic"])
+    ok = flowkit.wait_for_input("ok")
+    flowkit.emit("Sent.")
+    if data.get("fail_once") and count("streams_then_asks:after") == 1:
+        raise RuntimeError("the provider failed once, after the answer")
+    final = flowkit.wait_for_input("final")
+    flowkit.emit(" Done.")
+    return {"text": text, "ok": ok, "final": final}
+
+
 @component(name="t.sleeps_until")
 def sleeps_until(data: dict) -> dict:
     flowkit.sleep_until(data["wake"])
@@ -633,6 +655,8 @@ approval = flowkit.Workflow("approval", [approve, record], input_schema={
 payment = flowkit.Workflow("payment", [await_payment])
 charged_approval = flowkit.Workflow("charged_approval", [charge_card, approve])
 dozing = flowkit.Workflow("dozing", [doze])
+streaming_asks = flowkit.Workflow("streaming_asks", [
+    streams_then_asks.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
 waiting_branches = flowkit.Workflow("waiting_branches", [
     parallel(approve, [add_one, double]), branch_total])
 waiting_items = flowkit.Workflow("waiting_items", [split, fan_out(ask_item), total])

@@ -79,6 +79,9 @@ export interface RunState {
   cost: number | null;
   /** "step#attempt" keys of attempts whose chunks are dropped. */
   superseded: Record<string, true>;
+  /** "step#attempt" keys of attempts that paused (run.waiting): a later attempt of the step
+   *  keeps their chunks (a resumed attempt does not send again what it replays). */
+  paused: Record<string, true>;
   eventCount: number;
   /** Set when the server refused the stream for good (401, 403, 404...). */
   failure?: { status: number; message: string; code?: string | number | null };

@@ -51,8 +51,15 @@ class StepLine:
     message: str = ""
     eta: float | None = None
     duration: float | None = None
-    text: str = ""
+    #: The streamed text of the attempts that paused (kept: see RunView.paused), and of the
+    #: attempt running now (dropped if it fails, or a restart supersedes it).
+    kept: str = ""
+    current: str = ""
     error: str = ""
+
+    @property
+    def text(self) -> str:
+        return (self.kept + self.current)[-TEXT_TAIL:]
 
     def eta_now(self, now: float) -> float | None:
         """The step's own ETA, else one from its progress fraction and time so far."""
@@ -76,6 +83,9 @@ class RunView:
     steps: dict[str, StepLine] = field(default_factory=dict)
     current: str | None = None
     started: float | None = None
+    #: (step, attempt) of the attempts that paused: the next one keeps their text (a
+    #: resumed attempt does not send again what it replays; see events.superseded_attempts)
+    paused: set[tuple[str, int]] = field(default_factory=set)
 
     def feed(self, event: dict[str, Any]) -> str | None:
         """Fold one event in; return the plain line it is worth, if any."""
@@ -86,12 +96,14 @@ class RunView:
             return None
         step = self.steps.get(key)
         if kind == "step.started" or step is None:
-            step = self.steps[key] = StepLine(key, started=ts,
+            kept = "" if step is None else step.kept + (
+                step.current if (key, step.attempt) in self.paused else "")
+            step = self.steps[key] = StepLine(key, started=ts, kept=kept[-TEXT_TAIL:],
                                               attempt=event.get("attempt", 1) or 1)
             self.current = key
             return f"step {key} started (attempt {step.attempt})"
         if kind == "step.output":
-            step.text = (step.text + str(event.get("chunk", "")))[-TEXT_TAIL:]
+            step.current = (step.current + str(event.get("chunk", "")))[-TEXT_TAIL:]
             self.current = key
             return None
         if kind == "step.progress":
@@ -105,6 +117,7 @@ class RunView:
             failed = event.get("attempt") or step.attempt
             step.status, step.error = "retrying", _error_text(event.get("error"))
             step.attempt = event.get("next_attempt") or failed + 1
+            step.current = ""  # the failed attempt's text: the next one streams its own
             return f"step {key} attempt {failed} failed, retrying: {step.error}"
         if kind == "step.completed":
             step.status, step.duration, step.fraction = "completed", event.get("duration"), 1.0
@@ -123,6 +136,8 @@ class RunView:
         verb = kind.split(".", 1)[1]
         self.state = _STATE_AFTER.get(kind, verb)
         if kind == "run.waiting":
+            if event.get("step") and event.get("attempt"):
+                self.paused.add((event["step"], event["attempt"]))
             self.state, self.note = "waiting", _waiting_note(self.run_id, event, self.api,
                                                             self.credential)
             if event.get("step") in self.steps and event.get("kind") not in ("slot", "sleep"):

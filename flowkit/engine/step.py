@@ -100,6 +100,9 @@ class _SubStepAttempt:
         return await fn(*args, **kwargs)
 
 
+#: Not read yet (StepContext.replaying).
+_UNREAD: Any = object()
+
 #: The sub-step attempt whose code runs here (None: the step's own).
 _SUB_STEP: contextvars.ContextVar[_SubStepAttempt | None] = contextvars.ContextVar(
     "flowkit_sub_step", default=None)
@@ -148,6 +151,10 @@ class StepContext:
     _spent: dict[str, int] = field(default_factory=dict, repr=False)
     #: The asyncio tasks its async sub-steps and LLM calls ran in (see :meth:`end_with_attempt`).
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
+    #: The wait an earlier attempt paused at, while this one replays up to it (None: it
+    #: does not; _UNREAD until its first chunk), and the waits it went past (see replaying).
+    _replay_until: Any = field(default=_UNREAD, repr=False)
+    _waits_passed: set[str] = field(default_factory=set, repr=False)
 
     def at_end(self, finish: Any) -> None:
         """Call ``finish()`` when this attempt ends, unless it was called before."""
@@ -215,7 +222,31 @@ class StepContext:
         return self.send(events.STEP_PROGRESS, message=message, fraction=fraction, eta=eta)
 
     def emit(self, chunk: Any) -> str:
+        """Send a chunk of the step's output; "" for one a replay makes again (see
+        :meth:`replaying`): the stream holds it from the attempt that paused."""
+        if self.replaying():
+            return ""
         return self.send(events.STEP_OUTPUT, chunk=chunk)
+
+    def replaying(self) -> bool:
+        """Whether this attempt runs again what an earlier one ran before it paused: a
+        resumed step runs from its start, and the chunks it sent then are in the stream
+        (readers keep a paused attempt's text); sent again, a reader showed them twice,
+        and one that dropped the paused attempt's instead lost the text of the sub-steps
+        (an LLM call) that replay from their checkpoints without streaming it again. Read
+        once, at the attempt's first chunk: most steps never pause."""
+        if self._replay_until is _UNREAD:
+            until = (self.store.pause_point(self.run_id, self.step, self.attempt)
+                     if self.attempt > 1 else None)
+            self._replay_until = None if until in self._waits_passed else until
+        return self._replay_until is not None
+
+    def _passed(self, key: str) -> None:
+        """The wait ``key`` was answered and the step goes on past it: a replay that ran
+        up to it is over."""
+        self._waits_passed.add(key)
+        if self._replay_until == key:
+            self._replay_until = None
 
     def is_cancelled(self) -> bool:
         if self.stopped is None:
@@ -400,6 +431,7 @@ class StepContext:
         the same way and no other answer was taken ("the first answer stands")."""
         key = self._next_key(f"wait:{kind}:{name}")
         answer = self._answer(key, kind, name, spec, due, lookback)
+        self._passed(key)
         value = loads(answer)
         while refused is not None and (errors := refused(value)) is not None:
             if not self.store.forget_answer(self.run_id, key, answer):
@@ -486,8 +518,8 @@ class StepContext:
         if self.abandoned:
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
         now = time.time()
-        spec = {"kind": kind.value, "name": name, "step": self.step, "expires_at": due,
-                "since": now, **spec}
+        spec = {"kind": kind.value, "name": name, "step": self.step, "attempt": self.attempt,
+                "expires_at": due, "since": now, **spec}
         waiting = events.make(events.RUN_WAITING, self.run_id, step=self.step, **{
             k: v for k, v in spec.items() if k not in ("step", "since", "floor")})
         outcome, answer, resume_gen = self.store.begin_wait(

@@ -803,6 +803,23 @@ class Store:
             self.keys.answered(run_id), match=_wait_fields(kind, name), count=1000)}
 
     @_op
+    def pause_point(self, run_id: str, step: str, attempt: int) -> str | None:
+        """The wait key where the latest attempt of ``step`` before ``attempt`` that paused
+        paused (its wait answered since), or None: a resumed attempt replays the step's code
+        up to there, and its text up to there is that attempt's, in the stream already.
+        Waits answered without a pause (an event sent early: ``paused`` false) and those
+        opened before waits said their attempt are no such point."""
+        latest: tuple[int, str] | None = None
+        for key, raw in self.redis.hscan_iter(self.keys.answered(run_id),
+                                              match=_glob_escape(step) + "/*", count=1000):
+            spec = loads(raw)
+            paused_in = spec.get("attempt")
+            if (spec.get("step") == step and spec.get("paused", True) and isinstance(paused_in, int)
+                    and paused_in < attempt and (latest is None or paused_in > latest[0])):
+                latest = (paused_in, key)
+        return latest[1] if latest else None
+
+    @_op
     def sent_since(self, event_key: str, since: float, taken: Collection[str] = (),
                    after_t: float = 0.0, floor: str | None = None,
                    ) -> tuple[str, float, str] | None:

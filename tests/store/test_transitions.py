@@ -195,18 +195,19 @@ def wait_key(kind: WaitKind = WaitKind.INPUT, name: str = INPUT, step: str = STE
 
 
 def wait_spec(kind: WaitKind = WaitKind.INPUT, name: str = INPUT, step: str = STEP,
-              due: float | None = None) -> dict[str, Any]:
-    return {"kind": kind.value, "name": name, "step": step, "expires_at": due}
+              due: float | None = None, attempt: int = 1) -> dict[str, Any]:
+    return {"kind": kind.value, "name": name, "step": step, "attempt": attempt,
+            "expires_at": due}
 
 
 def pause(store, run_id: str = RUN, *, kind: WaitKind = WaitKind.INPUT, name: str = INPUT,
           step: str = STEP, token: str = TOKEN, gen: int = 0, due: float | None = None,
-          now: float = T + 1) -> tuple[WaitOutcome, str | None]:
+          now: float = T + 1, attempt: int = 1) -> tuple[WaitOutcome, str | None]:
     """Step ``step`` (holding ``token``'s lease) waits for ``kind`` ``name`` (begin_wait)."""
     waiting = events.make(events.RUN_WAITING, run_id, step=step, kind=kind.value, name=name,
                           expires_at=due)
     return store.begin_wait(run_id, gen, step, token, wait_key(kind, name, step),
-                            wait_spec(kind, name, step, due), due, now, waiting)
+                            wait_spec(kind, name, step, due, attempt), due, now, waiting)
 
 
 def deliver(store, run_id: str = RUN, *, by: str = WaitKind.INPUT, match: str = INPUT,
@@ -1401,6 +1402,28 @@ def test_begin_wait_of_an_event_answered_early_records_the_wait_as_answered(stor
     assert pause(store, kind=WaitKind.EVENT, name="status:1") == (
         WaitOutcome.READY, '{"event":1}', 0)
     assert loads(store.redis.hget(store.keys.answered(RUN), key))["name"] == "status:1"
+
+
+def test_the_pause_point_is_the_wait_where_the_step_s_latest_attempt_paused(store):
+    """A resumed attempt replays the step up to the wait an earlier attempt paused at: the
+    answered wait of that step with the latest attempt before it; an event answered early
+    (begin_wait READY: the step never paused there) is none, nor a later attempt's."""
+    make_run(store, RunState.RUNNING)
+    assert pause(store, attempt=1) == (WaitOutcome.PAUSED, None, 0)
+    outcome, gen = deliver(store)
+    assert outcome == WaitOutcome.RESUMED
+    early = wait_key(WaitKind.EVENT, "status:1")
+    assert deliver(store, by="key", match=early, answer='{"event":1}', now=T + 6)[0] == (
+        WaitOutcome.DELIVERED)
+    assert pause(store, kind=WaitKind.EVENT, name="status:1", attempt=2, gen=gen)[0] == (
+        WaitOutcome.READY)
+    assert loads(store.redis.hget(store.keys.answered(RUN), early)) == {
+        "paused": False, **wait_spec(WaitKind.EVENT, "status:1", attempt=2)}
+    paused_at = wait_key(WaitKind.INPUT, INPUT)
+    assert store.pause_point(RUN, STEP, 3) == paused_at
+    assert store.pause_point(RUN, STEP, 2) == paused_at
+    assert store.pause_point(RUN, STEP, 1) is None  # no attempt before it paused
+    assert store.pause_point(RUN, "1:other", 3) is None
 
 
 @pytest.mark.parametrize("setup", [

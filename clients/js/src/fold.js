@@ -1,9 +1,12 @@
 // The run's picture, folded from its events. Pure (no I/O, no clock) so the
 // dashboard, the watch and the tests all agree on what a stream of events means,
 // and so a folded state saved to storage can be folded further after a refresh.
-// Chunks of a superseded attempt (reported by step.retrying, or listed in
-// run.restarted's `superseded`) are dropped: their text and chunks vanish from
-// the step, even when the chunks were folded before the event that voids them.
+// Chunks of a superseded attempt (reported by step.retrying, listed in run.restarted's
+// `superseded`, or an earlier attempt of a step that starts again, unless it paused: its
+// run.waiting names it) are dropped: their text and chunks vanish from the step, even when
+// the chunks were folded before the event that voids them. A resumed attempt does not send
+// again the text it replays up to its wait, so the paused attempt's text stays the step's
+// (flowkit.events.superseded_attempts keeps the same rule).
 
 /** Run states that end a run (a retry may still follow one). */
 export const TERMINAL_STATES = ["succeeded", "failed", "cancelled"];
@@ -32,6 +35,7 @@ export function initialRunState(runId) {
     tokens: {},
     cost: null,
     superseded: {},
+    paused: {},
     eventCount: 0,
   };
 }
@@ -250,6 +254,8 @@ export function foldEvent(state, event) {
       const what = { ...fields, opened: id ?? null };
       const waits = [...(next.waits ?? []).filter((w) => !sameWait(w, what)), what];
       next = { ...next, state: "waiting", waiting: what, waits };
+      // the attempt that paused keeps its text when the step runs again (see the top)
+      if (key && event.attempt) next.paused = { ...(next.paused ?? {}), [attemptKey(key, event.attempt)]: true };
       const waitsForSomeone = event.kind !== "slot" && event.kind !== "sleep";
       if (key && next.steps[key] && waitsForSomeone) {
         next = withStep(next, key, (s) => copyStep(s, { status: "waiting", waiting: true }));
@@ -282,10 +288,13 @@ export function foldEvent(state, event) {
       return { ...next, state: "cancelled", waiting: null, waits: [], steps: closeOpen(next.steps, "cancelled", ts) };
     case "step.started": {
       // a new attempt supersedes the step's earlier ones (e.g. the attempt that failed the
-      // run, once the run is retried): their chunks are no longer the step's output
+      // run, once the run is retried): their chunks are no longer the step's output; but
+      // for those that paused, whose text the resumed attempt does not send again
       const attempt = event.attempt ?? 1;
       const earlier = Array.from({ length: attempt - 1 }, (_, i) => ({ step: key, attempt: i + 1 }));
-      next = dropAttempts(next, earlier.filter((p) => !next.superseded[attemptKey(p.step, p.attempt)]));
+      const paused = next.paused ?? {};
+      next = dropAttempts(next, earlier.filter((p) => !next.superseded[attemptKey(p.step, p.attempt)]
+        && !paused[attemptKey(p.step, p.attempt)]));
       return withStep(next, key, (s) => copyStep(s, {
         component: event.component ?? s.component,
         status: "running",

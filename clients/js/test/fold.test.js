@@ -42,6 +42,39 @@ test("run.restarted drops the chunks of the attempts it lists", () => {
   assert.equal(state.state, "queued");
 });
 
+test("a resumed attempt keeps the text of the attempt that paused; a failed one's is dropped", () => {
+  // the step streamed a draft (an LLM call, checkpointed), paused for approval, and ran
+  // again from its start: the draft is not streamed again, and vanished with its attempt
+  const resumed = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("2-0", "step.output", { step: "0:a", attempt: 1, chunk: "Draft. " }),
+    ev("3-0", "run.waiting", { step: "0:a", attempt: 1, kind: "input", name: "ok" }),
+    ev("4-0", "run.resumed", { by: "input", name: "ok", step: "0:a" }),
+    ev("5-0", "step.started", { step: "0:a", attempt: 2 }),
+    ev("6-0", "step.output", { step: "0:a", attempt: 2, chunk: "Sent." }),
+    ev("7-0", "step.failed", { step: "0:a", attempt: 2, error: { message: "x" } }),
+    ev("8-0", "run.failed", { step: "0:a", error: { message: "x" } }),
+  ]);
+  assert.equal(resumed.steps["0:a"].text, "Draft. Sent.");
+  // retried: the failed attempt's text goes, the paused one's stays
+  const retried = foldEvents(resumed, [
+    ev("9-0", "run.restarted", { reason: "retried", superseded: [] }),
+    ev("10-0", "step.started", { step: "0:a", attempt: 3 }),
+    ev("11-0", "step.output", { step: "0:a", attempt: 3, chunk: "Sent again." }),
+  ]);
+  assert.equal(retried.steps["0:a"].text, "Draft. Sent again.");
+  assert.deepEqual(retried.paused, { "0:a#1": true });
+  // a run.waiting that names no attempt (an older server's) keeps the older rule
+  const older = foldEvents(initialRunState("r1"), [
+    ev("1-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("2-0", "step.output", { step: "0:a", attempt: 1, chunk: "Draft. " }),
+    ev("3-0", "run.waiting", { step: "0:a", kind: "input", name: "ok" }),
+    ev("4-0", "step.started", { step: "0:a", attempt: 2 }),
+    ev("5-0", "step.output", { step: "0:a", attempt: 2, chunk: "Draft. Sent." }),
+  ]);
+  assert.equal(older.steps["0:a"].text, "Draft. Sent.");
+});
+
 test("an event at or before the last id is ignored, and the input state is not changed", () => {
   const first = foldEvent(initialRunState("r1"), ev("5-1", "run.started"));
   const again = foldEvent(first, ev("5-1", "run.started"));

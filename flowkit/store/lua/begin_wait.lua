@@ -5,7 +5,8 @@
 -- KEYS: the run's keys (lib.lua)
 -- ARGV[1] run_id     ARGV[2] gen        ARGV[3] step       ARGV[4] token (the attempt's)
 -- ARGV[5] wait_key   where the answer is checkpointed (step key, call index, name)
--- ARGV[6] spec       the wait (JSON: kind, name, step, prompt, schema, key, expires_at)
+-- ARGV[6] spec       the wait (JSON object: kind, name, step, attempt, prompt, schema, key,
+--                    expires_at)
 -- ARGV[7] due        when a timer fires it (timeout or wake-up), '' for never
 -- ARGV[8] now        ARGV[9] retention
 -- ARGV[10] event     run.waiting (JSON)
@@ -21,8 +22,11 @@ if not is_live(state) or redis.call('HGET', run, 'gen') ~= gen then return {WAIT
 local answer = redis.call('HGET', ckpt, wait_key)
 if answer then
   -- an event delivered early (between the waker and this call): its wait, never opened,
-  -- is recorded as answered all the same, with what it knew (its floor: step.py)
-  if cjson.decode(spec).kind == KIND_EVENT then redis.call('HSETNX', answered, wait_key, spec) end
+  -- is recorded as answered all the same, with what it knew (its floor: step.py), and as
+  -- one that did not pause (no replay runs up to it: Store.pause_point)
+  if cjson.decode(spec).kind == KIND_EVENT then
+    redis.call('HSETNX', answered, wait_key, '{"paused":false,' .. string.sub(spec, 2))
+  end
   return {WAIT_READY, answer}
 end
 if redis.call('HEXISTS', waits, wait_key) == 0 then
