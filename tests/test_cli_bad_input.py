@@ -20,7 +20,10 @@ from flowkit.urls import credentials_in_userinfo, redacted
 from tests import workflows as wf
 from tests.conftest import ROOT, wait_until
 
-pytestmark = pytest.mark.integration
+# long: 135 subprocesses, a second each of an interpreter starting and importing flowkit,
+# the fast tier's largest file (2.5 of its 15.5 minutes on 2 cores); the long sessions,
+# which mostly wait, run it beside the rest (scripts/test)
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 APP = ["-A", "tests.workflows"]
 
@@ -228,7 +231,6 @@ def test_a_database_the_server_does_not_have_says_so(env, redis_server, command)
     assert one_line(result) == db_out_of_range(command, "FLOWKIT_REDIS_URL", url)
 
 
-@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_run_with_the_broker_on_a_missing_database_does_not_say_redis_is_down(env, redis_server):
     """Without FLOWKIT_BROKER_URL the broker is FLOWKIT_REDIS_URL's Redis too: Celery's
     send fails on the database first, which said "cannot reach Redis"."""
@@ -448,7 +450,6 @@ def test_a_listing_of_a_very_long_workflow_name_does_not_echo_it(env):
     assert result.returncode == 0 and result.stdout == "No runs of workflow <100000 characters>.\n"
 
 
-@pytest.mark.long  # mostly waiting (5-9 s): beside the rest (scripts/test)
 def test_a_tls_url_to_a_plain_redis_says_it_speaks_tls(env, redis_server):
     """The handshake times out against a plain Redis: "start it" sent the user to start a
     server that was running."""
