@@ -241,7 +241,7 @@ def credentials_in_userinfo(url: str) -> str:
     query's password to the one it parses and fails (a TypeError) on every publish. As in
     redis-py, credentials before the host win over the query's."""
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
+    if parts.scheme not in ("redis", "rediss", "unix"):
         return url
     query = parse_qsl(parts.query, keep_blank_values=True)
     given = {k: v for k, v in query if k in ("username", "password")}
@@ -255,6 +255,29 @@ def credentials_in_userinfo(url: str) -> str:
     rest = urlencode([(k, v) for k, v in query if k not in given])
     return urlunsplit((parts.scheme, f"{userinfo}@{host}" if userinfo else host, parts.path,
                        rest, parts.fragment))
+
+
+def celery_redis_url(url: str) -> str:
+    """A Redis URL of the store as Celery's broker and result backend read it (its
+    credentials before the host: :func:`credentials_in_userinfo`). A ``unix://`` socket is
+    kombu's ``redis+socket://``, its ``?db=`` as ``?virtual_host=``: Celery has no ``unix``
+    transport, and the worker died at start (``No such transport: unix``), the CLI and the
+    API with a traceback. A ``rediss://`` URL without ``?ssl_cert_reqs=`` verifies the
+    server's certificate, as redis-py does for the store: Celery refused it, at start."""
+    url = credentials_in_userinfo(url)
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.scheme == "unix":
+        db = [v for k, v in query if k == "db"]
+        query = [(k, v) for k, v in query if k != "db"] + [("virtual_host", v) for v in db[-1:]]
+        # by hand: urlunsplit drops the "//" of an empty host (redis+socket:/path)
+        rest = f"?{urlencode(query)}" if query else ""
+        return f"redis+socket://{parts.netloc}{parts.path}{rest}"
+    if parts.scheme == "rediss" and not any(k == "ssl_cert_reqs" for k, _ in query):
+        query.append(("ssl_cert_reqs", "required"))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query),
+                           parts.fragment))
+    return url
 
 
 #: What to say when the sentinels of ``url`` refused their own credentials (redis-py says

@@ -28,7 +28,7 @@ from ..config import Settings, get_settings, is_amqp
 from ..defaults import BROKER_READ_TIMEOUT
 from ..errors import ConfigError
 from ..locks import ForkSafeLock
-from ..urls import SentinelURL, credentials_in_userinfo, not_a_cluster, redacted
+from ..urls import SentinelURL, celery_redis_url, not_a_cluster, redacted
 from .transport import transport_for
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
     not_a_cluster(settings.backend, "FLOWKIT_RESULT_BACKEND")
     for url in (settings.broker, settings.backend):
         sentinel = SentinelURL.parse(url)
-        urls.append(credentials_in_userinfo(url) if sentinel is None else sentinel.celery_url())
+        urls.append(celery_redis_url(url) if sentinel is None else sentinel.celery_url())
         options.append({} if sentinel is None else sentinel.transport_options())
     return urls[0], urls[1], options[0], options[1]
 
