@@ -24,6 +24,7 @@ from celery import Celery
 from kombu import serialization
 from kombu.exceptions import ChannelError
 
+from .. import defaults
 from ..config import Settings, get_settings, is_amqp
 from ..defaults import BROKER_READ_TIMEOUT
 from ..errors import ConfigError
@@ -113,8 +114,22 @@ def reaper_queue(default_queue: str) -> str:
     return f"{default_queue}.reaper"
 
 
+def _prefixed(settings: Settings, url: str) -> dict[str, str]:
+    """kombu's and Celery's ``global_keyprefix`` on a Redis broker or result backend when
+    the deployment's keys have a prefix of their own (FLOWKIT_KEY_PREFIX): deployments
+    side by side on one Redis database took each other's messages from the shared
+    ``flowkit`` list, and the other's worker, finding no such run, dropped them (runs sat
+    queued, then failed as stranded). The default prefix keeps Celery's keys as they were:
+    a deployment that upgrades finds its queued messages where it left them."""
+    if settings.key_prefix == defaults.KEY_PREFIX or is_amqp(url):
+        return {}
+    return {"global_keyprefix": f"{settings.key_prefix}:"}
+
+
 def celery_config(settings: Settings) -> dict:
     broker, backend, broker_options, backend_options = _celery_urls(settings)
+    broker_options = {**broker_options, **_prefixed(settings, broker)}
+    backend_options = {**backend_options, **_prefixed(settings, backend)}
     register_serializer()
     return {
         "broker_url": broker,
