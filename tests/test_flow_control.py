@@ -61,14 +61,16 @@ def test_a_slot_is_given_back_however_the_run_ends():
     reached_gate(second, "tenant_work")
     queued = wf.per_tenant.start({"tenant": "initech", "gate": True})
     assert flowkit.get_run(queued.id).held_for
-    flowkit.cancel(blocker.id)  # cancelled: its slot goes to the next in line at once
+    flowkit.cancel(blocker.id)  # cancelled: its slot goes on once its step stops
+    assert flowkit.get_run(queued.id).held_for  # the blocker's step still runs, at its gate
+    open_gate(blocker, "tenant_work")  # it runs to its end, unaware: then its slot goes on
     reached_gate(queued, "tenant_work")
     # both slots taken (second, queued): held. It was started once queued had ended, took
     # the free slot, and now and then succeeded before the cancel came
     cancelled_in_line = wf.per_tenant.start({"tenant": "initech"})
     assert flowkit.get_run(cancelled_in_line.id).held_for
     flowkit.cancel(cancelled_in_line.id)  # one cancelled while held never takes a slot
-    for run in (blocker, second, queued):
+    for run in (second, queued):
         open_gate(run, "tenant_work")
     assert second.result(WAIT) and queued.result(WAIT)
     last = wf.per_tenant.start({"tenant": "initech"})
@@ -189,6 +191,26 @@ def test_a_step_with_a_rate_and_a_concurrency_limit_pays_its_rate_once_though_it
     store = get_store()
     level = float(store.redis.hget(store.keys.rate("step:t.scrape:r.example"), "req"))
     assert 10 - level == pytest.approx(3, abs=0.05)  # one start each (2/h refills ~0.002)
+
+
+def test_a_cancelled_run_keeps_its_slot_until_its_running_step_stops():
+    """A cancel is seen at the step's next event or check: its slot went to the next run of
+    the key at once, and the two worked side by side (a tenant limited to 2 had 3)."""
+    first = [wf.per_tenant.start({"tenant": "k1", "gate": True, "report": True})
+             for _ in range(2)]
+    for run in first:
+        reached_gate(run, "tenant_work")
+    behind = wf.per_tenant.start({"tenant": "k1"})
+    assert behind.refresh().held_for == "2 of 2 runs of k1 active"
+    flowkit.cancel(first[0].id)  # its step waits at its gate: it still runs
+    assert behind.refresh().held_for == "2 of 2 runs of k1 active"
+    assert "run.admitted" not in [e.type for e in behind.events()]
+    open_gate(first[0], "tenant_work")  # it reports, sees the cancel and stops: the slot goes
+    assert behind.result(WAIT) == {"tenant": "k1"}
+    open_gate(first[1], "tenant_work")
+    assert first[1].result(WAIT)["tenant"] == "k1"
+    assert flowkit.get_run(first[0].id).state == "cancelled"
+    assert most_active("k1") == 2
 
 
 def test_a_cancelled_step_in_line_passes_its_slot_on():

@@ -670,6 +670,12 @@ def tenant_work(data: dict) -> dict:
     r.rpush(f"active:{data['tenant']}", f"+{ctx.run_id}")
     if data.get("gate"):
         wait_for_gate("tenant_work")
+    if data.get("report"):  # an event: a cancelled run's step stops here (RunCancelled)
+        try:
+            flowkit.progress("past the gate")
+        except flowkit.RunCancelled:
+            r.rpush(f"active:{data['tenant']}", f"-{ctx.run_id}")
+            raise
     time.sleep(data.get("pause", 0))
     r.rpush(f"active:{data['tenant']}", f"-{ctx.run_id}")
     return data

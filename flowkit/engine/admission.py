@@ -5,7 +5,11 @@ A workflow with ``concurrency=flowkit.Concurrency(limit, key)`` groups its runs 
 not is *held*: ``queued``, with ``held_for`` saying what it waits for ("2 of 2 runs of
 tenant acme active") and a ``run.held`` event, in the group's line in Redis, never in the
 broker. When a run ends, however it ends, its slot goes to the next in line (higher
-priority first, then older), which is admitted (``run.admitted``) and enqueued. Keys are
+priority first, then older), which is admitted (``run.admitted``) and enqueued, once no
+step of it still runs: a cancel is seen at the step's next check, and a parallel branch
+runs on after another failed the run; its slot given back at the end, the next run of the
+key worked beside it (a tenant limited to one job had two). The step's own stop gives it
+back then (its lease let go), or beat's sweep once its lease lapsed. Keys are
 independent: a tenant with 300 runs in line holds ``limit`` slots, and another tenant's
 run is admitted at once.
 
@@ -66,7 +70,7 @@ def released(run_id: str, store: Store | None = None, ended: Ended | None = None
         group, limit = ended.slot or (None, None)
     else:
         group, limit = store.run_fields(run_id, "concurrency_group", "concurrency_limit")
-    if not group or not limit:
+    if not group or not limit or _still_runs(run_id, store, time.time()):
         return
     limit = limit_in_code(group) or int(limit)  # a deploy may have changed it since its start
     _, _, admitted = store.slots(group, limit, time.time(), release=run_id)
@@ -88,7 +92,8 @@ def reconcile(store: Store | None = None) -> list[str]:
         states = store.run_states([run_id for run_id, _ in holders])
         gone = [run_id for (run_id, since), state in zip(holders, states, strict=True)
                 if (state is None and now - since > ORPHAN_SLOT_SECONDS)
-                or (state is not None and RunState(state) in TERMINAL_STATES)]
+                or (state is not None and RunState(state) in TERMINAL_STATES
+                    and not _still_runs(run_id, store, now))]
         for run_id in gone or [""]:
             _, _, admitted = store.slots(group, limit, now, release=run_id)
             admitted_all += _continue(admitted, store=store)
@@ -98,6 +103,11 @@ def reconcile(store: Store | None = None) -> list[str]:
                                    zip(holders, states, strict=True)
                                    if state == RunState.QUEUED], store=store)
     return admitted_all
+
+
+def _still_runs(run_id: str, store: Store, now: float) -> bool:
+    """Whether a step of the (ended) run still runs: its lease is held and beaten."""
+    return bool(store.live_leases(run_id, now))
 
 
 def limit_in_code(group: str) -> int | None:

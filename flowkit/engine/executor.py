@@ -225,7 +225,8 @@ def _run_attempts(
     except RunCancelled:
         log.info("flowkit: step %s of run %s stopped: run cancelled or restarted", key, run_id)
         with contextlib.suppress(StoreUnavailable):  # else it lapses, as it did always
-            store.release_ended(run_id, key, token)  # a retry need not wait for its lapse
+            if store.release_ended(run_id, key, token):  # a retry need not wait for its lapse
+                admission.released(run_id, store)  # its slot, kept while the step ran
         raise Ignore() from None
     except StoreUnavailable as exc:
         # not the step's fault: its lease lapses and the reaper restarts the run
@@ -280,16 +281,18 @@ def _run_attempts(
     # the attempt's trace records and the checkpoint (and the run's end) in one round trip
     if run_end is None:
         ended: Ended | None = None
-        won, resume_gen = writer.flush_with(store, lambda records: store.complete_step(
+        won, resume_gen, over = writer.flush_with(store, lambda records: store.complete_step(
             run_id, key, token, output_json, now, completed, worker, trace=records))
     else:
         run_output_json, run_event = run_end
-        won, resume_gen, ended = writer.flush_with(
+        won, resume_gen, over, ended = writer.flush_with(
             store, lambda records: store.complete_last_step(
                 run_id, key, token, output_json, now, completed, worker, gen=ends["gen"],
                 run_output_json=run_output_json, run_event=run_event, trace=records))
     if resume_gen:  # the last step in flight of a run whose waits were answered meanwhile
         resume(Run.load(run_id, store), resume_gen)
+    if over:  # it ran on after its run ended (cancelled, failed): its slot, kept meanwhile
+        admission.released(run_id, store)
     if ended:
         _ended(run_id, store, ended)
     return loads(won), ended is not None

@@ -435,10 +435,11 @@ class Store:
     def complete_step(
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
         worker: str = "", trace: Iterable[tuple[str, str]] = (),
-    ) -> tuple[str, int]:
-        """Checkpoint a step; returns the checkpoint that won (the first one written), and
-        a generation > 0 when this step was the last in flight of a run whose waits were
-        answered meanwhile (the caller enqueues its frontier).
+    ) -> tuple[str, int, bool]:
+        """Checkpoint a step; returns the checkpoint that won (the first one written), a
+        generation > 0 when this step was the last in flight of a run whose waits were
+        answered meanwhile (the caller enqueues its frontier), and whether the run had
+        ended while the step ran (the caller gives back its concurrency slot).
 
         ``trace`` records (``(run_id, span JSON)``) are written
         first, in the same round trip, so a finished step's trace is complete before its
@@ -446,25 +447,25 @@ class Store:
         round trip to a pipeline carrying a Script); if Redis restarted and forgot it, the
         call is made again on its own, which loads it."""
         args = self._complete_args(run_id, step, token, output_json, now, event, worker)
-        [(won, gen)] = self._pipelined(run_id, trace, [("complete", args)])
-        return won, int(gen)
+        [(won, gen, over)] = self._pipelined(run_id, trace, [("complete", args)])
+        return won, int(gen), bool(over)
 
     @_op
     def complete_last_step(
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,
         worker: str, *, gen: int, run_output_json: str, run_event: dict,
         trace: Iterable[tuple[str, str]] = (),
-    ) -> tuple[str, int, Ended | None]:
+    ) -> tuple[str, int, bool, Ended | None]:
         """:meth:`complete_step` of a run's last step, then the run's end (:meth:`finish`)
         in the same round trip; the run ends only if this completion won (the step's
-        checkpoint is ``output_json``). Returns the checkpoint that won, the generation to
-        resume (as ``complete_step``), and the run's end if it ended."""
+        checkpoint is ``output_json``). Returns what ``complete_step`` does, and the run's
+        end if it ended."""
         completion = self._complete_args(run_id, step, token, output_json, now, event, worker)
         end = [run_id, gen, now, run_output_json, self.settings.retention_seconds,
                dumps(run_event), _new_call(), step, output_json]
-        (won, resume_gen), ended = self._pipelined(
+        (won, resume_gen, over), ended = self._pipelined(
             run_id, trace, [("complete", completion), ("finish", end)])
-        return won, int(resume_gen), Ended.of(ended)
+        return won, int(resume_gen), bool(over), Ended.of(ended)
 
     def _complete_args(
         self, run_id: str, step: str, token: str, output_json: str, now: float, event: dict,

@@ -75,7 +75,7 @@ def begin(store, run_id: str = RUN, *, token: str = TOKEN, now: float = T, gen: 
 
 
 def complete(store, run_id: str = RUN, *, token: str = TOKEN, output: str = '"out"',
-             now: float = T + 1, step: str = STEP) -> tuple[str, int]:
+             now: float = T + 1, step: str = STEP) -> tuple[str, int, bool]:
     done = events.make(events.STEP_COMPLETED, run_id, step=step, attempt=1)
     return store.complete_step(run_id, step, token, output, now, done, worker=WORKER)
 
@@ -524,9 +524,9 @@ def test_a_live_run_never_expires_and_an_ended_one_after_the_retention(store):
 
 def test_complete_step_first_checkpoint_wins_and_releases_the_lease(store):
     make_run(store, RunState.RUNNING)
-    assert complete(store, output='"first"') == ('"first"', 0)
+    assert complete(store, output='"first"') == ('"first"', 0, False)
     assert lease(store) is None and lease_lapses(store) is None
-    assert complete(store, token="tok-2", output='"second"', now=T + 2) == ('"first"', 0)
+    assert complete(store, token="tok-2", output='"second"', now=T + 2) == ('"first"', 0, False)
     assert store.checkpoint(RUN, STEP) == '"first"'
     assert len(of_type(store, events.STEP_COMPLETED)) == 1
 
@@ -534,13 +534,13 @@ def test_complete_step_first_checkpoint_wins_and_releases_the_lease(store):
 def complete_last(store, *, token: str = TOKEN, output: str = '"out"', gen: int = 0,
                   now: float = T + 1) -> tuple[str, int, bool]:
     """complete_last_step's answer, whether the run ended as its last item."""
-    won, resume_gen, ended = complete_last_ended(store, token=token, output=output, gen=gen,
-                                                 now=now)
+    won, resume_gen, _, ended = complete_last_ended(store, token=token, output=output, gen=gen,
+                                                    now=now)
     return won, resume_gen, ended is not None
 
 
 def complete_last_ended(store, *, token: str = TOKEN, output: str = '"out"', gen: int = 0,
-                        now: float = T + 1) -> tuple[str, int, Ended | None]:
+                        now: float = T + 1) -> tuple[str, int, bool, Ended | None]:
     done = events.make(events.STEP_COMPLETED, RUN, step=STEP, attempt=1)
     succeeded = events.make(events.RUN_SUCCEEDED, RUN, output="run-out")
     return store.complete_last_step(RUN, STEP, token, output, now, done, WORKER, gen=gen,
@@ -571,8 +571,9 @@ def test_complete_last_step_of_a_run_no_longer_live_in_its_gen_does_not_end_it(s
         assert cancel(store) == 1
     else:
         assert store.restart(RUN, expected_state=RunState.RUNNING, reason="r", now=T + 1)[0] == 1
-    won, _, ended = complete_last(store, now=T + 2)
+    won, _, over, ended = complete_last_ended(store, now=T + 2)
     assert won == '"out"' and not ended
+    assert over == (setup == "cancelled")  # the caller gives its slot back
     assert events.RUN_SUCCEEDED not in types(store)
 
 
@@ -580,7 +581,7 @@ def test_the_end_of_a_run_names_its_concurrency_slot_so_it_is_not_read_again(sto
     slotted = {**record(), "concurrency_group": "tenant-a", "concurrency_limit": 2}
     assert store.create_run(slotted, queued_event(), None) == (RUN, True)
     store.redis.hset(store.keys.run(RUN), "state", RunState.RUNNING.value)
-    assert complete_last_ended(store) == ('"out"', 0, Ended(("tenant-a", 2)))
+    assert complete_last_ended(store) == ('"out"', 0, False, Ended(("tenant-a", 2)))
 
     make_run(store, RunState.RUNNING, run_id="no-slot")
     assert finish_ended(store, "no-slot", call_id="call-1") == Ended(None)
@@ -1338,7 +1339,7 @@ def test_begin_wait_then_the_last_step_in_flight_completes_and_the_run_waits(sto
     make_run(store, RunState.RUNNING)
     begin_other(store)
     assert pause(store) == (WaitOutcome.PAUSED, None, 0)
-    assert complete(store, step=OTHER, token="tok-2", now=T + 2) == ('"out"', 0)
+    assert complete(store, step=OTHER, token="tok-2", now=T + 2) == ('"out"', 0, False)
     run = store.get_run(RUN)
     assert (run["state"], run["gen"]) == (RunState.WAITING, "0")
     assert score(store, store.keys.running) is None
@@ -1546,7 +1547,7 @@ def test_deliver_while_a_step_is_in_flight_resumes_when_it_completes(store):
     assert deliver(store, now=T + 5) == (WaitOutcome.DELIVERED, 0)
     assert fields_of(store, "state", "gen", "resume_pending") == (RunState.RUNNING, "0", "1")
     assert store.checkpoint(RUN, wait_key()) == YES
-    assert complete(store, step=OTHER, token="tok-2", now=T + 6) == ('"out"', 1)
+    assert complete(store, step=OTHER, token="tok-2", now=T + 6) == ('"out"', 1, False)
     assert fields_of(store, "state", "gen", "resume_pending") == (RunState.QUEUED, "1", None)
     assert score(store, store.keys.queued) == T + 6 and score(store, store.keys.running) is None
 

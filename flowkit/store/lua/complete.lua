@@ -6,8 +6,10 @@
 -- ARGV[1] run_id     ARGV[2] step       ARGV[3] token      ARGV[4] output (JSON)
 -- ARGV[5] now        ARGV[6] retention  ARGV[7] event (step.completed, JSON)
 -- ARGV[8] worker
--- Returns {the checkpoint that won, gen}: gen > 0 when this step was the last in flight
--- of a run whose waits were all answered meanwhile: the caller enqueues its frontier.
+-- Returns {the checkpoint that won, gen, over}: gen > 0 when this step was the last in flight
+-- of a run whose waits were all answered meanwhile: the caller enqueues its frontier; over
+-- 1 when the run had ended already (cancelled, or failed by another branch, while this step
+-- ran on): the caller gives back the run's concurrency slot, kept while the step ran.
 local run_id, step, token, output = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, retention, event, worker = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
@@ -21,4 +23,4 @@ if added == 1 and (state == STATE_RUNNING or state == STATE_WAITING) then
 end
 local gen = settle(run_id, now)
 touch(retention)
-return {redis.call('HGET', ckpt, step), gen}
+return {redis.call('HGET', ckpt, step), gen, is_live(state) and 0 or 1}
