@@ -708,8 +708,15 @@ class Store:
 
     @_op
     def due_timers(self, now: float) -> list[tuple[str, str]]:
-        """(run id, wait key or ``$start``) of the timers due by ``now``."""
-        return [(m.partition(" ")[0], m.partition(" ")[2]) for m in self._scan(self.keys.timers, now)]
+        """(run id, wait key or ``$start``) of the timers due by ``now``, the earliest due
+        first: the shards were read one after another, and delayed starts of one
+        concurrency key asked for their slots, and were admitted, in that scrambled order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zrangebyscore(self.keys.timers(shard), "-inf", now, start=0, num=SCAN_BATCH,
+                               withscores=True)
+        due = sorted((score, member) for found in pipe.execute() for member, score in found)
+        return [(member.partition(" ")[0], member.partition(" ")[2]) for _, member in due]
 
     @_op
     def add_waker(self, event_key: str, run_id: str, wait_key: str, retention: float) -> None:

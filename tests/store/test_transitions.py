@@ -1695,6 +1695,16 @@ def test_fire_timer_of_a_cancelled_run_does_nothing(store):
     assert types(store) == events_before
 
 
+def test_due_timers_come_earliest_due_first_across_shards(store):
+    """Read shard by shard, five delayed starts of one key were admitted scrambled."""
+    runs = [str(ULID()) for _ in range(40)]
+    assert len({shard_of(run_id) for run_id in runs}) > 1
+    due = {run_id: T + 1 + n * 0.01 for n, run_id in enumerate(runs)}  # made in this order
+    for run_id, at in due.items():
+        store.redis.zadd(store.keys.timers(shard_of(run_id)), {f"{run_id} $start": at})
+    assert store.due_timers(T + 10) == [(run_id, "$start") for run_id in runs]
+
+
 def test_fire_timer_start_of_a_scheduled_run_queues_it(store):
     scheduled_run(store, start_at=T + 60)
     assert store.due_timers(T + 59) == [] and store.due_timers(T + 60) == [(RUN, "$start")]
