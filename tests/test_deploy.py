@@ -177,6 +177,17 @@ def test_the_reference_web_process_says_when_no_one_can_call_its_api(
         assert ("every API call, /metrics too, answers 401" in caplog.text) is said, keys
 
 
+def test_the_reference_worker_runs_the_workflows_the_web_process_serves(start_worker):
+    """FLOWKIT_WORKFLOW_MODULES reached the web process alone: the Procfile's worker imported
+    ``examples``, dropped the steps of a workflow from another module ("unregistered task"),
+    and the run failed as WorkflowNotFound. Its step's queue is one only this worker consumes."""
+    from tests import workflows as wf
+
+    start_worker("reference", app="workers.celery_app", queues=("flowkit", wf.LONELY),
+                 env_overrides={"FLOWKIT_WORKFLOW_MODULES": "examples, tests.workflows"})
+    assert wf.lonely.start({"n": 1}).result(30) == {"n": 2}
+
+
 @pytest.mark.parametrize("recipe", ["compose", "kubernetes", "systemd"])
 def test_each_recipe_has_a_place_for_the_api_s_credentials(recipe):
     """None had: the web process it deployed answered every API call, and /metrics, with a
