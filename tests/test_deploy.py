@@ -130,7 +130,8 @@ def test_the_dockerfile_starts_the_web_process_as_pid_1_and_holds_every_process_
 
 def needed_modules() -> set[str]:
     """The top-level packages the Procfile's commands import: the -A apps, the WSGI app,
-    the gunicorn config, and the modules those Celery apps import (``imports=[...]``)."""
+    the gunicorn config, and the modules those Celery apps import (``imports=[...]``, or
+    by default from ``FLOWKIT_WORKFLOW_MODULES``)."""
     found: set[str] = set()
     apps = []
     for argv in procfile().values():
@@ -144,8 +145,13 @@ def needed_modules() -> set[str]:
     for app in apps:
         with open(os.path.join(ROOT, *app.split(".")) + ".py") as f:
             for node in ast.walk(ast.parse(f.read())):
-                if isinstance(node, ast.keyword) and node.arg == "imports":
+                if (isinstance(node, ast.keyword) and node.arg == "imports"
+                        and isinstance(node.value, ast.List)):
                     found.update(ast.literal_eval(node.value))
+                if (isinstance(node, ast.Call) and len(node.args) == 2
+                        and isinstance(node.args[0], ast.Constant)
+                        and node.args[0].value == "FLOWKIT_WORKFLOW_MODULES"):
+                    found.update(m.strip() for m in ast.literal_eval(node.args[1]).split(","))
     return found
 
 
