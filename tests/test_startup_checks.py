@@ -76,6 +76,36 @@ def test_a_server_that_is_no_redis_is_said_in_one_line_everywhere(flowkit_env, h
     assert len(runs.stderr.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def replica_redis():
+    """A Redis replicating another: read-only, as an old primary is once a failover demoted it."""
+    with LocalRedis() as primary, LocalRedis() as replica:
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", primary.port)
+        yield replica, primary
+
+
+def test_a_store_url_at_a_replica_is_refused_in_one_line_everywhere(flowkit_env, replica_redis):
+    """The doctor passed and the processes started "ready"; then every write failed: the API
+    answered 500, the CLI a 61-line ReadOnlyError traceback, the worker one at each beat."""
+    replica, primary = replica_redis
+    env = {**env_for(flowkit_env, replica.url), "FLOWKIT_REDIS_RETRY_SECONDS": "1"}
+    said = (f"FLOWKIT_REDIS_URL reaches a replica of the Redis at 127.0.0.1:{primary.port} "
+            "(read-only; a failover may have demoted it): point it at the primary, or at your "
+            "sentinels (redis+sentinel://host:port,.../service/db), which follow a failover.")
+    started = worker(env)
+    assert started.returncode == 2 and "Traceback" not in started.stderr, started.stderr[-2000:]
+    assert [line for line in started.stderr.splitlines() if "refuses to start" in line] == [
+        f"flowkit: worker refuses to start: {said}"]
+    web = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert web.returncode == 2 and f"flowkit web refuses to start: {said}" in web.stderr, (
+        web.stderr[-2000:])
+    doctor = subprocess.run([sys.executable, "-m", "flowkit.cli", "doctor", "-A", "tests.app"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert "✗ redis" in doctor.stdout and "reaches a replica of the Redis at" in doctor.stdout
+
+
 def env_for(flowkit_env: dict, store_url: str) -> dict:
     return {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": store_url}
 

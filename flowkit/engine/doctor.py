@@ -41,7 +41,7 @@ from ..store import (
     said_no_primary,
     sentinels_refused,
 )
-from ..store.connection import CLUSTER_NODE, NOT_REDIS
+from ..store.connection import CLUSTER_NODE, NOT_REDIS, REPLICA
 from ..store.server import probe
 from ..urls import SENTINELS_REFUSED, is_cluster, reached, redacted
 from ..version import __version__
@@ -154,6 +154,8 @@ def startup_findings(redis_url: str) -> list[Finding]:
                         "Start it, or point FLOWKIT_REDIS_URL at your Redis.")]
     if info.get("cluster_enabled") and not is_cluster(redis_url):
         raise ConfigError(CLUSTER_NODE)
+    if info.get("replica_of"):  # it started, and every write failed: a traceback at each beat
+        raise ConfigError(REPLICA.format(primary=info["replica_of"]))
     return [f for f in redis_settings(info, "redis") if f.level != OK]
 
 
@@ -201,6 +203,8 @@ def examine(
                         "Put the password in FLOWKIT_REDIS_URL, as redis://:PASSWORD@host:port/db "
                         "(redis://USER:PASSWORD@... for an ACL user; redis+sentinel://:PASSWORD@"
                         "host:port,.../service/db through sentinels).")]
+    if info.get("replica_of"):
+        return [_said(FAILURE, REPLICA.format(primary=info["replica_of"]))]
     found = [Finding("redis", OK, f"Redis {info['version']} at {redacted(url)} answers.")]
     found += redis_settings(info, "redis")
     if broker_url and _server(broker_url) not in (None, _server(url)):

@@ -61,6 +61,12 @@ REFUSED = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 CLUSTER_NODE = ("FLOWKIT_REDIS_URL reaches one node of a Redis Cluster (it answered MOVED): "
                 "write it as redis+cluster://host:port (every node is found from one).")
 
+#: What a URL at a replica is told (a read-only copy: every write fails, ReadOnlyError).
+REPLICA = ("FLOWKIT_REDIS_URL reaches a replica of the Redis at {primary} (read-only; a failover "
+           "may have demoted it): point it at the primary, or at your sentinels "
+           "(redis+sentinel://host:port,.../service/db), which follow a failover.")
+
+
 def refused(exc: BaseException) -> ConfigError:
     """The one-line error for credentials Redis refused, saying where they go."""
     return ConfigError(

@@ -63,6 +63,9 @@ def _described(info: dict[str, Any], node: str | None = None) -> dict[str, Any]:
         "maxmemory": int(info.get("maxmemory", 0) or 0),
         "maxmemory_policy": info.get("maxmemory_policy"),
         "cluster_enabled": str(info.get("cluster_enabled", 0)) == "1",
+        # a replica (of host:port), None for a primary: see connection.REPLICA
+        "replica_of": (f"{info.get('master_host')}:{info.get('master_port')}"
+                       if info.get("role") == "slave" else None),
     }
 
 
