@@ -189,14 +189,17 @@ def event_line(event: dict[str, Any]) -> str:
 
 
 def events(args: argparse.Namespace) -> int:
+    from .run import LocalRuns  # noqa: PLC0415 - run imports this module
+
     runs.get_run(args.run_id)  # an unknown run says so instead of waiting forever
     try:
-        stream = runs.follow(args.run_id, args.after) if args.follow \
-            else runs.history(args.run_id, args.after)
+        # -f waits out a Redis restart as flowkit follow does (it quit, exit 1, while the
+        # run went on); the history is one read
+        docs = LocalRuns(args).events(args.run_id, args.after) if args.follow else (
+            event.to_dict() for event in runs.history(args.run_id, args.after))
     except ValidationError as exc:  # -f --after past the run's last event
         raise UsageError(exc.message) from None
-    for event in stream:
-        doc = event.to_dict()
+    for doc in docs:
         print(json.dumps(doc, default=str) if args.json else event_line(doc), flush=True)
     return 0
 
