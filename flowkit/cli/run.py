@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -27,7 +26,6 @@ from rich.console import Console
 from rich.live import Live
 
 from .. import events as ev
-from ..config import get_settings
 from ..engine.control import canonical_run_id
 from ..errors import (
     FlowkitError,
@@ -37,11 +35,12 @@ from ..errors import (
     ValidationError,
     WorkflowNotFound,
 )
-from ..urls import reached, redacted_query
+from ..urls import redacted_query
 from .app import add_app_option, load_app, unknown_workflow
+from .following import followed_locally
 from .live import Printer, RunView, final_lines
 from .output import add_json_option
-from .remote import RECONNECT_SECONDS, RECONNECT_TRIES, RemoteRuns
+from .remote import RemoteRuns
 from .runs import event_cursor
 from .usage import UsageError, field_texts, fields_line, input_text, parse_json, utf8_text
 
@@ -79,48 +78,7 @@ class LocalRuns:
         return control.get_run(run_id).to_dict()
 
     def events(self, run_id: str, after: str) -> Iterator[dict[str, Any]]:
-        from ..engine import control
-
-        try:
-            followed = control.follow(run_id, after)  # a cursor past the end: refused now
-        except StoreUnavailable:  # gone since the start (or the run's read): waited out as
-            followed = None  # any outage, or `flowkit run` said no run id, only "cannot reach"
-        return self._through_outages(run_id, after, followed)
-
-    def _through_outages(self, run_id: str, cursor: str, followed: Iterator[Any] | None
-                         ) -> Iterator[dict[str, Any]]:
-        """The events, following on from the last one shown when Redis comes back: a
-        restart of Redis (a deploy, a crash with AOF) ended the follow within the CLI's
-        2 s of retries, while the run went on. Gives up after two minutes away, as a
-        follow over ``--url`` does."""
-        from ..engine import control
-
-        away_since: float | None = None
-        while True:
-            try:
-                if followed is None:
-                    followed = control.follow(run_id, cursor)
-                    if away_since is not None:
-                        print(f"flowkit: Redis answers again; following run {run_id}.",
-                              file=sys.stderr, flush=True)
-                    away_since = None
-                for event in followed:
-                    cursor = event.id
-                    yield {"id": event.id, **event.data}
-                return
-            except StoreUnavailable as exc:
-                followed, now = None, time.monotonic()
-                if away_since is None:  # once per outage: it was silent until it gave up
-                    away_since = now
-                    print(f"flowkit: cannot reach Redis at {reached(get_settings().redis_url)} "
-                          f"({exc}); following run {run_id} goes on from event {cursor} once "
-                          "it is back (nothing is lost) ...", file=sys.stderr, flush=True)
-                elif now - away_since > RECONNECT_TRIES * RECONNECT_SECONDS:
-                    raise FlowkitError(
-                        f"Redis at {reached(get_settings().redis_url)} has been away for two "
-                        f"minutes ({exc}); follow run {run_id} again once it is back: "
-                        f"flowkit follow {run_id} --after {cursor}") from None
-            time.sleep(RECONNECT_SECONDS)
+        return followed_locally(run_id, after)
 
 
 def runs_of(args: argparse.Namespace) -> Runs:

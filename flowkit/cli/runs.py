@@ -23,6 +23,7 @@ from ..engine.control import canonical_run_id
 from ..errors import FlowkitError, StoreUnavailable, ValidationError
 from ..workflow import workflows
 from .app import add_app_option, load_app, unknown_workflow
+from .following import followed_locally
 from .output import add_json_option, emit, human_duration, human_time
 from .render import plural, short, show
 from .usage import UsageError, parse_json, whole_number
@@ -189,13 +190,11 @@ def event_line(event: dict[str, Any]) -> str:
 
 
 def events(args: argparse.Namespace) -> int:
-    from .run import LocalRuns  # noqa: PLC0415 - run imports this module
-
     runs.get_run(args.run_id)  # an unknown run says so instead of waiting forever
     try:
         # -f waits out a Redis restart as flowkit follow does (it quit, exit 1, while the
         # run went on); the history is one read
-        docs = LocalRuns(args).events(args.run_id, args.after) if args.follow else (
+        docs = followed_locally(args.run_id, args.after) if args.follow else (
             event.to_dict() for event in runs.history(args.run_id, args.after))
     except ValidationError as exc:  # -f --after past the run's last event
         raise UsageError(exc.message) from None
