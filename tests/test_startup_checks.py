@@ -106,6 +106,24 @@ def test_a_store_url_at_a_replica_is_refused_in_one_line_everywhere(flowkit_env,
     assert "✗ redis" in doctor.stdout and "reaches a replica of the Redis at" in doctor.stdout
 
 
+def test_a_worker_refuses_to_start_when_its_broker_refuses_its_credentials(
+        flowkit_env, locked_redis):
+    """Only the store was checked: the worker stayed up and retried the broker for ever (on
+    RabbitMQ six times a second, tracebacks and all), a healthy unit to systemd."""
+    env = {**env_for(flowkit_env, flowkit_env["FLOWKIT_REDIS_URL"]),
+           "FLOWKIT_BROKER_URL": f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"}
+    started = worker(env)
+    assert started.returncode == 2 and "Traceback" not in started.stderr, started.stderr[-2000:]
+    [line] = [line for line in started.stderr.splitlines() if "refuses to start" in line]
+    assert line.startswith(f"flowkit: worker refuses to start: the Celery broker at "
+                           f"redis://***@127.0.0.1:{locked_redis.port}/0 refused its credentials "
+                           "(invalid username-password pair"), line
+    assert line.endswith("put the password in FLOWKIT_BROKER_URL, as "
+                         "redis://:PASSWORD@host:port/db (redis://USER:PASSWORD@... for an ACL "
+                         "user).")
+    assert "wrong" not in line  # the password is not shown
+
+
 def env_for(flowkit_env: dict, store_url: str) -> dict:
     return {**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": store_url}
 

@@ -41,7 +41,7 @@ from ..store import (
     said_no_primary,
     sentinels_refused,
 )
-from ..store.connection import CLUSTER_NODE, NOT_REDIS, REPLICA
+from ..store.connection import CLUSTER_NODE, NOT_REDIS, REFUSED, REPLICA
 from ..store.server import probe
 from ..urls import SENTINELS_REFUSED, is_cluster, reached, redacted
 from ..version import __version__
@@ -317,20 +317,69 @@ def amqp_broker(url: str, timeout: float = 3.0) -> list[Finding]:
     """The Celery broker on RabbitMQ: it answers and takes flowkit's credentials (the
     doctor said "All is well" with RabbitMQ stopped, then blamed beat)."""
     try:
-        with kombu.Connection(url, connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
-            version = conn.connection.server_properties.get("version", "?")
+        version = _rabbitmq_version(url, timeout)
     except amqp.exceptions.AMQPError as exc:  # it answered, and refused
         return [Finding("broker", FAILURE, f"The Celery broker at {redacted(url)} refused "
-                        f"flowkit: {str(exc).rstrip('.')}.", "Fix the user, password or vhost in "
-                        "FLOWKIT_BROKER_URL (rabbitmqctl list_users, list_vhosts).")]
+                        f"flowkit: {str(exc).rstrip('.')}.", AMQP_REFUSED_FIX)]
     except (kombu.exceptions.OperationalError, OSError) as exc:
         return [Finding("broker", FAILURE, f"The Celery broker at {reached(url)} does not "
                         f"answer ({exc}): no step can be sent or taken.",
                         "Start RabbitMQ, or point FLOWKIT_BROKER_URL at it.")]
-    if isinstance(version, bytes):
-        version = version.decode(errors="replace")
     return [Finding("broker", OK, f"Broker RabbitMQ {version} at {redacted(url)} answers.")]
+
+
+#: How to fix the credentials RabbitMQ refused.
+AMQP_REFUSED_FIX = ("Fix the user, password or vhost in FLOWKIT_BROKER_URL (rabbitmqctl "
+                    "list_users, list_vhosts).")
+
+
+def _rabbitmq_version(url: str, timeout: float) -> str:
+    """The version of the RabbitMQ at ``url``; AMQPError when it refuses the connection (its
+    user, password or vhost), kombu's OperationalError or OSError when it does not answer."""
+    with kombu.Connection(url, connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        version = conn.connection.server_properties.get("version", "?")
+    return version.decode(errors="replace") if isinstance(version, bytes) else version
+
+
+#: The broker URL schemes a worker checks as it starts: RabbitMQ's (py-amqp), and the
+#: Redis forms the store reads (Celery's own ``sentinel://`` and ``redis+socket://`` not).
+_PROBED_AMQP = ("amqp", "amqps", "pyamqp")
+_PROBED_REDIS = ("redis", "rediss", "unix", "redis+sentinel")
+
+
+def broker_startup_findings(broker_url: str, store_url: str, timeout: float = 3.0
+                            ) -> list[Finding]:
+    """What a worker says of its Celery broker as it starts (the store's Redis is
+    :func:`startup_findings`'): credentials the broker refuses (a user, password or vhost)
+    raise ConfigError, and the worker refuses to start. It stayed up, and retried: six
+    times a second on RabbitMQ, with a CRITICAL traceback each few, for ever on Redis, and a
+    process manager saw a healthy unit. A broker that does not answer yet is a warning (it
+    may come up after the worker)."""
+    scheme = broker_url.partition("://")[0].lower()
+    if broker_url == store_url or scheme not in (*_PROBED_AMQP, *_PROBED_REDIS):
+        return []  # the store's own Redis (checked already), or a form Celery's own reads
+    try:
+        if scheme in _PROBED_AMQP:
+            _rabbitmq_version(broker_url, timeout)
+        else:
+            probe(broker_url, timeout)
+    except amqp.exceptions.AMQPError as exc:
+        raise ConfigError(f"the Celery broker at {redacted(broker_url)} refused flowkit "
+                          f"({str(exc).rstrip('.')}): {AMQP_REFUSED_FIX[0].lower()}"
+                          f"{AMQP_REFUSED_FIX[1:]}") from None
+    except ConfigError as exc:  # a Redis that refused the credentials, or no Redis
+        if isinstance(exc.__cause__, REFUSED):
+            raise ConfigError(f"the Celery broker at {redacted(broker_url)} refused its "
+                              f"credentials ({exc.__cause__}): put the password in "
+                              "FLOWKIT_BROKER_URL, as redis://:PASSWORD@host:port/db "
+                              "(redis://USER:PASSWORD@... for an ACL user).") from None
+        raise ConfigError(f"the Celery broker (FLOWKIT_BROKER_URL): {exc}") from None
+    except (StoreUnavailable, kombu.exceptions.OperationalError, OSError):
+        return [Finding("broker", WARNING, f"The Celery broker at {reached(broker_url)} does "
+                        "not answer yet; the worker connects once it does.",
+                        "Start it, or point FLOWKIT_BROKER_URL at it.")]
+    return []
 
 
 #: A URL scheme's default port, to compare two spellings of one broker.

@@ -97,6 +97,6 @@ def probe(url: str, timeout: float = 2.0) -> dict[str, Any]:
     except NOT_REDIS as exc:
         raise not_redis(exc, f"The server at {redacted(url)}") from exc
     except UNREACHABLE as exc:
-        raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from exc
+        raise StoreUnavailable(f"Redis at {redacted(url)} is unreachable: {exc}") from exc
     finally:
         client.close()

@@ -38,6 +38,8 @@ def refuse_bad_config(sender=None, **_) -> None:
     try:
         doctor.say(check_broker_timeout(settings), "worker", log)
         doctor.say(doctor.startup_findings(settings.redis_url), "worker", log)
+        doctor.say(doctor.broker_startup_findings(settings.broker, settings.redis_url),
+                   "worker", log)
         schedules.check_declared()
     except ConfigError as exc:
         print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)

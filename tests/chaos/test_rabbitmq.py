@@ -169,6 +169,22 @@ def test_a_queue_declared_otherwise_refuses_the_worker_with_the_fix(rabbitmq, ch
     assert "Traceback" not in str(refused.value)
 
 
+def test_a_worker_refuses_to_start_when_rabbitmq_refuses_its_credentials(rabbitmq, chaos_env):
+    """It stayed up, retrying six times a second with a CRITICAL traceback every few (627
+    log lines in 25 s), a healthy unit to systemd."""
+    wrong = rabbitmq.url.replace("guest:guest@", "guest:wrong@")
+    worker = WorkerProcess("tests.chaos.app", name="refused", queues=("chaos-refused",),
+                           cwd=ROOT, env={**chaos_env, "FLOWKIT_BROKER_URL": wrong})
+    with pytest.raises(RuntimeError, match="exited with 2") as refused:
+        worker.start()
+    said = str(refused.value)
+    assert (f"worker refuses to start: the Celery broker at amqp://***@127.0.0.1:{rabbitmq.port}"
+            in said), said
+    assert "refused flowkit (" in said and "ACCESS_REFUSED" in said, said
+    assert "fix the user, password or vhost in FLOWKIT_BROKER_URL" in said
+    assert "Traceback" not in said and "wrong" not in said
+
+
 def test_the_doctor_speaks_of_rabbitmqs_consumer_timeout_not_of_redis():
     [ok] = doctor.consumer_timeout(120.0)
     assert ok.level == doctor.OK and "RabbitMQ" in ok.message and "visibility" not in ok.message
