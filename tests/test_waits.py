@@ -640,3 +640,20 @@ def test_a_resumed_step_does_not_stream_again_what_it_replays_and_keeps_its_text
     else:
         assert chunks == [(1, "Intro. "), (1, "Draft. "), (2, "Sent."), (3, " Done.")]
         assert dropped == set()
+
+
+def test_a_step_s_retry_budget_counts_its_failures_before_a_wait_and_a_retry_renews_it(worker):
+    """Allowed 2 attempts, it failed once, waited, and failed twice more after the answer:
+    each execution of a step had the whole budget (after a wait, or a worker killed during
+    its backoff), each a paid call or a side effect. A retry of the failed run asks for it
+    again, whole."""
+    run = wf.budgeted_asks.start({})
+    paused(run)
+    flowkit.send_input(run.id, "go", True)
+    assert run.wait(20).state == "failed"
+    assert counts(run)["fails_then_asks"] == 3  # 1 failure, the wait, 1 failure: 2 in all
+    retried = [e for e in run.events() if e.type == events.STEP_RETRYING]
+    assert [e.data["attempt"] for e in retried] == [1]
+    flowkit.retry(run.id)
+    assert run.wait(20).state == "failed"
+    assert counts(run)["fails_then_asks"] == 5  # the retry's two attempts

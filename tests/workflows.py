@@ -294,6 +294,16 @@ def streams_then_asks(data: dict) -> dict:
     return {"text": text, "ok": ok, "final": final}
 
 
+@component(name="t.fails_then_asks")
+def fails_then_asks(data: dict) -> dict:
+    """Fails once, then waits for input ``go``, then fails each time after the answer."""
+    calls = count("fails_then_asks")
+    if calls == 1:
+        raise RuntimeError("the first call fails")
+    flowkit.wait_for_input("go")
+    raise RuntimeError(f"call {calls} fails after the answer")
+
+
 @component(name="t.sleeps_until")
 def sleeps_until(data: dict) -> dict:
     flowkit.sleep_until(data["wake"])
@@ -655,6 +665,8 @@ approval = flowkit.Workflow("approval", [approve, record], input_schema={
 payment = flowkit.Workflow("payment", [await_payment])
 charged_approval = flowkit.Workflow("charged_approval", [charge_card, approve])
 dozing = flowkit.Workflow("dozing", [doze])
+budgeted_asks = flowkit.Workflow("budgeted_asks", [
+    fails_then_asks.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
 streaming_asks = flowkit.Workflow("streaming_asks", [
     streams_then_asks.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
 waiting_branches = flowkit.Workflow("waiting_branches", [

@@ -670,6 +670,7 @@ def retry(run_id: str, store: Store | None = None) -> Run:
         # a wait's timeout failed it: retried, its steps wait anew, with fresh deadlines
         # (a checkpointed timeout raised again at once: a retry that could never work)
         store.forget_timeouts(run_id)
+    store.forget_failures(run_id)  # asked for: each step's whole retry budget again
     gen, why = store.restart(
         run_id, expected_state=RunState.FAILED, reason="retry requested", now=time.time()
     )

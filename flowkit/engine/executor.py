@@ -17,6 +17,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any
 
 import billiard
@@ -214,7 +215,8 @@ def _run_attempts(
 
     heartbeat.track(run_id, key, token)
     try:
-        output_json, cached = _produce(store, comp, pol, value, new_context,
+        output_json, cached = _produce(store, comp, _budget_left(store, pol, run_id, key, attempt),
+                                       value, new_context,
                                        {"before_sleep": before_sleep, "before": before}, key)
     except StepSuspended as paused:
         # the step waits (its lease let go in begin_wait): the worker slot is free now
@@ -341,6 +343,18 @@ def _secretless(pol: Policy, value: Any, shown: Any) -> Any:
     fields = frozenset(pol.secret_fields)
     values = redaction.secret_values(value, fields) if fields else frozenset()
     return redaction.redact(shown, fields, values)
+
+
+def _budget_left(store: Store, pol: Policy, run_id: str, key: str, attempt: int) -> Policy:
+    """The step's policy with the attempts its retry budget has left: the failures of its
+    earlier executions count (a worker killed mid-backoff, a resume after a wait). Each
+    execution had the whole budget: a step allowed 3 attempts ran 5 times across a crash,
+    each a paid call or a side effect. Only a step started before (``attempt`` > 1) reads
+    them; at least one attempt is left (its last failure fails the run, uncounted)."""
+    if attempt == 1 or pol.attempts == 1:
+        return pol
+    failed = store.step_failures(run_id, key)
+    return replace(pol, attempts=max(1, pol.attempts - failed)) if failed else pol
 
 
 def _produce(

@@ -811,6 +811,20 @@ class Store:
             self.keys.answered(run_id), match=_wait_fields(kind, name), count=1000)}
 
     @_op
+    def step_failures(self, run_id: str, step: str) -> int:
+        """How many attempts of ``step`` failed and were retried (retrying.lua counts them),
+        over every execution of it: its retry budget's spent part."""
+        return int(self.redis.hget(self.keys.run(run_id), f"failures|{step}") or 0)
+
+    @_op
+    def forget_failures(self, run_id: str) -> None:
+        """A retry of the failed run: its steps get their whole retry budgets again."""
+        spent = [field for field, _ in self.redis.hscan_iter(self.keys.run(run_id),
+                                                              match="failures|*", count=1000)]
+        if spent:
+            self.redis.hdel(self.keys.run(run_id), *spent)
+
+    @_op
     def pause_point(self, run_id: str, step: str, attempt: int) -> str | None:
         """The wait key where the latest attempt of ``step`` before ``attempt`` that paused
         paused (its wait answered since), or None: a resumed attempt replays the step's code

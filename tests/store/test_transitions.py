@@ -651,6 +651,19 @@ def test_retrying_resent_returns_the_same_attempt_and_records_it_once(store):
     assert store.retrying(RUN, STEP, 0, TOKEN, retrying_event(), T + 1) == 2
     assert store.redis.hget(store.keys.attempts(RUN), STEP) == "2"
     assert [e["attempt"] for e in of_type(store, events.STEP_RETRYING)] == [1]
+    assert store.step_failures(RUN, STEP) == 1  # the retry budget's spent part, once
+
+
+def test_retrying_counts_the_step_s_failures_until_a_retry_of_the_run_forgets_them(store):
+    make_run(store, RunState.RUNNING)
+    assert store.step_failures(RUN, STEP) == 0
+    for failed in (1, 2):
+        assert store.retrying(RUN, STEP, 0, TOKEN, retrying_event(failed), T + failed) == (
+            failed + 1)
+    assert store.step_failures(RUN, STEP) == 2 and store.step_failures(RUN, "1:other") == 0
+    store.forget_failures(RUN)
+    assert store.step_failures(RUN, STEP) == 0
+    assert store.get_run(RUN)["state"] == RunState.RUNNING  # the rest of the record stays
 
 
 @pytest.mark.parametrize(("state", "gen"), [
