@@ -654,6 +654,16 @@ def test_retrying_resent_returns_the_same_attempt_and_records_it_once(store):
     assert store.step_failures(RUN, STEP) == 1  # the retry budget's spent part, once
 
 
+def test_a_checkpoint_after_a_restart_ends_its_restarts_in_a_row(store):
+    """``flowkit status`` said "1 in a row without progress" of a run that had checkpointed
+    every step since its restart: the count was judged at the next restart only."""
+    make_run(store, RunState.RUNNING)
+    store.redis.hset(store.keys.run(RUN), mapping={"restarts": 1, "stuck_restarts": 1})
+    begin(store)
+    complete(store)
+    assert fields_of(store, "restarts", "stuck_restarts") == ("1", "0")
+
+
 def test_retrying_counts_the_step_s_failures_until_a_retry_of_the_run_forgets_them(store):
     make_run(store, RunState.RUNNING)
     assert store.step_failures(RUN, STEP) == 0

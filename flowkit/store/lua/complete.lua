@@ -20,6 +20,11 @@ if added == 1 and (state == STATE_RUNNING or state == STATE_WAITING) then
   append(event)
   redis.call('HSET', run, 'updated_at', now, 'worker', worker, 'checkpoint_at', now)
   redis.call('ZADD', running, 'XX', now, run_id)
+  -- progress: the restarts before it no longer count in a row (restart.lua's rule, which
+  -- judged it at the next restart only: flowkit status said "1 in a row without progress"
+  -- of a run that had checkpointed every step since)
+  local stuck = redis.call('HGET', run, 'stuck_restarts')
+  if stuck and stuck ~= '0' then redis.call('HSET', run, 'stuck_restarts', 0) end
 end
 local gen = settle(run_id, now)
 touch(retention)
