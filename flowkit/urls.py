@@ -209,7 +209,7 @@ def shared_server_db(store_url: str, broker_url: str) -> int | None:
     port, user and password; the database may differ); None otherwise (another server, a
     Sentinel or Cluster URL, RabbitMQ). A run's first message can then be pushed by the
     script that stores the run (flowkit.engine.publish)."""
-    store, broker = _plain(store_url), _plain(broker_url)
+    store, broker = _plain(store_url), _plain(broker_url)  # the broker's as Celery has it
     if store is None or broker is None or store[0] != broker[0]:
         return None
     return broker[1]
@@ -220,12 +220,12 @@ def _plain(url: str) -> tuple[tuple, int] | None:
     try:
         split = urlsplit(url)
         scheme = split.scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        if scheme not in ("redis", "rediss", "unix", "redis+socket"):
             return None
         query = parse_qs(split.query)
-        if scheme == "unix":
-            where: tuple = (split.path,)
-            db = int(query.get("db", ["0"])[0])
+        if scheme in ("unix", "redis+socket"):  # kombu's name of a socket (celery_redis_url)
+            scheme, where = "unix", (split.path,)
+            db = int(query.get("db", query.get("virtual_host", ["0"]))[0])
         else:
             where = (split.hostname or "localhost", split.port or 6379)
             path = split.path.strip("/")

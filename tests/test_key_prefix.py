@@ -5,6 +5,7 @@ store): runs sat queued, then failed as stranded."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -14,6 +15,18 @@ import redis
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.long  # two worker processes and six CLI runs
+
+#: What a start of ``simple`` pushes with its run (one round trip: engine.publish).
+FUSED = """
+import json
+import tests.app
+from flowkit.engine import canvas, publish
+from flowkit.store import get_store
+from tests import workflows as wf
+sig, args = canvas.first_canvas(wf.simple, "run-probe", {"n": 1}, "flowkit")
+fused = publish.first_messages(get_store(), "run-probe", sig, args)
+print(json.dumps(None if fused is None else [key for key, _ in fused.items]))
+"""
 
 
 def test_deployments_with_their_own_key_prefix_share_a_redis_database(
@@ -31,3 +44,9 @@ def test_deployments_with_their_own_key_prefix_share_a_redis_database(
     keys = [k.decode() for k in redis.Redis.from_url(flowkit_env["FLOWKIT_BROKER_URL"]).scan_iter(
         match="*kombu.binding.*")]
     assert {k.split(":")[0] for k in keys} >= {"blue", "green"}, keys
+    # a start still pushes its first message with its run, under the prefix (the prefix
+    # turned that off: a start was two round trips, and not one atomic write)
+    fused = subprocess.run([sys.executable, "-c", FUSED], env=envs["blue"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    keys = json.loads(fused.stdout or "null")
+    assert keys and all(key.startswith("blue:flowkit") for key in keys), fused.stdout + fused.stderr

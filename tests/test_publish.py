@@ -28,6 +28,9 @@ def test_the_broker_shares_the_store_s_server_only_by_scheme_host_port_and_crede
     assert shared_server_db("redis://h:1", "redis://h:1") == 0
     assert shared_server_db("redis://:pw@h:1/1", "redis://:pw@h:1/3") == 3
     assert shared_server_db("unix:///tmp/r.sock?db=1", "unix:///tmp/r.sock?db=2") == 2
+    # the broker as Celery is given a socket store's URL (celery_redis_url)
+    assert shared_server_db("unix:///tmp/r.sock?db=1", "redis+socket:///tmp/r.sock?virtual_host=2") == 2
+    assert shared_server_db("unix:///tmp/r.sock", "redis+socket:///tmp/other.sock") is None
     assert shared_server_db("redis://h:1/1", "redis://h:2/1") is None  # another server
     assert shared_server_db("redis://:a@h:1/1", "redis://:b@h:1/1") is None  # another user
     assert shared_server_db("redis://h:1/1", "rediss://h:1/1") is None

@@ -657,3 +657,36 @@ def test_a_step_s_retry_budget_counts_its_failures_before_a_wait_and_a_retry_ren
     flowkit.retry(run.id)
     assert run.wait(20).state == "failed"
     assert counts(run)["fails_then_asks"] == 5  # the retry's two attempts
+
+
+def test_a_replay_up_to_a_wait_inside_a_checkpointed_sub_step_ends_at_that_sub_step(worker):
+    """The step paused at a wait inside its sub-step; the sub-step completed since, so a
+    later attempt replays it from its checkpoint and never meets the wait: every chunk of
+    that attempt was held back as replayed, and the step's text after the wait was lost."""
+    run = wf.sub_step_asks.start({"topic": "x"})
+    paused(run)
+    flowkit.send_input(run.id, "ok", True)
+    assert run.result(20) == {"ok": True}
+    history = run.events()
+    chunks = [(e.data["attempt"], e.data["chunk"]) for e in history
+              if e.type == events.STEP_OUTPUT]
+    assert chunks == [(1, "Asked. "), (2, "Done."), (3, "Done.")]  # 2 failed: dropped
+    dropped = events.superseded_attempts(history)
+    assert "".join(c for a, c in chunks if ("0:t.asks_in_a_sub_step", a) not in dropped) == (
+        "Asked. Done.")
+
+
+def test_fan_out_items_paused_again_after_a_sibling_s_answer_do_not_stream_twice(worker):
+    """An answer resumes the run: the items still waiting run again and pause again at the
+    same wait (its first pause's spec stays, no new run.waiting), and sent their text again."""
+    run = wf.telling_items.start({"n": 3})
+    wait_until(lambda: len([e for e in run.events() if e.type == events.RUN_WAITING]) == 3,
+               20, "every item to pause")
+    for i in range(3):
+        flowkit.send_input(run.id, f"item-{i}", {"value": i + 1})
+        if i < 2:  # the others run again, and pause again
+            wait_until(lambda: flowkit.get_run(run.id).state == "waiting", 20,
+                       "the other items waiting again")
+    assert run.result(WAIT) == {"total": 6}
+    chunks = sorted(e.data["chunk"] for e in run.events() if e.type == events.STEP_OUTPUT)
+    assert chunks == ["item 0. ", "item 1. ", "item 2. "]

@@ -294,6 +294,31 @@ def streams_then_asks(data: dict) -> dict:
     return {"text": text, "ok": ok, "final": final}
 
 
+@component(name="t.asks_inside")
+def asks_inside(topic: str) -> bool:
+    """A sub-step that streams, then waits: the step's pause point is inside it."""
+    flowkit.emit("Asked. ")
+    return flowkit.wait_for_input("ok")
+
+
+@component(name="t.asks_in_a_sub_step")
+def asks_in_a_sub_step(data: dict) -> dict:
+    """Its sub-step waits; after it, the step streams, and fails once (its retry replays
+    the sub-step from its checkpoint, never meeting the wait again)."""
+    ok = asks_inside(data["topic"])
+    flowkit.emit("Done.")
+    if count("asks_in_a_sub_step:after") == 1:
+        raise RuntimeError("fails once after its sub-step")
+    return {"ok": ok}
+
+
+@component(name="t.says_then_asks_item")
+def says_then_asks_item(i: int) -> int:
+    flowkit.emit(f"item {i}. ")
+    answer = flowkit.wait_for_input(f"item-{i}", schema={"value": fields.Integer(required=True)})
+    return answer["value"]
+
+
 @component(name="t.fails_then_asks")
 def fails_then_asks(data: dict) -> dict:
     """Fails once, then waits for input ``go``, then fails each time after the answer."""
@@ -665,6 +690,9 @@ approval = flowkit.Workflow("approval", [approve, record], input_schema={
 payment = flowkit.Workflow("payment", [await_payment])
 charged_approval = flowkit.Workflow("charged_approval", [charge_card, approve])
 dozing = flowkit.Workflow("dozing", [doze])
+sub_step_asks = flowkit.Workflow("sub_step_asks", [
+    asks_in_a_sub_step.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
+telling_items = flowkit.Workflow("telling_items", [split, fan_out(says_then_asks_item), total])
 budgeted_asks = flowkit.Workflow("budgeted_asks", [
     fails_then_asks.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
 streaming_asks = flowkit.Workflow("streaming_asks", [

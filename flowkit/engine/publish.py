@@ -89,9 +89,11 @@ def first_messages(store: Store, run_id: str, canvas: Signature,
     capture = _Capture()
     with app.producer_or_acquire() as producer:
         channel = producer.channel
-        if not hasattr(channel, "create_publish_batch") or \
-                not hasattr(producer, "_batch_local") or getattr(channel, "global_keyprefix", ""):
+        if not hasattr(channel, "create_publish_batch") or not hasattr(producer, "_batch_local"):
             return None
+        # kombu's client prefixes the keys it sends (FLOWKIT_KEY_PREFIX: broker.py); the
+        # batch holds them bare, and the run's script pushes them itself
+        prefix = getattr(channel, "global_keyprefix", "") or ""
         producer._batch_local.current = _local.capture = capture
         try:
             first.apply_async(producer=producer, **options)
@@ -100,4 +102,5 @@ def first_messages(store: Store, run_id: str, canvas: Signature,
             _local.capture = None
     if not capture.commands or any(c[0] != "lpush" or len(c) != 3 for c in capture.commands):
         return None  # e.g. queues with an expiry (a PEXPIRE per message): sent as usual
-    return BrokerMessages(run_id, db, [(key, payload) for _, key, payload in capture.commands])
+    return BrokerMessages(run_id, db, [(prefix + key, payload)
+                                       for _, key, payload in capture.commands])

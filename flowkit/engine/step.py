@@ -103,6 +103,12 @@ class _SubStepAttempt:
 #: Not read yet (StepContext.replaying).
 _UNREAD: Any = object()
 
+
+def _holds(key: str, wait_key: str) -> bool:
+    """Whether passing ``key`` (a wait, or a sub-step: its calls are keyed under it, its
+    later attempts' under ``key@N``) passes ``wait_key``."""
+    return wait_key == key or wait_key.startswith((key + "/", key + "@"))
+
 #: The sub-step attempt whose code runs here (None: the step's own).
 _SUB_STEP: contextvars.ContextVar[_SubStepAttempt | None] = contextvars.ContextVar(
     "flowkit_sub_step", default=None)
@@ -238,14 +244,18 @@ class StepContext:
         if self._replay_until is _UNREAD:
             until = (self.store.pause_point(self.run_id, self.step, self.attempt)
                      if self.attempt > 1 else None)
-            self._replay_until = None if until in self._waits_passed else until
+            self._replay_until = (None if until is None or any(
+                _holds(key, until) for key in self._waits_passed) else until)
         return self._replay_until is not None
 
     def _passed(self, key: str) -> None:
-        """The wait ``key`` was answered and the step goes on past it: a replay that ran
-        up to it is over."""
+        """The step goes on past ``key``: a wait answered, or a sub-step replayed from its
+        checkpoint. A replay up to that wait, or to one inside that sub-step (a wait in a
+        sub-step that has completed since is never met again: the replay went on for the
+        whole attempt, and its text was lost), is over."""
         self._waits_passed.add(key)
-        if self._replay_until == key:
+        until = self._replay_until
+        if isinstance(until, str) and _holds(key, until):
             self._replay_until = None
 
     def is_cancelled(self) -> bool:
@@ -263,6 +273,7 @@ class StepContext:
         key = self._next_key(component.name)
         stored, spent = self.store.checkpoints_of(self.run_id, [key, key + SPENT])
         if stored is not None:
+            self._passed(key)
             return loads(stored)
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:
@@ -360,6 +371,7 @@ class StepContext:
         self.end_with_attempt(asyncio.current_task())
         stored, spent = self.store.checkpoints_of(self.run_id, [key, key + SPENT])
         if stored is not None:
+            self._passed(key)
             return loads(stored)
         cache_key = _cache_key(component, args, kwargs)
         if cache_key and (hit := cache.get(self.store, cache_key)) is not None:

@@ -12,6 +12,7 @@ Redis being unreachable (past the retries of :mod:`.connection`) surfaces as
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 import uuid
@@ -827,13 +828,19 @@ class Store:
     @_op
     def pause_point(self, run_id: str, step: str, attempt: int) -> str | None:
         """The wait key where the latest attempt of ``step`` before ``attempt`` that paused
-        paused (its wait answered since), or None: a resumed attempt replays the step's code
-        up to there, and its text up to there is that attempt's, in the stream already.
+        paused (its wait answered since, or still open), or None: a resumed attempt replays
+        the step's code up to there, and its text up to there is that attempt's, in the
+        stream already.
         Waits answered without a pause (an event sent early: ``paused`` false) and those
         opened before waits said their attempt are no such point."""
         latest: tuple[int, str] | None = None
-        for key, raw in self.redis.hscan_iter(self.keys.answered(run_id),
-                                              match=_glob_escape(step) + "/*", count=1000):
+        # open waits too: a branch run again when a sibling's wait was answered pauses again
+        # at its own, whose spec (and attempt) stays the first pause's (begin_wait.lua)
+        found = itertools.chain(*(self.redis.hscan_iter(where, match=_glob_escape(step) + "/*",
+                                                        count=1000)
+                                  for where in (self.keys.answered(run_id),
+                                                self.keys.waits(run_id))))
+        for key, raw in found:
             spec = loads(raw)
             paused_in = spec.get("attempt")
             if (spec.get("step") == step and spec.get("paused", True) and isinstance(paused_in, int)
