@@ -231,6 +231,8 @@ class StepContext:
         """Send a chunk of the step's output; "" for one a replay makes again (see
         :meth:`replaying`): the stream holds it from the attempt that paused."""
         if self.replaying():
+            if self.abandoned:  # as send() refuses it: the attempt timed out
+                raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
             return ""
         return self.send(events.STEP_OUTPUT, chunk=chunk)
 
