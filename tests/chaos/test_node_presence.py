@@ -49,14 +49,16 @@ def test_a_prefork_child_forked_after_ready_does_not_beat_the_node_s_load(chaos_
     restart the worker"), a draining one as consuming. Now only the main process sends it:
     every write says the step it runs is held, and when its message came."""
     # the run's two steps in one task (inline), in one child forked after ready
-    a = deployment.worker("a", pool="prefork", concurrency=1,
+    # a name no other test's worker has: a worker "a" another test of this session left
+    # beating (its load idle, its last message long ago) wrote the same node's record
+    a = deployment.worker("presence", pool="prefork", concurrency=1,
                           extra=("--max-tasks-per-child", "1"),
                           FLOWKIT_INLINE_STEPS_SECONDS="120")
     quick = tick.start({"n": 0})
     assert quick.wait(30).state == "succeeded"  # its child exits, another is forked
     [before] = [e.data["worker"] for e in quick.events() if e.type == "step.started"]
     node = before.rpartition(":")[0]
-    assert node.startswith("a@") and before != f"{node}:{a.pid}"
+    assert node.startswith("presence@") and before != f"{node}:{a.pid}"
     # the new child beats (its own presence) once it runs: forked before the next message
     store = get_store()
     known = {before, f"{node}:{a.pid}"}
