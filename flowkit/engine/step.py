@@ -109,6 +109,7 @@ def _holds(key: str, wait_key: str) -> bool:
     later attempts' under ``key@N``) passes ``wait_key``."""
     return wait_key == key or wait_key.startswith((key + "/", key + "@"))
 
+
 #: The sub-step attempt whose code runs here (None: the step's own).
 _SUB_STEP: contextvars.ContextVar[_SubStepAttempt | None] = contextvars.ContextVar(
     "flowkit_sub_step", default=None)

@@ -25,8 +25,7 @@ from __future__ import annotations
 from kombu.transport import redis as kombu_redis
 
 #: The broker URL schemes these transports serve (``sentinel://``: Celery's Sentinel URL).
-SCHEMES = {"redis": "Transport", "rediss": "Transport", "redis+socket": "Transport",
-           "sentinel": "SentinelTransport"}
+SCHEMES = {"redis": "Transport", "rediss": "Transport", "sentinel": "SentinelTransport"}
 
 COLLECTED = ("the broker connection was collected after it was lost: its unacknowledged "
              "messages stay in Redis and come back after the visibility timeout")

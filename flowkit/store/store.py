@@ -712,12 +712,8 @@ class Store:
         """(run id, wait key or ``$start``) of the timers due by ``now``, the earliest due
         first: the shards were read one after another, and delayed starts of one
         concurrency key asked for their slots, and were admitted, in that scrambled order."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(SHARDS):
-            pipe.zrangebyscore(self.keys.timers(shard), "-inf", now, start=0, num=SCAN_BATCH,
-                               withscores=True)
-        due = sorted((score, member) for found in pipe.execute() for member, score in found)
-        return [(member.partition(" ")[0], member.partition(" ")[2]) for _, member in due]
+        return [(m.partition(" ")[0], m.partition(" ")[2])
+                for m in self._scan(self.keys.timers, now, earliest_first=True)]
 
     @_op
     def add_waker(self, event_key: str, run_id: str, wait_key: str, retention: float) -> None:
@@ -1181,11 +1177,19 @@ class Store:
         return bool(self._run_script("release", run_id, [
             run_id, step, token, self.settings.retention_seconds]))
 
-    def _scan(self, index: Callable[[int], str], upto: float) -> list[str]:
+    def _scan(self, index: Callable[[int], str], upto: float, earliest_first: bool = False
+              ) -> list[str]:
+        """Members of every shard of ``index`` scored up to ``upto`` (SCAN_BATCH of each);
+        ``earliest_first``: across the shards, in the order of their scores."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
-            pipe.zrangebyscore(index(shard), "-inf", upto, start=0, num=SCAN_BATCH)
-        return [member for members in pipe.execute() for member in members]
+            pipe.zrangebyscore(index(shard), "-inf", upto, start=0, num=SCAN_BATCH,
+                               withscores=earliest_first)
+        found = pipe.execute()
+        if not earliest_first:
+            return [member for members in found for member in members]
+        return [member for _, member in sorted(
+            (score, member) for members in found for member, score in members)]
 
     @_op
     def lapsed_leases(self, now: float) -> list[tuple[str, str]]:
