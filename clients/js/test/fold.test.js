@@ -203,8 +203,10 @@ test("appending a chunk is not a copy of the step's chunks: a long stream folds 
     return took;
   }
   fold(15_000); // warm the JIT up
-  const small = fold(15_000);
-  const large = fold(60_000);
+  // the fastest of three of each: one garbage collection, or a busy machine (the suite runs
+  // beside it), in a single fold made the ratio 9.5 once
+  const small = Math.min(fold(15_000), fold(15_000), fold(15_000));
+  const large = Math.min(fold(60_000), fold(60_000), fold(60_000));
   assert.ok(large / small < 8, `15,000 chunks folded in ${Math.round(small)} ms, 60,000 in ${Math.round(large)} ms`);
 });
 
