@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from ..config import configure, get_settings
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
 from ..store import (
+    DEMOTED,
+    demoted,
     is_redis_url,
     no_primary,
     refused_credentials,
@@ -148,6 +150,9 @@ def _main(argv: Sequence[str] | None) -> int:
             return _usage(where, SENTINELS_REFUSED.format(url=url, why=why))
         if no_primary(exc, settings.redis_url):
             print(f"flowkit {where}: {said_no_primary(exc, settings.redis_url)}", file=sys.stderr)
+            return 1
+        if demoted(exc):
+            print(f"flowkit {where}: {DEMOTED.format(url=url)}", file=sys.stderr)
             return 1
         tls = (" (rediss:// speaks TLS: if that Redis serves plain connections, write "
                "redis://)" if settings.redis_url.startswith("rediss://") else "")

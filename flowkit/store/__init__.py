@@ -13,6 +13,8 @@ import os
 from ..config import get_settings
 from ..locks import ForkSafeLock
 from .connection import (
+    DEMOTED,
+    demoted,
     is_redis_url,
     lost_connection,
     no_primary,
@@ -24,7 +26,7 @@ from .connection import (
 from .store import HANDED_OVER, SPENT, Begin, BrokerMessages, Ended, Store
 from .streams import EndWatch, Entry, StreamReader
 
-__all__ = ["HANDED_OVER", "SPENT", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "get_store",
+__all__ = ["DEMOTED", "HANDED_OVER", "SPENT", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "demoted", "get_store",
            "is_redis_url", "lost_connection", "no_primary", "refused_credentials", "sentinels_refused",
            "refused_database", "said_no_primary"]
 

@@ -67,6 +67,13 @@ REPLICA = ("FLOWKIT_REDIS_URL reaches a replica of the Redis at {primary} (read-
            "(redis+sentinel://host:port,.../service/db), which follow a failover.")
 
 
+#: What a caller is told once writes were refused as READONLY for its whole budget
+#: (:class:`Demoted`): a primary demoted after the start (at the start, :data:`REPLICA`).
+DEMOTED = ("the Redis at {url} became a read-only replica (a failover demoted it?): point "
+           "FLOWKIT_REDIS_URL at the new primary, or at your sentinels "
+           "(redis+sentinel://host:port,.../service/db), which follow a failover.")
+
+
 def refused(exc: BaseException) -> ConfigError:
     """The one-line error for credentials Redis refused, saying where they go."""
     return ConfigError(
@@ -320,6 +327,32 @@ def _options(settings: Settings) -> dict[str, Any]:
     )
 
 
+class Demoted(redis.ConnectionError):
+    """A write a plain URL's Redis refused with READONLY: the primary it reached was
+    demoted to a replica (a managed Redis's failover, which moves the host name to the
+    new primary). The write never ran; as a connection error it is resent on a new
+    connection, which finds the new primary when the name moved, within the budget, then
+    said as an outage that names the cause (it was a raw ReadOnlyError: a 500, a CLI
+    traceback, a step failed as if its code had raised)."""
+
+
+class _ResendDemoted:
+    """A connection of the plain pool raising :class:`Demoted` for READONLY, as redis-py's
+    sentinel-managed connection does for a demoted primary."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.exceptions.ReadOnlyError as exc:
+            self.disconnect()  # type: ignore[attr-defined]
+            raise Demoted(f"the Redis reached is a read-only replica now ({exc})") from exc
+
+
+def demoted(exc: BaseException) -> bool:
+    """Whether ``exc``'s chain holds a :class:`Demoted` refusal."""
+    return any(isinstance(cause, Demoted) for cause in _chain(exc))
+
+
 def client(settings: Settings) -> redis.Redis:
     options = {**_options(settings), "max_connections": settings.connection_pool_size}
     cluster = ClusterURL.parse(settings.redis_url)
@@ -331,6 +364,8 @@ def client(settings: Settings) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url, timeout=settings.redis_socket_timeout, **options
     )
+    base = pool.connection_class  # plain, TLS or unix socket, by the URL's scheme
+    pool.connection_class = type(f"Demotable{base.__name__}", (_ResendDemoted, base), {})
     return redis.Redis(connection_pool=pool)
 
 
