@@ -327,13 +327,14 @@ def _options(settings: Settings) -> dict[str, Any]:
     )
 
 
-class Demoted(redis.ConnectionError):
+class Demoted(redis.ConnectionError, StoreUnavailable):
     """A write a plain URL's Redis refused with READONLY: the primary it reached was
     demoted to a replica (a managed Redis's failover, which moves the host name to the
     new primary). The write never ran; as a connection error it is resent on a new
     connection, which finds the new primary when the name moved, within the budget, then
     said as an outage that names the cause (it was a raw ReadOnlyError: a 500, a CLI
-    traceback, a step failed as if its code had raised)."""
+    traceback, a step failed as if its code had raised). Also a StoreUnavailable, which
+    ``guarded`` raises for it, naming it in the chain (:func:`demoted`)."""
 
 
 class _ResendDemoted:
