@@ -309,3 +309,30 @@ def test_flowkit_devs_web_app_says_in_one_line_that_the_code_does_not_import(
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert f"flowkit dev web: importing 'brokenflows' {says}" in result.stderr, result.stderr
+
+
+CLUSTER_BROKER = ("FLOWKIT_BROKER_URL is the Redis Cluster of FLOWKIT_REDIS_URL "
+                  "(redis+cluster://127.0.0.1:1), and Celery cannot use a Redis Cluster: set "
+                  "FLOWKIT_BROKER_URL to a plain Redis (redis://host:port/0) or RabbitMQ "
+                  "(amqp://...).")
+
+
+def test_a_cluster_store_with_no_broker_of_its_own_is_refused_in_one_line_as_processes_start(
+        flowkit_env):
+    """Celery's command printed a 50-line "Unable to load celery application" traceback around
+    the line that matters; the web process started, then answered every start with a 500.
+    The URLs are refused before any is reached: no cluster is needed to say so."""
+    env = env_for(flowkit_env, "redis+cluster://127.0.0.1:1")
+    for name in ("FLOWKIT_BROKER_URL", "FLOWKIT_RESULT_BACKEND"):
+        env.pop(name, None)
+    started = worker(env)
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert started.stderr == f"flowkit: worker refuses to start: {CLUSTER_BROKER}\n"
+    beat = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.app", "beat"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert beat.returncode == 2, beat.stderr[-2000:]
+    assert beat.stderr == f"flowkit: beat refuses to start: {CLUSTER_BROKER}\n"
+    web = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert web.returncode == 2 and "Traceback" not in web.stderr, web.stderr[-2000:]
+    assert f"flowkit web refuses to start: {CLUSTER_BROKER}" in web.stderr

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import (
     BrokerUnavailable,
+    ConfigError,
     FlowkitError,
     IdempotencyConflict,
     InvalidState,
@@ -151,6 +152,12 @@ def to_response(exc: BaseException) -> Response:
         return error_response(503, "store_unavailable",
                               "flowkit's Redis is unavailable; retry shortly.", None,
                               {"Retry-After": "2"})
+    if isinstance(exc, ConfigError):
+        # a setting no retry fixes, met while serving (Redis refusing a rotated password,
+        # a Cluster store with no broker of its own): it was a 500 with a traceback
+        log.error("flowkit API: misconfigured: %s", exc)
+        return error_response(503, "misconfigured", "flowkit is misconfigured on this server: "
+                              "its operator must fix a setting, which the server's log names.")
     if isinstance(exc, HTTPException):
         headers = {}
         if exc.code == 405 and exc.valid_methods:

@@ -116,12 +116,15 @@ if _control and _control != "off":
 def on_starting(server: Any) -> None:
     """Before serving: warn loudly of a store Redis that would lose work (AOF off, an
     evicting maxmemory-policy), and refuse to start (exit 2, one line) when Redis refuses
-    the credentials, instead of answering 503 to every request."""
+    the credentials, instead of answering 503 to every request, or when the URLs Celery
+    would be given cannot work (a Redis Cluster as the broker: every start was a 500)."""
     from ..config import get_settings
+    from ..engine.broker import celery_config
     from ..engine.doctor import say, startup_findings
     from ..errors import ConfigError
 
     try:
+        celery_config(get_settings())
         say(startup_findings(get_settings().redis_url), "web", server.log)
     except ConfigError as exc:
         server.log.error("flowkit web refuses to start: %s", exc)
