@@ -203,6 +203,14 @@ def not_a_cluster(url: str, variable: str) -> None:
         )
 
 
+def for_celery(broker: str, backend: str) -> None:
+    """ConfigError when the broker or result backend URL is one Celery cannot use
+    (:func:`not_a_cluster`): checked as the Celery app is built, and by the web process
+    as it starts, before it serves starts that could not be sent."""
+    not_a_cluster(broker, "FLOWKIT_BROKER_URL")  # a Cluster store needs its own broker
+    not_a_cluster(backend, "FLOWKIT_RESULT_BACKEND")
+
+
 def shared_server_db(store_url: str, broker_url: str) -> int | None:
     """The broker's database number when ``broker_url`` names the very Redis server of
     ``store_url`` (plain ``redis://``, ``rediss://`` or ``unix://`` URLs alike in scheme, host,

@@ -119,12 +119,12 @@ def on_starting(server: Any) -> None:
     the credentials, instead of answering 503 to every request, or when the URLs Celery
     would be given cannot work (a Redis Cluster as the broker: every start was a 500)."""
     from ..config import get_settings
-    from ..engine.broker import celery_config
     from ..engine.doctor import say, startup_findings
     from ..errors import ConfigError
+    from ..urls import for_celery
 
     try:
-        celery_config(get_settings())
+        for_celery(get_settings().broker, get_settings().backend)
         say(startup_findings(get_settings().redis_url), "web", server.log)
     except ConfigError as exc:
         server.log.error("flowkit web refuses to start: %s", exc)

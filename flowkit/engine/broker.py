@@ -29,7 +29,7 @@ from ..config import Settings, get_settings, is_amqp
 from ..defaults import BROKER_READ_TIMEOUT
 from ..errors import ConfigError
 from ..locks import ForkSafeLock
-from ..urls import SentinelURL, celery_redis_url, not_a_cluster, redacted
+from ..urls import SentinelURL, celery_redis_url, for_celery, redacted
 from .transport import transport_for
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ def _celery_urls(settings: Settings) -> tuple[str, str, dict, dict]:
     """Broker and result backend URLs and their extra transport options: a Sentinel URL
     (``redis+sentinel://``, flowkit.urls) written as Celery's ``sentinel://`` transport."""
     urls, options = [], []
-    not_a_cluster(settings.broker, "FLOWKIT_BROKER_URL")  # a Cluster store needs its own broker
-    not_a_cluster(settings.backend, "FLOWKIT_RESULT_BACKEND")
+    for_celery(settings.broker, settings.backend)
     for url in (settings.broker, settings.backend):
         sentinel = SentinelURL.parse(url)
         urls.append(celery_redis_url(url) if sentinel is None else sentinel.celery_url())
