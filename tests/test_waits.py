@@ -642,6 +642,36 @@ def test_a_resumed_step_does_not_stream_again_what_it_replays_and_keeps_its_text
         assert dropped == set()
 
 
+def test_a_retry_after_a_wait_timed_out_does_not_stream_again_what_it_replays(worker):
+    """The wait's timeout failed the run; retried, its step runs again from its start up to
+    the wait, opened anew. Its text up to there was sent again (the retry forgot the timed
+    out wait, the pause point with it), and every reader showed it twice."""
+    run = wf.streaming_asks.start({"topic": "x", "timeout": 60})
+    paused(run)
+    fire_due_timers(time.time() + 61)
+    assert run.wait(WAIT).error["type"] == "InputTimeout"
+    flowkit.retry(run.id)
+    wait_until(lambda: flowkit.get_run(run.id).waits, WAIT, "the wait to open again")
+    flowkit.send_input(run.id, "ok", True)
+    wait_until(lambda: any(e.type == events.RUN_WAITING and e.data["name"] == "final"
+                           for e in run.events()), 20, "the second wait")
+    flowkit.send_input(run.id, "final", "yes")
+    assert run.result(20) == {"text": "draft of x", "ok": True, "final": "yes"}
+    history = run.events()
+    chunks = [(e.data["attempt"], e.data["chunk"]) for e in history
+              if e.type == events.STEP_OUTPUT]
+    # 2 and 3 met the timeout; 4, the retry's, replays up to the wait and pauses there
+    assert chunks == [(1, "Intro. "), (1, "Draft. "), (5, "Sent."), (6, " Done.")]
+    dropped = events.superseded_attempts(history)
+    kept = "".join(chunk for attempt, chunk in chunks if ("0:t.streams_then_asks", attempt)
+                   not in dropped)
+    assert kept == "Intro. Draft. Sent. Done."
+    view = RunView(run.id)
+    for event in history:
+        view.feed(event.to_dict())
+    assert view.steps["0:t.streams_then_asks"].text == kept
+
+
 def test_a_step_s_retry_budget_counts_its_failures_before_a_wait_and_a_retry_renews_it(worker):
     """Allowed 2 attempts, it failed once, waited, and failed twice more after the answer:
     each execution of a step had the whole budget (after a wait, or a worker killed during

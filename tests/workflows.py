@@ -282,10 +282,11 @@ def streams_a_draft(topic: str) -> str:
 @component(name="t.streams_then_asks")
 def streams_then_asks(data: dict) -> dict:
     """Streams, asks, streams, asks again and streams: each resume replays the step from its
-    start. With ``fail_once``, the attempt after the first answer fails at its end."""
+    start. With ``fail_once``, the attempt after the first answer fails at its end; with
+    ``timeout``, the first wait has that deadline."""
     flowkit.emit("Intro. ")
     text = streams_a_draft(data["topic"])
-    ok = flowkit.wait_for_input("ok")
+    ok = flowkit.wait_for_input("ok", timeout=data.get("timeout"))
     flowkit.emit("Sent.")
     if data.get("fail_once") and count("streams_then_asks:after") == 1:
         raise RuntimeError("the provider failed once, after the answer")

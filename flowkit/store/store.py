@@ -56,6 +56,10 @@ def _new_call() -> str:
 #: The answer fire_timer.lua checkpoints for a wait whose timeout passed.
 TIMED_OUT = '{"timeout":true}'
 
+#: The run record's fields (``paused|<wait key>``: its spec) of the timed-out waits a retry
+#: opened anew (forget_timeouts): where their attempts paused (pause_point).
+FORGOTTEN_PAUSE = "paused|"
+
 
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by Redis's glob patterns (HSCAN MATCH)."""
@@ -526,7 +530,10 @@ class Store:
         many. Every step's, not only the failed one's: its siblings' waits (parallel
         branches, fan-out items) timed out in the same sweep, and each retry failed again at
         once on the next one. A wait inside a step or sub-step that completed (it caught its
-        timeout) keeps its answer: that output was made from it."""
+        timeout) keeps its answer: that output was made from it.
+        Where a step paused stays known (the run record's ``paused|<wait key>``, read by
+        :meth:`pause_point`): retried, the step replays its text up to that wait, which the
+        stream holds already, and sent it again."""
         key = self.keys.checkpoints(run_id)
         timed_out = [field for field, value in self.redis.hscan_iter(key, match="*:wait:*")
                      if value == TIMED_OUT]
@@ -540,8 +547,13 @@ class Store:
         timed_out = [field for field in timed_out if completed.isdisjoint(within[field])]
         if not timed_out:
             return 0
+        specs = self.redis.hmget(self.keys.answered(run_id), timed_out)
         pipe = self.redis.pipeline()
         pipe.hdel(key, *timed_out)
+        kept = {f"{FORGOTTEN_PAUSE}{field}": spec
+                for field, spec in zip(timed_out, specs, strict=True) if spec is not None}
+        if kept:
+            pipe.hset(self.keys.run(run_id), mapping=kept)
         # nor answered any longer: an answer sent before the step opens them again was
         # refused as "answered already, with another value"
         pipe.hdel(self.keys.answered(run_id), *timed_out)
@@ -832,11 +844,14 @@ class Store:
         latest: tuple[int, str] | None = None
         # open waits too: a branch run again when a sibling's wait was answered pauses again
         # at its own, whose spec (and attempt) stays the first pause's (begin_wait.lua)
-        found = itertools.chain(*(self.redis.hscan_iter(where, match=_glob_escape(step) + "/*",
-                                                        count=1000)
+        pattern = _glob_escape(step) + "/*"
+        found = itertools.chain(*(self.redis.hscan_iter(where, match=pattern, count=1000)
                                   for where in (self.keys.answered(run_id),
                                                 self.keys.waits(run_id))))
-        for key, raw in found:
+        # and the waits a retry forgot as timed out (forget_timeouts), opened anew since
+        forgotten = ((field[len(FORGOTTEN_PAUSE):], raw) for field, raw in self.redis.hscan_iter(
+            self.keys.run(run_id), match=FORGOTTEN_PAUSE + pattern, count=1000))
+        for key, raw in itertools.chain(found, forgotten):
             spec = loads(raw)
             paused_in = spec.get("attempt")
             if (spec.get("step") == step and spec.get("paused", True) and isinstance(paused_in, int)

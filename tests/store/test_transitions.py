@@ -2056,6 +2056,19 @@ def test_a_wait_whose_timeout_a_retry_forgot_is_not_said_to_be_answered(store):
     assert store.redis.hlen(store.keys.answered(RUN)) == 0
 
 
+def test_a_wait_whose_timeout_a_retry_forgot_stays_its_step_s_pause_point(store):
+    """The retried step replays its text up to that wait, which the stream holds from the
+    attempt that paused there: forgotten with the timeout, it was sent again."""
+    from flowkit.store.store import TIMED_OUT
+
+    key = waiting_run(store)
+    assert deliver(store, answer=TIMED_OUT, now=T + 5) == (WaitOutcome.RESUMED, 1)
+    assert store.forget_timeouts(RUN) == 1
+    assert store.pause_point(RUN, STEP, 3) == key  # the retry's attempt: 1 paused there
+    assert store.pause_point(RUN, STEP, 1) is None
+    assert store.pause_point(RUN, "1:other", 3) is None
+
+
 def test_waits_answered_reads_only_the_answers_of_one_wait_name_even_with_glob_characters(store):
     ckpt = store.keys.checkpoints("run-w")
     store.redis.hset(ckpt, mapping={
