@@ -614,12 +614,7 @@ def test_a_resumed_step_does_not_stream_again_what_it_replays_and_keeps_its_text
     sub-step's with it: replayed from its checkpoint, it does not stream again."""
     run = wf.streaming_asks.start({"topic": "x", "fail_once": fail_once})
     paused(run)
-    flowkit.send_input(run.id, "ok", True)
-    wait_until(lambda: any(e.type == events.RUN_WAITING and e.data["name"] == "final"
-                           for e in run.events()), 20, "the second wait")
-    flowkit.send_input(run.id, "final", "yes")
-    assert run.result(20) == {"text": "draft of x", "ok": True, "final": "yes"}
-    history = run.events()
+    history = answered_both(run)
     chunks = [(e.data["attempt"], e.data["chunk"]) for e in history
               if e.type == events.STEP_OUTPUT]
     dropped = events.superseded_attempts(history)
@@ -642,6 +637,16 @@ def test_a_resumed_step_does_not_stream_again_what_it_replays_and_keeps_its_text
         assert dropped == set()
 
 
+def answered_both(run: flowkit.Run) -> list[events.Event]:
+    """Answer streaming_asks's two waits, in turn; its history once it succeeded."""
+    flowkit.send_input(run.id, "ok", True)
+    wait_until(lambda: any(e.type == events.RUN_WAITING and e.data["name"] == "final"
+                           for e in run.events()), 20, "the second wait")
+    flowkit.send_input(run.id, "final", "yes")
+    assert run.result(20) == {"text": "draft of x", "ok": True, "final": "yes"}
+    return run.events()
+
+
 def test_a_retry_after_a_wait_timed_out_does_not_stream_again_what_it_replays(worker):
     """The wait's timeout failed the run; retried, its step runs again from its start up to
     the wait, opened anew. Its text up to there was sent again (the retry forgot the timed
@@ -652,12 +657,7 @@ def test_a_retry_after_a_wait_timed_out_does_not_stream_again_what_it_replays(wo
     assert run.wait(WAIT).error["type"] == "InputTimeout"
     flowkit.retry(run.id)
     wait_until(lambda: flowkit.get_run(run.id).waits, WAIT, "the wait to open again")
-    flowkit.send_input(run.id, "ok", True)
-    wait_until(lambda: any(e.type == events.RUN_WAITING and e.data["name"] == "final"
-                           for e in run.events()), 20, "the second wait")
-    flowkit.send_input(run.id, "final", "yes")
-    assert run.result(20) == {"text": "draft of x", "ok": True, "final": "yes"}
-    history = run.events()
+    history = answered_both(run)
     chunks = [(e.data["attempt"], e.data["chunk"]) for e in history
               if e.type == events.STEP_OUTPUT]
     # 2 and 3 met the timeout; 4, the retry's, replays up to the wait and pauses there
