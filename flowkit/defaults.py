@@ -194,3 +194,8 @@ DEV_API_PREFIX_VARIABLE = "FLOWKIT_DEV_API_PREFIX"
 #: The node name of ``flowkit dev``'s worker (``dev-<web port>@host``): a deployment whose
 #: last worker was one is a dev loop, where a worker that is down needs a fix of the code.
 DEV_NODE_PATTERN = r"dev-\d+@"
+
+#: How long a worker that meets a workflow or a step its code does not define (a rolling
+#: deploy's old release, beside workers of the new one) waits before it hands the message
+#: back to the queue: the next taker may be old code too.
+HAND_BACK_SECONDS = 1.0

@@ -422,6 +422,15 @@ def live_workers(store: Store | None = None) -> list[dict[str, Any]]:
     return (store or get_store()).nodes_seen_since(recent)
 
 
+def serving(workflow: str, queue: str, but: str = "", store: Store | None = None) -> list[str]:
+    """The live workers, other than ``but``, that take steps from ``queue`` and announce
+    ``workflow`` (a worker lists the workflows its code defines when it is ready): during
+    a rolling deploy, the new release's workers, where this one runs the old code."""
+    return sorted(w["name"] for w in live_workers(store)
+                  if w["name"] != but and queue in consumes(w)
+                  and workflow in (w.get("workflows") or {}))
+
+
 def no_worker(store: Store | None = None) -> str:
     """What a deployment with no live worker needs. Under ``flowkit dev`` (its last worker
     was dev's) that is a fix of the code: dev's worker stopped on it (an import that

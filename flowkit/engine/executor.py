@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import subprocess
 import threading
 import time
@@ -24,7 +25,7 @@ import billiard
 from billiard import common as billiard_common
 from celery.exceptions import Ignore, Reject
 
-from .. import events, hooks
+from .. import defaults, events, hooks
 from ..component import Component, Continue, lookup
 from ..config import get_settings
 from ..context import activate, deactivate
@@ -48,9 +49,9 @@ from ..states import StepStart
 from ..store import Begin, Ended, Store, get_store
 from ..workflow import get_workflow, workflows
 from . import admission, cache, canvas, frontier, limits, notify
-from .control import Run, resume
+from .control import Run, default_queue, resume, serving
 from .drain import draining, hand_over
-from .heartbeat import heartbeat, worker_id
+from .heartbeat import heartbeat, this_node, worker_id
 from .paths import CONTINUE, continuation_key, continuation_of
 from .step import StepContext
 from .trace import redaction, spans
@@ -642,6 +643,20 @@ def resume_run(*, run_id: str, gen: int) -> None:
     try:
         wf = get_workflow(run.workflow)
     except WorkflowNotFound:
+        others = serving(run.workflow, run.queue or default_queue(), but=this_node())
+        if others:
+            # a rolling deploy: this worker runs the release before the workflow existed;
+            # the resume goes back to the queue for the new release's workers (it failed
+            # the run as WorkflowNotFound)
+            log.warning("flowkit: this worker has no workflow %r (run %s); its resume goes "
+                        "back to queue %s, which %s serve", run.workflow, run_id,
+                        run.queue or default_queue(), ", ".join(others))
+            # not at once (the next taker may be old code too), nor on a beat: this worker's
+            # consumer waits on the queue meanwhile, and Redis gives a message to the client
+            # that has waited longest, which a fixed pause would make this one every time
+            time.sleep(random.uniform(0.5, 1.5) * defaults.HAND_BACK_SECONDS)
+            resume(run, gen)
+            raise Ignore() from None
         # renamed or removed since the run started: the task raised, its message was gone,
         # and the run sat queued, saying nothing, until the reaper sent it again (5 min)
         message = (f"this worker has no workflow {run.workflow!r}, which the run started "

@@ -41,6 +41,11 @@ def worker_id() -> str:
     return f"{node_name}:{os.getpid()}"
 
 
+def this_node() -> str:
+    """This worker's node name (as its announcement names it)."""
+    return node_name
+
+
 class Heartbeat:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], str] = {}

@@ -1,6 +1,7 @@
 """The worker's signals: refuse bad settings (and warn of a Redis that would lose work), name the worker
 (and say when another live worker has its name), start heartbeats, drain,
-record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT);
+record each message of a run handed to the broker, serve metrics (FLOWKIT_METRICS_PORT),
+hand back a step its code does not define (:mod:`.unknown`);
 and beat's: store the schedules its code declares when it starts.
 
 Connected by :func:`connect` (``create_celery_app`` calls it), once per process.
@@ -29,6 +30,7 @@ from ..errors import ConfigError
 from ..store import get_store
 from .checks import check_broker_timeout, check_queues
 from .load import node_load
+from .unknown import UnknownStep, hand_back
 
 log = logging.getLogger("flowkit.worker")
 
@@ -285,6 +287,9 @@ def connect() -> None:
     acks = logging.getLogger("celery.worker.request")  # where Celery acks a task's message
     if not any(isinstance(f, AckOfAClosedChannel) for f in acks.filters):
         acks.addFilter(AckOfAClosedChannel())
+    unknown = logging.getLogger("celery.worker.consumer.consumer")  # its unknown tasks
+    if not any(isinstance(f, UnknownStep) for f in unknown.filters):
+        unknown.addFilter(UnknownStep())
     signals.worker_init.connect(refuse_bad_config, dispatch_uid="flowkit.refuse_bad_config")
     signals.worker_init.connect(consume_reaper_queue, dispatch_uid="flowkit.reaper_queue")
     signals.worker_init.connect(refuse_refused_queues, dispatch_uid="flowkit.refused_queues")
@@ -300,3 +305,4 @@ def connect() -> None:
     signals.worker_process_shutdown.connect(child_exiting, dispatch_uid="flowkit.child_exiting")
     signals.worker_shutdown.connect(stop_metrics, dispatch_uid="flowkit.stop_metrics")
     signals.beat_init.connect(declare_schedules, dispatch_uid="flowkit.declare_schedules")
+    signals.task_unknown.connect(hand_back, dispatch_uid="flowkit.hand_back")

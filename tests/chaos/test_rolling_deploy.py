@@ -1,0 +1,66 @@
+"""A rolling deploy: a worker of the old release and one of the new share the queue, and
+the old one meets a workflow only the new release defines. It hands the message back to
+the queue for the new worker: Celery dropped a step it did not know ("unregistered
+task"), and a resume of a workflow it did not know failed the run as WorkflowNotFound."""
+
+from __future__ import annotations
+
+import pytest
+
+import flowkit
+from flowkit.testing import WorkerProcess
+from tests.chaos.conftest import open_gate, waiting
+from tests.chaos.workflows import QUEUE, doomed, held, ten
+from tests.conftest import ROOT, wait_until
+
+
+@pytest.fixture
+def releases(chaos_app, deployment):
+    """The new release's worker, one slot, and the old release's, which knows none of the
+    crash tests' workflows, on the same queue."""
+    new = deployment.worker("new", concurrency=1)
+    old = WorkerProcess("tests.chaos.old_release_app", name="old", queues=(QUEUE,),
+                        concurrency=2, env=deployment.env, cwd=ROOT, pool="threads")
+    deployment.workers.append(old)  # stopped with the others
+    old.start()
+    return new, old
+
+
+def busy(new: WorkerProcess) -> flowkit.Run:
+    """A run holding the new worker's one slot, so the old worker takes what comes next."""
+    blocker = held.start({"n": 0, "chunks": 1, "pause": 0.01})
+    assert waiting(blocker, timeout=30)["worker"].startswith("new@")
+    return blocker
+
+
+def test_a_step_an_old_worker_does_not_define_goes_back_to_the_queue(releases):
+    new, old = releases
+    blocker = busy(new)
+    run = ten.start({"n": 0, "chunks": 1, "pause": 0.01})
+    wait_until(lambda: f"step flowkit.step.chaos.work of run {run.id}" in old.output(), 30,
+               "the old worker to meet the run's first step")
+    assert "handed back to queue chaos, which new@" in old.output()
+    # Celery's 30-line ERROR saying it was discarded, a traceback with it, is not said
+    assert "Received unregistered task" not in old.output() and "Traceback" not in old.output()
+    open_gate(blocker)
+    done = run.wait(60)
+    assert done.state == "succeeded", done.error
+    assert done.output["n"] == 10
+    started = {e.data["worker"] for e in run.events() if e.type == "step.started"}
+    assert started and all(w.startswith("new@") for w in started), started
+
+
+def test_a_resume_of_a_workflow_an_old_worker_does_not_define_goes_back_to_the_queue(releases):
+    new, old = releases
+    run = doomed.start({"n": 0, "chunks": 1, "pause": 0.01})
+    assert run.wait(30).error["type"] == "RuntimeError"  # on the new worker: old has no step
+    blocker = busy(new)
+    flowkit.retry(run.id)  # its resume goes to the queue, where only the old worker is free
+    wait_until(lambda: f"no workflow 'chaos.doomed' (run {run.id}); its resume goes back"
+               in old.output(), 30, "the old worker to meet the resume")
+    open_gate(blocker)
+    wait_until(lambda: len([e for e in run.events() if e.type == "run.failed"]) == 2, 60,
+               "the retried run to fail again")
+    done = flowkit.get_run(run.id)
+    assert done.state == "failed"
+    assert done.error["type"] == "RuntimeError", done.error  # the step's, not WorkflowNotFound
