@@ -188,6 +188,21 @@ def test_runs_of_a_misspelt_workflow_name_the_close_ones(env):
     assert none_failed.stderr == ""  # the name is right: it is the state that has none
 
 
+def test_input_to_one_of_several_steps_waiting_under_its_name_takes_step(env):
+    run = wf.same_named_items.start({"n": 2})
+    wait_until(lambda: len(run.refresh().waits) == 2, 20, "both items' waits")
+    steps = sorted(w["step"] for w in run.refresh().waits)
+    vague = flowkit_cli("input", run.id, "value", '{"value": 1}', env=env)
+    assert vague.returncode == 2 and vague.stderr == (
+        f"flowkit input: Several steps of run {run.id} wait for input 'value': "
+        f"{', '.join(steps)}; pass the step whose wait this answers with --step STEP.\n")
+    for step, value in zip(steps, (5, 7), strict=True):
+        said = flowkit_cli("input", run.id, "value", f'{{"value": {value}}}', "--step", step,
+                           env=env)
+        assert said.returncode == 0, said.stderr
+    assert run.result(20) == {"total": 12}
+
+
 def test_input_and_event_in_both_forms(env):
     run = wf.approval.start({"n": 1})
     wait_until(lambda: run.refresh().state == "waiting", 20, "the run to wait for input")

@@ -82,8 +82,8 @@ def test_input_is_validated_answered_once_and_a_resend_changes_nothing():
     assert flowkit.send_input(run.id, "approval", {"note": "no", "ok": False}).outcome \
         == WaitOutcome.SAME
     # and the step gets the first answer as it was sent, its keys in their order
-    assert get_store().answer_given(run.id, "input", "approval") == \
-        '{"input":{"ok":false,"note":"no"}}'
+    assert get_store().answers_given(run.id, "input", "approval") == \
+        ['{"input":{"ok":false,"note":"no"}}']
     with pytest.raises(flowkit.InvalidState):  # the first accepted value wins
         flowkit.send_input(run.id, "approval", {"ok": True})
     assert run.result(WAIT)["approved"] is False
@@ -146,6 +146,30 @@ def test_one_retry_opens_again_the_timed_out_waits_of_every_item():
     for i in range(3):
         flowkit.send_input(run.id, f"item-{i}", {"value": i + 1})
     assert run.result(WAIT) == {"total": 6}
+
+
+def test_items_waiting_under_one_name_are_answered_by_step_each_and_a_resend_is_the_same():
+    """Fan-out items asking under one name: an answer went to whichever wait Redis listed
+    first (the dashboard's form for item 0 answered item 1), and a resend of it answered
+    the next item instead of being the same."""
+    run = wf.same_named_items.start({"n": 3})
+    wait_until(lambda: len(flowkit.get_run(run.id).waits) == 3, WAIT, "every item's wait")
+    steps = {w["prompt"]: w["step"] for w in flowkit.get_run(run.id).waits}
+    with pytest.raises(flowkit.ValidationError) as ambiguous:
+        flowkit.send_input(run.id, "value", {"value": 1})
+    assert ambiguous.value.fields == {"step": [
+        f"Several steps of run {run.id} wait for input 'value': "
+        f"{', '.join(sorted(steps.values()))}; pass the step whose wait this answers."]}
+    for i in (2, 0, 1):
+        step = steps[f"item {i}?"]
+        first = flowkit.send_input(run.id, "value", {"value": 10 ** i}, step=step)
+        assert first.outcome in (WaitOutcome.DELIVERED, WaitOutcome.RESUMED)
+        assert flowkit.send_input(run.id, "value", {"value": 10 ** i}, step=step).outcome \
+            == WaitOutcome.SAME  # a resend: not the next item's answer
+        assert step not in {w["step"] for w in flowkit.get_run(run.id).waits}
+    assert run.result(WAIT) == {"total": 111}
+    resumed = {e.data["step"] for e in run.events() if e.type == events.RUN_RESUMED}
+    assert resumed == set(steps.values())
 
 
 def test_an_input_past_its_wait_s_timeout_is_refused_before_beat_fires_it():

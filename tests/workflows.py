@@ -592,6 +592,13 @@ def ask_item(i: int) -> int:
     return answer["value"]
 
 
+@component(name="t.value_each")
+def value_each(i: int) -> int:
+    """Every item waits under one name, as a component fanned out asks about each item."""
+    return flowkit.wait_for_input("value", schema={"value": fields.Integer(required=True)},
+                                  prompt=f"item {i}?")["value"]
+
+
 @component(name="t.ask_item_briefly")
 def ask_item_briefly(i: int) -> int:
     return flowkit.wait_for_input(f"item-{i}", schema={"value": fields.Integer(required=True)},
@@ -701,6 +708,7 @@ streaming_asks = flowkit.Workflow("streaming_asks", [
 waiting_branches = flowkit.Workflow("waiting_branches", [
     parallel(approve, [add_one, double]), branch_total])
 waiting_items = flowkit.Workflow("waiting_items", [split, fan_out(ask_item), total])
+same_named_items = flowkit.Workflow("same_named_items", [split, fan_out(value_each), total])
 waiting_items_briefly = flowkit.Workflow("waiting_items_briefly",
                                          [split, fan_out(ask_item_briefly), total])
 @component(name="t.tenant_work")

@@ -203,7 +203,8 @@ export declare class FlowkitClient {
   readonly watches: Set<RunWatch>;
   watch(runId: string, options?: WatchOptions): RunWatch;
   start(workflow: string, input?: unknown, options?: { idempotencyKey?: string; priority?: number; delay?: number }): Promise<RunRecord & { created: boolean; token: string; token_expires_in: number }>;
-  answer(runId: string, name: string, value: unknown): Promise<{ outcome: string; run: RunRecord }>;
+  /** `step`: the key of the step whose wait this answers (a wait's `step`), needed when several steps wait under one name at once (fan-out items, parallel branches): without it that is a 400 under `step`. */
+  answer(runId: string, name: string, value: unknown, options?: { step?: string }): Promise<{ outcome: string; run: RunRecord }>;
   cancel(runId: string): Promise<RunRecord>;
   retry(runId: string): Promise<RunRecord>;
   /** A fresh run token for the run (an API key's or your app's session's; not a run token's). */

@@ -15,8 +15,8 @@ export interface UseRunResult {
   /** The watch of this runId; null until the hook's effect has made it. */
   watch: RunWatch | null;
   client: FlowkitClient;
-  /** `client.answer(runId, name, value)`. */
-  answer(name: string, value: unknown): Promise<{ outcome: string; run: RunRecord }>;
+  /** `client.answer(runId, name, value, options)`; `step` names the step whose wait it answers. */
+  answer(name: string, value: unknown, options?: { step?: string }): Promise<{ outcome: string; run: RunRecord }>;
   cancel(): Promise<RunRecord>;
   retry(): Promise<RunRecord>;
 }

@@ -407,7 +407,8 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                    "does not wait for that input (or another value was accepted first). A "
                    "run token may answer its own run.",
         "parameters": [_RUN_ID, {"in": "path", "name": "name", "required": True,
-                                 "schema": {"type": "string"}, "description": "The input's name."}],
+                                 "schema": {"type": "string"}, "description": "The input's name."},
+                       *_args(schemas.InputArgs, plugin)],
         "requestBody": {"required": True, "content": {_JSON: {"schema": {}}}},
         "security": _RUN_READ,
         "responses": _responses({200: "Delivered", 202: "Delivered"}, (*_RUN, 400, 409, 413, 415))}})

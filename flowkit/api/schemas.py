@@ -155,6 +155,14 @@ class StartArgs(Schema):
                        "past starts the run now."})
 
 
+class InputArgs(Schema):
+    step = fields.String(validate=validate.Length(1, 1000), metadata={
+        "description": "The key of the step whose wait this answers (`1[0]:review`, as the "
+                       "run's `waits` and its `run.waiting` events name it): needed when "
+                       "several steps wait under one name at once (fan-out items, parallel "
+                       "branches), a `400` under `step` without it."})
+
+
 class StreamArgs(Schema):
     after = fields.String(validate=_CURSOR, metadata={
         "description": "Event id: only events after it (`0`: from the start)."})

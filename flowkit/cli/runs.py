@@ -321,10 +321,13 @@ def _json_arg(text: str, what: str):
 
 def send_input(args: argparse.Namespace) -> int:
     try:
-        delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"))
+        delivery = runs.send_input(args.run_id, args.name, _json_arg(args.value, "the value"),
+                                   step=args.step)
     except ValidationError as exc:  # the wait's schema: say which fields, and exit 2
         if exc.fields == {"name": [exc.message]}:  # the name itself, not the value
             raise UsageError(exc.message) from None
+        if exc.fields == {"step": [exc.message]}:  # several steps wait under the name
+            raise UsageError(f"{exc.message[:-1]} with --step STEP.") from None
         fields = "; ".join(f"{name}: {' '.join(map(str, said))}"
                            for name, said in exc.fields.items())
         raise UsageError(f"{exc.message[:-1]}: {fields}. Send the value its wait asks for "
@@ -395,6 +398,9 @@ def register(subs) -> None:
     p.add_argument("run_id", metavar="RUN_ID", type=canonical_run_id)
     p.add_argument("name", metavar="NAME")
     p.add_argument("value", metavar="VALUE", help="the value, as JSON")
+    p.add_argument("--step", metavar="STEP", help="the step whose wait it answers (its key, "
+                   "1[0]:review, as `flowkit status` lists it): needed when several steps "
+                   "wait under NAME at once (fan-out items, parallel branches)")
     add_json_option(p)
     p.set_defaults(func=send_input)
 

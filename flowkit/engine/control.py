@@ -758,19 +758,24 @@ class Delivery:
         return self.outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED, WaitOutcome.SAME)
 
 
-def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -> Delivery:
-    """Deliver input ``name`` to a run waiting for it (``flowkit.wait_for_input``).
+def send_input(run_id: str, name: str, value: Any, store: Store | None = None, *,
+               step: str | None = None) -> Delivery:
+    """Deliver input ``name`` to a run waiting for it (``flowkit.wait_for_input``); with
+    ``step``, to that step's wait only (its key, as ``run.waits`` and ``run.waiting``
+    name it: ``1[0]:review``), which a run whose steps wait under one name at once
+    (fan-out items, parallel branches) needs.
 
     Raises ValidationError (field messages) when ``value`` breaks the schema the wait
-    published, InvalidState when the run does not wait for ``name`` (or another value was
-    accepted first); the same value sent again is accepted (SAME) and changes nothing.
+    published, or when several steps wait for ``name`` and ``step`` names none of them;
+    InvalidState when the run does not wait for ``name`` (or another value was accepted
+    first); the same value sent again is accepted (SAME) and changes nothing.
     """
     check_input_name(name)
     _shallow_enough(value, "_schema", f"input {name!r}")
     store = store or get_store()
     run = Run.load(run_id, store)
-    wait = next((w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name),
-                None)
+    named = [w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name]
+    wait = _the_wait(run_id, name, named, step)
     if wait is not None:
         expires = wait.get("expires_at")
         if expires is not None and time.time() > expires:
@@ -783,13 +788,14 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None) -
         if errors:
             raise ValidationError(errors, f"Invalid input {name!r}.")
     answer = dumps_bounded({"input": value}, f"input {name!r}")
-    resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name,
-                          step=wait["step"] if wait else None)
-    outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed)
+    step = wait["step"] if wait else step
+    resumed = events.make(events.RUN_RESUMED, run_id, by="input", name=name, step=step)
+    outcome, gen = store.deliver(run_id, WaitKind.INPUT, name, answer, time.time(), resumed,
+                                 step=step or "")
     if outcome == WaitOutcome.TIMED_OUT:  # beat's sweep fired the timeout already
         raise InvalidState(f"Run {run_id}'s wait for input {name!r} timed out: its step got "
                            "InputTimeout; no answer is taken past the timeout.")
-    if outcome == WaitOutcome.ANSWERED and _same_answer(store, run_id, name, answer):
+    if outcome == WaitOutcome.ANSWERED and _same_answer(store, run_id, name, answer, step):
         # the same value with its keys in another order (a client that re-serialised on
         # retry got 409 "answered already, with another value"); the step gets the first
         outcome = WaitOutcome.SAME
@@ -816,9 +822,25 @@ def _shallow_enough(value: Any, field: str, what: str) -> None:
         raise ValidationError({field: [said[0].upper() + said[1:]]}, f"{what[0].upper()}{what[1:]} {said}")
 
 
-def _same_answer(store: Store, run_id: str, name: str, answer: str) -> bool:
-    given = store.answer_given(run_id, WaitKind.INPUT.value, name)
-    return given is not None and canonical(given) == canonical(answer)
+def _same_answer(store: Store, run_id: str, name: str, answer: str, step: str | None) -> bool:
+    return any(canonical(given) == canonical(answer) for given in
+               store.answers_given(run_id, WaitKind.INPUT.value, name, step or ""))
+
+
+def _the_wait(run_id: str, name: str, named: list[dict[str, Any]],
+              step: str | None) -> dict[str, Any] | None:
+    """The open wait of input ``name`` an answer is for, among ``named`` (the run's open
+    waits of that name): ``step``'s, or the only one. Several steps waiting under one name
+    and no ``step`` is a ValidationError: the answer went to whichever wait Redis listed
+    first (the dashboard's form for item 0 answered item 1)."""
+    if step is not None:
+        return next((w for w in named if w["step"] == step), None)
+    steps = sorted({w["step"] for w in named})
+    if len(steps) > 1:
+        said = (f"Several steps of run {run_id} wait for input {name!r}: "
+                f"{', '.join(steps)}; pass the step whose wait this answers.")
+        raise ValidationError({"step": [said]}, said)
+    return named[0] if named else None
 
 
 def send_event(key: str, data: Any = None, store: Store | None = None) -> int:

@@ -694,23 +694,26 @@ class Store:
     @_op
     def deliver(
         self, run_id: str, by: str, match: str, answer_json: str, now: float,
-        event: dict[str, Any],
+        event: dict[str, Any], step: str = "",
     ) -> tuple[WaitOutcome, int]:
-        """Answer a wait (deliver.lua), by its wait key (``by="key"``) or by kind and name;
-        returns the outcome and, when RESUMED, the generation whose frontier to enqueue."""
+        """Answer a wait (deliver.lua), by its wait key (``by="key"``) or by kind and name,
+        of ``step`` only when given; returns the outcome and, when RESUMED, the generation
+        whose frontier to enqueue."""
         result = self._run_script("deliver", run_id, [
             run_id, by, match, answer_json, now, self.settings.retention_seconds, dumps(event),
+            step,
         ])
         return WaitOutcome(result[0]), (int(result[1]) if len(result) > 1 else 0)
 
     @_op
-    def answer_given(self, run_id: str, kind: str, name: str) -> str | None:
-        """The answer (JSON) an answered wait of ``kind`` on ``name`` got, or None."""
-        for wait_key, spec in self.redis.hgetall(self.keys.answered(run_id)).items():
-            doc = loads(spec)
-            if doc.get("kind") == kind and doc.get("name") == name:
-                return self.redis.hget(self.keys.checkpoints(run_id), wait_key)
-        return None
+    def answers_given(self, run_id: str, kind: str, name: str, step: str = "") -> list[str]:
+        """The answers (JSON) the answered waits of ``kind`` on ``name`` got (of ``step``
+        only, when given): one per step that waited under that name."""
+        keys = [wait_key for wait_key, spec in self.redis.hgetall(self.keys.answered(run_id)).items()
+                if (doc := loads(spec)).get("kind") == kind and doc.get("name") == name
+                and (not step or doc.get("step") == step)]
+        return [given for given in (self.redis.hmget(self.keys.checkpoints(run_id), keys)
+                                    if keys else []) if given is not None]
 
     @_op
     def fire_timer(self, run_id: str, key: str, now: float) -> tuple[WaitOutcome, int]:

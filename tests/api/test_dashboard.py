@@ -545,6 +545,24 @@ def test_several_inputs_open_at_once_each_get_a_form_until_answered(api, client,
     assert json.loads(page.text_content("#run-output")) == {"total": 60}
 
 
+def test_items_asking_under_one_name_are_each_answered_by_their_own_form(api, client, page):
+    """Every item asks "value": the form shown for item 0 answered item 1 (the page answered
+    by name, and the server took whichever wait Redis listed first)."""
+    run = start(client, "same_named_items", {"n": 2})
+    page.goto(f"{api.url}/ui/runs/{run['id']}")
+    forms = page.locator("form.answer")
+    expect(forms).to_have_count(2)
+    for prompt, value in (("item 0?", 5), ("item 1?", 7)):
+        form = forms.filter(has_text=prompt)
+        form.locator("input").fill(str(value))
+        form.locator("button[type=submit]").click()
+        expect(forms.filter(has_text=prompt)).to_have_count(0)  # its own wait was answered
+    page.wait_for_selector('#state[data-state="succeeded"]')
+    answered = [(e.data["step"], e.data["name"]) for e in flowkit.get_run(run["id"]).events()
+                if e.type == "run.resumed"]
+    assert [step for step, _ in answered] == ["1[0]:t.value_each", "1[1]:t.value_each"]
+
+
 def test_a_run_waiting_for_a_person_ages_on_its_page_between_events(api, client, page):
     """The header's duration stood still while no event came (1.8 s shown at 10.9 s)."""
     run = start(client, "approval", {"n": 1})

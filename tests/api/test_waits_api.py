@@ -44,6 +44,30 @@ def test_input_over_http_is_validated_and_resumes_the_run(api, client):
     assert flowkit.get_run(run["id"]).wait(20).output == {"n": 1, "approved": True}
 
 
+def test_items_waiting_under_one_name_are_answered_by_step_over_http(api, client):
+    """The dashboard's form for item 0 answered item 1: the wait was found by name only."""
+    from tests.conftest import wait_until
+
+    run = start(client, "same_named_items", {"n": 2})
+    wait_until(lambda: len(flowkit.get_run(run["id"]).waits) == 2, 20, "both items' waits")
+    steps = {w["prompt"]: w["step"] for w in flowkit.get_run(run["id"]).waits}
+    url = f"/runs/{run['id']}/input/value"
+    ambiguous = client.post(url, json={"value": 1})
+    assert ambiguous.status_code == 400
+    assert list(ambiguous.json()["error"]["fields"]) == ["step"]
+    with api.client(key=run["token"]) as page:  # a page answers its own run's forms
+        for i, value in ((0, 5), (1, 7)):
+            step = steps[f"item {i}?"]
+            answered = page.post(url, params={"step": step}, json={"value": value})
+            assert answered.status_code == 202, answered.text
+            again = page.post(url, params={"step": step}, json={"value": value})
+            assert again.status_code == 200 and again.json()["outcome"] == "same"
+    assert flowkit.get_run(run["id"]).wait(20).output == {"total": 12}
+    answers = {e.data["step"] for e in flowkit.get_run(run["id"]).events()
+               if e.type == "run.resumed"}
+    assert answers == set(steps.values())
+
+
 def test_a_run_token_answers_only_its_own_run(api, client):
     mine = start(client, "approval", {"n": 1})
     other = start(client, "approval", {"n": 2})

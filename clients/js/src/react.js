@@ -104,7 +104,7 @@ export function useRun(runId, options = {}) {
     // the watch of this runId only: the previous run's until the effect has made the new one
     watch: watch && watch.runId === runId ? watch : null,
     client,
-    answer: (name, value) => client.answer(runId, name, value),
+    answer: (name, value, options) => client.answer(runId, name, value, options),
     cancel: () => client.cancel(runId),
     retry: () => client.retry(runId),
   };

@@ -96,3 +96,24 @@ test("a server that does not answer is a FlowkitError that says so, not a bare T
     return true;
   });
 });
+
+test("items waiting under one name are answered each by its step; a resend is the same", { skip: SKIP }, async () => {
+  // by name alone an answer went to whichever item Redis listed first
+  const api = client();
+  const run = await api.start("same_named_items", { n: 2 });
+  const watch = api.watch(run.id, { token: run.token });
+  const asking = await until(watch, (s) => s.waits.length === 2, "both items' waits");
+  await assert.rejects(api.answer(run.id, "value", { value: 1 }), (error) => {
+    assert.equal(error.status, 400);
+    assert.deepEqual(Object.keys(error.fields), ["step"]);
+    return true;
+  });
+  const byPrompt = Object.fromEntries(asking.waits.map((w) => [w.prompt, w.step]));
+  for (const [prompt, value] of [["item 1?", 7], ["item 0?", 5]]) {
+    const step = byPrompt[prompt];
+    assert.equal((await api.answer(run.id, "value", { value }, { step })).outcome !== "same", true);
+    assert.equal((await api.answer(run.id, "value", { value }, { step })).outcome, "same");
+  }
+  const state = await until(watch, (s) => isTerminal(s), "the run's end");
+  assert.deepEqual(state.output, { total: 12 });
+});

@@ -7,8 +7,9 @@ from flask_sock import Sock
 from werkzeug.routing import PathConverter
 
 from ...engine import control
+from .. import schemas
 from ..representations import run_json
-from ..requests import access, json_body
+from ..requests import access, json_body, query
 from ..state import state
 from .runs import load_run
 
@@ -28,10 +29,12 @@ def register(bp: Blueprint, sock: Sock) -> None:
 
 
 def send_input(run_id: str, name: str):
-    """The JSON body is the value; a run token may answer its own run (its page's form)."""
+    """The JSON body is the value; a run token may answer its own run (its page's form).
+    ``?step=`` names the step whose wait it answers (several may wait under one name)."""
     current = state()
     load_run(run_id, write=True, answer=True)
-    delivery = control.send_input(run_id, name, json_body(), store=current.store)
+    step = query(schemas.InputArgs).get("step")
+    delivery = control.send_input(run_id, name, json_body(), store=current.store, step=step)
     run = control.get_run(run_id, store=current.store)
     status = 200 if delivery.outcome == "same" else 202
     return jsonify({"outcome": delivery.outcome.value, "run": run_json(run)}), status

@@ -11,10 +11,19 @@
 -- ARGV[4] answer     JSON checkpointed for the step to find
 -- ARGV[5] now        ARGV[6] retention
 -- ARGV[7] event      run.resumed (JSON)
+-- ARGV[8] step       by kind and name: only that step's wait ('' for any); several steps
+--                    waiting under one name at once (fan-out items, parallel branches)
+--                    are told apart by it
 -- Returns {WAIT_RESUMED, gen} | {WAIT_DELIVERED} | {WAIT_SAME} | {WAIT_ANSWERED}
 --       | {WAIT_TIMED_OUT} | {WAIT_NOT_WAITING}
 local run_id, by, match, answer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, retention, event = ARGV[5], ARGV[6], ARGV[7]
+local step = ARGV[8] or ''
+
+-- whether the wait ``doc`` (its spec) is the one asked for by kind and name
+local function named(doc)
+  return doc.kind == by and doc.name == match and (step == '' or doc.step == step)
+end
 
 -- answered already: with this same answer (a resend, a double click: SAME, also once the
 -- run ended, as the resumed run may have by the time a lost response is resent), or with
@@ -25,7 +34,7 @@ local function answered_before()
   local done = redis.call('HGETALL', answered)
   for i = 1, #done, 2 do
     local doc = cjson.decode(done[i + 1])
-    local same_wait = (by == 'key' and done[i] == match) or (doc.kind == by and doc.name == match)
+    local same_wait = (by == 'key' and done[i] == match) or named(doc)
     if same_wait then
       local given = redis.call('HGET', ckpt, done[i])
       if given == answer then return WAIT_SAME end
@@ -48,7 +57,7 @@ else
   local open = redis.call('HGETALL', waits)
   for i = 1, #open, 2 do
     local doc = cjson.decode(open[i + 1])
-    if doc.kind == by and doc.name == match then wait_key, spec = open[i], open[i + 1] break end
+    if named(doc) then wait_key, spec = open[i], open[i + 1] break end
   end
 end
 if not spec then

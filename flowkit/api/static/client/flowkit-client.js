@@ -837,9 +837,12 @@ export class FlowkitClient {
     return this.request("POST", `/workflows/${encodeURIComponent(workflow)}/runs${qs}`, { body: input, headers });
   }
 
-  /** Answer a run's `wait_for_input(name)`; the value is the JSON body. */
-  answer(runId, name, value) {
-    return this.request("POST", `/runs/${encodeURIComponent(runId)}/input/${encodeURIComponent(name)}`, { body: value });
+  /** Answer a run's `wait_for_input(name)`; the value is the JSON body. `step`: the key of
+   *  the step whose wait it answers (a wait's `step` in the fold's `waits`), which several
+   *  steps waiting under one name at once (fan-out items, parallel branches) need. */
+  answer(runId, name, value, { step } = {}) {
+    const qs = step !== undefined ? `?${new URLSearchParams({ step })}` : "";
+    return this.request("POST", `/runs/${encodeURIComponent(runId)}/input/${encodeURIComponent(name)}${qs}`, { body: value });
   }
 
   cancel(runId) {

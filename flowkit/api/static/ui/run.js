@@ -158,9 +158,10 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   // An answer refused after its wait closed (another answer came first: "the first answer
   // stands") was written into its form, gone with the wait: the person saw the run go on
   // with the other answer, and no word that theirs was refused.
-  async function answered(name, value, form) {
+  async function answered({ name, step }, value, form) {
     try {
-      await client.answer(runId, name, value);
+      // its step's wait: fan-out items asking under one name each have a form of their own
+      await client.answer(runId, name, value, step ? { step } : {});
     } catch (error) {
       if (!form.isConnected) notice(`Your answer to “${name}” was not taken: ${error.message}`);
       throw error;
@@ -238,7 +239,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
         follow();
       }, e.currentTarget) }, "Retry run"));
     }
-    fill(ui.answer, asks.map((w, i) => answerForm(w, (value, form) => answered(w.name, value, form),
+    fill(ui.answer, asks.map((w, i) => answerForm(w, (value, form) => answered(w, value, form),
       i === 0 ? "answer" : `answer-${i + 1}`)));
   }
 
