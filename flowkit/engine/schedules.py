@@ -144,7 +144,11 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
            input: Any = None, timezone: str = "UTC", catchup: bool = False,
            id: str | None = None, overlap: str = "allow",
            store: Store | None = None) -> dict[str, Any]:
-    """Create (or replace) a schedule of ``workflow``; returns it with ``next_at``."""
+    """Create (or replace) a schedule of ``workflow``; returns it with ``next_at``. The
+    same definition again (a ``create()`` at each deploy or start, a retried POST) leaves
+    the stored schedule as it is: its next tick, and its pause. Made anew, it moved the
+    next tick a whole interval past each call (one made more often than its interval never
+    fired) and resumed a schedule an operator had paused."""
     wf = get_workflow(workflow)
     # its timing first: a bad cron line given without an input was said to be the input's
     schedule = Schedule(cron=cron, every=every, input=input, timezone=timezone,
@@ -154,6 +158,8 @@ def create(workflow: str, *, cron: str | None = None, every: float | None = None
     wf.schedule_input(input)  # a schedule that would start invalid runs is refused now
     store = store or get_store()
     stored, _ = store.schedule(definition["id"])
+    if stored is not None and not stored.get("declared") and _shape(stored) == _shape(definition):
+        return get(definition["id"], store)
     declarer = (stored.get("workflow") if stored is not None and stored.get("declared")
                 else _declared_here(definition["id"]))
     if declarer is not None:  # it replaced the code's, which beat then refused to store

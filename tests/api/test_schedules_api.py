@@ -202,3 +202,20 @@ def test_resuming_a_stored_schedule_whose_zone_this_host_lacks_is_a_409_saying_w
         "unknown time zone 'US/Pacific-New'; use an IANA name like 'Europe/Paris' or 'UTC'; "
         "delete it and create it again.")
     assert client.delete("/schedules/old-zone").status_code == 204
+
+
+def test_the_same_schedule_created_again_keeps_its_next_tick_and_its_pause(client):
+    """A create() at each deploy or start (or a retried POST) made it anew: its next tick
+    moved a whole interval past each call, so one re-made more often than its interval
+    never fired, and a schedule an operator paused was resumed."""
+    first = flowkit.schedules.create("simple", every=3600, input={"n": 1}, id="hourly")
+    again = client.post("/schedules", json={"workflow": "simple", "every": 3600,
+                                            "input": {"n": 1}, "id": "hourly"})
+    assert again.status_code == 201, again.text
+    assert (again.json()["next_at"], again.json()["anchor"]) == (first["next_at"], first["anchor"])
+    flowkit.schedules.pause("hourly")
+    assert flowkit.schedules.create("simple", every=3600, input={"n": 1}, id="hourly")["paused"]
+    assert flowkit.schedules.get("hourly")["paused"] is True
+    changed = flowkit.schedules.create("simple", every=3600, input={"n": 2}, id="hourly")
+    assert changed["input"] == {"n": 2} and changed["paused"] is False  # replaced, as before
+    flowkit.schedules.delete("hourly")
