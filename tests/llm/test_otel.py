@@ -73,11 +73,12 @@ def test_llm_spans_carry_the_genai_attributes_and_no_message_content(
     assert streamed["attributes"]["flowkit.stream"] is True
     assert embedding["attributes"]["gen_ai.operation.name"] == "embeddings"
 
-    # message contents only when opted in
-    for span in (plain, streamed, embedding):
+    # message contents only when opted in: a step's and the run's input and output hold
+    # the prompt and the answer too (they were exported whatever the setting)
+    for span in spans:
         assert not any("messages" in k or k in ("flowkit.input", "flowkit.output")
-                       for k in span["attributes"])
-        assert PROMPT not in json.dumps(span["attributes"])
+                       for k in span["attributes"]), span["name"]
+        assert PROMPT not in json.dumps(span["attributes"]), span["name"]
     assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"summaries-worker"}
 
 
@@ -91,6 +92,8 @@ def test_message_contents_are_exported_when_opted_in(store, servers, llm_env, tm
         [answer] = json.loads(chat["attributes"]["gen_ai.output.messages"])
         assert answer["role"] == "assistant" and answer["parts"][0]["content"]
         assert [answer["finish_reason"]] == chat["attributes"]["gen_ai.response.finish_reasons"]
+    [step] = by_name(spans)["step 0:llmtest.otel"]
+    assert json.loads(step["attributes"]["flowkit.input"]) == {"prompt": PROMPT}
     assert {s["resource"]["attributes"]["service.name"] for s in spans} == {"flowkit"}
 
 
@@ -119,3 +122,13 @@ def test_every_chat_operation_is_a_chat_span_for_the_conventions(operation, monk
     assert found["gen_ai.operation.name"] == "chat"
     assert found["gen_ai.request.max_tokens"] == 64
     assert "gen_ai.output.messages" in found  # contents too, when opted in
+
+
+@pytest.mark.parametrize("given", ["a question", [{"role": "user", "content": "a question"}]])
+def test_a_responses_call_exports_its_input_as_the_input_messages(given, monkeypatch):
+    """The Responses API's prompt is its ``input``: only its output was exported."""
+    monkeypatch.setenv(otel.CAPTURE_CONTENT, "true")
+    found = otel.genai_attributes({"operation": "responses", "model": "m", "input": given,
+                                   "output": "an answer"})
+    assert json.loads(found["gen_ai.input.messages"]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "a question"}]}]

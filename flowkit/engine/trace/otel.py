@@ -10,7 +10,8 @@ reads them: named ``chat <model>``, with ``gen_ai.operation.name``,
 ``gen_ai.provider.name``, ``gen_ai.request.model`` and the request's parameters,
 ``gen_ai.response.model``, ``gen_ai.response.finish_reasons`` and ``gen_ai.usage.*``.
 Message contents go out only when opted in, as the conventions ask
-(``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``). What the conventions do
+(``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``), and so do the input and
+output of every other span (a step's, a run's), which hold prompts and answers as well. What the conventions do
 not cover stays ``flowkit.*`` (cost, retries, failovers, rate-limit wait, time to first
 token). The resource's ``service.name`` is ``OTEL_SERVICE_NAME`` (``flowkit`` without it).
 """
@@ -92,8 +93,13 @@ def to_otel(run_id: str, span: dict[str, Any]):
     attributes: dict[str, Any] = {"flowkit.run_id": run_id}
     if llm:
         attributes.update(genai_attributes(span))
+    # a step's or a run's input and output hold prompts and answers as much as an LLM
+    # call's messages (a step returns the model's text): they follow the same opt-in
+    private = () if _capture_content() else _CONTENT_FIELDS
     for k, v in span.items():
         if k in ("id", "parent", "start", "end") or v is None or (llm and k in _GENAI_FIELDS):
+            continue
+        if k in private:
             continue
         attributes[f"flowkit.{k}"] = _value(v)
     status = Status(StatusCode.UNSET)
@@ -150,6 +156,8 @@ _GENAI_FIELDS = frozenset({
     "messages", "input", "output",
 })
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+#: fields of every other span (step, sub-step, workflow) exported only when opted in
+_CONTENT_FIELDS = ("input", "output")
 
 
 def genai_attributes(span: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +202,9 @@ def _contents(span: dict[str, Any], operation: str) -> dict[str, Any]:
         return {}
     found: dict[str, Any] = {}
     messages = span.get("messages")
+    if messages is None:  # the Responses API's input: text, or a list of messages
+        given = span.get("input")
+        messages = [{"role": "user", "content": given}] if isinstance(given, str) else given
     if isinstance(messages, list):
         found["gen_ai.input.messages"] = dumps([_message(m) for m in messages])
     if span.get("output") is not None:
