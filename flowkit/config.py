@@ -8,6 +8,7 @@ from and rebuilds when ``get_settings()`` returns another.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -206,6 +207,7 @@ class Settings:
         if self.metrics_port > 65535:  # the server then failed with OverflowError, logged
             raise ConfigError(f"FLOWKIT_METRICS_PORT is a TCP port, 1 to 65535 (0: off), not "
                               f"{self.metrics_port}.")
+        parse_prices(self.llm_prices)  # at start, not after a paid call (its cost failed)
         if self.max_payload_bytes <= 0 or self.retention_seconds <= 0:
             raise ConfigError("FLOWKIT_MAX_PAYLOAD_BYTES and FLOWKIT_RETENTION_SECONDS must be > 0.")
         for name, url in (("REDIS_URL", self.redis_url), ("BROKER_URL", self.broker_url),
@@ -216,6 +218,33 @@ class Settings:
                     "be a number, as in redis://host:6379/0 (or none: database 0)."
                 )
         return self
+
+
+def parse_prices(raw: str | None) -> dict[str, tuple[float, float]]:
+    """FLOWKIT_LLM_PRICES read: ``{"model": [input_usd, output_usd]}`` per million tokens,
+    each price a finite number, 0 or more. Read at the first call's cost, after the
+    provider answered (and billed), a bad table failed every LLM call, and NaN (which JSON
+    reads) made the cost counter NaN for good."""
+    try:
+        data = json.loads(raw or "{}")
+    except ValueError as exc:
+        raise ConfigError(f"FLOWKIT_LLM_PRICES is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError('FLOWKIT_LLM_PRICES must be a JSON object like {"gpt-4o-mini": [0.15, 0.6]}.')
+    try:
+        return {model: price_pair(model, pair) for model, pair in data.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"FLOWKIT_LLM_PRICES: {exc}") from None
+
+
+def price_pair(model: str, pair: object) -> tuple[float, float]:
+    """One model's price, checked: two finite numbers, 0 or more."""
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or not all(is_number(p) and p >= 0 for p in pair)):
+        raise ConfigError(
+            f"price of {model!r} must be [input_usd_per_million, output_usd_per_million], "
+            f"two finite numbers 0 or more, got {pair!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def _check_value(name: str, value: Any, kind: type) -> None:

@@ -431,6 +431,14 @@ def test_settings_come_from_flowkit_env_vars():
     # a worker logged the metrics server's OverflowError and ran on unobserved
     ({"metrics_port": 99999}, "FLOWKIT_METRICS_PORT is a TCP port, 1 to 65535 (0: off), not "
                               "99999."),
+    # the price table was read at the first call's cost, after the provider answered: every
+    # LLM call failed, paid; NaN (which JSON reads) made the cost counter NaN for good
+    ({"llm_prices": "alsonotjson"}, "FLOWKIT_LLM_PRICES is not valid JSON"),
+    ({"llm_prices": '{"gpt-4o-mini": [0.15, "0.6$"]}'}, "FLOWKIT_LLM_PRICES: price of 'gpt-4o-mini' must be "
+     "[input_usd_per_million, output_usd_per_million], two finite numbers 0 or more, got "
+     "[0.15, '0.6$']"),
+    ({"llm_prices": '{"m": [NaN, 0.6]}'}, "two finite numbers 0 or more, got [nan, 0.6]"),
+    ({"llm_prices": '{"m": [-2.5, 10]}'}, "two finite numbers 0 or more, got [-2.5, 10]"),
 ])
 def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes, says):
     """configure(retry_attempts="3") was taken, and the first step failed on it; a negative
@@ -439,7 +447,8 @@ def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes
         flowkit.configure(**changes)
     assert says in str(refused.value)
     env = {f"FLOWKIT_{name.upper()}": str(value) for name, value in changes.items()
-           if isinstance(value, (int, float)) and not isinstance(value, bool)}
+           if isinstance(value, (int, float)) and not isinstance(value, bool)
+           or name == "llm_prices"}
     if env:  # from the environment: the same check
         with pytest.raises(ConfigError, match="FLOWKIT_"):
             flowkit.Settings.from_env(env)

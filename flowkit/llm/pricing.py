@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from ..config import get_settings
-from ..errors import ConfigError
+from ..config import get_settings, parse_prices, price_pair
 from ..locks import ForkSafeLock
 
 _overrides: dict[str, tuple[float, float]] = {}
@@ -15,32 +12,16 @@ _lock = ForkSafeLock()
 
 def set_prices(prices: dict[str, tuple[float, float] | list[float]]) -> None:
     """Add or replace prices: ``{"model": (input_per_million, output_per_million)}``."""
-    checked = {model: _pair(model, pair) for model, pair in prices.items()}
+    checked = {model: price_pair(model, pair) for model, pair in prices.items()}
     with _lock:
         _overrides.update(checked)
-
-
-def _pair(model: str, pair: object) -> tuple[float, float]:
-    try:
-        inp, out = pair  # type: ignore[misc]
-        return float(inp), float(out)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"price of {model!r} must be [input_usd_per_million, output_usd_per_million], got {pair!r}"
-        ) from None
 
 
 def _table() -> dict[str, tuple[float, float]]:
     raw = get_settings().llm_prices
     table = _parsed.get(raw)
     if table is None:
-        try:
-            data = json.loads(raw or "{}")
-        except ValueError as exc:
-            raise ConfigError(f"FLOWKIT_LLM_PRICES is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError('FLOWKIT_LLM_PRICES must be a JSON object like {"gpt-4o-mini": [0.15, 0.6]}.')
-        table = _parsed[raw] = {m: _pair(m, p) for m, p in data.items()}
+        table = _parsed[raw] = parse_prices(raw)  # checked as the settings were read
     return {**table, **_overrides}
 
 
