@@ -574,8 +574,8 @@ def charge_card(data: dict) -> dict:
 
 @component(name="t.await_payment")
 def await_payment(data: dict) -> dict:
-    paid = flowkit.wait_for_event(f"payment:{data['order']}", timeout=data.get("timeout"),
-                                  lookback=data.get("lookback"))
+    paid = flowkit.wait_for_event(data.get("key") or f"payment:{data['order']}",
+                                  timeout=data.get("timeout"), lookback=data.get("lookback"))
     return {**data, "paid": paid}
 
 

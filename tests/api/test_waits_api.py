@@ -91,6 +91,28 @@ def test_an_event_over_http_wakes_the_runs_waiting_for_it(client):
     assert too_long.json()["error"]["fields"] == {"key": ["1 to 200 characters."]}
 
 
+def test_a_key_or_name_starting_with_a_slash_is_itself_not_redirected_to_another(client):
+    """The router merged the leading slash away and answered a 308, an HTML page: a client
+    following it (python's requests) woke the runs waiting on "pay:5" with an event sent for
+    "/pay:5", and answered the input "approval" with one sent to "/approval"."""
+    slashed = wf.payment.start({"order": 1, "key": "/pay:5"})
+    plain = wf.payment.start({"order": 2, "key": "pay:5"})
+    paused(slashed)
+    paused(plain)
+    sent = client.post("/events/%2Fpay%3A5", json={"amount": 3}, follow_redirects=False)
+    assert sent.status_code == 202 and sent.json() == {"woken": 1}, sent.text
+    assert slashed.result(20)["paid"] == {"amount": 3}
+    assert flowkit.get_run(plain.id).state == "waiting"
+    approval = wf.approval.start({"n": 1})
+    paused(approval)
+    named = client.post(f"/runs/{approval.id}/input/%2Fapproval", json={"ok": True},
+                        follow_redirects=False)
+    assert named.status_code == 400 and "name" in named.json()["error"]["fields"], named.text
+    assert flowkit.get_run(approval.id).state == "waiting"
+    flowkit.cancel(plain.id)
+    flowkit.cancel(approval.id)
+
+
 def test_a_key_whose_escapes_are_not_utf8_is_400_not_another_key(client):
     run = wf.payment.start({"order": "\ufffd"})  # waits for payment:\ufffd
     paused(run)

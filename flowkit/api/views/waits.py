@@ -15,9 +15,12 @@ from .runs import load_run
 
 
 class EventKey(PathConverter):
-    """An event key: any text, slashes and newlines too (``path`` refuses a newline: 404)."""
+    """An event key: any text, slashes and newlines too (``path`` refuses a newline: 404),
+    a leading slash too (``%2Fpay:5``): refused, the router merged it away and answered a
+    308 to the key without it, an HTML page that a client following redirects took to
+    another key's runs (or another input)."""
 
-    regex = "[^/](?s:.)*?"
+    regex = "/*[^/](?s:.)*?"
 
 
 def register(bp: Blueprint, sock: Sock) -> None:
