@@ -178,7 +178,7 @@ LLM_MODEL = "gpt-4o-mini"
 #: USD per million tokens, ``{"model": [input, output]}`` as JSON, for a call's estimated cost.
 LLM_PRICES = (
     '{"gpt-4o-mini": [0.15, 0.6], "gpt-4o": [2.5, 10.0], "gpt-4.1-mini": [0.4, 1.6],'
-    ' "gpt-4.1": [2.0, 8.0], "text-embedding-3-small": [0.02, 0.0],'
+    ' "gpt-4.1": [2.0, 8.0], "gpt-4.1-nano": [0.1, 0.4], "text-embedding-3-small": [0.02, 0.0],'
     ' "text-embedding-3-large": [0.13, 0.0]}'
 )
 #: Longest text kept for one field (input, output, prompt) of a trace span.

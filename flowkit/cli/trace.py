@@ -83,7 +83,7 @@ def _call_line(call: dict[str, Any]) -> Text:
     if call.get("cached"):
         extra.append("cached")
     if call.get("retries"):
-        extra.append(plural(call["retries"], "retry"))
+        extra.append("1 retry" if call["retries"] == 1 else f"{call['retries']} retries")
     if call.get("failovers"):
         extra.append(f"after {plural(len(call['failovers']), 'failover')}")
     model = f"{call.get('model')}" + (f" ({call['provider']})" if call.get("provider") else "")

@@ -681,9 +681,10 @@ class _Call:
 
     def _cost(self, span: dict[str, Any], provider: Provider | None) -> None:
         if span.get("prompt_tokens") is not None:
+            # the model the provider ran: one a provider maps the request to (llama for
+            # gpt-4o) and that has no price costs nothing known, not the requested one's
             span["cost"] = pricing.cost(
-                span["prompt_tokens"], span.get("completion_tokens") or 0, span["model"], self.requested
-            )
+                span["prompt_tokens"], span.get("completion_tokens") or 0, span["model"])
 
 
 def _usage_fields(usage: Any) -> dict[str, Any]:

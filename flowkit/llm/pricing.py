@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..config import get_settings, parse_prices, price_pair
 from ..locks import ForkSafeLock
 
@@ -26,17 +28,25 @@ def _table() -> dict[str, tuple[float, float]]:
 
 
 def price_of(*models: str | None) -> tuple[float, float] | None:
-    """The price of the first of ``models`` in the table (exact name, then longest prefix)."""
+    """The price of the first of ``models`` in the table: its exact name, else the model
+    it is a dated snapshot of (``gpt-4o-mini-2024-07-18``, ``gpt-4-0613``: the longest
+    name followed by a dash and digits). Any longer name was taken for a snapshot, and
+    ``gpt-4.1-nano`` cost ``gpt-4.1``'s price, 20 times its own."""
     table = _table()
     for model in models:
         if not model:
             continue
         if model in table:
             return table[model]
-        prefixes = [name for name in table if model.startswith(name)]
+        prefixes = [name for name in table
+                    if model.startswith(name) and _SNAPSHOT.fullmatch(model[len(name):])]
         if prefixes:
             return table[max(prefixes, key=len)]
     return None
+
+
+#: What follows a model's name in one of its dated snapshots.
+_SNAPSHOT = re.compile(r"-\d[\d-]*")
 
 
 def cost(prompt_tokens: int, completion_tokens: int, *models: str | None) -> float | None:

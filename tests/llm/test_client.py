@@ -9,7 +9,9 @@ import time
 import openai
 import pytest
 
+import flowkit
 import flowkit.llm
+import flowkit.llm.pricing
 from flowkit.errors import ConfigError
 from flowkit.llm import OpenAI, Provider, RateLimit, RateLimiter, RetryPolicy
 
@@ -83,6 +85,34 @@ def test_failover_moves_to_the_next_provider_with_its_model_name(servers):
 
     assert reply.model == "backup-model"
     assert [r["model"] for r in backup.stats.requests] == ["backup-model"]
+
+
+def test_a_model_a_provider_maps_the_call_to_is_priced_as_itself(servers):
+    """A provider running another model for the one asked (llama for gpt-4o) charged the
+    asked one's price when its own had none."""
+    primary, _ = servers
+    spans: list[dict] = []
+    flowkit.hooks.llm_call.append(spans.append)
+    try:
+        client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="k",
+                                            models={"gpt-4o-mini": "unpriced-model"})], retry=QUICK)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        flowkit.hooks.llm_call.remove(spans.append)
+    [span] = spans
+    assert (span["model"], span["requested_model"]) == ("unpriced-model", "gpt-4o-mini")
+    assert span["prompt_tokens"] > 0 and span["cost"] is None
+
+
+@pytest.mark.parametrize(("model", "price"), [
+    ("gpt-4o-mini", (0.15, 0.6)),
+    ("gpt-4o-mini-2024-07-18", (0.15, 0.6)),  # a dated snapshot: its model's price
+    ("gpt-4o-2024-08-06", (2.5, 10.0)),
+    ("gpt-4.1-nano", (0.1, 0.4)),  # it cost gpt-4.1's price, 20 times its own
+    ("gpt-4o-audio-preview", None),  # another model, not a snapshot: no price known
+])
+def test_a_model_s_price_is_its_own_or_its_dated_snapshot_s(model, price):
+    assert flowkit.llm.pricing.price_of(model) == price
 
 
 def test_a_retry_after_beyond_patience_fails_over_at_once(servers):
