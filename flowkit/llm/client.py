@@ -214,7 +214,11 @@ class _Client:
                 mark_final(exc, f"HTTP {exc.status_code} cannot succeed if sent again")
             call.fail(provider, exc)
             return False
-        call.failures.append({"provider": provider.name, "error": describe_error(exc)})
+        # its retries are that provider's: the metrics and the trace charged them to the one
+        # that answered, so an alert on the flaky provider's retries blamed the backup
+        call.failures.append({"provider": provider.name, "error": describe_error(exc),
+                              "retries": call.retries - call.retries_before})
+        call.retries_before = call.retries
         return True
 
     def _failed_otherwise(self, provider: Provider, call: _Call, exc: Exception) -> None:
@@ -602,6 +606,8 @@ class _Call:
         self.started = time.monotonic()
         self.sent = self.started
         self.retries = 0
+        #: the retries made on the providers failed over from (``failures`` splits them)
+        self.retries_before = 0
         self.rate_wait = 0.0
         self.estimate = 0
         self.failures: list[dict[str, str]] = []

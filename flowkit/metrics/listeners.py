@@ -44,8 +44,14 @@ def llm_call(span: dict[str, Any]) -> None:
     f.llm_calls.labels(provider, model, span.get("operation") or "", span.get("status") or "").inc()
     if span.get("duration") is not None:
         f.llm_duration.labels(provider, model).observe(span["duration"])
-    if span.get("retries"):
-        f.llm_retries.labels(provider, model).inc(span["retries"])
+    # each provider its own retries: those made before a failover are the failed one's
+    elsewhere = 0
+    for failed in span.get("failovers") or ():
+        if failed.get("retries"):
+            f.llm_retries.labels(failed["provider"], model).inc(failed["retries"])
+            elsewhere += failed["retries"]
+    if (span.get("retries") or 0) > elsewhere:
+        f.llm_retries.labels(provider, model).inc(span["retries"] - elsewhere)
     if span.get("cached"):
         return  # answered from the cache: nothing spent
     for kind in ("prompt", "completion"):

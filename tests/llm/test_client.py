@@ -87,6 +87,35 @@ def test_failover_moves_to_the_next_provider_with_its_model_name(servers):
     assert [r["model"] for r in backup.stats.requests] == ["backup-model"]
 
 
+def test_retries_before_a_failover_are_the_failed_provider_s(servers):
+    """flowkit_llm_retries_total (and the trace) charged them to the provider that answered
+    at once: an alert on the flaky provider's retries blamed the healthy backup."""
+    from flowkit.metrics import families, listeners
+
+    primary, backup = servers
+    primary.configure(rate_500=1.0)  # it answers, with an error each time
+    spans: list[dict] = []
+    flowkit.hooks.llm_call.append(spans.append)
+    try:
+        client = OpenAI(providers=[
+            Provider("primary", base_url=primary.base_url, api_key="sk-primary-key"),
+            Provider("backup", base_url=backup.base_url, api_key="sk-backup-key")], retry=QUICK)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        flowkit.hooks.llm_call.remove(spans.append)
+    [span] = spans
+    sent = len(primary.stats.requests)
+    assert sent > 1 and span["provider"] == "backup" and span["retries"] == sent - 1
+    [failed] = span["failovers"]
+    assert (failed["provider"], failed["retries"]) == ("primary", sent - 1)
+    families.reset()
+    listeners.llm_call(span)
+    counted = {s.labels["provider"]: s.value for m in families.families().llm_retries.collect()
+               for s in m.samples if s.name == "flowkit_llm_retries_total"}
+    assert counted == {"primary": sent - 1}
+    families.reset()
+
+
 def test_a_model_a_provider_maps_the_call_to_is_priced_as_itself(servers):
     """A provider running another model for the one asked (llama for gpt-4o) charged the
     asked one's price when its own had none."""
