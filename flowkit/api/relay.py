@@ -46,7 +46,9 @@ from ..errors import StoreUnavailable
 from ..events import START, TERMINAL, stream_ends
 from ..events import cursor_order as _order
 from ..store import Entry, Store, StreamReader
+from .errors import ApiError
 from .quota import StreamQuota
+from .stalls import hung_up
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,13 @@ class Subscriber:
     """One client's view of one run: ``next_batch()`` returns the events after its cursor."""
 
     def __init__(self, hub: Hub, run_id: str, after: str, expires_at: float | None = None,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, connection: object = None) -> None:
         self.hub = hub
         #: Whose stream it is, counted by the hub's quota (None: not counted).
         self.holder = holder
+        #: The client's socket of an HTTP stream (SSE, NDJSON, a start's ``?wait=``):
+        #: looked at when its holder's quota is full (:meth:`Hub.acquire`).
+        self.connection = connection
         #: When the run token that opened the stream expires (``time.time()``): the
         #: stream ends then (:attr:`expired`), as its next request would be refused.
         self.expires_at = expires_at
@@ -400,17 +405,43 @@ class Hub:
     # -- subscribing -------------------------------------------------------------
 
     def subscribe(self, run_id: str, after: str = START, expires_at: float | None = None,
-                  holder: str | None = None, counted: bool = False) -> Subscriber:
+                  holder: str | None = None, counted: bool = False,
+                  connection: object = None) -> Subscriber:
         """``expires_at``: when the run token of the stream expires (see Subscriber);
         ``holder``: whose stream it is, refused (429) past its quota, unless ``counted``
-        (acquired by the caller: the stream's end releases it)."""
+        (acquired by the caller: the stream's end releases it); ``connection``: its
+        client's socket, for :meth:`acquire`."""
         if not counted:
-            self.quota.acquire(holder)
+            self.acquire(holder)
         try:
-            return self._subscribe(Subscriber(self, run_id, after, expires_at, holder))
+            return self._subscribe(Subscriber(self, run_id, after, expires_at, holder,
+                                              connection))
         except BaseException:
             self.quota.release(holder)
             raise
+
+    def acquire(self, holder: str | None) -> None:
+        """Count one more stream of ``holder`` (429 past its quota). At the limit, its
+        streams whose clients hung up are ended first and give their slots back: an SSE
+        stream learns of it at its second ping after, a ``?wait=`` start when its wait is
+        over, and a page reloaded a few dozen times, or an SSE client reconnecting, locked
+        the run's viewers (or a tenant) out of every stream meanwhile."""
+        try:
+            self.quota.acquire(holder)
+        except ApiError:
+            if not self._hang_up_gone(holder):
+                raise
+            self.quota.acquire(holder)
+
+    def _hang_up_gone(self, holder: str | None) -> int:
+        with self._lock:
+            held = [sub for tracked in self._runs.values() for sub in tracked.subscribers
+                    if sub.holder == holder and sub.connection is not None]
+        gone = [sub for sub in held if hung_up(sub.connection)]
+        for sub in gone:
+            self.unsubscribe(sub)  # its slot, now; its thread ends at its next look
+            sub.end()
+        return len(gone)
 
     def _subscribe(self, sub: Subscriber) -> Subscriber:
         self._ensure_running()

@@ -13,7 +13,9 @@ takes a ping within one interval.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import ssl
 import struct
 
 #: The least time a write may wait for a peer that takes nothing.
@@ -39,3 +41,22 @@ def connection_socket(environ: dict) -> object:
     """The client's socket, as the WSGI servers flowkit runs under give it (gunicorn,
     werkzeug's); None under another."""
     return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+
+
+def hung_up(sock: object) -> bool:
+    """Whether the client closed its end of ``sock`` (read at once, nothing consumed): a
+    stream learns it only when a write fails, and the first write after the close still
+    succeeds, into the kernel's buffer; meanwhile its quota slot stayed held (two ping
+    intervals for SSE, the whole wait for a ``?wait=`` start). A TLS socket, which cannot
+    be peeked at, is not told (False)."""
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):  # reset by the peer; ValueError: a TLS socket's recv
+        return not isinstance(sock, ssl.SSLSocket)

@@ -131,3 +131,33 @@ def test_a_follower_that_reads_nothing_is_let_go_and_gives_its_stream_back(
                                "the stalled follower to be let go")
             finally:
                 stalled.close()
+
+
+@pytest.fixture(scope="module")
+def slow_pings(flowkit_env, worker):
+    """Pings 60 s apart: a stream whose client left learns it only at its second ping."""
+    yield from serve(make_app(streams_per_caller=LIMIT, ping_interval=60,
+                              authorize=lambda request: request.headers.get("X-User")))
+
+
+def test_streams_whose_clients_hung_up_give_their_slots_back_at_once(slow_pings, store):
+    """An SSE stream learned its client had gone at its second ping after (40 s by default),
+    and a ?wait= start when its wait ran out: a page reloaded a few times locked the run's
+    viewers out (429), and a tenant whose clients gave up on their waits every stream."""
+    with slow_pings.client() as keyed:
+        run = waiting_run(keyed)
+    for _ in range(LIMIT + 2):  # opened and dropped, as a reload does
+        _stalled_follower(slow_pings.url, run, websocket_=False).close()
+    with slow_pings.client(key=run["token"]) as page, page.stream(
+            "GET", f"/runs/{run['id']}/events", params={"after": "0"},
+            headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+    with httpx.Client(base_url=slow_pings.url, headers={"X-User": "carol"}, timeout=0.5) as carol:
+        for _ in range(LIMIT):  # clients that give up on their waits
+            with pytest.raises(httpx.ReadTimeout):
+                carol.post("/workflows/approval/runs", params={"wait": 60}, json={"n": 1})
+    with slow_pings.client(key=None, headers={"X-User": "carol"}) as carol:
+        started = carol.post("/workflows/simple/runs", params={"wait": 20}, json={"n": 1})
+        assert started.status_code == 200, started.text  # it ran to its end, not 429
+    for waiting in flowkit.list_runs(workflow="approval", state="waiting", limit=100):
+        flowkit.cancel(waiting.id)  # carol's, and the run followed

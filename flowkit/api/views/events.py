@@ -11,7 +11,7 @@ from .. import schemas
 from ..errors import ApiError
 from ..relay import RelayEvent
 from ..requests import access, negotiated_stream, query
-from ..stalls import stall_seconds
+from ..stalls import connection_socket, stall_seconds
 from ..state import state
 from ..streaming import SSE, VANISHED_CHECK, stream_response
 from ..ws import POLL_SECONDS, TRY_AGAIN_LATER_CLOSE, close, relay
@@ -127,7 +127,8 @@ def get_events(run_id: str):
             return Response(status=204, headers={"Cache-Control": "no-cache"})
         sub = current.hub.subscribe(run_id, _known(run_id, cursor, field, last),
                                     expires_at=access().expires_at,
-                                    holder=access().stream_holder)
+                                    holder=access().stream_holder,
+                                    connection=connection_socket(request.environ))
         sub.wants_status = args.get("status", False)
         return stream_response(sub, current.options.ping_interval, SSE)
     limit = min(args.get("limit", current.options.events_page), current.options.events_page)

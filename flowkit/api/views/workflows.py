@@ -16,6 +16,7 @@ from ..errors import ApiError
 from ..relay import Subscriber
 from ..representations import run_json, workflow_json
 from ..requests import access, json_body, negotiated_stream, query, wait_seconds
+from ..stalls import connection_socket
 from ..state import state
 from ..streaming import stream_response
 
@@ -60,7 +61,8 @@ def start_run(name: str):
         # the year 10000 in UTC, past what flowkit can show; held to the last moment it can
         start_at = LAST_TIME
     holder = who.stream_holder if kind is not None or wait else None
-    current.hub.quota.acquire(holder)  # before the start: a refused start starts nothing
+    current.hub.acquire(holder)  # before the start: a refused start starts nothing
+    connection = connection_socket(request.environ)  # looked at when the quota is full
     try:
         run = control.start(wf, body, idempotency_key=key, owner=who.owner,
                             store=current.store, start_at=start_at,
@@ -75,11 +77,13 @@ def start_run(name: str):
     headers = {"Location": url_for(f"{current.blueprint}.get_run", run_id=run.id),
                "X-Flowkit-Run": run.id, "X-Flowkit-Token": token}
     if kind is not None:
-        return stream_response(current.hub.subscribe(run.id, START, holder=holder, counted=True),
+        return stream_response(current.hub.subscribe(run.id, START, holder=holder, counted=True,
+                                                     connection=connection),
                                current.options.ping_interval, kind, headers=headers)
     created = run.created  # the start's own answer: the record read after a wait has none
     if wait:
-        _await_end(current.hub.subscribe(run.id, START, holder=holder, counted=True), wait)
+        _await_end(current.hub.subscribe(run.id, START, holder=holder, counted=True,
+                                         connection=connection), wait)
         run = control.get_run(run.id, store=current.store)
         headers["Preference-Applied"] = f"wait={wait:g}"
     body = {**run_json(run), "created": created, "token": token,
