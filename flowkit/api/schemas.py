@@ -14,6 +14,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from ..engine.control import MAX_OWNER_CHARS
 from ..engine.control import Run as RunRecord
 from ..flow import CRON_LINE, MAX_DELAY, MAX_EVERY, OVERLAPS, SCHEDULE_ID, SCHEDULE_ID_RULE
 from ..states import RunState
@@ -104,7 +105,7 @@ class _QueryNumber(fields.Float):
 class ListRunsArgs(Schema):
     workflow = fields.String(validate=validate.Length(1, 200))
     state = fields.String(validate=validate.OneOf(STATES))
-    owner = fields.String(validate=validate.Length(1, 200))
+    owner = fields.String(validate=validate.Length(1, MAX_OWNER_CHARS))
     # its maximum is the deployment's FLOWKIT_API_MAX_PAGE_SIZE, checked (and published)
     # by the view: one message whatever the number
     limit = _QueryInteger(validate=validate.Range(min=1))

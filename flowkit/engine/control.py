@@ -268,9 +268,9 @@ def start(
                                             and len(idempotency_key) <= 255):
         raise ConfigError(f"start(idempotency_key=...) is up to 255 characters of text, not "
                           f"{_shown(idempotency_key)}.")
-    if owner is not None and not isinstance(owner, str):
-        raise ConfigError(f"start(owner=...) is text (who started the run), not "
-                          f"{_shown(owner)}.")
+    if owner is not None and not (isinstance(owner, str) and len(owner) <= MAX_OWNER_CHARS):
+        raise ConfigError(f"start(owner=...) is text (who started the run) of up to "
+                          f"{MAX_OWNER_CHARS} characters, not {_shown(owner)}.")
     payload = workflow.validate(input)
     input_json = dumps_bounded(payload, "the workflow input")
     queue = workflow.queue or get_app().conf.task_default_queue
@@ -756,6 +756,11 @@ class Delivery:
     @property
     def accepted(self) -> bool:
         return self.outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED, WaitOutcome.SAME)
+
+
+#: The longest owner a run may have: one longer (an authorize() returning a whole
+#: profile) was stored, but no listing (``?owner=``, 200 characters) could name it.
+MAX_OWNER_CHARS = 1000
 
 
 def send_input(run_id: str, name: str, value: Any, store: Store | None = None, *,

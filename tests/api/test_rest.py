@@ -91,6 +91,12 @@ def test_runs_are_filtered_by_owner_and_paginated_within_it(client, store):
     assert client.get("/runs", params={"owner": "nobody"}).json()["runs"] == []
     bad = client.get("/runs", params={"owner": ""})
     assert bad.status_code == 400 and "owner" in bad.json()["error"]["fields"]
+    # an owner longer than the listing took (200): stored, and no one could list its runs
+    long = "tenant-" + "x" * 225 + "@example.com"
+    mine = wf.start({"n": 1}, owner=long).id
+    assert [r["id"] for r in client.get("/runs", params={"owner": long}).json()["runs"]] == [mine]
+    with pytest.raises(flowkit.ConfigError, match="of up to 1000 characters"):
+        wf.start({"n": 1}, owner="x" * 1001)
 
 
 def test_events_history_pages_with_after_and_limit(client):
