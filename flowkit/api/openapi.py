@@ -228,7 +228,9 @@ def _schedule_paths(spec: APISpec, p: str) -> None:
                             "seconds; one run per tick whatever the number of beats.",
                  "requestBody": {"required": True, "content": {_JSON: {
                      "schema": {"$ref": "#/components/schemas/ScheduleBody"}}}},
-                 "responses": _responses({201: "ScheduleInfo"}, (*_AUTH, 400, 404, 413, 415, 503))},
+                 # 409: the id is a schedule the code declares (Workflow(schedules=...))
+                 "responses": _responses({201: "ScheduleInfo"},
+                                         (*_AUTH, 400, 404, 409, 413, 415, 503))},
     })
     spec.path(f"{p}/schedules/{{schedule_id}}", operations={
         "get": {"operationId": "getSchedule", "parameters": [sid],
@@ -454,7 +456,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                    "dashboard's Workers page).",
         "responses": _responses({200: {"description": "Workers, running steps, unconsumed "
                                        "queues.", "content": {_JSON: {"schema": {
-                                           "type": "object"}}}}}, _AUTH)}})
+                                           "type": "object"}}}}}, (*_AUTH, 503))}})
     spec.path(f"{p}/runs/summary", operations={"get": {
         "operationId": "summariseRuns",
         "summary": "For each run of ?ids=a,b,...: its step progress, tokens and cost (what a "
@@ -463,7 +465,7 @@ def build_spec(api: ApiState) -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": "[^,\\s]"},
                         "description": "Run ids, comma-separated (at most 100)."}],
         "responses": _responses({200: {"description": "Summaries by run id.", "content": {
-            _JSON: {"schema": {"type": "object"}}}}}, (400, *_AUTH, 404))}})
+            _JSON: {"schema": {"type": "object"}}}}}, (400, *_AUTH, 404, 503))}})
     spec.path(f"{p}/metrics", operations={"get": {
         "operationId": "metrics",
         "summary": "Prometheus metrics of this web process and of the deployment (runs by "

@@ -98,6 +98,11 @@ def test_responses_document_their_errors_headers_and_streams(client):
     assert (run_token["type"], run_token["in"], run_token["name"]) == ("apiKey", "query", "token")
     assert doc["paths"]["/runs/{run_id}"]["get"]["security"] == [{"bearer": []}, {"runToken": []}]
     assert doc["paths"]["/healthz"]["get"]["security"] == [{}, {"bearer": []}]  # optional
+    # statuses these answer that the document left out: a declared schedule's id (409),
+    # Redis away (503)
+    assert "409" in doc["paths"]["/schedules"]["post"]["responses"]
+    assert "503" in doc["paths"]["/runs/summary"]["get"]["responses"]
+    assert "503" in doc["paths"]["/workers"]["get"]["responses"]
 
 
 # -- schemathesis ---------------------------------------------------------------------
