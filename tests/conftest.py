@@ -24,6 +24,11 @@ from flowkit.testing import InThreadWorker, LocalRedis, WorkerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# pytest-xdist's workers run with COLUMNS=80, and the CLI's tables, printed into a pipe,
+# take COLUMNS for their width (else 200): the tests reading the CLI's lines (flowkit
+# status, doctor) read them wrapped, and failed under -n only
+os.environ.pop("COLUMNS", None)
+
 if sys.version_info < (3, 12):
     # CPython 3.11 keeps the AST converter's recursion count in state its threads share:
     # two threads parsing at once (a worker thread formatting a traceback, whose carets
