@@ -354,3 +354,18 @@ def test_every_flowkit_variable_the_code_reads_is_known_to_the_doctor():
     sources = [*(root / "flowkit").rglob("*.py"), root / "api" / "app.py"]
     names = {name for path in sources for name in read.findall(path.read_text())}
     assert names and names <= variables(), sorted(names - variables())
+
+
+def test_trace_totals_say_when_some_calls_have_no_known_cost():
+    """The known costs' sum read as the run's whole cost: an unpriced model's call, or a
+    stream read only in part, has none."""
+    from flowkit.cli.trace import totals, totals_line
+
+    calls = [{"kind": "llm", "prompt_tokens": 4, "completion_tokens": 5, "cost": 0.000004},
+             {"kind": "llm", "prompt_tokens": 4, "completion_tokens": 5, "cost": None},
+             {"kind": "llm", "cost": 0.000003, "cached": True}]  # cached: nothing paid
+    sums = totals(calls, now=0.0)
+    assert (sums["cost"], sums["unpriced_calls"]) == (0.000004, 1)
+    assert "; cost $0.000004 and 1 call of unknown cost; " in totals_line(sums)
+    priced = totals(calls[:1], now=0.0)
+    assert "; cost $0.000004; " in totals_line(priced)

@@ -66,6 +66,14 @@ def test_the_hour_spring_forward_skips_is_skipped_and_nothing_else():
         "27 23:00", "28 00:00", "28 01:00", "28 02:00"]
 
 
+def test_a_fixed_time_in_the_hour_spring_skips_runs_at_the_gap_s_end_as_cron_runs_it():
+    """2027-03-28, 02:00 CET: Paris's clocks jump to 03:00 CEST (01:00 UTC). 02:30 never
+    comes that night: the line runs at 03:30 CEST (01:30 UTC), once, as vixie cron runs a
+    job whose time the jump skips; the README said it had no tick."""
+    assert ticks("30 2 * * *", datetime(2027, 3, 27, 22, 0, tzinfo=UTC), 2) == [
+        "28 01:30", "29 00:30"]
+
+
 def _matches(cron: str, local: datetime) -> bool:
     """Whether ``cron`` (numbers, ``*``, ``*/n``, lists) ticks at the local minute ``local``."""
     def hit(field: str, value: int, first: int = 0) -> bool:

@@ -28,7 +28,8 @@ _STYLE = {"ok": "green", "succeeded": "green", "error": "red", "failed": "red",
 
 def totals(spans: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
     """What a run spent: steps, attempts, LLM calls, tokens, cost (None when no call's price
-    is known) and seconds (the run's, its attempts', its calls')."""
+    is known; ``unpriced_calls`` of the calls paid for have none, an unpriced model's or a
+    stream read only in part) and seconds (the run's, its attempts', its calls')."""
     now = time.time() if now is None else now
     attempts = [s for s in spans if s.get("kind") == "step"]
     calls = [s for s in spans if s.get("kind") == "llm"]
@@ -49,6 +50,7 @@ def totals(spans: list[dict[str, Any]], now: float | None = None) -> dict[str, A
         "total_tokens": sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0)
                             for c in paid),
         "cost": round(sum(costs), 8) if costs else None,
+        "unpriced_calls": len(paid) - len(costs),
         "run_seconds": run_seconds,
         "step_seconds": round(sum(s.get("duration") or 0 for s in attempts), 6),
         "llm_seconds": round(sum(c.get("duration") or 0 for c in calls), 6),
@@ -142,7 +144,12 @@ def totals_line(sums: dict[str, Any]) -> str:
     if sums["llm_calls"]:
         parts.append(f"{sums['total_tokens']} tokens ({sums['prompt_tokens']} prompt, "
                      f"{sums['completion_tokens']} completion)")
-        parts.append(f"cost ${sums['cost']:.6f}" if sums["cost"] is not None else "cost unknown")
+        unpriced = sums.get("unpriced_calls") or 0
+        if sums["cost"] is None:
+            parts.append("cost unknown")
+        else:  # a sum of the known costs read as the whole cost
+            parts.append(f"cost ${sums['cost']:.6f}" + (
+                f" and {plural(unpriced, 'call')} of unknown cost" if unpriced else ""))
     parts.append(f"time {human_duration(sums['run_seconds'])} (steps "
                  f"{human_duration(sums['step_seconds'])}, LLM {human_duration(sums['llm_seconds'])})")
     return "Totals: " + "; ".join(parts)
