@@ -41,13 +41,23 @@ def table(stdout: str) -> dict[str, list[str]]:
     """The rows of a printed table by id (columns split on runs of 2+ spaces)."""
     lines = stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == [
-        "ID", "WORKFLOW", "CRON/EVERY", "TIMEZONE", "NEXT RUN (UTC)", "PAUSED"]
+        "ID", "WORKFLOW", "CRON/EVERY", "TIMEZONE", "OVERLAP", "NEXT RUN", "PAUSED"]
     rows = [re.split(r"\s{2,}", line) for line in lines[1:]]
-    return {row[0]: row for row in rows}
+    return {row[0]: [*row[:5], next_run(row[5]), *row[6:]] for row in rows}
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+def next_run(cell: str) -> str:
+    """A NEXT RUN cell without its "(in 14h 2m)", which moves as time passes."""
+    if cell == "-":  # paused: none
+        return cell
+    stamp, _, off = cell.partition(" (in ")
+    assert off.endswith(")"), cell  # how far off, as every command says times
+    return stamp
+
+
+def shown_at(ts: float) -> str:
+    """``ts`` as the CLI prints it: this machine's local time (its processes share TZ)."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def test_create_cron_in_a_time_zone_then_list(env):
@@ -64,7 +74,7 @@ def test_create_cron_in_a_time_zone_then_list(env):
 
     rows = table(ok("list", env=env))
     assert rows == {created["id"]: [created["id"], "simple", "0 9 * * 1-5", "Europe/Paris",
-                                    iso(created["next_at"]), "no"]}
+                                    "allow", shown_at(created["next_at"]), "no"]}
     listed = json.loads(ok("list", "--json", env=env))
     assert listed == [created]
     assert flowkit.schedules.get(created["id"]) == created  # the store the Python API reads
@@ -83,7 +93,7 @@ def test_create_every_with_an_id_and_catchup_then_list(env):
              "--id", "hourly", *APP, env=env)
     stored = flowkit.schedules.get("hourly")
     assert stored["every"] == 3600 and stored["catchup"] is True and stored["cron"] is None
-    expected = ["hourly", "simple", "every 3600s", "UTC", iso(stored["next_at"]), "no"]
+    expected = ["hourly", "simple", "every 3600s", "UTC", "allow", shown_at(stored["next_at"]), "no"]
     assert table(out) == {"hourly": expected}
 
     ok("create", "simple", "--every", "60", "--input", '{"n": 1}', *APP, env=env)
@@ -105,15 +115,15 @@ def test_pause_and_resume_change_paused_and_the_next_run(env):
                             *APP, "--json", env=env))
     paused = json.loads(ok("pause", created["id"], "--json", env=env))
     assert paused["paused"] is True and paused["next_at"] is None
-    assert table(ok("list", env=env))[created["id"]][4:] == ["-", "yes"]
+    assert table(ok("list", env=env))[created["id"]][5:] == ["-", "yes"]
     assert flowkit.schedules.get(created["id"])["next_at"] is None
 
     out = ok("resume", created["id"], env=env)
     resumed = flowkit.schedules.get(created["id"])
     assert resumed["paused"] is False and resumed["next_at"] == created["next_at"]
-    assert table(out)[created["id"]][4:] == [iso(created["next_at"]), "no"]
+    assert table(out)[created["id"]][5:] == [shown_at(created["next_at"]), "no"]
 
-    assert table(ok("pause", created["id"], env=env))[created["id"]][4:] == ["-", "yes"]
+    assert table(ok("pause", created["id"], env=env))[created["id"]][5:] == ["-", "yes"]
     assert json.loads(ok("resume", created["id"], "--json", env=env))["next_at"] == \
         created["next_at"]
 

@@ -12,14 +12,13 @@ import argparse
 import json
 import re
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from ..engine import schedules
 from ..errors import ConfigError, ValidationError, WorkflowNotFound
 from ..flow import CRON_LINE, MAX_EVERY, OVERLAPS, SCHEDULE_ID, SCHEDULE_ID_RULE
 from .app import add_app_option, load_app, unknown_workflow
-from .output import emit
+from .output import emit, human_time
 from .usage import UsageError, fields_line, input_text, parse_json
 
 #: What REST accepts (flowkit.api.schemas.ScheduleBody), checked the same way here.
@@ -31,20 +30,17 @@ _ID = re.compile(SCHEDULE_ID)
 # -- output -------------------------------------------------------------------------------
 
 
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
 def _clock(schedule: dict[str, Any]) -> str:
     return schedule["cron"] if schedule.get("cron") else f"every {float(schedule['every']):g}s"
 
 
 def _table(items: list[dict[str, Any]]) -> str:
-    rows = [("ID", "WORKFLOW", "CRON/EVERY", "TIMEZONE", "NEXT RUN (UTC)", "PAUSED")]
-    rows += [(s["id"], s["workflow"], _clock(s), s.get("timezone") or "UTC", _iso(s["next_at"]),
+    # local times with how far off, as every other command prints them (it printed UTC
+    # ISO strings: "9 o'clock Paris" read 08:00, and no "in 14h"); the overlap policy, so
+    # that a skip schedule is told from an allow one
+    rows = [("ID", "WORKFLOW", "CRON/EVERY", "TIMEZONE", "OVERLAP", "NEXT RUN", "PAUSED")]
+    rows += [(s["id"], s["workflow"], _clock(s), s.get("timezone") or "UTC",
+              s.get("overlap") or "allow", human_time(s["next_at"]),
               "yes" if s["paused"] else "no") for s in items]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -59,7 +55,7 @@ def _show(items: list[dict[str, Any]] | dict[str, Any], as_json: bool) -> None:
     print(_table(items) if items else "No schedules (create one: flowkit schedules create).")
     for s in items:  # a tick that started no run said so only in a worker's log
         if s.get("last_error"):
-            print(f"Schedule {s['id']}: its tick of {_iso(s['last_error']['tick'])} started no "
+            print(f"Schedule {s['id']}: its tick of {human_time(s['last_error']['tick'])} started no "
                   f"run: {s['last_error']['error']}")
 
 
