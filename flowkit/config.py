@@ -220,9 +220,10 @@ class Settings:
         return self
 
 
-def parse_prices(raw: str | None) -> dict[str, tuple[float, float]]:
+def parse_prices(raw: str | None) -> dict[str, tuple[float, ...]]:
     """FLOWKIT_LLM_PRICES read: ``{"model": [input_usd, output_usd]}`` per million tokens,
-    each price a finite number, 0 or more. Read at the first call's cost, after the
+    and a third, the price of cached input tokens, where the provider discounts them; each
+    price a finite number, 0 or more. Read at the first call's cost, after the
     provider answered (and billed), a bad table failed every LLM call, and NaN (which JSON
     reads) made the cost counter NaN for good."""
     try:
@@ -237,14 +238,15 @@ def parse_prices(raw: str | None) -> dict[str, tuple[float, float]]:
         raise ConfigError(f"FLOWKIT_LLM_PRICES: {exc}") from None
 
 
-def price_pair(model: str, pair: object) -> tuple[float, float]:
-    """One model's price, checked: two finite numbers, 0 or more."""
-    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+def price_pair(model: str, pair: object) -> tuple[float, ...]:
+    """One model's price, checked: two (or three) finite numbers, 0 or more."""
+    if (not isinstance(pair, (list, tuple)) or len(pair) not in (2, 3)
             or not all(is_number(p) and p >= 0 for p in pair)):
         raise ConfigError(
-            f"price of {model!r} must be [input_usd_per_million, output_usd_per_million], "
-            f"two finite numbers 0 or more, got {pair!r}")
-    return float(pair[0]), float(pair[1])
+            f"price of {model!r} must be [input_usd_per_million, output_usd_per_million] "
+            "(and a third, cached_input_usd_per_million, if its cached input costs less), "
+            f"finite numbers 0 or more, got {pair!r}")
+    return tuple(float(p) for p in pair)
 
 
 def _check_value(name: str, value: Any, kind: type) -> None:

@@ -175,10 +175,12 @@ LLM_STREAM_FLUSH_SECONDS = 0.1
 LLM_FAKE_URL = "http://127.0.0.1:8765/v1"
 #: Model used when a caller names none (``client_from_env``).
 LLM_MODEL = "gpt-4o-mini"
-#: USD per million tokens, ``{"model": [input, output]}`` as JSON, for a call's estimated cost.
+#: USD per million tokens, ``{"model": [input, output, cached input]}`` as JSON (the third
+#: optional: cached input at the input price without it), for a call's estimated cost.
 LLM_PRICES = (
-    '{"gpt-4o-mini": [0.15, 0.6], "gpt-4o": [2.5, 10.0], "gpt-4.1-mini": [0.4, 1.6],'
-    ' "gpt-4.1": [2.0, 8.0], "gpt-4.1-nano": [0.1, 0.4], "text-embedding-3-small": [0.02, 0.0],'
+    '{"gpt-4o-mini": [0.15, 0.6, 0.075], "gpt-4o": [2.5, 10.0, 1.25],'
+    ' "gpt-4.1-mini": [0.4, 1.6, 0.1], "gpt-4.1": [2.0, 8.0, 0.5],'
+    ' "gpt-4.1-nano": [0.1, 0.4, 0.025], "text-embedding-3-small": [0.02, 0.0],'
     ' "text-embedding-3-large": [0.13, 0.0]}'
 )
 #: Longest text kept for one field (input, output, prompt) of a trace span.

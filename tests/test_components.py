@@ -435,10 +435,12 @@ def test_settings_come_from_flowkit_env_vars():
     # LLM call failed, paid; NaN (which JSON reads) made the cost counter NaN for good
     ({"llm_prices": "alsonotjson"}, "FLOWKIT_LLM_PRICES is not valid JSON"),
     ({"llm_prices": '{"gpt-4o-mini": [0.15, "0.6$"]}'}, "FLOWKIT_LLM_PRICES: price of 'gpt-4o-mini' must be "
-     "[input_usd_per_million, output_usd_per_million], two finite numbers 0 or more, got "
-     "[0.15, '0.6$']"),
-    ({"llm_prices": '{"m": [NaN, 0.6]}'}, "two finite numbers 0 or more, got [nan, 0.6]"),
-    ({"llm_prices": '{"m": [-2.5, 10]}'}, "two finite numbers 0 or more, got [-2.5, 10]"),
+     "[input_usd_per_million, output_usd_per_million] (and a third, "
+     "cached_input_usd_per_million, if its cached input costs less), finite numbers 0 or "
+     "more, got [0.15, '0.6$']"),
+    ({"llm_prices": '{"m": [NaN, 0.6]}'}, "finite numbers 0 or more, got [nan, 0.6]"),
+    ({"llm_prices": '{"m": [-2.5, 10]}'}, "finite numbers 0 or more, got [-2.5, 10]"),
+    ({"llm_prices": '{"m": [1, 2, 3, 4]}'}, "finite numbers 0 or more, got [1, 2, 3, 4]"),
 ])
 def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes, says):
     """configure(retry_attempts="3") was taken, and the first step failed on it; a negative

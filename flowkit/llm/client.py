@@ -690,7 +690,8 @@ class _Call:
             # the model the provider ran: one a provider maps the request to (llama for
             # gpt-4o) and that has no price costs nothing known, not the requested one's
             span["cost"] = pricing.cost(
-                span["prompt_tokens"], span.get("completion_tokens") or 0, span["model"])
+                span["prompt_tokens"], span.get("completion_tokens") or 0, span["model"],
+                cached_tokens=span.get("cached_prompt_tokens") or 0)
 
 
 def _usage_fields(usage: Any) -> dict[str, Any]:
@@ -698,13 +699,17 @@ def _usage_fields(usage: Any) -> dict[str, Any]:
         return {}
     prompt = getattr(usage, "prompt_tokens", None)
     completion = getattr(usage, "completion_tokens", None)
+    details = getattr(usage, "prompt_tokens_details", None)
     if prompt is None:  # the Responses API's names
         prompt = getattr(usage, "input_tokens", None)
         completion = getattr(usage, "output_tokens", None)
+        details = getattr(usage, "input_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)  # the provider's prompt cache
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion or 0,
         "total_tokens": getattr(usage, "total_tokens", None),
+        **({"cached_prompt_tokens": cached} if isinstance(cached, int) and cached > 0 else {}),
     }
 
 

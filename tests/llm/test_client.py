@@ -141,7 +141,27 @@ def test_a_model_a_provider_maps_the_call_to_is_priced_as_itself(servers):
     ("gpt-4o-audio-preview", None),  # another model, not a snapshot: no price known
 ])
 def test_a_model_s_price_is_its_own_or_its_dated_snapshot_s(model, price):
-    assert flowkit.llm.pricing.price_of(model) == price
+    found = flowkit.llm.pricing.price_of(model)
+    assert (found[:2] if found else found) == price
+
+
+def test_cached_prompt_tokens_cost_the_cached_input_price():
+    """A provider's prompt cache bills cached input tokens at a discount: they were charged
+    at the full input price (a tool loop re-sending its history, twice its cost)."""
+    from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
+
+    from flowkit.llm.client import _usage_fields
+
+    usage = CompletionUsage(prompt_tokens=1_000_000, completion_tokens=0,
+                            total_tokens=1_000_000,
+                            prompt_tokens_details=PromptTokensDetails(cached_tokens=900_000))
+    fields = _usage_fields(usage)
+    assert fields["cached_prompt_tokens"] == 900_000
+    cost = flowkit.llm.pricing.cost(fields["prompt_tokens"], 0, "gpt-4o-mini",
+                                    cached_tokens=fields["cached_prompt_tokens"])
+    assert cost == 0.0825  # 100k at 0.15 per million, 900k at 0.075
+    flowkit.llm.set_prices({"no-discount": [1.0, 2.0]})  # no third price: the input's
+    assert flowkit.llm.pricing.cost(1_000_000, 0, "no-discount", cached_tokens=900_000) == 1.0
 
 
 def test_a_retry_after_beyond_patience_fails_over_at_once(servers):
