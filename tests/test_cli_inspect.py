@@ -369,3 +369,12 @@ def test_trace_totals_say_when_some_calls_have_no_known_cost():
     assert "; cost $0.000004 and 1 call of unknown cost; " in totals_line(sums)
     priced = totals(calls[:1], now=0.0)
     assert "; cost $0.000004; " in totals_line(priced)
+
+
+@pytest.mark.parametrize(("retries", "said"), [(1, "1 retry"), (3, "3 retries")])
+def test_a_trace_s_call_line_counts_its_retries_in_english(retries, said):
+    from flowkit.cli.trace import _call_line  # noqa: PLC0415 - the line alone
+
+    line = _call_line({"kind": "llm", "operation": "chat.completions", "model": "m",
+                       "status": "ok", "retries": retries}).plain
+    assert said in line and "retrys" not in line  # it said "3 retrys"
