@@ -213,6 +213,20 @@ def test_a_cancelled_run_keeps_its_slot_until_its_running_step_stops():
     assert most_active("k1") == 2
 
 
+def test_a_failed_run_s_slot_goes_on_when_its_last_running_branch_fails_too():
+    """The run a branch failed kept its slot while its other branch ran; that branch then
+    failed as well, and the slot waited for beat's sweep (none runs here: for ever)."""
+    first = wf.failing_branches.start({"tenant": "fb"})
+    reached_gate(first, "late_branch")
+    wait_until(lambda: first.refresh().state == "failed", WAIT, "the first branch's failure")
+    behind = wf.failing_branches.start({"tenant": "fb"})
+    assert behind.refresh().held_for == "1 of 1 runs of fb active"  # its step still runs
+    open_gate(first, "late_branch")  # it fails too, after its run: the slot goes now
+    reached_gate(behind, "late_branch")
+    open_gate(behind, "late_branch")
+    assert behind.wait(WAIT).state == "failed"
+
+
 def test_a_cancelled_step_in_line_passes_its_slot_on():
     holder = wf.one_per_domain.start({"domain": "c.example", "gate": True})
     reached_gate(holder, "scrape")

@@ -734,6 +734,27 @@ per_tenant = flowkit.Workflow(
     "per_tenant", [tenant_work], concurrency=flowkit.Concurrency(limit=2, key="tenant"))
 
 
+@component(name="t.fails_at_once")
+def fails_at_once(data: dict) -> dict:
+    """Fails the run once its sibling runs (a failed run starts no step)."""
+    _redis().blpop(f"sibling-runs:{flowkit.context().run_id}", timeout=10)
+    raise RuntimeError("this branch fails the run")
+
+
+@component(name="t.gated_then_fails")
+def gated_then_fails(data: dict) -> dict:
+    """Still runs when its sibling fails the run; fails too once its gate opens."""
+    _redis().rpush(f"sibling-runs:{flowkit.context().run_id}", 1)
+    wait_for_gate("late_branch")
+    raise RuntimeError("this branch fails after its run did")
+
+
+failing_branches = flowkit.Workflow(
+    "failing_branches", [parallel(fails_at_once.retry(attempts=1),
+                                  gated_then_fails.retry(attempts=1))],
+    concurrency=flowkit.Concurrency(limit=1, key="tenant"))
+
+
 @component(name="t.scrape")
 def scrape(data: dict) -> dict:
     """Marks its start and end per domain (at most `limit` may overlap), gated on request."""

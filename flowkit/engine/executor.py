@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..policy import Policy, call_with_timeout
 from ..serialization import MAX_DEPTH, dumps_bounded, loads
-from ..states import StepStart
+from ..states import TERMINAL_STATES, RunState, StepStart
 from ..store import Begin, Ended, Store, get_store
 from ..workflow import get_workflow, workflows
 from . import admission, cache, canvas, frontier, limits, notify
@@ -572,9 +572,16 @@ def _fail(
                     secretless(describe_error(exc)),
                     secretless("".join(traceback.format_exception(exc)).rstrip()))
     else:  # a superseded attempt's (a handover, a restart) or a cancelled run's: not a failure
+        if _has_ended(store, run_id):  # the slot it kept while this step ran (fail.lua let
+            admission.released(run_id, store)  # go of its lease): waited for beat's sweep
         log.info("flowkit: an attempt of step %s of run %s ended with %s after its run had "
                  "moved on (cancelled, or restarted elsewhere)", key, run_id,
                  secretless(describe_error(exc)))
+
+
+def _has_ended(store: Store, run_id: str) -> bool:
+    [state] = store.run_fields(run_id, "state")
+    return state is not None and RunState(state) in TERMINAL_STATES
 
 
 def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:
