@@ -378,3 +378,14 @@ def test_a_trace_s_call_line_counts_its_retries_in_english(retries, said):
     line = _call_line({"kind": "llm", "operation": "chat.completions", "model": "m",
                        "status": "ok", "retries": retries}).plain
     assert said in line and "retrys" not in line  # it said "3 retrys"
+
+
+def test_a_running_step_counts_its_time_so_far_in_a_trace():
+    """It counted 0 s in the totals and its line said no time, where flowkit runs says
+    "2.23s so far"."""
+    from flowkit.cli.trace import _attempt_line, totals
+
+    running = {"kind": "step", "step": "0:t.call", "attempt": 1, "status": "running",
+               "start": 100.0}
+    assert totals([running], now=102.5)["step_seconds"] == 2.5
+    assert " so far" in _attempt_line(running, with_step=True).plain

@@ -52,7 +52,7 @@ def totals(spans: list[dict[str, Any]], now: float | None = None) -> dict[str, A
         "cost": round(sum(costs), 8) if costs else None,
         "unpriced_calls": len(paid) - len(costs),
         "run_seconds": run_seconds,
-        "step_seconds": round(sum(s.get("duration") or 0 for s in attempts), 6),
+        "step_seconds": round(sum(_seconds(s, now) for s in attempts), 6),
         "llm_seconds": round(sum(c.get("duration") or 0 for c in calls), 6),
     }
 
@@ -73,8 +73,23 @@ def _line(*parts: Any) -> Text:
     return out
 
 
+def _seconds(span: dict[str, Any], now: float) -> float:
+    """A span's time: its duration, or, still running, its time so far (it counted 0)."""
+    if span.get("duration") is not None:
+        return span["duration"]
+    return max(0.0, now - span["start"]) if _running(span) else 0.0
+
+
+def _running(span: dict[str, Any]) -> bool:
+    return span.get("status") == "running" and isinstance(span.get("start"), (int, float))
+
+
 def _took(span: dict[str, Any]) -> str | None:
-    return human_duration(span["duration"]) if span.get("duration") is not None else None
+    if span.get("duration") is not None:
+        return human_duration(span["duration"])
+    if _running(span):  # as flowkit runs says it: "2.23s so far"
+        return f"{human_duration(_seconds(span, time.time()))} so far"
+    return None
 
 
 def _call_line(call: dict[str, Any]) -> Text:
