@@ -23,12 +23,16 @@ from ..component import TASK_PREFIX
 from ..defaults import HAND_BACK_SECONDS
 from ..engine.control import serving
 from ..engine.heartbeat import this_node
+from ..states import TERMINAL_STATES, RunState
 from ..store import get_store
 
 log = logging.getLogger("flowkit.worker")
 
 #: The header counting how many times old workers handed the message back.
 HANDED_BACK = "flowkit_handed_back"
+#: The most hand-backs of one message (about ten minutes of them): a step that the workers
+#: announcing its workflow do not define either (a release that renamed it) goes round.
+MOST_HAND_BACKS = 600
 
 
 def hand_back(sender: Any = None, message: Any = None, name: str | None = None,
@@ -40,11 +44,23 @@ def hand_back(sender: Any = None, message: Any = None, name: str | None = None,
         _, kwargs, _ = message.decode()
         run_id = kwargs["run_id"]
         queue = message.delivery_info.get("routing_key") or ""
-        [workflow] = get_store().run_fields(run_id, "workflow")
+        workflow, state, gen = get_store().run_fields(run_id, "workflow", "state", "gen")
         others = serving(workflow or "", queue, but=this_node())
     except Exception as exc:  # not a step message flowkit sent, Redis away: Celery's drop
         log.warning("flowkit: a step this worker does not define (%s) was dropped: %s",
                     name, exc)
+        return
+    if state is None or RunState(state) in TERMINAL_STATES or str(gen) != str(kwargs.get("gen")):
+        # the run moved on (its resume found its steps changed and failed it, a restart):
+        # no worker would run this message, and new workers, announcing the workflow but
+        # not this step, handed it to one another once a second for good
+        log.info("flowkit: step %s of run %s is not defined on this worker, and its run "
+                 "has moved on: dropped", name, run_id)
+        return
+    if int(message.headers.get(HANDED_BACK) or 0) >= MOST_HAND_BACKS:
+        log.warning("flowkit: step %s of run %s was handed back %d times and no worker took "
+                    "it: dropped; the reaper sends the run again", name, run_id,
+                    MOST_HAND_BACKS)
         return
     if not others:
         log.warning("flowkit: step %s of run %s is not defined on this worker, nor does a "

@@ -64,3 +64,20 @@ def test_a_resume_of_a_workflow_an_old_worker_does_not_define_goes_back_to_the_q
     done = flowkit.get_run(run.id)
     assert done.state == "failed"
     assert done.error["type"] == "RuntimeError", done.error  # the step's, not WorkflowNotFound
+
+
+def test_a_step_of_a_run_that_moved_on_is_dropped_not_handed_back_again(releases):
+    """A run cancelled (or restarted, or failed by a resume that found its steps changed)
+    while its step went round: new workers announcing the workflow but not the step (a
+    release that renamed it) would hand it to one another once a second for good."""
+    new, old = releases
+    blocker = busy(new)
+    run = ten.start({"n": 0, "chunks": 1, "pause": 0.01})
+    wait_until(lambda: f"of run {run.id} (workflow 'chaos.ten') is not defined on this worker"
+               in old.output(), 30, "the old worker to hand the step back")
+    flowkit.cancel(run.id)
+    wait_until(lambda: f"of run {run.id} is not defined on this worker, and its run has moved "
+               "on: dropped" in old.output(), 30, "the old worker to drop it")
+    open_gate(blocker)
+    assert blocker.wait(30).state == "succeeded"
+    assert flowkit.get_run(run.id).state == "cancelled"
