@@ -503,9 +503,10 @@ def test_an_answer_refused_after_another_closed_its_wait_is_said_on_the_page(
     page.goto(f"{api.url}/ui/runs/{run['id']}")
     page.wait_for_selector("#answer-form")
     held = []
-    page.route("**/input/approval", lambda route: held.append(route))  # the page's, held
+    # the page's, held (it names its wait's step: ?step=)
+    page.route("**/input/approval?*", lambda route: held.append(route))
     page.check("#answer-ok")
-    with page.expect_request(lambda r: r.url.endswith("/input/approval")):
+    with page.expect_request(lambda r: "/input/approval?" in r.url):
         page.click("#answer-form button[type=submit]")
     expect(page.locator("#answer-form button[type=submit]")).to_be_disabled()  # no second
     other = client.post(f"/runs/{run['id']}/input/approval", json={"ok": False})
