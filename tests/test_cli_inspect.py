@@ -363,7 +363,8 @@ def test_trace_totals_say_when_some_calls_have_no_known_cost():
 
     calls = [{"kind": "llm", "prompt_tokens": 4, "completion_tokens": 5, "cost": 0.000004},
              {"kind": "llm", "prompt_tokens": 4, "completion_tokens": 5, "cost": None},
-             {"kind": "llm", "cost": 0.000003, "cached": True}]  # cached: nothing paid
+             {"kind": "llm", "cost": 0.000003, "cached": True},  # cached: nothing paid
+             {"kind": "llm", "status": "error"}]  # failed without usage: not billed
     sums = totals(calls, now=0.0)
     assert (sums["cost"], sums["unpriced_calls"]) == (0.000004, 1)
     assert "; cost $0.000004 and 1 call of unknown cost; " in totals_line(sums)

@@ -457,6 +457,15 @@ def test_a_setting_of_the_wrong_type_or_range_is_refused_where_it_is_set(changes
     assert flowkit.get_settings().replace(drain_grace=0, compact_after_seconds=0)
 
 
+def test_prices_in_quotes_are_read_as_numbers_as_they_were():
+    """Before the table was checked, ["0.15", "0.6"] was read with float(): refused, every
+    process stopped at start after an upgrade."""
+    prices = flowkit.Settings.from_env({"FLOWKIT_LLM_PRICES": '{"m": ["0.15", "0.6"]}'})
+    assert prices.llm_prices == '{"m": ["0.15", "0.6"]}'
+    with pytest.raises(ConfigError, match="got \\['0.15', 'lots'\\]"):
+        flowkit.Settings.from_env({"FLOWKIT_LLM_PRICES": '{"m": ["0.15", "lots"]}'})
+
+
 def test_celery_is_configured_for_long_work_and_json_only():
     conf = broker.celery_config(flowkit.Settings())
     # plain JSON out (flowkit-json, tests/test_wire_json.py); kombu's json of earlier

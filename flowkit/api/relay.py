@@ -433,6 +433,15 @@ class Hub:
                 raise
             self.quota.acquire(holder)
 
+    def check(self, holder: str | None) -> None:
+        """Refuse as :meth:`acquire` would, counting nothing (a WebSocket's handshake),
+        once the holder's streams whose clients hung up gave their slots back."""
+        try:
+            self.quota.check(holder)
+        except ApiError:
+            if not self._hang_up_gone(holder):
+                raise
+
     def _hang_up_gone(self, holder: str | None) -> int:
         with self._lock:
             held = [sub for tracked in self._runs.values() for sub in tracked.subscribers

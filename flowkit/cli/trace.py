@@ -50,7 +50,9 @@ def totals(spans: list[dict[str, Any]], now: float | None = None) -> dict[str, A
         "total_tokens": sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0)
                             for c in paid),
         "cost": round(sum(costs), 8) if costs else None,
-        "unpriced_calls": len(paid) - len(costs),
+        # a failed call without usage was not billed: its cost is none, not unknown
+        "unpriced_calls": sum(c.get("cost") is None and (
+            c.get("status") != "error" or c.get("prompt_tokens") is not None) for c in paid),
         "run_seconds": run_seconds,
         "step_seconds": round(sum(_seconds(s, now) for s in attempts), 6),
         "llm_seconds": round(sum(c.get("duration") or 0 for c in calls), 6),

@@ -777,6 +777,7 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None, *
     """
     check_input_name(name)
     _shallow_enough(value, "_schema", f"input {name!r}")
+    step = step or None  # "" names no step (it slipped past both checks below)
     store = store or get_store()
     run = Run.load(run_id, store)
     named = [w for w in run.waits or () if w["kind"] == WaitKind.INPUT and w["name"] == name]

@@ -8,6 +8,8 @@ tenant went unanswered. API keys are the operator's own and are not counted.
 from __future__ import annotations
 
 import functools
+import os
+import resource
 import socket
 
 import httpx
@@ -15,6 +17,7 @@ import pytest
 import websocket
 
 import flowkit
+from flowkit.api.stalls import hung_up
 from tests.api.conftest import make_app, serve
 from tests.api.helpers import start, ws_connect
 from tests.conftest import wait_until
@@ -152,6 +155,9 @@ def test_streams_whose_clients_hung_up_give_their_slots_back_at_once(slow_pings,
             "GET", f"/runs/{run['id']}/events", params={"after": "0"},
             headers={"Accept": "text/event-stream"}) as response:
         assert response.status_code == 200
+    for _ in range(LIMIT + 1):  # and a WebSocket's handshake (it checked the quota alone)
+        _stalled_follower(slow_pings.url, run, websocket_=False).close()
+    ws_connect(f"{slow_pings.ws_url}/runs/{run['id']}/stream", token=run["token"]).close()
     with httpx.Client(base_url=slow_pings.url, headers={"X-User": "carol"}, timeout=0.5) as carol:
         for _ in range(LIMIT):  # clients that give up on their waits
             with pytest.raises(httpx.ReadTimeout):
@@ -161,3 +167,22 @@ def test_streams_whose_clients_hung_up_give_their_slots_back_at_once(slow_pings,
         assert started.status_code == 200, started.text  # it ran to its end, not 429
     for waiting in flowkit.list_runs(workflow="approval", state="waiting", limit=100):
         flowkit.cancel(waiting.id)  # carol's, and the run followed
+
+
+def test_hung_up_tells_a_gone_client_from_a_live_one_at_any_descriptor():
+    """select() refuses a descriptor of 1024 or more (ValueError), which read as gone: a
+    busy process ended its callers' live streams once their quota filled."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= HIGH_FD:
+        pytest.skip(f"this process may not open descriptor {HIGH_FD} (ulimit -n)")
+    ours, theirs = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(ours.fileno(), HIGH_FD))
+    try:
+        assert not hung_up(high)  # there, saying nothing: a follower between events
+        theirs.close()
+        assert hung_up(high)
+    finally:
+        high.close()
+        ours.close()
+
+
+HIGH_FD = 1500

@@ -34,7 +34,7 @@ def register(bp: Blueprint, sock: Sock) -> None:
             cursor = parse_cursor(args.get("after")) or START
             g.flowkit_cursor = _known(run_id, cursor, "after")
             g.flowkit_status = args.get("status", False)
-            state().hub.quota.check(access().stream_holder)
+            state().hub.check(access().stream_holder)
 
 
 def _check_handshake() -> None:
