@@ -155,9 +155,13 @@ def test_streams_whose_clients_hung_up_give_their_slots_back_at_once(slow_pings,
             "GET", f"/runs/{run['id']}/events", params={"after": "0"},
             headers={"Accept": "text/event-stream"}) as response:
         assert response.status_code == 200
-    for _ in range(LIMIT + 1):  # and a WebSocket's handshake (it checked the quota alone)
-        _stalled_follower(slow_pings.url, run, websocket_=False).close()
-    ws_connect(f"{slow_pings.ws_url}/runs/{run['id']}/stream", token=run["token"]).close()
+    with slow_pings.client() as keyed:  # a WebSocket's handshake too (it checked the quota
+        other = waiting_run(keyed)      # alone): another run, its quota full of hung-up SSE
+    for _ in range(LIMIT):
+        _gone_after_reading(slow_pings.url, other)
+    hub = slow_pings.app.extensions["flowkit"].hub
+    assert hub.quota.held(f"run:{other['id']}") == LIMIT  # idle till their pings: held
+    ws_connect(f"{slow_pings.ws_url}/runs/{other['id']}/stream", token=other["token"]).close()
     with httpx.Client(base_url=slow_pings.url, headers={"X-User": "carol"}, timeout=0.5) as carol:
         for _ in range(LIMIT):  # clients that give up on their waits
             with pytest.raises(httpx.ReadTimeout):
@@ -167,6 +171,16 @@ def test_streams_whose_clients_hung_up_give_their_slots_back_at_once(slow_pings,
         assert started.status_code == 200, started.text  # it ran to its end, not 429
     for waiting in flowkit.list_runs(workflow="approval", state="waiting", limit=100):
         flowkit.cancel(waiting.id)  # carol's, and the run followed
+
+
+def _gone_after_reading(url: str, run: dict) -> None:
+    """A page that read the run's stream up to its wait, then went (a reload): nothing is
+    left unread, so its close is a plain one the server does not see until it writes."""
+    sock = _stalled_follower(url, run, websocket_=False)
+    seen = b""
+    while b"run.waiting" not in seen:
+        seen += sock.recv(65536)
+    sock.close()
 
 
 def test_hung_up_tells_a_gone_client_from_a_live_one_at_any_descriptor():
