@@ -81,3 +81,21 @@ def test_a_step_of_a_run_that_moved_on_is_dropped_not_handed_back_again(releases
     open_gate(blocker)
     assert blocker.wait(30).state == "succeeded"
     assert flowkit.get_run(run.id).state == "cancelled"
+
+
+def test_a_step_handed_back_too_many_times_is_dropped(releases):
+    """The rounds are bounded: a step that the workers announcing its workflow do not
+    define either (a release that renamed it) went round for good, each round holding a
+    worker's consumer for a second."""
+    from flowkit.engine.broker import get_app
+    from flowkit.worker.unknown import HANDED_BACK, MOST_HAND_BACKS
+
+    new, old = releases
+    blocker = busy(new)  # a live run of the workflow, the new worker's slot taken
+    get_app().send_task("flowkit.step.chaos.work", args=[{"n": 0}], queue=QUEUE,
+                        kwargs={"run_id": blocker.id, "key": "2:chaos.work", "gen": 0},
+                        headers={HANDED_BACK: MOST_HAND_BACKS})
+    wait_until(lambda: f"of run {blocker.id} was handed back {MOST_HAND_BACKS} times and no "
+               "worker took it: dropped" in old.output(), 30, "the old worker to drop it")
+    open_gate(blocker)
+    assert blocker.wait(30).state == "succeeded"
