@@ -239,6 +239,17 @@ def test_doctor_passes_a_deployment_kept_well_then_warns_and_fails(well_kept, st
     assert re.fullmatch(r"Workflow doctor_checked is served at versions 1 by kept@\S+; "
                         r"2 by newer@\S+", warning["message"])
 
+    # a release that adds a workflow, checked before its workers run: it said all is well,
+    # and the workflow's steps were dropped as unknown tasks, its runs failed
+    added = flowkit_cli("doctor", "-A", "tests.doctor_app_newer", "--json", env=env)
+    assert added.returncode == 1, added.stdout
+    [undefined] = [f for f in by_check(json.loads(added.stdout))["queues"]
+                   if f["level"] == "failure"]
+    assert undefined["message"] == (
+        "No live worker of queue flowkit defines workflow doctor_added: its steps are "
+        "dropped as unknown tasks and its runs fail.")
+    assert "FLOWKIT_WORKFLOW_MODULES" in undefined["fix"]
+
     # a memory limit with an eviction policy: Redis would drop runs, a failure
     private.redis.config_set("maxmemory", "500mb")
     private.redis.config_set("maxmemory-policy", "allkeys-lru")

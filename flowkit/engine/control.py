@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -454,6 +454,19 @@ def unconsumed(queues: set[str], workers: list[dict[str, Any]]) -> list[str]:
     """The queues no live worker consumes (by what the workers announce with each beat)."""
     consumed = {q for w in workers for q in consumes(w)}
     return sorted(queues - consumed)
+
+
+def undefined_on(workflow: str, queues: Iterable[str], workers: list[dict[str, Any]]) -> list[str]:
+    """The queues among ``queues`` that live workers consume, every one of which says which
+    workflows its code defines, and none defines ``workflow`` (a worker app that does not
+    import its module): its steps there are dropped as unknown tasks, and its runs fail."""
+    found = []
+    for queue in sorted(set(queues)):
+        takers = [w for w in workers if queue in consumes(w)]
+        if takers and all(isinstance(w.get("workflows"), dict) for w in takers) and not any(
+                workflow in w["workflows"] for w in takers):
+            found.append(queue)
+    return found
 
 
 def waiting_for(run: Run, store: Store | None = None) -> str | None:

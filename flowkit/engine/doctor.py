@@ -47,7 +47,7 @@ from ..urls import SENTINELS_REFUSED, is_cluster, reached, redacted
 from ..version import __version__
 from ..workflow import Workflow, workflows
 from . import consumers
-from .control import live_workers, unconsumed
+from .control import live_workers, unconsumed, undefined_on
 
 OK, WARNING, FAILURE = "ok", "warning", "failure"
 
@@ -507,6 +507,14 @@ def queues(
             "queues", FAILURE,
             f"No live worker consumes queue {queue}{what}: its steps stay queued.",
             f"Start a worker with --queues {queue} (or add it to a worker's --queues)."))
+    for wf in app_workflows or ():  # served here, and defined by no worker that takes it
+        for queue in undefined_on(wf.name, wf.queues(default_queue), workers):
+            found.append(Finding(
+                "queues", FAILURE,
+                f"No live worker of queue {queue} defines workflow {wf.name}: its steps are "
+                "dropped as unknown tasks and its runs fail.",
+                "Import its module in the workers' app (celery -A), or name it in "
+                "FLOWKIT_WORKFLOW_MODULES for workers/celery_app.py."))
     if not found:
         found.append(Finding("queues", OK,
                              f"Every routed queue has a live consumer: {', '.join(sorted(routed))}."))

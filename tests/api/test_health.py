@@ -46,6 +46,20 @@ def test_healthz_tells_anyone_the_status_and_only_full_access_the_details(store,
         assert detailed["workers"]
 
 
+def test_healthz_says_when_no_worker_of_a_queue_defines_a_served_workflow(
+        store, worker, monkeypatch):
+    """The web process served a workflow whose module the workers' app did not import: its
+    steps were dropped as unknown tasks and its runs failed, while /healthz said ok."""
+    monkeypatch.setitem(flowkit.workflow._workflows, "only_here", None)  # restored after
+    flowkit.Workflow("only_here", [wf.add_one])  # after the worker announced what it defines
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    detailed = health({"workflows": ["simple", "only_here"]})
+    assert detailed["status"] == "degraded"
+    assert detailed["problems"] == [
+        "no live worker of queue flowkit defines workflow only_here (its workers' app does "
+        "not import it): its steps are dropped"]
+
+
 def test_a_probe_does_not_depend_on_the_host_apps_authorize(store, worker):
     """Asking authorize for the details made a probe fail with it (a 401 it aborts
     with, an exception, its database down), and cost a call every probe."""

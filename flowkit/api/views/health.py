@@ -38,6 +38,9 @@ def healthz():
         for wf in current.workflows():
             for queue in control.unconsumed(wf.queues(default), workers):
                 problems.append(f"no live worker consumes queue {queue} (workflow {wf.name})")
+            for queue in control.undefined_on(wf.name, wf.queues(default), workers):
+                problems.append(f"no live worker of queue {queue} defines workflow {wf.name} "
+                                "(its workers' app does not import it): its steps are dropped")
         problems += consumers.reported(current.store)
     status = {"status": "degraded" if problems else "ok", "redis": True}
     if not _full_access(current):
