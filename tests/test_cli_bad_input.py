@@ -223,6 +223,14 @@ def db_out_of_range(command: list[str], name: str, url: str) -> str:
             "more); use one it has, e.g. redis://host:port/0.")
 
 
+def test_a_sentinel_url_s_database_out_of_range_is_shown_a_sentinel_url():
+    """It was shown redis://host:port/0, as if the sentinels were to be left out."""
+    from flowkit.cli import _db_message  # noqa: PLC0415 - the message alone
+
+    said = _db_message("FLOWKIT_REDIS_URL", "redis+sentinel://s1:26379/mymaster/99")
+    assert said.endswith("use one it has, e.g. redis+sentinel://host:port,.../service/0.")
+
+
 @pytest.mark.parametrize("command", STORE_COMMANDS)
 def test_a_database_the_server_does_not_have_says_so(env, redis_server, command):
     url = f"redis://127.0.0.1:{redis_server.port}/99"

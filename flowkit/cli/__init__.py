@@ -185,6 +185,8 @@ def _usage(where: str, message: str) -> int:
 
 
 def _db_message(name: str, url: str) -> str:
+    example = ("redis+sentinel://host:port,.../service/0" if url.startswith("redis+sentinel://")
+               else "redis://host:port/0")  # a Sentinel URL was shown a plain one
     return (f"the database index in {name}={redacted(url)} is out of range for that Redis "
             "server (Redis has 16, 0-15, unless `databases` in redis.conf says more); "
-            "use one it has, e.g. redis://host:port/0.")
+            f"use one it has, e.g. {example}.")
