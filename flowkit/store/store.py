@@ -146,7 +146,16 @@ class Store:
             # command, as redis-py's Cluster pipeline refuses its evalsha method
             return client.execute_command("EVALSHA", self._scripts[name].sha, len(keys),
                                           *keys, *args, **self._node_of(keys[0]))
-        return self._scripts[name](keys=keys, args=args)
+        script = self._scripts[name]
+        try:
+            return script(keys=keys, args=args)
+        except redis.exceptions.NoScriptError:
+            # redis-py loaded the script where it could, and its EVALSHA still found none: a
+            # Cluster failover's new primary, not yet in the client's map when the load went
+            # to the primaries it knew (a step's emit failed so, once), or a script cache
+            # flushed in between. EVAL carries the source itself, routed by its key like any
+            # command (and caches it there); the script did not run.
+            return self.redis.eval(script.script, len(keys), *keys, *args)
 
     def _node_of(self, key: str) -> dict[str, Any]:
         """A pipelined script's options: on Cluster, the node of ``key``'s slot, named (else
