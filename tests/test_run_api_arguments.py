@@ -156,7 +156,9 @@ def test_a_huge_whole_timeout_waits_like_a_long_one(store):
     ({"idempotency_key": ["a"]}, "start(idempotency_key=...) is up to 255 characters of text, "
                                  "not ['a']."),
     ({"idempotency_key": "k" * 100_000}, "not str of 100000 characters."),
-    ({"owner": ["ann"]}, "start(owner=...) is text (who started the run), not ['ann']."),
+    ({"owner": ["ann"]}, "start(owner=...) is text (who started the run) of up to 1000 "
+                         "characters, not ['ann']."),
+    ({"owner": "a" * 1001}, "of up to 1000 characters, not str of 1001 characters."),
 ])
 def test_an_idempotency_key_or_owner_is_text(store, options, says):
     """A list reached Redis (DataError); a 100 KB key was stored in every index."""
