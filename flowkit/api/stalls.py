@@ -13,6 +13,7 @@ takes a ping within one interval.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -47,13 +48,18 @@ def hung_up(sock: object) -> bool:
     stream learns it only when a write fails, and the first write after the close still
     succeeds, into the kernel's buffer; meanwhile its quota slot stayed held (two ping
     intervals for SSE, the whole wait for a ``?wait=`` start). A TLS socket, which cannot
-    be peeked at, is not told (False). A non-blocking peek, not ``select()``: select
-    refuses a descriptor of 1024 or more (ValueError), which read as gone and ended live
-    streams of a busy process."""
+    be peeked at, is not told (False). ``poll()``, not ``select()``: select refuses a
+    descriptor of 1024 or more (ValueError), which read as gone and ended live streams of
+    a busy process; and a peek only once there is something to read, as a socket with a
+    timeout would wait that long for it."""
     if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket) \
             or sock.fileno() < 0:
         return False
     try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):  # nothing to read, no hang-up: the client is there
+            return False
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):  # nothing to read: the client is there
         return False

@@ -192,6 +192,8 @@ def test_hung_up_tells_a_gone_client_from_a_live_one_at_any_descriptor():
     high = socket.socket(fileno=os.dup2(ours.fileno(), HIGH_FD))
     try:
         assert not hung_up(high)  # there, saying nothing: a follower between events
+        high.settimeout(30)  # a socket with a timeout: its peek waited that long
+        assert not hung_up(high)
         theirs.close()
         assert hung_up(high)
     finally:
