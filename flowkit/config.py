@@ -245,17 +245,14 @@ def parse_prices(raw: str | None) -> dict[str, tuple[float, ...]]:
 def price_pair(model: str, pair: object) -> tuple[float, ...]:
     """One model's price, checked: two (or three) finite numbers, 0 or more (numbers in
     quotes too, ``"0.15"``, as they were read before they were checked)."""
-    given = pair
-    if isinstance(pair, (list, tuple)):
-        pair = [_number_in_quotes(p) for p in pair]
-    if (not isinstance(pair, (list, tuple)) or len(pair) not in (2, 3)
-            or not all(is_number(p) and p >= 0 for p in pair)):
-        pair = given  # as written
+    read = [_number_in_quotes(p) for p in pair] if isinstance(pair, (list, tuple)) else pair
+    if (not isinstance(read, list) or len(read) not in (2, 3)
+            or not all(is_number(p) and p >= 0 for p in read)):
         raise ConfigError(
             f"price of {model!r} must be [input_usd_per_million, output_usd_per_million] "
             "(and a third, cached_input_usd_per_million, if its cached input costs less), "
             f"finite numbers 0 or more, got {pair!r}")
-    return tuple(float(p) for p in pair)
+    return tuple(float(p) for p in read)
 
 
 def _number_in_quotes(value: Any) -> Any:

@@ -426,21 +426,22 @@ class Hub:
         stream learns of it at its second ping after, a ``?wait=`` start when its wait is
         over, and a page reloaded a few dozen times, or an SSE client reconnecting, locked
         the run's viewers (or a tenant) out of every stream meanwhile."""
-        try:
-            self.quota.acquire(holder)
-        except ApiError:
-            if not self._hang_up_gone(holder):
-                raise
-            self.quota.acquire(holder)
+        self._reclaiming(self.quota.acquire, holder)
 
     def check(self, holder: str | None) -> None:
         """Refuse as :meth:`acquire` would, counting nothing (a WebSocket's handshake),
         once the holder's streams whose clients hung up gave their slots back."""
+        self._reclaiming(self.quota.check, holder)
+
+    def _reclaiming(self, take: Callable[[str | None], None], holder: str | None) -> None:
+        """``take`` (the quota's acquire or check), again once the holder's streams whose
+        clients hung up were ended, when it refused at first."""
         try:
-            self.quota.check(holder)
+            take(holder)
         except ApiError:
             if not self._hang_up_gone(holder):
                 raise
+            take(holder)
 
     def _hang_up_gone(self, holder: str | None) -> int:
         with self._lock:

@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..policy import Policy, call_with_timeout
 from ..serialization import MAX_DEPTH, dumps_bounded, loads
-from ..states import TERMINAL_STATES, RunState, StepStart
+from ..states import RunState, StepStart
 from ..store import Begin, Ended, Store, get_store
 from ..workflow import get_workflow, workflows
 from . import admission, cache, canvas, frontier, limits, notify
@@ -581,7 +581,7 @@ def _fail(
 
 def _has_ended(store: Store, run_id: str) -> bool:
     [state] = store.run_fields(run_id, "state")
-    return state is not None and RunState(state) in TERMINAL_STATES
+    return state is not None and RunState(state).terminal
 
 
 def fail_run(run_id: str, gen: int, key: str, message: str, kind: str = "WorkflowError") -> None:

@@ -23,7 +23,7 @@ from ..component import TASK_PREFIX
 from ..defaults import HAND_BACK_SECONDS
 from ..engine.control import serving
 from ..engine.heartbeat import this_node
-from ..states import TERMINAL_STATES, RunState
+from ..states import RunState
 from ..store import get_store
 
 log = logging.getLogger("flowkit.worker")
@@ -50,14 +50,15 @@ def hand_back(sender: Any = None, message: Any = None, name: str | None = None,
         log.warning("flowkit: a step this worker does not define (%s) was dropped: %s",
                     name, exc)
         return
-    if state is None or RunState(state) in TERMINAL_STATES or str(gen) != str(kwargs.get("gen")):
+    if state is None or RunState(state).terminal or str(gen) != str(kwargs.get("gen")):
         # the run moved on (its resume found its steps changed and failed it, a restart):
         # no worker would run this message, and new workers, announcing the workflow but
         # not this step, handed it to one another once a second for good
         log.info("flowkit: step %s of run %s is not defined on this worker, and its run "
                  "has moved on: dropped", name, run_id)
         return
-    if int(message.headers.get(HANDED_BACK) or 0) >= MOST_HAND_BACKS:
+    rounds = int(message.headers.get(HANDED_BACK) or 0)
+    if rounds >= MOST_HAND_BACKS:
         log.warning("flowkit: step %s of run %s was handed back %d times and no worker took "
                     "it: dropped; the reaper sends the run again", name, run_id,
                     MOST_HAND_BACKS)
@@ -71,7 +72,7 @@ def hand_back(sender: Any = None, message: Any = None, name: str | None = None,
                 "(an older release?); handed back to queue %s, which %s serve",
                 name, run_id, workflow, queue, ", ".join(others))
     time.sleep(HAND_BACK_SECONDS)
-    _publish(sender.app, message)
+    _publish(sender.app, message, rounds + 1)
 
 
 class UnknownStep(logging.Filter):
@@ -88,9 +89,9 @@ class UnknownStep(logging.Filter):
         return True
 
 
-def _publish(app: Any, message: Any) -> None:
+def _publish(app: Any, message: Any, rounds: int) -> None:
     info = message.delivery_info
-    headers = {**message.headers, HANDED_BACK: int(message.headers.get(HANDED_BACK) or 0) + 1}
+    headers = {**message.headers, HANDED_BACK: rounds}
     try:
         with app.producer_or_acquire() as producer:
             producer.publish(
