@@ -115,6 +115,19 @@ class Deployment:
         self.workers.append(proc)
         return proc.start() if start else proc
 
+    def consuming(self, *names: str, timeout: float = 30.0) -> None:
+        """Wait until each named worker answers a control ping: its consumer loop runs, so it
+        takes messages from now on. A worker logs "ready." a moment before that; a loaded
+        machine widens the gap, and a test of two workers then saw one take every message."""
+        app = broker.get_app()
+
+        def answered() -> bool:
+            replies = app.control.ping(timeout=1.0) or []
+            heard = {node.split("@")[0] for reply in replies for node in reply}
+            return set(names) <= heard
+
+        wait_for(answered, timeout, f"workers {', '.join(names)} to consume")
+
     def beat(self, **env: str) -> subprocess.Popen:
         """The reaper as production runs it: ``celery beat`` sending ``flowkit.reaper``."""
         log = open(self.tmp_path / f"beat{len(self.beats)}.log", "w")  # noqa: SIM115

@@ -127,6 +127,7 @@ def peak(marks: list[dict]) -> int:
 def test_a_components_concurrency_holds_across_two_worker_processes(chaos_app, deployment):
     deployment.worker("a")
     deployment.worker("b")
+    deployment.consuming("a", "b")
     runs = [crawl.start({"domains": ["x.example", "y.example"], "per_domain": 6}) for _ in range(2)]
     assert [r.wait(WAIT).state for r in runs] == ["succeeded", "succeeded"]
     r = get_store().redis
@@ -140,6 +141,7 @@ def test_a_components_concurrency_holds_across_two_worker_processes(chaos_app, d
 def test_a_components_rate_holds_across_two_worker_processes(chaos_app, deployment):
     deployment.worker("a")
     deployment.worker("b")
+    deployment.consuming("a", "b")
     run = pinging.start({"domains": ["p"], "per_domain": 40})
     assert run.wait(WAIT).state == "succeeded"
     pings = sorted((loads(p) for p in get_store().redis.lrange("chaos:pings", 0, -1)),
