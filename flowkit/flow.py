@@ -69,12 +69,21 @@ class Concurrency:
         if self.key is None:
             return owner or ""
         if callable(self.key):
-            found = self.key(input)
+            # what the function makes of this input: an input it cannot key (a field it reads
+            # missing) is the caller's to fix, a 400, where it was a 500 or a 503
+            name = getattr(self.key, "__qualname__", repr(self.key))
+            try:
+                found = self.key(input)
+            except Exception as exc:
+                said = f"{type(exc).__name__}: {exc}"[:200]
+                raise ValidationError({"_schema": [
+                    f"This workflow's runs queue by Concurrency(key={name}), which raised "
+                    f"{said} for this input; send the fields it reads."]}) from exc
             text = key_text(found)
             if text is None:
-                name = getattr(self.key, "__qualname__", repr(self.key))
-                raise ConfigError(f"Concurrency(key={name}) returned {found!r} for this input: "
-                                  f"{KEY_RULE}; return the tenant's id.")
+                raise ValidationError({"_schema": [
+                    f"This workflow's runs queue by Concurrency(key={name}), which returned "
+                    f"{json.dumps(found, default=str)[:60]} for this input: {KEY_RULE}."]})
             return text
         if not isinstance(input, dict) or self.key not in input:
             raise ValidationError({self.key: [

@@ -301,12 +301,15 @@ def test_a_whole_number_key_is_the_same_key_as_its_text(store):
         flowkit.cancel(run.id)
 
 
-def test_a_key_function_or_a_component_key_that_reads_no_key_is_a_config_error():
+def test_a_key_function_that_reads_no_key_refuses_the_input_and_a_component_key_is_a_config_error():
     from flowkit.policy import key_value
 
     keyed = flowkit.Concurrency(limit=1, key=lambda data: data.get("tenant"))
-    with pytest.raises(flowkit.ConfigError, match=r"returned None for this input: a key is "):
+    with pytest.raises(flowkit.ValidationError) as refused:
         keyed.key_of({}, None)
+    [said] = refused.value.fields["_schema"]
+    assert said.startswith("This workflow's runs queue by Concurrency(key=test_a_key_function")
+    assert "which returned null for this input: a key is " in said
     assert key_value("domain", {"domain": 5}, "concurrency") == "5"
     with pytest.raises(flowkit.ConfigError, match=r"the concurrency key 'domain' is None: a key"):
         key_value("domain", {"domain": None}, "concurrency")

@@ -732,6 +732,10 @@ def tenant_work(data: dict) -> dict:
 
 per_tenant = flowkit.Workflow(
     "per_tenant", [tenant_work], concurrency=flowkit.Concurrency(limit=2, key="tenant"))
+#: The same, keyed by a function of the input (which raises on an input without "tenant").
+per_tenant_fn = flowkit.Workflow(
+    "per_tenant_fn", [tenant_work],
+    concurrency=flowkit.Concurrency(limit=2, key=lambda data: data["tenant"]))
 
 
 @component(name="t.fails_at_once")

@@ -70,6 +70,21 @@ def test_a_missing_concurrency_key_field_is_400_on_that_field(client, store):
     assert client.get("/runs").json()["runs"] == []
 
 
+def test_an_input_the_concurrency_key_function_cannot_key_is_400(client, store):
+    """The function raising on the input (KeyError) was a 500; returning None a 503."""
+    error = assert_error(client.post("/workflows/per_tenant_fn/runs", json={"other": 1}), 400,
+                         "validation_error")
+    assert error["fields"] == {"_schema": [
+        "This workflow's runs queue by Concurrency(key=<lambda>), which raised KeyError: "
+        "'tenant' for this input; send the fields it reads."]}
+    error = assert_error(client.post("/workflows/per_tenant_fn/runs", json={"tenant": None}),
+                         400, "validation_error")
+    assert "which returned null for this input: a key is non-empty text" in (
+        error["fields"]["_schema"][0])
+    assert client.get("/runs").json()["runs"] == []
+    assert client.post("/workflows/per_tenant_fn/runs", json={"tenant": "t1"}).status_code == 202
+
+
 def test_body_that_is_not_json_is_400(client):
     response = client.post("/workflows/simple/runs", content=b"{nope",
                            headers={"Content-Type": "application/json"})
