@@ -179,14 +179,17 @@ async def call_with_policy(
     policy: Any,
     on_timeout: Callable[[], None] | None = None,
     before: Callable[[Any], None] | None = None,
+    before_sleep: Callable[[Any], None] | None = None,
 ) -> Any:
     """``await fn(...)`` under a component policy: its retries (tenacity's async form of
     the same stop, wait and retry rules, sleeping with ``asyncio.sleep``) and its timeout;
-    ``before`` is tenacity's hook before each attempt."""
+    ``before`` and ``before_sleep`` are tenacity's hooks before each attempt and after a
+    failed one."""
     sync = policy.retrying()
+    hooks = {"before": before, "before_sleep": before_sleep}
     retrying = tenacity.AsyncRetrying(
         stop=sync.stop, wait=sync.wait, retry=sync.retry, reraise=True,
-        **({"before": before} if before is not None else {}),
+        **{name: hook for name, hook in hooks.items() if hook is not None},
     )
     async for attempt in retrying:
         with attempt:

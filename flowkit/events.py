@@ -4,7 +4,9 @@ Every event is ``{"type", "ts", "run", ...}`` plus ``step`` and ``attempt`` wher
 concerns a step. The Redis stream id is the event id and the resume cursor.
 Chunks (``step.output``) of an attempt later reported by ``step.retrying`` or
 listed in ``run.restarted``'s ``superseded`` belong to an abandoned attempt: a
-client drops them (:func:`superseded_attempts` does the bookkeeping).
+client drops them (:func:`superseded_attempts` does the bookkeeping), as it drops those
+whose ``sub_steps`` names a sub-step attempt a ``sub_step.retrying`` reported
+(:func:`superseded_sub_steps`).
 
 This module is the contract alone; reading a run's stream is ``flowkit.history`` and
 ``flowkit.follow`` (:mod:`flowkit.engine.control`), or the API's relay.
@@ -28,6 +30,8 @@ STEP_STARTED = "step.started"
 STEP_PROGRESS = "step.progress"
 STEP_OUTPUT = "step.output"
 STEP_RETRYING = "step.retrying"
+#: A sub-step's attempt failed and runs again in place, inside its step's attempt.
+SUB_STEP_RETRYING = "sub_step.retrying"
 STEP_COMPLETED = "step.completed"
 STEP_FAILED = "step.failed"
 RUN_RESTARTED = "run.restarted"
@@ -39,7 +43,7 @@ RUN_CANCELLED = "run.cancelled"
 
 TYPES = (
     RUN_SCHEDULED, RUN_QUEUED, RUN_HELD, RUN_ADMITTED, RUN_STARTED, STEP_STARTED,
-    STEP_PROGRESS, STEP_OUTPUT, STEP_RETRYING, STEP_COMPLETED, STEP_FAILED, RUN_RESTARTED, RUN_WAITING, RUN_RESUMED,
+    STEP_PROGRESS, STEP_OUTPUT, STEP_RETRYING, SUB_STEP_RETRYING, STEP_COMPLETED, STEP_FAILED, RUN_RESTARTED, RUN_WAITING, RUN_RESUMED,
     RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED,
 )
 TERMINAL = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED})
@@ -163,6 +167,21 @@ def superseded_attempts(events: list[Event] | list[dict[str, Any]]) -> set[tuple
             dropped.update((step, earlier) for earlier in range(1, data.get("attempt") or 1)
                            if (step, earlier) not in paused)
     return dropped
+
+
+def superseded_sub_steps(events: list[Event] | list[dict[str, Any]]) -> set[str]:
+    """The sub-step attempts (``<key>@<number>``) that failed and ran again in place,
+    named by ``sub_step.retrying``: a ``step.output`` chunk whose ``sub_steps`` holds one
+    of them is a failed attempt's text, to discard as :func:`superseded_attempts`'s are.
+    A sub-step (a component called inside a step) retries inside its step's attempt, so
+    its chunks would otherwise stand (a reader showed the half answer, then the whole)."""
+    failed: set[str] = set()
+    for event in events:
+        kind, data = (event.type, event.data) if isinstance(event, Event) else (
+            event.get("type"), event)
+        if kind == SUB_STEP_RETRYING and data.get("sub_step"):
+            failed.add(data["sub_step"])
+    return failed
 
 
 def make(type_: str, run_id: str, **fields: Any) -> dict[str, Any]:

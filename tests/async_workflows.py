@@ -214,6 +214,24 @@ async def retries_slow_sub_step(data: dict) -> dict:
     return out
 
 
+@component(name="a.half_then_whole")
+async def half_then_whole(data: dict) -> str:
+    """Streams its answer (an LLM call does), cut off half-way the first time a run asks."""
+    flowkit.emit("Half ")
+    if count("half_then_whole") == 1:
+        raise ConnectionError("the stream was cut off")
+    flowkit.emit("and whole.")
+    return "answer"
+
+
+@component(name="a.streams_around_a_retried_sub_step")
+async def streams_around_a_retried_sub_step(data: dict) -> dict:
+    flowkit.emit("Intro. ")
+    text = await half_then_whole.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01),
+                                       jitter=False)(data)
+    return {"text": text}
+
+
 @component(name="a.stubborn_sub")
 async def stubborn_sub(data: dict) -> dict:
     """Swallows the cancellation of its timeout and goes on to call a component."""
@@ -287,6 +305,8 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "gathering": wf("async_gathering", [gatherer]),
         "sub_step_retried": wf("async_sub_step_retried", [retries_slow_sub_step],
                                input_schema=number),
+        "sub_step_restreamed": wf("async_sub_step_restreamed",
+                                  [streams_around_a_retried_sub_step]),
     }
 
 

@@ -325,3 +325,21 @@ def test_a_coroutine_whose_cancel_watcher_fails_runs_to_its_end():
     for timeout in (None, 60.0):
         assert coroutines.run_coroutine(work, (later,), {}, timeout,
                                         cancelled=redis_away) == 42
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_the_text_an_async_sub_step_streamed_before_it_failed_and_ran_again_is_dropped(
+        on, pool):
+    run = on(pool)["sub_step_restreamed"].start({})
+    assert run.result(WAIT) == {"text": "answer"}
+    history = run.events()
+    [retried] = [e.data for e in history if e.type == "sub_step.retrying"]
+    assert retried["sub_step"].endswith("/0:a.half_then_whole@1")
+    assert retried["error"] == "ConnectionError: the stream was cut off"
+    chunks = [(e.data.get("sub_steps"), e.data["chunk"]) for e in history
+              if e.type == "step.output"]
+    assert [chunk for _, chunk in chunks] == ["Intro. ", "Half ", "Half ", "and whole."]
+    failed = flowkit.events.superseded_sub_steps(history)
+    assert failed == {retried["sub_step"]}
+    assert "".join(c for subs, c in chunks if not set(subs or ()) & failed) == (
+        "Intro. Half and whole.")

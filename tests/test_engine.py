@@ -100,6 +100,48 @@ def test_a_restarted_run_resumes_from_its_checkpoints():
     assert events.superseded_attempts(run.events()) == {("1:t.gated", 1)}
 
 
+def test_the_text_a_sub_step_streamed_before_it_failed_and_ran_again_in_place_is_dropped():
+    """A sub-step (a component called inside a step: an LLM call's wrapper) retries inside
+    its step's attempt: its half answer stood under that attempt, and every reader showed
+    it, then the whole answer after it."""
+    from flowkit.cli.live import RunView
+
+    run = wf.retried_sub_steps.start({"topic": "x"})
+    assert run.result(WAIT) == {"text": "answer on x"}
+    history = run.events()
+    retried = [e.data for e in history if e.type == events.SUB_STEP_RETRYING]
+    outer, inner = "0:t.streams_around_retried_sub_steps/0:t.outline_then_answer", (
+        "0:t.streams_around_retried_sub_steps/0:t.outline_then_answer/0:t.half_then_whole")
+    assert [(r["sub_step"], r["error"]) for r in retried] == [
+        (f"{inner}@1", "ConnectionError: the stream was cut off"),
+        (f"{outer}@1", "ValueError: refused the first answer")]
+    assert {(r["step"], r["attempt"]) for r in retried} == {(
+        "0:t.streams_around_retried_sub_steps", 1)}
+    chunks = [(e.data.get("sub_steps"), e.data["chunk"]) for e in history
+              if e.type == events.STEP_OUTPUT]
+    # the outer sub-step's 2nd attempt calls the inner one anew, under its own key
+    assert chunks[:4] == [(None, "Intro. "), ([f"{outer}@1"], "Outline. "),
+                          ([f"{outer}@1", f"{inner}@1"], "Half "),
+                          ([f"{outer}@1", f"{inner}@2"], "Half ")]
+    failed = events.superseded_sub_steps(history)
+    assert failed == {f"{inner}@1", f"{outer}@1"}
+    assert events.superseded_attempts(history) == set()
+    kept = "".join(chunk for subs, chunk in chunks if not set(subs or ()) & failed)
+    assert kept == "Intro. Outline. Half and whole. Done."
+    view = RunView(run.id)  # flowkit follow's live view
+    for event in history:
+        view.feed(event.to_dict())
+    assert view.steps["0:t.streams_around_retried_sub_steps"].text == kept
+
+
+def test_a_sub_step_retrying_event_redacts_the_step_s_secrets():
+    run = wf.signing_with_a_key.start({"api_key": "sk-very-secret-1234"})
+    assert run.result(WAIT) == {"signed": "signed"}
+    [retried] = [e.data for e in run.events() if e.type == events.SUB_STEP_RETRYING]
+    assert "sk-very-secret-1234" not in json.dumps(retried)
+    assert retried["error"].startswith("PermissionError: key ") and "refused" in retried["error"]
+
+
 def test_a_step_retries_with_backoff_and_the_run_succeeds():
     run = wf.retrying.start({"n": 1, "fail_times": 2})
     assert run.result(WAIT) == {"n": 4}

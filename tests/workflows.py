@@ -295,6 +295,53 @@ def streams_then_asks(data: dict) -> dict:
     return {"text": text, "ok": ok, "final": final}
 
 
+@component(name="t.half_then_whole")
+def half_then_whole(topic: str) -> str:
+    """A sub-step streaming its answer (as an LLM call does), cut off half-way the first
+    time a run asks it."""
+    flowkit.emit("Half ")
+    if count("half_then_whole") == 1:
+        raise ConnectionError("the stream was cut off")
+    flowkit.emit("and whole. ")
+    return f"answer on {topic}"
+
+
+@component(name="t.outline_then_answer")
+def outline_then_answer(topic: str) -> str:
+    """A sub-step streaming an outline, then calling half_then_whole (which retries in
+    place); it refuses its first answer, after it streamed."""
+    flowkit.emit("Outline. ")
+    answer = half_then_whole.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01),
+                                   jitter=False)(topic)
+    if count("outline_then_answer") == 1:
+        raise ValueError("refused the first answer")
+    return answer
+
+
+@component(name="t.streams_around_retried_sub_steps")
+def streams_around_retried_sub_steps(data: dict) -> dict:
+    flowkit.emit("Intro. ")
+    text = outline_then_answer.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01),
+                                     jitter=False)(data["topic"])
+    flowkit.emit("Done.")
+    return {"text": text}
+
+
+@component(name="t.says_its_key_once")
+def says_its_key_once(key: str) -> str:
+    """A sub-step whose first error shows the secret it was given (as a library's may)."""
+    if count("says_its_key_once") == 1:
+        raise PermissionError(f"key {key} refused")
+    return "signed"
+
+
+@component(name="t.signs_with_a_key")
+def signs_with_a_key(data: dict) -> dict:
+    signed = says_its_key_once.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01),
+                                     jitter=False)(data["api_key"])
+    return {"signed": signed}
+
+
 @component(name="t.asks_inside")
 def asks_inside(topic: str) -> bool:
     """A sub-step that streams, then waits: the step's pause point is inside it."""
@@ -703,6 +750,9 @@ sub_step_asks = flowkit.Workflow("sub_step_asks", [
 telling_items = flowkit.Workflow("telling_items", [split, fan_out(says_then_asks_item), total])
 budgeted_asks = flowkit.Workflow("budgeted_asks", [
     fails_then_asks.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
+signing_with_a_key = flowkit.Workflow("signing_with_a_key",
+                                      [signs_with_a_key.secret("api_key")])
+retried_sub_steps = flowkit.Workflow("retried_sub_steps", [streams_around_retried_sub_steps])
 streaming_asks = flowkit.Workflow("streaming_asks", [
     streams_then_asks.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.01), jitter=False)])
 waiting_branches = flowkit.Workflow("waiting_branches", [

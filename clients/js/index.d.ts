@@ -29,8 +29,9 @@ export interface StepState {
   text: string;
   /** The streamed chunks of attempts not superseded, as sent. */
   chunks: unknown[];
-  /** Internal: the chunks with their attempt numbers (what a later supersession filters). */
-  rawChunks: { attempt: number; chunk: unknown }[];
+  /** Internal: the chunks with their attempt numbers, and the sub-step attempts they came
+   *  from (what a later supersession filters). */
+  rawChunks: { attempt: number; chunk: unknown; subSteps?: string[] }[];
   progress: { message: string | null; fraction: number | null; eta: number | null } | null;
   error: { type?: string; message?: string; [k: string]: unknown } | null;
   startedAt: number | null;
@@ -79,6 +80,9 @@ export interface RunState {
   cost: number | null;
   /** "step#attempt" keys of attempts whose chunks are dropped. */
   superseded: Record<string, true>;
+  /** Sub-step attempts ("<key>@<number>") that failed and ran again in place: chunks whose
+   *  `sub_steps` name one are dropped. */
+  supersededSubSteps: Record<string, true>;
   /** "step#attempt" keys of attempts that paused (run.waiting): a later attempt of the step
    *  keeps their chunks (a resumed attempt does not send again what it replays). */
   paused: Record<string, true>;

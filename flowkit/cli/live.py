@@ -54,12 +54,28 @@ class StepLine:
     #: The streamed text of the attempts that paused (kept: see RunView.paused), and of the
     #: attempt running now (dropped if it fails, or a restart supersedes it).
     kept: str = ""
-    current: str = ""
+    #: The running attempt's chunks, each with the sub-step attempts it came from (those
+    #: of a sub-step attempt that failed and ran again in place are dropped); only the
+    #: newest TEXT_TAIL characters' worth are kept.
+    pieces: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
     error: str = ""
+
+    @property
+    def current(self) -> str:
+        return "".join(text for _, text in self.pieces)[-TEXT_TAIL:]
 
     @property
     def text(self) -> str:
         return (self.kept + self.current)[-TEXT_TAIL:]
+
+    def add_chunk(self, sub_steps: tuple[str, ...], text: str) -> None:
+        self.pieces.append((sub_steps, text))
+        while len(self.pieces) > 1 and sum(len(t) for _, t in self.pieces[1:]) >= TEXT_TAIL:
+            self.pieces.pop(0)
+
+    def drop_sub_step(self, failed: str) -> None:
+        """A sub-step attempt failed and runs again: its text was not the step's."""
+        self.pieces = [(subs, text) for subs, text in self.pieces if failed not in subs]
 
     def eta_now(self, now: float) -> float | None:
         """The step's own ETA, else one from its progress fraction and time so far."""
@@ -103,9 +119,13 @@ class RunView:
             self.current = key
             return f"step {key} started (attempt {step.attempt})"
         if kind == "step.output":
-            step.current = (step.current + str(event.get("chunk", "")))[-TEXT_TAIL:]
+            step.add_chunk(tuple(event.get("sub_steps") or ()), str(event.get("chunk", "")))
             self.current = key
             return None
+        if kind == "sub_step.retrying":
+            step.drop_sub_step(event.get("sub_step") or "")
+            return (f"step {key}: sub-step {event.get('sub_step')} failed, retrying: "
+                    f"{_error_text(event.get('error'))}")
         if kind == "step.progress":
             step.fraction, step.message = event.get("fraction"), event.get("message") or ""
             step.eta = event.get("eta")
@@ -117,7 +137,7 @@ class RunView:
             failed = event.get("attempt") or step.attempt
             step.status, step.error = "retrying", _error_text(event.get("error"))
             step.attempt = event.get("next_attempt") or failed + 1
-            step.current = ""  # the failed attempt's text: the next one streams its own
+            step.pieces = []  # the failed attempt's text: the next one streams its own
             return f"step {key} attempt {failed} failed, retrying: {step.error}"
         if kind == "step.completed":
             step.status, step.duration, step.fraction = "completed", event.get("duration"), 1.0

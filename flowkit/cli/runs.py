@@ -163,6 +163,9 @@ def _summary(event: dict[str, Any]) -> str:
     if kind == ev.STEP_RETRYING:
         return (f"{data.get('error')}; attempt {data.get('next_attempt')} in "
                 f"{human_duration(data.get('delay'))}")
+    if kind == ev.SUB_STEP_RETRYING:
+        return (f"sub-step {data.get('sub_step')}: {data.get('error')}; again in "
+                f"{human_duration(data.get('delay'))}")
     if kind in (ev.RUN_FAILED, ev.STEP_FAILED):
         error = data.get("error")
         return _error_line(error) if isinstance(error, dict) else str(error)

@@ -187,7 +187,7 @@ def _run_attempts(
 
     def new_context() -> StepContext:
         return StepContext(run_id, key, gen, state["attempt"], token, comp.name, store,
-                           worker=worker, tokens=tokens)
+                           worker=worker, tokens=tokens, redact=secretless)
 
     def secretless(shown: Any) -> Any:
         return _secretless(pol, value, shown)

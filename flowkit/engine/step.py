@@ -31,6 +31,7 @@ from ..errors import (
     RunCancelled,
     StepSuspended,
     StoreUnavailable,
+    describe_error,
     mark_final,
 )
 from ..policy import call_with_timeout
@@ -83,6 +84,17 @@ class _SubStepAttempt:
     def abandoned(self) -> bool:
         return self.timed_out or (self.outer is not None and self.outer.abandoned)
 
+    @property
+    def ident(self) -> str:
+        """How readers name this attempt, ``<key>@<number>``: a ``sub_step.retrying`` names
+        the one that failed, and the chunks it streamed, which carry its ident, are dropped."""
+        return f"{self.key}@{self.number}"
+
+    def idents(self) -> list[str]:
+        """The idents of this attempt and of the sub-step attempts it runs inside (outermost
+        first): a chunk's ``sub_steps``, dropped when any of them failed and ran again."""
+        return [*(self.outer.idents() if self.outer else ()), self.ident]
+
     def time_out(self) -> None:
         self.timed_out = True
 
@@ -102,6 +114,8 @@ class _SubStepAttempt:
 
 #: Not read yet (StepContext.replaying).
 _UNREAD: Any = object()
+#: A chunk sent from the sub-step attempt this thread runs (StepContext.emit).
+_THIS_THREAD: Any = object()
 
 
 def _holds(key: str, wait_key: str) -> bool:
@@ -145,6 +159,9 @@ class StepContext:
     #: LLM tokens used by the step's calls so far, over all its attempts (``prompt``,
     #: ``completion``, ``total``); ``step.completed`` reports them.
     tokens: dict[str, int] = field(default_factory=dict, repr=False)
+    #: The step's secrets (its ``.secret()`` fields' values, provider keys) redacted from
+    #: what it shows: what the executor redacts a ``step.retrying``'s error with.
+    redact: Callable[[Any], Any] = field(default=lambda shown: shown, repr=False)
     #: What :meth:`is_cancelled` found: the run ended (``"cancelled"``) or was restarted
     #: (``"superseded"``: another attempt runs the step). An attempt that returns after
     #: seeing it was traced and counted as a success.
@@ -228,14 +245,20 @@ class StepContext:
                 eta = round(elapsed * (1 - fraction) / fraction, 3)
         return self.send(events.STEP_PROGRESS, message=message, fraction=fraction, eta=eta)
 
-    def emit(self, chunk: Any) -> str:
+    def emit(self, chunk: Any, call: _SubStepAttempt | None | object = _THIS_THREAD) -> str:
         """Send a chunk of the step's output; "" for one a replay makes again (see
-        :meth:`replaying`): the stream holds it from the attempt that paused."""
+        :meth:`replaying`): the stream holds it from the attempt that paused. ``call``: the
+        sub-step attempt it comes from, when not this thread's (an LLM stream's flusher)."""
         if self.replaying():
             if self.abandoned:  # as send() refuses it: the attempt timed out
                 raise RunCancelled(f"attempt {self.attempt} of step {self.step} was abandoned")
             return ""
-        return self.send(events.STEP_OUTPUT, chunk=chunk)
+        sub = _SUB_STEP.get() if call is _THIS_THREAD else call
+        # a sub-step's retry runs in place, inside the step's attempt: its chunks name their
+        # attempt, so readers drop a failed one's (a client showed its half answer, then the
+        # whole one after it)
+        return self.send(events.STEP_OUTPUT, chunk=chunk,
+                         sub_steps=sub.idents() if isinstance(sub, _SubStepAttempt) else None)
 
     def replaying(self) -> bool:
         """Whether this attempt runs again what an earlier one ran before it paused: a
@@ -291,7 +314,8 @@ class StepContext:
                                      pol.timeout, made[-1].time_out)
 
         try:
-            value = pol.call(attempt, before=self._stop_retrying(key))
+            value = pol.call(attempt, before=self._stop_retrying(key),
+                             before_sleep=self._retrying_sub_step(made))
         except Exception as exc:
             self._spend(key, made, exc)
             raise
@@ -334,6 +358,20 @@ class StepContext:
                 raise RunCancelled(f"run {self.run_id} stopped while sub-step {key} waited "
                                    "to retry")
         return before
+
+    def _retrying_sub_step(self, made: list[_SubStepAttempt]) -> Callable[[Any], None]:
+        """tenacity's ``before_sleep`` hook of a sub-step's retries: ``sub_step.retrying``
+        names the attempt that failed, whose streamed chunks readers drop (see
+        :func:`flowkit.events.superseded_sub_steps`). Not sent by an abandoned attempt,
+        whose step attempt is superseded anyway."""
+        def before_sleep(retry_state: Any) -> None:
+            failed = made[-1]
+            if self.abandoned_for(failed.outer):
+                return
+            said = self.redact(describe_error(retry_state.outcome.exception()))
+            self.send(events.SUB_STEP_RETRYING, sub_step=failed.ident, error=said,
+                      delay=round(retry_state.upcoming_sleep, 3))
+        return before_sleep
 
     def _save_sub_step(self, key: str, value: Any) -> Any:
         """Checkpoint a sub-step's output (the first one stored wins), unless this attempt
@@ -390,7 +428,8 @@ class StepContext:
         try:
             value = await call_with_policy(attempt, args, kwargs, component.policy,
                                            lambda: attempts[-1].time_out(),
-                                           before=self._stop_retrying(key))
+                                           before=self._stop_retrying(key),
+                                           before_sleep=self._retrying_sub_step(attempts))
         except Exception as exc:
             self._spend(key, attempts, exc)
             raise

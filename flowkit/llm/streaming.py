@@ -115,7 +115,7 @@ class ChunkBatcher:
         if self._parts and self.ctx is not None:
             text = "".join(self._parts)
             self._parts, self._size = [], 0
-            self.ctx.emit(text)
+            self.ctx.emit(text, self._call)
 
     def _raise_failed(self) -> None:
         if self._failed is not None:

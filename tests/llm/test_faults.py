@@ -142,6 +142,26 @@ def test_a_chat_stream_cut_off_is_an_error_span_and_the_step_retry_runs_it_again
     assert whole["status"] == "ok" and whole["output"] == result["text"]
 
 
+def test_a_chat_stream_cut_off_in_a_sub_step_retried_in_place_leaves_no_half_text(llm):
+    """The sub-step's retry runs inside the step's attempt: the half answer it streamed
+    stood, and a reader showed it before the whole one."""
+    primary, _ = llm
+    primary.configure(script=(CUT,))
+    run = wf.sub_step_stream_retried.start({"prompt": "tell me a story", "max_tokens": 40})
+    result = run.result(timeout=30)
+    history = run.events()
+    [retried] = of_type(run, events.SUB_STEP_RETRYING)
+    assert retried.data["sub_step"] == "0:llmtest.tells_in_a_sub_step/0:llmtest.stream@1"
+    assert "cut off" in retried.data["error"]
+    chunks = [e.data for e in history if e.type == events.STEP_OUTPUT]
+    half = [c["chunk"] for c in chunks if c["sub_steps"] == [retried.data["sub_step"]]]
+    assert half, "the first attempt streamed part of its answer"
+    failed = events.superseded_sub_steps(history)
+    assert events.superseded_attempts(history) == set()
+    kept = "".join(c["chunk"] for c in chunks if not set(c["sub_steps"]) & failed)
+    assert kept == result["text"]
+
+
 def test_an_async_chat_stream_cut_off_is_retried_by_the_step(llm):
     primary, _ = llm
     primary.configure(script=(CUT,))

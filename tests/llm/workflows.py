@@ -487,6 +487,18 @@ ask_retried_on_bad_request = flowkit.Workflow(
     "llmtest_ask_retried_on_400",
     [ask.retry(attempts=2, backoff=flowkit.exponential(0.01, 0.02), retry_on=openai.BadRequestError)],
     input_schema=prompt_schema, queue=QUEUE)
+
+
+@component(name="llmtest.tells_in_a_sub_step")
+def tells_in_a_sub_step(data: dict) -> dict:
+    """The streaming call wrapped in a component called inside this step: its retry runs
+    in place, inside this step's attempt."""
+    return stream.retry(**STEP_RETRY)(data)
+
+
+sub_step_stream_retried = flowkit.Workflow("llmtest_sub_step_stream_retried",
+                                           [tells_in_a_sub_step], input_schema=prompt_schema,
+                                           queue=QUEUE)
 stream_retried = flowkit.Workflow("llmtest_stream_retried", [stream.retry(**STEP_RETRY)],
                                   input_schema=prompt_schema, queue=QUEUE)
 astream_retried = flowkit.Workflow("llmtest_astream_retried", [astream.retry(**STEP_RETRY)],

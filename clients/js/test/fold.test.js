@@ -171,6 +171,33 @@ test("several waits open at once stay open until each is answered (fan-out items
   assert.equal(state.waiting, null);
 });
 
+test("chunks of a sub-step attempt that failed and ran again in place are dropped, nested ones too", () => {
+  const outer = "0:a/0:draft", inner = "0:a/0:draft/0:llm";
+  const events = [
+    ev("1-0", "step.started", { step: "0:a", attempt: 1 }),
+    ev("2-0", "step.output", { step: "0:a", attempt: 1, chunk: "Intro. " }),
+    ev("3-0", "step.output", { step: "0:a", attempt: 1, chunk: "Outline. ", sub_steps: [`${outer}@1`] }),
+    ev("4-0", "step.output", { step: "0:a", attempt: 1, chunk: "Half ", sub_steps: [`${outer}@1`, `${inner}@1`] }),
+    ev("5-0", "sub_step.retrying", { step: "0:a", attempt: 1, sub_step: `${inner}@1`, error: "ConnectionError: cut off", delay: 0.01 }),
+    ev("6-0", "step.output", { step: "0:a", attempt: 1, chunk: "Whole. ", sub_steps: [`${outer}@1`, `${inner}@2`] }),
+    ev("7-0", "sub_step.retrying", { step: "0:a", attempt: 1, sub_step: `${outer}@1`, error: "ValueError: refused", delay: 0.01 }),
+    ev("8-0", "step.output", { step: "0:a", attempt: 1, chunk: "Better. ", sub_steps: [`${outer}@2`] }),
+    ev("9-0", "step.output", { step: "0:a", attempt: 1, chunk: "Done." }),
+  ];
+  const state = foldEvents(initialRunState("r1"), events);
+  assert.equal(state.steps["0:a"].text, "Intro. Better. Done.");
+  assert.deepEqual(state.steps["0:a"].chunks, ["Intro. ", "Better. ", "Done."]);
+  assert.equal(state.steps["0:a"].status, "running");
+  // folded in two halves (a page refreshed between), and a chunk arriving after its voiding
+  const half = foldEvents(initialRunState("r1"), events.slice(0, 5));
+  assert.equal(half.steps["0:a"].text, "Intro. Outline. ");
+  const late = ev("5-1", "step.output", { step: "0:a", attempt: 1, chunk: "late ", sub_steps: [`${inner}@1`] });
+  assert.equal(foldEvents(half, [late, ...events.slice(5)]).steps["0:a"].text, "Intro. Better. Done.");
+  // a state saved before this field existed folds on
+  const { supersededSubSteps, ...older } = foldEvents(initialRunState("r1"), events.slice(0, 4));
+  assert.equal(foldEvents(older, events.slice(4)).steps["0:a"].text, "Intro. Better. Done.");
+});
+
 test("a long stream's text is appended chunk by chunk, a superseded attempt's still dropped", () => {
   const chunks = Array.from({ length: 3000 }, (_, i) => ev(`${100 + i}-0`, "step.output", {
     step: "0:a", attempt: 2, chunk: `w${i} ` }));

@@ -9,7 +9,10 @@
 // run.waiting names it) are dropped: their text and chunks vanish from the step, even when
 // the chunks were folded before the event that voids them. A resumed attempt does not send
 // again the text it replays up to its wait, so the paused attempt's text stays the step's
-// (flowkit.events.superseded_attempts keeps the same rule).
+// (flowkit.events.superseded_attempts keeps the same rule). A sub-step (a component called
+// inside a step) retries in place, inside its step's attempt: its chunks name their sub-step
+// attempts (`sub_steps`), and those of one a sub_step.retrying names are dropped too
+// (flowkit.events.superseded_sub_steps).
 
 /** Run states that end a run (a retry may still follow one). */
 export const TERMINAL_STATES = ["succeeded", "failed", "cancelled"];
@@ -38,6 +41,7 @@ export function initialRunState(runId) {
     tokens: {},
     cost: null,
     superseded: {},
+    supersededSubSteps: {},
     paused: {},
     eventCount: 0,
   };
@@ -138,9 +142,14 @@ function appendChunk(step, entry, changes) {
   return viewChunks(copyStep(step, changes), log, log.length);
 }
 
+// Whether a chunk comes from a sub-step attempt that failed and ran again.
+function ofFailedSubStep(subSteps, failed) {
+  return Array.isArray(subSteps) && subSteps.some((s) => failed[s]);
+}
+
 // The text and chunks a step shows: those of attempts nobody superseded.
-function visible(step, superseded, raw) {
-  const kept = raw.filter((c) => !superseded[attemptKey(step.key, c.attempt)]);
+function visible(step, superseded, raw, failedSubSteps = {}) {
+  const kept = raw.filter((c) => !superseded[attemptKey(step.key, c.attempt)] && !ofFailedSubStep(c.subSteps, failedSubSteps));
   return copyStep(step, { rawChunks: kept, chunks: kept.map((c) => c.chunk), text: kept.map((c) => chunkText(c.chunk)).join("") });
 }
 
@@ -158,9 +167,17 @@ function dropAttempts(state, pairs) {
   for (const { step, attempt } of pairs) superseded[attemptKey(step, attempt)] = true;
   const steps = { ...state.steps };
   for (const { step } of pairs) {
-    if (steps[step]) steps[step] = visible(steps[step], superseded, steps[step].rawChunks ?? []);
+    if (steps[step]) steps[step] = visible(steps[step], superseded, steps[step].rawChunks ?? [], state.supersededSubSteps);
   }
   return { ...state, superseded, steps };
+}
+
+function dropSubStep(state, key, failed) {
+  if (typeof failed !== "string" || !failed) return state;
+  const supersededSubSteps = { ...(state.supersededSubSteps ?? {}), [failed]: true };
+  const steps = { ...state.steps };
+  if (steps[key]) steps[key] = visible(steps[key], state.superseded, steps[key].rawChunks ?? [], supersededSubSteps);
+  return { ...state, supersededSubSteps, steps };
 }
 
 function addTokens(total, used) {
@@ -318,9 +335,13 @@ export function foldEvent(state, event) {
         const attempt = event.attempt ?? 1;
         // a chunk of an attempt superseded already is not the step's; the others append
         // (a rebuild of the whole text per chunk made a long stream quadratic to fold)
-        if (next.superseded[attemptKey(key, attempt)]) return copyStep(s, { status });
-        return appendChunk(s, { attempt, chunk: event.chunk }, { status, text: (s.text ?? "") + chunkText(event.chunk) });
+        const subSteps = Array.isArray(event.sub_steps) ? event.sub_steps : null;
+        if (next.superseded[attemptKey(key, attempt)] || ofFailedSubStep(subSteps, next.supersededSubSteps ?? {})) return copyStep(s, { status });
+        const entry = subSteps ? { attempt, chunk: event.chunk, subSteps } : { attempt, chunk: event.chunk };
+        return appendChunk(s, entry, { status, text: (s.text ?? "") + chunkText(event.chunk) });
       });
+    case "sub_step.retrying":
+      return dropSubStep(next, key, event.sub_step);
     case "step.retrying":
       next = withStep(next, key, (s) => copyStep(s, { status: "retrying", error: event.error ?? null, attempts: Math.max(s.attempts, event.attempt ?? 1) }));
       return dropAttempts(next, [{ step: key, attempt: event.attempt }]);
