@@ -8,7 +8,7 @@ import time
 import pytest
 
 import flowkit
-from flowkit import events
+from flowkit import config, events
 from flowkit.cli.live import RunView
 from flowkit.engine.control import fire_due_timers
 from flowkit.states import WaitOutcome
@@ -274,6 +274,24 @@ def test_an_event_sent_before_the_wait_counts_within_its_look_back():
     paused(late)
     assert flowkit.send_event("payment:8", {"amount": 6}) == 1
     assert late.result(WAIT)["paid"] == {"amount": 6}
+
+
+def test_with_no_sent_event_kept_an_event_still_wakes_its_waits_and_leaves_no_stream(
+        monkeypatch):
+    """FLOWKIT_EVENT_LOOKBACK_SECONDS=0: each key sent to kept a ~4.5 KB stream an hour."""
+    monkeypatch.setattr(config, "_settings",
+                        config.get_settings().replace(event_lookback_seconds=0))
+    store = get_store()
+    assert flowkit.send_event("payment:81", {"amount": 5}) == 0
+    assert not store.redis.exists(store.keys.sent("payment:81"))
+    looking_back = wf.payment.start({"order": 81, "lookback": 60})
+    paused(looking_back)  # nothing kept to look back on: it waits for the next one
+    assert flowkit.send_event("payment:81", {"amount": 6}) == 1
+    assert looking_back.result(WAIT)["paid"] == {"amount": 6}
+    assert not store.redis.exists(store.keys.sent("payment:81"))
+    with pytest.raises(flowkit.ConfigError, match="FLOWKIT_EVENT_LOOKBACK_SECONDS "
+                       r"\(event_lookback_seconds=\) is 0 or more, not -1"):
+        config.get_settings().replace(event_lookback_seconds=-1)
 
 
 def test_an_event_wait_times_out(beat):

@@ -871,7 +871,11 @@ def send_event(key: str, data: Any = None, store: Store | None = None) -> int:
     now, settings = time.time(), get_settings()
     _shallow_enough(data, "data", f"the data of event {key!r}")
     data_json = dumps_bounded(data, f"the data of event {key!r}")
-    sent_id = store.record_sent(key, data_json, now, settings.event_lookback_seconds)
+    # a stream per key, about 4.5 KB however small (Redis preallocates its first node), for
+    # an hour after its last event; 0 keeps none, for senders of many keys no wait looks
+    # back on (and then no look-back finds one)
+    sent_id = (store.record_sent(key, data_json, now, settings.event_lookback_seconds)
+               if settings.event_lookback_seconds > 0 else None)
     # which: a later wait of the run looks back past it
     answer = dumps({"event": data, "sent_at": now, "sent_id": sent_id})
     woken = 0
