@@ -37,7 +37,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from .. import hooks
+from .. import defaults, hooks
 from ..config import get_settings
 from ..context import current
 from ..coroutines import can_wait_for_loop, on_process_loop
@@ -767,13 +767,25 @@ FAKE_API_KEY = "fake-key-for-the-local-server"
 
 
 def client_from_env(*, asynchronous: bool = False, **kwargs: Any) -> Any:
-    """OpenAI when ``OPENAI_API_KEY`` is set; else the local fake server at FLOWKIT_LLM_FAKE_URL.
-    ``asynchronous=True`` makes an :class:`AsyncOpenAI`."""
+    """OpenAI when ``OPENAI_API_KEY`` is set; else the local fake server, when
+    FLOWKIT_LLM_FAKE_URL says where it is (``flowkit dev``, the demo and the pytest plugin
+    set it); else a ConfigError. ``asynchronous=True`` makes an :class:`AsyncOpenAI`."""
     make: type[_Client] = AsyncOpenAI if asynchronous else OpenAI
     key = os.environ.get("OPENAI_API_KEY")
     if key:
         return make(api_key=key, base_url=os.environ.get("OPENAI_BASE_URL") or None, **kwargs)
-    return make(api_key=FAKE_API_KEY, base_url=get_settings().llm_fake_url, name="fake", **kwargs)
+    fake_url = get_settings().llm_fake_url
+    if not os.environ.get("FLOWKIT_LLM_FAKE_URL") and fake_url == defaults.LLM_FAKE_URL:
+        # a worker whose key was not mounted called the fake's default address: its steps
+        # failed with a bare "Connection error." (retried as transient), or, a fake
+        # running there, "succeeded" with its canned text
+        raise ConfigError("flowkit.llm.client_from_env(): OPENAI_API_KEY is not set; set it "
+                          "(with OPENAI_BASE_URL for another OpenAI-compatible provider), or "
+                          "set FLOWKIT_LLM_FAKE_URL to use a local fake LLM (flowkit dev, the "
+                          "demo and flowkit's pytest plugin set it).")
+    log.info("flowkit.llm.client_from_env(): OPENAI_API_KEY is not set: the calls go to the "
+             "fake LLM at %s (FLOWKIT_LLM_FAKE_URL)", fake_url)
+    return make(api_key=FAKE_API_KEY, base_url=fake_url, name="fake", **kwargs)
 
 
 def default_model() -> str:

@@ -424,3 +424,22 @@ def test_an_async_client_s_attributes_read_outside_async_code():
     assert client.api_key == "sk-outside"
     assert client.with_options(timeout=30).providers[0].client.timeout == 30
     assert client.models is not None
+
+
+def test_client_from_env_without_a_key_or_a_fake_llm_named_says_what_to_set(monkeypatch):
+    """It called the fake's default address: a worker whose key was not mounted failed each
+    step with a bare "Connection error.", retried as transient."""
+    from flowkit import config, defaults
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("FLOWKIT_LLM_FAKE_URL", raising=False)
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(
+        llm_fake_url=defaults.LLM_FAKE_URL))
+    for asynchronous in (False, True):
+        with pytest.raises(ConfigError, match=r"^flowkit.llm.client_from_env\(\): OPENAI_API_KEY "
+                           r"is not set; set it .* or set FLOWKIT_LLM_FAKE_URL to use a local"):
+            flowkit.llm.client_from_env(asynchronous=asynchronous)
+    monkeypatch.setenv("FLOWKIT_LLM_FAKE_URL", defaults.LLM_FAKE_URL)  # named: the fake
+    assert str(flowkit.llm.client_from_env().base_url).startswith(defaults.LLM_FAKE_URL)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    assert flowkit.llm.client_from_env().api_key == "sk-from-the-environment"
