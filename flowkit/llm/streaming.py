@@ -453,7 +453,10 @@ class AsyncTracedStream(TracedStream):
                     raise cut from None
                 raise
             except BaseException as exc:
-                self._finish(exc)
+                # the step's timeout cancels the read: its span says so, as a thread's does
+                # (it said "CancelledError: ", with no message)
+                timed_out = isinstance(exc, asyncio.CancelledError) and self._abandoned()
+                self._finish(self._abandon_error() if timed_out else exc)
                 raise
             try:
                 taken = self._take(chunk)

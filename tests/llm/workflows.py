@@ -517,6 +517,8 @@ streamed_tools = flowkit.Workflow("llmtest_stream_tools", [stream_tools],
                                   input_schema=prompt_schema, queue=QUEUE)
 stream_timed_out = flowkit.Workflow("llmtest_stream_timed_out", [stream.timeout(0.5)],
                                     input_schema=prompt_schema, queue=QUEUE)
+astream_timed_out = flowkit.Workflow("llmtest_astream_timed_out", [astream.timeout(0.5)],
+                                     input_schema=prompt_schema, queue=QUEUE)
 
 
 @component(name="llmtest.stream_or_not")
