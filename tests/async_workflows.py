@@ -232,6 +232,35 @@ async def streams_around_a_retried_sub_step(data: dict) -> dict:
     return {"text": text}
 
 
+@component(name="a.counted")
+async def counted(data: dict) -> dict:
+    count("counted")
+    return data
+
+
+#: The tasks a.leaves_a_task_running left running (kept: a task nobody holds may be collected).
+_LEFT_RUNNING: list[asyncio.Task] = []
+
+
+@component(name="a.leaves_a_task_running")
+async def leaves_a_task_running(data: dict) -> dict:
+    """Starts a task that calls a component once this step's attempt has ended."""
+    ctx = flowkit.context()
+    store = get_store()
+
+    async def later() -> None:
+        while not store.redis.exists(f"agate:{ctx.run_id}"):  # the test opens it once the run ended
+            await asyncio.sleep(0.02)
+        try:
+            await counted(data)
+            store.redis.set(f"amark:{ctx.run_id}:late_call_ran", 1)
+        except flowkit.RunCancelled as refused:
+            store.redis.set(f"amark:{ctx.run_id}:late_call_refused", str(refused))
+
+    _LEFT_RUNNING.append(asyncio.get_running_loop().create_task(later()))
+    return {"ok": True}
+
+
 @component(name="a.stubborn_sub")
 async def stubborn_sub(data: dict) -> dict:
     """Swallows the cancellation of its timeout and goes on to call a component."""
@@ -305,6 +334,7 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "gathering": wf("async_gathering", [gatherer]),
         "sub_step_retried": wf("async_sub_step_retried", [retries_slow_sub_step],
                                input_schema=number),
+        "leaving_a_task": wf("async_leaving_a_task", [leaves_a_task_running]),
         "sub_step_restreamed": wf("async_sub_step_restreamed",
                                   [streams_around_a_retried_sub_step]),
     }

@@ -343,3 +343,20 @@ def test_the_text_an_async_sub_step_streamed_before_it_failed_and_ran_again_is_d
     assert failed == {retried["sub_step"]}
     assert "".join(c for subs, c in chunks if not set(subs or ()) & failed) == (
         "Intro. Half and whole.")
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_component_called_by_a_task_its_step_left_running_is_refused_after_the_attempt(
+        on, pool):
+    """It ran its body and checkpointed into the run that had succeeded meanwhile."""
+    run = on(pool)["leaving_a_task"].start({"n": 1})
+    assert run.result(WAIT) == {"ok": True}
+    r = get_store().redis
+    r.set(f"agate:{run.id}", 1)
+    wait_until(lambda: r.exists(f"amark:{run.id}:late_call_refused")
+               or r.exists(f"amark:{run.id}:late_call_ran"), WAIT, "the late call to end")
+    said = r.get(f"amark:{run.id}:late_call_refused")
+    assert said is not None and "has ended; its call a.counted, made by a task or thread" in (
+        said.decode() if isinstance(said, bytes) else said)
+    assert counts(run) == {}
+    assert list(get_store().checkpoints(run.id)) == ["0:a.leaves_a_task_running"]

@@ -179,6 +179,9 @@ class StepContext:
     #: does not; _UNREAD until its first chunk), and the waits it went past (see replaying).
     _replay_until: Any = field(default=_UNREAD, repr=False)
     _waits_passed: set[str] = field(default_factory=set, repr=False)
+    #: Set when the attempt ended (:meth:`finish`): a call made after, from a task or a
+    #: thread it left running, is refused.
+    _ended: bool = field(default=False, repr=False)
 
     def at_end(self, finish: Any) -> None:
         """Call ``finish()`` when this attempt ends, unless it was called before."""
@@ -194,6 +197,7 @@ class StepContext:
 
     def finish(self) -> None:
         """The attempt ended: call what :meth:`at_end` was given (each may fail alone)."""
+        self._ended = True
         finishers, self._finishers = self._finishers, []
         self.unawaited_calls()  # a failed attempt's: not the next attempt's to answer for
         tasks, self._tasks = self._tasks, []
@@ -408,7 +412,16 @@ class StepContext:
         self._async_calls.clear()
         return names
 
+    def _refuse_if_ended(self, name: str) -> None:
+        """A call made once the attempt ended (by a task or a thread it left running) runs
+        no body and keeps no checkpoint: one ran, and checkpointed into a run that had
+        succeeded meanwhile."""
+        if self._ended:
+            raise RunCancelled(f"attempt {self.attempt} of step {self.step} has ended; its call "
+                               f"{name}, made by a task or thread it left running, is refused")
+
     async def _sub_step_async(self, key: str, component: Any, args: tuple, kwargs: dict) -> Any:
+        self._refuse_if_ended(key)  # called during the attempt, awaited after it
         self.end_with_attempt(asyncio.current_task())
         stored, spent = self.store.checkpoints_of(self.run_id, [key, key + SPENT])
         if stored is not None:
@@ -606,6 +619,7 @@ class StepContext:
         if self.abandoned_for(call):
             raise RunCancelled(f"attempt {self.attempt} of step {self.step} (or its sub-step) "
                                f"timed out; its call {name} is refused")
+        self._refuse_if_ended(name)
         keying = self.sub_step_keys if call is not None else ""
         if keying not in ("", NESTED_KEYS, ATTEMPT_KEYS):  # a later release's: not flat
             refused = ConfigError(
