@@ -261,6 +261,25 @@ async def leaves_a_task_running(data: dict) -> dict:
     return {"ok": True}
 
 
+@component(name="a.naps")
+async def naps(data: dict) -> dict:
+    await asyncio.sleep(0.05)
+    return {"napped": data["n"]}
+
+
+@component(name="a.starts_a_child")
+async def starts_a_child(data: dict) -> dict:
+    """Starts a run of a.naps (an async step, on this queue) and waits for its result:
+    awaited, or blocking this event loop (refused)."""
+    child = WORKFLOWS_BY_QUEUE[data["queue"]]["napping"].start({"n": data["n"]})
+    if data["awaits"]:
+        return await child.result_async(30)
+    try:
+        return child.result(30)
+    except RuntimeError as refused:
+        return {"refused": str(refused)}
+
+
 @component(name="a.stubborn_sub")
 async def stubborn_sub(data: dict) -> dict:
     """Swallows the cancellation of its timeout and goes on to call a component."""
@@ -335,9 +354,12 @@ def build(queue: str) -> dict[str, flowkit.Workflow]:
         "sub_step_retried": wf("async_sub_step_retried", [retries_slow_sub_step],
                                input_schema=number),
         "leaving_a_task": wf("async_leaving_a_task", [leaves_a_task_running]),
+        "napping": wf("async_napping", [naps]),
+        "starting_a_child": wf("async_starting_a_child", [starts_a_child]),
         "sub_step_restreamed": wf("async_sub_step_restreamed",
                                   [streams_around_a_retried_sub_step]),
     }
 
 
 WORKFLOWS = {pool: build(queue) for pool, queue in QUEUES.items()}
+WORKFLOWS_BY_QUEUE = {QUEUES[pool]: workflows for pool, workflows in WORKFLOWS.items()}

@@ -360,3 +360,17 @@ def test_a_component_called_by_a_task_its_step_left_running_is_refused_after_the
         said.decode() if isinstance(said, bytes) else said)
     assert counts(run) == {}
     assert list(get_store().checkpoints(run.id)) == ["0:a.leaves_a_task_running"]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_async_step_awaits_a_child_run_and_a_blocking_wait_on_its_loop_is_refused(on, pool):
+    """A blocking result() held up the loop the child's async step needed: the parent waited
+    out its whole timeout, told only "still running"."""
+    queue = aw.QUEUES[pool]
+    run = on(pool)["starting_a_child"].start({"n": 3, "awaits": True, "queue": queue})
+    assert run.result(WAIT) == {"napped": 3}
+    run = on(pool)["starting_a_child"].start({"n": 4, "awaits": False, "queue": queue})
+    said = run.result(WAIT)["refused"]
+    assert said.startswith("waiting for run ") and said.endswith(
+        "would block this event loop until it ends (its async steps may need this very loop): "
+        "await run.wait_async() or run.result_async() instead.")

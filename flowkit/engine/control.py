@@ -7,6 +7,7 @@ snapshot of a run's record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -20,6 +21,7 @@ from ulid import ULID
 
 from .. import defaults, events
 from ..config import get_settings
+from ..coroutines import can_wait_for_loop
 from ..errors import (
     BrokerUnavailable,
     ConfigError,
@@ -191,7 +193,19 @@ class Run:
 
     def result(self, timeout: float | None = None) -> Any:
         """The run's output; raises StepError if it failed, RunCancelled if cancelled."""
-        run = self.wait(timeout)
+        return self._outcome(self.wait(timeout), timeout)
+
+    async def wait_async(self, timeout: float | None = None) -> Run:
+        """:meth:`wait` for async code (an async step, an async web handler): it waits in a
+        thread, and the event loop goes on (the child run's async steps may run on it)."""
+        return await asyncio.to_thread(wait, self.id, timeout)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """:meth:`result` for async code (see :meth:`wait_async`)."""
+        return self._outcome(await self.wait_async(timeout), timeout)
+
+    @staticmethod
+    def _outcome(run: Run, timeout: float | None) -> Any:
         if run.state == RunState.SUCCEEDED:
             return run.output
         if run.state == RunState.FAILED:
@@ -540,6 +554,12 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
     recheck = get_settings().wait_recheck_seconds
     with get_store().watch_end(run_id) as watch:
         run = Run.load(run_id)  # read after subscribing: no end can slip between
+        if not run.done and timeout != 0 and not can_wait_for_loop():
+            # an async step waiting so for a child run held up the loop the child's async
+            # steps run on: it waited out its whole timeout, "still running"
+            raise RuntimeError(f"waiting for run {run_id} here would block this event loop "
+                               "until it ends (its async steps may need this very loop): "
+                               "await run.wait_async() or run.result_async() instead.")
         while not run.done:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
