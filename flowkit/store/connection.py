@@ -203,9 +203,14 @@ def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
             startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
             username=url.username, password=url.password,
             connection_class=_ClusterNodeConnection, **kwargs)
-    except RedisClusterUnreachableError as exc:
-        raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
-    except RedisClusterException as exc:
+    except (RedisClusterUnreachableError, RedisClusterException) as exc:
+        # redis-py says refused credentials in its text alone ("...cannot be connected...:
+        # invalid username-password pair"): said as unreachable, the processes started,
+        # told to "start it", and logged a traceback at each heartbeat
+        if refused_credentials(exc) or any(word in str(exc) for word in _REFUSALS):
+            raise refused(exc) from exc
+        if isinstance(exc, RedisClusterUnreachableError):
+            raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
         if "not enabled" not in str(exc):  # "Cluster mode is not enabled on this node"
             raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
         raise ConfigError(

@@ -261,3 +261,40 @@ def test_the_doctor_says_a_cluster_node_is_down_not_to_start_the_cluster(flowkit
     assert finding.message.startswith(f"The Redis Cluster at {down.url}, or one of its nodes, "
                                       "does not answer (")
     assert finding.fix.startswith("Start the node that is down, or wait for its replica")
+
+
+def test_a_cluster_that_refuses_the_password_is_said_so_and_a_worker_refuses_to_start(
+        cluster, flowkit_env):
+    """It was "cannot reach Redis; start it": the worker and web started, and the worker
+    logged a traceback at each heartbeat."""
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.conftest import ROOT  # noqa: PLC0415
+
+    nodes = primaries(cluster)
+    for node in nodes:
+        node.config_set("requirepass", "right")
+    try:
+        with pytest.raises(ConfigError, match=r"^flowkit's Redis refused its credentials \("):
+            probe(cluster.url.replace("redis+cluster://", "redis+cluster://:wrong@"))
+        assert probe(cluster.url.replace("redis+cluster://", "redis+cluster://:right@"))
+        doctor = cli("doctor", url=cluster.url.replace("redis+cluster://", "redis+cluster://:x@"))
+        assert "Traceback" not in doctor.stderr and "cannot reach" not in doctor.stdout + (
+            doctor.stderr)
+        assert "refused" in doctor.stdout + doctor.stderr
+        worker = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "--pool", "threads",
+             "--queues", "startup-checks", "--without-gossip", "--without-mingle"],
+            env={**os.environ, **flowkit_env, "FLOWKIT_REDIS_URL": cluster.url.replace(
+                "redis+cluster://", "redis+cluster://:wrong@")}, cwd=ROOT,
+            capture_output=True, text=True, timeout=60)
+        assert worker.returncode == 2, worker.stderr[-2000:]
+        [line] = [line for line in worker.stderr.splitlines() if "refuses to start" in line]
+        assert line.startswith("flowkit: worker refuses to start: flowkit's Redis refused its "
+                               "credentials (")
+        assert "Traceback" not in worker.stderr
+    finally:
+        for node in nodes:
+            redis.Redis(port=node.connection_pool.connection_kwargs["port"], password="right",
+                        socket_timeout=5).config_set("requirepass", "")
