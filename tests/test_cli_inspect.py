@@ -312,6 +312,9 @@ def test_doctor_checks_a_result_backend_of_its_own_answers(env):
 @pytest.mark.parametrize("a, b", [
     ("redis://localhost/0", "redis://:secret@127.0.0.1:6379"),
     ("amqp://guest:guest@localhost//", "amqp://other@127.0.0.1:5672/"),
+    # RabbitMQ's own spelling of the vhost "/" was another broker ("broker.same" failed)
+    ("amqp://guest:guest@localhost:5672/%2F", "amqp://guest:guest@localhost:5672//"),
+    ("amqp://h:5672/prod", "amqp://h:5672/%70rod"),
 ])
 def test_two_spellings_of_one_broker_are_one_address_without_credentials(a, b):
     from flowkit.engine.doctor import broker_address  # noqa: PLC0415

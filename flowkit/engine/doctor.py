@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import amqp.exceptions
 import kombu
@@ -407,8 +407,8 @@ def _address(url: str) -> str:
     path = parts.path
     if scheme in ("redis", "rediss"):
         path = "/" + (path.strip("/") or "0")
-    elif scheme == "amqp":
-        path = path if path not in ("", "/") else "//"
+    elif scheme == "amqp":  # the virtual host, as kombu reads it: /%2F and // are both "/"
+        path = "/" + (unquote(path[1:]) if path not in ("", "/") else "/")
     return f"{scheme}://{host}:{port}{path}"
 
 
