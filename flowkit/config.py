@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from . import defaults
 from .errors import ConfigError
 from .numbers import is_number, is_whole
-from .urls import redacted
+from .urls import amqp_options_read, redacted
 
 ENV_PREFIX = "FLOWKIT_"
 #: FLOWKIT_* variables read outside :class:`Settings`: by the web server's settings
@@ -201,6 +201,8 @@ class Settings:
                 "Redis one (redis://host:6379/0) or RabbitMQ's (amqp://user:password@host:5672/"
                 "vhost), or unset it to use FLOWKIT_REDIS_URL."
             )
+        if self.broker_url:
+            amqp_options_read(self.broker_url)
         if self.result_backend and ("://" not in self.result_backend or _scheme(
                 self.result_backend) not in RESULT_BACKEND_SCHEMES):
             raise ConfigError(

@@ -211,6 +211,28 @@ def for_celery(broker: str, backend: str) -> None:
     not_a_cluster(backend, "FLOWKIT_RESULT_BACKEND")
 
 
+#: The options of a RabbitMQ URL's query that kombu reads as numbers of seconds.
+AMQP_SECONDS = ("heartbeat", "connect_timeout")
+
+
+def amqp_options_read(broker: str) -> None:
+    """ConfigError when an option of a RabbitMQ URL's query that kombu reads as seconds is
+    no number (``?heartbeat=x``): it was a ValueError traceback from the worker and the
+    doctor."""
+    for one in broker.split(";"):  # a failover list
+        parts = urlsplit(one)
+        if parts.scheme not in ("amqp", "amqps", "pyamqp"):
+            continue
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            try:
+                if name in AMQP_SECONDS and value:
+                    float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"FLOWKIT_BROKER_URL={redacted(one)!r}: its ?{name}= is a number of "
+                    f"seconds, not {value!r}; fix it (heartbeat=60) or leave it out.") from None
+
+
 def shared_server_db(store_url: str, broker_url: str) -> int | None:
     """The broker's database number when ``broker_url`` names the very Redis server of
     ``store_url`` (plain ``redis://``, ``rediss://`` or ``unix://`` URLs alike in scheme, host,

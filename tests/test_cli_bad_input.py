@@ -275,6 +275,17 @@ def test_a_broker_or_result_backend_url_that_is_not_one_says_its_form(env, name,
     assert one_line(result) == f"flowkit run: {name}={redacted(url)!r} {form}"
 
 
+@pytest.mark.parametrize("command", [("run", "simple", "-i", "n=1", *APP), ("doctor", *APP)])
+def test_a_rabbitmq_url_option_of_seconds_that_is_no_number_is_one_line(env, command):
+    """?heartbeat=x was a ValueError traceback from the doctor and the worker."""
+    url = "amqp://ops:pw@127.0.0.1:1/prod?heartbeat=x"
+    result = cli(*command, env={**env, "FLOWKIT_BROKER_URL": url})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert one_line(result) == (
+        f"flowkit {command[0]}: FLOWKIT_BROKER_URL='amqp://***@127.0.0.1:1/prod?heartbeat=x': its "
+        "?heartbeat= is a number of seconds, not 'x'; fix it (heartbeat=60) or leave it out.")
+
+
 @pytest.mark.parametrize("query, named", [
     ("sentinel_password=spw&ssl=true&ssl_cert_reqs=required", "ssl"),
     ("sentinel_pasword=spw", "sentinel_pasword"),
