@@ -154,6 +154,15 @@ def test_app_resolves_from_the_current_directory_and_flowkit_app(env, tmp_path):
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert "cannot import 'nomod'" in missing.stderr and "-A your.module" in missing.stderr
+    # a missing import whose name begins the module's is the module's code to fix, not the -A
+    # ("langchain" inside langchain_flows was "run this from your project's root")
+    (tmp_path / "nomod_flows.py").write_text("import nomod\n")
+    prefixed = subprocess.run([sys.executable, "-m", "flowkit.cli", "run", "my_hi", "-A",
+                               "nomod_flows"], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+    assert prefixed.stderr.strip() == (
+        "flowkit run: importing 'nomod_flows' failed: No module named 'nomod' (at "
+        "nomod_flows.py:1); fix that import."), prefixed.stderr
     # no -A and no FLOWKIT_APP: the default is the reference deployment's module, not theirs
     # ("cannot import 'workers.celery_app' ...: run this from your project's root" misled)
     only_flowkit = tmp_path / "site"

@@ -213,7 +213,9 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
     shutil.copytree(FIXTURE, project)
     taken = socket.create_server(("127.0.0.1", 0))  # the port asked for is in use
     taken_port = taken.getsockname()[1]
-    theirs = f"redis://127.0.0.1:{redis_server.port}/5"  # a database no other test uses
+    # a database no other test uses; a password (the default user takes any) kept out of
+    # the status line, which printed it in clear
+    theirs = f"redis://default:s3cret@127.0.0.1:{redis_server.port}/5"
     # -A names the module of their Flask app (whose `app` is Flask's, not Celery's): the
     # worker and beat both find the flowkit Celery app its import made
     dev = Dev(project, "-A", "shop.web", "--web", "shop.web:app", "--port", str(taken_port),
@@ -223,7 +225,9 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
         dev.wait_for("Ctrl-C stops everything", timeout=120)
         exports = dev.exports()
         assert exports["FLOWKIT_REDIS_URL"] == theirs
-        assert f"redis at {theirs} (FLOWKIT_REDIS_URL)" in dev.output()
+        assert f"redis at redis://***@127.0.0.1:{redis_server.port}/5 (FLOWKIT_REDIS_URL)" in (
+            dev.output())
+        assert "s3cret" not in dev.output().replace(f"FLOWKIT_REDIS_URL={theirs}", "")
         note = re.search(rf"port {taken_port} is taken; the web app listens on (\d+)", dev.output())
         assert note, dev.output()
         port = int(note.group(1))
@@ -426,3 +430,17 @@ def test_a_reload_that_unmounted_or_moved_the_api_is_said_not_served(tmp_path, w
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert f"flowkit dev web: {says}" in result.stderr, result.stderr
+
+
+def test_a_reload_waits_out_the_workers_drain_then_its_hand_over(monkeypatch):
+    """A drain set longer than dev's 3 s (the deploy recipes' 30 s, exported in the shell)
+    was cut at 8 s: the step in flight was not handed over, and a few saves during one step
+    failed its run as a crash."""
+    from flowkit import config  # noqa: PLC0415
+    from flowkit.cli import dev  # noqa: PLC0415
+
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(drain_grace=30))
+    assert dev._grace(dev.RELOAD_GRACE) == 30 + dev.RELOAD_GRACE
+    assert dev._grace(dev.STOP_GRACE) == 30 + dev.STOP_GRACE
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(drain_grace=3))
+    assert dev._grace(dev.RELOAD_GRACE) == 8.0  # as it was with dev's own drain

@@ -55,7 +55,7 @@ def load_app(args: argparse.Namespace) -> ModuleType:
     except UsageError:
         raise
     except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name) and given == DEFAULT_APP and not (
+        if _names_it(exc.name, name) and given == DEFAULT_APP and not (
                 getattr(args, "app", None) or os.environ.get("FLOWKIT_APP")):
             # the reference deployment's module, which the user never named: "run this
             # from your project's root" misled one who was there
@@ -63,7 +63,7 @@ def load_app(args: argparse.Namespace) -> ModuleType:
                 f"no -A given and FLOWKIT_APP is not set (the default, {DEFAULT_APP}, is not "
                 "here): pass -A your.module (the module of your workflows, as for celery -A), "
                 "or export FLOWKIT_APP as flowkit dev prints it.") from None
-        if exc.name and name.startswith(exc.name):
+        if _names_it(exc.name, name):
             raise UsageError(
                 f"cannot import {name!r} (no module {exc.name!r} from {os.getcwd()}): run this "
                 "from your project's root, or pass -A your.module (or set FLOWKIT_APP)."
@@ -112,3 +112,10 @@ def unknown_workflow(args: argparse.Namespace, name: str) -> WorkflowNotFound:
         f"No workflow named {quoted(name)} (in {app_module_name(args)}: {known})."
         f"{did_you_mean(name, names) if len(name) <= 100 else ''} Check the name, or pass -A/--app with the module that "
         "imports your workflows.")
+
+
+def _names_it(missing: str | None, name: str) -> bool:
+    """Whether the module found missing is ``name`` or a package of it (the -A is wrong),
+    not another one it imports: a prefix of the name (``langchain`` inside
+    ``langchain_flows``) was taken for a wrong -A, "run this from your project's root"."""
+    return bool(missing) and (name == missing or name.startswith(missing + "."))

@@ -44,17 +44,21 @@ from urllib.parse import urlsplit
 from ..config import get_settings, reset
 from ..defaults import DEV_API_PREFIX_VARIABLE
 from ..engine.control import live_workers
+from ..errors import ConfigError
+from ..urls import redacted
 from ..workflow import workflows
 from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
 from .routing import routed_queues
 from .supervisor import Child, ChildFailed, Stopped, Supervisor
 from .usage import CodeError, UsageError, whole_number
 
-#: Seconds the worker, beat, web app and LLM server have to stop after SIGTERM.
+#: Seconds the worker, beat, web app and LLM server have to stop after SIGTERM, past
+#: FLOWKIT_DRAIN_GRACE (see :func:`_grace`).
 STOP_GRACE = 10.0
-#: Seconds a reloaded worker and web app have to stop before SIGKILL: a running step is
-#: handed over to the next worker after FLOWKIT_DRAIN_GRACE (3 s in dev, see below).
-RELOAD_GRACE = 8.0
+#: Seconds a reloaded worker and web app have to stop before SIGKILL, past the drain: a
+#: running step is handed over to the next worker after FLOWKIT_DRAIN_GRACE (3 s in dev,
+#: see below).
+RELOAD_GRACE = 5.0
 #: Seconds everything has to come up at start (a reloaded child has no deadline: a file
 #: saved half-way may break it until the next save).
 START_TIMEOUT = 90.0
@@ -159,7 +163,7 @@ def dev(args: argparse.Namespace) -> int:
             supervisor.say(f"{exc}; stopping everything")
             code = 1
         finally:
-            supervisor.stop_all(STOP_GRACE)
+            supervisor.stop_all(_grace(STOP_GRACE))
             shutil.rmtree(tmp, ignore_errors=True)
             supervisor.say("stopped")
     return code
@@ -308,7 +312,7 @@ def _start_backing_services(supervisor: Supervisor, env: dict[str, str], tmp: st
         ready.append("llm")
         supervisor.start("llm")
     supervisor.wait_ready(ready, START_TIMEOUT)
-    where = env.get("FLOWKIT_REDIS_URL") or os.environ["FLOWKIT_REDIS_URL"]
+    where = redacted(env.get("FLOWKIT_REDIS_URL") or os.environ["FLOWKIT_REDIS_URL"])
     supervisor.say(f"redis at {where}" + ("" if "redis" in ready else " (FLOWKIT_REDIS_URL)"))
     if "llm" in ready:
         supervisor.say(f"local OpenAI-compatible server at {env['FLOWKIT_LLM_FAKE_URL']} "
@@ -374,7 +378,7 @@ def _serve(supervisor: Supervisor) -> None:
 
 def _reload(supervisor: Supervisor, paths: list[str]) -> None:
     supervisor.say(f"reload: {_listed(paths)} changed; restarting {' and '.join(RELOADED)}")
-    supervisor.stop(RELOADED, RELOAD_GRACE)
+    supervisor.stop(RELOADED, _grace(RELOAD_GRACE))
     worker = supervisor.children["worker"]
     if "--quiet" not in worker.argv:  # Celery's 45-line banner once, not at every reload
         worker.argv = [*worker.argv, "--quiet"]
@@ -523,3 +527,14 @@ def _http_answers(url: str) -> bool:
     except (urllib.error.URLError, OSError):
         return False
 
+
+
+def _grace(margin: float) -> float:
+    """How long a worker has to stop before SIGKILL: its drain (FLOWKIT_DRAIN_GRACE, 3 s in
+    dev unless set) and ``margin`` for its hand-over. A drain set longer (the deploy
+    recipes' 30 s, exported in the shell) was cut at 8 s: the step in flight was not handed
+    over, the reaper counted a crash, and a few saves during one step failed its run."""
+    try:
+        return get_settings().drain_grace + margin
+    except ConfigError:
+        return 3.0 + margin
