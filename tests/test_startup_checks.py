@@ -125,6 +125,24 @@ def test_a_worker_refuses_to_start_when_its_broker_refuses_its_credentials(
     assert "wrong" not in line  # the password is not shown
 
 
+@pytest.mark.parametrize("refused", ["FLOWKIT_BROKER_URL", "FLOWKIT_REDIS_URL"])
+def test_beat_refuses_to_start_in_one_line_on_refused_credentials(
+        flowkit_env, locked_redis, tmp_path, refused):
+    """Beat ran none of the worker's checks: a refused broker ended it in a 1,100-line
+    traceback, refused sentinel credentials looped for ever."""
+    wrong = f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"
+    env = {**env_for(flowkit_env, flowkit_env["FLOWKIT_REDIS_URL"]), refused: wrong}
+    beat = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.app", "beat",
+                           "--schedule", str(tmp_path / "schedule")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert beat.returncode == 2 and "Traceback" not in beat.stderr, beat.stderr[-2000:]
+    [line] = [line for line in beat.stderr.splitlines() if "refuses to start" in line]
+    said = ("flowkit: beat refuses to start: the Celery broker at " if refused.endswith("BROKER_URL")
+            else f"flowkit: beat refuses to start: {REFUSED} (")
+    assert line.startswith(said), line
+    assert "wrong" not in line
+
+
 def unwrapped(text: str) -> str:
     """The doctor's report with its lines joined: it wraps at the terminal's width, which a
     longer port number or a narrower terminal moves (one phrase split across two lines)."""

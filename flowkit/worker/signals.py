@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from celery import bootsteps, signals
 from celery.concurrency.prefork import TaskPool as Prefork
@@ -37,14 +38,30 @@ log = logging.getLogger("flowkit.worker")
 
 def refuse_bad_config(sender=None, **_) -> None:
     settings = get_settings()
+    _refuse_unless_sound("worker", lambda: doctor.say(check_broker_timeout(settings), "worker",
+                                                      log))
+
+
+def refuse_bad_beat_config(sender=None, **_) -> None:
+    """Beat checks what a worker does as it starts: it ended a refused broker password in a
+    1,100-line traceback, and looped for ever on refused sentinel credentials or a
+    Cluster URL with a database, where a worker said each in one line and exited 2."""
+    _refuse_unless_sound("beat")
+
+
+def _refuse_unless_sound(who: str, more: Callable[[], None] | None = None) -> None:
+    """Say what the startup checks find; exit 2 in one line on a setting to fix."""
+    settings = get_settings()
     try:
-        doctor.say(check_broker_timeout(settings), "worker", log)
-        doctor.say(doctor.startup_findings(settings.redis_url), "worker", log)
-        doctor.say(doctor.broker_startup_findings(settings.broker, settings.redis_url),
-                   "worker", log)
+        if more is not None:
+            more()
+        doctor.say(doctor.startup_findings(settings.redis_url), who, log)
+        doctor.say(doctor.broker_startup_findings(settings.broker, settings.redis_url), who, log)
         schedules.check_declared()
     except ConfigError as exc:
-        print(f"flowkit: worker refuses to start: {exc}", file=sys.stderr, flush=True)
+        # beat has redirected sys.stderr into its log by now ("[...: WARNING/MainProcess]")
+        stream = sys.stderr if who == "worker" else sys.__stderr__
+        print(f"flowkit: {who} refuses to start: {exc}", file=stream, flush=True)
         raise SystemExit(2) from None
 
 
@@ -304,5 +321,6 @@ def connect() -> None:
     signals.worker_ready.connect(serve_metrics, dispatch_uid="flowkit.serve_metrics")
     signals.worker_process_shutdown.connect(child_exiting, dispatch_uid="flowkit.child_exiting")
     signals.worker_shutdown.connect(stop_metrics, dispatch_uid="flowkit.stop_metrics")
+    signals.beat_init.connect(refuse_bad_beat_config, dispatch_uid="flowkit.refuse_bad_beat")
     signals.beat_init.connect(declare_schedules, dispatch_uid="flowkit.declare_schedules")
     signals.task_unknown.connect(hand_back, dispatch_uid="flowkit.hand_back")
