@@ -337,6 +337,23 @@ def shared_loop() -> asyncio.AbstractEventLoop | None:
     return _shared.get("loop") if _shared.get("pid") == os.getpid() else None
 
 
+def on_shared_loop() -> bool:
+    """Whether the caller runs on this process's loop for async steps (an async step, or
+    code it calls): blocking there holds up every async step of the process. Not another
+    loop's code (Playwright's sync API runs one under the caller's sync code)."""
+    loop = shared_loop()
+    if loop is None:
+        return False
+    if gevent_patched():
+        import gevent
+
+        return gevent.getcurrent() is _shared.get("greenlet")
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def _process_loop() -> asyncio.AbstractEventLoop:
     """This process's event loop for async steps, made on first use (again after a fork):
     in a greenlet of its own on gevent, else in a daemon thread of its own."""

@@ -372,5 +372,6 @@ def test_an_async_step_awaits_a_child_run_and_a_blocking_wait_on_its_loop_is_ref
     run = on(pool)["starting_a_child"].start({"n": 4, "awaits": False, "queue": queue})
     said = run.result(WAIT)["refused"]
     assert said.startswith("waiting for run ") and said.endswith(
-        "would block this event loop until it ends (its async steps may need this very loop): "
-        "await run.wait_async() or run.result_async() instead.")
+        "would block the event loop of this process's async steps until it ends (its own "
+        "async steps may need that very loop): await run.wait_async() or run.result_async() "
+        "instead.")

@@ -270,6 +270,35 @@ def test_the_web_process_refuses_to_start_on_refused_credentials(flowkit_env, lo
     assert f"flowkit web refuses to start: {REFUSED}" in result.stderr
 
 
+def test_the_web_process_refuses_to_start_when_its_broker_refuses_it(flowkit_env, locked_redis):
+    """It started without a word, its /healthz said ok, and it answered every start 503."""
+    env = {**env_for(flowkit_env, flowkit_env["FLOWKIT_REDIS_URL"]),
+           "FLOWKIT_BROKER_URL": f"redis://:wrong@127.0.0.1:{locked_redis.port}/0"}
+    result = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert (f"flowkit web refuses to start: the Celery broker at redis://***@127.0.0.1:"
+            f"{locked_redis.port}/0 refused its credentials (") in result.stderr
+
+
+def test_a_database_the_redis_lacks_is_one_line_as_the_web_process_and_a_worker_start(
+        flowkit_env):
+    """/99: the web process's start was a 60-line traceback, and a worker retried for ever."""
+    url = flowkit_env["FLOWKIT_REDIS_URL"].rsplit("/", 1)[0] + "/99"
+    said = (f"the database index in FLOWKIT_REDIS_URL={url} is out of range for that Redis "
+            "server (Redis has 16, 0-15, unless `databases` in redis.conf says more); use one it "
+            "has, e.g. redis://host:port/0.")
+    env = env_for(flowkit_env, url)
+    web = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert web.returncode == 2 and "Traceback" not in web.stderr, web.stderr[-2000:]
+    assert f"flowkit web refuses to start: {said}" in web.stderr
+    started = worker(env)
+    assert started.returncode == 2 and "Traceback" not in started.stderr, started.stderr[-2000:]
+    assert [line for line in started.stderr.splitlines() if "refuses to start" in line] == [
+        f"flowkit: worker refuses to start: {said}"]
+
+
 def test_the_web_process_warns_of_a_redis_that_would_lose_work(flowkit_env, risky_redis):
     env = {**env_for(flowkit_env, risky_redis.url), "FLOWKIT_WEB_CONTROL_SOCKET": "off"}
     proc = subprocess.Popen(gunicorn(env), env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)

@@ -119,13 +119,16 @@ def on_starting(server: Any) -> None:
     the credentials, instead of answering 503 to every request, or when the URLs Celery
     would be given cannot work (a Redis Cluster as the broker: every start was a 500)."""
     from ..config import get_settings
-    from ..engine.doctor import say, startup_findings
+    from ..engine.doctor import broker_startup_findings, say, startup_findings
     from ..errors import ConfigError
     from ..urls import for_celery
 
+    settings = get_settings()
     try:
-        for_celery(get_settings().broker, get_settings().backend)
-        say(startup_findings(get_settings().redis_url), "web", server.log)
+        for_celery(settings.broker, settings.backend)
+        say(startup_findings(settings.redis_url), "web", server.log)
+        # a broker that refuses this process: it started, and answered every start 503
+        say(broker_startup_findings(settings.broker, settings.redis_url), "web", server.log)
     except ConfigError as exc:
         server.log.error("flowkit web refuses to start: %s", exc)
         raise SystemExit(2) from None

@@ -17,6 +17,7 @@ from ..config import configure, get_settings
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
 from ..store import (
     DEMOTED,
+    database_out_of_range,
     demoted,
     is_redis_url,
     no_primary,
@@ -185,8 +186,4 @@ def _usage(where: str, message: str) -> int:
 
 
 def _db_message(name: str, url: str) -> str:
-    example = ("redis+sentinel://host:port,.../service/0" if url.startswith("redis+sentinel://")
-               else "redis://host:port/0")  # a Sentinel URL was shown a plain one
-    return (f"the database index in {name}={redacted(url)} is out of range for that Redis "
-            "server (Redis has 16, 0-15, unless `databases` in redis.conf says more); "
-            f"use one it has, e.g. {example}.")
+    return database_out_of_range(name, url)

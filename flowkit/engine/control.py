@@ -21,7 +21,7 @@ from ulid import ULID
 
 from .. import defaults, events
 from ..config import get_settings
-from ..coroutines import can_wait_for_loop
+from ..coroutines import on_shared_loop
 from ..errors import (
     BrokerUnavailable,
     ConfigError,
@@ -554,12 +554,13 @@ def wait(run_id: str, timeout: float | None = None) -> Run:
     recheck = get_settings().wait_recheck_seconds
     with get_store().watch_end(run_id) as watch:
         run = Run.load(run_id)  # read after subscribing: no end can slip between
-        if not run.done and timeout != 0 and not can_wait_for_loop():
+        if not run.done and timeout != 0 and on_shared_loop():
             # an async step waiting so for a child run held up the loop the child's async
             # steps run on: it waited out its whole timeout, "still running"
-            raise RuntimeError(f"waiting for run {run_id} here would block this event loop "
-                               "until it ends (its async steps may need this very loop): "
-                               "await run.wait_async() or run.result_async() instead.")
+            raise RuntimeError(f"waiting for run {run_id} here would block the event loop of "
+                               "this process's async steps until it ends (its own async "
+                               "steps may need that very loop): await run.wait_async() or "
+                               "run.result_async() instead.")
         while not run.done:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:

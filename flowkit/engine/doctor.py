@@ -363,7 +363,7 @@ def broker_startup_findings(broker_url: str, store_url: str, timeout: float = 3.
         if scheme in _PROBED_AMQP:
             _rabbitmq_version(broker_url, timeout)
         else:
-            probe(broker_url, timeout)
+            probe(broker_url, timeout, "FLOWKIT_BROKER_URL")
     except amqp.exceptions.AMQPError as exc:
         raise ConfigError(f"the Celery broker at {redacted(broker_url)} refused flowkit "
                           f"({str(exc).rstrip('.')}): {AMQP_REFUSED_FIX[0].lower()}"

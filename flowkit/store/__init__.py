@@ -14,6 +14,7 @@ from ..config import get_settings
 from ..locks import ForkSafeLock
 from .connection import (
     DEMOTED,
+    database_out_of_range,
     demoted,
     is_redis_url,
     lost_connection,
@@ -28,7 +29,7 @@ from .streams import EndWatch, Entry, StreamReader
 
 __all__ = ["DEMOTED", "HANDED_OVER", "SPENT", "Begin", "BrokerMessages", "EndWatch", "Ended", "Entry", "Store", "StreamReader", "demoted", "get_store",
            "is_redis_url", "lost_connection", "no_primary", "refused_credentials", "sentinels_refused",
-           "refused_database", "said_no_primary"]
+           "refused_database", "said_no_primary", "database_out_of_range"]
 
 _stores: dict[float | None, Store] = {}
 _made_for: tuple[int, object] | None = None

@@ -437,6 +437,15 @@ def refused_credentials(exc: BaseException) -> bool:
     return any(isinstance(cause, REFUSED) for cause in _chain(exc))
 
 
+def database_out_of_range(name: str, url: str) -> str:
+    """What a URL whose database the Redis lacks (``/99``) is told."""
+    example = ("redis+sentinel://host:port,.../service/0" if url.startswith("redis+sentinel://")
+               else "redis://host:port/0")  # a Sentinel URL was shown a plain one
+    return (f"the database index in {name}={redacted(url)} is out of range for that Redis "
+            "server (Redis has 16, 0-15, unless `databases` in redis.conf says more); "
+            f"use one it has, e.g. {example}.")
+
+
 def refused_database(exc: BaseException) -> bool:
     """Whether Redis refused the URL's database number (SELECT past its ``databases``),
     anywhere in ``exc``'s chain: kombu and flowkit wrap redis-py's error."""

@@ -18,9 +18,18 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ..urls import redacted
-from .connection import NOT_REDIS, REFUSED, UNREACHABLE, from_url, not_redis, refused
+from .connection import (
+    NOT_REDIS,
+    REFUSED,
+    UNREACHABLE,
+    database_out_of_range,
+    from_url,
+    not_redis,
+    refused,
+    refused_database,
+)
 
 
 def describe(client: redis.Redis) -> dict[str, Any]:
@@ -84,10 +93,11 @@ def _weakest(primaries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def probe(url: str, timeout: float = 2.0) -> dict[str, Any]:
+def probe(url: str, timeout: float = 2.0, setting: str = "FLOWKIT_REDIS_URL") -> dict[str, Any]:
     """:func:`describe` the Redis at ``url`` over a connection of its own (then closed), at
     once: StoreUnavailable when it does not answer within ``timeout`` seconds, ConfigError
-    when it refuses the credentials or is no Redis."""
+    when it refuses the credentials, is no Redis, or has not the URL's database (named
+    as ``setting``)."""
     client = from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                       decode_responses=True)
     try:
@@ -98,5 +108,9 @@ def probe(url: str, timeout: float = 2.0) -> dict[str, Any]:
         raise not_redis(exc, f"The server at {redacted(url)}") from exc
     except UNREACHABLE as exc:
         raise StoreUnavailable(f"Redis at {redacted(url)} is unreachable: {exc}") from exc
+    except redis.ResponseError as exc:
+        if refused_database(exc):  # /99: the web process's start was a 60-line traceback
+            raise ConfigError(database_out_of_range(setting, url)) from exc
+        raise
     finally:
         client.close()

@@ -180,3 +180,22 @@ def test_a_running_run_whose_next_step_no_worker_takes_says_so(store, worker, st
     assert run.result(20) == {"n": 3}
     assert flowkit.get_run(run.id).waiting_for is None
 
+
+
+def test_healthz_is_degraded_when_the_workers_take_steps_from_another_broker(
+        store, worker, monkeypatch):
+    """A web process sending to another database (a vhost, a kind of broker) than its
+    workers take from said ok, while its runs sat queued until the reaper sent them again."""
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    settings = config.get_settings()
+    elsewhere = settings.broker.rsplit("/", 1)[0] + "/14"
+    monkeypatch.setattr(config, "_settings", settings.replace(broker_url=elsewhere))
+    detailed = health({"workflows": ["simple"]})
+    assert detailed["status"] == "degraded"
+    [said] = detailed["problems"]
+    assert said.startswith(f"This process sends steps to the broker at {elsewhere}, but "
+                           "worker(s) "), said
+    assert said.endswith("Set FLOWKIT_BROKER_URL (or FLOWKIT_REDIS_URL, when the broker is "
+                         "the store's Redis) here as on the workers.")
+    monkeypatch.setattr(config, "_settings", settings)
+    assert health({"workflows": ["simple"]})["status"] == "ok"

@@ -6,8 +6,9 @@ a caller with full access (:attr:`flowkit.api.auth.Access.full`): they map the d
 
 ``ok`` when Redis answers and every queue a served workflow routes to has a live
 consumer; ``degraded`` (still 200: this process serves) when no worker is alive, a queue
-has none, or the reaper found a worker whose consumer takes nothing from a queue where
-messages wait (flowkit.engine.consumers), with a ``problems`` list saying which; 503 with ``Retry-After`` when
+has none, the reaper found a worker whose consumer takes nothing from a queue where
+messages wait (flowkit.engine.consumers), or the workers take steps from another broker
+than this process sends them to, with a ``problems`` list saying which; 503 with ``Retry-After`` when
 Redis does not answer within FLOWKIT_API_REDIS_RETRY_SECONDS.
 """
 
@@ -19,7 +20,7 @@ import time
 from flask import Blueprint, request
 from flask_sock import Sock
 
-from ...engine import consumers, control
+from ...engine import consumers, control, doctor
 from ..state import ApiState, state
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ def healthz():
                 problems.append(f"no live worker of queue {queue} defines workflow {wf.name} "
                                 "(its workers' app does not import it): its steps are dropped")
         problems += consumers.reported(current.store)
+        # the workers take steps from another broker (database, vhost, kind) than this
+        # process sends them to: its runs wait, queued, for the reaper (it said "ok")
+        problems += [f"{f.message} {f.fix}" for f in doctor.same_broker(
+            current.store.settings.broker, workers) if f.level == doctor.FAILURE]
     status = {"status": "degraded" if problems else "ok", "redis": True}
     if not _full_access(current):
         return status
