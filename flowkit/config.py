@@ -174,14 +174,16 @@ class Settings:
     def checked(self) -> Settings:
         for f in fields(self):
             _check_value(f.name, getattr(self, f.name), type(f.default))
+        if "://" in self.redis_url and _scheme(self.redis_url) == "sentinel":
+            # Celery's spelling of a Sentinel URL was told first to be written redis://
+            raise ConfigError(
+                f"FLOWKIT_REDIS_URL={redacted(self.redis_url)} is Celery's spelling of sentinels "
+                "(sentinel://, a broker's); write flowkit's: redis+sentinel://host:port,"
+                "host:port/service/db.")
         if "://" not in self.redis_url or _scheme(self.redis_url) not in STORE_SCHEMES:
-            # Celery's spelling of a Sentinel URL was told to be written redis://
-            sentinels = (" Through sentinels, write redis+sentinel://host:port,host:port/"
-                         "service/db (sentinel:// is Celery's broker spelling)."
-                         if _scheme(self.redis_url) == "sentinel" else "")
             raise ConfigError(  # the CLI's words for a URL redis-py refuses, said sooner
                 f"FLOWKIT_REDIS_URL={redacted(self.redis_url)} is not a Redis URL; write it "
-                f"as redis://host:port/db, e.g. redis://localhost:6379/0.{sentinels}")
+                f"as redis://host:port/db, e.g. redis://localhost:6379/0.")
         if self.heartbeat_lapse <= self.heartbeat_interval:
             raise ConfigError(
                 f"FLOWKIT_HEARTBEAT_LAPSE ({self.heartbeat_lapse}s) must be longer than "

@@ -315,7 +315,9 @@ def celery_redis_url(url: str) -> str:
 SENTINELS_REFUSED = ("the sentinels of {url} refused their credentials ({why}): give their "
                      "password as ?sentinel_password=... in FLOWKIT_REDIS_URL (redis+sentinel://"
                      ":DATA_PASSWORD@host:port,host:port/service/db?sentinel_password=SENTINEL_"
-                     "PASSWORD; the sentinels' is their requirepass).")
+                     "PASSWORD; the sentinels' is their requirepass), or, when those addresses "
+                     "are your Redis servers rather than their sentinels (a sentinel listens on "
+                     "26379 by default), list the sentinels'.")
 
 #: What to say when the sentinels of ``url`` name no primary that is up.
 NO_PRIMARY = ("the sentinels of {url} name no primary of that service that is up: check the "

@@ -421,9 +421,11 @@ def test_settings_come_from_flowkit_env_vars():
     ({"redis_url": 5}, "FLOWKIT_REDIS_URL (redis_url=) is a string, not 5"),
     ({"redis_url": "localhost:6379"}, "FLOWKIT_REDIS_URL=localhost:6379 is not a Redis URL; write it as "
                                       "redis://host:port/db"),
-    # Celery's spelling of a Sentinel URL was told to be written redis://, no word of sentinels
-    ({"redis_url": "sentinel://127.0.0.1:26379"}, "Through sentinels, write redis+sentinel://"
-                                                  "host:port,host:port/service/db"),
+    # Celery's spelling of a Sentinel URL was told first to be written redis://
+    ({"redis_url": "sentinel://127.0.0.1:26379"}, "FLOWKIT_REDIS_URL=sentinel://127.0.0.1:26379 "
+                                                  "is Celery's spelling of sentinels (sentinel://, "
+                                                  "a broker's); write flowkit's: redis+sentinel://"
+                                                  "host:port,host:port/service/db."),
     ({"api_open": "yes"}, "FLOWKIT_API_OPEN (api_open=) is True or False, not 'yes'"),
     ({"heartbeat_interval": float("nan")}, "is a finite number, not nan"),
     ({"wait_recheck_seconds": -1}, "FLOWKIT_WAIT_RECHECK_SECONDS (wait_recheck_seconds=) is "

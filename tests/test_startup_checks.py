@@ -254,7 +254,9 @@ def test_a_worker_refuses_to_start_when_the_sentinels_refuse_their_credentials(
     assert line.endswith("give their password as ?sentinel_password=... in FLOWKIT_REDIS_URL "
                          "(redis+sentinel://:DATA_PASSWORD@host:port,host:port/service/db"
                          "?sentinel_password=SENTINEL_PASSWORD; the sentinels' is their "
-                         "requirepass).")
+                         "requirepass), or, when those addresses are your Redis servers rather "
+                         "than their sentinels (a sentinel listens on 26379 by default), list "
+                         "the sentinels'.")
 
 
 def gunicorn(env: dict) -> list[str]:
