@@ -132,12 +132,17 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
             assert expected in commands, f"{expected!r} not among its processes: {commands}"
         worker_before = {pid for pid, (_, cmd) in procs.items()
                          if "flowkit.cli.devworker" in cmd and "--beat" not in cmd}
+        beat_before = {pid for pid, (_, cmd) in procs.items() if "--beat" in cmd}
 
         components = project / "shop" / "components.py"
         components.write_text(components.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
-        dev.wait_for("reload: shop/components.py changed; restarting worker and web", timeout=30)
+        dev.wait_for("reload: shop/components.py changed; restarting worker, web and beat",
+                     timeout=30)
         dev.wait_for_all(["worker reloaded", "web reloaded"], timeout=90)
         assert not _alive({pid: procs[pid] for pid in worker_before}), "the old worker still runs"
+        # beat too, which stores the schedules the code declares as it starts
+        assert not _alive({pid: procs[pid] for pid in beat_before}), "the old beat still runs"
+        assert any("--beat" in cmd for _, cmd in _tree(dev.proc.pid).values()), "no beat runs"
         # Celery's banner (45 lines) at the start only: at every reload it hid the reload's lines
         assert sum("[tasks]" in line for line in dev.lines) == 1, dev.output()
 
@@ -444,3 +449,22 @@ def test_a_reload_waits_out_the_workers_drain_then_its_hand_over(monkeypatch):
     assert dev._grace(dev.STOP_GRACE) == 30 + dev.STOP_GRACE
     monkeypatch.setattr(config, "_settings", config.get_settings().replace(drain_grace=3))
     assert dev._grace(dev.RELOAD_GRACE) == 8.0  # as it was with dev's own drain
+
+
+def test_the_reload_watcher_skips_the_project_s_virtualenvs_whatever_their_name(tmp_path):
+    """watchfiles skips .venv alone: a pip install into venv/ restarted the worker and web."""
+    from watchfiles import PythonFilter  # noqa: PLC0415
+
+    from flowkit.cli.dev import virtualenvs  # noqa: PLC0415
+
+    for name in ("venv", "env", "myapp"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert virtualenvs(tmp_path) == [tmp_path / "env", tmp_path / "venv"]
+    only_code = PythonFilter(ignore_paths=virtualenvs(tmp_path))
+    from watchfiles import Change  # noqa: PLC0415
+
+    installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pkg" / "mod.py"
+    assert not only_code(Change.added, str(installed))
+    assert only_code(Change.modified, str(tmp_path / "myapp" / "flows.py"))

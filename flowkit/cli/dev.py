@@ -68,9 +68,12 @@ DEBOUNCE_MS = 300
 #: The local OpenAI-compatible server's program (``-m`` would warn: flowkit.testing
 #: imports the module before running it).
 FAKE_LLM_SERVER = "from flowkit.testing.fake_openai import main; main()"
-#: The children restarted when code changes: the two that import the user's code and
-#: serve it (beat only sends flowkit's own tasks by name).
+#: The children restarted when code changes, and waited for: the two that import the
+#: user's code and serve it.
 RELOADED = ("worker", "web")
+#: Restarted too, not waited for: beat stores the schedules the code declares as it starts
+#: (a schedule added, changed or removed in the code was not, until dev restarted).
+RESTARTED = ("beat",)
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -377,22 +380,26 @@ def _serve(supervisor: Supervisor) -> None:
 
 
 def _reload(supervisor: Supervisor, paths: list[str]) -> None:
-    supervisor.say(f"reload: {_listed(paths)} changed; restarting {' and '.join(RELOADED)}")
-    supervisor.stop(RELOADED, _grace(RELOAD_GRACE))
-    worker = supervisor.children["worker"]
-    if "--quiet" not in worker.argv:  # Celery's 45-line banner once, not at every reload
-        worker.argv = [*worker.argv, "--quiet"]
-    for name in RELOADED:
+    supervisor.say(f"reload: {_listed(paths)} changed; restarting worker, web and beat")
+    supervisor.stop((*RELOADED, *RESTARTED), _grace(RELOAD_GRACE))
+    for name in ("worker", "beat"):  # Celery's banner once, not at every reload
+        child = supervisor.children[name]
+        if "--quiet" not in child.argv:
+            child.argv = [*child.argv, "--quiet"]
+    for name in (*RELOADED, *RESTARTED):
         supervisor.start(name)
 
 
 def _watch(supervisor: Supervisor, project: Path) -> None:
     """Post ("changed", paths) for every batch of Python files changed under ``project``
-    (watchfiles skips .venv, .git, __pycache__ and the like)."""
+    (watchfiles skips .venv, .git, __pycache__ and the like; flowkit the project's
+    virtualenvs of other names too)."""
     from watchfiles import PythonFilter, watch
 
+    only_code = PythonFilter(ignore_paths=virtualenvs(project))
+
     def run() -> None:
-        for changes in watch(project, watch_filter=PythonFilter(), debounce=DEBOUNCE_MS,
+        for changes in watch(project, watch_filter=only_code, debounce=DEBOUNCE_MS,
                              raise_interrupt=False):
             supervisor.events.put(("changed", _changed(project, changes)))
 
@@ -538,3 +545,14 @@ def _grace(margin: float) -> float:
         return get_settings().drain_grace + margin
     except ConfigError:
         return 3.0 + margin
+
+
+def virtualenvs(project: Path) -> list[Path]:
+    """The virtualenvs at the top of ``project`` (a ``pyvenv.cfg`` in them), whatever their
+    name: watchfiles skips ``.venv`` alone, and a ``pip install`` into ``venv/`` restarted
+    the worker and the web app."""
+    try:
+        return sorted(child for child in project.iterdir()
+                      if child.is_dir() and (child / "pyvenv.cfg").is_file())
+    except OSError:  # an unreadable directory: nothing more to skip
+        return []

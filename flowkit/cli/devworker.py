@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"imports=[\"{name.split(':')[0]}\"]) to it.", file=sys.stderr)
         return 2
     if args.beat:
-        return app.start(["beat", "--schedule", args.beat, "--loglevel", "WARNING"]) or 0
+        return app.start([*(["--quiet"] if args.quiet else []), "beat", "--schedule", args.beat,
+                          "--loglevel", "WARNING"]) or 0
     queues = routed_queues()
     names = ", ".join(sorted(workflows())) or "none"
     print(f"consuming queues {', '.join(queues)} (workflows: {names})", flush=True)
