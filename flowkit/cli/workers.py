@@ -101,7 +101,7 @@ def _drain(args: argparse.Namespace) -> int:
     missing = sorted(set(names) - set(queues))
     if missing:
         raise FlowkitError(f"no answer from worker(s) {', '.join(missing)}; check the names "
-                           "(`celery -A APP inspect ping` lists them).")
+                           "(`flowkit workers` lists them).")
     housekeeping = reaper_queue(app.conf.task_default_queue)
     for name, consumed in queues.items():
         for queue in consumed:  # beat's sweeps stay: were every worker drained, none ran

@@ -186,6 +186,7 @@ def test_flowkit_drain_names_workers_that_do_not_answer(chaos_app, chaos_env):
     )
     assert drained.returncode == 1
     assert "no answer from worker(s) nobody@nowhere" in drained.stderr
+    assert "(`flowkit workers` lists them)" in drained.stderr  # it named celery inspect
 
 
 def consumers_of(queue: str) -> float:
