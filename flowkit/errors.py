@@ -15,7 +15,7 @@ Every exception flowkit raises on purpose derives from :class:`FlowkitError`::
     ├── RunCancelled         raised inside a step whose run was cancelled or superseded
     ├── StoreUnavailable     flowkit's Redis stayed unreachable past FLOWKIT_REDIS_RETRY_SECONDS
     │   ├── BrokerUnavailable  the Celery broker (or its result backend) did: a run stored
-    │   │                      meanwhile is sent by the reaper after FLOWKIT_QUEUED_TIMEOUT
+    │   │                      meanwhile is sent by the reaper once the broker is back
     │   └── Demoted          (flowkit.store.connection) a plain URL's Redis refused writes as
     │                        a read-only replica (also redis-py's ConnectionError, resent)
     ├── StepTimeout          one attempt of a step ran longer than its timeout (also a TimeoutError)

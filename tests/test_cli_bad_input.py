@@ -336,8 +336,9 @@ def test_a_broker_out_of_reach_is_named_and_the_stored_run_is_not_lost(env, sche
                            "127.0.0.1:"), said
     run_id = said.split("Run ")[1].split(" ")[0]
     assert said.endswith(f"; start it, or point FLOWKIT_BROKER_URL at yours. Run {run_id} is "
-                         "stored: the reaper sends it once the broker is back (after "
-                         "FLOWKIT_QUEUED_TIMEOUT); do not start it again.")
+                         "stored: the reaper sends it once the broker is back (at its first "
+                         "sweep past FLOWKIT_HEARTBEAT_LAPSE since the run was stored); do not "
+                         "start it again.")
     assert flowkit.get_run(run_id).state in ("queued", "running", "succeeded")
 
 

@@ -105,8 +105,11 @@ def _broker_down(where: str, exc: BrokerUnavailable) -> int:
         name = "FLOWKIT_RESULT_BACKEND" if settings.result_backend else _broker_setting(settings)
     else:
         what, url, name = "the Celery broker", settings.broker, _broker_setting(settings)
+    # the reaper's stranded pass finds it queued with no message (it said "after
+    # FLOWKIT_QUEUED_TIMEOUT", 300 s, where it was seconds)
     stored = (f" Run {exc.run_id} is stored: the reaper sends it once the broker is back "
-              "(after FLOWKIT_QUEUED_TIMEOUT); do not start it again." if exc.run_id else "")
+              "(at its first sweep past FLOWKIT_HEARTBEAT_LAPSE since the run was stored); do "
+              "not start it again." if exc.run_id else "")
     if exc.refused:  # RabbitMQ answered and refused: its reason names what to fix
         return _usage(where, f"{exc}.{stored}")
     if refused_credentials(exc):  # no outage: waiting would not help
