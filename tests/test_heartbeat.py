@@ -67,3 +67,23 @@ def test_a_forked_child_that_starts_its_thread_then_tracks_a_step_has_one_thread
 
     child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, timeout=60)
     assert child.returncode == 1, child.stderr
+
+
+def test_a_beat_that_meets_an_unreachable_redis_says_so_in_one_line(monkeypatch, caplog):
+    """It logged a traceback at each beat, which buried what flowkit's error said."""
+    import logging  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from flowkit import config  # noqa: PLC0415
+    from flowkit.testing import free_port  # noqa: PLC0415
+
+    monkeypatch.setattr(config, "_settings", config.get_settings().replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retry_seconds=0.2))
+    beating = Heartbeat()  # its thread not started: this test beats alone
+    beating.node_info = {"pid": os.getpid(), "queues": ["flowkit"]}  # a node: it writes
+    with caplog.at_level(logging.WARNING, logger="flowkit.engine.heartbeat"):
+        beating.beat_or_say()
+    [record] = [r for r in caplog.records if r.name == "flowkit.engine.heartbeat"]
+    assert record.getMessage().startswith("flowkit heartbeat failed: flowkit's Redis is "
+                                          "unreachable: ")
+    assert record.exc_info is None

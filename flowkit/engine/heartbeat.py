@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from ..config import get_settings
+from ..errors import FlowkitError
 from ..locks import ForkSafeLock
 from ..store import get_store
 from .keeper import Link
@@ -166,12 +167,20 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while True:
-            try:
-                self.beat()
-            except Exception:  # Redis away: keep trying, the reaper judges lapses
-                log.warning("flowkit heartbeat failed", exc_info=True)
+            self.beat_or_say()
             self._wake.wait(get_settings().heartbeat_interval)
             self._wake.clear()
+
+    def beat_or_say(self) -> None:
+        """:meth:`beat`; on failure a warning (Redis away: the next beat tries again, and
+        the reaper judges lapses). flowkit's own errors (an outage, a setting) in their one
+        line: a traceback at each beat buried what it said (no primary of that service)."""
+        try:
+            self.beat()
+        except FlowkitError as exc:
+            log.warning("flowkit heartbeat failed: %s", exc)
+        except Exception:
+            log.warning("flowkit heartbeat failed", exc_info=True)
 
 
 heartbeat = Heartbeat()

@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from ..errors import FlowkitError
 from .processes import process_stat
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,9 @@ class Keeper:
                                           in leases.items()], self.workers[pid], now)
                 if slots:
                     self.store.hold_slots(list(slots), now + self.lapse)
-            except Exception:  # Redis away: keep trying, the reaper judges lapses
+            except FlowkitError as exc:  # Redis away: its one line (see Heartbeat.beat_or_say)
+                log.warning("flowkit lease keeper: heartbeat failed: %s", exc)
+            except Exception:  # keep trying, the reaper judges lapses
                 log.warning("flowkit lease keeper: heartbeat failed", exc_info=True)
 
 
