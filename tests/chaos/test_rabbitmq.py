@@ -9,6 +9,7 @@ SIGKILLed mid-step is recovered as on Redis; and a step that outlives the broker
 from __future__ import annotations
 
 import os
+import subprocess
 
 import kombu
 import pytest
@@ -200,16 +201,16 @@ def test_the_doctor_speaks_of_rabbitmqs_consumer_timeout_not_of_redis():
     assert found.check == "visibility-timeout" and found.level == doctor.FAILURE
 
 
-def test_a_wrong_password_is_one_line_from_the_cli_and_a_503_saying_so_from_the_api(
-        rabbitmq, store, chaos_env, tmp_path):
+def test_a_wrong_password_is_one_line_from_the_cli_and_the_web_start_and_a_503_from_the_api(
+        rabbitmq, store, chaos_env, monkeypatch):
     """RabbitMQ answers a wrong password (or vhost) and refuses: it was AccessRefused's
     traceback from ``flowkit run`` and a 500 from the API, where an unreachable broker
-    is one line and a 503."""
-    import httpx  # noqa: PLC0415 - only this test speaks HTTP
-
-    from tests.api.conftest import API_KEY  # noqa: PLC0415
-    from tests.api.helpers import Gunicorn  # noqa: PLC0415
+    is one line and a 503. The web process refuses to start on it (it started without a
+    word and answered every start 503); an API whose broker refuses it later (a password
+    rotated under it) answers 503 saying so."""
+    from tests.api.conftest import make_app, serve  # noqa: PLC0415
     from tests.test_cli_bad_input import APP, cli, one_line  # noqa: PLC0415
+    from tests.test_startup_checks import gunicorn  # noqa: PLC0415
 
     wrong = rabbitmq.url.replace("guest:guest@", "guest:wrong@")
     env = {**os.environ, **chaos_env, "FLOWKIT_BROKER_URL": wrong}
@@ -221,12 +222,22 @@ def test_a_wrong_password_is_one_line_from_the_cli_and_a_503_saying_so_from_the_
     assert "fix the user, password or vhost in FLOWKIT_BROKER_URL" in said
     assert said.endswith("do not start it again."), said
 
-    web = Gunicorn(env, tmp_path / "gunicorn.log", FLOWKIT_API_KEYS=API_KEY).start()
+    web = subprocess.run(gunicorn(env), env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert web.returncode == 2 and "Traceback" not in web.stderr, web.stderr[-2000:]
+    assert ("flowkit web refuses to start: the Celery broker at amqp://***@127.0.0.1:"
+            in web.stderr and "ACCESS_REFUSED" in web.stderr), web.stderr[-2000:]
+
+    settings = config.get_settings().replace(broker_url=wrong)
+    monkeypatch.setattr(config, "_settings", settings)
+    previous = _use_app(settings)  # this process sends through the refused broker
     try:
-        answer = httpx.post(f"{web.url}/workflows/simple/runs", json={"n": 1}, timeout=30,
-                            headers={"Authorization": f"Bearer {API_KEY}"})
+        for served in serve(make_app()):
+            with served.client() as client:
+                answer = client.post("/workflows/chaos.tick/runs",
+                                     json={"n": 1, "chunks": 1, "pause": 0})
     finally:
-        web.stop()
+        _restore_app(previous)
     assert answer.status_code == 503, answer.text
     assert "Retry-After" not in answer.headers  # waiting would not help
     error = answer.json()["error"]
