@@ -468,3 +468,28 @@ def test_the_reload_watcher_skips_the_project_s_virtualenvs_whatever_their_name(
     installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pkg" / "mod.py"
     assert not only_code(Change.added, str(installed))
     assert only_code(Change.modified, str(tmp_path / "myapp" / "flows.py"))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
+def test_dev_killed_with_sigkill_leaves_no_process_behind(tmp_path):
+    """An IDE's stop button, the OOM killer, kill -9: no handler of flowkit dev runs, and
+    each child, in a session of its own, was orphaned (Redis, the LLM server, the worker,
+    beat and the web app, its port still answering)."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    dev = Dev(project, "-A", "shop.flows", "--port", str(free_port()), "--no-reload")
+    procs: dict[int, tuple[str, str]] = {}
+    try:
+        dev.wait_for("Ctrl-C stops everything", timeout=120)
+        procs = _tree(dev.proc.pid)
+        commands = " | ".join(cmd for _, cmd in procs.values())
+        for expected in ("redis-server", "flowkit.testing.fake_openai", "flowkit.cli.devworker",
+                         "--beat", "gunicorn"):
+            assert expected in commands, f"{expected!r} not among its processes: {commands}"
+        dev.proc.kill()
+        dev.proc.wait(10)
+        survivors = _wait_gone(procs, timeout=60)
+        assert not survivors, f"still running after flowkit dev was killed: {survivors}"
+    finally:
+        _kill_leftovers(dev, procs)

@@ -157,7 +157,7 @@ class Supervisor:
         child.ready = False
         env = {**os.environ, **(child.env or {}), "PYTHONUNBUFFERED": "1"}
         child.proc = subprocess.Popen(
-            list(child.argv), env=env, cwd=child.cwd, stdin=subprocess.DEVNULL,
+            orphan_guarded(child.argv), env=env, cwd=child.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             start_new_session=True,  # its own group: signalled as one, never by the terminal
         )
@@ -282,3 +282,22 @@ def wants_colour(out: IO[str]) -> bool:
         return True
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
+
+
+#: What runs before a child's program on Linux: the kernel sends it SIGTERM when the
+#: thread that started it dies (PR_SET_PDEATHSIG), even by SIGKILL (an IDE's stop button,
+#: the OOM killer), which no handler of ours sees; each child in a session of its own was
+#: orphaned, Redis and the web port with it. A parent already gone: it does not start.
+_GUARD = ("import ctypes, os, signal, sys; "
+          "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+          "os.getppid() == int(sys.argv[1]) or sys.exit(0); "
+          "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def orphan_guarded(argv: Sequence[str]) -> list[str]:
+    """``argv``, run so that it ends (SIGTERM) when this process dies, however it dies (on
+    Linux; elsewhere as it is). Start it from the thread that lives as long as this
+    process: the kernel ties the signal to the starting thread."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-c", _GUARD, str(os.getpid()), *argv]
