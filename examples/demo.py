@@ -82,7 +82,9 @@ class Services:
         from flowkit.testing import LocalRedis, WorkerProcess, free_port
 
         if not env.get("FLOWKIT_REDIS_URL"):
-            self.redis = LocalRedis()  # known to stop() before it starts: a signal may come
+            # known to stop() before it starts (a signal may come); ended by the kernel with
+            # the demo, were it killed (SIGKILL: no handler of ours runs)
+            self.redis = LocalRedis(ends_with_us=True)
             self.redis.start()
             env["FLOWKIT_REDIS_URL"] = self.redis.url
             say(f"redis    private redis-server at {self.redis.url}")
@@ -102,7 +104,7 @@ class Services:
         config.reset()  # settings read before the private Redis existed are stale
         self.worker = WorkerProcess(
             "workers.celery_app", name="demo", env=env, cwd=str(ROOT), concurrency=8,
-            queues=("flowkit", "llm"),
+            queues=("flowkit", "llm"), ends_with_us=True,
         )
         self.worker.start()
         say(f"worker   celery worker pid {self.worker.pid} (threads pool, 8 slots)")
@@ -121,9 +123,12 @@ class Services:
             say(f"web      gunicorn pid {self.procs[-1].pid} at {self.web_url}")
 
     def _spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
+        from flowkit.orphans import orphan_guarded
+
         log = open(f"{self.tmp}/{name}.log", "w")  # noqa: SIM115 - lives as long as the process
-        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # ended by the kernel if the demo is killed (SIGKILL: no handler of ours runs)
+        return subprocess.Popen(orphan_guarded(args), env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         """Stop everything started, whatever interrupted ``start()`` or the run.

@@ -215,3 +215,21 @@ def test_ctrl_c_mid_run_stops_every_process_of_the_demo(redis_server):
         assert out.rstrip().endswith("flowkit demo: stopped everything it started")
     finally:
         _kill_leftovers(demo, procs)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
+def test_a_demo_killed_with_sigkill_leaves_no_process_behind():
+    """No handler runs on SIGKILL (an IDE's stop button, the OOM killer): its Redis,
+    worker, beat and web server, each but Redis in a session of its own, were orphaned."""
+    demo = Demo("--keep")
+    procs: dict[int, tuple[str, str]] = {}
+    try:
+        demo.wait_for("services keep running; watch page: http://127.0.0.1:", timeout=60)
+        procs = _started_processes(demo)
+        demo.proc.kill()
+        demo.proc.wait(10)
+        survivors = _wait_gone(procs, timeout=60)
+        assert not survivors, f"still running after the demo was killed: {survivors}"
+    finally:
+        _kill_leftovers(demo, procs)

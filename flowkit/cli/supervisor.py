@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import FlowkitError
+from ..orphans import orphan_guarded
 
 #: The signals that stop the supervisor and everything it started.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -283,21 +284,3 @@ def wants_colour(out: IO[str]) -> bool:
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
 
-
-#: What runs before a child's program on Linux: the kernel sends it SIGTERM when the
-#: thread that started it dies (PR_SET_PDEATHSIG), even by SIGKILL (an IDE's stop button,
-#: the OOM killer), which no handler of ours sees; each child in a session of its own was
-#: orphaned, Redis and the web port with it. A parent already gone: it does not start.
-_GUARD = ("import ctypes, os, signal, sys; "
-          "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
-          "os.getppid() == int(sys.argv[1]) or sys.exit(0); "
-          "os.execvp(sys.argv[2], sys.argv[2:])")
-
-
-def orphan_guarded(argv: Sequence[str]) -> list[str]:
-    """``argv``, run so that it ends (SIGTERM) when this process dies, however it dies (on
-    Linux; elsewhere as it is). Start it from the thread that lives as long as this
-    process: the kernel ties the signal to the starting thread."""
-    if not sys.platform.startswith("linux"):
-        return list(argv)
-    return [sys.executable, "-c", _GUARD, str(os.getpid()), *argv]

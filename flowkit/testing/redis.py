@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..orphans import orphan_guarded
 
 
 def free_port() -> int:
@@ -21,9 +22,13 @@ def free_port() -> int:
 class LocalRedis:
     """``redis-server`` in a temp dir; ``appendonly`` for crash tests. Use as a context manager."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False,
+                 ends_with_us: bool = False) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        #: stopped by the kernel when this process dies, SIGKILL too (the demo's Redis);
+        #: start() must then be called from a thread that lives as long as the process
+        self.ends_with_us = ends_with_us
         self.dir = Path(tempfile.mkdtemp(prefix="flowkit-redis-"))
         self.proc: subprocess.Popen | None = None
 
@@ -46,6 +51,8 @@ class LocalRedis:
         ]
         # a log file, not a pipe: an unread pipe fills up and stalls the server
         args += ["--logfile", str(self.dir / "redis.log")]
+        if self.ends_with_us:
+            args = orphan_guarded(args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._wait_ready()
         return self

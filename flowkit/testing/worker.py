@@ -21,6 +21,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.contrib.testing.worker import TestWorkController, start_worker
 
+from ..orphans import orphan_guarded
+
 
 class _Controller(TestWorkController):
     """Celery's embedded test worker, announcing that it is ready as a real worker does
@@ -50,7 +52,11 @@ class WorkerProcess:
         env: Mapping[str, str] | None = None,
         extra: Sequence[str] = (),
         cwd: str | None = None,
+        ends_with_us: bool = False,
     ) -> None:
+        """``ends_with_us``: stopped by the kernel when this process dies, SIGKILL too (the
+        demo's worker); ``start()`` must then be called from a thread that lives as long
+        as this process."""
         self.name = name
         self.args = [
             sys.executable, "-m", "celery", "-A", app, "worker",
@@ -60,6 +66,7 @@ class WorkerProcess:
         ]
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
+        self.ends_with_us = ends_with_us
         self.proc: subprocess.Popen | None = None
         self.lines: deque[str] = deque(maxlen=2000)
         self._ready = threading.Event()
@@ -69,7 +76,8 @@ class WorkerProcess:
         self._ready.clear()
         self._saw_ready = False
         self.proc = subprocess.Popen(
-            self.args, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+            orphan_guarded(self.args) if self.ends_with_us else self.args, env=self.env,
+            cwd=self.cwd, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
