@@ -493,3 +493,23 @@ def test_dev_killed_with_sigkill_leaves_no_process_behind(tmp_path):
         assert not survivors, f"still running after flowkit dev was killed: {survivors}"
     finally:
         _kill_leftovers(dev, procs)
+
+
+def test_dev_on_a_module_that_makes_no_flowkit_app_says_so_and_waits_for_the_fix(tmp_path):
+    """It started Redis, the worker, beat and the web app, then gave up (exit 1) when the
+    worker said the module makes no flowkit Celery app: a code fix, as a SyntaxError is."""
+    (tmp_path / "plainflows.py").write_text(
+        "import flowkit\n\n\n@flowkit.component\ndef hi(data):\n    return data\n\n\n"
+        "w = flowkit.Workflow('w', [hi])\n")
+    dev = Dev(tmp_path, "-A", "plainflows", "--port", str(free_port()))
+    try:
+        dev.wait_for("flowkit dev: waiting for a change to a Python file under", timeout=60)
+        out = dev.output()
+        assert ("flowkit dev: plainflows makes no flowkit Celery app; add app = "
+                "flowkit.create_celery_app(\"plainflows\", imports=[\"plainflows\"]) to it."
+                in out), out
+        assert "redis at" not in out and "stopping everything" not in out, out  # none started
+        os.killpg(dev.proc.pid, signal.SIGINT)
+        assert dev.proc.wait(30) == 130
+    finally:
+        _kill_leftovers(dev, {})

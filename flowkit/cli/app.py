@@ -119,3 +119,20 @@ def _names_it(missing: str | None, name: str) -> bool:
     not another one it imports: a prefix of the name (``langchain`` inside
     ``langchain_flows``) was taken for a wrong -A, "run this from your project's root"."""
     return bool(missing) and (name == missing or name.startswith(missing + "."))
+
+
+#: A task every flowkit Celery app registers: an app without it is no flowkit app.
+FLOWKIT_TASK = "flowkit.reaper"
+
+
+def require_flowkit_app(args: argparse.Namespace) -> None:
+    """CodeError when the module -A names (loaded) made no flowkit Celery app: its worker
+    would consume nothing of flowkit's. A code fix, so ``flowkit dev`` waits for it (it
+    started everything, then gave up)."""
+    from ..engine.broker import get_app
+
+    if FLOWKIT_TASK not in get_app().tasks:
+        name = app_module_name(args)
+        raise CodeError(f"{name} makes no flowkit Celery app; add "
+                        f"app = flowkit.create_celery_app(\"{name.split('.')[0]}\", "
+                        f"imports=[\"{name.split(':')[0]}\"]) to it.")

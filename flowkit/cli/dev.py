@@ -47,7 +47,7 @@ from ..engine.control import live_workers
 from ..errors import ConfigError
 from ..urls import redacted
 from ..workflow import workflows
-from .app import DEFAULT_APP, add_app_option, app_module_name, load_app
+from .app import DEFAULT_APP, add_app_option, app_module_name, load_app, require_flowkit_app
 from .routing import routed_queues
 from .supervisor import Child, ChildFailed, Stopped, Supervisor
 from .usage import CodeError, UsageError, whole_number
@@ -124,6 +124,7 @@ def dev(args: argparse.Namespace) -> int:
     reset()
     try:
         load_app(args)  # a wrong -A is one line now, not a crash in every child
+        require_flowkit_app(args)
         queues = routed_queues()
         prefix, api_open = _web_api(args.web)
     except CodeError as exc:

@@ -27,12 +27,11 @@ from collections.abc import Sequence
 
 from ..engine.broker import get_app
 from ..workflow import workflows
-from .app import add_app_option, app_module_name, load_app
+from .app import add_app_option, load_app, require_flowkit_app
 from .routing import routed_queues
 from .usage import UsageError
 
 #: A task every app made by ``flowkit.create_celery_app`` registers.
-FLOWKIT_TASK = "flowkit.reaper"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,16 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     who = "flowkit dev beat" if args.beat else "flowkit dev worker"
     try:
         load_app(args)
+        require_flowkit_app(args)
     except UsageError as exc:
         print(f"{who}: {exc}", file=sys.stderr)
         return 2
     app = get_app()
-    if FLOWKIT_TASK not in app.tasks:
-        name = app_module_name(args)
-        print(f"{who}: {name} makes no flowkit Celery app; add "
-              f"app = flowkit.create_celery_app(\"{name.split('.')[0]}\", "
-              f"imports=[\"{name.split(':')[0]}\"]) to it.", file=sys.stderr)
-        return 2
     if args.beat:
         return app.start([*(["--quiet"] if args.quiet else []), "beat", "--schedule", args.beat,
                           "--loglevel", "WARNING"]) or 0
