@@ -14,12 +14,15 @@ from typing import Any
 
 from rich.text import Text
 
+from ..config import is_amqp
 from ..engine import doctor
-from ..engine.broker import get_app
+from ..engine.broker import check_queues, get_app
+from ..errors import ConfigError
 from ..workflow import workflows
 from .app import add_app_option, app_module_name, load_app
 from .output import add_json_option, emit
 from .render import plural, show, writes_unicode
+from .routing import routed_queues
 from .usage import UsageError
 
 _MARK = {doctor.OK: ("✓", "green"), doctor.WARNING: ("!", "yellow"), doctor.FAILURE: ("✗", "red")}
@@ -43,6 +46,26 @@ def _app_findings(args: argparse.Namespace) -> tuple[bool, list[doctor.Finding]]
             "Pass -A your.module (or set FLOWKIT_APP) to check your workflows' queues too.")]
     return True, [doctor.Finding("app", doctor.OK, f"Imported {app_module_name(args)}: "
                                  f"{plural(len(workflows()), 'workflow')}.")]
+
+
+def _queue_findings(app: Any) -> list[doctor.Finding]:
+    """On RabbitMQ, whether it declares the app's queues as flowkit does (a worker refuses
+    to start otherwise): a queue made without ``x-max-priority`` refused every start with a
+    406 while the doctor passed the broker. Declared as a worker would (made if missing)."""
+    if not is_amqp(app.conf.broker_url or ""):
+        return []
+    names = routed_queues()
+    try:
+        check_queues(app, [app.amqp.queues[name] for name in names])
+    except ConfigError as exc:
+        what, _, fix = str(exc).partition(". They exist ")
+        return [doctor.Finding("broker.queues", doctor.FAILURE, what + ".",
+                               "They exist " + fix)]
+    except Exception as exc:  # noqa: BLE001 - the broker's own check said what it could
+        return [doctor.Finding("broker.queues", doctor.WARNING, f"Could not declare the "
+                               f"queues {', '.join(names)} ({exc}).", "Run flowkit doctor again.")]
+    return [doctor.Finding("broker.queues", doctor.OK, f"RabbitMQ takes the queues "
+                           f"{', '.join(names)} as flowkit declares them.")]
 
 
 def report(data: dict[str, Any], ascii_only: bool = False) -> list[Text]:
@@ -73,6 +96,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     app = get_app()
     found += doctor.examine(workflows().values() if imported else None,
                             app.conf.task_default_queue, app.conf.broker_url)
+    if imported and any(f.check == "broker" and f.ok for f in found):
+        found += _queue_findings(app)
     data = {
         "ok": all(f.ok for f in found),
         "failures": sum(f.level == doctor.FAILURE for f in found),

@@ -282,6 +282,22 @@ def refused_queues(app: Celery, queues: Iterable[Any]) -> dict[str, str]:
     return refused
 
 
+def check_queues(app: Celery, queues: list[Any]) -> None:
+    """RabbitMQ declares every queue the worker consumes as flowkit declares it (with
+    ``x-max-priority``); ConfigError naming the queues it refuses and how to fix them."""
+    refused = refused_queues(app, queues)
+    if refused:
+        names = ", ".join(sorted(refused))
+        reason = next(iter(refused.values()))
+        raise ConfigError(
+            f"RabbitMQ refuses to declare queue(s) {names} as flowkit does (with "
+            f"x-max-priority {MAX_PRIORITY}, for message priorities): {reason}. They exist "
+            "with other arguments (made by an older flowkit or another app): stop their "
+            "producers, let the workers drain them, delete them (rabbitmqctl delete_queue "
+            "NAME) and start the workers again, which declare them anew."
+        )
+
+
 def queue_depths(queues: Iterable[str], url: str | None = None,
                  timeout: float = BROKER_READ_TIMEOUT) -> dict[str, int | None]:
     """Messages waiting in each broker queue (a Redis queue's priority lists summed), by a

@@ -8,15 +8,11 @@ so a step longer than it refuses the worker), RabbitMQ closes the channel after 
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..config import Settings, is_amqp
-from ..engine.broker import MAX_PRIORITY, refused_queues
 from ..engine.doctor import Finding, consumer_timeout, longest_step_seconds
 from ..errors import ConfigError
 
-__all__ = ["check_broker_timeout", "check_queues", "check_visibility_timeout",
-           "longest_step_seconds"]
+__all__ = ["check_broker_timeout", "check_visibility_timeout", "longest_step_seconds"]
 
 
 def check_broker_timeout(settings: Settings) -> list[Finding]:
@@ -38,18 +34,3 @@ def check_visibility_timeout(settings: Settings) -> None:
             f"{int(longest) + 1} or shorten the component's timeout."
         )
 
-
-def check_queues(app: Any, queues: list[Any]) -> None:
-    """RabbitMQ declares every queue the worker consumes as flowkit declares it (with
-    ``x-max-priority``); ConfigError naming the queues it refuses and how to fix them."""
-    refused = refused_queues(app, queues)
-    if refused:
-        names = ", ".join(sorted(refused))
-        reason = next(iter(refused.values()))
-        raise ConfigError(
-            f"RabbitMQ refuses to declare queue(s) {names} as flowkit does (with "
-            f"x-max-priority {MAX_PRIORITY}, for message priorities): {reason}. They exist "
-            "with other arguments (made by an older flowkit or another app): stop their "
-            "producers, let the workers drain them, delete them (rabbitmqctl delete_queue "
-            "NAME) and start the workers again, which declare them anew."
-        )

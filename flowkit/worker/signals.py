@@ -24,12 +24,12 @@ from celery.concurrency.solo import TaskPool as Solo
 from .. import metrics
 from ..config import get_settings, is_amqp
 from ..engine import doctor, drain, heartbeat, publish, schedules
-from ..engine.broker import reaper_queue
+from ..engine.broker import check_queues, reaper_queue
 from ..engine.doctor import broker_address, served
 from ..engine.handoff import handoffs
 from ..errors import ConfigError
 from ..store import get_store
-from .checks import check_broker_timeout, check_queues
+from .checks import check_broker_timeout
 from .load import node_load
 from .unknown import UnknownStep, hand_back
 

@@ -168,6 +168,21 @@ def test_a_queue_declared_otherwise_refuses_the_worker_with_the_fix(rabbitmq, ch
     assert "inequivalent arg 'x-max-priority'" in str(refused.value)
     assert "rabbitmqctl delete_queue" in str(refused.value)
     assert "Traceback" not in str(refused.value)
+    # the doctor says it too (it passed the broker while every start was refused, a 406)
+    import json  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "doctor", "-A", "tests.chaos.app", "--json"],
+        env={**os.environ, **chaos_env, "FLOWKIT_BROKER_URL": rabbitmq.url,
+             "FLOWKIT_DEFAULT_QUEUE": "chaos-plain"},
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in checked.stderr, checked.stderr
+    [queues] = [f for f in json.loads(checked.stdout)["findings"] if f["check"] == "broker.queues"]
+    assert queues["level"] == "failure", queues
+    assert queues["message"].startswith("RabbitMQ refuses to declare queue(s) chaos-plain as "
+                                        "flowkit does (with x-max-priority"), queues
+    assert "rabbitmqctl delete_queue" in queues["fix"]
 
 
 def test_a_worker_refuses_to_start_when_rabbitmq_refuses_its_credentials(rabbitmq, chaos_env):
