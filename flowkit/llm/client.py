@@ -225,8 +225,10 @@ class _Client:
         """A call that failed with no API error: the answer came and the SDK refused it (a
         ``parse`` cut at its length limit, a body that was no JSON). It was sent, and maybe
         billed: its span says so, with the usage the answer had (it had none). Not a
-        refused argument (TypeError: nothing was sent) or a cancel."""
-        if isinstance(exc, (RunCancelled, TypeError)):
+        refused argument (TypeError: nothing was sent), nor a cancel before anything was
+        sent; one while it waited to retry is its span's error (a request was sent, a 429
+        answered: it left no span)."""
+        if isinstance(exc, TypeError) or (isinstance(exc, RunCancelled) and not call.retries):
             return
         usage = getattr(getattr(exc, "completion", None), "usage", None)
         self._settle(provider, call, usage)

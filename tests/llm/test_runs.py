@@ -282,3 +282,7 @@ def test_a_sync_call_waiting_out_a_retry_after_is_not_sent_again_once_its_run_is
     flowkit.cancel(run.id)
     time.sleep(3.5)  # what is under test: nothing is sent once the Retry-After has passed
     assert [r["status"] for r in primary.stats.requests] == [429]
+    # the call that was sent, and answered 429, is in the trace (it left no span)
+    [span] = wait_until(lambda: llm_spans(run), 20, "the call's span")
+    assert span["status"] == "error" and span["error"].startswith(
+        "RunCancelled: The run was cancelled while this LLM call waited to retry"), span
