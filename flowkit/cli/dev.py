@@ -122,6 +122,8 @@ def dev(args: argparse.Namespace) -> int:
         env["FLOWKIT_DRAIN_GRACE"] = "3"
     os.environ.update(env)
     reset()
+    # the command line's own mistakes first: a --host it cannot listen on is no code to fix
+    port = args.port if _port_free(args.host, args.port) else _free_port(args.host)
     try:
         load_app(args)  # a wrong -A is one line now, not a crash in every child
         require_flowkit_app(args)
@@ -134,7 +136,6 @@ def dev(args: argparse.Namespace) -> int:
     if not api_open:
         notes = ["the API requires credentials (your app's settings): the CLI needs "
                  "FLOWKIT_API_KEY"]
-    port = args.port if _port_free(args.host, args.port) else _free_port(args.host)
     if port != args.port:
         notes.append(f"port {args.port} is taken; the web app listens on {port}")
 
