@@ -224,9 +224,10 @@ def amqp_options_read(broker: str) -> None:
         if parts.scheme not in ("amqp", "amqps", "pyamqp"):
             continue
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name not in AMQP_SECONDS or not value:
+                continue
             try:
-                if name in AMQP_SECONDS and value:
-                    float(value)
+                float(value)
             except ValueError:
                 raise ConfigError(
                     f"FLOWKIT_BROKER_URL={redacted(one)!r}: its ?{name}= is a number of "

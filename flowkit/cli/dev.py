@@ -537,7 +537,6 @@ def _http_answers(url: str) -> bool:
         return False
 
 
-
 def _grace(margin: float) -> float:
     """How long a worker has to stop before SIGKILL: its drain (FLOWKIT_DRAIN_GRACE, 3 s in
     dev unless set) and ``margin`` for its hand-over. A drain set longer (the deploy

@@ -31,8 +31,6 @@ from .app import add_app_option, load_app, require_flowkit_app
 from .routing import routed_queues
 from .usage import UsageError
 
-#: A task every app made by ``flowkit.create_celery_app`` registers.
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowkit.cli.devworker",

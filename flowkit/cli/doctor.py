@@ -16,8 +16,7 @@ from rich.text import Text
 
 from ..config import is_amqp
 from ..engine import doctor
-from ..engine.broker import check_queues, get_app
-from ..errors import ConfigError
+from ..engine.broker import QUEUES_REFUSED_FIX, get_app, queues_refused, refused_queues
 from ..workflow import workflows
 from .app import add_app_option, app_module_name, load_app
 from .output import add_json_option, emit
@@ -56,14 +55,13 @@ def _queue_findings(app: Any) -> list[doctor.Finding]:
         return []
     names = routed_queues()
     try:
-        check_queues(app, [app.amqp.queues[name] for name in names])
-    except ConfigError as exc:
-        what, _, fix = str(exc).partition(". They exist ")
-        return [doctor.Finding("broker.queues", doctor.FAILURE, what + ".",
-                               "They exist " + fix)]
+        refused = refused_queues(app, [app.amqp.queues[name] for name in names])
     except Exception as exc:  # noqa: BLE001 - the broker's own check said what it could
         return [doctor.Finding("broker.queues", doctor.WARNING, f"Could not declare the "
                                f"queues {', '.join(names)} ({exc}).", "Run flowkit doctor again.")]
+    if refused:
+        return [doctor.Finding("broker.queues", doctor.FAILURE, queues_refused(refused),
+                               QUEUES_REFUSED_FIX)]
     return [doctor.Finding("broker.queues", doctor.OK, f"RabbitMQ takes the queues "
                            f"{', '.join(names)} as flowkit declares them.")]
 

@@ -283,4 +283,3 @@ def wants_colour(out: IO[str]) -> bool:
         return True
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
-

@@ -282,20 +282,26 @@ def refused_queues(app: Celery, queues: Iterable[Any]) -> dict[str, str]:
     return refused
 
 
+#: How to fix queues RabbitMQ refuses to declare as flowkit does (:func:`queues_refused`).
+QUEUES_REFUSED_FIX = ("They exist with other arguments (made by an older flowkit or another "
+                      "app): stop their producers, let the workers drain them, delete them "
+                      "(rabbitmqctl delete_queue NAME) and start the workers again, which "
+                      "declare them anew.")
+
+
+def queues_refused(refused: dict[str, str]) -> str:
+    """What :func:`refused_queues` found, said: the queues and the broker's first reason."""
+    return (f"RabbitMQ refuses to declare queue(s) {', '.join(sorted(refused))} as flowkit "
+            f"does (with x-max-priority {MAX_PRIORITY}, for message priorities): "
+            f"{next(iter(refused.values()))}.")
+
+
 def check_queues(app: Celery, queues: list[Any]) -> None:
     """RabbitMQ declares every queue the worker consumes as flowkit declares it (with
     ``x-max-priority``); ConfigError naming the queues it refuses and how to fix them."""
     refused = refused_queues(app, queues)
     if refused:
-        names = ", ".join(sorted(refused))
-        reason = next(iter(refused.values()))
-        raise ConfigError(
-            f"RabbitMQ refuses to declare queue(s) {names} as flowkit does (with "
-            f"x-max-priority {MAX_PRIORITY}, for message priorities): {reason}. They exist "
-            "with other arguments (made by an older flowkit or another app): stop their "
-            "producers, let the workers drain them, delete them (rabbitmqctl delete_queue "
-            "NAME) and start the workers again, which declare them anew."
-        )
+        raise ConfigError(f"{queues_refused(refused)} {QUEUES_REFUSED_FIX}")
 
 
 def queue_depths(queues: Iterable[str], url: str | None = None,

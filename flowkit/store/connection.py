@@ -209,9 +209,8 @@ def _cluster(url: ClusterURL, **kwargs) -> redis.Redis:
         # told to "start it", and logged a traceback at each heartbeat
         if refused_credentials(exc) or any(word in str(exc) for word in _REFUSALS):
             raise refused(exc) from exc
-        if isinstance(exc, RedisClusterUnreachableError):
-            raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
-        if "not enabled" not in str(exc):  # "Cluster mode is not enabled on this node"
+        # "Cluster mode is not enabled on this node" is a setting; anything else an outage
+        if isinstance(exc, RedisClusterUnreachableError) or "not enabled" not in str(exc):
             raise StoreUnavailable(f"flowkit's Redis Cluster is unreachable: {exc}") from exc
         raise ConfigError(
             "FLOWKIT_REDIS_URL names a Redis Cluster (redis+cluster://), but the Redis it "

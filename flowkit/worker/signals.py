@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 from celery import bootsteps, signals
 from celery.concurrency.prefork import TaskPool as Prefork
@@ -37,9 +36,7 @@ log = logging.getLogger("flowkit.worker")
 
 
 def refuse_bad_config(sender=None, **_) -> None:
-    settings = get_settings()
-    _refuse_unless_sound("worker", lambda: doctor.say(check_broker_timeout(settings), "worker",
-                                                      log))
+    _refuse_unless_sound("worker")
 
 
 def refuse_bad_beat_config(sender=None, **_) -> None:
@@ -49,12 +46,12 @@ def refuse_bad_beat_config(sender=None, **_) -> None:
     _refuse_unless_sound("beat")
 
 
-def _refuse_unless_sound(who: str, more: Callable[[], None] | None = None) -> None:
+def _refuse_unless_sound(who: str) -> None:
     """Say what the startup checks find; exit 2 in one line on a setting to fix."""
     settings = get_settings()
     try:
-        if more is not None:
-            more()
+        if who == "worker":  # how long the broker lets a step's message go unacknowledged
+            doctor.say(check_broker_timeout(settings), who, log)
         doctor.say(doctor.startup_findings(settings.redis_url), who, log)
         doctor.say(doctor.broker_startup_findings(settings.broker, settings.redis_url), who, log)
         schedules.check_declared()
