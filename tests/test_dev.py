@@ -265,6 +265,25 @@ def _break(module: Path) -> str:
 
 @pytest.mark.timeout(180)
 @pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
+def test_dev_on_a_redis_url_that_does_not_answer_says_so_at_once_and_starts_nothing(tmp_path):
+    """A FLOWKIT_REDIS_URL left over from another session, its Redis gone: dev started the
+    worker and web app, which retried Redis for 90 s, then said "not ready"."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    result = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "dev", "-A", "shop.flows", "--no-reload"],
+        cwd=project, env={**_user_env(), "FLOWKIT_REDIS_URL": nobody}, capture_output=True,
+        text=True, timeout=30)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"flowkit dev: cannot reach Redis at {nobody} (FLOWKIT_REDIS_URL): "
+        "start it, or unset FLOWKIT_REDIS_URL for a private Redis that flowkit dev starts "
+        "and stops."], result.stderr
+    assert "starting worker" not in result.stdout, result.stdout
+
+
 def test_dev_started_on_broken_code_waits_for_the_fix_then_serves_it(tmp_path):
     """It exited on a SyntaxError at start: started again by hand after each fix, where a
     reload (code broken later) waits for the next edit."""

@@ -44,8 +44,10 @@ from urllib.parse import urlsplit
 from ..config import get_settings, reset
 from ..defaults import DEV_API_PREFIX_VARIABLE
 from ..engine.control import live_workers
-from ..errors import ConfigError
-from ..urls import redacted
+from ..errors import ConfigError, FlowkitError, StoreUnavailable
+from ..store import no_primary, sentinels_refused
+from ..store.server import probe
+from ..urls import reached, redacted
 from ..workflow import workflows
 from .app import DEFAULT_APP, add_app_option, app_module_name, load_app, require_flowkit_app
 from .routing import routed_queues
@@ -285,7 +287,9 @@ def _web_api(web: str | None) -> tuple[str, bool]:
 def _start_backing_services(supervisor: Supervisor, env: dict[str, str], tmp: str) -> None:
     """The private Redis and the local LLM server, each unless the user has their own."""
     ready = []
-    if not os.environ.get("FLOWKIT_REDIS_URL"):
+    if os.environ.get("FLOWKIT_REDIS_URL"):
+        _their_redis_answers(os.environ["FLOWKIT_REDIS_URL"])
+    else:
         exe = shutil.which("redis-server")
         if exe is None:
             raise UsageError("redis-server is not installed: install it (apt-get install "
@@ -324,6 +328,20 @@ def _start_backing_services(supervisor: Supervisor, env: dict[str, str], tmp: st
                        "(set OPENAI_API_KEY to use OpenAI)")
     else:
         supervisor.say("LLM calls go to OpenAI (OPENAI_API_KEY is set)")
+
+
+def _their_redis_answers(url: str) -> None:
+    """Check the user's Redis once, at once: one that is down made the worker and web app
+    retry for FLOWKIT_REDIS_RETRY_SECONDS, and dev say "not ready" 90 s later. Refusals
+    and sentinels without a primary go on to the CLI's own words for them."""
+    try:
+        probe(url)
+    except StoreUnavailable as exc:
+        if sentinels_refused(exc) is not None or no_primary(exc, url):
+            raise
+        raise FlowkitError(f"cannot reach Redis at {reached(url)} (FLOWKIT_REDIS_URL): start "
+                           "it, or unset FLOWKIT_REDIS_URL for a private Redis that flowkit "
+                           "dev starts and stops.") from None
 
 
 def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name: str,
