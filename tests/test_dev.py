@@ -352,6 +352,7 @@ def test_dev_with_a_module_that_does_not_import_says_so_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("web, says", [
     ("shop.webb:app", "--web shop.webb:app: no module 'shop.webb' here; give the module"),
+    (":app", "--web :app: no module before the ':'; give the module of your Flask app"),
     ("shop.web:nope", "--web shop.web:nope: module 'shop.web' has no 'nope' (a factory: "
                       "--web 'shop.web:create_app()')."),
     ("shop.web:create_ap()", "--web shop.web:create_ap(): module 'shop.web' has no "
@@ -369,6 +370,20 @@ def test_a_typo_in_web_is_a_usage_error_not_code_to_wait_for(tmp_path, web, says
     assert result.returncode == 2, result.stderr  # at once: it waited for an edit
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert says in result.stderr, result.stderr
+
+
+def test_a_typo_in_the_app_s_variable_is_a_usage_error_not_code_to_wait_for(tmp_path):
+    """-A module:variable naming a variable the module lacks: both fixes are on the command
+    line, yet dev waited for a file change."""
+    project = tmp_path / "devproject"
+    shutil.copytree(FIXTURE, project)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowkit.cli", "dev", "-A", "shop.flows:nope"],
+        cwd=project, env=_user_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "flowkit dev: -A shop.flows:nope: module 'shop.flows' has no 'nope'; name the Celery "
+        "app's variable, or pass -A shop.flows alone."], result.stderr
 
 
 @pytest.mark.parametrize("web, says", [

@@ -49,7 +49,8 @@ def load_app(args: argparse.Namespace) -> ModuleType:
 
         get_app().loader.import_default_modules()
         if attribute and not hasattr(module, attribute):
-            raise CodeError(f"-A {given}: module {name!r} has no {attribute!r}; name the "
+            # a typo on the command line (its fixes are both there): dev waited for an edit
+            raise UsageError(f"-A {given}: module {name!r} has no {attribute!r}; name the "
                              f"Celery app's variable, or pass -A {name} alone.")
         return module
     except UsageError:

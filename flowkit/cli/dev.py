@@ -247,6 +247,9 @@ def _web_api(web: str | None) -> tuple[str, bool]:
     if not web:
         return default
     module_name, _, attribute = web.partition(":")
+    if not module_name.strip():  # ":app": importing '' failed, and dev waited for an edit
+        raise UsageError(f"--web {web}: no module before the ':'; give the module of your "
+                         "Flask app as for gunicorn (--web myapp:app).")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # no such module (a typo), or the user's module raised
