@@ -56,7 +56,7 @@ from ..store import get_store
 from . import pricing
 from .providers import Provider, RateLimit, check_timeout, host_of
 from .ratelimit import RateLimiter
-from .retries import RetryPolicy, explain_unwaited, is_out_of_quota, is_retryable
+from .retries import RetryPolicy, explain_unwaited, is_out_of_quota, is_retryable, refused_here
 from .streaming import AsyncTracedStream, TracedStream
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,8 @@ class _Client:
     def _fails_over(provider: Provider, call: _Call, exc: BaseException) -> bool:
         """Whether the next provider gets the call after ``exc`` (else it is the answer)."""
         if not isinstance(exc, RateLimitWait) and not is_retryable(exc) \
-                and not is_out_of_quota(exc):
-            if isinstance(exc, openai.APIStatusError):  # a 400, 401, 404, ...: final
+                and not refused_here(exc):
+            if isinstance(exc, openai.APIStatusError):  # a 400, 422: the request itself
                 mark_final(exc, f"HTTP {exc.status_code} cannot succeed if sent again")
             call.fail(provider, exc)
             return False
@@ -256,6 +256,8 @@ class _Client:
         explain_unwaited(exc, self.retry)
         if is_out_of_quota(exc):
             mark_final(exc, "the provider's quota is spent (insufficient_quota)")
+        elif refused_here(exc):
+            mark_final(exc, f"HTTP {exc.status_code} cannot succeed if sent again")
         call.fail(provider, exc)
 
     def _request(self, provider: Provider, call: _Call, sdk: Any) -> tuple[Any, RateLimit | None, dict]:

@@ -2,8 +2,10 @@
 
 Transient failures (connection errors, timeouts, 408, 409, 429, 5xx) are retried
 with exponential backoff and full jitter, a provider's ``Retry-After`` winning
-over the backoff. Anything else (400, 401, 403, 404, 422, and a 429 whose quota is
-spent) fails at once with the provider's message. A ``Retry-After`` longer than
+over the backoff. Anything else fails at once with the provider's message: a 400 or 422
+(the request itself) at once; a 401, 403 or 404 (this provider's key, permissions or
+model) and a 429 whose quota is spent after the other providers, whose accounts and model
+names are their own, had the call (:func:`refused_here`). A ``Retry-After`` longer than
 ``LLM_MAX_RETRY_AFTER`` is not waited out: the provider counts as saturated and the
 call fails over. The client marks what it gave up on as final
 (:func:`flowkit.errors.mark_final`): a step's default retry does not send it again.
@@ -35,6 +37,19 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
     return False
+
+
+#: Statuses that say no to this provider's account, not to the request: its key (401), its
+#: permissions (403), or its model (404, a name the next provider maps to its own).
+REFUSED_HERE_STATUS = frozenset({401, 403, 404})
+
+
+def refused_here(exc: BaseException) -> bool:
+    """An error no retry on this provider fixes but another provider may: a refused key or
+    permission, a model it does not serve, a spent quota. A revoked key failed every call
+    while a backup with its own key stood by."""
+    return is_out_of_quota(exc) or (isinstance(exc, openai.APIStatusError)
+                                    and exc.status_code in REFUSED_HERE_STATUS)
 
 
 def is_out_of_quota(exc: BaseException) -> bool:

@@ -49,27 +49,63 @@ def test_one_logical_call_is_one_request_when_retries_are_exhausted(servers):
     assert statuses(primary) == [503]
 
 
+def test_a_bad_request_fails_at_once_with_the_providers_message(servers):
+    """A 400 is the request's own fault: every provider would refuse it (and bill nothing)."""
+    primary, backup = servers
+    primary.configure(script=(400,))
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-a-key"),
+                               Provider("backup", base_url=backup.base_url, api_key="sk-b-key")],
+                    retry=QUICK)
+
+    with pytest.raises(openai.BadRequestError, match="Invalid request") as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert len(primary.stats.requests) == 1
+    assert backup.stats.requests == [], "a bad request must not fail over"
+    assert raised.value.flowkit_final
+
+
 @pytest.mark.parametrize(
-    ("configure", "model", "error", "message"),
+    ("configure", "model"),
     [
-        ({"script": (400,)}, "gpt-4o-mini", openai.BadRequestError, "Invalid request"),
-        ({"api_key": "sk-the-right-key"}, "gpt-4o-mini", openai.AuthenticationError, "Incorrect API key"),
-        ({"models": ("gpt-4o-mini",)}, "no-such-model", openai.NotFoundError, "does not exist"),
+        ({"api_key": "sk-the-right-key"}, "gpt-4o-mini"),   # a revoked key: 401
+        ({"models": ("gpt-4o-mini",)}, "no-such-model"),    # a model it does not serve: 404
     ],
 )
-def test_non_retryable_errors_fail_at_once_with_the_providers_message(
-    servers, configure, model, error, message
-):
+def test_a_provider_refusing_its_key_or_the_model_fails_over_at_once(servers, configure, model):
+    """A 401 or 404 failed the call while a backup with its own key and models stood by:
+    it is that provider's answer, not the request's. It is not retried there."""
     primary, backup = servers
     primary.configure(**configure)
     client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-wrong-key"),
                                Provider("backup", base_url=backup.base_url, api_key="sk-other-key")],
                     retry=QUICK)
 
-    with pytest.raises(error, match=message):
+    assert client.chat.completions.create(model=model, messages=MESSAGES).choices
+    assert len(primary.stats.requests) == 1, "not retried on the provider that refused"
+    assert statuses(backup) == [200]
+
+
+@pytest.mark.parametrize(
+    ("configure", "model", "error", "message"),
+    [
+        ({"api_key": "sk-the-right-key"}, "gpt-4o-mini", openai.AuthenticationError, "Incorrect API key"),
+        ({"models": ("gpt-4o-mini",)}, "no-such-model", openai.NotFoundError, "does not exist"),
+    ],
+)
+def test_refused_by_every_provider_fails_with_the_last_one_s_message_as_final(
+    servers, configure, model, error, message
+):
+    primary, backup = servers
+    primary.configure(**configure)
+    backup.configure(**configure)
+    client = OpenAI(providers=[Provider("primary", base_url=primary.base_url, api_key="sk-wrong-key"),
+                               Provider("backup", base_url=backup.base_url, api_key="sk-other-key")],
+                    retry=QUICK)
+
+    with pytest.raises(error, match=message) as raised:
         client.chat.completions.create(model=model, messages=MESSAGES)
-    assert len(primary.stats.requests) == 1
-    assert backup.stats.requests == [], "a non-retryable error must not fail over"
+    assert len(primary.stats.requests) == 1 and len(backup.stats.requests) == 1
+    assert raised.value.flowkit_final, "a step's default retry must not send it again"
 
 
 def test_failover_moves_to_the_next_provider_with_its_model_name(servers):
