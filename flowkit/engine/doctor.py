@@ -207,6 +207,7 @@ def examine(
         return [_said(FAILURE, REPLICA.format(primary=info["replica_of"]))]
     found = [Finding("redis", OK, f"Redis {info['version']} at {redacted(url)} answers.")]
     found += redis_settings(info, "redis")
+    found += cluster_nodes(info)
     if broker_url and _server(broker_url) not in (None, _server(url)):
         found += broker(broker_url)
     elif broker_url and is_amqp(broker_url):
@@ -277,6 +278,24 @@ def redis_settings(info: dict[str, Any], check: str, level: str = FAILURE) -> li
             "CONFIG SET maxmemory-policy noeviction, and `maxmemory-policy noeviction` in "
             "redis.conf (a full Redis then refuses writes instead of losing runs)."))
     return found
+
+
+def cluster_nodes(info: dict[str, Any]) -> list[Finding]:
+    """A Redis Cluster's failed nodes, and the primaries a failover left without a replica
+    (:func:`flowkit.store.server.cluster_health`): it serves, but one more crash stops runs."""
+    failed = info.get("failed_nodes")
+    if not failed:
+        return []
+    lone = info.get("lone_primaries") or []
+    return [Finding(
+        "redis.cluster", WARNING,
+        f"Redis Cluster node{'s' if len(failed) > 1 else ''} {', '.join(failed)} "
+        f"{'are' if len(failed) > 1 else 'is'} failed (down or cut off): the cluster serves "
+        "without it" + (f", and primary {', '.join(lone)} has no replica left: its crash "
+                        "would stop the runs in its slots until it is back." if lone else "."),
+        "Start the failed node again (it rejoins as a replica of the primary that took its "
+        "slots), or replace it (redis-cli --cluster del-node HOST:PORT NODE_ID, then "
+        "redis-cli --cluster add-node NEW:PORT HOST:PORT --cluster-slave).")]
 
 
 def broker(url: str) -> list[Finding]:

@@ -37,8 +37,9 @@ def describe(client: redis.Redis) -> dict[str, Any]:
     limit) and ``maxmemory_policy`` of the server ``client`` talks to (on a cluster, the
     weakest of its primaries)."""
     if isinstance(client, RedisCluster):  # its replicas too: each is a primary after a failover
-        return _weakest([_described(info, node) for node, info in
-                         client.info(target_nodes=RedisCluster.ALL_NODES).items()])
+        return {**_weakest([_described(info, node) for node, info in
+                            client.info(target_nodes=RedisCluster.ALL_NODES).items()]),
+                **cluster_health(client.cluster_nodes())}
     primary = _described(client.info())
     pool = client.connection_pool
     sentinels = getattr(pool, "sentinel_manager", None)
@@ -47,6 +48,23 @@ def describe(client: redis.Redis) -> dict[str, Any]:
     replicas = [_replica(host, port, pool.connection_kwargs)
                 for host, port in sentinels.discover_slaves(pool.service_name)]
     return _weakest([primary, *[r for r in replicas if r is not None]])
+
+
+def cluster_health(nodes: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """From ``CLUSTER NODES`` (redis-py's parse, by ``host:port``): ``failed_nodes``, those
+    the cluster marked failed (``fail``: down or cut off, past cluster-node-timeout), and
+    ``lone_primaries``, the primaries serving slots with no replica left that is not
+    failed: their crash stops the runs in their slots. After a failover every answering
+    node was read, the failed one was not, and the doctor said "All is well"."""
+    def flags(node: dict[str, Any]) -> list[str]:
+        return node["flags"].split(",")
+
+    failed = {addr for addr, node in nodes.items() if "fail" in flags(node)}
+    backed = {node["master_id"] for addr, node in nodes.items()
+              if "slave" in flags(node) and addr not in failed}
+    lone = [addr for addr, node in nodes.items() if "master" in flags(node)
+            and node["slots"] and addr not in failed and node["node_id"] not in backed]
+    return {"failed_nodes": sorted(failed), "lone_primaries": sorted(lone)}
 
 
 def _replica(host: str, port: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:

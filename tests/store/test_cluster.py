@@ -27,6 +27,7 @@ from flowkit.store.keys import Keys
 from flowkit.store.server import probe
 from flowkit.urls import ClusterURL
 from tests.cluster import cluster_fixture, primaries  # noqa: F401 - the cluster fixture
+from tests.conftest import wait_until
 
 
 @pytest.fixture
@@ -261,6 +262,36 @@ def test_the_doctor_says_a_cluster_node_is_down_not_to_start_the_cluster(flowkit
     assert finding.message.startswith(f"The Redis Cluster at {down.url}, or one of its nodes, "
                                       "does not answer (")
     assert finding.fix.startswith("Start the node that is down, or wait for its replica")
+
+
+@pytest.mark.long  # waits for a replica's promotion: beside the rest (scripts/test)
+def test_the_doctor_names_a_failed_node_and_the_primary_left_without_a_replica(flowkit_env):
+    """A primary crashed and its replica took over: the cluster serves, every answering
+    node read well, and the doctor said "All is well", though one more crash would stop
+    the runs in those slots."""
+    from flowkit.engine.doctor import examine  # noqa: PLC0415
+    from flowkit.store.store import Store  # noqa: PLC0415
+    from flowkit.testing.cluster import LocalCluster  # noqa: PLC0415
+
+    with LocalCluster(3, replicas=1, node_timeout_ms=1000) as cluster:
+        settings = config.get_settings().replace(redis_url=cluster.url, redis_retry_seconds=0)
+        assert [f for f in examine(None, "flowkit", None, store=Store(settings))
+                if f.check == "redis.cluster"] == [], "a whole cluster has nothing to say"
+        killed = cluster.ports[0]
+        cluster.kill(killed)
+        promoted = wait_until(lambda: next((p for p in cluster.replica_ports
+                                            if cluster.role(p) == "master"), None), 30,
+                              "a replica to take over from the killed primary")
+        store = Store(settings)
+        found = wait_until(lambda: [f for f in examine(None, "flowkit", None, store=store)
+                                    if f.check == "redis.cluster"], 30,
+                           "the cluster to mark the killed node failed")
+    assert [f.level for f in found] == ["warning"]
+    assert found[0].message == (
+        f"Redis Cluster node 127.0.0.1:{killed} is failed (down or cut off): the cluster "
+        f"serves without it, and primary 127.0.0.1:{promoted} has no replica left: its crash "
+        "would stop the runs in its slots until it is back.")
+    assert found[0].fix.startswith("Start the failed node again")
 
 
 def test_a_cluster_that_refuses_the_password_is_said_so_and_a_worker_refuses_to_start(
