@@ -11,7 +11,7 @@ import pytest
 
 import flowkit
 from flowkit.engine import canvas, publish
-from flowkit.engine.broker import get_app
+from flowkit.engine.broker import continued_priority, fresh_priority, get_app, use_app
 from flowkit.urls import shared_server_db
 from tests import workflows as wf
 
@@ -92,6 +92,25 @@ def test_a_start_pushes_its_first_message_with_the_run_and_only_once(store, nobo
     messages = broker_messages(NOBODY)
     assert [body(m)[1]["run_id"] for m in messages] == [run.id]
     assert store.get_run(run.id)["state"] == "queued"
+
+
+def test_a_process_without_the_step_tasks_sends_a_run_at_its_fresh_priority(store, nobody_queue):
+    """A web process sends steps with a producer app that registers no step task, and
+    Celery's task_default_priority applies only to registered tasks: a default run's
+    message carried no priority, which the Redis broker reads as 0, the level of continued
+    work, so a backlog of default runs started over HTTP went before priority 1-8 runs
+    and before resumed runs."""
+    worker_app = get_app()
+    use_app(None)  # as in the web process: get_app() makes a producer app
+    try:
+        assert f"flowkit.step.{wf.add_one.name}" not in get_app().tasks
+        default, urgent = parked.start({"n": 1}), parked.start({"n": 1}, priority=5)
+    finally:
+        use_app(worker_app)
+    sent = {body(m)[1]["run_id"]: m["properties"].get("priority")
+            for m in broker_messages(NOBODY)}
+    assert sent == {default.id: fresh_priority(0), urgent.id: fresh_priority(5)}
+    assert fresh_priority(0) > fresh_priority(5) > continued_priority()  # Redis: lower first
 
 
 def test_a_fused_start_runs_to_its_end(store, worker):

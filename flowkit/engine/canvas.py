@@ -200,10 +200,12 @@ def first_canvas(workflow: Workflow, run_id: str, payload: Any, queue: str | Non
                  priority: int = 0, gen: int = 0) -> tuple[Signature, tuple]:
     """Generation ``gen`` of the run's whole canvas and the arguments it is applied to (its
     first step receives ``payload``); a run's ``priority`` (0-9, 9 first) goes with every
-    message of it."""
+    message of it, the default's too: Celery's ``task_default_priority`` applies only to
+    the tasks an app registers, and a web process's producer app registers none, so its
+    default runs went out with no priority, which the Redis broker reads as the top one
+    (continued work's): ahead of priority 1-8 runs and of resumed runs."""
     canvas = compile_run(workflow.root, workflow.name, run_id, gen, queue)
-    if priority:
-        with_priority(canvas, {"priority": fresh_priority(priority)})
+    with_priority(canvas, {"priority": fresh_priority(priority)})
     return canvas, (payload,)
 
 

@@ -13,7 +13,7 @@ step is never a message again.
 - an agent loop goes on from its last checkpointed decision.
 
 Continued work goes ahead of fresh work on its queue: every message of a frontier carries
-:func:`~.broker.continued_priority` (fresh messages carry the app's default, lower priority).
+:func:`~.broker.continued_priority` (fresh messages carry their run's, lower: canvas.first_canvas).
 """
 
 from __future__ import annotations
