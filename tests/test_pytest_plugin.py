@@ -122,7 +122,14 @@ def test_without_redis_server_the_session_says_what_to_install_in_one_line(tmp_p
             "FLOWKIT_TEST_REDIS_URL=redis://host:port") in session.stderr, session.stderr
 
 
-def test_a_redis_of_yours_that_a_live_worker_uses_stops_the_session_untouched(tmp_path):
+@pytest.mark.parametrize("store_db, says", [
+    (1, "beats into its database 1, which the tests empty"),
+    # flowkit dev's and the default URL's: the guard looked at database 1 alone, and the
+    # dev worker took the tests' steps from the broker they share
+    (0, "beats into its database 0, where the tests send their steps"),
+])
+def test_a_redis_of_yours_that_a_live_worker_uses_stops_the_session_untouched(tmp_path, store_db,
+                                                                              says):
     """FLOWKIT_TEST_REDIS_URL naming the Redis a `flowkit dev` or a deployment uses: the
     tests emptied its store and its worker took their steps."""
     from flowkit.testing import LocalRedis, WorkerProcess
@@ -135,10 +142,10 @@ def test_a_redis_of_yours_that_a_live_worker_uses_stops_the_session_untouched(tm
     path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
     with LocalRedis() as theirs:
         base = f"redis://127.0.0.1:{theirs.port}"
-        deployment = {**env, "FLOWKIT_REDIS_URL": f"{base}/1", "FLOWKIT_BROKER_URL": f"{base}/0",
-                      "PYTHONPATH": path}
+        deployment = {**env, "FLOWKIT_REDIS_URL": f"{base}/{store_db}",
+                      "FLOWKIT_BROKER_URL": f"{base}/0", "PYTHONPATH": path}
         with WorkerProcess("flows", name="dev", env=deployment, cwd=str(tmp_path)):
-            store = redis.Redis.from_url(f"{base}/1")
+            store = redis.Redis.from_url(f"{base}/{store_db}")
             wait_until(lambda: any(m.startswith(b"dev@") for m in store.zrange("flowkit:workers", 0, -1)),
                        timeout=20, message="the worker's first beat")
             store.set("their-data", "1")
@@ -150,6 +157,7 @@ def test_a_redis_of_yours_that_a_live_worker_uses_stops_the_session_untouched(tm
             said = session.stdout + session.stderr
             assert session.returncode == pytest.ExitCode.USAGE_ERROR, said
             assert "FLOWKIT_TEST_REDIS_URL" in said and "worker dev@" in said, said
+            assert says in said, said
             assert "Traceback" not in said
             assert store.get("their-data") == b"1"  # not emptied
 

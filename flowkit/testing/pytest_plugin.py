@@ -125,23 +125,32 @@ def urls_for_tests(url: str) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def _flowkit_redis_unused() -> None:
     """Stop the session before it touches a Redis of yours (``FLOWKIT_TEST_REDIS_URL``)
-    that flowkit workers other than a test session's use: their runs' store would be
-    emptied, and they would take the tests' steps."""
+    that flowkit workers other than a test session's use: in its database 1 their runs'
+    store would be emptied; in its database 0 (``flowkit dev``'s and the default URL's
+    store and broker) they take steps from the tests' broker, and the tests' worker
+    theirs. Only database 1 was looked at: a ``flowkit dev`` on database 0 took the tests'
+    steps, and a test failed 75 s later saying its run had failed."""
     if not os.environ.get(TEST_REDIS_URL):
         return  # a private server: nothing else is on it
     from ..engine.control import live_workers
     from ..store import get_store
+    from ..store.store import Store
     from ..urls import redacted
 
-    others = sorted(str(worker["name"]) for worker in live_workers(get_store())
-                    if not str(worker["name"]).startswith(f"{SESSION_WORKER}@"))
-    if others:
-        pytest.exit(
-            f"{TEST_REDIS_URL} ({redacted(os.environ[TEST_REDIS_URL])}) is in use: flowkit "
-            f"worker {', '.join(others[:3])}{' and others' if len(others) > 3 else ''} "
-            "beats into its database 1, which the tests empty, and would take the tests' "
-            "steps. Give the tests a Redis no deployment or `flowkit dev` uses, or unset "
-            f"{TEST_REDIS_URL} for a private one.", returncode=pytest.ExitCode.USAGE_ERROR)
+    store = get_store()
+    broker = Store(store.settings.replace(redis_url=urls_for_tests(os.environ[TEST_REDIS_URL])[1]))
+    for db, where, why in ((1, store, "which the tests empty, and would take the tests' steps"),
+                           (0, broker, "where the tests send their steps: it would take them, "
+                                       "and the tests' worker its runs'")):
+        others = sorted(str(worker["name"]) for worker in live_workers(where)
+                        if not str(worker["name"]).startswith(f"{SESSION_WORKER}@"))
+        if others:
+            pytest.exit(
+                f"{TEST_REDIS_URL} ({redacted(os.environ[TEST_REDIS_URL])}) is in use: "
+                f"flowkit worker {', '.join(others[:3])}{' and others' if len(others) > 3 else ''} "
+                f"beats into its database {db}, {why}. Give the tests a Redis no deployment "
+                f"or `flowkit dev` uses, or unset {TEST_REDIS_URL} for a private one.",
+                returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 #: The node name of the session's worker (``pytest@<host>``).
