@@ -8,12 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import flowkit
 from flowkit.cli.live import RunView
+from flowkit.engine.broker import get_app
 from tests import workflows as wf
 from tests.conftest import ROOT
 
@@ -249,6 +251,48 @@ def test_sigterm_while_following_in_a_terminal_gives_the_cursor_back(env):
         os.close(parent)
         run.cancel()
     assert b"\x1b[?25h" in seen[seen.index(b"\x1b[?25l"):], seen  # shown again after
+
+
+#: A queue no worker of the session consumes: its runs stay queued.
+UNSERVED = "follow-unserved"
+unserved = flowkit.Workflow("follow.unserved", [wf.add_one], queue=UNSERVED,
+                            input_schema=wf.number_schema)
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_follow_of_a_run_no_worker_takes_says_why_it_does_not_move(env, store, terminal):
+    """Forgetting the worker (or its --queues): the follow showed "queued" for ever, while
+    `flowkit status` and the API's waiting_for said what to start."""
+    import pty
+    import select
+
+    run = unserved.start({"n": 1})
+    leader, follower = pty.openpty() if terminal else os.pipe()
+    follow = subprocess.Popen([sys.executable, "-m", "flowkit.cli", "follow", run.id],
+                              env={**env, "TERM": "xterm", "COLUMNS": "200"}, stdout=follower,
+                              stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    seen, why = b"", (f"no live worker consumes queue {UNSERVED}: start one with --queues "
+                      f"{UNSERVED}").encode()
+    try:
+        deadline = time.monotonic() + 30
+        while why not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1)
+            if ready:
+                seen += os.read(leader, 65536)
+        said = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen)
+        assert why in seen, said
+        if not terminal:
+            assert f"run queued: {why.decode()}".encode() in said, said
+        else:
+            assert re.search(rb"run \w{26}  queued  " + re.escape(why), said), said
+    finally:
+        follow.kill()
+        follow.wait(10)
+        os.close(leader)
+        run.cancel()
+        with get_app().connection_for_write() as conn:
+            conn.default_channel.queue_purge(UNSERVED)
 
 
 def test_a_run_that_leaves_redis_while_followed_ends_the_follow_saying_so(env, store):

@@ -8,8 +8,9 @@ away, as a follow over ``--url`` does (:mod:`.remote`).
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..config import get_settings
@@ -59,3 +60,52 @@ def _through_outages(run_id: str, cursor: str, followed: Iterator[Any] | None
         time.sleep(RECONNECT_SECONDS)
 
 
+
+
+#: Seconds without an event after which a follow asks why the run does not move.
+QUIET_SECONDS = 3.0
+
+
+class StallWatch:
+    """Tells a follow why its run does not move, once per reason: a run no worker takes
+    (no live worker, or none on its queue), or a step whose worker stopped beating. Such a
+    run sends no event, and ``flowkit run``/``follow`` showed "queued" for ever while
+    ``flowkit status`` and the API's ``waiting_for`` said to start a worker. After
+    ``quiet`` seconds without an event it reads the run (``get``) and calls ``tell`` with
+    its ``waiting_for`` and state, when that is new; it reads again after another quiet
+    spell."""
+
+    def __init__(self, get: Callable[[], dict[str, Any]],
+                 tell: Callable[[str, str], None], quiet: float = QUIET_SECONDS) -> None:
+        self._get, self._tell, self._quiet = get, tell, quiet
+        self._last = time.monotonic()
+        self._told: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="flowkit-stall-watch",
+                                        daemon=True)
+
+    def __enter__(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def seen(self) -> None:
+        """An event came: the run moves."""
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self._quiet)):
+            if time.monotonic() - self._last < self._quiet:
+                continue
+            self._last = time.monotonic()
+            try:
+                record = self._get()
+            except Exception:  # noqa: BLE001 - an outage the follow itself says
+                continue
+            why = record.get("waiting_for")
+            if why != self._told and not self._stop.is_set():
+                self._told = why
+                if why:
+                    self._tell(str(record.get("state") or ""), why)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,6 +182,11 @@ class RunView:
         line = f"run {verb}"
         return f"{line}: {self.note}" if self.note else line
 
+    def stalled(self, state: str, why: str) -> None:
+        """The run does not move (:class:`~.following.StallWatch`): the head says why, until
+        its next event."""
+        self.note = why
+
     def __rich__(self) -> Group:
         """Drawn at each of ``Live``'s refreshes: times and ETAs go on between events."""
         return self.render()
@@ -266,8 +272,18 @@ class Printer:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.pending: dict[str, str] = {}
+        self._lock = threading.Lock()  # lines whole: a stall is told from another thread
+
+    def stalled(self, state: str, why: str) -> None:
+        """The run does not move (:class:`~.following.StallWatch`): one line saying why."""
+        with self._lock:
+            self.console.print(f"run {state}: {why}", markup=False, highlight=False)
 
     def show(self, event: dict[str, Any], line: str | None) -> None:
+        with self._lock:
+            self._show(event, line)
+
+    def _show(self, event: dict[str, Any], line: str | None) -> None:
         key = event.get("step") or ""
         if event.get("type") == "step.output":
             self.pending[key] = self.pending.get(key, "") + str(event.get("chunk", ""))

@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..urls import redacted_query
 from .app import add_app_option, load_app, unknown_workflow
-from .following import followed_locally
+from .following import StallWatch, followed_locally
 from .live import Printer, RunView, final_lines
 from .output import add_json_option
 from .remote import RemoteRuns
@@ -214,8 +214,10 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         elif console.is_terminal:
             signal.signal(signal.SIGTERM, _terminated)  # the cursor back, as after Ctrl-C
             try:
-                with Live(view, console=console, refresh_per_second=8) as live:
+                with Live(view, console=console, refresh_per_second=8) as live, \
+                        StallWatch(lambda: runs.get(run_id), view.stalled) as stalls:
                     for event in followed:
+                        stalls.seen()
                         view.feed(event)
                         live.refresh()  # at once, not at the next tick
             finally:  # also when a signal cut the view's own start short (no exit then)
@@ -223,8 +225,10 @@ def follow_run(args: argparse.Namespace, runs: Runs, run_id: str, after: str,
         else:
             printer = Printer(console)
             console.print(f"following run {run_id}", markup=False)
-            for event in followed:
-                printer.show(event, view.feed(event))
+            with StallWatch(lambda: runs.get(run_id), printer.stalled) as stalls:
+                for event in followed:
+                    stalls.seen()
+                    printer.show(event, view.feed(event))
     except KeyboardInterrupt:
         print(f"\ndetached; run {run_id} goes on. Follow it again: "
               f"{_follow_hint(args, run_id)}", file=sys.stderr)
