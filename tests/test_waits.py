@@ -161,6 +161,13 @@ def test_items_waiting_under_one_name_are_answered_by_step_each_and_a_resend_is_
     assert ambiguous.value.fields == {"step": [
         f"Several steps of run {run.id} wait for input 'value': "
         f"{', '.join(sorted(steps.values()))}; pass the step whose wait this answers."]}
+    # a step that does not wait: the 409 said "does not wait for input 'value': it waits
+    # for input 'value'", naming no step
+    with pytest.raises(flowkit.ValidationError) as wrong:
+        flowkit.send_input(run.id, "value", {"value": 1}, step="9:nosuch")
+    assert wrong.value.fields == {"step": [
+        f"Step 9:nosuch of run {run.id} does not wait for input 'value': steps "
+        f"{', '.join(sorted(steps.values()))} do; pass one of them."]}
     for i in (2, 0, 1):
         step = steps[f"item {i}?"]
         first = flowkit.send_input(run.id, "value", {"value": 10 ** i}, step=step)

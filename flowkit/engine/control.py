@@ -844,6 +844,12 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None, *
                            "value: the first answer stands (to ask again, the step waits "
                            "under another name).")
     if outcome == WaitOutcome.NOT_WAITING:
+        others = sorted({w["step"] for w in named})
+        if step is not None and others:  # "it waits for input 'x'" of a wait for 'x'
+            said = (f"Step {step} of run {run_id} does not wait for input {name!r}: "
+                    f"{'steps' if len(others) > 1 else 'step'} {', '.join(others)} "
+                    f"{'do' if len(others) > 1 else 'does'}; pass one of them.")
+            raise ValidationError({"step": [said]}, said)
         waiting = sorted(w["name"] for w in run.waits or () if w["kind"] == WaitKind.INPUT)
         what = (f"it waits for input {', '.join(map(repr, waiting))}" if waiting
                 else "it waits for no input")
