@@ -70,6 +70,8 @@ def test_a_slot_is_given_back_however_the_run_ends():
     cancelled_in_line = wf.per_tenant.start({"tenant": "initech"})
     assert flowkit.get_run(cancelled_in_line.id).held_for
     flowkit.cancel(cancelled_in_line.id)  # one cancelled while held never takes a slot
+    # and waits for nothing: `flowkit status` said it waited for "2 of 2 runs ... active"
+    assert flowkit.get_run(cancelled_in_line.id).held_for is None
     for run in (second, queued):
         open_gate(run, "tenant_work")
     assert second.result(WAIT) and queued.result(WAIT)

@@ -94,6 +94,7 @@ end
 local function end_run(run_id, state, now, retention, call_id, fields, event_json)
   redis.call('HSET', run, 'state', state, 'finished_at', now, 'updated_at', now,
              'ended_by', call_id, unpack(fields))
+  redis.call('HDEL', run, 'held_for')  -- an ended run waits for no slot (one cancelled in line)
   redis.call('ZREM', running, run_id)
   redis.call('ZREM', queued, run_id)
   redis.call('ZREM', waiting, run_id)
