@@ -428,6 +428,30 @@ def test_unreachable_redis_says_what_to_do(env, command):
     )
 
 
+def test_a_misspelled_redis_url_is_named_where_redis_cannot_be_reached(env):
+    """FLOWKIT_REDIS_ULR=...: the CLI said to start the default Redis (localhost), and the
+    doctor dropped its `settings` check whenever Redis did not answer, the case the typo
+    makes."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 6379)) == 0:
+            pytest.skip("a Redis listens on the default port here: the default URL reaches it")
+    typo = {k: v for k, v in env.items() if k != "FLOWKIT_REDIS_URL"}
+    typo["FLOWKIT_REDIS_ULR"] = env["FLOWKIT_REDIS_URL"]
+    runs = flowkit_cli("runs", env=typo)
+    assert runs.returncode == 1
+    assert runs.stderr.strip() == (
+        "flowkit runs: cannot reach Redis at redis://127.0.0.1:6379/0; start it, or point "
+        "FLOWKIT_REDIS_URL at your Redis (FLOWKIT_REDIS_ULR is set: did you mean "
+        "FLOWKIT_REDIS_URL?).")
+    doctor = flowkit_cli("doctor", "-A", "tests.app", env=typo)
+    assert doctor.returncode == 1 and "✗ redis" in doctor.stdout
+    assert re.search(r"! settings +FLOWKIT_REDIS_ULR is not a flowkit setting: flowkit "
+                     r"ignores it \(did you mean FLOWKIT_REDIS_URL\?\)\.", doctor.stdout), \
+        doctor.stdout
+
+
 def test_a_redis_url_without_a_host_is_said_with_the_address_it_means(env):
     """``FLOWKIT_REDIS_URL=redis://`` said "cannot reach Redis at redis://", which names no
     server: redis-py reads it as localhost:6379 (and ``redis://:PORT`` as localhost:PORT)."""

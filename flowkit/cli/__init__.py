@@ -7,13 +7,14 @@ A command module has ``register(subparsers)``, adding its parser with
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import io
 import os
 import sys
 from collections.abc import Sequence
 
-from ..config import configure, get_settings
+from ..config import configure, get_settings, variables
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
 from ..store import (
     DEMOTED,
@@ -117,8 +118,20 @@ def _broker_down(where: str, exc: BrokerUnavailable) -> int:
                              f"password in {name}, as redis://:PASSWORD@host:port/db "
                              f"(redis://USER:PASSWORD@... for an ACL user).{stored}")
     print(f"flowkit {where}: cannot reach {what} at {reached(url)}; start it, or point "
-          f"{name} at yours.{stored}", file=sys.stderr)
+          f"{name} at yours{misspelled(name)}.{stored}", file=sys.stderr)
     return 1
+
+
+def misspelled(setting: str) -> str:
+    """`` (FLOWKIT_REDIS_ULR is set: did you mean FLOWKIT_REDIS_URL?)`` when ``setting`` is
+    not set and a FLOWKIT_* variable flowkit does not read is a near miss of it: the
+    default's "cannot reach Redis at localhost" sent the user to start a Redis that ran."""
+    if os.environ.get(setting):
+        return ""
+    known = variables()
+    near = [name for name in sorted(os.environ) if name.startswith("FLOWKIT_")
+            and name not in known and difflib.get_close_matches(name, [setting], 1, 0.8)]
+    return f" ({near[0]} is set: did you mean {setting}?)" if near else ""
 
 
 def _broker_setting(settings) -> str:
@@ -162,7 +175,8 @@ def _main(argv: Sequence[str] | None) -> int:
                "redis://)" if settings.redis_url.startswith("rediss://") else "")
         print(f"flowkit {where}: cannot reach Redis at {reached(settings.redis_url)}; start "
               "it, or point "
-              f"FLOWKIT_REDIS_URL at your Redis{tls}.", file=sys.stderr)
+              f"FLOWKIT_REDIS_URL at your Redis{tls}{misspelled('FLOWKIT_REDIS_URL')}.",
+              file=sys.stderr)
         return 1
     except ConfigError as exc:  # credentials Redis refused: a setting to fix, as at start
         return _usage(where, str(exc))

@@ -172,7 +172,15 @@ def examine(
 ) -> list[Finding]:
     """Every check, in the order a person fixes them. ``app_workflows``: the workflows of
     the user's app (None: it was not imported; the workers' announced routes still count);
-    ``broker_url``: the Celery broker's, checked too when it is another Redis server."""
+    ``broker_url``: the Celery broker's, checked too when it is another Redis server. The
+    ``settings`` check needs no Redis: it is said when Redis does not answer too, the case a
+    misspelled FLOWKIT_REDIS_URL makes (it was said only when Redis answered)."""
+    return _examined(app_workflows, default_queue, broker_url, store, now) + \
+        unknown_variables(os.environ)
+
+
+def _examined(app_workflows: Iterable[Workflow] | None, default_queue: str,
+              broker_url: str | None, store: Store | None, now: float | None) -> list[Finding]:
     store = store or get_store()
     now = time.time() if now is None else now
     url = store.settings.redis_url
@@ -226,7 +234,6 @@ def examine(
     found += broker_timeout(broker_url or store.settings.broker, workers,
                             store.settings.visibility_timeout)
     found += versions(workers)
-    found += unknown_variables(os.environ)
     return found
 
 
