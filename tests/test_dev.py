@@ -150,6 +150,18 @@ def test_dev_serves_the_project_reloads_on_edit_and_stops_everything(tmp_path):
         assert second["output"]["greeting"] == "hello Grace"
         assert second["output"]["version"] == "v2"  # the edited component ran
 
+        # a save that breaks the code stops worker, web and beat; each starts again once a
+        # fix is saved (beat said "restart flowkit dev to get it back", and came back)
+        good = components.read_text()
+        components.write_text(good + "\nraise RuntimeError('broken on purpose')\n")
+        line = dev.wait_for("beat exited with code", timeout=60)
+        assert line.endswith("it starts again when a Python file changes"), line
+        mark = len(dev.lines)
+        components.write_text(good)
+        for name in ("worker", "web"):
+            if not any(f"{name} reloaded" in seen for seen in dev.lines[mark:]):
+                dev.wait_for(f"{name} reloaded", timeout=90)
+
         in_flight_across_a_reload(project, exports, dev)
 
         procs |= _tree(dev.proc.pid)  # the new worker and web processes too

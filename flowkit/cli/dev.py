@@ -162,7 +162,7 @@ def dev(args: argparse.Namespace) -> int:
                                       reload=not args.no_reload, served=served))
             if not args.no_reload:
                 _watch(supervisor, project)
-            _serve(supervisor)
+            _serve(supervisor, reload=not args.no_reload)
         except Stopped as stop:
             supervisor.say(f"{stop.name} received; stopping everything")
             code = 128 + stop.signum
@@ -376,8 +376,10 @@ def _add_app_children(supervisor: Supervisor, args: argparse.Namespace, app_name
     ))
 
 
-def _serve(supervisor: Supervisor) -> None:
-    """Act on events until a stop signal (which raises Stopped)."""
+def _serve(supervisor: Supervisor, reload: bool) -> None:
+    """Act on events until a stop signal (which raises Stopped). A child that exits is
+    started again at the next change when dev reloads it (beat too: it said "restart flowkit
+    dev to get it back", and came back at the next save; with --no-reload, none is)."""
     reloading: set[str] = set()
     while True:
         event = supervisor.next_event(3600.0)
@@ -397,8 +399,9 @@ def _serve(supervisor: Supervisor) -> None:
             if proc is child.proc and proc.returncode is not None:
                 if child.last:
                     raise ChildFailed(f"{child.name} exited with code {proc.returncode}")
+                restarts = reload and child.name in (*RELOADED, *RESTARTED)
                 supervisor.say(f"{child.name} exited with code {proc.returncode}; " + (
-                    "it starts again when a Python file changes" if child.name in RELOADED
+                    "it starts again when a Python file changes" if restarts
                     else "the rest runs on without it (restart flowkit dev to get it back)"))
 
 
