@@ -9,6 +9,7 @@ import time
 import pytest
 
 import flowkit
+from flowkit.engine import limits
 from flowkit.store import get_store
 from tests import workflows as wf
 from tests.conftest import open_gate, reached_gate, wait_until
@@ -178,6 +179,26 @@ def test_a_step_over_its_components_concurrency_waits_without_a_worker_and_start
     assert most_active("a.example") == 1
     store = get_store()
     assert store.redis.zcard(store.keys.slots("step:t.scrape:a.example")[0]) == 0
+
+
+def test_a_slot_kept_for_a_run_that_ended_before_its_step_began_goes_on_at_the_next_sweep():
+    """A run cancelled just after a slot was handed to it (resumed, its step not yet begun)
+    begins no step to use the slot or give it back: it stayed reserved for a minute, every
+    step of the component waiting meanwhile."""
+    store = get_store()
+    group = limits.group_of("t.scrape", "c.example")
+    # what that race leaves, made directly: a cancelled run whose step never began holds
+    # the group's one slot as a reservation
+    gone = wf.one_per_domain.start({"domain": "c.example"}, delay=3600)
+    flowkit.cancel(gone.id)
+    now = time.time()
+    store.slots(group, 1, now, add=f"{gone.id} 0:t.scrape",
+                score=now + limits.RESERVED_SECONDS, index=store.keys.step_groups)
+    behind = wf.one_per_domain.start({"domain": "c.example"})
+    paused_for(behind, "slot")
+    assert limits.reconcile(store) == 1  # as beat's next sweep does
+    assert behind.result(WAIT) == {"domain": "c.example"}
+    assert store.redis.zcard(store.keys.slots(group)[0]) == 0
 
 
 def test_a_step_with_a_rate_and_a_concurrency_limit_pays_its_rate_once_though_it_waited_in_line():

@@ -32,7 +32,7 @@ from ..config import get_settings
 from ..errors import RunCancelled, StepSuspended
 from ..policy import Policy, field_value, key_value
 from ..serialization import dumps
-from ..states import WaitKind, WaitOutcome
+from ..states import LIVE_STATES, WaitKind, WaitOutcome
 from ..store import Store
 from .control import Run, resume
 from .step import StepContext
@@ -137,6 +137,7 @@ def reconcile(store: Store) -> int:
         lapsing = store.lapsing_slots(group, now)
         _, _, handed = store.slots(group, limit, now, score=now + RESERVED_SECONDS, lapsed=now)
         resumed += _hand_over(store, group, limit, handed)
+        resumed += _take_back_from_ended(store, group, limit, now)
         for member in lapsing:
             run_id, _, step = member.partition(" ")
             if not store.waits_on(run_id, f"{step}/slot"):
@@ -145,6 +146,26 @@ def reconcile(store: Store) -> int:
             if outcome == WaitOutcome.RESUMED:
                 resume(Run.load(run_id, store), gen)
             resumed += outcome in (WaitOutcome.RESUMED, WaitOutcome.DELIVERED)
+    return resumed
+
+
+def _take_back_from_ended(store: Store, group: str, limit: int, now: float) -> int:
+    """Take back the slots of ``group`` kept for steps of runs that ended (or are gone)
+    while no attempt of that step runs, and hand them on. A run cancelled just after a
+    slot was handed to it (resumed, its step not yet begun) begins no step to use the slot
+    or give it back: it stayed reserved for RESERVED_SECONDS, every step of the component
+    (of every tenant, for a limit without a key) waiting meanwhile. A step that still runs
+    after its run ended keeps its slot until it stops (it gives it back then)."""
+    members = [member for member, _ in store.slot_holders(group)]
+    states = store.run_states([member.partition(" ")[0] for member in members])
+    resumed = 0
+    for member, state in zip(members, states):
+        run_id, _, step = member.partition(" ")
+        if state in LIVE_STATES or step in store.live_leases(run_id, now):
+            continue
+        _, _, handed = store.slots(group, limit, now, release=member,
+                                   score=now + RESERVED_SECONDS)
+        resumed += _hand_over(store, group, limit, handed)
     return resumed
 
 
