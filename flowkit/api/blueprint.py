@@ -20,7 +20,7 @@ from .auth import KEY, RUN
 from .errors import ApiError, handle_host_errors, to_response
 from .options import ApiOptions
 from .origins import check_same_site
-from .requests import check_body_size, check_path_text, finish_body
+from .requests import ClosingConnections, check_body_size, check_path_text, finish_body
 from .state import EXTENSION, ApiState, state
 from .views import (
     docs,
@@ -66,6 +66,7 @@ def create_blueprint(name: str = "flowkit", **options: Any) -> Blueprint:
         resolved = ApiOptions.resolve(app.config, **options)
         prefix = setup.url_prefix or ""
         app.extensions[EXTENSION] = ApiState(app, resolved, prefix, bp.name)
+        app.wsgi_app = ClosingConnections(app.wsgi_app)  # type: ignore[method-assign]
         install_metrics()  # this process's stream subscribers (and LLM calls, steps)
         app.register_error_handler(HTTPException, _routing_error)
         handle_host_errors(app)

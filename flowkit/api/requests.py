@@ -248,3 +248,29 @@ def json_body() -> Any:
     except UnicodeEncodeError:
         raise _not_json() from None
     return value
+
+
+class ClosingConnections:
+    """WSGI middleware: a response that says ``Connection: close`` (a body malformed, cut
+    short, or too large to drain) has the server close the connection. gunicorn drops an
+    application's ``Connection`` header as hop-by-hop and answered ``keep-alive``, then
+    closed the connection all the same, or found the rest of the refused body where the
+    next request should begin: the client's next request on it got no answer. gunicorn's
+    ``start_response`` is its response's method, whose ``force_close()`` makes it close the
+    connection and say ``Connection: close`` itself; other servers (Werkzeug's) take the
+    header as it is."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if any(name.lower() == "connection" and value.lower() == "close"
+                   for name, value in headers):
+                force_close = getattr(getattr(start_response, "__self__", None),
+                                      "force_close", None)
+                if callable(force_close):
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)

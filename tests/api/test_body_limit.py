@@ -102,6 +102,10 @@ def test_a_malformed_chunked_body_is_400_without_credentials_or_a_logged_error(
         response = http.client.HTTPResponse(sock)
         response.begin()
         error = json.loads(response.read())["error"]
+        # and the connection closes, saying so: gunicorn dropped the header (hop-by-hop),
+        # said keep-alive, and a request sent next on it got no answer
+        assert closes(response)
+        assert sock.recv(1) == b""
     assert response.status == 400 and error["code"] == "bad_request"
     assert "chunked body is malformed or ends early" in error["message"]
     log = tmp_path / "gunicorn.log"
@@ -109,8 +113,9 @@ def test_a_malformed_chunked_body_is_400_without_credentials_or_a_logged_error(
 
 
 def test_a_body_too_large_to_drain_is_refused_and_the_client_goes_on(server_url, store):
-    """Past 16 x the limit flowkit stops reading and asks to close the connection (the
-    werkzeug server does; gunicorn drains the rest itself and keeps it)."""
+    """Past 16 x the limit flowkit stops reading and closes the connection, saying so (gunicorn
+    dropped the header as hop-by-hop and said keep-alive); the client's next request goes
+    on a new one."""
     before = runs_of("simple")
     host = urlsplit(server_url)
     conn = http.client.HTTPConnection(host.hostname, host.port, timeout=20)
@@ -119,16 +124,22 @@ def test_a_body_too_large_to_drain_is_refused_and_the_client_goes_on(server_url,
     conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()
     piece = b" " * 65536
-    for _ in range(17):  # 17 x the limit: more than the server reads to keep a connection
+    for _ in range(18):  # 18 x the limit: past what flowkit reads to keep a connection
         conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
     conn.send(b"0\r\n\r\n")
     response = conn.getresponse()
     assert response.status == 413
+    assert closes(response)  # gunicorn's said keep-alive
     response.read()
     assert runs_of("simple") == before
     status, run = chunked_post(conn, "/workflows/simple/runs", padded({"n": 2}, 100))
     assert status == 202 and run["input"]["n"] == 2
     conn.close()
+
+
+def closes(response: http.client.HTTPResponse) -> bool:
+    """Whether the response says ``Connection: close`` (Werkzeug's server says it twice)."""
+    return {v.strip() for v in (response.getheader("Connection") or "").split(",")} == {"close"}
 
 
 def length_post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, dict]:
@@ -199,6 +210,7 @@ def cut_short_post(url: str, path: str, declared: int, sent: bytes) -> tuple[int
         sock.shutdown(socket.SHUT_WR)
         response = http.client.HTTPResponse(sock)
         response.begin()
+        assert closes(response)  # gunicorn's said keep-alive
         return response.status, json.loads(response.read())
 
 
