@@ -49,12 +49,22 @@ def query(schema: type[marshmallow.Schema]) -> dict[str, Any]:
 
 
 def negotiated_stream() -> str | None:
-    """SSE or NDJSON when the client names one explicitly (``*/*`` means JSON)."""
+    """SSE or NDJSON when the client names one explicitly (``*/*`` means JSON), with or
+    without parameters (``text/event-stream; charset=utf-8`` got the JSON page: werkzeug
+    matches a type with parameters only to the same parameters)."""
     accept = request.accept_mimetypes
+    json_quality = max(accept.quality("application/json"), _named(accept, "application/json"))
     for kind in (SSE, NDJSON):
-        if any(value == kind and quality > 0 for value, quality in accept):
-            return kind if accept.quality(kind) >= accept.quality("application/json") else None
+        quality = _named(accept, kind)
+        if quality > 0:
+            return kind if quality >= json_quality else None
     return None
+
+
+def _named(accept: Any, kind: str) -> float:
+    """The highest quality ``accept`` gives ``kind`` by name, whatever its parameters."""
+    return max((quality for value, quality in accept
+                if value.partition(";")[0].strip().lower() == kind), default=0)
 
 
 def wait_seconds(query_wait: float | None) -> float | None:

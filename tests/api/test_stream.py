@@ -166,9 +166,13 @@ def test_post_with_accept_ndjson_streams_the_run(client):
     assert chunks(lines) == ["alpha", "beta", "gamma"]
 
 
-def test_post_with_accept_event_stream_streams_sse(client):
+@pytest.mark.parametrize("accept", ["text/event-stream", "text/event-stream; charset=utf-8",
+                                    "Text/Event-Stream;q=0.9, application/json;q=0.5"])
+def test_post_with_accept_event_stream_streams_sse(client, accept):
+    """Named with a parameter, it got the JSON page (werkzeug matches a type with
+    parameters only to the same parameters)."""
     with client.stream("POST", "/workflows/chatty/runs", json={"n": 2},
-                       headers={"Accept": "text/event-stream"}) as response:
+                       headers={"Accept": accept}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         body = response.read().decode()
     data = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
