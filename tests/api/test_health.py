@@ -21,6 +21,15 @@ from tests.api.test_watch import browser  # noqa: F401 - the Chromium fixture
 from tests.conftest import wait_until
 
 
+@pytest.fixture(autouse=True)
+def _beat_swept(request):
+    """Beat's sweep, recorded as a deployment's beat records it, where a worker runs: its
+    absence is a problem of its own (tested below)."""
+    if "worker" in request.fixturenames:
+        store = request.getfixturevalue("store")
+        store.record_sweep(time.time(), config.get_settings().reaper_interval)
+
+
 def health(app_options: dict) -> dict:
     """/healthz as an operator sees it (an API key: the details too)."""
     for served in serve(make_app(**app_options)):
@@ -94,6 +103,19 @@ def test_healthz_is_degraded_when_a_served_workflow_routes_to_a_queue_nobody_con
     body = health({"workflows": ["simple", "lonely"]})
     assert body["status"] == "degraded"
     assert body["problems"] == ["no live worker consumes queue lonely (workflow lonely)"]
+
+
+def test_healthz_is_degraded_when_beat_has_not_swept_lately(store, worker):
+    """Beat down: no crashed run restarted, no timer or schedule fired, and /healthz said
+    ok while runs sat overdue with no reason given."""
+    wait_until(lambda: store.nodes_seen_since(0), message="a worker heartbeat")
+    store.record_sweep(time.time() - 600, 5.0)  # beat's last sweep, 10 minutes ago
+    body = health({"workflows": ["simple"]})
+    assert body["status"] == "degraded"
+    assert body["problems"] == [
+        "The reaper last swept 600s ago (every 5s expected): crashed runs are not restarted, "
+        "timers and schedules do not fire. Start beat (celery -A <your app> beat, one "
+        "process) and a worker."]
 
 
 def test_healthz_is_degraded_with_no_live_worker(flowkit_env, monkeypatch):

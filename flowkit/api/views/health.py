@@ -7,8 +7,9 @@ a caller with full access (:attr:`flowkit.api.auth.Access.full`): they map the d
 ``ok`` when Redis answers and every queue a served workflow routes to has a live
 consumer; ``degraded`` (still 200: this process serves) when no worker is alive, a queue
 has none, the reaper found a worker whose consumer takes nothing from a queue where
-messages wait (flowkit.engine.consumers), or the workers take steps from another broker
-than this process sends them to, with a ``problems`` list saying which; 503 with ``Retry-After`` when
+messages wait (flowkit.engine.consumers), the workers take steps from another broker
+than this process sends them to, or beat's reaper has not swept within three of its
+intervals (at least 30 s), with a ``problems`` list saying which; 503 with ``Retry-After`` when
 Redis does not answer within FLOWKIT_API_REDIS_RETRY_SECONDS.
 """
 
@@ -47,6 +48,10 @@ def healthz():
         # process sends them to: its runs wait, queued, for the reaper (it said "ok")
         problems += [f"{f.message} {f.fix}" for f in doctor.same_broker(
             current.store.settings.broker, workers) if f.level == doctor.FAILURE]
+        # beat down: no crashed run is restarted, no timer, delayed start or schedule fires,
+        # and it said "ok" while runs sat overdue with no reason given
+        problems += [f"{f.message} {f.fix}" for f in doctor.beat(
+            current.store.last_sweep(), time.time()) if f.level == doctor.FAILURE]
     status = {"status": "degraded" if problems else "ok", "redis": True}
     if not _full_access(current):
         return status
