@@ -143,6 +143,13 @@ def test_delayed_start_errors_say_what_to_give_and_a_time_past_9999_is_held_to_i
                         json={"n": 1})
     assert naive.json()["error"]["fields"] == {"start_at": [
         "Give its time zone: e.g. 2026-12-24T09:00:00Z, or +01:00 for an offset."]}
+    # an offset's + written unencoded, as that hint has it: decoded to a space, it was
+    # "not a date-time flowkit can hold"
+    plus = client.post("/workflows/simple/runs?start_at=2030-01-01T09:00:00+01:00",
+                       json={"n": 1})
+    assert plus.status_code == 202, plus.text
+    assert plus.json()["start_at"] == 1893484800.0  # 08:00 UTC
+    assert client.post(f"/runs/{plus.json()['id']}/cancel").status_code == 200
     # the year 10000 in UTC: taken (the published schema cannot bound it), held to 9999
     last = client.post("/workflows/simple/runs", json={"n": 1},
                        params={"start_at": "9999-12-31T23:59:59-23:59"})
