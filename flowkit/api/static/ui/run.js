@@ -92,15 +92,26 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   // A run token given as a string ends with its day: this page cannot mint another one, and
   // what needs the token (answering a wait, reading the record) stops with it.
   let expired = false;
+  // refused before anything was read: the header said "connecting" under the refusal
+  let refused = false;
+  const shownState = () => folded.state ?? record?.state ?? (refused ? "unknown" : "connecting");
   function refusal(failure) {
+    if (!record?.state && !events.length) {
+      refused = true;
+      render();
+    }
     // the API's own words for an unknown run ("No run ... (unknown, or expired ...)"), not
     // "refused (404)" over an empty run, which read as a permissions problem
     if (failure.status === 404) return failure.message || "no such run (unknown, or expired)";
+    // a watch link without its token: "send an API key" asked for what this page cannot use
+    if (!dashboard && !client.token && failure.status === 401) {
+      return "this link has no run token (?token=...): open the run again from the app that gave you this page";
+    }
     // with the API's reason: "refused (401)" alone left the reader to guess which
     if (failure.code !== "token_expired") return `refused (${failure.status})${failure.message ? `: ${failure.message}` : ""}`;
     if (!expired) {
       expired = true;
-      drawActions(folded.state ?? record?.state ?? "connecting");
+      drawActions(shownState());
     }
     return "link expired: open the run again from the app that gave you this page";
   }
@@ -183,7 +194,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
 
   const render = throttle(() => {
     const now = Date.now() / 1000;
-    const state = folded.state ?? record?.state ?? "connecting";
+    const state = shownState();
     drawHeader(state, now);
     drawActions(state);
     drawFinal(state);
@@ -339,7 +350,7 @@ export function runView(main, client, runId, { dashboard = false } = {}) {
   // drop a reader's text selection each second)
   const tick = throttle(() => {
     const now = Date.now() / 1000;
-    drawHeader(folded.state ?? record?.state ?? "connecting", now);
+    drawHeader(shownState(), now);
     drawTimeline(ui.timeline, events, folded.order, now);
   });
   setInterval(() => { if (!isTerminal(folded) && (folded.state ?? record?.state)) tick(); }, 1000);
