@@ -34,11 +34,12 @@ def create_app() -> Flask:
     FlowKit(app)
     settings = get_settings()
     if not (settings.api_keys.strip() or settings.api_open):  # no one could call it
-        # a run token (signed with FLOWKIT_API_SECRET) still reads its run, and /healthz
+        # a run token (signed with a shared secret) still reads its run, and /healthz
         # answers: "every API call answers 401" sent operators after tokens that worked
         log.warning("flowkit web: no FLOWKIT_API_KEYS (and FLOWKIT_API_OPEN is off): every API "
                     "call that needs a key, /metrics too, answers 401 until you set the keys "
-                    "your callers send (run tokens still read their runs; /healthz answers)")
+                    "your callers send (run tokens still read their runs where "
+                    "FLOWKIT_API_SECRET or SECRET_KEY is set; /healthz answers)")
 
     @app.get("/")
     def home():

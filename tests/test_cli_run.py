@@ -295,6 +295,39 @@ def test_a_follow_of_a_run_no_worker_takes_says_why_it_does_not_move(env, store,
             conn.default_channel.queue_purge(UNSERVED)
 
 
+def test_a_stall_is_told_once_per_reason_and_the_view_drops_it_when_the_run_moves():
+    """A lapsed lease's reason holds its age ("lapsed 41s ago"): each read was a new reason,
+    a line every 3 s; and the view's head kept a reason after the run moved on."""
+    import queue as queues
+    import threading
+
+    from flowkit.cli.following import StallWatch
+
+    reasons = iter(["step 0:a's worker (w@h) stopped beating: its lease lapsed 41s ago",
+                    "step 0:a's worker (w@h) stopped beating: its lease lapsed 44s ago",
+                    None, "no live worker: start one (celery -A <your app> worker)"])
+    told: queues.Queue = queues.Queue()
+    done = threading.Event()
+
+    def record() -> dict:
+        why = next(reasons, None)
+        if why is None and done.is_set():
+            raise RuntimeError("read past the script")  # the watch carries on
+        return {"state": "running", "waiting_for": why}
+
+    view = RunView("01TEST")
+    with StallWatch(record, lambda state, why: told.put(why), quiet=0.05):
+        first = told.get(timeout=10)
+        assert first.endswith("lapsed 41s ago")
+        assert told.get(timeout=10) == ""  # gone: said once, not again at 44 s
+        assert told.get(timeout=10).startswith("no live worker")
+        done.set()
+    view.stalled("queued", first)
+    assert first in view.render().renderables[0].plain
+    view.feed({"type": "run.started", "ts": 1.0})
+    assert first not in view.render().renderables[0].plain
+
+
 def test_a_run_that_leaves_redis_while_followed_ends_the_follow_saying_so(env, store):
     """Its retention ran out while it waited, or it was deleted: the follow waited for
     ever on its missing stream."""

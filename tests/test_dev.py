@@ -275,8 +275,6 @@ def _break(module: Path) -> str:
     return source
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_dev_on_a_redis_url_that_does_not_answer_says_so_at_once_and_starts_nothing(tmp_path):
     """A FLOWKIT_REDIS_URL left over from another session, its Redis gone: dev started the
     worker and web app, which retried Redis for 90 s, then said "not ready"."""
@@ -296,6 +294,8 @@ def test_dev_on_a_redis_url_that_does_not_answer_says_so_at_once_and_starts_noth
     assert "starting worker" not in result.stdout, result.stdout
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.long  # processes started, then waited on: beside the rest (scripts/test)
 def test_dev_started_on_broken_code_waits_for_the_fix_then_serves_it(tmp_path):
     """It exited on a SyntaxError at start: started again by hand after each fix, where a
     reload (code broken later) waits for the next edit."""

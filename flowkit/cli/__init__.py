@@ -129,8 +129,12 @@ def misspelled(setting: str) -> str:
     if os.environ.get(setting):
         return ""
     known = variables()
-    near = [name for name in sorted(os.environ) if name.startswith("FLOWKIT_")
-            and name not in known and difflib.get_close_matches(name, [setting], 1, 0.8)]
+    # the closest setting of the near miss must be ``setting`` (FLOWKIT_TEST_* are the tests'
+    # own, as the doctor's check has it: FLOWKIT_TEST_REDIS_URL is no typo)
+    near = [name for name in sorted(os.environ)
+            if name.startswith("FLOWKIT_") and not name.startswith("FLOWKIT_TEST_")
+            and name not in known
+            and difflib.get_close_matches(name, sorted(known), 1, 0.8) == [setting]]
     return f" ({near[0]} is set: did you mean {setting}?)" if near else ""
 
 

@@ -7,6 +7,7 @@ away, as a follow over ``--url`` does (:mod:`.remote`).
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -72,14 +73,16 @@ class StallWatch:
     run sends no event, and ``flowkit run``/``follow`` showed "queued" for ever while
     ``flowkit status`` and the API's ``waiting_for`` said to start a worker. After
     ``quiet`` seconds without an event it reads the run (``get``) and calls ``tell`` with
-    its ``waiting_for`` and state, when that is new; it reads again after another quiet
-    spell."""
+    its state and ``waiting_for`` when the reason is new, by its words (``lapsed 41s ago``
+    and ``lapsed 44s ago`` are one reason: each read printed it again), and with ``""``
+    once it is gone; it reads again after another quiet spell. An event makes the next
+    reason new again."""
 
     def __init__(self, get: Callable[[], dict[str, Any]],
                  tell: Callable[[str, str], None], quiet: float = QUIET_SECONDS) -> None:
         self._get, self._tell, self._quiet = get, tell, quiet
         self._last = time.monotonic()
-        self._told: str | None = None
+        self._told = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="flowkit-stall-watch",
                                         daemon=True)
@@ -94,6 +97,7 @@ class StallWatch:
     def seen(self) -> None:
         """An event came: the run moves."""
         self._last = time.monotonic()
+        self._told = ""
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self._quiet)):
@@ -104,8 +108,9 @@ class StallWatch:
                 record = self._get()
             except Exception:  # noqa: BLE001 - an outage the follow itself says
                 continue
-            why = record.get("waiting_for")
-            if why != self._told and not self._stop.is_set():
-                self._told = why
-                if why:
-                    self._tell(str(record.get("state") or ""), why)
+            why = record.get("waiting_for") or ""
+            # a reason by its words, not its numbers: "lapsed 41s ago" is not new at 44s
+            reason = re.sub(r"[0-9.]+", "#", why)
+            if reason != self._told and not self._stop.is_set():
+                self._told = reason
+                self._tell(str(record.get("state") or ""), why)

@@ -97,6 +97,8 @@ class RunView:
     credential: str | None = None
     state: str = "queued"
     note: str = ""
+    #: Why the run does not move (:meth:`stalled`), until its next event.
+    stall: str = ""
     steps: dict[str, StepLine] = field(default_factory=dict)
     current: str | None = None
     started: float | None = None
@@ -107,6 +109,7 @@ class RunView:
     def feed(self, event: dict[str, Any]) -> str | None:
         """Fold one event in; return the plain line it is worth, if any."""
         kind, key, ts = event.get("type", ""), event.get("step"), event.get("ts", time.time())
+        self.stall = ""  # it moves
         if kind.startswith("run."):
             return self._run_event(kind, event, ts)
         if key is None:
@@ -184,8 +187,8 @@ class RunView:
 
     def stalled(self, state: str, why: str) -> None:
         """The run does not move (:class:`~.following.StallWatch`): the head says why, until
-        its next event."""
-        self.note = why
+        its next event or until the reason is gone (``why`` empty)."""
+        self.stall = why
 
     def __rich__(self) -> Group:
         """Drawn at each of ``Live``'s refreshes: times and ETAs go on between events."""
@@ -196,8 +199,8 @@ class RunView:
         now = time.time() if now is None else now
         head = Text(f"run {self.run_id}  ", style="bold")
         head.append(self.state, style=_STYLE.get(self.state, "bold"))
-        if self.note:
-            head.append(f"  {self.note}", style="dim")
+        if self.stall or self.note:
+            head.append(f"  {self.stall or self.note}", style="dim")
         table = Table.grid(padding=(0, 2))
         for step in list(self.steps.values()):  # a copy: feed() may add steps meanwhile
             table.add_row(*_row(step, now))
@@ -276,6 +279,8 @@ class Printer:
 
     def stalled(self, state: str, why: str) -> None:
         """The run does not move (:class:`~.following.StallWatch`): one line saying why."""
+        if not why:
+            return  # the reason is gone: the next event says the run moves
         with self._lock:
             self.console.print(f"run {state}: {why}", markup=False, highlight=False)
 

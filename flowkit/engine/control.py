@@ -844,7 +844,9 @@ def send_input(run_id: str, name: str, value: Any, store: Store | None = None, *
                            "value: the first answer stands (to ask again, the step waits "
                            "under another name).")
     if outcome == WaitOutcome.NOT_WAITING:
-        others = sorted({w["step"] for w in named})
+        # the steps that do wait (the one asked for may have stopped since the run was read:
+        # a cancel, a restart; then it is the 409 below, not "step X does not, X does")
+        others = sorted({w["step"] for w in named} - {step})
         if step is not None and others:  # "it waits for input 'x'" of a wait for 'x'
             said = (f"Step {step} of run {run_id} does not wait for input {name!r}: "
                     f"{'steps' if len(others) > 1 else 'step'} {', '.join(others)} "
