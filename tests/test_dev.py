@@ -263,6 +263,12 @@ def test_dev_serves_the_users_flask_app_on_their_redis_on_a_free_port_stops_on_c
         assert not any("redis-server" in cmd for _, cmd in procs.values()), "no private Redis"
         os.killpg(dev.proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the foreground group
         assert_stopped_everything(dev, procs, signal.SIGINT)
+        # its worker left their Redis with it: a run started there after dev stopped said
+        # "flowkit dev's worker is down ...; it starts again when you save a fix"
+        node = f"dev-{port}@{socket.gethostname()}"
+        assert not swept.hexists("flowkit:nodes", node)
+        assert not [w for w in swept.zrange("flowkit:workers", 0, -1)
+                    if w.decode().startswith(f"{node}:")]
     finally:
         taken.close()
         _kill_leftovers(dev, procs)

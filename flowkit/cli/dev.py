@@ -45,7 +45,7 @@ from ..config import get_settings, reset
 from ..defaults import DEV_API_PREFIX_VARIABLE
 from ..engine.control import live_workers
 from ..errors import ConfigError, FlowkitError, StoreUnavailable
-from ..store import no_primary, sentinels_refused
+from ..store import get_store, no_primary, sentinels_refused
 from ..store.server import probe
 from ..urls import reached, redacted
 from ..workflow import workflows
@@ -171,6 +171,8 @@ def dev(args: argparse.Namespace) -> int:
             code = 1
         finally:
             supervisor.stop_all(_grace(STOP_GRACE))
+            if environ.get("FLOWKIT_REDIS_URL"):  # their Redis outlives dev (a private one not)
+                _forget_worker(port)
             shutil.rmtree(tmp, ignore_errors=True)
             supervisor.say("stopped")
     return code
@@ -214,6 +216,16 @@ def _node(port: int) -> str:
     sharing a Redis are two workers to ``flowkit workers``, not one. It matches
     ``defaults.DEV_NODE_PATTERN``: a run with no live worker says to fix the code."""
     return f"dev-{port}@%h"
+
+
+def _forget_worker(port: int) -> None:
+    """Take dev's stopped worker out of the user's Redis: a run started there after dev
+    stopped said "flowkit dev's worker is down ...; it starts again when you save a fix",
+    and no save started anything. Redis gone meanwhile: nothing to tell."""
+    try:
+        get_store().forget_node(_node(port).replace("%h", socket.gethostname()))
+    except (StoreUnavailable, ConfigError):
+        pass
 
 
 def _other_devs(port: int) -> list[str]:

@@ -1344,6 +1344,19 @@ class Store:
         return self.redis.zrangebyscore(self.keys.workers, since, "+inf", withscores=True)
 
     @_op
+    def forget_node(self, node: str) -> None:
+        """Take worker node ``node`` out of the deployment's view, its processes' beats and
+        what it announced: a node that stopped for good (flowkit dev's, once dev stopped),
+        which a run with no live worker named as the one to bring back."""
+        members = [worker for worker in self.redis.zrange(self.keys.workers, 0, -1)
+                   if worker.rpartition(":")[0] == node]
+        pipe = self.redis.pipeline(transaction=False)
+        if members:
+            pipe.zrem(self.keys.workers, *members)
+        pipe.hdel(self.keys.nodes, node)
+        pipe.execute()
+
+    @_op
     def nodes_seen_since(self, since: float) -> list[dict[str, Any]]:
         """Worker nodes with a process seen since ``since``: what each announced, with its
         ``name``, ``processes`` and ``last_beat`` (the newest of its processes)."""
