@@ -27,6 +27,7 @@ unless ``FLOWKIT_API_KEYS`` or ``FLOWKIT_API_OPEN`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -222,10 +223,8 @@ def _forget_worker(port: int) -> None:
     """Take dev's stopped worker out of the user's Redis: a run started there after dev
     stopped said "flowkit dev's worker is down ...; it starts again when you save a fix",
     and no save started anything. Redis gone meanwhile: nothing to tell."""
-    try:
+    with contextlib.suppress(StoreUnavailable, ConfigError):
         get_store().forget_node(_node(port).replace("%h", socket.gethostname()))
-    except (StoreUnavailable, ConfigError):
-        pass
 
 
 def _other_devs(port: int) -> list[str]:

@@ -159,7 +159,7 @@ def _take_back_from_ended(store: Store, group: str, limit: int, now: float) -> i
     members = [member for member, _ in store.slot_holders(group)]
     states = store.run_states([member.partition(" ")[0] for member in members])
     resumed = 0
-    for member, state in zip(members, states):
+    for member, state in zip(members, states, strict=True):
         run_id, _, step = member.partition(" ")
         if state in LIVE_STATES or step in store.live_leases(run_id, now):
             continue
