@@ -9,14 +9,16 @@ import subprocess
 import sys
 import time
 
+import httpx
+
 import pytest
 from playwright.sync_api import expect
 
 import flowkit
 from flowkit import config
 from tests import workflows as wf
-from tests.api.conftest import make_app, serve
-from tests.api.helpers import start
+from tests.api.conftest import API_KEY, make_app, serve
+from tests.api.helpers import Gunicorn, start
 from tests.api.test_watch import browser  # noqa: F401 - the Chromium fixture
 from tests.conftest import wait_until
 
@@ -118,12 +120,18 @@ def test_healthz_is_degraded_when_beat_has_not_swept_lately(store, worker):
         "process) and a worker."]
 
 
-def test_healthz_is_degraded_with_no_live_worker(flowkit_env, monkeypatch):
-    # a database no worker heartbeats into: this deployment has no worker at all
-    settings = config.get_settings()
-    monkeypatch.setattr(config, "_settings", settings.replace(
-        redis_url=settings.redis_url.rsplit("/", 1)[0] + "/5"))
-    body = health({"workflows": ["simple"]})
+def test_healthz_is_degraded_with_no_live_worker(flowkit_env, tmp_path):
+    # a database no worker heartbeats into, served by a web process of its own: this
+    # deployment has no worker at all (this process's settings, patched, moved the session's
+    # in-thread worker's heartbeats there too, now and then)
+    empty = flowkit_env["FLOWKIT_REDIS_URL"].rsplit("/", 1)[0] + "/5"
+    web = Gunicorn({**flowkit_env, "FLOWKIT_REDIS_URL": empty}, tmp_path / "web.log",
+                   FLOWKIT_API_KEYS=API_KEY).start()
+    try:
+        body = httpx.get(f"{web.url}/healthz", timeout=20,
+                         headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    finally:
+        web.stop()
     assert body["status"] == "degraded" and body["workers"] == []
     assert body["problems"] == ["no live worker: start one (celery -A <your app> worker)"]
 
