@@ -10,7 +10,6 @@ import sys
 import time
 
 import httpx
-
 import pytest
 from playwright.sync_api import expect
 
