@@ -8,6 +8,7 @@ from and rebuilds when ``get_settings()`` returns another.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -36,6 +37,17 @@ OTHER_VARIABLES = frozenset({
 def variables() -> frozenset[str]:
     """Every FLOWKIT_* environment variable flowkit reads."""
     return OTHER_VARIABLES | {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+
+
+def unread_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """The FLOWKIT_* variables of ``environ`` flowkit does not read (FLOWKIT_TEST_* are the
+    tests'), each with the setting it is a near miss of, if any: a misspelling is ignored
+    without a word, its setting's default used instead (the doctor and the CLI say so)."""
+    known = sorted(variables())
+    return {name: next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
+            for name in sorted(environ)
+            if name.startswith(ENV_PREFIX) and not name.startswith("FLOWKIT_TEST_")
+            and name not in known}
 
 
 def _scheme(url: str) -> str:

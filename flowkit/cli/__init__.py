@@ -7,14 +7,13 @@ A command module has ``register(subparsers)``, adding its parser with
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import io
 import os
 import sys
 from collections.abc import Sequence
 
-from ..config import configure, get_settings, variables
+from ..config import configure, get_settings, unread_variables
 from ..errors import BrokerUnavailable, ConfigError, FlowkitError, StoreUnavailable
 from ..store import (
     DEMOTED,
@@ -128,13 +127,7 @@ def misspelled(setting: str) -> str:
     default's "cannot reach Redis at localhost" sent the user to start a Redis that ran."""
     if os.environ.get(setting):
         return ""
-    known = variables()
-    # the closest setting of the near miss must be ``setting`` (FLOWKIT_TEST_* are the tests'
-    # own, as the doctor's check has it: FLOWKIT_TEST_REDIS_URL is no typo)
-    near = [name for name in sorted(os.environ)
-            if name.startswith("FLOWKIT_") and not name.startswith("FLOWKIT_TEST_")
-            and name not in known
-            and difflib.get_close_matches(name, sorted(known), 1, 0.8) == [setting]]
+    near = [name for name, close in unread_variables(os.environ).items() if close == setting]
     return f" ({near[0]} is set: did you mean {setting}?)" if near else ""
 
 

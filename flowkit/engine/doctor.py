@@ -18,7 +18,6 @@ It also answers what the deployment serves and runs (:func:`served`,
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -31,7 +30,7 @@ import kombu
 import kombu.exceptions
 
 from ..component import registered
-from ..config import is_amqp, variables
+from ..config import is_amqp, unread_variables
 from ..errors import ConfigError, StoreUnavailable
 from ..store import (
     HANDED_OVER,
@@ -240,18 +239,10 @@ def _examined(app_workflows: Iterable[Workflow] | None, default_queue: str,
 def unknown_variables(environ: Mapping[str, str]) -> list[Finding]:
     """FLOWKIT_* variables flowkit does not read: a misspelled one (FLOWKIT_BROKR_URL) was
     ignored without a word, and its default used instead. FLOWKIT_TEST_* are the tests'."""
-    known = variables()
-    found = []
-    for name in sorted(environ):
-        if not name.startswith("FLOWKIT_") or name in known or name.startswith("FLOWKIT_TEST_"):
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-        found.append(Finding(
-            "settings", WARNING,
-            f"{name} is not a flowkit setting: flowkit ignores it"
-            + (f" (did you mean {close[0]}?)." if close else "."),
-            "Rename it, or unset it (the README's Configuration lists the settings)."))
-    return found
+    return [Finding("settings", WARNING, f"{name} is not a flowkit setting: flowkit ignores it"
+                    + (f" (did you mean {close}?)." if close else "."),
+                    "Rename it, or unset it (the README's Configuration lists the settings).")
+            for name, close in unread_variables(environ).items()]
 
 
 def redis_settings(info: dict[str, Any], check: str, level: str = FAILURE) -> list[Finding]:
